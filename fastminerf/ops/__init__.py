@@ -1,0 +1,18 @@
+"""Functional core: each op has a native implementation (C++ CPU / CUDA) and a pure-PyTorch reference."""
+from .hash_grid import (
+    HashGridLevels,
+    hash_encode,
+    hash_encode_reference,
+    hash_grid_levels,
+    hash_grid_rows,
+    per_level_scale_for,
+)
+
+__all__ = [
+    "HashGridLevels",
+    "hash_encode",
+    "hash_encode_reference",
+    "hash_grid_levels",
+    "hash_grid_rows",
+    "per_level_scale_for",
+]

@@ -1,0 +1,212 @@
+"""Multiresolution hash encoding (instant-ngp) as a function: level parameters, the native op with autograd, and
+the pure-PyTorch reference of the same function.
+
+The function is tiny-cuda-nn's ``HashGrid`` (3-D input, linear interpolation):
+
+.. math::
+    s_l = \\mathrm{f32}(2^{l \\log_2 b} N_{min} - 1),\\quad R_l = \\lceil s_l \\rceil + 1,\\quad
+    p = \\mathrm{fma}(s_l, x, 0.5),\\quad
+    \\mathrm{enc}_l(x) = \\sum_{c \\in \\{0,1\\}^3} w_c(p - \\lfloor p \\rfloor)\\, \\theta_l[h_l(\\lfloor p \\rfloor + c)]
+
+with ``h_l`` the dense index when ``R_l^3`` fits the level's table ``T_l = min(next_multiple(R_l^3, 8), 2^log2_T)``
+and the coherent prime hash otherwise, both modulo ``T_l``. Parameters are the levels' tables concatenated, each
+``(T_l, F)`` row-major: the same flat vector tiny-cuda-nn holds, so its parameters load unchanged.
+
+Known difference from tiny-cuda-nn: it computes ``s_l`` on the GPU with ``exp2f`` (up to 2 ulp error); we
+compute it once on the host in float32 (numpy), so a scale can differ in its last bit and a point lying exactly
+on a cell border may fall in the neighbouring cell (the encodings still agree to float precision elsewhere).
+
+Shapes: ``N`` points, ``L`` levels, ``F`` features per level.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import _native
+
+PRIME_1 = 2654435761
+PRIME_2 = 805459861
+UINT32_MASK = 0xFFFFFFFF
+MAX_DENSE_RESOLUTION = 0x659  # largest R with R^3 < 2^32 (tiny-cuda-nn's MAX_BASES for 3-D)
+MAX_LEVEL_PARAMS = 0xFFFFFFFF // 2  # tiny-cuda-nn's cap on a dense level's rows
+
+
+@dataclass(frozen=True)
+class HashGridLevels:
+    """Per-level constants of a hash grid, derived once from its hyper-parameters (never edited).
+
+    Attributes:
+        n_features: F, features per level.
+        offsets: first table row of each level, ``L + 1`` entries (the last one is the total row count).
+        resolutions: ``R_l``, grid vertices per axis at each level.
+        scales: ``s_l`` as float32 values (stored as Python floats).
+    """
+
+    n_features: int
+    offsets: tuple[int, ...]
+    resolutions: tuple[int, ...]
+    scales: tuple[float, ...]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.resolutions)
+
+    @property
+    def n_rows(self) -> int:
+        return self.offsets[-1]
+
+    def level_size(self, level: int) -> int:
+        return self.offsets[level + 1] - self.offsets[level]
+
+    def is_dense(self, level: int) -> bool:
+        res = self.resolutions[level]
+        return res <= MAX_DENSE_RESOLUTION and res**3 <= self.level_size(level)
+
+
+def hash_grid_levels(
+    n_levels: int = 16,
+    n_features_per_level: int = 2,
+    log2_hashmap_size: int = 19,
+    base_resolution: int = 16,
+    per_level_scale: float = 2.0,
+) -> HashGridLevels:
+    """Level constants exactly as tiny-cuda-nn's ``GridEncodingTemplated`` computes them for 3-D input."""
+    if not 1 <= n_levels <= 32:
+        raise ValueError(f"n_levels must be in 1..32, got {n_levels}")
+    if n_features_per_level not in (1, 2, 4, 8):
+        raise ValueError(f"n_features_per_level must be 1, 2, 4 or 8, got {n_features_per_level}")
+    if not 1 <= log2_hashmap_size <= 30:
+        raise ValueError(f"log2_hashmap_size must be in 1..30, got {log2_hashmap_size}")
+    if base_resolution < 1 or per_level_scale < 1.0:
+        raise ValueError("base_resolution must be >= 1 and per_level_scale >= 1")
+    log2_scale = np.log2(np.float32(per_level_scale), dtype=np.float32)
+    offsets, resolutions, scales = [0], [], []
+    for level in range(n_levels):
+        scale = np.exp2(np.float32(level) * log2_scale, dtype=np.float32) * np.float32(base_resolution) - np.float32(1)
+        res = int(np.ceil(scale)) + 1
+        rows = min(res**3, MAX_LEVEL_PARAMS)
+        rows = (rows + 7) // 8 * 8
+        rows = min(rows, 1 << log2_hashmap_size)
+        resolutions.append(res)
+        scales.append(float(scale))
+        offsets.append(offsets[-1] + rows)
+    return HashGridLevels(n_features_per_level, tuple(offsets), tuple(resolutions), tuple(scales))
+
+
+def per_level_scale_for(base_resolution: int, finest_resolution: int, n_levels: int) -> float:
+    """The growth factor b that takes ``base_resolution`` to ``finest_resolution`` in ``n_levels`` levels."""
+    if n_levels == 1:
+        return 1.0
+    return float(np.exp(np.log(finest_resolution / base_resolution) / (n_levels - 1)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reference (pure PyTorch)
+
+
+def _grid_position(points: torch.Tensor, scale: float) -> torch.Tensor:
+    """p = s x + 0.5 rounded once (as fmaf): exact in float64, then one rounding for float32 inputs."""
+    if points.dtype == torch.float32:
+        return (points.double() * scale + 0.5).float()
+    return points * scale + 0.5
+
+
+def corner_rows(base: torch.Tensor, corner: int, levels: HashGridLevels, level: int) -> torch.Tensor:
+    """Table rows (relative to the level) of corner ``corner`` (bits z y x) of the cells with integer origin
+    ``base`` (N, 3) int64 holding uint32 values. Returns (N,) int64."""
+    q = (base + torch.tensor([(corner >> d) & 1 for d in range(3)], device=base.device)) & UINT32_MASK
+    res, size = levels.resolutions[level], levels.level_size(level)
+    if levels.is_dense(level):
+        index = (q[:, 0] + q[:, 1] * res + q[:, 2] * (res * res)) & UINT32_MASK
+    else:
+        index = q[:, 0] ^ ((q[:, 1] * PRIME_1) & UINT32_MASK) ^ ((q[:, 2] * PRIME_2) & UINT32_MASK)
+    return index % size
+
+
+def _cell(points: torch.Tensor, levels: HashGridLevels, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = _grid_position(points, levels.scales[level])
+    floor = torch.floor(pos)
+    base = floor.long() & UINT32_MASK  # (uint32)(int)floor(p), as the kernels do
+    return base, pos - floor
+
+
+def hash_encode_reference(points: torch.Tensor, table: torch.Tensor, levels: HashGridLevels) -> torch.Tensor:
+    """Pure-PyTorch hash encoding: points (N, 3) in [0, 1]^3, table (rows, F) -> (N, L*F).
+    Differentiable with respect to ``table`` and ``points`` through autograd."""
+    outputs = []
+    for level in range(levels.n_levels):
+        base, frac = _cell(points, levels, level)
+        level_table = table[levels.offsets[level] : levels.offsets[level + 1]]
+        acc = None
+        for corner in range(8):
+            weight = None
+            for d in range(3):
+                w = frac[:, d] if (corner >> d) & 1 else 1 - frac[:, d]
+                weight = w if weight is None else weight * w
+            term = weight[:, None] * level_table[corner_rows(base, corner, levels, level)]
+            acc = term if acc is None else acc + term
+        outputs.append(acc)
+    return torch.cat(outputs, dim=1)
+
+
+def hash_grid_rows(points: torch.Tensor, levels: HashGridLevels) -> torch.Tensor:
+    """Absolute table rows the encoding of ``points`` reads: (L, N, 8) int64 (level-major, as the kernels)."""
+    rows = []
+    for level in range(levels.n_levels):
+        base, _ = _cell(points, levels, level)
+        rows.append(torch.stack([corner_rows(base, c, levels, level) for c in range(8)], 1) + levels.offsets[level])
+    return torch.stack(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Native op with autograd
+
+
+class _HashEncodeNative(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, points, table, levels: HashGridLevels):
+        ops = _native.ops()
+        out = ops.hash_encode_forward(points, table, levels.offsets, levels.resolutions, levels.scales)
+        ctx.save_for_backward(points, table)
+        ctx.levels = levels
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        points, table = ctx.saved_tensors
+        levels = ctx.levels
+        need_points, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_table, grad_points = _native.ops().hash_encode_backward(
+            grad_out.contiguous(), points, table, levels.offsets, levels.resolutions, levels.scales,
+            need_table, need_points,
+        )
+        return (grad_points if need_points else None), (grad_table if need_table else None), None
+
+
+def hash_encode(points: torch.Tensor, table: torch.Tensor, levels: HashGridLevels, backend: str = "native") -> torch.Tensor:
+    """Hash-encode points (N, 3) in [0, 1]^3 with ``table`` (rows, F) -> features (N, L*F), feature
+    ``l*F + f`` being feature f of level l. Differentiable with respect to ``table`` and ``points``.
+
+    ``backend``: "native" (compiled kernels for the tensors' device) or "torch" (reference). Points outside
+    [0, 1]^3 are valid input: they wrap through the hash like tiny-cuda-nn's.
+
+    Example:
+        >>> levels = hash_grid_levels(n_levels=4, log2_hashmap_size=12)
+        >>> table = torch.zeros(levels.n_rows, 2)
+        >>> hash_encode(torch.rand(5, 3), table, levels, backend="torch").shape
+        torch.Size([5, 8])
+    """
+    if points.dim() != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must have shape (N, 3), got {tuple(points.shape)}")
+    if table.shape != (levels.n_rows, levels.n_features):
+        raise ValueError(f"table must have shape ({levels.n_rows}, {levels.n_features}), got {tuple(table.shape)}")
+    if points.dtype != table.dtype:
+        raise ValueError(f"points dtype {points.dtype} differs from table dtype {table.dtype}")
+    if backend == "torch":
+        return hash_encode_reference(points, table, levels)
+    if backend != "native":
+        raise ValueError(f"hash_encode backend must be 'native' or 'torch', got {backend!r}")
+    return _HashEncodeNative.apply(points.contiguous(), table.contiguous(), levels)
