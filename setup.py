@@ -42,14 +42,25 @@ def _extensions():
 
     include = [os.path.join(ROOT, "cuda", "include"), os.path.join(ROOT, "cuda", "src")]
     cpu_sources = sorted(glob.glob(os.path.join("cuda", "src", "*_cpu.cpp"))) + ["cuda/src/module.cpp"]
-    cxx_flags = ["-O3", "-std=c++17"]
+    # -fopenmp: at::parallel_for is an inline OpenMP region in ATen's headers, so the extension itself must be
+    # compiled with OpenMP or its loops run on one thread. The GOMP symbols bind to the runtime torch loaded.
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     want_cuda = (
         torch.version.cuda is not None
         and CUDA_HOME is not None
         and os.environ.get("FASTMINERF_CPU_ONLY", "0") not in ("1", "true", "yes")
     )
     if not want_cuda:
-        return [CppExtension("fastminerf._C", cpu_sources, include_dirs=include, extra_compile_args={"cxx": cxx_flags})]
+        return [
+            CppExtension(
+                "fastminerf._C",
+                cpu_sources,
+                include_dirs=include,
+                extra_compile_args={"cxx": cxx_flags},
+                extra_link_args=link_flags,
+            )
+        ]
     arch_list, source = _cuda_arch_list()
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
     print(f"fastminerf: building CUDA kernels for {arch_list} (from {source})")
@@ -62,6 +73,7 @@ def _extensions():
             include_dirs=include,
             define_macros=[("FASTMINERF_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+            extra_link_args=link_flags,
         )
     ]
 

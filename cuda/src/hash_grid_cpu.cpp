@@ -8,6 +8,9 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "fastminerf/hash_grid.h"
 #include "op_utils.h"
 
@@ -16,26 +19,17 @@ namespace {
 
 using hashgrid::GridMeta;
 
-// Lock-free add for the table gradient, where two points may update one row at once.
-template <typename T>
-struct AtomicAdd {
-  inline void operator()(T* addr, T v) const {
-    T expected;
-    __atomic_load(addr, &expected, __ATOMIC_RELAXED);
-    T desired;
-    do {
-      desired = expected + v;
-    } while (!__atomic_compare_exchange(addr, &expected, &desired, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
-  }
-};
-
 template <typename T>
 struct PlainAdd {
   inline void operator()(T* addr, T v) const { *addr += v; }
 };
 
 constexpr int64_t kGrain = 2048;  // points per parallel chunk: enough work to hide scheduling cost
+constexpr int kBlock = 16;        // points whose table rows are prefetched together
 
+// Writes level-major features `out` (L, N, F): each level's loop stores sequentially. Writing straight into the
+// (N, L*F) result would touch every cache line of it once per level (L read-for-ownership passes over the
+// whole output); one transpose at the end is far cheaper.
 template <typename T, int F>
 void forward_impl(const T* points, const T* table, T* out, int64_t n, const GridMeta& meta) {
   const int L = meta.n_levels;
@@ -44,32 +38,90 @@ void forward_impl(const T* points, const T* table, T* out, int64_t n, const Grid
     const uint32_t res = meta.resolutions[l];
     const uint32_t size = meta.offsets[l + 1] - meta.offsets[l];
     const T* level_table = table + static_cast<size_t>(meta.offsets[l]) * F;
+    T* level_out = out + static_cast<size_t>(l) * n * F;
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        hashgrid::encode_point_level<T, F>(points + 3 * i, level_table, size, res, scale,
-                                           out + static_cast<size_t>(i) * L * F + l * F);
+      // Blocks of kBlock points: find all their corners and prefetch the rows first, then interpolate, so
+      // that many cache misses are in flight at once instead of one point's at a time.
+      uint32_t rows[kBlock][8];
+      T weights[kBlock][8];
+      T frac[3];
+      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+        const int nb = static_cast<int>(std::min<int64_t>(kBlock, end - b0));
+        for (int k = 0; k < nb; ++k) {
+          hashgrid::level_corners(points + 3 * (b0 + k), scale, res, size, rows[k], weights[k], frac);
+          for (int c = 0; c < 8; ++c) __builtin_prefetch(level_table + static_cast<size_t>(rows[k][c]) * F);
+        }
+        for (int k = 0; k < nb; ++k) {
+          hashgrid::interpolate_corners<T, F>(level_table, rows[k], weights[k], level_out + (b0 + k) * F);
+        }
       }
     });
   }
 }
 
-template <typename T, int F, typename AddFn>
+// `grad_out` is level-major (L, N, F), read sequentially per level.
+//
+// Table gradients without atomics: a locked add on x86 is a full memory barrier, which serialises the cache
+// misses this scatter is made of. Instead each thread scatters its chunk of points into its own copy of the
+// level's gradient (thread 0 straight into the result), and the copies are summed afterwards; the copies are
+// cleared as they are summed, so they are zero whenever a level starts. Point gradients need no care: a point
+// belongs to one thread.
+template <typename T, int F>
 void backward_impl(const T* grad_out, const T* points, const T* table, T* grad_table, T* grad_points, int64_t n,
                    const GridMeta& meta) {
   const int L = meta.n_levels;
+  const int nthreads = n > kGrain ? at::get_num_threads() : 1;
+  size_t max_level_len = 0;
+  for (int l = 0; l < L; ++l) {
+    max_level_len = std::max<size_t>(max_level_len, size_t(meta.offsets[l + 1] - meta.offsets[l]) * F);
+  }
+  std::vector<T> scratch(grad_table && nthreads > 1 ? (nthreads - 1) * max_level_len : 0, T(0));
+  const int64_t chunk = (n + nthreads - 1) / nthreads;  // one chunk per thread, so a thread owns one copy
   for (int l = 0; l < L; ++l) {
     const T scale = static_cast<T>(meta.scales[l]);
     const uint32_t res = meta.resolutions[l];
     const uint32_t size = meta.offsets[l + 1] - meta.offsets[l];
+    const size_t level_len = size_t(size) * F;
     const T* level_table = table + static_cast<size_t>(meta.offsets[l]) * F;
     T* level_grad = grad_table ? grad_table + static_cast<size_t>(meta.offsets[l]) * F : nullptr;
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        hashgrid::encode_point_level_backward<T, F>(points + 3 * i, level_table, level_grad,
-                                                    grad_out + static_cast<size_t>(i) * L * F + l * F, size, res,
-                                                    scale, grad_points ? grad_points + 3 * i : nullptr, AddFn());
+    at::parallel_for(0, n, chunk, [&](int64_t begin, int64_t end) {
+      const int tid = at::get_thread_num();
+      T* dst = (level_grad == nullptr || tid == 0) ? level_grad : scratch.data() + (tid - 1) * max_level_len;
+      const T* level_grad_out = grad_out + static_cast<size_t>(l) * n * F;
+      if (grad_points != nullptr) {
+        for (int64_t i = begin; i < end; ++i) {
+          hashgrid::encode_point_level_backward<T, F>(points + 3 * i, level_table, dst, level_grad_out + i * F, size,
+                                                      res, scale, grad_points + 3 * i, PlainAdd<T>());
+        }
+        return;
+      }
+      if (dst == nullptr) return;
+      // Table gradient only (the usual case): blocks with prefetched rows, as in the forward pass.
+      uint32_t rows[kBlock][8];
+      T weights[kBlock][8];
+      T frac[3];
+      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+        const int nb = static_cast<int>(std::min<int64_t>(kBlock, end - b0));
+        for (int k = 0; k < nb; ++k) {
+          hashgrid::level_corners(points + 3 * (b0 + k), scale, res, size, rows[k], weights[k], frac);
+          for (int c = 0; c < 8; ++c) __builtin_prefetch(dst + static_cast<size_t>(rows[k][c]) * F, 1);
+        }
+        for (int k = 0; k < nb; ++k) {
+          hashgrid::scatter_corners<T, F>(dst, rows[k], weights[k], level_grad_out + (b0 + k) * F, PlainAdd<T>());
+        }
       }
     });
+    if (!scratch.empty()) {
+      at::parallel_for(0, static_cast<int64_t>(level_len), 1 << 15, [&](int64_t begin, int64_t end) {
+        for (int t = 0; t < nthreads - 1; ++t) {
+          T* copy = scratch.data() + t * max_level_len;
+          for (int64_t j = begin; j < end; ++j) {
+            level_grad[j] += copy[j];
+            copy[j] = T(0);
+          }
+        }
+      });
+    }
   }
 }
 
@@ -87,14 +139,14 @@ at::Tensor hash_encode_forward_cpu(const at::Tensor& points, const at::Tensor& t
   const GridMeta meta = make_grid_meta(offsets, resolutions, scales, table.size(1));
   check_hash_inputs(points, table, meta);
   const int64_t n = points.size(0);
-  auto out = at::empty({n, static_cast<int64_t>(meta.n_levels) * meta.n_features}, points.options());
+  auto out = at::empty({meta.n_levels, n, meta.n_features}, points.options());  // (L, N, F)
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "hash_encode_forward_cpu", [&] {
     FMN_DISPATCH_F(meta.n_features, [&] {
       forward_impl<scalar_t, kF>(points.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
                                  out.data_ptr<scalar_t>(), n, meta);
     });
   });
-  return out;
+  return out.permute({1, 0, 2}).reshape({n, static_cast<int64_t>(meta.n_levels) * meta.n_features});
 }
 
 std::tuple<at::Tensor, at::Tensor> hash_encode_backward_cpu(const at::Tensor& grad_out, const at::Tensor& points,
@@ -107,18 +159,14 @@ std::tuple<at::Tensor, at::Tensor> hash_encode_backward_cpu(const at::Tensor& gr
   const int64_t n = points.size(0);
   auto grad_table = table_grad ? at::zeros_like(table) : at::empty({0}, table.options());
   auto grad_points = points_grad ? at::zeros_like(points) : at::empty({0}, points.options());
-  const bool parallel = at::get_num_threads() > 1 && n > kGrain;
+  // (N, L*F) -> level-major (L, N, F), so that each level's loop reads its gradients sequentially
+  const auto grad_lnf = grad_out.view({n, meta.n_levels, meta.n_features}).permute({1, 0, 2}).contiguous();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "hash_encode_backward_cpu", [&] {
     scalar_t* gt = table_grad ? grad_table.data_ptr<scalar_t>() : nullptr;
     scalar_t* gp = points_grad ? grad_points.data_ptr<scalar_t>() : nullptr;
     FMN_DISPATCH_F(meta.n_features, [&] {
-      if (parallel) {
-        backward_impl<scalar_t, kF, AtomicAdd<scalar_t>>(grad_out.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(),
-                                                         table.data_ptr<scalar_t>(), gt, gp, n, meta);
-      } else {
-        backward_impl<scalar_t, kF, PlainAdd<scalar_t>>(grad_out.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(),
-                                                        table.data_ptr<scalar_t>(), gt, gp, n, meta);
-      }
+      backward_impl<scalar_t, kF>(grad_lnf.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(),
+                                  table.data_ptr<scalar_t>(), gt, gp, n, meta);
     });
   });
   return {grad_table, grad_points};

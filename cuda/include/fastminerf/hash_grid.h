@@ -96,13 +96,9 @@ FMN_HD T weight_derivative(int c, int d, const T frac[3]) {
 }
 
 // Features per level are a compile-time F in {1, 2, 4, 8}, as in tiny-cuda-nn.
-// Forward for one point at one level: out[f] = sum_c w_c * table[row_c, f].
+// Interpolation of one level's features from its corners: out[f] = sum_c w_c * table[row_c, f].
 template <typename T, int F>
-FMN_HD void encode_point_level(const T* x, const T* level_table, uint32_t size, uint32_t res, T scale, T* out) {
-  uint32_t rows[8];
-  T weights[8];
-  T frac[3];
-  level_corners(x, scale, res, size, rows, weights, frac);
+FMN_HD void interpolate_corners(const T* level_table, const uint32_t rows[8], const T weights[8], T* out) {
   T acc[F];
   for (int f = 0; f < F; ++f) acc[f] = T(0);
   for (int c = 0; c < 8; ++c) {
@@ -110,6 +106,25 @@ FMN_HD void encode_point_level(const T* x, const T* level_table, uint32_t size, 
     for (int f = 0; f < F; ++f) acc[f] += weights[c] * row[f];
   }
   for (int f = 0; f < F; ++f) out[f] = acc[f];
+}
+
+// Forward for one point at one level.
+template <typename T, int F>
+FMN_HD void encode_point_level(const T* x, const T* level_table, uint32_t size, uint32_t res, T scale, T* out) {
+  uint32_t rows[8];
+  T weights[8];
+  T frac[3];
+  level_corners(x, scale, res, size, rows, weights, frac);
+  interpolate_corners<T, F>(level_table, rows, weights, out);
+}
+
+// Scatter of one point's level gradient g (F values) to its corners: grad[row_c, f] += w_c * g[f].
+template <typename T, int F, typename AddFn>
+FMN_HD void scatter_corners(T* level_grad_table, const uint32_t rows[8], const T weights[8], const T* g, AddFn add) {
+  for (int c = 0; c < 8; ++c) {
+    T* row = level_grad_table + static_cast<size_t>(rows[c]) * F;
+    for (int f = 0; f < F; ++f) add(row + f, weights[c] * g[f]);
+  }
 }
 
 // Backward for one point at one level. Adds w_c * g into the table gradient through `add` (an atomic add
@@ -121,12 +136,7 @@ FMN_HD void encode_point_level_backward(const T* x, const T* level_table, T* lev
   T weights[8];
   T frac[3];
   level_corners(x, scale, res, size, rows, weights, frac);
-  if (level_grad_table != nullptr) {
-    for (int c = 0; c < 8; ++c) {
-      T* row = level_grad_table + static_cast<size_t>(rows[c]) * F;
-      for (int f = 0; f < F; ++f) add(row + f, weights[c] * g[f]);
-    }
-  }
+  if (level_grad_table != nullptr) scatter_corners<T, F>(level_grad_table, rows, weights, g, add);
   if (grad_x != nullptr) {
     for (int d = 0; d < 3; ++d) {
       T acc = T(0);
