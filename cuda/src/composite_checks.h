@@ -75,4 +75,10 @@ inline const at::Tensor* optional_grad(const std::optional<at::Tensor>& grad, co
   return &g;
 }
 
+// Data pointer of an optional tensor, or null when it is absent.
+template <typename T>
+const T* data_or_null(const at::Tensor* t) {
+  return t ? t->data_ptr<T>() : nullptr;
+}
+
 }  // namespace fastminerf

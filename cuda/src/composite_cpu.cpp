@@ -18,11 +18,6 @@ namespace {
 
 constexpr int64_t kRayGrain = 512;  // rays per parallel chunk (about 16k samples at 32 a ray)
 
-template <typename T>
-const T* ptr_or_null(const at::Tensor* t) {
-  return t ? t->data_ptr<T>() : nullptr;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_forward_cpu(
     const at::Tensor& sigmas, const at::Tensor& rgbs, const at::Tensor& t_starts, const at::Tensor& t_ends,
     const at::Tensor& offsets, double threshold) {
@@ -85,10 +80,10 @@ std::tuple<at::Tensor, at::Tensor> composite_backward_cpu(
     const int64_t* off = offsets.data_ptr<int64_t>();
     const int64_t* na = n_active.data_ptr<int64_t>();
     const scalar_t* te = trans_end.data_ptr<scalar_t>();
-    const scalar_t* gcp = ptr_or_null<scalar_t>(gc);
-    const scalar_t* gop = ptr_or_null<scalar_t>(go);
-    const scalar_t* gdp = ptr_or_null<scalar_t>(gd);
-    const scalar_t* gwp = ptr_or_null<scalar_t>(gw);
+    const scalar_t* gcp = data_or_null<scalar_t>(gc);
+    const scalar_t* gop = data_or_null<scalar_t>(go);
+    const scalar_t* gdp = data_or_null<scalar_t>(gd);
+    const scalar_t* gwp = data_or_null<scalar_t>(gw);
     const scalar_t* rgb = rgbs.data_ptr<scalar_t>();
     const scalar_t* t0 = t_starts.data_ptr<scalar_t>();
     const scalar_t* t1 = t_ends.data_ptr<scalar_t>();
