@@ -12,6 +12,10 @@
 // Backward. With g_i = gC.c_i + gO + gD m_i + gW_i (gW: gradient of the weights output) and L = sum_{i<K} w_i g_i:
 //   dL/dc_i     = w_i gC,
 //   dL/dsigma_i = delta_i (T_{i+1} g_i - S_i),   S_i = sum_{i<j<K} w_j g_j,   T_{i+1} = T_i exp(-sd_i).
+// The opacity term is split off exactly: for g_j = gO on every sample, T_{i+1} g_i - S_i = gO (T_{i+1} -
+// sum_{i<j<K} w_j) = gO T_K, so its share of dL/dsigma_i is delta_i gO T_K, computed as such rather than as a
+// difference of two numbers near T_{i+1} (whose absolute error eps T_{i+1} is a 100% relative error on an opaque
+// ray, where T_K is itself ~ eps). Only h_i = g_i - gO goes through the suffix sums below.
 // The backward walks the active samples from the last to the first, accumulating S_i and rebuilding
 // T_{i+1} = T_K + sum_{i<j<K} w_j from the saved weights: both are sums of the ray's *tail* only, so their
 // rounding error is relative to the tail's size. The alternative, S_i = total - prefix_i (instant-ngp), takes
@@ -95,22 +99,23 @@ FMN_HD void backward_ray(int64_t begin, int64_t n_active, T trans_end, const T* 
   const T gC2 = grad_color ? grad_color[2] : T(0);
   const T gO = grad_opacity ? *grad_opacity : T(0);
   const T gD = grad_depth ? *grad_depth : T(0);
-  T suffix = T(0);           // S_i = sum_{i<j<K} w_j g_j
+  const T opacity_term = gO * trans_end;  // the gO part of T_{i+1} g_i - S_i, the same for every active sample
+  T suffix = T(0);           // S_i without the gO part: sum_{i<j<K} w_j h_j, h = g - gO
   T trans_next = trans_end;  // T_{i+1} = T_K + sum_{i<j<K} w_j
   for (int64_t i = begin + n_active - 1; i >= begin; --i) {
     const T w = weights[i];
     const T t0 = t_starts[i];
     const T t1 = t_ends[i];
     const T* c = rgbs + 3 * i;
-    T g = gO + gD * ((t0 + t1) * T(0.5)) + gC0 * c[0] + gC1 * c[1] + gC2 * c[2];
-    if (grad_weights) g += grad_weights[i];
-    if (grad_sigmas) grad_sigmas[i] = (t1 - t0) * (trans_next * g - suffix);
+    T h = gD * ((t0 + t1) * T(0.5)) + gC0 * c[0] + gC1 * c[1] + gC2 * c[2];
+    if (grad_weights) h += grad_weights[i];
+    if (grad_sigmas) grad_sigmas[i] = (t1 - t0) * (opacity_term + (trans_next * h - suffix));
     if (grad_rgbs) {
       grad_rgbs[3 * i + 0] = w * gC0;
       grad_rgbs[3 * i + 1] = w * gC1;
       grad_rgbs[3 * i + 2] = w * gC2;
     }
-    suffix += w * g;
+    suffix += w * h;
     trans_next += w;
   }
 }
