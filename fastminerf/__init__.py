@@ -4,6 +4,7 @@ Importing this package compiles nothing and needs no GPU; native kernels load on
 """
 from .backend import BACKENDS, BackendError
 from .nn import HashGridEncoding
+from .ops import CompositeResult, composite, composite_reference
 from .ops import hash_encode, hash_encode_reference, hash_grid_levels, per_level_scale_for
 
 __version__ = "0.1.0"
@@ -11,7 +12,10 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "BackendError",
+    "CompositeResult",
     "HashGridEncoding",
+    "composite",
+    "composite_reference",
     "hash_encode",
     "hash_encode_reference",
     "hash_grid_levels",

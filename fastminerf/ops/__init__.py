@@ -1,4 +1,5 @@
 """Functional core: each op has a native implementation (C++ CPU / CUDA) and a pure-PyTorch reference."""
+from .composite import CompositeResult, composite, composite_reference, ray_indices_from_offsets
 from .hash_grid import (
     HashGridLevels,
     hash_encode,
@@ -9,6 +10,10 @@ from .hash_grid import (
 )
 
 __all__ = [
+    "CompositeResult",
+    "composite",
+    "composite_reference",
+    "ray_indices_from_offsets",
     "HashGridLevels",
     "hash_encode",
     "hash_encode_reference",
