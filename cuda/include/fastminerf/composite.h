@@ -2,7 +2,7 @@
 // kernels (composite_cuda.cu): the per-ray forward and backward are written once here.
 //
 // A ray owns samples [begin, end) of the packed arrays, sorted by t. For sample i:
-//   delta_i = t_end_i - t_start_i,   sd_i = sigma_i delta_i,   alpha_i = 1 - exp(-sd_i)   (computed as -expm1(-sd_i)),
+//   delta_i = t_end_i - t_start_i,   sd_i = sigma_i delta_i,   alpha_i = 1 - exp(-sd_i)   (see alpha_from_optical_depth),
 //   T_i = exp(-sum_{j<i} sd_j)   (the running sum tau is accumulated left to right),   w_i = T_i alpha_i.
 // Early termination: sample i is active iff T_i >= threshold; the first inactive sample and all later ones get
 // weight 0 and no gradient (threshold 0 keeps every sample). K = number of active samples of the ray.
@@ -35,10 +35,26 @@ FMN_HD double fmn_expm1(double x) { return ::expm1(x); }
 
 namespace composite {
 
-// alpha = 1 - exp(-sd), accurate for small sd (where 1 - exp(-sd) would cancel).
-template <typename T>
-FMN_HD T alpha_from_optical_depth(T sd) {
-  return -fmn_expm1(-sd);
+// alpha = 1 - exp(-sd) for an optical depth sd >= 0, accurate also for small sd (where 1 - exp(-sd) cancels).
+// double: expm1. float: on [0, 0.5) the Taylor series of -expm1(-sd) to the sd^8 term (truncation below
+// 0.5^9 / 9! / alpha(0.5) = 1.4e-8 relative), from 0.5 on 1 - expf(-sd), which cannot cancel (expf(-sd) <= 0.61).
+// Within 2 ulp of the exact value (cuda/tests/test_composite.cpp sweeps it) and about 5x cheaper than expm1f,
+// which was two thirds of the forward's time on the CPU.
+FMN_HD double alpha_from_optical_depth(double sd) { return -fmn_expm1(-sd); }
+FMN_HD float alpha_from_optical_depth(float sd) {
+  if (sd < 0.5f) {
+    const float x = -sd;
+    float p = 1.0f / 40320.0f;
+    p = p * x + 1.0f / 5040.0f;
+    p = p * x + 1.0f / 720.0f;
+    p = p * x + 1.0f / 120.0f;
+    p = p * x + 1.0f / 24.0f;
+    p = p * x + 1.0f / 6.0f;
+    p = p * x + 0.5f;
+    p = p * x + 1.0f;
+    return -(p * x);
+  }
+  return 1.0f - fmn_exp(-sd);
 }
 
 // Per-ray results of the forward pass.
