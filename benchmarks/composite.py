@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine, timeit, write_result  # noqa: E402
-from fastminerf.ops.composite import composite  # noqa: E402
+from fastminerf.ops.compositing import composite  # noqa: E402
 
 THRESHOLD = 1e-4  # the default early-termination epsilon
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fastminerf.ops.composite import (
+from fastminerf.ops.compositing import (
     CompositeResult,
     composite,
     composite_reference,

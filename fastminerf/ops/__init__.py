@@ -1,5 +1,5 @@
 """Functional core: each op has a native implementation (C++ CPU / CUDA) and a pure-PyTorch reference."""
-from .composite import CompositeResult, composite, composite_reference, ray_indices_from_offsets
+from .compositing import CompositeResult, composite, composite_reference, ray_indices_from_offsets
 from .hash_grid import (
     HashGridLevels,
     hash_encode,
