@@ -44,7 +44,9 @@ def _extensions():
     cpu_sources = sorted(glob.glob(os.path.join("cuda", "src", "*_cpu.cpp"))) + ["cuda/src/module.cpp"]
     # -fopenmp: at::parallel_for is an inline OpenMP region in ATen's headers, so the extension itself must be
     # compiled with OpenMP or its loops run on one thread. The GOMP symbols bind to the runtime torch loaded.
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # No -std flag: torch's build helpers pick the standard its headers need (C++17 for torch 2.13, C++20 for
+    # 2.14+); our sources compile under both.
+    cxx_flags = ["-O3", "-fopenmp"]
     link_flags = ["-fopenmp"]
     want_cuda = (
         torch.version.cuda is not None
@@ -72,7 +74,7 @@ def _extensions():
             cpu_sources + cuda_sources,
             include_dirs=include,
             define_macros=[("FASTMINERF_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
             extra_link_args=link_flags,
         )
     ]
