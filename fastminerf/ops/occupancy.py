@@ -271,11 +271,13 @@ def _occupied(points: torch.Tensor, binaries: torch.Tensor, aabbs: AabbsLike, re
     return (level >= 0) & flat[level.clamp(min=0), index]
 
 
-def _reach(origins: torch.Tensor, directions: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
-    """(N,) a ray parameter past which no point of the outer box lies: (|o - centre| + radius) / |d|."""
+def _reach(origins: torch.Tensor, directions: torch.Tensor, outer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) ray parameters before and after which no point of the outer box lies: (|o - centre| -+ radius) / |d|
+    with the box's circumscribed sphere grown by 1% (far beyond float32 rounding of o + t d)."""
     center = (outer[:3] + outer[3:]) / 2
     radius = float(torch.linalg.norm(outer[3:] - outer[:3]).item()) / 2 * 1.01 + 1e-3
-    return (torch.linalg.norm(origins - center, dim=1) + radius) / torch.linalg.norm(directions, dim=1)
+    dist, length = torch.linalg.norm(origins - center, dim=1), torch.linalg.norm(directions, dim=1)
+    return (dist - radius) / length, (dist + radius) / length
 
 
 def _pack(n_rays: int, ray: torch.Tensor, k: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, cap: int) -> RaySamples:
@@ -315,27 +317,32 @@ def march_rays_reference(
     step_t = torch.tensor(step, dtype=torch.float32, device=o.device)
     n = o.shape[0]
     alive = torch.linalg.norm(d, dim=1) > 0
-    stop = torch.minimum(tf, _reach(o, d, boxes[-1]))  # no sample past this can lie in the grid or before far
+    enter, leave = _reach(o, d, boxes[-1])
+    stop = torch.minimum(tf, leave)  # no sample past this lies in the grid before `far`
     rays, ks, t0s, t1s = [], [], [], []
 
     def emit(t0: torch.Tensor, t1: torch.Tensor, k: torch.Tensor, ray: torch.Tensor, valid: torch.Tensor) -> None:
         mid = (t0 + t1) * 0.5
-        keep = valid & (t1 > t0) & (mid < tf[ray])
+        keep = valid & (t1 > t0) & (mid < tf[ray]) & (mid >= enter[ray])  # samples before `enter` are outside
+        ray, k, t0, t1, mid = ray[keep], k[keep], t0[keep], t1[keep], mid[keep]
         x = o[ray] + mid[:, None] * d[ray]
-        keep &= _occupied(x, binaries, boxes, res)
+        keep = _occupied(x, binaries, boxes, res)
         rays.append(ray[keep]), ks.append(k[keep]), t0s.append(t0[keep]), t1s.append(t1[keep])
 
     if cone == 0.0:
-        steps = torch.ceil((stop - tn) / step).clamp(min=0).nan_to_num(0) + 2  # lattice samples per ray to test
-        steps = torch.where(alive, steps, torch.zeros_like(steps)).long()
-        total = int(steps.max().item()) if n else 0
-        for k0 in range(0, total, _FIXED_CHUNK):
-            k = torch.arange(k0, min(k0 + _FIXED_CHUNK, total), device=o.device)
-            ray = torch.arange(n, device=o.device)[:, None].expand(n, k.numel()).reshape(-1)
-            kk = k[None, :].expand(n, k.numel()).reshape(-1)
+        # Test k in [first, last): before `first` every midpoint is before `enter`, after `last` past `stop`.
+        first = torch.floor((enter - tn) / step).clamp(min=0).nan_to_num(0) - 1
+        last = torch.ceil((stop - tn) / step).clamp(min=0).nan_to_num(0) + 2
+        first = first.clamp(min=0).long()
+        last = torch.where(alive, last, torch.zeros_like(last)).long().clamp(min=first)
+        total = int((last - first).max().item()) if n else 0
+        for j0 in range(0, total, _FIXED_CHUNK):
+            j = torch.arange(j0, min(j0 + _FIXED_CHUNK, total), device=o.device)
+            ray = torch.arange(n, device=o.device)[:, None].expand(n, j.numel()).reshape(-1)
+            kk = first[ray] + j[None, :].expand(n, j.numel()).reshape(-1)
             t0 = tn[ray] + kk.to(torch.float32) * step_t
             t1 = tn[ray] + (kk + 1).to(torch.float32) * step_t
-            emit(t0, t1, kk, ray, kk < steps[ray])
+            emit(t0, t1, kk, ray, kk < last[ray])
     else:
         cone_t = torch.tensor(cone, dtype=torch.float32, device=o.device)
         t = tn.clone()
