@@ -179,7 +179,7 @@ def ema_update(
     Args:
         occs: (L*C,) float32 occupancies, level-major.
         indices: (M,) int64 cells ``level * C + cell`` visited this round (repeats allowed: their max counts).
-        values: (M,) new occupancy-like values (density * step size, as nerfacc / instant-ngp).
+        values: (M,) new occupancy-like values (density * step size, as nerfacc / instant-ngp); not NaN.
         decay: EMA decay applied to the visited cells.
         backend: "native" or "torch".
     """
@@ -412,9 +412,13 @@ def march_rays(
         :class:`RaySamples` ``(ray_indices (S,), t_starts (S,), t_ends (S,), offsets (N+1,))``.
 
     Example:
-        >>> s = march_rays(rays_o, rays_d, grid.bitfield, grid.aabbs, grid.resolution, near=0.0, step_size=5e-3)
+        >>> aabbs = cascade_aabbs([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], levels=2)
+        >>> bits = pack_bitfield(torch.rand(2 * 16**3), 0.9, levels=2, backend="torch")
+        >>> rays_o = torch.tensor([[0.0, 0.0, -3.0], [3.0, 3.0, 3.0]])
+        >>> rays_d = torch.nn.functional.normalize(-rays_o, dim=1)
+        >>> s = march_rays(rays_o, rays_d, bits, aabbs, 16, near=0.0, step_size=0.01, backend="torch")
         >>> t_mid = (s.t_starts + s.t_ends) / 2
-        >>> points = rays_o[s.ray_indices] + t_mid[:, None] * rays_d[s.ray_indices]
+        >>> points = rays_o[s.ray_indices] + t_mid[:, None] * rays_d[s.ray_indices]  # (S, 3) to evaluate
     """
     res = grid_resolution(resolution)
     boxes = _aabbs_list(aabbs)
