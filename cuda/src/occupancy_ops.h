@@ -40,6 +40,7 @@ inline occupancy::GridSpec make_occupancy_grid(at::ArrayRef<double> aabbs, at::I
       g.lo[l][a] = lo;
       g.hi[l][a] = hi;
       g.scale[l][a] = static_cast<float>(g.res[a]) / (hi - lo);  // float32 division, rounded once
+      g.cell[l][a] = (hi - lo) / static_cast<float>(g.res[a]);
     }
   }
   return g;

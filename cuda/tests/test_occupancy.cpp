@@ -27,6 +27,7 @@ GridSpec make_grid(int levels, int r0, int r1, int r2) {
       g.lo[l][a] = -float(1 << l);
       g.hi[l][a] = float(1 << l);
       g.scale[l][a] = float(g.res[a]) / (g.hi[l][a] - g.lo[l][a]);
+      g.cell[l][a] = (g.hi[l][a] - g.lo[l][a]) / float(g.res[a]);
     }
   }
   return g;

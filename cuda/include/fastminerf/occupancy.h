@@ -48,6 +48,7 @@ struct GridSpec {
   float lo[kMaxLevels][3];
   float hi[kMaxLevels][3];
   float scale[kMaxLevels][3];  // R_a / (hi - lo), rounded to float32 once
+  float cell[kMaxLevels][3];   // (hi - lo) / R_a: cell size, only used to guess where a cell ends
 };
 
 struct MarchParams {
@@ -95,6 +96,7 @@ FMN_HD bool bit_is_set(const uint8_t* bits, const GridSpec& g, int level, int64_
 
 struct Cell {
   int level;      // < 0: outside the outermost cascade
+  int i[3];       // integer coordinates within the level
   int64_t index;  // linear index within the level
 };
 
@@ -109,7 +111,7 @@ FMN_HD Cell locate(const GridSpec& g, const float x[3]) {
   int i[3];
   for (int a = 0; a < 3; ++a) {
     const float p = grid_coordinate(g, l, a, x[a]);
-    if (!(p >= 0.0f && p < static_cast<float>(g.res[a]))) return Cell{-1, 0};  // also rejects NaN
+    if (!(p >= 0.0f && p < static_cast<float>(g.res[a]))) return Cell{-1, {0, 0, 0}, 0};  // also rejects NaN
     i[a] = static_cast<int>(p);  // p >= 0: truncation is floor
   }
   while (l > 0) {
@@ -122,7 +124,7 @@ FMN_HD Cell locate(const GridSpec& g, const float x[3]) {
       i[a] = static_cast<int>(fmn_clamp(f, 0.0f, static_cast<float>(g.res[a] - 1)));
     }
   }
-  return Cell{l, cell_index(g, i[0], i[1], i[2])};
+  return Cell{l, {i[0], i[1], i[2]}, cell_index(g, i[0], i[1], i[2])};
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -143,7 +145,7 @@ struct Lattice {
   FMN_HD Sample at(int64_t k) const { return Sample{k, start(k), start(k + 1)}; }
   FMN_HD Sample first() const { return fixed() ? at(0) : Sample{0, near, add_rn(near, dt(near))}; }
   FMN_HD Sample next(const Sample& s) const {
-    return fixed() ? at(s.k + 1) : Sample{s.k + 1, s.t1, add_rn(s.t1, dt(s.t1))};
+    return Sample{s.k + 1, s.t1, fixed() ? start(s.k + 2) : add_rn(s.t1, dt(s.t1))};  // t1 is start(k+1)
   }
 };
 
@@ -188,18 +190,14 @@ FMN_HD bool padded_box_range(const GridSpec& g, const float o[3], const float d[
   return t_in <= t_out;  // false for NaN as well
 }
 
-// Ray parameter where the ray leaves cell c (approximate: the walk verifies before it trusts it).
-FMN_HD float cell_exit(const GridSpec& g, Cell c, const float o[3], const float d[3]) {
-  const int64_t i2 = c.index % g.res[2];
-  const int64_t i1 = (c.index / g.res[2]) % g.res[1];
-  const int64_t i0 = c.index / (static_cast<int64_t>(g.res[2]) * g.res[1]);
-  const int64_t i[3] = {i0, i1, i2};
+// Ray parameter where the ray leaves cell c (approximate: the walk verifies before it trusts it). inv_d = 1 / d
+// (infinite for a zero component, whose axis is then never the exit).
+FMN_HD float cell_exit(const GridSpec& g, Cell c, const float o[3], const float d[3], const float inv_d[3]) {
   float t = INFINITY;
   for (int a = 0; a < 3; ++a) {
     if (d[a] == 0.0f) continue;
-    const float size = (g.hi[c.level][a] - g.lo[c.level][a]) / static_cast<float>(g.res[a]);
-    const float face = g.lo[c.level][a] + size * static_cast<float>(i[a] + (d[a] > 0.0f ? 1 : 0));
-    t = fmn_min(t, (face - o[a]) / d[a]);
+    const float face = g.lo[c.level][a] + g.cell[c.level][a] * static_cast<float>(c.i[a] + (d[a] > 0.0f ? 1 : 0));
+    t = fmn_min(t, (face - o[a]) * inv_d[a]);
   }
   return t;
 }
@@ -208,12 +206,12 @@ FMN_HD float cell_exit(const GridSpec& g, Cell c, const float o[3], const float 
 // cell's exit when the sample before it is verified to lie in c (then, the samples of a cell being consecutive,
 // all skipped samples lie in c), else the one before that when verified, else simply the next sample.
 FMN_HD Sample skip_empty_cell(const GridSpec& g, const Lattice& lat, const float o[3], const float d[3],
-                              const Sample& s, Cell c, float t_limit) {
-  const float t_exit = fmn_min(cell_exit(g, c, o, d), t_limit);
+                              const float inv_d[3], const Sample& s, Cell c, float t_limit) {
+  const float t_exit = fmn_min(cell_exit(g, c, o, d, inv_d), t_limit);
   if (lat.fixed()) {
-    // First k with m_k >= t_exit, give or take rounding.
-    const double kk = ceil((static_cast<double>(t_exit) - lat.near) / lat.step - 0.5);
-    int64_t kb = kk > static_cast<double>(s.k + 1) ? static_cast<int64_t>(fmn_min(kk, 4.0e18)) : s.k + 1;
+    // First k with m_k >= t_exit, give or take rounding (k < 2^24 here: t_limit is finite and near the box).
+    const float kk = ceilf((t_exit - lat.near) / lat.step - 0.5f);
+    int64_t kb = kk > static_cast<float>(s.k + 1) ? static_cast<int64_t>(fmn_min(kk, 1.0e18f)) : s.k + 1;
     for (int tries = 0; tries < 2 && kb - 1 > s.k; ++tries, --kb) {
       if (same_cell(locate_sample(g, o, d, lat.at(kb - 1)), c)) return lat.at(kb);
     }
@@ -244,6 +242,7 @@ FMN_HD int64_t march_ray(const GridSpec& g, const MarchParams& mp, const uint8_t
   if (!padded_box_range(g, o, d, t_in, t_out)) return 0;
   const float t_limit = fmn_min(far, t_out);
   const Lattice lat{near, mp.step_size, mp.cone_angle, mp.max_step_size};
+  const float inv_d[3] = {1.0f / d[0], 1.0f / d[1], 1.0f / d[2]};
 
   // Start just before the padded box: every earlier sample lies outside the grid.
   Sample s;
@@ -270,7 +269,7 @@ FMN_HD int64_t march_ray(const GridSpec& g, const MarchParams& mp, const uint8_t
       if (mp.max_samples > 0 && n >= mp.max_samples) break;
       s = lat.next(s);
     } else if (c.level >= 0) {
-      s = skip_empty_cell(g, lat, o, d, s, c, t_limit);
+      s = skip_empty_cell(g, lat, o, d, inv_d, s, c, t_limit);
     } else {
       s = lat.next(s);  // outside the grid: only within the box padding, a few samples at most
     }
