@@ -3,9 +3,19 @@
 Importing this package compiles nothing and needs no GPU; native kernels load on first use.
 """
 from .backend import BACKENDS, BackendError
-from .nn import HashGridEncoding
-from .ops import CompositeResult, composite, composite_reference
-from .ops import hash_encode, hash_encode_reference, hash_grid_levels, per_level_scale_for
+from .nn import HashGridEncoding, OccupancyGrid
+from .ops import (
+    CompositeResult,
+    RaySamples,
+    composite,
+    composite_reference,
+    hash_encode,
+    hash_encode_reference,
+    hash_grid_levels,
+    march_rays,
+    march_rays_reference,
+    per_level_scale_for,
+)
 
 __version__ = "0.1.0"
 
@@ -14,11 +24,15 @@ __all__ = [
     "BackendError",
     "CompositeResult",
     "HashGridEncoding",
+    "OccupancyGrid",
+    "RaySamples",
     "composite",
     "composite_reference",
     "hash_encode",
     "hash_encode_reference",
     "hash_grid_levels",
+    "march_rays",
+    "march_rays_reference",
     "per_level_scale_for",
     "__version__",
 ]

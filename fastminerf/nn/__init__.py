@@ -1,4 +1,5 @@
 """Thin modules that own parameters and buffers and call the functional core in ``fastminerf.ops``."""
 from .encoding import HashGridEncoding
+from .occupancy import OccupancyGrid
 
-__all__ = ["HashGridEncoding"]
+__all__ = ["HashGridEncoding", "OccupancyGrid"]

@@ -8,6 +8,16 @@ from .hash_grid import (
     hash_grid_rows,
     per_level_scale_for,
 )
+from .occupancy import (
+    RaySamples,
+    cascade_aabbs,
+    ema_update,
+    march_rays,
+    march_rays_reference,
+    occupancy_threshold,
+    pack_bitfield,
+    unpack_bitfield,
+)
 
 __all__ = [
     "CompositeResult",
@@ -20,4 +30,12 @@ __all__ = [
     "hash_grid_levels",
     "hash_grid_rows",
     "per_level_scale_for",
+    "RaySamples",
+    "cascade_aabbs",
+    "ema_update",
+    "march_rays",
+    "march_rays_reference",
+    "occupancy_threshold",
+    "pack_bitfield",
+    "unpack_bitfield",
 ]
