@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 NATIVE_SOURCES := $(wildcard cuda/src/* cuda/include/fastminerf/*)
 
-.PHONY: install demo test test-python test-native bench clean
+.PHONY: install demo test test-python test-native check-cuda-extension bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,23 @@ test-native:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release $(if $(shell command -v nvcc),,-DFASTMINERF_BUILD_CUDA=OFF) > build-cmake.log 2>&1 || (cat build-cmake.log; exit 1)
 	cmake --build build/cmake -j2
 	ctest --test-dir build/cmake --output-on-failure
+
+# Build the full extension (CPU + CUDA kernels and their torch registrations) against a CUDA build of torch in a
+# separate venv, for sm_80 and sm_90, and run the CPU tests with it. Needs nvcc and ~6 GB of disk; no GPU.
+CUDA_VENV ?= build/venv-cuda
+CUDA_TORCH_SPEC ?= torch==2.14.1
+# the toolkit nvcc really runs from (nvcc may be a wrapper script elsewhere on the PATH)
+CUDA_HOME ?= $(shell cd /tmp && touch fmn_probe.cu && nvcc --dryrun -c fmn_probe.cu 2>&1 | sed -n 's/^\#\$$ _HERE_=\(.*\)\/bin$$/\1/p' | head -1)
+check-cuda-extension:
+	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/pip install -q -U pip
+	$(CUDA_VENV)/bin/pip install -q "$(CUDA_TORCH_SPEC)" -r requirements.txt
+	rm -rf build/cuda-ext && git worktree add -f --detach build/cuda-ext HEAD
+	cd build/cuda-ext && CUDA_HOME=$(CUDA_HOME) CPATH=$$(ls -d $(abspath $(CUDA_VENV))/lib/python3*/site-packages/nvidia/cu*/include | head -1) \
+		FASTMINERF_CUDA_ARCHITECTURES="80;90" $(abspath $(CUDA_VENV))/bin/python setup.py build_ext --inplace
+	cd build/cuda-ext && $(abspath $(CUDA_VENV))/bin/python -c "import fastminerf._C as C; assert C.with_cuda; print('CUDA kernels built')"
+	cd build/cuda-ext && PYTHONPATH=. $(abspath $(CUDA_VENV))/bin/python -m pytest -q tests
+	git worktree remove --force build/cuda-ext
 
 bench: install
 	$(BIN)/python benchmarks/kernels.py

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import machine, timeit  # noqa: E402
 from fastminerf.nn.occupancy import OccupancyGrid  # noqa: E402
 from fastminerf.ops.occupancy import ema_update, march_rays, occupancy_threshold, pack_bitfield  # noqa: E402
 
@@ -69,17 +67,6 @@ def camera_rays(yaw_deg: float, pitch_deg: float, size: int) -> tuple[torch.Tens
     return eye.expand_as(d).contiguous(), d.contiguous()
 
 
-def _timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def run(quick: bool = False) -> dict:
     torch.manual_seed(0)
     res = 64 if quick else 128
@@ -102,15 +89,15 @@ def run(quick: bool = False) -> dict:
     occupied = grid.sample(origins, directions, **kw)
     uniform = full.sample(origins, directions, **kw)
     hit_box = uniform.counts > 0
-    t_occ = _timeit(lambda: grid.sample(origins, directions, **kw), repeats)
-    t_uni = _timeit(lambda: full.sample(origins, directions, **kw), repeats)
+    t_occ = timeit(lambda: grid.sample(origins, directions, **kw), repeats)
+    t_uni = timeit(lambda: full.sample(origins, directions, **kw), repeats)
 
     # The reference on an evenly strided subset of the rays (it tests every lattice sample; slow by design).
     pick = torch.arange(0, n_rays, max(1, n_rays // 4096))
     n_ref = pick.numel()
     ref_args = (origins[pick], directions[pick], grid.bitfield, grid.aabbs, grid.resolution)
-    t_ref = _timeit(lambda: march_rays(*ref_args, backend="torch", **kw), repeats=2)
-    t_nat_sub = _timeit(lambda: march_rays(*ref_args, backend="native", **kw), repeats)
+    t_ref = timeit(lambda: march_rays(*ref_args, backend="torch", **kw), repeats=2)
+    t_nat_sub = timeit(lambda: march_rays(*ref_args, backend="native", **kw), repeats)
     same = all(torch.equal(a, b) for a, b in zip(march_rays(*ref_args, backend="torch", **kw),
                                                  march_rays(*ref_args, backend="native", **kw)))
 
@@ -125,16 +112,15 @@ def run(quick: bool = False) -> dict:
             pack_bitfield(occs, occupancy_threshold(occs, 0.01), 1, backend=backend)
         return step
 
-    t_upd_native = _timeit(update("native"), repeats)
-    t_upd_torch = _timeit(update("torch"), repeats=2)
+    t_upd_native = timeit(update("native"), repeats)
+    t_upd_torch = timeit(update("torch"), repeats=2)
 
     spr_occ = occupied.t_starts.numel() / n_rays
     spr_uni = uniform.t_starts.numel() / n_rays
     hits = int(hit_box.sum())
     result = {
         "name": "occupancy_marcher",
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__, "device": "cpu"},
+        "machine": machine(),
         "sizes": {"rays": n_rays, "views": len(views), "image": [size, size], "grid_resolution": res, "levels": 1,
                   "step_size": STEP, "fov_degrees": FOV_DEGREES, "camera_distance": CAMERA_DISTANCE,
                   "occupied_cell_fraction": grid.occupied_fraction(), "reference_rays": n_ref},
@@ -152,6 +138,15 @@ def run(quick: bool = False) -> dict:
         "native_speedup_vs_reference": t_ref / t_nat_sub,
         "update_speedup_vs_reference": t_upd_torch / t_upd_native,
         "native_equals_reference": bool(same),
+    }
+    result["summary"] = {
+        "rays (views x pixels)": f"{n_rays:,} ({len(views)} x {size}x{size})",
+        "occupied cells": f"{100 * grid.occupied_fraction():.1f}% of {res}^3",
+        "samples/ray: occupancy / uniform": f"{spr_occ:.1f} / {spr_uni:.1f}",
+        "fewer samples than uniform (target >= 5x)": f"{result['sample_reduction']:.1f}x",
+        "rays/s native: occupancy / uniform": f"{n_rays / t_occ:,.0f} / {n_rays / t_uni:,.0f}",
+        "marcher native / reference speed": f"{t_ref / t_nat_sub:.0f}x"
+        + (" (identical samples)" if same else " (SAMPLES DIFFER)"),
     }
     return result
 
