@@ -3,6 +3,19 @@
 Importing this package compiles nothing and needs no GPU; native kernels load on first use.
 """
 from .backend import BACKENDS, BackendError
+from .config import DataConfig, SamplerConfig, SynthConfig
+from .data import (
+    EXPRESSION_NAMES,
+    DatasetError,
+    FrameTable,
+    MultiIdentityDataset,
+    RayBatch,
+    RaySampler,
+    camera_rays,
+    frame_rays,
+    load_dataset,
+    ray_aabb,
+)
 from .nn import HashGridEncoding, OccupancyGrid
 from .ops import (
     CompositeResult,
@@ -22,6 +35,19 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "BackendError",
+    "DataConfig",
+    "DatasetError",
+    "EXPRESSION_NAMES",
+    "FrameTable",
+    "MultiIdentityDataset",
+    "RayBatch",
+    "RaySampler",
+    "SamplerConfig",
+    "SynthConfig",
+    "camera_rays",
+    "frame_rays",
+    "load_dataset",
+    "ray_aabb",
     "CompositeResult",
     "HashGridEncoding",
     "OccupancyGrid",

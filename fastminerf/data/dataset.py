@@ -1,0 +1,469 @@
+"""Many identities read as one dataset: flat per-split frame tables, and frames decoded lazily into a
+bounded cache.
+
+Metadata (every JSON) is read and validated when the dataset is loaded; pixels are decoded on first use
+and kept in a least-recently-used cache bounded in frames and in bytes, so a dataset larger than memory
+streams from disk. Frames stay uint8.
+
+Dimension letters: B frames of a split (all identities), I identities, E expression size.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..config import DataConfig
+from .layout import (
+    DatasetError,
+    SplitMeta,
+    find_identity_dirs,
+    identity_splits,
+    image_size,
+    read_mask,
+    read_rgb,
+    read_transforms,
+)
+
+__all__ = ["FrameCache", "FrameTable", "MultiIdentityDataset", "load_dataset"]
+
+PathLike = Union[str, Path]
+
+_DATA = DataConfig()
+
+
+class FrameCache:
+    """A thread-safe LRU cache of decoded arrays, bounded in item count and in bytes.
+
+    An array larger than ``max_bytes`` on its own is returned without being cached. Cached arrays are made
+    read-only so that no caller can change what another caller gets.
+
+    Args:
+        max_items: most arrays kept; None for no count limit.
+        max_bytes: most bytes kept; None for no byte limit.
+    """
+
+    def __init__(self, max_items: Optional[int] = _DATA.cache_frames, max_bytes: Optional[int] = _DATA.cache_bytes) -> None:
+        if max_items is not None and max_items < 0:
+            raise ValueError(f"max_items must be >= 0 or None, got {max_items}")
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0 or None, got {max_bytes}")
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: "OrderedDict[Hashable, np.ndarray]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        """Lookups answered from the cache."""
+        self.misses = 0
+        """Lookups that had to load."""
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        return self._bytes
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def clear(self) -> None:
+        """Drop everything."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    def get(self, key: Hashable, load: Callable[[], np.ndarray]) -> np.ndarray:
+        """The array cached under ``key``, calling ``load()`` (outside the lock) on a miss."""
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return arr
+            self.misses += 1
+        arr = load()
+        arr.setflags(write=False)
+        size = int(arr.nbytes)
+        if (self.max_items is not None and self.max_items == 0) or (self.max_bytes is not None and size > self.max_bytes):
+            return arr
+        with self._lock:
+            if key in self._items:  # loaded meanwhile by another thread
+                self._items.move_to_end(key)
+                return self._items[key]
+            self._items[key] = arr
+            self._bytes += size
+            while (self.max_items is not None and len(self._items) > self.max_items) or (
+                self.max_bytes is not None and self._bytes > self.max_bytes
+            ):
+                _, old = self._items.popitem(last=False)
+                self._bytes -= int(old.nbytes)
+        return arr
+
+
+@dataclass(frozen=True, eq=False)
+class FrameTable:
+    """Every frame of one split over all identities, as flat arrays over B frames.
+
+    Frame ``b`` belongs to identity ``identity[b]`` and is frame ``frame_in_identity[b]`` of that identity's
+    ``transforms_<split>.json``. Frames are ordered by identity, then by their order in the file.
+    """
+
+    split: str
+    """Split name."""
+    identity: np.ndarray
+    """(B,) int64 identity id (index into ``MultiIdentityDataset.identities``)."""
+    frame_in_identity: np.ndarray
+    """(B,) int64 position of the frame in its identity's ``frames`` list."""
+    c2w: np.ndarray
+    """(B, 4, 4) float32 camera-to-head transforms (OpenGL convention)."""
+    expression: np.ndarray
+    """(B, E) float32 expressions."""
+    intrinsics: np.ndarray
+    """(B, 4) float32 ``[fx, fy, cx, cy]`` in pixels."""
+    width: int
+    """Image width W in pixels, the same for the whole split."""
+    height: int
+    """Image height H in pixels, the same for the whole split."""
+    near: np.ndarray
+    """(B,) float32 layout ``near``; where not given, the closest distance from the camera to the ``aabb``."""
+    far: np.ndarray
+    """(B,) float32 layout ``far``; where not given, the farthest distance from the camera to the ``aabb``."""
+    explicit_near_far: np.ndarray
+    """(B,) bool, whether the layout gave ``near``/``far``; when false rays clip to the ``aabb`` instead."""
+    aabb: np.ndarray
+    """(B, 6) float32 head box ``[xmin, ymin, zmin, xmax, ymax, zmax]``."""
+    bbox: np.ndarray
+    """(B, 4) float32 face box ``[y0, y1, x0, x1]`` as image fractions; ``[0, 1, 0, 1]`` where absent."""
+    has_bbox: np.ndarray
+    """(B,) bool, whether the frame has a face box."""
+    image_paths: Tuple[str, ...]
+    """(B,) image file per frame."""
+    mask_paths: Tuple[Optional[str], ...]
+    """(B,) mask file per frame, or None."""
+    frame_index: np.ndarray
+    """(B,) int64 index of the frame in its source video (``frame_index``, else its position in the file)."""
+    time: np.ndarray
+    """(B,) float64 seconds since the start of the source video, NaN where the layout gives none."""
+    files: Tuple[Path, ...]
+    """(I,) the transforms JSON of each identity for this split."""
+
+    def __len__(self) -> int:
+        return int(self.identity.shape[0])
+
+    def frames_of(self, identity: int) -> np.ndarray:
+        """Flat indices of one identity's frames, in file order."""
+        return np.flatnonzero(self.identity == identity)
+
+    def bbox_or_none(self, index: int) -> Optional[Tuple[float, float, float, float]]:
+        """The face box ``(y0, y1, x0, x1)`` of one frame, or None when it has none."""
+        return tuple(float(v) for v in self.bbox[index]) if self.has_bbox[index] else None  # type: ignore[return-value]
+
+
+def _box_distance_bounds(c2w: np.ndarray, aabb: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Closest and farthest distance from each camera centre to its box. c2w (B,4,4), aabb (B,6) -> (B,), (B,)."""
+    centre = c2w[:, :3, 3].astype(np.float64)
+    lo, hi = aabb[:, :3].astype(np.float64), aabb[:, 3:].astype(np.float64)
+    nearest = np.clip(centre, lo, hi)
+    near = np.linalg.norm(centre - nearest, axis=1)
+    farthest = np.where(np.abs(centre - lo) > np.abs(centre - hi), lo, hi)
+    far = np.linalg.norm(centre - farthest, axis=1)
+    return near.astype(np.float32), far.astype(np.float32)
+
+
+class MultiIdentityDataset:
+    """Identity folders of the shared layout read as one dataset.
+
+    Build it with :func:`load_dataset`. Identities are sorted by name; an identity's id is its index in
+    :attr:`identities`. Per split, :meth:`table` gives a flat frame table; :meth:`image`, :meth:`mask` and
+    :meth:`background` decode pixels on demand through a bounded LRU cache.
+    """
+
+    def __init__(
+        self,
+        identity_dirs: Sequence[Path],
+        metas: Dict[str, List[SplitMeta]],
+        cache: FrameCache,
+    ) -> None:
+        self.identity_dirs: List[Path] = list(identity_dirs)
+        """(I,) identity folders, in id order."""
+        self.identities: List[str] = [d.name for d in self.identity_dirs]
+        """(I,) identity names, sorted; the index is the identity id."""
+        self.cache = cache
+        """The cache of decoded frames and masks (inspect ``len``, ``nbytes``, ``hits``, ``misses``)."""
+        self._metas = metas
+        self.splits: Tuple[str, ...] = tuple(metas)
+        """Loaded split names."""
+        first = metas[self.splits[0]][0]
+        self.expression_dim: int = first.expression_dim
+        """E, the expression length shared by every frame of every identity."""
+        names = next((m.expression_names for ms in metas.values() for m in ms if m.expression_names), None)
+        self.expression_names: Optional[Tuple[str, ...]] = names
+        """A name per expression coefficient when the layout gives them, else None."""
+        self._tables: Dict[str, FrameTable] = {s: self._build_table(s, ms) for s, ms in metas.items()}
+        self._backgrounds: Dict[Tuple[Optional[Path], int, int], np.ndarray] = {}
+        self._bg_lock = threading.Lock()
+
+    # -- tables
+
+    @staticmethod
+    def _build_table(split: str, metas: List[SplitMeta]) -> FrameTable:
+        width, height = metas[0].width, metas[0].height  # already resolved by load_dataset
+        assert width is not None and height is not None
+        ident = np.concatenate([np.full(len(m), i, dtype=np.int64) for i, m in enumerate(metas)])
+        c2w = np.concatenate([m.c2w for m in metas])
+        aabb = np.concatenate([np.tile(np.asarray(m.aabb, np.float32), (len(m), 1)) for m in metas])
+        box_near, box_far = _box_distance_bounds(c2w, aabb)
+        explicit = np.concatenate([np.full(len(m), m.near is not None) for m in metas])
+        near = np.concatenate([np.full(len(m), m.near if m.near is not None else np.nan, np.float32) for m in metas])
+        far = np.concatenate([np.full(len(m), m.far if m.far is not None else np.nan, np.float32) for m in metas])
+        near = np.where(explicit, near, box_near).astype(np.float32)
+        far = np.where(explicit, far, box_far).astype(np.float32)
+        intr = np.concatenate(
+            [np.tile(np.asarray(m.resolve_intrinsics(width, height), np.float32), (len(m), 1)) for m in metas]
+        )
+        return FrameTable(
+            split=split,
+            identity=ident,
+            frame_in_identity=np.concatenate([np.arange(len(m), dtype=np.int64) for m in metas]),
+            c2w=c2w,
+            expression=np.concatenate([m.expression for m in metas]),
+            intrinsics=intr,
+            width=int(width),
+            height=int(height),
+            near=near,
+            far=far,
+            explicit_near_far=explicit,
+            aabb=aabb,
+            bbox=np.concatenate([m.bbox for m in metas]),
+            has_bbox=np.concatenate([m.has_bbox for m in metas]),
+            image_paths=tuple(p for m in metas for p in m.image_paths),
+            mask_paths=tuple(p for m in metas for p in m.mask_paths),
+            frame_index=np.concatenate([m.frame_index for m in metas]),
+            time=np.concatenate([m.time for m in metas]),
+            files=tuple(m.file for m in metas),
+        )
+
+    def table(self, split: str) -> FrameTable:
+        """The flat frame table of a loaded split."""
+        try:
+            return self._tables[split]
+        except KeyError:
+            raise KeyError(f"split '{split}' is not loaded; loaded splits: {list(self.splits)}") from None
+
+    def num_frames(self, split: str) -> int:
+        """B, the number of frames of a split over all identities."""
+        return len(self.table(split))
+
+    def split_meta(self, split: str, identity: int) -> SplitMeta:
+        """The validated transforms file of one identity and split."""
+        return self._metas[split][identity]
+
+    # -- pixels
+
+    def _where(self, split: str, index: int) -> Tuple[FrameTable, SplitMeta, int]:
+        t = self.table(split)
+        if not 0 <= index < len(t):
+            raise IndexError(f"frame {index} out of range for split '{split}' with {len(t)} frames")
+        return t, self._metas[split][int(t.identity[index])], int(t.frame_in_identity[index])
+
+    def background(self, identity: int, split: Optional[str] = None) -> np.ndarray:
+        """The identity's static background, uint8 (H, W, 3), read-only; white when the layout has none.
+
+        Uses the ``background`` of the identity's transforms file for ``split`` (default: the first loaded
+        split). Backgrounds are decoded once and kept (one image per identity).
+        """
+        split = self.splits[0] if split is None else split
+        t = self.table(split)
+        meta = self._metas[split][identity]
+        key = (meta.background, t.width, t.height)
+        with self._bg_lock:
+            bg = self._backgrounds.get(key)
+        if bg is not None:
+            return bg
+        if meta.background is None:
+            bg = np.full((t.height, t.width, 3), 255, dtype=np.uint8)
+        else:
+            try:
+                bg = read_rgb(meta.background)
+            except (OSError, ValueError) as exc:
+                raise DatasetError(f"cannot read background image {meta.background}: {exc}", file=meta.file, key="background") from None
+            if bg.shape[:2] != (t.height, t.width):
+                raise DatasetError(
+                    f"background image {meta.background} is {bg.shape[1]}x{bg.shape[0]} but the frames of split "
+                    f"'{split}' are {t.width}x{t.height}",
+                    file=meta.file,
+                    key="background",
+                )
+        bg.setflags(write=False)
+        with self._bg_lock:
+            self._backgrounds[key] = bg
+        return bg
+
+    def image(self, split: str, index: int) -> np.ndarray:
+        """Frame ``index`` of ``split`` as uint8 (H, W, 3), read-only; RGBA is composited over the identity's
+        background. Decoded on first use and cached.
+
+        Raises:
+            DatasetError: naming the transforms file, the frame and ``file_path`` when the image cannot be
+                decoded or has the wrong size.
+        """
+        t, meta, k = self._where(split, index)
+        path = t.image_paths[index]
+        identity = int(t.identity[index])
+
+        def load() -> np.ndarray:
+            try:
+                img = read_rgb(path, background=lambda: self.background(identity, split))
+            except DatasetError:
+                raise  # a bad background, already located
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise DatasetError(f"cannot read image {path}: {exc}", file=meta.file, frame=k, key="file_path") from None
+            if img.shape[:2] != (t.height, t.width):
+                raise DatasetError(
+                    f"image {path} is {img.shape[1]}x{img.shape[0]} but the split's images are {t.width}x{t.height}",
+                    file=meta.file,
+                    frame=k,
+                    key="file_path",
+                )
+            return img
+
+        return self.cache.get(("image", split, index), load)
+
+    def has_mask(self, split: str, index: int) -> bool:
+        """Whether the frame has a ``mask_path``."""
+        return self.table(split).mask_paths[index] is not None
+
+    def mask(self, split: str, index: int) -> Optional[np.ndarray]:
+        """The frame's foreground mask as bool (H, W), read-only, or None when it has no ``mask_path``."""
+        t, meta, k = self._where(split, index)
+        path = t.mask_paths[index]
+        if path is None:
+            return None
+
+        def load() -> np.ndarray:
+            try:
+                m = read_mask(path)
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise DatasetError(f"cannot read mask {path}: {exc}", file=meta.file, frame=k, key="mask_path") from None
+            if m.shape != (t.height, t.width):
+                raise DatasetError(
+                    f"mask {path} is {m.shape[1]}x{m.shape[0]} but the split's images are {t.width}x{t.height}",
+                    file=meta.file,
+                    frame=k,
+                    key="mask_path",
+                )
+            return m
+
+        return self.cache.get(("mask", split, index), load)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}: {len(t)} frames {t.width}x{t.height}" for s, t in self._tables.items())
+        return f"MultiIdentityDataset({len(self.identities)} identities, E={self.expression_dim}, {sizes})"
+
+
+def load_dataset(
+    paths: Union[PathLike, Sequence[PathLike]],
+    splits: Optional[Sequence[str]] = _DATA.splits,
+    cache_frames: Optional[int] = _DATA.cache_frames,
+    cache_bytes: Optional[int] = _DATA.cache_bytes,
+) -> MultiIdentityDataset:
+    """Read identity folders of the shared layout (``DATASET.md``) as one dataset.
+
+    Reads and validates every transforms file now (keys, shapes, finite values, files exist, one expression
+    length across frames and identities, one image size per split from the first image of each file and the
+    ``w``/``h`` keys); pixels are decoded later, on demand.
+
+    Args:
+        paths: identity folders and/or roots holding identity folders (a folder is an identity folder when it
+            holds a ``transforms_<split>.json``).
+        splits: splits to load, each required for every identity; None for the splits the first identity has.
+        cache_frames, cache_bytes: bounds of the frame cache (see :class:`fastminerf.config.DataConfig`,
+            whose fields these keywords are).
+
+    Returns:
+        The dataset; its identities sorted by folder name.
+
+    Raises:
+        DatasetError: naming the file, the frame and the key.
+
+    Example:
+        >>> data = load_dataset(["runs/synth"], splits=("train", "val"))
+        >>> data.identities, data.expression_dim, data.num_frames("train")
+    """
+    dirs = find_identity_dirs(paths)
+    if splits is None:
+        splits = identity_splits(dirs[0])
+    splits = tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one split")
+    metas: Dict[str, List[SplitMeta]] = {}
+    ref: Optional[SplitMeta] = None  # the first file read: the reference expression length
+    names_ref: Optional[SplitMeta] = None
+    for split in splits:
+        per_identity: List[SplitMeta] = []
+        size_ref: Optional[Tuple[int, int, Path, str]] = None  # (w, h, file, what)
+        for d in dirs:
+            file = d / f"transforms_{split}.json"
+            if not file.is_file():
+                raise DatasetError(f"identity '{d.name}' has no split '{split}' (file missing)", file=file)
+            m = read_transforms(file, d)
+            if ref is None:
+                ref = m
+            elif m.expression_dim != ref.expression_dim:
+                raise DatasetError(
+                    f"identity '{d.name}' has expressions of length {m.expression_dim} but identity "
+                    f"'{ref.identity_dir.name}' ({ref.file}) has length {ref.expression_dim}; identities trained "
+                    f"together must share one expression space",
+                    file=file,
+                    frame=0,
+                    key="expression",
+                )
+            if m.expression_names is not None:
+                if names_ref is None:
+                    names_ref = m
+                elif m.expression_names != names_ref.expression_names:
+                    raise DatasetError(
+                        f"expression_names differ from those of {names_ref.file}; identities trained together "
+                        f"must share one expression space",
+                        file=file,
+                        key="expression_names",
+                    )
+            # Image size: the first image's header, checked against w/h and against the split's other files.
+            first = m.image_paths[0]
+            try:
+                w, h = image_size(first)
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise DatasetError(f"cannot read image {first}: {exc}", file=file, frame=0, key="file_path") from None
+            for key, given, actual in (("w", m.width, w), ("h", m.height, h)):
+                if given is not None and given != actual:
+                    raise DatasetError(
+                        f"says {given} but image {first} is {w}x{h}", file=file, key=key
+                    )
+            if size_ref is None:
+                size_ref = (w, h, file, str(first))
+            elif (w, h) != size_ref[:2]:
+                raise DatasetError(
+                    f"image {first} is {w}x{h} but {size_ref[3]} ({size_ref[2]}) is {size_ref[0]}x{size_ref[1]}; "
+                    f"all images of split '{split}' must have one size",
+                    file=file,
+                    frame=0,
+                    key="file_path",
+                )
+            per_identity.append(_with_size(m, w, h))
+        metas[split] = per_identity
+    cache = FrameCache(max_items=cache_frames, max_bytes=cache_bytes)
+    return MultiIdentityDataset(dirs, metas, cache)
+
+
+def _with_size(meta: SplitMeta, width: int, height: int) -> SplitMeta:
+    from dataclasses import replace
+
+    return replace(meta, width=width, height=height)

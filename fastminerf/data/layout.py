@@ -1,0 +1,529 @@
+"""The on-disk layout of ``DATASET.md``: finding identity folders, reading and validating
+``transforms_<split>.json`` files, and decoding frames.
+
+Everything here is eager and cheap (JSON, file existence, one image header per file); pixel data is decoded
+only through :func:`read_rgb` / :func:`read_mask`, which the dataset calls lazily.
+
+Every problem raises :class:`DatasetError`, whose message names the file, the frame (its position in the
+file's ``frames`` list) and the key, e.g. ``.../transforms_train.json: frame 3: key 'transform_matrix':
+expected shape (4, 4), got (3, 4)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_AABB",
+    "DatasetError",
+    "SplitMeta",
+    "find_identity_dirs",
+    "identity_splits",
+    "is_identity_dir",
+    "read_mask",
+    "read_rgb",
+    "read_transforms",
+]
+
+PathLike = Union[str, Path]
+
+DEFAULT_AABB: Tuple[float, ...] = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
+"""The layout's default head box: a cube of side 3 at the origin, ``[xmin, ymin, zmin, xmax, ymax, zmax]``."""
+
+IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg")
+"""Suffixes tried, in order, for a ``file_path`` / ``mask_path`` without an image extension (NeRFace)."""
+
+LAST_ROW_TOL = 1e-4
+"""How far the last row of ``transform_matrix`` may be from ``[0, 0, 0, 1]`` (JSON round-off of trackers);
+anything further is almost always a transposed matrix."""
+
+_TRANSFORMS_PREFIX = "transforms_"
+_TRANSFORMS_SUFFIX = ".json"
+
+
+class DatasetError(ValueError):
+    """A dataset does not follow the layout. The message names the file, the frame and the key.
+
+    Attributes:
+        problem: what is wrong, without the location.
+        file: the file concerned (a transforms JSON, an image or a folder), or None.
+        frame: position of the frame in the file's ``frames`` list, or None.
+        key: the JSON key concerned, or None.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: Optional[PathLike] = None,
+        frame: Optional[int] = None,
+        key: Optional[str] = None,
+    ) -> None:
+        self.problem = problem
+        self.file = None if file is None else str(file)
+        self.frame = frame
+        self.key = key
+        where = []
+        if self.file is not None:
+            where.append(self.file)
+        if frame is not None:
+            where.append(f"frame {frame}")
+        if key is not None:
+            where.append(f"key '{key}'")
+        super().__init__(": ".join(where + [problem]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Finding identities and splits
+
+
+def is_identity_dir(path: PathLike) -> bool:
+    """True when ``path`` is a folder holding at least one ``transforms_<split>.json``."""
+    p = Path(path)
+    return p.is_dir() and any(p.glob(f"{_TRANSFORMS_PREFIX}*{_TRANSFORMS_SUFFIX}"))
+
+
+def identity_splits(identity_dir: PathLike) -> List[str]:
+    """Names of the splits an identity folder has (``transforms_<split>.json``), sorted."""
+    p = Path(identity_dir)
+    names = [f.name[len(_TRANSFORMS_PREFIX) : -len(_TRANSFORMS_SUFFIX)] for f in p.glob(f"{_TRANSFORMS_PREFIX}*{_TRANSFORMS_SUFFIX}")]
+    return sorted(n for n in names if n)
+
+
+def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
+    """Identity folders named by ``paths``: each path is an identity folder, or a root whose sub-folders are.
+
+    Returns the folders sorted by name (the identity name). Raises :class:`DatasetError` for a path that does
+    not exist, a root without identity folders, or two identities with the same name.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: List[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise DatasetError("no such file or folder", file=p)
+        if not p.is_dir():
+            raise DatasetError("expected an identity folder or a folder of identity folders", file=p)
+        if is_identity_dir(p):
+            found.append(p)
+            continue
+        children = sorted(c for c in p.iterdir() if is_identity_dir(c))
+        if not children:
+            raise DatasetError(
+                f"no identity folders here: neither this folder nor its sub-folders hold a "
+                f"{_TRANSFORMS_PREFIX}<split>{_TRANSFORMS_SUFFIX}",
+                file=p,
+            )
+        found.extend(children)
+    by_name = {}
+    for d in found:
+        other = by_name.get(d.name)
+        if other is not None and other.resolve() != d.resolve():
+            raise DatasetError(f"identity name '{d.name}' is also the name of {other}; identity names must be unique", file=d)
+        by_name[d.name] = d
+    return [by_name[name] for name in sorted(by_name)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One transforms file
+
+
+@dataclass(frozen=True, eq=False)
+class SplitMeta:
+    """Validated contents of one ``transforms_<split>.json`` (one identity, one split), F frames.
+
+    Image size and intrinsics are resolved later, once the size is known (:meth:`resolve_intrinsics`).
+    """
+
+    file: Path
+    """The JSON file."""
+    identity_dir: Path
+    """The identity folder holding it."""
+    split: str
+    """Split name."""
+    image_paths: Tuple[str, ...]
+    """(F,) resolved image path per frame (strings: a third of the memory of ``Path`` objects, which counts
+    with millions of frames)."""
+    mask_paths: Tuple[Optional[str], ...]
+    """(F,) resolved mask path per frame, or None."""
+    c2w: np.ndarray
+    """(F, 4, 4) float32 camera-to-head transforms."""
+    expression: np.ndarray
+    """(F, E) float32 expressions."""
+    bbox: np.ndarray
+    """(F, 4) float32 face boxes ``[y0, y1, x0, x1]`` as image fractions; ``[0, 1, 0, 1]`` where absent."""
+    has_bbox: np.ndarray
+    """(F,) bool, whether the frame gave a ``bbox``."""
+    frame_index: np.ndarray
+    """(F,) int64 ``frame_index`` of each frame, or its position in the file when absent."""
+    time: np.ndarray
+    """(F,) float64 ``time`` of each frame in seconds, NaN where absent."""
+    intrinsics: Optional[Tuple[float, float, float, float]]
+    """``intrinsics`` as written, or None."""
+    camera_angle_x: Optional[float]
+    """``camera_angle_x`` as written, or None."""
+    width: Optional[int]
+    """``w`` as written, or None."""
+    height: Optional[int]
+    """``h`` as written, or None."""
+    near: Optional[float]
+    """``near`` as written, or None."""
+    far: Optional[float]
+    """``far`` as written, or None."""
+    aabb: Tuple[float, ...]
+    """``aabb`` as written, or :data:`DEFAULT_AABB`."""
+    background: Optional[Path]
+    """Resolved background image: ``background`` when given, else ``bg.png`` when present, else None (white)."""
+    expression_names: Optional[Tuple[str, ...]]
+    """``expression_names`` as written, or None."""
+    fps: Optional[float]
+    """``fps`` as written, or None."""
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def expression_dim(self) -> int:
+        """E, the expression length of every frame of the file."""
+        return int(self.expression.shape[1])
+
+    def resolve_intrinsics(self, width: int, height: int) -> Tuple[float, float, float, float]:
+        """``[fx, fy, cx, cy]`` in pixels for images of the given size.
+
+        From ``intrinsics`` when written, else from ``camera_angle_x`` (fx = fy = 0.5 w / tan(angle / 2),
+        principal point at the centre). NeRFace writes ``cx`` and ``cy`` as fractions of the image size
+        (``0.5``); a principal point with both values in (0, 1] is read that way, since a real one within a
+        pixel of the corner does not occur.
+        """
+        if self.intrinsics is not None:
+            fx, fy, cx, cy = self.intrinsics
+            if 0.0 < cx <= 1.0 and 0.0 < cy <= 1.0:
+                cx, cy = cx * width, cy * height
+            return (fx, fy, cx, cy)
+        assert self.camera_angle_x is not None
+        f = 0.5 * width / math.tan(0.5 * self.camera_angle_x)
+        return (f, f, 0.5 * width, 0.5 * height)
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _numbers(value: Any, shape: Optional[Tuple[int, ...]], *, file: Path, frame: Optional[int], key: str, ndim: Optional[int] = None) -> np.ndarray:
+    """Parse a JSON number / nested list into a finite float64 array of the given shape (or ndim)."""
+    if isinstance(value, (str, dict)) or value is None:
+        raise DatasetError(f"expected numbers, got {_describe(value)}", file=file, frame=frame, key=key)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DatasetError(f"expected numbers, got {_describe(value)}", file=file, frame=frame, key=key) from None
+    if shape is not None and arr.shape != shape:
+        raise DatasetError(f"expected shape {shape}, got shape {arr.shape}", file=file, frame=frame, key=key)
+    if ndim is not None and arr.ndim != ndim:
+        raise DatasetError(f"expected a flat list of numbers, got shape {arr.shape}", file=file, frame=frame, key=key)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DatasetError(f"non-finite value {arr[pos]} at position {list(pos)}", file=file, frame=frame, key=key)
+    return arr
+
+
+def _number(value: Any, *, file: Path, key: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DatasetError(f"expected a number, got {_describe(value)}", file=file, key=key)
+    v = float(value)
+    if not math.isfinite(v):
+        raise DatasetError(f"non-finite value {v}", file=file, key=key)
+    if positive and v <= 0:
+        raise DatasetError(f"must be positive, got {v}", file=file, key=key)
+    return v
+
+
+def _size(value: Any, *, file: Path, key: str) -> int:
+    v = _number(value, file=file, key=key, positive=True)
+    if v != int(v):
+        raise DatasetError(f"expected a whole number of pixels, got {v}", file=file, key=key)
+    return int(v)
+
+
+def _resolve_image(identity_dir: Path, rel: Any, *, file: Path, frame: Optional[int], key: str) -> Path:
+    """Resolve an image path relative to the identity folder, trying image suffixes when it has none."""
+    if not isinstance(rel, str) or not rel:
+        raise DatasetError(f"expected a relative path, got {_describe(rel)}", file=file, frame=frame, key=key)
+    base = identity_dir / rel
+    if base.suffix.lower() in IMAGE_SUFFIXES:
+        candidates = [base]
+    else:
+        candidates = [base.with_name(base.name + s) for s in IMAGE_SUFFIXES] + [base]
+    for c in candidates:
+        if c.is_file():
+            return c
+    if len(candidates) == 1:
+        raise DatasetError(f"image not found: {base}", file=file, frame=frame, key=key)
+    raise DatasetError(
+        f"image not found: {base} (tried {', '.join(s for s in IMAGE_SUFFIXES)} and no suffix)",
+        file=file,
+        frame=frame,
+        key=key,
+    )
+
+
+def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> SplitMeta:
+    """Read and validate one ``transforms_<split>.json``.
+
+    Checks every key the layout defines: required keys present, shapes (4x4 ``transform_matrix`` with last
+    row ``[0, 0, 0, 1]``, 4 ``intrinsics``, 6 ``aabb``, 4 ``bbox``), finite values, one expression length for
+    all frames, referenced images and masks exist, ``expression_names`` matches the expression length.
+
+    Args:
+        path: the JSON file.
+        identity_dir: folder the paths are relative to; default the file's folder.
+
+    Raises:
+        DatasetError: naming the file, the frame and the key.
+    """
+    file = Path(path)
+    root = Path(identity_dir) if identity_dir is not None else file.parent
+    name = file.name
+    if not (name.startswith(_TRANSFORMS_PREFIX) and name.endswith(_TRANSFORMS_SUFFIX)):
+        raise DatasetError(f"expected a file named {_TRANSFORMS_PREFIX}<split>{_TRANSFORMS_SUFFIX}", file=file)
+    split = name[len(_TRANSFORMS_PREFIX) : -len(_TRANSFORMS_SUFFIX)]
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read: {exc}", file=file) from None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", file=file) from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"expected a JSON object at the top level, got {type(meta).__name__}", file=file)
+
+    # --- top-level keys
+    if "frames" not in meta:
+        raise DatasetError("missing required key", file=file, key="frames")
+    frames = meta["frames"]
+    if not isinstance(frames, list):
+        raise DatasetError(f"expected a list of frames, got {type(frames).__name__}", file=file, key="frames")
+    if not frames:
+        raise DatasetError("empty split: the file lists no frames", file=file, key="frames")
+
+    intrinsics = None
+    if meta.get("intrinsics") is not None:
+        k = _numbers(meta["intrinsics"], (4,), file=file, frame=None, key="intrinsics")
+        if k[0] <= 0 or k[1] <= 0:
+            raise DatasetError(f"focal lengths fx, fy must be positive, got {k[0]}, {k[1]}", file=file, key="intrinsics")
+        intrinsics = tuple(float(v) for v in k)
+    camera_angle_x = None
+    if meta.get("camera_angle_x") is not None:
+        camera_angle_x = _number(meta["camera_angle_x"], file=file, key="camera_angle_x", positive=True)
+        if camera_angle_x >= math.pi:
+            raise DatasetError(f"field of view must be below pi radians, got {camera_angle_x}", file=file, key="camera_angle_x")
+    if intrinsics is None and camera_angle_x is None:
+        raise DatasetError(
+            "missing camera: give 'intrinsics' [fx, fy, cx, cy] or 'camera_angle_x'", file=file, key="intrinsics"
+        )
+    width = _size(meta["w"], file=file, key="w") if meta.get("w") is not None else None
+    height = _size(meta["h"], file=file, key="h") if meta.get("h") is not None else None
+
+    has_near, has_far = meta.get("near") is not None, meta.get("far") is not None
+    if has_near != has_far:
+        missing = "far" if has_near else "near"
+        raise DatasetError("'near' and 'far' must be given together", file=file, key=missing)
+    near = far = None
+    if has_near:
+        near = _number(meta["near"], file=file, key="near")
+        far = _number(meta["far"], file=file, key="far")
+        if near < 0 or far <= near:
+            raise DatasetError(f"need 0 <= near < far, got near={near}, far={far}", file=file, key="far")
+
+    aabb = DEFAULT_AABB
+    if meta.get("aabb") is not None:
+        box = _numbers(meta["aabb"], (6,), file=file, frame=None, key="aabb")
+        if np.any(box[:3] >= box[3:]):
+            raise DatasetError(f"need min < max on every axis, got {box.tolist()}", file=file, key="aabb")
+        aabb = tuple(float(v) for v in box)
+
+    if meta.get("background") is not None:
+        background: Optional[Path] = _resolve_image(root, meta["background"], file=file, frame=None, key="background")
+    else:
+        background = root / "bg.png" if (root / "bg.png").is_file() else None
+
+    fps = _number(meta["fps"], file=file, key="fps", positive=True) if meta.get("fps") is not None else None
+
+    # --- frames
+    n = len(frames)
+    image_paths: List[str] = []
+    mask_paths: List[Optional[str]] = []
+    c2w = np.empty((n, 4, 4), dtype=np.float32)
+    bbox = np.tile(np.array([0.0, 1.0, 0.0, 1.0], dtype=np.float32), (n, 1))
+    has_bbox = np.zeros(n, dtype=bool)
+    frame_index = np.arange(n, dtype=np.int64)
+    times = np.full(n, np.nan, dtype=np.float64)
+    expressions: List[np.ndarray] = []
+    for i, fr in enumerate(frames):
+        if not isinstance(fr, dict):
+            raise DatasetError(f"expected a JSON object, got {_describe(fr)}", file=file, frame=i)
+        for key in ("file_path", "transform_matrix", "expression"):
+            if key not in fr:
+                raise DatasetError("missing required key", file=file, frame=i, key=key)
+        m = _numbers(fr["transform_matrix"], (4, 4), file=file, frame=i, key="transform_matrix")
+        if np.max(np.abs(m[3] - np.array([0.0, 0.0, 0.0, 1.0]))) > LAST_ROW_TOL:
+            raise DatasetError(
+                f"last row must be [0, 0, 0, 1], got {m[3].tolist()} (is the matrix transposed?)",
+                file=file,
+                frame=i,
+                key="transform_matrix",
+            )
+        c2w[i] = m
+        e = _numbers(fr["expression"], None, file=file, frame=i, key="expression", ndim=1)
+        if expressions and e.shape[0] != expressions[0].shape[0]:
+            raise DatasetError(
+                f"expression has {e.shape[0]} values but frame 0 has {expressions[0].shape[0]}; every frame "
+                f"needs the same expression length",
+                file=file,
+                frame=i,
+                key="expression",
+            )
+        expressions.append(e)
+        if fr.get("bbox") is not None:
+            b = _numbers(fr["bbox"], (4,), file=file, frame=i, key="bbox")
+            if b[0] >= b[1] or b[2] >= b[3]:
+                raise DatasetError(f"need y0 < y1 and x0 < x1 in [y0, y1, x0, x1], got {b.tolist()}", file=file, frame=i, key="bbox")
+            bbox[i] = b
+            has_bbox[i] = True
+        if fr.get("frame_index") is not None:
+            v = fr["frame_index"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 0:
+                raise DatasetError(f"expected a whole number >= 0, got {_describe(v)}", file=file, frame=i, key="frame_index")
+            frame_index[i] = int(v)
+        if fr.get("time") is not None:
+            v = _numbers(fr["time"], (), file=file, frame=i, key="time")
+            times[i] = float(v)
+        image_paths.append(str(_resolve_image(root, fr["file_path"], file=file, frame=i, key="file_path")))
+        if fr.get("mask_path") is not None:
+            mask_paths.append(str(_resolve_image(root, fr["mask_path"], file=file, frame=i, key="mask_path")))
+        else:
+            mask_paths.append(None)
+    expression = np.stack(expressions).astype(np.float32) if expressions[0].size else np.zeros((n, 0), np.float32)
+
+    names = None
+    if meta.get("expression_names") is not None:
+        raw = meta["expression_names"]
+        if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+            raise DatasetError(f"expected a list of names, got {_describe(raw)}", file=file, key="expression_names")
+        if len(raw) != expression.shape[1]:
+            raise DatasetError(
+                f"{len(raw)} names for expressions of length {expression.shape[1]}", file=file, key="expression_names"
+            )
+        names = tuple(raw)
+
+    return SplitMeta(
+        file=file,
+        identity_dir=root,
+        split=split,
+        image_paths=tuple(image_paths),
+        mask_paths=tuple(mask_paths),
+        c2w=c2w,
+        expression=expression,
+        bbox=bbox,
+        has_bbox=has_bbox,
+        frame_index=frame_index,
+        time=times,
+        intrinsics=intrinsics,
+        camera_angle_x=camera_angle_x,
+        width=width,
+        height=height,
+        near=near,
+        far=far,
+        aabb=aabb,
+        background=background,
+        expression_names=names,
+        fps=fps,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pixels
+
+
+def image_size(path: PathLike) -> Tuple[int, int]:
+    """``(width, height)`` of an image file from its header, without decoding the pixels."""
+    from PIL import Image  # imageio's own PNG/JPEG backend
+
+    with Image.open(path) as im:
+        return int(im.size[0]), int(im.size[1])
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype == np.uint16:
+        return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    raise ValueError(f"unsupported pixel type {arr.dtype}")
+
+
+def _decode(path: Path) -> np.ndarray:
+    """Decode an image to uint8 (H, W, C) with C in 1..4; raises OSError/ValueError from the decoder."""
+    import imageio.v3 as iio
+
+    arr = np.asarray(iio.imread(path, plugin="pillow"))  # PNG or JPEG (DATASET.md)
+    arr = _to_uint8(arr)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"unsupported image shape {arr.shape}")
+    return arr
+
+
+def read_rgb(
+    path: PathLike, background: Union[None, np.ndarray, Callable[[], np.ndarray]] = None
+) -> np.ndarray:
+    """Decode an image as uint8 (H, W, 3); an alpha channel composites over ``background`` (H, W, 3) uint8,
+    or over what a callable ``background()`` returns (called only for images with alpha), white when None.
+    Grey images are repeated to three channels.
+
+    Raises OSError or ValueError from the decoder (the dataset turns them into :class:`DatasetError`).
+    """
+    arr = _decode(Path(path))
+    c = arr.shape[2]
+    if c in (1, 2):
+        arr = np.concatenate([np.repeat(arr[:, :, :1], 3, axis=2), arr[:, :, 1:]], axis=2)
+    if arr.shape[2] == 3:
+        return np.ascontiguousarray(arr)
+    rgb = arr[:, :, :3].astype(np.uint32)
+    alpha = arr[:, :, 3:4].astype(np.uint32)
+    if callable(background):
+        background = background()
+    if background is None:
+        back = np.full_like(rgb, 255)
+    else:
+        if background.shape != rgb.shape:
+            raise ValueError(f"background is {background.shape[1]}x{background.shape[0]}, image is {rgb.shape[1]}x{rgb.shape[0]}")
+        back = background.astype(np.uint32)
+    # Exact integer compositing: round(rgb * a / 255 + back * (255 - a) / 255).
+    out = (rgb * alpha + back * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+MASK_THRESHOLD = 127
+"""A mask pixel keeps the head when its grey value (mean of the colour channels) exceeds this."""
+
+
+def read_mask(path: PathLike) -> np.ndarray:
+    """Decode a foreground mask as bool (H, W): True where the mean colour value exceeds
+    :data:`MASK_THRESHOLD` (white = head and torso kept). An alpha channel is ignored."""
+    arr = _decode(Path(path))
+    c = arr.shape[2]
+    colour = arr[:, :, :1] if c in (1, 2) else arr[:, :, :3]
+    return colour.mean(axis=2) > MASK_THRESHOLD

@@ -1,0 +1,358 @@
+"""Rays from the layout's cameras, and batches of training rays drawn across identities and frames.
+
+Conventions (``DATASET.md``): pixel ``(i, j)`` is (column, row) and its ray passes through the pixel centre
+``(i + 0.5, j + 0.5)``. Cameras are OpenGL/Blender: the camera looks down its -z axis, +y is up, +x right, so a
+pixel's direction in camera space is ``((i + 0.5 - cx) / fx, -(j + 0.5 - cy) / fy, -1)``; ``transform_matrix``
+(c2w) takes it to head space.
+
+Dimension letters: N rays, B frames, E expression size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Dict, Iterator, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..config import SamplerConfig
+from .dataset import MultiIdentityDataset
+
+__all__ = ["RayBatch", "RaySampler", "camera_rays", "frame_rays", "ray_aabb"]
+
+TensorLike = Union[torch.Tensor, np.ndarray, list, tuple]
+
+_PARALLEL_EPS = 1e-12
+"""Magnitude that replaces exact zeros of a direction component in the slab test, so that 0 * inf never
+produces NaN; any value far below 1/(scene size) gives the same intersection."""
+
+
+def camera_rays(
+    c2w: TensorLike,
+    intrinsics: TensorLike,
+    width: int,
+    height: int,
+    pixels: Optional[TensorLike] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Origins and unit directions of pixel-centre rays, in head space.
+
+    .. math::
+        d_{cam} = \\left(\\frac{i + 0.5 - c_x}{f_x},\\ -\\frac{j + 0.5 - c_y}{f_y},\\ -1\\right),\\quad
+        d = \\frac{R\\, d_{cam}}{\\lVert R\\, d_{cam} \\rVert},\\quad o = t
+
+    with ``R = c2w[:3, :3]`` and ``t = c2w[:3, 3]``.
+
+    Args:
+        c2w: camera-to-head transform, ``(4, 4)`` (or ``(3, 4)``) for one camera, or ``(N, 4, 4)`` for one
+            camera per ray.
+        intrinsics: ``[fx, fy, cx, cy]`` in pixels, ``(4,)`` or ``(N, 4)``.
+        width, height: image size in pixels; used to enumerate pixels when ``pixels`` is None.
+        pixels: ``(N, 2)`` integer (column, row) per ray; None for every pixel of the image in row-major
+            order (ray ``j * width + i`` is pixel ``(i, j)``).
+
+    Returns:
+        ``origins (N, 3)`` and ``directions (N, 3)``, unit length, float32 (float64 when ``c2w`` is a float64
+        tensor).
+
+    Example:
+        >>> o, d = camera_rays(torch.eye(4), [2.0, 2.0, 1.0, 1.0], 2, 2)
+        >>> d[0]  # pixel (0, 0): ((0.5 - 1) / 2, -(0.5 - 1) / 2, -1), normalised
+        tensor([-0.2357,  0.2357, -0.9428])
+    """
+    c2w_t = torch.as_tensor(c2w)
+    dtype = c2w_t.dtype if c2w_t.dtype in (torch.float32, torch.float64) else torch.float32
+    c2w_t = c2w_t.to(dtype)
+    k = torch.as_tensor(intrinsics, dtype=dtype, device=c2w_t.device)
+    if c2w_t.shape[-2:] not in ((4, 4), (3, 4)):
+        raise ValueError(f"c2w must be (4, 4), (3, 4) or (N, 4, 4), got {tuple(c2w_t.shape)}")
+    if k.shape[-1] != 4:
+        raise ValueError(f"intrinsics must be (4,) or (N, 4) [fx, fy, cx, cy], got {tuple(k.shape)}")
+    if pixels is None:
+        rows, cols = torch.meshgrid(
+            torch.arange(height, device=c2w_t.device), torch.arange(width, device=c2w_t.device), indexing="ij"
+        )
+        col = cols.reshape(-1).to(dtype)
+        row = rows.reshape(-1).to(dtype)
+    else:
+        px = torch.as_tensor(pixels, device=c2w_t.device)
+        if px.ndim != 2 or px.shape[1] != 2:
+            raise ValueError(f"pixels must be (N, 2) (column, row), got {tuple(px.shape)}")
+        col = px[:, 0].to(dtype)
+        row = px[:, 1].to(dtype)
+    fx, fy, cx, cy = k[..., 0], k[..., 1], k[..., 2], k[..., 3]
+    x = (col + 0.5 - cx) / fx
+    y = -(row + 0.5 - cy) / fy
+    z = -torch.ones_like(x)
+    rot = c2w_t[..., :3, :3]
+    # d = R @ [x, y, z], written out so that one camera (3, 3) and per-ray cameras (N, 3, 3) share the code.
+    dirs = x[:, None] * rot[..., :, 0] + y[:, None] * rot[..., :, 1] + z[:, None] * rot[..., :, 2]
+    dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True)
+    origins = c2w_t[..., :3, 3].expand(dirs.shape).contiguous()
+    return origins, dirs
+
+
+def ray_aabb(origins: torch.Tensor, directions: torch.Tensor, aabb: TensorLike) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Distances where rays enter and leave an axis-aligned box (slab method).
+
+    Args:
+        origins, directions: ``(N, 3)``.
+        aabb: ``[xmin, ymin, zmin, xmax, ymax, zmax]``, ``(6,)`` or ``(N, 6)``.
+
+    Returns:
+        ``near (N,)`` and ``far (N,)``, with ``near >= 0`` (a camera inside the box starts at 0). A ray that
+        misses the box gets ``near == far``: an empty interval.
+    """
+    box = torch.as_tensor(aabb, dtype=origins.dtype, device=origins.device)
+    lo, hi = box[..., :3], box[..., 3:]
+    d = torch.where(directions == 0, torch.full_like(directions, _PARALLEL_EPS), directions)
+    inv = 1.0 / d
+    t_lo = (lo - origins) * inv
+    t_hi = (hi - origins) * inv
+    near = torch.minimum(t_lo, t_hi).amax(dim=-1).clamp_min(0.0)
+    far = torch.maximum(t_lo, t_hi).amin(dim=-1)
+    far = torch.maximum(far, near)
+    return near, far
+
+
+@dataclass
+class RayBatch:
+    """A batch of N rays with everything training needs to know about each one.
+
+    All tensors share one device; ``frame`` indexes the split's flat frame table.
+    """
+
+    origins: torch.Tensor
+    """(N, 3) float32 ray origins in head space."""
+    directions: torch.Tensor
+    """(N, 3) float32 unit directions in head space."""
+    near: torch.Tensor
+    """(N,) float32 distance where sampling starts."""
+    far: torch.Tensor
+    """(N,) float32 distance where sampling stops; ``far <= near`` means the ray misses the head box."""
+    identity: torch.Tensor
+    """(N,) int64 identity id (index into ``dataset.identities``)."""
+    frame: torch.Tensor
+    """(N,) int64 flat frame index into the split's frame table."""
+    pixel: torch.Tensor
+    """(N, 2) int64 (column, row)."""
+    rgb: torch.Tensor
+    """(N, 3) float32 target colour in [0, 1] (RGBA frames already composited over the background)."""
+    background: torch.Tensor
+    """(N, 3) float32 colour of the identity's background image at the pixel, in [0, 1]."""
+    expression: torch.Tensor
+    """(N, E) float32 expression of the ray's frame."""
+
+    def __len__(self) -> int:
+        return int(self.origins.shape[0])
+
+    def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "RayBatch":
+        """A copy with every tensor on ``device``."""
+        return RayBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def __getitem__(self, index) -> "RayBatch":
+        """Rays selected by a slice, an index tensor or a boolean mask over N."""
+        return RayBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+def _gather_rays(
+    dataset: MultiIdentityDataset, split: str, frames: np.ndarray, pixels: np.ndarray
+) -> RayBatch:
+    """Build the rays of given (frame, pixel) pairs. frames: (N,) flat indices; pixels: (N, 2) (column, row)."""
+    table = dataset.table(split)
+    frames = np.asarray(frames, dtype=np.int64)
+    pixels = np.asarray(pixels, dtype=np.int64)
+    n = frames.shape[0]
+    cols, rows = pixels[:, 0], pixels[:, 1]
+    rgb = np.empty((n, 3), dtype=np.uint8)
+    bg = np.empty((n, 3), dtype=np.uint8)
+    order = np.argsort(frames, kind="stable")
+    uniq, starts = np.unique(frames[order], return_index=True)
+    bounds = np.append(starts, n)
+    for f, a, b in zip(uniq.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
+        sel = order[a:b]
+        img = dataset.image(split, f)
+        rgb[sel] = img[rows[sel], cols[sel]]
+        back = dataset.background(int(table.identity[f]), split)
+        bg[sel] = back[rows[sel], cols[sel]]
+    c2w = torch.from_numpy(table.c2w[frames])
+    intr = torch.from_numpy(table.intrinsics[frames])
+    origins, directions = camera_rays(c2w, intr, table.width, table.height, torch.from_numpy(pixels))
+    near = torch.from_numpy(table.near[frames])
+    far = torch.from_numpy(table.far[frames])
+    explicit = table.explicit_near_far[frames]
+    if not explicit.all():
+        box_near, box_far = ray_aabb(origins, directions, torch.from_numpy(table.aabb[frames]))
+        use_box = torch.from_numpy(~explicit)
+        near = torch.where(use_box, box_near, near)
+        far = torch.where(use_box, box_far, far)
+    return RayBatch(
+        origins=origins,
+        directions=directions,
+        near=near.contiguous(),
+        far=far.contiguous(),
+        identity=torch.from_numpy(table.identity[frames]),
+        frame=torch.from_numpy(frames),
+        pixel=torch.from_numpy(pixels),
+        rgb=torch.from_numpy(rgb).float().div_(255.0),
+        background=torch.from_numpy(bg).float().div_(255.0),
+        expression=torch.from_numpy(table.expression[frames]),
+    )
+
+
+def frame_rays(dataset: MultiIdentityDataset, split: str, index: int) -> RayBatch:
+    """Every ray of one frame (for rendering and evaluation), in row-major pixel order.
+
+    Ray ``j * W + i`` is pixel ``(i, j)``, so ``batch.rgb.reshape(H, W, 3)`` is the frame.
+
+    Args:
+        dataset: the dataset.
+        split: split name.
+        index: flat frame index in the split.
+
+    Returns:
+        A :class:`RayBatch` of N = H * W rays.
+    """
+    table = dataset.table(split)
+    if not 0 <= index < len(table):
+        raise IndexError(f"frame {index} out of range for split '{split}' with {len(table)} frames")
+    w, h = table.width, table.height
+    rows, cols = np.divmod(np.arange(w * h, dtype=np.int64), w)
+    pixels = np.stack([cols, rows], axis=1)
+    return _gather_rays(dataset, split, np.full(w * h, index, dtype=np.int64), pixels)
+
+
+_SAMPLER = SamplerConfig()
+
+
+class RaySampler:
+    """Draws batches of training rays across identities and frames, with NeRFace's face-box importance.
+
+    Each batch picks ``frames_per_batch`` distinct frames (uniformly over the split's frames, or over
+    identities first when ``balance_identities``), gives each about ``batch_size / frames_per_batch`` rays, and
+    draws ``round(face_fraction * rays_of_frame)`` of a frame's rays uniformly inside its face box (``bbox``),
+    or uniformly among its mask pixels when it has a mask but no box; the others uniformly over the image.
+    A frame with neither draws all its rays uniformly.
+
+    The sampler owns a NumPy generator seeded with ``seed``: two samplers with the same arguments produce
+    the same batches; :meth:`state_dict` / :meth:`load_state_dict` resume the sequence. The keywords after
+    ``split`` are the fields of :class:`fastminerf.config.SamplerConfig` (same meaning, same defaults).
+
+    Example:
+        >>> sampler = RaySampler(dataset, "train", batch_size=4096, seed=0)
+        >>> batch = sampler.sample()          # RayBatch of 4096 rays
+    """
+
+    def __init__(
+        self,
+        dataset: MultiIdentityDataset,
+        split: str,
+        batch_size: int = _SAMPLER.batch_size,
+        seed: int = _SAMPLER.seed,
+        face_fraction: float = _SAMPLER.face_fraction,
+        frames_per_batch: Optional[int] = _SAMPLER.frames_per_batch,
+        balance_identities: bool = _SAMPLER.balance_identities,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= face_fraction <= 1.0:
+            raise ValueError(f"face_fraction must be in [0, 1], got {face_fraction}")
+        if frames_per_batch is not None and frames_per_batch < 1:
+            raise ValueError(f"frames_per_batch must be >= 1 or None, got {frames_per_batch}")
+        self.dataset = dataset
+        self.split = split
+        self.table = dataset.table(split)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.face_fraction = float(face_fraction)
+        self.frames_per_batch = frames_per_batch
+        self.balance_identities = bool(balance_identities)
+        self._rng = np.random.Generator(np.random.PCG64(self.seed))
+        b = len(self.table)
+        if self.balance_identities:
+            counts = np.bincount(self.table.identity, minlength=len(dataset.identities)).astype(np.float64)
+            present = counts > 0
+            weight = np.zeros_like(counts)
+            weight[present] = 1.0 / (counts[present] * present.sum())
+            self._frame_p: Optional[np.ndarray] = weight[self.table.identity]
+        else:
+            self._frame_p = None
+        # Face boxes in whole pixels: rows [y0, y1), columns [x0, x1), at least one pixel each way.
+        h, w = self.table.height, self.table.width
+        box = self.table.bbox.astype(np.float64)
+        y0 = np.clip(np.floor(box[:, 0] * h), 0, h - 1).astype(np.int64)
+        y1 = np.clip(np.ceil(box[:, 1] * h), y0 + 1, h).astype(np.int64)
+        x0 = np.clip(np.floor(box[:, 2] * w), 0, w - 1).astype(np.int64)
+        x1 = np.clip(np.ceil(box[:, 3] * w), x0 + 1, w).astype(np.int64)
+        self._box_px = np.stack([y0, y1, x0, x1], axis=1)
+        self._has_mask = np.array([p is not None for p in self.table.mask_paths], dtype=bool)
+        assert self._box_px.shape == (b, 4)
+
+    def face_box_pixels(self, frame: int) -> Tuple[int, int, int, int]:
+        """The pixel rectangle ``(row0, row1, col0, col1)`` (end-exclusive) that face rays of ``frame`` use."""
+        return tuple(int(v) for v in self._box_px[frame])  # type: ignore[return-value]
+
+    def state_dict(self) -> Dict[str, object]:
+        """The generator state, to resume the same sequence of batches."""
+        return {"bit_generator": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        """Restore a state from :meth:`state_dict`."""
+        self._rng.bit_generator.state = state["bit_generator"]
+
+    def __iter__(self) -> Iterator[RayBatch]:
+        while True:
+            yield self.sample()
+
+    def _draw_frames(self, count: int, distinct: bool) -> np.ndarray:
+        b = len(self.table)
+        if distinct:
+            count = min(count, b)
+        return self._rng.choice(b, size=count, replace=not distinct, p=self._frame_p).astype(np.int64)
+
+    def sample(self) -> RayBatch:
+        """Draw the next batch of ``batch_size`` rays."""
+        n = self.batch_size
+        rng = self._rng
+        if self.frames_per_batch is None:
+            frames = self._draw_frames(n, distinct=False)
+            slot_of_ray = np.arange(n)
+            chosen = frames
+            rank = np.zeros(n, dtype=np.int64)
+            per_slot = np.ones(n, dtype=np.int64)
+        else:
+            chosen = self._draw_frames(min(self.frames_per_batch, n), distinct=True)
+            k = chosen.shape[0]
+            slot_of_ray = np.arange(n) % k
+            frames = chosen[slot_of_ray]
+            rank = np.arange(n) // k  # position of the ray among its frame's rays
+            per_slot = np.bincount(slot_of_ray, minlength=k)
+        n_face = np.rint(self.face_fraction * per_slot).astype(np.int64)
+        if self.frames_per_batch is None:
+            # One ray per draw: each ray is a face ray with probability face_fraction.
+            face = rng.random(n) < self.face_fraction
+        else:
+            face = rank < n_face[slot_of_ray]
+        h, w = self.table.height, self.table.width
+        u = rng.random((n, 2))
+        rows = np.minimum((u[:, 0] * h).astype(np.int64), h - 1)
+        cols = np.minimum((u[:, 1] * w).astype(np.int64), w - 1)
+        # Face rays inside the box reuse the same uniforms, scaled to the box.
+        has_box = self.table.has_bbox[frames]
+        in_box = face & has_box
+        if in_box.any():
+            box = self._box_px[frames[in_box]]
+            rows[in_box] = np.minimum(box[:, 0] + (u[in_box, 0] * (box[:, 1] - box[:, 0])).astype(np.int64), box[:, 1] - 1)
+            cols[in_box] = np.minimum(box[:, 2] + (u[in_box, 1] * (box[:, 3] - box[:, 2])).astype(np.int64), box[:, 3] - 1)
+        in_mask = face & ~has_box & self._has_mask[frames]
+        if in_mask.any():
+            for f in np.unique(frames[in_mask]).tolist():
+                sel = np.flatnonzero(in_mask & (frames == f))
+                mask = self.dataset.mask(self.split, f)
+                assert mask is not None
+                inside = np.flatnonzero(mask.reshape(-1))
+                if inside.size == 0:
+                    continue  # an empty mask: keep the uniform draw
+                pick = inside[rng.integers(0, inside.size, size=sel.size)]
+                rows[sel], cols[sel] = np.divmod(pick, w)
+        return _gather_rays(self.dataset, self.split, frames, np.stack([cols, rows], axis=1))

@@ -1,0 +1,578 @@
+"""Procedural talking-head datasets in the shared layout: the project's own ground truth.
+
+:func:`generate` writes ``n_identities`` identity folders (``DATASET.md``) of stylised heads that differ in
+head shape, skin, hair, eye colour and surface pattern (:mod:`fastminerf.data.heads`). Each identity has a
+static background, a video in which it talks, blinks, glances and moves its head, and three splits:
+
+- ``train``: the first frames of the video;
+- ``val``: the last frames of the video (expressions of the kind the identity shows in ``train``);
+- ``novel``: a short clip of the identity making the expression of its *withheld region*
+  (:data:`REGIONS`), a combination of expression coefficients that it never shows in ``train`` or ``val``
+  while the other identities do (each identity's video contains an episode of every region except its own).
+  This is MI-NeRF's cross-identity expression transfer, with exact ground truth.
+
+Frames are traced per pixel centre (exact for the layout's cameras), written as PNG with a mask
+(``mask_path``) and a face box (``bbox``) per frame. Generation is deterministic in ``seed``; identity ``k``
+depends only on ``(seed, k)``.
+
+:func:`contact_sheet` tiles a few frames of each identity into one PNG to look at.
+
+Dimension letters: B frames, E expression size, I identities.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..config import SynthConfig
+from .heads import EXPRESSION_NAMES, EXPRESSION_RANGES, TRACE_BOX, HeadModel, HeadParams
+from .layout import DatasetError, find_identity_dirs, is_identity_dir, read_transforms
+
+__all__ = [
+    "REGIONS",
+    "ExpressionRegion",
+    "contact_sheet",
+    "generate",
+    "withheld_region",
+]
+
+PathLike = Union[str, Path]
+ProgressFn = Callable[[int, int], None]
+
+GENERATOR_NAME = "fastminerf.data.synth"
+"""Value of ``generator`` in the files the generator writes (``synth.json``, ``synth_identity.json``)."""
+
+FORMAT_VERSION = 1
+"""Version of what the generator writes; bumped whenever the same seed would give different pixels."""
+
+IDENTITY_MARKER = "synth_identity.json"
+"""File in every identity folder the generator writes (its parameters); ``overwrite`` only replaces
+folders that have it."""
+
+_E = len(EXPRESSION_NAMES)
+_IDX = {name: i for i, name in enumerate(EXPRESSION_NAMES)}
+
+REGION_MARGIN = 0.02
+"""Distance kept between a region's boundary and the expressions placed inside it (episodes and ``novel``)
+or pushed out of it (an identity's own withheld region), so membership never depends on float round-off."""
+
+
+@dataclass(frozen=True)
+class ExpressionRegion:
+    """A box in expression space: every listed coefficient within its ``(low, high)`` bounds."""
+
+    name: str
+    """Short name (``laugh``, ``wink_left``, ...)."""
+    bounds: Tuple[Tuple[str, float, float], ...]
+    """``(coefficient name, low, high)`` per constrained coefficient; the others are free."""
+    prototype: Tuple[Tuple[str, float], ...]
+    """A typical expression inside the region, per constrained coefficient."""
+
+    def contains(self, expression: np.ndarray) -> np.ndarray:
+        """Which expressions (B, E) lie in the region: (B,) bool."""
+        e = np.asarray(expression, dtype=np.float64).reshape(-1, _E)
+        inside = np.ones(e.shape[0], dtype=bool)
+        for name, lo, hi in self.bounds:
+            v = e[:, _IDX[name]]
+            inside &= (v >= lo) & (v <= hi)
+        return inside
+
+    def to_json(self) -> Dict[str, object]:
+        """A JSON-serialisable description."""
+        return {"name": self.name, "bounds": {n: [lo, hi] for n, lo, hi in self.bounds}}
+
+
+REGIONS: Tuple[ExpressionRegion, ...] = (
+    ExpressionRegion("laugh", (("jaw_open", 0.55, 1.0), ("smile", 0.55, 1.0)), (("jaw_open", 0.8), ("smile", 0.85))),
+    ExpressionRegion("wink_left", (("blink_left", 0.75, 1.0), ("blink_right", 0.0, 0.25)), (("blink_left", 1.0), ("blink_right", 0.0))),
+    ExpressionRegion("surprise", (("brow_raise", 0.55, 1.0), ("jaw_open", 0.55, 1.0)), (("brow_raise", 0.9), ("jaw_open", 0.75))),
+    ExpressionRegion("kiss", (("pucker", 0.55, 1.0), ("cheek_puff", 0.55, 1.0)), (("pucker", 0.9), ("cheek_puff", 0.8))),
+    ExpressionRegion("anger", (("brow_frown", 0.55, 1.0), ("smile", -1.0, -0.45)), (("brow_frown", 0.9), ("smile", -0.75))),
+)
+"""Withheld regions of expression space. Ordinary talking never enters any of them (the base motion keeps
+jaw, smile, brows, pucker and puff below the bounds and blinks both eyes together); an identity's video
+visits every region but its own in short episodes."""
+
+
+def withheld_region(identity_index: int) -> ExpressionRegion:
+    """The region identity ``identity_index`` never shows in ``train``/``val`` (and shows in ``novel``)."""
+    return REGIONS[identity_index % len(REGIONS)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Motion
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, every: float, lo: float, hi: float, sharp: bool = False) -> np.ndarray:
+    """(n,) values from knots every ``every`` frames, uniform in [lo, hi], eased between knots (or held then
+    switched quickly when ``sharp``, like saccades)."""
+    every = max(float(every), 1.0)
+    k = int(math.ceil(n / every)) + 2
+    knots = rng.uniform(lo, hi, size=k)
+    pos = np.arange(n) / every + rng.uniform(0.0, 1.0)
+    i = np.floor(pos).astype(np.int64)
+    f = pos - i
+    if sharp:
+        f = np.clip((f - 0.75) / 0.25, 0.0, 1.0)
+    w = f * f * (3.0 - 2.0 * f)
+    return knots[i] * (1.0 - w) + knots[i + 1] * w
+
+
+def _talking(rng: np.random.Generator, n: int, fps: float) -> np.ndarray:
+    """(n, E) expressions of ordinary talking: the jaw moves with syllables and pauses, slow smiles and brow
+    moves, blinks of both eyes together, glances. Stays outside every region of :data:`REGIONS`."""
+    s = fps / 25.0  # knot spacings below are in frames at 25 fps
+    e = np.zeros((n, _E))
+    speech = np.clip(_smooth_noise(rng, n, 20 * s, -0.5, 1.5), 0.0, 1.0)
+    e[:, _IDX["jaw_open"]] = np.clip(_smooth_noise(rng, n, 3 * s, -0.25, 0.5), 0.0, 0.5) * speech
+    e[:, _IDX["smile"]] = _smooth_noise(rng, n, 25 * s, -0.3, 0.45)
+    e[:, _IDX["brow_raise"]] = _smooth_noise(rng, n, 30 * s, -0.35, 0.45)
+    e[:, _IDX["brow_frown"]] = np.clip(_smooth_noise(rng, n, 30 * s, -0.3, 0.35), 0.0, None)
+    e[:, _IDX["cheek_puff"]] = np.clip(_smooth_noise(rng, n, 40 * s, -0.3, 0.25), 0.0, None)
+    e[:, _IDX["pucker"]] = np.clip(_smooth_noise(rng, n, 20 * s, -0.2, 0.35), 0.0, None)
+    e[:, _IDX["mouth_shift"]] = _smooth_noise(rng, n, 30 * s, -0.3, 0.3)
+    e[:, _IDX["gaze_x"]] = _smooth_noise(rng, n, 12 * s, -0.6, 0.6, sharp=True)
+    e[:, _IDX["gaze_y"]] = _smooth_noise(rng, n, 12 * s, -0.4, 0.4, sharp=True)
+    e[:, _IDX["squint"]] = np.clip(_smooth_noise(rng, n, 30 * s, -0.3, 0.3), 0.0, None)
+    blink = np.zeros(n)
+    profile = np.array([0.35, 0.9, 1.0, 0.6, 0.2])
+    t = int(rng.integers(3, max(4, int(30 * s))))
+    while t < n:
+        m = min(len(profile), n - t)
+        blink[t : t + m] = np.maximum(blink[t : t + m], profile[:m])
+        t += int(rng.integers(int(40 * s), int(90 * s) + 1))
+    e[:, _IDX["blink_left"]] = blink
+    e[:, _IDX["blink_right"]] = blink
+    return e
+
+
+def _inside_target(rng: np.random.Generator, region: ExpressionRegion) -> Dict[int, float]:
+    """A jittered expression inside ``region`` (a value per constrained coefficient)."""
+    proto = dict(region.prototype)
+    out = {}
+    for name, lo, hi in region.bounds:
+        v = proto[name] + rng.uniform(-0.08, 0.08)
+        out[_IDX[name]] = float(np.clip(v, lo + REGION_MARGIN, hi - REGION_MARGIN))
+    return out
+
+
+def _add_episodes(rng: np.random.Generator, e: np.ndarray, n_train: int, shown: Sequence[ExpressionRegion]) -> None:
+    """Blend an episode of each shown region into the first ``n_train`` frames of ``e`` (in place): a ramp in,
+    at least one frame fully inside the region, a ramp out."""
+    m = min(len(shown), n_train)
+    if m == 0:
+        return
+    order = rng.permutation(len(shown))[:m]
+    span = n_train // m
+    for slot, r in enumerate(order):
+        start = slot * span
+        hold = max(1, span // 4)
+        ramp = max(0, min(4, (span - hold) // 2))
+        centre = start + (span - hold) // 2
+        target = _inside_target(rng, shown[r])
+        for t in range(max(0, centre - ramp), min(n_train, centre + hold + ramp)):
+            if centre <= t < centre + hold:
+                w = 1.0
+            elif t < centre:
+                w = (t - (centre - ramp) + 1) / (ramp + 1)
+            else:
+                w = (centre + hold + ramp - t) / (ramp + 1)
+            for dim, v in target.items():
+                e[t, dim] = e[t, dim] + w * (v - e[t, dim])
+
+
+def _push_out(e: np.ndarray, region: ExpressionRegion) -> None:
+    """Move the expressions (B, E) inside ``region`` just outside it (in place), across its nearest face."""
+    inside = region.contains(e)
+    for b in np.flatnonzero(inside):
+        best = None
+        for name, lo, hi in region.bounds:
+            dim = _IDX[name]
+            rlo, rhi = EXPRESSION_RANGES[dim]
+            for edge, target in ((lo, lo - REGION_MARGIN), (hi, hi + REGION_MARGIN)):
+                if not rlo <= target <= rhi:
+                    continue  # that face is the end of the coefficient's range: nothing lies beyond it
+                dist = abs(e[b, dim] - edge)
+                if best is None or dist < best[0]:
+                    best = (dist, dim, target)
+        assert best is not None, f"region {region.name} covers a whole coefficient range"
+        e[b, best[1]] = best[2]
+
+
+def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    cr, sr = math.cos(roll), math.sin(roll)
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    return ry @ rx @ rz
+
+
+_LOOK_AT = np.array([0.0, 0.1, 0.0])
+"""Point the cameras look at: a little above the head centre, to frame hair and chin evenly."""
+
+
+def _poses(rng: np.random.Generator, n: int, fps: float, distance: float, yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """(n, 4, 4) float32 camera-to-head transforms of a smoothly moving head (shown as a moving camera)."""
+    s = fps / 25.0
+    angles = [
+        np.deg2rad(amp) * _smooth_noise(rng, n, every * s, -1.0, 1.0)
+        for amp, every in ((yaw, 35), (pitch, 45), (roll, 50))
+    ]
+    shift = np.stack([_smooth_noise(rng, n, 40 * s, -0.04, 0.04) for _ in range(2)], axis=1)
+    dist = distance + _smooth_noise(rng, n, 50 * s, -0.05, 0.05)
+    out = np.zeros((n, 4, 4))
+    for b in range(n):
+        r = _rotation(angles[0][b], angles[1][b], angles[2][b])
+        out[b, :3, :3] = r
+        out[b, :3, 3] = _LOOK_AT + r @ np.array([shift[b, 0], shift[b, 1], dist[b]])
+        out[b, 3, 3] = 1.0
+    return out.astype(np.float32)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A static background: a soft two-colour gradient with a faint pattern, uint8 (S, S, 3)."""
+    hue = rng.uniform(0, 1)
+    base = np.array([0.6 + 0.2 * math.cos(2 * math.pi * (hue + k / 3)) for k in range(3)])
+    other = np.clip(base + rng.uniform(-0.25, 0.25, size=3), 0.05, 0.95)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    angle = rng.uniform(0, 2 * math.pi)
+    g = np.clip(0.5 + 0.7 * ((xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle)), 0, 1)
+    img = base[None, None] * (1 - g[..., None]) + other[None, None] * g[..., None]
+    kind = int(rng.integers(3))
+    freq = rng.uniform(5, 10)
+    if kind == 0:
+        pattern = np.sin(2 * math.pi * freq * (xx + yy))
+    elif kind == 1:
+        pattern = np.sin(2 * math.pi * freq * xx) * np.sin(2 * math.pi * freq * yy)
+    else:
+        pattern = np.sin(2 * math.pi * freq * np.hypot(xx - 0.3, yy - 0.7))
+    img = np.clip(img + 0.05 * pattern[..., None], 0, 1)
+    return np.rint(img * 255).astype(np.uint8)
+
+
+def _face_boxes(params: HeadParams, c2w: np.ndarray, focal: float, size: int, jaw: np.ndarray) -> np.ndarray:
+    """(B, 4) face boxes [y0, y1, x0, x1] as image fractions: the projection of a box around the face."""
+    top = params.eye_y + 0.42  # the forehead, below the hairline
+    out = np.zeros((c2w.shape[0], 4), dtype=np.float32)
+    for b in range(c2w.shape[0]):
+        chin = params.mouth_y - 0.32 - 0.1 * jaw[b]
+        corners = np.array([[x, y, z, 1.0] for x in (-0.55, 0.55) for y in (chin, top) for z in (0.2, 0.85)])
+        cam = (np.linalg.inv(c2w[b].astype(np.float64)) @ corners.T).T
+        u = focal * cam[:, 0] / -cam[:, 2] + 0.5 * size
+        v = -focal * cam[:, 1] / -cam[:, 2] + 0.5 * size
+        out[b] = np.clip([v.min() / size, v.max() / size, u.min() / size, u.max() / size], 0.0, 1.0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generation
+
+_SYNTH = SynthConfig()
+
+
+def _plan_identity(k: int, seed: int, n_frames: int, n_val: int, n_novel: int, cfg: Dict[str, float]):
+    """Parameters, background, cameras and expressions of identity ``k`` (depends on (seed, k) only)."""
+    rng = np.random.default_rng([seed, k])
+    params = HeadParams.random(rng, k)
+    bg = _background(rng, int(cfg["size"]))
+    n_train = n_frames - n_val
+    fps = cfg["fps"]
+    own = withheld_region(k)
+    shown = [r for r in REGIONS if r.name != own.name]
+    video = _talking(rng, n_frames, fps)
+    _add_episodes(rng, video, n_train, shown)
+    _push_out(video, own)
+    novel = _talking(rng, n_novel, fps)
+    for b in range(n_novel):
+        for dim, v in _inside_target(rng, own).items():
+            novel[b, dim] = v
+    pose_args = (cfg["camera_distance"], cfg["max_yaw_deg"], cfg["max_pitch_deg"], cfg["max_roll_deg"])
+    video_c2w = _poses(rng, n_frames, fps, *pose_args)
+    novel_c2w = _poses(rng, n_novel, fps, *pose_args)
+    lo = np.array([r[0] for r in EXPRESSION_RANGES])
+    hi = np.array([r[1] for r in EXPRESSION_RANGES])
+    video = np.clip(video, lo, hi).astype(np.float32)
+    novel = np.clip(novel, lo, hi).astype(np.float32)
+    assert not own.contains(video).any() and own.contains(novel).all()
+    return params, bg, own, video, video_c2w, novel, novel_c2w
+
+
+def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
+    """Refuse to write over data; with ``overwrite`` remove only what an earlier run of the generator wrote."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    ours = [c for c in out.iterdir() if c.is_dir() and (c / IDENTITY_MARKER).is_file()]
+    foreign = [c for c in out.iterdir() if c.is_dir() and is_identity_dir(c) and c not in ours]
+    clash = [c for c in foreign if c.name in names]
+    if clash:
+        raise FileExistsError(f"{clash[0]} holds a dataset the generator did not write; refusing to replace it")
+    if ours and not overwrite:
+        raise FileExistsError(f"{out} already holds a generated dataset ({ours[0].name}, ...); pass overwrite=True (--overwrite) to replace it")
+    for c in ours:
+        shutil.rmtree(c)
+    for f in ("synth.json", "contact_sheet.png"):
+        if (out / f).is_file() and overwrite:
+            (out / f).unlink()
+
+
+def _write_png(path: Path, img: np.ndarray, level: int) -> None:
+    import imageio.v3 as iio
+
+    iio.imwrite(path, img, plugin="pillow", extension=".png", compress_level=level)
+
+
+def _frame_json(rel: str, mask_rel: str, c2w: np.ndarray, expr: np.ndarray, bbox: np.ndarray, index: int, fps: float) -> Dict[str, object]:
+    # float(np.float32) is exact, so reading the JSON back gives the very float32 values that were rendered.
+    return {
+        "file_path": rel,
+        "mask_path": mask_rel,
+        "transform_matrix": [[float(v) for v in row] for row in c2w],
+        "expression": [float(v) for v in expr],
+        "bbox": [float(v) for v in bbox],
+        "frame_index": int(index),
+        "time": index / fps,
+    }
+
+
+def generate(
+    out_dir: PathLike,
+    n_identities: int = _SYNTH.n_identities,
+    n_frames: int = _SYNTH.n_frames,
+    size: int = _SYNTH.size,
+    seed: int = _SYNTH.seed,
+    val_fraction: float = _SYNTH.val_fraction,
+    novel_frames: Optional[int] = _SYNTH.novel_frames,
+    camera_distance: float = _SYNTH.camera_distance,
+    focal_factor: float = _SYNTH.focal_factor,
+    max_yaw_deg: float = _SYNTH.max_yaw_deg,
+    max_pitch_deg: float = _SYNTH.max_pitch_deg,
+    max_roll_deg: float = _SYNTH.max_roll_deg,
+    fps: float = _SYNTH.fps,
+    overwrite: bool = _SYNTH.overwrite,
+    png_compress_level: int = _SYNTH.png_compress_level,
+    chunk_rays: int = _SYNTH.chunk_rays,
+    progress: Optional[ProgressFn] = None,
+) -> List[Path]:
+    """Write a procedural multi-identity talking-head dataset in the shared layout.
+
+    Writes ``out_dir/id000 ... id<I-1>`` (each with ``transforms_{train,val,novel}.json``, ``bg.png``, frames
+    and masks under ``train/``, ``val/``, ``novel/`` and ``synth_identity.json``) and ``out_dir/synth.json``
+    (the settings, the expression names, the regions and each identity's withheld region). Settings are
+    those of :class:`fastminerf.config.SynthConfig` (same names, same meaning).
+
+    The ``novel`` guarantee (each identity's withheld region is shown in ``train`` by every identity that
+    does not withhold it too) needs at least 2 identities and 4 training frames per identity (one episode
+    per region shown); with fewer, the episodes that fit are kept.
+
+    Args:
+        out_dir: output folder (created when missing).
+        progress: called as ``progress(frames_done, frames_total)`` while frames are written.
+
+    Returns:
+        The identity folders, in identity order.
+
+    Raises:
+        FileExistsError: ``out_dir`` already holds a generated dataset and ``overwrite`` is false, or holds
+            an identity folder the generator did not write.
+    """
+    if n_identities < 1:
+        raise ValueError(f"n_identities must be >= 1, got {n_identities}")
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    if size < 8:
+        raise ValueError(f"size must be >= 8 pixels, got {size}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = 0 if n_frames < 2 else max(1, int(round(val_fraction * n_frames)))
+    n_val = min(n_val, n_frames - 1)
+    n_novel = max(1, n_frames // 10) if novel_frames is None else int(novel_frames)
+    if n_novel < 1:
+        raise ValueError(f"novel_frames must be >= 1, got {novel_frames}")
+    out = Path(out_dir)
+    names = [f"id{k:03d}" for k in range(n_identities)]
+    _check_out_dir(out, names, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+
+    focal = focal_factor * size
+    intrinsics = [focal, focal, 0.5 * size, 0.5 * size]
+    # Every head point lies within `reach` of the origin, so camera distance -/+ reach bounds every ray.
+    reach = math.sqrt(sum(max(abs(TRACE_BOX[i]), abs(TRACE_BOX[i + 3])) ** 2 for i in range(3)))
+    cfg = dict(
+        size=size, fps=fps, camera_distance=camera_distance, max_yaw_deg=max_yaw_deg, max_pitch_deg=max_pitch_deg,
+        max_roll_deg=max_roll_deg,
+    )
+    settings = dict(
+        n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, val_fraction=val_fraction,
+        novel_frames=n_novel, camera_distance=camera_distance, focal_factor=focal_factor, max_yaw_deg=max_yaw_deg,
+        max_pitch_deg=max_pitch_deg, max_roll_deg=max_roll_deg, fps=fps,
+    )
+    per_identity = n_frames + n_novel
+    total = n_identities * per_identity
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    dirs: List[Path] = []
+    summary = []
+    for k, name in enumerate(names):
+        params, bg, own, video, video_c2w, novel, novel_c2w = _plan_identity(k, seed, n_frames, n_val, n_novel, cfg)
+        d = out / name
+        for split in ("train", "val", "novel"):
+            (d / split).mkdir(parents=True, exist_ok=True)
+        _write_png(d / "bg.png", bg, png_compress_level)
+        head = HeadModel(params)
+        c2w = np.concatenate([video_c2w, novel_c2w])
+        expr = np.concatenate([video, novel])
+        boxes = _face_boxes(params, c2w, focal, size, expr[:, _IDX["jaw_open"]])
+        splits = ["train"] * (n_frames - n_val) + ["val"] * n_val + ["novel"] * n_novel
+        local = list(range(n_frames - n_val)) + list(range(n_val)) + list(range(n_novel))
+        source_index = list(range(n_frames)) + list(range(n_novel))
+        frames: Dict[str, List[Dict[str, object]]] = {"train": [], "val": [], "novel": []}
+        per_chunk = max(1, chunk_rays // (size * size))
+        for a in range(0, per_identity, per_chunk):
+            b = min(per_identity, a + per_chunk)
+            rgb, hit = head.render_frames(
+                torch.from_numpy(c2w[a:b]), torch.tensor(intrinsics), size, size, torch.from_numpy(expr[a:b]), chunk_rays
+            )
+            rgb8 = np.rint(rgb.numpy() * 255.0).astype(np.uint8)
+            hit_np = hit.numpy()
+            for j in range(b - a):
+                f = a + j
+                img = np.where(hit_np[j][..., None], rgb8[j], bg)
+                rel = f"{splits[f]}/{local[f]:04d}.png"
+                mask_rel = f"{splits[f]}/{local[f]:04d}_mask.png"
+                _write_png(d / rel, img, png_compress_level)
+                _write_png(d / mask_rel, hit_np[j].astype(np.uint8) * 255, png_compress_level)
+                frames[splits[f]].append(_frame_json(rel, mask_rel, c2w[f], expr[f], boxes[f], source_index[f], fps))
+            done += b - a
+            if progress is not None:
+                progress(done, total)
+        centre_dist = np.linalg.norm(c2w[:, :3, 3].astype(np.float64), axis=1)
+        for split, frs in frames.items():
+            if not frs:
+                continue
+            in_split = np.array([sp == split for sp in splits])
+            near = max(0.05, float(centre_dist[in_split].min()) - reach)
+            far = float(centre_dist[in_split].max()) + reach
+            meta = {
+                "camera_angle_x": 2.0 * math.atan(0.5 * size / focal),
+                "intrinsics": intrinsics,
+                "w": size,
+                "h": size,
+                "near": near,
+                "far": far,
+                "aabb": list(TRACE_BOX),
+                "background": "bg.png",
+                "expression_names": list(EXPRESSION_NAMES),
+                "fps": fps,
+                "frames": frs,
+            }
+            (d / f"transforms_{split}.json").write_text(json.dumps(meta, indent=1))
+        (d / IDENTITY_MARKER).write_text(
+            json.dumps(
+                {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k,
+                 "withheld_region": own.name, "params": params.to_json()},
+                indent=1,
+            )
+        )
+        summary.append({"name": name, "withheld_region": own.name, "hair_style": params.hair_style, "pattern": params.pattern})
+        dirs.append(d)
+    (out / "synth.json").write_text(
+        json.dumps(
+            {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "settings": settings,
+             "expression_names": list(EXPRESSION_NAMES), "regions": [r.to_json() for r in REGIONS],
+             "identities": summary},
+            indent=1,
+        )
+    )
+    return dirs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Contact sheet
+
+
+def _spread(expr: np.ndarray, count: int) -> List[int]:
+    """Indices of ``count`` expressions (B, E) far apart (farthest-point order from the most neutral one)."""
+    b = expr.shape[0]
+    if b <= count:
+        return list(range(b))
+    chosen = [int(np.argmin(np.abs(expr).sum(axis=1)))]
+    dist = np.linalg.norm(expr - expr[chosen[0]], axis=1)
+    while len(chosen) < count:
+        i = int(np.argmax(dist))
+        chosen.append(i)
+        dist = np.minimum(dist, np.linalg.norm(expr - expr[i], axis=1))
+    return sorted(chosen)
+
+
+def contact_sheet(
+    paths: Union[PathLike, Sequence[PathLike]],
+    out_png: PathLike,
+    train_columns: int = 6,
+    novel_columns: int = 2,
+    max_rows: int = 8,
+    min_tile: int = 96,
+) -> Path:
+    """Tile frames of several identities into one PNG: a row per identity, ``train_columns`` training frames
+    chosen for varied expressions, then (after a gap) the first ``novel_columns`` frames of the ``novel``
+    split when there is one. Works on any identity folders of the layout (the frames of a row must share
+    one size). Small frames are enlarged to ``min_tile`` pixels (nearest neighbour).
+
+    Returns:
+        ``out_png``.
+    """
+    import imageio.v3 as iio
+    from PIL import Image, ImageDraw
+
+    dirs = find_identity_dirs(paths)[:max_rows]
+    rows = []
+    for d in dirs:
+        train = read_transforms(d / "transforms_train.json", d)
+        picks = [train.image_paths[i] for i in _spread(train.expression, train_columns)]
+        novel: List[str] = []
+        if (d / "transforms_novel.json").is_file():
+            novel = list(read_transforms(d / "transforms_novel.json", d).image_paths[:novel_columns])
+        rows.append((d.name, picks, novel))
+    first = np.asarray(iio.imread(rows[0][1][0]))
+    h, w = first.shape[:2]
+    scale = max(1, int(math.ceil(min_tile / max(h, w))))
+    th, tw = h * scale, w * scale
+    pad, gap, label_w, header = 4, 16, 64, 18
+    n_cols = train_columns + (novel_columns if any(r[2] for r in rows) else 0)
+    width = label_w + n_cols * (tw + pad) + (gap if n_cols > train_columns else 0) + pad
+    height = header + len(rows) * (th + pad) + pad
+    sheet = Image.new("RGB", (width, height), (32, 32, 32))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((label_w + pad, 3), "train (varied expressions)", fill=(230, 230, 230))
+    if n_cols > train_columns:
+        draw.text((label_w + train_columns * (tw + pad) + gap + pad, 3), "novel (withheld)", fill=(255, 210, 120))
+    for r, (name, picks, novel) in enumerate(rows):
+        y = header + r * (th + pad) + pad
+        draw.text((4, y + th // 2 - 6), name, fill=(230, 230, 230))
+        for c, path in enumerate(list(picks) + list(novel)):
+            x = label_w + c * (tw + pad) + (gap if c >= train_columns else 0) + pad
+            img = np.asarray(iio.imread(path))
+            if img.ndim == 2:
+                img = np.repeat(img[..., None], 3, axis=2)
+            img = img[..., :3]
+            if img.shape[:2] != (h, w):
+                raise DatasetError(f"image is {img.shape[1]}x{img.shape[0]}, the sheet's tiles are {w}x{h}", file=path)
+            if scale > 1:
+                img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+            sheet.paste(Image.fromarray(np.ascontiguousarray(img)), (x, y))
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

@@ -1,0 +1,422 @@
+"""The dataset reader: the shared layout (DATASET.md), its validation errors, lazy loading with a bounded cache."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from fastminerf.config import DataConfig
+from fastminerf.data import DatasetError, FrameCache, load_dataset
+from fastminerf.data.layout import find_identity_dirs, read_transforms
+from fastminerf.data.synth import generate
+
+W, H = 20, 16  # frame size of the hand-made folders: not square, so that width/height mix-ups show
+
+
+def _c2w(tz: float = 3.0) -> List[List[float]]:
+    return [[1.0, 0.0, 0.0, 0.1], [0.0, 1.0, 0.0, -0.2], [0.0, 0.0, 1.0, tz], [0.0, 0.0, 0.0, 1.0]]
+
+
+def _write_image(path: Path, rng: np.random.Generator, w: int = W, h: int = H, channels: int = 3) -> np.ndarray:
+    img = rng.integers(0, 256, size=(h, w, channels), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, img)
+    return img
+
+
+def make_identity(
+    root: Path,
+    name: str,
+    n_frames: int = 3,
+    expr_len: int = 4,
+    seed: int = 0,
+    nerface: bool = False,
+    split: str = "train",
+    meta_extra: Optional[Dict[str, object]] = None,
+) -> Path:
+    """Write a small identity folder with random frames; ``nerface`` mimics a NeRFace subject folder
+    (paths without extension, ``camera_angle_x`` only, a ``bbox`` per frame)."""
+    rng = np.random.default_rng(seed)
+    d = root / name
+    frames = []
+    for i in range(n_frames):
+        rel = f"./{split}/f_{i:04d}"
+        _write_image(d / (rel + ".png"), rng)
+        frame = {
+            "file_path": rel if nerface else rel + ".png",
+            "transform_matrix": _c2w(3.0 + 0.1 * i),
+            "expression": [float(v) for v in rng.normal(size=expr_len)],
+        }
+        if nerface:
+            frame["bbox"] = [0.25, 0.75, 0.2, 0.8]
+        frames.append(frame)
+    meta: Dict[str, object] = {"frames": frames}
+    if nerface:
+        meta["camera_angle_x"] = 0.8
+    else:
+        meta["intrinsics"] = [25.0, 25.0, W / 2, H / 2]
+    meta.update(meta_extra or {})
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"transforms_{split}.json").write_text(json.dumps(meta))
+    return d
+
+
+def _edit(d: Path, fn, split: str = "train") -> Path:
+    f = d / f"transforms_{split}.json"
+    meta = json.loads(f.read_text())
+    fn(meta)
+    f.write_text(json.dumps(meta))
+    return f
+
+
+def _assert_located(err: DatasetError, file: Path, frame: Optional[int], key: Optional[str]) -> None:
+    """The error names the file, the frame and the key, in its attributes and in its message."""
+    msg = str(err)
+    assert err.file == str(file) and str(file) in msg, msg
+    assert err.frame == frame, msg
+    if frame is not None:
+        assert f"frame {frame}" in msg, msg
+    assert err.key == key, msg
+    if key is not None:
+        assert f"key '{key}'" in msg, msg
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, n_identities=2, n_frames=6, size=24, seed=3)
+    return root
+
+
+def test_loads_a_synth_set_with_every_key(synth_root: Path):
+    data = load_dataset(synth_root, splits=("train", "val", "novel"))
+    assert data.identities == ["id000", "id001"]
+    assert data.expression_dim == 12 and data.expression_names is not None and data.expression_names[0] == "jaw_open"
+    train = data.table("train")
+    assert (train.width, train.height) == (24, 24)
+    assert len(train) == 2 * 5 and data.num_frames("val") == 2 and data.num_frames("novel") == 2
+    assert train.identity.tolist() == [0] * 5 + [1] * 5
+    assert train.frame_in_identity.tolist() == [0, 1, 2, 3, 4] * 2
+    # The table holds exactly what the JSON says.
+    meta = json.loads((synth_root / "id001" / "transforms_train.json").read_text())
+    b = 5 + 2  # identity 1, frame 2
+    assert np.array_equal(train.c2w[b], np.asarray(meta["frames"][2]["transform_matrix"], np.float32))
+    assert np.array_equal(train.expression[b], np.asarray(meta["frames"][2]["expression"], np.float32))
+    assert np.array_equal(train.intrinsics[b], np.asarray(meta["intrinsics"], np.float32))
+    assert np.array_equal(train.bbox[b], np.asarray(meta["frames"][2]["bbox"], np.float32)) and train.has_bbox.all()
+    assert train.explicit_near_far.all() and train.near[b] == np.float32(meta["near"]) and train.far[b] == np.float32(meta["far"])
+    assert np.array_equal(train.aabb[b], np.asarray(meta["aabb"], np.float32))
+    assert train.bbox_or_none(b) == tuple(float(v) for v in np.asarray(meta["frames"][2]["bbox"], np.float32))
+    # Pixels: uint8 frames, bool masks, the background from bg.png.
+    img = data.image("train", b)
+    assert img.dtype == np.uint8 and img.shape == (24, 24, 3)
+    assert np.array_equal(img, iio.imread(synth_root / "id001" / meta["frames"][2]["file_path"]))
+    mask = data.mask("train", b)
+    assert mask is not None and mask.dtype == np.bool_ and 0 < mask.sum() < mask.size
+    assert np.array_equal(data.background(1), iio.imread(synth_root / "id001" / "bg.png"))
+
+
+def test_root_and_identity_folders_give_the_same_dataset(synth_root: Path):
+    by_root = load_dataset(synth_root)
+    by_dirs = load_dataset([synth_root / "id001", synth_root / "id000"])
+    assert by_root.identities == by_dirs.identities == ["id000", "id001"]
+    assert np.array_equal(by_root.table("train").c2w, by_dirs.table("train").c2w)
+    assert by_root.splits == ("train",)
+    all_splits = load_dataset(synth_root, splits=None)
+    assert set(all_splits.splits) == {"train", "val", "novel"}
+
+
+def test_nerface_subject_folder_loads_as_is(tmp_path: Path):
+    d = make_identity(tmp_path, "person_1", n_frames=2, expr_len=76, nerface=True)
+    data = load_dataset(d)
+    t = data.table("train")
+    f = 0.5 * W / math.tan(0.4)  # fx from camera_angle_x = 0.8 rad
+    assert np.allclose(t.intrinsics[0], [f, f, W / 2, H / 2], rtol=1e-6)
+    assert t.image_paths[0] == str(d / "train" / "f_0000.png")
+    assert t.has_bbox.all() and np.allclose(t.bbox[0], [0.25, 0.75, 0.2, 0.8])
+    assert data.expression_dim == 76
+    # No near/far in the file: bounds come from the default aabb (cube of side 3): camera at z = 3 (+0.1 x, -0.2 y).
+    assert not t.explicit_near_far.any()
+    assert np.allclose(t.aabb[0], [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])
+    assert t.near[0] == pytest.approx(1.5, abs=1e-6)
+    assert data.image("train", 1).shape == (H, W, 3)
+    assert np.all(data.background(0) == 255)  # no bg.png: white
+
+
+def test_nerface_fractional_principal_point(tmp_path: Path):
+    d = make_identity(tmp_path, "p", meta_extra={"intrinsics": [30.0, 31.0, 0.5, 0.25]})
+    t = load_dataset(d).table("train")
+    assert np.allclose(t.intrinsics[0], [30.0, 31.0, 0.5 * W, 0.25 * H])
+
+
+def test_rgba_frames_composite_over_the_background(tmp_path: Path):
+    d = make_identity(tmp_path, "a", n_frames=1)
+    rng = np.random.default_rng(5)
+    bg = _write_image(d / "bg.png", rng)
+    rgba = _write_image(d / "train" / "f_0000.png", rng, channels=4)
+    img = load_dataset(d).image("train", 0)
+    a = rgba[..., 3:].astype(np.float64) / 255.0
+    # The exact blend is never halfway between two integers (that would need 2 * 255 * k + 255 = 2 * X), so
+    # rounding it in float64 gives the reader's integer result exactly.
+    expected = np.rint(rgba[..., :3] * a + bg * (1.0 - a)).astype(np.uint8)
+    assert np.array_equal(img, expected)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Validation: each problem names the file, the frame and the key
+
+
+def test_missing_image(tmp_path: Path):
+    d = make_identity(tmp_path, "a")
+    (d / "train" / "f_0001.png").unlink()
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, d / "transforms_train.json", 1, "file_path")
+    assert "f_0001.png" in str(info.value)
+
+
+def test_missing_image_without_extension_lists_what_was_tried(tmp_path: Path):
+    d = make_identity(tmp_path, "a", nerface=True)
+    (d / "train" / "f_0002.png").unlink()
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, d / "transforms_train.json", 2, "file_path")
+    assert ".png" in str(info.value) and ".jpg" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("transform_matrix", [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3]], "shape (4, 4)"),
+        ("transform_matrix", [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0.1, -0.2, 3, 1]], "transposed"),
+        ("transform_matrix", [[1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], "numbers"),
+        ("transform_matrix", [[1, 0, 0, float("nan")], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], "non-finite"),
+        ("expression", [0.0, float("inf"), 0.0, 0.0], "non-finite"),
+        ("expression", [0.0, 1.0], "frame 0 has 4"),
+        ("expression", [[0.0, 1.0], [2.0, 3.0]], "flat list"),
+        ("bbox", [0.5, 0.2, 0.0, 1.0], "y0 < y1"),
+        ("bbox", [0.0, 1.0, 0.0], "shape (4,)"),
+        ("file_path", 7, "relative path"),
+    ],
+)
+def test_bad_frame_values(tmp_path: Path, key, value, needle):
+    d = make_identity(tmp_path, "a")
+    f = _edit(d, lambda m: m["frames"][1].__setitem__(key, value))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, f, 1, key)
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["file_path", "transform_matrix", "expression"])
+def test_missing_required_frame_key(tmp_path: Path, key):
+    d = make_identity(tmp_path, "a")
+    f = _edit(d, lambda m: m["frames"][2].pop(key))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, f, 2, key)
+    assert "missing required key" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("intrinsics", [25.0, float("inf"), 10.0, 8.0], "non-finite"),
+        ("intrinsics", [25.0, 25.0, 10.0], "shape (4,)"),
+        ("intrinsics", [-25.0, 25.0, 10.0, 8.0], "positive"),
+        ("aabb", [-1, -1, -1, 1, 1], "shape (6,)"),
+        ("aabb", [1, -1, -1, -1, 1, 1], "min < max"),
+        ("near", 2.0, "together"),
+        ("camera_angle_x", 4.0, "below pi"),
+        ("expression_names", ["a", "b"], "2 names"),
+        ("w", 21, "image"),
+        ("h", 17.5, "whole number"),
+    ],
+)
+def test_bad_top_level_values(tmp_path: Path, key, value, needle):
+    d = make_identity(tmp_path, "a")
+    f = _edit(d, lambda m: m.__setitem__(key, value))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    expected_key = "far" if key == "near" else key
+    _assert_located(info.value, f, None, expected_key)
+    assert needle in str(info.value)
+
+
+def test_missing_camera(tmp_path: Path):
+    d = make_identity(tmp_path, "a")
+    f = _edit(d, lambda m: m.pop("intrinsics"))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, f, None, "intrinsics")
+    assert "camera_angle_x" in str(info.value)
+
+
+def test_empty_split(tmp_path: Path):
+    d = make_identity(tmp_path, "a")
+    f = _edit(d, lambda m: m.__setitem__("frames", []))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, f, None, "frames")
+    assert "empty split" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, needle, frame, key",
+    [
+        ('{"frames": [', "not valid JSON", None, None),
+        ("[1, 2, 3]", "JSON object at the top level", None, None),
+        ('{"intrinsics": [1, 1, 1, 1]}', "missing required key", None, "frames"),
+        ('{"intrinsics": [1, 1, 1, 1], "frames": {"a": 1}}', "list of frames", None, "frames"),
+        ('{"intrinsics": [1, 1, 1, 1], "frames": [42]}', "JSON object", 0, None),
+    ],
+)
+def test_malformed_or_unknown_json(tmp_path: Path, text, needle, frame, key):
+    d = make_identity(tmp_path, "a")
+    f = d / "transforms_train.json"
+    f.write_text(text)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, f, frame, key)
+    assert needle in str(info.value)
+
+
+def test_expression_length_differs_between_identities(tmp_path: Path):
+    make_identity(tmp_path, "alice", expr_len=4)
+    bob = make_identity(tmp_path, "bob", expr_len=6)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(tmp_path)
+    _assert_located(info.value, bob / "transforms_train.json", 0, "expression")
+    msg = str(info.value)
+    assert "'bob'" in msg and "'alice'" in msg and "6" in msg and "4" in msg
+
+
+def test_image_size_differs_between_identities(tmp_path: Path):
+    make_identity(tmp_path, "alice")
+    bob = make_identity(tmp_path, "bob")
+    _write_image(bob / "train" / "f_0000.png", np.random.default_rng(1), w=W + 2)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(tmp_path)
+    _assert_located(info.value, bob / "transforms_train.json", 0, "file_path")
+    assert f"{W + 2}x{H}" in str(info.value) and f"{W}x{H}" in str(info.value)
+
+
+def test_image_size_differs_within_a_split_fails_when_decoded(tmp_path: Path):
+    d = make_identity(tmp_path, "a")
+    _write_image(d / "train" / "f_0002.png", np.random.default_rng(1), h=H + 1)
+    data = load_dataset(d)  # only the first image's header is read eagerly
+    data.image("train", 1)
+    with pytest.raises(DatasetError) as info:
+        data.image("train", 2)
+    _assert_located(info.value, d / "transforms_train.json", 2, "file_path")
+    assert f"{W}x{H + 1}" in str(info.value)
+
+
+def test_unreadable_image_fails_when_decoded(tmp_path: Path):
+    d = make_identity(tmp_path, "a")
+    (d / "train" / "f_0001.png").write_bytes(b"not a png at all")
+    data = load_dataset(d)
+    with pytest.raises(DatasetError) as info:
+        data.image("train", 1)
+    _assert_located(info.value, d / "transforms_train.json", 1, "file_path")
+    assert "cannot read image" in str(info.value)
+
+
+def test_missing_split_and_paths(tmp_path: Path):
+    d = make_identity(tmp_path, "a")
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d, splits=("train", "val"))
+    assert info.value.file == str(d / "transforms_val.json") and "no split 'val'" in str(info.value)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(tmp_path / "nowhere")
+    assert "no such file" in str(info.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError) as info:
+        load_dataset(tmp_path / "empty")
+    assert "no identity folders" in str(info.value)
+
+
+def test_duplicate_identity_names(tmp_path: Path):
+    make_identity(tmp_path / "root1", "same")
+    make_identity(tmp_path / "root2", "same")
+    with pytest.raises(DatasetError) as info:
+        load_dataset([tmp_path / "root1", tmp_path / "root2"])
+    assert "identity name 'same'" in str(info.value)
+
+
+def test_read_transforms_directly(tmp_path: Path):
+    d = make_identity(tmp_path, "a", n_frames=2, split="test")
+    meta = read_transforms(d / "transforms_test.json")
+    assert meta.split == "test" and len(meta) == 2 and meta.expression_dim == 4
+    assert find_identity_dirs(tmp_path) == [d]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Lazy loading
+
+
+def test_frames_are_decoded_lazily_into_a_bounded_cache(tmp_path: Path):
+    d = make_identity(tmp_path, "a", n_frames=6)
+    data = load_dataset(d, cache_frames=2)
+    assert len(data.cache) == 0 and data.cache.misses == 0  # nothing decoded at load
+    for i in range(6):
+        img = data.image("train", i)
+        assert np.array_equal(img, iio.imread(d / "train" / f"f_{i:04d}.png"))
+        assert len(data.cache) <= 2
+    assert data.cache.misses == 6 and len(data.cache) == 2
+    assert ("image", "train", 5) in data.cache and ("image", "train", 0) not in data.cache
+    data.image("train", 5)
+    assert data.cache.hits == 1
+    with pytest.raises(ValueError):
+        data.image("train", 5)[0, 0, 0] = 1  # cached frames are read-only
+
+
+def test_cache_bounded_in_bytes(tmp_path: Path):
+    d = make_identity(tmp_path, "a", n_frames=5)
+    frame_bytes = W * H * 3
+    data = load_dataset(d, cache_frames=None, cache_bytes=3 * frame_bytes)
+    for i in range(5):
+        data.image("train", i)
+        assert data.cache.nbytes <= 3 * frame_bytes
+    assert len(data.cache) == 3
+
+
+def test_frame_cache_lru_order_and_oversized_items():
+    cache = FrameCache(max_items=2, max_bytes=100)
+    loads = []
+
+    def loader(value, size=10):
+        def load():
+            loads.append(value)
+            return np.full(size, value, dtype=np.uint8)
+
+        return load
+
+    cache.get("a", loader(1))
+    cache.get("b", loader(2))
+    cache.get("a", loader(1))  # a is now the most recent
+    cache.get("c", loader(3))  # evicts b
+    assert "a" in cache and "c" in cache and "b" not in cache
+    big = cache.get("big", loader(4, size=200))  # larger than max_bytes: returned, not kept
+    assert big.shape == (200,) and "big" not in cache and len(cache) == 2
+    assert loads == [1, 2, 3, 4]
+
+
+def test_data_config_fields_are_the_keywords_of_load_dataset(synth_root: Path):
+    params = inspect.signature(load_dataset).parameters
+    for f in fields(DataConfig):
+        assert params[f.name].default == getattr(DataConfig(), f.name)
+    data = load_dataset(synth_root, **asdict(DataConfig(splits=("val",), cache_frames=3)))
+    assert data.splits == ("val",) and data.cache.max_items == 3

@@ -1,0 +1,235 @@
+"""Rays: pixel-centre camera rays (checked against a camera computed by hand), box bounds, and the sampler."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from fastminerf.config import SamplerConfig
+from fastminerf.data import RayBatch, RaySampler, camera_rays, frame_rays, load_dataset, ray_aabb
+
+RAY_TOL = 1e-6
+"""Float32 camera maths on values of order 1: a few ulps."""
+
+W, H = 32, 24
+
+
+# ------------------------------------------------------------------------------------------------------------
+# camera_rays, ray_aabb
+
+
+def test_camera_rays_match_a_hand_computed_camera():
+    # Camera at (1, 2, 3), turned 90 degrees about +y: its axes in head space are
+    # x_cam -> (0, 0, -1), y_cam -> (0, 1, 0), z_cam -> (1, 0, 0), so it looks down -x.
+    c2w = [[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 2.0], [-1.0, 0.0, 0.0, 3.0], [0.0, 0.0, 0.0, 1.0]]
+    k = [100.0, 50.0, 30.0, 20.0]  # fx, fy, cx, cy: non-square pixels, principal point off centre
+    o, d = camera_rays(torch.tensor(c2w), k, 64, 48, pixels=torch.tensor([[10, 5], [29, 19], [0, 47]]))
+    # Pixel (10, 5): camera direction ((10.5 - 30) / 100, -(5.5 - 20) / 50, -1) = (-0.195, 0.29, -1),
+    # in head space -0.195 * (0, 0, -1) + 0.29 * (0, 1, 0) - 1 * (1, 0, 0) = (-1, 0.29, 0.195).
+    d0 = np.array([-1.0, 0.29, 0.195]) / math.sqrt(1.0 + 0.29**2 + 0.195**2)
+    # Pixel (29, 19): (-0.005, 0.01, -1) -> (-1, 0.01, 0.005).
+    d1 = np.array([-1.0, 0.01, 0.005]) / math.sqrt(1.0 + 0.01**2 + 0.005**2)
+    # Pixel (0, 47): (-0.295, -0.55, -1) -> (-1, -0.55, 0.295).
+    d2 = np.array([-1.0, -0.55, 0.295]) / math.sqrt(1.0 + 0.55**2 + 0.295**2)
+    assert np.allclose(d.numpy(), np.stack([d0, d1, d2]), atol=RAY_TOL, rtol=0)
+    assert np.allclose(o.numpy(), [[1.0, 2.0, 3.0]] * 3, atol=RAY_TOL, rtol=0)
+
+
+def test_principal_point_ray_looks_down_minus_z():
+    # With the principal point on a pixel centre that pixel's ray is the optical axis.
+    o, d = camera_rays(torch.eye(4, dtype=torch.float64), [7.0, 7.0, 3.5, 2.5], 8, 6, pixels=torch.tensor([[3, 2]]))
+    assert d.dtype == torch.float64
+    assert torch.equal(d, torch.tensor([[0.0, 0.0, -1.0]], dtype=torch.float64))
+    assert torch.equal(o, torch.zeros(1, 3, dtype=torch.float64))
+
+
+def test_full_frame_order_and_per_ray_cameras():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    c2w = np.eye(4)
+    c2w[:3, :3] = q
+    c2w[:3, 3] = rng.normal(size=3)
+    k = [20.0, 22.0, 15.0, 11.0]
+    o_all, d_all = camera_rays(torch.tensor(c2w, dtype=torch.float32), k, W, H)
+    assert o_all.shape == (W * H, 3)
+    assert torch.allclose(d_all.norm(dim=1), torch.ones(W * H), atol=RAY_TOL)
+    pix = torch.tensor([[5, 7], [31, 0], [0, 23]])
+    _, d_sel = camera_rays(torch.tensor(c2w, dtype=torch.float32), k, W, H, pixels=pix)
+    for r, (i, j) in enumerate(pix.tolist()):
+        assert torch.allclose(d_all[j * W + i], d_sel[r], atol=RAY_TOL)  # ray j * W + i is pixel (i, j)
+    # One camera per ray gives the same rays.
+    n = pix.shape[0]
+    o_b, d_b = camera_rays(torch.tensor(c2w, dtype=torch.float32).expand(n, 4, 4), torch.tensor(k).expand(n, 4), W, H, pix)
+    assert torch.allclose(d_b, d_sel, atol=RAY_TOL) and torch.allclose(o_b, o_all[:n], atol=RAY_TOL)
+
+
+def test_ray_aabb():
+    box = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
+    o = torch.tensor([[0.0, 0.0, 5.0], [0.0, 3.0, 5.0], [0.2, 0.3, 0.0], [0.5, 0.0, 5.0]])
+    d = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+    near, far = ray_aabb(o, d, box)
+    assert near.tolist() == [4.0, far[1].item(), 0.0, 4.0]
+    assert far[0].item() == 6.0 and far[2].item() == pytest.approx(0.8) and far[3].item() == 6.0
+    assert far[1] <= near[1]  # misses: empty interval
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sampler
+
+
+def _identity(root: Path, name: str, n_frames: int, seed: int, bbox=None, mask=False, near_far=True) -> None:
+    rng = np.random.default_rng(seed)
+    d = root / name
+    (d / "train").mkdir(parents=True)
+    iio.imwrite(d / "bg.png", rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8))
+    frames = []
+    for i in range(n_frames):
+        iio.imwrite(d / "train" / f"{i}.png", rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8))
+        fr = {
+            "file_path": f"train/{i}.png",
+            "transform_matrix": [[1, 0, 0, 0.05 * i], [0, 1, 0, 0], [0, 0, 1, 4.0], [0, 0, 0, 1]],
+            "expression": [float(seed), float(i), 0.5],
+        }
+        if bbox is not None:
+            fr["bbox"] = bbox
+        if mask:
+            m = np.zeros((H, W), dtype=np.uint8)
+            m[2:6, 20:30] = 255  # a 4 x 10 block
+            iio.imwrite(d / "train" / f"{i}_mask.png", m)
+            fr["mask_path"] = f"train/{i}_mask.png"
+        frames.append(fr)
+    meta = {"intrinsics": [30.0, 30.0, W / 2, H / 2], "frames": frames}
+    if near_far:
+        meta.update(near=2.5, far=5.5)
+    (d / "transforms_train.json").write_text(json.dumps(meta))
+
+
+BOX = [0.25, 0.5, 0.5, 0.75]  # rows 6..12, columns 16..24 of a 32 x 24 image: 1/16 of its pixels
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rays")
+    _identity(root, "a", 4, seed=1, bbox=BOX)
+    _identity(root, "b", 12, seed=2, bbox=BOX, near_far=False)
+    return load_dataset(root, cache_frames=64)
+
+
+def _in_box(pixel: torch.Tensor) -> torch.Tensor:
+    col, row = pixel[:, 0], pixel[:, 1]
+    return (row >= 6) & (row < 12) & (col >= 16) & (col < 24)
+
+
+def test_sampler_is_deterministic_with_a_seed(data):
+    a = RaySampler(data, "train", batch_size=512, seed=7, frames_per_batch=5)
+    b = RaySampler(data, "train", batch_size=512, seed=7, frames_per_batch=5)
+    c = RaySampler(data, "train", batch_size=512, seed=8, frames_per_batch=5)
+    for _ in range(3):
+        x, y, z = a.sample(), b.sample(), c.sample()
+        for name in ("origins", "directions", "pixel", "frame", "rgb", "near", "far"):
+            assert torch.equal(getattr(x, name), getattr(y, name))
+        assert not torch.equal(x.pixel, z.pixel)
+    state = a.state_dict()
+    nxt = a.sample()
+    a.load_state_dict(state)
+    assert torch.equal(a.sample().pixel, nxt.pixel)
+
+
+def test_face_box_fraction_is_respected(data):
+    n = 4000
+    sampler = RaySampler(data, "train", batch_size=n, seed=0, face_fraction=0.9, frames_per_batch=8)
+    batch = sampler.sample()
+    inside = _in_box(batch.pixel).float().mean().item()
+    # 90 % are drawn inside the box; the other 10 % are uniform and land in it with probability 1/16.
+    expected = 0.9 + 0.1 / 16
+    sigma = math.sqrt(0.1 * n * (1 / 16) * (15 / 16)) / n
+    assert 0.9 <= inside <= expected + 5 * sigma
+    assert sampler.face_box_pixels(0) == (6, 12, 16, 24)
+    uniform = RaySampler(data, "train", batch_size=n, seed=0, face_fraction=0.0, frames_per_batch=8).sample()
+    frac = _in_box(uniform.pixel).float().mean().item()
+    assert abs(frac - 1 / 16) < 5 * math.sqrt((1 / 16) * (15 / 16) / n)
+
+
+def test_each_ray_carries_its_frame(data):
+    batch = RaySampler(data, "train", batch_size=300, seed=3, frames_per_batch=6).sample()
+    t = data.table("train")
+    assert len(batch) == 300 and len(torch.unique(batch.frame)) == 6
+    assert batch.identity.dtype == torch.long and batch.frame.dtype == torch.long and batch.pixel.dtype == torch.long
+    assert torch.allclose(batch.directions.norm(dim=1), torch.ones(300), atol=RAY_TOL)
+    for r in range(0, 300, 7):
+        f = int(batch.frame[r])
+        col, row = batch.pixel[r].tolist()
+        ident = int(batch.identity[r])
+        assert ident == t.identity[f]
+        assert torch.equal(batch.rgb[r], torch.tensor(data.image("train", f)[row, col]).float() / 255)
+        assert torch.equal(batch.background[r], torch.tensor(data.background(ident)[row, col]).float() / 255)
+        assert torch.equal(batch.expression[r], torch.from_numpy(t.expression[f]))
+        o, d = camera_rays(torch.from_numpy(t.c2w[f]), torch.from_numpy(t.intrinsics[f]), W, H, batch.pixel[r : r + 1])
+        assert torch.allclose(batch.origins[r], o[0], atol=RAY_TOL) and torch.allclose(batch.directions[r], d[0], atol=RAY_TOL)
+        if t.explicit_near_far[f]:  # identity "a" gives near/far
+            assert (batch.near[r].item(), batch.far[r].item()) == (2.5, 5.5)
+        else:  # identity "b" clips rays to the default aabb
+            n_, f_ = ray_aabb(o, d, t.aabb[f])
+            assert batch.near[r] == n_[0] and batch.far[r] == f_[0]
+            # Within the frame's bounds (closest and farthest distance from the camera to the box), or an
+            # empty interval for a ray that passes beside the box.
+            assert batch.near[r] <= batch.far[r]
+            if batch.near[r] < batch.far[r]:
+                assert t.near[f] - RAY_TOL <= batch.near[r] and batch.far[r] <= t.far[f] + RAY_TOL
+
+
+def test_frame_rays_reproduce_the_frame(data):
+    batch = frame_rays(data, "train", 5)
+    assert len(batch) == W * H
+    img = (batch.rgb.reshape(H, W, 3) * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(img, data.image("train", 5))
+    assert batch.pixel[W + 3].tolist() == [3, 1]
+    bg = (batch.background.reshape(H, W, 3) * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(bg, data.background(int(data.table("train").identity[5])))
+    sub = batch[torch.arange(10)]
+    assert isinstance(sub, RayBatch) and len(sub) == 10 and len(batch.to("cpu")) == W * H
+
+
+def test_identity_balance(data):
+    # Identity "a" has 4 frames, "b" 12: uniform frames give "a" a quarter of the rays, balancing a half.
+    n, draws = 64, 100
+    plain = RaySampler(data, "train", batch_size=n, seed=1, frames_per_batch=1)
+    balanced = RaySampler(data, "train", batch_size=n, seed=1, frames_per_batch=1, balance_identities=True)
+    share_plain = np.mean([float((plain.sample().identity == 0).float().mean()) for _ in range(draws)])
+    share_bal = np.mean([float((balanced.sample().identity == 0).float().mean()) for _ in range(draws)])
+    # One frame (one identity) per batch: each share is a mean of 100 Bernoulli draws (sd <= 0.05).
+    assert abs(share_plain - 0.25) < 0.2 and abs(share_bal - 0.5) < 0.25 and share_bal > share_plain
+
+
+def test_mask_guides_face_rays_when_there_is_no_box(tmp_path):
+    _identity(tmp_path, "m", 3, seed=4, mask=True)
+    data = load_dataset(tmp_path)
+    batch = RaySampler(data, "train", batch_size=1000, seed=0, face_fraction=0.8, frames_per_batch=3).sample()
+    col, row = batch.pixel[:, 0], batch.pixel[:, 1]
+    in_mask = ((row >= 2) & (row < 6) & (col >= 20) & (col < 30)).float().mean().item()
+    area = 40 / (W * H)
+    assert 0.8 <= in_mask <= 0.8 + 0.2 * area + 5 * math.sqrt(0.2 * area / 1000)
+
+
+def test_per_ray_frames(data):
+    sampler = RaySampler(data, "train", batch_size=2000, seed=5, frames_per_batch=None)
+    batch = sampler.sample()
+    assert len(torch.unique(batch.frame)) == data.num_frames("train")  # 2000 draws over 16 frames hit them all
+    inside = _in_box(batch.pixel).float().mean().item()
+    assert abs(inside - (0.9 + 0.1 / 16)) < 5 * math.sqrt(0.09 / 2000) + 0.01
+
+
+def test_sampler_config_fields_are_the_keywords(data):
+    params = inspect.signature(RaySampler).parameters
+    for f in fields(SamplerConfig):
+        assert params[f.name].default == getattr(SamplerConfig(), f.name)
+    batch = RaySampler(data, "train", **asdict(SamplerConfig(batch_size=100, frames_per_batch=3))).sample()
+    assert len(batch) == 100 and len(torch.unique(batch.frame)) == 3
