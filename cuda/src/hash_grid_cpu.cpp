@@ -27,6 +27,25 @@ struct PlainAdd {
 constexpr int64_t kGrain = 2048;  // points per parallel chunk: enough work to hide scheduling cost
 constexpr int kBlock = 16;        // points whose table rows are prefetched together
 
+// Walks points [begin, end) in blocks of kBlock: finds every point's corners at one level and prefetches their
+// rows of `rows_base` (for writing when kWrite) first, then calls visit(i, rows, weights) per point, so that many
+// cache misses are in flight at once instead of one point's at a time.
+template <typename T, int F, bool kWrite, typename Visit>
+void for_point_blocks(const T* points, int64_t begin, int64_t end, T scale, uint32_t res, uint32_t size,
+                      const T* rows_base, Visit visit) {
+  uint32_t rows[kBlock][8];
+  T weights[kBlock][8];
+  T frac[3];
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    const int nb = static_cast<int>(std::min<int64_t>(kBlock, end - b0));
+    for (int k = 0; k < nb; ++k) {
+      hashgrid::level_corners(points + 3 * (b0 + k), scale, res, size, rows[k], weights[k], frac);
+      for (int c = 0; c < 8; ++c) __builtin_prefetch(rows_base + static_cast<size_t>(rows[k][c]) * F, kWrite ? 1 : 0);
+    }
+    for (int k = 0; k < nb; ++k) visit(b0 + k, rows[k], weights[k]);
+  }
+}
+
 // Writes level-major features `out` (L, N, F): each level's loop stores sequentially. Writing straight into the
 // (N, L*F) result would touch every cache line of it once per level (L read-for-ownership passes over the
 // whole output); one transpose at the end is far cheaper.
@@ -40,21 +59,10 @@ void forward_impl(const T* points, const T* table, T* out, int64_t n, const Grid
     const T* level_table = table + static_cast<size_t>(meta.offsets[l]) * F;
     T* level_out = out + static_cast<size_t>(l) * n * F;
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      // Blocks of kBlock points: find all their corners and prefetch the rows first, then interpolate, so
-      // that many cache misses are in flight at once instead of one point's at a time.
-      uint32_t rows[kBlock][8];
-      T weights[kBlock][8];
-      T frac[3];
-      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
-        const int nb = static_cast<int>(std::min<int64_t>(kBlock, end - b0));
-        for (int k = 0; k < nb; ++k) {
-          hashgrid::level_corners(points + 3 * (b0 + k), scale, res, size, rows[k], weights[k], frac);
-          for (int c = 0; c < 8; ++c) __builtin_prefetch(level_table + static_cast<size_t>(rows[k][c]) * F);
-        }
-        for (int k = 0; k < nb; ++k) {
-          hashgrid::interpolate_corners<T, F>(level_table, rows[k], weights[k], level_out + (b0 + k) * F);
-        }
-      }
+      for_point_blocks<T, F, false>(points, begin, end, scale, res, size, level_table,
+                                    [&](int64_t i, const uint32_t* rows, const T* weights) {
+                                      hashgrid::interpolate_corners<T, F>(level_table, rows, weights, level_out + i * F);
+                                    });
     });
   }
 }
@@ -97,19 +105,11 @@ void backward_impl(const T* grad_out, const T* points, const T* table, T* grad_t
       }
       if (dst == nullptr) return;
       // Table gradient only (the usual case): blocks with prefetched rows, as in the forward pass.
-      uint32_t rows[kBlock][8];
-      T weights[kBlock][8];
-      T frac[3];
-      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
-        const int nb = static_cast<int>(std::min<int64_t>(kBlock, end - b0));
-        for (int k = 0; k < nb; ++k) {
-          hashgrid::level_corners(points + 3 * (b0 + k), scale, res, size, rows[k], weights[k], frac);
-          for (int c = 0; c < 8; ++c) __builtin_prefetch(dst + static_cast<size_t>(rows[k][c]) * F, 1);
-        }
-        for (int k = 0; k < nb; ++k) {
-          hashgrid::scatter_corners<T, F>(dst, rows[k], weights[k], level_grad_out + (b0 + k) * F, PlainAdd<T>());
-        }
-      }
+      for_point_blocks<T, F, true>(points, begin, end, scale, res, size, dst,
+                                   [&](int64_t i, const uint32_t* rows, const T* weights) {
+                                     hashgrid::scatter_corners<T, F>(dst, rows, weights, level_grad_out + i * F,
+                                                                     PlainAdd<T>());
+                                   });
     });
     if (!scratch.empty()) {
       at::parallel_for(0, static_cast<int64_t>(level_len), 1 << 15, [&](int64_t begin, int64_t end) {
