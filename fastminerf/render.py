@@ -13,9 +13,11 @@ The pieces, each usable alone:
 - :func:`side_by_side` and :func:`evaluate`: per-identity PSNR, SSIM and L1 (LPIPS where available) and
   prediction | ground truth | error images.
 
-The model is anything with ``render_rays(origins, directions, near, far, identity, expression, frame,
+The model is anything with ``render_rays(origins, directions, near, far, identity, expression, frame_code,
 background) -> dict`` holding ``rgb (N, 3)`` (see :func:`render_rays`) and ``identity_names`` (the identity
-name of each model identity id); :class:`fastminerf.model.MINeRF` is one.
+name of each model identity id); :class:`fastminerf.model.MINeRF` is one. Frames outside the model's training
+set have no learned frame code: they are rendered with ``frame_code=None``, which the model answers with the
+identity's mean training frame code.
 
 Dimension letters: N rays, B frames, E expression size, H x W image size.
 """
@@ -406,8 +408,8 @@ def render_rays(
         identity: (N,) int64 model identity ids.
         expression: (N, E).
         background: (N, 3) colour behind each ray.
-        frame: (N,) int64 training-frame ids whose learned frame codes to use, or None (the model's default
-            code, for frames it was not trained on).
+        frame: (N,) int64 indices of the model's training frames whose learned codes to use (passed as
+            ``frame_code``), or None for the model's default code (frames it was not trained on).
         chunk: rays per call.
 
     Returns:
@@ -426,7 +428,7 @@ def render_rays(
                 far=far[a:b].to(device),
                 identity=identity[a:b].to(device),
                 expression=expression[a:b].to(device),
-                frame=None if frame is None else frame[a:b].to(device),
+                frame_code=None if frame is None else frame[a:b].to(device),
                 background=background[a:b].to(device),
             )
             for k, v in res.items():
@@ -464,7 +466,7 @@ def render_frame(
     height: Optional[int] = None,
     width: Optional[int] = None,
     chunk: int = DEFAULT_CHUNK,
-    use_frame_codes: Optional[bool] = None,
+    use_frame_codes: bool = False,
     outputs: bool = False,
 ):
     """Render one frame.
@@ -477,9 +479,10 @@ def render_frame(
       model identity ids.
 
     Args:
-        use_frame_codes: pass each ray's ``frame`` so the model uses that training frame's learned code. The
-            default is true for a dataset's ``train`` split and false otherwise (the model's default code:
-            frames outside training have none).
+        use_frame_codes: pass each ray's ``frame`` as the model's training-frame index, so the model uses
+            that frame's learned code. Only right when ``dataset.table(split)`` is, row for row, the table the
+            model was trained on; by default (false) every frame gets the model's default code, as frames
+            outside training must.
         outputs: also return the model's per-ray outputs reshaped to (H, W, ...).
 
     Returns:
@@ -493,13 +496,10 @@ def render_frame(
         height, width = table.height, table.width
         name = source.identities[int(table.identity[index])]
         rays.identity = torch.full_like(rays.identity, identity_id(model, name))
-        if use_frame_codes is None:
-            use_frame_codes = split == "train"
     elif isinstance(source, RayBatch):
         rays = source
         if height is None or width is None or height * width != len(rays):
             raise RenderError(f"a RayBatch of {len(rays)} rays needs height * width equal to it, got {height} x {width}")
-        use_frame_codes = bool(use_frame_codes)
     else:
         raise RenderError(f"render_frame renders a MultiIdentityDataset or a RayBatch, got {type(source).__name__}")
     out = render_rays(

@@ -55,8 +55,8 @@ class Oracle(torch.nn.Module):
         self.identity_names = list(names) if names is not None else [Path(d).name for d in identity_dirs]
         self.calls = []
 
-    def render_rays(self, origins, directions, near, far, identity, expression, frame=None, background=None):
-        self.calls.append(dict(n=origins.shape[0], frame=frame, near=near, far=far))
+    def render_rays(self, origins, directions, near, far, identity, expression, frame_code=None, background=None):
+        self.calls.append(dict(n=origins.shape[0], frame=frame_code, near=near, far=far))
         rgb = background.clone()
         hit_all = torch.zeros(origins.shape[0])
         for k in identity.unique().tolist():
@@ -220,8 +220,10 @@ def test_render_frame_reproduces_ground_truth(synth, data):
         err = np.abs(img - truth)
         mse = float((err**2).mean())
         assert -10 * np.log10(max(mse, 1e-12)) > ORACLE_MIN_PSNR
-    # Train frames pass their frame ids (learned codes); other splits the model's default (None).
-    assert oracle.calls[0]["frame"] is not None and oracle.calls[-1]["frame"] is None
+    # Frames get the model's default code unless asked for the training-frame codes.
+    assert all(c["frame"] is None for c in oracle.calls)
+    render_frame(oracle, data, "train", 1, use_frame_codes=True)
+    assert oracle.calls[-1]["frame"].tolist() == [1] * SIZE * SIZE
 
 
 def test_identity_mapping_is_by_name(synth, data):
