@@ -47,10 +47,13 @@ __all__ = [
     "evaluate",
     "expression_transfer",
     "identity_id",
+    "load_driver",
+    "load_target",
     "look_at_point",
     "neutral_frame",
     "orbit_cameras",
     "orbit_path",
+    "parse_drive",
     "render_frame",
     "render_rays",
     "render_sequence",
@@ -283,6 +286,81 @@ def drive_path(
         height=table.height,
         fps=float(fps) if fps else 25.0,
     )
+
+
+def parse_drive(spec: str, default_split: str = "train") -> Tuple[Path, str]:
+    """Split a ``PATH[:SPLIT]`` driver spec (the CLI's ``--drive``) into a folder and a split name.
+
+    A spec that names an existing path as a whole is a path (so a folder whose name holds a colon still
+    works); otherwise the text after the last colon is the split.
+
+    Raises:
+        RenderError: an empty spec or split, or a path that does not exist (named).
+    """
+    text = str(spec).strip()
+    if not text:
+        raise RenderError("--drive is empty: give PATH or PATH:SPLIT")
+    if Path(text).exists():
+        return Path(text), default_split
+    path, sep, split = text.rpartition(":")
+    if not sep:
+        raise RenderError(f"--drive: no such folder '{text}'")
+    if not split or "/" in split:
+        raise RenderError(f"--drive '{text}': '{split}' is not a split name (PATH:SPLIT, e.g. data/id001:val)")
+    if not path or not Path(path).exists():
+        raise RenderError(f"--drive: no such folder '{path}' (from '{text}')")
+    return Path(path), split
+
+
+def load_driver(path: PathLike, split: str, identity: Optional[str] = None) -> Tuple[MultiIdentityDataset, str]:
+    """Load a driver: its ``split`` (and ``train``, for its neutral face) from an identity folder or a root.
+
+    Returns:
+        ``(dataset, driver identity name)``.
+
+    Raises:
+        RenderError: naming the missing split (and the splits the folder has), or the identity when a root
+            holds several and none (or an unknown one) is named.
+    """
+    from .data.layout import find_identity_dirs, identity_splits
+
+    dirs = find_identity_dirs(path)
+    names = [d.name for d in dirs]
+    if identity is None:
+        if len(dirs) != 1:
+            raise RenderError(f"the driver {path} holds {len(dirs)} identities {names}; name one (--driver-identity)")
+        chosen = dirs[0]
+    else:
+        if identity not in names:
+            raise RenderError(f"driver identity '{identity}' is not in {path}; it has {names}")
+        chosen = dirs[names.index(identity)]
+    have = identity_splits(chosen)
+    for need in dict.fromkeys(("train", split)):
+        if need not in have:
+            raise RenderError(f"the driver {chosen} has no split '{need}' (transforms_{need}.json); it has {have}")
+    from .data.dataset import load_dataset
+
+    data = load_dataset([chosen], splits=tuple(dict.fromkeys(("train", split))))
+    return data, chosen.name
+
+
+def load_target(data_paths: Sequence[PathLike], identity: str, splits: Sequence[str] = ("train",)) -> MultiIdentityDataset:
+    """The dataset of one target identity, found by name among ``data_paths`` (a run's training folders).
+
+    Raises:
+        RenderError: naming ``identity`` and the identities the paths hold.
+    """
+    from .data.dataset import load_dataset
+    from .data.layout import find_identity_dirs
+
+    dirs = find_identity_dirs(list(data_paths)) if data_paths else []
+    match = [d for d in dirs if d.name == identity]
+    if not match:
+        raise RenderError(
+            f"no data for identity '{identity}' in {[str(p) for p in data_paths]} (identities there: "
+            f"{[d.name for d in dirs]}); its training folder is needed for its neutral face and background"
+        )
+    return load_dataset(match, splits=tuple(splits))
 
 
 def look_at_point(c2w: np.ndarray) -> np.ndarray:
