@@ -5,6 +5,8 @@ Each subcommand is one ``_add_<name>(subparsers)`` function that declares its ar
 progress and summaries are shown here.
 
     fastminerf synth OUT --identities 8 --frames 100 --size 128 --seed 0
+    fastminerf train --data DATA --out RUN [--config cpu] [--steps N] [--max-seconds S] [--set key=value ...]
+    fastminerf personalize --run RUN --data NEW_IDENTITY --out RUN2 [--steps N] [--max-seconds S]
 """
 
 from __future__ import annotations
@@ -112,9 +114,116 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- train
+
+
+class _TrainProgress:
+    """Rich progress for :func:`fastminerf.train.train` / ``personalize``: steps, loss, PSNR, rays/s, time left."""
+
+    def __init__(self, console, title: str, total_steps: int, max_seconds: Optional[float]) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.max_seconds = max_seconds
+        self.total = total_steps
+        self.bar = Progress(
+            TextColumn(f"[bold]{title}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("left {task.fields[left]}"),
+            console=console,
+        )
+        self.task = self.bar.add_task(title, total=total_steps, stats="", left="?")
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def __call__(self, rec: dict) -> None:
+        step, secs = int(rec["step"]), float(rec["seconds"])
+        rate = step / max(secs, 1e-9)
+        left = (self.total - step) / max(rate, 1e-9)
+        if self.max_seconds:
+            left = min(left, max(0.0, self.max_seconds - secs))
+        stats = (f"loss {rec['loss']:.4f}  psnr {rec['psnr']:.2f} dB  {rec['rays_per_s']:,.0f} rays/s  "
+                 f"{rec['samples_per_ray']:.1f} samples/ray")
+        self.bar.update(self.task, completed=step, stats=stats, left=f"{left:.0f}s")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (overrides train.steps)")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this many training seconds")
+
+
+def _add_train(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one MI-NeRF on every identity given (resumes when OUT holds a checkpoint)",
+        description="Generic training on all identities of --data. Writes OUT/config.yaml, OUT/checkpoint.pt "
+        "(atomically, periodically) and OUT/log.jsonl. Rerunning the same command resumes.",
+    )
+    p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders or dataset roots")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--config", default=None, help="preset name (tiny, cpu, gpu) or YAML file; default cpu")
+    _add_run_options(p)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set model.field.conditioning=concat (repeatable)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.max_seconds is not None:
+        overrides.append(f"train.max_seconds={args.max_seconds}")
+    cfg = load_config(args.config, overrides)
+    console = _console()
+    with _TrainProgress(console, "train", cfg.train.steps, cfg.train.max_seconds) as progress:
+        result = train(cfg, args.data, args.out, progress=progress)
+    resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
+    console.print(f"trained {result.step} steps in {result.seconds:.1f} s{resumed}: loss {result.loss:.5f}, "
+                  f"train psnr {result.psnr:.2f} dB; run in {result.out_dir}")
+    return 0
+
+
+def _add_personalize(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "personalize",
+        help="add new identities to a trained generic model from a short clip",
+        description="Fit new identity and frame codes, then briefly fine-tune the shared weights; writes a new run "
+        "holding every identity.",
+    )
+    p.add_argument("--run", required=True, type=Path, help="generic run folder (made by `fastminerf train`)")
+    p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders of the new identities")
+    p.add_argument("--out", required=True, type=Path, help="new run folder")
+    _add_run_options(p)
+    p.set_defaults(func=_run_personalize)
+
+
+def _run_personalize(args: argparse.Namespace) -> int:
+    from .train import load_run, personalize
+
+    cfg, _, _ = load_run(args.run)
+    steps = args.steps if args.steps is not None else cfg.train.personalize_steps
+    console = _console()
+    with _TrainProgress(console, "personalize", steps, args.max_seconds) as progress:
+        result = personalize(args.run, args.data, args.out, steps=steps, max_seconds=args.max_seconds, progress=progress)
+    console.print(f"personalised in {result.step} steps, {result.seconds:.1f} s: train psnr {result.psnr:.2f} dB; "
+                  f"run in {result.out_dir}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
-SUBCOMMANDS: List[Callable[["argparse._SubParsersAction"], None]] = [_add_synth]
+SUBCOMMANDS: List[Callable[["argparse._SubParsersAction"], None]] = [_add_synth, _add_train, _add_personalize]
 """Functions that each add one subcommand to the parser (others append theirs here)."""
 
 
