@@ -197,10 +197,11 @@ def _psnr(mse: float) -> float:
     return -10.0 * math.log10(max(mse, 1e-10))
 
 
-def _occupancy_pool(table, generator: torch.Generator, frame_offset: int = 0):
+def _occupancy_pool(table, generator: torch.Generator, identity_offset: int = 0, frame_offset: int = 0):
+    """Random training frames (identity (P,), expression (P, E), model frame index (P,)) for an occupancy update."""
     b = len(table)
     pick = torch.randint(b, (min(OCCUPANCY_POOL, b),), generator=generator)
-    ident = torch.from_numpy(table.identity)[pick]
+    ident = torch.from_numpy(table.identity)[pick] + identity_offset
     expr = torch.from_numpy(table.expression)[pick]
     return ident, expr, pick + frame_offset
 
@@ -244,10 +245,13 @@ class _Loop:
     """The optimisation loop shared by training and personalisation (one phase per call of :meth:`run`)."""
 
     def __init__(self, cfg: RunConfig, model: MINeRF, sampler: RaySampler, out: Path, progress: Optional[ProgressFn],
-                 payload: Callable[[], dict], frame_offset: int, occ_generator: torch.Generator,
-                 occ_warmup: Optional[int]) -> None:
+                 payload: Callable[[], dict], occ_generator: torch.Generator, occ_warmup: Optional[int],
+                 identity_offset: int = 0, frame_offset: int = 0) -> None:
+        # The sampler's identities and frames are ids of its own dataset; the model knows them shifted by the
+        # offsets (personalisation appends new identities and frames after the generic ones).
         self.cfg, self.model, self.sampler, self.out = cfg, model, sampler, out
-        self.progress, self.payload, self.frame_offset = progress, payload, frame_offset
+        self.progress, self.payload = progress, payload
+        self.identity_offset, self.frame_offset = identity_offset, frame_offset
         self.occ_generator, self.occ_warmup = occ_generator, occ_warmup
         self.log = out / LOG_NAME
         self.step = 0
@@ -270,13 +274,14 @@ class _Loop:
         model.train()
         while self.step < until_step and (max_seconds is None or self.seconds < max_seconds):
             start = time.perf_counter()
-            ident, expr, frames = _occupancy_pool(table, self.occ_generator, self.frame_offset)
+            ident, expr, frames = _occupancy_pool(table, self.occ_generator, self.identity_offset, self.frame_offset)
             model.update_occupancy(self.step, ident, expr, frames, generator=self.occ_generator,
                                    warmup_steps=self.occ_warmup)
             factor = _lr_factor(self.step, lr_cfg)
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * factor
             batch = self.sampler.sample()
+            batch.identity = batch.identity + self.identity_offset
             frame_index = batch.frame + self.frame_offset
             out = model.render_batch(batch, frame_code=frame_index)
             mse = torch.mean((out["rgb"] - batch.rgb) ** 2)
@@ -384,7 +389,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
                     data_paths=paths, model=model.state_dict(), optimizer=optimizer.state_dict(), step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state())
 
-    loop = _Loop(cfg, model, sampler, out, progress, payload, 0, occ_gen, None)
+    loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, None)
     resumed = 0
     if data is not None:
         try:
@@ -455,29 +460,12 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler_cfg = replace(cfg.sampler, seed=cfg.sampler.seed + 1)
     sampler = RaySampler(dataset, "train", **asdict(sampler_cfg))
-    # Batches index the new dataset (identity 0..); the model knows the new identities after the old ones.
-    original_sample = sampler.sample
-
-    def sample():
-        b = original_sample()
-        b.identity = b.identity + first_id
-        return b
-
-    sampler.sample = sample  # type: ignore[method-assign]
     occ_gen = torch.Generator().manual_seed(cfg.train.seed + 2)
     code_steps = int(round(steps * cfg.train.personalize_code_fraction))
     codes = [model.identity_codes.weight, model.frame_codes.weight]
     code_ids = {id(p) for p in codes}
     field_params = [p for p in model.parameters() if id(p) not in code_ids]
 
-    class _Table:  # the occupancy pool: the new frames, with the model's identity ids
-        identity = table.identity + first_id
-        expression = table.expression
-
-        def __len__(self) -> int:
-            return len(table)
-
-    sampler.table = _Table()  # type: ignore[assignment]
     state = dict(optimizer=None)
 
     def payload() -> dict:
@@ -487,7 +475,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                     model=model.state_dict(), optimizer=state["optimizer"].state_dict(), step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state())
 
-    loop = _Loop(cfg, model, sampler, out, progress, payload, first_frame, occ_gen, 0)
+    loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, 0, identity_offset=first_id,
+                 frame_offset=first_frame)
     restore = None
     if data is not None:
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
