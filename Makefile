@@ -25,8 +25,11 @@ $(VENV)/.installed: $(VENV)/.deps setup.py $(NATIVE_SOURCES)
 
 install: $(VENV)/.installed
 
+DEMO_OUT ?= demo_out
+DEMO_MINUTES ?= 3
+
 demo: install
-	$(BIN)/python benchmarks/kernels.py --quick
+	$(BIN)/fastminerf demo $(DEMO_OUT) --minutes $(DEMO_MINUTES) --overwrite
 
 test: test-python test-native
 

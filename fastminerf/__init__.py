@@ -96,3 +96,48 @@ __all__ = [
     "train",
     "__version__",
 ]
+
+# Rendering, evaluation and the demo (issue 4).
+from .demo import DemoResult, run_demo
+from .metrics import MetricUnavailable, l1, lpips, lpips_status, psnr, ssim
+from .render import (
+    CameraPath,
+    RenderError,
+    VideoInfo,
+    drive_path,
+    evaluate,
+    expression_transfer,
+    neutral_frame,
+    orbit_cameras,
+    orbit_path,
+    render_frame,
+    render_sequence,
+    render_video,
+    side_by_side,
+    write_video,
+)
+
+__all__ += [
+    "CameraPath",
+    "DemoResult",
+    "MetricUnavailable",
+    "RenderError",
+    "VideoInfo",
+    "drive_path",
+    "evaluate",
+    "expression_transfer",
+    "l1",
+    "lpips",
+    "lpips_status",
+    "neutral_frame",
+    "orbit_cameras",
+    "orbit_path",
+    "psnr",
+    "render_frame",
+    "render_sequence",
+    "render_video",
+    "run_demo",
+    "side_by_side",
+    "ssim",
+    "write_video",
+]

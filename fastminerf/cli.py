@@ -371,7 +371,7 @@ def _add_demo(sub: "argparse._SubParsersAction") -> None:
         "render the held-out head driven by another identity (OUT/transfer.mp4) and evaluate every identity on its "
         "val and novel (never-shown expressions) splits. A few minutes on a 2-core CPU.",
     )
-    p.add_argument("out", nargs="?", type=Path, default=Path("fastminerf-demo"), help="demo folder (default ./fastminerf-demo)")
+    p.add_argument("out", nargs="?", type=Path, default=Path("demo_out"), help="demo folder (default ./demo_out)")
     p.add_argument("--minutes", type=float, default=3.0, help="wall-clock budget in minutes (default 3)")
     p.add_argument("--identities", type=int, default=5, help="procedural heads, one held out (default 5)")
     p.add_argument("--frames", type=int, default=30, help="frames per identity's video (default 30)")

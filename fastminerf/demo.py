@@ -38,12 +38,28 @@ DemoProgress = Callable[[str, Dict[str, float]], None]
 ``eval_novel``; ``info`` holds ``done`` and ``total`` (frames) for the rendering stages and ``synth``, and
 the training log record (``step``, ``loss``, ``psnr``, ``total_steps``, ...) for the training stages."""
 
-RENDER_RESERVE_S = 25.0
-"""Seconds of the budget kept for rendering the video and the evaluations (measured: about 10 s for 5
-identities at 64x64 on a 2-core CPU), so that the whole demo ends near ``minutes``."""
+RENDER_RESERVE_S = 60.0
+"""Seconds of the budget kept for rendering the video and the evaluations, so that the whole demo ends near
+``minutes``. Measured with the defaults on a busy 2-core CPU (other jobs running): the video's 24 frames took
+33-36 s and 30 evaluated frames (3 per identity and split) 40 s, because a model trained for a minute still
+marches about 108 samples per ray (its occupancy grid has not pruned yet); on an idle machine about half."""
 
-MIN_TRAIN_S = 10.0
+PERSONALIZE_RATE_FACTOR = 0.6
+"""Personalisation steps are planned at this fraction of the generic run's measured steps per second:
+measured, its steps took 1.3-2x as long (and the machine's speed varies), and planning too few steps is the
+safe side (the schedule completes; ``max_seconds`` still caps the time)."""
+
+MIN_TRAIN_S = 2.0
 """Least training time given to each of the two training stages, even when the budget is spent."""
+
+DEMO_WARMUP_STEPS = 5
+"""Learning-rate warm-up steps in the demo. The presets warm up over 50 steps, which is most of what a
+minute-long stage on a 2-core CPU takes (about a second a step): without this override the personalisation
+would end before its learning rate did anything (measured: the held-out head stayed the average face)."""
+
+DEMO_LOG_EVERY = 5
+"""Steps between training log lines (and progress reports) in the demo: the ``cpu`` preset takes about a second
+a step on a 2-core CPU, so its own 25 would leave the progress bar still for half a minute."""
 
 
 @dataclass
@@ -84,6 +100,7 @@ def run_demo(
     drive_split: str = "train",
     transfer: str = "delta",
     fps: float = 12.5,
+    eval_frames: Optional[int] = 3,
     overwrite: bool = False,
     progress: Optional[DemoProgress] = None,
 ) -> DemoResult:
@@ -102,6 +119,7 @@ def run_demo(
         transfer: ``delta`` or ``absolute`` (:func:`fastminerf.render.expression_transfer`).
         fps: frame rate of the video (the procedural videos are 25 fps; half speed shows the motion better
             at this size).
+        eval_frames: frames evaluated per identity and split (the first ones); None for all.
         overwrite: replace a previous demo's generated data in ``out_dir``.
         progress: see :data:`DemoProgress`.
 
@@ -154,12 +172,17 @@ def run_demo(
     left = max(2 * MIN_TRAIN_S, minutes * 60.0 - seconds["synth"] - RENDER_RESERVE_S)
     train_s = max(MIN_TRAIN_S, train_share * left)
     personal_s = max(MIN_TRAIN_S, left - train_s)
-    cfg = load_config(config, [f"train.max_seconds={train_s}"])
+    cfg = load_config(config, [f"train.max_seconds={train_s}", f"train.log_every={DEMO_LOG_EVERY}",
+                               f"train.warmup_lr_steps={DEMO_WARMUP_STEPS}"])
     start = time.perf_counter()
-    train(cfg, dirs[:-1], generic, progress=None if progress is None else (lambda rec: progress("train", rec)))
+    gen = train(cfg, dirs[:-1], generic, progress=None if progress is None else (lambda rec: progress("train", rec)))
     seconds["train"] = time.perf_counter() - start
+    # Personalisation lays its schedule (codes first, then everything) over its step count: fit the count to
+    # the time it has, at the speed generic training measured, so both phases happen.
+    rate = gen.step / max(gen.seconds, 1e-9)
+    personal_steps = max(4, min(cfg.train.personalize_steps, int(PERSONALIZE_RATE_FACTOR * rate * personal_s)))
     start = time.perf_counter()
-    personalize(generic, [dirs[-1]], personal, max_seconds=personal_s,
+    personalize(generic, [dirs[-1]], personal, steps=personal_steps, max_seconds=personal_s,
                 progress=None if progress is None else (lambda rec: progress("personalize", rec)))
     seconds["personalize"] = time.perf_counter() - start
 
@@ -178,7 +201,8 @@ def run_demo(
     metrics: Dict[str, dict] = {}
     for split in ("val", "novel"):
         start = time.perf_counter()
-        metrics[split] = evaluate(model, data, split, out_dir=out / f"eval_{split}", progress=report(f"eval_{split}"))
+        metrics[split] = evaluate(model, data, split, out_dir=out / f"eval_{split}", max_frames=eval_frames,
+                                  progress=report(f"eval_{split}"))
         seconds[f"eval_{split}"] = time.perf_counter() - start
     seconds["total"] = time.perf_counter() - t0
 
@@ -188,7 +212,8 @@ def run_demo(
     summary = dict(
         settings=dict(minutes=minutes, n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, config=config,
                       train_share=train_share, drive_split=drive_split, transfer=transfer, fps=fps,
-                      train_seconds=train_s, personalize_seconds=personal_s),
+                      train_seconds=train_s, personalize_seconds=personal_s, generic_steps=gen.step,
+                      personalize_steps=personal_steps, eval_frames=eval_frames),
         held_out=held_out, driver=driver, generic_run=str(generic), personal_run=str(personal), video=str(result.video),
         video_frames=video.n_frames, contact_sheet=str(sheet), seconds=seconds, metrics=metrics,
     )
