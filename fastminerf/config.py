@@ -241,6 +241,11 @@ class ModelConfig:
     transmittance_threshold: float = 1e-3
     """Early ray termination: samples behind a transmittance below this get no weight."""
 
+    prune_samples: bool = True
+    """Training: evaluate densities without gradients first and drop samples behind early termination before the
+    differentiable pass (nerfacc's trick); the result is the same up to float rounding, the cost lower once
+    surfaces form."""
+
     occ_threshold: float = 0.01
     """Opacity (density x step) above which an occupancy cell counts as occupied."""
 

@@ -7,12 +7,13 @@ identity and the expression through the multiplicative module.
                      c = [m, f]             (N, C + Cf)  with the frame code f
     per sample (S):  h = grid(x)            (S, L*F)     hash-grid features of the sample point
                      sigma, g = density_head(h, c)        density (S,), geometry feature (S, G)
-                     rgb = color_head(g, SH(d), c)        colour (S, 3)
+                     rgb = color_head(g, [c, SH(d)])      colour (S, 3)
 
 The conditioning enters both heads: expressions change geometry (the mouth opens, the eyes close), so the
 density depends on it, not only the colour. Conditioning is per ray, so the part of each head's first layer
 that reads it is computed once per ray and gathered per sample (``W [h; c] = W_h h + (W_c c)[ray]``): the
-same function as concatenating ``c`` to every sample, at a fraction of the cost.
+same function as concatenating ``c`` to every sample, at a fraction of the cost. The view direction is per ray
+too, so its spherical harmonics join the per-ray inputs of the colour head.
 
 Shapes: N rays, S samples, E expression size, D identity-code size, C conditioning width, Cf frame-code size,
 L*F grid features, G geometry-feature size.
@@ -183,8 +184,9 @@ class MINeRFField(nn.Module):
         self.density_head = _SplitInputHead(
             self.encoding.output_dim, self.cond_dim, cfg.hidden_dim, cfg.density_layers, 1 + cfg.geo_feature_dim
         )
+        # The view direction is the same for every sample of a ray, so its SH enter with the per-ray inputs.
         self.color_head = _SplitInputHead(
-            cfg.geo_feature_dim + cfg.sh_degree**2, self.cond_dim, cfg.hidden_dim, cfg.color_layers, 3
+            cfg.geo_feature_dim, self.cond_dim + cfg.sh_degree**2, cfg.hidden_dim, cfg.color_layers, 3
         )
 
     def condition(self, expression: torch.Tensor, identity_code: torch.Tensor, frame_code: Optional[torch.Tensor]) -> torch.Tensor:
@@ -213,9 +215,9 @@ class MINeRFField(nn.Module):
     def forward(
         self, points: torch.Tensor, directions: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """points (S, 3) in [0, 1]^3, unit directions (S, 3), cond (N, C+Cf), ray_indices (S,) -> density (S,),
-        rgb (S, 3) in [0, 1]."""
+        """points (S, 3) in [0, 1]^3, cond (N, C+Cf), unit directions (N, 3) per conditioning row (the rays),
+        ray_indices (S,) (None: one row per point) -> density (S,), rgb (S, 3) in [0, 1]."""
         sigma, geo = self._density(points, cond, ray_indices)
-        sh = spherical_harmonics(directions, self.cfg.sh_degree)
-        rgb = torch.sigmoid(self.color_head(torch.cat([geo, sh], dim=-1), cond, ray_indices))
+        view = torch.cat([cond, spherical_harmonics(directions, self.cfg.sh_degree)], dim=-1)  # (N, C+Cf+SH)
+        rgb = torch.sigmoid(self.color_head(geo, view, ray_indices))
         return sigma, rgb

@@ -32,12 +32,33 @@ from .config import ModelConfig
 from .data.layout import DEFAULT_AABB
 from .field import MINeRFField
 from .nn import OccupancyGrid
-from .ops import composite
+from .ops import RaySamples, composite
 
 __all__ = ["MINeRF", "IDENTITY_CODE_INIT_STD"]
 
 IDENTITY_CODE_INIT_STD = 0.1
 """Standard deviation of new identity codes (large enough that identities differ from the first step)."""
+
+
+def _offsets(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """(N+1,) int64 CSR offsets of sorted ray indices (S,)."""
+    offsets = torch.zeros(n_rays + 1, dtype=torch.int64, device=ray_indices.device)
+    offsets[1:] = torch.cumsum(torch.bincount(ray_indices, minlength=n_rays), 0)
+    return offsets
+
+
+def _before_termination(sigmas: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor, offsets: torch.Tensor,
+                        threshold: float) -> torch.Tensor:
+    """(S,) bool: samples whose transmittance ``T_i = exp(-sum_{j<i} sigma_j delta_j)`` (within their ray) is still
+    ``>= threshold``, i.e. those :func:`fastminerf.ops.composite` gives a weight. Float64 prefix sums."""
+    if threshold <= 0:
+        return torch.ones_like(sigmas, dtype=torch.bool)
+    sd = (sigmas.double() * (t_ends - t_starts).double())
+    excl = torch.cumsum(sd, 0) - sd  # exclusive prefix sum over all samples
+    counts = offsets[1:] - offsets[:-1]
+    starts = offsets[:-1].clamp(max=max(sd.numel() - 1, 0))
+    base = torch.repeat_interleave(excl[starts], counts, output_size=sd.numel())
+    return (excl - base) <= -math.log(threshold)
 
 
 class MINeRF(nn.Module):
@@ -85,7 +106,10 @@ class MINeRF(nn.Module):
         self.frame_codes = nn.Embedding(fi.numel(), fc.frame_code_dim)
         nn.init.zeros_(self.frame_codes.weight)
         self.occupancy = OccupancyGrid(box, cfg.grid_resolution, cfg.grid_levels, backend=cfg.grid_backend)
-        self.occupancy.mark_all()  # an untrained model samples the whole box
+        # An untrained model samples the whole box (every bit set), but with occupancy values of 0 so that the first
+        # update replaces them (values of 1 would decay for ~90 updates before any cell could be skipped).
+        self.occupancy.mark_all()
+        self.occupancy.occs.zero_()
 
     # ------------------------------------------------------------------------------------------------------
     # Identities and frames
@@ -187,13 +211,24 @@ class MINeRF(nn.Module):
                                         cone_angle=cfg.cone_angle, max_samples_per_ray=cfg.max_samples_per_ray)
         ray = samples.ray_indices
         t_mid = (samples.t_starts + samples.t_ends) * 0.5
-        d = directions.index_select(0, ray)
-        points = origins.index_select(0, ray) + t_mid[:, None] * d
+        points = origins.index_select(0, ray) + t_mid[:, None] * directions.index_select(0, ray)
         n = origins.shape[0]
         if ray.numel() == 0:  # nothing to evaluate: the background shows everywhere
             zero = origins.new_zeros(n)
             return dict(rgb=background.clone(), opacity=zero, depth=zero.clone(), samples=samples.counts)
-        sigma, rgb = self.field(self.normalize_points(points), d, cond, ray)
+        x = self.normalize_points(points)
+        if cfg.prune_samples and torch.is_grad_enabled():
+            # nerfacc's two-pass trick: densities without gradients first, then drop the samples behind early
+            # termination (they would get weight 0 and no gradient anyway) before the differentiable pass.
+            with torch.no_grad():
+                sigma0 = self.field.density(x, cond, ray)
+                keep = _before_termination(sigma0, samples.t_starts, samples.t_ends, samples.offsets,
+                                           cfg.transmittance_threshold)
+            if not bool(keep.all()):
+                ray, x = ray[keep], x[keep]
+                samples = RaySamples(ray, samples.t_starts[keep], samples.t_ends[keep],
+                                     _offsets(ray, n))
+        sigma, rgb = self.field(x, directions, cond, ray)
         out = composite(sigma, rgb, samples.t_starts, samples.t_ends, samples.offsets,
                         cfg.transmittance_threshold, backend=self._composite_backend(origins.device))
         color = out.color + (1.0 - out.opacity)[:, None] * background

@@ -466,13 +466,13 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     code_ids = {id(p) for p in codes}
     field_params = [p for p in model.parameters() if id(p) not in code_ids]
 
-    state = dict(optimizer=None)
+    state = dict(optimizer=None, phase="codes")
 
     def payload() -> dict:
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="personalize", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     data_paths=list(meta["data_paths"]) + paths, generic_run=str(generic_run),
-                    model=model.state_dict(), optimizer=state["optimizer"].state_dict(), step=loop.step,
+                    model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state())
 
     loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, 0, identity_offset=first_id,
@@ -487,23 +487,24 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     elif loop.log.exists():
         loop.log.unlink()
     resumed = loop.step
+    restore_phase = str(data.get("phase", "codes")) if data is not None else None
     if loop.step < code_steps:
         for p in field_params:
             p.requires_grad_(False)
         opt = _optimizer([dict(params=codes, lr=cfg.train.code_lr)])
-        state["optimizer"] = opt
-        if restore is not None:
+        state["optimizer"], state["phase"] = opt, "codes"
+        if restore is not None and restore_phase == "codes":
             opt.load_state_dict(restore)
-            restore = None
         loop.run(opt, [cfg.train.code_lr], code_steps, steps, max_seconds, "codes", steps)
         for p in field_params:
             p.requires_grad_(True)
-    lrs = [cfg.train.lr * cfg.train.personalize_lr_factor, cfg.train.code_lr]
-    opt = _optimizer([dict(params=field_params, lr=lrs[0]), dict(params=codes, lr=lrs[1])])
-    state["optimizer"] = opt
-    if restore is not None:
-        opt.load_state_dict(restore)
-    loop.run(opt, lrs, steps, steps, max_seconds, "all", steps)
+    if loop.step >= code_steps:  # not when the time limit stopped the first phase
+        lrs = [cfg.train.lr * cfg.train.personalize_lr_factor, cfg.train.code_lr]
+        opt = _optimizer([dict(params=field_params, lr=lrs[0]), dict(params=codes, lr=lrs[1])])
+        state["optimizer"], state["phase"] = opt, "all"
+        if restore is not None and restore_phase == "all":
+            opt.load_state_dict(restore)
+        loop.run(opt, lrs, steps, steps, max_seconds, "all", steps)
     loop.checkpoint()
     model.eval()
     return TrainResult(out, loop.step, loop.seconds, loop.loss, loop.psnr, resumed, model)
