@@ -25,12 +25,13 @@ $(VENV)/.installed: $(VENV)/.deps setup.py $(NATIVE_SOURCES)
 
 install: $(VENV)/.installed
 
-# Until the training issue lands, the main job generates procedural heads (with their contact sheet) and runs the
-# kernel benchmark in its quick form.
+# The main job: procedural heads -> generic training -> personalisation of a held-out head -> an
+# expression-transfer video and metric tables, in DEMO_MINUTES of wall-clock time.
 DEMO_OUT ?= demo_out
+DEMO_MINUTES ?= 3
+
 demo: install
-	$(BIN)/fastminerf synth $(DEMO_OUT)/heads --identities 4 --frames 40 --size 128 --seed 0 --overwrite
-	$(BIN)/python benchmarks/kernels.py --quick
+	$(BIN)/fastminerf demo $(DEMO_OUT) --minutes $(DEMO_MINUTES) --overwrite
 
 test: test-python test-native
 

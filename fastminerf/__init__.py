@@ -3,7 +3,18 @@
 Importing this package compiles nothing and needs no GPU; native kernels load on first use.
 """
 from .backend import BACKENDS, BackendError
-from .config import DataConfig, SamplerConfig, SynthConfig
+from .config import (
+    ConfigError,
+    DataConfig,
+    FieldConfig,
+    ModelConfig,
+    RunConfig,
+    SamplerConfig,
+    SynthConfig,
+    TrainConfig,
+    dump_config,
+    load_config,
+)
 from .data import (
     EXPRESSION_NAMES,
     DatasetError,
@@ -29,6 +40,10 @@ from .ops import (
     march_rays_reference,
     per_level_scale_for,
 )
+
+from .field import ConcatConditioning, MINeRFField, MultiplicativeConditioning, spherical_harmonics
+from .model import MINeRF
+from .train import CheckpointError, TrainResult, build_model, load_checkpoint, load_run, personalize, train
 
 __version__ = "0.1.0"
 
@@ -60,5 +75,69 @@ __all__ = [
     "march_rays",
     "march_rays_reference",
     "per_level_scale_for",
+    "CheckpointError",
+    "ConcatConditioning",
+    "ConfigError",
+    "FieldConfig",
+    "MINeRF",
+    "MINeRFField",
+    "ModelConfig",
+    "MultiplicativeConditioning",
+    "RunConfig",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "dump_config",
+    "load_checkpoint",
+    "load_config",
+    "load_run",
+    "personalize",
+    "spherical_harmonics",
+    "train",
     "__version__",
+]
+
+# Rendering, evaluation and the demo (issue 4).
+from .demo import DemoResult, run_demo
+from .metrics import MetricUnavailable, l1, lpips, lpips_status, psnr, ssim
+from .render import (
+    CameraPath,
+    RenderError,
+    VideoInfo,
+    drive_path,
+    evaluate,
+    expression_transfer,
+    neutral_frame,
+    orbit_cameras,
+    orbit_path,
+    render_frame,
+    render_sequence,
+    render_video,
+    side_by_side,
+    write_video,
+)
+
+__all__ += [
+    "CameraPath",
+    "DemoResult",
+    "MetricUnavailable",
+    "RenderError",
+    "VideoInfo",
+    "drive_path",
+    "evaluate",
+    "expression_transfer",
+    "l1",
+    "lpips",
+    "lpips_status",
+    "neutral_frame",
+    "orbit_cameras",
+    "orbit_path",
+    "psnr",
+    "render_frame",
+    "render_sequence",
+    "render_video",
+    "run_demo",
+    "side_by_side",
+    "ssim",
+    "write_video",
 ]

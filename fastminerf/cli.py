@@ -5,6 +5,12 @@ Each subcommand is one ``_add_<name>(subparsers)`` function that declares its ar
 progress and summaries are shown here.
 
     fastminerf synth OUT --identities 8 --frames 100 --size 128 --seed 0
+    fastminerf train --data DATA --out RUN [--config cpu] [--steps N] [--max-seconds S] [--set key=value ...]
+    fastminerf personalize --run RUN --data NEW_IDENTITY --out RUN2 [--steps N] [--max-seconds S]
+    fastminerf render --run RUN --identity NAME --drive PATH[:SPLIT] --out OUT.mp4 [--transfer delta|absolute]
+    fastminerf render --run RUN --identity NAME --orbit --out OUT.mp4
+    fastminerf eval --run RUN --data PATH... --split SPLIT [--out DIR]
+    fastminerf demo [OUT] [--minutes 3]
 """
 
 from __future__ import annotations
@@ -112,9 +118,309 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- train
+
+
+class _TrainProgress:
+    """Rich progress for :func:`fastminerf.train.train` / ``personalize``: steps, loss, PSNR, rays/s, time left."""
+
+    def __init__(self, console, title: str, total_steps: int, max_seconds: Optional[float]) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.max_seconds = max_seconds
+        self.total = total_steps
+        self.bar = Progress(
+            TextColumn(f"[bold]{title}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("left {task.fields[left]}"),
+            console=console,
+        )
+        self.task = self.bar.add_task(title, total=total_steps, stats="", left="?")
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def __call__(self, rec: dict) -> None:
+        step, secs = int(rec["step"]), float(rec["seconds"])
+        rate = step / max(secs, 1e-9)
+        left = (self.total - step) / max(rate, 1e-9)
+        if self.max_seconds:
+            left = min(left, max(0.0, self.max_seconds - secs))
+        stats = (f"loss {rec['loss']:.4f}  psnr {rec['psnr']:.2f} dB  {rec['rays_per_s']:,.0f} rays/s  "
+                 f"{rec['samples_per_ray']:.1f} samples/ray")
+        self.bar.update(self.task, completed=step, stats=stats, left=f"{left:.0f}s")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (overrides train.steps)")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this many training seconds")
+
+
+def _add_train(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one MI-NeRF on every identity given (resumes when OUT holds a checkpoint)",
+        description="Generic training on all identities of --data. Writes OUT/config.yaml, OUT/checkpoint.pt "
+        "(atomically, periodically) and OUT/log.jsonl. Rerunning the same command resumes.",
+    )
+    p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders or dataset roots")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--config", default=None, help="preset name (tiny, cpu, gpu) or YAML file; default cpu")
+    _add_run_options(p)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set model.field.conditioning=concat (repeatable)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.max_seconds is not None:
+        overrides.append(f"train.max_seconds={args.max_seconds}")
+    cfg = load_config(args.config, overrides)
+    console = _console()
+    with _TrainProgress(console, "train", cfg.train.steps, cfg.train.max_seconds) as progress:
+        result = train(cfg, args.data, args.out, progress=progress)
+    resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
+    console.print(f"trained {result.step} steps in {result.seconds:.1f} s{resumed}: loss {result.loss:.5f}, "
+                  f"train psnr {result.psnr:.2f} dB; run in {result.out_dir}")
+    return 0
+
+
+def _add_personalize(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "personalize",
+        help="add new identities to a trained generic model from a short clip",
+        description="Fit new identity and frame codes, then briefly fine-tune the shared weights; writes a new run "
+        "holding every identity.",
+    )
+    p.add_argument("--run", required=True, type=Path, help="generic run folder (made by `fastminerf train`)")
+    p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders of the new identities")
+    p.add_argument("--out", required=True, type=Path, help="new run folder")
+    _add_run_options(p)
+    p.set_defaults(func=_run_personalize)
+
+
+def _run_personalize(args: argparse.Namespace) -> int:
+    from .train import load_run, personalize
+
+    cfg, _, _ = load_run(args.run)
+    steps = args.steps if args.steps is not None else cfg.train.personalize_steps
+    console = _console()
+    with _TrainProgress(console, "personalize", steps, args.max_seconds) as progress:
+        result = personalize(args.run, args.data, args.out, steps=steps, max_seconds=args.max_seconds, progress=progress)
+    console.print(f"personalised in {result.step} steps, {result.seconds:.1f} s: train psnr {result.psnr:.2f} dB; "
+                  f"run in {result.out_dir}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- render, eval, demo
+
+
+def _open_run(run: Path):
+    """``load_run`` with a clear error for a missing folder: ``(config, model, metadata)``."""
+    from .render import RenderError
+    from .train import load_run
+
+    if not Path(run).exists():
+        raise RenderError(f"run folder {run} does not exist")
+    return load_run(run)
+
+
+def _frames_progress(console, title: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn(f"[bold]{title}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _add_render(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "render",
+        help="render an identity driven by another dataset's expressions and head poses, or a camera orbit",
+        description="Render identity NAME of a trained run to an mp4: with --drive, the head poses and expressions "
+        "of a driver's frames (cross-identity expression transfer; 'delta' moves NAME's neutral face by the "
+        "driver's change from its own neutral face, neutral = the train frame with the smallest expression norm); "
+        "with --orbit, a camera orbit at NAME's neutral expression.",
+    )
+    p.add_argument("--run", required=True, type=Path, help="run folder (made by train or personalize)")
+    p.add_argument("--identity", required=True, help="identity to render (its name in the run)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--drive", metavar="PATH[:SPLIT]", help="driver identity folder (or root) and split (default train)")
+    src.add_argument("--orbit", action="store_true", help="render a camera orbit instead")
+    p.add_argument("--out", required=True, type=Path, help="output mp4")
+    p.add_argument("--transfer", choices=["delta", "absolute"], default="delta", help="expression transfer mode (default delta)")
+    p.add_argument("--driver-identity", default=None, help="driver name when the --drive folder holds several")
+    p.add_argument("--target-data", nargs="+", type=Path, default=None,
+                   help="folders holding NAME's training data (default: the run's own data paths)")
+    p.add_argument("--frames", type=int, default=60, help="frames of an orbit (default 60)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate (default: the driver's, 25 for an orbit)")
+    p.add_argument("--png-dir", type=Path, default=None, help="also write every frame as PNG into this folder")
+    p.set_defaults(func=_run_render)
+
+
+def _run_render(args: argparse.Namespace) -> int:
+    from .render import drive_path, load_driver, load_target, orbit_path, parse_drive, render_video
+
+    from .render import identity_id
+
+    console = _console()
+    _, model, meta = _open_run(args.run)
+    identity_id(model, args.identity)  # fail early, naming the identity
+    target = load_target(args.target_data or meta["data_paths"], args.identity)
+    if args.orbit:
+        path = orbit_path(target, args.identity, n_frames=args.frames)
+        what = f"orbit of {args.identity}"
+    else:
+        folder, split = parse_drive(args.drive)
+        driver, driver_name = load_driver(folder, split, args.driver_identity)
+        path = drive_path(target, args.identity, driver, split, driver_name, mode=args.transfer)
+        what = f"{args.identity} driven by {driver_name}:{split} ({args.transfer})"
+    with _frames_progress(console, "render") as bar:
+        task = bar.add_task("render", total=len(path))
+        info = render_video(model, path, args.identity, args.out, background=target.background(0),
+                            aabb=model.aabb.tolist(), png_dir=args.png_dir, fps=args.fps,
+                            progress=lambda d, t: bar.update(task, completed=d, total=t))
+    extra = f", PNG frames in {info.png_dir}" if info.png_dir else ""
+    console.print(f"{what}: {info.n_frames} frames {info.width}x{info.height} -> {info.path}{extra}")
+    return 0
+
+
+def _metrics_table(result: dict, title: str):
+    from rich.table import Table
+
+    names = result["metrics"]
+    table = Table(title=title)
+    table.add_column("identity")
+    table.add_column("frames", justify="right")
+    fmt = {"psnr": "{:.2f}", "ssim": "{:.4f}", "l1": "{:.4f}", "lpips": "{:.4f}"}
+    for m in names:
+        table.add_column(m.upper() + (" (dB)" if m == "psnr" else ""), justify="right")
+    for name, vals in result["identities"].items():
+        table.add_row(name, str(vals["frames"]), *[fmt[m].format(vals[m]) for m in names])
+    table.add_row("[bold]mean[/bold]", str(result["frames"]), *[f"[bold]{fmt[m].format(result['mean'][m])}[/bold]" for m in names])
+    return table
+
+
+def _add_eval(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "eval",
+        help="render every frame of a split and report PSNR, SSIM and L1 per identity",
+        description="Render every frame of SPLIT for each identity of --data (names must be in the run), print a "
+        "table and, with --out, write DIR/metrics.json and DIR/side_by_side/<identity>/*.png (prediction | truth | "
+        "error). LPIPS is added only when the lpips package and its weights are already installed.",
+    )
+    p.add_argument("--run", required=True, type=Path, help="run folder")
+    p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders or dataset roots")
+    p.add_argument("--split", required=True, help="split to evaluate (e.g. val, test, novel)")
+    p.add_argument("--out", type=Path, default=None, help="folder for metrics.json and side-by-side images")
+    p.add_argument("--max-frames", type=int, default=None, help="evaluate only the first N frames of each identity")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .data.layout import DatasetError, find_identity_dirs, identity_splits
+    from .render import evaluate
+
+    console = _console()
+    _, model, _ = _open_run(args.run)
+    dirs = find_identity_dirs(args.data)
+    for d in dirs:
+        if args.split not in identity_splits(d):
+            raise DatasetError(f"identity '{d.name}' has no split '{args.split}'; it has {identity_splits(d)}", file=d)
+    data = load_dataset(dirs, splits=(args.split,))
+    from .render import identity_id
+
+    for name in data.identities:
+        identity_id(model, name)  # fail before any rendering, naming the identity
+    with _frames_progress(console, f"eval {args.split}") as bar:
+        task = bar.add_task("eval", total=None)
+        result = evaluate(model, data, args.split, out_dir=args.out, max_frames=args.max_frames,
+                          progress=lambda d, t: bar.update(task, completed=d, total=t))
+    console.print(_metrics_table(result, f"{args.run} on {args.split}"))
+    console.print(f"LPIPS: {result['lpips']}")
+    if args.out is not None:
+        console.print(f"wrote {args.out / 'metrics.json'} and side-by-side images in {args.out / 'side_by_side'}")
+    return 0
+
+
+def _add_demo(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the built-in demo: procedural heads -> generic training -> personalisation -> transfer video + metrics",
+        description="Generate procedural heads, train one model on all but one, personalise it to the held-out head, "
+        "render the held-out head driven by another identity (OUT/transfer.mp4) and evaluate every identity on its "
+        "val and novel (never-shown expressions) splits. A few minutes on a 2-core CPU.",
+    )
+    p.add_argument("out", nargs="?", type=Path, default=Path("demo_out"), help="demo folder (default ./demo_out)")
+    p.add_argument("--minutes", type=float, default=3.0, help="wall-clock budget in minutes (default 3)")
+    p.add_argument("--identities", type=int, default=5, help="procedural heads, one held out (default 5)")
+    p.add_argument("--frames", type=int, default=30, help="frames per identity's video (default 30)")
+    p.add_argument("--size", type=int, default=64, help="frame size in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    p.add_argument("--config", default="cpu", help="training preset or YAML file (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in OUT")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .demo import run_demo
+
+    console = _console()
+    stages = {"synth": "generate heads", "train": "generic training", "personalize": "personalise held-out",
+              "render": "transfer video", "eval_val": "eval val", "eval_novel": "eval novel"}
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console) as bar:
+        tasks = {}
+
+        def progress(stage: str, info: dict) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stages.get(stage, stage), total=None, stats="")
+            if "step" in info:
+                secs, limit = float(info["seconds"]), float(info.get("max_seconds", float("nan")))
+                left = f"  {max(0.0, limit - secs):.0f}s left" if limit == limit else ""
+                bar.update(tasks[stage], completed=int(info["step"]), total=int(info["total_steps"]),
+                           stats=f"psnr {info['psnr']:.2f} dB{left}")
+            else:
+                bar.update(tasks[stage], completed=int(info["done"]), total=int(info["total"]))
+
+        result = run_demo(args.out, minutes=args.minutes, n_identities=args.identities, n_frames=args.frames,
+                          size=args.size, seed=args.seed, config=args.config, overwrite=args.overwrite, progress=progress)
+    for split, title in (("val", "val: unseen frames"), ("novel", "novel: expressions each identity never showed")):
+        console.print(_metrics_table(result.metrics[split], f"{title} ({result.held_out} personalised)"))
+    secs = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
+    console.print(f"transfer video: {result.video} ({result.held_out} driven by {result.driver})")
+    console.print(f"contact sheet: {result.contact_sheet}; metrics in {result.out_dir}/eval_*/metrics.json")
+    console.print(f"time: {secs}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
-SUBCOMMANDS: List[Callable[["argparse._SubParsersAction"], None]] = [_add_synth]
+SUBCOMMANDS: List[Callable[["argparse._SubParsersAction"], None]] = [
+    _add_synth, _add_train, _add_personalize, _add_render, _add_eval, _add_demo
+]
 """Functions that each add one subcommand to the parser (others append theirs here)."""
 
 

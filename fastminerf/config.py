@@ -17,14 +17,33 @@ Components (others are added here as the project grows):
 - :class:`DataConfig`: reading a dataset in the layout of ``DATASET.md`` (``fastminerf.data.load_dataset``).
 - :class:`SamplerConfig`: drawing training rays (``fastminerf.data.RaySampler``).
 - :class:`SynthConfig`: the procedural talking-head generator (``fastminerf.data.synth.generate``).
+- :class:`FieldConfig`, :class:`ModelConfig`, :class:`TrainConfig`: the MI-NeRF field, the model around it and
+  the training loops; :class:`RunConfig` is the root of a run's config tree, read by :func:`load_config`
+  from a preset in ``configs/`` (only the differences from the defaults) plus dotted ``key=value`` overrides,
+  written by :func:`dump_config`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Tuple
 
-__all__ = ["DataConfig", "SamplerConfig", "SynthConfig"]
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "FieldConfig",
+    "ModelConfig",
+    "RunConfig",
+    "SamplerConfig",
+    "SynthConfig",
+    "TrainConfig",
+    "dump_config",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+    "parse_config_text",
+]
 
 
 @dataclass(frozen=True)
@@ -118,3 +137,402 @@ class SynthConfig:
 
     chunk_rays: int = 524288
     """Rays traced at once; bounds the renderer's memory (about 0.2 KiB per ray) without changing pixels."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model and training
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """The MI-NeRF field shared by all identities (``fastminerf.field.MINeRFField``): hash grid, conditioning
+    module and the small density and colour heads."""
+
+    n_levels: int = 16
+    """L, levels of the hash grid."""
+
+    n_features_per_level: int = 2
+    """F, features per level (1, 2, 4 or 8)."""
+
+    log2_hashmap_size: int = 19
+    """log2 of the largest table size T per level. Grid memory is ``4 * F * sum_l T_l`` bytes, shared by
+    every identity."""
+
+    base_resolution: int = 16
+    """Coarsest grid resolution N_min (cells per axis over the head box)."""
+
+    finest_resolution: int = 2048
+    """Finest grid resolution; the per-level scale is derived from it, ``base_resolution`` and ``n_levels``."""
+
+    conditioning: str = "multiplicative"
+    """``multiplicative``: ``m = (A e) * (B i) + C e + D i + b`` (MI-NeRF); ``concat``: ``m = C e + D i + b``, a
+    linear map of ``[e, i]`` with no product term (the paper's ablation baseline, same width)."""
+
+    conditioning_degree: int = 2
+    """Polynomial degree of the multiplicative module (2: one product term; n > 2 stacks the Pi-net
+    recursion ``x_n = (U_n z) * x_(n-1) + x_(n-1)`` with ``z = [e, i]``). Ignored by ``concat``."""
+
+    conditioning_dim: int = 32
+    """C, width of the conditioning vector m fed to the heads."""
+
+    identity_code_dim: int = 32
+    """Length of the learned identity code i (one row per identity: the only per-identity parameters besides
+    the frame codes)."""
+
+    frame_code_dim: int = 16
+    """Length of the learned per-frame latent code (NeRFace uses 32), zero-initialised; 0 disables it."""
+
+    expression_scale: float = 1.0
+    """Expressions are multiplied by this before the module (NeRFace scales its 76 coefficients by 1/3)."""
+
+    hidden_dim: int = 64
+    """Width of the hidden layers of both heads."""
+
+    density_layers: int = 1
+    """Hidden layers of the density head (grid features + m + frame code -> density and a geometry feature)."""
+
+    color_layers: int = 2
+    """Hidden layers of the colour head (geometry feature + view direction + m + frame code -> rgb)."""
+
+    geo_feature_dim: int = 15
+    """Width of the geometry feature passed from the density head to the colour head."""
+
+    sh_degree: int = 4
+    """Spherical-harmonics degree of the view-direction encoding (``sh_degree**2`` values); 0 ignores the
+    view direction."""
+
+    density_bias: float = -1.0
+    """Added to the raw density before ``exp``: a small initial density so that the early occupancy grid is
+    neither empty nor saturated."""
+
+    backend: str = "auto"
+    """Hash-encoding backend (``fastminerf.backend``): auto, native, torch, tcnn."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model around the field (``fastminerf.model.MINeRF``): occupancy grid, ray marching and compositing."""
+
+    field: FieldConfig = FieldConfig()
+    """The shared field."""
+
+    aabb: Optional[Tuple[float, ...]] = None
+    """Head box ``[xmin, ymin, zmin, xmax, ymax, zmax]`` the grid and the occupancy grid cover; None for the
+    data's ``aabb`` (a cube of side 3 at the origin by default)."""
+
+    grid_resolution: int = 64
+    """Cells per axis of the occupancy grid (one grid per model, for every identity and expression)."""
+
+    grid_levels: int = 1
+    """Cascades of the occupancy grid."""
+
+    grid_backend: str = "auto"
+    """Occupancy-grid / marcher backend: auto, native, torch, nerfacc."""
+
+    render_steps: int = 256
+    """Ray-marching step = the box diagonal divided by this (``sqrt(3) * side / render_steps``)."""
+
+    cone_angle: float = 0.0
+    """Step growth with distance (0: fixed step)."""
+
+    max_samples_per_ray: int = 0
+    """Cap on samples per ray after skipping empty space; 0 for no cap."""
+
+    transmittance_threshold: float = 1e-3
+    """Early ray termination: samples behind a transmittance below this get no weight."""
+
+    prune_samples: bool = True
+    """Training: evaluate densities without gradients first and drop samples behind early termination before the
+    differentiable pass (nerfacc's trick); the result is the same up to float rounding, the cost lower once
+    surfaces form."""
+
+    occ_threshold: float = 0.01
+    """Opacity (density x step) above which an occupancy cell counts as occupied."""
+
+    occ_ema_decay: float = 0.95
+    """EMA decay of the occupancy values (nerfacc's rule: ``occ = max(decay * occ, new)``)."""
+
+    occ_update_every: int = 16
+    """Steps between occupancy updates."""
+
+    occ_warmup_steps: int = 256
+    """Steps during which every cell is updated (afterwards a quarter of the cells per update)."""
+
+    chunk_rays: int = 8192
+    """Rays rendered at once without gradients (inference); bounds memory, does not change pixels."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training and personalisation loops (``fastminerf.train``)."""
+
+    steps: int = 4000
+    """Optimisation steps (the learning-rate schedule is laid over this many steps)."""
+
+    max_seconds: Optional[float] = None
+    """Stop after this much training time in all (summed over resumed runs); None for no time limit."""
+
+    lr: float = 1e-2
+    """Adam learning rate of the field (hash grid and heads)."""
+
+    code_lr: float = 1e-2
+    """Adam learning rate of the identity and frame codes."""
+
+    lr_final_factor: float = 0.1
+    """The learning rate decays exponentially to ``lr * lr_final_factor`` at ``steps``."""
+
+    warmup_lr_steps: int = 50
+    """Linear learning-rate warm-up steps."""
+
+    frame_code_reg: float = 5e-3
+    """Weight of the L2 penalty on the frame codes (NeRFace: 0.005)."""
+
+    seed: int = 0
+    """Seed of the model initialisation, the sampler and the occupancy updates."""
+
+    log_every: int = 25
+    """Steps between lines of ``log.jsonl`` and progress reports."""
+
+    checkpoint_every: int = 500
+    """Steps between checkpoints (one is always written at the end)."""
+
+    checkpoint_seconds: float = 60.0
+    """Also write a checkpoint when this many seconds passed since the last one."""
+
+    threads: Optional[int] = None
+    """torch CPU threads; None leaves torch's default."""
+
+    personalize_steps: int = 600
+    """Steps of ``personalize`` (codes first, then all weights)."""
+
+    personalize_code_fraction: float = 0.3
+    """Share of the personalisation steps that train only the new identity and frame codes."""
+
+    personalize_lr_factor: float = 0.3
+    """Learning rate of the shared weights during personalisation, relative to ``lr``."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run uses: the root of the config tree, saved as ``RUN/config.yaml``."""
+
+    data: DataConfig = DataConfig()
+    """Reading the dataset (the ``train`` split is always loaded)."""
+
+    sampler: SamplerConfig = SamplerConfig()
+    """Drawing training rays."""
+
+    model: ModelConfig = ModelConfig()
+    """The model."""
+
+    train: TrainConfig = TrainConfig()
+    """The training loop."""
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or a value of the wrong type."""
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+"""Folder of the named presets (``tiny``, ``cpu``, ``gpu``)."""
+
+DEFAULT_PRESET = "cpu"
+"""The preset used when none is named."""
+
+
+def _hints(cls) -> dict:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
+def _all_keys(cls, prefix: str = "") -> list:
+    from dataclasses import fields as _fields, is_dataclass
+
+    keys = []
+    hints = _hints(cls)
+    for f in _fields(cls):
+        t = hints[f.name]
+        if is_dataclass(t):
+            keys.extend(_all_keys(t, f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _coerce(value, typ, key: str):
+    """Convert a YAML value to the field type ``typ`` (int, float, bool, str, Optional[...], Tuple[...])."""
+    import typing
+
+    origin = typing.get_origin(typ)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin in (tuple, Tuple):
+        args = typing.get_args(typ)
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else str
+        return tuple(_coerce(v.strip() if isinstance(v, str) and inner is not str else v, inner, key) for v in value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if typ is str:
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {typ}")
+
+
+def _unknown(key: str, valid: list) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    leaf = key.rsplit(".", 1)[-1]
+    close += [k for k in valid if k.rsplit(".", 1)[-1] == leaf and k not in close]
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def config_from_dict(data: dict, base=None, cls=None, prefix: str = ""):
+    """A config of class ``cls`` (default :class:`RunConfig`) from nested plain data, on top of ``base``
+    (default: the class defaults). Raises :class:`ConfigError` for unknown keys or badly typed values."""
+    from dataclasses import fields as _fields, is_dataclass, replace
+
+    cls = cls or (type(base) if base is not None else RunConfig)
+    base = base if base is not None else cls()
+    if data is None:
+        return base
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = _hints(cls)
+    names = {f.name for f in _fields(cls)}
+    changes = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise _unknown(full, _all_keys(RunConfig) if cls is RunConfig or prefix else _all_keys(cls))
+        typ = hints[key]
+        if is_dataclass(typ):
+            changes[key] = config_from_dict(value, getattr(base, key), typ, f"{full}.")
+        else:
+            changes[key] = _coerce(value, typ, full)
+    return replace(base, **changes)
+
+
+def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
+    """Apply ``key=value`` strings with dotted keys (``model.field.conditioning=concat``); values are parsed as
+    YAML, then typed by the dataclass field."""
+    import yaml
+
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=1000)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        nested: dict = {}
+        node = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+        if key not in _all_keys(RunConfig):
+            raise _unknown(key, _all_keys(RunConfig))
+        cfg = config_from_dict(nested, cfg)
+    return cfg
+
+
+def preset_path(name_or_path) -> Path:
+    """The YAML file of a preset name (``tiny``, ``cpu``, ``gpu``) or a path."""
+    p = Path(str(name_or_path))
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown config preset '{name_or_path}'; presets: {', '.join(names)} (or a YAML path)")
+    return candidate
+
+
+def load_config(name_or_path=None, overrides=()) -> "RunConfig":
+    """The run config of a preset name or YAML file (holding only differences from the defaults), then the
+    dotted ``key=value`` overrides. ``None`` means the default preset (:data:`DEFAULT_PRESET`).
+
+    Example:
+        >>> cfg = load_config("tiny", ["model.field.conditioning=concat", "train.steps=50"])
+        >>> cfg.model.field.conditioning
+        'concat'
+    """
+    import yaml
+
+    path = preset_path(DEFAULT_PRESET if name_or_path is None else name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return apply_overrides(cfg, overrides)
+
+
+def config_to_dict(cfg) -> dict:
+    """Nested plain data (lists for tuples) of a config."""
+    from dataclasses import fields as _fields, is_dataclass
+
+    out = {}
+    for f in _fields(cfg):
+        v = getattr(cfg, f.name)
+        if is_dataclass(v):
+            out[f.name] = config_to_dict(v)
+        elif isinstance(v, tuple):
+            out[f.name] = list(v)
+        else:
+            out[f.name] = v
+    return out
+
+
+def dump_config(cfg) -> str:
+    """The full config as YAML text (every field); ``config_from_dict(yaml.safe_load(text))`` gives it back."""
+    import yaml
+
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def parse_config_text(text: str) -> "RunConfig":
+    """A :class:`RunConfig` from YAML text written by :func:`dump_config`."""
+    import yaml
+
+    return config_from_dict(yaml.safe_load(text) or {})

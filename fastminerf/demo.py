@@ -1,0 +1,221 @@
+"""The built-in demo: procedural heads -> generic training -> personalisation of a held-out head ->
+an expression-transfer video, evaluation tables and a contact sheet, in a few minutes on a small CPU.
+
+:func:`run_demo` is what ``fastminerf demo`` runs. Steps, all written under ``out_dir``:
+
+1. ``data/``: :func:`fastminerf.data.synth.generate` writes ``n_identities`` procedural heads (``train``,
+   ``val`` and ``novel`` splits; ``novel`` shows an expression region the identity never shows in ``train``)
+   and ``contact_sheet.png``. The last identity is held out of generic training.
+2. ``generic/``: :func:`fastminerf.train.train` on the other identities with the ``config`` preset, limited to
+   ``train_share`` of the time budget.
+3. ``personal/``: :func:`fastminerf.train.personalize` adds the held-out head from its ``train`` split, limited to
+   the rest of the budget.
+4. ``transfer.mp4``: the held-out head driven by the first identity's ``drive_split`` frames (head poses and
+   expressions, ``delta`` transfer), :func:`fastminerf.render.drive_path` and :func:`render_video`.
+5. ``eval_val/`` and ``eval_novel/``: :func:`fastminerf.render.evaluate` on every identity's ``val`` split
+   (unseen frames of seen expressions) and ``novel`` split (expressions each identity never showed: MI-NeRF's
+   cross-identity transfer, with exact ground truth), with side-by-side images.
+6. ``demo.json``: settings, timings, where everything is, and both metric tables.
+
+The budget: data generation and rendering take what they take (about 0.2 s a 64x64 frame to generate on a
+2-core CPU); ``minutes`` minus the measured generation time minus :data:`RENDER_RESERVE_S` is split between
+training and personalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Union
+
+__all__ = ["DemoResult", "RENDER_RESERVE_S", "run_demo"]
+
+PathLike = Union[str, Path]
+DemoProgress = Callable[[str, Dict[str, float]], None]
+"""``progress(stage, info)``: stage is ``synth``, ``train``, ``personalize``, ``render``, ``eval_val`` or
+``eval_novel``; ``info`` holds ``done`` and ``total`` (frames) for the rendering stages and ``synth``, and
+the training log record (``step``, ``loss``, ``psnr``, ``total_steps``, ...) for the training stages."""
+
+RENDER_RESERVE_S = 60.0
+"""Seconds of the budget kept for rendering the video and the evaluations, so that the whole demo ends near
+``minutes``. Measured with the defaults on a busy 2-core CPU (other jobs running): the video's 24 frames took
+33-36 s and 30 evaluated frames (3 per identity and split) 40 s, because a model trained for a minute still
+marches about 108 samples per ray (its occupancy grid has not pruned yet); on an idle machine about half."""
+
+PERSONALIZE_RATE_FACTOR = 0.6
+"""Personalisation steps are planned at this fraction of the generic run's measured steps per second:
+measured, its steps took 1.3-2x as long (and the machine's speed varies), and planning too few steps is the
+safe side (the schedule completes; ``max_seconds`` still caps the time)."""
+
+MIN_TRAIN_S = 2.0
+"""Least training time given to each of the two training stages, even when the budget is spent."""
+
+DEMO_WARMUP_STEPS = 5
+"""Learning-rate warm-up steps in the demo. The presets warm up over 50 steps, which is most of what a
+minute-long stage on a 2-core CPU takes (about a second a step): without this override the personalisation
+would end before its learning rate did anything (measured: the held-out head stayed the average face)."""
+
+DEMO_LOG_EVERY = 5
+"""Steps between training log lines (and progress reports) in the demo: the ``cpu`` preset takes about a second
+a step on a 2-core CPU, so its own 25 would leave the progress bar still for half a minute."""
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced."""
+
+    out_dir: Path
+    """The demo folder."""
+    identity_dirs: List[Path]
+    """The generated identity folders; the last one is the held-out head."""
+    held_out: str
+    """Name of the held-out (personalised) identity."""
+    driver: str
+    """Name of the identity whose frames drive the video."""
+    generic_run: Path
+    """Run folder of the generic model."""
+    personal_run: Path
+    """Run folder of the personalised model (all identities)."""
+    video: Path
+    """The expression-transfer mp4."""
+    contact_sheet: Path
+    """Contact sheet of the generated data."""
+    metrics: Dict[str, dict] = field(default_factory=dict)
+    """:func:`fastminerf.render.evaluate` result per split (``val``, ``novel``)."""
+    seconds: Dict[str, float] = field(default_factory=dict)
+    """Wall-clock seconds per stage and ``total``."""
+
+
+def run_demo(
+    out_dir: PathLike,
+    minutes: float = 3.0,
+    n_identities: int = 5,
+    n_frames: int = 30,
+    size: int = 64,
+    seed: int = 0,
+    config: str = "cpu",
+    train_share: float = 0.7,
+    drive_split: str = "train",
+    transfer: str = "delta",
+    fps: float = 12.5,
+    eval_frames: Optional[int] = 3,
+    overwrite: bool = False,
+    progress: Optional[DemoProgress] = None,
+) -> DemoResult:
+    """Run the whole demo in ``out_dir`` (see the module docstring) and return what it made.
+
+    Args:
+        out_dir: demo folder (created).
+        minutes: wall-clock budget of the whole demo, in minutes.
+        n_identities: procedural heads (>= 2): all but the last train the generic model.
+        n_frames: frames per identity's video (``train`` + ``val``); ``novel`` gets a fifth as many.
+        size: frame width and height in pixels (>= 11, for SSIM).
+        seed: seed of the data (training seeds come from the preset).
+        config: training preset name or YAML file (:func:`fastminerf.config.load_config`).
+        train_share: share of the training budget spent on generic training (the rest personalises).
+        drive_split: split of the driver (the first identity) whose frames drive the video.
+        transfer: ``delta`` or ``absolute`` (:func:`fastminerf.render.expression_transfer`).
+        fps: frame rate of the video (the procedural videos are 25 fps; half speed shows the motion better
+            at this size).
+        eval_frames: frames evaluated per identity and split (the first ones); None for all.
+        overwrite: replace a previous demo's generated data in ``out_dir``.
+        progress: see :data:`DemoProgress`.
+
+    Raises:
+        ValueError: bad settings. FileExistsError: ``out_dir`` holds data from an earlier demo and
+            ``overwrite`` is false.
+    """
+    from .config import load_config
+    from .data import load_dataset
+    from .data.synth import contact_sheet, generate
+    from .render import drive_path, evaluate, render_video
+    from .train import load_run, personalize, train
+
+    if n_identities < 2:
+        raise ValueError(f"the demo needs at least 2 identities (one held out), got {n_identities}")
+    if size < 11:
+        raise ValueError(f"the demo needs frames of at least 11 pixels (SSIM's window), got {size}")
+    if not minutes > 0:
+        raise ValueError(f"minutes must be positive, got {minutes}")
+    if not 0.0 < train_share < 1.0:
+        raise ValueError(f"train_share must be in (0, 1), got {train_share}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    generic, personal = out / "generic", out / "personal"
+    if not overwrite:
+        for run in (generic, personal):
+            if (run / "checkpoint.pt").exists():
+                raise FileExistsError(f"{run} already holds a run from an earlier demo; pass overwrite (--overwrite) or another folder")
+    else:
+        for run in (generic, personal):
+            for name in ("checkpoint.pt", "log.jsonl", "config.yaml"):
+                (run / name).unlink(missing_ok=True)
+    seconds: Dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def report(stage: str):
+        if progress is None:
+            return None
+        return lambda done, total: progress(stage, {"done": float(done), "total": float(total)})
+
+    # 1. data
+    start = time.perf_counter()
+    novel = max(2, n_frames // 5)
+    dirs = generate(out / "data", n_identities=n_identities, n_frames=n_frames, size=size, seed=seed,
+                    val_fraction=0.2, novel_frames=novel, overwrite=overwrite, progress=report("synth"))
+    sheet = contact_sheet(dirs, out / "contact_sheet.png")
+    seconds["synth"] = time.perf_counter() - start
+
+    # 2-3. training, in the budget that is left
+    left = max(2 * MIN_TRAIN_S, minutes * 60.0 - seconds["synth"] - RENDER_RESERVE_S)
+    train_s = max(MIN_TRAIN_S, train_share * left)
+    personal_s = max(MIN_TRAIN_S, left - train_s)
+    cfg = load_config(config, [f"train.max_seconds={train_s}", f"train.log_every={DEMO_LOG_EVERY}",
+                               f"train.warmup_lr_steps={DEMO_WARMUP_STEPS}"])
+    start = time.perf_counter()
+    gen = train(cfg, dirs[:-1], generic, progress=None if progress is None else (lambda rec: progress("train", rec)))
+    seconds["train"] = time.perf_counter() - start
+    # Personalisation lays its schedule (codes first, then everything) over its step count: fit the count to
+    # the time it has, at the speed generic training measured, so both phases happen.
+    rate = gen.step / max(gen.seconds, 1e-9)
+    personal_steps = max(4, min(cfg.train.personalize_steps, int(PERSONALIZE_RATE_FACTOR * rate * personal_s)))
+    start = time.perf_counter()
+    personalize(generic, [dirs[-1]], personal, steps=personal_steps, max_seconds=personal_s,
+                progress=None if progress is None else (lambda rec: progress("personalize", rec)))
+    seconds["personalize"] = time.perf_counter() - start
+
+    # 4. the transfer video
+    _, model, _ = load_run(personal)
+    data = load_dataset(dirs, splits=("train", "val", "novel"))
+    held_out, driver = data.identities[-1], data.identities[0]
+    start = time.perf_counter()
+    path = drive_path(data, held_out, data, drive_split, driver_identity=driver, mode=transfer)
+    target = data.identities.index(held_out)
+    video = render_video(model, path, held_out, out / "transfer.mp4", background=data.background(target),
+                         aabb=model.aabb.tolist(), fps=fps, progress=report("render"))
+    seconds["render"] = time.perf_counter() - start
+
+    # 5. evaluation
+    metrics: Dict[str, dict] = {}
+    for split in ("val", "novel"):
+        start = time.perf_counter()
+        metrics[split] = evaluate(model, data, split, out_dir=out / f"eval_{split}", max_frames=eval_frames,
+                                  progress=report(f"eval_{split}"))
+        seconds[f"eval_{split}"] = time.perf_counter() - start
+    seconds["total"] = time.perf_counter() - t0
+
+    result = DemoResult(out_dir=out, identity_dirs=list(dirs), held_out=held_out, driver=driver, generic_run=generic,
+                        personal_run=personal, video=video.path or out / "transfer.mp4", contact_sheet=sheet,
+                        metrics=metrics, seconds=seconds)
+    summary = dict(
+        settings=dict(minutes=minutes, n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, config=config,
+                      train_share=train_share, drive_split=drive_split, transfer=transfer, fps=fps,
+                      train_seconds=train_s, personalize_seconds=personal_s, generic_steps=gen.step,
+                      personalize_steps=personal_steps, eval_frames=eval_frames),
+        held_out=held_out, driver=driver, generic_run=str(generic), personal_run=str(personal), video=str(result.video),
+        video_frames=video.n_frames, contact_sheet=str(sheet), seconds=seconds, metrics=metrics,
+    )
+    (out / "demo.json").write_text(json.dumps(summary, indent=1))
+    return result

@@ -1,0 +1,223 @@
+"""The MI-NeRF field shared by all identities: hash-grid features and small MLP heads, conditioned on the
+identity and the expression through the multiplicative module.
+
+::
+
+    per ray (N):     m = M(e, i)            (N, C)   multiplicative (or concat) conditioning
+                     c = [m, f]             (N, C + Cf)  with the frame code f
+    per sample (S):  h = grid(x)            (S, L*F)     hash-grid features of the sample point
+                     sigma, g = density_head(h, c)        density (S,), geometry feature (S, G)
+                     rgb = color_head(g, [c, SH(d)])      colour (S, 3)
+
+The conditioning enters both heads: expressions change geometry (the mouth opens, the eyes close), so the
+density depends on it, not only the colour. Conditioning is per ray, so the part of each head's first layer
+that reads it is computed once per ray and gathered per sample (``W [h; c] = W_h h + (W_c c)[ray]``): the
+same function as concatenating ``c`` to every sample, at a fraction of the cost. The view direction is per ray
+too, so its spherical harmonics join the per-ray inputs of the colour head.
+
+Shapes: N rays, S samples, E expression size, D identity-code size, C conditioning width, Cf frame-code size,
+L*F grid features, G geometry-feature size.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from .config import FieldConfig
+from .nn import HashGridEncoding
+from .ops import per_level_scale_for
+
+__all__ = [
+    "ConcatConditioning",
+    "MINeRFField",
+    "MultiplicativeConditioning",
+    "build_conditioning",
+    "spherical_harmonics",
+]
+
+MAX_LOG_DENSITY = 15.0
+"""Raw densities are clamped here before ``exp`` (exp(15) ~ 3.3e6 is opaque at any step size) so that a
+large raw value cannot overflow."""
+
+
+def spherical_harmonics(directions: torch.Tensor, degree: int) -> torch.Tensor:
+    """Real spherical harmonics of unit directions (N, 3) -> (N, degree**2), degree in 0..4 (tiny-cuda-nn's
+    ``SphericalHarmonics`` constants and order, on the directions themselves, not remapped to [0, 1])."""
+    if not 0 <= degree <= 4:
+        raise ValueError(f"sh_degree must be in 0..4, got {degree}")
+    n = directions.shape[0]
+    if degree == 0:
+        return directions.new_zeros(n, 0)
+    x, y, z = directions.unbind(-1)
+    out = [torch.full_like(x, 0.28209479177387814)]
+    if degree > 1:
+        out += [-0.48860251190291987 * y, 0.48860251190291987 * z, -0.48860251190291987 * x]
+    if degree > 2:
+        xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+        out += [
+            1.0925484305920792 * xy,
+            -1.0925484305920792 * yz,
+            0.94617469575755997 * zz - 0.31539156525251999,
+            -1.0925484305920792 * xz,
+            0.54627421529603959 * (xx - yy),
+        ]
+    if degree > 3:
+        out += [
+            0.59004358992664352 * y * (-3.0 * xx + yy),
+            2.8906114426405538 * xy * z,
+            0.45704579946446572 * y * (1.0 - 5.0 * zz),
+            0.3731763325901154 * z * (5.0 * zz - 3.0),
+            0.45704579946446572 * x * (1.0 - 5.0 * zz),
+            1.4453057213202769 * z * (xx - yy),
+            0.59004358992664352 * x * (-xx + 3.0 * yy),
+        ]
+    return torch.stack(out, dim=-1)
+
+
+class MultiplicativeConditioning(nn.Module):
+    """MI-NeRF's multiplicative module: expression e (N, E) and identity code i (N, D) -> m (N, C).
+
+    Degree 2: ``m = (A e) * (B i) + C e + D i + b`` (``*`` element-wise; A, B, C, D, b shared by all
+    identities). Degree n > 2 continues the Pi-net recursion ``x_k = (U_k z) * x_(k-1) + x_(k-1)`` with
+    ``z = [e, i]``, so ``m`` is a polynomial of degree n in (e, i).
+    """
+
+    def __init__(self, expression_dim: int, identity_dim: int, out_dim: int, degree: int = 2) -> None:
+        super().__init__()
+        if degree < 2:
+            raise ValueError(f"the multiplicative module needs degree >= 2, got {degree}")
+        self.A = nn.Linear(expression_dim, out_dim, bias=False)
+        self.B = nn.Linear(identity_dim, out_dim, bias=False)
+        self.linear = nn.Linear(expression_dim + identity_dim, out_dim)  # C e + D i + b in one matrix
+        self.higher = nn.ModuleList(nn.Linear(expression_dim + identity_dim, out_dim, bias=False) for _ in range(degree - 2))
+        self.out_dim = out_dim
+
+    def forward(self, expression: torch.Tensor, identity_code: torch.Tensor) -> torch.Tensor:
+        """e (N, E), i (N, D) -> m (N, C)."""
+        z = torch.cat([expression, identity_code], dim=-1)
+        m = self.A(expression) * self.B(identity_code) + self.linear(z)
+        for u in self.higher:
+            m = u(z) * m + m
+        return m
+
+
+class ConcatConditioning(nn.Module):
+    """The ablation baseline: ``m = C e + D i + b``, a linear map of ``[e, i]`` with no product term (an MLP
+    reading ``m`` sees exactly what it would see reading ``[e, i]`` through its first layer)."""
+
+    def __init__(self, expression_dim: int, identity_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(expression_dim + identity_dim, out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, expression: torch.Tensor, identity_code: torch.Tensor) -> torch.Tensor:
+        """e (N, E), i (N, D) -> m (N, C)."""
+        return self.linear(torch.cat([expression, identity_code], dim=-1))
+
+
+def build_conditioning(cfg: FieldConfig, expression_dim: int) -> nn.Module:
+    """The conditioning module named by ``cfg.conditioning``."""
+    if cfg.conditioning == "multiplicative":
+        return MultiplicativeConditioning(expression_dim, cfg.identity_code_dim, cfg.conditioning_dim, cfg.conditioning_degree)
+    if cfg.conditioning == "concat":
+        return ConcatConditioning(expression_dim, cfg.identity_code_dim, cfg.conditioning_dim)
+    raise ValueError(f"model.field.conditioning must be 'multiplicative' or 'concat', got {cfg.conditioning!r}")
+
+
+def _mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
+    mods = []
+    d = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
+        d = hidden
+    mods.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*mods)
+
+
+class _SplitInputHead(nn.Module):
+    """An MLP on ``[per-sample input (S, P), per-ray conditioning (N, K)[ray]]`` whose first layer reads the
+    conditioning once per ray. ``layers >= 1`` hidden layers of width ``hidden``."""
+
+    def __init__(self, sample_dim: int, cond_dim: int, hidden: int, layers: int, out_dim: int) -> None:
+        super().__init__()
+        if layers < 1:
+            raise ValueError("a head needs at least one hidden layer")
+        self.first = nn.Linear(sample_dim, hidden)
+        self.cond = nn.Linear(cond_dim, hidden, bias=False) if cond_dim > 0 else None
+        self.rest = _mlp(hidden, hidden, layers - 1, out_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor]) -> torch.Tensor:
+        h = self.first(x)
+        if self.cond is not None:
+            c = self.cond(cond)  # (N, hidden): once per ray
+            h = h + (c if ray_indices is None else c.index_select(0, ray_indices))
+        return self.rest(torch.relu(h))
+
+
+class MINeRFField(nn.Module):
+    """The shared field: points in [0, 1]^3, view directions and per-ray conditioning -> density and colour.
+
+    Args:
+        cfg: :class:`fastminerf.config.FieldConfig`.
+        expression_dim: E.
+
+    Memory: the hash grid (``4 * F * sum_l T_l`` bytes) and the heads are shared by all identities; nothing in
+    the field grows with the number of identities (identity and frame codes live in the model).
+    """
+
+    def __init__(self, cfg: FieldConfig, expression_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.expression_dim = expression_dim
+        self.encoding = HashGridEncoding(
+            n_levels=cfg.n_levels,
+            n_features_per_level=cfg.n_features_per_level,
+            log2_hashmap_size=cfg.log2_hashmap_size,
+            base_resolution=cfg.base_resolution,
+            per_level_scale=per_level_scale_for(cfg.base_resolution, cfg.finest_resolution, cfg.n_levels),
+            backend=cfg.backend,
+        )
+        self.conditioning = build_conditioning(cfg, expression_dim)
+        self.cond_dim = cfg.conditioning_dim + cfg.frame_code_dim  # C + Cf, the per-ray input of both heads
+        self.density_head = _SplitInputHead(
+            self.encoding.output_dim, self.cond_dim, cfg.hidden_dim, cfg.density_layers, 1 + cfg.geo_feature_dim
+        )
+        # The view direction is the same for every sample of a ray, so its SH enter with the per-ray inputs.
+        self.color_head = _SplitInputHead(
+            cfg.geo_feature_dim, self.cond_dim + cfg.sh_degree**2, cfg.hidden_dim, cfg.color_layers, 3
+        )
+
+    def condition(self, expression: torch.Tensor, identity_code: torch.Tensor, frame_code: Optional[torch.Tensor]) -> torch.Tensor:
+        """Per-ray conditioning ``[M(s e, i), f]``: e (N, E), i (N, D), f (N, Cf) or None -> (N, C + Cf)."""
+        if expression.shape[-1] != self.expression_dim:
+            raise ValueError(f"expressions have length {expression.shape[-1]} but the model was built for {self.expression_dim}")
+        m = self.conditioning(expression * self.cfg.expression_scale, identity_code)
+        if self.cfg.frame_code_dim == 0:
+            return m
+        if frame_code is None:
+            frame_code = m.new_zeros(m.shape[0], self.cfg.frame_code_dim)
+        return torch.cat([m, frame_code], dim=-1)
+
+    def _density(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoding(points)
+        out = self.density_head(h, cond, ray_indices)
+        raw = out[:, 0] + self.cfg.density_bias
+        sigma = torch.exp(raw.clamp(max=MAX_LOG_DENSITY))
+        return sigma, out[:, 1:]
+
+    def density(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Density (S,) at points (S, 3) in [0, 1]^3 under conditioning rows ``cond[ray_indices]`` ((N, C+Cf)
+        and (S,) int64; ``ray_indices=None`` when ``cond`` has one row per point)."""
+        return self._density(points, cond, ray_indices)[0]
+
+    def forward(
+        self, points: torch.Tensor, directions: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """points (S, 3) in [0, 1]^3, cond (N, C+Cf), unit directions (N, 3) per conditioning row (the rays),
+        ray_indices (S,) (None: one row per point) -> density (S,), rgb (S, 3) in [0, 1]."""
+        sigma, geo = self._density(points, cond, ray_indices)
+        view = torch.cat([cond, spherical_harmonics(directions, self.cfg.sh_degree)], dim=-1)  # (N, C+Cf+SH)
+        rgb = torch.sigmoid(self.color_head(geo, view, ray_indices))
+        return sigma, rgb

@@ -1,0 +1,324 @@
+"""``MINeRF``: one dynamic face NeRF for many identities.
+
+The model owns the shared field (:class:`fastminerf.field.MINeRFField`), one learned code per identity, one
+learned latent code per training frame, and one occupancy grid covering every identity and expression seen.
+:meth:`MINeRF.render_rays` marches rays through the occupancy grid (native marcher), evaluates the field at
+the packed samples and composites them (native compositor) over each ray's background colour (the identity's
+static background image at the pixel, as NeRFace).
+
+Frame codes: frame ``b`` of the training split (the flat index of its frame table) has code row ``b``. A frame
+outside training (val, novel, an expression transferred from someone else) has no learned code; by default
+:meth:`render_rays` uses the **mean training frame code of the ray's identity** (zeros for an identity without
+training frames), which is what the frame codes of that identity have in common. Pass ``frame_code`` explicitly
+(a tensor of codes, or training frame indices) to override.
+
+Memory per identity: ``4 * D`` bytes (its code) plus ``4 * Cf`` bytes per training frame; the hash grid, heads
+and occupancy grid are shared, so 1,000 identities with 100 frames each add ``1000 * (32 + 100 * 16) * 4`` bytes
+= 6.5 MB to the defaults.
+
+Shapes: N rays, S samples, I identities, E expression size, D identity-code size, Cf frame-code size,
+B training frames.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import _native
+from .config import ModelConfig
+from .data.layout import DEFAULT_AABB
+from .field import MINeRFField
+from .nn import OccupancyGrid
+from .ops import RaySamples, composite
+
+__all__ = ["MINeRF", "IDENTITY_CODE_INIT_STD"]
+
+IDENTITY_CODE_INIT_STD = 0.1
+"""Standard deviation of new identity codes (large enough that identities differ from the first step)."""
+
+
+def _offsets(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """(N+1,) int64 CSR offsets of sorted ray indices (S,)."""
+    offsets = torch.zeros(n_rays + 1, dtype=torch.int64, device=ray_indices.device)
+    offsets[1:] = torch.cumsum(torch.bincount(ray_indices, minlength=n_rays), 0)
+    return offsets
+
+
+def _before_termination(sigmas: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor, offsets: torch.Tensor,
+                        threshold: float) -> torch.Tensor:
+    """(S,) bool: samples whose transmittance ``T_i = exp(-sum_{j<i} sigma_j delta_j)`` (within their ray) is still
+    ``>= threshold``, i.e. those :func:`fastminerf.ops.composite` gives a weight. Float64 prefix sums."""
+    if threshold <= 0:
+        return torch.ones_like(sigmas, dtype=torch.bool)
+    sd = (sigmas.double() * (t_ends - t_starts).double())
+    excl = torch.cumsum(sd, 0) - sd  # exclusive prefix sum over all samples
+    counts = offsets[1:] - offsets[:-1]
+    starts = offsets[:-1].clamp(max=max(sd.numel() - 1, 0))
+    base = torch.repeat_interleave(excl[starts], counts, output_size=sd.numel())
+    return (excl - base) <= -math.log(threshold)
+
+
+class MINeRF(nn.Module):
+    """The MI-NeRF model: shared field + identity codes + frame codes + occupancy grid.
+
+    Args:
+        cfg: :class:`fastminerf.config.ModelConfig`.
+        expression_dim: E.
+        identity_names: (I,) names; identity id = position.
+        frame_identity: (B,) int64 identity id of each training frame (one frame code per entry).
+        aabb: head box (6,) the grids cover when ``cfg.aabb`` is None (default: a cube of side 3 at the origin).
+
+    Buffers: ``aabb`` (6,), ``frame_identity`` (B,), the occupancy grid's. Parameters: ``identity_codes.weight``
+    (I, D), ``frame_codes.weight`` (B, Cf), the field's.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        expression_dim: int,
+        identity_names: Sequence[str],
+        frame_identity: torch.Tensor | Sequence[int],
+        aabb: Optional[Sequence[float]] = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.expression_dim = int(expression_dim)
+        names = list(identity_names)
+        if len(set(names)) != len(names):
+            raise ValueError(f"identity names must be unique, got {names}")
+        self.identity_names: List[str] = names
+        box = cfg.aabb if cfg.aabb is not None else (aabb if aabb is not None else DEFAULT_AABB)
+        box = [float(v) for v in box]
+        if len(box) != 6 or not all(box[k] < box[k + 3] for k in range(3)):
+            raise ValueError(f"aabb must be [xmin, ymin, zmin, xmax, ymax, zmax] with min < max, got {box}")
+        self.register_buffer("aabb", torch.tensor(box, dtype=torch.float32))
+        fi = torch.as_tensor(frame_identity, dtype=torch.int64).reshape(-1)
+        if fi.numel() and (fi.min() < 0 or fi.max() >= len(names)):
+            raise ValueError("frame_identity holds an identity id outside [0, I)")
+        self.register_buffer("frame_identity", fi.clone())
+        fc = cfg.field
+        self.field = MINeRFField(fc, self.expression_dim)
+        self.identity_codes = nn.Embedding(len(names), fc.identity_code_dim)
+        nn.init.normal_(self.identity_codes.weight, std=IDENTITY_CODE_INIT_STD)
+        self.frame_codes = nn.Embedding(fi.numel(), fc.frame_code_dim)
+        nn.init.zeros_(self.frame_codes.weight)
+        self.occupancy = OccupancyGrid(box, cfg.grid_resolution, cfg.grid_levels, backend=cfg.grid_backend)
+        # An untrained model samples the whole box (every bit set), but with occupancy values of 0 so that the first
+        # update replaces them (values of 1 would decay for ~90 updates before any cell could be skipped).
+        self.occupancy.mark_all()
+        self.occupancy.occs.zero_()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Identities and frames
+
+    @property
+    def num_identities(self) -> int:
+        """I."""
+        return len(self.identity_names)
+
+    @property
+    def step_size(self) -> float:
+        """Ray-marching step: the box diagonal / ``cfg.render_steps``."""
+        side = (self.aabb[3:] - self.aabb[:3]).tolist()
+        return math.sqrt(sum(s * s for s in side)) / self.cfg.render_steps
+
+    def identity_index(self, name: str) -> int:
+        """Id of an identity by name; raises ``KeyError`` listing the known names."""
+        try:
+            return self.identity_names.index(name)
+        except ValueError:
+            raise KeyError(f"unknown identity '{name}'; this model knows {self.identity_names}") from None
+
+    @torch.no_grad()
+    def add_identities(self, names: Sequence[str], frame_identity: torch.Tensor | Sequence[int] = ()) -> int:
+        """Grow the model by new identities (codes initialised to the mean of the existing codes, so a new
+        person starts from the average face) and new training frames (zero codes).
+
+        Args:
+            names: new identity names (unique, not already known).
+            frame_identity: (B_new,) identity id of each new training frame (ids of the grown model).
+
+        Returns:
+            The flat index of the first new frame code (new frames are ``first:first + B_new``).
+
+        Parameters are replaced by larger ones: build optimizers after calling this.
+        """
+        names = list(names)
+        clash = [n for n in names if n in self.identity_names] or [n for n in names if names.count(n) > 1]
+        if clash:
+            raise ValueError(f"identities already known or repeated: {sorted(set(clash))}")
+        old = self.identity_codes.weight
+        start_code = old.mean(0, keepdim=True) if old.shape[0] else old.new_zeros(1, old.shape[1])
+        grown = torch.cat([old, start_code.expand(len(names), -1)], 0)
+        self.identity_codes = nn.Embedding.from_pretrained(grown.clone(), freeze=False)
+        self.identity_names = self.identity_names + names
+        fi = torch.as_tensor(frame_identity, dtype=torch.int64, device=self.frame_identity.device).reshape(-1)
+        if fi.numel() and (fi.min() < 0 or fi.max() >= self.num_identities):
+            raise ValueError("frame_identity holds an identity id outside the grown model")
+        first = self.frame_identity.numel()
+        self.frame_identity = torch.cat([self.frame_identity, fi])
+        codes = torch.cat([self.frame_codes.weight, self.frame_codes.weight.new_zeros(fi.numel(), self.frame_codes.weight.shape[1])], 0)
+        self.frame_codes = nn.Embedding.from_pretrained(codes.clone(), freeze=False)
+        return first
+
+    def mean_frame_codes(self) -> torch.Tensor:
+        """(I, Cf) mean training frame code of each identity (zeros where an identity has no frames)."""
+        cf = self.frame_codes.weight.shape[1]
+        sums = self.frame_codes.weight.new_zeros(self.num_identities, cf).index_add(0, self.frame_identity, self.frame_codes.weight)
+        counts = torch.bincount(self.frame_identity, minlength=self.num_identities).clamp(min=1).to(sums.dtype)
+        return sums / counts[:, None]
+
+    def _frame_code(self, identity: torch.Tensor, frame_code: Optional[torch.Tensor]) -> torch.Tensor:
+        if frame_code is None:
+            return self.mean_frame_codes().index_select(0, identity)
+        if frame_code.dtype in (torch.int32, torch.int64):
+            if frame_code.numel() and (frame_code.min() < 0 or frame_code.max() >= self.frame_codes.num_embeddings):
+                raise IndexError(f"frame index outside the {self.frame_codes.num_embeddings} training frames")
+            return self.frame_codes(frame_code.long())
+        if frame_code.shape != (identity.shape[0], self.frame_codes.weight.shape[1]):
+            raise ValueError(f"frame_code must be (N,) frame indices or (N, {self.frame_codes.weight.shape[1]}) codes, "
+                             f"got {tuple(frame_code.shape)}")
+        return frame_code
+
+    def condition(self, identity: torch.Tensor, expression: torch.Tensor, frame_code: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-ray conditioning of the field: identity (N,) int64, expression (N, E), frame_code (see
+        :meth:`render_rays`) -> (N, C + Cf)."""
+        if identity.numel() and (identity.min() < 0 or identity.max() >= self.num_identities):
+            raise IndexError(f"identity id outside [0, {self.num_identities}) (known: {self.identity_names})")
+        if expression.dim() != 2 or expression.shape[1] != self.expression_dim:
+            raise ValueError(f"expression must have shape (N, {self.expression_dim}), got {tuple(expression.shape)}")
+        codes = self.identity_codes(identity)
+        return self.field.condition(expression.to(codes.dtype), codes, self._frame_code(identity, frame_code))
+
+    # ------------------------------------------------------------------------------------------------------
+    # Rendering
+
+    def normalize_points(self, points: torch.Tensor) -> torch.Tensor:
+        """Head-space points (M, 3) -> [0, 1]^3 over the box (clamped)."""
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        return ((points - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+    def _composite_backend(self, device: torch.device) -> str:
+        native = _native.available() if device.type == "cpu" else _native.has_cuda()
+        return "native" if native else "torch"
+
+    def _render(self, origins, directions, near, far, cond, background) -> Dict[str, torch.Tensor]:
+        cfg = self.cfg
+        samples = self.occupancy.sample(origins, directions, near, far, step_size=self.step_size,
+                                        cone_angle=cfg.cone_angle, max_samples_per_ray=cfg.max_samples_per_ray)
+        ray = samples.ray_indices
+        t_mid = (samples.t_starts + samples.t_ends) * 0.5
+        points = origins.index_select(0, ray) + t_mid[:, None] * directions.index_select(0, ray)
+        n = origins.shape[0]
+        if ray.numel() == 0:  # nothing to evaluate: the background shows everywhere
+            zero = origins.new_zeros(n)
+            return dict(rgb=background.clone(), opacity=zero, depth=zero.clone(), samples=samples.counts)
+        x = self.normalize_points(points)
+        if cfg.prune_samples and torch.is_grad_enabled():
+            # nerfacc's two-pass trick: densities without gradients first, then drop the samples behind early
+            # termination (they would get weight 0 and no gradient anyway) before the differentiable pass.
+            with torch.no_grad():
+                sigma0 = self.field.density(x, cond, ray)
+                keep = _before_termination(sigma0, samples.t_starts, samples.t_ends, samples.offsets,
+                                           cfg.transmittance_threshold)
+            if not bool(keep.all()):
+                ray, x = ray[keep], x[keep]
+                samples = RaySamples(ray, samples.t_starts[keep], samples.t_ends[keep],
+                                     _offsets(ray, n))
+        sigma, rgb = self.field(x, directions, cond, ray)
+        out = composite(sigma, rgb, samples.t_starts, samples.t_ends, samples.offsets,
+                        cfg.transmittance_threshold, backend=self._composite_backend(origins.device))
+        color = out.color + (1.0 - out.opacity)[:, None] * background
+        depth = out.depth / out.opacity.clamp(min=1e-6)
+        return dict(rgb=color, opacity=out.opacity, depth=depth, samples=samples.counts)
+
+    def render_rays(
+        self,
+        origins: torch.Tensor,
+        directions: torch.Tensor,
+        near: torch.Tensor,
+        far: torch.Tensor,
+        identity: torch.Tensor,
+        expression: torch.Tensor,
+        frame_code: Optional[torch.Tensor] = None,
+        background: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """Render N rays.
+
+        Args:
+            origins: (N, 3) head-space ray origins.
+            directions: (N, 3) unit directions.
+            near, far: (N,) distance bounds (``far <= near``: the ray misses and shows the background).
+            identity: (N,) int64 identity ids.
+            expression: (N, E) expressions (any expression, e.g. another person's, for expression transfer).
+            frame_code: None for each identity's mean training frame code (frames outside training), (N,) int64
+                training frame indices, or (N, Cf) codes.
+            background: (N, 3) colour behind the head; None for black.
+
+        Returns:
+            dict ``rgb`` (N, 3) composited over the background, ``opacity`` (N,), ``depth`` (N,) (expected depth of
+            the visible surface, i.e. divided by the opacity), ``samples`` (N,) int64 samples marched per ray.
+            With gradients enabled the rays are rendered at once (training); without, in chunks of
+            ``cfg.chunk_rays`` (same pixels, bounded memory).
+        """
+        n = origins.shape[0]
+        if background is None:
+            background = origins.new_zeros(n, 3)
+        for name, t, shape in (("directions", directions, (n, 3)), ("near", near, (n,)), ("far", far, (n,)),
+                               ("identity", identity, (n,)), ("background", background, (n, 3))):
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        if not torch.is_grad_enabled() and n > self.cfg.chunk_rays:
+            parts = []
+            for a in range(0, n, self.cfg.chunk_rays):
+                sl = slice(a, a + self.cfg.chunk_rays)
+                fc = None if frame_code is None else frame_code[sl]
+                parts.append(self.render_rays(origins[sl], directions[sl], near[sl], far[sl], identity[sl],
+                                              expression[sl], fc, background[sl]))
+            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        cond = self.condition(identity, expression, frame_code)
+        return self._render(origins.contiguous(), directions.contiguous(), near.contiguous(), far.contiguous(), cond,
+                            background)
+
+    def render_batch(self, batch, frame_code: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """:meth:`render_rays` on a :class:`fastminerf.data.RayBatch` (``frame_code`` as there)."""
+        return self.render_rays(batch.origins, batch.directions, batch.near, batch.far, batch.identity,
+                                batch.expression, frame_code, batch.background)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Occupancy
+
+    @torch.no_grad()
+    def update_occupancy(
+        self,
+        step: int,
+        identity: torch.Tensor,
+        expression: torch.Tensor,
+        frame: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        warmup_steps: Optional[int] = None,
+    ) -> bool:
+        """Every ``cfg.occ_update_every`` steps, update the occupancy grid from the density at one point per
+        chosen cell, each point under the conditioning of a random entry of the pool ``identity`` (P,),
+        ``expression`` (P, E), ``frame`` (P,) training frame indices (None: mean codes). With nerfacc's
+        ``max(decay * occ, new)`` rule the grid holds the union over the conditions drawn, so one grid covers
+        every identity and expression seen. Returns whether it updated."""
+        cfg = self.cfg
+        if step % cfg.occ_update_every != 0:
+            return False
+        cond = self.condition(identity, expression, frame)
+        step_size = self.step_size
+
+        def density_fn(points: torch.Tensor) -> torch.Tensor:
+            pick = torch.randint(cond.shape[0], (points.shape[0],), generator=generator, device=points.device)
+            return self.field.density(self.normalize_points(points), cond, pick) * step_size
+
+        return self.occupancy.update(step, density_fn, cfg.occ_threshold, cfg.occ_ema_decay,
+                                     cfg.occ_warmup_steps if warmup_steps is None else warmup_steps, n=1,
+                                     generator=generator)
+
+    def extra_repr(self) -> str:
+        return f"identities={self.num_identities}, frames={self.frame_identity.numel()}, E={self.expression_dim}"

@@ -1,0 +1,868 @@
+"""Rendering frames and videos from a trained model: reconstruction, cross-identity expression transfer,
+camera orbits, and evaluation against ground truth.
+
+The pieces, each usable alone:
+
+- :func:`neutral_frame`, :func:`expression_transfer`: which frame is an identity's "neutral" face, and how a
+  driver's expressions map onto a target (a pure function).
+- :class:`CameraPath`, :func:`drive_path`, :func:`orbit_path`, :func:`orbit_cameras`: what to render, frame by
+  frame (cameras, intrinsics, expressions), without a model.
+- :func:`render_rays`, :func:`render_frame`, :func:`render_sequence`: the model applied to rays, one frame or a
+  path, in chunks, without gradients.
+- :func:`write_video` (mp4 through imageio-ffmpeg, PNG frames on request), :func:`render_video`.
+- :func:`side_by_side` and :func:`evaluate`: per-identity PSNR, SSIM and L1 (LPIPS where available) and
+  prediction | ground truth | error images.
+
+The model is anything with ``render_rays(origins, directions, near, far, identity, expression, frame_code,
+background) -> dict`` holding ``rgb (N, 3)`` (see :func:`render_rays`) and ``identity_names`` (the identity
+name of each model identity id); :class:`fastminerf.model.MINeRF` is one. Frames outside the model's training
+set have no learned frame code: they are rendered with ``frame_code=None``, which the model answers with the
+identity's mean training frame code.
+
+Dimension letters: N rays, B frames, E expression size, H x W image size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .data.dataset import MultiIdentityDataset
+from .data.rays import RayBatch, camera_rays, frame_rays, ray_aabb
+from .metrics import l1, lpips, lpips_status, psnr, ssim
+
+__all__ = [
+    "CameraPath",
+    "DEFAULT_CHUNK",
+    "ERROR_GAIN",
+    "RenderError",
+    "VideoInfo",
+    "drive_path",
+    "evaluate",
+    "expression_transfer",
+    "identity_id",
+    "load_driver",
+    "load_target",
+    "look_at_point",
+    "neutral_frame",
+    "orbit_cameras",
+    "orbit_path",
+    "parse_drive",
+    "render_frame",
+    "render_rays",
+    "render_sequence",
+    "render_video",
+    "side_by_side",
+    "to_uint8",
+    "write_video",
+]
+
+PathLike = Union[str, Path]
+ProgressFn = Callable[[int, int], None]
+
+DEFAULT_CHUNK = 16384
+"""Rays rendered at once; bounds memory, does not change pixels."""
+
+ERROR_GAIN = 4.0
+"""Factor applied to ``|prediction - truth|`` (mean over channels) in the error panel of :func:`side_by_side`,
+so that errors of a few percent are visible; values above 1 after the gain are clipped."""
+
+TRANSFER_MODES = ("delta", "absolute")
+"""Modes of :func:`expression_transfer`."""
+
+
+class RenderError(ValueError):
+    """A render or evaluation request that cannot be met (unknown identity, missing split, bad size); the
+    message names the thing."""
+
+
+# ------------------------------------------------------------------------------------------------ identities
+
+
+def _model_identity_names(model) -> List[str]:
+    names = getattr(model, "identity_names", None)
+    if names is None:
+        raise RenderError("the model has no 'identity_names': cannot map identity names to model identities")
+    return list(names)
+
+
+def identity_id(model_or_names, name: str) -> int:
+    """The model's identity id of identity ``name``.
+
+    Args:
+        model_or_names: a model with ``identity_names``, or the list of names itself.
+        name: identity name (its dataset folder name).
+
+    Raises:
+        RenderError: naming ``name`` and the identities the model knows.
+    """
+    names = list(model_or_names) if isinstance(model_or_names, (list, tuple)) else _model_identity_names(model_or_names)
+    try:
+        return names.index(name)
+    except ValueError:
+        raise RenderError(f"unknown identity '{name}': the model knows {names}") from None
+
+
+def _dataset_identity(dataset: MultiIdentityDataset, name: str) -> int:
+    try:
+        return dataset.identities.index(name)
+    except ValueError:
+        raise RenderError(f"identity '{name}' is not in the dataset; it has {dataset.identities}") from None
+
+
+# ------------------------------------------------------------------------------------ expressions and paths
+
+
+def neutral_frame(dataset: MultiIdentityDataset, identity: Union[int, str], split: str = "train", index: Optional[int] = None) -> int:
+    """The flat index (into ``dataset.table(split)``) of an identity's neutral frame.
+
+    "Neutral" is the frame whose expression has the smallest Euclidean norm among the identity's frames of
+    ``split``: in a tracker's blendshape or 3DMM basis (and in the procedural heads), the zero vector is the
+    rest face. ``index`` overrides the choice: the position of the frame among the identity's own frames of
+    ``split`` (0 = its first frame).
+
+    Raises:
+        RenderError: the identity has no frames in ``split``, or ``index`` is out of range.
+    """
+    ident = _dataset_identity(dataset, identity) if isinstance(identity, str) else int(identity)
+    table = dataset.table(split)
+    frames = table.frames_of(ident)
+    if frames.size == 0:
+        raise RenderError(f"identity '{dataset.identities[ident]}' has no frames in split '{split}'")
+    if index is not None:
+        if not 0 <= index < frames.size:
+            raise RenderError(
+                f"neutral frame index {index} out of range: identity '{dataset.identities[ident]}' has "
+                f"{frames.size} frames in split '{split}'"
+            )
+        return int(frames[index])
+    norms = np.linalg.norm(table.expression[frames].astype(np.float64), axis=1)
+    return int(frames[int(np.argmin(norms))])
+
+
+def expression_transfer(
+    target_neutral: np.ndarray,
+    driver_neutral: np.ndarray,
+    driver_expressions: np.ndarray,
+    mode: str = "delta",
+) -> np.ndarray:
+    """Map a driver's expressions onto a target identity.
+
+    .. math::
+        e^{target}_b = \\begin{cases}
+            n^{target} + (e^{driver}_b - n^{driver}) & \\text{delta} \\\\
+            e^{driver}_b & \\text{absolute}
+        \\end{cases}
+
+    ``delta`` moves the target's own neutral face by the driver's change from *its* neutral face, so a
+    driver whose rest face differs from the target's (a tracker's identity leakage into the expression
+    coefficients) does not carry that difference over; ``absolute`` feeds the driver's coefficients as they
+    are.
+
+    Args:
+        target_neutral: (E,) the target's neutral expression.
+        driver_neutral: (E,) the driver's neutral expression (ignored by ``absolute``).
+        driver_expressions: (B, E) the driver's expressions.
+        mode: ``"delta"`` or ``"absolute"``.
+
+    Returns:
+        (B, E) float32 expressions for the target.
+
+    Example:
+        >>> expression_transfer(np.array([0.1, 0.0]), np.array([0.2, 0.0]), np.array([[0.7, 0.5]]))
+        array([[0.6, 0.5]], dtype=float32)
+    """
+    if mode not in TRANSFER_MODES:
+        raise RenderError(f"unknown transfer mode '{mode}': one of {list(TRANSFER_MODES)}")
+    drv = np.asarray(driver_expressions, dtype=np.float64)
+    tn = np.asarray(target_neutral, dtype=np.float64).reshape(-1)
+    dn = np.asarray(driver_neutral, dtype=np.float64).reshape(-1)
+    if drv.ndim != 2:
+        raise RenderError(f"driver expressions must be (B, E), got {drv.shape}")
+    e = drv.shape[1]
+    if tn.shape != (e,) or dn.shape != (e,):
+        raise RenderError(
+            f"expression sizes differ: driver expressions have E={e}, target neutral {tn.shape[0]}, "
+            f"driver neutral {dn.shape[0]}; identities must share one expression space"
+        )
+    if mode == "absolute":
+        return drv.astype(np.float32)
+    return (tn[None, :] + (drv - dn[None, :])).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CameraPath:
+    """What to render, frame by frame, for one identity: B cameras and expressions at one image size."""
+
+    c2w: np.ndarray
+    """(B, 4, 4) float32 camera-to-head transforms (OpenGL convention)."""
+    intrinsics: np.ndarray
+    """(B, 4) float32 ``[fx, fy, cx, cy]`` in pixels."""
+    expression: np.ndarray
+    """(B, E) float32 expressions."""
+    width: int
+    """W in pixels."""
+    height: int
+    """H in pixels."""
+    fps: float = 25.0
+    """Frame rate of a video of this path."""
+
+    def __post_init__(self) -> None:
+        b = self.c2w.shape[0]
+        if self.c2w.shape != (b, 4, 4) or self.intrinsics.shape != (b, 4) or self.expression.ndim != 2 or self.expression.shape[0] != b:
+            raise RenderError(
+                f"CameraPath needs c2w (B, 4, 4), intrinsics (B, 4), expression (B, E) with one B; got "
+                f"{self.c2w.shape}, {self.intrinsics.shape}, {self.expression.shape}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.c2w.shape[0])
+
+
+def drive_path(
+    target: MultiIdentityDataset,
+    target_identity: str,
+    driver: MultiIdentityDataset,
+    driver_split: str,
+    driver_identity: Optional[str] = None,
+    mode: str = "delta",
+    neutral_split: str = "train",
+    target_neutral_index: Optional[int] = None,
+    driver_neutral_index: Optional[int] = None,
+) -> CameraPath:
+    """The path that renders ``target_identity`` with the head poses and (transferred) expressions of a
+    driver's frames: cross-identity expression transfer.
+
+    Cameras, intrinsics and image size are the driver's frames'; expressions are
+    :func:`expression_transfer` of the driver's, with neutrals from :func:`neutral_frame` over each
+    identity's ``neutral_split`` (default ``train``; the ``*_neutral_index`` arguments pick a frame instead).
+
+    Args:
+        target: a dataset holding the target identity with ``neutral_split`` loaded.
+        target_identity: the target's name.
+        driver: a dataset with ``driver_split`` (and, for ``delta``, ``neutral_split``) loaded.
+        driver_split: the driver's split whose frames drive the video.
+        driver_identity: the driver's name; may be omitted when ``driver`` holds one identity.
+        mode: ``"delta"`` or ``"absolute"``.
+
+    Raises:
+        RenderError: naming the missing identity or split.
+    """
+    if driver_identity is None:
+        if len(driver.identities) != 1:
+            raise RenderError(f"the driver dataset holds {len(driver.identities)} identities {driver.identities}; name one")
+        driver_identity = driver.identities[0]
+    d_id = _dataset_identity(driver, driver_identity)
+    if driver_split not in driver.splits:
+        raise RenderError(f"driver split '{driver_split}' is not loaded; loaded: {list(driver.splits)}")
+    table = driver.table(driver_split)
+    frames = table.frames_of(d_id)
+    if frames.size == 0:
+        raise RenderError(f"driver '{driver_identity}' has no frames in split '{driver_split}'")
+    e_drv = table.expression[frames]
+    if mode == "delta":
+        for ds, what in ((target, "target"), (driver, "driver")):
+            if neutral_split not in ds.splits:
+                raise RenderError(f"the {what} dataset lacks split '{neutral_split}' (needed for its neutral frame)")
+        t_ntab, d_ntab = target.table(neutral_split), driver.table(neutral_split)
+        tn = t_ntab.expression[neutral_frame(target, target_identity, neutral_split, target_neutral_index)]
+        dn = d_ntab.expression[neutral_frame(driver, d_id, neutral_split, driver_neutral_index)]
+    else:
+        _dataset_identity(target, target_identity)
+        tn = dn = np.zeros(e_drv.shape[1], np.float32)
+    expr = expression_transfer(tn, dn, e_drv, mode)
+    fps = driver.split_meta(driver_split, d_id).fps
+    return CameraPath(
+        c2w=table.c2w[frames].astype(np.float32),
+        intrinsics=table.intrinsics[frames].astype(np.float32),
+        expression=expr,
+        width=table.width,
+        height=table.height,
+        fps=float(fps) if fps else 25.0,
+    )
+
+
+def parse_drive(spec: str, default_split: str = "train") -> Tuple[Path, str]:
+    """Split a ``PATH[:SPLIT]`` driver spec (the CLI's ``--drive``) into a folder and a split name.
+
+    A spec that names an existing path as a whole is a path (so a folder whose name holds a colon still
+    works); otherwise the text after the last colon is the split.
+
+    Raises:
+        RenderError: an empty spec or split, or a path that does not exist (named).
+    """
+    text = str(spec).strip()
+    if not text:
+        raise RenderError("--drive is empty: give PATH or PATH:SPLIT")
+    if Path(text).exists():
+        return Path(text), default_split
+    path, sep, split = text.rpartition(":")
+    if not sep:
+        raise RenderError(f"--drive: no such folder '{text}'")
+    if not split or "/" in split:
+        raise RenderError(f"--drive '{text}': '{split}' is not a split name (PATH:SPLIT, e.g. data/id001:val)")
+    if not path or not Path(path).exists():
+        raise RenderError(f"--drive: no such folder '{path}' (from '{text}')")
+    return Path(path), split
+
+
+def load_driver(path: PathLike, split: str, identity: Optional[str] = None) -> Tuple[MultiIdentityDataset, str]:
+    """Load a driver: its ``split`` (and ``train``, for its neutral face) from an identity folder or a root.
+
+    Returns:
+        ``(dataset, driver identity name)``.
+
+    Raises:
+        RenderError: naming the missing split (and the splits the folder has), or the identity when a root
+            holds several and none (or an unknown one) is named.
+    """
+    from .data.layout import find_identity_dirs, identity_splits
+
+    dirs = find_identity_dirs(path)
+    names = [d.name for d in dirs]
+    if identity is None:
+        if len(dirs) != 1:
+            raise RenderError(f"the driver {path} holds {len(dirs)} identities {names}; name one (--driver-identity)")
+        chosen = dirs[0]
+    else:
+        if identity not in names:
+            raise RenderError(f"driver identity '{identity}' is not in {path}; it has {names}")
+        chosen = dirs[names.index(identity)]
+    have = identity_splits(chosen)
+    for need in dict.fromkeys(("train", split)):
+        if need not in have:
+            raise RenderError(f"the driver {chosen} has no split '{need}' (transforms_{need}.json); it has {have}")
+    from .data.dataset import load_dataset
+
+    data = load_dataset([chosen], splits=tuple(dict.fromkeys(("train", split))))
+    return data, chosen.name
+
+
+def load_target(data_paths: Sequence[PathLike], identity: str, splits: Sequence[str] = ("train",)) -> MultiIdentityDataset:
+    """The dataset of one target identity, found by name among ``data_paths`` (a run's training folders).
+
+    Raises:
+        RenderError: naming ``identity`` and the identities the paths hold.
+    """
+    from .data.dataset import load_dataset
+    from .data.layout import find_identity_dirs
+
+    dirs = find_identity_dirs(list(data_paths)) if data_paths else []
+    match = [d for d in dirs if d.name == identity]
+    if not match:
+        raise RenderError(
+            f"no data for identity '{identity}' in {[str(p) for p in data_paths]} (identities there: "
+            f"{[d.name for d in dirs]}); its training folder is needed for its neutral face and background"
+        )
+    return load_dataset(match, splits=tuple(splits))
+
+
+def look_at_point(c2w: np.ndarray) -> np.ndarray:
+    """Where a set of cameras looks: the mean over cameras of the point on its optical axis closest to the
+    head-space origin.
+
+    The layout puts the head at the origin (``DATASET.md``), so each camera's axis passes near it; the
+    closest point says where the framing is centred (e.g. a little above the head centre). This is robust
+    for nearly parallel axes (a talking-head video), where intersecting the axes in the least-squares sense
+    is ill-conditioned along the viewing direction.
+
+    Args:
+        c2w: (B, 4, 4) camera-to-head transforms, B >= 1.
+
+    Returns:
+        (3,) float64.
+    """
+    c2w = np.asarray(c2w, dtype=np.float64)
+    centres = c2w[:, :3, 3]
+    fwd = -c2w[:, :3, 2]
+    fwd = fwd / np.linalg.norm(fwd, axis=1, keepdims=True)
+    t = -np.einsum("bi,bi->b", centres, fwd)  # distance along each axis to the point nearest the origin
+    return (centres + t[:, None] * fwd).mean(axis=0)
+
+
+def orbit_cameras(
+    n_frames: int,
+    distance: float,
+    yaw_deg: float = 30.0,
+    pitch_deg: float = 10.0,
+    look_at: Sequence[float] = (0.0, 0.0, 0.0),
+) -> np.ndarray:
+    """Cameras on a sphere around ``look_at``, swinging the head left-right once while nodding twice.
+
+    Frame ``b`` (``s = b / n_frames``) has yaw ``yaw_deg * sin(2 pi s)`` and pitch ``pitch_deg * sin(4 pi s)``;
+    the camera sits at ``look_at + R (0, 0, distance)`` with ``R = R_y(yaw) R_x(-pitch)`` and looks at
+    ``look_at`` down its -z axis, +y up (OpenGL). Yaw 0, pitch 0 is the frontal view from +z, as in the
+    procedural heads. The path is closed: it loops without a jump.
+
+    Returns:
+        (B, 4, 4) float32 camera-to-head transforms.
+    """
+    if n_frames < 1:
+        raise RenderError(f"an orbit needs at least one frame, got {n_frames}")
+    if not distance > 0:
+        raise RenderError(f"orbit distance must be positive, got {distance}")
+    centre = np.asarray(look_at, dtype=np.float64)
+    out = np.zeros((n_frames, 4, 4))
+    for b in range(n_frames):
+        s = b / n_frames
+        yaw = math.radians(yaw_deg) * math.sin(2 * math.pi * s)
+        pitch = -math.radians(pitch_deg) * math.sin(4 * math.pi * s)
+        cy, sy, cp, sp = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch)
+        ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+        r = ry @ rx
+        out[b, :3, :3] = r
+        out[b, :3, 3] = centre + r @ np.array([0.0, 0.0, distance])
+        out[b, 3, 3] = 1.0
+    return out.astype(np.float32)
+
+
+def orbit_path(
+    dataset: MultiIdentityDataset,
+    identity: str,
+    n_frames: int = 60,
+    split: str = "train",
+    yaw_deg: float = 30.0,
+    pitch_deg: float = 10.0,
+    expression: Optional[np.ndarray] = None,
+    fps: float = 25.0,
+) -> CameraPath:
+    """A camera orbit around an identity, framed like its own video.
+
+    The orbit centre is :func:`look_at_point` of the identity's cameras in ``split``, its radius their mean
+    distance to that point, the intrinsics and size those of the split; the expression is the identity's
+    neutral one (:func:`neutral_frame`) unless given (E,).
+    """
+    ident = _dataset_identity(dataset, identity)
+    table = dataset.table(split)
+    frames = table.frames_of(ident)
+    if frames.size == 0:
+        raise RenderError(f"identity '{identity}' has no frames in split '{split}'")
+    c2w = table.c2w[frames]
+    centre = look_at_point(c2w)
+    distance = float(np.linalg.norm(c2w[:, :3, 3] - centre[None], axis=1).mean())
+    cams = orbit_cameras(n_frames, distance, yaw_deg, pitch_deg, centre)
+    if expression is None:
+        expression = table.expression[neutral_frame(dataset, ident, split)]
+    expression = np.asarray(expression, dtype=np.float32).reshape(1, -1)
+    if expression.shape[1] != dataset.expression_dim:
+        raise RenderError(f"expression has {expression.shape[1]} coefficients, the dataset {dataset.expression_dim}")
+    return CameraPath(
+        c2w=cams,
+        intrinsics=np.repeat(table.intrinsics[frames[:1]], n_frames, axis=0).astype(np.float32),
+        expression=np.repeat(expression, n_frames, axis=0),
+        width=table.width,
+        height=table.height,
+        fps=fps,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+def render_rays(
+    model,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    identity: torch.Tensor,
+    expression: torch.Tensor,
+    background: torch.Tensor,
+    frame: Optional[torch.Tensor] = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> Dict[str, torch.Tensor]:
+    """Apply ``model.render_rays`` to N rays in chunks of ``chunk``, without gradients.
+
+    Args:
+        origins, directions: (N, 3) head space, unit directions.
+        near, far: (N,) sampling interval.
+        identity: (N,) int64 model identity ids.
+        expression: (N, E).
+        background: (N, 3) colour behind each ray.
+        frame: (N,) int64 indices of the model's training frames whose learned codes to use (passed as
+            ``frame_code``), or None for the model's default code (frames it was not trained on).
+        chunk: rays per call.
+
+    Returns:
+        The model's outputs concatenated over chunks: at least ``rgb (N, 3)``; per-ray tensors only.
+    """
+    n = origins.shape[0]
+    outs: Dict[str, List[torch.Tensor]] = {}
+    device = _model_device(model)
+    with torch.no_grad():
+        for a in range(0, n, max(1, chunk)):
+            b = min(n, a + chunk)
+            res = model.render_rays(
+                origins=origins[a:b].to(device),
+                directions=directions[a:b].to(device),
+                near=near[a:b].to(device),
+                far=far[a:b].to(device),
+                identity=identity[a:b].to(device),
+                expression=expression[a:b].to(device),
+                frame_code=None if frame is None else frame[a:b].to(device),
+                background=background[a:b].to(device),
+            )
+            for k, v in res.items():
+                if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == b - a:
+                    outs.setdefault(k, []).append(v.detach().to("cpu"))
+    if "rgb" not in outs:
+        raise RenderError("model.render_rays returned no per-ray 'rgb'")
+    return {k: torch.cat(v) for k, v in outs.items()}
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _background_image(background: Optional[np.ndarray], width: int, height: int) -> torch.Tensor:
+    """(H, W, 3) float32 in [0, 1] from uint8/float (h, w, 3), resized (bilinear) when the size differs;
+    white when None."""
+    if background is None:
+        return torch.ones(height, width, 3)
+    bg = torch.from_numpy(np.array(background))  # a copy: dataset images are read-only
+    bg = bg.float() / 255.0 if bg.dtype == torch.uint8 else bg.float()
+    if bg.shape[:2] != (height, width):
+        bg = torch.nn.functional.interpolate(bg.permute(2, 0, 1)[None], size=(height, width), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+    return bg.contiguous()
+
+
+def render_frame(
+    model,
+    source: Union[MultiIdentityDataset, RayBatch],
+    split: Optional[str] = None,
+    index: Optional[int] = None,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    chunk: int = DEFAULT_CHUNK,
+    use_frame_codes: bool = False,
+    outputs: bool = False,
+):
+    """Render one frame.
+
+    Two sources:
+
+    - a dataset with ``split`` and ``index`` (flat frame index): the frame's own camera, expression and
+      background, its identity mapped to the model's by name;
+    - a :class:`RayBatch` of ``height * width`` rays in row-major pixel order whose ``identity`` already holds
+      model identity ids.
+
+    Args:
+        use_frame_codes: pass each ray's ``frame`` as the model's training-frame index, so the model uses
+            that frame's learned code. Only right when ``dataset.table(split)`` is, row for row, the table the
+            model was trained on; by default (false) every frame gets the model's default code, as frames
+            outside training must.
+        outputs: also return the model's per-ray outputs reshaped to (H, W, ...).
+
+    Returns:
+        ``(H, W, 3)`` float32 numpy image in [0, 1]; with ``outputs``, ``(image, dict)``.
+    """
+    if isinstance(source, MultiIdentityDataset):
+        if split is None or index is None:
+            raise RenderError("render_frame from a dataset needs split and index")
+        rays = frame_rays(source, split, index)
+        table = source.table(split)
+        height, width = table.height, table.width
+        name = source.identities[int(table.identity[index])]
+        rays.identity = torch.full_like(rays.identity, identity_id(model, name))
+    elif isinstance(source, RayBatch):
+        rays = source
+        if height is None or width is None or height * width != len(rays):
+            raise RenderError(f"a RayBatch of {len(rays)} rays needs height * width equal to it, got {height} x {width}")
+    else:
+        raise RenderError(f"render_frame renders a MultiIdentityDataset or a RayBatch, got {type(source).__name__}")
+    out = render_rays(
+        model,
+        rays.origins,
+        rays.directions,
+        rays.near,
+        rays.far,
+        rays.identity,
+        rays.expression,
+        rays.background,
+        frame=rays.frame if use_frame_codes else None,
+        chunk=chunk,
+    )
+    image = out["rgb"].reshape(height, width, 3).clamp(0, 1).numpy().astype(np.float32)
+    if outputs:
+        return image, {k: v.reshape(height, width, *v.shape[1:]) for k, v in out.items()}
+    return image
+
+
+def render_sequence(
+    model,
+    path: CameraPath,
+    identity: Union[int, str],
+    background: Optional[np.ndarray] = None,
+    aabb: Optional[Sequence[float]] = None,
+    near_far: Optional[Tuple[float, float]] = None,
+    chunk: int = DEFAULT_CHUNK,
+    progress: Optional[ProgressFn] = None,
+) -> Iterator[np.ndarray]:
+    """Render every frame of a path for one identity, one frame at a time (a generator).
+
+    Each ray is sampled inside ``aabb`` (``ray_aabb``), or over ``near_far`` when given; exactly one of the two.
+
+    Args:
+        model: the model.
+        path: cameras and expressions.
+        identity: model identity id, or its name.
+        background: (h, w, 3) uint8 or float image behind the head, resized to the path's size when it
+            differs; white when None.
+        aabb: ``[xmin, ymin, zmin, xmax, ymax, zmax]`` head box in head space.
+        near_far: a fixed sampling interval instead.
+        progress: called as ``progress(frames_done, frames_total)``.
+
+    Yields:
+        ``(H, W, 3)`` float32 frames in [0, 1].
+    """
+    if (aabb is None) == (near_far is None):
+        raise RenderError("render_sequence needs exactly one of aabb and near_far")
+    ident = identity_id(model, identity) if isinstance(identity, str) else int(identity)
+    w, h = path.width, path.height
+    n = w * h
+    bg = _background_image(background, w, h).reshape(n, 3)
+    ids = torch.full((n,), ident, dtype=torch.int64)
+    if progress is not None:
+        progress(0, len(path))
+    for b in range(len(path)):
+        o, d = camera_rays(torch.from_numpy(path.c2w[b]), torch.from_numpy(path.intrinsics[b]), w, h)
+        if aabb is not None:
+            near, far = ray_aabb(o, d, torch.as_tensor(aabb, dtype=torch.float32))
+        else:
+            near = torch.full((n,), float(near_far[0]))  # type: ignore[index]
+            far = torch.full((n,), float(near_far[1]))  # type: ignore[index]
+        ex = torch.from_numpy(np.ascontiguousarray(path.expression[b])).float().expand(n, -1)
+        out = render_rays(model, o, d, near, far, ids, ex, bg, frame=None, chunk=chunk)
+        yield out["rgb"].reshape(h, w, 3).clamp(0, 1).numpy().astype(np.float32)
+        if progress is not None:
+            progress(b + 1, len(path))
+
+
+# ------------------------------------------------------------------------------------------------- video
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """(…, 3) float in [0, 1] (clipped) or uint8 -> uint8, rounding to nearest."""
+    a = np.asarray(image)
+    if a.dtype == np.uint8:
+        return a
+    return np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`write_video` wrote."""
+
+    path: Optional[Path]
+    """The mp4, or None when only PNG frames were written."""
+    n_frames: int
+    """Frames written."""
+    width: int
+    """Width of the frames (the mp4 is padded to an even width; see :func:`write_video`)."""
+    height: int
+    """Height of the frames."""
+    png_dir: Optional[Path]
+    """Folder of ``00000.png ...`` when PNG frames were requested."""
+
+
+def write_video(
+    frames: Iterable[np.ndarray],
+    path: Optional[PathLike],
+    fps: float = 25.0,
+    png_dir: Optional[PathLike] = None,
+    quality: float = 8.0,
+) -> VideoInfo:
+    """Write frames to an H.264 mp4 (through the ffmpeg that imageio-ffmpeg ships) and/or PNG files.
+
+    Frames stream through: the iterable is consumed once and never held in memory. The mp4 is yuv420p, which
+    needs even sizes: an odd width or height is padded by one replicated column or row (never resized).
+
+    Args:
+        frames: (H, W, 3) float in [0, 1] or uint8, all one size.
+        path: the mp4 to write (its folder is created), or None for PNG frames only.
+        fps: frame rate.
+        png_dir: also write each frame as ``png_dir/00000.png, 00001.png, ...``.
+        quality: imageio-ffmpeg quality, 0 (worst) to 10 (best).
+
+    Returns:
+        A :class:`VideoInfo`.
+
+    Raises:
+        RenderError: no frames, or frames of different sizes.
+    """
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    if path is None and png_dir is None:
+        raise RenderError("write_video needs an mp4 path, a png_dir, or both")
+    out = Path(path) if path is not None else None
+    pngs = Path(png_dir) if png_dir is not None else None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if pngs is not None:
+        pngs.mkdir(parents=True, exist_ok=True)
+    writer = None
+    size: Optional[Tuple[int, int]] = None
+    count = 0
+    try:
+        for frame in frames:
+            img = to_uint8(frame)
+            if img.ndim != 3 or img.shape[2] != 3:
+                raise RenderError(f"video frames must be (H, W, 3), frame {count} is {img.shape}")
+            if size is None:
+                size = (img.shape[0], img.shape[1])
+                if out is not None:
+                    even = (size[1] + size[1] % 2, size[0] + size[0] % 2)
+                    writer = imageio_ffmpeg.write_frames(
+                        str(out), even, fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error"
+                    )
+                    writer.send(None)
+            elif img.shape[:2] != size:
+                raise RenderError(f"frame {count} is {img.shape[1]}x{img.shape[0]}, the video is {size[1]}x{size[0]}")
+            if pngs is not None:
+                iio.imwrite(pngs / f"{count:05d}.png", img)
+            if writer is not None:
+                padded = np.pad(img, ((0, img.shape[0] % 2), (0, img.shape[1] % 2), (0, 0)), mode="edge")
+                writer.send(np.ascontiguousarray(padded))
+            count += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    if size is None:
+        raise RenderError("write_video got no frames")
+    return VideoInfo(path=out, n_frames=count, width=size[1], height=size[0], png_dir=pngs)
+
+
+def render_video(
+    model,
+    path: CameraPath,
+    identity: Union[int, str],
+    out: Optional[PathLike],
+    background: Optional[np.ndarray] = None,
+    aabb: Optional[Sequence[float]] = None,
+    near_far: Optional[Tuple[float, float]] = None,
+    png_dir: Optional[PathLike] = None,
+    fps: Optional[float] = None,
+    chunk: int = DEFAULT_CHUNK,
+    progress: Optional[ProgressFn] = None,
+) -> VideoInfo:
+    """:func:`render_sequence` streamed into :func:`write_video` (``fps`` defaults to the path's)."""
+    frames = render_sequence(model, path, identity, background, aabb, near_far, chunk, progress)
+    return write_video(frames, out, path.fps if fps is None else fps, png_dir)
+
+
+# -------------------------------------------------------------------------------------------- evaluation
+
+
+def side_by_side(pred: np.ndarray, target: np.ndarray, error_gain: float = ERROR_GAIN) -> np.ndarray:
+    """``prediction | ground truth | error`` as one uint8 image (H, 3W, 3).
+
+    The error panel is grey: ``min(1, error_gain * mean_c |pred - target|)``.
+    """
+    p = np.asarray(pred, dtype=np.float32)
+    t = np.asarray(target, dtype=np.float32)
+    if p.shape != t.shape or p.ndim != 3:
+        raise RenderError(f"side_by_side needs two (H, W, 3) images of one size, got {p.shape} and {t.shape}")
+    err = np.clip(error_gain * np.abs(p - t).mean(axis=2, keepdims=True), 0.0, 1.0)
+    return to_uint8(np.concatenate([np.clip(p, 0, 1), np.clip(t, 0, 1), np.repeat(err, 3, axis=2)], axis=1))
+
+
+def evaluate(
+    model,
+    dataset: MultiIdentityDataset,
+    split: str,
+    out_dir: Optional[PathLike] = None,
+    identities: Optional[Sequence[str]] = None,
+    max_frames: Optional[int] = None,
+    chunk: int = DEFAULT_CHUNK,
+    with_lpips: bool = True,
+    progress: Optional[ProgressFn] = None,
+) -> Dict[str, object]:
+    """Render every frame of a split and compare it with the ground truth.
+
+    Each frame is rendered from its own camera, expression and background (:func:`render_frame`); PSNR,
+    SSIM and L1 (and LPIPS when :func:`fastminerf.metrics.lpips_status` allows it) are computed per frame,
+    averaged over each identity's frames, and ``mean`` is the unweighted mean over identities (every
+    identity counts alike, however long its video).
+
+    Args:
+        model: the model; every evaluated identity name must be one of its ``identity_names``.
+        dataset: ground truth with ``split`` loaded.
+        split: split to evaluate.
+        out_dir: when given, writes ``out_dir/metrics.json`` (the returned dict) and
+            ``out_dir/side_by_side/<identity>/<k>.png`` (prediction | truth | error, k the frame's position
+            in the identity's split).
+        identities: names to evaluate (default all of the dataset's).
+        max_frames: evaluate only the first ``max_frames`` frames of each identity.
+        with_lpips: compute LPIPS when available.
+        progress: called as ``progress(frames_done, frames_total)``.
+
+    Returns:
+        ``{"split", "frames", "metrics": [...], "lpips": status text, "identities": {name: {"frames", "psnr",
+        "ssim", "l1"[, "lpips"]}}, "mean": {...}}``.
+
+    Raises:
+        RenderError: an identity unknown to the dataset or the model (named), or a split not loaded.
+    """
+    if split not in dataset.splits:
+        raise RenderError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
+    table = dataset.table(split)
+    names = list(dataset.identities) if identities is None else list(identities)
+    for name in names:
+        _dataset_identity(dataset, name)
+        identity_id(model, name)
+    lp_ok, lp_why = lpips_status() if with_lpips else (False, "not requested")
+    metric_names = ["psnr", "ssim", "l1"] + (["lpips"] if lp_ok else [])
+    plan: List[Tuple[str, np.ndarray]] = []
+    for name in names:
+        frames = table.frames_of(dataset.identities.index(name))
+        plan.append((name, frames if max_frames is None else frames[:max_frames]))
+    total = int(sum(f.size for _, f in plan))
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    out = Path(out_dir) if out_dir is not None else None
+    per_identity: Dict[str, Dict[str, float]] = {}
+    for name, frames in plan:
+        values: Dict[str, List[float]] = {m: [] for m in metric_names}
+        for k, index in enumerate(frames.tolist()):
+            pred = render_frame(model, dataset, split, index, chunk=chunk)
+            truth = dataset.image(split, index).astype(np.float32) / 255.0
+            values["psnr"].append(float(psnr(pred, truth)))
+            values["ssim"].append(float(ssim(pred, truth)))
+            values["l1"].append(float(l1(pred, truth)))
+            if lp_ok:
+                values["lpips"].append(float(lpips(pred, truth)))
+            if out is not None:
+                import imageio.v3 as iio
+
+                folder = out / "side_by_side" / name
+                folder.mkdir(parents=True, exist_ok=True)
+                iio.imwrite(folder / f"{int(table.frame_in_identity[index]):04d}.png", side_by_side(pred, truth))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        per_identity[name] = {"frames": len(frames), **{m: float(np.mean(v)) if v else float("nan") for m, v in values.items()}}
+    mean = {m: float(np.mean([per_identity[n][m] for n in names])) if names else float("nan") for m in metric_names}
+    result: Dict[str, object] = {
+        "split": split,
+        "frames": total,
+        "metrics": metric_names,
+        "lpips": lp_why if lp_ok else f"unavailable: {lp_why}",
+        "identities": per_identity,
+        "mean": mean,
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,510 @@
+"""Generic training on many identities, personalisation to new ones, checkpoints and resume.
+
+A run folder holds::
+
+    RUN/config.yaml     the full config (every field), written when the run starts
+    RUN/checkpoint.pt   the latest state, written atomically (temp file + os.replace) every
+                        ``train.checkpoint_every`` steps / ``train.checkpoint_seconds`` seconds and at the end
+    RUN/log.jsonl       one JSON object per logging step: step, seconds, loss, psnr, rays_per_s, samples_per_ray
+
+A checkpoint holds only tensors and plain data (model and optimizer state dicts, step, training seconds, the ray
+sampler's and occupancy generator's states, the config as YAML text, identity names, expression size, data
+paths) and is read with ``torch.load(..., weights_only=True)``: loading never runs pickled code. A corrupt,
+truncated or mismatched checkpoint raises :class:`CheckpointError` naming the file.
+
+Resume: calling :func:`train` again with the same ``out_dir`` (and the same data and config, except
+``train.steps`` and ``train.max_seconds``, which may grow) continues from the checkpoint's step. **Guaranteed**:
+the model, optimizer, ray-sampler and occupancy-generator states are those of the checkpoint, so on the CPU (whose
+kernels are deterministic: no atomics) a run resumed from step k takes exactly the same steps as an uninterrupted
+one, and ends with bit-identical parameters (tested). Steps taken after the last checkpoint are lost and redone
+(their log lines are dropped). A run limited by ``max_seconds`` stops at a step that depends on the machine's
+speed; training seconds are summed over resumed sessions.
+
+Shapes: N rays per batch, B training frames, I identities, E expression size.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .config import RunConfig, dump_config, parse_config_text
+from .data import MultiIdentityDataset, RaySampler, load_dataset
+from .data.layout import DatasetError
+from .model import MINeRF
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CheckpointError",
+    "TrainResult",
+    "build_model",
+    "load_checkpoint",
+    "load_run",
+    "personalize",
+    "save_checkpoint",
+    "train",
+]
+
+PathLike = Union[str, Path]
+ProgressFn = Callable[[Dict[str, float]], None]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.yaml"
+LOG_NAME = "log.jsonl"
+FORMAT = "fastminerf-checkpoint"
+FORMAT_VERSION = 1
+
+OCCUPANCY_POOL = 256
+"""Training frames whose conditioning an occupancy update draws from (a fresh random subset each update)."""
+
+RESUME_MAY_CHANGE = ("train.steps", "train.max_seconds", "train.log_every", "train.checkpoint_every",
+                     "train.checkpoint_seconds", "train.threads", "data.cache_frames", "data.cache_bytes")
+"""Config keys that may differ between a run and its resumption (they do not change the computation)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, is not a fastminerf checkpoint, or does not match what it is loaded into."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` and :func:`personalize` return."""
+
+    out_dir: Path
+    """The run folder."""
+    step: int
+    """Steps taken in all (including those of resumed sessions)."""
+    seconds: float
+    """Training seconds in all."""
+    loss: float
+    """Loss of the last step."""
+    psnr: float
+    """PSNR (dB) of the last logging window's mean MSE on the training rays."""
+    resumed_from: int
+    """Step the session started from (0 for a fresh run)."""
+    model: MINeRF
+    """The trained model."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path: PathLike, payload: dict) -> Path:
+    """Write ``payload`` (tensors and plain data only) to ``path`` atomically: a temp file, then ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: PathLike) -> dict:
+    """Read a checkpoint with ``weights_only=True``; raises :class:`CheckpointError` naming the file when it
+    is missing, unreadable, corrupt or not a fastminerf checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path} (corrupt or not a checkpoint): {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a fastminerf checkpoint")
+    if data.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {data.get('version')}, this fastminerf reads {FORMAT_VERSION}")
+    missing = [k for k in ("config_yaml", "identity_names", "expression_dim", "model", "step") if k not in data]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}")
+    return data
+
+
+def _model_from_checkpoint(data: dict, path: Path) -> Tuple[RunConfig, MINeRF]:
+    try:
+        cfg = parse_config_text(data["config_yaml"])
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: bad config: {exc}") from None
+    state = data["model"]
+    if "frame_identity" not in state or "aabb" not in state:
+        raise CheckpointError(f"checkpoint {path}: the model state lacks frame_identity / aabb")
+    model = MINeRF(cfg.model, int(data["expression_dim"]), list(data["identity_names"]), state["frame_identity"],
+                   aabb=state["aabb"].tolist())
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not match its config: {exc}") from None
+    return cfg, model
+
+
+def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
+    """Load a trained run: ``(config, model in eval mode, metadata)``.
+
+    The metadata dict holds ``identity_names`` (I,), ``expression_dim`` E, ``data_paths`` (the folders it was
+    trained on), ``step``, ``seconds``, ``kind`` ("train" or "personalize"), ``frame_identity`` (B,) and
+    ``checkpoint`` (the file).
+    """
+    run = Path(run_dir)
+    path = run / CHECKPOINT_NAME if run.is_dir() or not run.suffix else run
+    data = load_checkpoint(path)
+    cfg, model = _model_from_checkpoint(data, path)
+    model.eval()
+    meta = dict(
+        identity_names=list(model.identity_names),
+        expression_dim=model.expression_dim,
+        data_paths=list(data.get("data_paths", [])),
+        step=int(data["step"]),
+        seconds=float(data.get("seconds", 0.0)),
+        kind=str(data.get("kind", "train")),
+        frame_identity=model.frame_identity.clone(),
+        checkpoint=path,
+    )
+    return cfg, model, meta
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+def build_model(cfg: RunConfig, dataset: MultiIdentityDataset, split: str = "train") -> MINeRF:
+    """A fresh model for the identities of ``dataset`` (one frame code per frame of ``split``), seeded with
+    ``cfg.train.seed``; the box is ``cfg.model.aabb`` or the data's (the union of the identities' boxes)."""
+    table = dataset.table(split)
+    box = np.concatenate([table.aabb[:, :3].min(0), table.aabb[:, 3:].max(0)]).tolist()
+    torch.manual_seed(cfg.train.seed)
+    return MINeRF(cfg.model, dataset.expression_dim, dataset.identities, torch.from_numpy(table.identity), aabb=box)
+
+
+def _lr_factor(step: int, cfg) -> float:
+    """Linear warm-up, then exponential decay to ``lr_final_factor`` at ``steps``."""
+    t = cfg.train
+    warm = min(1.0, (step + 1) / max(1, t.warmup_lr_steps))
+    return warm * t.lr_final_factor ** min(1.0, step / max(1, t.steps))
+
+
+def _optimizer(groups: List[dict]) -> torch.optim.Adam:
+    # instant-ngp's Adam settings: beta2 0.99 and a tiny epsilon (hash-grid entries see rare, small gradients).
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+
+
+def _psnr(mse: float) -> float:
+    return -10.0 * math.log10(max(mse, 1e-10))
+
+
+def _occupancy_pool(table, generator: torch.Generator, identity_offset: int = 0, frame_offset: int = 0):
+    """Random training frames (identity (P,), expression (P, E), model frame index (P,)) for an occupancy update."""
+    b = len(table)
+    pick = torch.randint(b, (min(OCCUPANCY_POOL, b),), generator=generator)
+    ident = torch.from_numpy(table.identity)[pick] + identity_offset
+    expr = torch.from_numpy(table.expression)[pick]
+    return ident, expr, pick + frame_offset
+
+
+def _check_resume_config(saved: RunConfig, new: RunConfig, path: Path) -> None:
+    a, b = _flat(saved), _flat(new)
+    diff = [k for k in a if a[k] != b.get(k) and k not in RESUME_MAY_CHANGE]
+    if diff:
+        shown = ", ".join(f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in diff[:5])
+        raise CheckpointError(
+            f"{path} was trained with a different config ({shown}); use another --out folder to start a new run")
+
+
+def _flat(cfg, prefix: str = "") -> dict:
+    from dataclasses import fields, is_dataclass
+
+    out = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if is_dataclass(v):
+            out.update(_flat(v, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = v
+    return out
+
+
+def _truncate_log(log: Path, step: int) -> None:
+    if not log.exists():
+        return
+    kept = []
+    for line in log.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError):
+            continue  # a line cut by the interruption
+    log.write_text("".join(k + "\n" for k in kept))
+
+
+class _Loop:
+    """The optimisation loop shared by training and personalisation (one phase per call of :meth:`run`)."""
+
+    def __init__(self, cfg: RunConfig, model: MINeRF, sampler: RaySampler, out: Path, progress: Optional[ProgressFn],
+                 payload: Callable[[], dict], occ_generator: torch.Generator, occ_warmup: Optional[int],
+                 identity_offset: int = 0, frame_offset: int = 0) -> None:
+        # The sampler's identities and frames are ids of its own dataset; the model knows them shifted by the
+        # offsets (personalisation appends new identities and frames after the generic ones).
+        self.cfg, self.model, self.sampler, self.out = cfg, model, sampler, out
+        self.progress, self.payload = progress, payload
+        self.identity_offset, self.frame_offset = identity_offset, frame_offset
+        self.occ_generator, self.occ_warmup = occ_generator, occ_warmup
+        self.log = out / LOG_NAME
+        self.step = 0
+        self.seconds = 0.0
+        self.loss = float("nan")
+        self.psnr = float("nan")
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.out / CHECKPOINT_NAME, self.payload())
+
+    def run(self, optimizer: torch.optim.Optimizer, base_lrs: List[float], until_step: int, total_steps: int,
+            max_seconds: Optional[float], phase: str, lr_steps: int) -> None:
+        cfg, model, t = self.cfg, self.model, self.cfg.train
+        table = self.sampler.table
+        window_mse: List[float] = []
+        window_rays = window_samples = 0
+        window_time = 0.0
+        last_ckpt_time, last_ckpt_step = time.perf_counter(), self.step
+        lr_cfg = replace(cfg, train=replace(t, steps=lr_steps))
+        model.train()
+        while self.step < until_step and (max_seconds is None or self.seconds < max_seconds):
+            start = time.perf_counter()
+            ident, expr, frames = _occupancy_pool(table, self.occ_generator, self.identity_offset, self.frame_offset)
+            model.update_occupancy(self.step, ident, expr, frames, generator=self.occ_generator,
+                                   warmup_steps=self.occ_warmup)
+            factor = _lr_factor(self.step, lr_cfg)
+            for group, lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr * factor
+            batch = self.sampler.sample()
+            batch.identity = batch.identity + self.identity_offset
+            frame_index = batch.frame + self.frame_offset
+            out = model.render_batch(batch, frame_code=frame_index)
+            mse = torch.mean((out["rgb"] - batch.rgb) ** 2)
+            loss = mse
+            if t.frame_code_reg > 0 and model.frame_codes.weight.shape[1] > 0:
+                loss = loss + t.frame_code_reg * model.frame_codes(frame_index).pow(2).sum(-1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            if loss.requires_grad:
+                loss.backward()
+                optimizer.step()
+            elapsed = time.perf_counter() - start
+            self.step += 1
+            self.seconds += elapsed
+            self.loss = float(loss.detach())
+            window_mse.append(float(mse.detach()))
+            window_rays += len(batch)
+            window_samples += int(out["samples"].sum())
+            window_time += elapsed
+            if self.step % t.log_every == 0 or self.step == until_step:
+                self.psnr = _psnr(float(np.mean(window_mse)))
+                record = dict(step=self.step, seconds=round(self.seconds, 4), loss=self.loss, psnr=self.psnr,
+                              rays_per_s=window_rays / max(window_time, 1e-9),
+                              samples_per_ray=window_samples / max(window_rays, 1), phase=phase,
+                              occupied=model.occupancy.occupied_fraction())
+                with open(self.log, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if self.progress is not None:
+                    self.progress(dict(record, total_steps=total_steps, max_seconds=max_seconds or float("nan")))
+                window_mse, window_rays, window_samples, window_time = [], 0, 0, 0.0
+            now = time.perf_counter()
+            if (self.step - last_ckpt_step >= t.checkpoint_every) or (now - last_ckpt_time >= t.checkpoint_seconds):
+                self.checkpoint()
+                last_ckpt_time, last_ckpt_step = now, self.step
+
+
+def _state(sampler: RaySampler) -> dict:
+    state = sampler.state_dict()["bit_generator"]
+    # Plain data only: the 128-bit PCG64 words as decimal strings (weights_only loads them without pickled code).
+    inner = state["state"]
+    return dict(bit_generator=state["bit_generator"], state=str(inner["state"]), inc=str(inner["inc"]),
+                has_uint32=int(state["has_uint32"]), uinteger=int(state["uinteger"]))
+
+
+def _restore_state(sampler: RaySampler, s: dict) -> None:
+    sampler.load_state_dict({"bit_generator": dict(bit_generator=s["bit_generator"],
+                                                   state=dict(state=int(s["state"]), inc=int(s["inc"])),
+                                                   has_uint32=int(s["has_uint32"]), uinteger=int(s["uinteger"]))})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generic training
+
+
+def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
+          progress: Optional[ProgressFn] = None) -> TrainResult:
+    """Train one model on every identity of ``data_paths`` (their ``train`` split), in ``out_dir``.
+
+    Writes ``config.yaml``, ``checkpoint.pt`` and ``log.jsonl`` (module docstring). If ``out_dir`` already holds a
+    checkpoint, resumes from it (same data and config required, except the keys in :data:`RESUME_MAY_CHANGE`).
+    Stops after ``cfg.train.steps`` steps or ``cfg.train.max_seconds`` training seconds, whichever comes first.
+
+    Args:
+        cfg: the run config (:func:`fastminerf.config.load_config`).
+        data_paths: identity folders and/or dataset roots.
+        out_dir: the run folder (created).
+        progress: called at every logging step with the log record plus ``total_steps`` and ``max_seconds``.
+
+    Raises:
+        DatasetError: a bad dataset. CheckpointError: an unreadable checkpoint, or resuming with other data or
+        another config.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [str(Path(p)) for p in ([data_paths] if isinstance(data_paths, (str, Path)) else data_paths)]
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
+    ckpt_path = out / CHECKPOINT_NAME
+    data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if data is not None:
+        saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
+        _check_resume_config(saved_cfg, cfg, ckpt_path)
+        if list(data["identity_names"]) != dataset.identities:
+            gone = [n for n in data["identity_names"] if n not in dataset.identities]
+            extra = [n for n in dataset.identities if n not in data["identity_names"]]
+            raise CheckpointError(f"{ckpt_path} was trained on identities {list(data['identity_names'])}; --data now has "
+                                  f"{dataset.identities} (missing: {gone}, new: {extra}); resume with the same data")
+        if model.frame_identity.numel() != dataset.num_frames("train"):
+            raise CheckpointError(f"{ckpt_path} has {model.frame_identity.numel()} frame codes but the data has "
+                                  f"{dataset.num_frames('train')} training frames; resume with the same data")
+    else:
+        model = build_model(cfg, dataset)
+    (out / CONFIG_NAME).write_text(dump_config(cfg))
+    sampler = RaySampler(dataset, "train", **asdict(cfg.sampler))
+    occ_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+    codes = [model.identity_codes.weight, model.frame_codes.weight]
+    code_ids = {id(p) for p in codes}
+    field_params = [p for p in model.parameters() if id(p) not in code_ids]
+    base_lrs = [cfg.train.lr, cfg.train.code_lr]
+    optimizer = _optimizer([dict(params=field_params, lr=base_lrs[0]), dict(params=codes, lr=base_lrs[1])])
+
+    def payload() -> dict:
+        return dict(format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
+                    identity_names=list(model.identity_names), expression_dim=model.expression_dim,
+                    data_paths=paths, model=model.state_dict(), optimizer=optimizer.state_dict(), step=loop.step,
+                    seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state())
+
+    loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, None)
+    resumed = 0
+    if data is not None:
+        try:
+            optimizer.load_state_dict(data["optimizer"])
+            _restore_state(sampler, data["sampler"])
+            occ_gen.set_state(data["occ_generator"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{ckpt_path}: cannot restore the training state: {exc}") from None
+        loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
+        resumed = loop.step
+        _truncate_log(loop.log, loop.step)
+    elif loop.log.exists():
+        loop.log.unlink()  # a log without a checkpoint belongs to a run that never saved: start it again
+    loop.run(optimizer, base_lrs, cfg.train.steps, cfg.train.steps, cfg.train.max_seconds, "train", cfg.train.steps)
+    loop.checkpoint()
+    model.eval()
+    return TrainResult(out, loop.step, loop.seconds, loop.loss, loop.psnr, resumed, model)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Personalisation
+
+
+def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
+                steps: Optional[int] = None, max_seconds: Optional[float] = None,
+                progress: Optional[ProgressFn] = None) -> TrainResult:
+    """Add the identities of ``data_paths`` (a short clip each: their ``train`` split) to a trained generic model.
+
+    Two phases: first only the new identity codes and frame codes are optimised (``train.personalize_code_fraction``
+    of the steps; the shared field is frozen, so the new person is placed in the learned identity space), then
+    everything is fine-tuned with the shared weights at ``train.personalize_lr_factor`` times their learning rate.
+    The occupancy grid keeps what it learned and is updated from the new identities' conditions (without the
+    all-cells warm-up). The result is a full run in ``out_dir`` (all identities, old and new), loadable with
+    :func:`load_run`; rerunning with the same ``out_dir`` resumes.
+
+    Args:
+        generic_run: folder of a run made by :func:`train`.
+        data_paths: identity folders of the new identities (names must be new to the model).
+        out_dir: the new run folder.
+        steps: total personalisation steps (default ``train.personalize_steps`` of the generic run's config).
+        max_seconds: time limit in training seconds (default none).
+        progress: as for :func:`train`.
+    """
+    cfg, model, meta = load_run(generic_run)
+    steps = int(steps if steps is not None else cfg.train.personalize_steps)
+    cfg = replace(cfg, train=replace(cfg.train, personalize_steps=steps, max_seconds=max_seconds))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [str(Path(p)) for p in ([data_paths] if isinstance(data_paths, (str, Path)) else data_paths)]
+    dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
+    if dataset.expression_dim != model.expression_dim:
+        raise DatasetError(f"the new identities have expressions of length {dataset.expression_dim} but the generic model "
+                           f"({generic_run}) was trained with length {model.expression_dim}")
+    clash = [n for n in dataset.identities if n in model.identity_names]
+    if clash:
+        raise ValueError(f"identities {clash} are already in the generic model {generic_run}; personalisation adds new ones")
+    table = dataset.table("train")
+    first_id = model.num_identities
+    ckpt_path = out / CHECKPOINT_NAME
+    data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if data is not None:
+        _, model = _model_from_checkpoint(data, ckpt_path)
+        if list(data["identity_names"])[first_id:] != dataset.identities:
+            raise CheckpointError(f"{ckpt_path} personalised {list(data['identity_names'])[first_id:]}, not {dataset.identities}")
+        first_frame = model.frame_identity.numel() - len(table)
+    else:
+        first_frame = model.add_identities(dataset.identities, torch.from_numpy(table.identity) + first_id)
+    (out / CONFIG_NAME).write_text(dump_config(cfg))
+    sampler_cfg = replace(cfg.sampler, seed=cfg.sampler.seed + 1)
+    sampler = RaySampler(dataset, "train", **asdict(sampler_cfg))
+    occ_gen = torch.Generator().manual_seed(cfg.train.seed + 2)
+    code_steps = int(round(steps * cfg.train.personalize_code_fraction))
+    codes = [model.identity_codes.weight, model.frame_codes.weight]
+    code_ids = {id(p) for p in codes}
+    field_params = [p for p in model.parameters() if id(p) not in code_ids]
+
+    state = dict(optimizer=None, phase="codes")
+
+    def payload() -> dict:
+        return dict(format=FORMAT, version=FORMAT_VERSION, kind="personalize", config_yaml=dump_config(cfg),
+                    identity_names=list(model.identity_names), expression_dim=model.expression_dim,
+                    data_paths=list(meta["data_paths"]) + paths, generic_run=str(generic_run),
+                    model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
+                    seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state())
+
+    loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, 0, identity_offset=first_id,
+                 frame_offset=first_frame)
+    restore = None
+    if data is not None:
+        loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
+        _restore_state(sampler, data["sampler"])
+        occ_gen.set_state(data["occ_generator"])
+        restore = data["optimizer"]
+        _truncate_log(loop.log, loop.step)
+    elif loop.log.exists():
+        loop.log.unlink()
+    resumed = loop.step
+    restore_phase = str(data.get("phase", "codes")) if data is not None else None
+    if loop.step < code_steps:
+        for p in field_params:
+            p.requires_grad_(False)
+        opt = _optimizer([dict(params=codes, lr=cfg.train.code_lr)])
+        state["optimizer"], state["phase"] = opt, "codes"
+        if restore is not None and restore_phase == "codes":
+            opt.load_state_dict(restore)
+        loop.run(opt, [cfg.train.code_lr], code_steps, steps, max_seconds, "codes", steps)
+        for p in field_params:
+            p.requires_grad_(True)
+    if loop.step >= code_steps:  # not when the time limit stopped the first phase
+        lrs = [cfg.train.lr * cfg.train.personalize_lr_factor, cfg.train.code_lr]
+        opt = _optimizer([dict(params=field_params, lr=lrs[0]), dict(params=codes, lr=lrs[1])])
+        state["optimizer"], state["phase"] = opt, "all"
+        if restore is not None and restore_phase == "all":
+            opt.load_state_dict(restore)
+        loop.run(opt, lrs, steps, steps, max_seconds, "all", steps)
+    loop.checkpoint()
+    model.eval()
+    return TrainResult(out, loop.step, loop.seconds, loop.loss, loop.psnr, resumed, model)

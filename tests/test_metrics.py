@@ -1,0 +1,151 @@
+"""Metrics against hand-computed values, a direct per-window SSIM, and scikit-image where installed."""
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastminerf.metrics import (
+    PSNR_MAX_DB,
+    SSIM_K1,
+    SSIM_K2,
+    SSIM_SIGMA,
+    SSIM_WINDOW,
+    MetricUnavailable,
+    l1,
+    lpips,
+    lpips_status,
+    psnr,
+    ssim,
+)
+
+EXACT = 1e-12
+"""Float64 arithmetic on small images: only round-off separates two evaluations of the same formula."""
+
+SKIMAGE_TOL = 1e-9
+"""skimage filters with scipy (reflect padding, then crops the border): the same sums in another order."""
+
+HAS_SKIMAGE = importlib.util.find_spec("skimage") is not None
+
+
+def _rng_images(seed, shape):
+    g = np.random.default_rng(seed)
+    return g.random(shape), g.random(shape)
+
+
+def test_psnr_hand_values():
+    a = torch.zeros(4, 5, 3)
+    assert psnr(a, torch.full((4, 5, 3), 0.1)).item() == pytest.approx(20.0, abs=1e-6)  # MSE 0.01
+    b = torch.zeros(4, 5, 3)
+    b[0, 0, 0] = 1.0  # MSE = 1 / 60
+    assert psnr(a, b).item() == pytest.approx(10 * math.log10(60.0), abs=EXACT)
+    assert psnr(a, a).item() == PSNR_MAX_DB
+
+
+def test_psnr_batch_is_per_image():
+    p, t = _rng_images(0, (3, 8, 9, 3))
+    batch = psnr(p, t)
+    assert batch.shape == (3,)
+    for k in range(3):
+        mse = np.mean((p[k] - t[k]) ** 2)
+        assert batch[k].item() == pytest.approx(-10 * math.log10(mse), abs=EXACT)
+
+
+def test_l1_hand_values():
+    p = np.zeros((2, 2, 3))
+    t = np.zeros((2, 2, 3))
+    t[0, 0] = [0.3, 0.6, 0.9]  # sum 1.8 over 12 values
+    assert l1(p, t).item() == pytest.approx(0.15, abs=EXACT)
+    assert l1(torch.tensor(p), torch.tensor(t)).item() == pytest.approx(0.15, abs=EXACT)
+
+
+def test_ssim_identical_and_constant_images():
+    p, _ = _rng_images(1, (16, 16, 3))
+    assert ssim(p, p).item() == pytest.approx(1.0, abs=EXACT)
+    # Constant images: variances and covariance vanish, SSIM = (2ab + C1) / (a^2 + b^2 + C1).
+    a, b = 0.2, 0.6
+    c1 = SSIM_K1**2
+    want = (2 * a * b + c1) / (a * a + b * b + c1)
+    got = ssim(np.full((12, 14, 3), a), np.full((12, 14, 3), b)).item()
+    assert got == pytest.approx(want, abs=EXACT)
+
+
+def _ssim_windows(p, t):
+    """Wang et al. written out: every valid window position, explicit weighted sums (H, W, C) -> float."""
+    r = SSIM_WINDOW // 2
+    x = np.arange(SSIM_WINDOW) - r
+    g = np.exp(-(x**2) / (2 * SSIM_SIGMA**2))
+    w = np.outer(g, g)
+    w /= w.sum()
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    h, wd, ch = p.shape
+    vals = []
+    for c in range(ch):
+        for i in range(r, h - r):
+            for j in range(r, wd - r):
+                a = p[i - r : i + r + 1, j - r : j + r + 1, c]
+                b = t[i - r : i + r + 1, j - r : j + r + 1, c]
+                ma, mb = (w * a).sum(), (w * b).sum()
+                va = (w * (a - ma) ** 2).sum()
+                vb = (w * (b - mb) ** 2).sum()
+                cov = (w * (a - ma) * (b - mb)).sum()
+                vals.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_matches_per_window_definition():
+    p, t = _rng_images(2, (14, 13, 3))
+    t = 0.5 * p + 0.5 * t  # correlated, so that the covariance term matters
+    assert ssim(p, t).item() == pytest.approx(_ssim_windows(p, t), abs=1e-10)
+
+
+def test_ssim_batch_and_float32():
+    p, t = _rng_images(3, (2, 20, 24, 3))
+    batch = ssim(torch.tensor(p, dtype=torch.float32), torch.tensor(t, dtype=torch.float32))
+    assert batch.shape == (2,)
+    for k in range(2):
+        # float32 inputs are converted exactly to float64, so only the input rounding differs.
+        want = ssim(p[k].astype(np.float32).astype(np.float64), t[k].astype(np.float32).astype(np.float64))
+        assert batch[k].item() == pytest.approx(want.item(), abs=EXACT)
+
+
+@pytest.mark.skipif(not HAS_SKIMAGE, reason="scikit-image not installed")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ssim_matches_skimage(seed):
+    from skimage.metrics import structural_similarity
+
+    p, t = _rng_images(seed, (33, 40, 3))
+    t = np.clip(p + 0.15 * (t - 0.5), 0, 1)  # a noisy copy: SSIM well inside (0, 1)
+    want = structural_similarity(
+        p, t, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=SSIM_SIGMA, use_sample_covariance=False
+    )
+    assert 0.2 < want < 0.99
+    assert ssim(p, t).item() == pytest.approx(want, abs=SKIMAGE_TOL)
+
+
+@pytest.mark.skipif(not HAS_SKIMAGE, reason="scikit-image not installed")
+def test_psnr_matches_skimage():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    p, t = _rng_images(4, (10, 12, 3))
+    assert psnr(p, t).item() == pytest.approx(peak_signal_noise_ratio(t, p, data_range=1.0), abs=1e-9)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(np.zeros((4, 4, 3)), np.zeros((4, 5, 3)))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)))
+    with pytest.raises(ValueError, match="float"):
+        l1(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8))
+
+
+def test_lpips_never_downloads():
+    ok, why = lpips_status()
+    assert isinstance(why, str) and why
+    if not ok:
+        with pytest.raises(MetricUnavailable, match="LPIPS unavailable"):
+            lpips(np.zeros((16, 16, 3)), np.zeros((16, 16, 3)))
+    assert lpips_status("nope")[0] is False

@@ -1,0 +1,272 @@
+"""The MI-NeRF model and its training loop on a tiny procedural dataset (tiny preset, seconds each)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastminerf import (
+    CheckpointError,
+    ConcatConditioning,
+    ConfigError,
+    MINeRF,
+    MultiplicativeConditioning,
+    dump_config,
+    frame_rays,
+    load_config,
+    load_dataset,
+    load_run,
+    personalize,
+    spherical_harmonics,
+    train,
+)
+from fastminerf.config import parse_config_text
+from fastminerf.data.synth import generate
+
+SH_ORTHONORMAL_TOL = 0.05
+"""Monte-Carlo estimate of the SH Gram matrix from 200k uniform directions: its standard error is ~1/sqrt(200k)
+times the largest basis value squared (< 3), so 0.05 leaves a wide margin while catching a wrong constant (>= 10%)."""
+
+LOSS_DROP_FACTOR = 0.8
+"""The mean MSE of the last logging window must be below this times the first window's (40 tiny steps reach about
+0.5x on the tiny set; 0.8 catches a loop that does not learn)."""
+
+CHUNK_RENDER_TOL = 1e-5
+"""Chunked and unchunked rendering run the same float32 kernels on the same samples; only the order of MLP batched
+reductions differs."""
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_heads")
+    generate(root, n_identities=3, n_frames=8, size=20, seed=3, novel_frames=1)
+    return root
+
+
+def _identity_dirs(root, names):
+    return [root / n for n in names]
+
+
+def _two(tiny_data):
+    return sorted(p for p in tiny_data.iterdir() if p.is_dir())[:2]
+
+
+def _log(run):
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _frame_mse(model, dataset, index, frame_code=None):
+    batch = frame_rays(dataset, "train", index)
+    with torch.no_grad():
+        fc = batch.frame if frame_code is None else frame_code
+        out = model.render_batch(batch, frame_code=fc)
+    return float(torch.mean((out["rgb"] - batch.rgb) ** 2)), out["rgb"]
+
+
+# ----------------------------------------------------------------------------------------------- modules
+
+
+def test_multiplicative_module_is_the_stated_polynomial():
+    torch.manual_seed(0)
+    mod = MultiplicativeConditioning(expression_dim=3, identity_dim=2, out_dim=4, degree=2)
+    e, i = torch.randn(5, 3), torch.randn(5, 2)
+    lin = mod.linear
+    expected = (e @ mod.A.weight.T) * (i @ mod.B.weight.T) + torch.cat([e, i], 1) @ lin.weight.T + lin.bias
+    torch.testing.assert_close(mod(e, i), expected)
+
+
+def test_concat_has_no_product_term_and_multiplicative_has_one():
+    """An affine map of [e, i] satisfies m(e1,i1) + m(e2,i2) == m(e1,i2) + m(e2,i1); the product term breaks it."""
+    torch.manual_seed(0)
+    e1, e2, i1, i2 = torch.randn(1, 3), torch.randn(1, 3), torch.randn(1, 2), torch.randn(1, 2)
+    cat = ConcatConditioning(3, 2, 4)
+    torch.testing.assert_close(cat(e1, i1) + cat(e2, i2), cat(e1, i2) + cat(e2, i1))
+    mul = MultiplicativeConditioning(3, 2, 4)
+    gap = (mul(e1, i1) + mul(e2, i2) - mul(e1, i2) - mul(e2, i1)).abs().max()
+    assert gap > 1e-3
+
+
+def test_spherical_harmonics_are_orthonormal():
+    g = torch.Generator().manual_seed(0)
+    d = torch.nn.functional.normalize(torch.randn(200_000, 3, generator=g, dtype=torch.float64), dim=1)
+    y = spherical_harmonics(d, 4)
+    gram = 4 * math.pi * (y.T @ y) / d.shape[0]
+    assert torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=SH_ORTHONORMAL_TOL)
+
+
+def test_add_identities_keeps_old_codes_and_grows_memory_by_codes_only():
+    cfg = load_config("tiny").model
+    model = MINeRF(cfg, 12, ["a", "b"], [0, 0, 1])
+    shared = sum(p.numel() for n, p in model.named_parameters() if "codes" not in n)
+    old = model.identity_codes.weight.detach().clone()
+    first = model.add_identities(["c"], [2, 2])
+    assert first == 3 and model.identity_names == ["a", "b", "c"]
+    torch.testing.assert_close(model.identity_codes.weight[:2], old)
+    torch.testing.assert_close(model.identity_codes.weight[2], old.mean(0))
+    assert sum(p.numel() for n, p in model.named_parameters() if "codes" not in n) == shared
+    with pytest.raises(ValueError, match="already known"):
+        model.add_identities(["a"])
+    with pytest.raises(KeyError, match="unknown identity 'zed'"):
+        model.identity_index("zed")
+
+
+def test_chunked_inference_matches_one_pass(tiny_data):
+    cfg = load_config("tiny", ["model.chunk_rays=64"])
+    data = load_dataset(_two(tiny_data))
+    from fastminerf import build_model
+
+    model = build_model(cfg, data).eval()
+    batch = frame_rays(data, "train", 0)
+    with torch.no_grad():
+        chunked = model.render_batch(batch, frame_code=batch.frame)
+        model.cfg = cfg.model.__class__(**{**cfg.model.__dict__, "chunk_rays": 10**6})
+        whole = model.render_batch(batch, frame_code=batch.frame)
+    assert len(batch) > 64
+    torch.testing.assert_close(chunked["rgb"], whole["rgb"], atol=CHUNK_RENDER_TOL, rtol=0)
+    assert torch.equal(chunked["samples"], whole["samples"])
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run_mul")
+    cfg = load_config("tiny")
+    result = train(cfg, _two(tiny_data), run)
+    return run, result
+
+
+def test_training_decreases_loss_and_beats_constant_colour(tiny_data, trained):
+    run, result = trained
+    log = _log(run)
+    assert [r["step"] for r in log] == list(range(5, 41, 5))
+    first, last = log[0], log[-1]
+    assert 10 ** (-last["psnr"] / 10) < LOSS_DROP_FACTOR * 10 ** (-first["psnr"] / 10)
+    for key in ("seconds", "loss", "psnr", "rays_per_s", "samples_per_ray"):
+        assert math.isfinite(last[key])
+    data = load_dataset(_two(tiny_data))
+    table = data.table("train")
+    pixels = np.stack([data.image("train", b) for b in range(len(table))]).astype(np.float64) / 255
+    constant_mse = float(((pixels - pixels.reshape(-1, 3).mean(0)) ** 2).mean())
+    model_mse = np.mean([_frame_mse(result.model, data, b)[0] for b in range(len(table))])
+    assert model_mse < constant_mse, (model_mse, constant_mse)
+
+
+def test_checkpoint_round_trip_renders_the_same_image(tiny_data, trained):
+    run, result = trained
+    cfg, model, meta = load_run(run)
+    assert meta["step"] == 40 and meta["identity_names"] == result.model.identity_names
+    assert cfg == load_config("tiny")
+    data = load_dataset(_two(tiny_data))
+    for frame_code in (None, torch.tensor([1] * 400)):
+        _, a = _frame_mse(result.model, data, 1, frame_code)
+        _, b = _frame_mse(model, data, 1, frame_code)
+        assert torch.equal(a, b)
+
+
+def test_resume_continues_from_the_same_step_and_matches_uninterrupted(tiny_data, tmp_path):
+    cfg = load_config("tiny", ["train.steps=10", "train.checkpoint_every=3", "train.log_every=1"])
+    straight = train(cfg, _two(tiny_data), tmp_path / "straight")
+
+    def interrupt(record):  # killed during step 8, after the checkpoint of step 6
+        if record["step"] == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, _two(tiny_data), tmp_path / "resumed", progress=interrupt)
+    assert load_run(tmp_path / "resumed")[2]["step"] == 6
+    again = train(cfg, _two(tiny_data), tmp_path / "resumed")
+    assert again.resumed_from == 6 and again.step == 10
+    a, b = straight.model.state_dict(), again.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["step"] for r in _log(tmp_path / "resumed")] == list(range(1, 11))
+    assert [r["loss"] for r in _log(tmp_path / "resumed")] == [r["loss"] for r in _log(tmp_path / "straight")]
+
+
+def test_concat_and_multiplicative_both_train(tiny_data, tmp_path, trained):
+    cfg = load_config("tiny", ["model.field.conditioning=concat"])
+    result = train(cfg, _two(tiny_data), tmp_path / "concat")
+    log = _log(tmp_path / "concat")
+    assert 10 ** (-log[-1]["psnr"] / 10) < LOSS_DROP_FACTOR * 10 ** (-log[0]["psnr"] / 10)
+    assert isinstance(result.model.field.conditioning, ConcatConditioning)
+    assert isinstance(trained[1].model.field.conditioning, MultiplicativeConditioning)
+
+
+def test_personalize_adds_an_identity_without_touching_shared_size(tiny_data, trained, tmp_path):
+    run, _ = trained
+    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
+    result = personalize(run, [new], tmp_path / "pers", steps=10)
+    _, model, meta = load_run(tmp_path / "pers")
+    assert meta["identity_names"][-1] == new.name and len(meta["identity_names"]) == 3
+    assert meta["kind"] == "personalize" and result.step == 10
+    phases = [r["phase"] for r in _log(tmp_path / "pers")]
+    assert phases[0] == "codes" and phases[-1] == "all"
+    with pytest.raises(ValueError, match="already in the generic model"):
+        personalize(run, [_two(tiny_data)[0]], tmp_path / "pers2", steps=2)
+
+
+# ----------------------------------------------------------------------------------------------- bad inputs
+
+
+def test_unknown_config_key_names_it_and_close_matches():
+    with pytest.raises(ConfigError, match=r"model\.field\.conditionin'.*model\.field\.conditioning"):
+        load_config("tiny", ["model.field.conditionin=concat"])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config("tiny", ["train.steps=many"])
+    with pytest.raises(ConfigError, match="unknown config preset 'huge'"):
+        load_config("huge")
+    cfg = load_config("cpu", ["model.field.conditioning=concat", "train.max_seconds=none"])
+    assert parse_config_text(dump_config(cfg)) == cfg and cfg.train.max_seconds is None
+
+
+def test_bad_conditioning_name_is_rejected():
+    with pytest.raises(ValueError, match="multiplicative' or 'concat'"):
+        MINeRF(load_config("tiny", ["model.field.conditioning=sum"]).model, 12, ["a"], [0])
+
+
+def test_expression_length_mismatch_is_a_clear_error(trained):
+    model = trained[1].model
+    n = 4
+    rays = dict(origins=torch.zeros(n, 3), directions=torch.tensor([[0.0, 0.0, 1.0]]).repeat(n, 1),
+                near=torch.zeros(n), far=torch.ones(n), identity=torch.zeros(n, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"expression must have shape \(N, 12\)"):
+        model.render_rays(**rays, expression=torch.zeros(n, 5))
+    with pytest.raises(IndexError, match="identity id outside"):
+        model.render_rays(**{**rays, "identity": torch.full((n,), 7)}, expression=torch.zeros(n, 12))
+
+
+def test_corrupt_checkpoint_names_the_file(trained, tmp_path):
+    run, _ = trained
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    raw = (run / "checkpoint.pt").read_bytes()
+    (bad / "checkpoint.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match=str(bad / "checkpoint.pt")):
+        load_run(bad)
+    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt or not a checkpoint"):
+        load_run(bad)
+    torch.save({"weights": torch.zeros(3)}, bad / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="not a fastminerf checkpoint"):
+        load_run(bad)
+
+
+def test_resume_with_a_missing_identity_is_refused(tiny_data, trained):
+    run, _ = trained
+    with pytest.raises(CheckpointError, match="missing"):
+        train(load_config("tiny"), _two(tiny_data)[:1], run)
+
+
+def test_cli_train_then_resume(tiny_data, tmp_path):
+    from fastminerf.cli import main
+
+    args = ["train", "--data", *map(str, _two(tiny_data)), "--out", str(tmp_path / "r"), "--config", "tiny", "--steps", "4"]
+    assert main(args) == 0
+    assert main(args[:-1] + ["6"]) == 0
+    assert _log(tmp_path / "r")[-1]["step"] == 6
+    assert main(args + ["--set", "model.field.hidden_dm=3"]) == 2

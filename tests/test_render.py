@@ -1,0 +1,295 @@
+"""Rendering, transfer, orbits, video writing and evaluation.
+
+The model-independent parts run against an *oracle*: the procedural head generator itself wrapped in the
+model interface (``render_rays(...) -> {"rgb"}``, ``identity_names``). Rendering and evaluating a synthetic
+split with the oracle must reproduce the stored frames up to their 8-bit rounding, which checks cameras,
+pixel order, backgrounds, identity mapping and the metric plumbing on real pixels.
+"""
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from fastminerf.data import HeadModel, HeadParams, load_dataset
+from fastminerf.data.synth import generate
+from fastminerf.render import (
+    CameraPath,
+    RenderError,
+    drive_path,
+    evaluate,
+    expression_transfer,
+    identity_id,
+    look_at_point,
+    neutral_frame,
+    orbit_cameras,
+    orbit_path,
+    render_frame,
+    render_sequence,
+    render_video,
+    side_by_side,
+    write_video,
+)
+
+SIZE = 24
+"""Frame size of the test dataset: the smallest comfortably above SSIM's 11-pixel window."""
+
+ORACLE_MIN_PSNR = 45.0
+"""The oracle re-traces the generator's exact rays; the stored frames are rounded to 8 bits (about 59 dB on
+their own), and silhouette pixels may flip where the sphere tracer lands within its tolerance. 45 dB
+leaves room for a few flipped pixels while any camera, pixel-order or background error costs > 20 dB."""
+
+
+class Oracle(torch.nn.Module):
+    """The generator's heads in the model interface: exact colours, hard silhouettes over the background."""
+
+    def __init__(self, identity_dirs, names=None):
+        super().__init__()
+        self.heads = []
+        for d in identity_dirs:
+            params = json.loads((Path(d) / "synth_identity.json").read_text())["params"]
+            self.heads.append(HeadModel(HeadParams.from_json(params)))
+        self.identity_names = list(names) if names is not None else [Path(d).name for d in identity_dirs]
+        self.calls = []
+
+    def render_rays(self, origins, directions, near, far, identity, expression, frame_code=None, background=None):
+        self.calls.append(dict(n=origins.shape[0], frame=frame_code, near=near, far=far))
+        rgb = background.clone()
+        hit_all = torch.zeros(origins.shape[0])
+        for k in identity.unique().tolist():
+            sel = torch.nonzero(identity == k).squeeze(1)
+            c, hit, _ = self.heads[k].render_rays(origins[sel], directions[sel], expression[sel], pixel_angle=1.0 / (1.65 * SIZE))
+            rgb[sel[hit]] = c[hit]
+            hit_all[sel] = hit.float()
+        return {"rgb": rgb, "opacity": hit_all}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    dirs = generate(root, n_identities=2, n_frames=6, size=SIZE, novel_frames=2, val_fraction=0.34)
+    return root, dirs
+
+
+@pytest.fixture(scope="module")
+def data(synth):
+    return load_dataset([synth[0]], splits=("train", "val", "novel"))
+
+
+# ------------------------------------------------------------------------------------------- transfer math
+
+
+def test_expression_transfer_delta_and_absolute():
+    tn = np.array([0.1, -0.2, 0.0])
+    dn = np.array([0.3, 0.1, 0.5])
+    drv = np.array([[0.3, 0.1, 0.5], [1.0, 0.0, 0.2]])
+    delta = expression_transfer(tn, dn, drv, "delta")
+    np.testing.assert_allclose(delta[0], tn, atol=1e-7)  # the driver at rest -> the target at rest
+    np.testing.assert_allclose(delta[1], [0.1 + 0.7, -0.2 - 0.1, 0.0 - 0.3], atol=1e-7)
+    np.testing.assert_array_equal(expression_transfer(tn, dn, drv, "absolute"), drv.astype(np.float32))
+    assert delta.dtype == np.float32 and delta.shape == (2, 3)
+
+
+def test_expression_transfer_bad_inputs():
+    with pytest.raises(RenderError, match="unknown transfer mode 'sideways'"):
+        expression_transfer(np.zeros(2), np.zeros(2), np.zeros((1, 2)), "sideways")
+    with pytest.raises(RenderError, match="E=3.*target neutral 2"):
+        expression_transfer(np.zeros(2), np.zeros(3), np.zeros((1, 3)))
+
+
+def test_neutral_frame_is_smallest_norm(data):
+    table = data.table("train")
+    for ident in range(len(data.identities)):
+        frames = table.frames_of(ident)
+        got = neutral_frame(data, ident)
+        norms = np.linalg.norm(table.expression[frames], axis=1)
+        assert got in frames and np.isclose(np.linalg.norm(table.expression[got]), norms.min())
+    assert neutral_frame(data, "id001", index=2) == table.frames_of(1)[2]
+    with pytest.raises(RenderError, match="index 99 out of range"):
+        neutral_frame(data, "id001", index=99)
+    with pytest.raises(RenderError, match="identity 'bob' is not in the dataset"):
+        neutral_frame(data, "bob")
+
+
+def test_drive_path_uses_driver_cameras_and_transferred_expressions(data):
+    path = drive_path(data, "id000", data, "novel", driver_identity="id001", mode="delta")
+    nov = data.table("novel")
+    frames = nov.frames_of(1)
+    assert len(path) == frames.size and (path.width, path.height) == (SIZE, SIZE)
+    np.testing.assert_array_equal(path.c2w, nov.c2w[frames])
+    train = data.table("train")
+    tn = train.expression[neutral_frame(data, 0)]
+    dn = train.expression[neutral_frame(data, 1)]
+    np.testing.assert_allclose(path.expression, tn + nov.expression[frames] - dn, atol=1e-6)
+    absolute = drive_path(data, "id000", data, "novel", driver_identity="id001", mode="absolute")
+    np.testing.assert_array_equal(absolute.expression, nov.expression[frames])
+    with pytest.raises(RenderError, match="holds 2 identities"):
+        drive_path(data, "id000", data, "novel")
+    with pytest.raises(RenderError, match="driver split 'test' is not loaded"):
+        drive_path(data, "id000", data, "test", driver_identity="id001")
+    with pytest.raises(RenderError, match="identity 'carol' is not in the dataset"):
+        drive_path(data, "carol", data, "novel", driver_identity="id001")
+
+
+# ---------------------------------------------------------------------------------------------- cameras
+
+
+def test_orbit_cameras_look_at_the_centre():
+    centre = np.array([0.05, 0.1, -0.02])
+    cams = orbit_cameras(12, 3.5, yaw_deg=30, pitch_deg=10, look_at=centre).astype(np.float64)
+    assert cams.shape == (12, 4, 4)
+    for c in cams:
+        r, t = c[:3, :3], c[:3, 3]
+        np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-6)
+        assert np.linalg.det(r) == pytest.approx(1.0, abs=1e-6)
+        assert np.linalg.norm(t - centre) == pytest.approx(3.5, abs=1e-5)
+        forward = -r[:, 2]
+        np.testing.assert_allclose(forward, (centre - t) / np.linalg.norm(centre - t), atol=1e-6)
+    # Frame 0 is frontal (+z), with +y up; the sweep reaches +-30 degrees of yaw.
+    np.testing.assert_allclose(cams[0, :3, :3], np.eye(3), atol=1e-6)
+    yaws = np.degrees(np.arctan2(cams[:, 0, 3] - centre[0], cams[:, 2, 3] - centre[2]))
+    assert yaws.max() == pytest.approx(30.0, abs=1e-3) and yaws.min() == pytest.approx(-30.0, abs=1e-3)
+    # Around the origin every axis passes through it; around an offset centre the nearest-to-origin points
+    # stay within the centre's size of it.
+    np.testing.assert_allclose(look_at_point(orbit_cameras(12, 3.5)), 0.0, atol=1e-6)
+    assert np.linalg.norm(look_at_point(cams) - centre) < np.linalg.norm(centre)
+
+
+def test_orbit_path_frames_the_identity(data):
+    path = orbit_path(data, "id001", n_frames=5)
+    assert len(path) == 5 and (path.width, path.height) == (SIZE, SIZE)
+    table = data.table("train")
+    np.testing.assert_array_equal(path.expression[3], table.expression[neutral_frame(data, 1)])
+    # The synthetic cameras aim at (0, 0.1, 0) with up to 0.04 of sideways shift (and a nod of < 12 degrees).
+    np.testing.assert_allclose(look_at_point(table.c2w[table.frames_of(1)]), [0, 0.1, 0], atol=0.05)
+
+
+# ------------------------------------------------------------------------------------------------- video
+
+
+def _frames(n, h, w):
+    y, x = np.mgrid[0:h, 0:w]
+    return [np.stack([x / w, y / h, np.full((h, w), k / n)], axis=2).astype(np.float32) for k in range(n)]
+
+
+VIDEO_MEAN_ERROR = 6.0
+"""Mean absolute difference (of 255) allowed between smooth gradients and their H.264/yuv420p round trip:
+chroma subsampling and quantisation, not a wrong frame (a frame mix-up or transposition costs > 30)."""
+
+
+@pytest.mark.parametrize("h,w", [(32, 48), (21, 31)])
+def test_write_video_reads_back(tmp_path, h, w):
+    import imageio_ffmpeg
+
+    frames = _frames(7, h, w)
+    info = write_video(iter(frames), tmp_path / "sub" / "v.mp4", fps=10, png_dir=tmp_path / "png")
+    assert (info.n_frames, info.width, info.height) == (7, w, h)
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "sub" / "v.mp4"))
+    meta = reader.__next__()
+    ew, eh = w + w % 2, h + h % 2
+    assert tuple(meta["size"]) == (ew, eh)
+    got = [np.frombuffer(f, np.uint8).reshape(eh, ew, 3) for f in reader]
+    assert len(got) == 7
+    for g, f in zip(got, frames):
+        ref = np.rint(f * 255)
+        assert np.abs(g[:h, :w].astype(float) - ref).mean() < VIDEO_MEAN_ERROR
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{k:05d}.png" for k in range(7)]
+    np.testing.assert_array_equal(iio.imread(pngs[3]), np.rint(frames[3] * 255).astype(np.uint8))
+
+
+def test_write_video_bad_inputs(tmp_path):
+    with pytest.raises(RenderError, match="no frames"):
+        write_video([], tmp_path / "a.mp4")
+    with pytest.raises(RenderError, match="frame 1 is 8x8, the video is 10x10"):
+        write_video([np.zeros((10, 10, 3)), np.zeros((8, 8, 3))], tmp_path / "b.mp4")
+
+
+# ---------------------------------------------------------------------------------- rendering with oracle
+
+
+def test_render_frame_reproduces_ground_truth(synth, data):
+    oracle = Oracle(synth[1])
+    for split, index in (("train", 1), ("val", 3)):
+        img = render_frame(oracle, data, split, index)
+        truth = data.image(split, index).astype(np.float32) / 255.0
+        assert img.shape == (SIZE, SIZE, 3)
+        err = np.abs(img - truth)
+        mse = float((err**2).mean())
+        assert -10 * np.log10(max(mse, 1e-12)) > ORACLE_MIN_PSNR
+    # Frames get the model's default code unless asked for the training-frame codes.
+    assert all(c["frame"] is None for c in oracle.calls)
+    render_frame(oracle, data, "train", 1, use_frame_codes=True)
+    assert oracle.calls[-1]["frame"].tolist() == [1] * SIZE * SIZE
+
+
+def test_identity_mapping_is_by_name(synth, data):
+    swapped = Oracle(synth[1][::-1])  # the model's id 0 is 'id001'
+    assert identity_id(swapped, "id001") == 0
+    img = render_frame(swapped, data, "val", 0)
+    truth = data.image("val", 0).astype(np.float32) / 255.0
+    assert -10 * np.log10(float(((img - truth) ** 2).mean())) > ORACLE_MIN_PSNR
+    with pytest.raises(RenderError, match="unknown identity 'zed'"):
+        identity_id(swapped, "zed")
+
+
+def test_evaluate_with_oracle_and_a_wrong_model(synth, data, tmp_path):
+    res = evaluate(Oracle(synth[1]), data, "val", out_dir=tmp_path / "ev")
+    assert set(res["identities"]) == {"id000", "id001"}
+    for name, m in res["identities"].items():
+        assert m["frames"] == len(data.table("val").frames_of(data.identities.index(name)))
+        assert m["psnr"] > ORACLE_MIN_PSNR and m["ssim"] > 0.99 and m["l1"] < 2.0 / 255
+    mean_psnr = np.mean([m["psnr"] for m in res["identities"].values()])
+    assert res["mean"]["psnr"] == pytest.approx(mean_psnr)
+    on_disk = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert on_disk["mean"] == pytest.approx(res["mean"])
+    sbs = sorted((tmp_path / "ev" / "side_by_side" / "id000").glob("*.png"))
+    assert len(sbs) == res["identities"]["id000"]["frames"]
+    assert iio.imread(sbs[0]).shape == (SIZE, 3 * SIZE, 3)
+    # A model that renders the other person: the same plumbing must report it as much worse.
+    wrong = Oracle(synth[1], names=["id001", "id000"])
+    bad = evaluate(wrong, data, "val")
+    assert bad["mean"]["psnr"] < res["mean"]["psnr"] - 10
+    with pytest.raises(RenderError, match="unknown identity 'id001'"):
+        evaluate(Oracle(synth[1][:1]), data, "val")
+    with pytest.raises(RenderError, match="split 'test' is not loaded"):
+        evaluate(Oracle(synth[1]), data, "test")
+
+
+def test_side_by_side_panels():
+    p = np.zeros((4, 5, 3), np.float32)
+    t = np.full((4, 5, 3), 0.1, np.float32)
+    img = side_by_side(p, t)
+    assert img.shape == (4, 15, 3) and img.dtype == np.uint8
+    assert (img[:, :5] == 0).all() and (img[:, 5:10] == 26).all()
+    assert (img[:, 10:] == 102).all()  # 4 x 0.1 -> 0.4 -> 102
+
+
+def test_render_video_drives_target(synth, data, tmp_path):
+    import imageio_ffmpeg
+
+    oracle = Oracle(synth[1])
+    path = drive_path(data, "id000", data, "novel", driver_identity="id001", mode="delta")
+    seen = []
+    info = render_video(oracle, path, "id000", tmp_path / "t.mp4", background=data.background(0),
+                        aabb=data.table("train").aabb[0], progress=lambda d, t: seen.append((d, t)))
+    assert info.n_frames == len(path) and seen[-1] == (len(path), len(path))
+    frames = list(imageio_ffmpeg.read_frames(str(tmp_path / "t.mp4")))[1:]
+    assert len(frames) == len(path)
+    # The oracle renders exactly what the generator would: compare with a direct trace of the target head.
+    first = next(render_sequence(oracle, path, 0, background=data.background(0), aabb=data.table("train").aabb[0]))
+    rgb, hit = oracle.heads[0].render_frames(torch.from_numpy(path.c2w[:1]), torch.from_numpy(path.intrinsics[0]),
+                                             SIZE, SIZE, torch.from_numpy(path.expression[:1]))
+    want = np.where(hit[0].numpy()[..., None], rgb[0].numpy(), data.background(0) / 255.0)
+    assert np.abs(first - want).mean() < 1e-3
+    assert hit[0].float().mean() > 0.1  # the head is in the picture
+    with pytest.raises(RenderError, match="exactly one of aabb and near_far"):
+        next(render_sequence(oracle, path, 0))
+
+
+def test_camera_path_checks_shapes():
+    with pytest.raises(RenderError, match="one B"):
+        CameraPath(np.zeros((2, 4, 4)), np.zeros((3, 4)), np.zeros((2, 5)), 8, 8)
