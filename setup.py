@@ -94,6 +94,8 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy", "imageio", "imageio-ffmpeg", "rich", "pyyaml"],
     entry_points={"console_scripts": ["fastminerf=fastminerf.cli:main"]},
+    # the presets, for installs that do not keep the source tree (found by fastminerf.config.CONFIG_DIR)
+    data_files=[("share/fastminerf/configs", sorted(glob.glob("configs/*.yaml")))],
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
 )

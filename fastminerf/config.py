@@ -333,7 +333,17 @@ class ConfigError(ValueError):
     """A config file or override names an unknown key or a value of the wrong type."""
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+def _config_dir() -> Path:
+    """The presets live in the repository's ``configs/``; a non-editable install carries a copy in
+    ``<prefix>/share/fastminerf/configs`` (setup.py's data_files)."""
+    import sys
+
+    source = Path(__file__).resolve().parent.parent / "configs"
+    installed = Path(sys.prefix) / "share" / "fastminerf" / "configs"
+    return source if source.is_dir() or not installed.is_dir() else installed
+
+
+CONFIG_DIR = _config_dir()
 """Folder of the named presets (``tiny``, ``cpu``, ``gpu``)."""
 
 DEFAULT_PRESET = "cpu"
