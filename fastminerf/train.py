@@ -300,7 +300,8 @@ class _Loop:
             window_rays += len(batch)
             window_samples += int(out["samples"].sum())
             window_time += elapsed
-            if self.step % t.log_every == 0 or self.step == until_step:
+            stopping = self.step == until_step or (max_seconds is not None and self.seconds >= max_seconds)
+            if self.step % t.log_every == 0 or stopping:  # the last step is always logged
                 self.psnr = _psnr(float(np.mean(window_mse)))
                 record = dict(step=self.step, seconds=round(self.seconds, 4), loss=self.loss, psnr=self.psnr,
                               rays_per_s=window_rays / max(window_time, 1e-9),
