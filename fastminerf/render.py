@@ -8,7 +8,7 @@ The pieces, each usable alone:
 - :class:`CameraPath`, :func:`drive_path`, :func:`orbit_path`, :func:`orbit_cameras`: what to render, frame by
   frame (cameras, intrinsics, expressions), without a model.
 - :func:`render_rays`, :func:`render_frame`, :func:`render_sequence`: the model applied to rays, one frame or a
-  path, in chunks, without gradients.
+  path, without gradients (the model bounds its own memory: ``MINeRF`` renders in chunks of ``ModelConfig.chunk_rays`` rays).
 - :func:`write_video` (mp4 through imageio-ffmpeg, PNG frames on request), :func:`render_video`.
 - :func:`side_by_side` and :func:`evaluate`: per-identity PSNR, SSIM and L1 (LPIPS where available) and
   prediction | ground truth | error images.
@@ -39,7 +39,6 @@ from .metrics import l1, lpips, lpips_status, psnr, ssim
 
 __all__ = [
     "CameraPath",
-    "DEFAULT_CHUNK",
     "ERROR_GAIN",
     "RenderError",
     "VideoInfo",
@@ -66,8 +65,6 @@ __all__ = [
 PathLike = Union[str, Path]
 ProgressFn = Callable[[int, int], None]
 
-DEFAULT_CHUNK = 16384
-"""Rays rendered at once; bounds memory, does not change pixels."""
 
 ERROR_GAIN = 4.0
 """Factor applied to ``|prediction - truth|`` (mean over channels) in the error panel of :func:`side_by_side`,
@@ -476,9 +473,8 @@ def render_rays(
     expression: torch.Tensor,
     background: torch.Tensor,
     frame: Optional[torch.Tensor] = None,
-    chunk: int = DEFAULT_CHUNK,
 ) -> Dict[str, torch.Tensor]:
-    """Apply ``model.render_rays`` to N rays in chunks of ``chunk``, without gradients.
+    """Apply ``model.render_rays`` to N rays without gradients (the model chunks them to bound its memory).
 
     Args:
         origins, directions: (N, 3) head space, unit directions.
@@ -488,33 +484,28 @@ def render_rays(
         background: (N, 3) colour behind each ray.
         frame: (N,) int64 indices of the model's training frames whose learned codes to use (passed as
             ``frame_code``), or None for the model's default code (frames it was not trained on).
-        chunk: rays per call.
 
     Returns:
-        The model's outputs concatenated over chunks: at least ``rgb (N, 3)``; per-ray tensors only.
+        The model's per-ray outputs on the CPU: at least ``rgb (N, 3)``.
     """
     n = origins.shape[0]
-    outs: Dict[str, List[torch.Tensor]] = {}
     device = _model_device(model)
     with torch.no_grad():
-        for a in range(0, n, max(1, chunk)):
-            b = min(n, a + chunk)
-            res = model.render_rays(
-                origins=origins[a:b].to(device),
-                directions=directions[a:b].to(device),
-                near=near[a:b].to(device),
-                far=far[a:b].to(device),
-                identity=identity[a:b].to(device),
-                expression=expression[a:b].to(device),
-                frame_code=None if frame is None else frame[a:b].to(device),
-                background=background[a:b].to(device),
-            )
-            for k, v in res.items():
-                if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == b - a:
-                    outs.setdefault(k, []).append(v.detach().to("cpu"))
+        res = model.render_rays(
+            origins=origins.to(device),
+            directions=directions.to(device),
+            near=near.to(device),
+            far=far.to(device),
+            identity=identity.to(device),
+            expression=expression.to(device),
+            frame_code=None if frame is None else frame.to(device),
+            background=background.to(device),
+        )
+    outs = {k: v.detach().to("cpu") for k, v in res.items()
+            if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n}
     if "rgb" not in outs:
         raise RenderError("model.render_rays returned no per-ray 'rgb'")
-    return {k: torch.cat(v) for k, v in outs.items()}
+    return outs
 
 
 def _model_device(model) -> torch.device:
@@ -543,7 +534,6 @@ def render_frame(
     index: Optional[int] = None,
     height: Optional[int] = None,
     width: Optional[int] = None,
-    chunk: int = DEFAULT_CHUNK,
     use_frame_codes: bool = False,
     outputs: bool = False,
 ):
@@ -590,7 +580,6 @@ def render_frame(
         rays.expression,
         rays.background,
         frame=rays.frame if use_frame_codes else None,
-        chunk=chunk,
     )
     image = out["rgb"].reshape(height, width, 3).clamp(0, 1).numpy().astype(np.float32)
     if outputs:
@@ -605,7 +594,6 @@ def render_sequence(
     background: Optional[np.ndarray] = None,
     aabb: Optional[Sequence[float]] = None,
     near_far: Optional[Tuple[float, float]] = None,
-    chunk: int = DEFAULT_CHUNK,
     progress: Optional[ProgressFn] = None,
 ) -> Iterator[np.ndarray]:
     """Render every frame of a path for one identity, one frame at a time (a generator).
@@ -642,7 +630,7 @@ def render_sequence(
             near = torch.full((n,), float(near_far[0]))  # type: ignore[index]
             far = torch.full((n,), float(near_far[1]))  # type: ignore[index]
         ex = torch.from_numpy(np.ascontiguousarray(path.expression[b])).float().expand(n, -1)
-        out = render_rays(model, o, d, near, far, ids, ex, bg, frame=None, chunk=chunk)
+        out = render_rays(model, o, d, near, far, ids, ex, bg, frame=None)
         yield out["rgb"].reshape(h, w, 3).clamp(0, 1).numpy().astype(np.float32)
         if progress is not None:
             progress(b + 1, len(path))
@@ -753,11 +741,10 @@ def render_video(
     near_far: Optional[Tuple[float, float]] = None,
     png_dir: Optional[PathLike] = None,
     fps: Optional[float] = None,
-    chunk: int = DEFAULT_CHUNK,
     progress: Optional[ProgressFn] = None,
 ) -> VideoInfo:
     """:func:`render_sequence` streamed into :func:`write_video` (``fps`` defaults to the path's)."""
-    frames = render_sequence(model, path, identity, background, aabb, near_far, chunk, progress)
+    frames = render_sequence(model, path, identity, background, aabb, near_far, progress)
     return write_video(frames, out, path.fps if fps is None else fps, png_dir)
 
 
@@ -784,7 +771,6 @@ def evaluate(
     out_dir: Optional[PathLike] = None,
     identities: Optional[Sequence[str]] = None,
     max_frames: Optional[int] = None,
-    chunk: int = DEFAULT_CHUNK,
     with_lpips: bool = True,
     progress: Optional[ProgressFn] = None,
 ) -> Dict[str, object]:
@@ -836,7 +822,7 @@ def evaluate(
     for name, frames in plan:
         values: Dict[str, List[float]] = {m: [] for m in metric_names}
         for k, index in enumerate(frames.tolist()):
-            pred = render_frame(model, dataset, split, index, chunk=chunk)
+            pred = render_frame(model, dataset, split, index)
             truth = dataset.image(split, index).astype(np.float32) / 255.0
             values["psnr"].append(float(psnr(pred, truth)))
             values["ssim"].append(float(ssim(pred, truth)))
