@@ -201,6 +201,10 @@ class FieldConfig:
     """Spherical-harmonics degree of the view-direction encoding (``sh_degree**2`` values); 0 ignores the
     view direction."""
 
+    modulate: bool = False
+    """Also scale the first hidden layer of each head per ray, ``h = (W_x x) * (1 + W_s c) + W_c c`` (FiLM): the
+    conditioning selects which shared features a head reads, not only shifts them."""
+
     density_bias: float = -1.0
     """Added to the raw density before ``exp``: a small initial density so that the early occupancy grid is
     neither empty nor saturated."""
@@ -242,15 +246,26 @@ class ModelConfig:
     """Early ray termination: samples behind a transmittance below this get no weight."""
 
     prune_samples: bool = True
-    """Training: evaluate densities without gradients first and drop samples behind early termination before the
-    differentiable pass (nerfacc's trick); the result is the same up to float rounding, the cost lower once
-    surfaces form."""
+    """Evaluate densities without gradients first and drop the samples behind early termination before the full
+    (differentiable) pass (nerfacc's trick), in training and rendering; the result is the same up to float
+    rounding, the cost lower once surfaces form."""
+
+    prune_stages: Tuple[int, ...] = (8, 32)
+    """The density pass of ``prune_samples`` goes front to back in stages: samples at positions ``< 8`` of their
+    ray first, then ``< 32`` on the rays still transparent, then the rest; a ray that turns opaque is not evaluated
+    behind its surface. Empty for one pass over all samples (same samples kept)."""
 
     occ_threshold: float = 0.01
     """Opacity (density x step) above which an occupancy cell counts as occupied."""
 
     occ_ema_decay: float = 0.95
     """EMA decay of the occupancy values (nerfacc's rule: ``occ = max(decay * occ, new)``)."""
+
+    occ_carve: bool = True
+    """Before training, exclude the occupancy cells that every training frame's mask shows as background (the
+    union of the frames' visual hulls, each cell dilated by its size), so no step samples the empty box; needs a
+    ``mask_path`` on every frame (otherwise nothing is carved). Personalisation restores the cells a new
+    identity's hull needs."""
 
     occ_update_every: int = 16
     """Steps between occupancy updates."""
@@ -283,6 +298,11 @@ class TrainConfig:
 
     warmup_lr_steps: int = 50
     """Linear learning-rate warm-up steps."""
+
+    distortion_weight: float = 0.0
+    """Weight of mip-NeRF 360's distortion loss (mean over the batch's rays, distances in units of the box
+    diagonal): it pulls each ray's weight into one short interval, so surfaces turn sharp and opaque sooner and
+    early termination skips more samples. 0 disables it."""
 
     frame_code_reg: float = 5e-3
     """Weight of the L2 penalty on the frame codes (NeRFace: 0.005)."""

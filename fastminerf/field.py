@@ -126,6 +126,22 @@ def build_conditioning(cfg: FieldConfig, expression_dim: int) -> nn.Module:
     raise ValueError(f"model.field.conditioning must be 'multiplicative' or 'concat', got {cfg.conditioning!r}")
 
 
+class _GatherRows(torch.autograd.Function):
+    """``rows.index_select(0, index)`` whose backward is one ``index_add_`` into zeros: 3-4x faster on the CPU than
+    autograd's own backward of ``index_select`` for (S, hidden) gradients gathered from N << S rows."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.n_rows = rows.shape[0]
+        return rows.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.n_rows, grad.shape[1]).index_add_(0, index, grad.contiguous()), None
+
+
 def _mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
     mods = []
     d = in_dim
@@ -140,19 +156,31 @@ class _SplitInputHead(nn.Module):
     """An MLP on ``[per-sample input (S, P), per-ray conditioning (N, K)[ray]]`` whose first layer reads the
     conditioning once per ray. ``layers >= 1`` hidden layers of width ``hidden``."""
 
-    def __init__(self, sample_dim: int, cond_dim: int, hidden: int, layers: int, out_dim: int) -> None:
+    def __init__(self, sample_dim: int, cond_dim: int, hidden: int, layers: int, out_dim: int,
+                 modulate: bool = False) -> None:
         super().__init__()
         if layers < 1:
             raise ValueError("a head needs at least one hidden layer")
         self.first = nn.Linear(sample_dim, hidden)
         self.cond = nn.Linear(cond_dim, hidden, bias=False) if cond_dim > 0 else None
+        self.scale = None
+        if modulate and cond_dim > 0:
+            self.scale = nn.Linear(cond_dim, hidden, bias=False)
+            nn.init.zeros_(self.scale.weight)  # starts as the plain additive head
         self.rest = _mlp(hidden, hidden, layers - 1, out_dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor]) -> torch.Tensor:
         h = self.first(x)
         if self.cond is not None:
             c = self.cond(cond)  # (N, hidden): once per ray
-            h = h + (c if ray_indices is None else c.index_select(0, ray_indices))
+            if self.scale is not None:
+                c = torch.cat([c, 1.0 + self.scale(cond)], -1)
+            c = c if ray_indices is None else _GatherRows.apply(c, ray_indices)
+            if self.scale is not None:
+                shift, scale = c.chunk(2, -1)
+                h = torch.addcmul(shift, h, scale)
+            else:
+                h = h + c
         return self.rest(torch.relu(h))
 
 
@@ -182,11 +210,13 @@ class MINeRFField(nn.Module):
         self.conditioning = build_conditioning(cfg, expression_dim)
         self.cond_dim = cfg.conditioning_dim + cfg.frame_code_dim  # C + Cf, the per-ray input of both heads
         self.density_head = _SplitInputHead(
-            self.encoding.output_dim, self.cond_dim, cfg.hidden_dim, cfg.density_layers, 1 + cfg.geo_feature_dim
+            self.encoding.output_dim, self.cond_dim, cfg.hidden_dim, cfg.density_layers, 1 + cfg.geo_feature_dim,
+            modulate=cfg.modulate,
         )
         # The view direction is the same for every sample of a ray, so its SH enter with the per-ray inputs.
         self.color_head = _SplitInputHead(
-            cfg.geo_feature_dim, self.cond_dim + cfg.sh_degree**2, cfg.hidden_dim, cfg.color_layers, 3
+            cfg.geo_feature_dim, self.cond_dim + cfg.sh_degree**2, cfg.hidden_dim, cfg.color_layers, 3,
+            modulate=cfg.modulate,
         )
 
     def condition(self, expression: torch.Tensor, identity_code: torch.Tensor, frame_code: Optional[torch.Tensor]) -> torch.Tensor:

@@ -32,7 +32,8 @@ from .config import ModelConfig
 from .data.layout import DEFAULT_AABB
 from .field import MINeRFField
 from .nn import OccupancyGrid
-from .ops import RaySamples, composite
+from .ops import RaySamples, composite, distortion_loss
+from .ops.occupancy import visual_hull
 
 __all__ = ["MINeRF", "IDENTITY_CODE_INIT_STD"]
 
@@ -59,6 +60,36 @@ def _before_termination(sigmas: torch.Tensor, t_starts: torch.Tensor, t_ends: to
     starts = offsets[:-1].clamp(max=max(sd.numel() - 1, 0))
     base = torch.repeat_interleave(excl[starts], counts, output_size=sd.numel())
     return (excl - base) <= -math.log(threshold)
+
+
+def _keep_before_termination(density_fn, samples: RaySamples, threshold: float, stages: Sequence[int]) -> torch.Tensor:
+    """(S,) bool: the samples before early termination (as :func:`_before_termination`), evaluating
+    ``density_fn(indices (M,) int64 into the samples) -> (M,)`` front to back: first the samples at positions
+    ``< stages[0]`` of their ray, then up to ``stages[1]``, ... then the rest, each stage only on rays still
+    transparent. Samples behind a ray's termination are never evaluated (their density counts as 0; they are behind
+    it whatever it is)."""
+    ray = samples.ray_indices
+    sigma = torch.zeros(ray.shape[0], dtype=torch.float32, device=ray.device)
+    if threshold <= 0 or not stages:
+        sigma = density_fn(torch.arange(ray.shape[0], device=ray.device))
+        return _before_termination(sigma, samples.t_starts, samples.t_ends, samples.offsets, threshold)
+    position = torch.arange(ray.shape[0], device=ray.device) - samples.offsets[:-1].index_select(0, ray)
+    optical = -math.log(threshold)
+    depth = torch.zeros(samples.offsets.shape[0] - 1, dtype=torch.float64, device=ray.device)  # per ray so far
+    lo = 0
+    for hi in list(stages) + [None]:
+        sel = position >= lo if hi is None else (position >= lo) & (position < hi)
+        sel &= depth.index_select(0, ray) <= optical  # the ray is still transparent
+        idx = torch.nonzero(sel)[:, 0]
+        if idx.numel():
+            s = density_fn(idx)
+            sigma.index_copy_(0, idx, s.to(sigma.dtype))
+            sd = s.double() * (samples.t_ends.index_select(0, idx) - samples.t_starts.index_select(0, idx)).double()
+            depth.index_add_(0, ray.index_select(0, idx), sd)
+        if hi is None:
+            break
+        lo = hi
+    return _before_termination(sigma, samples.t_starts, samples.t_ends, samples.offsets, threshold)
 
 
 class MINeRF(nn.Module):
@@ -205,35 +236,43 @@ class MINeRF(nn.Module):
         native = _native.available() if device.type == "cpu" else _native.has_cuda()
         return "native" if native else "torch"
 
-    def _render(self, origins, directions, near, far, cond, background) -> Dict[str, torch.Tensor]:
+    def _render(self, origins, directions, near, far, cond, background, distortion: bool = False) -> Dict[str, torch.Tensor]:
         cfg = self.cfg
         samples = self.occupancy.sample(origins, directions, near, far, step_size=self.step_size,
                                         cone_angle=cfg.cone_angle, max_samples_per_ray=cfg.max_samples_per_ray)
         ray = samples.ray_indices
+        counts = samples.counts  # marched samples per ray (before pruning)
         t_mid = (samples.t_starts + samples.t_ends) * 0.5
         points = origins.index_select(0, ray) + t_mid[:, None] * directions.index_select(0, ray)
         n = origins.shape[0]
         if ray.numel() == 0:  # nothing to evaluate: the background shows everywhere
             zero = origins.new_zeros(n)
-            return dict(rgb=background.clone(), opacity=zero, depth=zero.clone(), samples=samples.counts)
+            out = dict(rgb=background.clone(), opacity=zero, depth=zero.clone(), samples=samples.counts)
+            return dict(out, distortion=zero.clone()) if distortion else out
         x = self.normalize_points(points)
-        if cfg.prune_samples and torch.is_grad_enabled():
+        if cfg.prune_samples:
             # nerfacc's two-pass trick: densities without gradients first, then drop the samples behind early
-            # termination (they would get weight 0 and no gradient anyway) before the differentiable pass.
+            # termination (they would get weight 0 anyway) before the full pass. The first pass itself goes front to
+            # back in stages, so a ray that turns opaque early is not evaluated behind its surface.
             with torch.no_grad():
-                sigma0 = self.field.density(x, cond, ray)
-                keep = _before_termination(sigma0, samples.t_starts, samples.t_ends, samples.offsets,
-                                           cfg.transmittance_threshold)
+                keep = _keep_before_termination(
+                    lambda idx: self.field.density(x.index_select(0, idx), cond, ray.index_select(0, idx)), samples,
+                    cfg.transmittance_threshold, cfg.prune_stages)
             if not bool(keep.all()):
-                ray, x = ray[keep], x[keep]
-                samples = RaySamples(ray, samples.t_starts[keep], samples.t_ends[keep],
+                idx = torch.nonzero(keep)[:, 0]
+                ray, x = ray.index_select(0, idx), x.index_select(0, idx)
+                samples = RaySamples(ray, samples.t_starts.index_select(0, idx), samples.t_ends.index_select(0, idx),
                                      _offsets(ray, n))
         sigma, rgb = self.field(x, directions, cond, ray)
         out = composite(sigma, rgb, samples.t_starts, samples.t_ends, samples.offsets,
                         cfg.transmittance_threshold, backend=self._composite_backend(origins.device))
         color = out.color + (1.0 - out.opacity)[:, None] * background
         depth = out.depth / out.opacity.clamp(min=1e-6)
-        return dict(rgb=color, opacity=out.opacity, depth=depth, samples=samples.counts)
+        result = dict(rgb=color, opacity=out.opacity, depth=depth, samples=counts)
+        if distortion:  # distances in units of the box diagonal, so the weight of the loss does not depend on the box
+            diagonal = self.step_size * cfg.render_steps
+            result["distortion"] = distortion_loss(out.weights, samples.t_starts, samples.t_ends, samples.offsets) / diagonal
+        return result
 
     def render_rays(
         self,
@@ -245,6 +284,7 @@ class MINeRF(nn.Module):
         expression: torch.Tensor,
         frame_code: Optional[torch.Tensor] = None,
         background: Optional[torch.Tensor] = None,
+        distortion: bool = False,
     ) -> Dict[str, torch.Tensor]:
         """Render N rays.
 
@@ -257,6 +297,8 @@ class MINeRF(nn.Module):
             frame_code: None for each identity's mean training frame code (frames outside training), (N,) int64
                 training frame indices, or (N, Cf) codes.
             background: (N, 3) colour behind the head; None for black.
+            distortion: also return ``distortion`` (N,), the differentiable distortion loss of each ray
+                (:func:`fastminerf.ops.distortion_loss`, distances in units of the box diagonal).
 
         Returns:
             dict ``rgb`` (N, 3) composited over the background, ``opacity`` (N,), ``depth`` (N,) (expected depth of
@@ -277,16 +319,16 @@ class MINeRF(nn.Module):
                 sl = slice(a, a + self.cfg.chunk_rays)
                 fc = None if frame_code is None else frame_code[sl]
                 parts.append(self.render_rays(origins[sl], directions[sl], near[sl], far[sl], identity[sl],
-                                              expression[sl], fc, background[sl]))
+                                              expression[sl], fc, background[sl], distortion))
             return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         cond = self.condition(identity, expression, frame_code)
         return self._render(origins.contiguous(), directions.contiguous(), near.contiguous(), far.contiguous(), cond,
-                            background)
+                            background, distortion)
 
-    def render_batch(self, batch, frame_code: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """:meth:`render_rays` on a :class:`fastminerf.data.RayBatch` (``frame_code`` as there)."""
+    def render_batch(self, batch, frame_code: Optional[torch.Tensor] = None, distortion: bool = False) -> Dict[str, torch.Tensor]:
+        """:meth:`render_rays` on a :class:`fastminerf.data.RayBatch` (``frame_code`` and ``distortion`` as there)."""
         return self.render_rays(batch.origins, batch.directions, batch.near, batch.far, batch.identity,
-                                batch.expression, frame_code, batch.background)
+                                batch.expression, frame_code, batch.background, distortion)
 
     # ------------------------------------------------------------------------------------------------------
     # Occupancy
@@ -319,6 +361,19 @@ class MINeRF(nn.Module):
         return self.occupancy.update(step, density_fn, cfg.occ_threshold, cfg.occ_ema_decay,
                                      cfg.occ_warmup_steps if warmup_steps is None else warmup_steps, n=1,
                                      generator=generator)
+
+    @torch.no_grad()
+    def hull_cells(self, c2w: torch.Tensor, intrinsics: torch.Tensor, masks: Sequence[torch.Tensor],
+                   keep_unseen: bool = True) -> torch.Tensor:
+        """(L*C,) bool: the occupancy cells that some view with a foreground mask may see occupied
+        (:func:`fastminerf.ops.occupancy.visual_hull` of each cell, dilated by the cell's size, with its
+        ``keep_unseen``); c2w (F, 4, 4), intrinsics (F, 4), F masks (H, W)."""
+        grid = self.occupancy
+        centers = grid.cell_centers()
+        c = grid.cells_per_level
+        return torch.cat([visual_hull(centers[level * c:(level + 1) * c], c2w, intrinsics, masks, grid.cell_radius(level),
+                                      keep_unseen)
+                          for level in range(grid.levels)])
 
     def extra_repr(self) -> str:
         return f"identities={self.num_identities}, frames={self.frame_identity.numel()}, E={self.expression_dim}"

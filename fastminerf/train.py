@@ -181,6 +181,17 @@ def build_model(cfg: RunConfig, dataset: MultiIdentityDataset, split: str = "tra
     return MINeRF(cfg.model, dataset.expression_dim, dataset.identities, torch.from_numpy(table.identity), aabb=box)
 
 
+def view_hull(model: MINeRF, dataset: MultiIdentityDataset, split: str = "train",
+              keep_unseen: bool = True) -> Optional[torch.Tensor]:
+    """(L*C,) bool occupancy cells inside the visual hull of every frame of ``split`` (their masks, union over frames:
+    :meth:`MINeRF.hull_cells`), or None when some frame has no mask (nothing is carved then)."""
+    table = dataset.table(split)
+    if len(table) == 0 or any(path is None for path in table.mask_paths):
+        return None
+    masks = [torch.from_numpy(np.array(dataset.mask(split, b))) for b in range(len(table))]
+    return model.hull_cells(torch.from_numpy(table.c2w), torch.from_numpy(table.intrinsics), masks, keep_unseen)
+
+
 def _lr_factor(step: int, cfg) -> float:
     """Linear warm-up, then exponential decay to ``lr_final_factor`` at ``steps``."""
     t = cfg.train
@@ -283,9 +294,11 @@ class _Loop:
             batch = self.sampler.sample()
             batch.identity = batch.identity + self.identity_offset
             frame_index = batch.frame + self.frame_offset
-            out = model.render_batch(batch, frame_code=frame_index)
+            out = model.render_batch(batch, frame_code=frame_index, distortion=t.distortion_weight > 0)
             mse = torch.mean((out["rgb"] - batch.rgb) ** 2)
             loss = mse
+            if t.distortion_weight > 0:
+                loss = loss + t.distortion_weight * out["distortion"].mean()
             if t.frame_code_reg > 0 and model.frame_codes.weight.shape[1] > 0:
                 loss = loss + t.frame_code_reg * model.frame_codes(frame_index).pow(2).sum(-1).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -373,8 +386,14 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         if model.frame_identity.numel() != dataset.num_frames("train"):
             raise CheckpointError(f"{ckpt_path} has {model.frame_identity.numel()} frame codes but the data has "
                                   f"{dataset.num_frames('train')} training frames; resume with the same data")
-    else:
+    setup_seconds = 0.0  # carving counts as training time
+    if data is None:
         model = build_model(cfg, dataset)
+        start = time.perf_counter()
+        hull = view_hull(model, dataset) if cfg.model.occ_carve else None
+        if hull is not None:  # space no training frame shows the person in is never sampled
+            model.occupancy.carve(hull)
+        setup_seconds = time.perf_counter() - start
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler = RaySampler(dataset, "train", **asdict(cfg.sampler))
     occ_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
@@ -402,8 +421,10 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
         resumed = loop.step
         _truncate_log(loop.log, loop.step)
-    elif loop.log.exists():
-        loop.log.unlink()  # a log without a checkpoint belongs to a run that never saved: start it again
+    else:
+        loop.seconds = setup_seconds
+        if loop.log.exists():
+            loop.log.unlink()  # a log without a checkpoint belongs to a run that never saved: start it again
     loop.run(optimizer, base_lrs, cfg.train.steps, cfg.train.steps, cfg.train.max_seconds, "train", cfg.train.steps)
     loop.checkpoint()
     model.eval()
@@ -458,6 +479,9 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         first_frame = model.frame_identity.numel() - len(table)
     else:
         first_frame = model.add_identities(dataset.identities, torch.from_numpy(table.identity) + first_id)
+        hull = view_hull(model, dataset, keep_unseen=False)
+        if hull is not None:  # space the generic identities' carving removed but the new ones show
+            model.occupancy.restore(hull)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler_cfg = replace(cfg.sampler, seed=cfg.sampler.seed + 1)
     sampler = RaySampler(dataset, "train", **asdict(sampler_cfg))

@@ -11,6 +11,7 @@ from fastminerf.ops.compositing import (
     CompositeResult,
     composite,
     composite_reference,
+    distortion_loss,
     ray_indices_from_offsets,
 )
 
@@ -412,3 +413,38 @@ def test_matches_nerfacc(generator):
         _assert_close(a, e.detach(), RTOL_NERFACC, name)
     _assert_close(grad_sigmas, sigmas.grad, RTOL_NERFACC, "d/dsigmas")
     _assert_close(grad_rgbs, rgbs.grad, RTOL_NERFACC, "d/drgbs")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distortion loss
+
+
+def test_distortion_loss_matches_the_double_sum(generator):
+    data = make_packed(generator, n_rays=60, max_samples=20, dtype=torch.float64)
+    weights = composite_reference(**data, transmittance_threshold=0.0).weights.detach().requires_grad_(True)
+    got = distortion_loss(weights, data["t_starts"], data["t_ends"], data["offsets"])
+    off = data["offsets"]
+    expected = []
+    for r in range(off.numel() - 1):
+        a, b = int(off[r]), int(off[r + 1])
+        w = weights[a:b]
+        mid = (data["t_starts"][a:b] + data["t_ends"][a:b]) / 2
+        delta = data["t_ends"][a:b] - data["t_starts"][a:b]
+        expected.append((w[:, None] * w[None] * (mid[:, None] - mid[None]).abs()).sum() + (w * w * delta).sum() / 3)
+    expected = torch.stack(expected)
+    _assert_close(got, expected, RTOL_F64, "distortion")
+    g1, = torch.autograd.grad(got.sum(), weights)
+    g2, = torch.autograd.grad(expected.sum(), weights)
+    _assert_close(g1, g2, RTOL_F64, "distortion gradient")
+
+
+def test_distortion_loss_is_smaller_for_a_sharp_surface():
+    t = torch.arange(10, dtype=torch.float32)
+    offsets = torch.tensor([0, 10, 20])
+    sharp = torch.zeros(10)
+    sharp[4] = 1.0
+    spread = torch.full((10,), 0.1)
+    loss = distortion_loss(torch.cat([sharp, spread]), torch.cat([t, t]), torch.cat([t, t]) + 1, offsets)
+    assert loss[0] == pytest.approx(1.0 / 3.0)  # one interval of length 1: only the w^2 delta / 3 term
+    assert loss[1] > 3 * loss[0]
+    assert distortion_loss(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.tensor([0, 0])).tolist() == [0.0]

@@ -129,6 +129,33 @@ def test_chunked_inference_matches_one_pass(tiny_data):
     assert torch.equal(chunked["samples"], whole["samples"])
 
 
+def test_staged_pruning_keeps_the_same_samples_and_pixels(tiny_data, trained):
+    # Front-to-back pruning in stages evaluates fewer densities but must keep exactly the samples one pass keeps.
+    from dataclasses import replace
+
+    _, result = trained
+    model = result.model
+    data = load_dataset(_two(tiny_data))
+    batch = frame_rays(data, "train", 2)
+    counted = []
+    density = model.field.density
+    model.field.density = lambda x, *a, **k: counted.append(x.shape[0]) or density(x, *a, **k)
+    outs = {}
+    try:
+        for name, stages in (("one pass", ()), ("staged", (2, 6)), ("off", None)):
+            counted.clear()
+            model.cfg = replace(result.model.cfg, prune_stages=stages or (), prune_samples=stages is not None)
+            with torch.no_grad():
+                outs[name] = (model.render_batch(batch, frame_code=batch.frame), sum(counted))
+    finally:
+        model.field.density = density
+        model.cfg = load_config("tiny").model
+    (one, n_one), (staged, n_staged), (off, _) = outs["one pass"], outs["staged"], outs["off"]
+    torch.testing.assert_close(staged["rgb"], one["rgb"], atol=CHUNK_RENDER_TOL, rtol=0)
+    torch.testing.assert_close(off["rgb"], one["rgb"], atol=CHUNK_RENDER_TOL, rtol=0)
+    assert n_staged <= n_one
+
+
 # ----------------------------------------------------------------------------------------------- training
 
 
@@ -195,6 +222,15 @@ def test_concat_and_multiplicative_both_train(tiny_data, tmp_path, trained):
     assert 10 ** (-log[-1]["psnr"] / 10) < LOSS_DROP_FACTOR * 10 ** (-log[0]["psnr"] / 10)
     assert isinstance(result.model.field.conditioning, ConcatConditioning)
     assert isinstance(trained[1].model.field.conditioning, MultiplicativeConditioning)
+
+
+def test_distortion_loss_and_modulation_train(tiny_data, tmp_path):
+    # The distortion loss and FiLM modulation are optional parts of the objective and the heads: both must train.
+    cfg = load_config("tiny", ["train.distortion_weight=0.01", "model.field.modulate=true"])
+    train(cfg, _two(tiny_data), tmp_path / "dist")
+    log = _log(tmp_path / "dist")
+    assert all(math.isfinite(r["loss"]) for r in log)
+    assert 10 ** (-log[-1]["psnr"] / 10) < LOSS_DROP_FACTOR * 10 ** (-log[0]["psnr"] / 10)
 
 
 def test_personalize_adds_an_identity_without_touching_shared_size(tiny_data, trained, tmp_path):

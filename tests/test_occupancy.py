@@ -400,3 +400,80 @@ def test_nerfacc_parity(levels, cone):
     sel_b = same[b.ray_indices]
     torch.testing.assert_close(a.t_starts[sel_a], b.t_starts[sel_b], rtol=0, atol=NERFACC_T_ATOL)
     torch.testing.assert_close(a.t_ends[sel_a], b.t_ends[sel_b], rtol=0, atol=NERFACC_T_ATOL)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Space carving from masks
+
+
+def _look_at(eye):
+    """OpenGL camera-to-world looking from ``eye`` at the origin, +y up."""
+    eye = torch.tensor(eye, dtype=torch.float32)
+    back = eye / eye.norm()
+    right = torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0]), back)
+    right = right / right.norm()
+    up = torch.linalg.cross(back, right)
+    c2w = torch.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, back, eye
+    return c2w
+
+
+def test_visual_hull_keeps_a_sphere_and_drops_what_every_view_sees_as_background():
+    from fastminerf.data.rays import camera_rays
+    from fastminerf.ops.occupancy import visual_hull
+
+    size, radius = 64, 0.6
+    eyes = [(0.0, 0.0, 4.0), (2.0, 0.5, 3.5), (-2.0, -0.5, 3.5)]
+    c2w = torch.stack([_look_at(e) for e in eyes])
+    intrinsics = torch.tensor([[80.0, 80.0, 32.0, 32.0]] * 3)
+    masks = []
+    for k in range(3):  # exact sphere silhouettes: rays passing within the radius of the centre
+        o, d = camera_rays(c2w[k], intrinsics[k], size, size)
+        closest = torch.linalg.norm(o - (o * d).sum(-1, keepdim=True) * d, dim=-1)
+        masks.append((closest <= radius).reshape(size, size))
+    gen = torch.Generator().manual_seed(0)
+    points = (torch.rand(20000, 3, generator=gen) * 2 - 1) * 1.2
+    keep = visual_hull(points, c2w, intrinsics, masks)
+    norm = points.norm(dim=-1)
+    assert keep[norm < radius * 0.98].all()  # nothing of the object is carved
+    # Analytically: a point is kept iff some view that sees it looks at the sphere through it (its viewing line
+    # passes within the radius of the centre). Compared away from silhouette edges (pixels are discrete there).
+    any_fg = torch.zeros_like(keep)
+    seen = torch.zeros_like(keep)
+    near_edge = torch.zeros_like(keep)
+    for k in range(3):
+        eye = c2w[k, :3, 3]
+        d = points - eye
+        d = d / d.norm(dim=-1, keepdim=True)
+        closest = torch.linalg.norm(eye - (eye * d).sum(-1, keepdim=True) * d, dim=-1)
+        q = (points - eye) @ c2w[k, :3, :3]
+        u, v = 32 + 80 * q[:, 0] / -q[:, 2], 32 - 80 * q[:, 1] / -q[:, 2]
+        inside = (u >= 0) & (u < 64) & (v >= 0) & (v < 64)
+        any_fg |= inside & (closest <= radius)
+        seen |= inside
+        near_edge |= inside & ((closest - radius).abs() < 0.05)
+        near_edge |= (u.abs() < 1) | ((u - 64).abs() < 1) | (v.abs() < 1) | ((v - 64).abs() < 1)
+    expected = any_fg | ~seen
+    assert (~near_edge).sum() > 10000
+    assert torch.equal(keep[~near_edge], expected[~near_edge])
+    assert (~keep).sum() > 2000  # a real part of the box is carved
+    # a dilation radius keeps points just outside the silhouette too
+    ring = (norm > radius * 1.02) & (norm < radius * 1.08)
+    assert keep[ring].float().mean() < visual_hull(points[ring], c2w, intrinsics, masks, radius=0.1).float().mean()
+    # a point no view sees is kept (nothing is known there)
+    behind = torch.tensor([[0.0, 0.0, 10.0]])
+    assert visual_hull(behind, c2w[:1], intrinsics[:1], masks[:1]).item()
+
+
+def test_carve_and_restore_cells():
+    grid = OccupancyGrid([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], 8, backend="torch")
+    grid.mark_all()
+    keep = torch.zeros(512, dtype=torch.bool)
+    keep[:100] = True
+    grid.carve(keep)
+    assert grid.binaries.reshape(-1).tolist() == keep.tolist()
+    assert (grid.occs[~keep] == -1).all() and (grid.occs[keep] == 1).all()
+    back = torch.zeros(512, dtype=torch.bool)
+    back[50:150] = True
+    assert grid.restore(back) == 50
+    assert grid.binaries.reshape(-1)[:150].all() and not grid.binaries.reshape(-1)[150:].any()

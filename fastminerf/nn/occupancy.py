@@ -117,6 +117,35 @@ class OccupancyGrid(nn.Module):
         self.occs.zero_()
         self.bitfield.zero_()
 
+    def cell_centers(self) -> torch.Tensor:
+        """(L*C, 3) world centres of every cell of every cascade (cell ``level * C + index``)."""
+        index = torch.arange(self.cells_per_level, device=self.occs.device)
+        return torch.cat([cell_points(self.aabbs[level], index, self.resolution) for level in range(self.levels)])
+
+    def cell_radius(self, level: int) -> float:
+        """Half the diagonal of a cell of cascade ``level``."""
+        side = (self.aabbs[level, 3:] - self.aabbs[level, :3]) / torch.tensor(self.resolution, dtype=torch.float32)
+        return 0.5 * float(torch.linalg.norm(side))
+
+    @torch.no_grad()
+    def carve(self, keep: torch.Tensor) -> None:
+        """Exclude the cells where ``keep`` (L*C,) is false for good: their occupancy becomes -1 (nerfacc's mark of
+        cells no camera sees), so no update samples them and no marcher visits them; the others keep their state."""
+        keep = keep.reshape(-1).to(device=self.occs.device, dtype=torch.bool)
+        self.occs.masked_fill_(~keep, -1.0)
+        bits = self.binaries.reshape(-1) & keep
+        self.bitfield.copy_(pack_bitfield(bits.float(), 0.5, self.levels, backend="torch"))
+
+    @torch.no_grad()
+    def restore(self, cells: torch.Tensor) -> int:
+        """Bring back excluded cells where ``cells`` (L*C,) is true, as occupied (later updates decay them where the
+        density is low): a new identity may need space that the carving for the others removed. Returns how many."""
+        back = cells.reshape(-1).to(device=self.occs.device, dtype=torch.bool) & (self.occs < 0)
+        self.occs.masked_fill_(back, 1.0)
+        bits = self.binaries.reshape(-1) | back
+        self.bitfield.copy_(pack_bitfield(bits.float(), 0.5, self.levels, backend="torch"))
+        return int(back.sum())
+
     @torch.no_grad()
     def apply_values(self, cells: torch.Tensor, values: torch.Tensor, ema_decay: float = 0.95,
                      occ_threshold: float = 0.01) -> None:

@@ -1,5 +1,5 @@
 """Functional core: each op has a native implementation (C++ CPU / CUDA) and a pure-PyTorch reference."""
-from .compositing import CompositeResult, composite, composite_reference, ray_indices_from_offsets
+from .compositing import CompositeResult, composite, composite_reference, distortion_loss, ray_indices_from_offsets
 from .hash_grid import (
     HashGridLevels,
     hash_encode,
@@ -23,6 +23,7 @@ __all__ = [
     "CompositeResult",
     "composite",
     "composite_reference",
+    "distortion_loss",
     "ray_indices_from_offsets",
     "HashGridLevels",
     "hash_encode",

@@ -159,6 +159,59 @@ def cell_points(
     return aabb[:3] + (coords + u) / res * (aabb[3:] - aabb[:3])
 
 
+def visual_hull(
+    points: torch.Tensor,
+    c2w: torch.Tensor,
+    intrinsics: torch.Tensor,
+    masks: Sequence[torch.Tensor],
+    radius: float = 0.0,
+    keep_unseen: bool = True,
+) -> torch.Tensor:
+    """Which points some view sees on its foreground, or no view sees at all: (M,) bool.
+
+    A point is dropped only when every view that sees it (in front of the camera, inside the image) sees background
+    there. That is the union over views of each view's visual hull, the right hull for a scene that changes between
+    views (a face whose mouth opens in some frames): rendering any of the views never needs a dropped point (it is
+    outside that view, or the view's ray through it shows background). Space carving for the occupancy grid.
+
+    Args:
+        points: (M, 3) head-space points (e.g. cell centres).
+        c2w: (F, 4, 4) camera-to-head transforms, OpenGL convention (the camera looks down -z, +y up).
+        intrinsics: (F, 4) ``[fx, fy, cx, cy]`` in pixels, pixel ``(i, j)`` covering ``[i, i+1) x [j, j+1)``.
+        masks: F bool (H, W) foreground masks (sizes may differ between views).
+        radius: a point stands for a ball of this radius (e.g. a cell's half diagonal): each mask is dilated by the
+            ball's largest projected radius in that view (plus one pixel), so a partly covered cell is kept.
+        keep_unseen: whether points no view sees count as kept (False: only points seen on a foreground).
+    """
+    fg = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
+    seen = torch.zeros_like(fg)
+    todo = torch.arange(points.shape[0], device=points.device)  # points no view has shown on its foreground yet
+    for f in range(c2w.shape[0]):
+        if todo.numel() == 0:
+            break
+        rot, origin = c2w[f, :3, :3].to(points), c2w[f, :3, 3].to(points)
+        q = (points.index_select(0, todo) - origin) @ rot  # camera coordinates R^T (p - o)
+        depth = -q[:, 2]
+        fx, fy, cx, cy = [float(v) for v in intrinsics[f]]
+        mask = masks[f].to(device=points.device, dtype=torch.bool)
+        h, w = mask.shape
+        inv = 1.0 / depth.clamp(min=1e-6)
+        u = torch.floor(cx + fx * q[:, 0] * inv)
+        v = torch.floor(cy - fy * q[:, 1] * inv)
+        inside = (depth > 1e-6) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        if not bool(inside.any()):
+            continue
+        if radius > 0:
+            r = int(math.ceil(radius * max(fx, fy) / float(depth[inside].min()))) + 1
+            mask = torch.nn.functional.max_pool2d(mask[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+        pixel = (v.clamp(0, h - 1) * w + u.clamp(0, w - 1)).long()
+        hit = inside & mask.reshape(-1)[pixel]
+        seen[todo[inside]] = True
+        fg[todo[hit]] = True
+        todo = todo[~hit]
+    return fg | ~seen if keep_unseen else fg
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Update: EMA and bitfield
 
