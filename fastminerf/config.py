@@ -304,6 +304,11 @@ class TrainConfig:
     diagonal): it pulls each ray's weight into one short interval, so surfaces turn sharp and opaque sooner and
     early termination skips more samples. 0 disables it."""
 
+    mask_weight: float = 0.0
+    """Weight of the mask loss ``mean((opacity - mask)^2)`` over the rays whose frame has a foreground mask: the
+    person is opaque, the space around it empty, from the first steps (surfaces otherwise stay half transparent for
+    thousands of steps, and rays march through the whole head). 0 disables it."""
+
     frame_code_reg: float = 5e-3
     """Weight of the L2 penalty on the frame codes (NeRFace: 0.005)."""
 

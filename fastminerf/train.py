@@ -299,6 +299,10 @@ class _Loop:
             loss = mse
             if t.distortion_weight > 0:
                 loss = loss + t.distortion_weight * out["distortion"].mean()
+            if t.mask_weight > 0:
+                known = ~torch.isnan(batch.mask)
+                if bool(known.any()):
+                    loss = loss + t.mask_weight * torch.mean((out["opacity"][known] - batch.mask[known]) ** 2)
             if t.frame_code_reg > 0 and model.frame_codes.weight.shape[1] > 0:
                 loss = loss + t.frame_code_reg * model.frame_codes(frame_index).pow(2).sum(-1).mean()
             optimizer.zero_grad(set_to_none=True)

@@ -224,6 +224,23 @@ def test_concat_and_multiplicative_both_train(tiny_data, tmp_path, trained):
     assert isinstance(trained[1].model.field.conditioning, MultiplicativeConditioning)
 
 
+def test_mask_loss_makes_opacity_follow_the_masks(tiny_data, tmp_path):
+    plain = train(load_config("tiny", ["train.steps=100"]), _two(tiny_data), tmp_path / "plain").model
+    masked = train(load_config("tiny", ["train.steps=100", "train.mask_weight=1.0"]), _two(tiny_data), tmp_path / "mask").model
+    data = load_dataset(_two(tiny_data))
+    errors = {}
+    for name, model in (("plain", plain), ("mask", masked)):
+        err = []
+        for b in range(len(data.table("train"))):
+            batch = frame_rays(data, "train", b)
+            assert not torch.isnan(batch.mask).any()  # the procedural heads have masks
+            with torch.no_grad():
+                out = model.render_batch(batch, frame_code=batch.frame)
+            err.append(float(torch.mean((out["opacity"] - batch.mask) ** 2)))
+        errors[name] = float(np.mean(err))
+    assert errors["mask"] < 0.5 * errors["plain"], errors
+
+
 def test_distortion_loss_and_modulation_train(tiny_data, tmp_path):
     # The distortion loss and FiLM modulation are optional parts of the objective and the heads: both must train.
     cfg = load_config("tiny", ["train.distortion_weight=0.01", "model.field.modulate=true"])

@@ -142,6 +142,8 @@ class RayBatch:
     """(N, 3) float32 colour of the identity's background image at the pixel, in [0, 1]."""
     expression: torch.Tensor
     """(N, E) float32 expression of the ray's frame."""
+    mask: torch.Tensor
+    """(N,) float32 foreground mask at the pixel (1 person, 0 background), NaN where the frame has no mask."""
 
     def __len__(self) -> int:
         return int(self.origins.shape[0])
@@ -166,6 +168,7 @@ def _gather_rays(
     cols, rows = pixels[:, 0], pixels[:, 1]
     rgb = np.empty((n, 3), dtype=np.uint8)
     bg = np.empty((n, 3), dtype=np.uint8)
+    mask = np.full(n, np.nan, dtype=np.float32)
     order = np.argsort(frames, kind="stable")
     uniq, starts = np.unique(frames[order], return_index=True)
     bounds = np.append(starts, n)
@@ -175,6 +178,8 @@ def _gather_rays(
         rgb[sel] = img[rows[sel], cols[sel]]
         back = dataset.background(int(table.identity[f]), split)
         bg[sel] = back[rows[sel], cols[sel]]
+        if table.mask_paths[f] is not None:
+            mask[sel] = dataset.mask(split, f)[rows[sel], cols[sel]]
     c2w = torch.from_numpy(table.c2w[frames])
     intr = torch.from_numpy(table.intrinsics[frames])
     origins, directions = camera_rays(c2w, intr, table.width, table.height, torch.from_numpy(pixels))
@@ -197,6 +202,7 @@ def _gather_rays(
         rgb=torch.from_numpy(rgb).float().div_(255.0),
         background=torch.from_numpy(bg).float().div_(255.0),
         expression=torch.from_numpy(table.expression[frames]),
+        mask=torch.from_numpy(mask),
     )
 
 
