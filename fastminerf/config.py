@@ -250,16 +250,12 @@ class ModelConfig:
     (differentiable) pass (nerfacc's trick), in training and rendering; the result is the same up to float
     rounding, the cost lower once surfaces form."""
 
-    prune_stages: Tuple[int, ...] = (8, 32)
-    """The density pass of ``prune_samples`` goes front to back in stages: samples at positions ``< 8`` of their
-    ray first, then ``< 32`` on the rays still transparent, then the rest; a ray that turns opaque is not evaluated
-    behind its surface. Empty for one pass over all samples (same samples kept)."""
-
-    occ_threshold: float = 0.01
-    """Opacity (density x step) above which an occupancy cell counts as occupied."""
-
-    occ_ema_decay: float = 0.95
-    """EMA decay of the occupancy values (nerfacc's rule: ``occ = max(decay * occ, new)``)."""
+    prune_stages: Tuple[int, ...] = ()
+    """Run the density pass of ``prune_samples`` front to back in stages, e.g. ``[8, 32]``: samples at positions
+    ``< 8`` of their ray first, then ``< 32`` on the rays still transparent, then the rest, so a ray that turned
+    opaque is not evaluated behind its surface (same samples kept). It pays once surfaces are sharp; on the soft
+    densities of minutes of CPU training (rays stay transparent for ~40 samples) the extra passes cost more than
+    they save (training step 0.101 s staged vs 0.085 s in one pass, measured), hence off by default."""
 
     occ_carve: bool = True
     """Before training, exclude the occupancy cells that every training frame's mask shows as background (the
