@@ -66,6 +66,9 @@ GPA_FRAMES_PER_VIDEO = 300
 HEAD_DEPTH = 0.9
 """Depth of the head behind the face landmarks (back of the skull, hair), in face heights, for the ``aabb``."""
 
+FRONT_CLEARANCE = 0.1
+"""Room in front of the canonical face (the nose tip) for the ``aabb``, in face heights."""
+
 BOX_MARGIN = 0.05
 """Relative margin added on every side of the ``aabb``."""
 
@@ -332,21 +335,25 @@ def project(points: np.ndarray, c2w: np.ndarray, intrinsics: Sequence[float]) ->
 def scene_box(c2w: np.ndarray, intrinsics: Sequence[float], size: int, canonical: np.ndarray, face_height: float) -> List[float]:
     """An ``aabb`` holding everything a frame can show of the person, in head space.
 
-    The union of the canonical face, the head behind it (:data:`HEAD_DEPTH` face heights) and, for every frame,
-    the four image corners placed at the depth of the head origin (hair, neck and shoulders fill the crop around
-    the face), with a :data:`BOX_MARGIN` margin, limited to :data:`BOX_LIMIT` face heights from the origin.
+    The person lies between :data:`FRONT_CLEARANCE` face heights in front of the canonical face and
+    :data:`HEAD_DEPTH` face heights behind it (hair, the back of the head, neck and shoulders). For every frame,
+    the slice of its viewing frustum between those two depths (the image corners at both depths) is added to the
+    canonical face; the union gets a :data:`BOX_MARGIN` margin and is limited to :data:`BOX_LIMIT` face heights
+    from the head origin.
     """
     fx, fy, cx, cy = (float(v) for v in intrinsics)
     m = np.asarray(c2w, dtype=np.float64)
     r, t = m[:, :3, :3], m[:, :3, 3]
-    depth = -np.einsum("bj,bj->b", r[:, :, 2], -t)  # -z of the origin in each camera: R^T (0 - t), third row
+    depth = np.einsum("bj,bj->b", r[:, :, 2], t)  # distance of the head origin along each optical axis
+    front = canonical[:, 2].max() + FRONT_CLEARANCE * face_height
+    back = -canonical[:, 2].min() + HEAD_DEPTH * face_height
     corners = np.array([[0.0, 0.0], [size, 0.0], [0.0, size], [size, size]])
-    cam = np.stack([(corners[:, 0] - cx) / fx, -(corners[:, 1] - cy) / fy, -np.ones(4)], axis=1)  # (4, 3) at depth 1
-    pts = depth[:, None, None] * cam[None]  # (B, 4, 3)
-    world = np.einsum("bij,bkj->bki", r, pts) + t[:, None]
+    rays = np.stack([(corners[:, 0] - cx) / fx, -(corners[:, 1] - cy) / fy, -np.ones(4)], axis=1)  # (4, 3), depth 1
+    pts = np.concatenate([(depth - front)[:, None, None] * rays[None], (depth + back)[:, None, None] * rays[None]], axis=1)
+    world = np.einsum("bij,bkj->bki", r, pts) + t[:, None]  # (B, 8, 3)
     allp = np.concatenate([world.reshape(-1, 3), canonical])
     lo, hi = allp.min(axis=0), allp.max(axis=0)
-    lo[2] = min(lo[2], canonical[:, 2].min() - HEAD_DEPTH * face_height)
+    lo[2], hi[2] = max(lo[2], -back), min(hi[2], front)  # rays past the head's depth range show background
     pad = BOX_MARGIN * (hi - lo)
     limit = BOX_LIMIT * face_height
     lo = np.maximum(lo - pad, -limit)
