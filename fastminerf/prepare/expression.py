@@ -22,6 +22,8 @@ from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
+from .pose import evenly_spaced
+
 __all__ = ["BASIS_FILE", "ExpressionBasis", "fit_basis"]
 
 PathLike = Union[str, Path]
@@ -112,7 +114,7 @@ def fit_basis(deformations: Sequence[np.ndarray], dim: int) -> Tuple[np.ndarray,
         raise ValueError(f"expression_dim must be >= 1, got {dim}")
     rows = []
     for d in deformations:
-        pick = np.unique(np.linspace(0, len(d) - 1, min(len(d), FIT_FRAMES_PER_VIDEO)).round().astype(np.int64))
+        pick = evenly_spaced(len(d), FIT_FRAMES_PER_VIDEO)
         rows.append(d[pick].reshape(len(pick), -1) / np.sqrt(len(pick)))
     mat = np.concatenate(rows)
     _, sig, vt = np.linalg.svd(mat, full_matrices=False)

@@ -43,6 +43,7 @@ from .pose import (
     CHIN,
     FOREHEAD,
     camera_to_head,
+    evenly_spaced,
     fit_canonical,
     identity_neutral,
     project,
@@ -203,12 +204,6 @@ def _check_folder(folder: Path, fp: Dict[str, dict], overwrite: bool) -> None:
         _clear(folder)
 
 
-def _spread(n: int, count: int) -> np.ndarray:
-    if n <= count:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
-
-
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> Dict[str, int]:
     n_test = 0 if test_fraction <= 0 else max(1, int(round(test_fraction * n)))
     n_val = 0 if val_fraction <= 0 else max(1, int(round(val_fraction * n)))
@@ -282,7 +277,7 @@ def _frames(info: VideoInfo, fps: float, cfg: PrepareConfig, out: Path, lm: np.n
     crop, note = _choose_crop(lm, info.width, info.height, cfg.crop_scale)
     ok = np.isfinite(lm[:, 0, 0])
     used = np.flatnonzero(ok)
-    bg_pick = set(used[_spread(len(used), cfg.background_frames)].tolist())
+    bg_pick = set(used[evenly_spaced(len(used), cfg.background_frames)].tolist())
     size = cfg.size
     for sub in ("frames", "masks"):
         (out / sub).mkdir(exist_ok=True)
@@ -361,7 +356,7 @@ def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: f
         start += n
     # Re-projection of the neutral face's rigid landmarks through the written cameras: the tracking check.
     err = np.linalg.norm(project(neutral[basis.stable], c2w32.astype(np.float64), intrinsics) - lm[:, basis.stable, :2], axis=2)
-    show = _spread(len(frame_ids), SHEET_COLUMNS)
+    show = evenly_spaced(len(frame_ids), SHEET_COLUMNS)
     sheet = write_contact_sheet(
         out / "contact_sheet.png", name,
         [np.asarray(iio.imread(out / "frames" / f"{frame_ids[j]:05d}.png")) for j in show],

@@ -36,6 +36,7 @@ __all__ = [
     "FOREHEAD",
     "Poses",
     "camera_to_head",
+    "evenly_spaced",
     "fit_canonical",
     "identity_neutral",
     "image_to_head_axes",
@@ -142,8 +143,8 @@ def _frontal(shape: np.ndarray, face_height: float) -> np.ndarray:
     return out * (face_height / np.linalg.norm(out[FOREHEAD] - out[CHIN]))
 
 
-def _spread(n: int, count: int) -> np.ndarray:
-    """At most ``count`` indices evenly spread over ``range(n)``."""
+def evenly_spaced(n: int, count: int) -> np.ndarray:
+    """At most ``count`` sorted indices evenly spread over ``range(n)`` (all of them when ``n <= count``)."""
     if n <= count:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
@@ -167,7 +168,7 @@ def fit_canonical(shapes: Sequence[np.ndarray], face_height: float, stable_fract
     """
     if not shapes:
         raise ValueError("fit_canonical needs at least one video")
-    videos = [image_to_head_axes(s[_spread(len(s), GPA_FRAMES_PER_VIDEO)]) for s in shapes]
+    videos = [image_to_head_axes(s[evenly_spaced(len(s), GPA_FRAMES_PER_VIDEO)]) for s in shapes]
     k = videos[0].shape[1]
     mean = _frontal(np.mean([v.mean(axis=0) for v in videos], axis=0), face_height)
     weights = np.ones(k)

@@ -62,7 +62,22 @@ def require_mediapipe() -> Any:
     return mp
 
 
-class FaceTracker:
+class _Solution:
+    """A mediapipe solution object (``self._solution``) closed by :meth:`close` or by leaving a ``with`` block."""
+
+    _solution: Any
+
+    def close(self) -> None:
+        self._solution.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FaceTracker(_Solution):
     """mediapipe FaceMesh in video mode: one face, 478 landmarks per frame, or None when no face is found.
 
     Feed the frames of one video in order (the tracker carries state from frame to frame); build a new tracker
@@ -71,7 +86,7 @@ class FaceTracker:
 
     def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5) -> None:
         mp = require_mediapipe()
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
+        self._solution = mp.solutions.face_mesh.FaceMesh(
             static_image_mode=False,
             max_num_faces=1,
             refine_landmarks=True,
@@ -82,7 +97,7 @@ class FaceTracker:
     def __call__(self, rgb: np.ndarray) -> Optional[np.ndarray]:
         """Landmarks ``(K, 3)`` float32 (normalised x, y, z) of the face in an RGB uint8 frame ``(H, W, 3)``, or
         None when there is no face."""
-        res = self._mesh.process(np.ascontiguousarray(rgb))
+        res = self._solution.process(np.ascontiguousarray(rgb))
         faces = res.multi_face_landmarks
         if not faces:
             return None
@@ -91,34 +106,16 @@ class FaceTracker:
             raise RuntimeError(f"mediapipe returned {len(lm)} landmarks, expected {N_LANDMARKS}")
         return np.array([(p.x, p.y, p.z) for p in lm], dtype=np.float32)
 
-    def close(self) -> None:
-        self._mesh.close()
 
-    def __enter__(self) -> "FaceTracker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class Segmenter:
+class Segmenter(_Solution):
     """mediapipe selfie segmentation: the probability that each pixel shows the person (head, hair, torso)."""
 
     def __init__(self, model_selection: int = 0) -> None:
         if model_selection not in (0, 1):
             raise ValueError(f"segmentation model must be 0 (general) or 1 (landscape), got {model_selection}")
         mp = require_mediapipe()
-        self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=int(model_selection))
+        self._solution = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=int(model_selection))
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Person probability ``(H, W)`` float32 in [0, 1] of an RGB uint8 frame ``(H, W, 3)``."""
-        return np.asarray(self._seg.process(np.ascontiguousarray(rgb)).segmentation_mask, dtype=np.float32)
-
-    def close(self) -> None:
-        self._seg.close()
-
-    def __enter__(self) -> "Segmenter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return np.asarray(self._solution.process(np.ascontiguousarray(rgb)).segmentation_mask, dtype=np.float32)
