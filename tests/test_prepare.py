@@ -405,3 +405,31 @@ def test_median_background_recovers_the_seen_background_and_fills_holes():
     assert not seen[30:38, 28:32].any() and seen[:15].all()
     np.testing.assert_array_equal(out[seen], bg[seen])
     assert np.all(out[~seen] > 0)  # filled from the surroundings, not left black
+
+
+def test_variable_frame_rate_is_resampled_to_constant_time_steps(tmp_path):
+    """A video whose frames 10.. come 0.4 s late (a gap, as variable-frame-rate recordings have) decodes to a
+    constant 25 fps: the gap is filled by repeating frame 9, so frame k is what is shown at k / 25 s."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from fastminerf.prepare.video import probe, read_frames
+
+    src = tmp_path / "cfr.mp4"
+    w = imageio_ffmpeg.write_frames(str(src), (32, 32), fps=25, macro_block_size=16, ffmpeg_log_level="error",
+                                    output_params=["-g", "1"])
+    w.send(None)
+    for i in range(20):
+        w.send(np.full((32, 32, 3), 10 * i, dtype=np.uint8).tobytes())
+    w.close()
+    vfr = tmp_path / "vfr.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-vf",
+                    "setpts='if(lt(N,10),N,N+10)/25/TB'", "-fps_mode", "vfr", "-g", "1", str(vfr)], check=True)
+    frames = [f[0, 0, 0] for f in read_frames(vfr, 25.0)]
+    assert len(frames) == 30
+    levels = np.round(np.array(frames, dtype=np.float64) / 10)
+    np.testing.assert_array_equal(levels[:10], np.arange(10))
+    np.testing.assert_array_equal(levels[10:20], np.full(10, 9))  # the gap: the last frame stays on screen
+    np.testing.assert_array_equal(levels[20:], np.arange(10, 20))
+    assert probe(vfr).width == 32
