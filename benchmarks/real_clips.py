@@ -163,7 +163,7 @@ def main() -> int:
         "settings": {"clips": [c.name for c in clips], "size": args.size, "max_frames": args.max_frames,
                      "config": args.config, "minutes": args.minutes, "steps": steps, "eval_frames": args.eval_frames,
                      "eval_split": "test (each clip's last 10 %, never trained on)", "target": args.target,
-                     "driver": args.driver, "transfer": "delta"},
+                     "driver": args.driver, "transfer": "delta", "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
         "frames": frames,
         "training": {"steps": result.step, "seconds": result.seconds, "train_psnr": result.psnr,
                      "resumed_from": result.resumed_from},

@@ -61,7 +61,7 @@ ProgressFn = Callable[[str, str, int, int], None]
 """``progress(stage, video_name, done, total)``; stage is ``track``, ``frames``, ``cameras`` or ``basis``;
 ``total`` is 0 while unknown."""
 
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 """Version of what prepare writes; part of every stage's fingerprint, bumped when the output would change."""
 
 WORK_DIR = ".prepare"

@@ -70,12 +70,17 @@ HEAD_DEPTH = 0.9
 FRONT_CLEARANCE = 0.1
 """Room in front of the canonical face (the nose tip) for the ``aabb``, in face heights."""
 
+SHOULDER_DEPTH = 0.4
+"""Depth behind the head origin of the neck and shoulders at the image border, in face heights: the image corners
+are taken at this depth (and at the nose's) to bound what a frame shows of the person."""
+
+BODY_LIMITS = ((-1.6, -2.0), (1.6, 1.3))
+"""``((xmin, ymin), (xmax, ymax))`` of the ``aabb`` at most, in face heights from the head origin: shoulder width
+and the chest below, the hair above. A wide frame shows background beyond them, which needs no density; the
+marching step is the box diagonal over ``render_steps``, so a box larger than the person coarsens every ray."""
+
 BOX_MARGIN = 0.05
 """Relative margin added on every side of the ``aabb``."""
-
-BOX_LIMIT = 2.5
-"""The ``aabb`` never extends beyond this many face heights from the head origin (far image corners of a wide
-crop hold background, not head)."""
 
 _FLIP = np.diag([1.0, -1.0, -1.0])
 """Image axes (u right, v down, w away) to head-like axes (x right, y up, z towards the camera); also OpenCV's
@@ -334,13 +339,12 @@ def project(points: np.ndarray, c2w: np.ndarray, intrinsics: Sequence[float]) ->
 
 
 def scene_box(c2w: np.ndarray, intrinsics: Sequence[float], size: int, canonical: np.ndarray, face_height: float) -> List[float]:
-    """An ``aabb`` holding everything a frame can show of the person, in head space.
+    """An ``aabb`` holding what the frames show of the person, in head space.
 
-    The person lies between :data:`FRONT_CLEARANCE` face heights in front of the canonical face and
-    :data:`HEAD_DEPTH` face heights behind it (hair, the back of the head, neck and shoulders). For every frame,
-    the slice of its viewing frustum between those two depths (the image corners at both depths) is added to the
-    canonical face; the union gets a :data:`BOX_MARGIN` margin and is limited to :data:`BOX_LIMIT` face heights
-    from the head origin.
+    Depth (z): from :data:`HEAD_DEPTH` face heights behind the canonical face to :data:`FRONT_CLEARANCE` in front
+    of it. Across (x, y): the canonical face and, for every frame, the image corners at the nose's depth and at the
+    shoulders' (:data:`SHOULDER_DEPTH`), so that hair, neck and shoulders cut by the crop are inside; then a
+    :data:`BOX_MARGIN` margin, and no wider than :data:`BODY_LIMITS`.
     """
     fx, fy, cx, cy = (float(v) for v in intrinsics)
     m = np.asarray(c2w, dtype=np.float64)
@@ -350,13 +354,14 @@ def scene_box(c2w: np.ndarray, intrinsics: Sequence[float], size: int, canonical
     back = -canonical[:, 2].min() + HEAD_DEPTH * face_height
     corners = np.array([[0.0, 0.0], [size, 0.0], [0.0, size], [size, size]])
     rays = np.stack([(corners[:, 0] - cx) / fx, -(corners[:, 1] - cy) / fy, -np.ones(4)], axis=1)  # (4, 3), depth 1
-    pts = np.concatenate([(depth - front)[:, None, None] * rays[None], (depth + back)[:, None, None] * rays[None]], axis=1)
+    planes = [depth - front, depth + SHOULDER_DEPTH * face_height]
+    pts = np.concatenate([d[:, None, None] * rays[None] for d in planes], axis=1)
     world = np.einsum("bij,bkj->bki", r, pts) + t[:, None]  # (B, 8, 3)
     allp = np.concatenate([world.reshape(-1, 3), canonical])
     lo, hi = allp.min(axis=0), allp.max(axis=0)
-    lo[2], hi[2] = max(lo[2], -back), min(hi[2], front)  # rays past the head's depth range show background
+    lo[2], hi[2] = -back, front
     pad = BOX_MARGIN * (hi - lo)
-    limit = BOX_LIMIT * face_height
-    lo = np.maximum(lo - pad, -limit)
-    hi = np.minimum(hi + pad, limit)
+    (xmin, ymin), (xmax, ymax) = BODY_LIMITS
+    lo = np.maximum(lo - pad, np.array([xmin, ymin, -np.inf]) * face_height)
+    hi = np.minimum(hi + pad, np.array([xmax, ymax, np.inf]) * face_height)
     return [float(v) for v in np.concatenate([lo, hi])]
