@@ -1,6 +1,7 @@
 # fastminerf: set up, run, test. Everything lives in a local virtual environment (.venv).
 #   make demo    set up and run the built-in default job
 #   make test    set up and run the tests (pytest, then the C++ tests and the nvcc compile of every kernel)
+#   make bench-prepare   speed of `fastminerf prepare` on 512 px real clips (needs ../shared/data/real)
 # TORCH_SPEC picks the torch build: the CPU build by default; on a GPU machine e.g. TORCH_SPEC="torch==2.14.1".
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,15 +9,22 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 NATIVE_SOURCES := $(wildcard cuda/src/* cuda/include/fastminerf/*)
 
-.PHONY: install demo test test-python test-native check-cuda-extension bench clean
+.PHONY: install demo test test-python test-native check-cuda-extension bench bench-prepare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 
-$(VENV)/.deps: $(BIN)/python requirements.txt
+# `prepare` needs mediapipe 0.10.21 (the newest release with its face-mesh and segmentation models inside the
+# wheel). Its declared dependencies would pull jax/jaxlib and numpy<2, so it is installed --no-deps after the
+# dependencies it really uses (requirements-prepare.txt, protobuf<5 among them), then imported once as a check.
+MEDIAPIPE_SPEC ?= mediapipe==0.10.21
+
+$(VENV)/.deps: $(BIN)/python requirements.txt requirements-prepare.txt
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q -r requirements.txt -r requirements-prepare.txt
+	$(BIN)/pip install -q --no-deps "$(MEDIAPIPE_SPEC)"
+	$(BIN)/python -c "import mediapipe as mp; mp.solutions.face_mesh.FaceMesh; mp.solutions.selfie_segmentation.SelfieSegmentation"
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.deps setup.py $(NATIVE_SOURCES)
@@ -63,6 +71,9 @@ check-cuda-extension:
 
 bench: install
 	$(BIN)/python benchmarks/kernels.py
+
+bench-prepare: install
+	$(BIN)/python benchmarks/prepare_speed.py
 
 clean:
 	rm -rf build build-cmake.log fastminerf/_C*.so *.egg-info

@@ -87,7 +87,48 @@ def train_targets_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"kernels": kernels_table, "train_targets": train_targets_table}
+def prepare_table(result: dict) -> str:
+    b, s = result["best"], result["sizes"]
+    yes = "yes" if result["met"] else "**no**"
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in b["stage_seconds"].items())
+    lines = [
+        f"`fastminerf prepare` on {len(s['clips'])} real clips re-encoded to {s['input_px']} px, "
+        f"{s['frames_per_clip']} frames each, written at {s['output_px']} px (`python benchmarks/prepare_speed.py`; "
+        "wall time of one call, mediapipe start-up included, best of the runs):",
+        "",
+        "| measure | value | target | met |",
+        "| --- | ---: | ---: | :---: |",
+        f"| frames/s, end to end | {b['fps']:.1f} | >= {result['target_fps']:.0f} | {yes} |",
+        f"| frames, seconds | {b['frames']}, {b['seconds']:.1f} s ({stages}) | | |",
+        "",
+        _machine_line(result) + f" mediapipe {result['machine'].get('mediapipe')}, OpenCV {result['machine'].get('opencv')}.",
+    ]
+    return "\n".join(lines)
+
+
+def real_clips_table(result: dict) -> str:
+    st, tr = result["settings"], result["training"]
+    lines = [
+        f"One generic model trained on the `train` split of {len(st['clips'])} real clips (first {st['max_frames']} "
+        f"frames each, {st['size']} px), `{st['config']}` preset, {tr['seconds'] / 60:.1f} min of CPU training "
+        f"({tr['steps']} steps); evaluated on the first {st['eval_frames']} frames of each clip's `test` split (its "
+        "last frames, never trained on). Baselines on the same frames: `bg.png` alone, and the clip's mean colour "
+        "(`python benchmarks/real_clips.py`):",
+        "",
+        "| clip | PSNR (dB) | SSIM | bg.png alone (dB) | mean colour (dB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in result["test"].items():
+        lines.append(f"| {name} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['bg_psnr']:.2f} | {m['mean_colour_psnr']:.2f} |")
+    mn = result["mean"]
+    lines.append(f"| **mean** | **{mn['psnr']:.2f}** | **{mn['ssim']:.3f}** | {mn['bg_psnr']:.2f} | {mn['mean_colour_psnr']:.2f} |")
+    met = "met" if mn["psnr"] >= result["target_psnr_db"] else "**not met**"
+    lines += ["", f"Target >= {result['target_psnr_db']:.0f} dB mean PSNR: {met}.", "", _machine_line(result)]
+    return "\n".join(lines)
+
+
+TABLES = {"kernels": kernels_table, "train_targets": train_targets_table, "prepare": prepare_table,
+          "real_clips": real_clips_table}
 
 
 def main() -> int:

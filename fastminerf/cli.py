@@ -5,6 +5,7 @@ Each subcommand is one ``_add_<name>(subparsers)`` function that declares its ar
 progress and summaries are shown here.
 
     fastminerf synth OUT --identities 8 --frames 100 --size 128 --seed 0
+    fastminerf prepare VIDEO [VIDEO ...] --out ROOT [--size 256] [--fps N] [--max-frames N]
     fastminerf train --data DATA --out RUN [--config cpu] [--steps N] [--max-seconds S] [--set key=value ...]
     fastminerf personalize --run RUN --data NEW_IDENTITY --out RUN2 [--steps N] [--max-seconds S]
     fastminerf render --run RUN --identity NAME --drive PATH[:SPLIT] --out OUT.mp4 [--transfer delta|absolute]
@@ -116,6 +117,114 @@ def _run_synth(args: argparse.Namespace) -> int:
         sheet = contact_sheet(dirs, Path(args.out) / "contact_sheet.png")
         console.print(f"contact sheet: {sheet}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+
+
+def _add_prepare(sub: "argparse._SubParsersAction") -> None:
+    from .config import PrepareConfig
+
+    d = PrepareConfig()
+    h = lambda name: _field_help(PrepareConfig, name)  # noqa: E731
+    p = sub.add_parser(
+        "prepare",
+        help="turn talking-face videos into a training dataset (mediapipe tracking, head pose, shared expressions)",
+        description="Track the face in every frame of each video (mediapipe face mesh, 478 landmarks), estimate head "
+        "pose and expression (one expression basis shared by all videos in OUT), segment the person, and write "
+        "OUT/<video name>/ in the shared layout (transforms_{train,val,test}.json, frames, masks, bg.png, audio.wav) "
+        "with a contact_sheet.png to check the tracking. Rerunning the same command resumes; a video that fails is "
+        "reported and the others still finish.",
+    )
+    p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO", help="video files (mp4, mov, webm, ...)")
+    p.add_argument("--out", required=True, type=Path, help="dataset root (one identity folder per video)")
+    p.add_argument("--size", type=int, default=d.size, help=h("size"))
+    p.add_argument("--fps", type=float, default=d.fps, help=h("fps"))
+    p.add_argument("--max-frames", type=int, default=d.max_frames, help=h("max_frames"))
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=h("val_fraction"))
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help=h("test_fraction"))
+    p.add_argument("--expression-dim", type=int, default=d.expression_dim, help=h("expression_dim"))
+    p.add_argument("--crop-scale", type=float, default=d.crop_scale, help=h("crop_scale"))
+    p.add_argument("--min-frames", type=int, default=d.min_frames, help=h("min_frames"))
+    p.add_argument("--overwrite", action="store_true", help=h("overwrite"))
+    p.set_defaults(func=_run_prepare)
+
+
+class _NativeStderrTo:
+    """Send file descriptor 2 to a file while mediapipe runs: its C++ code logs to stderr directly (TensorFlow
+    Lite delegate notices, absl warnings), which would tear up the progress display."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self):
+        import os
+
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "ab")
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.close()
+        return False
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .config import PrepareConfig
+    from .prepare import MediapipeMissing, prepare, require_mediapipe
+
+    try:
+        require_mediapipe()
+    except MediapipeMissing as exc:
+        _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        return 2
+    cfg = PrepareConfig(size=args.size, fps=args.fps, max_frames=args.max_frames, val_fraction=args.val_fraction,
+                        test_fraction=args.test_fraction, expression_dim=args.expression_dim,
+                        crop_scale=args.crop_scale, min_frames=args.min_frames, overwrite=args.overwrite)
+    console = _console()
+    start = time.perf_counter()
+    titles = {"track": "track", "frames": "crop, segment, write", "cameras": "pose, expression", "basis": "shared face model"}
+    with Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar, _NativeStderrTo(args.out / "prepare.log"):
+        tasks = {}
+
+        def progress(stage: str, name: str, done: int, total: int) -> None:
+            key = (stage, name)
+            if key not in tasks:
+                label = f"{titles.get(stage, stage)} {name}".strip()
+                tasks[key] = bar.add_task(label[:48], total=total or None)
+            bar.update(tasks[key], completed=done, total=total or None)
+
+        result = prepare(args.videos, args.out, cfg, progress=progress)
+    table = Table(title=f"prepared into {result.root} ({time.perf_counter() - start:.1f} s)")
+    for col in ("video", "status", "frames used", "dropped", "train/val/test", "crop (x0, y0, side)"):
+        table.add_column(col)
+    for v in result.videos:
+        split = "/".join(str(v.splits.get(s, 0)) for s in ("train", "val", "test")) if v.splits else ""
+        table.add_row(v.name, v.status, str(v.frames_used), str(v.frames_dropped), split, str(v.crop or ""))
+    console.print(table)
+    if result.basis is not None:
+        how = "reused" if result.basis_reused else "fitted on these videos"
+        console.print(f"expression basis ({result.expression_dim} coefficients, {how}): {result.basis}")
+    for v in result.videos:
+        for note in v.notes:
+            console.print(f"[yellow]note[/yellow] {v.name}: {note}")
+        if v.contact_sheet is not None:
+            console.print(f"contact sheet: {v.contact_sheet}")
+    for v in result.failed:
+        _console(stderr=True).print(f"[bold red]failed[/bold red] {v.name}: {v.error}", highlight=False)
+    return 2 if result.failed else 0
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -419,7 +528,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- main
 
 SUBCOMMANDS: List[Callable[["argparse._SubParsersAction"], None]] = [
-    _add_synth, _add_train, _add_personalize, _add_render, _add_eval, _add_demo
+    _add_synth, _add_prepare, _add_train, _add_personalize, _add_render, _add_eval, _add_demo
 ]
 """Functions that each add one subcommand to the parser (others append theirs here)."""
 

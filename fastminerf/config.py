@@ -36,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "RunConfig",
     "SamplerConfig",
+    "PrepareConfig",
     "SynthConfig",
     "TrainConfig",
     "dump_config",
@@ -137,6 +138,79 @@ class SynthConfig:
 
     chunk_rays: int = 524288
     """Rays traced at once; bounds the renderer's memory (about 0.2 KiB per ray) without changing pixels."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Turning talking-face videos into the shared layout (``fastminerf.prepare.prepare``)."""
+
+    size: int = 256
+    """Width and height of the written frames in pixels (a square crop of each video, resized)."""
+
+    fps: Optional[float] = None
+    """Frame rate the videos are resampled to (ffmpeg's ``fps`` filter, which also turns a variable frame rate
+    into a constant one); None for each video's own average rate."""
+
+    max_frames: Optional[int] = None
+    """Use only the first N frames of each video (after resampling); None for all."""
+
+    val_fraction: float = 0.1
+    """Share of each video's usable frames, just before the ``test`` frames, written as the ``val`` split."""
+
+    test_fraction: float = 0.1
+    """Share of each video's usable frames, its last ones, written as the ``test`` split."""
+
+    crop_scale: float = 2.4
+    """Side of the square crop in units of the face height (forehead to chin), so that hair, neck and
+    shoulders fit; the crop is clamped to the frame when the video is tighter than that."""
+
+    track_max_side: int = 720
+    """Frames are tracked at their own resolution, downscaled so that the longer side is at most this."""
+
+    min_detection_confidence: float = 0.5
+    """mediapipe face detector threshold (a new face is searched when tracking is lost)."""
+
+    min_tracking_confidence: float = 0.5
+    """mediapipe face-mesh tracking threshold (below it the detector runs again)."""
+
+    min_frames: int = 10
+    """A video with fewer usable frames (a face found) than this fails with an error naming it."""
+
+    expression_dim: int = 32
+    """E, coefficients of the shared expression basis (PCA of the landmark deformations of all videos prepared
+    together); ignored when the output folder already holds a basis (it is reused)."""
+
+    focal_factor: float = 1.65
+    """Focal length in units of ``size`` (fx = fy = focal_factor * size, principal point at the centre): the
+    framing of the procedural heads (``SynthConfig.focal_factor``), a 34 degree field of view across the crop."""
+
+    face_height: float = 1.2
+    """Height of the canonical face (forehead landmark to chin landmark) in head units; sets the head's scale
+    (the procedural heads have a radius of about 1 unit)."""
+
+    stable_fraction: float = 0.5
+    """Share of the 478 landmarks, the ones that move least relative to the face, used for the rigid (pose)
+    alignment; the others (lips, jaw, eyelids, irises) carry the expression."""
+
+    pose_smoothing: float = 1.0
+    """Standard deviation, in frames, of the Gaussian that smooths head rotation and translation over time;
+    0 for none."""
+
+    segmentation_model: int = 0
+    """mediapipe selfie segmentation model: 0 general (256x256), 1 landscape (144x256, faster)."""
+
+    background_frames: int = 120
+    """Frames, evenly spread over the video, whose background pixels give the median background image."""
+
+    png_compress_level: int = 1
+    """zlib level of the written PNG files (0-9); low is fast, the pixels are the same at every level."""
+
+    audio_rate: int = 16000
+    """Sample rate of the written ``audio.wav`` (mono, 16-bit)."""
+
+    overwrite: bool = False
+    """Prepare again the videos whose folders an earlier prepare wrote with other settings (otherwise that is an
+    error). Folders that prepare did not write are never touched."""
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import torch
 from ..config import SynthConfig
 from .heads import EXPRESSION_NAMES, EXPRESSION_RANGES, TRACE_BOX, HeadModel, HeadParams
 from .layout import DatasetError, find_identity_dirs, is_identity_dir, read_transforms
+from .writer import frame_record, write_png, write_transforms
 
 __all__ = [
     "REGIONS",
@@ -327,25 +328,6 @@ def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
             (out / f).unlink()
 
 
-def _write_png(path: Path, img: np.ndarray, level: int) -> None:
-    import imageio.v3 as iio
-
-    iio.imwrite(path, img, plugin="pillow", extension=".png", compress_level=level)
-
-
-def _frame_json(rel: str, mask_rel: str, c2w: np.ndarray, expr: np.ndarray, bbox: np.ndarray, index: int, fps: float) -> Dict[str, object]:
-    # float(np.float32) is exact, so reading the JSON back gives the very float32 values that were rendered.
-    return {
-        "file_path": rel,
-        "mask_path": mask_rel,
-        "transform_matrix": [[float(v) for v in row] for row in c2w],
-        "expression": [float(v) for v in expr],
-        "bbox": [float(v) for v in bbox],
-        "frame_index": int(index),
-        "time": index / fps,
-    }
-
-
 def generate(
     out_dir: PathLike,
     n_identities: int = _SYNTH.n_identities,
@@ -430,7 +412,7 @@ def generate(
         d = out / name
         for split in ("train", "val", "novel"):
             (d / split).mkdir(parents=True, exist_ok=True)
-        _write_png(d / "bg.png", bg, png_compress_level)
+        write_png(d / "bg.png", bg, png_compress_level)
         head = HeadModel(params)
         c2w = np.concatenate([video_c2w, novel_c2w])
         expr = np.concatenate([video, novel])
@@ -452,9 +434,12 @@ def generate(
                 img = np.where(hit_np[j][..., None], rgb8[j], bg)
                 rel = f"{splits[f]}/{local[f]:04d}.png"
                 mask_rel = f"{splits[f]}/{local[f]:04d}_mask.png"
-                _write_png(d / rel, img, png_compress_level)
-                _write_png(d / mask_rel, hit_np[j].astype(np.uint8) * 255, png_compress_level)
-                frames[splits[f]].append(_frame_json(rel, mask_rel, c2w[f], expr[f], boxes[f], source_index[f], fps))
+                write_png(d / rel, img, png_compress_level)
+                write_png(d / mask_rel, hit_np[j].astype(np.uint8) * 255, png_compress_level)
+                frames[splits[f]].append(
+                    frame_record(rel, c2w[f], expr[f], mask_path=mask_rel, bbox=boxes[f], frame_index=source_index[f],
+                                 time=source_index[f] / fps)
+                )
             done += b - a
             if progress is not None:
                 progress(done, total)
@@ -465,20 +450,8 @@ def generate(
             in_split = np.array([sp == split for sp in splits])
             near = max(0.05, float(centre_dist[in_split].min()) - reach)
             far = float(centre_dist[in_split].max()) + reach
-            meta = {
-                "camera_angle_x": 2.0 * math.atan(0.5 * size / focal),
-                "intrinsics": intrinsics,
-                "w": size,
-                "h": size,
-                "near": near,
-                "far": far,
-                "aabb": list(TRACE_BOX),
-                "background": "bg.png",
-                "expression_names": list(EXPRESSION_NAMES),
-                "fps": fps,
-                "frames": frs,
-            }
-            (d / f"transforms_{split}.json").write_text(json.dumps(meta, indent=1))
+            write_transforms(d, split, frs, intrinsics=intrinsics, width=size, height=size, near=near, far=far,
+                             aabb=TRACE_BOX, background="bg.png", expression_names=EXPRESSION_NAMES, fps=fps)
         (d / IDENTITY_MARKER).write_text(
             json.dumps(
                 {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k,

@@ -1,0 +1,105 @@
+"""Writing the layout of ``DATASET.md``: frame images, frame records and ``transforms_<split>.json``.
+
+The one place that knows how the writers of the layout (the procedural generator :mod:`fastminerf.data.synth`
+and the video preparation :mod:`fastminerf.prepare`) put files on disk. Files that mark progress are written
+atomically (a temporary file renamed over the target), so an interrupted writer never leaves half a JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = ["frame_record", "write_json", "write_png", "write_transforms"]
+
+PathLike = Union[str, Path]
+
+
+def write_png(path: PathLike, img: np.ndarray, level: int = 1) -> None:
+    """Write a uint8 image ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` as PNG with zlib ``level`` (0-9: low is
+    fast; the pixels are the same at every level)."""
+    import imageio.v3 as iio
+
+    iio.imwrite(path, np.ascontiguousarray(img), plugin="pillow", extension=".png", compress_level=level)
+
+
+def write_json(path: PathLike, data: object, indent: Optional[int] = 1) -> Path:
+    """Write ``data`` as JSON atomically: to ``<path>.tmp``, then renamed over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=indent))
+    os.replace(tmp, path)
+    return path
+
+
+def frame_record(
+    file_path: str,
+    transform_matrix: np.ndarray,
+    expression: Sequence[float],
+    *,
+    mask_path: Optional[str] = None,
+    bbox: Optional[Sequence[float]] = None,
+    frame_index: Optional[int] = None,
+    time: Optional[float] = None,
+) -> Dict[str, object]:
+    """One entry of a transforms file's ``frames`` list (keys of ``DATASET.md``; optional keys only when given).
+
+    ``float(np.float32)`` is exact, so reading the JSON back gives the very float32 values written."""
+    rec: Dict[str, object] = {"file_path": file_path}
+    if mask_path is not None:
+        rec["mask_path"] = mask_path
+    rec["transform_matrix"] = [[float(v) for v in row] for row in np.asarray(transform_matrix)]
+    rec["expression"] = [float(v) for v in expression]
+    if bbox is not None:
+        rec["bbox"] = [float(v) for v in bbox]
+    if frame_index is not None:
+        rec["frame_index"] = int(frame_index)
+    if time is not None:
+        rec["time"] = float(time)
+    return rec
+
+
+def write_transforms(
+    identity_dir: PathLike,
+    split: str,
+    frames: Sequence[Dict[str, object]],
+    *,
+    intrinsics: Sequence[float],
+    width: int,
+    height: int,
+    aabb: Optional[Sequence[float]] = None,
+    near: Optional[float] = None,
+    far: Optional[float] = None,
+    expression_names: Optional[Sequence[str]] = None,
+    fps: Optional[float] = None,
+    background: Optional[str] = None,
+) -> Path:
+    """Write ``identity_dir/transforms_<split>.json`` atomically (camera keys first, then ``frames``).
+
+    ``camera_angle_x`` is written beside ``intrinsics`` for readers that only know NeRF's key."""
+    import math
+
+    fx = float(intrinsics[0])
+    meta: Dict[str, object] = {
+        "camera_angle_x": 2.0 * math.atan(0.5 * width / fx),
+        "intrinsics": [float(v) for v in intrinsics],
+        "w": int(width),
+        "h": int(height),
+    }
+    if near is not None and far is not None:
+        meta["near"] = float(near)
+        meta["far"] = float(far)
+    if aabb is not None:
+        meta["aabb"] = [float(v) for v in aabb]
+    if background is not None:
+        meta["background"] = background
+    if expression_names is not None:
+        meta["expression_names"] = list(expression_names)
+    if fps is not None:
+        meta["fps"] = float(fps)
+    meta["frames"] = list(frames)
+    return write_json(Path(identity_dir) / f"transforms_{split}.json", meta)

@@ -1,0 +1,129 @@
+"""A one-image check of a prepared video: tracking, re-projection, masks, background and pose over time.
+
+Row 1: frames spread over the video with the tracked landmarks (green), the person's neutral face projected
+through the written camera (red: it should sit on the green points of the rigid parts of the face) and the head
+axes (x red, y green, z blue). Row 2: the same frames with the segmentation mask (person tinted, background
+darkened). Row 3: the background image, then head rotation (degrees about the camera's x, y, z axes) and the first
+three expression coefficients over the video, one curve each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+from .pose import project
+
+__all__ = ["write_contact_sheet"]
+
+PathLike = Union[str, Path]
+
+AXIS_LENGTH = 0.5
+"""Length of the drawn head axes, head units."""
+
+_AXIS_COLOURS = ((230, 40, 40), (40, 200, 40), (60, 120, 255))
+_CURVE_COLOURS = ((230, 60, 60), (60, 200, 60), (80, 140, 255))
+
+
+def _rotation_degrees(c2w: np.ndarray) -> np.ndarray:
+    """(B, 3) rotation vector of each head-to-camera rotation, in degrees (about x, y, z; 0 = frontal)."""
+    import cv2
+
+    out = np.empty((len(c2w), 3))
+    for i, m in enumerate(np.asarray(c2w, dtype=np.float64)):
+        out[i] = np.degrees(cv2.Rodrigues(np.ascontiguousarray(m[:3, :3].T))[0].reshape(3))
+    return out
+
+
+def _plot(draw, box, series: np.ndarray, title: str) -> None:
+    """Curves of ``series (B, C)`` in ``box = (x0, y0, x1, y1)``, each column a colour, with a zero line."""
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, outline=(90, 90, 90))
+    draw.text((x0 + 4, y0 + 2), title, fill=(220, 220, 220))
+    if len(series) < 2:
+        return
+    lo, hi = float(series.min()), float(series.max())
+    span = max(hi - lo, 1e-6)
+    top, bottom = y0 + 16, y1 - 4
+
+    def ypos(v):
+        return bottom - (v - lo) / span * (bottom - top)
+
+    if lo < 0 < hi:
+        draw.line([(x0, ypos(0.0)), (x1, ypos(0.0))], fill=(70, 70, 70))
+    xs = np.linspace(x0 + 2, x1 - 2, len(series))
+    for c in range(series.shape[1]):
+        pts = [(float(x), float(ypos(v))) for x, v in zip(xs, series[:, c])]
+        draw.line(pts, fill=_CURVE_COLOURS[c % 3], width=1)
+    draw.text((x1 - 90, y0 + 2), f"{lo:+.1f}..{hi:+.1f}", fill=(180, 180, 180))
+
+
+def write_contact_sheet(
+    out_png: PathLike,
+    title: str,
+    frames: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    landmarks: Sequence[np.ndarray],
+    c2w_shown: Sequence[np.ndarray],
+    neutral: np.ndarray,
+    stable: np.ndarray,
+    intrinsics: Sequence[float],
+    background: np.ndarray,
+    c2w_all: np.ndarray,
+    expression: np.ndarray,
+) -> Path:
+    """Write the contact sheet of one prepared video.
+
+    Args:
+        out_png: output file.
+        title: the identity name (drawn at the top).
+        frames, masks, landmarks, c2w_shown: per shown frame: image ``(H, W, 3)`` uint8, mask ``(H, W)`` uint8,
+            tracked landmarks ``(K, 3)`` in pixels, camera-to-head ``(4, 4)``.
+        neutral: ``(K, 3)`` the person's neutral face, head space; ``stable`` its rigid landmarks.
+        intrinsics: ``[fx, fy, cx, cy]``.
+        background: ``(H, W, 3)`` uint8.
+        c2w_all: ``(B, 4, 4)`` every frame's camera; expression: ``(B, E)`` every frame's coefficients.
+    """
+    from PIL import Image, ImageDraw
+
+    h, w = frames[0].shape[:2]
+    pad, header = 4, 20
+    cols = len(frames)
+    width = pad + cols * (w + pad)
+    height = header + 3 * (h + pad) + pad
+    sheet = Image.new("RGB", (width, height), (30, 30, 30))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 4), f"{title}: tracked landmarks (green), neutral face through the written camera (red), "
+                        "head axes; masks; background; pose and expression over time", fill=(230, 230, 230))
+    dot = max(1, w // 256)
+    for c, (img, mask, lm, cam) in enumerate(zip(frames, masks, landmarks, c2w_shown)):
+        x = pad + c * (w + pad)
+        tile = Image.fromarray(np.ascontiguousarray(img[..., :3]))
+        d = ImageDraw.Draw(tile)
+        for u, v in np.asarray(lm)[:, :2]:
+            d.rectangle([u - dot / 2, v - dot / 2, u + dot / 2, v + dot / 2], fill=(60, 230, 60))
+        for u, v in project(neutral[stable], cam, intrinsics):
+            d.rectangle([u - dot / 2, v - dot / 2, u + dot / 2, v + dot / 2], fill=(240, 50, 50))
+        axes = project(np.vstack([np.zeros(3), AXIS_LENGTH * np.eye(3)]), cam, intrinsics)
+        for a in range(3):
+            d.line([tuple(axes[0]), tuple(axes[a + 1])], fill=_AXIS_COLOURS[a], width=max(2, w // 128))
+        sheet.paste(tile, (x, header))
+        m = (np.asarray(mask, dtype=np.float32) / 255.0)[..., None]
+        tinted = img[..., :3] * (0.35 + 0.65 * m) + np.array([0.0, 60.0, 90.0]) * m * 0.4
+        sheet.paste(Image.fromarray(np.clip(tinted, 0, 255).astype(np.uint8)), (x, header + h + pad))
+    y = header + 2 * (h + pad)
+    sheet.paste(Image.fromarray(np.ascontiguousarray(background[..., :3])), (pad, y))
+    draw.text((pad + 4, y + 2), "bg.png", fill=(255, 255, 255))
+    plots_x0 = pad + w + pad
+    plots_w = width - plots_x0 - pad
+    if plots_w > 40:
+        half = (plots_w - pad) // 2
+        _plot(draw, (plots_x0, y, plots_x0 + half, y + h), _rotation_degrees(c2w_all), "head rotation (deg)")
+        _plot(draw, (plots_x0 + half + pad, y, plots_x0 + plots_w, y + h), np.asarray(expression)[:, :3],
+              "expression 0-2")
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

@@ -1,0 +1,130 @@
+"""The expression space shared by every identity prepared into one output folder.
+
+A frame's expression is the non-rigid part of its landmarks: the frame aligned to the person's own neutral face
+(pose and scale removed, :func:`fastminerf.prepare.pose.identity_neutral`) minus that neutral face. One linear
+basis, fitted across all the videos prepared together (uncentred PCA, so that the coefficients of a neutral face
+are zero; each video weighs the same however long it is), maps these deformations to ``E`` coefficients. Every
+identity lives in the same coefficient space, so an expression transfers between people.
+
+The basis is stored in the output folder as :data:`BASIS_FILE` together with the canonical face and the stable
+landmarks, and reused by later prepares into the same folder (new identities join the same space, e.g. for
+personalisation of a trained model).
+
+Dimension letters: B frames, K landmarks, S stable landmarks, E expression size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence, Tuple, Union
+
+import numpy as np
+
+from .pose import evenly_spaced
+
+__all__ = ["BASIS_FILE", "ExpressionBasis", "fit_basis"]
+
+PathLike = Union[str, Path]
+
+BASIS_FILE = "expression_basis.npz"
+"""File in the output root holding the shared face model (canonical face, stable landmarks, expression basis)."""
+
+BASIS_FORMAT = 1
+"""Version of :data:`BASIS_FILE`'s contents."""
+
+FIT_FRAMES_PER_VIDEO = 400
+"""Frames per video (evenly spread) used to fit the basis."""
+
+
+@dataclass(frozen=True)
+class ExpressionBasis:
+    """The shared face model: canonical face, stable landmarks and expression basis."""
+
+    canonical: np.ndarray
+    """(K, 3) float64 canonical face in head space (sets the head frame and scale of every identity)."""
+    stable: np.ndarray
+    """(S,) int64 landmarks used for rigid alignment."""
+    components: np.ndarray
+    """(E, K * 3) float64 orthonormal deformation directions, most variance first."""
+    scale: float
+    """Coefficients are projections divided by this: the standard deviation of the first one over the fitted
+    frames, so that the coefficients are of order 1."""
+    explained: np.ndarray
+    """(E,) float64 share of the deformation energy each component explains on the fitted frames."""
+    face_height: float
+    """Forehead-to-chin height of the canonical face, head units."""
+
+    @property
+    def dim(self) -> int:
+        """E."""
+        return int(self.components.shape[0])
+
+    @property
+    def names(self) -> List[str]:
+        """``expression_names`` of the layout: ``pca00``, ``pca01``, ..."""
+        return [f"pca{i:02d}" for i in range(self.dim)]
+
+    def coefficients(self, aligned: np.ndarray, neutral: np.ndarray) -> np.ndarray:
+        """Expression ``(B, E)`` float64 of aligned frames ``(B, K, 3)`` relative to a neutral face ``(K, 3)``."""
+        d = (np.asarray(aligned, dtype=np.float64) - neutral).reshape(len(aligned), -1)
+        return d @ self.components.T / self.scale
+
+    def deformation(self, coefficients: np.ndarray) -> np.ndarray:
+        """Landmark offsets ``(B, K, 3)`` of coefficients ``(B, E)`` (the inverse of :meth:`coefficients` on the
+        basis' span)."""
+        c = np.asarray(coefficients, dtype=np.float64)
+        return (c * self.scale @ self.components).reshape(len(c), -1, 3)
+
+    def save(self, root: PathLike) -> Path:
+        """Write ``root/expression_basis.npz`` atomically."""
+        path = Path(root) / BASIS_FILE
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, format=BASIS_FORMAT, canonical=self.canonical, stable=self.stable, components=self.components,
+                 scale=self.scale, explained=self.explained, face_height=self.face_height)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, root: PathLike) -> "ExpressionBasis":
+        """Read ``root/expression_basis.npz``; ``ValueError`` naming the file when it is not one of ours."""
+        path = Path(root) / BASIS_FILE
+        try:
+            with np.load(path) as z:
+                if int(z["format"]) != BASIS_FORMAT:
+                    raise ValueError(f"{path}: format {int(z['format'])}, this fastminerf reads {BASIS_FORMAT}")
+                return cls(z["canonical"], z["stable"].astype(np.int64), z["components"], float(z["scale"]),
+                           z["explained"], float(z["face_height"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable expression basis ({exc})") from None
+
+
+def fit_basis(deformations: Sequence[np.ndarray], dim: int) -> Tuple[np.ndarray, float, np.ndarray]:
+    """Uncentred PCA of landmark deformations, each video weighing the same.
+
+    Args:
+        deformations: per video, ``(B_i, K, 3)`` aligned frames minus that person's neutral face.
+        dim: E, components kept (at most the number of frames used).
+
+    Returns:
+        ``components (E, K * 3)``, ``scale`` (standard deviation of the first coefficient) and ``explained (E,)``.
+    """
+    if dim < 1:
+        raise ValueError(f"expression_dim must be >= 1, got {dim}")
+    rows = []
+    for d in deformations:
+        pick = evenly_spaced(len(d), FIT_FRAMES_PER_VIDEO)
+        rows.append(d[pick].reshape(len(pick), -1) / np.sqrt(len(pick)))
+    mat = np.concatenate(rows)
+    _, sig, vt = np.linalg.svd(mat, full_matrices=False)
+    e = min(dim, vt.shape[0])
+    if e < dim:
+        raise ValueError(f"expression_dim {dim} needs at least {dim} frames to fit the basis; got {vt.shape[0]}")
+    energy = sig**2
+    components = vt[:e]
+    # Sign convention: each component's largest entry positive (a basis fitted twice gives the same signs).
+    big = np.argmax(np.abs(components), axis=1)
+    components = components * np.sign(components[np.arange(e), big])[:, None]
+    scale = float(sig[0] / np.sqrt(len(deformations)))  # weighted RMS of the first coefficient
+    return components, scale, energy[:e] / energy.sum()

@@ -1,0 +1,535 @@
+"""Orchestration of ``fastminerf prepare``: stages, per-video isolation of failures, resume.
+
+For each video, into ``ROOT/<video name>/``:
+
+1. **track** (:mod:`.tracking`): decode at a constant frame rate, mediapipe face mesh on every frame. Cached as
+   ``.prepare/track.npz``.
+2. **frames**: choose one square crop for the whole video (head and shoulders of every frame, clamped to the
+   frame), decode again cropped and resized by ffmpeg, segment each frame with a face, write ``frames/NNNNN.png``
+   and ``masks/NNNNN.png``, the median background ``bg.png`` (:mod:`.background`) and ``audio.wav``. Marked done
+   by ``.prepare/frames.json``.
+
+Then, once for all videos: the shared face model (:mod:`.expression`, :mod:`.pose`): loaded from
+``ROOT/expression_basis.npz`` when an earlier prepare wrote it, else fitted on every video that got this far.
+
+3. **cameras**: each frame's head pose (perspective PnP of the person's neutral face, smoothed over time), its
+   expression coefficients and face box; ``transforms_{train,val,test}.json`` (the last frames are ``val`` then
+   ``test``), ``contact_sheet.png``, and last ``prepare.json``, the marker of a finished video.
+
+Every marker and cache is written atomically, and each records the settings it was made with: an interrupted
+prepare, run again, continues from the last finished stage of each video; a finished video is skipped. A video
+that fails (unreadable, too few frames with a face) is reported with its error and the others go on; nothing
+another video finished is touched. Folders that prepare did not write are never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..config import PrepareConfig
+from ..data.writer import frame_record, write_json, write_png, write_transforms
+from . import background as _background
+from .contact_sheet import write_contact_sheet
+from .expression import BASIS_FILE, ExpressionBasis, fit_basis
+from .pose import (
+    CHIN,
+    FOREHEAD,
+    camera_to_head,
+    evenly_spaced,
+    fit_canonical,
+    identity_neutral,
+    project,
+    scene_box,
+    smooth_poses,
+    solve_poses,
+)
+from .tracking import N_LANDMARKS, FaceTracker, Segmenter, require_mediapipe
+from .video import VIDEO_SUFFIXES, VideoError, VideoInfo, extract_audio, probe, read_frames
+
+__all__ = ["PrepareError", "PrepareResult", "VideoResult", "prepare"]
+
+PathLike = Union[str, Path]
+ProgressFn = Callable[[str, str, int, int], None]
+"""``progress(stage, video_name, done, total)``; stage is ``track``, ``frames``, ``cameras`` or ``basis``;
+``total`` is 0 while unknown."""
+
+PREPARE_VERSION = 2
+"""Version of what prepare writes; part of every stage's fingerprint, bumped when the output would change."""
+
+WORK_DIR = ".prepare"
+"""Hidden folder of per-stage caches inside each identity folder."""
+
+DONE_FILE = "prepare.json"
+"""Marker of a finished video: settings, counts, crop, timings."""
+
+CROP_SHIFT_DOWN = 0.15
+"""The crop centre sits this many face heights below the face centre: room for neck and shoulders."""
+
+CROP_COVER_MARGIN = 0.25
+"""The crop also covers every frame's face box grown by this many face heights on each side."""
+
+BBOX_MARGIN = 0.08
+"""Face box = the landmarks' 2D extent grown by this fraction of its size on each side."""
+
+SHEET_COLUMNS = 4
+"""Frames shown in each contact sheet."""
+
+
+class PrepareError(ValueError):
+    """A video cannot be prepared (too few usable frames, a folder prepare did not write, a settings clash).
+    The message names the video."""
+
+
+@dataclass
+class VideoResult:
+    """What happened to one video."""
+
+    name: str
+    """Identity name (the video's file name without suffix) and folder name under the root."""
+    video: Path
+    """The source video."""
+    status: str
+    """``done`` (prepared now), ``skipped`` (finished by an earlier run with the same settings) or ``failed``."""
+    error: Optional[str] = None
+    """Why it failed."""
+    out_dir: Optional[Path] = None
+    """The identity folder (None when it failed before writing)."""
+    frames_total: int = 0
+    """Frames decoded (after frame-rate resampling and ``max_frames``)."""
+    frames_used: int = 0
+    """Frames with a face, written."""
+    frames_dropped: int = 0
+    """Frames without a face, dropped."""
+    splits: Dict[str, int] = field(default_factory=dict)
+    """Frames per split."""
+    crop: Optional[Tuple[int, int, int]] = None
+    """``(x0, y0, side)`` of the square crop, in source pixels."""
+    notes: List[str] = field(default_factory=list)
+    """Things a person should know (the crop was clamped to the frame, no audio, ...)."""
+    fps: Optional[float] = None
+    """Frame rate of the written frames."""
+    seconds: Dict[str, float] = field(default_factory=dict)
+    """Wall time of each stage run now."""
+    contact_sheet: Optional[Path] = None
+    """The contact sheet PNG."""
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare` did."""
+
+    root: Path
+    """The output folder."""
+    videos: List[VideoResult]
+    """One entry per video, in the order given."""
+    basis: Optional[Path]
+    """The shared face model file (None when no video got far enough to fit it)."""
+    basis_reused: bool
+    """Whether the face model was loaded from an earlier prepare into the same root."""
+    expression_dim: int = 0
+    """E."""
+
+    @property
+    def failed(self) -> List[VideoResult]:
+        """The videos that failed."""
+        return [v for v in self.videos if v.status == "failed"]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _fingerprints(cfg: PrepareConfig, video: Path) -> Dict[str, dict]:
+    """The settings each stage depends on (cumulative), with the source file's size and modification time."""
+    st = video.stat()
+    track = {"version": PREPARE_VERSION, "video_bytes": st.st_size, "video_mtime_ns": st.st_mtime_ns,
+             "fps": cfg.fps, "max_frames": cfg.max_frames, "track_max_side": cfg.track_max_side,
+             "min_detection_confidence": cfg.min_detection_confidence,
+             "min_tracking_confidence": cfg.min_tracking_confidence}
+    frames = dict(track, size=cfg.size, crop_scale=cfg.crop_scale, segmentation_model=cfg.segmentation_model,
+                  background_frames=cfg.background_frames, audio_rate=cfg.audio_rate)
+    cameras = dict(frames, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, min_frames=cfg.min_frames,
+                   focal_factor=cfg.focal_factor, pose_smoothing=cfg.pose_smoothing)
+    return {"track": track, "frames": frames, "cameras": cameras}
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _ours(folder: Path) -> bool:
+    return (folder / WORK_DIR).is_dir() or (folder / DONE_FILE).is_file()
+
+
+def _clear(folder: Path) -> None:
+    """Remove what prepare writes in an identity folder (only that)."""
+    for sub in ("frames", "masks", WORK_DIR):
+        if (folder / sub).is_dir():
+            shutil.rmtree(folder / sub)
+    for f in list(folder.glob("transforms_*.json")) + [folder / n for n in ("bg.png", "audio.wav", "contact_sheet.png", DONE_FILE)]:
+        if f.is_file():
+            f.unlink()
+
+
+def _check_folder(folder: Path, fp: Dict[str, dict], overwrite: bool) -> None:
+    """Refuse folders prepare did not write; clear ours when it was made with other settings and ``overwrite``."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise PrepareError(f"{folder} exists and is not a folder")
+    if not any(folder.iterdir()):
+        return
+    if not _ours(folder):
+        raise PrepareError(f"{folder} holds files that fastminerf prepare did not write; refusing to write into it "
+                           f"(choose another --out)")
+    stored = [(_read_json(folder / WORK_DIR / "track.json"), "track"), (_read_json(folder / WORK_DIR / "frames.json"), "frames"),
+              (_read_json(folder / DONE_FILE), "cameras")]
+    clash = [stage for data, stage in stored if data is not None and data.get("fingerprint") != fp[stage]]
+    if clash:
+        if not overwrite:
+            old = next(d for d, s in stored if s == clash[0])["fingerprint"]
+            diff = sorted(k for k in set(old) | set(fp[clash[0]]) if old.get(k) != fp[clash[0]].get(k))
+            raise PrepareError(f"{folder} was prepared with other settings or from another file ({', '.join(diff)} "
+                               f"differ); pass overwrite (--overwrite) to prepare it again, or choose another --out")
+        _clear(folder)
+
+
+def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> Dict[str, int]:
+    n_test = 0 if test_fraction <= 0 else max(1, int(round(test_fraction * n)))
+    n_val = 0 if val_fraction <= 0 else max(1, int(round(val_fraction * n)))
+    return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def _track(info: VideoInfo, fps: float, cfg: PrepareConfig, work: Path, name: str, progress: Optional[ProgressFn]) -> dict:
+    """Stage 1: landmarks of every frame (NaN where no face), in source pixels. Cached in ``track.npz``."""
+    scale = min(1.0, cfg.track_max_side / max(info.width, info.height))
+    tw, th = info.width, info.height
+    if scale < 1.0:
+        tw, th = max(2, int(round(info.width * scale / 2)) * 2), max(2, int(round(info.height * scale / 2)) * 2)
+    expected = int(math.ceil(info.duration * fps)) if info.duration > 0 else 0
+    if cfg.max_frames is not None:
+        expected = min(expected, cfg.max_frames) if expected else cfg.max_frames
+    found: List[Optional[np.ndarray]] = []
+    with FaceTracker(cfg.min_detection_confidence, cfg.min_tracking_confidence) as tracker:
+        for i, rgb in enumerate(read_frames(info.path, fps, size=None if scale == 1.0 else (tw, th), max_frames=cfg.max_frames)):
+            found.append(tracker(rgb))
+            if progress is not None and (i % 10 == 0):
+                progress("track", name, i + 1, max(expected, i + 1))
+    n = len(found)
+    if n == 0:
+        raise PrepareError(f"{info.path}: ffmpeg decoded no frames")
+    lm = np.full((n, N_LANDMARKS, 3), np.nan, dtype=np.float32)
+    for i, f in enumerate(found):
+        if f is not None:
+            lm[i] = f
+    # Normalised coordinates -> source pixels (z scales like x).
+    lm *= np.array([info.width, info.height, info.width], dtype=np.float32)
+    tmp = work / "track.tmp.npz"
+    np.savez(tmp, landmarks=lm)
+    tmp.replace(work / "track.npz")
+    if progress is not None:
+        progress("track", name, n, n)
+    return {"frames": n}
+
+
+def _choose_crop(lm: np.ndarray, width: int, height: int, crop_scale: float) -> Tuple[Tuple[int, int, int], Optional[str]]:
+    """One square crop ``(x0, y0, side)`` in source pixels for the whole video, and a note when it had to be
+    clamped to the frame."""
+    ok = np.isfinite(lm[:, 0, 0])
+    pts = lm[ok, :, :2]
+    lo, hi = pts.min(axis=1), pts.max(axis=1)  # (B, 2) face boxes
+    face_h = np.linalg.norm(pts[:, FOREHEAD] - pts[:, CHIN], axis=1)
+    h = float(np.percentile(face_h, 90))
+    centre = np.median((lo + hi) / 2, axis=0) + np.array([0.0, CROP_SHIFT_DOWN * h])
+    side = crop_scale * h
+    # Also every frame's face box with a margin (a head that moves a lot).
+    need_lo = lo.min(axis=0) - CROP_COVER_MARGIN * h
+    need_hi = hi.max(axis=0) + CROP_COVER_MARGIN * h
+    side = max(side, 2 * float(np.max(np.maximum(centre - need_lo, need_hi - centre))))
+    wanted = side
+    note = None
+    side = int(min(round(side), width, height))
+    side -= side % 2
+    if wanted > side + 1:
+        note = (f"the video frames the face more tightly than head and shoulders (a {wanted:.0f} px square was wanted "
+                f"in a {width}x{height} frame): cropped to the largest square that fits")
+    x0 = int(round(min(max(centre[0] - side / 2, 0), width - side)))
+    y0 = int(round(min(max(centre[1] - side / 2, 0), height - side)))
+    return (x0, y0, side), note
+
+
+def _frames(info: VideoInfo, fps: float, cfg: PrepareConfig, out: Path, lm: np.ndarray, name: str,
+            progress: Optional[ProgressFn]) -> dict:
+    """Stage 2: crop, segment and write frames, masks, background and audio."""
+    crop, note = _choose_crop(lm, info.width, info.height, cfg.crop_scale)
+    ok = np.isfinite(lm[:, 0, 0])
+    used = np.flatnonzero(ok)
+    bg_pick = set(used[evenly_spaced(len(used), cfg.background_frames)].tolist())
+    size = cfg.size
+    for sub in ("frames", "masks"):
+        (out / sub).mkdir(exist_ok=True)
+    bg_frames, bg_masks = [], []
+    done = 0
+    with Segmenter(cfg.segmentation_model) as segment:
+        for i, rgb in enumerate(read_frames(info.path, fps, crop=crop, size=(size, size), max_frames=len(lm))):
+            if i >= len(lm) or not ok[i]:
+                continue
+            person = segment(rgb)
+            mask = np.clip(np.rint(person * 255.0), 0, 255).astype(np.uint8)
+            write_png(out / "frames" / f"{i:05d}.png", rgb, cfg.png_compress_level)
+            write_png(out / "masks" / f"{i:05d}.png", mask, cfg.png_compress_level)
+            if i in bg_pick:
+                bg_frames.append(rgb.copy())
+                bg_masks.append(person)
+            done += 1
+            if progress is not None and done % 10 == 0:
+                progress("frames", name, done, len(used))
+    missing = [int(i) for i in used if not (out / "frames" / f"{i:05d}.png").is_file()]
+    if missing:
+        raise PrepareError(f"{info.path}: the second decode gave fewer frames than the first (frame {missing[0]} "
+                           f"missing); the file may be damaged")
+    bg, seen = _background.median_background(np.stack(bg_frames), np.stack(bg_masks))
+    write_png(out / "bg.png", bg, cfg.png_compress_level)
+    notes = [note] if note else []
+    if info.has_audio:
+        extract_audio(info.path, out / "audio.wav", cfg.audio_rate, duration=len(lm) / fps)
+    else:
+        notes.append("the video has no audio track: no audio.wav")
+    if progress is not None:
+        progress("frames", name, len(used), len(used))
+    return {"crop": list(crop), "notes": notes, "background_seen": float(seen.mean())}
+
+
+def _landmarks_in_crop(lm: np.ndarray, crop: Sequence[int], size: int) -> np.ndarray:
+    """Source-pixel landmarks ``(B, K, 3)`` to pixels of the written frames (u, v, and w scaled like u)."""
+    x0, y0, side = crop
+    s = size / side
+    return ((lm.astype(np.float64) - np.array([x0, y0, 0.0])) * s)
+
+
+def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: float, cfg: PrepareConfig,
+             basis: ExpressionBasis, neutral: np.ndarray, aligned: np.ndarray) -> dict:
+    """Stage 3: poses, expressions, face boxes, transforms files and the contact sheet. ``lm`` holds the used
+    frames' landmarks in pixels of the written frames."""
+    import imageio.v3 as iio
+
+    size = cfg.size
+    focal = cfg.focal_factor * size
+    intrinsics = [focal, focal, 0.5 * size, 0.5 * size]
+    poses = solve_poses(lm, neutral, basis.stable, intrinsics)
+    poses = smooth_poses(poses, frame_ids, cfg.pose_smoothing)
+    c2w = camera_to_head(poses)
+    expr = basis.coefficients(aligned, neutral)
+    lo, hi = lm[:, :, :2].min(axis=1), lm[:, :, :2].max(axis=1)
+    grow = BBOX_MARGIN * (hi - lo)
+    lo, hi = np.clip((lo - grow) / size, 0, 1), np.clip((hi + grow) / size, 0, 1)
+    bbox = np.stack([lo[:, 1], hi[:, 1], lo[:, 0], hi[:, 0]], axis=1)
+    aabb = scene_box(c2w, intrinsics, size, basis.canonical, basis.face_height)
+    # float32 values, so that what is written is what is read back
+    c2w32, expr32, bbox32 = c2w.astype(np.float32), expr.astype(np.float32), bbox.astype(np.float32)
+    sizes = _split_sizes(len(frame_ids), cfg.val_fraction, cfg.test_fraction)
+    start = 0
+    for split in ("train", "val", "test"):
+        n = sizes[split]
+        stale = out / f"transforms_{split}.json"
+        if n == 0:
+            stale.unlink(missing_ok=True)
+            continue
+        recs = [frame_record(f"frames/{i:05d}.png", c2w32[j], expr32[j], mask_path=f"masks/{i:05d}.png",
+                             bbox=bbox32[j], frame_index=int(i), time=float(i) / fps)
+                for j, i in ((j, frame_ids[j]) for j in range(start, start + n))]
+        write_transforms(out, split, recs, intrinsics=intrinsics, width=size, height=size, aabb=aabb,
+                         expression_names=basis.names, fps=fps, background="bg.png")
+        start += n
+    # Re-projection of the neutral face's rigid landmarks through the written cameras: the tracking check.
+    err = np.linalg.norm(project(neutral[basis.stable], c2w32.astype(np.float64), intrinsics) - lm[:, basis.stable, :2], axis=2)
+    show = evenly_spaced(len(frame_ids), SHEET_COLUMNS)
+    sheet = write_contact_sheet(
+        out / "contact_sheet.png", name,
+        [np.asarray(iio.imread(out / "frames" / f"{frame_ids[j]:05d}.png")) for j in show],
+        [np.asarray(iio.imread(out / "masks" / f"{frame_ids[j]:05d}.png")) for j in show],
+        [lm[j] for j in show], [c2w[j] for j in show], neutral, basis.stable, intrinsics,
+        np.asarray(iio.imread(out / "bg.png")), c2w, expr,
+    )
+    return {"splits": sizes, "aabb": aabb, "intrinsics": intrinsics, "contact_sheet": str(sheet.name),
+            "reprojection_px": {"median": float(np.median(err)), "p95": float(np.percentile(err, 95))}}
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+
+
+def _names(videos: Sequence[Path]) -> List[str]:
+    names = [v.stem for v in videos]
+    seen: Dict[str, Path] = {}
+    for v, n in zip(videos, names):
+        if n in seen:
+            raise PrepareError(f"{v} and {seen[n]} would both become identity '{n}'; rename one of them")
+        seen[n] = v
+    return names
+
+
+def prepare(
+    videos: Sequence[PathLike],
+    out_dir: PathLike,
+    cfg: PrepareConfig = PrepareConfig(),
+    progress: Optional[ProgressFn] = None,
+) -> PrepareResult:
+    """Turn talking-face videos into identity folders of the shared layout, with one shared expression space.
+
+    Args:
+        videos: video files (mp4, mov, webm, ...); each becomes ``out_dir/<file name without suffix>/``.
+        out_dir: the dataset root (created when missing). An ``expression_basis.npz`` already there is reused.
+        cfg: settings (:class:`fastminerf.config.PrepareConfig`).
+        progress: ``progress(stage, video_name, done, total)``.
+
+    Returns:
+        A :class:`PrepareResult`: per video ``done``, ``skipped`` (finished earlier) or ``failed`` with the error.
+
+    Raises:
+        MediapipeMissing: mediapipe 0.10.21 is not installed (the message says how to install it).
+        PrepareError: two videos would get the same name, or settings are invalid.
+    """
+    if cfg.size < 16:
+        raise PrepareError(f"size must be at least 16 pixels, got {cfg.size}")
+    if cfg.val_fraction < 0 or cfg.test_fraction < 0 or cfg.val_fraction + cfg.test_fraction >= 0.9:
+        raise PrepareError(f"need val_fraction, test_fraction >= 0 with a sum below 0.9, got {cfg.val_fraction}, "
+                           f"{cfg.test_fraction}")
+    if cfg.min_frames < 3:
+        raise PrepareError(f"min_frames must be at least 3 (train, val and test frames), got {cfg.min_frames}")
+    require_mediapipe()  # fail once, before any video, when it is missing
+    paths = [Path(v) for v in videos]
+    if not paths:
+        raise PrepareError("no videos given")
+    names = _names(paths)
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    results = [VideoResult(n, p, "pending") for n, p in zip(names, paths)]
+    state: Dict[str, dict] = {}
+
+    # Stages 1 and 2, each video on its own.
+    for res in results:
+        try:
+            state[res.name] = _prepare_frames(res, root, cfg, progress)
+        except (PrepareError, VideoError, OSError) as exc:
+            res.status, res.error = "failed", str(exc)
+
+    # The shared face model.
+    basis_path = root / BASIS_FILE
+    reused = basis_path.is_file()
+    ready = [r for r in results if r.status == "pending"]
+    if not ready:
+        return PrepareResult(root, results, basis_path if reused else None, reused)
+    t0 = time.perf_counter()
+    if reused:
+        basis = ExpressionBasis.load(root)
+    else:
+        if progress is not None:
+            progress("basis", "", 0, 1)
+        basis = _fit_basis(ready, state, cfg)
+        basis.save(root)
+        if progress is not None:
+            progress("basis", "", 1, 1)
+    basis_seconds = time.perf_counter() - t0
+    basis_id = {"file": BASIS_FILE, "canonical_sum": float(np.abs(basis.canonical).sum()), "dim": basis.dim}
+
+    # Stage 3 per video.
+    for res in ready:
+        st = state[res.name]
+        try:
+            if progress is not None:
+                progress("cameras", res.name, 0, 1)
+            t0 = time.perf_counter()
+            fp = st["fingerprints"]["cameras"]
+            done = _read_json(st["out"] / DONE_FILE)
+            if done is not None and done.get("fingerprint") == fp and done.get("basis") == basis_id:
+                res.status = "skipped"
+                info = done
+            else:
+                neutral, aligned = identity_neutral(st["lm"], basis.canonical, basis.stable)
+                info = _cameras(st["out"], res.name, st["lm"], st["ids"], st["fps"], cfg, basis, neutral, aligned)
+                res.status = "done"
+                res.seconds["cameras"] = time.perf_counter() - t0 + basis_seconds / len(ready)
+                info = dict(info, fingerprint=fp, basis=basis_id, name=res.name, video=str(res.video), fps=st["fps"],
+                            frames_total=st["frames_total"], frames_used=len(st["ids"]),
+                            frames_dropped=st["frames_total"] - len(st["ids"]), crop=st["crop"], notes=st["notes"],
+                            settings=asdict(cfg), expression_dim=basis.dim)
+                write_json(st["out"] / DONE_FILE, info)
+            res.splits = dict(info["splits"])
+            res.contact_sheet = st["out"] / info["contact_sheet"]
+            if progress is not None:
+                progress("cameras", res.name, 1, 1)
+        except (PrepareError, OSError, ValueError) as exc:
+            res.status, res.error = "failed", str(exc)
+    return PrepareResult(root, results, basis_path, reused, basis.dim)
+
+
+def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: Optional[ProgressFn]) -> dict:
+    """Stages 1 and 2 of one video (each skipped when its marker matches); returns what stage 3 needs."""
+    if not res.video.is_file():
+        raise PrepareError(f"{res.video}: no such video file")
+    if res.video.suffix.lower() not in VIDEO_SUFFIXES:
+        raise PrepareError(f"{res.video}: not a video file name (expected one of {', '.join(VIDEO_SUFFIXES)})")
+    info = probe(res.video)
+    out = root / res.name
+    fp = _fingerprints(cfg, res.video)
+    _check_folder(out, fp, cfg.overwrite)
+    work = out / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    res.out_dir = out
+    fps = float(cfg.fps) if cfg.fps else info.fps
+    res.fps = fps
+
+    track = _read_json(work / "track.json")
+    if track is None or track.get("fingerprint") != fp["track"] or not (work / "track.npz").is_file():
+        t0 = time.perf_counter()
+        track = dict(_track(info, fps, cfg, work, res.name, progress), fingerprint=fp["track"])
+        write_json(work / "track.json", track)
+        res.seconds["track"] = time.perf_counter() - t0
+    with np.load(work / "track.npz") as z:
+        lm = z["landmarks"]
+    ok = np.isfinite(lm[:, 0, 0])
+    res.frames_total, res.frames_used = int(len(lm)), int(ok.sum())
+    res.frames_dropped = res.frames_total - res.frames_used
+    if res.frames_used < cfg.min_frames:
+        raise PrepareError(
+            f"{res.video}: a face was found in only {res.frames_used} of {res.frames_total} frames (at least "
+            f"{cfg.min_frames} needed). mediapipe's bundled detector is short-range: the face must fill a good part of "
+            f"the frame (about a fifth of its height or more); crop the video around the face and try again")
+
+    frames = _read_json(work / "frames.json")
+    if frames is None or frames.get("fingerprint") != fp["frames"]:
+        t0 = time.perf_counter()
+        frames = dict(_frames(info, fps, cfg, out, lm, res.name, progress), fingerprint=fp["frames"])
+        write_json(work / "frames.json", frames)
+        res.seconds["frames"] = time.perf_counter() - t0
+    res.crop = tuple(frames["crop"])
+    res.notes = list(frames["notes"])
+    ids = np.flatnonzero(ok)
+    return {"out": out, "fps": fps, "lm": _landmarks_in_crop(lm[ids], frames["crop"], cfg.size), "ids": ids,
+            "frames_total": int(len(lm)), "crop": frames["crop"], "notes": frames["notes"], "fingerprints": fp}
+
+
+def _fit_basis(ready: Sequence[VideoResult], state: Dict[str, dict], cfg: PrepareConfig) -> ExpressionBasis:
+    """The shared face model from the videos that reached stage 3."""
+    shapes = [state[r.name]["lm"] for r in ready]
+    canonical, stable = fit_canonical(shapes, cfg.face_height, cfg.stable_fraction)
+    deformations = []
+    for s in shapes:
+        neutral, aligned = identity_neutral(s, canonical, stable)
+        deformations.append(aligned - neutral)
+    dim = min(cfg.expression_dim, sum(len(d) for d in deformations))
+    components, scale, explained = fit_basis(deformations, dim)
+    return ExpressionBasis(canonical, stable.astype(np.int64), components, scale, explained, cfg.face_height)

@@ -1,0 +1,121 @@
+"""Face landmarks and person segmentation with mediapipe's legacy solutions (models inside the wheel).
+
+mediapipe is imported lazily, on the first tracker built, so that ``import fastminerf`` never needs it. Only
+mediapipe 0.10.21 (and older) ships ``solutions.face_mesh`` and ``solutions.selfie_segmentation`` together with
+their models; newer releases expect a ``.task`` model file downloaded from the internet, which prepare never
+does. :func:`require_mediapipe` says so, and how to install it, when the import fails.
+
+- :class:`FaceTracker`: FaceMesh in video mode (it tracks the face from the previous frame and runs the detector
+  again only when tracking is lost) with ``refine_landmarks=True``: 478 landmarks, the last 10 on the irises.
+  Only mediapipe's short-range face detector is bundled: a face must fill a good part of the frame.
+- :class:`Segmenter`: selfie segmentation, a soft person mask per frame.
+
+Landmarks are returned in mediapipe's normalised image coordinates: ``x`` and ``y`` in [0, 1] across the width
+and the height, ``z`` a relative depth in about the units of ``x`` (smaller is nearer the camera).
+
+Dimension letters: K landmarks (478).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["MEDIAPIPE_VERSION", "N_LANDMARKS", "FaceTracker", "MediapipeMissing", "Segmenter", "require_mediapipe"]
+
+N_LANDMARKS = 478
+"""K: face-mesh landmarks with ``refine_landmarks`` (468 mesh points + 5 per iris)."""
+
+MEDIAPIPE_VERSION = "0.10.21"
+"""The mediapipe release prepare is written and tested against."""
+
+INSTALL_HINT = (
+    f'pip install -r requirements-prepare.txt && pip install --no-deps mediapipe=={MEDIAPIPE_VERSION} '
+    f'(or `make install`; the deps are "protobuf>=4.25.3,<5" absl-py attrs flatbuffers matplotlib '
+    f'opencv-python-headless)'
+)
+
+
+class MediapipeMissing(ImportError):
+    """mediapipe (with its legacy face-mesh solution) is not installed; the message says how to install it."""
+
+
+def require_mediapipe() -> Any:
+    """The ``mediapipe`` module with its legacy solutions, or :class:`MediapipeMissing` saying how to install it."""
+    os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: errors only
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import mediapipe as mp
+    except ImportError as exc:
+        raise MediapipeMissing(f"fastminerf prepare needs mediapipe {MEDIAPIPE_VERSION} ({exc}); install it with: "
+                               f"{INSTALL_HINT}") from None
+    except Exception as exc:  # e.g. protobuf 5+ fails while mediapipe builds its graphs
+        raise MediapipeMissing(f"mediapipe failed to import ({type(exc).__name__}: {exc}); fastminerf prepare needs "
+                               f"mediapipe {MEDIAPIPE_VERSION} with protobuf<5: {INSTALL_HINT}") from None
+    solutions = getattr(mp, "solutions", None)
+    if solutions is None or not hasattr(solutions, "face_mesh") or not hasattr(solutions, "selfie_segmentation"):
+        version = getattr(mp, "__version__", "?")
+        raise MediapipeMissing(f"mediapipe {version} has no bundled face-mesh model (releases after "
+                               f"{MEDIAPIPE_VERSION} download .task files at run time); install it with: {INSTALL_HINT}")
+    return mp
+
+
+class _Solution:
+    """A mediapipe solution object (``self._solution``) closed by :meth:`close` or by leaving a ``with`` block."""
+
+    _solution: Any
+
+    def close(self) -> None:
+        self._solution.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FaceTracker(_Solution):
+    """mediapipe FaceMesh in video mode: one face, 478 landmarks per frame, or None when no face is found.
+
+    Feed the frames of one video in order (the tracker carries state from frame to frame); build a new tracker
+    for each video. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5) -> None:
+        mp = require_mediapipe()
+        self._solution = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=False,
+            max_num_faces=1,
+            refine_landmarks=True,
+            min_detection_confidence=float(min_detection_confidence),
+            min_tracking_confidence=float(min_tracking_confidence),
+        )
+
+    def __call__(self, rgb: np.ndarray) -> Optional[np.ndarray]:
+        """Landmarks ``(K, 3)`` float32 (normalised x, y, z) of the face in an RGB uint8 frame ``(H, W, 3)``, or
+        None when there is no face."""
+        res = self._solution.process(np.ascontiguousarray(rgb))
+        faces = res.multi_face_landmarks
+        if not faces:
+            return None
+        lm = faces[0].landmark
+        if len(lm) != N_LANDMARKS:
+            raise RuntimeError(f"mediapipe returned {len(lm)} landmarks, expected {N_LANDMARKS}")
+        return np.array([(p.x, p.y, p.z) for p in lm], dtype=np.float32)
+
+
+class Segmenter(_Solution):
+    """mediapipe selfie segmentation: the probability that each pixel shows the person (head, hair, torso)."""
+
+    def __init__(self, model_selection: int = 0) -> None:
+        if model_selection not in (0, 1):
+            raise ValueError(f"segmentation model must be 0 (general) or 1 (landscape), got {model_selection}")
+        mp = require_mediapipe()
+        self._solution = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=int(model_selection))
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """Person probability ``(H, W)`` float32 in [0, 1] of an RGB uint8 frame ``(H, W, 3)``."""
+        return np.asarray(self._solution.process(np.ascontiguousarray(rgb)).segmentation_mask, dtype=np.float32)

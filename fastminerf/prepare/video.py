@@ -1,0 +1,146 @@
+"""Decoding videos and extracting their audio, through the ffmpeg binary that imageio-ffmpeg bundles.
+
+Every decode passes ffmpeg's ``fps`` filter, so a variable-frame-rate video (phones, screen recordings) becomes a
+constant-rate frame sequence: frame ``k`` is the picture shown at ``k / fps`` seconds, and two decodes of the same
+video with the same rate give the same frames (the tracking pass and the writing pass rely on that). Cropping and
+resizing happen inside ffmpeg, in its own process, beside the Python work.
+
+Dimension letters: B frames, H and W pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Tuple, Union
+
+import numpy as np
+
+__all__ = ["VideoError", "VideoInfo", "extract_audio", "probe", "read_frames"]
+
+PathLike = Union[str, Path]
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
+"""File suffixes accepted as videos (anything ffmpeg decodes works; these are the ones checked up front)."""
+
+
+class VideoError(ValueError):
+    """A video cannot be read (missing, not a video, no video stream). The message names the file."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ffmpeg reports about a video."""
+
+    path: Path
+    """The video file."""
+    width: int
+    """Frame width in pixels (after the rotation tag is applied)."""
+    height: int
+    """Frame height in pixels."""
+    fps: float
+    """Average frame rate ffmpeg reports."""
+    duration: float
+    """Duration in seconds (0 when unknown)."""
+    has_audio: bool
+    """Whether the file holds an audio stream."""
+
+
+def _ffmpeg() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def probe(path: PathLike) -> VideoInfo:
+    """Size, frame rate, duration and whether there is audio, or :class:`VideoError` naming the file."""
+    import imageio_ffmpeg
+
+    p = Path(path)
+    if not p.is_file():
+        raise VideoError(f"{p}: no such video file")
+    try:
+        gen = imageio_ffmpeg.read_frames(str(p))
+        meta = next(gen)
+        gen.close()
+    except (OSError, RuntimeError, StopIteration) as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise VideoError(f"{p}: ffmpeg cannot decode it as a video ({first})") from None
+    w, h = meta["size"]
+    fps = float(meta.get("fps") or 0.0)
+    if not (fps > 0 and math.isfinite(fps)):
+        raise VideoError(f"{p}: ffmpeg reports no frame rate; pass fps (--fps) explicitly")
+    return VideoInfo(p, int(w), int(h), fps, float(meta.get("duration") or 0.0), bool(meta.get("audio_codec")))
+
+
+def read_frames(
+    path: PathLike,
+    fps: float,
+    crop: Optional[Tuple[int, int, int]] = None,
+    size: Optional[Tuple[int, int]] = None,
+    max_frames: Optional[int] = None,
+) -> Iterator[np.ndarray]:
+    """Decoded RGB frames of a video at a constant ``fps``.
+
+    Args:
+        path: the video.
+        fps: output frame rate (ffmpeg's ``fps`` filter: frames are duplicated or dropped to keep time).
+        crop: ``(x0, y0, side)`` square crop in source pixels, applied before ``size``.
+        size: ``(width, height)`` of the output frames (area-averaging resize); None keeps the size.
+        max_frames: stop after this many frames.
+
+    Yields:
+        uint8 ``(H, W, 3)`` arrays (read-only views of ffmpeg's output).
+    """
+    import imageio_ffmpeg
+
+    filters = [f"fps={fps!r}"]
+    if crop is not None:
+        x0, y0, side = crop
+        filters.append(f"crop={side}:{side}:{x0}:{y0}")
+    if size is not None:
+        filters.append(f"scale={size[0]}:{size[1]}:flags=area")
+    out = ["-vf", ",".join(filters)]
+    if max_frames is not None:
+        out += ["-frames:v", str(int(max_frames))]
+    log = logging.getLogger("imageio_ffmpeg")
+    level = log.level
+    log.setLevel(logging.ERROR)  # it warns (on stderr) whenever the output size differs from the source's
+    try:
+        gen = imageio_ffmpeg.read_frames(str(path), output_params=out)
+        meta = next(gen)
+    finally:
+        log.setLevel(level)
+    w, h = meta["size"]
+    try:
+        for buf in gen:
+            yield np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
+    finally:
+        gen.close()
+
+
+def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration: Optional[float] = None) -> Path:
+    """Write the video's first audio stream as mono 16-bit PCM WAV at ``rate`` Hz, optionally only the first
+    ``duration`` seconds. Written to a temporary name and renamed, so an interrupted run leaves no partial file.
+
+    Raises:
+        VideoError: ffmpeg failed (its last message included).
+    """
+    out = Path(out_wav)
+    tmp = out.with_name(out.stem + ".tmp.wav")
+    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-i", str(path), "-vn", "-ac", "1", "-ar", str(int(rate)),
+           "-acodec", "pcm_s16le"]
+    if duration is not None:
+        cmd += ["-t", f"{duration:.6f}"]
+    cmd.append(str(tmp))
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        msg = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit status {res.returncode}"
+        raise VideoError(f"{path}: cannot extract the audio ({msg})")
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,453 @@
+"""`fastminerf prepare` on short pieces of real talking-face clips, and its geometry on exact synthetic data.
+
+The real clips live outside the repository, in ``../shared/data/real`` (or ``$FASTMINERF_REAL_DATA``); tests that
+need them skip when the folder is absent. Everything else (pose math, camera convention, background, errors on
+bad input) runs on data made here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastminerf.config import PrepareConfig
+from fastminerf.data import camera_rays, load_dataset
+from fastminerf.data.layout import read_transforms
+
+REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"))
+CLIPS = ("02_hdtf_WDA_AlexandriaOcasioCortez_000.mp4", "09_retalking_face5_woman_glasses.mp4")
+THIRD = "04_hdtf_WDA_BobMenendez_000.mp4"
+FRAMES = 30
+SIZE = 128
+
+needs_real = pytest.mark.skipif(not all((REAL / c).is_file() for c in CLIPS + (THIRD,)),
+                                reason=f"real clips not found in {REAL} (set FASTMINERF_REAL_DATA)")
+
+REPROJECTION_MEDIAN_PX = 2.0
+"""Median distance (pixels of the 128 px frames) between landmarks found in the written frames and the
+canonical face's rigid landmarks projected through the written cameras. The canonical face is the mean of all
+people, so a person's own face shape adds about a pixel; tracking noise adds a fraction of one."""
+
+REPROJECTION_P90_PX = 4.0
+"""90th percentile of the same distances (the mouth-adjacent and contour points of the rigid set move a little
+with expressions)."""
+
+MAX_STEP_DEG = 3.0
+"""Largest head rotation between consecutive frames at 25 fps: talking heads turn well under 75 degrees/s, and
+tracking jitter (a degree or two frame to frame on raw mediapipe poses) must be smoothed away."""
+
+MOUTH_R2 = 0.8
+"""Share of the variance of the mouth opening of both people explained by ONE linear map from the shared
+expression coefficients."""
+
+
+def _cfg(**kw) -> PrepareConfig:
+    base = dict(size=SIZE, max_frames=FRAMES, expression_dim=12, background_frames=30)
+    base.update(kw)
+    return PrepareConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    if not all((REAL / c).is_file() for c in CLIPS + (THIRD,)):
+        pytest.skip(f"real clips not found in {REAL}")
+    from fastminerf.prepare import prepare
+
+    root = tmp_path_factory.mktemp("prepared")
+    result = prepare([REAL / c for c in CLIPS], root, _cfg())
+    return root, result
+
+
+def _rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    rel = np.einsum("bji,bjk->bik", a, b)  # a^T b
+    cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)
+    return np.degrees(np.arccos(cos))
+
+
+# ------------------------------------------------------------------------------------------------ real clips
+
+
+@needs_real
+def test_every_frame_tracked_and_layout_loads(prepared):
+    root, result = prepared
+    assert [v.status for v in result.videos] == ["done", "done"], [v.error for v in result.videos]
+    for v in result.videos:
+        assert (v.frames_total, v.frames_used, v.frames_dropped) == (FRAMES, FRAMES, 0)
+        assert v.splits == {"train": 24, "val": 3, "test": 3}
+        for f in ("bg.png", "audio.wav", "contact_sheet.png", "prepare.json"):
+            assert (v.out_dir / f).is_file(), f
+    data = load_dataset(root, splits=("train", "val", "test"))
+    assert sorted(data.identities) == sorted(Path(c).stem for c in CLIPS)
+    t = data.table("train")
+    assert t.width == t.height == SIZE
+    # The last frames of each video are val then test, in time order.
+    for v in result.videos:
+        idx = {s: read_transforms(v.out_dir / f"transforms_{s}.json").frame_index for s in ("train", "val", "test")}
+        assert idx["train"].max() < idx["val"].min() and idx["val"].max() < idx["test"].min()
+        assert idx["test"].max() == FRAMES - 1
+    import wave
+
+    with wave.open(str(result.videos[0].out_dir / "audio.wav")) as w:
+        assert w.getframerate() == 16000 and w.getnchannels() == 1
+        assert w.getnframes() / 16000 == pytest.approx(FRAMES / 25.0, abs=0.05)
+
+
+@needs_real
+def test_canonical_landmarks_reproject_onto_tracked_ones(prepared):
+    """Track the written frames again (independently of prepare's own tracking) and compare with the canonical
+    face projected through the written intrinsics and camera-to-head matrices."""
+    from fastminerf.prepare import ExpressionBasis
+    from fastminerf.prepare.pose import project
+    from fastminerf.prepare.tracking import FaceTracker
+    import imageio.v3 as iio
+
+    root, result = prepared
+    basis = ExpressionBasis.load(root)
+    for v in result.videos:
+        errs = []
+        with FaceTracker() as tracker:
+            for split in ("train", "val", "test"):
+                meta = read_transforms(v.out_dir / f"transforms_{split}.json")
+                k = meta.resolve_intrinsics(SIZE, SIZE)
+                for path, c2w in zip(meta.image_paths, meta.c2w):
+                    lm = tracker(np.asarray(iio.imread(path)))
+                    assert lm is not None, path
+                    tracked = lm[basis.stable, :2] * SIZE
+                    proj = project(basis.canonical[basis.stable], c2w.astype(np.float64), k)
+                    errs.append(np.linalg.norm(proj - tracked, axis=1))
+        errs = np.concatenate(errs)
+        assert np.median(errs) < REPROJECTION_MEDIAN_PX, (v.name, np.median(errs))
+        assert np.percentile(errs, 90) < REPROJECTION_P90_PX, (v.name, np.percentile(errs, 90))
+
+
+@needs_real
+def test_poses_are_smooth_and_framed_like_the_synthetic_heads(prepared):
+    root, result = prepared
+    data = load_dataset(root, splits=("train",))
+    for v in result.videos:
+        meta = read_transforms(v.out_dir / "transforms_train.json")
+        rot = meta.c2w[:, :3, :3].astype(np.float64)
+        steps = _rotation_angle_deg(rot[:-1], rot[1:])
+        assert steps.max() < MAX_STEP_DEG, (v.name, steps.max())
+        dist = np.linalg.norm(meta.c2w[:, :3, 3], axis=1)
+        assert np.abs(np.diff(dist)).max() < 0.02 * dist.mean()
+        # The camera looks at the head: the head origin projects inside the central half of the frame.
+        centre = -np.einsum("bji,bj->bi", rot, meta.c2w[:, :3, 3])  # origin in camera coordinates
+        assert np.all(centre[:, 2] < 0) and np.all(np.abs(centre[:, :2] / centre[:, 2:3]) < 0.25)
+        # Every head box holds the canonical face and the default training box contains the written one.
+        lo, hi = np.array(meta.aabb[:3]), np.array(meta.aabb[3:])
+        assert np.all(lo < -0.5) and np.all(hi > 0.3) and np.all(hi - lo < 5.0)
+    assert data.expression_dim == 12
+
+
+@needs_real
+def test_prepared_data_trains_out_of_the_box(prepared, tmp_path):
+    """`fastminerf train` reads the prepared root as it is: a few tiny-preset steps run, and rays of the face box
+    pass through the written aabb."""
+    import torch
+
+    from fastminerf.config import load_config
+    from fastminerf.data import RaySampler
+    from fastminerf.train import train
+
+    root, _ = prepared
+    result = train(load_config("tiny", ["train.steps=4", "train.log_every=2"]), [root], tmp_path / "run")
+    assert result.step == 4 and math.isfinite(result.loss)
+    data = load_dataset(root, splits=("train",))
+    batch = RaySampler(data, "train", batch_size=512, seed=0, face_fraction=1.0).sample()
+    assert torch.all(batch.far > batch.near)  # every face ray crosses the head box
+
+
+@needs_real
+def test_smoothing_removes_jitter():
+    """The same landmarks with and without temporal smoothing: the smoothed rotations change less frame to frame."""
+    from fastminerf.prepare.pose import (
+        camera_to_head,
+        fit_canonical,
+        identity_neutral,
+        smooth_poses,
+        solve_poses,
+    )
+    from fastminerf.prepare.tracking import FaceTracker
+    from fastminerf.prepare.video import read_frames
+
+    with FaceTracker() as tracker:
+        lm = np.stack([tracker(f) for f in read_frames(REAL / CLIPS[0], 25.0, size=(256, 256), max_frames=FRAMES)])
+    lm = lm.astype(np.float64) * np.array([256, 256, 256])
+    canonical, stable = fit_canonical([lm], 1.2, 0.5)
+    neutral, _ = identity_neutral(lm, canonical, stable)
+    k = [1.65 * 256, 1.65 * 256, 128, 128]
+    raw = solve_poses(lm, neutral, stable, k)
+    smooth = smooth_poses(raw, np.arange(len(lm)), 1.0)
+    accel = lambda p: np.abs(np.diff(camera_to_head(p)[:, :3, :3], n=2, axis=0)).mean()  # noqa: E731
+    assert accel(smooth) < 0.7 * accel(raw)
+
+
+@needs_real
+def test_expression_space_is_shared_and_reused(prepared, tmp_path):
+    """One linear map from the coefficients predicts the mouth opening of both people (the same coefficients
+    mean the same expression), and a later prepare into the same root projects on the stored basis."""
+    from fastminerf.prepare import BASIS_FILE, prepare
+
+    root, result = prepared
+    xs, ys = [], []
+    for v in result.videos:
+        lm = np.load(v.out_dir / ".prepare" / "track.npz")["landmarks"]
+        gap = np.linalg.norm(lm[:, 13, :2] - lm[:, 14, :2], axis=1) / np.linalg.norm(lm[:, 10, :2] - lm[:, 152, :2], axis=1)
+        expr = np.concatenate([read_transforms(v.out_dir / f"transforms_{s}.json").expression for s in ("train", "val", "test")])
+        xs.append(expr)
+        ys.append(gap - np.median(gap))  # relative to the person's own neutral
+        assert np.abs(np.median(expr, axis=0)).max() < 0.5  # the neutral face sits near 0
+    x = np.concatenate(xs).astype(np.float64)
+    y = np.concatenate(ys)
+    a = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+    r2 = 1 - ((a @ coef - y) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    assert r2 > MOUTH_R2, r2
+
+    # A new identity joins the same space: the stored basis is reused, not refitted.
+    before = (root / BASIS_FILE).read_bytes()
+    more = prepare([REAL / THIRD], root, _cfg(max_frames=20))
+    assert more.basis_reused and more.videos[0].status == "done"
+    assert (root / BASIS_FILE).read_bytes() == before
+    names = {json.loads((d / "transforms_train.json").read_text())["expression_names"].__len__() for d in root.iterdir() if d.is_dir()}
+    assert names == {12}
+    shutil.rmtree(root / Path(THIRD).stem)
+
+
+@needs_real
+def test_resume_skips_finished_work_and_redoes_interrupted_stages(tmp_path):
+    from fastminerf.prepare import prepare
+
+    root = tmp_path / "data"
+    clip = REAL / CLIPS[1]
+    calls = []
+
+    def interrupt(stage, name, done, total):
+        calls.append(stage)
+        if stage == "frames" and done >= 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare([clip], root, _cfg(max_frames=20), progress=interrupt)
+    ident = root / clip.stem
+    assert (ident / ".prepare" / "track.npz").is_file() and not (ident / ".prepare" / "frames.json").exists()
+    assert not list(ident.glob("transforms_*.json"))
+
+    first = prepare([clip], root, _cfg(max_frames=20))
+    v = first.videos[0]
+    assert v.status == "done" and "track" not in v.seconds and "frames" in v.seconds  # tracking came from the cache
+    stamp = {p: p.stat().st_mtime_ns for p in ident.rglob("*") if p.is_file()}
+
+    again = prepare([clip], root, _cfg(max_frames=20))
+    assert again.videos[0].status == "skipped"
+    assert {p: p.stat().st_mtime_ns for p in ident.rglob("*") if p.is_file()} == stamp
+
+    # Other settings: refused unless overwrite, never silently mixed.
+    clash = prepare([clip], root, _cfg(max_frames=20, size=96))
+    assert clash.videos[0].status == "failed" and "other settings" in clash.videos[0].error and "size" in clash.videos[0].error
+    redo = prepare([clip], root, _cfg(max_frames=20, size=96, overwrite=True))
+    assert redo.videos[0].status == "done"
+    assert read_transforms(ident / "transforms_train.json").width == 96
+
+
+@needs_real
+def test_a_failing_video_does_not_stop_the_others(tmp_path):
+    from fastminerf.cli import main
+
+    noface = tmp_path / "noface.mp4"
+    _write_noise_video(noface)
+    broken = tmp_path / "broken.mov"
+    broken.write_bytes(b"not a video")
+    out = tmp_path / "data"
+    rc = main(["prepare", str(noface), str(REAL / CLIPS[1]), str(broken), "--out", str(out), "--size", "64",
+               "--max-frames", "15", "--min-frames", "5"])
+    assert rc == 2
+    assert read_transforms(out / Path(CLIPS[1]).stem / "transforms_train.json").width == 64
+    done = json.loads((out / Path(CLIPS[1]).stem / "prepare.json").read_text())
+    assert done["frames_used"] == 15
+    assert not (out / "noface" / "transforms_train.json").exists()
+    assert not (out / "broken").exists()
+
+
+def _write_noise_video(path: Path, frames: int = 15, size: int = 64) -> None:
+    import imageio_ffmpeg
+
+    rng = np.random.default_rng(0)
+    w = imageio_ffmpeg.write_frames(str(path), (size, size), fps=25, macro_block_size=16, ffmpeg_log_level="error")
+    w.send(None)
+    for _ in range(frames):
+        w.send(rng.integers(0, 255, (size, size, 3), dtype=np.uint8).tobytes())
+    w.close()
+
+
+def test_video_without_a_face_fails_naming_it(tmp_path):
+    from fastminerf.prepare import prepare
+
+    video = tmp_path / "nobody.mp4"
+    _write_noise_video(video)
+    result = prepare([video], tmp_path / "data", _cfg(min_frames=5))
+    v = result.videos[0]
+    assert v.status == "failed" and v.frames_total == 15 and v.frames_used == 0
+    assert str(video) in v.error and "crop the video around the face" in v.error
+    assert result.basis is None
+
+
+def test_cli_help_and_missing_mediapipe(monkeypatch, capsys):
+    import sys
+
+    from fastminerf.cli import main
+    from fastminerf.prepare import MediapipeMissing, require_mediapipe
+
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    assert "--max-frames" in capsys.readouterr().out
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe now raises ImportError
+    with pytest.raises(MediapipeMissing, match="--no-deps mediapipe==0.10.21"):
+        require_mediapipe()
+    assert main(["prepare", "x.mp4", "--out", "y"]) == 2
+    assert "mediapipe" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+
+
+def _random_rotation(rng) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def test_similarity_align_recovers_a_known_similarity():
+    from fastminerf.prepare.pose import similarity_align
+
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(50, 3))
+    rot = _random_rotation(rng)
+    dst = 2.5 * src @ rot.T + np.array([1.0, -2.0, 0.5])
+    s, r, t = similarity_align(src[None], dst, np.ones(50))
+    np.testing.assert_allclose(s, [2.5], rtol=1e-10)
+    np.testing.assert_allclose(r[0], rot, atol=1e-10)
+    np.testing.assert_allclose(t[0], [1.0, -2.0, 0.5], atol=1e-10)
+
+
+def test_projection_matches_the_renderers_rays():
+    """A head point on the ray the renderer shoots through pixel (i, j) projects to that pixel's centre."""
+    from fastminerf.prepare.pose import Poses, camera_to_head, project
+
+    rng = np.random.default_rng(2)
+    poses = Poses(np.stack([_random_rotation(rng) for _ in range(3)]), np.array([[0.1, -0.2, 4.0], [0.0, 0.0, 3.0], [-0.3, 0.1, 5.0]]))
+    c2w = camera_to_head(poses)
+    k = [200.0, 210.0, 60.0, 70.0]
+    pix = np.array([[3, 5], [60, 70], [100, 20]])
+    for b in range(3):
+        o, d = camera_rays(c2w[b], k, 128, 128, pixels=pix)
+        pts = (o + 2.7 * d).numpy().astype(np.float64)
+        np.testing.assert_allclose(project(pts, c2w[b], k), pix + 0.5, atol=1e-3)
+        # and the OpenCV pose convention: X_cam = R X + t has positive depth for points in front
+        cam = pts @ poses.rotation[b].T + poses.translation[b]
+        assert np.all(cam[:, 2] > 0)
+
+
+def test_solve_poses_recovers_perspective_poses():
+    from fastminerf.prepare.pose import Poses, camera_to_head, project, solve_poses
+
+    rng = np.random.default_rng(3)
+    face = rng.normal(scale=0.4, size=(60, 3))
+    k = [1.65 * 128, 1.65 * 128, 64.0, 64.0]
+    truth = []
+    shapes = []
+    for _ in range(4):
+        angles = rng.uniform(-0.3, 0.3, size=3)
+        rot = _rot_xyz(*angles) @ np.diag([1.0, -1.0, -1.0])  # a head facing the camera, turned a little
+        t = np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2), rng.uniform(3.0, 5.0)])
+        truth.append((rot, t))
+        c2w = camera_to_head(Poses(rot[None], t[None]))[0]
+        uv = project(face, c2w, k)
+        depth = (face @ rot.T + t)[:, 2]
+        shapes.append(np.concatenate([uv, (depth - t[2])[:, None] * k[0] / t[2]], axis=1))  # weak-perspective z
+    poses = solve_poses(np.stack(shapes), face, np.arange(60), k)
+    for b, (rot, t) in enumerate(truth):
+        assert _rotation_angle_deg(poses.rotation[b : b + 1], rot[None])[0] < 0.01
+        np.testing.assert_allclose(poses.translation[b], t, atol=1e-4)
+
+
+def _rot_xyz(a, b, c) -> np.ndarray:
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+def test_smoothing_keeps_rotations_and_constant_motion():
+    from fastminerf.prepare.pose import Poses, smooth_poses
+
+    rng = np.random.default_rng(4)
+    n = 20
+    rot = np.stack([_rot_xyz(0.01 * i, 0.02 * i, 0.0) for i in range(n)])
+    trans = np.stack([np.array([0.01 * i, 0.0, 4.0]) for i in range(n)])
+    noisy = Poses(np.stack([r @ _rot_xyz(*rng.normal(scale=0.01, size=3)) for r in rot]), trans)
+    out = smooth_poses(noisy, np.arange(n), 1.5)
+    np.testing.assert_allclose(np.einsum("bij,bkj->bik", out.rotation, out.rotation), np.broadcast_to(np.eye(3), (n, 3, 3)), atol=1e-10)
+    # linear motion is kept away from the ends (a symmetric kernel)
+    np.testing.assert_allclose(out.translation[5:-5], trans[5:-5], atol=1e-10)
+    err_in = _rotation_angle_deg(noisy.rotation, rot)[5:-5].mean()
+    err_out = _rotation_angle_deg(out.rotation, rot)[5:-5].mean()
+    assert err_out < 0.6 * err_in
+
+
+def test_median_background_recovers_the_seen_background_and_fills_holes():
+    from fastminerf.prepare.background import median_background
+
+    rng = np.random.default_rng(5)
+    h = w = 64
+    bg = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    frames, person = [], []
+    for i in range(9):
+        f = bg.copy()
+        m = np.zeros((h, w), np.float32)
+        x = 10 + 3 * i
+        f[20:50, x : x + 12] = 255  # the "person" moves right
+        m[20:50, x : x + 12] = 1.0
+        f[28:40, 26:34] = 0  # a part that never moves: never background
+        m[28:40, 26:34] = 1.0
+        frames.append(f)
+        person.append(m)
+    out, seen = median_background(np.stack(frames), np.stack(person))
+    assert not seen[30:38, 28:32].any() and seen[:15].all()
+    np.testing.assert_array_equal(out[seen], bg[seen])
+    assert np.all(out[~seen] > 0)  # filled from the surroundings, not left black
+
+
+def test_variable_frame_rate_is_resampled_to_constant_time_steps(tmp_path):
+    """A video whose frames 10.. come 0.4 s late (a gap, as variable-frame-rate recordings have) decodes to a
+    constant 25 fps: the gap is filled by repeating frame 9, so frame k is what is shown at k / 25 s."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from fastminerf.prepare.video import probe, read_frames
+
+    src = tmp_path / "cfr.mp4"
+    w = imageio_ffmpeg.write_frames(str(src), (32, 32), fps=25, macro_block_size=16, ffmpeg_log_level="error",
+                                    output_params=["-g", "1"])
+    w.send(None)
+    for i in range(20):
+        w.send(np.full((32, 32, 3), 10 * i, dtype=np.uint8).tobytes())
+    w.close()
+    vfr = tmp_path / "vfr.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-vf",
+                    "setpts='if(lt(N,10),N,N+10)/25/TB'", "-fps_mode", "vfr", "-g", "1", str(vfr)], check=True)
+    frames = [f[0, 0, 0] for f in read_frames(vfr, 25.0)]
+    assert len(frames) == 30
+    levels = np.round(np.array(frames, dtype=np.float64) / 10)
+    np.testing.assert_array_equal(levels[:10], np.arange(10))
+    np.testing.assert_array_equal(levels[10:20], np.full(10, 9))  # the gap: the last frame stays on screen
+    np.testing.assert_array_equal(levels[20:], np.arange(10, 20))
+    assert probe(vfr).width == 32
