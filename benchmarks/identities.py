@@ -1,0 +1,288 @@
+"""Training time against the number of identities (MI-NeRF's Figure 4): one generic model for N people against N
+single-identity models, all trained until the same val PSNR target.
+
+For each N in ``counts`` (procedural identities ``id000 ...``, a fixed frame size and frames per identity):
+
+- (b) the single-identity models of the identities new at this N are trained first (identity k's model does not
+  depend on N, so each is trained once and the sum over k < N is the single-identity cost of N people), each until
+  its own val PSNR reaches ``target_psnr``;
+- (a) right after them, one generic model on identities 0..N-1 until its **mean** val PSNR over them reaches the
+  target; then its mean PSNR on each identity's ``novel`` split (expressions that identity never showed, shown by
+  the others: Figure 4, right), next to the mean ``novel`` PSNR of the single-identity models;
+- optionally, personalisation: identity N added to the generic model (``fastminerf.personalize``) until its val PSNR
+  reaches the target.
+
+Same config for every run (a preset + the overrides below), fixed seeds. "Until the target": the trainer's monitor
+hook evaluates PSNR on fixed val rays (``eval_frames`` frames per identity x ``eval_pixels`` random pixels, pooled
+MSE) at training-clock marks that grow by ``eval_factor`` (the same relative time resolution for short and long
+runs); evaluation time is excluded from the training clock, and the time recorded is the training time at the first
+evaluation that reached the target (an upper bound by at most ``eval_factor``). Every run is capped
+(``single_cap_seconds``; ``generic_cap_seconds`` x N up to ``generic_cap_max``); a capped run records
+``reached: false`` and its time at the cap.
+
+The machine is shared: singles and the generic run of each N are trained back to back, the load average before and
+after each run is recorded, and so is each run's process CPU time (evaluation excluded): ``cpu_per_wall`` near the
+torch thread count means the run had the cores; ``ratio_cpu`` is the generic / single ratio in CPU seconds.
+
+    python benchmarks/identities.py [--mode quick|full|tiny] [--out DIR] [--work DIR]
+    fastminerf bench identities [--full] [--out DIR]
+
+Writes ``identities.json`` (``--mode full``), ``identities_quick.json`` or ``identities_tiny.json`` and a PNG of the
+same name into ``--out`` (default ``benchmarks/results``).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    Monitor,
+    eval_psnr,
+    eval_rays,
+    load_average,
+    machine,
+    synth_identities,
+    train_until,
+    write_result,
+)
+from fastminerf.config import apply_overrides, config_to_dict, load_config  # noqa: E402
+
+ProgressFn = Callable[[str, dict], None]
+
+
+@dataclass(frozen=True)
+class IdentitiesSettings:
+    """One version of the benchmark (see :data:`MODES`)."""
+
+    counts: Tuple[int, ...] = (1, 2, 4, 8, 16)
+    """Identity counts N."""
+    size: int = 64
+    """Frame width and height (px)."""
+    frames: int = 40
+    """Frames per identity's video (train + val; ``novel`` adds a tenth)."""
+    seed: int = 0
+    """Seed of the procedural data (training seeds are the config's)."""
+    target_psnr: float = 20.0
+    """Val PSNR (dB) every model is trained to (generic: the mean over its identities)."""
+    single_cap_seconds: float = 120.0
+    """Training-time cap of one single-identity run."""
+    generic_cap_seconds: float = 60.0
+    """Training-time cap of a generic run per identity (cap = this x N, at most ``generic_cap_max``)."""
+    generic_cap_max: float = 600.0
+    """Largest cap of a generic run."""
+    personalize: bool = True
+    """Also time adding identity N to each generic model."""
+    personalize_cap_seconds: float = 120.0
+    """Training-time cap of a personalisation."""
+    eval_frames: int = 2
+    """Val frames per identity evaluated (spread over the split)."""
+    eval_pixels: Optional[int] = 1024
+    """Random pixels per evaluated frame (None: all)."""
+    novel_pixels: Optional[int] = 2048
+    """Random pixels per ``novel`` frame for the final novel PSNR (every novel frame is used)."""
+    eval_factor: float = 1.2
+    """Each evaluation mark is this times the previous one (the first at ``eval_first`` s)."""
+    eval_first: float = 1.0
+    """First evaluation mark (training seconds)."""
+    config: str = "cpu"
+    """Training preset of every run."""
+    overrides: Tuple[str, ...] = ("train.log_every=10", "train.checkpoint_every=1000000", "train.checkpoint_seconds=1e9")
+    """Overrides on the preset (monitor every 10 steps; no periodic checkpoints, only the final one)."""
+
+
+MODES = {
+    "full": IdentitiesSettings(),
+    "quick": IdentitiesSettings(counts=(1, 2, 4), size=32, frames=20, single_cap_seconds=45.0, generic_cap_seconds=30.0,
+                                generic_cap_max=120.0, personalize_cap_seconds=45.0, eval_pixels=512, novel_pixels=512),
+    # Tests: seconds. The numbers mean nothing; the shape of the output is what is checked.
+    "tiny": IdentitiesSettings(counts=(1, 2), size=16, frames=8, target_psnr=12.0, single_cap_seconds=2.0,
+                               generic_cap_seconds=2.0, generic_cap_max=4.0, personalize_cap_seconds=2.0, eval_frames=1,
+                               eval_pixels=64, novel_pixels=64, eval_first=0.2, config="tiny",
+                               overrides=("train.log_every=2", "train.checkpoint_every=1000000",
+                                          "train.checkpoint_seconds=1e9")),
+}
+"""``full``: the README's numbers (about half an hour on 2 cores); ``quick``: a few minutes; ``tiny``: tests."""
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[Path] = None,
+                   config: Optional[str] = None, progress: Optional[ProgressFn] = None) -> dict:
+    """Run the benchmark in ``mode`` (:data:`MODES`), write ``<out_dir>/identities[_mode].json`` and its PNG, and
+    return the result. ``config`` replaces the mode's preset (e.g. ``gpu``). ``progress(event, info)`` is called
+    with ``("run", {"name", "cap"})`` when a training starts, ``("eval", point)`` after each evaluation and
+    ``("row", row)`` when an N is done."""
+    s = MODES[mode]
+    if config is not None:
+        s = replace(s, config=config)
+    say = progress or (lambda event, info: None)
+    own_work = work is None
+    work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="fm_identities_"))
+    work.mkdir(parents=True, exist_ok=True)
+    n_ids = max(s.counts) + (1 if s.personalize else 0)
+    say("run", dict(name=f"generating {n_ids} identities ({s.frames} frames, {s.size} px)", cap=None))
+    ids = synth_identities(work / "data", n_ids, s.frames, s.size, s.seed)
+    val = eval_rays(ids, "val", s.eval_frames, s.eval_pixels, seed=s.seed)
+    novel = eval_rays(ids, "novel", 10**6, s.novel_pixels, seed=s.seed)
+    base = apply_overrides(load_config(s.config), list(s.overrides))
+
+    def cfg_with_cap(cap: float):
+        return apply_overrides(base, [f"train.max_seconds={cap}"])
+
+    def run(name: str, dirs, names, cap: float, personalize_from=None):
+        say("run", dict(name=name, cap=cap))
+        monitor = Monitor({n: val[n] for n in names}, s.target_psnr, first=s.eval_first, factor=s.eval_factor,
+                          on_eval=lambda p: say("eval", p))
+        summary, result = train_until(cfg_with_cap(cap), dirs, work / "runs" / name, monitor, personalize_from)
+        return summary, result
+
+    singles = []  # per identity k: summary of its single-identity run + its novel PSNR
+    rows, runs = [], {}
+    for n in s.counts:
+        load_start = load_average()
+        for k in range(len(singles), n):
+            name = ids[k].name
+            summary, result = run(f"single_{name}", [ids[k]], [name], s.single_cap_seconds)
+            summary["novel_psnr"] = eval_psnr(result.model, {name: novel[name]})[name]
+            singles.append(summary)
+            runs[f"single_{name}"] = summary
+        names = [p.name for p in ids[:n]]
+        gen_name = f"generic_{n}"
+        cap = min(s.generic_cap_seconds * n, s.generic_cap_max)
+        generic, result = run(gen_name, ids[:n], names, cap)
+        novel_per = eval_psnr(result.model, {name: novel[name] for name in names})
+        generic["novel_per_identity"] = novel_per
+        runs[gen_name] = generic
+        row = dict(
+            n=n, target_psnr=s.target_psnr,
+            generic_seconds=generic["seconds"], generic_steps=generic["steps"], generic_reached=generic["reached"],
+            generic_final_psnr=generic["final_psnr"], generic_cap_seconds=cap,
+            single_seconds_total=sum(r["seconds"] for r in singles[:n]),
+            single_steps_total=sum(r["steps"] for r in singles[:n]),
+            single_reached_all=all(r["reached"] for r in singles[:n]),
+            single_seconds=[r["seconds"] for r in singles[:n]],
+            single_final_psnr=_mean(r["final_psnr"] for r in singles[:n]),
+            novel_psnr=_mean(novel_per.values()),
+            single_novel_psnr=_mean(r["novel_psnr"] for r in singles[:n]),
+        )
+        row["ratio"] = row["generic_seconds"] / max(row["single_seconds_total"], 1e-9)
+        single_cpu = sum(r["train_cpu_seconds"] for r in singles[:n])
+        row["ratio_cpu"] = generic["train_cpu_seconds"] / max(single_cpu, 1e-9)
+        row["generic_cpu_per_wall"] = generic["cpu_per_wall"]
+        row["single_cpu_per_wall"] = _mean(r["cpu_per_wall"] for r in singles[:n])
+        if s.personalize:
+            new = ids[n]
+            pers, _ = run(f"personalize_{n}_{new.name}", [new], [new.name], s.personalize_cap_seconds,
+                          personalize_from=work / "runs" / gen_name)
+            runs[f"personalize_{n}"] = pers
+            row.update(personalize_seconds=pers["seconds"], personalize_steps=pers["steps"],
+                       personalize_reached=pers["reached"])
+        row["load_start"], row["load_end"] = load_start, load_average()
+        rows.append(row)
+        say("row", row)
+
+    for row in rows:  # identity N's own single-identity time, where a later N trained it
+        if s.personalize and row["n"] < len(singles):
+            row["personalize_vs_single_seconds"] = singles[row["n"]]["seconds"]
+    result = dict(
+        machine=machine(), mode=mode, settings=asdict(s),
+        data=dict(identities=[p.name for p in ids], size=s.size, frames_per_identity=s.frames, seed=s.seed,
+                  val_rays_per_identity=len(next(iter(val.values()))),
+                  novel_rays_per_identity=len(next(iter(novel.values())))),
+        resolved_config=config_to_dict(base),
+        timing=("training seconds only (train.py's clock): evaluation, data loading and checkpoint writing excluded; "
+                "time to target = the training time at the first evaluation reaching it"),
+        rows=rows, runs=runs, targets=_targets(rows),
+    )
+    name = "identities" if mode == "full" else f"identities_{mode}"
+    write_result(name, result, out_dir)
+    plot(result, Path(out_dir) / f"{name}.png")
+    if own_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _targets(rows: list) -> dict:
+    by_n = {r["n"]: r for r in rows}
+    out = {}
+    if 8 in by_n:
+        r = by_n[8]
+        ok = r["ratio"] <= 0.25 and r["generic_reached"] and r["single_reached_all"]
+        out["generic_le_25pct_of_singles_at_8"] = dict(value=r["ratio"], met=bool(ok))
+    multi = [r["ratio"] for r in rows if r["n"] >= 2]
+    if len(multi) >= 2:
+        out["ratio_falls_with_n"] = dict(value=multi, met=all(b < a for a, b in zip(multi, multi[1:])))
+    upto8 = [r["novel_psnr"] for r in rows if r["n"] <= 8]
+    if len(upto8) >= 2:
+        out["novel_psnr_grows_1_to_8"] = dict(value=upto8, met=all(b > a for a, b in zip(upto8, upto8[1:])))
+    return out
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Time to target against N (generic vs summed single-identity models) and novel PSNR against N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    n = [r["n"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(n, [r["single_seconds_total"] for r in rows], "o-", label="N single-identity models (sum)")
+    ax1.plot(n, [r["generic_seconds"] for r in rows], "s-", label="one generic model")
+    if any("personalize_seconds" in r for r in rows):
+        ax1.plot(n, [r.get("personalize_seconds") for r in rows], "^--", label="add identity N+1 (personalise)")
+    for r in rows:
+        if not r["generic_reached"]:
+            ax1.annotate("cap", (r["n"], r["generic_seconds"]), textcoords="offset points", xytext=(4, -10))
+    ax1.set(xscale="log", yscale="log", xlabel="identities N", ylabel="training seconds to target",
+            title=f"time to {rows[0]['target_psnr']:.0f} dB val PSNR")
+    ax1.set_xticks(n, [str(v) for v in n])
+    ax1.legend(fontsize=8)
+    ax2.plot(n, [r["novel_psnr"] for r in rows], "s-", label="generic model")
+    ax2.plot(n, [r["single_novel_psnr"] for r in rows], "o-", label="single-identity models")
+    ax2.set(xscale="log", xlabel="identities N", ylabel="PSNR (dB)", title="novel expressions (never shown by the identity)")
+    ax2.set_xticks(n, [str(v) for v in n])
+    ax2.legend(fontsize=8)
+    m = result["machine"]
+    fig.suptitle(f"{result['settings']['size']} px, {result['settings']['config']} preset, {m['cpu']} "
+                 f"({m['torch_threads']} threads), {result['mode']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=sorted(MODES), default="quick")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temp folder)")
+    ap.add_argument("--config", default=None, help="preset replacing the mode's (e.g. gpu)")
+    args = ap.parse_args(argv)
+
+    def show(event: str, info: dict) -> None:  # benchmarks print; the library does not
+        if event == "run":
+            print(f"{info['name']}" + (f" (cap {info['cap']:.0f} s)" if info.get("cap") else ""), flush=True)
+        elif event == "eval":
+            print(f"  {info['seconds']:7.1f} s  step {info['step']:5d}  {info['psnr']:6.2f} dB", flush=True)
+        elif event == "row":
+            print({k: v for k, v in info.items() if not isinstance(v, list)}, flush=True)
+
+    run_identities(args.mode, args.out, args.work, args.config, show)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
