@@ -160,13 +160,20 @@ class Monitor:
     outside the training clock (the trainer does not count a monitor's time); its own wall and CPU time are
     recorded so that the process CPU time spent training can be told apart.
 
-    Marks: ``first`` seconds, then each mark ``factor`` times the previous (a relative time resolution of
-    ``factor`` for every run length), or ``every`` seconds apart when given.
+    Marks are on the training clock (``unit="seconds"``) or on the step count (``unit="step"``: the same
+    evaluations whatever the machine's load, since CPU training is deterministic): ``first``, then each mark
+    ``factor`` times the previous (the same relative resolution for every run length), or ``every`` apart when
+    given. The trainer calls the monitor every ``train.log_every`` steps, which bounds the resolution from below.
+    ``stop_step`` caps the run (the monitor evaluates and stops there), whatever the config's schedule length.
     """
 
     def __init__(self, rays: dict, target: float | None = None, first: float = 1.0, factor: float = 1.2,
-                 every: float | None = None, on_eval: Callable[[dict], None] | None = None) -> None:
+                 every: float | None = None, on_eval: Callable[[dict], None] | None = None,
+                 unit: str = "seconds", stop_step: int | None = None) -> None:
+        if unit not in ("seconds", "step"):
+            raise ValueError(f"unit must be 'seconds' or 'step', got {unit!r}")
         self.rays, self.target, self.factor, self.every, self.on_eval = rays, target, factor, every, on_eval
+        self.unit, self.stop_step = unit, stop_step
         self.next = first
         self.curve: list = []
         self.reached_at: dict | None = None
@@ -188,13 +195,14 @@ class Monitor:
         return point
 
     def __call__(self, model, record: dict) -> bool:
-        seconds = float(record["seconds"])
-        if seconds < self.next:
+        seconds, at = float(record["seconds"]), float(record[self.unit])
+        capped = self.stop_step is not None and int(record["step"]) >= self.stop_step
+        if at < self.next and not capped:
             return False
         self.evaluate(model, seconds, int(record["step"]))
-        while self.next <= seconds:
+        while self.next <= at:
             self.next = self.next + self.every if self.every else self.next * self.factor
-        return self.reached_at is not None
+        return capped or self.reached_at is not None
 
     def finish(self, model, seconds: float, step: int) -> None:
         """Evaluate the final model unless the last evaluation was at its step."""
@@ -206,8 +214,8 @@ class Monitor:
 
 
 def train_until(cfg, dirs, out: Path, monitor: Monitor, personalize_from: Path | None = None) -> dict:
-    """Train (or personalise ``personalize_from`` to ``dirs``) under ``monitor``, stopping at its target or at
-    ``cfg.train.max_seconds`` / ``cfg.train.steps``. Returns ``(summary, TrainResult)``; the summary holds the
+    """Train (or personalise ``personalize_from`` to ``dirs``) under ``monitor``, stopping at its target, its
+    ``stop_step``, or at ``cfg.train.max_seconds`` / ``cfg.train.steps`` (``train.personalize_steps``). Returns ``(summary, TrainResult)``; the summary holds the
     training seconds and steps to the target (to the stop when it was not reached), whether it was reached, the
     curve, the final PSNR, the process CPU seconds of the run with evaluation excluded (about ``torch threads x
     seconds`` on an idle machine: less means other jobs took the cores) and the machine load before and after."""

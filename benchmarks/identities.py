@@ -16,9 +16,11 @@ Same config for every run (a preset + the overrides below), fixed seeds. "Until 
 hook evaluates PSNR on fixed val rays (``eval_frames`` frames per identity x ``eval_pixels`` random pixels, pooled
 MSE) at training-clock marks that grow by ``eval_factor`` (the same relative time resolution for short and long
 runs); evaluation time is excluded from the training clock, and the time recorded is the training time at the first
-evaluation that reached the target (an upper bound by at most ``eval_factor``). Every run is capped
-(``single_cap_seconds``; ``generic_cap_seconds`` x N up to ``generic_cap_max``); a capped run records
-``reached: false`` and its time at the cap.
+evaluation that reached the target (evaluations at steps growing by ``eval_factor``, so the step count is an upper
+bound by at most that factor, and reproducible). Every run is capped in steps (``single_cap_steps``;
+``generic_cap_steps`` x N up to ``generic_cap_max``); a capped run records ``reached: false`` and its time at the
+cap. ``ratio_steps`` (generic steps / summed single steps) is free of the machine's load: generic and single steps
+draw the same rays per step from models of the same size, so on a quiet machine the time ratio follows it.
 
 The machine is shared: singles and the generic run of each N are trained back to back, the load average before and
 after each run is recorded, and so is each run's process CPU time (evaluation excluded): ``cpu_per_wall`` near the
@@ -72,42 +74,46 @@ class IdentitiesSettings:
     """Seed of the procedural data (training seeds are the config's)."""
     target_psnr: float = 20.0
     """Val PSNR (dB) every model is trained to (generic: the mean over its identities)."""
-    single_cap_seconds: float = 120.0
-    """Training-time cap of one single-identity run."""
-    generic_cap_seconds: float = 60.0
-    """Training-time cap of a generic run per identity (cap = this x N, at most ``generic_cap_max``)."""
-    generic_cap_max: float = 600.0
-    """Largest cap of a generic run."""
+    single_cap_steps: int = 300
+    """Step cap of one single-identity run."""
+    generic_cap_steps: int = 150
+    """Step cap of a generic run per identity (cap = this x N, at most ``generic_cap_max``)."""
+    generic_cap_max: int = 2000
+    """Largest step cap of a generic run."""
     personalize: bool = True
-    """Also time adding identity N to each generic model."""
-    personalize_cap_seconds: float = 120.0
-    """Training-time cap of a personalisation."""
+    """Also time adding identity N to each generic model (``fastminerf.personalize`` with the preset's
+    ``personalize_steps`` schedule: codes only first, then everything)."""
+    personalize_cap_steps: int = 150
+    """Step cap of a personalisation."""
     eval_frames: int = 2
     """Val frames per identity evaluated (spread over the split)."""
     eval_pixels: Optional[int] = 1024
     """Random pixels per evaluated frame (None: all)."""
     novel_pixels: Optional[int] = 2048
     """Random pixels per ``novel`` frame for the final novel PSNR (every novel frame is used)."""
-    eval_factor: float = 1.2
-    """Each evaluation mark is this times the previous one (the first at ``eval_first`` s)."""
-    eval_first: float = 1.0
-    """First evaluation mark (training seconds)."""
+    eval_factor: float = 1.15
+    """Each evaluation mark is this times the previous one (the first at step ``eval_first``)."""
+    eval_first: int = 10
+    """First evaluation mark (step); marks are steps, so every run is evaluated at the same steps whatever the
+    load (CPU training is deterministic) and the steps to the target are reproducible."""
     config: str = "cpu"
     """Training preset of every run."""
-    overrides: Tuple[str, ...] = ("train.log_every=10", "train.checkpoint_every=1000000", "train.checkpoint_seconds=1e9")
-    """Overrides on the preset (monitor every 10 steps; no periodic checkpoints, only the final one)."""
+    overrides: Tuple[str, ...] = ("train.log_every=5", "train.max_seconds=null", "train.checkpoint_every=1000000",
+                                  "train.checkpoint_seconds=1e9")
+    """Overrides on the preset (the monitor looks every 5 steps; step caps instead of the preset's time limit, so that
+    the machine's load changes the times but not what is trained; no periodic checkpoints, only the final one)."""
 
 
 MODES = {
     "full": IdentitiesSettings(),
-    "quick": IdentitiesSettings(counts=(1, 2, 4), size=32, frames=20, single_cap_seconds=45.0, generic_cap_seconds=30.0,
-                                generic_cap_max=120.0, personalize_cap_seconds=45.0, eval_pixels=512, novel_pixels=512),
+    "quick": IdentitiesSettings(counts=(1, 2, 4), size=32, frames=20, single_cap_steps=200, generic_cap_steps=100,
+                                generic_cap_max=400, personalize=False, eval_pixels=512, novel_pixels=512),
     # Tests: seconds. The numbers mean nothing; the shape of the output is what is checked.
-    "tiny": IdentitiesSettings(counts=(1, 2), size=16, frames=8, target_psnr=12.0, single_cap_seconds=2.0,
-                               generic_cap_seconds=2.0, generic_cap_max=4.0, personalize_cap_seconds=2.0, eval_frames=1,
-                               eval_pixels=64, novel_pixels=64, eval_first=0.2, config="tiny",
-                               overrides=("train.log_every=2", "train.checkpoint_every=1000000",
-                                          "train.checkpoint_seconds=1e9")),
+    "tiny": IdentitiesSettings(counts=(1, 2), size=16, frames=8, target_psnr=12.0, single_cap_steps=6,
+                               generic_cap_steps=4, generic_cap_max=8, personalize_cap_steps=4, eval_frames=1,
+                               eval_pixels=64, novel_pixels=64, eval_first=2, config="tiny",
+                               overrides=("train.log_every=2", "train.max_seconds=null",
+                                          "train.checkpoint_every=1000000", "train.checkpoint_seconds=1e9")),
 }
 """``full``: the README's numbers (about half an hour on 2 cores); ``quick``: a few minutes; ``tiny``: tests."""
 
@@ -137,14 +143,12 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
     novel = eval_rays(ids, "novel", 10**6, s.novel_pixels, seed=s.seed)
     base = apply_overrides(load_config(s.config), list(s.overrides))
 
-    def cfg_with_cap(cap: float):
-        return apply_overrides(base, [f"train.max_seconds={cap}"])
-
-    def run(name: str, dirs, names, cap: float, personalize_from=None):
+    def run(name: str, dirs, names, cap: int, personalize_from=None):
         say("run", dict(name=name, cap=cap))
         monitor = Monitor({n: val[n] for n in names}, s.target_psnr, first=s.eval_first, factor=s.eval_factor,
-                          on_eval=lambda p: say("eval", p))
-        summary, result = train_until(cfg_with_cap(cap), dirs, work / "runs" / name, monitor, personalize_from)
+                          on_eval=lambda p: say("eval", p), unit="step", stop_step=cap)
+        summary, result = train_until(base, dirs, work / "runs" / name, monitor, personalize_from)
+        summary["cap_steps"] = cap
         return summary, result
 
     singles = []  # per identity k: summary of its single-identity run + its novel PSNR
@@ -153,13 +157,13 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
         load_start = load_average()
         for k in range(len(singles), n):
             name = ids[k].name
-            summary, result = run(f"single_{name}", [ids[k]], [name], s.single_cap_seconds)
+            summary, result = run(f"single_{name}", [ids[k]], [name], s.single_cap_steps)
             summary["novel_psnr"] = eval_psnr(result.model, {name: novel[name]})[name]
             singles.append(summary)
             runs[f"single_{name}"] = summary
         names = [p.name for p in ids[:n]]
         gen_name = f"generic_{n}"
-        cap = min(s.generic_cap_seconds * n, s.generic_cap_max)
+        cap = min(s.generic_cap_steps * n, s.generic_cap_max)
         generic, result = run(gen_name, ids[:n], names, cap)
         novel_per = eval_psnr(result.model, {name: novel[name] for name in names})
         generic["novel_per_identity"] = novel_per
@@ -167,7 +171,7 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
         row = dict(
             n=n, target_psnr=s.target_psnr,
             generic_seconds=generic["seconds"], generic_steps=generic["steps"], generic_reached=generic["reached"],
-            generic_final_psnr=generic["final_psnr"], generic_cap_seconds=cap,
+            generic_final_psnr=generic["final_psnr"], generic_cap_steps=cap,
             single_seconds_total=sum(r["seconds"] for r in singles[:n]),
             single_steps_total=sum(r["steps"] for r in singles[:n]),
             single_reached_all=all(r["reached"] for r in singles[:n]),
@@ -177,13 +181,14 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
             single_novel_psnr=_mean(r["novel_psnr"] for r in singles[:n]),
         )
         row["ratio"] = row["generic_seconds"] / max(row["single_seconds_total"], 1e-9)
+        row["ratio_steps"] = row["generic_steps"] / max(row["single_steps_total"], 1)
         single_cpu = sum(r["train_cpu_seconds"] for r in singles[:n])
         row["ratio_cpu"] = generic["train_cpu_seconds"] / max(single_cpu, 1e-9)
         row["generic_cpu_per_wall"] = generic["cpu_per_wall"]
         row["single_cpu_per_wall"] = _mean(r["cpu_per_wall"] for r in singles[:n])
         if s.personalize:
             new = ids[n]
-            pers, _ = run(f"personalize_{n}_{new.name}", [new], [new.name], s.personalize_cap_seconds,
+            pers, _ = run(f"personalize_{n}_{new.name}", [new], [new.name], s.personalize_cap_steps,
                           personalize_from=work / "runs" / gen_name)
             runs[f"personalize_{n}"] = pers
             row.update(personalize_seconds=pers["seconds"], personalize_steps=pers["steps"],
@@ -238,7 +243,7 @@ def plot(result: dict, path: Path) -> Path:
 
     rows = result["rows"]
     n = [r["n"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(14, 4))
     ax1.plot(n, [r["single_seconds_total"] for r in rows], "o-", label="N single-identity models (sum)")
     ax1.plot(n, [r["generic_seconds"] for r in rows], "s-", label="one generic model")
     if any("personalize_seconds" in r for r in rows):
@@ -250,6 +255,14 @@ def plot(result: dict, path: Path) -> Path:
             title=f"time to {rows[0]['target_psnr']:.0f} dB val PSNR")
     ax1.set_xticks(n, [str(v) for v in n])
     ax1.legend(fontsize=8)
+    for key, label, style in (("ratio", "training seconds", "s-"), ("ratio_cpu", "CPU seconds", "d--"),
+                              ("ratio_steps", "steps", "o:")):
+        ax3.plot(n, [r[key] for r in rows], style, label=label)
+    ax3.axhline(0.25, color="gray", lw=0.8, ls=":")
+    ax3.set(xscale="log", yscale="log", xlabel="identities N", ylabel="generic / sum of single",
+            title="cost of one generic model relative to N single ones")
+    ax3.set_xticks(n, [str(v) for v in n])
+    ax3.legend(fontsize=8)
     ax2.plot(n, [r["novel_psnr"] for r in rows], "s-", label="generic model")
     ax2.plot(n, [r["single_novel_psnr"] for r in rows], "o-", label="single-identity models")
     ax2.set(xscale="log", xlabel="identities N", ylabel="PSNR (dB)", title="novel expressions (never shown by the identity)")
@@ -274,7 +287,7 @@ def main(argv=None) -> int:
 
     def show(event: str, info: dict) -> None:  # benchmarks print; the library does not
         if event == "run":
-            print(f"{info['name']}" + (f" (cap {info['cap']:.0f} s)" if info.get("cap") else ""), flush=True)
+            print(f"{info['name']}" + (f" (cap {info['cap']} steps)" if info.get("cap") else ""), flush=True)
         elif event == "eval":
             print(f"  {info['seconds']:7.1f} s  step {info['step']:5d}  {info['psnr']:6.2f} dB", flush=True)
         elif event == "row":
