@@ -83,8 +83,8 @@ class IdentitiesSettings:
     personalize: bool = True
     """Also time adding identity N to each generic model (``fastminerf.personalize`` with the preset's
     ``personalize_steps`` schedule: codes only first, then everything)."""
-    personalize_cap_steps: int = 150
-    """Step cap of a personalisation."""
+    personalize_cap_steps: int = 100
+    """Step cap of a personalisation (and its schedule: ``train.personalize_steps`` is set to it)."""
     eval_frames: int = 2
     """Val frames per identity evaluated (spread over the split)."""
     eval_pixels: Optional[int] = 1024
@@ -124,14 +124,17 @@ def _mean(values) -> float:
 
 
 def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[Path] = None,
-                   config: Optional[str] = None, progress: Optional[ProgressFn] = None) -> dict:
+                   config: Optional[str] = None, progress: Optional[ProgressFn] = None,
+                   counts: Optional[Tuple[int, ...]] = None) -> dict:
     """Run the benchmark in ``mode`` (:data:`MODES`), write ``<out_dir>/identities[_mode].json`` and its PNG, and
-    return the result. ``config`` replaces the mode's preset (e.g. ``gpu``). ``progress(event, info)`` is called
+    return the result. ``config`` replaces the mode's preset (e.g. ``gpu``), ``counts`` its identity counts. ``progress(event, info)`` is called
     with ``("run", {"name", "cap"})`` when a training starts, ``("eval", point)`` after each evaluation and
     ``("row", row)`` when an N is done."""
     s = MODES[mode]
     if config is not None:
         s = replace(s, config=config)
+    if counts:
+        s = replace(s, counts=tuple(sorted(set(int(c) for c in counts))))
     say = progress or (lambda event, info: None)
     own_work = work is None
     work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="fm_identities_"))
@@ -141,7 +144,7 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
     ids = synth_identities(work / "data", n_ids, s.frames, s.size, s.seed)
     val = eval_rays(ids, "val", s.eval_frames, s.eval_pixels, seed=s.seed)
     novel = eval_rays(ids, "novel", 10**6, s.novel_pixels, seed=s.seed)
-    base = apply_overrides(load_config(s.config), list(s.overrides))
+    base = apply_overrides(load_config(s.config), list(s.overrides) + [f"train.personalize_steps={s.personalize_cap_steps}"])
 
     def run(name: str, dirs, names, cap: int, personalize_from=None):
         say("run", dict(name=name, cap=cap))
@@ -283,6 +286,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temp folder)")
     ap.add_argument("--config", default=None, help="preset replacing the mode's (e.g. gpu)")
+    ap.add_argument("--counts", type=int, nargs="+", default=None, help="identity counts replacing the mode's")
     args = ap.parse_args(argv)
 
     def show(event: str, info: dict) -> None:  # benchmarks print; the library does not
@@ -293,7 +297,7 @@ def main(argv=None) -> int:
         elif event == "row":
             print({k: v for k, v in info.items() if not isinstance(v, list)}, flush=True)
 
-    run_identities(args.mode, args.out, args.work, args.config, show)
+    run_identities(args.mode, args.out, args.work, args.config, show, args.counts)
     return 0
 
 

@@ -450,6 +450,8 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
     size.add_argument("--tiny", action="store_true", help="seconds-long smoke version (tests; numbers mean nothing)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--work", type=Path, default=None, help="folder for generated data and runs (default: temporary)")
+    p.add_argument("--counts", type=int, nargs="+", default=None, metavar="N",
+                   help="identity counts of the identities benchmark (default: 1 2 4 8 16 with --full, 1 2 4 without)")
     p.add_argument("--gpu", action="store_true", help="train the fast model with the gpu preset (the trainer places "
                    "tensors on the CPU today, so this only changes the preset)")
     p.set_defaults(func=_run_bench)
@@ -481,7 +483,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                                   f"novel {info['novel_psnr']:.2f} dB")
 
             if which == "identities":
-                identities.run_identities(mode, out, args.work and args.work / which, config, progress)
+                identities.run_identities(mode, out, args.work and args.work / which, config, progress, args.counts)
             else:
                 r = backbone.run_backbone(mode, out, args.work and args.work / which, config, progress)
                 reach = r["fast_seconds_to_nerface_final_psnr"]
