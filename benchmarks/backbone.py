@@ -23,7 +23,6 @@ name into ``--out`` (default ``benchmarks/results``).
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -33,7 +32,18 @@ from typing import Callable, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS, Monitor, eval_rays, machine, synth_identities, train_until, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    Monitor,
+    bench_arguments,
+    eval_rays,
+    machine,
+    print_progress,
+    save_figure,
+    synth_identities,
+    train_until,
+    write_result,
+)
 from fastminerf.config import apply_overrides, config_to_dict, load_config  # noqa: E402
 
 ProgressFn = Callable[[str, dict], None]
@@ -186,30 +196,12 @@ def plot(result: dict, path: Path) -> Path:
                      fontsize=10)
     ax.set(xscale="log", xlabel="training seconds", ylabel="val PSNR (dB)")
     ax.legend(fontsize=8)
-    m = result["machine"]
-    fig.suptitle(f"{result['settings']['size']} px, {len(result['data']['identities'])} identities, {m['cpu']} "
-                 f"({m['torch_threads']} threads), {result['mode']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, result, path, f"{len(result['data']['identities'])} identities")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", choices=sorted(MODES), default="quick")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temp folder)")
-    ap.add_argument("--config", default=None, help="preset replacing the fast backbone's (e.g. gpu)")
-    args = ap.parse_args(argv)
-
-    def show(event: str, info: dict) -> None:  # benchmarks print; the library does not
-        if event == "run":
-            print(f"{info['name']}" + (f" ({info['cap']:.0f} s)" if info.get("cap") else ""), flush=True)
-        elif event == "eval":
-            print(f"  {info['seconds']:7.1f} s  step {info['step']:5d}  {info['psnr']:6.2f} dB", flush=True)
-
-    r = run_backbone(args.mode, args.out, args.work, args.config, show)
+    args = bench_arguments(__doc__, MODES).parse_args(argv)
+    r = run_backbone(args.mode, args.out, args.work, args.config, print_progress)
     print({k: r[k] for k in ("nerface_final_psnr", "nerface_seconds", "fast_seconds_to_nerface_final_psnr", "speedup")})
     return 0
 

@@ -1,6 +1,7 @@
 """Shared benchmark helpers: timing with warm-up, machine/version description, JSON results."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -115,13 +116,20 @@ def synth_identities(root: Path, n_identities: int, n_frames: int, size: int, se
     return generate(root, n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, overwrite=True)
 
 
+def spread_frames(table, identity: int, count: int):
+    """Flat indices of up to ``count`` frames of identity ``identity`` in a split's frame table, spread evenly over
+    its video (first and last included)."""
+    import numpy as np
+
+    idx = table.frames_of(identity)
+    return idx[np.unique(np.linspace(0, len(idx) - 1, min(count, len(idx))).round().astype(int))]
+
+
 def eval_rays(dirs, split: str, frames_per_identity: int, pixels_per_frame: int | None, seed: int = 0) -> dict:
     """Fixed evaluation rays ``{identity name: RayBatch}``: ``frames_per_identity`` frames spread over the split,
     and of each a fixed random subset of ``pixels_per_frame`` pixels (None: every pixel). A random pixel subset
     estimates the frame's MSE without bias at a fraction of the rendering cost."""
     from dataclasses import fields
-
-    import numpy as np
 
     from fastminerf import RayBatch, frame_rays, load_dataset
 
@@ -130,8 +138,7 @@ def eval_rays(dirs, split: str, frames_per_identity: int, pixels_per_frame: int 
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for k, name in enumerate(data.identities):
-        idx = table.frames_of(k)
-        pick = idx[np.unique(np.linspace(0, len(idx) - 1, min(frames_per_identity, len(idx))).round().astype(int))]
+        pick = spread_frames(table, k, frames_per_identity)
         parts = []
         for b in pick.tolist():
             batch = frame_rays(data, split, b)
@@ -239,3 +246,40 @@ def train_until(cfg, dirs, out: Path, monitor: Monitor, personalize_from: Path |
                 stopped_step=result.step, train_cpu_seconds=cpu, cpu_per_wall=cpu / max(result.seconds, 1e-9),
                 eval_seconds=monitor.eval_seconds, load_before=load_before, load_after=load_average(),
                 curve=monitor.curve), result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command-line face of the training benchmarks (identities.py, backbone.py)
+
+
+def bench_arguments(doc: str, modes) -> argparse.ArgumentParser:
+    """The options every training benchmark script takes: --mode, --out, --work, --config."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--mode", choices=sorted(modes), default="quick")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temp folder)")
+    ap.add_argument("--config", default=None, help="preset replacing the (fast) model's (e.g. gpu)")
+    return ap
+
+
+def print_progress(event: str, info: dict) -> None:
+    """Plain progress lines of a benchmark script (benchmarks print; the library does not; the CLI uses rich)."""
+    if event == "run":
+        print(info["name"] + (f" (cap {info['cap']})" if info.get("cap") else ""), flush=True)
+    elif event == "eval":
+        print(f"  {info['seconds']:7.1f} s  step {info['step']:5d}  {info['psnr']:6.2f} dB", flush=True)
+    elif event == "row":
+        print({k: v for k, v in info.items() if not isinstance(v, list)}, flush=True)
+
+
+def save_figure(fig, result: dict, path: Path, what: str) -> Path:
+    """Title a benchmark figure with its settings and machine, write it as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    m = result["machine"]
+    fig.suptitle(f"{result['settings']['size']} px, {what}, {m['cpu']} ({m['torch_threads']} threads), "
+                 f"{result['mode']} version", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

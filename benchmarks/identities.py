@@ -34,7 +34,6 @@ same name into ``--out`` (default ``benchmarks/results``).
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -47,10 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
     RESULTS,
     Monitor,
+    bench_arguments,
     eval_psnr,
     eval_rays,
     load_average,
     machine,
+    print_progress,
+    save_figure,
     synth_identities,
     train_until,
     write_result,
@@ -271,33 +273,14 @@ def plot(result: dict, path: Path) -> Path:
     ax2.set(xscale="log", xlabel="identities N", ylabel="PSNR (dB)", title="novel expressions (never shown by the identity)")
     ax2.set_xticks(n, [str(v) for v in n])
     ax2.legend(fontsize=8)
-    m = result["machine"]
-    fig.suptitle(f"{result['settings']['size']} px, {result['settings']['config']} preset, {m['cpu']} "
-                 f"({m['torch_threads']} threads), {result['mode']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, result, path, f"{result['settings']['config']} preset")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", choices=sorted(MODES), default="quick")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temp folder)")
-    ap.add_argument("--config", default=None, help="preset replacing the mode's (e.g. gpu)")
+    ap = bench_arguments(__doc__, MODES)
     ap.add_argument("--counts", type=int, nargs="+", default=None, help="identity counts replacing the mode's")
     args = ap.parse_args(argv)
-
-    def show(event: str, info: dict) -> None:  # benchmarks print; the library does not
-        if event == "run":
-            print(f"{info['name']}" + (f" (cap {info['cap']} steps)" if info.get("cap") else ""), flush=True)
-        elif event == "eval":
-            print(f"  {info['seconds']:7.1f} s  step {info['step']:5d}  {info['psnr']:6.2f} dB", flush=True)
-        elif event == "row":
-            print({k: v for k, v in info.items() if not isinstance(v, list)}, flush=True)
-
-    run_identities(args.mode, args.out, args.work, args.config, show, args.counts)
+    run_identities(args.mode, args.out, args.work, args.config, print_progress, args.counts)
     return 0
 
 

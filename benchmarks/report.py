@@ -150,10 +150,10 @@ def backbone_table(result: dict) -> str:
         "| --- | ---: |",
         f"| NeRFace backbone: val PSNR after its {result['nerface_seconds']:.0f} s budget ({result['nerface_steps']} steps) "
         f"| {result['nerface_final_psnr']:.2f} dB |",
-        f"| fast backbone: time to that PSNR | "
+        "| fast backbone: time to that PSNR | "
         + (f"{reach:.1f} s ({result['fast_steps_to_nerface_final_psnr']} steps) |" if reach is not None else
            f"not reached in {result['fast_seconds']:.0f} s |"),
-        f"| speedup (target >= 20x) | " + (f"{result['speedup']:.0f}x ({_yes(result['speedup'] >= 20)}) |"
+        "| speedup (target >= 20x) | " + (f"{result['speedup']:.0f}x ({_yes(result['speedup'] >= 20)}) |"
                                           if result["speedup"] is not None else "- |"),
         f"| fast backbone: val PSNR after {result['fast_seconds']:.0f} s | {result['fast_final_psnr']:.2f} dB |",
     ]
