@@ -118,6 +118,7 @@ def run_backbone(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[Pa
     if config is not None:
         s = replace(s, fast_config=config)
     say = progress or (lambda event, info: None)
+    where = machine()  # at the start: the commit that runs, not the one checked out when it ends
     own_work = work is None
     work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="fm_backbone_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -149,7 +150,7 @@ def run_backbone(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[Pa
     for run, cfg in ((nerface, cfg_nerface), (fast, cfg_fast)):
         run["rays_per_step"] = cfg.sampler.batch_size
     result = dict(
-        machine=machine(), mode=mode, settings=asdict(s),
+        machine=where, mode=mode, settings=asdict(s),
         data=dict(identities=[p.name for p in ids], size=s.size, frames_per_identity=s.frames, seed=s.seed,
                   val_rays_per_identity=len(next(iter(val.values())))),
         nerface_final_psnr=reference,

@@ -138,6 +138,7 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
     if counts:
         s = replace(s, counts=tuple(sorted(set(int(c) for c in counts))))
     say = progress or (lambda event, info: None)
+    where = machine()  # at the start: the commit that runs, not the one checked out when it ends
     own_work = work is None
     work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="fm_identities_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -206,7 +207,7 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
         if s.personalize and row["n"] < len(singles):
             row["personalize_vs_single_seconds"] = singles[row["n"]]["seconds"]
     result = dict(
-        machine=machine(), mode=mode, settings=asdict(s),
+        machine=where, mode=mode, settings=asdict(s),
         data=dict(identities=[p.name for p in ids], size=s.size, frames_per_identity=s.frames, seed=s.seed,
                   val_rays_per_identity=len(next(iter(val.values()))),
                   novel_rays_per_identity=len(next(iter(novel.values())))),
