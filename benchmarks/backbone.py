@@ -41,6 +41,7 @@ from benchmarks.common import (  # noqa: E402
     print_progress,
     save_figure,
     synth_identities,
+    torch_threads,
     train_until,
     write_result,
 )
@@ -77,6 +78,11 @@ class BackboneSettings:
     """Val frames per identity evaluated."""
     eval_pixels: Optional[int] = 1024
     """Random pixels per evaluated frame (None: all)."""
+    threads: int = 1
+    """torch CPU threads of every run (``train.threads``). 1 by default: on a machine shared with other jobs a
+    second OpenMP thread waits at every parallel region for a core that others hold (measured on this project's
+    2-core machine under a load of 6: 3.7 s per step with 2 threads, 0.7 s with 1), and one thread keeps the CPU
+    time of a run equal to its compute."""
     nerface_config: str = "nerface"
     """Preset of the NeRFace backbone."""
     nerface_overrides: Tuple[str, ...] = ("train.log_every=1",) + _NO_CHECKPOINTS
@@ -117,8 +123,13 @@ def run_backbone(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[Pa
     s = MODES[mode]
     if config is not None:
         s = replace(s, fast_config=config)
+    with torch_threads(s.threads):  # every run also sets train.threads; the caller's count comes back at the end
+        return _run(s, mode, out_dir, work, progress)
+
+
+def _run(s, mode: str, out_dir: Path, work: Optional[Path], progress: Optional[ProgressFn]) -> dict:
+    where = machine()  # at the start (threads and the commit that runs, not the one checked out when it ends)
     say = progress or (lambda event, info: None)
-    where = machine()  # at the start: the commit that runs, not the one checked out when it ends
     own_work = work is None
     work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="fm_backbone_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -126,8 +137,10 @@ def run_backbone(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[Pa
     ids = synth_identities(work / "data", s.identities, s.frames, s.size, s.seed)
     val = eval_rays(ids, "val", s.eval_frames, s.eval_pixels, seed=s.seed)
     cfg_nerface = apply_overrides(load_config(s.nerface_config),
-                                  list(s.nerface_overrides) + [f"train.max_seconds={s.nerface_seconds}"])
-    cfg_fast = apply_overrides(load_config(s.fast_config), list(s.fast_overrides) + [f"train.max_seconds={s.fast_seconds}"])
+                                  list(s.nerface_overrides) + [f"train.max_seconds={s.nerface_seconds}",
+                                                               f"train.threads={s.threads}"])
+    cfg_fast = apply_overrides(load_config(s.fast_config), list(s.fast_overrides) + [f"train.max_seconds={s.fast_seconds}",
+                                                                                    f"train.threads={s.threads}"])
     if cfg_nerface.model.backbone != "nerface" or cfg_fast.model.backbone != "fast":
         raise ValueError("the nerface config must use model.backbone nerface and the fast config backbone fast")
     on_eval = lambda p: say("eval", p)  # noqa: E731

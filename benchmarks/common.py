@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -85,6 +86,17 @@ def write_result(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:
 
 # ----------------------------------------------------------------------------------------------------------
 # Training benchmarks: data, fixed evaluation rays, training until a target with evaluation off the clock
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` torch CPU threads and give the caller's count back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
