@@ -115,8 +115,8 @@ class IdentitiesSettings:
 
 MODES = {
     "full": IdentitiesSettings(),
-    "quick": IdentitiesSettings(counts=(1, 2, 4), size=32, frames=20, single_cap_steps=200, generic_cap_steps=100,
-                                generic_cap_max=400, personalize=False, eval_pixels=512, novel_pixels=512),
+    "quick": IdentitiesSettings(counts=(1, 2, 4), size=32, frames=20, single_cap_steps=300, generic_cap_steps=200,
+                                generic_cap_max=800, personalize=False, eval_pixels=512, novel_pixels=512),
     # Tests: seconds. The numbers mean nothing; the shape of the output is what is checked.
     "tiny": IdentitiesSettings(counts=(1, 2), size=16, frames=8, target_psnr=12.0, single_cap_steps=6,
                                generic_cap_steps=4, generic_cap_max=8, personalize_cap_steps=4, eval_frames=1,
