@@ -173,7 +173,7 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders or dataset roots")
     p.add_argument("--out", required=True, type=Path, help="run folder")
-    p.add_argument("--config", default=None, help="preset name (tiny, cpu, gpu) or YAML file; default cpu")
+    p.add_argument("--config", default=None, help="preset name (tiny, cpu, gpu, nerface) or YAML file; default cpu")
     _add_run_options(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.field.conditioning=concat (repeatable)")
