@@ -23,7 +23,8 @@ def _load(name: str) -> dict | None:
 def _machine_line(result: dict) -> str:
     m = result["machine"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
-    return (f"_Measured on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads{gpu}), "
+    return (f"_Measured on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch thread"
+            f"{'s' if m['torch_threads'] != 1 else ''}{gpu}), "
             f"torch {m['torch']}, Python {m['python']}, commit {m['git_commit']}._")
 
 
