@@ -23,9 +23,7 @@ name into ``--out`` (default ``benchmarks/results``).
 """
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -36,14 +34,14 @@ from benchmarks.common import (  # noqa: E402
     RESULTS,
     Monitor,
     bench_arguments,
+    bench_data,
     eval_rays,
     machine,
     print_progress,
     save_figure,
-    synth_identities,
     torch_threads,
     train_until,
-    write_result,
+    write_with_plot,
 )
 from fastminerf.config import apply_overrides, config_to_dict, load_config  # noqa: E402
 
@@ -130,11 +128,13 @@ def run_backbone(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[Pa
 def _run(s, mode: str, out_dir: Path, work: Optional[Path], progress: Optional[ProgressFn]) -> dict:
     where = machine()  # at the start (threads and the commit that runs, not the one checked out when it ends)
     say = progress or (lambda event, info: None)
-    own_work = work is None
-    work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="fm_backbone_"))
-    work.mkdir(parents=True, exist_ok=True)
-    say("run", dict(name=f"generating {s.identities} identities ({s.frames} frames, {s.size} px)", cap=None))
-    ids = synth_identities(work / "data", s.identities, s.frames, s.size, s.seed)
+    with bench_data(work, "fm_backbone_", s.identities, s.frames, s.size, s.seed, say) as (work, ids):
+        result = _measure(s, mode, work, ids, say, where)
+    write_with_plot("backbone", mode, result, out_dir, plot)
+    return result
+
+
+def _measure(s, mode: str, work: Path, ids: list, say: ProgressFn, where: dict) -> dict:
     val = eval_rays(ids, "val", s.eval_frames, s.eval_pixels, seed=s.seed)
     cfg_nerface = apply_overrides(load_config(s.nerface_config),
                                   list(s.nerface_overrides) + [f"train.max_seconds={s.nerface_seconds}",
@@ -183,11 +183,6 @@ def _run(s, mode: str, out_dir: Path, work: Optional[Path], progress: Optional[P
     )
     result["targets"] = dict(fast_reaches_nerface_final_20x_sooner=dict(
         value=result["speedup"], met=result["speedup"] is not None and result["speedup"] >= 20.0))
-    name = "backbone" if mode == "full" else f"backbone_{mode}"
-    write_result(name, result, out_dir)
-    plot(result, Path(out_dir) / f"{name}.png")
-    if own_work:
-        shutil.rmtree(work, ignore_errors=True)
     return result
 
 

@@ -128,6 +128,32 @@ def synth_identities(root: Path, n_identities: int, n_frames: int, size: int, se
     return generate(root, n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, overwrite=True)
 
 
+@contextmanager
+def bench_data(work: Path | None, prefix: str, n_identities: int, frames: int, size: int, seed: int,
+               say: Callable[[str, dict], None]):
+    """The work folder of a training benchmark (a temporary one, removed at the end, when ``work`` is None) and its
+    procedural identities: ``with bench_data(...) as (work, ids):``."""
+    import shutil
+    import tempfile
+
+    own = work is None
+    work = Path(tempfile.mkdtemp(prefix=prefix)) if own else Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    say("run", dict(name=f"generating {n_identities} identities ({frames} frames, {size} px)", cap=None))
+    try:
+        yield work, synth_identities(work / "data", n_identities, frames, size, seed)
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def write_with_plot(kind: str, mode: str, result: dict, out_dir: Path, plot: Callable[[dict, Path], Path]) -> None:
+    """``<out_dir>/<kind>.json`` and ``.png`` for the full version, ``<kind>_<mode>.*`` for the others."""
+    name = kind if mode == "full" else f"{kind}_{mode}"
+    write_result(name, result, out_dir)
+    plot(result, Path(out_dir) / f"{name}.png")
+
+
 def spread_frames(table, identity: int, count: int):
     """Flat indices of up to ``count`` frames of identity ``identity`` in a split's frame table, spread evenly over
     its video (first and last included)."""

@@ -34,9 +34,7 @@ same name into ``--out`` (default ``benchmarks/results``).
 """
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -47,16 +45,16 @@ from benchmarks.common import (  # noqa: E402
     RESULTS,
     Monitor,
     bench_arguments,
+    bench_data,
     eval_psnr,
     eval_rays,
     load_average,
     machine,
     print_progress,
     save_figure,
-    synth_identities,
     torch_threads,
     train_until,
-    write_result,
+    write_with_plot,
 )
 from fastminerf.config import apply_overrides, config_to_dict, load_config  # noqa: E402
 
@@ -151,12 +149,14 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
 def _run(s, mode: str, out_dir: Path, work: Optional[Path], progress: Optional[ProgressFn]) -> dict:
     where = machine()  # at the start (threads and the commit that runs, not the one checked out when it ends)
     say = progress or (lambda event, info: None)
-    own_work = work is None
-    work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="fm_identities_"))
-    work.mkdir(parents=True, exist_ok=True)
     n_ids = max(s.counts) + (1 if s.personalize else 0)
-    say("run", dict(name=f"generating {n_ids} identities ({s.frames} frames, {s.size} px)", cap=None))
-    ids = synth_identities(work / "data", n_ids, s.frames, s.size, s.seed)
+    with bench_data(work, "fm_identities_", n_ids, s.frames, s.size, s.seed, say) as (work, ids):
+        result = _measure(s, mode, work, ids, say, where)
+    write_with_plot("identities", mode, result, out_dir, plot)
+    return result
+
+
+def _measure(s, mode: str, work: Path, ids: list, say: ProgressFn, where: dict) -> dict:
     val = eval_rays(ids, "val", s.eval_frames, s.eval_pixels, seed=s.seed)
     novel = eval_rays(ids, "novel", 10**6, s.novel_pixels, seed=s.seed)
     base = apply_overrides(load_config(s.config), list(s.overrides) + [f"train.personalize_steps={s.personalize_cap_steps}",
@@ -229,11 +229,6 @@ def _run(s, mode: str, out_dir: Path, work: Optional[Path], progress: Optional[P
                 "time to target = the training time at the first evaluation reaching it"),
         rows=rows, runs=runs, targets=_targets(rows),
     )
-    name = "identities" if mode == "full" else f"identities_{mode}"
-    write_result(name, result, out_dir)
-    plot(result, Path(out_dir) / f"{name}.png")
-    if own_work:
-        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
