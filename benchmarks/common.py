@@ -1,11 +1,13 @@
 """Shared benchmark helpers: timing with warm-up, machine/version description, JSON results."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -71,11 +73,251 @@ def machine() -> dict:
     return info
 
 
-def write_result(name: str, payload: dict) -> Path:
-    """Write ``benchmarks/results/<name>.json`` atomically (temp file + rename)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:
+    """Write ``<out_dir>/<name>.json`` (default ``benchmarks/results``) atomically (temp file + rename)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training benchmarks: data, fixed evaluation rays, training until a target with evaluation off the clock
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` torch CPU threads and give the caller's count back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1] (any shape): ``-10 log10(mean squared error)``."""
+    import math
+
+    return -10.0 * math.log10(max(float(torch.mean((a - b) ** 2)), 1e-10))
+
+
+def load_average() -> float:
+    """1-minute load average of the machine (others' jobs included); NaN where unknown."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def synth_identities(root: Path, n_identities: int, n_frames: int, size: int, seed: int) -> list:
+    """Procedural identity folders under ``root`` (generated once: an existing dataset with the same settings is
+    reused)."""
+    from fastminerf.data.synth import generate
+
+    root = Path(root)
+    stamp = root / "synth.json"
+    if stamp.exists():
+        s = json.loads(stamp.read_text()).get("settings", {})
+        if all(s.get(k) == v for k, v in dict(n_identities=n_identities, n_frames=n_frames, size=size, seed=seed).items()):
+            return sorted(p for p in root.iterdir() if p.is_dir())
+    return generate(root, n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, overwrite=True)
+
+
+@contextmanager
+def bench_data(work: Path | None, prefix: str, n_identities: int, frames: int, size: int, seed: int,
+               say: Callable[[str, dict], None]):
+    """The work folder of a training benchmark (a temporary one, removed at the end, when ``work`` is None) and its
+    procedural identities: ``with bench_data(...) as (work, ids):``."""
+    import shutil
+    import tempfile
+
+    own = work is None
+    work = Path(tempfile.mkdtemp(prefix=prefix)) if own else Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    say("run", dict(name=f"generating {n_identities} identities ({frames} frames, {size} px)", cap=None))
+    try:
+        yield work, synth_identities(work / "data", n_identities, frames, size, seed)
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def write_with_plot(kind: str, mode: str, result: dict, out_dir: Path, plot: Callable[[dict, Path], Path]) -> None:
+    """``<out_dir>/<kind>.json`` and ``.png`` for the full version, ``<kind>_<mode>.*`` for the others."""
+    name = kind if mode == "full" else f"{kind}_{mode}"
+    write_result(name, result, out_dir)
+    plot(result, Path(out_dir) / f"{name}.png")
+
+
+def spread_frames(table, identity: int, count: int):
+    """Flat indices of up to ``count`` frames of identity ``identity`` in a split's frame table, spread evenly over
+    its video (first and last included)."""
+    import numpy as np
+
+    idx = table.frames_of(identity)
+    return idx[np.unique(np.linspace(0, len(idx) - 1, min(count, len(idx))).round().astype(int))]
+
+
+def eval_rays(dirs, split: str, frames_per_identity: int, pixels_per_frame: int | None, seed: int = 0) -> dict:
+    """Fixed evaluation rays ``{identity name: RayBatch}``: ``frames_per_identity`` frames spread over the split,
+    and of each a fixed random subset of ``pixels_per_frame`` pixels (None: every pixel). A random pixel subset
+    estimates the frame's MSE without bias at a fraction of the rendering cost."""
+    from dataclasses import fields
+
+    from fastminerf import RayBatch, frame_rays, load_dataset
+
+    data = load_dataset(dirs, splits=(split,))
+    table = data.table(split)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, name in enumerate(data.identities):
+        pick = spread_frames(table, k, frames_per_identity)
+        parts = []
+        for b in pick.tolist():
+            batch = frame_rays(data, split, b)
+            if pixels_per_frame is not None and pixels_per_frame < len(batch):
+                keep = torch.randperm(len(batch), generator=gen)[:pixels_per_frame]
+                batch = RayBatch(**{f.name: getattr(batch, f.name)[keep] for f in fields(batch)})
+            parts.append(batch)
+        out[name] = RayBatch(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])})
+    return out
+
+
+@torch.no_grad()
+def eval_psnr(model, rays: dict) -> dict:
+    """PSNR (dB) of ``model`` on each identity's fixed rays (see :func:`eval_rays`; the identity is looked up by
+    name in the model; frames outside training use the identity's mean training frame code)."""
+    out = {}
+    for name, batch in rays.items():
+        batch.identity = torch.full_like(batch.identity, model.identity_index(name))
+        out[name] = psnr(model.render_batch(batch)["rgb"], batch.rgb)
+    return out
+
+
+class Monitor:
+    """A ``fastminerf.train`` monitor: evaluates PSNR on fixed rays when the training clock passes the next mark,
+    keeps the curve, and asks to stop once the mean PSNR reaches ``target`` (None: never). Evaluation happens
+    outside the training clock (the trainer does not count a monitor's time); its own wall and CPU time are
+    recorded so that the process CPU time spent training can be told apart.
+
+    Marks are on the training clock (``unit="seconds"``) or on the step count (``unit="step"``: the same
+    evaluations whatever the machine's load, since CPU training is deterministic): ``first``, then each mark
+    ``factor`` times the previous (the same relative resolution for every run length), or ``every`` apart when
+    given. The trainer calls the monitor every ``train.log_every`` steps, which bounds the resolution from below.
+    ``stop_step`` caps the run (the monitor evaluates and stops there), whatever the config's schedule length.
+    """
+
+    def __init__(self, rays: dict, target: float | None = None, first: float = 1.0, factor: float = 1.2,
+                 every: float | None = None, on_eval: Callable[[dict], None] | None = None,
+                 unit: str = "seconds", stop_step: int | None = None) -> None:
+        if unit not in ("seconds", "step"):
+            raise ValueError(f"unit must be 'seconds' or 'step', got {unit!r}")
+        self.rays, self.target, self.factor, self.every, self.on_eval = rays, target, factor, every, on_eval
+        self.unit, self.stop_step = unit, stop_step
+        self.next = first
+        self.curve: list = []
+        self.reached_at: dict | None = None
+        self.eval_seconds = 0.0
+        self.eval_cpu_seconds = 0.0
+
+    def evaluate(self, model, seconds: float, step: int) -> dict:
+        wall, cpu = time.perf_counter(), time.process_time()
+        per = eval_psnr(model, self.rays)
+        mean = sum(per.values()) / len(per)
+        point = dict(seconds=seconds, step=step, psnr=mean, per_identity=per)
+        self.curve.append(point)
+        if self.target is not None and self.reached_at is None and mean >= self.target:
+            self.reached_at = point
+        self.eval_seconds += time.perf_counter() - wall
+        self.eval_cpu_seconds += time.process_time() - cpu
+        if self.on_eval is not None:
+            self.on_eval(point)
+        return point
+
+    def __call__(self, model, record: dict) -> bool:
+        seconds, at = float(record["seconds"]), float(record[self.unit])
+        capped = self.stop_step is not None and int(record["step"]) >= self.stop_step
+        if at < self.next and not capped:
+            return False
+        self.evaluate(model, seconds, int(record["step"]))
+        while self.next <= at:
+            self.next = self.next + self.every if self.every else self.next * self.factor
+        return capped or self.reached_at is not None
+
+    def finish(self, model, seconds: float, step: int) -> None:
+        """Evaluate the final model unless the last evaluation was at its step."""
+        if not self.curve or self.curve[-1]["step"] != step:
+            was = model.training
+            model.eval()
+            self.evaluate(model, seconds, step)
+            model.train(was)
+
+
+def train_until(cfg, dirs, out: Path, monitor: Monitor, personalize_from: Path | None = None) -> dict:
+    """Train (or personalise ``personalize_from`` to ``dirs``) under ``monitor``, stopping at its target, its
+    ``stop_step``, or at ``cfg.train.max_seconds`` / ``cfg.train.steps`` (``train.personalize_steps``). Returns ``(summary, TrainResult)``; the summary holds the
+    training seconds and steps to the target (to the stop when it was not reached), whether it was reached, the
+    curve, the final PSNR, the process CPU seconds of the run with evaluation excluded (about ``torch threads x
+    seconds`` on an idle machine: less means other jobs took the cores) and the machine load before and after."""
+    import shutil
+
+    from fastminerf import personalize, train
+
+    shutil.rmtree(out, ignore_errors=True)
+    load_before, cpu0 = load_average(), time.process_time()
+    if personalize_from is None:
+        result = train(cfg, dirs, out, monitor=monitor)
+    else:
+        result = personalize(personalize_from, dirs, out, steps=cfg.train.personalize_steps,
+                             max_seconds=cfg.train.max_seconds, monitor=monitor)
+    monitor.finish(result.model, result.seconds, result.step)
+    cpu = time.process_time() - cpu0 - monitor.eval_cpu_seconds
+    reached = monitor.reached_at
+    return dict(seconds=reached["seconds"] if reached else result.seconds,
+                steps=reached["step"] if reached else result.step, reached=reached is not None,
+                final_psnr=(reached or monitor.curve[-1])["psnr"], stopped_seconds=result.seconds,
+                stopped_step=result.step, train_cpu_seconds=cpu, cpu_per_wall=cpu / max(result.seconds, 1e-9),
+                eval_seconds=monitor.eval_seconds, load_before=load_before, load_after=load_average(),
+                curve=monitor.curve), result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command-line face of the training benchmarks (identities.py, backbone.py)
+
+
+def bench_arguments(doc: str, modes) -> argparse.ArgumentParser:
+    """The options every training benchmark script takes: --mode, --out, --work, --config."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--mode", choices=sorted(modes), default="quick")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temp folder)")
+    ap.add_argument("--config", default=None, help="preset replacing the (fast) model's (e.g. gpu)")
+    return ap
+
+
+def print_progress(event: str, info: dict) -> None:
+    """Plain progress lines of a benchmark script (benchmarks print; the library does not; the CLI uses rich)."""
+    if event == "run":
+        print(info["name"] + (f" (cap {info['cap']})" if info.get("cap") else ""), flush=True)
+    elif event == "eval":
+        print(f"  {info['seconds']:7.1f} s  step {info['step']:5d}  {info['psnr']:6.2f} dB", flush=True)
+    elif event == "row":
+        print({k: v for k, v in info.items() if not isinstance(v, list)}, flush=True)
+
+
+def save_figure(fig, result: dict, path: Path, what: str) -> Path:
+    """Title a benchmark figure with its settings and machine, write it as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    m = result["machine"]
+    fig.suptitle(f"{result['settings']['size']} px, {what}, {m['cpu']} ({m['torch_threads']} threads), "
+                 f"{result['mode']} version", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

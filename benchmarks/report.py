@@ -23,7 +23,8 @@ def _load(name: str) -> dict | None:
 def _machine_line(result: dict) -> str:
     m = result["machine"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
-    return (f"_Measured on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads{gpu}), "
+    return (f"_Measured on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch thread"
+            f"{'s' if m['torch_threads'] != 1 else ''}{gpu}), "
             f"torch {m['torch']}, Python {m['python']}, commit {m['git_commit']}._")
 
 
@@ -127,8 +128,91 @@ def real_clips_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _s(seconds: float, reached: bool = True) -> str:
+    return (f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s") + ("" if reached else " (cap)")
+
+
+def identities_table(result: dict) -> str:
+    st, rows, t = result["settings"], result["rows"], result["targets"]
+    pers = any("personalize_seconds" in r for r in rows)
+    lines = [
+        f"Procedural identities, {st['size']} px, {st['frames']} frames each, `{st['config']}` preset, every model trained "
+        f"until its val PSNR reaches {st['target_psnr']:.0f} dB (generic: the mean over its identities), "
+        f"`{result['mode']}` version (`fastminerf bench identities{' --full' if result['mode'] == 'full' else ''}`). "
+        "Times are training seconds (evaluation excluded); steps are reproducible, times depend on the machine's load:",
+        "",
+        "| N | generic model | N single models (sum) | generic / single: time | CPU time | steps "
+        "| novel PSNR: generic | novel PSNR: single" + (" | add identity N+1 |" if pers else " |"),
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if pers else ""),
+    ]
+    for r in rows:
+        line = (f"| {r['n']} | {_s(r['generic_seconds'], r['generic_reached'])}, {r['generic_steps']} steps "
+                f"| {_s(r['single_seconds_total'], r['single_reached_all'])}, {r['single_steps_total']} steps "
+                f"| {r['ratio']:.2f} | {r['ratio_cpu']:.2f} | {r['ratio_steps']:.2f} "
+                f"| {r['novel_psnr']:.2f} dB | {r['single_novel_psnr']:.2f} dB |")
+        if pers:
+            line += (f" {_s(r['personalize_seconds'], r['personalize_reached'])}, {r['personalize_steps']} steps |"
+                     if "personalize_seconds" in r else " |")
+        lines.append(line)
+    names = {"generic_le_25pct_of_singles_at_8": "at N=8 the generic model takes <= 25% of the summed single time",
+             "ratio_falls_with_n": "the generic / single time ratio falls with N (N >= 2)",
+             "novel_psnr_grows_1_to_8": "novel-expression PSNR grows with N from 1 to 8"}
+    lines += ["", "| target | measured | met |", "| --- | ---: | :---: |"]
+    for key, target in t.items():
+        v = target["value"]
+        shown = ", ".join(f"{x:.2f}" for x in v) if isinstance(v, list) else f"{v:.2f}"
+        lines.append(f"| {names.get(key, key)} | {shown} | {_yes(target['met'])} |")
+    loads = [x for r in rows for x in (r["load_start"], r["load_end"])]
+    cpu = [r["generic_cpu_per_wall"] for r in rows] + [r["single_cpu_per_wall"] for r in rows]
+    name = "identities" if result["mode"] == "full" else f"identities_{result['mode']}"
+    lines += ["", f"![time against identities](benchmarks/results/{name}.png)", "",
+              f"Load average during the runs {min(loads):.1f}-{max(loads):.1f} on {result['machine']['cores']} cores; "
+              f"CPU seconds per training second {min(cpu):.2f}-{max(cpu):.2f} "
+              f"(about {result['machine']['torch_threads']} when a run has the cores to itself).",
+              "", _machine_line(result)]
+    return "\n".join(lines)
+
+
+def backbone_table(result: dict) -> str:
+    st = result["settings"]
+    reach = result["fast_seconds_to_nerface_final_psnr"]
+    lines = [
+        f"{len(result['data']['identities'])} procedural identities, {st['size']} px, one model per backbone, same data, "
+        f"conditioning, trainer and val rays; NeRFace backbone (`{st['nerface_config']}` preset, "
+        f"{result['nerface']['rays_per_step']} rays/step) against the fast one (`{st['fast_config']}` preset, "
+        f"{result['fast']['rays_per_step']} rays/step), `{result['mode']}` version "
+        f"(`fastminerf bench backbone{' --full' if result['mode'] == 'full' else ''}`):",
+        "",
+        "| measure | value |",
+        "| --- | ---: |",
+        f"| NeRFace backbone: val PSNR after its {result['nerface_seconds']:.0f} s budget ({result['nerface_steps']} steps) "
+        f"| {result['nerface_final_psnr']:.2f} dB |",
+        "| fast backbone: time to that PSNR | "
+        + (f"{reach:.1f} s ({result['fast_steps_to_nerface_final_psnr']} steps) |" if reach is not None else
+           f"not reached in {result['fast_seconds']:.0f} s |"),
+        "| speedup (target >= 20x) | " + (f"{result['speedup']:.0f}x ({_yes(result['speedup'] >= 20)}) |"
+                                          if result["speedup"] is not None else "- |"),
+        f"| fast backbone: val PSNR after {result['fast_seconds']:.0f} s | {result['fast_final_psnr']:.2f} dB |",
+    ]
+    if result["equal_time"]:
+        lines += ["", "PSNR at equal training time:", "", "| seconds | NeRFace backbone | fast backbone |",
+                  "| ---: | ---: | ---: |"]
+        lines += [f"| {e['seconds']:.0f} | {e['nerface_psnr']:.2f} dB | {e['fast_psnr']:.2f} dB |" for e in result["equal_time"]]
+    name = "backbone" if result["mode"] == "full" else f"backbone_{result['mode']}"
+    n, f = result["nerface"], result["fast"]
+    lines += ["", f"![PSNR over time of both backbones](benchmarks/results/{name}.png)", "",
+              f"The runs are sequential: load average {n['load_before']:.1f} -> {n['load_after']:.1f} (NeRFace), "
+              f"{f['load_before']:.1f} -> {f['load_after']:.1f} (fast); CPU seconds per training second "
+              f"{n['cpu_per_wall']:.2f} (NeRFace), {f['cpu_per_wall']:.2f} (fast).", "", _machine_line(result)]
+    return "\n".join(lines)
+
+
 TABLES = {"kernels": kernels_table, "train_targets": train_targets_table, "prepare": prepare_table,
-          "real_clips": real_clips_table}
+          "real_clips": real_clips_table, "identities": identities_table, "backbone": backbone_table}
 
 
 def main() -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -32,16 +31,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, write_result  # noqa: E402
+from benchmarks.common import machine, psnr, spread_frames, write_result  # noqa: E402
 from fastminerf import frame_rays, load_config, load_dataset, load_run, personalize, train  # noqa: E402
 from fastminerf.config import config_to_dict  # noqa: E402
 from fastminerf.data.synth import generate  # noqa: E402
 
 PERSONALIZE_FRAMES = 30
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return -10.0 * math.log10(max(float(torch.mean((a - b) ** 2)), 1e-10))
 
 
 def evaluate(model, dirs, split: str, frames_per_identity: int) -> dict:
@@ -52,8 +47,7 @@ def evaluate(model, dirs, split: str, frames_per_identity: int) -> dict:
     per_identity = {}
     start = time.perf_counter()
     for k, name in enumerate(data.identities):
-        idx = table.frames_of(k)
-        pick = idx[np.unique(np.linspace(0, len(idx) - 1, min(frames_per_identity, len(idx))).round().astype(int))]
+        pick = spread_frames(table, k, frames_per_identity)
         values = []
         for b in pick.tolist():
             batch = frame_rays(data, split, b)

@@ -12,6 +12,7 @@ progress and summaries are shown here.
     fastminerf render --run RUN --identity NAME --orbit --out OUT.mp4
     fastminerf eval --run RUN --data PATH... --split SPLIT [--out DIR]
     fastminerf demo [OUT] [--minutes 3]
+    fastminerf bench {identities,backbone,all} [--full] [--out DIR]
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders or dataset roots")
     p.add_argument("--out", required=True, type=Path, help="run folder")
-    p.add_argument("--config", default=None, help="preset name (tiny, cpu, gpu) or YAML file; default cpu")
+    p.add_argument("--config", default=None, help="preset name (tiny, cpu, gpu, nerface) or YAML file; default cpu")
     _add_run_options(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.field.conditioning=concat (repeatable)")
@@ -525,10 +526,88 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- bench
+
+
+def _benchmarks():
+    """The benchmark modules of the source checkout (``benchmarks/`` beside the package: they are measurement
+    scripts with their results folder, not part of the installed library)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "identities.py").is_file():
+        raise ValueError(f"fastminerf bench runs the benchmarks of a source checkout (benchmarks/ next to {root / 'fastminerf'}); "
+                         "install with `pip install -e .` from a clone")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks import backbone, identities
+
+    return identities, backbone
+
+
+def _add_bench(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: training time against the number of identities, and the fast backbone against NeRFace's",
+        description="identities: one generic model for N procedural identities against N single-identity models, all "
+        "trained to the same val PSNR (MI-NeRF's Figure 4), plus novel-expression PSNR against N. backbone: the fast "
+        "backbone against the NeRFace backbone on the same data (time to NeRFace's final PSNR, PSNR at equal time). "
+        "The short version takes a few minutes; --full gives the README's numbers (about 30 + 15 minutes on 2 cores). "
+        "Writes OUT/<name>[_quick].json and .png.",
+    )
+    p.add_argument("which", choices=["identities", "backbone", "all"], help="which benchmark")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="the full version (README numbers)")
+    size.add_argument("--tiny", action="store_true", help="seconds-long smoke version (tests; numbers mean nothing)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--work", type=Path, default=None, help="folder for generated data and runs (default: temporary)")
+    p.add_argument("--counts", type=int, nargs="+", default=None, metavar="N",
+                   help="identity counts of the identities benchmark (default: 1 2 4 8 16 with --full, 1 2 4 without)")
+    p.add_argument("--gpu", action="store_true", help="train the fast model with the gpu preset (the trainer places "
+                   "tensors on the CPU today, so this only changes the preset)")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    identities, backbone = _benchmarks()
+    mode = "full" if args.full else ("tiny" if args.tiny else "quick")
+    out = args.out or identities.RESULTS
+    config = "gpu" if args.gpu else None
+    console = _console()
+    todo = ["identities", "backbone"] if args.which == "all" else [args.which]
+    for which in todo:
+        with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}[/bold]"), TextColumn("{task.fields[stats]}"),
+                      TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task(which, stats="")
+
+            def progress(event: str, info: dict) -> None:
+                if event == "run":
+                    bar.update(task, description=f"{which}: {info['name']}", stats="")
+                elif event == "eval":
+                    bar.update(task, stats=f"{info['seconds']:.1f} s, step {info['step']}, {info['psnr']:.2f} dB")
+                elif event == "row":
+                    console.print(f"N={info['n']}: generic {info['generic_seconds']:.1f} s "
+                                  f"({'reached' if info['generic_reached'] else 'capped'}), {len(info['single_seconds'])} "
+                                  f"singles {info['single_seconds_total']:.1f} s, ratio {info['ratio']:.2f}, "
+                                  f"novel {info['novel_psnr']:.2f} dB")
+
+            if which == "identities":
+                identities.run_identities(mode, out, args.work and args.work / which, config, progress, args.counts)
+            else:
+                r = backbone.run_backbone(mode, out, args.work and args.work / which, config, progress)
+                reach = r["fast_seconds_to_nerface_final_psnr"]
+                console.print(f"nerface: {r['nerface_final_psnr']:.2f} dB after {r['nerface_seconds']:.0f} s; fast: "
+                              + (f"{reach:.1f} s to reach it, speedup {r['speedup']:.0f}x" if reach else
+                                 f"not reached in {r['fast_seconds']:.0f} s"))
+        name = which if mode == "full" else f"{which}_{mode}"
+        console.print(f"wrote {Path(out) / (name + '.json')} and {name}.png")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 SUBCOMMANDS: List[Callable[["argparse._SubParsersAction"], None]] = [
-    _add_synth, _add_prepare, _add_train, _add_personalize, _add_render, _add_eval, _add_demo
+    _add_synth, _add_prepare, _add_train, _add_personalize, _add_render, _add_eval, _add_demo, _add_bench
 ]
 """Functions that each add one subcommand to the parser (others append theirs here)."""
 

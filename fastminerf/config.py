@@ -18,7 +18,8 @@ Components (others are added here as the project grows):
 - :class:`SamplerConfig`: drawing training rays (``fastminerf.data.RaySampler``).
 - :class:`SynthConfig`: the procedural talking-head generator (``fastminerf.data.synth.generate``).
 - :class:`FieldConfig`, :class:`ModelConfig`, :class:`TrainConfig`: the MI-NeRF field, the model around it and
-  the training loops; :class:`RunConfig` is the root of a run's config tree, read by :func:`load_config`
+  the training loops; :class:`NeRFaceConfig`: the slow NeRFace backbone (``ModelConfig.backbone = "nerface"``),
+  kept as the speed baseline; :class:`RunConfig` is the root of a run's config tree, read by :func:`load_config`
   from a preset in ``configs/`` (only the differences from the defaults) plus dotted ``key=value`` overrides,
   written by :func:`dump_config`.
 """
@@ -34,6 +35,7 @@ __all__ = [
     "DataConfig",
     "FieldConfig",
     "ModelConfig",
+    "NeRFaceConfig",
     "RunConfig",
     "SamplerConfig",
     "PrepareConfig",
@@ -288,11 +290,54 @@ class FieldConfig:
 
 
 @dataclass(frozen=True)
+class NeRFaceConfig:
+    """The NeRFace backbone MI-NeRF was built on (``fastminerf.nerface``), used when ``ModelConfig.backbone`` is
+    ``nerface``: positional encodings, an 8x256 MLP, coarse + fine sampling. The conditioning (module, identity
+    and frame codes, expression scale) is ``FieldConfig``'s; the hash-grid and head fields are ignored."""
+
+    width: int = 256
+    """Width of the MLP layers on the point encoding."""
+
+    depth: int = 8
+    """Layers of the MLP on the point encoding (ReLU)."""
+
+    skip_layer: int = 4
+    """The point encoding and the conditioning are concatenated again to the input of this layer (NeRF's skip)."""
+
+    color_width: int = 128
+    """Width of the view-dependent colour layer (feature + direction encoding -> rgb)."""
+
+    position_frequencies: int = 10
+    """Frequencies of the positional encoding of the sample point."""
+
+    direction_frequencies: int = 4
+    """Frequencies of the positional encoding of the view direction."""
+
+    coarse_samples: int = 64
+    """N_c: stratified samples per ray between near and far, evaluated by the coarse network."""
+
+    fine_samples: int = 64
+    """N_f: samples per ray drawn from the coarse weights (inverse CDF); the fine network evaluates these and the
+    coarse ones (N_c + N_f)."""
+
+    perturb: bool = True
+    """Jitter the stratified samples while training (evaluation uses bin centres and deterministic fine samples)."""
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The model around the field (``fastminerf.model.MINeRF``): occupancy grid, ray marching and compositing."""
 
     field: FieldConfig = FieldConfig()
     """The shared field."""
+
+    backbone: str = "fast"
+    """``fast``: the hash-grid field with occupancy-grid marching (``fastminerf.field``); ``nerface``: the NeRFace
+    backbone MI-NeRF used (``fastminerf.nerface``, settings in ``nerface``), with the same conditioning, for
+    speed comparisons. The occupancy-grid and marching fields below apply to ``fast`` only."""
+
+    nerface: NeRFaceConfig = NeRFaceConfig()
+    """Settings of the ``nerface`` backbone."""
 
     aabb: Optional[Tuple[float, ...]] = None
     """Head box ``[xmin, ymin, zmin, xmax, ymax, zmax]`` the grid and the occupancy grid cover; None for the
@@ -439,7 +484,7 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR = _config_dir()
-"""Folder of the named presets (``tiny``, ``cpu``, ``gpu``)."""
+"""Folder of the named presets (``tiny``, ``cpu``, ``gpu``, ``nerface``)."""
 
 DEFAULT_PRESET = "cpu"
 """The preset used when none is named."""
@@ -577,7 +622,7 @@ def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
 
 
 def preset_path(name_or_path) -> Path:
-    """The YAML file of a preset name (``tiny``, ``cpu``, ``gpu``) or a path."""
+    """The YAML file of a preset name (``tiny``, ``cpu``, ``gpu``, ``nerface``) or a path."""
     p = Path(str(name_or_path))
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():

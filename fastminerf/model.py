@@ -131,7 +131,14 @@ class MINeRF(nn.Module):
             raise ValueError("frame_identity holds an identity id outside [0, I)")
         self.register_buffer("frame_identity", fi.clone())
         fc = cfg.field
-        self.field = MINeRFField(fc, self.expression_dim)
+        if cfg.backbone == "fast":
+            self.field = MINeRFField(fc, self.expression_dim)
+        elif cfg.backbone == "nerface":  # the slow baseline (fastminerf/nerface.py): no occupancy grid in use
+            from .nerface import NeRFaceField
+
+            self.field = NeRFaceField(fc, cfg.nerface, self.expression_dim)
+        else:
+            raise ValueError(f"model.backbone must be 'fast' or 'nerface', got {cfg.backbone!r}")
         self.identity_codes = nn.Embedding(len(names), fc.identity_code_dim)
         nn.init.normal_(self.identity_codes.weight, std=IDENTITY_CODE_INIT_STD)
         self.frame_codes = nn.Embedding(fi.numel(), fc.frame_code_dim)
@@ -238,6 +245,8 @@ class MINeRF(nn.Module):
 
     def _render(self, origins, directions, near, far, cond, background, distortion: bool = False) -> Dict[str, torch.Tensor]:
         cfg = self.cfg
+        if cfg.backbone == "nerface":
+            return self.field.render(origins, directions, near, far, cond, background, self.aabb)
         samples = self.occupancy.sample(origins, directions, near, far, step_size=self.step_size,
                                         cone_angle=cfg.cone_angle, max_samples_per_ray=cfg.max_samples_per_ray)
         ray = samples.ray_indices
@@ -302,7 +311,8 @@ class MINeRF(nn.Module):
 
         Returns:
             dict ``rgb`` (N, 3) composited over the background, ``opacity`` (N,), ``depth`` (N,) (expected depth of
-            the visible surface, i.e. divided by the opacity), ``samples`` (N,) int64 samples marched per ray.
+            the visible surface, i.e. divided by the opacity), ``samples`` (N,) int64 samples marched per ray
+            (``nerface`` backbone: field evaluations per ray, and ``rgb_coarse`` (N, 3), the coarse network's image).
             With gradients enabled the rays are rendered at once (training); without, in chunks of
             ``cfg.chunk_rays`` (same pixels, bounded memory).
         """
@@ -349,7 +359,7 @@ class MINeRF(nn.Module):
         ``max(decay * occ, new)`` rule the grid holds the union over the conditions drawn, so one grid covers
         every identity and expression seen. Returns whether it updated."""
         cfg = self.cfg
-        if step % cfg.occ_update_every != 0:
+        if step % cfg.occ_update_every != 0 or cfg.backbone != "fast":
             return False
         cond = self.condition(identity, expression, frame)
         step_size = self.step_size

@@ -54,6 +54,7 @@ __all__ = [
 
 PathLike = Union[str, Path]
 ProgressFn = Callable[[Dict[str, float]], None]
+MonitorFn = Callable[[MINeRF, Dict[str, float]], bool]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"
@@ -257,11 +258,12 @@ class _Loop:
 
     def __init__(self, cfg: RunConfig, model: MINeRF, sampler: RaySampler, out: Path, progress: Optional[ProgressFn],
                  payload: Callable[[], dict], occ_generator: torch.Generator, occ_warmup: Optional[int],
-                 identity_offset: int = 0, frame_offset: int = 0) -> None:
+                 identity_offset: int = 0, frame_offset: int = 0, monitor: Optional[MonitorFn] = None) -> None:
         # The sampler's identities and frames are ids of its own dataset; the model knows them shifted by the
         # offsets (personalisation appends new identities and frames after the generic ones).
         self.cfg, self.model, self.sampler, self.out = cfg, model, sampler, out
-        self.progress, self.payload = progress, payload
+        self.progress, self.payload, self.monitor = progress, payload, monitor
+        self.stopped = False  # the monitor asked to stop
         self.identity_offset, self.frame_offset = identity_offset, frame_offset
         self.occ_generator, self.occ_warmup = occ_generator, occ_warmup
         self.log = out / LOG_NAME
@@ -283,7 +285,7 @@ class _Loop:
         last_ckpt_time, last_ckpt_step = time.perf_counter(), self.step
         lr_cfg = replace(cfg, train=replace(t, steps=lr_steps))
         model.train()
-        while self.step < until_step and (max_seconds is None or self.seconds < max_seconds):
+        while not self.stopped and self.step < until_step and (max_seconds is None or self.seconds < max_seconds):
             start = time.perf_counter()
             ident, expr, frames = _occupancy_pool(table, self.occ_generator, self.identity_offset, self.frame_offset)
             model.update_occupancy(self.step, ident, expr, frames, generator=self.occ_generator,
@@ -297,12 +299,14 @@ class _Loop:
             out = model.render_batch(batch, frame_code=frame_index, distortion=t.distortion_weight > 0)
             mse = torch.mean((out["rgb"] - batch.rgb) ** 2)
             loss = mse
-            if t.distortion_weight > 0:
+            if t.distortion_weight > 0 and "distortion" in out:  # the fast backbone's packed samples
                 loss = loss + t.distortion_weight * out["distortion"].mean()
             if t.mask_weight > 0:
                 known = ~torch.isnan(batch.mask)
                 if bool(known.any()):
                     loss = loss + t.mask_weight * torch.mean((out["opacity"][known] - batch.mask[known]) ** 2)
+            if "rgb_coarse" in out:  # a coarse + fine backbone (nerface): NeRF's loss on both images
+                loss = loss + torch.mean((out["rgb_coarse"] - batch.rgb) ** 2)
             if t.frame_code_reg > 0 and model.frame_codes.weight.shape[1] > 0:
                 loss = loss + t.frame_code_reg * model.frame_codes(frame_index).pow(2).sum(-1).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -328,6 +332,11 @@ class _Loop:
                     f.write(json.dumps(record) + "\n")
                 if self.progress is not None:
                     self.progress(dict(record, total_steps=total_steps, max_seconds=max_seconds or float("nan")))
+                if self.monitor is not None:  # outside the step's clock: its time is not training time
+                    model.eval()
+                    with torch.no_grad():
+                        self.stopped = bool(self.monitor(model, record))
+                    model.train()
                 window_mse, window_rays, window_samples, window_time = [], 0, 0, 0.0
             now = time.perf_counter()
             if (self.step - last_ckpt_step >= t.checkpoint_every) or (now - last_ckpt_time >= t.checkpoint_seconds):
@@ -354,7 +363,7 @@ def _restore_state(sampler: RaySampler, s: dict) -> None:
 
 
 def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
-          progress: Optional[ProgressFn] = None) -> TrainResult:
+          progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None) -> TrainResult:
     """Train one model on every identity of ``data_paths`` (their ``train`` split), in ``out_dir``.
 
     Writes ``config.yaml``, ``checkpoint.pt`` and ``log.jsonl`` (module docstring). If ``out_dir`` already holds a
@@ -366,6 +375,9 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         data_paths: identity folders and/or dataset roots.
         out_dir: the run folder (created).
         progress: called at every logging step with the log record plus ``total_steps`` and ``max_seconds``.
+        monitor: called at every logging step as ``monitor(model, record)`` with the model in eval mode and gradients
+            off (e.g. to evaluate val PSNR); returning True stops training there (the checkpoint is written as at
+            any end). Its time is not counted in the training seconds.
 
     Raises:
         DatasetError: a bad dataset. CheckpointError: an unreadable checkpoint, or resuming with other data or
@@ -394,7 +406,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     if data is None:
         model = build_model(cfg, dataset)
         start = time.perf_counter()
-        hull = view_hull(model, dataset) if cfg.model.occ_carve else None
+        hull = view_hull(model, dataset) if cfg.model.occ_carve and cfg.model.backbone == "fast" else None
         if hull is not None:  # space no training frame shows the person in is never sampled
             model.occupancy.carve(hull)
         setup_seconds = time.perf_counter() - start
@@ -413,7 +425,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
                     data_paths=paths, model=model.state_dict(), optimizer=optimizer.state_dict(), step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state())
 
-    loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, None)
+    loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, None, monitor=monitor)
     resumed = 0
     if data is not None:
         try:
@@ -441,7 +453,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
 
 def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
                 steps: Optional[int] = None, max_seconds: Optional[float] = None,
-                progress: Optional[ProgressFn] = None) -> TrainResult:
+                progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None) -> TrainResult:
     """Add the identities of ``data_paths`` (a short clip each: their ``train`` split) to a trained generic model.
 
     Two phases: first only the new identity codes and frame codes are optimised (``train.personalize_code_fraction``
@@ -457,7 +469,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         out_dir: the new run folder.
         steps: total personalisation steps (default ``train.personalize_steps`` of the generic run's config).
         max_seconds: time limit in training seconds (default none).
-        progress: as for :func:`train`.
+        progress, monitor: as for :func:`train` (the monitor sees the model with every identity, old and new).
     """
     cfg, model, meta = load_run(generic_run)
     steps = int(steps if steps is not None else cfg.train.personalize_steps)
@@ -505,7 +517,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state())
 
     loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, 0, identity_offset=first_id,
-                 frame_offset=first_frame)
+                 frame_offset=first_frame, monitor=monitor)
     restore = None
     if data is not None:
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))

@@ -323,3 +323,23 @@ def test_cli_train_then_resume(tiny_data, tmp_path):
     assert main(args[:-1] + ["6"]) == 0
     assert _log(tmp_path / "r")[-1]["step"] == 6
     assert main(args + ["--set", "model.field.hidden_dm=3"]) == 2
+
+
+def test_monitor_stops_training_and_its_time_is_not_training_time(tiny_data, tmp_path):
+    import time
+
+    cfg = load_config("tiny", ["train.log_every=2"])
+    seen = []
+
+    def monitor(model, record):  # what a benchmark does: evaluate, then decide whether to stop
+        assert not model.training and not torch.is_grad_enabled()
+        seen.append(record["step"])
+        time.sleep(0.2)
+        return record["step"] >= 6
+
+    start = time.perf_counter()
+    result = train(cfg, _two(tiny_data), tmp_path / "monitored", monitor=monitor)
+    wall = time.perf_counter() - start
+    assert seen == [2, 4, 6] and result.step == 6 and load_run(tmp_path / "monitored")[2]["step"] == 6
+    assert result.seconds <= wall - 0.2 * len(seen)  # the monitor's sleeps are outside the training clock
+    assert result.model.training is False  # train() returns the model in eval mode as before

@@ -1,0 +1,49 @@
+"""The benchmark command's quick path: ``fastminerf bench ... --tiny`` writes JSON of the documented shape (the
+numbers of a seconds-long run mean nothing; their consistency is checked)."""
+from __future__ import annotations
+
+import json
+
+from fastminerf.cli import main
+
+
+def test_bench_identities_tiny_writes_the_documented_json(tmp_path):
+    assert main(["bench", "identities", "--tiny", "--out", str(tmp_path), "--work", str(tmp_path / "w")]) == 0
+    result = json.loads((tmp_path / "identities_tiny.json").read_text())
+    assert (tmp_path / "identities_tiny.png").stat().st_size > 0
+    assert {"cpu", "cores", "torch", "git_commit"} <= set(result["machine"])
+    assert result["settings"]["counts"] == [1, 2] and result["data"]["seed"] == 0
+    rows = result["rows"]
+    assert [r["n"] for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("target_psnr", "generic_seconds", "single_seconds_total", "novel_psnr", "generic_steps",
+                    "single_steps_total", "generic_reached", "ratio", "ratio_steps", "load_start", "personalize_seconds"):
+            assert key in r, key
+        assert len(r["single_seconds"]) == r["n"]
+        assert abs(r["single_seconds_total"] - sum(r["single_seconds"])) < 1e-9
+        gen = result["runs"][f"generic_{r['n']}"]
+        # The recorded time is the training clock at the evaluation that reached the target (or the cap).
+        point = next((p for p in gen["curve"] if p["psnr"] >= r["target_psnr"]), None)
+        assert r["generic_reached"] == (point is not None)
+        if point is not None:
+            assert (r["generic_seconds"], r["generic_steps"]) == (point["seconds"], point["step"])
+        else:
+            assert r["generic_steps"] == r["generic_cap_steps"]
+    # Identity k's single-identity model is trained once and reused for every N.
+    assert rows[1]["single_seconds"][0] == rows[0]["single_seconds"][0]
+
+
+def test_bench_backbone_tiny_writes_the_documented_json(tmp_path):
+    assert main(["bench", "backbone", "--tiny", "--out", str(tmp_path), "--work", str(tmp_path / "w")]) == 0
+    r = json.loads((tmp_path / "backbone_tiny.json").read_text())
+    assert (tmp_path / "backbone_tiny.png").stat().st_size > 0
+    for key in ("machine", "nerface_final_psnr", "nerface_seconds", "fast_seconds_to_nerface_final_psnr", "speedup",
+                "equal_time", "nerface", "fast"):
+        assert key in r, key
+    assert r["nerface_final_psnr"] == r["nerface"]["curve"][-1]["psnr"]
+    assert r["resolved_config"]["nerface"]["model"]["backbone"] == "nerface"
+    assert r["resolved_config"]["fast"]["model"]["backbone"] == "fast"
+    if r["fast_seconds_to_nerface_final_psnr"] is not None:
+        assert abs(r["speedup"] - r["nerface_seconds"] / r["fast_seconds_to_nerface_final_psnr"]) < 1e-9
+    else:
+        assert r["speedup"] is None and r["fast_final_psnr"] < r["nerface_final_psnr"]
