@@ -376,6 +376,12 @@ class ModelConfig:
     densities of minutes of CPU training (rays stay transparent for ~40 samples) the extra passes cost more than
     they save (training step 0.101 s staged vs 0.085 s in one pass, measured), hence off by default."""
 
+    occ_threshold: float = 0.01
+    """Opacity (density x step) above which an occupancy cell counts as occupied."""
+
+    occ_ema_decay: float = 0.95
+    """EMA decay of the occupancy values (nerfacc's rule: ``occ = max(decay * occ, new)``)."""
+
     occ_carve: bool = True
     """Before training, exclude the occupancy cells that every training frame's mask shows as background (the
     union of the frames' visual hulls, each cell dilated by its size), so no step samples the empty box; needs a
