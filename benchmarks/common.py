@@ -193,7 +193,9 @@ def eval_psnr(model, rays: dict) -> dict:
     """PSNR (dB) of ``model`` on each identity's fixed rays (see :func:`eval_rays`; the identity is looked up by
     name in the model; frames outside training use the identity's mean training frame code)."""
     out = {}
+    device = model.aabb.device
     for name, batch in rays.items():
+        batch = batch.to(device)
         batch.identity = torch.full_like(batch.identity, model.identity_index(name))
         out[name] = psnr(model.render_batch(batch)["rgb"], batch.rgb)
     return out

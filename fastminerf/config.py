@@ -448,6 +448,10 @@ class TrainConfig:
     threads: Optional[int] = None
     """torch CPU threads; None leaves torch's default."""
 
+    device: str = "auto"
+    """Where training runs: ``auto`` (the first CUDA GPU when torch sees one, else the CPU), ``cpu``, ``cuda`` or
+    ``cuda:K``. Checkpoints are device-independent (loaded on the CPU)."""
+
     personalize_steps: int = 600
     """Steps of ``personalize`` (codes first, then all weights)."""
 

@@ -66,7 +66,7 @@ OCCUPANCY_POOL = 256
 """Training frames whose conditioning an occupancy update draws from (a fresh random subset each update)."""
 
 RESUME_MAY_CHANGE = ("train.steps", "train.max_seconds", "train.log_every", "train.checkpoint_every",
-                     "train.checkpoint_seconds", "train.threads", "data.cache_frames", "data.cache_bytes")
+                     "train.checkpoint_seconds", "train.threads", "train.device", "data.cache_frames", "data.cache_bytes")
 """Config keys that may differ between a run and its resumption (they do not change the computation)."""
 
 
@@ -210,12 +210,29 @@ def _psnr(mse: float) -> float:
 
 
 def _occupancy_pool(table, generator: torch.Generator, identity_offset: int = 0, frame_offset: int = 0):
-    """Random training frames (identity (P,), expression (P, E), model frame index (P,)) for an occupancy update."""
+    """Random training frames (identity (P,), expression (P, E), model frame index (P,)) for an occupancy update,
+    on the generator's device."""
     b = len(table)
-    pick = torch.randint(b, (min(OCCUPANCY_POOL, b),), generator=generator)
-    ident = torch.from_numpy(table.identity)[pick] + identity_offset
-    expr = torch.from_numpy(table.expression)[pick]
+    dev = generator.device
+    pick = torch.randint(b, (min(OCCUPANCY_POOL, b),), generator=generator, device=dev)
+    rows = pick.cpu()
+    ident = torch.from_numpy(table.identity)[rows].to(dev) + identity_offset
+    expr = torch.from_numpy(table.expression)[rows].to(dev)
     return ident, expr, pick + frame_offset
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device``: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or "cuda:K"."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device must be auto, cpu or cuda[:K], got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but this torch ({torch.__version__}) sees no CUDA device; "
+                         "use train.device=cpu or auto")
+    return device
 
 
 def _check_resume_config(saved: RunConfig, new: RunConfig, path: Path) -> None:
@@ -293,7 +310,7 @@ class _Loop:
             factor = _lr_factor(self.step, lr_cfg)
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * factor
-            batch = self.sampler.sample()
+            batch = self.sampler.sample().to(self.occ_generator.device)
             batch.identity = batch.identity + self.identity_offset
             frame_index = batch.frame + self.frame_offset
             out = model.render_batch(batch, frame_code=frame_index, distortion=t.distortion_weight > 0)
@@ -410,9 +427,11 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         if hull is not None:  # space no training frame shows the person in is never sampled
             model.occupancy.carve(hull)
         setup_seconds = time.perf_counter() - start
+    device = resolve_device(cfg.train.device)
+    model.to(device)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler = RaySampler(dataset, "train", **asdict(cfg.sampler))
-    occ_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+    occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
     codes = [model.identity_codes.weight, model.frame_codes.weight]
     code_ids = {id(p) for p in codes}
     field_params = [p for p in model.parameters() if id(p) not in code_ids]
@@ -498,10 +517,12 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         hull = view_hull(model, dataset, keep_unseen=False)
         if hull is not None:  # space the generic identities' carving removed but the new ones show
             model.occupancy.restore(hull)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler_cfg = replace(cfg.sampler, seed=cfg.sampler.seed + 1)
     sampler = RaySampler(dataset, "train", **asdict(sampler_cfg))
-    occ_gen = torch.Generator().manual_seed(cfg.train.seed + 2)
+    occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
     code_steps = int(round(steps * cfg.train.personalize_code_fraction))
     codes = [model.identity_codes.weight, model.frame_codes.weight]
     code_ids = {id(p) for p in codes}

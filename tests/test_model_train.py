@@ -343,3 +343,27 @@ def test_monitor_stops_training_and_its_time_is_not_training_time(tiny_data, tmp
     assert seen == [2, 4, 6] and result.step == 6 and load_run(tmp_path / "monitored")[2]["step"] == 6
     assert result.seconds <= wall - 0.2 * len(seen)  # the monitor's sleeps are outside the training clock
     assert result.model.training is False  # train() returns the model in eval mode as before
+
+
+def test_device_choice(tiny_data, tmp_path):
+    from fastminerf.train import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="train.device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            resolve_device("cuda")
+
+
+@pytest.mark.cuda
+def test_training_and_personalisation_run_on_cuda(tiny_data, tmp_path):
+    dirs = sorted(p for p in tiny_data.iterdir() if p.is_dir())
+    cfg = load_config("tiny", ["train.device=cuda", "train.steps=10"])
+    result = train(cfg, dirs[:2], tmp_path / "gpu")
+    assert result.model.aabb.device.type == "cuda"
+    personal = personalize(tmp_path / "gpu", dirs[2:3], tmp_path / "gpu_p", steps=6)
+    assert personal.model.aabb.device.type == "cuda" and math.isfinite(personal.loss)
+    _, model, _ = load_run(tmp_path / "gpu_p")  # checkpoints load on the CPU
+    assert model.aabb.device.type == "cpu"
