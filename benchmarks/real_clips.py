@@ -12,8 +12,9 @@
    SSIM per clip, beside two baselines computed on the same frames: the clip's ``bg.png`` alone, and the clip's
    mean training colour everywhere.
 4. An expression-transfer video: ``--target`` rendered with the head poses and expressions (``delta`` transfer)
-   of ``--driver``'s test frames -> ``docs/real_transfer.mp4`` (``WORK/transfer.mp4`` with ``--quick``), and a
-   strip image (driver frames above the rendered target) -> ``docs/real_transfer.jpg``.
+   of ``--driver``'s test frames -> ``WORK/transfer.mp4``, and a strip image (driver frames above the rendered
+   target) -> ``WORK/transfer.jpg``. Both stay outside the repository: they show the real people of the
+   third-party clips, which are never copied into the project.
 
 Writes ``benchmarks/results/real_clips.json`` (``real_clips_quick.json`` with ``--quick``, which is ignored by git).
 """
@@ -143,10 +144,9 @@ def main() -> int:
         ti = names.index(args.target)
         rendered = [to_uint8(f) for f in render_sequence(model, path, args.target, background=data.background(ti),
                                                          aabb=model.aabb.tolist())]
-        # A few dozen 256 px frames make a file of about 100 KB: small enough to keep beside the README.
-        video_path = work / "transfer.mp4" if args.quick else ROOT / "docs" / "real_transfer.mp4"
-        info = write_video(rendered, video_path, fps=path.fps)
-        video = str(info.path.relative_to(ROOT)) if not args.quick else str(info.path)
+        # Outside the repository: the frames show the real people of the third-party clips.
+        info = write_video(rendered, work / "transfer.mp4", fps=path.fps)
+        video = str(info.path)
         test = data.table("test")
         drv_frames = test.frames_of(names.index(args.driver))[:n]
         cols = np.linspace(0, n - 1, min(6, n)).round().astype(int)
@@ -154,9 +154,9 @@ def main() -> int:
         bottom = np.concatenate([rendered[c] for c in cols], axis=1)
         import imageio.v3 as iio
 
-        strip_path = ROOT / "docs" / ("real_transfer_quick.jpg" if args.quick else "real_transfer.jpg")
+        strip_path = work / "transfer.jpg"
         iio.imwrite(strip_path, np.concatenate([top, bottom], axis=0), quality=85)
-        strip = str(strip_path.relative_to(ROOT))
+        strip = str(strip_path)
         seconds["transfer_video"] = time.perf_counter() - t0
         print(f"transfer video: {video}; strip: {strip}")
 
