@@ -64,15 +64,14 @@ def _before_termination(sigmas: torch.Tensor, t_starts: torch.Tensor, t_ends: to
 
 def _keep_before_termination(density_fn, samples: RaySamples, threshold: float, stages: Sequence[int]) -> torch.Tensor:
     """(S,) bool: the samples before early termination (as :func:`_before_termination`), evaluating
-    ``density_fn(indices (M,) int64 into the samples) -> (M,)`` front to back: first the samples at positions
+    ``density_fn(indices (M,) int64 into the samples, or None for all of them) -> (M,)`` front to back: first the samples at positions
     ``< stages[0]`` of their ray, then up to ``stages[1]``, ... then the rest, each stage only on rays still
     transparent. Samples behind a ray's termination are never evaluated (their density counts as 0; they are behind
     it whatever it is)."""
     ray = samples.ray_indices
-    sigma = torch.zeros(ray.shape[0], dtype=torch.float32, device=ray.device)
     if threshold <= 0 or not stages:
-        sigma = density_fn(torch.arange(ray.shape[0], device=ray.device))
-        return _before_termination(sigma, samples.t_starts, samples.t_ends, samples.offsets, threshold)
+        return _before_termination(density_fn(None), samples.t_starts, samples.t_ends, samples.offsets, threshold)
+    sigma = torch.zeros(ray.shape[0], dtype=torch.float32, device=ray.device)
     position = torch.arange(ray.shape[0], device=ray.device) - samples.offsets[:-1].index_select(0, ray)
     optical = -math.log(threshold)
     depth = torch.zeros(samples.offsets.shape[0] - 1, dtype=torch.float64, device=ray.device)  # per ray so far
@@ -264,9 +263,12 @@ class MINeRF(nn.Module):
             # termination (they would get weight 0 anyway) before the full pass. The first pass itself goes front to
             # back in stages, so a ray that turns opaque early is not evaluated behind its surface.
             with torch.no_grad():
-                keep = _keep_before_termination(
-                    lambda idx: self.field.density(x.index_select(0, idx), cond, ray.index_select(0, idx)), samples,
-                    cfg.transmittance_threshold, cfg.prune_stages)
+                def density(idx: Optional[torch.Tensor]) -> torch.Tensor:
+                    if idx is None:  # one pass over every sample: no gather
+                        return self.field.density(x, cond, ray)
+                    return self.field.density(x.index_select(0, idx), cond, ray.index_select(0, idx))
+
+                keep = _keep_before_termination(density, samples, cfg.transmittance_threshold, cfg.prune_stages)
             if not bool(keep.all()):
                 idx = torch.nonzero(keep)[:, 0]
                 ray, x = ray.index_select(0, idx), x.index_select(0, idx)
