@@ -79,12 +79,17 @@ def train_targets_table(result: dict) -> str:
         f"| `novel` PSNR, multiplicative - concat ({gm['novel']['mean_psnr']:.2f} vs {gc['novel']['mean_psnr']:.2f} dB) "
         f"| {t['novel_multiplicative_minus_concat_ge_1db']['value']:+.2f} dB | >= +1 dB "
         f"| {yes(t['novel_multiplicative_minus_concat_ge_1db']['met'])} |",
-        f"| personalisation (30 frames) reaches the val PSNR of 5 min alone ({p['alone_final_val_psnr']:.2f} dB) "
+        f"| personalisation (30 frames) reaches the val PSNR of 5 min alone ({p['alone_final_val_psnr']:.2f} dB; "
+        f"personalised: {max(c['val_psnr'] for c in p['curve']):.2f} dB at best) "
         f"| {'%.0f s' % p['seconds_to_match_alone'] if p['seconds_to_match_alone'] is not None else 'not reached'} "
         f"| <= 60 s | {yes(t['personalize_matches_alone_within_60s']['met'])} |",
         "",
         _machine_line(result),
     ]
+    if "personalize_rerun" in result:  # the personalisation row was measured again later (--personalize-only)
+        rerun = result["personalize_rerun"]["machine"]
+        lines.append(f"_Personalisation row re-measured with `--personalize-only` at commit {rerun.get('git_commit')} "
+                     f"({rerun.get('torch_threads')} torch threads), against the same generic and alone runs._")
     return "\n".join(lines)
 
 

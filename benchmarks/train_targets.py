@@ -184,22 +184,24 @@ def main(argv=None) -> int:
 
 def personalize_phase(cfg, run_mul: Path, held_clip: Path, work: Path, alone_curve: list, pers_seconds: float,
                       eval_frames: int, log) -> dict:
-    """Personalise the held-out clip from the generic run, evaluated at four time marks (resumed between them)."""
+    """Personalise the held-out clip from the generic run, evaluated at six time marks (resumed between them)."""
     target = alone_curve[-1]["val_psnr"]
     log(f"[3] personalise {held_clip.name} from the generic model, up to {pers_seconds:.0f} s")
     run_pers = work / "personalized"
     shutil.rmtree(run_pers, ignore_errors=True)
     pers_curve = []
     steps = cfg.train.personalize_steps  # the preset's schedule; the time limit may stop it earlier
-    for f in (0.25, 0.5, 0.75, 1.0):
-        res = personalize(run_mul, [held_clip], run_pers, steps=steps, max_seconds=pers_seconds * f)
+    t = cfg.train  # the preset's personalisation settings, also when the generic run was made with older ones
+    settings = [f"train.personalize_{k}={getattr(t, 'personalize_' + k)}" for k in ("code_fraction", "tune", "lr_factor")]
+    for f in (1 / 12, 1 / 6, 0.25, 0.5, 0.75, 1.0):
+        res = personalize(run_mul, [held_clip], run_pers, steps=steps, max_seconds=pers_seconds * f, overrides=settings)
         _, model_p, _ = load_run(run_pers)
         ev = evaluate(model_p, [held_clip], "val", eval_frames)
         pers_curve.append(dict(seconds=res.seconds, step=res.step, val_psnr=ev["mean_psnr"]))
         log(f"  personalized: {res.seconds:5.1f} s, step {res.step}, val {ev['mean_psnr']:.2f} dB")
     reached = next((p["seconds"] for p in pers_curve if p["val_psnr"] >= target), None)
     return dict(alone_curve=alone_curve, alone_final_val_psnr=target, curve=pers_curve, steps=steps,
-                seconds_to_match_alone=reached)
+                settings=settings, seconds_to_match_alone=reached)
 
 
 def finish(results: dict, args, work: Path, log) -> int:

@@ -319,17 +319,23 @@ def _add_personalize(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders of the new identities")
     p.add_argument("--out", required=True, type=Path, help="new run folder")
     _add_run_options(p)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a train/sampler/data setting of the generic run for this personalisation, e.g. "
+                   "--set train.personalize_tune=all (repeatable)")
     p.set_defaults(func=_run_personalize)
 
 
 def _run_personalize(args: argparse.Namespace) -> int:
     from .train import load_run, personalize
 
-    cfg, _, _ = load_run(args.run)
+    from .config import apply_overrides
+
+    cfg = apply_overrides(load_run(args.run)[0], args.overrides)
     steps = args.steps if args.steps is not None else cfg.train.personalize_steps
     console = _console()
     with _TrainProgress(console, "personalize", steps, args.max_seconds) as progress:
-        result = personalize(args.run, args.data, args.out, steps=steps, max_seconds=args.max_seconds, progress=progress)
+        result = personalize(args.run, args.data, args.out, steps=steps, max_seconds=args.max_seconds, progress=progress,
+                             overrides=args.overrides)
     console.print(f"personalised in {result.step} steps, {result.seconds:.1f} s: train psnr {result.psnr:.2f} dB; "
                   f"run in {result.out_dir}")
     return 0

@@ -472,15 +472,18 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
 
 def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
                 steps: Optional[int] = None, max_seconds: Optional[float] = None,
-                progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None) -> TrainResult:
+                progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None,
+                overrides: Sequence[str] = ()) -> TrainResult:
     """Add the identities of ``data_paths`` (a short clip each: their ``train`` split) to a trained generic model.
 
     Two phases: first only the new identity codes and frame codes are optimised (``train.personalize_code_fraction``
-    of the steps; the shared field is frozen, so the new person is placed in the learned identity space), then
-    everything is fine-tuned with the shared weights at ``train.personalize_lr_factor`` times their learning rate.
-    The occupancy grid keeps what it learned and is updated from the new identities' conditions (without the
-    all-cells warm-up). The result is a full run in ``out_dir`` (all identities, old and new), loadable with
-    :func:`load_run`; rerunning with the same ``out_dir`` resumes.
+    of the steps; the shared field is frozen, so the new person is placed in the learned identity space), then the
+    codes and the shared weights named by ``train.personalize_tune`` (by default the hash grid only: the heads and
+    the conditioning keep what the generic identities taught them) are fine-tuned, the shared ones at
+    ``train.personalize_lr_factor`` times their learning rate. The occupancy grid keeps what it learned and is
+    updated from the new identities' conditions (without the all-cells warm-up). The result is a full run in
+    ``out_dir`` (all identities, old and new), loadable with :func:`load_run`; rerunning with the same ``out_dir``
+    resumes.
 
     Args:
         generic_run: folder of a run made by :func:`train`.
@@ -489,8 +492,11 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         steps: total personalisation steps (default ``train.personalize_steps`` of the generic run's config).
         max_seconds: time limit in training seconds (default none).
         progress, monitor: as for :func:`train` (the monitor sees the model with every identity, old and new).
+        overrides: ``key=value`` changes of the generic run's ``train.``, ``sampler.`` or ``data.`` settings for
+            this personalisation (e.g. ``train.personalize_tune=all``); the model's settings are the generic run's.
     """
     cfg, model, meta = load_run(generic_run)
+    cfg = _personalize_config(cfg, overrides)
     steps = int(steps if steps is not None else cfg.train.personalize_steps)
     cfg = replace(cfg, train=replace(cfg.train, personalize_steps=steps, max_seconds=max_seconds))
     out = Path(out_dir)
@@ -523,10 +529,12 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     sampler_cfg = replace(cfg.sampler, seed=cfg.sampler.seed + 1)
     sampler = RaySampler(dataset, "train", **asdict(sampler_cfg))
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
-    code_steps = int(round(steps * cfg.train.personalize_code_fraction))
+    fraction = cfg.train.personalize_code_fraction
+    code_steps = max(1, int(round(steps * fraction))) if fraction > 0 else 0
     codes = [model.identity_codes.weight, model.frame_codes.weight]
     code_ids = {id(p) for p in codes}
     field_params = [p for p in model.parameters() if id(p) not in code_ids]
+    tuned = _personalize_tuned(cfg, model, field_params)
 
     state = dict(optimizer=None, phase="codes")
 
@@ -562,11 +570,40 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
             p.requires_grad_(True)
     if loop.step >= code_steps:  # not when the time limit stopped the first phase
         lrs = [cfg.train.lr * cfg.train.personalize_lr_factor, cfg.train.code_lr]
-        opt = _optimizer([dict(params=field_params, lr=lrs[0]), dict(params=codes, lr=lrs[1])])
+        for p in field_params:  # shared weights outside train.personalize_tune stay as the generic run left them
+            p.requires_grad_(any(p is q for q in tuned))
+        opt = _optimizer([dict(params=tuned, lr=lrs[0]), dict(params=codes, lr=lrs[1])])
         state["optimizer"], state["phase"] = opt, "all"
         if restore is not None and restore_phase == "all":
             opt.load_state_dict(restore)
         loop.run(opt, lrs, steps, steps, max_seconds, "all", steps)
+        for p in field_params:
+            p.requires_grad_(True)
     loop.checkpoint()
     model.eval()
     return TrainResult(out, loop.step, loop.seconds, loop.loss, loop.psnr, resumed, model)
+
+
+PERSONALIZE_MAY_SET = ("train.", "sampler.", "data.")
+"""Config sections a personalisation may change (the model is the generic run's)."""
+
+
+def _personalize_config(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
+    from .config import ConfigError, apply_overrides
+
+    bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(PERSONALIZE_MAY_SET)]
+    if bad:
+        raise ConfigError(f"personalisation cannot change {bad}: only train.*, sampler.* and data.* settings may "
+                          "change (the model is the generic run's)")
+    cfg = apply_overrides(cfg, list(overrides))
+    if cfg.train.personalize_tune not in ("grid", "all"):
+        raise ConfigError(f"train.personalize_tune must be 'grid' or 'all', got {cfg.train.personalize_tune!r}")
+    return cfg
+
+
+def _personalize_tuned(cfg: RunConfig, model: MINeRF, field_params: List[torch.nn.Parameter]) -> List[torch.nn.Parameter]:
+    """The shared parameters the second personalisation phase optimises (``train.personalize_tune``)."""
+    encoding = getattr(model.field, "encoding", None)
+    if cfg.train.personalize_tune == "all" or encoding is None:  # the nerface backbone has no grid
+        return field_params
+    return list(encoding.parameters())

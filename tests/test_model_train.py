@@ -263,6 +263,32 @@ def test_personalize_adds_an_identity_without_touching_shared_size(tiny_data, tr
         personalize(run, [_two(tiny_data)[0]], tmp_path / "pers2", steps=2)
 
 
+@pytest.mark.parametrize("tune", ["grid", "all"])
+def test_personalize_tunes_the_shared_weights_it_is_told_to(tiny_data, trained, tmp_path, tune):
+    # train.personalize_tune=grid fine-tunes the hash grid (and the codes) and leaves the heads and the conditioning
+    # module exactly as the generic run left them; =all changes them too.
+    run, _ = trained
+    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
+    _, generic, _ = load_run(run)
+    personalize(run, [new], tmp_path / tune, steps=8, overrides=[f"train.personalize_tune={tune}"])
+    cfg, model, _ = load_run(tmp_path / tune)
+    assert cfg.train.personalize_tune == tune
+    before = dict(generic.field.named_parameters())
+    changed = {name: not torch.equal(p, before[name]) for name, p in model.field.named_parameters()}
+    assert all(v for k, v in changed.items() if k.startswith("encoding.")), changed
+    heads = [v for k, v in changed.items() if not k.startswith("encoding.")]
+    assert heads and (any(heads) if tune == "all" else not any(heads)), changed
+
+
+def test_personalize_refuses_model_overrides(tiny_data, trained, tmp_path):
+    run, _ = trained
+    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
+    with pytest.raises(ConfigError, match="model.field.hidden_dim"):
+        personalize(run, [new], tmp_path / "p", steps=2, overrides=["model.field.hidden_dim=8"])
+    with pytest.raises(ConfigError, match="personalize_tune must be"):
+        personalize(run, [new], tmp_path / "p", steps=2, overrides=["train.personalize_tune=heads"])
+
+
 # ----------------------------------------------------------------------------------------------- bad inputs
 
 
