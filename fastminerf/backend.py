@@ -35,7 +35,8 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _native_for(device: torch.device) -> bool:
+def native_for(device: torch.device) -> bool:
+    """Whether the native extension has kernels for ``device``."""
     if device.type == "cpu":
         return _native.available()
     return device.type == "cuda" and _native.has_cuda()
@@ -55,7 +56,7 @@ def resolve(backend: str, component: str, device_type: str) -> str:
     if backend == "auto":
         if device.type == "cuda" and _installed(module):
             choice = outside
-        elif _native_for(device):
+        elif native_for(device):
             choice = "native"
         else:
             choice = "torch"
@@ -68,7 +69,7 @@ def resolve(backend: str, component: str, device_type: str) -> str:
     elif backend == "torch":
         choice = "torch"
     else:  # "native", or the other outside library's name: this component stays native
-        if not _native_for(device):
+        if not native_for(device):
             if device.type == "cpu":
                 _native.load()  # raises the error that says how to build
             raise BackendError(

@@ -240,6 +240,12 @@ class FieldConfig:
     finest_resolution: int = 2048
     """Finest grid resolution; the per-level scale is derived from it, ``base_resolution`` and ``n_levels``."""
 
+    identity_levels: int = 0
+    """The finest this many levels are identity levels: their hash includes the identity id, so each person's fine
+    detail gets its own rows of the one shared table, while the coarser levels (shape, shared by everyone) stay
+    common. The table does not grow with identities; tiny-cuda-nn cannot run such a grid (the native kernels do).
+    0 for a grid shared at every level."""
+
     conditioning: str = "multiplicative"
     """``multiplicative``: ``m = (A e) * (B i) + C e + D i + b`` (MI-NeRF); ``concat``: ``m = C e + D i + b``, a
     linear map of ``[e, i]`` with no product term (the paper's ablation baseline, same width)."""

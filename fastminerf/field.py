@@ -5,7 +5,8 @@ identity and the expression through the multiplicative module.
 
     per ray (N):     m = M(e, i)            (N, C)   multiplicative (or concat) conditioning
                      c = [m, f]             (N, C + Cf)  with the frame code f
-    per sample (S):  h = grid(x)            (S, L*F)     hash-grid features of the sample point
+    per sample (S):  h = grid(x, id)        (S, L*F)     hash-grid features of the sample point (the finest
+                                                         ``identity_levels`` levels also hash the identity id)
                      sigma, g = density_head(h, c)        density (S,), geometry feature (S, G)
                      rgb = color_head(g, [c, SH(d)])      colour (S, 3)
 
@@ -206,6 +207,7 @@ class MINeRFField(nn.Module):
             base_resolution=cfg.base_resolution,
             per_level_scale=per_level_scale_for(cfg.base_resolution, cfg.finest_resolution, cfg.n_levels),
             backend=cfg.backend,
+            identity_levels=cfg.identity_levels,
         )
         self.conditioning = build_conditioning(cfg, expression_dim)
         self.cond_dim = cfg.conditioning_dim + cfg.frame_code_dim  # C + Cf, the per-ray input of both heads
@@ -230,24 +232,34 @@ class MINeRFField(nn.Module):
             frame_code = m.new_zeros(m.shape[0], self.cfg.frame_code_dim)
         return torch.cat([m, frame_code], dim=-1)
 
-    def _density(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoding(points)
+    def _density(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor],
+                 identity: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        salt = None
+        if self.cfg.identity_levels > 0:
+            if identity is None:
+                raise ValueError("this field has identity levels (model.field.identity_levels > 0): pass the identity "
+                                 "id of each conditioning row")
+            salt = identity if ray_indices is None else identity.index_select(0, ray_indices)
+        h = self.encoding(points, salt)
         out = self.density_head(h, cond, ray_indices)
         raw = out[:, 0] + self.cfg.density_bias
         sigma = torch.exp(raw.clamp(max=MAX_LOG_DENSITY))
         return sigma, out[:, 1:]
 
-    def density(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def density(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor] = None,
+                identity: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Density (S,) at points (S, 3) in [0, 1]^3 under conditioning rows ``cond[ray_indices]`` ((N, C+Cf)
-        and (S,) int64; ``ray_indices=None`` when ``cond`` has one row per point)."""
-        return self._density(points, cond, ray_indices)[0]
+        and (S,) int64; ``ray_indices=None`` when ``cond`` has one row per point); ``identity`` (N,) int64 is the
+        identity id of each conditioning row (needed with identity levels)."""
+        return self._density(points, cond, ray_indices, identity)[0]
 
     def forward(
-        self, points: torch.Tensor, directions: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor] = None
+        self, points: torch.Tensor, directions: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor] = None,
+        identity: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """points (S, 3) in [0, 1]^3, cond (N, C+Cf), unit directions (N, 3) per conditioning row (the rays),
-        ray_indices (S,) (None: one row per point) -> density (S,), rgb (S, 3) in [0, 1]."""
-        sigma, geo = self._density(points, cond, ray_indices)
+        """points (S, 3) in [0, 1]^3, cond (N, C+Cf), unit directions (N, 3) and identity ids (N,) per conditioning
+        row (the rays), ray_indices (S,) (None: one row per point) -> density (S,), rgb (S, 3) in [0, 1]."""
+        sigma, geo = self._density(points, cond, ray_indices, identity)
         view = torch.cat([cond, spherical_harmonics(directions, self.cfg.sh_degree)], dim=-1)  # (N, C+Cf+SH)
         rgb = torch.sigmoid(self.color_head(geo, view, ray_indices))
         return sigma, rgb

@@ -242,7 +242,8 @@ class MINeRF(nn.Module):
         native = _native.available() if device.type == "cpu" else _native.has_cuda()
         return "native" if native else "torch"
 
-    def _render(self, origins, directions, near, far, cond, background, distortion: bool = False) -> Dict[str, torch.Tensor]:
+    def _render(self, origins, directions, near, far, cond, identity, background,
+                distortion: bool = False) -> Dict[str, torch.Tensor]:
         cfg = self.cfg
         if cfg.backbone == "nerface":
             return self.field.render(origins, directions, near, far, cond, background, self.aabb)
@@ -265,8 +266,8 @@ class MINeRF(nn.Module):
             with torch.no_grad():
                 def density(idx: Optional[torch.Tensor]) -> torch.Tensor:
                     if idx is None:  # one pass over every sample: no gather
-                        return self.field.density(x, cond, ray)
-                    return self.field.density(x.index_select(0, idx), cond, ray.index_select(0, idx))
+                        return self.field.density(x, cond, ray, identity)
+                    return self.field.density(x.index_select(0, idx), cond, ray.index_select(0, idx), identity)
 
                 keep = _keep_before_termination(density, samples, cfg.transmittance_threshold, cfg.prune_stages)
             if not bool(keep.all()):
@@ -274,7 +275,7 @@ class MINeRF(nn.Module):
                 ray, x = ray.index_select(0, idx), x.index_select(0, idx)
                 samples = RaySamples(ray, samples.t_starts.index_select(0, idx), samples.t_ends.index_select(0, idx),
                                      _offsets(ray, n))
-        sigma, rgb = self.field(x, directions, cond, ray)
+        sigma, rgb = self.field(x, directions, cond, ray, identity)
         out = composite(sigma, rgb, samples.t_starts, samples.t_ends, samples.offsets,
                         cfg.transmittance_threshold, backend=self._composite_backend(origins.device))
         color = out.color + (1.0 - out.opacity)[:, None] * background
@@ -335,7 +336,7 @@ class MINeRF(nn.Module):
             return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         cond = self.condition(identity, expression, frame_code)
         return self._render(origins.contiguous(), directions.contiguous(), near.contiguous(), far.contiguous(), cond,
-                            background, distortion)
+                            identity, background, distortion)
 
     def render_batch(self, batch, frame_code: Optional[torch.Tensor] = None, distortion: bool = False) -> Dict[str, torch.Tensor]:
         """:meth:`render_rays` on a :class:`fastminerf.data.RayBatch` (``frame_code`` and ``distortion`` as there)."""
@@ -368,7 +369,7 @@ class MINeRF(nn.Module):
 
         def density_fn(points: torch.Tensor) -> torch.Tensor:
             pick = torch.randint(cond.shape[0], (points.shape[0],), generator=generator, device=points.device)
-            return self.field.density(self.normalize_points(points), cond, pick) * step_size
+            return self.field.density(self.normalize_points(points), cond, pick, identity) * step_size
 
         return self.occupancy.update(step, density_fn, cfg.occ_threshold, cfg.occ_ema_decay,
                                      cfg.occ_warmup_steps if warmup_steps is None else warmup_steps, n=1,

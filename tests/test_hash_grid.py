@@ -65,6 +65,38 @@ def test_backward_matches_reference_with_random_output_gradients(generator):
     assert grads["native"][0].abs().sum() > 0 and grads["native"][1].abs().sum() > 0
 
 
+@pytest.mark.parametrize("identity_levels", [1, 3, 6])
+def test_identity_levels_match_reference_forward_and_backward(identity_levels, generator):
+    # The finest levels hash the per-point salt (identity id): native and reference agree on the function and both
+    # gradients, and only the salted levels depend on the salt.
+    levels = hash_grid_levels(**SMALL, identity_levels=identity_levels)
+    assert levels.salted_from == SMALL["n_levels"] - identity_levels
+    table = _table(levels, generator)
+    n = 4000
+    points = torch.rand(n, 3, generator=generator)
+    salt = torch.randint(0, 1000, (n,), generator=generator)
+    grad_out = torch.randn(n, levels.n_levels * levels.n_features, generator=generator)
+    outs, grads = {}, {}
+    for backend in ("native", "torch"):
+        t = table.clone().requires_grad_(True)
+        p = points.clone().requires_grad_(True)
+        outs[backend] = hash_encode(p, t, levels, backend=backend, salt=salt)
+        outs[backend].backward(grad_out)
+        grads[backend] = (t.grad, p.grad)
+    torch.testing.assert_close(outs["native"], outs["torch"], atol=FWD_ATOL, rtol=0)
+    torch.testing.assert_close(grads["native"][0], grads["torch"][0], rtol=GRAD_TABLE_RTOL, atol=GRAD_TABLE_ATOL)
+    torch.testing.assert_close(grads["native"][1], grads["torch"][1], rtol=GRAD_POINTS_RTOL, atol=GRAD_POINTS_ATOL)
+    other = hash_encode(points, table, levels, salt=salt + 1)
+    split = levels.salted_from * levels.n_features
+    torch.testing.assert_close(other[:, :split], outs["native"][:, :split].detach(), atol=0, rtol=0)
+    assert (other[:, split:] - outs["native"][:, split:].detach()).abs().mean() > 0.1
+    # salt 0 on a level that would be dense still hashes (unlike the plain grid)
+    rows = hash_grid_rows(points[:50], levels, torch.zeros(50, dtype=torch.int64))
+    plain = hash_grid_rows(points[:50], hash_grid_levels(**SMALL))
+    dense = [level for level in range(levels.salted_from, levels.n_levels) if levels.is_dense(level)]
+    assert all(not torch.equal(rows[level], plain[level]) for level in dense)
+
+
 def test_gradcheck_float64(generator):
     levels = hash_grid_levels(n_levels=3, n_features_per_level=2, log2_hashmap_size=6, base_resolution=3,
                               per_level_scale=1.7)
@@ -168,9 +200,18 @@ def test_bad_inputs_give_clear_errors(generator):
     with pytest.raises(ValueError, match="n_features_per_level must be 1, 2, 4 or 8"):
         hash_grid_levels(n_features_per_level=3)
     # the op itself also checks what reaches it
+    no_salt = torch.empty(0, dtype=torch.int32)
     with pytest.raises(RuntimeError, match="must have shape"):
         _native.ops().hash_encode_forward(torch.rand(4, 3), table[:-1], levels.offsets, levels.resolutions,
-                                          levels.scales)
+                                          levels.scales, no_salt, levels.salted_from)
+    salted = hash_grid_levels(**SMALL, identity_levels=2)
+    with pytest.raises(ValueError, match="salt must have shape"):
+        hash_encode(torch.rand(4, 3), _table(salted, generator), salted)
+    with pytest.raises(RuntimeError, match="`salt` must be int32 of shape"):
+        _native.ops().hash_encode_forward(torch.rand(4, 3), _table(salted, generator), salted.offsets,
+                                          salted.resolutions, salted.scales, no_salt, salted.salted_from)
+    with pytest.raises(ValueError, match="identity_levels must be in 0..n_levels"):
+        hash_grid_levels(**SMALL, identity_levels=7)
 
 
 def test_import_compiles_nothing_and_loads_native_lazily():

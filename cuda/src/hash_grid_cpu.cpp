@@ -30,16 +30,18 @@ constexpr int kBlock = 16;        // points whose table rows are prefetched toge
 // Walks points [begin, end) in blocks of kBlock: finds every point's corners at one level and prefetches their
 // rows of `rows_base` (for writing when kWrite) first, then calls visit(i, rows, weights) per point, so that many
 // cache misses are in flight at once instead of one point's at a time.
+// `salt` (null: none) is read only on salted levels.
 template <typename T, int F, bool kWrite, typename Visit>
-void for_point_blocks(const T* points, int64_t begin, int64_t end, T scale, uint32_t res, uint32_t size,
-                      const T* rows_base, Visit visit) {
+void for_point_blocks(const T* points, const int32_t* salt, bool salted, int64_t begin, int64_t end, T scale,
+                      uint32_t res, uint32_t size, const T* rows_base, Visit visit) {
   uint32_t rows[kBlock][8];
   T weights[kBlock][8];
   T frac[3];
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int nb = static_cast<int>(std::min<int64_t>(kBlock, end - b0));
     for (int k = 0; k < nb; ++k) {
-      hashgrid::level_corners(points + 3 * (b0 + k), scale, res, size, rows[k], weights[k], frac);
+      const uint32_t s = salted ? static_cast<uint32_t>(salt[b0 + k]) : 0u;
+      hashgrid::level_corners(points + 3 * (b0 + k), scale, res, size, rows[k], weights[k], frac, s, salted);
       for (int c = 0; c < 8; ++c) __builtin_prefetch(rows_base + static_cast<size_t>(rows[k][c]) * F, kWrite ? 1 : 0);
     }
     for (int k = 0; k < nb; ++k) visit(b0 + k, rows[k], weights[k]);
@@ -50,7 +52,7 @@ void for_point_blocks(const T* points, int64_t begin, int64_t end, T scale, uint
 // (N, L*F) result would touch every cache line of it once per level (L read-for-ownership passes over the
 // whole output); one transpose at the end is far cheaper.
 template <typename T, int F>
-void forward_impl(const T* points, const T* table, T* out, int64_t n, const GridMeta& meta) {
+void forward_impl(const T* points, const int32_t* salt, const T* table, T* out, int64_t n, const GridMeta& meta) {
   const int L = meta.n_levels;
   for (int l = 0; l < L; ++l) {
     const T scale = static_cast<T>(meta.scales[l]);
@@ -58,8 +60,9 @@ void forward_impl(const T* points, const T* table, T* out, int64_t n, const Grid
     const uint32_t size = meta.offsets[l + 1] - meta.offsets[l];
     const T* level_table = table + static_cast<size_t>(meta.offsets[l]) * F;
     T* level_out = out + static_cast<size_t>(l) * n * F;
+    const bool salted = l >= meta.salted_from;
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for_point_blocks<T, F, false>(points, begin, end, scale, res, size, level_table,
+      for_point_blocks<T, F, false>(points, salt, salted, begin, end, scale, res, size, level_table,
                                     [&](int64_t i, const uint32_t* rows, const T* weights) {
                                       hashgrid::interpolate_corners<T, F>(level_table, rows, weights, level_out + i * F);
                                     });
@@ -75,8 +78,8 @@ void forward_impl(const T* points, const T* table, T* out, int64_t n, const Grid
 // cleared as they are summed, so they are zero whenever a level starts. Point gradients need no care: a point
 // belongs to one thread.
 template <typename T, int F>
-void backward_impl(const T* grad_out, const T* points, const T* table, T* grad_table, T* grad_points, int64_t n,
-                   const GridMeta& meta) {
+void backward_impl(const T* grad_out, const T* points, const int32_t* salt, const T* table, T* grad_table,
+                   T* grad_points, int64_t n, const GridMeta& meta) {
   const int L = meta.n_levels;
   const int nthreads = n > kGrain ? at::get_num_threads() : 1;
   size_t max_level_len = 0;
@@ -92,6 +95,7 @@ void backward_impl(const T* grad_out, const T* points, const T* table, T* grad_t
     const size_t level_len = size_t(size) * F;
     const T* level_table = table + static_cast<size_t>(meta.offsets[l]) * F;
     T* level_grad = grad_table ? grad_table + static_cast<size_t>(meta.offsets[l]) * F : nullptr;
+    const bool salted = l >= meta.salted_from;
     at::parallel_for(0, n, chunk, [&](int64_t begin, int64_t end) {
       const int tid = at::get_thread_num();
       T* dst = (level_grad == nullptr || tid == 0) ? level_grad : scratch.data() + (tid - 1) * max_level_len;
@@ -99,13 +103,14 @@ void backward_impl(const T* grad_out, const T* points, const T* table, T* grad_t
       if (grad_points != nullptr) {
         for (int64_t i = begin; i < end; ++i) {
           hashgrid::encode_point_level_backward<T, F>(points + 3 * i, level_table, dst, level_grad_out + i * F, size,
-                                                      res, scale, grad_points + 3 * i, PlainAdd<T>());
+                                                      res, scale, grad_points + 3 * i, PlainAdd<T>(),
+                                                      salted ? static_cast<uint32_t>(salt[i]) : 0u, salted);
         }
         return;
       }
       if (dst == nullptr) return;
       // Table gradient only (the usual case): blocks with prefetched rows, as in the forward pass.
-      for_point_blocks<T, F, true>(points, begin, end, scale, res, size, dst,
+      for_point_blocks<T, F, true>(points, salt, salted, begin, end, scale, res, size, dst,
                                    [&](int64_t i, const uint32_t* rows, const T* weights) {
                                      hashgrid::scatter_corners<T, F>(dst, rows, weights, level_grad_out + i * F,
                                                                      PlainAdd<T>());
@@ -135,14 +140,16 @@ void backward_impl(const T* grad_out, const T* points, const T* table, T* grad_t
   }
 
 at::Tensor hash_encode_forward_cpu(const at::Tensor& points, const at::Tensor& table, at::IntArrayRef offsets,
-                                   at::IntArrayRef resolutions, at::ArrayRef<double> scales) {
-  const GridMeta meta = make_grid_meta(offsets, resolutions, scales, table.size(1));
+                                   at::IntArrayRef resolutions, at::ArrayRef<double> scales, const at::Tensor& salt,
+                                   int64_t salted_from) {
+  const GridMeta meta = make_grid_meta(offsets, resolutions, scales, table.size(1), salted_from);
   check_hash_inputs(points, table, meta);
+  const int32_t* salt_ptr = check_salt(salt, points, meta);
   const int64_t n = points.size(0);
   auto out = at::empty({meta.n_levels, n, meta.n_features}, points.options());  // (L, N, F)
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "hash_encode_forward_cpu", [&] {
     FMN_DISPATCH_F(meta.n_features, [&] {
-      forward_impl<scalar_t, kF>(points.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
+      forward_impl<scalar_t, kF>(points.data_ptr<scalar_t>(), salt_ptr, table.data_ptr<scalar_t>(),
                                  out.data_ptr<scalar_t>(), n, meta);
     });
   });
@@ -152,9 +159,11 @@ at::Tensor hash_encode_forward_cpu(const at::Tensor& points, const at::Tensor& t
 std::tuple<at::Tensor, at::Tensor> hash_encode_backward_cpu(const at::Tensor& grad_out, const at::Tensor& points,
                                                             const at::Tensor& table, at::IntArrayRef offsets,
                                                             at::IntArrayRef resolutions, at::ArrayRef<double> scales,
+                                                            const at::Tensor& salt, int64_t salted_from,
                                                             bool table_grad, bool points_grad) {
-  const GridMeta meta = make_grid_meta(offsets, resolutions, scales, table.size(1));
+  const GridMeta meta = make_grid_meta(offsets, resolutions, scales, table.size(1), salted_from);
   check_hash_inputs(points, table, meta);
+  const int32_t* salt_ptr = check_salt(salt, points, meta);
   check_hash_grad(grad_out, points, meta);
   const int64_t n = points.size(0);
   auto grad_table = table_grad ? at::zeros_like(table) : at::empty({0}, table.options());
@@ -165,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor> hash_encode_backward_cpu(const at::Tensor& gr
     scalar_t* gt = table_grad ? grad_table.data_ptr<scalar_t>() : nullptr;
     scalar_t* gp = points_grad ? grad_points.data_ptr<scalar_t>() : nullptr;
     FMN_DISPATCH_F(meta.n_features, [&] {
-      backward_impl<scalar_t, kF>(grad_lnf.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(),
+      backward_impl<scalar_t, kF>(grad_lnf.data_ptr<scalar_t>(), points.data_ptr<scalar_t>(), salt_ptr,
                                   table.data_ptr<scalar_t>(), gt, gp, n, meta);
     });
   });
@@ -176,11 +185,11 @@ std::tuple<at::Tensor, at::Tensor> hash_encode_backward_cpu(const at::Tensor& gr
 
 TORCH_LIBRARY_FRAGMENT(fastminerf, m) {
   m.def(
-      "hash_encode_forward(Tensor points, Tensor table, int[] offsets, int[] resolutions, float[] scales) -> "
-      "Tensor");
+      "hash_encode_forward(Tensor points, Tensor table, int[] offsets, int[] resolutions, float[] scales, "
+      "Tensor salt, int salted_from) -> Tensor");
   m.def(
       "hash_encode_backward(Tensor grad_out, Tensor points, Tensor table, int[] offsets, int[] resolutions, "
-      "float[] scales, bool table_grad, bool points_grad) -> (Tensor, Tensor)");
+      "float[] scales, Tensor salt, int salted_from, bool table_grad, bool points_grad) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastminerf, CPU, m) {

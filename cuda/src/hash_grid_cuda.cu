@@ -27,21 +27,28 @@ void check_launch(const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string("fastminerf: ") + what + ": " + cudaGetErrorString(err));
 }
 
+// The salt of point i at level l (0 on unsalted levels, where `salt` may be null).
+__device__ inline uint32_t salt_of(const int32_t* salt, int64_t i, int l, const GridMeta& meta) {
+  return l >= meta.salted_from ? static_cast<uint32_t>(salt[i]) : 0u;
+}
+
 template <typename T, int F>
-__global__ void forward_kernel(int64_t n, const T* __restrict__ points, const T* __restrict__ table,
-                               T* __restrict__ out, GridMeta meta) {
+__global__ void forward_kernel(int64_t n, const T* __restrict__ points, const int32_t* __restrict__ salt,
+                               const T* __restrict__ table, T* __restrict__ out, GridMeta meta) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int l = blockIdx.y;
   if (i >= n) return;
   const uint32_t size = meta.offsets[l + 1] - meta.offsets[l];
   hashgrid::encode_point_level<T, F>(points + 3 * i, table + static_cast<size_t>(meta.offsets[l]) * F, size,
                                      meta.resolutions[l], static_cast<T>(meta.scales[l]),
-                                     out + static_cast<size_t>(i) * meta.n_levels * F + l * F);
+                                     out + static_cast<size_t>(i) * meta.n_levels * F + l * F, salt_of(salt, i, l, meta),
+                                     l >= meta.salted_from);
 }
 
 template <typename T, int F>
 __global__ void backward_table_kernel(int64_t n, const T* __restrict__ grad_out, const T* __restrict__ points,
-                                      const T* __restrict__ table, T* __restrict__ grad_table, GridMeta meta) {
+                                      const int32_t* __restrict__ salt, const T* __restrict__ table,
+                                      T* __restrict__ grad_table, GridMeta meta) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int l = blockIdx.y;
   if (i >= n) return;
@@ -50,13 +57,14 @@ __global__ void backward_table_kernel(int64_t n, const T* __restrict__ grad_out,
   hashgrid::encode_point_level_backward<T, F>(points + 3 * i, table + level_start, grad_table + level_start,
                                               grad_out + static_cast<size_t>(i) * meta.n_levels * F + l * F, size,
                                               meta.resolutions[l], static_cast<T>(meta.scales[l]), nullptr,
-                                              DeviceAtomicAdd());
+                                              DeviceAtomicAdd(), salt_of(salt, i, l, meta), l >= meta.salted_from);
 }
 
 // Input gradients: one thread per point walks all levels, so no atomics are needed.
 template <typename T, int F>
 __global__ void backward_points_kernel(int64_t n, const T* __restrict__ grad_out, const T* __restrict__ points,
-                                       const T* __restrict__ table, T* __restrict__ grad_points, GridMeta meta) {
+                                       const int32_t* __restrict__ salt, const T* __restrict__ table,
+                                       T* __restrict__ grad_points, GridMeta meta) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   T g[3] = {T(0), T(0), T(0)};
@@ -65,7 +73,7 @@ __global__ void backward_points_kernel(int64_t n, const T* __restrict__ grad_out
     hashgrid::encode_point_level_backward<T, F>(points + 3 * i, table + static_cast<size_t>(meta.offsets[l]) * F,
                                                 nullptr, grad_out + static_cast<size_t>(i) * meta.n_levels * F + l * F,
                                                 size, meta.resolutions[l], static_cast<T>(meta.scales[l]), g,
-                                                DeviceAtomicAdd());
+                                                DeviceAtomicAdd(), salt_of(salt, i, l, meta), l >= meta.salted_from);
   }
   for (int d = 0; d < 3; ++d) grad_points[3 * i + d] = g[d];
 }
@@ -84,41 +92,41 @@ void dispatch_features(int n_features, Fn fn) {
 }  // namespace
 
 template <typename T>
-void hash_encode_forward_cuda(const T* points, const T* table, T* out, int64_t n, const GridMeta& meta,
-                              cudaStream_t stream) {
+void hash_encode_forward_cuda(const T* points, const int32_t* salt, const T* table, T* out, int64_t n,
+                              const GridMeta& meta, cudaStream_t stream) {
   if (n == 0) return;
   const dim3 blocks(static_cast<unsigned>((n + kThreads - 1) / kThreads), meta.n_levels);
   dispatch_features(meta.n_features, [&](auto f) {
-    forward_kernel<T, decltype(f)::value><<<blocks, kThreads, 0, stream>>>(n, points, table, out, meta);
+    forward_kernel<T, decltype(f)::value><<<blocks, kThreads, 0, stream>>>(n, points, salt, table, out, meta);
   });
   check_launch("hash_encode_forward kernel");
 }
 
 template <typename T>
-void hash_encode_backward_cuda(const T* grad_out, const T* points, const T* table, T* grad_table, T* grad_points,
-                               int64_t n, const GridMeta& meta, cudaStream_t stream) {
+void hash_encode_backward_cuda(const T* grad_out, const T* points, const int32_t* salt, const T* table,
+                               T* grad_table, T* grad_points, int64_t n, const GridMeta& meta, cudaStream_t stream) {
   if (n == 0) return;
   dispatch_features(meta.n_features, [&](auto f) {
     constexpr int F = decltype(f)::value;
     if (grad_table != nullptr) {
       const dim3 blocks(static_cast<unsigned>((n + kThreads - 1) / kThreads), meta.n_levels);
-      backward_table_kernel<T, F><<<blocks, kThreads, 0, stream>>>(n, grad_out, points, table, grad_table, meta);
+      backward_table_kernel<T, F><<<blocks, kThreads, 0, stream>>>(n, grad_out, points, salt, table, grad_table, meta);
     }
     if (grad_points != nullptr) {
       const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
-      backward_points_kernel<T, F><<<blocks, kThreads, 0, stream>>>(n, grad_out, points, table, grad_points, meta);
+      backward_points_kernel<T, F><<<blocks, kThreads, 0, stream>>>(n, grad_out, points, salt, table, grad_points, meta);
     }
   });
   check_launch("hash_encode_backward kernel");
 }
 
-template void hash_encode_forward_cuda<float>(const float*, const float*, float*, int64_t, const GridMeta&,
-                                              cudaStream_t);
-template void hash_encode_forward_cuda<double>(const double*, const double*, double*, int64_t, const GridMeta&,
-                                               cudaStream_t);
-template void hash_encode_backward_cuda<float>(const float*, const float*, const float*, float*, float*, int64_t,
+template void hash_encode_forward_cuda<float>(const float*, const int32_t*, const float*, float*, int64_t,
+                                              const GridMeta&, cudaStream_t);
+template void hash_encode_forward_cuda<double>(const double*, const int32_t*, const double*, double*, int64_t,
                                                const GridMeta&, cudaStream_t);
-template void hash_encode_backward_cuda<double>(const double*, const double*, const double*, double*, double*,
-                                                int64_t, const GridMeta&, cudaStream_t);
+template void hash_encode_backward_cuda<float>(const float*, const float*, const int32_t*, const float*, float*,
+                                               float*, int64_t, const GridMeta&, cudaStream_t);
+template void hash_encode_backward_cuda<double>(const double*, const double*, const int32_t*, const double*,
+                                                double*, double*, int64_t, const GridMeta&, cudaStream_t);
 
 }  // namespace fastminerf

@@ -24,7 +24,7 @@ inline void check_float(const at::Tensor& t, const char* name) {
 }
 
 inline hashgrid::GridMeta make_grid_meta(at::IntArrayRef offsets, at::IntArrayRef resolutions,
-                                         at::ArrayRef<double> scales, int64_t n_features) {
+                                         at::ArrayRef<double> scales, int64_t n_features, int64_t salted_from = -1) {
   const int64_t n_levels = static_cast<int64_t>(resolutions.size());
   TORCH_CHECK(n_levels >= 1 && n_levels <= hashgrid::kMaxLevels, "fastminerf: hash grid needs 1..",
               hashgrid::kMaxLevels, " levels, got ", n_levels);
@@ -37,6 +37,9 @@ inline hashgrid::GridMeta make_grid_meta(at::IntArrayRef offsets, at::IntArrayRe
   hashgrid::GridMeta meta{};
   meta.n_levels = static_cast<int>(n_levels);
   meta.n_features = static_cast<int>(n_features);
+  TORCH_CHECK(salted_from == -1 || (salted_from >= 0 && salted_from <= n_levels), "fastminerf: salted_from must be in 0..",
+              n_levels, " (levels from it on hash the salt), got ", salted_from);
+  meta.salted_from = salted_from < 0 ? static_cast<int>(n_levels) : static_cast<int>(salted_from);
   for (int64_t l = 0; l <= n_levels; ++l) {
     TORCH_CHECK(offsets[l] >= 0 && offsets[l] <= (int64_t(1) << 31), "fastminerf: bad level offset ", offsets[l]);
     meta.offsets[l] = static_cast<uint32_t>(offsets[l]);
@@ -60,6 +63,16 @@ inline void check_hash_inputs(const at::Tensor& points, const at::Tensor& table,
   TORCH_CHECK(table.size(0) == meta.offsets[meta.n_levels] && table.size(1) == meta.n_features,
               "fastminerf: `table` must have shape (", meta.offsets[meta.n_levels], ", ", meta.n_features,
               "), got ", table.sizes());
+}
+
+// `salt`: int32 (N,) per-point salts, or an empty tensor when no level is salted. Returns its data or null.
+inline const int32_t* check_salt(const at::Tensor& salt, const at::Tensor& points, const hashgrid::GridMeta& meta) {
+  if (meta.salted_from >= meta.n_levels) return nullptr;
+  check_tensor(salt, "salt", 1, points);
+  TORCH_CHECK(salt.scalar_type() == at::kInt && salt.size(0) == points.size(0),
+              "fastminerf: `salt` must be int32 of shape (", points.size(0), ") when levels are salted, got ",
+              salt.scalar_type(), " ", salt.sizes());
+  return salt.data_ptr<int32_t>();
 }
 
 inline void check_hash_grad(const at::Tensor& grad_out, const at::Tensor& points, const hashgrid::GridMeta& meta) {

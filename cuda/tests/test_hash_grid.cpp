@@ -19,6 +19,12 @@ int main() {
   CHECK(grid_index(1u << 10, 16, 1, 2, 3) == (coherent_prime_hash(1, 2, 3) % (1u << 10)));
   CHECK(grid_index(1u << 19, 2048, 7, 9, 11) == (coherent_prime_hash(7, 9, 11) % (1u << 19)));
 
+  // A salted level always hashes (even where the level would be dense), with the salt as a fourth coordinate;
+  // salt 0 hashes like the plain coherent hash.
+  CHECK(grid_index(4096, 16, 1, 2, 3, 0u, true) == (coherent_prime_hash(1, 2, 3) % 4096u));
+  CHECK(grid_index(4096, 16, 1, 2, 3, 5u, true) == ((coherent_prime_hash(1, 2, 3) ^ (5u * 3674653429u)) % 4096u));
+  CHECK(grid_index(4096, 16, 1, 2, 3, 5u, false) == 1u + 2u * 16u + 3u * 256u);
+
   // Trilinear weights sum to one and interpolate a linear function exactly.
   const double x[3] = {0.3141, 0.2718, 0.5772};
   uint32_t rows[8];

@@ -22,6 +22,9 @@ class HashGridEncoding(nn.Module):
             resolution).
         backend: "auto", "native", "torch", "tcnn" (tiny-cuda-nn, CUDA only); other values of the project-wide
             switch ("nerfacc") leave the encoding native. Resolved once per device at the first call.
+        identity_levels: the last this many levels hash a per-point salt, the identity id, passed to ``forward``
+            (``fastminerf.ops.hash_grid``): each identity's fine detail gets its own rows of the shared table.
+            tiny-cuda-nn has no such levels: with some, ``auto`` stays native and ``tcnn`` is refused.
 
     The parameters are one flat vector ``params`` in tiny-cuda-nn's layout (levels concatenated, each
     ``(T_l, F)`` row-major), so ``load_tcnn_params`` copies a tiny-cuda-nn ``HashGrid``'s parameters as they are.
@@ -36,6 +39,7 @@ class HashGridEncoding(nn.Module):
         base_resolution: int = 16,
         per_level_scale: float = 2.0,
         backend: str = "auto",
+        identity_levels: int = 0,
     ) -> None:
         super().__init__()
         if backend not in _backend.BACKENDS:
@@ -47,7 +51,8 @@ class HashGridEncoding(nn.Module):
             base_resolution=base_resolution,
             per_level_scale=per_level_scale,
         )
-        self.levels: HashGridLevels = hash_grid_levels(**self.hparams)
+        self.levels: HashGridLevels = hash_grid_levels(**self.hparams, identity_levels=identity_levels)
+        self.identity_levels = identity_levels
         self.backend = backend
         self.params = nn.Parameter(
             torch.empty(self.levels.n_rows * n_features_per_level).uniform_(-TCNN_INIT_RANGE, TCNN_INIT_RANGE)
@@ -87,14 +92,21 @@ class HashGridEncoding(nn.Module):
         self.params.copy_(params.reshape(-1).to(self.params))
 
     def resolved_backend(self, device: torch.device) -> str:
-        return _backend.resolve(self.backend, "encoding", device.type)
+        impl = _backend.resolve(self.backend, "encoding", device.type)
+        if impl == "tcnn" and self.levels.salted:
+            if self.backend == "tcnn":
+                raise _backend.BackendError(
+                    "tiny-cuda-nn's HashGrid has no identity levels; use the native backend or "
+                    "model.field.identity_levels=0")
+            impl = "native" if _backend.native_for(device) else "torch"
+        return impl
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
-        """points (N, 3) in [0, 1]^3 -> features (N, L*F)."""
+    def forward(self, points: torch.Tensor, salt: torch.Tensor | None = None) -> torch.Tensor:
+        """points (N, 3) in [0, 1]^3, salt (N,) identity ids (needed with identity levels) -> features (N, L*F)."""
         impl = self.resolved_backend(points.device)
         if impl == "tcnn":
             return self._tcnn_forward(points)
-        return hash_encode(points.to(self.params.dtype), self.table, self.levels, backend=impl)
+        return hash_encode(points.to(self.params.dtype), self.table, self.levels, backend=impl, salt=salt)
 
     def _tcnn_forward(self, points: torch.Tensor) -> torch.Tensor:
         if self._tcnn is None:
@@ -110,5 +122,6 @@ class HashGridEncoding(nn.Module):
         return (
             f"L={h['n_levels']}, F={h['n_features_per_level']}, log2_T={h['log2_hashmap_size']}, "
             f"N_min={h['base_resolution']}, b={h['per_level_scale']:.4f}, rows={self.levels.n_rows}, "
+            f"identity_levels={self.identity_levels}, "
             f"backend={self.backend!r}"
         )

@@ -6,6 +6,9 @@
 //   corner index = dense x + y R + z R^2 when R^3 fits in the level's table, else the coherent prime hash
 //   x * 1 ^ y * 2654435761 ^ z * 805459861 (uint32 arithmetic), both taken modulo the level's table size T_l.
 //   Tables are concatenated level by level: row offsets[l] .. offsets[l+1]-1, F features per row.
+//   Identity levels (fastminerf's addition, l >= salted_from): the corner index is always hashed, with a per-point
+//   salt (the identity id) as a fourth coordinate, x * 1 ^ y * 2654435761 ^ z * 805459861 ^ salt * 3674653429, so
+//   that each identity's fine detail lands in its own (pseudo-random) rows of the shared table.
 // The scales, resolutions and offsets are computed once on the host (fastminerf/ops/hash_grid.py) and
 // passed in, so CPU, CUDA and the PyTorch reference all use bit-identical level parameters.
 #pragma once
@@ -20,6 +23,7 @@ namespace hashgrid {
 constexpr int kMaxLevels = 32;
 constexpr uint32_t kPrime1 = 2654435761u;
 constexpr uint32_t kPrime2 = 805459861u;
+constexpr uint32_t kPrime3 = 3674653429u;  // the salt's (tiny-cuda-nn's fourth coherent prime)
 // Largest resolution whose cube fits in uint32 (tiny-cuda-nn's MAX_BASES[3]).
 constexpr uint32_t kMaxDenseResolution = 0x659u;
 
@@ -30,16 +34,21 @@ struct GridMeta {
   uint32_t offsets[kMaxLevels + 1];  // first table row of each level; offsets[L] = rows in all
   uint32_t resolutions[kMaxLevels];  // R_l
   double scales[kMaxLevels];         // s_l (already rounded to float32 for float tables)
+  int salted_from;                   // levels l >= salted_from hash the per-point salt too (n_levels: none)
 };
 
 FMN_HD uint32_t coherent_prime_hash(uint32_t x, uint32_t y, uint32_t z) {
   return x ^ (y * kPrime1) ^ (z * kPrime2);
 }
 
-// Row of corner (x, y, z) within a level of `size` rows and resolution `res`.
-FMN_HD uint32_t grid_index(uint32_t size, uint32_t res, uint32_t x, uint32_t y, uint32_t z) {
+// Row of corner (x, y, z) within a level of `size` rows and resolution `res`; a salted level always hashes,
+// with the salt as a fourth coordinate.
+FMN_HD uint32_t grid_index(uint32_t size, uint32_t res, uint32_t x, uint32_t y, uint32_t z, uint32_t salt = 0u,
+                           bool salted = false) {
   uint32_t index;
-  if (res <= kMaxDenseResolution && res * res * res <= size) {
+  if (salted) {
+    index = coherent_prime_hash(x, y, z) ^ (salt * kPrime3);
+  } else if (res <= kMaxDenseResolution && res * res * res <= size) {
     index = x + y * res + z * res * res;
   } else {
     index = coherent_prime_hash(x, y, z);
@@ -63,7 +72,7 @@ FMN_HD double grid_position(double scale, double x) { return scale * x + 0.5; }
 // trilinear weights. `frac` receives the position inside the cell (needed for input gradients).
 template <typename T>
 FMN_HD void level_corners(const T* x, T scale, uint32_t res, uint32_t size, uint32_t rows[8], T weights[8],
-                          T frac[3]) {
+                          T frac[3], uint32_t salt = 0u, bool salted = false) {
   uint32_t base[3];
   for (int d = 0; d < 3; ++d) {
     const T p = grid_position(scale, x[d]);
@@ -79,7 +88,7 @@ FMN_HD void level_corners(const T* x, T scale, uint32_t res, uint32_t size, uint
       w *= up ? frac[d] : T(1) - frac[d];
       q[d] = base[d] + (up ? 1u : 0u);
     }
-    rows[c] = grid_index(size, res, q[0], q[1], q[2]);
+    rows[c] = grid_index(size, res, q[0], q[1], q[2], salt, salted);
     weights[c] = w;
   }
 }
@@ -110,11 +119,12 @@ FMN_HD void interpolate_corners(const T* level_table, const uint32_t rows[8], co
 
 // Forward for one point at one level.
 template <typename T, int F>
-FMN_HD void encode_point_level(const T* x, const T* level_table, uint32_t size, uint32_t res, T scale, T* out) {
+FMN_HD void encode_point_level(const T* x, const T* level_table, uint32_t size, uint32_t res, T scale, T* out,
+                               uint32_t salt = 0u, bool salted = false) {
   uint32_t rows[8];
   T weights[8];
   T frac[3];
-  level_corners(x, scale, res, size, rows, weights, frac);
+  level_corners(x, scale, res, size, rows, weights, frac, salt, salted);
   interpolate_corners<T, F>(level_table, rows, weights, out);
 }
 
@@ -131,11 +141,12 @@ FMN_HD void scatter_corners(T* level_grad_table, const uint32_t rows[8], const T
 // where several threads may hit one row) and, when grad_x is not null, accumulates dL/dx into grad_x[0..2].
 template <typename T, int F, typename AddFn>
 FMN_HD void encode_point_level_backward(const T* x, const T* level_table, T* level_grad_table, const T* g,
-                                        uint32_t size, uint32_t res, T scale, T* grad_x, AddFn add) {
+                                        uint32_t size, uint32_t res, T scale, T* grad_x, AddFn add,
+                                        uint32_t salt = 0u, bool salted = false) {
   uint32_t rows[8];
   T weights[8];
   T frac[3];
-  level_corners(x, scale, res, size, rows, weights, frac);
+  level_corners(x, scale, res, size, rows, weights, frac, salt, salted);
   if (level_grad_table != nullptr) scatter_corners<T, F>(level_grad_table, rows, weights, g, add);
   if (grad_x != nullptr) {
     for (int d = 0; d < 3; ++d) {
