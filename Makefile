@@ -61,7 +61,8 @@ CUDA_HOME ?= $(shell cd /tmp && touch fmn_probe.cu && nvcc --dryrun -c fmn_probe
 check-cuda-extension:
 	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/pip install -q -U pip
-	$(CUDA_VENV)/bin/pip install -q "$(CUDA_TORCH_SPEC)" -r requirements.txt
+	$(CUDA_VENV)/bin/pip install -q "$(CUDA_TORCH_SPEC)" -r requirements.txt -r requirements-prepare.txt
+	$(CUDA_VENV)/bin/pip install -q --no-deps "$(MEDIAPIPE_SPEC)"
 	rm -rf build/cuda-ext && git worktree add -f --detach build/cuda-ext HEAD
 	cd build/cuda-ext && CUDA_HOME=$(CUDA_HOME) CPATH=$$(ls -d $(abspath $(CUDA_VENV))/lib/python3*/site-packages/nvidia/cu*/include | head -1) \
 		FASTMINERF_CUDA_ARCHITECTURES="80;90" $(abspath $(CUDA_VENV))/bin/python setup.py build_ext --inplace
