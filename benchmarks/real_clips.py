@@ -6,8 +6,8 @@
    ``WORK/data`` at ``--size`` px (first ``--max-frames`` frames of each; resumes when already there). The last
    10 % of each clip is ``val``, the last 10 % ``test`` (never trained on).
 2. ``fastminerf.train.train`` trains ONE generic model on every clip's ``train`` split, ``--config`` preset, for
-   ``--minutes`` of training time; the learning-rate schedule spans ``--steps`` (default: the preset's 4,000 steps
-   per 5 minutes, scaled to the budget). Resumes when ``WORK/run`` holds a checkpoint of the same settings.
+   ``--minutes`` of training time; the learning-rate schedule spans ``--steps`` (default: the preset's steps per
+   its time budget, scaled to ``--minutes``); ``--set key=value`` overrides the preset. Resumes when ``WORK/run`` holds a checkpoint of the same settings.
 3. ``fastminerf.render.evaluate`` on the first ``--eval-frames`` frames of each clip's ``test`` split: PSNR and
    SSIM per clip, beside two baselines computed on the same frames: the clip's ``bg.png`` alone, and the clip's
    mean training colour everywhere.
@@ -35,8 +35,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine, write_result  # noqa: E402
 
 REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
-PRESET_STEPS_PER_5_MIN = 4000
-"""The ``cpu`` preset's schedule: 4,000 steps laid over its 5-minute budget."""
 
 
 def _clips(n: int):
@@ -75,6 +73,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--max-frames", type=int, default=250, help="frames per clip (the first ones)")
     ap.add_argument("--config", default="cpu")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field of the preset (repeatable), e.g. --set train.threads=1")
     ap.add_argument("--eval-frames", type=int, default=5, help="test frames evaluated per clip (the first ones)")
     ap.add_argument("--target", default="02_hdtf_WDA_AlexandriaOcasioCortez_000", help="identity rendered in the video")
     ap.add_argument("--driver", default="04_hdtf_WDA_BobMenendez_000", help="identity whose poses and expressions drive it")
@@ -109,8 +109,11 @@ def main() -> int:
     print(f"prepared {len(dirs)} clips in {seconds['prepare']:.0f} s: " + ", ".join(f"{k} {v['train']}/{v['val']}/{v['test']}" for k, v in frames.items()))
 
     # 2. train
-    steps = args.steps or int(round(PRESET_STEPS_PER_5_MIN * args.minutes / 5.0))
-    cfg = load_config(args.config, [f"train.max_seconds={args.minutes * 60.0}", f"train.steps={steps}", "train.log_every=100"])
+    preset = load_config(args.config, args.overrides)
+    per_second = preset.train.steps / (preset.train.max_seconds or 300.0)  # the preset's steps per its budget
+    steps = args.steps or int(round(per_second * args.minutes * 60.0))
+    cfg = load_config(args.config, args.overrides + [f"train.max_seconds={args.minutes * 60.0}", f"train.steps={steps}",
+                                                     "train.log_every=100"])
     t0 = time.perf_counter()
 
     def show(rec):
@@ -165,7 +168,8 @@ def main() -> int:
         "settings": {"clips": [c.name for c in clips], "size": args.size, "max_frames": args.max_frames,
                      "config": args.config, "minutes": args.minutes, "steps": steps, "eval_frames": args.eval_frames,
                      "eval_split": "test (each clip's last 10 %, never trained on)", "target": args.target,
-                     "driver": args.driver, "transfer": "delta", "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+                     "driver": args.driver, "transfer": "delta", "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                     "overrides": list(args.overrides)},
         "frames": frames,
         "training": {"steps": result.step, "seconds": result.seconds, "train_psnr": result.psnr,
                      "resumed_from": result.resumed_from},
