@@ -291,7 +291,12 @@ def plot(result: dict, path: Path) -> Path:
     ax2.plot(n, [r["single_novel_psnr"] for r in rows], "o-", label="single-identity models")
     ax2.set(xscale="log", xlabel="identities N", ylabel="PSNR (dB)", title="novel expressions (PSNR)")
     ax2.set_xticks(n, [str(v) for v in n])
-    ax2.legend(fontsize=8)
+    if all("novel_gain_vs_single" in r for r in rows):  # like for like: the same people's single models
+        gain = ax2.twinx()
+        gain.plot(n, [r["novel_gain_vs_single"] for r in rows], "d:", color="gray", label="generic - single (right)")
+        gain.set_ylabel("generic - single, same people (dB)")
+        gain.legend(fontsize=8, loc="lower right")
+    ax2.legend(fontsize=8, loc="upper left")
     return save_figure(fig, result, path, f"{result['settings']['config']} preset")
 
 
