@@ -246,6 +246,12 @@ class FieldConfig:
     common. The table does not grow with identities; tiny-cuda-nn cannot run such a grid (the native kernels do).
     0 for a grid shared at every level."""
 
+    identity_levels_for: str = "all"
+    """What reads the identity levels: ``all`` (they are the finest levels of the one grid both heads read) or
+    ``colour`` (the grid stays shared at every level for the density head, and a second lookup of the finest
+    ``identity_levels`` levels, hashed with the identity, feeds only the colour head: per-person texture, shared
+    geometry; one more lookup of those levels per sample)."""
+
     conditioning: str = "multiplicative"
     """``multiplicative``: ``m = (A e) * (B i) + C e + D i + b`` (MI-NeRF); ``concat``: ``m = C e + D i + b``, a
     linear map of ``[e, i]`` with no product term (the paper's ablation baseline, same width)."""

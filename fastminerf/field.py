@@ -207,8 +207,18 @@ class MINeRFField(nn.Module):
             base_resolution=cfg.base_resolution,
             per_level_scale=per_level_scale_for(cfg.base_resolution, cfg.finest_resolution, cfg.n_levels),
             backend=cfg.backend,
-            identity_levels=cfg.identity_levels,
+            identity_levels=cfg.identity_levels if cfg.identity_levels_for == "all" else 0,
         )
+        if cfg.identity_levels_for not in ("all", "colour"):
+            raise ValueError(f"model.field.identity_levels_for must be 'all' or 'colour', got {cfg.identity_levels_for!r}")
+        self.colour_encoding = None  # identity levels read by the colour head only (identity_levels_for: colour)
+        if cfg.identity_levels_for == "colour" and cfg.identity_levels > 0:
+            k, scale = cfg.identity_levels, per_level_scale_for(cfg.base_resolution, cfg.finest_resolution, cfg.n_levels)
+            self.colour_encoding = HashGridEncoding(
+                n_levels=k, n_features_per_level=cfg.n_features_per_level, log2_hashmap_size=cfg.log2_hashmap_size,
+                base_resolution=int(round(cfg.base_resolution * scale ** (cfg.n_levels - k))), per_level_scale=scale,
+                backend=cfg.backend, identity_levels=k)
+        colour_extra = self.colour_encoding.output_dim if self.colour_encoding is not None else 0
         self.conditioning = build_conditioning(cfg, expression_dim)
         self.cond_dim = cfg.conditioning_dim + cfg.frame_code_dim  # C + Cf, the per-ray input of both heads
         self.density_head = _SplitInputHead(
@@ -217,7 +227,7 @@ class MINeRFField(nn.Module):
         )
         # The view direction is the same for every sample of a ray, so its SH enter with the per-ray inputs.
         self.color_head = _SplitInputHead(
-            cfg.geo_feature_dim, self.cond_dim + cfg.sh_degree**2, cfg.hidden_dim, cfg.color_layers, 3,
+            cfg.geo_feature_dim + colour_extra, self.cond_dim + cfg.sh_degree**2, cfg.hidden_dim, cfg.color_layers, 3,
             modulate=cfg.modulate,
         )
 
@@ -234,17 +244,22 @@ class MINeRFField(nn.Module):
 
     def _density(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor],
                  identity: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        salt = None
-        if self.cfg.identity_levels > 0:
-            if identity is None:
-                raise ValueError("this field has identity levels (model.field.identity_levels > 0): pass the identity "
-                                 "id of each conditioning row")
-            salt = identity if ray_indices is None else identity.index_select(0, ray_indices)
+        salt = self._salt(identity, ray_indices) if self.cfg.identity_levels_for == "all" else None
         h = self.encoding(points, salt)
         out = self.density_head(h, cond, ray_indices)
         raw = out[:, 0] + self.cfg.density_bias
         sigma = torch.exp(raw.clamp(max=MAX_LOG_DENSITY))
         return sigma, out[:, 1:]
+
+    def _salt(self, identity: Optional[torch.Tensor], ray_indices: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Per-sample identity ids for the identity levels (None when there are none)."""
+        if self.cfg.identity_levels == 0:
+            return None
+        if identity is None:
+            raise ValueError("this field has identity levels (model.field.identity_levels > 0): pass the identity "
+                             "id of each conditioning row")
+        identity = identity.to(torch.int32)  # the kernels' salt type, cast per ray rather than per sample
+        return identity if ray_indices is None else identity.index_select(0, ray_indices)
 
     def density(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor] = None,
                 identity: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -260,6 +275,8 @@ class MINeRFField(nn.Module):
         """points (S, 3) in [0, 1]^3, cond (N, C+Cf), unit directions (N, 3) and identity ids (N,) per conditioning
         row (the rays), ray_indices (S,) (None: one row per point) -> density (S,), rgb (S, 3) in [0, 1]."""
         sigma, geo = self._density(points, cond, ray_indices, identity)
+        if self.colour_encoding is not None:  # per-person texture for the colour head only
+            geo = torch.cat([geo, self.colour_encoding(points, self._salt(identity, ray_indices))], -1)
         view = torch.cat([cond, spherical_harmonics(directions, self.cfg.sh_degree)], dim=-1)  # (N, C+Cf+SH)
         rgb = torch.sigmoid(self.color_head(geo, view, ray_indices))
         return sigma, rgb

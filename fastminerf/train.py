@@ -603,7 +603,9 @@ def _personalize_config(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
 
 def _personalize_tuned(cfg: RunConfig, model: MINeRF, field_params: List[torch.nn.Parameter]) -> List[torch.nn.Parameter]:
     """The shared parameters the second personalisation phase optimises (``train.personalize_tune``)."""
-    encoding = getattr(model.field, "encoding", None)
-    if cfg.train.personalize_tune == "all" or encoding is None:  # the nerface backbone has no grid
+    from .nn import HashGridEncoding
+
+    grids = [p for m in model.field.modules() if isinstance(m, HashGridEncoding) for p in m.parameters()]
+    if cfg.train.personalize_tune == "all" or not grids:  # the nerface backbone has no grid
         return field_params
-    return list(encoding.parameters())
+    return grids

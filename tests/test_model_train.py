@@ -263,6 +263,25 @@ def test_identity_levels_train_and_keep_identities_apart(tiny_data, tmp_path):
         model.field.density(points, torch.zeros(200, model.field.cond_dim))
 
 
+def test_identity_levels_for_colour_keep_density_shared(tiny_data, tmp_path):
+    # identity_levels_for=colour: the density head reads a grid shared at every level (the same density for every
+    # identity given the same conditioning), the colour head also reads per-identity levels; the model trains.
+    cfg = load_config("tiny", ["model.field.identity_levels_for=colour"])
+    train(cfg, _two(tiny_data), tmp_path / "col")
+    log = _log(tmp_path / "col")
+    assert 10 ** (-log[-1]["psnr"] / 10) < LOSS_DROP_FACTOR * 10 ** (-log[0]["psnr"] / 10)
+    _, model, _ = load_run(tmp_path / "col")
+    field = model.field
+    assert field.encoding.levels.salted_from == field.encoding.levels.n_levels and field.colour_encoding is not None
+    points, cond = torch.rand(64, 3), torch.randn(1, field.cond_dim).expand(64, -1).contiguous()
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    with torch.no_grad():
+        s0, c0 = field(points, dirs, cond, None, torch.zeros(64, dtype=torch.long))
+        s1, c1 = field(points, dirs, cond, None, torch.ones(64, dtype=torch.long))
+    torch.testing.assert_close(s0, s1, atol=0, rtol=0)
+    assert not torch.allclose(c0, c1)
+
+
 def test_distortion_loss_and_modulation_train(tiny_data, tmp_path):
     # The distortion loss and FiLM modulation are optional parts of the objective and the heads: both must train.
     cfg = load_config("tiny", ["train.distortion_weight=0.01", "model.field.modulate=true"])
