@@ -570,8 +570,9 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
             p.requires_grad_(True)
     if loop.step >= code_steps:  # not when the time limit stopped the first phase
         lrs = [cfg.train.lr * cfg.train.personalize_lr_factor, cfg.train.code_lr]
+        tuned_ids = {id(q) for q in tuned}
         for p in field_params:  # shared weights outside train.personalize_tune stay as the generic run left them
-            p.requires_grad_(any(p is q for q in tuned))
+            p.requires_grad_(id(p) in tuned_ids)
         opt = _optimizer([dict(params=tuned, lr=lrs[0]), dict(params=codes, lr=lrs[1])])
         state["optimizer"], state["phase"] = opt, "all"
         if restore is not None and restore_phase == "all":

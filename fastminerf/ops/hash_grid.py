@@ -15,8 +15,9 @@ fastminerf's addition, **identity levels**: the last ``identity_levels`` levels 
 with a per-point integer ``salt`` (the identity id) as a fourth coordinate,
 ``h_l(x, y, z) = x ^ y P_1 ^ z P_2 ^ salt P_3`` (``P_3 = 3674653429``, tiny-cuda-nn's fourth prime), so that the
 fine detail of different people at the same place lands in different rows of the one shared table: the table
-does not grow with the number of identities, but the identities stop overwriting each other's texture. Parameters are the levels' tables concatenated, each
-``(T_l, F)`` row-major: the same flat vector tiny-cuda-nn holds, so its parameters load unchanged.
+does not grow with the number of identities, but the identities stop overwriting each other's texture.
+
+Parameters are the levels' tables concatenated, each ``(T_l, F)`` row-major: the same flat vector tiny-cuda-nn holds, so its parameters load unchanged.
 
 Known difference from tiny-cuda-nn: it computes ``s_l`` on the GPU with ``exp2f`` (up to 2 ulp error); we
 compute it once on the host in float32 (numpy), so a scale can differ in its last bit and a point lying exactly
@@ -144,13 +145,12 @@ def corner_rows(base: torch.Tensor, corner: int, levels: HashGridLevels, level: 
     int64."""
     q = (base + torch.tensor([(corner >> d) & 1 for d in range(3)], device=base.device)) & UINT32_MASK
     res, size = levels.resolutions[level], levels.level_size(level)
-    if level >= levels.salted_from:
-        index = q[:, 0] ^ ((q[:, 1] * PRIME_1) & UINT32_MASK) ^ ((q[:, 2] * PRIME_2) & UINT32_MASK)
+    salted = level >= levels.salted_from
+    if levels.is_dense(level) and not salted:
+        return ((q[:, 0] + q[:, 1] * res + q[:, 2] * (res * res)) & UINT32_MASK) % size
+    index = q[:, 0] ^ ((q[:, 1] * PRIME_1) & UINT32_MASK) ^ ((q[:, 2] * PRIME_2) & UINT32_MASK)
+    if salted:  # the identity as a fourth hashed coordinate
         index = index ^ (((salt.long() & UINT32_MASK) * PRIME_3) & UINT32_MASK)
-    elif levels.is_dense(level):
-        index = (q[:, 0] + q[:, 1] * res + q[:, 2] * (res * res)) & UINT32_MASK
-    else:
-        index = q[:, 0] ^ ((q[:, 1] * PRIME_1) & UINT32_MASK) ^ ((q[:, 2] * PRIME_2) & UINT32_MASK)
     return index % size
 
 
