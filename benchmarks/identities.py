@@ -14,8 +14,12 @@ For each N in ``counts`` (procedural identities ``id000 ...``, a fixed frame siz
 - optionally, personalisation: identity N added to the generic model (``fastminerf.personalize``) until its val PSNR
   reaches the target.
 
-Same config for every run (a preset + the overrides below), fixed seeds. "Until the target": the trainer's monitor
-hook evaluates PSNR on fixed val rays (``eval_frames`` frames per identity x ``eval_pixels`` random pixels, pooled
+Same config for every run (a preset + the overrides below), fixed seeds. ``--seeds 0 1 2`` repeats the whole
+benchmark on other procedural people (data seed) and model initialisations (``train.seed``): each row is then the
+mean over the seeds, with each seed's value in ``<key>_by_seed`` and the standard deviation in ``<key>_std``, and
+the targets are read on the means (one seed's novel-PSNR trend is within its noise).
+
+"Until the target": the trainer's monitor hook evaluates PSNR on fixed val rays (``eval_frames`` frames per identity x ``eval_pixels`` random pixels, pooled
 MSE) at training-clock marks that grow by ``eval_factor`` (the same relative time resolution for short and long
 runs); evaluation time is excluded from the training clock, and the time recorded is the training time at the first
 evaluation that reached the target (evaluations at steps growing by ``eval_factor``, so the step count is an upper
@@ -28,7 +32,7 @@ The machine is shared: singles and the generic run of each N are trained back to
 after each run is recorded, and so is each run's process CPU time (evaluation excluded): ``cpu_per_wall`` near the
 torch thread count means the run had the cores; ``ratio_cpu`` is the generic / single ratio in CPU seconds.
 
-    python benchmarks/identities.py [--mode quick|full|tiny] [--out DIR] [--work DIR]
+    python benchmarks/identities.py [--mode quick|full|tiny] [--seeds 0 1 2] [--out DIR] [--work DIR]
     fastminerf bench identities [--full] [--out DIR]
 
 Writes ``identities.json`` (``--mode full``), ``identities_quick.json`` or ``identities_tiny.json`` and a PNG of the
@@ -39,7 +43,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -74,7 +78,7 @@ class IdentitiesSettings:
     frames: int = 40
     """Frames per identity's video (train + val; ``novel`` adds a tenth)."""
     seed: int = 0
-    """Seed of the procedural data (training seeds are the config's)."""
+    """Seed of the procedural data and of the training (``train.seed``)."""
     target_psnr: float = 20.0
     """Val PSNR (dB) every model is trained to (generic: the mean over its identities)."""
     single_cap_steps: int = 500
@@ -134,9 +138,10 @@ def _mean(values) -> float:
 
 def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[Path] = None,
                    config: Optional[str] = None, progress: Optional[ProgressFn] = None,
-                   counts: Optional[Tuple[int, ...]] = None) -> dict:
+                   counts: Optional[Tuple[int, ...]] = None, seeds: Optional[Sequence[int]] = None) -> dict:
     """Run the benchmark in ``mode`` (:data:`MODES`), write ``<out_dir>/identities[_mode].json`` and its PNG, and
-    return the result. ``config`` replaces the mode's preset (e.g. ``gpu``), ``counts`` its identity counts.
+    return the result. ``config`` replaces the mode's preset (e.g. ``gpu``), ``counts`` its identity counts, ``seeds``
+    its one seed (several: the benchmark once per seed, rows averaged; see the module's docstring).
     ``progress(event, info)`` is called with ``("run", {"name", "cap"})`` when a training starts, ``("eval", point)``
     after each evaluation and ``("row", row)`` when an N is done."""
     s = MODES[mode]
@@ -144,25 +149,62 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
         s = replace(s, config=config)
     if counts:
         s = replace(s, counts=tuple(sorted(set(int(c) for c in counts))))
-    with torch_threads(s.threads):  # every run also sets train.threads; the caller's count comes back at the end
-        return _run(s, mode, out_dir, work, progress)
-
-
-def _run(s, mode: str, out_dir: Path, work: Optional[Path], progress: Optional[ProgressFn]) -> dict:
+    seeds = list(dict.fromkeys(int(k) for k in seeds)) if seeds else [s.seed]
     where = machine()  # at the start (threads and the commit that runs, not the one checked out when it ends)
+    with torch_threads(s.threads):  # every run also sets train.threads; the caller's count comes back at the end
+        results = [_run(replace(s, seed=k), mode, work / f"seed{k}" if work and len(seeds) > 1 else work, progress,
+                        where) for k in seeds]
+    result = results[0] if len(results) == 1 else combine_seeds(results)
+    write_with_plot("identities", mode, result, out_dir, plot)
+    return result
+
+
+def _run(s, mode: str, work: Optional[Path], progress: Optional[ProgressFn], where: dict) -> dict:
     say = progress or (lambda event, info: None)
     n_ids = max(s.counts) + (1 if s.personalize else 0)
     with bench_data(work, "fm_identities_", n_ids, s.frames, s.size, s.seed, say) as (work, ids):
-        result = _measure(s, mode, work, ids, say, where)
-    write_with_plot("identities", mode, result, out_dir, plot)
-    return result
+        return _measure(s, mode, work, ids, say, where)
+
+
+def combine_seeds(results: list) -> dict:
+    """One result from the same benchmark run on several seeds: each row's numbers are the mean over the seeds (with
+    ``<key>_by_seed`` and ``<key>_std``, population standard deviation), its flags true only when true for every
+    seed, its lists per seed; the runs are kept per seed; the targets are read on the mean rows."""
+    seeds = [r["settings"]["seed"] for r in results]
+    rows = []
+    for per_seed in zip(*(r["rows"] for r in results)):
+        row = {}
+        for key, first in per_seed[0].items():
+            values = [r[key] for r in per_seed]
+            if isinstance(first, bool):
+                row[key] = all(values)
+            elif isinstance(first, (int, float)) and key != "n":
+                mean = _mean(values)
+                row[key] = mean
+                row[f"{key}_by_seed"] = values
+                row[f"{key}_std"] = _mean((v - mean) ** 2 for v in values) ** 0.5
+            elif key == "n" or key == "target_psnr":
+                row[key] = first
+            else:
+                row[f"{key}_by_seed"] = values
+        row["single_seconds"] = [_mean(v) for v in zip(*row.pop("single_seconds_by_seed"))]  # per identity index k
+        rows.append(row)
+    first = results[0]
+    return dict(
+        first, settings={**first["settings"], "seed": None, "seeds": seeds},
+        data={**first["data"], "seed": None, "seeds": seeds,
+              "identities_by_seed": [r["data"]["identities"] for r in results]},
+        rows=rows, runs={f"seed{k}": r["runs"] for k, r in zip(seeds, results)}, targets=_targets(rows),
+        targets_by_seed=[r["targets"] for r in results],
+    )
 
 
 def _measure(s, mode: str, work: Path, ids: list, say: ProgressFn, where: dict) -> dict:
     val = eval_rays(ids, "val", s.eval_frames, s.eval_pixels, seed=s.seed)
     novel = eval_rays(ids, "novel", 10**6, s.novel_pixels, seed=s.seed)
     base = apply_overrides(load_config(s.config), list(s.overrides) + [f"train.personalize_steps={s.personalize_cap_steps}",
-                                                                      f"train.threads={s.threads}"])
+                                                                      f"train.threads={s.threads}",
+                                                                      f"train.seed={s.seed}"])
 
     def run(name: str, dirs, names, cap: int, personalize_from=None):
         say("run", dict(name=name, cap=cap))
@@ -287,13 +329,15 @@ def plot(result: dict, path: Path) -> Path:
             title="cost of one generic model relative to N single ones")
     ax3.set_xticks(n, [str(v) for v in n])
     ax3.legend(fontsize=8)
-    ax2.plot(n, [r["novel_psnr"] for r in rows], "s-", label="generic model")
-    ax2.plot(n, [r["single_novel_psnr"] for r in rows], "o-", label="single-identity models")
+    for key, style, label in (("novel_psnr", "s-", "generic model"), ("single_novel_psnr", "o-", "single-identity models")):
+        ax2.errorbar(n, [r[key] for r in rows], yerr=[r.get(key + "_std", 0.0) for r in rows], fmt=style, capsize=3,
+                     label=label + (" (mean ± sd over seeds)" if key + "_std" in rows[0] else ""))
     ax2.set(xscale="log", xlabel="identities N", ylabel="PSNR (dB)", title="novel expressions (PSNR)")
     ax2.set_xticks(n, [str(v) for v in n])
     if all("novel_gain_vs_single" in r for r in rows):  # like for like: the same people's single models
         gain = ax2.twinx()
-        gain.plot(n, [r["novel_gain_vs_single"] for r in rows], "d:", color="gray", label="generic - single (right)")
+        gain.errorbar(n, [r["novel_gain_vs_single"] for r in rows], yerr=[r.get("novel_gain_vs_single_std", 0.0) for r in rows],
+                      fmt="d:", color="gray", capsize=3, label="generic - single (right)")
         gain.set_ylabel("generic - single, same people (dB)")
         gain.legend(fontsize=8, loc="lower right")
     ax2.legend(fontsize=8, loc="upper left")
@@ -303,8 +347,10 @@ def plot(result: dict, path: Path) -> Path:
 def main(argv=None) -> int:
     ap = bench_arguments(__doc__, MODES)
     ap.add_argument("--counts", type=int, nargs="+", default=None, help="identity counts replacing the mode's")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="data and training seeds; several: the benchmark once per seed, rows averaged")
     args = ap.parse_args(argv)
-    run_identities(args.mode, args.out, args.work, args.config, print_progress, args.counts)
+    run_identities(args.mode, args.out, args.work, args.config, print_progress, args.counts, args.seeds)
     return 0
 
 

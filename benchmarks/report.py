@@ -147,21 +147,27 @@ def identities_table(result: dict) -> str:
     lines = [
         f"Procedural identities, {st['size']} px, {st['frames']} frames each, `{st['config']}` preset, every model trained "
         f"until its val PSNR reaches {st['target_psnr']:.0f} dB (generic: the mean over its identities), "
-        f"`{result['mode']}` version (`fastminerf bench identities{' --full' if result['mode'] == 'full' else ''}`). "
-        "Times are training seconds (evaluation excluded); steps are reproducible, times depend on the machine's load:",
+        f"`{result['mode']}` version (`fastminerf bench identities{' --full' if result['mode'] == 'full' else ''}"
+        f"{' --seeds ' + ' '.join(map(str, st['seeds'])) if st.get('seeds') else ''}`). "
+        "Times are training seconds (evaluation excluded); steps are reproducible, times depend on the machine's load"
+        + (f". Mean ± standard deviation over {len(st['seeds'])} seeds (procedural people and model initialisation "
+           f"{', '.join(map(str, st['seeds']))}); the targets are read on the means:" if st.get("seeds") else ":"),
         "",
         "| N | generic model | N single models (sum) | generic / single: time | CPU time | steps "
         "| novel PSNR: generic | novel PSNR: single | generic - single" + (" | add identity N+1 |" if pers else " |"),
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if pers else ""),
     ]
+    def pm(r, key, fmt):  # a mean over seeds shows its spread
+        return format(r[key], fmt) + (f" ± {r[key + '_std']:.2f}" if key + "_std" in r else "")
+
     for r in rows:
-        line = (f"| {r['n']} | {_s(r['generic_seconds'], r['generic_reached'])}, {r['generic_steps']} steps "
-                f"| {_s(r['single_seconds_total'], r['single_reached_all'])}, {r['single_steps_total']} steps "
-                f"| {r['ratio']:.2f} | {r['ratio_cpu']:.2f} | {r['ratio_steps']:.2f} "
-                f"| {r['novel_psnr']:.2f} dB | {r['single_novel_psnr']:.2f} dB "
-                f"| {r['novel_psnr'] - r['single_novel_psnr']:+.2f} dB |")
+        line = (f"| {r['n']} | {_s(r['generic_seconds'], r['generic_reached'])}, {r['generic_steps']:.0f} steps "
+                f"| {_s(r['single_seconds_total'], r['single_reached_all'])}, {r['single_steps_total']:.0f} steps "
+                f"| {pm(r, 'ratio', '.2f')} | {r['ratio_cpu']:.2f} | {r['ratio_steps']:.2f} "
+                f"| {pm(r, 'novel_psnr', '.2f')} dB | {pm(r, 'single_novel_psnr', '.2f')} dB "
+                f"| {pm(r, 'novel_gain_vs_single', '+.2f')} dB |")
         if pers:
-            line += (f" {_s(r['personalize_seconds'], r['personalize_reached'])}, {r['personalize_steps']} steps |"
+            line += (f" {_s(r['personalize_seconds'], r['personalize_reached'])}, {r['personalize_steps']:.0f} steps |"
                      if "personalize_seconds" in r else " |")
         lines.append(line)
     names = {"generic_le_25pct_of_singles_at_8": "at N=8 the generic model takes <= 25% of the summed single time",

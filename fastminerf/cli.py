@@ -567,6 +567,8 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--work", type=Path, default=None, help="folder for generated data and runs (default: temporary)")
     p.add_argument("--counts", type=int, nargs="+", default=None, metavar="N",
                    help="identity counts of the identities benchmark (default: 1 2 4 8 16 with --full, 1 2 4 without)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="K",
+                   help="identities benchmark: data and training seeds (several: run once per seed, rows averaged)")
     p.add_argument("--gpu", action="store_true", help="train the fast model with the gpu preset (the trainer places "
                    "tensors on the CPU today, so this only changes the preset)")
     p.set_defaults(func=_run_bench)
@@ -598,7 +600,8 @@ def _run_bench(args: argparse.Namespace) -> int:
                                   f"novel {info['novel_psnr']:.2f} dB")
 
             if which == "identities":
-                identities.run_identities(mode, out, args.work and args.work / which, config, progress, args.counts)
+                identities.run_identities(mode, out, args.work and args.work / which, config, progress, args.counts,
+                                          args.seeds)
             else:
                 r = backbone.run_backbone(mode, out, args.work and args.work / which, config, progress)
                 reach = r["fast_seconds_to_nerface_final_psnr"]

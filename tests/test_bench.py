@@ -33,6 +33,23 @@ def test_bench_identities_tiny_writes_the_documented_json(tmp_path):
     assert rows[1]["single_seconds"][0] == rows[0]["single_seconds"][0]
 
 
+def test_bench_identities_over_seeds_averages_the_rows(tmp_path):
+    argv = ["bench", "identities", "--tiny", "--counts", "1", "--work", str(tmp_path / "w")]
+    for seeds, out in (("0", "a"), ("1", "b"), ("0 1", "ab")):
+        assert main(argv + ["--out", str(tmp_path / out), "--seeds", *seeds.split()]) == 0
+    a, b, ab = (json.loads((tmp_path / out / "identities_tiny.json").read_text()) for out in ("a", "b", "ab"))
+    assert ab["settings"]["seeds"] == [0, 1] and a["data"]["identities"] == b["data"]["identities"]
+    ra, rb, row = a["rows"][0], b["rows"][0], ab["rows"][0]
+    # Steps and PSNR are deterministic on the CPU: each seed's row is the one-seed run's, the row their mean.
+    assert row["novel_psnr_by_seed"] == [ra["novel_psnr"], rb["novel_psnr"]]
+    assert row["generic_steps_by_seed"] == [ra["generic_steps"], rb["generic_steps"]]
+    assert abs(row["novel_psnr"] - (ra["novel_psnr"] + rb["novel_psnr"]) / 2) < 1e-9
+    assert abs(row["novel_psnr_std"] - abs(ra["novel_psnr"] - rb["novel_psnr"]) / 2) < 1e-9
+    assert ra["novel_psnr"] != rb["novel_psnr"]  # other people, other initialisation
+    assert row["generic_reached"] == (ra["generic_reached"] and rb["generic_reached"])
+    assert set(ab["runs"]) == {"seed0", "seed1"} and "novel_psnr_grows_1_to_8" not in ab["targets"]
+
+
 def test_bench_backbone_tiny_writes_the_documented_json(tmp_path):
     assert main(["bench", "backbone", "--tiny", "--out", str(tmp_path), "--work", str(tmp_path / "w")]) == 0
     r = json.loads((tmp_path / "backbone_tiny.json").read_text())
