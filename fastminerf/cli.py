@@ -569,8 +569,8 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
                    help="identity counts of the identities benchmark (default: 1 2 4 8 16 with --full, 1 2 4 without)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="K",
                    help="identities benchmark: data and training seeds (several: run once per seed, rows averaged)")
-    p.add_argument("--gpu", action="store_true", help="train the fast model with the gpu preset (the trainer places "
-                   "tensors on the CPU today, so this only changes the preset)")
+    p.add_argument("--gpu", action="store_true", help="train the fast model with the gpu preset (tiny-cuda-nn and nerfacc "
+                   "where installed; training and evaluation run on CUDA when present, train.device=auto)")
     p.set_defaults(func=_run_bench)
 
 
