@@ -150,8 +150,8 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
     if counts:
         s = replace(s, counts=tuple(sorted(set(int(c) for c in counts))))
     seeds = list(dict.fromkeys(int(k) for k in seeds)) if seeds else [s.seed]
-    where = machine()  # at the start (threads and the commit that runs, not the one checked out when it ends)
     with torch_threads(s.threads):  # every run also sets train.threads; the caller's count comes back at the end
+        where = machine()  # at the start (threads and the commit that runs, not the one checked out when it ends)
         results = [_run(replace(s, seed=k), mode, work / f"seed{k}" if work and len(seeds) > 1 else work, progress,
                         where) for k in seeds]
     result = results[0] if len(results) == 1 else combine_seeds(results)
