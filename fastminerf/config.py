@@ -289,6 +289,15 @@ class FieldConfig:
     """Spherical-harmonics degree of the view-direction encoding (``sh_degree**2`` values); 0 ignores the
     view direction."""
 
+    deform_layers: int = 0
+    """Hidden layers of the conditioned deformation: a small MLP on the sample point (frequency-encoded) and the
+    per-ray conditioning moves the point before the grid lookups, ``x' = x + D(x, c)`` (its last layer starts at
+    zero: the identity map), so an expression can move detail (an iris, a lid, the lips) instead of the heads
+    repainting it. 0: no deformation."""
+
+    deform_frequencies: int = 4
+    """Octaves of the deformation's point encoding (``sin``/``cos`` of ``2^k pi x``, k < this)."""
+
     modulate: bool = False
     """Also scale the first hidden layer of each head per ray, ``h = (W_x x) * (1 + W_s c) + W_c c`` (FiLM): the
     conditioning selects which shared features a head reads, not only shifts them."""
@@ -428,6 +437,10 @@ class TrainConfig:
 
     lr_final_factor: float = 0.1
     """The learning rate decays exponentially to ``lr * lr_final_factor`` at ``steps``."""
+
+    adam_eps: float = 1e-15
+    """Adam's epsilon (instant-ngp: 1e-15, so that hash-grid entries with rare, tiny gradients still move at the
+    full learning rate)."""
 
     warmup_lr_steps: int = 50
     """Linear learning-rate warm-up steps."""

@@ -5,7 +5,8 @@ identity and the expression through the multiplicative module.
 
     per ray (N):     m = M(e, i)            (N, C)   multiplicative (or concat) conditioning
                      c = [m, f]             (N, C + Cf)  with the frame code f
-    per sample (S):  h = grid(x, id)        (S, L*F)     hash-grid features of the sample point (the finest
+    per sample (S):  x = x + D(x, c)                     optional conditioned deformation (``deform_layers``)
+                     h = grid(x, id)        (S, L*F)     hash-grid features of the sample point (the finest
                                                          ``identity_levels`` levels also hash the identity id)
                      sigma, g = density_head(h, c)        density (S,), geometry feature (S, G)
                      rgb = color_head(g, [c, SH(d)])      colour (S, 3)
@@ -185,6 +186,25 @@ class _SplitInputHead(nn.Module):
         return self.rest(torch.relu(h))
 
 
+class _Deformation(nn.Module):
+    """``x' = clamp(x + D([enc(x), c]), 0, 1)``: the conditioned deformation of sample points (S, 3) in [0, 1]^3
+    before the grid lookups; ``enc`` is the frequency encoding of the point, ``c`` the per-ray conditioning. The
+    last layer is zero-initialised, so training starts from the undeformed field."""
+
+    def __init__(self, cond_dim: int, hidden: int, layers: int, frequencies: int) -> None:
+        super().__init__()
+        self.register_buffer("freqs", torch.pi * 2.0 ** torch.arange(frequencies, dtype=torch.float32), persistent=False)
+        self.mlp = _SplitInputHead(3 + 6 * frequencies, cond_dim, hidden, layers, 3)
+        last = self.mlp.rest[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor]) -> torch.Tensor:
+        angles = (points[:, :, None] * self.freqs.to(points.dtype)).flatten(1)  # (S, 3 * K)
+        enc = torch.cat([points, torch.sin(angles), torch.cos(angles)], -1)
+        return (points + self.mlp(enc, cond, ray_indices)).clamp(0.0, 1.0)
+
+
 class MINeRFField(nn.Module):
     """The shared field: points in [0, 1]^3, view directions and per-ray conditioning -> density and colour.
 
@@ -221,6 +241,8 @@ class MINeRFField(nn.Module):
         colour_extra = self.colour_encoding.output_dim if self.colour_encoding is not None else 0
         self.conditioning = build_conditioning(cfg, expression_dim)
         self.cond_dim = cfg.conditioning_dim + cfg.frame_code_dim  # C + Cf, the per-ray input of both heads
+        self.deformation = (_Deformation(self.cond_dim, cfg.hidden_dim, cfg.deform_layers, cfg.deform_frequencies)
+                            if cfg.deform_layers > 0 else None)
         self.density_head = _SplitInputHead(
             self.encoding.output_dim, self.cond_dim, cfg.hidden_dim, cfg.density_layers, 1 + cfg.geo_feature_dim,
             modulate=cfg.modulate,
@@ -243,13 +265,16 @@ class MINeRFField(nn.Module):
         return torch.cat([m, frame_code], dim=-1)
 
     def _density(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor],
-                 identity: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+                 identity: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Density (S,), geometry feature (S, G) and the (deformed) points the grids read (S, 3)."""
+        if self.deformation is not None:
+            points = self.deformation(points, cond, ray_indices)
         salt = self._salt(identity, ray_indices) if self.cfg.identity_levels_for == "all" else None
         h = self.encoding(points, salt)
         out = self.density_head(h, cond, ray_indices)
         raw = out[:, 0] + self.cfg.density_bias
         sigma = torch.exp(raw.clamp(max=MAX_LOG_DENSITY))
-        return sigma, out[:, 1:]
+        return sigma, out[:, 1:], points
 
     def _salt(self, identity: Optional[torch.Tensor], ray_indices: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """Per-sample identity ids for the identity levels (None when there are none)."""
@@ -274,7 +299,7 @@ class MINeRFField(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """points (S, 3) in [0, 1]^3, cond (N, C+Cf), unit directions (N, 3) and identity ids (N,) per conditioning
         row (the rays), ray_indices (S,) (None: one row per point) -> density (S,), rgb (S, 3) in [0, 1]."""
-        sigma, geo = self._density(points, cond, ray_indices, identity)
+        sigma, geo, points = self._density(points, cond, ray_indices, identity)
         if self.colour_encoding is not None:  # per-person texture for the colour head only
             geo = torch.cat([geo, self.colour_encoding(points, self._salt(identity, ray_indices))], -1)
         view = torch.cat([cond, spherical_harmonics(directions, self.cfg.sh_degree)], dim=-1)  # (N, C+Cf+SH)
