@@ -248,6 +248,11 @@ def test_resume_skips_finished_work_and_redoes_interrupted_stages(tmp_path):
     again = prepare([clip], root, _cfg(max_frames=20))
     assert again.videos[0].status == "skipped"
     assert {p: p.stat().st_mtime_ns for p in ident.rglob("*") if p.is_file()} == stamp
+    # The same bytes with another modification time (a copy, a fresh checkout): still the same source.
+    copy = tmp_path / "copy" / clip.name
+    copy.parent.mkdir()
+    shutil.copyfile(clip, copy)
+    assert prepare([copy], root, _cfg(max_frames=20)).videos[0].status == "skipped"
 
     # Other settings: refused unless overwrite, never silently mixed.
     clash = prepare([clip], root, _cfg(max_frames=20, size=96))

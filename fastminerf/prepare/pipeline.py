@@ -24,6 +24,7 @@ another video finished is touched. Folders that prepare did not write are never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -147,9 +148,12 @@ class PrepareResult:
 
 
 def _fingerprints(cfg: PrepareConfig, video: Path) -> Dict[str, dict]:
-    """The settings each stage depends on (cumulative), with the source file's size and modification time."""
-    st = video.stat()
-    track = {"version": PREPARE_VERSION, "video_bytes": st.st_size, "video_mtime_ns": st.st_mtime_ns,
+    """The settings each stage depends on (cumulative), with the source file's size and content hash (not its
+    modification time: a copied or re-downloaded file with the same bytes keeps what was prepared from it; hashing
+    reads the file once, about a second per GB)."""
+    with open(video, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    track = {"version": PREPARE_VERSION, "video_bytes": video.stat().st_size, "video_sha256": digest,
              "fps": cfg.fps, "max_frames": cfg.max_frames, "track_max_side": cfg.track_max_side,
              "min_detection_confidence": cfg.min_detection_confidence,
              "min_tracking_confidence": cfg.min_tracking_confidence}
