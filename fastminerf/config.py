@@ -438,9 +438,6 @@ class TrainConfig:
     lr_final_factor: float = 0.1
     """The learning rate decays exponentially to ``lr * lr_final_factor`` at ``steps``."""
 
-    adam_eps: float = 1e-15
-    """Adam's epsilon (instant-ngp: 1e-15, so that hash-grid entries with rare, tiny gradients still move at the
-    full learning rate)."""
 
     warmup_lr_steps: int = 50
     """Linear learning-rate warm-up steps."""
