@@ -58,6 +58,16 @@ def _log(run):
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
+def _trains(tiny_data, out, overrides):
+    """Train the tiny preset with ``overrides`` on two identities, check that it learns (the last logged MSE below
+    LOSS_DROP_FACTOR times the first, every loss finite) and return the trained model."""
+    train(load_config("tiny", overrides), _two(tiny_data), out)
+    log = _log(out)
+    assert all(math.isfinite(r["loss"]) for r in log)
+    assert 10 ** (-log[-1]["psnr"] / 10) < LOSS_DROP_FACTOR * 10 ** (-log[0]["psnr"] / 10)
+    return load_run(out)[1]
+
+
 def _frame_mse(model, dataset, index, frame_code=None):
     batch = frame_rays(dataset, "train", index)
     with torch.no_grad():
@@ -266,12 +276,7 @@ def test_identity_levels_train_and_keep_identities_apart(tiny_data, tmp_path):
 def test_identity_levels_for_colour_keep_density_shared(tiny_data, tmp_path):
     # identity_levels_for=colour: the density head reads a grid shared at every level (the same density for every
     # identity given the same conditioning), the colour head also reads per-identity levels; the model trains.
-    cfg = load_config("tiny", ["model.field.identity_levels_for=colour"])
-    train(cfg, _two(tiny_data), tmp_path / "col")
-    log = _log(tmp_path / "col")
-    assert 10 ** (-log[-1]["psnr"] / 10) < LOSS_DROP_FACTOR * 10 ** (-log[0]["psnr"] / 10)
-    _, model, _ = load_run(tmp_path / "col")
-    field = model.field
+    field = _trains(tiny_data, tmp_path / "col", ["model.field.identity_levels_for=colour"]).field
     assert field.encoding.levels.salted_from == field.encoding.levels.n_levels and field.colour_encoding is not None
     points, cond = torch.rand(64, 3), torch.randn(1, field.cond_dim).expand(64, -1).contiguous()
     dirs = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
@@ -291,12 +296,7 @@ def test_deformation_starts_as_identity_then_moves_points_with_the_conditioning(
     points, dirs = torch.rand(64, 3), torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
     cond, ids = torch.randn(64, field.cond_dim), torch.zeros(64, dtype=torch.long)
     torch.testing.assert_close(field.deformation(points, cond, None), points, atol=0, rtol=0)
-    cfg = load_config("tiny", ["model.field.deform_layers=1"])
-    train(cfg, _two(tiny_data), tmp_path / "deform")
-    log = _log(tmp_path / "deform")
-    assert 10 ** (-log[-1]["psnr"] / 10) < LOSS_DROP_FACTOR * 10 ** (-log[0]["psnr"] / 10)
-    _, model, _ = load_run(tmp_path / "deform")
-    field = model.field
+    field = _trains(tiny_data, tmp_path / "deform", ["model.field.deform_layers=1"]).field
     with torch.no_grad():
         moved = field.deformation(points, cond, None)
         other = field.deformation(points, torch.randn(64, field.cond_dim), None)
@@ -308,11 +308,7 @@ def test_deformation_starts_as_identity_then_moves_points_with_the_conditioning(
 
 def test_distortion_loss_and_modulation_train(tiny_data, tmp_path):
     # The distortion loss and FiLM modulation are optional parts of the objective and the heads: both must train.
-    cfg = load_config("tiny", ["train.distortion_weight=0.01", "model.field.modulate=true"])
-    train(cfg, _two(tiny_data), tmp_path / "dist")
-    log = _log(tmp_path / "dist")
-    assert all(math.isfinite(r["loss"]) for r in log)
-    assert 10 ** (-log[-1]["psnr"] / 10) < LOSS_DROP_FACTOR * 10 ** (-log[0]["psnr"] / 10)
+    _trains(tiny_data, tmp_path / "dist", ["train.distortion_weight=0.01", "model.field.modulate=true"])
 
 
 def test_personalize_adds_an_identity_without_touching_shared_size(tiny_data, trained, tmp_path):
