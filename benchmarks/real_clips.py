@@ -88,6 +88,7 @@ def main() -> int:
     from fastminerf.render import CameraPath, drive_path, evaluate, render_sequence, to_uint8, write_video
     from fastminerf.train import train
 
+    commit = machine()["git_commit"]  # the commit that runs, not the one checked out when it ends
     clips = _clips(args.clips)
     if not clips:
         print(f"no clips in {REAL}")
@@ -164,7 +165,7 @@ def main() -> int:
         print(f"transfer video: {video}; strip: {strip}")
 
     payload = {
-        "machine": machine(),
+        "machine": {**machine(), "git_commit": commit},  # threads as training left them
         "settings": {"clips": [c.name for c in clips], "size": args.size, "max_frames": args.max_frames,
                      "config": args.config, "minutes": args.minutes, "steps": steps, "eval_frames": args.eval_frames,
                      "eval_split": "test (each clip's last 10 %, never trained on)", "target": args.target,
