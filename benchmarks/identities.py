@@ -19,8 +19,8 @@ benchmark on other procedural people (data seed) and model initialisations (``tr
 mean over the seeds, with each seed's value in ``<key>_by_seed`` and the standard deviation in ``<key>_std``, and
 the targets are read on the means (one seed's novel-PSNR trend is within its noise).
 
-"Until the target": the trainer's monitor hook evaluates PSNR on fixed val rays (``eval_frames`` frames per identity x ``eval_pixels`` random pixels, pooled
-MSE) at training-clock marks that grow by ``eval_factor`` (the same relative time resolution for short and long
+"Until the target": the trainer's monitor hook evaluates PSNR on fixed val rays (``eval_frames`` frames per
+identity x ``eval_pixels`` random pixels, pooled MSE) at training-clock marks that grow by ``eval_factor`` (the same relative time resolution for short and long
 runs); evaluation time is excluded from the training clock, and the time recorded is the training time at the first
 evaluation that reached the target (evaluations at steps growing by ``eval_factor``, so the step count is an upper
 bound by at most that factor, and reproducible). Every run is capped in steps (``single_cap_steps``;
@@ -33,7 +33,7 @@ after each run is recorded, and so is each run's process CPU time (evaluation ex
 torch thread count means the run had the cores; ``ratio_cpu`` is the generic / single ratio in CPU seconds.
 
     python benchmarks/identities.py [--mode quick|full|tiny] [--seeds 0 1 2] [--out DIR] [--work DIR]
-    fastminerf bench identities [--full] [--out DIR]
+    fastminerf bench identities [--full] [--seeds 0 1 2] [--out DIR]
 
 Writes ``identities.json`` (``--mode full``), ``identities_quick.json`` or ``identities_tiny.json`` and a PNG of the
 same name into ``--out`` (default ``benchmarks/results``).
@@ -176,15 +176,15 @@ def combine_seeds(results: list) -> dict:
         row = {}
         for key, first in per_seed[0].items():
             values = [r[key] for r in per_seed]
-            if isinstance(first, bool):
+            if key in ("n", "target_psnr"):  # the same in every seed's row
+                row[key] = first
+            elif isinstance(first, bool):
                 row[key] = all(values)
-            elif isinstance(first, (int, float)) and key != "n":
+            elif isinstance(first, (int, float)):
                 mean = _mean(values)
                 row[key] = mean
                 row[f"{key}_by_seed"] = values
                 row[f"{key}_std"] = _mean((v - mean) ** 2 for v in values) ** 0.5
-            elif key == "n" or key == "target_psnr":
-                row[key] = first
             else:
                 row[f"{key}_by_seed"] = values
         row["single_seconds"] = [_mean(v) for v in zip(*row.pop("single_seconds_by_seed"))]  # per identity index k

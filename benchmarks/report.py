@@ -157,6 +157,7 @@ def identities_table(result: dict) -> str:
         "| novel PSNR: generic | novel PSNR: single | generic - single" + (" | add identity N+1 |" if pers else " |"),
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if pers else ""),
     ]
+
     def pm(r, key, fmt):  # a mean over seeds shows its spread
         return format(r[key], fmt) + (f" ± {r[key + '_std']:.2f}" if key + "_std" in r else "")
 

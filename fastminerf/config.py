@@ -438,7 +438,6 @@ class TrainConfig:
     lr_final_factor: float = 0.1
     """The learning rate decays exponentially to ``lr * lr_final_factor`` at ``steps``."""
 
-
     warmup_lr_steps: int = 50
     """Linear learning-rate warm-up steps."""
 
