@@ -64,3 +64,19 @@ def test_bench_backbone_tiny_writes_the_documented_json(tmp_path):
         assert abs(r["speedup"] - r["nerface_seconds"] / r["fast_seconds_to_nerface_final_psnr"]) < 1e-9
     else:
         assert r["speedup"] is None and r["fast_final_psnr"] < r["nerface_final_psnr"]
+
+
+def test_novel_vs_identities_writes_rows_per_seed_and_their_mean(tmp_path):
+    from benchmarks.novel_vs_identities import main as novel_main
+
+    assert novel_main(["--config", "tiny", "--steps", "4", "--counts", "1", "2", "--seeds", "0", "1", "--size", "16",
+                       "--frames", "8", "--work", str(tmp_path / "w"), "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "novel_vs_identities.json").read_text())
+    assert [(row["seed"], row["n"]) for row in r["rows"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert all(row["steps"] == 4 for row in r["rows"])
+    for m in r["mean"]:
+        per_seed = [row["novel_psnr"] for row in r["rows"] if row["n"] == m["n"]]
+        assert abs(m["novel_psnr"] - sum(per_seed) / 2) < 1e-9
+    one = [row for row in r["rows"] if row["n"] == 1]
+    assert all(row["novel_psnr"] == row["novel_psnr_first"] for row in one)  # N=1: identity 0 is the model
+    assert r["targets"]["novel_psnr"]["met"] == (r["mean"][1]["novel_psnr"] > r["mean"][0]["novel_psnr"])
