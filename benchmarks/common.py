@@ -106,6 +106,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return -10.0 * math.log10(max(float(torch.mean((a - b) ** 2)), 1e-10))
 
 
+def mean(values) -> float:
+    """Arithmetic mean of an iterable (nan when empty)."""
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
 def load_average() -> float:
     """1-minute load average of the machine (others' jobs included); NaN where unknown."""
     try:

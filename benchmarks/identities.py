@@ -56,6 +56,7 @@ from benchmarks.common import (  # noqa: E402
     eval_rays,
     load_average,
     machine,
+    mean,
     print_progress,
     save_figure,
     torch_threads,
@@ -131,11 +132,6 @@ MODES = {
 """``full``: the README's numbers (about half an hour on 2 cores); ``quick``: a few minutes; ``tiny``: tests."""
 
 
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else float("nan")
-
-
 def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[Path] = None,
                    config: Optional[str] = None, progress: Optional[ProgressFn] = None,
                    counts: Optional[Tuple[int, ...]] = None, seeds: Optional[Sequence[int]] = None) -> dict:
@@ -181,13 +177,13 @@ def combine_seeds(results: list) -> dict:
             elif isinstance(first, bool):
                 row[key] = all(values)
             elif isinstance(first, (int, float)):
-                mean = _mean(values)
-                row[key] = mean
+                avg = mean(values)
+                row[key] = avg
                 row[f"{key}_by_seed"] = values
-                row[f"{key}_std"] = _mean((v - mean) ** 2 for v in values) ** 0.5
+                row[f"{key}_std"] = mean((v - avg) ** 2 for v in values) ** 0.5
             else:
                 row[f"{key}_by_seed"] = values
-        row["single_seconds"] = [_mean(v) for v in zip(*row.pop("single_seconds_by_seed"))]  # per identity index k
+        row["single_seconds"] = [mean(v) for v in zip(*row.pop("single_seconds_by_seed"))]  # per identity index k
         rows.append(row)
     first = results[0]
     return dict(
@@ -239,9 +235,9 @@ def _measure(s, mode: str, work: Path, ids: list, say: ProgressFn, where: dict) 
             single_steps_total=sum(r["steps"] for r in singles[:n]),
             single_reached_all=all(r["reached"] for r in singles[:n]),
             single_seconds=[r["seconds"] for r in singles[:n]],
-            single_final_psnr=_mean(r["final_psnr"] for r in singles[:n]),
-            novel_psnr=_mean(novel_per.values()),
-            single_novel_psnr=_mean(r["novel_psnr"] for r in singles[:n]),
+            single_final_psnr=mean(r["final_psnr"] for r in singles[:n]),
+            novel_psnr=mean(novel_per.values()),
+            single_novel_psnr=mean(r["novel_psnr"] for r in singles[:n]),
             novel_psnr_first=novel_per[names[0]],
         )
         # The mean above is over a different set of people at each N (their difficulty varies); against the single
@@ -252,7 +248,7 @@ def _measure(s, mode: str, work: Path, ids: list, say: ProgressFn, where: dict) 
         single_cpu = sum(r["train_cpu_seconds"] for r in singles[:n])
         row["ratio_cpu"] = generic["train_cpu_seconds"] / max(single_cpu, 1e-9)
         row["generic_cpu_per_wall"] = generic["cpu_per_wall"]
-        row["single_cpu_per_wall"] = _mean(r["cpu_per_wall"] for r in singles[:n])
+        row["single_cpu_per_wall"] = mean(r["cpu_per_wall"] for r in singles[:n])
         if s.personalize:
             new = ids[n]
             pers, _ = run(f"personalize_{n}_{new.name}", [new], [new.name], s.personalize_cap_steps,

@@ -28,15 +28,11 @@ from benchmarks.common import (  # noqa: E402
     eval_psnr,
     eval_rays,
     machine,
+    mean,
     synth_identities,
     torch_threads,
     write_result,
 )
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
 
 
 def measure(seed: int, counts, steps: int, work: Path, config: str, size: int, frames: int, say=print) -> list:
@@ -46,18 +42,18 @@ def measure(seed: int, counts, steps: int, work: Path, config: str, size: int, f
     ids = synth_identities(work / f"seed{seed}" / "data", max(counts), frames, size, seed)
     val = eval_rays(ids, "val", 2, 1024, seed=seed)
     novel = eval_rays(ids, "novel", 10**6, 2048, seed=seed)
+    cfg = load_config(config, [f"train.steps={steps}", "train.max_seconds=null", "train.threads=1",
+                               f"train.seed={seed}", "train.checkpoint_every=1000000",
+                               "train.checkpoint_seconds=1e9", "train.log_every=100"])
     rows = []
     for n in counts:
-        cfg = load_config(config, [f"train.steps={steps}", "train.max_seconds=null", "train.threads=1",
-                                   f"train.seed={seed}", "train.checkpoint_every=1000000",
-                                   "train.checkpoint_seconds=1e9", "train.log_every=100"])
         t0 = time.perf_counter()
         result = train(cfg, ids[:n], work / f"seed{seed}" / f"generic_{n}")
         names = [p.name for p in ids[:n]]
         v = eval_psnr(result.model, {k: val[k] for k in names})
         nv = eval_psnr(result.model, {k: novel[k] for k in names})
-        row = dict(seed=seed, n=n, steps=result.step, seconds=time.perf_counter() - t0, val_psnr=_mean(v.values()),
-                   novel_psnr=_mean(nv.values()), novel_psnr_first=nv[names[0]], novel_per_identity=nv)
+        row = dict(seed=seed, n=n, steps=result.step, seconds=time.perf_counter() - t0, val_psnr=mean(v.values()),
+                   novel_psnr=mean(nv.values()), novel_psnr_first=nv[names[0]], novel_per_identity=nv)
         say(f"seed {seed} N={n}: val {row['val_psnr']:.2f} dB, novel {row['novel_psnr']:.2f} dB, "
             f"identity 0 novel {row['novel_psnr_first']:.2f} dB ({row['seconds']:.0f} s)")
         rows.append(row)
@@ -88,15 +84,15 @@ def main(argv=None) -> int:
         jobs = [pool.submit(_measure_one_thread, seed, counts, args.steps, args.work, args.config, args.size,
                             args.frames) for seed in args.seeds]
         rows = [r for job in jobs for r in job.result()]
-    mean = [dict(n=n, **{k: _mean(r[k] for r in rows if r["n"] == n)
-                        for k in ("val_psnr", "novel_psnr", "novel_psnr_first")}) for n in counts]
-    upto8 = [m for m in mean if m["n"] <= 8]
+    means = [dict(n=n, **{k: mean(r[k] for r in rows if r["n"] == n)
+                         for k in ("val_psnr", "novel_psnr", "novel_psnr_first")}) for n in counts]
+    upto8 = [m for m in means if m["n"] <= 8]
     targets = {key: dict(value=[m[key] for m in upto8], met=all(b[key] > a[key] for a, b in zip(upto8, upto8[1:])))
                for key in ("novel_psnr", "novel_psnr_first")}
     write_result("novel_vs_identities", dict(
         machine=where, settings=dict(steps=args.steps, counts=counts, seeds=args.seeds, config=args.config,
                                      size=args.size, frames=args.frames),
-        rows=rows, mean=mean, targets=targets), args.out)
+        rows=rows, mean=means, targets=targets), args.out)
     return 0
 
 
