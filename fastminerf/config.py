@@ -86,6 +86,16 @@ class SamplerConfig:
     """Draw frames by picking an identity uniformly first, so identities with short videos are seen as
     often as long ones. When false every frame of the split is equally likely."""
 
+    error_fraction: float = 0.0
+    """Share of each frame's rays drawn where the model is wrong (error-map sampling, as instant-ngp does for
+    images): each identity keeps a map of the recent squared error of its training rays over an
+    ``error_resolution`` x ``error_resolution`` grid of image cells, and these rays pick a cell with probability
+    proportional to it. ``face_fraction`` applies to the other rays. The loss does not reweight them: hard pixels
+    are meant to be seen more often. 0 turns it off."""
+
+    error_resolution: int = 32
+    """Cells per side of each identity's error map (over the whole image, whatever its size)."""
+
 
 @dataclass(frozen=True)
 class SynthConfig:

@@ -87,7 +87,8 @@ class TrainResult:
     loss: float
     """Loss of the last step."""
     psnr: float
-    """PSNR (dB) of the last logging window's mean MSE on the training rays."""
+    """PSNR (dB) of the last logging window's mean MSE on the training rays (those not drawn from the error map:
+    ``sampler.error_fraction``)."""
     resumed_from: int
     """Step the session started from (0 for a fresh run)."""
     model: MINeRF
@@ -202,7 +203,11 @@ def _lr_factor(step: int, cfg) -> float:
 
 def _optimizer(groups: List[dict]) -> torch.optim.Adam:
     # instant-ngp's Adam settings: beta2 0.99 and a tiny epsilon (hash-grid entries see rare, small gradients).
-    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+    # The fused kernel (CPU and CUDA) updates all tensors in one pass: 0.6 instead of 3.0 ms a step for the cpu
+    # preset's parameters on one core here (its state dict is the same as the per-tensor Adam's).
+    devices = {p.device.type for g in groups for p in g["params"]}
+    fused = devices <= {"cpu", "cuda"}
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=fused or None)
 
 
 def _psnr(mse: float) -> float:
@@ -314,7 +319,8 @@ class _Loop:
             batch.identity = batch.identity + self.identity_offset
             frame_index = batch.frame + self.frame_offset
             out = model.render_batch(batch, frame_code=frame_index, distortion=t.distortion_weight > 0)
-            mse = torch.mean((out["rgb"] - batch.rgb) ** 2)
+            ray_error = torch.mean((out["rgb"] - batch.rgb) ** 2, dim=-1)  # (N,)
+            mse = ray_error.mean()
             loss = mse
             if t.distortion_weight > 0 and "distortion" in out:  # the fast backbone's packed samples
                 loss = loss + t.distortion_weight * out["distortion"].mean()
@@ -330,11 +336,16 @@ class _Loop:
             if loss.requires_grad:
                 loss.backward()
                 optimizer.step()
+            ray_error = ray_error.detach().cpu()
+            if self.sampler.error_fraction > 0:
+                self.sampler.record_errors(batch.frame, batch.pixel, ray_error)
             elapsed = time.perf_counter() - start
             self.step += 1
             self.seconds += elapsed
             self.loss = float(loss.detach())
-            window_mse.append(float(mse.detach()))
+            # The logged PSNR leaves out the rays drawn from the error map (they are the hardest on purpose).
+            plain = torch.from_numpy(~self.sampler.last_error_rays) if self.sampler.error_fraction > 0 else None
+            window_mse.append(float(ray_error.mean() if plain is None or not bool(plain.any()) else ray_error[plain].mean()))
             window_rays += len(batch)
             window_samples += int(out["samples"].sum())
             window_time += elapsed
@@ -362,17 +373,22 @@ class _Loop:
 
 
 def _state(sampler: RaySampler) -> dict:
-    state = sampler.state_dict()["bit_generator"]
-    # Plain data only: the 128-bit PCG64 words as decimal strings (weights_only loads them without pickled code).
+    full = sampler.state_dict()
+    state = full["bit_generator"]
+    # Plain data only: the 128-bit PCG64 words as decimal strings (weights_only loads them without pickled code),
+    # the error maps as a tensor.
     inner = state["state"]
     return dict(bit_generator=state["bit_generator"], state=str(inner["state"]), inc=str(inner["inc"]),
-                has_uint32=int(state["has_uint32"]), uinteger=int(state["uinteger"]))
+                has_uint32=int(state["has_uint32"]), uinteger=int(state["uinteger"]),
+                error_map=torch.from_numpy(full["error_map"]))
 
 
 def _restore_state(sampler: RaySampler, s: dict) -> None:
-    sampler.load_state_dict({"bit_generator": dict(bit_generator=s["bit_generator"],
-                                                   state=dict(state=int(s["state"]), inc=int(s["inc"])),
-                                                   has_uint32=int(s["has_uint32"]), uinteger=int(s["uinteger"]))})
+    state = {"bit_generator": dict(bit_generator=s["bit_generator"], state=dict(state=int(s["state"]), inc=int(s["inc"])),
+                                   has_uint32=int(s["has_uint32"]), uinteger=int(s["uinteger"]))}
+    if "error_map" in s:  # checkpoints written before error-map sampling have none
+        state["error_map"] = s["error_map"].numpy()
+    sampler.load_state_dict(state)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -205,8 +205,11 @@ def test_checkpoint_round_trip_renders_the_same_image(tiny_data, trained):
         assert torch.equal(a, b)
 
 
-def test_resume_continues_from_the_same_step_and_matches_uninterrupted(tiny_data, tmp_path):
-    cfg = load_config("tiny", ["train.steps=10", "train.checkpoint_every=3", "train.log_every=1"])
+@pytest.mark.parametrize("error_fraction", [0.0, 0.5])
+def test_resume_continues_from_the_same_step_and_matches_uninterrupted(tiny_data, tmp_path, error_fraction):
+    # With error-map sampling the maps are part of the state: a resume that lost them would draw other rays.
+    cfg = load_config("tiny", ["train.steps=10", "train.checkpoint_every=3", "train.log_every=1",
+                               f"sampler.error_fraction={error_fraction}"])
     straight = train(cfg, _two(tiny_data), tmp_path / "straight")
 
     def interrupt(record):  # killed during step 8, after the checkpoint of step 6

@@ -233,3 +233,51 @@ def test_sampler_config_fields_are_the_keywords(data):
         assert params[f.name].default == getattr(SamplerConfig(), f.name)
     batch = RaySampler(data, "train", **asdict(SamplerConfig(batch_size=100, frames_per_batch=3))).sample()
     assert len(batch) == 100 and len(torch.unique(batch.frame)) == 3
+
+
+@pytest.mark.parametrize("frames_per_batch", [4, None])
+def test_error_rays_go_where_the_recorded_error_is(data, frames_per_batch):
+    # W x H = 32 x 24 over a 4 x 4 error map: cells are 8 x 6 pixels. Every identity's cells get error 0.01
+    # except cell (row 1, col 2) of identity 0 ("a"), with error 1.
+    n, r = 4000, 4
+    sampler = RaySampler(data, "train", batch_size=n, seed=2, face_fraction=0.0, frames_per_batch=frames_per_batch,
+                         error_fraction=0.5, error_resolution=r)
+    assert np.isnan(sampler.error_map).all()
+    rows, cols = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    pixel = np.stack([cols.ravel(), rows.ravel()], 1)
+    hot = (pixel[:, 1] // 6 == 1) & (pixel[:, 0] // 8 == 2)
+    t = data.table("train")
+    for frame in (int(np.flatnonzero(t.identity == 0)[0]), int(np.flatnonzero(t.identity == 1)[0])):
+        error = np.where(hot & (t.identity[frame] == 0), 1.0, 0.01)
+        sampler.record_errors(np.full(len(pixel), frame), pixel, error)
+    assert sampler.error_map[0, 1, 2] == 1.0 and sampler.error_map[1, 1, 2] == pytest.approx(0.01)
+    batch = sampler.sample()
+    chosen = torch.from_numpy(sampler.last_error_rays)
+    assert abs(chosen.float().mean().item() - 0.5) < 0.05
+    in_hot = (batch.pixel[:, 1] // 6 == 1) & (batch.pixel[:, 0] // 8 == 2)
+    ident0 = batch.identity == 0
+    # Identity 0's error rays: the hot cell holds 1 / (1 + 15 * 0.01) of the map plus its floor share.
+    p_hot = (1.0 + 0.02 * (1.15 / 16)) / (1.15 + 0.02 * 1.15)
+    share = in_hot[chosen & ident0].float().mean().item()
+    assert abs(share - p_hot) < 0.05
+    # Identity 1's map is flat: its error rays are uniform (1 cell of 16); the other rays stay uniform too.
+    assert abs(in_hot[chosen & ~ident0].float().mean().item() - 1 / 16) < 0.04
+    assert abs(in_hot[~chosen].float().mean().item() - 1 / 16) < 0.03
+    # A moving average: a second record moves the hot cell a tenth of the way to the new error.
+    frame0 = int(np.flatnonzero(t.identity == 0)[0])
+    sampler.record_errors([frame0], [[16, 6]], [0.0])
+    assert sampler.error_map[0, 1, 2] == pytest.approx(0.9)
+
+
+def test_error_maps_are_part_of_the_sampler_state(data):
+    a = RaySampler(data, "train", batch_size=256, seed=1, error_fraction=0.7, error_resolution=2)
+    a.record_errors([0, 0], [[0, 0], [31, 23]], [1.0, 0.0])
+    state = a.state_dict()
+    nxt = a.sample()
+    b = RaySampler(data, "train", batch_size=256, seed=9, error_fraction=0.7, error_resolution=2)
+    b.load_state_dict(state)
+    assert torch.equal(b.sample().pixel, nxt.pixel)
+    with pytest.raises(ValueError, match="error map"):
+        RaySampler(data, "train", error_resolution=3).load_state_dict(state)
+    with pytest.raises(ValueError, match="error_fraction"):
+        RaySampler(data, "train", error_fraction=1.5)

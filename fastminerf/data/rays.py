@@ -230,6 +230,12 @@ def frame_rays(dataset: MultiIdentityDataset, split: str, index: int) -> RayBatc
 
 _SAMPLER = SamplerConfig()
 
+ERROR_MOMENTUM = 0.1
+"""Weight of a step's mean error in a cell's moving average (error-map sampling)."""
+
+ERROR_FLOOR = 0.02
+"""Every error-map cell keeps this times the map's mean as probability mass, so no cell is starved."""
+
 
 class RaySampler:
     """Draws batches of training rays across identities and frames, with NeRFace's face-box importance.
@@ -239,6 +245,14 @@ class RaySampler:
     draws ``round(face_fraction * rays_of_frame)`` of a frame's rays uniformly inside its face box (``bbox``),
     or uniformly among its mask pixels when it has a mask but no box; the others uniformly over the image.
     A frame with neither draws all its rays uniformly.
+
+    Error-map sampling (``error_fraction > 0``): the first ``round(error_fraction * rays_of_frame)`` rays of each
+    frame go where the model was recently wrong. Each identity has an ``error_resolution`` x ``error_resolution``
+    map over the image of the mean squared error its training rays had (an exponential moving average per cell,
+    fed by :meth:`record_errors` after every step); such a ray picks a cell of its frame's identity with
+    probability proportional to the map (cells not seen yet count as the mean of those seen, and every cell keeps
+    :data:`ERROR_FLOOR` times the mean so none is starved), then a uniform pixel in it. ``face_fraction`` applies
+    to the rest of the frame's rays. :attr:`last_error_rays` marks the rays of the last batch drawn this way.
 
     The sampler owns a NumPy generator seeded with ``seed``: two samplers with the same arguments produce
     the same batches; :meth:`state_dict` / :meth:`load_state_dict` resume the sequence. The keywords after
@@ -258,11 +272,17 @@ class RaySampler:
         face_fraction: float = _SAMPLER.face_fraction,
         frames_per_batch: Optional[int] = _SAMPLER.frames_per_batch,
         balance_identities: bool = _SAMPLER.balance_identities,
+        error_fraction: float = _SAMPLER.error_fraction,
+        error_resolution: int = _SAMPLER.error_resolution,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= face_fraction <= 1.0:
             raise ValueError(f"face_fraction must be in [0, 1], got {face_fraction}")
+        if not 0.0 <= error_fraction <= 1.0:
+            raise ValueError(f"error_fraction must be in [0, 1], got {error_fraction}")
+        if error_resolution < 1:
+            raise ValueError(f"error_resolution must be >= 1, got {error_resolution}")
         if frames_per_batch is not None and frames_per_batch < 1:
             raise ValueError(f"frames_per_batch must be >= 1 or None, got {frames_per_batch}")
         self.dataset = dataset
@@ -273,6 +293,13 @@ class RaySampler:
         self.face_fraction = float(face_fraction)
         self.frames_per_batch = frames_per_batch
         self.balance_identities = bool(balance_identities)
+        self.error_fraction = float(error_fraction)
+        self.error_resolution = int(error_resolution)
+        r = self.error_resolution
+        self.error_map = np.full((len(dataset.identities), r, r), np.nan)
+        """(I, R, R) float64 moving average of each identity's squared error per image cell; NaN: not seen yet."""
+        self.last_error_rays = np.zeros(0, dtype=bool)
+        """(N,) bool: the rays of the last batch drawn from the error map."""
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         b = len(self.table)
         if self.balance_identities:
@@ -299,12 +326,47 @@ class RaySampler:
         return tuple(int(v) for v in self._box_px[frame])  # type: ignore[return-value]
 
     def state_dict(self) -> Dict[str, object]:
-        """The generator state, to resume the same sequence of batches."""
-        return {"bit_generator": self._rng.bit_generator.state}
+        """The generator state and the error maps, to resume the same sequence of batches."""
+        return {"bit_generator": self._rng.bit_generator.state, "error_map": self.error_map.copy()}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
-        """Restore a state from :meth:`state_dict`."""
+        """Restore a state from :meth:`state_dict` (one without ``error_map`` keeps the current maps)."""
         self._rng.bit_generator.state = state["bit_generator"]
+        if "error_map" in state:
+            error_map = np.asarray(state["error_map"], dtype=np.float64)
+            if error_map.shape != self.error_map.shape:
+                raise ValueError(f"error map of shape {error_map.shape} does not fit this sampler's {self.error_map.shape}")
+            self.error_map = error_map.copy()
+
+    def record_errors(self, frame: TensorLike, pixel: TensorLike, error: TensorLike) -> None:
+        """Feed the error maps: ``frame`` (N,) flat frame indices of this sampler's split, ``pixel`` (N, 2)
+        (column, row) and ``error`` (N,) each ray's squared error (e.g. the mean over RGB). A cell's value moves
+        :data:`ERROR_MOMENTUM` of the way to the mean error of this call's rays in it."""
+        frame, pixel, error = (np.asarray(torch.as_tensor(v).detach().cpu()) for v in (frame, pixel, error))
+        r, h, w = self.error_resolution, self.table.height, self.table.width
+        cell_row = np.minimum(pixel[:, 1] * r // h, r - 1)
+        cell_col = np.minimum(pixel[:, 0] * r // w, r - 1)
+        index = (self.table.identity[frame].astype(np.int64) * r + cell_row) * r + cell_col
+        size = self.error_map.size
+        total = np.bincount(index, weights=error.astype(np.float64), minlength=size)
+        count = np.bincount(index, minlength=size)
+        hit = count > 0
+        flat = self.error_map.reshape(-1)
+        mean, old = total[hit] / count[hit], flat[hit]
+        flat[hit] = np.where(np.isnan(old), mean, old + ERROR_MOMENTUM * (mean - old))
+
+    def _error_cells(self, identities: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+        """(row, column) of one error-map cell per entry of ``identities``, drawn from each identity's map."""
+        r = self.error_resolution
+        cells = np.empty(identities.shape[0], dtype=np.int64)
+        for ident in np.unique(identities).tolist():
+            sel = np.flatnonzero(identities == ident)
+            m = self.error_map[ident].reshape(-1)
+            seen = ~np.isnan(m)
+            mean = float(m[seen].mean()) if seen.any() else 1.0
+            p = np.where(seen, m, mean) + ERROR_FLOOR * mean + 1e-12
+            cells[sel] = rng.choice(m.size, size=sel.size, p=p / p.sum())
+        return np.divmod(cells, r)
 
     def __iter__(self) -> Iterator[RayBatch]:
         while True:
@@ -333,16 +395,29 @@ class RaySampler:
             frames = chosen[slot_of_ray]
             rank = np.arange(n) // k  # position of the ray among its frame's rays
             per_slot = np.bincount(slot_of_ray, minlength=k)
-        n_face = np.rint(self.face_fraction * per_slot).astype(np.int64)
+        error_rays = np.zeros(n, dtype=bool)
         if self.frames_per_batch is None:
-            # One ray per draw: each ray is a face ray with probability face_fraction.
-            face = rng.random(n) < self.face_fraction
+            # One ray per draw: each ray is an error ray with probability error_fraction, else a face ray with
+            # probability face_fraction.
+            if self.error_fraction > 0:
+                error_rays = rng.random(n) < self.error_fraction
+            face = (rng.random(n) < self.face_fraction) & ~error_rays
         else:
-            face = rank < n_face[slot_of_ray]
+            n_error = np.rint(self.error_fraction * per_slot).astype(np.int64)
+            n_face = np.rint(self.face_fraction * (per_slot - n_error)).astype(np.int64)
+            first = n_error[slot_of_ray]
+            error_rays = rank < first
+            face = (rank >= first) & (rank < first + n_face[slot_of_ray])
         h, w = self.table.height, self.table.width
         u = rng.random((n, 2))
         rows = np.minimum((u[:, 0] * h).astype(np.int64), h - 1)
         cols = np.minimum((u[:, 1] * w).astype(np.int64), w - 1)
+        if error_rays.any():  # the same uniforms, scaled into the drawn cell
+            r = self.error_resolution
+            cell_row, cell_col = self._error_cells(self.table.identity[frames[error_rays]], rng)
+            rows[error_rays] = np.minimum(((cell_row + u[error_rays, 0]) * h / r).astype(np.int64), h - 1)
+            cols[error_rays] = np.minimum(((cell_col + u[error_rays, 1]) * w / r).astype(np.int64), w - 1)
+        self.last_error_rays = error_rays
         # Face rays inside the box reuse the same uniforms, scaled to the box.
         has_box = self.table.has_bbox[frames]
         in_box = face & has_box
