@@ -515,6 +515,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     cfg = _personalize_config(cfg, overrides)
     steps = int(steps if steps is not None else cfg.train.personalize_steps)
     cfg = replace(cfg, train=replace(cfg.train, personalize_steps=steps, max_seconds=max_seconds))
+    if cfg.train.threads:  # as train() does: the generic run's setting, or this personalisation's override
+        torch.set_num_threads(cfg.train.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [str(Path(p)) for p in ([data_paths] if isinstance(data_paths, (str, Path)) else data_paths)]

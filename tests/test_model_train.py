@@ -344,6 +344,18 @@ def test_personalize_tunes_the_shared_weights_it_is_told_to(tiny_data, trained, 
     assert heads and (any(heads) if tune == "all" else not any(heads)), changed
 
 
+def test_personalize_honours_train_threads(tiny_data, trained, tmp_path):
+    run, _ = trained
+    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        personalize(run, [new], tmp_path / "p", steps=1, overrides=["train.threads=1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_personalize_refuses_model_overrides(tiny_data, trained, tmp_path):
     run, _ = trained
     new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
