@@ -336,16 +336,18 @@ class _Loop:
             if loss.requires_grad:
                 loss.backward()
                 optimizer.step()
-            ray_error = ray_error.detach().cpu()
+            logged = ray_error.detach()
             if self.sampler.error_fraction > 0:
-                self.sampler.record_errors(batch.frame, batch.pixel, ray_error)
+                logged = logged.cpu()
+                self.sampler.record_errors(batch.frame, batch.pixel, logged)
+                plain = ~self.sampler.last_error_rays  # the logged PSNR leaves out the (deliberately hard) error rays
+                if plain.any():
+                    logged = logged[torch.from_numpy(plain)]
             elapsed = time.perf_counter() - start
             self.step += 1
             self.seconds += elapsed
             self.loss = float(loss.detach())
-            # The logged PSNR leaves out the rays drawn from the error map (they are the hardest on purpose).
-            plain = torch.from_numpy(~self.sampler.last_error_rays) if self.sampler.error_fraction > 0 else None
-            window_mse.append(float(ray_error.mean() if plain is None or not bool(plain.any()) else ray_error[plain].mean()))
+            window_mse.append(float(logged.mean()))
             window_rays += len(batch)
             window_samples += int(out["samples"].sum())
             window_time += elapsed
