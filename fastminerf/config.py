@@ -256,6 +256,13 @@ class FieldConfig:
     common. The table does not grow with identities; tiny-cuda-nn cannot run such a grid (the native kernels do).
     0 for a grid shared at every level."""
 
+    density_levels: int = 0
+    """The density head reads only the coarsest this many levels of the shared grid (0: all ``n_levels``), so
+    the geometry stays smooth while the colour head gets the fine detail from the identity levels (with
+    ``identity_levels_for: colour``); fewer levels are also looked up. Monocular video sees each head from a
+    narrow cone of views, and a density with fine levels fits those views with speckle that shows as soon as
+    the camera turns a few degrees."""
+
     identity_levels_for: str = "all"
     """What reads the identity levels: ``all`` (they are the finest levels of the one grid both heads read) or
     ``colour`` (the grid stays shared at every level for the density head, and a second lookup of the finest

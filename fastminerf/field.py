@@ -220,8 +220,10 @@ class MINeRFField(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.expression_dim = expression_dim
-        self.encoding = HashGridEncoding(
-            n_levels=cfg.n_levels,
+        if not 0 <= cfg.density_levels <= cfg.n_levels:
+            raise ValueError(f"model.field.density_levels must be in [0, n_levels={cfg.n_levels}], got {cfg.density_levels}")
+        self.encoding = HashGridEncoding(  # the coarsest density_levels levels of the pyramid (all when 0)
+            n_levels=cfg.density_levels or cfg.n_levels,
             n_features_per_level=cfg.n_features_per_level,
             log2_hashmap_size=cfg.log2_hashmap_size,
             base_resolution=cfg.base_resolution,
@@ -238,6 +240,9 @@ class MINeRFField(nn.Module):
                 n_levels=k, n_features_per_level=cfg.n_features_per_level, log2_hashmap_size=cfg.log2_hashmap_size,
                 base_resolution=int(round(cfg.base_resolution * scale ** (cfg.n_levels - k))), per_level_scale=scale,
                 backend=cfg.backend, identity_levels=k)
+        if cfg.density_levels and self.colour_encoding is None:
+            raise ValueError("model.field.density_levels needs the colour head's own fine levels: set "
+                             "model.field.identity_levels > 0 and model.field.identity_levels_for: colour")
         colour_extra = self.colour_encoding.output_dim if self.colour_encoding is not None else 0
         self.conditioning = build_conditioning(cfg, expression_dim)
         self.cond_dim = cfg.conditioning_dim + cfg.frame_code_dim  # C + Cf, the per-ray input of both heads

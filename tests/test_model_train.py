@@ -290,6 +290,25 @@ def test_identity_levels_for_colour_keep_density_shared(tiny_data, tmp_path):
     assert not torch.allclose(c0, c1)
 
 
+def test_density_levels_give_a_coarse_geometry_grid_and_train(tiny_data, tmp_path):
+    # model.field.density_levels=k: the density head's grid is the coarsest k levels of the same pyramid (same
+    # resolutions, fewer rows), the colour head keeps its fine identity levels, and the model trains. Without
+    # colour levels the option is refused (the fine detail would be lost).
+    from fastminerf.field import MINeRFField
+
+    full = MINeRFField(load_config("tiny", ["model.field.identity_levels_for=colour"]).model.field, 12)
+    field = _trains(tiny_data, tmp_path / "dl", ["model.field.identity_levels_for=colour", "model.field.density_levels=2"]).field
+    assert field.encoding.levels.n_levels == 2 and field.encoding.output_dim == 2 * full.encoding.levels.n_features
+    assert field.encoding.levels.n_rows < full.encoding.levels.n_rows
+    for key in ("base_resolution", "per_level_scale"):
+        assert field.encoding.hparams[key] == full.encoding.hparams[key], key
+    assert field.colour_encoding.hparams == full.colour_encoding.hparams
+    with pytest.raises(ValueError, match="density_levels needs the colour head's own fine levels"):
+        MINeRFField(load_config("tiny", ["model.field.density_levels=2"]).model.field, 12)
+    with pytest.raises(ValueError, match="density_levels must be in"):
+        MINeRFField(load_config("tiny", ["model.field.identity_levels_for=colour", "model.field.density_levels=9"]).model.field, 12)
+
+
 def test_deformation_starts_as_identity_then_moves_points_with_the_conditioning(tiny_data, tmp_path):
     # model.field.deform_layers: x' = x + D(enc(x), c) before the grid. Untrained it is the identity map; trained,
     # it moves points differently under different conditionings, and the grid reads the moved points.
