@@ -119,15 +119,19 @@ def real_clips_table(result: dict) -> str:
         f"frames each, {st['size']} px), `{st['config']}` preset, {tr['seconds'] / 60:.1f} min of CPU training "
         f"({tr['steps']} steps); evaluated on the first {st['eval_frames']} frames of each clip's `test` split (its "
         "last frames, never trained on). Baselines on the same frames: `bg.png` alone, and the clip's mean colour "
-        "(`python benchmarks/real_clips.py`):",
+        "(`python benchmarks/real_clips.py`). Head pose gap: the angle from the frame's head pose to the nearest "
+        "pose of the clip's training frames (mean over the frames; a new view for the NeRF):",
         "",
-        "| clip | PSNR (dB) | SSIM | bg.png alone (dB) | mean colour (dB) |",
-        "| --- | ---: | ---: | ---: | ---: |",
     ]
+    gaps = all("pose_gap_deg" in m for m in result["test"].values())  # results before the column have none
+    lines += ["| clip | PSNR (dB) | SSIM | bg.png alone (dB) | mean colour (dB) |" + (" head pose gap (deg) |" if gaps else ""),
+              "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if gaps else "")]
     for name, m in result["test"].items():
-        lines.append(f"| {name} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['bg_psnr']:.2f} | {m['mean_colour_psnr']:.2f} |")
+        lines.append(f"| {name} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['bg_psnr']:.2f} | {m['mean_colour_psnr']:.2f} |"
+                     + (f" {m['pose_gap_deg']:.1f} |" if gaps else ""))
     mn = result["mean"]
-    lines.append(f"| **mean** | **{mn['psnr']:.2f}** | **{mn['ssim']:.3f}** | {mn['bg_psnr']:.2f} | {mn['mean_colour_psnr']:.2f} |")
+    lines.append(f"| **mean** | **{mn['psnr']:.2f}** | **{mn['ssim']:.3f}** | {mn['bg_psnr']:.2f} | {mn['mean_colour_psnr']:.2f} |"
+                 + (f" {mn['pose_gap_deg']:.1f} |" if gaps else ""))
     met = "met" if mn["psnr"] >= result["target_psnr_db"] else "**not met**"
     lines += ["", f"Target >= {result['target_psnr_db']:.0f} dB mean PSNR: {met}.", "", _machine_line(result)]
     return "\n".join(lines)

@@ -80,3 +80,20 @@ def test_novel_vs_identities_writes_rows_per_seed_and_their_mean(tmp_path):
     one = [row for row in r["rows"] if row["n"] == 1]
     assert all(row["novel_psnr"] == row["novel_psnr_first"] for row in one)  # N=1: identity 0 is the model
     assert r["targets"]["novel_psnr"]["met"] == (r["mean"][1]["novel_psnr"] > r["mean"][0]["novel_psnr"])
+
+
+def test_real_clips_rotation_gap_is_the_angle_to_the_nearest_reference():
+    # real_clips.py reports how far each held-out head pose is from the clip's training poses.
+    import math
+
+    import numpy as np
+
+    from benchmarks.real_clips import rotation_gap_deg
+
+    def yaw(deg):
+        a = math.radians(deg)
+        return np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+
+    reference = np.stack([yaw(0.0), yaw(10.0), yaw(-20.0)])
+    gaps = rotation_gap_deg(np.stack([yaw(3.0), yaw(12.5), yaw(-35.0), yaw(10.0)]), reference)
+    np.testing.assert_allclose(gaps, [3.0, 2.5, 15.0, 0.0], atol=1e-5)
