@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fastminerf.cli import main
 
 
@@ -70,16 +72,32 @@ def test_novel_vs_identities_writes_rows_per_seed_and_their_mean(tmp_path):
     from benchmarks.novel_vs_identities import main as novel_main
 
     assert novel_main(["--config", "tiny", "--steps", "4", "--counts", "1", "2", "--seeds", "0", "1", "--size", "16",
-                       "--frames", "8", "--work", str(tmp_path / "w"), "--out", str(tmp_path)]) == 0
+                       "--frames", "8", "--panel", "2", "--work", str(tmp_path / "w"), "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "novel_vs_identities.json").read_text())
     assert [(row["seed"], row["n"]) for row in r["rows"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert all(row["steps"] == 4 for row in r["rows"])
+    # The panel (id000, id001) is evaluated at every N: two single-person models at N=1, one model of both at N=2.
+    assert [row["models"] for row in r["rows"]] == [2, 1, 2, 1]
+    for row in r["rows"]:
+        assert sorted(row["novel_per_identity"]) == ["id000", "id001"]
+        per_id = row["novel_per_identity"]
+        assert abs(row["novel_psnr_panel"] - (per_id["id000"] + per_id["id001"]) / 2) < 1e-9
+        assert row["novel_psnr_first"] == per_id["id000"]
     for m in r["mean"]:
-        per_seed = [row["novel_psnr"] for row in r["rows"] if row["n"] == m["n"]]
-        assert abs(m["novel_psnr"] - sum(per_seed) / 2) < 1e-9
-    one = [row for row in r["rows"] if row["n"] == 1]
-    assert all(row["novel_psnr"] == row["novel_psnr_first"] for row in one)  # N=1: identity 0 is the model
-    assert r["targets"]["novel_psnr"]["met"] == (r["mean"][1]["novel_psnr"] > r["mean"][0]["novel_psnr"])
+        per_seed = [row["novel_psnr_panel"] for row in r["rows"] if row["n"] == m["n"]]
+        assert abs(m["novel_psnr_panel"] - sum(per_seed) / 2) < 1e-9
+    assert r["targets"]["novel_psnr_panel"]["met"] == (r["mean"][1]["novel_psnr_panel"] > r["mean"][0]["novel_psnr_panel"])
+
+
+def test_novel_vs_identities_panel_groups_cover_the_panel_once():
+    from benchmarks.novel_vs_identities import panel_groups
+
+    assert panel_groups(1, 4) == [[0], [1], [2], [3]]
+    assert panel_groups(2, 4) == [[0, 1], [2, 3]]
+    assert panel_groups(4, 4) == [[0, 1, 2, 3]]
+    assert panel_groups(8, 4) == [list(range(8))]
+    with pytest.raises(ValueError, match="panel of 4"):
+        panel_groups(3, 4)
 
 
 def test_real_clips_rotation_gap_is_the_angle_to_the_nearest_reference():
