@@ -105,6 +105,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     counts = sorted(set(args.counts))
+    for n in counts:  # refuse a panel that does not split into models of N before any training
+        try:
+            panel_groups(n, args.panel)
+        except ValueError as exc:
+            ap.error(str(exc))
     with torch_threads(1):
         where = machine()
     # One process per seed, one thread each (the seeds are independent; on 2 cores two seeds take the time of one).
