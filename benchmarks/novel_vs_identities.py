@@ -69,14 +69,15 @@ def measure(seed: int, counts, steps: int, work: Path, config: str, size: int, f
     for n in counts:
         t0 = time.perf_counter()
         v, nv, step = {}, {}, 0
-        for group in panel_groups(n, panel):
+        groups = panel_groups(n, panel)
+        for group in groups:
             names = [ids[k].name for k in group]
             result = train(cfg, [ids[k] for k in group], work / f"seed{seed}" / f"generic_{n}_{group[0]}")
             v.update(eval_psnr(result.model, {k: val[k] for k in names}))
             nv.update(eval_psnr(result.model, {k: novel[k] for k in names}))
             step = result.step
         on_panel = [ids[k].name for k in range(panel)]
-        row = dict(seed=seed, n=n, models=len(panel_groups(n, panel)), steps=step,
+        row = dict(seed=seed, n=n, models=len(groups), steps=step,
                    seconds=time.perf_counter() - t0, val_psnr=mean(v[k] for k in on_panel),
                    novel_psnr=mean(nv.values()), novel_psnr_panel=mean(nv[k] for k in on_panel),
                    novel_psnr_first=nv[ids[0].name], novel_per_identity=nv)

@@ -233,32 +233,22 @@ def backbone_table(result: dict) -> str:
 def novel_vs_identities_table(result: dict) -> str:
     st, t = result["settings"], result["targets"]
     seeds = sorted({r["seed"] for r in result["rows"]})
-    panel = st.get("panel")
+    panel = st["panel"]
     lines = [
         f"Generic models per N on procedural identities, {st['size']} px, {st['frames']} frames each, `{st['config']}` "
         f"preset, every model trained for the same {st['steps']} steps; mean over seeds {', '.join(map(str, seeds))} "
-        "(`python benchmarks/novel_vs_identities.py`)"
-        + (f". The panel is the same {panel} people at every N, each evaluated in the model of N that holds it "
-           f"(N < {panel}: {panel} / N models):" if panel else ":"),
+        f"(`python benchmarks/novel_vs_identities.py`). The panel is the same {panel} people at every N, each evaluated "
+        f"in the model of N that holds it (N < {panel}: {panel} / N models):",
         "",
+        "| N | models | val PSNR (panel) | novel PSNR (panel) | novel PSNR (each model's people) "
+        "| novel PSNR of identity 0 | panel novel PSNR per seed |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    if panel:
-        lines += ["| N | models | val PSNR (panel) | novel PSNR (panel) | novel PSNR (each model's people) "
-                  "| novel PSNR of identity 0 | panel novel PSNR per seed |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    else:
-        lines += ["| N | val PSNR | novel PSNR (its identities) | novel PSNR of identity 0 | novel PSNR per seed |",
-                  "| ---: | ---: | ---: | ---: | ---: |"]
     for m in result["mean"]:
         rows = [r for r in result["rows"] if r["n"] == m["n"]]
-        if panel:
-            per_seed = ", ".join(f"{r['novel_psnr_panel']:.2f}" for r in rows)
-            lines.append(f"| {m['n']} | {rows[0]['models']} | {m['val_psnr']:.2f} dB | {m['novel_psnr_panel']:.2f} dB "
-                         f"| {m['novel_psnr']:.2f} dB | {m['novel_psnr_first']:.2f} dB | {per_seed} |")
-        else:
-            per_seed = ", ".join(f"{r['novel_psnr']:.2f}" for r in rows)
-            lines.append(f"| {m['n']} | {m['val_psnr']:.2f} dB | {m['novel_psnr']:.2f} dB | {m['novel_psnr_first']:.2f} dB "
-                         f"| {per_seed} |")
+        per_seed = ", ".join(f"{r['novel_psnr_panel']:.2f}" for r in rows)
+        lines.append(f"| {m['n']} | {rows[0]['models']} | {m['val_psnr']:.2f} dB | {m['novel_psnr_panel']:.2f} dB "
+                     f"| {m['novel_psnr']:.2f} dB | {m['novel_psnr_first']:.2f} dB | {per_seed} |")
     names = {"novel_psnr_panel": "the panel's novel PSNR grows with N from 1 to 8",
              "novel_psnr": "novel PSNR over each model's people grows with N from 1 to 8",
              "novel_psnr_first": "identity 0's novel PSNR grows with N from 1 to 8"}
