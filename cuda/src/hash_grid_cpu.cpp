@@ -28,23 +28,26 @@ constexpr int64_t kGrain = 2048;  // points per parallel chunk: enough work to h
 constexpr int kBlock = 16;        // points whose table rows are prefetched together
 
 // Walks points [begin, end) in blocks of kBlock: finds every point's corners at one level and prefetches their
-// rows of `rows_base` (for writing when kWrite) first, then calls visit(i, rows, weights) per point, so that many
-// cache misses are in flight at once instead of one point's at a time.
-// `salt` (null: none) is read only on salted levels.
+// rows of `rows_base` (for writing when kWrite) and, when not null, of `also_read` first, then calls
+// visit(i, rows, weights, frac) per point, so that many cache misses are in flight at once instead of one point's
+// at a time. `salt` (null: none) is read only on salted levels.
 template <typename T, int F, bool kWrite, typename Visit>
 void for_point_blocks(const T* points, const int32_t* salt, bool salted, int64_t begin, int64_t end, T scale,
-                      uint32_t res, uint32_t size, const T* rows_base, Visit visit) {
+                      uint32_t res, uint32_t size, const T* rows_base, Visit visit, const T* also_read = nullptr) {
   uint32_t rows[kBlock][8];
   T weights[kBlock][8];
-  T frac[3];
+  T frac[kBlock][3];
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int nb = static_cast<int>(std::min<int64_t>(kBlock, end - b0));
     for (int k = 0; k < nb; ++k) {
       const uint32_t s = salted ? static_cast<uint32_t>(salt[b0 + k]) : 0u;
-      hashgrid::level_corners(points + 3 * (b0 + k), scale, res, size, rows[k], weights[k], frac, s, salted);
-      for (int c = 0; c < 8; ++c) __builtin_prefetch(rows_base + static_cast<size_t>(rows[k][c]) * F, kWrite ? 1 : 0);
+      hashgrid::level_corners(points + 3 * (b0 + k), scale, res, size, rows[k], weights[k], frac[k], s, salted);
+      for (int c = 0; c < 8; ++c) {
+        if (rows_base != nullptr) __builtin_prefetch(rows_base + static_cast<size_t>(rows[k][c]) * F, kWrite ? 1 : 0);
+        if (also_read != nullptr) __builtin_prefetch(also_read + static_cast<size_t>(rows[k][c]) * F, 0);
+      }
     }
-    for (int k = 0; k < nb; ++k) visit(b0 + k, rows[k], weights[k]);
+    for (int k = 0; k < nb; ++k) visit(b0 + k, rows[k], weights[k], frac[k]);
   }
 }
 
@@ -63,7 +66,7 @@ void forward_impl(const T* points, const int32_t* salt, const T* table, T* out, 
     const bool salted = l >= meta.salted_from;
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       for_point_blocks<T, F, false>(points, salt, salted, begin, end, scale, res, size, level_table,
-                                    [&](int64_t i, const uint32_t* rows, const T* weights) {
+                                    [&](int64_t i, const uint32_t* rows, const T* weights, const T*) {
                                       hashgrid::interpolate_corners<T, F>(level_table, rows, weights, level_out + i * F);
                                     });
     });
@@ -100,18 +103,19 @@ void backward_impl(const T* grad_out, const T* points, const int32_t* salt, cons
       const int tid = at::get_thread_num();
       T* dst = (level_grad == nullptr || tid == 0) ? level_grad : scratch.data() + (tid - 1) * max_level_len;
       const T* level_grad_out = grad_out + static_cast<size_t>(l) * n * F;
-      if (grad_points != nullptr) {
-        for (int64_t i = begin; i < end; ++i) {
-          hashgrid::encode_point_level_backward<T, F>(points + 3 * i, level_table, dst, level_grad_out + i * F, size,
-                                                      res, scale, grad_points + 3 * i, PlainAdd<T>(),
-                                                      salted ? static_cast<uint32_t>(salt[i]) : 0u, salted);
-        }
+      if (grad_points != nullptr) {  // point gradients (and the table's when asked), rows of both prefetched
+        for_point_blocks<T, F, true>(points, salt, salted, begin, end, scale, res, size, dst,
+                                     [&](int64_t i, const uint32_t* rows, const T* weights, const T* frac) {
+                                       const T* g = level_grad_out + i * F;
+                                       if (dst != nullptr) hashgrid::scatter_corners<T, F>(dst, rows, weights, g, PlainAdd<T>());
+                                       hashgrid::point_gradient<T, F>(level_table, rows, frac, g, scale, grad_points + 3 * i);
+                                     }, level_table);
         return;
       }
       if (dst == nullptr) return;
       // Table gradient only (the usual case): blocks with prefetched rows, as in the forward pass.
       for_point_blocks<T, F, true>(points, salt, salted, begin, end, scale, res, size, dst,
-                                   [&](int64_t i, const uint32_t* rows, const T* weights) {
+                                   [&](int64_t i, const uint32_t* rows, const T* weights, const T*) {
                                      hashgrid::scatter_corners<T, F>(dst, rows, weights, level_grad_out + i * F,
                                                                      PlainAdd<T>());
                                    });

@@ -137,6 +137,25 @@ FMN_HD void scatter_corners(T* level_grad_table, const uint32_t rows[8], const T
   }
 }
 
+// dL/dx of one point at one level from its corners: grad_x[d] += scale * sum_c (dw_c / dfrac_d) <g, table[row_c]>.
+// Each corner's dot product is formed once; the weight derivatives factor per axis (trilinear weights).
+template <typename T, int F>
+FMN_HD void point_gradient(const T* level_table, const uint32_t rows[8], const T frac[3], const T* g, T scale,
+                           T* grad_x) {
+  T dot[8];
+  for (int c = 0; c < 8; ++c) {
+    const T* row = level_table + static_cast<size_t>(rows[c]) * F;
+    T acc = T(0);
+    for (int f = 0; f < F; ++f) acc += g[f] * row[f];
+    dot[c] = acc;
+  }
+  for (int d = 0; d < 3; ++d) {
+    T acc = T(0);
+    for (int c = 0; c < 8; ++c) acc += weight_derivative(c, d, frac) * dot[c];
+    grad_x[d] += acc * scale;
+  }
+}
+
 // Backward for one point at one level. Adds w_c * g into the table gradient through `add` (an atomic add
 // where several threads may hit one row) and, when grad_x is not null, accumulates dL/dx into grad_x[0..2].
 template <typename T, int F, typename AddFn>
@@ -148,18 +167,7 @@ FMN_HD void encode_point_level_backward(const T* x, const T* level_table, T* lev
   T frac[3];
   level_corners(x, scale, res, size, rows, weights, frac, salt, salted);
   if (level_grad_table != nullptr) scatter_corners<T, F>(level_grad_table, rows, weights, g, add);
-  if (grad_x != nullptr) {
-    for (int d = 0; d < 3; ++d) {
-      T acc = T(0);
-      for (int c = 0; c < 8; ++c) {
-        const T* row = level_table + static_cast<size_t>(rows[c]) * F;
-        T dot = T(0);
-        for (int f = 0; f < F; ++f) dot += g[f] * row[f];
-        acc += weight_derivative(c, d, frac) * dot;
-      }
-      grad_x[d] += acc * scale;
-    }
-  }
+  if (grad_x != nullptr) point_gradient<T, F>(level_table, rows, frac, g, scale, grad_x);
 }
 
 }  // namespace hashgrid
