@@ -318,6 +318,12 @@ class FieldConfig:
     """Also scale the first hidden layer of each head per ray, ``h = (W_x x) * (1 + W_s c) + W_c c`` (FiLM): the
     conditioning selects which shared features a head reads, not only shifts them."""
 
+    texture_flow: float = 0.0
+    """Largest displacement (in box units, points live in [0, 1]^3) of the colour head's own grid lookup
+    (``identity_levels_for: colour``): the density head also outputs a flow ``d = texture_flow * tanh(.)`` from the
+    shared geometry features and the per-ray conditioning, and the per-person texture is read at ``x + d``, so an
+    expression can move a person's lips or lids instead of repainting them. 0: no flow."""
+
     density_bias: float = -1.0
     """Added to the raw density before ``exp``: a small initial density so that the early occupancy grid is
     neither empty nor saturated."""

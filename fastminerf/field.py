@@ -248,10 +248,21 @@ class MINeRFField(nn.Module):
         self.cond_dim = cfg.conditioning_dim + cfg.frame_code_dim  # C + Cf, the per-ray input of both heads
         self.deformation = (_Deformation(self.cond_dim, cfg.hidden_dim, cfg.deform_layers, cfg.deform_frequencies)
                             if cfg.deform_layers > 0 else None)
+        if cfg.texture_flow < 0:
+            raise ValueError(f"model.field.texture_flow must be >= 0, got {cfg.texture_flow}")
+        if cfg.texture_flow > 0 and self.colour_encoding is None:
+            raise ValueError("model.field.texture_flow moves the colour head's own grid lookup: set "
+                             "model.field.identity_levels > 0 and model.field.identity_levels_for: colour")
+        self.flow_dim = 3 if cfg.texture_flow > 0 else 0
         self.density_head = _SplitInputHead(
-            self.encoding.output_dim, self.cond_dim, cfg.hidden_dim, cfg.density_layers, 1 + cfg.geo_feature_dim,
-            modulate=cfg.modulate,
+            self.encoding.output_dim, self.cond_dim, cfg.hidden_dim, cfg.density_layers,
+            1 + cfg.geo_feature_dim + self.flow_dim, modulate=cfg.modulate,
         )
+        if self.flow_dim:  # the flow starts at zero: the unmoved texture
+            last = self.density_head.rest[-1]
+            with torch.no_grad():
+                last.weight[-3:].zero_()
+                last.bias[-3:].zero_()
         # The view direction is the same for every sample of a ray, so its SH enter with the per-ray inputs.
         self.color_head = _SplitInputHead(
             cfg.geo_feature_dim + colour_extra, self.cond_dim + cfg.sh_degree**2, cfg.hidden_dim, cfg.color_layers, 3,
@@ -306,6 +317,9 @@ class MINeRFField(nn.Module):
         row (the rays), ray_indices (S,) (None: one row per point) -> density (S,), rgb (S, 3) in [0, 1]."""
         sigma, geo, points = self._density(points, cond, ray_indices, identity)
         if self.colour_encoding is not None:  # per-person texture for the colour head only
+            if self.flow_dim:
+                geo, flow = geo[:, :-3], geo[:, -3:]
+                points = (points + self.cfg.texture_flow * torch.tanh(flow)).clamp(0.0, 1.0)
             geo = torch.cat([geo, self.colour_encoding(points, self._salt(identity, ray_indices))], -1)
         view = torch.cat([cond, spherical_harmonics(directions, self.cfg.sh_degree)], dim=-1)  # (N, C+Cf+SH)
         rgb = torch.sigmoid(self.color_head(geo, view, ray_indices))

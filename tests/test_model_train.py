@@ -328,6 +328,36 @@ def test_deformation_starts_as_identity_then_moves_points_with_the_conditioning(
         assert not torch.allclose(density, field.density(points, cond, None, ids))
 
 
+def test_texture_flow_starts_at_zero_then_moves_the_texture_with_the_conditioning(tiny_data, tmp_path):
+    # model.field.texture_flow: the density head also outputs a flow that moves the colour head's own (per-person)
+    # grid lookup. Untrained the flow is zero: the same function as the field without it; trained, it depends on
+    # the conditioning and changes the colours it reads.
+    from fastminerf.field import MINeRFField
+
+    over = ["model.field.identity_levels_for=colour", "model.field.texture_flow=0.05"]
+    field = MINeRFField(load_config("tiny", over).model.field, 12)
+    plain = MINeRFField(load_config("tiny", over[:1]).model.field, 12)
+    state = field.state_dict()
+    last = [k for k in state if k.startswith("density_head.rest.")][-2:]  # the last layer's weight and bias
+    plain.load_state_dict({k: (v[:-3] if k in last else v) for k, v in state.items()})
+    points, dirs = torch.rand(64, 3), torch.nn.functional.normalize(torch.randn(8, 3), dim=-1)
+    rays, ids = torch.arange(64) // 8, torch.zeros(8, dtype=torch.long)
+    cond = torch.randn(8, field.cond_dim)
+    with torch.no_grad():
+        for a, b in zip(field(points, dirs, cond, rays, ids), plain(points, dirs, cond, rays, ids)):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+    field = _trains(tiny_data, tmp_path / "flow", over).field
+    with torch.no_grad():
+        flow = lambda c: field.density_head(field.encoding(points), c, rays)[:, -3:]  # noqa: E731
+        assert float(flow(cond).abs().max()) > 0 and not torch.allclose(flow(cond), flow(torch.randn(8, field.cond_dim)))
+        rgb = field(points, dirs, cond, rays, ids)[1]
+        field.density_head.rest[-1].weight[-3:].zero_()
+        field.density_head.rest[-1].bias[-3:].zero_()
+        assert not torch.allclose(rgb, field(points, dirs, cond, rays, ids)[1])
+    with pytest.raises(ValueError, match="texture_flow moves the colour head's own grid lookup"):
+        MINeRFField(load_config("tiny", over[1:]).model.field, 12)
+
+
 def test_distortion_loss_and_modulation_train(tiny_data, tmp_path):
     # The distortion loss and FiLM modulation are optional parts of the objective and the heads: both must train.
     _trains(tiny_data, tmp_path / "dist", ["train.distortion_weight=0.01", "model.field.modulate=true"])
