@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=None, help="synth root with >= 5 identities (default: generate)")
     ap.add_argument("--minutes", type=float, default=5.0, help="generic / from-scratch budget")
     ap.add_argument("--personalize-seconds", type=float, default=60.0)
-    ap.add_argument("--eval-frames", type=int, default=4, help="frames per identity and split evaluated")
+    ap.add_argument("--eval-frames", type=int, default=10, help="frames per identity and split evaluated (10: all of the default set)")
     ap.add_argument("--config", default="cpu")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--work", type=Path, default=None, help="folder for runs (default: a temp folder)")
