@@ -8,8 +8,12 @@ identity and the expression through the multiplicative module.
     per sample (S):  x = x + D(x, c)                     optional conditioned deformation (``deform_layers``)
                      h = grid(x, id)        (S, L*F)     hash-grid features of the sample point (the finest
                                                          ``identity_levels`` levels also hash the identity id)
-                     sigma, g = density_head(h, c)        density (S,), geometry feature (S, G)
-                     rgb = color_head(g, [c, SH(d)])      colour (S, 3)
+                     sigma, g, u = density_head(h, c)     density (S,), geometry feature (S, G), and with
+                                                         ``texture_flow`` a flow u (S, 3)
+                     t = texture(x + s tanh(u), id)      the colour head's own per-person levels
+                                                         (``identity_levels_for: colour``), read where the flow
+                                                         moves the point (``s = texture_flow``; 0: at x)
+                     rgb = color_head([g, t], [c, SH(d)])  colour (S, 3)
 
 The conditioning enters both heads: expressions change geometry (the mouth opens, the eyes close), so the
 density depends on it, not only the colour. Conditioning is per ray, so the part of each head's first layer
