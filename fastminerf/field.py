@@ -286,7 +286,8 @@ class MINeRFField(nn.Module):
 
     def _density(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor],
                  identity: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Density (S,), geometry feature (S, G) and the (deformed) points the grids read (S, 3)."""
+        """Density (S,), the density head's other outputs (S, G + flow_dim: the geometry feature, then the raw
+        texture flow when ``texture_flow`` > 0) and the (deformed) points the grids read (S, 3)."""
         if self.deformation is not None:
             points = self.deformation(points, cond, ray_indices)
         salt = self._salt(identity, ray_indices) if self.cfg.identity_levels_for == "all" else None
@@ -322,7 +323,7 @@ class MINeRFField(nn.Module):
         sigma, geo, points = self._density(points, cond, ray_indices, identity)
         if self.colour_encoding is not None:  # per-person texture for the colour head only
             if self.flow_dim:
-                geo, flow = geo[:, :-3], geo[:, -3:]
+                geo, flow = geo.split([self.cfg.geo_feature_dim, self.flow_dim], dim=-1)
                 points = (points + self.cfg.texture_flow * torch.tanh(flow)).clamp(0.0, 1.0)
             geo = torch.cat([geo, self.colour_encoding(points, self._salt(identity, ray_indices))], -1)
         view = torch.cat([cond, spherical_harmonics(directions, self.cfg.sh_degree)], dim=-1)  # (N, C+Cf+SH)
