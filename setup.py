@@ -46,7 +46,9 @@ def _extensions():
     # compiled with OpenMP or its loops run on one thread. The GOMP symbols bind to the runtime torch loaded.
     # No -std flag: torch's build helpers pick the standard its headers need (C++17 for torch 2.13, C++20 for
     # 2.14+); our sources compile under both.
-    cxx_flags = ["-O3", "-fopenmp"]
+    # -ffp-contract=fast: a * b + c may become one FMA where the target has it (GCC's default outside ISO mode;
+    # torch's -std=c++17 turns it off), which the fused MLP head's AVX2 loops rely on.
+    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=fast"]
     link_flags = ["-fopenmp"]
     want_cuda = (
         torch.version.cuda is not None

@@ -78,7 +78,7 @@ def bench_hash_encoding(quick: bool) -> dict:
 
 
 def _optional_section(module: str, quick: bool):
-    """Sections contributed by other kernel benchmarks (ray marcher, compositing), when present."""
+    """Sections contributed by other kernel benchmarks (ray marcher, compositing, fused heads), when present."""
     try:
         mod = __import__(f"benchmarks.{module}", fromlist=["run"])
     except ImportError:
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
     with console.status("hash encoding: native / reference / gather bound ..."):
         enc = bench_hash_encoding(args.quick)
     result = {"machine": machine(), "quick": args.quick, "hash_encoding": enc}
-    for name in ("marcher", "composite"):
+    for name in ("marcher", "composite", "mlp_head"):
         with console.status(f"{name} ..."):
             section = _optional_section(name, args.quick)
         if section is not None:
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
                   f">= {TARGET_SPEEDUP_VS_REFERENCE:.0f}x")
     table.add_row("native fwd+bwd / gather bound", f"{enc['native_over_gather_bound']:.2f}x",
                   f"<= {TARGET_WITHIN_GATHER_BOUND:.0f}x")
-    for name in ("marcher", "composite"):
+    for name in ("marcher", "composite", "mlp_head"):
         for key, value in (result.get(name) or {}).get("summary", {}).items():
             table.add_row(f"{name}: {key}", str(value), "")
     console.print(table)

@@ -58,6 +58,13 @@ def kernels_table(result: dict) -> str:
                   "| --- | ---: |"]
         for key, value in comp.get("summary", {}).items():
             lines.append(f"| {key} | {value} |")
+    heads = result.get("mlp_head")
+    if heads:
+        lines += ["", f"Fused MLP heads (the cpu preset's density and colour heads, {heads['sizes']['samples']:,} samples of "
+                  f"{heads['sizes']['rays']:,} rays), forward + backward, against the same heads as torch ops:", "",
+                  "| measure | value |", "| --- | ---: |"]
+        for key, value in heads.get("summary", {}).items():
+            lines.append(f"| {key} | {value} |")
     lines += ["", _machine_line(result)]
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""The one backend switch: which implementation computes the encoding and the occupancy grid / marcher.
+"""The one backend switch: which implementation computes the encoding, the occupancy grid / marcher and the fused
+MLP heads.
 
 Values: ``auto`` | ``native`` | ``torch`` | ``tcnn`` | ``nerfacc``.
 
@@ -6,6 +7,10 @@ Values: ``auto`` | ``native`` | ``torch`` | ``tcnn`` | ``nerfacc``.
 - ``torch``: the pure-PyTorch reference of the same functions (slow; needs nothing compiled).
 - ``tcnn``: the hash encoding through tiny-cuda-nn (CUDA only); everything else native.
 - ``nerfacc``: the occupancy grid and ray marcher through nerfacc (CUDA only); everything else native.
+
+The heads (component ``head``: one hidden layer, the per-ray conditioning added to it) have no outside library:
+tiny-cuda-nn's fused MLPs take no per-ray input. They run native wherever the extension has kernels for the
+device, and as torch ops with ``torch`` or without a build.
 - ``auto``: on a CUDA device, tiny-cuda-nn and nerfacc where installed; otherwise native where compiled for
   the device; otherwise the torch reference.
 
@@ -22,7 +27,7 @@ import torch
 from . import _native
 
 BACKENDS = ("auto", "native", "torch", "tcnn", "nerfacc")
-COMPONENTS = ("encoding", "grid")
+COMPONENTS = ("encoding", "grid", "head")
 
 log = logging.getLogger("fastminerf")
 
@@ -44,17 +49,17 @@ def native_for(device: torch.device) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def resolve(backend: str, component: str, device_type: str) -> str:
-    """Resolve ``backend`` for ``component`` ("encoding" or "grid") on ``device_type`` to the implementation
+    """Resolve ``backend`` for ``component`` ("encoding", "grid" or "head") on ``device_type`` to the implementation
     that runs: "native", "torch", "tcnn" or "nerfacc". Raises :class:`BackendError` when it cannot run."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if component not in COMPONENTS:
         raise ValueError(f"unknown component {component!r}")
     device = torch.device(device_type)
-    outside = {"encoding": "tcnn", "grid": "nerfacc"}[component]
-    module = {"tcnn": "tinycudann", "nerfacc": "nerfacc"}[outside]
+    outside = {"encoding": "tcnn", "grid": "nerfacc", "head": None}[component]
+    module = {"tcnn": "tinycudann", "nerfacc": "nerfacc", None: None}[outside]
     if backend == "auto":
-        if device.type == "cuda" and _installed(module):
+        if device.type == "cuda" and outside is not None and _installed(module):
             choice = outside
         elif native_for(device):
             choice = "native"
@@ -68,6 +73,8 @@ def resolve(backend: str, component: str, device_type: str) -> str:
         choice = backend
     elif backend == "torch":
         choice = "torch"
+    elif component == "head" and backend in ("tcnn", "nerfacc") and not native_for(device):
+        choice = "torch"  # the heads have no outside library; without native kernels they stay torch ops
     else:  # "native", or the other outside library's name: this component stays native
         if not native_for(device):
             if device.type == "cpu":

@@ -329,7 +329,7 @@ class FieldConfig:
     neither empty nor saturated."""
 
     backend: str = "auto"
-    """Hash-encoding backend (``fastminerf.backend``): auto, native, torch, tcnn."""
+    """Backend of the hash encoding and the fused heads (``fastminerf.backend``): auto, native, torch, tcnn."""
 
 
 @dataclass(frozen=True)

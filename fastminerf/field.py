@@ -31,9 +31,10 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from . import backend as _backend
 from .config import FieldConfig
 from .nn import HashGridEncoding
-from .ops import per_level_scale_for
+from .ops import mlp_head, per_level_scale_for
 
 __all__ = [
     "ConcatConditioning",
@@ -160,10 +161,13 @@ def _mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
 
 class _SplitInputHead(nn.Module):
     """An MLP on ``[per-sample input (S, P), per-ray conditioning (N, K)[ray]]`` whose first layer reads the
-    conditioning once per ray. ``layers >= 1`` hidden layers of width ``hidden``."""
+    conditioning once per ray. ``layers >= 1`` hidden layers of width ``hidden``.
+
+    With one hidden layer and no modulation it is the fused head of ``fastminerf.ops.mlp_head`` (native kernels
+    where the ``head`` component of ``backend`` resolves to them): the same function and parameters."""
 
     def __init__(self, sample_dim: int, cond_dim: int, hidden: int, layers: int, out_dim: int,
-                 modulate: bool = False) -> None:
+                 modulate: bool = False, backend: str = "torch") -> None:
         super().__init__()
         if layers < 1:
             raise ValueError("a head needs at least one hidden layer")
@@ -174,8 +178,14 @@ class _SplitInputHead(nn.Module):
             self.scale = nn.Linear(cond_dim, hidden, bias=False)
             nn.init.zeros_(self.scale.weight)  # starts as the plain additive head
         self.rest = _mlp(hidden, hidden, layers - 1, out_dim)
+        self.backend = backend
+        self.fusable = layers == 1 and self.cond is not None and self.scale is None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.fusable and _backend.resolve(self.backend, "head", x.device.type) == "native":
+            pre = torch.nn.functional.linear(cond, self.cond.weight, self.first.bias)  # (N, hidden): once per ray
+            last = self.rest[-1]
+            return mlp_head(x, pre, ray_indices, self.first.weight, last.weight, last.bias)
         h = self.first(x)
         if self.cond is not None:
             c = self.cond(cond)  # (N, hidden): once per ray
@@ -260,7 +270,7 @@ class MINeRFField(nn.Module):
         self.flow_dim = 3 if cfg.texture_flow > 0 else 0
         self.density_head = _SplitInputHead(
             self.encoding.output_dim, self.cond_dim, cfg.hidden_dim, cfg.density_layers,
-            1 + cfg.geo_feature_dim + self.flow_dim, modulate=cfg.modulate,
+            1 + cfg.geo_feature_dim + self.flow_dim, modulate=cfg.modulate, backend=cfg.backend,
         )
         if self.flow_dim:  # the flow starts at zero: the unmoved texture
             last = self.density_head.rest[-1]
@@ -270,7 +280,7 @@ class MINeRFField(nn.Module):
         # The view direction is the same for every sample of a ray, so its SH enter with the per-ray inputs.
         self.color_head = _SplitInputHead(
             cfg.geo_feature_dim + colour_extra, self.cond_dim + cfg.sh_degree**2, cfg.hidden_dim, cfg.color_layers, 3,
-            modulate=cfg.modulate,
+            modulate=cfg.modulate, backend=cfg.backend,
         )
 
     def condition(self, expression: torch.Tensor, identity_code: torch.Tensor, frame_code: Optional[torch.Tensor]) -> torch.Tensor:

@@ -8,6 +8,7 @@ from .hash_grid import (
     hash_grid_rows,
     per_level_scale_for,
 )
+from .mlp_head import mlp_head, mlp_head_reference
 from .occupancy import (
     RaySamples,
     cascade_aabbs,
@@ -31,6 +32,8 @@ __all__ = [
     "hash_grid_levels",
     "hash_grid_rows",
     "per_level_scale_for",
+    "mlp_head",
+    "mlp_head_reference",
     "RaySamples",
     "cascade_aabbs",
     "ema_update",
