@@ -89,6 +89,23 @@ def write_result(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:
 
 
 @contextmanager
+def show_section(result: dict, key: str, title: str, name: str) -> Path:
+    """Print the ``summary`` of ``result[key]`` as a two-column rich table and write ``result`` as ``name``.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for measure, value in result[key]["summary"].items():
+        table.add_row(measure, value)
+    console = Console()
+    console.print(table)
+    path = write_result(name, result)
+    console.print(f"wrote {path}")
+    return path
+
+
 def torch_threads(n: int):
     """Run a block with ``n`` torch CPU threads and give the caller's count back afterwards."""
     before = torch.get_num_threads()

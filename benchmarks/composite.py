@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, timeit, write_result  # noqa: E402
+from benchmarks.common import machine, show_section, timeit  # noqa: E402
 from fastminerf.ops.compositing import composite  # noqa: E402
 
 THRESHOLD = 1e-4  # the default early-termination epsilon
@@ -117,17 +117,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="4k rays instead of 16k")
     args = parser.parse_args(argv)
     result = {"machine": machine(), "quick": args.quick, "composite": run(args.quick)}
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="fastminerf compositing")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in result["composite"]["summary"].items():
-        table.add_row(key, value)
-    console = Console()
-    console.print(table)
-    console.print(f"wrote {write_result('composite_quick' if args.quick else 'composite', result)}")
+    show_section(result, "composite", "fastminerf compositing", "composite_quick" if args.quick else "composite")
     return result
 
 

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, timeit, write_result  # noqa: E402
+from benchmarks.common import machine, show_section, timeit  # noqa: E402
 from fastminerf.field import _SplitInputHead  # noqa: E402
 
 HEADS = {"density": (8, 48, 19), "colour": (27, 57, 3)}  # (per-sample inputs, per-ray inputs, outputs)
@@ -70,17 +70,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="8k samples instead of 32k")
     args = parser.parse_args(argv)
     result = {"machine": machine(), "quick": args.quick, "mlp_head": run(args.quick)}
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="fastminerf fused MLP heads")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in result["mlp_head"]["summary"].items():
-        table.add_row(key, value)
-    console = Console()
-    console.print(table)
-    console.print(f"wrote {write_result('mlp_head_quick' if args.quick else 'mlp_head', result)}")
+    show_section(result, "mlp_head", "fastminerf fused MLP heads", "mlp_head_quick" if args.quick else "mlp_head")
     return result
 
 

@@ -150,18 +150,24 @@ FMN_ALWAYS_INLINE void hidden_block(const Head<T>& hd, int64_t b, int nb, T* hb)
   for (int k = 0; k < nb * H; ++k) hb[k] = mlphead::relu(hb[k]);
 }
 
+// A block's buffer of kBlock rows of `width` values: `small` (kBlock * kSmallWidth on the stack) when it fits,
+// else `big` resized on the heap.
+constexpr int kSmallWidth = 32;
+template <typename T>
+T* block_buffer(T* small, std::vector<T>& big, int width) {
+  if (width <= kSmallWidth) return small;
+  big.resize(size_t(kBlock) * width);
+  return big.data();
+}
+
 // Forward of samples [s0, s1) in blocks: y (S, O).
 template <typename T>
 FMN_ALWAYS_INLINE void forward_range(const Head<T>& hd, int64_t s0, int64_t s1, T* y) {
   const int H = hd.H, O = hd.O, Op = hd.Op;
   alignas(64) T hb[kBlock * mlphead::kMaxHidden];
-  alignas(64) T ybuf[kBlock * 24];
-  std::vector<T> ybig;  // only when O > 24
-  T* yb = ybuf;
-  if (Op > 24) {
-    ybig.resize(size_t(kBlock) * Op);
-    yb = ybig.data();
-  }
+  alignas(64) T ybuf[kBlock * kSmallWidth];
+  std::vector<T> ybig;
+  T* yb = block_buffer(ybuf, ybig, Op);
   for (int64_t b = s0; b < s1; b += kBlock) {
     const int nb = static_cast<int>(std::min<int64_t>(kBlock, s1 - b));
     hidden_block(hd, b, nb, hb);
@@ -180,13 +186,9 @@ FMN_ALWAYS_INLINE void backward_range(const Head<T>& hd, int64_t s0, int64_t s1,
   const int H = hd.H, O = hd.O, P = hd.P, Pp = hd.Pp;
   alignas(64) T hb[kBlock * mlphead::kMaxHidden];
   alignas(64) T dh[kBlock * mlphead::kMaxHidden];
-  alignas(64) T dxbuf[kBlock * 32];
+  alignas(64) T dxbuf[kBlock * kSmallWidth];
   std::vector<T> dxbig;
-  T* dxb = dxbuf;
-  if (Pp > 32) {
-    dxbig.resize(size_t(kBlock) * Pp);
-    dxb = dxbig.data();
-  }
+  T* dxb = block_buffer(dxbuf, dxbig, Pp);
   for (int64_t b = s0; b < s1; b += kBlock) {
     const int nb = static_cast<int>(std::min<int64_t>(kBlock, s1 - b));
     hidden_block(hd, b, nb, hb);
