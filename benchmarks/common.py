@@ -88,7 +88,6 @@ def write_result(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:
 # Training benchmarks: data, fixed evaluation rays, training until a target with evaluation off the clock
 
 
-@contextmanager
 def show_section(result: dict, key: str, title: str, name: str) -> Path:
     """Print the ``summary`` of ``result[key]`` as a two-column rich table and write ``result`` as ``name``.json."""
     from rich.console import Console
@@ -106,6 +105,7 @@ def show_section(result: dict, key: str, title: str, name: str) -> Path:
     return path
 
 
+@contextmanager
 def torch_threads(n: int):
     """Run a block with ``n`` torch CPU threads and give the caller's count back afterwards."""
     before = torch.get_num_threads()
