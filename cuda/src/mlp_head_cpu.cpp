@@ -105,7 +105,6 @@ FMN_ALWAYS_INLINE void gemm_acc(int M, int NC, int K, const T* a, int64_t ars, i
 // Everything one call needs: sizes, inputs and the weights re-laid out for row-contiguous B operands.
 template <typename T>
 struct Head {
-  int64_t S, N;
   int P, H, O, Pp, Op;    // Pp, Op: P and O rounded up to 8
   const T* x;             // (S, P)
   const T* pre;           // (N, H)
@@ -298,8 +297,6 @@ template <typename T>
 Head<T> make_head(const at::Tensor& x, const at::Tensor& pre, const at::Tensor* ray_indices, const at::Tensor& w1,
                   const at::Tensor& w2, const at::Tensor& b2) {
   Head<T> hd;
-  hd.S = x.size(0);
-  hd.N = pre.size(0);
   hd.P = static_cast<int>(x.size(1));
   hd.H = static_cast<int>(w1.size(0));
   hd.O = static_cast<int>(w2.size(0));
