@@ -24,13 +24,9 @@ inline void check_composite_inputs(const at::Tensor& sigmas, const at::Tensor& r
               rgbs.sizes());
   TORCH_CHECK(t_starts.size(0) == s && t_ends.size(0) == s, "fastminerf: `t_starts` and `t_ends` must have shape (",
               s, ",), got ", t_starts.sizes(), " and ", t_ends.sizes());
-  const auto same_dtype = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.scalar_type() == sigmas.scalar_type(), "fastminerf: `", name, "` dtype ", t.scalar_type(),
-                " differs from `sigmas` dtype ", sigmas.scalar_type());
-  };
-  same_dtype(rgbs, "rgbs");
-  same_dtype(t_starts, "t_starts");
-  same_dtype(t_ends, "t_ends");
+  check_same_dtype(rgbs, "rgbs", sigmas, "sigmas");
+  check_same_dtype(t_starts, "t_starts", sigmas, "sigmas");
+  check_same_dtype(t_ends, "t_ends", sigmas, "sigmas");
   TORCH_CHECK(offsets.scalar_type() == at::kLong, "fastminerf: `offsets` must be int64, got ", offsets.scalar_type());
   TORCH_CHECK(offsets.size(0) >= 1, "fastminerf: `offsets` must have N + 1 >= 1 entries");
 }

@@ -22,14 +22,10 @@ inline const at::Tensor* check_mlp_head_inputs(const at::Tensor& x, const at::Te
   check_tensor(w1, "w1", 2, x);
   check_tensor(w2, "w2", 2, x);
   check_tensor(b2, "b2", 1, x);
-  const auto same_dtype = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fastminerf: `", name, "` dtype ", t.scalar_type(),
-                " differs from `x` dtype ", x.scalar_type());
-  };
-  same_dtype(pre, "pre");
-  same_dtype(w1, "w1");
-  same_dtype(w2, "w2");
-  same_dtype(b2, "b2");
+  check_same_dtype(pre, "pre", x, "x");
+  check_same_dtype(w1, "w1", x, "x");
+  check_same_dtype(w2, "w2", x, "x");
+  check_same_dtype(b2, "b2", x, "x");
   const int64_t H = w1.size(0);
   TORCH_CHECK(H >= 1 && H <= mlphead::kMaxHidden, "fastminerf: the fused head supports 1..", mlphead::kMaxHidden,
               " hidden units, got ", H);

@@ -23,6 +23,12 @@ inline void check_float(const at::Tensor& t, const char* name) {
               "` must be float32 or float64, got ", t.scalar_type());
 }
 
+// `t` must have the dtype of `ref` (named in the message as `ref_name`).
+inline void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fastminerf: `", name, "` dtype ", t.scalar_type(),
+              " differs from `", ref_name, "` dtype ", ref.scalar_type());
+}
+
 inline hashgrid::GridMeta make_grid_meta(at::IntArrayRef offsets, at::IntArrayRef resolutions,
                                          at::ArrayRef<double> scales, int64_t n_features, int64_t salted_from = -1) {
   const int64_t n_levels = static_cast<int64_t>(resolutions.size());
