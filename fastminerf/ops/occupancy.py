@@ -201,11 +201,21 @@ def visual_hull(
         inside = (depth > 1e-6) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
         if not bool(inside.any()):
             continue
+        uc, vc = u.clamp(0, w - 1).long(), v.clamp(0, h - 1).long()
         if radius > 0:
+            # the mask dilated by r pixels, read only where points land: a summed-area table counts the foreground
+            # pixels of each point's (2r+1)^2 square (a max-pool dilation of every mask cost 34 s for 1,359 frames)
             r = int(math.ceil(radius * max(fx, fy) / float(depth[inside].min()))) + 1
-            mask = torch.nn.functional.max_pool2d(mask[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0
-        pixel = (v.clamp(0, h - 1) * w + u.clamp(0, w - 1)).long()
-        hit = inside & mask.reshape(-1)[pixel]
+            table = torch.zeros(h + 1, w + 1, dtype=torch.int64, device=points.device)
+            table[1:, 1:] = mask.long().cumsum(0).cumsum(1)
+            y0, y1 = (vc - r).clamp(0, h), (vc + r + 1).clamp(0, h)
+            x0, x1 = (uc - r).clamp(0, w), (uc + r + 1).clamp(0, w)
+            flat = table.reshape(-1)
+            count = (flat[y1 * (w + 1) + x1] - flat[y0 * (w + 1) + x1] - flat[y1 * (w + 1) + x0]
+                     + flat[y0 * (w + 1) + x0])
+            hit = inside & (count > 0)
+        else:
+            hit = inside & mask.reshape(-1)[vc * w + uc]
         seen[todo[inside]] = True
         fg[todo[hit]] = True
         todo = todo[~hit]
