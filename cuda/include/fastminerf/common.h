@@ -8,6 +8,10 @@
 
 #if defined(__CUDACC__)
 #define FMN_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Forced on the host too, as nvcc's __forceinline__: GCC otherwise kept the hash grid's level_corners out of line
+// once its index math got cheaper (a power-of-two mask for the modulo), and the forward pass ran 1.7x slower.
+#define FMN_HD inline __attribute__((always_inline))
 #else
 #define FMN_HD inline
 #endif

