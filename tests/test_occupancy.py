@@ -9,6 +9,8 @@ Tolerances:
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -463,6 +465,35 @@ def test_visual_hull_keeps_a_sphere_and_drops_what_every_view_sees_as_background
     # a point no view sees is kept (nothing is known there)
     behind = torch.tensor([[0.0, 0.0, 10.0]])
     assert visual_hull(behind, c2w[:1], intrinsics[:1], masks[:1]).item()
+
+
+def test_visual_hull_dilation_equals_dilating_each_mask():
+    """With a radius, a point is kept when its pixel is within r pixels (a (2r+1)^2 square) of a foreground pixel:
+    the summed-area lookup must give what dilating the whole mask with a max filter and reading it gives."""
+    from fastminerf.ops.occupancy import visual_hull
+
+    gen = torch.Generator().manual_seed(3)
+    c2w = torch.stack([_look_at(e) for e in [(0.0, 0.0, 4.0), (1.5, 0.3, 3.6)]])
+    intrinsics = torch.tensor([[80.0, 80.0, 32.0, 32.0], [70.0, 70.0, 30.0, 34.0]])
+    masks = [torch.rand(64, 64, generator=gen) > 0.995, torch.rand(60, 64, generator=gen) > 0.99]
+    points = (torch.rand(5000, 3, generator=gen) * 2 - 1) * 1.2
+    cell = 0.05
+    keep = visual_hull(points, c2w, intrinsics, masks, radius=cell, keep_unseen=False)
+    expected = torch.zeros_like(keep)
+    for k in range(2):  # the same test one view at a time, with the dilated mask spelled out
+        q = (points - c2w[k, :3, 3]) @ c2w[k, :3, :3]
+        depth = -q[:, 2]
+        fx, fy, cx, cy = intrinsics[k].tolist()
+        u = torch.floor(cx + fx * q[:, 0] / depth)
+        v = torch.floor(cy - fy * q[:, 1] / depth)
+        h, w = masks[k].shape
+        inside = (depth > 1e-6) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        r = int(math.ceil(cell * max(fx, fy) / float(depth[inside].min()))) + 1
+        dilated = torch.nn.functional.max_pool2d(masks[k][None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+        pixel = (v.clamp(0, h - 1) * w + u.clamp(0, w - 1)).long()
+        expected |= inside & dilated.reshape(-1)[pixel]
+    assert 0 < int(keep.sum()) < keep.numel()  # sparse masks: some points kept, some carved
+    assert torch.equal(keep, expected)
 
 
 def test_carve_and_restore_cells():
