@@ -210,9 +210,7 @@ def visual_hull(
             table[1:, 1:] = mask.long().cumsum(0).cumsum(1)
             y0, y1 = (vc - r).clamp(0, h), (vc + r + 1).clamp(0, h)
             x0, x1 = (uc - r).clamp(0, w), (uc + r + 1).clamp(0, w)
-            flat = table.reshape(-1)
-            count = (flat[y1 * (w + 1) + x1] - flat[y0 * (w + 1) + x1] - flat[y1 * (w + 1) + x0]
-                     + flat[y0 * (w + 1) + x0])
+            count = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
             hit = inside & (count > 0)
         else:
             hit = inside & mask.reshape(-1)[vc * w + uc]
