@@ -5,7 +5,7 @@
 1. ``fastminerf.prepare.prepare`` turns the clips of ``../shared/data/real`` (or ``$FASTMINERF_REAL_DATA``) into
    ``WORK/data`` at ``--size`` px (first ``--max-frames`` frames of each; resumes when already there). The last
    10 % of each clip is ``val``, the last 10 % ``test`` (never trained on).
-2. ``fastminerf.train.train`` trains ONE generic model on every clip's ``train`` split, ``--config`` preset, for
+2. ``fastminerf.train.train`` trains ONE generic model on every clip's ``train`` split, ``--config`` preset (default ``video``: ``cpu`` plus the torso layer), for
    ``--minutes`` of training time; the learning-rate schedule spans ``--steps`` (default: the preset's steps per
    its time budget, scaled to ``--minutes``); ``--set key=value`` overrides the preset. Resumes when ``WORK/run`` holds a checkpoint of the same settings.
 3. ``fastminerf.render.evaluate`` on the first ``--eval-frames`` frames of each clip's ``test`` split: PSNR and
@@ -94,7 +94,7 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=9, help="use the first N clips (sorted by name)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--max-frames", type=int, default=250, help="frames per clip (the first ones)")
-    ap.add_argument("--config", default="cpu")
+    ap.add_argument("--config", default="video", help="preset (default video: cpu plus the torso layer)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field of the preset (repeatable), e.g. --set train.threads=1")
     ap.add_argument("--eval-frames", type=int, default=5, help="test frames evaluated per clip (the first ones)")

@@ -40,6 +40,7 @@ __all__ = [
     "SamplerConfig",
     "PrepareConfig",
     "SynthConfig",
+    "TorsoConfig",
     "TrainConfig",
     "dump_config",
     "apply_overrides",
@@ -333,6 +334,32 @@ class FieldConfig:
 
 
 @dataclass(frozen=True)
+class TorsoConfig:
+    """The torso layer (``fastminerf.nn.TorsoLayer``): one learned RGBA image per identity in the camera's image,
+    between the head field and the background, for the shoulders and body that stay still while the head turns."""
+
+    resolution: int = 0
+    """Texels a side of each identity's layer; 0 for no layer (the head field holds the whole person)."""
+
+    floor: float = -0.8
+    """With a layer, the head field's box ends at this head-space ``y`` (head units): below it the person is the
+    layer's. ``prepare`` puts the chin at ``y = -0.6`` (face height 1.2), so -0.8 keeps the chin and the top of
+    the neck in the field."""
+
+    neck_top: float = -0.55
+    """Below this head-space ``y`` the field keeps only the neck column ``|x| <= neck_width``: the shoulders (which
+    stay still while the head turns) and hair hanging beside the neck are the layer's. ``prepare``'s jaw is about
+    0.3 wide at the chin."""
+
+    neck_width: float = 0.4
+    """Half-width of the neck column (head units); at least the head box's half-width for no column."""
+
+    alpha_init: float = 0.02
+    """Opacity every texel starts from: nearly transparent, so that the layer grows where the field cannot reach
+    instead of painting a still face behind it."""
+
+
+@dataclass(frozen=True)
 class NeRFaceConfig:
     """The NeRFace backbone MI-NeRF was built on (``fastminerf.nerface``), used when ``ModelConfig.backbone`` is
     ``nerface``: positional encodings, an 8x256 MLP, coarse + fine sampling. The conditioning (module, identity
@@ -381,6 +408,9 @@ class ModelConfig:
 
     nerface: NeRFaceConfig = NeRFaceConfig()
     """Settings of the ``nerface`` backbone."""
+
+    torso: TorsoConfig = TorsoConfig()
+    """The image-space torso layer (off by default)."""
 
     aabb: Optional[Tuple[float, ...]] = None
     """Head box ``[xmin, ymin, zmin, xmax, ymax, zmax]`` the grid and the occupancy grid cover; None for the
@@ -455,7 +485,7 @@ class TrainConfig:
     """Adam learning rate of the field (hash grid and heads)."""
 
     code_lr: float = 1e-2
-    """Adam learning rate of the identity and frame codes."""
+    """Adam learning rate of the per-identity state: identity and frame codes, torso layer textures."""
 
     lr_final_factor: float = 0.1
     """The learning rate decays exponentially to ``lr * lr_final_factor`` at ``steps``."""
@@ -697,26 +727,39 @@ def preset_path(name_or_path) -> Path:
 
 
 def load_config(name_or_path=None, overrides=()) -> "RunConfig":
-    """The run config of a preset name or YAML file (holding only differences from the defaults), then the
-    dotted ``key=value`` overrides. ``None`` means the default preset (:data:`DEFAULT_PRESET`).
+    """The run config of a preset name or YAML file (holding only differences from the defaults, or from the preset
+    it names with ``extends: NAME``), then the dotted ``key=value`` overrides. ``None`` means the default preset
+    (:data:`DEFAULT_PRESET`).
 
     Example:
         >>> cfg = load_config("tiny", ["model.field.conditioning=concat", "train.steps=50"])
         >>> cfg.model.field.conditioning
         'concat'
     """
+    return apply_overrides(_load_preset(DEFAULT_PRESET if name_or_path is None else name_or_path, ()), overrides)
+
+
+def _load_preset(name_or_path, chain: Tuple[str, ...]) -> "RunConfig":
+    """A preset file's config; ``extends: NAME`` in it starts from that preset instead of the defaults."""
     import yaml
 
-    path = preset_path(DEFAULT_PRESET if name_or_path is None else name_or_path)
+    path = preset_path(name_or_path)
+    if str(path.resolve()) in chain:
+        raise ConfigError(f"{path}: presets extend each other in a cycle ({' -> '.join(chain + (str(path.resolve()),))})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    base = None
+    if isinstance(data, dict) and "extends" in data:
+        parent = data.pop("extends")
+        if isinstance(parent, str) and not Path(parent).is_absolute() and Path(parent).suffix in (".yaml", ".yml"):
+            parent = str(path.parent / parent)  # a file next to this one
+        base = _load_preset(parent, chain + (str(path.resolve()),))
     try:
-        cfg = config_from_dict(data)
+        return config_from_dict(data, base=base)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return apply_overrides(cfg, overrides)
 
 
 def config_to_dict(cfg) -> dict:

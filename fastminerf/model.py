@@ -31,7 +31,8 @@ from . import _native
 from .config import ModelConfig
 from .data.layout import DEFAULT_AABB
 from .field import MINeRFField
-from .nn import OccupancyGrid
+from .nn import OccupancyGrid, TorsoLayer
+from .nn.torso import in_head_region
 from .ops import RaySamples, composite, distortion_loss
 from .ops.occupancy import visual_hull
 
@@ -102,7 +103,8 @@ class MINeRF(nn.Module):
         aabb: head box (6,) the grids cover when ``cfg.aabb`` is None (default: a cube of side 3 at the origin).
 
     Buffers: ``aabb`` (6,), ``frame_identity`` (B,), the occupancy grid's. Parameters: ``identity_codes.weight``
-    (I, D), ``frame_codes.weight`` (B, Cf), the field's.
+    (I, D), ``frame_codes.weight`` (B, Cf), the field's, and with ``cfg.torso.resolution > 0`` the torso layer's
+    ``torso.texture`` (I, R, R, 4) (the head box then ends at ``cfg.torso.floor``).
     """
 
     def __init__(
@@ -124,6 +126,13 @@ class MINeRF(nn.Module):
         box = [float(v) for v in box]
         if len(box) != 6 or not all(box[k] < box[k + 3] for k in range(3)):
             raise ValueError(f"aabb must be [xmin, ymin, zmin, xmax, ymax, zmax] with min < max, got {box}")
+        self.torso: Optional[TorsoLayer] = None
+        if cfg.torso.resolution > 0:  # the field keeps the head, the layer the person below the floor
+            if not box[1] <= cfg.torso.floor < box[4]:  # equal: a box cut before (a checkpoint's)
+                raise ValueError(f"model.torso.floor {cfg.torso.floor} must lie inside the head box's y range "
+                                 f"({box[1]:.3f}, {box[4]:.3f})")
+            box[1] = cfg.torso.floor
+            self.torso = TorsoLayer(len(names), cfg.torso.resolution, cfg.torso.alpha_init)
         self.register_buffer("aabb", torch.tensor(box, dtype=torch.float32))
         fi = torch.as_tensor(frame_identity, dtype=torch.int64).reshape(-1)
         if fi.numel() and (fi.min() < 0 or fi.max() >= len(names)):
@@ -147,6 +156,8 @@ class MINeRF(nn.Module):
         # update replaces them (values of 1 would decay for ~90 updates before any cell could be skipped).
         self.occupancy.mark_all()
         self.occupancy.occs.zero_()
+        if self.torso is not None:  # the shoulders beside the neck column are the layer's, for good
+            self.occupancy.carve(self.head_region(self.occupancy.cell_centers()))
 
     # ------------------------------------------------------------------------------------------------------
     # Identities and frames
@@ -192,6 +203,8 @@ class MINeRF(nn.Module):
         grown = torch.cat([old, start_code.expand(len(names), -1)], 0)
         self.identity_codes = nn.Embedding.from_pretrained(grown.clone(), freeze=False)
         self.identity_names = self.identity_names + names
+        if self.torso is not None:
+            self.torso.grow(len(names))
         fi = torch.as_tensor(frame_identity, dtype=torch.int64, device=self.frame_identity.device).reshape(-1)
         if fi.numel() and (fi.min() < 0 or fi.max() >= self.num_identities):
             raise ValueError("frame_identity holds an identity id outside the grown model")
@@ -297,6 +310,7 @@ class MINeRF(nn.Module):
         frame_code: Optional[torch.Tensor] = None,
         background: Optional[torch.Tensor] = None,
         distortion: bool = False,
+        uv: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """Render N rays.
 
@@ -311,6 +325,8 @@ class MINeRF(nn.Module):
             background: (N, 3) colour behind the head; None for black.
             distortion: also return ``distortion`` (N,), the differentiable distortion loss of each ray
                 (:func:`fastminerf.ops.distortion_loss`, distances in units of the box diagonal).
+            uv: (N, 2) image position of each ray's pixel in [0, 1]^2 (``(column + 0.5) / W``, ``(row + 0.5) / H``);
+                needed by a model with a torso layer, which is composited over ``background`` there.
 
         Returns:
             dict ``rgb`` (N, 3) composited over the background, ``opacity`` (N,), ``depth`` (N,) (expected depth of
@@ -326,22 +342,29 @@ class MINeRF(nn.Module):
                                ("identity", identity, (n,)), ("background", background, (n, 3))):
             if tuple(t.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        if self.torso is not None:
+            if uv is None or tuple(uv.shape) != (n, 2):
+                raise ValueError(f"this model has a torso layer: render_rays needs uv of shape {(n, 2)} (each ray's "
+                                 f"image position), got {None if uv is None else tuple(uv.shape)}")
         if not torch.is_grad_enabled() and n > self.cfg.chunk_rays:
             parts = []
             for a in range(0, n, self.cfg.chunk_rays):
                 sl = slice(a, a + self.cfg.chunk_rays)
                 fc = None if frame_code is None else frame_code[sl]
                 parts.append(self.render_rays(origins[sl], directions[sl], near[sl], far[sl], identity[sl],
-                                              expression[sl], fc, background[sl], distortion))
+                                              expression[sl], fc, background[sl], distortion,
+                                              None if uv is None else uv[sl]))
             return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         cond = self.condition(identity, expression, frame_code)
+        if self.torso is not None:
+            background = self.torso.over(identity, uv.to(background.dtype), background)
         return self._render(origins.contiguous(), directions.contiguous(), near.contiguous(), far.contiguous(), cond,
                             identity, background, distortion)
 
     def render_batch(self, batch, frame_code: Optional[torch.Tensor] = None, distortion: bool = False) -> Dict[str, torch.Tensor]:
         """:meth:`render_rays` on a :class:`fastminerf.data.RayBatch` (``frame_code`` and ``distortion`` as there)."""
         return self.render_rays(batch.origins, batch.directions, batch.near, batch.far, batch.identity,
-                                batch.expression, frame_code, batch.background, distortion)
+                                batch.expression, frame_code, batch.background, distortion, batch.uv)
 
     # ------------------------------------------------------------------------------------------------------
     # Occupancy
@@ -380,13 +403,22 @@ class MINeRF(nn.Module):
                    keep_unseen: bool = True) -> torch.Tensor:
         """(L*C,) bool: the occupancy cells that some view with a foreground mask may see occupied
         (:func:`fastminerf.ops.occupancy.visual_hull` of each cell, dilated by the cell's size, with its
-        ``keep_unseen``); c2w (F, 4, 4), intrinsics (F, 4), F masks (H, W)."""
+        ``keep_unseen``) and inside :meth:`head_region`; c2w (F, 4, 4), intrinsics (F, 4), F masks (H, W)."""
         grid = self.occupancy
         centers = grid.cell_centers()
         c = grid.cells_per_level
-        return torch.cat([visual_hull(centers[level * c:(level + 1) * c], c2w, intrinsics, masks, grid.cell_radius(level),
+        hull = torch.cat([visual_hull(centers[level * c:(level + 1) * c], c2w, intrinsics, masks, grid.cell_radius(level),
                                       keep_unseen)
                           for level in range(grid.levels)])
+        return hull & self.head_region(centers)
+
+    def head_region(self, points: torch.Tensor) -> torch.Tensor:
+        """(M,) bool: head-space points (M, 3) the field may hold (all, without a torso layer; with one,
+        :func:`fastminerf.nn.torso.in_head_region` of ``cfg.torso``)."""
+        if self.torso is None:
+            return torch.ones(points.shape[:-1], dtype=torch.bool, device=points.device)
+        t = self.cfg.torso
+        return in_head_region(points, t.floor, t.neck_top, t.neck_width)
 
     def extra_repr(self) -> str:
         return f"identities={self.num_identities}, frames={self.frame_identity.numel()}, E={self.expression_dim}"

@@ -15,7 +15,8 @@ The pieces, each usable alone:
 
 The model is anything with ``render_rays(origins, directions, near, far, identity, expression, frame_code,
 background) -> dict`` holding ``rgb (N, 3)`` (see :func:`render_rays`) and ``identity_names`` (the identity
-name of each model identity id); :class:`fastminerf.model.MINeRF` is one. Frames outside the model's training
+name of each model identity id), and a keyword ``uv`` (each ray's image position) where it has a ``torso`` layer;
+:class:`fastminerf.model.MINeRF` is one. Frames outside the model's training
 set have no learned frame code: they are rendered with ``frame_code=None``, which the model answers with the
 identity's mean training frame code.
 
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from .data.dataset import MultiIdentityDataset
-from .data.rays import RayBatch, camera_rays, frame_rays, ray_aabb
+from .data.rays import RayBatch, camera_rays, frame_rays, pixel_uv, ray_aabb
 from .metrics import l1, lpips, lpips_status, psnr, ssim
 
 __all__ = [
@@ -473,6 +474,7 @@ def render_rays(
     expression: torch.Tensor,
     background: torch.Tensor,
     frame: Optional[torch.Tensor] = None,
+    uv: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
     """Apply ``model.render_rays`` to N rays without gradients (the model chunks them to bound its memory).
 
@@ -484,12 +486,19 @@ def render_rays(
         background: (N, 3) colour behind each ray.
         frame: (N,) int64 indices of the model's training frames whose learned codes to use (passed as
             ``frame_code``), or None for the model's default code (frames it was not trained on).
+        uv: (N, 2) image position of each ray in [0, 1]^2 (:func:`fastminerf.data.pixel_uv`), passed on to a model
+            with a torso layer (which needs it).
 
     Returns:
         The model's per-ray outputs on the CPU: at least ``rgb (N, 3)``.
     """
     n = origins.shape[0]
     device = _model_device(model)
+    extra = {}
+    if getattr(model, "torso", None) is not None:
+        if uv is None:
+            raise RenderError("this model has a torso layer: rendering needs each ray's image position (uv)")
+        extra["uv"] = uv.to(device)
     with torch.no_grad():
         res = model.render_rays(
             origins=origins.to(device),
@@ -500,6 +509,7 @@ def render_rays(
             expression=expression.to(device),
             frame_code=None if frame is None else frame.to(device),
             background=background.to(device),
+            **extra,
         )
     outs = {k: v.detach().to("cpu") for k, v in res.items()
             if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n}
@@ -580,6 +590,7 @@ def render_frame(
         rays.expression,
         rays.background,
         frame=rays.frame if use_frame_codes else None,
+        uv=rays.uv,
     )
     image = out["rgb"].reshape(height, width, 3).clamp(0, 1).numpy().astype(np.float32)
     if outputs:
@@ -620,6 +631,8 @@ def render_sequence(
     n = w * h
     bg = _background_image(background, w, h).reshape(n, 3)
     ids = torch.full((n,), ident, dtype=torch.int64)
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    uv = pixel_uv(torch.stack([cols.reshape(-1), rows.reshape(-1)], 1), w, h)
     if progress is not None:
         progress(0, len(path))
     for b in range(len(path)):
@@ -630,7 +643,7 @@ def render_sequence(
             near = torch.full((n,), float(near_far[0]))  # type: ignore[index]
             far = torch.full((n,), float(near_far[1]))  # type: ignore[index]
         ex = torch.from_numpy(np.ascontiguousarray(path.expression[b])).float().expand(n, -1)
-        out = render_rays(model, o, d, near, far, ids, ex, bg, frame=None)
+        out = render_rays(model, o, d, near, far, ids, ex, bg, frame=None, uv=uv)
         yield out["rgb"].reshape(h, w, 3).clamp(0, 1).numpy().astype(np.float32)
         if progress is not None:
             progress(b + 1, len(path))

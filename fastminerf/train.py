@@ -194,6 +194,45 @@ def view_hull(model: MINeRF, dataset: MultiIdentityDataset, split: str = "train"
     return model.hull_cells(torch.from_numpy(table.c2w), torch.from_numpy(table.intrinsics), masks, keep_unseen)
 
 
+TORSO_START_FRAMES = 24
+"""Frames per identity (evenly spread) whose masks and colours start the torso layer."""
+
+
+def start_torso(model: MINeRF, dataset: MultiIdentityDataset, split: str = "train", identity_offset: int = 0) -> int:
+    """Start each identity's torso layer (:meth:`fastminerf.nn.TorsoLayer.start_from`) from up to
+    :data:`TORSO_START_FRAMES` of its frames: where the person's mask covers the image outside the head field's
+    region (:func:`fastminerf.nn.torso.outside_head`), and its mean colour there. Dataset identity ``k`` is model identity ``identity_offset + k``; identities
+    without masks keep the default start. Returns how many identities were started."""
+    import torch.nn.functional as F
+
+    from .nn.torso import outside_head
+
+    layer = model.torso
+    table = dataset.table(split)
+    r, started = layer.resolution, 0
+    for k in range(len(dataset.identities)):
+        frames = table.frames_of(k)
+        frames = frames[np.unique(np.linspace(0, len(frames) - 1, min(len(frames), TORSO_START_FRAMES)).round().astype(int))]
+        if len(frames) == 0 or any(table.mask_paths[b] is None for b in frames):
+            continue
+        masks = torch.stack([torch.from_numpy(np.array(dataset.mask(split, int(b)), np.float32)) for b in frames])
+        if masks.dim() == 4:
+            masks = masks[..., 0]
+        masks = masks / (255.0 if masks.max() > 1.0 else 1.0)
+        images = torch.stack([torch.from_numpy(np.array(dataset.image(split, int(b))[..., :3], np.float32) / 255.0)
+                              for b in frames])
+        t = model.cfg.torso
+        below = outside_head(torch.from_numpy(table.c2w[frames]), torch.from_numpy(table.intrinsics[frames]),
+                             table.width, table.height, r, t.floor, t.neck_top, t.neck_width).float()
+        cover = F.adaptive_avg_pool2d(masks[:, None], r)[:, 0] * below  # (F, R, R)
+        colour = F.adaptive_avg_pool2d((images * masks[..., None]).permute(0, 3, 1, 2), r).permute(0, 2, 3, 1)
+        weight = cover.sum(0)
+        mean = (colour * below[..., None]).sum(0) / weight.clamp(min=1e-6)[..., None]
+        layer.start_from(identity_offset + k, cover.mean(0), mean)
+        started += 1
+    return started
+
+
 def _lr_factor(step: int, cfg) -> float:
     """Linear warm-up, then exponential decay to ``lr_final_factor`` at ``steps``."""
     t = cfg.train
@@ -444,13 +483,15 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         hull = view_hull(model, dataset) if cfg.model.occ_carve and cfg.model.backbone == "fast" else None
         if hull is not None:  # space no training frame shows the person in is never sampled
             model.occupancy.carve(hull)
+        if model.torso is not None:
+            start_torso(model, dataset)
         setup_seconds = time.perf_counter() - start
     device = resolve_device(cfg.train.device)
     model.to(device)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler = RaySampler(dataset, "train", **asdict(cfg.sampler))
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
-    codes = [model.identity_codes.weight, model.frame_codes.weight]
+    codes = _per_identity_params(model)
     code_ids = {id(p) for p in codes}
     field_params = [p for p in model.parameters() if id(p) not in code_ids]
     base_lrs = [cfg.train.lr, cfg.train.code_lr]
@@ -543,6 +584,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         hull = view_hull(model, dataset, keep_unseen=False)
         if hull is not None:  # space the generic identities' carving removed but the new ones show
             model.occupancy.restore(hull)
+        if model.torso is not None:
+            start_torso(model, dataset, identity_offset=first_id)
     device = resolve_device(cfg.train.device)
     model.to(device)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
@@ -551,7 +594,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
     fraction = cfg.train.personalize_code_fraction
     code_steps = max(1, int(round(steps * fraction))) if fraction > 0 else 0
-    codes = [model.identity_codes.weight, model.frame_codes.weight]
+    codes = _per_identity_params(model)
     code_ids = {id(p) for p in codes}
     field_params = [p for p in model.parameters() if id(p) not in code_ids]
     tuned = _personalize_tuned(cfg, model, field_params)
@@ -603,6 +646,13 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     loop.checkpoint()
     model.eval()
     return TrainResult(out, loop.step, loop.seconds, loop.loss, loop.psnr, resumed, model)
+
+
+def _per_identity_params(model: MINeRF) -> List[torch.nn.Parameter]:
+    """The per-identity state, optimised at ``train.code_lr`` and alone in personalisation's first phase: identity
+    and frame codes, and the torso layer's textures where the model has one."""
+    params = [model.identity_codes.weight, model.frame_codes.weight]
+    return params + ([model.torso.texture] if model.torso is not None else [])
 
 
 PERSONALIZE_MAY_SET = ("train.", "sampler.", "data.")

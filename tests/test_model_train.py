@@ -428,6 +428,18 @@ def test_unknown_config_key_names_it_and_close_matches():
     assert parse_config_text(dump_config(cfg)) == cfg and cfg.train.max_seconds is None
 
 
+def test_a_preset_extends_another_and_a_cycle_is_named(tmp_path):
+    (tmp_path / "mine.yaml").write_text("extends: tiny\ntrain:\n  steps: 7\n")
+    assert load_config(tmp_path / "mine.yaml") == load_config("tiny", ["train.steps=7"])
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="in a cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "bad.yaml").write_text("extends: tiny\ntrain:\n  stepz: 7\n")
+    with pytest.raises(ConfigError, match="train.stepz"):
+        load_config(tmp_path / "bad.yaml")
+
+
 def test_bad_conditioning_name_is_rejected():
     with pytest.raises(ValueError, match="multiplicative' or 'concat'"):
         MINeRF(load_config("tiny", ["model.field.conditioning=sum"]).model, 12, ["a"], [0])

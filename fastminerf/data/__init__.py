@@ -10,7 +10,7 @@
 from .dataset import FrameCache, FrameTable, MultiIdentityDataset, load_dataset
 from .heads import EXPRESSION_NAMES, HeadModel, HeadParams
 from .layout import DEFAULT_AABB, DatasetError, SplitMeta, find_identity_dirs, read_transforms
-from .rays import RayBatch, RaySampler, camera_rays, frame_rays, ray_aabb
+from .rays import RayBatch, RaySampler, camera_rays, frame_rays, pixel_uv, ray_aabb
 from .synth import REGIONS, ExpressionRegion, contact_sheet, generate, withheld_region
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "frame_rays",
     "generate",
     "load_dataset",
+    "pixel_uv",
     "ray_aabb",
     "read_transforms",
     "withheld_region",

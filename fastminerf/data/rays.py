@@ -19,7 +19,7 @@ import torch
 from ..config import SamplerConfig
 from .dataset import MultiIdentityDataset
 
-__all__ = ["RayBatch", "RaySampler", "camera_rays", "frame_rays", "ray_aabb"]
+__all__ = ["RayBatch", "RaySampler", "camera_rays", "frame_rays", "pixel_uv", "ray_aabb"]
 
 TensorLike = Union[torch.Tensor, np.ndarray, list, tuple]
 
@@ -136,6 +136,9 @@ class RayBatch:
     """(N,) int64 flat frame index into the split's frame table."""
     pixel: torch.Tensor
     """(N, 2) int64 (column, row)."""
+    uv: torch.Tensor
+    """(N, 2) float32 pixel centre in [0, 1]^2: ``((column + 0.5) / W, (row + 0.5) / H)`` (the torso layer's
+    image coordinates)."""
     rgb: torch.Tensor
     """(N, 3) float32 target colour in [0, 1] (RGBA frames already composited over the background)."""
     background: torch.Tensor
@@ -199,11 +202,18 @@ def _gather_rays(
         identity=torch.from_numpy(table.identity[frames]),
         frame=torch.from_numpy(frames),
         pixel=torch.from_numpy(pixels),
+        uv=pixel_uv(torch.from_numpy(pixels), table.width, table.height),
         rgb=torch.from_numpy(rgb).float().div_(255.0),
         background=torch.from_numpy(bg).float().div_(255.0),
         expression=torch.from_numpy(table.expression[frames]),
         mask=torch.from_numpy(mask),
     )
+
+
+def pixel_uv(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """(N, 2) int (column, row) -> (N, 2) float32 pixel centres in [0, 1]^2 (see :attr:`RayBatch.uv`)."""
+    size = torch.tensor([float(width), float(height)])
+    return ((pixels.to(torch.float32) + 0.5) / size).contiguous()
 
 
 def frame_rays(dataset: MultiIdentityDataset, split: str, index: int) -> RayBatch:

@@ -1,0 +1,104 @@
+"""``TorsoLayer``: what a head-space field cannot follow, the shoulders and the body below the neck, as one learned
+RGBA image per identity in the camera's image, composited between the head and the static background.
+
+In a talking-head video the head turns while the shoulders stay nearly still in the image; a field in head space
+(the head fixed, the camera moving) would have to move the shoulders with every turn. AD-NeRF and ER-NeRF train a
+second model for the torso; here it is a layer in image space (the camera of a prepared video is fixed), and the
+head field's box stops at a floor under the chin (``ModelConfig.torso``), so the field keeps the head and the layer
+the rest of the person. Memory: ``4 * resolution^2`` floats per identity (256 KB at 128).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops.texture import texture_lookup
+
+__all__ = ["TorsoLayer", "in_head_region", "outside_head"]
+
+
+class TorsoLayer(nn.Module):
+    """Per-identity RGBA textures ``texture`` (I, R, R, 4) of logits over the image (u right, v down, in [0, 1]).
+
+    Args:
+        n_identities: I.
+        resolution: R, texels a side.
+        alpha_init: the opacity every texel starts from (the layer starts nearly transparent, so the head field is
+            not beaten to the face by a static picture; it grows where the field cannot reach).
+    """
+
+    def __init__(self, n_identities: int, resolution: int, alpha_init: float = 0.02) -> None:
+        super().__init__()
+        if resolution < 2:
+            raise ValueError(f"torso resolution must be >= 2, got {resolution}")
+        if not 0.0 < alpha_init < 1.0:
+            raise ValueError(f"alpha_init must lie in (0, 1), got {alpha_init}")
+        self.alpha_logit = float(torch.logit(torch.tensor(alpha_init)))
+        tex = torch.zeros(n_identities, resolution, resolution, 4)
+        tex[..., 3] = self.alpha_logit
+        self.texture = nn.Parameter(tex)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.texture.shape[1])
+
+    def forward(self, identity: torch.Tensor, uv: torch.Tensor):
+        """(rgb (N, 3), alpha (N,)) of identity ids (N,) at image coordinates uv (N, 2) in [0, 1]."""
+        rgba = torch.sigmoid(texture_lookup(self.texture, identity, uv))
+        return rgba[:, :3], rgba[:, 3]
+
+    def over(self, identity: torch.Tensor, uv: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+        """The layer composited over ``background`` (N, 3): what shows behind the head field."""
+        rgb, alpha = self(identity, uv)
+        return background + alpha[:, None] * (rgb - background)
+
+    @torch.no_grad()
+    def start_from(self, identity: int, coverage: torch.Tensor, colour: torch.Tensor) -> None:
+        """Start identity ``identity``'s texture from what its frames show below the floor: ``coverage`` (R, R), the
+        fraction of frames in which the person covers each texel there (the opacity, kept within
+        [``alpha_init``, 0.98]), and ``colour`` (R, R, 3) in [0, 1] their mean colour (a texel never covered keeps
+        grey)."""
+        r = self.resolution
+        if coverage.shape != (r, r) or colour.shape != (r, r, 3):
+            raise ValueError(f"coverage must be ({r}, {r}) and colour ({r}, {r}, 3), got {tuple(coverage.shape)} and "
+                             f"{tuple(colour.shape)}")
+        floor = float(torch.sigmoid(torch.tensor(self.alpha_logit)))
+        alpha = coverage.to(self.texture).clamp(floor, 0.98)
+        rgb = torch.where(coverage[..., None] > 0, colour.to(self.texture), 0.5).clamp(0.02, 0.98)
+        self.texture[identity, ..., :3] = torch.logit(rgb)
+        self.texture[identity, ..., 3] = torch.logit(alpha)
+
+    @torch.no_grad()
+    def grow(self, n_new: int) -> None:
+        """Append ``n_new`` identities (fresh, nearly transparent textures); build optimizers after calling this."""
+        new = self.texture.new_zeros(n_new, *self.texture.shape[1:])
+        new[..., 3] = self.alpha_logit
+        self.texture = nn.Parameter(torch.cat([self.texture.detach(), new], 0))
+
+    def extra_repr(self) -> str:
+        return f"identities={self.texture.shape[0]}, resolution={self.resolution}"
+
+
+def in_head_region(points: torch.Tensor, floor: float, neck_top: float, neck_width: float) -> torch.Tensor:
+    """(M,) bool: head-space points (M, 3) the head field may hold when a torso layer takes the rest: above the
+    floor ``y >= floor``, and below ``neck_top`` only the neck column ``|x| <= neck_width`` (shoulders, and hair
+    hanging beside the neck, are the layer's)."""
+    x, y = points[..., 0], points[..., 1]
+    return (y >= floor) & ((y >= neck_top) | (x.abs() <= neck_width))
+
+
+@torch.no_grad()
+def outside_head(c2w: torch.Tensor, intrinsics: torch.Tensor, width: int, height: int, resolution: int,
+                 floor: float, neck_top: float, neck_width: float) -> torch.Tensor:
+    """(F, R, R) bool: the texels whose camera ray crosses the head's mid-plane (``z = 0`` in head space) outside
+    :func:`in_head_region`, i.e. the part of the image the head field leaves to the layer, for F cameras c2w
+    (F, 4, 4) and intrinsics (F, 4) [fx, fy, cx, cy] of images width x height."""
+    k = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
+    v, u = torch.meshgrid(k * height, k * width, indexing="ij")  # texel centres in pixel units
+    fx, fy, cx, cy = (intrinsics[:, i, None, None].float() for i in range(4))
+    d_cam = torch.stack([(u - cx) / fx, -(v - cy) / fy, -torch.ones_like(u - cx)], -1)  # (F, R, R, 3)
+    r, t = c2w[:, :3, :3].float(), c2w[:, :3, 3].float()
+    d = torch.einsum("fij,fyxj->fyxi", r, d_cam)
+    o = t[:, None, None, :]
+    along = -o[..., 2] / torch.where(d[..., 2].abs() < 1e-9, torch.full_like(d[..., 2], 1e-9), d[..., 2])
+    return ~in_head_region(o + along[..., None] * d, floor, neck_top, neck_width)

@@ -1,0 +1,40 @@
+"""Bilinear lookup in a stack of per-identity 2D textures (the torso layer's image-space RGBA).
+
+Pure PyTorch on purpose: a few gathers per ray (not per sample), so it costs nothing next to the field, and autograd
+gives the backward (a scatter-add into the four texels of each lookup).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["texture_lookup"]
+
+
+def texture_lookup(texture: torch.Tensor, layer: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of ``texture`` (T, R_y, R_x, C) at ``uv`` (N, 2) in [0, 1]^2 (u across the columns, v down
+    the rows; texel centres at ``(k + 0.5) / R``, clamped at the border) in layer ``layer`` (N,) int64 -> (N, C).
+
+    Equals ``torch.nn.functional.grid_sample(texture[layer[n]].permute(2, 0, 1)[None], 2 * uv[n] - 1,
+    mode="bilinear", padding_mode="border", align_corners=False)`` ray by ray (pinned by the tests), without
+    copying a texture per ray.
+    """
+    if texture.dim() != 4:
+        raise ValueError(f"texture must be (T, R_y, R_x, C), got {tuple(texture.shape)}")
+    if uv.dim() != 2 or uv.shape[1] != 2 or layer.shape != uv.shape[:1]:
+        raise ValueError(f"uv must be (N, 2) and layer (N,), got {tuple(uv.shape)} and {tuple(layer.shape)}")
+    t, ry, rx, c = texture.shape
+    x = (uv[:, 0].to(texture.dtype) * rx - 0.5).clamp(0.0, rx - 1.0)
+    y = (uv[:, 1].to(texture.dtype) * ry - 0.5).clamp(0.0, ry - 1.0)
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=rx - 1), (y0 + 1).clamp(max=ry - 1)
+    base = layer.long() * (ry * rx)
+    flat = texture.reshape(t * ry * rx, c)
+
+    def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        return flat.index_select(0, base + yy * rx + xx)
+
+    top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx
+    bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx
+    return top * (1.0 - fy) + bottom * fy
