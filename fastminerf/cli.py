@@ -6,7 +6,7 @@ progress and summaries are shown here.
 
     fastminerf synth OUT --identities 8 --frames 100 --size 128 --seed 0
     fastminerf prepare VIDEO [VIDEO ...] --out ROOT [--size 256] [--fps N] [--max-frames N]
-    fastminerf train --data DATA --out RUN [--config cpu] [--steps N] [--max-seconds S] [--set key=value ...]
+    fastminerf train --data DATA --out RUN [--config cpu|video] [--steps N] [--max-seconds S] [--set key=value ...]
     fastminerf personalize --run RUN --data NEW_IDENTITY --out RUN2 [--steps N] [--max-seconds S]
     fastminerf render --run RUN --identity NAME --drive PATH[:SPLIT] --out OUT.mp4 [--transfer delta|absolute]
     fastminerf render --run RUN --identity NAME --orbit --out OUT.mp4
@@ -225,6 +225,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
             console.print(f"contact sheet: {v.contact_sheet}")
     for v in result.failed:
         _console(stderr=True).print(f"[bold red]failed[/bold red] {v.name}: {v.error}", highlight=False)
+    if any(v.splits for v in result.videos):
+        console.print(f"next: fastminerf train --data {result.root} --out RUN --config video", highlight=False)
     return 2 if result.failed else 0
 
 
@@ -282,7 +284,7 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders or dataset roots")
     p.add_argument("--out", required=True, type=Path, help="run folder")
-    p.add_argument("--config", default=None, help="preset name (tiny, cpu, gpu, nerface) or YAML file; default cpu")
+    p.add_argument("--config", default=None, help="preset name (tiny, cpu, video, gpu, nerface) or YAML file; default cpu")
     _add_run_options(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.field.conditioning=concat (repeatable)")

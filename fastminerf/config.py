@@ -575,7 +575,7 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR = _config_dir()
-"""Folder of the named presets (``tiny``, ``cpu``, ``gpu``, ``nerface``)."""
+"""Folder of the named presets (``tiny``, ``cpu``, ``video``, ``gpu``, ``nerface``)."""
 
 DEFAULT_PRESET = "cpu"
 """The preset used when none is named."""
@@ -713,7 +713,7 @@ def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
 
 
 def preset_path(name_or_path) -> Path:
-    """The YAML file of a preset name (``tiny``, ``cpu``, ``gpu``, ``nerface``) or a path."""
+    """The YAML file of a preset name (``tiny``, ``cpu``, ``video``, ``gpu``, ``nerface``) or a path."""
     p = Path(str(name_or_path))
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
