@@ -12,6 +12,7 @@ from fastminerf.data import frame_rays
 from fastminerf.data.synth import generate
 from fastminerf.nn.torso import in_head_region, outside_head
 from fastminerf.ops.texture import texture_lookup
+from fastminerf.render import drive_path, render_sequence
 from fastminerf.train import start_torso
 
 LOOKUP_TOL = 1e-5
@@ -185,6 +186,13 @@ def test_personalisation_gives_the_new_identity_a_layer_and_leaves_the_others(he
     started.add_identities([heads[2].name])
     start_torso(started, load_dataset([heads[2]]), identity_offset=2)
     assert not torch.equal(model.torso.texture[2], started.torso.texture[2])  # trained from its start
+    # a path (what `render --drive` and `--orbit` use) passes each pixel's image position as a frame does: the new
+    # person driven by their own first frame renders that frame
     data = load_dataset([heads[2]])
-    image = render_frame(model, data, "train", 0)
-    assert image.shape == (20, 20, 3) and np.isfinite(image).all()
+    name = heads[2].name
+    table = data.table("train")
+    first = int(table.frames_of(0)[0])
+    path = drive_path(data, name, data, "train", mode="absolute")
+    seq = next(render_sequence(model, path, name, background=data.background(0),
+                               near_far=(float(table.near[first]), float(table.far[first]))))
+    np.testing.assert_allclose(seq, render_frame(model, data, "train", first), atol=1e-5, rtol=0)

@@ -5,7 +5,7 @@ In a talking-head video the head turns while the shoulders stay nearly still in 
 (the head fixed, the camera moving) would have to move the shoulders with every turn. AD-NeRF and ER-NeRF train a
 second model for the torso; here it is a layer in image space (the camera of a prepared video is fixed), and the
 head field's box stops at a floor under the chin (``ModelConfig.torso``), so the field keeps the head and the layer
-the rest of the person. Memory: ``4 * resolution^2`` floats per identity (256 KB at 128).
+the rest of the person. Memory: ``4 * resolution^2`` floats per identity (64 KB at 64).
 """
 from __future__ import annotations
 
