@@ -201,8 +201,9 @@ TORSO_START_FRAMES = 24
 def start_torso(model: MINeRF, dataset: MultiIdentityDataset, split: str = "train", identity_offset: int = 0) -> int:
     """Start each identity's torso layer (:meth:`fastminerf.nn.TorsoLayer.start_from`) from up to
     :data:`TORSO_START_FRAMES` of its frames: where the person's mask covers the image outside the head field's
-    region (:func:`fastminerf.nn.torso.outside_head`), and its mean colour there. Dataset identity ``k`` is model identity ``identity_offset + k``; identities
-    without masks keep the default start. Returns how many identities were started."""
+    region (:func:`fastminerf.nn.torso.outside_head`), and its mean colour there. Dataset identity ``k`` is model
+    identity ``identity_offset + k``; identities without masks keep the default start. Returns how many identities
+    were started."""
     import torch.nn.functional as F
 
     from .nn.torso import outside_head
@@ -212,7 +213,8 @@ def start_torso(model: MINeRF, dataset: MultiIdentityDataset, split: str = "trai
     r, started = layer.resolution, 0
     for k in range(len(dataset.identities)):
         frames = table.frames_of(k)
-        frames = frames[np.unique(np.linspace(0, len(frames) - 1, min(len(frames), TORSO_START_FRAMES)).round().astype(int))]
+        pick = np.linspace(0, len(frames) - 1, min(len(frames), TORSO_START_FRAMES)).round().astype(int)
+        frames = frames[np.unique(pick)]
         if len(frames) == 0 or any(table.mask_paths[b] is None for b in frames):
             continue
         masks = torch.stack([torch.from_numpy(np.array(dataset.mask(split, int(b)), np.float32)) for b in frames])
