@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.rays import camera_rays
 from ..ops.texture import texture_lookup
 
 __all__ = ["TorsoLayer", "in_head_region", "outside_head"]
@@ -93,12 +94,12 @@ def outside_head(c2w: torch.Tensor, intrinsics: torch.Tensor, width: int, height
     """(F, R, R) bool: the texels whose camera ray crosses the head's mid-plane (``z = 0`` in head space) outside
     :func:`in_head_region`, i.e. the part of the image the head field leaves to the layer, for F cameras c2w
     (F, 4, 4) and intrinsics (F, 4) [fx, fy, cx, cy] of images width x height."""
-    k = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
+    k = (torch.arange(resolution, dtype=torch.float64) + 0.5) / resolution
     v, u = torch.meshgrid(k * height, k * width, indexing="ij")  # texel centres in pixel units
-    fx, fy, cx, cy = (intrinsics[:, i, None, None].float() for i in range(4))
-    d_cam = torch.stack([(u - cx) / fx, -(v - cy) / fy, -torch.ones_like(u - cx)], -1)  # (F, R, R, 3)
-    r, t = c2w[:, :3, :3].float(), c2w[:, :3, 3].float()
-    d = torch.einsum("fij,fyxj->fyxi", r, d_cam)
-    o = t[:, None, None, :]
-    along = -o[..., 2] / torch.where(d[..., 2].abs() < 1e-9, torch.full_like(d[..., 2], 1e-9), d[..., 2])
-    return ~in_head_region(o + along[..., None] * d, floor, neck_top, neck_width)
+    pixels = torch.stack([u.reshape(-1), v.reshape(-1)], 1) - 0.5  # camera_rays adds the half pixel back
+    out = []
+    for f in range(c2w.shape[0]):
+        o, d = camera_rays(c2w[f].double(), intrinsics[f].double(), width, height, pixels)
+        dz = torch.where(d[:, 2].abs() < 1e-9, torch.full_like(d[:, 2], 1e-9), d[:, 2])
+        out.append(~in_head_region(o - (o[:, 2] / dz)[:, None] * d, floor, neck_top, neck_width))
+    return torch.stack(out).reshape(-1, resolution, resolution)
