@@ -4,8 +4,8 @@ RGBA image per identity in the camera's image, composited between the head and t
 In a talking-head video the head turns while the shoulders stay nearly still in the image; a field in head space
 (the head fixed, the camera moving) would have to move the shoulders with every turn. AD-NeRF and ER-NeRF train a
 second model for the torso; here it is a layer in image space (the camera of a prepared video is fixed), and the
-head field's box stops at a floor under the chin (``ModelConfig.torso``), so the field keeps the head and the layer
-the rest of the person. Memory: ``4 * resolution^2`` floats per identity (64 KB at 64).
+head field keeps its box above a floor under the chin and, below the jaw, a neck column (``ModelConfig.torso``),
+so the field holds the head and the layer the rest of the person. Memory: ``4 * resolution^2`` floats per identity (64 KB at 64).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class TorsoLayer(nn.Module):
             raise ValueError(f"torso resolution must be >= 2, got {resolution}")
         if not 0.0 < alpha_init < 1.0:
             raise ValueError(f"alpha_init must lie in (0, 1), got {alpha_init}")
+        self.alpha_init = float(alpha_init)
         self.alpha_logit = float(torch.logit(torch.tensor(alpha_init)))
         tex = torch.zeros(n_identities, resolution, resolution, 4)
         tex[..., 3] = self.alpha_logit
@@ -55,16 +56,15 @@ class TorsoLayer(nn.Module):
 
     @torch.no_grad()
     def start_from(self, identity: int, coverage: torch.Tensor, colour: torch.Tensor) -> None:
-        """Start identity ``identity``'s texture from what its frames show below the floor: ``coverage`` (R, R), the
-        fraction of frames in which the person covers each texel there (the opacity, kept within
+        """Start identity ``identity``'s texture from what its frames show outside the head region: ``coverage`` (R, R),
+        the fraction of frames in which the person covers each texel there (the opacity, kept within
         [``alpha_init``, 0.98]), and ``colour`` (R, R, 3) in [0, 1] their mean colour (a texel never covered keeps
         grey)."""
         r = self.resolution
         if coverage.shape != (r, r) or colour.shape != (r, r, 3):
             raise ValueError(f"coverage must be ({r}, {r}) and colour ({r}, {r}, 3), got {tuple(coverage.shape)} and "
                              f"{tuple(colour.shape)}")
-        floor = float(torch.sigmoid(torch.tensor(self.alpha_logit)))
-        alpha = coverage.to(self.texture).clamp(floor, 0.98)
+        alpha = coverage.to(self.texture).clamp(self.alpha_init, 0.98)
         rgb = torch.where(coverage[..., None] > 0, colour.to(self.texture), 0.5).clamp(0.02, 0.98)
         self.texture[identity, ..., :3] = torch.logit(rgb)
         self.texture[identity, ..., 3] = torch.logit(alpha)
