@@ -428,6 +428,11 @@ class ModelConfig:
     render_steps: int = 256
     """Ray-marching step = the box diagonal divided by this (``sqrt(3) * side / render_steps``)."""
 
+    eval_render_steps: int = 0
+    """The same outside training (the model in eval mode: evaluation, rendering, the demo); 0: ``render_steps``. A
+    finer step than training's (with ``train.ray_jitter``, which trains the field between the training lattice's
+    points) integrates each ray more exactly at the cost of more samples a ray."""
+
     cone_angle: float = 0.0
     """Step growth with distance (0: fixed step)."""
 
@@ -502,6 +507,17 @@ class TrainConfig:
     """Weight of the mask loss ``mean((opacity - mask)^2)`` over the rays whose frame has a foreground mask: the
     person is opaque, the space around it empty, from the first steps (surfaces otherwise stay half transparent for
     thousands of steps, and rays march through the whole head). 0 disables it."""
+
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the weights, updated after every step with the decay
+    ``min(ema_decay, (1 + n) / (10 + n))`` at update n (so it follows the fast start of a run); checkpoints hold it
+    beside the weights, and :func:`fastminerf.load_run` (rendering, evaluation, personalisation's start) and the
+    result of training use it. 0 disables it."""
+
+    ray_jitter: bool = False
+    """Stratified marching: each training ray's sample lattice starts a random fraction of a marching step past
+    its near bound (drawn from the run's seeded generator), so the field is trained on every depth between the
+    lattice points instead of the same ones (the fast backbone; NeRFace perturbs its own samples)."""
 
     frame_code_reg: float = 5e-3
     """Weight of the L2 penalty on the frame codes (NeRFace: 0.005)."""

@@ -168,10 +168,23 @@ class MINeRF(nn.Module):
         return len(self.identity_names)
 
     @property
-    def step_size(self) -> float:
-        """Ray-marching step: the box diagonal / ``cfg.render_steps``."""
+    def diagonal(self) -> float:
+        """Length of the box's diagonal (head units)."""
         side = (self.aabb[3:] - self.aabb[:3]).tolist()
-        return math.sqrt(sum(s * s for s in side)) / self.cfg.render_steps
+        return math.sqrt(sum(s * s for s in side))
+
+    @property
+    def step_size(self) -> float:
+        """Ray-marching step of training (and of occupancy updates): the box diagonal / ``cfg.render_steps``."""
+        return self.diagonal / self.cfg.render_steps
+
+    @property
+    def render_step_size(self) -> float:
+        """The step rays are marched with: :attr:`step_size` in training, the box diagonal /
+        ``cfg.eval_render_steps`` in eval mode when that is set."""
+        if self.training or self.cfg.eval_render_steps <= 0:
+            return self.step_size
+        return self.diagonal / self.cfg.eval_render_steps
 
     def identity_index(self, name: str) -> int:
         """Id of an identity by name; raises ``KeyError`` listing the known names."""
@@ -260,7 +273,7 @@ class MINeRF(nn.Module):
         cfg = self.cfg
         if cfg.backbone == "nerface":
             return self.field.render(origins, directions, near, far, cond, background, self.aabb)
-        samples = self.occupancy.sample(origins, directions, near, far, step_size=self.step_size,
+        samples = self.occupancy.sample(origins, directions, near, far, step_size=self.render_step_size,
                                         cone_angle=cfg.cone_angle, max_samples_per_ray=cfg.max_samples_per_ray)
         ray = samples.ray_indices
         counts = samples.counts  # marched samples per ray (before pruning)
@@ -295,8 +308,7 @@ class MINeRF(nn.Module):
         depth = out.depth / out.opacity.clamp(min=1e-6)
         result = dict(rgb=color, opacity=out.opacity, depth=depth, samples=counts)
         if distortion:  # distances in units of the box diagonal, so the weight of the loss does not depend on the box
-            diagonal = self.step_size * cfg.render_steps
-            result["distortion"] = distortion_loss(out.weights, samples.t_starts, samples.t_ends, samples.offsets) / diagonal
+            result["distortion"] = distortion_loss(out.weights, samples.t_starts, samples.t_ends, samples.offsets) / self.diagonal
         return result
 
     def render_rays(

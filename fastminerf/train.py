@@ -8,15 +8,15 @@ A run folder holds::
     RUN/log.jsonl       one JSON object per logging step: step, seconds, loss, psnr, rays_per_s, samples_per_ray
 
 A checkpoint holds only tensors and plain data (model and optimizer state dicts, step, training seconds, the ray
-sampler's and occupancy generator's states, the config as YAML text, identity names, expression size, data
-paths) and is read with ``torch.load(..., weights_only=True)``: loading never runs pickled code. A corrupt,
+sampler's and occupancy generator's states, the weight average when ``train.ema_decay`` keeps one, the config as
+YAML text, identity names, expression size, data paths) and is read with ``torch.load(..., weights_only=True)``: loading never runs pickled code. A corrupt,
 truncated or mismatched checkpoint raises :class:`CheckpointError` naming the file.
 
 Resume: calling :func:`train` again with the same ``out_dir`` (and the same data and config, except
 ``train.steps`` and ``train.max_seconds``, which may grow) continues from the checkpoint's step. **Guaranteed**:
-the model, optimizer, ray-sampler and occupancy-generator states are those of the checkpoint, so on the CPU (whose
-kernels are deterministic: no atomics) a run resumed from step k takes exactly the same steps as an uninterrupted
-one, and ends with bit-identical parameters (tested). Steps taken after the last checkpoint are lost and redone
+the model, optimizer, weight-average, ray-sampler and occupancy-generator states are those of the checkpoint, so
+on the CPU (whose kernels are deterministic: no atomics) a run resumed from step k takes exactly the same steps as
+an uninterrupted one, and ends with bit-identical parameters (tested). Steps taken after the last checkpoint are lost and redone
 (their log lines are dropped). A run limited by ``max_seconds`` stops at a step that depends on the machine's
 speed; training seconds are summed over resumed sessions.
 
@@ -28,6 +28,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -156,6 +157,13 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     path = run / CHECKPOINT_NAME if run.is_dir() or not run.suffix else run
     data = load_checkpoint(path)
     cfg, model = _model_from_checkpoint(data, path)
+    if data.get("ema") is not None:  # the run kept a weight average (train.ema_decay): it is the trained model
+        average = WeightAverage(model, cfg.train.ema_decay)
+        try:
+            average.load_state_dict(data["ema"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {path}: bad weight average: {exc}") from None
+        average.copy_to(model)
     model.eval()
     meta = dict(
         identity_names=list(model.identity_names),
@@ -168,6 +176,59 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
         checkpoint=path,
     )
     return cfg, model, meta
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weight average
+
+
+class WeightAverage:
+    """Exponential moving average of a model's parameters (``train.ema_decay``), updated after every step:
+    ``avg <- avg + (1 - d) (param - avg)`` with ``d = min(decay, (1 + n) / (10 + n))`` at update n, so that early
+    in a run, while the weights still change fast, it averages over the last ~n/9 steps only. Buffers (the
+    occupancy grid) are not averaged."""
+
+    def __init__(self, model: MINeRF, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in (0, 1) to keep an average, got {decay}")
+        self.decay = float(decay)
+        self.names = [name for name, _ in model.named_parameters()]
+        self.params = [p.detach().clone() for p in model.parameters()]
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: MINeRF) -> None:
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], 1.0 - d)
+
+    def state_dict(self) -> dict:
+        return dict(updates=self.updates, params=dict(zip(self.names, self.params)))
+
+    def load_state_dict(self, state: dict) -> None:
+        params = state["params"]
+        if list(params) != self.names or any(params[n].shape != p.shape for n, p in zip(self.names, self.params)):
+            raise ValueError("the saved weight average does not match the model's parameters")
+        self.params = [params[n].detach().clone().to(p.device) for n, p in zip(self.names, self.params)]
+        self.updates = int(state["updates"])
+
+    @torch.no_grad()
+    def copy_to(self, model: MINeRF) -> None:
+        """Set the model's parameters to the average."""
+        for p, a in zip(model.parameters(), self.params):
+            p.copy_(a)
+
+    @contextmanager
+    def applied(self, model: MINeRF):
+        """The model holds the average inside the block and its own weights again after it."""
+        own = [p.detach().clone() for p in model.parameters()]
+        self.copy_to(model)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for p, w in zip(model.parameters(), own):
+                    p.copy_(w)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -233,6 +294,12 @@ def start_torso(model: MINeRF, dataset: MultiIdentityDataset, split: str = "trai
         layer.start_from(identity_offset + k, cover.mean(0), mean)
         started += 1
     return started
+
+
+def jitter_near(near: torch.Tensor, step_size: float, generator: torch.Generator) -> torch.Tensor:
+    """``train.ray_jitter``: (N,) near bounds moved by a uniform fraction of a marching step each, so a ray's sample
+    lattice (which starts at its near bound) falls anywhere between the lattice points of the unjittered ray."""
+    return near + torch.rand(near.shape, generator=generator, device=near.device, dtype=near.dtype) * step_size
 
 
 def _lr_factor(step: int, cfg) -> float:
@@ -321,12 +388,14 @@ class _Loop:
 
     def __init__(self, cfg: RunConfig, model: MINeRF, sampler: RaySampler, out: Path, progress: Optional[ProgressFn],
                  payload: Callable[[], dict], occ_generator: torch.Generator, occ_warmup: Optional[int],
-                 identity_offset: int = 0, frame_offset: int = 0, monitor: Optional[MonitorFn] = None) -> None:
+                 identity_offset: int = 0, frame_offset: int = 0, monitor: Optional[MonitorFn] = None,
+                 average: Optional[WeightAverage] = None) -> None:
         # The sampler's identities and frames are ids of its own dataset; the model knows them shifted by the
         # offsets (personalisation appends new identities and frames after the generic ones).
         self.cfg, self.model, self.sampler, self.out = cfg, model, sampler, out
         self.progress, self.payload, self.monitor = progress, payload, monitor
         self.stopped = False  # the monitor asked to stop
+        self.average = average
         self.identity_offset, self.frame_offset = identity_offset, frame_offset
         self.occ_generator, self.occ_warmup = occ_generator, occ_warmup
         self.log = out / LOG_NAME
@@ -358,6 +427,8 @@ class _Loop:
                 group["lr"] = lr * factor
             batch = self.sampler.sample().to(self.occ_generator.device)
             batch.identity = batch.identity + self.identity_offset
+            if t.ray_jitter and cfg.model.backbone == "fast":
+                batch.near = jitter_near(batch.near, model.step_size, self.occ_generator)
             frame_index = batch.frame + self.frame_offset
             out = model.render_batch(batch, frame_code=frame_index, distortion=t.distortion_weight > 0)
             ray_error = torch.mean((out["rgb"] - batch.rgb) ** 2, dim=-1)  # (N,)
@@ -377,6 +448,8 @@ class _Loop:
             if loss.requires_grad:
                 loss.backward()
                 optimizer.step()
+                if self.average is not None:
+                    self.average.update(model)
             logged = ray_error.detach()
             if self.sampler.error_fraction > 0:
                 logged = logged.cpu()
@@ -405,7 +478,7 @@ class _Loop:
                     self.progress(dict(record, total_steps=total_steps, max_seconds=max_seconds or float("nan")))
                 if self.monitor is not None:  # outside the step's clock: its time is not training time
                     model.eval()
-                    with torch.no_grad():
+                    with torch.no_grad(), (self.average.applied(model) if self.average is not None else nullcontext()):
                         self.stopped = bool(self.monitor(model, record))
                     model.train()
                 window_mse, window_rays, window_samples, window_time = [], 0, 0, 0.0
@@ -498,20 +571,24 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     field_params = [p for p in model.parameters() if id(p) not in code_ids]
     base_lrs = [cfg.train.lr, cfg.train.code_lr]
     optimizer = _optimizer([dict(params=field_params, lr=base_lrs[0]), dict(params=codes, lr=base_lrs[1])])
+    average = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     def payload() -> dict:
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     data_paths=paths, model=model.state_dict(), optimizer=optimizer.state_dict(), step=loop.step,
-                    seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state())
+                    seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
+                    ema=average.state_dict() if average is not None else None)
 
-    loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, None, monitor=monitor)
+    loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, None, monitor=monitor, average=average)
     resumed = 0
     if data is not None:
         try:
             optimizer.load_state_dict(data["optimizer"])
             _restore_state(sampler, data["sampler"])
             occ_gen.set_state(data["occ_generator"])
+            if average is not None:
+                average.load_state_dict(data["ema"])
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise CheckpointError(f"{ckpt_path}: cannot restore the training state: {exc}") from None
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
@@ -522,9 +599,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         if loop.log.exists():
             loop.log.unlink()  # a log without a checkpoint belongs to a run that never saved: start it again
     loop.run(optimizer, base_lrs, cfg.train.steps, cfg.train.steps, cfg.train.max_seconds, "train", cfg.train.steps)
-    loop.checkpoint()
-    model.eval()
-    return TrainResult(out, loop.step, loop.seconds, loop.loss, loop.psnr, resumed, model)
+    return _finish(loop, model, average, resumed)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -608,15 +683,22 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     data_paths=list(meta["data_paths"]) + paths, generic_run=str(generic_run),
                     model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
-                    seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state())
+                    seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
+                    ema=average.state_dict() if average is not None else None)
 
+    average = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, 0, identity_offset=first_id,
-                 frame_offset=first_frame, monitor=monitor)
+                 frame_offset=first_frame, monitor=monitor, average=average)
     restore = None
     if data is not None:
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
-        _restore_state(sampler, data["sampler"])
-        occ_gen.set_state(data["occ_generator"])
+        try:
+            _restore_state(sampler, data["sampler"])
+            occ_gen.set_state(data["occ_generator"])
+            if average is not None:
+                average.load_state_dict(data["ema"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{ckpt_path}: cannot restore the training state: {exc}") from None
         restore = data["optimizer"]
         _truncate_log(loop.log, loop.step)
     elif loop.log.exists():
@@ -645,9 +727,17 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         loop.run(opt, lrs, steps, steps, max_seconds, "all", steps)
         for p in field_params:
             p.requires_grad_(True)
+    return _finish(loop, model, average, resumed)
+
+
+def _finish(loop: _Loop, model: MINeRF, average: Optional[WeightAverage], resumed: int) -> TrainResult:
+    """The last checkpoint, then the model as :func:`load_run` would give it (the weight average, if kept)."""
     loop.checkpoint()
+    if average is not None:
+        average.copy_to(model)
     model.eval()
-    return TrainResult(out, loop.step, loop.seconds, loop.loss, loop.psnr, resumed, model)
+    return TrainResult(out_dir=loop.out, step=loop.step, seconds=loop.seconds, loss=loop.loss, psnr=loop.psnr,
+                       resumed_from=resumed, model=model)
 
 
 def _per_identity_params(model: MINeRF) -> List[torch.nn.Parameter]:

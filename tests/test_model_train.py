@@ -205,11 +205,12 @@ def test_checkpoint_round_trip_renders_the_same_image(tiny_data, trained):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("error_fraction", [0.0, 0.5])
-def test_resume_continues_from_the_same_step_and_matches_uninterrupted(tiny_data, tmp_path, error_fraction):
-    # With error-map sampling the maps are part of the state: a resume that lost them would draw other rays.
-    cfg = load_config("tiny", ["train.steps=10", "train.checkpoint_every=3", "train.log_every=1",
-                               f"sampler.error_fraction={error_fraction}"])
+@pytest.mark.parametrize("extra", [[], ["sampler.error_fraction=0.5"], ["train.ema_decay=0.9", "train.ray_jitter=true"]])
+def test_resume_continues_from_the_same_step_and_matches_uninterrupted(tiny_data, tmp_path, extra):
+    # With error-map sampling the maps are part of the state: a resume that lost them would draw other rays; with a
+    # weight average, the average is (the models compared are the averages); jittered rays draw from the saved
+    # generator.
+    cfg = load_config("tiny", ["train.steps=10", "train.checkpoint_every=3", "train.log_every=1"] + extra)
     straight = train(cfg, _two(tiny_data), tmp_path / "straight")
 
     def interrupt(record):  # killed during step 8, after the checkpoint of step 6
@@ -226,6 +227,70 @@ def test_resume_continues_from_the_same_step_and_matches_uninterrupted(tiny_data
         assert torch.equal(a[k], b[k]), k
     assert [r["step"] for r in _log(tmp_path / "resumed")] == list(range(1, 11))
     assert [r["loss"] for r in _log(tmp_path / "resumed")] == [r["loss"] for r in _log(tmp_path / "straight")]
+
+
+def test_weight_average_follows_its_recursion_and_is_what_a_run_loads(tiny_data, tmp_path):
+    from fastminerf.train import WeightAverage, load_checkpoint
+
+    lin = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight.fill_(1.0), lin.bias.fill_(0.0)
+    avg = WeightAverage(lin, 0.5)
+    expect = torch.ones(1, 2)
+    for n, v in enumerate([3.0, -1.0, 2.0, 5.0], start=1):
+        with torch.no_grad():
+            lin.weight.fill_(v)
+        avg.update(lin)
+        d = min(0.5, (1 + n) / (10 + n))
+        expect = d * expect + (1 - d) * v
+        assert torch.allclose(avg.params[0], expect)
+    with avg.applied(lin):
+        assert torch.allclose(lin.weight, expect)
+    assert torch.equal(lin.weight, torch.full((1, 2), 5.0))  # its own weights again
+
+    seen = []
+    cfg = load_config("tiny", ["train.steps=6", "train.log_every=6", "train.ema_decay=0.9"])
+    res = train(cfg, _two(tiny_data), tmp_path / "run",
+                monitor=lambda model, rec: seen.append({k: v.clone() for k, v in model.state_dict().items()}))
+    raw = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["model"]
+    loaded = load_run(tmp_path / "run")[1].state_dict()
+    final = res.model.state_dict()
+    moved = [k for k in raw if not torch.equal(raw[k], loaded[k])]
+    assert moved and "identity_codes.weight" in moved  # the average is not the last weights...
+    for k in loaded:  # ... and it is what the run loads, what training returns and what the monitor saw
+        assert torch.equal(loaded[k], final[k]) and torch.equal(loaded[k], seen[-1][k]), k
+
+
+def test_jittered_rays_start_anywhere_within_a_step_and_repeat_with_the_generator():
+    from fastminerf.train import jitter_near
+
+    near = torch.linspace(0.5, 1.5, 20000)
+    gen = torch.Generator().manual_seed(3)
+    moved = jitter_near(near, 0.02, gen) - near
+    assert moved.min() >= 0 and moved.max() < 0.02
+    counts = torch.histc(moved, bins=4, min=0.0, max=0.02)  # uniform over the step
+    assert torch.all((counts - 5000).abs() < 300), counts
+    assert torch.equal(jitter_near(near, 0.02, torch.Generator().manual_seed(3)) - near, moved)
+
+
+def test_eval_render_steps_march_finer_outside_training_only(tiny_data, trained):
+    from dataclasses import replace
+
+    _, model, _ = load_run(trained[0])
+    batch = frame_rays(load_dataset(_two(tiny_data), splits=("train",)), "train", 0)
+    with torch.no_grad():
+        base = model.render_batch(batch)
+        model.cfg = replace(model.cfg, eval_render_steps=2 * model.cfg.render_steps)
+        fine = model.render_batch(batch)
+        model.train()
+        training = model.render_batch(batch, frame_code=batch.frame)
+        model.eval()
+        assert math.isclose(model.render_step_size * 2, model.step_size)
+    hit = base["samples"] > 4
+    ratio = fine["samples"][hit].float().sum() / base["samples"][hit].float().sum()
+    assert 1.8 < ratio < 2.2  # twice the samples on the rays that meet the head
+    assert torch.equal(training["samples"], base["samples"])  # training keeps its own step
+    assert float(torch.mean((fine["rgb"] - base["rgb"]) ** 2)) < 1e-3  # the same field, integrated more finely
 
 
 def test_concat_and_multiplicative_both_train(tiny_data, tmp_path, trained):
