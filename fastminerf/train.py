@@ -488,6 +488,21 @@ class _Loop:
                 last_ckpt_time, last_ckpt_step = now, self.step
 
 
+def _restore_loop(data: dict, path: Path, sampler: RaySampler, occ_gen: torch.Generator,
+                  average: Optional[WeightAverage], optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """Put a checkpoint's training state (besides the model) back; :class:`CheckpointError` naming the file if it
+    cannot."""
+    try:
+        if optimizer is not None:
+            optimizer.load_state_dict(data["optimizer"])
+        _restore_state(sampler, data["sampler"])
+        occ_gen.set_state(data["occ_generator"])
+        if average is not None:
+            average.load_state_dict(data["ema"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot restore the training state: {exc}") from None
+
+
 def _state(sampler: RaySampler) -> dict:
     full = sampler.state_dict()
     state = full["bit_generator"]
@@ -583,14 +598,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, None, monitor=monitor, average=average)
     resumed = 0
     if data is not None:
-        try:
-            optimizer.load_state_dict(data["optimizer"])
-            _restore_state(sampler, data["sampler"])
-            occ_gen.set_state(data["occ_generator"])
-            if average is not None:
-                average.load_state_dict(data["ema"])
-        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-            raise CheckpointError(f"{ckpt_path}: cannot restore the training state: {exc}") from None
+        _restore_loop(data, ckpt_path, sampler, occ_gen, average, optimizer)
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
         resumed = loop.step
         _truncate_log(loop.log, loop.step)
@@ -692,13 +700,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     restore = None
     if data is not None:
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
-        try:
-            _restore_state(sampler, data["sampler"])
-            occ_gen.set_state(data["occ_generator"])
-            if average is not None:
-                average.load_state_dict(data["ema"])
-        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-            raise CheckpointError(f"{ckpt_path}: cannot restore the training state: {exc}") from None
+        _restore_loop(data, ckpt_path, sampler, occ_gen, average)  # the optimizer: once its phase is known
         restore = data["optimizer"]
         _truncate_log(loop.log, loop.step)
     elif loop.log.exists():

@@ -441,6 +441,26 @@ def test_personalize_adds_an_identity_without_touching_shared_size(tiny_data, tr
         personalize(run, [_two(tiny_data)[0]], tmp_path / "pers2", steps=2)
 
 
+def test_personalize_resumes_in_either_phase_with_its_average(tiny_data, trained, tmp_path):
+    run, _ = trained
+    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
+    over = ["train.personalize_code_fraction=0.4", "train.checkpoint_every=2", "train.log_every=1",
+            "train.ema_decay=0.9", "train.ray_jitter=true"]
+    straight = personalize(run, [new], tmp_path / "straight", steps=10, overrides=over)
+    for stop in (3, 7):  # killed in the codes phase (4 steps), then in the second one
+        def interrupt(record, stop=stop):
+            if record["step"] == stop:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            personalize(run, [new], tmp_path / f"resumed{stop}", steps=10, overrides=over, progress=interrupt)
+        again = personalize(run, [new], tmp_path / f"resumed{stop}", steps=10, overrides=over)
+        assert again.resumed_from == stop - 1 and again.step == 10
+        a, b = straight.model.state_dict(), again.model.state_dict()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (stop, k)
+
+
 @pytest.mark.parametrize("tune", ["grid", "all"])
 def test_personalize_tunes_the_shared_weights_it_is_told_to(tiny_data, trained, tmp_path, tune):
     # train.personalize_tune=grid fine-tunes the hash grid (and the codes) and leaves the heads and the conditioning
