@@ -9,15 +9,16 @@ A run folder holds::
 
 A checkpoint holds only tensors and plain data (model and optimizer state dicts, step, training seconds, the ray
 sampler's and occupancy generator's states, the weight average when ``train.ema_decay`` keeps one, the config as
-YAML text, identity names, expression size, data paths) and is read with ``torch.load(..., weights_only=True)``: loading never runs pickled code. A corrupt,
-truncated or mismatched checkpoint raises :class:`CheckpointError` naming the file.
+YAML text, identity names, expression size, data paths) and is read with ``torch.load(..., weights_only=True)``:
+loading never runs pickled code. A corrupt, truncated or mismatched checkpoint raises :class:`CheckpointError`
+naming the file.
 
 Resume: calling :func:`train` again with the same ``out_dir`` (and the same data and config, except
 ``train.steps`` and ``train.max_seconds``, which may grow) continues from the checkpoint's step. **Guaranteed**:
 the model, optimizer, weight-average, ray-sampler and occupancy-generator states are those of the checkpoint, so
 on the CPU (whose kernels are deterministic: no atomics) a run resumed from step k takes exactly the same steps as
-an uninterrupted one, and ends with bit-identical parameters (tested). Steps taken after the last checkpoint are lost and redone
-(their log lines are dropped). A run limited by ``max_seconds`` stops at a step that depends on the machine's
+an uninterrupted one, and ends with bit-identical parameters (tested). Steps taken after the last checkpoint are
+lost and redone (their log lines are dropped). A run limited by ``max_seconds`` stops at a step that depends on the machine's
 speed; training seconds are summed over resumed sessions.
 
 Shapes: N rays per batch, B training frames, I identities, E expression size.
@@ -158,8 +159,8 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     data = load_checkpoint(path)
     cfg, model = _model_from_checkpoint(data, path)
     if data.get("ema") is not None:  # the run kept a weight average (train.ema_decay): it is the trained model
-        average = WeightAverage(model, cfg.train.ema_decay)
         try:
+            average = WeightAverage(model, cfg.train.ema_decay)
             average.load_state_dict(data["ema"])
         except (KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"checkpoint {path}: bad weight average: {exc}") from None
