@@ -18,8 +18,8 @@ Resume: calling :func:`train` again with the same ``out_dir`` (and the same data
 the model, optimizer, weight-average, ray-sampler and occupancy-generator states are those of the checkpoint, so
 on the CPU (whose kernels are deterministic: no atomics) a run resumed from step k takes exactly the same steps as
 an uninterrupted one, and ends with bit-identical parameters (tested). Steps taken after the last checkpoint are
-lost and redone (their log lines are dropped). A run limited by ``max_seconds`` stops at a step that depends on the machine's
-speed; training seconds are summed over resumed sessions.
+lost and redone (their log lines are dropped). A run limited by ``max_seconds`` stops at a step that depends on
+the machine's speed; training seconds are summed over resumed sessions.
 
 Shapes: N rays per batch, B training frames, I identities, E expression size.
 """
