@@ -308,7 +308,8 @@ class MINeRF(nn.Module):
         depth = out.depth / out.opacity.clamp(min=1e-6)
         result = dict(rgb=color, opacity=out.opacity, depth=depth, samples=counts)
         if distortion:  # distances in units of the box diagonal, so the weight of the loss does not depend on the box
-            result["distortion"] = distortion_loss(out.weights, samples.t_starts, samples.t_ends, samples.offsets) / self.diagonal
+            loss = distortion_loss(out.weights, samples.t_starts, samples.t_ends, samples.offsets)
+            result["distortion"] = loss / self.diagonal
         return result
 
     def render_rays(

@@ -5,7 +5,8 @@ In a talking-head video the head turns while the shoulders stay nearly still in 
 (the head fixed, the camera moving) would have to move the shoulders with every turn. AD-NeRF and ER-NeRF train a
 second model for the torso; here it is a layer in image space (the camera of a prepared video is fixed), and the
 head field keeps its box above a floor under the chin and, below the jaw, a neck column (``ModelConfig.torso``),
-so the field holds the head and the layer the rest of the person. Memory: ``4 * resolution^2`` floats per identity (64 KB at 64).
+so the field holds the head and the layer the rest of the person. Memory: ``4 * resolution^2`` floats per identity
+(64 KB at 64).
 """
 from __future__ import annotations
 
