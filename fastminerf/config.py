@@ -522,6 +522,19 @@ class TrainConfig:
     frame_code_reg: float = 5e-3
     """Weight of the L2 penalty on the frame codes (NeRFace: 0.005)."""
 
+    landmark_depth_weight: float = 0.0
+    """Weight of the landmark depth prior: each step, ``landmark_rays`` rays from the batch's cameras through tracked
+    face landmarks (``landmarks.npz``, written by ``prepare``) pull the head's depth along them to the landmark's
+    distance (Huber, ``landmark_depth_tolerance``, weighted by the ray's opacity). It pins the face's geometry, which
+    a monocular video of a few head poses leaves loose (new poses then show ghosts). 0 disables it; datasets without
+    landmarks train without it."""
+
+    landmark_rays: int = 128
+    """Landmark rays a step when ``landmark_depth_weight > 0``."""
+
+    landmark_depth_tolerance: float = 0.02
+    """Depth error (head units) under which the landmark prior is quadratic, linear above (tracker noise)."""
+
     seed: int = 0
     """Seed of the model initialisation, the sampler and the occupancy updates."""
 

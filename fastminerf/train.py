@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig, dump_config, parse_config_text
-from .data import MultiIdentityDataset, RaySampler, load_dataset
+from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.layout import DatasetError
 from .model import MINeRF
 
@@ -408,6 +408,20 @@ class _Loop:
     def checkpoint(self) -> None:
         save_checkpoint(self.out / CHECKPOINT_NAME, self.payload())
 
+    def _landmark_rays(self, batch: RayBatch) -> Optional[Tuple[RayBatch, torch.Tensor]]:
+        """``train.landmark_depth_weight``'s rays, from the cameras of the batch's frames through tracked landmarks,
+        and the landmarks' distances along them (None when the frames have no landmarks)."""
+        t = self.cfg.train
+        drawn = landmark_rays(self.sampler.dataset, self.sampler.split, batch.frame.cpu().numpy(), t.landmark_rays,
+                              self.occ_generator)
+        if drawn is None:
+            return None
+        rays, target = drawn
+        device = batch.origins.device
+        rays = rays.to(device)
+        rays.identity = rays.identity + self.identity_offset
+        return rays, target.to(device)
+
     def run(self, optimizer: torch.optim.Optimizer, base_lrs: List[float], until_step: int, total_steps: int,
             max_seconds: Optional[float], phase: str, lr_steps: int) -> None:
         cfg, model, t = self.cfg, self.model, self.cfg.train
@@ -428,23 +442,31 @@ class _Loop:
                 group["lr"] = lr * factor
             batch = self.sampler.sample().to(self.occ_generator.device)
             batch.identity = batch.identity + self.identity_offset
+            n = len(batch)
+            # The landmark prior's rays ride in the same render as the colour rays (one pass over the field), after them.
+            landmarks = self._landmark_rays(batch) if t.landmark_depth_weight > 0 else None
+            rays = batch if landmarks is None else RayBatch.cat([batch, landmarks[0]])
             if t.ray_jitter and cfg.model.backbone == "fast":
-                batch.near = jitter_near(batch.near, model.step_size, self.occ_generator)
+                rays.near = jitter_near(rays.near, model.step_size, self.occ_generator)
             frame_index = batch.frame + self.frame_offset
-            out = model.render_batch(batch, frame_code=frame_index, distortion=t.distortion_weight > 0)
-            ray_error = torch.mean((out["rgb"] - batch.rgb) ** 2, dim=-1)  # (N,)
+            out = model.render_batch(rays, frame_code=rays.frame + self.frame_offset, distortion=t.distortion_weight > 0)
+            ray_error = torch.mean((out["rgb"][:n] - batch.rgb) ** 2, dim=-1)  # (N,)
             mse = ray_error.mean()
             loss = mse
             if t.distortion_weight > 0 and "distortion" in out:  # the fast backbone's packed samples
-                loss = loss + t.distortion_weight * out["distortion"].mean()
+                loss = loss + t.distortion_weight * out["distortion"][:n].mean()
             if t.mask_weight > 0:
                 known = ~torch.isnan(batch.mask)
                 if bool(known.any()):
-                    loss = loss + t.mask_weight * torch.mean((out["opacity"][known] - batch.mask[known]) ** 2)
+                    loss = loss + t.mask_weight * torch.mean((out["opacity"][:n][known] - batch.mask[known]) ** 2)
             if "rgb_coarse" in out:  # a coarse + fine backbone (nerface): NeRF's loss on both images
-                loss = loss + torch.mean((out["rgb_coarse"] - batch.rgb) ** 2)
+                loss = loss + torch.mean((out["rgb_coarse"][:n] - batch.rgb) ** 2)
             if t.frame_code_reg > 0 and model.frame_codes.weight.shape[1] > 0:
                 loss = loss + t.frame_code_reg * model.frame_codes(frame_index).pow(2).sum(-1).mean()
+            if landmarks is not None:  # Huber distance of the depth to the landmark, weighted by the ray's opacity
+                err = torch.nn.functional.smooth_l1_loss(out["depth"][n:], landmarks[1], beta=t.landmark_depth_tolerance,
+                                                         reduction="none")
+                loss = loss + t.landmark_depth_weight * (out["opacity"][n:].detach() * err).mean()
             optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
@@ -463,8 +485,8 @@ class _Loop:
             self.seconds += elapsed
             self.loss = float(loss.detach())
             window_mse.append(float(logged.mean()))
-            window_rays += len(batch)
-            window_samples += int(out["samples"].sum())
+            window_rays += n
+            window_samples += int(out["samples"][:n].sum())
             window_time += elapsed
             stopping = self.step == until_step or (max_seconds is not None and self.seconds >= max_seconds)
             if self.step % t.log_every == 0 or stopping:  # the last step is always logged

@@ -615,3 +615,31 @@ def test_training_and_personalisation_run_on_cuda(tiny_data, tmp_path):
     assert personal.model.aabb.device.type == "cuda" and math.isfinite(personal.loss)
     _, model, _ = load_run(tmp_path / "gpu_p")  # checkpoints load on the CPU
     assert model.aabb.device.type == "cpu"
+
+
+def test_landmark_depth_prior_pulls_the_depth_to_the_landmarks(tiny_data, tmp_path):
+    """Landmarks (``landmarks.npz``) a little in front of the heads' centres, on every training frame: with the prior
+    the rendered depth along rays through them lands near them; without it, it stays where the images put it."""
+    import shutil
+
+    from fastminerf.data import landmark_rays
+    from fastminerf.data.writer import write_landmarks
+
+    dirs = []
+    rng = np.random.default_rng(0)
+    for d in _two(tiny_data):
+        shutil.copytree(d, tmp_path / d.name)
+        dirs.append(tmp_path / d.name)
+        n = len(json.loads((d / "transforms_train.json").read_text())["frames"])
+        write_landmarks(tmp_path / d.name, np.arange(n), rng.uniform(-0.3, 0.3, (n, 12, 3)) + [0.0, 0.0, 0.4],
+                        np.ones((n, 12), dtype=bool))
+    data = load_dataset(dirs)
+    rays, target = landmark_rays(data, "train", np.arange(len(data.table("train"))), 500, torch.Generator().manual_seed(1))
+    errors = {}
+    for name, over in (("plain", []), ("prior", ["train.landmark_depth_weight=1.0", "train.landmark_rays=64"])):
+        result = train(load_config("tiny", ["train.steps=100"] + over), dirs, tmp_path / name)
+        assert math.isfinite(result.loss)
+        with torch.no_grad():
+            out = result.model.eval().render_batch(rays, frame_code=rays.frame)
+        errors[name] = float((out["depth"] - target).abs().median())
+    assert errors["prior"] < 0.25 * errors["plain"], errors  # measured: 0.012 against 0.21 head units

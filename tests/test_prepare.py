@@ -18,7 +18,7 @@ import pytest
 
 from fastminerf.config import PrepareConfig
 from fastminerf.data import camera_rays, load_dataset
-from fastminerf.data.layout import read_transforms
+from fastminerf.data.layout import read_landmarks, read_transforms
 
 REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"))
 CLIPS = ("02_hdtf_WDA_AlexandriaOcasioCortez_000.mp4", "09_retalking_face5_woman_glasses.mp4")
@@ -37,6 +37,11 @@ people, so a person's own face shape adds about a pixel; tracking noise adds a f
 REPROJECTION_P90_PX = 4.0
 """90th percentile of the same distances (the mouth-adjacent and contour points of the rigid set move a little
 with expressions)."""
+
+OWN_LANDMARKS_MEDIAN_PX = 1.5
+"""Median distance between a frame's written head-space landmarks (``landmarks.npz``: its own face, pose removed by
+a similarity, expression kept), projected through its written camera, and the landmarks tracked again in the written
+frame (the camera is a perspective fit of the rigid points, smoothed over time)."""
 
 MAX_STEP_DEG = 3.0
 """Largest head rotation between consecutive frames at 25 fps: talking heads turn well under 75 degrees/s, and
@@ -110,20 +115,28 @@ def test_canonical_landmarks_reproject_onto_tracked_ones(prepared):
     root, result = prepared
     basis = ExpressionBasis.load(root)
     for v in result.videos:
-        errs = []
+        errs, own = [], []
+        landmarks = read_landmarks(v.out_dir)
+        row = {int(f): j for j, f in enumerate(landmarks.frame_index)}
         with FaceTracker() as tracker:
             for split in ("train", "val", "test"):
                 meta = read_transforms(v.out_dir / f"transforms_{split}.json")
                 k = meta.resolve_intrinsics(SIZE, SIZE)
-                for path, c2w in zip(meta.image_paths, meta.c2w):
+                for path, c2w, f in zip(meta.image_paths, meta.c2w, meta.frame_index):
                     lm = tracker(np.asarray(iio.imread(path)))
                     assert lm is not None, path
                     tracked = lm[basis.stable, :2] * SIZE
                     proj = project(basis.canonical[basis.stable], c2w.astype(np.float64), k)
                     errs.append(np.linalg.norm(proj - tracked, axis=1))
-        errs = np.concatenate(errs)
+                    # the frame's own head-space landmarks (landmarks.npz, every point, expression included)
+                    mine = project(landmarks.points[row[int(f)]].astype(np.float64), c2w.astype(np.float64), k)
+                    own.append(np.linalg.norm(mine - lm[:, :2] * SIZE, axis=1))
+        errs, own = np.concatenate(errs), np.concatenate(own)
         assert np.median(errs) < REPROJECTION_MEDIAN_PX, (v.name, np.median(errs))
         assert np.percentile(errs, 90) < REPROJECTION_P90_PX, (v.name, np.percentile(errs, 90))
+        assert np.median(own) < OWN_LANDMARKS_MEDIAN_PX, (v.name, np.median(own))
+        assert np.percentile(own, 90) < REPROJECTION_P90_PX, (v.name, np.percentile(own, 90))
+        assert landmarks.visible.mean() > 0.95  # near-frontal faces: a few points behind the nose and the cheeks
 
 
 @needs_real
@@ -381,6 +394,25 @@ def test_solve_poses_recovers_perspective_poses():
     for b, (rot, t) in enumerate(truth):
         assert _rotation_angle_deg(poses.rotation[b : b + 1], rot[None])[0] < 0.01
         np.testing.assert_allclose(poses.translation[b], t, atol=1e-4)
+
+
+def test_a_landmark_behind_another_is_hidden_until_the_camera_goes_round():
+    from fastminerf.prepare.pose import landmark_visibility
+
+    g = np.linspace(-0.45, 0.45, 10)
+    grid = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    front = np.concatenate([grid, np.zeros((100, 1))], axis=1)  # a sheet of points on the plane z = 0
+    cam = np.array([0.0, 0.0, 4.0])
+    behind = cam + 1.1 * (front[37] - cam)  # on the ray through point 37, 0.4 units further
+    pts = np.concatenate([front, behind[None]])[None]
+    looking_down_z = np.eye(4)
+    looking_down_z[:3, 3] = cam
+    from_behind = np.diag([-1.0, 1.0, -1.0, 1.0])  # turned round, on the same line at z = -4, looking towards +z
+    from_behind[:3, 3] = cam + 2.0 * (front[37] - cam)
+    k = [200.0, 200.0, 64.0, 64.0]
+    vis = landmark_visibility(np.concatenate([pts, pts]), np.stack([looking_down_z, from_behind]), k, depth_gap=0.05)
+    assert vis[0, :100].all() and not vis[0, 100]
+    assert vis[1, 100] and not vis[1, 37] and vis[1, :37].all() and vis[1, 38:100].all()
 
 
 def _rot_xyz(a, b, c) -> np.ndarray:

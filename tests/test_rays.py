@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from fastminerf.config import SamplerConfig
-from fastminerf.data import RayBatch, RaySampler, camera_rays, frame_rays, load_dataset, ray_aabb
+from fastminerf.data import DatasetError, RayBatch, RaySampler, camera_rays, frame_rays, landmark_rays, load_dataset, ray_aabb
+from fastminerf.data.writer import write_landmarks
 
 RAY_TOL = 1e-6
 """Float32 camera maths on values of order 1: a few ulps."""
@@ -281,3 +282,61 @@ def test_error_maps_are_part_of_the_sampler_state(data):
         RaySampler(data, "train", error_resolution=3).load_state_dict(state)
     with pytest.raises(ValueError, match="error_fraction"):
         RaySampler(data, "train", error_fraction=1.5)
+
+
+# ------------------------------------------------------------------------------------------------ landmark rays
+
+
+def _with_landmarks(tmp_path, frames_with: int = 3, k: int = 6) -> Path:
+    """Identity 'a' of 4 frames and 'b' of 12 (no landmarks); 'a' gets landmarks on its first ``frames_with``
+    frames, the last of each frame's points hidden."""
+    root = tmp_path / "lm"
+    _identity(root, "a", 4, seed=1, bbox=BOX)
+    _identity(root, "b", 12, seed=2, bbox=BOX, near_far=False)
+    rng = np.random.default_rng(5)
+    points = rng.uniform(-0.4, 0.4, size=(frames_with, k, 3))
+    visible = np.ones((frames_with, k), dtype=bool)
+    visible[:, -1] = False
+    write_landmarks(root / "a", np.arange(frames_with), points, visible)
+    return root
+
+
+def test_landmark_rays_pass_through_visible_landmarks_at_their_distance(tmp_path):
+    from fastminerf.prepare.pose import project
+
+    root = _with_landmarks(tmp_path)
+    data = load_dataset(root)
+    lms = data.landmarks("train")
+    t = data.table("train")
+    assert lms.has.tolist() == [True, True, True, False] + [False] * 12
+    rays, depth = landmark_rays(data, "train", np.arange(len(t)), 400, torch.Generator().manual_seed(0))
+    f, pts = rays.frame.numpy(), rays.origins + depth[:, None] * rays.directions
+    assert set(f.tolist()) == {0, 1, 2}  # only frames with landmarks
+    # each ray's point at the returned distance is one of its frame's visible landmarks (never the hidden one)
+    dist = torch.cdist(pts[:, None].double(), torch.from_numpy(lms.points[f][:, :5]).double())[:, 0]
+    assert float(dist.min(dim=1).values.max()) < 1e-5
+    torch.testing.assert_close(rays.directions.norm(dim=-1), torch.ones(400))
+    assert torch.all((depth > rays.near) & (depth < rays.far))
+    assert torch.equal(rays.identity, torch.zeros(400, dtype=torch.int64))
+    # uv and pixel are where prepare's camera projects the landmark
+    uv = np.stack([project(p[None], t.c2w[i].astype(np.float64), t.intrinsics[i])[0] for p, i in zip(pts.numpy(), f)])
+    np.testing.assert_allclose(rays.uv.numpy() * [t.width, t.height], uv, atol=1e-3)
+    assert torch.equal(rays.pixel, torch.from_numpy(np.floor(uv)).long())
+    # the same generator state draws the same rays; frames without landmarks give none
+    again, _ = landmark_rays(data, "train", np.arange(len(t)), 400, torch.Generator().manual_seed(0))
+    assert torch.equal(again.origins, rays.origins) and torch.equal(again.frame, rays.frame)
+    assert landmark_rays(data, "train", np.arange(3, len(t)), 10, torch.Generator()) is None
+
+
+def test_malformed_landmarks_name_the_file_and_key(tmp_path):
+    root = _with_landmarks(tmp_path)
+    path = root / "a" / "landmarks.npz"
+    np.savez(path, frame_index=np.arange(3), points=np.zeros((3, 6, 2)), visible=np.ones((3, 6), bool))
+    with pytest.raises(DatasetError, match=r"landmarks\.npz.*key 'points'.*\(3, K, 3\)"):
+        load_dataset(root).landmarks("train")
+    np.savez(path, frame_index=np.arange(3), points=np.zeros((3, 6, 3)))
+    with pytest.raises(DatasetError, match=r"landmarks\.npz.*key 'visible'.*missing"):
+        load_dataset(root).landmarks("train")
+    path.write_bytes(b"not a zip")
+    with pytest.raises(DatasetError, match=r"landmarks\.npz.*not a readable"):
+        load_dataset(root).landmarks("train")

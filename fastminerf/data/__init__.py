@@ -7,10 +7,10 @@
   stylised heads; :mod:`fastminerf.data.heads` renders them.
 """
 
-from .dataset import FrameCache, FrameTable, MultiIdentityDataset, load_dataset
+from .dataset import FrameCache, FrameTable, LandmarkTable, MultiIdentityDataset, load_dataset
 from .heads import EXPRESSION_NAMES, HeadModel, HeadParams
-from .layout import DEFAULT_AABB, DatasetError, SplitMeta, find_identity_dirs, read_transforms
-from .rays import RayBatch, RaySampler, camera_rays, frame_rays, pixel_uv, ray_aabb
+from .layout import DEFAULT_AABB, DatasetError, Landmarks, SplitMeta, find_identity_dirs, read_landmarks, read_transforms
+from .rays import RayBatch, RaySampler, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .synth import REGIONS, ExpressionRegion, contact_sheet, generate, withheld_region
 
 __all__ = [
@@ -22,7 +22,9 @@ __all__ = [
     "FrameCache",
     "FrameTable",
     "HeadModel",
+    "Landmarks",
     "HeadParams",
+    "LandmarkTable",
     "MultiIdentityDataset",
     "RayBatch",
     "RaySampler",
@@ -32,9 +34,11 @@ __all__ = [
     "find_identity_dirs",
     "frame_rays",
     "generate",
+    "landmark_rays",
     "load_dataset",
     "pixel_uv",
     "ray_aabb",
+    "read_landmarks",
     "read_transforms",
     "withheld_region",
 ]

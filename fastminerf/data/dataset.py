@@ -21,16 +21,18 @@ import numpy as np
 from ..config import DataConfig
 from .layout import (
     DatasetError,
+    Landmarks,
     SplitMeta,
     find_identity_dirs,
     identity_splits,
     image_size,
+    read_landmarks,
     read_mask,
     read_rgb,
     read_transforms,
 )
 
-__all__ = ["FrameCache", "FrameTable", "MultiIdentityDataset", "load_dataset"]
+__all__ = ["FrameCache", "FrameTable", "LandmarkTable", "MultiIdentityDataset", "load_dataset"]
 
 PathLike = Union[str, Path]
 
@@ -167,6 +169,21 @@ class FrameTable:
         return tuple(float(v) for v in self.bbox[index]) if self.has_bbox[index] else None  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class LandmarkTable:
+    """The landmarks (``landmarks.npz``, :class:`fastminerf.data.layout.Landmarks`) of a split's B frames."""
+
+    points: np.ndarray
+    """(B, K, 3) float32 head-space points; zeros where the frame has none."""
+    visible: np.ndarray
+    """(B, K) bool; all false where the frame has none."""
+
+    @property
+    def has(self) -> np.ndarray:
+        """(B,) bool: frames with at least one visible landmark."""
+        return self.visible.any(axis=1)
+
+
 def _box_distance_bounds(c2w: np.ndarray, aabb: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Closest and farthest distance from each camera centre to its box. c2w (B,4,4), aabb (B,6) -> (B,), (B,)."""
     centre = c2w[:, :3, 3].astype(np.float64)
@@ -210,6 +227,7 @@ class MultiIdentityDataset:
         self._tables: Dict[str, FrameTable] = {s: self._build_table(s, ms) for s, ms in metas.items()}
         self._backgrounds: Dict[Tuple[Optional[Path], int, int], np.ndarray] = {}
         self._bg_lock = threading.Lock()
+        self._landmarks: Dict[str, Optional[LandmarkTable]] = {}
 
     # -- tables
 
@@ -265,6 +283,37 @@ class MultiIdentityDataset:
     def split_meta(self, split: str, identity: int) -> SplitMeta:
         """The validated transforms file of one identity and split."""
         return self._metas[split][identity]
+
+    def landmarks(self, split: str) -> Optional[LandmarkTable]:
+        """The split's face landmarks from the identities' ``landmarks.npz`` (matched by ``frame_index``; read on
+        first use), or None when no identity has any.
+
+        Raises:
+            DatasetError: a file is malformed, or two identities have different numbers of landmarks.
+        """
+        if split in self._landmarks:
+            return self._landmarks[split]
+        t = self.table(split)
+        found: List[Tuple[int, Landmarks]] = [(i, lm) for i, d in enumerate(self.identity_dirs)
+                                              if (lm := read_landmarks(d)) is not None]
+        table = None
+        if found:
+            k = found[0][1].points.shape[1]
+            points = np.zeros((len(t), k, 3), dtype=np.float32)
+            visible = np.zeros((len(t), k), dtype=bool)
+            for i, lm in found:
+                if lm.points.shape[1] != k:
+                    raise DatasetError(f"has {lm.points.shape[1]} landmarks a frame, {found[0][1].file} has {k}",
+                                       file=lm.file, key="points")
+                rows = t.frames_of(i)
+                where = {int(f): j for j, f in enumerate(lm.frame_index)}
+                pos = np.array([where.get(int(f), -1) for f in t.frame_index[rows]], dtype=np.int64)
+                hit = pos >= 0
+                points[rows[hit]] = lm.points[pos[hit]]
+                visible[rows[hit]] = lm.visible[pos[hit]]
+            table = LandmarkTable(points, visible)
+        self._landmarks[split] = table
+        return table
 
     # -- pixels
 

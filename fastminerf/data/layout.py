@@ -21,11 +21,14 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_AABB",
+    "LANDMARKS_FILE",
     "DatasetError",
+    "Landmarks",
     "SplitMeta",
     "find_identity_dirs",
     "identity_splits",
     "is_identity_dir",
+    "read_landmarks",
     "read_mask",
     "read_rgb",
     "read_transforms",
@@ -38,6 +41,10 @@ DEFAULT_AABB: Tuple[float, ...] = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
 
 IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg")
 """Suffixes tried, in order, for a ``file_path`` / ``mask_path`` without an image extension (NeRFace)."""
+
+LANDMARKS_FILE = "landmarks.npz"
+"""Optional per-identity file of 3D face landmarks in head space (written by ``prepare``; see
+:func:`read_landmarks`)."""
 
 LAST_ROW_TOL = 1e-4
 """How far the last row of ``transform_matrix`` may be from ``[0, 0, 0, 1]`` (JSON round-off of trackers);
@@ -527,3 +534,54 @@ def read_mask(path: PathLike) -> np.ndarray:
     c = arr.shape[2]
     colour = arr[:, :, :1] if c in (1, 2) else arr[:, :, :3]
     return colour.mean(axis=2) > MASK_THRESHOLD
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """An identity's ``landmarks.npz``: tracked face points per frame, in head space, F frames of K points.
+
+    An extension of the layout that ``prepare`` writes beside the transforms files (other writers may too):
+    ``frame_index (F,) int`` (the frames' ``frame_index``, which every split's frames are matched by),
+    ``points (F, K, 3) float`` and ``visible (F, K) bool`` (whether the frame's camera sees the point). Training
+    uses them as a depth prior (``train.landmark_depth_weight``).
+    """
+
+    file: Path
+    frame_index: np.ndarray
+    """(F,) int64."""
+    points: np.ndarray
+    """(F, K, 3) float32, head units."""
+    visible: np.ndarray
+    """(F, K) bool."""
+
+
+def read_landmarks(identity_dir: PathLike) -> Optional[Landmarks]:
+    """The identity's :data:`LANDMARKS_FILE`, validated, or None when it has none.
+
+    Raises:
+        DatasetError: naming the file and the key when an array is missing or has the wrong shape or values.
+    """
+    path = Path(identity_dir) / LANDMARKS_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"not a readable .npz file ({exc})", file=path) from None
+    for key in ("frame_index", "points", "visible"):
+        if key not in arrays:
+            raise DatasetError(f"missing (the file has {sorted(arrays)})", file=path, key=key)
+    idx, pts, vis = arrays["frame_index"], arrays["points"], arrays["visible"]
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise DatasetError(f"expected a 1-D integer array, got {idx.dtype} {idx.shape}", file=path, key="frame_index")
+    f = idx.shape[0]
+    if pts.ndim != 3 or pts.shape[0] != f or pts.shape[2] != 3:
+        raise DatasetError(f"expected shape ({f}, K, 3), got {pts.shape}", file=path, key="points")
+    if vis.shape != pts.shape[:2]:
+        raise DatasetError(f"expected shape {pts.shape[:2]}, got {vis.shape}", file=path, key="visible")
+    if not np.all(np.isfinite(pts)):
+        raise DatasetError("holds NaN or infinite values", file=path, key="points")
+    if len(np.unique(idx)) != f:
+        raise DatasetError("repeats a frame", file=path, key="frame_index")
+    return Landmarks(path, idx.astype(np.int64), pts.astype(np.float32), vis.astype(bool))

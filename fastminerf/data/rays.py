@@ -11,7 +11,7 @@ Dimension letters: N rays, B frames, E expression size.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch
 from ..config import SamplerConfig
 from .dataset import MultiIdentityDataset
 
-__all__ = ["RayBatch", "RaySampler", "camera_rays", "frame_rays", "pixel_uv", "ray_aabb"]
+__all__ = ["RayBatch", "RaySampler", "camera_rays", "frame_rays", "landmark_rays", "pixel_uv", "ray_aabb"]
 
 TensorLike = Union[torch.Tensor, np.ndarray, list, tuple]
 
@@ -155,6 +155,11 @@ class RayBatch:
         """A copy with every tensor on ``device``."""
         return RayBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
 
+    @staticmethod
+    def cat(batches: Sequence["RayBatch"]) -> "RayBatch":
+        """The rays of several batches, one after the other."""
+        return RayBatch(**{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(RayBatch)})
+
     def __getitem__(self, index) -> "RayBatch":
         """Rays selected by a slice, an index tensor or a boolean mask over N."""
         return RayBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
@@ -236,6 +241,78 @@ def frame_rays(dataset: MultiIdentityDataset, split: str, index: int) -> RayBatc
     rows, cols = np.divmod(np.arange(w * h, dtype=np.int64), w)
     pixels = np.stack([cols, rows], axis=1)
     return _gather_rays(dataset, split, np.full(w * h, index, dtype=np.int64), pixels)
+
+
+def landmark_rays(dataset: MultiIdentityDataset, split: str, frames: TensorLike, count: int,
+                  generator: torch.Generator) -> Optional[Tuple[RayBatch, torch.Tensor]]:
+    """Rays from the cameras of some frames through their visible face landmarks (``landmarks.npz``), with the
+    distance to each landmark along its ray: the targets of the landmark depth prior.
+
+    ``count`` landmarks are drawn uniformly over the visible landmarks of the frames that have any (frames may repeat
+    and so weigh more; a landmark may be drawn twice), with ``generator``. The rays' ``rgb`` and ``background`` are
+    zeros and their ``mask`` NaN (they carry no colour target); ``pixel`` and ``uv`` are where the landmark
+    projects.
+
+    Args:
+        dataset: the dataset.
+        split: split of ``frames``.
+        frames: (M,) flat frame indices of the split.
+        count: rays to draw.
+        generator: torch generator of the draw (its device is used; the result is on the CPU).
+
+    Returns:
+        ``(rays, depth (count,))``, or None when none of the frames has a visible landmark (or ``count`` is 0).
+    """
+    lms = dataset.landmarks(split)
+    if lms is None or count <= 0:
+        return None
+    frames = np.unique(np.asarray(frames, dtype=np.int64))
+    vis = lms.visible[frames]  # (M, K)
+    flat = np.flatnonzero(vis.reshape(-1))
+    if flat.size == 0:
+        return None
+    pick = torch.randint(0, flat.size, (count,), generator=generator, device=generator.device).cpu().numpy()
+    row, k = np.divmod(flat[pick], vis.shape[1])
+    f = frames[row]
+    table = dataset.table(split)
+    c2w = torch.from_numpy(table.c2w[f]).double()
+    target = torch.from_numpy(lms.points[f, k]).double()
+    origins = c2w[:, :3, 3]
+    ray = target - origins
+    depth = ray.norm(dim=-1)
+    directions = ray / depth[:, None]
+    origins32, directions32 = origins.float().contiguous(), directions.float().contiguous()
+    near = torch.from_numpy(table.near[f])
+    far = torch.from_numpy(table.far[f])
+    explicit = table.explicit_near_far[f]
+    if not explicit.all():
+        box_near, box_far = ray_aabb(origins32, directions32, torch.from_numpy(table.aabb[f]))
+        use_box = torch.from_numpy(~explicit)
+        near, far = torch.where(use_box, box_near, near), torch.where(use_box, box_far, far)
+    # Where the landmark projects: camera-space position through the pinhole (OpenGL: the camera looks down -z).
+    cam = torch.einsum("nji,nj->ni", c2w[:, :3, :3], ray)
+    intr = torch.from_numpy(table.intrinsics[f]).double()
+    u = intr[:, 0] * cam[:, 0] / -cam[:, 2] + intr[:, 2]
+    v = -intr[:, 1] * cam[:, 1] / -cam[:, 2] + intr[:, 3]
+    size = torch.tensor([float(table.width), float(table.height)], dtype=torch.float64)
+    uv = torch.stack([u, v], dim=1)
+    pixel = uv.floor().clamp(min=torch.zeros(2, dtype=torch.float64), max=size - 1).long()
+    n = len(f)
+    zeros3 = torch.zeros(n, 3)
+    return RayBatch(
+        origins=origins32,
+        directions=directions32,
+        near=near.contiguous(),
+        far=far.contiguous(),
+        identity=torch.from_numpy(table.identity[f]),
+        frame=torch.from_numpy(f),
+        pixel=pixel,
+        uv=(uv / size).float().clamp(0.0, 1.0).contiguous(),
+        rgb=zeros3,
+        background=zeros3.clone(),
+        expression=torch.from_numpy(table.expression[f]),
+        mask=torch.full((n,), float("nan")),
+    ), depth.float()
 
 
 _SAMPLER = SamplerConfig()

@@ -14,7 +14,9 @@ from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["frame_record", "write_json", "write_png", "write_transforms"]
+from .layout import LANDMARKS_FILE
+
+__all__ = ["frame_record", "write_json", "write_landmarks", "write_png", "write_transforms"]
 
 PathLike = Union[str, Path]
 
@@ -32,6 +34,16 @@ def write_json(path: PathLike, data: object, indent: Optional[int] = 1) -> Path:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=indent))
+    os.replace(tmp, path)
+    return path
+
+
+def write_landmarks(folder: PathLike, frame_index: np.ndarray, points: np.ndarray, visible: np.ndarray) -> Path:
+    """Write an identity's ``landmarks.npz`` (see :class:`fastminerf.data.layout.Landmarks`) atomically."""
+    path = Path(folder) / LANDMARKS_FILE
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, frame_index=np.asarray(frame_index, dtype=np.int64), points=np.asarray(points, dtype=np.float32),
+             visible=np.asarray(visible, dtype=bool))
     os.replace(tmp, path)
     return path
 

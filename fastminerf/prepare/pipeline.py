@@ -36,7 +36,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..config import PrepareConfig
-from ..data.writer import frame_record, write_json, write_png, write_transforms
+from ..data.layout import LANDMARKS_FILE
+from ..data.writer import frame_record, write_json, write_landmarks, write_png, write_transforms
 from . import background as _background
 from .contact_sheet import write_contact_sheet
 from .expression import BASIS_FILE, ExpressionBasis, fit_basis
@@ -47,6 +48,7 @@ from .pose import (
     evenly_spaced,
     fit_canonical,
     identity_neutral,
+    landmark_visibility,
     project,
     scene_box,
     smooth_poses,
@@ -82,6 +84,9 @@ BBOX_MARGIN = 0.08
 
 SHEET_COLUMNS = 4
 """Frames shown in each contact sheet."""
+
+LANDMARK_DEPTH_GAP = 0.05
+"""A landmark counts as hidden behind another that projects onto it and lies this many face heights nearer."""
 
 
 class PrepareError(ValueError):
@@ -180,7 +185,7 @@ def _clear(folder: Path) -> None:
     for sub in ("frames", "masks", WORK_DIR):
         if (folder / sub).is_dir():
             shutil.rmtree(folder / sub)
-    for f in list(folder.glob("transforms_*.json")) + [folder / n for n in ("bg.png", "audio.wav", "contact_sheet.png", DONE_FILE)]:
+    for f in list(folder.glob("transforms_*.json")) + [folder / n for n in ("bg.png", "audio.wav", "contact_sheet.png", LANDMARKS_FILE, DONE_FILE)]:
         if f.is_file():
             f.unlink()
 
@@ -360,6 +365,10 @@ def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: f
         start += n
     # Re-projection of the neutral face's rigid landmarks through the written cameras: the tracking check.
     err = np.linalg.norm(project(neutral[basis.stable], c2w32.astype(np.float64), intrinsics) - lm[:, basis.stable, :2], axis=2)
+    # Every frame's own landmarks (pose removed, expression kept) in head space: training's depth prior.
+    visible = landmark_visibility(aligned, c2w32, intrinsics, LANDMARK_DEPTH_GAP * basis.face_height)
+    write_landmarks(out, frame_ids, aligned, visible)
+    lm_err = np.linalg.norm(project(aligned, c2w32.astype(np.float64), intrinsics) - lm[:, :, :2], axis=2)
     show = evenly_spaced(len(frame_ids), SHEET_COLUMNS)
     sheet = write_contact_sheet(
         out / "contact_sheet.png", name,
@@ -369,7 +378,9 @@ def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: f
         np.asarray(iio.imread(out / "bg.png")), c2w, expr,
     )
     return {"splits": sizes, "aabb": aabb, "intrinsics": intrinsics, "contact_sheet": str(sheet.name),
-            "reprojection_px": {"median": float(np.median(err)), "p95": float(np.percentile(err, 95))}}
+            "reprojection_px": {"median": float(np.median(err)), "p95": float(np.percentile(err, 95))},
+            "landmarks": {"file": LANDMARKS_FILE, "visible": float(visible.mean()),
+                          "reprojection_px": {"median": float(np.median(lm_err)), "p95": float(np.percentile(lm_err, 95))}}}
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -458,7 +469,8 @@ def prepare(
             t0 = time.perf_counter()
             fp = st["fingerprints"]["cameras"]
             done = _read_json(st["out"] / DONE_FILE)
-            if done is not None and done.get("fingerprint") == fp and done.get("basis") == basis_id:
+            if (done is not None and done.get("fingerprint") == fp and done.get("basis") == basis_id
+                    and (st["out"] / LANDMARKS_FILE).is_file()):  # folders of older versions gain their landmarks
                 res.status = "skipped"
                 info = done
             else:

@@ -338,6 +338,37 @@ def project(points: np.ndarray, c2w: np.ndarray, intrinsics: Sequence[float]) ->
     return np.stack([fx * cam[..., 0] / depth + cx, -fy * cam[..., 1] / depth + cy], axis=-1)
 
 
+def landmark_visibility(points: np.ndarray, c2w: np.ndarray, intrinsics: Sequence[float], depth_gap: float,
+                        radius_factor: float = 0.4) -> np.ndarray:
+    """Which landmarks each camera sees: a point is hidden when another projects within ``radius_factor`` times
+    the frame's median nearest-neighbour spacing of it (in pixels) and lies more than ``depth_gap`` head units
+    nearer the camera (the far side of the nose, the cheek beyond a turned face).
+
+    Args:
+        points: ``(B, K, 3)`` head-space landmarks of B frames.
+        c2w: ``(B, 4, 4)`` their cameras (OpenGL).
+        intrinsics: ``[fx, fy, cx, cy]``.
+        depth_gap: head units.
+        radius_factor: fraction of the nearest-neighbour spacing under which two projections coincide.
+
+    Returns:
+        ``(B, K)`` bool.
+    """
+    m = np.asarray(c2w, dtype=np.float64)
+    pts = np.asarray(points, dtype=np.float64)
+    uv = project(pts, m, intrinsics)  # (B, K, 2): each frame's points through its own camera
+    cam = np.einsum("bji,bkj->bki", m[:, :3, :3], pts - m[:, None, :3, 3])
+    depth = -cam[..., 2]
+    out = np.ones(pts.shape[:2], dtype=bool)
+    for b in range(pts.shape[0]):
+        d2 = ((uv[b, :, None] - uv[b, None]) ** 2).sum(-1)
+        np.fill_diagonal(d2, np.inf)
+        radius = radius_factor * float(np.median(np.sqrt(d2.min(axis=1))))
+        nearer = depth[b, None, :] < depth[b, :, None] - depth_gap  # [k, l]: l is nearer than k
+        out[b] = ~((d2 < radius * radius) & nearer).any(axis=1)
+    return out
+
+
 def scene_box(c2w: np.ndarray, intrinsics: Sequence[float], size: int, canonical: np.ndarray, face_height: float) -> List[float]:
     """An ``aabb`` holding what the frames show of the person, in head space.
 
