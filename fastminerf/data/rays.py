@@ -165,6 +165,19 @@ class RayBatch:
         return RayBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
+def _near_far(table, frames: np.ndarray, origins: torch.Tensor, directions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(N,) near and far of rays of given frames: the layout's ``near``/``far`` where it gives them, else the ray's
+    stretch inside the frame's ``aabb``."""
+    near = torch.from_numpy(table.near[frames])
+    far = torch.from_numpy(table.far[frames])
+    explicit = table.explicit_near_far[frames]
+    if not explicit.all():
+        box_near, box_far = ray_aabb(origins, directions, torch.from_numpy(table.aabb[frames]))
+        use_box = torch.from_numpy(~explicit)
+        near, far = torch.where(use_box, box_near, near), torch.where(use_box, box_far, far)
+    return near.contiguous(), far.contiguous()
+
+
 def _gather_rays(
     dataset: MultiIdentityDataset, split: str, frames: np.ndarray, pixels: np.ndarray
 ) -> RayBatch:
@@ -191,19 +204,12 @@ def _gather_rays(
     c2w = torch.from_numpy(table.c2w[frames])
     intr = torch.from_numpy(table.intrinsics[frames])
     origins, directions = camera_rays(c2w, intr, table.width, table.height, torch.from_numpy(pixels))
-    near = torch.from_numpy(table.near[frames])
-    far = torch.from_numpy(table.far[frames])
-    explicit = table.explicit_near_far[frames]
-    if not explicit.all():
-        box_near, box_far = ray_aabb(origins, directions, torch.from_numpy(table.aabb[frames]))
-        use_box = torch.from_numpy(~explicit)
-        near = torch.where(use_box, box_near, near)
-        far = torch.where(use_box, box_far, far)
+    near, far = _near_far(table, frames, origins, directions)
     return RayBatch(
         origins=origins,
         directions=directions,
-        near=near.contiguous(),
-        far=far.contiguous(),
+        near=near,
+        far=far,
         identity=torch.from_numpy(table.identity[frames]),
         frame=torch.from_numpy(frames),
         pixel=torch.from_numpy(pixels),
@@ -282,13 +288,7 @@ def landmark_rays(dataset: MultiIdentityDataset, split: str, frames: TensorLike,
     depth = ray.norm(dim=-1)
     directions = ray / depth[:, None]
     origins32, directions32 = origins.float().contiguous(), directions.float().contiguous()
-    near = torch.from_numpy(table.near[f])
-    far = torch.from_numpy(table.far[f])
-    explicit = table.explicit_near_far[f]
-    if not explicit.all():
-        box_near, box_far = ray_aabb(origins32, directions32, torch.from_numpy(table.aabb[f]))
-        use_box = torch.from_numpy(~explicit)
-        near, far = torch.where(use_box, box_near, near), torch.where(use_box, box_far, far)
+    near, far = _near_far(table, f, origins32, directions32)
     # Where the landmark projects: camera-space position through the pinhole (OpenGL: the camera looks down -z).
     cam = torch.einsum("nji,nj->ni", c2w[:, :3, :3], ray)
     intr = torch.from_numpy(table.intrinsics[f]).double()
@@ -302,8 +302,8 @@ def landmark_rays(dataset: MultiIdentityDataset, split: str, frames: TensorLike,
     return RayBatch(
         origins=origins32,
         directions=directions32,
-        near=near.contiguous(),
-        far=far.contiguous(),
+        near=near,
+        far=far,
         identity=torch.from_numpy(table.identity[f]),
         frame=torch.from_numpy(f),
         pixel=pixel,
