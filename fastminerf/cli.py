@@ -429,9 +429,10 @@ def _metrics_table(result: dict, title: str):
     table = Table(title=title)
     table.add_column("identity")
     table.add_column("frames", justify="right")
-    fmt = {"psnr": "{:.2f}", "ssim": "{:.4f}", "l1": "{:.4f}", "lpips": "{:.4f}"}
+    fmt = {"psnr": "{:.2f}", "ssim": "{:.4f}", "l1": "{:.4f}", "lpips": "{:.4f}", "landmark_depth": "{:.3f}"}
+    heading = {"psnr": "PSNR (dB)", "landmark_depth": "LANDMARK DEPTH"}
     for m in names:
-        table.add_column(m.upper() + (" (dB)" if m == "psnr" else ""), justify="right")
+        table.add_column(heading.get(m, m.upper()), justify="right")
     for name, vals in result["identities"].items():
         table.add_row(name, str(vals["frames"]), *[fmt[m].format(vals[m]) for m in names])
     table.add_row("[bold]mean[/bold]", str(result["frames"]), *[f"[bold]{fmt[m].format(result['mean'][m])}[/bold]" for m in names])
@@ -444,7 +445,9 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
         help="render every frame of a split and report PSNR, SSIM and L1 per identity",
         description="Render every frame of SPLIT for each identity of --data (names must be in the run), print a "
         "table and, with --out, write DIR/metrics.json and DIR/side_by_side/<identity>/*.png (prediction | truth | "
-        "error). LPIPS is added only when the lpips package and its weights are already installed.",
+        "error). LPIPS is added only when the lpips package and its weights are already installed. Where the data "
+        "has landmarks.npz (fastminerf prepare), LANDMARK DEPTH is the median distance in head units between the "
+        "rendered depth and the tracked face landmarks along rays through them (the geometry check).",
     )
     p.add_argument("--run", required=True, type=Path, help="run folder")
     p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders or dataset roots")

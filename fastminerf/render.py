@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .data.dataset import MultiIdentityDataset
-from .data.rays import RayBatch, camera_rays, frame_rays, pixel_uv, ray_aabb
+from .data.rays import RayBatch, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .metrics import l1, lpips, lpips_status, psnr, ssim
 
 __all__ = [
@@ -777,6 +777,23 @@ def side_by_side(pred: np.ndarray, target: np.ndarray, error_gain: float = ERROR
     return to_uint8(np.concatenate([np.clip(p, 0, 1), np.clip(t, 0, 1), np.repeat(err, 3, axis=2)], axis=1))
 
 
+LANDMARK_EVAL_RAYS = 512
+"""Rays through tracked landmarks per identity for :func:`evaluate`'s geometry check."""
+
+
+def _landmark_depth_error(model, dataset: MultiIdentityDataset, split: str, name: str, frames: np.ndarray) -> Optional[float]:
+    """Median distance (head units) between the rendered depth and the tracked landmarks (``landmarks.npz``) along
+    :data:`LANDMARK_EVAL_RAYS` rays through visible landmarks of ``frames`` (a fixed draw), or None without any."""
+    drawn = landmark_rays(dataset, split, frames, LANDMARK_EVAL_RAYS, torch.Generator().manual_seed(0))
+    if drawn is None:
+        return None
+    rays, target = drawn
+    identity = torch.full_like(rays.identity, identity_id(model, name))
+    out = render_rays(model, rays.origins, rays.directions, rays.near, rays.far, identity, rays.expression,
+                      rays.background, uv=rays.uv)
+    return float((out["depth"] - target).abs().median())
+
+
 def evaluate(
     model,
     dataset: MultiIdentityDataset,
@@ -808,7 +825,10 @@ def evaluate(
 
     Returns:
         ``{"split", "frames", "metrics": [...], "lpips": status text, "identities": {name: {"frames", "psnr",
-        "ssim", "l1"[, "lpips"]}}, "mean": {...}}``.
+        "ssim", "l1"[, "lpips"][, "landmark_depth"]}}, "mean": {...}}``. ``landmark_depth`` (where the dataset has
+        ``landmarks.npz``) is the median distance in head units between the rendered depth and the tracked
+        landmarks along rays through them: whether the geometry sits where the face is (NaN for identities
+        without landmarks; the mean skips them).
 
     Raises:
         RenderError: an identity unknown to the dataset or the model (named), or a split not loaded.
@@ -852,7 +872,14 @@ def evaluate(
             if progress is not None:
                 progress(done, total)
         per_identity[name] = {"frames": len(frames), **{m: float(np.mean(v)) if v else float("nan") for m, v in values.items()}}
-    mean = {m: float(np.mean([per_identity[n][m] for n in names])) if names else float("nan") for m in metric_names}
+        depth = _landmark_depth_error(model, dataset, split, name, frames)
+        if depth is not None:
+            per_identity[name]["landmark_depth"] = depth
+    if any("landmark_depth" in v for v in per_identity.values()):
+        metric_names.append("landmark_depth")
+        for v in per_identity.values():
+            v.setdefault("landmark_depth", float("nan"))
+    mean = {m: float(np.nanmean([per_identity[n][m] for n in names])) if names else float("nan") for m in metric_names}
     result: Dict[str, object] = {
         "split": split,
         "frames": total,
