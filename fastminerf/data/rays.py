@@ -19,7 +19,7 @@ import torch
 from ..config import SamplerConfig
 from .dataset import MultiIdentityDataset
 
-__all__ = ["RayBatch", "RaySampler", "camera_rays", "frame_rays", "landmark_rays", "pixel_uv", "ray_aabb"]
+__all__ = ["RayBatch", "RaySampler", "camera_project", "camera_rays", "frame_rays", "landmark_rays", "pixel_uv", "ray_aabb"]
 
 TensorLike = Union[torch.Tensor, np.ndarray, list, tuple]
 
@@ -90,6 +90,26 @@ def camera_rays(
     dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True)
     origins = c2w_t[..., :3, 3].expand(dirs.shape).contiguous()
     return origins, dirs
+
+
+def camera_project(points: torch.Tensor, c2w: torch.Tensor, intrinsics: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Where head-space points land in the image, the inverse of :func:`camera_rays`: the ray through pixel
+    ``(i, j)`` meets the points that project to ``(i + 0.5, j + 0.5)``.
+
+    Args:
+        points: ``(..., K, 3)`` head-space points.
+        c2w: ``(..., 4, 4)`` camera-to-head transforms (OpenGL), broadcast against ``points``' leading dimensions.
+        intrinsics: ``[fx, fy, cx, cy]``, ``(4,)`` or ``(..., 4)``.
+
+    Returns:
+        ``uv (..., K, 2)`` in pixels (u right, v down) and ``depth (..., K)`` along each camera's optical axis.
+    """
+    r, t = c2w[..., :3, :3], c2w[..., :3, 3]
+    cam = torch.einsum("...ji,...kj->...ki", r, points - t[..., None, :])  # R^T (p - t)
+    depth = -cam[..., 2]
+    k = intrinsics[..., None, :]
+    uv = torch.stack([k[..., 0] * cam[..., 0] / depth + k[..., 2], -k[..., 1] * cam[..., 1] / depth + k[..., 3]], dim=-1)
+    return uv, depth
 
 
 def ray_aabb(origins: torch.Tensor, directions: torch.Tensor, aabb: TensorLike) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -289,13 +309,8 @@ def landmark_rays(dataset: MultiIdentityDataset, split: str, frames: TensorLike,
     directions = ray / depth[:, None]
     origins32, directions32 = origins.float().contiguous(), directions.float().contiguous()
     near, far = _near_far(table, f, origins32, directions32)
-    # Where the landmark projects: camera-space position through the pinhole (OpenGL: the camera looks down -z).
-    cam = torch.einsum("nji,nj->ni", c2w[:, :3, :3], ray)
-    intr = torch.from_numpy(table.intrinsics[f]).double()
-    u = intr[:, 0] * cam[:, 0] / -cam[:, 2] + intr[:, 2]
-    v = -intr[:, 1] * cam[:, 1] / -cam[:, 2] + intr[:, 3]
+    uv = camera_project(target[:, None], c2w, torch.from_numpy(table.intrinsics[f]).double())[0][:, 0]
     size = torch.tensor([float(table.width), float(table.height)], dtype=torch.float64)
-    uv = torch.stack([u, v], dim=1)
     pixel = uv.floor().clamp(min=torch.zeros(2, dtype=torch.float64), max=size - 1).long()
     n = len(f)
     zeros3 = torch.zeros(n, 3)

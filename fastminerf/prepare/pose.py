@@ -330,12 +330,17 @@ def camera_to_head(poses: Poses) -> np.ndarray:
 def project(points: np.ndarray, c2w: np.ndarray, intrinsics: Sequence[float]) -> np.ndarray:
     """Pixel positions ``(..., K, 2)`` (u right, v down; pixel (i, j) spans [i, i+1) x [j, j+1)) of head-space
     points ``(K, 3)`` seen by cameras ``c2w (..., 4, 4)`` (OpenGL, as the layout and the renderer read them)."""
-    fx, fy, cx, cy = (float(v) for v in intrinsics)
-    m = np.asarray(c2w, dtype=np.float64)
-    r, t = m[..., :3, :3], m[..., :3, 3]
-    cam = np.einsum("...ji,...kj->...ki", r, np.asarray(points, dtype=np.float64) - t[..., None, :])  # R^T (p - t)
-    depth = -cam[..., 2]
-    return np.stack([fx * cam[..., 0] / depth + cx, -fy * cam[..., 1] / depth + cy], axis=-1)
+    return _project(points, c2w, intrinsics)[0]
+
+
+def _project(points, c2w, intrinsics) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`fastminerf.data.rays.camera_project` (the renderer's camera convention) on float64 numpy arrays."""
+    import torch
+
+    from ..data.rays import camera_project
+
+    uv, depth = camera_project(*(torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in (points, c2w, intrinsics)))
+    return uv.numpy(), depth.numpy()
 
 
 def landmark_visibility(points: np.ndarray, c2w: np.ndarray, intrinsics: Sequence[float], depth_gap: float,
@@ -354,11 +359,8 @@ def landmark_visibility(points: np.ndarray, c2w: np.ndarray, intrinsics: Sequenc
     Returns:
         ``(B, K)`` bool.
     """
-    m = np.asarray(c2w, dtype=np.float64)
     pts = np.asarray(points, dtype=np.float64)
-    uv = project(pts, m, intrinsics)  # (B, K, 2): each frame's points through its own camera
-    cam = np.einsum("bji,bkj->bki", m[:, :3, :3], pts - m[:, None, :3, 3])
-    depth = -cam[..., 2]
+    uv, depth = _project(pts, c2w, intrinsics)  # (B, K, 2), (B, K): each frame's points through its own camera
     out = np.ones(pts.shape[:2], dtype=bool)
     for b in range(pts.shape[0]):
         d2 = ((uv[b, :, None] - uv[b, None]) ** 2).sum(-1)
