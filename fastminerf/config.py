@@ -506,7 +506,8 @@ class TrainConfig:
     mask_weight: float = 0.0
     """Weight of the mask loss ``mean((opacity - mask)^2)`` over the rays whose frame has a foreground mask: the
     person is opaque, the space around it empty, from the first steps (surfaces otherwise stay half transparent for
-    thousands of steps, and rays march through the whole head). 0 disables it."""
+    thousands of steps, and rays march through the whole head). With a torso layer the opacity is the person's, the
+    head field's over the layer's (the mask holds the shoulders too, which are the layer's). 0 disables it."""
 
     ema_decay: float = 0.0
     """Keep an exponential moving average of the weights, updated after every step with the decay

@@ -342,7 +342,8 @@ class MINeRF(nn.Module):
                 needed by a model with a torso layer, which is composited over ``background`` there.
 
         Returns:
-            dict ``rgb`` (N, 3) composited over the background, ``opacity`` (N,), ``depth`` (N,) (expected depth of
+            dict ``rgb`` (N, 3) composited over the background, ``opacity`` (N,) (the head field's), with a torso layer
+            ``person_opacity`` (N,) (the field over the layer: the person's), ``depth`` (N,) (expected depth of
             the visible surface, i.e. divided by the opacity), ``samples`` (N,) int64 samples marched per ray
             (``nerface`` backbone: field evaluations per ray, and ``rgb_coarse`` (N, 3), the coarse network's image).
             With gradients enabled the rays are rendered at once (training); without, in chunks of
@@ -369,10 +370,14 @@ class MINeRF(nn.Module):
                                               None if uv is None else uv[sl]))
             return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         cond = self.condition(identity, expression, frame_code)
+        torso_alpha = None
         if self.torso is not None:
-            background = self.torso.over(identity, uv.to(background.dtype), background)
-        return self._render(origins.contiguous(), directions.contiguous(), near.contiguous(), far.contiguous(), cond,
-                            identity, background, distortion)
+            background, torso_alpha = self.torso.over(identity, uv.to(background.dtype), background)
+        out = self._render(origins.contiguous(), directions.contiguous(), near.contiguous(), far.contiguous(), cond,
+                           identity, background, distortion)
+        if torso_alpha is not None:  # the whole person: the head field over the layer
+            out["person_opacity"] = out["opacity"] + (1.0 - out["opacity"]) * torso_alpha
+        return out
 
     def render_batch(self, batch, frame_code: Optional[torch.Tensor] = None, distortion: bool = False) -> Dict[str, torch.Tensor]:
         """:meth:`render_rays` on a :class:`fastminerf.data.RayBatch` (``frame_code`` and ``distortion`` as there)."""

@@ -303,6 +303,17 @@ def jitter_near(near: torch.Tensor, step_size: float, generator: torch.Generator
     return near + torch.rand(near.shape, generator=generator, device=near.device, dtype=near.dtype) * step_size
 
 
+def mask_loss(out: Dict[str, torch.Tensor], mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """``train.mask_weight``'s term: ``mean((opacity - mask)^2)`` over the rays whose mask is known (not NaN), the
+    opacity being the person's (``person_opacity``: the head field over the torso layer) where the model has a
+    layer, else the field's. None when no ray has a mask."""
+    known = ~torch.isnan(mask)
+    if not bool(known.any()):
+        return None
+    person = out.get("person_opacity", out["opacity"])
+    return torch.mean((person[known] - mask[known]) ** 2)
+
+
 def _lr_factor(step: int, cfg) -> float:
     """Linear warm-up, then exponential decay to ``lr_final_factor`` at ``steps``."""
     t = cfg.train
@@ -456,9 +467,9 @@ class _Loop:
             if t.distortion_weight > 0 and "distortion" in out:  # the fast backbone's packed samples
                 loss = loss + t.distortion_weight * out["distortion"][:n].mean()
             if t.mask_weight > 0:
-                known = ~torch.isnan(batch.mask)
-                if bool(known.any()):
-                    loss = loss + t.mask_weight * torch.mean((out["opacity"][:n][known] - batch.mask[known]) ** 2)
+                masked = mask_loss({k: v[:n] for k, v in out.items() if k in ("opacity", "person_opacity")}, batch.mask)
+                if masked is not None:
+                    loss = loss + t.mask_weight * masked
             if "rgb_coarse" in out:  # a coarse + fine backbone (nerface): NeRF's loss on both images
                 loss = loss + torch.mean((out["rgb_coarse"][:n] - batch.rgb) ** 2)
             if t.frame_code_reg > 0 and model.frame_codes.weight.shape[1] > 0:

@@ -13,7 +13,7 @@ from fastminerf.data.synth import generate
 from fastminerf.nn.torso import in_head_region, outside_head
 from fastminerf.ops.texture import texture_lookup
 from fastminerf.render import drive_path, render_sequence
-from fastminerf.train import start_torso
+from fastminerf.train import mask_loss, start_torso
 
 LOOKUP_TOL = 1e-5
 """Bilinear weights in float32 computed two ways (ours from the clamped texel position, grid_sample's from its
@@ -79,6 +79,10 @@ def test_the_head_box_ends_at_the_floor_and_rendering_needs_uv():
     # behind the field lies the layer, at its initial colour (0.5) and opacity, over the background
     a = cfg.torso.alpha_init
     torch.testing.assert_close(out["rgb"][n // 2:], (1 - a) * background[n // 2:] + a * 0.5)
+    # the person's opacity (what the mask loss compares with the mask) is the field's over the layer's
+    torch.testing.assert_close(out["person_opacity"], out["opacity"] + (1 - out["opacity"]) * a)
+    torch.testing.assert_close(out["person_opacity"][n // 2:], torch.full((n - n // 2,), a))
+    assert float(out["opacity"][: n // 2].max()) > 0.0
     bad = load_config("tiny", ["model.torso.resolution=8", "model.torso.floor=-2.0"]).model
     with pytest.raises(ValueError, match="model.torso.floor -2.0 must lie inside"):
         MINeRF(bad, 12, ["a"], [0], aabb=[-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])
@@ -171,6 +175,29 @@ def test_the_layer_learns_what_the_field_cannot_reach(heads, tmp_path):
     a = render_frame(with_layer, data, "train", 3)
     b = render_frame(reloaded, data, "train", 3)
     assert np.array_equal(a, b)
+
+
+def test_the_mask_loss_reaches_the_layer_where_the_field_leaves_the_person_to_it():
+    # The mask holds the whole person; with a layer, the loss compares it with the field over the layer, so on rays
+    # below the floor (the field has nothing there) it still teaches the layer's opacity. Compared with the field's
+    # opacity alone (as it once was), it taught the layer nothing: no gradient reached the texture.
+    cfg = load_config("tiny", ["model.torso.resolution=8", "model.torso.floor=0.0"]).model
+    model = MINeRF(cfg, 12, ["a"], [0], aabb=[-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])
+    n = 32
+    g = torch.Generator().manual_seed(2)
+    origins = torch.tensor([0.0, -0.8, 4.0]).repeat(n, 1)  # level rays under the floor: they never enter the box
+    directions = torch.tensor([0.0, 0.0, -1.0]).repeat(n, 1)
+    out = model.render_rays(origins, directions, torch.zeros(n), torch.full((n,), 10.0), torch.zeros(n, dtype=torch.long),
+                            torch.zeros(n, 12), uv=torch.rand(n, 2, generator=g), background=torch.rand(n, 3, generator=g))
+    assert float(out["opacity"].abs().max()) == 0.0
+    mask = torch.ones(n)
+    mask[:4] = float("nan")  # frames without a mask count for nothing
+    loss = mask_loss(out, mask)
+    a = cfg.torso.alpha_init
+    torch.testing.assert_close(loss, torch.tensor((1.0 - a) ** 2))
+    loss.backward()
+    assert float(model.torso.texture.grad[..., 3].min()) < 0.0  # descending raises the layer's opacity
+    assert mask_loss(out, torch.full((n,), float("nan"))) is None
 
 
 def test_personalisation_gives_the_new_identity_a_layer_and_leaves_the_others(heads, tmp_path):

@@ -50,10 +50,11 @@ class TorsoLayer(nn.Module):
         rgba = torch.sigmoid(texture_lookup(self.texture, identity, uv))
         return rgba[:, :3], rgba[:, 3]
 
-    def over(self, identity: torch.Tensor, uv: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-        """The layer composited over ``background`` (N, 3): what shows behind the head field."""
+    def over(self, identity: torch.Tensor, uv: torch.Tensor, background: torch.Tensor):
+        """(colour (N, 3), alpha (N,)): the layer composited over ``background`` (N, 3), i.e. what shows behind the
+        head field, and the layer's opacity."""
         rgb, alpha = self(identity, uv)
-        return background + alpha[:, None] * (rgb - background)
+        return background + alpha[:, None] * (rgb - background), alpha
 
     @torch.no_grad()
     def start_from(self, identity: int, coverage: torch.Tensor, colour: torch.Tensor) -> None:
