@@ -142,6 +142,12 @@ class SynthConfig:
     """Frame rate written to the layout (``fps`` and each frame's ``time``); it sets how fast people talk
     and blink in frames."""
 
+    expression_style: float = 0.0
+    """Per-person expressiveness: identity k's face moves by ``g_k`` times its recorded expression coefficients, ``g_k``
+    drawn uniformly in ``[1 - expression_style, 1]`` (from a stream of its own: 0 writes the same heads as ever). Real
+    people show the same tracked expression differently; at 0 every head moves alike for the same coefficients, so
+    a conditioning additive in expression and identity is exact there."""
+
     overwrite: bool = False
     """Replace identity folders a previous run of the generator wrote in the same output folder. Folders
     the generator did not write are never touched."""

@@ -289,3 +289,31 @@ def test_synth_config_fields_are_the_keywords(tmp_path):
         assert params[f.name].default == getattr(SynthConfig(), f.name)
     dirs = generate(tmp_path / "cfg", **asdict(SynthConfig(n_identities=1, n_frames=2, size=12, novel_frames=1)))
     assert [d.name for d in dirs] == ["id000"] and iio.imread(dirs[0] / "train" / "0000.png").shape == (12, 12, 3)
+
+
+def test_expression_style_moves_each_face_by_its_own_gain_and_records_the_same_coefficients(root, data, tmp_path):
+    styled = tmp_path / "styled"
+    generate(styled, n_identities=2, n_frames=N_FRAMES, size=SIZE, seed=11, novel_frames=2, expression_style=0.6)
+    sdata = load_dataset(styled, splits=("train",))
+    t, st = data.table("train"), sdata.table("train")
+    gains = []
+    for k in range(2):
+        marker = json.loads((styled / f"id{k:03d}" / "synth_identity.json").read_text())
+        gains.append(marker["expressiveness"])
+        assert 0.4 <= marker["expressiveness"] <= 1.0
+        assert json.loads((root / f"id{k:03d}" / "synth_identity.json").read_text())["expressiveness"] == 1.0
+        frames = st.frames_of(k)[:3]
+        # the same recorded expressions and cameras as the unstyled heads of the same seed...
+        assert np.array_equal(st.expression[frames], t.expression[t.frames_of(k)[:3]])
+        assert np.array_equal(st.c2w[frames], t.c2w[t.frames_of(k)[:3]])
+        # ...but the face moves by the gain: the frames are the renders of the scaled coefficients
+        head = _head(styled, k)
+        expr = torch.from_numpy(st.expression[frames] * np.float32(marker["expressiveness"]))
+        rgb, hit = head.render_frames(torch.from_numpy(st.c2w[frames]), torch.from_numpy(st.intrinsics[frames[0]]), SIZE,
+                                      SIZE, expr)
+        for j, f in enumerate(frames.tolist()):
+            img = np.where(hit[j].numpy()[..., None], np.rint(rgb[j].numpy() * 255).astype(np.uint8), sdata.background(k))
+            assert np.array_equal(img, sdata.image("train", f))
+    assert gains[0] != gains[1]
+    with pytest.raises(ValueError, match="expression_style must be in"):
+        generate(tmp_path / "bad", n_identities=1, n_frames=N_FRAMES, size=SIZE, expression_style=1.0)

@@ -342,6 +342,7 @@ def generate(
     max_pitch_deg: float = _SYNTH.max_pitch_deg,
     max_roll_deg: float = _SYNTH.max_roll_deg,
     fps: float = _SYNTH.fps,
+    expression_style: float = _SYNTH.expression_style,
     overwrite: bool = _SYNTH.overwrite,
     png_compress_level: int = _SYNTH.png_compress_level,
     chunk_rays: int = _SYNTH.chunk_rays,
@@ -377,6 +378,8 @@ def generate(
         raise ValueError(f"size must be >= 8 pixels, got {size}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0.0 <= expression_style < 1.0:
+        raise ValueError(f"expression_style must be in [0, 1), got {expression_style}")
     n_val = 0 if n_frames < 2 else max(1, int(round(val_fraction * n_frames)))
     n_val = min(n_val, n_frames - 1)
     n_novel = max(1, n_frames // 10) if novel_frames is None else int(novel_frames)
@@ -398,7 +401,7 @@ def generate(
     settings = dict(
         n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, val_fraction=val_fraction,
         novel_frames=n_novel, camera_distance=camera_distance, focal_factor=focal_factor, max_yaw_deg=max_yaw_deg,
-        max_pitch_deg=max_pitch_deg, max_roll_deg=max_roll_deg, fps=fps,
+        max_pitch_deg=max_pitch_deg, max_roll_deg=max_roll_deg, fps=fps, expression_style=expression_style,
     )
     per_identity = n_frames + n_novel
     total = n_identities * per_identity
@@ -415,8 +418,10 @@ def generate(
         write_png(d / "bg.png", bg, png_compress_level)
         head = HeadModel(params)
         c2w = np.concatenate([video_c2w, novel_c2w])
-        expr = np.concatenate([video, novel])
-        boxes = _face_boxes(params, c2w, focal, size, expr[:, _IDX["jaw_open"]])
+        expr = np.concatenate([video, novel])  # what the layout records
+        gain = 1.0 - expression_style * float(np.random.default_rng([seed, k, 1]).uniform())
+        moved = (expr * gain).astype(expr.dtype)  # what the face does
+        boxes = _face_boxes(params, c2w, focal, size, moved[:, _IDX["jaw_open"]])
         splits = ["train"] * (n_frames - n_val) + ["val"] * n_val + ["novel"] * n_novel
         local = list(range(n_frames - n_val)) + list(range(n_val)) + list(range(n_novel))
         source_index = list(range(n_frames)) + list(range(n_novel))
@@ -425,7 +430,7 @@ def generate(
         for a in range(0, per_identity, per_chunk):
             b = min(per_identity, a + per_chunk)
             rgb, hit = head.render_frames(
-                torch.from_numpy(c2w[a:b]), torch.tensor(intrinsics), size, size, torch.from_numpy(expr[a:b]), chunk_rays
+                torch.from_numpy(c2w[a:b]), torch.tensor(intrinsics), size, size, torch.from_numpy(moved[a:b]), chunk_rays
             )
             rgb8 = np.rint(rgb.numpy() * 255.0).astype(np.uint8)
             hit_np = hit.numpy()
@@ -455,11 +460,12 @@ def generate(
         (d / IDENTITY_MARKER).write_text(
             json.dumps(
                 {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k,
-                 "withheld_region": own.name, "params": params.to_json()},
+                 "withheld_region": own.name, "expressiveness": gain, "params": params.to_json()},
                 indent=1,
             )
         )
-        summary.append({"name": name, "withheld_region": own.name, "hair_style": params.hair_style, "pattern": params.pattern})
+        summary.append({"name": name, "withheld_region": own.name, "hair_style": params.hair_style, "pattern": params.pattern,
+                        "expressiveness": gain})
         dirs.append(d)
     (out / "synth.json").write_text(
         json.dumps(
