@@ -16,7 +16,8 @@
    target) -> ``WORK/transfer.jpg``. Both stay outside the repository: they show the real people of the
    third-party clips, which are never copied into the project.
 
-Writes ``benchmarks/results/real_clips.json`` (``real_clips_quick.json`` with ``--quick``, which is ignored by git).
+Writes ``benchmarks/results/real_clips.json`` (``real_clips_quick.json`` with ``--quick``, which is ignored by git;
+``real_clips_val0.json`` with ``--val-fraction 0``: training on every frame before the same test frames).
 """
 from __future__ import annotations
 
@@ -101,6 +102,9 @@ def main() -> int:
     ap.add_argument("--target", default="02_hdtf_WDA_AlexandriaOcasioCortez_000", help="identity rendered in the video")
     ap.add_argument("--driver", default="04_hdtf_WDA_BobMenendez_000", help="identity whose poses and expressions drive it")
     ap.add_argument("--video-frames", type=int, default=20, help="frames of the transfer video (driver's test frames)")
+    ap.add_argument("--val-fraction", type=float, default=0.1,
+                    help="share of each clip held out as val between train and test (0: train on every frame before the "
+                         "test frames, which stay the same; results to real_clips_val0.json)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: results to real_clips_quick.json")
     args = ap.parse_args()
 
@@ -121,7 +125,8 @@ def main() -> int:
 
     # 1. prepare
     t0 = time.perf_counter()
-    prep = prepare(clips, work / "data", PrepareConfig(size=args.size, max_frames=args.max_frames))
+    prep = prepare(clips, work / "data", PrepareConfig(size=args.size, max_frames=args.max_frames,
+                                                       val_fraction=args.val_fraction))
     seconds["prepare"] = time.perf_counter() - t0
     if prep.failed:
         for v in prep.failed:
@@ -193,7 +198,8 @@ def main() -> int:
         "machine": {**machine(), "git_commit": commit},  # threads as training left them
         "settings": {"clips": [c.name for c in clips], "size": args.size, "max_frames": args.max_frames,
                      "config": args.config, "minutes": args.minutes, "steps": steps, "eval_frames": args.eval_frames,
-                     "eval_split": "test (each clip's last 10 %, never trained on)", "target": args.target,
+                     "eval_split": "test (each clip's last 10 %, never trained on)", "val_fraction": args.val_fraction,
+                     "target": args.target,
                      "driver": args.driver, "transfer": "delta", "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                      "overrides": list(args.overrides)},
         "frames": frames,
@@ -210,7 +216,8 @@ def main() -> int:
         "strip": strip,
         "seconds": seconds,
     }
-    path = write_result("real_clips_quick" if args.quick else "real_clips", payload)
+    name = "real_clips" if args.val_fraction == 0.1 else f"real_clips_val{args.val_fraction:g}"
+    path = write_result(name + "_quick" if args.quick else name, payload)
     print(f"wrote {path}")
     (work / "real_clips.json").write_text(json.dumps(payload, indent=1))
     return 0
