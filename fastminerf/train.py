@@ -304,13 +304,14 @@ def jitter_near(near: torch.Tensor, step_size: float, generator: torch.Generator
 
 
 def mask_loss(out: Dict[str, torch.Tensor], mask: torch.Tensor) -> Optional[torch.Tensor]:
-    """``train.mask_weight``'s term: ``mean((opacity - mask)^2)`` over the rays whose mask is known (not NaN), the
-    opacity being the person's (``person_opacity``: the head field over the torso layer) where the model has a
-    layer, else the field's. None when no ray has a mask."""
+    """``train.mask_weight``'s term: ``mean((opacity - mask)^2)`` over the first ``len(mask)`` rays of the render
+    ``out`` (the colour rays; rays after them, such as the landmark prior's, carry no mask) whose mask is known (not
+    NaN), the opacity being the person's (``person_opacity``: the head field over the torso layer) where the model
+    has a layer, else the field's. None when no ray has a mask."""
     known = ~torch.isnan(mask)
     if not bool(known.any()):
         return None
-    person = out.get("person_opacity", out["opacity"])
+    person = out.get("person_opacity", out["opacity"])[: mask.shape[0]]
     return torch.mean((person[known] - mask[known]) ** 2)
 
 
@@ -467,7 +468,7 @@ class _Loop:
             if t.distortion_weight > 0 and "distortion" in out:  # the fast backbone's packed samples
                 loss = loss + t.distortion_weight * out["distortion"][:n].mean()
             if t.mask_weight > 0:
-                masked = mask_loss({k: v[:n] for k, v in out.items() if k in ("opacity", "person_opacity")}, batch.mask)
+                masked = mask_loss(out, batch.mask)
                 if masked is not None:
                     loss = loss + t.mask_weight * masked
             if "rgb_coarse" in out:  # a coarse + fine backbone (nerface): NeRF's loss on both images
