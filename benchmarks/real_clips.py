@@ -216,7 +216,8 @@ def main() -> int:
         "strip": strip,
         "seconds": seconds,
     }
-    name = "real_clips" if args.val_fraction == 0.1 else f"real_clips_val{args.val_fraction:g}"
+    protocol = args.val_fraction == ap.get_default("val_fraction")  # the split: the README's table
+    name = "real_clips" if protocol else f"real_clips_val{args.val_fraction:g}"
     path = write_result(name + "_quick" if args.quick else name, payload)
     print(f"wrote {path}")
     (work / "real_clips.json").write_text(json.dumps(payload, indent=1))
