@@ -111,7 +111,7 @@ def main() -> int:
     from fastminerf.config import PrepareConfig, load_config
     from fastminerf.data import load_dataset
     from fastminerf.prepare import prepare
-    from fastminerf.render import CameraPath, drive_path, evaluate, render_sequence, to_uint8, write_video
+    from fastminerf.render import drive_path, evaluate, render_sequence, to_uint8, write_video
     from fastminerf.train import train
 
     commit = machine()["git_commit"]  # the commit that runs, not the one checked out when it ends
@@ -174,12 +174,12 @@ def main() -> int:
         t0 = time.perf_counter()
         path = drive_path(data, args.target, data, "test", driver_identity=args.driver, mode="delta")
         n = min(args.video_frames, len(path))
-        path = CameraPath(path.c2w[:n], path.intrinsics[:n], path.expression[:n], path.width, path.height, path.fps)
+        path = path.head(n)
         ti = names.index(args.target)
         rendered = [to_uint8(f) for f in render_sequence(model, path, args.target, background=data.background(ti),
                                                          aabb=model.aabb.tolist())]
         # Outside the repository: the frames show the real people of the third-party clips.
-        info = write_video(rendered, work / "transfer.mp4", fps=path.fps)
+        info = write_video(rendered, work / "transfer.mp4", fps=path.fps, audio=path.soundtrack())  # the driver's speech
         video = str(info.path)
         test = data.table("test")
         drv_frames = test.frames_of(names.index(args.driver))[:n]

@@ -395,6 +395,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--frames", type=int, default=60, help="frames of an orbit (default 60)")
     p.add_argument("--fps", type=float, default=None, help="frame rate (default: the driver's, 25 for an orbit)")
     p.add_argument("--png-dir", type=Path, default=None, help="also write every frame as PNG into this folder")
+    p.add_argument("--no-audio", dest="audio", action="store_false",
+                   help="a silent video (default: a driven video carries the driver's audio.wav, cut to its frames)")
     p.set_defaults(func=_run_render)
 
 
@@ -419,8 +421,12 @@ def _run_render(args: argparse.Namespace) -> int:
         task = bar.add_task("render", total=len(path))
         info = render_video(model, path, args.identity, args.out, background=target.background(0),
                             aabb=model.aabb.tolist(), png_dir=args.png_dir, fps=args.fps,
-                            progress=lambda d, t: bar.update(task, completed=d, total=t))
+                            progress=lambda d, t: bar.update(task, completed=d, total=t), audio=args.audio)
     extra = f", PNG frames in {info.png_dir}" if info.png_dir else ""
+    if info.audio_seconds:
+        extra += f", with {info.audio_seconds:.1f} s of the driver's audio"
+    elif args.audio and not args.orbit and info.path is not None:
+        extra += f", silent (the driver: {path.silent_reason()})"
     console.print(f"{what}: {info.n_frames} frames {info.width}x{info.height} -> {info.path}{extra}")
     return 0
 

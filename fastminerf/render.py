@@ -9,7 +9,8 @@ The pieces, each usable alone:
   frame (cameras, intrinsics, expressions), without a model.
 - :func:`render_rays`, :func:`render_frame`, :func:`render_sequence`: the model applied to rays, one frame or a
   path, without gradients (the model bounds its own memory: ``MINeRF`` renders in chunks of ``ModelConfig.chunk_rays`` rays).
-- :func:`write_video` (mp4 through imageio-ffmpeg, PNG frames on request), :func:`render_video`.
+- :func:`write_video` (mp4 through imageio-ffmpeg, PNG frames on request; with a soundtrack when given),
+  :func:`render_video` (a driven video carries the driver's speech, cut to its frames by :mod:`fastminerf.audio`).
 - :func:`side_by_side` and :func:`evaluate`: per-identity PSNR, SSIM and L1 (LPIPS where available) and
   prediction | ground truth | error images.
 
@@ -34,6 +35,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import numpy as np
 import torch
 
+from .audio import Audio, frame_soundtrack, identity_audio, read_wav, write_wav
 from .data.dataset import MultiIdentityDataset
 from .data.rays import RayBatch, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .metrics import l1, lpips, lpips_status, psnr, ssim
@@ -210,6 +212,10 @@ class CameraPath:
     """H in pixels."""
     fps: float = 25.0
     """Frame rate of a video of this path."""
+    audio: Optional[Path] = None
+    """The recording (WAV) whose sound goes with these frames (a driver's ``audio.wav``), or None."""
+    times: Optional[np.ndarray] = None
+    """(B,) seconds of each frame in ``audio`` (NaN where unknown), or None."""
 
     def __post_init__(self) -> None:
         b = self.c2w.shape[0]
@@ -218,9 +224,35 @@ class CameraPath:
                 f"CameraPath needs c2w (B, 4, 4), intrinsics (B, 4), expression (B, E) with one B; got "
                 f"{self.c2w.shape}, {self.intrinsics.shape}, {self.expression.shape}"
             )
+        if self.times is not None and np.shape(self.times) != (b,):
+            raise RenderError(f"CameraPath times must be ({b},), got {np.shape(self.times)}")
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
+
+    def head(self, n: int) -> "CameraPath":
+        """The first ``n`` frames of the path (cameras, expressions and times alike)."""
+        return CameraPath(self.c2w[:n], self.intrinsics[:n], self.expression[:n], self.width, self.height, self.fps,
+                          self.audio, None if self.times is None else self.times[:n])
+
+    def silent_reason(self) -> str:
+        """Why a video of this path has no sound ("" when it can have some)."""
+        if self.audio is None:
+            return "no audio.wav"
+        if self.times is None or not np.all(np.isfinite(self.times)):
+            return "its frames carry no 'time'"
+        return ""
+
+    def soundtrack(self, fps: Optional[float] = None) -> Optional[Audio]:
+        """The sound of a video of this path played at ``fps`` (default the path's), or None when
+        :meth:`silent_reason` says why there is none.
+
+        Raises:
+            AudioError: the recording cannot be read (the file named).
+        """
+        if self.silent_reason():
+            return None
+        return frame_soundtrack(read_wav(self.audio), self.times, self.fps if fps is None else fps)  # type: ignore[arg-type]
 
 
 def drive_path(
@@ -283,6 +315,8 @@ def drive_path(
         width=table.width,
         height=table.height,
         fps=float(fps) if fps else 25.0,
+        audio=identity_audio(driver.identity_dirs[d_id]),
+        times=table.time[frames].astype(np.float64),
     )
 
 
@@ -674,6 +708,8 @@ class VideoInfo:
     """Height of the frames."""
     png_dir: Optional[Path]
     """Folder of ``00000.png ...`` when PNG frames were requested."""
+    audio_seconds: float = 0.0
+    """Seconds of sound in the mp4 (0 when it is silent)."""
 
 
 def write_video(
@@ -682,6 +718,7 @@ def write_video(
     fps: float = 25.0,
     png_dir: Optional[PathLike] = None,
     quality: float = 8.0,
+    audio: Optional[Audio] = None,
 ) -> VideoInfo:
     """Write frames to an H.264 mp4 (through the ffmpeg that imageio-ffmpeg ships) and/or PNG files.
 
@@ -694,6 +731,7 @@ def write_video(
         fps: frame rate.
         png_dir: also write each frame as ``png_dir/00000.png, 00001.png, ...``.
         quality: imageio-ffmpeg quality, 0 (worst) to 10 (best).
+        audio: a soundtrack for the mp4 (AAC), as long as the video should be (:func:`fastminerf.audio.frame_soundtrack`).
 
     Returns:
         A :class:`VideoInfo`.
@@ -715,6 +753,9 @@ def write_video(
     writer = None
     size: Optional[Tuple[int, int]] = None
     count = 0
+    wav = None
+    if out is not None and audio is not None and len(audio.samples):
+        wav = write_wav(out.with_name(f".{out.name}.audio.wav"), audio)
     try:
         for frame in frames:
             img = to_uint8(frame)
@@ -725,7 +766,8 @@ def write_video(
                 if out is not None:
                     even = (size[1] + size[1] % 2, size[0] + size[0] % 2)
                     writer = imageio_ffmpeg.write_frames(
-                        str(out), even, fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error"
+                        str(out), even, fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error",
+                        audio_path=None if wav is None else str(wav), audio_codec=None if wav is None else "aac",
                     )
                     writer.send(None)
             elif img.shape[:2] != size:
@@ -739,9 +781,12 @@ def write_video(
     finally:
         if writer is not None:
             writer.close()
+        if wav is not None:
+            wav.unlink(missing_ok=True)
     if size is None:
         raise RenderError("write_video got no frames")
-    return VideoInfo(path=out, n_frames=count, width=size[1], height=size[0], png_dir=pngs)
+    seconds = audio.seconds if wav is not None else 0.0
+    return VideoInfo(path=out, n_frames=count, width=size[1], height=size[0], png_dir=pngs, audio_seconds=seconds)
 
 
 def render_video(
@@ -755,10 +800,18 @@ def render_video(
     png_dir: Optional[PathLike] = None,
     fps: Optional[float] = None,
     progress: Optional[ProgressFn] = None,
+    audio: bool = True,
 ) -> VideoInfo:
-    """:func:`render_sequence` streamed into :func:`write_video` (``fps`` defaults to the path's)."""
+    """:func:`render_sequence` streamed into :func:`write_video` (``fps`` defaults to the path's).
+
+    With ``audio`` (default) and a path that has a recording and frame times (a driven path whose driver has
+    ``audio.wav``), the mp4 carries the sound of each frame at its own time (:meth:`CameraPath.soundtrack`), so
+    the target speaks with the driver's voice in sync with the driver's mouth.
+    """
+    rate = path.fps if fps is None else fps
+    sound = path.soundtrack(rate) if audio and out is not None else None
     frames = render_sequence(model, path, identity, background, aabb, near_far, progress)
-    return write_video(frames, out, path.fps if fps is None else fps, png_dir)
+    return write_video(frames, out, rate, png_dir, audio=sound)
 
 
 # -------------------------------------------------------------------------------------------- evaluation

@@ -52,3 +52,22 @@ def pytest_collection_modifyitems(config, items):
 def generator():
     """A fresh, seeded CPU random generator per test."""
     return torch.Generator().manual_seed(1234)
+
+
+def _decode_audio(path, rate: int = 16000):
+    """The audio stream of a media file as mono int16 samples at ``rate`` (decoded by imageio-ffmpeg's ffmpeg), or
+    an empty array when it has none."""
+    import subprocess
+
+    import imageio_ffmpeg
+    import numpy as np
+
+    res = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-f", "s16le",
+                          "-ac", "1", "-ar", str(rate), "-"], capture_output=True)
+    return np.frombuffer(res.stdout, "<i2")
+
+
+@pytest.fixture
+def decode_audio():
+    """``decode_audio(path, rate=16000) -> (S,) int16``: the sound of an mp4 as it plays."""
+    return _decode_audio

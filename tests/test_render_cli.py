@@ -83,6 +83,30 @@ def test_cli_render_drive_and_orbit(tiny, tmp_path):
     assert len(frames) == 5
 
 
+def test_cli_render_carries_the_drivers_audio(tiny, tmp_path, capsys, decode_audio):
+    import shutil
+
+    from fastminerf.audio import Audio, write_wav
+
+    root, dirs = tiny
+    driver = shutil.copytree(dirs[1], tmp_path / "driver")
+    argv = ["render", "--run", str(root / "run"), "--identity", "id000", "--drive", f"{driver}:val"]
+    assert main(argv + ["--out", str(tmp_path / "silent.mp4")]) == 0
+    assert "silent (the driver: no audio.wav)" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    # The synthetic video's frames carry times k / fps; a 2 s ramp of pitch tells which part was cut.
+    fps = json.loads((driver / "transforms_val.json").read_text())["fps"]
+    t = np.arange(32000) / 16000
+    write_wav(driver / "audio.wav", Audio(np.rint(8000 * np.sin(2 * np.pi * (200 + 400 * t) * t)).astype(np.int16), 16000))
+    assert main(argv + ["--out", str(tmp_path / "loud.mp4")]) == 0
+    assert "s of the driver's audio" in " ".join(capsys.readouterr().out.split())
+    n_val = len(json.loads((driver / "transforms_val.json").read_text())["frames"])
+    got = decode_audio(tmp_path / "loud.mp4")
+    assert abs(len(got) - n_val * 16000 / fps) < 0.02 * 16000 + 1024  # the video's length (AAC pads a frame at most)
+    assert np.abs(got).max() > 2000
+    assert main(argv + ["--out", str(tmp_path / "quiet.mp4"), "--no-audio"]) == 0
+    assert len(decode_audio(tmp_path / "quiet.mp4")) == 0
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

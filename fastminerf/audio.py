@@ -1,0 +1,132 @@
+"""Speech tracks: reading an identity's ``audio.wav`` and cutting the soundtrack that goes with a sequence of
+its frames, so that a driven video (:func:`fastminerf.render.drive_path`) carries the driver's speech in sync
+with its mouth.
+
+A prepared video's frames carry ``time`` (seconds since the start of the source video) and its ``audio.wav``
+starts at the video's start (DATASET.md). A split is not always one stretch of the video (``prepare`` drops
+frames without a face), so the soundtrack is built frame by frame: frame ``k`` of ``n`` gets the samples from its
+own ``time`` on, as many as its share of ``n / fps`` seconds. The result lasts exactly as long as the video, every
+frame's mouth is heard at its own time, and a gap between frames becomes a cut in the sound rather than a drift.
+
+Pure functions on numpy arrays plus two small WAV helpers (the standard library's ``wave``); no printing.
+"""
+
+from __future__ import annotations
+
+import os
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = ["Audio", "AudioError", "frame_soundtrack", "identity_audio", "read_wav", "write_wav"]
+
+PathLike = Union[str, Path]
+
+
+class AudioError(ValueError):
+    """A WAV file that cannot be read, or frame times that cannot be cut into a soundtrack; the message names
+    the file or the frame."""
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Mono 16-bit PCM samples and their rate."""
+
+    samples: np.ndarray
+    """(S,) int16 samples."""
+    rate: int
+    """Samples per second."""
+
+    @property
+    def seconds(self) -> float:
+        """Duration in seconds."""
+        return len(self.samples) / float(self.rate)
+
+
+def read_wav(path: PathLike) -> Audio:
+    """Read a PCM WAV file (8-, 16- or 32-bit integer, any channel count) as mono 16-bit :class:`Audio`; several
+    channels are averaged.
+
+    Raises:
+        AudioError: naming the file when it is missing, not a PCM WAV file, or of an unsupported sample width.
+    """
+    p = Path(path)
+    try:
+        with wave.open(str(p), "rb") as w:
+            channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+            raw = w.readframes(n)
+    except FileNotFoundError:
+        raise AudioError(f"{p}: no such file") from None
+    except (wave.Error, EOFError) as exc:
+        raise AudioError(f"{p}: not a PCM WAV file ({exc})") from None
+    if width == 1:
+        x = (np.frombuffer(raw, np.uint8).astype(np.int32) - 128) * 256
+    elif width == 2:
+        x = np.frombuffer(raw, "<i2").astype(np.int32)
+    elif width == 4:
+        x = np.frombuffer(raw, "<i4").astype(np.int64) // 65536
+    else:
+        raise AudioError(f"{p}: {8 * width}-bit samples are not supported (8, 16 or 32-bit PCM)")
+    if rate <= 0:
+        raise AudioError(f"{p}: sample rate {rate}")
+    x = x[: (len(x) // channels) * channels].reshape(-1, channels)
+    mono = np.rint(x.mean(axis=1)) if channels > 1 else x[:, 0]
+    return Audio(np.clip(mono, -32768, 32767).astype(np.int16), int(rate))
+
+
+def write_wav(path: PathLike, audio: Audio) -> Path:
+    """Write :class:`Audio` as a mono 16-bit PCM WAV file, atomically (a temporary name, then a rename)."""
+    out = Path(path)
+    tmp = out.with_name(out.name + ".tmp")
+    with wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(audio.rate))
+        w.writeframes(np.ascontiguousarray(audio.samples, dtype="<i2").tobytes())
+    os.replace(tmp, out)
+    return out
+
+
+def frame_soundtrack(audio: Audio, times: Sequence[float], fps: float) -> Audio:
+    """The soundtrack of a video made of frames taken at ``times`` and played at ``fps``.
+
+    Frame ``k`` contributes ``round((k + 1) r / fps) - round(k r / fps)`` samples (``r`` the sample rate) starting
+    at sample ``round(times[k] r)``: the total is ``round(n r / fps)``, the video's duration, and each frame's
+    sound starts at its own time whatever the gaps between frames. Samples past the end of the recording are
+    silence.
+
+    Args:
+        audio: the recording the times refer to.
+        times: (n,) seconds since the start of the recording, one per frame, finite and >= 0.
+        fps: the frame rate the video is played at.
+
+    Raises:
+        AudioError: naming the first frame whose time is missing (NaN) or negative, or a bad ``fps``.
+    """
+    t = np.asarray(times, dtype=np.float64).reshape(-1)
+    if not np.isfinite(fps) or fps <= 0:
+        raise AudioError(f"frame rate must be > 0, got {fps}")
+    bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
+    if bad.size:
+        raise AudioError(f"frame {int(bad[0])} has no usable time ({t[bad[0]]}): cannot place its sound")
+    r = float(audio.rate)
+    edges = np.rint(np.arange(len(t) + 1) * r / fps).astype(np.int64)
+    lengths = np.diff(edges)
+    starts = np.rint(t * r).astype(np.int64)
+    out = np.zeros(int(edges[-1]), np.int16)
+    src = audio.samples
+    for k in range(len(t)):
+        a = int(starts[k])
+        take = max(0, min(int(lengths[k]), len(src) - a))
+        if take:
+            out[edges[k]: edges[k] + take] = src[a: a + take]
+    return Audio(out, audio.rate)
+
+
+def identity_audio(identity_dir: PathLike) -> Optional[Path]:
+    """An identity folder's ``audio.wav``, or None when it has none."""
+    p = Path(identity_dir) / "audio.wav"
+    return p if p.is_file() else None

@@ -1,0 +1,115 @@
+"""Soundtracks of driven videos: WAV reading and writing, cutting a recording to a sequence of frames, and the
+sound inside the mp4 that ``write_video`` / ``render_video`` write (decoded back and checked by its pitch)."""
+
+import json
+import wave
+
+import numpy as np
+import pytest
+
+from fastminerf.audio import Audio, AudioError, frame_soundtrack, read_wav, write_wav
+from fastminerf.data import load_dataset
+from fastminerf.data.synth import generate
+from fastminerf.render import drive_path, write_video
+
+RATE = 16000
+
+
+def _tone(freq: float, seconds: float, rate: int = RATE, amp: float = 8000.0) -> np.ndarray:
+    t = np.arange(int(round(seconds * rate))) / rate
+    return np.rint(amp * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def _pitch(x: np.ndarray, rate: int = RATE) -> float:
+    spec = np.abs(np.fft.rfft(x.astype(np.float64) * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1.0 / rate)[int(np.argmax(spec))])
+
+
+def test_wav_round_trip_and_formats(tmp_path):
+    a = Audio(np.arange(-500, 500, dtype=np.int16) * 30, 22050)
+    write_wav(tmp_path / "a.wav", a)
+    b = read_wav(tmp_path / "a.wav")
+    assert b.rate == 22050 and np.array_equal(b.samples, a.samples) and b.seconds == pytest.approx(1000 / 22050)
+    assert not list(tmp_path.glob("*.tmp"))
+    # Stereo 16-bit is averaged; 8-bit is re-centred and scaled to 16 bits.
+    with wave.open(str(tmp_path / "s.wav"), "wb") as w:
+        w.setnchannels(2), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(np.array([[100, 300], [-1000, -2000]], "<i2").tobytes())
+    assert read_wav(tmp_path / "s.wav").samples.tolist() == [200, -1500]
+    with wave.open(str(tmp_path / "u8.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(1), w.setframerate(8000)
+        w.writeframes(np.array([128, 255, 0], np.uint8).tobytes())
+    assert read_wav(tmp_path / "u8.wav").samples.tolist() == [0, 127 * 256, -128 * 256]
+    (tmp_path / "bad.wav").write_bytes(b"not a wav at all")
+    with pytest.raises(AudioError, match="bad.wav: not a PCM WAV file"):
+        read_wav(tmp_path / "bad.wav")
+    with pytest.raises(AudioError, match="missing.wav: no such file"):
+        read_wav(tmp_path / "missing.wav")
+
+
+def test_frame_soundtrack_places_each_frame_at_its_time():
+    src = Audio(np.arange(1000, dtype=np.int16), 100)  # 10 s, sample k has value k
+    # Contiguous frames at 4 fps from 2 s: the recording from sample 200 on, 25 samples a frame.
+    got = frame_soundtrack(src, [2.0, 2.25, 2.5], 4.0)
+    assert got.rate == 100 and got.samples.tolist() == list(range(200, 275))
+    # A gap (a dropped frame) is a cut, not a drift: the third frame's sound starts at its own time.
+    got = frame_soundtrack(src, [2.0, 2.25, 3.0], 4.0).samples
+    assert got[:50].tolist() == list(range(200, 250)) and got[50:].tolist() == list(range(300, 325))
+    # Played at 3 fps the video lasts n/3 s: frames end at round(k r / fps) (33, 34 and 33 samples).
+    got = frame_soundtrack(src, [1.0, 2.0, 3.0], 3.0).samples
+    assert len(got) == 100 and got[0] == 100 and got[33] == 200 and got[66] == 233 and got[67] == 300 and got[99] == 332
+    # Past the end of the recording: silence.
+    got = frame_soundtrack(src, [9.9, 10.5], 10.0).samples
+    assert got.tolist() == [990, 991, 992, 993, 994, 995, 996, 997, 998, 999] + [0] * 10
+    with pytest.raises(AudioError, match="frame 1 has no usable time"):
+        frame_soundtrack(src, [0.0, float("nan")], 4.0)
+    with pytest.raises(AudioError, match="frame rate must be > 0"):
+        frame_soundtrack(src, [0.0], 0.0)
+
+
+def test_write_video_carries_the_soundtrack(tmp_path, decode_audio):
+    # 20 frames at 10 fps: 1 s of 300 Hz, then 1 s of 1200 Hz.
+    sound = Audio(np.concatenate([_tone(300, 1.0), _tone(1200, 1.0)]), RATE)
+    frames = [np.full((16, 16, 3), k / 20, np.float32) for k in range(20)]
+    info = write_video(frames, tmp_path / "v.mp4", fps=10, audio=sound)
+    assert info.audio_seconds == pytest.approx(2.0)
+    assert not list(tmp_path.glob(".*"))  # the temporary WAV is gone
+    got = decode_audio(tmp_path / "v.mp4")
+    assert abs(len(got) - 2 * RATE) < 0.05 * RATE
+    assert _pitch(got[2000:14000]) == pytest.approx(300, abs=5)
+    assert _pitch(got[18000:30000]) == pytest.approx(1200, abs=5)
+    # Without a soundtrack the mp4 has no audio stream.
+    write_video(frames, tmp_path / "silent.mp4", fps=10)
+    assert len(decode_audio(tmp_path / "silent.mp4")) == 0
+
+
+def test_driven_path_takes_the_drivers_speech(tmp_path, decode_audio):
+    dirs = generate(tmp_path / "data", n_identities=2, n_frames=8, size=16, novel_frames=2, val_fraction=0.25)
+    driver = dirs[1]
+    data = load_dataset([tmp_path / "data"], splits=("train", "val"))
+    path = drive_path(data, "id000", data, "val", driver_identity="id001")
+    assert path.audio is None and path.soundtrack() is None and "no audio.wav" in path.silent_reason()
+    # Give the driver a recording (400 Hz for 1 s, then 1000 Hz) and its val frames times in the second half.
+    write_wav(driver / "audio.wav", Audio(np.concatenate([_tone(400, 1.0), _tone(1000, 1.0)]), RATE))
+    file = driver / "transforms_val.json"
+    meta = json.loads(file.read_text())
+    for fr in meta["frames"]:
+        del fr["time"]
+    file.write_text(json.dumps(meta))
+    data = load_dataset([tmp_path / "data"], splits=("train", "val"))
+    path = drive_path(data, "id000", data, "val", driver_identity="id001")
+    assert path.silent_reason() == "its frames carry no 'time'" and path.soundtrack() is None
+    for k, fr in enumerate(meta["frames"]):
+        fr["time"] = 1.2 + k / 4.0
+    file.write_text(json.dumps(meta))
+    data = load_dataset([tmp_path / "data"], splits=("train", "val"))
+    path = drive_path(data, "id000", data, "val", driver_identity="id001")
+    assert path.audio == driver / "audio.wav" and path.silent_reason() == ""
+    sound = path.soundtrack(4.0)
+    assert len(sound.samples) == len(path) * RATE // 4
+    assert _pitch(sound.samples) == pytest.approx(1000, abs=5)
+    head = path.head(1)
+    assert len(head) == 1 and head.times.tolist() == [1.2] and head.audio == path.audio
+    (driver / "audio.wav").write_bytes(b"RIFF....WAVEjunk")
+    with pytest.raises(AudioError, match="id001/audio.wav: not a PCM WAV file"):
+        path.soundtrack()
