@@ -184,7 +184,14 @@ class PrepareConfig:
     shoulders fit; the crop is clamped to the frame when the video is tighter than that."""
 
     track_max_side: int = 720
-    """Frames are tracked at their own resolution, downscaled so that the longer side is at most this."""
+    """Frames are tracked at their own resolution (or that of the tracking region), downscaled so that the longer
+    side is at most this."""
+
+    track_region_scale: float = 5.0
+    """Where the face found in the first frames (searched in tiles when the detector misses it in the whole
+    frame) is smaller than ``1 / track_region_scale`` of the frame's shorter side, tracking runs in a square of
+    this many face sizes around it instead of the whole frame: a wide shot then works without cropping by hand,
+    and its face is tracked at more pixels. 0 tracks the whole frame always."""
 
     min_detection_confidence: float = 0.5
     """mediapipe face detector threshold (a new face is searched when tracking is lost)."""

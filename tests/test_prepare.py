@@ -317,6 +317,44 @@ def test_video_without_a_face_fails_naming_it(tmp_path):
     assert result.basis is None
 
 
+WIDE_FACE_PX = 160
+"""Width the 512 px clip is shrunk to inside a 1280x720 wide shot: its face is then about 100 px, a seventh of the
+frame's height, which mediapipe's short-range detector does not find in the whole frame."""
+
+WIDE_LANDMARKS_MEDIAN_PX = 3.5
+"""Median distance, in the original clip's pixels, between landmarks tracked in the wide shot (mapped back) and in
+the clip itself: measured 2.3 (0.7 px of the wide shot's own pixels) on 02's first 30 frames."""
+
+
+@needs_real
+def test_a_small_face_in_a_wide_shot_is_found_and_tracked(prepared, tmp_path):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from fastminerf.prepare import prepare
+
+    wide = tmp_path / "wide.mp4"
+    x0, y0, scale = 900, 400, WIDE_FACE_PX / 512
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(REAL / CLIPS[0]), "-frames:v",
+                    str(FRAMES), "-vf", f"scale={WIDE_FACE_PX}:-2,pad=1280:720:{x0}:{y0}:gray", "-an", str(wide)], check=True)
+    # Tracking the whole frame (the region off) finds no face at all.
+    off = prepare([wide], tmp_path / "off", _cfg(track_region_scale=0))
+    assert off.videos[0].status == "failed" and off.videos[0].frames_used == 0
+    result = prepare([wide], tmp_path / "on", _cfg())
+    v = result.videos[0]
+    assert v.status == "done" and v.frames_used == FRAMES, v.error
+    assert any("the face is small in the frame" in n for n in v.notes)
+    # The crop holds the shrunk clip's face: inside the pasted 160 px picture, in source pixels.
+    cx, cy, side = v.crop
+    assert x0 - side / 2 < cx + side / 2 < x0 + WIDE_FACE_PX + side / 2 and side < 400
+    own = np.load(tmp_path / "on" / "wide" / ".prepare" / "track.npz")["landmarks"][..., :2]
+    ref = np.load(prepared[0] / Path(CLIPS[0]).stem / ".prepare" / "track.npz")["landmarks"][..., :2]
+    err = np.linalg.norm((own - np.array([x0, y0])) / scale - ref, axis=-1)
+    assert np.median(err) < WIDE_LANDMARKS_MEDIAN_PX
+    assert read_transforms(tmp_path / "on" / "wide" / "transforms_train.json").width == SIZE
+
+
 def test_cli_help_and_missing_mediapipe(monkeypatch, capsys):
     import sys
 

@@ -2,8 +2,9 @@
 
 For each video, into ``ROOT/<video name>/``:
 
-1. **track** (:mod:`.tracking`): decode at a constant frame rate, mediapipe face mesh on every frame. Cached as
-   ``.prepare/track.npz``.
+1. **track** (:mod:`.tracking`): find the face in the first frames (in tiles when it is small: a wide shot), then
+   decode at a constant frame rate and run mediapipe's face mesh on every frame, in the whole frame or, for a
+   small face, in a square region around it. Cached as ``.prepare/track.npz``.
 2. **frames**: choose one square crop for the whole video (head and shoulders of every frame, clamped to the
    frame), decode again cropped and resized by ffmpeg, segment each frame with a face, write ``frames/NNNNN.png``
    and ``masks/NNNNN.png``, the median background ``bg.png`` (:mod:`.background`) and ``audio.wav``. Marked done
@@ -54,7 +55,7 @@ from .pose import (
     smooth_poses,
     solve_poses,
 )
-from .tracking import N_LANDMARKS, FaceTracker, Segmenter, require_mediapipe
+from .tracking import N_LANDMARKS, FaceTracker, Segmenter, find_face, require_mediapipe
 from .video import VIDEO_SUFFIXES, VideoError, VideoInfo, extract_audio, probe, read_frames
 
 __all__ = ["PrepareError", "PrepareResult", "VideoResult", "prepare"]
@@ -65,6 +66,7 @@ ProgressFn = Callable[[str, str, int, int], None]
 ``total`` is 0 while unknown."""
 
 PREPARE_VERSION = 2
+"""(Faces that fill the frame are tracked exactly as before the tracking region existed: version 2 still.)"""
 """Version of what prepare writes; part of every stage's fingerprint, bumped when the output would change."""
 
 WORK_DIR = ".prepare"
@@ -81,6 +83,9 @@ CROP_COVER_MARGIN = 0.25
 
 BBOX_MARGIN = 0.08
 """Face box = the landmarks' 2D extent grown by this fraction of its size on each side."""
+
+SEARCH_FRAMES = (0, 12, 25, 50, 100)
+"""Frames (at the output rate) in which the face is searched before tracking, until it is found."""
 
 SHEET_COLUMNS = 4
 """Frames shown in each contact sheet."""
@@ -160,6 +165,7 @@ def _fingerprints(cfg: PrepareConfig, video: Path) -> Dict[str, dict]:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     track = {"version": PREPARE_VERSION, "video_bytes": video.stat().st_size, "video_sha256": digest,
              "fps": cfg.fps, "max_frames": cfg.max_frames, "track_max_side": cfg.track_max_side,
+             "track_region_scale": cfg.track_region_scale,
              "min_detection_confidence": cfg.min_detection_confidence,
              "min_tracking_confidence": cfg.min_tracking_confidence}
     frames = dict(track, size=cfg.size, crop_scale=cfg.crop_scale, segmentation_model=cfg.segmentation_model,
@@ -222,18 +228,56 @@ def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> Dict[str,
 # ------------------------------------------------------------------------------------------------ stages
 
 
+def _tracking_region(info: VideoInfo, fps: float, cfg: PrepareConfig) -> Tuple[Optional[Tuple[int, int, int]], Optional[str]]:
+    """Where to track: ``(None, None)`` for the whole frame, or a square ``(x0, y0, side)`` in source pixels around
+    a face that is small in the frame, with a note saying so.
+
+    The face is looked for (:func:`.tracking.find_face`, whole frame then tiles) in the :data:`SEARCH_FRAMES`, at the
+    video's own resolution, until it is found; a face found nowhere leaves the whole frame (tracking then reports
+    the frames without one)."""
+    if cfg.track_region_scale <= 0:
+        return None, None
+    want = set(SEARCH_FRAMES if cfg.max_frames is None else [k for k in SEARCH_FRAMES if k < cfg.max_frames])
+    face = None
+    for k, rgb in enumerate(read_frames(info.path, fps, max_frames=max(want) + 1 if want else 1)):
+        if k in want:
+            face = find_face(rgb, cfg.track_max_side, min_detection_confidence=cfg.min_detection_confidence)
+            if face is not None:
+                break
+    if face is None:
+        return None, None
+    lo, hi = face[:, :2].min(axis=0), face[:, :2].max(axis=0)
+    size = float(np.max(hi - lo))
+    side = int(round(cfg.track_region_scale * size))
+    side -= side % 2
+    if side >= min(info.width, info.height) or side < 64:
+        return None, None
+    centre = (lo + hi) / 2
+    x0 = int(round(min(max(centre[0] - side / 2, 0), info.width - side)))
+    y0 = int(round(min(max(centre[1] - side / 2, 0), info.height - side)))
+    note = (f"the face is small in the frame ({size:.0f} px in {info.width}x{info.height}, found in frame {k}): "
+            f"tracked in a {side} px square around it at ({x0}, {y0})")
+    return (x0, y0, side), note
+
+
 def _track(info: VideoInfo, fps: float, cfg: PrepareConfig, work: Path, name: str, progress: Optional[ProgressFn]) -> dict:
     """Stage 1: landmarks of every frame (NaN where no face), in source pixels. Cached in ``track.npz``."""
-    scale = min(1.0, cfg.track_max_side / max(info.width, info.height))
-    tw, th = info.width, info.height
+    if progress is not None:
+        progress("track", name, 0, 0)
+    region, note = _tracking_region(info, fps, cfg)
+    x0, y0 = (0, 0) if region is None else region[:2]
+    sw, sh = (info.width, info.height) if region is None else (region[2], region[2])
+    scale = min(1.0, cfg.track_max_side / max(sw, sh))
+    tw, th = sw, sh
     if scale < 1.0:
-        tw, th = max(2, int(round(info.width * scale / 2)) * 2), max(2, int(round(info.height * scale / 2)) * 2)
+        tw, th = max(2, int(round(sw * scale / 2)) * 2), max(2, int(round(sh * scale / 2)) * 2)
     expected = int(math.ceil(info.duration * fps)) if info.duration > 0 else 0
     if cfg.max_frames is not None:
         expected = min(expected, cfg.max_frames) if expected else cfg.max_frames
     found: List[Optional[np.ndarray]] = []
     with FaceTracker(cfg.min_detection_confidence, cfg.min_tracking_confidence) as tracker:
-        for i, rgb in enumerate(read_frames(info.path, fps, size=None if scale == 1.0 else (tw, th), max_frames=cfg.max_frames)):
+        for i, rgb in enumerate(read_frames(info.path, fps, crop=region, size=None if scale == 1.0 else (tw, th),
+                                            max_frames=cfg.max_frames)):
             found.append(tracker(rgb))
             if progress is not None and (i % 10 == 0):
                 progress("track", name, i + 1, max(expected, i + 1))
@@ -244,14 +288,14 @@ def _track(info: VideoInfo, fps: float, cfg: PrepareConfig, work: Path, name: st
     for i, f in enumerate(found):
         if f is not None:
             lm[i] = f
-    # Normalised coordinates -> source pixels (z scales like x).
-    lm *= np.array([info.width, info.height, info.width], dtype=np.float32)
+    # Normalised coordinates of the tracked view -> source pixels (z scales like x).
+    lm = lm * np.array([sw, sh, sw], dtype=np.float32) + np.array([x0, y0, 0], dtype=np.float32)
     tmp = work / "track.tmp.npz"
     np.savez(tmp, landmarks=lm)
     tmp.replace(work / "track.npz")
     if progress is not None:
         progress("track", name, n, n)
-    return {"frames": n}
+    return {"frames": n, "region": None if region is None else list(region), "notes": [note] if note else []}
 
 
 def _choose_crop(lm: np.ndarray, width: int, height: int, crop_scale: float) -> Tuple[Tuple[int, int, int], Optional[str]]:
@@ -532,10 +576,10 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
         write_json(work / "frames.json", frames)
         res.seconds["frames"] = time.perf_counter() - t0
     res.crop = tuple(frames["crop"])
-    res.notes = list(frames["notes"])
+    res.notes = list(track.get("notes", [])) + list(frames["notes"])
     ids = np.flatnonzero(ok)
     return {"out": out, "fps": fps, "lm": _landmarks_in_crop(lm[ids], frames["crop"], cfg.size), "ids": ids,
-            "frames_total": int(len(lm)), "crop": frames["crop"], "notes": frames["notes"], "fingerprints": fp}
+            "frames_total": int(len(lm)), "crop": frames["crop"], "notes": res.notes, "fingerprints": fp}
 
 
 def _fit_basis(ready: Sequence[VideoResult], state: Dict[str, dict], cfg: PrepareConfig) -> ExpressionBasis:

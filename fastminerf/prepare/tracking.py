@@ -8,6 +8,9 @@ does. :func:`require_mediapipe` says so, and how to install it, when the import 
 - :class:`FaceTracker`: FaceMesh in video mode (it tracks the face from the previous frame and runs the detector
   again only when tracking is lost) with ``refine_landmarks=True``: 478 landmarks, the last 10 on the irises.
   Only mediapipe's short-range face detector is bundled: a face must fill a good part of the frame.
+- :func:`find_face`: a face anywhere in one frame, however small: the whole frame first, then overlapping square
+  tiles of decreasing size (each tile brings a small face up to the detector's scale). ``prepare`` uses it to
+  choose the region it tracks in, so that wide shots work without cropping by hand.
 - :class:`Segmenter`: selfie segmentation, a soft person mask per frame.
 
 Landmarks are returned in mediapipe's normalised image coordinates: ``x`` and ``y`` in [0, 1] across the width
@@ -19,11 +22,12 @@ Dimension letters: K landmarks (478).
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["MEDIAPIPE_VERSION", "N_LANDMARKS", "FaceTracker", "MediapipeMissing", "Segmenter", "require_mediapipe"]
+__all__ = ["MEDIAPIPE_VERSION", "N_LANDMARKS", "FaceTracker", "MediapipeMissing", "Segmenter", "find_face",
+           "require_mediapipe"]
 
 N_LANDMARKS = 478
 """K: face-mesh landmarks with ``refine_landmarks`` (468 mesh points + 5 per iris)."""
@@ -81,13 +85,15 @@ class FaceTracker(_Solution):
     """mediapipe FaceMesh in video mode: one face, 478 landmarks per frame, or None when no face is found.
 
     Feed the frames of one video in order (the tracker carries state from frame to frame); build a new tracker
-    for each video. Use as a context manager, or call :meth:`close`.
+    for each video. Use as a context manager, or call :meth:`close`. ``static=True`` treats every image as
+    unrelated (the detector runs on each), for searching single images.
     """
 
-    def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5) -> None:
+    def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5,
+                 static: bool = False) -> None:
         mp = require_mediapipe()
         self._solution = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=False,
+            static_image_mode=bool(static),
             max_num_faces=1,
             refine_landmarks=True,
             min_detection_confidence=float(min_detection_confidence),
@@ -105,6 +111,47 @@ class FaceTracker(_Solution):
         if len(lm) != N_LANDMARKS:
             raise RuntimeError(f"mediapipe returned {len(lm)} landmarks, expected {N_LANDMARKS}")
         return np.array([(p.x, p.y, p.z) for p in lm], dtype=np.float32)
+
+
+def _resize_max(rgb: np.ndarray, max_side: int) -> Tuple[np.ndarray, float]:
+    """``rgb`` downscaled (area averaging) so its longer side is at most ``max_side``, and the scale applied."""
+    h, w = rgb.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale == 1.0:
+        return rgb, 1.0
+    import cv2
+
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+
+
+def find_face(rgb: np.ndarray, max_side: int = 720, tiles: Sequence[int] = (2, 3, 4),
+              min_detection_confidence: float = 0.5) -> Optional[np.ndarray]:
+    """Landmarks ``(K, 3)`` in the frame's pixels (``x``, ``y``; ``z`` in the units of ``x``) of a face anywhere in
+    an RGB frame, or None.
+
+    mediapipe's bundled detector is short-range: it finds faces that fill a good part of its input. The search
+    looks at the whole frame first, then, for ``k`` in ``tiles``, at square tiles of side ``min(H, W) / k``
+    overlapping by half (each downscaled to at most ``max_side``), in order: the first face found is returned, so
+    a larger view wins over a tile.
+    """
+    h, w = rgb.shape[:2]
+    with FaceTracker(min_detection_confidence, static=True) as tracker:
+        views = [(0, 0, w, h)]
+        for k in tiles:
+            side = int(min(h, w) // k)
+            if side < 32:
+                break
+            step = max(1, side // 2)
+            xs = sorted(set(list(range(0, w - side + 1, step)) + [w - side]))
+            ys = sorted(set(list(range(0, h - side + 1, step)) + [h - side]))
+            views += [(x, y, side, side) for y in ys for x in xs]
+        for x, y, vw, vh in views:
+            img, _ = _resize_max(np.ascontiguousarray(rgb[y: y + vh, x: x + vw]), max_side)
+            found = tracker(img)
+            if found is not None:
+                return (found * np.array([vw, vh, vw], np.float32) + np.array([x, y, 0], np.float32)).astype(np.float32)
+    return None
 
 
 class Segmenter(_Solution):
