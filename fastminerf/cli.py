@@ -151,6 +151,7 @@ def _add_prepare(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--crop-scale", type=float, default=d.crop_scale, help=h("crop_scale"))
     p.add_argument("--min-frames", type=int, default=d.min_frames, help=h("min_frames"))
     p.add_argument("--track-region-scale", type=float, default=d.track_region_scale, help=h("track_region_scale"))
+    p.add_argument("--basis", default=None, help=h("basis"))
     p.add_argument("--overwrite", action="store_true", help=h("overwrite"))
     p.set_defaults(func=_run_prepare)
 
@@ -188,6 +189,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
     from .config import PrepareConfig
     from .prepare import MediapipeMissing, prepare, require_mediapipe
+    from .prepare.expression import ExpressionBasis
 
     try:
         require_mediapipe()
@@ -197,7 +199,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     cfg = PrepareConfig(size=args.size, fps=args.fps, max_frames=args.max_frames, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, expression_dim=args.expression_dim,
                         crop_scale=args.crop_scale, min_frames=args.min_frames, overwrite=args.overwrite,
-                        track_region_scale=args.track_region_scale)
+                        track_region_scale=args.track_region_scale, basis=args.basis)
     console = _console()
     start = time.perf_counter()
     titles = {"track": "track", "frames": "crop, segment, write", "cameras": "pose, expression", "basis": "shared face model"}
@@ -222,7 +224,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
     console.print(table)
     if result.basis is not None:
         how = "reused" if result.basis_reused else "fitted on these videos"
-        console.print(f"expression basis ({result.expression_dim} coefficients, {how}): {result.basis}")
+        space = ExpressionBasis.load(result.basis).space_id
+        console.print(f"expression basis ({result.expression_dim} coefficients, {how}; space {space}): {result.basis}")
     for v in result.videos:
         for note in v.notes:
             console.print(f"[yellow]note[/yellow] {v.name}: {note}")

@@ -187,6 +187,10 @@ class PrepareConfig:
     """Frames are tracked at their own resolution (or that of the tracking region), downscaled so that the longer
     side is at most this."""
 
+    basis: Optional[str] = None
+    """An ``expression_basis.npz`` from an earlier prepare (of the data a model was trained on) to put these videos
+    in the same expression space when ``out`` is another folder; None fits one, or reuses ``out``'s."""
+
     track_region_scale: float = 5.0
     """Where the face found in the first frames (searched in tiles when the detector misses it in the whole
     frame) is smaller than ``1 / track_region_scale`` of the frame's shorter side, tracking runs in a square of

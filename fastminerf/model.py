@@ -101,6 +101,7 @@ class MINeRF(nn.Module):
         identity_names: (I,) names; identity id = position.
         frame_identity: (B,) int64 identity id of each training frame (one frame code per entry).
         aabb: head box (6,) the grids cover when ``cfg.aabb`` is None (default: a cube of side 3 at the origin).
+        expression_space: the training data's expression space, or None when unknown.
 
     Buffers: ``aabb`` (6,), ``frame_identity`` (B,), the occupancy grid's. Parameters: ``identity_codes.weight``
     (I, D), ``frame_codes.weight`` (B, Cf), the field's, and with ``cfg.torso.resolution > 0`` the torso layer's
@@ -114,10 +115,14 @@ class MINeRF(nn.Module):
         identity_names: Sequence[str],
         frame_identity: torch.Tensor | Sequence[int],
         aabb: Optional[Sequence[float]] = None,
+        expression_space: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.expression_dim = int(expression_dim)
+        self.expression_space: Optional[str] = expression_space
+        """The expression space of the training data (``expression_space`` of the layout), None when unknown;
+        kept in checkpoints, and data in another space is refused (``check_expression_space``)."""
         names = list(identity_names)
         if len(set(names)) != len(names):
             raise ValueError(f"identity names must be unique, got {names}")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .audio import Audio, frame_soundtrack, identity_audio, read_wav, write_wav
-from .data.dataset import MultiIdentityDataset
+from .data.dataset import MultiIdentityDataset, check_expression_space
 from .data.rays import RayBatch, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .metrics import l1, lpips, lpips_status, psnr, ssim
 
@@ -216,6 +216,9 @@ class CameraPath:
     """The recording (WAV) whose sound goes with these frames (a driver's ``audio.wav``), or None."""
     times: Optional[np.ndarray] = None
     """(B,) seconds of each frame in ``audio`` (NaN where unknown), or None."""
+    expression_space: Optional[str] = None
+    """The space of ``expression`` (the driver's ``expression_space``), or None when unknown; a model trained in
+    another space refuses the path."""
 
     def __post_init__(self) -> None:
         b = self.c2w.shape[0]
@@ -233,7 +236,7 @@ class CameraPath:
     def head(self, n: int) -> "CameraPath":
         """The first ``n`` frames of the path (cameras, expressions and times alike)."""
         return CameraPath(self.c2w[:n], self.intrinsics[:n], self.expression[:n], self.width, self.height, self.fps,
-                          self.audio, None if self.times is None else self.times[:n])
+                          self.audio, None if self.times is None else self.times[:n], self.expression_space)
 
     def silent_reason(self) -> str:
         """Why a video of this path has no sound ("" when it can have some)."""
@@ -317,6 +320,7 @@ def drive_path(
         fps=float(fps) if fps else 25.0,
         audio=identity_audio(driver.identity_dirs[d_id]),
         times=table.time[frames].astype(np.float64),
+        expression_space=driver.expression_space,
     )
 
 
@@ -492,6 +496,7 @@ def orbit_path(
         width=table.width,
         height=table.height,
         fps=fps,
+        expression_space=dataset.expression_space,
     )
 
 
@@ -660,6 +665,12 @@ def render_sequence(
     """
     if (aabb is None) == (near_far is None):
         raise RenderError("render_sequence needs exactly one of aabb and near_far")
+    model_space = getattr(model, "expression_space", None)
+    if model_space is not None and path.expression_space is not None and model_space != path.expression_space:
+        raise RenderError(f"the path's expressions are in expression space '{path.expression_space}' but the model was "
+                          f"trained in '{model_space}': the same coefficients would mean other face motions. Prepare "
+                          f"the driver with the training data's basis (fastminerf prepare VIDEO --out NEW --basis "
+                          f"TRAINING_ROOT/expression_basis.npz)")
     ident = identity_id(model, identity) if isinstance(identity, str) else int(identity)
     w, h = path.width, path.height
     n = w * h
@@ -885,9 +896,11 @@ def evaluate(
 
     Raises:
         RenderError: an identity unknown to the dataset or the model (named), or a split not loaded.
+        DatasetError: the data is in another expression space than the model (both named).
     """
     if split not in dataset.splits:
         raise RenderError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
+    check_expression_space(getattr(model, "expression_space", None), dataset, "the evaluated data", "the model")
     table = dataset.table(split)
     names = list(dataset.identities) if identities is None else list(identities)
     for name in names:

@@ -39,6 +39,7 @@ import torch
 
 from .config import RunConfig, dump_config, parse_config_text
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
+from .data.dataset import check_expression_space
 from .data.layout import DatasetError
 from .model import MINeRF
 
@@ -138,8 +139,9 @@ def _model_from_checkpoint(data: dict, path: Path) -> Tuple[RunConfig, MINeRF]:
     state = data["model"]
     if "frame_identity" not in state or "aabb" not in state:
         raise CheckpointError(f"checkpoint {path}: the model state lacks frame_identity / aabb")
+    space = data.get("expression_space")
     model = MINeRF(cfg.model, int(data["expression_dim"]), list(data["identity_names"]), state["frame_identity"],
-                   aabb=state["aabb"].tolist())
+                   aabb=state["aabb"].tolist(), expression_space=str(space) if space is not None else None)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -150,7 +152,8 @@ def _model_from_checkpoint(data: dict, path: Path) -> Tuple[RunConfig, MINeRF]:
 def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     """Load a trained run: ``(config, model in eval mode, metadata)``.
 
-    The metadata dict holds ``identity_names`` (I,), ``expression_dim`` E, ``data_paths`` (the folders it was
+    The metadata dict holds ``identity_names`` (I,), ``expression_dim`` E, ``expression_space`` (of the training
+    data, None when unknown), ``data_paths`` (the folders it was
     trained on), ``step``, ``seconds``, ``kind`` ("train" or "personalize"), ``frame_identity`` (B,) and
     ``checkpoint`` (the file).
     """
@@ -169,6 +172,7 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     meta = dict(
         identity_names=list(model.identity_names),
         expression_dim=model.expression_dim,
+        expression_space=model.expression_space,
         data_paths=list(data.get("data_paths", [])),
         step=int(data["step"]),
         seconds=float(data.get("seconds", 0.0)),
@@ -242,7 +246,8 @@ def build_model(cfg: RunConfig, dataset: MultiIdentityDataset, split: str = "tra
     table = dataset.table(split)
     box = np.concatenate([table.aabb[:, :3].min(0), table.aabb[:, 3:].max(0)]).tolist()
     torch.manual_seed(cfg.train.seed)
-    return MINeRF(cfg.model, dataset.expression_dim, dataset.identities, torch.from_numpy(table.identity), aabb=box)
+    return MINeRF(cfg.model, dataset.expression_dim, dataset.identities, torch.from_numpy(table.identity), aabb=box,
+                  expression_space=dataset.expression_space)
 
 
 def view_hull(model: MINeRF, dataset: MultiIdentityDataset, split: str = "train",
@@ -626,6 +631,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     def payload() -> dict:
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
+                    expression_space=model.expression_space,
                     data_paths=paths, model=model.state_dict(), optimizer=optimizer.state_dict(), step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
                     ema=average.state_dict() if average is not None else None)
@@ -687,6 +693,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     if dataset.expression_dim != model.expression_dim:
         raise DatasetError(f"the new identities have expressions of length {dataset.expression_dim} but the generic model "
                            f"({generic_run}) was trained with length {model.expression_dim}")
+    check_expression_space(model.expression_space, dataset, "the new identities", str(generic_run))
     clash = [n for n in dataset.identities if n in model.identity_names]
     if clash:
         raise ValueError(f"identities {clash} are already in the generic model {generic_run}; personalisation adds new ones")
@@ -724,6 +731,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     def payload() -> dict:
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="personalize", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
+                    expression_space=model.expression_space,
                     data_paths=list(meta["data_paths"]) + paths, generic_run=str(generic_run),
                     model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),

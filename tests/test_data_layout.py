@@ -241,6 +241,7 @@ def test_missing_required_frame_key(tmp_path: Path, key):
         ("near", 2.0, "together"),
         ("camera_angle_x", 4.0, "below pi"),
         ("expression_names", ["a", "b"], "2 names"),
+        ("expression_space", 7, "non-empty string"),
         ("w", 21, "image"),
         ("h", 17.5, "whole number"),
     ],
@@ -301,6 +302,22 @@ def test_expression_length_differs_between_identities(tmp_path: Path):
     _assert_located(info.value, bob / "transforms_train.json", 0, "expression")
     msg = str(info.value)
     assert "'bob'" in msg and "'alice'" in msg and "6" in msg and "4" in msg
+
+
+def test_expression_space_differs_between_identities(tmp_path: Path):
+    alice = make_identity(tmp_path, "alice")
+    bob = make_identity(tmp_path, "bob")
+    carol = make_identity(tmp_path, "carol")  # says nothing: unknown, never refused
+    _edit(alice, lambda m: m.__setitem__("expression_space", "pca4-aaaa"))
+    assert load_dataset(tmp_path).expression_space == "pca4-aaaa"
+    _edit(bob, lambda m: m.__setitem__("expression_space", "pca4-bbbb"))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(tmp_path)
+    _assert_located(info.value, bob / "transforms_train.json", None, "expression_space")
+    msg = str(info.value)
+    assert "'bob'" in msg and "'alice'" in msg and "pca4-aaaa" in msg and "pca4-bbbb" in msg and "--basis" in msg
+    assert load_dataset([alice, carol]).expression_space == "pca4-aaaa"
+    assert load_dataset(carol).expression_space is None
 
 
 def test_image_size_differs_between_identities(tmp_path: Path):

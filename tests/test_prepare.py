@@ -206,7 +206,9 @@ def test_smoothing_removes_jitter():
 def test_expression_space_is_shared_and_reused(prepared, tmp_path):
     """One linear map from the coefficients predicts the mouth opening of both people (the same coefficients
     mean the same expression), and a later prepare into the same root projects on the stored basis."""
-    from fastminerf.prepare import BASIS_FILE, prepare
+    from fastminerf.data.layout import DatasetError
+    from fastminerf.prepare import BASIS_FILE, PrepareError, prepare
+    from fastminerf.prepare.expression import ExpressionBasis
 
     root, result = prepared
     xs, ys = [], []
@@ -231,7 +233,22 @@ def test_expression_space_is_shared_and_reused(prepared, tmp_path):
     assert (root / BASIS_FILE).read_bytes() == before
     names = {json.loads((d / "transforms_train.json").read_text())["expression_names"].__len__() for d in root.iterdir() if d.is_dir()}
     assert names == {12}
+    space = ExpressionBasis.load(root).space_id
+    assert load_dataset([root]).expression_space == space and space.startswith("pca12-")
     shutil.rmtree(root / Path(THIRD).stem)
+
+    # Into another folder a new basis is fitted: its space differs, and the two folders are refused together.
+    other = prepare([REAL / THIRD], tmp_path / "other", _cfg(max_frames=20))
+    assert not other.basis_reused and ExpressionBasis.load(tmp_path / "other").space_id != space
+    with pytest.raises(DatasetError, match="expression space"):
+        load_dataset([root, tmp_path / "other"])
+    # Given the first folder's basis (--basis), the new folder joins its space.
+    with pytest.raises(PrepareError, match="one folder holds one expression space"):
+        prepare([REAL / THIRD], tmp_path / "other", _cfg(max_frames=20, basis=str(root / BASIS_FILE)))
+    joined = prepare([REAL / THIRD], tmp_path / "joined", _cfg(max_frames=20, basis=str(root / BASIS_FILE)))
+    assert joined.basis_reused and joined.videos[0].status == "done"
+    assert (tmp_path / "joined" / BASIS_FILE).read_bytes() == (root / BASIS_FILE).read_bytes()
+    assert load_dataset([root, tmp_path / "joined"]).expression_space == space
 
 
 @needs_real

@@ -131,6 +131,33 @@ def test_cli_bad_inputs_name_the_thing(tiny, tmp_path, capsys, argv, message):
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_data_in_another_expression_space_is_refused(tiny, tmp_path, capsys):
+    import shutil
+
+    from fastminerf.data.synth import EXPRESSION_SPACE
+    from fastminerf.train import personalize
+
+    root, dirs = tiny
+    _, model, meta = load_run(root / "run")
+    assert model.expression_space == meta["expression_space"] == EXPRESSION_SPACE
+    # The same numbers of coefficients, prepared with another basis: a driver, evaluation data, a new identity.
+    known = shutil.copytree(dirs[1], tmp_path / "id001")  # a known person, in another space
+    new = shutil.copytree(dirs[2], tmp_path / "new" / "id002")
+    for f in list(known.glob("transforms_*.json")) + list(new.glob("transforms_*.json")):
+        m = json.loads(f.read_text())
+        m["expression_space"] = "pca12-0123456789ab"
+        f.write_text(json.dumps(m))
+    for argv in (["render", "--run", str(root / "run"), "--identity", "id000", "--drive", f"{known}:val",
+                  "--out", str(tmp_path / "x.mp4")],
+                 ["eval", "--run", str(root / "run"), "--data", str(known), "--split", "val"]):
+        assert main(argv) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "pca12-0123456789ab" in err and EXPRESSION_SPACE in err and "--basis" in err
+    assert not (tmp_path / "x.mp4").exists()
+    with pytest.raises(ValueError, match="the new identities .* expression space 'pca12-0123456789ab'"):
+        personalize(root / "run", [new], tmp_path / "p", steps=1)
+
+
 def test_cli_missing_run(tmp_path, capsys):
     assert main(["render", "--run", str(tmp_path / "nope"), "--identity", "a", "--orbit", "--out", str(tmp_path / "x.mp4")]) == 2
     err = " ".join(capsys.readouterr().err.split())

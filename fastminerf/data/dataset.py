@@ -32,7 +32,7 @@ from .layout import (
     read_transforms,
 )
 
-__all__ = ["FrameCache", "FrameTable", "LandmarkTable", "MultiIdentityDataset", "load_dataset"]
+__all__ = ["FrameCache", "FrameTable", "LandmarkTable", "MultiIdentityDataset", "check_expression_space", "load_dataset"]
 
 PathLike = Union[str, Path]
 
@@ -224,6 +224,10 @@ class MultiIdentityDataset:
         names = next((m.expression_names for ms in metas.values() for m in ms if m.expression_names), None)
         self.expression_names: Optional[Tuple[str, ...]] = names
         """A name per expression coefficient when the layout gives them, else None."""
+        space = next((m.expression_space for ms in metas.values() for m in ms if m.expression_space), None)
+        self.expression_space: Optional[str] = space
+        """The expression space every identity's coefficients are in (``expression_space`` of the layout: the id
+        of the basis ``prepare`` fitted, or the procedural heads' space), None when no file says."""
         self._tables: Dict[str, FrameTable] = {s: self._build_table(s, ms) for s, ms in metas.items()}
         self._backgrounds: Dict[Tuple[Optional[Path], int, int], np.ndarray] = {}
         self._bg_lock = threading.Lock()
@@ -456,6 +460,7 @@ def load_dataset(
     metas: Dict[str, List[SplitMeta]] = {}
     ref: Optional[SplitMeta] = None  # the first file read: the reference expression length
     names_ref: Optional[SplitMeta] = None
+    space_ref: Optional[SplitMeta] = None
     for split in splits:
         per_identity: List[SplitMeta] = []
         size_ref: Optional[Tuple[int, int, Path, str]] = None  # (w, h, file, what)
@@ -485,6 +490,19 @@ def load_dataset(
                         file=file,
                         key="expression_names",
                     )
+            if m.expression_space is not None:
+                if space_ref is None:
+                    space_ref = m
+                elif m.expression_space != space_ref.expression_space:
+                    raise DatasetError(
+                        f"identity '{d.name}' is in expression space '{m.expression_space}' but identity "
+                        f"'{space_ref.identity_dir.name}' ({space_ref.file}) is in '{space_ref.expression_space}': their "
+                        f"coefficients mean different face motions (each prepare into a new folder fits its own basis); "
+                        f"prepare them into one folder, or pass the first folder's basis to the later prepare "
+                        f"(--basis ROOT/expression_basis.npz)",
+                        file=file,
+                        key="expression_space",
+                    )
             # Image size: the first image's header, checked against w/h and against the split's other files.
             first = m.image_paths[0]
             try:
@@ -510,6 +528,31 @@ def load_dataset(
         metas[split] = per_identity
     cache = FrameCache(max_items=cache_frames, max_bytes=cache_bytes)
     return MultiIdentityDataset(dirs, metas, cache)
+
+
+def check_expression_space(expected: Optional[str], dataset: MultiIdentityDataset, what: str, model: str) -> None:
+    """Refuse ``dataset`` when its expressions are in another space than a model's (both known).
+
+    Args:
+        expected: the model's expression space (None: unknown, nothing is checked).
+        dataset: the data to use with it.
+        what: what the data is, for the message (e.g. "the driver", "the new identities").
+        model: what the model is, for the message (e.g. its run folder).
+
+    Raises:
+        DatasetError: naming both spaces, the data's first transforms file, and the remedy.
+    """
+    have = dataset.expression_space
+    if expected is None or have is None or have == expected:
+        return
+    file = next((m.file for ms in dataset._metas.values() for m in ms if m.expression_space == have), None)
+    raise DatasetError(
+        f"{what} ({', '.join(dataset.identities)}) is in expression space '{have}' but the model ({model}) was trained "
+        f"in '{expected}': the same coefficients would mean other face motions. Prepare it with the training data's "
+        f"basis (fastminerf prepare VIDEO --out NEW --basis TRAINING_ROOT/expression_basis.npz, or --out TRAINING_ROOT)",
+        file=file,
+        key="expression_space",
+    )
 
 
 def _with_size(meta: SplitMeta, width: int, height: int) -> SplitMeta:

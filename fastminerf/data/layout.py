@@ -190,6 +190,9 @@ class SplitMeta:
     """Resolved background image: ``background`` when given, else ``bg.png`` when present, else None (white)."""
     expression_names: Optional[Tuple[str, ...]]
     """``expression_names`` as written, or None."""
+    expression_space: Optional[str]
+    """``expression_space`` as written (which basis the coefficients are in, e.g. the id of the basis ``prepare``
+    fitted), or None when the file does not say."""
     fps: Optional[float]
     """``fps`` as written, or None."""
 
@@ -432,6 +435,9 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
                 f"{len(raw)} names for expressions of length {expression.shape[1]}", file=file, key="expression_names"
             )
         names = tuple(raw)
+    space = meta.get("expression_space")
+    if space is not None and (not isinstance(space, str) or not space):
+        raise DatasetError(f"expected a non-empty string, got {_describe(space)}", file=file, key="expression_space")
 
     return SplitMeta(
         file=file,
@@ -454,6 +460,7 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
         aabb=aabb,
         background=background,
         expression_names=names,
+        expression_space=space,
         fps=fps,
     )
 

@@ -54,6 +54,11 @@ GENERATOR_NAME = "fastminerf.data.synth"
 FORMAT_VERSION = 1
 """Version of what the generator writes; bumped whenever the same seed would give different pixels."""
 
+EXPRESSION_SPACE = f"procedural-heads-{len(EXPRESSION_NAMES)}"
+"""``expression_space`` of every generated identity: the generator's own coefficients (``EXPRESSION_NAMES``), the
+same for every head and seed, so that data in another space (a prepared video's) is refused by a model trained on
+these heads."""
+
 IDENTITY_MARKER = "synth_identity.json"
 """File in every identity folder the generator writes (its parameters); ``overwrite`` only replaces
 folders that have it."""
@@ -456,7 +461,8 @@ def generate(
             near = max(0.05, float(centre_dist[in_split].min()) - reach)
             far = float(centre_dist[in_split].max()) + reach
             write_transforms(d, split, frs, intrinsics=intrinsics, width=size, height=size, near=near, far=far,
-                             aabb=TRACE_BOX, background="bg.png", expression_names=EXPRESSION_NAMES, fps=fps)
+                             aabb=TRACE_BOX, background="bg.png", expression_names=EXPRESSION_NAMES, fps=fps,
+                             expression_space=EXPRESSION_SPACE)
         (d / IDENTITY_MARKER).write_text(
             json.dumps(
                 {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k,

@@ -89,6 +89,7 @@ def write_transforms(
     expression_names: Optional[Sequence[str]] = None,
     fps: Optional[float] = None,
     background: Optional[str] = None,
+    expression_space: Optional[str] = None,
 ) -> Path:
     """Write ``identity_dir/transforms_<split>.json`` atomically (camera keys first, then ``frames``).
 
@@ -111,6 +112,8 @@ def write_transforms(
         meta["background"] = background
     if expression_names is not None:
         meta["expression_names"] = list(expression_names)
+    if expression_space is not None:
+        meta["expression_space"] = str(expression_space)
     if fps is not None:
         meta["fps"] = float(fps)
     meta["frames"] = list(frames)

@@ -8,13 +8,16 @@ identity lives in the same coefficient space, so an expression transfers between
 
 The basis is stored in the output folder as :data:`BASIS_FILE` together with the canonical face and the stable
 landmarks, and reused by later prepares into the same folder (new identities join the same space, e.g. for
-personalisation of a trained model).
+personalisation of a trained model), or into another folder given the file (``--basis``). Its
+:attr:`ExpressionBasis.space_id`, a hash of its contents, is written into every transforms file as
+``expression_space``: data, checkpoints and drivers in different spaces are refused instead of mixed.
 
 Dimension letters: B frames, K landmarks, S stable landmarks, E expression size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +69,16 @@ class ExpressionBasis:
         """``expression_names`` of the layout: ``pca00``, ``pca01``, ..."""
         return [f"pca{i:02d}" for i in range(self.dim)]
 
+    @property
+    def space_id(self) -> str:
+        """``pca<E>-<12 hex digits>``: the expression space these coefficients are in, a SHA-256 of everything that
+        maps landmarks to coefficients (canonical face, stable landmarks, components, scale). Two bases fitted on
+        different videos get different ids; the same file always the same."""
+        h = hashlib.sha256()
+        for a in (self.canonical, self.stable, self.components, np.float64(self.scale)):
+            h.update(np.ascontiguousarray(a, dtype=np.int64 if a is self.stable else np.float64).tobytes())
+        return f"pca{self.dim}-{h.hexdigest()[:12]}"
+
     def coefficients(self, aligned: np.ndarray, neutral: np.ndarray) -> np.ndarray:
         """Expression ``(B, E)`` float64 of aligned frames ``(B, K, 3)`` relative to a neutral face ``(K, 3)``."""
         d = (np.asarray(aligned, dtype=np.float64) - neutral).reshape(len(aligned), -1)
@@ -88,8 +101,9 @@ class ExpressionBasis:
 
     @classmethod
     def load(cls, root: PathLike) -> "ExpressionBasis":
-        """Read ``root/expression_basis.npz``; ``ValueError`` naming the file when it is not one of ours."""
-        path = Path(root) / BASIS_FILE
+        """Read ``root/expression_basis.npz`` (or ``root`` itself when it is a file); ``ValueError`` naming the file
+        when it is not one of ours."""
+        path = Path(root) if Path(root).is_file() else Path(root) / BASIS_FILE
         try:
             with np.load(path) as z:
                 if int(z["format"]) != BASIS_FORMAT:

@@ -405,7 +405,7 @@ def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: f
                              bbox=bbox32[j], frame_index=int(i), time=float(i) / fps)
                 for j, i in ((j, frame_ids[j]) for j in range(start, start + n))]
         write_transforms(out, split, recs, intrinsics=intrinsics, width=size, height=size, aabb=aabb,
-                         expression_names=basis.names, fps=fps, background="bg.png")
+                         expression_names=basis.names, fps=fps, background="bg.png", expression_space=basis.space_id)
         start += n
     # Re-projection of the neutral face's rigid landmarks through the written cameras: the tracking check.
     err = np.linalg.norm(project(neutral[basis.stable], c2w32.astype(np.float64), intrinsics) - lm[:, basis.stable, :2], axis=2)
@@ -474,7 +474,18 @@ def prepare(
         raise PrepareError("no videos given")
     names = _names(paths)
     root = Path(out_dir)
+    given = None
+    if cfg.basis is not None:
+        try:
+            given = ExpressionBasis.load(cfg.basis)
+        except ValueError as exc:
+            raise PrepareError(f"--basis: {exc}") from None
+        if (root / BASIS_FILE).is_file() and ExpressionBasis.load(root).space_id != given.space_id:
+            raise PrepareError(f"{root / BASIS_FILE} (space {ExpressionBasis.load(root).space_id}) is not the basis "
+                               f"given ({cfg.basis}, space {given.space_id}): one folder holds one expression space")
     root.mkdir(parents=True, exist_ok=True)
+    if given is not None and not (root / BASIS_FILE).is_file():
+        given.save(root)
     results = [VideoResult(n, p, "pending") for n, p in zip(names, paths)]
     state: Dict[str, dict] = {}
 
@@ -502,7 +513,8 @@ def prepare(
         if progress is not None:
             progress("basis", "", 1, 1)
     basis_seconds = time.perf_counter() - t0
-    basis_id = {"file": BASIS_FILE, "canonical_sum": float(np.abs(basis.canonical).sum()), "dim": basis.dim}
+    basis_id = {"file": BASIS_FILE, "canonical_sum": float(np.abs(basis.canonical).sum()), "dim": basis.dim,
+                "space": basis.space_id}
 
     # Stage 3 per video.
     for res in ready:
