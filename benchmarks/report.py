@@ -266,9 +266,32 @@ def novel_vs_identities_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def conditioning_table(result: dict) -> str:
+    st = result["settings"]
+    lines = [
+        f"Multiplicative against concat conditioning at equal steps: 4 procedural identities x {st['frames']} frames at "
+        f"{st['size']} px per dataset, `{st['config']}` preset, {st['steps']} steps each (deterministic), datasets of "
+        f"seeds {', '.join(map(str, st['seeds']))}; {st['eval_frames']} frames per identity and split "
+        f"(`python benchmarks/conditioning_equal_steps.py`). Differences are paired by dataset; +- is the standard "
+        f"error over the seeds:",
+        "",
+        "| heads | novel: multiplicative / concat | novel difference | per seed | product wins | val difference |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in result["summary"]:
+        n, v = s["novel"], s["val"]
+        heads = "every head moves alike (S = 0)" if s["style"] == 0 else f"own expressiveness, S = {s['style']:g}"
+        lines.append(f"| {heads} | {n['multiplicative']:.2f} / {n['concat']:.2f} dB | **{n['diff_mean']:+.2f} +- "
+                     f"{n['diff_se']:.2f} dB** | {', '.join(f'{d:+.2f}' for d in n['diffs'])} | {n['wins']} of "
+                     f"{n['seeds']} | {v['diff_mean']:+.2f} +- {v['diff_se']:.2f} dB |")
+    lines += ["", f"Target (issue 4, on the default heads): multiplicative - concat >= +1 dB on `novel`: "
+              f"{_yes(result['target']['met'])}.", "", _machine_line(result)]
+    return "\n".join(lines)
+
+
 TABLES = {"kernels": kernels_table, "train_targets": train_targets_table, "prepare": prepare_table,
           "real_clips": real_clips_table, "identities": identities_table, "backbone": backbone_table,
-          "novel_vs_identities": novel_vs_identities_table}
+          "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table}
 
 
 def main() -> int:
