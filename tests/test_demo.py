@@ -10,7 +10,7 @@ from fastminerf.demo import run_demo
 from fastminerf.train import load_run
 
 
-def test_run_demo_small(tmp_path):
+def test_run_demo_small(tmp_path, decode_audio):
     stages = set()
     res = run_demo(tmp_path / "demo", minutes=0.05, n_identities=2, n_frames=6, size=24, config="tiny", fps=10,
                    progress=lambda stage, info: stages.add(stage))
@@ -23,6 +23,8 @@ def test_run_demo_small(tmp_path):
     reader = imageio_ffmpeg.read_frames(str(res.video))
     meta = next(reader)
     assert tuple(meta["size"]) == (24, 24) and len(list(reader)) == 5
+    # ... with the driver's voice (the procedural heads' audio.wav) for those 5 frames at 10 fps.
+    assert abs(len(decode_audio(res.video)) - 0.5 * 16000) < 1100
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
     for split in ("val", "novel"):
         assert set(summary["metrics"][split]["identities"]) == {"id000", "id001"}

@@ -12,7 +12,9 @@ static background, a video in which it talks, blinks, glances and moves its head
   This is MI-NeRF's cross-identity expression transfer, with exact ground truth.
 
 Frames are traced per pixel centre (exact for the layout's cameras), written as PNG with a mask
-(``mask_path``) and a face box (``bbox``) per frame. Generation is deterministic in ``seed``; identity ``k``
+(``mask_path``) and a face box (``bbox``) per frame. ``audio.wav`` is a voiced sound that follows the video's mouth
+(:func:`_voice`; the ``novel`` frames, a clip of their own, carry no ``time`` into it), so driven videos of the
+heads have sound in sync with the driver's mouth. Generation is deterministic in ``seed``; identity ``k``
 depends only on ``(seed, k)``.
 
 :func:`contact_sheet` tiles a few frames of each identity into one PNG to look at.
@@ -32,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..audio import Audio, write_wav
 from ..config import SynthConfig
 from .heads import EXPRESSION_NAMES, EXPRESSION_RANGES, TRACE_BOX, HeadModel, HeadParams
 from .layout import DatasetError, find_identity_dirs, is_identity_dir, read_transforms
@@ -427,6 +430,7 @@ def generate(
         gain = 1.0 - expression_style * float(np.random.default_rng([seed, k, 1]).uniform())
         moved = (expr * gain).astype(expr.dtype)  # what the face does
         boxes = _face_boxes(params, c2w, focal, size, moved[:, _IDX["jaw_open"]])
+        write_wav(d / "audio.wav", _voice(moved[:n_frames], fps, np.random.default_rng([seed, k, 2])))
         splits = ["train"] * (n_frames - n_val) + ["val"] * n_val + ["novel"] * n_novel
         local = list(range(n_frames - n_val)) + list(range(n_val)) + list(range(n_novel))
         source_index = list(range(n_frames)) + list(range(n_novel))
@@ -448,7 +452,7 @@ def generate(
                 write_png(d / mask_rel, hit_np[j].astype(np.uint8) * 255, png_compress_level)
                 frames[splits[f]].append(
                     frame_record(rel, c2w[f], expr[f], mask_path=mask_rel, bbox=boxes[f], frame_index=source_index[f],
-                                 time=source_index[f] / fps)
+                                 time=source_index[f] / fps if splits[f] != "novel" else None)
                 )
             done += b - a
             if progress is not None:
@@ -482,6 +486,42 @@ def generate(
         )
     )
     return dirs
+
+
+VOICE_RATE = 16000
+"""Sample rate of the procedural heads' ``audio.wav``."""
+
+
+def _voice(moved: np.ndarray, fps: float, rng: np.random.Generator) -> Audio:
+    """A voiced sound that follows a head's mouth over its video (``audio.wav``), so that a driven video of the
+    procedural heads can be judged by ear as a real one can: loud while the jaw is open, silent while it is
+    closed, its vowel changing with the mouth (the first formant rises as the jaw opens, the second with a smile
+    and falls with a pucker, as in speech). A harmonic source at the head's own pitch (95-240 Hz, a slow vibrato),
+    each harmonic weighted by two formant bumps; frame values interpolated to the samples. Not speech.
+
+    Args:
+        moved: (n, E) the expressions the face makes in the video frames, in time order.
+        fps: the video's frame rate.
+        rng: the head's own generator for its pitch (kept apart from the one that draws the pixels).
+    """
+    n = len(moved)
+    t = np.arange(int(round(n * VOICE_RATE / fps))) / VOICE_RATE
+    frame_t = np.arange(n) / fps
+    jaw = np.interp(t, frame_t, np.clip(moved[:, _IDX["jaw_open"]], 0.0, 1.0))
+    smile = np.interp(t, frame_t, moved[:, _IDX["smile"]])
+    pucker = np.interp(t, frame_t, np.clip(moved[:, _IDX["pucker"]], 0.0, 1.0))
+    f0 = float(rng.uniform(95.0, 240.0)) * (1.0 + 0.015 * np.sin(2 * np.pi * 5.0 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / VOICE_RATE
+    f1 = 300.0 + 500.0 * jaw
+    f2 = 1300.0 + 600.0 * smile - 500.0 * pucker
+    out = np.zeros_like(t)
+    for h in range(1, int(4000 // f0.min()) + 1):
+        fh = h * f0
+        weight = np.exp(-(((fh - f1) / 180.0) ** 2)) + 0.5 * np.exp(-(((fh - f2) / 250.0) ** 2)) + 0.05 / h
+        out += weight * np.sin(h * phase)
+    loud = np.clip((jaw - 0.04) / 0.3, 0.0, 1.0)
+    out *= loud / max(1e-6, float(np.abs(out).max()))
+    return Audio(np.rint(12000.0 * out).astype(np.int16), VOICE_RATE)
 
 
 # ----------------------------------------------------------------------------------------------------------
