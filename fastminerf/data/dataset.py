@@ -459,8 +459,7 @@ def load_dataset(
         raise ValueError("splits must name at least one split")
     metas: Dict[str, List[SplitMeta]] = {}
     ref: Optional[SplitMeta] = None  # the first file read: the reference expression length
-    names_ref: Optional[SplitMeta] = None
-    space_ref: Optional[SplitMeta] = None
+    said: Dict[str, SplitMeta] = {}  # per key, the first file that gives it
     for split in splits:
         per_identity: List[SplitMeta] = []
         size_ref: Optional[Tuple[int, int, Path, str]] = None  # (w, h, file, what)
@@ -480,29 +479,12 @@ def load_dataset(
                     frame=0,
                     key="expression",
                 )
-            if m.expression_names is not None:
-                if names_ref is None:
-                    names_ref = m
-                elif m.expression_names != names_ref.expression_names:
-                    raise DatasetError(
-                        f"expression_names differ from those of {names_ref.file}; identities trained together "
-                        f"must share one expression space",
-                        file=file,
-                        key="expression_names",
-                    )
-            if m.expression_space is not None:
-                if space_ref is None:
-                    space_ref = m
-                elif m.expression_space != space_ref.expression_space:
-                    raise DatasetError(
-                        f"identity '{d.name}' is in expression space '{m.expression_space}' but identity "
-                        f"'{space_ref.identity_dir.name}' ({space_ref.file}) is in '{space_ref.expression_space}': their "
-                        f"coefficients mean different face motions (each prepare into a new folder fits its own basis); "
-                        f"prepare them into one folder, or pass the first folder's basis to the later prepare "
-                        f"(--basis ROOT/expression_basis.npz)",
-                        file=file,
-                        key="expression_space",
-                    )
+            for key in ("expression_names", "expression_space"):  # where the files say, they must agree
+                if getattr(m, key) is None:
+                    continue
+                first_said = said.setdefault(key, m)
+                if getattr(m, key) != getattr(first_said, key):
+                    raise DatasetError(_space_clash(key, d.name, m, first_said), file=file, key=key)
             # Image size: the first image's header, checked against w/h and against the split's other files.
             first = m.image_paths[0]
             try:
@@ -528,6 +510,17 @@ def load_dataset(
         metas[split] = per_identity
     cache = FrameCache(max_items=cache_frames, max_bytes=cache_bytes)
     return MultiIdentityDataset(dirs, metas, cache)
+
+
+def _space_clash(key: str, name: str, m: SplitMeta, first: SplitMeta) -> str:
+    """The message of two identities whose ``expression_names`` or ``expression_space`` differ."""
+    if key == "expression_names":
+        return (f"expression_names differ from those of {first.file}; identities trained together must share one "
+                f"expression space")
+    return (f"identity '{name}' is in expression space '{m.expression_space}' but identity '{first.identity_dir.name}' "
+            f"({first.file}) is in '{first.expression_space}': their coefficients mean different face motions (each "
+            f"prepare into a new folder fits its own basis); prepare them into one folder, or pass the first folder's "
+            f"basis to the later prepare (--basis ROOT/expression_basis.npz)")
 
 
 def check_expression_space(expected: Optional[str], dataset: MultiIdentityDataset, what: str, model: str) -> None:
