@@ -1,16 +1,17 @@
 """Multiplicative vs concat conditioning at an equal number of steps, over several procedural datasets: the paired
 difference on ``novel`` expressions (issue 4's +1 dB target) with its spread, instead of one run's anecdote.
 
-    python benchmarks/conditioning_equal_steps.py [--seeds 0 1 2 3] [--styles 0 0.6] [--steps 2000]
+    python benchmarks/conditioning_equal_steps.py [--seeds 0 1 2 3] [--styles 0 0.6] [--steps 2000] [--identities 4]
 
 For each seed and expression style (``fastminerf synth --expression-style``: 0, every head moves alike; S > 0,
-each head moves by its own gain in ``[1 - S, 1]``), generates 4 identities x ``--frames`` frames at ``--size`` px,
+each head moves by its own gain in ``[1 - S, 1]``), generates ``--identities`` (4) identities x ``--frames`` frames at
+``--size`` px,
 trains the ``cpu`` preset with ``train.steps=STEPS`` (full learning-rate decay, no time limit: a fixed step count on
 the CPU is deterministic, so a busy machine changes the time, never the result) once per conditioning, and
 evaluates mean PSNR on ``novel`` (expressions each head withheld from its own video) and ``val`` (unseen frames),
 ``--eval-frames`` frames per identity. The difference multiplicative - concat is paired by dataset; the summary
 gives its mean, its standard error over the seeds and how many seeds the product term wins. Writes
-``benchmarks/results/conditioning_equal_steps.json``.
+``benchmarks/results/conditioning_equal_steps.json`` (``conditioning_equal_steps_<N>ids.json`` for N != 4).
 """
 from __future__ import annotations
 
@@ -55,15 +56,16 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--eval-frames", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--identities", type=int, default=4)
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fm_cond_"))
     rows = []
     for style in args.styles:
         for seed in args.seeds:
-            data = work / f"synth_s{style:g}_seed{seed}"
+            data = work / f"synth_n{args.identities}_s{style:g}_seed{seed}"
             if not (data / "synth.json").exists():
-                generate(data, n_identities=4, n_frames=args.frames, size=args.size, seed=seed,
+                generate(data, n_identities=args.identities, n_frames=args.frames, size=args.size, seed=seed,
                          expression_style=style, overwrite=True)
             ids = sorted(p for p in data.iterdir() if p.is_dir())
             row = dict(style=style, seed=seed)
@@ -71,9 +73,10 @@ def main(argv=None) -> int:
                 cfg = load_config("cpu", [f"model.field.conditioning={cond}", f"train.steps={args.steps}",
                                           "train.max_seconds=none", f"train.threads={args.threads}"])
                 t0 = time.perf_counter()
-                train(cfg, ids, work / f"run_s{style:g}_seed{seed}_{cond}")
+                run = work / f"run_n{args.identities}_s{style:g}_seed{seed}_{cond}"
+                train(cfg, ids, run)
                 seconds = time.perf_counter() - t0
-                _, model, _ = load_run(work / f"run_s{style:g}_seed{seed}_{cond}")
+                _, model, _ = load_run(run)
                 nov = evaluate(model, ids, "novel", args.eval_frames)
                 val = evaluate(model, ids, "val", args.eval_frames)
                 row[cond] = dict(novel=nov["mean_psnr"], val=val["mean_psnr"], seconds=seconds,
@@ -87,10 +90,11 @@ def main(argv=None) -> int:
         print(f"style {s['style']:g}: novel multiplicative - concat {n['diff_mean']:+.2f} +- {n['diff_se']:.2f} dB "
               f"(standard error over {n['seeds']} seeds; product term wins {n['wins']} of {n['seeds']}); val "
               f"{s['val']['diff_mean']:+.2f} +- {s['val']['diff_se']:.2f} dB", flush=True)
-    write_result("conditioning_equal_steps", dict(
+    name = "conditioning_equal_steps" + ("" if args.identities == 4 else f"_{args.identities}ids")
+    write_result(name, dict(
         machine=machine(),
         settings=dict(seeds=args.seeds, styles=args.styles, steps=args.steps, size=args.size, frames=args.frames,
-                      identities=4, eval_frames=args.eval_frames, threads=args.threads, config="cpu"),
+                      identities=args.identities, eval_frames=args.eval_frames, threads=args.threads, config="cpu"),
         rows=rows, summary=summary, target=dict(novel_diff_db=1.0,
                                                 met=any(s["novel"]["diff_mean"] >= 1.0 for s in summary
                                                         if s["style"] == 0.0))))

@@ -269,7 +269,7 @@ def novel_vs_identities_table(result: dict) -> str:
 def conditioning_table(result: dict) -> str:
     st = result["settings"]
     lines = [
-        f"Multiplicative against concat conditioning at equal steps: 4 procedural identities x {st['frames']} frames at "
+        f"Multiplicative against concat conditioning at equal steps: {st['identities']} procedural identities x {st['frames']} frames at "
         f"{st['size']} px per dataset, `{st['config']}` preset, {st['steps']} steps each (deterministic), datasets of "
         f"seeds {', '.join(map(str, st['seeds']))}; {st['eval_frames']} frames per identity and split "
         f"(`python benchmarks/conditioning_equal_steps.py`). Differences are paired by dataset; +- is the standard "
