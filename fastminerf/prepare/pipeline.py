@@ -66,8 +66,9 @@ ProgressFn = Callable[[str, str, int, int], None]
 ``total`` is 0 while unknown."""
 
 PREPARE_VERSION = 2
-"""(Faces that fill the frame are tracked exactly as before the tracking region existed: version 2 still.)"""
-"""Version of what prepare writes; part of every stage's fingerprint, bumped when the output would change."""
+"""Version of what prepare writes; part of every stage's fingerprint, bumped when the output would change. (Faces
+that fill the frame are tracked as before the tracking region existed, and ``track_region_scale`` is in the
+fingerprint itself: still 2.)"""
 
 WORK_DIR = ".prepare"
 """Hidden folder of per-stage caches inside each identity folder."""
