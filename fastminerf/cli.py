@@ -390,14 +390,17 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--run", required=True, type=Path, help="run folder (made by train or personalize)")
     p.add_argument("--identity", required=True, help="identity to render (its name in the run)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--drive", metavar="PATH[:SPLIT]", help="driver identity folder (or root) and split (default train)")
+    src.add_argument("--drive", metavar="PATH[:SPLIT]",
+                     help="driver identity folder (or root) and split (default train), or a video file: prepared "
+                          "first (cached in RUN/drivers/) with the run's expression basis")
     src.add_argument("--orbit", action="store_true", help="render a camera orbit instead")
     p.add_argument("--out", required=True, type=Path, help="output mp4")
     p.add_argument("--transfer", choices=["delta", "absolute"], default="delta", help="expression transfer mode (default delta)")
     p.add_argument("--driver-identity", default=None, help="driver name when the --drive folder holds several")
     p.add_argument("--target-data", nargs="+", type=Path, default=None,
                    help="folders holding NAME's training data (default: the run's own data paths)")
-    p.add_argument("--frames", type=int, default=60, help="frames of an orbit (default 60)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames of an orbit (default 60), or the first frames of a driver video (default all)")
     p.add_argument("--fps", type=float, default=None, help="frame rate (default: the driver's, 25 for an orbit)")
     p.add_argument("--png-dir", type=Path, default=None, help="also write every frame as PNG into this folder")
     p.add_argument("--no-audio", dest="audio", action="store_false",
@@ -406,7 +409,9 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
 
 
 def _run_render(args: argparse.Namespace) -> int:
-    from .render import drive_path, load_driver, load_target, orbit_path, parse_drive, render_video
+    from .prepare.video import VIDEO_SUFFIXES
+    from .render import drive_path, driver_from_video, load_driver, load_target, orbit_path, parse_drive, render_video
+    from .render import training_basis
 
     from .render import identity_id
 
@@ -415,10 +420,17 @@ def _run_render(args: argparse.Namespace) -> int:
     identity_id(model, args.identity)  # fail early, naming the identity
     target = load_target(args.target_data or meta["data_paths"], args.identity)
     if args.orbit:
-        path = orbit_path(target, args.identity, n_frames=args.frames)
+        path = orbit_path(target, args.identity, n_frames=args.frames or 60)
         what = f"orbit of {args.identity}"
     else:
         folder, split = parse_drive(args.drive)
+        if folder.is_file() and folder.suffix.lower() in VIDEO_SUFFIXES:  # a raw video: prepare it first
+            with _frames_progress(console, "prepare driver") as bar:
+                task = bar.add_task("prepare", total=None)
+                folder = driver_from_video(folder, training_basis(meta["data_paths"]), Path(args.run) / "drivers",
+                                           target.table("train").width, args.frames,
+                                           progress=lambda stage, name, d, t: bar.update(task, completed=d, total=t or None))
+            split = "train"
         driver, driver_name = load_driver(folder, split, args.driver_identity)
         path = drive_path(target, args.identity, driver, split, driver_name, mode=args.transfer)
         what = f"{args.identity} driven by {driver_name}:{split} ({args.transfer})"

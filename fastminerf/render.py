@@ -46,6 +46,7 @@ __all__ = [
     "RenderError",
     "VideoInfo",
     "drive_path",
+    "driver_from_video",
     "evaluate",
     "expression_transfer",
     "identity_id",
@@ -62,6 +63,7 @@ __all__ = [
     "render_video",
     "side_by_side",
     "to_uint8",
+    "training_basis",
     "write_video",
 ]
 
@@ -378,6 +380,50 @@ def load_driver(path: PathLike, split: str, identity: Optional[str] = None) -> T
 
     data = load_dataset([chosen], splits=tuple(dict.fromkeys(("train", split))))
     return data, chosen.name
+
+
+def training_basis(data_paths: Sequence[PathLike]) -> Path:
+    """The ``expression_basis.npz`` that ``prepare`` wrote for a run's training data: in a data path given as a
+    root, or in the folder above one given as an identity folder.
+
+    Raises:
+        RenderError: none of the paths has one (data not made by ``prepare``, or moved), naming the paths.
+    """
+    from .prepare.expression import BASIS_FILE
+
+    for p in map(Path, data_paths):
+        for candidate in (p / BASIS_FILE, p.parent / BASIS_FILE):
+            if candidate.is_file():
+                return candidate
+    raise RenderError(f"no {BASIS_FILE} next to the run's training data ({', '.join(map(str, data_paths))}): a video "
+                      f"can drive a model only in the expression space it was trained in; prepare the driver yourself "
+                      f"with that basis (fastminerf prepare VIDEO --out DIR --basis ...) and drive with DIR")
+
+
+def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size: int,
+                      max_frames: Optional[int] = None, progress=None) -> Path:
+    """Prepare a raw video as a driver in a trained model's expression space: :func:`fastminerf.prepare.prepare`
+    with the training data's ``basis`` and every frame in ``train``, into ``out_root`` (a cache: a second call
+    with the same video and settings finds it done). Returns the driver's identity folder.
+
+    Raises:
+        RenderError: the video could not be prepared (prepare's error, naming it).
+    """
+    from .config import PrepareConfig
+    from .prepare import prepare
+
+    from .prepare import MediapipeMissing
+
+    cfg = PrepareConfig(size=int(size), max_frames=max_frames, val_fraction=0.0, test_fraction=0.0, basis=str(basis),
+                        overwrite=True)  # the cache is ours: other settings (another --frames) replace it
+    try:
+        result = prepare([video], out_root, cfg, progress=progress)
+    except MediapipeMissing as exc:
+        raise RenderError(f"preparing the driver video {video} needs mediapipe: {exc}") from None
+    v = result.videos[0]
+    if v.status == "failed" or v.out_dir is None:
+        raise RenderError(f"cannot use {video} as a driver: {v.error}")
+    return v.out_dir
 
 
 def load_target(data_paths: Sequence[PathLike], identity: str, splits: Sequence[str] = ("train",)) -> MultiIdentityDataset:

@@ -372,6 +372,34 @@ def test_a_small_face_in_a_wide_shot_is_found_and_tracked(prepared, tmp_path):
     assert read_transforms(tmp_path / "on" / "wide" / "transforms_train.json").width == SIZE
 
 
+@needs_real
+def test_a_raw_video_drives_a_trained_model_in_its_expression_space(prepared, tmp_path, capsys, decode_audio):
+    import imageio_ffmpeg
+
+    from fastminerf.cli import main
+    from fastminerf.config import load_config
+    from fastminerf.prepare.expression import ExpressionBasis
+    from fastminerf.train import train
+
+    root, _ = prepared
+    train(load_config("tiny", ["train.steps=2"]), [root], tmp_path / "run")
+    target = Path(CLIPS[0]).stem
+    argv = ["render", "--run", str(tmp_path / "run"), "--identity", target, "--drive", str(REAL / THIRD),
+            "--frames", "12", "--out", str(tmp_path / "drive.mp4")]
+    assert main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"driven by {Path(THIRD).stem}:train" in out and "s of the driver's audio" in out
+    frames = list(imageio_ffmpeg.read_frames(str(tmp_path / "drive.mp4")))
+    assert tuple(frames[0]["size"]) == (SIZE, SIZE) and len(frames) - 1 == 12
+    assert abs(len(decode_audio(tmp_path / "drive.mp4")) - 12 / 25 * 16000) < 1100
+    # The driver was prepared in the training data's space, into the run's cache, which a second call reuses.
+    driver = tmp_path / "run" / "drivers" / Path(THIRD).stem
+    assert json.loads((driver / "transforms_train.json").read_text())["expression_space"] == ExpressionBasis.load(root).space_id
+    stamp = (driver / "prepare.json").stat().st_mtime_ns
+    assert main(argv[:-1] + [str(tmp_path / "again.mp4")]) == 0
+    assert (driver / "prepare.json").stat().st_mtime_ns == stamp
+
+
 def test_cli_help_and_missing_mediapipe(monkeypatch, capsys):
     import sys
 

@@ -90,6 +90,8 @@ def test_cli_render_carries_the_drivers_audio(tiny, tmp_path, capsys, decode_aud
 
     root, dirs = tiny
     driver = shutil.copytree(dirs[1], tmp_path / "driver")
+    assert (driver / "audio.wav").is_file()  # the procedural heads' voice; taken away to see a silent driver
+    (driver / "audio.wav").unlink()
     argv = ["render", "--run", str(root / "run"), "--identity", "id000", "--drive", f"{driver}:val"]
     assert main(argv + ["--out", str(tmp_path / "silent.mp4")]) == 0
     assert "silent (the driver: no audio.wav)" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
@@ -156,6 +158,20 @@ def test_data_in_another_expression_space_is_refused(tiny, tmp_path, capsys):
     assert not (tmp_path / "x.mp4").exists()
     with pytest.raises(ValueError, match="the new identities .* expression space 'pca12-0123456789ab'"):
         personalize(root / "run", [new], tmp_path / "p", steps=1)
+
+
+def test_a_raw_video_needs_the_training_datas_basis(tiny, tmp_path, capsys):
+    root, _ = tiny
+    video = tmp_path / "someone.mp4"
+    w = imageio_ffmpeg.write_frames(str(video), (32, 32), fps=25, macro_block_size=16, ffmpeg_log_level="error")
+    w.send(None)
+    for k in range(5):
+        w.send(np.full((32, 32, 3), 40 * k, np.uint8).tobytes())
+    w.close()
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--drive", str(video),
+                 "--out", str(tmp_path / "x.mp4")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no expression_basis.npz next to the run's training data" in err and "--basis" in err
 
 
 def test_cli_missing_run(tmp_path, capsys):
