@@ -107,6 +107,7 @@ from .render import (
     RenderError,
     VideoInfo,
     drive_path,
+    driver_from_video,
     evaluate,
     expression_transfer,
     neutral_frame,
@@ -116,6 +117,7 @@ from .render import (
     render_sequence,
     render_video,
     side_by_side,
+    training_basis,
     write_video,
 )
 
@@ -126,6 +128,7 @@ __all__ += [
     "RenderError",
     "VideoInfo",
     "drive_path",
+    "driver_from_video",
     "evaluate",
     "expression_transfer",
     "l1",
@@ -138,6 +141,7 @@ __all__ += [
     "render_frame",
     "render_sequence",
     "render_video",
+    "training_basis",
     "run_demo",
     "side_by_side",
     "ssim",
