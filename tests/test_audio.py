@@ -86,6 +86,7 @@ def test_write_video_carries_the_soundtrack(tmp_path, decode_audio):
 def test_driven_path_takes_the_drivers_speech(tmp_path, decode_audio):
     dirs = generate(tmp_path / "data", n_identities=2, n_frames=8, size=16, novel_frames=2, val_fraction=0.25)
     driver = dirs[1]
+    (driver / "audio.wav").unlink()  # the procedural voice; this test brings its own recording
     data = load_dataset([tmp_path / "data"], splits=("train", "val"))
     path = drive_path(data, "id000", data, "val", driver_identity="id001")
     assert path.audio is None and path.soundtrack() is None and "no audio.wav" in path.silent_reason()
