@@ -414,8 +414,9 @@ def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size
 
     from .prepare import MediapipeMissing
 
+    min_frames = PrepareConfig.min_frames if max_frames is None else max(3, min(PrepareConfig.min_frames, int(max_frames)))
     cfg = PrepareConfig(size=int(size), max_frames=max_frames, val_fraction=0.0, test_fraction=0.0, basis=str(basis),
-                        overwrite=True)  # the cache is ours: other settings (another --frames) replace it
+                        min_frames=min_frames, overwrite=True)  # the cache is ours: other settings replace it
     try:
         result = prepare([video], out_root, cfg, progress=progress)
     except MediapipeMissing as exc:
