@@ -8,11 +8,12 @@ progress and summaries are shown here.
     fastminerf prepare VIDEO [VIDEO ...] --out ROOT [--size 256] [--fps N] [--max-frames N]
     fastminerf train --data DATA --out RUN [--config cpu|video] [--steps N] [--max-seconds S] [--set key=value ...]
     fastminerf personalize --run RUN --data NEW_IDENTITY --out RUN2 [--steps N] [--max-seconds S]
-    fastminerf render --run RUN --identity NAME --drive PATH[:SPLIT] --out OUT.mp4 [--transfer delta|absolute]
+    fastminerf render --run RUN --identity NAME --drive PATH[:SPLIT]|VIDEO --out OUT.mp4 [--transfer delta|absolute]
     fastminerf render --run RUN --identity NAME --orbit --out OUT.mp4
     fastminerf eval --run RUN --data PATH... --split SPLIT [--out DIR]
     fastminerf demo [OUT] [--minutes 3]
     fastminerf bench {identities,backbone,all} [--full] [--out DIR]
+    fastminerf info RUN [--json]
 """
 
 from __future__ import annotations
@@ -644,10 +645,76 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_info(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "info",
+        help="what a trained run holds: identities, frames, expression space, steps, size",
+        description="Describe a run folder (or checkpoint): its kind (train or personalize), steps and training time, "
+        "its identities and their training frames, the expression length and space (data in another space is "
+        "refused by personalize, render --drive and eval), the conditioning, the parameter count, the data it was "
+        "trained on and the last logged training PSNR.",
+    )
+    p.add_argument("run", type=Path, help="run folder (made by train or personalize) or checkpoint file")
+    p.add_argument("--json", action="store_true", help="print the description as JSON instead of a table")
+    p.set_defaults(func=_run_info)
+
+
+def run_info(run: Path) -> dict:
+    """The description ``fastminerf info`` prints (a plain dict, JSON-ready)."""
+    import json
+
+    import torch
+
+    cfg, model, meta = _open_run(run)
+    counts = torch.bincount(meta["frame_identity"], minlength=len(meta["identity_names"])).tolist()
+    info = dict(run=str(run), checkpoint=str(meta["checkpoint"]), kind=meta["kind"], step=meta["step"],
+                seconds=round(meta["seconds"], 1), identities=dict(zip(meta["identity_names"], counts)),
+                expression_dim=meta["expression_dim"], expression_space=meta["expression_space"],
+                conditioning=cfg.model.field.conditioning, parameters=sum(p.numel() for p in model.parameters()),
+                checkpoint_bytes=Path(meta["checkpoint"]).stat().st_size, data_paths=meta["data_paths"])
+    log = Path(meta["checkpoint"]).parent / "log.jsonl"
+    if log.is_file():
+        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+        if lines:
+            last = json.loads(lines[-1])
+            info["last_log"] = {k: last[k] for k in ("step", "loss", "psnr") if k in last}
+    return info
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.table import Table
+
+    info = run_info(args.run)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    table = Table(title=f"{args.run} ({info['kind']})", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    last = info.get("last_log")
+    rows = [
+        ("steps, training time", f"{info['step']}, {info['seconds']:.0f} s"),
+        ("identities (training frames)", ", ".join(f"{n} ({c})" for n, c in info["identities"].items())),
+        ("expression", f"{info['expression_dim']} coefficients, space {info['expression_space'] or 'not recorded'}"),
+        ("conditioning", info["conditioning"]),
+        ("parameters, checkpoint", f"{info['parameters']:,}, {info['checkpoint_bytes'] / 2**20:.1f} MiB"),
+        ("trained on", ", ".join(info["data_paths"]) or "?"),
+    ]
+    if last:
+        rows.append(("last log", f"step {last.get('step')}, loss {last.get('loss', float('nan')):.5f}, "
+                                  f"train psnr {last.get('psnr', float('nan')):.2f} dB"))
+    for k, v in rows:
+        table.add_row(k, str(v))
+    _console().print(table)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 SUBCOMMANDS: List[Callable[["argparse._SubParsersAction"], None]] = [
-    _add_synth, _add_prepare, _add_train, _add_personalize, _add_render, _add_eval, _add_demo, _add_bench
+    _add_synth, _add_prepare, _add_train, _add_personalize, _add_render, _add_eval, _add_demo, _add_bench, _add_info
 ]
 """Functions that each add one subcommand to the parser (others append theirs here)."""
 

@@ -174,6 +174,22 @@ def test_a_raw_video_needs_the_training_datas_basis(tiny, tmp_path, capsys):
     assert "no expression_basis.npz next to the run's training data" in err and "--basis" in err
 
 
+def test_cli_info_describes_a_run(tiny, tmp_path, capsys):
+    from fastminerf.data.synth import EXPRESSION_SPACE
+
+    root, dirs = tiny
+    assert main(["info", str(root / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    table = load_dataset(dirs[:2], splits=("train",)).table("train")
+    assert info["identities"] == {"id000": int((table.identity == 0).sum()), "id001": int((table.identity == 1).sum())}
+    assert info["step"] == TINY_STEPS and info["kind"] == "train" and info["expression_space"] == EXPRESSION_SPACE
+    assert info["expression_dim"] == 12 and info["parameters"] > 0 and info["last_log"]["step"] == TINY_STEPS
+    assert main(["info", str(root / "run")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert EXPRESSION_SPACE in out and "id000" in out
+    assert main(["info", str(tmp_path / "nope")]) == 2
+
+
 def test_cli_missing_run(tmp_path, capsys):
     assert main(["render", "--run", str(tmp_path / "nope"), "--identity", "a", "--orbit", "--out", str(tmp_path / "x.mp4")]) == 2
     err = " ".join(capsys.readouterr().err.split())
