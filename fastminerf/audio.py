@@ -21,6 +21,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from .data.layout import AUDIO_FILE
+
 __all__ = ["Audio", "AudioError", "frame_soundtrack", "identity_audio", "read_wav", "write_wav"]
 
 PathLike = Union[str, Path]
@@ -128,5 +130,5 @@ def frame_soundtrack(audio: Audio, times: Sequence[float], fps: float) -> Audio:
 
 def identity_audio(identity_dir: PathLike) -> Optional[Path]:
     """An identity folder's ``audio.wav``, or None when it has none."""
-    p = Path(identity_dir) / "audio.wav"
+    p = Path(identity_dir) / AUDIO_FILE
     return p if p.is_file() else None

@@ -190,7 +190,6 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
     from .config import PrepareConfig
     from .prepare import MediapipeMissing, prepare, require_mediapipe
-    from .prepare.expression import ExpressionBasis
 
     try:
         require_mediapipe()
@@ -225,8 +224,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
     console.print(table)
     if result.basis is not None:
         how = "reused" if result.basis_reused else "fitted on these videos"
-        space = ExpressionBasis.load(result.basis).space_id
-        console.print(f"expression basis ({result.expression_dim} coefficients, {how}; space {space}): {result.basis}")
+        console.print(f"expression basis ({result.expression_dim} coefficients, {how}; space {result.expression_space}): "
+                      f"{result.basis}")
     for v in result.videos:
         for note in v.notes:
             console.print(f"[yellow]note[/yellow] {v.name}: {note}")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .audio import Audio, frame_soundtrack, identity_audio, read_wav, write_wav
-from .data.dataset import MultiIdentityDataset, check_expression_space
+from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .metrics import l1, lpips, lpips_status, psnr, ssim
 
@@ -712,12 +712,10 @@ def render_sequence(
     """
     if (aabb is None) == (near_far is None):
         raise RenderError("render_sequence needs exactly one of aabb and near_far")
-    model_space = getattr(model, "expression_space", None)
-    if model_space is not None and path.expression_space is not None and model_space != path.expression_space:
-        raise RenderError(f"the path's expressions are in expression space '{path.expression_space}' but the model was "
-                          f"trained in '{model_space}': the same coefficients would mean other face motions. Prepare "
-                          f"the driver with the training data's basis (fastminerf prepare VIDEO --out NEW --basis "
-                          f"TRAINING_ROOT/expression_basis.npz)")
+    why = expression_space_mismatch(getattr(model, "expression_space", None), path.expression_space,
+                                    "the driver's expressions", "the model")
+    if why is not None:
+        raise RenderError(why)
     ident = identity_id(model, identity) if isinstance(identity, str) else int(identity)
     w, h = path.width, path.height
     n = w * h

@@ -32,7 +32,8 @@ from .layout import (
     read_transforms,
 )
 
-__all__ = ["FrameCache", "FrameTable", "LandmarkTable", "MultiIdentityDataset", "check_expression_space", "load_dataset"]
+__all__ = ["FrameCache", "FrameTable", "LandmarkTable", "MultiIdentityDataset", "check_expression_space",
+           "expression_space_mismatch", "load_dataset"]
 
 PathLike = Union[str, Path]
 
@@ -523,6 +524,16 @@ def _space_clash(key: str, name: str, m: SplitMeta, first: SplitMeta) -> str:
             f"basis to the later prepare (--basis ROOT/expression_basis.npz)")
 
 
+def expression_space_mismatch(expected: Optional[str], have: Optional[str], what: str, model: str) -> Optional[str]:
+    """Why data whose expressions are in space ``have`` cannot be used with a model trained in ``expected`` (both
+    known and different), naming both and the remedy; None when it can (or either space is unknown)."""
+    if expected is None or have is None or have == expected:
+        return None
+    return (f"{what} is in expression space '{have}' but the model ({model}) was trained in '{expected}': the same "
+            f"coefficients would mean other face motions. Prepare it with the training data's basis (fastminerf "
+            f"prepare VIDEO --out NEW --basis TRAINING_ROOT/expression_basis.npz, or --out TRAINING_ROOT)")
+
+
 def check_expression_space(expected: Optional[str], dataset: MultiIdentityDataset, what: str, model: str) -> None:
     """Refuse ``dataset`` when its expressions are in another space than a model's (both known).
 
@@ -536,16 +547,10 @@ def check_expression_space(expected: Optional[str], dataset: MultiIdentityDatase
         DatasetError: naming both spaces, the data's first transforms file, and the remedy.
     """
     have = dataset.expression_space
-    if expected is None or have is None or have == expected:
-        return
-    file = next((m.file for ms in dataset._metas.values() for m in ms if m.expression_space == have), None)
-    raise DatasetError(
-        f"{what} ({', '.join(dataset.identities)}) is in expression space '{have}' but the model ({model}) was trained "
-        f"in '{expected}': the same coefficients would mean other face motions. Prepare it with the training data's "
-        f"basis (fastminerf prepare VIDEO --out NEW --basis TRAINING_ROOT/expression_basis.npz, or --out TRAINING_ROOT)",
-        file=file,
-        key="expression_space",
-    )
+    why = expression_space_mismatch(expected, have, f"{what} ({', '.join(dataset.identities)})", model)
+    if why is not None:
+        file = next((m.file for ms in dataset._metas.values() for m in ms if m.expression_space == have), None)
+        raise DatasetError(why, file=file, key="expression_space")
 
 
 def _with_size(meta: SplitMeta, width: int, height: int) -> SplitMeta:

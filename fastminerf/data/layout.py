@@ -42,6 +42,9 @@ DEFAULT_AABB: Tuple[float, ...] = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
 IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg")
 """Suffixes tried, in order, for a ``file_path`` / ``mask_path`` without an image extension (NeRFace)."""
 
+AUDIO_FILE = "audio.wav"
+"""Optional per-identity speech track, starting at the source video's start (frames' ``time`` index into it)."""
+
 LANDMARKS_FILE = "landmarks.npz"
 """Optional per-identity file of 3D face landmarks in head space (written by ``prepare``; see
 :func:`read_landmarks`)."""

@@ -37,7 +37,7 @@ import torch
 from ..audio import Audio, write_wav
 from ..config import SynthConfig
 from .heads import EXPRESSION_NAMES, EXPRESSION_RANGES, TRACE_BOX, HeadModel, HeadParams
-from .layout import DatasetError, find_identity_dirs, is_identity_dir, read_transforms
+from .layout import AUDIO_FILE, DatasetError, find_identity_dirs, is_identity_dir, read_transforms
 from .writer import frame_record, write_png, write_transforms
 
 __all__ = [
@@ -430,7 +430,7 @@ def generate(
         gain = 1.0 - expression_style * float(np.random.default_rng([seed, k, 1]).uniform())
         moved = (expr * gain).astype(expr.dtype)  # what the face does
         boxes = _face_boxes(params, c2w, focal, size, moved[:, _IDX["jaw_open"]])
-        write_wav(d / "audio.wav", _voice(moved[:n_frames], fps, np.random.default_rng([seed, k, 2])))
+        write_wav(d / AUDIO_FILE, _voice(moved[:n_frames], fps, np.random.default_rng([seed, k, 2])))
         splits = ["train"] * (n_frames - n_val) + ["val"] * n_val + ["novel"] * n_novel
         local = list(range(n_frames - n_val)) + list(range(n_val)) + list(range(n_novel))
         source_index = list(range(n_frames)) + list(range(n_novel))

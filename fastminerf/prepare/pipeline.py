@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..config import PrepareConfig
-from ..data.layout import LANDMARKS_FILE
+from ..data.layout import AUDIO_FILE, LANDMARKS_FILE
 from ..data.writer import frame_record, write_json, write_landmarks, write_png, write_transforms
 from . import background as _background
 from .contact_sheet import write_contact_sheet
@@ -148,6 +148,8 @@ class PrepareResult:
     """Whether the face model was loaded from an earlier prepare into the same root."""
     expression_dim: int = 0
     """E."""
+    expression_space: Optional[str] = None
+    """The basis' :attr:`~.expression.ExpressionBasis.space_id` (``expression_space`` of every transforms file)."""
 
     @property
     def failed(self) -> List[VideoResult]:
@@ -192,7 +194,7 @@ def _clear(folder: Path) -> None:
     for sub in ("frames", "masks", WORK_DIR):
         if (folder / sub).is_dir():
             shutil.rmtree(folder / sub)
-    for f in list(folder.glob("transforms_*.json")) + [folder / n for n in ("bg.png", "audio.wav", "contact_sheet.png", LANDMARKS_FILE, DONE_FILE)]:
+    for f in list(folder.glob("transforms_*.json")) + [folder / n for n in ("bg.png", AUDIO_FILE, "contact_sheet.png", LANDMARKS_FILE, DONE_FILE)]:
         if f.is_file():
             f.unlink()
 
@@ -359,7 +361,7 @@ def _frames(info: VideoInfo, fps: float, cfg: PrepareConfig, out: Path, lm: np.n
     write_png(out / "bg.png", bg, cfg.png_compress_level)
     notes = [note] if note else []
     if info.has_audio:
-        extract_audio(info.path, out / "audio.wav", cfg.audio_rate, duration=len(lm) / fps)
+        extract_audio(info.path, out / AUDIO_FILE, cfg.audio_rate, duration=len(lm) / fps)
     else:
         notes.append("the video has no audio track: no audio.wav")
     if progress is not None:
@@ -481,9 +483,10 @@ def prepare(
             given = ExpressionBasis.load(cfg.basis)
         except ValueError as exc:
             raise PrepareError(f"--basis: {exc}") from None
-        if (root / BASIS_FILE).is_file() and ExpressionBasis.load(root).space_id != given.space_id:
-            raise PrepareError(f"{root / BASIS_FILE} (space {ExpressionBasis.load(root).space_id}) is not the basis "
-                               f"given ({cfg.basis}, space {given.space_id}): one folder holds one expression space")
+        held = ExpressionBasis.load(root).space_id if (root / BASIS_FILE).is_file() else given.space_id
+        if held != given.space_id:
+            raise PrepareError(f"{root / BASIS_FILE} (space {held}) is not the basis given ({cfg.basis}, space "
+                               f"{given.space_id}): one folder holds one expression space")
     root.mkdir(parents=True, exist_ok=True)
     if given is not None and not (root / BASIS_FILE).is_file():
         given.save(root)
@@ -546,7 +549,7 @@ def prepare(
                 progress("cameras", res.name, 1, 1)
         except (PrepareError, OSError, ValueError) as exc:
             res.status, res.error = "failed", str(exc)
-    return PrepareResult(root, results, basis_path, reused, basis.dim)
+    return PrepareResult(root, results, basis_path, reused, basis.dim, basis.space_id)
 
 
 def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: Optional[ProgressFn]) -> dict:
