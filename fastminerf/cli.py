@@ -385,7 +385,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
         description="Render identity NAME of a trained run to an mp4: with --drive, the head poses and expressions "
         "of a driver's frames (cross-identity expression transfer; 'delta' moves NAME's neutral face by the "
         "driver's change from its own neutral face, neutral = the train frame with the smallest expression norm); "
-        "with --orbit, a camera orbit at NAME's neutral expression.",
+        "with --orbit, a camera orbit at NAME's neutral expression; with --speech, NAME saying a recording (lip "
+        "sync through a speech model, see fastminerf speech).",
     )
     p.add_argument("--run", required=True, type=Path, help="run folder (made by train or personalize)")
     p.add_argument("--identity", required=True, help="identity to render (its name in the run)")
@@ -394,13 +395,19 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
                      help="driver identity folder (or root) and split (default train), or a video file: prepared "
                           "first (cached in RUN/drivers/) with the run's expression basis")
     src.add_argument("--orbit", action="store_true", help="render a camera orbit instead")
+    src.add_argument("--speech", type=Path, metavar="AUDIO",
+                     help="a recording (wav, mp3, m4a, or a video's sound) for NAME to say: expressions from a speech "
+                          "model (fastminerf speech), head poses from NAME's own training frames")
+    p.add_argument("--speech-model", type=Path, default=None,
+                   help="the speech model for --speech (default RUN/speech.pt, written by fastminerf speech --run RUN)")
     p.add_argument("--out", required=True, type=Path, help="output mp4")
     p.add_argument("--transfer", choices=["delta", "absolute"], default="delta", help="expression transfer mode (default delta)")
     p.add_argument("--driver-identity", default=None, help="driver name when the --drive folder holds several")
     p.add_argument("--target-data", nargs="+", type=Path, default=None,
                    help="folders holding NAME's training data (default: the run's own data paths)")
     p.add_argument("--frames", type=int, default=None,
-                   help="frames of an orbit (default 60), or the first frames of a driver video (default all)")
+                   help="frames of an orbit (default 60), or the first frames of a driver video or of a --speech "
+                        "recording (default all)")
     p.add_argument("--fps", type=float, default=None, help="frame rate (default: the driver's, 25 for an orbit)")
     p.add_argument("--png-dir", type=Path, default=None, help="also write every frame as PNG into this folder")
     p.add_argument("--no-audio", dest="audio", action="store_false",
@@ -419,9 +426,24 @@ def _run_render(args: argparse.Namespace) -> int:
     _, model, meta = _open_run(args.run)
     identity_id(model, args.identity)  # fail early, naming the identity
     target = load_target(args.target_data or meta["data_paths"], args.identity)
+    speech_dir = None
     if args.orbit:
         path = orbit_path(target, args.identity, n_frames=args.frames or 60)
         what = f"orbit of {args.identity}"
+    elif args.speech is not None:
+        import tempfile
+
+        from .audio import write_wav
+        from .render import speech_path
+        from .speech import load_speech, load_speech_model
+
+        speech_model = load_speech_model(args.speech_model or Path(args.run) / "speech.pt")
+        speech_dir = tempfile.TemporaryDirectory(prefix="fastminerf-speech-")
+        wav = write_wav(Path(speech_dir.name) / "speech.wav", load_speech(args.speech))
+        path = speech_path(target, args.identity, speech_model, wav, fps=args.fps)
+        if args.frames:
+            path = path.head(args.frames)
+        what = f"{args.identity} saying {args.speech.name}"
     else:
         folder, split = parse_drive(args.drive)
         if folder.is_file() and folder.suffix.lower() in VIDEO_SUFFIXES:  # a raw video: prepare it first
@@ -434,14 +456,18 @@ def _run_render(args: argparse.Namespace) -> int:
         driver, driver_name = load_driver(folder, split, args.driver_identity)
         path = drive_path(target, args.identity, driver, split, driver_name, mode=args.transfer)
         what = f"{args.identity} driven by {driver_name}:{split} ({args.transfer})"
-    with _frames_progress(console, "render") as bar:
-        task = bar.add_task("render", total=len(path))
-        info = render_video(model, path, args.identity, args.out, background=target.background(0),
-                            aabb=model.aabb.tolist(), png_dir=args.png_dir, fps=args.fps,
-                            progress=lambda d, t: bar.update(task, completed=d, total=t), audio=args.audio)
+    try:
+        with _frames_progress(console, "render") as bar:
+            task = bar.add_task("render", total=len(path))
+            info = render_video(model, path, args.identity, args.out, background=target.background(0),
+                                aabb=model.aabb.tolist(), png_dir=args.png_dir, fps=args.fps,
+                                progress=lambda d, t: bar.update(task, completed=d, total=t), audio=args.audio)
+    finally:
+        if speech_dir is not None:
+            speech_dir.cleanup()
     extra = f", PNG frames in {info.png_dir}" if info.png_dir else ""
     if info.audio_seconds:
-        extra += f", with {info.audio_seconds:.1f} s of the driver's audio"
+        extra += f", with {info.audio_seconds:.1f} s of {'the recording' if args.speech else 'the driver' + chr(39) + 's audio'}"
     elif args.audio and not args.orbit and info.path is not None:
         extra += f", silent (the driver: {path.silent_reason()})"
     console.print(f"{what}: {info.n_frames} frames {info.width}x{info.height} -> {info.path}{extra}")
@@ -644,6 +670,81 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_speech(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "speech",
+        help="learn a mapping from speech to expressions (lip sync) from prepared videos with sound",
+        description="Train the speech-to-expression network (fastminerf.speech) on every identity of the data that "
+        "has an audio.wav: each frame's expression against the sound around its time. It learns from the 'train' "
+        "frames and is scored on the other splits whose frames carry a time (val, test): R2 of the expression "
+        "coefficients and of the mouth's opening against always predicting the training mean (0 = the mean, "
+        "1 = exact), and the correlation of the mouth's opening with the tracked one. Then render --speech AUDIO.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="a trained run: learn from its training data, write RUN/speech.pt")
+    src.add_argument("--data", nargs="+", type=Path, help="identity folders or dataset roots")
+    p.add_argument("--out", type=Path, default=None, help="the model file (default RUN/speech.pt; required with --data)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the config's, 1500)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a SpeechConfig field (context, width, hidden, dropout, steps, batch, lr, noise, jitter, "
+                        "smooth, calibrate, seed); repeatable")
+    p.set_defaults(func=_run_speech)
+
+
+def _run_speech(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from .data import load_dataset
+    from .data.layout import find_identity_dirs
+    from .speech import SpeechError, save_speech_model, speech_clips, speech_config, speech_metrics, train_speech
+
+    console = _console()
+    if args.run is not None:
+        _, _, meta = _open_run(args.run)
+        paths, out = [Path(p) for p in meta["data_paths"]], args.out or Path(args.run) / "speech.pt"
+    else:
+        paths, out = args.data, args.out
+        if out is None:
+            raise SpeechError("--out is required with --data (the file to write the speech model to)")
+    cfg = speech_config(list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else []))
+    dirs = find_identity_dirs(paths)
+    data = load_dataset(dirs, splits=None)
+    clips, skipped = speech_clips(data, data.splits)
+    for line in skipped:
+        console.print(f"[yellow]left out[/yellow] {line}")
+    if not clips:
+        raise SpeechError(f"no identity in {[str(p) for p in paths]} has an audio.wav and frames with a time")
+    with Progress(TextColumn("[bold]speech[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("speech", total=None, loss="-")
+        model = train_speech(clips, cfg, ("train",), data.expression_space,
+                             progress=lambda d, t, loss: bar.update(task, completed=d, total=t, loss=f"{loss:.4f}"))
+    held = [s for s in data.splits if s != "train" and any(len(c.times.get(s, ())) for c in clips)]
+    basis = None
+    try:
+        from .prepare.expression import ExpressionBasis
+        from .render import training_basis
+
+        basis = ExpressionBasis.load(training_basis(paths).parent)
+    except Exception:  # data not made by prepare: the mouth's opening is known for the procedural heads only
+        basis = None
+    table = Table(title=f"speech -> expression on held-out frames ({', '.join(held) or 'none'})")
+    for col in ("identity", "frames", "R2", "mouth R2", "mouth corr"):
+        table.add_column(col, justify="left" if col == "identity" else "right")
+    if held:
+        model.metrics = speech_metrics(model, clips, held, basis=basis)
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        rows = list(model.metrics["identities"].items()) + [("[bold]all[/bold]", model.metrics["all"])]
+        for name, m in rows:
+            table.add_row(name, str(m["frames"]), fmt(m["r2"]), fmt(m["mouth_r2"]), fmt(m["mouth_corr"]))
+        console.print(table)
+    save_speech_model(out, model)
+    console.print(f"learned from {len(clips)} identities ({sum(len(c.times.get('train', ())) for c in clips)} frames) "
+                  f"in {cfg.steps * (2 if cfg.calibrate else 1)} steps -> {out}")
+    return 0
+
+
 def _add_info(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "info",
@@ -713,7 +814,8 @@ def _run_info(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- main
 
 SUBCOMMANDS: List[Callable[["argparse._SubParsersAction"], None]] = [
-    _add_synth, _add_prepare, _add_train, _add_personalize, _add_render, _add_eval, _add_demo, _add_bench, _add_info
+    _add_synth, _add_prepare, _add_train, _add_personalize, _add_render, _add_speech, _add_eval, _add_demo, _add_bench,
+    _add_info,
 ]
 """Functions that each add one subcommand to the parser (others append theirs here)."""
 

@@ -5,8 +5,8 @@ The pieces, each usable alone:
 
 - :func:`neutral_frame`, :func:`expression_transfer`: which frame is an identity's "neutral" face, and how a
   driver's expressions map onto a target (a pure function).
-- :class:`CameraPath`, :func:`drive_path`, :func:`orbit_path`, :func:`orbit_cameras`: what to render, frame by
-  frame (cameras, intrinsics, expressions), without a model.
+- :class:`CameraPath`, :func:`drive_path`, :func:`speech_path`, :func:`orbit_path`, :func:`orbit_cameras`: what
+  to render, frame by frame (cameras, intrinsics, expressions), without a model.
 - :func:`render_rays`, :func:`render_frame`, :func:`render_sequence`: the model applied to rays, one frame or a
   path, without gradients (the model bounds its own memory: ``MINeRF`` renders in chunks of ``ModelConfig.chunk_rays`` rays).
 - :func:`write_video` (mp4 through imageio-ffmpeg, PNG frames on request; with a soundtrack when given),
@@ -57,11 +57,13 @@ __all__ = [
     "orbit_cameras",
     "orbit_path",
     "parse_drive",
+    "pose_loop",
     "render_frame",
     "render_rays",
     "render_sequence",
     "render_video",
     "side_by_side",
+    "speech_path",
     "to_uint8",
     "training_basis",
     "write_video",
@@ -323,6 +325,72 @@ def drive_path(
         audio=identity_audio(driver.identity_dirs[d_id]),
         times=table.time[frames].astype(np.float64),
         expression_space=driver.expression_space,
+    )
+
+
+def pose_loop(n_source: int, n: int) -> np.ndarray:
+    """Indices ``(n,)`` into ``n_source`` frames that play them forward, then backward, and so on (a loop without a
+    jump), for a video longer than its source of head poses."""
+    if n_source < 1:
+        raise RenderError("no frame to take head poses from")
+    if n_source == 1:
+        return np.zeros(n, np.int64)
+    k = np.arange(n) % (2 * n_source - 2)
+    return np.where(k < n_source, k, 2 * n_source - 2 - k).astype(np.int64)
+
+
+def speech_path(
+    target: MultiIdentityDataset,
+    target_identity: str,
+    speech_model,
+    speech: PathLike,
+    pose_split: str = "train",
+    fps: Optional[float] = None,
+) -> CameraPath:
+    """The path that renders ``target_identity`` saying a recording (lip sync): expressions from
+    :func:`fastminerf.speech.predict_expressions`, head poses and intrinsics from the target's own ``pose_split``
+    frames in time order (:func:`pose_loop` when the recording outlasts them), the recording as the soundtrack.
+    The path carries the speech model's expression space, so :func:`render_sequence` refuses a model trained in
+    another.
+
+    Args:
+        target: a dataset holding the target identity with ``pose_split`` loaded.
+        target_identity: the target's name.
+        speech_model: a :class:`fastminerf.speech.SpeechModel`.
+        speech: the recording, a PCM WAV file (any rate; other formats: convert with
+            :func:`fastminerf.speech.load_speech` and :func:`fastminerf.audio.write_wav` first).
+        pose_split: the target's split whose head poses are played.
+        fps: the video's frame rate (default: the target's).
+
+    Raises:
+        RenderError: naming the missing identity or split, or a model of another expression size.
+        SpeechError: the recording cannot be read.
+    """
+    from .speech import load_speech, predict_expressions
+
+    ident = _dataset_identity(target, target_identity)
+    if pose_split not in target.splits:
+        raise RenderError(f"split '{pose_split}' of '{target_identity}' is not loaded; loaded: {list(target.splits)}")
+    if speech_model.expression_dim != target.expression_dim:
+        raise RenderError(f"the speech model predicts {speech_model.expression_dim} expression coefficients, "
+                          f"'{target_identity}' has {target.expression_dim}")
+    table = target.table(pose_split)
+    frames = table.frames_of(ident)
+    if fps is None:
+        fps = float(target.split_meta(pose_split, ident).fps or 25.0)
+    expr, times = predict_expressions(speech_model, load_speech(speech), fps)
+    order = frames[np.argsort(table.time[frames], kind="stable")] if np.all(np.isfinite(table.time[frames])) else frames
+    pick = order[pose_loop(len(order), len(expr))]
+    return CameraPath(
+        c2w=table.c2w[pick].astype(np.float32),
+        intrinsics=table.intrinsics[pick].astype(np.float32),
+        expression=expr,
+        width=table.width,
+        height=table.height,
+        fps=float(fps),
+        audio=Path(speech),
+        times=times,
+        expression_space=speech_model.expression_space,
     )
 
 

@@ -1,0 +1,642 @@
+"""Speech to expressions: a small network that hears a recording and says, frame by frame, which expression the
+face makes while it speaks, so that any identity of a model can be rendered saying any recording (lip sync).
+
+MI-NeRF drives its shared face field with expressions; what speaks is a mapping from sound to those
+expressions, learned from the prepared videos themselves: every frame of a prepared video carries its
+``time`` in the video's ``audio.wav`` and its ``expression`` (DATASET.md), so the pairs (sound around ``time``,
+``expression``) are training data with no other labels. Because every identity of one ``prepare`` shares one
+expression space, one mapping serves them all, and it is trained on all of them at once.
+
+The pieces, functional first:
+
+- :func:`log_mel`: a recording (16 kHz) to 40 log-mel bands every 10 ms (25 ms Hann windows), each band
+  normalised over the recording (so loudness and microphone matter less than how the spectrum moves).
+- :func:`frame_windows`: for each video frame, the bands from ``context`` columns before its time to
+  ``context`` after (0.2 s each side by default: mouths move ahead of and behind their sounds).
+- :class:`SpeechToExpression`: three strided 1-D convolutions over time and two linear layers, from a window
+  to the ``E`` expression coefficients (about 60,000 parameters).
+- :func:`train_speech`: Adam on the squared error of the coefficients over the frames of the ``fit`` splits,
+  with noise and time jitter on the bands; :func:`speech_metrics` scores held-out frames: R^2 of the
+  coefficients against always predicting the training mean, and the correlation of the mouth's opening
+  (:func:`mouth_opening`) between prediction and tracking.
+- :func:`predict_expressions`: a recording to one expression per video frame at ``fps``, smoothed over time.
+- :func:`save_speech_model` / :func:`load_speech_model`: plain tensors and data (``weights_only``), written
+  atomically, with the expression space the model speaks in.
+
+Expressions not carried by sound (blinks, brows, gaze) come out near their average: the network predicts what
+the sound says and the mean of the rest. Library code: no printing.
+
+Dimension letters: B frames, T mel columns, M mel bands, E expression size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .audio import Audio, AudioError, identity_audio, read_wav
+
+__all__ = [
+    "MEL_BANDS",
+    "SPEECH_RATE",
+    "SpeechClip",
+    "SpeechConfig",
+    "SpeechError",
+    "SpeechModel",
+    "SpeechToExpression",
+    "frame_windows",
+    "load_speech",
+    "load_speech_model",
+    "log_mel",
+    "mel_filterbank",
+    "mouth_opening",
+    "predict_expressions",
+    "save_speech_model",
+    "speech_clips",
+    "speech_config",
+    "speech_metrics",
+    "train_speech",
+]
+
+PathLike = Union[str, Path]
+ProgressFn = Callable[[int, int, float], None]
+
+SPEECH_RATE = 16000
+"""Sample rate the features are computed at (recordings at other rates are resampled by ffmpeg)."""
+HOP = 160
+"""Samples between mel columns (10 ms)."""
+WINDOW = 400
+"""Samples in one analysis window (25 ms)."""
+N_FFT = 512
+MEL_BANDS = 40
+COLUMNS_PER_SECOND = SPEECH_RATE / HOP
+FORMAT = "fastminerf-speech"
+FORMAT_VERSION = 1
+
+# Inner-lip landmark pairs of mediapipe's face mesh (upper, lower): the middle and a point either side of it.
+_INNER_LIPS = ((13, 14), (82, 87), (312, 317))
+
+
+class SpeechError(ValueError):
+    """Speech data or a speech model that cannot be used; the message names the file, the identity or the key."""
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    """How the speech-to-expression network is built and trained (``fastminerf speech --set key=value``)."""
+
+    context: int = 20
+    """Mel columns (10 ms each) either side of a frame's time that the network hears."""
+    width: int = 64
+    """Channels of the convolutions."""
+    hidden: int = 128
+    """Width of the hidden linear layer."""
+    dropout: float = 0.2
+    """Dropout before the last layer while training."""
+    steps: int = 1500
+    """Optimisation steps."""
+    batch: int = 256
+    """Frames per step."""
+    lr: float = 2e-3
+    """Adam's learning rate at the start; cosine decay to a tenth of it."""
+    weight_decay: float = 1e-4
+    """Adam's (decoupled) weight decay."""
+    noise: float = 0.3
+    """Standard deviation of Gaussian noise added to the normalised bands while training."""
+    jitter: int = 2
+    """Largest random shift (mel columns) of a training window."""
+    smooth: float = 1.0
+    """Standard deviation (video frames) of the Gaussian that smooths predicted expressions over time; 0: none."""
+    calibrate: float = 0.2
+    """Share of each clip's last frames held out to measure how far each coefficient can be predicted (see
+    :func:`train_speech`); 0: no calibration (one network, gains of 1)."""
+    seed: int = 0
+    """Seed of the weights and of the batches."""
+
+    def __post_init__(self) -> None:
+        for key in ("context", "width", "hidden", "steps", "batch"):
+            if int(getattr(self, key)) < 1:
+                raise SpeechError(f"speech config '{key}' must be >= 1, got {getattr(self, key)}")
+        for key in ("dropout", "noise", "smooth", "weight_decay"):
+            if not float(getattr(self, key)) >= 0:
+                raise SpeechError(f"speech config '{key}' must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.dropout < 1:
+            raise SpeechError(f"speech config 'dropout' must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise SpeechError(f"speech config 'lr' must be > 0, got {self.lr}")
+        if not 0 <= self.calibrate < 1:
+            raise SpeechError(f"speech config 'calibrate' must be in [0, 1), got {self.calibrate}")
+        if self.jitter < 0:
+            raise SpeechError(f"speech config 'jitter' must be >= 0, got {self.jitter}")
+
+
+def speech_config(overrides: Sequence[str] = ()) -> SpeechConfig:
+    """A :class:`SpeechConfig` from ``key=value`` strings (the CLI's ``--set``).
+
+    Raises:
+        SpeechError: naming an unknown key, a malformed override or a bad value.
+    """
+    fields = SpeechConfig.__dataclass_fields__
+    values: Dict[str, object] = {}
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep:
+            raise SpeechError(f"override '{item}' is not key=value")
+        if key not in fields:
+            raise SpeechError(f"unknown speech config key '{key}'; valid: {sorted(fields)}")
+        typ = type(getattr(SpeechConfig(), key))
+        try:
+            values[key] = typ(float(raw)) if typ is int and float(raw).is_integer() else typ(raw)
+        except ValueError:
+            raise SpeechError(f"speech config '{key}': cannot read '{raw}' as {typ.__name__}") from None
+    return SpeechConfig(**values)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ features
+
+
+def load_speech(path: PathLike) -> Audio:
+    """A recording at :data:`SPEECH_RATE`, mono: a 16 kHz PCM WAV is read as it is; any other file ffmpeg can
+    decode (WAV at another rate, mp3, m4a, a video's sound track) is converted through the ffmpeg that
+    imageio-ffmpeg bundles.
+
+    Raises:
+        SpeechError: naming the file when it is missing, holds no sound, or cannot be decoded.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SpeechError(f"{p}: no such file")
+    try:
+        audio = read_wav(p)
+        if audio.rate == SPEECH_RATE:
+            return audio
+    except AudioError:
+        pass
+    from .prepare.video import VideoError, extract_audio
+
+    with tempfile.TemporaryDirectory(prefix="fastminerf-speech-") as tmp:
+        out = Path(tmp) / "speech.wav"
+        try:
+            extract_audio(p, out, rate=SPEECH_RATE)
+            return read_wav(out)
+        except (VideoError, AudioError) as exc:
+            raise SpeechError(f"{p}: cannot read its sound ({exc})") from None
+
+
+def mel_filterbank(bands: int = MEL_BANDS, n_fft: int = N_FFT, rate: int = SPEECH_RATE,
+                   fmin: float = 60.0, fmax: float = 7600.0) -> np.ndarray:
+    """(bands, n_fft // 2 + 1) triangular filters evenly spaced on the mel scale (``2595 log10(1 + f / 700)``)
+    between ``fmin`` and ``fmax``; each filter is 1 at its centre frequency and 0 at its neighbours' centres."""
+    def to_mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f, np.float64) / 700.0)
+
+    def to_hz(m):
+        return 700.0 * (10.0 ** (np.asarray(m, np.float64) / 2595.0) - 1.0)
+
+    edges = to_hz(np.linspace(to_mel(fmin), to_mel(fmax), bands + 2))
+    freqs = np.arange(n_fft // 2 + 1) * rate / n_fft
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    up = (freqs[None, :] - lo) / (mid - lo)
+    down = (hi - freqs[None, :]) / (hi - mid)
+    return np.clip(np.minimum(up, down), 0.0, None).astype(np.float32)
+
+
+def log_mel(audio: Audio, normalise: bool = True) -> np.ndarray:
+    """(T, :data:`MEL_BANDS`) float32 log-mel energies of a :data:`SPEECH_RATE` recording, column ``j`` centred
+    on sample ``j * HOP`` (time ``j / 100`` s); with ``normalise``, each band minus its mean over the recording,
+    divided by its standard deviation.
+
+    Raises:
+        SpeechError: the recording is at another rate or shorter than one analysis window.
+    """
+    if audio.rate != SPEECH_RATE:
+        raise SpeechError(f"log_mel needs {SPEECH_RATE} Hz audio, got {audio.rate} Hz (read it with load_speech)")
+    if len(audio.samples) < WINDOW:
+        raise SpeechError(f"the recording lasts {audio.seconds:.3f} s, shorter than one {WINDOW / SPEECH_RATE * 1000:.0f} ms window")
+    x = torch.from_numpy(audio.samples.astype(np.float32) / 32768.0)
+    spec = torch.stft(x, N_FFT, HOP, WINDOW, window=torch.hann_window(WINDOW), center=True, return_complex=True)
+    power = spec.abs().square()  # (F, T)
+    mel = torch.from_numpy(mel_filterbank()) @ power
+    out = torch.log(mel + 1e-8).T.contiguous()  # (T, M)
+    if normalise:
+        out = (out - out.mean(0)) / out.std(0).clamp_min(1e-3)
+    return out.numpy().astype(np.float32)
+
+
+def frame_windows(mel: np.ndarray, times: np.ndarray, context: int) -> np.ndarray:
+    """(B, 2 context + 1, M) windows of ``mel`` (T, M) centred on each frame's time (seconds); columns past
+    either end repeat the first or last column.
+
+    Raises:
+        SpeechError: naming the first frame whose time is missing (NaN) or negative.
+    """
+    t = np.asarray(times, np.float64).reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
+    if bad.size:
+        raise SpeechError(f"frame {int(bad[0])} has no usable time ({t[bad[0]]}): cannot find its sound")
+    centre = np.rint(t * COLUMNS_PER_SECOND).astype(np.int64)
+    idx = np.clip(centre[:, None] + np.arange(-context, context + 1)[None, :], 0, len(mel) - 1)
+    return mel[idx]
+
+
+# ------------------------------------------------------------------------------------------------- network
+
+
+class SpeechToExpression(nn.Module):
+    """Windows of mel bands (B, 2 context + 1, M) -> expressions (B, E).
+
+    Three 1-D convolutions over time (kernel 3, stride 2 after the first), then two linear layers; the output is
+    ``mean + gain * scale * net(x)``, with ``mean`` (E,) and ``scale`` (one number) the training expressions' mean
+    and overall standard deviation, so the last layer starts near the mean, and ``gain`` (E,) how far each
+    coefficient's prediction is trusted (:func:`train_speech`'s calibration; ones while training).
+    """
+
+    def __init__(self, expression_dim: int, cfg: SpeechConfig = SpeechConfig(), bands: int = MEL_BANDS) -> None:
+        super().__init__()
+        self.expression_dim = int(expression_dim)
+        self.context = int(cfg.context)
+        self.bands = int(bands)
+        w = int(cfg.width)
+        self.conv = nn.Sequential(
+            nn.Conv1d(bands, w, 3, padding=1), nn.LeakyReLU(0.02),
+            nn.Conv1d(w, w, 3, stride=2, padding=1), nn.LeakyReLU(0.02),
+            nn.Conv1d(w, w, 3, stride=2, padding=1), nn.LeakyReLU(0.02),
+            nn.Conv1d(w, w, 3, stride=2, padding=1), nn.LeakyReLU(0.02),
+        )
+        length = 2 * self.context + 1
+        for _ in range(3):
+            length = (length - 1) // 2 + 1
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(w * length, cfg.hidden), nn.LeakyReLU(0.02), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, self.expression_dim),
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        self.register_buffer("mean", torch.zeros(self.expression_dim))
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("gain", torch.ones(self.expression_dim))
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        if windows.ndim != 3 or windows.shape[1:] != (2 * self.context + 1, self.bands):
+            raise SpeechError(f"windows must be (B, {2 * self.context + 1}, {self.bands}), got {tuple(windows.shape)}")
+        return self.mean + self.gain * self.scale * self.head(self.conv(windows.transpose(1, 2)))
+
+
+@dataclass
+class SpeechModel:
+    """A trained :class:`SpeechToExpression` with what it was trained on."""
+
+    net: SpeechToExpression
+    config: SpeechConfig
+    expression_space: Optional[str]
+    """The space of the expressions it predicts (the training data's ``expression_space``), or None."""
+    identities: List[str]
+    """The identities whose speech it learned from."""
+    metrics: Dict[str, object] = field(default_factory=dict)
+    """Held-out scores measured after training (:func:`speech_metrics`), as plain data."""
+
+    @property
+    def expression_dim(self) -> int:
+        return self.net.expression_dim
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class SpeechClip:
+    """One identity's recording and the frames tracked in it."""
+
+    name: str
+    mel: np.ndarray
+    """(T, M) normalised log-mel bands of the identity's ``audio.wav``."""
+    times: Dict[str, np.ndarray]
+    """Per split, (B,) frame times in seconds."""
+    expressions: Dict[str, np.ndarray]
+    """Per split, (B, E) expressions."""
+
+
+def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List[str]]:
+    """The identities of a loaded dataset that can teach speech: those with an ``audio.wav`` and frames that
+    carry ``time``; frames without a time (e.g. the procedural heads' ``novel`` split) are left out.
+
+    Args:
+        dataset: a :class:`fastminerf.data.MultiIdentityDataset` with ``splits`` loaded.
+        splits: the splits to take frames from.
+
+    Returns:
+        The clips, and one line per identity left out saying why.
+
+    Raises:
+        SpeechError: naming a split that is not loaded.
+    """
+    clips, skipped = [], []
+    for s in splits:
+        if s not in dataset.splits:
+            raise SpeechError(f"split '{s}' is not loaded; loaded: {list(dataset.splits)}")
+    for i, name in enumerate(dataset.identities):
+        wav = identity_audio(dataset.identity_dirs[i])
+        if wav is None:
+            skipped.append(f"{name}: no audio.wav")
+            continue
+        times, exprs = {}, {}
+        for s in splits:
+            table = dataset.table(s)
+            frames = table.frames_of(i)
+            t = table.time[frames].astype(np.float64)
+            keep = np.isfinite(t) & (t >= 0)
+            times[s], exprs[s] = t[keep], table.expression[frames][keep].astype(np.float32)
+        if sum(len(v) for v in times.values()) == 0:
+            skipped.append(f"{name}: its frames carry no 'time'")
+            continue
+        try:
+            mel = log_mel(load_speech(wav))
+        except (SpeechError, AudioError) as exc:
+            raise SpeechError(f"identity '{name}': {exc}") from None
+        clips.append(SpeechClip(name, mel, times, exprs))
+    return clips, skipped
+
+
+def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int,
+             late_fraction: float = 0.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The frames of ``splits`` of every clip: windows (N, 2 context + 1, M), expressions (N, E), the clip of each
+    frame (N,), and whether it lies in the last ``late_fraction`` of its clip's frames in time (N,) bool."""
+    ws, es, owner, late = [], [], [], []
+    for k, c in enumerate(clips):
+        t = np.concatenate([c.times[s] for s in splits if s in c.times]) if c.times else np.zeros(0)
+        if not len(t):
+            continue
+        e = np.concatenate([c.expressions[s] for s in splits if s in c.times])
+        order = np.argsort(t, kind="stable")
+        t, e = t[order], e[order]
+        ws.append(frame_windows(c.mel, t, context))
+        es.append(e)
+        owner.append(np.full(len(t), k))
+        flag = np.zeros(len(t), bool)
+        n_late = int(round(late_fraction * len(t)))
+        if n_late:
+            flag[-n_late:] = True
+        late.append(flag)
+    if not ws:
+        raise SpeechError(f"no frame with a time and a recording in splits {list(splits)}")
+    return np.concatenate(ws), np.concatenate(es), np.concatenate(owner), np.concatenate(late)
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, cfg: SpeechConfig, progress: Optional[ProgressFn], done: int, total: int) -> SpeechToExpression:
+    """Adam over random batches of (x: wide windows, y: expressions); progress counts from ``done`` of ``total``."""
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    torch.manual_seed(int(cfg.seed))
+    net = SpeechToExpression(y.shape[1], cfg)
+    net.mean.copy_(y.mean(0))
+    net.scale.copy_(y.std(0).square().mean().sqrt().clamp_min(1e-6))
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(k, cfg.steps) / cfg.steps)))
+    n, span = len(x), 2 * cfg.context + 1
+    net.train()
+    for step in range(1, cfg.steps + 1):
+        idx = torch.randint(0, n, (min(cfg.batch, n),), generator=gen)
+        shift = torch.randint(0, 2 * cfg.jitter + 1, (len(idx),), generator=gen)
+        xb = x[idx[:, None], shift[:, None] + torch.arange(span)[None, :]]
+        if cfg.noise > 0:
+            xb = xb + cfg.noise * torch.randn(xb.shape, generator=gen)
+        loss = (net(xb) - y[idx]).square().mean() / net.scale.square()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None and (step % 50 == 0 or step == cfg.steps):
+            progress(done + step, total, float(loss.detach()))
+    return net.eval()
+
+
+def train_speech(
+    clips: Sequence[SpeechClip],
+    cfg: SpeechConfig = SpeechConfig(),
+    fit_splits: Sequence[str] = ("train",),
+    expression_space: Optional[str] = None,
+    progress: Optional[ProgressFn] = None,
+) -> SpeechModel:
+    """Fit a :class:`SpeechToExpression` to the frames of ``fit_splits`` of every clip.
+
+    Windows are cut ``jitter`` columns wider than the network hears, so each step can shift every window by a
+    random offset in ``[-jitter, jitter]``; Gaussian noise of ``noise`` is added to the bands. Deterministic for
+    a seed on one thread count.
+
+    With ``calibrate`` > 0, a first network learns from all but the last ``calibrate`` of each clip's frames and
+    is scored on those: each coefficient's gain ``clip(cov(p, t) / var(p), 0, 1)`` (predictions p, tracking t,
+    both about the mean) says how much of what the network predicts for it is real. The final network learns
+    from every frame and its output is the mean plus these gains times its deviation from the mean, so
+    coefficients the sound does not tell (blinks, brows) stay near their mean instead of following noise.
+
+    Args:
+        clips: from :func:`speech_clips`.
+        cfg: the network and its training.
+        fit_splits: the splits whose frames are learned from.
+        expression_space: recorded in the model (the data's ``expression_space``).
+        progress: called as ``progress(step, total, loss)`` every 50 steps and at the end (``total`` counts
+            both networks' steps when calibrating).
+
+    Raises:
+        SpeechError: no frame to learn from, or clips of different expression sizes.
+    """
+    dims = {c.expressions[s].shape[1] for c in clips for s in fit_splits if s in c.expressions and len(c.expressions[s])}
+    if len(dims) > 1:
+        raise SpeechError(f"the clips' expressions have different sizes {sorted(dims)}; one expression space is needed")
+    wide, target, owner, late = _windows(clips, fit_splits, cfg.context + cfg.jitter, cfg.calibrate)
+    x, y = torch.from_numpy(wide), torch.from_numpy(target)
+    calibrate = bool(late.any()) and bool((~late).any())
+    total = cfg.steps * (2 if calibrate else 1)
+    gain = torch.ones(y.shape[1])
+    if calibrate:
+        first = _fit(x[~late], y[~late], cfg, progress, 0, total)
+        held = np.flatnonzero(late)
+        c0 = cfg.jitter
+        preds = []
+        for k in np.unique(owner[held]):  # per clip, in time order, smoothed as at inference
+            rows = held[owner[held] == k]
+            with torch.no_grad():
+                p = first(x[rows][:, c0:c0 + 2 * cfg.context + 1]).numpy()
+            preds.append(_smooth(p, cfg.smooth))
+        p = torch.from_numpy(np.concatenate(preds)).double() - first.mean.double()
+        t = y[held].double() - first.mean.double()
+        gain = ((p * t).sum(0) / p.square().sum(0).clamp_min(1e-12)).clamp(0.0, 1.0).float()
+    net = _fit(x, y, cfg, progress, total - cfg.steps, total)
+    net.gain.copy_(gain)
+    return SpeechModel(net, cfg, expression_space, [c.name for c in clips])
+
+
+def _smooth(expr: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of (B, E) along B (edges repeated)."""
+    if sigma <= 0 or len(expr) < 2:
+        return expr
+    r = int(math.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    padded = np.concatenate([np.repeat(expr[:1], r, 0), expr, np.repeat(expr[-1:], r, 0)])
+    return np.stack([np.convolve(padded[:, j], k, mode="valid") for j in range(expr.shape[1])], 1).astype(np.float32)
+
+
+@torch.no_grad()
+def _predict_windows(model: SpeechModel, windows: np.ndarray) -> np.ndarray:
+    net = model.net.eval()
+    out = [net(torch.from_numpy(windows[a:a + 1024])) for a in range(0, len(windows), 1024)]
+    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.expression_dim), np.float32)
+
+
+def _predict_times(model: SpeechModel, mel: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Expressions (B, E) at frame ``times`` (in order, evenly spaced or nearly), smoothed over the frames."""
+    pred = _predict_windows(model, frame_windows(mel, times, model.net.context))
+    return _smooth(pred, model.config.smooth)
+
+
+def predict_expressions(model: SpeechModel, audio: Audio, fps: float) -> Tuple[np.ndarray, np.ndarray]:
+    """One expression per video frame of a recording played at ``fps``.
+
+    Returns:
+        ``(expressions (B, E) float32, times (B,) float64)``, B = ``ceil(seconds * fps)``, frame ``k`` at ``k / fps``.
+
+    Raises:
+        SpeechError: a bad ``fps`` or a recording shorter than one analysis window.
+    """
+    if not np.isfinite(fps) or fps <= 0:
+        raise SpeechError(f"frame rate must be > 0, got {fps}")
+    mel = log_mel(audio)
+    b = max(1, int(math.ceil(audio.seconds * fps - 1e-9)))
+    times = np.arange(b, dtype=np.float64) / fps
+    return _predict_times(model, mel, times), times
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def mouth_opening(expressions: np.ndarray, expression_space: Optional[str], basis=None) -> Optional[np.ndarray]:
+    """How far the mouth opens in each expression (B,), in the space's own units, or None when the space does not
+    say: the procedural heads' ``jaw_open`` coefficient; for prepared data (``basis``, the
+    :class:`fastminerf.prepare.expression.ExpressionBasis` of the space), the mean gap between mediapipe's inner
+    lip landmarks (13/14, 82/87, 312/317) that the coefficients add to the person's neutral face, in head units."""
+    e = np.asarray(expressions, np.float64)
+    from .data.synth import EXPRESSION_SPACE as PROCEDURAL
+    if expression_space == PROCEDURAL:
+        from .data.heads import EXPRESSION_NAMES
+        return e[:, EXPRESSION_NAMES.index("jaw_open")]
+    if basis is None:
+        return None
+    d = basis.deformation(e)  # (B, K, 3) in head space, y up
+    return np.mean([d[:, up, 1] - d[:, lo, 1] for up, lo in _INNER_LIPS], axis=0)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def speech_metrics(model: SpeechModel, clips: Sequence[SpeechClip], splits: Sequence[str],
+                   baseline_mean: Optional[np.ndarray] = None, basis=None) -> Dict[str, object]:
+    """Scores of ``model`` on the frames of ``splits`` of each clip (predictions smoothed as :func:`predict_expressions`
+    smooths them, per split in time order).
+
+    Per identity and over all frames: ``r2``, one minus the squared error of the coefficients over that of always
+    predicting ``baseline_mean`` (default the model's training mean): 0 is the mean's score, 1 exact; ``mouth_corr``,
+    the correlation between predicted and tracked :func:`mouth_opening` (None where the space does not say), and
+    ``frames``.
+    """
+    base = model.net.mean.numpy() if baseline_mean is None else np.asarray(baseline_mean, np.float32)
+    per: Dict[str, Dict[str, object]] = {}
+    all_p, all_t = [], []
+    for c in clips:
+        ps, ts = [], []
+        for s in splits:
+            if s in c.times and len(c.times[s]):
+                ps.append(_predict_times(model, c.mel, c.times[s]))
+                ts.append(c.expressions[s])
+        if not ps:
+            continue
+        p, t = np.concatenate(ps), np.concatenate(ts)
+        all_p.append(p)
+        all_t.append(t)
+        per[c.name] = _scores(p, t, base, model.expression_space, basis)
+    if not per:
+        raise SpeechError(f"no frame with a time in splits {list(splits)} to score")
+    return {"splits": list(splits), "identities": per,
+            "all": _scores(np.concatenate(all_p), np.concatenate(all_t), base, model.expression_space, basis)}
+
+
+def _scores(p: np.ndarray, t: np.ndarray, base: np.ndarray, space: Optional[str], basis) -> Dict[str, object]:
+    sse = float(((p - t) ** 2).sum())
+    sst = float(((t - base[None, :]) ** 2).sum())
+    out: Dict[str, object] = {"frames": int(len(t)), "r2": 1.0 - sse / sst if sst > 0 else float("nan"),
+                              "mouth_r2": None, "mouth_corr": None}
+    mp, mt, mb = (mouth_opening(x, space, basis) for x in (p, t, base[None, :]))
+    if mp is not None:
+        den = float(((mt - mb) ** 2).sum())
+        out["mouth_r2"] = 1.0 - float(((mp - mt) ** 2).sum()) / den if den > 0 else float("nan")
+        out["mouth_corr"] = _corr(mp, mt)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def save_speech_model(path: PathLike, model: SpeechModel) -> Path:
+    """Write the model as plain tensors and data (read back with ``weights_only=True``), atomically."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "expression_dim": model.expression_dim,
+        "expression_space": model.expression_space,
+        "identities": list(model.identities),
+        "config": asdict(model.config),
+        "state": model.net.state_dict(),
+        "metrics": model.metrics,
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def load_speech_model(path: PathLike) -> SpeechModel:
+    """Read a model written by :func:`save_speech_model`.
+
+    Raises:
+        SpeechError: naming the file when it is missing, corrupt, not a speech model, of another format version,
+            or lacks a key.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SpeechError(f"speech model {p} does not exist (train one with: fastminerf speech --data ... --out {p})")
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise SpeechError(f"cannot read speech model {p} (corrupt or not a speech model): {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise SpeechError(f"{p} is not a fastminerf speech model")
+    if data.get("version") != FORMAT_VERSION:
+        raise SpeechError(f"speech model {p} has format version {data.get('version')}, this fastminerf reads {FORMAT_VERSION}")
+    missing = [k for k in ("expression_dim", "config", "state") if k not in data]
+    if missing:
+        raise SpeechError(f"speech model {p} lacks {missing}")
+    try:
+        cfg = SpeechConfig(**data["config"])
+        net = SpeechToExpression(int(data["expression_dim"]), cfg)
+        net.load_state_dict(data["state"])
+    except (TypeError, RuntimeError, SpeechError) as exc:
+        raise SpeechError(f"speech model {p} does not match this fastminerf's network: {exc}") from None
+    net.eval()
+    return SpeechModel(net, cfg, data.get("expression_space"), list(data.get("identities", [])), dict(data.get("metrics") or {}))
