@@ -687,7 +687,7 @@ def _add_speech(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the config's, 1500)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a SpeechConfig field (context, width, hidden, dropout, steps, batch, lr, noise, jitter, "
-                        "smooth, calibrate, seed); repeatable")
+                        "smooth, calibrate, block, seed); repeatable")
     p.set_defaults(func=_run_speech)
 
 
@@ -741,7 +741,7 @@ def _run_speech(args: argparse.Namespace) -> int:
         console.print(table)
     save_speech_model(out, model)
     console.print(f"learned from {len(clips)} identities ({sum(len(c.times.get('train', ())) for c in clips)} frames) "
-                  f"in {cfg.steps * (2 if cfg.calibrate else 1)} steps -> {out}")
+                  f"({cfg.steps} steps a network, {cfg.calibrate + 1 if cfg.calibrate else 1} networks) -> {out}")
     return 0
 
 

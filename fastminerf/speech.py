@@ -77,6 +77,9 @@ WINDOW = 400
 """Samples in one analysis window (25 ms)."""
 N_FFT = 512
 MEL_BANDS = 40
+DYNAMIC_RANGE = 1e-5
+"""Mel energies below this fraction of the recording's loudest (50 dB down) count as silence, so that digital
+silence and a quiet room give the network the same input."""
 COLUMNS_PER_SECOND = SPEECH_RATE / HOP
 FORMAT = "fastminerf-speech"
 FORMAT_VERSION = 1
@@ -115,9 +118,11 @@ class SpeechConfig:
     """Largest random shift (mel columns) of a training window."""
     smooth: float = 1.0
     """Standard deviation (video frames) of the Gaussian that smooths predicted expressions over time; 0: none."""
-    calibrate: float = 0.2
-    """Share of each clip's last frames held out to measure how far each coefficient can be predicted (see
-    :func:`train_speech`); 0: no calibration (one network, gains of 1)."""
+    calibrate: int = 3
+    """Folds of the calibration that measures how far each coefficient can be predicted (see :func:`train_speech`;
+    each fold costs one more network); 0: no calibration (one network, gains of 1)."""
+    block: float = 1.0
+    """Seconds of each stretch of a clip that goes whole into one calibration fold."""
     seed: int = 0
     """Seed of the weights and of the batches."""
 
@@ -132,8 +137,10 @@ class SpeechConfig:
             raise SpeechError(f"speech config 'dropout' must be in [0, 1), got {self.dropout}")
         if self.lr <= 0:
             raise SpeechError(f"speech config 'lr' must be > 0, got {self.lr}")
-        if not 0 <= self.calibrate < 1:
-            raise SpeechError(f"speech config 'calibrate' must be in [0, 1), got {self.calibrate}")
+        if self.calibrate < 0 or self.calibrate == 1:
+            raise SpeechError(f"speech config 'calibrate' must be 0 (off) or >= 2 folds, got {self.calibrate}")
+        if self.block <= 0:
+            raise SpeechError(f"speech config 'block' must be > 0, got {self.block}")
         if self.jitter < 0:
             raise SpeechError(f"speech config 'jitter' must be >= 0, got {self.jitter}")
 
@@ -212,8 +219,8 @@ def mel_filterbank(bands: int = MEL_BANDS, n_fft: int = N_FFT, rate: int = SPEEC
 
 def log_mel(audio: Audio, normalise: bool = True) -> np.ndarray:
     """(T, :data:`MEL_BANDS`) float32 log-mel energies of a :data:`SPEECH_RATE` recording, column ``j`` centred
-    on sample ``j * HOP`` (time ``j / 100`` s); with ``normalise``, each band minus its mean over the recording,
-    divided by its standard deviation.
+    on sample ``j * HOP`` (time ``j / 100`` s), floored at :data:`DYNAMIC_RANGE` of the loudest; with
+    ``normalise``, each band minus its mean over the recording, divided by its standard deviation.
 
     Raises:
         SpeechError: the recording is at another rate or shorter than one analysis window.
@@ -226,7 +233,7 @@ def log_mel(audio: Audio, normalise: bool = True) -> np.ndarray:
     spec = torch.stft(x, N_FFT, HOP, WINDOW, window=torch.hann_window(WINDOW), center=True, return_complex=True)
     power = spec.abs().square()  # (F, T)
     mel = torch.from_numpy(mel_filterbank()) @ power
-    out = torch.log(mel + 1e-8).T.contiguous()  # (T, M)
+    out = torch.log(mel.clamp_min(float(mel.max()) * DYNAMIC_RANGE + 1e-12)).T.contiguous()  # (T, M)
     if normalise:
         out = (out - out.mean(0)) / out.std(0).clamp_min(1e-3)
     return out.numpy().astype(np.float32)
@@ -366,11 +373,12 @@ def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List
     return clips, skipped
 
 
-def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int,
-             late_fraction: float = 0.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The frames of ``splits`` of every clip: windows (N, 2 context + 1, M), expressions (N, E), the clip of each
-    frame (N,), and whether it lies in the last ``late_fraction`` of its clip's frames in time (N,) bool."""
-    ws, es, owner, late = [], [], [], []
+def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int, folds: int = 0,
+             block: float = 1.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The frames of ``splits`` of every clip in time order: windows (N, 2 context + 1, M), expressions (N, E),
+    the clip of each frame (N,), and its calibration fold (N,): stretches of ``block`` seconds go to the folds in
+    turn (all 0 when ``folds`` < 2)."""
+    ws, es, owner, fold = [], [], [], []
     for k, c in enumerate(clips):
         t = np.concatenate([c.times[s] for s in splits if s in c.times]) if c.times else np.zeros(0)
         if not len(t):
@@ -381,14 +389,10 @@ def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int,
         ws.append(frame_windows(c.mel, t, context))
         es.append(e)
         owner.append(np.full(len(t), k))
-        flag = np.zeros(len(t), bool)
-        n_late = int(round(late_fraction * len(t)))
-        if n_late:
-            flag[-n_late:] = True
-        late.append(flag)
+        fold.append((np.floor(t / block).astype(np.int64) % folds) if folds >= 2 else np.zeros(len(t), np.int64))
     if not ws:
         raise SpeechError(f"no frame with a time and a recording in splits {list(splits)}")
-    return np.concatenate(ws), np.concatenate(es), np.concatenate(owner), np.concatenate(late)
+    return np.concatenate(ws), np.concatenate(es), np.concatenate(owner), np.concatenate(fold)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -435,11 +439,13 @@ def train_speech(
     random offset in ``[-jitter, jitter]``; Gaussian noise of ``noise`` is added to the bands. Deterministic for
     a seed on one thread count.
 
-    With ``calibrate`` > 0, a first network learns from all but the last ``calibrate`` of each clip's frames and
-    is scored on those: each coefficient's gain ``clip(cov(p, t) / var(p), 0, 1)`` (predictions p, tracking t,
-    both about the mean) says how much of what the network predicts for it is real. The final network learns
-    from every frame and its output is the mean plus these gains times its deviation from the mean, so
-    coefficients the sound does not tell (blinks, brows) stay near their mean instead of following noise.
+    With ``calibrate`` = K >= 2 folds, each clip is cut into stretches of ``block`` seconds dealt to the K folds
+    in turn; K networks each learn from all folds but one and predict the one left out, so every frame gets a
+    prediction from a network that never heard it. Each coefficient's gain ``clip(cov(p, t) / var(p), 0, 1)``
+    over those predictions (p, tracking t, both about the mean) says how much of what a network predicts for it is
+    real. The final network learns from every frame and its output is the mean plus these gains times its
+    deviation from the mean, so coefficients the sound does not tell (blinks, brows, gaze) stay near their mean
+    instead of following noise.
 
     Args:
         clips: from :func:`speech_clips`.
@@ -447,7 +453,7 @@ def train_speech(
         fit_splits: the splits whose frames are learned from.
         expression_space: recorded in the model (the data's ``expression_space``).
         progress: called as ``progress(step, total, loss)`` every 50 steps and at the end (``total`` counts
-            both networks' steps when calibrating).
+            every network's steps when calibrating).
 
     Raises:
         SpeechError: no frame to learn from, or clips of different expression sizes.
@@ -455,23 +461,29 @@ def train_speech(
     dims = {c.expressions[s].shape[1] for c in clips for s in fit_splits if s in c.expressions and len(c.expressions[s])}
     if len(dims) > 1:
         raise SpeechError(f"the clips' expressions have different sizes {sorted(dims)}; one expression space is needed")
-    wide, target, owner, late = _windows(clips, fit_splits, cfg.context + cfg.jitter, cfg.calibrate)
+    wide, target, owner, fold = _windows(clips, fit_splits, cfg.context + cfg.jitter, cfg.calibrate, cfg.block)
     x, y = torch.from_numpy(wide), torch.from_numpy(target)
-    calibrate = bool(late.any()) and bool((~late).any())
-    total = cfg.steps * (2 if calibrate else 1)
+    folds = [k for k in range(cfg.calibrate) if (fold == k).any() and (fold != k).any()] if cfg.calibrate else []
+    total = cfg.steps * (len(folds) + 1)
     gain = torch.ones(y.shape[1])
-    if calibrate:
-        first = _fit(x[~late], y[~late], cfg, progress, 0, total)
-        held = np.flatnonzero(late)
-        c0 = cfg.jitter
-        preds = []
-        for k in np.unique(owner[held]):  # per clip, in time order, smoothed as at inference
-            rows = held[owner[held] == k]
+    if folds:
+        pred = np.zeros(target.shape, np.float32)
+        seen = np.zeros(len(target), bool)
+        centre = slice(cfg.jitter, cfg.jitter + 2 * cfg.context + 1)
+        for n, k in enumerate(folds):
+            out = fold == k
+            net_k = _fit(x[~out], y[~out], cfg, progress, n * cfg.steps, total)
             with torch.no_grad():
-                p = first(x[rows][:, c0:c0 + 2 * cfg.context + 1]).numpy()
-            preds.append(_smooth(p, cfg.smooth))
-        p = torch.from_numpy(np.concatenate(preds)).double() - first.mean.double()
-        t = y[held].double() - first.mean.double()
+                p = net_k(x[out][:, centre]).numpy()
+            pred[out] = p
+            seen |= out
+        for k in np.unique(owner):  # smoothed per clip as at inference (stretches of one fold are contiguous)
+            rows = np.flatnonzero((owner == k) & seen)
+            for part in np.split(rows, np.flatnonzero(np.diff(fold[rows]) != 0) + 1):
+                pred[part] = _smooth(pred[part], cfg.smooth)
+        mean = y.mean(0).double()
+        p = torch.from_numpy(pred[seen]).double() - mean
+        t = y[torch.from_numpy(seen)].double() - mean
         gain = ((p * t).sum(0) / p.square().sum(0).clamp_min(1e-12)).clamp(0.0, 1.0).float()
     net = _fit(x, y, cfg, progress, total - cfg.steps, total)
     net.gain.copy_(gain)

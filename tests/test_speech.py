@@ -1,0 +1,205 @@
+"""Speech to expressions (fastminerf.speech), render --speech and fastminerf speech, on the procedural heads whose
+audio.wav is a voice that follows each head's mouth (loud and open-vowelled while the jaw is open)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastminerf import load_config, load_dataset, train
+from fastminerf.audio import Audio, read_wav, write_wav
+from fastminerf.cli import main
+from fastminerf.data.heads import EXPRESSION_NAMES
+from fastminerf.data.synth import generate
+from fastminerf.render import pose_loop, speech_path
+from fastminerf.speech import (
+    COLUMNS_PER_SECOND,
+    MEL_BANDS,
+    SPEECH_RATE,
+    SpeechConfig,
+    SpeechError,
+    frame_windows,
+    load_speech,
+    load_speech_model,
+    log_mel,
+    mel_filterbank,
+    mouth_opening,
+    predict_expressions,
+    save_speech_model,
+    speech_clips,
+    speech_config,
+    speech_metrics,
+    train_speech,
+)
+
+JAW = EXPRESSION_NAMES.index("jaw_open")
+STEPS = 250
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory):
+    """Three procedural heads with 120 frames (4.8 s of voice) each, a quarter of them held out as val, and a
+    speech model learned from the train frames."""
+    root = tmp_path_factory.mktemp("speech")
+    dirs = generate(root / "data", n_identities=3, n_frames=120, size=16, novel_frames=2, val_fraction=0.25, seed=3)
+    data = load_dataset(dirs, splits=("train", "val", "novel"))
+    clips, skipped = speech_clips(data, ("train", "val", "novel"))
+    torch.manual_seed(0)
+    model = train_speech(clips, SpeechConfig(steps=STEPS), ("train",), data.expression_space)
+    return root, dirs, data, clips, skipped, model
+
+
+def test_mel_filterbank_and_a_tone_lands_in_its_band():
+    fb = mel_filterbank()
+    assert fb.shape == (MEL_BANDS, 257)
+    peaks = fb.argmax(1)
+    assert np.all(np.diff(peaks) >= 0) and fb.max() <= 1.0 + 1e-6
+    t = np.arange(SPEECH_RATE) / SPEECH_RATE
+    tone = Audio(np.rint(8000 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.int16), SPEECH_RATE)
+    mel = log_mel(tone, normalise=False)
+    assert mel.shape == (101, MEL_BANDS)  # 1 s at 100 columns a second, centred windows
+    band = int(np.median(mel.argmax(1)))
+    centre_hz = peaks[band] * SPEECH_RATE / 512
+    assert abs(centre_hz - 1000.0) < 120.0
+
+
+def test_frame_windows_are_centred_on_each_frame_time():
+    mel = np.zeros((300, 4), np.float32)
+    mel[250] = 1.0  # the sound at 2.5 s
+    w = frame_windows(mel, np.array([2.5, 0.0, 2.98]), context=3)
+    assert w.shape == (3, 7, 4)
+    assert np.argmax(w[0, :, 0]) == 3  # the centre column
+    assert np.all(w[1, :3] == w[1, 3])  # before the start: the first column repeated
+    assert np.all(w[2, 5:] == mel[-1])  # past the end: the last column repeated
+    with pytest.raises(SpeechError, match="frame 1 has no usable time"):
+        frame_windows(mel, np.array([0.1, np.nan]), 3)
+    assert COLUMNS_PER_SECOND == 100
+
+
+def test_clips_leave_out_frames_without_time_and_identities_without_audio(heads, tmp_path):
+    _, dirs, data, clips, skipped, _ = heads
+    assert [c.name for c in clips] == data.identities and skipped == []
+    for c in clips:
+        assert len(c.times["novel"]) == 0  # novel frames carry no time in the recording
+        assert len(c.times["train"]) == 90 and len(c.times["val"]) == 30
+    (dirs[0] / "audio.wav").rename(tmp_path / "kept.wav")
+    try:
+        clips2, skipped2 = speech_clips(load_dataset(dirs, splits=("train",)), ("train",))
+    finally:
+        (tmp_path / "kept.wav").rename(dirs[0] / "audio.wav")
+    assert [c.name for c in clips2] == data.identities[1:]
+    assert skipped2 == [f"{data.identities[0]}: no audio.wav"]
+
+
+def test_the_network_hears_the_mouth_on_held_out_frames(heads):
+    """The held-out (val) frames' jaw is predicted from the sound alone: most of its variance about the
+    training mean is explained, and coefficients the voice does not carry are held near their mean by the
+    calibration, so the whole expression is predicted no worse than by the mean."""
+    _, _, _, clips, _, model = heads
+    m = speech_metrics(model, clips, ("val",))
+    assert m["all"]["frames"] == 90
+    assert m["all"]["mouth_r2"] > 0.6, m["all"]
+    assert m["all"]["mouth_corr"] > 0.8, m["all"]
+    gains = model.net.gain.numpy()
+    assert gains[JAW] > 0.6  # the jaw is heard
+    assert np.median(gains) < 0.3  # most coefficients (blinks, brows, gaze) are not
+    # without the calibration the network makes up the coefficients it cannot hear, worse than their mean
+    raw = train_speech(clips, SpeechConfig(steps=STEPS, calibrate=0), ("train",), model.expression_space)
+    m_raw = speech_metrics(raw, clips, ("val",))
+    assert m["all"]["r2"] > m_raw["all"]["r2"] + 0.2 and m["all"]["r2"] > -0.1, (m["all"], m_raw["all"])
+    # on the training frames the fit is closer still
+    assert speech_metrics(model, clips, ("train",))["all"]["mouth_r2"] > m["all"]["mouth_r2"]
+
+
+def test_speech_path_makes_a_head_say_another_heads_voice(heads):
+    """id000 saying id001's recording: one frame per 1/fps of sound, its jaw following id001's tracked jaw, the
+    head poses id000's own, played forward and back."""
+    _, dirs, data, _, _, model = heads
+    voice = dirs[1] / "audio.wav"
+    path = speech_path(data, data.identities[0], model, voice)
+    seconds = read_wav(voice).seconds
+    assert len(path) == int(np.ceil(seconds * 25 - 1e-9)) and path.fps == 25
+    assert path.expression_space == data.expression_space and path.silent_reason() == ""
+    table = data.table("train")
+    src = table.frames_of(1)
+    truth = np.concatenate([table.expression[src], data.table("val").expression[data.table("val").frames_of(1)]])
+    assert np.corrcoef(path.expression[: len(truth), JAW], truth[:, JAW])[0, 1] > 0.8
+    own = table.c2w[table.frames_of(0)]
+    assert np.allclose(path.c2w[:90], own) and np.allclose(path.c2w[90:], own[pose_loop(90, len(path))[90:]])
+    assert len(path.soundtrack().samples) == round(len(path) / 25 * SPEECH_RATE)
+
+
+def test_pose_loop_plays_forward_then_back():
+    assert pose_loop(3, 8).tolist() == [0, 1, 2, 1, 0, 1, 2, 1]
+    assert pose_loop(1, 3).tolist() == [0, 0, 0]
+
+
+def test_speech_model_round_trip_and_bad_files(heads, tmp_path):
+    _, dirs, _, _, _, model = heads
+    out = save_speech_model(tmp_path / "speech.pt", model)
+    back = load_speech_model(out)
+    audio = load_speech(dirs[2] / "audio.wav")
+    a, _ = predict_expressions(model, audio, 25.0)
+    b, _ = predict_expressions(back, audio, 25.0)
+    np.testing.assert_array_equal(a, b)
+    assert back.expression_space == model.expression_space and back.identities == model.identities
+    with pytest.raises(SpeechError, match="does not exist"):
+        load_speech_model(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(out.read_bytes()[:100])
+    with pytest.raises(SpeechError, match="corrupt or not a speech model"):
+        load_speech_model(bad)
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(SpeechError, match="not a fastminerf speech model"):
+        load_speech_model(tmp_path / "other.pt")
+
+
+def test_speech_config_overrides_name_the_bad_key():
+    assert speech_config(["steps=10", "noise=0.1"]) == SpeechConfig(steps=10, noise=0.1)
+    with pytest.raises(SpeechError, match="unknown speech config key 'stepz'"):
+        speech_config(["stepz=3"])
+    with pytest.raises(SpeechError, match="'dropout' must be in"):
+        speech_config(["dropout=1.5"])
+
+
+def test_load_speech_converts_other_formats_and_rates(tmp_path, heads):
+    _, dirs, _, _, _, _ = heads
+    src = read_wav(dirs[0] / "audio.wav")
+    t = np.arange(len(src.samples) * 3) / 48000.0
+    write_wav(tmp_path / "48k.wav", Audio(np.rint(5000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), 48000))
+    a = load_speech(tmp_path / "48k.wav")
+    assert a.rate == SPEECH_RATE and abs(a.seconds - src.seconds) < 0.05
+    (tmp_path / "noise.mp3").write_bytes(b"not audio at all")
+    with pytest.raises(SpeechError, match="noise.mp3: cannot read its sound"):
+        load_speech(tmp_path / "noise.mp3")
+
+
+def test_mouth_opening_of_prepared_spaces_uses_the_inner_lips():
+    class Basis:  # a stand-in for ExpressionBasis: one coefficient moves landmark 14 (lower inner lip) down
+        def deformation(self, c):
+            d = np.zeros((len(c), 478, 3))
+            d[:, 14, 1] = -np.asarray(c)[:, 0]
+            return d
+
+    e = np.array([[0.0], [3.0]])
+    assert np.allclose(mouth_opening(e, "pca1-x", Basis()), [0.0, 1.0])
+    assert mouth_opening(e, "pca1-x", None) is None
+
+
+def test_cli_speech_then_render_speech(heads, tmp_path, decode_audio):
+    root, dirs, _, _, _, _ = heads
+    cfg = load_config("tiny", ["train.steps=20"])
+    train(cfg, dirs[:2], tmp_path / "run")
+    assert main(["speech", "--run", str(tmp_path / "run"), "--steps", "60"]) == 0
+    assert (tmp_path / "run" / "speech.pt").is_file()
+    m = load_speech_model(tmp_path / "run" / "speech.pt").metrics
+    assert m["splits"] == ["val"] and m["all"]["frames"] == 60  # the val frames of the run's two identities
+    out = tmp_path / "say.mp4"
+    assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--speech",
+                 str(dirs[2] / "audio.wav"), "--frames", "20", "--out", str(out)]) == 0
+    sound = decode_audio(out)
+    assert abs(len(sound) - 20 / 25 * 16000) < 1600  # 0.8 s of the recording (AAC frames round it)
+    assert main(["speech", "--data", str(root / "data")]) == 2  # --out is required with --data
+    assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--speech", str(tmp_path / "none.wav"),
+                 "--out", str(tmp_path / "x.mp4")]) == 2
