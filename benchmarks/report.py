@@ -289,9 +289,50 @@ def conditioning_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def speech_table(result: dict) -> str:
+    cfg = result["config"]
+
+    def row(what: str, cal: dict, raw: dict, frames: str) -> str:
+        return (f"| {what} | {frames} | **{cal['mouth_r2']:.2f}** ({raw['mouth_r2']:.2f}) | {cal['mouth_corr']:.2f} "
+                f"({raw['mouth_corr']:.2f}) | {cal['r2']:.2f} ({raw['r2']:.2f}) |")
+
+    lines = [
+        f"Speech to expressions on held-out frames (`python benchmarks/speech.py --leave-one-out`; `speech` defaults: "
+        f"{cfg['steps']} steps a network, {cfg['calibrate']}-fold calibration, context +-{cfg['context'] * 10} ms). "
+        f"R2 against always predicting the training mean (0 = the mean, 1 = exact); in brackets one network without "
+        f"the calibration:",
+        "",
+        "| data | held-out frames | mouth opening R2 | mouth opening corr | expression R2 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for seed, r in result.get("synth", {}).items():
+        lines.append(row(f"procedural heads, seed {seed} (4 voices, last quarter of each)", r["calibrated"]["all"],
+                         r["uncalibrated"]["all"], str(r["calibrated"]["all"]["frames"])))
+    real = result.get("real")
+    if real:
+        own = real["own_voice"]
+        lines.append(row(f"real clips, own voice later in the clip ({len(real['clips'])} speakers, "
+                         f"{real['speech_seconds']:.0f} s of speech, val + test)",
+                         own["calibrated"]["all"], own["uncalibrated"]["all"], str(own["calibrated"]["all"]["frames"])))
+        if "leave_one_out_mean" in real:
+            m = real["leave_one_out_mean"]
+            n = sum(v["calibrated"]["frames"] for v in real["leave_one_out"].values())
+            lines.append(row("real clips, a voice never heard (each speaker left out in turn; mean over speakers)",
+                             m["calibrated"], m["uncalibrated"], str(n)))
+    e2e = _load("speech_end_to_end")
+    if e2e:
+        lines += ["", f"Pixels (`--render-run`): {e2e['target'][:2]} rendered saying {e2e['speaker'][:2]}'s held-out speech, "
+                  f"{e2e['frames_tracked']} of {e2e['frames_rendered']} rendered frames tracked again by `prepare`: the "
+                  f"mouth's opening of the render correlates {e2e['corr_rendered_commanded']:.2f} with the commanded one "
+                  f"and {e2e['corr_rendered_speaker']:.2f} with the speaker's own (the commanded one: "
+                  f"{e2e['corr_commanded_speaker']:.2f})."]
+    lines += ["", _machine_line(result)]
+    return "\n".join(lines)
+
+
 TABLES = {"kernels": kernels_table, "train_targets": train_targets_table, "prepare": prepare_table,
           "real_clips": real_clips_table, "identities": identities_table, "backbone": backbone_table,
-          "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table}
+          "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table, "speech": speech_table}
 
 
 def main() -> int:

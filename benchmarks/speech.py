@@ -10,13 +10,17 @@
    network learns from every clip's ``train`` frames and is scored on its ``val`` and ``test`` frames (the
    speaker's own voice later in the clip); with ``--leave-one-out``, also nine networks that each never hear
    one speaker, scored on all of that speaker's frames (a voice the network has never heard).
+3. With ``--render-run RUN`` (a model trained on the prepared real clips and its ``RUN/speech.pt``): ``--target``
+   rendered saying ``--speaker``'s held-out speech, the video tracked again by ``prepare`` in the run's
+   expression space, and the mouth's opening of the render correlated with the commanded one and with the one
+   the speaker made at the same time (a pixel-level lip-sync check).
 
 Scores (``fastminerf.speech.speech_metrics``): R^2 of the expression coefficients and of the mouth's opening
 against always predicting the training mean (0 = the mean, 1 = exact), and the correlation between predicted
 and tracked mouth opening; for the calibrated network (the default: 3 out-of-fold networks measure how far each
 coefficient can be heard) and for one network without the calibration, on the same frames.
 
-Writes ``benchmarks/results/speech.json``.
+Writes ``benchmarks/results/speech.json`` (steps 1 and 2) and ``speech_end_to_end.json`` (step 3).
 """
 from __future__ import annotations
 
@@ -57,12 +61,75 @@ def _line(tag: str, res: dict) -> str:
             f"{a['mouth_corr']:.3f} ({b['mouth_corr']:.3f}), expression R2 {a['r2']:.3f} ({b['r2']:.3f})")
 
 
+def _end_to_end(run: Path, target: str, speaker: str, work: Path, n_frames: int) -> dict:
+    """Render ``target`` saying ``speaker``'s held-out speech (from the speaker's first ``val`` frame on, which the
+    speech model never heard), track the rendered video with ``prepare`` in the run's expression space, and
+    correlate the mouth's opening of the render with the one commanded by the speech model and with the one the
+    speaker made (tracked in the held-out frames, matched by time)."""
+    import json
+    import shutil
+
+    from fastminerf.audio import frame_soundtrack, read_wav, write_wav
+    from fastminerf.config import PrepareConfig
+    from fastminerf.data import load_dataset
+    from fastminerf.data.layout import find_identity_dirs
+    from fastminerf.prepare import prepare
+    from fastminerf.prepare.expression import ExpressionBasis
+    from fastminerf.render import load_target, render_video, speech_path, training_basis
+    from fastminerf.speech import _corr, load_speech_model, mouth_opening
+    from fastminerf.train import load_run
+
+    _, model, meta = load_run(run)
+    speech = load_speech_model(Path(run) / "speech.pt")
+    basis_file = training_basis(meta["data_paths"])
+    basis = ExpressionBasis.load(basis_file.parent)
+    spk_dir = [d for d in find_identity_dirs(meta["data_paths"]) if d.name == speaker][0]
+    spk = load_dataset([spk_dir], splits=("val", "test"))
+    times = np.concatenate([spk.table(s).time for s in ("val", "test")])
+    truth_mouth = mouth_opening(np.concatenate([spk.table(s).expression for s in ("val", "test")]), None, basis)
+    start = float(times.min())
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    rec = read_wav(spk_dir / "audio.wav")
+    clip = frame_soundtrack(rec, start + np.arange(int(np.ceil((rec.seconds - start) * 25))) / 25.0, 25.0)
+    wav = write_wav(work / "held_out_speech.wav", clip)
+    tgt = load_target(meta["data_paths"], target)
+    path = speech_path(tgt, target, speech, wav).head(n_frames)
+    t0 = time.perf_counter()
+    video = render_video(model, path, target, work / "said.mp4", background=tgt.background(0), aabb=model.aabb.tolist()).path
+    render_s = time.perf_counter() - t0
+    prep = prepare([video], work / "tracked", PrepareConfig(size=256, val_fraction=0.0, test_fraction=0.0, basis=str(basis_file)))
+    if prep.failed:
+        raise RuntimeError(f"tracking the render failed: {prep.failed[0].error}")
+    frames = json.loads((work / "tracked" / "said" / "transforms_train.json").read_text())["frames"]
+    t_r = np.array([f["time"] for f in frames])
+    rendered = mouth_opening(np.array([f["expression"] for f in frames]), None, basis)
+    k = np.clip(np.rint(t_r * 25).astype(int), 0, len(path) - 1)
+    commanded = mouth_opening(path.expression[k], None, basis)
+    truth = np.interp(start + t_r, times, truth_mouth)
+    out = {"run": str(run), "target": target, "speaker": speaker, "start_seconds": round(start, 3),
+           "frames_rendered": len(path), "frames_tracked": len(frames), "render_seconds": round(render_s, 1),
+           "corr_rendered_commanded": _corr(rendered, commanded), "corr_rendered_speaker": _corr(rendered, truth),
+           "corr_commanded_speaker": _corr(commanded, truth),
+           "std_mouth": {"rendered": float(rendered.std()), "commanded": float(commanded.std()), "speaker": float(truth.std())}}
+    print(f"end to end: {target} saying {speaker}'s held-out speech ({len(frames)} of {len(path)} frames tracked): mouth "
+          f"opening of the render vs commanded {out['corr_rendered_commanded']:.3f}, vs the speaker's "
+          f"{out['corr_rendered_speaker']:.3f}; commanded vs the speaker's {out['corr_commanded_speaker']:.3f}")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/fastminerf_speech"), help="generated and prepared data")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="procedural datasets")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="procedural datasets (none: skip them)")
     ap.add_argument("--no-real", action="store_true", help="skip the real clips")
     ap.add_argument("--leave-one-out", action="store_true", help="also score each real speaker with a network that never heard them")
+    ap.add_argument("--render-run", type=Path, default=None,
+                    help="a run trained on prepared real clips, with RUN/speech.pt (fastminerf speech --run RUN): render "
+                         "--target saying --speaker's held-out speech, track the render, compare mouths")
+    ap.add_argument("--target", default="02_hdtf_WDA_AlexandriaOcasioCortez_000")
+    ap.add_argument("--speaker", default="04_hdtf_WDA_BobMenendez_000")
+    ap.add_argument("--render-frames", type=int, default=40, help="frames rendered (25 a second)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="SpeechConfig field")
     args = ap.parse_args()
 
@@ -123,8 +190,11 @@ def main() -> int:
             print("leave one speaker out, mean over speakers: " + ", ".join(
                 f"{n} mouth R2 {m['mouth_r2']:.3f} corr {m['mouth_corr']:.3f} R2 {m['r2']:.3f}" for n, m in real["leave_one_out_mean"].items()))
         result["real"] = real
-    path = write_result("speech", result)
-    print(f"wrote {path}")
+    if result["synth"] or result["real"]:
+        print(f"wrote {write_result('speech', result)}")
+    if args.render_run is not None:
+        e2e = _end_to_end(args.render_run, args.target, args.speaker, args.work / "end_to_end", args.render_frames)
+        print(f"wrote {write_result('speech_end_to_end', {'machine': machine(), **e2e})}")
     return 0
 
 

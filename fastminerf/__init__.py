@@ -147,3 +147,19 @@ __all__ += [
     "ssim",
     "write_video",
 ]
+
+# Speech to expressions (lip sync): a person saying another recording.
+from .render import speech_path
+from .speech import (
+    SpeechConfig,
+    SpeechError,
+    SpeechModel,
+    load_speech_model,
+    predict_expressions,
+    save_speech_model,
+    speech_clips,
+    train_speech,
+)
+
+__all__ += ["SpeechConfig", "SpeechError", "SpeechModel", "load_speech_model", "predict_expressions", "save_speech_model",
+            "speech_clips", "speech_path", "train_speech"]
