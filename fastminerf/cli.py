@@ -721,13 +721,12 @@ def _run_speech(args: argparse.Namespace) -> int:
         model = train_speech(clips, cfg, ("train",), data.expression_space,
                              progress=lambda d, t, loss: bar.update(task, completed=d, total=t, loss=f"{loss:.4f}"))
     held = [s for s in data.splits if s != "train" and any(len(c.times.get(s, ())) for c in clips)]
-    basis = None
-    try:
-        from .prepare.expression import ExpressionBasis
-        from .render import training_basis
+    from .prepare.expression import ExpressionBasis
+    from .render import RenderError, training_basis
 
+    try:
         basis = ExpressionBasis.load(training_basis(paths).parent)
-    except Exception:  # data not made by prepare: the mouth's opening is known for the procedural heads only
+    except RenderError:  # data not made by prepare: the mouth's opening is known for the procedural heads only
         basis = None
     table = Table(title=f"speech -> expression on held-out frames ({', '.join(held) or 'none'})")
     for col in ("identity", "frames", "R2", "mouth R2", "mouth corr"):

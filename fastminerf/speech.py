@@ -13,8 +13,8 @@ The pieces, functional first:
   normalised over the recording (so loudness and microphone matter less than how the spectrum moves).
 - :func:`frame_windows`: for each video frame, the bands from ``context`` columns before its time to
   ``context`` after (0.2 s each side by default: mouths move ahead of and behind their sounds).
-- :class:`SpeechToExpression`: three strided 1-D convolutions over time and two linear layers, from a window
-  to the ``E`` expression coefficients (about 60,000 parameters).
+- :class:`SpeechToExpression`: four 1-D convolutions over time (three of them strided) and two linear layers,
+  from a window to the ``E`` expression coefficients (about 100,000 parameters).
 - :func:`train_speech`: Adam on the squared error of the coefficients over the frames of the ``fit`` splits,
   with noise and time jitter on the bands; :func:`speech_metrics` scores held-out frames: R^2 of the
   coefficients against always predicting the training mean, and the correlation of the mouth's opening
@@ -261,7 +261,7 @@ def frame_windows(mel: np.ndarray, times: np.ndarray, context: int) -> np.ndarra
 class SpeechToExpression(nn.Module):
     """Windows of mel bands (B, 2 context + 1, M) -> expressions (B, E).
 
-    Three 1-D convolutions over time (kernel 3, stride 2 after the first), then two linear layers; the output is
+    Four 1-D convolutions over time (kernel 3, stride 2 after the first), then two linear layers; the output is
     ``mean + gain * scale * net(x)``, with ``mean`` (E,) and ``scale`` (one number) the training expressions' mean
     and overall standard deviation, so the last layer starts near the mean, and ``gain`` (E,) how far each
     coefficient's prediction is trusted (:func:`train_speech`'s calibration; ones while training).
