@@ -187,7 +187,7 @@ def test_mouth_opening_of_prepared_spaces_uses_the_inner_lips():
     assert mouth_opening(e, "pca1-x", None) is None
 
 
-def test_cli_speech_then_render_speech(heads, tmp_path, decode_audio):
+def test_cli_speech_then_render_speech(heads, tmp_path, decode_audio, capsys):
     root, dirs, _, _, _, _ = heads
     cfg = load_config("tiny", ["train.steps=20"])
     train(cfg, dirs[:2], tmp_path / "run")
@@ -200,6 +200,12 @@ def test_cli_speech_then_render_speech(heads, tmp_path, decode_audio):
                  str(dirs[2] / "audio.wav"), "--frames", "20", "--out", str(out)]) == 0
     sound = decode_audio(out)
     assert abs(len(sound) - 20 / 25 * 16000) < 1600  # 0.8 s of the recording (AAC frames round it)
+    other = load_speech_model(tmp_path / "run" / "speech.pt")
+    other.expression_space = "pca12-0123456789"  # as if learned from data prepared elsewhere
+    save_speech_model(tmp_path / "other.pt", other)
+    assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--speech", str(dirs[2] / "audio.wav"),
+                 "--speech-model", str(tmp_path / "other.pt"), "--out", str(tmp_path / "y.mp4")]) == 2
+    assert "pca12-0123456789" in capsys.readouterr().err and not (tmp_path / "y.mp4").exists()
     assert main(["speech", "--data", str(root / "data")]) == 2  # --out is required with --data
     assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--speech", str(tmp_path / "none.wav"),
                  "--out", str(tmp_path / "x.mp4")]) == 2
