@@ -138,9 +138,10 @@ def main() -> int:
     from fastminerf.data.synth import generate
     from fastminerf.prepare import prepare
     from fastminerf.prepare.expression import ExpressionBasis
-    from fastminerf.speech import speech_clips, speech_config, speech_metrics, train_speech
+    from fastminerf.config import SpeechConfig, flat_config
+    from fastminerf.speech import speech_clips, speech_metrics, train_speech
 
-    cfg = speech_config(args.overrides)
+    cfg = flat_config(SpeechConfig, args.overrides)
     result = {"machine": machine(), "config": asdict(cfg), "synth": {}, "real": None}
     print(f"speech config: {cfg}")
 

@@ -697,7 +697,8 @@ def _run_speech(args: argparse.Namespace) -> int:
 
     from .data import load_dataset
     from .data.layout import find_identity_dirs
-    from .speech import SpeechError, save_speech_model, speech_clips, speech_config, speech_metrics, train_speech
+    from .config import SpeechConfig, flat_config
+    from .speech import SpeechError, save_speech_model, speech_clips, speech_metrics, train_speech
 
     console = _console()
     if args.run is not None:
@@ -707,7 +708,7 @@ def _run_speech(args: argparse.Namespace) -> int:
         paths, out = args.data, args.out
         if out is None:
             raise SpeechError("--out is required with --data (the file to write the speech model to)")
-    cfg = speech_config(list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else []))
+    cfg = flat_config(SpeechConfig, list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else []))
     dirs = find_identity_dirs(paths)
     data = load_dataset(dirs, splits=None)
     clips, skipped = speech_clips(data, data.splits)

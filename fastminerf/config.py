@@ -39,12 +39,14 @@ __all__ = [
     "RunConfig",
     "SamplerConfig",
     "PrepareConfig",
+    "SpeechConfig",
     "SynthConfig",
     "TorsoConfig",
     "TrainConfig",
     "dump_config",
     "apply_overrides",
     "config_from_dict",
+    "flat_config",
     "load_config",
     "parse_config_text",
 ]
@@ -241,6 +243,60 @@ class PrepareConfig:
     overwrite: bool = False
     """Prepare again the videos whose folders an earlier prepare wrote with other settings (otherwise that is an
     error). Folders that prepare did not write are never touched."""
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    """How the speech-to-expression network of :mod:`fastminerf.speech` is built and trained (``fastminerf speech --set
+    key=value``)."""
+
+    context: int = 20
+    """Mel columns (10 ms each) either side of a frame's time that the network hears."""
+    width: int = 64
+    """Channels of the convolutions."""
+    hidden: int = 128
+    """Width of the hidden linear layer."""
+    dropout: float = 0.2
+    """Dropout before the last layer while training."""
+    steps: int = 1500
+    """Optimisation steps."""
+    batch: int = 256
+    """Frames per step."""
+    lr: float = 2e-3
+    """Adam's learning rate at the start; cosine decay to a tenth of it."""
+    weight_decay: float = 1e-4
+    """Adam's (decoupled) weight decay."""
+    noise: float = 0.3
+    """Standard deviation of Gaussian noise added to the normalised bands while training."""
+    jitter: int = 2
+    """Largest random shift (mel columns) of a training window."""
+    smooth: float = 1.0
+    """Standard deviation (video frames) of the Gaussian that smooths predicted expressions over time; 0: none."""
+    calibrate: int = 3
+    """Folds of the calibration that measures how far each coefficient can be predicted (see :func:`train_speech`;
+    each fold costs one more network); 0: no calibration (one network, gains of 1)."""
+    block: float = 1.0
+    """Seconds of each stretch of a clip that goes whole into one calibration fold."""
+    seed: int = 0
+    """Seed of the weights and of the batches."""
+
+    def __post_init__(self) -> None:
+        for key in ("context", "width", "hidden", "steps", "batch"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"speech config '{key}' must be >= 1, got {getattr(self, key)}")
+        for key in ("dropout", "noise", "smooth", "weight_decay"):
+            if not float(getattr(self, key)) >= 0:
+                raise ConfigError(f"speech config '{key}' must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"speech config 'dropout' must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise ConfigError(f"speech config 'lr' must be > 0, got {self.lr}")
+        if self.calibrate < 0 or self.calibrate == 1:
+            raise ConfigError(f"speech config 'calibrate' must be 0 (off) or >= 2 folds, got {self.calibrate}")
+        if self.block <= 0:
+            raise ConfigError(f"speech config 'block' must be > 0, got {self.block}")
+        if self.jitter < 0:
+            raise ConfigError(f"speech config 'jitter' must be >= 0, got {self.jitter}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -757,6 +813,24 @@ def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
             raise _unknown(key, _all_keys(RunConfig))
         cfg = config_from_dict(nested, cfg)
     return cfg
+
+
+def flat_config(cls, overrides=()):
+    """A config of a flat dataclass ``cls`` (no nested configs, e.g. :class:`SpeechConfig`) from ``key=value``
+    strings; values are parsed as YAML, then typed by the field. Raises :class:`ConfigError` naming an unknown key,
+    a malformed override or a bad value."""
+    import yaml
+
+    data = {}
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. steps=1000)")
+        key, raw = item.split("=", 1)
+        try:
+            data[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            data[key.strip()] = raw
+    return config_from_dict(data, cls=cls)
 
 
 def preset_path(name_or_path) -> Path:

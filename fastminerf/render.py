@@ -315,17 +315,16 @@ def drive_path(
         tn = dn = np.zeros(e_drv.shape[1], np.float32)
     expr = expression_transfer(tn, dn, e_drv, mode)
     fps = driver.split_meta(driver_split, d_id).fps
-    return CameraPath(
-        c2w=table.c2w[frames].astype(np.float32),
-        intrinsics=table.intrinsics[frames].astype(np.float32),
-        expression=expr,
-        width=table.width,
-        height=table.height,
-        fps=float(fps) if fps else 25.0,
-        audio=identity_audio(driver.identity_dirs[d_id]),
-        times=table.time[frames].astype(np.float64),
-        expression_space=driver.expression_space,
-    )
+    return _rows_path(table, frames, expr, float(fps) if fps else 25.0, identity_audio(driver.identity_dirs[d_id]),
+                      table.time[frames].astype(np.float64), driver.expression_space)
+
+
+def _rows_path(table, rows: np.ndarray, expression: np.ndarray, fps: float, audio: Optional[Path],
+               times: Optional[np.ndarray], expression_space: Optional[str]) -> CameraPath:
+    """A :class:`CameraPath` with the cameras, intrinsics and image size of rows ``rows`` of a frame table."""
+    return CameraPath(c2w=table.c2w[rows].astype(np.float32), intrinsics=table.intrinsics[rows].astype(np.float32),
+                      expression=expression, width=table.width, height=table.height, fps=fps, audio=audio, times=times,
+                      expression_space=expression_space)
 
 
 def pose_loop(n_source: int, n: int) -> np.ndarray:
@@ -380,18 +379,8 @@ def speech_path(
         fps = float(target.split_meta(pose_split, ident).fps or 25.0)
     expr, times = predict_expressions(speech_model, load_speech(speech), fps)
     order = frames[np.argsort(table.time[frames], kind="stable")] if np.all(np.isfinite(table.time[frames])) else frames
-    pick = order[pose_loop(len(order), len(expr))]
-    return CameraPath(
-        c2w=table.c2w[pick].astype(np.float32),
-        intrinsics=table.intrinsics[pick].astype(np.float32),
-        expression=expr,
-        width=table.width,
-        height=table.height,
-        fps=float(fps),
-        audio=Path(speech),
-        times=times,
-        expression_space=speech_model.expression_space,
-    )
+    return _rows_path(table, order[pose_loop(len(order), len(expr))], expr, float(fps), Path(speech), times,
+                      speech_model.expression_space)
 
 
 def parse_drive(spec: str, default_split: str = "train") -> Tuple[Path, str]:

@@ -32,7 +32,6 @@ Dimension letters: B frames, T mel columns, M mel bands, E expression size.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 from torch import nn
 
 from .audio import Audio, AudioError, identity_audio, read_wav
+from .config import SpeechConfig
 
 __all__ = [
     "MEL_BANDS",
@@ -61,7 +61,6 @@ __all__ = [
     "predict_expressions",
     "save_speech_model",
     "speech_clips",
-    "speech_config",
     "speech_metrics",
     "train_speech",
 ]
@@ -90,82 +89,6 @@ _INNER_LIPS = ((13, 14), (82, 87), (312, 317))
 
 class SpeechError(ValueError):
     """Speech data or a speech model that cannot be used; the message names the file, the identity or the key."""
-
-
-@dataclass(frozen=True)
-class SpeechConfig:
-    """How the speech-to-expression network is built and trained (``fastminerf speech --set key=value``)."""
-
-    context: int = 20
-    """Mel columns (10 ms each) either side of a frame's time that the network hears."""
-    width: int = 64
-    """Channels of the convolutions."""
-    hidden: int = 128
-    """Width of the hidden linear layer."""
-    dropout: float = 0.2
-    """Dropout before the last layer while training."""
-    steps: int = 1500
-    """Optimisation steps."""
-    batch: int = 256
-    """Frames per step."""
-    lr: float = 2e-3
-    """Adam's learning rate at the start; cosine decay to a tenth of it."""
-    weight_decay: float = 1e-4
-    """Adam's (decoupled) weight decay."""
-    noise: float = 0.3
-    """Standard deviation of Gaussian noise added to the normalised bands while training."""
-    jitter: int = 2
-    """Largest random shift (mel columns) of a training window."""
-    smooth: float = 1.0
-    """Standard deviation (video frames) of the Gaussian that smooths predicted expressions over time; 0: none."""
-    calibrate: int = 3
-    """Folds of the calibration that measures how far each coefficient can be predicted (see :func:`train_speech`;
-    each fold costs one more network); 0: no calibration (one network, gains of 1)."""
-    block: float = 1.0
-    """Seconds of each stretch of a clip that goes whole into one calibration fold."""
-    seed: int = 0
-    """Seed of the weights and of the batches."""
-
-    def __post_init__(self) -> None:
-        for key in ("context", "width", "hidden", "steps", "batch"):
-            if int(getattr(self, key)) < 1:
-                raise SpeechError(f"speech config '{key}' must be >= 1, got {getattr(self, key)}")
-        for key in ("dropout", "noise", "smooth", "weight_decay"):
-            if not float(getattr(self, key)) >= 0:
-                raise SpeechError(f"speech config '{key}' must be >= 0, got {getattr(self, key)}")
-        if not 0 <= self.dropout < 1:
-            raise SpeechError(f"speech config 'dropout' must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0:
-            raise SpeechError(f"speech config 'lr' must be > 0, got {self.lr}")
-        if self.calibrate < 0 or self.calibrate == 1:
-            raise SpeechError(f"speech config 'calibrate' must be 0 (off) or >= 2 folds, got {self.calibrate}")
-        if self.block <= 0:
-            raise SpeechError(f"speech config 'block' must be > 0, got {self.block}")
-        if self.jitter < 0:
-            raise SpeechError(f"speech config 'jitter' must be >= 0, got {self.jitter}")
-
-
-def speech_config(overrides: Sequence[str] = ()) -> SpeechConfig:
-    """A :class:`SpeechConfig` from ``key=value`` strings (the CLI's ``--set``).
-
-    Raises:
-        SpeechError: naming an unknown key, a malformed override or a bad value.
-    """
-    fields = SpeechConfig.__dataclass_fields__
-    values: Dict[str, object] = {}
-    for item in overrides:
-        key, sep, raw = str(item).partition("=")
-        key = key.strip()
-        if not sep:
-            raise SpeechError(f"override '{item}' is not key=value")
-        if key not in fields:
-            raise SpeechError(f"unknown speech config key '{key}'; valid: {sorted(fields)}")
-        typ = type(getattr(SpeechConfig(), key))
-        try:
-            values[key] = typ(float(raw)) if typ is int and float(raw).is_integer() else typ(raw)
-        except ValueError:
-            raise SpeechError(f"speech config '{key}': cannot read '{raw}' as {typ.__name__}") from None
-    return SpeechConfig(**values)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------ features
@@ -605,9 +528,11 @@ def _scores(p: np.ndarray, t: np.ndarray, base: np.ndarray, space: Optional[str]
 
 def save_speech_model(path: PathLike, model: SpeechModel) -> Path:
     """Write the model as plain tensors and data (read back with ``weights_only=True``), atomically."""
+    from .train import save_checkpoint
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+    return save_checkpoint(out, {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "expression_dim": model.expression_dim,
@@ -616,11 +541,7 @@ def save_speech_model(path: PathLike, model: SpeechModel) -> Path:
         "config": asdict(model.config),
         "state": model.net.state_dict(),
         "metrics": model.metrics,
-    }
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, out)
-    return out
+    })
 
 
 def load_speech_model(path: PathLike) -> SpeechModel:
@@ -630,20 +551,12 @@ def load_speech_model(path: PathLike) -> SpeechModel:
         SpeechError: naming the file when it is missing, corrupt, not a speech model, of another format version,
             or lacks a key.
     """
+    from .train import read_plain_file
+
     p = Path(path)
     if not p.is_file():
-        raise SpeechError(f"speech model {p} does not exist (train one with: fastminerf speech --data ... --out {p})")
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise SpeechError(f"cannot read speech model {p} (corrupt or not a speech model): {type(exc).__name__}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise SpeechError(f"{p} is not a fastminerf speech model")
-    if data.get("version") != FORMAT_VERSION:
-        raise SpeechError(f"speech model {p} has format version {data.get('version')}, this fastminerf reads {FORMAT_VERSION}")
-    missing = [k for k in ("expression_dim", "config", "state") if k not in data]
-    if missing:
-        raise SpeechError(f"speech model {p} lacks {missing}")
+        raise SpeechError(f"speech model {p} does not exist (train one with: fastminerf speech --run RUN, or --data ... --out {p})")
+    data = read_plain_file(p, FORMAT, FORMAT_VERSION, ("expression_dim", "config", "state"), "speech model", SpeechError)
     try:
         cfg = SpeechConfig(**data["config"])
         net = SpeechToExpression(int(data["expression_dim"]), cfg)

@@ -111,24 +111,36 @@ def save_checkpoint(path: PathLike, payload: dict) -> Path:
     return path
 
 
-def load_checkpoint(path: PathLike) -> dict:
-    """Read a checkpoint with ``weights_only=True``; raises :class:`CheckpointError` naming the file when it
-    is missing, unreadable, corrupt or not a fastminerf checkpoint."""
+def read_plain_file(path: PathLike, fmt: str, version: int, required: Sequence[str], what: str, error: type) -> dict:
+    """Read a dict of tensors and plain data written by :func:`save_checkpoint` with ``weights_only=True`` (no
+    pickled code runs) and check its ``format``, ``version`` and ``required`` keys.
+
+    Raises:
+        error: (called with one message) naming ``what`` and the file when it is missing, unreadable, corrupt, of
+            another format or version, or lacks a key.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise error(f"{what} {path} does not exist")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path} (corrupt or not a checkpoint): {type(exc).__name__}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a fastminerf checkpoint")
-    if data.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {data.get('version')}, this fastminerf reads {FORMAT_VERSION}")
-    missing = [k for k in ("config_yaml", "identity_names", "expression_dim", "model", "step") if k not in data]
+        raise error(f"cannot read {what} {path} (corrupt or not a {what}): {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{path} is not a fastminerf {what}")
+    if data.get("version") != version:
+        raise error(f"{what} {path} has format version {data.get('version')}, this fastminerf reads {version}")
+    missing = [k for k in required if k not in data]
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}")
+        raise error(f"{what} {path} lacks {missing}")
     return data
+
+
+def load_checkpoint(path: PathLike) -> dict:
+    """Read a checkpoint with ``weights_only=True``; raises :class:`CheckpointError` naming the file when it
+    is missing, unreadable, corrupt or not a fastminerf checkpoint."""
+    return read_plain_file(path, FORMAT, FORMAT_VERSION, ("config_yaml", "identity_names", "expression_dim", "model", "step"),
+                           "checkpoint", CheckpointError)
 
 
 def _model_from_checkpoint(data: dict, path: Path) -> Tuple[RunConfig, MINeRF]:

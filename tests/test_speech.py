@@ -9,6 +9,7 @@ import torch
 
 from fastminerf import load_config, load_dataset, train
 from fastminerf.audio import Audio, read_wav, write_wav
+from fastminerf.config import ConfigError, flat_config
 from fastminerf.cli import main
 from fastminerf.data.heads import EXPRESSION_NAMES
 from fastminerf.data.synth import generate
@@ -28,7 +29,6 @@ from fastminerf.speech import (
     predict_expressions,
     save_speech_model,
     speech_clips,
-    speech_config,
     speech_metrics,
     train_speech,
 )
@@ -156,11 +156,13 @@ def test_speech_model_round_trip_and_bad_files(heads, tmp_path):
 
 
 def test_speech_config_overrides_name_the_bad_key():
-    assert speech_config(["steps=10", "noise=0.1"]) == SpeechConfig(steps=10, noise=0.1)
-    with pytest.raises(SpeechError, match="unknown speech config key 'stepz'"):
-        speech_config(["stepz=3"])
-    with pytest.raises(SpeechError, match="'dropout' must be in"):
-        speech_config(["dropout=1.5"])
+    assert flat_config(SpeechConfig, ["steps=10", "noise=0.1"]) == SpeechConfig(steps=10, noise=0.1)
+    with pytest.raises(ConfigError, match="unknown config key 'stepz'; did you mean steps"):
+        flat_config(SpeechConfig, ["stepz=3"])
+    with pytest.raises(ConfigError, match="'dropout' must be in"):
+        flat_config(SpeechConfig, ["dropout=1.5"])
+    with pytest.raises(ConfigError, match="steps: expected an integer"):
+        flat_config(SpeechConfig, ["steps=many"])
 
 
 def test_load_speech_converts_other_formats_and_rates(tmp_path, heads):
