@@ -752,7 +752,7 @@ def _add_info(sub: "argparse._SubParsersAction") -> None:
         description="Describe a run folder (or checkpoint): its kind (train or personalize), steps and training time, "
         "its identities and their training frames, the expression length and space (data in another space is "
         "refused by personalize, render --drive and eval), the conditioning, the parameter count, the data it was "
-        "trained on and the last logged training PSNR.",
+        "trained on, its speech model (RUN/speech.pt) when it has one, and the last logged training PSNR.",
     )
     p.add_argument("run", type=Path, help="run folder (made by train or personalize) or checkpoint file")
     p.add_argument("--json", action="store_true", help="print the description as JSON instead of a table")
@@ -772,6 +772,14 @@ def run_info(run: Path) -> dict:
                 expression_dim=meta["expression_dim"], expression_space=meta["expression_space"],
                 conditioning=cfg.model.field.conditioning, parameters=sum(p.numel() for p in model.parameters()),
                 checkpoint_bytes=Path(meta["checkpoint"]).stat().st_size, data_paths=meta["data_paths"])
+    speech = Path(meta["checkpoint"]).parent / "speech.pt"
+    if speech.is_file():
+        from .speech import load_speech_model
+
+        sm = load_speech_model(speech)
+        held = (sm.metrics or {}).get("all") or {}
+        info["speech"] = dict(file=str(speech), identities=len(sm.identities), expression_space=sm.expression_space,
+                              held_out={k: held.get(k) for k in ("frames", "r2", "mouth_r2", "mouth_corr")} if held else None)
     log = Path(meta["checkpoint"]).parent / "log.jsonl"
     if log.is_file():
         lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
@@ -802,6 +810,12 @@ def _run_info(args: argparse.Namespace) -> int:
         ("parameters, checkpoint", f"{info['parameters']:,}, {info['checkpoint_bytes'] / 2**20:.1f} MiB"),
         ("trained on", ", ".join(info["data_paths"]) or "?"),
     ]
+    sp = info.get("speech")
+    if sp:
+        h = sp["held_out"]
+        score = (f"held-out mouth R2 {h['mouth_r2']:.2f}, corr {h['mouth_corr']:.2f} ({h['frames']} frames)"
+                 if h and h.get("mouth_r2") is not None else "no held-out score")
+        rows.append(("speech model (render --speech)", f"{Path(sp['file']).name}: {sp['identities']} voices, {score}"))
     if last:
         rows.append(("last log", f"step {last.get('step')}, loss {last.get('loss', float('nan')):.5f}, "
                                   f"train psnr {last.get('psnr', float('nan')):.2f} dB"))

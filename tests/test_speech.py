@@ -197,6 +197,13 @@ def test_cli_speech_then_render_speech(heads, tmp_path, decode_audio, capsys):
     assert (tmp_path / "run" / "speech.pt").is_file()
     m = load_speech_model(tmp_path / "run" / "speech.pt").metrics
     assert m["splits"] == ["val"] and m["all"]["frames"] == 60  # the val frames of the run's two identities
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "run"), "--json"]) == 0
+    import json
+
+    sp = json.loads(capsys.readouterr().out)["speech"]
+    assert sp["identities"] == 2 and sp["held_out"]["frames"] == 60
+    assert abs(sp["held_out"]["mouth_r2"] - m["all"]["mouth_r2"]) < 1e-9
     out = tmp_path / "say.mp4"
     assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--speech",
                  str(dirs[2] / "audio.wav"), "--frames", "20", "--out", str(out)]) == 0
