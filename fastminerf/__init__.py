@@ -101,7 +101,7 @@ __all__ = [
 
 # Rendering, evaluation and the demo (issue 4).
 from .demo import DemoResult, run_demo
-from .metrics import MetricUnavailable, l1, lpips, lpips_status, psnr, ssim
+from .metrics import LandmarkDistance, MetricUnavailable, l1, landmark_status, lpips, lpips_status, psnr, ssim
 from .render import (
     CameraPath,
     RenderError,
@@ -124,6 +124,7 @@ from .render import (
 __all__ += [
     "CameraPath",
     "DemoResult",
+    "LandmarkDistance",
     "MetricUnavailable",
     "RenderError",
     "VideoInfo",
@@ -132,6 +133,7 @@ __all__ += [
     "evaluate",
     "expression_transfer",
     "l1",
+    "landmark_status",
     "lpips",
     "lpips_status",
     "neutral_frame",
@@ -158,8 +160,9 @@ from .speech import (
     predict_expressions,
     save_speech_model,
     speech_clips,
+    split_expressions,
     train_speech,
 )
 
 __all__ += ["SpeechConfig", "SpeechError", "SpeechModel", "load_speech_model", "predict_expressions", "save_speech_model",
-            "speech_clips", "speech_path", "train_speech"]
+            "speech_clips", "speech_path", "split_expressions", "train_speech"]

@@ -481,8 +481,9 @@ def _metrics_table(result: dict, title: str):
     table = Table(title=title)
     table.add_column("identity")
     table.add_column("frames", justify="right")
-    fmt = {"psnr": "{:.2f}", "ssim": "{:.4f}", "l1": "{:.4f}", "lpips": "{:.4f}", "landmark_depth": "{:.3f}"}
-    heading = {"psnr": "PSNR (dB)", "landmark_depth": "LANDMARK DEPTH"}
+    fmt = {"psnr": "{:.2f}", "ssim": "{:.4f}", "l1": "{:.4f}", "lpips": "{:.4f}", "face_psnr": "{:.2f}", "lmd": "{:.2f}",
+           "landmark_depth": "{:.3f}"}
+    heading = {"psnr": "PSNR (dB)", "face_psnr": "FACE PSNR", "lmd": "LMD (px)", "landmark_depth": "LANDMARK DEPTH"}
     for m in names:
         table.add_column(heading.get(m, m.upper()), justify="right")
     for name, vals in result["identities"].items():
@@ -497,7 +498,10 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
         help="render every frame of a split and report PSNR, SSIM and L1 per identity",
         description="Render every frame of SPLIT for each identity of --data (names must be in the run), print a "
         "table and, with --out, write DIR/metrics.json and DIR/side_by_side/<identity>/*.png (prediction | truth | "
-        "error). LPIPS is added only when the lpips package and its weights are already installed. Where the data "
+        "error). LPIPS is added only when the lpips package and its weights are already installed. FACE PSNR is the PSNR "
+        "inside each frame's face box (bbox). LMD (lip sync, as talking-head papers report it) is the mean distance in "
+        "pixels between the 40 lip landmarks mediapipe finds in the render and in the truth, where mediapipe is "
+        "installed (make install). Where the data "
         "has landmarks.npz (fastminerf prepare), LANDMARK DEPTH is the median distance in head units between the "
         "rendered depth and the tracked face landmarks along rays through them (the geometry check).",
     )
@@ -506,6 +510,10 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--split", required=True, help="split to evaluate (e.g. val, test, novel)")
     p.add_argument("--out", type=Path, default=None, help="folder for metrics.json and side-by-side images")
     p.add_argument("--max-frames", type=int, default=None, help="evaluate only the first N frames of each identity")
+    p.add_argument("--speech", nargs="?", type=Path, const=True, default=None, metavar="MODEL",
+                   help="render every frame with the expression a speech model hears in its identity's audio.wav at "
+                        "the frame's time instead of the tracked one (lip sync against the real frames; MODEL defaults "
+                        "to RUN/speech.pt, written by fastminerf speech)")
     p.set_defaults(func=_run_eval)
 
 
@@ -525,12 +533,20 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     for name in data.identities:
         identity_id(model, name)  # fail before any rendering, naming the identity
+    expressions, driven = None, None
+    if args.speech is not None:
+        from .speech import load_speech_model, split_expressions
+
+        speech_file = Path(args.run) / "speech.pt" if args.speech is True else args.speech
+        expressions = split_expressions(load_speech_model(speech_file), data, args.split)
+        driven = f"speech ({speech_file})"
     with _frames_progress(console, f"eval {args.split}") as bar:
         task = bar.add_task("eval", total=None)
-        result = evaluate(model, data, args.split, out_dir=args.out, max_frames=args.max_frames,
+        result = evaluate(model, data, args.split, out_dir=args.out, max_frames=args.max_frames, expressions=expressions,
+                          expressions_from=driven,
                           progress=lambda d, t: bar.update(task, completed=d, total=t))
-    console.print(_metrics_table(result, f"{args.run} on {args.split}"))
-    console.print(f"LPIPS: {result['lpips']}")
+    console.print(_metrics_table(result, f"{args.run} on {args.split}, {result['expressions']} expressions"))
+    console.print(f"LPIPS: {result['lpips']}; LMD: {result['lmd']}")
     if args.out is not None:
         console.print(f"wrote {args.out / 'metrics.json'} and side-by-side images in {args.out / 'side_by_side'}")
     return 0

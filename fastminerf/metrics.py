@@ -13,6 +13,12 @@ sigma=1.5, use_sample_covariance=False)``, which the tests check.
 
 LPIPS is never downloaded: :func:`lpips_status` says whether the ``lpips`` package and its backbone weights
 are present on this machine, and :func:`lpips` raises :class:`MetricUnavailable` with that reason otherwise.
+
+LMD, the landmark distance of talking-head papers (Chen et al. 2018; AD-NeRF and ER-NeRF report it for lip
+sync): :class:`LandmarkDistance` finds the face in a render and in its ground truth with mediapipe's face mesh
+(each image on its own, the detector run on both) and returns the mean distance in pixels between their 40 lip
+landmarks (mediapipe's ``FACEMESH_LIPS``). It needs the mediapipe that ``prepare`` uses;
+:func:`landmark_status` says whether it is there.
 """
 
 from __future__ import annotations
@@ -20,19 +26,21 @@ from __future__ import annotations
 import importlib.util
 import os
 from functools import lru_cache
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "LandmarkDistance",
     "MetricUnavailable",
     "SSIM_K1",
     "SSIM_K2",
     "SSIM_SIGMA",
     "SSIM_WINDOW",
     "l1",
+    "landmark_status",
     "lpips",
     "lpips_status",
     "psnr",
@@ -224,3 +232,72 @@ def lpips(pred: ImageLike, target: ImageLike, net: str = "alex") -> torch.Tensor
         d = model(x, y).reshape(-1).to(torch.float64)
     return d.reshape(lead)
 
+
+
+def landmark_status() -> Tuple[bool, str]:
+    """Whether :class:`LandmarkDistance` can run here (mediapipe with its bundled face mesh), and why not.
+
+    Returns:
+        ``(True, "mediapipe <version> face mesh")`` or ``(False, reason)``.
+    """
+    from .prepare.tracking import MediapipeMissing, require_mediapipe  # noqa: PLC0415  (mediapipe is heavy)
+
+    try:
+        mp = require_mediapipe()
+    except MediapipeMissing as exc:
+        return False, str(exc)
+    return True, f"mediapipe {getattr(mp, '__version__', '?')} face mesh"
+
+
+class LandmarkDistance:
+    """LMD: mean distance in pixels between the lip landmarks mediapipe finds in a render and in its ground truth.
+
+    Each image is searched on its own (mediapipe's face mesh in static mode, no tracking from frame to frame),
+    so a render is judged as a tracker sees it. Use as a context manager, or call :meth:`close`.
+
+    Raises:
+        MetricUnavailable: mediapipe (with its bundled face mesh) is not installed; the message says how to.
+    """
+
+    def __init__(self) -> None:
+        ok, why = landmark_status()
+        if not ok:
+            raise MetricUnavailable(f"LMD unavailable: {why}")
+        from mediapipe.python.solutions.face_mesh_connections import FACEMESH_LIPS  # noqa: PLC0415
+
+        from .prepare.tracking import FaceTracker  # noqa: PLC0415
+
+        self.lips = np.array(sorted({k for pair in FACEMESH_LIPS for k in pair}), dtype=np.int64)
+        """The lip landmarks' indices (40)."""
+        self._tracker = FaceTracker(static=True)
+
+    def landmarks(self, image: ImageLike) -> Optional[np.ndarray]:
+        """The face's landmarks ``(K, 2)`` in pixels (x, y) in one ``(H, W, 3)`` float image in [0, 1], or None."""
+        img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"LMD takes one (H, W, 3) image, got shape {img.shape}")
+        rgb = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        found = self._tracker(rgb)
+        if found is None:
+            return None
+        return found[:, :2] * np.array([img.shape[1], img.shape[0]], dtype=np.float32)
+
+    def __call__(self, pred: ImageLike, target: ImageLike) -> Optional[float]:
+        """Mean lip-landmark distance in pixels between ``pred`` and ``target`` (``(H, W, 3)`` in [0, 1]), or None
+        when mediapipe finds no face in either."""
+        a = self.landmarks(pred)
+        if a is None:
+            return None
+        b = self.landmarks(target)
+        if b is None:
+            return None
+        return float(np.linalg.norm(a[self.lips] - b[self.lips], axis=1).mean())
+
+    def close(self) -> None:
+        self._tracker.close()
+
+    def __enter__(self) -> "LandmarkDistance":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -38,7 +38,7 @@ import torch
 from .audio import Audio, frame_soundtrack, identity_audio, read_wav, write_wav
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
-from .metrics import l1, lpips, lpips_status, psnr, ssim
+from .metrics import LandmarkDistance, l1, landmark_status, lpips, lpips_status, psnr, ssim
 
 __all__ = [
     "CameraPath",
@@ -689,6 +689,7 @@ def render_frame(
     width: Optional[int] = None,
     use_frame_codes: bool = False,
     outputs: bool = False,
+    expression: Optional[np.ndarray] = None,
 ):
     """Render one frame.
 
@@ -705,6 +706,7 @@ def render_frame(
             model was trained on; by default (false) every frame gets the model's default code, as frames
             outside training must.
         outputs: also return the model's per-ray outputs reshaped to (H, W, ...).
+        expression: ``(E,)``, rendered instead of the frame's own expression (e.g. one predicted from speech).
 
     Returns:
         ``(H, W, 3)`` float32 numpy image in [0, 1]; with ``outputs``, ``(image, dict)``.
@@ -723,6 +725,12 @@ def render_frame(
             raise RenderError(f"a RayBatch of {len(rays)} rays needs height * width equal to it, got {height} x {width}")
     else:
         raise RenderError(f"render_frame renders a MultiIdentityDataset or a RayBatch, got {type(source).__name__}")
+    if expression is not None:
+        e = torch.as_tensor(np.asarray(expression, np.float32))
+        if e.shape != rays.expression.shape[1:]:
+            raise RenderError(f"expression of shape {tuple(e.shape)} given for rays with {rays.expression.shape[1]} "
+                              "coefficients")
+        rays = replace(rays, expression=e.expand_as(rays.expression).contiguous())
     out = render_rays(
         model,
         rays.origins,
@@ -960,6 +968,20 @@ def _landmark_depth_error(model, dataset: MultiIdentityDataset, split: str, name
     return float((out["depth"] - target).abs().median())
 
 
+def _box_pixels(box: Tuple[float, float, float, float], height: int, width: int) -> Tuple[int, int, int, int]:
+    """A face box ``[y0, y1, x0, x1]`` in fractions of the image as pixel bounds, at least one pixel each way."""
+    y0, x0 = int(np.floor(box[0] * height)), int(np.floor(box[2] * width))
+    y1, x1 = int(np.ceil(box[1] * height)), int(np.ceil(box[3] * width))
+    y0, x0 = min(max(y0, 0), height - 1), min(max(x0, 0), width - 1)
+    return y0, max(y1, y0 + 1), x0, max(x1, x0 + 1)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values (NaN where none is), without NumPy's empty-slice warning."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def evaluate(
     model,
     dataset: MultiIdentityDataset,
@@ -968,6 +990,9 @@ def evaluate(
     identities: Optional[Sequence[str]] = None,
     max_frames: Optional[int] = None,
     with_lpips: bool = True,
+    with_lmd: bool = True,
+    expressions: Optional[np.ndarray] = None,
+    expressions_from: Optional[str] = None,
     progress: Optional[ProgressFn] = None,
 ) -> Dict[str, object]:
     """Render every frame of a split and compare it with the ground truth.
@@ -975,7 +1000,10 @@ def evaluate(
     Each frame is rendered from its own camera, expression and background (:func:`render_frame`); PSNR,
     SSIM and L1 (and LPIPS when :func:`fastminerf.metrics.lpips_status` allows it) are computed per frame,
     averaged over each identity's frames, and ``mean`` is the unweighted mean over identities (every
-    identity counts alike, however long its video).
+    identity counts alike, however long its video). Where frames have a face box (``bbox``), ``face_psnr`` is
+    the PSNR inside it (the full frame's PSNR is mostly background and torso); where mediapipe is installed,
+    ``lmd`` is the lip-landmark distance in pixels (:class:`fastminerf.metrics.LandmarkDistance`), averaged over
+    the frames where a face is found in both the render and the truth (``lmd_frames`` of them).
 
     Args:
         model: the model; every evaluated identity name must be one of its ``identity_names``.
@@ -987,11 +1015,17 @@ def evaluate(
         identities: names to evaluate (default all of the dataset's).
         max_frames: evaluate only the first ``max_frames`` frames of each identity.
         with_lpips: compute LPIPS when available.
+        with_lmd: compute LMD when mediapipe is installed.
+        expressions: ``(N, E)``, one row per row of the split's table, rendered instead of the tracked expressions
+            (e.g. :func:`fastminerf.speech.split_expressions`: lip sync measured against the real frames).
+        expressions_from: what ``expressions`` are, recorded as the result's ``expressions`` ("tracked" without
+            them, "given" by default with them).
         progress: called as ``progress(frames_done, frames_total)``.
 
     Returns:
-        ``{"split", "frames", "metrics": [...], "lpips": status text, "identities": {name: {"frames", "psnr",
-        "ssim", "l1"[, "lpips"][, "landmark_depth"]}}, "mean": {...}}``. ``landmark_depth`` (where the dataset has
+        ``{"split", "expressions", "frames", "metrics": [...], "lpips": status text, "lmd": status text, "identities": {name:
+        {"frames", "psnr", "ssim", "l1"[, "lpips"][, "face_psnr"][, "lmd", "lmd_frames"][, "landmark_depth"]}},
+        "mean": {...}}`` (a metric without any frame of an identity is NaN there; the mean skips it). ``landmark_depth`` (where the dataset has
         ``landmarks.npz``) is the median distance in head units between the rendered depth and the tracked
         landmarks along rays through them: whether the geometry sits where the face is (NaN for identities
         without landmarks; the mean skips them).
@@ -1008,8 +1042,13 @@ def evaluate(
     for name in names:
         _dataset_identity(dataset, name)
         identity_id(model, name)
+    if expressions is not None and np.shape(expressions) != table.expression.shape:
+        raise RenderError(f"expressions for split '{split}' must be {table.expression.shape}, got {np.shape(expressions)}")
     lp_ok, lp_why = lpips_status() if with_lpips else (False, "not requested")
-    metric_names = ["psnr", "ssim", "l1"] + (["lpips"] if lp_ok else [])
+    lmd_ok, lmd_why = landmark_status() if with_lmd else (False, "not requested")
+    has_box = any(bool(table.has_bbox[table.frames_of(dataset.identities.index(n))].any()) for n in names)
+    metric_names = (["psnr", "ssim", "l1"] + (["lpips"] if lp_ok else []) + (["face_psnr"] if has_box else [])
+                    + (["lmd"] if lmd_ok else []))
     plan: List[Tuple[str, np.ndarray]] = []
     for name in names:
         frames = table.frames_of(dataset.identities.index(name))
@@ -1020,39 +1059,57 @@ def evaluate(
         progress(0, total)
     out = Path(out_dir) if out_dir is not None else None
     per_identity: Dict[str, Dict[str, float]] = {}
-    for name, frames in plan:
-        values: Dict[str, List[float]] = {m: [] for m in metric_names}
-        for k, index in enumerate(frames.tolist()):
-            pred = render_frame(model, dataset, split, index)
-            truth = dataset.image(split, index).astype(np.float32) / 255.0
-            values["psnr"].append(float(psnr(pred, truth)))
-            values["ssim"].append(float(ssim(pred, truth)))
-            values["l1"].append(float(l1(pred, truth)))
-            if lp_ok:
-                values["lpips"].append(float(lpips(pred, truth)))
-            if out is not None:
-                import imageio.v3 as iio
+    marks = LandmarkDistance() if lmd_ok else None
+    try:
+        for name, frames in plan:
+            values: Dict[str, List[float]] = {m: [] for m in metric_names}
+            for k, index in enumerate(frames.tolist()):
+                pred = render_frame(model, dataset, split, index,
+                                    expression=None if expressions is None else expressions[index])
+                truth = dataset.image(split, index).astype(np.float32) / 255.0
+                values["psnr"].append(float(psnr(pred, truth)))
+                values["ssim"].append(float(ssim(pred, truth)))
+                values["l1"].append(float(l1(pred, truth)))
+                if lp_ok:
+                    values["lpips"].append(float(lpips(pred, truth)))
+                box = table.bbox_or_none(index)
+                if box is not None:
+                    y0, y1, x0, x1 = _box_pixels(box, truth.shape[0], truth.shape[1])
+                    values["face_psnr"].append(float(psnr(pred[y0:y1, x0:x1], truth[y0:y1, x0:x1])))
+                if marks is not None:
+                    d = marks(pred, truth)
+                    if d is not None:
+                        values["lmd"].append(d)
+                if out is not None:
+                    import imageio.v3 as iio
 
-                folder = out / "side_by_side" / name
-                folder.mkdir(parents=True, exist_ok=True)
-                iio.imwrite(folder / f"{int(table.frame_in_identity[index]):04d}.png", side_by_side(pred, truth))
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        per_identity[name] = {"frames": len(frames), **{m: float(np.mean(v)) if v else float("nan") for m, v in values.items()}}
-        depth = _landmark_depth_error(model, dataset, split, name, frames)
-        if depth is not None:
-            per_identity[name]["landmark_depth"] = depth
-    if any("landmark_depth" in v for v in per_identity.values()):
-        metric_names.append("landmark_depth")
-        for v in per_identity.values():
-            v.setdefault("landmark_depth", float("nan"))
-    mean = {m: float(np.nanmean([per_identity[n][m] for n in names])) if names else float("nan") for m in metric_names}
+                    folder = out / "side_by_side" / name
+                    folder.mkdir(parents=True, exist_ok=True)
+                    iio.imwrite(folder / f"{int(table.frame_in_identity[index]):04d}.png", side_by_side(pred, truth))
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            per_identity[name] = {"frames": len(frames), **{m: float(np.mean(v)) if v else float("nan") for m, v in values.items()}}
+            if marks is not None:
+                per_identity[name]["lmd_frames"] = len(values["lmd"])
+            depth = _landmark_depth_error(model, dataset, split, name, frames)
+            if depth is not None:
+                per_identity[name]["landmark_depth"] = depth
+        if any("landmark_depth" in v for v in per_identity.values()):
+            metric_names.append("landmark_depth")
+            for v in per_identity.values():
+                v.setdefault("landmark_depth", float("nan"))
+    finally:
+        if marks is not None:
+            marks.close()
+    mean = {m: _nanmean([per_identity[n][m] for n in names]) for m in metric_names}
     result: Dict[str, object] = {
         "split": split,
+        "expressions": "tracked" if expressions is None else (expressions_from or "given"),
         "frames": total,
         "metrics": metric_names,
         "lpips": lp_why if lp_ok else f"unavailable: {lp_why}",
+        "lmd": lmd_why if lmd_ok else f"unavailable: {lmd_why}",
         "identities": per_identity,
         "mean": mean,
     }

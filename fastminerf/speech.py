@@ -20,6 +20,8 @@ The pieces, functional first:
   coefficients against always predicting the training mean, and the correlation of the mouth's opening
   (:func:`mouth_opening`) between prediction and tracking.
 - :func:`predict_expressions`: a recording to one expression per video frame at ``fps``, smoothed over time.
+- :func:`split_expressions`: the expressions a split's frames would have if only their soundtrack were known,
+  for rendering them and comparing with the real frames (``fastminerf eval --speech``).
 - :func:`save_speech_model` / :func:`load_speech_model`: plain tensors and data (``weights_only``), written
   atomically, with the expression space the model speaks in.
 
@@ -62,6 +64,7 @@ __all__ = [
     "save_speech_model",
     "speech_clips",
     "speech_metrics",
+    "split_expressions",
     "train_speech",
 ]
 
@@ -452,6 +455,48 @@ def predict_expressions(model: SpeechModel, audio: Audio, fps: float) -> Tuple[n
     b = max(1, int(math.ceil(audio.seconds * fps - 1e-9)))
     times = np.arange(b, dtype=np.float64) / fps
     return _predict_times(model, mel, times), times
+
+
+def split_expressions(model: SpeechModel, dataset, split: str) -> np.ndarray:
+    """Every frame of a loaded split with the expression the speech model hears in its identity's ``audio.wav``
+    at its ``time``: the split's expression table, row for row, as speech alone would drive it.
+
+    Args:
+        model: the speech model.
+        dataset: a :class:`fastminerf.data.MultiIdentityDataset` with ``split`` loaded, in the model's
+            expression space.
+
+    Returns:
+        ``(N, E)`` float32, N the rows of ``dataset.table(split)``.
+
+    Raises:
+        SpeechError: a split not loaded, or an identity without ``audio.wav`` or with frames that carry no
+            ``time`` (named); :class:`fastminerf.data.DatasetError` for data in another expression space.
+    """
+    from .data.dataset import check_expression_space
+
+    if split not in dataset.splits:
+        raise SpeechError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
+    check_expression_space(model.expression_space, dataset, "the evaluated data", "the speech model")
+    table = dataset.table(split)
+    out = np.array(table.expression, dtype=np.float32, copy=True)
+    for i, name in enumerate(dataset.identities):
+        frames = table.frames_of(i)
+        if frames.size == 0:
+            continue
+        wav = identity_audio(dataset.identity_dirs[i])
+        if wav is None:
+            raise SpeechError(f"identity '{name}' has no audio.wav in {dataset.identity_dirs[i]}: its frames cannot "
+                              "be driven by speech")
+        times = table.time[frames].astype(np.float64)
+        if not np.all(np.isfinite(times) & (times >= 0)):
+            raise SpeechError(f"identity '{name}': frames of split '{split}' carry no 'time' in its audio.wav")
+        try:
+            mel = log_mel(load_speech(wav))
+        except (SpeechError, AudioError) as exc:
+            raise SpeechError(f"identity '{name}': {exc}") from None
+        out[frames] = _predict_times(model, mel, times)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- metrics

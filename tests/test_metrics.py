@@ -13,8 +13,10 @@ from fastminerf.metrics import (
     SSIM_K2,
     SSIM_SIGMA,
     SSIM_WINDOW,
+    LandmarkDistance,
     MetricUnavailable,
     l1,
+    landmark_status,
     lpips,
     lpips_status,
     psnr,
@@ -149,3 +151,26 @@ def test_lpips_never_downloads():
         with pytest.raises(MetricUnavailable, match="LPIPS unavailable"):
             lpips(np.zeros((16, 16, 3)), np.zeros((16, 16, 3)))
     assert lpips_status("nope")[0] is False
+
+
+needs_mediapipe = pytest.mark.skipif(not landmark_status()[0], reason="mediapipe (make install) is not installed")
+
+
+@needs_mediapipe
+def test_lmd_is_the_lip_landmarks_shift_in_pixels(tmp_path):
+    """A procedural head at 128 px (mediapipe finds it): the same image 0, the image moved by s pixels about s
+    (mediapipe's own scatter on these heads is about a pixel, so shifts of 4 and 8), no face in a grey image."""
+    from fastminerf.data import load_dataset
+    from fastminerf.data.synth import generate
+
+    dirs = generate(tmp_path, n_identities=1, n_frames=2, size=128, novel_frames=1, val_fraction=0.0, seed=0)
+    img = load_dataset(dirs, splits=("train",)).image("train", 0).astype(np.float32) / 255.0
+    with LandmarkDistance() as lmd:
+        assert len(lmd.lips) == 40
+        assert lmd(img, img) == 0.0
+        for s in (4, 8):
+            assert lmd(np.roll(img, s, axis=1), img) == pytest.approx(s, abs=1.0)
+            assert lmd(torch.from_numpy(np.roll(img, -s, axis=0)), img) == pytest.approx(s, abs=1.0)
+        assert lmd(np.full_like(img, 0.5), img) is None
+        with pytest.raises(ValueError, match="one \\(H, W, 3\\) image"):
+            lmd(img[None], img)

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from fastminerf.data import HeadModel, HeadParams, load_dataset
+from fastminerf.data.heads import EXPRESSION_NAMES
 from fastminerf.data.synth import generate
+from fastminerf.metrics import psnr
 from fastminerf.render import (
     CameraPath,
     RenderError,
@@ -257,6 +259,34 @@ def test_evaluate_with_oracle_and_a_wrong_model(synth, data, tmp_path):
         evaluate(Oracle(synth[1][:1]), data, "val")
     with pytest.raises(RenderError, match="split 'test' is not loaded"):
         evaluate(Oracle(synth[1]), data, "test")
+
+
+def test_evaluate_face_box_and_given_expressions(synth, data):
+    """FACE PSNR is the PSNR inside each frame's bbox; rendering with given expressions (as eval --speech does)
+    changes what is rendered and nothing else."""
+    oracle = Oracle(synth[1])
+    table = data.table("val")
+    own = evaluate(oracle, data, "val", with_lmd=False)
+    assert own["expressions"] == "tracked" and "face_psnr" in own["metrics"] and "lmd" not in own["metrics"]
+    index = int(table.frames_of(0)[0])
+    y0, y1, x0, x1 = (int(np.floor(table.bbox[index][0] * SIZE)), int(np.ceil(table.bbox[index][1] * SIZE)),
+                      int(np.floor(table.bbox[index][2] * SIZE)), int(np.ceil(table.bbox[index][3] * SIZE)))
+    assert 0 < y1 - y0 < SIZE or 0 < x1 - x0 < SIZE  # a box, not the whole frame
+    wrong = np.array(table.expression, copy=True)
+    wrong[:, EXPRESSION_NAMES.index("jaw_open")] = 1.0  # every mouth wide open
+    one = evaluate(oracle, data, "val", max_frames=1, with_lmd=False, expressions=wrong, expressions_from="jaw open")
+    pred = render_frame(oracle, data, "val", index, expression=wrong[index])
+    truth = data.image("val", index).astype(np.float32) / 255.0
+    assert one["expressions"] == "jaw open"
+    assert one["identities"]["id000"]["face_psnr"] == pytest.approx(float(psnr(pred[y0:y1, x0:x1], truth[y0:y1, x0:x1])))
+    assert one["identities"]["id000"]["psnr"] == pytest.approx(float(psnr(pred, truth)))
+    assert one["mean"]["face_psnr"] < own["mean"]["face_psnr"] - 5  # the open mouths are wrong, and inside the box
+    same = evaluate(oracle, data, "val", with_lmd=False, expressions=table.expression)
+    assert same["mean"] == pytest.approx(own["mean"])
+    with pytest.raises(RenderError, match="expressions for split 'val' must be"):
+        evaluate(oracle, data, "val", expressions=wrong[:1])
+    with pytest.raises(RenderError, match="expression of shape"):
+        render_frame(oracle, data, "val", index, expression=wrong[index, :3])
 
 
 def test_side_by_side_panels():

@@ -3,6 +3,8 @@ audio.wav is a voice that follows each head's mouth (loud and open-vowelled whil
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +32,10 @@ from fastminerf.speech import (
     save_speech_model,
     speech_clips,
     speech_metrics,
+    split_expressions,
     train_speech,
 )
+from fastminerf.speech import _predict_times  # the per-clip prediction split_expressions must agree with
 
 JAW = EXPRESSION_NAMES.index("jaw_open")
 STEPS = 250
@@ -130,6 +134,30 @@ def test_speech_path_makes_a_head_say_another_heads_voice(heads):
     assert len(path.soundtrack().samples) == round(len(path) / 25 * SPEECH_RATE)
 
 
+def test_split_expressions_drive_each_frame_by_its_own_sound(heads, tmp_path):
+    """A split's table, row for row, as the sound at each frame's time says: the val frames' jaws follow the
+    tracked ones, and identities without audio or frames without time are refused by name."""
+    _, dirs, data, clips, _, model = heads
+    spoken = split_expressions(model, data, "val")
+    table = data.table("val")
+    assert spoken.shape == table.expression.shape and spoken.dtype == np.float32
+    assert np.corrcoef(spoken[:, JAW], table.expression[:, JAW])[0, 1] > 0.8
+    assert not np.allclose(spoken, table.expression)
+    # the same as predicting the identity's clip at those times
+    c = clips[1]
+    assert np.allclose(spoken[table.frames_of(1)], _predict_times(model, c.mel, c.times["val"]))
+    with pytest.raises(SpeechError, match="frames of split 'novel' carry no 'time'"):
+        split_expressions(model, data, "novel")
+    with pytest.raises(SpeechError, match="split 'test' is not loaded"):
+        split_expressions(model, data, "test")
+    (dirs[0] / "audio.wav").rename(tmp_path / "kept.wav")
+    try:
+        with pytest.raises(SpeechError, match=f"identity '{data.identities[0]}' has no audio.wav"):
+            split_expressions(model, data, "val")
+    finally:
+        (tmp_path / "kept.wav").rename(dirs[0] / "audio.wav")
+
+
 def test_pose_loop_plays_forward_then_back():
     assert pose_loop(3, 8).tolist() == [0, 1, 2, 1, 0, 1, 2, 1]
     assert pose_loop(1, 3).tolist() == [0, 0, 0]
@@ -199,11 +227,13 @@ def test_cli_speech_then_render_speech(heads, tmp_path, decode_audio, capsys):
     assert m["splits"] == ["val"] and m["all"]["frames"] == 60  # the val frames of the run's two identities
     capsys.readouterr()
     assert main(["info", str(tmp_path / "run"), "--json"]) == 0
-    import json
-
     sp = json.loads(capsys.readouterr().out)["speech"]
     assert sp["identities"] == 2 and sp["held_out"]["frames"] == 60
     assert abs(sp["held_out"]["mouth_r2"] - m["all"]["mouth_r2"]) < 1e-9
+    assert main(["eval", "--run", str(tmp_path / "run"), "--data", str(dirs[0]), "--split", "val", "--speech",
+                 "--max-frames", "2", "--out", str(tmp_path / "ev")]) == 0
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["expressions"] == f"speech ({tmp_path / 'run' / 'speech.pt'})" and ev["frames"] == 2
     out = tmp_path / "say.mp4"
     assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--speech",
                  str(dirs[2] / "audio.wav"), "--frames", "20", "--out", str(out)]) == 0
