@@ -14,13 +14,20 @@
    rendered saying ``--speaker``'s held-out speech, the video tracked again by ``prepare`` in the run's
    expression space, and the mouth's opening of the render correlated with the commanded one and with the one
    the speaker made at the same time (a pixel-level lip-sync check).
+4. With ``--eval-run RUN`` (the same kind of run): every ``test`` frame of every clip rendered three ways and
+   compared with the real frame (``fastminerf.render.evaluate``: PSNR, PSNR in the face box, LMD = the distance in
+   pixels between the lip landmarks mediapipe finds in the render and in the frame): with its tracked expression
+   (the model's reconstruction), with the expression ``RUN/speech.pt`` hears in the clip's sound at that time
+   (``fastminerf eval --speech``), and with the clip's mean training expression (a face that does not move its
+   lips: the floor lip sync has to beat).
 
 Scores (``fastminerf.speech.speech_metrics``): R^2 of the expression coefficients and of the mouth's opening
 against always predicting the training mean (0 = the mean, 1 = exact), and the correlation between predicted
 and tracked mouth opening; for the calibrated network (the default: 3 out-of-fold networks measure how far each
 coefficient can be heard) and for one network without the calibration, on the same frames.
 
-Writes ``benchmarks/results/speech.json`` (steps 1 and 2) and ``speech_end_to_end.json`` (step 3).
+Writes ``benchmarks/results/speech.json`` (steps 1 and 2), ``speech_end_to_end.json`` (step 3) and
+``speech_eval.json`` (step 4).
 """
 from __future__ import annotations
 
@@ -118,6 +125,35 @@ def _end_to_end(run: Path, target: str, speaker: str, work: Path, n_frames: int)
     return out
 
 
+def _eval_three_ways(run: Path, split: str, max_frames) -> dict:
+    """Render every ``split`` frame of the run's data with tracked, speech-predicted and still (mean training)
+    expressions; the metrics of each (step 4)."""
+    from fastminerf.data import load_dataset
+    from fastminerf.render import evaluate
+    from fastminerf.speech import load_speech_model, split_expressions
+    from fastminerf.train import load_run
+
+    _, model, meta = load_run(run)
+    data = load_dataset([Path(p) for p in meta["data_paths"]], splits=("train", split))
+    speech_file = run / "speech.pt"
+    table, train = data.table(split), data.table("train")
+    still = np.array(table.expression, dtype=np.float32, copy=True)
+    for i in range(len(data.identities)):
+        still[table.frames_of(i)] = train.expression[train.frames_of(i)].mean(axis=0)
+    ways = {"tracked": None, "speech": split_expressions(load_speech_model(speech_file), data, split), "still": still}
+    out = {"run": str(run), "split": split, "speech_model": str(speech_file)}
+    for name, expressions in ways.items():
+        t0 = time.perf_counter()
+        res = evaluate(model, data, split, max_frames=max_frames, expressions=expressions, expressions_from=name,
+                       with_lpips=False)
+        out[name] = {"mean": res["mean"], "identities": res["identities"], "frames": res["frames"],
+                     "seconds": round(time.perf_counter() - t0, 1)}
+        m = res["mean"]
+        print(f"{split} frames ({res['frames']}), {name} expressions: PSNR {m['psnr']:.2f} dB, face PSNR "
+              f"{m.get('face_psnr', float('nan')):.2f} dB, LMD {m.get('lmd', float('nan')):.2f} px")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/fastminerf_speech"), help="generated and prepared data")
@@ -130,6 +166,11 @@ def main() -> int:
     ap.add_argument("--target", default="02_hdtf_WDA_AlexandriaOcasioCortez_000")
     ap.add_argument("--speaker", default="04_hdtf_WDA_BobMenendez_000")
     ap.add_argument("--render-frames", type=int, default=40, help="frames rendered (25 a second)")
+    ap.add_argument("--eval-run", type=Path, default=None,
+                    help="a run trained on prepared real clips, with RUN/speech.pt: render every --eval-split frame with "
+                         "tracked, speech-predicted and still expressions and compare each with the real frames")
+    ap.add_argument("--eval-split", default="test")
+    ap.add_argument("--eval-frames", type=int, default=None, help="frames per clip for --eval-run (default all)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="SpeechConfig field")
     args = ap.parse_args()
 
@@ -196,6 +237,9 @@ def main() -> int:
     if args.render_run is not None:
         e2e = _end_to_end(args.render_run, args.target, args.speaker, args.work / "end_to_end", args.render_frames)
         print(f"wrote {write_result('speech_end_to_end', {'machine': machine(), **e2e})}")
+    if args.eval_run is not None:
+        ev = _eval_three_ways(args.eval_run, args.eval_split, args.eval_frames)
+        print(f"wrote {write_result('speech_eval', {'machine': machine(), **ev})}")
     return 0
 
 
