@@ -157,7 +157,7 @@ needs_mediapipe = pytest.mark.skipif(not landmark_status()[0], reason="mediapipe
 
 
 @needs_mediapipe
-def test_lmd_is_the_lip_landmarks_shift_in_pixels(tmp_path):
+def test_lmd_is_the_lip_landmarks_shift_in_pixels(tmp_path, capfd):
     """A procedural head at 128 px (mediapipe finds it): the same image 0, the image moved by s pixels about s
     (mediapipe's own scatter on these heads is about a pixel, so shifts of 4 and 8), no face in a grey image."""
     from fastminerf.data import load_dataset
@@ -174,3 +174,5 @@ def test_lmd_is_the_lip_landmarks_shift_in_pixels(tmp_path):
         assert lmd(np.full_like(img, 0.5), img) is None
         with pytest.raises(ValueError, match="one \\(H, W, 3\\) image"):
             lmd(img[None], img)
+    # mediapipe's native start-up chatter (TensorFlow Lite, absl) stays out of the user's terminal
+    assert capfd.readouterr().err == ""

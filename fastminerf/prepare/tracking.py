@@ -21,8 +21,10 @@ Dimension letters: K landmarks (478).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Optional, Sequence, Tuple
+import sys
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -66,10 +68,40 @@ def require_mediapipe() -> Any:
     return mp
 
 
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 to /dev/null for the block (Python's own ``sys.stderr``
+    is flushed first and restored after). mediapipe's C++ (TensorFlow Lite, absl) prints INFO and WARNING lines
+    there when a graph starts and on its first frame, whatever ``GLOG_minloglevel`` says."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real descriptor 2 (e.g. an embedded interpreter)
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class _Solution:
-    """A mediapipe solution object (``self._solution``) closed by :meth:`close` or by leaving a ``with`` block."""
+    """A mediapipe solution object (``self._solution``) closed by :meth:`close` or by leaving a ``with`` block.
+
+    :meth:`_start` builds it with native stderr quieted (:func:`_native_stderr_quiet`) and runs one blank frame
+    through it there: mediapipe starts its graph in the background and prints its start-up chatter (TensorFlow
+    Lite, absl) when it has, so waiting for one output is what keeps that out of the user's terminal. A blank frame
+    has no face and no person, so it leaves no tracking state behind."""
 
     _solution: Any
+
+    def _start(self, build: Callable[[], Any]) -> None:
+        with _native_stderr_quiet():
+            self._solution = build()
+            self._solution.process(np.zeros((64, 64, 3), np.uint8))
 
     def close(self) -> None:
         self._solution.close()
@@ -92,21 +124,27 @@ class FaceTracker(_Solution):
     def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5,
                  static: bool = False) -> None:
         mp = require_mediapipe()
-        self._solution = mp.solutions.face_mesh.FaceMesh(
+        self._face_seen = False
+        self._start(lambda: mp.solutions.face_mesh.FaceMesh(
             static_image_mode=bool(static),
             max_num_faces=1,
             refine_landmarks=True,
             min_detection_confidence=float(min_detection_confidence),
             min_tracking_confidence=float(min_tracking_confidence),
-        )
+        ))
 
     def __call__(self, rgb: np.ndarray) -> Optional[np.ndarray]:
         """Landmarks ``(K, 3)`` float32 (normalised x, y, z) of the face in an RGB uint8 frame ``(H, W, 3)``, or
         None when there is no face."""
-        res = self._solution.process(np.ascontiguousarray(rgb))
+        if self._face_seen:
+            res = self._solution.process(np.ascontiguousarray(rgb))
+        else:  # the landmark model's first run prints a warning of its own
+            with _native_stderr_quiet():
+                res = self._solution.process(np.ascontiguousarray(rgb))
         faces = res.multi_face_landmarks
         if not faces:
             return None
+        self._face_seen = True
         lm = faces[0].landmark
         if len(lm) != N_LANDMARKS:
             raise RuntimeError(f"mediapipe returned {len(lm)} landmarks, expected {N_LANDMARKS}")
@@ -161,7 +199,7 @@ class Segmenter(_Solution):
         if model_selection not in (0, 1):
             raise ValueError(f"segmentation model must be 0 (general) or 1 (landscape), got {model_selection}")
         mp = require_mediapipe()
-        self._solution = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=int(model_selection))
+        self._start(lambda: mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=int(model_selection)))
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Person probability ``(H, W)`` float32 in [0, 1] of an RGB uint8 frame ``(H, W, 3)``."""
