@@ -486,9 +486,12 @@ def _metrics_table(result: dict, title: str):
     heading = {"psnr": "PSNR (dB)", "face_psnr": "FACE PSNR", "lmd": "LMD (px)", "landmark_depth": "LANDMARK DEPTH"}
     for m in names:
         table.add_column(heading.get(m, m.upper()), justify="right")
+    def cell(m: str, v: float) -> str:  # a metric without a value there (e.g. no face found for LMD): "-"
+        return fmt[m].format(v) if v == v else "-"
+
     for name, vals in result["identities"].items():
-        table.add_row(name, str(vals["frames"]), *[fmt[m].format(vals[m]) for m in names])
-    table.add_row("[bold]mean[/bold]", str(result["frames"]), *[f"[bold]{fmt[m].format(result['mean'][m])}[/bold]" for m in names])
+        table.add_row(name, str(vals["frames"]), *[cell(m, vals[m]) for m in names])
+    table.add_row("[bold]mean[/bold]", str(result["frames"]), *[f"[bold]{cell(m, result['mean'][m])}[/bold]" for m in names])
     return table
 
 
