@@ -336,12 +336,14 @@ def speech_table(result: dict) -> str:
         lines += ["", f"Rendered against the real `{ev['split']}` frames (`--eval-run`, {ev['tracked']['frames']} frames of "
                   f"{len(names)} clips never trained on; LMD = mean distance in pixels at 256 px between the 40 lip landmarks "
                   f"mediapipe finds in the render and in the frame, on the {tracked} frames where it finds both; means over clips):", "",
-                  "| expressions rendered | PSNR (dB) | face-box PSNR (dB) | LMD (px) |", "| --- | ---: | ---: | ---: |"]
+                  "| expressions rendered | PSNR (dB) | face-box PSNR (dB) | mouth-box PSNR (dB) | LMD (px) |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
         what = {"tracked": "tracked in the frame (reconstruction)", "speech": "**heard in the clip's sound** (`eval --speech`)",
                 "still": "the clip's mean training expression (lips still)"}
         for w in ("tracked", "speech", "still"):
             m = ev[w]["mean"]
-            lines.append(f"| {what[w]} | {m['psnr']:.2f} | {m['face_psnr']:.2f} | {m['lmd']:.2f} |")
+            mouth = f"{m['mouth_psnr']:.2f}" if "mouth_psnr" in m else "-"
+            lines.append(f"| {what[w]} | {m['psnr']:.2f} | {m['face_psnr']:.2f} | {mouth} | {m['lmd']:.2f} |")
         lines += ["", f"Speech beats still lips on {wins_psnr} of {len(names)} clips in PSNR and {wins_lmd} of {len(names)} in LMD."]
     lines += ["", _machine_line(result)]
     return "\n".join(lines)

@@ -149,7 +149,7 @@ def _eval_three_ways(run: Path, split: str, max_frames) -> dict:
         out[name] = {"mean": res["mean"], "identities": res["identities"], "frames": res["frames"],
                      "seconds": round(time.perf_counter() - t0, 1)}
         m = res["mean"]
-        print(f"{split} frames ({res['frames']}), {name} expressions: PSNR {m['psnr']:.2f} dB, face PSNR "
+        print(f"{split} frames ({res['frames']}), {name} expressions: PSNR {m['psnr']:.2f} dB, mouth PSNR {m.get('mouth_psnr', float('nan')):.2f} dB, face PSNR "
               f"{m.get('face_psnr', float('nan')):.2f} dB, LMD {m.get('lmd', float('nan')):.2f} px")
     return out
 

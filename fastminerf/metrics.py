@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "LandmarkDistance",
+    "MOUTH_MARGIN",
     "MetricUnavailable",
     "SSIM_K1",
     "SSIM_K2",
@@ -249,6 +250,11 @@ def landmark_status() -> Tuple[bool, str]:
     return True, f"mediapipe {getattr(mp, '__version__', '?')} face mesh"
 
 
+MOUTH_MARGIN = 0.25
+"""The mouth box (``mouth_psnr`` of :func:`fastminerf.render.evaluate`) is the lips' extent grown by this share of it
+on each side."""
+
+
 class LandmarkDistance:
     """LMD: mean distance in pixels between the lip landmarks mediapipe finds in a render and in its ground truth.
 
@@ -282,6 +288,20 @@ class LandmarkDistance:
             return None
         return found[:, :2] * np.array([img.shape[1], img.shape[0]], dtype=np.float32)
 
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Mean distance in pixels between the lip landmarks of two :meth:`landmarks` results."""
+        return float(np.linalg.norm(a[self.lips] - b[self.lips], axis=1).mean())
+
+    def mouth_box(self, landmarks: np.ndarray, height: int, width: int, margin: float = MOUTH_MARGIN) -> Tuple[int, int, int, int]:
+        """Pixel bounds ``(y0, y1, x0, x1)`` of the lips in a :meth:`landmarks` result, grown by ``margin`` times
+        their extent on each side (so the lips' outline and the skin around them count), clipped to the image."""
+        lo, hi = landmarks[self.lips].min(axis=0), landmarks[self.lips].max(axis=0)
+        grow = margin * (hi - lo)
+        x0, y0 = np.floor(lo - grow).astype(int)
+        x1, y1 = np.ceil(hi + grow).astype(int)
+        x0, y0 = min(max(int(x0), 0), width - 1), min(max(int(y0), 0), height - 1)
+        return y0, max(min(int(y1), height), y0 + 1), x0, max(min(int(x1), width), x0 + 1)
+
     def __call__(self, pred: ImageLike, target: ImageLike) -> Optional[float]:
         """Mean lip-landmark distance in pixels between ``pred`` and ``target`` (``(H, W, 3)`` in [0, 1]), or None
         when mediapipe finds no face in either."""
@@ -291,7 +311,7 @@ class LandmarkDistance:
         b = self.landmarks(target)
         if b is None:
             return None
-        return float(np.linalg.norm(a[self.lips] - b[self.lips], axis=1).mean())
+        return self.distance(a, b)
 
     def close(self) -> None:
         self._tracker.close()

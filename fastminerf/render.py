@@ -1002,8 +1002,10 @@ def evaluate(
     averaged over each identity's frames, and ``mean`` is the unweighted mean over identities (every
     identity counts alike, however long its video). Where frames have a face box (``bbox``), ``face_psnr`` is
     the PSNR inside it (the full frame's PSNR is mostly background and torso); where mediapipe is installed,
-    ``lmd`` is the lip-landmark distance in pixels (:class:`fastminerf.metrics.LandmarkDistance`), averaged over
-    the frames where a face is found in both the render and the truth (``lmd_frames`` of them).
+    ``mouth_psnr`` is the PSNR in a box around the real frame's lips (mediapipe's landmarks, grown by
+    :data:`fastminerf.metrics.MOUTH_MARGIN`: lips, teeth and mouth interior), and ``lmd`` the lip-landmark distance
+    in pixels (:class:`fastminerf.metrics.LandmarkDistance`), averaged over the frames where a face is found in
+    both the render and the truth (``lmd_frames`` of them).
 
     Args:
         model: the model; every evaluated identity name must be one of its ``identity_names``.
@@ -1024,7 +1026,7 @@ def evaluate(
 
     Returns:
         ``{"split", "expressions", "frames", "metrics": [...], "lpips": status text, "lmd": status text, "identities": {name:
-        {"frames", "psnr", "ssim", "l1"[, "lpips"][, "face_psnr"][, "lmd", "lmd_frames"][, "landmark_depth"]}},
+        {"frames", "psnr", "ssim", "l1"[, "lpips"][, "face_psnr"][, "mouth_psnr", "lmd", "lmd_frames"][, "landmark_depth"]}},
         "mean": {...}}`` (a metric without any frame of an identity is NaN there; the mean skips it). ``landmark_depth`` (where the dataset has
         ``landmarks.npz``) is the median distance in head units between the rendered depth and the tracked
         landmarks along rays through them: whether the geometry sits where the face is (NaN for identities
@@ -1048,7 +1050,7 @@ def evaluate(
     lmd_ok, lmd_why = landmark_status() if with_lmd else (False, "not requested")
     has_box = any(bool(table.has_bbox[table.frames_of(dataset.identities.index(n))].any()) for n in names)
     metric_names = (["psnr", "ssim", "l1"] + (["lpips"] if lp_ok else []) + (["face_psnr"] if has_box else [])
-                    + (["lmd"] if lmd_ok else []))
+                    + (["mouth_psnr", "lmd"] if lmd_ok else []))
     plan: List[Tuple[str, np.ndarray]] = []
     for name in names:
         frames = table.frames_of(dataset.identities.index(name))
@@ -1077,9 +1079,13 @@ def evaluate(
                     y0, y1, x0, x1 = _box_pixels(box, truth.shape[0], truth.shape[1])
                     values["face_psnr"].append(float(psnr(pred[y0:y1, x0:x1], truth[y0:y1, x0:x1])))
                 if marks is not None:
-                    d = marks(pred, truth)
-                    if d is not None:
-                        values["lmd"].append(d)
+                    lips = marks.landmarks(truth)
+                    if lips is not None:  # the mouth as the real frame has it
+                        y0, y1, x0, x1 = marks.mouth_box(lips, truth.shape[0], truth.shape[1])
+                        values["mouth_psnr"].append(float(psnr(pred[y0:y1, x0:x1], truth[y0:y1, x0:x1])))
+                        found = marks.landmarks(pred)
+                        if found is not None:
+                            values["lmd"].append(marks.distance(found, lips))
                 if out is not None:
                     import imageio.v3 as iio
 

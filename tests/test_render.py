@@ -17,7 +17,7 @@ import torch
 from fastminerf.data import HeadModel, HeadParams, load_dataset
 from fastminerf.data.heads import EXPRESSION_NAMES
 from fastminerf.data.synth import generate
-from fastminerf.metrics import psnr
+from fastminerf.metrics import landmark_status, psnr
 from fastminerf.render import (
     CameraPath,
     RenderError,
@@ -48,8 +48,9 @@ leaves room for a few flipped pixels while any camera, pixel-order or background
 class Oracle(torch.nn.Module):
     """The generator's heads in the model interface: exact colours, hard silhouettes over the background."""
 
-    def __init__(self, identity_dirs, names=None):
+    def __init__(self, identity_dirs, names=None, size=SIZE):
         super().__init__()
+        self.pixel_angle = 1.0 / (1.65 * size)
         self.heads = []
         for d in identity_dirs:
             params = json.loads((Path(d) / "synth_identity.json").read_text())["params"]
@@ -63,7 +64,7 @@ class Oracle(torch.nn.Module):
         hit_all = torch.zeros(origins.shape[0])
         for k in identity.unique().tolist():
             sel = torch.nonzero(identity == k).squeeze(1)
-            c, hit, _ = self.heads[k].render_rays(origins[sel], directions[sel], expression[sel], pixel_angle=1.0 / (1.65 * SIZE))
+            c, hit, _ = self.heads[k].render_rays(origins[sel], directions[sel], expression[sel], pixel_angle=self.pixel_angle)
             rgb[sel[hit]] = c[hit]
             hit_all[sel] = hit.float()
         return {"rgb": rgb, "opacity": hit_all}
@@ -287,6 +288,23 @@ def test_evaluate_face_box_and_given_expressions(synth, data):
         evaluate(oracle, data, "val", expressions=wrong[:1])
     with pytest.raises(RenderError, match="expression of shape"):
         render_frame(oracle, data, "val", index, expression=wrong[index, :3])
+
+
+@pytest.mark.skipif(not landmark_status()[0], reason="mediapipe (make install) is not installed")
+def test_evaluate_mouth_psnr_and_lmd_see_a_wrong_mouth(tmp_path):
+    """At 128 px mediapipe finds the procedural faces: the exact renders have LMD under a pixel and a clean mouth box; renders
+    with every mouth wide open lose most inside that box and move the lip landmarks."""
+    dirs = generate(tmp_path, n_identities=1, n_frames=6, size=128, novel_frames=1, val_fraction=0.34, seed=0)
+    data = load_dataset(dirs, splits=("val",))
+    oracle = Oracle(dirs, size=128)
+    exact = evaluate(oracle, data, "val")["identities"]["id000"]
+    assert exact["lmd_frames"] == exact["frames"] == 2 and exact["lmd"] < 1.0  # near-exact renders, mediapipe scatter
+    assert exact["mouth_psnr"] > ORACLE_MIN_PSNR
+    wrong = np.array(data.table("val").expression, copy=True)
+    wrong[:, EXPRESSION_NAMES.index("jaw_open")] = 1.0
+    opened = evaluate(oracle, data, "val", expressions=wrong)["identities"]["id000"]
+    assert opened["lmd"] > 2.0, opened
+    assert opened["mouth_psnr"] < opened["face_psnr"] < exact["face_psnr"], opened  # the error is in the mouth
 
 
 def test_side_by_side_panels():
