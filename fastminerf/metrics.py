@@ -292,15 +292,14 @@ class LandmarkDistance:
         """Mean distance in pixels between the lip landmarks of two :meth:`landmarks` results."""
         return float(np.linalg.norm(a[self.lips] - b[self.lips], axis=1).mean())
 
-    def mouth_box(self, landmarks: np.ndarray, height: int, width: int, margin: float = MOUTH_MARGIN) -> Tuple[int, int, int, int]:
-        """Pixel bounds ``(y0, y1, x0, x1)`` of the lips in a :meth:`landmarks` result, grown by ``margin`` times
-        their extent on each side (so the lips' outline and the skin around them count), clipped to the image."""
+    def mouth_box(self, landmarks: np.ndarray, height: int, width: int, margin: float = MOUTH_MARGIN) -> Tuple[float, float, float, float]:
+        """The lips of a :meth:`landmarks` result as a box ``[y0, y1, x0, x1]`` in fractions of the image (the
+        layout's ``bbox`` convention), grown by ``margin`` times their extent on each side so that the lips' outline
+        and the skin around them count."""
         lo, hi = landmarks[self.lips].min(axis=0), landmarks[self.lips].max(axis=0)
         grow = margin * (hi - lo)
-        x0, y0 = np.floor(lo - grow).astype(int)
-        x1, y1 = np.ceil(hi + grow).astype(int)
-        x0, y0 = min(max(int(x0), 0), width - 1), min(max(int(y0), 0), height - 1)
-        return y0, max(min(int(y1), height), y0 + 1), x0, max(min(int(x1), width), x0 + 1)
+        (x0, y0), (x1, y1) = (lo - grow) / (width, height), (hi + grow) / (width, height)
+        return float(y0), float(y1), float(x0), float(x1)
 
     def __call__(self, pred: ImageLike, target: ImageLike) -> Optional[float]:
         """Mean lip-landmark distance in pixels between ``pred`` and ``target`` (``(H, W, 3)`` in [0, 1]), or None

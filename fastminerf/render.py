@@ -37,7 +37,7 @@ import torch
 
 from .audio import Audio, frame_soundtrack, identity_audio, read_wav, write_wav
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
-from .data.rays import RayBatch, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
+from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .metrics import LandmarkDistance, l1, landmark_status, lpips, lpips_status, psnr, ssim
 
 __all__ = [
@@ -968,12 +968,10 @@ def _landmark_depth_error(model, dataset: MultiIdentityDataset, split: str, name
     return float((out["depth"] - target).abs().median())
 
 
-def _box_pixels(box: Tuple[float, float, float, float], height: int, width: int) -> Tuple[int, int, int, int]:
-    """A face box ``[y0, y1, x0, x1]`` in fractions of the image as pixel bounds, at least one pixel each way."""
-    y0, x0 = int(np.floor(box[0] * height)), int(np.floor(box[2] * width))
-    y1, x1 = int(np.ceil(box[1] * height)), int(np.ceil(box[3] * width))
-    y0, x0 = min(max(y0, 0), height - 1), min(max(x0, 0), width - 1)
-    return y0, max(y1, y0 + 1), x0, max(x1, x0 + 1)
+def _box_psnr(pred: np.ndarray, truth: np.ndarray, box: Sequence[float]) -> float:
+    """PSNR inside a box ``[y0, y1, x0, x1]`` in fractions of the image (:func:`fastminerf.data.rays.box_pixels`)."""
+    y0, y1, x0, x1 = box_pixels(box, truth.shape[0], truth.shape[1]).tolist()
+    return float(psnr(pred[y0:y1, x0:x1], truth[y0:y1, x0:x1]))
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -1076,13 +1074,11 @@ def evaluate(
                     values["lpips"].append(float(lpips(pred, truth)))
                 box = table.bbox_or_none(index)
                 if box is not None:
-                    y0, y1, x0, x1 = _box_pixels(box, truth.shape[0], truth.shape[1])
-                    values["face_psnr"].append(float(psnr(pred[y0:y1, x0:x1], truth[y0:y1, x0:x1])))
+                    values["face_psnr"].append(_box_psnr(pred, truth, box))
                 if marks is not None:
                     lips = marks.landmarks(truth)
                     if lips is not None:  # the mouth as the real frame has it
-                        y0, y1, x0, x1 = marks.mouth_box(lips, truth.shape[0], truth.shape[1])
-                        values["mouth_psnr"].append(float(psnr(pred[y0:y1, x0:x1], truth[y0:y1, x0:x1])))
+                        values["mouth_psnr"].append(_box_psnr(pred, truth, marks.mouth_box(lips, *truth.shape[:2])))
                         found = marks.landmarks(pred)
                         if found is not None:
                             values["lmd"].append(marks.distance(found, lips))

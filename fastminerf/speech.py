@@ -258,6 +258,15 @@ class SpeechClip:
     """Per split, (B, E) expressions."""
 
 
+def _identity_mel(name: str, wav: Path) -> np.ndarray:
+    """:func:`log_mel` of an identity's recording; a recording that cannot be read is a :class:`SpeechError` naming
+    the identity."""
+    try:
+        return log_mel(load_speech(wav))
+    except (SpeechError, AudioError) as exc:
+        raise SpeechError(f"identity '{name}': {exc}") from None
+
+
 def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List[str]]:
     """The identities of a loaded dataset that can teach speech: those with an ``audio.wav`` and frames that
     carry ``time``; frames without a time (e.g. the procedural heads' ``novel`` split) are left out.
@@ -291,11 +300,7 @@ def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List
         if sum(len(v) for v in times.values()) == 0:
             skipped.append(f"{name}: its frames carry no 'time'")
             continue
-        try:
-            mel = log_mel(load_speech(wav))
-        except (SpeechError, AudioError) as exc:
-            raise SpeechError(f"identity '{name}': {exc}") from None
-        clips.append(SpeechClip(name, mel, times, exprs))
+        clips.append(SpeechClip(name, _identity_mel(name, wav), times, exprs))
     return clips, skipped
 
 
@@ -491,11 +496,7 @@ def split_expressions(model: SpeechModel, dataset, split: str) -> np.ndarray:
         times = table.time[frames].astype(np.float64)
         if not np.all(np.isfinite(times) & (times >= 0)):
             raise SpeechError(f"identity '{name}': frames of split '{split}' carry no 'time' in its audio.wav")
-        try:
-            mel = log_mel(load_speech(wav))
-        except (SpeechError, AudioError) as exc:
-            raise SpeechError(f"identity '{name}': {exc}") from None
-        out[frames] = _predict_times(model, mel, times)
+        out[frames] = _predict_times(model, _identity_mel(name, wav), times)
     return out
 
 

@@ -173,7 +173,7 @@ def test_lmd_is_the_lip_landmarks_shift_in_pixels(tmp_path, capfd):
             assert lmd(torch.from_numpy(np.roll(img, -s, axis=0)), img) == pytest.approx(s, abs=1.0)
         assert lmd(np.full_like(img, 0.5), img) is None
         marks = lmd.landmarks(img)
-        y0, y1, x0, x1 = lmd.mouth_box(marks, 128, 128)
+        y0, y1, x0, x1 = np.array(lmd.mouth_box(marks, 128, 128)) * 128
         lips = marks[lmd.lips]
         assert (lips[:, 0] >= x0).all() and (lips[:, 0] < x1).all() and (lips[:, 1] >= y0).all() and (lips[:, 1] < y1).all()
         assert (y1 - y0) * (x1 - x0) < 128 * 128 / 8  # the mouth, not the face

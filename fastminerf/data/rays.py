@@ -19,7 +19,8 @@ import torch
 from ..config import SamplerConfig
 from .dataset import MultiIdentityDataset
 
-__all__ = ["RayBatch", "RaySampler", "camera_project", "camera_rays", "frame_rays", "landmark_rays", "pixel_uv", "ray_aabb"]
+__all__ = ["RayBatch", "RaySampler", "box_pixels", "camera_project", "camera_rays", "frame_rays", "landmark_rays", "pixel_uv",
+           "ray_aabb"]
 
 TensorLike = Union[torch.Tensor, np.ndarray, list, tuple]
 
@@ -241,6 +242,18 @@ def _gather_rays(
     )
 
 
+def box_pixels(boxes: TensorLike, height: int, width: int) -> np.ndarray:
+    """Boxes ``[y0, y1, x0, x1]`` in fractions of the image (the layout's ``bbox``), ``(4,)`` or ``(B, 4)``, as whole
+    pixels: rows ``[y0, y1)``, columns ``[x0, x1)`` (int64, same shape), grown outwards to whole pixels, clipped to
+    the image and at least one pixel each way."""
+    box = np.asarray(boxes, dtype=np.float64)
+    y0 = np.clip(np.floor(box[..., 0] * height), 0, height - 1)
+    y1 = np.clip(np.ceil(box[..., 1] * height), y0 + 1, height)
+    x0 = np.clip(np.floor(box[..., 2] * width), 0, width - 1)
+    x1 = np.clip(np.ceil(box[..., 3] * width), x0 + 1, width)
+    return np.stack([y0, y1, x0, x1], axis=-1).astype(np.int64)
+
+
 def pixel_uv(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """(N, 2) int (column, row) -> (N, 2) float32 pixel centres in [0, 1]^2 (see :attr:`RayBatch.uv`)."""
     size = torch.tensor([float(width), float(height)])
@@ -412,14 +425,7 @@ class RaySampler:
             self._frame_p: Optional[np.ndarray] = weight[self.table.identity]
         else:
             self._frame_p = None
-        # Face boxes in whole pixels: rows [y0, y1), columns [x0, x1), at least one pixel each way.
-        h, w = self.table.height, self.table.width
-        box = self.table.bbox.astype(np.float64)
-        y0 = np.clip(np.floor(box[:, 0] * h), 0, h - 1).astype(np.int64)
-        y1 = np.clip(np.ceil(box[:, 1] * h), y0 + 1, h).astype(np.int64)
-        x0 = np.clip(np.floor(box[:, 2] * w), 0, w - 1).astype(np.int64)
-        x1 = np.clip(np.ceil(box[:, 3] * w), x0 + 1, w).astype(np.int64)
-        self._box_px = np.stack([y0, y1, x0, x1], axis=1)
+        self._box_px = box_pixels(self.table.bbox, self.table.height, self.table.width)
         self._has_mask = np.array([p is not None for p in self.table.mask_paths], dtype=bool)
         assert self._box_px.shape == (b, 4)
 
