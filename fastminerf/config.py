@@ -99,6 +99,13 @@ class SamplerConfig:
     error_resolution: int = 32
     """Cells per side of each identity's error map (over the whole image, whatever its size)."""
 
+    mouth_fraction: float = 0.0
+    """Share of each frame's face rays drawn inside a box around its lips instead (lips, teeth, mouth interior: where
+    a talking head changes most and its viewers look first), for frames with face landmarks (``landmarks.npz``,
+    written by ``prepare``): the box holds the projections of the 40 lip landmarks, grown by
+    :data:`fastminerf.data.rays.MOUTH_MARGIN` of its extent on each side. Frames without lip landmarks keep these
+    rays in the face box; the error rays and the uniform rays do not change. 0 turns it off."""
+
 
 @dataclass(frozen=True)
 class SynthConfig:

@@ -17,7 +17,7 @@ are present on this machine, and :func:`lpips` raises :class:`MetricUnavailable`
 LMD, the landmark distance of talking-head papers (Chen et al. 2018; AD-NeRF and ER-NeRF report it for lip
 sync): :class:`LandmarkDistance` finds the face in a render and in its ground truth with mediapipe's face mesh
 (each image on its own, the detector run on both) and returns the mean distance in pixels between their 40 lip
-landmarks (mediapipe's ``FACEMESH_LIPS``). It needs the mediapipe that ``prepare`` uses;
+landmarks (mediapipe's ``FACEMESH_LIPS``, :data:`fastminerf.data.layout.LIP_LANDMARKS`). It needs the mediapipe that ``prepare`` uses;
 :func:`landmark_status` says whether it is there.
 """
 
@@ -32,9 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data.layout import LIP_LANDMARKS
+from .data.rays import MOUTH_MARGIN, lip_box
+
 __all__ = [
     "LandmarkDistance",
-    "MOUTH_MARGIN",
     "MetricUnavailable",
     "SSIM_K1",
     "SSIM_K2",
@@ -250,11 +252,6 @@ def landmark_status() -> Tuple[bool, str]:
     return True, f"mediapipe {getattr(mp, '__version__', '?')} face mesh"
 
 
-MOUTH_MARGIN = 0.25
-"""The mouth box (``mouth_psnr`` of :func:`fastminerf.render.evaluate`) is the lips' extent grown by this share of it
-on each side."""
-
-
 class LandmarkDistance:
     """LMD: mean distance in pixels between the lip landmarks mediapipe finds in a render and in its ground truth.
 
@@ -269,11 +266,9 @@ class LandmarkDistance:
         ok, why = landmark_status()
         if not ok:
             raise MetricUnavailable(f"LMD unavailable: {why}")
-        from mediapipe.python.solutions.face_mesh_connections import FACEMESH_LIPS  # noqa: PLC0415
-
         from .prepare.tracking import FaceTracker  # noqa: PLC0415
 
-        self.lips = np.array(sorted({k for pair in FACEMESH_LIPS for k in pair}), dtype=np.int64)
+        self.lips = np.array(LIP_LANDMARKS, dtype=np.int64)
         """The lip landmarks' indices (40)."""
         self._tracker = FaceTracker(static=True)
 
@@ -294,12 +289,9 @@ class LandmarkDistance:
 
     def mouth_box(self, landmarks: np.ndarray, height: int, width: int, margin: float = MOUTH_MARGIN) -> Tuple[float, float, float, float]:
         """The lips of a :meth:`landmarks` result as a box ``[y0, y1, x0, x1]`` in fractions of the image (the
-        layout's ``bbox`` convention), grown by ``margin`` times their extent on each side so that the lips' outline
-        and the skin around them count."""
-        lo, hi = landmarks[self.lips].min(axis=0), landmarks[self.lips].max(axis=0)
-        grow = margin * (hi - lo)
-        (x0, y0), (x1, y1) = (lo - grow) / (width, height), (hi + grow) / (width, height)
-        return float(y0), float(y1), float(x0), float(x1)
+        layout's ``bbox`` convention; :func:`fastminerf.data.rays.lip_box`), grown by ``margin`` times their extent on
+        each side so that the lips' outline and the skin around them count."""
+        return tuple(float(v) for v in lip_box(landmarks[self.lips], height, width, margin))  # type: ignore[return-value]
 
     def __call__(self, pred: ImageLike, target: ImageLike) -> Optional[float]:
         """Mean lip-landmark distance in pixels between ``pred`` and ``target`` (``(H, W, 3)`` in [0, 1]), or None

@@ -1001,7 +1001,7 @@ def evaluate(
     identity counts alike, however long its video). Where frames have a face box (``bbox``), ``face_psnr`` is
     the PSNR inside it (the full frame's PSNR is mostly background and torso); where mediapipe is installed,
     ``mouth_psnr`` is the PSNR in a box around the real frame's lips (mediapipe's landmarks, grown by
-    :data:`fastminerf.metrics.MOUTH_MARGIN`: lips, teeth and mouth interior), and ``lmd`` the lip-landmark distance
+    :data:`fastminerf.data.rays.MOUTH_MARGIN`: lips, teeth and mouth interior), and ``lmd`` the lip-landmark distance
     in pixels (:class:`fastminerf.metrics.LandmarkDistance`), averaged over the frames where a face is found in
     both the render and the truth (``lmd_frames`` of them).
 

@@ -165,8 +165,11 @@ def test_lmd_is_the_lip_landmarks_shift_in_pixels(tmp_path, capfd):
 
     dirs = generate(tmp_path, n_identities=1, n_frames=2, size=128, novel_frames=1, val_fraction=0.0, seed=0)
     img = load_dataset(dirs, splits=("train",)).image("train", 0).astype(np.float32) / 255.0
+    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_LIPS
+
     with LandmarkDistance() as lmd:
         assert len(lmd.lips) == 40
+        assert set(lmd.lips.tolist()) == {k for pair in FACEMESH_LIPS for k in pair}  # the layout's LIP_LANDMARKS
         assert lmd(img, img) == 0.0
         for s in (4, 8):
             assert lmd(np.roll(img, s, axis=1), img) == pytest.approx(s, abs=1.0)

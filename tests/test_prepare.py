@@ -462,7 +462,17 @@ def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_pa
         videos.append(tmp_path / f"{d.name}.mp4")
     root = tmp_path / "data"
     assert all(v.status == "done" for v in prepare(videos[:2], root, PrepareConfig(size=64, expression_dim=6, min_frames=5)).videos)
-    train(load_config("tiny", ["train.steps=2"]), [root], tmp_path / "run")
+    # every prepared frame knows where its mouth is (the lip landmarks through its camera): inside its face box,
+    # a small part of it, where the `video` preset's mouth rays go
+    from fastminerf.data.rays import mouth_boxes
+
+    data = load_dataset(root, splits=("train",))
+    mouths, faces = mouth_boxes(data, "train"), data.table("train").bbox
+    assert not np.isnan(mouths).any()
+    assert (mouths[:, [0, 2]] >= faces[:, [0, 2]]).all() and (mouths[:, [1, 3]] <= faces[:, [1, 3]]).all()
+    area = lambda b: (b[:, 1] - b[:, 0]) * (b[:, 3] - b[:, 2])  # noqa: E731
+    assert (area(mouths) < area(faces) / 6).all() and (mouths[:, 0] > (faces[:, 0] + faces[:, 1]) / 2).all()  # lower half
+    train(load_config("tiny", ["train.steps=2", "sampler.mouth_fraction=0.5"]), [root], tmp_path / "run")
     assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--drive", str(videos[2]),
                  "--frames", "8", "--out", str(tmp_path / "drive.mp4")]) == 0
     out = " ".join(capsys.readouterr().out.split())

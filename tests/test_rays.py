@@ -340,3 +340,73 @@ def test_malformed_landmarks_name_the_file_and_key(tmp_path):
     path.write_bytes(b"not a zip")
     with pytest.raises(DatasetError, match=r"landmarks\.npz.*not a readable"):
         load_dataset(root).landmarks("train")
+
+
+# ------------------------------------------------------------------------------------------------ mouth rays
+
+
+def test_mouth_rays_go_to_the_lips_and_fall_back_to_the_face_box(tmp_path):
+    # Identity 'a' (4 frames, camera at (0.05 i, 0, 4) looking down -z, f = 30, centre (16, 12)) gets mediapipe's 478
+    # landmarks on frames 0-2, the lips spanning x in [-0.4, 0.4], y in [-0.4, -0.2] on the z = 0 plane: they project
+    # to u = 16 + 7.5 (x - 0.05 i), v = 12 - 7.5 y, a 6 x 1.5 px box grown by a quarter of its extent on each side.
+    # Frame 2 hides one lip point; frame 3 and identity 'b' have no landmarks.
+    from fastminerf.data.layout import LIP_LANDMARKS
+    from fastminerf.data.rays import MOUTH_MARGIN, mouth_boxes
+
+    root = tmp_path / "mouth"
+    _identity(root, "a", 4, seed=1, bbox=BOX)
+    _identity(root, "b", 12, seed=2, bbox=BOX, near_far=False)
+    points = np.zeros((3, 478, 3))
+    lips = np.asarray(LIP_LANDMARKS)
+    points[:, lips, 0] = np.linspace(-0.4, 0.4, lips.size)
+    points[:, lips, 1] = np.where(np.arange(lips.size) % 2 == 0, -0.4, -0.2)
+    visible = np.ones((3, 478), dtype=bool)
+    visible[2, lips[5]] = False
+    write_landmarks(root / "a", np.arange(3), points, visible)
+    data = load_dataset(root)
+    boxes = mouth_boxes(data, "train")
+    assert MOUTH_MARGIN == 0.25 and boxes.shape == (16, 4)
+    for i in range(2):
+        u0, u1 = 16 + 7.5 * (-0.4 - 0.05 * i), 16 + 7.5 * (0.4 - 0.05 * i)
+        expected = [(13.5 - 0.375) / H, (15.0 + 0.375) / H, (u0 - 1.5) / W, (u1 + 1.5) / W]
+        np.testing.assert_allclose(boxes[i], expected, atol=1e-9)
+    assert np.isnan(boxes[2:]).all()  # a hidden lip point, no landmarks
+
+    n = 6000
+    sampler = RaySampler(data, "train", batch_size=n, seed=0, face_fraction=0.8, frames_per_batch=None, mouth_fraction=0.5)
+    # whole pixels: rows [13.125, 15.375) -> 13..15, columns [11.5, 20.5) and [11.125, 20.125) -> 11..20
+    assert sampler.mouth_box_pixels(0) == (13, 16, 11, 21) and sampler.mouth_box_pixels(1) == (13, 16, 11, 21)
+    assert sampler.mouth_box_pixels(2) is None and sampler.mouth_box_pixels(5) is None
+    batch = sampler.sample()
+    col, row, frame = batch.pixel[:, 0], batch.pixel[:, 1], batch.frame
+    in_mouth = (row >= 13) & (row < 16) & (col >= 11) & (col < 21)  # below the face box (rows 6..11)
+    lipped = frame < 2
+    tol = 5 * math.sqrt(0.25 / lipped.sum().item())
+    marked = torch.from_numpy(sampler.last_mouth_rays)
+    assert bool(in_mouth[marked].all()) and not bool(marked[~lipped].any())
+    # Half the face rays (80 %) of frames with lips go to their mouth box, the uniform 20 % land there with p = 30 / 768 ...
+    assert abs(marked[lipped].float().mean().item() - 0.4) < tol
+    assert abs(in_mouth[lipped].float().mean().item() - (0.4 + 0.2 * 30 / (W * H))) < tol
+    assert abs(_in_box(batch.pixel)[lipped].float().mean().item() - (0.4 + 0.2 / 16)) < tol
+    # ... and the others keep all their face rays in the face box.
+    in_face = _in_box(batch.pixel)[~lipped].float().mean().item()
+    assert abs(in_face - (0.8 + 0.2 / 16)) < 5 * math.sqrt(0.25 / (~lipped).sum().item())
+    # Whole frames per batch: round(0.5 * 80) face rays of a frame with lips go to its mouth box; every other ray is
+    # the one a sampler without mouth rays draws (the same random numbers).
+    kw = dict(batch_size=1600, seed=1, face_fraction=0.8, frames_per_batch=16)
+    with_mouth = RaySampler(data, "train", mouth_fraction=0.5, **kw)
+    batch, plain = with_mouth.sample(), RaySampler(data, "train", **kw).sample()
+    marked = torch.from_numpy(with_mouth.last_mouth_rays)
+    assert torch.equal(batch.pixel[~marked], plain.pixel[~marked]) and torch.equal(batch.frame, plain.frame)
+    col, row, frame = batch.pixel[:, 0], batch.pixel[:, 1], batch.frame
+    in_mouth = (row >= 13) & (row < 16) & (col >= 11) & (col < 21)
+    for f in range(16):
+        mine = frame == f
+        assert mine.sum() == 100 and (marked & mine).sum() == (40 if f < 2 else 0)
+        assert (in_mouth & marked & mine).sum() == (marked & mine).sum()
+    with pytest.raises(ValueError, match="mouth_fraction"):
+        RaySampler(data, "train", mouth_fraction=-0.1)
+    # Without landmarks (or at 0) nothing changes: the same batches as a sampler that never heard of mouths.
+    plain = RaySampler(data, "train", batch_size=256, seed=3, frames_per_batch=None).sample()
+    off = RaySampler(data, "train", batch_size=256, seed=3, frames_per_batch=None, mouth_fraction=0.0).sample()
+    assert torch.equal(plain.pixel, off.pixel)

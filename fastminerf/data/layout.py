@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_AABB",
     "LANDMARKS_FILE",
+    "LIP_LANDMARKS",
     "DatasetError",
     "Landmarks",
     "SplitMeta",
@@ -48,6 +49,12 @@ AUDIO_FILE = "audio.wav"
 LANDMARKS_FILE = "landmarks.npz"
 """Optional per-identity file of 3D face landmarks in head space (written by ``prepare``; see
 :func:`read_landmarks`)."""
+
+LIP_LANDMARKS: Tuple[int, ...] = (
+    0, 13, 14, 17, 37, 39, 40, 61, 78, 80, 81, 82, 84, 87, 88, 91, 95, 146, 178, 181, 185, 191, 267, 269, 270, 291,
+    308, 310, 311, 312, 314, 317, 318, 321, 324, 375, 402, 405, 409, 415)
+"""Indices of the 40 lip points (outer and inner outline) among the 478 landmarks of mediapipe's face mesh, the
+points ``prepare`` writes to :data:`LANDMARKS_FILE` (the vertices of mediapipe's ``FACEMESH_LIPS``)."""
 
 LAST_ROW_TOL = 1e-4
 """How far the last row of ``transform_matrix`` may be from ``[0, 0, 0, 1]`` (JSON round-off of trackers);

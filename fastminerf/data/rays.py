@@ -18,9 +18,10 @@ import torch
 
 from ..config import SamplerConfig
 from .dataset import MultiIdentityDataset
+from .layout import LIP_LANDMARKS
 
-__all__ = ["RayBatch", "RaySampler", "box_pixels", "camera_project", "camera_rays", "frame_rays", "landmark_rays", "pixel_uv",
-           "ray_aabb"]
+__all__ = ["MOUTH_MARGIN", "RayBatch", "RaySampler", "box_pixels", "camera_project", "camera_rays", "frame_rays",
+           "landmark_rays", "lip_box", "mouth_boxes", "pixel_uv", "ray_aabb"]
 
 TensorLike = Union[torch.Tensor, np.ndarray, list, tuple]
 
@@ -254,6 +255,39 @@ def box_pixels(boxes: TensorLike, height: int, width: int) -> np.ndarray:
     return np.stack([y0, y1, x0, x1], axis=-1).astype(np.int64)
 
 
+MOUTH_MARGIN = 0.25
+"""A mouth box is the lips' extent grown by this share of it on each side, so that the lips' outline and the skin
+around them count (:func:`lip_box`; eval's ``mouth_psnr`` and the sampler's ``mouth_fraction``)."""
+
+
+def lip_box(lips: TensorLike, height: int, width: int, margin: float = MOUTH_MARGIN) -> np.ndarray:
+    """The box around lip points ``(..., K, 2)`` in pixels (x, y), as ``[y0, y1, x0, x1]`` in fractions of the image
+    (the layout's ``bbox`` convention; ``(..., 4)`` float64), grown by ``margin`` times the lips' extent on each
+    side."""
+    pts = np.asarray(lips, dtype=np.float64)
+    lo, hi = pts.min(axis=-2), pts.max(axis=-2)
+    grow = margin * (hi - lo)
+    size = np.array([width, height], dtype=np.float64)
+    a, b = (lo - grow) / size, (hi + grow) / size
+    return np.stack([a[..., 1], b[..., 1], a[..., 0], b[..., 0]], axis=-1)
+
+
+def mouth_boxes(dataset: MultiIdentityDataset, split: str, margin: float = MOUTH_MARGIN) -> Optional[np.ndarray]:
+    """Each frame's mouth box from its lip landmarks (``landmarks.npz``, projected through the frame's camera) as
+    ``(F, 4)`` ``[y0, y1, x0, x1]`` fractions of the image (:func:`lip_box`), NaN rows for frames whose lips are not
+    all visible; None when the split has no landmarks or they are not mediapipe's 478."""
+    lms = dataset.landmarks(split)
+    if lms is None or lms.points.shape[1] <= max(LIP_LANDMARKS):
+        return None
+    table = dataset.table(split)
+    lips = np.asarray(LIP_LANDMARKS, dtype=np.int64)
+    uv, _ = camera_project(torch.from_numpy(lms.points[:, lips]).double(), torch.from_numpy(table.c2w).double(),
+                           torch.from_numpy(table.intrinsics).double())
+    boxes = lip_box(uv.numpy(), table.height, table.width, margin)
+    boxes[~lms.visible[:, lips].all(axis=1)] = np.nan
+    return boxes
+
+
 def pixel_uv(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """(N, 2) int (column, row) -> (N, 2) float32 pixel centres in [0, 1]^2 (see :attr:`RayBatch.uv`)."""
     size = torch.tensor([float(width), float(height)])
@@ -369,6 +403,11 @@ class RaySampler:
     :data:`ERROR_FLOOR` times the mean so none is starved), then a uniform pixel in it. ``face_fraction`` applies
     to the rest of the frame's rays. :attr:`last_error_rays` marks the rays of the last batch drawn this way.
 
+    Mouth rays (``mouth_fraction > 0``): ``round(mouth_fraction * face_rays)`` of a frame's face rays are drawn
+    uniformly in a box around its lips instead (:func:`mouth_boxes`: the lip landmarks of ``landmarks.npz`` through
+    the frame's camera); a frame without all its lip landmarks keeps them in its face box. The uniform rays are left
+    as they were. :attr:`last_mouth_rays` marks them.
+
     The sampler owns a NumPy generator seeded with ``seed``: two samplers with the same arguments produce
     the same batches; :meth:`state_dict` / :meth:`load_state_dict` resume the sequence. The keywords after
     ``split`` are the fields of :class:`fastminerf.config.SamplerConfig` (same meaning, same defaults).
@@ -389,6 +428,7 @@ class RaySampler:
         balance_identities: bool = _SAMPLER.balance_identities,
         error_fraction: float = _SAMPLER.error_fraction,
         error_resolution: int = _SAMPLER.error_resolution,
+        mouth_fraction: float = _SAMPLER.mouth_fraction,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -396,6 +436,8 @@ class RaySampler:
             raise ValueError(f"face_fraction must be in [0, 1], got {face_fraction}")
         if not 0.0 <= error_fraction <= 1.0:
             raise ValueError(f"error_fraction must be in [0, 1], got {error_fraction}")
+        if not 0.0 <= mouth_fraction <= 1.0:
+            raise ValueError(f"mouth_fraction must be in [0, 1], got {mouth_fraction}")
         if error_resolution < 1:
             raise ValueError(f"error_resolution must be >= 1, got {error_resolution}")
         if frames_per_batch is not None and frames_per_batch < 1:
@@ -410,11 +452,14 @@ class RaySampler:
         self.balance_identities = bool(balance_identities)
         self.error_fraction = float(error_fraction)
         self.error_resolution = int(error_resolution)
+        self.mouth_fraction = float(mouth_fraction)
         r = self.error_resolution
         self.error_map = np.full((len(dataset.identities), r, r), np.nan)
         """(I, R, R) float64 moving average of each identity's squared error per image cell; NaN: not seen yet."""
         self.last_error_rays = np.zeros(0, dtype=bool)
         """(N,) bool: the rays of the last batch drawn from the error map."""
+        self.last_mouth_rays = np.zeros(0, dtype=bool)
+        """(N,) bool: the rays of the last batch drawn in their frame's mouth box."""
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         b = len(self.table)
         if self.balance_identities:
@@ -428,10 +473,22 @@ class RaySampler:
         self._box_px = box_pixels(self.table.bbox, self.table.height, self.table.width)
         self._has_mask = np.array([p is not None for p in self.table.mask_paths], dtype=bool)
         assert self._box_px.shape == (b, 4)
+        mouths = mouth_boxes(dataset, split) if self.mouth_fraction > 0 else None
+        self._has_mouth = np.zeros(b, dtype=bool) if mouths is None else ~np.isnan(mouths).any(axis=1)
+        self._mouth_px = np.zeros((b, 4), dtype=np.int64)
+        if self._has_mouth.any():
+            self._mouth_px[self._has_mouth] = box_pixels(mouths[self._has_mouth], self.table.height, self.table.width)
 
     def face_box_pixels(self, frame: int) -> Tuple[int, int, int, int]:
         """The pixel rectangle ``(row0, row1, col0, col1)`` (end-exclusive) that face rays of ``frame`` use."""
         return tuple(int(v) for v in self._box_px[frame])  # type: ignore[return-value]
+
+    def mouth_box_pixels(self, frame: int) -> Optional[Tuple[int, int, int, int]]:
+        """The pixel rectangle that mouth rays of ``frame`` use, or None when they are face rays (no lip landmarks,
+        or ``mouth_fraction`` is 0)."""
+        if not self._has_mouth[frame]:
+            return None
+        return tuple(int(v) for v in self._mouth_px[frame])  # type: ignore[return-value]
 
     def state_dict(self) -> Dict[str, object]:
         """The generator state and the error maps, to resume the same sequence of batches."""
@@ -510,12 +567,21 @@ class RaySampler:
             if self.error_fraction > 0:
                 error_rays = rng.random(n) < self.error_fraction
             face = (rng.random(n) < self.face_fraction) & ~error_rays
+            mouth = np.zeros(n, dtype=bool)
+            if self.mouth_fraction > 0:
+                mouth = (rng.random(n) < self.mouth_fraction) & face
         else:
             n_error = np.rint(self.error_fraction * per_slot).astype(np.int64)
             n_face = np.rint(self.face_fraction * (per_slot - n_error)).astype(np.int64)
+            n_mouth = np.rint(self.mouth_fraction * n_face).astype(np.int64)
             first = n_error[slot_of_ray]
             error_rays = rank < first
             face = (rank >= first) & (rank < first + n_face[slot_of_ray])
+            mouth = face & (rank < first + n_mouth[slot_of_ray])
+        # Mouth rays are face rays drawn in the lip box; in a frame without lip landmarks they stay face rays.
+        mouth &= self._has_mouth[frames]
+        face &= ~mouth
+        self.last_mouth_rays = mouth
         h, w = self.table.height, self.table.width
         u = rng.random((n, 2))
         rows = np.minimum((u[:, 0] * h).astype(np.int64), h - 1)
@@ -526,13 +592,14 @@ class RaySampler:
             rows[error_rays] = np.minimum(((cell_row + u[error_rays, 0]) * h / r).astype(np.int64), h - 1)
             cols[error_rays] = np.minimum(((cell_col + u[error_rays, 1]) * w / r).astype(np.int64), w - 1)
         self.last_error_rays = error_rays
-        # Face rays inside the box reuse the same uniforms, scaled to the box.
+        # Mouth rays and face rays inside the box reuse the same uniforms, scaled to their box.
         has_box = self.table.has_bbox[frames]
         in_box = face & has_box
-        if in_box.any():
-            box = self._box_px[frames[in_box]]
-            rows[in_box] = np.minimum(box[:, 0] + (u[in_box, 0] * (box[:, 1] - box[:, 0])).astype(np.int64), box[:, 1] - 1)
-            cols[in_box] = np.minimum(box[:, 2] + (u[in_box, 1] * (box[:, 3] - box[:, 2])).astype(np.int64), box[:, 3] - 1)
+        for sel, boxes in ((mouth, self._mouth_px), (in_box, self._box_px)):
+            if sel.any():
+                box = boxes[frames[sel]]
+                rows[sel] = np.minimum(box[:, 0] + (u[sel, 0] * (box[:, 1] - box[:, 0])).astype(np.int64), box[:, 1] - 1)
+                cols[sel] = np.minimum(box[:, 2] + (u[sel, 1] * (box[:, 3] - box[:, 2])).astype(np.int64), box[:, 3] - 1)
         in_mask = face & ~has_box & self._has_mask[frames]
         if in_mask.any():
             for f in np.unique(frames[in_mask]).tolist():
