@@ -356,9 +356,31 @@ def speech_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def render_speed_table(result: dict) -> str:
+    st = result["settings"]
+    lines = [
+        f"The real-clip model of the table above ({st['trained_steps']} steps) rendering {st['frames']} test frames "
+        f"({st['frames_per_identity']} a clip) at {st['size'][0]}x{st['size'][1]} px, every setting on the same frames in "
+        f"one run, best of {st['repeats']} renders a frame (`python benchmarks/render_speed.py`). `preset`: the run's own "
+        f"settings ({st['eval_render_steps']} marching steps across the box); `staged`: `model.prune_stages` [8, 32]; "
+        "`128 steps`: `model.eval_render_steps` 128 (training's lattice). Speed-up and PSNR change against `preset` at "
+        "the same thread count:",
+        "",
+        "| setting | threads | s a frame | frames/s | rays/s | samples a ray (marched) | PSNR (dB) | speed-up | PSNR change (dB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['variant']} | {r['threads']} | {r['seconds_per_frame']:.2f} | {r['frames_per_second']:.2f} | "
+                     f"{r['rays_per_second'] / 1e3:.0f}k | {r['samples_per_ray']:.1f} | {r['psnr']:.2f} | "
+                     f"{r['speedup']:.2f}x | {r['psnr_delta']:+.2f} |")
+    lines += ["", _machine_line(result)]
+    return "\n".join(lines)
+
+
 TABLES = {"kernels": kernels_table, "train_targets": train_targets_table, "prepare": prepare_table,
           "real_clips": real_clips_table, "identities": identities_table, "backbone": backbone_table,
-          "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table, "speech": speech_table}
+          "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table, "speech": speech_table,
+          "render_speed": render_speed_table}
 
 
 def main() -> int:

@@ -115,3 +115,29 @@ def test_real_clips_rotation_gap_is_the_angle_to_the_nearest_reference():
     reference = np.stack([yaw(0.0), yaw(10.0), yaw(-20.0)])
     gaps = rotation_gap_deg(np.stack([yaw(3.0), yaw(12.5), yaw(-35.0), yaw(10.0)]), reference)
     np.testing.assert_allclose(gaps, [3.0, 2.5, 15.0, 0.0], atol=1e-5)
+
+
+def test_render_speed_times_every_setting_on_the_same_frames(tmp_path):
+    """benchmarks/render_speed.py on a tiny trained model: one row per setting, staged pruning renders the same image
+    (it keeps the same samples), and the 128-step lattice takes samples in proportion to its steps."""
+    from benchmarks.render_speed import VARIANTS
+    from benchmarks.render_speed import main as speed_main
+    from fastminerf.config import load_config
+    from fastminerf.data.synth import generate
+    from fastminerf.train import train
+
+    work = tmp_path / "w"
+    dirs = generate(work / "data", n_identities=2, n_frames=6, size=16, seed=0, novel_frames=1)
+    train(load_config("tiny", ["train.steps=30"]), dirs, work / "run")
+    assert speed_main(["--work", str(work), "--split", "val", "--frames", "1", "--threads", "1", "--repeats", "1",
+                       "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "render_speed.json").read_text())
+    rows = {row["variant"]: row for row in r["rows"]}
+    assert list(rows) == list(VARIANTS) and r["settings"]["frames"] == 2 and r["settings"]["size"] == [16, 16]
+    steps = r["settings"]["eval_render_steps"] or r["settings"]["render_steps"]
+    assert rows["preset"]["speedup"] == 1.0 and rows["preset"]["psnr_delta"] == 0.0
+    assert abs(rows["staged"]["psnr_delta"]) < 1e-3
+    ratio = rows["128 steps"]["samples_per_ray"] / rows["preset"]["samples_per_ray"]
+    assert abs(ratio / (128 / steps) - 1.0) < 0.3, (ratio, steps)
+    for row in r["rows"]:
+        assert row["seconds_per_frame"] > 0 and abs(row["rays_per_second"] * row["seconds_per_frame"] - 256) < 1e-6

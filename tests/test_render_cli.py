@@ -62,6 +62,28 @@ def test_cli_eval_writes_metrics_and_images(tiny, tmp_path, capsys):
     assert len(list((tmp_path / "ev" / "side_by_side" / "id001").glob("*.png"))) == 2
 
 
+def test_render_steps_set_the_marching_step_of_eval_and_render(tiny, tmp_path):
+    from fastminerf.render import RenderError, set_render_steps
+
+    root, dirs = tiny
+    _, model, _ = load_run(root / "run")
+    data = load_dataset(dirs[:1], splits=("val",))
+    default = evaluate(model, data, "val")["mean"]["psnr"]
+    set_render_steps(model, 16)
+    assert model.render_step_size == pytest.approx(model.diagonal / 16)
+    coarse = evaluate(model, data, "val")["mean"]["psnr"]
+    assert coarse != default  # a quarter of the tiny preset's 64 steps: other samples, another image
+    assert main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), "--split", "val", "--render-steps", "16",
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["mean"]["psnr"] == pytest.approx(coarse, abs=1e-6)
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--orbit", "--frames", "2",
+                 "--render-steps", "16", "--out", str(tmp_path / "o.mp4")]) == 0
+    with pytest.raises(RenderError, match=">= 1"):
+        set_render_steps(model, 0)
+    with pytest.raises(RenderError, match="does not march rays"):
+        set_render_steps(object(), 8)
+
+
 def _read_video(path):
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = next(reader)
