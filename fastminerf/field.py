@@ -331,11 +331,21 @@ class MINeRFField(nn.Module):
         """points (S, 3) in [0, 1]^3, cond (N, C+Cf), unit directions (N, 3) and identity ids (N,) per conditioning
         row (the rays), ray_indices (S,) (None: one row per point) -> density (S,), rgb (S, 3) in [0, 1]."""
         sigma, geo, points = self._density(points, cond, ray_indices, identity)
+        return sigma, self.colour(geo, points, directions, cond, ray_indices, identity)
+
+    def density_features(self, points: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor] = None,
+                         identity: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The density pass of :meth:`forward` alone: density (S,), the density head's other outputs (S, F) and the
+        points the grids read (S, 3); :meth:`colour` takes the last two (rows may be selected in between)."""
+        return self._density(points, cond, ray_indices, identity)
+
+    def colour(self, geo: torch.Tensor, points: torch.Tensor, directions: torch.Tensor, cond: torch.Tensor,
+               ray_indices: Optional[torch.Tensor] = None, identity: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The colour pass of :meth:`forward` from :meth:`density_features`' outputs: rgb (S, 3) in [0, 1]."""
         if self.colour_encoding is not None:  # per-person texture for the colour head only
             if self.flow_dim:
                 geo, flow = geo.split([self.cfg.geo_feature_dim, self.flow_dim], dim=-1)
                 points = (points + self.cfg.texture_flow * torch.tanh(flow)).clamp(0.0, 1.0)
             geo = torch.cat([geo, self.colour_encoding(points, self._salt(identity, ray_indices))], -1)
         view = torch.cat([cond, spherical_harmonics(directions, self.cfg.sh_degree)], dim=-1)  # (N, C+Cf+SH)
-        rgb = torch.sigmoid(self.color_head(geo, view, ray_indices))
-        return sigma, rgb
+        return torch.sigmoid(self.color_head(geo, view, ray_indices))

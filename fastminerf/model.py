@@ -22,7 +22,7 @@ B training frames.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -290,15 +290,29 @@ class MINeRF(nn.Module):
             out = dict(rgb=background.clone(), opacity=zero, depth=zero.clone(), samples=samples.counts)
             return dict(out, distortion=zero.clone()) if distortion else out
         x = self.normalize_points(points)
+        # Without gradients (rendering) the density pass of the pruning below is the density pass of the field: its
+        # outputs are kept and only the colour pass runs on the samples that stay.
+        reuse = not torch.is_grad_enabled() and cfg.prune_samples and hasattr(self.field, "density_features")
+        feats: Optional[Tuple[torch.Tensor, ...]] = None  # (sigma, geometry features, grid points) of every sample
         if cfg.prune_samples:
             # nerfacc's two-pass trick: densities without gradients first, then drop the samples behind early
             # termination (they would get weight 0 anyway) before the full pass. The first pass itself goes front to
             # back in stages, so a ray that turns opaque early is not evaluated behind its surface.
             with torch.no_grad():
                 def density(idx: Optional[torch.Tensor]) -> torch.Tensor:
-                    if idx is None:  # one pass over every sample: no gather
-                        return self.field.density(x, cond, ray, identity)
-                    return self.field.density(x.index_select(0, idx), cond, ray.index_select(0, idx), identity)
+                    nonlocal feats
+                    xs, rs = (x, ray) if idx is None else (x.index_select(0, idx), ray.index_select(0, idx))
+                    if not reuse:
+                        return self.field.density(xs, cond, rs, identity)
+                    got = self.field.density_features(xs, cond, rs, identity)
+                    if idx is None:
+                        feats = got
+                    else:  # a stage: into buffers over all samples (those never evaluated are never kept)
+                        if feats is None:
+                            feats = tuple(t.new_zeros((x.shape[0],) + t.shape[1:]) for t in got)
+                        for buf, t in zip(feats, got):
+                            buf.index_copy_(0, idx, t)
+                    return got[0]
 
                 keep = _keep_before_termination(density, samples, cfg.transmittance_threshold, cfg.prune_stages)
             if not bool(keep.all()):
@@ -306,7 +320,12 @@ class MINeRF(nn.Module):
                 ray, x = ray.index_select(0, idx), x.index_select(0, idx)
                 samples = RaySamples(ray, samples.t_starts.index_select(0, idx), samples.t_ends.index_select(0, idx),
                                      _offsets(ray, n))
-        sigma, rgb = self.field(x, directions, cond, ray, identity)
+                if feats is not None:
+                    feats = tuple(t.index_select(0, idx) for t in feats)
+        if feats is not None:
+            sigma, rgb = feats[0], self.field.colour(feats[1], feats[2], directions, cond, ray, identity)
+        else:
+            sigma, rgb = self.field(x, directions, cond, ray, identity)
         out = composite(sigma, rgb, samples.t_starts, samples.t_ends, samples.offsets,
                         cfg.transmittance_threshold, backend=self._composite_backend(origins.device))
         color = out.color + (1.0 - out.opacity)[:, None] * background

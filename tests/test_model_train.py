@@ -148,22 +148,31 @@ def test_staged_pruning_keeps_the_same_samples_and_pixels(tiny_data, trained):
     data = load_dataset(_two(tiny_data))
     batch = frame_rays(data, "train", 2)
     counted = []
-    density = model.field.density
-    model.field.density = lambda x, *a, **k: counted.append(x.shape[0]) or density(x, *a, **k)
+    density = model.field._density  # every density evaluation goes through it
+    model.field._density = lambda x, *a, **k: counted.append(x.shape[0]) or density(x, *a, **k)
     outs = {}
     try:
-        for name, stages in (("one pass", ()), ("staged", (2, 6)), ("off", None)):
+        for name, stages, grad in (("one pass", (), False), ("staged", (2, 6), False), ("off", None, False),
+                                   ("one pass, gradients", (), True)):
             counted.clear()
             model.cfg = replace(result.model.cfg, prune_stages=stages or (), prune_samples=stages is not None)
-            with torch.no_grad():
-                outs[name] = (model.render_batch(batch, frame_code=batch.frame), sum(counted))
+            with torch.set_grad_enabled(grad):
+                out = model.render_batch(batch, frame_code=batch.frame)
+            outs[name] = ({k: v.detach() for k, v in out.items()}, sum(counted))
     finally:
-        model.field.density = density
+        model.field._density = density
         model.cfg = load_config("tiny").model
-    (one, n_one), (staged, n_staged), (off, _) = outs["one pass"], outs["staged"], outs["off"]
+    (one, n_one), (staged, n_staged), (off, n_off) = outs["one pass"], outs["staged"], outs["off"]
+    grad, n_grad = outs["one pass, gradients"]
     torch.testing.assert_close(staged["rgb"], one["rgb"], atol=CHUNK_RENDER_TOL, rtol=0)
     torch.testing.assert_close(off["rgb"], one["rgb"], atol=CHUNK_RENDER_TOL, rtol=0)
-    assert n_staged <= n_one
+    torch.testing.assert_close(grad["rgb"], one["rgb"], atol=CHUNK_RENDER_TOL, rtol=0)
+    marched = int(one["samples"].sum())
+    # Rendering without gradients evaluates each marched sample's density once: the pruning pass is the field's
+    # density pass. With gradients (training) the kept samples are evaluated again, differentiably; without pruning
+    # every sample once.
+    assert n_one == marched == n_off and n_staged <= n_one
+    assert marched < n_grad <= 2 * marched
 
 
 # ----------------------------------------------------------------------------------------------- training
