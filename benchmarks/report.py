@@ -351,7 +351,9 @@ def speech_table(result: dict) -> str:
             m = ev[w]["mean"]
             mouth = f"{m['mouth_psnr']:.2f}" if "mouth_psnr" in m else "-"
             lines.append(f"| {what[w]} | {m['psnr']:.2f} | {m['face_psnr']:.2f} | {mouth} | {m['lmd']:.2f} |")
-        lines += ["", f"Speech beats still lips on {wins_psnr} of {len(names)} clips in PSNR and {wins_lmd} of {len(names)} in LMD."]
+        lines += ["", f"Speech beats still lips on {wins_psnr} of {len(names)} clips in PSNR and {wins_lmd} of {len(names)} in LMD "
+                  f"(this table: commit {ev['machine']['git_commit']}, {ev['machine']['torch_threads']} torch thread(s); the "
+                  "model of *Training on real clips* and a speech model learned from its data)."]
     lines += ["", _machine_line(result)]
     return "\n".join(lines)
 
