@@ -234,7 +234,11 @@ def _run_prepare(args: argparse.Namespace) -> int:
     for v in result.failed:
         _console(stderr=True).print(f"[bold red]failed[/bold red] {v.name}: {v.error}", highlight=False)
     if any(v.splits for v in result.videos):
-        console.print(f"next: fastminerf train --data {result.root} --out RUN --config video", highlight=False)
+        if result.basis_reused:  # in a generic model's expression space: new people to add to it
+            console.print(f"next: fastminerf personalize --run GENERIC_RUN --data {result.root} --out RUN (or train)",
+                          highlight=False)
+        else:
+            console.print(f"next: fastminerf train --data {result.root} --out RUN --config video", highlight=False)
     return 2 if result.failed else 0
 
 

@@ -473,6 +473,11 @@ def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_pa
     area = lambda b: (b[:, 1] - b[:, 0]) * (b[:, 3] - b[:, 2])  # noqa: E731
     assert (area(mouths) < area(faces) / 6).all() and (mouths[:, 0] > (faces[:, 0] + faces[:, 1]) / 2).all()  # lower half
     train(load_config("tiny", ["train.steps=2", "sampler.mouth_fraction=0.5"]), [root], tmp_path / "run")
+    # a new person prepared in the model's expression space is pointed at personalize
+    assert main(["prepare", str(videos[2]), "--out", str(tmp_path / "new"), "--size", "64", "--min-frames", "5",
+                 "--basis", str(root / "expression_basis.npz")]) == 0
+    hint = " ".join(capsys.readouterr().out.split())
+    assert "reused" in hint and "next: fastminerf personalize --run GENERIC_RUN" in hint
     assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--drive", str(videos[2]),
                  "--frames", "8", "--out", str(tmp_path / "drive.mp4")]) == 0
     out = " ".join(capsys.readouterr().out.split())
