@@ -495,12 +495,13 @@ def _metrics_table(result: dict, title: str):
     table = Table(title=title)
     table.add_column("identity")
     table.add_column("frames", justify="right")
-    fmt = {"psnr": "{:.2f}", "ssim": "{:.4f}", "l1": "{:.4f}", "lpips": "{:.4f}", "face_psnr": "{:.2f}", "mouth_psnr": "{:.2f}",
-           "lmd": "{:.2f}",
-           "landmark_depth": "{:.3f}"}
-    heading = {"psnr": "PSNR (dB)", "face_psnr": "FACE PSNR", "mouth_psnr": "MOUTH PSNR", "lmd": "LMD (px)", "landmark_depth": "LANDMARK DEPTH"}
+    fmt = {"psnr": "{:.2f}", "ssim": "{:.4f}", "l1": "{:.4f}", "lpips": "{:.4f}", "face_psnr": "{:.2f}",
+           "mouth_psnr": "{:.2f}", "lmd": "{:.2f}", "landmark_depth": "{:.3f}"}
+    heading = {"psnr": "PSNR (dB)", "face_psnr": "FACE PSNR", "mouth_psnr": "MOUTH PSNR", "lmd": "LMD (px)",
+               "landmark_depth": "LANDMARK DEPTH"}
     for m in names:
         table.add_column(heading.get(m, m.upper()), justify="right")
+
     def cell(m: str, v: float) -> str:  # a metric without a value there (e.g. no face found for LMD): "-"
         return fmt[m].format(v) if v == v else "-"
 

@@ -292,7 +292,7 @@ class MINeRF(nn.Module):
         x = self.normalize_points(points)
         # Without gradients (rendering) the density pass of the pruning below is the density pass of the field: its
         # outputs are kept and only the colour pass runs on the samples that stay.
-        reuse = not torch.is_grad_enabled() and cfg.prune_samples and hasattr(self.field, "density_features")
+        reuse = not torch.is_grad_enabled()
         feats: Optional[Tuple[torch.Tensor, ...]] = None  # (sigma, geometry features, grid points) of every sample
         if cfg.prune_samples:
             # nerfacc's two-pass trick: densities without gradients first, then drop the samples behind early
@@ -302,12 +302,10 @@ class MINeRF(nn.Module):
                 def density(idx: Optional[torch.Tensor]) -> torch.Tensor:
                     nonlocal feats
                     xs, rs = (x, ray) if idx is None else (x.index_select(0, idx), ray.index_select(0, idx))
-                    if not reuse:
-                        return self.field.density(xs, cond, rs, identity)
                     got = self.field.density_features(xs, cond, rs, identity)
-                    if idx is None:
+                    if reuse and idx is None:
                         feats = got
-                    else:  # a stage: into buffers over all samples (those never evaluated are never kept)
+                    elif reuse:  # a stage: into buffers over all samples (those never evaluated are never kept)
                         if feats is None:
                             feats = tuple(t.new_zeros((x.shape[0],) + t.shape[1:]) for t in got)
                         for buf, t in zip(feats, got):
