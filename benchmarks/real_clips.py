@@ -165,7 +165,7 @@ def main() -> int:
         print(f"  {name:42s} psnr {m['psnr']:.2f} dB  ssim {m['ssim']:.3f}   (background only {base[name]['bg_psnr']:.2f} dB, "
               f"mean colour {base[name]['mean_colour_psnr']:.2f} dB; head pose {base[name]['pose_gap_deg']:.1f} deg from "
               "the nearest training pose)")
-    extra = {k: metrics["mean"][k] for k in ("face_psnr", "mouth_psnr", "lmd") if k in metrics["mean"]}
+    extra = {k: metrics["mean"][k] for k in ("face_psnr", "mouth_psnr", "eye_psnr", "lmd", "ear_error") if k in metrics["mean"]}
     print(f"  mean psnr {metrics['mean']['psnr']:.2f} dB  ssim {metrics['mean']['ssim']:.3f}"
           + "".join(f"  {k} {v:.2f}" for k, v in extra.items()))
 
@@ -208,7 +208,7 @@ def main() -> int:
         "training": {"steps": result.step, "seconds": result.seconds, "train_psnr": result.psnr,
                      "resumed_from": result.resumed_from},
         "test": {name: {"psnr": m["psnr"], "ssim": m["ssim"], "frames": m["frames"],
-                        **{k: m[k] for k in ("face_psnr", "mouth_psnr", "lmd", "lmd_frames") if k in m}, **base[name]}
+                        **{k: m[k] for k in ("face_psnr", "mouth_psnr", "eye_psnr", "lmd", "ear_error", "lmd_frames") if k in m}, **base[name]}
                  for name, m in metrics["identities"].items()},
         "mean": {"psnr": metrics["mean"]["psnr"], "ssim": metrics["mean"]["ssim"], **extra,
                  "bg_psnr": float(np.mean([b["bg_psnr"] for b in base.values()])),

@@ -133,16 +133,22 @@ def real_clips_table(result: dict) -> str:
     gaps = all("pose_gap_deg" in m for m in result["test"].values())  # results before the column have none
     # the lip-sync view (results since eval measured it): PSNR in a box around the real frame's lips, and LMD
     lips = all("mouth_psnr" in m and "lmd" in m for m in result["test"].values())
+    # and the eyes (since eval measured them): PSNR in the boxes around the real frame's eyes, and the eye aspect ratios'
+    # difference (blinks)
+    eyes = all("eye_psnr" in m and "ear_error" in m for m in result["test"].values())
 
     def row(label: str, m: dict, bold: bool = False) -> str:
         b = "**" if bold else ""
         return (f"| {label} | {b}{m['psnr']:.2f}{b} | {b}{m['ssim']:.3f}{b} |"
                 + (f" {m['mouth_psnr']:.2f} | {m['lmd']:.2f} |" if lips else "")
+                + (f" {m['eye_psnr']:.2f} | {m['ear_error']:.3f} |" if eyes else "")
                 + f" {m['bg_psnr']:.2f} | {m['mean_colour_psnr']:.2f} |" + (f" {m['pose_gap_deg']:.1f} |" if gaps else ""))
 
     lines += ["| clip | PSNR (dB) | SSIM |" + (" mouth-box PSNR (dB) | LMD (px) |" if lips else "")
+              + (" eye-box PSNR (dB) | EAR error |" if eyes else "")
               + " bg.png alone (dB) | mean colour (dB) |" + (" head pose gap (deg) |" if gaps else ""),
-              "| --- | ---: | ---: |" + (" ---: | ---: |" if lips else "") + " ---: | ---: |" + (" ---: |" if gaps else "")]
+              "| --- | ---: | ---: |" + (" ---: | ---: |" if lips else "") + (" ---: | ---: |" if eyes else "")
+              + " ---: | ---: |" + (" ---: |" if gaps else "")]
     lines += [row(name, m) for name, m in result["test"].items()]
     mn = result["mean"]
     lines.append(row("**mean**", mn, bold=True))

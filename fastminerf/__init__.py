@@ -101,7 +101,7 @@ __all__ = [
 
 # Rendering, evaluation and the demo (issue 4).
 from .demo import DemoResult, run_demo
-from .metrics import LandmarkDistance, MetricUnavailable, l1, landmark_status, lpips, lpips_status, psnr, ssim
+from .metrics import LandmarkDistance, MetricUnavailable, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status, psnr, ssim
 from .render import (
     CameraPath,
     RenderError,
@@ -132,6 +132,7 @@ __all__ += [
     "drive_path",
     "driver_from_video",
     "evaluate",
+    "eye_aspect_ratio",
     "expression_transfer",
     "l1",
     "landmark_status",

@@ -496,9 +496,9 @@ def _metrics_table(result: dict, title: str):
     table.add_column("identity")
     table.add_column("frames", justify="right")
     fmt = {"psnr": "{:.2f}", "ssim": "{:.4f}", "l1": "{:.4f}", "lpips": "{:.4f}", "face_psnr": "{:.2f}",
-           "mouth_psnr": "{:.2f}", "lmd": "{:.2f}", "landmark_depth": "{:.3f}"}
-    heading = {"psnr": "PSNR (dB)", "face_psnr": "FACE PSNR", "mouth_psnr": "MOUTH PSNR", "lmd": "LMD (px)",
-               "landmark_depth": "LANDMARK DEPTH"}
+           "mouth_psnr": "{:.2f}", "eye_psnr": "{:.2f}", "lmd": "{:.2f}", "ear_error": "{:.3f}", "landmark_depth": "{:.3f}"}
+    heading = {"psnr": "PSNR (dB)", "face_psnr": "FACE PSNR", "mouth_psnr": "MOUTH PSNR", "eye_psnr": "EYE PSNR",
+               "lmd": "LMD (px)", "ear_error": "EAR ERROR", "landmark_depth": "LANDMARK DEPTH"}
     for m in names:
         table.add_column(heading.get(m, m.upper()), justify="right")
 
@@ -519,9 +519,10 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
         "table and, with --out, write DIR/metrics.json and DIR/side_by_side/<identity>/*.png (prediction | truth | "
         "error). LPIPS is added only when the lpips package and its weights are already installed. FACE PSNR is the PSNR "
         "inside each frame's face box (bbox); MOUTH PSNR inside a box around the real frame's lips (lips, teeth, mouth "
-        "interior). LMD (lip sync, as talking-head papers report it) is the mean distance in "
-        "pixels between the 40 lip landmarks mediapipe finds in the render and in the truth, where mediapipe is "
-        "installed (make install). Where the data "
+        "interior); EYE PSNR inside the boxes around its eyes. LMD (lip sync, as talking-head papers report it) is the "
+        "mean distance in pixels between the 40 lip landmarks mediapipe finds in the render and in the truth, and EAR "
+        "ERROR (blinks) the mean difference of their eye aspect ratios (eye opening over width, ~0.3 open, <0.1 shut), "
+        "where mediapipe is installed (make install). Where the data "
         "has landmarks.npz (fastminerf prepare), LANDMARK DEPTH is the median distance in head units between the "
         "rendered depth and the tracked face landmarks along rays through them (the geometry check).",
     )

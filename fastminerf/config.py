@@ -106,6 +106,13 @@ class SamplerConfig:
     :data:`fastminerf.data.rays.MOUTH_MARGIN` of its extent on each side. Frames without lip landmarks keep these
     rays in the face box; the error rays and the uniform rays do not change. 0 turns it off."""
 
+    eye_fraction: float = 0.0
+    """Share of each frame's face rays drawn inside the boxes around its eyes instead (lids, whites, irises: blinks and
+    gaze), alternately right and left, from the same landmarks as ``mouth_fraction``: each eye's 16 lid points grown
+    by :data:`fastminerf.data.rays.EYE_MARGIN` of its width on each side. An eye out of sight gives its rays to the
+    other; frames without eye landmarks keep them in the face box. ``mouth_fraction + eye_fraction <= 1``. 0 turns it
+    off."""
+
 
 @dataclass(frozen=True)
 class SynthConfig:

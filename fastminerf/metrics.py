@@ -18,7 +18,8 @@ LMD, the landmark distance of talking-head papers (Chen et al. 2018; AD-NeRF and
 sync): :class:`LandmarkDistance` finds the face in a render and in its ground truth with mediapipe's face mesh
 (each image on its own, the detector run on both) and returns the mean distance in pixels between their 40 lip
 landmarks (mediapipe's ``FACEMESH_LIPS``, :data:`fastminerf.data.layout.LIP_LANDMARKS`). It needs the mediapipe that ``prepare`` uses;
-:func:`landmark_status` says whether it is there.
+:func:`landmark_status` says whether it is there. From the same landmarks, blinks: :func:`eye_aspect_ratio`, each eye's
+opening over its width (Soukupova and Cech 2016), compared between a render and its truth.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.layout import LIP_LANDMARKS
-from .data.rays import MOUTH_MARGIN, lip_box
+from .data.layout import EYE_LANDMARKS, EYE_OPENING_LANDMARKS, LIP_LANDMARKS
+from .data.rays import EYE_MARGIN, MOUTH_MARGIN, eye_box, lip_box
 
 __all__ = [
     "LandmarkDistance",
@@ -42,6 +43,7 @@ __all__ = [
     "SSIM_K2",
     "SSIM_SIGMA",
     "SSIM_WINDOW",
+    "eye_aspect_ratio",
     "l1",
     "landmark_status",
     "lpips",
@@ -252,6 +254,16 @@ def landmark_status() -> Tuple[bool, str]:
     return True, f"mediapipe {getattr(mp, '__version__', '?')} face mesh"
 
 
+def eye_aspect_ratio(landmarks: ImageLike) -> np.ndarray:
+    """Each eye's aspect ratio from face-mesh landmarks ``(..., 478, D)`` (D >= 2; x and y are used) as ``(..., 2)``,
+    the person's right eye then the left: ``(|p2 - p6| + |p3 - p5|) / (2 |p1 - p4|)`` over the six lid points of
+    :data:`fastminerf.data.layout.EYE_OPENING_LANDMARKS`; about 0.25-0.3 for an open eye, under 0.1 shut."""
+    pts = np.asarray(landmarks.detach().cpu() if isinstance(landmarks, torch.Tensor) else landmarks, dtype=np.float64)
+    p = pts[..., np.asarray(EYE_OPENING_LANDMARKS), :2]  # (..., 2 eyes, 6 points, 2)
+    dist = lambda a, b: np.linalg.norm(p[..., a, :] - p[..., b, :], axis=-1)  # noqa: E731
+    return (dist(1, 5) + dist(2, 4)) / (2.0 * np.maximum(dist(0, 3), 1e-12))
+
+
 class LandmarkDistance:
     """LMD: mean distance in pixels between the lip landmarks mediapipe finds in a render and in its ground truth.
 
@@ -292,6 +304,12 @@ class LandmarkDistance:
         layout's ``bbox`` convention; :func:`fastminerf.data.rays.lip_box`), grown by ``margin`` times their extent on
         each side so that the lips' outline and the skin around them count."""
         return tuple(float(v) for v in lip_box(landmarks[self.lips], height, width, margin))  # type: ignore[return-value]
+
+    def eye_boxes(self, landmarks: np.ndarray, height: int, width: int, margin: float = EYE_MARGIN) -> np.ndarray:
+        """The two eyes of a :meth:`landmarks` result (the person's right, then the left) as boxes ``(2, 4)``
+        ``[y0, y1, x0, x1]`` in fractions of the image (:func:`fastminerf.data.rays.eye_box`: each eye's lids grown by
+        ``margin`` times its width on each side)."""
+        return np.stack([eye_box(landmarks[np.asarray(lids)], height, width, margin) for lids in EYE_LANDMARKS])
 
     def __call__(self, pred: ImageLike, target: ImageLike) -> Optional[float]:
         """Mean lip-landmark distance in pixels between ``pred`` and ``target`` (``(H, W, 3)`` in [0, 1]), or None

@@ -38,7 +38,7 @@ import torch
 from .audio import Audio, frame_soundtrack, identity_audio, read_wav, write_wav
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
-from .metrics import LandmarkDistance, l1, landmark_status, lpips, lpips_status, psnr, ssim
+from .metrics import LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status, psnr, ssim
 
 __all__ = [
     "CameraPath",
@@ -992,6 +992,15 @@ def _box_psnr(pred: np.ndarray, truth: np.ndarray, box: Sequence[float]) -> floa
     return float(psnr(pred[y0:y1, x0:x1], truth[y0:y1, x0:x1]))
 
 
+def _boxes_psnr(pred: np.ndarray, truth: np.ndarray, boxes: Sequence[Sequence[float]]) -> float:
+    """PSNR over the pixels of the union of boxes ``[y0, y1, x0, x1]`` (fractions of the image)."""
+    inside = np.zeros(truth.shape[:2], dtype=bool)
+    for box in boxes:
+        y0, y1, x0, x1 = box_pixels(box, truth.shape[0], truth.shape[1]).tolist()
+        inside[y0:y1, x0:x1] = True
+    return float(psnr(np.asarray(pred)[inside][None], truth[inside][None]))  # the pixels as one (1, M, 3) image
+
+
 def _nanmean(values: Sequence[float]) -> float:
     """Mean of the finite values (NaN where none is), without NumPy's empty-slice warning."""
     finite = [v for v in values if np.isfinite(v)]
@@ -1021,7 +1030,10 @@ def evaluate(
     ``mouth_psnr`` is the PSNR in a box around the real frame's lips (mediapipe's landmarks, grown by
     :data:`fastminerf.data.rays.MOUTH_MARGIN`: lips, teeth and mouth interior), and ``lmd`` the lip-landmark distance
     in pixels (:class:`fastminerf.metrics.LandmarkDistance`), averaged over the frames where a face is found in
-    both the render and the truth (``lmd_frames`` of them).
+    both the render and the truth (``lmd_frames`` of them); likewise the eyes: ``eye_psnr`` in the boxes around the real
+    frame's eyes (:data:`fastminerf.data.rays.EYE_MARGIN`: lids, whites, irises) and ``ear_error``, the mean absolute
+    difference between the render's and the truth's eye aspect ratios (:func:`fastminerf.metrics.eye_aspect_ratio`,
+    both eyes: an eye rendered open where the person blinks, or half shut, counts about 0.2).
 
     Args:
         model: the model; every evaluated identity name must be one of its ``identity_names``.
@@ -1042,7 +1054,8 @@ def evaluate(
 
     Returns:
         ``{"split", "expressions", "frames", "metrics": [...], "lpips": status text, "lmd": status text, "identities": {name:
-        {"frames", "psnr", "ssim", "l1"[, "lpips"][, "face_psnr"][, "mouth_psnr", "lmd", "lmd_frames"][, "landmark_depth"]}},
+        {"frames", "psnr", "ssim", "l1"[, "lpips"][, "face_psnr"][, "mouth_psnr", "eye_psnr", "lmd", "ear_error", "lmd_frames"]
+        [, "landmark_depth"]}},
         "mean": {...}}`` (a metric without any frame of an identity is NaN there; the mean skips it). ``landmark_depth`` (where the dataset has
         ``landmarks.npz``) is the median distance in head units between the rendered depth and the tracked
         landmarks along rays through them: whether the geometry sits where the face is (NaN for identities
@@ -1066,7 +1079,7 @@ def evaluate(
     lmd_ok, lmd_why = landmark_status() if with_lmd else (False, "not requested")
     has_box = any(bool(table.has_bbox[table.frames_of(dataset.identities.index(n))].any()) for n in names)
     metric_names = (["psnr", "ssim", "l1"] + (["lpips"] if lp_ok else []) + (["face_psnr"] if has_box else [])
-                    + (["mouth_psnr", "lmd"] if lmd_ok else []))
+                    + (["mouth_psnr", "eye_psnr", "lmd", "ear_error"] if lmd_ok else []))
     plan: List[Tuple[str, np.ndarray]] = []
     for name in names:
         frames = table.frames_of(dataset.identities.index(name))
@@ -1094,12 +1107,14 @@ def evaluate(
                 if box is not None:
                     values["face_psnr"].append(_box_psnr(pred, truth, box))
                 if marks is not None:
-                    lips = marks.landmarks(truth)
-                    if lips is not None:  # the mouth as the real frame has it
-                        values["mouth_psnr"].append(_box_psnr(pred, truth, marks.mouth_box(lips, *truth.shape[:2])))
+                    real = marks.landmarks(truth)
+                    if real is not None:  # the mouth and the eyes as the real frame has them
+                        values["mouth_psnr"].append(_box_psnr(pred, truth, marks.mouth_box(real, *truth.shape[:2])))
+                        values["eye_psnr"].append(_boxes_psnr(pred, truth, marks.eye_boxes(real, *truth.shape[:2])))
                         found = marks.landmarks(pred)
                         if found is not None:
-                            values["lmd"].append(marks.distance(found, lips))
+                            values["lmd"].append(marks.distance(found, real))
+                            values["ear_error"].append(float(np.abs(eye_aspect_ratio(found) - eye_aspect_ratio(real)).mean()))
                 if out is not None:
                     import imageio.v3 as iio
 

@@ -506,11 +506,10 @@ class _Loop:
             if self.sampler.error_fraction > 0:
                 logged = logged.cpu()
                 self.sampler.record_errors(batch.frame, batch.pixel, logged)
-            if self.sampler.error_fraction > 0 or self.sampler.mouth_fraction > 0:
-                # the logged PSNR leaves out the deliberately hard error and mouth rays
-                plain = torch.from_numpy(~(self.sampler.last_error_rays | self.sampler.last_mouth_rays))
-                if plain.any():
-                    logged = logged.cpu()[plain]
+            plain = ~self.sampler.last_targeted_rays()
+            if plain.any() and not plain.all():
+                # the logged PSNR leaves out the deliberately hard error, mouth and eye rays
+                logged = logged.cpu()[torch.from_numpy(plain)]
             elapsed = time.perf_counter() - start
             self.step += 1
             self.seconds += elapsed

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastminerf.data.layout import EYE_LANDMARKS, EYE_OPENING_LANDMARKS
 from fastminerf.metrics import (
     PSNR_MAX_DB,
     SSIM_K1,
@@ -15,6 +16,7 @@ from fastminerf.metrics import (
     SSIM_WINDOW,
     LandmarkDistance,
     MetricUnavailable,
+    eye_aspect_ratio,
     l1,
     landmark_status,
     lpips,
@@ -153,6 +155,19 @@ def test_lpips_never_downloads():
     assert lpips_status("nope")[0] is False
 
 
+def test_eye_aspect_ratio_is_opening_over_width():
+    """A 4-wide eye whose lids are h apart at both inner points has aspect ratio h / 4; a shut eye 0; batches work."""
+    marks = np.zeros((2, 478, 3))
+    for e, (p1, p2, p3, p4, p5, p6) in enumerate(EYE_OPENING_LANDMARKS):
+        x = 10.0 * e
+        marks[:, p1, :2], marks[:, p4, :2] = (x, 0.0), (x + 4.0, 0.0)
+        for up, down, at in ((p2, p6, x + 1.0), (p3, p5, x + 3.0)):
+            marks[0, up, :2], marks[0, down, :2] = (at, 0.5 * (1 + e)), (at, -0.5 * (1 + e))
+            marks[1, up, :2] = marks[1, down, :2] = (at, 0.0)
+    np.testing.assert_allclose(eye_aspect_ratio(marks), [[0.25, 0.5], [0.0, 0.0]])
+    np.testing.assert_allclose(eye_aspect_ratio(torch.from_numpy(marks[0])), [0.25, 0.5])
+
+
 needs_mediapipe = pytest.mark.skipif(not landmark_status()[0], reason="mediapipe (make install) is not installed")
 
 
@@ -180,6 +195,17 @@ def test_lmd_is_the_lip_landmarks_shift_in_pixels(tmp_path, capfd):
         lips = marks[lmd.lips]
         assert (lips[:, 0] >= x0).all() and (lips[:, 0] < x1).all() and (lips[:, 1] >= y0).all() and (lips[:, 1] < y1).all()
         assert (y1 - y0) * (x1 - x0) < 128 * 128 / 8  # the mouth, not the face
+        # the eyes: the layout's lid points are mediapipe's eye outlines, each box holds its eye, the face's eyes are open
+        from mediapipe.python.solutions.face_mesh_connections import FACEMESH_LEFT_EYE, FACEMESH_RIGHT_EYE
+
+        assert [set(e) for e in EYE_LANDMARKS] == [{k for pair in c for k in pair} for c in (FACEMESH_RIGHT_EYE, FACEMESH_LEFT_EYE)]
+        for (y0, y1, x0, x1), lids in zip(lmd.eye_boxes(marks, 128, 128) * 128, EYE_LANDMARKS):
+            lid = marks[np.asarray(lids)]
+            assert (lid[:, 0] > x0).all() and (lid[:, 0] < x1).all() and (lid[:, 1] > y0).all() and (lid[:, 1] < y1).all()
+            assert (y1 - y0) * (x1 - x0) < 128 * 128 / 30
+        assert (lmd.eye_boxes(marks, 128, 128)[0, 2] < lmd.eye_boxes(marks, 128, 128)[1, 2])  # the right eye on the image's left
+        right, left = eye_aspect_ratio(marks)  # this frame blinks its left eye (blink_left 0.98, blink_right 0.02)
+        assert 0.25 < right < 0.5 and left < right - 0.15, (right, left)
         with pytest.raises(ValueError, match="one \\(H, W, 3\\) image"):
             lmd(img[None], img)
     # mediapipe's native start-up chatter (TensorFlow Lite, absl) stays out of the user's terminal

@@ -410,3 +410,69 @@ def test_mouth_rays_go_to_the_lips_and_fall_back_to_the_face_box(tmp_path):
     plain = RaySampler(data, "train", batch_size=256, seed=3, frames_per_batch=None).sample()
     off = RaySampler(data, "train", batch_size=256, seed=3, frames_per_batch=None, mouth_fraction=0.0).sample()
     assert torch.equal(plain.pixel, off.pixel)
+
+
+def test_eye_rays_alternate_between_the_eyes_and_follow_the_visible_one(tmp_path):
+    # The camera of the mouth test (u = 16 + 7.5 (x - 0.05 i), v = 12 - 7.5 y): the person's right eye's lids span
+    # x in [-0.4, -0.1], the left's [0.1, 0.4], both y in [0.2, 0.3], so each eye is 2.25 x 0.75 px, grown by a quarter
+    # of its width (0.5625 px) on every side. Frame 2 hides a point of the left eye; frame 3 and 'b' have no landmarks.
+    from fastminerf.data.layout import EYE_LANDMARKS
+    from fastminerf.data.rays import EYE_MARGIN, eye_boxes
+
+    root = tmp_path / "eyes"
+    _identity(root, "a", 4, seed=1, bbox=BOX)
+    _identity(root, "b", 12, seed=2, bbox=BOX, near_far=False)
+    points = np.zeros((3, 478, 3))
+    for lids, (x0, x1) in zip(EYE_LANDMARKS, ((-0.4, -0.1), (0.1, 0.4))):
+        lids = np.asarray(lids)
+        points[:, lids, 0] = np.linspace(x0, x1, lids.size)
+        points[:, lids, 1] = np.where(np.arange(lids.size) % 2 == 0, 0.2, 0.3)
+    visible = np.ones((3, 478), dtype=bool)
+    visible[2, EYE_LANDMARKS[1][3]] = False
+    write_landmarks(root / "a", np.arange(3), points, visible)
+    data = load_dataset(root)
+    boxes = eye_boxes(data, "train")
+    assert EYE_MARGIN == 0.25 and boxes.shape == (16, 2, 4)
+    for i in range(3):
+        for e, (x0, x1) in enumerate(((-0.4, -0.1), (0.1, 0.4))):
+            if i == 2 and e == 1:
+                continue
+            u0, u1 = 16 + 7.5 * (x0 - 0.05 * i), 16 + 7.5 * (x1 - 0.05 * i)
+            expected = [(9.75 - 0.5625) / H, (10.5 + 0.5625) / H, (u0 - 0.5625) / W, (u1 + 0.5625) / W]
+            np.testing.assert_allclose(boxes[i, e], expected, atol=1e-9)
+    assert np.isnan(boxes[2, 1]).all() and np.isnan(boxes[3:]).all()
+
+    kw = dict(batch_size=1600, seed=1, face_fraction=0.8, frames_per_batch=16, mouth_fraction=0.0)
+    sampler = RaySampler(data, "train", eye_fraction=0.5, **kw)
+    right, left = sampler.eye_box_pixels(0)
+    assert right == (9, 12, 12, 16) and left == (9, 12, 16, 20)  # rows [9.19, 11.06), columns [12.44, 15.81), [16.19, 19.56)
+    assert sampler.eye_box_pixels(2)[1] is None and sampler.eye_box_pixels(5) == (None, None)
+    batch, plain = sampler.sample(), RaySampler(data, "train", **kw).sample()
+    marked = torch.from_numpy(sampler.last_eye_rays)
+    # every other ray is the one a sampler without eye rays draws (the same random numbers)
+    assert torch.equal(batch.pixel[~marked], plain.pixel[~marked]) and torch.equal(batch.frame, plain.frame)
+    assert np.array_equal(sampler.last_targeted_rays(), sampler.last_eye_rays)
+    col, row, frame = batch.pixel[:, 0], batch.pixel[:, 1], batch.frame
+
+    def inside(box):
+        return (row >= box[0]) & (row < box[1]) & (col >= box[2]) & (col < box[3])
+
+    for f in range(16):
+        mine = marked & (frame == f)
+        assert (frame == f).sum() == 100 and mine.sum() == (40 if f < 3 else 0)  # round(0.5 * 80) face rays
+        if f < 2:  # both eyes seen: 20 rays each (frame 1's boxes share a column)
+            r, l = (inside(b) & mine for b in sampler.eye_box_pixels(f))
+            assert (r | l).sum() == 40 and (f == 1 or (r.sum() == 20 and l.sum() == 20))
+        elif f == 2:  # the left eye is hidden: all 40 in the right one
+            assert (inside(sampler.eye_box_pixels(2)[0]) & mine).sum() == 40
+    # one ray at a time: each face ray an eye ray with p = 0.5, both eyes alike
+    n = 6000
+    single = RaySampler(data, "train", batch_size=n, seed=0, face_fraction=0.8, frames_per_batch=None, eye_fraction=0.25,
+                        mouth_fraction=0.5)
+    batch = single.sample()
+    eyed = batch.frame < 2
+    tol = 5 * math.sqrt(0.25 / eyed.sum().item())
+    share = torch.from_numpy(single.last_eye_rays)[eyed].float().mean().item()
+    assert abs(share - 0.8 * 0.25) < tol and not (single.last_eye_rays & single.last_mouth_rays).any()
+    with pytest.raises(ValueError, match="eye_fraction"):
+        RaySampler(data, "train", mouth_fraction=0.6, eye_fraction=0.5)

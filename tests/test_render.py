@@ -291,9 +291,10 @@ def test_evaluate_face_box_and_given_expressions(synth, data):
 
 
 @pytest.mark.skipif(not landmark_status()[0], reason="mediapipe (make install) is not installed")
-def test_evaluate_mouth_psnr_and_lmd_see_a_wrong_mouth(tmp_path):
+def test_evaluate_mouth_and_eye_metrics_see_a_wrong_mouth_and_shut_eyes(tmp_path):
     """At 128 px mediapipe finds the procedural faces: the exact renders have LMD under a pixel and a clean mouth box; renders
-    with every mouth wide open lose most inside that box and move the lip landmarks."""
+    with every mouth wide open lose most inside that box and move the lip landmarks; with every eye shut, the eye boxes
+    lose most and the eye aspect ratios differ."""
     dirs = generate(tmp_path, n_identities=1, n_frames=6, size=128, novel_frames=1, val_fraction=0.34, seed=0)
     data = load_dataset(dirs, splits=("val",))
     oracle = Oracle(dirs, size=128)
@@ -305,6 +306,14 @@ def test_evaluate_mouth_psnr_and_lmd_see_a_wrong_mouth(tmp_path):
     opened = evaluate(oracle, data, "val", expressions=wrong)["identities"]["id000"]
     assert opened["lmd"] > 2.0, opened
     assert opened["mouth_psnr"] < opened["face_psnr"] < exact["face_psnr"], opened  # the error is in the mouth
+    # the eyes likewise: exact renders have the real frame's eye openings, shut eyes are seen in the eye boxes
+    assert exact["eye_psnr"] > ORACLE_MIN_PSNR and exact["ear_error"] < 0.03, exact
+    assert abs(opened["eye_psnr"] - exact["eye_psnr"]) < 3.0, opened  # an open mouth leaves the eyes alone
+    shut = np.array(data.table("val").expression, copy=True)
+    shut[:, [EXPRESSION_NAMES.index("blink_left"), EXPRESSION_NAMES.index("blink_right")]] = 0.7  # fully shut, mediapipe loses the face
+    blind = evaluate(oracle, data, "val", expressions=shut)["identities"]["id000"]
+    assert blind["eye_psnr"] < blind["face_psnr"] - 5 and blind["face_psnr"] < exact["face_psnr"], blind  # the error is in the eyes
+    assert blind["lmd_frames"] == 2 and blind["ear_error"] > 0.1 + exact["ear_error"], blind
 
 
 def test_side_by_side_panels():

@@ -22,6 +22,8 @@ import numpy as np
 __all__ = [
     "DEFAULT_AABB",
     "LANDMARKS_FILE",
+    "EYE_LANDMARKS",
+    "EYE_OPENING_LANDMARKS",
     "LIP_LANDMARKS",
     "DatasetError",
     "Landmarks",
@@ -55,6 +57,19 @@ LIP_LANDMARKS: Tuple[int, ...] = (
     308, 310, 311, 312, 314, 317, 318, 321, 324, 375, 402, 405, 409, 415)
 """Indices of the 40 lip points (outer and inner outline) among the 478 landmarks of mediapipe's face mesh, the
 points ``prepare`` writes to :data:`LANDMARKS_FILE` (the vertices of mediapipe's ``FACEMESH_LIPS``)."""
+
+EYE_LANDMARKS: Tuple[Tuple[int, ...], Tuple[int, ...]] = (
+    (7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246),
+    (249, 263, 362, 373, 374, 380, 381, 382, 384, 385, 386, 387, 388, 390, 398, 466))
+"""The 16 lid points (upper and lower lid outline) of each eye among the same 478 landmarks: the person's right eye
+(the image's left in a frontal view; the vertices of mediapipe's ``FACEMESH_RIGHT_EYE``), then the left
+(``FACEMESH_LEFT_EYE``)."""
+
+EYE_OPENING_LANDMARKS: Tuple[Tuple[int, ...], Tuple[int, ...]] = ((33, 160, 158, 133, 153, 144), (362, 385, 387, 263, 373, 380))
+"""Six lid points of each eye (same order as :data:`EYE_LANDMARKS`) for the eye aspect ratio (Soukupova and Cech,
+2016): the outer corner p1, two upper-lid points p2 and p3, the inner corner p4 (the left eye's run the other way),
+two lower-lid points p5 and p6 under p3 and p2: ``(|p2 - p6| + |p3 - p5|) / (2 |p1 - p4|)``, about 0.3 open and 0.05
+shut (:func:`fastminerf.metrics.eye_aspect_ratio`)."""
 
 LAST_ROW_TOL = 1e-4
 """How far the last row of ``transform_matrix`` may be from ``[0, 0, 0, 1]`` (JSON round-off of trackers);

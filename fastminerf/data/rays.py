@@ -18,10 +18,10 @@ import torch
 
 from ..config import SamplerConfig
 from .dataset import MultiIdentityDataset
-from .layout import LIP_LANDMARKS
+from .layout import EYE_LANDMARKS, LIP_LANDMARKS
 
-__all__ = ["MOUTH_MARGIN", "RayBatch", "RaySampler", "box_pixels", "camera_project", "camera_rays", "frame_rays",
-           "landmark_rays", "lip_box", "mouth_boxes", "pixel_uv", "ray_aabb"]
+__all__ = ["EYE_MARGIN", "MOUTH_MARGIN", "RayBatch", "RaySampler", "box_pixels", "camera_project", "camera_rays",
+           "eye_box", "eye_boxes", "frame_rays", "landmark_rays", "lip_box", "mouth_boxes", "pixel_uv", "ray_aabb"]
 
 TensorLike = Union[torch.Tensor, np.ndarray, list, tuple]
 
@@ -259,33 +259,69 @@ MOUTH_MARGIN = 0.25
 """A mouth box is the lips' extent grown by this share of it on each side, so that the lips' outline and the skin
 around them count (:func:`lip_box`; eval's ``mouth_psnr`` and the sampler's ``mouth_fraction``)."""
 
+EYE_MARGIN = 0.25
+"""An eye box is the lids' extent grown by this share of the eye's width on each side, across and down alike, so that
+a shut eye's box is as tall as an open one's less the opening (:func:`eye_box`; eval's ``eye_psnr`` and the sampler's
+``eye_fraction``)."""
+
+
+def _grown_box(pts: np.ndarray, height: int, width: int, grow: np.ndarray) -> np.ndarray:
+    """The extent of points ``(..., K, 2)`` (x, y pixels) grown by ``grow`` ``(..., 2)`` pixels each side, as
+    ``[y0, y1, x0, x1]`` fractions of the image."""
+    lo, hi = pts.min(axis=-2), pts.max(axis=-2)
+    size = np.array([width, height], dtype=np.float64)
+    a, b = (lo - grow) / size, (hi + grow) / size
+    return np.stack([a[..., 1], b[..., 1], a[..., 0], b[..., 0]], axis=-1)
+
 
 def lip_box(lips: TensorLike, height: int, width: int, margin: float = MOUTH_MARGIN) -> np.ndarray:
     """The box around lip points ``(..., K, 2)`` in pixels (x, y), as ``[y0, y1, x0, x1]`` in fractions of the image
     (the layout's ``bbox`` convention; ``(..., 4)`` float64), grown by ``margin`` times the lips' extent on each
     side."""
     pts = np.asarray(lips, dtype=np.float64)
-    lo, hi = pts.min(axis=-2), pts.max(axis=-2)
-    grow = margin * (hi - lo)
-    size = np.array([width, height], dtype=np.float64)
-    a, b = (lo - grow) / size, (hi + grow) / size
-    return np.stack([a[..., 1], b[..., 1], a[..., 0], b[..., 0]], axis=-1)
+    return _grown_box(pts, height, width, margin * (pts.max(axis=-2) - pts.min(axis=-2)))
+
+
+def eye_box(lids: TensorLike, height: int, width: int, margin: float = EYE_MARGIN) -> np.ndarray:
+    """The box around one eye's lid points ``(..., K, 2)`` in pixels (x, y), as ``[y0, y1, x0, x1]`` fractions of the
+    image (``(..., 4)`` float64), grown by ``margin`` times the eye's width (its x extent) on each side, up and down
+    too: a shut eye's points are a line, the lids around it are not."""
+    pts = np.asarray(lids, dtype=np.float64)
+    eye_width = pts[..., 0].max(axis=-1) - pts[..., 0].min(axis=-1)
+    return _grown_box(pts, height, width, margin * np.stack([eye_width, eye_width], axis=-1))
+
+
+def _landmark_boxes(dataset: MultiIdentityDataset, split: str, groups: Sequence[Sequence[int]], box) -> Optional[np.ndarray]:
+    """``(F, G, 4)`` boxes ``box(uv, height, width)`` of each landmark group of every frame (``landmarks.npz``
+    through the frame's camera), NaN where a group's points are not all visible; None without mediapipe's 478."""
+    lms = dataset.landmarks(split)
+    if lms is None or lms.points.shape[1] <= max(max(g) for g in groups):
+        return None
+    table = dataset.table(split)
+    out = []
+    for group in groups:
+        idx = np.asarray(group, dtype=np.int64)
+        uv, _ = camera_project(torch.from_numpy(lms.points[:, idx]).double(), torch.from_numpy(table.c2w).double(),
+                               torch.from_numpy(table.intrinsics).double())
+        boxes = box(uv.numpy(), table.height, table.width)
+        boxes[~lms.visible[:, idx].all(axis=1)] = np.nan
+        out.append(boxes)
+    return np.stack(out, axis=1)
 
 
 def mouth_boxes(dataset: MultiIdentityDataset, split: str, margin: float = MOUTH_MARGIN) -> Optional[np.ndarray]:
     """Each frame's mouth box from its lip landmarks (``landmarks.npz``, projected through the frame's camera) as
     ``(F, 4)`` ``[y0, y1, x0, x1]`` fractions of the image (:func:`lip_box`), NaN rows for frames whose lips are not
     all visible; None when the split has no landmarks or they are not mediapipe's 478."""
-    lms = dataset.landmarks(split)
-    if lms is None or lms.points.shape[1] <= max(LIP_LANDMARKS):
-        return None
-    table = dataset.table(split)
-    lips = np.asarray(LIP_LANDMARKS, dtype=np.int64)
-    uv, _ = camera_project(torch.from_numpy(lms.points[:, lips]).double(), torch.from_numpy(table.c2w).double(),
-                           torch.from_numpy(table.intrinsics).double())
-    boxes = lip_box(uv.numpy(), table.height, table.width, margin)
-    boxes[~lms.visible[:, lips].all(axis=1)] = np.nan
-    return boxes
+    boxes = _landmark_boxes(dataset, split, [LIP_LANDMARKS], lambda uv, h, w: lip_box(uv, h, w, margin))
+    return None if boxes is None else boxes[:, 0]
+
+
+def eye_boxes(dataset: MultiIdentityDataset, split: str, margin: float = EYE_MARGIN) -> Optional[np.ndarray]:
+    """Each frame's two eye boxes (the person's right eye, then the left; :data:`fastminerf.data.layout.EYE_LANDMARKS`
+    through the frame's camera) as ``(F, 2, 4)`` ``[y0, y1, x0, x1]`` fractions of the image (:func:`eye_box`), NaN
+    where an eye's lids are not all visible (a head turned away); None without mediapipe's 478 landmarks."""
+    return _landmark_boxes(dataset, split, EYE_LANDMARKS, lambda uv, h, w: eye_box(uv, h, w, margin))
 
 
 def pixel_uv(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -408,6 +444,11 @@ class RaySampler:
     the frame's camera); a frame without all its lip landmarks keeps them in its face box. The uniform rays are left
     as they were. :attr:`last_mouth_rays` marks them.
 
+    Eye rays (``eye_fraction > 0``): likewise ``round(eye_fraction * face_rays)`` of a frame's face rays (after its
+    mouth rays) go to the boxes around its eyes (:func:`eye_boxes`), alternately the right and the left; an eye
+    whose lids are not all visible gives its rays to the other, and a frame with neither keeps them as face rays.
+    :attr:`last_eye_rays` marks them.
+
     The sampler owns a NumPy generator seeded with ``seed``: two samplers with the same arguments produce
     the same batches; :meth:`state_dict` / :meth:`load_state_dict` resume the sequence. The keywords after
     ``split`` are the fields of :class:`fastminerf.config.SamplerConfig` (same meaning, same defaults).
@@ -429,6 +470,7 @@ class RaySampler:
         error_fraction: float = _SAMPLER.error_fraction,
         error_resolution: int = _SAMPLER.error_resolution,
         mouth_fraction: float = _SAMPLER.mouth_fraction,
+        eye_fraction: float = _SAMPLER.eye_fraction,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -438,6 +480,8 @@ class RaySampler:
             raise ValueError(f"error_fraction must be in [0, 1], got {error_fraction}")
         if not 0.0 <= mouth_fraction <= 1.0:
             raise ValueError(f"mouth_fraction must be in [0, 1], got {mouth_fraction}")
+        if not (0.0 <= eye_fraction <= 1.0 and mouth_fraction + eye_fraction <= 1.0):
+            raise ValueError(f"eye_fraction must be in [0, 1 - mouth_fraction], got {eye_fraction} (mouth_fraction {mouth_fraction})")
         if error_resolution < 1:
             raise ValueError(f"error_resolution must be >= 1, got {error_resolution}")
         if frames_per_batch is not None and frames_per_batch < 1:
@@ -453,6 +497,7 @@ class RaySampler:
         self.error_fraction = float(error_fraction)
         self.error_resolution = int(error_resolution)
         self.mouth_fraction = float(mouth_fraction)
+        self.eye_fraction = float(eye_fraction)
         r = self.error_resolution
         self.error_map = np.full((len(dataset.identities), r, r), np.nan)
         """(I, R, R) float64 moving average of each identity's squared error per image cell; NaN: not seen yet."""
@@ -460,6 +505,8 @@ class RaySampler:
         """(N,) bool: the rays of the last batch drawn from the error map."""
         self.last_mouth_rays = np.zeros(0, dtype=bool)
         """(N,) bool: the rays of the last batch drawn in their frame's mouth box."""
+        self.last_eye_rays = np.zeros(0, dtype=bool)
+        """(N,) bool: the rays of the last batch drawn in one of their frame's eye boxes."""
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         b = len(self.table)
         if self.balance_identities:
@@ -478,6 +525,11 @@ class RaySampler:
         self._mouth_px = np.zeros((b, 4), dtype=np.int64)
         if self._has_mouth.any():
             self._mouth_px[self._has_mouth] = box_pixels(mouths[self._has_mouth], self.table.height, self.table.width)
+        eyes = eye_boxes(dataset, split) if self.eye_fraction > 0 else None
+        self._eye_ok = np.zeros((b, 2), dtype=bool) if eyes is None else ~np.isnan(eyes).any(axis=2)
+        self._eye_px = np.zeros((b, 2, 4), dtype=np.int64)
+        if self._eye_ok.any():
+            self._eye_px[self._eye_ok] = box_pixels(eyes[self._eye_ok], self.table.height, self.table.width)
 
     def face_box_pixels(self, frame: int) -> Tuple[int, int, int, int]:
         """The pixel rectangle ``(row0, row1, col0, col1)`` (end-exclusive) that face rays of ``frame`` use."""
@@ -489,6 +541,17 @@ class RaySampler:
         if not self._has_mouth[frame]:
             return None
         return tuple(int(v) for v in self._mouth_px[frame])  # type: ignore[return-value]
+
+    def eye_box_pixels(self, frame: int) -> Tuple[Optional[Tuple[int, int, int, int]], Optional[Tuple[int, int, int, int]]]:
+        """The pixel rectangles that eye rays of ``frame`` use, the person's right eye then the left, each None where
+        that eye's lids are not all visible or ``eye_fraction`` is 0."""
+        return tuple(tuple(int(v) for v in self._eye_px[frame, e]) if self._eye_ok[frame, e] else None
+                     for e in range(2))  # type: ignore[return-value]
+
+    def last_targeted_rays(self) -> np.ndarray:
+        """(N,) bool: the rays of the last batch drawn where errors are expected (error-map, mouth and eye rays), which a
+        training log leaves out of a PSNR meant to follow the whole image."""
+        return self.last_error_rays | self.last_mouth_rays | self.last_eye_rays
 
     def state_dict(self) -> Dict[str, object]:
         """The generator state and the error maps, to resume the same sequence of batches."""
@@ -570,6 +633,11 @@ class RaySampler:
             mouth = np.zeros(n, dtype=bool)
             if self.mouth_fraction > 0:
                 mouth = (rng.random(n) < self.mouth_fraction) & face
+            eye = np.zeros(n, dtype=bool)
+            which_eye = np.zeros(n, dtype=np.int64)
+            if self.eye_fraction > 0:
+                eye = (rng.random(n) < self.eye_fraction / max(1.0 - self.mouth_fraction, 1e-12)) & face & ~mouth
+                which_eye = (rng.random(n) < 0.5).astype(np.int64)
         else:
             n_error = np.rint(self.error_fraction * per_slot).astype(np.int64)
             n_face = np.rint(self.face_fraction * (per_slot - n_error)).astype(np.int64)
@@ -578,10 +646,18 @@ class RaySampler:
             error_rays = rank < first
             face = (rank >= first) & (rank < first + n_face[slot_of_ray])
             mouth = face & (rank < first + n_mouth[slot_of_ray])
-        # Mouth rays are face rays drawn in the lip box; in a frame without lip landmarks they stay face rays.
+            n_eye = np.rint(self.eye_fraction * n_face).astype(np.int64)
+            eye = face & ~mouth & (rank < first + n_mouth[slot_of_ray] + n_eye[slot_of_ray])
+            which_eye = (rank - first - n_mouth[slot_of_ray]) % 2
+        # Mouth and eye rays are face rays drawn in the lip and eye boxes; an eye out of sight passes its rays to the
+        # other, and in a frame without the landmarks they stay face rays.
         mouth &= self._has_mouth[frames]
-        face &= ~mouth
+        eye_ok = self._eye_ok[frames]
+        which_eye = np.where(eye_ok[np.arange(n), which_eye], which_eye, 1 - which_eye)
+        eye &= eye_ok.any(axis=1)
+        face &= ~(mouth | eye)
         self.last_mouth_rays = mouth
+        self.last_eye_rays = eye
         h, w = self.table.height, self.table.width
         u = rng.random((n, 2))
         rows = np.minimum((u[:, 0] * h).astype(np.int64), h - 1)
@@ -592,12 +668,12 @@ class RaySampler:
             rows[error_rays] = np.minimum(((cell_row + u[error_rays, 0]) * h / r).astype(np.int64), h - 1)
             cols[error_rays] = np.minimum(((cell_col + u[error_rays, 1]) * w / r).astype(np.int64), w - 1)
         self.last_error_rays = error_rays
-        # Mouth rays and face rays inside the box reuse the same uniforms, scaled to their box.
+        # Mouth, eye and face rays inside their boxes reuse the same uniforms, scaled to their box.
         has_box = self.table.has_bbox[frames]
         in_box = face & has_box
-        for sel, boxes in ((mouth, self._mouth_px), (in_box, self._box_px)):
+        for sel, boxes in ((mouth, self._mouth_px[frames]), (eye, self._eye_px[frames, which_eye]), (in_box, self._box_px[frames])):
             if sel.any():
-                box = boxes[frames[sel]]
+                box = boxes[sel]
                 rows[sel] = np.minimum(box[:, 0] + (u[sel, 0] * (box[:, 1] - box[:, 0])).astype(np.int64), box[:, 1] - 1)
                 cols[sel] = np.minimum(box[:, 2] + (u[sel, 1] * (box[:, 3] - box[:, 2])).astype(np.int64), box[:, 3] - 1)
         in_mask = face & ~has_box & self._has_mask[frames]
