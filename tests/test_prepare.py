@@ -462,9 +462,9 @@ def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_pa
         videos.append(tmp_path / f"{d.name}.mp4")
     root = tmp_path / "data"
     assert all(v.status == "done" for v in prepare(videos[:2], root, PrepareConfig(size=64, expression_dim=6, min_frames=5)).videos)
-    # every prepared frame knows where its mouth is (the lip landmarks through its camera): inside its face box,
-    # a small part of it, where the `video` preset's mouth rays go
-    from fastminerf.data.rays import mouth_boxes
+    # every prepared frame knows where its mouth and eyes are (their landmarks through its camera): inside its face
+    # box, small parts of it, where the `video` preset's mouth and eye rays go
+    from fastminerf.data.rays import eye_boxes, mouth_boxes
 
     data = load_dataset(root, splits=("train",))
     mouths, faces = mouth_boxes(data, "train"), data.table("train").bbox
@@ -472,7 +472,14 @@ def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_pa
     assert (mouths[:, [0, 2]] >= faces[:, [0, 2]]).all() and (mouths[:, [1, 3]] <= faces[:, [1, 3]]).all()
     area = lambda b: (b[:, 1] - b[:, 0]) * (b[:, 3] - b[:, 2])  # noqa: E731
     assert (area(mouths) < area(faces) / 6).all() and (mouths[:, 0] > (faces[:, 0] + faces[:, 1]) / 2).all()  # lower half
-    train(load_config("tiny", ["train.steps=2", "sampler.mouth_fraction=0.5"]), [root], tmp_path / "run")
+    eyes = eye_boxes(data, "train")
+    assert eyes.shape == (len(faces), 2, 4) and not np.isnan(eyes).any()
+    for e in range(2):
+        assert (eyes[:, e, [0, 2]] >= faces[:, [0, 2]]).all() and (eyes[:, e, [1, 3]] <= faces[:, [1, 3]]).all()
+        assert (area(eyes[:, e]) < area(faces) / 10).all() and (eyes[:, e, 1] < mouths[:, 0]).all()  # above the mouth
+    assert (eyes[:, 0, 3] <= eyes[:, 1, 2] + 0.02).all()  # the person's right eye on the image's left
+    train(load_config("tiny", ["train.steps=2", "sampler.mouth_fraction=0.5", "sampler.eye_fraction=0.3"]), [root],
+          tmp_path / "run")
     # a new person prepared in the model's expression space is pointed at personalize
     assert main(["prepare", str(videos[2]), "--out", str(tmp_path / "new"), "--size", "64", "--min-frames", "5",
                  "--basis", str(root / "expression_basis.npz")]) == 0
