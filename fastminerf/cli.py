@@ -492,15 +492,21 @@ def _metrics_table(result: dict, title: str):
     from rich.table import Table
 
     names = result["metrics"]
-    table = Table(title=title)
-    table.add_column("identity")
-    table.add_column("frames", justify="right")
-    fmt = {"psnr": "{:.2f}", "ssim": "{:.4f}", "l1": "{:.4f}", "lpips": "{:.4f}", "face_psnr": "{:.2f}",
+    # Short headings and numbers that never shrink, so the table fits an 80-column terminal without cutting a value;
+    # the caption gives the units. Long identity names fold instead.
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, caption="PSNR in dB: whole frame, FACE / MOUTH / "
+                  "EYE boxes; LMD in pixels; EAR: eye aspect ratio error; DEPTH: landmark depth error, head units"
+                  if len(names) > 4 else None)
+    table.add_column("identity", overflow="fold", min_width=5)
+    table.add_column("frames", justify="right", no_wrap=True)
+    fmt = {"psnr": "{:.2f}", "ssim": "{:.3f}", "l1": "{:.4f}", "lpips": "{:.4f}", "face_psnr": "{:.2f}",
            "mouth_psnr": "{:.2f}", "eye_psnr": "{:.2f}", "lmd": "{:.2f}", "ear_error": "{:.3f}", "landmark_depth": "{:.3f}"}
-    heading = {"psnr": "PSNR (dB)", "face_psnr": "FACE PSNR", "mouth_psnr": "MOUTH PSNR", "eye_psnr": "EYE PSNR",
-               "lmd": "LMD (px)", "ear_error": "EAR ERROR", "landmark_depth": "LANDMARK DEPTH"}
+    heading = {"psnr": "PSNR", "face_psnr": "FACE", "mouth_psnr": "MOUTH", "eye_psnr": "EYE", "ear_error": "EAR",
+               "landmark_depth": "DEPTH"}
     for m in names:
-        table.add_column(heading.get(m, m.upper()), justify="right")
+        table.add_column(heading.get(m, m.upper()), justify="right", no_wrap=True)
 
     def cell(m: str, v: float) -> str:  # a metric without a value there (e.g. no face found for LMD): "-"
         return fmt[m].format(v) if v == v else "-"
@@ -517,13 +523,13 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
         help="render every frame of a split and report PSNR, SSIM and L1 per identity",
         description="Render every frame of SPLIT for each identity of --data (names must be in the run), print a "
         "table and, with --out, write DIR/metrics.json and DIR/side_by_side/<identity>/*.png (prediction | truth | "
-        "error). LPIPS is added only when the lpips package and its weights are already installed. FACE PSNR is the PSNR "
-        "inside each frame's face box (bbox); MOUTH PSNR inside a box around the real frame's lips (lips, teeth, mouth "
-        "interior); EYE PSNR inside the boxes around its eyes. LMD (lip sync, as talking-head papers report it) is the "
+        "error). LPIPS is added only when the lpips package and its weights are already installed. FACE is the PSNR "
+        "inside each frame's face box (bbox); MOUTH inside a box around the real frame's lips (lips, teeth, mouth "
+        "interior); EYE inside the boxes around its eyes. LMD (lip sync, as talking-head papers report it) is the "
         "mean distance in pixels between the 40 lip landmarks mediapipe finds in the render and in the truth, and EAR "
-        "ERROR (blinks) the mean difference of their eye aspect ratios (eye opening over width, ~0.3 open, <0.1 shut), "
+        "(blinks) the mean difference of their eye aspect ratios (eye opening over width, ~0.3 open, <0.1 shut), "
         "where mediapipe is installed (make install). Where the data "
-        "has landmarks.npz (fastminerf prepare), LANDMARK DEPTH is the median distance in head units between the "
+        "has landmarks.npz (fastminerf prepare), DEPTH is the median distance in head units between the "
         "rendered depth and the tracked face landmarks along rays through them (the geometry check).",
     )
     p.add_argument("--run", required=True, type=Path, help="run folder")

@@ -216,3 +216,23 @@ def test_cli_missing_run(tmp_path, capsys):
     assert main(["render", "--run", str(tmp_path / "nope"), "--identity", "a", "--orbit", "--out", str(tmp_path / "x.mp4")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "run folder" in err and "nope does not exist" in err
+
+
+def test_metrics_table_fits_80_columns_without_cutting_a_value():
+    """Every metric eval can report, for a long real-clip name: each value printed whole in an 80-column terminal
+    (the name may fold), the units in the caption."""
+    from rich.console import Console
+
+    from fastminerf.cli import _metrics_table
+
+    names = ["psnr", "ssim", "l1", "face_psnr", "mouth_psnr", "eye_psnr", "lmd", "ear_error", "landmark_depth"]
+    vals = dict(zip(names, [25.3217, 0.79012, 0.03114, 25.2944, 24.7891, 24.2345, 1.2381, 0.02517, 0.01043]))
+    result = {"metrics": names, "frames": 5, "identities": {"02_hdtf_WDA_AlexandriaOcasioCortez_000": {"frames": 5, **vals}},
+              "mean": vals}
+    console = Console(width=80, record=True, color_system=None)
+    console.print(_metrics_table(result, "test"))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    for shown in ("25.32", "0.790", "0.0311", "25.29", "24.79", "24.23", "1.24", "0.025", "0.010"):
+        assert text.count(shown) == 2, shown  # the identity's row and the mean's
+    assert "PSNR in dB" in text and "LMD in pixels" in text
