@@ -101,7 +101,8 @@ __all__ = [
 
 # Rendering, evaluation and the demo (issue 4).
 from .demo import DemoResult, run_demo
-from .metrics import LandmarkDistance, MetricUnavailable, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status, psnr, ssim
+from .metrics import (LandmarkDistance, MetricUnavailable, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status,
+                      psnr, ssim)
 from .render import (
     CameraPath,
     RenderError,

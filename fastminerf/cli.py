@@ -496,9 +496,10 @@ def _metrics_table(result: dict, title: str):
     # the caption gives the units. Long identity names fold instead.
     from rich import box
 
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, caption="PSNR in dB: whole frame, FACE / MOUTH / "
-                  "EYE boxes; LMD in pixels; EAR: eye aspect ratio error; DEPTH: landmark depth error, head units"
-                  if len(names) > 4 else None)
+    caption = ("PSNR in dB: whole frame, FACE / MOUTH / EYE boxes; LMD in pixels; EAR: eye aspect ratio error; "
+               "DEPTH: landmark depth error, head units") if len(names) > 4 else None
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=True)
     table.add_column("identity", overflow="fold", min_width=5)
     table.add_column("frames", justify="right", no_wrap=True)
     fmt = {"psnr": "{:.2f}", "ssim": "{:.3f}", "l1": "{:.4f}", "lpips": "{:.4f}", "face_psnr": "{:.2f}",

@@ -11,7 +11,7 @@ Dimension letters: N rays, B frames, E expression size.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -291,7 +291,8 @@ def eye_box(lids: TensorLike, height: int, width: int, margin: float = EYE_MARGI
     return _grown_box(pts, height, width, margin * np.stack([eye_width, eye_width], axis=-1))
 
 
-def _landmark_boxes(dataset: MultiIdentityDataset, split: str, groups: Sequence[Sequence[int]], box) -> Optional[np.ndarray]:
+def _landmark_boxes(dataset: MultiIdentityDataset, split: str, groups: Sequence[Sequence[int]],
+                    box: Callable[[np.ndarray, int, int], np.ndarray]) -> Optional[np.ndarray]:
     """``(F, G, 4)`` boxes ``box(uv, height, width)`` of each landmark group of every frame (``landmarks.npz``
     through the frame's camera), NaN where a group's points are not all visible; None without mediapipe's 478."""
     lms = dataset.landmarks(split)
@@ -481,7 +482,8 @@ class RaySampler:
         if not 0.0 <= mouth_fraction <= 1.0:
             raise ValueError(f"mouth_fraction must be in [0, 1], got {mouth_fraction}")
         if not (0.0 <= eye_fraction <= 1.0 and mouth_fraction + eye_fraction <= 1.0):
-            raise ValueError(f"eye_fraction must be in [0, 1 - mouth_fraction], got {eye_fraction} (mouth_fraction {mouth_fraction})")
+            raise ValueError(f"eye_fraction must be in [0, 1 - mouth_fraction], got {eye_fraction} "
+                             f"(mouth_fraction {mouth_fraction})")
         if error_resolution < 1:
             raise ValueError(f"error_resolution must be >= 1, got {error_resolution}")
         if frames_per_batch is not None and frames_per_batch < 1:
