@@ -986,14 +986,9 @@ def _landmark_depth_error(model, dataset: MultiIdentityDataset, split: str, name
     return float((out["depth"] - target).abs().median())
 
 
-def _box_psnr(pred: np.ndarray, truth: np.ndarray, box: Sequence[float]) -> float:
-    """PSNR inside a box ``[y0, y1, x0, x1]`` in fractions of the image (:func:`fastminerf.data.rays.box_pixels`)."""
-    y0, y1, x0, x1 = box_pixels(box, truth.shape[0], truth.shape[1]).tolist()
-    return float(psnr(pred[y0:y1, x0:x1], truth[y0:y1, x0:x1]))
-
-
-def _boxes_psnr(pred: np.ndarray, truth: np.ndarray, boxes: Sequence[Sequence[float]]) -> float:
-    """PSNR over the pixels of the union of boxes ``[y0, y1, x0, x1]`` (fractions of the image)."""
+def _box_psnr(pred: np.ndarray, truth: np.ndarray, *boxes: Sequence[float]) -> float:
+    """PSNR over the pixels of one box or the union of several, each ``[y0, y1, x0, x1]`` in fractions of the image
+    (:func:`fastminerf.data.rays.box_pixels`)."""
     inside = np.zeros(truth.shape[:2], dtype=bool)
     for box in boxes:
         y0, y1, x0, x1 = box_pixels(box, truth.shape[0], truth.shape[1]).tolist()
@@ -1110,7 +1105,7 @@ def evaluate(
                     real = marks.landmarks(truth)
                     if real is not None:  # the mouth and the eyes as the real frame has them
                         values["mouth_psnr"].append(_box_psnr(pred, truth, marks.mouth_box(real, *truth.shape[:2])))
-                        values["eye_psnr"].append(_boxes_psnr(pred, truth, marks.eye_boxes(real, *truth.shape[:2])))
+                        values["eye_psnr"].append(_box_psnr(pred, truth, *marks.eye_boxes(real, *truth.shape[:2])))
                         found = marks.landmarks(pred)
                         if found is not None:
                             values["lmd"].append(marks.distance(found, real))
