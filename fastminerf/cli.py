@@ -489,15 +489,14 @@ def _run_render(args: argparse.Namespace) -> int:
 
 
 def _metrics_table(result: dict, title: str):
+    from rich import box
     from rich.table import Table
 
     names = result["metrics"]
     # Short headings and numbers that never shrink, so the table fits an 80-column terminal without cutting a value;
-    # the caption gives the units. Long identity names fold instead.
-    from rich import box
-
+    # the caption explains the short headings when there are any. Long identity names fold instead.
     caption = ("PSNR in dB: whole frame, FACE / MOUTH / EYE boxes; LMD in pixels; EAR: eye aspect ratio error; "
-               "DEPTH: landmark depth error, head units") if len(names) > 4 else None
+               "DEPTH: landmark depth error, head units") if set(names) - {"psnr", "ssim", "l1", "lpips"} else None
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                   collapse_padding=True)
     table.add_column("identity", overflow="fold", min_width=5)
