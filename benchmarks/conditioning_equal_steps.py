@@ -2,16 +2,18 @@
 difference on ``novel`` expressions (issue 4's +1 dB target) with its spread, instead of one run's anecdote.
 
     python benchmarks/conditioning_equal_steps.py [--seeds 0 1 2 3] [--styles 0 0.6] [--steps 2000] [--identities 4]
+        [--set KEY=VALUE ...] [--name RESULT]
 
 For each seed and expression style (``fastminerf synth --expression-style``: 0, every head moves alike; S > 0,
 each head moves by its own gain in ``[1 - S, 1]``), generates ``--identities`` (4) identities x ``--frames`` frames at
 ``--size`` px,
-trains the ``cpu`` preset with ``train.steps=STEPS`` (full learning-rate decay, no time limit: a fixed step count on
+trains the ``cpu`` preset (with the ``--set`` overrides, in both runs) with ``train.steps=STEPS`` (full learning-rate decay, no time limit: a fixed step count on
 the CPU is deterministic, so a busy machine changes the time, never the result) once per conditioning, and
 evaluates mean PSNR on ``novel`` (expressions each head withheld from its own video) and ``val`` (unseen frames),
 ``--eval-frames`` frames per identity. The difference multiplicative - concat is paired by dataset; the summary
 gives its mean, its standard error over the seeds and how many seeds the product term wins. Writes
-``benchmarks/results/conditioning_equal_steps.json`` (``conditioning_equal_steps_<N>ids.json`` for N != 4).
+``benchmarks/results/conditioning_equal_steps.json`` (``conditioning_equal_steps_<N>ids.json`` for N != 4; ``--name``
+names another file, for a variant's runs).
 """
 from __future__ import annotations
 
@@ -58,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--identities", type=int, default=4)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of the cpu preset in both runs (repeatable), e.g. --set model.field.sh_degree=2")
+    ap.add_argument("--name", default=None, help="result file name (default conditioning_equal_steps[_<N>ids])")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fm_cond_"))
     rows = []
@@ -71,7 +76,7 @@ def main(argv=None) -> int:
             row = dict(style=style, seed=seed)
             for cond in CONDITIONINGS:
                 cfg = load_config("cpu", [f"model.field.conditioning={cond}", f"train.steps={args.steps}",
-                                          "train.max_seconds=none", f"train.threads={args.threads}"])
+                                          "train.max_seconds=none", f"train.threads={args.threads}"] + args.overrides)
                 t0 = time.perf_counter()
                 run = work / f"run_n{args.identities}_s{style:g}_seed{seed}_{cond}"
                 train(cfg, ids, run)
@@ -90,11 +95,12 @@ def main(argv=None) -> int:
         print(f"style {s['style']:g}: novel multiplicative - concat {n['diff_mean']:+.2f} +- {n['diff_se']:.2f} dB "
               f"(standard error over {n['seeds']} seeds; product term wins {n['wins']} of {n['seeds']}); val "
               f"{s['val']['diff_mean']:+.2f} +- {s['val']['diff_se']:.2f} dB", flush=True)
-    name = "conditioning_equal_steps" + ("" if args.identities == 4 else f"_{args.identities}ids")
+    name = args.name or "conditioning_equal_steps" + ("" if args.identities == 4 else f"_{args.identities}ids")
     write_result(name, dict(
         machine=machine(),
         settings=dict(seeds=args.seeds, styles=args.styles, steps=args.steps, size=args.size, frames=args.frames,
-                      identities=args.identities, eval_frames=args.eval_frames, threads=args.threads, config="cpu"),
+                      identities=args.identities, eval_frames=args.eval_frames, threads=args.threads, config="cpu",
+                      overrides=args.overrides),
         rows=rows, summary=summary, target=dict(novel_diff_db=1.0,
                                                 met=any(s["novel"]["diff_mean"] >= 1.0 for s in summary
                                                         if s["style"] == 0.0))))
