@@ -17,7 +17,8 @@
    third-party clips, which are never copied into the project.
 
 Writes ``benchmarks/results/real_clips.json`` (``real_clips_quick.json`` with ``--quick``, which is ignored by git;
-``real_clips_val0.json`` with ``--val-fraction 0``: training on every frame before the same test frames).
+``real_clips_val0.json`` with ``--val-fraction 0``: training on every frame before the same test frames; ``--name N``
+writes ``N.json`` instead, for a variant such as another seed). Always a copy in ``WORK/real_clips.json``.
 """
 from __future__ import annotations
 
@@ -106,6 +107,8 @@ def main() -> int:
                     help="share of each clip held out as val between train and test (0: train on every frame before the "
                          "test frames, which stay the same; results to real_clips_val0.json)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: results to real_clips_quick.json")
+    ap.add_argument("--name", default=None,
+                    help="result file name for a variant's run (e.g. real_clips_seed1), so the README's stays")
     args = ap.parse_args()
 
     from fastminerf.config import PrepareConfig, load_config
@@ -220,7 +223,7 @@ def main() -> int:
         "seconds": seconds,
     }
     protocol = args.val_fraction == ap.get_default("val_fraction")  # the issue's split: the README's table
-    name = "real_clips" if protocol else f"real_clips_val{args.val_fraction:g}"
+    name = args.name or ("real_clips" if protocol else f"real_clips_val{args.val_fraction:g}")
     path = write_result(name + "_quick" if args.quick else name, payload)
     print(f"wrote {path}")
     (work / "real_clips.json").write_text(json.dumps(payload, indent=1))
