@@ -325,6 +325,15 @@ def bench_arguments(doc: str, modes) -> argparse.ArgumentParser:
     return ap
 
 
+def add_overrides(ap: argparse.ArgumentParser, what: str, result_name: str | None = None) -> None:
+    """``--set KEY=VALUE`` (repeatable, into ``args.overrides``) overriding ``what``; with ``result_name``, also
+    ``--name`` (``args.name``): the result file of a variant's run, so the default file (``result_name``) stays."""
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"override a field of {what} (repeatable)")
+    if result_name is not None:
+        ap.add_argument("--name", default=None, help=f"result file name for a variant's run (default {result_name})")
+
+
 def print_progress(event: str, info: dict) -> None:
     """Plain progress lines of a benchmark script (benchmarks print; the library does not; the CLI uses rich)."""
     if event == "run":

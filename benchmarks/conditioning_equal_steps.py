@@ -7,8 +7,9 @@ difference on ``novel`` expressions (issue 4's +1 dB target) with its spread, in
 For each seed and expression style (``fastminerf synth --expression-style``: 0, every head moves alike; S > 0,
 each head moves by its own gain in ``[1 - S, 1]``), generates ``--identities`` (4) identities x ``--frames`` frames at
 ``--size`` px,
-trains the ``cpu`` preset (with the ``--set`` overrides, in both runs) with ``train.steps=STEPS`` (full learning-rate decay, no time limit: a fixed step count on
-the CPU is deterministic, so a busy machine changes the time, never the result) once per conditioning, and
+trains the ``cpu`` preset (with the ``--set`` overrides, in both runs) with ``train.steps=STEPS`` (full
+learning-rate decay, no time limit: a fixed step count on the CPU is deterministic, so a busy machine changes the
+time, never the result) once per conditioning, and
 evaluates mean PSNR on ``novel`` (expressions each head withheld from its own video) and ``val`` (unseen frames),
 ``--eval-frames`` frames per identity. The difference multiplicative - concat is paired by dataset; the summary
 gives its mean, its standard error over the seeds and how many seeds the product term wins. Writes
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, write_result  # noqa: E402
+from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
 from benchmarks.train_targets import evaluate  # noqa: E402
 from fastminerf import load_config, load_run, train  # noqa: E402
 from fastminerf.data.synth import generate  # noqa: E402
@@ -60,9 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--identities", type=int, default=4)
     ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a field of the cpu preset in both runs (repeatable), e.g. --set model.field.sh_degree=2")
-    ap.add_argument("--name", default=None, help="result file name (default conditioning_equal_steps[_<N>ids])")
+    add_overrides(ap, "the cpu preset in both runs", "conditioning_equal_steps[_<N>ids]")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fm_cond_"))
     rows = []
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
         print(f"style {s['style']:g}: novel multiplicative - concat {n['diff_mean']:+.2f} +- {n['diff_se']:.2f} dB "
               f"(standard error over {n['seeds']} seeds; product term wins {n['wins']} of {n['seeds']}); val "
               f"{s['val']['diff_mean']:+.2f} +- {s['val']['diff_se']:.2f} dB", flush=True)
-    name = args.name or "conditioning_equal_steps" + ("" if args.identities == 4 else f"_{args.identities}ids")
+    name = args.name or ("conditioning_equal_steps" + ("" if args.identities == 4 else f"_{args.identities}ids"))
     write_result(name, dict(
         machine=machine(),
         settings=dict(seeds=args.seeds, styles=args.styles, steps=args.steps, size=args.size, frames=args.frames,

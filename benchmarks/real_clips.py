@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, write_result  # noqa: E402
+from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
 
 REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
 
@@ -97,8 +97,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--max-frames", type=int, default=250, help="frames per clip (the first ones)")
     ap.add_argument("--config", default="video", help="preset (default video: cpu plus the torso layer)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config field of the preset (repeatable), e.g. --set train.threads=1")
+    add_overrides(ap, "the preset, e.g. --set train.threads=1", "real_clips, or real_clips_val<F>")
     ap.add_argument("--eval-frames", type=int, default=5, help="test frames evaluated per clip (the first ones)")
     ap.add_argument("--target", default="02_hdtf_WDA_AlexandriaOcasioCortez_000", help="identity rendered in the video")
     ap.add_argument("--driver", default="04_hdtf_WDA_BobMenendez_000", help="identity whose poses and expressions drive it")
@@ -107,8 +106,6 @@ def main() -> int:
                     help="share of each clip held out as val between train and test (0: train on every frame before the "
                          "test frames, which stay the same; results to real_clips_val0.json)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: results to real_clips_quick.json")
-    ap.add_argument("--name", default=None,
-                    help="result file name for a variant's run (e.g. real_clips_seed1), so the README's stays")
     args = ap.parse_args()
 
     from fastminerf.config import PrepareConfig, load_config

@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, write_result  # noqa: E402
+from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
 
 REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
 
@@ -171,7 +171,7 @@ def main() -> int:
                          "tracked, speech-predicted and still expressions and compare each with the real frames")
     ap.add_argument("--eval-split", default="test")
     ap.add_argument("--eval-frames", type=int, default=None, help="frames per clip for --eval-run (default all)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="SpeechConfig field")
+    add_overrides(ap, "SpeechConfig")
     args = ap.parse_args()
 
     from fastminerf.config import PrepareConfig

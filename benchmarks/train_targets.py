@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, psnr, spread_frames, write_result  # noqa: E402
+from benchmarks.common import add_overrides, machine, psnr, spread_frames, write_result  # noqa: E402
 from fastminerf import frame_rays, load_config, load_dataset, load_run, personalize, train  # noqa: E402
 from fastminerf.config import config_to_dict  # noqa: E402
 from fastminerf.data.synth import generate  # noqa: E402
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--personalize-seconds", type=float, default=60.0)
     ap.add_argument("--eval-frames", type=int, default=10, help="frames per identity and split evaluated (10: all of the default set)")
     ap.add_argument("--config", default="cpu")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    add_overrides(ap, "the --config preset")
     ap.add_argument("--work", type=Path, default=None, help="folder for runs (default: a temp folder)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny data and budgets (about a minute)")
     ap.add_argument("--personalize-only", action="store_true",
