@@ -11,7 +11,7 @@
 3. ``fastminerf.render.evaluate`` on the first ``--eval-frames`` frames of each clip's ``test`` split: PSNR and
    SSIM per clip, beside two baselines computed on the same frames: the clip's ``bg.png`` alone, and the clip's
    mean training colour everywhere.
-4. An expression-transfer video: ``--target`` rendered with the head poses and expressions (``delta`` transfer)
+4. An expression-transfer video: ``--target`` rendered with the head motion (``relative`` poses) and expressions (``delta`` transfer)
    of ``--driver``'s test frames -> ``WORK/transfer.mp4``, and a strip image (driver frames above the rendered
    target) -> ``WORK/transfer.jpg``. Both stay outside the repository: they show the real people of the
    third-party clips, which are never copied into the project.
@@ -202,7 +202,7 @@ def main() -> int:
                      "config": args.config, "minutes": args.minutes, "steps": steps, "eval_frames": args.eval_frames,
                      "eval_split": "test (each clip's last 10 %, never trained on)", "val_fraction": args.val_fraction,
                      "target": args.target,
-                     "driver": args.driver, "transfer": "delta", "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                     "driver": args.driver, "transfer": "delta", "pose": "relative", "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                      "overrides": list(args.overrides)},
         "frames": frames,
         "training": {"steps": result.step, "seconds": result.seconds, "train_psnr": result.psnr,

@@ -385,10 +385,33 @@ def render_speed_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def transfer_poses_table(result: dict) -> str:
+    sm = result["summary"]
+    n_pairs, n_clips = len(result["pairs"]), len(result["settings"]["clips"])
+    lines = [
+        f"Where the driven head lands, {n_pairs} ordered pairs of the {n_clips} prepared real clips, each target driven by "
+        "the driver's `test` frames (`python benchmarks/transfer_poses.py`), against the target's own training frames: "
+        "the head centre's distance in the picture from its mean place there (px at 256 px), its size against its "
+        "mean size there (the absolute log2 of the camera-distance ratio: 0.26 is 20 %), and the angle to the nearest "
+        "training head pose (a view the target's field extrapolates):",
+        "",
+        "| head poses | offset (px), mean / max | size, abs. log2 ratio, mean / max | pose gap (deg), mean / max |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for mode, label in (("driver", "`driver`: the driver's cameras"), ("relative", "`relative` (default)")):
+        a, b = sm[mode], sm[f"{mode}_max"]
+        lines.append(f"| {label} | {a['offset_px']:.1f} / {b['offset_px']:.1f} | {a['scale']:.3f} / {b['scale']:.3f} | "
+                     f"{a['pose_gap_deg']:.1f} / {b['pose_gap_deg']:.1f} |")
+    o = sm["own_test"]
+    lines += [f"| each clip's own `test` frames, for scale | {o['offset_px']:.1f} | {o['scale']:.3f} | {o['pose_gap_deg']:.1f} |",
+              "", _machine_line(result)]
+    return "\n".join(lines)
+
+
 TABLES = {"kernels": kernels_table, "train_targets": train_targets_table, "prepare": prepare_table,
           "real_clips": real_clips_table, "identities": identities_table, "backbone": backbone_table,
           "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table, "speech": speech_table,
-          "render_speed": render_speed_table}
+          "render_speed": render_speed_table, "transfer_poses": transfer_poses_table}
 
 
 def main() -> int:

@@ -394,9 +394,9 @@ def _frames_progress(console, title: str):
 def _add_render(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "render",
-        help="render an identity driven by another dataset's expressions and head poses, or a camera orbit",
-        description="Render identity NAME of a trained run to an mp4: with --drive, the head poses and expressions "
-        "of a driver's frames (cross-identity expression transfer; 'delta' moves NAME's neutral face by the "
+        help="render an identity driven by another dataset's expressions and head motion, or a camera orbit",
+        description="Render identity NAME of a trained run to an mp4: with --drive, the expressions and head motion "
+        "of a driver's frames (cross-identity expression transfer, head poses per --pose; 'delta' moves NAME's neutral face by the "
         "driver's change from its own neutral face, neutral = the train frame with the smallest expression norm); "
         "with --orbit, a camera orbit at NAME's neutral expression; with --speech, NAME saying a recording (lip "
         "sync through a speech model, see fastminerf speech).",
@@ -415,6 +415,11 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
                    help="the speech model for --speech (default RUN/speech.pt, written by fastminerf speech --run RUN)")
     p.add_argument("--out", required=True, type=Path, help="output mp4")
     p.add_argument("--transfer", choices=["delta", "absolute"], default="delta", help="expression transfer mode (default delta)")
+    p.add_argument("--pose", choices=["relative", "driver", "target", "still"], default="relative",
+                   help="head poses of a --drive video: 'relative' (default) moves NAME's head about its mean training "
+                        "pose as the driver's head moves about its own, in NAME's framing (the head stays on NAME's "
+                        "shoulders); 'driver' takes the driver's cameras as they are (its framing); 'target' plays "
+                        "NAME's own training head poses; 'still' holds NAME's mean pose")
     p.add_argument("--driver-identity", default=None, help="driver name when the --drive folder holds several")
     p.add_argument("--target-data", nargs="+", type=Path, default=None,
                    help="folders holding NAME's training data (default: the run's own data paths)")
@@ -468,8 +473,8 @@ def _run_render(args: argparse.Namespace) -> int:
                                            progress=lambda stage, name, d, t: bar.update(task, completed=d, total=t or None))
             split = "train"
         driver, driver_name = load_driver(folder, split, args.driver_identity)
-        path = drive_path(target, args.identity, driver, split, driver_name, mode=args.transfer)
-        what = f"{args.identity} driven by {driver_name}:{split} ({args.transfer})"
+        path = drive_path(target, args.identity, driver, split, driver_name, mode=args.transfer, pose=args.pose)
+        what = f"{args.identity} driven by {driver_name}:{split} ({args.transfer}, {args.pose} poses)"
     try:
         with _frames_progress(console, "render") as bar:
             task = bar.add_task("render", total=len(path))

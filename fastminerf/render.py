@@ -6,7 +6,8 @@ The pieces, each usable alone:
 - :func:`neutral_frame`, :func:`expression_transfer`: which frame is an identity's "neutral" face, and how a
   driver's expressions map onto a target (a pure function).
 - :class:`CameraPath`, :func:`drive_path`, :func:`speech_path`, :func:`orbit_path`, :func:`orbit_cameras`: what
-  to render, frame by frame (cameras, intrinsics, expressions), without a model.
+  to render, frame by frame (cameras, intrinsics, expressions), without a model; :func:`relative_cameras` moves a
+  target's head as a driver's moves (the default head poses of a driven video).
 - :func:`render_rays`, :func:`render_frame`, :func:`render_sequence`: the model applied to rays, one frame or a
   path, without gradients (the model bounds its own memory: ``MINeRF`` renders in chunks of ``ModelConfig.chunk_rays`` rays).
 - :func:`write_video` (mp4 through imageio-ffmpeg, PNG frames on request; with a soundtrack when given),
@@ -43,6 +44,7 @@ from .metrics import LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lp
 __all__ = [
     "CameraPath",
     "ERROR_GAIN",
+    "POSE_MODES",
     "RenderError",
     "VideoInfo",
     "drive_path",
@@ -56,8 +58,10 @@ __all__ = [
     "neutral_frame",
     "orbit_cameras",
     "orbit_path",
+    "mean_head_pose",
     "parse_drive",
     "pose_loop",
+    "relative_cameras",
     "render_frame",
     "render_rays",
     "render_sequence",
@@ -80,6 +84,12 @@ so that errors of a few percent are visible; values above 1 after the gain are c
 
 TRANSFER_MODES = ("delta", "absolute")
 """Modes of :func:`expression_transfer`."""
+
+POSE_MODES = ("relative", "driver", "target", "still")
+"""Head poses of a driven video (:func:`drive_path`): ``relative`` moves the target's head about its mean training
+pose as the driver's head moves about its own mean (:func:`relative_cameras`), in the target's framing; ``driver``
+takes the driver's cameras as they are (the driver's framing); ``target`` plays the target's own training head
+poses; ``still`` holds the target's mean training pose."""
 
 
 class RenderError(ValueError):
@@ -263,6 +273,43 @@ class CameraPath:
         return frame_soundtrack(read_wav(self.audio), self.times, self.fps if fps is None else fps)  # type: ignore[arg-type]
 
 
+def mean_head_pose(c2w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The mean head pose seen by cameras ``(B, 4, 4)`` (camera-to-head): the chordal mean of the head-to-camera
+    rotations and the mean position of the head's origin in camera coordinates, ``(3, 3)`` and ``(3,)`` float64."""
+    from .prepare.pose import nearest_rotation
+
+    w2c = np.linalg.inv(np.asarray(c2w, dtype=np.float64))
+    return nearest_rotation(w2c[:, :3, :3].mean(axis=0)), w2c[:, :3, 3].mean(axis=0)
+
+
+def relative_cameras(driver_c2w: np.ndarray, target_c2w: np.ndarray) -> np.ndarray:
+    """Cameras that move the target's head as the driver's head moves: each driver frame's head pose relative to
+    the driver's mean pose (:func:`mean_head_pose` of ``driver_c2w``), applied to the target's mean pose (of
+    ``target_c2w``, e.g. its training frames).
+
+    With head-to-camera poses ``[R_b | t_b]`` and means ``(R_d, t_d)``, ``(R_t, t_t)``, frame ``b`` becomes
+    ``[R_b R_d^T R_t | t_t + t_b - t_d]``: the driver's rotation about its head's centre and its shift in head units,
+    both in camera coordinates (a nod stays a nod), while the framing (how far and where the head sits in the
+    picture) stays the target's, so the head stays on the target's shoulders and in front of its background.
+    A driver driving itself gets its own cameras back.
+
+    Args:
+        driver_c2w: (B, 4, 4) the driver's camera-to-head transforms, one per frame to render.
+        target_c2w: (T, 4, 4) the target's, e.g. its training frames.
+
+    Returns:
+        (B, 4, 4) float32 camera-to-head transforms.
+    """
+    rd, td = mean_head_pose(driver_c2w)
+    rt, tt = mean_head_pose(target_c2w)
+    w2c = np.linalg.inv(np.asarray(driver_c2w, dtype=np.float64))
+    out = np.zeros_like(w2c)
+    out[:, :3, :3] = w2c[:, :3, :3] @ (rd.T @ rt)
+    out[:, :3, 3] = tt[None] + w2c[:, :3, 3] - td[None]
+    out[:, 3, 3] = 1.0
+    return np.linalg.inv(out).astype(np.float32)
+
+
 def drive_path(
     target: MultiIdentityDataset,
     target_identity: str,
@@ -273,13 +320,19 @@ def drive_path(
     neutral_split: str = "train",
     target_neutral_index: Optional[int] = None,
     driver_neutral_index: Optional[int] = None,
+    pose: str = "relative",
 ) -> CameraPath:
-    """The path that renders ``target_identity`` with the head poses and (transferred) expressions of a
+    """The path that renders ``target_identity`` with the (transferred) expressions and the head motion of a
     driver's frames: cross-identity expression transfer.
 
-    Cameras, intrinsics and image size are the driver's frames'; expressions are
-    :func:`expression_transfer` of the driver's, with neutrals from :func:`neutral_frame` over each
+    Expressions are :func:`expression_transfer` of the driver's, with neutrals from :func:`neutral_frame` over each
     identity's ``neutral_split`` (default ``train``; the ``*_neutral_index`` arguments pick a frame instead).
+    Head poses follow ``pose`` (:data:`POSE_MODES`): ``relative`` (default, :func:`relative_cameras` against the
+    target's ``neutral_split`` frames), ``target`` (the target's own ``neutral_split`` head poses in time order,
+    :func:`pose_loop` when the driver is longer), ``still`` (the target's mean pose there): all three with the
+    target's intrinsics and image size, so the head sits where the target's shoulders and background expect it;
+    ``driver``: the driver's cameras, intrinsics and image size as they are, which frames another person's head
+    (its distance and place in the picture) over the target's torso. Frame rate, times and sound are the driver's.
 
     Args:
         target: a dataset holding the target identity with ``neutral_split`` loaded.
@@ -288,36 +341,65 @@ def drive_path(
         driver_split: the driver's split whose frames drive the video.
         driver_identity: the driver's name; may be omitted when ``driver`` holds one identity.
         mode: ``"delta"`` or ``"absolute"``.
+        pose: one of :data:`POSE_MODES`.
 
     Raises:
-        RenderError: naming the missing identity or split.
+        RenderError: naming the missing identity or split, or an unknown ``pose``.
     """
+    if pose not in POSE_MODES:
+        raise RenderError(f"unknown pose mode '{pose}': one of {list(POSE_MODES)}")
     if driver_identity is None:
         if len(driver.identities) != 1:
             raise RenderError(f"the driver dataset holds {len(driver.identities)} identities {driver.identities}; name one")
         driver_identity = driver.identities[0]
     d_id = _dataset_identity(driver, driver_identity)
+    t_id = _dataset_identity(target, target_identity)
     if driver_split not in driver.splits:
         raise RenderError(f"driver split '{driver_split}' is not loaded; loaded: {list(driver.splits)}")
     table = driver.table(driver_split)
     frames = table.frames_of(d_id)
     if frames.size == 0:
         raise RenderError(f"driver '{driver_identity}' has no frames in split '{driver_split}'")
+    needs = [(driver, "driver")] if mode == "delta" else []
+    needs += [(target, "target")] if mode == "delta" or pose != "driver" else []
+    for ds, what in needs:
+        if neutral_split not in ds.splits:
+            raise RenderError(f"the {what} dataset lacks split '{neutral_split}' (needed for its neutral frame and poses)")
     e_drv = table.expression[frames]
     if mode == "delta":
-        for ds, what in ((target, "target"), (driver, "driver")):
-            if neutral_split not in ds.splits:
-                raise RenderError(f"the {what} dataset lacks split '{neutral_split}' (needed for its neutral frame)")
         t_ntab, d_ntab = target.table(neutral_split), driver.table(neutral_split)
-        tn = t_ntab.expression[neutral_frame(target, target_identity, neutral_split, target_neutral_index)]
+        tn = t_ntab.expression[neutral_frame(target, t_id, neutral_split, target_neutral_index)]
         dn = d_ntab.expression[neutral_frame(driver, d_id, neutral_split, driver_neutral_index)]
     else:
-        _dataset_identity(target, target_identity)
         tn = dn = np.zeros(e_drv.shape[1], np.float32)
     expr = expression_transfer(tn, dn, e_drv, mode)
-    fps = driver.split_meta(driver_split, d_id).fps
-    return _rows_path(table, frames, expr, float(fps) if fps else 25.0, identity_audio(driver.identity_dirs[d_id]),
-                      table.time[frames].astype(np.float64), driver.expression_space)
+    fps = float(driver.split_meta(driver_split, d_id).fps or 25.0)
+    audio, times = identity_audio(driver.identity_dirs[d_id]), table.time[frames].astype(np.float64)
+    if pose == "driver":
+        return _rows_path(table, frames, expr, fps, audio, times, driver.expression_space)
+    own_table = target.table(neutral_split)
+    own = _time_ordered(own_table, own_table.frames_of(t_id))
+    if own.size == 0:
+        raise RenderError(f"target '{target_identity}' has no frames in split '{neutral_split}' to take head poses from")
+    if pose == "target":
+        return _rows_path(own_table, own[pose_loop(own.size, frames.size)], expr, fps, audio, times,
+                          driver.expression_space)
+    if pose == "relative":
+        c2w = relative_cameras(table.c2w[frames], own_table.c2w[own])
+    else:  # still: the target's mean pose, every frame
+        w2c = np.eye(4)
+        w2c[:3, :3], w2c[:3, 3] = mean_head_pose(own_table.c2w[own])
+        c2w = np.repeat(np.linalg.inv(w2c)[None].astype(np.float32), frames.size, axis=0)
+    return CameraPath(c2w=c2w, intrinsics=np.repeat(own_table.intrinsics[own[:1]], frames.size, axis=0).astype(np.float32),
+                      expression=expr, width=own_table.width, height=own_table.height, fps=fps, audio=audio,
+                      times=times, expression_space=driver.expression_space)
+
+
+def _time_ordered(table, rows: np.ndarray) -> np.ndarray:
+    """``rows`` of a frame table sorted by their frames' times (as they are where a time is missing)."""
+    if rows.size and np.all(np.isfinite(table.time[rows])):
+        return rows[np.argsort(table.time[rows], kind="stable")]
+    return rows
 
 
 def _rows_path(table, rows: np.ndarray, expression: np.ndarray, fps: float, audio: Optional[Path],
@@ -379,7 +461,7 @@ def speech_path(
     if fps is None:
         fps = float(target.split_meta(pose_split, ident).fps or 25.0)
     expr, times = predict_expressions(speech_model, load_speech(speech), fps)
-    order = frames[np.argsort(table.time[frames], kind="stable")] if np.all(np.isfinite(table.time[frames])) else frames
+    order = _time_ordered(table, frames)
     return _rows_path(table, order[pose_loop(len(order), len(expr))], expr, float(fps), Path(speech), times,
                       speech_model.expression_space)
 

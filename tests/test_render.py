@@ -26,9 +26,11 @@ from fastminerf.render import (
     expression_transfer,
     identity_id,
     look_at_point,
+    mean_head_pose,
     neutral_frame,
     orbit_cameras,
     orbit_path,
+    relative_cameras,
     render_frame,
     render_sequence,
     render_video,
@@ -118,7 +120,7 @@ def test_neutral_frame_is_smallest_norm(data):
 
 
 def test_drive_path_uses_driver_cameras_and_transferred_expressions(data):
-    path = drive_path(data, "id000", data, "novel", driver_identity="id001", mode="delta")
+    path = drive_path(data, "id000", data, "novel", driver_identity="id001", mode="delta", pose="driver")
     nov = data.table("novel")
     frames = nov.frames_of(1)
     assert len(path) == frames.size and (path.width, path.height) == (SIZE, SIZE)
@@ -138,6 +140,78 @@ def test_drive_path_uses_driver_cameras_and_transferred_expressions(data):
 
 
 # ---------------------------------------------------------------------------------------------- cameras
+
+
+def _random_rotations(rng, n, degrees):
+    """n rotations about random axes by up to ``degrees`` (Rodrigues)."""
+    out = []
+    for _ in range(n):
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        a = np.radians(rng.uniform(-degrees, degrees))
+        k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        out.append(np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k)
+    return np.stack(out)
+
+
+def _c2w(rot, trans):
+    """camera-to-head transforms from head-to-camera rotations (B, 3, 3) and translations (B, 3)."""
+    w2c = np.tile(np.eye(4), (len(rot), 1, 1))
+    w2c[:, :3, :3], w2c[:, :3, 3] = rot, trans
+    return np.linalg.inv(w2c)
+
+
+def test_relative_cameras_move_the_target_as_the_driver_moves():
+    rng = np.random.default_rng(0)
+    # the driver: a head near the camera's axis, turning up to 15 degrees; the target: framed farther away, off
+    # centre and turned 20 degrees
+    base = _random_rotations(rng, 1, 20)[0]
+    drv = _c2w(_random_rotations(rng, 9, 15), np.array([0.1, -0.2, -3.0]) + rng.normal(scale=0.05, size=(9, 3)))
+    tgt = _c2w(base @ _random_rotations(rng, 30, 5), np.array([-0.3, 0.1, -4.5]) + rng.normal(scale=0.05, size=(30, 3)))
+    out = relative_cameras(drv, tgt)
+    assert out.shape == drv.shape and out.dtype == np.float32
+    # the target's framing: the same mean pose as its own cameras
+    for a, b in zip(mean_head_pose(out), mean_head_pose(tgt)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # the driver's motion: frame-to-frame rotations and shifts in camera coordinates carried over unchanged
+    w_out, w_drv = np.linalg.inv(out.astype(np.float64)), np.linalg.inv(drv)
+    for i, j in ((0, 1), (2, 7), (8, 3)):
+        np.testing.assert_allclose(w_out[i, :3, :3] @ w_out[j, :3, :3].T, w_drv[i, :3, :3] @ w_drv[j, :3, :3].T, atol=1e-5)
+        np.testing.assert_allclose(w_out[i, :3, 3] - w_out[j, :3, 3], w_drv[i, :3, 3] - w_drv[j, :3, 3], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.det(w_out[:, :3, :3]), 1.0, atol=1e-5)
+    # a driver driving itself gets its own cameras back
+    np.testing.assert_allclose(relative_cameras(drv, drv), drv, atol=1e-5)
+
+
+def test_drive_path_head_pose_modes(synth, data):
+    train, nov = data.table("train"), data.table("novel")
+    own = train.frames_of(0)
+    frames = nov.frames_of(1)
+    relative = drive_path(data, "id000", data, "novel", driver_identity="id001")  # the default
+    np.testing.assert_allclose(relative.c2w, relative_cameras(nov.c2w[frames], train.c2w[own]), atol=1e-6)
+    still = drive_path(data, "id000", data, "novel", driver_identity="id001", pose="still")
+    np.testing.assert_allclose(still.c2w, np.broadcast_to(still.c2w[:1], still.c2w.shape))
+    for a, b in zip(mean_head_pose(still.c2w[:1]), mean_head_pose(train.c2w[own])):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    mine = drive_path(data, "id000", data, "novel", driver_identity="id001", pose="target")
+    order = own[np.argsort(train.time[own], kind="stable")]
+    np.testing.assert_array_equal(mine.c2w, train.c2w[order[:frames.size]])
+    for p in (relative, still, mine):  # the target's framing and the driver's expressions, timing and sound
+        assert len(p) == frames.size and (p.width, p.height) == (train.width, train.height)
+        np.testing.assert_array_equal(p.intrinsics, np.repeat(train.intrinsics[own[:1]], frames.size, axis=0))
+        np.testing.assert_array_equal(p.expression, drive_path(data, "id000", data, "novel", driver_identity="id001",
+                                                               pose="driver").expression)
+        np.testing.assert_array_equal(p.times, nov.time[frames])
+    # a head driven by its own frames in the relative mode renders those frames (the oracle against the stored ones)
+    oracle = Oracle(synth[1])
+    path = drive_path(data, "id001", data, "train", driver_identity="id001")
+    rows = train.frames_of(1)
+    for b, img in enumerate(render_sequence(oracle, path, "id001", background=data.background(1),
+                                            aabb=train.aabb[rows[0]])):
+        truth = data.image("train", int(rows[b])).astype(np.float32) / 255.0
+        assert -10 * np.log10(float(((img - truth) ** 2).mean())) > ORACLE_MIN_PSNR
+    with pytest.raises(RenderError, match="unknown pose mode 'sideways'"):
+        drive_path(data, "id000", data, "novel", driver_identity="id001", pose="sideways")
 
 
 def test_orbit_cameras_look_at_the_centre():

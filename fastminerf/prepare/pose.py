@@ -41,6 +41,7 @@ __all__ = [
     "identity_neutral",
     "image_to_head_axes",
     "intrinsics_matrix",
+    "nearest_rotation",
     "project",
     "scene_box",
     "similarity_align",
@@ -308,10 +309,17 @@ def smooth_poses(poses: Poses, frame_index: np.ndarray, sigma: float) -> Poses:
         acc_r[lo:hi] += w[:, None, None] * poses.rotation[lo + off : hi + off]
         acc_t[lo:hi] += w[:, None] * poses.translation[lo + off : hi + off]
         acc_w[lo:hi] += w
-    u, _, vt = np.linalg.svd(acc_r / acc_w[:, None, None])
+    return Poses(nearest_rotation(acc_r / acc_w[:, None, None]), acc_t / acc_w[:, None])
+
+
+def nearest_rotation(matrices: np.ndarray) -> np.ndarray:
+    """The rotation nearest each ``(..., 3, 3)`` matrix in the Frobenius norm (``U V^T`` of its SVD, the last
+    column of ``U`` flipped where that would be a reflection): the chordal mean of rotations when given their
+    (weighted) average."""
+    u, _, vt = np.linalg.svd(np.asarray(matrices, dtype=np.float64))
     d = np.sign(np.linalg.det(u @ vt))
-    u[:, :, 2] *= d[:, None]
-    return Poses(u @ vt, acc_t / acc_w[:, None])
+    u[..., :, 2] *= d[..., None]
+    return u @ vt
 
 
 def camera_to_head(poses: Poses) -> np.ndarray:
