@@ -407,7 +407,9 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     src.add_argument("--drive", metavar="PATH[:SPLIT]",
                      help="driver identity folder (or root) and split (default train), or a video file: prepared "
                           "first (cached in RUN/drivers/) with the run's expression basis")
-    src.add_argument("--orbit", action="store_true", help="render a camera orbit instead")
+    src.add_argument("--orbit", action="store_true",
+                     help="render a camera orbit instead: about NAME's mean view, as far each way as its training "
+                          "views reach unless --yaw / --pitch say")
     src.add_argument("--speech", type=Path, metavar="AUDIO",
                      help="a recording (wav, mp3, m4a, or a video's sound) for NAME to say: expressions from a speech "
                           "model (fastminerf speech), head poses from NAME's own training frames")
@@ -427,6 +429,11 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
                    help="frames of an orbit (default 60), or the first frames of a driver video or of a --speech "
                         "recording (default all)")
     p.add_argument("--fps", type=float, default=None, help="frame rate (default: the driver's, 25 for an orbit)")
+    p.add_argument("--yaw", type=float, default=None, metavar="DEG",
+                   help="an orbit's left-right swing each way (default: as far as NAME's training views reach, a few "
+                        "degrees for a talking-head video: beyond them the model guesses)")
+    p.add_argument("--pitch", type=float, default=None, metavar="DEG",
+                   help="an orbit's up-down swing each way (default: as far as NAME's training views reach)")
     p.add_argument("--png-dir", type=Path, default=None, help="also write every frame as PNG into this folder")
     p.add_argument("--no-audio", dest="audio", action="store_false",
                    help="a silent video (default: a driven video carries the driver's audio.wav, cut to its frames)")
@@ -447,7 +454,7 @@ def _run_render(args: argparse.Namespace) -> int:
     target = load_target(args.target_data or meta["data_paths"], args.identity)
     speech_dir = None
     if args.orbit:
-        path = orbit_path(target, args.identity, n_frames=args.frames or 60)
+        path = orbit_path(target, args.identity, n_frames=args.frames or 60, yaw_deg=args.yaw, pitch_deg=args.pitch)
         what = f"orbit of {args.identity}"
     elif args.speech is not None:
         import tempfile

@@ -44,6 +44,7 @@ from .metrics import LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lp
 __all__ = [
     "CameraPath",
     "ERROR_GAIN",
+    "ORBIT_MIN_DEG",
     "POSE_MODES",
     "RenderError",
     "VideoInfo",
@@ -71,6 +72,7 @@ __all__ = [
     "speech_path",
     "to_uint8",
     "training_basis",
+    "view_angles",
     "write_video",
 ]
 
@@ -609,19 +611,32 @@ def look_at_point(c2w: np.ndarray) -> np.ndarray:
     return (centres + t[:, None] * fwd).mean(axis=0)
 
 
+def view_angles(c2w: np.ndarray, look_at: Sequence[float] = (0.0, 0.0, 0.0)) -> Tuple[np.ndarray, np.ndarray]:
+    """Where cameras ``(B, 4, 4)`` (camera-to-head) sit around ``look_at`` in head space, in degrees: yaw (about +y,
+    0 in front of the face on +z, positive towards +x) and elevation (positive above), each ``(B,)`` float64 (the
+    angles :func:`orbit_cameras` places its cameras at)."""
+    v = np.asarray(c2w, dtype=np.float64)[:, :3, 3] - np.asarray(look_at, dtype=np.float64)[None]
+    yaw = np.degrees(np.arctan2(v[:, 0], v[:, 2]))
+    elevation = np.degrees(np.arctan2(v[:, 1], np.hypot(v[:, 0], v[:, 2])))
+    return yaw, elevation
+
+
 def orbit_cameras(
     n_frames: int,
     distance: float,
     yaw_deg: float = 30.0,
     pitch_deg: float = 10.0,
     look_at: Sequence[float] = (0.0, 0.0, 0.0),
+    centre_yaw_deg: float = 0.0,
+    centre_elevation_deg: float = 0.0,
 ) -> np.ndarray:
     """Cameras on a sphere around ``look_at``, swinging the head left-right once while nodding twice.
 
-    Frame ``b`` (``s = b / n_frames``) has yaw ``yaw_deg * sin(2 pi s)`` and pitch ``pitch_deg * sin(4 pi s)``;
-    the camera sits at ``look_at + R (0, 0, distance)`` with ``R = R_y(yaw) R_x(-pitch)`` and looks at
-    ``look_at`` down its -z axis, +y up (OpenGL). Yaw 0, pitch 0 is the frontal view from +z, as in the
-    procedural heads. The path is closed: it loops without a jump.
+    Frame ``b`` (``s = b / n_frames``) sits at yaw ``centre_yaw_deg + yaw_deg * sin(2 pi s)`` and elevation
+    ``centre_elevation_deg + pitch_deg * sin(4 pi s)`` (:func:`view_angles`): at ``look_at + R (0, 0, distance)``
+    with ``R = R_y(yaw) R_x(-elevation)``, looking at ``look_at`` down its -z axis, +y up (OpenGL). Yaw 0,
+    elevation 0 is the frontal view from +z, as in the procedural heads. The path is closed: it loops without a
+    jump.
 
     Returns:
         (B, 4, 4) float32 camera-to-head transforms.
@@ -634,8 +649,8 @@ def orbit_cameras(
     out = np.zeros((n_frames, 4, 4))
     for b in range(n_frames):
         s = b / n_frames
-        yaw = math.radians(yaw_deg) * math.sin(2 * math.pi * s)
-        pitch = -math.radians(pitch_deg) * math.sin(4 * math.pi * s)
+        yaw = math.radians(centre_yaw_deg + yaw_deg * math.sin(2 * math.pi * s))
+        pitch = -math.radians(centre_elevation_deg + pitch_deg * math.sin(4 * math.pi * s))
         cy, sy, cp, sp = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch)
         ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
         rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
@@ -646,21 +661,33 @@ def orbit_cameras(
     return out.astype(np.float32)
 
 
+ORBIT_MIN_DEG = 2.0
+"""The smallest swing of a data-framed orbit (:func:`orbit_path` without angles), for a video whose head hardly moves."""
+
+ORBIT_REACH_PERCENTILE = 90.0
+"""A data-framed orbit swings as far from the mean view as this percentile of the training views' angles from it
+(not the largest: one turned frame would set it)."""
+
+
 def orbit_path(
     dataset: MultiIdentityDataset,
     identity: str,
     n_frames: int = 60,
     split: str = "train",
-    yaw_deg: float = 30.0,
-    pitch_deg: float = 10.0,
+    yaw_deg: Optional[float] = None,
+    pitch_deg: Optional[float] = None,
     expression: Optional[np.ndarray] = None,
     fps: float = 25.0,
 ) -> CameraPath:
     """A camera orbit around an identity, framed like its own video.
 
     The orbit centre is :func:`look_at_point` of the identity's cameras in ``split``, its radius their mean
-    distance to that point, the intrinsics and size those of the split; the expression is the identity's
-    neutral one (:func:`neutral_frame`) unless given (E,).
+    distance to that point, the intrinsics and size those of the split; it swings about the mean view of those
+    cameras (:func:`view_angles`), by ``yaw_deg`` / ``pitch_deg`` each way, by default as far as they reach
+    (:data:`ORBIT_REACH_PERCENTILE` of their angles from the mean view, at least :data:`ORBIT_MIN_DEG`): a NeRF of a monocular video has seen
+    the head only from that cone (a few degrees for a talking-head clip, +-18 / 12 for the procedural heads), and
+    beyond it draws a view it has to guess. The expression is the identity's neutral one (:func:`neutral_frame`)
+    unless given (E,).
     """
     ident = _dataset_identity(dataset, identity)
     table = dataset.table(split)
@@ -670,7 +697,12 @@ def orbit_path(
     c2w = table.c2w[frames]
     centre = look_at_point(c2w)
     distance = float(np.linalg.norm(c2w[:, :3, 3] - centre[None], axis=1).mean())
-    cams = orbit_cameras(n_frames, distance, yaw_deg, pitch_deg, centre)
+    yaw, elevation = view_angles(c2w, centre)
+    if yaw_deg is None:
+        yaw_deg = max(ORBIT_MIN_DEG, float(np.percentile(np.abs(yaw - yaw.mean()), ORBIT_REACH_PERCENTILE)))
+    if pitch_deg is None:
+        pitch_deg = max(ORBIT_MIN_DEG, float(np.percentile(np.abs(elevation - elevation.mean()), ORBIT_REACH_PERCENTILE)))
+    cams = orbit_cameras(n_frames, distance, yaw_deg, pitch_deg, centre, float(yaw.mean()), float(elevation.mean()))
     if expression is None:
         expression = table.expression[neutral_frame(dataset, ident, split)]
     expression = np.asarray(expression, dtype=np.float32).reshape(1, -1)

@@ -35,6 +35,7 @@ from fastminerf.render import (
     render_sequence,
     render_video,
     side_by_side,
+    view_angles,
     write_video,
 )
 
@@ -233,6 +234,14 @@ def test_orbit_cameras_look_at_the_centre():
     # stay within the centre's size of it.
     np.testing.assert_allclose(look_at_point(orbit_cameras(12, 3.5)), 0.0, atol=1e-6)
     assert np.linalg.norm(look_at_point(cams) - centre) < np.linalg.norm(centre)
+    # About another mean view: the angles view_angles reads back are the ones asked for.
+    cams = orbit_cameras(8, 3.0, yaw_deg=5, pitch_deg=3, look_at=centre, centre_yaw_deg=12, centre_elevation_deg=-4)
+    yaw, elevation = view_angles(cams, centre)
+    s = np.arange(8) / 8
+    np.testing.assert_allclose(yaw, 12 + 5 * np.sin(2 * np.pi * s), atol=1e-4)
+    np.testing.assert_allclose(elevation, -4 + 3 * np.sin(4 * np.pi * s), atol=1e-4)
+    for c in cams.astype(np.float64):  # still looking at the centre
+        np.testing.assert_allclose(-c[:3, 2], (centre - c[:3, 3]) / np.linalg.norm(centre - c[:3, 3]), atol=1e-6)
 
 
 def test_orbit_path_frames_the_identity(data):
@@ -241,7 +250,21 @@ def test_orbit_path_frames_the_identity(data):
     table = data.table("train")
     np.testing.assert_array_equal(path.expression[3], table.expression[neutral_frame(data, 1)])
     # The synthetic cameras aim at (0, 0.1, 0) with up to 0.04 of sideways shift (and a nod of < 12 degrees).
-    np.testing.assert_allclose(look_at_point(table.c2w[table.frames_of(1)]), [0, 0.1, 0], atol=0.05)
+    own = table.c2w[table.frames_of(1)]
+    np.testing.assert_allclose(look_at_point(own), [0, 0.1, 0], atol=0.05)
+    # By default the orbit swings about the training views' mean as far as they reach (90th percentile, at least 2
+    # degrees: these four frames turn by 1), no farther.
+    centre = look_at_point(own)
+    yaw, elevation = view_angles(own, centre)
+    path = orbit_path(data, "id001", n_frames=40)
+    oy, oe = view_angles(path.c2w, centre)
+    reach = lambda a: max(2.0, np.percentile(np.abs(a - a.mean()), 90))  # noqa: E731
+    assert oy.mean() == pytest.approx(yaw.mean(), abs=0.05) and oe.mean() == pytest.approx(elevation.mean(), abs=0.05)
+    assert np.abs(oy - yaw.mean()).max() == pytest.approx(reach(yaw), abs=0.05)
+    assert np.abs(oe - elevation.mean()).max() == pytest.approx(reach(elevation), abs=0.05)
+    wide = view_angles(orbit_path(data, "id001", n_frames=40, yaw_deg=30, pitch_deg=10).c2w, centre)
+    assert np.abs(wide[0] - yaw.mean()).max() == pytest.approx(30, abs=0.05)
+    assert np.abs(wide[1] - elevation.mean()).max() == pytest.approx(10, abs=0.05)
 
 
 # ------------------------------------------------------------------------------------------------- video
