@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     add_overrides(ap, "the cpu preset in both runs", "conditioning_equal_steps[_<N>ids]")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fm_cond_"))
+    where = machine()  # at the start: the commit that runs, not the one checked out when it ends
     rows = []
     for style in args.styles:
         for seed in args.seeds:
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
               f"{s['val']['diff_mean']:+.2f} +- {s['val']['diff_se']:.2f} dB", flush=True)
     name = args.name or ("conditioning_equal_steps" + ("" if args.identities == 4 else f"_{args.identities}ids"))
     write_result(name, dict(
-        machine=machine(),
+        machine=where,
         settings=dict(seeds=args.seeds, styles=args.styles, steps=args.steps, size=args.size, frames=args.frames,
                       identities=args.identities, eval_frames=args.eval_frames, threads=args.threads, config="cpu",
                       overrides=args.overrides),
