@@ -69,8 +69,11 @@ OCCUPANCY_POOL = 256
 """Training frames whose conditioning an occupancy update draws from (a fresh random subset each update)."""
 
 RESUME_MAY_CHANGE = ("train.steps", "train.max_seconds", "train.log_every", "train.checkpoint_every",
-                     "train.checkpoint_seconds", "train.threads", "train.device", "data.cache_frames", "data.cache_bytes")
-"""Config keys that may differ between a run and its resumption (they do not change the computation)."""
+                     "train.checkpoint_seconds", "train.threads", "train.device", "data.cache_frames", "data.cache_bytes",
+                     "train.personalize_steps", "train.personalize_code_fraction", "train.personalize_tune",
+                     "train.personalize_lr_factor")
+"""Config keys that may differ between a generic run and its resumption (they do not change its computation: the
+``personalize_*`` ones act only in :func:`personalize`)."""
 
 
 class CheckpointError(ValueError):
