@@ -408,10 +408,32 @@ def transfer_poses_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def real_personalize_table(result: dict) -> str:
+    st, gen = result["settings"], result["generic"]
+    tunes = st.get("tunes", ["grid", "all"])
+    lines = [
+        f"`{st['new']}` added to a generic model of the other {len(st['generic_clips'])} clips (`{st['config']}` preset, "
+        f"{st['generic_minutes']:g} minutes, {gen['steps']} steps, {st['threads']} threads) or trained alone from scratch "
+        "for the same seconds, PSNR (dB) / SSIM on its `test` frames (`python benchmarks/real_personalize.py`):",
+        "",
+        "| seconds of training | " + " | ".join(f"personalised, `{t}`" for t in tunes) + " | alone from scratch |",
+        "| ---: | " + " | ".join("---:" for _ in tunes) + " | ---: |",
+    ]
+    for r in result["rows"]:
+        cells = [r[f"personalized_{t}"] for t in tunes] + [r["alone"]]
+        best = max(c["psnr"] for c in cells)
+        fmt = lambda c: (f"**{c['psnr']:.2f} / {c['ssim']:.3f}**" if c["psnr"] == best  # noqa: E731
+                         else f"{c['psnr']:.2f} / {c['ssim']:.3f}")
+        lines.append(f"| {r['budget_s']:g} | " + " | ".join(fmt(c) for c in cells) + " |")
+    lines += ["", _machine_line(result)]
+    return "\n".join(lines)
+
+
 TABLES = {"kernels": kernels_table, "train_targets": train_targets_table, "prepare": prepare_table,
           "real_clips": real_clips_table, "identities": identities_table, "backbone": backbone_table,
           "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table, "speech": speech_table,
-          "render_speed": render_speed_table, "transfer_poses": transfer_poses_table}
+          "render_speed": render_speed_table, "transfer_poses": transfer_poses_table,
+          "real_personalize": real_personalize_table, "real_personalize_05": real_personalize_table}
 
 
 def main() -> int:

@@ -580,6 +580,10 @@ def test_cli_train_then_resume(tiny_data, tmp_path):
     assert main(args[:-1] + ["6"]) == 0
     assert _log(tmp_path / "r")[-1]["step"] == 6
     assert main(args + ["--set", "model.field.hidden_dm=3"]) == 2
+    # settings that only personalisation reads do not stop a generic run from resuming; a changed model does
+    assert main(args[:-1] + ["8", "--set", "train.personalize_tune=all", "--set", "train.personalize_lr_factor=0.5"]) == 0
+    assert _log(tmp_path / "r")[-1]["step"] == 8
+    assert main(args[:-1] + ["10", "--set", "model.field.hidden_dim=32"]) == 2
 
 
 def test_monitor_stops_training_and_its_time_is_not_training_time(tiny_data, tmp_path):
