@@ -39,9 +39,33 @@ from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
 REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
 
 
+MAX_FRAMES = 250
+"""Frames per clip this benchmark prepares by default (the first ones)."""
+
+
 def _clips(n: int):
     vids = sorted(p for p in REAL.iterdir() if p.suffix.lower() in (".mp4", ".mov", ".webm"))
     return vids[:n]
+
+
+def prepared_root(data: Path | None, work: Path, size: int = 256) -> Path | None:
+    """``data`` (a root of prepared real clips) when given; else the nine clips of ``REAL`` prepared into
+    ``work/data`` at ``size`` px as this benchmark prepares them (first :data:`MAX_FRAMES` frames; resuming what is
+    there, so a ``WORK`` of this benchmark is reused). None, with the reason printed, when that fails."""
+    if data is not None:
+        return data
+    from fastminerf.config import PrepareConfig
+    from fastminerf.prepare import prepare
+
+    clips = _clips(9)
+    if not clips:
+        print(f"no clips in {REAL}")
+        return None
+    prep = prepare(clips, work / "data", PrepareConfig(size=size, max_frames=MAX_FRAMES))
+    if prep.failed:
+        print("prepare failed: " + ", ".join(f"{v.name}: {v.error}" for v in prep.failed))
+        return None
+    return work / "data"
 
 
 def _baselines(data, split: str, max_frames: int) -> dict:
@@ -95,7 +119,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="schedule length (default: scaled from the preset)")
     ap.add_argument("--clips", type=int, default=9, help="use the first N clips (sorted by name)")
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--max-frames", type=int, default=250, help="frames per clip (the first ones)")
+    ap.add_argument("--max-frames", type=int, default=MAX_FRAMES, help="frames per clip (the first ones)")
     ap.add_argument("--config", default="video", help="preset (default video: cpu plus the torso layer)")
     add_overrides(ap, "the preset, e.g. --set train.threads=1", "real_clips, or real_clips_val<F>")
     ap.add_argument("--eval-frames", type=int, default=5, help="test frames evaluated per clip (the first ones)")

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
-from benchmarks.real_clips import REAL, _clips  # noqa: E402
+from benchmarks.real_clips import prepared_root  # noqa: E402
 
 
 def main() -> int:
@@ -47,25 +47,15 @@ def main() -> int:
     add_overrides(ap, "the preset in every run", "real_personalize")
     args = ap.parse_args()
 
-    from fastminerf.config import PrepareConfig, load_config
+    from fastminerf.config import load_config
     from fastminerf.data.layout import find_identity_dirs
     from fastminerf.render import evaluate
     from fastminerf.train import load_run, personalize, train
 
     where = machine()  # at the start: the commit that runs
-    root = args.data
+    root = prepared_root(args.data, args.work, 256)
     if root is None:
-        from fastminerf.prepare import prepare
-
-        clips = _clips(9)
-        if not clips:
-            print(f"no clips in {REAL}")
-            return 1
-        root = args.work / "data"
-        prep = prepare(clips, root, PrepareConfig(size=256))
-        if prep.failed:
-            print("prepare failed: " + ", ".join(f"{v.name}: {v.error}" for v in prep.failed))
-            return 1
+        return 1
     dirs = find_identity_dirs([root])
     new = [d for d in dirs if d.name == args.new]
     if not new:

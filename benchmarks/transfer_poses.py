@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine, write_result  # noqa: E402
-from benchmarks.real_clips import REAL, _clips, rotation_gap_deg  # noqa: E402
+from benchmarks.real_clips import prepared_root, rotation_gap_deg  # noqa: E402
 
 MODES = ("driver", "relative")
 
@@ -98,20 +98,9 @@ def main() -> int:
     from fastminerf.data.layout import find_identity_dirs
     from fastminerf.render import drive_path
 
-    root = args.data
+    root = prepared_root(args.data, args.work, args.size)
     if root is None:
-        from fastminerf.config import PrepareConfig
-        from fastminerf.prepare import prepare
-
-        clips = _clips(9)
-        if not clips:
-            print(f"no clips in {REAL}")
-            return 1
-        root = args.work / "data"
-        prep = prepare(clips, root, PrepareConfig(size=args.size))
-        if prep.failed:
-            print("prepare failed: " + ", ".join(f"{v.name}: {v.error}" for v in prep.failed))
-            return 1
+        return 1
     dirs = find_identity_dirs([root])
     data = load_dataset(dirs, splits=("train", "test"))
     names = list(data.identities)
