@@ -48,6 +48,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from fastminerf.config import load_config
+    from fastminerf.data import load_dataset
     from fastminerf.data.layout import find_identity_dirs
     from fastminerf.render import evaluate
     from fastminerf.train import load_run, personalize, train
@@ -64,11 +65,11 @@ def main() -> int:
     others = [d for d in dirs if d.name != args.new]
     base = [f"train.threads={args.threads}"] + list(args.overrides)
 
+    test = load_dataset(new, splits=("test",))  # every model is scored on these frames
+
     def score(run: Path) -> dict:
         _, model, _ = load_run(run)
-        from fastminerf.data import load_dataset
-
-        m = evaluate(model.eval(), load_dataset(new, splits=("test",)), "test")
+        m = evaluate(model.eval(), test, "test")
         rec = m["identities"][args.new]
         return {"psnr": rec["psnr"], "ssim": rec["ssim"], "frames": rec["frames"]}
 

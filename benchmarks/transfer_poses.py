@@ -39,14 +39,15 @@ MODES = ("driver", "relative")
 
 
 def head_centre_px(c2w: np.ndarray, intrinsics: np.ndarray) -> tuple:
-    """Pixel position (B, 2) of the head-space origin and its camera distance (B,) for cameras (B, 4, 4)
-    (camera-to-head, OpenGL) with intrinsics (B, 4) ``[fx, fy, cx, cy]``."""
-    w2c = np.linalg.inv(np.asarray(c2w, dtype=np.float64))
-    p = w2c[:, :3, 3]  # the origin in camera coordinates, OpenGL: looking down -z, y up
-    depth = -p[:, 2]
-    k = np.asarray(intrinsics, dtype=np.float64)
-    uv = np.stack([k[:, 2] + k[:, 0] * p[:, 0] / depth, k[:, 3] - k[:, 1] * p[:, 1] / depth], axis=1)
-    return uv, depth
+    """Pixel position (B, 2) of the head-space origin and its depth (B,) for cameras (B, 4, 4) (camera-to-head,
+    OpenGL) with intrinsics (B, 4) ``[fx, fy, cx, cy]``: the renderer's projection, ``camera_project``."""
+    import torch
+
+    from fastminerf.data.rays import camera_project
+
+    uv, depth = camera_project(torch.zeros(1, 3, dtype=torch.float64), torch.as_tensor(c2w, dtype=torch.float64),
+                               torch.as_tensor(intrinsics, dtype=torch.float64))
+    return uv[:, 0].numpy(), depth[:, 0].numpy()
 
 
 def placement(path, own_c2w: np.ndarray, own_intrinsics: np.ndarray) -> dict:
@@ -71,13 +72,7 @@ def _strip(run: Path, data, target: str, driver: str, n: int) -> np.ndarray:
     rows = [np.concatenate([data.image("test", int(drv[c]))[..., :3] for c in cols], axis=1)]
     tid = data.identities.index(target)
     for mode in MODES:
-        path = drive_path(data, target, data, "test", driver, pose=mode)
-        keep = np.zeros(len(path), bool)
-        keep[cols] = True
-        from dataclasses import replace
-
-        sub = replace(path, c2w=path.c2w[keep], intrinsics=path.intrinsics[keep], expression=path.expression[keep],
-                      times=None if path.times is None else path.times[keep])
+        sub = drive_path(data, target, data, "test", driver, pose=mode).take(cols)
         frames = [to_uint8(img) for img in render_sequence(model, sub, target, background=data.background(tid),
                                                             aabb=model.aabb.tolist())]
         rows.append(np.concatenate(frames, axis=1))
@@ -122,12 +117,10 @@ def main() -> int:
     summary.update({f"{mode}_max": {k: float(np.max([p[mode][k] for p in pairs])) for k in ("offset_px", "scale", "pose_gap_deg")}
                     for mode in MODES})
     own_test = {}
-    for name in names:  # the clips' own held-out frames, for scale: how far a clip's test frames are from its training
-        i = names.index(name)
-        tr, te = train.frames_of(i), data.table("test").frames_of(i)
-        path = drive_path(data, name, data, "test", name, pose="driver")
-        own_test[name] = placement(path, train.c2w[tr], train.intrinsics[tr])
-        assert len(path) == te.size
+    for i, name in enumerate(names):  # the clips' own held-out frames, for scale: how far they are from training
+        tr = train.frames_of(i)
+        own_test[name] = placement(drive_path(data, name, data, "test", name, pose="driver"), train.c2w[tr],
+                                   train.intrinsics[tr])
     summary["own_test"] = {k: float(np.mean([v[k] for v in own_test.values()])) for k in ("offset_px", "scale", "pose_gap_deg")}
     print(f"{len(pairs)} ordered pairs of {len(names)} clips, drivers' test frames ({time.perf_counter() - t0:.1f} s)")
     print(f"{'':>22} {'offset px':>10} {'|log2 scale|':>13} {'pose gap deg':>13}")

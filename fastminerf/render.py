@@ -252,8 +252,13 @@ class CameraPath:
 
     def head(self, n: int) -> "CameraPath":
         """The first ``n`` frames of the path (cameras, expressions and times alike)."""
-        return CameraPath(self.c2w[:n], self.intrinsics[:n], self.expression[:n], self.width, self.height, self.fps,
-                          self.audio, None if self.times is None else self.times[:n], self.expression_space)
+        return self.take(slice(0, n))
+
+    def take(self, frames) -> "CameraPath":
+        """The frames ``frames`` (a slice, an index array or a boolean mask) of the path, cameras, expressions and
+        times alike."""
+        return CameraPath(self.c2w[frames], self.intrinsics[frames], self.expression[frames], self.width, self.height,
+                          self.fps, self.audio, None if self.times is None else self.times[frames], self.expression_space)
 
     def silent_reason(self) -> str:
         """Why a video of this path has no sound ("" when it can have some)."""
@@ -278,9 +283,13 @@ class CameraPath:
 def mean_head_pose(c2w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """The mean head pose seen by cameras ``(B, 4, 4)`` (camera-to-head): the chordal mean of the head-to-camera
     rotations and the mean position of the head's origin in camera coordinates, ``(3, 3)`` and ``(3,)`` float64."""
+    return _mean_pose(np.linalg.inv(np.asarray(c2w, dtype=np.float64)))
+
+
+def _mean_pose(w2c: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`mean_head_pose` of head-to-camera transforms ``(B, 4, 4)``."""
     from .prepare.pose import nearest_rotation
 
-    w2c = np.linalg.inv(np.asarray(c2w, dtype=np.float64))
     return nearest_rotation(w2c[:, :3, :3].mean(axis=0)), w2c[:, :3, 3].mean(axis=0)
 
 
@@ -302,9 +311,9 @@ def relative_cameras(driver_c2w: np.ndarray, target_c2w: np.ndarray) -> np.ndarr
     Returns:
         (B, 4, 4) float32 camera-to-head transforms.
     """
-    rd, td = mean_head_pose(driver_c2w)
-    rt, tt = mean_head_pose(target_c2w)
     w2c = np.linalg.inv(np.asarray(driver_c2w, dtype=np.float64))
+    rd, td = _mean_pose(w2c)
+    rt, tt = mean_head_pose(target_c2w)
     out = np.zeros_like(w2c)
     out[:, :3, :3] = w2c[:, :3, :3] @ (rd.T @ rt)
     out[:, :3, 3] = tt[None] + w2c[:, :3, 3] - td[None]

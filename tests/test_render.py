@@ -447,3 +447,17 @@ def test_render_video_drives_target(synth, data, tmp_path):
 def test_camera_path_checks_shapes():
     with pytest.raises(RenderError, match="one B"):
         CameraPath(np.zeros((2, 4, 4)), np.zeros((3, 4)), np.zeros((2, 5)), 8, 8)
+
+
+def test_camera_path_take_keeps_frames_together():
+    b = 5
+    path = CameraPath(np.arange(b * 16, dtype=np.float32).reshape(b, 4, 4), np.arange(b * 4, dtype=np.float32).reshape(b, 4),
+                      np.arange(b * 3, dtype=np.float32).reshape(b, 3), 8, 6, fps=30.0, times=np.arange(b) / 30.0,
+                      expression_space="s")
+    sub = path.take(np.array([4, 1]))
+    np.testing.assert_array_equal(sub.c2w, path.c2w[[4, 1]])
+    np.testing.assert_array_equal(sub.intrinsics, path.intrinsics[[4, 1]])
+    np.testing.assert_array_equal(sub.expression, path.expression[[4, 1]])
+    np.testing.assert_array_equal(sub.times, path.times[[4, 1]])
+    assert (sub.width, sub.height, sub.fps, sub.expression_space) == (8, 6, 30.0, "s")
+    assert len(path.head(2)) == 2 and np.array_equal(path.head(2).times, path.times[:2])
