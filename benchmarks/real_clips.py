@@ -8,6 +8,10 @@
 2. ``fastminerf.train.train`` trains ONE generic model on every clip's ``train`` split, ``--config`` preset (default ``video``: ``cpu`` plus the torso layer), for
    ``--minutes`` of training time; the learning-rate schedule spans ``--steps`` (default: the preset's steps per
    its time budget, scaled to ``--minutes``); ``--set key=value`` overrides the preset. Resumes when ``WORK/run`` holds a checkpoint of the same settings.
+   With ``--finetune-seconds S``, MI-NeRF's per-identity fine-tuning inside the same budget: the generic model
+   trains for ``--minutes`` less ``S`` per clip (its schedule shortened alike), then each clip is fine-tuned alone
+   for up to ``S`` seconds (:func:`fastminerf.train.personalize` on a known identity, ``WORK/finetune/<clip>``),
+   and each clip is scored by its own fine-tuned model (results to ``real_clips_finetune.json``).
 3. ``fastminerf.render.evaluate`` on the first ``--eval-frames`` frames of each clip's ``test`` split: PSNR and
    SSIM per clip, beside two baselines computed on the same frames: the clip's ``bg.png`` alone, and the clip's
    mean training colour everywhere.
@@ -129,6 +133,9 @@ def main() -> int:
     ap.add_argument("--val-fraction", type=float, default=0.1,
                     help="share of each clip held out as val between train and test (0: train on every frame before the "
                          "test frames, which stay the same; results to real_clips_val0.json)")
+    ap.add_argument("--finetune-seconds", type=float, default=0.0,
+                    help="fine-tune each clip alone for this many seconds after a generic phase that gets the rest of "
+                         "--minutes (0: the generic model only)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: results to real_clips_quick.json")
     args = ap.parse_args()
 
@@ -136,7 +143,7 @@ def main() -> int:
     from fastminerf.data import load_dataset
     from fastminerf.prepare import prepare
     from fastminerf.render import drive_path, evaluate, render_sequence, to_uint8, write_video
-    from fastminerf.train import train
+    from fastminerf.train import personalize, train
 
     commit = machine()["git_commit"]  # the commit that runs, not the one checked out when it ends
     clips = _clips(args.clips)
@@ -163,8 +170,14 @@ def main() -> int:
     # 2. train
     preset = load_config(args.config, args.overrides)
     per_second = preset.train.steps / (preset.train.max_seconds or 300.0)  # the preset's steps per its budget
-    steps = args.steps or int(round(per_second * args.minutes * 60.0))
-    cfg = load_config(args.config, args.overrides + [f"train.max_seconds={args.minutes * 60.0}", f"train.steps={steps}",
+    budget = args.minutes * 60.0
+    steps = args.steps or int(round(per_second * budget))
+    generic_s = budget - args.finetune_seconds * len(dirs)  # the fine-tunes' share comes off the generic phase
+    if generic_s <= 0:
+        print(f"--finetune-seconds {args.finetune_seconds:g} for {len(dirs)} clips leaves no time of --minutes {args.minutes:g}")
+        return 1
+    steps = int(round(steps * generic_s / budget))
+    cfg = load_config(args.config, args.overrides + [f"train.max_seconds={generic_s}", f"train.steps={steps}",
                                                      "train.log_every=100"])
     t0 = time.perf_counter()
 
@@ -176,11 +189,21 @@ def main() -> int:
     seconds["train_wall"] = time.perf_counter() - t0
     model = result.model.eval()
     print(f"trained {result.step} steps, {result.seconds:.0f} s of training: train psnr {result.psnr:.2f} dB")
+    models = {d.name: model for d in dirs}
+    tuned = {}
+    if args.finetune_seconds > 0:  # each clip alone, as many steps as the generic rate gives in its seconds
+        tune_steps = max(10, int(result.step / max(result.seconds, 1e-9) * args.finetune_seconds))
+        for d in dirs:
+            r = personalize(work / "run", [d], work / "finetune" / d.name, steps=tune_steps,
+                            max_seconds=args.finetune_seconds)
+            models[d.name] = r.model.eval()
+            tuned[d.name] = {"steps": r.step, "seconds": r.seconds, "train_psnr": r.psnr}
+            print(f"  fine-tuned {d.name}: {r.step} steps, {r.seconds:.0f} s, train psnr {r.psnr:.2f} dB", flush=True)
 
     # 3. held-out metrics
     data = load_dataset(dirs, splits=("train", "test"))
     t0 = time.perf_counter()
-    metrics = evaluate(model, data, "test", out_dir=work / "eval_test", max_frames=args.eval_frames)
+    metrics = evaluate(models, data, "test", out_dir=work / "eval_test", max_frames=args.eval_frames)
     seconds["eval"] = time.perf_counter() - t0
     base = _baselines(data, "test", args.eval_frames)
     for name, gap in _pose_gaps(data, "test", args.eval_frames).items():
@@ -202,7 +225,7 @@ def main() -> int:
         n = min(args.video_frames, len(path))
         path = path.head(n)
         ti = names.index(args.target)
-        rendered = [to_uint8(f) for f in render_sequence(model, path, args.target, background=data.background(ti),
+        rendered = [to_uint8(f) for f in render_sequence(models[args.target], path, args.target, background=data.background(ti),
                                                          aabb=model.aabb.tolist())]
         # Outside the repository: the frames show the real people of the third-party clips.
         info = write_video(rendered, work / "transfer.mp4", fps=path.fps, audio=path.soundtrack())  # the driver's speech
@@ -227,10 +250,12 @@ def main() -> int:
                      "eval_split": "test (each clip's last 10 %, never trained on)", "val_fraction": args.val_fraction,
                      "target": args.target,
                      "driver": args.driver, "transfer": "delta", "pose": "relative", "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                     "overrides": list(args.overrides)},
+                     "overrides": list(args.overrides), "finetune_seconds": args.finetune_seconds},
         "frames": frames,
         "training": {"steps": result.step, "seconds": result.seconds, "train_psnr": result.psnr,
-                     "resumed_from": result.resumed_from},
+                     "resumed_from": result.resumed_from,
+                     "seconds_with_finetunes": result.seconds + sum(t["seconds"] for t in tuned.values())},
+        "finetune": tuned,
         "test": {name: {"psnr": m["psnr"], "ssim": m["ssim"], "frames": m["frames"],
                         **{k: m[k] for k in ("face_psnr", "mouth_psnr", "eye_psnr", "lmd", "ear_error", "lmd_frames") if k in m}, **base[name]}
                  for name, m in metrics["identities"].items()},
@@ -245,6 +270,8 @@ def main() -> int:
     }
     protocol = args.val_fraction == ap.get_default("val_fraction")  # the issue's split: the README's table
     name = args.name or ("real_clips" if protocol else f"real_clips_val{args.val_fraction:g}")
+    if args.finetune_seconds > 0 and not args.name:
+        name += "_finetune"
     path = write_result(name + "_quick" if args.quick else name, payload)
     print(f"wrote {path}")
     (work / "real_clips.json").write_text(json.dumps(payload, indent=1))

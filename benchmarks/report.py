@@ -121,10 +121,15 @@ def prepare_table(result: dict) -> str:
 
 def real_clips_table(result: dict) -> str:
     st, tr = result["settings"], result["training"]
+    tune = st.get("finetune_seconds", 0)
+    trained = (f"{tr['seconds'] / 60:.1f} min of CPU training ({tr['steps']} steps)" if not tune else
+               f"{tr['seconds'] / 60:.1f} min of CPU training ({tr['steps']} steps), then each clip fine-tuned alone "
+               f"for up to {tune:g} s (`--finetune-seconds {tune:g}`; {tr['seconds_with_finetunes'] / 60:.1f} min of "
+               "training in all) and scored by its own fine-tuned model")
     lines = [
         f"One generic model trained on the `train` split of {len(st['clips'])} real clips (first {st['max_frames']} "
-        f"frames each, {st['size']} px), `{st['config']}` preset, {tr['seconds'] / 60:.1f} min of CPU training "
-        f"({tr['steps']} steps); evaluated on the first {st['eval_frames']} frames of each clip's `test` split (its "
+        f"frames each, {st['size']} px), `{st['config']}` preset, {trained}; evaluated on the first "
+        f"{st['eval_frames']} frames of each clip's `test` split (its "
         "last frames, never trained on). Baselines on the same frames: `bg.png` alone, and the clip's mean colour "
         "(`python benchmarks/real_clips.py`). Head pose gap: the angle from the frame's head pose to the nearest "
         "pose of the clip's training frames (mean over the frames; a new view for the NeRF):",
@@ -430,7 +435,7 @@ def real_personalize_table(result: dict) -> str:
 
 
 TABLES = {"kernels": kernels_table, "train_targets": train_targets_table, "prepare": prepare_table,
-          "real_clips": real_clips_table, "identities": identities_table, "backbone": backbone_table,
+          "real_clips": real_clips_table, "real_clips_finetune": real_clips_table, "identities": identities_table, "backbone": backbone_table,
           "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table, "speech": speech_table,
           "render_speed": render_speed_table, "transfer_poses": transfer_poses_table,
           "real_personalize": real_personalize_table, "real_personalize_05": real_personalize_table}

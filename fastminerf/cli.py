@@ -7,7 +7,7 @@ progress and summaries are shown here.
     fastminerf synth OUT --identities 8 --frames 100 --size 128 --seed 0
     fastminerf prepare VIDEO [VIDEO ...] --out ROOT [--size 256] [--fps N] [--max-frames N]
     fastminerf train --data DATA --out RUN [--config cpu|video] [--steps N] [--max-seconds S] [--set key=value ...]
-    fastminerf personalize --run RUN --data NEW_IDENTITY --out RUN2 [--steps N] [--max-seconds S]
+    fastminerf personalize --run RUN --data NEW_OR_KNOWN_IDENTITY --out RUN2 [--steps N] [--max-seconds S]
     fastminerf render --run RUN --identity NAME --drive PATH[:SPLIT]|VIDEO --out OUT.mp4 [--transfer delta|absolute]
     fastminerf render --run RUN --identity NAME --orbit --out OUT.mp4
     fastminerf eval --run RUN --data PATH... --split SPLIT [--out DIR]
@@ -325,12 +325,15 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_personalize(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "personalize",
-        help="add new identities to a trained generic model from a short clip",
-        description="Fit new identity and frame codes, then briefly fine-tune the shared weights; writes a new run "
-        "holding every identity.",
+        help="add new identities to a trained generic model from a short clip, or fine-tune known ones",
+        description="New identities: fit their identity and frame codes, then briefly fine-tune the shared weights. "
+        "Identities the model already knows (given with the data it was trained on): fine-tune the shared weights "
+        "and their codes on their frames alone (MI-NeRF's per-identity fine-tuning: they render better, the model's "
+        "other identities worse). Writes a new run holding every identity.",
     )
     p.add_argument("--run", required=True, type=Path, help="generic run folder (made by `fastminerf train`)")
-    p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders of the new identities")
+    p.add_argument("--data", nargs="+", required=True, type=Path,
+                   help="identity folders: all new to the model, or all known to it")
     p.add_argument("--out", required=True, type=Path, help="new run folder")
     _add_run_options(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -827,7 +830,8 @@ def run_info(run: Path) -> dict:
                 seconds=round(meta["seconds"], 1), identities=dict(zip(meta["identity_names"], counts)),
                 expression_dim=meta["expression_dim"], expression_space=meta["expression_space"],
                 conditioning=cfg.model.field.conditioning, parameters=sum(p.numel() for p in model.parameters()),
-                checkpoint_bytes=Path(meta["checkpoint"]).stat().st_size, data_paths=meta["data_paths"])
+                checkpoint_bytes=Path(meta["checkpoint"]).stat().st_size, data_paths=meta["data_paths"],
+                refined=meta["refined"])
     speech = Path(meta["checkpoint"]).parent / "speech.pt"
     if speech.is_file():
         from .speech import load_speech_model
@@ -866,6 +870,8 @@ def _run_info(args: argparse.Namespace) -> int:
         ("parameters, checkpoint", f"{info['parameters']:,}, {info['checkpoint_bytes'] / 2**20:.1f} MiB"),
         ("trained on", ", ".join(info["data_paths"]) or "?"),
     ]
+    if info["refined"]:
+        rows.append(("fine-tuned for", ", ".join(info["refined"])))
     sp = info.get("speech")
     if sp:
         h = sp["held_out"]

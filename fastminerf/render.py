@@ -31,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -1154,7 +1154,9 @@ def evaluate(
     both eyes: an eye rendered open where the person blinks, or half shut, counts about 0.2).
 
     Args:
-        model: the model; every evaluated identity name must be one of its ``identity_names``.
+        model: the model; every evaluated identity name must be one of its ``identity_names``. Or a dict of models
+            by identity name, each identity rendered by its own (e.g. runs that :func:`fastminerf.train.personalize`
+            fine-tuned for one identity each); ``mean`` is then over identities as always.
         dataset: ground truth with ``split`` loaded.
         split: split to evaluate.
         out_dir: when given, writes ``out_dir/metrics.json`` (the returned dict) and
@@ -1185,12 +1187,16 @@ def evaluate(
     """
     if split not in dataset.splits:
         raise RenderError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
-    check_expression_space(getattr(model, "expression_space", None), dataset, "the evaluated data", "the model")
     table = dataset.table(split)
     names = list(dataset.identities) if identities is None else list(identities)
+    models = dict(model) if isinstance(model, Mapping) else {name: model for name in names}
+    for m in {id(m): m for m in models.values()}.values():
+        check_expression_space(getattr(m, "expression_space", None), dataset, "the evaluated data", "the model")
     for name in names:
         _dataset_identity(dataset, name)
-        identity_id(model, name)
+        if name not in models:
+            raise RenderError(f"no model given for identity '{name}'; given: {sorted(models)}")
+        identity_id(models[name], name)
     if expressions is not None and np.shape(expressions) != table.expression.shape:
         raise RenderError(f"expressions for split '{split}' must be {table.expression.shape}, got {np.shape(expressions)}")
     lp_ok, lp_why = lpips_status() if with_lpips else (False, "not requested")
@@ -1213,7 +1219,7 @@ def evaluate(
         for name, frames in plan:
             values: Dict[str, List[float]] = {m: [] for m in metric_names}
             for k, index in enumerate(frames.tolist()):
-                pred = render_frame(model, dataset, split, index,
+                pred = render_frame(models[name], dataset, split, index,
                                     expression=None if expressions is None else expressions[index])
                 truth = dataset.image(split, index).astype(np.float32) / 255.0
                 values["psnr"].append(float(psnr(pred, truth)))
@@ -1245,7 +1251,7 @@ def evaluate(
             per_identity[name] = {"frames": len(frames), **{m: float(np.mean(v)) if v else float("nan") for m, v in values.items()}}
             if marks is not None:
                 per_identity[name]["lmd_frames"] = len(values["lmd"])
-            depth = _landmark_depth_error(model, dataset, split, name, frames)
+            depth = _landmark_depth_error(models[name], dataset, split, name, frames)
             if depth is not None:
                 per_identity[name]["landmark_depth"] = depth
         if any("landmark_depth" in v for v in per_identity.values()):

@@ -169,8 +169,8 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
 
     The metadata dict holds ``identity_names`` (I,), ``expression_dim`` E, ``expression_space`` (of the training
     data, None when unknown), ``data_paths`` (the folders it was
-    trained on), ``step``, ``seconds``, ``kind`` ("train" or "personalize"), ``frame_identity`` (B,) and
-    ``checkpoint`` (the file).
+    trained on), ``step``, ``seconds``, ``kind`` ("train" or "personalize"), ``refined`` (the identities a
+    personalisation fine-tuned, else empty), ``frame_identity`` (B,) and ``checkpoint`` (the file).
     """
     run = Path(run_dir)
     path = run / CHECKPOINT_NAME if run.is_dir() or not run.suffix else run
@@ -192,6 +192,7 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
         step=int(data["step"]),
         seconds=float(data.get("seconds", 0.0)),
         kind=str(data.get("kind", "train")),
+        refined=[str(n) for n in data.get("refined", [])],
         frame_identity=model.frame_identity.clone(),
         checkpoint=path,
     )
@@ -355,16 +356,16 @@ def _psnr(mse: float) -> float:
     return -10.0 * math.log10(max(mse, 1e-10))
 
 
-def _occupancy_pool(table, generator: torch.Generator, identity_offset: int = 0, frame_offset: int = 0):
-    """Random training frames (identity (P,), expression (P, E), model frame index (P,)) for an occupancy update,
-    on the generator's device."""
+def _occupancy_pool(table, generator: torch.Generator, identity_map: torch.Tensor, frame_map: torch.Tensor):
+    """Random training frames (model identity (P,), expression (P, E), model frame index (P,)) for an occupancy
+    update, on the generator's device; ``identity_map`` / ``frame_map`` take the table's ids to the model's."""
     b = len(table)
     dev = generator.device
     pick = torch.randint(b, (min(OCCUPANCY_POOL, b),), generator=generator, device=dev)
     rows = pick.cpu()
-    ident = torch.from_numpy(table.identity)[rows].to(dev) + identity_offset
+    ident = identity_map[torch.from_numpy(table.identity)[rows].to(dev)]
     expr = torch.from_numpy(table.expression)[rows].to(dev)
-    return ident, expr, pick + frame_offset
+    return ident, expr, frame_map[pick]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -421,15 +422,20 @@ class _Loop:
 
     def __init__(self, cfg: RunConfig, model: MINeRF, sampler: RaySampler, out: Path, progress: Optional[ProgressFn],
                  payload: Callable[[], dict], occ_generator: torch.Generator, occ_warmup: Optional[int],
-                 identity_offset: int = 0, frame_offset: int = 0, monitor: Optional[MonitorFn] = None,
-                 average: Optional[WeightAverage] = None) -> None:
-        # The sampler's identities and frames are ids of its own dataset; the model knows them shifted by the
-        # offsets (personalisation appends new identities and frames after the generic ones).
+                 identity_map: Optional[torch.Tensor] = None, frame_map: Optional[torch.Tensor] = None,
+                 monitor: Optional[MonitorFn] = None, average: Optional[WeightAverage] = None) -> None:
+        # The sampler's identities and frames are ids of its own dataset; the maps take them to the model's
+        # (personalisation appends new identities and frames after the generic ones; fine-tuning known identities
+        # picks theirs out of the model's). None: the same ids.
         self.cfg, self.model, self.sampler, self.out = cfg, model, sampler, out
         self.progress, self.payload, self.monitor = progress, payload, monitor
         self.stopped = False  # the monitor asked to stop
         self.average = average
-        self.identity_offset, self.frame_offset = identity_offset, frame_offset
+        dev = occ_generator.device
+        table = sampler.table
+        self.identity_map = (identity_map if identity_map is not None
+                             else torch.arange(len(sampler.dataset.identities))).to(dev)
+        self.frame_map = (frame_map if frame_map is not None else torch.arange(len(table))).to(dev)
         self.occ_generator, self.occ_warmup = occ_generator, occ_warmup
         self.log = out / LOG_NAME
         self.step = 0
@@ -451,7 +457,7 @@ class _Loop:
         rays, target = drawn
         device = batch.origins.device
         rays = rays.to(device)
-        rays.identity = rays.identity + self.identity_offset
+        rays.identity = self.identity_map[rays.identity]
         return rays, target.to(device)
 
     def run(self, optimizer: torch.optim.Optimizer, base_lrs: List[float], until_step: int, total_steps: int,
@@ -466,22 +472,22 @@ class _Loop:
         model.train()
         while not self.stopped and self.step < until_step and (max_seconds is None or self.seconds < max_seconds):
             start = time.perf_counter()
-            ident, expr, frames = _occupancy_pool(table, self.occ_generator, self.identity_offset, self.frame_offset)
+            ident, expr, frames = _occupancy_pool(table, self.occ_generator, self.identity_map, self.frame_map)
             model.update_occupancy(self.step, ident, expr, frames, generator=self.occ_generator,
                                    warmup_steps=self.occ_warmup)
             factor = _lr_factor(self.step, lr_cfg)
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * factor
             batch = self.sampler.sample().to(self.occ_generator.device)
-            batch.identity = batch.identity + self.identity_offset
+            batch.identity = self.identity_map[batch.identity]
             n = len(batch)
             # The landmark prior's rays ride in the same render as the colour rays (one pass over the field), after them.
             landmarks = self._landmark_rays(batch) if t.landmark_depth_weight > 0 else None
             rays = batch if landmarks is None else RayBatch.cat([batch, landmarks[0]])
             if t.ray_jitter and cfg.model.backbone == "fast":
                 rays.near = jitter_near(rays.near, model.step_size, self.occ_generator)
-            frame_index = batch.frame + self.frame_offset
-            out = model.render_batch(rays, frame_code=rays.frame + self.frame_offset, distortion=t.distortion_weight > 0)
+            frame_index = self.frame_map[batch.frame]
+            out = model.render_batch(rays, frame_code=self.frame_map[rays.frame], distortion=t.distortion_weight > 0)
             ray_error = torch.mean((out["rgb"][:n] - batch.rgb) ** 2, dim=-1)  # (N,)
             mse = ray_error.mean()
             loss = mse
@@ -675,20 +681,28 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                 steps: Optional[int] = None, max_seconds: Optional[float] = None,
                 progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None,
                 overrides: Sequence[str] = ()) -> TrainResult:
-    """Add the identities of ``data_paths`` (a short clip each: their ``train`` split) to a trained generic model.
+    """Add the identities of ``data_paths`` (a short clip each: their ``train`` split) to a trained generic model,
+    or fine-tune identities it already knows on their own frames.
 
-    Two phases: first only the new identity codes and frame codes are optimised (``train.personalize_code_fraction``
-    of the steps; the shared field is frozen, so the new person is placed in the learned identity space), then the
-    codes and the shared weights named by ``train.personalize_tune`` (by default the hash grid only: the heads and
-    the conditioning keep what the generic identities taught them) are fine-tuned, the shared ones at
-    ``train.personalize_lr_factor`` times their learning rate. The occupancy grid keeps what it learned and is
-    updated from the new identities' conditions (without the all-cells warm-up). The result is a full run in
-    ``out_dir`` (all identities, old and new), loadable with :func:`load_run`; rerunning with the same ``out_dir``
-    resumes.
+    New identities, two phases: first only the new identity codes and frame codes are optimised
+    (``train.personalize_code_fraction`` of the steps; the shared field is frozen, so the new person is placed in the
+    learned identity space), then the codes and the shared weights named by ``train.personalize_tune`` (by default the
+    hash grid only: the heads and the conditioning keep what the generic identities taught them) are fine-tuned, the
+    shared ones at ``train.personalize_lr_factor`` times their learning rate. The occupancy grid keeps what it learned
+    and is updated from the new identities' conditions (without the all-cells warm-up).
+
+    Known identities (every name in ``data_paths`` already in the model, with the training frames it was trained on):
+    MI-NeRF's per-identity fine-tuning after generic training. Only the second phase runs (their codes are trained):
+    the shared weights named by ``train.personalize_tune`` and their codes learn their frames alone, so the result
+    renders them better and the model's other identities worse (its checkpoint lists the fine-tuned ones under
+    ``refined``).
+
+    The result is a full run in ``out_dir`` (all identities), loadable with :func:`load_run`; rerunning with the same
+    ``out_dir`` resumes.
 
     Args:
         generic_run: folder of a run made by :func:`train`.
-        data_paths: identity folders of the new identities (names must be new to the model).
+        data_paths: identity folders: all new to the model, or all known to it.
         out_dir: the new run folder.
         steps: total personalisation steps (default ``train.personalize_steps`` of the generic run's config).
         max_seconds: time limit in training seconds (default none).
@@ -710,32 +724,44 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         raise DatasetError(f"the new identities have expressions of length {dataset.expression_dim} but the generic model "
                            f"({generic_run}) was trained with length {model.expression_dim}")
     check_expression_space(model.expression_space, dataset, "the new identities", str(generic_run))
-    clash = [n for n in dataset.identities if n in model.identity_names]
-    if clash:
-        raise ValueError(f"identities {clash} are already in the generic model {generic_run}; personalisation adds new ones")
+    known = [n for n in dataset.identities if n in model.identity_names]
+    if known and len(known) != len(dataset.identities):
+        new_ones = [n for n in dataset.identities if n not in known]
+        raise ValueError(f"identities {known} are already in the generic model {generic_run} and {new_ones} are not; "
+                         "add new identities and fine-tune known ones in two runs")
     table = dataset.table("train")
-    first_id = model.num_identities
     ckpt_path = out / CHECKPOINT_NAME
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if data is not None:
-        _, model = _model_from_checkpoint(data, ckpt_path)
-        if list(data["identity_names"])[first_id:] != dataset.identities:
-            raise CheckpointError(f"{ckpt_path} personalised {list(data['identity_names'])[first_id:]}, not {dataset.identities}")
-        first_frame = model.frame_identity.numel() - len(table)
+    if known:  # fine-tune known identities on their own frames: their codes are trained, no code-only phase
+        identity_map, frame_map = _known_maps(model, dataset, table, str(generic_run))
+        if data is not None:
+            _, model = _model_from_checkpoint(data, ckpt_path)
+            if list(data.get("refined", [])) != dataset.identities:
+                raise CheckpointError(f"{ckpt_path} fine-tuned {list(data.get('refined', []))} or added identities, "
+                                      f"not fine-tuned {dataset.identities}; use another --out folder")
     else:
-        first_frame = model.add_identities(dataset.identities, torch.from_numpy(table.identity) + first_id)
-        hull = view_hull(model, dataset, keep_unseen=False)
-        if hull is not None:  # space the generic identities' carving removed but the new ones show
-            model.occupancy.restore(hull)
-        if model.torso is not None:
-            start_torso(model, dataset, identity_offset=first_id)
+        first_id = model.num_identities
+        if data is not None:
+            _, model = _model_from_checkpoint(data, ckpt_path)
+            if data.get("refined") or list(data["identity_names"])[first_id:] != dataset.identities:
+                raise CheckpointError(f"{ckpt_path} personalised {list(data['identity_names'])[first_id:]}, not {dataset.identities}")
+            first_frame = model.frame_identity.numel() - len(table)
+        else:
+            first_frame = model.add_identities(dataset.identities, torch.from_numpy(table.identity) + first_id)
+            hull = view_hull(model, dataset, keep_unseen=False)
+            if hull is not None:  # space the generic identities' carving removed but the new ones show
+                model.occupancy.restore(hull)
+            if model.torso is not None:
+                start_torso(model, dataset, identity_offset=first_id)
+        identity_map = torch.arange(len(dataset.identities)) + first_id
+        frame_map = torch.arange(len(table)) + first_frame
     device = resolve_device(cfg.train.device)
     model.to(device)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler_cfg = replace(cfg.sampler, seed=cfg.sampler.seed + 1)
     sampler = RaySampler(dataset, "train", **asdict(sampler_cfg))
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
-    fraction = cfg.train.personalize_code_fraction
+    fraction = 0.0 if known else cfg.train.personalize_code_fraction
     code_steps = max(1, int(round(steps * fraction))) if fraction > 0 else 0
     codes = _per_identity_params(model)
     code_ids = {id(p) for p in codes}
@@ -748,14 +774,15 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="personalize", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     expression_space=model.expression_space,
-                    data_paths=list(meta["data_paths"]) + paths, generic_run=str(generic_run),
+                    data_paths=list(meta["data_paths"]) + ([] if known else paths), generic_run=str(generic_run),
+                    refined=list(dataset.identities) if known else [],
                     model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
                     ema=average.state_dict() if average is not None else None)
 
     average = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, 0, identity_offset=first_id,
-                 frame_offset=first_frame, monitor=monitor, average=average)
+    loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, 0, identity_map=identity_map,
+                 frame_map=frame_map, monitor=monitor, average=average)
     restore = None
     if data is not None:
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
@@ -789,6 +816,23 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         for p in field_params:
             p.requires_grad_(True)
     return _finish(loop, model, average, resumed)
+
+
+def _known_maps(model: MINeRF, dataset: MultiIdentityDataset, table, run: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For identities the model already knows: the model's id of each dataset identity, and the model's frame code of
+    each row of the dataset's ``train`` table (a person's frames in the order the generic run saw them)."""
+    names = list(model.identity_names)
+    identity_map = torch.tensor([names.index(n) for n in dataset.identities], dtype=torch.long)
+    frame_map = torch.empty(len(table), dtype=torch.long)
+    for d, name in enumerate(dataset.identities):
+        rows = torch.from_numpy(np.flatnonzero(table.identity == d))
+        codes = torch.nonzero(model.frame_identity.cpu() == identity_map[d]).flatten()
+        if len(codes) != len(rows):
+            raise DatasetError(f"{dataset.identity_dirs[d]}: the model {run} was trained on "
+                               f"{len(codes)} training frames of {name!r}, this data has {len(rows)}; fine-tune a known "
+                               "identity with the data it was trained on")
+        frame_map[rows] = codes
+    return identity_map, frame_map
 
 
 def _finish(loop: _Loop, model: MINeRF, average: Optional[WeightAverage], resumed: int) -> TrainResult:

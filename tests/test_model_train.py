@@ -12,6 +12,7 @@ from fastminerf import (
     CheckpointError,
     ConcatConditioning,
     ConfigError,
+    DatasetError,
     MINeRF,
     MultiplicativeConditioning,
     dump_config,
@@ -446,8 +447,47 @@ def test_personalize_adds_an_identity_without_touching_shared_size(tiny_data, tr
     assert meta["kind"] == "personalize" and result.step == 10
     phases = [r["phase"] for r in _log(tmp_path / "pers")]
     assert phases[0] == "codes" and phases[-1] == "all"
-    with pytest.raises(ValueError, match="already in the generic model"):
-        personalize(run, [_two(tiny_data)[0]], tmp_path / "pers2", steps=2)
+    with pytest.raises(ValueError, match="already in the generic model .* and .* are not"):
+        personalize(run, [_two(tiny_data)[0], new], tmp_path / "pers2", steps=2)
+
+
+def test_personalize_fine_tunes_a_known_identity_on_its_own_frames(tiny_data, trained, tmp_path):
+    # MI-NeRF's per-identity fine-tuning: a known identity keeps its codes' slots, learns its own frames better, and
+    # the other identity's codes are untouched.
+    run, _ = trained
+    _, generic, _ = load_run(run)
+    first, second = _two(tiny_data)
+    over = ["train.personalize_tune=all", "train.log_every=5"]
+    result = personalize(run, [second], tmp_path / "ft", steps=40, overrides=over)
+    _, tuned, meta = load_run(tmp_path / "ft")
+    assert meta["identity_names"] == [first.name, second.name] and meta["refined"] == [second.name]
+    assert result.step == 40 and {r["phase"] for r in _log(tmp_path / "ft")} == {"all"}  # no code-only phase
+    assert torch.equal(tuned.frame_identity, generic.frame_identity)
+    mine = generic.frame_identity == 1
+    before, after = generic.frame_codes.weight.detach(), tuned.frame_codes.weight.detach()
+    assert torch.equal(before[~mine], after[~mine]) and not torch.equal(before[mine], after[mine])
+    assert torch.equal(generic.identity_codes.weight[0], tuned.identity_codes.weight[0])
+    data = load_dataset(_two(tiny_data), splits=("train",))
+    rows = np.flatnonzero(data.table("train").identity == 1)
+    mse = [np.mean([_frame_mse(m, data, int(i))[0] for i in rows]) for m in (generic, tuned)]
+    assert mse[1] < 0.8 * mse[0], mse  # its own frames, rendered with their own codes through the model's frame ids
+    again = personalize(run, [second], tmp_path / "ft", steps=40, overrides=over)  # finished: resumes at the end
+    assert again.resumed_from == 40
+    with pytest.raises(CheckpointError, match="fine-tuned"):
+        personalize(run, [first], tmp_path / "ft", steps=40, overrides=over)
+
+
+def test_personalize_of_a_known_identity_needs_the_frames_it_was_trained_on(tiny_data, trained, tmp_path):
+    import shutil
+
+    run, _ = trained
+    copy = tmp_path / _two(tiny_data)[0].name
+    shutil.copytree(_two(tiny_data)[0], copy)
+    meta = json.loads((copy / "transforms_train.json").read_text())
+    meta["frames"] = meta["frames"][:-1]
+    (copy / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=f"{copy}.* trained on {len(meta['frames']) + 1} training frames"):
+        personalize(run, [copy], tmp_path / "ft", steps=2)
 
 
 def test_personalize_resumes_in_either_phase_with_its_average(tiny_data, trained, tmp_path):

@@ -359,6 +359,19 @@ def test_evaluate_with_oracle_and_a_wrong_model(synth, data, tmp_path):
         evaluate(Oracle(synth[1]), data, "test")
 
 
+def test_evaluate_with_a_model_per_identity(synth, data):
+    # Per-identity fine-tuned runs: each identity is rendered by its own model and scored as if alone.
+    good, wrong = Oracle(synth[1]), Oracle(synth[1], names=["id001", "id000"])
+    each = evaluate({"id000": good, "id001": wrong}, data, "val", with_lmd=False)
+    alone = [evaluate(m, data, "val", identities=[n], with_lmd=False)["identities"][n]
+             for n, m in (("id000", good), ("id001", wrong))]
+    assert each["identities"]["id000"] == alone[0] and each["identities"]["id001"] == alone[1]
+    assert each["mean"]["psnr"] == pytest.approx((alone[0]["psnr"] + alone[1]["psnr"]) / 2)
+    assert alone[0]["psnr"] > alone[1]["psnr"] + 10
+    with pytest.raises(RenderError, match="no model given for identity 'id001'"):
+        evaluate({"id000": good}, data, "val")
+
+
 def test_evaluate_face_box_and_given_expressions(synth, data):
     """FACE PSNR is the PSNR inside each frame's bbox; rendering with given expressions (as eval --speech does)
     changes what is rendered and nothing else."""

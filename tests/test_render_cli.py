@@ -235,8 +235,17 @@ def test_cli_info_describes_a_run(tiny, tmp_path, capsys):
     assert info["expression_dim"] == 12 and info["parameters"] > 0 and info["last_log"]["step"] == TINY_STEPS
     assert main(["info", str(root / "run")]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert EXPRESSION_SPACE in out and "id000" in out
+    assert EXPRESSION_SPACE in out and "id000" in out and "fine-tuned for" not in out
     assert main(["info", str(tmp_path / "nope")]) == 2
+    # a known identity fine-tuned on its own frames (MI-NeRF's per-identity fine-tuning), through the CLI
+    assert main(["personalize", "--run", str(root / "run"), "--data", str(dirs[1]), "--out", str(tmp_path / "ft"),
+                 "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "ft"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "personalize" and info["refined"] == ["id001"] and list(info["identities"]) == ["id000", "id001"]
+    assert main(["info", str(tmp_path / "ft")]) == 0
+    assert "fine-tuned for │ id001" in " ".join(capsys.readouterr().out.split())
 
 
 def test_cli_missing_run(tmp_path, capsys):
