@@ -11,7 +11,8 @@
    With ``--finetune-seconds S``, MI-NeRF's per-identity fine-tuning inside the same budget: the generic model
    trains for ``--minutes`` less ``S`` per clip (its schedule shortened alike), then each clip is fine-tuned alone
    for up to ``S`` seconds (:func:`fastminerf.train.personalize` on a known identity, ``WORK/finetune/<clip>``),
-   and each clip is scored by its own fine-tuned model (results to ``real_clips_finetune.json``).
+   and each clip is scored by its own fine-tuned model, beside the generic phase's model on the same frames
+   (results to ``real_clips_finetune.json``).
 3. ``fastminerf.render.evaluate`` on the first ``--eval-frames`` frames of each clip's ``test`` split: PSNR and
    SSIM per clip, beside two baselines computed on the same frames: the clip's ``bg.png`` alone, and the clip's
    mean training colour everywhere.
@@ -204,6 +205,12 @@ def main() -> int:
     data = load_dataset(dirs, splits=("train", "test"))
     t0 = time.perf_counter()
     metrics = evaluate(models, data, "test", out_dir=work / "eval_test", max_frames=args.eval_frames)
+    generic_only = None
+    if tuned:  # the generic phase's model on the same frames: what the fine-tunes added
+        g = evaluate(model, data, "test", max_frames=args.eval_frames, with_lpips=False)
+        generic_only = {"test": {n: {"psnr": m["psnr"], "ssim": m["ssim"]} for n, m in g["identities"].items()},
+                        "mean": {"psnr": g["mean"]["psnr"], "ssim": g["mean"]["ssim"]}}
+        print(f"  the generic phase alone: psnr {g['mean']['psnr']:.2f} dB  ssim {g['mean']['ssim']:.3f}")
     seconds["eval"] = time.perf_counter() - t0
     base = _baselines(data, "test", args.eval_frames)
     for name, gap in _pose_gaps(data, "test", args.eval_frames).items():
@@ -256,6 +263,7 @@ def main() -> int:
                      "resumed_from": result.resumed_from,
                      "seconds_with_finetunes": result.seconds + sum(t["seconds"] for t in tuned.values())},
         "finetune": tuned,
+        "generic_only": generic_only,
         "test": {name: {"psnr": m["psnr"], "ssim": m["ssim"], "frames": m["frames"],
                         **{k: m[k] for k in ("face_psnr", "mouth_psnr", "eye_psnr", "lmd", "ear_error", "lmd_frames") if k in m}, **base[name]}
                  for name, m in metrics["identities"].items()},

@@ -142,21 +142,25 @@ def real_clips_table(result: dict) -> str:
     # difference (blinks)
     eyes = all("eye_psnr" in m and "ear_error" in m for m in result["test"].values())
 
-    def row(label: str, m: dict, bold: bool = False) -> str:
+    alone = result.get("generic_only")  # a fine-tuning run: its generic phase's model on the same frames
+
+    def row(label: str, m: dict, bold: bool = False, g: dict | None = None) -> str:
         b = "**" if bold else ""
         return (f"| {label} | {b}{m['psnr']:.2f}{b} | {b}{m['ssim']:.3f}{b} |"
+                + (f" {g['psnr']:.2f} / {g['ssim']:.3f} |" if g else "")
                 + (f" {m['mouth_psnr']:.2f} | {m['lmd']:.2f} |" if lips else "")
                 + (f" {m['eye_psnr']:.2f} | {m['ear_error']:.3f} |" if eyes else "")
                 + f" {m['bg_psnr']:.2f} | {m['mean_colour_psnr']:.2f} |" + (f" {m['pose_gap_deg']:.1f} |" if gaps else ""))
 
-    lines += ["| clip | PSNR (dB) | SSIM |" + (" mouth-box PSNR (dB) | LMD (px) |" if lips else "")
+    lines += ["| clip | PSNR (dB) | SSIM |" + (" generic phase alone (dB / SSIM) |" if alone else "")
+              + (" mouth-box PSNR (dB) | LMD (px) |" if lips else "")
               + (" eye-box PSNR (dB) | EAR error |" if eyes else "")
               + " bg.png alone (dB) | mean colour (dB) |" + (" head pose gap (deg) |" if gaps else ""),
-              "| --- | ---: | ---: |" + (" ---: | ---: |" if lips else "") + (" ---: | ---: |" if eyes else "")
+              "| --- | ---: | ---: |" + (" ---: |" if alone else "") + (" ---: | ---: |" if lips else "") + (" ---: | ---: |" if eyes else "")
               + " ---: | ---: |" + (" ---: |" if gaps else "")]
-    lines += [row(name, m) for name, m in result["test"].items()]
+    lines += [row(name, m, g=alone["test"][name] if alone else None) for name, m in result["test"].items()]
     mn = result["mean"]
-    lines.append(row("**mean**", mn, bold=True))
+    lines.append(row("**mean**", mn, bold=True, g=alone["mean"] if alone else None))
     met = "met" if mn["psnr"] >= result["target_psnr_db"] else "**not met**"
     lines += ["", f"Target >= {result['target_psnr_db']:.0f} dB mean PSNR: {met}.", "", _machine_line(result)]
     return "\n".join(lines)
