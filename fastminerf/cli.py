@@ -7,10 +7,10 @@ progress and summaries are shown here.
     fastminerf synth OUT --identities 8 --frames 100 --size 128 --seed 0
     fastminerf prepare VIDEO [VIDEO ...] --out ROOT [--size 256] [--fps N] [--max-frames N]
     fastminerf train --data DATA --out RUN [--config cpu|video] [--steps N] [--max-seconds S] [--set key=value ...]
-    fastminerf personalize --run RUN --data NEW_OR_KNOWN_IDENTITY --out RUN2 [--steps N] [--max-seconds S]
+    fastminerf personalize --run RUN --data NEW_OR_KNOWN_IDENTITY... --out RUN2 [--each] [--steps N] [--max-seconds S]
     fastminerf render --run RUN --identity NAME --drive PATH[:SPLIT]|VIDEO --out OUT.mp4 [--transfer delta|absolute]
     fastminerf render --run RUN --identity NAME --orbit --out OUT.mp4
-    fastminerf eval --run RUN --data PATH... --split SPLIT [--out DIR]
+    fastminerf eval --run RUN [RUN ...] --data PATH... --split SPLIT [--out DIR]
     fastminerf demo [OUT] [--minutes 3]
     fastminerf bench {identities,backbone,all} [--full] [--out DIR]
     fastminerf info RUN [--json]
@@ -334,7 +334,10 @@ def _add_personalize(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--run", required=True, type=Path, help="generic run folder (made by `fastminerf train`)")
     p.add_argument("--data", nargs="+", required=True, type=Path,
                    help="identity folders: all new to the model, or all known to it")
-    p.add_argument("--out", required=True, type=Path, help="new run folder")
+    p.add_argument("--out", required=True, type=Path, help="new run folder (with --each: a folder of runs)")
+    p.add_argument("--each", action="store_true",
+                   help="one run per identity of --data, in OUT/<identity>, each fine-tuned or personalised alone "
+                        "(--steps and --max-seconds apply to each); score them together with eval --run OUT/*")
     _add_run_options(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change a train/sampler/data setting of the generic run for this personalisation, e.g. "
@@ -350,11 +353,18 @@ def _run_personalize(args: argparse.Namespace) -> int:
     cfg = apply_overrides(load_run(args.run)[0], args.overrides)
     steps = args.steps if args.steps is not None else cfg.train.personalize_steps
     console = _console()
-    with _TrainProgress(console, "personalize", steps, args.max_seconds) as progress:
-        result = personalize(args.run, args.data, args.out, steps=steps, max_seconds=args.max_seconds, progress=progress,
-                             overrides=args.overrides)
-    console.print(f"personalised in {result.step} steps, {result.seconds:.1f} s: train psnr {result.psnr:.2f} dB; "
-                  f"run in {result.out_dir}")
+    if args.each:
+        from .data.layout import find_identity_dirs
+
+        jobs = [(d.name, [d], args.out / d.name) for d in find_identity_dirs(args.data)]
+    else:
+        jobs = [("personalize", args.data, args.out)]
+    for title, data, out in jobs:
+        with _TrainProgress(console, title, steps, args.max_seconds) as progress:
+            result = personalize(args.run, data, out, steps=steps, max_seconds=args.max_seconds, progress=progress,
+                                 overrides=args.overrides)
+        console.print(f"personalised in {result.step} steps, {result.seconds:.1f} s: train psnr {result.psnr:.2f} dB; "
+                      f"run in {result.out_dir}")
     return 0
 
 
@@ -547,7 +557,10 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
         "has landmarks.npz (fastminerf prepare), DEPTH is the median distance in head units between the "
         "rendered depth and the tracked face landmarks along rays through them (the geometry check).",
     )
-    p.add_argument("--run", required=True, type=Path, help="run folder")
+    p.add_argument("--run", nargs="+", required=True, type=Path,
+                   help="run folder; or several (e.g. a generic run and runs that fine-tuned one identity each, "
+                        "personalize --each): each identity is rendered by the run that fine-tuned it, else by the "
+                        "first run that knows it")
     p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders or dataset roots")
     p.add_argument("--split", required=True, help="split to evaluate (e.g. val, test, novel)")
     p.add_argument("--out", type=Path, default=None, help="folder for metrics.json and side-by-side images")
@@ -566,21 +579,24 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .render import evaluate
 
     console = _console()
-    _, model, _ = _open_run(args.run, args.render_steps)
+    runs = [(run, *_open_run(run, args.render_steps)[1:]) for run in args.run]
     dirs = find_identity_dirs(args.data)
     for d in dirs:
         if args.split not in identity_splits(d):
             raise DatasetError(f"identity '{d.name}' has no split '{args.split}'; it has {identity_splits(d)}", file=d)
     data = load_dataset(dirs, splits=(args.split,))
-    from .render import identity_id
+    # fail before any rendering, naming the identity
+    model = _model_per_identity(runs, data.identities) if len(runs) > 1 else runs[0][1]
+    if len(runs) == 1:
+        from .render import identity_id
 
-    for name in data.identities:
-        identity_id(model, name)  # fail before any rendering, naming the identity
+        for name in data.identities:
+            identity_id(model, name)
     expressions, driven = None, None
     if args.speech is not None:
         from .speech import load_speech_model, split_expressions
 
-        speech_file = Path(args.run) / "speech.pt" if args.speech is True else args.speech
+        speech_file = Path(args.run[0]) / "speech.pt" if args.speech is True else args.speech
         expressions = split_expressions(load_speech_model(speech_file), data, args.split)
         driven = f"speech ({speech_file})"
     with _frames_progress(console, f"eval {args.split}") as bar:
@@ -588,11 +604,30 @@ def _run_eval(args: argparse.Namespace) -> int:
         result = evaluate(model, data, args.split, out_dir=args.out, max_frames=args.max_frames, expressions=expressions,
                           expressions_from=driven,
                           progress=lambda d, t: bar.update(task, completed=d, total=t))
-    console.print(_metrics_table(result, f"{args.run} on {args.split}, {result['expressions']} expressions"))
+    where = str(args.run[0]) if len(args.run) == 1 else f"{len(args.run)} runs"
+    console.print(_metrics_table(result, f"{where} on {args.split}, {result['expressions']} expressions"))
     console.print(f"LPIPS: {result['lpips']}; LMD: {result['lmd']}")
     if args.out is not None:
         console.print(f"wrote {args.out / 'metrics.json'} and side-by-side images in {args.out / 'side_by_side'}")
     return 0
+
+
+def _model_per_identity(runs, names: Sequence[str]) -> dict:
+    """``{identity: model}`` for eval over several runs ``(folder, model, meta)``: the run that fine-tuned the
+    identity (``personalize`` on a known identity), else the first run that knows it; a RenderError naming the
+    identity when none does, or when two runs fine-tuned it."""
+    from .render import RenderError
+
+    chosen = {}
+    for name in names:
+        tuned = [(run, model) for run, model, meta in runs if name in meta["refined"]]
+        if len(tuned) > 1:
+            raise RenderError(f"identity '{name}' was fine-tuned by several runs: {[str(r) for r, _ in tuned]}; give one")
+        knows = tuned or [(run, model) for run, model, meta in runs if name in meta["identity_names"]]
+        if not knows:
+            raise RenderError(f"unknown identity '{name}': none of the runs {[str(r) for r, _, _ in runs]} knows it")
+        chosen[name] = knows[0][1]
+    return chosen
 
 
 def _add_demo(sub: "argparse._SubParsersAction") -> None:

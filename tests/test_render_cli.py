@@ -248,6 +248,29 @@ def test_cli_info_describes_a_run(tiny, tmp_path, capsys):
     assert "fine-tuned for │ id001" in " ".join(capsys.readouterr().out.split())
 
 
+def test_cli_fine_tunes_each_identity_and_scores_each_with_its_own_run(tiny, tmp_path, capsys):
+    # MI-NeRF's workflow: a generic run, one fine-tuned run per person, every person scored by their own run.
+    root, dirs = tiny
+    each = tmp_path / "each"
+    assert main(["personalize", "--run", str(root / "run"), "--data", str(dirs[0]), str(dirs[1]), "--out", str(each),
+                 "--each", "--steps", "2"]) == 0
+    metas = {n: load_run(each / n)[2] for n in ("id000", "id001")}
+    assert {n: m["refined"] for n, m in metas.items()} == {"id000": ["id000"], "id001": ["id001"]}
+    argv = ["eval", "--run", str(root / "run"), str(each / "id001"), str(each / "id000"), "--data", str(dirs[0]),
+            str(dirs[1]), "--split", "val", "--out", str(tmp_path / "ev")]
+    assert main(argv) == 0
+    got = json.loads((tmp_path / "ev" / "metrics.json").read_text())["identities"]
+    data = load_dataset(dirs[:2], splits=("val",))
+    for name in ("id000", "id001"):  # the run that fine-tuned the identity rendered it, not the generic one listed first
+        own = evaluate(load_run(each / name)[1], data, "val", identities=[name], with_lmd=False)["identities"][name]
+        assert got[name]["psnr"] == pytest.approx(own["psnr"], abs=1e-6)
+    generic = evaluate(load_run(root / "run")[1], data, "val", with_lmd=False)["identities"]
+    assert any(abs(got[n]["psnr"] - generic[n]["psnr"]) > 1e-4 for n in ("id000", "id001"))
+    capsys.readouterr()
+    assert main(["eval", "--run", str(each / "id000"), str(each / "id001"), "--data", str(dirs[2]), "--split", "val"]) == 2
+    assert "unknown identity 'id002': none of the runs" in " ".join(capsys.readouterr().err.split())
+
+
 def test_cli_missing_run(tmp_path, capsys):
     assert main(["render", "--run", str(tmp_path / "nope"), "--identity", "a", "--orbit", "--out", str(tmp_path / "x.mp4")]) == 2
     err = " ".join(capsys.readouterr().err.split())
