@@ -585,13 +585,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         if args.split not in identity_splits(d):
             raise DatasetError(f"identity '{d.name}' has no split '{args.split}'; it has {identity_splits(d)}", file=d)
     data = load_dataset(dirs, splits=(args.split,))
-    # fail before any rendering, naming the identity
-    model = _model_per_identity(runs, data.identities) if len(runs) > 1 else runs[0][1]
-    if len(runs) == 1:
-        from .render import identity_id
-
-        for name in data.identities:
-            identity_id(model, name)
+    chosen = _model_per_identity(runs, data.identities)  # fails before any rendering, naming the identity
+    model = runs[0][1] if len(runs) == 1 else chosen
     expressions, driven = None, None
     if args.speech is not None:
         from .speech import load_speech_model, split_expressions
@@ -613,7 +608,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _model_per_identity(runs, names: Sequence[str]) -> dict:
-    """``{identity: model}`` for eval over several runs ``(folder, model, meta)``: the run that fine-tuned the
+    """``{identity: model}`` for eval over runs ``(folder, model, meta)``: the run that fine-tuned the
     identity (``personalize`` on a known identity), else the first run that knows it; a RenderError naming the
     identity when none does, or when two runs fine-tuned it."""
     from .render import RenderError
@@ -625,7 +620,9 @@ def _model_per_identity(runs, names: Sequence[str]) -> dict:
             raise RenderError(f"identity '{name}' was fine-tuned by several runs: {[str(r) for r, _ in tuned]}; give one")
         knows = tuned or [(run, model) for run, model, meta in runs if name in meta["identity_names"]]
         if not knows:
-            raise RenderError(f"unknown identity '{name}': none of the runs {[str(r) for r, _, _ in runs]} knows it")
+            known = sorted({n for _, _, meta in runs for n in meta["identity_names"]})
+            raise RenderError(f"unknown identity '{name}': none of the runs {[str(r) for r, _, _ in runs]} knows it "
+                              f"(they know {known})")
         chosen[name] = knows[0][1]
     return chosen
 
