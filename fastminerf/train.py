@@ -75,6 +75,10 @@ RESUME_MAY_CHANGE = ("train.steps", "train.max_seconds", "train.log_every", "tra
 """Config keys that may differ between a generic run and its resumption (they do not change its computation: the
 ``personalize_*`` ones act only in :func:`personalize`)."""
 
+PERSONALIZE_RESUME_MAY_CHANGE = tuple(k for k in RESUME_MAY_CHANGE if k not in (
+    "train.personalize_code_fraction", "train.personalize_tune", "train.personalize_lr_factor"))
+"""The same for a personalisation, whose phases, tuned weights and learning rate those three keys set."""
+
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read, is not a fastminerf checkpoint, or does not match what it is loaded into."""
@@ -382,9 +386,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _check_resume_config(saved: RunConfig, new: RunConfig, path: Path) -> None:
+def _check_resume_config(saved: RunConfig, new: RunConfig, path: Path,
+                         may_change: Sequence[str] = RESUME_MAY_CHANGE) -> None:
     a, b = _flat(saved), _flat(new)
-    diff = [k for k in a if a[k] != b.get(k) and k not in RESUME_MAY_CHANGE]
+    diff = [k for k in a if a[k] != b.get(k) and k not in may_change]
     if diff:
         shown = ", ".join(f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in diff[:5])
         raise CheckpointError(
@@ -735,14 +740,14 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     if known:  # fine-tune known identities on their own frames: their codes are trained, no code-only phase
         identity_map, frame_map = _known_maps(model, dataset, table, str(generic_run))
         if data is not None:
-            _, model = _model_from_checkpoint(data, ckpt_path)
+            saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
             if list(data.get("refined", [])) != dataset.identities:
                 raise CheckpointError(f"{ckpt_path} fine-tuned {list(data.get('refined', []))} or added identities, "
                                       f"not fine-tuned {dataset.identities}; use another --out folder")
     else:
         first_id = model.num_identities
         if data is not None:
-            _, model = _model_from_checkpoint(data, ckpt_path)
+            saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
             if data.get("refined") or list(data["identity_names"])[first_id:] != dataset.identities:
                 raise CheckpointError(f"{ckpt_path} personalised {list(data['identity_names'])[first_id:]}, not {dataset.identities}")
             first_frame = model.frame_identity.numel() - len(table)
@@ -755,6 +760,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                 start_torso(model, dataset, identity_offset=first_id)
         identity_map = torch.arange(len(dataset.identities)) + first_id
         frame_map = torch.arange(len(table)) + first_frame
+    if data is not None:  # resumed with the settings it started with (or only those that do not change it)
+        _check_resume_config(saved_cfg, cfg, ckpt_path, PERSONALIZE_RESUME_MAY_CHANGE)
     device = resolve_device(cfg.train.device)
     model.to(device)
     (out / CONFIG_NAME).write_text(dump_config(cfg))

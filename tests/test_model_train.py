@@ -475,6 +475,10 @@ def test_personalize_fine_tunes_a_known_identity_on_its_own_frames(tiny_data, tr
     assert again.resumed_from == 40
     with pytest.raises(CheckpointError, match="fine-tuned"):
         personalize(run, [first], tmp_path / "ft", steps=40, overrides=over)
+    # other tuned weights would not fit the saved optimizer: refused, naming the setting (more steps may resume)
+    with pytest.raises(CheckpointError, match="train.personalize_tune: 'all' -> 'grid'"):
+        personalize(run, [second], tmp_path / "ft", steps=40, overrides=["train.personalize_tune=grid"])
+    assert personalize(run, [second], tmp_path / "ft", steps=45, overrides=over).step == 45
 
 
 def test_personalize_of_a_known_identity_needs_the_frames_it_was_trained_on(tiny_data, trained, tmp_path):
