@@ -585,8 +585,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         if args.split not in identity_splits(d):
             raise DatasetError(f"identity '{d.name}' has no split '{args.split}'; it has {identity_splits(d)}", file=d)
     data = load_dataset(dirs, splits=(args.split,))
-    chosen = _model_per_identity(runs, data.identities)  # fails before any rendering, naming the identity
-    model = runs[0][1] if len(runs) == 1 else chosen
+    model = _model_per_identity(runs, data.identities)  # fails before any rendering, naming the identity
     expressions, driven = None, None
     if args.speech is not None:
         from .speech import load_speech_model, split_expressions

@@ -737,19 +737,18 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     table = dataset.table("train")
     ckpt_path = out / CHECKPOINT_NAME
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    first_id = model.num_identities
+    if data is not None:  # resumed: the same identities, and the settings it started with (or only harmless changes)
+        saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
+        refined, added = list(data.get("refined", [])), list(data["identity_names"])[first_id:]
+        if (refined if known else added + refined) != dataset.identities:
+            raise CheckpointError(f"{ckpt_path} fine-tuned {refined} and added {added}, not "
+                                  f"{'fine-tuned' if known else 'added'} {dataset.identities}; use another --out folder")
+        _check_resume_config(saved_cfg, cfg, ckpt_path, PERSONALIZE_RESUME_MAY_CHANGE)
     if known:  # fine-tune known identities on their own frames: their codes are trained, no code-only phase
         identity_map, frame_map = _known_maps(model, dataset, table, str(generic_run))
-        if data is not None:
-            saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
-            if list(data.get("refined", [])) != dataset.identities:
-                raise CheckpointError(f"{ckpt_path} fine-tuned {list(data.get('refined', []))} or added identities, "
-                                      f"not fine-tuned {dataset.identities}; use another --out folder")
     else:
-        first_id = model.num_identities
         if data is not None:
-            saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
-            if data.get("refined") or list(data["identity_names"])[first_id:] != dataset.identities:
-                raise CheckpointError(f"{ckpt_path} personalised {list(data['identity_names'])[first_id:]}, not {dataset.identities}")
             first_frame = model.frame_identity.numel() - len(table)
         else:
             first_frame = model.add_identities(dataset.identities, torch.from_numpy(table.identity) + first_id)
@@ -760,8 +759,6 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                 start_torso(model, dataset, identity_offset=first_id)
         identity_map = torch.arange(len(dataset.identities)) + first_id
         frame_map = torch.arange(len(table)) + first_frame
-    if data is not None:  # resumed with the settings it started with (or only those that do not change it)
-        _check_resume_config(saved_cfg, cfg, ckpt_path, PERSONALIZE_RESUME_MAY_CHANGE)
     device = resolve_device(cfg.train.device)
     model.to(device)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
