@@ -171,6 +171,7 @@ def main() -> int:
                          "tracked, speech-predicted and still expressions and compare each with the real frames")
     ap.add_argument("--eval-split", default="test")
     ap.add_argument("--eval-frames", type=int, default=None, help="frames per clip for --eval-run (default all)")
+    ap.add_argument("--name", default="speech", help="result file name (default speech) for a variant's run")
     add_overrides(ap, "SpeechConfig")
     args = ap.parse_args()
 
@@ -233,7 +234,7 @@ def main() -> int:
                 f"{n} mouth R2 {m['mouth_r2']:.3f} corr {m['mouth_corr']:.3f} R2 {m['r2']:.3f}" for n, m in real["leave_one_out_mean"].items()))
         result["real"] = real
     if result["synth"] or result["real"]:
-        print(f"wrote {write_result('speech', result)}")
+        print(f"wrote {write_result(args.name, result)}")
     if args.render_run is not None:
         e2e = _end_to_end(args.render_run, args.target, args.speaker, args.work / "end_to_end", args.render_frames)
         print(f"wrote {write_result('speech_end_to_end', {'machine': machine(), **e2e})}")
