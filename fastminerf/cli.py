@@ -150,6 +150,7 @@ def _add_prepare(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--test-fraction", type=float, default=d.test_fraction, help=h("test_fraction"))
     p.add_argument("--expression-dim", type=int, default=d.expression_dim, help=h("expression_dim"))
     p.add_argument("--crop-scale", type=float, default=d.crop_scale, help=h("crop_scale"))
+    p.add_argument("--focal-factor", type=float, default=d.focal_factor, help=h("focal_factor"))
     p.add_argument("--min-frames", type=int, default=d.min_frames, help=h("min_frames"))
     p.add_argument("--track-region-scale", type=float, default=d.track_region_scale, help=h("track_region_scale"))
     p.add_argument("--basis", default=None, help=h("basis"))
@@ -198,7 +199,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         return 2
     cfg = PrepareConfig(size=args.size, fps=args.fps, max_frames=args.max_frames, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, expression_dim=args.expression_dim,
-                        crop_scale=args.crop_scale, min_frames=args.min_frames, overwrite=args.overwrite,
+                        crop_scale=args.crop_scale, focal_factor=args.focal_factor, min_frames=args.min_frames,
+                        overwrite=args.overwrite,
                         track_region_scale=args.track_region_scale, basis=args.basis)
     console = _console()
     start = time.perf_counter()

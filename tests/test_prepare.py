@@ -302,9 +302,10 @@ def test_a_failing_video_does_not_stop_the_others(tmp_path):
     broken.write_bytes(b"not a video")
     out = tmp_path / "data"
     rc = main(["prepare", str(noface), str(REAL / CLIPS[1]), str(broken), "--out", str(out), "--size", "64",
-               "--max-frames", "15", "--min-frames", "5"])
+               "--max-frames", "15", "--min-frames", "5", "--focal-factor", "2.5"])
     assert rc == 2
-    assert read_transforms(out / Path(CLIPS[1]).stem / "transforms_train.json").width == 64
+    written = read_transforms(out / Path(CLIPS[1]).stem / "transforms_train.json")
+    assert written.width == 64 and written.intrinsics[0] == pytest.approx(2.5 * 64)
     done = json.loads((out / Path(CLIPS[1]).stem / "prepare.json").read_text())
     assert done["frames_used"] == 15
     assert not (out / "noface" / "transforms_train.json").exists()
