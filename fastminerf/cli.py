@@ -200,8 +200,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     cfg = PrepareConfig(size=args.size, fps=args.fps, max_frames=args.max_frames, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, expression_dim=args.expression_dim,
                         crop_scale=args.crop_scale, focal_factor=args.focal_factor, min_frames=args.min_frames,
-                        overwrite=args.overwrite,
-                        track_region_scale=args.track_region_scale, basis=args.basis)
+                        overwrite=args.overwrite, track_region_scale=args.track_region_scale, basis=args.basis)
     console = _console()
     start = time.perf_counter()
     titles = {"track": "track", "frames": "crop, segment, write", "cameras": "pose, expression", "basis": "shared face model"}

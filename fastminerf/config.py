@@ -230,7 +230,7 @@ class PrepareConfig:
     """Focal length in units of ``size`` (fx = fy = focal_factor * size, principal point at the centre): the
     framing of the procedural heads (``SynthConfig.focal_factor``), a 34 degree field of view across the crop.
     Set it when the camera is known (a phone held close: shorter; a studio or TV camera far away: longer). On the
-    nine real clips (nine clips, ``video`` preset, 3,000 steps, held-out PSNR) 1.2 / 1.65 / 2.2 / 3.3 / 6.6 gave
+    nine real clips (``video`` preset, 3,000 steps, held-out PSNR) 1.2 / 1.65 / 2.2 / 3.3 / 6.6 gave
     24.66 / 24.71 / 24.57 / 24.51 / 24.53 dB, although longer focal lengths fit the tracked landmarks closer (median
     re-projection error 20-40 % lower at 6.6): mediapipe's mesh is regressed near-orthographically."""
 
