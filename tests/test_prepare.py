@@ -8,6 +8,7 @@ bad input) runs on data made here.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -688,3 +689,37 @@ def test_variable_frame_rate_is_resampled_to_constant_time_steps(tmp_path):
     np.testing.assert_array_equal(levels[10:20], np.full(10, 9))  # the gap: the last frame stays on screen
     np.testing.assert_array_equal(levels[20:], np.arange(10, 20))
     assert probe(vfr).width == 32
+
+
+def test_a_phone_video_with_a_rotation_tag_decodes_upright_and_quietly(tmp_path, caplog):
+    """Phones store portrait video as landscape frames plus a display-rotation tag. ffmpeg applies it, so the
+    frames come out as the phone showed them: probe reports the rotated size, the frames have it, their content
+    is the stored picture turned 90 degrees counter-clockwise, and nothing is printed about the size change."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from fastminerf.prepare.video import probe, read_frames
+
+    stored = np.zeros((32, 48, 3), dtype=np.uint8)  # landscape: 48 wide, 32 high; bright top-left corner
+    stored[:8, :16] = 250
+    stored[:, :, 2] = np.linspace(0, 200, 48, dtype=np.uint8)[None, :]
+    src = tmp_path / "landscape.mp4"
+    w = imageio_ffmpeg.write_frames(str(src), (48, 32), fps=25, macro_block_size=16, ffmpeg_log_level="error",
+                                    output_params=["-g", "1", "-crf", "0"])
+    w.send(None)
+    for _ in range(3):
+        w.send(stored.tobytes())
+    w.close()
+    phone = tmp_path / "phone.mov"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", "90", "-i", str(src),
+                    "-c", "copy", str(phone)], check=True)
+    caplog.set_level(logging.WARNING)
+    info = probe(phone)
+    assert (info.width, info.height) == (32, 48)
+    frames = list(read_frames(phone, 25.0))
+    assert len(frames) == 3 and frames[0].shape == (48, 32, 3)
+    upright = np.rot90(stored.astype(np.float64), 1)
+    assert np.abs(frames[0].astype(np.float64) - upright).mean() < 4.0
+    assert np.abs(frames[0].astype(np.float64) - np.rot90(stored.astype(np.float64), -1)).mean() > 40.0
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("imageio")] == []

@@ -10,6 +10,7 @@ Dimension letters: B frames, H and W pixels.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -50,6 +51,19 @@ class VideoInfo:
     """Whether the file holds an audio stream."""
 
 
+@contextlib.contextmanager
+def _quiet_imageio_ffmpeg():
+    """imageio-ffmpeg warns on stderr whenever a decoded frame's size differs from the stream's stored size (a crop,
+    a resize, or a phone video's rotation tag, which ffmpeg applies); library code prints nothing."""
+    log = logging.getLogger("imageio_ffmpeg")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _ffmpeg() -> str:
     import imageio_ffmpeg
 
@@ -64,8 +78,9 @@ def probe(path: PathLike) -> VideoInfo:
     if not p.is_file():
         raise VideoError(f"{p}: no such video file")
     try:
-        gen = imageio_ffmpeg.read_frames(str(p))
-        meta = next(gen)
+        with _quiet_imageio_ffmpeg():
+            gen = imageio_ffmpeg.read_frames(str(p))
+            meta = next(gen)
         gen.close()
     except (OSError, RuntimeError, StopIteration) as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -107,14 +122,9 @@ def read_frames(
     out = ["-vf", ",".join(filters)]
     if max_frames is not None:
         out += ["-frames:v", str(int(max_frames))]
-    log = logging.getLogger("imageio_ffmpeg")
-    level = log.level
-    log.setLevel(logging.ERROR)  # it warns (on stderr) whenever the output size differs from the source's
-    try:
+    with _quiet_imageio_ffmpeg():
         gen = imageio_ffmpeg.read_frames(str(path), output_params=out)
         meta = next(gen)
-    finally:
-        log.setLevel(level)
     w, h = meta["size"]
     try:
         for buf in gen:
