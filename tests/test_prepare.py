@@ -694,7 +694,7 @@ def test_variable_frame_rate_is_resampled_to_constant_time_steps(tmp_path):
 def test_a_phone_video_with_a_rotation_tag_decodes_upright_and_quietly(tmp_path, caplog):
     """Phones store portrait video as landscape frames plus a display-rotation tag. ffmpeg applies it, so the
     frames come out as the phone showed them: probe reports the rotated size, the frames have it, their content
-    is the stored picture turned 90 degrees counter-clockwise, and nothing is printed about the size change."""
+    is the stored picture turned 90 degrees counter-clockwise, and nothing is logged about the size change."""
     import subprocess
 
     import imageio_ffmpeg
