@@ -127,6 +127,13 @@ def _run_synth(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- prepare
 
 
+_PREPARE_OPTIONS = (("size", int), ("fps", float), ("max_frames", int), ("val_fraction", float),
+                    ("test_fraction", float), ("expression_dim", int), ("crop_scale", float), ("focal_factor", float),
+                    ("min_frames", int), ("track_region_scale", float), ("basis", str))
+"""The `PrepareConfig` fields `fastminerf prepare` takes as options (`--max-frames` for `max_frames`), with their types;
+`--overwrite` is a switch beside them."""
+
+
 def _add_prepare(sub: "argparse._SubParsersAction") -> None:
     from .config import PrepareConfig
 
@@ -143,17 +150,8 @@ def _add_prepare(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO", help="video files (mp4, mov, webm, ...)")
     p.add_argument("--out", required=True, type=Path, help="dataset root (one identity folder per video)")
-    p.add_argument("--size", type=int, default=d.size, help=h("size"))
-    p.add_argument("--fps", type=float, default=d.fps, help=h("fps"))
-    p.add_argument("--max-frames", type=int, default=d.max_frames, help=h("max_frames"))
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=h("val_fraction"))
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help=h("test_fraction"))
-    p.add_argument("--expression-dim", type=int, default=d.expression_dim, help=h("expression_dim"))
-    p.add_argument("--crop-scale", type=float, default=d.crop_scale, help=h("crop_scale"))
-    p.add_argument("--focal-factor", type=float, default=d.focal_factor, help=h("focal_factor"))
-    p.add_argument("--min-frames", type=int, default=d.min_frames, help=h("min_frames"))
-    p.add_argument("--track-region-scale", type=float, default=d.track_region_scale, help=h("track_region_scale"))
-    p.add_argument("--basis", default=None, help=h("basis"))
+    for name, kind in _PREPARE_OPTIONS:
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name), help=h(name))
     p.add_argument("--overwrite", action="store_true", help=h("overwrite"))
     p.set_defaults(func=_run_prepare)
 
@@ -197,10 +195,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     except MediapipeMissing as exc:
         _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         return 2
-    cfg = PrepareConfig(size=args.size, fps=args.fps, max_frames=args.max_frames, val_fraction=args.val_fraction,
-                        test_fraction=args.test_fraction, expression_dim=args.expression_dim,
-                        crop_scale=args.crop_scale, focal_factor=args.focal_factor, min_frames=args.min_frames,
-                        overwrite=args.overwrite, track_region_scale=args.track_region_scale, basis=args.basis)
+    cfg = PrepareConfig(overwrite=args.overwrite, **{name: getattr(args, name) for name, _ in _PREPARE_OPTIONS})
     console = _console()
     start = time.perf_counter()
     titles = {"track": "track", "frames": "crop, segment, write", "cameras": "pose, expression", "basis": "shared face model"}
