@@ -95,17 +95,13 @@ def _baselines(data, split: str, max_frames: int) -> dict:
     return out
 
 
-def rotation_gap_deg(rotations: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """(A,) angle in degrees from each rotation (A, 3, 3) to the nearest of ``reference`` (B, 3, 3)."""
-    cos = (np.einsum("aji,bjk->abik", rotations, reference).trace(axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).min(axis=1)
-
-
 def _pose_gaps(data, split: str, max_frames: int) -> dict:
     """How far the evaluated frames' head poses are from every training pose of the same clip: the mean over the
     frames of the angle to the nearest training rotation (degrees) and of the distance to the nearest training
     camera centre (head-space units). A NeRF of one monocular clip has seen its head from a narrow cone of views;
     held-out frames outside it are new views, not only new expressions."""
+    from fastminerf.metrics import rotation_gap_deg
+
     out = {}
     table, train = data.table(split), data.table("train")
     for i, name in enumerate(data.identities):

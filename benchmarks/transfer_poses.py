@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine, write_result  # noqa: E402
-from benchmarks.real_clips import prepared_root, rotation_gap_deg  # noqa: E402
+from benchmarks.real_clips import prepared_root  # noqa: E402
+from fastminerf.metrics import rotation_gap_deg  # noqa: E402
 
 MODES = ("driver", "relative")
 

@@ -102,7 +102,7 @@ __all__ = [
 # Rendering, evaluation and the demo (issue 4).
 from .demo import DemoResult, run_demo
 from .metrics import (LandmarkDistance, MetricUnavailable, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status,
-                      psnr, ssim)
+                      psnr, rotation_gap_deg, ssim)
 from .render import (
     CameraPath,
     RenderError,
@@ -148,6 +148,7 @@ __all__ += [
     "render_frame",
     "render_sequence",
     "render_video",
+    "rotation_gap_deg",
     "set_render_steps",
     "training_basis",
     "run_demo",

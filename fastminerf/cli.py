@@ -509,6 +509,11 @@ def _run_render(args: argparse.Namespace) -> int:
     return 0
 
 
+NEW_VIEW_DEG = 3.0
+"""``eval`` names the identities whose frames are on average farther than this from every training head pose (on the
+nine real clips, the four clips beyond it are the four with the lowest held-out PSNR)."""
+
+
 def _metrics_table(result: dict, title: str):
     from rich import box
     from rich.table import Table
@@ -517,15 +522,17 @@ def _metrics_table(result: dict, title: str):
     # Short headings and numbers that never shrink, so the table fits an 80-column terminal without cutting a value;
     # the caption explains the short headings when there are any. Long identity names fold instead.
     caption = ("PSNR in dB: whole frame, FACE / MOUTH / EYE boxes; LMD in pixels; EAR: eye aspect ratio error; "
-               "DEPTH: landmark depth error, head units") if set(names) - {"psnr", "ssim", "l1", "lpips"} else None
+               "DEPTH: landmark depth error, head units; POSE: degrees from the nearest training head pose"
+               ) if set(names) - {"psnr", "ssim", "l1", "lpips"} else None
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                   collapse_padding=True)
     table.add_column("identity", overflow="fold", min_width=5)
     table.add_column("frames", justify="right", no_wrap=True)
     fmt = {"psnr": "{:.2f}", "ssim": "{:.3f}", "l1": "{:.4f}", "lpips": "{:.4f}", "face_psnr": "{:.2f}",
-           "mouth_psnr": "{:.2f}", "eye_psnr": "{:.2f}", "lmd": "{:.2f}", "ear_error": "{:.3f}", "landmark_depth": "{:.3f}"}
+           "mouth_psnr": "{:.2f}", "eye_psnr": "{:.2f}", "lmd": "{:.2f}", "ear_error": "{:.3f}", "landmark_depth": "{:.3f}",
+           "pose_gap": "{:.1f}"}
     heading = {"psnr": "PSNR", "face_psnr": "FACE", "mouth_psnr": "MOUTH", "eye_psnr": "EYE", "ear_error": "EAR",
-               "landmark_depth": "DEPTH"}
+               "landmark_depth": "DEPTH", "pose_gap": "POSE"}
     for m in names:
         table.add_column(heading.get(m, m.upper()), justify="right", no_wrap=True)
 
@@ -551,7 +558,9 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
         "(blinks) the mean difference of their eye aspect ratios (eye opening over width, ~0.3 open, <0.1 shut), "
         "where mediapipe is installed (make install). Where the data "
         "has landmarks.npz (fastminerf prepare), DEPTH is the median distance in head units between the "
-        "rendered depth and the tracked face landmarks along rays through them (the geometry check).",
+        "rendered depth and the tracked face landmarks along rays through them (the geometry check). Where the "
+        "identities have a train split, POSE is the mean angle in degrees from each frame's head pose to the nearest "
+        "training one: frames far from every training pose show the head from a side the clip never did.",
     )
     p.add_argument("--run", nargs="+", required=True, type=Path,
                    help="run folder; or several (e.g. a generic run and runs that fine-tuned one identity each, "
@@ -580,7 +589,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     for d in dirs:
         if args.split not in identity_splits(d):
             raise DatasetError(f"identity '{d.name}' has no split '{args.split}'; it has {identity_splits(d)}", file=d)
-    data = load_dataset(dirs, splits=(args.split,))
+    # the train split's cameras too (tables only; no frame of it is decoded), for the POSE column
+    with_train = args.split != "train" and all("train" in identity_splits(d) for d in dirs)
+    data = load_dataset(dirs, splits=("train", args.split) if with_train else (args.split,))
     model = _model_per_identity(runs, data.identities)  # fails before any rendering, naming the identity
     expressions, driven = None, None
     if args.speech is not None:
@@ -597,6 +608,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     where = str(args.run[0]) if len(args.run) == 1 else f"{len(args.run)} runs"
     console.print(_metrics_table(result, f"{where} on {args.split}, {result['expressions']} expressions"))
     console.print(f"LPIPS: {result['lpips']}; LMD: {result['lmd']}")
+    far = {n: v["pose_gap"] for n, v in result["identities"].items() if v.get("pose_gap", 0.0) > NEW_VIEW_DEG}
+    if far:
+        console.print(f"new views: {', '.join(f'{n} ({g:.1f} deg)' for n, g in far.items())} are seen more than "
+                      f"{NEW_VIEW_DEG:g} degrees from every training head pose, a side of the head their clip never "
+                      "showed; expect lower PSNR there (docs: Training on real clips)")
     if args.out is not None:
         console.print(f"wrote {args.out / 'metrics.json'} and side-by-side images in {args.out / 'side_by_side'}")
     return 0

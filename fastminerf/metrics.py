@@ -20,6 +20,10 @@ sync): :class:`LandmarkDistance` finds the face in a render and in its ground tr
 landmarks (mediapipe's ``FACEMESH_LIPS``, :data:`fastminerf.data.layout.LIP_LANDMARKS`). It needs the mediapipe that ``prepare`` uses;
 :func:`landmark_status` says whether it is there. From the same landmarks, blinks: :func:`eye_aspect_ratio`, each eye's
 opening over its width (Soukupova and Cech 2016), compared between a render and its truth.
+
+Not an image metric, but what explains held-out numbers of monocular video: :func:`rotation_gap_deg`, how far a
+frame's head pose is from every pose the model was trained on (a NeRF of one clip has seen the head from a narrow
+cone of views; a frame outside it is a new view, and on the real clips its PSNR falls with that angle).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ __all__ = [
     "lpips",
     "lpips_status",
     "psnr",
+    "rotation_gap_deg",
     "ssim",
 ]
 
@@ -330,3 +335,19 @@ class LandmarkDistance:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def rotation_gap_deg(rotations: np.ndarray, reference: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """The angle in degrees from each rotation ``(A, 3, 3)`` to the nearest of ``reference`` ``(B, 3, 3)`` (the
+    geodesic distance on SO(3)), ``(A,)`` float64. Camera-to-head rotations of two frames give the angle between
+    their head poses; ``reference`` empty gives NaN."""
+    a = np.asarray(rotations, dtype=np.float64).reshape(-1, 9)
+    b = np.asarray(reference, dtype=np.float64).reshape(-1, 9)
+    if len(b) == 0:
+        return np.full(len(a), np.nan)
+    # The nearest has the largest trace(R_a^T R_b), the sum of the element-wise product: one matrix product, in row
+    # chunks to bound memory. The angle from the chord, 2 asin(|R_a - R_b|_F / sqrt(8)), stays exact near 0, where
+    # arccos((trace - 1) / 2) loses half the digits.
+    nearest = np.concatenate([np.argmax(a[i:i + chunk] @ b.T, axis=1) for i in range(0, len(a), chunk)] or [np.zeros(0, int)])
+    chord = np.linalg.norm(a - b[nearest], axis=1) / np.sqrt(8.0)
+    return np.degrees(2.0 * np.arcsin(np.clip(chord, 0.0, 1.0)))

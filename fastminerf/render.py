@@ -39,7 +39,8 @@ import torch
 from .audio import Audio, frame_soundtrack, identity_audio, read_wav, write_wav
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
-from .metrics import LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status, psnr, ssim
+from .metrics import (LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status, psnr,
+                      rotation_gap_deg, ssim)
 
 __all__ = [
     "CameraPath",
@@ -1175,11 +1176,14 @@ def evaluate(
     Returns:
         ``{"split", "expressions", "frames", "metrics": [...], "lpips": status text, "lmd": status text, "identities": {name:
         {"frames", "psnr", "ssim", "l1"[, "lpips"][, "face_psnr"][, "mouth_psnr", "eye_psnr", "lmd", "ear_error", "lmd_frames"]
-        [, "landmark_depth"]}},
+        [, "landmark_depth"][, "pose_gap"]}},
         "mean": {...}}`` (a metric without any frame of an identity is NaN there; the mean skips it). ``landmark_depth`` (where the dataset has
         ``landmarks.npz``) is the median distance in head units between the rendered depth and the tracked
         landmarks along rays through them: whether the geometry sits where the face is (NaN for identities
-        without landmarks; the mean skips them).
+        without landmarks; the mean skips them). ``pose_gap`` (where ``dataset`` has its ``train`` split loaded)
+        is the mean angle in degrees from each evaluated frame's head pose to the nearest of the identity's
+        training head poses (:func:`fastminerf.metrics.rotation_gap_deg`; 0 on ``train`` itself): a frame far
+        from them shows the head from a side its clip never did, a view the field extrapolates.
 
     Raises:
         RenderError: an identity unknown to the dataset or the model (named), or a split not loaded.
@@ -1261,6 +1265,13 @@ def evaluate(
     finally:
         if marks is not None:
             marks.close()
+    if "train" in dataset.splits:  # how far each evaluated head pose is from the poses the model was trained on
+        train = dataset.table("train")
+        for name, frames in plan:
+            reference = train.c2w[train.frames_of(dataset.identities.index(name))][:, :3, :3]
+            gaps = rotation_gap_deg(table.c2w[frames][:, :3, :3], reference)
+            per_identity[name]["pose_gap"] = float(np.mean(gaps)) if gaps.size else float("nan")
+        metric_names.append("pose_gap")
     mean = {m: _nanmean([per_identity[n][m] for n in names]) for m in metric_names}
     result: Dict[str, object] = {
         "split": split,

@@ -100,23 +100,6 @@ def test_novel_vs_identities_panel_groups_cover_the_panel_once():
         panel_groups(3, 4)
 
 
-def test_real_clips_rotation_gap_is_the_angle_to_the_nearest_reference():
-    # real_clips.py reports how far each held-out head pose is from the clip's training poses.
-    import math
-
-    import numpy as np
-
-    from benchmarks.real_clips import rotation_gap_deg
-
-    def yaw(deg):
-        a = math.radians(deg)
-        return np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
-
-    reference = np.stack([yaw(0.0), yaw(10.0), yaw(-20.0)])
-    gaps = rotation_gap_deg(np.stack([yaw(3.0), yaw(12.5), yaw(-35.0), yaw(10.0)]), reference)
-    np.testing.assert_allclose(gaps, [3.0, 2.5, 15.0, 0.0], atol=1e-5)
-
-
 def test_render_speed_times_every_setting_on_the_same_frames(tmp_path):
     """benchmarks/render_speed.py on a tiny trained model: one row per setting, staged pruning renders the same image
     (it keeps the same samples), and the 128-step lattice takes samples in proportion to its steps."""

@@ -210,3 +210,25 @@ def test_lmd_is_the_lip_landmarks_shift_in_pixels(tmp_path, capfd):
             lmd(img[None], img)
     # mediapipe's native start-up chatter (TensorFlow Lite, absl) stays out of the user's terminal
     assert capfd.readouterr().err == ""
+
+
+def test_rotation_gap_is_the_angle_to_the_nearest_reference():
+    import math
+
+    from fastminerf.metrics import rotation_gap_deg
+
+    def yaw(deg):
+        a = math.radians(deg)
+        return np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+
+    def pitch(deg):
+        a = math.radians(deg)
+        return np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+
+    reference = np.stack([yaw(0.0), yaw(10.0), yaw(-20.0)])
+    rotations = np.stack([yaw(3.0), yaw(12.5), yaw(-35.0), yaw(10.0), pitch(7.0), yaw(10.0) @ pitch(4.0)])
+    expected = [3.0, 2.5, 15.0, 0.0, 7.0, 4.0]
+    np.testing.assert_allclose(rotation_gap_deg(rotations, reference), expected, atol=1e-5)
+    np.testing.assert_allclose(rotation_gap_deg(rotations, reference, chunk=2), expected, atol=1e-5)  # chunked alike
+    assert np.isnan(rotation_gap_deg(rotations, np.zeros((0, 3, 3)))).all()
+

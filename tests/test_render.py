@@ -359,6 +359,24 @@ def test_evaluate_with_oracle_and_a_wrong_model(synth, data, tmp_path):
         evaluate(Oracle(synth[1]), data, "test")
 
 
+def test_evaluate_reports_how_far_each_head_pose_is_from_training(synth, data):
+    """``pose_gap``: the mean angle from each evaluated frame's head pose to the identity's nearest training one."""
+    from fastminerf.metrics import rotation_gap_deg
+
+    oracle = Oracle(synth[1])
+    res = evaluate(oracle, data, "val", with_lmd=False)
+    assert "pose_gap" in res["metrics"]
+    val, train = data.table("val"), data.table("train")
+    for i, name in enumerate(data.identities):
+        expected = rotation_gap_deg(val.c2w[val.frames_of(i)][:, :3, :3], train.c2w[train.frames_of(i)][:, :3, :3])
+        assert res["identities"][name]["pose_gap"] == pytest.approx(float(expected.mean()))
+        assert 0.5 < res["identities"][name]["pose_gap"] < 45  # the procedural heads turn between frames
+    assert res["mean"]["pose_gap"] == pytest.approx(np.mean([m["pose_gap"] for m in res["identities"].values()]))
+    assert evaluate(oracle, data, "train", with_lmd=False)["mean"]["pose_gap"] == pytest.approx(0.0, abs=1e-3)
+    # without the train split there is nothing to compare with: no column
+    assert "pose_gap" not in evaluate(oracle, load_dataset([synth[0]], splits=("val",)), "val", with_lmd=False)["metrics"]
+
+
 def test_evaluate_with_a_model_per_identity(synth, data):
     # Per-identity fine-tuned runs: each identity is rendered by its own model and scored as if alone.
     good, wrong = Oracle(synth[1]), Oracle(synth[1], names=["id001", "id000"])

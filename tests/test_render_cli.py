@@ -9,7 +9,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from fastminerf.cli import main
+from fastminerf.cli import NEW_VIEW_DEG, main
 from fastminerf.config import load_config
 from fastminerf.data import load_dataset
 from fastminerf.data.synth import generate
@@ -50,7 +50,7 @@ def test_library_render_and_evaluate_with_a_trained_model(tiny):
     assert res["identities"]["id000"]["psnr"] == pytest.approx(np.mean(by_hand), abs=1e-4)
 
 
-def test_cli_eval_writes_metrics_and_images(tiny, tmp_path, capsys):
+def test_cli_eval_writes_metrics_and_images(tiny, tmp_path, capsys, monkeypatch):
     root, dirs = tiny
     rc = main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), str(dirs[1]), "--split", "val", "--out", str(tmp_path / "ev")])
     assert rc == 0
@@ -60,6 +60,16 @@ def test_cli_eval_writes_metrics_and_images(tiny, tmp_path, capsys):
     assert metrics["split"] == "val" and set(metrics["identities"]) == {"id000", "id001"}
     assert metrics["lpips"]  # a status text either way
     assert len(list((tmp_path / "ev" / "side_by_side" / "id001").glob("*.png"))) == 2
+    # the train split's cameras are read beside val: how far each val head pose is from the training ones
+    gaps = {n: m["pose_gap"] for n, m in metrics["identities"].items()}
+    assert "POSE" in out and 0 < min(gaps.values()) and max(gaps.values()) < NEW_VIEW_DEG, gaps
+    assert "new views" not in out
+    # identities seen from farther than the threshold are named, the others not
+    monkeypatch.setattr("fastminerf.cli.NEW_VIEW_DEG", (gaps["id000"] + gaps["id001"]) / 2)
+    assert main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), str(dirs[1]), "--split", "val"]) == 0
+    note = " ".join(capsys.readouterr().out.split()).split("new views:")[1]
+    far, near = sorted(gaps, key=gaps.get, reverse=True)
+    assert far in note and near not in note
 
 
 def test_render_steps_set_the_marching_step_of_eval_and_render(tiny, tmp_path):
