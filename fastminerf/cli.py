@@ -127,6 +127,11 @@ def _run_synth(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- prepare
 
 
+NEW_VIEW_DEG = 3.0
+"""``prepare`` and ``eval`` name the videos / identities whose held-out frames are on average farther than this from
+every training head pose (on the nine real clips, the four clips beyond it are the four with the lowest held-out
+PSNR)."""
+
 _PREPARE_OPTIONS = (("size", int), ("fps", float), ("max_frames", int), ("val_fraction", float),
                     ("test_fraction", float), ("expression_dim", int), ("crop_scale", float), ("focal_factor", float),
                     ("min_frames", int), ("track_region_scale", float), ("basis", str))
@@ -212,11 +217,13 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
         result = prepare(args.videos, args.out, cfg, progress=progress)
     table = Table(title=f"prepared into {result.root} ({time.perf_counter() - start:.1f} s)")
-    for col in ("video", "status", "frames used", "dropped", "train/val/test", "crop (x0, y0, side)"):
+    for col in ("video", "status", "frames used", "dropped", "train/val/test", "crop (x0, y0, side)",
+                "val/test pose gap (deg)"):
         table.add_column(col)
     for v in result.videos:
         split = "/".join(str(v.splits.get(s, 0)) for s in ("train", "val", "test")) if v.splits else ""
-        table.add_row(v.name, v.status, str(v.frames_used), str(v.frames_dropped), split, str(v.crop or ""))
+        gaps = "/".join(f"{v.pose_gaps[s]:.1f}" if s in v.pose_gaps else "-" for s in ("val", "test")) if v.pose_gaps else ""
+        table.add_row(v.name, v.status, str(v.frames_used), str(v.frames_dropped), split, str(v.crop or ""), gaps)
     console.print(table)
     if result.basis is not None:
         how = "reused" if result.basis_reused else "fitted on these videos"
@@ -225,6 +232,11 @@ def _run_prepare(args: argparse.Namespace) -> int:
     for v in result.videos:
         for note in v.notes:
             console.print(f"[yellow]note[/yellow] {v.name}: {note}")
+        far = {s: g for s, g in v.pose_gaps.items() if g > NEW_VIEW_DEG}
+        if far:
+            console.print(f"[yellow]note[/yellow] {v.name}: its {' and '.join(far)} frames show the head "
+                          f"{' / '.join(f'{g:.1f}' for g in far.values())} degrees from every training pose, a side the "
+                          "training frames never show: held-out PSNR there measures a new view")
         if v.contact_sheet is not None:
             console.print(f"contact sheet: {v.contact_sheet}")
     for v in result.failed:
@@ -507,11 +519,6 @@ def _run_render(args: argparse.Namespace) -> int:
         extra += f", silent (the driver: {path.silent_reason()})"
     console.print(f"{what}: {info.n_frames} frames {info.width}x{info.height} -> {info.path}{extra}")
     return 0
-
-
-NEW_VIEW_DEG = 3.0
-"""``eval`` names the identities whose frames are on average farther than this from every training head pose (on the
-nine real clips, the four clips beyond it are the four with the lowest held-out PSNR)."""
 
 
 def _metrics_table(result: dict, title: str):

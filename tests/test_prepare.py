@@ -467,7 +467,7 @@ def test_a_procedural_head_in_a_wide_shot_is_found_without_real_clips(tmp_path):
     assert np.median(err) < SYNTH_WIDE_MEDIAN_PX
 
 
-def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_path, capsys):
+def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_path, capsys, monkeypatch):
     """``render --drive VIDEO`` without the real clips: videos of procedural heads, prepared, trained on for two
     steps, then a third head's video as the driver (CI runs this; the real-clip test adds sound)."""
     import imageio.v3 as iio
@@ -486,7 +486,17 @@ def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_pa
                                                  for p in sorted((d / split).glob("[0-9][0-9][0-9][0-9].png"))])
         videos.append(tmp_path / f"{d.name}.mp4")
     root = tmp_path / "data"
-    assert all(v.status == "done" for v in prepare(videos[:2], root, PrepareConfig(size=64, expression_dim=6, min_frames=5)).videos)
+    result = prepare(videos[:2], root, PrepareConfig(size=64, expression_dim=6, min_frames=5))
+    assert all(v.status == "done" for v in result.videos)
+    # how far the held-out head poses are from the training ones, from the cameras written
+    from fastminerf.metrics import rotation_gap_deg
+
+    for v in result.videos:
+        rot = {s: read_transforms(v.out_dir / f"transforms_{s}.json").c2w[:, :3, :3] for s in ("train", "val", "test")}
+        assert set(v.pose_gaps) == {"val", "test"}
+        for s in ("val", "test"):
+            assert v.pose_gaps[s] == pytest.approx(float(rotation_gap_deg(rot[s], rot["train"]).mean()), abs=1e-4)
+            assert v.pose_gaps[s] > 0.1  # the procedural heads keep turning
     # every prepared frame knows where its mouth and eyes are (their landmarks through its camera): inside its face
     # box, small parts of it, where the `video` preset's mouth and eye rays go
     from fastminerf.data.rays import eye_boxes, mouth_boxes
@@ -505,11 +515,14 @@ def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_pa
     assert (eyes[:, 0, 3] <= eyes[:, 1, 2] + 0.02).all()  # the person's right eye on the image's left
     train(load_config("tiny", ["train.steps=2", "sampler.mouth_fraction=0.5", "sampler.eye_fraction=0.3"]), [root],
           tmp_path / "run")
-    # a new person prepared in the model's expression space is pointed at personalize
+    # a new person prepared in the model's expression space is pointed at personalize (and, with the threshold at 0,
+    # told that its held-out frames are new views)
+    monkeypatch.setattr("fastminerf.cli.NEW_VIEW_DEG", 0.0)
     assert main(["prepare", str(videos[2]), "--out", str(tmp_path / "new"), "--size", "64", "--min-frames", "5",
                  "--basis", str(root / "expression_basis.npz")]) == 0
     hint = " ".join(capsys.readouterr().out.split())
     assert "reused" in hint and "next: fastminerf personalize --run GENERIC_RUN" in hint
+    assert "pose gap" in hint and "id002: its val and test frames show the head" in hint
     assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--drive", str(videos[2]),
                  "--frames", "8", "--out", str(tmp_path / "drive.mp4")]) == 0
     out = " ".join(capsys.readouterr().out.split())

@@ -39,6 +39,7 @@ import numpy as np
 from ..config import PrepareConfig
 from ..data.layout import AUDIO_FILE, LANDMARKS_FILE
 from ..data.writer import frame_record, write_json, write_landmarks, write_png, write_transforms
+from ..metrics import rotation_gap_deg
 from . import background as _background
 from .contact_sheet import write_contact_sheet
 from .expression import BASIS_FILE, ExpressionBasis, fit_basis
@@ -132,6 +133,10 @@ class VideoResult:
     """Wall time of each stage run now."""
     contact_sheet: Optional[Path] = None
     """The contact sheet PNG."""
+    pose_gaps: Dict[str, float] = field(default_factory=dict)
+    """Per held-out split (``val``, ``test``): the mean angle in degrees from its frames' head poses to the nearest
+    ``train`` one (:func:`fastminerf.metrics.rotation_gap_deg`). Large, the split shows the head from a side the
+    training frames never do: its PSNR measures a new view, not only new expressions."""
 
 
 @dataclass
@@ -410,6 +415,12 @@ def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: f
         write_transforms(out, split, recs, intrinsics=intrinsics, width=size, height=size, aabb=aabb,
                          expression_names=basis.names, fps=fps, background="bg.png", expression_space=basis.space_id)
         start += n
+    rotations, n_train = c2w32[:, :3, :3], sizes["train"]
+    pose_gaps, start = {}, n_train
+    for split in ("val", "test"):
+        if sizes[split] and n_train:
+            pose_gaps[split] = float(rotation_gap_deg(rotations[start:start + sizes[split]], rotations[:n_train]).mean())
+        start += sizes[split]
     # Re-projection of the neutral face's rigid landmarks through the written cameras: the tracking check.
     err = np.linalg.norm(project(neutral[basis.stable], c2w32.astype(np.float64), intrinsics) - lm[:, basis.stable, :2], axis=2)
     # Every frame's own landmarks (pose removed, expression kept) in head space: training's depth prior.
@@ -424,7 +435,7 @@ def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: f
         [lm[j] for j in show], [c2w[j] for j in show], neutral, basis.stable, intrinsics,
         np.asarray(iio.imread(out / "bg.png")), c2w, expr,
     )
-    return {"splits": sizes, "aabb": aabb, "intrinsics": intrinsics, "contact_sheet": str(sheet.name),
+    return {"splits": sizes, "pose_gaps": pose_gaps, "aabb": aabb, "intrinsics": intrinsics, "contact_sheet": str(sheet.name),
             "reprojection_px": {"median": float(np.median(err)), "p95": float(np.percentile(err, 95))},
             "landmarks": {"file": LANDMARKS_FILE, "visible": float(visible.mean()),
                           "reprojection_px": {"median": float(np.median(lm_err)), "p95": float(np.percentile(lm_err, 95))}}}
@@ -544,6 +555,7 @@ def prepare(
                             settings=asdict(cfg), expression_dim=basis.dim)
                 write_json(st["out"] / DONE_FILE, info)
             res.splits = dict(info["splits"])
+            res.pose_gaps = dict(info.get("pose_gaps", {}))  # folders of older versions have none
             res.contact_sheet = st["out"] / info["contact_sheet"]
             if progress is not None:
                 progress("cameras", res.name, 1, 1)
