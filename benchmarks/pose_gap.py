@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-frames", type=int, default=None, help="frames per clip and split (default all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="pose_gap", help="result file name (default pose_gap)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
 
     import torch
@@ -136,8 +137,8 @@ def main(argv=None) -> int:
     path = write_result(args.name, {"machine": where, "settings": {"run": str(args.run), "data": str(root),
                                                                    "splits": args.splits, "max_frames": args.max_frames,
                                                                    "threads": args.threads},
-                                    "summary": summary, "frames": records})
-    print(f"wrote {path} and {plot(records, RESULTS / f'{args.name}.png')}")
+                                    "summary": summary, "frames": records}, args.out)
+    print(f"wrote {path} and {plot(records, args.out / f'{args.name}.png')}")
     return 0
 
 

@@ -124,3 +124,40 @@ def test_render_speed_times_every_setting_on_the_same_frames(tmp_path):
     assert abs(ratio / (128 / steps) - 1.0) < 0.3, (ratio, steps)
     for row in r["rows"]:
         assert row["seconds_per_frame"] > 0 and abs(row["rays_per_second"] * row["seconds_per_frame"] - 256) < 1e-6
+
+
+def test_pose_gap_scores_every_held_out_frame_against_its_pose_gap(tmp_path):
+    """benchmarks/pose_gap.py on a tiny trained model: one record per held-out frame, with the frame's own PSNR and
+    its angle to the nearest training pose; bins and rank correlations summarise them."""
+    import numpy as np
+
+    from benchmarks.pose_gap import main as gap_main
+    from benchmarks.pose_gap import spearman
+    from fastminerf.config import load_config
+    from fastminerf.data import load_dataset
+    from fastminerf.data.synth import generate
+    from fastminerf.metrics import psnr, rotation_gap_deg
+    from fastminerf.render import render_frame
+    from fastminerf.train import load_run, train
+
+    assert spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)
+    assert spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # ties share their mean rank (scipy's)
+    dirs = generate(tmp_path / "data", n_identities=2, n_frames=8, size=16, seed=0, novel_frames=1, val_fraction=0.25)
+    train(load_config("tiny", ["train.steps=20"]), dirs, tmp_path / "run")
+    assert gap_main(["--run", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--splits", "val",
+                     "--threads", "1", "--out", str(tmp_path / "res")]) == 0
+    r = json.loads((tmp_path / "res" / "pose_gap.json").read_text())
+    assert (tmp_path / "res" / "pose_gap.png").stat().st_size > 0
+    data = load_dataset(dirs, splits=("train", "val"))
+    val, tr = data.table("val"), data.table("train")
+    assert len(r["frames"]) == len(val) == r["summary"]["frames"]
+    _, model, _ = load_run(tmp_path / "run")
+    first = r["frames"][0]
+    i = data.identities.index(first["clip"])
+    index = int(val.frames_of(i)[0])
+    truth = data.image("val", index).astype(np.float32) / 255.0
+    assert first["psnr"] == pytest.approx(float(psnr(render_frame(model.eval(), data, "val", index), truth)), abs=1e-4)
+    expected = rotation_gap_deg(val.c2w[[index], :3, :3], tr.c2w[tr.frames_of(i)][:, :3, :3])[0]
+    assert first["pose_gap_deg"] == pytest.approx(float(expected))
+    assert sum(b["frames"] for b in r["summary"]["bins"]) == len(val)
+
