@@ -311,6 +311,26 @@ def conditioning_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def pose_gap_table(result: dict) -> str:
+    s, st = result["summary"], result["settings"]
+    lines = [
+        f"Held-out PSNR against the pose gap, frame by frame: every frame of the `{'` and `'.join(st['splits'])}` splits "
+        f"of the nine real clips ({s['frames']} frames), rendered by the generic 15-minute model of the first table above (seed 0) "
+        f"(`python benchmarks/pose_gap.py --run RUN`; the scatter is `benchmarks/results/pose_gap.png`). Rank "
+        f"correlation of gap and PSNR over the frames (Spearman) **{s['spearman']:+.2f}**; of gap and the frame's "
+        f"PSNR minus its clip's mean (what differs between people taken out) {s['spearman_within_clip']:+.2f}:",
+        "",
+        "| pose gap (deg) | frames | PSNR (dB) | against the clip's mean (dB) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for b in s["bins"]:
+        if b["frames"]:
+            upper = f"{b['to_deg']:g}" if b["to_deg"] < 180 else ""
+            lines.append(f"| {b['from_deg']:g}-{upper} | {b['frames']} | {b['psnr']:.2f} | {b['psnr_within_clip']:+.2f} |")
+    lines += ["", _machine_line(result)]
+    return "\n".join(lines)
+
+
 def speech_table(result: dict) -> str:
     cfg = result["config"]
 
@@ -441,7 +461,7 @@ def real_personalize_table(result: dict) -> str:
 TABLES = {"kernels": kernels_table, "train_targets": train_targets_table, "prepare": prepare_table,
           "real_clips": real_clips_table, "real_clips_finetune": real_clips_table, "identities": identities_table, "backbone": backbone_table,
           "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table, "speech": speech_table,
-          "render_speed": render_speed_table, "transfer_poses": transfer_poses_table,
+          "render_speed": render_speed_table, "transfer_poses": transfer_poses_table, "pose_gap": pose_gap_table,
           "real_personalize": real_personalize_table, "real_personalize_05": real_personalize_table}
 
 
