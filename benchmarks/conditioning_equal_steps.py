@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--styles", type=float, nargs="+", default=[0.0, 0.6])
+    ap.add_argument("--novel-poses", choices=("own", "train"), default="own",
+                    help="the novel frames' head poses (fastminerf synth --novel-poses): own, or a stretch of the "
+                         "identity's training poses, so that only the expression is new")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--frames", type=int, default=100)
@@ -68,17 +71,18 @@ def main(argv=None) -> int:
     rows = []
     for style in args.styles:
         for seed in args.seeds:
-            data = work / f"synth_n{args.identities}_s{style:g}_seed{seed}"
+            data = work / (f"synth_n{args.identities}_s{style:g}_seed{seed}"
+                           + ("" if args.novel_poses == "own" else f"_novel{args.novel_poses}"))
             if not (data / "synth.json").exists():
                 generate(data, n_identities=args.identities, n_frames=args.frames, size=args.size, seed=seed,
-                         expression_style=style, overwrite=True)
+                         expression_style=style, novel_poses=args.novel_poses, overwrite=True)
             ids = sorted(p for p in data.iterdir() if p.is_dir())
             row = dict(style=style, seed=seed)
             for cond in CONDITIONINGS:
                 cfg = load_config("cpu", [f"model.field.conditioning={cond}", f"train.steps={args.steps}",
                                           "train.max_seconds=none", f"train.threads={args.threads}"] + args.overrides)
                 t0 = time.perf_counter()
-                run = work / f"run_n{args.identities}_s{style:g}_seed{seed}_{cond}"
+                run = work / f"{data.name.replace('synth', 'run', 1)}_{cond}"
                 train(cfg, ids, run)
                 seconds = time.perf_counter() - t0
                 _, model, _ = load_run(run)
@@ -100,6 +104,7 @@ def main(argv=None) -> int:
         machine=where,
         settings=dict(seeds=args.seeds, styles=args.styles, steps=args.steps, size=args.size, frames=args.frames,
                       identities=args.identities, eval_frames=args.eval_frames, threads=args.threads, config="cpu",
+                      novel_poses=args.novel_poses,
                       overrides=args.overrides),
         rows=rows, summary=summary, target=dict(novel_diff_db=1.0,
                                                 met=any(s["novel"]["diff_mean"] >= 1.0 for s in summary

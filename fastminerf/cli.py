@@ -76,6 +76,8 @@ def _add_synth(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--novel-frames", type=int, default=d.novel_frames, help=_field_help(SynthConfig, "novel_frames"))
     p.add_argument("--expression-style", type=float, default=d.expression_style,
                    help=_field_help(SynthConfig, "expression_style"))
+    p.add_argument("--novel-poses", choices=("own", "train"), default=d.novel_poses,
+                   help=_field_help(SynthConfig, "novel_poses"))
     p.add_argument("--overwrite", action="store_true", help=_field_help(SynthConfig, "overwrite"))
     p.add_argument("--no-contact-sheet", action="store_true", help="do not write OUT/contact_sheet.png")
     p.set_defaults(func=_run_synth)
@@ -95,6 +97,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         novel_frames=args.novel_frames,
         expression_style=args.expression_style,
+        novel_poses=args.novel_poses,
         overwrite=args.overwrite,
     )
     console = _console()

@@ -164,6 +164,12 @@ class SynthConfig:
     people show the same tracked expression differently; at 0 every head moves alike for the same coefficients, so
     a conditioning additive in expression and identity is exact there."""
 
+    novel_poses: str = "own"
+    """Head poses of the ``novel`` frames: ``own``, a head motion of their own (as ever; it can turn the head up to the
+    ``max_*_deg`` limits, beyond what the identity's training frames show: a new view as well as a new expression),
+    or ``train``, the poses of a stretch of the identity's own training frames, so that the expression is all that is
+    new. The expressions and everything else are the same either way."""
+
     overwrite: bool = False
     """Replace identity folders a previous run of the generator wrote in the same output folder. Folders
     the generator did not write are never touched."""

@@ -307,7 +307,10 @@ def _plan_identity(k: int, seed: int, n_frames: int, n_val: int, n_novel: int, c
             novel[b, dim] = v
     pose_args = (cfg["camera_distance"], cfg["max_yaw_deg"], cfg["max_pitch_deg"], cfg["max_roll_deg"])
     video_c2w = _poses(rng, n_frames, fps, *pose_args)
-    novel_c2w = _poses(rng, n_novel, fps, *pose_args)
+    novel_c2w = _poses(rng, n_novel, fps, *pose_args)  # drawn either way: the stream after it stays the same
+    if cfg["novel_poses"] == "train":  # a stretch of its own training poses: only the expression is new
+        start = int(np.random.default_rng([seed, k, 3]).integers(0, max(1, n_train - n_novel + 1)))
+        novel_c2w = video_c2w[(start + np.arange(n_novel)) % max(1, n_train)].copy()
     lo = np.array([r[0] for r in EXPRESSION_RANGES])
     hi = np.array([r[1] for r in EXPRESSION_RANGES])
     video = np.clip(video, lo, hi).astype(np.float32)
@@ -351,6 +354,7 @@ def generate(
     max_roll_deg: float = _SYNTH.max_roll_deg,
     fps: float = _SYNTH.fps,
     expression_style: float = _SYNTH.expression_style,
+    novel_poses: str = _SYNTH.novel_poses,
     overwrite: bool = _SYNTH.overwrite,
     png_compress_level: int = _SYNTH.png_compress_level,
     chunk_rays: int = _SYNTH.chunk_rays,
@@ -388,6 +392,8 @@ def generate(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not 0.0 <= expression_style < 1.0:
         raise ValueError(f"expression_style must be in [0, 1), got {expression_style}")
+    if novel_poses not in ("own", "train"):
+        raise ValueError(f"novel_poses must be 'own' or 'train', got {novel_poses!r}")
     n_val = 0 if n_frames < 2 else max(1, int(round(val_fraction * n_frames)))
     n_val = min(n_val, n_frames - 1)
     n_novel = max(1, n_frames // 10) if novel_frames is None else int(novel_frames)
@@ -404,12 +410,13 @@ def generate(
     reach = math.sqrt(sum(max(abs(TRACE_BOX[i]), abs(TRACE_BOX[i + 3])) ** 2 for i in range(3)))
     cfg = dict(
         size=size, fps=fps, camera_distance=camera_distance, max_yaw_deg=max_yaw_deg, max_pitch_deg=max_pitch_deg,
-        max_roll_deg=max_roll_deg,
+        max_roll_deg=max_roll_deg, novel_poses=novel_poses,
     )
     settings = dict(
         n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, val_fraction=val_fraction,
         novel_frames=n_novel, camera_distance=camera_distance, focal_factor=focal_factor, max_yaw_deg=max_yaw_deg,
         max_pitch_deg=max_pitch_deg, max_roll_deg=max_roll_deg, fps=fps, expression_style=expression_style,
+        novel_poses=novel_poses,
     )
     per_identity = n_frames + n_novel
     total = n_identities * per_identity
