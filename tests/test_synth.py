@@ -287,6 +287,28 @@ def test_contact_sheet(root, tmp_path):
     assert sheet.std() > 10
 
 
+def test_novel_poses_train_changes_only_the_novel_cameras(root, data, tmp_path):
+    """``novel_poses="train"``: the novel frames are seen from training poses of their identity (pose gap 0), with
+    the same expressions as the default's own head motion; train and val are untouched."""
+    from fastminerf.metrics import rotation_gap_deg
+
+    posed = tmp_path / "posed"
+    generate(posed, n_identities=N_IDS, n_frames=N_FRAMES, size=SIZE, seed=11, novel_frames=2, novel_poses="train")
+    pdata = load_dataset(posed, splits=("train", "val", "novel"))
+    for split in ("train", "val"):
+        a, b = data.table(split), pdata.table(split)
+        assert np.array_equal(a.c2w, b.c2w) and np.array_equal(a.expression, b.expression)
+    novel, pnovel, train = data.table("novel"), pdata.table("novel"), pdata.table("train")
+    assert np.array_equal(novel.expression, pnovel.expression)
+    for k in range(N_IDS):
+        own_train = train.c2w[train.frames_of(k)][:, :3, :3]
+        assert rotation_gap_deg(pnovel.c2w[pnovel.frames_of(k)][:, :3, :3], own_train).max() < 1e-3
+        assert rotation_gap_deg(novel.c2w[novel.frames_of(k)][:, :3, :3], own_train).max() > 0.1  # own motion: new
+    assert json.loads((posed / "synth.json").read_text())["settings"]["novel_poses"] == "train"
+    with pytest.raises(ValueError, match="novel_poses"):
+        generate(tmp_path / "bad", n_identities=1, n_frames=4, size=SIZE, novel_poses="driver")
+
+
 def test_cli_synth(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["synth", str(out), "--identities", "2", "--frames", "5", "--size", "16", "--seed", "4"]

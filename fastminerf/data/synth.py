@@ -308,7 +308,7 @@ def _plan_identity(k: int, seed: int, n_frames: int, n_val: int, n_novel: int, c
     pose_args = (cfg["camera_distance"], cfg["max_yaw_deg"], cfg["max_pitch_deg"], cfg["max_roll_deg"])
     video_c2w = _poses(rng, n_frames, fps, *pose_args)
     novel_c2w = _poses(rng, n_novel, fps, *pose_args)  # drawn either way: the stream after it stays the same
-    if cfg["novel_poses"] == "train":  # a stretch of its own training poses: only the expression is new
+    if cfg.get("novel_poses", "own") == "train":  # a stretch of its own training poses: only the expression is new
         start = int(np.random.default_rng([seed, k, 3]).integers(0, max(1, n_train - n_novel + 1)))
         novel_c2w = video_c2w[(start + np.arange(n_novel)) % max(1, n_train)].copy()
     lo = np.array([r[0] for r in EXPRESSION_RANGES])
