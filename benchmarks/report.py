@@ -290,12 +290,16 @@ def novel_vs_identities_table(result: dict) -> str:
 
 def conditioning_table(result: dict) -> str:
     st = result["settings"]
+    at_train = st.get("novel_poses", "own") == "train"
+    poses = " --novel-poses train" if at_train else ""
+    where = ("; the `novel` frames at training poses of their identity, so only the expression is new" if at_train
+             else "; the `novel` frames with a head motion of their own")
     lines = [
         f"Multiplicative against concat conditioning at equal steps: {st['identities']} procedural identities x {st['frames']} frames at "
         f"{st['size']} px per dataset, `{st['config']}` preset, {st['steps']} steps each (deterministic), datasets of "
         f"seeds {', '.join(map(str, st['seeds']))}; {st['eval_frames']} frames per identity and split "
-        f"(`python benchmarks/conditioning_equal_steps.py`). Differences are paired by dataset; +- is the standard "
-        f"error over the seeds:",
+        f"(`python benchmarks/conditioning_equal_steps.py{poses}`){where}. Differences are paired by dataset; +- is the "
+        f"standard error over the seeds:",
         "",
         "| heads | novel: multiplicative / concat | novel difference | per seed | product wins | val difference |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -460,7 +464,8 @@ def real_personalize_table(result: dict) -> str:
 
 TABLES = {"kernels": kernels_table, "train_targets": train_targets_table, "prepare": prepare_table,
           "real_clips": real_clips_table, "real_clips_finetune": real_clips_table, "identities": identities_table, "backbone": backbone_table,
-          "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table, "speech": speech_table,
+          "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table,
+          "conditioning_equal_steps_trainposes": conditioning_table, "speech": speech_table,
           "render_speed": render_speed_table, "transfer_poses": transfer_poses_table, "pose_gap": pose_gap_table,
           "real_personalize": real_personalize_table, "real_personalize_05": real_personalize_table}
 
