@@ -343,11 +343,11 @@ def rotation_gap_deg(rotations: np.ndarray, reference: np.ndarray, chunk: int = 
     their head poses; ``reference`` empty gives NaN."""
     a = np.asarray(rotations, dtype=np.float64).reshape(-1, 9)
     b = np.asarray(reference, dtype=np.float64).reshape(-1, 9)
-    if len(b) == 0:
+    if len(a) == 0 or len(b) == 0:
         return np.full(len(a), np.nan)
     # The nearest has the largest trace(R_a^T R_b), the sum of the element-wise product: one matrix product, in row
     # chunks to bound memory. The angle from the chord, 2 asin(|R_a - R_b|_F / sqrt(8)), stays exact near 0, where
     # arccos((trace - 1) / 2) loses half the digits.
-    nearest = np.concatenate([np.argmax(a[i:i + chunk] @ b.T, axis=1) for i in range(0, len(a), chunk)] or [np.zeros(0, int)])
+    nearest = np.concatenate([np.argmax(a[i:i + chunk] @ b.T, axis=1) for i in range(0, len(a), chunk)])
     chord = np.linalg.norm(a - b[nearest], axis=1) / np.sqrt(8.0)
     return np.degrees(2.0 * np.arcsin(np.clip(chord, 0.0, 1.0)))

@@ -403,6 +403,7 @@ def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: f
     c2w32, expr32, bbox32 = c2w.astype(np.float32), expr.astype(np.float32), bbox.astype(np.float32)
     sizes = _split_sizes(len(frame_ids), cfg.val_fraction, cfg.test_fraction)
     start = 0
+    pose_gaps = {}  # held-out split -> mean angle of its head poses to the nearest training one
     for split in ("train", "val", "test"):
         n = sizes[split]
         stale = out / f"transforms_{split}.json"
@@ -414,13 +415,9 @@ def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: f
                 for j, i in ((j, frame_ids[j]) for j in range(start, start + n))]
         write_transforms(out, split, recs, intrinsics=intrinsics, width=size, height=size, aabb=aabb,
                          expression_names=basis.names, fps=fps, background="bg.png", expression_space=basis.space_id)
+        if split != "train" and sizes["train"]:
+            pose_gaps[split] = float(rotation_gap_deg(c2w32[start:start + n, :3, :3], c2w32[:sizes["train"], :3, :3]).mean())
         start += n
-    rotations, n_train = c2w32[:, :3, :3], sizes["train"]
-    pose_gaps, start = {}, n_train
-    for split in ("val", "test"):
-        if sizes[split] and n_train:
-            pose_gaps[split] = float(rotation_gap_deg(rotations[start:start + sizes[split]], rotations[:n_train]).mean())
-        start += sizes[split]
     # Re-projection of the neutral face's rigid landmarks through the written cameras: the tracking check.
     err = np.linalg.norm(project(neutral[basis.stable], c2w32.astype(np.float64), intrinsics) - lm[:, basis.stable, :2], axis=2)
     # Every frame's own landmarks (pose removed, expression kept) in head space: training's depth prior.
