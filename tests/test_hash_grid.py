@@ -143,7 +143,9 @@ def test_cell_borders_and_points_outside_the_box(generator):
     lattice = torch.tensor([0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
     grid = torch.stack(torch.meshgrid(lattice, lattice, lattice, indexing="ij"), -1).reshape(-1, 3)
     outside = torch.rand(500, 3, generator=generator) * 4 - 1.5  # in [-1.5, 2.5]^3: wraps through the hash
-    points = torch.cat([grid, outside])
+    # Far out: grid positions beyond 2^31 (a float cast to int would be undefined there), wrapped to 32 bits alike.
+    far = (torch.rand(100, 3, generator=generator) * 2 - 1) * 1e9
+    points = torch.cat([grid, outside, far])
     torch.testing.assert_close(hash_encode(points, table, levels), hash_encode_reference(points, table, levels),
                                atol=FWD_ATOL, rtol=0)
     # Continuity across a vertex: just below and just above x = 0.25 give (nearly) the same features.

@@ -157,7 +157,7 @@ def corner_rows(base: torch.Tensor, corner: int, levels: HashGridLevels, level: 
 def _cell(points: torch.Tensor, levels: HashGridLevels, level: int) -> tuple[torch.Tensor, torch.Tensor]:
     pos = _grid_position(points, levels.scales[level])
     floor = torch.floor(pos)
-    base = floor.long() & UINT32_MASK  # (uint32)(int)floor(p), as the kernels do
+    base = floor.long() & UINT32_MASK  # (uint32)(int64)floor(p), as the kernels do
     return base, pos - floor
 
 

@@ -70,7 +70,15 @@ FMN_HD float grid_position(float scale, float x) {
   return static_cast<float>(static_cast<double>(scale) * static_cast<double>(x) + 0.5);
 #endif
 }
-FMN_HD double grid_position(double scale, double x) { return scale * x + 0.5; }
+// float64 (tests, gradient checks): rounded twice, product then sum, on every side; on the device explicitly, since
+// nvcc would otherwise contract it into one fma and pick the other cell for points a rounding away from a border.
+FMN_HD double grid_position(double scale, double x) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(__dmul_rn(scale, x), 0.5);
+#else
+  return scale * x + 0.5;
+#endif
+}
 
 // The 8 corners of the cell holding point x at one level: their table rows (relative to the level) and
 // trilinear weights. `frac` receives the position inside the cell (needed for input gradients).
@@ -81,7 +89,9 @@ FMN_HD void level_corners(const T* x, T scale, uint32_t res, uint32_t size, uint
   for (int d = 0; d < 3; ++d) {
     const T p = grid_position(scale, x[d]);
     const T fl = fmn_floor(p);
-    base[d] = static_cast<uint32_t>(static_cast<int>(fl));
+    // Through int64: the wrap to 32 bits the reference's `floor().long() & 0xFFFFFFFF` does, defined for points
+    // far outside [0, 1] too (a cast of such a float to int is undefined on the host and saturates on the device).
+    base[d] = static_cast<uint32_t>(static_cast<int64_t>(fl));
     frac[d] = p - fl;
   }
   for (int c = 0; c < 8; ++c) {
