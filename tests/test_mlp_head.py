@@ -101,6 +101,8 @@ def test_bad_inputs_name_the_argument(generator):
         mlp_head(x, torch.zeros(10, 129), ri, torch.zeros(129, 8), torch.zeros(3, 129), b2)
     with pytest.raises(RuntimeError, match="`pre` dtype"):
         mlp_head(x, pre.double(), ri, w1, w2, b2)
+    with pytest.raises(RuntimeError, match="`pre`, which has no rows"):
+        mlp_head(x, pre[:0], ri, w1, w2, b2)
 
 
 def test_reference_is_the_unfused_head(generator):
@@ -142,3 +144,21 @@ def test_field_heads_agree_between_native_and_torch_backends(generator):
     assert grads[0].keys() == grads[1].keys()
     for key in grads[0]:
         torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-8, atol=1e-9, msg=lambda m: f"{key}: {m}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sorted_rays,with_rays", [(True, True), (False, True), (True, False)])
+def test_cuda_native_matches_cpu(dtype, sorted_rays, with_rays, generator):
+    from fastminerf import _native
+
+    if not _native.has_cuda():
+        pytest.fail("a CUDA device is present but the native extension was built without CUDA kernels")
+    for P, H, O in SHAPES:
+        case = _case(generator, 5000, 300, P, H, O, dtype, sorted_rays=sorted_rays, with_rays=with_rays)
+        cpu = _run("native", *case)
+        gpu = [t.cpu() for t in _run("native", *[t.cuda() if t is not None else None for t in case])]
+        tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=F32_RTOL, atol=F32_ATOL)
+        for name, a, b in zip(["y", "x", "pre", "w1", "w2", "b2"], gpu, cpu):
+            scale = max(b.abs().max().item(), 1.0)
+            torch.testing.assert_close(a / scale, b / scale, **tol, msg=lambda m: f"{(P, H, O)} {name}: {m}")

@@ -42,6 +42,7 @@ inline const at::Tensor* check_mlp_head_inputs(const at::Tensor& x, const at::Te
   check_tensor(ri, "ray_indices", 1, x);
   TORCH_CHECK(ri.scalar_type() == at::kLong && ri.size(0) == x.size(0), "fastminerf: `ray_indices` must be int64 of "
               "shape (", x.size(0), ",), got ", ri.scalar_type(), " ", ri.sizes());
+  TORCH_CHECK(x.size(0) == 0 || pre.size(0) > 0, "fastminerf: `ray_indices` point into `pre`, which has no rows");
   return &ri;
 }
 

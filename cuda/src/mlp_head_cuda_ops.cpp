@@ -24,7 +24,7 @@ at::Tensor mlp_head_forward_cuda_op(const at::Tensor& x, const at::Tensor& pre,
   const c10::cuda::CUDAGuard guard(x.device());
   auto y = at::empty({x.size(0), w2.size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_head_forward_cuda", [&] {
-    mlp_head_forward_cuda<scalar_t>(x.data_ptr<scalar_t>(), pre.data_ptr<scalar_t>(), ray_index_data(ri),
+    mlp_head_forward_cuda<scalar_t>(x.data_ptr<scalar_t>(), pre.data_ptr<scalar_t>(), pre.size(0), ray_index_data(ri),
                                     w1.data_ptr<scalar_t>(), w2.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(),
                                     x.size(0), static_cast<int>(x.size(1)), static_cast<int>(w1.size(0)),
                                     static_cast<int>(w2.size(0)), y.data_ptr<scalar_t>(),
@@ -45,7 +45,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_head_
   auto grad_x = x_grad ? at::empty_like(x) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_head_backward_cuda", [&] {
     mlp_head_backward_cuda<scalar_t>(grad_y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), pre.data_ptr<scalar_t>(),
-                                     ray_index_data(ri), w1.data_ptr<scalar_t>(), w2.data_ptr<scalar_t>(), S,
+                                     pre.size(0), ray_index_data(ri), w1.data_ptr<scalar_t>(),
+                                     w2.data_ptr<scalar_t>(), S,
                                      static_cast<int>(x.size(1)), static_cast<int>(H), static_cast<int>(w2.size(0)),
                                      hidden.data_ptr<scalar_t>(), grad_hidden.data_ptr<scalar_t>(),
                                      x_grad ? grad_x.data_ptr<scalar_t>() : nullptr, at::cuda::getCurrentCUDAStream());
