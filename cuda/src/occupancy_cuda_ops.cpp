@@ -48,7 +48,10 @@ at::Tensor occupancy_ema_cuda_op(const at::Tensor& occs, const at::Tensor& indic
   const c10::cuda::CUDAGuard guard(occs.device());
   const int64_t n_cells = occs.size(0), m = indices.size(0);
   if (m > 0) {
-    TORCH_CHECK(indices.min().item<int64_t>() >= 0 && indices.max().item<int64_t>() < n_cells,
+    const auto [lo, hi] = at::aminmax(indices);
+    const at::Tensor ends = at::stack({lo, hi}).to(at::kCPU);  // one read-back (a sync) for both ends
+    const int64_t* e = ends.data_ptr<int64_t>();
+    TORCH_CHECK(e[0] >= 0 && e[1] < n_cells,
                 "fastminerf: occupancy update index out of range [0, ", n_cells, ")");
   }
   auto new_max = at::full({n_cells}, -std::numeric_limits<float>::infinity(), occs.options());

@@ -109,13 +109,15 @@ class HashGridEncoding(nn.Module):
         return hash_encode(points.to(self.params.dtype), self.table, self.levels, backend=impl, salt=salt)
 
     def _tcnn_forward(self, points: torch.Tensor) -> torch.Tensor:
-        if self._tcnn is None:
-            import tinycudann as tcnn  # only on CUDA machines with tiny-cuda-nn installed
+        # tiny-cuda-nn builds and runs on the current CUDA device: make it the points' (a model on cuda:1).
+        with torch.cuda.device(points.device):
+            if self._tcnn is None:
+                import tinycudann as tcnn  # only on CUDA machines with tiny-cuda-nn installed
 
-            module = tcnn.Encoding(3, self.tcnn_config(), dtype=torch.float32)
-            module.params = self.params  # share our parameters: one set, whatever the backend
-            self._tcnn = [module]  # in a list so that it is not registered as a submodule
-        return self._tcnn[0](points.float()).to(self.params.dtype)
+                module = tcnn.Encoding(3, self.tcnn_config(), dtype=torch.float32)
+                module.params = self.params  # share our parameters: one set, whatever the backend
+                self._tcnn = [module]  # in a list so that it is not registered as a submodule
+            return self._tcnn[0](points.float()).to(self.params.dtype)
 
     def extra_repr(self) -> str:
         h = self.hparams
