@@ -11,6 +11,7 @@ against that torch:  `pip install --no-build-isolation -e .`  (the Makefile does
 """
 import glob
 import os
+import re
 import sys
 
 from setuptools import find_packages, setup
@@ -18,14 +19,40 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def torch_arch_list(spec):
+    """FASTMINERF_CUDA_ARCHITECTURES in CMake's form ("80;90", "86", "90a", "80-real", "120-virtual"; commas or
+    semicolons) as TORCH_CUDA_ARCH_LIST ("8.0;9.0+PTX"). Each entry gives that architecture's machine code; the
+    newest one also PTX, which the driver compiles for GPUs newer than any listed (CMake's plain "90" builds both),
+    unless an entry already asks for PTX ("-virtual", or torch's own "8.6+PTX"). "-real": machine code only."""
+    entries = [a.strip() for a in spec.replace(",", ";").split(";") if a.strip()]
+    if not entries:
+        raise ValueError("FASTMINERF_CUDA_ARCHITECTURES is empty")
+    parsed = []
+    for entry in entries:
+        m = re.fullmatch(r"(?:(\d+)\.(\d)|(\d+)(\d))([af]?)(-real|-virtual|\+PTX)?", entry, re.IGNORECASE)
+        if m is None:
+            raise ValueError(f"FASTMINERF_CUDA_ARCHITECTURES: cannot read {entry!r} (expected e.g. 80, 86, 90a, "
+                             f"80-real, 90-virtual or 8.6+PTX)")
+        major, minor = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        kind = (m.group(6) or "").lower()
+        parsed.append([(int(major), int(minor)), f"{int(major)}.{minor}{m.group(5).lower()}",
+                       kind in ("-virtual", "+ptx")])
+    portable = [p for p in parsed if not p[1].endswith(("a", "f"))]  # "90a": arch-specific, no portable PTX
+    if portable and not any(ptx for _, _, ptx in parsed):
+        max(portable, key=lambda p: p[0])[2] = True
+    return ";".join(name + ("+PTX" if ptx else "") for _, name, ptx in parsed)
+
+
 def _cuda_arch_list():
-    """Translate FASTMINERF_CUDA_ARCHITECTURES ("80;90") into TORCH_CUDA_ARCH_LIST ("8.0;9.0")."""
+    """TORCH_CUDA_ARCH_LIST for the build and where it came from."""
     import torch
 
-    env = os.environ.get("FASTMINERF_CUDA_ARCHITECTURES", "").replace(",", ";").strip()
+    env = os.environ.get("FASTMINERF_CUDA_ARCHITECTURES", "").strip()
     if env:
-        archs = [a.strip() for a in env.split(";") if a.strip()]
-        return ";".join(f"{a[:-1]}.{a[-1]}" for a in archs), f"FASTMINERF_CUDA_ARCHITECTURES={env}"
+        try:
+            return torch_arch_list(env), f"FASTMINERF_CUDA_ARCHITECTURES={env}"
+        except ValueError as exc:
+            sys.exit(f"fastminerf: {exc}")
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
         return f"{major}.{minor}", f"the local GPU ({torch.cuda.get_device_name()})"
@@ -88,16 +115,17 @@ def _cmdclass():
     return {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-setup(
-    name="fastminerf",
-    version="0.1.0",
-    description="One fast dynamic face NeRF for many identities (MI-NeRF) with hash grids and occupancy marching",
-    packages=find_packages(include=["fastminerf", "fastminerf.*"]),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.1", "numpy", "imageio", "imageio-ffmpeg", "rich", "pyyaml"],
-    entry_points={"console_scripts": ["fastminerf=fastminerf.cli:main"]},
-    # the presets, for installs that do not keep the source tree (found by fastminerf.config.CONFIG_DIR)
-    data_files=[("share/fastminerf/configs", sorted(glob.glob("configs/*.yaml")))],
-    ext_modules=_extensions(),
-    cmdclass=_cmdclass(),
-)
+if __name__ == "__main__":  # pip and setuptools run this file as __main__; tests import it for torch_arch_list
+    setup(
+        name="fastminerf",
+        version="0.1.0",
+        description="One fast dynamic face NeRF for many identities (MI-NeRF) with hash grids and occupancy marching",
+        packages=find_packages(include=["fastminerf", "fastminerf.*"]),
+        python_requires=">=3.10",
+        install_requires=["torch>=2.1", "numpy", "imageio", "imageio-ffmpeg", "rich", "pyyaml"],
+        entry_points={"console_scripts": ["fastminerf=fastminerf.cli:main"]},
+        # the presets, for installs that do not keep the source tree (found by fastminerf.config.CONFIG_DIR)
+        data_files=[("share/fastminerf/configs", sorted(glob.glob("configs/*.yaml")))],
+        ext_modules=_extensions(),
+        cmdclass=_cmdclass(),
+    )

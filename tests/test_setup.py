@@ -1,0 +1,42 @@
+"""setup.py's translation of FASTMINERF_CUDA_ARCHITECTURES (CMake's form, shared with CMakeLists.txt) into torch's
+TORCH_CUDA_ARCH_LIST: the newest architecture also gets PTX, so GPUs newer than any listed still run the kernels."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SETUP = Path(__file__).resolve().parents[1] / "setup.py"
+
+
+@pytest.fixture(scope="module")
+def torch_arch_list():
+    spec = importlib.util.spec_from_file_location("fastminerf_setup", SETUP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not __main__: defines the helpers, builds nothing
+    return module.torch_arch_list
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("80;90", "8.0;9.0+PTX"),
+    ("90,80", "9.0+PTX;8.0"),
+    ("86", "8.6+PTX"),
+    ("120", "12.0+PTX"),
+    (" 75 ; 86 ; ", "7.5;8.6+PTX"),
+    ("80;90a", "8.0+PTX;9.0a"),  # arch-specific 90a has no portable PTX: the newest portable entry carries it
+    ("90a", "9.0a"),
+    ("80-real;90-real", "8.0;9.0+PTX"),
+    ("80;90-virtual", "8.0;9.0+PTX"),  # PTX asked for: nothing added
+    ("80-virtual;90-real", "8.0+PTX;9.0"),
+    ("8.6+PTX;8.0", "8.6+PTX;8.0"),  # torch's own form passes through
+    ("8.0;8.6", "8.0;8.6+PTX"),
+])
+def test_cmake_architectures_become_torch_arch_list(torch_arch_list, spec, expected):
+    assert torch_arch_list(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["", ";", "sm_80", "8", "native", "80-fast"])
+def test_unreadable_architectures_are_named(torch_arch_list, spec):
+    with pytest.raises(ValueError, match="FASTMINERF_CUDA_ARCHITECTURES"):
+        torch_arch_list(spec)
