@@ -17,9 +17,9 @@ an expression-transfer video, evaluation tables and a contact sheet, in a few mi
    cross-identity transfer, with exact ground truth), with side-by-side images.
 6. ``demo.json``: settings, timings, where everything is, and both metric tables.
 
-The budget: data generation and rendering take what they take (about 0.2 s a 64x64 frame to generate on a
+The budget: data generation and rendering take what they take (2 s for the default 180 frames of 64x64 on a
 2-core CPU); ``minutes`` minus the measured generation time minus :data:`RENDER_RESERVE_S` is split between
-training and personalisation.
+training and personalisation, each with the preset's own schedule (warm-up, logging) over its time.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ DemoProgress = Callable[[str, Dict[str, float]], None]
 the training log record (``step``, ``loss``, ``psnr``, ``total_steps``, ...) for the training stages."""
 
 RENDER_RESERVE_S = 60.0
-"""Seconds of the budget kept for rendering the video and the evaluations, so that the whole demo ends near
-``minutes``. Measured with the defaults on a busy 2-core CPU (other jobs running): the video's 24 frames took
-33-36 s and 30 evaluated frames (3 per identity and split) 40 s, because a model trained for a minute still
-marches about 108 samples per ray (its occupancy grid has not pruned yet); on an idle machine about half."""
+"""Seconds of the budget kept for rendering the video and the evaluations, so that the whole demo ends by
+``minutes`` even on a busy machine. The video's 24 frames and the 30 evaluated frames (3 per identity and split)
+took 5 s on an idle 2-core CPU (2026-12-06), 22 s with other jobs on it, and 75 s on a busy one before rendering
+reused the pruning pass's densities: the demo usually ends early, and its training would gain nothing from the
+difference (at 64 px and 30 frames a head more steps do not move held-out PSNR)."""
 
 PERSONALIZE_RATE_FACTOR = 0.6
 """Personalisation steps are planned at this fraction of the generic run's measured steps per second:
@@ -51,16 +52,6 @@ safe side (the schedule completes; ``max_seconds`` still caps the time)."""
 
 MIN_TRAIN_S = 2.0
 """Least training time given to each of the two training stages, even when the budget is spent."""
-
-DEMO_WARMUP_STEPS = 5
-"""Learning-rate warm-up steps in the demo. The presets warm up over 50 steps, which is most of what a
-minute-long stage on a 2-core CPU takes (about a second a step): without this override the personalisation
-would end before its learning rate did anything (measured: the held-out head stayed the average face)."""
-
-DEMO_LOG_EVERY = 5
-"""Steps between training log lines (and progress reports) in the demo: the ``cpu`` preset takes about a second
-a step on a 2-core CPU, so its own 25 would leave the progress bar still for half a minute."""
-
 
 @dataclass
 class DemoResult:
@@ -172,8 +163,7 @@ def run_demo(
     left = max(2 * MIN_TRAIN_S, minutes * 60.0 - seconds["synth"] - RENDER_RESERVE_S)
     train_s = max(MIN_TRAIN_S, train_share * left)
     personal_s = max(MIN_TRAIN_S, left - train_s)
-    cfg = load_config(config, [f"train.max_seconds={train_s}", f"train.log_every={DEMO_LOG_EVERY}",
-                               f"train.warmup_lr_steps={DEMO_WARMUP_STEPS}"])
+    cfg = load_config(config, [f"train.max_seconds={train_s}"])
     start = time.perf_counter()
     gen = train(cfg, dirs[:-1], generic, progress=None if progress is None else (lambda rec: progress("train", rec)))
     seconds["train"] = time.perf_counter() - start
