@@ -455,6 +455,16 @@ class TorsoConfig:
     """Opacity every texel starts from: nearly transparent, so that the layer grows where the field cannot reach
     instead of painting a still face behind it."""
 
+    frame_shift: bool = False
+    """Learn a 2D shift of the layer for every training frame (``MINeRF.torso_shift``, two numbers a frame): in a
+    real video the body drifts and sways a few pixels while the head talks, which one still image a person blurs
+    over. Frames outside training (held-out frames, driven videos, orbits) take :attr:`shift_from_last`'s shift."""
+
+    shift_from_last: int = 10
+    """With :attr:`frame_shift`, frames outside training take the mean shift of their identity's last this-many
+    training frames, the body where the clip left it (a clip's held-out frames follow its training frames); 0: of
+    all its training frames."""
+
 
 @dataclass(frozen=True)
 class NeRFaceConfig:

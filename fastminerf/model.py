@@ -32,7 +32,7 @@ from .config import ModelConfig
 from .data.layout import DEFAULT_AABB
 from .field import MINeRFField
 from .nn import OccupancyGrid, TorsoLayer
-from .nn.torso import in_head_region
+from .nn.torso import in_head_region, last_frames_mean
 from .ops import RaySamples, composite, distortion_loss
 from .ops.occupancy import visual_hull
 
@@ -105,7 +105,9 @@ class MINeRF(nn.Module):
 
     Buffers: ``aabb`` (6,), ``frame_identity`` (B,), the occupancy grid's. Parameters: ``identity_codes.weight``
     (I, D), ``frame_codes.weight`` (B, Cf), the field's, and with ``cfg.torso.resolution > 0`` the torso layer's
-    ``torso.texture`` (I, R, R, 4) (the head box then ends at ``cfg.torso.floor``).
+    ``torso.texture`` (I, R, R, 4) (the head box then ends at ``cfg.torso.floor``), and with ``cfg.torso.frame_shift``
+    too ``torso_shift`` (B, 2), each training frame's shift of the layer in units of
+    :data:`fastminerf.nn.torso.SHIFT_SCALE` of the image (None otherwise).
     """
 
     def __init__(
@@ -156,6 +158,10 @@ class MINeRF(nn.Module):
         nn.init.normal_(self.identity_codes.weight, std=IDENTITY_CODE_INIT_STD)
         self.frame_codes = nn.Embedding(fi.numel(), fc.frame_code_dim)
         nn.init.zeros_(self.frame_codes.weight)
+        if cfg.torso.shift_from_last < 0:
+            raise ValueError(f"model.torso.shift_from_last must be >= 0, got {cfg.torso.shift_from_last}")
+        shifted = self.torso is not None and cfg.torso.frame_shift
+        self.torso_shift = nn.Parameter(torch.zeros(fi.numel(), 2)) if shifted else None
         self.occupancy = OccupancyGrid(box, cfg.grid_resolution, cfg.grid_levels, backend=cfg.grid_backend)
         # An untrained model samples the whole box (every bit set), but with occupancy values of 0 so that the first
         # update replaces them (values of 1 would decay for ~90 updates before any cell could be skipped).
@@ -230,6 +236,8 @@ class MINeRF(nn.Module):
         self.frame_identity = torch.cat([self.frame_identity, fi])
         codes = torch.cat([self.frame_codes.weight, self.frame_codes.weight.new_zeros(fi.numel(), self.frame_codes.weight.shape[1])], 0)
         self.frame_codes = nn.Embedding.from_pretrained(codes.clone(), freeze=False)
+        if self.torso_shift is not None:
+            self.torso_shift = nn.Parameter(torch.cat([self.torso_shift.detach(), self.torso_shift.new_zeros(fi.numel(), 2)]))
         return first
 
     def mean_frame_codes(self) -> torch.Tensor:
@@ -250,6 +258,16 @@ class MINeRF(nn.Module):
             raise ValueError(f"frame_code must be (N,) frame indices or (N, {self.frame_codes.weight.shape[1]}) codes, "
                              f"got {tuple(frame_code.shape)}")
         return frame_code
+
+    def _torso_frame_shift(self, identity: torch.Tensor, frame_code: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """(N,) rays' torso shifts (N, 2): their training frame's, or for rays outside training (``frame_code`` None or
+        explicit codes) their identity's last frames' mean (``cfg.torso.shift_from_last``); None without shifts."""
+        if self.torso_shift is None:
+            return None
+        if frame_code is not None and frame_code.dtype in (torch.int32, torch.int64):
+            return self.torso_shift.index_select(0, frame_code.long())  # indices checked by _frame_code
+        held = last_frames_mean(self.torso_shift, self.frame_identity, self.num_identities, self.cfg.torso.shift_from_last)
+        return held.index_select(0, identity)
 
     def condition(self, identity: torch.Tensor, expression: torch.Tensor, frame_code: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per-ray conditioning of the field: identity (N,) int64, expression (N, E), frame_code (see
@@ -394,7 +412,8 @@ class MINeRF(nn.Module):
         cond = self.condition(identity, expression, frame_code)
         torso_alpha = None
         if self.torso is not None:
-            background, torso_alpha = self.torso.over(identity, uv.to(background.dtype), background)
+            background, torso_alpha = self.torso.over(identity, uv.to(background.dtype), background,
+                                                      self._torso_frame_shift(identity, frame_code))
         out = self._render(origins.contiguous(), directions.contiguous(), near.contiguous(), far.contiguous(), cond,
                            identity, background, distortion)
         if torso_alpha is not None:  # the whole person: the head field over the layer

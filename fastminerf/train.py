@@ -851,9 +851,10 @@ def _finish(loop: _Loop, model: MINeRF, average: Optional[WeightAverage], resume
 
 def _per_identity_params(model: MINeRF) -> List[torch.nn.Parameter]:
     """The per-identity state, optimised at ``train.code_lr`` and alone in personalisation's first phase: identity
-    and frame codes, and the torso layer's textures where the model has one."""
+    and frame codes, and the torso layer's textures (and frame shifts) where the model has one."""
     params = [model.identity_codes.weight, model.frame_codes.weight]
-    return params + ([model.torso.texture] if model.torso is not None else [])
+    params += [model.torso.texture] if model.torso is not None else []
+    return params + ([model.torso_shift] if model.torso_shift is not None else [])
 
 
 PERSONALIZE_MAY_SET = ("train.", "sampler.", "data.")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fastminerf import MINeRF, load_config, load_dataset, load_run, personalize, render_frame, train
 from fastminerf.data import frame_rays
 from fastminerf.data.synth import generate
-from fastminerf.nn.torso import in_head_region, outside_head
+from fastminerf.nn.torso import SHIFT_SCALE, in_head_region, last_frames_mean, outside_head
 from fastminerf.ops.texture import texture_lookup
 from fastminerf.render import drive_path, render_sequence
 from fastminerf.train import mask_loss, start_torso
@@ -223,3 +223,73 @@ def test_personalisation_gives_the_new_identity_a_layer_and_leaves_the_others(he
     seq = next(render_sequence(model, path, name, background=data.background(0),
                                near_far=(float(table.near[first]), float(table.far[first]))))
     np.testing.assert_allclose(seq, render_frame(model, data, "train", first), atol=1e-5, rtol=0)
+
+
+def test_last_frames_mean_takes_each_identitys_last_frames_in_order():
+    frame_identity = torch.tensor([0, 1, 0, 1, 0, 0])  # identity 0: frames 0, 2, 4, 5; identity 1: 1, 3; 2: none
+    values = torch.arange(12, dtype=torch.float64).view(6, 2)
+    got = last_frames_mean(values, frame_identity, 3, last=2)
+    torch.testing.assert_close(got, torch.stack([(values[4] + values[5]) / 2, (values[1] + values[3]) / 2,
+                                                 torch.zeros(2, dtype=torch.float64)]))
+    everything = torch.stack([values[[0, 2, 4, 5]].mean(0), values[[1, 3]].mean(0), torch.zeros(2, dtype=torch.float64)])
+    torch.testing.assert_close(last_frames_mean(values, frame_identity, 3, last=0), everything)
+    torch.testing.assert_close(last_frames_mean(values, frame_identity, 3, last=50), everything)
+    torch.testing.assert_close(last_frames_mean(values, frame_identity, 3, last=1)[:2], values[[5, 3]])
+    with pytest.raises(ValueError, match="last must be >= 0"):
+        last_frames_mean(values, frame_identity, 3, last=-1)
+
+
+def test_frame_shifts_move_the_layer_and_frames_outside_training_take_the_last_ones():
+    cfg = load_config("tiny", ["model.torso.resolution=8", "model.torso.floor=0.0", "model.torso.frame_shift=true",
+                               "model.torso.shift_from_last=2"]).model
+    model = MINeRF(cfg, 12, ["a", "b"], [0, 0, 0, 1], aabb=[-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])
+    assert model.torso_shift.shape == (4, 2) and float(model.torso_shift.detach().abs().max()) == 0.0
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        model.torso.texture.copy_(torch.randn(model.torso.texture.shape, generator=g))  # a layer with detail
+        model.torso_shift.copy_(torch.randn(4, 2, generator=g) * 3)
+    n = 16
+    origins = torch.tensor([0.0, -0.8, 4.0]).repeat(n, 1)  # under the floor: the layer over the background alone
+    directions = torch.tensor([0.0, 0.0, -1.0]).repeat(n, 1)
+    uv = torch.rand(n, 2, generator=g) * 0.6 + 0.2
+    background = torch.rand(n, 3, generator=g)
+    identity = torch.zeros(n, dtype=torch.long)
+
+    def render(frame_code):
+        with torch.no_grad():
+            return model.render_rays(origins, directions, torch.zeros(n), torch.full((n,), 10.0), identity,
+                                     torch.zeros(n, 12), frame_code, background, uv=uv)["rgb"]
+
+    def layer(shift):
+        with torch.no_grad():
+            return model.torso.over(identity, uv - SHIFT_SCALE * shift, background)[0]
+
+    frames = torch.tensor([0, 1, 2, 0] * 4)
+    torch.testing.assert_close(render(frames), layer(model.torso_shift[frames]))
+    assert not torch.allclose(render(frames), layer(torch.zeros(n, 2)), atol=1e-3)  # the shift moved it
+    held = (model.torso_shift[1] + model.torso_shift[2]) / 2  # identity a's last two training frames
+    torch.testing.assert_close(render(None), layer(held.expand(n, 2)))
+    # personalisation grows the shifts with zeros for the new frames and keeps the others
+    before = model.torso_shift.detach().clone()
+    model.add_identities(["c"], [2, 2])
+    assert torch.equal(model.torso_shift[:4], before) and float(model.torso_shift[4:].detach().abs().max()) == 0.0
+    bad = load_config("tiny", ["model.torso.resolution=8", "model.torso.floor=0.0", "model.torso.shift_from_last=-1"]).model
+    with pytest.raises(ValueError, match="shift_from_last must be >= 0"):
+        MINeRF(bad, 12, ["a"], [0], aabb=[-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])
+
+
+def test_frame_shifts_are_learned_saved_and_trained_for_new_people(heads, tmp_path):
+    run = tmp_path / "shifted"
+    model = train(load_config("tiny", TORSO + ["model.torso.frame_shift=true", "train.steps=60"]), heads[:2], run).model
+    assert model.torso_shift.shape == (model.frame_identity.numel(), 2)
+    assert float(model.torso_shift.detach().abs().max()) > 0.0  # gradients reach every training frame's shift
+    _, reloaded, _ = load_run(run)
+    torch.testing.assert_close(reloaded.torso_shift, model.torso_shift, atol=0, rtol=0)
+    data = load_dataset(heads[:2])
+    assert np.array_equal(render_frame(model, data, "train", 3), render_frame(reloaded, data, "train", 3))
+    personalize(run, [heads[2]], tmp_path / "pers", steps=10)
+    _, grown, _ = load_run(tmp_path / "pers")
+    new = grown.frame_identity == 2
+    assert int(new.sum()) == len(load_dataset([heads[2]]).table("train"))
+    assert torch.equal(grown.torso_shift[~new], model.torso_shift.detach())  # the other people's frames untouched
+    assert float(grown.torso_shift[new].detach().abs().max()) > 0.0

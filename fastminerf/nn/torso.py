@@ -10,13 +10,21 @@ so the field holds the head and the layer the rest of the person. Memory: ``4 * 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
 from ..data.rays import camera_rays
 from ..ops.texture import texture_lookup
 
-__all__ = ["TorsoLayer", "in_head_region", "outside_head"]
+__all__ = ["SHIFT_SCALE", "TorsoLayer", "in_head_region", "last_frames_mean", "outside_head"]
+
+SHIFT_SCALE = 0.01
+"""Image fraction one unit of a frame's torso shift (``MINeRF.torso_shift``, ``ModelConfig.torso.frame_shift``) moves
+the layer by. Adam moves a parameter by about its learning rate a step, so at the presets' 0.01 the layer moves by
+at most 1e-4 of the image (0.03 px at 256 px) a step: a shift of a few pixels is learned over tens of steps, not
+thrown about by one batch."""
 
 
 class TorsoLayer(nn.Module):
@@ -50,9 +58,13 @@ class TorsoLayer(nn.Module):
         rgba = torch.sigmoid(texture_lookup(self.texture, identity, uv))
         return rgba[:, :3], rgba[:, 3]
 
-    def over(self, identity: torch.Tensor, uv: torch.Tensor, background: torch.Tensor):
+    def over(self, identity: torch.Tensor, uv: torch.Tensor, background: torch.Tensor,
+             shift: Optional[torch.Tensor] = None):
         """(colour (N, 3), alpha (N,)): the layer composited over ``background`` (N, 3), i.e. what shows behind the
-        head field, and the layer's opacity."""
+        head field, and the layer's opacity. ``shift`` (N, 2): the layer moved by ``SHIFT_SCALE * shift`` of the image
+        for each ray (a frame's torso shift), i.e. read at ``uv - SHIFT_SCALE * shift``."""
+        if shift is not None:
+            uv = uv - SHIFT_SCALE * shift.to(uv.dtype)
         rgb, alpha = self(identity, uv)
         return background + alpha[:, None] * (rgb - background), alpha
 
@@ -80,6 +92,25 @@ class TorsoLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"identities={self.texture.shape[0]}, resolution={self.resolution}"
+
+
+def last_frames_mean(values: torch.Tensor, frame_identity: torch.Tensor, n_identities: int, last: int) -> torch.Tensor:
+    """(I, C) mean of each identity's last ``last`` rows of ``values`` (B, C), its frames taken in the order of their
+    indices (a clip's frames in time); ``last`` 0: all its rows. Zeros for an identity without frames.
+    ``frame_identity`` (B,) int64 holds each row's identity."""
+    b = frame_identity.numel()
+    if last < 0:
+        raise ValueError(f"last must be >= 0, got {last}")
+    keep = torch.ones(b, dtype=torch.bool, device=values.device)
+    if last > 0 and b:
+        order = torch.argsort(frame_identity * b + torch.arange(b, device=frame_identity.device))  # by identity, in order
+        counts = torch.bincount(frame_identity, minlength=n_identities)
+        ident = frame_identity[order]
+        rank = torch.arange(b, device=frame_identity.device) - (torch.cumsum(counts, 0) - counts)[ident]
+        keep[order] = counts[ident] - rank <= last  # among the identity's last `last` frames
+    sums = values.new_zeros(n_identities, values.shape[1]).index_add(0, frame_identity[keep], values[keep])
+    n = torch.bincount(frame_identity[keep], minlength=n_identities).clamp(min=1).to(values.dtype)
+    return sums / n[:, None]
 
 
 def in_head_region(points: torch.Tensor, floor: float, neck_top: float, neck_width: float) -> torch.Tensor:
