@@ -53,6 +53,7 @@ safe side (the schedule completes; ``max_seconds`` still caps the time)."""
 MIN_TRAIN_S = 2.0
 """Least training time given to each of the two training stages, even when the budget is spent."""
 
+
 @dataclass
 class DemoResult:
     """What :func:`run_demo` produced."""

@@ -242,10 +242,7 @@ class MINeRF(nn.Module):
 
     def mean_frame_codes(self) -> torch.Tensor:
         """(I, Cf) mean training frame code of each identity (zeros where an identity has no frames)."""
-        cf = self.frame_codes.weight.shape[1]
-        sums = self.frame_codes.weight.new_zeros(self.num_identities, cf).index_add(0, self.frame_identity, self.frame_codes.weight)
-        counts = torch.bincount(self.frame_identity, minlength=self.num_identities).clamp(min=1).to(sums.dtype)
-        return sums / counts[:, None]
+        return last_frames_mean(self.frame_codes.weight, self.frame_identity, self.num_identities, 0)
 
     def _frame_code(self, identity: torch.Tensor, frame_code: Optional[torch.Tensor]) -> torch.Tensor:
         if frame_code is None:
