@@ -649,7 +649,8 @@ class TrainConfig:
     """Depth error (head units) under which the landmark prior is quadratic, linear above (tracker noise)."""
 
     seed: int = 0
-    """Seed of the model initialisation, the sampler and the occupancy updates."""
+    """Seed of the model initialisation, the occupancy updates and the rays' jitter. The batches are drawn by the
+    sampler's own generator, seeded with ``sampler.seed``: change both for a run that differs in everything."""
 
     log_every: int = 25
     """Steps between lines of ``log.jsonl`` and progress reports."""
@@ -683,6 +684,10 @@ class TrainConfig:
     personalize_lr_factor: float = 2.0
     """Learning rate of the shared weights during personalisation, relative to ``lr`` (2.0 suits ``grid``; about
     0.3 suits ``all``)."""
+
+    def __post_init__(self) -> None:
+        if int(self.log_every) < 1:  # the loop logs every log_every-th step (step % log_every)
+            raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
 
 
 @dataclass(frozen=True)

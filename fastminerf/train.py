@@ -559,15 +559,25 @@ def _restore_loop(data: dict, path: Path, sampler: RaySampler, occ_gen: torch.Ge
                   average: Optional[WeightAverage], optimizer: Optional[torch.optim.Optimizer] = None) -> None:
     """Put a checkpoint's training state (besides the model) back; :class:`CheckpointError` naming the file if it
     cannot."""
+    if optimizer is not None:
+        _restore_optimizer(optimizer, data.get("optimizer"), path)
     try:
-        if optimizer is not None:
-            optimizer.load_state_dict(data["optimizer"])
         _restore_state(sampler, data["sampler"])
         occ_gen.set_state(data["occ_generator"])
         if average is not None:
             average.load_state_dict(data["ema"])
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"{path}: cannot restore the training state: {exc}") from None
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, state: Optional[dict], path: Path) -> None:
+    """A checkpoint's optimizer state (None: the checkpoint lacks it); :class:`CheckpointError` naming the file."""
+    if state is None:
+        raise CheckpointError(f"{path}: cannot restore the optimizer state: the checkpoint has none")
+    try:
+        optimizer.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot restore the optimizer state: {type(exc).__name__}: {exc}") from None
 
 
 def _state(sampler: RaySampler) -> dict:
@@ -611,7 +621,8 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
             any end). Its time is not counted in the training seconds.
 
     Raises:
-        DatasetError: a bad dataset. CheckpointError: an unreadable checkpoint, or resuming with other data or
+        DatasetError: a bad dataset, or resuming with data in another expression space. CheckpointError: an
+        unreadable checkpoint, or resuming with other data (identities, their training frames, expression length) or
         another config.
     """
     out = Path(out_dir)
@@ -630,9 +641,18 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
             extra = [n for n in dataset.identities if n not in data["identity_names"]]
             raise CheckpointError(f"{ckpt_path} was trained on identities {list(data['identity_names'])}; --data now has "
                                   f"{dataset.identities} (missing: {gone}, new: {extra}); resume with the same data")
-        if model.frame_identity.numel() != dataset.num_frames("train"):
-            raise CheckpointError(f"{ckpt_path} has {model.frame_identity.numel()} frame codes but the data has "
-                                  f"{dataset.num_frames('train')} training frames; resume with the same data")
+        # frame code b is row b of the table: the same people with frames moved between them would train codes on
+        # another person's frames
+        table_identity = torch.from_numpy(dataset.table("train").identity).long()
+        if not torch.equal(model.frame_identity, table_identity):
+            counts = [torch.bincount(ids, minlength=len(dataset.identities)).tolist()
+                      for ids in (model.frame_identity, table_identity)]
+            raise CheckpointError(f"{ckpt_path} was trained on {counts[0]} training frames of {dataset.identities}; the "
+                                  f"data has {counts[1]}; resume with the same data")
+        if model.expression_dim != dataset.expression_dim:
+            raise CheckpointError(f"{ckpt_path} was trained with expressions of length {model.expression_dim}; the data "
+                                  f"has length {dataset.expression_dim}; resume with the same data")
+        check_expression_space(model.expression_space, dataset, "the data", str(ckpt_path))
     setup_seconds = 0.0  # carving counts as training time
     if data is None:
         model = build_model(cfg, dataset)
@@ -710,14 +730,16 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         data_paths: identity folders: all new to the model, or all known to it.
         out_dir: the new run folder.
         steps: total personalisation steps (default ``train.personalize_steps`` of the generic run's config).
-        max_seconds: time limit in training seconds (default none).
+        max_seconds: time limit in training seconds (default ``train.max_seconds`` of ``overrides``, else none: the
+            generic run's own limit is not this personalisation's).
         progress, monitor: as for :func:`train` (the monitor sees the model with every identity, old and new).
         overrides: ``key=value`` changes of the generic run's ``train.``, ``sampler.`` or ``data.`` settings for
             this personalisation (e.g. ``train.personalize_tune=all``); the model's settings are the generic run's.
     """
     cfg, model, meta = load_run(generic_run)
-    cfg = _personalize_config(cfg, overrides)
+    cfg = _personalize_config(replace(cfg, train=replace(cfg.train, max_seconds=None)), overrides)
     steps = int(steps if steps is not None else cfg.train.personalize_steps)
+    max_seconds = max_seconds if max_seconds is not None else cfg.train.max_seconds
     cfg = replace(cfg, train=replace(cfg.train, personalize_steps=steps, max_seconds=max_seconds))
     if cfg.train.threads:  # as train() does: the generic run's setting, or this personalisation's override
         torch.set_num_threads(cfg.train.threads)
@@ -739,6 +761,11 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     first_id = model.num_identities
     if data is not None:  # resumed: the same identities, and the settings it started with (or only harmless changes)
+        started = list(data["identity_names"])[:first_id]
+        if started != model.identity_names:  # another generic model: its data folders would be recorded for these
+            raise CheckpointError(f"{ckpt_path} started from a model of identities {started}, not from {generic_run} "
+                                  f"({model.identity_names}); resume with the generic run it started from, or use "
+                                  "another --out folder")
         saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
         refined, added = list(data.get("refined", [])), list(data["identity_names"])[first_id:]
         if (refined if known else added + refined) != dataset.identities:
@@ -750,6 +777,14 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     else:
         if data is not None:
             first_frame = model.frame_identity.numel() - len(table)
+            saved = model.frame_identity.cpu()
+            if int((saved >= first_id).sum()) != len(table) or not torch.equal(
+                    saved[first_frame:], torch.from_numpy(table.identity).long() + first_id):
+                # frame codes are appended in the table's order: other frames would map onto other people's codes
+                counts = [torch.bincount(ids, minlength=len(dataset.identities)).tolist()
+                          for ids in (saved[saved >= first_id] - first_id, torch.from_numpy(table.identity).long())]
+                raise CheckpointError(f"{ckpt_path} added {counts[0]} training frames of {dataset.identities}; the data "
+                                      f"has {counts[1]}; resume with the same data, or use another --out folder")
         else:
             first_frame = model.add_identities(dataset.identities, torch.from_numpy(table.identity) + first_id)
             hull = view_hull(model, dataset, keep_unseen=False)
@@ -766,7 +801,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     sampler = RaySampler(dataset, "train", **asdict(sampler_cfg))
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
     fraction = 0.0 if known else cfg.train.personalize_code_fraction
-    code_steps = max(1, int(round(steps * fraction))) if fraction > 0 else 0
+    code_steps = min(steps, max(1, int(round(steps * fraction)))) if fraction > 0 else 0  # steps=0: none
     codes = _per_identity_params(model)
     code_ids = {id(p) for p in codes}
     field_params = [p for p in model.parameters() if id(p) not in code_ids]
@@ -791,7 +826,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     if data is not None:
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
         _restore_loop(data, ckpt_path, sampler, occ_gen, average)  # the optimizer: once its phase is known
-        restore = data["optimizer"]
+        restore = data.get("optimizer")
         _truncate_log(loop.log, loop.step)
     elif loop.log.exists():
         loop.log.unlink()
@@ -802,8 +837,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
             p.requires_grad_(False)
         opt = _optimizer([dict(params=codes, lr=cfg.train.code_lr)])
         state["optimizer"], state["phase"] = opt, "codes"
-        if restore is not None and restore_phase == "codes":
-            opt.load_state_dict(restore)
+        if data is not None and restore_phase == "codes":
+            _restore_optimizer(opt, restore, ckpt_path)
         loop.run(opt, [cfg.train.code_lr], code_steps, steps, max_seconds, "codes", steps)
         for p in field_params:
             p.requires_grad_(True)
@@ -814,8 +849,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
             p.requires_grad_(id(p) in tuned_ids)
         opt = _optimizer([dict(params=tuned, lr=lrs[0]), dict(params=codes, lr=lrs[1])])
         state["optimizer"], state["phase"] = opt, "all"
-        if restore is not None and restore_phase == "all":
-            opt.load_state_dict(restore)
+        if data is not None and restore_phase == "all":
+            _restore_optimizer(opt, restore, ckpt_path)
         loop.run(opt, lrs, steps, steps, max_seconds, "all", steps)
         for p in field_params:
             p.requires_grad_(True)

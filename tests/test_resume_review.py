@@ -1,0 +1,159 @@
+"""Resuming and personalising with data or settings that changed since the checkpoint: refused naming the file, or
+honoured (tiny preset, seconds each)."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from fastminerf import CheckpointError, ConfigError, DatasetError, load_config, load_run, personalize, train
+from fastminerf.data.synth import generate
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory):
+    root = tmp_path_factory.mktemp("review_heads")
+    generate(root, n_identities=4, n_frames=8, size=20, seed=3, novel_frames=1)
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def generic(heads, tmp_path_factory):
+    run = tmp_path_factory.mktemp("review_generic")
+    train(load_config("tiny", ["train.steps=4"]), heads[:2], run)
+    return run
+
+
+def _copy(dirs, out):
+    out.mkdir(parents=True, exist_ok=True)
+    for d in dirs:
+        shutil.copytree(d, out / d.name)
+    return [out / d.name for d in dirs]
+
+
+def _edit(identity_dir, edit, splits=("train",)):
+    for split in splits:
+        path = identity_dir / f"transforms_{split}.json"
+        meta = json.loads(path.read_text())
+        edit(meta)
+        path.write_text(json.dumps(meta))
+
+
+def _one_more_frame(meta):
+    """The same clip with its last training frame shown twice (one more training frame)."""
+    last = copy.deepcopy(meta["frames"][-1])
+    last["frame_index"] += 1
+    last["time"] += 0.04
+    meta["frames"].append(last)
+
+
+def test_resume_refuses_data_whose_training_frames_moved_between_identities(heads, tmp_path):
+    # The same names and the same number of training frames in all, but one frame fewer for the first person and
+    # one more for the second: frame code b would be trained on another person's frame.
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=4"]), heads[:2], run)
+    moved = _copy(heads[:2], tmp_path / "moved")
+    _edit(moved[0], lambda m: m.update(frames=m["frames"][:-1]))
+    _edit(moved[1], _one_more_frame)
+    with pytest.raises(CheckpointError, match=re.escape(str(run / "checkpoint.pt")) + ".*training frames"):
+        train(load_config("tiny", ["train.steps=6"]), moved, run)
+    assert load_run(run)[2]["step"] == 4  # untouched
+
+
+def test_resume_refuses_data_in_another_expression_space(heads, tmp_path):
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=4"]), heads[:2], run)
+    other = _copy(heads[:2], tmp_path / "other")
+    for d in other:  # prepared again into a new folder: a basis of its own
+        _edit(d, lambda m: m.update(expression_space="another-basis"), ("train", "val", "novel"))
+    with pytest.raises(DatasetError, match="another-basis.*" + re.escape(str(run / "checkpoint.pt"))):
+        train(load_config("tiny", ["train.steps=6"]), other, run)
+    assert load_run(run)[2]["step"] == 4
+
+
+def test_resume_with_another_expression_length_names_the_checkpoint(heads, tmp_path):
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=4"]), heads[:2], run)
+    shorter = _copy(heads[:2], tmp_path / "shorter")
+
+    def drop_last_coefficient(m):
+        m["expression_names"] = m["expression_names"][:-1]
+        m.pop("expression_space")
+        for f in m["frames"]:
+            f["expression"] = f["expression"][:-1]
+
+    for d in shorter:
+        _edit(d, drop_last_coefficient, ("train", "val", "novel"))
+    with pytest.raises(CheckpointError, match=re.escape(str(run / "checkpoint.pt")) + ".*length 12.*11"):
+        train(load_config("tiny", ["train.steps=6"]), shorter, run)
+
+
+def test_personalize_resume_refuses_a_new_identity_with_other_frames(heads, generic, tmp_path):
+    # Resumed with one more training frame of the new person: the new frames would start one code early, inside the
+    # generic people's frame codes, and train them on the new person.
+    out = tmp_path / "pers"
+    personalize(generic, [heads[2]], out, steps=4)
+    before = load_run(out)[1]
+    (longer,) = _copy([heads[2]], tmp_path / "longer")
+    _edit(longer, _one_more_frame)
+    with pytest.raises(CheckpointError, match=re.escape(str(out / "checkpoint.pt")) + ".*training frames"):
+        personalize(generic, [longer], out, steps=8)
+    after = load_run(out)[1]
+    assert torch.equal(before.frame_codes.weight, after.frame_codes.weight)
+
+
+def test_personalize_resume_refuses_another_generic_run(heads, generic, tmp_path):
+    # A personalisation resumed with --run naming another generic model (of as many identities) would continue the
+    # first one's weights and record the other's data folders for its generic identities.
+    out = tmp_path / "pers"
+    personalize(generic, [heads[2]], out, steps=4)
+    other = tmp_path / "other_generic"
+    train(load_config("tiny", ["train.steps=2"]), [heads[0], heads[3]], other)
+    with pytest.raises(CheckpointError, match=re.escape(str(out / "checkpoint.pt")) + f".*{heads[1].name}"):
+        personalize(other, [heads[2]], out, steps=8)
+    assert load_run(out)[2]["step"] == 4
+
+
+def test_personalize_honours_a_max_seconds_override(heads, generic, tmp_path):
+    # --set train.max_seconds=S (overrides) limits the personalisation as --max-seconds (the argument) does; the
+    # argument wins when both are given, and the generic run's own limit is not inherited.
+    over = ["train.max_seconds=1e-9"]  # spent by the first step
+    result = personalize(generic, [heads[2]], tmp_path / "limited", steps=30, overrides=over)
+    assert result.step == 1
+    assert load_run(tmp_path / "limited")[0].train.max_seconds == 1e-9
+    result = personalize(generic, [heads[2]], tmp_path / "argument", steps=3, max_seconds=1e9, overrides=over)
+    assert result.step == 3
+    limited = tmp_path / "limited_generic"
+    train(load_config("tiny", ["train.steps=2", "train.max_seconds=1e-9"]), heads[:2], limited)
+    assert personalize(limited, [heads[2]], tmp_path / "free", steps=3).step == 3
+
+
+def test_personalize_with_zero_steps_adds_the_identity_untrained(heads, generic, tmp_path):
+    result = personalize(generic, [heads[2]], tmp_path / "zero", steps=0)
+    assert result.step == 0
+    _, model, meta = load_run(tmp_path / "zero")
+    assert meta["step"] == 0 and meta["identity_names"][-1] == heads[2].name
+    _, start, _ = load_run(generic)
+    assert torch.equal(model.identity_codes.weight[2], start.identity_codes.weight.mean(0))  # its start: untrained
+
+
+def test_personalize_resume_from_a_checkpoint_without_optimizer_state_names_the_file(heads, generic, tmp_path):
+    # As train() does: a checkpoint that torch can read but that lacks the optimizer's state is refused naming it.
+    out = tmp_path / "pers"
+    personalize(generic, [heads[2]], out, steps=2)
+    path = out / "checkpoint.pt"
+    data = torch.load(path, weights_only=True)
+    del data["optimizer"]
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*optimizer"):
+        personalize(generic, [heads[2]], out, steps=4)
+
+
+def test_a_log_interval_below_one_is_refused_naming_the_key(heads, tmp_path):
+    # It used to reach the loop and fail there with "integer modulo by zero".
+    with pytest.raises(ConfigError, match="train.log_every must be >= 1, got 0"):
+        load_config("tiny", ["train.log_every=0"])
