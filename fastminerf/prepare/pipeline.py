@@ -230,6 +230,14 @@ def _check_folder(folder: Path, fp: Dict[str, dict], overwrite: bool) -> None:
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> Dict[str, int]:
     n_test = 0 if test_fraction <= 0 else max(1, int(round(test_fraction * n)))
     n_val = 0 if val_fraction <= 0 else max(1, int(round(val_fraction * n)))
+    # Rounded up, the held-out splits of a short video can take every frame (8 frames at 0.44 / 0.44: 4 + 4), and a
+    # folder without transforms_train.json is no dataset: give frames back from the larger one, each keeping one
+    # (n >= min_frames >= 3 leaves a training frame then).
+    while n_val + n_test >= n and max(n_val, n_test) > 1:
+        if n_val > n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
     return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
 
 
@@ -479,6 +487,12 @@ def prepare(
                            f"{cfg.test_fraction}")
     if cfg.min_frames < 3:
         raise PrepareError(f"min_frames must be at least 3 (train, val and test frames), got {cfg.min_frames}")
+    # Checked here, once: ffmpeg would refuse a bad rate in every video with a screenful of its log, and take a
+    # negative frame limit for none.
+    if cfg.fps is not None and not (cfg.fps > 0 and math.isfinite(cfg.fps)):
+        raise PrepareError(f"fps must be a positive frame rate (or None for each video's own), got {cfg.fps}")
+    if cfg.max_frames is not None and cfg.max_frames < 1:
+        raise PrepareError(f"max_frames must be at least 1 (or None for all frames), got {cfg.max_frames}")
     require_mediapipe()  # fail once, before any video, when it is missing
     paths = [Path(v) for v in videos]
     if not paths:
@@ -567,7 +581,7 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
         raise PrepareError(f"{res.video}: no such video file")
     if res.video.suffix.lower() not in VIDEO_SUFFIXES:
         raise PrepareError(f"{res.video}: not a video file name (expected one of {', '.join(VIDEO_SUFFIXES)})")
-    info = probe(res.video)
+    info = probe(res.video, cfg.fps)
     out = root / res.name
     fp = _fingerprints(cfg, res.video)
     _check_folder(out, fp, cfg.overwrite)

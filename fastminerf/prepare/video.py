@@ -44,7 +44,7 @@ class VideoInfo:
     height: int
     """Frame height in pixels."""
     fps: float
-    """Average frame rate ffmpeg reports."""
+    """Average frame rate ffmpeg reports (the rate given to :func:`probe` when it reports none)."""
     duration: float
     """Duration in seconds (0 when unknown)."""
     has_audio: bool
@@ -70,8 +70,11 @@ def _ffmpeg() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def probe(path: PathLike) -> VideoInfo:
-    """Size, frame rate, duration and whether there is audio, or :class:`VideoError` naming the file."""
+def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
+    """Size, frame rate, duration and whether there is audio, or :class:`VideoError` naming the file.
+
+    ``fps``: the rate the caller will decode at (``--fps``), if any: a video whose frame rate ffmpeg does not report
+    (a browser's WebM recording) is then accepted with this rate instead of refused."""
     import imageio_ffmpeg
 
     p = Path(path)
@@ -86,10 +89,12 @@ def probe(path: PathLike) -> VideoInfo:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise VideoError(f"{p}: ffmpeg cannot decode it as a video ({first})") from None
     w, h = meta["size"]
-    fps = float(meta.get("fps") or 0.0)
-    if not (fps > 0 and math.isfinite(fps)):
-        raise VideoError(f"{p}: ffmpeg reports no frame rate; pass fps (--fps) explicitly")
-    return VideoInfo(p, int(w), int(h), fps, float(meta.get("duration") or 0.0), bool(meta.get("audio_codec")))
+    rate = float(meta.get("fps") or 0.0)
+    if not (rate > 0 and math.isfinite(rate)):
+        if not fps:
+            raise VideoError(f"{p}: ffmpeg reports no frame rate; pass fps (--fps) explicitly")
+        rate = float(fps)
+    return VideoInfo(p, int(w), int(h), rate, float(meta.get("duration") or 0.0), bool(meta.get("audio_codec")))
 
 
 def read_frames(
@@ -116,7 +121,9 @@ def read_frames(
     filters = [f"fps={fps!r}"]
     if crop is not None:
         x0, y0, side = crop
-        filters.append(f"crop={side}:{side}:{x0}:{y0}")
+        # exact=1: otherwise ffmpeg rounds x0 and y0 down to the chroma grid (even pixels in 4:2:0 video), and the
+        # frames would sit a source pixel away from the landmarks mapped with the crop asked for.
+        filters.append(f"crop={side}:{side}:{x0}:{y0}:exact=1")
     if size is not None:
         filters.append(f"scale={size[0]}:{size[1]}:flags=area")
     out = ["-vf", ",".join(filters)]
@@ -142,8 +149,11 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration
     """
     out = Path(out_wav)
     tmp = out.with_name(out.stem + ".tmp.wav")
+    # aresample=first_pts=0: an audio stream that starts after the picture (a delay the container records, as screen
+    # and phone recorders write) is padded with that much silence, so that the WAV starts at the video's start like
+    # the decoded frames do (ffmpeg would otherwise write its first sample at 0 and pull the sound forward).
     cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-i", str(path), "-vn", "-ac", "1", "-ar", str(int(rate)),
-           "-acodec", "pcm_s16le"]
+           "-af", "aresample=first_pts=0", "-acodec", "pcm_s16le"]
     if duration is not None:
         cmd += ["-t", f"{duration:.6f}"]
     cmd.append(str(tmp))

@@ -1,0 +1,221 @@
+"""`fastminerf prepare` on awkward videos a user brings: sound that starts after the picture, crops at odd pixel
+offsets, recordings without a frame rate, very short clips. Everything runs on videos made here (ffmpeg test
+patterns and the procedural heads, which mediapipe tracks), in a few seconds, without the real clips.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastminerf.config import PrepareConfig
+from fastminerf.data import load_dataset
+from fastminerf.data.layout import read_landmarks, read_transforms
+
+HEAD_FRAMES = 30
+"""Frames of the procedural head clip (25 fps)."""
+
+TONE_DELAY = 0.6
+"""Seconds after the picture's start at which the test videos' sound starts."""
+
+
+def _ffmpeg() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _run(*args: str) -> None:
+    subprocess.run([_ffmpeg(), "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def _write_video(path: Path, frames, fps: float = 25.0, params=("-g", "1")) -> Path:
+    import imageio_ffmpeg
+
+    w = imageio_ffmpeg.write_frames(str(path), (frames[0].shape[1], frames[0].shape[0]), fps=fps, macro_block_size=1,
+                                    ffmpeg_log_level="error", output_params=list(params))
+    w.send(None)
+    for f in frames:
+        w.send(np.ascontiguousarray(f).tobytes())
+    w.close()
+    return path
+
+
+def _read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        assert w.getframerate() == 16000 and w.getnchannels() == 1
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64)
+
+
+def _onset_s(samples: np.ndarray, rate: int = 16000) -> float:
+    loud = np.flatnonzero(np.abs(samples) > 1000)
+    assert len(loud), "no sound"
+    return float(loud[0] / rate)
+
+
+@pytest.fixture(scope="module")
+def head_frames(tmp_path_factory):
+    """``HEAD_FRAMES`` RGB frames (128 px) of a procedural talking head."""
+    import imageio.v3 as iio
+
+    from fastminerf.data.synth import generate
+
+    d = generate(tmp_path_factory.mktemp("synth"), n_identities=1, n_frames=HEAD_FRAMES, size=128, seed=0,
+                 novel_frames=1)[0]
+    frames = [iio.imread(p)[..., :3] for s in ("train", "val") for p in sorted((d / s).glob("[0-9][0-9][0-9][0-9].png"))]
+    assert len(frames) == HEAD_FRAMES
+    return frames
+
+
+# ------------------------------------------------------------------------------------------------ audio alignment
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_sound_that_starts_after_the_picture_keeps_its_delay(tmp_path, suffix):
+    """audio.wav starts at the video's start (the frames' ``time`` indexes into it). A container whose audio stream
+    starts later than its picture (screen and phone recorders write such files) must give that delay as leading
+    silence, not pull the sound forward onto earlier frames."""
+    from fastminerf.prepare.video import extract_audio, read_frames
+
+    video = tmp_path / f"late{suffix}"
+    _run("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=2", "-itsoffset", str(TONE_DELAY), "-f", "lavfi",
+         "-i", "sine=frequency=440:duration=1.4", "-map", "0:v", "-map", "1:a", str(video))
+    n = len(list(read_frames(video, 25.0)))
+    assert n == 50
+    a = _read_wav(extract_audio(video, tmp_path / "audio.wav", 16000, duration=n / 25.0))
+    assert _onset_s(a) == pytest.approx(TONE_DELAY, abs=0.01)
+    assert len(a) / 16000 == pytest.approx(n / 25.0, abs=0.01)
+
+
+def test_prepared_audio_frames_masks_and_landmarks_line_up_with_a_face_gap_and_max_frames(tmp_path, head_frames):
+    """A head that vanishes for four frames, sound that starts 0.6 s in, ``max_frames``: the written frames, masks,
+    landmarks and transforms skip exactly the faceless frames, keep their source index and time, and audio.wav
+    covers the kept span with the sound where the video has it."""
+    from fastminerf.prepare import prepare
+
+    frames = [f if not 10 <= k < 14 else np.full_like(f, 128) for k, f in enumerate(head_frames)]
+    silent = _write_video(tmp_path / "picture.mp4", frames, params=("-g", "1", "-pix_fmt", "yuv420p"))
+    video = tmp_path / "gap.mp4"
+    _run("-i", str(silent), "-itsoffset", str(TONE_DELAY), "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
+         "-map", "0:v", "-map", "1:a", "-c:v", "copy", str(video))
+    kept = 25
+    v = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=6, min_frames=5, max_frames=kept)).videos[0]
+    assert v.status == "done", v.error
+    assert (v.frames_total, v.frames_used, v.frames_dropped) == (kept, kept - 4, 4)
+    want = [k for k in range(kept) if not 10 <= k < 14]
+    got = np.concatenate([read_transforms(v.out_dir / f"transforms_{s}.json").frame_index for s in ("train", "val", "test")])
+    assert got.tolist() == want
+    assert sorted(int(p.stem) for p in (v.out_dir / "frames").glob("*.png")) == want
+    assert sorted(int(p.stem) for p in (v.out_dir / "masks").glob("*.png")) == want
+    assert read_landmarks(v.out_dir).frame_index.tolist() == want
+    times = np.concatenate([read_transforms(v.out_dir / f"transforms_{s}.json").time for s in ("train", "val", "test")])
+    np.testing.assert_allclose(times, np.array(want) / 25.0, atol=1e-6)
+    a = _read_wav(v.out_dir / "audio.wav")
+    assert len(a) / 16000 == pytest.approx(kept / 25.0, abs=0.01)
+    assert _onset_s(a) == pytest.approx(TONE_DELAY, abs=0.01)
+
+
+# ------------------------------------------------------------------------------------------------ crops
+
+
+def test_a_crop_at_odd_pixel_offsets_is_exact(tmp_path):
+    """ffmpeg's crop filter rounds x and y down to the chroma grid of a 4:2:0 video (even pixels) unless told
+    otherwise: a crop at an odd offset came out one source pixel left of / above where the landmarks were mapped."""
+    from fastminerf.prepare.video import read_frames
+
+    rng = np.random.default_rng(0)
+    grey = np.kron(rng.integers(0, 256, (20, 25)), np.ones((4, 4))).astype(np.uint8)  # 80x100 blocks of 4 px
+    img = np.repeat(grey[..., None], 3, axis=2)
+    img[:, 1::2] //= 2  # sharp odd/even columns
+    img[1::2] //= 2
+    video = _write_video(tmp_path / "blocks.mp4", [img] * 3, params=("-g", "1", "-crf", "0", "-pix_fmt", "yuv420p"))
+    full = next(iter(read_frames(video, 25.0))).astype(np.float64)
+    assert np.abs(full - img).mean() < 2.0
+    for x0, y0 in ((31, 11), (30, 10), (33, 39)):
+        crop = next(iter(read_frames(video, 25.0, crop=(x0, y0, 40)))).astype(np.float64)
+        assert np.abs(crop - full[y0:y0 + 40, x0:x0 + 40]).mean() < 2.0, (x0, y0)
+
+
+# ------------------------------------------------------------------------------------------------ frame rate
+
+
+def _drop_default_duration(path: Path) -> Path:
+    """Blank the Matroska ``DefaultDuration`` of a WebM's video track (a same-size ``Void`` element), as browser
+    recordings (MediaRecorder) have none: ffmpeg then reports no average frame rate."""
+    data = path.read_bytes()
+    at = data.find(b"\x23\xe3\x83")
+    assert at > 0 and data[at + 3] & 0x80
+    size = 4 + (data[at + 3] & 0x7F)
+    path.write_bytes(data[:at] + bytes([0xEC, 0x80 | (size - 2)]) + bytes(size - 2) + data[at + size:])
+    return path
+
+
+def test_a_recording_without_a_frame_rate_is_read_at_the_given_fps(tmp_path, head_frames):
+    """A browser's variable-rate WebM reports no frame rate: prepare asks for ``--fps``, and given it, prepares the
+    video instead of asking again."""
+    from fastminerf.prepare import VideoError, prepare
+    from fastminerf.prepare.video import probe
+
+    src = _write_video(tmp_path / "head.mkv", head_frames[:20], params=("-g", "1"))
+    video = tmp_path / "browser.webm"
+    _run("-i", str(src), "-vf", "setpts='(N*40+mod(N*37,23))/1000/TB'", "-fps_mode", "vfr", "-c:v", "libvpx-vp9",
+         "-deadline", "realtime", "-b:v", "1M", str(video))
+    _drop_default_duration(video)
+    with pytest.raises(VideoError, match="--fps"):
+        probe(video)
+    cfg = dict(size=64, expression_dim=6, min_frames=5)
+    asked = prepare([video], tmp_path / "a", PrepareConfig(**cfg)).videos[0]
+    assert asked.status == "failed" and "--fps" in asked.error and str(video) in asked.error
+    v = prepare([video], tmp_path / "b", PrepareConfig(fps=25.0, **cfg)).videos[0]
+    assert v.status == "done", v.error
+    assert v.fps == 25.0 and v.frames_total >= 20
+    assert read_transforms(v.out_dir / "transforms_train.json").fps == 25.0
+
+
+@pytest.mark.parametrize("bad", [dict(fps=-25.0), dict(fps=0.0), dict(fps=float("nan")), dict(max_frames=0),
+                                 dict(max_frames=-3)])
+def test_a_bad_rate_or_frame_limit_is_refused_up_front_naming_the_setting(tmp_path, bad):
+    """``--fps -25`` failed every video with ffmpeg's whole log (no word of the setting); ``--max-frames -3`` was
+    taken as no limit at all."""
+    from fastminerf.prepare import PrepareError, prepare
+
+    video = _write_video(tmp_path / "grey.mp4", [np.full((32, 32, 3), 128, np.uint8)] * 3)
+    name = next(iter(bad))
+    with pytest.raises(PrepareError, match=f"{name} must be"):
+        prepare([video], tmp_path / "data", PrepareConfig(size=64, **bad))
+    assert not (tmp_path / "data").exists()
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
+def test_every_split_setting_leaves_training_frames():
+    """Held-out splits are rounded and get at least one frame each; for a short video that must not eat the whole
+    training split (8 frames at 0.44 / 0.44 rounded to 4 + 4)."""
+    from fastminerf.prepare.pipeline import _split_sizes
+
+    for n in range(3, 60):
+        for val in (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.44, 0.45):
+            for test in (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.44, 0.45):
+                if val + test >= 0.9:
+                    continue
+                s = _split_sizes(n, val, test)
+                assert sum(s.values()) == n and s["train"] >= 1, (n, val, test, s)
+                assert (s["val"] >= 1) == (val > 0) and (s["test"] >= 1) == (test > 0), (n, val, test, s)
+                assert s["val"] <= max(1, round(val * n)) and s["test"] <= max(1, round(test * n))
+
+
+def test_a_short_video_with_large_held_out_fractions_still_has_a_training_split(tmp_path, head_frames):
+    from fastminerf.prepare import prepare
+
+    video = _write_video(tmp_path / "short.mp4", head_frames[:8], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    v = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5, val_fraction=0.44,
+                                                          test_fraction=0.44)).videos[0]
+    assert v.status == "done", v.error
+    assert v.frames_used == 8 and v.splits["train"] >= 1 and v.splits["val"] >= 1 and v.splits["test"] >= 1
+    assert (v.out_dir / "transforms_train.json").is_file()
+    assert load_dataset(tmp_path / "data", splits=("train", "val", "test")).table("train").c2w.shape[0] == v.splits["train"]
