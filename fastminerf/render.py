@@ -493,9 +493,9 @@ def parse_drive(spec: str, default_split: str = "train") -> Tuple[Path, str]:
     if Path(text).exists():
         return Path(text), default_split
     path, sep, split = text.rpartition(":")
-    if not sep:
+    if not sep or "/" in split:  # no colon, or the last one inside the path ('a:b/c'): a missing folder, not a split
         raise RenderError(f"--drive: no such folder '{text}'")
-    if not split or "/" in split:
+    if not split:
         raise RenderError(f"--drive '{text}': '{split}' is not a split name (PATH:SPLIT, e.g. data/id001:val)")
     if not path or not Path(path).exists():
         raise RenderError(f"--drive: no such folder '{path}' (from '{text}')")

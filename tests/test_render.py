@@ -492,3 +492,23 @@ def test_camera_path_take_keeps_frames_together():
     np.testing.assert_array_equal(sub.times, path.times[[4, 1]])
     assert (sub.width, sub.height, sub.fps, sub.expression_space) == (8, 6, 30.0, "s")
     assert len(path.head(2)) == 2 and np.array_equal(path.head(2).times, path.times[:2])
+
+
+def test_parse_drive_paths_with_colons(tmp_path):
+    """``--drive PATH[:SPLIT]``: a folder whose name holds a colon is a path as a whole; after the last colon comes a
+    split; a missing folder is named as missing (not its text after a colon mistaken for a bad split name)."""
+    import re
+
+    from fastminerf.render import parse_drive
+
+    folder = tmp_path / "a:b" / "id:1"
+    folder.mkdir(parents=True)
+    assert parse_drive(str(folder)) == (folder, "train")
+    assert parse_drive(f"{folder}:val") == (folder, "val")
+    assert parse_drive(f" {folder}:val ", default_split="x") == (folder, "val")
+    with pytest.raises(RenderError, match="no such folder '.*id:2'"):
+        parse_drive(f"{tmp_path}/a:b/id:2:val")
+    with pytest.raises(RenderError, match=re.escape(f"no such folder '{tmp_path}/a:b/nope'")):
+        parse_drive(f"{tmp_path}/a:b/nope")  # its last colon is inside the path: no split, a missing folder
+    with pytest.raises(RenderError, match="'' is not a split name"):
+        parse_drive(f"{folder}:")

@@ -142,6 +142,33 @@ def test_cli_render_pose_modes(tiny, tmp_path, capsys):
     assert not np.array_equal(still[0], relative[0]) or not np.array_equal(still[1], relative[1])
 
 
+def test_cli_render_frames_cuts_a_driven_video(tiny, tmp_path, decode_audio):
+    """``--frames N`` renders the first N frames of a driver folder's split (as it does for an orbit, a --speech
+    recording or a driver video), their sound alone in the mp4; not every frame of the split."""
+    import imageio.v3 as iio
+
+    from fastminerf.render import drive_path, render_sequence, to_uint8
+
+    root, dirs = tiny
+    meta = json.loads((dirs[1] / "transforms_train.json").read_text())
+    assert len(meta["frames"]) > 2 and (dirs[1] / "audio.wav").is_file()
+    png = tmp_path / "png"
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--drive", f"{dirs[1]}:train",
+                 "--frames", "2", "--out", str(tmp_path / "d.mp4"), "--png-dir", str(png)]) == 0
+    _, frames = _read_video(tmp_path / "d.mp4")
+    got = [iio.imread(p) for p in sorted(png.glob("*.png"))]
+    assert len(frames) == len(got) == 2
+    # the driver's first two frames, as the library renders them
+    _, model, _ = load_run(root / "run")
+    data = load_dataset(dirs[:2], splits=("train",))
+    want = [to_uint8(img) for img in render_sequence(model, drive_path(data, "id000", data, "train", "id001").head(2),
+                                                     "id000", background=data.background(0), aabb=model.aabb.tolist())]
+    for g, w in zip(got, want):
+        assert np.abs(g.astype(int) - w.astype(int)).max() <= 1
+    # two frames of sound (0.08 s at 16 kHz), not the split's four
+    assert abs(len(decode_audio(tmp_path / "d.mp4")) - 2 * 16000 / meta["fps"]) < 16000 / meta["fps"]
+
+
 def test_cli_render_carries_the_drivers_audio(tiny, tmp_path, capsys, decode_audio):
     import shutil
 
@@ -176,6 +203,8 @@ def test_cli_render_carries_the_drivers_audio(tiny, tmp_path, capsys, decode_aud
         (["render", "--identity", "id000", "--drive", "{data}/id001:test"], "has no split 'test'"),
         (["render", "--identity", "id000", "--drive", "{data}"], "holds 3 identities"),
         (["render", "--identity", "id002", "--orbit"], "unknown identity 'id002'"),
+        (["render", "--identity", "id000", "--orbit", "--frames", "0"], "--frames must be at least 1, got 0"),
+        (["render", "--identity", "id000", "--drive", "{data}/id001", "--frames", "-1"], "--frames must be at least 1"),
         (["eval", "--data", "{data}/id002", "--split", "val"], "unknown identity 'id002'"),
         (["eval", "--data", "{data}/id001", "--split", "test"], "has no split 'test'"),
     ],
@@ -305,3 +334,31 @@ def test_metrics_table_fits_80_columns_without_cutting_a_value():
     for shown in ("25.32", "0.790", "0.0311", "25.29", "24.79", "24.23", "1.24", "0.025", "0.010"):
         assert text.count(shown) == 2, shown  # the identity's row and the mean's
     assert "PSNR in dB" in text and "LMD in pixels" in text
+
+
+def test_metrics_table_with_every_column_fits_80_columns():
+    """eval on prepared clips with mediapipe and a train split reports ten metrics (POSE beside DEPTH), LPIPS makes
+    eleven: each value still printed whole at 80 columns, the width rich gives a log file or a pipe, so that the
+    table says what metrics.json says."""
+    import io
+
+    from rich.console import Console
+
+    from fastminerf.cli import _metrics_table
+
+    names = ["psnr", "ssim", "l1", "lpips", "face_psnr", "mouth_psnr", "eye_psnr", "lmd", "ear_error", "landmark_depth",
+             "pose_gap"]
+    vals = dict(zip(names, [25.3217, 0.79012, 0.03114, 0.12345, 25.2944, 24.7891, 24.2345, 12.3812, 0.02517, 0.01043,
+                            13.24]))
+    shown = ["25.32", "0.790", "0.0311", "0.1235", "25.29", "24.79", "24.23", "12.38", "0.025", "0.010", "13.2"]
+    for drop in ("lpips", None):  # without the lpips package (the usual case), and with it
+        keep = [m for m in names if m != drop]
+        result = {"metrics": keep, "frames": 1234, "mean": vals,
+                  "identities": {"02_hdtf_WDA_AlexandriaOcasioCortez_000": {"frames": 617, **vals}}}
+        console = Console(width=80, record=True, color_system=None, file=io.StringIO())
+        console.print(_metrics_table(result, "test"))
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text, text
+        for value in (v for m, v in zip(names, shown) if m != drop):
+            assert text.count(value) == 2, (value, text)  # the identity's row and the mean's
+        assert "POSE" in text and "617" in text and "1234" in text
