@@ -219,3 +219,43 @@ def test_a_short_video_with_large_held_out_fractions_still_has_a_training_split(
     assert v.frames_used == 8 and v.splits["train"] >= 1 and v.splits["val"] >= 1 and v.splits["test"] >= 1
     assert (v.out_dir / "transforms_train.json").is_file()
     assert load_dataset(tmp_path / "data", splits=("train", "val", "test")).table("train").c2w.shape[0] == v.splits["train"]
+
+
+# ------------------------------------------------------------------------------------------------ names and sound
+
+
+def test_another_video_of_the_same_name_is_refused_without_offering_overwrite(tmp_path, head_frames):
+    """Two people's clips both called ``clip.mp4`` prepared into one root: the second is refused naming the clash;
+    the message does not suggest --overwrite, which would replace the first person's dataset."""
+    from fastminerf.prepare import prepare
+
+    cfg = PrepareConfig(size=64, expression_dim=4, min_frames=5)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _write_video(tmp_path / "a" / "clip.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    second = _write_video(tmp_path / "b" / "clip.mp4", head_frames[12:24], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    assert prepare([first], tmp_path / "data", cfg).videos[0].status == "done"
+    before = (tmp_path / "data" / "clip" / "transforms_train.json").read_bytes()
+    v = prepare([second], tmp_path / "data", cfg).videos[0]
+    assert v.status == "failed" and "another video file of the same name" in v.error and "rename" in v.error
+    assert (tmp_path / "data" / "clip" / "transforms_train.json").read_bytes() == before
+
+
+def test_a_sound_track_that_cannot_be_decoded_leaves_the_frames_prepared(tmp_path, head_frames, monkeypatch):
+    """The pictures make a dataset without their sound (speech needs it, training does not): the video is
+    prepared, with a note saying why there is no audio.wav, instead of failing as a whole."""
+    from fastminerf.prepare import VideoError, pipeline, prepare
+
+    video = tmp_path / "talk.mp4"
+    silent = _write_video(tmp_path / "picture.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    _run("-i", str(silent), "-f", "lavfi", "-i", "sine=frequency=440:duration=0.48", "-map", "0:v", "-map", "1:a",
+         "-c:v", "copy", str(video))
+
+    def broken(path, *args, **kwargs):
+        raise VideoError(f"{path}: ffmpeg failed (Invalid data found when processing input)")
+
+    monkeypatch.setattr(pipeline, "extract_audio", broken)
+    v = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert v.status == "done", v.error
+    assert not (v.out_dir / "audio.wav").exists()
+    assert any("audio track could not be decoded" in n and "Invalid data" in n for n in v.notes)

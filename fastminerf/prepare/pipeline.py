@@ -222,6 +222,9 @@ def _check_folder(folder: Path, fp: Dict[str, dict], overwrite: bool) -> None:
         if not overwrite:
             old = next(d for d, s in stored if s == clash[0])["fingerprint"]
             diff = sorted(k for k in set(old) | set(fp[clash[0]]) if old.get(k) != fp[clash[0]].get(k))
+            if "video_sha256" in diff:  # --overwrite would replace another video's (another person's) dataset
+                raise PrepareError(f"{folder} was prepared from another video file of the same name; rename this "
+                                   f"video or choose another --out (--overwrite would replace what is there)")
             raise PrepareError(f"{folder} was prepared with other settings or from another file ({', '.join(diff)} "
                                f"differ); pass overwrite (--overwrite) to prepare it again, or choose another --out")
         _clear(folder)
@@ -374,7 +377,10 @@ def _frames(info: VideoInfo, fps: float, cfg: PrepareConfig, out: Path, lm: np.n
     write_png(out / "bg.png", bg, cfg.png_compress_level)
     notes = [note] if note else []
     if info.has_audio:
-        extract_audio(info.path, out / AUDIO_FILE, cfg.audio_rate, duration=len(lm) / fps)
+        try:
+            extract_audio(info.path, out / AUDIO_FILE, cfg.audio_rate, duration=len(lm) / fps)
+        except VideoError as exc:  # the pictures are a dataset without their sound; speech needs it, training not
+            notes.append(f"its audio track could not be decoded, no audio.wav ({exc})")
     else:
         notes.append("the video has no audio track: no audio.wav")
     if progress is not None:
