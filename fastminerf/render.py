@@ -992,7 +992,8 @@ def write_video(
         frames: (H, W, 3) float in [0, 1] or uint8, all one size.
         path: the mp4 to write (its folder is created), or None for PNG frames only.
         fps: frame rate.
-        png_dir: also write each frame as ``png_dir/00000.png, 00001.png, ...``.
+        png_dir: also write each frame as ``png_dir/00000.png, 00001.png, ...`` (numbered frames past this video's
+            end, left there by an earlier render, are removed).
         quality: imageio-ffmpeg quality, 0 (worst) to 10 (best).
         audio: a soundtrack for the mp4 (AAC), as long as the video should be (:func:`fastminerf.audio.frame_soundtrack`).
 
@@ -1011,6 +1012,8 @@ def write_video(
     pngs = Path(png_dir) if png_dir is not None else None
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
+        # written beside it and renamed at the end: an interrupted render leaves an earlier video of that name whole
+        part = out.with_name(f".{out.stem}.part{out.suffix}")
     if pngs is not None:
         pngs.mkdir(parents=True, exist_ok=True)
     writer = None
@@ -1029,7 +1032,7 @@ def write_video(
                 if out is not None:
                     even = (size[1] + size[1] % 2, size[0] + size[0] % 2)
                     writer = imageio_ffmpeg.write_frames(
-                        str(out), even, fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error",
+                        str(part), even, fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error",
                         audio_path=None if wav is None else str(wav), audio_codec=None if wav is None else "aac",
                     )
                     writer.send(None)
@@ -1041,13 +1044,23 @@ def write_video(
                 padded = np.pad(img, ((0, img.shape[0] % 2), (0, img.shape[1] % 2), (0, 0)), mode="edge")
                 writer.send(np.ascontiguousarray(padded))
             count += 1
+        if writer is not None:
+            writer.close()
+            writer = None
+            part.replace(out)
     finally:
         if writer is not None:
             writer.close()
+        if out is not None:
+            part.unlink(missing_ok=True)
         if wav is not None:
             wav.unlink(missing_ok=True)
     if size is None:
         raise RenderError("write_video got no frames")
+    if pngs is not None:  # frames past this video's end, left by an earlier, longer render into the same folder
+        for stale in pngs.glob("[0-9][0-9][0-9][0-9][0-9].png"):
+            if int(stale.stem) >= count:
+                stale.unlink()
     seconds = audio.seconds if wav is not None else 0.0
     return VideoInfo(path=out, n_frames=count, width=size[1], height=size[0], png_dir=pngs, audio_seconds=seconds)
 

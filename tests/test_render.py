@@ -301,6 +301,33 @@ def test_write_video_reads_back(tmp_path, h, w):
     np.testing.assert_array_equal(iio.imread(pngs[3]), np.rint(frames[3] * 255).astype(np.uint8))
 
 
+def test_write_video_replaces_earlier_output_whole_or_not_at_all(tmp_path):
+    """Rendering again into the same mp4 and PNG folder: a shorter video leaves no frames of the longer one behind;
+    an interrupted render leaves the earlier mp4 whole (written beside it, renamed at the end) and no part file."""
+    import imageio_ffmpeg
+
+    def n_frames(path):
+        reader = imageio_ffmpeg.read_frames(str(path))
+        next(reader)
+        return sum(1 for _ in reader)
+
+    video, png = tmp_path / "v.mp4", tmp_path / "png"
+    write_video(iter(_frames(6, 16, 16)), video, fps=10, png_dir=png)
+    (png / "notes.png").write_bytes(b"not ours")  # a file not named as a frame is left alone
+    write_video(iter(_frames(3, 16, 16)), video, fps=10, png_dir=png)
+    assert n_frames(video) == 3
+    assert sorted(p.name for p in png.glob("*.png")) == ["00000.png", "00001.png", "00002.png", "notes.png"]
+
+    def interrupted():
+        yield from _frames(2, 16, 16)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_video(interrupted(), video, fps=10)
+    assert n_frames(video) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["png", "v.mp4"]
+
+
 def test_write_video_bad_inputs(tmp_path):
     with pytest.raises(RenderError, match="no frames"):
         write_video([], tmp_path / "a.mp4")
