@@ -570,6 +570,15 @@ def _restore_loop(data: dict, path: Path, sampler: RaySampler, occ_gen: torch.Ge
         raise CheckpointError(f"{path}: cannot restore the training state: {exc}") from None
 
 
+def _check_kind(data: dict, kind: str, path: Path) -> None:
+    """A run folder is resumed by the command that wrote it: a generic training's weights continued as a
+    personalisation (or the reverse) would run the other's schedule and parameter groups on them."""
+    written = str(data.get("kind", "train"))
+    if written != kind:
+        raise CheckpointError(f"{path} was written by `fastminerf {written}`, not `{kind}`: continue it with "
+                              f"`fastminerf {written}`, or choose another --out folder")
+
+
 def _restore_optimizer(optimizer: torch.optim.Optimizer, state: Optional[dict], path: Path) -> None:
     """A checkpoint's optimizer state (None: the checkpoint lacks it); :class:`CheckpointError` naming the file."""
     if state is None:
@@ -634,6 +643,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     ckpt_path = out / CHECKPOINT_NAME
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if data is not None:
+        _check_kind(data, "train", ckpt_path)
         saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
         _check_resume_config(saved_cfg, cfg, ckpt_path)
         if list(data["identity_names"]) != dataset.identities:
@@ -761,6 +771,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     first_id = model.num_identities
     if data is not None:  # resumed: the same identities, and the settings it started with (or only harmless changes)
+        _check_kind(data, "personalize", ckpt_path)
         started = list(data["identity_names"])[:first_id]
         if started != model.identity_names:  # another generic model: its data folders would be recorded for these
             raise CheckpointError(f"{ckpt_path} started from a model of identities {started}, not from {generic_run} "

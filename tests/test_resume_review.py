@@ -157,3 +157,18 @@ def test_a_log_interval_below_one_is_refused_naming_the_key(heads, tmp_path):
     # It used to reach the loop and fail there with "integer modulo by zero".
     with pytest.raises(ConfigError, match="train.log_every must be >= 1, got 0"):
         load_config("tiny", ["train.log_every=0"])
+
+
+def test_a_run_folder_is_resumed_only_by_the_command_that_wrote_it(heads, generic, tmp_path):
+    # train into a personalisation's folder, or personalize into a generic run's: refused naming the file and the
+    # command that wrote it, the checkpoint untouched.
+    out = tmp_path / "pers"
+    personalize(generic, [heads[2]], out, steps=2)
+    with pytest.raises(CheckpointError, match=re.escape(str(out / "checkpoint.pt")) + ".*fastminerf personalize"):
+        train(load_config("tiny", ["train.steps=4"]), heads[:3], out)
+    assert load_run(out)[2]["step"] == 2
+    copy = tmp_path / "generic_copy"
+    shutil.copytree(generic, copy)
+    with pytest.raises(CheckpointError, match=re.escape(str(copy / "checkpoint.pt")) + ".*fastminerf train"):
+        personalize(generic, [heads[2]], copy, steps=2)
+    assert load_run(copy)[2]["step"] == load_run(generic)[2]["step"]
