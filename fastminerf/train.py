@@ -563,7 +563,12 @@ def _restore_loop(data: dict, path: Path, sampler: RaySampler, occ_gen: torch.Ge
         _restore_optimizer(optimizer, data.get("optimizer"), path)
     try:
         _restore_state(sampler, data["sampler"])
-        occ_gen.set_state(data["occ_generator"])
+        saved = data["occ_generator"]
+        if saved.numel() == occ_gen.get_state().numel():
+            occ_gen.set_state(saved)
+        else:  # written on another kind of device (``train.device`` may change): a CPU generator's state is 5,056
+            # bytes, a CUDA one's 16; neither takes the other's, so the stream restarts from the run's seed and step
+            occ_gen.manual_seed(occ_gen.initial_seed() + int(data["step"]))
         if average is not None:
             average.load_state_dict(data["ema"])
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:

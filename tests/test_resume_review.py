@@ -172,3 +172,21 @@ def test_a_run_folder_is_resumed_only_by_the_command_that_wrote_it(heads, generi
     with pytest.raises(CheckpointError, match=re.escape(str(copy / "checkpoint.pt")) + ".*fastminerf train"):
         personalize(generic, [heads[2]], copy, steps=2)
     assert load_run(copy)[2]["step"] == load_run(generic)[2]["step"]
+
+
+def test_resume_on_another_kind_of_device_restarts_the_occupancy_stream(heads, tmp_path):
+    # train.device may change on resume (tried on the CPU, continued on a GPU, or back), but a CUDA generator's
+    # state (16 bytes: seed and offset) is not a CPU one's (5,056 bytes). A checkpoint holding the other kind resumes
+    # with the stream reseeded from the run's seed and step, deterministically, instead of failing.
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=4"]), heads[:2], run)
+    path = run / "checkpoint.pt"
+    data = torch.load(path, weights_only=True)
+    data["occ_generator"] = torch.tensor([1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0], dtype=torch.uint8)
+    torch.save(data, path)
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    assert train(load_config("tiny", ["train.steps=8"]), heads[:2], run).step == 8
+    train(load_config("tiny", ["train.steps=8"]), heads[:2], twin)
+    a, b = load_run(run)[1].state_dict(), load_run(twin)[1].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
