@@ -110,10 +110,15 @@ class TrainResult:
 
 
 def save_checkpoint(path: PathLike, payload: dict) -> Path:
-    """Write ``payload`` (tensors and plain data only) to ``path`` atomically: a temp file, then ``os.replace``."""
+    """Write ``payload`` (tensors and plain data only) to ``path`` atomically: a temp file, flushed to the disk
+    (without it a crash of the machine soon after the rename can leave an empty file under the name), then
+    ``os.replace``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
 

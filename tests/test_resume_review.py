@@ -190,3 +190,33 @@ def test_resume_on_another_kind_of_device_restarts_the_occupancy_stream(heads, t
     train(load_config("tiny", ["train.steps=8"]), heads[:2], twin)
     a, b = load_run(run)[1].state_dict(), load_run(twin)[1].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    # A save that fails half way (a full disk, an interrupt) leaves the previous checkpoint readable, and a finished
+    # one is flushed to the disk before it takes the name.
+    import os
+
+    from fastminerf.train import load_checkpoint, save_checkpoint
+
+    def payload(step):
+        return dict(format="fastminerf-checkpoint", version=1, config_yaml="", identity_names=["a"], expression_dim=1,
+                    model={"w": torch.full((1000,), float(step))}, step=step)
+
+    path = tmp_path / "checkpoint.pt"
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.path.exists(path.with_name("checkpoint.pt.tmp"))),
+                                                 real_fsync(fd)))
+    save_checkpoint(path, payload(1))
+    assert synced == [True]  # flushed while still under its temporary name
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, payload(2))
+    data = load_checkpoint(path)
+    assert data["step"] == 1 and torch.equal(data["model"]["w"], torch.full((1000,), 1.0))
