@@ -424,7 +424,9 @@ def _truncate_log(log: Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError):
             continue  # a line cut by the interruption
-    log.write_text("".join(k + "\n" for k in kept))
+    tmp = log.with_name(log.name + ".tmp")  # renamed over it: an interruption now leaves the whole log, not half
+    tmp.write_text("".join(k + "\n" for k in kept))
+    os.replace(tmp, log)
 
 
 class _Loop:
