@@ -82,8 +82,9 @@ class SamplerConfig:
     no box; the rest are drawn uniformly over the whole image. NeRFace uses 0.9."""
 
     frames_per_batch: Optional[int] = 64
-    """Distinct frames a batch draws its rays from (capped by the split size); ``None`` lets every ray pick its
-    own frame. Fewer frames per batch means fewer image decodes when the split does not fit the frame cache."""
+    """Distinct frames a batch draws its rays from (capped by the split size; with ``balance_identities`` an
+    identity with fewer frames than the slots it drew fills them with its frames again); ``None`` lets every ray
+    pick its own frame. Fewer frames per batch means fewer image decodes when the split does not fit the frame cache."""
 
     balance_identities: bool = False
     """Draw frames by picking an identity uniformly first, so identities with short videos are seen as

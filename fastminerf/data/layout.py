@@ -433,11 +433,18 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
             b = _numbers(fr["bbox"], (4,), file=file, frame=i, key="bbox")
             if b[0] >= b[1] or b[2] >= b[3]:
                 raise DatasetError(f"need y0 < y1 and x0 < x1 in [y0, y1, x0, x1], got {b.tolist()}", file=file, frame=i, key="bbox")
+            # A box wholly outside the image (most often pixels written where fractions belong) would shrink to one
+            # border pixel, which would then get face_fraction of the frame's rays.
+            if b[0] >= 1 or b[1] <= 0 or b[2] >= 1 or b[3] <= 0:
+                raise DatasetError(f"the box {b.tolist()} lies outside the image: [y0, y1, x0, x1] are fractions of the "
+                                   f"image size (0 to 1), not pixels", file=file, frame=i, key="bbox")
             bbox[i] = b
             has_bbox[i] = True
         if fr.get("frame_index") is not None:
             v = fr["frame_index"]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 0:
+            # Finite and within int64 before int(): int(NaN), int(inf) and an int64 overflow raise unlocated errors.
+            if (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v > np.iinfo(np.int64).max
+                    or not math.isfinite(v) or v != int(v)):
                 raise DatasetError(f"expected a whole number >= 0, got {_describe(v)}", file=file, frame=i, key="frame_index")
             frame_index[i] = int(v)
         if fr.get("time") is not None:
@@ -515,8 +522,15 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 def _decode(path: Path) -> np.ndarray:
     """Decode an image to uint8 (H, W, C) with C in 1..4; raises OSError/ValueError from the decoder."""
     import imageio.v3 as iio
+    from PIL import Image
 
-    arr = np.asarray(iio.imread(path, plugin="pillow"))  # PNG or JPEG (DATASET.md)
+    # imageio turns a palette into its colours and drops PNG transparency that is not an alpha channel (a palette's
+    # or a colour key's tRNS), and hands CMYK JPEGs over as four channels that would be read as RGBA: let Pillow
+    # convert those (header only here) to RGBA / RGB.
+    with Image.open(path) as im:
+        keyed = im.mode in ("P", "PA") or (im.mode in ("L", "RGB") and "transparency" in im.info)
+        mode = "RGBA" if keyed else "RGB" if im.mode in ("CMYK", "YCbCr", "LAB", "HSV") else None
+    arr = np.asarray(iio.imread(path, plugin="pillow", mode=mode))  # PNG or JPEG (DATASET.md)
     arr = _to_uint8(arr)
     if arr.ndim == 2:
         arr = arr[:, :, None]

@@ -426,8 +426,10 @@ ERROR_FLOOR = 0.02
 class RaySampler:
     """Draws batches of training rays across identities and frames, with NeRFace's face-box importance.
 
-    Each batch picks ``frames_per_batch`` distinct frames (uniformly over the split's frames, or over
-    identities first when ``balance_identities``), gives each about ``batch_size / frames_per_batch`` rays, and
+    Each batch picks ``frames_per_batch`` distinct frames (uniformly over the split's frames; when
+    ``balance_identities``, each slot picks an identity uniformly, then one of its frames, distinct until an identity
+    has more slots than frames, whose frames then fill several slots), gives each about
+    ``batch_size / frames_per_batch`` rays, and
     draws ``round(face_fraction * rays_of_frame)`` of a frame's rays uniformly inside its face box (``bbox``),
     or uniformly among its mask pixels when it has a mask but no box; the others uniformly over the image.
     A frame with neither draws all its rays uniformly.
@@ -437,7 +439,8 @@ class RaySampler:
     map over the image of the mean squared error its training rays had (an exponential moving average per cell,
     fed by :meth:`record_errors` after every step); such a ray picks a cell of its frame's identity with
     probability proportional to the map (cells not seen yet count as the mean of those seen, and every cell keeps
-    :data:`ERROR_FLOOR` times the mean so none is starved), then a uniform pixel in it. ``face_fraction`` applies
+    :data:`ERROR_FLOOR` times the mean so none is starved; a cell that holds no pixel, when ``error_resolution``
+    exceeds the image size, is never picked), then a uniform pixel among those that record into it. ``face_fraction`` applies
     to the rest of the frame's rays. :attr:`last_error_rays` marks the rays of the last batch drawn this way.
 
     Mouth rays (``mouth_fraction > 0``): ``round(mouth_fraction * face_rays)`` of a frame's face rays are drawn
@@ -517,8 +520,18 @@ class RaySampler:
             weight = np.zeros_like(counts)
             weight[present] = 1.0 / (counts[present] * present.sum())
             self._frame_p: Optional[np.ndarray] = weight[self.table.identity]
+            order = np.argsort(self.table.identity, kind="stable")
+            self._identity_frames = dict(zip(np.flatnonzero(present).tolist(),
+                                             np.split(order, np.cumsum(counts[present]).astype(np.int64)[:-1])))
         else:
             self._frame_p = None
+            self._identity_frames = {}
+        # The pixel rows and columns of each error-map cell: a pixel records into cell (row * R // H, col * R // W),
+        # so cell c holds rows [ceil(c H / R), ceil((c + 1) H / R)); none when H < R and c falls between two rows.
+        cells = np.arange(r + 1, dtype=np.int64)
+        self._cell_rows = -(-cells * self.table.height // r)
+        self._cell_cols = -(-cells * self.table.width // r)
+        self._cell_has_pixels = (np.diff(self._cell_rows)[:, None] > 0) & (np.diff(self._cell_cols)[None, :] > 0)
         self._box_px = box_pixels(self.table.bbox, self.table.height, self.table.width)
         self._has_mask = np.array([p is not None for p in self.table.mask_paths], dtype=bool)
         assert self._box_px.shape == (b, 4)
@@ -594,7 +607,7 @@ class RaySampler:
             m = self.error_map[ident].reshape(-1)
             seen = ~np.isnan(m)
             mean = float(m[seen].mean()) if seen.any() else 1.0
-            p = np.where(seen, m, mean) + ERROR_FLOOR * mean + 1e-12
+            p = (np.where(seen, m, mean) + ERROR_FLOOR * mean + 1e-12) * self._cell_has_pixels.reshape(-1)
             cells[sel] = rng.choice(m.size, size=sel.size, p=p / p.sum())
         return np.divmod(cells, r)
 
@@ -606,7 +619,25 @@ class RaySampler:
         b = len(self.table)
         if distinct:
             count = min(count, b)
+            if self._frame_p is not None:
+                return self._draw_balanced_slots(count)
         return self._rng.choice(b, size=count, replace=not distinct, p=self._frame_p).astype(np.int64)
+
+    def _draw_balanced_slots(self, count: int) -> np.ndarray:
+        """``count`` frame slots, each of an identity picked uniformly, then distinct frames of that identity in random
+        order, again from the start when it has fewer frames than slots.
+
+        Distinct frames drawn with the per-frame weights would not balance: an identity of 2 frames can fill only 2
+        of 64 slots, whatever its weight, so it got 2/64 of the rays instead of half (of two identities). Repeating
+        its frames gives each of them more rays instead."""
+        rng = self._rng
+        idents = np.array(sorted(self._identity_frames), dtype=np.int64)
+        slot_ident = idents[rng.integers(0, idents.size, size=count)]
+        out = np.empty(count, dtype=np.int64)
+        for ident in np.unique(slot_ident).tolist():
+            sel = np.flatnonzero(slot_ident == ident)
+            out[sel] = np.resize(rng.permutation(self._identity_frames[ident]), sel.size)
+        return out
 
     def sample(self) -> RayBatch:
         """Draw the next batch of ``batch_size`` rays."""
@@ -664,11 +695,12 @@ class RaySampler:
         u = rng.random((n, 2))
         rows = np.minimum((u[:, 0] * h).astype(np.int64), h - 1)
         cols = np.minimum((u[:, 1] * w).astype(np.int64), w - 1)
-        if error_rays.any():  # the same uniforms, scaled into the drawn cell
-            r = self.error_resolution
+        if error_rays.any():  # the same uniforms, scaled to the pixels of the drawn cell (those that record into it)
             cell_row, cell_col = self._error_cells(self.table.identity[frames[error_rays]], rng)
-            rows[error_rays] = np.minimum(((cell_row + u[error_rays, 0]) * h / r).astype(np.int64), h - 1)
-            cols[error_rays] = np.minimum(((cell_col + u[error_rays, 1]) * w / r).astype(np.int64), w - 1)
+            for out, lo_hi, cell, uu in ((rows, self._cell_rows, cell_row, u[error_rays, 0]),
+                                         (cols, self._cell_cols, cell_col, u[error_rays, 1])):
+                lo, hi = lo_hi[cell], lo_hi[cell + 1]
+                out[error_rays] = np.minimum(lo + (uu * (hi - lo)).astype(np.int64), hi - 1)
         self.last_error_rays = error_rays
         # Mouth, eye and face rays inside their boxes reuse the same uniforms, scaled to their box.
         has_box = self.table.has_bbox[frames]

@@ -1,0 +1,156 @@
+"""Defects found reviewing the data layer: each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastminerf.data import DatasetError, RaySampler, load_dataset
+from fastminerf.data.layout import read_rgb
+
+W, H = 32, 24  # not square, and not a multiple of the error maps' resolutions below
+
+
+def _identity(root: Path, name: str, n_frames: int, seed: int, **frame_extra) -> Path:
+    rng = np.random.default_rng(seed)
+    d = root / name
+    (d / "train").mkdir(parents=True)
+    frames = []
+    for i in range(n_frames):
+        iio.imwrite(d / "train" / f"{i}.png", rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8))
+        frames.append({"file_path": f"train/{i}.png",
+                       "transform_matrix": [[1, 0, 0, 0.05 * i], [0, 1, 0, 0], [0, 0, 1, 4.0], [0, 0, 0, 1]],
+                       "expression": [float(seed), float(i)], **frame_extra})
+    meta = {"intrinsics": [30.0, 30.0, W / 2, H / 2], "near": 2.5, "far": 5.5, "frames": frames}
+    (d / "transforms_train.json").write_text(json.dumps(meta))
+    return d
+
+
+# ------------------------------------------------------------------------------------------------------------
+# balance_identities with frames_per_batch: a short identity got one slot per frame, not half the rays
+
+
+@pytest.mark.parametrize("frames_per_batch", [8, 64])
+def test_balanced_identities_share_the_rays_when_frames_per_batch_exceeds_a_short_identity(tmp_path, frames_per_batch):
+    _identity(tmp_path, "a", 2, seed=1)
+    _identity(tmp_path, "b", 30, seed=2)
+    data = load_dataset(tmp_path)
+    sampler = RaySampler(data, "train", batch_size=640, seed=0, face_fraction=0.0, frames_per_batch=frames_per_batch,
+                         balance_identities=True)
+    share = np.mean([(sampler.sample().identity == 0).float().mean().item() for _ in range(40)])
+    # An identity picked uniformly per frame slot: "a" gets half the rays (sd of the mean over 40 batches of >= 8
+    # slots <= 0.03); before, it got at most its 2 frames' slots: 2/8 and 2/32 of the rays.
+    assert abs(share - 0.5) < 0.1
+    # Both of "a"'s frames are used, and each batch still covers min(frames_per_batch, B) slots of rays.
+    batch = sampler.sample()
+    assert set(batch.frame[batch.identity == 0].tolist()) == {0, 1}
+    assert len(batch) == 640
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Error maps whose cells are not a whole number of pixels
+
+
+@pytest.mark.parametrize("r", [5, 32])
+def test_error_rays_land_in_the_cell_that_recorded_the_error(tmp_path, r):
+    # Rows of 24 pixels over 5 cells are 4.8 pixels a cell and over 32 cells 0.75 (some cells hold no pixel
+    # row); columns 6.4 and 1. A pixel records into cell (row * r // H, col * r // W).
+    _identity(tmp_path, "a", 1, seed=1)
+    data = load_dataset(tmp_path)
+    n = 4000
+    sampler = RaySampler(data, "train", batch_size=n, seed=3, face_fraction=0.0, frames_per_batch=1,
+                         error_fraction=1.0, error_resolution=r)
+    rows, cols = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    pixel = np.stack([cols.ravel(), rows.ravel()], 1)
+    cell = np.stack([pixel[:, 1] * r // H, pixel[:, 0] * r // W], 1)
+    hot_cell = (1, 2) if r == 5 else (1, 1)
+    hot = (cell[:, 0] == hot_cell[0]) & (cell[:, 1] == hot_cell[1])
+    sampler.record_errors(np.zeros(len(pixel), np.int64), pixel, np.where(hot, 1.0, 0.0))
+    assert sampler.error_map[0][hot_cell] == 1.0
+    batch = sampler.sample()
+    assert sampler.last_error_rays.all()
+    got = batch.pixel.numpy()
+    in_hot = (got[:, 1] * r // H == hot_cell[0]) & (got[:, 0] * r // W == hot_cell[1])
+    # All but the floor's share of the rays land on pixels that record into the hot cell (the floor gives each
+    # other cell 0.02 of the mean: under 2 % in all). Before, a draw in the hot cell fell on a pixel of the cell
+    # above or to the left ~7 % of the time (r=5), or always (r=32), and cells without pixels drew rays.
+    assert in_hot.mean() > 0.97
+
+
+# ------------------------------------------------------------------------------------------------------------
+# frame_index that is not a finite whole number: an unlocated ValueError / OverflowError
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e30", str(2**70), str(10**400)],
+                         ids=["nan", "inf", "-inf", "1e30", "2**70", "10**400"])
+def test_bad_frame_index_names_the_file_frame_and_key(tmp_path, value):
+    d = _identity(tmp_path, "a", 2, seed=1)
+    f = d / "transforms_train.json"
+    meta = json.loads(f.read_text())
+    meta["frames"][1]["frame_index"] = "@@"
+    f.write_text(json.dumps(meta).replace('"@@"', value))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    err = info.value
+    assert err.file == str(f) and err.frame == 1 and err.key == "frame_index", str(err)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PNG frames whose transparency is not an alpha channel (palette PNGs of pngquant and the like)
+
+
+def test_palette_png_transparency_composites_over_the_background(tmp_path):
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:, : W // 2] = [200, 30, 10]  # left half: the head, opaque
+    rgb[:, W // 2 :] = [0, 255, 0]  # right half: keyed out (transparent)
+    im = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=4)
+    path = tmp_path / "f.png"
+    im.save(path, transparency=im.getpixel((W - 1, 0)))
+    bg = np.full((H, W, 3), 77, np.uint8)
+    out = read_rgb(path, bg)
+    assert np.array_equal(out[:, : W // 2], rgb[:, : W // 2])
+    assert np.array_equal(out[:, W // 2 :], bg[:, W // 2 :])  # before: the key colour, green
+
+
+def test_cmyk_jpeg_frames_read_as_rgb(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+    path = tmp_path / "f.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(path, quality=100)
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    assert np.array_equal(read_rgb(path), expected)  # before: C, M, Y as R, G, B and K as alpha
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A face box wholly outside the image (pixels written where fractions belong)
+
+
+def test_bbox_outside_the_image_is_refused(tmp_path):
+    d = _identity(tmp_path, "a", 2, seed=1)
+    f = d / "transforms_train.json"
+    meta = json.loads(f.read_text())
+    meta["frames"][1]["bbox"] = [6.0, 18.0, 8.0, 24.0]  # pixels of a 32 x 24 image
+    f.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    err = info.value
+    assert err.file == str(f) and err.frame == 1 and err.key == "bbox" and "fraction" in str(err), str(err)
+    # A box reaching a little past the border (a tracked face at the edge) still loads.
+    meta["frames"][1]["bbox"] = [-0.1, 0.5, 0.8, 1.2]
+    f.write_text(json.dumps(meta))
+    assert load_dataset(d).table("train").has_bbox[1]
+
+
+def test_rays_of_a_border_face_box_stay_in_the_image(tmp_path):
+    _identity(tmp_path, "a", 2, seed=1, bbox=[-0.1, 0.5, 0.8, 1.2])
+    data = load_dataset(tmp_path)
+    sampler = RaySampler(data, "train", batch_size=2000, seed=0, face_fraction=1.0, frames_per_batch=2)
+    px = sampler.sample().pixel
+    assert sampler.face_box_pixels(0) == (0, 12, 25, 32)
+    assert bool(((px[:, 1] < 12) & (px[:, 0] >= 25) & (px[:, 0] < W)).all())
+    assert torch.unique(px[:, 0]).numel() == 7 and torch.unique(px[:, 1]).numel() == 12
