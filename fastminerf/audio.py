@@ -64,6 +64,9 @@ def read_wav(path: PathLike) -> Audio:
         raise AudioError(f"{p}: no such file") from None
     except (wave.Error, EOFError) as exc:
         raise AudioError(f"{p}: not a PCM WAV file ({exc})") from None
+    # A file cut off mid-sample (an interrupted recording or copy) holds fewer bytes than its header says, and
+    # ``wave`` returns them as they are: keep the whole samples (the partial frame is dropped below).
+    raw = raw[: len(raw) - len(raw) % width]
     if width == 1:
         x = (np.frombuffer(raw, np.uint8).astype(np.int32) - 128) * 256
     elif width == 2:

@@ -103,7 +103,8 @@ def load_speech(path: PathLike) -> Audio:
     imageio-ffmpeg bundles.
 
     Raises:
-        SpeechError: naming the file when it is missing, holds no sound, or cannot be decoded.
+        SpeechError: naming the file when it is missing, holds no sound (less than one analysis window, which
+            :func:`log_mel` could not hear), or cannot be decoded.
     """
     p = Path(path)
     if not p.is_file():
@@ -111,7 +112,7 @@ def load_speech(path: PathLike) -> Audio:
     try:
         audio = read_wav(p)
         if audio.rate == SPEECH_RATE:
-            return audio
+            return _heard(p, audio)
     except AudioError:
         pass
     from .prepare.video import VideoError, extract_audio
@@ -120,9 +121,19 @@ def load_speech(path: PathLike) -> Audio:
         out = Path(tmp) / "speech.wav"
         try:
             extract_audio(p, out, rate=SPEECH_RATE)
-            return read_wav(out)
+            audio = read_wav(out)
         except (VideoError, AudioError) as exc:
             raise SpeechError(f"{p}: cannot read its sound ({exc})") from None
+    return _heard(p, audio)
+
+
+def _heard(p: Path, audio: Audio) -> Audio:
+    """``audio`` read from ``p``, refused by name when it is too short to hear (log_mel's own error could not name
+    the file)."""
+    if len(audio.samples) < WINDOW:
+        raise SpeechError(f"{p}: holds no sound to hear ({audio.seconds * 1000:.0f} ms, less than one "
+                          f"{WINDOW / SPEECH_RATE * 1000:.0f} ms analysis window)")
+    return audio
 
 
 def mel_filterbank(bands: int = MEL_BANDS, n_fft: int = N_FFT, rate: int = SPEECH_RATE,
@@ -311,10 +322,11 @@ def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int, f
     turn (all 0 when ``folds`` < 2)."""
     ws, es, owner, fold = [], [], [], []
     for k, c in enumerate(clips):
-        t = np.concatenate([c.times[s] for s in splits if s in c.times]) if c.times else np.zeros(0)
+        have = [s for s in splits if s in c.times]  # none: splits the clips were not cut from (refused below)
+        t = np.concatenate([c.times[s] for s in have]) if have else np.zeros(0)
         if not len(t):
             continue
-        e = np.concatenate([c.expressions[s] for s in splits if s in c.times])
+        e = np.concatenate([c.expressions[s] for s in have])
         order = np.argsort(t, kind="stable")
         t, e = t[order], e[order]
         ws.append(frame_windows(c.mel, t, context))
@@ -335,7 +347,10 @@ def _fit(x: torch.Tensor, y: torch.Tensor, cfg: SpeechConfig, progress: Optional
     torch.manual_seed(int(cfg.seed))
     net = SpeechToExpression(y.shape[1], cfg)
     net.mean.copy_(y.mean(0))
-    net.scale.copy_(y.std(0).square().mean().sqrt().clamp_min(1e-6))
+    # One frame (a short clip, or a calibration fold's complement) has no spread; std's Bessel correction would
+    # make it NaN, and a NaN scale every weight and prediction.
+    spread = y.std(0) if len(y) > 1 else torch.zeros(y.shape[1])
+    net.scale.copy_(spread.square().mean().sqrt().clamp_min(1e-6))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(k, cfg.steps) / cfg.steps)))
@@ -440,9 +455,14 @@ def _predict_windows(model: SpeechModel, windows: np.ndarray) -> np.ndarray:
 
 
 def _predict_times(model: SpeechModel, mel: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Expressions (B, E) at frame ``times`` (in order, evenly spaced or nearly), smoothed over the frames."""
-    pred = _predict_windows(model, frame_windows(mel, times, model.net.context))
-    return _smooth(pred, model.config.smooth)
+    """Expressions (B, E) at frame ``times`` (evenly spaced or nearly), smoothed over the frames in time order; rows
+    follow ``times`` (a split's frames need not be stored in time order, and smoothing over rows would blend frames
+    seconds apart)."""
+    order = np.argsort(np.asarray(times, np.float64), kind="stable")
+    pred = _predict_windows(model, frame_windows(mel, times, model.net.context)[order])
+    out = np.empty_like(pred)
+    out[order] = _smooth(pred, model.config.smooth)
+    return out
 
 
 def predict_expressions(model: SpeechModel, audio: Audio, fps: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -475,14 +495,18 @@ def split_expressions(model: SpeechModel, dataset, split: str) -> np.ndarray:
         ``(N, E)`` float32, N the rows of ``dataset.table(split)``.
 
     Raises:
-        SpeechError: a split not loaded, or an identity without ``audio.wav`` or with frames that carry no
-            ``time`` (named); :class:`fastminerf.data.DatasetError` for data in another expression space.
+        SpeechError: a split not loaded, a model of another expression size, or an identity without ``audio.wav``
+            or with frames that carry no ``time`` (named); :class:`fastminerf.data.DatasetError` for data in another
+            expression space.
     """
     from .data.dataset import check_expression_space
 
     if split not in dataset.splits:
         raise SpeechError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
     check_expression_space(model.expression_space, dataset, "the evaluated data", "the speech model")
+    if model.expression_dim != dataset.expression_dim:  # spaces unknown (None) on one side: sizes still must agree
+        raise SpeechError(f"the speech model predicts {model.expression_dim} expression coefficients, the frames of "
+                          f"{', '.join(dataset.identities)} have {dataset.expression_dim}")
     table = dataset.table(split)
     out = np.array(table.expression, dtype=np.float32, copy=True)
     for i, name in enumerate(dataset.identities):
@@ -607,7 +631,7 @@ def load_speech_model(path: PathLike) -> SpeechModel:
         cfg = SpeechConfig(**data["config"])
         net = SpeechToExpression(int(data["expression_dim"]), cfg)
         net.load_state_dict(data["state"])
-    except (TypeError, RuntimeError, SpeechError) as exc:
+    except (TypeError, RuntimeError, ValueError) as exc:  # ValueError: SpeechConfig's ConfigError, SpeechError
         raise SpeechError(f"speech model {p} does not match this fastminerf's network: {exc}") from None
     net.eval()
     return SpeechModel(net, cfg, data.get("expression_space"), list(data.get("identities", [])), dict(data.get("metrics") or {}))

@@ -1,0 +1,138 @@
+"""Edge cases of the speech and audio code: truncated and empty recordings, training on a handful of frames, splits
+that are missing or whose frames are not in time order, and model files or data that do not fit the model. Small
+networks (a few steps) on made-up sound: these tests check behaviour, not how well speech is heard."""
+
+from __future__ import annotations
+
+import json
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from fastminerf.audio import Audio, read_wav, write_wav
+from fastminerf.data import load_dataset
+from fastminerf.data.synth import generate
+from fastminerf.speech import (
+    SPEECH_RATE,
+    SpeechClip,
+    SpeechConfig,
+    SpeechError,
+    load_speech,
+    load_speech_model,
+    log_mel,
+    predict_expressions,
+    save_speech_model,
+    split_expressions,
+    train_speech,
+)
+
+FAST = SpeechConfig(steps=5, batch=8)
+
+
+def _noise(seconds: float, seed: int = 0) -> Audio:
+    rng = np.random.default_rng(seed)
+    return Audio(rng.integers(-3000, 3000, int(seconds * SPEECH_RATE)).astype(np.int16), SPEECH_RATE)
+
+
+def test_read_wav_keeps_the_whole_frames_of_a_truncated_file(tmp_path):
+    """A recording cut off mid-sample (an interrupted recorder or copy): the header promises more than the file holds,
+    and ``wave`` hands back the bytes that are there; the whole frames are read, the partial one dropped."""
+    with wave.open(str(tmp_path / "s.wav"), "wb") as w:
+        w.setnchannels(2), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(np.array([[100, 300], [-1000, -2000], [7, 9]], "<i2").tobytes())
+    data = (tmp_path / "s.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[:-3])  # the last frame loses 3 of its 4 bytes
+    assert read_wav(tmp_path / "cut.wav").samples.tolist() == [200, -1500]
+    (tmp_path / "cut1.wav").write_bytes(data[:-1])  # ... or 1 byte: half a sample
+    assert read_wav(tmp_path / "cut1.wav").samples.tolist() == [200, -1500]
+
+
+def test_load_speech_refuses_a_recording_without_sound_by_name(tmp_path):
+    """load_speech promises to name the file when it holds no sound; a recording shorter than one analysis window
+    cannot be heard either (log_mel refuses it without knowing the file)."""
+    write_wav(tmp_path / "empty.wav", Audio(np.zeros(0, np.int16), SPEECH_RATE))
+    with pytest.raises(SpeechError, match="empty.wav"):
+        load_speech(tmp_path / "empty.wav")
+    write_wav(tmp_path / "blip48k.wav", Audio(np.zeros(48, np.int16), 48000))  # 1 ms, through ffmpeg
+    with pytest.raises(SpeechError, match="blip48k.wav"):
+        load_speech(tmp_path / "blip48k.wav")
+    write_wav(tmp_path / "ok.wav", Audio(np.zeros(400, np.int16), SPEECH_RATE))  # one window of silence: usable
+    assert len(load_speech(tmp_path / "ok.wav").samples) == 400
+
+
+def test_training_on_very_few_frames_gives_finite_expressions():
+    """A short clip leaves one training frame (or two, one per calibration fold): the expressions' spread is then
+    undefined with Bessel's correction (NaN), which must not make every prediction NaN."""
+    audio = _noise(1.0)
+    mel = log_mel(audio)
+    e = np.array([[0.5, -1.0, 2.0]], np.float32)
+    one = train_speech([SpeechClip("a", mel, {"train": np.array([0.3])}, {"train": e})], FAST)
+    got, _ = predict_expressions(one, audio, 25.0)
+    assert np.all(np.isfinite(got)) and np.allclose(got, e, atol=1e-4)
+    # two frames in different 1-s stretches: the calibration trains each fold's network on the other single frame
+    e2 = np.array([[0.5, -1.0, 2.0], [0.0, 1.0, -2.0]], np.float32)
+    two = train_speech([SpeechClip("a", mel, {"train": np.array([0.3, 1.5])}, {"train": e2})], FAST)
+    assert torch.all(torch.isfinite(two.net.gain))
+    assert np.all(np.isfinite(predict_expressions(two, audio, 25.0)[0]))
+
+
+def test_train_speech_names_a_split_the_clips_do_not_have():
+    audio = _noise(1.0)
+    clip = SpeechClip("a", log_mel(audio), {"train": np.array([0.1, 0.5])}, {"train": np.zeros((2, 3), np.float32)})
+    with pytest.raises(SpeechError, match="'val'"):
+        train_speech([clip], FAST, ("val",))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("speech_review")
+    dirs = generate(root / "data", n_identities=1, n_frames=40, size=16, novel_frames=2, val_fraction=0.5, seed=5)
+    data = load_dataset(dirs, splits=("train", "val"))
+    from fastminerf.speech import speech_clips
+
+    clips, _ = speech_clips(data, ("train",))
+    model = train_speech(clips, SpeechConfig(steps=100, calibrate=0), ("train",), data.expression_space)
+    return root, dirs, data, model
+
+
+def test_split_expressions_do_not_depend_on_the_order_of_the_frames(small, tmp_path):
+    """DATASET.md does not ask for frames in time order; smoothing over the frames must follow their times, not
+    their rows, or a shuffled split blends the mouths of frames seconds apart."""
+    _, dirs, data, model = small
+    before = split_expressions(model, data, "val")
+    file = dirs[0] / "transforms_val.json"
+    original = file.read_text()
+    meta = json.loads(original)
+    perm = np.random.default_rng(0).permutation(len(meta["frames"]))
+    meta["frames"] = [meta["frames"][k] for k in perm]
+    try:
+        file.write_text(json.dumps(meta))
+        shuffled = load_dataset(dirs, splits=("train", "val"))
+        after = split_expressions(model, shuffled, "val")
+    finally:
+        file.write_text(original)
+    times = data.table("val").time
+    assert np.allclose(shuffled.table("val").time, times[perm])  # the rows were shuffled
+    np.testing.assert_allclose(after, before[perm], atol=1e-6)
+
+
+def test_split_expressions_refuse_a_model_of_another_size_by_name(small):
+    """Data and model whose expression spaces are unknown (None) cannot be compared by name; their sizes still can."""
+    _, _, data, model = small
+    other = train_speech([SpeechClip("x", log_mel(_noise(1.0)), {"train": np.array([0.1, 0.4])},
+                                     {"train": np.zeros((2, 3), np.float32)})], FAST)
+    assert other.expression_space is None and other.expression_dim != data.expression_dim
+    with pytest.raises(SpeechError, match=f"3 expression coefficients.*{data.expression_dim}"):
+        split_expressions(other, data, "val")
+
+
+def test_load_speech_model_names_the_file_of_a_bad_config(small, tmp_path):
+    _, _, _, model = small
+    out = save_speech_model(tmp_path / "speech.pt", model)
+    data = torch.load(out, weights_only=True)
+    data["config"]["calibrate"] = 1  # refused by SpeechConfig (a ConfigError, not a TypeError)
+    torch.save(data, tmp_path / "bad.pt")
+    with pytest.raises(SpeechError, match="bad.pt"):
+        load_speech_model(tmp_path / "bad.pt")
