@@ -396,6 +396,20 @@ def _open_run(run: Path, render_steps: Optional[int] = None):
     return cfg, model, meta
 
 
+def _not_personalised(run: Path, meta: dict, names: Sequence[str]) -> Optional[str]:
+    """A note when identities ``names`` are rendered from a personalisation's run that neither added nor fine-tuned
+    them: the shared weights were fine-tuned for other people (the procedural heads' `val` frames lose 6-7 dB), so
+    they render as their generic run had them only from that run. None otherwise (or for checkpoints that do not
+    record whom they personalised)."""
+    own = meta.get("added", []) + meta.get("refined", [])
+    others = [n for n in names if n not in own]
+    if meta.get("kind") != "personalize" or not own or not others:
+        return None
+    source = f" ({meta['generic_run']})" if meta.get("generic_run") else ""
+    return (f"{run} was personalised for {', '.join(own)}: {', '.join(others)} render worse from it than from the "
+            f"generic run it started from{source}, since the shared weights were fine-tuned for the others")
+
+
 _RENDER_STEPS_HELP = ("ray-marching steps across the head box (default: the run's model.eval_render_steps, 256 in the cpu "
                       "and video presets); 128 renders about twice as fast and a little softer (-0.06 dB on the real "
                       "clips)")
@@ -477,6 +491,9 @@ def _run_render(args: argparse.Namespace) -> int:
     console = _console()
     _, model, meta = _open_run(args.run, args.render_steps)
     identity_id(model, args.identity)  # fail early, naming the identity
+    note = _not_personalised(args.run, meta, [args.identity])
+    if note:
+        console.print(f"[yellow]note[/yellow] {note}", highlight=False)
     target = load_target(args.target_data or meta["data_paths"], args.identity)
     speech_dir = None
     if args.orbit:
@@ -609,6 +626,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     with_train = args.split != "train" and all("train" in identity_splits(d) for d in dirs)
     data = load_dataset(dirs, splits=("train", args.split) if with_train else (args.split,))
     model = _model_per_identity(runs, data.identities)  # fails before any rendering, naming the identity
+    for run, m, meta in runs:
+        note = _not_personalised(run, meta, [n for n in data.identities if model[n] is m])
+        if note:
+            console.print(f"[yellow]note[/yellow] {note}", highlight=False)
     expressions, driven = None, None
     if args.speech is not None:
         from .speech import load_speech_model, split_expressions
@@ -636,7 +657,9 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _model_per_identity(runs, names: Sequence[str]) -> dict:
     """``{identity: model}`` for eval over runs ``(folder, model, meta)``: the run that fine-tuned the
-    identity (``personalize`` on a known identity), else the first run that knows it; a RenderError naming the
+    identity (``personalize`` on a known identity), else the first generic run that knows it or personalisation that
+    added it (a personalisation's shared weights were fine-tuned for its own people), else the first run that knows
+    it; a RenderError naming the
     identity when none does, or when two runs fine-tuned it."""
     from .render import RenderError
 
@@ -645,12 +668,13 @@ def _model_per_identity(runs, names: Sequence[str]) -> dict:
         tuned = [(run, model) for run, model, meta in runs if name in meta["refined"]]
         if len(tuned) > 1:
             raise RenderError(f"identity '{name}' was fine-tuned by several runs: {[str(r) for r, _ in tuned]}; give one")
-        knows = tuned or [(run, model) for run, model, meta in runs if name in meta["identity_names"]]
+        knows = [(run, model, meta) for run, model, meta in runs if name in meta["identity_names"]]
         if not knows:
             known = sorted({n for _, _, meta in runs for n in meta["identity_names"]})
             raise RenderError(f"unknown identity '{name}': none of the runs {[str(r) for r, _, _ in runs]} knows it "
                               f"(they know {known})")
-        chosen[name] = knows[0][1]
+        own = [(run, model) for run, model, meta in knows if meta["kind"] == "train" or name in meta["added"]]
+        chosen[name] = (tuned or own or [(run, model) for run, model, _ in knows])[0][1]
     return chosen
 
 
@@ -890,7 +914,7 @@ def run_info(run: Path) -> dict:
                 expression_dim=meta["expression_dim"], expression_space=meta["expression_space"],
                 conditioning=cfg.model.field.conditioning, parameters=sum(p.numel() for p in model.parameters()),
                 checkpoint_bytes=Path(meta["checkpoint"]).stat().st_size, data_paths=meta["data_paths"],
-                refined=meta["refined"])
+                refined=meta["refined"], added=meta["added"], generic_run=meta["generic_run"])
     speech = Path(meta["checkpoint"]).parent / "speech.pt"
     if speech.is_file():
         from .speech import load_speech_model
@@ -931,6 +955,10 @@ def _run_info(args: argparse.Namespace) -> int:
     ]
     if info["refined"]:
         rows.append(("fine-tuned for", ", ".join(info["refined"])))
+    if info["added"]:
+        rows.append(("added (personalised)", ", ".join(info["added"])))
+    if info["generic_run"]:
+        rows.append(("started from", info["generic_run"]))
     sp = info.get("speech")
     if sp:
         h = sp["held_out"]

@@ -179,7 +179,9 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     The metadata dict holds ``identity_names`` (I,), ``expression_dim`` E, ``expression_space`` (of the training
     data, None when unknown), ``data_paths`` (the folders it was
     trained on), ``step``, ``seconds``, ``kind`` ("train" or "personalize"), ``refined`` (the identities a
-    personalisation fine-tuned, else empty), ``frame_identity`` (B,) and ``checkpoint`` (the file).
+    personalisation fine-tuned, else empty), ``added`` (the new identities a personalisation added, else empty),
+    ``generic_run`` (the run a personalisation started from, else None), ``frame_identity`` (B,) and ``checkpoint``
+    (the file).
     """
     run = Path(run_dir)
     path = run / CHECKPOINT_NAME if run.is_dir() or not run.suffix else run
@@ -202,6 +204,8 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
         seconds=float(data.get("seconds", 0.0)),
         kind=str(data.get("kind", "train")),
         refined=[str(n) for n in data.get("refined", [])],
+        added=[str(n) for n in data.get("added", [])],
+        generic_run=data.get("generic_run"),
         frame_identity=model.frame_identity.clone(),
         checkpoint=path,
     )
@@ -837,7 +841,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     expression_space=model.expression_space,
                     data_paths=list(meta["data_paths"]) + ([] if known else paths), generic_run=str(generic_run),
-                    refined=list(dataset.identities) if known else [],
+                    refined=list(dataset.identities) if known else [], added=[] if known else list(dataset.identities),
                     model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
                     ema=average.state_dict() if average is not None else None)

@@ -287,6 +287,32 @@ def test_cli_info_describes_a_run(tiny, tmp_path, capsys):
     assert "fine-tuned for │ id001" in " ".join(capsys.readouterr().out.split())
 
 
+def test_cli_says_when_a_personalised_run_renders_someone_it_was_not_personalised_for(tiny, tmp_path, capsys):
+    # A run that added id002 to the generic model fine-tuned the shared weights for id002: id000 renders from it
+    # worse than from the generic run (6-7 dB on the procedural heads' val frames), which render and eval say.
+    root, dirs = tiny
+    pers = tmp_path / "pers"
+    assert main(["personalize", "--run", str(root / "run"), "--data", str(dirs[2]), "--out", str(pers), "--steps", "2"]) == 0
+    meta = load_run(pers)[2]
+    assert meta["added"] == ["id002"] and meta["refined"] == [] and meta["generic_run"] == str(root / "run")
+    capsys.readouterr()
+    assert main(["info", str(pers)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "added (personalised) │ id002" in out and f"started from │ {root / 'run'}" in out
+    for who, noted in (("id000", True), ("id002", False)):
+        assert main(["render", "--run", str(pers), "--identity", who, "--orbit", "--frames", "1",
+                     "--out", str(tmp_path / f"{who}.mp4")]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert ("personalised for id002: id000 render worse" in out) == noted, out
+    assert main(["eval", "--run", str(pers), "--data", str(dirs[0]), str(dirs[2]), "--split", "val"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "personalised for id002: id000 render worse" in out and str(root / "run") in out
+    # with the generic run beside it (after it or before), eval takes id000 from the generic run: nothing to say
+    for order in ((root / "run", pers), (pers, root / "run")):
+        assert main(["eval", "--run", *map(str, order), "--data", str(dirs[0]), str(dirs[2]), "--split", "val"]) == 0
+        assert "render worse" not in capsys.readouterr().out
+
+
 def test_cli_fine_tunes_each_identity_and_scores_each_with_its_own_run(tiny, tmp_path, capsys):
     # MI-NeRF's workflow: a generic run, one fine-tuned run per person, every person scored by their own run.
     root, dirs = tiny
