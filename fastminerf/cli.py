@@ -937,9 +937,11 @@ def _run_info(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
+    from .data.writer import json_ready
+
     info = run_info(args.run)
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(json.dumps(json_ready(info), indent=1, allow_nan=False))
         return 0
     table = Table(title=f"{args.run} ({info['kind']})", show_header=False)
     table.add_column("what", style="bold")

@@ -26,7 +26,6 @@ training and personalisation, each with the preset's own schedule (warm-up, logg
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +123,7 @@ def run_demo(
     from .config import load_config
     from .data import load_dataset
     from .data.synth import contact_sheet, generate
+    from .data.writer import write_json
     from .render import drive_path, evaluate, render_video
     from .train import load_run, personalize, train
 
@@ -213,5 +213,5 @@ def run_demo(
         held_out=held_out, driver=driver, generic_run=str(generic), personal_run=str(personal), video=str(result.video),
         video_frames=video.n_frames, contact_sheet=str(sheet), seconds=seconds, metrics=metrics,
     )
-    (out / "demo.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "demo.json", summary)
     return result

@@ -27,7 +27,6 @@ Dimension letters: N rays, B frames, E expression size, H x W image size.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from .audio import Audio, frame_soundtrack, identity_audio, read_wav, write_wav
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
+from .data.writer import write_json
 from .metrics import (LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status, psnr,
                       rotation_gap_deg, ssim)
 
@@ -1190,7 +1190,7 @@ def evaluate(
         ``{"split", "expressions", "frames", "metrics": [...], "lpips": status text, "lmd": status text, "identities": {name:
         {"frames", "psnr", "ssim", "l1"[, "lpips"][, "face_psnr"][, "mouth_psnr", "eye_psnr", "lmd", "ear_error", "lmd_frames"]
         [, "landmark_depth"][, "pose_gap"]}},
-        "mean": {...}}`` (a metric without any frame of an identity is NaN there; the mean skips it). ``landmark_depth`` (where the dataset has
+        "mean": {...}}`` (a metric without any frame of an identity is NaN there, null in metrics.json; the mean skips it). ``landmark_depth`` (where the dataset has
         ``landmarks.npz``) is the median distance in head units between the rendered depth and the tracked
         landmarks along rays through them: whether the geometry sits where the face is (NaN for identities
         without landmarks; the mean skips them). ``pose_gap`` (where ``dataset`` has its ``train`` split loaded)
@@ -1298,5 +1298,5 @@ def evaluate(
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=1))
+        write_json(out / "metrics.json", result)
     return result

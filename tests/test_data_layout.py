@@ -437,3 +437,21 @@ def test_data_config_fields_are_the_keywords_of_load_dataset(synth_root: Path):
         assert params[f.name].default == getattr(DataConfig(), f.name)
     data = load_dataset(synth_root, **asdict(DataConfig(splits=("val",), cache_frames=3)))
     assert data.splits == ("val",) and data.cache.max_items == 3
+
+
+def test_json_files_hold_null_where_a_float_is_not_finite(tmp_path):
+    # metrics.json, demo.json, log.jsonl and `info --json` are read by other tools: Python writes NaN / Infinity,
+    # which strict JSON parsers refuse; they are written as null.
+    import math
+
+    from fastminerf.data.writer import json_ready, write_json
+
+    data = {"lmd": float("nan"), "psnr": float("inf"), "ok": 1.5, "rows": [float("-inf"), 2, "x", (3.0, math.nan)]}
+    path = write_json(tmp_path / "m.json", data)
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"lmd": None, "psnr": None, "ok": 1.5,
+                                                                   "rows": [None, 2, "x", [3.0, None]]}
+    assert json_ready(data)["ok"] == 1.5 and math.isnan(data["lmd"])  # the data itself is left as it was

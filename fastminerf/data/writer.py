@@ -16,7 +16,7 @@ import numpy as np
 
 from .layout import LANDMARKS_FILE
 
-__all__ = ["frame_record", "write_json", "write_landmarks", "write_png", "write_transforms"]
+__all__ = ["frame_record", "json_ready", "write_json", "write_landmarks", "write_png", "write_transforms"]
 
 PathLike = Union[str, Path]
 
@@ -29,11 +29,24 @@ def write_png(path: PathLike, img: np.ndarray, level: int = 1) -> None:
     iio.imwrite(path, np.ascontiguousarray(img), plugin="pillow", extension=".png", compress_level=level)
 
 
+def json_ready(data: object) -> object:
+    """``data`` with every float that is not finite (NaN, +-inf) replaced by None: Python's ``json`` writes them as
+    ``NaN`` / ``Infinity``, which strict JSON readers (jq, JavaScript, most other languages) refuse."""
+    if isinstance(data, float):
+        return data if np.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_ready(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_ready(v) for v in data]
+    return data
+
+
 def write_json(path: PathLike, data: object, indent: Optional[int] = 1) -> Path:
-    """Write ``data`` as JSON atomically: to ``<path>.tmp``, then renamed over ``path``."""
+    """Write ``data`` as JSON atomically: to ``<path>.tmp``, then renamed over ``path``; floats that are not finite
+    as ``null`` (:func:`json_ready`)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=indent))
+    tmp.write_text(json.dumps(json_ready(data), indent=indent, allow_nan=False))
     os.replace(tmp, path)
     return path
 
