@@ -1,4 +1,6 @@
-"""Defects found reviewing the data layer: each test failed before its fix."""
+"""Edge cases of the data layer: identities of very different lengths balanced, error maps whose cells are not a
+whole number of pixels, frames in palette PNGs and CMYK JPEGs, bad ``frame_index`` and ``bbox`` values, face boxes at
+the image border."""
 
 from __future__ import annotations
 

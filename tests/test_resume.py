@@ -1,5 +1,5 @@
-"""Resuming and personalising with data or settings that changed since the checkpoint: refused naming the file, or
-honoured (tiny preset, seconds each)."""
+"""Resuming and personalising with data, settings or devices that changed since the checkpoint: refused naming the
+file, or honoured; checkpoints written whole or not at all (tiny preset, seconds each)."""
 from __future__ import annotations
 
 import copy
