@@ -16,14 +16,14 @@ from fastminerf.data.synth import generate
 
 @pytest.fixture(scope="module")
 def heads(tmp_path_factory):
-    root = tmp_path_factory.mktemp("review_heads")
+    root = tmp_path_factory.mktemp("resume_heads")
     generate(root, n_identities=4, n_frames=8, size=20, seed=3, novel_frames=1)
     return sorted(p for p in root.iterdir() if p.is_dir())
 
 
 @pytest.fixture(scope="module")
 def generic(heads, tmp_path_factory):
-    run = tmp_path_factory.mktemp("review_generic")
+    run = tmp_path_factory.mktemp("resume_generic")
     train(load_config("tiny", ["train.steps=4"]), heads[:2], run)
     return run
 

@@ -87,7 +87,7 @@ def test_train_speech_names_a_split_the_clips_do_not_have():
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("speech_review")
+    root = tmp_path_factory.mktemp("speech_edge")
     dirs = generate(root / "data", n_identities=1, n_frames=40, size=16, novel_frames=2, val_fraction=0.5, seed=5)
     data = load_dataset(dirs, splits=("train", "val"))
     from fastminerf.speech import speech_clips
