@@ -4,6 +4,8 @@
 
 #include <torch/types.h>
 
+#include <utility>
+
 #include "fastminerf/occupancy.h"
 #include "op_utils.h"
 
@@ -67,8 +69,11 @@ inline void check_march_inputs(const at::Tensor& origins, const at::Tensor& dire
               "fastminerf: `origins` and `directions` must have shape (N, 3), got ", origins.sizes(), " and ",
               directions.sizes());
   TORCH_CHECK(near.size(0) == n && far.size(0) == n, "fastminerf: `near` and `far` must have shape (N,)");
-  for (const auto* t : {&origins, &directions, &near, &far}) {
-    TORCH_CHECK(t->scalar_type() == at::kFloat, "fastminerf: march_rays takes float32 rays, got ", t->scalar_type());
+  const std::pair<const at::Tensor*, const char*> rays[] = {
+      {&origins, "origins"}, {&directions, "directions"}, {&near, "near"}, {&far, "far"}};
+  for (const auto& [t, name] : rays) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat, "fastminerf: `", name, "` must be float32 (march_rays takes float32 "
+                "rays), got ", t->scalar_type());
   }
   TORCH_CHECK(bitfield.scalar_type() == at::kByte && bitfield.size(0) == g.levels &&
                   bitfield.size(1) == g.bytes_per_level,

@@ -158,6 +158,17 @@ int main() {
     CHECK(t0.front() == 1.0f && t1.back() == 3.0f);
     std::vector<uint8_t> empty(size_t(g.bytes_per_level), 0);
     CHECK(march_ray(g, mp, empty.data(), o, up, 0.f, 1e10f, Nothing()) == 0);
+    // Non-finite near plane, origin or direction: nothing (these walks used to never end).
+    const float o_inf[3] = {INFINITY, 0.f, -2.f}, o_nan[3] = {0.f, NAN, -2.f}, up_inf[3] = {0.f, 0.f, INFINITY};
+    CHECK(march_ray(g, mp, full.data(), o, up, -INFINITY, 1e10f, Nothing()) == 0);
+    CHECK(march_ray(g, mp, full.data(), o, up, INFINITY, INFINITY, Nothing()) == 0);
+    CHECK(march_ray(g, mp, full.data(), o_inf, up, 0.f, 1e10f, Nothing()) == 0);
+    CHECK(march_ray(g, mp, full.data(), o_inf, up, 0.f, INFINITY, Nothing()) == 0);
+    CHECK(march_ray(g, mp, full.data(), o_nan, up, 0.f, 1e10f, Nothing()) == 0);
+    CHECK(march_ray(g, mp, full.data(), o, up_inf, -2.f, 1e10f, Nothing()) == 0);
+    const MarchParams cone{0.25f, 0.01f, 0.25f, 0};
+    CHECK(march_ray(g, cone, full.data(), o, up, -INFINITY, 1e10f, Nothing()) == 0);
+    CHECK(march_ray(g, cone, full.data(), o_inf, up, 0.f, 1e10f, Nothing()) == 0);
   }
 
   // EMA rule and bitfield bytes.

@@ -27,8 +27,8 @@ Marching (all float32, each operation rounded once; ``N`` rays, ``S`` samples)::
 The lattice starts at the near plane, so a sample of occupied space sits exactly where uniform sampling with the
 same step puts it, and marching a full grid *is* uniform sampling of the box. At most ``max_samples_per_ray``
 samples per ray (the first ones; ``<= 0``: no cap). The cone walk ends at its first zero-width sample. Rays with
-a zero direction emit nothing. Exact equality of native and reference holds while ``|t| / step < 2**20`` along
-the box (float32 can resolve the lattice there).
+a zero direction, an infinite near plane or a non-finite origin or direction emit nothing. Exact equality of native
+and reference holds while ``|t| / step < 2**20`` along the box (float32 can resolve the lattice there).
 
 Cell of a point (``locate_reference``): ``p = (x - lo) * (R / (hi - lo))`` in the outermost cascade; outside
 unless ``0 <= p < R`` on every axis (half-open box); then, while the cell lies in the central half of its
@@ -333,12 +333,14 @@ def _occupied(points: torch.Tensor, binaries: torch.Tensor, aabbs: AabbsLike, re
 
 
 def _reach(origins: torch.Tensor, directions: torch.Tensor, outer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) ray parameters before and after which no point of the outer box lies: (|o - centre| -+ radius) / |d|
-    with the box's circumscribed sphere grown by 1% (far beyond float32 rounding of o + t d)."""
+    """(N,) ray parameters before and after which no point of the outer box lies: t_c -+ radius / |d|, t_c the
+    parameter of the ray's closest approach to the centre (|o + t d - centre| >= |d| |t - t_c|, negative t
+    included), with the box's circumscribed sphere grown by 1% (far beyond float32 rounding of o + t d)."""
     center = (outer[:3] + outer[3:]) / 2
     radius = float(torch.linalg.norm(outer[3:] - outer[:3]).item()) / 2 * 1.01 + 1e-3
-    dist, length = torch.linalg.norm(origins - center, dim=1), torch.linalg.norm(directions, dim=1)
-    return (dist - radius) / length, (dist + radius) / length
+    length = torch.linalg.norm(directions, dim=1)
+    closest = ((center - origins) * (directions / length[:, None])).sum(dim=1) / length  # |d|^2 may underflow
+    return closest - radius / length, closest + radius / length
 
 
 def _pack(n_rays: int, ray: torch.Tensor, k: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, cap: int) -> RaySamples:

@@ -238,6 +238,13 @@ FMN_HD int64_t march_ray(const GridSpec& g, const MarchParams& mp, const uint8_t
                          const float d[3], float near, float far, Emit&& emit) {
   if (!(near <= far)) return 0;
   if (d[0] == 0.0f && d[1] == 0.0f && d[2] == 0.0f) return 0;  // no direction: no samples
+  // Non-finite values: no samples either (an infinite near plane puts every t_k at itself, zero-width; a non-finite
+  // origin or direction component makes every x_k non-finite, outside the grid). Without this the walk would never
+  // end: it cannot advance from near = -inf, and an infinite origin makes the box padding infinite.
+  if (!(fabsf(near) < INFINITY)) return 0;
+  for (int a = 0; a < 3; ++a) {
+    if (!(fabsf(o[a]) < INFINITY && fabsf(d[a]) < INFINITY)) return 0;
+  }
   float t_in, t_out;
   if (!padded_box_range(g, o, d, t_in, t_out)) return 0;
   const float t_limit = fmn_min(far, t_out);

@@ -1,0 +1,106 @@
+"""Edge cases of the native ops and their pure-PyTorch references: rays with a negative near plane or non-finite
+values, a hash grid of base resolution 1, arguments of the wrong dtype named."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastminerf.ops.hash_grid import hash_encode, hash_grid_levels
+from fastminerf.ops.occupancy import cascade_aabbs, march_rays, pack_bitfield
+
+ROI = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("cone", [0.0, 0.01])
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_march_with_a_negative_near_plane_samples_the_box_behind_the_origin(backend, cone):
+    """The lattice t_k = near + k step starts at any near plane, negative ones included: a box behind the origin
+    (t < 0) is sampled like one in front. The reference used to bound t by |o - centre| -+ radius, which holds for
+    t >= 0 only, and dropped these samples."""
+    aabbs = cascade_aabbs(ROI, 1)
+    bits = pack_bitfield(torch.ones(8**3), 0.5, 1)
+    # Along +x from x = 3: the box x in [-1, 1) is at t in [-4, -2). Midpoints -4.95 + 0.1k (fixed step).
+    o = torch.tensor([[3.0, 0.1, 0.2], [0.0, 0.1, -3.0]])
+    d = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    kw = dict(near=-5.0, far=10.0, step_size=0.1, cone_angle=cone, max_step_size=0.1)
+    s = march_rays(o, d, bits, aabbs, 8, backend=backend, **kw)
+    assert s.counts.tolist() == [20, 20]
+    mid = (s.t_starts + s.t_ends) * 0.5
+    assert bool((mid[:20] >= -4.0).all() and (mid[:20] < -2.0).all())
+    other = march_rays(o, d, bits, aabbs, 8, backend="torch" if backend == "native" else "native", **kw)
+    for x, y in zip(s, other):
+        assert torch.equal(x, y)
+
+
+# A ray with a non-finite near plane, origin or direction has no sample in the grid (every lattice point is -inf, or
+# every x_k is non-finite, hence outside). The native walk used to loop forever on these: the lattice never advances
+# from -inf, and an infinite origin grew the box padding to infinity, so it stepped through every sample up to `far`.
+# The second ray of each case is an ordinary one (200 samples). Run in a child process so that a hang fails the test instead of the whole run.
+NON_FINITE_RAYS = {
+    "near -inf": "o, d, kw = [[0.0, 0.0, -3.0]], [[0.0, 0.0, 1.0]], dict(near=torch.tensor([-math.inf, 0.0]))",
+    "near -inf, cone": "o, d, kw = [[0.0, 0.0, -3.0]], [[0.0, 0.0, 1.0]], dict(near=torch.tensor([-math.inf, 0.0]), cone_angle=0.01, max_step_size=0.01)",
+    "origin inf": "o, d, kw = [[math.inf, 0.0, -3.0]], [[0.0, 0.0, 1.0]], dict()",
+    "origin inf, cone": "o, d, kw = [[math.inf, 0.0, -3.0]], [[0.0, 0.0, 1.0]], dict(cone_angle=0.01, max_step_size=0.01)",
+    "origin -inf, far inf": "o, d, kw = [[0.0, -math.inf, 0.5]], [[0.0, 0.0, 1.0]], dict(far=torch.tensor([math.inf, 1e10]))",
+    "direction inf": "o, d, kw = [[0.0, 0.0, -3.0]], [[0.0, 0.0, math.inf]], dict(near=torch.tensor([-2.0, 0.0]))",
+}
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("case", sorted(NON_FINITE_RAYS))
+def test_march_rays_with_non_finite_values_give_no_samples(case):
+    code = f"""
+import math, torch
+from fastminerf.ops.hash_grid import hash_encode, hash_grid_levels
+from fastminerf.ops.occupancy import cascade_aabbs, march_rays, pack_bitfield
+aabbs = cascade_aabbs({ROI!r}, 1)
+bits = pack_bitfield(torch.ones(8**3), 0.5, 1)
+{NON_FINITE_RAYS[case]}
+o, d = torch.tensor(o + [[0.0, 0.0, -3.0]]), torch.tensor(d + [[0.0, 0.0, 1.0]])
+for backend in ("native", "torch"):
+    s = march_rays(o, d, bits, aabbs, 8, step_size=0.01, backend=backend, **kw)
+    print(backend, s.counts.tolist())
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__import__("fastminerf").__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"march_rays did not return for {case}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["native [0, 200]", "torch [0, 200]"]
+
+
+@pytest.mark.native
+def test_hash_grid_with_base_resolution_one_runs_natively(generator):
+    """hash_grid_levels accepts base_resolution=1 (as tiny-cuda-nn): level 0 then has scale 0 and resolution 1, which
+    the reference encodes; the native op used to refuse any level resolution below 2."""
+    levels = hash_grid_levels(n_levels=3, n_features_per_level=2, log2_hashmap_size=8, base_resolution=1,
+                              per_level_scale=2.0)
+    assert levels.resolutions[0] == 1
+    points = torch.rand(100, 3, generator=generator, dtype=torch.float64).requires_grad_()
+    table = torch.randn(levels.n_rows, 2, generator=generator, dtype=torch.float64).requires_grad_()
+    native = hash_encode(points, table, levels, backend="native")
+    reference = hash_encode(points, table, levels, backend="torch")
+    torch.testing.assert_close(native, reference)
+    grad = torch.randn(native.shape, generator=generator, dtype=torch.float64)
+    g_native = torch.autograd.grad(native, (points, table), grad)
+    g_reference = torch.autograd.grad(reference, (points, table), grad)
+    for a, b in zip(g_native, g_reference):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("name", ["origins", "directions", "near", "far"])
+def test_native_march_names_the_argument_of_the_wrong_dtype(name):
+    aabbs = [float(v) for v in cascade_aabbs(ROI, 1).reshape(-1).tolist()]
+    args = dict(origins=torch.zeros(2, 3), directions=torch.ones(2, 3), near=torch.zeros(2), far=torch.ones(2))
+    args[name] = args[name].double()
+    bits = torch.zeros(1, 64, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match=f"`{name}` must be float32"):
+        torch.ops.fastminerf.march_rays(*args.values(), bits, aabbs, [8, 8, 8], 0.01, 0.0, 1e10, 0)
