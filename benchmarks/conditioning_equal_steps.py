@@ -19,7 +19,9 @@ names another file, for a variant's runs).
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -27,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
+from benchmarks.common import add_overrides, machine, torch_threads, write_result  # noqa: E402
 from benchmarks.train_targets import evaluate  # noqa: E402
 from fastminerf import load_config, load_run, train  # noqa: E402
 from fastminerf.data.synth import generate  # noqa: E402
@@ -67,15 +69,21 @@ def main(argv=None) -> int:
     add_overrides(ap, "the cpu preset in both runs", "conditioning_equal_steps[_<N>ids]")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fm_cond_"))
-    where = machine()  # at the start: the commit that runs, not the one checked out when it ends
+    with torch_threads(args.threads):  # the runs' thread count (train.threads), not the caller's
+        where = machine()  # at the start: the commit that runs, not the one checked out when it ends
     rows = []
     for style in args.styles:
         for seed in args.seeds:
             data = work / (f"synth_n{args.identities}_s{style:g}_seed{seed}"
                            + ("" if args.novel_poses == "own" else f"_novel{args.novel_poses}"))
-            if not (data / "synth.json").exists():
-                generate(data, n_identities=args.identities, n_frames=args.frames, size=args.size, seed=seed,
-                         expression_style=style, novel_poses=args.novel_poses, overwrite=True)
+            wanted = dict(n_identities=args.identities, n_frames=args.frames, size=args.size, seed=seed,
+                          expression_style=style, novel_poses=args.novel_poses)
+            stamp = data / "synth.json"
+            have = json.loads(stamp.read_text()).get("settings", {}) if stamp.exists() else {}
+            if any(have.get(k) != v for k, v in wanted.items()):  # a --work dataset of other sizes is made again,
+                generate(data, **wanted, overwrite=True)  # and the runs on the old one are not resumed
+                for cond in CONDITIONINGS:
+                    shutil.rmtree(work / f"{data.name.replace('synth', 'run', 1)}_{cond}", ignore_errors=True)
             ids = sorted(p for p in data.iterdir() if p.is_dir())
             row = dict(style=style, seed=seed)
             for cond in CONDITIONINGS:

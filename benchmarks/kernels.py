@@ -45,12 +45,15 @@ def bench_hash_encoding(quick: bool) -> dict:
         with torch.no_grad():
             hash_encode(points, table, levels, backend="native")
 
-    # The lower bound: gather the very rows the encoding reads (L * N * 8 rows of F floats), level by level.
+    # The lower bound: gather the very rows the encoding reads (L * N * 8 rows of F floats), into a buffer allocated
+    # once: a fresh (L * N * 8, F) tensor a call (268 MB at full size, 8x the encoding's output) made the "bound" time
+    # the allocator and page faults, slower than the native forward that reads the same rows.
     rows = hash_grid_rows(points, levels).reshape(-1)
     plain = table.detach()
+    gathered = torch.empty(rows.numel(), plain.shape[1], dtype=plain.dtype)
 
     def gather():
-        plain.index_select(0, rows)
+        torch.index_select(plain, 0, rows, out=gathered)
 
     t_native = timeit(fwd_bwd("native"), repeats=repeats)
     t_fwd = timeit(fwd_only, repeats=repeats)

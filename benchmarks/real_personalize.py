@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
+from benchmarks.common import add_overrides, machine, torch_threads, write_result  # noqa: E402
 from benchmarks.real_clips import prepared_root  # noqa: E402
 
 
@@ -53,7 +53,8 @@ def main() -> int:
     from fastminerf.render import evaluate
     from fastminerf.train import load_run, personalize, train
 
-    where = machine()  # at the start: the commit that runs
+    with torch_threads(args.threads):  # the runs' thread count (train.threads), not the caller's
+        where = machine()  # at the start: the commit that runs
     root = prepared_root(args.data, args.work, 256)
     if root is None:
         return 1
