@@ -3,8 +3,8 @@
     python benchmarks/real_clips.py [--work /tmp/fastminerf_real] [--minutes 15] [--clips 9] [--size 256]
 
 1. ``fastminerf.prepare.prepare`` turns the clips of ``../shared/data/real`` (or ``$FASTMINERF_REAL_DATA``) into
-   ``WORK/data`` at ``--size`` px (first ``--max-frames`` frames of each; resumes when already there). The last
-   10 % of each clip is ``val``, the last 10 % ``test`` (never trained on).
+   ``WORK/data`` at ``--size`` px (first ``--max-frames`` frames of each; resumes when already there). Of each
+   clip's frames the last 10 % are ``test`` and the 10 % before them ``val`` (``--val-fraction``), neither trained on.
 2. ``fastminerf.train.train`` trains ONE generic model on every clip's ``train`` split, ``--config`` preset (default ``video``: ``cpu`` plus the torso layer), for
    ``--minutes`` of training time; the learning-rate schedule spans ``--steps`` (default: the preset's steps per
    its time budget, scaled to ``--minutes``); ``--set key=value`` overrides the preset. Resumes when ``WORK/run`` holds a checkpoint of the same settings.
@@ -128,7 +128,7 @@ def main() -> int:
     ap.add_argument("--finetune-seconds", type=float, default=0.0,
                     help="fine-tune each clip alone for this many seconds after a generic phase that gets the rest of "
                          "--minutes (0: the generic model only)")
-    ap.add_argument("--quick", action="store_true", help="a smoke run: results to real_clips_quick.json")
+    ap.add_argument("--quick", action="store_true", help="results to real_clips_quick.json (ignored by git) instead, for a smoke run with a short --minutes")
     args = ap.parse_args()
 
     from fastminerf.config import PrepareConfig, load_config
