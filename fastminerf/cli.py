@@ -293,8 +293,9 @@ class _TrainProgress:
         self.bar.update(self.task, completed=step, stats=stats, left=f"{left:.0f}s")
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps (overrides train.steps)")
+def _add_run_options(p: argparse.ArgumentParser, steps_key: str = "train.steps") -> None:
+    """``--steps`` (which sets ``steps_key``: personalize reads ``train.personalize_steps``) and ``--max-seconds``."""
+    p.add_argument("--steps", type=int, default=None, help=f"optimisation steps (overrides {steps_key})")
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this many training seconds")
 
 
@@ -349,7 +350,7 @@ def _add_personalize(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--each", action="store_true",
                    help="one run per identity of --data, in OUT/<identity>, each fine-tuned or personalised alone "
                         "(--steps and --max-seconds apply to each); score them together with eval --run OUT/*")
-    _add_run_options(p)
+    _add_run_options(p, "the generic run's train.personalize_steps")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change a train/sampler/data setting of the generic run for this personalisation, e.g. "
                    "--set train.personalize_tune=all (repeatable)")
@@ -488,6 +489,8 @@ def _run_render(args: argparse.Namespace) -> int:
 
     if args.frames is not None and args.frames < 1:  # an orbit would otherwise take 0 for its default of 60
         raise RenderError(f"--frames must be at least 1, got {args.frames}")
+    if args.fps is not None and not args.fps > 0:  # ffmpeg wrote 0 as 16 fps, and failed on a negative rate at the end
+        raise RenderError(f"--fps must be positive, got {args.fps:g}")
     console = _console()
     _, model, meta = _open_run(args.run, args.render_steps)
     identity_id(model, args.identity)  # fail early, naming the identity
@@ -614,8 +617,10 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .data.layout import DatasetError, find_identity_dirs, identity_splits
-    from .render import evaluate
+    from .render import RenderError, evaluate
 
+    if args.max_frames is not None and args.max_frames < 1:  # [:0] evaluated nothing, [:-1] all but the last frame
+        raise RenderError(f"--max-frames must be at least 1, got {args.max_frames}")
     console = _console()
     runs = [(run, *_open_run(run, args.render_steps)[1:]) for run in args.run]
     dirs = find_identity_dirs(args.data)
@@ -813,6 +818,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_speech(sub: "argparse._SubParsersAction") -> None:
+    from .config import SpeechConfig
+
     p = sub.add_parser(
         "speech",
         help="learn a mapping from speech to expressions (lip sync) from prepared videos with sound",
@@ -828,8 +835,7 @@ def _add_speech(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--out", type=Path, default=None, help="the model file (default RUN/speech.pt; required with --data)")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the config's, 1500)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a SpeechConfig field (context, width, hidden, dropout, steps, batch, lr, noise, jitter, "
-                        "smooth, calibrate, block, seed); repeatable")
+                   help=f"a SpeechConfig field ({', '.join(f.name for f in fields(SpeechConfig))}); repeatable")
     p.set_defaults(func=_run_speech)
 
 

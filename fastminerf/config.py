@@ -57,7 +57,8 @@ class DataConfig:
     """How a dataset in the shared layout is read (keywords of ``load_dataset``)."""
 
     splits: Tuple[str, ...] = ("train",)
-    """Splits to load; each names a ``transforms_<split>.json`` that every identity folder must have."""
+    """Splits to load; each names a ``transforms_<split>.json`` that every identity folder must have. A run's
+    config holds ``train`` only: training and personalisation read that split (other values are refused)."""
 
     cache_frames: Optional[int] = 4096
     """Most decoded frames (images and masks) kept in memory at once; ``None`` for no count limit."""
@@ -430,6 +431,13 @@ class FieldConfig:
     backend: str = "auto"
     """Backend of the hash encoding and the fused heads (``fastminerf.backend``): auto, native, torch, tcnn."""
 
+    def __post_init__(self) -> None:
+        # values the field's own checks miss: they crash deep in the grid or the heads without naming the key
+        # (ZeroDivisionError, RuntimeError), which the command line shows as a traceback
+        for key, least in (("base_resolution", 1), ("hidden_dim", 1), ("frame_code_dim", 0)):
+            if int(getattr(self, key)) < least:
+                raise ConfigError(f"model.field.{key} must be >= {least}, got {getattr(self, key)}")
+
 
 @dataclass(frozen=True)
 class TorsoConfig:
@@ -588,6 +596,14 @@ class ModelConfig:
     chunk_rays: int = 8192
     """Rays rendered at once without gradients (inference); bounds memory, does not change pixels."""
 
+    def __post_init__(self) -> None:
+        for key in ("render_steps", "occ_update_every"):  # a ZeroDivisionError when the model is built / at step 0
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        stages = [int(k) for k in self.prune_stages]  # out of order, a stage counts densities of an earlier one twice
+        if any(k < 1 for k in stages) or any(b <= a for a, b in zip(stages, stages[1:])):
+            raise ConfigError(f"model.prune_stages must be increasing positive sample positions, got {list(stages)}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -689,6 +705,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if int(self.log_every) < 1:  # the loop logs every log_every-th step (step % log_every)
             raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
+        for key in ("steps", "personalize_steps"):  # fewer than 0 trained none and wrote the run as trained
+            if int(getattr(self, key)) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if not float(self.lr_final_factor) >= 0:  # a negative base to a fractional power: a complex learning rate
+            raise ConfigError(f"train.lr_final_factor must be >= 0, got {self.lr_final_factor}")
+        if self.threads is not None and int(self.threads) < 0:  # 0, like None, leaves torch's default
+            raise ConfigError(f"train.threads must be >= 0 or None, got {self.threads}")
 
 
 @dataclass(frozen=True)
@@ -770,6 +793,8 @@ def _coerce(value, typ, key: str):
     if typ is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):  # YAML reads 1 and 0 as integers, never as the strings below
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -785,6 +810,13 @@ def _coerce(value, typ, key: str):
                 return int(value)
             except ValueError:
                 pass
+            try:  # YAML 1.1 reads 1e4 (no dot) as a string, where 1.0e4 is a float, accepted above
+                number = float(value)
+            except ValueError:
+                pass
+            else:
+                if number.is_integer():
+                    return int(number)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if typ is float:
         if isinstance(value, bool):
@@ -794,6 +826,8 @@ def _coerce(value, typ, key: str):
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if typ is str:
+        if value is None or isinstance(value, (list, tuple, dict)):  # str() would make a key left empty "None"
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{key}: unsupported type {typ}")
 
@@ -818,7 +852,7 @@ def config_from_dict(data: dict, base=None, cls=None, prefix: str = ""):
     if data is None:
         return base
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = _hints(cls)
     names = {f.name for f in _fields(cls)}
     changes = {}
@@ -856,7 +890,23 @@ def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
         node[parts[-1]] = value
         if key not in _all_keys(RunConfig):
             raise _unknown(key, _all_keys(RunConfig))
-        cfg = config_from_dict(nested, cfg)
+        cfg = check_run(config_from_dict(nested, cfg))
+    return cfg
+
+
+PERSONALIZE_TUNES = ("grid", "all")
+"""The values of ``train.personalize_tune``."""
+
+
+def check_run(cfg: "RunConfig") -> "RunConfig":
+    """``cfg``, or a :class:`ConfigError` for a setting that only a later command reads, so that a generic run does
+    not train for minutes before ``personalize`` refuses it. Checked where presets and overrides are read, not in
+    the dataclass: a run saved with such a value still loads (``render``, ``eval``, ``personalize --set``)."""
+    if cfg.train.personalize_tune not in PERSONALIZE_TUNES:
+        raise ConfigError(f"train.personalize_tune must be 'grid' or 'all', got {cfg.train.personalize_tune!r}")
+    if tuple(cfg.data.splits) != ("train",):  # accepted and ignored, it would look like training on the others too
+        raise ConfigError(f"data.splits: a run trains on each identity's 'train' split only, got {list(cfg.data.splits)} "
+                          "(to train on every frame of a video, prepare it with --val-fraction 0)")
     return cfg
 
 
@@ -921,9 +971,13 @@ def _load_preset(name_or_path, chain: Tuple[str, ...]) -> "RunConfig":
         parent = data.pop("extends")
         if isinstance(parent, str) and not Path(parent).is_absolute() and Path(parent).suffix in (".yaml", ".yml"):
             parent = str(path.parent / parent)  # a file next to this one
+        try:  # a parent that is not there: say which file names it (errors inside the parent name the parent)
+            parent = preset_path(parent)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: extends: {exc}") from None
         base = _load_preset(parent, chain + (str(path.resolve()),))
     try:
-        return config_from_dict(data, base=base)
+        return check_run(config_from_dict(data, base=base))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -925,16 +925,13 @@ PERSONALIZE_MAY_SET = ("train.", "sampler.", "data.")
 
 
 def _personalize_config(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
-    from .config import ConfigError, apply_overrides
+    from .config import ConfigError, apply_overrides, check_run
 
     bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(PERSONALIZE_MAY_SET)]
     if bad:
         raise ConfigError(f"personalisation cannot change {bad}: only train.*, sampler.* and data.* settings may "
                           "change (the model is the generic run's)")
-    cfg = apply_overrides(cfg, list(overrides))
-    if cfg.train.personalize_tune not in ("grid", "all"):
-        raise ConfigError(f"train.personalize_tune must be 'grid' or 'all', got {cfg.train.personalize_tune!r}")
-    return cfg
+    return check_run(apply_overrides(cfg, list(overrides)))  # also a saved run's own value, which no override set
 
 
 def _personalize_tuned(cfg: RunConfig, model: MINeRF, field_params: List[torch.nn.Parameter]) -> List[torch.nn.Parameter]:

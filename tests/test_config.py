@@ -1,0 +1,170 @@
+"""Config parsing: ``--set key=value`` typing, presets that extend others, user YAML files with mistakes, and the
+command-line options around them. No training: every test takes well under a second."""
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import pytest
+
+from fastminerf.cli import build_parser, main
+from fastminerf.config import ConfigError, SpeechConfig, dump_config, load_config, parse_config_text
+
+
+# ------------------------------------------------------------------------------------------- presets, files
+
+
+@pytest.mark.parametrize("parent", ["cpuu", "missing.yaml", ""])
+def test_a_missing_parent_preset_names_the_file_that_extends_it(tmp_path, parent):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"extends: {parent}\ntrain:\n  steps: 5\n")
+    with pytest.raises(ConfigError, match="extends") as err:
+        load_config(mine)
+    assert str(mine) in str(err.value)
+
+
+def test_a_string_field_left_empty_in_a_file_names_the_file_and_key(tmp_path):
+    # `conditioning:` with nothing after it is YAML's null, which became the string "None"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: tiny\nmodel:\n  field:\n    conditioning:\n")
+    with pytest.raises(ConfigError, match="model.field.conditioning: expected a string") as err:
+        load_config(mine)
+    assert str(mine) in str(err.value)
+
+
+def test_a_section_given_a_value_names_the_section(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("train: 5\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: train: expected a mapping, got 5"):
+        load_config(mine)
+
+
+# ------------------------------------------------------------------------------------------- --set typing
+
+
+def test_bools_take_1_and_0():
+    # YAML reads 1 and 0 as integers: the strings "1" / "0" the parser accepts never reach it from --set or a file
+    assert load_config("tiny", ["train.ray_jitter=1"]).train.ray_jitter is True
+    assert load_config("cpu", ["train.ray_jitter=0"]).train.ray_jitter is False
+    with pytest.raises(ConfigError, match="train.ray_jitter: expected true or false, got 2"):
+        load_config("tiny", ["train.ray_jitter=2"])
+
+
+def test_bools_take_1_and_0_in_a_file(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: tiny\ntrain:\n  ray_jitter: 1\n")
+    assert load_config(mine).train.ray_jitter is True
+
+
+def test_integers_take_exponent_notation(tmp_path):
+    # YAML 1.1 reads 1e4 (no dot) as a string; 1.0e4 was already accepted as 10000
+    assert load_config("tiny", ["train.steps=1e4"]).train.steps == 10000
+    assert load_config("tiny", ["data.cache_bytes=2e9"]).data.cache_bytes == 2_000_000_000
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: tiny\ntrain:\n  steps: 2e3\n")
+    assert load_config(mine).train.steps == 2000
+    for bad in ("1.5e0", "1e400", "nan"):
+        with pytest.raises(ConfigError, match="train.steps: expected an integer"):
+            load_config("tiny", [f"train.steps={bad}"])
+
+
+@pytest.mark.parametrize("value", ["null", "~", "[cpu]", "{a: 1}"])
+def test_a_string_field_refuses_null_and_collections(value):
+    with pytest.raises(ConfigError, match="train.device: expected a string"):
+        load_config("tiny", [f"train.device={value}"])
+    assert load_config("tiny", ["train.device=cuda:0"]).train.device == "cuda:0"
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("override", [
+    "model.render_steps=0",  # ZeroDivisionError when the model was built
+    "model.occ_update_every=0",  # ZeroDivisionError at the first step
+    "model.field.base_resolution=0",  # ZeroDivisionError in the hash grid
+    "model.field.hidden_dim=0",  # RuntimeError from the fused heads
+    "model.field.frame_code_dim=-1",  # RuntimeError: a tensor of negative size
+    "train.lr_final_factor=-0.1",  # TypeError: a complex learning rate at step 1
+    "train.threads=-1",  # RuntimeError from torch.set_num_threads
+    "train.steps=-5",  # a run of no steps, written as if trained
+    "train.personalize_steps=-1",
+])
+def test_values_that_crash_training_are_refused_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("tiny", [override])
+
+
+def test_a_bad_value_in_a_file_names_the_file_and_key(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: tiny\nmodel:\n  occ_update_every: 0\n")
+    with pytest.raises(ConfigError, match=r"model\.occ_update_every must be >= 1") as err:
+        load_config(mine)
+    assert str(mine) in str(err.value)
+
+
+def test_the_edges_of_the_checked_values_still_load():
+    cfg = load_config("tiny", ["train.steps=0", "train.threads=0", "train.lr_final_factor=0", "model.field.frame_code_dim=0",
+                               "model.render_steps=1", "model.occ_update_every=1", "train.threads=null"])
+    assert cfg.train.steps == 0 and cfg.train.threads is None and cfg.model.field.frame_code_dim == 0
+
+
+def test_an_unknown_personalize_tune_is_refused_before_training(tmp_path):
+    # only personalize checked it: a generic run trained for minutes, then its personalisation failed
+    with pytest.raises(ConfigError, match="train.personalize_tune must be 'grid' or 'all', got 'heads'"):
+        load_config("tiny", ["train.personalize_tune=heads"])
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: tiny\ntrain:\n  personalize_tune: Grid\n")
+    with pytest.raises(ConfigError, match="personalize_tune must be") as err:
+        load_config(mine)
+    assert str(mine) in str(err.value)
+    # a run saved with such a value still loads (render, eval, and personalize with --set can use it)
+    cfg = load_config("tiny")
+    saved = replace(cfg, train=replace(cfg.train, personalize_tune="heads"))
+    assert parse_config_text(dump_config(saved)) == saved
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+
+def _help(command: str) -> str:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return " ".join(sub.choices[command].format_help().split())
+
+
+def test_personalize_steps_help_names_the_key_it_sets():
+    text = _help("personalize")
+    assert "train.personalize_steps" in text and "overrides train.steps" not in text
+    assert "overrides train.steps" in _help("train")
+
+
+def test_speech_set_help_lists_every_field():
+    text = _help("speech")
+    assert all(f.name in text for f in fields(SpeechConfig))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["render", "--identity", "a", "--orbit", "--fps", "0", "--out", "{tmp}/x.mp4"], "--fps must be positive, got 0"),
+    (["render", "--identity", "a", "--orbit", "--fps", "-5", "--out", "{tmp}/x.mp4"], "--fps must be positive, got -5"),
+    (["eval", "--data", "{tmp}", "--split", "val", "--max-frames", "0"], "--max-frames must be at least 1, got 0"),
+    (["eval", "--data", "{tmp}", "--split", "val", "--max-frames", "-1"], "--max-frames must be at least 1, got -1"),
+])
+def test_cli_refuses_counts_and_rates_it_would_ignore(tmp_path, capsys, argv, message):
+    # --fps 0 wrote a 16 fps video, a negative one crashed after rendering every frame; --max-frames -1 left out each
+    # identity's last frame and 0 evaluated nothing. Refused before the run is opened (it does not exist here).
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv[:1] + ["--run", str(tmp_path / "run")] + argv[1:]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("stages", ["[16,4,32]", "[8,8]", "[0,8]"])
+def test_prune_stages_must_increase(stages):
+    # Out of order, a stage counted densities of an earlier one twice when choosing the samples to evaluate.
+    with pytest.raises(ConfigError, match="model.prune_stages must be increasing"):
+        load_config("tiny", [f"model.prune_stages={stages}"])
+    assert load_config("tiny", ["model.prune_stages=[4,16,32]"]).model.prune_stages == (4, 16, 32)
+
+
+def test_a_run_refuses_splits_it_would_not_train_on():
+    # train() reads each identity's train split whatever data.splits says: [train, val] was accepted and ignored.
+    with pytest.raises(ConfigError, match="data.splits: a run trains on each identity's 'train' split only"):
+        load_config("tiny", ["data.splits=[train,val]"])
