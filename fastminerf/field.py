@@ -249,6 +249,8 @@ class MINeRFField(nn.Module):
             raise ValueError(f"model.field.identity_levels_for must be 'all' or 'colour', got {cfg.identity_levels_for!r}")
         self.colour_encoding = None  # identity levels read by the colour head only (identity_levels_for: colour)
         if cfg.identity_levels_for == "colour" and cfg.identity_levels > 0:
+            if cfg.identity_levels > cfg.n_levels:  # would start below base_resolution: refused as with `all`
+                raise ValueError(f"identity_levels must be in 0..n_levels ({cfg.n_levels}), got {cfg.identity_levels}")
             k, scale = cfg.identity_levels, per_level_scale_for(cfg.base_resolution, cfg.finest_resolution, cfg.n_levels)
             self.colour_encoding = HashGridEncoding(
                 n_levels=k, n_features_per_level=cfg.n_features_per_level, log2_hashmap_size=cfg.log2_hashmap_size,

@@ -222,6 +222,11 @@ class MINeRF(nn.Module):
         clash = [n for n in names if n in self.identity_names] or [n for n in names if names.count(n) > 1]
         if clash:
             raise ValueError(f"identities already known or repeated: {sorted(set(clash))}")
+        # checked before anything grows: a refused call leaves the model as it was (not holding the new names without
+        # their frames, which would refuse the corrected call as "already known")
+        fi = torch.as_tensor(frame_identity, dtype=torch.int64, device=self.frame_identity.device).reshape(-1)
+        if fi.numel() and (fi.min() < 0 or fi.max() >= self.num_identities + len(names)):
+            raise ValueError("frame_identity holds an identity id outside the grown model")
         old = self.identity_codes.weight
         start_code = old.mean(0, keepdim=True) if old.shape[0] else old.new_zeros(1, old.shape[1])
         grown = torch.cat([old, start_code.expand(len(names), -1)], 0)
@@ -229,9 +234,6 @@ class MINeRF(nn.Module):
         self.identity_names = self.identity_names + names
         if self.torso is not None:
             self.torso.grow(len(names))
-        fi = torch.as_tensor(frame_identity, dtype=torch.int64, device=self.frame_identity.device).reshape(-1)
-        if fi.numel() and (fi.min() < 0 or fi.max() >= self.num_identities):
-            raise ValueError("frame_identity holds an identity id outside the grown model")
         first = self.frame_identity.numel()
         self.frame_identity = torch.cat([self.frame_identity, fi])
         codes = torch.cat([self.frame_codes.weight, self.frame_codes.weight.new_zeros(fi.numel(), self.frame_codes.weight.shape[1])], 0)
@@ -254,7 +256,7 @@ class MINeRF(nn.Module):
         if frame_code.shape != (identity.shape[0], self.frame_codes.weight.shape[1]):
             raise ValueError(f"frame_code must be (N,) frame indices or (N, {self.frame_codes.weight.shape[1]}) codes, "
                              f"got {tuple(frame_code.shape)}")
-        return frame_code
+        return frame_code.to(self.frame_codes.weight.dtype)  # codes in another dtype: the model's, as the expressions
 
     def _torso_frame_shift(self, identity: torch.Tensor, frame_code: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """(N,) rays' torso shifts (N, 2): their training frame's, or for rays outside training (``frame_code`` None or
@@ -387,8 +389,11 @@ class MINeRF(nn.Module):
             ``cfg.chunk_rays`` (same pixels, bounded memory).
         """
         n = origins.shape[0]
-        if background is None:
-            background = origins.new_zeros(n, 3)
+        # Rays in another floating dtype (camera_rays of a float64 camera) are taken in the model's own, as the
+        # expressions are in condition(): the heads' weights would refuse them.
+        dtype = self.identity_codes.weight.dtype
+        origins, directions, near, far = (t.to(dtype) for t in (origins, directions, near, far))
+        background = origins.new_zeros(n, 3) if background is None else background.to(dtype)
         for name, t, shape in (("directions", directions, (n, 3)), ("near", near, (n,)), ("far", far, (n,)),
                                ("identity", identity, (n,)), ("background", background, (n, 3))):
             if tuple(t.shape) != shape:

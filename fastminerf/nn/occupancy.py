@@ -123,8 +123,11 @@ class OccupancyGrid(nn.Module):
         return torch.cat([cell_points(self.aabbs[level], index, self.resolution) for level in range(self.levels)])
 
     def cell_radius(self, level: int) -> float:
-        """Half the diagonal of a cell of cascade ``level``."""
-        side = (self.aabbs[level, 3:] - self.aabbs[level, :3]) / torch.tensor(self.resolution, dtype=torch.float32)
+        """Half the diagonal of a cell of cascade ``level``. From the host copy of the boxes: a CPU tensor of the
+        resolution against the boxes of a grid on a GPU would be refused as mixing devices (the same float32 values
+        and operations as on the boxes themselves)."""
+        box = torch.tensor(self._aabbs_values[6 * level: 6 * level + 6], dtype=torch.float32)
+        side = (box[3:] - box[:3]) / torch.tensor(self.resolution, dtype=torch.float32)
         return 0.5 * float(torch.linalg.norm(side))
 
     @torch.no_grad()

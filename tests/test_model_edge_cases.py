@@ -1,0 +1,82 @@
+"""Edge cases of the model and its modules: inputs in another dtype, a failed ``add_identities``, a grid off the CPU,
+settings the field cannot honour (no training: a fraction of a second each)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastminerf import MINeRF, load_config
+from fastminerf.nn import OccupancyGrid
+
+DTYPE_TOL = 1e-5
+"""float64 rays rounded to float32 against the same rays made in float32: the same samples, pixels equal up to the
+rounding of the inputs (one float32 ulp of values of order 1)."""
+
+
+def _rays(n: int = 16, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    origins = torch.tensor([[0.0, 0.0, 3.0]]) + 0.2 * torch.randn(n, 3, generator=g)
+    directions = torch.nn.functional.normalize(torch.tensor([[0.0, 0.0, -1.0]]) + 0.1 * torch.randn(n, 3, generator=g), dim=1)
+    near, far = torch.full((n,), 1.0), torch.full((n,), 5.0)
+    background = torch.rand(n, 3, generator=g)
+    codes = torch.randn(n, 4, generator=g)
+    return [t.to(dtype) for t in (origins, directions, near, far, background, codes)]
+
+
+@pytest.mark.parametrize("backbone", ["fast", "nerface"])
+def test_float64_rays_render_as_their_float32_values(backbone):
+    # camera_rays gives float64 rays for a float64 camera (numpy poses): the model takes them in its own dtype
+    # rather than failing inside a head with "mat1 and mat2 must have the same dtype".
+    torch.manual_seed(0)
+    cfg = load_config("tiny", [f"model.backbone={backbone}", "model.nerface.width=16", "model.nerface.depth=2",
+                               "model.nerface.skip_layer=1", "model.nerface.color_width=8"]).model
+    model = MINeRF(cfg, 5, ["a", "b"], [0, 1]).eval()
+    identity = torch.arange(16) % 2
+    expression = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        o, d, near, far, bg, codes = _rays()
+        ref = model.render_rays(o, d, near, far, identity, expression, codes, bg)
+        o, d, near, far, bg, codes = _rays(dtype=torch.float64)
+        out = model.render_rays(o, d, near, far, identity, expression.double(), codes, bg)
+    for key in ("rgb", "opacity", "depth"):
+        assert out[key].dtype == torch.float32, key
+        torch.testing.assert_close(out[key], ref[key], atol=DTYPE_TOL, rtol=0)
+    assert torch.equal(out["samples"], ref["samples"])
+
+
+def test_add_identities_refused_for_a_bad_frame_leaves_the_model_as_it_was():
+    cfg = load_config("tiny", ["model.torso.resolution=8", "model.torso.frame_shift=true"]).model
+    model = MINeRF(cfg, 5, ["a", "b"], [0, 1, 1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="outside the grown model"):
+        model.add_identities(["c"], [2, 3])  # 3: nobody
+    assert model.identity_names == ["a", "b"] and model.num_identities == 2
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert after[k].shape == v.shape and torch.equal(after[k], v), k
+    # and it can be grown as meant afterwards
+    assert model.add_identities(["c"], [2, 2]) == 3
+    assert model.identity_codes.weight.shape[0] == 3 and model.torso.texture.shape[0] == 3
+    assert model.frame_codes.weight.shape[0] == 5 and model.torso_shift.shape[0] == 5
+
+
+def test_cell_radius_of_a_grid_on_another_device():
+    # hull_cells (carving and personalisation's restore) asks each cascade for its cell radius; on a grid moved off
+    # the CPU that must not mix its box with a CPU tensor ("meta" stands in for a GPU here).
+    grid = OccupancyGrid(roi_aabb=(-1.0, -2.0, -1.0, 1.0, 2.0, 3.0), resolution=(8, 16, 4), levels=2, backend="torch")
+    radii = [grid.cell_radius(level) for level in range(2)]
+    assert radii[0] == pytest.approx(0.5 * (0.25**2 + 0.25**2 + 1.0**2) ** 0.5)
+    assert radii[1] == pytest.approx(2 * radii[0])
+    moved = grid.to("meta")
+    assert [moved.cell_radius(level) for level in range(2)] == pytest.approx(radii)
+
+
+def test_colour_identity_levels_beyond_the_grid_are_refused():
+    # identity_levels_for: colour reads the finest identity_levels levels of the n_levels pyramid again; more levels
+    # than the pyramid has would start below its base resolution (levels of 2 and 4 cells for the tiny grid),
+    # where identity_levels_for: all refuses the same setting.
+    for where in ("all", "colour"):
+        cfg = load_config("tiny", ["model.field.identity_levels=6", f"model.field.identity_levels_for={where}"]).model
+        with pytest.raises(ValueError, match=r"identity_levels must be in 0\.\.n_levels \(4\), got 6"):
+            MINeRF(cfg, 5, ["a"], [0])
