@@ -259,3 +259,34 @@ def test_a_sound_track_that_cannot_be_decoded_leaves_the_frames_prepared(tmp_pat
     assert v.status == "done", v.error
     assert not (v.out_dir / "audio.wav").exists()
     assert any("audio track could not be decoded" in n and "Invalid data" in n for n in v.notes)
+
+
+def test_a_video_of_non_square_pixels_is_read_at_its_display_aspect(tmp_path):
+    """A video stored 64x128 with a sample aspect ratio of 2:1 shows a 128x128 picture (DV and broadcast files store
+    such sizes): probed and decoded at 128x128, a disc round, not squashed into an ellipse twice as tall as wide; a
+    video of square pixels decodes exactly as without the filter."""
+    from fastminerf.prepare.video import probe, read_frames
+
+    yy, xx = np.mgrid[0:128, 0:128]
+    disc = (((yy - 64) ** 2 + (xx - 64) ** 2) < 40 ** 2).astype(np.uint8) * 200 + 20
+    stored = np.repeat(disc[:, ::2, None], 3, axis=2)  # the display picture squeezed to half its width
+    square = _write_video(tmp_path / "stored.mp4", [stored] * 3, params=("-g", "1", "-crf", "0", "-pix_fmt", "yuv444p"))
+    video = tmp_path / "anamorphic.mp4"
+    _run("-i", str(square), "-vf", "setsar=2/1", "-c:v", "libx264", "-crf", "0", "-pix_fmt", "yuv444p", str(video))
+    info = probe(video)
+    assert (info.width, info.height) == (128, 128)
+    frame = next(iter(read_frames(video, 25.0))).astype(np.float64)
+    assert frame.shape == (128, 128, 3)
+    width = (frame[64, :, 0] > 110).sum()
+    height = (frame[:, 64, 0] > 110).sum()
+    assert abs(width - height) <= 2 and abs(height - 80) <= 2, (width, height)
+    crop = next(iter(read_frames(video, 25.0, crop=(24, 24, 80), size=(40, 40)))).astype(np.float64)
+    assert crop.shape == (40, 40, 3) and np.abs(crop[..., 0] - disc[24:104, 24:104].reshape(40, 2, 40, 2).mean((1, 3))).mean() < 12
+    # square pixels: the very bytes a decode without the filter gives
+    import imageio_ffmpeg
+
+    plain = imageio_ffmpeg.read_frames(str(square), output_params=["-vf", "fps=25.0"])
+    meta = next(plain)
+    first = np.frombuffer(next(plain), np.uint8).reshape(meta["size"][1], meta["size"][0], 3)
+    plain.close()
+    np.testing.assert_array_equal(next(iter(read_frames(square, 25.0))), first)

@@ -40,7 +40,7 @@ class VideoInfo:
     path: Path
     """The video file."""
     width: int
-    """Frame width in pixels (after the rotation tag is applied)."""
+    """Frame width in pixels (after the rotation tag is applied, in square pixels: :data:`SQUARE_PIXELS`)."""
     height: int
     """Frame height in pixels."""
     fps: float
@@ -64,6 +64,12 @@ def _quiet_imageio_ffmpeg():
         log.setLevel(level)
 
 
+SQUARE_PIXELS = "scale=w='if(gt(sar,0),round(iw*sar),iw)':h=ih,setsar=1"
+"""ffmpeg filter to square pixels: a video whose pixels are not square (DV, broadcast, some phones store 720x576 for
+a 4:3 or 16:9 picture) is widened or narrowed to its display aspect, so that faces are not squashed and a square
+crop is square on screen. A no-op on square pixels (ffmpeg passes such frames through)."""
+
+
 def _ffmpeg() -> str:
     import imageio_ffmpeg
 
@@ -82,7 +88,7 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
         raise VideoError(f"{p}: no such video file")
     try:
         with _quiet_imageio_ffmpeg():
-            gen = imageio_ffmpeg.read_frames(str(p))
+            gen = imageio_ffmpeg.read_frames(str(p), output_params=["-vf", SQUARE_PIXELS])
             meta = next(gen)
         gen.close()
     except (OSError, RuntimeError, StopIteration) as exc:
@@ -109,7 +115,8 @@ def read_frames(
     Args:
         path: the video.
         fps: output frame rate (ffmpeg's ``fps`` filter: frames are duplicated or dropped to keep time).
-        crop: ``(x0, y0, side)`` square crop in source pixels, applied before ``size``.
+        crop: ``(x0, y0, side)`` square crop in source pixels (square ones, :data:`SQUARE_PIXELS`), applied before
+            ``size``.
         size: ``(width, height)`` of the output frames (area-averaging resize); None keeps the size.
         max_frames: stop after this many frames.
 
@@ -118,7 +125,7 @@ def read_frames(
     """
     import imageio_ffmpeg
 
-    filters = [f"fps={fps!r}"]
+    filters = [SQUARE_PIXELS, f"fps={fps!r}"]
     if crop is not None:
         x0, y0, side = crop
         # exact=1: otherwise ffmpeg rounds x0 and y0 down to the chroma grid (even pixels in 4:2:0 video), and the
