@@ -72,11 +72,12 @@ def main(argv=None) -> int:
     truth = {f: data.image(split, f).astype(np.float32) / 255.0 for f in frames}
     rays_per_frame = table.height * table.width
 
+    where = machine()  # at the start: the caller's threads (each row records its own) and the commit that runs
+    threads_before = torch.get_num_threads()
     rows = []
     for threads in args.threads:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # put back after the loop
         render_frame(model, data, split, frames[0])  # warm-up: caches, thread pool
-        reference = {}
         for name, change in VARIANTS.items():
             model.cfg = replace(base_cfg, **change)
             seconds, samples, values = [], [], []
@@ -89,8 +90,6 @@ def main(argv=None) -> int:
                 seconds.append(best)
                 samples.append(float(out["samples"].float().mean()))
                 values.append(float(psnr(img, truth[f])))
-                if name == "preset":
-                    reference[f] = img
             model.cfg = base_cfg
             per_frame = float(np.mean(seconds))
             row = {"variant": name, "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in change.items()},
@@ -101,12 +100,13 @@ def main(argv=None) -> int:
             print(f"  {threads} thread{'s' if threads > 1 else ''}  {name:18s} {per_frame:6.2f} s/frame  "
                   f"{row['rays_per_second'] / 1e3:6.1f}k rays/s  {row['samples_per_ray']:5.1f} samples/ray  "
                   f"PSNR {row['psnr']:.2f} dB", flush=True)
+    torch.set_num_threads(threads_before)
     for row in rows:
         base = next(r for r in rows if r["threads"] == row["threads"] and r["variant"] == "preset")
         row["speedup"] = base["seconds_per_frame"] / row["seconds_per_frame"]
         row["psnr_delta"] = row["psnr"] - base["psnr"]
     payload = {
-        "machine": machine(),
+        "machine": where,
         "settings": {"run": str(run), "split": split, "identities": list(data.identities), "frames_per_identity": args.frames, "frames": len(frames),
                      "size": [table.width, table.height], "repeats": args.repeats,
                      "eval_render_steps": base_cfg.eval_render_steps, "render_steps": base_cfg.render_steps,
