@@ -11,8 +11,9 @@ Values: ``auto`` | ``native`` | ``torch`` | ``tcnn`` | ``nerfacc``.
 The heads (component ``head``: one hidden layer, the per-ray conditioning added to it) have no outside library:
 tiny-cuda-nn's fused MLPs take no per-ray input. They run native wherever the extension has kernels for the
 device, and as torch ops with ``torch`` or without a build.
-- ``auto``: on a CUDA device, tiny-cuda-nn and nerfacc where installed; otherwise native where compiled for
-  the device; otherwise the torch reference.
+- ``auto``: on a CUDA device, tiny-cuda-nn and nerfacc where installed and importable (one that is installed but
+  fails to import, or too old, is skipped with a warning); otherwise native where compiled for the device;
+  otherwise the torch reference. Never an outside library for a tensor off CUDA.
 
 A backend is resolved once per (component, device) and logged once; it never changes silently mid-run.
 """
@@ -36,8 +37,25 @@ class BackendError(RuntimeError):
     """A requested backend cannot run here."""
 
 
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+_NEEDS = {"tinycudann": "Encoding", "nerfacc": "OccGridEstimator"}
+"""What fastminerf calls in each outside package (nerfacc has ``OccGridEstimator`` from 0.5 on)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _unusable(module: str) -> str | None:
+    """Why the outside package ``module`` cannot run here, or None when it can. Being found on the path is not
+    enough: tiny-cuda-nn raises at import when it has no build for the GPU's compute capability, either can be
+    built against another torch, and an old nerfacc lacks the estimator we call; ``auto`` picking such a package
+    would fail at the first forward pass instead of running native."""
+    if importlib.util.find_spec(module) is None:
+        return "which is not installed"
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # ImportError, or tiny-cuda-nn's EnvironmentError
+        return f"which fails to import ({type(exc).__name__}: {exc})"
+    if not hasattr(mod, _NEEDS[module]):
+        return f"whose version {getattr(mod, '__version__', '(unknown)')} has no `{_NEEDS[module]}`"
+    return None
 
 
 def native_for(device: torch.device) -> bool:
@@ -59,17 +77,20 @@ def resolve(backend: str, component: str, device_type: str) -> str:
     outside = {"encoding": "tcnn", "grid": "nerfacc", "head": None}[component]
     module = {"tcnn": "tinycudann", "nerfacc": "nerfacc", None: None}[outside]
     if backend == "auto":
-        if device.type == "cuda" and outside is not None and _installed(module):
+        reason = _unusable(module) if device.type == "cuda" and outside is not None else "not for this device"
+        if reason is None:
             choice = outside
-        elif native_for(device):
-            choice = "native"
         else:
-            choice = "torch"
+            if device.type == "cuda" and outside is not None and reason != "which is not installed":
+                log.warning("fastminerf: backend 'auto' does not use %s for the %s: the package `%s` is installed, %s",
+                            outside, component, module, reason)
+            choice = "native" if native_for(device) else "torch"
     elif backend in ("tcnn", "nerfacc") and backend == outside:
         if device.type != "cuda":
             raise BackendError(f"backend {backend!r} runs only on CUDA devices, not on {device.type}")
-        if not _installed(module):
-            raise BackendError(f"backend {backend!r} needs the package `{module}`, which is not installed")
+        reason = _unusable(module)
+        if reason is not None:
+            raise BackendError(f"backend {backend!r} needs the package `{module}`, {reason}")
         choice = backend
     elif backend == "torch":
         choice = "torch"
@@ -77,8 +98,8 @@ def resolve(backend: str, component: str, device_type: str) -> str:
         choice = "torch"  # the heads have no outside library; without native kernels they stay torch ops
     else:  # "native", or the other outside library's name: this component stays native
         if not native_for(device):
-            if device.type == "cpu":
-                _native.load()  # raises the error that says how to build
+            if device.type == "cpu" or not _native.available():
+                _native.load()  # raises the error that says why it does not load and how to build
             raise BackendError(
                 f"the native extension has no {device.type} kernels (built without CUDA); rebuild on a machine "
                 "with a CUDA build of torch and nvcc, or choose backend='torch'"

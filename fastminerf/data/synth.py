@@ -157,7 +157,7 @@ def _talking(rng: np.random.Generator, n: int, fps: float) -> np.ndarray:
     while t < n:
         m = min(len(profile), n - t)
         blink[t : t + m] = np.maximum(blink[t : t + m], profile[:m])
-        t += int(rng.integers(int(40 * s), int(90 * s) + 1))
+        t += max(1, int(rng.integers(int(40 * s), int(90 * s) + 1)))  # below 25/40 fps the gap can round to 0
     e[:, _IDX["blink_left"]] = blink
     e[:, _IDX["blink_right"]] = blink
     return e
@@ -394,6 +394,14 @@ def generate(
         raise ValueError(f"expression_style must be in [0, 1), got {expression_style}")
     if novel_poses not in ("own", "train"):
         raise ValueError(f"novel_poses must be 'own' or 'train', got {novel_poses!r}")
+    # Checked here, not left to the renderer: fps <= 0 never ends drawing blinks (a gap of 0 frames), a focal
+    # length <= 0 writes transforms the loader refuses, a camera distance <= 0 sees no head.
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number of frames per second, got {fps}")
+    if not (math.isfinite(focal_factor) and focal_factor > 0):
+        raise ValueError(f"focal_factor must be positive, got {focal_factor}")
+    if not (math.isfinite(camera_distance) and camera_distance > 0):
+        raise ValueError(f"camera_distance must be positive, got {camera_distance}")
     n_val = 0 if n_frames < 2 else max(1, int(round(val_fraction * n_frames)))
     n_val = min(n_val, n_frames - 1)
     n_novel = max(1, n_frames // 10) if novel_frames is None else int(novel_frames)

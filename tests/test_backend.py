@@ -1,0 +1,129 @@
+"""The backend switch (``fastminerf.backend.resolve``) without a GPU: what ``auto`` picks, and what an explicit
+request for an outside library says when the library is missing, broken or too old, or the tensor is on the CPU.
+
+The outside libraries are stand-ins written to a temporary folder on ``sys.path``; ``resolve`` takes a device
+type, so its CUDA branches run without a CUDA device."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import textwrap
+
+import pytest
+
+from fastminerf import _native
+from fastminerf import backend as B
+from fastminerf.backend import BackendError
+
+MODULES = ("tinycudann", "nerfacc")
+
+WORKING = {
+    "tinycudann": "class Encoding:\n    pass\n",
+    "nerfacc": "__version__ = '0.5.3'\nclass OccGridEstimator:\n    pass\n",
+}
+
+
+def _clear_caches():
+    for value in vars(B).values():
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
+
+
+@pytest.fixture
+def packages(tmp_path, monkeypatch):
+    """``packages(name, source)`` installs a stand-in ``name`` package whose ``__init__`` is ``source``."""
+    if any(importlib.util.find_spec(m) is not None or m in sys.modules for m in MODULES):
+        pytest.skip("a real tiny-cuda-nn or nerfacc is installed here")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _clear_caches()
+
+    def make(name: str, source: str) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+
+    yield make
+    for m in MODULES:
+        sys.modules.pop(m, None)
+    _clear_caches()
+
+
+def test_auto_never_picks_a_gpu_library_for_cpu_tensors(packages):
+    for name, source in WORKING.items():
+        packages(name, source)
+    for component in B.COMPONENTS:
+        assert B.resolve("auto", component, "cpu") in ("native", "torch")
+    # ... and does pick them on a CUDA device.
+    assert B.resolve("auto", "encoding", "cuda") == "tcnn"
+    assert B.resolve("auto", "grid", "cuda") == "nerfacc"
+    assert B.resolve("auto", "head", "cuda") in ("native", "torch")
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_gpu_libraries_are_refused_on_the_cpu(packages, installed):
+    if installed:
+        for name, source in WORKING.items():
+            packages(name, source)
+    with pytest.raises(BackendError, match="only on CUDA devices, not on cpu"):
+        B.resolve("tcnn", "encoding", "cpu")
+    with pytest.raises(BackendError, match="only on CUDA devices, not on cpu"):
+        B.resolve("nerfacc", "grid", "cpu")
+
+
+def test_missing_library_is_named(packages):
+    with pytest.raises(BackendError, match="needs the package `tinycudann`, which is not installed"):
+        B.resolve("tcnn", "encoding", "cuda")
+    with pytest.raises(BackendError, match="needs the package `nerfacc`, which is not installed"):
+        B.resolve("nerfacc", "grid", "cuda")
+    assert B.resolve("auto", "encoding", "cuda") != "tcnn"
+    assert B.resolve("auto", "grid", "cuda") != "nerfacc"
+
+
+def test_a_library_that_fails_to_import_is_not_picked_and_its_error_is_shown(packages):
+    """tiny-cuda-nn raises at import when it has no build for the GPU's compute capability: ``auto`` must not
+    pick it (the first forward pass would fail), an explicit request must say why it cannot run."""
+    packages("tinycudann", """
+        raise EnvironmentError("Could not find compatible tinycudann extension for compute capability 52.")
+    """)
+    packages("nerfacc", "raise ImportError('undefined symbol: _ZN3c10')\n")
+    assert B.resolve("auto", "encoding", "cuda") != "tcnn"
+    assert B.resolve("auto", "grid", "cuda") != "nerfacc"
+    with pytest.raises(BackendError, match="`tinycudann`.*compute capability 52"):
+        B.resolve("tcnn", "encoding", "cuda")
+    with pytest.raises(BackendError, match="`nerfacc`.*undefined symbol"):
+        B.resolve("nerfacc", "grid", "cuda")
+
+
+def test_a_nerfacc_without_the_estimator_we_call_is_not_picked(packages):
+    """The marcher calls nerfacc's ``OccGridEstimator`` (0.5 on); nerfacc 0.3 has ``OccupancyGrid`` instead."""
+    packages("nerfacc", "__version__ = '0.3.5'\nclass OccupancyGrid:\n    pass\n")
+    assert B.resolve("auto", "grid", "cuda") != "nerfacc"
+    with pytest.raises(BackendError, match="nerfacc.*0.3.5.*OccGridEstimator"):
+        B.resolve("nerfacc", "grid", "cuda")
+
+
+def test_native_on_cuda_without_any_build_says_the_extension_is_missing(packages, monkeypatch):
+    """Without an importable extension at all, the error is the one that says why it does not load, not that
+    it was built without CUDA."""
+
+    def load():
+        raise _native.NativeExtensionError("fastminerf's native extension is not available (ImportError: ABI)")
+
+    monkeypatch.setattr(_native, "available", lambda: False)
+    monkeypatch.setattr(_native, "has_cuda", lambda: False)
+    monkeypatch.setattr(_native, "load", load)
+    with pytest.raises(_native.NativeExtensionError, match="not available"):
+        B.resolve("native", "encoding", "cuda")
+    with pytest.raises(_native.NativeExtensionError, match="not available"):
+        B.resolve("native", "grid", "cpu")
+    # auto and torch never need it.
+    assert B.resolve("auto", "encoding", "cuda") == "torch"
+    assert B.resolve("torch", "grid", "cuda") == "torch"
+
+
+def test_unknown_names_are_refused(packages):
+    with pytest.raises(BackendError, match="unknown backend 'cuda'"):
+        B.resolve("cuda", "encoding", "cpu")
+    with pytest.raises(ValueError, match="unknown component"):
+        B.resolve("auto", "marcher", "cpu")

@@ -1,0 +1,95 @@
+"""Procedural talking heads: settings outside the defaults, and the cameras checked against the pixels."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from fastminerf.data.heads import HeadModel, HeadParams
+from fastminerf.data.synth import generate
+
+
+def _run(code: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (a hang fails the test instead of stalling the suite)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("fps", [0.0, -25.0, float("nan"), float("inf")])
+def test_frame_rate_must_be_positive(tmp_path, fps):
+    """fps 0 used to loop forever drawing blinks (a gap of 0 frames), a negative one failed deep in numpy."""
+    out = _run(f"""
+        from fastminerf.data.synth import generate
+        try:
+            generate({str(tmp_path / 'out')!r}, n_identities=1, n_frames=4, size=8, fps=float({str(fps)!r}))
+        except ValueError as exc:
+            print("ValueError:", exc)
+    """)
+    assert "ValueError: fps must be" in out.stdout, out.stdout + out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key, value", [("focal_factor", 0.0), ("focal_factor", -1.65), ("camera_distance", 0.0),
+                                        ("camera_distance", -3.8)])
+def test_cameras_that_cannot_see_the_head_are_refused(tmp_path, key, value):
+    """A zero focal length crashed after the first identity's setup, a negative one wrote transforms the loader
+    refuses, a camera distance <= 0 put every camera inside or behind the head (frames of background only)."""
+    with pytest.raises(ValueError, match=key):
+        generate(tmp_path / "out", n_identities=1, n_frames=2, size=8, **{key: value})
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_low_frame_rate_still_finishes():
+    """Below 25/90 fps the gap between blinks rounded to 0 frames and drawing them never ended."""
+    out = _run("""
+        import numpy as np
+        from fastminerf.data.synth import _talking
+        e = _talking(np.random.default_rng(0), 20, 0.2)
+        print("blinks", int((e[:, 2] > 0).sum()))
+    """, timeout=60)
+    assert out.returncode == 0 and "blinks" in out.stdout, out.stderr
+
+
+def test_known_head_points_project_onto_the_rendered_head(tmp_path):
+    """Project points of the head (eyes, nose tip, mouth) with each frame's written camera and intrinsics
+    (OpenGL camera-to-head, camera looking down -z, +y up): they land on the rendered head (mask), the person's
+    left eye (+x) on the viewer's right, and inside the written face box."""
+    root = tmp_path / "d"
+    generate(root, n_identities=1, n_frames=3, size=48, seed=4, novel_frames=1, max_yaw_deg=25.0, max_roll_deg=15.0)
+    d = root / "id000"
+    head = HeadModel(HeadParams.from_json(json.loads((d / "synth_identity.json").read_text())["params"]))
+    p = head.params
+    points = {
+        "eye_left": (p.eye_x, p.eye_y, head._eye_z + p.eye_r),
+        "eye_right": (-p.eye_x, p.eye_y, head._eye_z + p.eye_r),
+        "nose_tip": (0.0, head._nose_y - 0.07 * p.nose_size, head._nose_z + 0.12 * p.nose_size),
+        "chin": (0.0, p.mouth_y - 0.15, head._mouth_z - 0.05),
+    }
+    checked = 0
+    for split in ("train", "val", "novel"):
+        tr = json.loads((d / f"transforms_{split}.json").read_text())
+        fx, fy, cx, cy = tr["intrinsics"]
+        for fr in tr["frames"]:
+            c2w = np.array(fr["transform_matrix"], dtype=np.float64)
+            assert np.allclose(c2w[:3, :3] @ c2w[:3, :3].T, np.eye(3), atol=1e-5) and np.linalg.det(c2w[:3, :3]) > 0
+            w2c = np.linalg.inv(c2w)
+            mask = iio.imread(d / fr["mask_path"]) > 127
+            y0, y1, x0, x1 = fr["bbox"]
+            uv = {}
+            for name, pt in points.items():
+                cam = w2c @ np.array([*pt, 1.0])
+                assert cam[2] < 0, (name, "behind the camera")
+                u, v = fx * cam[0] / -cam[2] + cx, -fy * cam[1] / -cam[2] + cy
+                uv[name] = (u, v)
+                assert mask[int(v), int(u)], (split, fr["file_path"], name, u, v)
+                assert y0 * 48 <= v <= y1 * 48 and x0 * 48 <= u <= x1 * 48, (name, u, v, fr["bbox"])
+            assert uv["eye_left"][0] > uv["eye_right"][0]
+            assert uv["nose_tip"][1] > max(uv["eye_left"][1], uv["eye_right"][1])
+            checked += 1
+    assert checked == 4
