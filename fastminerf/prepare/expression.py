@@ -40,6 +40,12 @@ BASIS_FORMAT = 1
 FIT_FRAMES_PER_VIDEO = 400
 """Frames per video (evenly spread) used to fit the basis."""
 
+MIN_SCALE = 1e-6
+"""Smallest :attr:`ExpressionBasis.scale`, head units (real clips give 0.1 to 0.2). Frames in which the face never
+moves (a still photo as a video) have no deformation beyond rounding: dividing by their first coefficient's spread
+would give NaN, or coefficients of order 1e12 for every identity that later joins the stored basis, so the scale is
+then 1 (coefficients are the projections themselves)."""
+
 
 @dataclass(frozen=True)
 class ExpressionBasis:
@@ -53,7 +59,8 @@ class ExpressionBasis:
     """(E, K * 3) float64 orthonormal deformation directions, most variance first."""
     scale: float
     """Coefficients are projections divided by this: the standard deviation of the first one over the fitted
-    frames, so that the coefficients are of order 1."""
+    frames, so that the coefficients are of order 1 (1 when the fitted frames hold no deformation,
+    :data:`MIN_SCALE`)."""
     explained: np.ndarray
     """(E,) float64 share of the deformation energy each component explains on the fitted frames."""
     face_height: float
@@ -141,4 +148,7 @@ def fit_basis(deformations: Sequence[np.ndarray], dim: int) -> Tuple[np.ndarray,
     big = np.argmax(np.abs(components), axis=1)
     components = components * np.sign(components[np.arange(e), big])[:, None]
     scale = float(sig[0] / np.sqrt(len(deformations)))  # weighted RMS of the first coefficient
-    return components, scale, energy[:e] / energy.sum()
+    if not scale >= MIN_SCALE:
+        scale = 1.0
+    total = energy.sum()
+    return components, scale, energy[:e] / total if total > 0 else np.zeros(e)

@@ -283,9 +283,15 @@ def solve_poses(shapes: np.ndarray, neutral: np.ndarray, stable: np.ndarray, int
 
 
 def smooth_poses(poses: Poses, frame_index: np.ndarray, sigma: float) -> Poses:
-    """Gaussian smoothing over time of rotations (chordal mean: weighted average of the matrices projected back
-    onto rotations) and translations. Weights use the frames' source indices, so frames on either side of a gap
-    (dropped frames) count less; the kernel is cut at 3 sigma.
+    """Gaussian-weighted local linear smoothing over time of rotations (chordal: the matrices are smoothed, then
+    projected back onto rotations) and translations. Weights use the frames' source indices, so frames on either
+    side of a gap (dropped frames) count less; the kernel is cut at 3 sigma.
+
+    Each pose is the value at its own frame of the weighted least-squares line through its neighbours, not their
+    weighted mean: the two are the same where the neighbours lie symmetrically (inside a clip), but at the first
+    and last frames and beside a gap the mean of one-sided neighbours lags a moving head by about half a frame of
+    motion (the last frames are the held-out ones), while the line keeps constant motion exactly. A frame with no
+    neighbour within reach is left as it is.
 
     Args:
         poses: B poses in frame order.
@@ -297,19 +303,30 @@ def smooth_poses(poses: Poses, frame_index: np.ndarray, sigma: float) -> Poses:
     idx = np.asarray(frame_index, dtype=np.float64)
     b = len(poses)
     reach = int(np.ceil(3 * sigma))
-    acc_r = np.zeros((b, 3, 3))
-    acc_t = np.zeros((b, 3))
-    acc_w = np.zeros(b)
+    mom = np.zeros((3, b))  # sum_j w_j d_j^p, d_j the neighbour's offset in frames
+    acc_r = np.zeros((2, b, 3, 3))  # sum_j w_j d_j^p R_j, p = 0, 1
+    acc_t = np.zeros((2, b, 3))
     for off in range(-reach, reach + 1):
         lo, hi = max(0, -off), min(b, b - off)
         if lo >= hi:
             continue
         gap = idx[lo + off : hi + off] - idx[lo:hi]
         w = np.exp(-0.5 * (gap / sigma) ** 2) * (np.abs(gap) <= 3 * sigma)
-        acc_r[lo:hi] += w[:, None, None] * poses.rotation[lo + off : hi + off]
-        acc_t[lo:hi] += w[:, None] * poses.translation[lo + off : hi + off]
-        acc_w[lo:hi] += w
-    return Poses(nearest_rotation(acc_r / acc_w[:, None, None]), acc_t / acc_w[:, None])
+        for p in range(3):
+            mom[p, lo:hi] += w * gap**p
+        for p in range(2):
+            acc_r[p, lo:hi] += (w * gap**p)[:, None, None] * poses.rotation[lo + off : hi + off]
+            acc_t[p, lo:hi] += (w * gap**p)[:, None] * poses.translation[lo + off : hi + off]
+    # Line a + c d fitted with weights w, at d = 0: a = (S2 A0 - S1 A1) / (S0 S2 - S1^2). S0 S2 - S1^2 is 0 only
+    # when every neighbour sits at one offset (the frame alone): then the weighted mean, the frame itself.
+    det = mom[0] * mom[2] - mom[1] ** 2
+    line = det > 1e-9 * mom[0] * mom[2]
+    safe = np.where(line, det, 1.0)
+    c0 = np.where(line, mom[2] / safe, 1.0 / mom[0])
+    c1 = np.where(line, -mom[1] / safe, 0.0)
+    rot = c0[:, None, None] * acc_r[0] + c1[:, None, None] * acc_r[1]
+    trans = c0[:, None] * acc_t[0] + c1[:, None] * acc_t[1]
+    return Poses(nearest_rotation(rot), trans)
 
 
 def nearest_rotation(matrices: np.ndarray) -> np.ndarray:

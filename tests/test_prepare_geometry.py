@@ -1,0 +1,158 @@
+"""`fastminerf prepare`'s geometry and statistics against independent computations on exact synthetic data: a face
+seen by known cameras built here (not with the code under test), pose smoothing at the ends of a clip and beside
+dropped frames, the expression basis of motionless frames."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+K_LANDMARKS = 478
+
+
+def _rot_xyz(a, b, c) -> np.ndarray:
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    rel = np.einsum("...ji,...jk->...ik", a, b)  # a^T b
+    return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=-2, axis2=-1) - 1) / 2, -1, 1)))
+
+
+def _synthetic_face(rng) -> np.ndarray:
+    """(K, 3) points in head space as the module defines it: centroid at the origin, +x from the right eye's outer
+    corner to the left one's, +y from chin to forehead (1.2 apart), +z out of the face."""
+    from fastminerf.prepare.pose import CHIN, EYE_OUTER_LEFT, EYE_OUTER_RIGHT, FOREHEAD
+
+    face = rng.normal(size=(K_LANDMARKS, 3)) * np.array([0.3, 0.4, 0.1])
+    face[:, 2] += 0.15 * (1 - (face[:, 0] / 0.6) ** 2)  # a face bulges towards +z in its middle
+    face[FOREHEAD], face[CHIN] = [0.0, 0.6, 0.1], [0.0, -0.6, 0.1]
+    face[EYE_OUTER_RIGHT], face[EYE_OUTER_LEFT] = [-0.3, 0.15, 0.0], [0.3, 0.15, 0.0]
+    face -= face.mean(axis=0)
+    # the centring moved the four reference points a little: put them back on the axes, keeping the centroid
+    shift = np.zeros(3)
+    for idx, target in ((FOREHEAD, [0.0, 0.6]), (CHIN, [0.0, -0.6]), (EYE_OUTER_RIGHT, [-0.3, 0.15]), (EYE_OUTER_LEFT, [0.3, 0.15])):
+        shift[:2] += face[idx, :2] - target
+        face[idx, :2] = target
+    others = np.setdiff1d(np.arange(K_LANDMARKS), [FOREHEAD, CHIN, EYE_OUTER_RIGHT, EYE_OUTER_LEFT])
+    face[others] += shift / len(others)
+    return face
+
+
+def _look_at(position: np.ndarray) -> np.ndarray:
+    """OpenGL camera-to-head matrix of a camera at ``position`` looking at the head origin, head +y up: columns
+    x right, y up, z backwards (the camera looks down -z)."""
+    back = position / np.linalg.norm(position)
+    right = np.cross([0.0, 1.0, 0.0], back)
+    right /= np.linalg.norm(right)
+    up = np.cross(back, right)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, up, back, position
+    return m
+
+
+def test_a_face_seen_by_known_cameras_gives_those_cameras_back():
+    """The whole chain (canonical face, neutral, perspective pose, OpenGL matrices) against cameras built here with
+    a look-at and a textbook pinhole (u = cx + fx x / -z, v = cy - fy y / -z), and mediapipe-like landmarks: u, v in
+    pixels, w the depth relative to the head centre scaled like u, larger farther. A flipped axis anywhere (image
+    v, depth sign, OpenCV vs OpenGL, head x) shows as a camera on the wrong side."""
+    from fastminerf.prepare.pose import camera_to_head, fit_canonical, identity_neutral, project, solve_poses
+
+    rng = np.random.default_rng(7)
+    face = _synthetic_face(rng)
+    size = 256
+    f = 1.65 * size
+    k = [f, f, size / 2, size / 2]
+    cams, shapes = [], []
+    for i in range(24):
+        yaw, pitch = 0.35 * math.sin(i / 4.0), 0.2 * math.cos(i / 5.0)  # camera to the person's left, above, ...
+        dist = 4.0 + 0.3 * math.sin(i / 3.0)
+        pos = dist * np.array([math.sin(yaw) * math.cos(pitch), math.sin(pitch), math.cos(yaw) * math.cos(pitch)])
+        c2w = _look_at(pos)
+        c2w[:3, 3] += c2w[:3, :3] @ np.array([0.05 * math.sin(i), -0.04, 0.0])  # head off the optical axis a little
+        cam = (face - c2w[:3, 3]) @ c2w[:3, :3]  # head points in the camera's axes (OpenGL)
+        depth = -cam[:, 2]
+        u = k[2] + f * cam[:, 0] / depth
+        v = k[3] - f * cam[:, 1] / depth
+        centre = -((0 - c2w[:3, 3]) @ c2w[:3, 2])
+        cams.append(c2w)
+        shapes.append(np.stack([u, v, (depth - centre) * f / centre], axis=1))
+    cams, shapes = np.stack(cams), np.stack(shapes)
+    canonical, stable = fit_canonical([shapes], 1.2, 0.5)
+    assert np.abs(canonical - face).max() < 0.1  # perspective bends the mean shape a little
+    neutral, _ = identity_neutral(shapes, canonical, stable)
+    got = camera_to_head(solve_poses(shapes, neutral, stable, k))
+    np.testing.assert_allclose(np.linalg.det(got[:, :3, :3]), 1.0, atol=1e-9)
+    np.testing.assert_allclose(np.einsum("bji,bjk->bik", got[:, :3, :3], got[:, :3, :3]),
+                               np.broadcast_to(np.eye(3), (len(got), 3, 3)), atol=1e-9)
+    assert _angle_deg(got[:, :3, :3], cams[:, :3, :3]).max() < 0.5
+    pos_err = np.linalg.norm(got[:, :3, 3] - cams[:, :3, 3], axis=1) / np.linalg.norm(cams[:, :3, 3], axis=1)
+    assert pos_err.max() < 0.02
+    # the neutral face through the recovered cameras lands on the tracked points
+    assert np.median(np.linalg.norm(project(neutral[stable], got, k) - shapes[:, stable, :2], axis=2)) < 1.0
+
+
+def _moving_poses(frames: np.ndarray):
+    """Constant angular velocity about a fixed axis and constant linear velocity, at source frames ``frames``."""
+    from fastminerf.prepare.pose import Poses
+
+    base = _rot_xyz(0.1, -0.2, 0.05) @ np.diag([1.0, -1.0, -1.0])
+    axis = np.array([0.3, 1.0, 0.2]) / np.linalg.norm([0.3, 1.0, 0.2])
+    kx = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = []
+    for fr in frames:
+        a = math.radians(1.5) * fr  # 1.5 degrees per frame: a head turning at 37 degrees/s at 25 fps
+        rot.append((np.eye(3) + math.sin(a) * kx + (1 - math.cos(a)) * kx @ kx) @ base)
+    trans = np.array([[0.004 * fr, -0.002 * fr, 4.0 + 0.01 * fr] for fr in frames])
+    return Poses(np.stack(rot), trans)
+
+
+def test_smoothing_keeps_constant_motion_at_the_ends_of_a_clip_and_beside_dropped_frames():
+    """A head turning and moving steadily is left where it is by the smoothing at every frame: the first and last
+    ones (the held-out frames are the last of a clip) and those beside a gap of dropped frames included."""
+    from fastminerf.prepare.pose import smooth_poses
+
+    frames = np.concatenate([np.arange(0, 20), np.arange(24, 40)])  # frames 20-23 dropped (no face)
+    truth = _moving_poses(frames)
+    for sigma in (1.0, 2.0):
+        out = smooth_poses(truth, frames, sigma)
+        err = _angle_deg(out.rotation, truth.rotation)
+        assert err.max() < 0.02, (sigma, np.round(err, 3))
+        np.testing.assert_allclose(out.translation, truth.translation, atol=1e-9)
+
+
+def test_smoothing_keeps_a_lone_frame_and_a_pair_between_gaps():
+    """A frame whose neighbours are all dropped keeps its pose (no division by zero); two frames between gaps keep
+    theirs too (averaged, each would lag towards the other: the one-sided neighbours of a clip's end)."""
+    from fastminerf.prepare.pose import Poses, smooth_poses
+
+    frames = np.array([0, 1, 2, 3, 4, 20, 40, 41])
+    poses = _moving_poses(frames)
+    rng = np.random.default_rng(3)
+    noisy = Poses(np.stack([r @ _rot_xyz(*rng.normal(scale=0.02, size=3)) for r in poses.rotation]),
+                  poses.translation + rng.normal(scale=0.01, size=poses.translation.shape))
+    out = smooth_poses(noisy, frames, 1.0)
+    assert np.all(np.isfinite(out.rotation)) and np.all(np.isfinite(out.translation))
+    np.testing.assert_allclose(out.rotation[5:], noisy.rotation[5:], atol=1e-9)
+    np.testing.assert_allclose(out.translation[5:], noisy.translation[5:], atol=1e-9)
+    np.testing.assert_allclose(np.linalg.det(out.rotation), 1.0, atol=1e-9)
+
+
+def test_an_expression_basis_fitted_on_motionless_frames_reads_later_faces_finitely():
+    """A clip in which the face never moves (a still photo as a video) has no deformation to fit: the basis must
+    not divide by its zero (or rounding-level) energy, or the coefficients of every identity that later joins the
+    stored basis come out NaN or of order 1e12."""
+    from fastminerf.prepare.expression import fit_basis
+
+    rng = np.random.default_rng(0)
+    for still in (np.zeros((5, K_LANDMARKS, 3)), rng.normal(scale=1e-16, size=(5, K_LANDMARKS, 3))):
+        components, scale, explained = fit_basis([still], 3)
+        assert math.isfinite(scale) and scale > 0
+        assert np.all(np.isfinite(explained)) and np.all(np.isfinite(components))
+        later = rng.normal(scale=0.01, size=(4, K_LANDMARKS * 3))  # a real face's deformations, head units
+        coeff = later @ components.T / scale
+        assert np.all(np.isfinite(coeff)) and np.abs(coeff).max() < 10.0
