@@ -587,6 +587,17 @@ def _restore_loop(data: dict, path: Path, sampler: RaySampler, occ_gen: torch.Ge
         raise CheckpointError(f"{path}: cannot restore the training state: {exc}") from None
 
 
+def _frames_moved(saved: torch.Tensor, table_identity: np.ndarray, names: Sequence[str]) -> Optional[str]:
+    """None when frame code ``b`` belongs to row ``b`` of the training table (``saved`` (B,) the identity of each
+    frame code, ``table_identity`` the table's); else the per-identity frame counts of both, for the message. The
+    same people with frames moved between them would train codes on another person's frames."""
+    table = torch.from_numpy(np.asarray(table_identity)).long()
+    if torch.equal(saved.cpu().long(), table):
+        return None
+    counts = [torch.bincount(ids, minlength=len(names)).tolist() for ids in (saved.cpu().long(), table)]
+    return f"{counts[0]} training frames of {list(names)}; the data has {counts[1]}"
+
+
 def _check_kind(data: dict, kind: str, path: Path) -> None:
     """A run folder is resumed by the command that wrote it: a generic training's weights continued as a
     personalisation (or the reverse) would run the other's schedule and parameter groups on them."""
@@ -668,14 +679,9 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
             extra = [n for n in dataset.identities if n not in data["identity_names"]]
             raise CheckpointError(f"{ckpt_path} was trained on identities {list(data['identity_names'])}; --data now has "
                                   f"{dataset.identities} (missing: {gone}, new: {extra}); resume with the same data")
-        # frame code b is row b of the table: the same people with frames moved between them would train codes on
-        # another person's frames
-        table_identity = torch.from_numpy(dataset.table("train").identity).long()
-        if not torch.equal(model.frame_identity, table_identity):
-            counts = [torch.bincount(ids, minlength=len(dataset.identities)).tolist()
-                      for ids in (model.frame_identity, table_identity)]
-            raise CheckpointError(f"{ckpt_path} was trained on {counts[0]} training frames of {dataset.identities}; the "
-                                  f"data has {counts[1]}; resume with the same data")
+        moved = _frames_moved(model.frame_identity, dataset.table("train").identity, dataset.identities)
+        if moved:
+            raise CheckpointError(f"{ckpt_path} was trained on {moved}; resume with the same data")
         if model.expression_dim != dataset.expression_dim:
             raise CheckpointError(f"{ckpt_path} was trained with expressions of length {model.expression_dim}; the data "
                                   f"has length {dataset.expression_dim}; resume with the same data")
@@ -805,14 +811,11 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     else:
         if data is not None:
             first_frame = model.frame_identity.numel() - len(table)
-            saved = model.frame_identity.cpu()
-            if int((saved >= first_id).sum()) != len(table) or not torch.equal(
-                    saved[first_frame:], torch.from_numpy(table.identity).long() + first_id):
-                # frame codes are appended in the table's order: other frames would map onto other people's codes
-                counts = [torch.bincount(ids, minlength=len(dataset.identities)).tolist()
-                          for ids in (saved[saved >= first_id] - first_id, torch.from_numpy(table.identity).long())]
-                raise CheckpointError(f"{ckpt_path} added {counts[0]} training frames of {dataset.identities}; the data "
-                                      f"has {counts[1]}; resume with the same data, or use another --out folder")
+            saved = model.frame_identity.cpu()  # the added people's frame codes come last, in the table's order
+            moved = _frames_moved(saved[saved >= first_id] - first_id, table.identity, dataset.identities)
+            if moved:
+                raise CheckpointError(f"{ckpt_path} added {moved}; resume with the same data, or use another --out "
+                                      "folder")
         else:
             first_frame = model.add_identities(dataset.identities, torch.from_numpy(table.identity) + first_id)
             hull = view_hull(model, dataset, keep_unseen=False)
