@@ -408,7 +408,7 @@ def _not_personalised(run: Path, meta: dict, names: Sequence[str]) -> Optional[s
         return None
     source = f" ({meta['generic_run']})" if meta.get("generic_run") else ""
     return (f"{run} was personalised for {', '.join(own)}: {', '.join(others)} render worse from it than from the "
-            f"generic run it started from{source}, since the shared weights were fine-tuned for the others")
+            f"generic run it started from{source}, whose shared weights were not fine-tuned for {', '.join(own)}")
 
 
 _RENDER_STEPS_HELP = ("ray-marching steps across the head box (default: the run's model.eval_render_steps, 256 in the cpu "
