@@ -5,7 +5,7 @@
 1. ``fastminerf.prepare.prepare`` turns the clips of ``../shared/data/real`` (or ``$FASTMINERF_REAL_DATA``) into
    ``WORK/data`` at ``--size`` px (first ``--max-frames`` frames of each; resumes when already there). Of each
    clip's frames the last 10 % are ``test`` and the 10 % before them ``val`` (``--val-fraction``), neither trained on.
-2. ``fastminerf.train.train`` trains ONE generic model on every clip's ``train`` split, ``--config`` preset (default ``video``: ``cpu`` plus the torso layer), for
+2. ``fastminerf.train.train`` trains ONE generic model on every clip's ``train`` split, ``--config`` preset (default ``video``: ``cpu`` plus the torso layer, mouth rays and the landmark depth prior), for
    ``--minutes`` of training time; the learning-rate schedule spans ``--steps`` (default: the preset's steps per
    its time budget, scaled to ``--minutes``); ``--set key=value`` overrides the preset. Resumes when ``WORK/run`` holds a checkpoint of the same settings.
    With ``--finetune-seconds S``, MI-NeRF's per-identity fine-tuning inside the same budget: the generic model
@@ -116,7 +116,8 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=9, help="use the first N clips (sorted by name)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--max-frames", type=int, default=MAX_FRAMES, help="frames per clip (the first ones)")
-    ap.add_argument("--config", default="video", help="preset (default video: cpu plus the torso layer)")
+    ap.add_argument("--config", default="video",
+                    help="preset (default video: cpu plus the torso layer, mouth rays and the landmark depth prior)")
     add_overrides(ap, "the preset, e.g. --set train.threads=1", "real_clips, or real_clips_val<F>")
     ap.add_argument("--eval-frames", type=int, default=5, help="test frames evaluated per clip (the first ones)")
     ap.add_argument("--target", default="02_hdtf_WDA_AlexandriaOcasioCortez_000", help="identity rendered in the video")

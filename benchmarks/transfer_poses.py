@@ -18,7 +18,7 @@ target's mean training pose, in the target's framing). For each path, against th
 The target's torso layer and background are images in its own framing: a head placed elsewhere or at another size
 floats beside its shoulders. Writes ``benchmarks/results/transfer_poses.json``. With ``--run`` (a model trained on
 these clips) it also renders ``--target`` driven by ``--driver`` in both modes beside the driver's frames into
-``WORK/transfer_poses.png``, which stays outside the repository (it shows the real people).
+``--work``/transfer_poses.png, which stays outside the repository (it shows the real people).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ native backward split the work over threads; any order gives the same result.
 
 The native op (cuda/src/mlp_head_cpu.cpp, mlp_head_cuda.cu) runs the whole head for 32 samples at a time with
 their activations in cache and sums weight gradients per group of rays, without atomics: the two heads of the
-``cpu`` preset run 2.4-3.3x faster than the same function as separate torch ops (``benchmarks/mlp_head.py``).
+``cpu`` preset run 2.1-3.1x faster than the same function as separate torch ops (``benchmarks/mlp_head.py``).
 
 Shapes: S samples, N per-ray rows, P inputs, H hidden units (at most 128), O outputs.
 """

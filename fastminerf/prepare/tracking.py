@@ -55,8 +55,8 @@ def require_mediapipe() -> Any:
     try:
         import mediapipe as mp
     except ImportError as exc:
-        raise MediapipeMissing(f"fastminerf prepare needs mediapipe {MEDIAPIPE_VERSION} ({exc}); install it with: "
-                               f"{INSTALL_HINT}") from None
+        raise MediapipeMissing(f"fastminerf prepare (and eval's mouth, eye and LMD metrics) needs mediapipe "
+                               f"{MEDIAPIPE_VERSION} ({exc}); install it with: {INSTALL_HINT}") from None
     except Exception as exc:  # e.g. protobuf 5+ fails while mediapipe builds its graphs
         raise MediapipeMissing(f"mediapipe failed to import ({type(exc).__name__}: {exc}); fastminerf prepare needs "
                                f"mediapipe {MEDIAPIPE_VERSION} with protobuf<5: {INSTALL_HINT}") from None
