@@ -597,7 +597,7 @@ class ModelConfig:
     """Rays rendered at once without gradients (inference); bounds memory, does not change pixels."""
 
     def __post_init__(self) -> None:
-        for key in ("render_steps", "occ_update_every"):  # a ZeroDivisionError when the model is built / at step 0
+        for key in ("render_steps", "occ_update_every", "chunk_rays"):  # ZeroDivisionError / range() step 0
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         stages = [int(k) for k in self.prune_stages]  # out of order, a stage counts densities of an earlier one twice

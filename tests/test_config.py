@@ -168,3 +168,10 @@ def test_a_run_refuses_splits_it_would_not_train_on():
     # train() reads each identity's train split whatever data.splits says: [train, val] was accepted and ignored.
     with pytest.raises(ConfigError, match="data.splits: a run trains on each identity's 'train' split only"):
         load_config("tiny", ["data.splits=[train,val]"])
+
+
+def test_render_chunks_must_hold_a_ray():
+    # model.chunk_rays=0 trained (training does not chunk) and then failed every render with "range() arg 3 must
+    # not be zero".
+    with pytest.raises(ConfigError, match="model.chunk_rays must be >= 1, got 0"):
+        load_config("tiny", ["model.chunk_rays=0"])

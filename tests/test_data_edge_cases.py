@@ -156,3 +156,17 @@ def test_rays_of_a_border_face_box_stay_in_the_image(tmp_path):
     assert sampler.face_box_pixels(0) == (0, 12, 25, 32)
     assert bool(((px[:, 1] < 12) & (px[:, 0] >= 25) & (px[:, 0] < W)).all())
     assert torch.unique(px[:, 0]).numel() == 7 and torch.unique(px[:, 1]).numel() == 12
+
+
+def test_near_and_far_are_written_together(tmp_path):
+    # A lone near (or far) used to be dropped without a word: the dataset then used its own default bounds.
+    from fastminerf.data.writer import write_transforms
+
+    kw = dict(intrinsics=[30.0, 30.0, 16.0, 12.0], width=W, height=H)
+    with pytest.raises(ValueError, match="near and far are written together"):
+        write_transforms(tmp_path, "train", [], near=2.0, **kw)
+    with pytest.raises(ValueError, match="near and far are written together"):
+        write_transforms(tmp_path, "train", [], far=6.0, **kw)
+    path = write_transforms(tmp_path, "train", [], near=2.0, far=6.0, **kw)
+    meta = json.loads(path.read_text())
+    assert (meta["near"], meta["far"]) == (2.0, 6.0)

@@ -106,8 +106,12 @@ def write_transforms(
 ) -> Path:
     """Write ``identity_dir/transforms_<split>.json`` atomically (camera keys first, then ``frames``).
 
-    ``camera_angle_x`` is written beside ``intrinsics`` for readers that only know NeRF's key."""
+    ``camera_angle_x`` is written beside ``intrinsics`` for readers that only know NeRF's key; ``near`` and
+    ``far`` go together (one alone is refused: it used to be dropped without a word)."""
     import math
+
+    if (near is None) != (far is None):
+        raise ValueError(f"near and far are written together, got near={near}, far={far}")
 
     fx = float(intrinsics[0])
     meta: Dict[str, object] = {
