@@ -939,15 +939,13 @@ def run_info(run: Path) -> dict:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    import json
-
     from rich.table import Table
 
-    from .data.writer import json_ready
+    from .data.writer import json_text
 
     info = run_info(args.run)
     if args.json:
-        print(json.dumps(json_ready(info), indent=1, allow_nan=False))
+        print(json_text(info, indent=1))
         return 0
     table = Table(title=f"{args.run} ({info['kind']})", show_header=False)
     table.add_column("what", style="bold")

@@ -890,8 +890,8 @@ def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
         node[parts[-1]] = value
         if key not in _all_keys(RunConfig):
             raise _unknown(key, _all_keys(RunConfig))
-        cfg = check_run(config_from_dict(nested, cfg))
-    return cfg
+        cfg = config_from_dict(nested, cfg)
+    return check_run(cfg) if overrides else cfg  # once, on the result (no override: a saved run as it is)
 
 
 PERSONALIZE_TUNES = ("grid", "all")

@@ -192,8 +192,7 @@ def run_demo(
 
     # 5. evaluation: the held-out head by the personalised run, the others by the generic run (the personalised
     # run's shared weights were fine-tuned for the held-out head, and render the others worse)
-    _, generic_model, _ = load_run(generic)
-    models = {name: model if name == held_out else generic_model for name in data.identities}
+    models = {name: model if name == held_out else gen.model for name in data.identities}
     metrics: Dict[str, dict] = {}
     for split in ("val", "novel"):
         start = time.perf_counter()

@@ -41,7 +41,7 @@ from .config import RunConfig, dump_config, parse_config_text
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
-from .data.writer import json_ready
+from .data.writer import json_text
 from .model import MINeRF
 
 __all__ = [
@@ -552,7 +552,7 @@ class _Loop:
                               samples_per_ray=window_samples / max(window_rays, 1), phase=phase,
                               occupied=model.occupancy.occupied_fraction())
                 with open(self.log, "a") as f:
-                    f.write(json.dumps(json_ready(record), allow_nan=False) + "\n")  # a diverged loss: null
+                    f.write(json_text(record) + "\n")  # a diverged loss: null
                 if self.progress is not None:
                     self.progress(dict(record, total_steps=total_steps, max_seconds=max_seconds or float("nan")))
                 if self.monitor is not None:  # outside the step's clock: its time is not training time

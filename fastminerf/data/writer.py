@@ -16,7 +16,7 @@ import numpy as np
 
 from .layout import LANDMARKS_FILE
 
-__all__ = ["frame_record", "json_ready", "write_json", "write_landmarks", "write_png", "write_transforms"]
+__all__ = ["frame_record", "json_text", "write_json", "write_landmarks", "write_png", "write_transforms"]
 
 PathLike = Union[str, Path]
 
@@ -29,24 +29,29 @@ def write_png(path: PathLike, img: np.ndarray, level: int = 1) -> None:
     iio.imwrite(path, np.ascontiguousarray(img), plugin="pillow", extension=".png", compress_level=level)
 
 
-def json_ready(data: object) -> object:
-    """``data`` with every float that is not finite (NaN, +-inf) replaced by None: Python's ``json`` writes them as
-    ``NaN`` / ``Infinity``, which strict JSON readers (jq, JavaScript, most other languages) refuse."""
+def _finite(data: object) -> object:
+    """``data`` with every float that is not finite (NaN, +-inf) replaced by None."""
     if isinstance(data, float):
         return data if np.isfinite(data) else None
     if isinstance(data, dict):
-        return {k: json_ready(v) for k, v in data.items()}
+        return {k: _finite(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return [json_ready(v) for v in data]
+        return [_finite(v) for v in data]
     return data
+
+
+def json_text(data: object, indent: Optional[int] = None) -> str:
+    """``data`` as strict JSON: floats that are not finite as ``null``. Python's ``json`` writes them as ``NaN`` /
+    ``Infinity``, which strict JSON readers (jq, JavaScript, most other languages) refuse."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False)
 
 
 def write_json(path: PathLike, data: object, indent: Optional[int] = 1) -> Path:
     """Write ``data`` as JSON atomically: to ``<path>.tmp``, then renamed over ``path``; floats that are not finite
-    as ``null`` (:func:`json_ready`)."""
+    as ``null`` (:func:`json_text`)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_ready(data), indent=indent, allow_nan=False))
+    tmp.write_text(json_text(data, indent))
     os.replace(tmp, path)
     return path
 
