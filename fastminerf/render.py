@@ -48,6 +48,7 @@ __all__ = [
     "ORBIT_MIN_DEG",
     "POSE_MODES",
     "RenderError",
+    "VIDEO_OUT_SUFFIXES",
     "VideoInfo",
     "drive_path",
     "driver_from_video",
@@ -975,6 +976,11 @@ class VideoInfo:
     """Seconds of sound in the mp4 (0 when it is silent)."""
 
 
+VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
+"""Suffixes of the files :func:`write_video` writes (containers that hold H.264 video and AAC sound; ffmpeg picks the
+container by the suffix)."""
+
+
 def write_video(
     frames: Iterable[np.ndarray],
     path: Optional[PathLike],
@@ -990,7 +996,8 @@ def write_video(
 
     Args:
         frames: (H, W, 3) float in [0, 1] or uint8, all one size.
-        path: the mp4 to write (its folder is created), or None for PNG frames only.
+        path: the mp4 to write (its folder is created; or .mov, .m4v, .mkv, .avi: :data:`VIDEO_OUT_SUFFIXES`), or None
+            for PNG frames only.
         fps: frame rate.
         png_dir: also write each frame as ``png_dir/00000.png, 00001.png, ...`` (numbered frames past this video's
             end, left there by an earlier render, are removed).
@@ -1001,7 +1008,8 @@ def write_video(
         A :class:`VideoInfo`.
 
     Raises:
-        RenderError: no frames, or frames of different sizes.
+        RenderError: no frames, frames of different sizes, or a ``path`` whose suffix is not a video container
+            (before any frame is asked for).
     """
     import imageio.v3 as iio
     import imageio_ffmpeg
@@ -1010,6 +1018,11 @@ def write_video(
         raise RenderError("write_video needs an mp4 path, a png_dir, or both")
     out = Path(path) if path is not None else None
     pngs = Path(png_dir) if png_dir is not None else None
+    if out is not None and out.suffix.lower() not in VIDEO_OUT_SUFFIXES:
+        # ffmpeg picks the container by the suffix: none failed after the first frames; .webm, .gif or .png wrote an
+        # empty or broken file in place of an earlier one and reported nothing
+        raise RenderError(f"{out}: a video needs the suffix {', '.join(VIDEO_OUT_SUFFIXES)} (H.264 with AAC sound), "
+                          f"not '{out.suffix}'")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         # written beside it and renamed at the end: an interrupted render leaves an earlier video of that name whole

@@ -335,6 +335,26 @@ def test_write_video_bad_inputs(tmp_path):
         write_video([np.zeros((10, 10, 3)), np.zeros((8, 8, 3))], tmp_path / "b.mp4")
 
 
+@pytest.mark.parametrize("name", ["v", "v.webm", "v.gif", "v.png"])
+def test_write_video_refuses_a_file_that_cannot_hold_h264_before_any_frame(tmp_path, name):
+    """An output name without a suffix crashed in ffmpeg after the first frames were rendered; .webm / .gif / .png
+    'succeeded' and replaced an earlier file with an empty or broken one. Refused up front, naming the file, with the
+    earlier file left as it was and no frame asked for."""
+    out = tmp_path / name
+    out.write_bytes(b"earlier work")
+    asked = []
+
+    def frames():
+        for f in _frames(3, 16, 16):
+            asked.append(1)
+            yield f
+
+    with pytest.raises(RenderError, match=rf"{name}.*\.mp4"):
+        write_video(frames(), out, fps=10)
+    assert asked == [] and out.read_bytes() == b"earlier work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
 # ---------------------------------------------------------------------------------- rendering with oracle
 
 
