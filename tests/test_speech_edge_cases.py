@@ -62,6 +62,21 @@ def test_load_speech_refuses_a_recording_without_sound_by_name(tmp_path):
     assert len(load_speech(tmp_path / "ok.wav").samples) == 400
 
 
+def test_load_speech_says_when_a_video_has_no_sound_track(tmp_path):
+    """A silent video given as the recording (render --speech clip.mp4): ffmpeg's last line was 'Error opening output
+    files: Invalid argument', which says nothing of the cause; the error names the file and says it has no sound."""
+    from fastminerf.render import write_video
+
+    write_video([np.zeros((16, 16, 3), np.uint8)] * 5, tmp_path / "silent.mp4", fps=25)
+    with pytest.raises(SpeechError, match=r"silent\.mp4.*no audio track"):
+        load_speech(tmp_path / "silent.mp4")
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "still.png", np.zeros((8, 8, 3), np.uint8))  # a picture: no sound either
+    with pytest.raises(SpeechError, match=r"still\.png.*no audio track"):
+        load_speech(tmp_path / "still.png")
+
+
 def test_training_on_very_few_frames_gives_finite_expressions():
     """A short clip leaves one training frame (or two, one per calibration fold): the expressions' spread is then
     undefined with Bessel's correction (NaN), which must not make every prediction NaN."""

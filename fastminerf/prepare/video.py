@@ -152,7 +152,7 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration
     ``duration`` seconds. Written to a temporary name and renamed, so an interrupted run leaves no partial file.
 
     Raises:
-        VideoError: ffmpeg failed (its last message included).
+        VideoError: the file has no audio track, or ffmpeg failed (its last message included).
     """
     out = Path(out_wav)
     tmp = out.with_name(out.stem + ".tmp.wav")
@@ -167,6 +167,8 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         tmp.unlink(missing_ok=True)
+        if "does not contain any stream" in res.stderr:  # ffmpeg's last line ('Error opening output files') hides it
+            raise VideoError(f"{path}: has no audio track: no sound to extract")
         msg = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit status {res.returncode}"
         raise VideoError(f"{path}: cannot extract the audio ({msg})")
     os.replace(tmp, out)
