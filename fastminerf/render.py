@@ -35,7 +35,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import numpy as np
 import torch
 
-from .audio import Audio, frame_soundtrack, identity_audio, read_wav, write_wav
+from .audio import Audio, AudioError, frame_soundtrack, identity_audio, read_wav, write_wav
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.writer import write_json
@@ -232,7 +232,8 @@ class CameraPath:
     fps: float = 25.0
     """Frame rate of a video of this path."""
     audio: Optional[Path] = None
-    """The recording (WAV) whose sound goes with these frames (a driver's ``audio.wav``), or None."""
+    """The recording whose sound goes with these frames (a driver's ``audio.wav``, a :func:`speech_path`'s recording),
+    or None."""
     times: Optional[np.ndarray] = None
     """(B,) seconds of each frame in ``audio`` (NaN where unknown), or None."""
     expression_space: Optional[str] = None
@@ -274,12 +275,24 @@ class CameraPath:
         """The sound of a video of this path played at ``fps`` (default the path's), or None when
         :meth:`silent_reason` says why there is none.
 
+        The recording is read as a PCM WAV file, or else decoded as :func:`fastminerf.speech.load_speech` decodes it
+        (any file ffmpeg reads, e.g. the mp3 of a :func:`speech_path`).
+
         Raises:
             AudioError: the recording cannot be read (the file named).
         """
         if self.silent_reason():
             return None
-        return frame_soundtrack(read_wav(self.audio), self.times, self.fps if fps is None else fps)  # type: ignore[arg-type]
+        try:
+            sound = read_wav(self.audio)  # type: ignore[arg-type]
+        except AudioError as not_wav:
+            from .speech import SpeechError, load_speech
+
+            try:
+                sound = load_speech(self.audio)  # type: ignore[arg-type]
+            except SpeechError:
+                raise not_wav from None  # undecodable either way: the WAV reader's account of it
+        return frame_soundtrack(sound, self.times, self.fps if fps is None else fps)  # type: ignore[arg-type]
 
 
 def mean_head_pose(c2w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -452,8 +465,8 @@ def speech_path(
         target: a dataset holding the target identity with ``pose_split`` loaded.
         target_identity: the target's name.
         speech_model: a :class:`fastminerf.speech.SpeechModel`.
-        speech: the recording, a PCM WAV file (any rate; other formats: convert with
-            :func:`fastminerf.speech.load_speech` and :func:`fastminerf.audio.write_wav` first).
+        speech: the recording: any file :func:`fastminerf.speech.load_speech` reads (a WAV at any rate, mp3, m4a, a
+            video's sound track); it is the path's soundtrack too.
         pose_split: the target's split whose head poses are played.
         fps: the video's frame rate (default: the target's).
 

@@ -143,6 +143,31 @@ def test_split_expressions_refuse_a_model_of_another_size_by_name(small):
         split_expressions(other, data, "val")
 
 
+@pytest.mark.parametrize("codec,name", [("libmp3lame", "voice.mp3"), ("pcm_f32le", "voice.wav"), ("aac", "voice.m4a")])
+def test_a_speech_path_of_any_recording_load_speech_reads_has_its_sound(small, tmp_path, codec, name):
+    """speech_path reads any file ffmpeg decodes (as render --speech does), but the soundtrack of its path read the
+    file as a PCM WAV: render_video of an mp3, an m4a or a float WAV failed with 'not a PCM WAV file' after the
+    path was made. The video's sound is the recording's, at its frames' times."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from fastminerf.render import speech_path
+
+    _, dirs, data, model = small
+    voice = tmp_path / name
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(dirs[0] / "audio.wav"),
+                    "-c:a", codec, str(voice)], check=True)
+    path = speech_path(data, data.identities[0], model, voice).head(20)
+    sound = path.soundtrack()
+    assert sound is not None and len(sound.samples) == round(20 / path.fps * sound.rate)
+    ref = read_wav(dirs[0] / "audio.wav")
+    ref = np.interp(np.arange(len(sound.samples)) / sound.rate, np.arange(len(ref.samples)) / ref.rate, ref.samples)
+    lag = 2048 if codec != "pcm_f32le" else 0  # an encoder's priming delay, a few ms
+    best = max(np.corrcoef(sound.samples[k: len(ref) - lag + k], ref[: len(ref) - lag])[0, 1] for k in range(0, lag + 1, 8))
+    assert best > 0.9
+
+
 def test_load_speech_model_names_the_file_of_a_bad_config(small, tmp_path):
     _, _, _, model = small
     out = save_speech_model(tmp_path / "speech.pt", model)
