@@ -931,11 +931,15 @@ def flat_config(cls, overrides=()):
 def preset_path(name_or_path) -> Path:
     """The YAML file of a preset name (``tiny``, ``cpu``, ``video``, ``gpu``, ``nerface``) or a path."""
     p = Path(str(name_or_path))
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if p.is_dir() and p.suffix not in (".yaml", ".yml") and candidate.is_file():
+        return candidate  # a folder named like a preset (data made by `synth tiny`) is not a config file
     if p.suffix in (".yaml", ".yml") or p.exists():
+        if p.is_dir():
+            raise ConfigError(f"config {p} is a folder, not a YAML file or a preset name")
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         return p
-    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
         names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown config preset '{name_or_path}'; presets: {', '.join(names)} (or a YAML path)")

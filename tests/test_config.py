@@ -22,6 +22,18 @@ def test_a_missing_parent_preset_names_the_file_that_extends_it(tmp_path, parent
     assert str(mine) in str(err.value)
 
 
+def test_a_preset_name_is_not_shadowed_by_a_folder_of_that_name(tmp_path, monkeypatch):
+    """`synth tiny` then `train --data tiny --config tiny` in one folder: the data folder 'tiny' was taken for the
+    config and refused with 'config file tiny does not exist'. A folder is never a config file; a name that is
+    neither a file nor a preset still says so, naming the folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    assert load_config("tiny") == load_config(str(__import__("fastminerf").config.CONFIG_DIR / "tiny.yaml"))
+    (tmp_path / "mydata").mkdir()
+    with pytest.raises(ConfigError, match="mydata.*is a folder"):
+        load_config("mydata")
+
+
 def test_a_string_field_left_empty_in_a_file_names_the_file_and_key(tmp_path):
     # `conditioning:` with nothing after it is YAML's null, which became the string "None"
     mine = tmp_path / "mine.yaml"
