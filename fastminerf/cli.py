@@ -525,6 +525,9 @@ def _run_render(args: argparse.Namespace) -> int:
                                            target.table("train").width, args.frames,
                                            progress=lambda stage, name, d, t: bar.update(task, completed=d, total=t or None))
             split = "train"
+        elif folder.is_file():  # load_driver would say 'expected an identity folder', nothing of videos
+            raise RenderError(f"--drive {folder} is a file, not a video ({', '.join(VIDEO_SUFFIXES)}) nor an identity "
+                              "folder")
         driver, driver_name = load_driver(folder, split, args.driver_identity)
         path = drive_path(target, args.identity, driver, split, driver_name, mode=args.transfer, pose=args.pose)
         if args.frames:  # a driver folder's split has every frame; a driver video was cut while it was prepared

@@ -202,6 +202,8 @@ def test_cli_render_carries_the_drivers_audio(tiny, tmp_path, capsys, decode_aud
         (["render", "--identity", "id000", "--drive", "{data}/id009:val"], "no such folder"),
         (["render", "--identity", "id000", "--drive", "{data}/id001:test"], "has no split 'test'"),
         (["render", "--identity", "id000", "--drive", "{data}"], "holds 3 identities"),
+        # a file that is not a video by its name (e.g. a .ts clip): 'expected an identity folder' said nothing of videos
+        (["render", "--identity", "id000", "--drive", "{data}/id001/bg.png"], "bg.png is a file, not a video (.mp4"),
         (["render", "--identity", "id002", "--orbit"], "unknown identity 'id002'"),
         (["render", "--identity", "id000", "--orbit", "--frames", "0"], "--frames must be at least 1, got 0"),
         (["render", "--identity", "id000", "--drive", "{data}/id001", "--frames", "-1"], "--frames must be at least 1"),
