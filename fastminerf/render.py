@@ -569,8 +569,9 @@ def training_basis(data_paths: Sequence[PathLike]) -> Path:
 def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size: int,
                       max_frames: Optional[int] = None, progress=None) -> Path:
     """Prepare a raw video as a driver in a trained model's expression space: :func:`fastminerf.prepare.prepare`
-    with the training data's ``basis`` and every frame in ``train``, into ``out_root`` (a cache: a second call
-    with the same video and settings finds it done). Returns the driver's identity folder.
+    with the training data's ``basis`` and every frame in ``train`` (the first ``max_frames``, at least 3: prepare's
+    minimum), into ``out_root`` (a cache: a second call with the same video and settings finds it done). Returns the
+    driver's identity folder.
 
     Raises:
         RenderError: the video could not be prepared (prepare's error, naming it).
@@ -580,8 +581,10 @@ def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size
 
     from .prepare import MediapipeMissing
 
-    min_frames = PrepareConfig.min_frames if max_frames is None else max(3, min(PrepareConfig.min_frames, int(max_frames)))
-    cfg = PrepareConfig(size=int(size), max_frames=max_frames, val_fraction=0.0, test_fraction=0.0, basis=str(basis),
+    # prepare refuses a video of fewer than 3 frames: a driver of 1 or 2 is prepared with 3 and cut by the caller
+    take = None if max_frames is None else max(3, int(max_frames))
+    min_frames = PrepareConfig.min_frames if take is None else min(PrepareConfig.min_frames, take)
+    cfg = PrepareConfig(size=int(size), max_frames=take, val_fraction=0.0, test_fraction=0.0, basis=str(basis),
                         min_frames=min_frames, overwrite=True)  # the cache is ours: other settings replace it
     try:
         result = prepare([video], out_root, cfg, progress=progress)

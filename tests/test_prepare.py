@@ -467,6 +467,27 @@ def test_a_procedural_head_in_a_wide_shot_is_found_without_real_clips(tmp_path):
     assert np.median(err) < SYNTH_WIDE_MEDIAN_PX
 
 
+def test_a_raw_video_drives_one_or_two_frames(tmp_path):
+    """``render --drive VIDEO --frames 2`` (or 1) failed: the driver was prepared with max_frames 2, and prepare
+    refuses a video of fewer than 3 frames ('only 2 frames (at least 3 needed)'). The driver now holds at least
+    the frames asked for (render cuts the path to --frames)."""
+    import imageio.v3 as iio
+
+    from fastminerf.data.synth import generate
+    from fastminerf.prepare import prepare
+    from fastminerf.render import driver_from_video
+
+    d = generate(tmp_path / "synth", n_identities=1, n_frames=8, size=128, seed=0, novel_frames=1)[0]
+    _write_video(tmp_path / "head.mp4", [iio.imread(p)[..., :3] for split in ("train", "val")
+                                         for p in sorted((d / split).glob("[0-9][0-9][0-9][0-9].png"))])
+    assert prepare([tmp_path / "head.mp4"], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)
+                   ).videos[0].status == "done"  # the training data's basis
+    for n in (1, 2):
+        out = driver_from_video(tmp_path / "head.mp4", tmp_path / "data" / "expression_basis.npz", tmp_path / "drivers",
+                                64, max_frames=n)
+        assert len(read_transforms(out / "transforms_train.json").c2w) >= n
+
+
 def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_path, capsys, monkeypatch):
     """``render --drive VIDEO`` without the real clips: videos of procedural heads, prepared, trained on for two
     steps, then a third head's video as the driver (CI runs this; the real-clip test adds sound)."""
