@@ -624,6 +624,8 @@ def load_speech_model(path: PathLike) -> SpeechModel:
     from .train import read_plain_file
 
     p = Path(path)
+    if p.is_dir():  # e.g. the run folder instead of RUN/speech.pt
+        raise SpeechError(f"speech model {p} is a folder: give the model file in it (e.g. {p / 'speech.pt'})")
     if not p.is_file():
         raise SpeechError(f"speech model {p} does not exist (train one with: fastminerf speech --run RUN, or --data ... --out {p})")
     data = read_plain_file(p, FORMAT, FORMAT_VERSION, ("expression_dim", "config", "state"), "speech model", SpeechError)

@@ -168,6 +168,15 @@ def test_a_speech_path_of_any_recording_load_speech_reads_has_its_sound(small, t
     assert best > 0.9
 
 
+def test_load_speech_model_says_a_folder_is_a_folder(small, tmp_path):
+    """--speech-model RUN (the run folder, not RUN/speech.pt) said 'speech model RUN does not exist' and suggested
+    writing a model to the folder's path: the folder exists, and the model file in it is what is wanted."""
+    _, _, _, model = small
+    save_speech_model(tmp_path / "run" / "speech.pt", model)
+    with pytest.raises(SpeechError, match=r"run is a folder.*run/speech\.pt"):
+        load_speech_model(tmp_path / "run")
+
+
 def test_load_speech_model_names_the_file_of_a_bad_config(small, tmp_path):
     _, _, _, model = small
     out = save_speech_model(tmp_path / "speech.pt", model)
