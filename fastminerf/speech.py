@@ -107,6 +107,8 @@ def load_speech(path: PathLike) -> Audio:
             :func:`log_mel` could not hear), or cannot be decoded.
     """
     p = Path(path)
+    if p.is_dir():
+        raise SpeechError(f"{p} is a folder, not a recording")
     if not p.is_file():
         raise SpeechError(f"{p}: no such file")
     try:

@@ -77,6 +77,13 @@ def test_load_speech_says_when_a_video_has_no_sound_track(tmp_path):
         load_speech(tmp_path / "still.png")
 
 
+def test_load_speech_says_a_folder_is_not_a_recording(tmp_path):
+    """render --speech DIR said 'DIR: no such file' of a folder that exists."""
+    (tmp_path / "voices").mkdir()
+    with pytest.raises(SpeechError, match=r"voices is a folder, not a recording"):
+        load_speech(tmp_path / "voices")
+
+
 def test_training_on_very_few_frames_gives_finite_expressions():
     """A short clip leaves one training frame (or two, one per calibration fold): the expressions' spread is then
     undefined with Bessel's correction (NaN), which must not make every prediction NaN."""
