@@ -358,7 +358,8 @@ def drive_path(
     :func:`pose_loop` when the driver is longer), ``still`` (the target's mean pose there): all three with the
     target's intrinsics and image size, so the head sits where the target's shoulders and background expect it;
     ``driver``: the driver's cameras, intrinsics and image size as they are, which frames another person's head
-    (its distance and place in the picture) over the target's torso. Frame rate, times and sound are the driver's.
+    (its distance and place in the picture) over the target's torso. Frame rate, times and sound are the driver's;
+    the driver's frames play in time order (as stored where they carry no time).
 
     Args:
         target: a dataset holding the target identity with ``neutral_split`` loaded.
@@ -383,7 +384,7 @@ def drive_path(
     if driver_split not in driver.splits:
         raise RenderError(f"driver split '{driver_split}' is not loaded; loaded: {list(driver.splits)}")
     table = driver.table(driver_split)
-    frames = table.frames_of(d_id)
+    frames = _time_ordered(table, table.frames_of(d_id))  # a split need not be stored in time order (DATASET.md)
     if frames.size == 0:
         raise RenderError(f"driver '{driver_identity}' has no frames in split '{driver_split}'")
     needs = [(driver, "driver")] if mode == "delta" else []

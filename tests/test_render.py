@@ -215,6 +215,28 @@ def test_drive_path_head_pose_modes(synth, data):
         drive_path(data, "id000", data, "novel", driver_identity="id001", pose="sideways")
 
 
+def test_a_driver_split_stored_out_of_time_order_plays_in_time_order(tmp_path):
+    """DATASET.md does not ask for a split's frames in time order; a driven video played them as stored, a jumble
+    of the driver's motion with the sound cut to match (each frame's sound at its own time). It plays them by time,
+    like the target's own poses and the speech frames."""
+    dirs = generate(tmp_path, n_identities=2, n_frames=12, size=16, novel_frames=1, val_fraction=0.5)
+    file = dirs[1] / "transforms_val.json"
+    meta = json.loads(file.read_text())
+    meta["frames"] = [meta["frames"][k] for k in (3, 0, 5, 1, 4, 2)]
+    file.write_text(json.dumps(meta))
+    data = load_dataset([tmp_path], splits=("train", "val"))
+    table = data.table("val")
+    rows = table.frames_of(1)
+    assert not np.all(np.diff(table.time[rows]) > 0)  # stored shuffled
+    for pose in ("driver", "relative"):
+        path = drive_path(data, "id000", data, "val", driver_identity="id001", mode="absolute", pose=pose)
+        order = rows[np.argsort(table.time[rows])]
+        np.testing.assert_array_equal(path.times, table.time[order])
+        np.testing.assert_array_equal(path.expression, table.expression[order])
+    np.testing.assert_array_equal(path.c2w, relative_cameras(table.c2w[order], data.table("train").c2w[
+        data.table("train").frames_of(0)]))
+
+
 def test_orbit_cameras_look_at_the_centre():
     centre = np.array([0.05, 0.1, -0.02])
     cams = orbit_cameras(12, 3.5, yaw_deg=30, pitch_deg=10, look_at=centre).astype(np.float64)
