@@ -371,7 +371,8 @@ def drive_path(
         pose: one of :data:`POSE_MODES`.
 
     Raises:
-        RenderError: naming the missing identity or split, or an unknown ``pose``.
+        RenderError: naming the missing identity or split, an unknown ``pose``, or a driver in another expression space
+            than the target's data (both known).
     """
     if pose not in POSE_MODES:
         raise RenderError(f"unknown pose mode '{pose}': one of {list(POSE_MODES)}")
@@ -381,6 +382,11 @@ def drive_path(
         driver_identity = driver.identities[0]
     d_id = _dataset_identity(driver, driver_identity)
     t_id = _dataset_identity(target, target_identity)
+    # before the transfer, whose sizes check could not say which spaces differ nor what to do
+    why = expression_space_mismatch(target.expression_space, driver.expression_space, f"the driver '{driver_identity}'",
+                                    f"that of '{target_identity}'")
+    if why is not None:
+        raise RenderError(why)
     if driver_split not in driver.splits:
         raise RenderError(f"driver split '{driver_split}' is not loaded; loaded: {list(driver.splits)}")
     table = driver.table(driver_split)

@@ -250,6 +250,31 @@ def test_data_in_another_expression_space_is_refused(tiny, tmp_path, capsys):
         personalize(root / "run", [new], tmp_path / "p", steps=1)
 
 
+def test_a_driver_of_another_expression_size_is_refused_by_space(tiny, tmp_path, capsys):
+    """A driver prepared in another space with another number of coefficients: the default (delta) transfer said
+    only 'expression sizes differ ... identities must share one expression space', without the spaces or the remedy
+    that a driver of the same size (or --transfer absolute) was given."""
+    import shutil
+
+    from fastminerf.data.synth import EXPRESSION_SPACE
+
+    root, dirs = tiny
+    known = shutil.copytree(dirs[1], tmp_path / "id001")
+    for f in known.glob("transforms_*.json"):
+        m = json.loads(f.read_text())
+        m["expression_space"] = "pca5-0123456789ab"
+        m.pop("expression_names", None)
+        for fr in m["frames"]:
+            fr["expression"] = fr["expression"][:5]
+        f.write_text(json.dumps(m))
+    for transfer in ("delta", "absolute"):
+        assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--drive", f"{known}:val",
+                     "--transfer", transfer, "--out", str(tmp_path / "x.mp4")]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "pca5-0123456789ab" in err and EXPRESSION_SPACE in err and "--basis" in err, err
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_a_raw_video_needs_the_training_datas_basis(tiny, tmp_path, capsys):
     root, _ = tiny
     video = tmp_path / "someone.mp4"
