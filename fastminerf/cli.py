@@ -455,8 +455,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--speech-model", type=Path, default=None,
                    help="the speech model for --speech (default RUN/speech.pt, written by fastminerf speech --run RUN)")
     p.add_argument("--out", required=True, type=Path, help="output mp4")
-    p.add_argument("--transfer", choices=["delta", "absolute"], default="delta", help="expression transfer mode (default delta)")
-    p.add_argument("--pose", choices=["relative", "driver", "target", "still"], default="relative",
+    p.add_argument("--transfer", choices=["delta", "absolute"], default=None, help="expression transfer mode of a --drive video (default delta)")
+    p.add_argument("--pose", choices=["relative", "driver", "target", "still"], default=None,
                    help="head poses of a --drive video: 'relative' (default) moves NAME's head about its mean training "
                         "pose as the driver's head moves about its own, in NAME's framing (the head stays on NAME's "
                         "shoulders); 'driver' takes the driver's cameras as they are (its framing); 'target' plays "
@@ -492,6 +492,16 @@ def _run_render(args: argparse.Namespace) -> int:
     if args.fps is not None and not args.fps > 0:  # ffmpeg wrote 0 as 16 fps, and failed on a negative rate at the end
         raise RenderError(f"--fps must be positive, got {args.fps:g}")
     console = _console()
+    source = "--orbit" if args.orbit else "--speech" if args.speech is not None else "--drive"
+    for applies, given in (("--drive", {"--transfer": args.transfer, "--pose": args.pose,
+                                        "--driver-identity": args.driver_identity}),
+                           ("--orbit", {"--yaw": args.yaw, "--pitch": args.pitch}),
+                           ("--speech", {"--speech-model": args.speech_model})):
+        unused = [option for option, value in given.items() if value is not None]
+        if unused and source != applies:  # they were ignored without a word
+            console.print(f"[yellow]note[/yellow] {', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to "
+                          f"{applies} only, not to {source}: ignored", highlight=False)
+    args.transfer, args.pose = args.transfer or "delta", args.pose or "relative"
     _, model, meta = _open_run(args.run, args.render_steps)
     identity_id(model, args.identity)  # fail early, naming the identity
     note = _not_personalised(args.run, meta, [args.identity])

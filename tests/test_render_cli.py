@@ -223,6 +223,21 @@ def test_cli_bad_inputs_name_the_thing(tiny, tmp_path, capsys, argv, message):
     assert not (tmp_path / "x.mp4").exists()
 
 
+@pytest.mark.parametrize("extra, note", [
+    (["--orbit", "--pose", "still"], "--pose applies to --drive only, not to --orbit: ignored"),
+    (["--drive", "{data}/id001:val", "--yaw", "10", "--pitch", "2"], "--yaw, --pitch apply to --orbit only"),
+    (["--orbit", "--speech-model", "{data}", "--transfer", "absolute"], "--transfer applies to --drive only"),
+])
+def test_cli_render_says_which_options_it_ignores(tiny, tmp_path, capsys, extra, note):
+    """Options of another source were ignored without a word (--speech with --pose still played the target's own
+    poses, --drive with --yaw rendered no orbit): the command says so before it renders."""
+    root, _ = tiny
+    extra = [a.replace("{data}", str(root / "data")) for a in extra]
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--frames", "1",
+                 "--out", str(tmp_path / "x.mp4")] + extra) == 0
+    assert note in " ".join(capsys.readouterr().out.split())
+
+
 def test_data_in_another_expression_space_is_refused(tiny, tmp_path, capsys):
     import shutil
 
