@@ -1211,7 +1211,8 @@ def evaluate(
         split: split to evaluate.
         out_dir: when given, writes ``out_dir/metrics.json`` (the returned dict) and
             ``out_dir/side_by_side/<identity>/<k>.png`` (prediction | truth | error, k the frame's position
-            in the identity's split).
+            in the identity's split; numbered images of an evaluated identity's frames not rendered now, left by an
+            earlier evaluation into the folder, are removed).
         identities: names to evaluate (default all of the dataset's).
         max_frames: evaluate only the first ``max_frames`` frames of each identity.
         with_lpips: compute LPIPS when available.
@@ -1301,6 +1302,11 @@ def evaluate(
                 done += 1
                 if progress is not None:
                     progress(done, total)
+            if out is not None:  # images an earlier evaluation into this folder left of frames not rendered now
+                written = {f"{int(table.frame_in_identity[i]):04d}.png" for i in frames.tolist()}
+                for stale in (out / "side_by_side" / name).glob("[0-9][0-9][0-9][0-9].png"):
+                    if stale.name not in written:
+                        stale.unlink()
             per_identity[name] = {"frames": len(frames), **{m: float(np.mean(v)) if v else float("nan") for m, v in values.items()}}
             if marks is not None:
                 per_identity[name]["lmd_frames"] = len(values["lmd"])

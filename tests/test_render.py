@@ -428,6 +428,20 @@ def test_evaluate_with_oracle_and_a_wrong_model(synth, data, tmp_path):
         evaluate(Oracle(synth[1]), data, "test")
 
 
+def test_evaluate_again_into_one_folder_leaves_only_this_evaluations_images(synth, data, tmp_path):
+    """A second evaluation into the same folder (fewer frames, another split or model) left the first one's
+    side-by-side images of the frames it did not render beside its metrics.json; an image not named as a frame is
+    left alone."""
+    evaluate(Oracle(synth[1]), data, "train", out_dir=tmp_path / "ev", with_lpips=False, with_lmd=False)
+    folder = tmp_path / "ev" / "side_by_side" / "id000"
+    assert len(list(folder.glob("*.png"))) > 1
+    (folder / "notes.png").write_bytes(b"not ours")
+    res = evaluate(Oracle(synth[1]), data, "train", out_dir=tmp_path / "ev", max_frames=1, with_lpips=False,
+                   with_lmd=False)
+    assert res["identities"]["id000"]["frames"] == 1
+    assert sorted(p.name for p in folder.glob("*.png")) == ["0000.png", "notes.png"]
+
+
 def test_evaluate_reports_how_far_each_head_pose_is_from_training(synth, data):
     """``pose_gap``: the mean angle from each evaluated frame's head pose to the identity's nearest training one."""
     from fastminerf.metrics import rotation_gap_deg
