@@ -27,9 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_overrides, machine, torch_threads, write_result  # noqa: E402
+from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
 from benchmarks.train_targets import evaluate  # noqa: E402
 from fastminerf import load_config, load_run, train  # noqa: E402
 from fastminerf.data.synth import generate  # noqa: E402
@@ -69,8 +71,9 @@ def main(argv=None) -> int:
     add_overrides(ap, "the cpu preset in both runs", "conditioning_equal_steps[_<N>ids]")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fm_cond_"))
-    with torch_threads(args.threads):  # the runs' thread count (train.threads), not the caller's
-        where = machine()  # at the start: the commit that runs, not the one checked out when it ends
+    # the runs' thread count (train.threads) for their evaluations too: train() gives its caller's count back
+    torch.set_num_threads(args.threads)
+    where = machine()  # at the start: the commit that runs, not the one checked out when it ends
     rows = []
     for style in args.styles:
         for seed in args.seeds:

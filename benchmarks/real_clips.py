@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -172,6 +173,8 @@ def main() -> int:
     steps = int(round(steps * generic_s / budget))
     cfg = load_config(args.config, args.overrides + [f"train.max_seconds={generic_s}", f"train.steps={steps}",
                                                      "train.log_every=100"])
+    if cfg.train.threads:  # evaluation and the video on the runs' threads too (train() gives the caller's back)
+        torch.set_num_threads(cfg.train.threads)
     t0 = time.perf_counter()
 
     def show(rec):
@@ -243,7 +246,7 @@ def main() -> int:
         print(f"transfer video: {video}; strip: {strip}")
 
     payload = {
-        "machine": {**machine(), "git_commit": commit},  # threads as training left them
+        "machine": {**machine(), "git_commit": commit},  # threads: train.threads where set
         "settings": {"clips": [c.name for c in clips], "size": args.size, "max_frames": args.max_frames,
                      "config": args.config, "minutes": args.minutes, "steps": steps, "eval_frames": args.eval_frames,
                      "eval_split": "test (each clip's last 10 %, never trained on)", "val_fraction": args.val_fraction,

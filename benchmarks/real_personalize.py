@@ -23,10 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_overrides, machine, torch_threads, write_result  # noqa: E402
+from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
 from benchmarks.real_clips import prepared_root  # noqa: E402
 
 
@@ -53,8 +55,9 @@ def main() -> int:
     from fastminerf.render import evaluate
     from fastminerf.train import load_run, personalize, train
 
-    with torch_threads(args.threads):  # the runs' thread count (train.threads), not the caller's
-        where = machine()  # at the start: the commit that runs
+    # the runs' thread count (train.threads) for their evaluations too: train() gives its caller's count back
+    torch.set_num_threads(args.threads)
+    where = machine()  # at the start: the commit that runs
     root = prepared_root(args.data, args.work, 256)
     if root is None:
         return 1

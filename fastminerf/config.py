@@ -679,7 +679,8 @@ class TrainConfig:
     """Also write a checkpoint when this many seconds passed since the last one."""
 
     threads: Optional[int] = None
-    """torch CPU threads; None leaves torch's default."""
+    """torch CPU threads of training and personalisation (``train`` and ``personalize`` give the caller's count back
+    when they return); None leaves torch's default."""
 
     device: str = "auto"
     """Where training runs: ``auto`` (the first CUDA GPU when torch sees one, else the CPU), ``cpu``, ``cuda`` or

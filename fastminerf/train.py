@@ -25,6 +25,7 @@ Shapes: N rays per batch, B training frames, I identities, E expression size.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -640,9 +641,26 @@ def _restore_state(sampler: RaySampler, s: dict) -> None:
 # Generic training
 
 
+def _gives_threads_back(fn):
+    """``fn`` runs on ``train.threads`` (it calls ``torch.set_num_threads``) and gives the caller's thread count back
+    when it returns or raises: a library call does not leave the process's thread pool changed."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+    return wrapper
+
+
+@_gives_threads_back
 def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
           progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None) -> TrainResult:
     """Train one model on every identity of ``data_paths`` (their ``train`` split), in ``out_dir``.
+
+    Runs on ``cfg.train.threads`` torch threads when set, and gives the caller's thread count back at the end.
 
     Writes ``config.yaml``, ``checkpoint.pt`` and ``log.jsonl`` (module docstring). If ``out_dir`` already holds a
     checkpoint, resumes from it (same data and config required, except the keys in :data:`RESUME_MAY_CHANGE`).
@@ -735,6 +753,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
 # Personalisation
 
 
+@_gives_threads_back
 def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
                 steps: Optional[int] = None, max_seconds: Optional[float] = None,
                 progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None,

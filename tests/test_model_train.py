@@ -535,10 +535,31 @@ def test_personalize_honours_train_threads(tiny_data, trained, tmp_path):
     run, _ = trained
     new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
     before = torch.get_num_threads()
+    seen = []
     try:
         torch.set_num_threads(2)
-        personalize(run, [new], tmp_path / "p", steps=1, overrides=["train.threads=1"])
-        assert torch.get_num_threads() == 1
+        personalize(run, [new], tmp_path / "p", steps=1, overrides=["train.threads=1", "train.log_every=1"],
+                    progress=lambda rec: seen.append(torch.get_num_threads()))
+        assert seen and set(seen) == {1}  # its steps ran on train.threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_train_and_personalize_give_the_callers_thread_count_back(tiny_data, trained, tmp_path):
+    """``train.threads`` sized torch's thread pool for the whole process and left it so: a notebook that called
+    train() or personalize() with ``train.threads=1`` ran everything after it on one thread."""
+    run, _ = trained
+    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
+    before = torch.get_num_threads()
+    seen = []
+    try:
+        torch.set_num_threads(2)
+        train(load_config("tiny", ["train.steps=1", "train.log_every=1", "train.threads=1"]), _two(tiny_data),
+              tmp_path / "t", progress=lambda rec: seen.append(torch.get_num_threads()))
+        assert seen == [1] and torch.get_num_threads() == 2
+        personalize(run, [new], tmp_path / "p", steps=1, overrides=["train.threads=1", "train.log_every=1"],
+                    progress=lambda rec: seen.append(torch.get_num_threads()))
+        assert seen == [1, 1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
