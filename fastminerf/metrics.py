@@ -102,8 +102,8 @@ def psnr(pred: ImageLike, target: ImageLike) -> torch.Tensor:
         float64, ``()`` for one image or ``(B,)``; :data:`PSNR_MAX_DB` where the images are identical.
 
     Example:
-        >>> psnr(torch.zeros(4, 4, 3), torch.full((4, 4, 3), 0.1))  # MSE 0.01
-        tensor(20., dtype=torch.float64)
+        >>> psnr(torch.zeros(4, 4, 3), torch.full((4, 4, 3), 0.5))  # MSE 0.25
+        tensor(6.0206, dtype=torch.float64)
     """
     p, t = _as_images(pred, target, "psnr")
     mse = (p - t).square().mean(dim=(-3, -2, -1))
