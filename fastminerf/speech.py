@@ -345,8 +345,16 @@ def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int, f
 
 def _fit(x: torch.Tensor, y: torch.Tensor, cfg: SpeechConfig, progress: Optional[ProgressFn], done: int, total: int) -> SpeechToExpression:
     """Adam over random batches of (x: wide windows, y: expressions); progress counts from ``done`` of ``total``."""
+    # The initial weights and dropout draw from torch's global generator: seeded here, the caller's state given back.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed))
+        return _fit_seeded(x, y, cfg, progress, done, total)
+
+
+def _fit_seeded(x: torch.Tensor, y: torch.Tensor, cfg: SpeechConfig, progress: Optional[ProgressFn], done: int,
+                total: int) -> SpeechToExpression:
+    """:func:`_fit` with torch's global generator seeded."""
     gen = torch.Generator().manual_seed(int(cfg.seed))
-    torch.manual_seed(int(cfg.seed))
     net = SpeechToExpression(y.shape[1], cfg)
     net.mean.copy_(y.mean(0))
     # One frame (a short clip, or a calibration fold's complement) has no spread; std's Bessel correction would

@@ -641,26 +641,30 @@ def _restore_state(sampler: RaySampler, s: dict) -> None:
 # Generic training
 
 
-def _gives_threads_back(fn):
-    """``fn`` runs on ``train.threads`` (it calls ``torch.set_num_threads``) and gives the caller's thread count back
-    when it returns or raises: a library call does not leave the process's thread pool changed."""
+def _leaves_torch_state(fn):
+    """``fn`` runs on ``train.threads`` (it calls ``torch.set_num_threads``) and draws its initial weights after
+    seeding torch's global generator with ``train.seed``; the caller gets its thread count and its global random
+    state back when ``fn`` returns or raises: a library call does not leave the process's torch changed."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         before = torch.get_num_threads()
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         try:
-            return fn(*args, **kwargs)
+            with torch.random.fork_rng(devices=devices):
+                return fn(*args, **kwargs)
         finally:
             if torch.get_num_threads() != before:
                 torch.set_num_threads(before)
     return wrapper
 
 
-@_gives_threads_back
+@_leaves_torch_state
 def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
           progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None) -> TrainResult:
     """Train one model on every identity of ``data_paths`` (their ``train`` split), in ``out_dir``.
 
-    Runs on ``cfg.train.threads`` torch threads when set, and gives the caller's thread count back at the end.
+    Runs on ``cfg.train.threads`` torch threads when set and seeds torch's global generator with ``cfg.train.seed``;
+    the caller's thread count and global random state are given back at the end.
 
     Writes ``config.yaml``, ``checkpoint.pt`` and ``log.jsonl`` (module docstring). If ``out_dir`` already holds a
     checkpoint, resumes from it (same data and config required, except the keys in :data:`RESUME_MAY_CHANGE`).
@@ -753,7 +757,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
 # Personalisation
 
 
-@_gives_threads_back
+@_leaves_torch_state
 def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
                 steps: Optional[int] = None, max_seconds: Optional[float] = None,
                 progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None,

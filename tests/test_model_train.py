@@ -564,6 +564,16 @@ def test_train_and_personalize_give_the_callers_thread_count_back(tiny_data, tra
         torch.set_num_threads(before)
 
 
+def test_train_leaves_torchs_global_random_state_alone(tiny_data, tmp_path):
+    """train() seeded torch's global generator with train.seed (to draw the initial weights) and left it so: a
+    notebook's random draws after it were the same whatever it had seeded."""
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    train(load_config("tiny", ["train.steps=1"]), _two(tiny_data), tmp_path / "t")
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_personalize_refuses_model_overrides(tiny_data, trained, tmp_path):
     run, _ = trained
     new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
