@@ -869,12 +869,20 @@ def config_from_dict(data: dict, base=None, cls=None, prefix: str = ""):
     return replace(base, **changes)
 
 
+def override_list(overrides) -> list:
+    """``key=value`` overrides as a list: a sequence of them, None, or one string (one override, not its characters)."""
+    if overrides is None:
+        return []
+    return [overrides] if isinstance(overrides, str) else list(overrides)
+
+
 def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
     """Apply ``key=value`` strings with dotted keys (``model.field.conditioning=concat``); values are parsed as
-    YAML, then typed by the dataclass field."""
+    YAML, then typed by the dataclass field. One string is one override."""
     import yaml
 
-    for item in overrides or ():
+    overrides = override_list(overrides)
+    for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=1000)")
         key, raw = item.split("=", 1)
@@ -918,7 +926,7 @@ def flat_config(cls, overrides=()):
     import yaml
 
     data = {}
-    for item in overrides or ():
+    for item in override_list(overrides):
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. steps=1000)")
         key, raw = item.split("=", 1)
@@ -949,8 +957,8 @@ def preset_path(name_or_path) -> Path:
 
 def load_config(name_or_path=None, overrides=()) -> "RunConfig":
     """The run config of a preset name or YAML file (holding only differences from the defaults, or from the preset
-    it names with ``extends: NAME``), then the dotted ``key=value`` overrides. ``None`` means the default preset
-    (:data:`DEFAULT_PRESET`).
+    it names with ``extends: NAME``), then the dotted ``key=value`` overrides (a list, or one string). ``None`` means
+    the default preset (:data:`DEFAULT_PRESET`).
 
     Example:
         >>> cfg = load_config("tiny", ["model.field.conditioning=concat", "train.steps=50"])

@@ -761,7 +761,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
 def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
                 steps: Optional[int] = None, max_seconds: Optional[float] = None,
                 progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None,
-                overrides: Sequence[str] = ()) -> TrainResult:
+                overrides: Union[str, Sequence[str]] = ()) -> TrainResult:
     """Add the identities of ``data_paths`` (a short clip each: their ``train`` split) to a trained generic model,
     or fine-tune identities it already knows on their own frames.
 
@@ -789,8 +789,9 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         max_seconds: time limit in training seconds (default ``train.max_seconds`` of ``overrides``, else none: the
             generic run's own limit is not this personalisation's).
         progress, monitor: as for :func:`train` (the monitor sees the model with every identity, old and new).
-        overrides: ``key=value`` changes of the generic run's ``train.``, ``sampler.`` or ``data.`` settings for
-            this personalisation (e.g. ``train.personalize_tune=all``); the model's settings are the generic run's.
+        overrides: ``key=value`` changes (a list, or one string) of the generic run's ``train.``, ``sampler.`` or
+            ``data.`` settings for this personalisation (e.g. ``train.personalize_tune=all``); the model's settings are
+            the generic run's.
     """
     cfg, model, meta = load_run(generic_run)
     cfg = _personalize_config(replace(cfg, train=replace(cfg.train, max_seconds=None)), overrides)
@@ -950,9 +951,10 @@ PERSONALIZE_MAY_SET = ("train.", "sampler.", "data.")
 """Config sections a personalisation may change (the model is the generic run's)."""
 
 
-def _personalize_config(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
-    from .config import ConfigError, apply_overrides, check_run
+def _personalize_config(cfg: RunConfig, overrides: Union[str, Sequence[str]]) -> RunConfig:
+    from .config import ConfigError, apply_overrides, check_run, override_list
 
+    overrides = override_list(overrides)
     bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(PERSONALIZE_MAY_SET)]
     if bad:
         raise ConfigError(f"personalisation cannot change {bad}: only train.*, sampler.* and data.* settings may "

@@ -53,6 +53,17 @@ def test_a_section_given_a_value_names_the_section(tmp_path):
 # ------------------------------------------------------------------------------------------- --set typing
 
 
+def test_a_lone_override_string_is_one_override():
+    """load_config("tiny", "train.steps=5") (a string where a list goes, as train() takes one data path) iterated its
+    characters and said "override 't' must look like key=value"."""
+    from fastminerf.config import flat_config
+
+    assert load_config("tiny", "train.steps=5").train.steps == 5
+    assert flat_config(SpeechConfig, "steps=7").steps == 7
+    with pytest.raises(ConfigError, match="'train.stepz'"):
+        load_config("tiny", "train.stepz=5")
+
+
 def test_bools_take_1_and_0():
     # YAML reads 1 and 0 as integers: the strings "1" / "0" the parser accepts never reach it from --set or a file
     assert load_config("tiny", ["train.ray_jitter=1"]).train.ray_jitter is True

@@ -574,6 +574,13 @@ def test_train_leaves_torchs_global_random_state_alone(tiny_data, tmp_path):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_personalize_takes_a_lone_override_string(tiny_data, trained, tmp_path):
+    run, _ = trained
+    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
+    personalize(run, new, tmp_path / "p", steps=1, overrides="train.personalize_tune=all")
+    assert load_run(tmp_path / "p")[0].train.personalize_tune == "all"
+
+
 def test_personalize_refuses_model_overrides(tiny_data, trained, tmp_path):
     run, _ = trained
     new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
