@@ -1213,7 +1213,7 @@ def evaluate(
             ``out_dir/side_by_side/<identity>/<k>.png`` (prediction | truth | error, k the frame's position
             in the identity's split; numbered images of an evaluated identity's frames not rendered now, left by an
             earlier evaluation into the folder, are removed).
-        identities: names to evaluate (default all of the dataset's).
+        identities: names to evaluate, or one name (default all of the dataset's).
         max_frames: evaluate only the first ``max_frames`` frames of each identity.
         with_lpips: compute LPIPS when available.
         with_lmd: compute LMD when mediapipe is installed.
@@ -1242,6 +1242,8 @@ def evaluate(
     if split not in dataset.splits:
         raise RenderError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
     table = dataset.table(split)
+    if isinstance(identities, str):  # one name: that identity
+        identities = [identities]
     names = list(dataset.identities) if identities is None else list(identities)
     models = dict(model) if isinstance(model, Mapping) else {name: model for name in names}
     for m in {id(m): m for m in models.values()}.values():

@@ -170,3 +170,10 @@ def test_near_and_far_are_written_together(tmp_path):
     path = write_transforms(tmp_path, "train", [], near=2.0, far=6.0, **kw)
     meta = json.loads(path.read_text())
     assert (meta["near"], meta["far"]) == (2.0, 6.0)
+
+
+def test_one_split_given_as_a_string_is_that_split(tmp_path):
+    """load_dataset(path, splits="train") read the splits 't', 'r', 'a', ... ("identity 'a' has no split 't'"), where
+    ``paths`` takes one path as a string."""
+    d = _identity(tmp_path, "a", 2, 0)
+    assert load_dataset(d, splits="train").splits == ("train",)

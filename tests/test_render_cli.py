@@ -50,6 +50,16 @@ def test_library_render_and_evaluate_with_a_trained_model(tiny):
     assert res["identities"]["id000"]["psnr"] == pytest.approx(np.mean(by_hand), abs=1e-4)
 
 
+def test_evaluate_takes_one_identity_as_a_string(tiny):
+    """evaluate(..., identities="id000") looked for the identities 'i', 'd', ... ("identity 'i' is not in the
+    dataset")."""
+    root, dirs = tiny
+    _, model, _ = load_run(root / "run")
+    data = load_dataset(dirs[:2], splits=("train", "val"))
+    res = evaluate(model, data, "val", identities="id000", max_frames=1, with_lpips=False, with_lmd=False)
+    assert list(res["identities"]) == ["id000"]
+
+
 def test_cli_eval_writes_metrics_and_images(tiny, tmp_path, capsys, monkeypatch):
     root, dirs = tiny
     rc = main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), str(dirs[1]), "--split", "val", "--out", str(tmp_path / "ev")])

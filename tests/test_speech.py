@@ -158,6 +158,16 @@ def test_split_expressions_drive_each_frame_by_its_own_sound(heads, tmp_path):
         (tmp_path / "kept.wav").rename(dirs[0] / "audio.wav")
 
 
+def test_one_split_given_as_a_string_is_that_split(heads):
+    """speech_clips(data, "train") and train_speech(..., fit_splits="train") took the splits 't', 'r', ... ("split
+    't' is not loaded")."""
+    _, _, data, _, _, _ = heads
+    clips, _ = speech_clips(data, "train")
+    assert clips and all(set(c.times) == {"train"} for c in clips)
+    model = train_speech(clips, SpeechConfig(steps=2, calibrate=0), "train", data.expression_space)
+    assert model.net.mean.shape == (data.expression_dim,)
+
+
 def test_pose_loop_plays_forward_then_back():
     assert pose_loop(3, 8).tolist() == [0, 1, 2, 1, 0, 1, 2, 1]
     assert pose_loop(1, 3).tolist() == [0, 0, 0]

@@ -438,7 +438,8 @@ def load_dataset(
     Args:
         paths: identity folders and/or roots holding identity folders (a folder is an identity folder when it
             holds a ``transforms_<split>.json``).
-        splits: splits to load, each required for every identity; None for the splits the first identity has.
+        splits: splits to load (or one split's name), each required for every identity; None for the splits the first
+            identity has.
         cache_frames, cache_bytes: bounds of the frame cache (see :class:`fastminerf.config.DataConfig`,
             whose fields these keywords are).
 
@@ -455,7 +456,7 @@ def load_dataset(
     dirs = find_identity_dirs(paths)
     if splits is None:
         splits = identity_splits(dirs[0])
-    splits = tuple(splits)
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)  # one split's name: that split
     if not splits:
         raise ValueError("splits must name at least one split")
     metas: Dict[str, List[SplitMeta]] = {}
