@@ -420,19 +420,31 @@ def _flat(cfg, prefix: str = "") -> dict:
     return out
 
 
-def _truncate_log(log: Path, step: int) -> None:
+def _truncate_log(log: Path, step: int) -> Optional[dict]:
+    """Drop the log lines of steps after ``step`` (redone on resume); the last line kept, or None."""
     if not log.exists():
-        return
-    kept = []
+        return None
+    kept, last = [], None
     for line in log.read_text().splitlines():
         try:
-            if json.loads(line)["step"] <= step:
+            record = json.loads(line)
+            if record["step"] <= step:
                 kept.append(line)
-        except (ValueError, KeyError):
+                last = record
+        except (ValueError, KeyError, TypeError):
             continue  # a line cut by the interruption
     tmp = log.with_name(log.name + ".tmp")  # renamed over it: an interruption now leaves the whole log, not half
     tmp.write_text("".join(k + "\n" for k in kept))
     os.replace(tmp, log)
+    return last
+
+
+def _resume_log(loop: "_Loop") -> None:
+    """Truncate a resumed run's log to its checkpoint's step and start the loop's loss and PSNR from its last line,
+    so that a run resumed when already finished (no step left) reports them rather than NaN."""
+    last = _truncate_log(loop.log, loop.step)
+    if last is not None:
+        loop.loss, loop.psnr = (float("nan") if last.get(k) is None else float(last[k]) for k in ("loss", "psnr"))
 
 
 class _Loop:
@@ -744,7 +756,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         _restore_loop(data, ckpt_path, sampler, occ_gen, average, optimizer)
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
         resumed = loop.step
-        _truncate_log(loop.log, loop.step)
+        _resume_log(loop)
     else:
         loop.seconds = setup_seconds
         if loop.log.exists():
@@ -882,7 +894,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
         _restore_loop(data, ckpt_path, sampler, occ_gen, average)  # the optimizer: once its phase is known
         restore = data.get("optimizer")
-        _truncate_log(loop.log, loop.step)
+        _resume_log(loop)
     elif loop.log.exists():
         loop.log.unlink()
     resumed = loop.step

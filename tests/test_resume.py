@@ -153,6 +153,20 @@ def test_personalize_resume_from_a_checkpoint_without_optimizer_state_names_the_
         personalize(generic, [heads[2]], out, steps=4)
 
 
+def test_rerunning_a_finished_run_reports_its_last_loss_and_psnr(heads, generic, tmp_path):
+    """A second train() or personalize() of a finished run (a notebook cell run again, the same command again) took
+    no step and returned loss and PSNR NaN: the CLI said "loss nan, train psnr nan dB", as for a diverged run."""
+    dirs = heads
+    cfg = load_config("tiny", ["train.steps=2", "train.log_every=1"])
+    first = train(cfg, dirs[:2], tmp_path / "run")
+    again = train(cfg, dirs[:2], tmp_path / "run")
+    assert again.resumed_from == again.step == 2
+    assert (again.loss, again.psnr) == (first.loss, first.psnr) and first.psnr == first.psnr
+    new = personalize(generic, [dirs[3]], tmp_path / "p", steps=1)
+    new_again = personalize(generic, [dirs[3]], tmp_path / "p", steps=1)
+    assert (new_again.loss, new_again.psnr) == (new.loss, new.psnr) and new.psnr == new.psnr
+
+
 def test_a_log_interval_below_one_is_refused_naming_the_key(heads, tmp_path):
     # It used to reach the loop and fail there with "integer modulo by zero".
     with pytest.raises(ConfigError, match="train.log_every must be >= 1, got 0"):
