@@ -342,7 +342,8 @@ def frame_rays(dataset: MultiIdentityDataset, split: str, index: int) -> RayBatc
         index: flat frame index in the split.
 
     Returns:
-        A :class:`RayBatch` of N = H * W rays.
+        A :class:`RayBatch` of N = H * W rays; its ``identity`` holds the dataset's identity ids, which a model's
+        ``render_batch`` takes as its own (:func:`fastminerf.render.render_frame` maps them by name).
     """
     table = dataset.table(split)
     if not 0 <= index < len(table):
