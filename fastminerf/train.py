@@ -696,6 +696,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         unreadable checkpoint, or resuming with other data (identities, their training frames, expression length) or
         another config.
     """
+    device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [str(Path(p)) for p in ([data_paths] if isinstance(data_paths, (str, Path)) else data_paths)]
@@ -730,7 +731,6 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         if model.torso is not None:
             start_torso(model, dataset)
         setup_seconds = time.perf_counter() - start
-    device = resolve_device(cfg.train.device)
     model.to(device)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler = RaySampler(dataset, "train", **asdict(cfg.sampler))
@@ -810,6 +810,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     steps = int(steps if steps is not None else cfg.train.personalize_steps)
     max_seconds = max_seconds if max_seconds is not None else cfg.train.max_seconds
     cfg = replace(cfg, train=replace(cfg.train, personalize_steps=steps, max_seconds=max_seconds))
+    device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
     if cfg.train.threads:  # as train() does: the generic run's setting, or this personalisation's override
         torch.set_num_threads(cfg.train.threads)
     out = Path(out_dir)
@@ -861,7 +862,6 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                 start_torso(model, dataset, identity_offset=first_id)
         identity_map = torch.arange(len(dataset.identities)) + first_id
         frame_map = torch.arange(len(table)) + first_frame
-    device = resolve_device(cfg.train.device)
     model.to(device)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler_cfg = replace(cfg.sampler, seed=cfg.sampler.seed + 1)

@@ -700,6 +700,18 @@ def test_device_choice(tiny_data, tmp_path):
             resolve_device("cuda")
 
 
+def test_an_unusable_device_is_refused_before_any_work(tiny_data, trained, tmp_path):
+    """train.device=gpu (or cuda on a machine without one) was refused only after the data was read, the model
+    built and the occupancy grid carved (minutes on a large dataset), leaving an empty run folder behind."""
+    run, _ = trained
+    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
+    with pytest.raises(ValueError, match="train.device"):
+        train(load_config("tiny", ["train.device=gpu"]), _two(tiny_data), tmp_path / "t")
+    with pytest.raises(ValueError, match="train.device"):
+        personalize(run, [new], tmp_path / "p", steps=1, overrides=["train.device=gpu"])
+    assert not (tmp_path / "t").exists() and not (tmp_path / "p").exists()
+
+
 @pytest.mark.cuda
 def test_training_and_personalisation_run_on_cuda(tiny_data, tmp_path):
     dirs = sorted(p for p in tiny_data.iterdir() if p.is_dir())
