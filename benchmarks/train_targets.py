@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     pers_seconds = 10.0 if args.quick else args.personalize_seconds
     overrides = list(args.overrides)
     cfg = load_config(args.config, overrides)
+    if cfg.train.threads:  # the evaluations between the runs on the runs' threads too (train() gives the caller's back)
+        torch.set_num_threads(cfg.train.threads)
     budget = minutes * 60
     marks = [budget * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
     results = dict(machine=machine(), config=args.config, overrides=overrides, quick=args.quick,
