@@ -297,6 +297,9 @@ class MINeRF(nn.Module):
             return self.field.render(origins, directions, near, far, cond, background, self.aabb)
         samples = self.occupancy.sample(origins, directions, near, far, step_size=self.render_step_size,
                                         cone_angle=cfg.cone_angle, max_samples_per_ray=cfg.max_samples_per_ray)
+        if samples.t_starts.dtype != origins.dtype:  # the marcher works in float32; a model in float64 (model.double())
+            dt = origins.dtype
+            samples = samples._replace(t_starts=samples.t_starts.to(dt), t_ends=samples.t_ends.to(dt))
         ray = samples.ray_indices
         counts = samples.counts  # marched samples per ray (before pruning)
         t_mid = (samples.t_starts + samples.t_ends) * 0.5

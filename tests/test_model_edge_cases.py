@@ -44,6 +44,29 @@ def test_float64_rays_render_as_their_float32_values(backbone):
     assert torch.equal(out["samples"], ref["samples"])
 
 
+def test_a_float64_model_renders_and_trains_as_the_float32_one():
+    """model.double() (e.g. for torch.autograd.gradcheck) failed in every render with "t_starts dtype torch.float32
+    differs from sigmas dtype torch.float64": the marcher's sample distances stayed float32."""
+    import copy
+
+    torch.manual_seed(0)
+    model = MINeRF(load_config("tiny").model, 5, ["a", "b"], [0, 1]).eval()
+    wide = copy.deepcopy(model).double()
+    identity = torch.arange(16) % 2
+    expression = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
+    o, d, near, far, bg, codes = _rays()
+    with torch.no_grad():
+        ref = model.render_rays(o, d, near, far, identity, expression, codes, bg)
+        out = wide.render_rays(o, d, near, far, identity, expression, codes, bg)
+    assert out["rgb"].dtype == torch.float64
+    for key in ("rgb", "opacity", "depth"):
+        torch.testing.assert_close(out[key].float(), ref[key], atol=DTYPE_TOL, rtol=0)
+    wide.train()
+    loss = wide.render_rays(o, d, near, far, identity, expression, codes, bg)["rgb"].square().mean()
+    loss.backward()
+    assert all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in wide.parameters())
+
+
 def test_add_identities_refused_for_a_bad_frame_leaves_the_model_as_it_was():
     cfg = load_config("tiny", ["model.torso.resolution=8", "model.torso.frame_shift=true"]).model
     model = MINeRF(cfg, 5, ["a", "b"], [0, 1, 1])
