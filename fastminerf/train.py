@@ -13,8 +13,9 @@ YAML text, identity names, expression size, data paths) and is read with ``torch
 loading never runs pickled code. A corrupt, truncated or mismatched checkpoint raises :class:`CheckpointError`
 naming the file.
 
-Resume: calling :func:`train` again with the same ``out_dir`` (and the same data and config, except
-``train.steps`` and ``train.max_seconds``, which may grow) continues from the checkpoint's step. **Guaranteed**:
+Resume: calling :func:`train` again with the same ``out_dir`` (and the same data and config, except the keys of
+:data:`RESUME_MAY_CHANGE`: ``train.steps``, ``train.max_seconds``, intervals, threads, device, frame cache) continues
+from the checkpoint's step. **Guaranteed**:
 the model, optimizer, weight-average, ray-sampler and occupancy-generator states are those of the checkpoint, so
 on the CPU (whose kernels are deterministic: no atomics) a run resumed from step k takes exactly the same steps as
 an uninterrupted one, and ends with bit-identical parameters (tested). Steps taken after the last checkpoint are
