@@ -122,6 +122,35 @@ def test_prepared_audio_frames_masks_and_landmarks_line_up_with_a_face_gap_and_m
 # ------------------------------------------------------------------------------------------------ crops
 
 
+def test_frames_where_the_face_has_left_the_crop_are_dropped_not_written(tmp_path, head_frames):
+    """A person who walks out of a wide frame: mediapipe keeps tracking the face beyond the one fixed square crop
+    (even a face mostly outside the picture), and those frames were written as frames with a face: a grey crop with
+    no one in it, with a head pose made up from landmarks off the image, as training and held-out frames. A frame
+    whose crop shows less than half of the face's landmarks counts as a frame without a face: dropped, counted, and
+    said in a note; the frames before keep their index, time and audio alignment."""
+    from fastminerf.prepare import prepare
+
+    frames = []
+    for k, f in enumerate(head_frames[:24]):
+        wide = np.full((128, 256, 3), 128, np.uint8)
+        x = 0 if k < 16 else 128  # the head jumps into the right half, out of the crop kept on the left
+        wide[:, x:x + 128] = f
+        frames.append(wide)
+    video = _write_video(tmp_path / "walks_out.mp4", frames, params=("-g", "1", "-pix_fmt", "yuv420p"))
+    v = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert v.status == "done", v.error
+    assert v.crop == (0, 0, 128)
+    assert (v.frames_total, v.frames_used, v.frames_dropped) == (24, 16, 8)
+    want = list(range(16))
+    got = np.concatenate([read_transforms(v.out_dir / f"transforms_{s}.json").frame_index for s in ("train", "val", "test")])
+    assert got.tolist() == want
+    assert sorted(int(p.stem) for p in (v.out_dir / "frames").glob("*.png")) == want
+    assert read_landmarks(v.out_dir).frame_index.tolist() == want
+    assert any("outside the crop" in n for n in v.notes), v.notes
+
+
+
+
 def test_a_crop_at_odd_pixel_offsets_is_exact(tmp_path):
     """ffmpeg's crop filter rounds x and y down to the chroma grid of a 4:2:0 video (even pixels) unless told
     otherwise: a crop at an odd offset came out one source pixel left of / above where the landmarks were mapped."""

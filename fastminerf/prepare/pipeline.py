@@ -92,6 +92,11 @@ SEARCH_FRAMES = (0, 12, 25, 50, 100)
 SHEET_COLUMNS = 4
 """Frames shown in each contact sheet."""
 
+FACE_IN_CROP = 0.5
+"""A frame whose crop holds less than this share of its face's landmarks counts as a frame without a face: the
+person is leaving the picture (mediapipe keeps tracking a face mostly outside it, or outside the one fixed crop),
+and the written frame would show little or none of the face under a head pose fitted to points off the image."""
+
 LANDMARK_DEPTH_GAP = 0.05
 """A landmark counts as hidden behind another that projects onto it and lies this many face heights nearer."""
 
@@ -120,7 +125,7 @@ class VideoResult:
     frames_used: int = 0
     """Frames with a face, written."""
     frames_dropped: int = 0
-    """Frames without a face, dropped."""
+    """Frames without a face (or with one mostly outside the crop), dropped."""
     splits: Dict[str, int] = field(default_factory=dict)
     """Frames per split."""
     crop: Optional[Tuple[int, int, int]] = None
@@ -343,11 +348,28 @@ def _choose_crop(lm: np.ndarray, width: int, height: int, crop_scale: float) -> 
     return (x0, y0, side), note
 
 
+def _face_in_crop(lm: np.ndarray, crop: Sequence[int]) -> np.ndarray:
+    """``(B,)`` bool: the frames with a face of which at least :data:`FACE_IN_CROP` of the landmarks (source pixels,
+    NaN where no face) lie inside the square ``crop`` ``(x0, y0, side)``: the frames that are written."""
+    x0, y0, side = crop
+    p = lm[:, :, :2].astype(np.float64) - np.array([x0, y0], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        inside = ((p >= 0) & (p <= side)).all(axis=2).mean(axis=1)
+    return np.isfinite(lm[:, 0, 0]) & (inside >= FACE_IN_CROP)
+
+
 def _frames(info: VideoInfo, fps: float, cfg: PrepareConfig, out: Path, lm: np.ndarray, name: str,
             progress: Optional[ProgressFn]) -> dict:
-    """Stage 2: crop, segment and write frames, masks, background and audio."""
+    """Stage 2: crop, segment and write frames, masks, background and audio (frames whose face is mostly outside the
+    crop are not written: :func:`_face_in_crop`)."""
     crop, note = _choose_crop(lm, info.width, info.height, cfg.crop_scale)
-    ok = np.isfinite(lm[:, 0, 0])
+    ok = _face_in_crop(lm, crop)
+    outside = int(np.isfinite(lm[:, 0, 0]).sum() - ok.sum())
+    if ok.sum() < cfg.min_frames:
+        raise PrepareError(f"{info.path}: the face lies inside the crop ({crop[2]} px at ({crop[0]}, {crop[1]})) in "
+                           f"only {int(ok.sum())} of {len(lm)} frames (at least {cfg.min_frames} needed; it is elsewhere "
+                           f"in {outside}): the person moves too far across the picture for one fixed crop; cut the "
+                           f"video to the part where they stay in place")
     used = np.flatnonzero(ok)
     bg_pick = set(used[evenly_spaced(len(used), cfg.background_frames)].tolist())
     size = cfg.size
@@ -376,6 +398,8 @@ def _frames(info: VideoInfo, fps: float, cfg: PrepareConfig, out: Path, lm: np.n
     bg, seen = _background.median_background(np.stack(bg_frames), np.stack(bg_masks))
     write_png(out / "bg.png", bg, cfg.png_compress_level)
     notes = [note] if note else []
+    if outside:
+        notes.append(f"{outside} frames where the face lies outside the crop (mostly out of the picture) were dropped")
     if info.has_audio:
         try:
             extract_audio(info.path, out / AUDIO_FILE, cfg.audio_rate, duration=len(lm) / fps)
@@ -625,6 +649,9 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
         res.seconds["frames"] = time.perf_counter() - t0
     res.crop = tuple(frames["crop"])
     res.notes = list(track.get("notes", [])) + list(frames["notes"])
+    ok = _face_in_crop(lm, frames["crop"])  # the frames stage wrote these
+    res.frames_used = int(ok.sum())
+    res.frames_dropped = res.frames_total - res.frames_used
     ids = np.flatnonzero(ok)
     return {"out": out, "fps": fps, "lm": _landmarks_in_crop(lm[ids], frames["crop"], cfg.size), "ids": ids,
             "frames_total": int(len(lm)), "crop": frames["crop"], "notes": res.notes, "fingerprints": fp}
