@@ -245,11 +245,16 @@ def _run_prepare(args: argparse.Namespace) -> int:
     for v in result.failed:
         _console(stderr=True).print(f"[bold red]failed[/bold red] {v.name}: {v.error}", highlight=False)
     if any(v.splits for v in result.videos):
-        if result.basis_reused:  # in a generic model's expression space: new people to add to it
-            console.print(f"next: fastminerf personalize --run GENERIC_RUN --data {result.root} --out RUN (or train)",
+        import shlex
+
+        if result.basis_reused:  # in a generic model's expression space: new people to add to it. Their folders, not
+            # the root: it may hold the model's own people too, and personalize refuses known and new ones together
+            new = " ".join(shlex.quote(str(v.out_dir)) for v in result.videos if v.splits and v.out_dir is not None)
+            console.print(f"next: fastminerf personalize --run GENERIC_RUN --data {new} --out RUN (or train)",
                           highlight=False)
         else:
-            console.print(f"next: fastminerf train --data {result.root} --out RUN --config video", highlight=False)
+            console.print(f"next: fastminerf train --data {shlex.quote(str(result.root))} --out RUN --config video",
+                          highlight=False)
     return 2 if result.failed else 0
 
 

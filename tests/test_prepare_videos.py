@@ -319,3 +319,28 @@ def test_a_video_of_non_square_pixels_is_read_at_its_display_aspect(tmp_path):
     first = np.frombuffer(next(plain), np.uint8).reshape(meta["size"][1], meta["size"][0], 3)
     plain.close()
     np.testing.assert_array_equal(next(iter(read_frames(square, 25.0))), first)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI's next step
+
+
+def test_the_next_step_after_adding_a_person_to_a_root_names_only_their_folder(tmp_path, monkeypatch, capsys):
+    """A new person prepared later into the root a model was trained on (the basis reused): the hint said
+    ``personalize --data ROOT``, which holds the model's own people too, and personalize refuses a mix of known and
+    new identities. It names the folders of the videos just prepared (quoted, a name may hold spaces)."""
+    import shlex
+
+    from fastminerf.cli import main
+    from fastminerf.prepare import PrepareResult, VideoResult
+
+    root = tmp_path / "my data"
+    videos = [VideoResult(name, tmp_path / f"{name}.mp4", status, out_dir=root / name,
+                          splits={"train": 8, "val": 1, "test": 1}) for name, status in (("carol", "done"), ("dé 2", "skipped"))]
+    videos.append(VideoResult("broken", tmp_path / "broken.mp4", "failed", error="cannot decode"))
+    result = PrepareResult(root, videos, root / "expression_basis.npz", True, 32, "pca32-0123456789ab")
+    monkeypatch.setattr("fastminerf.prepare.prepare", lambda *args, **kwargs: result)
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["prepare", *(str(v.video) for v in videos), "--out", str(root)]) == 2
+    out = capsys.readouterr().out
+    want = " ".join(shlex.quote(str(root / n)) for n in ("carol", "dé 2"))
+    assert f"next: fastminerf personalize --run GENERIC_RUN --data {want} --out RUN" in out, out
