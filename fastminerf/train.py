@@ -654,6 +654,12 @@ def _restore_state(sampler: RaySampler, s: dict) -> None:
 # Generic training
 
 
+def _where(paths: Sequence[PathLike]) -> List[str]:
+    """Paths as a run records them: absolute, so that render, eval and personalize find the data (and the generic
+    run) from any working folder, not only from the one training ran in."""
+    return [os.path.abspath(p) for p in paths]
+
+
 def _leaves_torch_state(fn):
     """``fn`` runs on ``train.threads`` (it calls ``torch.set_num_threads``) and draws its initial weights after
     seeding torch's global generator with ``train.seed``; the caller gets its thread count and its global random
@@ -747,7 +753,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     expression_space=model.expression_space,
-                    data_paths=paths, model=model.state_dict(), optimizer=optimizer.state_dict(), step=loop.step,
+                    data_paths=_where(paths), model=model.state_dict(), optimizer=optimizer.state_dict(), step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
                     ema=average.state_dict() if average is not None else None)
 
@@ -881,7 +887,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="personalize", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     expression_space=model.expression_space,
-                    data_paths=list(meta["data_paths"]) + ([] if known else paths), generic_run=str(generic_run),
+                    data_paths=list(meta["data_paths"]) + ([] if known else _where(paths)),
+                    generic_run=_where([generic_run])[0],
                     refined=list(dataset.identities) if known else [], added=[] if known else list(dataset.identities),
                     model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),

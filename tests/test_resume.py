@@ -6,6 +6,7 @@ import copy
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +235,21 @@ def test_checkpoints_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
         save_checkpoint(path, payload(2))
     data = load_checkpoint(path)
     assert data["step"] == 1 and torch.equal(data["model"]["w"], torch.full((1000,), 1.0))
+
+
+def test_a_run_trained_on_relative_paths_finds_its_data_from_another_folder(heads, tmp_path, monkeypatch):
+    """``train --data data`` stored ``data`` as given: render, eval and a driving video's basis look the training data
+    up in the run, and from any other working folder failed with "data: no such file or folder". Runs (trained and
+    personalised) record where their data is."""
+    from fastminerf.render import load_target
+
+    _copy(heads[:2], tmp_path / "project" / "data")
+    monkeypatch.chdir(tmp_path / "project")
+    train(load_config("tiny", ["train.steps=1"]), ["data"], "run")
+    personalize("run", [str(_copy(heads[2:3], tmp_path / "project" / "new")[0].relative_to(tmp_path / "project"))],
+                "run_new", steps=1)
+    monkeypatch.chdir(tmp_path)
+    for run in ("run", "run_new"):
+        meta = load_run(tmp_path / "project" / run)[2]
+        assert all(Path(p).is_absolute() and Path(p).exists() for p in meta["data_paths"]), meta["data_paths"]
+    assert load_target(load_run(tmp_path / "project" / "run_new")[2]["data_paths"], heads[2].name).identities == [heads[2].name]
