@@ -344,3 +344,26 @@ def test_the_next_step_after_adding_a_person_to_a_root_names_only_their_folder(t
     out = capsys.readouterr().out
     want = " ".join(shlex.quote(str(root / n)) for n in ("carol", "dé 2"))
     assert f"next: fastminerf personalize --run GENERIC_RUN --data {want} --out RUN" in out, out
+
+
+def test_a_rerun_of_the_same_videos_says_the_basis_was_fitted_on_them_not_reused(tmp_path, head_frames):
+    """Rerunning prepare (to resume after an interruption, or again) loads the basis the first run fitted on these
+    very videos: it was reported as reused from an earlier prepare and the CLI pointed at personalize (a generic
+    model), though these people have none yet. Only videos the basis was not fitted on make it reused."""
+    from fastminerf.prepare import prepare
+    from fastminerf.prepare.expression import ExpressionBasis
+
+    cfg = PrepareConfig(size=64, expression_dim=4, min_frames=5)
+    first = _write_video(tmp_path / "first.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    later = _write_video(tmp_path / "later.mp4", head_frames[12:24], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    root = tmp_path / "data"
+    assert not prepare([first], root, cfg).basis_reused
+    assert ExpressionBasis.load(root).fitted_on == ("first",)
+    again = prepare([first], root, cfg)
+    assert again.videos[0].status == "skipped" and not again.basis_reused
+    (root / "first" / "prepare.json").unlink()  # interrupted after the basis was written, before the last stage
+    again = prepare([first], root, cfg)
+    assert again.videos[0].status == "done" and not again.basis_reused
+    added = prepare([later], root, cfg)
+    assert added.videos[0].status == "done" and added.basis_reused
+    assert ExpressionBasis.load(root).fitted_on == ("first",)

@@ -65,6 +65,9 @@ class ExpressionBasis:
     """(E,) float64 share of the deformation energy each component explains on the fitted frames."""
     face_height: float
     """Forehead-to-chin height of the canonical face, head units."""
+    fitted_on: Tuple[str, ...] = ()
+    """Names of the videos (identities) it was fitted on; () when unknown (a file written before this was kept).
+    Not part of :attr:`space_id`."""
 
     @property
     def dim(self) -> int:
@@ -102,7 +105,8 @@ class ExpressionBasis:
         path = Path(root) / BASIS_FILE
         tmp = path.with_name(path.stem + ".tmp.npz")
         np.savez(tmp, format=BASIS_FORMAT, canonical=self.canonical, stable=self.stable, components=self.components,
-                 scale=self.scale, explained=self.explained, face_height=self.face_height)
+                 scale=self.scale, explained=self.explained, face_height=self.face_height,
+                 fitted_on=np.array(self.fitted_on, dtype=str))
         os.replace(tmp, path)
         return path
 
@@ -116,7 +120,8 @@ class ExpressionBasis:
                 if int(z["format"]) != BASIS_FORMAT:
                     raise ValueError(f"{path}: format {int(z['format'])}, this fastminerf reads {BASIS_FORMAT}")
                 return cls(z["canonical"], z["stable"].astype(np.int64), z["components"], float(z["scale"]),
-                           z["explained"], float(z["face_height"]))
+                           z["explained"], float(z["face_height"]),
+                           tuple(str(n) for n in z["fitted_on"]) if "fitted_on" in z.files else ())
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{path}: not a readable expression basis ({exc})") from None
 

@@ -155,7 +155,8 @@ class PrepareResult:
     basis: Optional[Path]
     """The shared face model file (None when no video got far enough to fit it)."""
     basis_reused: bool
-    """Whether the face model was loaded from an earlier prepare into the same root."""
+    """Whether the face model was fitted by an earlier prepare on other videos (loaded from the root, or given): not
+    when a rerun of the same videos (a resumed prepare) loads the one fitted on them."""
     expression_dim: int = 0
     """E."""
     expression_space: Optional[str] = None
@@ -554,14 +555,16 @@ def prepare(
 
     # The shared face model.
     basis_path = root / BASIS_FILE
-    reused = basis_path.is_file()
+    stored = basis_path.is_file()
     ready = [r for r in results if r.status == "pending"]
     if not ready:
-        return PrepareResult(root, results, basis_path if reused else None, reused)
+        return PrepareResult(root, results, basis_path if stored else None, stored)
     t0 = time.perf_counter()
-    if reused:
+    if stored:
         basis = ExpressionBasis.load(root)
+        reused = not basis.fitted_on or not {r.name for r in ready} <= set(basis.fitted_on)
     else:
+        reused = False
         if progress is not None:
             progress("basis", "", 0, 1)
         basis = _fit_basis(ready, state, cfg)
@@ -667,4 +670,5 @@ def _fit_basis(ready: Sequence[VideoResult], state: Dict[str, dict], cfg: Prepar
         deformations.append(aligned - neutral)
     dim = min(cfg.expression_dim, sum(len(d) for d in deformations))
     components, scale, explained = fit_basis(deformations, dim)
-    return ExpressionBasis(canonical, stable.astype(np.int64), components, scale, explained, cfg.face_height)
+    return ExpressionBasis(canonical, stable.astype(np.int64), components, scale, explained, cfg.face_height,
+                           tuple(r.name for r in ready))
