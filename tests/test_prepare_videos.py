@@ -367,3 +367,20 @@ def test_a_rerun_of_the_same_videos_says_the_basis_was_fitted_on_them_not_reused
     added = prepare([later], root, cfg)
     assert added.videos[0].status == "done" and added.basis_reused
     assert ExpressionBasis.load(root).fitted_on == ("first",)
+
+
+def test_a_person_prepared_into_a_root_at_another_size_is_told_before_training_fails(tmp_path, head_frames):
+    """A new person prepared later into a root without the --size of its first prepare (256 px by default against
+    the 128 px there): prepare said nothing, and training on the root, or evaluating a model on it, then refused
+    the frames of two sizes. The note names the folders of the other size and the option to give."""
+    import json
+
+    from fastminerf.prepare import prepare
+
+    root = tmp_path / "data"
+    (root / "alice" / ".prepare").mkdir(parents=True)
+    (root / "alice" / "prepare.json").write_text(json.dumps({"settings": {"size": 32}}))
+    video = _write_video(tmp_path / "bob.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    v = prepare([video], root, PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert v.status == "done", v.error
+    assert any("alice (32 px)" in n and "64 px" in n and "--size 32" in n for n in v.notes), v.notes

@@ -652,12 +652,30 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
         res.seconds["frames"] = time.perf_counter() - t0
     res.crop = tuple(frames["crop"])
     res.notes = list(track.get("notes", [])) + list(frames["notes"])
+    other = _other_sizes(root, res.name, cfg.size)
+    if other:  # training and evaluation read a root's identities together, at one size
+        sizes = sorted(set(other.values()))
+        res.notes.append(f"{root} holds identities prepared at another size ({', '.join(f'{n} ({s} px)' for n, s in other.items())}) "
+                         f"than this one ({cfg.size} px): training or evaluating them together refuses frames of two "
+                         f"sizes; prepare this video again with --size {sizes[0]} --overwrite to use them together")
     ok = _face_in_crop(lm, frames["crop"])  # the frames stage wrote these
     res.frames_used = int(ok.sum())
     res.frames_dropped = res.frames_total - res.frames_used
     ids = np.flatnonzero(ok)
     return {"out": out, "fps": fps, "lm": _landmarks_in_crop(lm[ids], frames["crop"], cfg.size), "ids": ids,
             "frames_total": int(len(lm)), "crop": frames["crop"], "notes": res.notes, "fingerprints": fp}
+
+
+def _other_sizes(root: Path, name: str, size: int) -> Dict[str, int]:
+    """The identity folders of ``root`` other than ``name`` that prepare finished at a frame size other than
+    ``size``, with theirs."""
+    found = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != name):
+        done = _read_json(d / DONE_FILE) if _ours(d) else None
+        theirs = (done or {}).get("settings", {}).get("size") if isinstance(done, dict) else None
+        if isinstance(theirs, int) and theirs != size:
+            found[d.name] = theirs
+    return found
 
 
 def _fit_basis(ready: Sequence[VideoResult], state: Dict[str, dict], cfg: PrepareConfig) -> ExpressionBasis:
