@@ -1023,7 +1023,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``fastminerf`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     Errors the user can fix (a malformed dataset, an output folder that already holds data, a bad
-    argument value) print one line on stderr and return 2 instead of a traceback.
+    argument value, a full disk or a folder it may not write) print one line on stderr and return 2 instead of a traceback.
     """
     from .data.layout import DatasetError
 
@@ -1031,7 +1031,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, FileExistsError, ValueError) as exc:
+    except (DatasetError, OSError, ValueError) as exc:  # OSError: a full disk, a read-only or missing folder
         _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
         return 2
     except KeyboardInterrupt:

@@ -26,6 +26,7 @@ Shapes: N rays per batch, B training frames, I identities, E expression size.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -118,11 +119,19 @@ def save_checkpoint(path: PathLike, payload: dict) -> Path:
     ``os.replace``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:  # the half-written file goes (on a full disk it holds what the next save needs)
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # torch reports a write that ran out of space as a RuntimeError
+            kept = f"; {path} is kept as it was" if path.exists() else ""
+            raise OSError(getattr(exc, "errno", None) or errno.EIO,
+                          f"cannot write the checkpoint {path} (is the disk full?): {exc}{kept}") from exc
+        raise
     return path
 
 
@@ -435,8 +444,12 @@ def _truncate_log(log: Path, step: int) -> Optional[dict]:
         except (ValueError, KeyError, TypeError):
             continue  # a line cut by the interruption
     tmp = log.with_name(log.name + ".tmp")  # renamed over it: an interruption now leaves the whole log, not half
-    tmp.write_text("".join(k + "\n" for k in kept))
-    os.replace(tmp, log)
+    try:
+        tmp.write_text("".join(k + "\n" for k in kept))
+        os.replace(tmp, log)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return last
 
 

@@ -776,3 +776,23 @@ def test_personalisation_uses_the_new_persons_landmarks(tiny_data, trained, tmp_
         result = personalize(run, new, tmp_path / name, steps=80, overrides=over)
         errors[name] = _landmark_depth_error(result.model, new)
     assert errors["prior"] < 0.25 * errors["plain"], errors  # measured: 0.014 against 0.29 head units
+
+
+def test_cli_train_on_a_full_disk_says_so_in_one_line_and_keeps_the_last_checkpoint(tiny_data, tmp_path, monkeypatch,
+                                                                                     capsys):
+    from fastminerf.cli import main
+
+    args = ["train", "--data", *map(str, _two(tiny_data)), "--out", str(tmp_path / "r"), "--config", "tiny", "--steps", "4"]
+    assert main(args) == 0
+
+    def full_disk(obj, f, *a, **k):  # how torch reports a write that ran out of space
+        f.write(b"PK\x03\x04 half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 137536 vs 137428")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    capsys.readouterr()
+    assert main(args[:-1] + ["8"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "checkpoint.pt" in err and "disk" in err and "Traceback" not in err
+    assert load_run(tmp_path / "r")[2]["step"] == 4
+    assert not (tmp_path / "r" / "checkpoint.pt.tmp").exists()

@@ -253,3 +253,51 @@ def test_a_run_trained_on_relative_paths_finds_its_data_from_another_folder(head
         meta = load_run(tmp_path / "project" / run)[2]
         assert all(Path(p).is_absolute() and Path(p).exists() for p in meta["data_paths"]), meta["data_paths"]
     assert load_target(load_run(tmp_path / "project" / "run_new")[2]["data_paths"], heads[2].name).identities == [heads[2].name]
+
+
+def test_a_checkpoint_write_that_fails_leaves_no_half_file_and_says_why(tmp_path, monkeypatch):
+    # A full disk: torch reports it as a RuntimeError ("unexpected pos ..."), or an OSError. The half-written temp
+    # file must not stay behind (it holds the space the next save needs), and the error names the file and the cause.
+    from fastminerf.train import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    good = dict(format="fastminerf-checkpoint", version=1, config_yaml="", identity_names=["a"], expression_dim=1,
+                model={"w": torch.zeros(10)}, step=1)
+    save_checkpoint(path, good)
+    for error in (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 137536 vs 137428"),
+                  OSError(28, "No space left on device"), KeyboardInterrupt()):
+        def failing(obj, f, *args, _error=error, **kwargs):
+            f.write(b"PK\x03\x04 half a zip")
+            raise _error
+
+        monkeypatch.setattr(torch, "save", failing)
+        expected = KeyboardInterrupt if isinstance(error, KeyboardInterrupt) else OSError
+        with pytest.raises(expected) as info:
+            save_checkpoint(path, good)
+        if expected is OSError:
+            assert str(path) in str(info.value) and "disk" in str(info.value)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+        assert load_checkpoint(path)["step"] == 1
+
+
+def test_a_log_rewrite_that_fails_leaves_the_log_whole_and_no_temp_file(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from fastminerf.train import _truncate_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(dict(step=s)) + "\n" for s in (5, 10, 15)))
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name.endswith(".tmp"):
+            with open(self, "w") as f:
+                f.write('{"st')
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        _truncate_log(log, 10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [5, 10, 15]
