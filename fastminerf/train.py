@@ -9,8 +9,8 @@ A run folder holds::
 
 A checkpoint holds only tensors and plain data (model and optimizer state dicts, step, training seconds, the ray
 sampler's and occupancy generator's states, the weight average when ``train.ema_decay`` keeps one, the config as
-YAML text, identity names, expression size, data paths) and is read with ``torch.load(..., weights_only=True)``:
-loading never runs pickled code. A corrupt, truncated or mismatched checkpoint raises :class:`CheckpointError`
+YAML text, identity names, expression size, absolute data paths, a fingerprint of each training frame) and is read
+with ``torch.load(..., weights_only=True)``: loading never runs pickled code. A corrupt, truncated or mismatched checkpoint raises :class:`CheckpointError`
 naming the file.
 
 Resume: calling :func:`train` again with the same ``out_dir`` (and the same data and config, except the keys of
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import json
 import math
 import os
@@ -192,6 +193,7 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     data, None when unknown), ``data_paths`` (the folders it was
     trained on), ``step``, ``seconds``, ``kind`` ("train" or "personalize"), ``refined`` (the identities a
     personalisation fine-tuned, else empty), ``added`` (the new identities a personalisation added, else empty),
+    ``frame_keys`` ((B,) fingerprints of the training frames, :func:`frame_keys`; None in older runs),
     ``generic_run`` (the run a personalisation started from, else None), ``frame_identity`` (B,) and ``checkpoint``
     (the file).
     """
@@ -219,6 +221,7 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
         added=[str(n) for n in data.get("added", [])],
         generic_run=data.get("generic_run"),
         frame_identity=model.frame_identity.clone(),
+        frame_keys=data.get("frame_keys"),
         checkpoint=path,
     )
     return cfg, model, meta
@@ -625,6 +628,39 @@ def _frames_moved(saved: torch.Tensor, table_identity: np.ndarray, names: Sequen
     return f"{counts[0]} training frames of {list(names)}; the data has {counts[1]}"
 
 
+def frame_keys(dataset: MultiIdentityDataset, split: str = "train") -> torch.Tensor:
+    """(B,) int64 fingerprints of a split's frames, one per row of its table: the frame's image file (relative to its
+    identity folder, so the data may move), camera, intrinsics and expression. Checkpoints keep them so that a resume
+    or a fine-tuning tells frames that changed in place or in order (the same counts per person) from the frames
+    its frame codes learned. Image contents are not read."""
+    t = dataset.table(split)
+    keys = np.empty(len(t), dtype=np.int64)
+    for b in range(len(t)):
+        h = hashlib.blake2b(digest_size=8)
+        rel = os.path.relpath(t.image_paths[b], dataset.identity_dirs[int(t.identity[b])])
+        h.update(rel.replace(os.sep, "/").encode())
+        for a in (t.c2w[b], t.intrinsics[b], t.expression[b]):
+            h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+        keys[b] = int.from_bytes(h.digest(), "little", signed=True)
+    return torch.from_numpy(keys)
+
+
+def _frame_changed(saved: Optional[torch.Tensor], keys: torch.Tensor, dataset: MultiIdentityDataset,
+                   split: str = "train") -> Optional[str]:
+    """None when the fingerprints ``saved`` (one per row of the table, 0 where unknown; None: a checkpoint written
+    before they were kept) match ``keys`` (:func:`frame_keys`); else the first frame that differs, named."""
+    if saved is None:
+        return None
+    s = saved.cpu().numpy()
+    diff = np.flatnonzero((s != keys.numpy()) & (s != 0))
+    if not len(diff):
+        return None
+    t, b = dataset.table(split), int(diff[0])
+    more = f"; {len(diff) - 1} more frames too" if len(diff) > 1 else ""
+    return (f"{t.image_paths[b]}: {split} frame {int(t.frame_in_identity[b])} of {dataset.identities[int(t.identity[b])]!r} "
+            f"is another frame (file, camera or expression) than the one trained on{more}")
+
+
 def _check_kind(data: dict, kind: str, path: Path) -> None:
     """A run folder is resumed by the command that wrote it: a generic training's weights continued as a
     personalisation (or the reverse) would run the other's schedule and parameter groups on them."""
@@ -723,6 +759,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
+    keys = frame_keys(dataset)
     ckpt_path = out / CHECKPOINT_NAME
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if data is not None:
@@ -741,6 +778,9 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
             raise CheckpointError(f"{ckpt_path} was trained with expressions of length {model.expression_dim}; the data "
                                   f"has length {dataset.expression_dim}; resume with the same data")
         check_expression_space(model.expression_space, dataset, "the data", str(ckpt_path))
+        changed = _frame_changed(data.get("frame_keys"), keys, dataset)
+        if changed:
+            raise CheckpointError(f"{ckpt_path} was trained on other frames: {changed}; resume with the same data")
     setup_seconds = 0.0  # carving counts as training time
     if data is None:
         model = build_model(cfg, dataset)
@@ -766,7 +806,8 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     expression_space=model.expression_space,
-                    data_paths=_where(paths), model=model.state_dict(), optimizer=optimizer.state_dict(), step=loop.step,
+                    data_paths=_where(paths), frame_keys=keys, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
                     ema=average.state_dict() if average is not None else None)
 
@@ -847,6 +888,9 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         raise ValueError(f"identities {known} are already in the generic model {generic_run} and {new_ones} are not; "
                          "add new identities and fine-tune known ones in two runs")
     table = dataset.table("train")
+    keys = frame_keys(dataset)
+    generic_keys = meta["frame_keys"] if meta["frame_keys"] is not None else torch.zeros(model.frame_identity.numel(),
+                                                                                        dtype=torch.long)
     ckpt_path = out / CHECKPOINT_NAME
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     first_id = model.num_identities
@@ -865,6 +909,10 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         _check_resume_config(saved_cfg, cfg, ckpt_path, PERSONALIZE_RESUME_MAY_CHANGE)
     if known:  # fine-tune known identities on their own frames: their codes are trained, no code-only phase
         identity_map, frame_map = _known_maps(model, dataset, table, str(generic_run))
+        changed = _frame_changed(generic_keys[frame_map], keys, dataset)
+        if changed:
+            raise DatasetError(f"{changed}: the model {generic_run} was trained on other frames; fine-tune a known "
+                               "identity with the data it was trained on")
     else:
         if data is not None:
             first_frame = model.frame_identity.numel() - len(table)
@@ -873,6 +921,11 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
             if moved:
                 raise CheckpointError(f"{ckpt_path} added {moved}; resume with the same data, or use another --out "
                                       "folder")
+            saved_keys = data.get("frame_keys")
+            changed = _frame_changed(None if saved_keys is None else saved_keys[first_frame:], keys, dataset)
+            if changed:
+                raise CheckpointError(f"{ckpt_path} added other frames: {changed}; resume with the same data, or use "
+                                      "another --out folder")
         else:
             first_frame = model.add_identities(dataset.identities, torch.from_numpy(table.identity) + first_id)
             hull = view_hull(model, dataset, keep_unseen=False)
@@ -902,6 +955,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                     expression_space=model.expression_space,
                     data_paths=list(meta["data_paths"]) + ([] if known else _where(paths)),
                     generic_run=_where([generic_run])[0],
+                    frame_keys=generic_keys if known else torch.cat([generic_keys, keys]),
                     refined=list(dataset.identities) if known else [], added=[] if known else list(dataset.identities),
                     model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),

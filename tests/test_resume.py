@@ -301,3 +301,62 @@ def test_a_log_rewrite_that_fails_leaves_the_log_whole_and_no_temp_file(tmp_path
         _truncate_log(log, 10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [5, 10, 15]
+
+
+
+
+def test_runs_record_their_data_folders_absolute_so_they_are_found_from_any_folder(heads, tmp_path, monkeypatch):
+    # `fastminerf train --data data/...` in one folder, `render`/`info`/`personalize` run from another: the run's
+    # data_paths (render's targets, the expression basis) must not depend on where train was started.
+    from fastminerf.render import load_target
+
+    _copy(heads[:3], tmp_path / "work" / "data")
+    monkeypatch.chdir(tmp_path / "work")
+    train(load_config("tiny", ["train.steps=2"]), ["data/" + heads[0].name, "data/" + heads[1].name], "run")
+    personalize("run", ["data/" + heads[2].name], "run2", steps=2)
+    monkeypatch.chdir(tmp_path)
+    for run, names in ((tmp_path / "work" / "run", heads[:2]), (tmp_path / "work" / "run2", heads[:3])):
+        meta = load_run(run)[2]
+        assert meta["data_paths"] == [str(tmp_path / "work" / "data" / d.name) for d in names]
+        assert load_target(meta["data_paths"], heads[0].name).identities == [heads[0].name]
+    assert load_run(tmp_path / "work" / "run2")[2]["generic_run"] == str(tmp_path / "work" / "run")
+
+
+def _swap_first_frames(meta):
+    meta["frames"][0], meta["frames"][1] = meta["frames"][1], meta["frames"][0]
+
+
+def _zero_first_expression(meta):
+    meta["frames"][0]["expression"] = [0.0] * len(meta["frames"][0]["expression"])
+
+
+@pytest.mark.parametrize("edit", [_swap_first_frames, _zero_first_expression])
+def test_resume_refuses_training_frames_that_changed_in_place(heads, tmp_path, edit):
+    # The same people with the same number of frames each, but frames reordered in a transforms file (frame code b
+    # would go on learning another frame) or a frame's expression or camera changed: refused naming the frame.
+    data = _copy(heads[:2], tmp_path / "data")
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=4"]), data, run)
+    _edit(data[0], edit)
+    first = json.loads((data[0] / "transforms_train.json").read_text())["frames"][0]["file_path"]
+    with pytest.raises(CheckpointError, match=re.escape(str(run / "checkpoint.pt")) + ".*" +
+                       re.escape(str(data[0] / first)) + f".*frame 0 of '{heads[0].name}'"):
+        train(load_config("tiny", ["train.steps=6"]), data, run)
+    assert load_run(run)[2]["step"] == 4
+    # the data folder moved elsewhere, frames untouched: still the same frames
+    fresh = _copy(heads[:2], tmp_path / "moved")
+    train(load_config("tiny", ["train.steps=6"]), fresh, run)
+    assert load_run(run)[2]["step"] == 6
+
+
+def test_personalize_resume_and_fine_tuning_refuse_frames_that_changed_in_place(heads, generic, tmp_path):
+    new = _copy(heads[2:3], tmp_path / "new")
+    run = tmp_path / "added"
+    personalize(generic, new, run, steps=2)
+    _edit(new[0], _swap_first_frames)
+    with pytest.raises(CheckpointError, match=re.escape(str(run / "checkpoint.pt")) + ".*" + heads[2].name):
+        personalize(generic, new, run, steps=4)
+    known = _copy(heads[:1], tmp_path / "known")  # a known person's frames in another order than the model learned
+    _edit(known[0], _swap_first_frames)
+    with pytest.raises(DatasetError, match=heads[0].name + ".*" + re.escape(str(generic))):
+        personalize(generic, known, tmp_path / "tuned", steps=2)
