@@ -31,7 +31,16 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    # markup off: paths, names and error texts are printed as they are ("clip[v2]" is not a style, "[/b]" no
+    # MarkupError); the few styled prints ask for markup and escape what they interpolate (_styled)
+    return Console(stderr=stderr, highlight=False, markup=False)
+
+
+def _styled(style: str, word: str, rest: object) -> str:
+    """``word`` in ``style``, then ``rest`` as plain text, for ``console.print(..., markup=True)``."""
+    from rich.markup import escape
+
+    return f"[{style}]{word}[/{style}] {escape(str(rest))}"
 
 
 def _field_help(cls, name: str) -> str:
@@ -201,7 +210,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     try:
         require_mediapipe()
     except MediapipeMissing as exc:
-        _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        _console(stderr=True).print(_styled("bold red", "error:", exc), markup=True)
         return 2
     cfg = PrepareConfig(overwrite=args.overwrite, **{name: getattr(args, name) for name, _ in _PREPARE_OPTIONS})
     console = _console()
@@ -234,16 +243,16 @@ def _run_prepare(args: argparse.Namespace) -> int:
                       f"{result.basis}")
     for v in result.videos:
         for note in v.notes:
-            console.print(f"[yellow]note[/yellow] {v.name}: {note}")
+            console.print(_styled("yellow", "note", f"{v.name}: {note}"), markup=True)
         far = {s: g for s, g in v.pose_gaps.items() if g > NEW_VIEW_DEG}
         if far:
-            console.print(f"[yellow]note[/yellow] {v.name}: its {' and '.join(far)} frames show the head "
+            console.print(_styled("yellow", "note", f"{v.name}: its {' and '.join(far)} frames show the head "
                           f"{' / '.join(f'{g:.1f}' for g in far.values())} degrees from every training pose, a side the "
-                          "training frames never show: held-out PSNR there measures a new view")
+                          "training frames never show: held-out PSNR there measures a new view"), markup=True)
         if v.contact_sheet is not None:
             console.print(f"contact sheet: {v.contact_sheet}")
     for v in result.failed:
-        _console(stderr=True).print(f"[bold red]failed[/bold red] {v.name}: {v.error}", highlight=False)
+        _console(stderr=True).print(_styled("bold red", "failed", f"{v.name}: {v.error}"), markup=True)
     if any(v.splits for v in result.videos):
         import shlex
 
@@ -511,7 +520,7 @@ def _run_render(args: argparse.Namespace) -> int:
     identity_id(model, args.identity)  # fail early, naming the identity
     note = _not_personalised(args.run, meta, [args.identity])
     if note:
-        console.print(f"[yellow]note[/yellow] {note}", highlight=False)
+        console.print(_styled("yellow", "note", note), markup=True)
     target = load_target(args.target_data or meta["data_paths"], args.identity)
     speech_dir = None
     if args.orbit:
@@ -595,7 +604,10 @@ def _metrics_table(result: dict, title: str):
 
     for name, vals in result["identities"].items():
         table.add_row(name, str(vals["frames"]), *[cell(m, vals[m]) for m in names])
-    table.add_row("[bold]mean[/bold]", str(result["frames"]), *[f"[bold]{cell(m, result['mean'][m])}[/bold]" for m in names])
+    from rich.text import Text
+
+    table.add_row(Text("mean", style="bold"), str(result["frames"]),
+                  *[Text(cell(m, result["mean"][m]), style="bold") for m in names])
     return table
 
 
@@ -652,7 +664,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     for run, m, meta in runs:
         note = _not_personalised(run, meta, [n for n in data.identities if model[n] is m])
         if note:
-            console.print(f"[yellow]note[/yellow] {note}", highlight=False)
+            console.print(_styled("yellow", "note", note), markup=True)
     expressions, driven = None, None
     if args.speech is not None:
         from .speech import load_speech_model, split_expressions
@@ -860,6 +872,7 @@ def _add_speech(sub: "argparse._SubParsersAction") -> None:
 def _run_speech(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
+    from rich.text import Text
 
     from .data import load_dataset
     from .data.layout import find_identity_dirs
@@ -879,7 +892,7 @@ def _run_speech(args: argparse.Namespace) -> int:
     data = load_dataset(dirs, splits=None)
     clips, skipped = speech_clips(data, data.splits)
     for line in skipped:
-        console.print(f"[yellow]left out[/yellow] {line}")
+        console.print(_styled("yellow", "left out", line), markup=True)
     if not clips:
         raise SpeechError(f"no identity in {[str(p) for p in paths]} has an audio.wav and frames with a time")
     with Progress(TextColumn("[bold]speech[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -901,7 +914,7 @@ def _run_speech(args: argparse.Namespace) -> int:
     if held:
         model.metrics = speech_metrics(model, clips, held, basis=basis)
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        rows = list(model.metrics["identities"].items()) + [("[bold]all[/bold]", model.metrics["all"])]
+        rows = list(model.metrics["identities"].items()) + [(Text("all", style="bold"), model.metrics["all"])]
         for name, m in rows:
             table.add_row(name, str(m["frames"]), fmt(m["r2"]), fmt(m["mouth_r2"]), fmt(m["mouth_corr"]))
         console.print(table)
@@ -1032,7 +1045,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (DatasetError, OSError, ValueError) as exc:  # OSError: a full disk, a read-only or missing folder
-        _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+        _console(stderr=True).print(_styled("bold red", "error:", exc), markup=True)
         return 2
     except KeyboardInterrupt:
         _console(stderr=True).print("interrupted")

@@ -796,3 +796,15 @@ def test_cli_train_on_a_full_disk_says_so_in_one_line_and_keeps_the_last_checkpo
     assert "error:" in err and "checkpoint.pt" in err and "disk" in err and "Traceback" not in err
     assert load_run(tmp_path / "r")[2]["step"] == 4
     assert not (tmp_path / "r" / "checkpoint.pt.tmp").exists()
+
+
+def test_cli_errors_show_brackets_in_paths_as_they_are(tmp_path, capsys):
+    # rich markup took "[v2]" in a folder's name for a style (dropped from the message) and "[/b]" crashed the error
+    # display with a MarkupError traceback.
+    from fastminerf.cli import main
+
+    for name in ("clip[v2]", "take[/b]"):
+        missing = tmp_path / name
+        assert main(["train", "--data", str(missing), "--out", str(tmp_path / "r"), "--config", "tiny"]) == 2
+        err = capsys.readouterr().err
+        assert name in err.replace("\n", "") and "Traceback" not in err
