@@ -513,8 +513,8 @@ def _run_render(args: argparse.Namespace) -> int:
                            ("--speech", {"--speech-model": args.speech_model})):
         unused = [option for option, value in given.items() if value is not None]
         if unused and source != applies:  # they were ignored without a word
-            console.print(f"[yellow]note[/yellow] {', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to "
-                          f"{applies} only, not to {source}: ignored", highlight=False)
+            console.print(_styled("yellow", "note", f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to "
+                                                    f"{applies} only, not to {source}: ignored"), markup=True)
     args.transfer, args.pose = args.transfer or "delta", args.pose or "relative"
     _, model, meta = _open_run(args.run, args.render_steps)
     identity_id(model, args.identity)  # fail early, naming the identity

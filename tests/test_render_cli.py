@@ -245,7 +245,8 @@ def test_cli_render_says_which_options_it_ignores(tiny, tmp_path, capsys, extra,
     extra = [a.replace("{data}", str(root / "data")) for a in extra]
     assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--frames", "1",
                  "--out", str(tmp_path / "x.mp4")] + extra) == 0
-    assert note in " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().out.split())
+    assert note in out and "[yellow]" not in out  # styled, not markup printed as text
 
 
 def test_data_in_another_expression_space_is_refused(tiny, tmp_path, capsys):
