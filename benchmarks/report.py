@@ -294,6 +294,9 @@ def conditioning_table(result: dict) -> str:
     st = result["settings"]
     at_train = st.get("novel_poses", "own") == "train"
     poses = " --novel-poses train" if at_train else ""
+    if list(st["styles"]) != [0.0, 0.6]:  # a variant's command line, as it was run
+        poses += " --styles " + " ".join(f"{x:g}" for x in st["styles"])
+    poses += "".join(f" --set {o}" for o in st.get("overrides", []))
     where = ("; the `novel` frames at training poses of their identity, so only the expression is new" if at_train
              else "; the `novel` frames with a head motion of their own")
     lines = [
@@ -467,7 +470,8 @@ def real_personalize_table(result: dict) -> str:
 TABLES = {"kernels": kernels_table, "train_targets": train_targets_table, "prepare": prepare_table,
           "real_clips": real_clips_table, "real_clips_finetune": real_clips_table, "identities": identities_table, "backbone": backbone_table,
           "novel_vs_identities": novel_vs_identities_table, "conditioning_equal_steps": conditioning_table,
-          "conditioning_equal_steps_trainposes": conditioning_table, "speech": speech_table,
+          "conditioning_equal_steps_trainposes": conditioning_table,
+          "conditioning_equal_steps_noidlevels": conditioning_table, "speech": speech_table,
           "render_speed": render_speed_table, "transfer_poses": transfer_poses_table, "pose_gap": pose_gap_table,
           "real_personalize": real_personalize_table, "real_personalize_05": real_personalize_table}
 
