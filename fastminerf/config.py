@@ -869,11 +869,12 @@ def config_from_dict(data: dict, base=None, cls=None, prefix: str = ""):
     return replace(base, **changes)
 
 
-def override_list(overrides) -> list:
-    """``key=value`` overrides as a list: a sequence of them, None, or one string (one override, not its characters)."""
-    if overrides is None:
+def as_list(value, single=(str,)) -> list:
+    """A list of what a library call takes as "one or many": a sequence, None (empty), or one item of a ``single`` type
+    (a string is one name, override or split, not its characters; with ``Path`` in ``single`` one path is one path)."""
+    if value is None:
         return []
-    return [overrides] if isinstance(overrides, str) else list(overrides)
+    return [value] if isinstance(value, single) else list(value)
 
 
 def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
@@ -881,7 +882,7 @@ def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
     YAML, then typed by the dataclass field. One string is one override."""
     import yaml
 
-    overrides = override_list(overrides)
+    overrides = as_list(overrides)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=1000)")
@@ -926,7 +927,7 @@ def flat_config(cls, overrides=()):
     import yaml
 
     data = {}
-    for item in override_list(overrides):
+    for item in as_list(overrides):
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. steps=1000)")
         key, raw = item.split("=", 1)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .audio import Audio, AudioError, frame_soundtrack, identity_audio, read_wav, write_wav
+from .config import as_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.writer import write_json
@@ -1242,9 +1243,7 @@ def evaluate(
     if split not in dataset.splits:
         raise RenderError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
     table = dataset.table(split)
-    if isinstance(identities, str):  # one name: that identity
-        identities = [identities]
-    names = list(dataset.identities) if identities is None else list(identities)
+    names = list(dataset.identities) if identities is None else as_list(identities)  # one name: that identity
     models = dict(model) if isinstance(model, Mapping) else {name: model for name in names}
     for m in {id(m): m for m in models.values()}.values():
         check_expression_space(getattr(m, "expression_space", None), dataset, "the evaluated data", "the model")

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from .audio import Audio, AudioError, identity_audio, read_wav
-from .config import SpeechConfig
+from .config import SpeechConfig, as_list
 
 __all__ = [
     "MEL_BANDS",
@@ -280,11 +280,6 @@ def _identity_mel(name: str, wav: Path) -> np.ndarray:
         raise SpeechError(f"identity '{name}': {exc}") from None
 
 
-def _split_names(splits: Union[str, Sequence[str]]) -> Tuple[str, ...]:
-    """Split names as a tuple; one string is one split (not its characters)."""
-    return (splits,) if isinstance(splits, str) else tuple(splits)
-
-
 def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List[str]]:
     """The identities of a loaded dataset that can teach speech: those with an ``audio.wav`` and frames that
     carry ``time``; frames without a time (e.g. the procedural heads' ``novel`` split) are left out.
@@ -299,7 +294,7 @@ def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List
     Raises:
         SpeechError: naming a split that is not loaded.
     """
-    splits = _split_names(splits)
+    splits = as_list(splits)
     clips, skipped = [], []
     for s in splits:
         if s not in dataset.splits:
@@ -420,7 +415,7 @@ def train_speech(
     Raises:
         SpeechError: no frame to learn from, or clips of different expression sizes.
     """
-    fit_splits = _split_names(fit_splits)
+    fit_splits = as_list(fit_splits)
     dims = {c.expressions[s].shape[1] for c in clips for s in fit_splits if s in c.expressions and len(c.expressions[s])}
     if len(dims) > 1:
         raise SpeechError(f"the clips' expressions have different sizes {sorted(dims)}; one expression space is needed")
@@ -576,7 +571,7 @@ def speech_metrics(model: SpeechModel, clips: Sequence[SpeechClip], splits: Sequ
     the correlation between predicted and tracked :func:`mouth_opening` (None where the space does not say), and
     ``frames``.
     """
-    splits = _split_names(splits)
+    splits = as_list(splits)
     base = model.net.mean.numpy() if baseline_mean is None else np.asarray(baseline_mean, np.float32)
     per: Dict[str, Dict[str, object]] = {}
     all_p, all_t = [], []

@@ -41,7 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .config import RunConfig, dump_config, parse_config_text
+from .config import RunConfig, as_list, dump_config, parse_config_text
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
@@ -755,7 +755,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [str(Path(p)) for p in ([data_paths] if isinstance(data_paths, (str, Path)) else data_paths)]
+    paths = [str(Path(p)) for p in as_list(data_paths, (str, Path))]
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
@@ -876,7 +876,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         torch.set_num_threads(cfg.train.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [str(Path(p)) for p in ([data_paths] if isinstance(data_paths, (str, Path)) else data_paths)]
+    paths = [str(Path(p)) for p in as_list(data_paths, (str, Path))]
     dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
     if dataset.expression_dim != model.expression_dim:
         raise DatasetError(f"the new identities have expressions of length {dataset.expression_dim} but the generic model "
@@ -1039,9 +1039,9 @@ PERSONALIZE_MAY_SET = ("train.", "sampler.", "data.")
 
 
 def _personalize_config(cfg: RunConfig, overrides: Union[str, Sequence[str]]) -> RunConfig:
-    from .config import ConfigError, apply_overrides, check_run, override_list
+    from .config import ConfigError, apply_overrides, check_run
 
-    overrides = override_list(overrides)
+    overrides = as_list(overrides)
     bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith(PERSONALIZE_MAY_SET)]
     if bad:
         raise ConfigError(f"personalisation cannot change {bad}: only train.*, sampler.* and data.* settings may "

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from ..config import DataConfig
+from ..config import DataConfig, as_list
 from .layout import (
     DatasetError,
     Landmarks,
@@ -456,7 +456,7 @@ def load_dataset(
     dirs = find_identity_dirs(paths)
     if splits is None:
         splits = identity_splits(dirs[0])
-    splits = (splits,) if isinstance(splits, str) else tuple(splits)  # one split's name: that split
+    splits = tuple(as_list(splits))  # one split's name: that split
     if not splits:
         raise ValueError("splits must name at least one split")
     metas: Dict[str, List[SplitMeta]] = {}

@@ -19,6 +19,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..config import as_list
+
 __all__ = [
     "DEFAULT_AABB",
     "LANDMARKS_FILE",
@@ -134,10 +136,8 @@ def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]
     Returns the folders sorted by name (the identity name). Raises :class:`DatasetError` for a path that does
     not exist, a root without identity folders, or two identities with the same name.
     """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
     found: List[Path] = []
-    for raw in paths:
+    for raw in as_list(paths, (str, Path)):
         p = Path(raw)
         if not p.exists():
             raise DatasetError("no such file or folder", file=p)
