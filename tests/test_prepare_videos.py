@@ -149,8 +149,6 @@ def test_frames_where_the_face_has_left_the_crop_are_dropped_not_written(tmp_pat
     assert any("outside the crop" in n for n in v.notes), v.notes
 
 
-
-
 def test_a_crop_at_odd_pixel_offsets_is_exact(tmp_path):
     """ffmpeg's crop filter rounds x and y down to the chroma grid of a 4:2:0 video (even pixels) unless told
     otherwise: a crop at an odd offset came out one source pixel left of / above where the landmarks were mapped."""
