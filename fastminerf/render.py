@@ -786,7 +786,9 @@ def render_rays(
     frame: Optional[torch.Tensor] = None,
     uv: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
-    """Apply ``model.render_rays`` to N rays without gradients (the model chunks them to bound its memory).
+    """Apply ``model.render_rays`` to N rays without gradients (the model chunks them to bound its memory), in eval
+    mode (``model.eval_render_steps``, as :func:`fastminerf.train.load_run` gives it) whatever mode the caller left the
+    model in; the caller's mode is given back.
 
     Args:
         origins, directions: (N, 3) head space, unit directions.
@@ -809,18 +811,25 @@ def render_rays(
         if uv is None:
             raise RenderError("this model has a torso layer: rendering needs each ray's image position (uv)")
         extra["uv"] = uv.to(device)
-    with torch.no_grad():
-        res = model.render_rays(
-            origins=origins.to(device),
-            directions=directions.to(device),
-            near=near.to(device),
-            far=far.to(device),
-            identity=identity.to(device),
-            expression=expression.to(device),
-            frame_code=None if frame is None else frame.to(device),
-            background=background.to(device),
-            **extra,
-        )
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if was_training:  # a model between training steps marches with the training step otherwise
+        model.eval()
+    try:
+        with torch.no_grad():
+            res = model.render_rays(
+                origins=origins.to(device),
+                directions=directions.to(device),
+                near=near.to(device),
+                far=far.to(device),
+                identity=identity.to(device),
+                expression=expression.to(device),
+                frame_code=None if frame is None else frame.to(device),
+                background=background.to(device),
+                **extra,
+            )
+    finally:
+        if was_training:
+            model.train()
     outs = {k: v.detach().to("cpu") for k, v in res.items()
             if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n}
     if "rgb" not in outs:

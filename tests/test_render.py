@@ -595,3 +595,20 @@ def test_parse_drive_paths_with_colons(tmp_path):
         parse_drive(f"{tmp_path}/a:b/nope")  # its last colon is inside the path: no split, a missing folder
     with pytest.raises(RenderError, match="'' is not a split name"):
         parse_drive(f"{folder}:")
+
+
+def test_evaluate_renders_a_model_left_in_training_mode_as_eval_does(data):
+    """evaluate() of a model in training mode (a freshly built one, or one between training steps) marched its rays
+    with the training step (``render_steps``) instead of ``eval_render_steps``, so the same weights scored
+    differently from ``fastminerf eval`` (load_run gives eval mode); evaluate renders in eval mode and gives the
+    caller's mode back."""
+    from fastminerf import build_model, load_config
+
+    cfg = load_config("tiny", ["model.render_steps=8", "model.eval_render_steps=64"])
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    ref = evaluate(model.eval(), data, "val", max_frames=1, with_lpips=False, with_lmd=False)
+    model.train()
+    got = evaluate(model, data, "val", max_frames=1, with_lpips=False, with_lmd=False)
+    assert model.training
+    assert got["identities"] == ref["identities"]
