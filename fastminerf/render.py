@@ -1179,6 +1179,15 @@ def _box_psnr(pred: np.ndarray, truth: np.ndarray, *boxes: Sequence[float]) -> f
     return float(psnr(np.asarray(pred)[inside][None], truth[inside][None]))  # the pixels as one (1, M, 3) image
 
 
+def _eval_render_steps(model) -> Optional[int]:
+    """Ray-marching steps across the head box ``model`` renders with outside training (``eval_render_steps``, else
+    ``render_steps``), or None for a model that does not march rays."""
+    cfg = getattr(model, "cfg", None)
+    if not hasattr(cfg, "eval_render_steps") or not hasattr(cfg, "render_steps") or getattr(cfg, "backbone", "fast") != "fast":
+        return None  # the nerface backbone samples a fixed number of points a ray
+    return int(cfg.eval_render_steps) if cfg.eval_render_steps > 0 else int(cfg.render_steps)
+
+
 def _nanmean(values: Sequence[float]) -> float:
     """Mean of the finite values (NaN where none is), without NumPy's empty-slice warning."""
     finite = [v for v in values if np.isfinite(v)]
@@ -1237,7 +1246,7 @@ def evaluate(
         ``{"split", "expressions", "frames", "metrics": [...], "lpips": status text, "lmd": status text, "identities": {name:
         {"frames", "psnr", "ssim", "l1"[, "lpips"][, "face_psnr"][, "mouth_psnr", "eye_psnr", "lmd", "ear_error", "lmd_frames"]
         [, "landmark_depth"][, "pose_gap"]}},
-        "mean": {...}}`` (a metric without any frame of an identity is NaN there, null in metrics.json; the mean skips it). ``landmark_depth`` (where the dataset has
+        "mean": {...}[, "render_steps": {name: ray-marching steps it was rendered with}]}`` (a metric without any frame of an identity is NaN there, null in metrics.json; the mean skips it). ``landmark_depth`` (where the dataset has
         ``landmarks.npz``) is the median distance in head units between the rendered depth and the tracked
         landmarks along rays through them: whether the geometry sits where the face is (NaN for identities
         without landmarks; the mean skips them). ``pose_gap`` (where ``dataset`` has its ``train`` split loaded)
@@ -1338,6 +1347,7 @@ def evaluate(
             per_identity[name]["pose_gap"] = float(np.mean(gaps)) if gaps.size else float("nan")
         metric_names.append("pose_gap")
     mean = {m: _nanmean([per_identity[n][m] for n in names]) for m in metric_names}
+    steps = {n: _eval_render_steps(models[n]) for n in names}  # what two evaluations at other steps differ by
     result: Dict[str, object] = {
         "split": split,
         "expressions": "tracked" if expressions is None else (expressions_from or "given"),
@@ -1348,6 +1358,8 @@ def evaluate(
         "identities": per_identity,
         "mean": mean,
     }
+    if all(v is not None for v in steps.values()):
+        result["render_steps"] = steps
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "metrics.json", result)

@@ -612,3 +612,19 @@ def test_evaluate_renders_a_model_left_in_training_mode_as_eval_does(data):
     got = evaluate(model, data, "val", max_frames=1, with_lpips=False, with_lmd=False)
     assert model.training
     assert got["identities"] == ref["identities"]
+
+
+def test_evaluate_records_the_render_steps_each_identity_was_rendered_with(data, tmp_path):
+    """metrics.json did not say with how many ray-marching steps the frames were rendered (eval --render-steps, or the
+    run's eval_render_steps), so two evaluations of one run at different steps, which differ in PSNR, could not be told
+    apart; each identity's steps are recorded."""
+    from fastminerf import build_model, load_config
+    from fastminerf.render import set_render_steps
+
+    model = build_model(load_config("tiny", ["model.render_steps=8"]), data).eval()
+    assert evaluate(model, data, "val", max_frames=1, with_lpips=False, with_lmd=False)["render_steps"] == {
+        "id000": 8, "id001": 8}
+    set_render_steps(model, 32)
+    res = evaluate(model, data, "val", out_dir=tmp_path / "ev", max_frames=1, with_lpips=False, with_lmd=False)
+    assert res["render_steps"] == {"id000": 32, "id001": 32}
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["render_steps"] == {"id000": 32, "id001": 32}
