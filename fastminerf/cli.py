@@ -680,6 +680,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     where = str(args.run[0]) if len(args.run) == 1 else f"{len(args.run)} runs"
     console.print(_metrics_table(result, f"{where} on {args.split}, {result['expressions']} expressions"))
     console.print(f"LPIPS: {result['lpips']}; LMD: {result['lmd']}")
+    fewer = [f"{n} ({v['lmd_frames']} of {v['frames']})" for n, v in result["identities"].items()
+             if v.get("lmd_frames", v["frames"]) < v["frames"]]
+    if fewer:  # LMD and EAR skip frames without a face found in both images: a mean over the others only
+        console.print(f"LMD and EAR over fewer frames: {', '.join(fewer)}; mediapipe found no face in the render or "
+                      "the truth of the others")
     far = {n: v["pose_gap"] for n, v in result["identities"].items() if v.get("pose_gap", 0.0) > NEW_VIEW_DEG}
     if far:
         console.print(f"new views: {', '.join(f'{n} ({g:.1f} deg)' for n, g in far.items())} are seen more than "

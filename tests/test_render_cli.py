@@ -441,3 +441,24 @@ def test_metrics_table_with_every_column_fits_80_columns():
         for value in (v for m, v in zip(names, shown) if m != drop):
             assert text.count(value) == 2, (value, text)  # the identity's row and the mean's
         assert "POSE" in text and "617" in text and "1234" in text
+
+
+def test_cli_eval_says_when_lmd_covers_fewer_frames_than_evaluated(tiny, capsys, monkeypatch):
+    """LMD and the EAR error are averaged over the frames where mediapipe finds a face in both the render and the truth;
+    a run whose worst renders lose the face reported an LMD over its better frames only, the table showing it beside a
+    run's LMD over every frame with nothing to tell them apart. The CLI names the identities with fewer."""
+    import fastminerf.render as render
+
+    root, dirs = tiny
+    real = render.evaluate
+
+    def fake_lmd(*args, **kwargs):  # as if mediapipe had found the face in 1 render of id000 and in all of id001
+        res = real(*args, **kwargs)
+        for name, vals in res["identities"].items():
+            vals.update(lmd=1.0, ear_error=0.01, lmd_frames=1 if name == "id000" else vals["frames"])
+        return res
+
+    monkeypatch.setattr(render, "evaluate", fake_lmd)
+    assert main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), str(dirs[1]), "--split", "val"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "LMD and EAR over fewer frames: id000 (1 of 2)" in out and "id001 (" not in out
