@@ -117,6 +117,24 @@ def test_values_that_crash_training_are_refused_naming_the_key(override):
         load_config("tiny", [override])
 
 
+@pytest.mark.parametrize("override", [
+    "train.ema_decay=-1",  # silently trained without the average the user asked a decay for
+    "train.ema_decay=1.5",  # refused only once training had started (the average's own check)
+    "train.landmark_depth_weight=-1",  # pushed the face's depth away from the landmarks
+    "train.landmark_rays=-3",  # silently drew no landmark rays
+    "train.landmark_depth_tolerance=-0.1",  # smooth_l1's error at the first step, after loading the data
+])
+def test_silently_misused_training_values_are_refused_before_training(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("video", [override])
+
+
+def test_the_edges_of_the_training_weights_still_load():
+    cfg = load_config("video", ["train.ema_decay=0", "train.landmark_depth_weight=0", "train.landmark_rays=0"])
+    assert cfg.train.ema_decay == 0 and cfg.train.landmark_rays == 0
+
+
 def test_a_bad_value_in_a_file_names_the_file_and_key(tmp_path):
     mine = tmp_path / "mine.yaml"
     mine.write_text("extends: tiny\nmodel:\n  occ_update_every: 0\n")
