@@ -115,6 +115,15 @@ class SamplerConfig:
     other; frames without eye landmarks keep them in the face box. ``mouth_fraction + eye_fraction <= 1``. 0 turns it
     off."""
 
+    def __post_init__(self) -> None:
+        # the sampler checks these too, but only once a run has loaded its data, and without the section's name
+        for key in ("face_fraction", "error_fraction", "mouth_fraction", "eye_fraction"):
+            if not 0.0 <= float(getattr(self, key)) <= 1.0:
+                raise ConfigError(f"sampler.{key} must be in [0, 1], got {getattr(self, key)}")
+        if float(self.mouth_fraction) + float(self.eye_fraction) > 1.0:
+            raise ConfigError(f"sampler.mouth_fraction + sampler.eye_fraction must be <= 1, got "
+                              f"{self.mouth_fraction} + {self.eye_fraction}")
+
 
 @dataclass(frozen=True)
 class SynthConfig:

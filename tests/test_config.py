@@ -130,6 +130,15 @@ def test_silently_misused_training_values_are_refused_before_training(override):
         load_config("video", [override])
 
 
+@pytest.mark.parametrize("override", ["sampler.mouth_fraction=1.5", "sampler.eye_fraction=-0.1",
+                                      "sampler.face_fraction=2", "sampler.error_fraction=-1"])
+def test_sampler_fractions_are_refused_naming_the_key_before_training(override):
+    # the sampler refused them only after the data had loaded, as 'mouth_fraction must be ...' without its section
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("video", [override])
+
+
 def test_the_edges_of_the_training_weights_still_load():
     cfg = load_config("video", ["train.ema_decay=0", "train.landmark_depth_weight=0", "train.landmark_rays=0"])
     assert cfg.train.ema_decay == 0 and cfg.train.landmark_rays == 0
