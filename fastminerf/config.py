@@ -718,18 +718,14 @@ class TrainConfig:
         for key in ("steps", "personalize_steps"):  # fewer than 0 trained none and wrote the run as trained
             if int(getattr(self, key)) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
-        if not float(self.lr_final_factor) >= 0:  # a negative base to a fractional power: a complex learning rate
-            raise ConfigError(f"train.lr_final_factor must be >= 0, got {self.lr_final_factor}")
-        # checked here, before any training: a negative decay silently kept no average, one >= 1 was refused only
-        # once the run had loaded its data; a negative landmark weight pushed the depth away, negative rays drew none
+        # lr_final_factor: a negative base to a fractional power, a complex learning rate; a negative landmark weight
+        # pushed the depth away from the landmarks, negative landmark rays drew none
+        for key in ("lr_final_factor", "landmark_depth_weight", "landmark_rays", "landmark_depth_tolerance"):
+            if not float(getattr(self, key)) >= 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        # a negative decay silently kept no average; one >= 1 was refused only once the run had loaded its data
         if not 0 <= float(self.ema_decay) < 1:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (0 disables the average), got {self.ema_decay}")
-        if not float(self.landmark_depth_weight) >= 0:
-            raise ConfigError(f"train.landmark_depth_weight must be >= 0, got {self.landmark_depth_weight}")
-        if int(self.landmark_rays) < 0:
-            raise ConfigError(f"train.landmark_rays must be >= 0, got {self.landmark_rays}")
-        if not float(self.landmark_depth_tolerance) >= 0:
-            raise ConfigError(f"train.landmark_depth_tolerance must be >= 0, got {self.landmark_depth_tolerance}")
         if self.threads is not None and int(self.threads) < 0:  # 0, like None, leaves torch's default
             raise ConfigError(f"train.threads must be >= 0 or None, got {self.threads}")
 
