@@ -190,12 +190,16 @@ class MINeRF(nn.Module):
         return self.diagonal / self.cfg.render_steps
 
     @property
+    def eval_steps(self) -> int:
+        """Ray-marching steps across the box outside training: ``cfg.eval_render_steps`` when set, else
+        ``cfg.render_steps``."""
+        return self.cfg.eval_render_steps if self.cfg.eval_render_steps > 0 else self.cfg.render_steps
+
+    @property
     def render_step_size(self) -> float:
-        """The step rays are marched with: :attr:`step_size` in training, the box diagonal /
-        ``cfg.eval_render_steps`` in eval mode when that is set."""
-        if self.training or self.cfg.eval_render_steps <= 0:
-            return self.step_size
-        return self.diagonal / self.cfg.eval_render_steps
+        """The step rays are marched with: :attr:`step_size` in training, the box diagonal / :attr:`eval_steps` in
+        eval mode."""
+        return self.step_size if self.training else self.diagonal / self.eval_steps
 
     def identity_index(self, name: str) -> int:
         """Id of an identity by name; raises ``KeyError`` listing the known names."""

@@ -1182,10 +1182,10 @@ def _box_psnr(pred: np.ndarray, truth: np.ndarray, *boxes: Sequence[float]) -> f
 def _eval_render_steps(model) -> Optional[int]:
     """Ray-marching steps across the head box ``model`` renders with outside training (``eval_render_steps``, else
     ``render_steps``), or None for a model that does not march rays."""
-    cfg = getattr(model, "cfg", None)
-    if not hasattr(cfg, "eval_render_steps") or not hasattr(cfg, "render_steps") or getattr(cfg, "backbone", "fast") != "fast":
+    if getattr(getattr(model, "cfg", None), "backbone", "fast") != "fast":
         return None  # the nerface backbone samples a fixed number of points a ray
-    return int(cfg.eval_render_steps) if cfg.eval_render_steps > 0 else int(cfg.render_steps)
+    steps = getattr(model, "eval_steps", None)  # MINeRF's own rule (a stand-in model has none)
+    return None if steps is None else int(steps)
 
 
 def _nanmean(values: Sequence[float]) -> float:
