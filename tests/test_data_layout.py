@@ -456,3 +456,13 @@ def test_json_files_hold_null_where_a_float_is_not_finite(tmp_path):
                                                                    "rows": [None, 2, "x", [3.0, None]]}
     assert json.loads(json_text(data), parse_constant=refuse)["lmd"] is None
     assert math.isnan(data["lmd"])  # the data itself is left as it was
+
+
+def test_json_text_takes_numpy_numbers_and_arrays():
+    # a metric computed with numpy is an np.float32 / np.float64 / np.int64 (a mean over frames, a count): the
+    # writer took only Python floats and raised "Object of type float32 is not JSON serializable" instead.
+    from fastminerf.data.writer import json_text
+
+    data = {"psnr": np.float32(25.5), "lmd": np.float32("nan"), "n": np.int64(3), "ok": np.bool_(True),
+            "per_frame": np.array([1.0, np.inf], dtype=np.float32)}
+    assert json.loads(json_text(data)) == {"psnr": 25.5, "lmd": None, "n": 3, "ok": True, "per_frame": [1.0, None]}

@@ -30,7 +30,10 @@ def write_png(path: PathLike, img: np.ndarray, level: int = 1) -> None:
 
 
 def _finite(data: object) -> object:
-    """``data`` with every float that is not finite (NaN, +-inf) replaced by None."""
+    """``data`` with every float that is not finite (NaN, +-inf) replaced by None, and numpy scalars and arrays as
+    the Python numbers and lists they hold (``json`` refuses ``np.float32``, ``np.int64``, ``np.bool_``)."""
+    if isinstance(data, (np.generic, np.ndarray)):
+        data = data.tolist()
     if isinstance(data, float):
         return data if np.isfinite(data) else None
     if isinstance(data, dict):
