@@ -476,3 +476,25 @@ def test_eye_rays_alternate_between_the_eyes_and_follow_the_visible_one(tmp_path
     assert abs(share - 0.8 * 0.25) < tol and not (single.last_eye_rays & single.last_mouth_rays).any()
     with pytest.raises(ValueError, match="eye_fraction"):
         RaySampler(data, "train", mouth_fraction=0.6, eye_fraction=0.5)
+
+
+def test_a_mouth_box_outside_the_picture_is_no_mouth_box(tmp_path):
+    # Landmarks whose camera does not fit them (a user's own data, a tracker in another frame) can project wholly off
+    # the image: the box was clipped into a one-pixel strip along the edge, where mouth rays were drawn and eval's
+    # mouth PSNR was scored. Such a frame has no mouth box, as one whose lips are hidden.
+    from fastminerf.data.layout import LIP_LANDMARKS
+    from fastminerf.data.rays import mouth_boxes
+
+    root = tmp_path / "off"
+    _identity(root, "a", 4, seed=1, bbox=BOX)
+    points = np.zeros((2, 478, 3))
+    lips = np.asarray(LIP_LANDMARKS)
+    points[:, lips, 0] = np.linspace(-0.4, 0.4, lips.size)
+    points[:, lips, 1] = np.where(np.arange(lips.size) % 2 == 0, -0.4, -0.2)
+    points[1, lips, 0] += 6.0  # u = 16 + 7.5 x: 58..64 px, right of a 32 px wide image
+    write_landmarks(root / "a", np.arange(2), points, np.ones((2, 478), dtype=bool))
+    data = load_dataset(root)
+    boxes = mouth_boxes(data, "train")
+    assert np.isfinite(boxes[0]).all() and np.isnan(boxes[1]).all()
+    sampler = RaySampler(data, "train", batch_size=64, seed=0, frames_per_batch=None, mouth_fraction=0.5)
+    assert sampler.mouth_box_pixels(0) is not None and sampler.mouth_box_pixels(1) is None

@@ -294,7 +294,8 @@ def eye_box(lids: TensorLike, height: int, width: int, margin: float = EYE_MARGI
 def _landmark_boxes(dataset: MultiIdentityDataset, split: str, groups: Sequence[Sequence[int]],
                     box: Callable[[np.ndarray, int, int], np.ndarray]) -> Optional[np.ndarray]:
     """``(F, G, 4)`` boxes ``box(uv, height, width)`` of each landmark group of every frame (``landmarks.npz``
-    through the frame's camera), NaN where a group's points are not all visible; None without mediapipe's 478."""
+    through the frame's camera), NaN where a group's points are not all visible or its box lies outside the image;
+    None without mediapipe's 478."""
     lms = dataset.landmarks(split)
     if lms is None or lms.points.shape[1] <= max(max(g) for g in groups):
         return None
@@ -306,6 +307,9 @@ def _landmark_boxes(dataset: MultiIdentityDataset, split: str, groups: Sequence[
                                torch.from_numpy(table.intrinsics).double())
         boxes = box(uv.numpy(), table.height, table.width)
         boxes[~lms.visible[:, idx].all(axis=1)] = np.nan
+        # a group whose box lies wholly outside the picture (a camera that does not fit the landmarks) has no pixel
+        # to sample or score; clipped to the image it would become a one-pixel strip along an edge
+        boxes[(boxes[:, 0] >= 1) | (boxes[:, 1] <= 0) | (boxes[:, 2] >= 1) | (boxes[:, 3] <= 0)] = np.nan
         out.append(boxes)
     return np.stack(out, axis=1)
 
