@@ -682,10 +682,10 @@ class TrainConfig:
     """Steps between lines of ``log.jsonl`` and progress reports."""
 
     checkpoint_every: int = 500
-    """Steps between checkpoints (one is always written at the end)."""
+    """Steps between checkpoints (one is always written at the end); 0 turns this trigger off."""
 
     checkpoint_seconds: float = 60.0
-    """Also write a checkpoint when this many seconds passed since the last one."""
+    """Also write a checkpoint when this many seconds passed since the last one; 0 turns this trigger off."""
 
     threads: Optional[int] = None
     """torch CPU threads of training and personalisation (``train`` and ``personalize`` give the caller's count back
@@ -720,7 +720,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         # lr_final_factor: a negative base to a fractional power, a complex learning rate; a negative landmark weight
         # pushed the depth away from the landmarks, negative landmark rays drew none
-        for key in ("lr_final_factor", "landmark_depth_weight", "landmark_rays", "landmark_depth_tolerance"):
+        for key in ("lr_final_factor", "landmark_depth_weight", "landmark_rays", "landmark_depth_tolerance",
+                    "checkpoint_every", "checkpoint_seconds"):
             if not float(getattr(self, key)) >= 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         # a negative decay silently kept no average; one >= 1 was refused only once the run had loaded its data

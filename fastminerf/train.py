@@ -489,9 +489,11 @@ class _Loop:
         self.seconds = 0.0
         self.loss = float("nan")
         self.psnr = float("nan")
+        self.saved_step: Optional[int] = None  # the step of the last checkpoint this loop wrote
 
     def checkpoint(self) -> None:
         save_checkpoint(self.out / CHECKPOINT_NAME, self.payload())
+        self.saved_step = self.step
 
     def _landmark_rays(self, batch: RayBatch) -> Optional[Tuple[RayBatch, torch.Tensor]]:
         """``train.landmark_depth_weight``'s rays, from the cameras of the batch's frames through tracked landmarks,
@@ -592,7 +594,9 @@ class _Loop:
                     model.train()
                 window_mse, window_rays, window_samples, window_time = [], 0, 0, 0.0
             now = time.perf_counter()
-            if (self.step - last_ckpt_step >= t.checkpoint_every) or (now - last_ckpt_time >= t.checkpoint_seconds):
+            # 0 turns a trigger off: it wrote a checkpoint after every step (the whole model to disk each time)
+            if ((t.checkpoint_every > 0 and self.step - last_ckpt_step >= t.checkpoint_every)
+                    or (t.checkpoint_seconds > 0 and now - last_ckpt_time >= t.checkpoint_seconds)):
                 self.checkpoint()
                 last_ckpt_time, last_ckpt_step = now, self.step
 
@@ -1017,8 +1021,10 @@ def _known_maps(model: MINeRF, dataset: MultiIdentityDataset, table, run: str) -
 
 
 def _finish(loop: _Loop, model: MINeRF, average: Optional[WeightAverage], resumed: int) -> TrainResult:
-    """The last checkpoint, then the model as :func:`load_run` would give it (the weight average, if kept)."""
-    loop.checkpoint()
+    """The last checkpoint (unless the loop's own trigger just wrote it), then the model as :func:`load_run` would
+    give it (the weight average, if kept)."""
+    if loop.saved_step != loop.step:
+        loop.checkpoint()
     if average is not None:
         average.copy_to(model)
     model.eval()

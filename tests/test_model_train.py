@@ -239,6 +239,25 @@ def test_resume_continues_from_the_same_step_and_matches_uninterrupted(tiny_data
     assert [r["loss"] for r in _log(tmp_path / "resumed")] == [r["loss"] for r in _log(tmp_path / "straight")]
 
 
+@pytest.mark.parametrize("every, seconds, written", [(0, 0, [6]), (4, 0, [4, 6]), (0, 1e9, [6]), (2, 1e9, [2, 4, 6])])
+def test_a_checkpoint_trigger_of_zero_is_off(tiny_data, tmp_path, monkeypatch, every, seconds, written):
+    # `--set train.checkpoint_seconds=0` (or checkpoint_every=0) wrote the whole model to disk after every step:
+    # 0 now turns that trigger off; the last step is always written.
+    import importlib
+
+    train_module = importlib.import_module("fastminerf.train")  # the package's `train` is the function
+    steps = []
+    real = train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint", lambda path, payload: (steps.append(payload["step"]),
+                                                                               real(path, payload))[1])
+    cfg = load_config("tiny", ["train.steps=6", "train.log_every=1", f"train.checkpoint_every={every}",
+                               f"train.checkpoint_seconds={seconds}"])
+    train(cfg, _two(tiny_data), tmp_path / "run")
+    assert steps == written
+    with pytest.raises(ConfigError, match="checkpoint_seconds"):
+        load_config("tiny", ["train.checkpoint_seconds=-1"])
+
+
 def test_weight_average_follows_its_recursion_and_is_what_a_run_loads(tiny_data, tmp_path):
     from fastminerf.train import WeightAverage, load_checkpoint
 
