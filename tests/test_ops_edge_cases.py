@@ -1,5 +1,6 @@
 """Edge cases of the native ops and their pure-PyTorch references: rays with a negative near plane or non-finite
-values, a hash grid of base resolution 1, arguments of the wrong dtype named."""
+values, a hash grid of base resolution 1, arguments of the wrong dtype named, the README's ops and references importable
+from ``fastminerf.ops``."""
 from __future__ import annotations
 
 import os
@@ -104,3 +105,27 @@ def test_native_march_names_the_argument_of_the_wrong_dtype(name):
     bits = torch.zeros(1, 64, dtype=torch.uint8)
     with pytest.raises(RuntimeError, match=f"`{name}` must be float32"):
         torch.ops.fastminerf.march_rays(*args.values(), bits, aabbs, [8, 8, 8], 0.01, 0.0, 1e10, 0)
+
+
+def test_every_op_and_reference_of_the_readme_engine_table_is_in_fastminerf_ops():
+    """README's native-engine table lists each op's Python name and its reference beside ``fastminerf.ops.*``;
+    ``from fastminerf.ops import ema_update_reference`` (and ``pack_bitfield_reference``) failed: they lived only
+    in ``fastminerf.ops.occupancy``."""
+    import re
+    from pathlib import Path
+
+    import fastminerf
+    import fastminerf.ops
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## The native engine", 1)[1].split("\n\n", 2)[1]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) == 4
+    for cells in rows:
+        for cell in (cells[1], cells[5]):  # Python, reference
+            for name in re.findall(r"`([^`]+)`", cell):
+                module, _, attr = name.rpartition(".")
+                owner = fastminerf if module == "fastminerf" else fastminerf.ops
+                assert hasattr(owner, attr), f"{name} is not importable from {owner.__name__}"
+                if owner is fastminerf.ops:
+                    assert attr in fastminerf.ops.__all__, name

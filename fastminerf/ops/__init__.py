@@ -13,10 +13,12 @@ from .occupancy import (
     RaySamples,
     cascade_aabbs,
     ema_update,
+    ema_update_reference,
     march_rays,
     march_rays_reference,
     occupancy_threshold,
     pack_bitfield,
+    pack_bitfield_reference,
     unpack_bitfield,
 )
 
@@ -37,9 +39,11 @@ __all__ = [
     "RaySamples",
     "cascade_aabbs",
     "ema_update",
+    "ema_update_reference",
     "march_rays",
     "march_rays_reference",
     "occupancy_threshold",
     "pack_bitfield",
+    "pack_bitfield_reference",
     "unpack_bitfield",
 ]
