@@ -448,3 +448,18 @@ def test_distortion_loss_is_smaller_for_a_sharp_surface():
     assert loss[0] == pytest.approx(1.0 / 3.0)  # one interval of length 1: only the w^2 delta / 3 term
     assert loss[1] > 3 * loss[0]
     assert distortion_loss(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.tensor([0, 0])).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_backend_differentiates_the_sample_bounds(generator, backend):
+    """Neither backend is differentiable with respect to ``t_starts`` / ``t_ends`` (module docstring): with the
+    bounds requiring grad, the native op left them without a gradient while the reference gave them one through
+    autograd (dC/dt from ``sigma * (t_end - t_start)`` and the depth's midpoints), so a model switched from
+    ``native`` to ``torch`` trained its sample positions where the native one did not."""
+    data = make_packed(generator, n_rays=8, dtype=torch.float64)
+    sigmas = data["sigmas"].clone().requires_grad_()
+    t_starts, t_ends = data["t_starts"].clone().requires_grad_(), data["t_ends"].clone().requires_grad_()
+    out = composite(sigmas, data["rgbs"], t_starts, t_ends, data["offsets"], backend=backend)
+    (out.color.sum() + out.opacity.sum() + out.depth.sum() + out.weights.sum()).backward()
+    assert t_starts.grad is None and t_ends.grad is None
+    assert sigmas.grad is not None and bool(sigmas.grad.abs().sum() > 0)

@@ -106,6 +106,7 @@ def composite_reference(
     n_rays, n_samples = offsets.numel() - 1, sigmas.shape[0]
     if int(offsets[0]) != 0 or int(offsets[-1]) != n_samples or bool((offsets[1:] < offsets[:-1]).any()):
         raise ValueError("offsets must be non-decreasing from 0 to the sample count")
+    t_starts, t_ends = t_starts.detach(), t_ends.detach()  # not differentiated, as in the native op
     ray = ray_indices_from_offsets(offsets, n_samples)
     local = torch.arange(n_samples, device=sigmas.device) - offsets[:-1][ray]  # index of each sample in its ray
     longest = int((offsets[1:] - offsets[:-1]).max()) if n_rays > 0 else 0
