@@ -100,6 +100,9 @@ def resolve(backend: str, component: str, device_type: str) -> str:
         if not native_for(device):
             if device.type == "cpu" or not _native.available():
                 _native.load()  # raises the error that says why it does not load and how to build
+            if device.type != "cuda":
+                raise BackendError(f"the native extension has kernels for cpu and cuda tensors only, not "
+                                   f"{device.type}; choose backend='torch' (or 'auto', which picks it there)")
             raise BackendError(
                 f"the native extension has no {device.type} kernels (built without CUDA); rebuild on a machine "
                 "with a CUDA build of torch and nvcc, or choose backend='torch'"

@@ -127,3 +127,18 @@ def test_unknown_names_are_refused(packages):
         B.resolve("cuda", "encoding", "cpu")
     with pytest.raises(ValueError, match="unknown component"):
         B.resolve("auto", "marcher", "cpu")
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("device", ["mps", "meta", "xpu"])
+def test_native_on_a_device_without_native_kernels_does_not_ask_for_a_cuda_build(packages, device):
+    """The native extension has kernels for the CPU and CUDA only. 'native' on an Apple GPU (or a meta tensor)
+    said 'the native extension has no mps kernels (built without CUDA); rebuild on a machine with a CUDA build of
+    torch and nvcc': no build gives mps kernels. The error names the devices it has and the backends that run."""
+    for component in B.COMPONENTS:
+        with pytest.raises(BackendError) as err:
+            B.resolve("native", component, device)
+        message = str(err.value)
+        assert "CUDA build" not in message and "built without CUDA" not in message
+        assert device in message and "cpu" in message.lower() and "backend='torch'" in message
+    assert B.resolve("auto", "encoding", device) == "torch"
