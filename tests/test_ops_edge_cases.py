@@ -129,3 +129,23 @@ def test_every_op_and_reference_of_the_readme_engine_table_is_in_fastminerf_ops(
                 assert hasattr(owner, attr), f"{name} is not importable from {owner.__name__}"
                 if owner is fastminerf.ops:
                     assert attr in fastminerf.ops.__all__, name
+
+
+@pytest.mark.parametrize("backend", [pytest.param("native", marks=pytest.mark.native), "torch"])
+@pytest.mark.parametrize("name", ["near", "far"])
+@pytest.mark.parametrize("shape", [(3,), (5, 1), (1, 5)])
+def test_march_names_a_plane_of_the_wrong_shape(backend, name, shape):
+    """``near`` / ``far`` are a float or one value per ray (N,). Three planes for five rays failed inside torch's
+    ``expand`` ('The expanded size of the tensor (5) must match the existing size (3) ...'), naming neither the
+    argument nor the shape it needs; a (N, 1) column failed the same way."""
+    bits = pack_bitfield(torch.ones(8**3), 0.5, levels=1, backend="torch")
+    planes = dict(near=0.0, far=10.0)
+    planes[name] = torch.zeros(shape) + planes[name]
+    with pytest.raises(ValueError, match=rf"{name} must be a float or one value per ray \(5,\), got \({shape[0]},"):
+        march_rays(torch.zeros(5, 3), torch.ones(5, 3), bits, cascade_aabbs(ROI, 1), 8, step_size=0.1,
+                   backend=backend, **planes)
+    # One value per ray (N,) and a scalar tensor are accepted.
+    march_rays(torch.zeros(5, 3), torch.ones(5, 3), bits, cascade_aabbs(ROI, 1), 8, step_size=0.1, backend=backend,
+               **{name: torch.full((5,), planes[name].reshape(-1)[0].item())})
+    march_rays(torch.zeros(5, 3), torch.ones(5, 3), bits, cascade_aabbs(ROI, 1), 8, step_size=0.1, backend=backend,
+               **{name: torch.tensor(0.5 if name == "near" else 10.0)})

@@ -15,6 +15,7 @@ from ..ops.occupancy import (
     Plane,
     RaySamples,
     Resolution,
+    _plane,
     bitfield_bytes,
     cascade_aabbs,
     cell_points,
@@ -254,8 +255,7 @@ class OccupancyGrid(nn.Module):
         est.binaries = self.binaries.to(origins.device)
         est.occs = self.occs.to(origins.device)
         n = origins.shape[0]
-        t_min = torch.as_tensor(near, dtype=torch.float32, device=origins.device).expand(n).contiguous()
-        t_max = torch.as_tensor(far, dtype=torch.float32, device=origins.device).expand(n).contiguous()
+        t_min, t_max = _plane("near", near, n, origins.device), _plane("far", far, n, origins.device)
         ray_indices, t_starts, t_ends = est.sampling(
             origins.float().contiguous(),
             directions.float().contiguous(),

@@ -435,9 +435,16 @@ def _rays(origins: torch.Tensor, directions: torch.Tensor, near: Plane, far: Pla
     n, dev = origins.shape[0], origins.device
     o = origins.to(torch.float32).contiguous()
     d = directions.to(device=dev, dtype=torch.float32).contiguous()
-    tn = torch.as_tensor(near, dtype=torch.float32, device=dev).expand(n).contiguous()
-    tf = torch.as_tensor(far, dtype=torch.float32, device=dev).expand(n).contiguous()
+    tn, tf = (_plane(name, value, n, dev) for name, value in (("near", near), ("far", far)))
     return o, d, tn, tf
+
+
+def _plane(name: str, value: Plane, n: int, device: torch.device) -> torch.Tensor:
+    """A near or far plane (a float, or one value per ray) as (N,) float32."""
+    t = torch.as_tensor(value, dtype=torch.float32, device=device)
+    if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, n)):
+        raise ValueError(f"{name} must be a float or one value per ray ({n},), got {tuple(t.shape)}")
+    return t.expand(n).contiguous()
 
 
 def march_rays(
