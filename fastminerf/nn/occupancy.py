@@ -42,7 +42,7 @@ class OccupancyGrid(nn.Module):
             only; the update stays ours); "tcnn" leaves the grid native. Resolved once per device type.
 
     Buffers (saved in checkpoints): ``aabbs`` (L, 6) float32, ``occs`` (L*C,) float32, ``bitfield``
-    (L, ceil(C/8)) uint8. Memory: ``4.125 * L * C`` bytes (8.6 MiB for one 128^3 cascade).
+    (L, ceil(C/8)) uint8. Memory: ``4.125 * L * C`` bytes (8.25 MiB for one 128^3 cascade).
 
     Example:
         >>> grid = OccupancyGrid(resolution=64, levels=1, backend="torch")
