@@ -67,6 +67,34 @@ def test_a_float64_model_renders_and_trains_as_the_float32_one():
     assert all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in wide.parameters())
 
 
+
+@pytest.mark.parametrize("cast", ["double", "half"])
+def test_a_cast_model_updates_its_occupancy_grid_as_the_float32_one(cast):
+    """model.double() (the float64 model above, which renders and trains) cast the grid's float32 occupancies and
+    boxes too, and its first occupancy update failed in the EMA kernel with 'occs must be a float32 vector, got
+    torch.float64' (mark_all the same in pack_bitfield); .half() also rounded the occupancies. The grid keeps its
+    float32 state through dtype casts (device moves still apply), so the update is the float32 model's."""
+    import copy
+
+    torch.manual_seed(0)
+    model = MINeRF(load_config("tiny").model, 5, ["a", "b"], [0, 1])
+    gen = torch.Generator().manual_seed(3)
+    model.occupancy.occs.uniform_(0.0, 0.02, generator=gen)
+    cast_model = getattr(copy.deepcopy(model), cast)()
+    grid = cast_model.occupancy
+    if cast == "double":
+        identity, expression = torch.tensor([0, 1]), torch.zeros(2, 5)
+        for m in (model, cast_model):
+            assert m.update_occupancy(0, identity, expression, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(grid.occs, model.occupancy.occs, atol=1e-6, rtol=1e-5)
+    else:
+        assert torch.equal(grid.occs, model.occupancy.occs)
+    assert grid.occs.dtype == torch.float32 and grid.aabbs.dtype == torch.float32
+    assert torch.equal(grid.aabbs, model.occupancy.aabbs)
+    grid.mark_all()
+    assert grid.occupied_fraction() == 1.0
+
+
 def test_add_identities_refused_for_a_bad_frame_leaves_the_model_as_it_was():
     cfg = load_config("tiny", ["model.torso.resolution=8", "model.torso.frame_shift=true"]).model
     model = MINeRF(cfg, 5, ["a", "b"], [0, 1, 1])

@@ -75,6 +75,16 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("bitfield", torch.zeros(levels, bitfield_bytes(self.resolution), dtype=torch.uint8))
         self._nerfacc = None  # nerfacc.OccGridEstimator created on first use (kept out of the submodules)
 
+    def _apply(self, fn, *args, **kwargs):
+        """Device moves apply to the state; dtype casts (``model.double()``, ``.half()``) leave the occupancies and
+        boxes float32, what the update rule and the kernels compute in (the marcher's samples are float32 anyway)."""
+        kept = {name: getattr(self, name) for name in ("occs", "aabbs")}
+        super()._apply(fn, *args, **kwargs)
+        for name, value in kept.items():
+            if getattr(self, name).dtype != torch.float32:
+                setattr(self, name, value.to(getattr(self, name).device))
+        return self
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._aabbs_values = [float(v) for v in self.aabbs.reshape(-1).tolist()]
