@@ -3,6 +3,7 @@ present) against the pure-PyTorch reference, and the field's heads on either bac
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -103,6 +104,18 @@ def test_bad_inputs_name_the_argument(generator):
         mlp_head(x, pre.double(), ri, w1, w2, b2)
     with pytest.raises(RuntimeError, match="`pre`, which has no rows"):
         mlp_head(x, pre[:0], ri, w1, w2, b2)
+
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_ray_indices_of_the_wrong_shape_are_named_on_both_backends(generator, backend):
+    """``ray_indices`` is (S,), one per sample. Five indices for 50 samples passed the Python checks: the native op
+    named them, the reference failed inside torch ('The expanded size of the tensor (50) must match the existing
+    size (5) at non-singleton dimension 0'), and a (S, 1) column likewise."""
+    x, pre, ri, w1, w2, b2, _ = _case(generator, 50, 10, 8, 16, 3, torch.float32)
+    for bad in (ri[:5], ri[:, None]):
+        with pytest.raises(ValueError, match=re.escape(f"ray_indices must have shape (50,), got {tuple(bad.shape)}")):
+            mlp_head(x, pre, bad, w1, w2, b2, backend=backend)
 
 
 def test_reference_is_the_unfused_head(generator):

@@ -69,6 +69,8 @@ def mlp_head(x: torch.Tensor, pre: torch.Tensor, ray_indices: Optional[torch.Ten
         raise ValueError(f"pre must have shape (N, {w1.shape[0]}), got {tuple(pre.shape)}")
     if w2.dim() != 2 or w2.shape[1] != w1.shape[0] or b2.shape != (w2.shape[0],):
         raise ValueError(f"w2 (O, H) and b2 (O,) disagree with H={w1.shape[0]}: {tuple(w2.shape)}, {tuple(b2.shape)}")
+    if ray_indices is not None and ray_indices.shape != (x.shape[0],):
+        raise ValueError(f"ray_indices must have shape ({x.shape[0]},), got {tuple(ray_indices.shape)}")
     if ray_indices is None and pre.shape[0] != x.shape[0]:
         raise ValueError(f"without ray_indices, pre needs one row per sample ({x.shape[0]}), got {pre.shape[0]}")
     if backend == "torch":
