@@ -265,3 +265,14 @@ def test_tiny_cuda_nn_parameters_load_into_ours(generator):
     points = torch.rand(1 << 14, 3, device="cuda")
     # tiny-cuda-nn computes level scales with exp2f on the GPU (<= 2 ulp): features agree to float precision
     torch.testing.assert_close(ours(points), theirs(points).float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("args,name", [((16, 2048, 0), "n_levels"), ((16, 2048, -3), "n_levels"),
+                                       ((16, 8, 4), "finest_resolution"), ((0, 2048, 16), "base_resolution")])
+def test_per_level_scale_for_refuses_what_has_no_growth_factor(args, name):
+    """``per_level_scale_for(16, 2048, 0)`` returned 0.0078 (a 'growth' below 1) and (0, 2048, 16) inf with a numpy
+    divide-by-zero warning; a finest resolution under the base one gave a factor below 1 that hash_grid_levels then
+    refused as 'base_resolution must be >= 1 and per_level_scale >= 1', naming neither argument the caller gave."""
+    with pytest.raises(ValueError, match=name):
+        per_level_scale_for(*args)
+    assert per_level_scale_for(16, 16, 1) == 1.0 and per_level_scale_for(16, 16, 4) == 1.0

@@ -122,8 +122,12 @@ def hash_grid_levels(
 
 def per_level_scale_for(base_resolution: int, finest_resolution: int, n_levels: int) -> float:
     """The growth factor b that takes ``base_resolution`` to ``finest_resolution`` in ``n_levels`` levels."""
+    if n_levels < 1 or base_resolution < 1:
+        raise ValueError(f"need n_levels >= 1 and base_resolution >= 1, got {n_levels} and {base_resolution}")
     if n_levels == 1:
         return 1.0
+    if finest_resolution < base_resolution:
+        raise ValueError(f"finest_resolution ({finest_resolution}) must be >= base_resolution ({base_resolution})")
     return float(np.exp(np.log(finest_resolution / base_resolution) / (n_levels - 1)))
 
 
