@@ -29,6 +29,16 @@ def _machine_line(result: dict) -> str:
             f"torch {m['torch']}, Python {m['python']}, commit {m['git_commit']}._")
 
 
+def _command(script: str, *options: tuple) -> str:
+    """``python benchmarks/SCRIPT`` with each ``(flag, value, the script's default)`` whose value differs from the
+    default, so that the cited command makes the table's JSON again (a list value is written space-separated)."""
+    words = [f"python benchmarks/{script}"]
+    for flag, value, default in options:
+        if value != default:
+            words += [flag, " ".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return " ".join(words)
+
+
 def kernels_table(result: dict) -> str:
     enc = result["hash_encoding"]
     s = enc["sizes"]
@@ -268,8 +278,8 @@ def novel_vs_identities_table(result: dict) -> str:
     lines = [
         f"Generic models per N on procedural identities, {st['size']} px, {st['frames']} frames each, `{st['config']}` "
         f"preset, every model trained for the same {st['steps']} steps; mean over seeds {', '.join(map(str, seeds))} "
-        f"(`python benchmarks/novel_vs_identities.py`). The panel is the same {panel} people at every N, each evaluated "
-        f"in the model of N that holds it (N < {panel}: {panel} / N models):",
+        f"(`{_command('novel_vs_identities.py', ('--seeds', seeds, [0, 1]))}`). The panel is the same {panel} people "
+        f"at every N, each evaluated in the model of N that holds it (N < {panel}: {panel} / N models):",
         "",
         "| N | models | val PSNR (panel) | novel PSNR (panel) | novel PSNR (each model's people) "
         "| novel PSNR of identity 0 | panel novel PSNR per seed |",
@@ -404,10 +414,12 @@ def speech_table(result: dict) -> str:
 
 def render_speed_table(result: dict) -> str:
     st = result["settings"]
+    command = _command("render_speed.py", ("--frames", st["frames_per_identity"], 2), ("--repeats", st["repeats"], 2),
+                       ("--split", st["split"], "test"))
     lines = [
         f"The real-clip model of the table above ({st['trained_steps']} steps) rendering {st['frames']} test frames "
         f"({st['frames_per_identity']} a clip) at {st['size'][0]}x{st['size'][1]} px, every setting on the same frames in "
-        f"one run, best of {st['repeats']} renders a frame (`python benchmarks/render_speed.py`). `preset`: the run's own "
+        f"one run, best of {st['repeats']} renders a frame (`{command}`). `preset`: the run's own "
         f"settings ({st['eval_render_steps']} marching steps across the box); `staged`: `model.prune_stages` [8, 32]; "
         "`128 steps`: `model.eval_render_steps` 128 (training's lattice). Speed-up and PSNR change against `preset` at "
         "the same thread count:",
@@ -449,10 +461,14 @@ def transfer_poses_table(result: dict) -> str:
 def real_personalize_table(result: dict) -> str:
     st, gen = result["settings"], result["generic"]
     tunes = st.get("tunes", ["grid", "all"])
+    command = _command("real_personalize.py", ("--new", st["new"], "02_hdtf_WDA_AlexandriaOcasioCortez_000"),
+                       ("--generic-minutes", st["generic_minutes"], 6.0), ("--budgets", st["budgets_s"], [30.0, 120.0]),
+                       ("--threads", st["threads"], 2), ("--config", st["config"], "video"),
+                       ("--tunes", tunes, ["grid", "all"]))
     lines = [
         f"`{st['new']}` added to a generic model of the other {len(st['generic_clips'])} clips (`{st['config']}` preset, "
         f"{st['generic_minutes']:g} minutes, {gen['steps']} steps, {st['threads']} threads) or trained alone from scratch "
-        "for the same seconds, PSNR (dB) / SSIM on its `test` frames (`python benchmarks/real_personalize.py`):",
+        f"for the same seconds, PSNR (dB) / SSIM on its `test` frames (`{command}`):",
         "",
         "| seconds of training | " + " | ".join(f"personalised, `{t}`" for t in tunes) + " | alone from scratch |",
         "| ---: | " + " | ".join("---:" for _ in tunes) + " | ---: |",

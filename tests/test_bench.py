@@ -247,3 +247,19 @@ def test_report_train_targets_row_names_the_budget_and_frames_of_the_json():
     other = copy.deepcopy(result)
     other["budget_seconds"], other["data"]["personalize_frames"] = 15.0, 12
     assert "| personalisation (12 frames) reaches the val PSNR of 0.25 min alone (" in report.train_targets_table(other)
+
+
+def test_report_tables_cite_the_command_that_made_them():
+    """The novel_vs_identities, render_speed and real_personalize_05 tables cited the bare script
+    (`python benchmarks/novel_vs_identities.py`) while their JSON was made with other options (four seeds where the
+    script runs two, one frame a clip where it renders two, clip 05 held out where it holds out 02): a user rerunning
+    the cited command got another table. Options that differ from the script's defaults are in the command."""
+    from benchmarks import report
+
+    novel = report.novel_vs_identities_table(report._load("novel_vs_identities"))
+    assert "(`python benchmarks/novel_vs_identities.py --seeds 0 1 2 3`)" in novel
+    speed = report.render_speed_table(report._load("render_speed"))
+    assert "(`python benchmarks/render_speed.py --frames 1`)" in speed
+    assert "(`python benchmarks/real_personalize.py`)" in report.real_personalize_table(report._load("real_personalize"))
+    p05 = report.real_personalize_table(report._load("real_personalize_05"))
+    assert "(`python benchmarks/real_personalize.py --new 05_hdtf_WDA_EdMarkey0_000`)" in p05
