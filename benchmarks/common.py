@@ -317,7 +317,7 @@ def train_until(cfg, dirs, out: Path, monitor: Monitor, personalize_from: Path |
 
 def bench_arguments(doc: str, modes) -> argparse.ArgumentParser:
     """The options every training benchmark script takes: --mode, --out, --work, --config."""
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--mode", choices=sorted(modes), default="quick")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temp folder)")

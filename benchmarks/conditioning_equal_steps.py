@@ -55,7 +55,7 @@ def summarise(rows: list, style: float) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--styles", type=float, nargs="+", default=[0.0, 0.6])
     ap.add_argument("--novel-poses", choices=("own", "train"), default="own",

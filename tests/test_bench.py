@@ -263,3 +263,22 @@ def test_report_tables_cite_the_command_that_made_them():
     assert "(`python benchmarks/real_personalize.py`)" in report.real_personalize_table(report._load("real_personalize"))
     p05 = report.real_personalize_table(report._load("real_personalize_05"))
     assert "(`python benchmarks/real_personalize.py --new 05_hdtf_WDA_EdMarkey0_000`)" in p05
+
+
+@pytest.mark.parametrize("script", ["backbone", "identities", "marcher", "conditioning_equal_steps"])
+def test_benchmark_help_describes_it_in_whole_sentences(script, monkeypatch, capsys):
+    """`python benchmarks/backbone.py --help` (and identities.py, marcher.py, conditioning_equal_steps.py) described
+    the benchmark with its docstring's first line, cut mid-sentence: "... against the NeRFace backbone MI-NeRF used,
+    on the same data,". The description is the docstring's first paragraph, as the other benchmarks' is."""
+    import importlib
+    import sys
+
+    module = importlib.import_module(f"benchmarks.{script}")
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--help"])
+    with pytest.raises(SystemExit) as exc:
+        module.main()
+    assert exc.value.code == 0
+    help_text = capsys.readouterr().out
+    description = " ".join(help_text.split("\n\n")[1].split())
+    assert description == " ".join(module.__doc__.split("\n\n")[0].split())
+    assert description.endswith(".")
