@@ -481,7 +481,7 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--frames", type=int, default=None,
                    help="frames of an orbit (default 60), or the first frames of a driver video or of a --speech "
                         "recording (default all)")
-    p.add_argument("--fps", type=float, default=None, help="frame rate (default: the driver's, 25 for an orbit)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate (default: the driver's; with --speech, the target's; 25 for an orbit)")
     p.add_argument("--yaw", type=float, default=None, metavar="DEG",
                    help="an orbit's left-right swing each way (default: as far as NAME's training views reach, a few "
                         "degrees for a talking-head video: beyond them the model guesses)")
