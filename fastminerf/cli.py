@@ -796,7 +796,8 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
         "trained to the same val PSNR (MI-NeRF's Figure 4), plus novel-expression PSNR against N. backbone: the fast "
         "backbone against the NeRFace backbone on the same data (time to NeRFace's final PSNR, PSNR at equal time). "
         "The short version takes a few minutes; --full gives the README's numbers (about 30 + 15 minutes on 2 cores). "
-        "Writes OUT/<name>[_quick].json and .png.",
+        "Writes OUT/<name>.json and .png with --full, OUT/<name>_quick.* for the short version, OUT/<name>_tiny.* with "
+        "--tiny.",
     )
     p.add_argument("which", choices=["identities", "backbone", "all"], help="which benchmark")
     size = p.add_mutually_exclusive_group()
@@ -805,7 +806,8 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--work", type=Path, default=None, help="folder for generated data and runs (default: temporary)")
     p.add_argument("--counts", type=int, nargs="+", default=None, metavar="N",
-                   help="identity counts of the identities benchmark (default: 1 2 4 8 16 with --full, 1 2 4 without)")
+                   help="identity counts of the identities benchmark (default: 1 2 4 8 16 with --full, 1 2 with --tiny, "
+                   "1 2 4 otherwise)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="K",
                    help="identities benchmark: data and training seeds (several: run once per seed, rows averaged)")
     p.add_argument("--gpu", action="store_true", help="train the fast model with the gpu preset (tiny-cuda-nn and nerfacc "
