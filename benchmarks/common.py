@@ -74,12 +74,15 @@ def machine() -> dict:
 
 
 def write_result(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:
-    """Write ``<out_dir>/<name>.json`` (default ``benchmarks/results``) atomically (temp file + rename)."""
+    """Write ``<out_dir>/<name>.json`` (default ``benchmarks/results``) atomically (temp file + rename), as strict JSON:
+    a value that is not finite (a metric no frame gave) is ``null``, as in ``fastminerf eval``'s metrics.json."""
+    from fastminerf.data.writer import json_text
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json_text(payload, indent=2) + "\n")
     os.replace(tmp, path)
     return path
 

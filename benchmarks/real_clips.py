@@ -28,7 +28,6 @@ writes ``N.json`` instead, for a variant such as another seed). Always a copy in
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -277,7 +276,7 @@ def main() -> int:
         name += "_finetune"
     path = write_result(name + "_quick" if args.quick else name, payload)
     print(f"wrote {path}")
-    (work / "real_clips.json").write_text(json.dumps(payload, indent=1))
+    write_result("real_clips", payload, work)  # a copy beside the run
     return 0
 
 

@@ -29,6 +29,11 @@ def _machine_line(result: dict) -> str:
             f"torch {m['torch']}, Python {m['python']}, commit {m['git_commit']}._")
 
 
+def _num(value, spec: str) -> str:
+    """``value`` formatted by ``spec``; ``-`` for a metric the run could not measure (null in the JSON)."""
+    return "-" if value is None else format(value, spec)
+
+
 def _command(script: str, *options: tuple) -> str:
     """``python benchmarks/SCRIPT`` with each ``(flag, value, the script's default)`` whose value differs from the
     default, so that the cited command makes the table's JSON again (a list value is written space-separated)."""
@@ -160,8 +165,8 @@ def real_clips_table(result: dict) -> str:
         b = "**" if bold else ""
         return (f"| {label} | {b}{m['psnr']:.2f}{b} | {b}{m['ssim']:.3f}{b} |"
                 + (f" {g['psnr']:.2f} / {g['ssim']:.3f} |" if g else "")
-                + (f" {m['mouth_psnr']:.2f} | {m['lmd']:.2f} |" if lips else "")
-                + (f" {m['eye_psnr']:.2f} | {m['ear_error']:.3f} |" if eyes else "")
+                + (f" {_num(m['mouth_psnr'], '.2f')} | {_num(m['lmd'], '.2f')} |" if lips else "")
+                + (f" {_num(m['eye_psnr'], '.2f')} | {_num(m['ear_error'], '.3f')} |" if eyes else "")
                 + f" {m['bg_psnr']:.2f} | {m['mean_colour_psnr']:.2f} |" + (f" {m['pose_gap_deg']:.1f} |" if gaps else ""))
 
     lines += ["| clip | PSNR (dB) | SSIM |" + (" generic phase alone (dB / SSIM) |" if alone else "")

@@ -282,3 +282,29 @@ def test_benchmark_help_describes_it_in_whole_sentences(script, monkeypatch, cap
     description = " ".join(help_text.split("\n\n")[1].split())
     assert description == " ".join(module.__doc__.split("\n\n")[0].split())
     assert description.endswith(".")
+
+
+def test_benchmark_results_are_strict_json(tmp_path):
+    """benchmarks' result files were written with Python's NaN tokens where a metric had no value (a clip where
+    mediapipe found no face: ``"lmd": NaN`` in real_clips_quick.json; one seed's standard error in
+    conditioning_equal_steps), which jq and JavaScript refuse; fastminerf's own metrics.json writes null there."""
+    from benchmarks.common import write_result
+
+    def strict(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    path = write_result("strict", {"mean": {"psnr": 20.5, "lmd": float("nan")}, "se": [float("inf"), 1.0]}, tmp_path)
+    data = json.loads(path.read_text(), parse_constant=strict)
+    assert data == {"mean": {"psnr": 20.5, "lmd": None}, "se": [None, 1.0]}
+    assert path.read_text().endswith("}\n")
+    # ... and the README table of such a result shows the unmeasured metric as '-' instead of failing on null
+    import copy
+
+    from benchmarks import report
+
+    result = copy.deepcopy(report._load("real_clips"))
+    clip = next(iter(result["test"]))
+    result["test"][clip]["lmd"] = result["test"][clip]["ear_error"] = None
+    row = next(line for line in report.real_clips_table(result).splitlines() if line.startswith(f"| {clip} |"))
+    assert row.split(" | ")[3:7] == [f"{result['test'][clip]['mouth_psnr']:.2f}", "-",
+                                     f"{result['test'][clip]['eye_psnr']:.2f}", "-"]
