@@ -19,6 +19,7 @@ progress and summaries are shown here.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import fields
@@ -1039,6 +1040,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has left (poll flags its write end with POLLERR); if so, stdout is
+    pointed at /dev/null so that the interpreter's last flush does not raise BrokenPipeError once more."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a captured stream), or no poll here
+        return False
+    return True
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``fastminerf`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
@@ -1052,6 +1070,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (DatasetError, OSError, ValueError) as exc:  # OSError: a full disk, a read-only or missing folder
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():  # stdout's reader left (`info RUN --json | head`)
+            return 141  # quietly, with the status of a shell tool killed by SIGPIPE
         _console(stderr=True).print(_styled("bold red", "error:", exc), markup=True)
         return 2
     except KeyboardInterrupt:

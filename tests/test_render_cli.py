@@ -462,3 +462,38 @@ def test_cli_eval_says_when_lmd_covers_fewer_frames_than_evaluated(tiny, capsys,
     assert main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), str(dirs[1]), "--split", "val"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "LMD and EAR over fewer frames: id000 (1 of 2)" in out and "id001 (" not in out
+
+
+def test_cli_output_into_a_closed_pipe_is_not_an_error(tiny):
+    """`fastminerf info RUN --json | head -1` ended with 'error: [Errno 32] Broken pipe' on stderr and status 2: the
+    reader leaving early (head, less) was reported as the command's failure. It ends quietly, with the status of a
+    command killed by SIGPIPE (141), as cat and other shell tools do."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, _ = tiny
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                   os.environ.get("PYTHONPATH")])))
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fastminerf", "info", str(root / "run"), "--json"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.stderr == "" and proc.returncode == 141
+
+
+def test_cli_reports_a_broken_pipe_that_is_not_stdout(tiny, monkeypatch, capsys):
+    """A BrokenPipeError from another pipe (a subprocess that died) while stdout is fine is still an error."""
+    import fastminerf.cli as cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_run_info", broken)
+    root, _ = tiny
+    assert cli.main(["info", str(root / "run")]) == 2
+    assert "error: [Errno 32] Broken pipe" in capsys.readouterr().err
