@@ -719,11 +719,13 @@ class TrainConfig:
             if int(getattr(self, key)) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         # lr_final_factor: a negative base to a fractional power, a complex learning rate; a negative landmark weight
-        # pushed the depth away from the landmarks, negative landmark rays drew none
-        for key in ("lr_final_factor", "landmark_depth_weight", "landmark_rays", "landmark_depth_tolerance",
+        # pushed the depth away from the landmarks, negative landmark rays drew none; a negative (or NaN, infinite)
+        # learning rate or loss weight trained to a worse model or to NaN and wrote it as trained
+        for key in ("lr_final_factor", "landmark_depth_weight", "landmark_rays", "landmark_depth_tolerance", "lr",
+                    "code_lr", "personalize_lr_factor", "mask_weight", "distortion_weight", "frame_code_reg",
                     "checkpoint_every", "checkpoint_seconds"):
-            if not float(getattr(self, key)) >= 0:
-                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+            if not 0 <= float(getattr(self, key)) < float("inf"):
+                raise ConfigError(f"train.{key} must be a finite number >= 0, got {getattr(self, key)}")
         # a negative decay silently kept no average; one >= 1 was refused only once the run had loaded its data
         if not 0 <= float(self.ema_decay) < 1:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (0 disables the average), got {self.ema_decay}")

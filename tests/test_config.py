@@ -139,6 +139,22 @@ def test_sampler_fractions_are_refused_naming_the_key_before_training(override):
         load_config("video", [override])
 
 
+@pytest.mark.parametrize("override", [
+    "train.lr=-1e-3",  # trained 'successfully' by gradient ascent, written as a trained run
+    "train.lr=nan",  # trained to a loss of nan, written as a trained run
+    "train.lr=inf",
+    "train.code_lr=-1",
+    "train.personalize_lr_factor=-0.5",  # personalize's shared weights at a negative learning rate
+    "train.mask_weight=-1",  # a negative weight rewards the error it was asked to reduce
+    "train.distortion_weight=-0.01",
+    "train.frame_code_reg=-1",
+])
+def test_learning_rates_and_loss_weights_are_refused_when_negative_or_not_finite(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("tiny", [override])
+
+
 def test_the_edges_of_the_training_weights_still_load():
     cfg = load_config("video", ["train.ema_decay=0", "train.landmark_depth_weight=0", "train.landmark_rays=0"])
     assert cfg.train.ema_decay == 0 and cfg.train.landmark_rays == 0
