@@ -1256,7 +1256,8 @@ def evaluate(
 
     Raises:
         RenderError: an identity unknown to the dataset or the model (named), or a split not loaded.
-        DatasetError: the data is in another expression space than the model (both named).
+        DatasetError: the data is in another expression space than the model, or has another expression length
+            (both named).
     """
     if split not in dataset.splits:
         raise RenderError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
@@ -1264,7 +1265,8 @@ def evaluate(
     names = list(dataset.identities) if identities is None else as_list(identities)  # one name: that identity
     models = dict(model) if isinstance(model, Mapping) else {name: model for name in names}
     for m in {id(m): m for m in models.values()}.values():
-        check_expression_space(getattr(m, "expression_space", None), dataset, "the evaluated data", "the model")
+        check_expression_space(getattr(m, "expression_space", None), dataset, "the evaluated data", "the model",
+                               getattr(m, "expression_dim", None))
     for name in names:
         _dataset_identity(dataset, name)
         if name not in models:

@@ -405,6 +405,20 @@ def test_identity_mapping_is_by_name(synth, data):
         identity_id(swapped, "zed")
 
 
+def test_evaluate_refuses_data_of_another_expression_length_before_rendering(data):
+    # eval of a model trained with 10 coefficients on data with 12 started its progress bar and failed at the first
+    # frame with "expression must have shape (N, 10), got (1024, 12)", naming neither the data nor its file
+    from fastminerf.config import load_config
+    from fastminerf.data.layout import DatasetError
+    from fastminerf.model import MINeRF
+
+    model = MINeRF(load_config("tiny").model, 10, data.identities, [0, 1])
+    calls = []
+    with pytest.raises(DatasetError, match="length 12.*10") as err:
+        evaluate(model, data, "val", with_lpips=False, with_lmd=False, progress=lambda *a: calls.append(a))
+    assert "id000/transforms_train.json" in str(err.value) and err.value.key == "expression" and calls == []
+
+
 def test_evaluate_with_oracle_and_a_wrong_model(synth, data, tmp_path):
     res = evaluate(Oracle(synth[1]), data, "val", out_dir=tmp_path / "ev")
     assert set(res["identities"]) == {"id000", "id001"}

@@ -535,18 +535,25 @@ def expression_space_mismatch(expected: Optional[str], have: Optional[str], what
             f"prepare VIDEO --out NEW --basis TRAINING_ROOT/expression_basis.npz, or --out TRAINING_ROOT)")
 
 
-def check_expression_space(expected: Optional[str], dataset: MultiIdentityDataset, what: str, model: str) -> None:
-    """Refuse ``dataset`` when its expressions are in another space than a model's (both known).
+def check_expression_space(expected: Optional[str], dataset: MultiIdentityDataset, what: str, model: str,
+                           expected_dim: Optional[int] = None) -> None:
+    """Refuse ``dataset`` when its expressions are in another space than a model's (both known), or of another length.
 
     Args:
         expected: the model's expression space (None: unknown, nothing is checked).
         dataset: the data to use with it.
         what: what the data is, for the message (e.g. "the driver", "the new identities").
         model: what the model is, for the message (e.g. its run folder).
+        expected_dim: the model's expression length E (None: not checked).
 
     Raises:
-        DatasetError: naming both spaces, the data's first transforms file, and the remedy.
+        DatasetError: naming both spaces (or lengths), the data's first transforms file, and the remedy.
     """
+    if expected_dim is not None and int(expected_dim) != dataset.expression_dim:
+        first = dataset.split_meta(dataset.splits[0], 0)
+        raise DatasetError(f"{what} ({', '.join(dataset.identities)}) has expressions of length {dataset.expression_dim} "
+                           f"but {model} was trained with length {expected_dim}; they must share one "
+                           f"expression space", file=first.file, frame=0, key="expression")
     have = dataset.expression_space
     why = expression_space_mismatch(expected, have, f"{what} ({', '.join(dataset.identities)})", model)
     if why is not None:
