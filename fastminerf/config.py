@@ -67,6 +67,12 @@ class DataConfig:
     """Most bytes of decoded frames kept in memory at once; ``None`` for no byte limit. Frames are uint8,
     so a 512x512 RGB frame takes 768 KiB. The least recently used frame is dropped first."""
 
+    def __post_init__(self) -> None:
+        # the frame cache refused them only once the run had loaded its data, as 'max_items' / 'max_bytes'
+        for key in ("cache_frames", "cache_bytes"):
+            if getattr(self, key) is not None and int(getattr(self, key)) < 0:
+                raise ConfigError(f"data.{key} must be >= 0 or null, got {getattr(self, key)}")
+
 
 @dataclass(frozen=True)
 class SamplerConfig:
@@ -116,7 +122,13 @@ class SamplerConfig:
     off."""
 
     def __post_init__(self) -> None:
-        # the sampler checks these too, but only once a run has loaded its data, and without the section's name
+        # the sampler checks these too, but only once a run has loaded its data, and without the section's name (a
+        # negative seed as numpy's 'expected non-negative integer', naming nothing)
+        for key, least in (("batch_size", 1), ("seed", 0), ("error_resolution", 1)):
+            if int(getattr(self, key)) < least:
+                raise ConfigError(f"sampler.{key} must be >= {least}, got {getattr(self, key)}")
+        if self.frames_per_batch is not None and int(self.frames_per_batch) < 1:
+            raise ConfigError(f"sampler.frames_per_batch must be >= 1 or null, got {self.frames_per_batch}")
         for key in ("face_fraction", "error_fraction", "mouth_fraction", "eye_fraction"):
             if not 0.0 <= float(getattr(self, key)) <= 1.0:
                 raise ConfigError(f"sampler.{key} must be in [0, 1], got {getattr(self, key)}")

@@ -155,6 +155,22 @@ def test_learning_rates_and_loss_weights_are_refused_when_negative_or_not_finite
         load_config("tiny", [override])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("sampler.seed=-1", "sampler.seed must be >= 0"),  # was 'expected non-negative integer', naming nothing
+    ("sampler.batch_size=0", "sampler.batch_size must be >= 1"),  # these three: without their section, after loading
+    ("sampler.frames_per_batch=0", "sampler.frames_per_batch must be >= 1 or null"),
+    ("sampler.error_resolution=0", "sampler.error_resolution must be >= 1"),
+    ("data.cache_frames=-1", "data.cache_frames must be >= 0 or null"),  # was 'max_items must be >= 0 or None'
+    ("data.cache_bytes=-5", "data.cache_bytes must be >= 0 or null"),
+])
+def test_sampler_and_data_counts_are_refused_naming_the_key_before_training(override, message):
+    # the sampler and the frame cache refused them once the run had loaded its data, naming their own keywords
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config("tiny", [override])
+    assert load_config("tiny", ["sampler.seed=0", "sampler.frames_per_batch=null", "data.cache_frames=0",
+                                "data.cache_bytes=null"]).data.cache_frames == 0
+
+
 def test_the_edges_of_the_training_weights_still_load():
     cfg = load_config("video", ["train.ema_decay=0", "train.landmark_depth_weight=0", "train.landmark_rays=0"])
     assert cfg.train.ema_decay == 0 and cfg.train.landmark_rays == 0
