@@ -350,6 +350,19 @@ class SpeechConfig:
 # Model and training
 
 
+def _check_choice(key: str, value, choices: tuple) -> None:
+    if value not in choices:
+        names = [repr(c) for c in choices]
+        either = f"{', '.join(names[:-1])} or {names[-1]}"
+        raise ConfigError(f"{key} must be {'one of ' if len(names) > 2 else ''}{either}, got {value!r}")
+
+
+def _check_backend(key: str, value) -> None:
+    from .backend import BACKENDS  # torch's module; fastminerf's __init__ has imported it before this one
+
+    _check_choice(key, value, BACKENDS)
+
+
 @dataclass(frozen=True)
 class FieldConfig:
     """The MI-NeRF field shared by all identities (``fastminerf.field.MINeRFField``): hash grid, conditioning
@@ -458,6 +471,17 @@ class FieldConfig:
         for key, least in (("base_resolution", 1), ("hidden_dim", 1), ("frame_code_dim", 0)):
             if int(getattr(self, key)) < least:
                 raise ConfigError(f"model.field.{key} must be >= {least}, got {getattr(self, key)}")
+        # values the field refuses, but only once a run has loaded its data, some without the section's name
+        # (identity_levels beyond n_levels is left to the model, which names it)
+        levels = int(self.n_levels)
+        for key, low, high in (("n_levels", 1, 32), ("log2_hashmap_size", 1, 30), ("density_levels", 0, levels),
+                               ("sh_degree", 0, 4)):
+            if not low <= int(getattr(self, key)) <= high:
+                raise ConfigError(f"model.field.{key} must be in {low}..{high}, got {getattr(self, key)}")
+        _check_choice("model.field.n_features_per_level", self.n_features_per_level, (1, 2, 4, 8))
+        _check_choice("model.field.conditioning", self.conditioning, ("multiplicative", "concat"))
+        _check_choice("model.field.identity_levels_for", self.identity_levels_for, ("all", "colour"))
+        _check_backend("model.field.backend", self.backend)
 
 
 @dataclass(frozen=True)
@@ -621,6 +645,18 @@ class ModelConfig:
         for key in ("render_steps", "occ_update_every", "chunk_rays"):  # ZeroDivisionError / range() step 0
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        # values the model refuses, but only once a run has loaded its data, some naming no key ('levels must be in
+        # 1..16', "unknown backend 'cuda'")
+        if not 1 <= int(self.grid_levels) <= 16:
+            raise ConfigError(f"model.grid_levels must be in 1..16, got {self.grid_levels}")
+        if not float(self.cone_angle) >= 0:
+            raise ConfigError(f"model.cone_angle must be >= 0, got {self.cone_angle}")
+        _check_choice("model.backbone", self.backbone, ("fast", "nerface"))
+        _check_backend("model.grid_backend", self.grid_backend)
+        box = self.aabb
+        if box is not None and (len(box) != 6 or any(float(lo) >= float(hi) for lo, hi in zip(box[:3], box[3:]))):
+            raise ConfigError(f"model.aabb must be [xmin, ymin, zmin, xmax, ymax, zmax] with min < max (or null for the "
+                              f"data's), got {list(box)}")
         stages = [int(k) for k in self.prune_stages]  # out of order, a stage counts densities of an earlier one twice
         if any(k < 1 for k in stages) or any(b <= a for a, b in zip(stages, stages[1:])):
             raise ConfigError(f"model.prune_stages must be increasing positive sample positions, got {list(stages)}")

@@ -171,6 +171,50 @@ def test_sampler_and_data_counts_are_refused_naming_the_key_before_training(over
                                 "data.cache_bytes=null"]).data.cache_frames == 0
 
 
+@pytest.mark.parametrize("override", [
+    "model.grid_levels=0",  # 'levels must be in 1..16, got 0': no key
+    "model.grid_levels=17",
+    "model.cone_angle=-1",  # 'need step_size > 0, cone_angle >= 0 and ...': no key
+    "model.grid_backend=cuda",  # "unknown backend 'cuda'": which of the two backend keys?
+    "model.field.backend=Native",
+    "model.backbone=NeRFace",
+    "model.aabb=[1,2]",  # 'aabb must be ...' without the section
+    "model.aabb=[1,1,1,0,0,0]",
+    "model.field.n_levels=0",  # these: without the section
+    "model.field.n_levels=33",
+    "model.field.n_features_per_level=3",
+    "model.field.density_levels=-1",
+    "model.field.log2_hashmap_size=31",
+    "model.field.sh_degree=5",
+    "model.field.conditioning=Concat",
+    "model.field.identity_levels_for=color",
+])
+def test_model_choices_and_ranges_are_refused_naming_the_key_before_training(override, tmp_path):
+    # the model refused each only once the run had loaded its data and started its progress bar, most without the
+    # key's section, some naming no key; and none named the YAML file a user had written it in
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("tiny", [override])
+    *sections, leaf = key.split(".")
+    value = override.split("=")[1]
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: tiny\n" + "".join("  " * k + f"{s}:\n" for k, s in enumerate(sections))
+                    + "  " * len(sections) + f"{leaf}: {value}\n")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        load_config(mine)
+    assert str(mine) in str(err.value)
+
+
+def test_the_edges_of_the_model_choices_still_load():
+    cfg = load_config("tiny", ["model.grid_levels=16", "model.cone_angle=0", "model.grid_backend=nerfacc",
+                               "model.field.backend=tcnn", "model.backbone=nerface", "model.aabb=null",
+                               "model.field.n_levels=32", "model.field.n_features_per_level=8", "model.field.sh_degree=0",
+                               "model.field.density_levels=32",
+                               "model.field.identity_levels_for=colour", "model.field.conditioning=multiplicative"])
+    assert cfg.model.grid_levels == 16 and cfg.model.field.density_levels == 32
+    assert load_config("tiny", ["model.aabb=[-1,-1,-1,1,1,1]"]).model.aabb == (-1, -1, -1, 1, 1, 1)
+
+
 def test_the_edges_of_the_training_weights_still_load():
     cfg = load_config("video", ["train.ema_decay=0", "train.landmark_depth_weight=0", "train.landmark_rays=0"])
     assert cfg.train.ema_decay == 0 and cfg.train.landmark_rays == 0
