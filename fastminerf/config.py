@@ -26,6 +26,7 @@ Components (others are added here as the project grows):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -1035,6 +1036,33 @@ def load_config(name_or_path=None, overrides=()) -> "RunConfig":
     return apply_overrides(_load_preset(DEFAULT_PRESET if name_or_path is None else name_or_path, ()), overrides)
 
 
+@functools.lru_cache(maxsize=None)
+def _unique_key_loader():
+    """yaml's SafeLoader, refusing a key given twice in one mapping (plain YAML keeps the last: a second ``train:``
+    section silently dropped every setting of the first)."""
+    from collections.abc import Hashable
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor': its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):
+                    continue  # SafeLoader's own error names it
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key '{key}' (the second would replace the first)", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
 def _load_preset(name_or_path, chain: Tuple[str, ...]) -> "RunConfig":
     """A preset file's config; ``extends: NAME`` in it starts from that preset instead of the defaults."""
     import yaml
@@ -1043,7 +1071,7 @@ def _load_preset(name_or_path, chain: Tuple[str, ...]) -> "RunConfig":
     if str(path.resolve()) in chain:
         raise ConfigError(f"{path}: presets extend each other in a cycle ({' -> '.join(chain + (str(path.resolve()),))})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_unique_key_loader()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse config file {path}: {exc}") from None
     base = None

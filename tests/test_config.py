@@ -34,6 +34,27 @@ def test_a_preset_name_is_not_shadowed_by_a_folder_of_that_name(tmp_path, monkey
         load_config("mydata")
 
 
+@pytest.mark.parametrize("text, key", [
+    ("extends: tiny\ntrain:\n  steps: 7\nmodel:\n  render_steps: 32\ntrain:\n  lr: 0.005\n", "train"),
+    ("extends: tiny\nmodel:\n  field:\n    n_levels: 4\n  render_steps: 32\n  field:\n    hidden_dim: 8\n", "field"),
+    ("extends: tiny\ntrain:\n  steps: 7\n  steps: 9\n", "steps"),
+])
+def test_a_key_given_twice_in_a_file_is_refused_naming_the_file_and_key(tmp_path, text, key):
+    # YAML kept the last of two 'train:' sections: the first one's steps were dropped without a word (40, the preset's)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(text)
+    with pytest.raises(ConfigError, match=f"duplicate key '{key}'") as err:
+        load_config(mine)
+    assert str(mine) in str(err.value)
+
+
+def test_a_key_overriding_a_yaml_merge_is_not_a_duplicate(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: tiny\ntrain:\n  <<: {steps: 9, lr: 0.02}\n  lr: 0.03\n")
+    cfg = load_config(mine)
+    assert (cfg.train.steps, cfg.train.lr) == (9, 0.03)
+
+
 def test_a_string_field_left_empty_in_a_file_names_the_file_and_key(tmp_path):
     # `conditioning:` with nothing after it is YAML's null, which became the string "None"
     mine = tmp_path / "mine.yaml"
