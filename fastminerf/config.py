@@ -826,7 +826,8 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def _all_keys(cls, prefix: str = "") -> list:
+def _all_keys(cls, prefix: str = "", sections: bool = False) -> list:
+    """The dotted keys of ``cls``'s fields, with the dotted names of its sections too when ``sections``."""
     from dataclasses import fields as _fields, is_dataclass
 
     keys = []
@@ -834,7 +835,7 @@ def _all_keys(cls, prefix: str = "") -> list:
     for f in _fields(cls):
         t = hints[f.name]
         if is_dataclass(t):
-            keys.extend(_all_keys(t, f"{prefix}{f.name}."))
+            keys.extend(([f"{prefix}{f.name}"] if sections else []) + _all_keys(t, f"{prefix}{f.name}.", sections))
         else:
             keys.append(f"{prefix}{f.name}")
     return keys
@@ -927,7 +928,8 @@ def config_from_dict(data: dict, base=None, cls=None, prefix: str = ""):
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise _unknown(full, _all_keys(RunConfig) if cls is RunConfig or prefix else _all_keys(cls))
+            # sections too: a misspelt section ('trian:') is answered with the section, not with one of its keys
+            raise _unknown(full, _all_keys(RunConfig if cls is RunConfig or prefix else cls, sections=True))
         typ = hints[key]
         if is_dataclass(typ):
             changes[key] = config_from_dict(value, getattr(base, key), typ, f"{full}.")

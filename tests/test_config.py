@@ -55,6 +55,18 @@ def test_a_key_overriding_a_yaml_merge_is_not_a_duplicate(tmp_path):
     assert (cfg.train.steps, cfg.train.lr) == (9, 0.03)
 
 
+@pytest.mark.parametrize("section, key, hint", [("trian", "steps", "train"), ("modle", "render_steps", "model"),
+                                                ("model:\n  feild", "n_levels", "model.field")])
+def test_a_misspelt_section_in_a_file_suggests_the_section(tmp_path, section, key, hint):
+    # 'trian:' was answered with "did you mean train.lr?" (whatever it held), 'modle:' with no suggestion at all
+    mine = tmp_path / "mine.yaml"
+    indent = "  " * (section.count(":") + 1)
+    mine.write_text(f"extends: tiny\n{section}:\n{indent}{key}: 5\n")
+    with pytest.raises(ConfigError, match=f"did you mean {hint}[,?]") as err:
+        load_config(mine)
+    assert str(mine) in str(err.value)
+
+
 def test_a_string_field_left_empty_in_a_file_names_the_file_and_key(tmp_path):
     # `conditioning:` with nothing after it is YAML's null, which became the string "None"
     mine = tmp_path / "mine.yaml"
