@@ -778,6 +778,8 @@ class TrainConfig:
         # a negative decay silently kept no average; one >= 1 was refused only once the run had loaded its data
         if not 0 <= float(self.ema_decay) < 1:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (0 disables the average), got {self.ema_decay}")
+        if self.max_seconds is not None and not float(self.max_seconds) >= 0:  # trained none, written as trained
+            raise ConfigError(f"train.max_seconds must be >= 0 or null (no time limit), got {self.max_seconds}")
         if self.threads is not None and int(self.threads) < 0:  # 0, like None, leaves torch's default
             raise ConfigError(f"train.threads must be >= 0 or None, got {self.threads}")
 

@@ -248,6 +248,16 @@ def test_the_edges_of_the_model_choices_still_load():
     assert load_config("tiny", ["model.aabb=[-1,-1,-1,1,1,1]"]).model.aabb == (-1, -1, -1, 1, 1, 1)
 
 
+@pytest.mark.parametrize("override", ["train.max_seconds=-1", "train.max_seconds=nan"])
+def test_a_negative_time_limit_is_refused_naming_the_key(override):
+    # --max-seconds -5 trained no step and wrote the run as trained ('trained 0 steps ... loss nan'), as train.steps=-5
+    # did before it was refused; 0, like train.steps=0, stays a run of no steps
+    with pytest.raises(ConfigError, match=r"train\.max_seconds must be >= 0"):
+        load_config("tiny", [override])
+    assert load_config("tiny", ["train.max_seconds=0"]).train.max_seconds == 0
+    assert load_config("tiny", ["train.max_seconds=null"]).train.max_seconds is None
+
+
 def test_the_edges_of_the_training_weights_still_load():
     cfg = load_config("video", ["train.ema_decay=0", "train.landmark_depth_weight=0", "train.landmark_rays=0"])
     assert cfg.train.ema_decay == 0 and cfg.train.landmark_rays == 0
