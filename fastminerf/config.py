@@ -950,10 +950,13 @@ def as_list(value, single=(str,)) -> list:
 
 def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
     """Apply ``key=value`` strings with dotted keys (``model.field.conditioning=concat``); values are parsed as
-    YAML, then typed by the dataclass field. One string is one override."""
+    YAML, then typed by the dataclass field. One string is one override; of a key given twice the last wins. They are
+    applied and checked together, so that the order of the overrides does not matter (one at a time, a valid pair
+    such as a finer ``model.field.n_levels`` and a ``density_levels`` above the old one was refused in one order)."""
     import yaml
 
     overrides = as_list(overrides)
+    nested: dict = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=1000)")
@@ -963,15 +966,14 @@ def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        nested: dict = {}
+        if key not in _all_keys(RunConfig):
+            raise _unknown(key, _all_keys(RunConfig))
         node = nested
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
-        if key not in _all_keys(RunConfig):
-            raise _unknown(key, _all_keys(RunConfig))
-        cfg = config_from_dict(nested, cfg)
+    cfg = config_from_dict(nested, cfg)
     return check_run(cfg) if overrides else cfg  # once, on the result (no override: a saved run as it is)
 
 

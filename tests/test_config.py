@@ -258,6 +258,22 @@ def test_a_negative_time_limit_is_refused_naming_the_key(override):
     assert load_config("tiny", ["train.max_seconds=null"]).train.max_seconds is None
 
 
+@pytest.mark.parametrize("overrides", [
+    ["sampler.eye_fraction=0.9", "sampler.mouth_fraction=0.1"],  # video: mouth 0.2, so 0.9 + 0.2 on the way
+    ["model.field.n_levels=2", "model.field.density_levels=2"],  # video: density_levels 4 > 2 on the way
+])
+def test_overrides_are_checked_together_whatever_their_order(overrides):
+    # each --set was applied and checked alone: a valid combination was refused in one order and loaded in the other
+    for order in (overrides, overrides[::-1]):
+        cfg = load_config("video", order)
+        assert [str(v) for v in (cfg.sampler.eye_fraction, cfg.sampler.mouth_fraction)] == ["0.9", "0.1"] or \
+            (cfg.model.field.n_levels, cfg.model.field.density_levels) == (2, 2)
+    # the last of one key given twice still wins, and a bad combination is still refused
+    assert load_config("tiny", ["train.steps=5", "train.steps=7"]).train.steps == 7
+    with pytest.raises(ConfigError, match="must be <= 1"):
+        load_config("video", ["sampler.eye_fraction=0.9", "sampler.mouth_fraction=0.2"])
+
+
 def test_the_edges_of_the_training_weights_still_load():
     cfg = load_config("video", ["train.ema_decay=0", "train.landmark_depth_weight=0", "train.landmark_rays=0"])
     assert cfg.train.ema_decay == 0 and cfg.train.landmark_rays == 0
