@@ -220,6 +220,21 @@ def test_bad_frame_values(tmp_path: Path, key, value, needle):
     assert needle in str(info.value)
 
 
+def test_a_camera_facing_away_from_the_head_is_refused(tmp_path: Path):
+    # A camera-to-head matrix in OpenCV's convention (looking down +z, y down: a tracker's usual output) loaded and
+    # trained without a word: every ray marched away from the head ('trained 20 steps in 0.0 s', a flat grey model).
+    d = make_identity(tmp_path, "a")
+    opencv = (np.array(_c2w(3.1)) @ np.diag([1.0, -1.0, -1.0, 1.0])).tolist()
+    f = _edit(d, lambda m: m["frames"][1].__setitem__("transform_matrix", opencv))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, f, 1, "transform_matrix")
+    assert "behind the camera" in str(info.value) and "OpenCV" in str(info.value)
+    # a camera inside the head box (a dataset in other units than the default box's) still loads
+    _edit(d, lambda m: m["frames"][1].__setitem__("transform_matrix", _c2w(0.5)))
+    assert load_dataset(d).num_frames("train") == 3
+
+
 @pytest.mark.parametrize("key", ["file_path", "transform_matrix", "expression"])
 def test_missing_required_frame_key(tmp_path: Path, key):
     d = make_identity(tmp_path, "a")

@@ -315,8 +315,9 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
     """Read and validate one ``transforms_<split>.json``.
 
     Checks every key the layout defines: required keys present, shapes (4x4 ``transform_matrix`` with last
-    row ``[0, 0, 0, 1]``, 4 ``intrinsics``, 6 ``aabb``, 4 ``bbox``), finite values, one expression length for
-    all frames, referenced images and masks exist, ``expression_names`` matches the expression length.
+    row ``[0, 0, 0, 1]`` and the head box's centre in front of the camera, 4 ``intrinsics``, 6 ``aabb``, 4
+    ``bbox``), finite values, one expression length for all frames, referenced images and masks exist,
+    ``expression_names`` matches the expression length.
 
     Args:
         path: the JSON file.
@@ -396,6 +397,7 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
 
     # --- frames
     n = len(frames)
+    head_centre = (np.asarray(aabb[:3], np.float64) + np.asarray(aabb[3:], np.float64)) / 2
     image_paths: List[str] = []
     mask_paths: List[Optional[str]] = []
     c2w = np.empty((n, 4, 4), dtype=np.float32)
@@ -414,6 +416,20 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
         if np.max(np.abs(m[3] - np.array([0.0, 0.0, 0.0, 1.0]))) > LAST_ROW_TOL:
             raise DatasetError(
                 f"last row must be [0, 0, 0, 1], got {m[3].tolist()} (is the matrix transposed?)",
+                file=file,
+                frame=i,
+                key="transform_matrix",
+            )
+        # The head must lie in front of the camera, which looks down -z: a tracker's OpenCV matrix (looking down +z,
+        # y down) puts it behind, and every ray would march away from the head without a word.
+        to_head = head_centre - m[:3, 3]
+        depth = float(m[:3, 2] @ to_head)  # the head centre's z in camera space; in front < 0
+        if depth > 1e-6 * float(np.linalg.norm(to_head)):
+            raise DatasetError(
+                f"the head (the centre of the aabb, {[float(f'{v:.4g}') for v in head_centre]}) is behind the camera, "
+                f"{depth:.3g} along "
+                f"its +z axis: cameras look down -z (OpenGL/Blender); a matrix in the OpenCV convention (looking "
+                f"down +z, y down) needs its second and third columns negated",
                 file=file,
                 frame=i,
                 key="transform_matrix",
