@@ -161,6 +161,19 @@ def test_nerface_fractional_principal_point(tmp_path: Path):
     assert np.allclose(t.intrinsics[0], [30.0, 31.0, 0.5 * W, 0.25 * H])
 
 
+@pytest.mark.parametrize("intrinsics", [[1.65, 1.65, 0.5, 0.5], [1.65 / W, 1.65 / H, 0.5, 0.5]])
+def test_intrinsics_normalised_by_the_image_size_are_refused(tmp_path: Path, intrinsics):
+    # [fx/w, fy/h, cx/w, cy/h], another common way to write a camera: the principal point was read as fractions
+    # (NeRFace's) and the focal length as 1.65 pixels, a field of view of 160+ degrees, trained without a word
+    d = make_identity(tmp_path, "p", meta_extra={"intrinsics": intrinsics})
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, d / "transforms_train.json", None, "intrinsics")
+    assert "field of view" in str(info.value) and "pixels" in str(info.value)
+    wide = 0.5 * W / math.tan(math.radians(75))  # a 150-degree lens still loads
+    assert load_dataset(make_identity(tmp_path, "q", meta_extra={"intrinsics": [wide, wide, W / 2, H / 2]}))
+
+
 def test_rgba_frames_composite_over_the_background(tmp_path: Path):
     d = make_identity(tmp_path, "a", n_frames=1)
     rng = np.random.default_rng(5)

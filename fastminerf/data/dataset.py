@@ -10,6 +10,7 @@ Dimension letters: B frames of a split (all identities), I identities, E express
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -508,10 +509,32 @@ def load_dataset(
                     frame=0,
                     key="file_path",
                 )
+            _check_field_of_view(m, w, h)
             per_identity.append(_with_size(m, w, h))
         metas[split] = per_identity
     cache = FrameCache(max_items=cache_frames, max_bytes=cache_bytes)
     return MultiIdentityDataset(dirs, metas, cache)
+
+
+MAX_FIELD_OF_VIEW_DEG = 160.0
+"""Widest field of view (across the image, either axis) a camera of the layout may have: no face camera comes near it,
+while intrinsics normalised by the image size (``[fx/w, fy/h, cx/w, cy/h]``, a common way to write them) read as
+pixels give a focal length of a pixel or two and a field of view near 180 degrees."""
+
+
+def _check_field_of_view(meta: SplitMeta, width: int, height: int) -> None:
+    """Refuse a camera wider than :data:`MAX_FIELD_OF_VIEW_DEG` for images of this size, naming the file and key."""
+    fx, fy, _, _ = meta.resolve_intrinsics(width, height)
+    fov = math.degrees(max(2 * math.atan(0.5 * width / fx), 2 * math.atan(0.5 * height / fy)))
+    if fov <= MAX_FIELD_OF_VIEW_DEG:
+        return
+    wide = (f"a field of view of {fov:.0f} degrees across the {width}x{height} images, wider than any face camera's "
+            f"({MAX_FIELD_OF_VIEW_DEG:.0f} at most)")
+    if meta.intrinsics is not None:
+        raise DatasetError(f"{wide}: focal lengths of {fx:.4g}, {fy:.4g} pixels. Normalised by the image size? fx, fy, "
+                           f"cx, cy are in pixels of the stored images (multiply fx and cx by w, fy and cy by h)",
+                           file=meta.file, key="intrinsics")
+    raise DatasetError(f"{wide}: camera_angle_x is in radians", file=meta.file, key="camera_angle_x")
 
 
 def _space_clash(key: str, name: str, m: SplitMeta, first: SplitMeta) -> str:
