@@ -8,16 +8,16 @@ A run folder holds::
     RUN/log.jsonl       one JSON object per logging step: step, seconds, loss, psnr, rays_per_s, samples_per_ray
 
 A checkpoint holds only tensors and plain data (model and optimizer state dicts, step, training seconds, the ray
-sampler's and occupancy generator's states, the weight average when ``train.ema_decay`` keeps one, the config as
-YAML text, identity names, expression size, absolute data paths, a fingerprint of each training frame) and is read
+sampler's, occupancy generator's and torch global generator's states, the weight average when ``train.ema_decay``
+keeps one, the config as YAML text, identity names, expression size, absolute data paths, a fingerprint of each training frame) and is read
 with ``torch.load(..., weights_only=True)``: loading never runs pickled code. A corrupt, truncated or mismatched checkpoint raises :class:`CheckpointError`
 naming the file.
 
 Resume: calling :func:`train` again with the same ``out_dir`` (and the same data and config, except the keys of
 :data:`RESUME_MAY_CHANGE`: ``train.steps``, ``train.max_seconds``, intervals, threads, device, frame cache) continues
 from the checkpoint's step. **Guaranteed**:
-the model, optimizer, weight-average, ray-sampler and occupancy-generator states are those of the checkpoint, so
-on the CPU (whose kernels are deterministic: no atomics) a run resumed from step k takes exactly the same steps as
+the model, optimizer, weight-average, ray-sampler, occupancy-generator and global-generator states are those of the
+checkpoint, so on the CPU (whose kernels are deterministic: no atomics) a run resumed from step k takes exactly the same steps as
 an uninterrupted one, and ends with bit-identical parameters (tested). Steps taken after the last checkpoint are
 lost and redone (their log lines are dropped). A run limited by ``max_seconds`` stops at a step that depends on
 the machine's speed; training seconds are summed over resumed sessions.
@@ -617,8 +617,26 @@ def _restore_loop(data: dict, path: Path, sampler: RaySampler, occ_gen: torch.Ge
             occ_gen.manual_seed(occ_gen.initial_seed() + int(data["step"]))
         if average is not None:
             average.load_state_dict(data["ema"])
+        if data.get("torch_rng") is not None:  # checkpoints written before it was kept: the stream goes on as it is
+            _set_global_rng(occ_gen.device, data["torch_rng"], occ_gen.initial_seed() + int(data["step"]))
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"{path}: cannot restore the training state: {exc}") from None
+
+
+def _global_rng(device: torch.device) -> torch.Tensor:
+    """The state of torch's global generator on ``device`` (the ``nerface`` backbone's sample jitter draws from it)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_global_rng(device: torch.device, saved: torch.Tensor, seed: int) -> None:
+    """Put :func:`_global_rng`'s state back; one written on another kind of device (its state has another size)
+    restarts the stream from ``seed``, as the occupancy generator does."""
+    if saved.numel() != _global_rng(device).numel():
+        torch.manual_seed(seed)
+    elif device.type == "cuda":
+        torch.cuda.set_rng_state(saved, device)
+    else:
+        torch.set_rng_state(saved)
 
 
 def _frames_moved(saved: torch.Tensor, table_identity: np.ndarray, names: Sequence[str]) -> Optional[str]:
@@ -813,6 +831,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
                     data_paths=_where(paths), frame_keys=keys, model=model.state_dict(), optimizer=optimizer.state_dict(),
                     step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
+                    torch_rng=_global_rng(device),
                     ema=average.state_dict() if average is not None else None)
 
     loop = _Loop(cfg, model, sampler, out, progress, payload, occ_gen, None, monitor=monitor, average=average)
@@ -963,6 +982,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                     refined=list(dataset.identities) if known else [], added=[] if known else list(dataset.identities),
                     model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
+                    torch_rng=_global_rng(device),
                     ema=average.state_dict() if average is not None else None)
 
     average = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None

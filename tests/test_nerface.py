@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fastminerf import MINeRF, frame_rays, load_config, load_dataset, load_run, train
+from fastminerf import MINeRF, frame_rays, load_config, load_dataset, load_run, personalize, train
 from fastminerf.data.synth import generate
 from fastminerf.nerface import NeRFaceField, positional_encoding, sample_pdf
 
@@ -114,3 +114,34 @@ def test_positional_encoding_is_nerfs():
 def test_unknown_backbone_is_rejected():
     with pytest.raises(ValueError, match="backbone"):
         MINeRF(load_config("tiny", ["model.backbone=mlp"]).model, 12, ["a"], [0])
+
+
+def test_nerface_resumed_run_and_personalisation_match_uninterrupted_ones(tiny_data, tmp_path):
+    # The stratified and hierarchical samples draw from torch's global generator: a resume must take it from the
+    # checkpoint, not from wherever the resuming process's generator stands.
+    cfg = load_config("nerface", SMALL + ["train.steps=8", "train.checkpoint_every=3", "train.log_every=1",
+                                          "train.personalize_code_fraction=0.5"])
+
+    def interrupt(record):  # killed during step 6, after the checkpoint of step 3
+        if record["step"] == 5:
+            raise KeyboardInterrupt
+
+    straight = train(cfg, tiny_data[:1], tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_data[:1], tmp_path / "resumed", progress=interrupt)
+    torch.rand(7)  # the resuming process's generator is elsewhere
+    again = train(cfg, tiny_data[:1], tmp_path / "resumed")
+    assert again.resumed_from == 3
+    assert [r["loss"] for r in _log(tmp_path / "resumed")] == [r["loss"] for r in _log(tmp_path / "straight")]
+    a, b = straight.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    new = tiny_data[1:]
+    straight = personalize(tmp_path / "straight", new, tmp_path / "p_straight", steps=8)
+    with pytest.raises(KeyboardInterrupt):
+        personalize(tmp_path / "straight", new, tmp_path / "p_resumed", steps=8, progress=interrupt)
+    torch.rand(7)
+    again = personalize(tmp_path / "straight", new, tmp_path / "p_resumed", steps=8)
+    assert again.resumed_from == 3
+    a, b = straight.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
