@@ -20,8 +20,9 @@ same function as concatenating them to every sample, and cheaper, so the baselin
 
 Plain PyTorch: no occupancy grid (the model keeps its grid buffers, unused), no native kernels. The training loss adds
 the MSE of ``rgb_coarse`` (:func:`fastminerf.train.train` does when the model returns it), as NeRF and NeRFace do.
-Training jitters the stratified samples with torch's global generator (seeded by ``build_model``), whose state
-checkpoints hold, so a resumed ``nerface`` run is bit-identical to an uninterrupted one on the CPU, as a fast one is.
+Training jitters the stratified samples with torch's global generator (seeded with ``train.seed`` by ``build_model``,
+with ``train.seed + 2`` by ``personalize``), whose state checkpoints hold, so a resumed ``nerface`` run is
+bit-identical to an uninterrupted one on the CPU, as a fast one is.
 
 Shapes: N rays, S samples per ray (S_c coarse, S_c + S_f fine), P / Q encoded point / direction size, K = C + Cf.
 """

@@ -875,7 +875,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     ``refined``).
 
     The result is a full run in ``out_dir`` (all identities), loadable with :func:`load_run`; rerunning with the same
-    ``out_dir`` resumes.
+    ``out_dir`` resumes. Its random draws come from ``train.seed`` (torch's global generator is seeded with it, and the
+    caller's state given back), so a step-limited personalisation is deterministic whatever the caller drew before.
 
     Args:
         generic_run: folder of a run made by :func:`train`.
@@ -963,6 +964,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     sampler_cfg = replace(cfg.sampler, seed=cfg.sampler.seed + 1)
     sampler = RaySampler(dataset, "train", **asdict(sampler_cfg))
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
+    torch.manual_seed(cfg.train.seed + 2)  # the nerface backbone's jitter: from the run's seed, not the caller's state
     fraction = 0.0 if known else cfg.train.personalize_code_fraction
     code_steps = min(steps, max(1, int(round(steps * fraction)))) if fraction > 0 else 0  # steps=0: none
     codes = _per_identity_params(model)

@@ -145,3 +145,12 @@ def test_nerface_resumed_run_and_personalisation_match_uninterrupted_ones(tiny_d
     assert again.resumed_from == 3
     a, b = straight.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nerface_personalisation_draws_from_the_runs_seed_not_the_callers_generator(tiny_data, trained, tmp_path):
+    run, _, _ = trained
+    models = []
+    for k in (1, 2):
+        torch.manual_seed(k)  # whatever the caller's generator holds
+        models.append(personalize(run, tiny_data[1:], tmp_path / f"p{k}", steps=4).model.state_dict())
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
