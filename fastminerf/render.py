@@ -1041,8 +1041,8 @@ def write_video(
         A :class:`VideoInfo`.
 
     Raises:
-        RenderError: no frames, frames of different sizes, or a ``path`` whose suffix is not a video container
-            (before any frame is asked for).
+        RenderError: no frames, frames of different sizes, a ``path`` whose suffix is not a video container
+            (before any frame is asked for), or ffmpeg failed (an earlier file at ``path`` is then left as it was).
     """
     import imageio.v3 as iio
     import imageio_ffmpeg
@@ -1062,7 +1062,7 @@ def write_video(
         part = out.with_name(f".{out.stem}.part{out.suffix}")
     if pngs is not None:
         pngs.mkdir(parents=True, exist_ok=True)
-    writer = None
+    writer = encoder = None
     size: Optional[Tuple[int, int]] = None
     count = 0
     wav = None
@@ -1082,17 +1082,25 @@ def write_video(
                         audio_path=None if wav is None else str(wav), audio_codec=None if wav is None else "aac",
                     )
                     writer.send(None)
+                    encoder = _ffmpeg_process(writer)
             elif img.shape[:2] != size:
                 raise RenderError(f"frame {count} is {img.shape[1]}x{img.shape[0]}, the video is {size[1]}x{size[0]}")
             if pngs is not None:
                 iio.imwrite(pngs / f"{count:05d}.png", img)
             if writer is not None:
                 padded = np.pad(img, ((0, img.shape[0] % 2), (0, img.shape[1] % 2), (0, 0)), mode="edge")
-                writer.send(np.ascontiguousarray(padded))
+                try:
+                    writer.send(np.ascontiguousarray(padded))
+                except OSError:  # ffmpeg quit before taking every frame (imageio-ffmpeg: a broken pipe)
+                    writer = None  # the generator has ended, and waited for ffmpeg
+                    raise _encode_error(out, part, encoder, count) from None
             count += 1
         if writer is not None:
-            writer.close()
+            writer.close()  # waits for ffmpeg, whose exit status imageio-ffmpeg does not check
             writer = None
+            failed = _encode_error(out, part, encoder, count, at_end=True)
+            if failed is not None:
+                raise failed
             part.replace(out)
     finally:
         if writer is not None:
@@ -1109,6 +1117,29 @@ def write_video(
                 stale.unlink()
     seconds = audio.seconds if wav is not None else 0.0
     return VideoInfo(path=out, n_frames=count, width=size[1], height=size[0], png_dir=pngs, audio_seconds=seconds)
+
+
+def _ffmpeg_process(writer) -> Optional["subprocess.Popen"]:
+    """The ffmpeg process behind a started ``imageio_ffmpeg.write_frames`` generator (its local ``p``), whose exit
+    status imageio-ffmpeg never checks; None if this imageio-ffmpeg keeps it under another name."""
+    import subprocess
+
+    frame = getattr(writer, "gi_frame", None)
+    proc = frame.f_locals.get("p") if frame is not None else None
+    return proc if isinstance(proc, subprocess.Popen) else None
+
+
+def _encode_error(out: Path, part: Path, encoder, count: int, at_end: bool = False) -> Optional[RenderError]:
+    """The error of an ffmpeg that failed to write ``part`` (the video's temporary name), naming ``out``; None when
+    it exited with status 0 and wrote a file (``at_end``: once it had every frame)."""
+    status = encoder.poll() if encoder is not None else None
+    wrote = part.is_file() and part.stat().st_size > 0
+    if at_end and wrote and status in (0, None):
+        return None
+    how = f"exit status {status}" if status not in (0, None) else "it stopped taking frames" if wrote else "no file"
+    when = f"after {count} frames" if at_end else f"at frame {count}"
+    kept = f"; the earlier {out.name} is kept as it was" if out.exists() else ""
+    return RenderError(f"{out}: ffmpeg failed to encode the video {when} ({how}; its message is above){kept}")
 
 
 def render_video(

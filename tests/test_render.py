@@ -7,6 +7,7 @@ pixel order, backgrounds, identity mapping and the metric plumbing on real pixel
 """
 
 import json
+import re
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -375,6 +376,31 @@ def test_write_video_refuses_a_file_that_cannot_hold_h264_before_any_frame(tmp_p
         write_video(frames(), out, fps=10)
     assert asked == [] and out.read_bytes() == b"earlier work"
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("when", ["at_start", "at_end"])
+def test_write_video_a_failed_encode_is_an_error_naming_the_file_and_keeps_the_earlier_one(tmp_path, monkeypatch, when):
+    """imageio-ffmpeg never looks at ffmpeg's exit status: an ffmpeg that failed once it had the frames (a full disk
+    when it writes the mp4's index at the end) left a broken file under the name, reported as written; one that quit
+    at once surfaced as a FileNotFoundError about the hidden part file. Both are an error naming the video, and an
+    earlier video of that name stays as it was."""
+    import imageio_ffmpeg
+
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fail = "exit 1" if when == "at_start" else 'cat > /dev/null; echo broken > "$last"; exit 1'
+    real = imageio_ffmpeg.get_ffmpeg_exe()  # what imageio-ffmpeg asks besides the video (its encoders) goes to ffmpeg
+    fake.write_text(f'#!/bin/sh\nfor last; do :; done\ncase "$last" in *"{tmp_path / "out"}"*) {fail};; esac\n'
+                    f'exec "{real}" "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(fake))
+    out = tmp_path / "out" / "v.mp4"
+    out.parent.mkdir()
+    out.write_bytes(b"earlier work")
+    with pytest.raises(RenderError, match=re.escape(str(out)) + ".*ffmpeg.*kept as it was"):
+        write_video(iter(_frames(40, 64, 64)), out, fps=10)
+    assert out.read_bytes() == b"earlier work"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["v.mp4"]
 
 
 # ---------------------------------------------------------------------------------- rendering with oracle
