@@ -1041,8 +1041,9 @@ def write_video(
         A :class:`VideoInfo`.
 
     Raises:
-        RenderError: no frames, frames of different sizes, a ``path`` whose suffix is not a video container
-            (before any frame is asked for), or ffmpeg failed (an earlier file at ``path`` is then left as it was).
+        RenderError: no frames, frames of different sizes, a ``path`` that is a folder, whose suffix is not a video
+            container or whose folder cannot be written (these before any frame is asked for), or ffmpeg failed (an
+            earlier file at ``path`` is then left as it was).
     """
     import imageio.v3 as iio
     import imageio_ffmpeg
@@ -1051,6 +1052,8 @@ def write_video(
         raise RenderError("write_video needs an mp4 path, a png_dir, or both")
     out = Path(path) if path is not None else None
     pngs = Path(png_dir) if png_dir is not None else None
+    if out is not None and out.is_dir():
+        raise RenderError(f"{out} is a folder: give the video's file name (e.g. {out / 'video.mp4'})")
     if out is not None and out.suffix.lower() not in VIDEO_OUT_SUFFIXES:
         # ffmpeg picks the container by the suffix: none failed after the first frames; .webm, .gif or .png wrote an
         # empty or broken file in place of an earlier one and reported nothing
@@ -1060,6 +1063,11 @@ def write_video(
         out.parent.mkdir(parents=True, exist_ok=True)
         # written beside it and renamed at the end: an interrupted render leaves an earlier video of that name whole
         part = out.with_name(f".{out.stem}.part{out.suffix}")
+        try:  # before any frame is rendered: ffmpeg would only fail once it had them all
+            part.touch()
+            part.unlink()
+        except OSError as exc:
+            raise RenderError(f"{out}: cannot write the video there ({exc.strerror or exc})") from None
     if pngs is not None:
         pngs.mkdir(parents=True, exist_ok=True)
     writer = encoder = None

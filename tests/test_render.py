@@ -6,7 +6,9 @@ split with the oracle must reproduce the stored frames up to their 8-bit roundin
 pixel order, backgrounds, identity mapping and the metric plumbing on real pixels.
 """
 
+import contextlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -401,6 +403,58 @@ def test_write_video_a_failed_encode_is_an_error_naming_the_file_and_keeps_the_e
         write_video(iter(_frames(40, 64, 64)), out, fps=10)
     assert out.read_bytes() == b"earlier work"
     assert sorted(p.name for p in out.parent.iterdir()) == ["v.mp4"]
+
+
+@contextlib.contextmanager
+def _read_only(folder):
+    """``folder`` made unwritable: by its mode, or (for root, whom modes do not stop) as an immutable folder; the test
+    is skipped where neither holds."""
+    import shutil
+    import subprocess
+
+    folder.chmod(0o555)
+    immutable = (os.access(folder, os.W_OK) and shutil.which("chattr") is not None
+                 and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0)
+    try:
+        try:
+            (folder / ".probe").touch()
+        except OSError:
+            yield folder
+        else:
+            pytest.skip("cannot make a folder read-only here")
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("case", ["folder", "read_only"])
+def test_write_video_refuses_an_output_it_cannot_write_before_any_frame(tmp_path, case):
+    """An --out that is a folder, or a video in a read-only folder, was found out only after every frame had been
+    rendered (minutes for a long video), as an OSError about the hidden part file ('Is a directory: .v.part.mp4 ->
+    v.mp4', 'Read-only file system: .v.part.mp4') or ffmpeg's failure. Refused before any frame is asked for, naming
+    the video; an earlier video there stays."""
+    asked = []
+
+    def frames():
+        for f in _frames(3, 16, 16):
+            asked.append(1)
+            yield f
+
+    if case == "folder":
+        out = tmp_path / "v.mp4"
+        out.mkdir()
+        with pytest.raises(RenderError, match=re.escape(str(out)) + ".*folder"):
+            write_video(frames(), out, fps=10)
+        assert out.is_dir() and list(out.iterdir()) == []
+    else:
+        out = tmp_path / "ro" / "v.mp4"
+        out.parent.mkdir()
+        out.write_bytes(b"earlier work")
+        with _read_only(out.parent), pytest.raises(RenderError, match=re.escape(str(out)) + ".*cannot write"):
+            write_video(frames(), out, fps=10)
+        assert out.read_bytes() == b"earlier work" and sorted(p.name for p in out.parent.iterdir()) == ["v.mp4"]
+    assert asked == []
 
 
 # ---------------------------------------------------------------------------------- rendering with oracle
