@@ -615,7 +615,7 @@ def save_speech_model(path: PathLike, model: SpeechModel) -> Path:
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(out, {
+    return save_checkpoint(out, what="speech model", payload={
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "expression_dim": model.expression_dim,

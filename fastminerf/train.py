@@ -114,10 +114,10 @@ class TrainResult:
 # Checkpoints
 
 
-def save_checkpoint(path: PathLike, payload: dict) -> Path:
+def save_checkpoint(path: PathLike, payload: dict, what: str = "checkpoint") -> Path:
     """Write ``payload`` (tensors and plain data only) to ``path`` atomically: a temp file, flushed to the disk
     (without it a crash of the machine soon after the rename can leave an empty file under the name), then
-    ``os.replace``."""
+    ``os.replace``. A write that fails raises an ``OSError`` naming ``what`` and the file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -130,8 +130,9 @@ def save_checkpoint(path: PathLike, payload: dict) -> Path:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, (OSError, RuntimeError)):  # torch reports a write that ran out of space as a RuntimeError
             kept = f"; {path} is kept as it was" if path.exists() else ""
-            raise OSError(getattr(exc, "errno", None) or errno.EIO,
-                          f"cannot write the checkpoint {path} (is the disk full?): {exc}{kept}") from exc
+            code = getattr(exc, "errno", None)
+            full = " (is the disk full?)" if code in (None, errno.ENOSPC) else ""  # not for a folder or a read-only one
+            raise OSError(code or errno.EIO, f"cannot write the {what} {path}{full}: {exc}{kept}") from exc
         raise
     return path
 

@@ -206,3 +206,14 @@ def test_load_speech_model_names_the_file_of_a_bad_config(small, tmp_path):
     torch.save(data, tmp_path / "bad.pt")
     with pytest.raises(SpeechError, match="bad.pt"):
         load_speech_model(tmp_path / "bad.pt")
+
+
+def test_saving_a_speech_model_over_a_folder_says_so_not_that_the_disk_is_full(small, tmp_path):
+    """fastminerf speech --out DIR (an existing folder) trained the model, then said 'cannot write the checkpoint DIR
+    (is the disk full?)': it is a speech model, and the disk was fine. The message names the file and the cause."""
+    _, _, _, model = small
+    (tmp_path / "models").mkdir()
+    with pytest.raises(OSError, match=r"speech model .*models.*[Ii]s a directory") as err:
+        save_speech_model(tmp_path / "models", model)
+    assert "disk" not in str(err.value) and "checkpoint" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"] and not any((tmp_path / "models").iterdir())
