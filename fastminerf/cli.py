@@ -895,6 +895,8 @@ def _run_speech(args: argparse.Namespace) -> int:
         paths, out = args.data, args.out
         if out is None:
             raise SpeechError("--out is required with --data (the file to write the speech model to)")
+    if Path(out).is_dir():  # refused before learning: the model is written only once it is learned
+        raise SpeechError(f"{out} is a folder: give the speech model's file name (e.g. {Path(out) / 'speech.pt'})")
     cfg = flat_config(SpeechConfig, list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else []))
     dirs = find_identity_dirs(paths)
     data = load_dataset(dirs, splits=None)

@@ -258,3 +258,25 @@ def test_cli_speech_then_render_speech(heads, tmp_path, decode_audio, capsys):
     assert main(["speech", "--data", str(root / "data")]) == 2  # --out is required with --data
     assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--speech", str(tmp_path / "none.wav"),
                  "--out", str(tmp_path / "x.mp4")]) == 2
+
+
+@pytest.mark.parametrize("where", ["folder", "run_folder"])
+def test_cli_speech_refuses_an_out_that_is_a_folder_before_learning(heads, tmp_path, capsys, monkeypatch, where):
+    """speech --out models/ (an existing folder) learned the whole model (1,500 steps a network by default) and then
+    failed to write it; refused up front, naming the folder and the file to give."""
+    import fastminerf.speech
+
+    root, dirs, _, _, _, _ = heads
+    monkeypatch.setattr(fastminerf.speech, "train_speech", lambda *a, **k: pytest.fail("learned before refusing"))
+    folder = tmp_path / "models"
+    folder.mkdir()
+    if where == "folder":
+        args = ["speech", "--data", str(root / "data"), "--out", str(folder)]
+    else:  # RUN/speech.pt is a folder
+        train(load_config("tiny", ["train.steps=2"]), dirs[:1], tmp_path / "run")
+        (tmp_path / "run" / "speech.pt").mkdir()
+        folder = tmp_path / "run" / "speech.pt"
+        args = ["speech", "--run", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err and "folder" in err
