@@ -17,10 +17,12 @@ Resume: calling :func:`train` again with the same ``out_dir`` (and the same data
 :data:`RESUME_MAY_CHANGE`: ``train.steps``, ``train.max_seconds``, intervals, threads, device, frame cache) continues
 from the checkpoint's step. **Guaranteed**:
 the model, optimizer, weight-average, ray-sampler, occupancy-generator and global-generator states are those of the
-checkpoint, so on the CPU (whose kernels are deterministic: no atomics) a run resumed from step k takes exactly the same steps as
-an uninterrupted one, and ends with bit-identical parameters (tested). Steps taken after the last checkpoint are
-lost and redone (their log lines are dropped). A run limited by ``max_seconds`` stops at a step that depends on
-the machine's speed; training seconds are summed over resumed sessions.
+checkpoint, so on the CPU (whose kernels are deterministic: no atomics) a run resumed from step k on as many threads
+takes exactly the same steps as an uninterrupted one, and ends with bit-identical parameters (tested); on another
+thread count the hash grid's table gradient sums its per-thread copies in other groups, which changes the last bits.
+Steps taken after the last checkpoint are lost and redone (their log lines are dropped). A run limited by
+``max_seconds`` stops at a step that depends on the machine's speed; training seconds are summed over resumed
+sessions.
 
 Shapes: N rays per batch, B training frames, I identities, E expression size.
 """
@@ -77,7 +79,8 @@ RESUME_MAY_CHANGE = ("train.steps", "train.max_seconds", "train.log_every", "tra
                      "train.checkpoint_seconds", "train.threads", "train.device", "data.cache_frames", "data.cache_bytes",
                      "train.personalize_steps", "train.personalize_code_fraction", "train.personalize_tune",
                      "train.personalize_lr_factor")
-"""Config keys that may differ between a generic run and its resumption (they do not change its computation: the
+"""Config keys that may differ between a generic run and its resumption (they do not change its computation, except
+``train.steps`` the learning-rate schedule and ``train.threads`` the rounding of the hash grid's summed gradients: the
 ``personalize_*`` ones act only in :func:`personalize`)."""
 
 PERSONALIZE_RESUME_MAY_CHANGE = tuple(k for k in RESUME_MAY_CHANGE if k not in (
