@@ -294,6 +294,8 @@ class LandmarkDistance:
         img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         if img.ndim != 3 or img.shape[-1] != 3:
             raise ValueError(f"LMD takes one (H, W, 3) image, got shape {img.shape}")
+        if not np.issubdtype(img.dtype, np.floating):  # clipping 8-bit values to [0, 1] would binarise the image
+            raise ValueError(f"LMD: images must be float in [0, 1], got {img.dtype}")
         rgb = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         found = self._tracker(rgb)
         if found is None:

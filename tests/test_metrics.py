@@ -232,3 +232,20 @@ def test_rotation_gap_is_the_angle_to_the_nearest_reference():
     np.testing.assert_allclose(rotation_gap_deg(rotations, reference, chunk=2), expected, atol=1e-5)  # chunked alike
     assert np.isnan(rotation_gap_deg(rotations, np.zeros((0, 3, 3)))).all()
 
+
+
+@needs_mediapipe
+def test_lmd_refuses_a_uint8_image_as_the_other_metrics_do(tmp_path):
+    """An 8-bit frame (a PNG as imageio reads it) was clipped to [0, 1] and so turned into a black and white image,
+    in which mediapipe still found a face: a wrong LMD without a word. It is refused, as psnr refuses it."""
+    from fastminerf.data import load_dataset
+    from fastminerf.data.synth import generate
+
+    dirs = generate(tmp_path, n_identities=1, n_frames=1, size=128, novel_frames=1, val_fraction=0.0, seed=0)
+    frame = load_dataset(dirs, splits=("train",)).image("train", 0)
+    with LandmarkDistance() as lmd:
+        with pytest.raises(ValueError, match="float in \\[0, 1\\]"):
+            lmd.landmarks(frame)
+        with pytest.raises(ValueError, match="float in \\[0, 1\\]"):
+            lmd(frame, frame.astype(np.float32) / 255.0)
+        assert lmd(frame.astype(np.float32) / 255.0, frame.astype(np.float64) / 255.0) == 0.0
