@@ -1,7 +1,8 @@
 """Image metrics: PSNR, SSIM, L1, and LPIPS when its package and weights are installed.
 
 Every metric takes float images in [0, 1] shaped ``(H, W, 3)`` (one image) or ``(B, H, W, 3)`` (a batch; any
-number of leading dimensions works) as torch tensors or NumPy arrays, and returns one value per image: a
+number of leading dimensions works) as torch tensors or NumPy arrays (integer images, and values outside [0, 1]
+such as 0..255 or [-1, 1], are refused), and returns one value per image: a
 0-d tensor for one image, ``(B,)`` for a batch. Averaging over frames and identities is left to the caller
 (:func:`fastminerf.render.evaluate` averages per-frame values).
 
@@ -71,6 +72,9 @@ SSIM_K2 = 0.03
 PSNR_MAX_DB = 100.0
 """PSNR reported for identical images (MSE 0), instead of infinity, so that means stay finite."""
 
+RANGE_SLACK = 1e-3
+"""How far outside [0, 1] an image's values may lie (round-off) before the metrics refuse it as another range."""
+
 
 class MetricUnavailable(RuntimeError):
     """A metric cannot be computed on this machine (e.g. LPIPS without its weights); the message says why."""
@@ -87,6 +91,10 @@ def _as_images(pred: ImageLike, target: ImageLike, name: str) -> Tuple[torch.Ten
         raise ValueError(f"{name}: images must be (H, W, 3) or (B, H, W, 3) (or one channel), got {tuple(p.shape)}")
     if not (p.is_floating_point() and t.is_floating_point()):
         raise ValueError(f"{name}: images must be float in [0, 1], got {p.dtype} and {t.dtype}")
+    for what, x in (("prediction", p), ("target", t)):  # 0..255 or [-1, 1] would be scored as data range 1
+        if x.numel() and (x.min() < -RANGE_SLACK or x.max() > 1 + RANGE_SLACK):
+            raise ValueError(f"{name}: images must be float in [0, 1], got a {what} with values from "
+                             f"{x.min().item():.4g} up to {x.max().item():.4g} (divide 8-bit values by 255)")
     return p.to(torch.float64), t.to(device=p.device, dtype=torch.float64)
 
 

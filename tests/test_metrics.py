@@ -249,3 +249,16 @@ def test_lmd_refuses_a_uint8_image_as_the_other_metrics_do(tmp_path):
         with pytest.raises(ValueError, match="float in \\[0, 1\\]"):
             lmd(frame, frame.astype(np.float32) / 255.0)
         assert lmd(frame.astype(np.float32) / 255.0, frame.astype(np.float64) / 255.0) == 0.0
+
+
+@pytest.mark.parametrize("metric", [psnr, ssim, l1])
+def test_metrics_refuse_images_outside_0_1(metric):
+    """A frame read as 8-bit values and only cast to float (0..255), or scaled to [-1, 1] as some networks want, was
+    scored as if in [0, 1]: PSNR -11 dB, SSIM a plausible 0.69 against 0.94 for the same real frames. Refused, naming
+    which image and its range; values within round-off of [0, 1] still count."""
+    p, t = _rng_images(5, (16, 16, 3))
+    with pytest.raises(ValueError, match="in \\[0, 1\\].*prediction.*up to 2\\d\\d"):
+        metric(p * 255.0, t)
+    with pytest.raises(ValueError, match="in \\[0, 1\\].*target.*from -0\\.9"):
+        metric(torch.tensor(p), torch.tensor(t * 2 - 1))
+    metric(np.clip(p, 0, 1) * (1 + 1e-7), t)  # round-off past 1 is fine
