@@ -187,11 +187,13 @@ _LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-39792
 """File names torchvision's model zoo caches the LPIPS backbones under (``$TORCH_HOME/hub/checkpoints``)."""
 
 
-def lpips_status(net: str = "alex") -> Tuple[bool, str]:
+def lpips_status(net: str = "alex", build: bool = False) -> Tuple[bool, str]:
     """Whether LPIPS can run here without downloading anything, and why not.
 
     Checks, without importing anything heavy: the ``lpips`` package is installed, its linear-layer weights
-    ship with it, and torchvision's cached backbone weights for ``net`` exist. Never downloads.
+    ship with it, and torchvision's cached backbone weights for ``net`` exist. Never downloads. With ``build``,
+    also imports lpips and builds the network (kept for :func:`lpips`), so that an install present but broken
+    (e.g. a torchvision built for another torch) is found now rather than at the first image scored.
 
     Returns:
         ``(True, "lpips <net>")`` or ``(False, reason)``.
@@ -210,6 +212,11 @@ def lpips_status(net: str = "alex") -> Tuple[bool, str]:
         return False, f"the {net} backbone weights are not cached ({hub}); LPIPS is never downloaded"
     if importlib.util.find_spec("torchvision") is None:
         return False, "torchvision (needed by lpips) is not installed"
+    if build:
+        try:
+            _lpips_model(net)
+        except MetricUnavailable as exc:
+            return False, str(exc).replace("LPIPS unavailable: ", "", 1)
     return True, f"lpips {net}"
 
 

@@ -1313,7 +1313,7 @@ def evaluate(
         identity_id(models[name], name)
     if expressions is not None and np.shape(expressions) != table.expression.shape:
         raise RenderError(f"expressions for split '{split}' must be {table.expression.shape}, got {np.shape(expressions)}")
-    lp_ok, lp_why = lpips_status() if with_lpips else (False, "not requested")
+    lp_ok, lp_why = lpips_status(build=True) if with_lpips else (False, "not requested")
     lmd_ok, lmd_why = landmark_status() if with_lmd else (False, "not requested")
     has_box = any(bool(table.has_bbox[table.frames_of(dataset.identities.index(n))].any()) for n in names)
     metric_names = (["psnr", "ssim", "l1"] + (["lpips"] if lp_ok else []) + (["face_psnr"] if has_box else [])

@@ -722,3 +722,29 @@ def test_evaluate_records_the_render_steps_each_identity_was_rendered_with(data,
     res = evaluate(model, data, "val", out_dir=tmp_path / "ev", max_frames=1, with_lpips=False, with_lmd=False)
     assert res["render_steps"] == {"id000": 32, "id001": 32}
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["render_steps"] == {"id000": 32, "id001": 32}
+
+
+def test_evaluate_without_a_buildable_lpips_reports_it_unavailable(synth, data, tmp_path, monkeypatch):
+    """lpips and its weights present but unusable (a torchvision that does not match torch fails on import): eval
+    rendered its first frame and then failed with 'LPIPS unavailable: importing or building lpips failed', losing
+    every other metric. LPIPS is reported unavailable instead, with the reason, as when its weights are missing."""
+    from fastminerf import metrics
+
+    site = tmp_path / "site"
+    (site / "lpips" / "weights" / "v0.1").mkdir(parents=True)
+    (site / "lpips" / "weights" / "v0.1" / "alex.pth").write_bytes(b"")
+    (site / "lpips" / "__init__.py").write_text("import torchvision\n")
+    (site / "torchvision").mkdir()
+    (site / "torchvision" / "__init__.py").write_text("raise ImportError('torchvision 0.1 was built for another torch')\n")
+    hub = tmp_path / "torch_home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "alexnet-owt-7be5be79.pth").write_bytes(b"")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.syspath_prepend(str(site))
+    for mod in ("lpips", "torchvision"):
+        monkeypatch.delitem(__import__("sys").modules, mod, raising=False)
+    metrics._lpips_model.cache_clear()
+    assert metrics.lpips_status()[0]  # the files alone look usable
+    res = evaluate(Oracle(synth[1]), data, "val", max_frames=1, with_lmd=False)
+    assert "lpips" not in res["metrics"] and res["mean"]["psnr"] > ORACLE_MIN_PSNR
+    assert res["lpips"].startswith("unavailable:") and "another torch" in res["lpips"]
