@@ -40,7 +40,7 @@ from .config import as_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.writer import write_json
-from .metrics import (LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status, psnr,
+from .metrics import (SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status, psnr,
                       rotation_gap_deg, ssim)
 
 __all__ = [
@@ -1251,7 +1251,7 @@ def evaluate(
     Each frame is rendered from its own camera, expression and background (:func:`render_frame`); PSNR,
     SSIM and L1 (and LPIPS when :func:`fastminerf.metrics.lpips_status` allows it) are computed per frame,
     averaged over each identity's frames, and ``mean`` is the unweighted mean over identities (every
-    identity counts alike, however long its video). Where frames have a face box (``bbox``), ``face_psnr`` is
+    identity counts alike, however long its video); SSIM is NaN for frames smaller than its 11-pixel window. Where frames have a face box (``bbox``), ``face_psnr`` is
     the PSNR inside it (the full frame's PSNR is mostly background and torso); where mediapipe is installed,
     ``mouth_psnr`` is the PSNR in a box around the real frame's lips (mediapipe's landmarks, grown by
     :data:`fastminerf.data.rays.MOUTH_MARGIN`: lips, teeth and mouth interior), and ``lmd`` the lip-landmark distance
@@ -1337,7 +1337,8 @@ def evaluate(
                                     expression=None if expressions is None else expressions[index])
                 truth = dataset.image(split, index).astype(np.float32) / 255.0
                 values["psnr"].append(float(psnr(pred, truth)))
-                values["ssim"].append(float(ssim(pred, truth)))
+                small = min(truth.shape[:2]) < SSIM_WINDOW  # no window fits: SSIM undefined (NaN), the rest stands
+                values["ssim"].append(float("nan") if small else float(ssim(pred, truth)))
                 values["l1"].append(float(l1(pred, truth)))
                 if lp_ok:
                     values["lpips"].append(float(lpips(pred, truth)))

@@ -748,3 +748,16 @@ def test_evaluate_without_a_buildable_lpips_reports_it_unavailable(synth, data, 
     res = evaluate(Oracle(synth[1]), data, "val", max_frames=1, with_lmd=False)
     assert "lpips" not in res["metrics"] and res["mean"]["psnr"] > ORACLE_MIN_PSNR
     assert res["lpips"].startswith("unavailable:") and "another torch" in res["lpips"]
+
+
+def test_evaluate_frames_smaller_than_the_ssim_window(tmp_path):
+    """synth allows frames from 8 pixels (a smoke test): eval of them rendered the first frame and failed with
+    'ssim: images must be at least 11x11 pixels', losing PSNR and L1 too. SSIM is undefined there and reads NaN
+    (null in metrics.json, '-' in the table); the other metrics are computed as always."""
+    dirs = generate(tmp_path, n_identities=1, n_frames=3, size=8, novel_frames=1, val_fraction=0.34)
+    small = load_dataset(dirs, splits=("val",))
+    res = evaluate(Oracle(dirs, size=8), small, "val", with_lpips=False, with_lmd=False, out_dir=tmp_path / "ev")
+    ident = res["identities"]["id000"]
+    assert "ssim" in res["metrics"] and np.isnan(ident["ssim"]) and np.isnan(res["mean"]["ssim"])
+    assert ident["psnr"] > 30 and ident["l1"] < 0.05
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["mean"]["ssim"] is None
