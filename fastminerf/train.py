@@ -914,7 +914,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     if known and len(known) != len(dataset.identities):
         new_ones = [n for n in dataset.identities if n not in known]
         raise ValueError(f"identities {known} are already in the generic model {generic_run} and {new_ones} are not; "
-                         "add new identities and fine-tune known ones in two runs")
+                         f"add new identities and fine-tune known ones in two runs ({_NEW_PERSON_HINT})")
     table = dataset.table("train")
     keys = frame_keys(dataset)
     generic_keys = meta["frame_keys"] if meta["frame_keys"] is not None else torch.zeros(model.frame_identity.numel(),
@@ -940,7 +940,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         changed = _frame_changed(generic_keys[frame_map], keys, dataset)
         if changed:
             raise DatasetError(f"{changed}: the model {generic_run} was trained on other frames; fine-tune a known "
-                               "identity with the data it was trained on")
+                               f"identity with the data it was trained on ({_NEW_PERSON_HINT})")
     else:
         if data is not None:
             first_frame = model.frame_identity.numel() - len(table)
@@ -1029,6 +1029,10 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     return _finish(loop, model, average, resumed)
 
 
+_NEW_PERSON_HINT = ("identities are named by their folders: a new person whose folder has the name of one the model "
+                    "knows is taken for that one; give a new person a folder name the model does not have")
+
+
 def _known_maps(model: MINeRF, dataset: MultiIdentityDataset, table, run: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """For identities the model already knows: the model's id of each dataset identity, and the model's frame code of
     each row of the dataset's ``train`` table (a person's frames in the order the generic run saw them)."""
@@ -1041,7 +1045,7 @@ def _known_maps(model: MINeRF, dataset: MultiIdentityDataset, table, run: str) -
         if len(codes) != len(rows):
             raise DatasetError(f"{dataset.identity_dirs[d]}: the model {run} was trained on "
                                f"{len(codes)} training frames of {name!r}, this data has {len(rows)}; fine-tune a known "
-                               "identity with the data it was trained on")
+                               f"identity with the data it was trained on ({_NEW_PERSON_HINT})")
         frame_map[rows] = codes
     return identity_map, frame_map
 

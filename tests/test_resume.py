@@ -360,3 +360,15 @@ def test_personalize_resume_and_fine_tuning_refuse_frames_that_changed_in_place(
     _edit(known[0], _swap_first_frames)
     with pytest.raises(DatasetError, match=heads[0].name + ".*" + re.escape(str(generic))):
         personalize(generic, known, tmp_path / "tuned", steps=2)
+
+
+def test_a_new_person_named_like_a_known_one_is_told_to_rename_its_folder(heads, generic, tmp_path):
+    # A new person whose identity folder has the name of one the model knows is taken for that person (names are
+    # folder names) and refused as a known identity with other frames; the message said only "fine-tune a known
+    # identity with the data it was trained on", nothing of the name.
+    same_name = tmp_path / "new" / heads[0].name
+    shutil.copytree(heads[2], same_name)
+    with pytest.raises(DatasetError, match=re.escape(heads[0].name) + ".*new person.*folder name"):
+        personalize(generic, [same_name], tmp_path / "p", steps=2)
+    with pytest.raises(ValueError, match="new person.*folder name"):  # with a new one beside it: the same advice
+        personalize(generic, [same_name, heads[3]], tmp_path / "q", steps=2)
