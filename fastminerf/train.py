@@ -906,10 +906,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     out.mkdir(parents=True, exist_ok=True)
     paths = [str(Path(p)) for p in as_list(data_paths, (str, Path))]
     dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
-    if dataset.expression_dim != model.expression_dim:
-        raise DatasetError(f"the new identities have expressions of length {dataset.expression_dim} but the generic model "
-                           f"({generic_run}) was trained with length {model.expression_dim}")
-    check_expression_space(model.expression_space, dataset, "the new identities", str(generic_run))
+    check_expression_space(model.expression_space, dataset, "the new identities", str(generic_run),
+                           model.expression_dim)
     known = [n for n in dataset.identities if n in model.identity_names]
     if known and len(known) != len(dataset.identities):
         new_ones = [n for n in dataset.identities if n not in known]

@@ -372,3 +372,21 @@ def test_a_new_person_named_like_a_known_one_is_told_to_rename_its_folder(heads,
         personalize(generic, [same_name], tmp_path / "p", steps=2)
     with pytest.raises(ValueError, match="new person.*folder name"):  # with a new one beside it: the same advice
         personalize(generic, [same_name, heads[3]], tmp_path / "q", steps=2)
+
+
+def test_a_new_person_with_another_expression_length_names_the_file(heads, generic, tmp_path):
+    # personalize refused it with its own message, naming the run but not the data's file, frame or key (eval and
+    # render --drive name the transforms file, frame 0 and 'expression').
+    shorter = _copy(heads[2:3], tmp_path / "shorter")[0]
+
+    def drop_last_coefficient(m):
+        m["expression_names"] = m["expression_names"][:-1]
+        m.pop("expression_space")
+        for f in m["frames"]:
+            f["expression"] = f["expression"][:-1]
+
+    _edit(shorter, drop_last_coefficient, ("train", "val", "novel"))
+    with pytest.raises(DatasetError, match=re.escape(str(shorter / "transforms_")) + r".*frame 0: key 'expression'.*"
+                       r"length 11.*length 12") as err:
+        personalize(generic, [shorter], tmp_path / "p", steps=2)
+    assert err.value.key == "expression" and err.value.file.startswith(str(shorter))
