@@ -918,6 +918,10 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     generic_keys = meta["frame_keys"] if meta["frame_keys"] is not None else torch.zeros(model.frame_identity.numel(),
                                                                                         dtype=torch.long)
     ckpt_path = out / CHECKPOINT_NAME
+    if ckpt_path.exists() and os.path.samefile(ckpt_path, meta["checkpoint"]):  # not a resume: the run it starts from
+        resume = f" (to continue it, give the run it started from: --run {meta['generic_run']})" if meta["generic_run"] else ""
+        raise CheckpointError(f"{ckpt_path} is the checkpoint of {generic_run}, the run this personalisation starts "
+                              f"from; a personalisation writes a new run: choose another --out folder{resume}")
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     first_id = model.num_identities
     if data is not None:  # resumed: the same identities, and the settings it started with (or only harmless changes)

@@ -390,3 +390,15 @@ def test_a_new_person_with_another_expression_length_names_the_file(heads, gener
                        r"length 11.*length 12") as err:
         personalize(generic, [shorter], tmp_path / "p", steps=2)
     assert err.value.key == "expression" and err.value.file.startswith(str(shorter))
+
+
+def test_a_personalisation_into_the_run_it_starts_from_is_refused(heads, generic, tmp_path):
+    # `personalize --run R --data P --out R` on a run R that fine-tuned P was taken for a resume of R (the same
+    # identities, the same fine-tuned person): it went on training in place and recorded R as the run it started
+    # from, so info said "started from R" of R itself and the generic run it did start from was lost.
+    tuned = tmp_path / "tuned"
+    personalize(generic, [heads[0]], tuned, steps=2)
+    with pytest.raises(CheckpointError, match=re.escape(str(tuned)) + ".*another --out"):
+        personalize(tuned, [heads[0]], tuned, steps=4)
+    meta = load_run(tuned)[2]
+    assert meta["step"] == 2 and Path(meta["generic_run"]) == Path(generic).resolve()
