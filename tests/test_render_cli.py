@@ -497,3 +497,14 @@ def test_cli_reports_a_broken_pipe_that_is_not_stdout(tiny, monkeypatch, capsys)
     root, _ = tiny
     assert cli.main(["info", str(root / "run")]) == 2
     assert "error: [Errno 32] Broken pipe" in capsys.readouterr().err
+
+
+def test_cli_personalize_says_when_it_resumed(tiny, tmp_path, capsys):
+    # train's last line says "(resumed from step N)"; personalize's said "personalised in N steps, S s" of a run it
+    # had only resumed (rerun after an interruption, or after it had finished: no step taken), as if it had done them.
+    root, dirs = tiny
+    argv = ["personalize", "--run", str(root / "run"), "--data", str(dirs[2]), "--out", str(tmp_path / "p"), "--steps"]
+    assert main(argv + ["2"]) == 0
+    assert "resumed" not in capsys.readouterr().out
+    assert main(argv + ["3"]) == 0
+    assert "personalised in 3 steps" in (out := " ".join(capsys.readouterr().out.split())) and "resumed from step 2" in out
