@@ -280,3 +280,23 @@ def test_cli_speech_refuses_an_out_that_is_a_folder_before_learning(heads, tmp_p
     assert main(args) == 2
     err = capsys.readouterr().err
     assert str(folder) in err and "folder" in err
+
+
+def test_cli_speech_learns_from_identities_with_other_splits_or_image_sizes(heads, tmp_path):
+    # `fastminerf speech --run RUN` on a personalised run whose new person has no val split (prepared with
+    # --val-fraction 0), or frames of another size, was refused: the data was loaded as one dataset with the first
+    # identity's splits ("identity 'new' has no split 'val'") and one image size per split, though speech reads no
+    # image and each identity's held-out frames are its own.
+    import shutil
+
+    _, dirs, _, _, _, _ = heads
+    no_val = tmp_path / "no_val"
+    shutil.copytree(dirs[1], no_val)
+    (no_val / "transforms_val.json").unlink()
+    bigger = generate(tmp_path / "big", n_identities=1, n_frames=40, size=24, novel_frames=1, val_fraction=0.25,
+                      seed=5)[0].rename(tmp_path / "big" / "bigger")
+    out = tmp_path / "speech.pt"
+    assert main(["speech", "--data", str(dirs[0]), str(no_val), str(bigger), "--out", str(out), "--steps", "5"]) == 0
+    model = load_speech_model(out)
+    assert sorted(model.identities) == sorted([dirs[0].name, "no_val", bigger.name])
+    assert model.metrics["splits"] == ["val"] and model.metrics["all"]["frames"] == 30 + 10  # the val frames there are

@@ -471,23 +471,7 @@ def load_dataset(
             if not file.is_file():
                 raise DatasetError(f"identity '{d.name}' has no split '{split}' (file missing)", file=file)
             m = read_transforms(file, d)
-            if ref is None:
-                ref = m
-            elif m.expression_dim != ref.expression_dim:
-                raise DatasetError(
-                    f"identity '{d.name}' has expressions of length {m.expression_dim} but identity "
-                    f"'{ref.identity_dir.name}' ({ref.file}) has length {ref.expression_dim}; identities trained "
-                    f"together must share one expression space",
-                    file=file,
-                    frame=0,
-                    key="expression",
-                )
-            for key in ("expression_names", "expression_space"):  # where the files say, they must agree
-                if getattr(m, key) is None:
-                    continue
-                first_said = said.setdefault(key, m)
-                if getattr(m, key) != getattr(first_said, key):
-                    raise DatasetError(_space_clash(key, d.name, m, first_said), file=file, key=key)
+            ref = _check_one_space(m, ref, said)
             # Image size: the first image's header, checked against w/h and against the split's other files.
             first = m.image_paths[0]
             try:
@@ -535,6 +519,43 @@ def _check_field_of_view(meta: SplitMeta, width: int, height: int) -> None:
                            f"cx, cy are in pixels of the stored images (multiply fx and cx by w, fy and cy by h)",
                            file=meta.file, key="intrinsics")
     raise DatasetError(f"{wide}: camera_angle_x is in radians", file=meta.file, key="camera_angle_x")
+
+
+def _check_one_space(m: SplitMeta, ref: Optional[SplitMeta], said: Dict[str, SplitMeta]) -> SplitMeta:
+    """Refuse transforms file ``m`` when its expressions differ in length from those of ``ref`` (the first file read;
+    None: ``m`` is the first), or in ``expression_names`` / ``expression_space`` from the first file that gave them
+    (``said``, filled here), naming the file and key; returns the reference file."""
+    name = m.identity_dir.name
+    if ref is None:
+        ref = m
+    elif m.expression_dim != ref.expression_dim:
+        raise DatasetError(
+            f"identity '{name}' has expressions of length {m.expression_dim} but identity "
+            f"'{ref.identity_dir.name}' ({ref.file}) has length {ref.expression_dim}; identities trained "
+            f"together must share one expression space",
+            file=m.file,
+            frame=0,
+            key="expression",
+        )
+    for key in ("expression_names", "expression_space"):  # where the files say, they must agree
+        if getattr(m, key) is None:
+            continue
+        first_said = said.setdefault(key, m)
+        if getattr(m, key) != getattr(first_said, key):
+            raise DatasetError(_space_clash(key, name, m, first_said), file=m.file, key=key)
+    return ref
+
+
+def check_one_space(datasets: Sequence[MultiIdentityDataset]) -> None:
+    """Refuse datasets loaded apart (e.g. one identity each, with their own splits and image sizes) whose
+    expressions differ in length, ``expression_names`` or ``expression_space``, as :func:`load_dataset` refuses such
+    identities loaded together: :class:`DatasetError` naming the file and key."""
+    ref: Optional[SplitMeta] = None
+    said: Dict[str, SplitMeta] = {}
+    for data in datasets:
+        for split in data.splits:
+            for i in range(len(data.identities)):
+                ref = _check_one_space(data.split_meta(split, i), ref, said)
 
 
 def _space_clash(key: str, name: str, m: SplitMeta, first: SplitMeta) -> str:
