@@ -633,7 +633,8 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--run", nargs="+", required=True, type=Path,
                    help="run folder; or several (e.g. a generic run and runs that fine-tuned one identity each, "
                         "personalize --each): each identity is rendered by the run that fine-tuned it, else by the "
-                        "first run that knows it")
+                        "first generic run that knows it or the run that added it (two runs that fine-tuned or added "
+                        "one identity are refused), else by the first run that knows it")
     p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders or dataset roots")
     p.add_argument("--split", required=True, help="split to evaluate (e.g. val, test, novel)")
     p.add_argument("--out", type=Path, default=None, help="folder for metrics.json and side-by-side images")
@@ -702,14 +703,16 @@ def _model_per_identity(runs, names: Sequence[str]) -> dict:
     identity (``personalize`` on a known identity), else the first generic run that knows it or personalisation that
     added it (a personalisation's shared weights were fine-tuned for its own people), else the first run that knows
     it; a RenderError naming the
-    identity when none does, or when two runs fine-tuned it."""
+    identity when none does, or when two runs fine-tuned it or two added it."""
     from .render import RenderError
 
     chosen = {}
     for name in names:
         tuned = [(run, model) for run, model, meta in runs if name in meta["refined"]]
-        if len(tuned) > 1:
-            raise RenderError(f"identity '{name}' was fine-tuned by several runs: {[str(r) for r, _ in tuned]}; give one")
+        added = [run for run, _, meta in runs if name in meta["added"]]
+        for what, several in (("fine-tuned", [r for r, _ in tuned]), ("added", added if not tuned else [])):
+            if len(several) > 1:
+                raise RenderError(f"identity '{name}' was {what} by several runs: {[str(r) for r in several]}; give one")
         knows = [(run, model, meta) for run, model, meta in runs if name in meta["identity_names"]]
         if not knows:
             known = sorted({n for _, _, meta in runs for n in meta["identity_names"]})

@@ -508,3 +508,20 @@ def test_cli_personalize_says_when_it_resumed(tiny, tmp_path, capsys):
     assert "resumed" not in capsys.readouterr().out
     assert main(argv + ["3"]) == 0
     assert "personalised in 3 steps" in (out := " ".join(capsys.readouterr().out.split())) and "resumed from step 2" in out
+
+
+def test_cli_eval_refuses_a_person_added_by_several_runs(tiny, tmp_path, capsys):
+    # Two runs that fine-tuned one person are refused ("give one"); two that added one (a grid and an all
+    # personalisation, or personalize --each and a run of three new people) scored the person with whichever came
+    # first, without a word: the table's number was one run's, unsaid which.
+    root, dirs = tiny
+    for name in ("a", "b"):
+        assert main(["personalize", "--run", str(root / "run"), "--data", str(dirs[2]), "--out", str(tmp_path / name),
+                     "--steps", "1"]) == 0
+    capsys.readouterr()
+    argv = ["eval", "--run", str(root / "run"), str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(dirs[2]),
+            "--split", "val"]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "identity 'id002' was added by several runs" in err and str(tmp_path / "b") in err
+    assert main(argv[:3] + argv[4:]) == 0  # one of them: scored by it
