@@ -374,6 +374,7 @@ def drive_path(
     Raises:
         RenderError: naming the missing identity or split, an unknown ``pose``, or a driver in another expression space
             than the target's data (both known).
+        DatasetError: a driver whose expressions have another length than the target's, naming its file.
     """
     if pose not in POSE_MODES:
         raise RenderError(f"unknown pose mode '{pose}': one of {list(POSE_MODES)}")
@@ -388,6 +389,9 @@ def drive_path(
                                     f"that of '{target_identity}'")
     if why is not None:
         raise RenderError(why)
+    # a length the target's does not have, in no named space: refused before any frame, naming the driver's file
+    check_expression_space(None, driver, f"the driver '{driver_identity}'", f"the target '{target_identity}'",
+                           target.expression_dim)
     if driver_split not in driver.splits:
         raise RenderError(f"driver split '{driver_split}' is not loaded; loaded: {list(driver.splits)}")
     table = driver.table(driver_split)

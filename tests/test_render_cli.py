@@ -525,3 +525,27 @@ def test_cli_eval_refuses_a_person_added_by_several_runs(tiny, tmp_path, capsys)
     err = " ".join(capsys.readouterr().err.split())
     assert "identity 'id002' was added by several runs" in err and str(tmp_path / "b") in err
     assert main(argv[:3] + argv[4:]) == 0  # one of them: scored by it
+
+
+def test_a_driver_of_another_expression_length_is_refused_naming_its_file(tiny, tmp_path, capsys):
+    # A driver with 5 coefficients whose files name no space (a NeRFace subject, data of an older prepare): the
+    # delta transfer said 'expression sizes differ: driver expressions have E=5, target neutral 12 ...' naming no
+    # file; --transfer absolute started rendering and failed at the first frame with 'expression must have shape
+    # (N, 12), got (1024, 5)'.
+    import shutil
+
+    root, dirs = tiny
+    short = shutil.copytree(dirs[1], tmp_path / "short")
+    for f in short.glob("transforms_*.json"):
+        m = json.loads(f.read_text())
+        for key in ("expression_space", "expression_names"):
+            m.pop(key, None)
+        for fr in m["frames"]:
+            fr["expression"] = fr["expression"][:5]
+        f.write_text(json.dumps(m))
+    for extra in ([], ["--transfer", "absolute", "--pose", "driver"]):
+        assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--drive", f"{short}:val", *extra,
+                     "--out", str(tmp_path / "x.mp4")]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"{short}/transforms_" in err and "key 'expression'" in err and "length 5" in err, err
+    assert not (tmp_path / "x.mp4").exists()
