@@ -163,6 +163,7 @@ from .speech import (
     SpeechConfig,
     SpeechError,
     SpeechModel,
+    load_speech_clips,
     load_speech_model,
     predict_expressions,
     save_speech_model,
@@ -171,5 +172,5 @@ from .speech import (
     train_speech,
 )
 
-__all__ += ["SpeechConfig", "SpeechError", "SpeechModel", "load_speech_model", "predict_expressions", "save_speech_model",
-            "speech_clips", "speech_path", "split_expressions", "train_speech"]
+__all__ += ["SpeechConfig", "SpeechError", "SpeechModel", "load_speech_clips", "load_speech_model", "predict_expressions",
+            "save_speech_model", "speech_clips", "speech_path", "split_expressions", "train_speech"]

@@ -886,11 +886,8 @@ def _run_speech(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from .data import load_dataset
-    from .data.dataset import check_one_space
-    from .data.layout import find_identity_dirs
     from .config import SpeechConfig, flat_config
-    from .speech import SpeechError, save_speech_model, speech_clips, speech_metrics, train_speech
+    from .speech import SpeechError, load_speech_clips, save_speech_model, speech_metrics, train_speech
 
     console = _console()
     if args.run is not None:
@@ -903,17 +900,8 @@ def _run_speech(args: argparse.Namespace) -> int:
     if Path(out).is_dir():  # refused before learning: the model is written only once it is learned
         raise SpeechError(f"{out} is a folder: give the speech model's file name (e.g. {Path(out) / 'speech.pt'})")
     cfg = flat_config(SpeechConfig, list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else []))
-    # each identity alone, with the splits it has and its own image size (speech reads no image): one dataset of all
-    # would need the first one's splits and one image size per split of every identity (a person added from a clip
-    # without val, or prepared at another size, was refused)
-    datas = [load_dataset([d], splits=None) for d in find_identity_dirs(paths)]
-    check_one_space(datas)  # but one expression space: a speech model predicts one kind of coefficients
-    clips, skipped = [], []
-    for d in datas:
-        more, why = speech_clips(d, d.splits)
-        clips, skipped = clips + more, skipped + why
-    space = next((d.expression_space for d in datas if d.expression_space is not None), None)
-    splits = list(dict.fromkeys(s for d in datas for s in d.splits))
+    found = load_speech_clips(paths)
+    clips, skipped = found.clips, found.skipped
     for line in skipped:
         console.print(_styled("yellow", "left out", line), markup=True)
     if not clips:
@@ -921,9 +909,9 @@ def _run_speech(args: argparse.Namespace) -> int:
     with Progress(TextColumn("[bold]speech[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("speech", total=None, loss="-")
-        model = train_speech(clips, cfg, ("train",), space,
+        model = train_speech(clips, cfg, ("train",), found.expression_space,
                              progress=lambda d, t, loss: bar.update(task, completed=d, total=t, loss=f"{loss:.4f}"))
-    held = [s for s in splits if s != "train" and any(len(c.times.get(s, ())) for c in clips)]
+    held = [s for s in found.splits if s != "train" and any(len(c.times.get(s, ())) for c in clips)]
     from .prepare.expression import ExpressionBasis
     from .render import RenderError, training_basis
 

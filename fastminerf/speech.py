@@ -50,12 +50,14 @@ __all__ = [
     "MEL_BANDS",
     "SPEECH_RATE",
     "SpeechClip",
+    "SpeechClips",
     "SpeechConfig",
     "SpeechError",
     "SpeechModel",
     "SpeechToExpression",
     "frame_windows",
     "load_speech",
+    "load_speech_clips",
     "load_speech_model",
     "log_mel",
     "mel_filterbank",
@@ -316,6 +318,43 @@ def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List
             continue
         clips.append(SpeechClip(name, _identity_mel(name, wav), times, exprs))
     return clips, skipped
+
+
+@dataclass
+class SpeechClips:
+    """What :func:`load_speech_clips` found in identity folders."""
+
+    clips: List[SpeechClip]
+    skipped: List[str]
+    """One line per identity left out, saying why."""
+    expression_space: Optional[str]
+    """The identities' expression space (None where their files name none)."""
+    splits: List[str]
+    """Every split any identity has, in the order first seen."""
+
+
+def load_speech_clips(paths: Union[str, Path, Sequence[Union[str, Path]]]) -> SpeechClips:
+    """The clips of :func:`speech_clips` from identity folders or dataset roots, each identity loaded alone with the
+    splits it has and its own image size (speech reads no image: a person added from a clip without ``val``, or
+    prepared at another size, belongs with the others), in one expression space.
+
+    Raises:
+        DatasetError: identities of another expression length, names or space (as :func:`fastminerf.data.load_dataset`
+            refuses them together), naming the file and key.
+    """
+    from .data import load_dataset
+    from .data.dataset import check_one_space
+    from .data.layout import find_identity_dirs
+
+    datas = [load_dataset([d], splits=None) for d in find_identity_dirs(paths)]
+    check_one_space(datas)  # a speech model predicts one kind of coefficients
+    clips: List[SpeechClip] = []
+    skipped: List[str] = []
+    for data in datas:
+        more, why = speech_clips(data, data.splits)
+        clips, skipped = clips + more, skipped + why
+    space = next((d.expression_space for d in datas if d.expression_space is not None), None)
+    return SpeechClips(clips, skipped, space, list(dict.fromkeys(s for d in datas for s in d.splits)))
 
 
 def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int, folds: int = 0,
