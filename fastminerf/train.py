@@ -6,6 +6,8 @@ A run folder holds::
     RUN/checkpoint.pt   the latest state, written atomically (temp file + os.replace) every
                         ``train.checkpoint_every`` steps / ``train.checkpoint_seconds`` seconds and at the end
     RUN/log.jsonl       one JSON object per logging step: step, seconds, loss, psnr, rays_per_s, samples_per_ray
+    RUN/.lock           locked while a training or personalisation writes the folder: a second one into the same
+                        folder is refused (CheckpointError) instead of interleaving its log and checkpoints with it
 
 A checkpoint holds only tensors and plain data (model and optimizer state dicts, step, training seconds, the ray
 sampler's, occupancy generator's and torch global generator's states, the weight average when ``train.ema_decay``
@@ -34,8 +36,9 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -69,6 +72,7 @@ MonitorFn = Callable[[MINeRF, Dict[str, float]], bool]
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"
 LOG_NAME = "log.jsonl"
+LOCK_NAME = ".lock"
 FORMAT = "fastminerf-checkpoint"
 FORMAT_VERSION = 1
 
@@ -752,7 +756,52 @@ def _leaves_torch_state(fn):
     return wrapper
 
 
+_held = threading.local()  # the ExitStack of the train / personalize call running in this thread
+
+
+def _holds_run_folder(fn):
+    """``fn`` (train, personalize) locks its run folder with :func:`_lock_run_folder` once it has made it (after
+    the checks that refuse a call before any work); the lock is released when ``fn`` returns or raises."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        outer = getattr(_held, "stack", None)
+        with ExitStack() as stack:
+            _held.stack = stack
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _held.stack = outer
+    return wrapper
+
+
+def _lock_run_folder(out: Path) -> None:
+    """Hold ``out/.lock`` (an exclusive ``flock``, released by the system even when the process is killed) until the
+    :func:`_holds_run_folder` call ends; :class:`CheckpointError` naming the folder and the holder's process id when
+    another training or personalisation holds it. No lock where ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    path = out / LOCK_NAME
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip()
+        f.close()
+        raise CheckpointError(f"run folder {out} is in use by another training or personalisation"
+                              f"{f' (process {pid})' if pid else ''}: wait for it to end, or use another --out "
+                              "folder") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _held.stack.callback(f.close)
+
+
 @_leaves_torch_state
+@_holds_run_folder
 def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
           progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None) -> TrainResult:
     """Train one model on every identity of ``data_paths`` (their ``train`` split), in ``out_dir``.
@@ -781,6 +830,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _lock_run_folder(out)
     paths = [str(Path(p)) for p in as_list(data_paths, (str, Path))]
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -858,6 +908,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
 
 
 @_leaves_torch_state
+@_holds_run_folder
 def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
                 steps: Optional[int] = None, max_seconds: Optional[float] = None,
                 progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None,
@@ -904,6 +955,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         torch.set_num_threads(cfg.train.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _lock_run_folder(out)
     paths = [str(Path(p)) for p in as_list(data_paths, (str, Path))]
     dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
     check_expression_space(model.expression_space, dataset, "the new identities", str(generic_run),

@@ -402,3 +402,38 @@ def test_a_personalisation_into_the_run_it_starts_from_is_refused(heads, generic
         personalize(tuned, [heads[0]], tuned, steps=4)
     meta = load_run(tuned)[2]
     assert meta["step"] == 2 and Path(meta["generic_run"]) == Path(generic).resolve()
+
+
+def test_a_run_folder_in_training_is_refused_to_a_second_training_until_the_first_ends(heads, generic, tmp_path):
+    # Two `fastminerf train --out RUN` at once both trained: their lines interleaved in RUN/log.jsonl (201 lines for
+    # 120 logging steps) and each overwrote the other's checkpoint. The second is refused, naming the folder.
+    import threading
+
+    run, started, release, errors = tmp_path / "run", threading.Event(), threading.Event(), []
+
+    def hold(model, record):  # the first training waits at its first logging step, holding the folder
+        started.set()
+        release.wait(30)
+
+    def first():
+        try:
+            train(load_config("tiny", ["train.steps=5"]), heads[:2], run, monitor=hold)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert started.wait(60)
+        with pytest.raises(CheckpointError, match=re.escape(str(run)) + ".*in use"):
+            train(load_config("tiny", ["train.steps=5"]), heads[:2], run)
+        with pytest.raises(CheckpointError, match=re.escape(str(run)) + ".*in use"):
+            personalize(generic, heads[2:3], run, steps=2)
+    finally:
+        release.set()
+        thread.join(60)
+    assert not errors
+    lines = (run / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [5]
+    train(load_config("tiny", ["train.steps=6"]), heads[:2], run)  # free again once the first has ended
+    assert load_run(run)[2]["step"] == 6
