@@ -1060,16 +1060,32 @@ def _stdout_gone() -> bool:
     return True
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command stands: it unwinds as Ctrl-C does (the progress display gives the terminal
+    its cursor back, a half-written checkpoint or video is removed, a run folder's lock is released)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``fastminerf`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     Errors the user can fix (a malformed dataset, an output folder that already holds data, a bad
     argument value, a full disk or a folder it may not write) print one line on stderr and return 2 instead of a traceback.
+    Ctrl-C (SIGINT) and SIGTERM (a job scheduler, ``kill``, ``timeout``) stop it with one line on stderr and return
+    130 / 143 (128 + the signal, as a shell reports a process the signal ended); a run keeps its last checkpoint.
     """
+    import signal
+    import threading
+
     from .data.layout import DatasetError
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
         return int(args.func(args) or 0)
     except (DatasetError, OSError, ValueError) as exc:  # OSError: a full disk, a read-only or missing folder
@@ -1077,9 +1093,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 141  # quietly, with the status of a shell tool killed by SIGPIPE
         _console(stderr=True).print(_styled("bold red", "error:", exc), markup=True)
         return 2
-    except KeyboardInterrupt:
-        _console(stderr=True).print("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        _console(stderr=True).print("terminated" if terminated else "interrupted")
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        if in_main:  # None: a handler not set from Python
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
