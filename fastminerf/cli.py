@@ -1037,6 +1037,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastminerf",
         description="Train one fast dynamic face NeRF (MI-NeRF) on talking-face videos of many people.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub)

@@ -58,3 +58,15 @@ def test_a_stopped_training_says_so_in_one_line_and_exits_128_plus_the_signal(he
             proc.kill()
     assert proc.returncode == status, (out, err)
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(word), err
+
+
+def test_version_prints_the_package_version_on_stdout(capsys):
+    # `fastminerf --version` said 'error: the following arguments are required: COMMAND' (status 2).
+    import fastminerf
+    from fastminerf.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == f"fastminerf {fastminerf.__version__}" and not err
