@@ -276,17 +276,21 @@ class _TrainProgress:
 
     def __init__(self, console, title: str, total_steps: int, max_seconds: Optional[float]) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.table import Column
 
         self.max_seconds = max_seconds
         self.total = total_steps
+        # The statistics last, in the one column that gives way (cut with an ellipsis) when the line is too long: a log
+        # file or pipe is 80 columns to rich, where they cut the step count and the elapsed time to '…' instead.
         self.bar = Progress(
             TextColumn(f"[bold]{title}[/bold]"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
             TimeElapsedColumn(),
             TextColumn("left {task.fields[left]}"),
+            TextColumn("{task.fields[stats]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
             console=console,
+            expand=True,
         )
         self.task = self.bar.add_task(title, total=total_steps, stats="", left="?")
 
@@ -303,7 +307,7 @@ class _TrainProgress:
         left = (self.total - step) / max(rate, 1e-9)
         if self.max_seconds:
             left = min(left, max(0.0, self.max_seconds - secs))
-        stats = (f"loss {rec['loss']:.4f}  psnr {rec['psnr']:.2f} dB  {rec['rays_per_s']:,.0f} rays/s  "
+        stats = (f"psnr {rec['psnr']:.2f} dB  loss {rec['loss']:.4f}  {rec['rays_per_s']:,.0f} rays/s  "
                  f"{rec['samples_per_ray']:.1f} samples/ray")
         self.bar.update(self.task, completed=step, stats=stats, left=f"{left:.0f}s")
 

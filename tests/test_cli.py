@@ -70,3 +70,25 @@ def test_version_prints_the_package_version_on_stdout(capsys):
     assert exit_.value.code == 0
     out, err = capsys.readouterr()
     assert out.strip() == f"fastminerf {fastminerf.__version__}" and not err
+
+
+@pytest.mark.parametrize("width", [60, 80])
+def test_the_training_progress_line_keeps_its_step_count_and_times_in_a_log_or_a_narrow_terminal(width):
+    # A log file or pipe is 80 columns to rich: the final progress line of `fastminerf train > log.txt` read
+    # 'train ━ … loss 0.0322  psnr 14.84 dB  31,171 rays/s  36.1 samples/ray 0… left 0s', the step count cut to '…'
+    # and the elapsed time to '0…'; at COLUMNS=60 the title too. The statistics give way, not the counts.
+    import io
+
+    from rich.console import Console
+
+    from fastminerf.cli import _TrainProgress
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, highlight=False, markup=False)
+    with _TrainProgress(console, "train", 100000, None) as progress:
+        progress(dict(step=1660, seconds=8.0, loss=0.0011, psnr=30.11, rays_per_s=54410.0, samples_per_ray=29.4))
+    lines = [line.rstrip() for line in buf.getvalue().splitlines() if line.strip()]
+    assert len(lines) == 1 and len(lines[0]) <= width, lines
+    import re
+
+    assert re.search(r"^train .*1660/100000 .*\d:\d\d:\d\d left 474s", lines[0]), lines
