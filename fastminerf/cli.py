@@ -617,6 +617,24 @@ def _metrics_table(result: dict, title: str):
     return table
 
 
+def _print_whole(console, table) -> None:
+    """Print ``table`` at least as wide as its columns need: on a narrower terminal (COLUMNS=60, a split window) rich
+    cut its numbers ('25.…', a POSE of 1.1 to '1') and squeezed the identity names out; its lines now run past the
+    edge (the terminal wraps them) and every value stays whole. Logs and pipes (80 columns) are unchanged."""
+    from rich.measure import Measurement
+
+    need = Measurement.get(console, console.options.update_width(1 << 16), table).minimum
+    width = console.width
+    if need <= width:
+        console.print(table)
+        return
+    console.width = need
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
 def _add_eval(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "eval",
@@ -685,7 +703,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                           expressions_from=driven,
                           progress=lambda d, t: bar.update(task, completed=d, total=t))
     where = str(args.run[0]) if len(args.run) == 1 else f"{len(args.run)} runs"
-    console.print(_metrics_table(result, f"{where} on {args.split}, {result['expressions']} expressions"))
+    _print_whole(console, _metrics_table(result, f"{where} on {args.split}, {result['expressions']} expressions"))
     console.print(f"LPIPS: {result['lpips']}; LMD: {result['lmd']}")
     fewer = [f"{n} ({v['lmd_frames']} of {v['frames']})" for n, v in result["identities"].items()
              if v.get("lmd_frames", v["frames"]) < v["frames"]]
@@ -772,7 +790,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         result = run_demo(args.out, minutes=args.minutes, n_identities=args.identities, n_frames=args.frames,
                           size=args.size, seed=args.seed, config=args.config, overwrite=args.overwrite, progress=progress)
     for split, title in (("val", "val: unseen frames"), ("novel", "novel: expressions each identity never showed")):
-        console.print(_metrics_table(result.metrics[split], f"{title} ({result.held_out} personalised)"))
+        _print_whole(console, _metrics_table(result.metrics[split], f"{title} ({result.held_out} personalised)"))
     secs = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
     console.print(f"transfer video: {result.video} ({result.held_out} driven by {result.driver})")
     console.print(f"contact sheet: {result.contact_sheet}; metrics in {result.out_dir}/eval_*/metrics.json")

@@ -549,3 +549,22 @@ def test_a_driver_of_another_expression_length_is_refused_naming_its_file(tiny, 
         err = " ".join(capsys.readouterr().err.split())
         assert f"{short}/transforms_" in err and "key 'expression'" in err and "length 5" in err, err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_cli_eval_prints_every_value_whole_on_a_narrow_terminal(tiny, tmp_path, capsys, monkeypatch):
+    """At COLUMNS=60 (a split terminal) the metrics table no longer fits: rich cut the numbers ('25.…', the POSE
+    value '0.4' to '0') and folded the identity names to 'ident / ity', 'id000' split from its row at other widths,
+    or dropped that column. Each identity's row must still hold its name and every value metrics.json has."""
+    root, dirs = tiny
+    monkeypatch.setenv("COLUMNS", "60")
+    assert main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), str(dirs[1]), "--split", "val",
+                 "--out", str(tmp_path / "ev")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    fmt = {"psnr": "{:.2f}", "ssim": "{:.3f}", "l1": "{:.4f}", "face_psnr": "{:.2f}", "pose_gap": "{:.1f}"}
+    for name, vals in metrics["identities"].items():
+        row = [line for line in lines if line.split()[:1] == [name]]
+        assert len(row) == 1, (name, lines)
+        cells = row[0].split()
+        for m, f in fmt.items():
+            assert f.format(vals[m]) in cells, (m, vals[m], row[0])
