@@ -230,14 +230,15 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
         result = prepare(args.videos, args.out, cfg, progress=progress)
     table = Table(title=f"prepared into {result.root} ({time.perf_counter() - start:.1f} s)")
-    for col in ("video", "status", "frames used", "dropped", "train/val/test", "crop (x0, y0, side)",
-                "val/test pose gap (deg)"):
+    table.add_column("video", no_wrap=True)  # whole, the table as wide as it needs (_print_whole): in a log (80
+    # columns) it was cut to 'hdtf_WDA…', and the rows of clips named alike could not be told apart
+    for col in ("status", "frames used", "dropped", "train/val/test", "crop (x0, y0, side)", "val/test pose gap (deg)"):
         table.add_column(col)
     for v in result.videos:
         split = "/".join(str(v.splits.get(s, 0)) for s in ("train", "val", "test")) if v.splits else ""
         gaps = "/".join(f"{v.pose_gaps[s]:.1f}" if s in v.pose_gaps else "-" for s in ("val", "test")) if v.pose_gaps else ""
         table.add_row(v.name, v.status, str(v.frames_used), str(v.frames_dropped), split, str(v.crop or ""), gaps)
-    console.print(table)
+    _print_whole(console, table)
     if result.basis is not None:
         how = "reused" if result.basis_reused else "fitted on these videos"
         console.print(f"expression basis ({result.expression_dim} coefficients, {how}; space {result.expression_space}): "
@@ -618,17 +619,18 @@ def _metrics_table(result: dict, title: str):
 
 
 def _print_whole(console, table) -> None:
-    """Print ``table`` at least as wide as its columns need: on a narrower terminal (COLUMNS=60, a split window) rich
-    cut its numbers ('25.…', a POSE of 1.1 to '1') and squeezed the identity names out; its lines now run past the
-    edge (the terminal wraps them) and every value stays whole. Logs and pipes (80 columns) are unchanged."""
+    """Print ``table`` at its natural width (every cell on one line) when it cannot fit the console's: on a narrower
+    terminal (COLUMNS=60, a split window) rich cut its numbers ('25.…', a POSE of 1.1 to '1') and squeezed the
+    identity names out; its lines now run past the edge (the terminal wraps them) and every value stays whole.
+    (Rich's collapse does not keep each column's minimum, so a width between the two still cut values.)"""
     from rich.measure import Measurement
 
-    need = Measurement.get(console, console.options.update_width(1 << 16), table).minimum
+    need = Measurement.get(console, console.options.update_width(1 << 16), table)
     width = console.width
-    if need <= width:
+    if need.minimum <= width:
         console.print(table)
         return
-    console.width = need
+    console.width = need.maximum
     try:
         console.print(table)
     finally:

@@ -382,3 +382,25 @@ def test_a_person_prepared_into_a_root_at_another_size_is_told_before_training_f
     v = prepare([video], root, PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
     assert v.status == "done", v.error
     assert any("alice (32 px)" in n and "64 px" in n and "--size 32" in n for n in v.notes), v.notes
+
+
+def test_the_prepare_table_names_each_video_whole_in_a_log(tmp_path, capsys, monkeypatch):
+    """A log file or pipe is 80 columns to rich: the table cut the clips' names to 'hdtf_WDA…', so the rows of
+    clips named alike (as HDTF's are) could not be told apart. Each row names its video whole, on one line."""
+    from fastminerf.cli import main
+    from fastminerf.prepare import PrepareResult, VideoResult
+
+    root = tmp_path / "data"
+    names = ("hdtf_WDA_AlexandriaOcasioCortez_000", "hdtf_WDA_KatieHill_000", "hdtf_WDA_BobMenendez_000")
+    videos = [VideoResult(name, tmp_path / f"{name}.mp4", "done", out_dir=root / name, frames_used=200 + i,
+                          splits={"train": 160, "val": 20, "test": 20 + i}, crop=(12, 0, 512),
+                          pose_gaps={"val": 0.7, "test": 1.1}) for i, name in enumerate(names)]
+    result = PrepareResult(root, videos, root / "expression_basis.npz", False, 32, "pca32-0123456789ab")
+    monkeypatch.setattr("fastminerf.prepare.prepare", lambda *args, **kwargs: result)
+    monkeypatch.setattr("fastminerf.prepare.require_mediapipe", lambda: None)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["prepare", *(str(v.video) for v in videos), "--out", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for i, name in enumerate(names):
+        row = [line for line in lines if f" {name} " in line]
+        assert len(row) == 1 and f"{200 + i}" in row[0] and f"160/20/{20 + i}" in row[0], (name, lines)
