@@ -33,8 +33,10 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     # markup off: paths, names and error texts are printed as they are ("clip[v2]" is not a style, "[/b]" no
-    # MarkupError); the few styled prints ask for markup and escape what they interpolate (_styled)
-    return Console(stderr=stderr, highlight=False, markup=False)
+    # MarkupError); the few styled prints ask for markup and escape what they interpolate (_styled). stderr holds
+    # messages only (errors, failures, interruptions): each stays one line, never broken at rich's width (80 columns
+    # in a log, mid-path), so that grep finds it whole and a path copied from it exists
+    return Console(stderr=stderr, highlight=False, markup=False, soft_wrap=stderr)
 
 
 def _styled(style: str, word: str, rest: object) -> str:
@@ -262,10 +264,10 @@ def _run_prepare(args: argparse.Namespace) -> int:
             # the root: it may hold the model's own people too, and personalize refuses known and new ones together
             new = " ".join(shlex.quote(str(v.out_dir)) for v in result.videos if v.splits and v.out_dir is not None)
             console.print(f"next: fastminerf personalize --run GENERIC_RUN --data {new} --out RUN (or train)",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)  # one line to copy
         else:
             console.print(f"next: fastminerf train --data {shlex.quote(str(result.root))} --out RUN --config video",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)  # one line to copy
     return 2 if result.failed else 0
 
 

@@ -92,3 +92,35 @@ def test_the_training_progress_line_keeps_its_step_count_and_times_in_a_log_or_a
     import re
 
     assert re.search(r"^train .*1660/100000 .*\d:\d\d:\d\d left 474s", lines[0]), lines
+
+
+def test_an_error_is_one_line_in_a_log_whatever_its_length(tmp_path, capsys, monkeypatch):
+    # A log file or pipe is 80 columns to rich, which broke a long error after 80 characters, mid-path: 'grep error:'
+    # showed half the message and a path copied from it did not exist.
+    from fastminerf.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    missing = tmp_path / ("a folder with a long name, as datasets have " * 2) / "id000"
+    assert main(["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--config", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(missing) in err, err
+
+
+def test_the_next_step_after_prepare_is_one_command_line_in_a_log(tmp_path, capsys, monkeypatch):
+    # 'next: fastminerf train --data ROOT --out RUN --config video' was broken over two lines at 80 columns when
+    # ROOT is long: copied from a log it ran 'fastminerf train --data' alone.
+    from fastminerf.cli import main
+    from fastminerf.prepare import PrepareResult, VideoResult
+
+    root = tmp_path / "prepared clips of the interviews, 256 px"
+    videos = [VideoResult("carol", tmp_path / "carol.mp4", "done", out_dir=root / "carol",
+                          splits={"train": 8, "val": 1, "test": 1})]
+    result = PrepareResult(root, videos, root / "expression_basis.npz", False, 32, "pca32-0123456789ab")
+    monkeypatch.setattr("fastminerf.prepare.prepare", lambda *args, **kwargs: result)
+    monkeypatch.setattr("fastminerf.prepare.require_mediapipe", lambda: None)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["prepare", str(videos[0].video), "--out", str(root)]) == 0
+    import shlex
+
+    want = f"next: fastminerf train --data {shlex.quote(str(root))} --out RUN --config video"
+    assert want in capsys.readouterr().out.splitlines()
