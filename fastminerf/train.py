@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import threading
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -157,8 +158,12 @@ def read_plain_file(path: PathLike, fmt: str, version: int, required: Sequence[s
         raise error(f"{what} {path} does not exist")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's six lines advise weights_only=False (running the file's code)
+        raise error(f"cannot read {what} {path} (corrupt or not a {what}): not a torch file of tensors and plain "
+                    "data") from None
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise error(f"cannot read {what} {path} (corrupt or not a {what}): {type(exc).__name__}: {exc}") from None
+        reason = " ".join(str(exc).split())  # one line
+        raise error(f"cannot read {what} {path} (corrupt or not a {what}): {type(exc).__name__}: {reason}") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise error(f"{path} is not a fastminerf {what}")
     if data.get("version") != version:

@@ -667,6 +667,28 @@ def test_corrupt_checkpoint_names_the_file(trained, tmp_path):
         load_run(bad)
 
 
+def test_a_file_that_is_no_checkpoint_is_refused_in_one_line_without_torchs_advice(tmp_path):
+    """`fastminerf info` given an image or a pickle of objects: the error carried torch's six-line UnpicklingError,
+    which advises re-running torch.load with weights_only=False (running the file's code) and filing a PyTorch issue."""
+    import pickle
+    from collections import OrderedDict
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    from fastminerf.train import load_checkpoint
+
+    png = tmp_path / "contact_sheet.png"
+    iio.imwrite(png, np.zeros((8, 8, 3), np.uint8))
+    objects = tmp_path / "objects.pt"
+    objects.write_bytes(pickle.dumps({"model": OrderedDict(), "callback": print}, protocol=2))
+    for path in (png, objects):
+        with pytest.raises(CheckpointError, match="corrupt or not a checkpoint") as err:
+            load_checkpoint(path)
+        text = str(err.value)
+        assert "\n" not in text and str(path) in text and "weights_only" not in text and "issue" not in text, text
+
+
 def test_resume_with_a_missing_identity_is_refused(tiny_data, trained):
     run, _ = trained
     with pytest.raises(CheckpointError, match="missing"):
