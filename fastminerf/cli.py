@@ -946,15 +946,16 @@ def _run_speech(args: argparse.Namespace) -> int:
     except RenderError:  # data not made by prepare: the mouth's opening is known for the procedural heads only
         basis = None
     table = Table(title=f"speech -> expression on held-out frames ({', '.join(held) or 'none'})")
-    for col in ("identity", "frames", "R2", "mouth R2", "mouth corr"):
-        table.add_column(col, justify="left" if col == "identity" else "right")
+    table.add_column("identity", no_wrap=True)  # whole (_print_whole): '..._000' and '..._001' differ at the end
+    for col in ("frames", "R2", "mouth R2", "mouth corr"):
+        table.add_column(col, justify="right")
     if held:
         model.metrics = speech_metrics(model, clips, held, basis=basis)
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         rows = list(model.metrics["identities"].items()) + [(Text("all", style="bold"), model.metrics["all"])]
         for name, m in rows:
             table.add_row(name, str(m["frames"]), fmt(m["r2"]), fmt(m["mouth_r2"]), fmt(m["mouth_corr"]))
-        console.print(table)
+        _print_whole(console, table)
     save_speech_model(out, model)
     console.print(f"learned from {len(clips)} identities ({sum(len(c.times.get('train', ())) for c in clips)} frames) "
                   f"({cfg.steps} steps a network, {cfg.calibrate + 1 if cfg.calibrate else 1} networks) -> {out}")

@@ -300,3 +300,20 @@ def test_cli_speech_learns_from_identities_with_other_splits_or_image_sizes(head
     model = load_speech_model(out)
     assert sorted(model.identities) == sorted([dirs[0].name, "no_val", bigger.name])
     assert model.metrics["splits"] == ["val"] and model.metrics["all"]["frames"] == 30 + 10  # the val frames there are
+
+
+def test_cli_speech_table_names_each_identity_whole_in_a_log(heads, tmp_path, capsys, monkeypatch):
+    """A log file or pipe is 80 columns to rich: the held-out table cut 'hdtf_WDA_AlexandriaOcasioCortez_000' to
+    'hdtf_WDA_AlexandriaOcasioCorte…', the suffix that tells two clips of one person apart. Each row names it whole."""
+    import shutil
+
+    _, dirs, _, _, _, _ = heads
+    names = ["hdtf_WDA_AlexandriaOcasioCortez_000", "hdtf_WDA_AlexandriaOcasioCortez_001"]
+    for d, name in zip(dirs[:2], names):
+        shutil.copytree(d, tmp_path / "data" / name)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["speech", "--data", *(str(tmp_path / "data" / n) for n in names), "--out", str(tmp_path / "s.pt"),
+                 "--steps", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in names:
+        assert sum(f" {name} " in line for line in lines) == 1, (name, lines)
