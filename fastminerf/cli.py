@@ -1018,7 +1018,7 @@ def _run_info(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"{args.run} ({info['kind']})", show_header=False)
     table.add_column("what", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")  # a long data path folds onto more lines: it was cut to '/data/lo…'
     last = info.get("last_log")
     rows = [
         ("steps, training time", f"{info['step']}, {info['seconds']:.0f} s"),

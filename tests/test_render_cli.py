@@ -568,3 +568,20 @@ def test_cli_eval_prints_every_value_whole_on_a_narrow_terminal(tiny, tmp_path, 
         cells = row[0].split()
         for m, f in fmt.items():
             assert f.format(vals[m]) in cells, (m, vals[m], row[0])
+
+
+def test_cli_info_shows_a_long_data_path_whole(tiny, tmp_path, capsys, monkeypatch):
+    """info's 'trained on' row cut a long data path with an ellipsis ('/data/long/subfolder_with_a_long…'), in a log
+    (80 columns) and in most terminals: where the run's data is was not said. The value folds onto more lines."""
+    import re
+    import shutil
+
+    root, dirs = tiny
+    deep = tmp_path.joinpath(*(f"subfolder_with_a_long_name_{i}" for i in range(3)), "the_data")
+    shutil.copytree(dirs[0], deep / dirs[0].name)
+    train(load_config("tiny", ["train.steps=1"]), deep, tmp_path / "run")
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["info", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    cells = "".join(re.findall(r"│ ([^│]*?) *│$", out, flags=re.M))  # the value column, its lines joined
+    assert "…" not in out and str(deep) in cells, out
