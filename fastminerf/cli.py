@@ -19,6 +19,7 @@ progress and summaries are shown here.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -29,14 +30,28 @@ from typing import Callable, List, Optional, Sequence
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 
-def _console(stderr: bool = False):
+@functools.lru_cache(maxsize=None)
+def _console_class():
     from rich.console import Console
 
+    class MessageConsole(Console):
+        """A rich console whose text messages (a print of strings: summaries, notes, errors, the next command) stay
+        one line each, never broken at rich's width (80 columns in a log, mid-path): grep finds them whole and a path
+        or command copied from them works; a terminal wraps them as it is wide. Tables and progress displays are laid
+        out to the width as ever."""
+
+        def print(self, *objects, soft_wrap=None, **kwargs):
+            if soft_wrap is None and objects and all(isinstance(o, str) for o in objects):
+                soft_wrap = True
+            super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+    return MessageConsole
+
+
+def _console(stderr: bool = False):
     # markup off: paths, names and error texts are printed as they are ("clip[v2]" is not a style, "[/b]" no
-    # MarkupError); the few styled prints ask for markup and escape what they interpolate (_styled). stderr holds
-    # messages only (errors, failures, interruptions): each stays one line, never broken at rich's width (80 columns
-    # in a log, mid-path), so that grep finds it whole and a path copied from it exists
-    return Console(stderr=stderr, highlight=False, markup=False, soft_wrap=stderr)
+    # MarkupError); the few styled prints ask for markup and escape what they interpolate (_styled)
+    return _console_class()(stderr=stderr, highlight=False, markup=False)
 
 
 def _styled(style: str, word: str, rest: object) -> str:
@@ -264,10 +279,10 @@ def _run_prepare(args: argparse.Namespace) -> int:
             # the root: it may hold the model's own people too, and personalize refuses known and new ones together
             new = " ".join(shlex.quote(str(v.out_dir)) for v in result.videos if v.splits and v.out_dir is not None)
             console.print(f"next: fastminerf personalize --run GENERIC_RUN --data {new} --out RUN (or train)",
-                          highlight=False, soft_wrap=True)  # one line to copy
+                          highlight=False)
         else:
             console.print(f"next: fastminerf train --data {shlex.quote(str(result.root))} --out RUN --config video",
-                          highlight=False, soft_wrap=True)  # one line to copy
+                          highlight=False)
     return 2 if result.failed else 0
 
 

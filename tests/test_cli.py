@@ -124,3 +124,16 @@ def test_the_next_step_after_prepare_is_one_command_line_in_a_log(tmp_path, caps
 
     want = f"next: fastminerf train --data {shlex.quote(str(root))} --out RUN --config video"
     assert want in capsys.readouterr().out.splitlines()
+
+
+def test_summary_lines_keep_their_paths_on_one_line_in_a_log(tmp_path, capsys, monkeypatch):
+    # 'contact sheet: PATH', 'run in PATH', 'metrics in PATH': rich broke such lines at 80 columns in a log, mid-path
+    # ('metrics in demo' / 'out/eval_*/metrics.json'), so the path could not be copied or grepped.
+    from fastminerf.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    out = tmp_path / "procedural heads for the lip-sync comparison, seed 0"
+    assert main(["synth", str(out), "--identities", "1", "--frames", "2", "--size", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"contact sheet: {out / 'contact_sheet.png'}" in lines, lines
+    assert any(line.startswith(f"wrote 1 identities to {out} in ") for line in lines), lines
