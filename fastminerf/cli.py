@@ -1055,9 +1055,9 @@ def _run_info(args: argparse.Namespace) -> int:
         score = (f"held-out mouth R2 {h['mouth_r2']:.2f}, corr {h['mouth_corr']:.2f} ({h['frames']} frames)"
                  if h and h.get("mouth_r2") is not None else "no held-out score")
         rows.append(("speech model (render --speech)", f"{Path(sp['file']).name}: {sp['identities']} voices, {score}"))
-    if last:
-        rows.append(("last log", f"step {last.get('step')}, loss {last.get('loss', float('nan')):.5f}, "
-                                  f"train psnr {last.get('psnr', float('nan')):.2f} dB"))
+    if last:  # a diverged run logs its NaN loss and PSNR as null
+        loss, psnr = (float("nan") if last.get(k) is None else last[k] for k in ("loss", "psnr"))
+        rows.append(("last log", f"step {last.get('step')}, loss {loss:.5f}, train psnr {psnr:.2f} dB"))
     for k, v in rows:
         table.add_row(k, str(v))
     _console().print(table)

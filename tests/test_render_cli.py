@@ -585,3 +585,19 @@ def test_cli_info_shows_a_long_data_path_whole(tiny, tmp_path, capsys, monkeypat
     out = capsys.readouterr().out
     cells = "".join(re.findall(r"│ ([^│]*?) *│$", out, flags=re.M))  # the value column, its lines joined
     assert "…" not in out and str(deep) in cells, out
+
+
+def test_cli_info_describes_a_run_whose_loss_diverged(tiny, tmp_path, capsys):
+    """A diverged run logs its NaN loss and PSNR as null (JSON has no NaN); info, where one looks first at such a
+    run, crashed on them with a traceback ('unsupported format string passed to NoneType.__format__')."""
+    import shutil
+
+    root, _ = tiny
+    run = tmp_path / "diverged"
+    shutil.copytree(root / "run", run, ignore=shutil.ignore_patterns(".lock"))
+    lines = (run / "log.jsonl").read_text().splitlines()
+    last = dict(json.loads(lines[-1]), loss=None, psnr=None)
+    (run / "log.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    assert main(["info", str(run)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"step {last['step']}, loss nan, train psnr nan dB" in out, out
