@@ -782,7 +782,8 @@ def _holds_run_folder(fn):
 def _lock_run_folder(out: Path) -> None:
     """Hold ``out/.lock`` (an exclusive ``flock``, released by the system even when the process is killed) until the
     :func:`_holds_run_folder` call ends; :class:`CheckpointError` naming the folder and the holder's process id when
-    another training or personalisation holds it. No lock where ``fcntl`` is missing (Windows)."""
+    another training or personalisation holds it. No lock where ``fcntl`` is missing (Windows) or the filesystem
+    has none."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
@@ -798,6 +799,9 @@ def _lock_run_folder(out: Path) -> None:
         raise CheckpointError(f"run folder {out} is in use by another training or personalisation"
                               f"{f' (process {pid})' if pid else ''}: wait for it to end, or use another --out "
                               "folder") from None
+    except OSError:  # a filesystem without locks (some network ones: ENOLCK, EOPNOTSUPP): train unguarded
+        f.close()
+        return
     f.seek(0)
     f.truncate()
     f.write(str(os.getpid()))

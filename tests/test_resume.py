@@ -437,3 +437,17 @@ def test_a_run_folder_in_training_is_refused_to_a_second_training_until_the_firs
     assert [json.loads(line)["step"] for line in lines] == [5]
     train(load_config("tiny", ["train.steps=6"]), heads[:2], run)  # free again once the first has ended
     assert load_run(run)[2]["step"] == 6
+
+
+def test_a_run_folder_on_a_filesystem_without_locks_still_trains(heads, tmp_path, monkeypatch):
+    """Some network filesystems answer flock with ENOLCK / EOPNOTSUPP: the run folder's lock must not stop training
+    there (it only guards against a second training into the same folder)."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    train(load_config("tiny", ["train.steps=2"]), heads[:1], tmp_path / "run")
+    assert load_run(tmp_path / "run")[2]["step"] == 2
