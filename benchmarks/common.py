@@ -91,8 +91,9 @@ def write_result(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:
 # Training benchmarks: data, fixed evaluation rays, training until a target with evaluation off the clock
 
 
-def show_section(result: dict, key: str, title: str, name: str) -> Path:
-    """Print the ``summary`` of ``result[key]`` as a two-column rich table and write ``result`` as ``name``.json."""
+def show_section(result: dict, key: str, title: str, name: str, out_dir: Path = RESULTS) -> Path:
+    """Print the ``summary`` of ``result[key]`` as a two-column rich table and write ``result`` as
+    ``<out_dir>/<name>.json``."""
     from rich.console import Console
     from rich.table import Table
 
@@ -103,7 +104,7 @@ def show_section(result: dict, key: str, title: str, name: str) -> Path:
         table.add_row(measure, value)
     console = Console()
     console.print(table)
-    path = write_result(name, result)
+    path = write_result(name, result, out_dir)
     console.print(f"wrote {path}")
     return path
 
@@ -318,11 +319,19 @@ def train_until(cfg, dirs, out: Path, monitor: Monitor, personalize_from: Path |
 # The command-line face of the training benchmarks (identities.py, backbone.py)
 
 
+def add_out(ap: argparse.ArgumentParser) -> None:
+    """``--out DIR`` (``args.out``), the folder every benchmark script writes its result JSON (and figures) into:
+    default ``benchmarks/results``, the committed record the README's tables come from (``report.py``)."""
+    ap.add_argument("--out", type=Path, default=RESULTS, metavar="DIR",
+                    help="results folder (default benchmarks/results: the committed record the README's tables are "
+                         "generated from; give another folder for a scratch run)")
+
+
 def bench_arguments(doc: str, modes) -> argparse.ArgumentParser:
     """The options every training benchmark script takes: --mode, --out, --work, --config."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--mode", choices=sorted(modes), default="quick")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_out(ap)
     ap.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temp folder)")
     ap.add_argument("--config", default=None, help="preset replacing the (fast) model's (e.g. gpu)")
     return ap

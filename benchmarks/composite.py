@@ -4,7 +4,8 @@
     python benchmarks/composite.py --quick    # 4k rays
 
 ``run(quick)`` returns a dict (folded into ``benchmarks/kernels.py``'s result); run as a script it also writes
-``benchmarks/results/composite[_quick].json``. Samples/s counts every packed sample, terminated ones included.
+``composite[_quick].json`` into ``--out`` (default ``benchmarks/results``). Samples/s counts every packed sample,
+terminated ones included.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, show_section, timeit  # noqa: E402
+from benchmarks.common import add_out, machine, show_section, timeit  # noqa: E402
 from fastminerf.ops.compositing import composite  # noqa: E402
 
 THRESHOLD = 1e-4  # the default early-termination epsilon
@@ -115,9 +116,11 @@ def run(quick: bool = False) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4k rays instead of 16k")
+    add_out(parser)
     args = parser.parse_args(argv)
     result = {"machine": machine(), "quick": args.quick, "composite": run(args.quick)}
-    show_section(result, "composite", "fastminerf compositing", "composite_quick" if args.quick else "composite")
+    show_section(result, "composite", "fastminerf compositing", "composite_quick" if args.quick else "composite",
+                 args.out)
     return result
 
 

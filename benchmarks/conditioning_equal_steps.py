@@ -12,9 +12,9 @@ learning-rate decay, no time limit: a fixed step count on the CPU is determinist
 time, never the result) once per conditioning, and
 evaluates mean PSNR on ``novel`` (expressions each head withheld from its own video) and ``val`` (unseen frames),
 ``--eval-frames`` frames per identity. The difference multiplicative - concat is paired by dataset; the summary
-gives its mean, its standard error over the seeds and how many seeds the product term wins. Writes
-``benchmarks/results/conditioning_equal_steps.json`` (``conditioning_equal_steps_<N>ids.json`` for N != 4; ``--name``
-names another file, for a variant's runs).
+gives its mean, its standard error over the seeds and how many seeds the product term wins. Writes into ``--out``
+(default ``benchmarks/results``): ``conditioning_equal_steps.json`` (``conditioning_equal_steps_<N>ids.json`` for N
+!= 4; ``--name`` names another file, for a variant's runs).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, write_result  # noqa: E402
 from benchmarks.train_targets import evaluate  # noqa: E402
 from fastminerf import load_config, load_run, train  # noqa: E402
 from fastminerf.data.synth import generate  # noqa: E402
@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--identities", type=int, default=4)
     ap.add_argument("--work", type=Path, default=None)
     add_overrides(ap, "the cpu preset in both runs", "conditioning_equal_steps[_<N>ids]")
+    add_out(ap)
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="fm_cond_"))
     # the runs' thread count (train.threads) for their evaluations too: train() gives its caller's count back
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
                       overrides=args.overrides),
         rows=rows, summary=summary, target=dict(novel_diff_db=1.0,
                                                 met=any(s["novel"]["diff_mean"] >= 1.0 for s in summary
-                                                        if s["style"] == 0.0))))
+                                                        if s["style"] == 0.0))), args.out)
     return 0
 
 

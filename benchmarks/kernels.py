@@ -3,7 +3,8 @@
     python benchmarks/kernels.py            # full sizes (instant-ngp defaults, 2^18 points)
     python benchmarks/kernels.py --quick    # small sizes, seconds
 
-Writes ``benchmarks/results/kernels.json`` (full run) or ``kernels_quick.json`` and prints a table. Ratios are
+Writes ``kernels.json`` (full run) or ``kernels_quick.json`` into ``--out`` (default ``benchmarks/results``) and prints
+a table. Ratios are
 measured in one run on one machine; absolute times depend on the machine and its load.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, timeit, write_result  # noqa: E402
+from benchmarks.common import add_out, machine, timeit, write_result  # noqa: E402
 from fastminerf.ops.hash_grid import hash_encode, hash_grid_levels, hash_grid_rows, per_level_scale_for  # noqa: E402
 
 TARGET_SPEEDUP_VS_REFERENCE = 10.0
@@ -92,6 +93,7 @@ def _optional_section(module: str, quick: bool):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    add_out(parser)
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -123,7 +125,7 @@ def main(argv=None) -> dict:
         for key, value in (result.get(name) or {}).get("summary", {}).items():
             table.add_row(f"{name}: {key}", str(value), "")
     console.print(table)
-    path = write_result("kernels_quick" if args.quick else "kernels", result)
+    path = write_result("kernels_quick" if args.quick else "kernels", result, args.out)
     console.print(f"wrote {path}")
     return result
 

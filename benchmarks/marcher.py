@@ -4,7 +4,8 @@ uniform sampling of the box at the same step (the same marcher on a full grid), 
     python benchmarks/marcher.py            # 4 views of 128x128 rays, 128^3 grid
     python benchmarks/marcher.py --quick    # 1 view of 64x64 rays, 64^3 grid, seconds
 
-``run(quick) -> dict`` returns plain JSON-able data (folded into benchmarks/kernels.py by the lead). Timings are the
+``run(quick) -> dict`` returns plain JSON-able data (folded into benchmarks/kernels.py's result); run as a script it
+also writes ``marcher[_quick].json`` into ``--out`` (default ``benchmarks/results``). Timings are the
 best of several calls after a warm-up (noise on a shared machine only adds time); ratios come from one run.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, timeit  # noqa: E402
+from benchmarks.common import add_out, machine, timeit, write_result  # noqa: E402
 from fastminerf.nn.occupancy import OccupancyGrid  # noqa: E402
 from fastminerf.ops.occupancy import ema_update, march_rays, occupancy_threshold, pack_bitfield  # noqa: E402
 
@@ -151,11 +152,13 @@ def run(quick: bool = False) -> dict:
     return result
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
-    args = parser.parse_args()
-    r = run(args.quick)
+    add_out(parser)
+    args = parser.parse_args(argv)
+    result = {"machine": machine(), "quick": args.quick, "marcher": run(args.quick)}
+    r = result["marcher"]
     from rich.console import Console
     from rich.table import Table
 
@@ -178,7 +181,10 @@ def main() -> None:
     sec = r["seconds"]
     table.add_row("update op (EMA all cells + bitfield): native / reference",
                   f"{1e3 * sec['update_native']:.1f} ms / {1e3 * sec['update_reference']:.1f} ms")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {write_result('marcher_quick' if args.quick else 'marcher', result, args.out)}")
+    return result
 
 
 if __name__ == "__main__":

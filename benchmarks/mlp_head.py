@@ -7,7 +7,7 @@ Two heads, forward + backward: density (8 grid features -> 64 -> 19: density, ge
 colour (27 -> 64 -> 3), each with a 48- or 57-wide per-ray conditioning added to the hidden layer. "unfused" is
 the field's head as torch ops (linear, per-ray rows gathered with an index_add backward, relu, linear): what
 training ran before the fused op. ``run(quick)`` returns a dict (folded into ``benchmarks/kernels.py``'s result);
-run as a script it also writes ``benchmarks/results/mlp_head[_quick].json``.
+run as a script it also writes ``mlp_head[_quick].json`` into ``--out`` (default ``benchmarks/results``).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, show_section, timeit  # noqa: E402
+from benchmarks.common import add_out, machine, show_section, timeit  # noqa: E402
 from fastminerf.field import _SplitInputHead  # noqa: E402
 
 HEADS = {"density": (8, 48, 19), "colour": (27, 57, 3)}  # (per-sample inputs, per-ray inputs, outputs)
@@ -68,9 +68,11 @@ def run(quick: bool = False) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8k samples instead of 32k")
+    add_out(parser)
     args = parser.parse_args(argv)
     result = {"machine": machine(), "quick": args.quick, "mlp_head": run(args.quick)}
-    show_section(result, "mlp_head", "fastminerf fused MLP heads", "mlp_head_quick" if args.quick else "mlp_head")
+    show_section(result, "mlp_head", "fastminerf fused MLP heads", "mlp_head_quick" if args.quick else "mlp_head",
+                 args.out)
     return result
 
 

@@ -16,7 +16,7 @@ alone are recorded too. One run per ``--seeds`` seed (procedural people and ``tr
 
     python benchmarks/novel_vs_identities.py [--steps 2000] [--counts 1 2 4 8] [--seeds 0 1] [--workers 2] [--work DIR]
 
-Writes ``benchmarks/results/novel_vs_identities.json``.
+Writes into ``--out`` (default ``benchmarks/results``): ``novel_vs_identities.json``.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
-    RESULTS,
+    add_out,
     eval_psnr,
     eval_rays,
     machine,
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="processes (one thread each); default one per seed and core")
     ap.add_argument("--panel", type=int, default=4, help="identities evaluated at every N (each N's models hold them)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fastminerf_novel_vs_identities"))
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_out(ap)
     args = ap.parse_args(argv)
     counts = sorted(set(args.counts))
     for n in counts:  # refuse a panel that does not split into models of N before any training

@@ -9,8 +9,8 @@ prepared real clips (``--data``, a root written by ``fastminerf prepare``, e.g. 
 (``fastminerf.metrics.rotation_gap_deg``, what ``fastminerf eval`` reports as POSE and ``fastminerf prepare`` per
 video). Prints PSNR by pose-gap bin, the rank correlation over frames (Spearman) and, to take out what differs
 between people (how hard a face is to fit), the same within each clip (the frame's PSNR minus its clip's mean).
-Writes ``benchmarks/results/pose_gap.json`` (every frame's clip, split, gap and PSNR) and ``pose_gap.png`` (the
-scatter; no image of anyone).
+Writes into ``--out`` (default ``benchmarks/results``): ``pose_gap.json`` (every frame's clip, split, gap and PSNR)
+and ``pose_gap.png`` (the scatter; no image of anyone).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, machine, write_result  # noqa: E402
 from benchmarks.real_clips import prepared_root  # noqa: E402
 
 BINS = (0.0, 1.0, 2.0, 3.0, 5.0, 180.0)
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-frames", type=int, default=None, help="frames per clip and split (default all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="pose_gap", help="result file name (default pose_gap)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    add_out(ap)
     args = ap.parse_args(argv)
 
     import torch

@@ -7,8 +7,8 @@ Input: real clips from ``../shared/data/real`` (or ``$FASTMINERF_REAL_DATA``), e
 :func:`fastminerf.prepare.prepare` on all of them into an empty folder (decode twice, face mesh on every frame,
 segmentation, PNG frames and masks, background, audio, shared basis fit, poses, transforms, contact sheets),
 including mediapipe's start-up. Frames/s = frames written / wall time; the best of ``--repeats`` runs (the machine
-is shared: noise only adds time). Per-stage seconds come from the result. Writes
-``benchmarks/results/prepare.json``.
+is shared: noise only adds time). Per-stage seconds come from the result. Writes ``prepare.json`` (``--name``) into
+``--out`` (default ``benchmarks/results``).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, write_result  # noqa: E402
+from benchmarks.common import add_out, machine, write_result  # noqa: E402
 
 REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"))
 CLIPS = ("03_hdtf_WDA_KatieHill_000.mp4", "05_hdtf_WDA_EdMarkey0_000.mp4", "08_retalking_face2_man_map.mp4",
@@ -40,14 +40,15 @@ def _to_512(src: Path, dst: Path) -> None:
                     "-c:a", "copy", str(dst)], check=True)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clips", type=int, default=2)
     ap.add_argument("--frames", type=int, default=200, help="frames per clip (max-frames)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None, help="result name (default prepare)")
-    args = ap.parse_args()
+    ap.add_argument("--name", default="prepare", help="result file name (default prepare)")
+    add_out(ap)
+    args = ap.parse_args(argv)
 
     import cv2
     import imageio_ffmpeg
@@ -101,7 +102,7 @@ def main() -> int:
                       "segmentation, PNG writing, background, audio, basis fit, poses, contact sheets); input "
                       "re-encoded to 512 px beforehand, outside the timing; best of the runs",
         }
-        path = write_result(args.out or "prepare", payload)
+        path = write_result(args.name, payload, args.out)
         print(f"best {best['fps']:.1f} frames/s (target {TARGET_FPS:.0f}); wrote {path}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

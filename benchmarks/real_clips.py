@@ -21,9 +21,10 @@
    target) -> ``WORK/transfer.jpg``. Both stay outside the repository: they show the real people of the
    third-party clips, which are never copied into the project.
 
-Writes ``benchmarks/results/real_clips.json`` (``real_clips_quick.json`` with ``--quick``, which is ignored by git;
-``real_clips_val0.json`` with ``--val-fraction 0``: training on every frame before the same test frames; ``--name N``
-writes ``N.json`` instead, for a variant such as another seed). Always a copy in ``WORK/real_clips.json``.
+Writes into ``--out`` (default ``benchmarks/results``): ``real_clips.json`` (``real_clips_quick.json`` with
+``--quick``, which is ignored by git; ``real_clips_val0.json`` with ``--val-fraction 0``: training on every frame
+before the same test frames; ``--name N`` writes ``N.json`` instead, for a variant such as another seed). Always a
+copy in ``WORK/real_clips.json``.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, write_result  # noqa: E402
 
 REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
 
@@ -108,7 +109,7 @@ def _camera_gaps(data, split: str, max_frames: int) -> dict:
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/fastminerf_real"), help="data, run and video (outside the repo)")
     ap.add_argument("--minutes", type=float, default=15.0, help="training time budget")
@@ -130,7 +131,8 @@ def main() -> int:
                     help="fine-tune each clip alone for this many seconds after a generic phase that gets the rest of "
                          "--minutes (0: the generic model only)")
     ap.add_argument("--quick", action="store_true", help="results to real_clips_quick.json (ignored by git) instead, for a smoke run with a short --minutes")
-    args = ap.parse_args()
+    add_out(ap)
+    args = ap.parse_args(argv)
 
     from fastminerf.config import PrepareConfig, load_config
     from fastminerf.data import load_dataset
@@ -274,7 +276,7 @@ def main() -> int:
     name = args.name or ("real_clips" if protocol else f"real_clips_val{args.val_fraction:g}")
     if args.finetune_seconds > 0 and not args.name:
         name += "_finetune"
-    path = write_result(name + "_quick" if args.quick else name, payload)
+    path = write_result(name + "_quick" if args.quick else name, payload, args.out)
     print(f"wrote {path}")
     write_result("real_clips", payload, work)  # a copy beside the run
     return 0

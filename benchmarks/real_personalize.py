@@ -14,7 +14,7 @@ schedule fits its budget. The expression basis of a root prepared together holds
 person prepared later joins the basis without changing it); the field, codes and torso layer of the generic model
 never saw the new person.
 
-Writes ``benchmarks/results/real_personalize.json``.
+Writes ``real_personalize.json`` (``--name``) into ``--out`` (default ``benchmarks/results``).
 """
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, write_result  # noqa: E402
 from benchmarks.real_clips import prepared_root  # noqa: E402
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=None, help="a prepared root of the real clips (default: prepare them)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fastminerf_personalize"))
@@ -47,7 +47,8 @@ def main() -> int:
     ap.add_argument("--tunes", nargs="+", default=["grid", "all"], choices=["grid", "all"],
                     help="train.personalize_tune settings to compare (default both)")
     add_overrides(ap, "the preset in every run", "real_personalize")
-    args = ap.parse_args()
+    add_out(ap)
+    args = ap.parse_args(argv)
 
     from fastminerf.config import load_config
     from fastminerf.data import load_dataset
@@ -115,7 +116,7 @@ def main() -> int:
                             "eval_split": "test (all frames)"},
                "generic": {"steps": gen.step, "seconds": gen.seconds, "train_psnr": gen_psnr if gen_psnr == gen_psnr else None},
                "rows": rows, "seconds_total": time.perf_counter() - t0}
-    print(f"wrote {write_result(args.name or 'real_personalize', payload)}")
+    print(f"wrote {write_result(args.name or 'real_personalize', payload, args.out)}")
     return 0
 
 

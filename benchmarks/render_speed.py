@@ -15,8 +15,9 @@ Variants (``model.*`` settings changed on the loaded model, nothing retrained):
 - ``128 steps``: the training lattice (``eval_render_steps`` 128), half the samples a ray;
 - ``128 steps, staged``: both.
 
-Writes ``benchmarks/results/render_speed.json`` (machine, versions, sizes, per variant and thread count: seconds a
-frame, frames/s, rays/s, samples a ray, PSNR and its difference from ``preset`` on the same frames).
+Writes ``render_speed.json`` into ``--out`` (default ``benchmarks/results``): machine, versions, sizes, per variant
+and thread count: seconds a frame, frames/s, rays/s, samples a ray, PSNR and its difference from ``preset`` on the
+same frames.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, write_result  # noqa: E402
+from benchmarks.common import add_out, machine, write_result  # noqa: E402
 
 VARIANTS = {
     "preset": {},
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=2, help="renders of each frame; the best time counts")
     ap.add_argument("--split", default="test", help="split rendered (default test: frames never trained on)")
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    add_out(ap)
     args = ap.parse_args(argv)
 
     from fastminerf.data import load_dataset
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
                      "prune_stages": list(base_cfg.prune_stages), "trained_steps": meta["step"]},
         "rows": rows,
     }
-    path = write_result("render_speed", payload, *([args.out] if args.out else []))
+    path = write_result("render_speed", payload, args.out)
     print(f"wrote {path}")
     return 0
 

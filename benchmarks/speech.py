@@ -26,8 +26,8 @@ against always predicting the training mean (0 = the mean, 1 = exact), and the c
 and tracked mouth opening; for the calibrated network (the default: 3 out-of-fold networks measure how far each
 coefficient can be heard) and for one network without the calibration, on the same frames.
 
-Writes ``benchmarks/results/speech.json`` (steps 1 and 2), ``speech_end_to_end.json`` (step 3) and
-``speech_eval.json`` (step 4).
+Writes into ``--out`` (default ``benchmarks/results``): ``speech.json`` (steps 1 and 2), ``speech_end_to_end.json``
+(step 3) and ``speech_eval.json`` (step 4).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_overrides, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, write_result  # noqa: E402
 
 REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
 
@@ -154,7 +154,7 @@ def _eval_three_ways(run: Path, split: str, max_frames) -> dict:
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/fastminerf_speech"), help="generated and prepared data")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="procedural datasets (none: skip them)")
@@ -173,7 +173,8 @@ def main() -> int:
     ap.add_argument("--eval-frames", type=int, default=None, help="frames per clip for --eval-run (default all)")
     ap.add_argument("--name", default="speech", help="result file name (default speech) for a variant's run")
     add_overrides(ap, "SpeechConfig")
-    args = ap.parse_args()
+    add_out(ap)
+    args = ap.parse_args(argv)
 
     from fastminerf.config import PrepareConfig
     from fastminerf.data import load_dataset
@@ -234,13 +235,13 @@ def main() -> int:
                 f"{n} mouth R2 {m['mouth_r2']:.3f} corr {m['mouth_corr']:.3f} R2 {m['r2']:.3f}" for n, m in real["leave_one_out_mean"].items()))
         result["real"] = real
     if result["synth"] or result["real"]:
-        print(f"wrote {write_result(args.name, result)}")
+        print(f"wrote {write_result(args.name, result, args.out)}")
     if args.render_run is not None:
         e2e = _end_to_end(args.render_run, args.target, args.speaker, args.work / "end_to_end", args.render_frames)
-        print(f"wrote {write_result('speech_end_to_end', {'machine': machine(), **e2e})}")
+        print(f"wrote {write_result('speech_end_to_end', {'machine': machine(), **e2e}, args.out)}")
     if args.eval_run is not None:
         ev = _eval_three_ways(args.eval_run, args.eval_split, args.eval_frames)
-        print(f"wrote {write_result('speech_eval', {'machine': machine(), **ev})}")
+        print(f"wrote {write_result('speech_eval', {'machine': machine(), **ev}, args.out)}")
     return 0
 
 

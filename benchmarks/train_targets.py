@@ -14,7 +14,8 @@ renders at most ``--eval-frames`` frames per identity and split, spread over the
 
     python benchmarks/train_targets.py [--data SYNTH_ROOT] [--minutes 5] [--quick]
 
-Writes ``benchmarks/results/train_targets.json`` (``train_targets_quick.json`` with ``--quick``).
+Writes ``train_targets.json`` (``train_targets_quick.json`` with ``--quick``) into ``--out`` (default
+``benchmarks/results``).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_overrides, machine, psnr, spread_frames, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, psnr, spread_frames, write_result  # noqa: E402
 from fastminerf import frame_rays, load_config, load_dataset, load_run, personalize, train  # noqa: E402
 from fastminerf.config import config_to_dict  # noqa: E402
 from fastminerf.data.synth import generate  # noqa: E402
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--personalize-only", action="store_true",
                     help="redo only the personalisation against the generic and alone runs kept in --work, updating "
                          "the results JSON (e.g. after changing train.personalize_steps)")
+    add_out(ap)
     args = ap.parse_args(argv)
     log = lambda msg: print(msg, flush=True)  # noqa: E731  (benchmarks print; the library does not)
     work = args.work or Path(tempfile.mkdtemp(prefix="fm_targets_"))
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
         if args.work is None:
             raise SystemExit("--personalize-only needs the --work folder of a full run")
         name = "train_targets_quick" if args.quick else "train_targets"
-        old = json.loads((Path(__file__).resolve().parent / "results" / f"{name}.json").read_text())
+        old = json.loads((args.out / f"{name}.json").read_text())
         old["personalize_rerun"] = dict(machine=results["machine"], resolved_config=results["resolved_config"])
         held_clip = work / "clip" / held_out.name
         old["personalize"] = personalize_phase(cfg, work / "generic_multiplicative", held_clip, work,
@@ -215,7 +217,7 @@ def finish(results: dict, args, work: Path, log) -> int:
         novel_multiplicative_minus_concat_ge_1db=dict(value=gap, met=gap >= 1.0),
         personalize_matches_alone_within_60s=dict(value=reached, met=reached is not None and reached <= 60.0),
     )
-    path = write_result("train_targets_quick" if args.quick else "train_targets", results)
+    path = write_result("train_targets_quick" if args.quick else "train_targets", results, args.out)
     log(json.dumps(results["targets"], indent=1))
     log(f"wrote {path}")
     if args.work is None:

@@ -16,9 +16,10 @@ target's mean training pose, in the target's framing). For each path, against th
   field has to extrapolate).
 
 The target's torso layer and background are images in its own framing: a head placed elsewhere or at another size
-floats beside its shoulders. Writes ``benchmarks/results/transfer_poses.json``. With ``--run`` (a model trained on
-these clips) it also renders ``--target`` driven by ``--driver`` in both modes beside the driver's frames into
-``--work``/transfer_poses.png, which stays outside the repository (it shows the real people).
+floats beside its shoulders. Writes ``transfer_poses.json`` into ``--out`` (default ``benchmarks/results``). With
+``--run`` (a model trained on these clips) it also renders ``--target`` driven by ``--driver`` in both modes beside
+the driver's frames into ``--work``/transfer_poses.png, which stays outside the repository (it shows the real
+people).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, write_result  # noqa: E402
+from benchmarks.common import add_out, machine, write_result  # noqa: E402
 from benchmarks.real_clips import prepared_root  # noqa: E402
 from fastminerf.metrics import rotation_gap_deg  # noqa: E402
 
@@ -80,7 +81,7 @@ def _strip(run: Path, data, target: str, driver: str, n: int) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=None, help="a prepared root of the real clips (default: prepare them)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fastminerf_poses"))
@@ -88,7 +89,8 @@ def main() -> int:
     ap.add_argument("--run", type=Path, default=None, help="a model trained on these clips: render a comparison strip")
     ap.add_argument("--target", default="02_hdtf_WDA_AlexandriaOcasioCortez_000", help="the strip's target")
     ap.add_argument("--driver", default="04_hdtf_WDA_BobMenendez_000", help="the strip's driver")
-    args = ap.parse_args()
+    add_out(ap)
+    args = ap.parse_args(argv)
 
     from fastminerf.data import load_dataset
     from fastminerf.data.layout import find_identity_dirs
@@ -141,7 +143,7 @@ def main() -> int:
                             "modes": list(MODES), "transfer": "delta"},
                "summary": summary, "pairs": pairs, "own_test": own_test,
                "strip": None if strip is None else str(strip)}
-    print(f"wrote {write_result('transfer_poses', payload)}")
+    print(f"wrote {write_result('transfer_poses', payload, args.out)}")
     return 0
 
 

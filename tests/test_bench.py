@@ -219,7 +219,7 @@ def test_conditioning_equal_steps_records_the_data_and_threads_it_ran(tmp_path, 
     from fastminerf.data.synth import generate
 
     written = {}
-    monkeypatch.setattr(cond, "write_result", lambda name, payload: written.update(name=name, payload=payload))
+    monkeypatch.setattr(cond, "write_result", lambda name, payload, *out_dir: written.update(name=name, payload=payload))
     generate(tmp_path / "synth_n2_s0_seed0", n_identities=2, n_frames=8, size=16, seed=0, overwrite=True)
     before = torch.get_num_threads()
     threads = 1 if before != 1 else 2
