@@ -327,6 +327,25 @@ def add_out(ap: argparse.ArgumentParser) -> None:
                          "generated from; give another folder for a scratch run)")
 
 
+def record_name(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str, subset=(),
+                smoke: bool = False) -> str:
+    """The name (``<args.out>/<name>.json``) a benchmark script writes its result under, such that a smoke or subset
+    run cannot replace the committed record by accident. ``name`` is the record's (``--name``, ``args.name``, when
+    given); a smoke run (``smoke``: a ``--quick`` flag) writes ``<name>_quick``, as does a run that departs from the
+    record's settings (one of the ``subset`` options, those that shrink a run, e.g. fewer clips, seeds or frames or a
+    shorter budget, differs from its default, which is the record's setting) without ``--name`` into
+    ``benchmarks/results``: ``*_quick.json`` is ignored by git and read by no table. In another ``--out`` folder a
+    departing run keeps ``name``; ``--name`` writes where it says, the record included, deliberately."""
+    explicit = getattr(args, "name", None)
+    name = explicit or name
+    if smoke:
+        return f"{name}_quick"
+    departs = any(getattr(args, option) != ap.get_default(option) for option in subset)
+    if departs and not explicit and Path(args.out).resolve() == RESULTS.resolve():
+        return f"{name}_quick"
+    return name
+
+
 def bench_arguments(doc: str, modes) -> argparse.ArgumentParser:
     """The options every training benchmark script takes: --mode, --out, --work, --config."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])

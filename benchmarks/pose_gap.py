@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, machine, record_name, write_result  # noqa: E402
 from benchmarks.real_clips import prepared_root  # noqa: E402
 
 BINS = (0.0, 1.0, 2.0, 3.0, 5.0, 180.0)
@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", nargs="+", default=["val", "test"])
     ap.add_argument("--max-frames", type=int, default=None, help="frames per clip and split (default all)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--name", default="pose_gap", help="result file name (default pose_gap)")
+    ap.add_argument("--name", default=None, help="result file name (default pose_gap; pose_gap_quick for a run with "
+                                                "other --splits or --max-frames into benchmarks/results)")
     add_out(ap)
     args = ap.parse_args(argv)
 
@@ -134,11 +135,12 @@ def main(argv=None) -> int:
         if b["frames"]:
             print(f"  {b['from_deg']:>4g}-{b['to_deg']:<4g} deg  {b['frames']:4d} frames  PSNR {b['psnr']:.2f} dB  "
                   f"against its clip's mean {b['psnr_within_clip']:+.2f} dB")
-    path = write_result(args.name, {"machine": where, "settings": {"run": str(args.run), "data": str(root),
+    name = record_name(ap, args, "pose_gap", ("splits", "max_frames"))
+    path = write_result(name, {"machine": where, "settings": {"run": str(args.run), "data": str(root),
                                                                    "splits": args.splits, "max_frames": args.max_frames,
                                                                    "threads": args.threads},
                                     "summary": summary, "frames": records}, args.out)
-    print(f"wrote {path} and {plot(records, args.out / f'{args.name}.png')}")
+    print(f"wrote {path} and {plot(records, args.out / f'{name}.png')}")
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_out, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, machine, record_name, write_result  # noqa: E402
 
 REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"))
 CLIPS = ("03_hdtf_WDA_KatieHill_000.mp4", "05_hdtf_WDA_EdMarkey0_000.mp4", "08_retalking_face2_man_map.mp4",
@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=200, help="frames per clip (max-frames)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--name", default="prepare", help="result file name (default prepare)")
+    ap.add_argument("--name", default=None, help="result file name (default prepare; prepare_quick for a run with fewer "
+                                                  "clips, frames, repeats or another size into benchmarks/results)")
     add_out(ap)
     args = ap.parse_args(argv)
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
                       "segmentation, PNG writing, background, audio, basis fit, poses, contact sheets); input "
                       "re-encoded to 512 px beforehand, outside the timing; best of the runs",
         }
-        path = write_result(args.name, payload, args.out)
+        path = write_result(record_name(ap, args, "prepare", ("clips", "frames", "size", "repeats")), payload, args.out)
         print(f"best {best['fps']:.1f} frames/s (target {TARGET_FPS:.0f}); wrote {path}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, add_overrides, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, record_name, write_result  # noqa: E402
 
 REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
 
@@ -273,10 +273,10 @@ def main(argv=None) -> int:
         "seconds": seconds,
     }
     protocol = args.val_fraction == ap.get_default("val_fraction")  # the split: the README's table
-    name = args.name or ("real_clips" if protocol else f"real_clips_val{args.val_fraction:g}")
-    if args.finetune_seconds > 0 and not args.name:
-        name += "_finetune"
-    path = write_result(name + "_quick" if args.quick else name, payload, args.out)
+    name = "real_clips" if protocol else f"real_clips_val{args.val_fraction:g}"
+    name = record_name(ap, args, name + ("_finetune" if args.finetune_seconds > 0 else ""),
+                       ("minutes", "clips", "size", "max_frames", "eval_frames", "video_frames"), args.quick)
+    path = write_result(name, payload, args.out)
     print(f"wrote {path}")
     write_result("real_clips", payload, work)  # a copy beside the run
     return 0

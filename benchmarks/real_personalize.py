@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, add_overrides, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, record_name, write_result  # noqa: E402
 from benchmarks.real_clips import prepared_root  # noqa: E402
 
 
@@ -116,7 +116,8 @@ def main(argv=None) -> int:
                             "eval_split": "test (all frames)"},
                "generic": {"steps": gen.step, "seconds": gen.seconds, "train_psnr": gen_psnr if gen_psnr == gen_psnr else None},
                "rows": rows, "seconds_total": time.perf_counter() - t0}
-    print(f"wrote {write_result(args.name or 'real_personalize', payload, args.out)}")
+    name = record_name(ap, args, "real_personalize", ("generic_minutes", "budgets", "tunes"))
+    print(f"wrote {write_result(name, payload, args.out)}")
     return 0
 
 

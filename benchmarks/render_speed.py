@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, machine, record_name, write_result  # noqa: E402
 
 VARIANTS = {
     "preset": {},
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
                      "prune_stages": list(base_cfg.prune_stages), "trained_steps": meta["step"]},
         "rows": rows,
     }
-    path = write_result("render_speed", payload, args.out)
+    path = write_result(record_name(ap, args, "render_speed", ("threads", "repeats", "split")), payload, args.out)
     print(f"wrote {path}")
     return 0
 

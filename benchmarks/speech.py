@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, add_overrides, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, record_name, write_result  # noqa: E402
 
 REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
 
@@ -171,7 +171,8 @@ def main(argv=None) -> int:
                          "tracked, speech-predicted and still expressions and compare each with the real frames")
     ap.add_argument("--eval-split", default="test")
     ap.add_argument("--eval-frames", type=int, default=None, help="frames per clip for --eval-run (default all)")
-    ap.add_argument("--name", default="speech", help="result file name (default speech) for a variant's run")
+    ap.add_argument("--name", default=None, help="result file name (default speech; speech_quick for a run with other "
+                                                "--seeds or --no-real into benchmarks/results) for a variant's run")
     add_overrides(ap, "SpeechConfig")
     add_out(ap)
     args = ap.parse_args(argv)
@@ -235,13 +236,17 @@ def main(argv=None) -> int:
                 f"{n} mouth R2 {m['mouth_r2']:.3f} corr {m['mouth_corr']:.3f} R2 {m['r2']:.3f}" for n, m in real["leave_one_out_mean"].items()))
         result["real"] = real
     if result["synth"] or result["real"]:
-        print(f"wrote {write_result(args.name, result, args.out)}")
+        name = record_name(ap, args, "speech", ("seeds", "no_real"))
+        print(f"wrote {write_result(name, result, args.out)}")
+    others = argparse.Namespace(**{**vars(args), "name": None})  # --name names speech.json only
     if args.render_run is not None:
         e2e = _end_to_end(args.render_run, args.target, args.speaker, args.work / "end_to_end", args.render_frames)
-        print(f"wrote {write_result('speech_end_to_end', {'machine': machine(), **e2e}, args.out)}")
+        name = record_name(ap, others, "speech_end_to_end", ("render_frames",))
+        print(f"wrote {write_result(name, {'machine': machine(), **e2e}, args.out)}")
     if args.eval_run is not None:
         ev = _eval_three_ways(args.eval_run, args.eval_split, args.eval_frames)
-        print(f"wrote {write_result('speech_eval', {'machine': machine(), **ev}, args.out)}")
+        name = record_name(ap, others, "speech_eval", ("eval_frames", "eval_split"))
+        print(f"wrote {write_result(name, {'machine': machine(), **ev}, args.out)}")
     return 0
 
 

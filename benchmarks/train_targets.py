@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_out, add_overrides, machine, psnr, spread_frames, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, psnr, record_name, spread_frames, write_result  # noqa: E402
 from fastminerf import frame_rays, load_config, load_dataset, load_run, personalize, train  # noqa: E402
 from fastminerf.config import config_to_dict  # noqa: E402
 from fastminerf.data.synth import generate  # noqa: E402
@@ -114,6 +114,7 @@ def main(argv=None) -> int:
                          "the results JSON (e.g. after changing train.personalize_steps)")
     add_out(ap)
     args = ap.parse_args(argv)
+    name = record_name(ap, args, "train_targets", ("minutes", "personalize_seconds", "eval_frames"), args.quick)
     log = lambda msg: print(msg, flush=True)  # noqa: E731  (benchmarks print; the library does not)
     work = args.work or Path(tempfile.mkdtemp(prefix="fm_targets_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -143,13 +144,13 @@ def main(argv=None) -> int:
     if args.personalize_only:
         if args.work is None:
             raise SystemExit("--personalize-only needs the --work folder of a full run")
-        name = "train_targets_quick" if args.quick else "train_targets"
-        old = json.loads((args.out / f"{name}.json").read_text())
+        source = "train_targets_quick" if args.quick else "train_targets"  # the run whose generic model is in --work
+        old = json.loads((args.out / f"{source}.json").read_text())
         old["personalize_rerun"] = dict(machine=results["machine"], resolved_config=results["resolved_config"])
         held_clip = work / "clip" / held_out.name
         old["personalize"] = personalize_phase(cfg, work / "generic_multiplicative", held_clip, work,
                                                old["personalize"]["alone_curve"], pers_seconds, args.eval_frames, log)
-        return finish(old, args, work, log)
+        return finish(old, name, args, work, log)
 
     # 1. Generic, multiplicative.
     log(f"[1] generic multiplicative, {budget:.0f} s")
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     target = alone_curve[-1]["val_psnr"]
     results["personalize"] = personalize_phase(cfg, run_mul, held_clip, work, alone_curve, pers_seconds,
                                                args.eval_frames, log)
-    return finish(results, args, work, log)
+    return finish(results, name, args, work, log)
 
 
 def personalize_phase(cfg, run_mul: Path, held_clip: Path, work: Path, alone_curve: list, pers_seconds: float,
@@ -208,7 +209,7 @@ def personalize_phase(cfg, run_mul: Path, held_clip: Path, work: Path, alone_cur
                 settings=settings, seconds_to_match_alone=reached)
 
 
-def finish(results: dict, args, work: Path, log) -> int:
+def finish(results: dict, name: str, args, work: Path, log) -> int:
     gap = results["novel_gap_db"]
     reached = results["personalize"]["seconds_to_match_alone"]
     final_val = results["generic_multiplicative"]["val"]["mean_psnr"]
@@ -217,7 +218,7 @@ def finish(results: dict, args, work: Path, log) -> int:
         novel_multiplicative_minus_concat_ge_1db=dict(value=gap, met=gap >= 1.0),
         personalize_matches_alone_within_60s=dict(value=reached, met=reached is not None and reached <= 60.0),
     )
-    path = write_result("train_targets_quick" if args.quick else "train_targets", results, args.out)
+    path = write_result(name, results, args.out)
     log(json.dumps(results["targets"], indent=1))
     log(f"wrote {path}")
     if args.work is None:

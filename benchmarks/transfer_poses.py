@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, machine, write_result  # noqa: E402
+from benchmarks.common import add_out, machine, record_name, write_result  # noqa: E402
 from benchmarks.real_clips import prepared_root  # noqa: E402
 from fastminerf.metrics import rotation_gap_deg  # noqa: E402
 
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
                             "modes": list(MODES), "transfer": "delta"},
                "summary": summary, "pairs": pairs, "own_test": own_test,
                "strip": None if strip is None else str(strip)}
-    print(f"wrote {write_result('transfer_poses', payload, args.out)}")
+    print(f"wrote {write_result(record_name(ap, args, 'transfer_poses', ('size',)), payload, args.out)}")
     return 0
 
 

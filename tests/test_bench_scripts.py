@@ -42,3 +42,41 @@ def test_kernel_scripts_quick_write_into_out(script, section, tmp_path):
     assert {"cpu", "cores", "torch", "python", "git_commit"} <= set(result["machine"])
     assert result["quick"] is True and "summary" in result[section]
     assert _record() == before  # the committed record is untouched
+
+
+def test_record_name_keeps_smoke_and_subset_runs_off_the_record(tmp_path, monkeypatch):
+    import argparse
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default=None)
+    common.add_out(ap)
+
+    def name(*argv, smoke=False):
+        return common.record_name(ap, ap.parse_args(list(argv)), "bench", ("steps", "seeds"), smoke)
+
+    assert name() == "bench" and name("--seeds", "0", "1") == "bench" and name("--threads", "1") == "bench"
+    assert name("--steps", "4") == name("--seeds", "0") == name(smoke=True) == "bench_quick"
+    assert name("--steps", "4", "--out", str(tmp_path / "scratch")) == "bench"  # not the record's folder
+    assert name("--steps", "4", "--name", "bench") == "bench"  # deliberately
+    assert name("--name", "variant", smoke=True) == "variant_quick"
+
+
+def test_a_subset_run_does_not_replace_the_committed_record(tmp_path, monkeypatch):
+    """conditioning_equal_steps.py --steps 2 (a smoke run) wrote conditioning_equal_steps_2ids.json, the record's
+    file, into benchmarks/results."""
+    import benchmarks.conditioning_equal_steps as cond
+
+    record = tmp_path / "results"
+    monkeypatch.setattr(common, "RESULTS", record)
+    argv = ["--seeds", "0", "--styles", "0", "--steps", "2", "--size", "16", "--frames", "8", "--eval-frames", "1",
+            "--identities", "2", "--threads", "1", "--work", str(tmp_path / "w")]
+    assert cond.main(argv) == 0
+    assert sorted(p.name for p in record.iterdir()) == ["conditioning_equal_steps_2ids_quick.json"]
+    result = json.loads((record / "conditioning_equal_steps_2ids_quick.json").read_text())
+    assert result["settings"]["steps"] == 2 and "git_commit" in result["machine"]
+    assert cond.main(argv + ["--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "conditioning_equal_steps_2ids.json").is_file()
