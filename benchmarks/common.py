@@ -14,6 +14,15 @@ from typing import Callable
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
+"""The real talking-face clips of the real-data benchmarks: ``$FASTMINERF_REAL_DATA``, else ``../shared/data/real``
+beside the checkout."""
+
+
+def no_real_clips(folder: Path, missing=()) -> str:
+    """What a real-data benchmark says when ``folder`` holds no clips (or lacks the ``missing`` ones)."""
+    what = f"missing {', '.join(Path(p).name for p in missing)} in {folder}" if missing else f"no clips in {folder}"
+    return f"{what}: set FASTMINERF_REAL_DATA to the folder of the real clips"
 
 
 def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, sync: Callable[[], None] | None = None) -> float:

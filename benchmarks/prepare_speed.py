@@ -23,9 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_out, machine, record_name, write_result  # noqa: E402
+from benchmarks.common import REAL, add_out, machine, no_real_clips, record_name, write_result  # noqa: E402
 
-REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"))
 CLIPS = ("03_hdtf_WDA_KatieHill_000.mp4", "05_hdtf_WDA_EdMarkey0_000.mp4", "08_retalking_face2_man_map.mp4",
          "06_hdtf_RD_Radio34_000.mp4")
 TARGET_FPS = 10.0
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
     clips = [REAL / c for c in CLIPS[: args.clips]]
     missing = [c for c in clips if not c.is_file()]
     if missing:
-        print(f"missing clips: {missing}")
+        print(no_real_clips(REAL, missing), file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="fmn_prepare_bench_"))
     try:

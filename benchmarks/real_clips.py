@@ -40,9 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, add_overrides, machine, record_name, write_result  # noqa: E402
-
-REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
+from benchmarks.common import REAL, add_out, add_overrides, machine, no_real_clips, record_name, write_result  # noqa: E402
 
 
 MAX_FRAMES = 250
@@ -50,6 +48,8 @@ MAX_FRAMES = 250
 
 
 def _clips(n: int):
+    if not REAL.is_dir():
+        return []
     vids = sorted(p for p in REAL.iterdir() if p.suffix.lower() in (".mp4", ".mov", ".webm"))
     return vids[:n]
 
@@ -65,7 +65,7 @@ def prepared_root(data: Path | None, work: Path, size: int = 256) -> Path | None
 
     clips = _clips(9)
     if not clips:
-        print(f"no clips in {REAL}")
+        print(no_real_clips(REAL), file=sys.stderr)
         return None
     prep = prepare(clips, work / "data", PrepareConfig(size=size, max_frames=MAX_FRAMES))
     if prep.failed:
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     commit = machine()["git_commit"]  # the commit that runs, not the one checked out when it ends
     clips = _clips(args.clips)
     if not clips:
-        print(f"no clips in {REAL}")
+        print(no_real_clips(REAL), file=sys.stderr)
         return 1
     work = args.work
     work.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,6 @@ Writes into ``--out`` (default ``benchmarks/results``): ``speech.json`` (steps 1
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import asdict, replace
 import sys
 import time
@@ -43,9 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, add_overrides, machine, record_name, write_result  # noqa: E402
-
-REAL = Path(os.environ.get("FASTMINERF_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
+from benchmarks.common import REAL, add_out, add_overrides, machine, no_real_clips, record_name, write_result  # noqa: E402
 
 
 def _score(clips, fit, held, cfg, space, basis) -> dict:
@@ -185,6 +182,11 @@ def main(argv=None) -> int:
     from fastminerf.config import SpeechConfig, flat_config
     from fastminerf.speech import speech_clips, speech_metrics, train_speech
 
+    videos = [] if args.no_real or not REAL.is_dir() else sorted(
+        p for p in REAL.iterdir() if p.suffix.lower() in (".mp4", ".mov", ".webm"))
+    if not args.no_real and not videos:  # said before the procedural part, not a result without its real half
+        print(no_real_clips(REAL) + ", or skip them with --no-real", file=sys.stderr)
+        return 1
     cfg = flat_config(SpeechConfig, args.overrides)
     result = {"machine": machine(), "config": asdict(cfg), "synth": {}, "real": None}
     print(f"speech config: {cfg}")
@@ -204,8 +206,7 @@ def main(argv=None) -> int:
         result["synth_mean"] = {k: {key: float(np.mean([m[key] for m in ms])) for key in ("mouth_r2", "mouth_corr", "r2")}
                                 for k, ms in (("calibrated", cal), ("uncalibrated", raw))}
 
-    videos = sorted(p for p in REAL.iterdir() if p.suffix.lower() in (".mp4", ".mov", ".webm")) if REAL.is_dir() else []
-    if videos and not args.no_real:
+    if videos:
         prep = prepare(videos, args.work / "real", PrepareConfig(size=256, max_frames=250))
         if prep.failed:
             print("prepare failed: " + ", ".join(f"{v.name}: {v.error}" for v in prep.failed))

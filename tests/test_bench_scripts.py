@@ -80,3 +80,29 @@ def test_a_subset_run_does_not_replace_the_committed_record(tmp_path, monkeypatc
     assert result["settings"]["steps"] == 2 and "git_commit" in result["machine"]
     assert cond.main(argv + ["--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "conditioning_equal_steps_2ids.json").is_file()
+
+
+def test_speech_with_nothing_to_measure_says_so(tmp_path, capsys):
+    """speech.py --seeds --no-real trained nothing, wrote nothing, printed nothing and exited 0."""
+    from benchmarks import speech
+
+    with pytest.raises(SystemExit) as stop:
+        speech.main(["--seeds", "--no-real", "--out", str(tmp_path), "--work", str(tmp_path / "w")])
+    assert stop.value.code == 2
+    assert "nothing to measure" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("script, argv", [("prepare_speed", []), ("speech", ["--seeds", "--work", "W"]),
+                                          ("real_clips", ["--work", "W"])])
+def test_missing_real_clips_name_the_folder_and_the_variable(script, argv, tmp_path, monkeypatch, capsys):
+    """Without the real clips prepare_speed.py listed the missing paths without saying how to point it at the clips,
+    speech.py skipped them silently (wrote a result without its real part, or nothing at all) and real_clips.py
+    (and the scripts that prepare through it) stopped on a FileNotFoundError traceback."""
+    mod = importlib.import_module(f"benchmarks.{script}")
+    monkeypatch.setattr(mod, "REAL", tmp_path / "no_clips_here")
+    argv = [str(tmp_path / "w") if a == "W" else a for a in argv]
+    assert mod.main(argv + ["--out", str(tmp_path / "o")]) == 1
+    text = capsys.readouterr()
+    assert "FASTMINERF_REAL_DATA" in text.out + text.err and "no_clips_here" in text.out + text.err
+    assert not (tmp_path / "o").exists()
