@@ -173,6 +173,9 @@ def main(argv=None) -> int:
     add_overrides(ap, "SpeechConfig")
     add_out(ap)
     args = ap.parse_args(argv)
+    if not args.seeds and args.no_real and args.render_run is None and args.eval_run is None:
+        ap.error("nothing to measure: --seeds is empty and --no-real skips the real clips (give seeds, the clips, "
+                 "--render-run or --eval-run)")
 
     from fastminerf.config import PrepareConfig
     from fastminerf.data import load_dataset
