@@ -520,7 +520,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
 
 def _run_render(args: argparse.Namespace) -> int:
     from .prepare.video import VIDEO_SUFFIXES
-    from .render import drive_path, driver_from_video, load_driver, load_target, orbit_path, parse_drive, render_video
+    from .render import drive_path, driver_from_video, load_driver, load_target, orbit_path, orbit_reach, parse_drive
+    from .render import render_video
     from .render import training_basis
 
     from .render import RenderError, identity_id
@@ -549,6 +550,14 @@ def _run_render(args: argparse.Namespace) -> int:
     speech_dir = None
     if args.orbit:
         path = orbit_path(target, args.identity, n_frames=args.frames or 60, yaw_deg=args.yaw, pitch_deg=args.pitch)
+        reach = orbit_reach(target, args.identity)
+        beyond = [f"--{name} {value:g}" for name, value, far in (("yaw", args.yaw, reach[0]), ("pitch", args.pitch, reach[1]))
+                  if value is not None and abs(value) > far]
+        if beyond:  # --help says the model guesses there; the video did not
+            console.print(_styled("yellow", "note", f"{' and '.join(beyond)} swing{'s' if len(beyond) == 1 else ''} "
+                                                    f"beyond {args.identity}'s training views (they reach "
+                                                    f"{reach[0]:.1f} degrees left-right and {reach[1]:.1f} up-down "
+                                                    "each way): the model guesses the head there"), markup=True)
         what = f"orbit of {args.identity}"
     elif args.speech is not None:
         import tempfile

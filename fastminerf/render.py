@@ -63,6 +63,7 @@ __all__ = [
     "neutral_frame",
     "orbit_cameras",
     "orbit_path",
+    "orbit_reach",
     "parse_drive",
     "pose_loop",
     "relative_cameras",
@@ -708,6 +709,31 @@ ORBIT_REACH_PERCENTILE = 90.0
 (not the largest: one turned frame would set it)."""
 
 
+def _training_views(dataset: MultiIdentityDataset, identity: str, split: str):
+    """``(identity id, table, its frames, look-at point, yaw, elevation)`` of an identity's cameras in ``split``
+    (:func:`look_at_point`, :func:`view_angles` about it)."""
+    ident = _dataset_identity(dataset, identity)
+    table = dataset.table(split)
+    frames = table.frames_of(ident)
+    if frames.size == 0:
+        raise RenderError(f"identity '{identity}' has no frames in split '{split}'")
+    centre = look_at_point(table.c2w[frames])
+    return (ident, table, frames, centre, *view_angles(table.c2w[frames], centre))
+
+
+def _reach(angles: np.ndarray) -> float:
+    """How far a data-framed orbit swings each way for views at ``angles`` (degrees) about their mean."""
+    return max(ORBIT_MIN_DEG, float(np.percentile(np.abs(angles - angles.mean()), ORBIT_REACH_PERCENTILE)))
+
+
+def orbit_reach(dataset: MultiIdentityDataset, identity: str, split: str = "train") -> Tuple[float, float]:
+    """How far an identity's ``split`` views reach from their mean view, ``(yaw, pitch)`` in degrees each way: the
+    swing of :func:`orbit_path` without angles (:data:`ORBIT_REACH_PERCENTILE` of the views' angles, at least
+    :data:`ORBIT_MIN_DEG`). An orbit that swings farther shows views the model has to guess."""
+    *_, yaw, elevation = _training_views(dataset, identity, split)
+    return _reach(yaw), _reach(elevation)
+
+
 def orbit_path(
     dataset: MultiIdentityDataset,
     identity: str,
@@ -728,19 +754,13 @@ def orbit_path(
     beyond it draws a view it has to guess. The expression is the identity's neutral one (:func:`neutral_frame`)
     unless given (E,).
     """
-    ident = _dataset_identity(dataset, identity)
-    table = dataset.table(split)
-    frames = table.frames_of(ident)
-    if frames.size == 0:
-        raise RenderError(f"identity '{identity}' has no frames in split '{split}'")
+    ident, table, frames, centre, yaw, elevation = _training_views(dataset, identity, split)
     c2w = table.c2w[frames]
-    centre = look_at_point(c2w)
     distance = float(np.linalg.norm(c2w[:, :3, 3] - centre[None], axis=1).mean())
-    yaw, elevation = view_angles(c2w, centre)
     if yaw_deg is None:
-        yaw_deg = max(ORBIT_MIN_DEG, float(np.percentile(np.abs(yaw - yaw.mean()), ORBIT_REACH_PERCENTILE)))
+        yaw_deg = _reach(yaw)
     if pitch_deg is None:
-        pitch_deg = max(ORBIT_MIN_DEG, float(np.percentile(np.abs(elevation - elevation.mean()), ORBIT_REACH_PERCENTILE)))
+        pitch_deg = _reach(elevation)
     cams = orbit_cameras(n_frames, distance, yaw_deg, pitch_deg, centre, float(yaw.mean()), float(elevation.mean()))
     if expression is None:
         expression = table.expression[neutral_frame(dataset, ident, split)]

@@ -601,3 +601,22 @@ def test_cli_info_describes_a_run_whose_loss_diverged(tiny, tmp_path, capsys):
     assert main(["info", str(run)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert f"step {last['step']}, loss nan, train psnr nan dB" in out, out
+
+
+def test_cli_render_orbit_beyond_the_training_views_says_so(tiny, tmp_path, capsys):
+    """An orbit swung farther than the identity's training views reach (--yaw 60 on a clip that turns a few degrees)
+    rendered views the model never saw, without a word, though --help says the model guesses beyond them: the command
+    names the swing and how far the views reach, and says nothing for the default orbit nor one within the views."""
+    from fastminerf.render import load_target, orbit_reach
+
+    root, _ = tiny
+    yaw, pitch = orbit_reach(load_target([root / "data"], "id000"), "id000")
+    run = ["render", "--run", str(root / "run"), "--identity", "id000", "--orbit", "--frames", "1",
+           "--out", str(tmp_path / "o.mp4")]
+    assert main(run + ["--yaw", "60", "--pitch", f"{pitch / 2:g}"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"--yaw 60 swings beyond id000's training views (they reach {yaw:.1f} degrees" in out, out
+    assert "--pitch" not in out and "[yellow]" not in out
+    for within in ([], ["--yaw", f"{yaw / 2:g}", "--pitch", f"{pitch:g}"]):
+        assert main(run + within) == 0
+        assert "training views" not in capsys.readouterr().out  # (the test's folder name holds 'beyond')
