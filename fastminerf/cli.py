@@ -576,6 +576,9 @@ def _run_render(args: argparse.Namespace) -> int:
     else:
         folder, split = parse_drive(args.drive)
         if folder.is_file() and folder.suffix.lower() in VIDEO_SUFFIXES:  # a raw video: prepare it first
+            if not Path(args.drive.strip()).exists():  # VIDEO:SPLIT rendered every frame as 'train', the split dropped
+                raise RenderError(f"--drive {args.drive.strip()}: a video driver has no splits (it is prepared whole, "
+                                  f"every frame in 'train'); give {folder} alone, with --frames N for its first frames")
             with _frames_progress(console, "prepare driver") as bar:
                 task = bar.add_task("prepare", total=None)
                 folder = driver_from_video(folder, training_basis(meta["data_paths"]), Path(args.run) / "drivers",

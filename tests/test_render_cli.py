@@ -620,3 +620,17 @@ def test_cli_render_orbit_beyond_the_training_views_says_so(tiny, tmp_path, caps
     for within in ([], ["--yaw", f"{yaw / 2:g}", "--pitch", f"{pitch:g}"]):
         assert main(run + within) == 0
         assert "training views" not in capsys.readouterr().out  # (the test's folder name holds 'beyond')
+
+
+def test_cli_render_refuses_a_split_of_a_driver_video(tiny, tmp_path, capsys):
+    """--drive clip.mp4:test rendered every frame of the video as its 'train' split (a driver video is prepared whole,
+    without splits) and said 'driven by clip:train', the ':test' dropped without a word: refused, before the video is
+    prepared, saying what a video driver takes."""
+    root, _ = tiny
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not decoded: refused before preparing")
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--drive", f"{video}:test",
+                 "--out", str(tmp_path / "x.mp4")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--drive {video}:test: a video driver has no splits" in err, err
+    assert not (tmp_path / "x.mp4").exists() and not (root / "run" / "drivers" / "clip").exists()
