@@ -356,11 +356,11 @@ def drive_path(
     Expressions are :func:`expression_transfer` of the driver's, with neutrals from :func:`neutral_frame` over each
     identity's ``neutral_split`` (default ``train``; the ``*_neutral_index`` arguments pick a frame instead).
     Head poses follow ``pose`` (:data:`POSE_MODES`): ``relative`` (default, :func:`relative_cameras` against the
-    target's ``neutral_split`` frames), ``target`` (the target's own ``neutral_split`` head poses in time order,
-    :func:`pose_loop` when the driver is longer), ``still`` (the target's mean pose there): all three with the
-    target's intrinsics and image size, so the head sits where the target's shoulders and background expect it;
-    ``driver``: the driver's cameras, intrinsics and image size as they are, which frames another person's head
-    (its distance and place in the picture) over the target's torso. Frame rate, times and sound are the driver's;
+    target's ``neutral_split`` frames), ``target`` (the target's own ``neutral_split`` head poses in time order at
+    its video's speed, :func:`pose_loop` when the driver is longer), ``still`` (the target's mean pose there): all
+    three with the target's intrinsics and image size, so the head sits where the target's shoulders and background
+    expect it; ``driver``: the driver's cameras, intrinsics and image size as they are, which frames another person's
+    head (its distance and place in the picture) over the target's torso. Frame rate, times and sound are the driver's;
     the driver's frames play in time order (as stored where they carry no time).
 
     Args:
@@ -420,8 +420,9 @@ def drive_path(
     own = _time_ordered(own_table, own_table.frames_of(t_id))
     if own.size == 0:
         raise RenderError(f"target '{target_identity}' has no frames in split '{neutral_split}' to take head poses from")
-    if pose == "target":
-        return _rows_path(own_table, own[pose_loop(own.size, frames.size)], expr, fps, audio, times,
+    if pose == "target":  # at the target's own speed: its frame at each driven frame's time
+        step = float(target.split_meta(neutral_split, t_id).fps or 25.0) / fps
+        return _rows_path(own_table, own[pose_loop(own.size, frames.size, step)], expr, fps, audio, times,
                           driver.expression_space)
     if pose == "relative":
         c2w = relative_cameras(table.c2w[frames], own_table.c2w[own])
@@ -449,14 +450,18 @@ def _rows_path(table, rows: np.ndarray, expression: np.ndarray, fps: float, audi
                       expression_space=expression_space)
 
 
-def pose_loop(n_source: int, n: int) -> np.ndarray:
+def pose_loop(n_source: int, n: int, step: float = 1.0) -> np.ndarray:
     """Indices ``(n,)`` into ``n_source`` frames that play them forward, then backward, and so on (a loop without a
-    jump), for a video longer than its source of head poses."""
+    jump), for a video longer than its source of head poses. ``step`` is source frames per video frame (the source's
+    frame rate over the video's), so the head keeps its own speed at another rate: video frame ``k`` takes source frame
+    ``k * step`` (the nearest; halves to the later)."""
     if n_source < 1:
         raise RenderError("no frame to take head poses from")
+    if not (np.isfinite(step) and step > 0):
+        raise RenderError(f"pose_loop step must be positive, got {step}")
     if n_source == 1:
         return np.zeros(n, np.int64)
-    k = np.arange(n) % (2 * n_source - 2)
+    k = np.floor(np.arange(n) * float(step) + 0.5).astype(np.int64) % (2 * n_source - 2)
     return np.where(k < n_source, k, 2 * n_source - 2 - k).astype(np.int64)
 
 
@@ -470,9 +475,9 @@ def speech_path(
 ) -> CameraPath:
     """The path that renders ``target_identity`` saying a recording (lip sync): expressions from
     :func:`fastminerf.speech.predict_expressions`, head poses and intrinsics from the target's own ``pose_split``
-    frames in time order (:func:`pose_loop` when the recording outlasts them), the recording as the soundtrack.
-    The path carries the speech model's expression space, so :func:`render_sequence` refuses a model trained in
-    another.
+    frames in time order at their video's speed whatever ``fps`` (:func:`pose_loop` when the recording outlasts
+    them), the recording as the soundtrack. The path carries the speech model's expression space, so
+    :func:`render_sequence` refuses a model trained in another.
 
     Args:
         target: a dataset holding the target identity with ``pose_split`` loaded.
@@ -497,11 +502,11 @@ def speech_path(
                           f"'{target_identity}' has {target.expression_dim}")
     table = target.table(pose_split)
     frames = table.frames_of(ident)
-    if fps is None:
-        fps = float(target.split_meta(pose_split, ident).fps or 25.0)
+    own_fps = float(target.split_meta(pose_split, ident).fps or 25.0)
+    fps = own_fps if fps is None else float(fps)
     expr, times = predict_expressions(speech_model, load_speech(speech), fps)
-    order = _time_ordered(table, frames)
-    return _rows_path(table, order[pose_loop(len(order), len(expr))], expr, float(fps), Path(speech), times,
+    order = _time_ordered(table, frames)  # the head at its own speed: its frame at each video frame's time
+    return _rows_path(table, order[pose_loop(len(order), len(expr), own_fps / fps)], expr, fps, Path(speech), times,
                       speech_model.expression_space)
 
 

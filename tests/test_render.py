@@ -761,3 +761,23 @@ def test_evaluate_frames_smaller_than_the_ssim_window(tmp_path):
     assert "ssim" in res["metrics"] and np.isnan(ident["ssim"]) and np.isnan(res["mean"]["ssim"])
     assert ident["psnr"] > 30 and ident["l1"] < 0.05
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["mean"]["ssim"] is None
+
+
+def test_target_poses_play_at_the_targets_speed_whatever_the_drivers_rate(tmp_path):
+    """pose='target' played the target's training head poses one per driven frame: a 50 fps driver turned the head of a
+    25 fps target twice as fast as in its own video (a 12.5 fps one half as fast). Frame k, at the driver's time
+    k / fps, takes the target's pose at that time: frame k * 25 / fps of its video."""
+    target = load_dataset(generate(tmp_path / "t", n_identities=1, n_frames=40, size=16, novel_frames=1),
+                          splits=("train",))
+    table = target.table("train")
+    own = table.frames_of(0)
+    poses = table.c2w[own[np.argsort(table.time[own], kind="stable")]]
+    for fps in (50.0, 12.5):
+        driver = load_dataset(generate(tmp_path / f"d{fps:g}", n_identities=1, n_frames=12, size=16, novel_frames=1,
+                                       fps=fps, seed=1), splits=("train",))
+        path = drive_path(target, "id000", driver, "train", pose="target")
+        assert path.fps == fps and 2 * len(path) < len(poses)
+        if fps == 50.0:  # each target pose twice
+            np.testing.assert_array_equal(path.c2w[::2], poses[: (len(path) + 1) // 2])
+        else:  # every other target pose
+            np.testing.assert_array_equal(path.c2w, poses[::2][: len(path)])

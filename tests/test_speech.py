@@ -134,6 +134,21 @@ def test_speech_path_makes_a_head_say_another_heads_voice(heads):
     assert len(path.soundtrack().samples) == round(len(path) / 25 * SPEECH_RATE)
 
 
+def test_speech_path_at_another_rate_keeps_the_heads_speed(heads):
+    """render --speech --fps 50 on a 25 fps person played its training head poses one per frame, the head turning
+    twice as fast as in its video while the mouth kept the recording's time (--fps 12.5: half as fast). Frame k takes
+    the pose at its time, training frame k * 25 / fps."""
+    _, dirs, data, _, _, model = heads
+    table = data.table("train")
+    own = table.c2w[table.frames_of(0)]
+    fast = speech_path(data, data.identities[0], model, dirs[1] / "audio.wav", fps=50)
+    assert fast.fps == 50 and len(fast) > 2 * len(own)
+    np.testing.assert_array_equal(fast.c2w[:2 * len(own):2], own)
+    np.testing.assert_array_equal(fast.c2w[1:2 * len(own) - 1:2], own[1:])  # a frame between two: the later, rounded up
+    slow = speech_path(data, data.identities[0], model, dirs[1] / "audio.wav", fps=12.5)
+    np.testing.assert_array_equal(slow.c2w[:len(own) // 2], own[::2][:len(own) // 2])
+
+
 def test_split_expressions_drive_each_frame_by_its_own_sound(heads, tmp_path):
     """A split's table, row for row, as the sound at each frame's time says: the val frames' jaws follow the
     tracked ones, and identities without audio or frames without time are refused by name."""
