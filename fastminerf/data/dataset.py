@@ -392,10 +392,6 @@ class MultiIdentityDataset:
 
         return self.cache.get(("image", split, index), load)
 
-    def has_mask(self, split: str, index: int) -> bool:
-        """Whether the frame has a ``mask_path``."""
-        return self.table(split).mask_paths[index] is not None
-
     def mask(self, split: str, index: int) -> Optional[np.ndarray]:
         """The frame's foreground mask as bool (H, W), read-only, or None when it has no ``mask_path``."""
         t, meta, k = self._where(split, index)
