@@ -234,8 +234,6 @@ class MINeRFField(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.expression_dim = expression_dim
-        if not 0 <= cfg.density_levels <= cfg.n_levels:
-            raise ValueError(f"model.field.density_levels must be in [0, n_levels={cfg.n_levels}], got {cfg.density_levels}")
         self.encoding = HashGridEncoding(  # the coarsest density_levels levels of the pyramid (all when 0)
             n_levels=cfg.density_levels or cfg.n_levels,
             n_features_per_level=cfg.n_features_per_level,
@@ -245,8 +243,6 @@ class MINeRFField(nn.Module):
             backend=cfg.backend,
             identity_levels=cfg.identity_levels if cfg.identity_levels_for == "all" else 0,
         )
-        if cfg.identity_levels_for not in ("all", "colour"):
-            raise ValueError(f"model.field.identity_levels_for must be 'all' or 'colour', got {cfg.identity_levels_for!r}")
         self.colour_encoding = None  # identity levels read by the colour head only (identity_levels_for: colour)
         if cfg.identity_levels_for == "colour" and cfg.identity_levels > 0:
             if cfg.identity_levels > cfg.n_levels:  # would start below base_resolution: refused as with `all`
