@@ -10,7 +10,9 @@ progress and summaries are shown here.
     fastminerf personalize --run RUN --data NEW_OR_KNOWN_IDENTITY... --out RUN2 [--each] [--steps N] [--max-seconds S]
     fastminerf render --run RUN --identity NAME --drive PATH[:SPLIT]|VIDEO --out OUT.mp4 [--transfer delta|absolute]
     fastminerf render --run RUN --identity NAME --orbit --out OUT.mp4
-    fastminerf eval --run RUN [RUN ...] --data PATH... --split SPLIT [--out DIR]
+    fastminerf render --run RUN --identity NAME --speech AUDIO --out OUT.mp4 [--speech-model MODEL.pt]
+    fastminerf speech (--run RUN | --data DATA... --out MODEL.pt) [--steps N] [--set key=value ...]
+    fastminerf eval --run RUN [RUN ...] --data PATH... --split SPLIT [--out DIR] [--speech [MODEL.pt]]
     fastminerf demo [OUT] [--minutes 3]
     fastminerf bench {identities,backbone,all} [--full] [--out DIR]
     fastminerf info RUN [--json]
