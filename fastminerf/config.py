@@ -1,27 +1,31 @@
 """Typed, frozen configuration dataclasses: one per component.
 
 Every component of fastminerf takes its settings from one frozen dataclass defined here, with a docstring
-per field. Configs are plain data: nothing here reads files, and derived values are computed where they are
-used, never written back into a config.
+per field. Configs are plain data: the dataclasses read no files (:func:`load_config` reads the presets), and
+derived values are computed where they are used, never written back into a config.
 
-The field names of each config match the keyword arguments of the function or class it configures, so a
-config is applied with ``dataclasses.asdict``::
+The field names of the data-layer configs (:class:`DataConfig`, :class:`SamplerConfig`, :class:`SynthConfig`)
+match the keyword arguments of the function or class they configure, so such a config is applied with
+``dataclasses.asdict``; the others are passed whole (``MINeRFField(cfg.model.field, E)``,
+``train(cfg, data, out)``)::
 
     from dataclasses import asdict
     data = load_dataset(paths, **asdict(DataConfig(splits=("train", "val"))))
     sampler = RaySampler(data, "train", **asdict(SamplerConfig(batch_size=2048)))
     generate(out_dir, **asdict(SynthConfig(n_identities=2, n_frames=8, size=32)))
 
-Components (others are added here as the project grows):
+Components:
 
 - :class:`DataConfig`: reading a dataset in the layout of ``DATASET.md`` (``fastminerf.data.load_dataset``).
 - :class:`SamplerConfig`: drawing training rays (``fastminerf.data.RaySampler``).
 - :class:`SynthConfig`: the procedural talking-head generator (``fastminerf.data.synth.generate``).
+- :class:`PrepareConfig`: turning videos into the layout (``fastminerf.prepare.prepare``).
+- :class:`SpeechConfig`: the speech-to-expression network (``fastminerf.speech``, ``fastminerf speech``).
 - :class:`FieldConfig`, :class:`ModelConfig`, :class:`TrainConfig`: the MI-NeRF field, the model around it and
-  the training loops; :class:`NeRFaceConfig`: the slow NeRFace backbone (``ModelConfig.backbone = "nerface"``),
-  kept as the speed baseline; :class:`RunConfig` is the root of a run's config tree, read by :func:`load_config`
-  from a preset in ``configs/`` (only the differences from the defaults) plus dotted ``key=value`` overrides,
-  written by :func:`dump_config`.
+  the training loops; :class:`TorsoConfig`: the model's image-space torso layer; :class:`NeRFaceConfig`: the slow
+  NeRFace backbone (``ModelConfig.backbone = "nerface"``), kept as the speed baseline; :class:`RunConfig` is the
+  root of a run's config tree, read by :func:`load_config` from a preset in ``configs/`` (only the differences
+  from the defaults) plus dotted ``key=value`` overrides, written by :func:`dump_config`.
 """
 
 from __future__ import annotations
