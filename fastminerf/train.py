@@ -5,7 +5,8 @@ A run folder holds::
     RUN/config.yaml     the full config (every field), written when the run starts
     RUN/checkpoint.pt   the latest state, written atomically (temp file + os.replace) every
                         ``train.checkpoint_every`` steps / ``train.checkpoint_seconds`` seconds and at the end
-    RUN/log.jsonl       one JSON object per logging step: step, seconds, loss, psnr, rays_per_s, samples_per_ray
+    RUN/log.jsonl       one JSON object per logging step: step, seconds, loss, psnr, rays_per_s, samples_per_ray,
+                        phase (train; a personalisation's codes then all) and occupied (the occupancy grid's fraction)
     RUN/.lock           locked while a training or personalisation writes the folder: a second one into the same
                         folder is refused (CheckpointError) instead of interleaving its log and checkpoints with it
 
