@@ -181,7 +181,6 @@ def main(argv=None) -> int:
     log(f"[3] {held_out.name} alone from scratch, {budget:.0f} s")
     run_alone = work / "alone"
     alone_curve = staged_train(cfg, [held_clip], run_alone, marks, [held_clip], args.eval_frames, log)
-    target = alone_curve[-1]["val_psnr"]
     results["personalize"] = personalize_phase(cfg, run_mul, held_clip, work, alone_curve, pers_seconds,
                                                args.eval_frames, log)
     return finish(results, name, args, work, log)

@@ -1361,7 +1361,7 @@ def evaluate(
     try:
         for name, frames in plan:
             values: Dict[str, List[float]] = {m: [] for m in metric_names}
-            for k, index in enumerate(frames.tolist()):
+            for index in frames.tolist():
                 pred = render_frame(models[name], dataset, split, index,
                                     expression=None if expressions is None else expressions[index])
                 truth = dataset.image(split, index).astype(np.float32) / 255.0
