@@ -1,4 +1,8 @@
-"""Functional core: each op has a native implementation (C++ CPU / CUDA) and a pure-PyTorch reference."""
+"""Functional core. Each kernel (the hash encoding, the occupancy update, bitfield and marcher, compositing, the
+fused MLP head) has a native implementation (C++ CPU / CUDA) and a pure-PyTorch reference of the same function;
+the small helpers beside them (:func:`distortion_loss`, :func:`unpack_bitfield`, :func:`occupancy_threshold`,
+:func:`cascade_aabbs`, :func:`ray_indices_from_offsets`, and :func:`fastminerf.ops.texture.texture_lookup`, the
+torso layer's lookup) are plain PyTorch only."""
 from .compositing import CompositeResult, composite, composite_reference, distortion_loss, ray_indices_from_offsets
 from .hash_grid import (
     HashGridLevels,
