@@ -4,8 +4,9 @@ an expression-transfer video, evaluation tables and a contact sheet, in a few mi
 :func:`run_demo` is what ``fastminerf demo`` runs. Steps, all written under ``out_dir``:
 
 1. ``data/``: :func:`fastminerf.data.synth.generate` writes ``n_identities`` procedural heads (``train``,
-   ``val`` and ``novel`` splits; ``novel`` shows an expression region the identity never shows in ``train``)
-   and ``contact_sheet.png``. The last identity is held out of generic training.
+   ``val`` and ``novel`` splits; ``novel`` shows an expression region the identity never shows in ``train``);
+   :func:`fastminerf.data.synth.contact_sheet` tiles them into ``contact_sheet.png`` beside ``data/``. The last
+   identity is held out of generic training.
 2. ``generic/``: :func:`fastminerf.train.train` on the other identities with the ``config`` preset, limited to
    ``train_share`` of the time budget.
 3. ``personal/``: :func:`fastminerf.train.personalize` adds the held-out head from its ``train`` split, limited to
