@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-import fastminerf
 from fastminerf import HashGridEncoding, _native
 from fastminerf.ops.hash_grid import (
     hash_encode,

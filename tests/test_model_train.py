@@ -47,10 +47,6 @@ def tiny_data(tmp_path_factory):
     return root
 
 
-def _identity_dirs(root, names):
-    return [root / n for n in names]
-
-
 def _two(tiny_data):
     return sorted(p for p in tiny_data.iterdir() if p.is_dir())[:2]
 
