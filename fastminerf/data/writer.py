@@ -1,8 +1,11 @@
-"""Writing the layout of ``DATASET.md``: frame images, frame records and ``transforms_<split>.json``.
+"""Writing the layout of ``DATASET.md``: frame images, frame records, ``transforms_<split>.json`` and
+``landmarks.npz``.
 
 The one place that knows how the writers of the layout (the procedural generator :mod:`fastminerf.data.synth`
-and the video preparation :mod:`fastminerf.prepare`) put files on disk. Files that mark progress are written
-atomically (a temporary file renamed over the target), so an interrupted writer never leaves half a JSON file.
+and the video preparation :mod:`fastminerf.prepare`) put these files on disk; the soundtrack ``audio.wav`` is
+written elsewhere, by :func:`fastminerf.audio.write_wav` (synth) and :func:`fastminerf.prepare.video.extract_audio`
+(prepare). Files that mark progress are written atomically (a temporary file renamed over the target), so an
+interrupted writer never leaves half a JSON file.
 """
 
 from __future__ import annotations
