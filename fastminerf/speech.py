@@ -601,17 +601,17 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def speech_metrics(model: SpeechModel, clips: Sequence[SpeechClip], splits: Sequence[str],
-                   baseline_mean: Optional[np.ndarray] = None, basis=None) -> Dict[str, object]:
+                   basis=None) -> Dict[str, object]:
     """Scores of ``model`` on the frames of ``splits`` of each clip (predictions smoothed as :func:`predict_expressions`
     smooths them, per split in time order).
 
     Per identity and over all frames: ``r2``, one minus the squared error of the coefficients over that of always
-    predicting ``baseline_mean`` (default the model's training mean): 0 is the mean's score, 1 exact; ``mouth_corr``,
+    predicting the model's training mean: 0 is the mean's score, 1 exact; ``mouth_corr``,
     the correlation between predicted and tracked :func:`mouth_opening` (None where the space does not say), and
     ``frames``.
     """
     splits = as_list(splits)
-    base = model.net.mean.numpy() if baseline_mean is None else np.asarray(baseline_mean, np.float32)
+    base = model.net.mean.numpy()
     per: Dict[str, Dict[str, object]] = {}
     all_p, all_t = [], []
     for c in clips:
