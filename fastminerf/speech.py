@@ -605,10 +605,11 @@ def speech_metrics(model: SpeechModel, clips: Sequence[SpeechClip], splits: Sequ
     """Scores of ``model`` on the frames of ``splits`` of each clip (predictions smoothed as :func:`predict_expressions`
     smooths them, per split in time order).
 
-    Per identity and over all frames: ``r2``, one minus the squared error of the coefficients over that of always
-    predicting the model's training mean: 0 is the mean's score, 1 exact; ``mouth_corr``,
-    the correlation between predicted and tracked :func:`mouth_opening` (None where the space does not say), and
-    ``frames``.
+    Returns ``{"splits": [...], "identities": {name: scores}, "all": scores}``, scores over an identity's frames and
+    over all frames: ``r2``, one minus the squared error of the coefficients over that of always predicting the
+    model's training mean (0 is the mean's score, 1 exact); ``mouth_r2``, the same for the mouth's opening
+    (:func:`mouth_opening`); ``mouth_corr``, the correlation between predicted and tracked mouth opening (both None
+    where the space does not say); and ``frames``.
     """
     splits = as_list(splits)
     base = model.net.mean.numpy()
