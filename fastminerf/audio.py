@@ -13,7 +13,6 @@ Pure functions on numpy arrays plus two small WAV helpers (the standard library'
 
 from __future__ import annotations
 
-import os
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,14 +83,14 @@ def read_wav(path: PathLike) -> Audio:
 
 def write_wav(path: PathLike, audio: Audio) -> Path:
     """Write :class:`Audio` as a mono 16-bit PCM WAV file, atomically (a temporary name, then a rename)."""
+    from .data.writer import replaced_atomically
+
     out = Path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    with wave.open(str(tmp), "wb") as w:
+    with replaced_atomically(out) as tmp, wave.open(str(tmp), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(int(audio.rate))
         w.writeframes(np.ascontiguousarray(audio.samples, dtype="<i2").tobytes())
-    os.replace(tmp, out)
     return out
 
 

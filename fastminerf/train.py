@@ -52,7 +52,7 @@ from .config import RunConfig, as_list, dump_config, parse_config_text
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
-from .data.writer import json_text
+from .data.writer import json_text, replaced_atomically
 from .model import MINeRF
 
 __all__ = [
@@ -128,15 +128,12 @@ def save_checkpoint(path: PathLike, payload: dict, what: str = "checkpoint") -> 
     (without it a crash of the machine soon after the rename can leave an empty file under the name), then
     ``os.replace``. A write that fails raises an ``OSError`` naming ``what`` and the file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
+    try:  # a half-written file goes (on a full disk it holds what the next save needs)
+        with replaced_atomically(path) as tmp, open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:  # the half-written file goes (on a full disk it holds what the next save needs)
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
         if isinstance(exc, (OSError, RuntimeError)):  # torch reports a write that ran out of space as a RuntimeError
             kept = f"; {path} is kept as it was" if path.exists() else ""
             code = getattr(exc, "errno", None)
@@ -460,13 +457,8 @@ def _truncate_log(log: Path, step: int) -> Optional[dict]:
                 last = record
         except (ValueError, KeyError, TypeError):
             continue  # a line cut by the interruption
-    tmp = log.with_name(log.name + ".tmp")  # renamed over it: an interruption now leaves the whole log, not half
-    try:
+    with replaced_atomically(log) as tmp:  # an interruption now leaves the whole log, not half
         tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, log)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return last
 
 

@@ -494,3 +494,21 @@ def test_json_text_takes_numpy_numbers_and_arrays():
     data = {"psnr": np.float32(25.5), "lmd": np.float32("nan"), "n": np.int64(3), "ok": np.bool_(True),
             "per_frame": np.array([1.0, np.inf], dtype=np.float32)}
     assert json.loads(json_text(data)) == {"psnr": 25.5, "lmd": None, "n": 3, "ok": True, "per_frame": [1.0, None]}
+
+
+def test_replaced_atomically_keeps_the_earlier_file_and_no_temporary_one_when_the_write_fails(tmp_path):
+    # The layout's JSON, landmarks, basis, WAV, track and checkpoint writers all go through it: a write that raises
+    # (a full disk, an interruption) left its temporary file beside the target in four of them.
+    from fastminerf.data.writer import replaced_atomically
+
+    target = tmp_path / "landmarks.npz"
+    target.write_bytes(b"earlier")
+    with pytest.raises(KeyboardInterrupt):
+        with replaced_atomically(target, ".tmp.npz") as tmp:
+            np.savez(tmp, x=np.zeros(3))
+            assert tmp.exists() and tmp.name == "landmarks.npz.tmp.npz"  # np.savez keeps a name ending in .npz
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"earlier" and list(tmp_path.iterdir()) == [target]
+    with replaced_atomically(target, ".tmp.npz") as tmp:
+        np.savez(tmp, x=np.arange(3))
+    assert list(np.load(target)["x"]) == [0, 1, 2] and list(tmp_path.iterdir()) == [target]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -22,6 +23,21 @@ from .layout import LANDMARKS_FILE
 __all__ = ["frame_record", "json_text", "write_json", "write_landmarks", "write_png", "write_transforms"]
 
 PathLike = Union[str, Path]
+
+
+@contextmanager
+def replaced_atomically(path: PathLike, tmp_suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary name beside ``path`` (``<name><tmp_suffix>``: end it in ``.npz`` for ``np.savez``, which
+    appends that suffix otherwise) for the caller to write; renamed over ``path`` when the block ends, removed when
+    it raises (an interruption or a full disk leaves the earlier file whole and no temporary one)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + tmp_suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_png(path: PathLike, img: np.ndarray, level: int = 1) -> None:
@@ -56,19 +72,17 @@ def write_json(path: PathLike, data: object, indent: Optional[int] = 1) -> Path:
     """Write ``data`` as JSON atomically: to ``<path>.tmp``, then renamed over ``path``; floats that are not finite
     as ``null`` (:func:`json_text`)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json_text(data, indent))
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(json_text(data, indent))
     return path
 
 
 def write_landmarks(folder: PathLike, frame_index: np.ndarray, points: np.ndarray, visible: np.ndarray) -> Path:
     """Write an identity's ``landmarks.npz`` (see :class:`fastminerf.data.layout.Landmarks`) atomically."""
     path = Path(folder) / LANDMARKS_FILE
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, frame_index=np.asarray(frame_index, dtype=np.int64), points=np.asarray(points, dtype=np.float32),
-             visible=np.asarray(visible, dtype=bool))
-    os.replace(tmp, path)
+    with replaced_atomically(path, ".tmp.npz") as tmp:
+        np.savez(tmp, frame_index=np.asarray(frame_index, dtype=np.int64), points=np.asarray(points, dtype=np.float32),
+                 visible=np.asarray(visible, dtype=bool))
     return path
 
 

@@ -18,13 +18,13 @@ Dimension letters: B frames, K landmarks, S stable landmarks, E expression size.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..data.writer import replaced_atomically
 from .pose import evenly_spaced
 
 __all__ = ["BASIS_FILE", "ExpressionBasis", "fit_basis"]
@@ -103,11 +103,10 @@ class ExpressionBasis:
     def save(self, root: PathLike) -> Path:
         """Write ``root/expression_basis.npz`` atomically."""
         path = Path(root) / BASIS_FILE
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, format=BASIS_FORMAT, canonical=self.canonical, stable=self.stable, components=self.components,
-                 scale=self.scale, explained=self.explained, face_height=self.face_height,
-                 fitted_on=np.array(self.fitted_on, dtype=str))
-        os.replace(tmp, path)
+        with replaced_atomically(path, ".tmp.npz") as tmp:
+            np.savez(tmp, format=BASIS_FORMAT, canonical=self.canonical, stable=self.stable, components=self.components,
+                     scale=self.scale, explained=self.explained, face_height=self.face_height,
+                     fitted_on=np.array(self.fitted_on, dtype=str))
         return path
 
     @classmethod

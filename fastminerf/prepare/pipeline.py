@@ -38,7 +38,7 @@ import numpy as np
 
 from ..config import PrepareConfig
 from ..data.layout import AUDIO_FILE, LANDMARKS_FILE
-from ..data.writer import frame_record, write_json, write_landmarks, write_png, write_transforms
+from ..data.writer import frame_record, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
 from ..metrics import rotation_gap_deg
 from . import background as _background
 from .contact_sheet import write_contact_sheet
@@ -315,9 +315,8 @@ def _track(info: VideoInfo, fps: float, cfg: PrepareConfig, work: Path, name: st
             lm[i] = f
     # Normalised coordinates of the tracked view -> source pixels (z scales like x).
     lm = lm * np.array([sw, sh, sw], dtype=np.float32) + np.array([x0, y0, 0], dtype=np.float32)
-    tmp = work / "track.tmp.npz"
-    np.savez(tmp, landmarks=lm)
-    tmp.replace(work / "track.npz")
+    with replaced_atomically(work / "track.npz", ".tmp.npz") as tmp:
+        np.savez(tmp, landmarks=lm)
     if progress is not None:
         progress("track", name, n, n)
     return {"frames": n, "region": None if region is None else list(region), "notes": [note] if note else []}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,8 +153,9 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration
     Raises:
         VideoError: the file has no audio track, or ffmpeg failed (its last message included).
     """
+    from ..data.writer import replaced_atomically
+
     out = Path(out_wav)
-    tmp = out.with_name(out.stem + ".tmp.wav")
     # aresample=first_pts=0: an audio stream that starts after the picture (a delay the container records, as screen
     # and phone recorders write) is padded with that much silence, so that the WAV starts at the video's start like
     # the decoded frames do (ffmpeg would otherwise write its first sample at 0 and pull the sound forward).
@@ -163,13 +163,11 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration
            "-af", "aresample=first_pts=0", "-acodec", "pcm_s16le"]
     if duration is not None:
         cmd += ["-t", f"{duration:.6f}"]
-    cmd.append(str(tmp))
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        if "does not contain any stream" in res.stderr:  # ffmpeg's last line ('Error opening output files') hides it
-            raise VideoError(f"{path}: has no audio track: no sound to extract")
-        msg = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit status {res.returncode}"
-        raise VideoError(f"{path}: cannot extract the audio ({msg})")
-    os.replace(tmp, out)
+    with replaced_atomically(out, ".tmp.wav") as tmp:  # ffmpeg takes the format from the suffix
+        res = subprocess.run(cmd + [str(tmp)], capture_output=True, text=True)
+        if res.returncode != 0:
+            if "does not contain any stream" in res.stderr:  # ffmpeg's last line ('Error opening output files') hides it
+                raise VideoError(f"{path}: has no audio track: no sound to extract")
+            msg = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit status {res.returncode}"
+            raise VideoError(f"{path}: cannot extract the audio ({msg})")
     return out
