@@ -1,5 +1,5 @@
-"""The one backend switch: which implementation computes the encoding, the occupancy grid / marcher and the fused
-MLP heads.
+"""The one backend switch: which implementation computes the encoding, the occupancy grid / marcher, the fused
+MLP heads and the volume compositing.
 
 Values: ``auto`` | ``native`` | ``torch`` | ``tcnn`` | ``nerfacc``.
 
@@ -8,9 +8,11 @@ Values: ``auto`` | ``native`` | ``torch`` | ``tcnn`` | ``nerfacc``.
 - ``tcnn``: the hash encoding through tiny-cuda-nn (CUDA only); everything else native.
 - ``nerfacc``: the occupancy grid and ray marcher through nerfacc (CUDA only); everything else native.
 
-The heads (component ``head``: one hidden layer, the per-ray conditioning added to it) have no outside library:
-tiny-cuda-nn's fused MLPs take no per-ray input. They run native wherever the extension has kernels for the
-device, and as torch ops with ``torch`` or without a build.
+The heads (component ``head``: one hidden layer, the per-ray conditioning added to it) and the compositing (component
+``composite``, set by the model's ``grid_backend`` with the marcher whose samples it sums) have no outside library:
+tiny-cuda-nn's fused MLPs take no per-ray input, and the samples are composited by our own op whichever marcher made
+them. They run native wherever the extension has kernels for the device, and as torch ops with ``torch`` or without
+a build.
 - ``auto``: on a CUDA device, tiny-cuda-nn and nerfacc where installed and importable (one that is installed but
   fails to import, or too old, is skipped with a warning); otherwise native where compiled for the device;
   otherwise the torch reference. Never an outside library for a tensor off CUDA.
@@ -28,7 +30,7 @@ import torch
 from . import _native
 
 BACKENDS = ("auto", "native", "torch", "tcnn", "nerfacc")
-COMPONENTS = ("encoding", "grid", "head")
+COMPONENTS = ("encoding", "grid", "head", "composite")
 
 log = logging.getLogger("fastminerf")
 
@@ -67,14 +69,14 @@ def native_for(device: torch.device) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def resolve(backend: str, component: str, device_type: str) -> str:
-    """Resolve ``backend`` for ``component`` ("encoding", "grid" or "head") on ``device_type`` to the implementation
+    """Resolve ``backend`` for ``component`` ("encoding", "grid", "head" or "composite") on ``device_type`` to the implementation
     that runs: "native", "torch", "tcnn" or "nerfacc". Raises :class:`BackendError` when it cannot run."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if component not in COMPONENTS:
         raise ValueError(f"unknown component {component!r}")
     device = torch.device(device_type)
-    outside = {"encoding": "tcnn", "grid": "nerfacc", "head": None}[component]
+    outside = {"encoding": "tcnn", "grid": "nerfacc", "head": None, "composite": None}[component]
     module = {"tcnn": "tinycudann", "nerfacc": "nerfacc", None: None}[outside]
     if backend == "auto":
         reason = _unusable(module) if device.type == "cuda" and outside is not None else "not for this device"
@@ -94,8 +96,8 @@ def resolve(backend: str, component: str, device_type: str) -> str:
         choice = backend
     elif backend == "torch":
         choice = "torch"
-    elif component == "head" and backend in ("tcnn", "nerfacc") and not native_for(device):
-        choice = "torch"  # the heads have no outside library; without native kernels they stay torch ops
+    elif outside is None and backend in ("tcnn", "nerfacc") and not native_for(device):
+        choice = "torch"  # the heads and compositing have no outside library; without native kernels they stay torch
     else:  # "native", or the other outside library's name: this component stays native
         if not native_for(device):
             if device.type == "cpu" or not _native.available():

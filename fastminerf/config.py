@@ -594,7 +594,8 @@ class ModelConfig:
     """Cascades of the occupancy grid."""
 
     grid_backend: str = "auto"
-    """Occupancy-grid / marcher backend: auto, native, torch, nerfacc."""
+    """Occupancy-grid / marcher backend: auto, native, torch, nerfacc; the compositing of the marched samples follows
+    it (native, or torch with ``torch`` or without a build: nerfacc's samples are composited by our own op)."""
 
     render_steps: int = 256
     """Ray-marching step = the box diagonal divided by this (``sqrt(3) * side / render_steps``)."""

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from . import _native
+from .backend import resolve
 from .config import ModelConfig
 from .data.layout import DEFAULT_AABB
 from .field import MINeRFField
@@ -291,8 +291,9 @@ class MINeRF(nn.Module):
         return ((points - lo) / (hi - lo)).clamp(0.0, 1.0)
 
     def _composite_backend(self, device: torch.device) -> str:
-        native = _native.available() if device.type == "cpu" else _native.has_cuda()
-        return "native" if native else "torch"
+        """The compositing backend: the marcher's key (``grid_backend``), resolved by the one switch (``torch`` gives
+        the reference; it chose native wherever the extension loaded, whatever the config said)."""
+        return resolve(self.cfg.grid_backend, "composite", device.type)
 
     def _render(self, origins, directions, near, far, cond, identity, background,
                 distortion: bool = False) -> Dict[str, torch.Tensor]:

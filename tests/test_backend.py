@@ -142,3 +142,19 @@ def test_native_on_a_device_without_native_kernels_does_not_ask_for_a_cuda_build
         assert "CUDA build" not in message and "built without CUDA" not in message
         assert device in message and "cpu" in message.lower() and "backend='torch'" in message
     assert B.resolve("auto", "encoding", device) == "torch"
+
+
+def test_compositing_follows_the_models_grid_backend():
+    # MINeRF composited natively wherever the extension loaded, whatever the config said: a model set to the torch
+    # reference (model.grid_backend=torch) still summed its samples with the C++ kernel. Compositing is a component of
+    # the one switch now, set by the marcher's key.
+    import torch
+
+    from fastminerf import MINeRF, load_config
+
+    assert B.resolve("torch", "composite", "cpu") == "torch"
+    assert B.resolve("nerfacc", "composite", "cpu") in ("native", "torch")  # no outside library composites
+    for backend, expect in (("torch", "torch"), ("auto", B.resolve("auto", "composite", "cpu"))):
+        cfg = load_config("tiny", [f"model.grid_backend={backend}"])
+        model = MINeRF(cfg.model, expression_dim=4, identity_names=["a"], frame_identity=[0])
+        assert model._composite_backend(torch.device("cpu")) == expect
