@@ -404,3 +404,18 @@ def test_the_prepare_table_names_each_video_whole_in_a_log(tmp_path, capsys, mon
     for i, name in enumerate(names):
         row = [line for line in lines if f" {name} " in line]
         assert len(row) == 1 and f"{200 + i}" in row[0] and f"160/20/{20 + i}" in row[0], (name, lines)
+
+
+def test_one_video_given_as_a_str_or_a_path_is_one_video(tmp_path, head_frames):
+    """A script preparing its videos one at a time passes one path: a str was taken as a sequence of one-letter
+    paths ('/ and / would both become identity ...'), a Path raised TypeError ('not iterable'). One path is one
+    video, as train's data paths and load_dataset take one folder."""
+    from fastminerf.prepare import prepare
+
+    cfg = PrepareConfig(size=64, expression_dim=4, min_frames=5)
+    video = _write_video(tmp_path / "solo.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    for one in (str(video), video):
+        result = prepare(one, tmp_path / "data", cfg)
+        assert [(v.name, v.video, v.status) for v in result.videos] == [("solo", video, result.videos[0].status)]
+        assert result.videos[0].status in ("done", "skipped"), result.videos[0].error
+    assert (tmp_path / "data" / "solo" / "transforms_train.json").is_file()

@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..config import PrepareConfig
+from ..config import PrepareConfig, as_list
 from ..data.layout import AUDIO_FILE, LANDMARKS_FILE
 from ..data.writer import frame_record, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
 from ..metrics import rotation_gap_deg
@@ -490,7 +490,7 @@ def _names(videos: Sequence[Path]) -> List[str]:
 
 
 def prepare(
-    videos: Sequence[PathLike],
+    videos: Union[PathLike, Sequence[PathLike]],
     out_dir: PathLike,
     cfg: PrepareConfig = PrepareConfig(),
     progress: Optional[ProgressFn] = None,
@@ -498,7 +498,8 @@ def prepare(
     """Turn talking-face videos into identity folders of the shared layout, with one shared expression space.
 
     Args:
-        videos: video files (mp4, mov, webm, ...); each becomes ``out_dir/<file name without suffix>/``.
+        videos: video files (mp4, mov, webm, ...), or one (a str or Path); each becomes
+            ``out_dir/<file name without suffix>/``.
         out_dir: the dataset root (created when missing). An ``expression_basis.npz`` already there is reused.
         cfg: settings (:class:`fastminerf.config.PrepareConfig`).
         progress: ``progress(stage, video_name, done, total)``.
@@ -524,7 +525,7 @@ def prepare(
     if cfg.max_frames is not None and cfg.max_frames < 1:
         raise PrepareError(f"max_frames must be at least 1 (or None for all frames), got {cfg.max_frames}")
     require_mediapipe()  # fail once, before any video, when it is missing
-    paths = [Path(v) for v in videos]
+    paths = [Path(v) for v in as_list(videos, (str, Path))]  # one path (str or Path) is one video
     if not paths:
         raise PrepareError("no videos given")
     names = _names(paths)
