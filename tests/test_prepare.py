@@ -757,3 +757,36 @@ def test_a_phone_video_with_a_rotation_tag_decodes_upright_and_quietly(tmp_path,
     assert np.abs(frames[0].astype(np.float64) - upright).mean() < 4.0
     assert np.abs(frames[0].astype(np.float64) - np.rot90(stored.astype(np.float64), -1)).mean() > 40.0
     assert [r.getMessage() for r in caplog.records if r.name.startswith("imageio")] == []
+
+
+def test_native_stderr_comes_back_after_trackers_started_in_two_threads():
+    """A batch script preparing into two roots from two threads: each tracker's start-up sends file descriptor 2 to
+    /dev/null and puts back what it found there. When the second thread's quiet block began inside the first's, it
+    found /dev/null and put that back last: every later error, warning and traceback of the process vanished
+    (and mediapipe's start-up lines reached the terminal through the first's early restore). Overlapping blocks
+    end with descriptor 2 where it was before the first."""
+    import threading
+
+    from fastminerf.prepare.tracking import _native_stderr_quiet
+
+    def where() -> tuple:
+        st = os.fstat(2)
+        return st.st_dev, st.st_ino
+
+    before = where()
+    inside, leave = threading.Event(), threading.Event()
+
+    def first():
+        with _native_stderr_quiet():
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert inside.wait(10)
+    with _native_stderr_quiet():  # starts inside the first block, ends after it
+        leave.set()
+        t.join(10)
+        null = os.stat(os.devnull)
+        assert where() == (null.st_dev, null.st_ino)  # still quiet: the other block is open
+    assert where() == before

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
@@ -68,24 +69,42 @@ def require_mediapipe() -> Any:
     return mp
 
 
+_QUIET_LOCK = threading.Lock()
+_quiet = {"depth": 0, "saved": None}
+"""Blocks of :func:`_native_stderr_quiet` open now (in any thread), and the descriptor 2 found before the first."""
+
+
 @contextlib.contextmanager
 def _native_stderr_quiet() -> Iterator[None]:
     """Send what native code writes to file descriptor 2 to /dev/null for the block (Python's own ``sys.stderr``
     is flushed first and restored after). mediapipe's C++ (TensorFlow Lite, absl) prints INFO and WARNING lines
-    there when a graph starts and on its first frame, whatever ``GLOG_minloglevel`` says."""
+    there when a graph starts and on its first frame, whatever ``GLOG_minloglevel`` says.
+
+    Descriptor 2 belongs to the process: blocks that overlap (trackers started in two threads) share one
+    redirection, made by the first to begin and undone by the last to end, so that descriptor 2 comes back to what
+    it was before the first (each putting back what it found would leave /dev/null there for good)."""
+    with _QUIET_LOCK:
+        if _quiet["depth"] == 0:
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+            except (OSError, ValueError, AttributeError):  # no real descriptor 2 (e.g. an embedded interpreter)
+                saved = None
+            else:
+                with open(os.devnull, "wb") as null:
+                    os.dup2(null.fileno(), 2)
+            _quiet["saved"] = saved
+        _quiet["depth"] += 1
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no real descriptor 2 (e.g. an embedded interpreter)
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        with _QUIET_LOCK:
+            _quiet["depth"] -= 1
+            saved = _quiet["saved"]
+            if _quiet["depth"] == 0 and saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+                _quiet["saved"] = None
 
 
 class _Solution:
