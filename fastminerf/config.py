@@ -31,6 +31,7 @@ Components:
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -238,8 +239,8 @@ class PrepareConfig:
     side is at most this."""
 
     basis: Optional[str] = None
-    """An ``expression_basis.npz`` from an earlier prepare (of the data a model was trained on) to put these videos
-    in the same expression space when ``out`` is another folder; None fits one, or reuses ``out``'s."""
+    """An ``expression_basis.npz`` (a str or path) from an earlier prepare (of the data a model was trained on) to put
+    these videos in the same expression space when ``out`` is another folder; None fits one, or reuses ``out``'s."""
 
     track_region_scale: float = 5.0
     """Where the face found in the first frames (searched in tiles when the detector misses it in the whole
@@ -295,6 +296,12 @@ class PrepareConfig:
     overwrite: bool = False
     """Prepare again the videos whose folders an earlier prepare wrote with other settings (otherwise that is an
     error). Folders that prepare did not write are never touched."""
+
+    def __post_init__(self) -> None:
+        # A script names the basis as a Path (root / 'expression_basis.npz'): kept as one, it reached prepare.json's
+        # settings at the very end and failed the whole batch there ('PosixPath is not JSON serializable').
+        if self.basis is not None and not isinstance(self.basis, str):
+            object.__setattr__(self, "basis", os.fspath(self.basis))
 
 
 @dataclass(frozen=True)

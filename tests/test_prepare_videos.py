@@ -419,3 +419,25 @@ def test_one_video_given_as_a_str_or_a_path_is_one_video(tmp_path, head_frames):
         assert [(v.name, v.video, v.status) for v in result.videos] == [("solo", video, result.videos[0].status)]
         assert result.videos[0].status in ("done", "skipped"), result.videos[0].error
     assert (tmp_path / "data" / "solo" / "transforms_train.json").is_file()
+
+
+def test_a_basis_given_as_a_path_joins_its_space(tmp_path, head_frames):
+    """PrepareConfig(basis=root / 'expression_basis.npz'), the natural spelling in a script: every frame was tracked,
+    cropped and posed, then writing prepare.json (its settings) raised 'TypeError: Object of type PosixPath is not
+    JSON serializable' for the whole batch, and a rerun did the last stage again and failed the same way. The
+    config holds the basis as the str its field is typed as."""
+    import json
+
+    from fastminerf.prepare import prepare
+    from fastminerf.prepare.expression import BASIS_FILE, ExpressionBasis
+
+    cfg = dict(size=64, expression_dim=4, min_frames=5)
+    first = _write_video(tmp_path / "first.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    later = _write_video(tmp_path / "later.mp4", head_frames[12:24], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    assert prepare([first], tmp_path / "data", PrepareConfig(**cfg)).videos[0].status == "done"
+    basis = tmp_path / "data" / BASIS_FILE
+    joined = prepare([later], tmp_path / "new", PrepareConfig(**cfg, basis=basis))
+    assert joined.videos[0].status == "done", joined.videos[0].error
+    assert joined.basis_reused and joined.expression_space == ExpressionBasis.load(tmp_path / "data").space_id
+    assert json.loads((tmp_path / "new" / "later" / "prepare.json").read_text())["settings"]["basis"] == str(basis)
+    assert PrepareConfig(basis=basis).basis == str(basis)
