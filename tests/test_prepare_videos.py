@@ -441,3 +441,35 @@ def test_a_basis_given_as_a_path_joins_its_space(tmp_path, head_frames):
     assert joined.basis_reused and joined.expression_space == ExpressionBasis.load(tmp_path / "data").space_id
     assert json.loads((tmp_path / "new" / "later" / "prepare.json").read_text())["settings"]["basis"] == str(basis)
     assert PrepareConfig(basis=basis).basis == str(basis)
+
+
+def test_two_prepares_into_one_root_at_once_share_one_expression_space(tmp_path, head_frames, monkeypatch):
+    """A batch script sharing its videos between threads (or a job array) preparing into one root: each prepare found
+    no basis there, fitted its own and saved it over the other's. Both reported 'done', the root held two expression
+    spaces (load_dataset and train refused it) and the first people's transforms named a space whose basis was gone.
+    The basis is created only where none is; a prepare that finds one saved meanwhile projects onto that one. The
+    other prepare is run here between this one's fit and its save."""
+    from fastminerf.data import load_dataset
+    from fastminerf.prepare import pipeline, prepare
+    from fastminerf.prepare.expression import ExpressionBasis
+
+    cfg = PrepareConfig(size=64, expression_dim=4, min_frames=5)
+    first = _write_video(tmp_path / "first.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    other = _write_video(tmp_path / "other.mp4", head_frames[12:24], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    root = tmp_path / "data"
+    fit, meanwhile = pipeline._fit_basis, []
+
+    def fit_while_another_prepares(ready, state, config):
+        basis = fit(ready, state, config)
+        if not meanwhile:
+            meanwhile.append(None)
+            meanwhile[0] = prepare([other], root, cfg)  # saves its basis first
+        return basis
+
+    monkeypatch.setattr(pipeline, "_fit_basis", fit_while_another_prepares)
+    result = prepare([first], root, cfg)
+    assert result.videos[0].status == meanwhile[0].videos[0].status == "done"
+    kept = ExpressionBasis.load(root)
+    assert kept.fitted_on == ("other",) and result.basis_reused and not meanwhile[0].basis_reused
+    assert result.expression_space == meanwhile[0].expression_space == kept.space_id
+    assert load_dataset(root).expression_space == kept.space_id

@@ -18,13 +18,14 @@ Dimension letters: B frames, K landmarks, S stable landmarks, E expression size.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..data.writer import replaced_atomically
 from .pose import evenly_spaced
 
 __all__ = ["BASIS_FILE", "ExpressionBasis", "fit_basis"]
@@ -100,14 +101,32 @@ class ExpressionBasis:
         c = np.asarray(coefficients, dtype=np.float64)
         return (c * self.scale @ self.components).reshape(len(c), -1, 3)
 
-    def save(self, root: PathLike) -> Path:
-        """Write ``root/expression_basis.npz`` atomically."""
+    def save(self, root: PathLike, exclusive: bool = False) -> Path:
+        """Write ``root/expression_basis.npz`` atomically (through a temporary file of this process and thread).
+
+        ``exclusive``: only where none is: :class:`FileExistsError` when the root holds one already, also one that
+        another prepare into the same root (a thread, a job of an array) saved since this one looked, which is then
+        left as it is (one root holds one expression space)."""
         path = Path(root) / BASIS_FILE
-        with replaced_atomically(path, ".tmp.npz") as tmp:
-            np.savez(tmp, format=BASIS_FORMAT, canonical=self.canonical, stable=self.stable, components=self.components,
-                     scale=self.scale, explained=self.explained, face_height=self.face_height,
-                     fitted_on=np.array(self.fitted_on, dtype=str))
-        return path
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
+        try:
+            np.savez(tmp, format=BASIS_FORMAT, canonical=self.canonical, stable=self.stable,
+                     components=self.components, scale=self.scale, explained=self.explained,
+                     face_height=self.face_height, fitted_on=np.array(self.fitted_on, dtype=str))
+            if not exclusive:
+                os.replace(tmp, path)
+                return path
+            try:
+                os.link(tmp, path)  # atomic, and refused (FileExistsError) when the name exists
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links: replace, unless one appeared
+                if path.exists():
+                    raise FileExistsError(f"{path} exists") from None
+                os.replace(tmp, path)
+            return path
+        finally:
+            tmp.unlink(missing_ok=True)  # linked, or left by an error or an interruption
 
     @classmethod
     def load(cls, root: PathLike) -> "ExpressionBasis":

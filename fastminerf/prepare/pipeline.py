@@ -560,17 +560,21 @@ def prepare(
     if not ready:
         return PrepareResult(root, results, basis_path if stored else None, stored)
     t0 = time.perf_counter()
-    if stored:
-        basis = ExpressionBasis.load(root)
-        reused = not basis.fitted_on or not {r.name for r in ready} <= set(basis.fitted_on)
-    else:
-        reused = False
+    basis = None
+    if not stored:
         if progress is not None:
             progress("basis", "", 0, 1)
-        basis = _fit_basis(ready, state, cfg)
-        basis.save(root)
+        fitted = _fit_basis(ready, state, cfg)
+        try:
+            fitted.save(root, exclusive=True)
+            basis, reused = fitted, False
+        except FileExistsError:  # another prepare into this root (a thread, a job) saved its own meanwhile: use it
+            pass
         if progress is not None:
             progress("basis", "", 1, 1)
+    if basis is None:
+        basis = ExpressionBasis.load(root)
+        reused = not basis.fitted_on or not {r.name for r in ready} <= set(basis.fitted_on)
     basis_seconds = time.perf_counter() - t0
     basis_id = {"file": BASIS_FILE, "canonical_sum": float(np.abs(basis.canonical).sum()), "dim": basis.dim,
                 "space": basis.space_id}
