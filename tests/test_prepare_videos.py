@@ -473,3 +473,17 @@ def test_two_prepares_into_one_root_at_once_share_one_expression_space(tmp_path,
     assert kept.fitted_on == ("other",) and result.basis_reused and not meanwhile[0].basis_reused
     assert result.expression_space == meanwhile[0].expression_space == kept.space_id
     assert load_dataset(root).expression_space == kept.space_id
+
+
+def test_a_relative_video_name_with_a_colon_is_read_as_that_file(tmp_path, head_frames, monkeypatch):
+    """ffmpeg reads a name that starts with one of its protocols and a colon ('file:', 'pipe:', 'data:', 'concat:')
+    as that protocol: a video in the working folder called 'file:take 2.mp4', given by its relative name, failed with
+    'No such file or directory' though it is there. The videos are handed to ffmpeg by their absolute paths (the
+    messages keep the name given)."""
+    from fastminerf.prepare import prepare
+
+    monkeypatch.chdir(tmp_path)
+    _write_video(tmp_path / "file:take 2.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    v = prepare(["file:take 2.mp4"], "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert (v.name, v.status, v.error, v.frames_used) == ("file:take 2", "done", None, 12)
+    assert v.out_dir == Path("data") / "file:take 2" and (tmp_path / v.out_dir / "transforms_train.json").is_file()

@@ -75,6 +75,12 @@ def _ffmpeg() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def _input(path: PathLike) -> str:
+    """``path`` as ffmpeg's input: absolute, so that a name that starts with one of ffmpeg's protocols and a colon
+    (``file:take 2.mp4``, ``pipe:1.mp4``, ``concat:...``) is read as the file it names, not through that protocol."""
+    return str(Path(path).absolute())
+
+
 def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
     """Size, frame rate, duration and whether there is audio, or :class:`VideoError` naming the file.
 
@@ -87,7 +93,7 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
         raise VideoError(f"{p}: no such video file")
     try:
         with _quiet_imageio_ffmpeg():
-            gen = imageio_ffmpeg.read_frames(str(p), output_params=["-vf", SQUARE_PIXELS])
+            gen = imageio_ffmpeg.read_frames(_input(p), output_params=["-vf", SQUARE_PIXELS])
             meta = next(gen)
         gen.close()
     except (OSError, RuntimeError, StopIteration) as exc:
@@ -136,7 +142,7 @@ def read_frames(
     if max_frames is not None:
         out += ["-frames:v", str(int(max_frames))]
     with _quiet_imageio_ffmpeg():
-        gen = imageio_ffmpeg.read_frames(str(path), output_params=out)
+        gen = imageio_ffmpeg.read_frames(_input(path), output_params=out)
         meta = next(gen)
     w, h = meta["size"]
     try:
@@ -159,7 +165,7 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration
     # aresample=first_pts=0: an audio stream that starts after the picture (a delay the container records, as screen
     # and phone recorders write) is padded with that much silence, so that the WAV starts at the video's start like
     # the decoded frames do (ffmpeg would otherwise write its first sample at 0 and pull the sound forward).
-    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-i", str(path), "-vn", "-ac", "1", "-ar", str(int(rate)),
+    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-i", _input(path), "-vn", "-ac", "1", "-ar", str(int(rate)),
            "-af", "aresample=first_pts=0", "-acodec", "pcm_s16le"]
     if duration is not None:
         cmd += ["-t", f"{duration:.6f}"]
