@@ -790,3 +790,34 @@ def test_native_stderr_comes_back_after_trackers_started_in_two_threads():
         null = os.stat(os.devnull)
         assert where() == (null.st_dev, null.st_ino)  # still quiet: the other block is open
     assert where() == before
+
+
+def test_imageio_ffmpeg_warnings_stay_quiet_in_overlapping_reads_and_come_back_after(caplog):
+    """Two threads decoding at once (a batch script preparing two roots): each read set imageio-ffmpeg's logger to
+    ERROR and put back the level it found. The first read to end turned its warnings back on under the other
+    (library code printing 'the frame size for reading ... is different' lines), and the last put ERROR back for
+    good, silencing the user's own imageio-ffmpeg warnings for the rest of the process."""
+    import threading
+
+    from fastminerf.prepare.video import _quiet_imageio_ffmpeg
+
+    caplog.set_level(logging.WARNING, logger="imageio_ffmpeg")
+    log = logging.getLogger("imageio_ffmpeg")
+    level = log.level
+    inside, leave = threading.Event(), threading.Event()
+
+    def first():
+        with _quiet_imageio_ffmpeg():
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert inside.wait(10)
+    with _quiet_imageio_ffmpeg():  # starts inside the first read, ends after it
+        leave.set()
+        t.join(10)
+        log.warning("the frame size for reading differs")
+    assert log.level == level
+    log.warning("a warning of the user's own decode")
+    assert [r.getMessage() for r in caplog.records if r.name == "imageio_ffmpeg"] == ["a warning of the user's own decode"]

@@ -53,14 +53,23 @@ class VideoInfo:
 @contextlib.contextmanager
 def _quiet_imageio_ffmpeg():
     """imageio-ffmpeg warns on stderr whenever a decoded frame's size differs from the stream's stored size (a crop,
-    a resize, or a phone video's rotation tag, which ffmpeg applies); library code prints nothing."""
+    a resize, or a phone video's rotation tag, which ffmpeg applies); library code prints nothing.
+
+    A filter of the block's own, not the logger's level: reads that overlap (two threads) each add and remove theirs,
+    while a level put back by the first to end would let the other's warnings through, and the one put back by the
+    last would be the ERROR the other set, for good."""
     log = logging.getLogger("imageio_ffmpeg")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    errors_only = _ErrorsOnly()
+    log.addFilter(errors_only)
     try:
         yield
     finally:
-        log.setLevel(level)
+        log.removeFilter(errors_only)
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 SQUARE_PIXELS = "scale=w='if(gt(sar,0),round(iw*sar),iw)':h=ih,setsar=1"
