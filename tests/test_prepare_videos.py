@@ -217,6 +217,22 @@ def test_a_bad_rate_or_frame_limit_is_refused_up_front_naming_the_setting(tmp_pa
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("bad", [dict(expression_dim=0), dict(focal_factor=0.0), dict(focal_factor=-1.65),
+                                 dict(focal_factor=float("nan")), dict(crop_scale=float("nan")), dict(crop_scale=0.0)])
+def test_a_bad_expression_size_lens_or_crop_is_refused_before_any_video_is_tracked(tmp_path, head_frames, bad):
+    """``expression_dim=0`` (``--expression-dim 0``) was refused only once every video had been tracked and written,
+    ``focal_factor=0`` crashed there with a bare ZeroDivisionError (numpy's RuntimeWarnings printed before it), a
+    negative or NaN ``focal_factor`` wrote mirrored or NaN cameras as 'done', a NaN ``crop_scale`` crashed with
+    'cannot convert float NaN to integer'. They are refused up front, naming the setting, as fps is."""
+    from fastminerf.prepare import PrepareError, prepare
+
+    video = _write_video(tmp_path / "head.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    name = next(iter(bad))
+    with pytest.raises(PrepareError, match=f"{name} must be"):
+        prepare([video], tmp_path / "data", PrepareConfig(size=64, min_frames=5, **bad))
+    assert not (tmp_path / "data").exists()
+
+
 # ------------------------------------------------------------------------------------------------ splits
 
 

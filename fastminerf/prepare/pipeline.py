@@ -524,6 +524,13 @@ def prepare(
         raise PrepareError(f"fps must be a positive frame rate (or None for each video's own), got {cfg.fps}")
     if cfg.max_frames is not None and cfg.max_frames < 1:
         raise PrepareError(f"max_frames must be at least 1 (or None for all frames), got {cfg.max_frames}")
+    # Used only after tracking (the crop) or once every video is written (the basis, the cameras): a bad value
+    # failed there, after the work, or wrote broken cameras.
+    if cfg.expression_dim < 1:
+        raise PrepareError(f"expression_dim must be at least 1, got {cfg.expression_dim}")
+    for name in ("focal_factor", "crop_scale"):
+        if not (getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name))):
+            raise PrepareError(f"{name} must be a positive number, got {getattr(cfg, name)}")
     require_mediapipe()  # fail once, before any video, when it is missing
     paths = [Path(v) for v in as_list(videos, (str, Path))]  # one path (str or Path) is one video
     if not paths:
