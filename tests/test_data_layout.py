@@ -497,7 +497,7 @@ def test_json_text_takes_numpy_numbers_and_arrays():
 
 
 def test_replaced_atomically_keeps_the_earlier_file_and_no_temporary_one_when_the_write_fails(tmp_path):
-    # The layout's JSON, landmarks, basis, WAV, track and checkpoint writers all go through it: a write that raises
+    # The layout's JSON and landmarks, the WAV, track and checkpoint writers go through it: a write that raises
     # (a full disk, an interruption) left its temporary file beside the target in four of them.
     from fastminerf.data.writer import replaced_atomically
 
