@@ -13,13 +13,18 @@ from fastminerf.config import ConfigError, SpeechConfig, dump_config, load_confi
 # ------------------------------------------------------------------------------------------- presets, files
 
 
-@pytest.mark.parametrize("parent", ["cpuu", "missing.yaml", ""])
-def test_a_missing_parent_preset_names_the_file_that_extends_it(tmp_path, parent):
+def _refused_in_file(tmp_path, text: str, match: str) -> None:
+    """A config file holding ``text`` is a ConfigError matching ``match`` that names the file."""
     mine = tmp_path / "mine.yaml"
-    mine.write_text(f"extends: {parent}\ntrain:\n  steps: 5\n")
-    with pytest.raises(ConfigError, match="extends") as err:
+    mine.write_text(text)
+    with pytest.raises(ConfigError, match=match) as err:
         load_config(mine)
     assert str(mine) in str(err.value)
+
+
+@pytest.mark.parametrize("parent", ["cpuu", "missing.yaml", ""])
+def test_a_missing_parent_preset_names_the_file_that_extends_it(tmp_path, parent):
+    _refused_in_file(tmp_path, f"extends: {parent}\ntrain:\n  steps: 5\n", "extends")
 
 
 def test_a_preset_name_is_not_shadowed_by_a_folder_of_that_name(tmp_path, monkeypatch):
@@ -41,11 +46,7 @@ def test_a_preset_name_is_not_shadowed_by_a_folder_of_that_name(tmp_path, monkey
 ])
 def test_a_key_given_twice_in_a_file_is_refused_naming_the_file_and_key(tmp_path, text, key):
     # YAML kept the last of two 'train:' sections: the first one's steps were dropped without a word (40, the preset's)
-    mine = tmp_path / "mine.yaml"
-    mine.write_text(text)
-    with pytest.raises(ConfigError, match=f"duplicate key '{key}'") as err:
-        load_config(mine)
-    assert str(mine) in str(err.value)
+    _refused_in_file(tmp_path, text, f"duplicate key '{key}'")
 
 
 def test_a_key_overriding_a_yaml_merge_is_not_a_duplicate(tmp_path):
@@ -59,21 +60,14 @@ def test_a_key_overriding_a_yaml_merge_is_not_a_duplicate(tmp_path):
                                                 ("model:\n  feild", "n_levels", "model.field")])
 def test_a_misspelt_section_in_a_file_suggests_the_section(tmp_path, section, key, hint):
     # 'trian:' was answered with "did you mean train.lr?" (whatever it held), 'modle:' with no suggestion at all
-    mine = tmp_path / "mine.yaml"
     indent = "  " * (section.count(":") + 1)
-    mine.write_text(f"extends: tiny\n{section}:\n{indent}{key}: 5\n")
-    with pytest.raises(ConfigError, match=f"did you mean {hint}[,?]") as err:
-        load_config(mine)
-    assert str(mine) in str(err.value)
+    _refused_in_file(tmp_path, f"extends: tiny\n{section}:\n{indent}{key}: 5\n", f"did you mean {hint}[,?]")
 
 
 def test_a_string_field_left_empty_in_a_file_names_the_file_and_key(tmp_path):
     # `conditioning:` with nothing after it is YAML's null, which became the string "None"
-    mine = tmp_path / "mine.yaml"
-    mine.write_text("extends: tiny\nmodel:\n  field:\n    conditioning:\n")
-    with pytest.raises(ConfigError, match="model.field.conditioning: expected a string") as err:
-        load_config(mine)
-    assert str(mine) in str(err.value)
+    _refused_in_file(tmp_path, "extends: tiny\nmodel:\n  field:\n    conditioning:\n",
+                     "model.field.conditioning: expected a string")
 
 
 def test_a_section_given_a_value_names_the_section(tmp_path):
@@ -133,6 +127,13 @@ def test_a_string_field_refuses_null_and_collections(value):
 # ------------------------------------------------------------------------------------------- validation
 
 
+def _refused_naming_its_key(preset: str, override: str) -> None:
+    """``override`` (``section.key=value``) on ``preset`` is a ConfigError that names its dotted key."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(preset, [override])
+
+
 @pytest.mark.parametrize("override", [
     "model.render_steps=0",  # ZeroDivisionError when the model was built
     "model.occ_update_every=0",  # ZeroDivisionError at the first step
@@ -145,9 +146,7 @@ def test_a_string_field_refuses_null_and_collections(value):
     "train.personalize_steps=-1",
 ])
 def test_values_that_crash_training_are_refused_naming_the_key(override):
-    key = override.split("=")[0]
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config("tiny", [override])
+    _refused_naming_its_key("tiny", override)
 
 
 @pytest.mark.parametrize("override", [
@@ -158,18 +157,14 @@ def test_values_that_crash_training_are_refused_naming_the_key(override):
     "train.landmark_depth_tolerance=-0.1",  # smooth_l1's error at the first step, after loading the data
 ])
 def test_silently_misused_training_values_are_refused_before_training(override):
-    key = override.split("=")[0]
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config("video", [override])
+    _refused_naming_its_key("video", override)
 
 
 @pytest.mark.parametrize("override", ["sampler.mouth_fraction=1.5", "sampler.eye_fraction=-0.1",
                                       "sampler.face_fraction=2", "sampler.error_fraction=-1"])
 def test_sampler_fractions_are_refused_naming_the_key_before_training(override):
     # the sampler refused them only after the data had loaded, as 'mouth_fraction must be ...' without its section
-    key = override.split("=")[0]
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config("video", [override])
+    _refused_naming_its_key("video", override)
 
 
 @pytest.mark.parametrize("override", [
@@ -183,9 +178,7 @@ def test_sampler_fractions_are_refused_naming_the_key_before_training(override):
     "train.frame_code_reg=-1",
 ])
 def test_learning_rates_and_loss_weights_are_refused_when_negative_or_not_finite(override):
-    key = override.split("=")[0]
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config("tiny", [override])
+    _refused_naming_its_key("tiny", override)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -225,17 +218,12 @@ def test_sampler_and_data_counts_are_refused_naming_the_key_before_training(over
 def test_model_choices_and_ranges_are_refused_naming_the_key_before_training(override, tmp_path):
     # the model refused each only once the run had loaded its data and started its progress bar, most without the
     # key's section, some naming no key; and none named the YAML file a user had written it in
-    key = override.split("=")[0]
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config("tiny", [override])
+    _refused_naming_its_key("tiny", override)
+    key, value = override.split("=")
     *sections, leaf = key.split(".")
-    value = override.split("=")[1]
-    mine = tmp_path / "mine.yaml"
-    mine.write_text("extends: tiny\n" + "".join("  " * k + f"{s}:\n" for k, s in enumerate(sections))
-                    + "  " * len(sections) + f"{leaf}: {value}\n")
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
-        load_config(mine)
-    assert str(mine) in str(err.value)
+    text = ("extends: tiny\n" + "".join("  " * k + f"{s}:\n" for k, s in enumerate(sections))
+            + "  " * len(sections) + f"{leaf}: {value}\n")
+    _refused_in_file(tmp_path, text, key.replace(".", r"\."))
 
 
 def test_the_edges_of_the_model_choices_still_load():
@@ -280,11 +268,8 @@ def test_the_edges_of_the_training_weights_still_load():
 
 
 def test_a_bad_value_in_a_file_names_the_file_and_key(tmp_path):
-    mine = tmp_path / "mine.yaml"
-    mine.write_text("extends: tiny\nmodel:\n  occ_update_every: 0\n")
-    with pytest.raises(ConfigError, match=r"model\.occ_update_every must be >= 1") as err:
-        load_config(mine)
-    assert str(mine) in str(err.value)
+    _refused_in_file(tmp_path, "extends: tiny\nmodel:\n  occ_update_every: 0\n",
+                     r"model\.occ_update_every must be >= 1")
 
 
 def test_the_edges_of_the_checked_values_still_load():
@@ -297,11 +282,7 @@ def test_an_unknown_personalize_tune_is_refused_before_training(tmp_path):
     # only personalize checked it: a generic run trained for minutes, then its personalisation failed
     with pytest.raises(ConfigError, match="train.personalize_tune must be 'grid' or 'all', got 'heads'"):
         load_config("tiny", ["train.personalize_tune=heads"])
-    mine = tmp_path / "mine.yaml"
-    mine.write_text("extends: tiny\ntrain:\n  personalize_tune: Grid\n")
-    with pytest.raises(ConfigError, match="personalize_tune must be") as err:
-        load_config(mine)
-    assert str(mine) in str(err.value)
+    _refused_in_file(tmp_path, "extends: tiny\ntrain:\n  personalize_tune: Grid\n", "personalize_tune must be")
     # a run saved with such a value still loads (render, eval, and personalize with --set can use it)
     cfg = load_config("tiny")
     saved = replace(cfg, train=replace(cfg.train, personalize_tune="heads"))

@@ -546,20 +546,6 @@ def test_personalize_tunes_the_shared_weights_it_is_told_to(tiny_data, trained, 
     assert heads and (any(heads) if tune == "all" else not any(heads)), changed
 
 
-def test_personalize_honours_train_threads(tiny_data, trained, tmp_path):
-    run, _ = trained
-    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
-    before = torch.get_num_threads()
-    seen = []
-    try:
-        torch.set_num_threads(2)
-        personalize(run, [new], tmp_path / "p", steps=1, overrides=["train.threads=1", "train.log_every=1"],
-                    progress=lambda rec: seen.append(torch.get_num_threads()))
-        assert seen and set(seen) == {1}  # its steps ran on train.threads
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_train_and_personalize_give_the_callers_thread_count_back(tiny_data, trained, tmp_path):
     """``train.threads`` sized torch's thread pool for the whole process and left it so: a notebook that called
     train() or personalize() with ``train.threads=1`` ran everything after it on one thread."""

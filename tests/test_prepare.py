@@ -759,14 +759,33 @@ def test_a_phone_video_with_a_rotation_tag_decodes_upright_and_quietly(tmp_path,
     assert [r.getMessage() for r in caplog.records if r.name.startswith("imageio")] == []
 
 
+def _overlapping_blocks(block, then):
+    """Open ``block()`` in a second thread, open it here while that one is open, end the other, then return
+    ``then()`` called inside this one: two threads' blocks that overlap, the later ending last."""
+    import threading
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def first():
+        with block():
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert inside.wait(10)
+    with block():  # starts inside the first block, ends after it
+        leave.set()
+        t.join(10)
+        return then()
+
+
 def test_native_stderr_comes_back_after_trackers_started_in_two_threads():
     """A batch script preparing into two roots from two threads: each tracker's start-up sends file descriptor 2 to
     /dev/null and puts back what it found there. When the second thread's quiet block began inside the first's, it
     found /dev/null and put that back last: every later error, warning and traceback of the process vanished
     (and mediapipe's start-up lines reached the terminal through the first's early restore). Overlapping blocks
     end with descriptor 2 where it was before the first."""
-    import threading
-
     from fastminerf.prepare.tracking import _native_stderr_quiet
 
     def where() -> tuple:
@@ -774,21 +793,8 @@ def test_native_stderr_comes_back_after_trackers_started_in_two_threads():
         return st.st_dev, st.st_ino
 
     before = where()
-    inside, leave = threading.Event(), threading.Event()
-
-    def first():
-        with _native_stderr_quiet():
-            inside.set()
-            leave.wait(10)
-
-    t = threading.Thread(target=first)
-    t.start()
-    assert inside.wait(10)
-    with _native_stderr_quiet():  # starts inside the first block, ends after it
-        leave.set()
-        t.join(10)
-        null = os.stat(os.devnull)
-        assert where() == (null.st_dev, null.st_ino)  # still quiet: the other block is open
+    null = os.stat(os.devnull)
+    assert _overlapping_blocks(_native_stderr_quiet, where) == (null.st_dev, null.st_ino)  # quiet while one is open
     assert where() == before
 
 
@@ -797,27 +803,12 @@ def test_imageio_ffmpeg_warnings_stay_quiet_in_overlapping_reads_and_come_back_a
     ERROR and put back the level it found. The first read to end turned its warnings back on under the other
     (library code printing 'the frame size for reading ... is different' lines), and the last put ERROR back for
     good, silencing the user's own imageio-ffmpeg warnings for the rest of the process."""
-    import threading
-
     from fastminerf.prepare.video import _quiet_imageio_ffmpeg
 
     caplog.set_level(logging.WARNING, logger="imageio_ffmpeg")
     log = logging.getLogger("imageio_ffmpeg")
     level = log.level
-    inside, leave = threading.Event(), threading.Event()
-
-    def first():
-        with _quiet_imageio_ffmpeg():
-            inside.set()
-            leave.wait(10)
-
-    t = threading.Thread(target=first)
-    t.start()
-    assert inside.wait(10)
-    with _quiet_imageio_ffmpeg():  # starts inside the first read, ends after it
-        leave.set()
-        t.join(10)
-        log.warning("the frame size for reading differs")
+    _overlapping_blocks(_quiet_imageio_ffmpeg, lambda: log.warning("the frame size for reading differs"))
     assert log.level == level
     log.warning("a warning of the user's own decode")
     assert [r.getMessage() for r in caplog.records if r.name == "imageio_ffmpeg"] == ["a warning of the user's own decode"]
