@@ -21,6 +21,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .data.layout import AUDIO_FILE
+from .data.writer import replaced_atomically
 
 __all__ = ["Audio", "AudioError", "frame_soundtrack", "identity_audio", "read_wav", "write_wav"]
 
@@ -83,8 +84,6 @@ def read_wav(path: PathLike) -> Audio:
 
 def write_wav(path: PathLike, audio: Audio) -> Path:
     """Write :class:`Audio` as a mono 16-bit PCM WAV file, atomically (a temporary name, then a rename)."""
-    from .data.writer import replaced_atomically
-
     out = Path(path)
     with replaced_atomically(out) as tmp, wave.open(str(tmp), "wb") as w:
         w.setnchannels(1)

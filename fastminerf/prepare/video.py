@@ -20,6 +20,8 @@ from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
+from ..data.writer import replaced_atomically
+
 __all__ = ["VideoError", "VideoInfo", "extract_audio", "probe", "read_frames"]
 
 PathLike = Union[str, Path]
@@ -168,8 +170,6 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration
     Raises:
         VideoError: the file has no audio track, or ffmpeg failed (its last message included).
     """
-    from ..data.writer import replaced_atomically
-
     out = Path(out_wav)
     # aresample=first_pts=0: an audio stream that starts after the picture (a delay the container records, as screen
     # and phone recorders write) is padded with that much silence, so that the WAV starts at the video's start like
