@@ -584,7 +584,7 @@ def _run_render(args: argparse.Namespace) -> int:
             with _frames_progress(console, "prepare driver") as bar:
                 task = bar.add_task("prepare", total=None)
                 folder = driver_from_video(folder, training_basis(meta["data_paths"]), Path(args.run) / "drivers",
-                                           target.table("train").width, args.frames,
+                                           target.table("train").size_of(0)[0], args.frames,
                                            progress=lambda stage, name, d, t: bar.update(task, completed=d, total=t or None))
             split = "train"
         elif folder.is_file():  # load_driver would say 'expected an identity folder', nothing of videos

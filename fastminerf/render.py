@@ -430,8 +430,9 @@ def drive_path(
         w2c = np.eye(4)
         w2c[:3, :3], w2c[:3, 3] = mean_head_pose(own_table.c2w[own])
         c2w = np.repeat(np.linalg.inv(w2c)[None].astype(np.float32), frames.size, axis=0)
+    width, height = own_table.size_of(own[0])
     return CameraPath(c2w=c2w, intrinsics=np.repeat(own_table.intrinsics[own[:1]], frames.size, axis=0).astype(np.float32),
-                      expression=expr, width=own_table.width, height=own_table.height, fps=fps, audio=audio,
+                      expression=expr, width=width, height=height, fps=fps, audio=audio,
                       times=times, expression_space=driver.expression_space)
 
 
@@ -444,9 +445,11 @@ def _time_ordered(table, rows: np.ndarray) -> np.ndarray:
 
 def _rows_path(table, rows: np.ndarray, expression: np.ndarray, fps: float, audio: Optional[Path],
                times: Optional[np.ndarray], expression_space: Optional[str]) -> CameraPath:
-    """A :class:`CameraPath` with the cameras, intrinsics and image size of rows ``rows`` of a frame table."""
+    """A :class:`CameraPath` with the cameras, intrinsics and image size of rows ``rows`` of a frame table (one
+    identity's: one size)."""
+    width, height = table.size_of(rows[0])
     return CameraPath(c2w=table.c2w[rows].astype(np.float32), intrinsics=table.intrinsics[rows].astype(np.float32),
-                      expression=expression, width=table.width, height=table.height, fps=fps, audio=audio, times=times,
+                      expression=expression, width=width, height=height, fps=fps, audio=audio, times=times,
                       expression_space=expression_space)
 
 
@@ -776,8 +779,8 @@ def orbit_path(
         c2w=cams,
         intrinsics=np.repeat(table.intrinsics[frames[:1]], n_frames, axis=0).astype(np.float32),
         expression=np.repeat(expression, n_frames, axis=0),
-        width=table.width,
-        height=table.height,
+        width=table.size_of(frames[0])[0],
+        height=table.size_of(frames[0])[1],
         fps=fps,
         expression_space=dataset.expression_space,
     )
@@ -921,7 +924,7 @@ def render_frame(
             raise RenderError("render_frame from a dataset needs split and index")
         rays = frame_rays(source, split, index)
         table = source.table(split)
-        height, width = table.height, table.width
+        width, height = table.size_of(index)
         name = source.identities[int(table.identity[index])]
         rays.identity = torch.full_like(rays.identity, identity_id(model, name))
     elif isinstance(source, RayBatch):

@@ -347,7 +347,7 @@ def start_torso(model: MINeRF, dataset: MultiIdentityDataset, split: str = "trai
                               for b in frames])
         t = model.cfg.torso
         below = outside_head(torch.from_numpy(table.c2w[frames]), torch.from_numpy(table.intrinsics[frames]),
-                             table.width, table.height, r, t.floor, t.neck_top, t.neck_width).float()
+                             *table.size_of(frames[0]), r, t.floor, t.neck_top, t.neck_width).float()
         cover = F.adaptive_avg_pool2d(masks[:, None], r)[:, 0] * below  # (F, R, R)
         colour = F.adaptive_avg_pool2d((images * masks[..., None]).permute(0, 3, 1, 2), r).permute(0, 2, 3, 1)
         weight = cover.sum(0)

@@ -348,13 +348,19 @@ def test_expression_space_differs_between_identities(tmp_path: Path):
     assert load_dataset(carol).expression_space is None
 
 
-def test_image_size_differs_between_identities(tmp_path: Path):
+def test_image_size_differs_between_identities_each_at_its_own_size(tmp_path: Path):
+    """Identities of different image sizes load together (each frame at its file's size); a frame of another size
+    than its own file's first image is still refused when decoded, naming that file, the frame and both sizes."""
     make_identity(tmp_path, "alice")
     bob = make_identity(tmp_path, "bob")
     _write_image(bob / "train" / "f_0000.png", np.random.default_rng(1), w=W + 2)
+    data = load_dataset(tmp_path)
+    table = data.table("train")
+    assert [table.size_of(b) for b in range(len(table))] == [(W, H)] * 3 + [(W + 2, H)] * 3
+    assert data.image("train", 3).shape == (H, W + 2, 3) and data.image("train", 0).shape == (H, W, 3)
     with pytest.raises(DatasetError) as info:
-        load_dataset(tmp_path)
-    _assert_located(info.value, bob / "transforms_train.json", 0, "file_path")
+        data.image("train", 4)
+    _assert_located(info.value, bob / "transforms_train.json", 1, "file_path")
     assert f"{W + 2}x{H}" in str(info.value) and f"{W}x{H}" in str(info.value)
 
 

@@ -383,10 +383,10 @@ def test_a_rerun_of_the_same_videos_says_the_basis_was_fitted_on_them_not_reused
     assert ExpressionBasis.load(root).fitted_on == ("first",)
 
 
-def test_a_person_prepared_into_a_root_at_another_size_is_told_before_training_fails(tmp_path, head_frames):
+def test_a_person_prepared_into_a_root_at_another_size_is_told(tmp_path, head_frames):
     """A new person prepared later into a root without the --size of its first prepare (256 px by default against
-    the 128 px there): prepare said nothing, and training on the root, or evaluating a model on it, then refused
-    the frames of two sizes. The note names the folders of the other size and the option to give."""
+    the 128 px there), likely a forgotten option: the people train together, each at its own size, and the note
+    names the folders of the other size and the option to give for one size."""
     import json
 
     from fastminerf.prepare import prepare

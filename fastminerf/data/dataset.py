@@ -117,7 +117,9 @@ class FrameTable:
     """Every frame of one split over all identities, as flat arrays over B frames.
 
     Frame ``b`` belongs to identity ``identity[b]`` and is frame ``frame_in_identity[b]`` of that identity's
-    ``transforms_<split>.json``. Frames are ordered by identity, then by their order in the file.
+    ``transforms_<split>.json``. Frames are ordered by identity, then by their order in the file. Each frame has
+    its own image size (:attr:`widths`, :attr:`heights`; one per transforms file): people prepared at different
+    sizes train together.
     """
 
     split: str
@@ -132,10 +134,10 @@ class FrameTable:
     """(B, E) float32 expressions."""
     intrinsics: np.ndarray
     """(B, 4) float32 ``[fx, fy, cx, cy]`` in pixels."""
-    width: int
-    """Image width W in pixels, the same for the whole split."""
-    height: int
-    """Image height H in pixels, the same for the whole split."""
+    widths: np.ndarray
+    """(B,) int64 image width W of each frame in pixels (one per identity's transforms file)."""
+    heights: np.ndarray
+    """(B,) int64 image height H of each frame in pixels."""
     near: np.ndarray
     """(B,) float32 layout ``near``; where not given, the closest distance from the camera to the ``aabb``."""
     far: np.ndarray
@@ -161,6 +163,34 @@ class FrameTable:
 
     def __len__(self) -> int:
         return int(self.identity.shape[0])
+
+    def size_of(self, index: int) -> Tuple[int, int]:
+        """``(W, H)``, the image size of frame ``index``."""
+        return int(self.widths[index]), int(self.heights[index])
+
+    @property
+    def width(self) -> int:
+        """W, the one image width of a split whose frames all have one size (:meth:`size_of` gives each frame's).
+
+        Raises:
+            ValueError: the split's identities have images of different sizes (named).
+        """
+        return self._one_size()[0]
+
+    @property
+    def height(self) -> int:
+        """H, the one image height of a split whose frames all have one size (see :attr:`width`)."""
+        return self._one_size()[1]
+
+    def _one_size(self) -> Tuple[int, int]:
+        sizes: Dict[Tuple[int, int], str] = {}  # each size, with the first identity that has it
+        for b in np.flatnonzero(np.diff(self.identity, prepend=-1)).tolist():  # each identity's first frame
+            sizes.setdefault(self.size_of(b), self.files[int(self.identity[b])].parent.name)
+        if len(sizes) != 1:
+            said = ", ".join(f"{name} {w}x{h}" for (w, h), name in sizes.items())
+            raise ValueError(f"the frames of split '{self.split}' have no one size ({said or 'no frames'}): "
+                             f"use size_of(frame)")
+        return next(iter(sizes))
 
     def frames_of(self, identity: int) -> np.ndarray:
         """Flat indices of one identity's frames, in file order."""
@@ -239,8 +269,7 @@ class MultiIdentityDataset:
 
     @staticmethod
     def _build_table(split: str, metas: List[SplitMeta]) -> FrameTable:
-        width, height = metas[0].width, metas[0].height  # already resolved by load_dataset
-        assert width is not None and height is not None
+        assert all(m.width is not None and m.height is not None for m in metas)  # resolved by load_dataset
         ident = np.concatenate([np.full(len(m), i, dtype=np.int64) for i, m in enumerate(metas)])
         c2w = np.concatenate([m.c2w for m in metas])
         aabb = np.concatenate([np.tile(np.asarray(m.aabb, np.float32), (len(m), 1)) for m in metas])
@@ -251,7 +280,7 @@ class MultiIdentityDataset:
         near = np.where(explicit, near, box_near).astype(np.float32)
         far = np.where(explicit, far, box_far).astype(np.float32)
         intr = np.concatenate(
-            [np.tile(np.asarray(m.resolve_intrinsics(width, height), np.float32), (len(m), 1)) for m in metas]
+            [np.tile(np.asarray(m.resolve_intrinsics(m.width, m.height), np.float32), (len(m), 1)) for m in metas]
         )
         return FrameTable(
             split=split,
@@ -260,8 +289,8 @@ class MultiIdentityDataset:
             c2w=c2w,
             expression=np.concatenate([m.expression for m in metas]),
             intrinsics=intr,
-            width=int(width),
-            height=int(height),
+            widths=np.concatenate([np.full(len(m), m.width, dtype=np.int64) for m in metas]),
+            heights=np.concatenate([np.full(len(m), m.height, dtype=np.int64) for m in metas]),
             near=near,
             far=far,
             explicit_near_far=explicit,
@@ -336,24 +365,24 @@ class MultiIdentityDataset:
         split). Backgrounds are decoded once and kept (one image per identity).
         """
         split = self.splits[0] if split is None else split
-        t = self.table(split)
         meta = self._metas[split][identity]
-        key = (meta.background, t.width, t.height)
+        width, height = meta.width, meta.height
+        key = (meta.background, width, height)
         with self._bg_lock:
             bg = self._backgrounds.get(key)
         if bg is not None:
             return bg
         if meta.background is None:
-            bg = np.full((t.height, t.width, 3), 255, dtype=np.uint8)
+            bg = np.full((height, width, 3), 255, dtype=np.uint8)
         else:
             try:
                 bg = read_rgb(meta.background)
             except (OSError, ValueError) as exc:
                 raise DatasetError(f"cannot read background image {meta.background}: {exc}", file=meta.file, key="background") from None
-            if bg.shape[:2] != (t.height, t.width):
+            if bg.shape[:2] != (height, width):
                 raise DatasetError(
                     f"background image {meta.background} is {bg.shape[1]}x{bg.shape[0]} but the frames of split "
-                    f"'{split}' are {t.width}x{t.height}",
+                    f"'{split}' are {width}x{height}",
                     file=meta.file,
                     key="background",
                 )
@@ -381,9 +410,10 @@ class MultiIdentityDataset:
                 raise  # a bad background, already located
             except (OSError, ValueError, SyntaxError) as exc:
                 raise DatasetError(f"cannot read image {path}: {exc}", file=meta.file, frame=k, key="file_path") from None
-            if img.shape[:2] != (t.height, t.width):
+            if img.shape[:2] != (meta.height, meta.width):
                 raise DatasetError(
-                    f"image {path} is {img.shape[1]}x{img.shape[0]} but the split's images are {t.width}x{t.height}",
+                    f"image {path} is {img.shape[1]}x{img.shape[0]} but the file's images are {meta.width}x{meta.height} "
+                    f"(its first image, or its w and h)",
                     file=meta.file,
                     frame=k,
                     key="file_path",
@@ -404,9 +434,9 @@ class MultiIdentityDataset:
                 m = read_mask(path)
             except (OSError, ValueError, SyntaxError) as exc:
                 raise DatasetError(f"cannot read mask {path}: {exc}", file=meta.file, frame=k, key="mask_path") from None
-            if m.shape != (t.height, t.width):
+            if m.shape != (meta.height, meta.width):
                 raise DatasetError(
-                    f"mask {path} is {m.shape[1]}x{m.shape[0]} but the split's images are {t.width}x{t.height}",
+                    f"mask {path} is {m.shape[1]}x{m.shape[0]} but the file's images are {meta.width}x{meta.height}",
                     file=meta.file,
                     frame=k,
                     key="mask_path",
@@ -416,7 +446,8 @@ class MultiIdentityDataset:
         return self.cache.get(("mask", split, index), load)
 
     def __repr__(self) -> str:
-        sizes = ", ".join(f"{s}: {len(t)} frames {t.width}x{t.height}" for s, t in self._tables.items())
+        sizes = ", ".join(f"{s}: {len(t)} frames " + "/".join(sorted({f"{w}x{h}" for w, h in zip(t.widths.tolist(), t.heights.tolist())}))
+                          for s, t in self._tables.items())
         return f"MultiIdentityDataset({len(self.identities)} identities, E={self.expression_dim}, {sizes})"
 
 
@@ -429,8 +460,8 @@ def load_dataset(
     """Read identity folders of the shared layout (``DATASET.md``) as one dataset.
 
     Reads and validates every transforms file now (keys, shapes, finite values, files exist, one expression
-    length across frames and identities, one image size per split from the first image of each file and the
-    ``w``/``h`` keys); pixels are decoded later, on demand.
+    length across frames and identities, each file's image size from its first image and its ``w``/``h`` keys:
+    identities may differ in size, a file's frames may not); pixels are decoded later, on demand.
 
     Args:
         paths: identity folders and/or roots holding identity folders (a folder is an identity folder when it
@@ -461,14 +492,13 @@ def load_dataset(
     said: Dict[str, SplitMeta] = {}  # per key, the first file that gives it
     for split in splits:
         per_identity: List[SplitMeta] = []
-        size_ref: Optional[Tuple[int, int, Path, str]] = None  # (w, h, file, what)
         for d in dirs:
             file = d / f"transforms_{split}.json"
             if not file.is_file():
                 raise DatasetError(f"identity '{d.name}' has no split '{split}' (file missing)", file=file)
             m = read_transforms(file, d)
             ref = _check_one_space(m, ref, said)
-            # Image size: the first image's header, checked against w/h and against the split's other files.
+            # Image size: the first image's header, checked against w/h (each identity may have its own).
             first = m.image_paths[0]
             try:
                 w, h = image_size(first)
@@ -479,16 +509,6 @@ def load_dataset(
                     raise DatasetError(
                         f"says {given} but image {first} is {w}x{h}", file=file, key=key
                     )
-            if size_ref is None:
-                size_ref = (w, h, file, str(first))
-            elif (w, h) != size_ref[:2]:
-                raise DatasetError(
-                    f"image {first} is {w}x{h} but {size_ref[3]} ({size_ref[2]}) is {size_ref[0]}x{size_ref[1]}; "
-                    f"all images of split '{split}' must have one size",
-                    file=file,
-                    frame=0,
-                    key="file_path",
-                )
             _check_field_of_view(m, w, h)
             per_identity.append(_with_size(m, w, h))
         metas[split] = per_identity

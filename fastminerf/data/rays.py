@@ -225,7 +225,8 @@ def _gather_rays(
             mask[sel] = dataset.mask(split, f)[rows[sel], cols[sel]]
     c2w = torch.from_numpy(table.c2w[frames])
     intr = torch.from_numpy(table.intrinsics[frames])
-    origins, directions = camera_rays(c2w, intr, table.width, table.height, torch.from_numpy(pixels))
+    size = torch.from_numpy(np.stack([table.widths[frames], table.heights[frames]], axis=1))  # (N, 2) each ray's frame's
+    origins, directions = camera_rays(c2w, intr, 0, 0, torch.from_numpy(pixels))  # the size is unused: pixels given
     near, far = _near_far(table, frames, origins, directions)
     return RayBatch(
         origins=origins,
@@ -235,7 +236,7 @@ def _gather_rays(
         identity=torch.from_numpy(table.identity[frames]),
         frame=torch.from_numpy(frames),
         pixel=torch.from_numpy(pixels),
-        uv=pixel_uv(torch.from_numpy(pixels), table.width, table.height),
+        uv=pixel_uv(torch.from_numpy(pixels), size[:, 0], size[:, 1]),
         rgb=torch.from_numpy(rgb).float().div_(255.0),
         background=torch.from_numpy(bg).float().div_(255.0),
         expression=torch.from_numpy(table.expression[frames]),
@@ -269,7 +270,7 @@ def _grown_box(pts: np.ndarray, height: int, width: int, grow: np.ndarray) -> np
     """The extent of points ``(..., K, 2)`` (x, y pixels) grown by ``grow`` ``(..., 2)`` pixels each side, as
     ``[y0, y1, x0, x1]`` fractions of the image."""
     lo, hi = pts.min(axis=-2), pts.max(axis=-2)
-    size = np.array([width, height], dtype=np.float64)
+    size = np.stack(np.broadcast_arrays(np.asarray(width, np.float64), np.asarray(height, np.float64)), axis=-1)
     a, b = (lo - grow) / size, (hi + grow) / size
     return np.stack([a[..., 1], b[..., 1], a[..., 0], b[..., 0]], axis=-1)
 
@@ -305,7 +306,7 @@ def _landmark_boxes(dataset: MultiIdentityDataset, split: str, groups: Sequence[
         idx = np.asarray(group, dtype=np.int64)
         uv, _ = camera_project(torch.from_numpy(lms.points[:, idx]).double(), torch.from_numpy(table.c2w).double(),
                                torch.from_numpy(table.intrinsics).double())
-        boxes = box(uv.numpy(), table.height, table.width)
+        boxes = box(uv.numpy(), table.heights, table.widths)
         boxes[~lms.visible[:, idx].all(axis=1)] = np.nan
         # a group whose box lies wholly outside the picture (a camera that does not fit the landmarks) has no pixel
         # to sample or score; clipped to the image it would become a one-pixel strip along an edge
@@ -329,9 +330,11 @@ def eye_boxes(dataset: MultiIdentityDataset, split: str, margin: float = EYE_MAR
     return _landmark_boxes(dataset, split, EYE_LANDMARKS, lambda uv, h, w: eye_box(uv, h, w, margin))
 
 
-def pixel_uv(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """(N, 2) int (column, row) -> (N, 2) float32 pixel centres in [0, 1]^2 (see :attr:`RayBatch.uv`)."""
-    size = torch.tensor([float(width), float(height)])
+def pixel_uv(pixels: torch.Tensor, width: TensorLike, height: TensorLike) -> torch.Tensor:
+    """(N, 2) int (column, row) -> (N, 2) float32 pixel centres in [0, 1]^2 (see :attr:`RayBatch.uv`), in images of
+    ``width`` x ``height`` (ints, or (N,) each ray's)."""
+    size = torch.stack(torch.broadcast_tensors(torch.as_tensor(width, dtype=torch.float32),
+                                               torch.as_tensor(height, dtype=torch.float32)), dim=-1)
     return ((pixels.to(torch.float32) + 0.5) / size).contiguous()
 
 
@@ -352,7 +355,7 @@ def frame_rays(dataset: MultiIdentityDataset, split: str, index: int) -> RayBatc
     table = dataset.table(split)
     if not 0 <= index < len(table):
         raise IndexError(f"frame {index} out of range for split '{split}' with {len(table)} frames")
-    w, h = table.width, table.height
+    w, h = table.size_of(index)
     rows, cols = np.divmod(np.arange(w * h, dtype=np.int64), w)
     pixels = np.stack([cols, rows], axis=1)
     return _gather_rays(dataset, split, np.full(w * h, index, dtype=np.int64), pixels)
@@ -399,8 +402,8 @@ def landmark_rays(dataset: MultiIdentityDataset, split: str, frames: TensorLike,
     origins32, directions32 = origins.float().contiguous(), directions.float().contiguous()
     near, far = _near_far(table, f, origins32, directions32)
     uv = camera_project(target[:, None], c2w, torch.from_numpy(table.intrinsics[f]).double())[0][:, 0]
-    size = torch.tensor([float(table.width), float(table.height)], dtype=torch.float64)
-    pixel = uv.floor().clamp(min=torch.zeros(2, dtype=torch.float64), max=size - 1).long()
+    size = torch.from_numpy(np.stack([table.widths[f], table.heights[f]], axis=1)).double()  # (N, 2)
+    pixel = torch.minimum(uv.floor().clamp(min=0.0), size - 1).long()
     n = len(f)
     zeros3 = torch.zeros(n, 3)
     return RayBatch(
@@ -531,25 +534,31 @@ class RaySampler:
         else:
             self._frame_p = None
             self._identity_frames = {}
-        # The pixel rows and columns of each error-map cell: a pixel records into cell (row * R // H, col * R // W),
-        # so cell c holds rows [ceil(c H / R), ceil((c + 1) H / R)); none when H < R and c falls between two rows.
-        cells = np.arange(r + 1, dtype=np.int64)
-        self._cell_rows = -(-cells * self.table.height // r)
-        self._cell_cols = -(-cells * self.table.width // r)
-        self._cell_has_pixels = (np.diff(self._cell_rows)[:, None] > 0) & (np.diff(self._cell_cols)[None, :] > 0)
-        self._box_px = box_pixels(self.table.bbox, self.table.height, self.table.width)
+        # The pixel rows and columns of each identity's error-map cells, at its own image size: a pixel records into
+        # cell (row * R // H, col * R // W), so cell c holds rows [ceil(c H / R), ceil((c + 1) H / R)); none when
+        # H < R and c falls between two rows. (I, R + 1) each, (I, R, R).
+        heights, widths = self.table.heights, self.table.widths
+        size = np.zeros((len(dataset.identities), 2), dtype=np.int64)  # (W, H) of each identity's frames in the split
+        size[self.table.identity] = np.stack([widths, heights], axis=1)
+        cells = np.arange(r + 1, dtype=np.int64)[None, :]
+        self._cell_rows = -(-cells * size[:, 1:] // r)
+        self._cell_cols = -(-cells * size[:, :1] // r)
+        self._cell_has_pixels = (np.diff(self._cell_rows)[:, :, None] > 0) & (np.diff(self._cell_cols)[:, None, :] > 0)
+        self._box_px = box_pixels(self.table.bbox, heights, widths)
         self._has_mask = np.array([p is not None for p in self.table.mask_paths], dtype=bool)
         assert self._box_px.shape == (b, 4)
         mouths = mouth_boxes(dataset, split) if self.mouth_fraction > 0 else None
         self._has_mouth = np.zeros(b, dtype=bool) if mouths is None else ~np.isnan(mouths).any(axis=1)
         self._mouth_px = np.zeros((b, 4), dtype=np.int64)
         if self._has_mouth.any():
-            self._mouth_px[self._has_mouth] = box_pixels(mouths[self._has_mouth], self.table.height, self.table.width)
+            self._mouth_px[self._has_mouth] = box_pixels(mouths[self._has_mouth], heights[self._has_mouth],
+                                                         widths[self._has_mouth])
         eyes = eye_boxes(dataset, split) if self.eye_fraction > 0 else None
         self._eye_ok = np.zeros((b, 2), dtype=bool) if eyes is None else ~np.isnan(eyes).any(axis=2)
         self._eye_px = np.zeros((b, 2, 4), dtype=np.int64)
         if self._eye_ok.any():
-            self._eye_px[self._eye_ok] = box_pixels(eyes[self._eye_ok], self.table.height, self.table.width)
+            each = np.nonzero(self._eye_ok)[0]  # the frame of each visible eye
+            self._eye_px[self._eye_ok] = box_pixels(eyes[self._eye_ok], heights[each], widths[each])
 
     def face_box_pixels(self, frame: int) -> Tuple[int, int, int, int]:
         """The pixel rectangle ``(row0, row1, col0, col1)`` (end-exclusive) that face rays of ``frame`` use."""
@@ -591,7 +600,7 @@ class RaySampler:
         (column, row) and ``error`` (N,) each ray's squared error (e.g. the mean over RGB). A cell's value moves
         :data:`ERROR_MOMENTUM` of the way to the mean error of this call's rays in it."""
         frame, pixel, error = (np.asarray(torch.as_tensor(v).detach().cpu()) for v in (frame, pixel, error))
-        r, h, w = self.error_resolution, self.table.height, self.table.width
+        r, h, w = self.error_resolution, self.table.heights[frame], self.table.widths[frame]
         cell_row = np.minimum(pixel[:, 1] * r // h, r - 1)
         cell_col = np.minimum(pixel[:, 0] * r // w, r - 1)
         index = (self.table.identity[frame].astype(np.int64) * r + cell_row) * r + cell_col
@@ -612,7 +621,7 @@ class RaySampler:
             m = self.error_map[ident].reshape(-1)
             seen = ~np.isnan(m)
             mean = float(m[seen].mean()) if seen.any() else 1.0
-            p = (np.where(seen, m, mean) + ERROR_FLOOR * mean + 1e-12) * self._cell_has_pixels.reshape(-1)
+            p = (np.where(seen, m, mean) + ERROR_FLOOR * mean + 1e-12) * self._cell_has_pixels[ident].reshape(-1)
             cells[sel] = rng.choice(m.size, size=sel.size, p=p / p.sum())
         return np.divmod(cells, r)
 
@@ -696,15 +705,16 @@ class RaySampler:
         face &= ~(mouth | eye)
         self.last_mouth_rays = mouth
         self.last_eye_rays = eye
-        h, w = self.table.height, self.table.width
+        h, w = self.table.heights[frames], self.table.widths[frames]  # (N,) each ray's frame's size
         u = rng.random((n, 2))
         rows = np.minimum((u[:, 0] * h).astype(np.int64), h - 1)
         cols = np.minimum((u[:, 1] * w).astype(np.int64), w - 1)
         if error_rays.any():  # the same uniforms, scaled to the pixels of the drawn cell (those that record into it)
-            cell_row, cell_col = self._error_cells(self.table.identity[frames[error_rays]], rng)
+            ident = self.table.identity[frames[error_rays]]
+            cell_row, cell_col = self._error_cells(ident, rng)
             for out, lo_hi, cell, uu in ((rows, self._cell_rows, cell_row, u[error_rays, 0]),
                                          (cols, self._cell_cols, cell_col, u[error_rays, 1])):
-                lo, hi = lo_hi[cell], lo_hi[cell + 1]
+                lo, hi = lo_hi[ident, cell], lo_hi[ident, cell + 1]
                 out[error_rays] = np.minimum(lo + (uu * (hi - lo)).astype(np.int64), hi - 1)
         self.last_error_rays = error_rays
         # Mouth, eye and face rays inside their boxes reuse the same uniforms, scaled to their box.
@@ -725,5 +735,5 @@ class RaySampler:
                 if inside.size == 0:
                     continue  # an empty mask: keep the uniform draw
                 pick = inside[rng.integers(0, inside.size, size=sel.size)]
-                rows[sel], cols[sel] = np.divmod(pick, w)
+                rows[sel], cols[sel] = np.divmod(pick, self.table.widths[f])
         return _gather_rays(self.dataset, self.split, frames, np.stack([cols, rows], axis=1))

@@ -664,11 +664,11 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     res.crop = tuple(frames["crop"])
     res.notes = list(track.get("notes", [])) + list(frames["notes"])
     other = _other_sizes(root, res.name, cfg.size)
-    if other:  # training and evaluation read a root's identities together, at one size
+    if other:  # a forgotten --size: they train together, each person at its own size, which may not be meant
         sizes = sorted(set(other.values()))
         res.notes.append(f"{root} holds identities prepared at another size ({', '.join(f'{n} ({s} px)' for n, s in other.items())}) "
-                         f"than this one ({cfg.size} px): training or evaluating them together refuses frames of two "
-                         f"sizes; prepare this video again with --size {sizes[0]} --overwrite to use them together")
+                         f"than this one ({cfg.size} px): they train and evaluate together, each at its own size; "
+                         f"for one size, prepare this video again with --size {sizes[0]} --overwrite")
     ok = _face_in_crop(lm, frames["crop"])  # the frames stage wrote these
     res.frames_used = int(ok.sum())
     res.frames_dropped = res.frames_total - res.frames_used
