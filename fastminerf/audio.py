@@ -13,17 +13,18 @@ Pure functions on numpy arrays plus two small WAV helpers (the standard library'
 
 from __future__ import annotations
 
+import math
 import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .data.layout import AUDIO_FILE
 from .data.writer import replaced_atomically
 
-__all__ = ["Audio", "AudioError", "frame_soundtrack", "identity_audio", "read_wav", "write_wav"]
+__all__ = ["Audio", "AudioError", "frame_soundtrack", "frames_at_rate", "identity_audio", "read_wav", "write_wav"]
 
 PathLike = Union[str, Path]
 
@@ -127,6 +128,43 @@ def frame_soundtrack(audio: Audio, times: Sequence[float], fps: float) -> Audio:
         if take:
             out[edges[k]: edges[k] + take] = src[a: a + take]
     return Audio(out, audio.rate)
+
+
+def frames_at_rate(n: int, source_fps: float, fps: float,
+                   times: Optional[Sequence[float]] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """A video of ``n`` frames taken at ``source_fps``, shown at ``fps`` in real time: the source frame on screen at
+    each new frame's moment, and that moment in the recording.
+
+    New frame ``j`` is ``j / fps`` seconds into the video and shows source frame ``floor(j source_fps / fps)`` (frames
+    dropped or repeated, never slowed down or sped up); there are ``ceil(n fps / source_fps)`` of them, so the video
+    lasts as long as the source (to within a frame). Its time is its source frame's ``times`` plus how far into that
+    frame's ``1 / source_fps`` it falls: within a stretch of frames the times run on at ``1 / fps`` a frame, and a gap
+    between source frames (dropped frames) stays a cut, as :func:`frame_soundtrack` plays it.
+
+    Args:
+        n: source frames.
+        source_fps: their frame rate.
+        fps: the new frame rate.
+        times: (n,) each source frame's seconds in its recording (NaN where unknown), or None.
+
+    Returns:
+        ``(indices (m,) int64 into the source frames, times (m,) float64 or None when ``times`` is None)``.
+
+    Raises:
+        AudioError: a rate that is not a positive number.
+    """
+    for name, rate in (("source frame rate", source_fps), ("frame rate", fps)):
+        if not (np.isfinite(rate) and rate > 0):
+            raise AudioError(f"{name} must be > 0, got {rate}")
+    m = int(math.ceil(n * float(fps) / float(source_fps) - 1e-9)) if n > 0 else 0
+    clock = np.arange(m, dtype=np.float64) / float(fps)
+    idx = np.minimum(np.floor(clock * float(source_fps) + 1e-9).astype(np.int64), max(n - 1, 0))
+    if times is None:
+        return idx, None
+    t = np.asarray(times, dtype=np.float64).reshape(-1)
+    if t.shape != (n,):
+        raise AudioError(f"frames_at_rate needs one time per frame ({n}), got {t.shape[0]}")
+    return idx, t[idx] + (clock - idx / float(source_fps))
 
 
 def identity_audio(identity_dir: PathLike) -> Optional[Path]:

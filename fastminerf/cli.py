@@ -507,7 +507,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--frames", type=int, default=None,
                    help="frames of an orbit (default 60), or the first frames of a driver video or of a --speech "
                         "recording (default all)")
-    p.add_argument("--fps", type=float, default=None, help="frame rate (default: the driver's; with --speech, the target's; 25 for an orbit)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate (default: the driver's; with --speech, the target's; 25 for an orbit); a driven or "
+                        "--speech video keeps its clock at any rate (frames repeated or dropped, the sound in time)")
     p.add_argument("--yaw", type=float, default=None, metavar="DEG",
                    help="an orbit's left-right swing each way (default: as far as NAME's training views reach, a few "
                         "degrees for a talking-head video: beyond them the model guesses)")
@@ -584,7 +585,7 @@ def _run_render(args: argparse.Namespace) -> int:
             with _frames_progress(console, "prepare driver") as bar:
                 task = bar.add_task("prepare", total=None)
                 folder = driver_from_video(folder, training_basis(meta["data_paths"]), Path(args.run) / "drivers",
-                                           target.table("train").size_of(0)[0], args.frames,
+                                           target.table("train").width, args.frames, fps=args.fps,
                                            progress=lambda stage, name, d, t: bar.update(task, completed=d, total=t or None))
             split = "train"
         elif folder.is_file():  # load_driver would say 'expected an identity folder', nothing of videos
@@ -592,7 +593,10 @@ def _run_render(args: argparse.Namespace) -> int:
                               "folder")
         driver, driver_name = load_driver(folder, split, args.driver_identity)
         path = drive_path(target, args.identity, driver, split, driver_name, mode=args.transfer, pose=args.pose)
-        if args.frames:  # a driver folder's split has every frame; a driver video was cut while it was prepared
+        # at --fps on the driver's clock, then the first --frames of the video (a driver video was cut while it was
+        # prepared, at that rate: every frame is one of the video's)
+        path = path.at_fps(args.fps)
+        if args.frames:
             path = path.head(args.frames)
         what = f"{args.identity} driven by {driver_name}:{split} ({args.transfer}, {args.pose} poses)"
     try:

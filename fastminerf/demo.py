@@ -28,7 +28,7 @@ training and personalisation, each with the preset's own schedule (warm-up, logg
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
@@ -186,9 +186,12 @@ def run_demo(
     held_out, driver = data.identities[-1], data.identities[0]
     start = time.perf_counter()
     path = drive_path(data, held_out, data, drive_split, driver_identity=driver, mode=transfer)
+    # every driver frame at ``fps``: slow motion (render_video's fps would keep the driver's clock, dropping frames),
+    # each frame's sound from its own time, as long as the frame lasts
+    path = replace(path, fps=float(fps))
     target = data.identities.index(held_out)
     video = render_video(model, path, held_out, out / "transfer.mp4", background=data.background(target),
-                         aabb=model.aabb.tolist(), fps=fps, progress=report("render"))
+                         aabb=model.aabb.tolist(), progress=report("render"))
     seconds["render"] = time.perf_counter() - start
 
     # 5. evaluation: the held-out head by the personalised run, the others by the generic run (the personalised

@@ -35,7 +35,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import numpy as np
 import torch
 
-from .audio import Audio, AudioError, frame_soundtrack, identity_audio, read_wav, write_wav
+from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_wav, write_wav
 from .config import as_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
@@ -264,6 +264,23 @@ class CameraPath:
         times alike."""
         return CameraPath(self.c2w[frames], self.intrinsics[frames], self.expression[frames], self.width, self.height,
                           self.fps, self.audio, None if self.times is None else self.times[frames], self.expression_space)
+
+    def at_fps(self, fps: Optional[float]) -> "CameraPath":
+        """The path shown at ``fps`` in real time (itself when ``fps`` is None or its own rate): a path whose frames
+        have a clock (``times``, a driven video or a recording's) keeps its speed and its length in seconds, frames
+        repeated or dropped (:func:`fastminerf.audio.frames_at_rate`), so that its sound plays on unbroken; a path
+        without one (an orbit) is the same frames played at ``fps``."""
+        if fps is None or float(fps) == float(self.fps):
+            return self
+        if self.times is None:
+            return CameraPath(self.c2w, self.intrinsics, self.expression, self.width, self.height, float(fps),
+                              self.audio, None, self.expression_space)
+        try:
+            rows, times = frames_at_rate(len(self), self.fps, float(fps), self.times)
+        except AudioError as exc:
+            raise RenderError(str(exc)) from None
+        return CameraPath(self.c2w[rows], self.intrinsics[rows], self.expression[rows], self.width, self.height,
+                          float(fps), self.audio, times, self.expression_space)
 
     def silent_reason(self) -> str:
         """Why a video of this path has no sound ("" when it can have some)."""
@@ -588,10 +605,10 @@ def training_basis(data_paths: Sequence[PathLike]) -> Path:
 
 
 def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size: int,
-                      max_frames: Optional[int] = None, progress=None) -> Path:
+                      max_frames: Optional[int] = None, progress=None, fps: Optional[float] = None) -> Path:
     """Prepare a raw video as a driver in a trained model's expression space: :func:`fastminerf.prepare.prepare`
     with the training data's ``basis`` and every frame in ``train`` (the first ``max_frames``, at least 3: prepare's
-    minimum), into ``out_root`` (a cache: a second call with the same video and settings finds it done). Returns the
+    minimum; at ``fps``, default the video's own rate), into ``out_root`` (a cache: a second call with the same video and settings finds it done). Returns the
     driver's identity folder.
 
     Raises:
@@ -605,7 +622,7 @@ def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size
     # prepare refuses a video of fewer than 3 frames: a driver of 1 or 2 is prepared with 3 and cut by the caller
     take = None if max_frames is None else max(3, int(max_frames))
     min_frames = PrepareConfig.min_frames if take is None else min(PrepareConfig.min_frames, take)
-    cfg = PrepareConfig(size=int(size), max_frames=take, val_fraction=0.0, test_fraction=0.0, basis=str(basis),
+    cfg = PrepareConfig(size=int(size), fps=None if fps is None else float(fps), max_frames=take, val_fraction=0.0, test_fraction=0.0, basis=str(basis),
                         min_frames=min_frames, overwrite=True)  # the cache is ours: other settings replace it
     try:
         result = prepare([video], out_root, cfg, progress=progress)
@@ -1195,16 +1212,17 @@ def render_video(
     progress: Optional[ProgressFn] = None,
     audio: bool = True,
 ) -> VideoInfo:
-    """:func:`render_sequence` streamed into :func:`write_video` (``fps`` defaults to the path's).
+    """:func:`render_sequence` streamed into :func:`write_video` (``fps`` defaults to the path's; another rate shows
+    the path in real time, :meth:`CameraPath.at_fps`).
 
     With ``audio`` (default) and a path that has a recording and frame times (a driven path whose driver has
     ``audio.wav``), the mp4 carries the sound of each frame at its own time (:meth:`CameraPath.soundtrack`), so
     the target speaks with the driver's voice in sync with the driver's mouth.
     """
-    rate = path.fps if fps is None else fps
-    sound = path.soundtrack(rate) if audio and out is not None else None
+    path = path.at_fps(fps)
+    sound = path.soundtrack() if audio and out is not None else None
     frames = render_sequence(model, path, identity, background, aabb, near_far, progress)
-    return write_video(frames, out, rate, png_dir, audio=sound)
+    return write_video(frames, out, path.fps, png_dir, audio=sound)
 
 
 # -------------------------------------------------------------------------------------------- evaluation

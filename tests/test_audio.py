@@ -7,7 +7,7 @@ import wave
 import numpy as np
 import pytest
 
-from fastminerf.audio import Audio, AudioError, frame_soundtrack, read_wav, write_wav
+from fastminerf.audio import Audio, AudioError, frame_soundtrack, frames_at_rate, read_wav, write_wav
 from fastminerf.data import load_dataset
 from fastminerf.data.synth import generate
 from fastminerf.render import drive_path, write_video
@@ -65,6 +65,24 @@ def test_frame_soundtrack_places_each_frame_at_its_time():
         frame_soundtrack(src, [0.0, float("nan")], 4.0)
     with pytest.raises(AudioError, match="frame rate must be > 0"):
         frame_soundtrack(src, [0.0], 0.0)
+
+
+def test_frames_at_rate_keeps_the_clock():
+    """Frames taken at 4 fps from 2 s with a dropped frame (3.0 s missing), shown at 8 and at 2 fps: each new frame
+    shows the source frame on screen at its moment, and its time runs on within a stretch and jumps at the gap."""
+    times = [2.0, 2.25, 2.5, 2.75, 3.25]
+    idx, t = frames_at_rate(5, 4.0, 8.0, times)
+    assert idx.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert t.tolist() == pytest.approx([2.0, 2.125, 2.25, 2.375, 2.5, 2.625, 2.75, 2.875, 3.25, 3.375])
+    idx, t = frames_at_rate(5, 4.0, 2.0, times)
+    assert idx.tolist() == [0, 2, 4] and t.tolist() == pytest.approx([2.0, 2.5, 3.25])
+    # the soundtrack of the new frames is the recording played unbroken within each stretch
+    src = Audio(np.arange(1000, dtype=np.int16), 100)
+    assert frame_soundtrack(src, frames_at_rate(5, 4.0, 8.0, times)[1], 8.0).samples.tolist()[:100] == \
+        list(range(200, 300))
+    assert frames_at_rate(3, 25.0, 30.0)[1] is None and len(frames_at_rate(3, 25.0, 30.0)[0]) == 4
+    with pytest.raises(AudioError, match="frame rate must be > 0"):
+        frames_at_rate(3, 25.0, 0.0)
 
 
 def test_write_video_carries_the_soundtrack(tmp_path, decode_audio):

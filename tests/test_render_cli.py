@@ -634,3 +634,50 @@ def test_cli_render_refuses_a_split_of_a_driver_video(tiny, tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert f"--drive {video}:test: a video driver has no splits" in err, err
     assert not (tmp_path / "x.mp4").exists() and not (root / "run" / "drivers" / "clip").exists()
+
+
+def _beeps(seconds: float, at, rate: int = 16000) -> np.ndarray:
+    """``seconds`` of silence with a 50 ms 1 kHz beep starting at each of ``at``."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    x = np.zeros_like(t)
+    for a in at:
+        on = (t >= a) & (t < a + 0.05)
+        x[on] = 0.8 * np.sin(2 * np.pi * 1000 * (t[on] - a))
+    return np.rint(32767 * x).astype(np.int16)
+
+
+def _onsets(x: np.ndarray, rate: int = 16000) -> list:
+    """Seconds where the sound gets loud after at least 20 ms of quiet: the beeps' starts."""
+    loud = np.flatnonzero(np.abs(x.astype(np.int64)) > 3000)
+    return [loud[i] / rate for i in range(len(loud)) if i == 0 or loud[i] - loud[i - 1] > 0.02 * rate]
+
+
+@pytest.mark.parametrize("fps", [10.0, 50.0])
+def test_cli_render_at_another_fps_keeps_the_drivers_clock(tiny, tmp_path, fps, decode_audio):
+    """``render --drive DATA --fps N`` played the driver's 25 fps frames one per video frame at N fps (slow or fast
+    motion) while each frame took 1/N s of sound from its own time: at 10 fps every stretch of sound was played
+    2.5 times over (a beep heard two or three times), at 50 fps a beep at 0.4 s came at 0.2 s, cut to pieces. The
+    video keeps the driver's clock: as many seconds as the driver, frames repeated or dropped, the sound unbroken."""
+    from fastminerf.audio import Audio, write_wav
+
+    root, _ = tiny
+    driver = generate(tmp_path / "drv", n_identities=1, n_frames=21, size=SIZE, novel_frames=1, val_fraction=0.05)[0]
+    meta = json.loads((driver / "transforms_train.json").read_text())
+    n, src = len(meta["frames"]), meta["fps"]
+    assert src == 25.0 and n == 20
+    write_wav(driver / "audio.wav", Audio(_beeps(n / src, [0.2, 0.52]), 16000))
+    png = tmp_path / "png"
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--drive", f"{driver}:train",
+                 "--fps", f"{fps:g}", "--out", str(tmp_path / "d.mp4"), "--png-dir", str(png)]) == 0
+    meta_v, frames = _read_video(tmp_path / "d.mp4")
+    want = int(np.ceil(n * fps / src))
+    assert len(frames) == len(list(png.glob("*.png"))) == want and meta_v["fps"] == fps
+    sound = decode_audio(tmp_path / "d.mp4")
+    assert abs(len(sound) / 16000 - want / fps) <= 1 / fps  # the sound lasts as long as the video
+    got = _onsets(sound)
+    assert len(got) == 2 and np.abs(np.array(got) - [0.2, 0.52]).max() <= 1 / fps, got
+    # --frames counts the video's frames at that rate (it took 5 of the driver's, 2 video frames at 10 fps)
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--drive", f"{driver}:train",
+                 "--fps", f"{fps:g}", "--frames", "5", "--out", str(tmp_path / "f.mp4")]) == 0
+    assert len(_read_video(tmp_path / "f.mp4")[1]) == 5
+    assert abs(len(decode_audio(tmp_path / "f.mp4")) / 16000 - 5 / fps) <= 1 / fps
