@@ -725,6 +725,34 @@ def test_variable_frame_rate_is_resampled_to_constant_time_steps(tmp_path):
     assert probe(vfr).width == 32
 
 
+@pytest.mark.parametrize("src_fps, fps, tbn", [(30, 10.0, 12800), (50, 12.5, 12800), (25, 10.0, 12800),
+                                                 (30, 30.0, 12800), (30, 60.0, 12800), (30000 / 1001, 29.97, 30000)])
+def test_frame_k_at_another_rate_is_the_picture_on_screen_at_k_over_fps(tmp_path, src_fps, fps, tbn):
+    """``prepare --fps 10`` of a 30 fps video wrote source frame 3k + 1 as frame k (time k / 10): ffmpeg's fps filter
+    rounds each source time to the nearest output slot and keeps the last frame of a slot, so a frame was the picture
+    shown up to half an output frame after its time (50 fps to 12.5: 2 source frames, 40 ms; the frame's sound, its
+    ``time`` in audio.wav, led its mouth by that much). Frame k is the picture on screen at k / fps: the last source
+    frame that starts at or before it, also where the container's clock does not divide the rate (12800 ticks a
+    second at 30 fps) and at the video's own rate (every frame once)."""
+    import imageio_ffmpeg
+
+    from fastminerf.prepare.video import read_frames
+
+    src = tmp_path / "count.mp4"
+    w = imageio_ffmpeg.write_frames(str(src), (32, 32), fps=src_fps, macro_block_size=16, ffmpeg_log_level="error",
+                                    output_params=["-g", "1", "-video_track_timescale", str(tbn)])
+    w.send(None)
+    n = 40
+    for i in range(n):
+        w.send(np.full((32, 32, 3), 6 * i, dtype=np.uint8).tobytes())
+    w.close()
+    got = np.round(np.array([f[16, 16, 0] for f in read_frames(src, fps)], dtype=np.float64) / 6).astype(int)
+    k = np.arange(len(got))
+    want = np.minimum(np.floor(k * src_fps / fps + 1e-6).astype(int), n - 1)
+    assert len(got) >= int(n * fps / src_fps) - 1
+    np.testing.assert_array_equal(got, want)
+
+
 def test_a_phone_video_with_a_rotation_tag_decodes_upright_and_quietly(tmp_path, caplog):
     """Phones store portrait video as landscape frames plus a display-rotation tag. ffmpeg applies it, so the
     frames come out as the phone showed them: probe reports the rotated size, the frames have it, their content

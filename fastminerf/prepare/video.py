@@ -1,7 +1,8 @@
 """Decoding videos and extracting their audio, through the ffmpeg binary that imageio-ffmpeg bundles.
 
 Every decode passes ffmpeg's ``fps`` filter, so a variable-frame-rate video (phones, screen recordings) becomes a
-constant-rate frame sequence: frame ``k`` is the picture shown at ``k / fps`` seconds, and two decodes of the same
+constant-rate frame sequence: frame ``k`` is the picture on screen at ``k / fps`` seconds (the last frame that
+starts at or before it, at any rate: :func:`_on_screen_at`), and two decodes of the same
 video with the same rate give the same frames (the tracking pass and the writing pass rely on that). Cropping and
 resizing happen inside ffmpeg, in its own process, beside the Python work.
 
@@ -119,6 +120,17 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
     return VideoInfo(p, int(w), int(h), rate, float(meta.get("duration") or 0.0), bool(meta.get("audio_codec")))
 
 
+def _on_screen_at(fps: float) -> Tuple[str, str]:
+    """ffmpeg filters that make frame ``k`` the picture on screen at ``k / fps``: the last source frame that starts at
+    or before it. The ``fps`` filter alone rounds each source time to the nearest output slot and keeps a slot's last
+    frame, i.e. the picture shown half an output frame later (30 fps read at 10: source frame ``3k + 1``); source times
+    moved half an output frame later first (less 1 ms, more than a container clock's rounding of a frame's time) round
+    into the slot that starts at or after them. At the video's own rate and above, the same frames as the filter
+    alone."""
+    shift = 0.5 / float(fps) - 1e-3
+    return (f"setpts=PTS+{max(shift, 0.0)!r}/TB", f"fps={fps!r}")
+
+
 def read_frames(
     path: PathLike,
     fps: float,
@@ -141,7 +153,7 @@ def read_frames(
     """
     import imageio_ffmpeg
 
-    filters = [SQUARE_PIXELS, f"fps={fps!r}"]
+    filters = [SQUARE_PIXELS, *_on_screen_at(fps)]
     if crop is not None:
         x0, y0, side = crop
         # exact=1: otherwise ffmpeg rounds x0 and y0 down to the chroma grid (even pixels in 4:2:0 video), and the
