@@ -91,6 +91,27 @@ def test_sound_that_starts_after_the_picture_keeps_its_delay(tmp_path, suffix):
     assert len(a) / 16000 == pytest.approx(n / 25.0, abs=0.01)
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".ts"])
+def test_sound_that_starts_before_the_picture_stays_in_sync_with_it(tmp_path, suffix):
+    """The mirror case: a container whose picture starts after its sound (MPEG-TS recordings and remuxed clips:
+    tens of ms are common; here 0.6 s). audio.wav starts at the container's start; from an MPEG-TS file the frames
+    started at the first picture instead, so every frame heard the sound from 0.6 s before it (an mp4 was right: its
+    frames start at the container's start, the first picture held until it begins). The picture turns white when
+    a beep sounds, 1 s into the file: the first white frame is at the beep's time in audio.wav, in both."""
+    from fastminerf.prepare.video import extract_audio, read_frames
+
+    video = tmp_path / f"early{suffix}"
+    _run("-itsoffset", str(TONE_DELAY), "-f", "lavfi", "-i",
+         f"color=c=black:s=64x64:r=25:d=2,drawbox=c=white:t=fill:enable='gte(t,{1.0 - TONE_DELAY})'", "-f", "lavfi",
+         "-i", "aevalsrc='if(between(t,1,1.05),0.8*sin(2*PI*1000*t),0)':d=3:s=16000", "-map", "0:v", "-map", "1:a",
+         str(video))
+    frames = [f[32, 32, 0] for f in read_frames(video, 25.0)]
+    first_white = int(np.flatnonzero(np.array(frames) > 128)[0])
+    a = _read_wav(extract_audio(video, tmp_path / "audio.wav", 16000, duration=len(frames) / 25.0))
+    assert abs(first_white / 25.0 - _onset_s(a)) <= 1 / 25.0, (first_white, _onset_s(a))
+    assert len(a) / 16000 == pytest.approx(len(frames) / 25.0, abs=0.01)
+
+
 def test_prepared_audio_frames_masks_and_landmarks_line_up_with_a_face_gap_and_max_frames(tmp_path, head_frames):
     """A head that vanishes for four frames, sound that starts 0.6 s in, ``max_frames``: the written frames, masks,
     landmarks and transforms skip exactly the faceless frames, keep their source index and time, and audio.wav

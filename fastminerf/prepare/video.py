@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,7 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
     return VideoInfo(p, int(w), int(h), rate, float(meta.get("duration") or 0.0), bool(meta.get("audio_codec")))
 
 
-def _on_screen_at(fps: float) -> Tuple[str, str]:
+def _on_screen_at(fps: float, origin: float = 0.0) -> Tuple[str, str]:
     """ffmpeg filters that make frame ``k`` the picture on screen at ``k / fps``: the last source frame that starts at
     or before it. The ``fps`` filter alone rounds each source time to the nearest output slot and keeps a slot's last
     frame, i.e. the picture shown half an output frame later (30 fps read at 10: source frame ``3k + 1``); source times
@@ -128,7 +129,24 @@ def _on_screen_at(fps: float) -> Tuple[str, str]:
     into the slot that starts at or after them. At the video's own rate and above, the same frames as the filter
     alone."""
     shift = 0.5 / float(fps) - 1e-3
-    return (f"setpts=PTS+{max(shift, 0.0)!r}/TB", f"fps={fps!r}")
+    # start_time=origin (:func:`_origin`, on the file's own clock: -copyts): the first slot is the file's start, as
+    # audio.wav's first sample is, also where the picture starts after the sound (the first picture held until then)
+    return (f"setpts=PTS+{max(shift, 0.0)!r}/TB", f"fps={fps!r}:start_time={float(origin)!r}")
+
+
+def _origin(path: PathLike) -> float:
+    """Where a file's time 0 is on its own clock (ffmpeg's ``-copyts``): the earlier of its first picture's and its
+    first sound's times, so that frames (:func:`read_frames`) and audio.wav (:func:`extract_audio`) count from the
+    same moment. ffmpeg's own shift does not: an MPEG-TS file whose picture starts after its sound (tens of ms are
+    common) had its frames counted from the picture and its sound from the sound. 0 when neither is found."""
+    res = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-copyts", "-i", _input(path), "-map", "0:v:0?",
+                          "-map", "0:a:0?", "-vf", "showinfo", "-af", "ashowinfo", "-frames:v", "1", "-frames:a", "1",
+                          "-f", "null", "-"], capture_output=True, text=True)
+    starts = [float(m.group(1)) for m in _FIRST_PTS.finditer(res.stderr)]
+    return min(starts) if starts else 0.0
+
+
+_FIRST_PTS = re.compile(r"Parsed_a?showinfo_\d+ @ [^\]]*\] n: *0 pts: *-?\d+ pts_time:(-?[0-9.e+-]+)")
 
 
 def read_frames(
@@ -153,7 +171,7 @@ def read_frames(
     """
     import imageio_ffmpeg
 
-    filters = [SQUARE_PIXELS, *_on_screen_at(fps)]
+    filters = [SQUARE_PIXELS, *_on_screen_at(fps, _origin(path))]
     if crop is not None:
         x0, y0, side = crop
         # exact=1: otherwise ffmpeg rounds x0 and y0 down to the chroma grid (even pixels in 4:2:0 video), and the
@@ -165,7 +183,7 @@ def read_frames(
     if max_frames is not None:
         out += ["-frames:v", str(int(max_frames))]
     with _quiet_imageio_ffmpeg():
-        gen = imageio_ffmpeg.read_frames(_input(path), output_params=out)
+        gen = imageio_ffmpeg.read_frames(_input(path), input_params=["-copyts"], output_params=out)
         meta = next(gen)
     w, h = meta["size"]
     try:
@@ -183,11 +201,13 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration
         VideoError: the file has no audio track, or ffmpeg failed (its last message included).
     """
     out = Path(out_wav)
-    # aresample=first_pts=0: an audio stream that starts after the picture (a delay the container records, as screen
-    # and phone recorders write) is padded with that much silence, so that the WAV starts at the video's start like
-    # the decoded frames do (ffmpeg would otherwise write its first sample at 0 and pull the sound forward).
-    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-i", _input(path), "-vn", "-ac", "1", "-ar", str(int(rate)),
-           "-af", "aresample=first_pts=0", "-acodec", "pcm_s16le"]
+    # On the file's own clock (-copyts), from its origin (_origin), where read_frames puts frame 0: an audio stream that
+    # starts after the picture (a delay the container records, as screen and phone recorders write) is padded with
+    # that much silence (aresample's first_pts; ffmpeg would otherwise pull the sound forward), and one that starts
+    # before it (MPEG-TS) is kept from there, as the frames are.
+    start = int(round(_origin(path) * int(rate)))
+    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-copyts", "-i", _input(path), "-vn", "-ac", "1",
+           "-ar", str(int(rate)), "-af", f"aresample=first_pts={start},asetpts=PTS-STARTPTS", "-acodec", "pcm_s16le"]
     if duration is not None:
         cmd += ["-t", f"{duration:.6f}"]
     with replaced_atomically(out, ".tmp.wav") as tmp:  # ffmpeg takes the format from the suffix
