@@ -156,9 +156,9 @@ def frames_at_rate(n: int, source_fps: float, fps: float,
     for name, rate in (("source frame rate", source_fps), ("frame rate", fps)):
         if not (np.isfinite(rate) and rate > 0):
             raise AudioError(f"{name} must be > 0, got {rate}")
-    m = int(math.ceil(n * float(fps) / float(source_fps) - 1e-9)) if n > 0 else 0
+    m = int(math.ceil(n * float(fps) / float(source_fps) - 1e-6)) if n > 0 else 0
     clock = np.arange(m, dtype=np.float64) / float(fps)
-    idx = np.minimum(np.floor(clock * float(source_fps) + 1e-9).astype(np.int64), max(n - 1, 0))
+    idx = np.minimum(np.floor(clock * float(source_fps) + 1e-6).astype(np.int64), max(n - 1, 0))
     if times is None:
         return idx, None
     t = np.asarray(times, dtype=np.float64).reshape(-1)

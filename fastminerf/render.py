@@ -74,6 +74,7 @@ __all__ = [
     "render_video",
     "side_by_side",
     "speech_path",
+    "split_fps",
     "to_uint8",
     "training_basis",
     "view_angles",
@@ -429,7 +430,7 @@ def drive_path(
     else:
         tn = dn = np.zeros(e_drv.shape[1], np.float32)
     expr = expression_transfer(tn, dn, e_drv, mode)
-    fps = float(driver.split_meta(driver_split, d_id).fps or 25.0)
+    fps = split_fps(driver, driver_split, d_id)
     audio, times = identity_audio(driver.identity_dirs[d_id]), table.time[frames].astype(np.float64)
     if pose == "driver":
         return _rows_path(table, frames, expr, fps, audio, times, driver.expression_space)
@@ -438,7 +439,7 @@ def drive_path(
     if own.size == 0:
         raise RenderError(f"target '{target_identity}' has no frames in split '{neutral_split}' to take head poses from")
     if pose == "target":  # at the target's own speed: its frame at each driven frame's time
-        step = float(target.split_meta(neutral_split, t_id).fps or 25.0) / fps
+        step = split_fps(target, neutral_split, t_id) / fps
         return _rows_path(own_table, own[pose_loop(own.size, frames.size, step)], expr, fps, audio, times,
                           driver.expression_space)
     if pose == "relative":
@@ -451,6 +452,25 @@ def drive_path(
     return CameraPath(c2w=c2w, intrinsics=np.repeat(own_table.intrinsics[own[:1]], frames.size, axis=0).astype(np.float32),
                       expression=expr, width=width, height=height, fps=fps, audio=audio,
                       times=times, expression_space=driver.expression_space)
+
+
+DEFAULT_FPS = 25.0
+"""The frame rate of frames that say neither their ``fps`` nor their ``time``."""
+
+
+def split_fps(dataset: MultiIdentityDataset, split: str, identity: int) -> float:
+    """The frame rate of an identity's frames in a split: its transforms file's ``fps``; where it has none, the
+    frames' ``time`` steps (their median, so that dropped frames do not count), else :data:`DEFAULT_FPS`. Frames
+    that carry their times but not their rate (another tool's layout) are played at their own speed, and their
+    sound with them, not at 25 fps."""
+    fps = dataset.split_meta(split, identity).fps
+    if fps:
+        return float(fps)
+    table = dataset.table(split)
+    t = np.sort(table.time[table.frames_of(identity)].astype(np.float64))
+    steps = np.diff(t[np.isfinite(t)])
+    steps = steps[steps > 1e-6]
+    return round(float(1.0 / np.median(steps)), 3) if steps.size else DEFAULT_FPS  # 1/(1/30) is not quite 30
 
 
 def _time_ordered(table, rows: np.ndarray) -> np.ndarray:
@@ -522,7 +542,7 @@ def speech_path(
                           f"'{target_identity}' has {target.expression_dim}")
     table = target.table(pose_split)
     frames = table.frames_of(ident)
-    own_fps = float(target.split_meta(pose_split, ident).fps or 25.0)
+    own_fps = split_fps(target, pose_split, ident)
     fps = own_fps if fps is None else float(fps)
     expr, times = predict_expressions(speech_model, load_speech(speech), fps)
     order = _time_ordered(table, frames)  # the head at its own speed: its frame at each video frame's time

@@ -781,3 +781,27 @@ def test_target_poses_play_at_the_targets_speed_whatever_the_drivers_rate(tmp_pa
             np.testing.assert_array_equal(path.c2w[::2], poses[: (len(path) + 1) // 2])
         else:  # every other target pose
             np.testing.assert_array_equal(path.c2w, poses[::2][: len(path)])
+
+
+def test_a_driver_that_gives_its_frame_times_but_not_its_rate_plays_at_its_own_speed(tmp_path):
+    """DATASET.md makes ``fps`` optional: a driver whose frames carry their ``time`` (50 fps here) but whose
+    transforms file has no ``fps`` (another tool's layout) was played at 25 fps, twice as slow, each frame taking
+    1/25 s of sound from times 1/50 s apart (every stretch of the voice heard twice). Its rate comes from its times."""
+    import json
+
+    from fastminerf.audio import read_wav
+
+    dirs = generate(tmp_path / "d", n_identities=2, n_frames=12, size=16, novel_frames=1, fps=50.0, seed=1)
+    file = dirs[1] / "transforms_train.json"
+    meta = json.loads(file.read_text())
+    del meta["fps"]
+    file.write_text(json.dumps(meta))
+    data = load_dataset(dirs, splits=("train",))
+    path = drive_path(data, "id000", data, "train", "id001")
+    assert path.fps == 50.0
+    sound = path.soundtrack()
+    assert len(sound.samples) == round(len(path) / 50.0 * sound.rate)
+    # the recording played on unbroken: the soundtrack is the recording from the first frame's time
+    start = round(path.times[0] * sound.rate)
+    whole = read_wav(dirs[1] / "audio.wav").samples
+    assert np.array_equal(sound.samples, whole[start: start + len(sound.samples)])
