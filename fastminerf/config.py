@@ -760,7 +760,9 @@ class TrainConfig:
     """Steps of ``personalize`` (codes first, then all weights)."""
 
     personalize_code_fraction: float = 0.05
-    """Share of the personalisation steps that train only the new identity and frame codes."""
+    """Share of the personalisation steps that train only the new identity and frame codes (where its
+    ``max_seconds`` would end the run before those steps, this share of the limit, the rest left to the second
+    phase)."""
 
     personalize_tune: str = "grid"
     """Shared weights the second personalisation phase fine-tunes: ``grid`` (the hash-grid tables only: the heads

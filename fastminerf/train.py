@@ -919,7 +919,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     or fine-tune identities it already knows on their own frames.
 
     New identities, two phases: first only the new identity codes and frame codes are optimised
-    (``train.personalize_code_fraction`` of the steps; the shared field is frozen, so the new person is placed in the
+    (``train.personalize_code_fraction`` of the steps, or of ``max_seconds`` where the limit would end the run
+    before those steps; the shared field is frozen, so the new person is placed in the
     learned identity space), then the codes and the shared weights named by ``train.personalize_tune`` (by default the
     hash grid only: the heads and the conditioning keep what the generic identities taught them) are fine-tuned, the
     shared ones at ``train.personalize_lr_factor`` times their learning rate. The occupancy grid keeps what it learned
@@ -1060,17 +1061,27 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         loop.log.unlink()
     resumed = loop.step
     restore_phase = str(data.get("phase", "codes")) if data is not None else None
-    if loop.step < code_steps:
+    # A time limit that would end the run inside the code-only phase (the generic model plus codes, no shared weight
+    # tuned) ends that phase at its fraction of the limit instead, leaving the rest to the tuning; a phase whose steps
+    # fit (at the rate it runs, with the tuning's share left) takes them all, as without a limit. A resumed run goes
+    # on in the phase it stopped in (the first may have ended by time before code_steps).
+    code_seconds = max_seconds * fraction if max_seconds is not None and code_steps else None
+    if loop.step < code_steps and restore_phase != "all":
         for p in field_params:
             p.requires_grad_(False)
         opt = _optimizer([dict(params=codes, lr=cfg.train.code_lr)])
         state["optimizer"], state["phase"] = opt, "codes"
         if data is not None and restore_phase == "codes":
             _restore_optimizer(opt, restore, ckpt_path)
-        loop.run(opt, [cfg.train.code_lr], code_steps, steps, max_seconds, "codes", steps)
+        first, start_seconds = loop.step, loop.seconds
+        loop.run(opt, [cfg.train.code_lr], code_steps, steps, code_seconds, "codes", steps)
+        if code_seconds is not None and first < loop.step < code_steps and not loop.stopped:
+            rate = (loop.seconds - start_seconds) / (loop.step - first)  # seconds a code-only step
+            if loop.seconds + rate * (code_steps - loop.step) <= max_seconds * (1 - fraction):
+                loop.run(opt, [cfg.train.code_lr], code_steps, steps, max_seconds, "codes", steps)
         for p in field_params:
             p.requires_grad_(True)
-    if loop.step >= code_steps:  # not when the time limit stopped the first phase
+    if not loop.stopped:
         lrs = [cfg.train.lr * cfg.train.personalize_lr_factor, cfg.train.code_lr]
         tuned_ids = {id(q) for q in tuned}
         for p in field_params:  # shared weights outside train.personalize_tune stay as the generic run left them

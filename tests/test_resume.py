@@ -451,3 +451,30 @@ def test_a_run_folder_on_a_filesystem_without_locks_still_trains(heads, tmp_path
     monkeypatch.setattr(fcntl, "flock", no_locks)
     train(load_config("tiny", ["train.steps=2"]), heads[:1], tmp_path / "run")
     assert load_run(tmp_path / "run")[2]["step"] == 2
+
+
+def _phases(run):
+    return [json.loads(line)["phase"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_a_personalisation_time_limit_leaves_the_shared_weights_their_share_and_resumes_in_their_phase(heads, generic,
+                                                                                                     tmp_path):
+    """--max-seconds ended a personalisation inside its code-only phase whenever that phase's steps (a
+    personalize_code_fraction of --steps) took longer than the limit: no shared weight was tuned, and the result was
+    silently the generic model plus the new person's codes. Each phase gets its share of the time as of the steps;
+    a resumed run continues in the phase it stopped in."""
+    run = tmp_path / "timed"
+    # 0.5 of 100,000 steps for the codes: far more than the time allows
+    over = ["train.personalize_code_fraction=0.5", "train.log_every=1"]
+    personalize(generic, [heads[2]], run, steps=100_000, max_seconds=0.4, overrides=over)
+    phases = _phases(run)
+    assert phases[0] == "codes" and phases[-1] == "all", sorted(set(phases))
+    _, start, _ = load_run(generic)
+    _, tuned, meta = load_run(run)
+    assert meta["step"] < 50_000  # both phases ran within the limit, the second before the first's steps were done
+    grid = [n for n, _ in start.named_parameters() if "encoding" in n or "grid" in n]
+    assert grid and any(not torch.equal(dict(start.named_parameters())[n], dict(tuned.named_parameters())[n])
+                        for n in grid)
+    n = len(phases)
+    personalize(generic, [heads[2]], run, steps=100_000, max_seconds=0.8, overrides=over)
+    assert _phases(run)[n:] and set(_phases(run)[n:]) == {"all"}  # not back to the codes
