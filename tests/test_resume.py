@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -478,3 +479,38 @@ def test_a_personalisation_time_limit_leaves_the_shared_weights_their_share_and_
     n = len(phases)
     personalize(generic, [heads[2]], run, steps=100_000, max_seconds=0.8, overrides=over)
     assert _phases(run)[n:] and set(_phases(run)[n:]) == {"all"}  # not back to the codes
+
+
+@pytest.mark.parametrize("which", ["image", "mask", "background"])
+def test_resume_refuses_training_pixels_that_changed_under_the_same_cameras(heads, tmp_path, which):
+    """A dataset prepared again (or retouched) with other pixels but the same transforms files (cameras,
+    expressions, file names) resumed silently: frame codes and weights went on learning other images. The checkpoint
+    keeps the byte size of each training frame's image, mask and background file (one stat each, survives copies
+    and moves), and a resume on files of other sizes is refused naming the file; the same pixels copied elsewhere
+    still resume."""
+    from PIL import Image
+
+    data = _copy(heads[:2], tmp_path / "data")
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=4"]), data, run)
+    frame = json.loads((data[1] / "transforms_train.json").read_text())
+    rel = {"image": frame["frames"][0]["file_path"], "mask": frame["frames"][0]["mask_path"],
+           "background": frame["background"]}[which]
+    path = data[1] / rel
+    img = Image.open(path)
+    Image.fromarray(255 - np.asarray(img)).save(path)  # other pixels, same name, shape and camera
+    with pytest.raises(CheckpointError, match=re.escape(str(run / "checkpoint.pt")) + ".*" + re.escape(str(path))):
+        train(load_config("tiny", ["train.steps=6"]), data, run)
+    assert load_run(run)[2]["step"] == 4
+    train(load_config("tiny", ["train.steps=6"]), _copy(heads[:2], tmp_path / "copied"), run)
+    assert load_run(run)[2]["step"] == 6
+
+
+def test_fine_tuning_a_known_person_refuses_pixels_other_than_those_trained_on(heads, generic, tmp_path):
+    from PIL import Image
+
+    known = _copy(heads[:1], tmp_path / "known")
+    path = known[0] / json.loads((known[0] / "transforms_train.json").read_text())["frames"][2]["file_path"]
+    Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
+    with pytest.raises(DatasetError, match=re.escape(str(path)) + ".*" + re.escape(str(generic))):
+        personalize(generic, known, tmp_path / "tuned", steps=2)
