@@ -423,6 +423,9 @@ def _run_personalize(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------- render, eval, demo
 
 
+_MOVED_DATA = "give the folders where it is now with {option}"
+
+
 def _open_run(run: Path, render_steps: Optional[int] = None):
     """``load_run`` with a clear error for a missing folder: ``(config, model, metadata)``; ``render_steps`` (the
     ``--render-steps`` of render and eval) changes the model's marching steps outside training."""
@@ -503,7 +506,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
                         "NAME's own training head poses; 'still' holds NAME's mean pose")
     p.add_argument("--driver-identity", default=None, help="driver name when the --drive folder holds several")
     p.add_argument("--target-data", nargs="+", type=Path, default=None,
-                   help="folders holding NAME's training data (default: the run's own data paths)")
+                   help="folders holding NAME's training data, and beside them the expression basis a --drive video "
+                        "is prepared with (default: the run's own data paths; give them when the data moved)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames of an orbit (default 60), or the first frames of a driver video or of a --speech "
                         "recording (default all)")
@@ -528,6 +532,7 @@ def _run_render(args: argparse.Namespace) -> int:
     from .render import training_basis
 
     from .render import RenderError, identity_id
+    from .train import run_data_paths
 
     if args.frames is not None and args.frames < 1:  # an orbit would otherwise take 0 for its default of 60
         raise RenderError(f"--frames must be at least 1, got {args.frames}")
@@ -549,7 +554,8 @@ def _run_render(args: argparse.Namespace) -> int:
     note = _not_personalised(args.run, meta, [args.identity])
     if note:
         console.print(_styled("yellow", "note", note), markup=True)
-    target = load_target(args.target_data or meta["data_paths"], args.identity)
+    data_paths = args.target_data or run_data_paths(meta, _MOVED_DATA.format(option="--target-data"))
+    target = load_target(data_paths, args.identity)
     speech_dir = None
     if args.orbit:
         path = orbit_path(target, args.identity, n_frames=args.frames or 60, yaw_deg=args.yaw, pitch_deg=args.pitch)
@@ -584,7 +590,7 @@ def _run_render(args: argparse.Namespace) -> int:
                                   f"every frame in 'train'); give {folder} alone, with --frames N for its first frames")
             with _frames_progress(console, "prepare driver") as bar:
                 task = bar.add_task("prepare", total=None)
-                folder = driver_from_video(folder, training_basis(meta["data_paths"]), Path(args.run) / "drivers",
+                folder = driver_from_video(folder, training_basis(data_paths), Path(args.run) / "drivers",
                                            target.table("train").width, args.frames, fps=args.fps,
                                            progress=lambda stage, name, d, t: bar.update(task, completed=d, total=t or None))
             split = "train"
@@ -947,11 +953,13 @@ def _run_speech(args: argparse.Namespace) -> int:
 
     from .config import SpeechConfig, flat_config
     from .speech import SpeechError, load_speech_clips, save_speech_model, speech_metrics, train_speech
+    from .train import run_data_paths
 
     console = _console()
     if args.run is not None:
         _, _, meta = _open_run(args.run)
-        paths, out = [Path(p) for p in meta["data_paths"]], args.out or Path(args.run) / "speech.pt"
+        paths = [Path(p) for p in run_data_paths(meta, _MOVED_DATA.format(option="--data (with --out)"))]
+        out = args.out or Path(args.run) / "speech.pt"
     else:
         paths, out = args.data, args.out
         if out is None:

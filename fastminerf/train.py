@@ -241,6 +241,21 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     return cfg, model, meta
 
 
+def run_data_paths(meta: dict, instead: str = "give the folders where it is now") -> List[str]:
+    """The data folders a run recorded (``data_paths`` of :func:`load_run`'s metadata), for the commands that read
+    the run's own data (render's target, speech).
+
+    Raises:
+        DatasetError: naming the first folder that is not there and the run (the paths are absolute: the data was
+            moved or renamed, or the run copied from another machine), and what to do ``instead``.
+    """
+    for p in meta["data_paths"]:
+        if not os.path.exists(p):
+            raise DatasetError(f"not there, the data the run {Path(meta['checkpoint']).parent} was trained on (moved, "
+                               f"renamed, or the run copied from another machine?): {instead}", file=p)
+    return list(meta["data_paths"])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Weight average
 

@@ -681,3 +681,22 @@ def test_cli_render_at_another_fps_keeps_the_drivers_clock(tiny, tmp_path, fps, 
                  "--fps", f"{fps:g}", "--frames", "5", "--out", str(tmp_path / "f.mp4")]) == 0
     assert len(_read_video(tmp_path / "f.mp4")[1]) == 5
     assert abs(len(decode_audio(tmp_path / "f.mp4")) / 16000 - 5 / fps) <= 1 / fps
+
+
+def test_a_run_whose_data_moved_says_so_and_how_to_give_it(tmp_path, capsys):
+    """A run keeps its data folders as absolute paths; once the data was renamed, or the run copied to another
+    machine, render and speech --run failed with '/old/data: no such file or folder', which neither says that the
+    path is the run's record of its data nor how to point the command at where the data is now."""
+    import shutil
+
+    dirs = generate(tmp_path / "data", n_identities=2, n_frames=4, size=SIZE, novel_frames=1, val_fraction=0.25)
+    train(load_config("tiny", ["train.steps=1"]), dirs, tmp_path / "run")
+    shutil.move(tmp_path / "data", tmp_path / "renamed")
+    for args, option in ((["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--orbit", "--frames", "1",
+                           "--out", str(tmp_path / "o.mp4")], "--target-data"),
+                         (["speech", "--run", str(tmp_path / "run"), "--steps", "1"], "--data")):
+        assert main(args) != 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert str(dirs[0]) in err and "trained on" in err and option in err, err
+    assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--orbit", "--frames", "1",
+                 "--out", str(tmp_path / "o.mp4"), "--target-data", str(tmp_path / "renamed")]) == 0
