@@ -1007,10 +1007,11 @@ def _add_info(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "info",
         help="what a trained run holds: identities, frames, expression space, steps, size",
-        description="Describe a run folder (or checkpoint): its kind (train or personalize), steps and training time, "
-        "its identities and their training frames, the expression length and space (data in another space is "
+        description="Describe a run folder (or checkpoint): its kind (train or personalize), steps of its total and "
+        "training time (and whether its time limit or an interruption ended it; a personalisation still in its "
+        "code-only phase), its identities and their training frames, the expression length and space (data in another space is "
         "refused by personalize, render --drive and eval), the conditioning, the parameter count, the data it was "
-        "trained on, its speech model (RUN/speech.pt) when it has one, and the last logged training PSNR.",
+        "trained on (marked when no longer there), its speech model (RUN/speech.pt) when it has one, and the last logged training PSNR.",
     )
     p.add_argument("run", type=Path, help="run folder (made by train or personalize) or checkpoint file")
     p.add_argument("--json", action="store_true", help="print the description as JSON instead of a table")
@@ -1030,7 +1031,11 @@ def run_info(run: Path) -> dict:
                 expression_dim=meta["expression_dim"], expression_space=meta["expression_space"],
                 conditioning=cfg.model.field.conditioning, parameters=sum(p.numel() for p in model.parameters()),
                 checkpoint_bytes=Path(meta["checkpoint"]).stat().st_size, data_paths=meta["data_paths"],
-                refined=meta["refined"], added=meta["added"], generic_run=meta["generic_run"])
+                refined=meta["refined"], added=meta["added"], generic_run=meta["generic_run"],
+                total_steps=cfg.train.personalize_steps if meta["kind"] == "personalize" else cfg.train.steps,
+                max_seconds=cfg.train.max_seconds, phase=meta["phase"] if meta["kind"] == "personalize" else None,
+                limit_reached=cfg.train.max_seconds is not None and meta["seconds"] >= cfg.train.max_seconds,
+                data_missing=[p for p in meta["data_paths"] if not Path(p).exists()])
     speech = Path(meta["checkpoint"]).parent / "speech.pt"
     if speech.is_file():
         from .speech import load_speech_model
@@ -1061,14 +1066,22 @@ def _run_info(args: argparse.Namespace) -> int:
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")  # a long data path folds onto more lines: it was cut to '/data/lo…'
     last = info.get("last_log")
+    steps = f"{info['step']} of {info['total_steps']}, {info['seconds']:.0f} s"
+    if info["step"] < info["total_steps"]:  # a finished run and one its time limit or an interruption ended differ
+        steps += (f" (its {info['max_seconds']:g} s limit reached)" if info["limit_reached"]
+                  else " (not finished: the same command continues it)")
+    missing = set(info["data_missing"])
     rows = [
-        ("steps, training time", f"{info['step']}, {info['seconds']:.0f} s"),
+        ("steps, training time", steps),
         ("identities (training frames)", ", ".join(f"{n} ({c})" for n, c in info["identities"].items())),
         ("expression", f"{info['expression_dim']} coefficients, space {info['expression_space'] or 'not recorded'}"),
         ("conditioning", info["conditioning"]),
         ("parameters, checkpoint", f"{info['parameters']:,}, {info['checkpoint_bytes'] / 2**20:.1f} MiB"),
-        ("trained on", ", ".join(info["data_paths"]) or "?"),
+        ("trained on", ", ".join(p + (" (not there: moved?)" if p in missing else "") for p in info["data_paths"])
+         or "?"),
     ]
+    if info["phase"] == "codes":
+        rows.append(("phase", "code-only: the new people's codes are placed, no shared weight is tuned yet"))
     if info["refined"]:
         rows.append(("fine-tuned for", ", ".join(info["refined"])))
     if info["added"]:

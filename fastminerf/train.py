@@ -207,8 +207,9 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     ``frame_keys`` ((B,) fingerprints of the training frames, :func:`frame_keys`; None in older runs),
     ``frame_files`` ((B, 3) fingerprints of their image, mask and background files, :func:`frame_files`; None in
     older runs),
-    ``generic_run`` (the run a personalisation started from, else None), ``frame_identity`` (B,) and ``checkpoint``
-    (the file).
+    ``generic_run`` (the run a personalisation started from, else None), ``frame_identity`` (B,), ``phase`` (the
+    phase a personalisation's checkpoint was written in: ``codes`` or ``all``; else None) and ``checkpoint`` (the
+    file).
     """
     run = Path(run_dir)
     path = run / CHECKPOINT_NAME if run.is_dir() or not run.suffix else run
@@ -236,6 +237,7 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
         frame_identity=model.frame_identity.clone(),
         frame_keys=data.get("frame_keys"),
         frame_files=data.get("frame_files"),
+        phase=data.get("phase"),
         checkpoint=path,
     )
     return cfg, model, meta

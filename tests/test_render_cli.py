@@ -700,3 +700,35 @@ def test_a_run_whose_data_moved_says_so_and_how_to_give_it(tmp_path, capsys):
         assert str(dirs[0]) in err and "trained on" in err and option in err, err
     assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--orbit", "--frames", "1",
                  "--out", str(tmp_path / "o.mp4"), "--target-data", str(tmp_path / "renamed")]) == 0
+
+
+def test_cli_info_says_how_far_a_run_went_where_it_stopped_and_whether_its_data_is_there(tmp_path, capsys):
+    """info said '76, 0 s' of a personalisation that its time limit (or an interruption) ended after 76 of 2,000
+    steps, the same as of a finished run; nor whether a personalisation stopped in its code-only phase (no shared
+    weight tuned yet), nor that the data it names as 'trained on' is no longer there."""
+    import shutil
+
+    from fastminerf.train import personalize
+
+    dirs = generate(tmp_path / "data", n_identities=3, n_frames=4, size=SIZE, novel_frames=1, val_fraction=0.25)
+    train(load_config("tiny", ["train.steps=2", "train.log_every=1"]), dirs[:2], tmp_path / "run")
+    personalize(tmp_path / "run", dirs[2:], tmp_path / "p", steps=1000, max_seconds=1e-9)  # the limit ends it
+    personalize(tmp_path / "run", dirs[2:], tmp_path / "q", steps=1000, monitor=lambda model, record: True,
+                overrides=["train.log_every=1"])  # stopped after the first step, in the code-only phase
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["step"] == info["total_steps"] == 2 and info["phase"] is None and info["data_missing"] == []
+    assert main(["info", str(tmp_path / "p"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["step"] == 1 and info["total_steps"] == 1000 and info["max_seconds"] == 1e-9
+    assert main(["info", str(tmp_path / "p")]) == 0
+    assert "1 of 1000, 0 s (its 1e-09 s limit reached)" in " ".join(capsys.readouterr().out.split())
+    assert main(["info", str(tmp_path / "q")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 of 1000" in out and "not finished" in out and "code-only" in out
+    shutil.move(tmp_path / "data", tmp_path / "renamed")
+    assert main(["info", str(tmp_path / "p"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["data_missing"] == [str(d) for d in dirs]
+    assert main(["info", str(tmp_path / "p")]) == 0
+    assert "not there" in " ".join(capsys.readouterr().out.split())
