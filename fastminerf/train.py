@@ -164,8 +164,12 @@ def read_plain_file(path: PathLike, fmt: str, version: int, required: Sequence[s
         raise error(f"cannot read {what} {path} (corrupt or not a {what}): {type(exc).__name__}: {reason}") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise error(f"{path} is not a fastminerf {what}")
-    if data.get("version") != version:
-        raise error(f"{what} {path} has format version {data.get('version')}, this fastminerf reads {version}")
+    found = data.get("version")
+    if isinstance(found, int) and found > version:  # a later fastminerf's: only updating this one reads it
+        raise error(f"{what} {path} was written by a newer fastminerf (format version {found}; this one reads "
+                    f"{version}): update fastminerf to read it")
+    if found != version:
+        raise error(f"{what} {path} has format version {found}, this fastminerf reads {version}")
     missing = [k for k in required if k not in data]
     if missing:
         raise error(f"{what} {path} lacks {missing}")
@@ -645,7 +649,9 @@ def _restore_loop(data: dict, path: Path, sampler: RaySampler, occ_gen: torch.Ge
             average.load_state_dict(data["ema"])
         if data.get("torch_rng") is not None:  # checkpoints written before it was kept: the stream goes on as it is
             _set_global_rng(occ_gen.device, data["torch_rng"], occ_gen.initial_seed() + int(data["step"]))
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+    except KeyError as exc:  # str(KeyError) is the bare key
+        raise CheckpointError(f"{path}: cannot restore the training state: the checkpoint lacks {exc}") from None
+    except (ValueError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"{path}: cannot restore the training state: {exc}") from None
 
 

@@ -514,3 +514,20 @@ def test_fine_tuning_a_known_person_refuses_pixels_other_than_those_trained_on(h
     Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
     with pytest.raises(DatasetError, match=re.escape(str(path)) + ".*" + re.escape(str(generic))):
         personalize(generic, known, tmp_path / "tuned", steps=2)
+
+
+def test_a_checkpoint_of_another_fastminerf_version_says_which_side_is_older(heads, generic, tmp_path):
+    """A checkpoint written by a newer fastminerf (a higher format version) was refused with 'has format version 2,
+    this fastminerf reads 1', which does not say to update fastminerf; one without the training state an older
+    version did not keep was refused with "cannot restore the training state: 'sampler'" (a bare KeyError)."""
+    run = tmp_path / "run"
+    shutil.copytree(generic, run)
+    path = run / "checkpoint.pt"
+    data = torch.load(path, weights_only=True)
+    torch.save(dict(data, version=data["version"] + 1), path)
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*newer fastminerf.*update"):
+        load_run(run)
+    del data["sampler"]
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*lacks 'sampler'"):
+        train(load_config("tiny", ["train.steps=6"]), heads[:2], run)
