@@ -446,13 +446,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _check_resume_config(saved: RunConfig, new: RunConfig, path: Path,
-                         may_change: Sequence[str] = RESUME_MAY_CHANGE) -> None:
+                         may_change: Sequence[str] = RESUME_MAY_CHANGE, resume: str = "") -> None:
+    """:class:`CheckpointError` naming the keys outside ``may_change`` that differ (the first five, and how many
+    more), and how to continue the run instead (``resume``, e.g. with its own config file)."""
     a, b = _flat(saved), _flat(new)
     diff = [k for k in a if a[k] != b.get(k) and k not in may_change]
     if diff:
         shown = ", ".join(f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in diff[:5])
-        raise CheckpointError(
-            f"{path} was trained with a different config ({shown}); use another --out folder to start a new run")
+        more = f", and {len(diff) - 5} more" if len(diff) > 5 else ""
+        raise CheckpointError(f"{path} was trained with a different config ({shown}{more}); {resume}use another "
+                              "--out folder to start a new run")
 
 
 def _flat(cfg, prefix: str = "") -> dict:
@@ -925,7 +928,8 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     if data is not None:
         _check_kind(data, "train", ckpt_path)
         saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
-        _check_resume_config(saved_cfg, cfg, ckpt_path)
+        _check_resume_config(saved_cfg, cfg, ckpt_path, resume=f"to continue it, give its own config (--config "
+                             f"{out / CONFIG_NAME}; its steps, time limit, intervals and threads may still change), or ")
         if list(data["identity_names"]) != dataset.identities:
             gone = [n for n in data["identity_names"] if n not in dataset.identities]
             extra = [n for n in dataset.identities if n not in data["identity_names"]]

@@ -531,3 +531,15 @@ def test_a_checkpoint_of_another_fastminerf_version_says_which_side_is_older(hea
     torch.save(data, path)
     with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*lacks 'sampler'"):
         train(load_config("tiny", ["train.steps=6"]), heads[:2], run)
+
+
+def test_a_resume_with_another_config_says_how_to_continue_and_counts_what_it_leaves_out(heads, tmp_path):
+    """The same train command rerun without its --config (the cpu preset by default) was refused with five of the
+    eleven keys that differ, no word of the others, and 'use another --out folder to start a new run': not how to
+    continue the run, which is what the rerun was for. The message counts the keys left out and names the run's own
+    config file, with which the run continues."""
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=2"]), heads[:2], run)
+    with pytest.raises(CheckpointError, match=r"and \d+ more.*" + re.escape(str(run / "config.yaml"))):
+        train(load_config("cpu", ["train.steps=3"]), heads[:2], run)
+    assert train(load_config(str(run / "config.yaml"), ["train.steps=3"]), heads[:2], run).step == 3
