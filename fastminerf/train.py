@@ -336,8 +336,26 @@ def view_hull(model: MINeRF, dataset: MultiIdentityDataset, split: str = "train"
     table = dataset.table(split)
     if len(table) == 0 or any(path is None for path in table.mask_paths):
         return None
-    masks = [torch.from_numpy(np.array(dataset.mask(split, b))) for b in range(len(table))]
-    return model.hull_cells(torch.from_numpy(table.c2w), torch.from_numpy(table.intrinsics), masks, keep_unseen)
+    return model.hull_cells(torch.from_numpy(table.c2w), torch.from_numpy(table.intrinsics),
+                            _SplitMasks(dataset, split), keep_unseen)
+
+
+class _SplitMasks(Sequence):
+    """A split's masks as bool (H, W) tensors, each read when asked for and not cached: the carving visits every
+    training frame once, and a list of them all held H x W bytes a frame at once (15 GB for 60,000 frames at
+    512 px)."""
+
+    def __init__(self, dataset: MultiIdentityDataset, split: str) -> None:
+        self.dataset, self.split = dataset, split
+        self._n = dataset.num_frames(split)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, b: int) -> torch.Tensor:
+        if not 0 <= b < self._n:
+            raise IndexError(b)
+        return torch.from_numpy(np.array(self.dataset.mask(self.split, b, cached=False)))
 
 
 TORSO_START_FRAMES = 24

@@ -84,8 +84,9 @@ class FrameCache:
             self._items.clear()
             self._bytes = 0
 
-    def get(self, key: Hashable, load: Callable[[], np.ndarray]) -> np.ndarray:
-        """The array cached under ``key``, calling ``load()`` (outside the lock) on a miss."""
+    def get(self, key: Hashable, load: Callable[[], np.ndarray], keep: bool = True) -> np.ndarray:
+        """The array cached under ``key``, calling ``load()`` (outside the lock) on a miss; with ``keep=False`` what
+        ``load()`` returns is not cached."""
         with self._lock:
             arr = self._items.get(key)
             if arr is not None:
@@ -96,7 +97,8 @@ class FrameCache:
         arr = load()
         arr.setflags(write=False)
         size = int(arr.nbytes)
-        if (self.max_items is not None and self.max_items == 0) or (self.max_bytes is not None and size > self.max_bytes):
+        if not keep or (self.max_items is not None and self.max_items == 0) or (
+                self.max_bytes is not None and size > self.max_bytes):
             return arr
         with self._lock:
             if key in self._items:  # loaded meanwhile by another thread
@@ -422,8 +424,13 @@ class MultiIdentityDataset:
 
         return self.cache.get(("image", split, index), load)
 
-    def mask(self, split: str, index: int) -> Optional[np.ndarray]:
-        """The frame's foreground mask as bool (H, W), read-only, or None when it has no ``mask_path``."""
+    def mask(self, split: str, index: int, cached: bool = True) -> Optional[np.ndarray]:
+        """The frame's foreground mask as bool (H, W), read-only, or None when it has no ``mask_path``.
+
+        ``cached=False``: from the cache when it is there, else decoded and not kept: a pass over every frame (the
+        occupancy carving before training) would only push out the frames training draws, and keeping masks
+        between its large temporary arrays grew the process by about 2 MB a frame at 512 px (heap
+        fragmentation)."""
         t, meta, k = self._where(split, index)
         path = t.mask_paths[index]
         if path is None:
@@ -443,7 +450,7 @@ class MultiIdentityDataset:
                 )
             return m
 
-        return self.cache.get(("mask", split, index), load)
+        return self.cache.get(("mask", split, index), load, keep=cached)
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}: {len(t)} frames " + "/".join(sorted({f"{w}x{h}" for w, h in zip(t.widths.tolist(), t.heights.tolist())}))
