@@ -1435,8 +1435,9 @@ def evaluate(
                     progress(done, total)
             if out is not None:  # images an earlier evaluation into this folder left of frames not rendered now
                 written = {f"{int(table.frame_in_identity[i]):04d}.png" for i in frames.tolist()}
-                for stale in (out / "side_by_side" / name).glob("[0-9][0-9][0-9][0-9].png"):
-                    if stale.name not in written:
+                for stale in (out / "side_by_side" / name).glob("[0-9][0-9][0-9][0-9]*.png"):
+                    # four digits or more: a split of over 10,000 frames numbers its images 10000.png on
+                    if stale.stem.isdigit() and stale.name not in written:
                         stale.unlink()
             per_identity[name] = {"frames": len(frames), **{m: float(np.mean(v)) if v else float("nan") for m, v in values.items()}}
             if marks is not None:

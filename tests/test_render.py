@@ -536,6 +536,18 @@ def test_evaluate_again_into_one_folder_leaves_only_this_evaluations_images(synt
     assert sorted(p.name for p in folder.glob("*.png")) == ["0000.png", "notes.png"]
 
 
+def test_evaluate_again_removes_an_earlier_long_splits_images_past_frame_9999(synth, data, tmp_path):
+    """Side-by-side images are named by the frame's position with at least four digits, so a split of more than
+    10,000 frames (a 20-minute lecture's training frames at 25 fps) gives 10000.png on; the clean-up of an earlier
+    evaluation's images looked only for four-digit names and left those beside the new evaluation's."""
+    folder = tmp_path / "ev" / "side_by_side" / "id000"
+    folder.mkdir(parents=True)
+    for name in ("10000.png", "23999.png", "notes.png", "1234a.png"):
+        (folder / name).write_bytes(b"an earlier evaluation's")
+    evaluate(Oracle(synth[1]), data, "train", out_dir=tmp_path / "ev", max_frames=1, with_lpips=False, with_lmd=False)
+    assert sorted(p.name for p in folder.glob("*.png")) == ["0000.png", "1234a.png", "notes.png"]
+
+
 def test_evaluate_reports_how_far_each_head_pose_is_from_training(synth, data):
     """``pose_gap``: the mean angle from each evaluated frame's head pose to the identity's nearest training one."""
     from fastminerf.metrics import rotation_gap_deg
