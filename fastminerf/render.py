@@ -1189,8 +1189,8 @@ def write_video(
     if size is None:
         raise RenderError("write_video got no frames")
     if pngs is not None:  # frames past this video's end, left by an earlier, longer render into the same folder
-        for stale in pngs.glob("[0-9][0-9][0-9][0-9][0-9].png"):
-            if int(stale.stem) >= count:
+        for stale in pngs.glob("[0-9][0-9][0-9][0-9][0-9]*.png"):  # five digits or more: 100000.png on
+            if stale.stem.isdigit() and int(stale.stem) >= count:
                 stale.unlink()
     seconds = audio.seconds if wav is not None else 0.0
     return VideoInfo(path=out, n_frames=count, width=size[1], height=size[0], png_dir=pngs, audio_seconds=seconds)

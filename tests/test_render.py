@@ -326,6 +326,17 @@ def test_write_video_reads_back(tmp_path, h, w):
     np.testing.assert_array_equal(iio.imread(pngs[3]), np.rint(frames[3] * 255).astype(np.uint8))
 
 
+def test_write_video_again_removes_an_earlier_renders_frames_past_99999(tmp_path):
+    """PNG frames are numbered with at least five digits, so a render of over 100,000 frames (67 minutes at 25 fps:
+    a lecture driven through) writes 100000.png on; the clean-up of an earlier, longer render's frames looked only for
+    five-digit names and left those behind."""
+    png = tmp_path / "png"
+    png.mkdir()
+    for name in ("100000.png", "123456.png", "notes.png", "12345x.png"):
+        (png / name).write_bytes(b"an earlier render's")
+    write_video(iter(_frames(2, 16, 16)), None, fps=10, png_dir=png)
+    assert sorted(p.name for p in png.glob("*.png")) == ["00000.png", "00001.png", "12345x.png", "notes.png"]
+
 def test_write_video_replaces_earlier_output_whole_or_not_at_all(tmp_path):
     """Rendering again into the same mp4 and PNG folder: a shorter video leaves no frames of the longer one behind;
     an interrupted render leaves the earlier mp4 whole (written beside it, renamed at the end) and no part file."""
