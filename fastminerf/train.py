@@ -460,6 +460,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but this torch ({torch.__version__}) sees no CUDA device; "
                          "use train.device=cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()  # else model.to(device) fails after the data is read: 'invalid device ordinal'
+        raise ValueError(f"train.device={name!r} but this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                         f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}); use one of them, cuda or auto")
     return device
 
 

@@ -723,6 +723,18 @@ def test_device_choice(tiny_data, tmp_path):
             resolve_device("cuda")
 
 
+def test_a_gpu_index_beyond_the_machine_is_refused(monkeypatch):
+    """train.device=cuda:1 on a machine with one GPU was accepted: training read the data, built and carved the
+    model, then failed in model.to(device) with torch's 'CUDA error: invalid device ordinal' traceback."""
+    from fastminerf.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match=r"train.device='cuda:1'.*1 CUDA device.*cuda:0"):
+        resolve_device("cuda:1")
+
+
 def test_an_unusable_device_is_refused_before_any_work(tiny_data, trained, tmp_path):
     """train.device=gpu (or cuda on a machine without one) was refused only after the data was read, the model
     built and the occupancy grid carved (minutes on a large dataset), leaving an empty run folder behind."""
