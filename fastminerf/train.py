@@ -623,10 +623,11 @@ class _Loop:
             if plain.any() and not plain.all():
                 # the logged PSNR leaves out the deliberately hard error, mouth and eye rays
                 logged = logged.cpu()[torch.from_numpy(plain)]
+            # Read on the clock: on a GPU the backward pass and the update are queued, and this host read waits for them.
+            self.loss = float(loss.detach())
             elapsed = time.perf_counter() - start
             self.step += 1
             self.seconds += elapsed
-            self.loss = float(loss.detach())
             window_mse.append(float(logged.mean()))
             window_rays += n
             window_samples += int(out["samples"][:n].sum())

@@ -711,6 +711,40 @@ def test_monitor_stops_training_and_its_time_is_not_training_time(tiny_data, tmp
     assert result.model.training is False  # train() returns the model in eval mode as before
 
 
+def test_a_step_is_timed_until_its_device_work_is_done(tiny_data, tmp_path, monkeypatch):
+    """On a CUDA device a step's backward pass and optimizer update are queued, and the host waits for them at its
+    first read of a result; the loop read the loss (float(loss)) only after it had stopped the step's clock, so
+    without error-map sampling (tiny, nerface, the defaults) a step's seconds and rays_per_s left out its backward
+    pass and update, and train.max_seconds ran long. Here a host read after backward() advances a fake clock by the
+    queued work's time, as on an asynchronous device."""
+    import time
+
+    queued, clock, wait = [False], [0.0], 1.0
+    backward = torch.Tensor.backward
+
+    def queue(self, *args, **kwargs):
+        backward(self, *args, **kwargs)
+        queued[0] = True
+
+    def reader(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            if queued[0]:
+                queued[0], clock[0] = False, clock[0] + wait
+            return real(self, *args, **kwargs)
+        return read
+
+    monkeypatch.setattr(torch.Tensor, "backward", queue)
+    for name in ("__float__", "__int__", "__bool__", "item", "cpu", "tolist", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, reader(name))
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    steps = 4
+    result = train(load_config("tiny", [f"train.steps={steps}", "train.log_every=1"]), _two(tiny_data), tmp_path / "r")
+    assert result.seconds >= steps * wait
+    assert all(r["rays_per_s"] <= 256 / wait for r in _log(tmp_path / "r"))
+
+
 def test_device_choice(tiny_data, tmp_path):
     from fastminerf.train import resolve_device
 
