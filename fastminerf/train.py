@@ -183,7 +183,18 @@ def load_checkpoint(path: PathLike) -> dict:
                            "checkpoint", CheckpointError)
 
 
-def _model_from_checkpoint(data: dict, path: Path) -> Tuple[RunConfig, MINeRF]:
+def _anywhere(model_cfg):
+    """``model_cfg`` with ``auto`` for the backends that run only on CUDA (``tcnn``, ``nerfacc``): tiny-cuda-nn's
+    HashGrid and nerfacc's marcher compute the native functions on the same parameters and bitfield, so a model
+    trained through them runs native on the CPU, and ``auto`` picks them again on a GPU where installed."""
+    field = model_cfg.field
+    return replace(model_cfg, grid_backend="auto" if model_cfg.grid_backend == "nerfacc" else model_cfg.grid_backend,
+                   field=replace(field, backend="auto" if field.backend == "tcnn" else field.backend))
+
+
+def _model_from_checkpoint(data: dict, path: Path, anywhere: bool = False) -> Tuple[RunConfig, MINeRF]:
+    """The run's config and its model (on the CPU); ``anywhere``: the model runs on any device (:func:`_anywhere`),
+    the config stays the one the run was trained with."""
     try:
         cfg = parse_config_text(data["config_yaml"])
     except ValueError as exc:
@@ -192,7 +203,8 @@ def _model_from_checkpoint(data: dict, path: Path) -> Tuple[RunConfig, MINeRF]:
     if "frame_identity" not in state or "aabb" not in state:
         raise CheckpointError(f"checkpoint {path}: the model state lacks frame_identity / aabb")
     space = data.get("expression_space")
-    model = MINeRF(cfg.model, int(data["expression_dim"]), list(data["identity_names"]), state["frame_identity"],
+    model = MINeRF(_anywhere(cfg.model) if anywhere else cfg.model, int(data["expression_dim"]),
+                   list(data["identity_names"]), state["frame_identity"],
                    aabb=state["aabb"].tolist(), expression_space=str(space) if space is not None else None)
     try:
         model.load_state_dict(state)
@@ -202,7 +214,9 @@ def _model_from_checkpoint(data: dict, path: Path) -> Tuple[RunConfig, MINeRF]:
 
 
 def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
-    """Load a trained run: ``(config, model in eval mode, metadata)``.
+    """Load a trained run: ``(config, model in eval mode, metadata)``. The model is on the CPU and runs on any device:
+    a run trained with the CUDA-only backends ``tcnn`` / ``nerfacc`` loads with ``auto`` in their place (the same
+    functions; the config returned is still the one the run was trained with).
 
     The metadata dict holds ``identity_names`` (I,), ``expression_dim`` E, ``expression_space`` (of the training
     data, None when unknown), ``data_paths`` (the folders it was
@@ -218,7 +232,7 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     run = Path(run_dir)
     path = run / CHECKPOINT_NAME if run.is_dir() or not run.suffix else run
     data = load_checkpoint(path)
-    cfg, model = _model_from_checkpoint(data, path)
+    cfg, model = _model_from_checkpoint(data, path, anywhere=True)  # loaded on the CPU: tcnn / nerfacc cannot run there
     if data.get("ema") is not None:  # the run kept a weight average (train.ema_decay): it is the trained model
         try:
             average = WeightAverage(model, cfg.train.ema_decay)
