@@ -48,6 +48,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from . import backend as _backend
 from .config import RunConfig, as_list, dump_config, parse_config_text
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
@@ -479,6 +480,20 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"train.device={name!r} but this machine has {count} CUDA device{'s' if count != 1 else ''} "
                          f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}); use one of them, cuda or auto")
     return device
+
+
+def _check_backends(cfg: RunConfig, device: torch.device) -> None:
+    """Refuse before any work the backends of ``cfg`` that cannot run on ``device`` (tcnn or nerfacc off CUDA or
+    not importable there, native without kernels for the device), naming the setting; the model would raise it at
+    its first step, after the setup."""
+    if cfg.model.backbone != "fast":  # the nerface backbone has no hash grid and no occupancy grid
+        return
+    for key, value, component in (("model.field.backend", cfg.model.field.backend, "encoding"),
+                                  ("model.grid_backend", cfg.model.grid_backend, "grid")):
+        try:
+            _backend.resolve(value, component, device.type)
+        except _backend.BackendError as exc:
+            raise ValueError(f"{key}={value!r} cannot run on {device}: {exc}") from None
 
 
 def _check_resume_config(saved: RunConfig, new: RunConfig, path: Path,
@@ -952,6 +967,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         another config.
     """
     device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
+    _check_backends(cfg, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _lock_run_folder(out)

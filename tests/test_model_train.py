@@ -781,6 +781,22 @@ def test_an_unusable_device_is_refused_before_any_work(tiny_data, trained, tmp_p
     assert not (tmp_path / "t").exists() and not (tmp_path / "p").exists()
 
 
+@pytest.mark.parametrize("key,value", [("model.field.backend", "tcnn"), ("model.grid_backend", "nerfacc")])
+def test_a_backend_that_cannot_run_on_the_device_is_refused_before_any_work(tiny_data, tmp_path, capsys, key, value):
+    """model.field.backend=tcnn (or model.grid_backend=nerfacc) where it cannot run (the CPU here; a GPU machine
+    without the package) was found out at the first training step, after the data was read and the model built and
+    carved, as a BackendError traceback from fastminerf train (a RuntimeError, which the command line does not
+    report as a user error)."""
+    from fastminerf.cli import main
+
+    sets = ["--set", f"{key}={value}", "--set", "model.field.identity_levels=0", "--set", "train.device=cpu"]
+    out = tmp_path / "t"
+    assert main(["train", "--data", *map(str, _two(tiny_data)), "--out", str(out), "--config", "tiny",
+                 "--steps", "1", *sets]) == 2
+    assert key in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.cuda
 def test_training_and_personalisation_run_on_cuda(tiny_data, tmp_path):
     dirs = sorted(p for p in tiny_data.iterdir() if p.is_dir())
