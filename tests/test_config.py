@@ -226,6 +226,16 @@ def test_model_choices_and_ranges_are_refused_naming_the_key_before_training(ove
     _refused_in_file(tmp_path, text, key.replace(".", r"\."))
 
 
+@pytest.mark.parametrize("preset,extra", [("cpu", []), ("tiny", ["model.field.identity_levels_for=colour"])])
+def test_tcnn_with_identity_levels_is_refused_when_the_config_loads(preset, extra):
+    """--config cpu --set model.field.backend=tcnn (the cpu and tiny presets have identity levels, which
+    tiny-cuda-nn's HashGrid cannot hash) loaded, and the run failed at its first step, after the data was read and
+    the model built and carved, with "BackendError: tiny-cuda-nn's HashGrid has no identity levels" (a traceback)."""
+    with pytest.raises(ConfigError, match=r"model\.field\.backend=tcnn.*model\.field\.identity_levels=0"):
+        load_config(preset, ["model.field.backend=tcnn"] + extra)
+    assert load_config(preset, ["model.field.backend=tcnn", "model.field.identity_levels=0"]).model.field.backend == "tcnn"
+
+
 def test_the_edges_of_the_model_choices_still_load():
     cfg = load_config("tiny", ["model.grid_levels=16", "model.cone_angle=0", "model.grid_backend=nerfacc",
                                "model.field.backend=tcnn", "model.backbone=nerface", "model.aabb=null",
