@@ -149,3 +149,19 @@ def test_march_names_a_plane_of_the_wrong_shape(backend, name, shape):
                **{name: torch.full((5,), planes[name].reshape(-1)[0].item())})
     march_rays(torch.zeros(5, 3), torch.ones(5, 3), bits, cascade_aabbs(ROI, 1), 8, step_size=0.1, backend=backend,
                **{name: torch.tensor(0.5 if name == "near" else 10.0)})
+
+
+def test_the_hash_grid_references_without_a_salt_on_identity_levels_say_so():
+    """hash_encode refuses a grid with identity levels and no salt; the public reference and hash_grid_rows read the
+    same levels through corner_rows, which took salt=None to 'NoneType' object has no attribute 'long'."""
+    from fastminerf.ops import hash_encode_reference, hash_grid_rows
+
+    levels = hash_grid_levels(n_levels=4, n_features_per_level=2, log2_hashmap_size=8, base_resolution=2,
+                              per_level_scale=2.0, identity_levels=1)
+    points, table = torch.rand(5, 3), torch.zeros(levels.n_rows, levels.n_features)
+    for call in (lambda: hash_encode_reference(points, table, levels), lambda: hash_grid_rows(points, levels)):
+        with pytest.raises(ValueError, match=r"identity levels \(from level 3\): salt"):
+            call()
+    salt = torch.zeros(5, dtype=torch.int64)
+    assert hash_encode_reference(points, table, levels, salt).shape == (5, 8)
+    assert hash_grid_rows(points, levels, salt).shape == (4, 5, 8)

@@ -154,6 +154,9 @@ def corner_rows(base: torch.Tensor, corner: int, levels: HashGridLevels, level: 
         return ((q[:, 0] + q[:, 1] * res + q[:, 2] * (res * res)) & UINT32_MASK) % size
     index = q[:, 0] ^ ((q[:, 1] * PRIME_1) & UINT32_MASK) ^ ((q[:, 2] * PRIME_2) & UINT32_MASK)
     if salted:  # the identity as a fourth hashed coordinate
+        if salt is None or salt.shape != base.shape[:1]:
+            raise ValueError(f"this grid has identity levels (from level {levels.salted_from}): salt must have shape "
+                             f"({base.shape[0]},), got {None if salt is None else tuple(salt.shape)}")
         index = index ^ (((salt.long() & UINT32_MASK) * PRIME_3) & UINT32_MASK)
     return index % size
 
