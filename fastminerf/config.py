@@ -67,7 +67,8 @@ class DataConfig:
     config holds ``train`` only: training and personalisation read that split (other values are refused)."""
 
     cache_frames: Optional[int] = 4096
-    """Most decoded frames (images and masks) kept in memory at once; ``None`` for no count limit."""
+    """Most decoded frames kept in memory at once (an image and its mask count as one frame); ``None`` for no count
+    limit."""
 
     cache_bytes: Optional[int] = 2 * 1024**3
     """Most bytes of decoded frames kept in memory at once; ``None`` for no byte limit. Frames are uint8,
@@ -127,6 +128,14 @@ class SamplerConfig:
     other; frames without eye landmarks keep them in the face box. ``mouth_fraction + eye_fraction <= 1``. 0 turns it
     off."""
 
+    pool_frames: Optional[int] = None
+    """Frames the batches draw from at a time, for a split larger than the frame cache holds (``data.cache_frames``,
+    ``data.cache_bytes``): batches draw from a pool of this many frames that turns over gradually (each step replaces
+    :data:`fastminerf.data.rays.POOL_TURNOVER` of ``frames_per_batch`` of them, at least one), so a step decodes a few
+    frames from disk instead of nearly every frame it draws, and every frame still comes round (nerfstudio's data
+    managers draw from a changing subset of images likewise). ``None``: nine tenths of the frames the cache holds,
+    and only when the split has more (a split that fits draws from all its frames, as with 0); 0: never a pool."""
+
     def __post_init__(self) -> None:
         # the sampler checks these too, but only once a run has loaded its data, and without the section's name (a
         # negative seed as numpy's 'expected non-negative integer', naming nothing)
@@ -135,6 +144,8 @@ class SamplerConfig:
                 raise ConfigError(f"sampler.{key} must be >= {least}, got {getattr(self, key)}")
         if self.frames_per_batch is not None and int(self.frames_per_batch) < 1:
             raise ConfigError(f"sampler.frames_per_batch must be >= 1 or null, got {self.frames_per_batch}")
+        if self.pool_frames is not None and int(self.pool_frames) < 0:
+            raise ConfigError(f"sampler.pool_frames must be >= 0 or null, got {self.pool_frames}")
         for key in ("face_fraction", "error_fraction", "mouth_fraction", "eye_fraction"):
             if not 0.0 <= float(getattr(self, key)) <= 1.0:
                 raise ConfigError(f"sampler.{key} must be in [0, 1], got {getattr(self, key)}")

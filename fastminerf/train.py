@@ -851,9 +851,12 @@ def _state(sampler: RaySampler) -> dict:
     # Plain data only: the 128-bit PCG64 words as decimal strings (weights_only loads them without pickled code),
     # the error maps as a tensor.
     inner = state["state"]
-    return dict(bit_generator=state["bit_generator"], state=str(inner["state"]), inc=str(inner["inc"]),
-                has_uint32=int(state["has_uint32"]), uinteger=int(state["uinteger"]),
-                error_map=torch.from_numpy(full["error_map"]))
+    out = dict(bit_generator=state["bit_generator"], state=str(inner["state"]), inc=str(inner["inc"]),
+               has_uint32=int(state["has_uint32"]), uinteger=int(state["uinteger"]),
+               error_map=torch.from_numpy(full["error_map"]))
+    if "pool" in full:  # the frames the batches draw from, where the split outgrows the frame cache
+        out["pool"] = torch.from_numpy(full["pool"])
+    return out
 
 
 def _restore_state(sampler: RaySampler, s: dict) -> None:
@@ -861,6 +864,8 @@ def _restore_state(sampler: RaySampler, s: dict) -> None:
                                    has_uint32=int(s["has_uint32"]), uinteger=int(s["uinteger"]))}
     if "error_map" in s:  # checkpoints written before error-map sampling have none
         state["error_map"] = s["error_map"].numpy()
+    if "pool" in s:
+        state["pool"] = s["pool"].numpy()
     sampler.load_state_dict(state)
 
 

@@ -434,6 +434,20 @@ def test_frames_are_decoded_lazily_into_a_bounded_cache(tmp_path: Path):
         data.image("train", 5)[0, 0, 0] = 1  # cached frames are read-only
 
 
+def test_cache_frames_counts_frames_not_images_and_masks(tmp_path: Path):
+    """data.cache_frames says frames: a frame's image and its mask count as one, so a split of masked frames keeps
+    as many frames as one without masks (it kept half as many: 4,096 images and masks were 2,048 frames)."""
+    from tests.test_rays import _identity
+
+    _identity(tmp_path, "m", 4, seed=3, mask=True)
+    data = load_dataset(tmp_path, cache_frames=2)
+    for i in range(4):
+        data.image("train", i), data.mask("train", i)
+    held = set(data.cache._items)
+    assert {k for k in held if k[0] == "image"} == {("image", "train", 2), ("image", "train", 3)}
+    assert {("mask", "train", 2), ("mask", "train", 3)} <= held and data.frames_held("train") == 2
+
+
 def test_cache_bounded_in_bytes(tmp_path: Path):
     d = make_identity(tmp_path, "a", n_frames=5)
     frame_bytes = W * H * 3

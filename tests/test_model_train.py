@@ -211,11 +211,12 @@ def test_checkpoint_round_trip_renders_the_same_image(tiny_data, trained):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("extra", [[], ["sampler.error_fraction=0.5"], ["train.ema_decay=0.9", "train.ray_jitter=true"]])
+@pytest.mark.parametrize("extra", [[], ["sampler.error_fraction=0.5"], ["train.ema_decay=0.9", "train.ray_jitter=true"],
+                                   ["sampler.pool_frames=3"]])
 def test_resume_continues_from_the_same_step_and_matches_uninterrupted(tiny_data, tmp_path, extra):
     # With error-map sampling the maps are part of the state: a resume that lost them would draw other rays; with a
     # weight average, the average is (the models compared are the averages); jittered rays draw from the saved
-    # generator.
+    # generator; with a frame pool, the pool is.
     cfg = load_config("tiny", ["train.steps=10", "train.checkpoint_every=3", "train.log_every=1"] + extra)
     straight = train(cfg, _two(tiny_data), tmp_path / "straight")
 

@@ -210,6 +210,76 @@ def test_identity_balance(data):
     assert abs(share_plain - 0.25) < 0.2 and abs(share_bal - 0.5) < 0.25 and share_bal > share_plain
 
 
+def _pool_data(root: Path, frames=(6, 60), cache_frames=20):
+    for i, n in enumerate(frames):
+        _identity(root, "ab"[i], n, seed=i + 1, bbox=BOX)
+    return load_dataset(root, cache_frames=cache_frames)
+
+
+def test_a_split_that_outgrows_the_frame_cache_is_drawn_from_a_turning_pool(tmp_path):
+    """66 frames, a cache of 20: without a pool nearly every frame a batch draws is decoded from disk again; the
+    pool (nine tenths of what the cache holds) decodes only the few frames it takes in each step, and every frame
+    still comes round."""
+    data = _pool_data(tmp_path)
+    assert data.frames_held("train") == 20
+    pooled = RaySampler(data, "train", batch_size=64, seed=0, frames_per_batch=16)
+    assert pooled.pool_frames == 18  # nine tenths of 20
+    seen, turns = set(), []
+    before = pooled._in_pool.copy()
+    for _ in range(200):
+        batch = pooled.sample()
+        pool = np.flatnonzero(pooled._in_pool)
+        assert pool.size == 18 and set(batch.frame.tolist()) <= set(pool.tolist())
+        turns.append(int((pooled._in_pool & ~before).sum()))
+        before = pooled._in_pool.copy()
+        seen |= set(batch.frame.tolist())
+    assert turns == [1] * 200  # round(16 / 16) new frames a step
+    assert seen == set(range(66))
+    misses = data.cache.misses
+    for _ in range(50):
+        pooled.sample()
+    pooled_misses = data.cache.misses - misses
+    data.cache.clear()
+    plain = RaySampler(data, "train", batch_size=64, seed=0, frames_per_batch=16, pool_frames=0)
+    assert plain.pool_frames == 0
+    for _ in range(50):
+        plain.sample()
+    misses = data.cache.misses
+    for _ in range(50):
+        plain.sample()
+    plain_misses = data.cache.misses - misses
+    # one new frame a step (and the odd pool frame the cache let go) against most of 16 frames a step
+    assert pooled_misses <= 2 * 50 and plain_misses >= 8 * 50, (pooled_misses, plain_misses)
+
+
+def test_a_split_that_fits_the_cache_has_no_pool_and_draws_as_before(tmp_path):
+    data = _pool_data(tmp_path, cache_frames=66)
+    auto = RaySampler(data, "train", batch_size=64, seed=3, frames_per_batch=16)
+    off = RaySampler(data, "train", batch_size=64, seed=3, frames_per_batch=16, pool_frames=0)
+    assert auto.pool_frames == 0
+    for _ in range(5):
+        a, b = auto.sample(), off.sample()
+        assert torch.equal(a.frame, b.frame) and torch.equal(a.pixel, b.pixel)
+
+
+def test_a_pool_keeps_identities_balanced_and_resumes(tmp_path):
+    """6 frames of 'a' beside 60 of 'b', balanced: 'a' keeps half the rays through a pool of 18 frames; a sampler
+    given another's state draws the very same batches (the pool is part of the state)."""
+    data = _pool_data(tmp_path)
+    for per_batch in (16, None):
+        s = RaySampler(data, "train", batch_size=64, seed=1, frames_per_batch=per_batch, balance_identities=True)
+        share = np.mean([float((s.sample().identity == 0).float().mean()) for _ in range(100)])
+        assert abs(share - 0.5) < 0.1, (per_batch, share)
+    s = RaySampler(data, "train", batch_size=64, seed=2, frames_per_batch=16, pool_frames=10)
+    for _ in range(7):
+        s.sample()
+    t = RaySampler(data, "train", batch_size=64, seed=99, frames_per_batch=16, pool_frames=10)
+    t.load_state_dict(s.state_dict())
+    for _ in range(5):
+        a, b = s.sample(), t.sample()
+        assert torch.equal(a.frame, b.frame) and torch.equal(a.pixel, b.pixel)
+
+
 def test_mask_guides_face_rays_when_there_is_no_box(tmp_path):
     _identity(tmp_path, "m", 3, seed=4, mask=True)
     data = load_dataset(tmp_path)

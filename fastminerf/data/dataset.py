@@ -48,7 +48,7 @@ class FrameCache:
     read-only so that no caller can change what another caller gets.
 
     Args:
-        max_items: most arrays kept; None for no count limit.
+        max_items: most arrays kept (each counted as :meth:`get` says); None for no count limit.
         max_bytes: most bytes kept; None for no byte limit.
     """
 
@@ -60,7 +60,9 @@ class FrameCache:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._items: "OrderedDict[Hashable, np.ndarray]" = OrderedDict()
+        self._counts: Dict[Hashable, int] = {}  # what each array counts against max_items
         self._bytes = 0
+        self._count = 0
         self._lock = threading.Lock()
         self.hits = 0
         """Lookups answered from the cache."""
@@ -82,11 +84,14 @@ class FrameCache:
         """Drop everything."""
         with self._lock:
             self._items.clear()
+            self._counts.clear()
             self._bytes = 0
+            self._count = 0
 
-    def get(self, key: Hashable, load: Callable[[], np.ndarray], keep: bool = True) -> np.ndarray:
+    def get(self, key: Hashable, load: Callable[[], np.ndarray], keep: bool = True, count: int = 1) -> np.ndarray:
         """The array cached under ``key``, calling ``load()`` (outside the lock) on a miss; with ``keep=False`` what
-        ``load()`` returns is not cached."""
+        ``load()`` returns is not cached. ``count``: what the array counts against ``max_items`` (0 for a frame's
+        mask, which goes with its image)."""
         with self._lock:
             arr = self._items.get(key)
             if arr is not None:
@@ -104,13 +109,15 @@ class FrameCache:
             if key in self._items:  # loaded meanwhile by another thread
                 self._items.move_to_end(key)
                 return self._items[key]
-            self._items[key] = arr
+            self._items[key], self._counts[key] = arr, int(count)
             self._bytes += size
-            while (self.max_items is not None and len(self._items) > self.max_items) or (
+            self._count += int(count)
+            while (self.max_items is not None and self._count > self.max_items) or (
                 self.max_bytes is not None and self._bytes > self.max_bytes
             ):
-                _, old = self._items.popitem(last=False)
+                old_key, old = self._items.popitem(last=False)
                 self._bytes -= int(old.nbytes)
+                self._count -= self._counts.pop(old_key)
         return arr
 
 
@@ -313,6 +320,16 @@ class MultiIdentityDataset:
         except KeyError:
             raise KeyError(f"split '{split}' is not loaded; loaded splits: {list(self.splits)}") from None
 
+    def frames_held(self, split: str) -> Optional[int]:
+        """How many frames of ``split`` (their images and masks) the frame cache holds at once, at the split's largest
+        frame size; None when the cache is unbounded."""
+        t = self.table(split)
+        counts = [] if self.cache.max_items is None else [self.cache.max_items]  # a mask is not counted
+        if self.cache.max_bytes is not None and len(t):
+            masks = any(p is not None for p in t.mask_paths)
+            counts.append(self.cache.max_bytes // (int((t.widths * t.heights).max()) * (4 if masks else 3)))
+        return min(counts) if counts else None
+
     def num_frames(self, split: str) -> int:
         """B, the number of frames of a split over all identities."""
         return len(self.table(split))
@@ -450,7 +467,7 @@ class MultiIdentityDataset:
                 )
             return m
 
-        return self.cache.get(("mask", split, index), load, keep=cached)
+        return self.cache.get(("mask", split, index), load, keep=cached, count=0)  # counted with its image
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}: {len(t)} frames " + "/".join(sorted({f"{w}x{h}" for w, h in zip(t.widths.tolist(), t.heights.tolist())}))

@@ -424,6 +424,14 @@ def landmark_rays(dataset: MultiIdentityDataset, split: str, frames: TensorLike,
 
 _SAMPLER = SamplerConfig()
 
+POOL_TURNOVER = 1 / 16
+"""Share of ``frames_per_batch`` (of ``batch_size`` without it; at least one frame) that a frame pool replaces each
+step (``SamplerConfig.pool_frames``): with 64 frames a batch, 4 new frames a step to decode."""
+
+POOL_CACHE_SHARE = 0.9
+"""Share of the frames the frame cache holds that an automatic pool takes: the rest keeps the frames that just left
+the pool from pushing pool frames out of the cache."""
+
 ERROR_MOMENTUM = 0.1
 """Weight of a step's mean error in a cell's moving average (error-map sampling)."""
 
@@ -483,6 +491,7 @@ class RaySampler:
         error_resolution: int = _SAMPLER.error_resolution,
         mouth_fraction: float = _SAMPLER.mouth_fraction,
         eye_fraction: float = _SAMPLER.eye_fraction,
+        pool_frames: Optional[int] = _SAMPLER.pool_frames,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -499,6 +508,8 @@ class RaySampler:
             raise ValueError(f"error_resolution must be >= 1, got {error_resolution}")
         if frames_per_batch is not None and frames_per_batch < 1:
             raise ValueError(f"frames_per_batch must be >= 1 or None, got {frames_per_batch}")
+        if pool_frames is not None and pool_frames < 0:
+            raise ValueError(f"pool_frames must be >= 0 or None, got {pool_frames}")
         self.dataset = dataset
         self.split = split
         self.table = dataset.table(split)
@@ -522,18 +533,18 @@ class RaySampler:
         """(N,) bool: the rays of the last batch drawn in one of their frame's eye boxes."""
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         b = len(self.table)
-        if self.balance_identities:
-            counts = np.bincount(self.table.identity, minlength=len(dataset.identities)).astype(np.float64)
-            present = counts > 0
-            weight = np.zeros_like(counts)
-            weight[present] = 1.0 / (counts[present] * present.sum())
-            self._frame_p: Optional[np.ndarray] = weight[self.table.identity]
-            order = np.argsort(self.table.identity, kind="stable")
-            self._identity_frames = dict(zip(np.flatnonzero(present).tolist(),
-                                             np.split(order, np.cumsum(counts[present]).astype(np.int64)[:-1])))
-        else:
-            self._frame_p = None
-            self._identity_frames = {}
+        all_frames = np.arange(b, dtype=np.int64)
+        self._frame_p: Optional[np.ndarray] = self._balanced_p(all_frames) if self.balance_identities else None
+        self._identity_frames = self._by_identity(all_frames) if self.balance_identities else {}
+        if pool_frames is None:  # automatic: a pool only where the split does not fit the frame cache
+            held = dataset.frames_held(split)
+            pool_frames = 0 if held is None or held >= b else int(POOL_CACHE_SHARE * held)
+        self.pool_frames = int(pool_frames) if 0 < int(pool_frames) < b else 0
+        """Frames of the pool that batches draw from (``SamplerConfig.pool_frames``); 0: every frame of the split."""
+        self._in_pool = np.ones(b, dtype=bool)
+        if self.pool_frames:
+            self._in_pool[:] = False
+            self._in_pool[self._rng.choice(b, size=self.pool_frames, replace=False, p=self._frame_p)] = True
         # The pixel rows and columns of each identity's error-map cells, at its own image size: a pixel records into
         # cell (row * R // H, col * R // W), so cell c holds rows [ceil(c H / R), ceil((c + 1) H / R)); none when
         # H < R and c falls between two rows. (I, R + 1) each, (I, R, R).
@@ -583,8 +594,11 @@ class RaySampler:
         return self.last_error_rays | self.last_mouth_rays | self.last_eye_rays
 
     def state_dict(self) -> Dict[str, object]:
-        """The generator state and the error maps, to resume the same sequence of batches."""
-        return {"bit_generator": self._rng.bit_generator.state, "error_map": self.error_map.copy()}
+        """The generator state, the error maps and the frame pool, to resume the same sequence of batches."""
+        state = {"bit_generator": self._rng.bit_generator.state, "error_map": self.error_map.copy()}
+        if self.pool_frames:
+            state["pool"] = self._in_pool.copy()
+        return state
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         """Restore a state from :meth:`state_dict` (one without ``error_map`` keeps the current maps)."""
@@ -594,6 +608,10 @@ class RaySampler:
             if error_map.shape != self.error_map.shape:
                 raise ValueError(f"error map of shape {error_map.shape} does not fit this sampler's {self.error_map.shape}")
             self.error_map = error_map.copy()
+        if "pool" in state and self.pool_frames:  # a state of another pool size keeps this sampler's pool
+            pool = np.asarray(state["pool"], dtype=bool)
+            if pool.shape == self._in_pool.shape and int(pool.sum()) == self.pool_frames:
+                self._in_pool = pool.copy()
 
     def record_errors(self, frame: TensorLike, pixel: TensorLike, error: TensorLike) -> None:
         """Feed the error maps: ``frame`` (N,) flat frame indices of this sampler's split, ``pixel`` (N, 2)
@@ -629,15 +647,44 @@ class RaySampler:
         while True:
             yield self.sample()
 
+    def _balanced_p(self, frames: np.ndarray) -> np.ndarray:
+        """(len(frames),) draw probabilities of ``frames`` that give each identity among them the same share."""
+        ident = self.table.identity[frames]
+        counts = np.bincount(ident, minlength=len(self.dataset.identities)).astype(np.float64)
+        return 1.0 / (counts[ident] * np.count_nonzero(counts))
+
+    def _by_identity(self, frames: np.ndarray) -> Dict[int, np.ndarray]:
+        """``frames`` (ascending) grouped by identity, for the identities that have any."""
+        ident = self.table.identity[frames]
+        return {int(i): frames[ident == i] for i in np.unique(ident)}
+
+    def _turn_pool(self) -> None:
+        """Replace :data:`POOL_TURNOVER` of a batch's frames of the pool by frames outside it (drawn as the split's
+        frames are: uniformly, or balanced over identities)."""
+        rng = self._rng
+        inside, outside = np.flatnonzero(self._in_pool), np.flatnonzero(~self._in_pool)
+        k = min(max(1, int(round(POOL_TURNOVER * (self.frames_per_batch or self.batch_size)))), outside.size)
+        p = None if self._frame_p is None else self._frame_p[outside] / self._frame_p[outside].sum()
+        self._in_pool[rng.choice(inside, size=k, replace=False)] = False
+        self._in_pool[rng.choice(outside, size=k, replace=False, p=p)] = True
+
     def _draw_frames(self, count: int, distinct: bool) -> np.ndarray:
+        if self.pool_frames:  # from the pool, which turns over a little each batch
+            self._turn_pool()
+            pool = np.flatnonzero(self._in_pool)
+            if distinct and self._frame_p is not None:
+                return self._draw_balanced_slots(min(count, pool.size), self._by_identity(pool))
+            p = None if self._frame_p is None else self._balanced_p(pool)
+            return pool[self._rng.choice(pool.size, size=min(count, pool.size) if distinct else count,
+                                         replace=not distinct, p=p)]
         b = len(self.table)
         if distinct:
             count = min(count, b)
             if self._frame_p is not None:
-                return self._draw_balanced_slots(count)
+                return self._draw_balanced_slots(count, self._identity_frames)
         return self._rng.choice(b, size=count, replace=not distinct, p=self._frame_p).astype(np.int64)
 
-    def _draw_balanced_slots(self, count: int) -> np.ndarray:
+    def _draw_balanced_slots(self, count: int, identity_frames: Dict[int, np.ndarray]) -> np.ndarray:
         """``count`` frame slots, each of an identity picked uniformly, then distinct frames of that identity in random
         order, again from the start when it has fewer frames than slots.
 
@@ -645,12 +692,12 @@ class RaySampler:
         of 64 slots, whatever its weight, so it got 2/64 of the rays instead of half (of two identities). Repeating
         its frames gives each of them more rays instead."""
         rng = self._rng
-        idents = np.array(sorted(self._identity_frames), dtype=np.int64)
+        idents = np.array(sorted(identity_frames), dtype=np.int64)
         slot_ident = idents[rng.integers(0, idents.size, size=count)]
         out = np.empty(count, dtype=np.int64)
         for ident in np.unique(slot_ident).tolist():
             sel = np.flatnonzero(slot_ident == ident)
-            out[sel] = np.resize(rng.permutation(self._identity_frames[ident]), sel.size)
+            out[sel] = np.resize(rng.permutation(identity_frames[ident]), sel.size)
         return out
 
     def sample(self) -> RayBatch:
