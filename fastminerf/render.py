@@ -89,6 +89,14 @@ ERROR_GAIN = 4.0
 """Factor applied to ``|prediction - truth|`` (mean over channels) in the error panel of :func:`side_by_side`,
 so that errors of a few percent are visible; values above 1 after the gain are clipped."""
 
+SIDE_BY_SIDE_MIN_PANEL = 128
+"""eval's side-by-side panels are enlarged (nearest neighbour, by a whole factor) to at least this many pixels a side,
+so that a 64 px frame can be judged by eye and the labels over its panels fit."""
+
+SIDE_BY_SIDE_HEADER = 30
+"""Height in pixels of the header of a captioned :func:`side_by_side` image: the caption, then a label over each
+panel."""
+
 TRANSFER_MODES = ("delta", "absolute")
 """Modes of :func:`expression_transfer`."""
 
@@ -1248,17 +1256,35 @@ def render_video(
 # -------------------------------------------------------------------------------------------- evaluation
 
 
-def side_by_side(pred: np.ndarray, target: np.ndarray, error_gain: float = ERROR_GAIN) -> np.ndarray:
+def side_by_side(pred: np.ndarray, target: np.ndarray, error_gain: float = ERROR_GAIN, caption: Optional[str] = None,
+                 min_panel: int = 1) -> np.ndarray:
     """``prediction | ground truth | error`` as one uint8 image (H, 3W, 3).
 
-    The error panel is grey: ``min(1, error_gain * mean_c |pred - target|)``.
+    The error panel is grey: ``min(1, error_gain * mean_c |pred - target|)``. The panels are enlarged (nearest
+    neighbour, by the smallest whole factor) to at least ``min_panel`` pixels a side. With a ``caption`` the image
+    has a dark header of :data:`SIDE_BY_SIDE_HEADER` rows on top: the caption, then a label over each panel
+    (``render``, ``truth``, the error and its gain): (SIDE_BY_SIDE_HEADER + H', 3W', 3).
     """
     p = np.asarray(pred, dtype=np.float32)
     t = np.asarray(target, dtype=np.float32)
     if p.shape != t.shape or p.ndim != 3:
         raise RenderError(f"side_by_side needs two (H, W, 3) images of one size, got {p.shape} and {t.shape}")
     err = np.clip(error_gain * np.abs(p - t).mean(axis=2, keepdims=True), 0.0, 1.0)
-    return to_uint8(np.concatenate([np.clip(p, 0, 1), np.clip(t, 0, 1), np.repeat(err, 3, axis=2)], axis=1))
+    img = to_uint8(np.concatenate([np.clip(p, 0, 1), np.clip(t, 0, 1), np.repeat(err, 3, axis=2)], axis=1))
+    scale = max(1, -(-int(min_panel) // max(1, min(p.shape[:2]))))
+    if scale > 1:
+        img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+    if caption is None:
+        return img
+    from PIL import Image, ImageDraw
+
+    panel = p.shape[1] * scale
+    head = Image.new("RGB", (img.shape[1], SIDE_BY_SIDE_HEADER), (30, 30, 30))
+    draw = ImageDraw.Draw(head)
+    draw.text((4, 2), caption, fill=(235, 235, 235))
+    for k, label in enumerate(("render", "truth", f"|render - truth| x{error_gain:g}")):
+        draw.text((k * panel + 4, SIDE_BY_SIDE_HEADER // 2 + 1), label, fill=(200, 200, 200))
+    return np.concatenate([np.asarray(head), img], axis=0)
 
 
 LANDMARK_EVAL_RAYS = 512
@@ -1338,7 +1364,8 @@ def evaluate(
         dataset: ground truth with ``split`` loaded.
         split: split to evaluate.
         out_dir: when given, writes ``out_dir/metrics.json`` (the returned dict) and
-            ``out_dir/side_by_side/<identity>/<k>.png`` (prediction | truth | error, k the frame's position
+            ``out_dir/side_by_side/<identity>/<k>.png`` (prediction | truth | error, captioned with the identity,
+            split, frame and PSNR, panels of at least :data:`SIDE_BY_SIDE_MIN_PANEL` px; k the frame's position
             in the identity's split; numbered images of an evaluated identity's frames not rendered now, left by an
             earlier evaluation into the folder, are removed).
         identities: names to evaluate, or one name (default all of the dataset's).
@@ -1429,7 +1456,10 @@ def evaluate(
 
                     folder = out / "side_by_side" / name
                     folder.mkdir(parents=True, exist_ok=True)
-                    iio.imwrite(folder / f"{int(table.frame_in_identity[index]):04d}.png", side_by_side(pred, truth))
+                    k = int(table.frame_in_identity[index])
+                    caption = f"{name}  {split} frame {k}  PSNR {values['psnr'][-1]:.2f} dB"
+                    iio.imwrite(folder / f"{k:04d}.png",
+                                side_by_side(pred, truth, caption=caption, min_panel=SIDE_BY_SIDE_MIN_PANEL))
                 done += 1
                 if progress is not None:
                     progress(done, total)

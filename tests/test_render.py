@@ -22,6 +22,8 @@ from fastminerf.data.heads import EXPRESSION_NAMES
 from fastminerf.data.synth import generate
 from fastminerf.metrics import landmark_status, psnr
 from fastminerf.render import (
+    SIDE_BY_SIDE_HEADER,
+    SIDE_BY_SIDE_MIN_PANEL,
     CameraPath,
     RenderError,
     drive_path,
@@ -522,7 +524,8 @@ def test_evaluate_with_oracle_and_a_wrong_model(synth, data, tmp_path):
     assert on_disk["mean"] == pytest.approx(res["mean"])
     sbs = sorted((tmp_path / "ev" / "side_by_side" / "id000").glob("*.png"))
     assert len(sbs) == res["identities"]["id000"]["frames"]
-    assert iio.imread(sbs[0]).shape == (SIZE, 3 * SIZE, 3)
+    panel = SIZE * -(-SIDE_BY_SIDE_MIN_PANEL // SIZE)  # captioned and enlarged (test_evaluate_side_by_side_images_are_labelled_...)
+    assert iio.imread(sbs[0]).shape == (SIDE_BY_SIDE_HEADER + panel, 3 * panel, 3)
     # A model that renders the other person: the same plumbing must report it as much worse.
     wrong = Oracle(synth[1], names=["id001", "id000"])
     bad = evaluate(wrong, data, "val")
@@ -828,3 +831,30 @@ def test_a_driver_that_gives_its_frame_times_but_not_its_rate_plays_at_its_own_s
     start = round(path.times[0] * sound.rate)
     whole = read_wav(dirs[1] / "audio.wav").samples
     assert np.array_equal(sound.samples, whole[start: start + len(sound.samples)])
+
+
+def test_evaluate_side_by_side_images_are_labelled_and_legible(synth, data, tmp_path):
+    """eval's side-by-side images were the three panels alone at the frame's size (72 x 24 px here, 192 x 64 for
+    the demo's heads): no word of which panel is the render, the truth or the error, nor of the person, the frame
+    or its PSNR, and too small to judge. Each now has a header (the caption: identity, split, frame, PSNR; a label
+    over each panel) and panels enlarged (nearest neighbour, whole factors) to at least SIDE_BY_SIDE_MIN_PANEL."""
+    res = evaluate(Oracle(synth[1]), data, "val", out_dir=tmp_path / "ev", max_frames=1, with_lpips=False,
+                   with_lmd=False)
+    img = iio.imread(tmp_path / "ev" / "side_by_side" / "id000" / "0000.png")
+    scale = -(-SIDE_BY_SIDE_MIN_PANEL // SIZE)
+    panel, header = SIZE * scale, SIDE_BY_SIDE_HEADER
+    assert img.shape == (header + panel, 3 * panel, 3), img.shape
+    # the panels are side_by_side's own pixels, each enlarged by whole factors
+    table = data.table("val")
+    index = int(table.frames_of(data.identities.index("id000"))[0])
+    pred = render_frame(Oracle(synth[1]), data, "val", index)
+    truth = data.image("val", index).astype(np.float32) / 255.0
+    plain = side_by_side(pred, truth)
+    assert (img[header:] == np.repeat(np.repeat(plain, scale, axis=0), scale, axis=1)).all()
+    # a caption line across the top and a label over each panel: light text on the dark header
+    bright = img[:header].max(axis=2) > 150
+    line = header // 2
+    assert bright[:line, : panel].any(), "no caption"
+    for k in range(3):
+        assert bright[line:, k * panel: (k + 1) * panel].any(), f"no label over panel {k}"
+    assert res["identities"]["id000"]["frames"] == 1
