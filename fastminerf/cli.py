@@ -369,7 +369,7 @@ def _run_train(args: argparse.Namespace) -> int:
         result = train(cfg, args.data, args.out, progress=progress)
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     console.print(f"trained {result.step} steps in {result.seconds:.1f} s{resumed}: loss {result.loss:.5f}, "
-                  f"train psnr {result.psnr:.2f} dB; run in {result.out_dir}")
+                  f"train psnr {result.psnr:.2f} dB; run in {result.out_dir}{f', its curve {result.curve}' if result.curve else ''}")
     return 0
 
 
@@ -416,7 +416,7 @@ def _run_personalize(args: argparse.Namespace) -> int:
                                  overrides=args.overrides)
         resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
         console.print(f"personalised in {result.step} steps, {result.seconds:.1f} s{resumed}: train psnr "
-                      f"{result.psnr:.2f} dB; run in {result.out_dir}")
+                      f"{result.psnr:.2f} dB; run in {result.out_dir}{f', its curve {result.curve}' if result.curve else ''}")
     return 0
 
 

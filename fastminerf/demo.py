@@ -145,7 +145,7 @@ def run_demo(
                 raise FileExistsError(f"{run} already holds a run from an earlier demo; pass overwrite (--overwrite) or another folder")
     else:
         for run in (generic, personal):
-            for name in ("checkpoint.pt", "log.jsonl", "config.yaml"):
+            for name in ("checkpoint.pt", "log.jsonl", "config.yaml", "curve.png"):
                 (run / name).unlink(missing_ok=True)
     seconds: Dict[str, float] = {}
     t0 = time.perf_counter()

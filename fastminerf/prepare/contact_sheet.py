@@ -14,6 +14,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from ..drawing import plot_curves
 from .pose import project
 
 __all__ = ["write_contact_sheet"]
@@ -24,7 +25,6 @@ AXIS_LENGTH = 0.5
 """Length of the drawn head axes, head units."""
 
 _AXIS_COLOURS = ((230, 40, 40), (40, 200, 40), (60, 120, 255))
-_CURVE_COLOURS = ((230, 60, 60), (60, 200, 60), (80, 140, 255))
 
 
 def _rotation_degrees(c2w: np.ndarray) -> np.ndarray:
@@ -35,29 +35,6 @@ def _rotation_degrees(c2w: np.ndarray) -> np.ndarray:
     for i, m in enumerate(np.asarray(c2w, dtype=np.float64)):
         out[i] = np.degrees(cv2.Rodrigues(np.ascontiguousarray(m[:3, :3].T))[0].reshape(3))
     return out
-
-
-def _plot(draw, box, series: np.ndarray, title: str) -> None:
-    """Curves of ``series (B, C)`` in ``box = (x0, y0, x1, y1)``, each column a colour, with a zero line."""
-    x0, y0, x1, y1 = box
-    draw.rectangle(box, outline=(90, 90, 90))
-    draw.text((x0 + 4, y0 + 2), title, fill=(220, 220, 220))
-    if len(series) < 2:
-        return
-    lo, hi = float(series.min()), float(series.max())
-    span = max(hi - lo, 1e-6)
-    top, bottom = y0 + 16, y1 - 4
-
-    def ypos(v):
-        return bottom - (v - lo) / span * (bottom - top)
-
-    if lo < 0 < hi:
-        draw.line([(x0, ypos(0.0)), (x1, ypos(0.0))], fill=(70, 70, 70))
-    xs = np.linspace(x0 + 2, x1 - 2, len(series))
-    for c in range(series.shape[1]):
-        pts = [(float(x), float(ypos(v))) for x, v in zip(xs, series[:, c])]
-        draw.line(pts, fill=_CURVE_COLOURS[c % 3], width=1)
-    draw.text((x1 - 90, y0 + 2), f"{lo:+.1f}..{hi:+.1f}", fill=(180, 180, 180))
 
 
 def write_contact_sheet(
@@ -120,8 +97,8 @@ def write_contact_sheet(
     plots_w = width - plots_x0 - pad
     if plots_w > 40:
         half = (plots_w - pad) // 2
-        _plot(draw, (plots_x0, y, plots_x0 + half, y + h), _rotation_degrees(c2w_all), "head rotation (deg)")
-        _plot(draw, (plots_x0 + half + pad, y, plots_x0 + plots_w, y + h), np.asarray(expression)[:, :3],
+        plot_curves(draw, (plots_x0, y, plots_x0 + half, y + h), _rotation_degrees(c2w_all), "head rotation (deg)")
+        plot_curves(draw, (plots_x0 + half + pad, y, plots_x0 + plots_w, y + h), np.asarray(expression)[:, :3],
               "expression 0-2")
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

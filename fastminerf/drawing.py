@@ -1,0 +1,55 @@
+"""Small drawing helpers (Pillow, which imageio brings) for the pictures fastminerf writes for a person to look at:
+prepare's contact sheets and a run's training curve."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["CURVE_COLOURS", "plot_curves"]
+
+CURVE_COLOURS = ((230, 60, 60), (60, 200, 60), (80, 140, 255))
+"""Colours of a plot's first, second and third curve (then again)."""
+
+
+def plot_curves(draw, box, series: np.ndarray, title: str, x: Optional[np.ndarray] = None,
+                legend: Optional[Sequence[str]] = None) -> None:
+    """Curves of ``series (B, C)`` in ``box = (x0, y0, x1, y1)`` of a Pillow ``ImageDraw``, each column a colour of
+    :data:`CURVE_COLOURS`, with a zero line and the values' range at the top right. ``x`` (B,) places the points
+    (default evenly) and writes its first and last value under the curves; ``legend`` names the columns in their
+    colours after the title. Non-finite values are left out of the range and of the curves."""
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, outline=(90, 90, 90))
+    draw.text((x0 + 4, y0 + 2), title, fill=(220, 220, 220))
+    if legend:
+        at = x0 + 4 + draw.textlength(title) + 10
+        for c, name in enumerate(legend):
+            draw.text((at, y0 + 2), name, fill=CURVE_COLOURS[c % len(CURVE_COLOURS)])
+            at += draw.textlength(name) + 8
+    series = np.asarray(series, dtype=np.float64).reshape(len(series), -1)
+    finite = np.isfinite(series)
+    if len(series) < 2 or not finite.any():
+        return
+    lo, hi = float(series[finite].min()), float(series[finite].max())
+    span = max(hi - lo, 1e-6)
+    top, bottom = y0 + 16, y1 - (16 if x is not None else 4)
+
+    def ypos(v):
+        return bottom - (v - lo) / span * (bottom - top)
+
+    if lo < 0 < hi:
+        draw.line([(x0, ypos(0.0)), (x1, ypos(0.0))], fill=(70, 70, 70))
+    if x is None:
+        xs = np.linspace(x0 + 2, x1 - 2, len(series))
+    else:
+        x = np.asarray(x, dtype=np.float64)
+        xs = x0 + 2 + (x - x[0]) / max(float(x[-1] - x[0]), 1e-12) * (x1 - x0 - 4)
+        draw.text((x0 + 4, y1 - 14), f"{x[0]:g}", fill=(180, 180, 180))
+        last = f"{x[-1]:g}"
+        draw.text((x1 - 4 - draw.textlength(last), y1 - 14), last, fill=(180, 180, 180))
+    for c in range(series.shape[1]):
+        pts = [(float(u), float(ypos(v))) for u, v, ok in zip(xs, series[:, c], finite[:, c]) if ok]
+        if len(pts) > 1:
+            draw.line(pts, fill=CURVE_COLOURS[c % len(CURVE_COLOURS)], width=1)
+    draw.text((x1 - 90, y0 + 2), f"{lo:+.1f}..{hi:+.1f}", fill=(180, 180, 180))

@@ -1,0 +1,51 @@
+"""The training curve a person looks at: RUN/curve.png, drawn from RUN/log.jsonl at the end of train and personalize."""
+from __future__ import annotations
+
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from fastminerf import load_config, personalize, train
+from fastminerf.data.synth import generate
+from fastminerf.train import CURVE_NAME, write_curve
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory):
+    root = tmp_path_factory.mktemp("curve_heads")
+    generate(root, n_identities=3, n_frames=6, size=16, seed=1, novel_frames=1)
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def _panels(img):
+    """Column ranges of the plot boxes: the grey frame lines drawn around each plot."""
+    grey = (np.abs(img.astype(int) - 90).max(axis=2) <= 2)
+    rows = np.flatnonzero(grey.sum(axis=1) > img.shape[1] // 3)  # the boxes' top and bottom lines
+    return rows
+
+
+def test_train_and_personalize_draw_the_loss_and_psnr_curve(heads, tmp_path):
+    """A run wrote its loss and PSNR only as numbers in log.jsonl: nothing to look at to judge whether training
+    went well (instant-ngp and nerfstudio show the curve as it trains). train and personalize now draw RUN/curve.png
+    from the log at the end: a plot of the loss and one of the training PSNR against the step, with their ranges."""
+    run = tmp_path / "run"
+    res = train(load_config("tiny", ["train.steps=40"]), heads[:2], run)
+    png = run / CURVE_NAME
+    assert png.is_file() and res.curve == png
+    img = iio.imread(png)
+    assert img.ndim == 3 and img.shape[1] >= 480 and img.shape[0] >= 300, img.shape
+    # two plots, each boxed (two horizontal grey lines apiece) and holding coloured curve pixels
+    assert len(_panels(img)) >= 4
+    coloured = (img.max(axis=2).astype(int) - img.min(axis=2)) > 80
+    top, bottom = img[: img.shape[0] // 2], img[img.shape[0] // 2:]
+    assert coloured[: len(top)].sum() > 50 and coloured[len(top):].sum() > 50
+    # redrawn from the log as it stands: a hand-made log of one line still gives an image, no curve
+    lines = (run / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 8
+    (run / "log.jsonl").write_text(lines[0] + "\n")
+    assert write_curve(run) == png and iio.imread(png).shape == img.shape
+    with pytest.raises(FileNotFoundError, match="log.jsonl"):
+        write_curve(tmp_path / "nothing")
+    person = personalize(run, heads[2], tmp_path / "person", steps=20)
+    assert person.curve == tmp_path / "person" / CURVE_NAME and person.curve.is_file()
