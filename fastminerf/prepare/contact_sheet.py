@@ -2,19 +2,20 @@
 
 Row 1: frames spread over the video with the tracked landmarks (green), the person's neutral face projected
 through the written camera (red: it should sit on the green points of the rigid parts of the face) and the head
-axes (x red, y green, z blue). Row 2: the same frames with the segmentation mask (person tinted, background
+axes (x red, y green, z blue), each tile labelled with its frame number, time and split. Row 2: the same frames with the segmentation mask (person tinted, background
 darkened). Row 3: the background image, then head rotation (degrees about the camera's x, y, z axes) and the first
-three expression coefficients over the video, one curve each.
+three expression coefficients over the video, one curve each, named in their colours. The header is wrapped to the
+sheet's width (at prepare's --size 64 the sheet is 276 px wide).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..drawing import plot_curves
+from ..drawing import LINE_HEIGHT, plot_curves, wrap_text
 from .pose import project
 
 __all__ = ["write_contact_sheet"]
@@ -50,6 +51,7 @@ def write_contact_sheet(
     background: np.ndarray,
     c2w_all: np.ndarray,
     expression: np.ndarray,
+    labels: Optional[Sequence[str]] = None,
 ) -> Path:
     """Write the contact sheet of one prepared video.
 
@@ -62,18 +64,25 @@ def write_contact_sheet(
         intrinsics: ``[fx, fy, cx, cy]``.
         background: ``(H, W, 3)`` uint8.
         c2w_all: ``(B, 4, 4)`` every frame's camera; expression: ``(B, E)`` every frame's coefficients.
+        labels: per shown frame, a line written on its landmark tile (which frame it is).
+
+    The header is wrapped to the sheet's width; each plot names its curves in their colours.
     """
     from PIL import Image, ImageDraw
 
     h, w = frames[0].shape[:2]
-    pad, header = 4, 20
+    pad = 4
     cols = len(frames)
     width = pad + cols * (w + pad)
+    text = (f"{title}: tracked landmarks (green), neutral face through the written camera (red), head axes "
+            "(x red, y green, z blue); masks; background; pose and expression over time")
+    lines = wrap_text(ImageDraw.Draw(Image.new("RGB", (1, 1))), text, width - 2 * pad)
+    header = 4 + LINE_HEIGHT * len(lines) + 3
     height = header + 3 * (h + pad) + pad
     sheet = Image.new("RGB", (width, height), (30, 30, 30))
     draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 4), f"{title}: tracked landmarks (green), neutral face through the written camera (red), "
-                        "head axes; masks; background; pose and expression over time", fill=(230, 230, 230))
+    for i, line in enumerate(lines):
+        draw.text((pad, 4 + LINE_HEIGHT * i), line, fill=(230, 230, 230))
     dot = max(1, w // 256)
     for c, (img, mask, lm, cam) in enumerate(zip(frames, masks, landmarks, c2w_shown)):
         x = pad + c * (w + pad)
@@ -86,6 +95,10 @@ def write_contact_sheet(
         axes = project(np.vstack([np.zeros(3), AXIS_LENGTH * np.eye(3)]), cam, intrinsics)
         for a in range(3):
             d.line([tuple(axes[0]), tuple(axes[a + 1])], fill=_AXIS_COLOURS[a], width=max(2, w // 128))
+        if labels is not None:  # bottom left, light on a dark backing
+            box = d.textbbox((3, h - LINE_HEIGHT - 2), labels[c])
+            d.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(20, 20, 20))
+            d.text((3, h - LINE_HEIGHT - 2), labels[c], fill=(240, 240, 240))
         sheet.paste(tile, (x, header))
         m = (np.asarray(mask, dtype=np.float32) / 255.0)[..., None]
         tinted = img[..., :3] * (0.35 + 0.65 * m) + np.array([0.0, 60.0, 90.0]) * m * 0.4
@@ -97,9 +110,10 @@ def write_contact_sheet(
     plots_w = width - plots_x0 - pad
     if plots_w > 40:
         half = (plots_w - pad) // 2
-        plot_curves(draw, (plots_x0, y, plots_x0 + half, y + h), _rotation_degrees(c2w_all), "head rotation (deg)")
+        plot_curves(draw, (plots_x0, y, plots_x0 + half, y + h), _rotation_degrees(c2w_all), "head rotation (deg)",
+                    legend=("x", "y", "z"))
         plot_curves(draw, (plots_x0 + half + pad, y, plots_x0 + plots_w, y + h), np.asarray(expression)[:, :3],
-              "expression 0-2")
+                    "expression", legend=("0", "1", "2"))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)

@@ -469,6 +469,9 @@ def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: f
         [np.asarray(iio.imread(out / "masks" / f"{frame_ids[j]:05d}.png")) for j in show],
         [lm[j] for j in show], [c2w[j] for j in show], neutral, basis.stable, intrinsics,
         np.asarray(iio.imread(out / "bg.png")), c2w, expr,
+        labels=[f"frame {frame_ids[j]:05d}, {frame_ids[j] / fps:.1f} s, "
+                f"{'train' if j < sizes['train'] else 'val' if j < sizes['train'] + sizes['val'] else 'test'}"
+                for j in show],
     )
     return {"splits": sizes, "pose_gaps": pose_gaps, "aabb": aabb, "intrinsics": intrinsics, "contact_sheet": str(sheet.name),
             "reprojection_px": {"median": float(np.median(err)), "p95": float(np.percentile(err, 95))},
