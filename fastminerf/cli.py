@@ -521,6 +521,9 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--png-dir", type=Path, default=None, help="also write every frame as PNG into this folder")
     p.add_argument("--no-audio", dest="audio", action="store_false",
                    help="a silent video (default: a driven video carries the driver's audio.wav, cut to its frames)")
+    p.add_argument("--beside-driver", action="store_true",
+                   help="with --drive: each frame shows the driver's frame left of the render, labelled, to judge the "
+                        "transfer by (both enlarged to at least 128 px)")
     p.add_argument("--render-steps", type=int, default=None, metavar="N", help=_RENDER_STEPS_HELP)
     p.set_defaults(func=_run_render)
 
@@ -541,7 +544,8 @@ def _run_render(args: argparse.Namespace) -> int:
     console = _console()
     source = "--orbit" if args.orbit else "--speech" if args.speech is not None else "--drive"
     for applies, given in (("--drive", {"--transfer": args.transfer, "--pose": args.pose,
-                                        "--driver-identity": args.driver_identity}),
+                                        "--driver-identity": args.driver_identity,
+                                        "--beside-driver": args.beside_driver or None}),
                            ("--orbit", {"--yaw": args.yaw, "--pitch": args.pitch}),
                            ("--speech", {"--speech-model": args.speech_model})):
         unused = [option for option, value in given.items() if value is not None]
@@ -549,6 +553,7 @@ def _run_render(args: argparse.Namespace) -> int:
             console.print(_styled("yellow", "note", f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to "
                                                     f"{applies} only, not to {source}: ignored"), markup=True)
     args.transfer, args.pose = args.transfer or "delta", args.pose or "relative"
+    args.beside_driver = args.beside_driver and source == "--drive"
     _, model, meta = _open_run(args.run, args.render_steps)
     identity_id(model, args.identity)  # fail early, naming the identity
     note = _not_personalised(args.run, meta, [args.identity])
@@ -610,7 +615,8 @@ def _run_render(args: argparse.Namespace) -> int:
             task = bar.add_task("render", total=len(path))
             info = render_video(model, path, args.identity, args.out, background=target.background(0),
                                 aabb=model.aabb.tolist(), png_dir=args.png_dir, fps=args.fps,
-                                progress=lambda d, t: bar.update(task, completed=d, total=t), audio=args.audio)
+                                progress=lambda d, t: bar.update(task, completed=d, total=t), audio=args.audio,
+                                beside_driver=args.beside_driver, caption=what)
     finally:
         if speech_dir is not None:
             speech_dir.cleanup()

@@ -39,6 +39,7 @@ from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity
 from .config import as_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
+from .data.layout import read_rgb
 from .data.writer import write_json
 from .metrics import (SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status, psnr,
                       rotation_gap_deg, ssim)
@@ -250,6 +251,9 @@ class CameraPath:
     expression_space: Optional[str] = None
     """The space of ``expression`` (the driver's ``expression_space``), or None when unknown; a model trained in
     another space refuses the path."""
+    sources: Optional[np.ndarray] = None
+    """(B,) the image file of the driver frame each frame was taken from (a driven path's), or None; what
+    :func:`render_video`'s ``beside_driver`` shows."""
 
     def __post_init__(self) -> None:
         b = self.c2w.shape[0]
@@ -260,6 +264,8 @@ class CameraPath:
             )
         if self.times is not None and np.shape(self.times) != (b,):
             raise RenderError(f"CameraPath times must be ({b},), got {np.shape(self.times)}")
+        if self.sources is not None and np.shape(self.sources) != (b,):
+            raise RenderError(f"CameraPath sources must be ({b},), got {np.shape(self.sources)}")
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
@@ -272,7 +278,8 @@ class CameraPath:
         """The frames ``frames`` (a slice, an index array or a boolean mask) of the path, cameras, expressions and
         times alike."""
         return CameraPath(self.c2w[frames], self.intrinsics[frames], self.expression[frames], self.width, self.height,
-                          self.fps, self.audio, None if self.times is None else self.times[frames], self.expression_space)
+                          self.fps, self.audio, None if self.times is None else self.times[frames], self.expression_space,
+                          None if self.sources is None else self.sources[frames])
 
     def at_fps(self, fps: Optional[float]) -> "CameraPath":
         """The path shown at ``fps`` in real time (itself when ``fps`` is None or its own rate): a path whose frames
@@ -283,13 +290,14 @@ class CameraPath:
             return self
         if self.times is None:
             return CameraPath(self.c2w, self.intrinsics, self.expression, self.width, self.height, float(fps),
-                              self.audio, None, self.expression_space)
+                              self.audio, None, self.expression_space, self.sources)
         try:
             rows, times = frames_at_rate(len(self), self.fps, float(fps), self.times)
         except AudioError as exc:
             raise RenderError(str(exc)) from None
         return CameraPath(self.c2w[rows], self.intrinsics[rows], self.expression[rows], self.width, self.height,
-                          float(fps), self.audio, times, self.expression_space)
+                          float(fps), self.audio, times, self.expression_space,
+                          None if self.sources is None else self.sources[rows])
 
     def silent_reason(self) -> str:
         """Why a video of this path has no sound ("" when it can have some)."""
@@ -440,8 +448,9 @@ def drive_path(
     expr = expression_transfer(tn, dn, e_drv, mode)
     fps = split_fps(driver, driver_split, d_id)
     audio, times = identity_audio(driver.identity_dirs[d_id]), table.time[frames].astype(np.float64)
+    sources = np.array([table.image_paths[i] for i in frames.tolist()], dtype=object)
     if pose == "driver":
-        return _rows_path(table, frames, expr, fps, audio, times, driver.expression_space)
+        return _rows_path(table, frames, expr, fps, audio, times, driver.expression_space, sources)
     own_table = target.table(neutral_split)
     own = _time_ordered(own_table, own_table.frames_of(t_id))
     if own.size == 0:
@@ -449,7 +458,7 @@ def drive_path(
     if pose == "target":  # at the target's own speed: its frame at each driven frame's time
         step = split_fps(target, neutral_split, t_id) / fps
         return _rows_path(own_table, own[pose_loop(own.size, frames.size, step)], expr, fps, audio, times,
-                          driver.expression_space)
+                          driver.expression_space, sources)
     if pose == "relative":
         c2w = relative_cameras(table.c2w[frames], own_table.c2w[own])
     else:  # still: the target's mean pose, every frame
@@ -459,7 +468,7 @@ def drive_path(
     width, height = own_table.size_of(own[0])
     return CameraPath(c2w=c2w, intrinsics=np.repeat(own_table.intrinsics[own[:1]], frames.size, axis=0).astype(np.float32),
                       expression=expr, width=width, height=height, fps=fps, audio=audio,
-                      times=times, expression_space=driver.expression_space)
+                      times=times, expression_space=driver.expression_space, sources=sources)
 
 
 DEFAULT_FPS = 25.0
@@ -489,13 +498,14 @@ def _time_ordered(table, rows: np.ndarray) -> np.ndarray:
 
 
 def _rows_path(table, rows: np.ndarray, expression: np.ndarray, fps: float, audio: Optional[Path],
-               times: Optional[np.ndarray], expression_space: Optional[str]) -> CameraPath:
+               times: Optional[np.ndarray], expression_space: Optional[str],
+               sources: Optional[np.ndarray] = None) -> CameraPath:
     """A :class:`CameraPath` with the cameras, intrinsics and image size of rows ``rows`` of a frame table (one
     identity's: one size)."""
     width, height = table.size_of(rows[0])
     return CameraPath(c2w=table.c2w[rows].astype(np.float32), intrinsics=table.intrinsics[rows].astype(np.float32),
                       expression=expression, width=width, height=height, fps=fps, audio=audio, times=times,
-                      expression_space=expression_space)
+                      expression_space=expression_space, sources=sources)
 
 
 def pose_loop(n_source: int, n: int, step: float = 1.0) -> np.ndarray:
@@ -1239,18 +1249,50 @@ def render_video(
     fps: Optional[float] = None,
     progress: Optional[ProgressFn] = None,
     audio: bool = True,
+    beside_driver: bool = False,
+    caption: Optional[str] = None,
 ) -> VideoInfo:
     """:func:`render_sequence` streamed into :func:`write_video` (``fps`` defaults to the path's; another rate shows
     the path in real time, :meth:`CameraPath.at_fps`).
+
+    With ``beside_driver`` each video frame is ``driver | render`` (the driver frame the path took it from,
+    :attr:`CameraPath.sources`, scaled to the render's height), both enlarged to at least
+    :data:`SIDE_BY_SIDE_MIN_PANEL` px, under a header with ``caption`` and a label over each half; a path without
+    driver frames (an orbit, a recording's) is refused.
 
     With ``audio`` (default) and a path that has a recording and frame times (a driven path whose driver has
     ``audio.wav``), the mp4 carries the sound of each frame at its own time (:meth:`CameraPath.soundtrack`), so
     the target speaks with the driver's voice in sync with the driver's mouth.
     """
     path = path.at_fps(fps)
+    if beside_driver and path.sources is None:
+        raise RenderError("beside_driver: this path has no driver frames to show (an orbit's or a recording's)")
     sound = path.soundtrack() if audio and out is not None else None
     frames = render_sequence(model, path, identity, background, aabb, near_far, progress)
+    if beside_driver:
+        frames = (_beside_driver(source, frame, caption) for source, frame in zip(path.sources, frames))
     return write_video(frames, out, path.fps, png_dir, audio=sound)
+
+
+def _beside_driver(source, frame: np.ndarray, caption: Optional[str]) -> np.ndarray:
+    """``driver | render`` of one video frame (uint8), the driver frame read from ``source`` and scaled to the
+    render's height, both enlarged to at least :data:`SIDE_BY_SIDE_MIN_PANEL` px, under a labelled header."""
+    from PIL import Image
+
+    render = to_uint8(frame)
+    h, w = render.shape[:2]
+    try:
+        driver = read_rgb(source)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise RenderError(f"cannot read the driver frame {source}: {exc}") from None
+    if driver.shape[0] != h:
+        size = (max(1, round(driver.shape[1] * h / driver.shape[0])), h)
+        driver = np.asarray(Image.fromarray(driver).resize(size, Image.BILINEAR))
+    scale = max(1, -(-SIDE_BY_SIDE_MIN_PANEL // max(1, min(h, w))))
+    img = np.concatenate([driver, render], axis=1)
+    if scale > 1:
+        img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+    return _with_header(img, caption or "", ("driver", "render"), (0, driver.shape[1] * scale))
 
 
 # -------------------------------------------------------------------------------------------- evaluation
@@ -1276,14 +1318,21 @@ def side_by_side(pred: np.ndarray, target: np.ndarray, error_gain: float = ERROR
         img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
     if caption is None:
         return img
+    panel = p.shape[1] * scale
+    return _with_header(img, caption, ("render", "truth", f"|render - truth| x{error_gain:g}"),
+                        (0, panel, 2 * panel))
+
+
+def _with_header(img: np.ndarray, caption: str, labels: Sequence[str], starts: Sequence[int]) -> np.ndarray:
+    """``img`` (uint8) under a dark header of :data:`SIDE_BY_SIDE_HEADER` rows: ``caption``, then each label over
+    its panel (``starts``: the panels' first columns)."""
     from PIL import Image, ImageDraw
 
-    panel = p.shape[1] * scale
     head = Image.new("RGB", (img.shape[1], SIDE_BY_SIDE_HEADER), (30, 30, 30))
     draw = ImageDraw.Draw(head)
     draw.text((4, 2), caption, fill=(235, 235, 235))
-    for k, label in enumerate(("render", "truth", f"|render - truth| x{error_gain:g}")):
-        draw.text((k * panel + 4, SIDE_BY_SIDE_HEADER // 2 + 1), label, fill=(200, 200, 200))
+    for x, label in zip(starts, labels):
+        draw.text((x + 4, SIDE_BY_SIDE_HEADER // 2 + 1), label, fill=(200, 200, 200))
     return np.concatenate([np.asarray(head), img], axis=0)
 
 

@@ -858,3 +858,40 @@ def test_evaluate_side_by_side_images_are_labelled_and_legible(synth, data, tmp_
     for k in range(3):
         assert bright[line:, k * panel: (k + 1) * panel].any(), f"no label over panel {k}"
     assert res["identities"]["id000"]["frames"] == 1
+
+
+def test_a_driven_video_can_show_the_driver_beside_the_target(synth, data, tmp_path):
+    """A transfer video showed the target alone: nothing to judge the transfer against (did the mouth open when the
+    driver's did?), where reenactment results are shown driver | result. render_video(..., beside_driver=True) puts
+    each frame's driver frame (the one the path took it from, also at another fps) left of the render, under a
+    labelled header; the plain video is unchanged."""
+    from fastminerf.render import SIDE_BY_SIDE_HEADER, SIDE_BY_SIDE_MIN_PANEL
+
+    oracle = Oracle(synth[1])
+    path = drive_path(data, "id000", data, "novel", driver_identity="id001", mode="delta")
+    table = data.table("novel")
+    rows = table.frames_of(data.identities.index("id001"))
+    assert path.sources is not None and len(path.sources) == len(path)
+    assert list(path.sources) == [table.image_paths[i] for i in rows]
+    slow = path.at_fps(2 * path.fps)  # each driver frame twice: the sources follow the frames
+    assert list(slow.sources) == [s for s in path.sources for _ in range(2)][: len(slow)]
+    aabb = data.table("train").aabb[0]
+    render_video(oracle, path, "id000", None, background=data.background(0), aabb=aabb, png_dir=tmp_path / "plain")
+    render_video(oracle, path, "id000", None, background=data.background(0), aabb=aabb, png_dir=tmp_path / "beside",
+                 beside_driver=True, caption="id000 driven by id001:novel")
+    scale = -(-SIDE_BY_SIDE_MIN_PANEL // SIZE)
+    panel = SIZE * scale
+    for k in range(len(path)):
+        plain = iio.imread(tmp_path / "plain" / f"{k:05d}.png")
+        both = iio.imread(tmp_path / "beside" / f"{k:05d}.png")
+        assert plain.shape == (SIZE, SIZE, 3)
+        assert both.shape == (SIDE_BY_SIDE_HEADER + panel, 2 * panel, 3)
+        big = lambda a: np.repeat(np.repeat(a, scale, axis=0), scale, axis=1)  # noqa: E731
+        assert (both[SIDE_BY_SIDE_HEADER:, :panel] == big(data.image("novel", int(rows[k])))).all()
+        assert (both[SIDE_BY_SIDE_HEADER:, panel:] == big(plain)).all()
+        bright = both[:SIDE_BY_SIDE_HEADER].max(axis=2) > 150
+        assert bright[:, :panel].any() and bright[SIDE_BY_SIDE_HEADER // 2:, panel:].any()  # caption, labels
+    orbit = orbit_path(data, "id000", n_frames=2)
+    with pytest.raises(RenderError, match="no driver frames"):
+        render_video(oracle, orbit, "id000", None, background=data.background(0), aabb=aabb,
+                     png_dir=tmp_path / "o", beside_driver=True)
