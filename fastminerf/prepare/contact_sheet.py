@@ -25,6 +25,10 @@ PathLike = Union[str, Path]
 AXIS_LENGTH = 0.5
 """Length of the drawn head axes, head units."""
 
+SHEET_MIN_TILE = 256
+"""Frames smaller than this (pixels a side) are enlarged by a whole factor (nearest neighbour) on the sheet, so that
+478 landmarks leave the face visible and a tile's label fits."""
+
 _AXIS_COLOURS = ((230, 40, 40), (40, 200, 40), (60, 120, 255))
 
 
@@ -66,10 +70,18 @@ def write_contact_sheet(
         c2w_all: ``(B, 4, 4)`` every frame's camera; expression: ``(B, E)`` every frame's coefficients.
         labels: per shown frame, a line written on its landmark tile (which frame it is).
 
-    The header is wrapped to the sheet's width; each plot names its curves in their colours.
+    Frames under :data:`SHEET_MIN_TILE` px are enlarged. The header is wrapped to the sheet's width; each plot names its curves in their colours.
     """
     from PIL import Image, ImageDraw
 
+    scale = max(1, -(-SHEET_MIN_TILE // max(frames[0].shape[:2])))
+    if scale > 1:  # drawn on the enlarged pixels: landmarks and the camera's pixels scale alike
+        def big(a):
+            return np.repeat(np.repeat(np.asarray(a), scale, axis=0), scale, axis=1)
+
+        frames, masks, background = [big(f) for f in frames], [big(m) for m in masks], big(background)
+        landmarks = [np.concatenate([np.asarray(lm)[:, :2] * scale, np.asarray(lm)[:, 2:]], axis=1) for lm in landmarks]
+        intrinsics = [float(v) * scale for v in intrinsics]
     h, w = frames[0].shape[:2]
     pad = 4
     cols = len(frames)
