@@ -42,6 +42,7 @@ import os
 import pickle
 import threading
 import time
+import zipfile
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -149,6 +150,17 @@ def save_checkpoint(path: PathLike, payload: dict, what: str = "checkpoint") -> 
     return path
 
 
+def _damaged_member(path: Path) -> Optional[str]:
+    """The first member of a torch zip file whose bytes do not match the CRC-32 its header stores (torch.load does not
+    check them: a flipped byte in the weights loads as a wrong number), or None. Files that are no zip archive (or too
+    broken to open as one) are left to torch.load, which names what is wrong with them."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return None
+
+
 def read_plain_file(path: PathLike, fmt: str, version: int, required: Sequence[str], what: str, error: type) -> dict:
     """Read a dict of tensors and plain data written by :func:`save_checkpoint` with ``weights_only=True`` (no
     pickled code runs) and check its ``format``, ``version`` and ``required`` keys.
@@ -160,6 +172,10 @@ def read_plain_file(path: PathLike, fmt: str, version: int, required: Sequence[s
     path = Path(path)
     if not path.is_file():
         raise error(f"{what} {path} does not exist")
+    damaged = _damaged_member(path)
+    if damaged is not None:
+        raise error(f"cannot read {what} {path} (damaged since it was written: the bytes of {damaged} do not match "
+                    f"their stored CRC-32)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's six lines advise weights_only=False (running the file's code)

@@ -672,6 +672,27 @@ def test_a_file_that_is_no_checkpoint_is_refused_in_one_line_without_torchs_advi
         assert "\n" not in text and str(path) in text and "weights_only" not in text and "issue" not in text, text
 
 
+def test_a_checkpoint_whose_bytes_were_damaged_is_refused_not_loaded(trained, tmp_path):
+    """One byte flipped inside the weights (a bad disk, a copy gone wrong): torch.load does not check the zip's CRCs,
+    so info, eval and a resume took the damaged weights without a word (a resume trained on from them)."""
+    import zipfile
+
+    run, _ = trained
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    raw = bytearray((run / "checkpoint.pt").read_bytes())
+    with zipfile.ZipFile(run / "checkpoint.pt") as z:
+        big = max(z.infolist(), key=lambda i: i.file_size)  # a weight tensor's bytes, stored uncompressed
+    h = big.header_offset  # local header: 30 bytes, then the name and the extra field, then the data
+    start = h + 30 + int.from_bytes(raw[h + 26:h + 28], "little") + int.from_bytes(raw[h + 28:h + 30], "little")
+    raw[start + big.file_size // 2] ^= 0x40
+    (bad / "checkpoint.pt").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged") as err:
+        load_run(bad)
+    assert str(bad / "checkpoint.pt") in str(err.value) and big.filename in str(err.value), err.value
+    load_run(run)  # the intact file still loads
+
+
 def test_resume_with_a_missing_identity_is_refused(tiny_data, trained):
     run, _ = trained
     with pytest.raises(CheckpointError, match="missing"):
