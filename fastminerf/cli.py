@@ -1026,9 +1026,9 @@ def _add_info(sub: "argparse._SubParsersAction") -> None:
 
 def run_info(run: Path) -> dict:
     """The description ``fastminerf info`` prints (a plain dict, JSON-ready)."""
-    import json
-
     import torch
+
+    from .train import LOG_NAME, log_records
 
     cfg, model, meta = _open_run(run)
     counts = torch.bincount(meta["frame_identity"], minlength=len(meta["identity_names"])).tolist()
@@ -1050,12 +1050,10 @@ def run_info(run: Path) -> dict:
         held = (sm.metrics or {}).get("all") or {}
         info["speech"] = dict(file=str(speech), identities=len(sm.identities), expression_space=sm.expression_space,
                               held_out={k: held.get(k) for k in ("frames", "r2", "mouth_r2", "mouth_corr")} if held else None)
-    log = Path(meta["checkpoint"]).parent / "log.jsonl"
-    if log.is_file():
-        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-        if lines:
-            last = json.loads(lines[-1])
-            info["last_log"] = {k: last[k] for k in ("step", "loss", "psnr") if k in last}
+    records = log_records(Path(meta["checkpoint"]).parent / LOG_NAME)
+    if records:
+        last = records[-1][1]
+        info["last_log"] = {k: last[k] for k in ("step", "loss", "psnr") if k in last}
     return info
 
 

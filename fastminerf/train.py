@@ -543,22 +543,35 @@ def _flat(cfg, prefix: str = "") -> dict:
     return out
 
 
+def log_records(log: PathLike) -> List[Tuple[str, dict]]:
+    """The records of a run's ``log.jsonl`` with their lines, in file order: each line that is a JSON object with a
+    whole-number ``step`` and numbers or null for ``loss`` and ``psnr``. Lines cut by an interruption or a full disk,
+    damaged bytes (not UTF-8) and lines of another shape are skipped; [] when there is no such file."""
+    log = Path(log)
+    if not log.is_file():
+        return []
+    out = []
+    for raw in log.read_bytes().splitlines():
+        try:
+            line = raw.decode("utf-8")
+            record = json.loads(line)
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError both
+            continue
+        if (isinstance(record, dict) and type(record.get("step")) is int
+                and all(record.get(k) is None or type(record[k]) in (int, float) for k in ("loss", "psnr"))):
+            out.append((line, record))
+    return out
+
+
 def _truncate_log(log: Path, step: int) -> Optional[dict]:
-    """Drop the log lines of steps after ``step`` (redone on resume); the last line kept, or None."""
+    """Drop the log lines of steps after ``step`` (redone on resume), and those :func:`log_records` skips; the last
+    record kept, or None."""
     if not log.exists():
         return None
-    kept, last = [], None
-    for line in log.read_text().splitlines():
-        try:
-            record = json.loads(line)
-            if record["step"] <= step:
-                kept.append(line)
-                last = record
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut by the interruption
+    kept = [(line, record) for line, record in log_records(log) if record["step"] <= step]
     with replaced_atomically(log) as tmp:  # an interruption now leaves the whole log, not half
-        tmp.write_text("".join(k + "\n" for k in kept))
-    return last
+        tmp.write_text("".join(line + "\n" for line, _ in kept))
+    return kept[-1][1] if kept else None
 
 
 def write_curve(run_dir: PathLike) -> Path:

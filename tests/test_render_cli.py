@@ -603,6 +603,26 @@ def test_cli_info_describes_a_run_whose_loss_diverged(tiny, tmp_path, capsys):
     assert f"step {last['step']}, loss nan, train psnr nan dB" in out, out
 
 
+def test_cli_info_reads_a_log_whose_last_line_was_cut_or_damaged(tiny, tmp_path, capsys):
+    """A run killed mid-write or on a full disk leaves its log's last line cut; a damaged disk leaves bytes that are
+    not UTF-8; a hand edit, a line of another shape. info failed on each with a bare 'Expecting property name ...' or
+    "'utf-8' codec can't decode ..." naming no file (or a TypeError traceback), though resume skips such lines: it
+    shows the last whole record, as resume does."""
+    import shutil
+
+    root, _ = tiny
+    run = tmp_path / "cut"
+    shutil.copytree(root / "run", run, ignore=shutil.ignore_patterns(".lock"))
+    lines = (run / "log.jsonl").read_bytes().splitlines()
+    whole = json.loads(lines[-2])
+    for tail in (lines[-1][: len(lines[-1]) // 2], b'{"step": 99, "loss": 0.5\xff\xfe}',
+                 b'{"step": "x", "loss": [1], "psnr": {}}', b"[1, 2]"):
+        (run / "log.jsonl").write_bytes(b"\n".join(lines[:-1] + [tail]) + b"\n")
+        assert main(["info", str(run)]) == 0, tail
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"step {whole['step']}, loss {whole['loss']:.5f}" in out, (tail, out)
+
+
 def test_cli_render_orbit_beyond_the_training_views_says_so(tiny, tmp_path, capsys):
     """An orbit swung farther than the identity's training views reach (--yaw 60 on a clip that turns a few degrees)
     rendered views the model never saw, without a word, though --help says the model guesses beyond them: the command

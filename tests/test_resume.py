@@ -169,6 +169,20 @@ def test_rerunning_a_finished_run_reports_its_last_loss_and_psnr(heads, generic,
     assert (new_again.loss, new_again.psnr) == (new.loss, new.psnr) and new.psnr == new.psnr
 
 
+def test_a_resume_skips_log_lines_that_are_damaged_or_not_records(heads, tmp_path):
+    """Bytes of the log that are not UTF-8 (a damaged disk) stopped a resume with "'utf-8' codec can't decode byte ..."
+    naming no file, though lines cut or unreadable as JSON are skipped: such a line is skipped too, like a line of
+    another shape, and the records around it are kept."""
+    cfg = load_config("tiny", ["train.steps=2", "train.log_every=1"])
+    train(cfg, heads[:2], tmp_path / "run")
+    log = tmp_path / "run" / "log.jsonl"
+    lines = log.read_bytes().splitlines()
+    log.write_bytes(b"\n".join([lines[0], b'{"step": 1\xff\xfe}', b"[1, 2]", b'{"step": "1"}', lines[1]]) + b"\n")
+    again = train(load_config("tiny", ["train.steps=3", "train.log_every=1"]), heads[:2], tmp_path / "run")
+    assert again.resumed_from == 2 and again.step == 3
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
+
+
 def test_a_log_interval_below_one_is_refused_naming_the_key(heads, tmp_path):
     # It used to reach the loop and fail there with "integer modulo by zero".
     with pytest.raises(ConfigError, match="train.log_every must be >= 1, got 0"):
