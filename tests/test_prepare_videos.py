@@ -404,6 +404,37 @@ def test_a_rerun_of_the_same_videos_says_the_basis_was_fitted_on_them_not_reused
     assert ExpressionBasis.load(root).fitted_on == ("first",)
 
 
+@pytest.mark.parametrize("damage", ["cut", "flipped", "another file", "no landmarks"])
+def test_a_resume_whose_track_file_was_damaged_tracks_again(tmp_path, head_frames, damage):
+    """A work folder whose .prepare/track.npz was cut short, damaged or replaced (a copy of the root killed midway, a
+    full disk, a bad disk) stopped the resumed prepare, every video of the batch, with a traceback (EOFError,
+    zipfile.BadZipFile, KeyError) or misleading advice about pickled data: the tracking is redone, as for a missing
+    track file, and the video is prepared."""
+    import imageio.v3 as iio
+
+    from fastminerf.prepare import prepare
+
+    cfg = PrepareConfig(size=64, expression_dim=4, min_frames=5)
+    video = _write_video(tmp_path / "clip.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    root = tmp_path / "data"
+    assert prepare([video], root, cfg).videos[0].status == "done"
+    track = root / "clip" / ".prepare" / "track.npz"
+    raw = track.read_bytes()
+    if damage == "cut":
+        track.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flipped":
+        track.write_bytes(raw[:200] + bytes(b ^ 0xFF for b in raw[200:264]) + raw[264:])
+    elif damage == "another file":
+        iio.imwrite(track, head_frames[0], extension=".png")
+    else:
+        np.savez(track, other=np.zeros(3))
+    (root / "clip" / "prepare.json").unlink()  # interrupted before its last stage
+    again = prepare([video], root, cfg).videos[0]
+    assert again.status == "done" and "track" in again.seconds, again.error
+    with np.load(track) as z:
+        assert z["landmarks"].shape[0] == 12
+
+
 def test_a_person_prepared_into_a_root_at_another_size_is_told(tmp_path, head_frames):
     """A new person prepared later into a root without the --size of its first prepare (256 px by default against
     the 128 px there), likely a forgotten option: the people train together, each at its own size, and the note

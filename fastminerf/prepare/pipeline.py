@@ -30,6 +30,7 @@ import json
 import math
 import shutil
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -194,6 +195,18 @@ def _read_json(path: Path) -> Optional[dict]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _read_track(path: Path) -> Optional[np.ndarray]:
+    """The landmarks (F, N_LANDMARKS, 3) of a track file, or None when it is missing or unreadable (cut short, damaged,
+    another file in its place): the tracking stage is then redone, as for a video never tracked."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            lm = np.asarray(z["landmarks"])
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    ok = lm.ndim == 3 and len(lm) > 0 and lm.shape[1:] == (N_LANDMARKS, 3) and lm.dtype.kind == "f"
+    return lm if ok else None
 
 
 def _ours(folder: Path) -> bool:
@@ -639,13 +652,14 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     res.fps = fps
 
     track = _read_json(work / "track.json")
-    if track is None or track.get("fingerprint") != fp["track"] or not (work / "track.npz").is_file():
+    lm = _read_track(work / "track.npz") if track is not None and track.get("fingerprint") == fp["track"] else None
+    if lm is None:
         t0 = time.perf_counter()
         track = dict(_track(info, fps, cfg, work, res.name, progress), fingerprint=fp["track"])
         write_json(work / "track.json", track)
         res.seconds["track"] = time.perf_counter() - t0
-    with np.load(work / "track.npz") as z:
-        lm = z["landmarks"]
+        with np.load(work / "track.npz") as z:
+            lm = z["landmarks"]
     ok = np.isfinite(lm[:, 0, 0])
     res.frames_total, res.frames_used = int(len(lm)), int(ok.sum())
     res.frames_dropped = res.frames_total - res.frames_used
