@@ -412,6 +412,21 @@ def test_malformed_landmarks_name_the_file_and_key(tmp_path):
         load_dataset(root).landmarks("train")
 
 
+def test_landmarks_cut_short_or_damaged_name_the_file(tmp_path):
+    """A landmarks.npz cut short (a copy killed midway, a full disk) or with damaged bytes stopped train
+    (landmark_depth_weight > 0) and eval with a zipfile.BadZipFile traceback naming no file ('File is not a zip file',
+    "Bad CRC-32 for file 'points.npy'"), or an EOFError for an empty file."""
+    root = _with_landmarks(tmp_path)
+    path = root / "a" / "landmarks.npz"
+    raw = path.read_bytes()
+    member = raw.index(b"points.npy") + 200  # inside the points array's bytes
+    for damaged in (raw[: len(raw) // 2], raw[:member] + bytes(b ^ 0xFF for b in raw[member:member + 16]) + raw[member + 16:],
+                    b""):
+        path.write_bytes(damaged)
+        with pytest.raises(DatasetError, match=r"landmarks\.npz.*not a readable"):
+            load_dataset(root).landmarks("train")
+
+
 # ------------------------------------------------------------------------------------------------ mouth rays
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
@@ -629,8 +630,8 @@ def read_landmarks(identity_dir: PathLike) -> Optional[Landmarks]:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"not a readable .npz file ({exc})", file=path) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: empty; BadZipFile: cut or damaged
+        raise DatasetError(f"not a readable .npz file ({exc or type(exc).__name__})", file=path) from None
     for key in ("frame_index", "points", "visible"):
         if key not in arrays:
             raise DatasetError(f"missing (the file has {sorted(arrays)})", file=path, key=key)
