@@ -404,6 +404,25 @@ def test_a_rerun_of_the_same_videos_says_the_basis_was_fitted_on_them_not_reused
     assert ExpressionBasis.load(root).fitted_on == ("first",)
 
 
+def test_an_expression_basis_cut_short_or_damaged_is_refused_naming_the_file(tmp_path):
+    """expression_basis.npz cut short, empty or with damaged bytes (a copy killed midway, a bad disk) stopped prepare,
+    render --drive VIDEO and personalize's preparing with a traceback (EOFError, zipfile.BadZipFile) naming no file;
+    ExpressionBasis.load refused only other readers' errors by name."""
+    from fastminerf.prepare.expression import BASIS_FILE, ExpressionBasis
+
+    rng = np.random.default_rng(0)
+    comps = np.linalg.qr(rng.normal(size=(30, 4)))[0].T
+    ExpressionBasis(rng.normal(size=(10, 3)), np.arange(5), comps, 1.5, np.full(4, 0.25), 2.0, ("a",)).save(tmp_path)
+    path = tmp_path / BASIS_FILE
+    raw = path.read_bytes()
+    member = raw.index(b"components.npy") + 200  # inside the components' bytes
+    for damaged in (raw[: len(raw) // 2], raw[:member] + bytes(b ^ 0xFF for b in raw[member:member + 16]) + raw[member + 16:],
+                    b""):
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError, match=f"{path}: not a readable expression basis"):
+            ExpressionBasis.load(tmp_path)
+
+
 @pytest.mark.parametrize("damage", ["cut", "flipped", "another file", "no landmarks"])
 def test_a_resume_whose_track_file_was_damaged_tracks_again(tmp_path, head_frames, damage):
     """A work folder whose .prepare/track.npz was cut short, damaged or replaced (a copy of the root killed midway, a
