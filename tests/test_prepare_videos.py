@@ -5,6 +5,7 @@ patterns and the procedural heads, which mediapipe tracks), in a few seconds, wi
 
 from __future__ import annotations
 
+import json
 import subprocess
 import wave
 from pathlib import Path
@@ -452,6 +453,25 @@ def test_a_resume_whose_track_file_was_damaged_tracks_again(tmp_path, head_frame
     assert again.status == "done" and "track" in again.seconds, again.error
     with np.load(track) as z:
         assert z["landmarks"].shape[0] == 12
+
+
+@pytest.mark.parametrize("marker, text", [(".prepare/track.json", "[1]"), (".prepare/frames.json", '{"fingerprint": 5}'),
+                                          ("prepare.json", "[1, 2]"), ("prepare.json", '{"fingerprint": "x", "basis": 1}')])
+def test_a_resume_whose_stage_marker_is_not_a_marker_redoes_that_stage(tmp_path, head_frames, marker, text):
+    """A stage marker edited by hand or overwritten by another file, valid JSON of another shape (a list, a fingerprint
+    that is no object), stopped the resumed prepare, every video of the batch, with a traceback ("AttributeError: 'list'
+    object has no attribute 'get'", "TypeError: 'int' object is not iterable"), where one that is not JSON at all has
+    its stage redone (written again): so has this one."""
+    from fastminerf.prepare import prepare
+
+    cfg = PrepareConfig(size=64, expression_dim=4, min_frames=5)
+    video = _write_video(tmp_path / "clip.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    root = tmp_path / "data"
+    assert prepare([video], root, cfg).videos[0].status == "done"
+    (root / "clip" / marker).write_text(text)
+    again = prepare([video], root, cfg).videos[0]
+    assert again.status in ("done", "skipped"), again.error  # skipped: its last stage's marker (prepare.json) stands
+    assert json.loads((root / "clip" / marker).read_text())["fingerprint"]["video_sha256"]
 
 
 def test_a_person_prepared_into_a_root_at_another_size_is_told(tmp_path, head_frames):

@@ -191,10 +191,13 @@ def _fingerprints(cfg: PrepareConfig, video: Path) -> Dict[str, dict]:
 
 
 def _read_json(path: Path) -> Optional[dict]:
+    """A marker file's JSON object, or None when it is missing or cannot be one of prepare's markers (not JSON, not an
+    object, a ``fingerprint`` that is no object): the stage it marks is then redone."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) and isinstance(data.get("fingerprint", {}), dict) else None
 
 
 def _read_track(path: Path) -> Optional[np.ndarray]:
