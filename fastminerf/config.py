@@ -1106,9 +1106,11 @@ def _load_preset(name_or_path, chain: Tuple[str, ...]) -> "RunConfig":
     if str(path.resolve()) in chain:
         raise ConfigError(f"{path}: presets extend each other in a cycle ({' -> '.join(chain + (str(path.resolve()),))})")
     try:
-        data = yaml.load(path.read_text(), Loader=_unique_key_loader()) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    except UnicodeDecodeError as exc:  # another file given as the config, or YAML saved as UTF-16
+        raise ConfigError(f"cannot parse config file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     base = None
     if isinstance(data, dict) and "extends" in data:
         parent = data.pop("extends")

@@ -39,6 +39,18 @@ def test_a_preset_name_is_not_shadowed_by_a_folder_of_that_name(tmp_path, monkey
         load_config("mydata")
 
 
+@pytest.mark.parametrize("raw", ["extends: tiny\ntrain:\n  steps: 7\n".encode("utf-16"), b"\x89PNG\r\n\x1a\n\x00\x00"],
+                         ids=["utf-16", "png"])
+def test_a_config_file_that_is_not_utf8_text_is_refused_naming_the_file(tmp_path, raw):
+    """A config saved as UTF-16 (Windows Notepad's 'Unicode') or another file given as --config (an image) was refused
+    with "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte", naming no file."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_bytes(raw)
+    with pytest.raises(ConfigError, match="not UTF-8 text") as err:
+        load_config(mine)
+    assert str(mine) in str(err.value)
+
+
 @pytest.mark.parametrize("text, key", [
     ("extends: tiny\ntrain:\n  steps: 7\nmodel:\n  render_steps: 32\ntrain:\n  lr: 0.005\n", "train"),
     ("extends: tiny\nmodel:\n  field:\n    n_levels: 4\n  render_steps: 32\n  field:\n    hidden_dim: 8\n", "field"),
