@@ -1151,7 +1151,12 @@ def dump_config(cfg) -> str:
 
 
 def parse_config_text(text: str) -> "RunConfig":
-    """A :class:`RunConfig` from YAML text written by :func:`dump_config`."""
+    """A :class:`RunConfig` from YAML text written by :func:`dump_config`; :class:`ConfigError` (one line) when the
+    text is not YAML."""
     import yaml
 
-    return config_from_dict(yaml.safe_load(text) or {})
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not YAML: {' '.join(str(exc).split())}") from None
+    return config_from_dict(data or {})

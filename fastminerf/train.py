@@ -225,13 +225,16 @@ def _model_from_checkpoint(data: dict, path: Path, anywhere: bool = False) -> Tu
     if "frame_identity" not in state or "aabb" not in state:
         raise CheckpointError(f"checkpoint {path}: the model state lacks frame_identity / aabb")
     space = data.get("expression_space")
-    model = MINeRF(_anywhere(cfg.model) if anywhere else cfg.model, int(data["expression_dim"]),
-                   list(data["identity_names"]), state["frame_identity"],
-                   aabb=state["aabb"].tolist(), expression_space=str(space) if space is not None else None)
+    try:
+        model = MINeRF(_anywhere(cfg.model) if anywhere else cfg.model, int(data["expression_dim"]),
+                       list(data["identity_names"]), state["frame_identity"],
+                       aabb=state["aabb"].tolist(), expression_space=str(space) if space is not None else None)
+    except (TypeError, ValueError, AttributeError) as exc:  # values of another type or shape than save_checkpoint's
+        raise CheckpointError(f"checkpoint {path}: bad model description: {exc}") from None
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path} does not match its config: {exc}") from None
+    except RuntimeError as exc:  # torch's message spans lines: one size mismatch or missing key a line
+        raise CheckpointError(f"checkpoint {path} does not match its config: {' '.join(str(exc).split())}") from None
     return cfg, model
 
 

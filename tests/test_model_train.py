@@ -693,6 +693,27 @@ def test_a_checkpoint_whose_bytes_were_damaged_is_refused_not_loaded(trained, tm
     load_run(run)  # the intact file still loads
 
 
+@pytest.mark.parametrize("edit", ["wider codes", "config not yaml", "names not a list"])
+def test_a_checkpoint_whose_contents_do_not_fit_is_refused_in_one_line_naming_it(trained, tmp_path, edit):
+    """A checkpoint written by another tool or edited (weights of another shape, a config that is not YAML, identity
+    names that are no list) was refused in torch's two lines ('Error(s) in loading state_dict for MINeRF:' then the
+    size mismatch) or crashed info and eval with a traceback (yaml.parser.ParserError, TypeError)."""
+    run, _ = trained
+    data = torch.load(run / "checkpoint.pt", weights_only=True)
+    if edit == "wider codes":
+        w = data["model"]["identity_codes.weight"]
+        data["model"]["identity_codes.weight"] = torch.zeros(w.shape[0], w.shape[1] + 3)
+    elif edit == "config not yaml":
+        data["config_yaml"] = "model: [1, 2"
+    else:
+        data["identity_names"] = 5
+    bad = tmp_path / "checkpoint.pt"
+    torch.save(data, bad)
+    with pytest.raises(CheckpointError) as err:
+        load_run(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
 def test_resume_with_a_missing_identity_is_refused(tiny_data, trained):
     run, _ = trained
     with pytest.raises(CheckpointError, match="missing"):
