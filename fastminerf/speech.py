@@ -284,14 +284,15 @@ def _identity_mel(name: str, wav: Path) -> np.ndarray:
 
 def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List[str]]:
     """The identities of a loaded dataset that can teach speech: those with an ``audio.wav`` and frames that
-    carry ``time``; frames without a time (e.g. the procedural heads' ``novel`` split) are left out.
+    carry ``time``; frames without a time (e.g. the procedural heads' ``novel`` split) are left out, and so are
+    frames whose time lies past the end of the recording (one cut short), which the returned lines count.
 
     Args:
         dataset: a :class:`fastminerf.data.MultiIdentityDataset` with ``splits`` loaded.
         splits: the splits to take frames from.
 
     Returns:
-        The clips, and one line per identity left out saying why.
+        The clips, and one line per identity left out (or with frames past its recording's end) saying why.
 
     Raises:
         SpeechError: naming a split that is not loaded.
@@ -306,17 +307,26 @@ def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List
         if wav is None:
             skipped.append(f"{name}: no audio.wav")
             continue
-        times, exprs = {}, {}
+        mel = _identity_mel(name, wav)
+        end = (len(mel) - 0.5) / COLUMNS_PER_SECOND  # a later frame's window is centred past the last column
+        times, exprs, late = {}, {}, []
         for s in splits:
             table = dataset.table(s)
             frames = table.frames_of(i)
             t = table.time[frames].astype(np.float64)
             keep = np.isfinite(t) & (t >= 0)
+            late.append(t[keep & (t > end)])
+            keep &= ~(t > end)
             times[s], exprs[s] = t[keep], table.expression[frames][keep].astype(np.float32)
+        late = np.concatenate(late)
+        if late.size:  # a recording cut short: these frames have no sound to learn from
+            skipped.append(f"{name}: {late.size} of its frames (from {late.min():.2f} s on), past the end of its "
+                           f"{wav} ({(len(mel) - 1) / COLUMNS_PER_SECOND:.2f} s): is the recording cut short?")
         if sum(len(v) for v in times.values()) == 0:
-            skipped.append(f"{name}: its frames carry no 'time'")
+            if not late.size:
+                skipped.append(f"{name}: its frames carry no 'time'")
             continue
-        clips.append(SpeechClip(name, _identity_mel(name, wav), times, exprs))
+        clips.append(SpeechClip(name, mel, times, exprs))
     return clips, skipped
 
 

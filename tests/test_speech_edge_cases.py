@@ -217,3 +217,23 @@ def test_saving_a_speech_model_over_a_folder_says_so_not_that_the_disk_is_full(s
         save_speech_model(tmp_path / "models", model)
     assert "disk" not in str(err.value) and "checkpoint" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models"] and not any((tmp_path / "models").iterdir())
+
+
+def test_frames_past_the_end_of_a_cut_recording_are_left_out_and_said(tmp_path):
+    """An audio.wav cut short (a copy killed midway, a full disk; read_wav keeps what is there) left the later frames
+    without their sound: speech learned their expressions from the recording's last column, silence, without a word
+    (a tiny run reported its table as for whole data). Those frames are left out and the clip says how many."""
+    from fastminerf.speech import speech_clips
+
+    d = generate(tmp_path / "data", n_identities=1, n_frames=40, size=16, novel_frames=1, val_fraction=0.25, seed=5)[0]
+    full = read_wav(d / "audio.wav")
+    cut = Audio(full.samples[: len(full.samples) * 2 // 5], full.rate)
+    write_wav(d / "audio.wav", cut)
+    data = load_dataset([d], splits=("train", "val"))
+    clips, skipped = speech_clips(data, ("train", "val"))
+    times = np.concatenate([clips[0].times[s] for s in ("train", "val")])
+    table_times = np.concatenate([data.table(s).time for s in ("train", "val")])
+    late = int(np.sum(table_times > cut.seconds))
+    assert 10 < late < 30 and times.max() <= cut.seconds and len(times) == len(table_times) - late
+    assert len(clips[0].expressions["val"]) == len(clips[0].times["val"])
+    assert len(skipped) == 1 and skipped[0].startswith(f"{d.name}: {late} of its frames") and "audio.wav" in skipped[0], skipped
