@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -231,6 +232,25 @@ def test_bad_frame_values(tmp_path: Path, key, value, needle):
         load_dataset(d)
     _assert_located(info.value, f, 1, key)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("key, frame, value", [
+    ("transform_matrix", 1, [[1, 0, 0, 1e39], [0, 1, 0, 0], [0, 0, 1, 3], [0, 0, 0, 1]]),
+    ("expression", 1, [0.0, -1e39, 0.0, 0.0]),
+    ("intrinsics", None, [1e39, 1e39, 10.0, 8.0]),
+])
+def test_numbers_beyond_float32_are_refused_not_stored_as_infinity(tmp_path: Path, key, frame, value):
+    """A value finite in JSON but beyond float32's range (1e39: a hand edit, another tool's overflow) passed the
+    non-finite check, which looked at float64, then became inf in the float32 frame table with numpy's 'overflow
+    encountered in cast' warning printed, and training went on with an infinite expression, camera or focal length."""
+    d = make_identity(tmp_path, "a")
+    f = _edit(d, lambda m: (m["frames"][frame] if frame is not None else m).__setitem__(key, value))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing printed on the way
+        with pytest.raises(DatasetError) as info:
+            load_dataset(d)
+    _assert_located(info.value, f, frame, key)
+    assert "float32" in str(info.value)
 
 
 def test_a_camera_facing_away_from_the_head_is_refused(tmp_path: Path):

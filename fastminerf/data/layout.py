@@ -254,7 +254,8 @@ def _describe(value: Any) -> str:
 
 
 def _numbers(value: Any, shape: Optional[Tuple[int, ...]], *, file: Path, frame: Optional[int], key: str, ndim: Optional[int] = None) -> np.ndarray:
-    """Parse a JSON number / nested list into a finite float64 array of the given shape (or ndim)."""
+    """Parse a JSON number / nested list into a float64 array of the given shape (or ndim), finite and within
+    float32's range."""
     if isinstance(value, (str, dict)) or value is None:
         raise DatasetError(f"expected numbers, got {_describe(value)}", file=file, frame=frame, key=key)
     try:
@@ -269,6 +270,11 @@ def _numbers(value: Any, shape: Optional[Tuple[int, ...]], *, file: Path, frame:
     if bad.any():
         pos = tuple(int(i) for i in np.argwhere(bad)[0])
         raise DatasetError(f"non-finite value {arr[pos]} at position {list(pos)}", file=file, frame=frame, key=key)
+    big = np.abs(arr) > np.finfo(np.float32).max  # the frame table holds float32: this would become inf there
+    if big.any():
+        pos = tuple(int(i) for i in np.argwhere(big)[0])
+        raise DatasetError(f"value {arr[pos]:g} at position {list(pos)} is beyond the range of float32 "
+                           f"({np.finfo(np.float32).max:.3g}), in which it is stored", file=file, frame=frame, key=key)
     return arr
 
 
