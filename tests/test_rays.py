@@ -427,6 +427,26 @@ def test_landmarks_cut_short_or_damaged_name_the_file(tmp_path):
             load_dataset(root).landmarks("train")
 
 
+def test_an_npz_file_that_is_another_file_is_refused_without_numpys_pickle_advice(tmp_path):
+    """Another file in place of landmarks.npz or expression_basis.npz (an image, a pickle) was refused with numpy's
+    'This file contains pickled (object) data. If you trust the file you can load it unsafely using the
+    `allow_pickle=` keyword argument or `pickle.load()`.': advice no fastminerf user can take, or should."""
+    import pickle
+
+    from fastminerf.prepare.expression import BASIS_FILE, ExpressionBasis
+
+    root = _with_landmarks(tmp_path)
+    for raw in (b"\x89PNG\r\n\x1a\n" + bytes(64), pickle.dumps({"points": [1, 2]})):
+        (root / "a" / "landmarks.npz").write_bytes(raw)
+        (tmp_path / BASIS_FILE).write_bytes(raw)
+        with pytest.raises(DatasetError, match=r"landmarks\.npz.*not a readable") as lm:
+            load_dataset(root).landmarks("train")
+        with pytest.raises(ValueError, match="not a readable expression basis") as basis:
+            ExpressionBasis.load(tmp_path)
+        for err in (lm, basis):
+            assert "pickle" not in str(err.value) and "trust" not in str(err.value), err.value
+
+
 # ------------------------------------------------------------------------------------------------ mouth rays
 
 

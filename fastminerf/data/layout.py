@@ -624,6 +624,19 @@ class Landmarks:
     """(F, K) bool."""
 
 
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+"""What ``np.load`` raises for a file that is no readable ``.npz`` (empty: EOFError; cut short or damaged:
+BadZipFile; another file: ValueError)."""
+
+
+def npz_error_reason(exc: BaseException) -> str:
+    """One line saying why ``np.load`` could not read a file (one of :data:`NPZ_ERRORS`), without numpy's advice to
+    load a file that is no archive of arrays as pickled objects (which would run its code)."""
+    if isinstance(exc, ValueError) and "pickled" in str(exc):
+        return "not an .npz archive of arrays"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def read_landmarks(identity_dir: PathLike) -> Optional[Landmarks]:
     """The identity's :data:`LANDMARKS_FILE`, validated, or None when it has none.
 
@@ -636,8 +649,8 @@ def read_landmarks(identity_dir: PathLike) -> Optional[Landmarks]:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: empty; BadZipFile: cut or damaged
-        raise DatasetError(f"not a readable .npz file ({exc or type(exc).__name__})", file=path) from None
+    except NPZ_ERRORS as exc:
+        raise DatasetError(f"not a readable .npz file ({npz_error_reason(exc)})", file=path) from None
     for key in ("frame_index", "points", "visible"):
         if key not in arrays:
             raise DatasetError(f"missing (the file has {sorted(arrays)})", file=path, key=key)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..data.layout import NPZ_ERRORS, npz_error_reason
 from .pose import evenly_spaced
 
 __all__ = ["BASIS_FILE", "ExpressionBasis", "fit_basis"]
@@ -141,8 +141,8 @@ class ExpressionBasis:
                 return cls(z["canonical"], z["stable"].astype(np.int64), z["components"], float(z["scale"]),
                            z["explained"], float(z["face_height"]),
                            tuple(str(n) for n in z["fitted_on"]) if "fitted_on" in z.files else ())
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: empty; BadZipFile: cut, damaged
-            raise ValueError(f"{path}: not a readable expression basis ({exc or type(exc).__name__})") from None
+        except (KeyError,) + NPZ_ERRORS as exc:
+            raise ValueError(f"{path}: not a readable expression basis ({npz_error_reason(exc)})") from None
 
 
 def fit_basis(deformations: Sequence[np.ndarray], dim: int) -> Tuple[np.ndarray, float, np.ndarray]:

@@ -30,7 +30,6 @@ import json
 import math
 import shutil
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -38,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..config import PrepareConfig, as_list
-from ..data.layout import AUDIO_FILE, LANDMARKS_FILE
+from ..data.layout import AUDIO_FILE, LANDMARKS_FILE, NPZ_ERRORS
 from ..data.writer import frame_record, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
 from ..metrics import rotation_gap_deg
 from . import background as _background
@@ -206,7 +205,7 @@ def _read_track(path: Path) -> Optional[np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             lm = np.asarray(z["landmarks"])
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+    except (KeyError,) + NPZ_ERRORS:
         return None
     ok = lm.ndim == 3 and len(lm) > 0 and lm.shape[1:] == (N_LANDMARKS, 3) and lm.dtype.kind == "f"
     return lm if ok else None
