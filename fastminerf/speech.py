@@ -282,6 +282,17 @@ def _identity_mel(name: str, wav: Path) -> np.ndarray:
         raise SpeechError(f"identity '{name}': {exc}") from None
 
 
+def _seconds(mel: np.ndarray) -> float:
+    """The time of a recording's last log-mel column (its length, to a column)."""
+    return (len(mel) - 1) / COLUMNS_PER_SECOND
+
+
+def _past_end(mel: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Which frame ``times`` lie past the end of the recording of ``mel`` (T, M): their window would be centred
+    beyond its last column, all of it the recording's end repeated (a recording cut short)."""
+    return np.asarray(times, np.float64) > (len(mel) - 0.5) / COLUMNS_PER_SECOND
+
+
 def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List[str]]:
     """The identities of a loaded dataset that can teach speech: those with an ``audio.wav`` and frames that
     carry ``time``; frames without a time (e.g. the procedural heads' ``novel`` split) are left out, and so are
@@ -308,20 +319,19 @@ def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List
             skipped.append(f"{name}: no audio.wav")
             continue
         mel = _identity_mel(name, wav)
-        end = (len(mel) - 0.5) / COLUMNS_PER_SECOND  # a later frame's window is centred past the last column
         times, exprs, late = {}, {}, []
         for s in splits:
             table = dataset.table(s)
             frames = table.frames_of(i)
             t = table.time[frames].astype(np.float64)
             keep = np.isfinite(t) & (t >= 0)
-            late.append(t[keep & (t > end)])
-            keep &= ~(t > end)
+            late.append(t[keep & _past_end(mel, t)])
+            keep &= ~_past_end(mel, t)
             times[s], exprs[s] = t[keep], table.expression[frames][keep].astype(np.float32)
         late = np.concatenate(late)
         if late.size:  # a recording cut short: these frames have no sound to learn from
             skipped.append(f"{name}: {late.size} of its frames (from {late.min():.2f} s on), past the end of its "
-                           f"{wav} ({(len(mel) - 1) / COLUMNS_PER_SECOND:.2f} s): is the recording cut short?")
+                           f"{wav} ({_seconds(mel):.2f} s): is the recording cut short?")
         if sum(len(v) for v in times.values()) == 0:
             if not late.size:
                 skipped.append(f"{name}: its frames carry no 'time'")
@@ -556,9 +566,9 @@ def split_expressions(model: SpeechModel, dataset, split: str) -> np.ndarray:
         ``(N, E)`` float32, N the rows of ``dataset.table(split)``.
 
     Raises:
-        SpeechError: a split not loaded, a model of another expression size, or an identity without ``audio.wav``
-            or with frames that carry no ``time`` (named); :class:`fastminerf.data.DatasetError` for data in another
-            expression space.
+        SpeechError: a split not loaded, a model of another expression size, or an identity without ``audio.wav``,
+            with frames that carry no ``time`` or with frames past the end of its recording (named);
+            :class:`fastminerf.data.DatasetError` for data in another expression space.
     """
     from .data.dataset import check_expression_space
 
@@ -581,7 +591,13 @@ def split_expressions(model: SpeechModel, dataset, split: str) -> np.ndarray:
         times = table.time[frames].astype(np.float64)
         if not np.all(np.isfinite(times) & (times >= 0)):
             raise SpeechError(f"identity '{name}': frames of split '{split}' carry no 'time' in its audio.wav")
-        out[frames] = _predict_times(model, _identity_mel(name, wav), times)
+        mel = _identity_mel(name, wav)
+        late = _past_end(mel, times)
+        if late.any():  # their sound would be silence: a prediction scored against the real mouth
+            raise SpeechError(f"identity '{name}': {int(late.sum())} frames of split '{split}' (from "
+                              f"{times[late].min():.2f} s on) lie past the end of its {wav} ({_seconds(mel):.2f} s): "
+                              f"is the recording cut short?")
+        out[frames] = _predict_times(model, mel, times)
     return out
 
 

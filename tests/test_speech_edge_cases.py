@@ -237,3 +237,20 @@ def test_frames_past_the_end_of_a_cut_recording_are_left_out_and_said(tmp_path):
     assert 10 < late < 30 and times.max() <= cut.seconds and len(times) == len(table_times) - late
     assert len(clips[0].expressions["val"]) == len(clips[0].times["val"])
     assert len(skipped) == 1 and skipped[0].startswith(f"{d.name}: {late} of its frames") and "audio.wav" in skipped[0], skipped
+
+
+def test_eval_speech_refuses_frames_past_the_end_of_a_cut_recording(small, tmp_path):
+    """eval --speech on frames whose audio.wav was cut short predicted them from the recording's last column, silence,
+    and scored those renders against the real mouths without a word: split_expressions refuses them, naming the
+    identity, the split and the file."""
+    import shutil
+
+    _, dirs, _, model = small
+    d = tmp_path / dirs[0].name
+    shutil.copytree(dirs[0], d)
+    full = read_wav(d / "audio.wav")
+    write_wav(d / "audio.wav", Audio(full.samples[: len(full.samples) * 3 // 5], full.rate))
+    data = load_dataset([d], splits=("train", "val"))
+    assert split_expressions(model, data, "train").shape == data.table("train").expression.shape  # within: as ever
+    with pytest.raises(SpeechError, match=r"frames of split 'val'.*past the end of .*audio\.wav"):
+        split_expressions(model, data, "val")  # ... the held-out ones lie past its end
