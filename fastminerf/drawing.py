@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["CURVE_COLOURS", "LINE_HEIGHT", "plot_curves", "wrap_text"]
+__all__ = ["CURVE_COLOURS", "LINE_HEIGHT", "plot_curves", "training_curve", "wrap_text"]
 
 CURVE_COLOURS = ((230, 60, 60), (60, 200, 60), (80, 140, 255))
 """Colours of a plot's first, second and third curve (then again)."""
@@ -75,3 +75,41 @@ def plot_curves(draw, box, series: np.ndarray, title: str, x: Optional[np.ndarra
         pts = [(float(u), float(ypos(v))) for u, v, ok in zip(xs, series[:, c], finite[:, c]) if ok]
         if len(pts) > 1:
             draw.line(pts, fill=CURVE_COLOURS[c % len(CURVE_COLOURS)], width=1)
+
+
+def training_curve(records: Sequence[dict], name: str):
+    """A run's training log as a picture (a Pillow image, 640 px wide): the loss (log10) and the training PSNR against
+    the step, one plot each, a grey line where a personalisation's code-only phase ends, and a title with ``name``,
+    the last step, training seconds, loss and PSNR. ``records``: the log's records (step, loss, psnr, seconds,
+    phase), in order."""
+    from PIL import Image, ImageDraw
+
+    width, plot_h, pad, header = 640, 200, 6, 22
+    img = Image.new("RGB", (width, header + 2 * (plot_h + pad) + pad), (30, 30, 30))
+    draw = ImageDraw.Draw(img)
+
+    def number(r, key):
+        return float("nan") if r.get(key) is None else float(r[key])
+
+    x = np.array([float(r["step"]) for r in records])
+    loss, psnr = (np.array([number(r, key) for r in records]) for key in ("loss", "psnr"))
+    phase = [str(r.get("phase", "train")) for r in records]
+    if records:
+        title = (f"{name}: step {x[-1]:g}, {number(records[-1], 'seconds'):.0f} s of training; last loss "
+                 f"{loss[-1]:.4g}, train PSNR {psnr[-1]:.2f} dB")
+    else:
+        title = f"{name}: nothing logged yet"
+    draw.text((pad, 5), title, fill=(235, 235, 235))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_loss = np.log10(loss)
+    for k, (series, what) in enumerate(((log_loss, "loss (log10) against the step"),
+                                        (psnr, "train PSNR (dB) against the step"))):
+        y0 = header + k * (plot_h + pad)
+        box = (pad, y0, width - pad, y0 + plot_h)
+        plot_curves(draw, box, series[:, None], what, x=x if len(x) > 1 else None)
+        for i in range(1, len(phase)):
+            if phase[i] != phase[i - 1]:  # a personalisation's code-only phase ends
+                u = box[0] + 2 + (x[i] - x[0]) / max(float(x[-1] - x[0]), 1e-12) * (box[2] - box[0] - 4)
+                draw.line([(u, y0 + 16), (u, y0 + plot_h - 16)], fill=(150, 150, 150))
+                draw.text((u + 3, y0 + 18), f"{phase[i - 1]} | {phase[i]}", fill=(150, 150, 150))
+    return img

@@ -578,53 +578,19 @@ def _truncate_log(log: Path, step: int) -> Optional[dict]:
 
 
 def write_curve(run_dir: PathLike) -> Path:
-    """Draw ``RUN/curve.png`` from ``RUN/log.jsonl``: the loss (log10) and the training PSNR against the step, one
-    plot each, a grey line where a personalisation's code-only phase ends, and a title with the run's last step,
-    training seconds, loss and PSNR. Lines cut by an interruption are skipped. Returns the PNG's path.
+    """Draw ``RUN/curve.png`` from ``RUN/log.jsonl`` (its whole records, :func:`log_records`): the loss and the
+    training PSNR against the step (:func:`fastminerf.drawing.training_curve`). Returns the PNG's path.
 
     Raises:
         FileNotFoundError: the folder has no log.
     """
-    from PIL import Image, ImageDraw
-
-    from .drawing import plot_curves
+    from .drawing import training_curve
 
     run = Path(run_dir)
     log = run / LOG_NAME
     if not log.is_file():
         raise FileNotFoundError(f"{log}: no such file (a run folder's log.jsonl)")
-    records = []
-    for line in log.read_text().splitlines():
-        try:
-            r = json.loads(line)
-            records.append((float(r["step"]), float(r["loss"]), float(r["psnr"]), float(r.get("seconds", float("nan"))),
-                            str(r.get("phase", "train"))))
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut by an interruption
-    width, plot_h, pad, header = 640, 200, 6, 22
-    img = Image.new("RGB", (width, header + 2 * (plot_h + pad) + pad), (30, 30, 30))
-    draw = ImageDraw.Draw(img)
-    if records:
-        step, loss, psnr, seconds, phase = zip(*records)
-        title = (f"{run.name}: step {step[-1]:g}, {seconds[-1]:.0f} s of training; last loss {loss[-1]:.4g}, "
-                 f"train PSNR {psnr[-1]:.2f} dB")
-    else:
-        step = loss = psnr = phase = ()
-        title = f"{run.name}: nothing logged yet"
-    draw.text((pad, 5), title, fill=(235, 235, 235))
-    x = np.asarray(step)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_loss = np.log10(np.asarray(loss, dtype=np.float64))
-    for k, (series, name) in enumerate(((log_loss, "loss (log10) against the step"),
-                                        (np.asarray(psnr, dtype=np.float64), "train PSNR (dB) against the step"))):
-        y0 = header + k * (plot_h + pad)
-        box = (pad, y0, width - pad, y0 + plot_h)
-        plot_curves(draw, box, series[:, None] if len(series) else np.zeros((0, 1)), name, x=x if len(x) > 1 else None)
-        for i in range(1, len(phase)):
-            if phase[i] != phase[i - 1]:  # a personalisation's code-only phase ends
-                u = box[0] + 2 + (x[i] - x[0]) / max(float(x[-1] - x[0]), 1e-12) * (box[2] - box[0] - 4)
-                draw.line([(u, y0 + 16), (u, y0 + plot_h - 16)], fill=(150, 150, 150))
-                draw.text((u + 3, y0 + 18), f"{phase[i - 1]} | {phase[i]}", fill=(150, 150, 150))
+    img = training_curve([record for _, record in log_records(log)], run.name)
     out = run / CURVE_NAME
     with replaced_atomically(out) as tmp:
         img.save(tmp, format="PNG")
