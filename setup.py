@@ -109,6 +109,21 @@ def _extensions():
     ]
 
 
+def _require_torch():
+    """Stop with what to do when torch cannot be imported: the extension is compiled against the torch it will run
+    with, so torch must be installed first and the build must see it. pip's default build isolation builds in a
+    fresh environment without it."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        sys.exit(
+            f"fastminerf: building the native extension needs torch, which this build cannot import ({exc}). Install "
+            "torch first (e.g. pip install torch==2.13.0, the CPU build), then install fastminerf without build "
+            "isolation, so that the build sees that torch: pip install --no-build-isolation DIR (or `make install` "
+            "from a clone)."
+        )
+
+
 def _cmdclass():
     from torch.utils.cpp_extension import BuildExtension
 
@@ -116,6 +131,7 @@ def _cmdclass():
 
 
 if __name__ == "__main__":  # pip and setuptools run this file as __main__; tests import it for torch_arch_list
+    _require_torch()
     setup(
         name="fastminerf",
         version="0.1.0",

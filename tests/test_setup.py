@@ -40,3 +40,25 @@ def test_cmake_architectures_become_torch_arch_list(torch_arch_list, spec, expec
 def test_unreadable_architectures_are_named(torch_arch_list, spec):
     with pytest.raises(ValueError, match="FASTMINERF_CUDA_ARCHITECTURES"):
         torch_arch_list(spec)
+
+
+def _run_setup(args, env=None, hide_torch=False, cwd=None):
+    """Run setup.py as pip does (as __main__, in a subprocess), optionally in an environment where torch cannot be
+    imported (what pip's default build isolation gives: a fresh environment with setuptools and wheel only)."""
+    import os
+    import subprocess
+    import sys
+
+    prelude = "import sys; sys.modules['torch'] = None; " if hide_torch else ""
+    code = prelude + f"import runpy; sys.argv = ['setup.py'] + {list(args)!r}; runpy.run_path({str(SETUP)!r}, run_name='__main__')"
+    return subprocess.run([sys.executable, "-c", "import sys; " + code], capture_output=True, text=True, timeout=120,
+                          cwd=cwd or SETUP.parent, env={**os.environ, **(env or {})})
+
+
+def test_build_without_torch_says_how_to_install(tmp_path):
+    """`pip install DIR` builds in an isolated environment without torch: the build must say to install torch first
+    and to build without isolation, not end in a ModuleNotFoundError traceback."""
+    proc = _run_setup(["egg_info", "--egg-base", str(tmp_path)], hide_torch=True)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "--no-build-isolation" in proc.stderr and "torch" in proc.stderr, proc.stderr
