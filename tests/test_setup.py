@@ -62,3 +62,17 @@ def test_build_without_torch_says_how_to_install(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "--no-build-isolation" in proc.stderr and "torch" in proc.stderr, proc.stderr
+
+
+def test_sdist_carries_what_the_build_needs(tmp_path):
+    """An sdist (python -m build --sdist, pip download) is built from its own files: the native headers and sources
+    (CPU and CUDA), the presets and the files the install and the native checks read must all be in it.
+    setuptools' egg_info lists the sdist's files in SOURCES.txt."""
+    root = SETUP.parent
+    proc = _run_setup(["-q", "egg_info", "--egg-base", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr
+    listed = set((tmp_path / "fastminerf.egg-info" / "SOURCES.txt").read_text().split())
+    needed = [p.relative_to(root).as_posix() for p in sorted((root / "cuda").rglob("*")) if p.is_file()]
+    needed += [p.relative_to(root).as_posix() for p in sorted((root / "configs").glob("*.yaml"))]
+    needed += ["tests/conftest.py", "CMakeLists.txt", "Makefile", "requirements.txt", "requirements-prepare.txt", "setup.py", "README.md"]
+    assert [p for p in needed if p not in listed] == []
