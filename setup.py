@@ -136,12 +136,14 @@ if __name__ == "__main__":  # pip and setuptools run this file as __main__; test
         name="fastminerf",
         version="0.1.0",
         description="One fast dynamic face NeRF for many identities (MI-NeRF) with hash grids and occupancy marching",
-        packages=find_packages(include=["fastminerf", "fastminerf.*"]),
+        # the presets travel inside the package (fastminerf/configs/*.yaml), so that every install scheme (venv,
+        # --user, --prefix, --target, a system Python's /usr/local) has them where fastminerf.config.CONFIG_DIR looks
+        packages=find_packages(include=["fastminerf", "fastminerf.*"]) + ["fastminerf.configs"],
+        package_dir={"fastminerf.configs": "configs"},
+        package_data={"fastminerf.configs": ["*.yaml"]},
         python_requires=">=3.10",
         install_requires=["torch>=2.1", "numpy", "imageio", "imageio-ffmpeg", "rich", "pyyaml"],
         entry_points={"console_scripts": ["fastminerf=fastminerf.cli:main"]},
-        # the presets, for installs that do not keep the source tree (found by fastminerf.config.CONFIG_DIR)
-        data_files=[("share/fastminerf/configs", sorted(glob.glob("configs/*.yaml")))],
         ext_modules=_extensions(),
         cmdclass=_cmdclass(),
     )

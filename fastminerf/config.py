@@ -835,13 +835,12 @@ class ConfigError(ValueError):
 
 
 def _config_dir() -> Path:
-    """The presets live in the repository's ``configs/``; a non-editable install carries a copy in
-    ``<prefix>/share/fastminerf/configs`` (setup.py's data_files)."""
-    import sys
-
-    source = Path(__file__).resolve().parent.parent / "configs"
-    installed = Path(sys.prefix) / "share" / "fastminerf" / "configs"
-    return source if source.is_dir() or not installed.is_dir() else installed
+    """The presets live in the repository's ``configs/``; a non-editable install carries them inside the package,
+    as ``fastminerf/configs`` (setup.py maps the package ``fastminerf.configs`` to ``configs/``)."""
+    package = Path(__file__).resolve().parent
+    source = package.parent / "configs"
+    in_checkout = source.is_dir() and (package.parent / "setup.py").is_file()  # not another site-packages/configs
+    return source if in_checkout else package / "configs"
 
 
 CONFIG_DIR = _config_dir()

@@ -76,3 +76,22 @@ def test_sdist_carries_what_the_build_needs(tmp_path):
     needed += [p.relative_to(root).as_posix() for p in sorted((root / "configs").glob("*.yaml"))]
     needed += ["tests/conftest.py", "CMakeLists.txt", "Makefile", "requirements.txt", "requirements-prepare.txt", "setup.py", "README.md"]
     assert [p for p in needed if p not in listed] == []
+
+
+def test_installed_package_finds_its_presets(tmp_path):
+    """A non-editable install puts the package where the install scheme says (a venv, but also pip install --user,
+    --prefix or --target, and a system Python's /usr/local): the presets must travel inside the package, not in a
+    share/ folder that only sys.prefix is searched for. build_py lays the package out as the wheel holds it; the
+    package imported from there (no source tree beside it, no presets under sys.prefix) must load every preset."""
+    import os
+    import subprocess
+    import sys
+
+    lib = tmp_path / "lib"
+    proc = _run_setup(["-q", "build_py", "--build-lib", str(lib)])
+    assert proc.returncode == 0, proc.stderr
+    code = "import fastminerf.config as c; print(c.CONFIG_DIR); [c.load_config(n) for n in ('tiny', 'cpu', 'video', 'gpu', 'nerface')]"
+    env = {**os.environ, "PYTHONPATH": str(lib)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().startswith(str(lib)), run.stdout
