@@ -125,9 +125,24 @@ def _require_torch():
 
 
 def _cmdclass():
-    from torch.utils.cpp_extension import BuildExtension
+    import subprocess
 
-    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    from torch.utils.cpp_extension import BuildExtension, get_cxx_compiler
+
+    class Build(BuildExtension):
+        def build_extensions(self):
+            """Check first that the C++ compiler runs: torch's own check ends in a subprocess traceback."""
+            cxx = getattr(self.compiler, "compiler_cxx", None)
+            for compiler in dict.fromkeys([cxx[0] if cxx else get_cxx_compiler(), get_cxx_compiler()]):
+                try:
+                    subprocess.run([compiler, "--version"], check=True, capture_output=True)
+                except (OSError, subprocess.CalledProcessError) as exc:
+                    reason = exc.strerror if isinstance(exc, OSError) else f"exit status {exc.returncode}"
+                    sys.exit(f"fastminerf: building the native extension needs a C++17 compiler, and `{compiler}` does "
+                             f"not run ({reason}). Install one (e.g. apt-get install g++) or point CXX at it.")
+            super().build_extensions()
+
+    return {"build_ext": Build.with_options(use_ninja=True)}
 
 
 if __name__ == "__main__":  # pip and setuptools run this file as __main__; tests import it for torch_arch_list

@@ -95,3 +95,16 @@ def test_installed_package_finds_its_presets(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().startswith(str(lib)), run.stdout
+
+
+@pytest.mark.parametrize("cxx", ["/bin/false", "/nonexistent/g++"])
+def test_build_without_a_compiler_says_so(tmp_path, cxx):
+    """A machine without a working C++ compiler (none installed, or CXX naming one that does not run): the build
+    stops with one line that names the compiler and says what to do, not a CalledProcessError / FileNotFoundError
+    traceback from torch's compiler check."""
+    build = tmp_path / "build"
+    proc = _run_setup(["-q", "build_ext", "--build-temp", str(build), "--build-lib", str(build)],
+                      env={"CXX": cxx, "CC": cxx})
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "C++" in proc.stderr and cxx in proc.stderr and "CXX" in proc.stderr, proc.stderr[-3000:]
