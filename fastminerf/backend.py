@@ -15,7 +15,8 @@ them. They run native wherever the extension has kernels for the device, and as 
 a build.
 - ``auto``: on a CUDA device, tiny-cuda-nn and nerfacc where installed and importable (one that is installed but
   fails to import, or too old, is skipped with a warning); otherwise native where compiled for the device;
-  otherwise the torch reference. Never an outside library for a tensor off CUDA.
+  otherwise the torch reference (on a CPU or CUDA device with a warning, once, that says why the native kernels
+  are missing). Never an outside library for a tensor off CUDA.
 
 A backend is resolved once per (component, device) and logged once; it never changes silently mid-run.
 """
@@ -60,6 +61,22 @@ def _unusable(module: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_torch_fallback(device_type: str) -> None:
+    """Warn once per device type that ``auto`` runs the pure-PyTorch reference for want of native kernels."""
+    if device_type == "cpu" or not _native.available():
+        try:
+            _native.load()
+            why = "the native extension does not load"
+        except _native.NativeExtensionError as exc:
+            why = str(exc)
+    else:
+        why = ("the native extension was built without CUDA kernels; rebuild it on a machine with a CUDA build of "
+               "torch and nvcc")
+    log.warning("fastminerf: backend 'auto' runs the pure-PyTorch reference on %s, many times slower than the "
+                "native kernels: %s", device_type, why)
+
+
 def native_for(device: torch.device) -> bool:
     """Whether the native extension has kernels for ``device``."""
     if device.type == "cpu":
@@ -87,6 +104,8 @@ def resolve(backend: str, component: str, device_type: str) -> str:
                 log.warning("fastminerf: backend 'auto' does not use %s for the %s: the package `%s` is installed, %s",
                             outside, component, module, reason)
             choice = "native" if native_for(device) else "torch"
+            if choice == "torch" and device.type in ("cpu", "cuda"):  # other devices have no native kernels at all
+                _warn_torch_fallback(device.type)
     elif backend in ("tcnn", "nerfacc") and backend == outside:
         if device.type != "cuda":
             raise BackendError(f"backend {backend!r} runs only on CUDA devices, not on {device.type}")
@@ -98,6 +117,8 @@ def resolve(backend: str, component: str, device_type: str) -> str:
         choice = "torch"
     elif outside is None and backend in ("tcnn", "nerfacc") and not native_for(device):
         choice = "torch"  # the heads and compositing have no outside library; without native kernels they stay torch
+        if device.type in ("cpu", "cuda"):
+            _warn_torch_fallback(device.type)
     else:  # "native", or the other outside library's name: this component stays native
         if not native_for(device):
             if device.type == "cpu" or not _native.available():

@@ -158,3 +158,31 @@ def test_compositing_follows_the_models_grid_backend():
         cfg = load_config("tiny", [f"model.grid_backend={backend}"])
         model = MINeRF(cfg.model, expression_dim=4, identity_names=["a"], frame_identity=[0])
         assert model._composite_backend(torch.device("cpu")) == expect
+
+
+@pytest.mark.parametrize("device, loads", [("cpu", False), ("cuda", False), ("cuda", True)])
+def test_auto_without_native_kernels_warns_once_that_it_runs_the_torch_reference(packages, monkeypatch, caplog,
+                                                                                  device, loads):
+    """An extension that fails to load (never built, or built against another torch) or has no kernels for the
+    device (a CPU-only build on a GPU machine) sends ``auto`` to the pure-PyTorch reference, many times slower:
+    the user must hear it once (a warning, which the command line shows), with the reason and how to build."""
+
+    def load():
+        if loads:
+            return object()
+        raise _native.NativeExtensionError("fastminerf's native extension is not available (ImportError: ABI); "
+                                           + _native.BUILD_HINT)
+
+    monkeypatch.setattr(_native, "available", lambda: loads)
+    monkeypatch.setattr(_native, "has_cuda", lambda: False)
+    monkeypatch.setattr(_native, "load", load)
+    with caplog.at_level("WARNING", logger="fastminerf"):
+        for component in B.COMPONENTS:
+            assert B.resolve("auto", component, device) == "torch"
+        # another device: its own line where it has no kernels either (a CPU-only build runs native on the CPU)
+        B.resolve("auto", "encoding", "cpu" if device == "cuda" else "cuda")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == (1 if loads else 2), warnings
+    first = warnings[0]
+    assert device in first and "torch" in first, first
+    assert ("built without CUDA" in first) if loads else ("ImportError: ABI" in first and "make install" in first), first
