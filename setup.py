@@ -157,7 +157,8 @@ if __name__ == "__main__":  # pip and setuptools run this file as __main__; test
         package_dir={"fastminerf.configs": "configs"},
         package_data={"fastminerf.configs": ["*.yaml"]},
         python_requires=">=3.10",
-        install_requires=["torch>=2.1", "numpy", "imageio", "imageio-ffmpeg", "rich", "pyyaml"],
+        # the lower bounds of requirements.txt: pip keeps an older copy already installed when given a bare name
+        install_requires=["torch>=2.1", "numpy>=1.24", "imageio>=2.30", "imageio-ffmpeg>=0.4.9", "rich>=13", "pyyaml>=6"],
         entry_points={"console_scripts": ["fastminerf=fastminerf.cli:main"]},
         ext_modules=_extensions(),
         cmdclass=_cmdclass(),

@@ -108,3 +108,24 @@ def test_build_without_a_compiler_says_so(tmp_path, cxx):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "C++" in proc.stderr and cxx in proc.stderr and "CXX" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_installed_requirements_carry_the_versions_the_code_needs(tmp_path):
+    """pip install DIR (or the wheel) keeps an older copy of a dependency it finds installed when setup.py asks for
+    the bare name: imageio 2.9 stayed and `fastminerf synth` failed with "No module named 'imageio.v3'". Every
+    package setup.py requires must carry the lower bound requirements.txt (what make install and the tests use)
+    gives it."""
+    import re
+
+    proc = _run_setup(["-q", "egg_info", "--egg-base", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr
+    required = (tmp_path / "fastminerf.egg-info" / "requires.txt").read_text().split()
+
+    def parse(line):
+        m = re.match(r"([A-Za-z0-9_.-]+)\s*([<>=!~].*)?$", line.split("#")[0].strip())
+        return (m.group(1).lower().replace("_", "-"), (m.group(2) or "").replace(" ", "")) if m else None
+
+    pinned = dict(filter(None, map(parse, (SETUP.parent / "requirements.txt").read_text().splitlines())))
+    declared = dict(map(parse, required))
+    assert {name: declared[name] for name in declared if name in pinned} == {name: pinned[name] for name in declared
+                                                                              if name in pinned}
