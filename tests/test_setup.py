@@ -64,14 +64,22 @@ def test_build_without_torch_says_how_to_install(tmp_path):
     assert "--no-build-isolation" in proc.stderr and "torch" in proc.stderr, proc.stderr
 
 
-def test_sdist_carries_what_the_build_needs(tmp_path):
+@pytest.fixture(scope="module")
+def egg_info(tmp_path_factory):
+    """The metadata setuptools builds (egg_info, which the sdist and the wheel are made from), written outside the
+    source tree: the folder holding fastminerf.egg-info."""
+    base = tmp_path_factory.mktemp("egg")
+    proc = _run_setup(["-q", "egg_info", "--egg-base", str(base)])
+    assert proc.returncode == 0, proc.stderr
+    return base / "fastminerf.egg-info"
+
+
+def test_sdist_carries_what_the_build_needs(egg_info):
     """An sdist (python -m build --sdist, pip download) is built from its own files: the native headers and sources
     (CPU and CUDA), the presets and the files the install and the native checks read must all be in it.
     setuptools' egg_info lists the sdist's files in SOURCES.txt."""
     root = SETUP.parent
-    proc = _run_setup(["-q", "egg_info", "--egg-base", str(tmp_path)])
-    assert proc.returncode == 0, proc.stderr
-    listed = set((tmp_path / "fastminerf.egg-info" / "SOURCES.txt").read_text().split())
+    listed = set((egg_info / "SOURCES.txt").read_text().split())
     needed = [p.relative_to(root).as_posix() for p in sorted((root / "cuda").rglob("*")) if p.is_file()]
     needed += [p.relative_to(root).as_posix() for p in sorted((root / "configs").glob("*.yaml"))]
     needed += ["tests/conftest.py", "CMakeLists.txt", "Makefile", "requirements.txt", "requirements-prepare.txt", "setup.py", "README.md"]
@@ -110,16 +118,14 @@ def test_build_without_a_compiler_says_so(tmp_path, cxx):
     assert "C++" in proc.stderr and cxx in proc.stderr and "CXX" in proc.stderr, proc.stderr[-3000:]
 
 
-def test_installed_requirements_carry_the_versions_the_code_needs(tmp_path):
+def test_installed_requirements_carry_the_versions_the_code_needs(egg_info):
     """pip install DIR (or the wheel) keeps an older copy of a dependency it finds installed when setup.py asks for
     the bare name: imageio 2.9 stayed and `fastminerf synth` failed with "No module named 'imageio.v3'". Every
     package setup.py requires must carry the lower bound requirements.txt (what make install and the tests use)
     gives it."""
     import re
 
-    proc = _run_setup(["-q", "egg_info", "--egg-base", str(tmp_path)])
-    assert proc.returncode == 0, proc.stderr
-    required = (tmp_path / "fastminerf.egg-info" / "requires.txt").read_text().split()
+    required = (egg_info / "requires.txt").read_text().split()
 
     def parse(line):
         m = re.match(r"([A-Za-z0-9_.-]+)\s*([<>=!~].*)?$", line.split("#")[0].strip())
