@@ -594,3 +594,52 @@ def test_a_relative_video_name_with_a_colon_is_read_as_that_file(tmp_path, head_
     v = prepare(["file:take 2.mp4"], "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
     assert (v.name, v.status, v.error, v.frames_used) == ("file:take 2", "done", None, 12)
     assert v.out_dir == Path("data") / "file:take 2" and (tmp_path / v.out_dir / "transforms_train.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ cuts
+
+
+def _cut_video(tmp_path: Path, head_frames) -> Path:
+    """The procedural head, then a cut to another framing of it (zoomed out and moved right and down): the head
+    jumps in depth and across the picture between frames 14 and 15."""
+    import cv2
+
+    frames = []
+    for k, f in enumerate(head_frames[:30]):
+        if k >= 15:
+            small = cv2.resize(f, (96, 96), interpolation=cv2.INTER_AREA)
+            g = np.full_like(f, int(np.median(f)))
+            g[24:120, 26:122] = small
+            f = g
+        frames.append(f)
+    return _write_video(tmp_path / "cut.mp4", frames, params=("-g", "1", "-pix_fmt", "yuv420p"))
+
+
+def test_pose_smoothing_does_not_smear_head_poses_across_a_cut(tmp_path, head_frames):
+    """An edited video (a jump cut, a change of camera) has the head jump between two frames. The poses are
+    smoothed over neighbouring frames (pose_smoothing, a Gaussian of 1 frame by default), and were smoothed across
+    the cut too: the frames on either side were pulled towards the other shot's head, a pose neither shows. Poses
+    smoothed over each shot apart keep the jump whole; a note says where the cut is."""
+    from fastminerf.prepare import prepare
+
+    video = _cut_video(tmp_path, head_frames)
+    cfg = dict(size=64, expression_dim=4, min_frames=5, val_fraction=0.0, test_fraction=0.1)
+    raw = prepare([video], tmp_path / "raw", PrepareConfig(pose_smoothing=0.0, **cfg)).videos[0]
+    smooth = prepare([video], tmp_path / "smooth", PrepareConfig(**cfg)).videos[0]
+    assert raw.status == smooth.status == "done", (raw.error, smooth.error)
+
+    def poses(v):
+        t = [read_transforms(v.out_dir / f"transforms_{s}.json") for s in ("train", "test")]
+        return np.concatenate([x.frame_index for x in t]), np.concatenate([x.c2w for x in t])
+
+    ids, p_raw = poses(raw)
+    ids_s, p_smooth = poses(smooth)
+    assert ids.tolist() == ids_s.tolist() == list(range(30))
+    jump_raw = np.linalg.norm(p_raw[15, :3, 3] - p_raw[14, :3, 3])
+    jump_smooth = np.linalg.norm(p_smooth[15, :3, 3] - p_smooth[14, :3, 3])
+    steps = np.linalg.norm(np.diff(p_raw[:, :3, 3], axis=0), axis=1)
+    assert jump_raw > 5 * np.median(steps)  # the cut is a jump in the raw poses
+    assert jump_smooth > 0.9 * jump_raw, (jump_smooth, jump_raw)
+    for k in (14, 15):  # the frames beside the cut keep their own shot's pose
+        assert np.linalg.norm(p_smooth[k, :3, 3] - p_raw[k, :3, 3]) < 0.2 * jump_raw
+    assert any("cut" in n and "15" in n for n in smooth.notes), smooth.notes

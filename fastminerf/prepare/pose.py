@@ -25,7 +25,7 @@ Dimension letters: B frames, K landmarks (478), S stable landmarks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -282,10 +282,12 @@ def solve_poses(shapes: np.ndarray, neutral: np.ndarray, stable: np.ndarray, int
     return Poses(rotations, translations)
 
 
-def smooth_poses(poses: Poses, frame_index: np.ndarray, sigma: float) -> Poses:
+def smooth_poses(poses: Poses, frame_index: np.ndarray, sigma: float, shot: Optional[np.ndarray] = None) -> Poses:
     """Gaussian-weighted local linear smoothing over time of rotations (chordal: the matrices are smoothed, then
     projected back onto rotations) and translations. Weights use the frames' source indices, so frames on either
-    side of a gap (dropped frames) count less; the kernel is cut at 3 sigma.
+    side of a gap (dropped frames) count less; the kernel is cut at 3 sigma, and at cuts: a frame's neighbours in
+    another ``shot`` do not count (the head jumps there; smoothed across, both sides would be pulled towards a pose
+    neither shows).
 
     Each pose is the value at its own frame of the weighted least-squares line through its neighbours, not their
     weighted mean: the two are the same where the neighbours lie symmetrically (inside a clip), but at the first
@@ -297,10 +299,12 @@ def smooth_poses(poses: Poses, frame_index: np.ndarray, sigma: float) -> Poses:
         poses: B poses in frame order.
         frame_index: ``(B,)`` increasing source frame index of each pose.
         sigma: standard deviation in frames; 0 returns the poses unchanged.
+        shot: ``(B,)`` the shot (a run of frames between two cuts) of each pose; None: one shot.
     """
     if sigma <= 0 or len(poses) < 2:
         return poses
     idx = np.asarray(frame_index, dtype=np.float64)
+    shots = np.zeros(len(idx), np.int64) if shot is None else np.asarray(shot)
     b = len(poses)
     reach = int(np.ceil(3 * sigma))
     mom = np.zeros((3, b))  # sum_j w_j d_j^p, d_j the neighbour's offset in frames
@@ -311,7 +315,7 @@ def smooth_poses(poses: Poses, frame_index: np.ndarray, sigma: float) -> Poses:
         if lo >= hi:
             continue
         gap = idx[lo + off : hi + off] - idx[lo:hi]
-        w = np.exp(-0.5 * (gap / sigma) ** 2) * (np.abs(gap) <= 3 * sigma)
+        w = np.exp(-0.5 * (gap / sigma) ** 2) * (np.abs(gap) <= 3 * sigma) * (shots[lo + off : hi + off] == shots[lo:hi])
         for p in range(3):
             mom[p, lo:hi] += w * gap**p
         for p in range(2):
