@@ -643,3 +643,46 @@ def test_pose_smoothing_does_not_smear_head_poses_across_a_cut(tmp_path, head_fr
     for k in (14, 15):  # the frames beside the cut keep their own shot's pose
         assert np.linalg.norm(p_smooth[k, :3, 3] - p_raw[k, :3, 3]) < 0.2 * jump_raw
     assert any("cut" in n and "15" in n for n in smooth.notes), smooth.notes
+
+
+# ------------------------------------------------------------------------------------------------ interlaced video
+
+
+def test_an_interlaced_video_is_deinterlaced_not_read_as_combed_frames(tmp_path, head_frames):
+    """Broadcast and DV recordings are interlaced: each frame holds two fields, its even and its odd rows, taken a
+    field apart in time. Read as they are, every moving edge is combed (alternate rows from two moments), and
+    prepare wrote those combs into the frames a model learns. Here the fields differ as much as they can (the head,
+    then its negative): the frames read must not alternate row by row, and their number and rate stay the video's."""
+    from fastminerf.prepare.video import probe, read_frames
+
+    fields = []
+    for f in head_frames[:20]:
+        fields += [f, 255 - f]
+    progressive = _write_video(tmp_path / "fields.mp4", fields, fps=50.0, params=("-g", "1", "-pix_fmt", "yuv420p"))
+    video = tmp_path / "interlaced.mp4"
+    _run("-i", str(progressive), "-vf", "tinterlace=mode=interleave_top,setfield=tff", "-flags", "+ildct+ilme",
+         "-c:v", "libx264", "-crf", "10", "-pix_fmt", "yuv420p", str(video))
+    info = probe(video)
+    assert info.fps == pytest.approx(25.0)
+    frames = np.stack(list(read_frames(video, info.fps))).astype(np.float64)
+    assert len(frames) == 20
+    rows = np.abs(np.diff(frames, axis=1)).mean()  # neighbouring rows: the two fields when combed
+    assert rows < 40, rows  # combed: 85; the head itself: 6.5
+    # each frame shows one moment, the head the top field holds (the first of the pair), not an average of both
+    want = np.stack(head_frames[:20]).astype(np.float64)
+    assert np.abs(frames - want).mean() < 30  # combed: 59 from either
+
+
+def test_progressive_video_is_read_unchanged_by_the_deinterlacer(tmp_path, head_frames):
+    """Only frames flagged interlaced are deinterlaced: a progressive video reads as ffmpeg decodes it."""
+    import imageio_ffmpeg
+
+    from fastminerf.prepare.video import read_frames
+
+    video = _write_video(tmp_path / "p.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    frames = np.stack(list(read_frames(video, 25.0)))
+    gen = imageio_ffmpeg.read_frames(str(video))
+    w, h = next(gen)["size"]
+    plain = np.stack([np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen])
+    assert frames.shape == plain.shape == (12, 128, 128, 3)
+    assert np.array_equal(frames, plain)

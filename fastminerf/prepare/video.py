@@ -82,6 +82,12 @@ a 4:3 or 16:9 picture) is widened or narrowed to its display aspect, so that fac
 crop is square on screen. A no-op on square pixels (ffmpeg passes such frames through)."""
 
 
+DEINTERLACE = "bwdif=mode=send_frame:parity=auto:deint=interlaced"
+"""ffmpeg filter that deinterlaces the frames flagged interlaced (broadcast and DV recordings: each frame's two
+fields, its even and odd rows, are a field apart in time, and every moving edge would be combed), one frame out per
+frame in (the first field's moment), before anything scales rows; progressive frames pass through untouched."""
+
+
 def _ffmpeg() -> str:
     import imageio_ffmpeg
 
@@ -171,7 +177,7 @@ def read_frames(
     """
     import imageio_ffmpeg
 
-    filters = [SQUARE_PIXELS, *_on_screen_at(fps, _origin(path))]
+    filters = [DEINTERLACE, SQUARE_PIXELS, *_on_screen_at(fps, _origin(path))]
     if crop is not None:
         x0, y0, side = crop
         # exact=1: otherwise ffmpeg rounds x0 and y0 down to the chroma grid (even pixels in 4:2:0 video), and the
