@@ -6,6 +6,7 @@ patterns and the procedural heads, which mediapipe tracks), in a few seconds, wi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import wave
 from pathlib import Path
@@ -686,3 +687,32 @@ def test_progressive_video_is_read_unchanged_by_the_deinterlacer(tmp_path, head_
     plain = np.stack([np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen])
     assert frames.shape == plain.shape == (12, 128, 128, 3)
     assert np.array_equal(frames, plain)
+
+
+# ------------------------------------------------------------------------------------------------ two people
+
+
+def test_a_track_that_jumps_to_another_person_is_said_naming_the_frame_and_the_person_kept(tmp_path, head_frames):
+    """Two people side by side: mediapipe tracks one face, and when that one is hidden for a moment (a hand, a turn
+    away) it finds the other and stays with it. The video was prepared as whichever person held more frames (the
+    crop goes round the median face), the other's frames dropped with a note that the face was 'outside the crop
+    (mostly out of the picture)': a dataset of one person or the other, without a word of it. A face that jumps
+    across the picture from one frame to the next is said, naming the frame, the crop kept and what to do; only
+    the face inside the crop is written."""
+    from fastminerf.prepare import prepare
+
+    frames = []
+    for k, f in enumerate(head_frames[:24]):
+        wide = np.full((128, 256, 3), 128, np.uint8)
+        wide[:, 128:] = f  # the other person, on the right
+        if not 8 <= k < 11:  # the person mediapipe picks, on the left, hidden for three frames
+            wide[:, :128] = f[:, ::-1]
+        frames.append(wide)
+    video = _write_video(tmp_path / "two.mp4", frames, params=("-g", "1", "-pix_fmt", "yuv420p"))
+    v = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert v.status == "done", v.error
+    jumps = [n for n in v.notes if "jumps" in n]
+    assert len(jumps) == 1 and re.search(r"at frame (9|10|11)\b", jumps[0]) and "another person" in jumps[0], v.notes
+    assert f"({v.crop[2]} px at ({v.crop[0]}, {v.crop[1]}))" in jumps[0] and "ffmpeg -vf crop" in jumps[0], v.notes
+    written = np.concatenate([read_transforms(v.out_dir / f"transforms_{s}.json").frame_index for s in ("train", "val", "test")])
+    assert written.min() >= 9 and v.crop[0] >= 64  # one person: the one on the right, in the frames after the jump

@@ -100,6 +100,18 @@ and the written frame would show little or none of the face under a head pose fi
 LANDMARK_DEPTH_GAP = 0.05
 """A landmark counts as hidden behind another that projects onto it and lies this many face heights nearer."""
 
+FACE_JUMP = 1.0
+"""A tracked face whose centre moves more than this many face heights between two frames with a face at most
+:data:`FACE_JUMP_SECONDS` apart is taken for another face (prepare says so): mediapipe, having lost the person it
+tracked (hidden for a moment, turned away), found someone else in the picture and stays with them; or the video cuts
+to another framing. A head moves far less from frame to frame: 0.045 at most in clip 05 and its dark, noisy, 4K,
+60 fps and occluded variants, 0.11 across a cut from it to clip 03; 1.4 where the track jumped from clip 05 to clip 03
+side by side."""
+
+FACE_JUMP_SECONDS = 0.5
+"""Frames with a face further apart than this (the person left the picture and came back) are not compared
+(:data:`FACE_JUMP`)."""
+
 CUT_SIGNATURE = 32
 """Frames are compared for cuts as grey thumbnails of this many pixels a side (of the tracked view)."""
 
@@ -732,6 +744,16 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
         res.seconds["frames"] = time.perf_counter() - t0
     res.crop = tuple(frames["crop"])
     res.notes = list(track.get("notes", [])) + list(frames["notes"])
+    jump = _face_jump(lm, fps)
+    if jump is not None:  # the frames of the face outside the crop are dropped: which person this is, is a choice
+        k, a, b, heights = jump
+        x0, y0, side = frames["crop"]
+        res.notes.append(
+            f"the tracked face jumps at frame {k} from ({a[0]:.0f}, {a[1]:.0f}) to ({b[0]:.0f}, {b[1]:.0f}) px "
+            f"({heights:.1f} face heights): another person in the picture (mediapipe lost the one it tracked, hidden "
+            f"or turned away, and found them) or a cut to another framing. This identity is the face inside the crop "
+            f"({side} px at ({x0}, {y0})); if that is the wrong person, crop the video to the right one "
+            f"(ffmpeg -vf crop=W:H:X:Y) and prepare it again with --overwrite")
     other = _other_sizes(root, res.name, cfg.size)
     if other:  # a forgotten --size: they train together, each person at its own size, which may not be meant
         sizes = sorted(set(other.values()))
@@ -745,6 +767,22 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     return {"out": out, "fps": fps, "lm": _landmarks_in_crop(lm[ids], frames["crop"], cfg.size), "ids": ids,
             "frames_total": int(len(lm)), "crop": frames["crop"], "notes": res.notes, "fingerprints": fp,
             "cuts": list(track.get("cuts", []))}  # a track cache of an earlier version has none
+
+
+def _face_jump(lm: np.ndarray, fps: float) -> Optional[Tuple[int, np.ndarray, np.ndarray, float]]:
+    """The first frame whose face lies :data:`FACE_JUMP` face heights or more from the face of the frame with a face
+    before it (at most :data:`FACE_JUMP_SECONDS` earlier), with both faces' centres (source pixels) and the distance
+    in face heights; None when the track follows one face. ``lm``: ``(B, K, 3)`` source pixels, NaN where no face."""
+    ids = np.flatnonzero(np.isfinite(lm[:, 0, 0]))
+    centre = lm[ids, :, :2].astype(np.float64).mean(axis=1)
+    height = np.linalg.norm(lm[ids, FOREHEAD, :2].astype(np.float64) - lm[ids, CHIN, :2], axis=1)
+    near = np.diff(ids) <= max(1.0, FACE_JUMP_SECONDS * fps)
+    moved = np.linalg.norm(np.diff(centre, axis=0), axis=1) / np.maximum(np.maximum(height[:-1], height[1:]), 1e-6)
+    far = np.flatnonzero(near & (moved > FACE_JUMP))
+    if not len(far):
+        return None
+    j = int(far[0])
+    return int(ids[j + 1]), centre[j], centre[j + 1], float(moved[j])
 
 
 def _other_sizes(root: Path, name: str, size: int) -> Dict[str, int]:
