@@ -716,3 +716,20 @@ def test_a_track_that_jumps_to_another_person_is_said_naming_the_frame_and_the_p
     assert f"({v.crop[2]} px at ({v.crop[0]}, {v.crop[1]}))" in jumps[0] and "ffmpeg -vf crop" in jumps[0], v.notes
     written = np.concatenate([read_transforms(v.out_dir / f"transforms_{s}.json").frame_index for s in ("train", "val", "test")])
     assert written.min() >= 9 and v.crop[0] >= 64  # one person: the one on the right, in the frames after the jump
+
+
+def test_a_crop_that_fits_the_frame_is_not_said_to_be_clamped():
+    """A small face in a large frame (a 32 px face found by the tile search in a 1280x720 shot) got the note that
+    the video 'frames the face more tightly than head and shoulders (a 81 px square was wanted in a 1280x720 frame):
+    cropped to the largest square that fits': the crop's side is rounded down to even pixels, and the note compared
+    the side wanted with that, so about one face size in four had it. Only a crop the frame limits is noted."""
+    from fastminerf.prepare.pipeline import _choose_crop
+
+    rng = np.random.default_rng(0)
+    face = rng.uniform(0, 30, size=(5, 478, 3)).astype(np.float32)
+    for scale in np.linspace(1.0, 1.2, 41):
+        crop, note = _choose_crop(face * scale + np.float32(600), 1280, 720, 2.4)
+        assert crop[2] < 720
+        assert note is None, (scale, crop, note)
+    crop, note = _choose_crop(face * 10 + np.float32(100), 640, 480, 2.4)  # wants more than 480 px
+    assert crop[2] == 480 and note is not None and "480" in note

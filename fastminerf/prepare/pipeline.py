@@ -414,7 +414,7 @@ def _choose_crop(lm: np.ndarray, width: int, height: int, crop_scale: float) -> 
     note = None
     side = int(min(round(side), width, height))
     side -= side % 2
-    if wanted > side + 1:
+    if wanted > min(width, height) + 1:  # the frame limits it (not the rounding down to even pixels)
         note = (f"the video frames the face more tightly than head and shoulders (a {wanted:.0f} px square was wanted "
                 f"in a {width}x{height} frame): cropped to the largest square that fits")
     x0 = int(round(min(max(centre[0] - side / 2, 0), width - side)))
