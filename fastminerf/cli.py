@@ -343,7 +343,8 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
         "train",
         help="train one MI-NeRF on every identity given (resumes when OUT holds a checkpoint)",
         description="Generic training on all identities of --data. Writes OUT/config.yaml, OUT/checkpoint.pt "
-        "(atomically, periodically) and OUT/log.jsonl. Rerunning the same command resumes.",
+        "(atomically, periodically), OUT/log.jsonl and, at the end, OUT/curve.png (loss and PSNR against the step). "
+        "Rerunning the same command resumes.",
     )
     p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders or dataset roots")
     p.add_argument("--out", required=True, type=Path, help="run folder")

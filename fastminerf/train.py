@@ -1010,8 +1010,8 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     Runs on ``cfg.train.threads`` torch threads when set and seeds torch's global generator with ``cfg.train.seed``;
     the caller's thread count and global random state are given back at the end.
 
-    Writes ``config.yaml``, ``checkpoint.pt`` and ``log.jsonl`` (module docstring). If ``out_dir`` already holds a
-    checkpoint, resumes from it (same data and config required, except the keys in :data:`RESUME_MAY_CHANGE`).
+    Writes ``config.yaml``, ``checkpoint.pt``, ``log.jsonl`` and ``curve.png`` (module docstring). If ``out_dir``
+    already holds a checkpoint, resumes from it (same data and config required, except the keys in :data:`RESUME_MAY_CHANGE`).
     Stops after ``cfg.train.steps`` steps or ``cfg.train.max_seconds`` training seconds, whichever comes first.
 
     Args:

@@ -19,3 +19,17 @@ def test_readme_layout_names_every_module_of_the_package():
     packages = sorted(p.name + "/" for p in (ROOT / "fastminerf").iterdir() if (p / "__init__.py").is_file())
     missing = [name for name in modules + packages if name not in layout]
     assert not missing, f"README's Layout does not name {missing}"
+
+
+def test_train_help_and_docstring_name_every_file_a_run_folder_gets():
+    """train and personalize draw RUN/curve.png at the end of each session (f1b9bab), but train --help and
+    train()'s docstring listed config.yaml, checkpoint.pt and log.jsonl only."""
+    from fastminerf import train
+    from fastminerf.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    text = " ".join(sub.format_help().split())
+    for name in ("config.yaml", "checkpoint.pt", "log.jsonl", "curve.png"):
+        assert f"OUT/{name}" in text, name
+        assert name in train.__doc__, name
