@@ -691,7 +691,7 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
         help="render every frame of a split and report PSNR, SSIM and L1 per identity",
         description="Render every frame of SPLIT for each identity of --data (names must be in the run), print a "
         "table and, with --out, write DIR/metrics.json and DIR/side_by_side/<identity>/*.png (prediction | truth | "
-        "error). LPIPS is added only when the lpips package and its weights are already installed. FACE is the PSNR "
+        "error, under a header naming identity, split, frame and PSNR; panels enlarged to at least 128 px). LPIPS is added only when the lpips package and its weights are already installed. FACE is the PSNR "
         "inside each frame's face box (bbox); MOUTH inside a box around the real frame's lips (lips, teeth, mouth "
         "interior); EYE inside the boxes around its eyes. LMD (lip sync, as talking-head papers report it) is the "
         "mean distance in pixels between the 40 lip landmarks mediapipe finds in the render and in the truth, and EAR "

@@ -33,3 +33,14 @@ def test_train_help_and_docstring_name_every_file_a_run_folder_gets():
     for name in ("config.yaml", "checkpoint.pt", "log.jsonl", "curve.png"):
         assert f"OUT/{name}" in text, name
         assert name in train.__doc__, name
+
+
+def test_eval_help_says_what_the_side_by_side_images_show():
+    """eval's side-by-side images are captioned and their panels enlarged (4e87729); eval --help said only
+    'prediction | truth | error'."""
+    from fastminerf.cli import build_parser
+    from fastminerf.render import SIDE_BY_SIDE_MIN_PANEL
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["eval"]
+    text = " ".join(sub.format_help().split())
+    assert f"at least {SIDE_BY_SIDE_MIN_PANEL} px" in text and "PSNR; panels" in text
