@@ -486,7 +486,8 @@ class FieldConfig:
     neither empty nor saturated."""
 
     backend: str = "auto"
-    """Backend of the hash encoding and the fused heads (``fastminerf.backend``): auto, native, torch, tcnn."""
+    """Backend of the hash encoding and the fused heads (``fastminerf.backend``): auto, native, torch, tcnn (CUDA
+    only, and not with ``identity_levels``; a run trained with it is evaluated and rendered with auto)."""
 
     def __post_init__(self) -> None:
         # values the field's own checks miss: they crash deep in the grid or the heads without naming the key
@@ -612,7 +613,8 @@ class ModelConfig:
     """Cascades of the occupancy grid."""
 
     grid_backend: str = "auto"
-    """Occupancy-grid / marcher backend: auto, native, torch, nerfacc; the compositing of the marched samples follows
+    """Occupancy-grid / marcher backend: auto, native, torch, nerfacc (CUDA only; a run trained with it is evaluated
+    and rendered with auto); the compositing of the marched samples follows
     it (native, or torch with ``torch`` or without a build: nerfacc's samples are composited by our own op)."""
 
     render_steps: int = 256
