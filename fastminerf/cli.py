@@ -510,8 +510,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
                    help="folders holding NAME's training data, and beside them the expression basis a --drive video "
                         "is prepared with (default: the run's own data paths; give them when the data moved)")
     p.add_argument("--frames", type=int, default=None,
-                   help="frames of an orbit (default 60), or the first frames of a driver video or of a --speech "
-                        "recording (default all)")
+                   help="frames of an orbit (default 60), or the first frames of a driven or --speech video, counted "
+                        "at its --fps (default all)")
     p.add_argument("--fps", type=float, default=None, help="frame rate (default: the driver's; with --speech, the target's; 25 for an orbit); a driven or "
                         "--speech video keeps its clock at any rate (frames repeated or dropped, the sound in time)")
     p.add_argument("--yaw", type=float, default=None, metavar="DEG",
