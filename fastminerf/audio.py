@@ -7,6 +7,7 @@ starts at the video's start (DATASET.md). A split is not always one stretch of t
 frames without a face), so the soundtrack is built frame by frame: frame ``k`` of ``n`` gets the samples from its
 own ``time`` on, as many as its share of ``n / fps`` seconds. The result lasts exactly as long as the video, every
 frame's mouth is heard at its own time, and a gap between frames becomes a cut in the sound rather than a drift.
+:func:`frames_at_rate` puts such a sequence on another frame rate (``render --fps``) on the same clock.
 
 Pure functions on numpy arrays plus two small WAV helpers (the standard library's ``wave``); no printing.
 """

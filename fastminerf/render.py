@@ -11,9 +11,10 @@ The pieces, each usable alone:
 - :func:`render_rays`, :func:`render_frame`, :func:`render_sequence`: the model applied to rays, one frame or a
   path, without gradients (the model bounds its own memory: ``MINeRF`` renders in chunks of ``ModelConfig.chunk_rays`` rays).
 - :func:`write_video` (mp4 through imageio-ffmpeg, PNG frames on request; with a soundtrack when given),
-  :func:`render_video` (a driven video carries the driver's speech, cut to its frames by :mod:`fastminerf.audio`).
+  :func:`render_video` (a driven video carries the driver's speech, cut to its frames by :mod:`fastminerf.audio`;
+  at another fps it keeps the driver's clock, :meth:`CameraPath.at_fps`; ``beside_driver`` shows driver | render).
 - :func:`side_by_side` and :func:`evaluate`: per-identity PSNR, SSIM and L1 (LPIPS where available) and
-  prediction | ground truth | error images.
+  prediction | ground truth | error images, captioned (identity, split, frame, PSNR) and enlarged.
 
 The model is anything with ``render_rays(origins, directions, near, far, identity, expression, frame_code,
 background) -> dict`` holding ``rgb (N, 3)`` (see :func:`render_rays`) and ``identity_names`` (the identity
