@@ -368,6 +368,12 @@ def _run_train(args: argparse.Namespace) -> int:
     console = _console()
     with _TrainProgress(console, "train", cfg.train.steps, cfg.train.max_seconds) as progress:
         result = train(cfg, args.data, args.out, progress=progress)
+    limit = cfg.train.max_seconds
+    if result.step == 0 and limit is not None and result.seconds >= limit:  # no loss or PSNR to give: say why
+        console.print(f"trained no step: the time limit (--max-seconds / train.max_seconds {limit:g} s) was spent "
+                      f"before the first step, in {result.seconds:.3g} s of setup (carving the occupancy grid and "
+                      f"starting the torso layer count as training time); give a longer limit. Run in {result.out_dir}")
+        return 0
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     console.print(f"trained {result.step} steps in {result.seconds:.1f} s{resumed}: loss {result.loss:.5f}, "
                   f"train psnr {result.psnr:.2f} dB; run in {result.out_dir}{f', its curve {result.curve}' if result.curve else ''}")

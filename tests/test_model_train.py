@@ -936,3 +936,18 @@ def test_cli_errors_show_brackets_in_paths_as_they_are(tmp_path, capsys):
         assert main(["train", "--data", str(missing), "--out", str(tmp_path / "r"), "--config", "tiny"]) == 2
         err = capsys.readouterr().err
         assert name in err.replace("\n", "") and "Traceback" not in err
+
+
+def test_a_time_limit_spent_before_the_first_step_is_said_plainly(tiny_data, tmp_path, capsys):
+    """train --max-seconds S with S below the setup time (carving the occupancy grid and starting the torso layer
+    count as training time) trained no step and printed 'trained 0 steps in 0.0 s: loss nan, train psnr nan dB', as
+    if the run had diverged. The line now says that the limit ended the run before its first step."""
+    from fastminerf.cli import main
+
+    out = tmp_path / "t"
+    assert main(["train", "--data", *map(str, _two(tiny_data)), "--out", str(out), "--config", "tiny",
+                 "--max-seconds", "1e-9"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "nan" not in text, text
+    assert "no step" in text and "1e-09 s" in text and "--max-seconds" in text, text
+
