@@ -51,6 +51,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from . import _native
 from . import backend as _backend
 from .config import RunConfig, as_list, dump_config, parse_config_text
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
@@ -516,7 +517,8 @@ def _check_backends(cfg: RunConfig, device: torch.device) -> None:
                                   ("model.grid_backend", cfg.model.grid_backend, "grid")):
         try:
             _backend.resolve(value, component, device.type)
-        except _backend.BackendError as exc:
+        except (_backend.BackendError, _native.NativeExtensionError) as exc:  # the latter: an extension that does
+            # not load (an ImportError), which says why and how to build
             raise ValueError(f"{key}={value!r} cannot run on {device}: {exc}") from None
 
 

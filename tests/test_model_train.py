@@ -951,3 +951,28 @@ def test_a_time_limit_spent_before_the_first_step_is_said_plainly(tiny_data, tmp
     assert "nan" not in text, text
     assert "no step" in text and "1e-09 s" in text and "--max-seconds" in text, text
 
+
+@pytest.fixture
+def no_native(monkeypatch):
+    """The native extension as on a machine where it does not load (built against another torch, or not built)."""
+    from fastminerf import _native, backend
+
+    monkeypatch.setattr(_native, "_module", None)
+    monkeypatch.setattr(_native, "_error", "ImportError: undefined symbol (built against another torch)")
+    backend.resolve.cache_clear()
+    yield
+    backend.resolve.cache_clear()
+
+
+def test_a_native_backend_without_the_extension_is_refused_as_a_user_error(tiny_data, tmp_path, capsys, no_native):
+    """model.field.backend=native where the extension does not load: _check_backends refused it before any work,
+    but only BackendError was turned into the ValueError naming the setting; the extension's own error is an
+    ImportError, so fastminerf train ended in a traceback instead of one line naming the key and how to build."""
+    from fastminerf.cli import main
+
+    out = tmp_path / "t"
+    assert main(["train", "--data", *map(str, _two(tiny_data)), "--out", str(out), "--config", "tiny", "--steps", "1",
+                 "--set", "model.field.backend=native"]) == 2
+    err = capsys.readouterr().err
+    assert "model.field.backend" in err and "make install" in err, err
+    assert not out.exists()
