@@ -1159,6 +1159,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     max_seconds = max_seconds if max_seconds is not None else cfg.train.max_seconds
     cfg = replace(cfg, train=replace(cfg.train, personalize_steps=steps, max_seconds=max_seconds))
     device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
+    _check_backends(cfg, device)  # and, as in train(), a backend that cannot run on it
     if cfg.train.threads:  # as train() does: the generic run's setting, or this personalisation's override
         torch.set_num_threads(cfg.train.threads)
     out = Path(out_dir)

@@ -976,3 +976,22 @@ def test_a_native_backend_without_the_extension_is_refused_as_a_user_error(tiny_
     err = capsys.readouterr().err
     assert "model.field.backend" in err and "make install" in err, err
     assert not out.exists()
+
+
+def test_personalize_refuses_a_backend_that_cannot_run_before_any_work(tiny_data, tmp_path, monkeypatch):
+    """train refuses a backend that cannot run on its device before any work (_check_backends); personalize did
+    not: with the generic run's native backend and no extension that loads, it read the data, added the identities,
+    carved and wrote OUT/config.yaml, then failed at its first step with the loader's ImportError."""
+    from fastminerf import _native, backend
+
+    dirs = sorted(p for p in tiny_data.iterdir() if p.is_dir())
+    train(load_config("tiny", ["train.steps=1", "model.field.backend=native"]), dirs[:2], tmp_path / "g")
+    monkeypatch.setattr(_native, "_module", None)
+    monkeypatch.setattr(_native, "_error", "ImportError: undefined symbol (built against another torch)")
+    backend.resolve.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="model.field.backend='native' cannot run on cpu"):
+            personalize(tmp_path / "g", dirs[2:], tmp_path / "p", steps=1)
+    finally:
+        backend.resolve.cache_clear()
+    assert not (tmp_path / "p").exists()
