@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 import time
 from dataclasses import fields
@@ -79,6 +80,8 @@ def _field_help(cls, name: str) -> str:
         if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name:
             if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
                 text = " ".join(str(nxt.value.value).split()).replace("``", "")
+                # the config's None ('None for all') cannot be typed as an option's value: say what leaving it out does
+                text = re.sub(r"\bNone (for )?", "without it, ", text)
                 return text.replace("%", "%%")
     return ""
 

@@ -44,3 +44,18 @@ def test_eval_help_says_what_the_side_by_side_images_show():
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["eval"]
     text = " ".join(sub.format_help().split())
     assert f"at least {SIDE_BY_SIDE_MIN_PANEL} px" in text and "PSNR; panels" in text
+
+
+def test_options_help_says_what_leaving_them_out_does_not_none():
+    """The help of options read from config docstrings said 'None for each video's own average rate' (prepare
+    --fps), 'None for all' (--max-frames), 'None fits one' (--basis), 'None for max(1, n_frames // 10)' (synth
+    --novel-frames): None is the config's value, which cannot be typed on the command line (--fps None is refused,
+    --basis None names a file 'None'). The help says what leaving the option out does."""
+    from fastminerf.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name in ("prepare", "synth"):
+        text = " ".join(commands[name].format_help().split())
+        assert "None" not in text, (name, text[text.index("None") - 80:text.index("None") + 40])
+    text = " ".join(commands["prepare"].format_help().split())
+    assert "without it, each video's own average rate" in text, text
