@@ -486,7 +486,8 @@ def _frames_progress(console, title: str):
 def _add_render(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "render",
-        help="render an identity driven by another dataset's expressions and head motion, or a camera orbit",
+        help="render an identity driven by another dataset's expressions and head motion (--drive), a camera orbit "
+             "(--orbit), or saying a recording (--speech, lip sync)",
         description="Render identity NAME of a trained run to an mp4: with --drive, the expressions and head motion "
         "of a driver's frames (cross-identity expression transfer, head poses per --pose; 'delta' moves NAME's neutral face by the "
         "driver's change from its own neutral face, neutral = the train frame with the smallest expression norm); "
@@ -1022,7 +1023,8 @@ def _run_speech(args: argparse.Namespace) -> int:
 def _add_info(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "info",
-        help="what a trained run holds: identities, frames, expression space, steps, size",
+        help="what a trained run holds: identities, frames, expression space, steps and what ended them, size, its "
+             "data folders, speech model and last training PSNR",
         description="Describe a run folder (or checkpoint): its kind (train or personalize), steps of its total and "
         "training time (and whether its time limit or an interruption ended it; a personalisation still in its "
         "code-only phase), its identities and their training frames, the expression length and space (data in another space is "

@@ -59,3 +59,16 @@ def test_options_help_says_what_leaving_them_out_does_not_none():
         assert "None" not in text, (name, text[text.index("None") - 80:text.index("None") + 40])
     text = " ".join(commands["prepare"].format_help().split())
     assert "without it, each video's own average rate" in text, text
+
+
+def test_top_level_help_summaries_of_render_and_info_name_what_they_do():
+    """fastminerf --help summarised render as 'driven by another dataset's expressions and head motion, or a camera
+    orbit' (not --speech, a recording through a speech model) and info as 'identities, frames, expression space,
+    steps, size' (not how the run ended, its data folders, its speech model or its last PSNR, which info shows)."""
+    from fastminerf.cli import build_parser
+
+    parser = build_parser()
+    summary = {a.dest: a.help for a in next(a for a in parser._actions if a.dest == "command")._choices_actions}
+    assert "orbit" in summary["render"] and "speech" in summary["render"], summary["render"]
+    for word in ("ended", "data", "speech", "PSNR"):
+        assert word in summary["info"], (word, summary["info"])
