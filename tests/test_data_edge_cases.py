@@ -128,6 +128,30 @@ def test_cmyk_jpeg_frames_read_as_rgb(tmp_path):
     assert np.array_equal(read_rgb(path), expected)  # before: C, M, Y as R, G, B and K as alpha
 
 
+
+def test_frames_an_exif_orientation_tag_rotates_are_refused_naming_the_file(tmp_path):
+    """Phone JPEGs carry an EXIF orientation tag (6: turn 90 degrees clockwise to show): every viewer shows them
+    upright, but the loader read the pixels as stored, on their side, and trained on them without a word. A
+    frame whose tag rotates or mirrors it is refused, naming the file, the frame and the key, and the tag's fix."""
+    d = _identity(tmp_path, "phone", 3, seed=1)
+    rgb = np.random.default_rng(2).integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(d / "train" / "1.jpg", quality=95, exif=exif)
+    meta = json.loads((d / "transforms_train.json").read_text())
+    meta["frames"][1]["file_path"] = "train/1.jpg"
+    (d / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="EXIF orientation"):
+        read_rgb(d / "train" / "1.jpg")
+    ds = load_dataset(d, splits=("train",))
+    with pytest.raises(DatasetError, match=r"1\.jpg.*EXIF orientation 6") as err:
+        ds.image("train", 1)
+    assert "frame 1" in str(err.value) and "file_path" in str(err.value)
+    exif[0x0112] = 1  # 'as stored': read as before
+    Image.fromarray(rgb).save(d / "train" / "1.jpg", quality=95, exif=exif)
+    assert read_rgb(d / "train" / "1.jpg").shape == (H, W, 3)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # A face box wholly outside the image (pixels written where fractions belong)
 

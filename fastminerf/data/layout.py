@@ -529,7 +529,26 @@ def image_size(path: PathLike) -> Tuple[int, int]:
     from PIL import Image  # imageio's own PNG/JPEG backend
 
     with Image.open(path) as im:
+        _check_orientation(im)
         return int(im.size[0]), int(im.size[1])
+
+
+_ORIENTATIONS = {2: "mirrored left to right", 3: "turned 180 degrees", 4: "mirrored top to bottom",
+                 5: "mirrored and turned 90 degrees counter-clockwise", 6: "turned 90 degrees clockwise",
+                 7: "mirrored and turned 90 degrees clockwise", 8: "turned 90 degrees counter-clockwise"}
+"""What an EXIF orientation tag (0x0112) other than 1 ('as stored') asks a viewer to do to the stored pixels."""
+
+
+def _check_orientation(im) -> None:
+    """ValueError when the open Pillow image carries an EXIF orientation that rotates or mirrors it (a phone's JPEG):
+    viewers show it so, while the pixels are read as stored."""
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation in _ORIENTATIONS:
+        raise ValueError(
+            f"its EXIF orientation {orientation} has viewers show it {_ORIENTATIONS[orientation]}, but frames are read "
+            "as stored, so it would train on another picture than the one you see; write the frames without the "
+            "tag: rotated upright (e.g. PIL.ImageOps.exif_transpose) if the cameras were made from the picture as "
+            "shown, else as stored with the tag removed (e.g. exiftool -Orientation= FILE)")
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -551,6 +570,7 @@ def _decode(path: Path) -> np.ndarray:
     # or a colour key's tRNS), and hands CMYK JPEGs over as four channels that would be read as RGBA: let Pillow
     # convert those (header only here) to RGBA / RGB.
     with Image.open(path) as im:
+        _check_orientation(im)
         keyed = im.mode in ("P", "PA") or (im.mode in ("L", "RGB") and "transparency" in im.info)
         mode = "RGBA" if keyed else "RGB" if im.mode in ("CMYK", "YCbCr", "LAB", "HSV") else None
     arr = np.asarray(iio.imread(path, plugin="pillow", mode=mode))  # PNG or JPEG (DATASET.md)
