@@ -142,6 +142,22 @@ def test_prepared_audio_frames_masks_and_landmarks_line_up_with_a_face_gap_and_m
     assert _onset_s(a) == pytest.approx(TONE_DELAY, abs=0.01)
 
 
+
+def test_frames_without_a_face_are_named_in_a_note(tmp_path, head_frames):
+    """Frames where no face was found (a black start, the face leaving the picture) were dropped and only counted
+    in the 'dropped' column: the user could not tell why or where. A note says how many and which frames (ranges,
+    with their times), so that the user can look at them."""
+    from fastminerf.prepare import prepare
+
+    frames = [f if not (k < 3 or 10 <= k < 14) else np.zeros_like(f) for k, f in enumerate(head_frames[:24])]
+    video = _write_video(tmp_path / "black_start.mp4", frames, params=("-g", "1", "-pix_fmt", "yuv420p"))
+    v = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert v.status == "done", v.error
+    assert v.frames_dropped == 7
+    note = [n for n in v.notes if "no face" in n]
+    assert len(note) == 1 and "7 frames" in note[0] and "0-2" in note[0] and "10-13" in note[0], v.notes
+
+
 # ------------------------------------------------------------------------------------------------ crops
 
 

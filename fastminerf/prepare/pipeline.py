@@ -744,6 +744,9 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
         res.seconds["frames"] = time.perf_counter() - t0
     res.crop = tuple(frames["crop"])
     res.notes = list(track.get("notes", [])) + list(frames["notes"])
+    faceless = _no_face_note(np.flatnonzero(~np.isfinite(lm[:, 0, 0])), fps)
+    if faceless:
+        res.notes.append(faceless)
     jump = _face_jump(lm, fps)
     if jump is not None:  # the frames of the face outside the crop are dropped: which person this is, is a choice
         k, a, b, heights = jump
@@ -767,6 +770,23 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     return {"out": out, "fps": fps, "lm": _landmarks_in_crop(lm[ids], frames["crop"], cfg.size), "ids": ids,
             "frames_total": int(len(lm)), "crop": frames["crop"], "notes": res.notes, "fingerprints": fp,
             "cuts": list(track.get("cuts", []))}  # a track cache of an earlier version has none
+
+
+def _no_face_note(missing: np.ndarray, fps: float, shown: int = 5) -> Optional[str]:
+    """A note naming the frames (indices ``missing``, sorted) where no face was found, as ranges with their times
+    (the first ``shown`` ranges, and how many more); None when there are none."""
+    if not len(missing):
+        return None
+    breaks = np.flatnonzero(np.diff(missing) > 1)
+    starts = np.concatenate([missing[:1], missing[breaks + 1]])
+    ends = np.concatenate([missing[breaks], missing[-1:]])
+    spans = [f"{a} ({a / fps:.2f} s)" if a == b else f"{a}-{b} ({a / fps:.2f}-{b / fps:.2f} s)"
+             for a, b in zip(starts.tolist(), ends.tolist())]
+    more = f", and {len(spans) - shown} more stretches" if len(spans) > shown else ""
+    one = len(missing) == 1
+    return (f"{len(missing)} frame{'' if one else 's'} with no face found {'was' if one else 'were'} dropped (a dark "
+            f"or blurred picture, the face turned away, covered or out of the picture): frame{'' if one else 's'} "
+            f"{', '.join(spans[:shown])}{more}")
 
 
 def _face_jump(lm: np.ndarray, fps: float) -> Optional[Tuple[int, np.ndarray, np.ndarray, float]]:
