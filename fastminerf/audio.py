@@ -15,6 +15,7 @@ Pure functions on numpy arrays plus two small WAV helpers (the standard library'
 from __future__ import annotations
 
 import math
+import os
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,10 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .data.layout import AUDIO_FILE
+from .data.layout import AUDIO_FILE, not_a_file
 from .data.writer import replaced_atomically
 
-__all__ = ["Audio", "AudioError", "frame_soundtrack", "frames_at_rate", "identity_audio", "read_wav", "write_wav"]
+__all__ = ["Audio", "AudioError", "frame_soundtrack", "audio_absence", "frames_at_rate", "identity_audio", "read_wav", "write_wav"]
 
 PathLike = Union[str, Path]
 
@@ -168,7 +169,19 @@ def frames_at_rate(n: int, source_fps: float, fps: float,
     return idx, t[idx] + (clock - idx / float(source_fps))
 
 
-def identity_audio(identity_dir: PathLike) -> Optional[Path]:
-    """An identity folder's ``audio.wav``, or None when it has none."""
+def identity_audio(identity_dir: PathLike, any_kind: bool = False) -> Optional[Path]:
+    """An identity folder's ``audio.wav``, or None when it has none. ``any_kind``: also when the name is there but
+    is not a file to read (a folder, a symbolic link that loops), for a message that says what it is
+    (:func:`audio_absence`, :func:`fastminerf.data.layout.not_a_file`)."""
     p = Path(identity_dir) / AUDIO_FILE
-    return p if p.is_file() else None
+    return p if p.is_file() or (any_kind and os.path.lexists(p)) else None
+
+
+def audio_absence(identity_dir: PathLike) -> Optional[str]:
+    """Why an identity folder has no recording to read: "no audio.wav", or what its ``audio.wav`` is instead
+    ("/data/a/audio.wav is a folder"); None when it has one."""
+    p = identity_audio(identity_dir, any_kind=True)
+    if p is None:
+        return f"no {AUDIO_FILE}"
+    what = not_a_file(p)
+    return None if what is None else f"{p} {what}"

@@ -40,7 +40,7 @@ from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity
 from .config import as_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
-from .data.layout import read_rgb
+from .data.layout import not_a_file, read_rgb
 from .data.writer import write_json
 from .metrics import (SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status, psnr,
                       rotation_gap_deg, ssim)
@@ -304,6 +304,9 @@ class CameraPath:
         """Why a video of this path has no sound ("" when it can have some)."""
         if self.audio is None:
             return "no audio.wav"
+        what = not_a_file(self.audio)
+        if what is not None:  # a folder, a link that loops: not 'no audio.wav', which the user sees is there
+            return f"{self.audio} {what}"
         if self.times is None or not np.all(np.isfinite(self.times)):
             return "its frames carry no 'time'"
         return ""
@@ -448,7 +451,7 @@ def drive_path(
         tn = dn = np.zeros(e_drv.shape[1], np.float32)
     expr = expression_transfer(tn, dn, e_drv, mode)
     fps = split_fps(driver, driver_split, d_id)
-    audio, times = identity_audio(driver.identity_dirs[d_id]), table.time[frames].astype(np.float64)
+    audio, times = identity_audio(driver.identity_dirs[d_id], any_kind=True), table.time[frames].astype(np.float64)
     sources = np.array([table.image_paths[i] for i in frames.tolist()], dtype=object)
     if pose == "driver":
         return _rows_path(table, frames, expr, fps, audio, times, driver.expression_space, sources)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import Audio, AudioError, identity_audio, read_wav
+from .audio import Audio, AudioError, audio_absence, identity_audio, read_wav
 from .config import SpeechConfig, as_list
 
 __all__ = [
@@ -314,10 +314,11 @@ def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List
         if s not in dataset.splits:
             raise SpeechError(f"split '{s}' is not loaded; loaded: {list(dataset.splits)}")
     for i, name in enumerate(dataset.identities):
-        wav = identity_audio(dataset.identity_dirs[i])
-        if wav is None:
-            skipped.append(f"{name}: no audio.wav")
+        absent = audio_absence(dataset.identity_dirs[i])
+        if absent is not None:
+            skipped.append(f"{name}: {absent}")
             continue
+        wav = identity_audio(dataset.identity_dirs[i])
         mel = _identity_mel(name, wav)
         times, exprs, late = {}, {}, []
         for s in splits:
@@ -584,10 +585,11 @@ def split_expressions(model: SpeechModel, dataset, split: str) -> np.ndarray:
         frames = table.frames_of(i)
         if frames.size == 0:
             continue
+        absent = audio_absence(dataset.identity_dirs[i])
+        if absent is not None:
+            absent = f" has {absent} in {dataset.identity_dirs[i]}" if absent.startswith("no ") else f": {absent}"
+            raise SpeechError(f"identity '{name}'{absent}: its frames cannot be driven by speech")
         wav = identity_audio(dataset.identity_dirs[i])
-        if wav is None:
-            raise SpeechError(f"identity '{name}' has no audio.wav in {dataset.identity_dirs[i]}: its frames cannot "
-                              "be driven by speech")
         times = table.time[frames].astype(np.float64)
         if not np.all(np.isfinite(times) & (times >= 0)):
             raise SpeechError(f"identity '{name}': frames of split '{split}' carry no 'time' in its audio.wav")

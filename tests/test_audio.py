@@ -132,3 +132,22 @@ def test_driven_path_takes_the_drivers_speech(tmp_path, decode_audio):
     (driver / "audio.wav").write_bytes(b"RIFF....WAVEjunk")
     with pytest.raises(AudioError, match="id001/audio.wav: not a PCM WAV file"):
         path.soundtrack()
+
+
+def test_an_audio_wav_that_is_not_a_file_is_said_to_be_what_it_is(tmp_path):
+    """An identity whose audio.wav is a folder (an unpacked archive, a copy gone wrong) or a symbolic link that loops
+    was reported as having 'no audio.wav' (render's silent driver, speech's skipped identities): the user looked,
+    saw audio.wav there, and could not tell what was wrong. Both say what the path is."""
+    from fastminerf.speech import speech_clips
+
+    dirs = generate(tmp_path / "data", n_identities=2, n_frames=8, size=16, novel_frames=2, val_fraction=0.25)
+    (dirs[1] / "audio.wav").unlink()
+    (dirs[1] / "audio.wav").mkdir()
+    (dirs[0] / "audio.wav").unlink()
+    (dirs[0] / "audio.wav").symlink_to("audio.wav")
+    data = load_dataset([tmp_path / "data"], splits=("train", "val"))
+    path = drive_path(data, "id000", data, "val", driver_identity="id001")
+    assert path.soundtrack() is None and "audio.wav is a folder" in path.silent_reason(), path.silent_reason()
+    _, skipped = speech_clips(data, ("train",))
+    assert len(skipped) == 2 and "audio.wav is a symbolic link that loops" in skipped[0], skipped
+    assert "audio.wav is a folder" in skipped[1], skipped

@@ -201,3 +201,18 @@ def test_one_split_given_as_a_string_is_that_split(tmp_path):
     ``paths`` takes one path as a string."""
     d = _identity(tmp_path, "a", 2, 0)
     assert load_dataset(d, splits="train").splits == ("train",)
+
+
+@pytest.mark.parametrize("kind", ["folder", "loop"])
+def test_a_transforms_file_that_is_not_a_file_is_said_to_be_what_it_is(tmp_path, kind):
+    """A transforms_val.json that is a folder or a symbolic link that loops was reported as '(file missing)',
+    though the user sees the name in the folder."""
+    d = _identity(tmp_path, "a", 3, seed=1)
+    bad = d / "transforms_val.json"
+    if kind == "folder":
+        bad.mkdir()
+    else:
+        bad.symlink_to(bad.name)
+    with pytest.raises(DatasetError, match="is a folder" if kind == "folder" else "is a symbolic link that loops") as err:
+        load_dataset(d, splits=("train", "val"))
+    assert "missing" not in str(err.value) and "transforms_val.json" in str(err.value)

@@ -27,6 +27,7 @@ from .layout import (
     find_identity_dirs,
     identity_splits,
     image_size,
+    not_a_file,
     read_landmarks,
     read_mask,
     read_rgb,
@@ -518,8 +519,11 @@ def load_dataset(
         per_identity: List[SplitMeta] = []
         for d in dirs:
             file = d / f"transforms_{split}.json"
-            if not file.is_file():
+            what = not_a_file(file)
+            if what == "does not exist":
                 raise DatasetError(f"identity '{d.name}' has no split '{split}' (file missing)", file=file)
+            if what is not None:  # a folder, a link that loops: the user sees the name in the folder
+                raise DatasetError(f"identity '{d.name}': the file of split '{split}' {what}", file=file)
             m = read_transforms(file, d)
             ref = _check_one_space(m, ref, said)
             # Image size: the first image's header, checked against w/h (each identity may have its own).

@@ -11,6 +11,7 @@ expected shape (4, 4), got (3, 4)``.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import zipfile
@@ -129,6 +130,30 @@ def identity_splits(identity_dir: PathLike) -> List[str]:
     p = Path(identity_dir)
     names = [f.name[len(_TRANSFORMS_PREFIX) : -len(_TRANSFORMS_SUFFIX)] for f in p.glob(f"{_TRANSFORMS_PREFIX}*{_TRANSFORMS_SUFFIX}")]
     return sorted(n for n in names if n)
+
+
+def not_a_file(path: PathLike) -> Optional[str]:
+    """What ``path`` is when it is not a file that can be read ("does not exist", "is a folder", "is a symbolic link
+    that loops", ...), for messages that name it; None when it is a regular file (through any links)."""
+    import os
+
+    p = Path(path)
+    if p.is_file():
+        return None
+    if p.is_symlink():
+        try:
+            p.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a loop so
+            return "is a symbolic link that loops"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "is a symbolic link that loops"
+            return f"is a symbolic link to {os.readlink(p)}, which does not exist"
+    if p.is_dir():
+        return "is a folder"
+    if not os.path.lexists(p):
+        return "does not exist"
+    return "is not a regular file"
 
 
 def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
