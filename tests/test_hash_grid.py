@@ -275,3 +275,15 @@ def test_per_level_scale_for_refuses_what_has_no_growth_factor(args, name):
     with pytest.raises(ValueError, match=name):
         per_level_scale_for(*args)
     assert per_level_scale_for(16, 16, 1) == 1.0 and per_level_scale_for(16, 16, 4) == 1.0
+
+
+def test_a_float16_encoding_on_the_native_kernels_names_the_dtype_and_what_to_do():
+    """HashGridEncoding(...).half() (or a float16 model) failed in the compiled kernels with "fastminerf: `points`
+    must be float32 or float64, got Half", a RuntimeError that named neither the encoding nor what to do about it.
+    The native path refuses it first, naming the dtype and the two ways out (float32, or the torch backend, which
+    runs float16)."""
+    enc = HashGridEncoding(n_levels=4, log2_hashmap_size=12, backend="native").half()
+    with pytest.raises(ValueError, match=r"float16.*\.float\(\).*backend='torch'"):
+        enc(torch.rand(8, 3))
+    torch_enc = HashGridEncoding(n_levels=4, log2_hashmap_size=12, backend="torch").half()
+    assert torch_enc(torch.rand(8, 3)).dtype == torch.float16  # the way out the message names

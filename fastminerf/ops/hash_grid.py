@@ -256,4 +256,8 @@ def hash_encode(points: torch.Tensor, table: torch.Tensor, levels: HashGridLevel
         return hash_encode_reference(points, table, levels, salt if levels.salted else None)
     if backend != "native":
         raise ValueError(f"hash_encode backend must be 'native' or 'torch', got {backend!r}")
+    if table.dtype not in (torch.float32, torch.float64):  # the kernels' own error named neither the grid nor a way out
+        raise ValueError(f"the native hash-grid kernels run float32 and float64 only, and this grid is "
+                         f"{str(table.dtype).replace('torch.', '')}: convert it (or the model) with .float(), or "
+                         f"use backend='torch', which runs any float type")
     return _HashEncodeNative.apply(points.contiguous(), table.contiguous(), salt, levels)
