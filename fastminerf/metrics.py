@@ -242,13 +242,13 @@ def lpips(pred: ImageLike, target: ImageLike, net: str = "alex") -> torch.Tensor
         net: backbone, ``alex`` (the usual choice), ``vgg`` or ``squeeze``.
 
     Returns:
-        float64, ``()`` or ``(B,)``.
+        float64, ``()`` or ``(B,)``, on the images' device (the network runs there).
 
     Raises:
         MetricUnavailable: when :func:`lpips_status` is false (the message gives its reason).
     """
     p, t = _as_images(pred, target, "lpips")
-    model = _lpips_model(net)
+    model = _lpips_model(net).to(p.device)  # built on the CPU once; run where the images are (a render on a GPU)
     lead = p.shape[:-3]
     h, w, c = p.shape[-3:]
     x = p.reshape(-1, h, w, c).permute(0, 3, 1, 2).float() * 2 - 1  # lpips wants (B, 3, H, W) in [-1, 1]

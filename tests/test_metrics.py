@@ -262,3 +262,26 @@ def test_metrics_refuse_images_outside_0_1(metric):
     with pytest.raises(ValueError, match="in \\[0, 1\\].*target.*from -0\\.9"):
         metric(torch.tensor(p), torch.tensor(t * 2 - 1))
     metric(np.clip(p, 0, 1) * (1 + 1e-7), t)  # round-off past 1 is fine
+
+
+@pytest.mark.cuda
+def test_lpips_scores_cuda_images(monkeypatch):
+    """The LPIPS network is built once, on the CPU, and lpips() fed it the images on their own device: CUDA images
+    (a render on the GPU) failed with torch's 'Input type (torch.cuda.FloatTensor) and weight type
+    (torch.FloatTensor) should be the same'. The network runs on the images' device; the distance comes back there,
+    as psnr's does. A stand-in network (the lpips package and its weights are not needed)."""
+    import fastminerf.metrics as metrics
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 1, 1)
+
+        def forward(self, x, y):
+            return (self.conv(x) - self.conv(y)).abs().mean(dim=(1, 2, 3))
+
+    monkeypatch.setattr(metrics, "_lpips_model", lambda net: Net().eval())
+    pred, target = torch.rand(2, 16, 16, 3, device="cuda"), torch.rand(2, 16, 16, 3, device="cuda")
+    d = lpips(pred, target)
+    assert d.shape == (2,) and d.device.type == "cuda"
+    assert torch.allclose(d.cpu(), lpips(pred.cpu(), target.cpu()).cpu())
