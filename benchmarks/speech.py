@@ -59,6 +59,12 @@ def _score(clips, fit, held, cfg, space, basis) -> dict:
     return out
 
 
+def _say_skipped(skipped) -> None:
+    """Print speech_clips' account of the identities left out of the scores (no audio.wav) or cut short."""
+    for line in skipped:
+        print(f"  left out or cut: {line}")
+
+
 def _line(tag: str, res: dict) -> str:
     a, b = res["calibrated"]["all"], res["uncalibrated"]["all"]
     return (f"{tag}: {a['frames']} frames, mouth R2 {a['mouth_r2']:.3f} (uncalibrated {b['mouth_r2']:.3f}), mouth corr "
@@ -199,8 +205,9 @@ def main(argv=None) -> int:
         if not (root / "synth.json").is_file():
             generate(root, n_identities=4, n_frames=200, size=16, novel_frames=2, val_fraction=0.25, seed=seed, overwrite=True)
         data = load_dataset([root], splits=("train", "val"))
-        clips, _ = speech_clips(data, ("train", "val"))
-        res = _score(clips, ("train",), ("val",), cfg, data.expression_space, None)
+        clips, skipped = speech_clips(data, ("train", "val"))
+        _say_skipped(skipped)
+        res = dict(_score(clips, ("train",), ("val",), cfg, data.expression_space, None), skipped=skipped)
         result["synth"][str(seed)] = res
         print(_line(f"procedural heads, seed {seed}", res))
     if result["synth"]:
@@ -217,8 +224,9 @@ def main(argv=None) -> int:
         data = load_dataset([args.work / "real"], splits=("train", "val", "test"))
         basis = ExpressionBasis.load(args.work / "real")
         clips, skipped = speech_clips(data, ("train", "val", "test"))
+        _say_skipped(skipped)
         seconds = sum(len(c.mel) for c in clips) / 100.0
-        real = {"clips": [c.name for c in clips], "speech_seconds": round(seconds, 1),
+        real = {"clips": [c.name for c in clips], "skipped": skipped, "speech_seconds": round(seconds, 1),
                 "train_frames": int(sum(len(c.times["train"]) for c in clips)),
                 "own_voice": _score(clips, ("train",), ("val", "test"), cfg, data.expression_space, basis)}
         print(_line(f"real clips ({len(clips)} speakers, {seconds:.0f} s of speech), held-out frames", real["own_voice"]))

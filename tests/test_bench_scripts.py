@@ -106,3 +106,20 @@ def test_missing_real_clips_name_the_folder_and_the_variable(script, argv, tmp_p
     text = capsys.readouterr()
     assert "FASTMINERF_REAL_DATA" in text.out + text.err and "no_clips_here" in text.out + text.err
     assert not (tmp_path / "o").exists()
+
+
+def test_speech_says_which_identities_it_left_out(tmp_path, capsys):
+    """speech_clips returns the identities it leaves out (no audio.wav) beside the clips, and speech.py dropped
+    that list: a clip without sound was missing from the scores without a word, in the output or in the JSON."""
+    from benchmarks import speech
+    from fastminerf.data.synth import generate
+
+    root = tmp_path / "w" / "synth0"  # the script generates this folder only when it lacks synth.json
+    dirs = generate(root, n_identities=3, n_frames=40, size=16, novel_frames=2, val_fraction=0.25, seed=0)
+    (dirs[0] / "audio.wav").unlink()
+    assert speech.main(["--seeds", "0", "--no-real", "--out", str(tmp_path), "--work", str(tmp_path / "w"),
+                        "--set", "steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert f"{dirs[0].name}: no audio.wav" in out, out
+    (written,) = tmp_path.glob("speech*.json")
+    assert json.loads(written.read_text())["synth"]["0"]["skipped"] == [f"{dirs[0].name}: no audio.wav"]
