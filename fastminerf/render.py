@@ -97,7 +97,7 @@ so that a 64 px frame can be judged by eye and the labels over its panels fit.""
 
 SIDE_BY_SIDE_HEADER = 30
 """Height in pixels of the header of a captioned :func:`side_by_side` image: the caption, then a label over each
-panel."""
+panel (a caption wider than the image wraps onto more lines, each adding :data:`fastminerf.drawing.LINE_HEIGHT`)."""
 
 TRANSFER_MODES = ("delta", "absolute")
 """Modes of :func:`expression_transfer`."""
@@ -1309,7 +1309,8 @@ def side_by_side(pred: np.ndarray, target: np.ndarray, error_gain: float = ERROR
     The error panel is grey: ``min(1, error_gain * mean_c |pred - target|)``. The panels are enlarged (nearest
     neighbour, by the smallest whole factor) to at least ``min_panel`` pixels a side. With a ``caption`` the image
     has a dark header of :data:`SIDE_BY_SIDE_HEADER` rows on top: the caption, then a label over each panel
-    (``render``, ``truth``, the error and its gain): (SIDE_BY_SIDE_HEADER + H', 3W', 3).
+    (``render``, ``truth``, the error and its gain): (SIDE_BY_SIDE_HEADER + H', 3W', 3), a caption wider than the
+    image wrapping onto more lines (the header :data:`fastminerf.drawing.LINE_HEIGHT` rows taller for each).
     """
     p = np.asarray(pred, dtype=np.float32)
     t = np.asarray(target, dtype=np.float32)
@@ -1329,14 +1330,21 @@ def side_by_side(pred: np.ndarray, target: np.ndarray, error_gain: float = ERROR
 
 def _with_header(img: np.ndarray, caption: str, labels: Sequence[str], starts: Sequence[int]) -> np.ndarray:
     """``img`` (uint8) under a dark header of :data:`SIDE_BY_SIDE_HEADER` rows: ``caption``, then each label over
-    its panel (``starts``: the panels' first columns)."""
+    its panel (``starts``: the panels' first columns). A caption wider than ``img`` wraps at spaces onto more lines,
+    the header growing by :data:`fastminerf.drawing.LINE_HEIGHT` rows for each."""
     from PIL import Image, ImageDraw
 
-    head = Image.new("RGB", (img.shape[1], SIDE_BY_SIDE_HEADER), (30, 30, 30))
+    from .drawing import LINE_HEIGHT, wrap_text
+
+    # a caption wider than the image (two long identity names over 128 px panels) wraps onto more lines
+    lines = wrap_text(ImageDraw.Draw(Image.new("RGB", (1, 1))), caption, img.shape[1] - 8) or [""]
+    extra = (len(lines) - 1) * LINE_HEIGHT
+    head = Image.new("RGB", (img.shape[1], SIDE_BY_SIDE_HEADER + extra), (30, 30, 30))
     draw = ImageDraw.Draw(head)
-    draw.text((4, 2), caption, fill=(235, 235, 235))
+    for k, line in enumerate(lines):
+        draw.text((4, 2 + k * LINE_HEIGHT), line, fill=(235, 235, 235))
     for x, label in zip(starts, labels):
-        draw.text((x + 4, SIDE_BY_SIDE_HEADER // 2 + 1), label, fill=(200, 200, 200))
+        draw.text((x + 4, SIDE_BY_SIDE_HEADER // 2 + 1 + extra), label, fill=(200, 200, 200))
     return np.concatenate([np.asarray(head), img], axis=0)
 
 

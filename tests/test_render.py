@@ -895,3 +895,44 @@ def test_a_driven_video_can_show_the_driver_beside_the_target(synth, data, tmp_p
     with pytest.raises(RenderError, match="no driver frames"):
         render_video(oracle, orbit, "id000", None, background=data.background(0), aabb=aabb,
                      png_dir=tmp_path / "o", beside_driver=True)
+
+
+def _caption_ink(header: np.ndarray) -> float:
+    """Light text on the dark (30, 30, 30) header: the sum of its brightness above the background."""
+    return float(np.clip(header.max(axis=2).astype(np.float64) - 30, 0, None).sum())
+
+
+def test_a_long_caption_wraps_inside_the_header_instead_of_running_off_the_frame(synth, data, tmp_path):
+    """render --drive --beside-driver captions each frame '<target> driven by <driver>:<split> (<mode>, <pose> poses)':
+    with the real clips' names (25 characters each) that is 90 characters, about 540 px of text over a 256 px frame
+    of two 128 px panels, and the header cut it off after '... driven by 03_hdtf_WDA', so the video did not say who
+    drove it nor how (eval's captions of a long name over small panels likewise). The caption wraps at spaces onto as
+    many lines as it needs, the header growing by a line's height each; a short caption keeps the one-line header."""
+    from PIL import Image, ImageDraw
+
+    from fastminerf.render import SIDE_BY_SIDE_HEADER, SIDE_BY_SIDE_MIN_PANEL, side_by_side
+
+    caption = "05_hdtf_WDA_EdMarkey0_000 driven by 03_hdtf_WDA_KatieHill_000:train (delta, relative poses)"
+    wide = Image.new("RGB", (2000, SIDE_BY_SIDE_HEADER), (30, 30, 30))
+    ImageDraw.Draw(wide).text((4, 2), caption, fill=(235, 235, 235))
+    whole = _caption_ink(np.asarray(wide))
+    oracle = Oracle(synth[1])
+    path = drive_path(data, "id000", data, "novel", driver_identity="id001", mode="delta").head(1)
+    aabb = data.table("train").aabb[0]
+    panel = SIZE * -(-SIDE_BY_SIDE_MIN_PANEL // SIZE)
+    images = {}
+    for name, text in (("long", caption), ("none", "")):
+        render_video(oracle, path, "id000", None, background=data.background(0), aabb=aabb,
+                     png_dir=tmp_path / name, beside_driver=True, caption=text)
+        images[name] = iio.imread(tmp_path / name / "00000.png")
+    long, none = images["long"], images["none"]
+    assert none.shape == (SIDE_BY_SIDE_HEADER + panel, 2 * panel, 3)
+    assert long.shape[1] == 2 * panel and long.shape[0] > SIDE_BY_SIDE_HEADER + panel
+    assert (long[-panel:] == none[-panel:]).all()  # the panels themselves are unchanged
+    shown = _caption_ink(long[:-panel]) - _caption_ink(none[:-panel])  # the labels' ink taken away
+    assert shown > 0.97 * whole, (shown, whole)
+    frame = np.full((SIZE, SIZE, 3), 0.5, dtype=np.float32)
+    short = side_by_side(frame, frame, caption="id000  val frame 0", min_panel=SIDE_BY_SIDE_MIN_PANEL)
+    assert short.shape == (SIDE_BY_SIDE_HEADER + panel, 3 * panel, 3)
+    tall = side_by_side(frame, frame, caption=caption, min_panel=SIDE_BY_SIDE_MIN_PANEL)
+    assert tall.shape[0] > SIDE_BY_SIDE_HEADER + panel
