@@ -508,6 +508,26 @@ def test_a_person_prepared_into_a_root_at_another_size_is_told(tmp_path, head_fr
     assert any("alice (32 px)" in n and "64 px" in n and "--size 32" in n for n in v.notes), v.notes
 
 
+def test_the_size_note_of_a_root_at_several_sizes_gives_a_size_that_makes_one(tmp_path, head_frames):
+    """A root of two people at 128 px and one at 80 px (a fourth clip prepared smaller, for personalisation), and a clip
+    prepared again at 112: the note said 'for one size, prepare this video again with --size 80 --overwrite', the
+    smallest size there, which still leaves three sizes. It names the size most of the others have and the people
+    who would still differ from it."""
+    import json
+
+    from fastminerf.prepare import prepare
+
+    root = tmp_path / "data"
+    for name, size in (("alice", 32), ("bea", 32), ("cleo", 16)):
+        (root / name / ".prepare").mkdir(parents=True)
+        (root / name / "prepare.json").write_text(json.dumps({"settings": {"size": size}}))
+    video = _write_video(tmp_path / "bob.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    v = prepare([video], root, PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert v.status == "done", v.error
+    note = [n for n in v.notes if "another size" in n]
+    assert len(note) == 1 and "--size 32 --overwrite" in note[0] and "cleo" in note[0].split("--size 32")[1], note
+
+
 def test_the_prepare_table_names_each_video_whole_in_a_log(tmp_path, capsys, monkeypatch):
     """A log file or pipe is 80 columns to rich: the table cut the clips' names to 'hdtf_WDA…', so the rows of
     clips named alike (as HDTF's are) could not be told apart. Each row names its video whole, on one line."""

@@ -759,10 +759,14 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
             f"(ffmpeg -vf crop=W:H:X:Y) and prepare it again with --overwrite")
     other = _other_sizes(root, res.name, cfg.size)
     if other:  # a forgotten --size: they train together, each person at its own size, which may not be meant
+        # the size most of them have (the smallest of a tie); those at yet another size would still differ from it
         sizes = sorted(set(other.values()))
+        common = max(sizes, key=list(other.values()).count)
+        rest = [n for n, s in other.items() if s != common]
+        also = f", and {', '.join(rest)} likewise" if rest else ""
         res.notes.append(f"{root} holds identities prepared at another size ({', '.join(f'{n} ({s} px)' for n, s in other.items())}) "
                          f"than this one ({cfg.size} px): they train and evaluate together, each at its own size; "
-                         f"for one size, prepare this video again with --size {sizes[0]} --overwrite")
+                         f"for one size, prepare this video again with --size {common} --overwrite{also}")
     ok = _face_in_crop(lm, frames["crop"])  # the frames stage wrote these
     res.frames_used = int(ok.sum())
     res.frames_dropped = res.frames_total - res.frames_used
