@@ -770,6 +770,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     if fewer:  # LMD and EAR skip frames without a face found in both images: a mean over the others only
         console.print(f"LMD and EAR over fewer frames: {', '.join(fewer)}; mediapipe found no face in the render or "
                       "the truth of the others")
+    sizes = {n: f"{v['width']}x{v['height']}" for n, v in result["identities"].items() if "width" in v}
+    if "lmd" in result["metrics"] and len(set(sizes.values())) > 1:  # the mean's pixels are of several sizes
+        console.print(f"LMD in pixels of each person's size ({', '.join(f'{n} {s}' for n, s in sizes.items())}): "
+                      "compare it between people of one size; the mean mixes pixels of several")
     far = {n: v["pose_gap"] for n, v in result["identities"].items() if v.get("pose_gap", 0.0) > NEW_VIEW_DEG}
     if far:
         console.print(f"new views: {', '.join(f'{n} ({g:.1f} deg)' for n, g in far.items())} are seen more than "

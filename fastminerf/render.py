@@ -1442,8 +1442,9 @@ def evaluate(
     Returns:
         ``{"split", "expressions", "frames", "metrics": [...], "lpips": status text, "lmd": status text, "identities": {name:
         {"frames", "psnr", "ssim", "l1"[, "lpips"][, "face_psnr"][, "mouth_psnr", "eye_psnr", "lmd", "ear_error", "lmd_frames"]
-        [, "landmark_depth"][, "pose_gap"]}},
-        "mean": {...}[, "render_steps": {name: ray-marching steps it was rendered with}]}`` (a metric without any frame of an identity is NaN there, null in metrics.json; the mean skips it). ``landmark_depth`` (where the dataset has
+        [, "landmark_depth"][, "pose_gap"], "width", "height"}},
+        "mean": {...}[, "render_steps": {name: ray-marching steps it was rendered with}]}`` (a metric without any frame of an identity is NaN there, null in metrics.json; the mean skips it). ``width`` and ``height`` are the
+        identity's frame size in pixels, the unit of its ``lmd`` (people of several sizes evaluate together). ``landmark_depth`` (where the dataset has
         ``landmarks.npz``) is the median distance in head units between the rendered depth and the tracked
         landmarks along rays through them: whether the geometry sits where the face is (NaN for identities
         without landmarks; the mean skips them). ``pose_gap`` (where ``dataset`` has its ``train`` split loaded)
@@ -1531,6 +1532,8 @@ def evaluate(
                     if stale.stem.isdigit() and stale.name not in written:
                         stale.unlink()
             per_identity[name] = {"frames": len(frames), **{m: float(np.mean(v)) if v else float("nan") for m, v in values.items()}}
+            if frames.size:  # the size its pixels (LMD's unit) are of: people of several sizes evaluate together
+                per_identity[name]["width"], per_identity[name]["height"] = (int(v) for v in table.size_of(int(frames[0])))
             if marks is not None:
                 per_identity[name]["lmd_frames"] = len(values["lmd"])
             depth = _landmark_depth_error(models[name], dataset, split, name, frames)
