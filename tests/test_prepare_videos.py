@@ -511,8 +511,9 @@ def test_a_person_prepared_into_a_root_at_another_size_is_told(tmp_path, head_fr
 def test_the_size_note_of_a_root_at_several_sizes_gives_a_size_that_makes_one(tmp_path, head_frames):
     """A root of two people at 128 px and one at 80 px (a fourth clip prepared smaller, for personalisation), and a clip
     prepared again at 112: the note said 'for one size, prepare this video again with --size 80 --overwrite', the
-    smallest size there, which still leaves three sizes. It names the size most of the others have and the people
-    who would still differ from it."""
+    smallest of the other sizes, which still leaves two; and a clip prepared again at 128 beside them was told to
+    go to 80 px, where the 80 px person is the one to prepare again. It names the size most people have (this one
+    included) and who would still differ from it."""
     import json
 
     from fastminerf.prepare import prepare
@@ -526,6 +527,10 @@ def test_the_size_note_of_a_root_at_several_sizes_gives_a_size_that_makes_one(tm
     assert v.status == "done", v.error
     note = [n for n in v.notes if "another size" in n]
     assert len(note) == 1 and "--size 32 --overwrite" in note[0] and "cleo" in note[0].split("--size 32")[1], note
+    v = prepare([video], root, PrepareConfig(size=32, expression_dim=4, min_frames=5, overwrite=True)).videos[0]
+    assert v.status == "done", v.error
+    note = [n for n in v.notes if "another size" in n]
+    assert len(note) == 1 and "prepare cleo again with --size 32 --overwrite" in note[0], note
 
 
 def test_the_prepare_table_names_each_video_whole_in_a_log(tmp_path, capsys, monkeypatch):

@@ -757,16 +757,21 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
             f"or turned away, and found them) or a cut to another framing. This identity is the face inside the crop "
             f"({side} px at ({x0}, {y0})); if that is the wrong person, crop the video to the right one "
             f"(ffmpeg -vf crop=W:H:X:Y) and prepare it again with --overwrite")
-    other = _other_sizes(root, res.name, cfg.size)
+    sizes = _other_sizes(root, res.name)
+    other = {n: s for n, s in sizes.items() if s != cfg.size}
     if other:  # a forgotten --size: they train together, each person at its own size, which may not be meant
-        # the size most of them have (the smallest of a tie); those at yet another size would still differ from it
-        sizes = sorted(set(other.values()))
-        common = max(sizes, key=list(other.values()).count)
+        # the size most people have, this one included (the smallest of a tie): those at another size would differ
+        every = list(sizes.values()) + [cfg.size]
+        common = max(sorted(set(every)), key=every.count)
         rest = [n for n, s in other.items() if s != common]
-        also = f", and {', '.join(rest)} likewise" if rest else ""
+        if common == cfg.size:
+            fix = f"prepare {', '.join(rest)} again with --size {common} --overwrite"
+        else:
+            fix = (f"prepare this video again with --size {common} --overwrite"
+                   + (f", and {', '.join(rest)} likewise" if rest else ""))
         res.notes.append(f"{root} holds identities prepared at another size ({', '.join(f'{n} ({s} px)' for n, s in other.items())}) "
                          f"than this one ({cfg.size} px): they train and evaluate together, each at its own size; "
-                         f"for one size, prepare this video again with --size {common} --overwrite{also}")
+                         f"for one size, {fix}")
     ok = _face_in_crop(lm, frames["crop"])  # the frames stage wrote these
     res.frames_used = int(ok.sum())
     res.frames_dropped = res.frames_total - res.frames_used
@@ -809,14 +814,13 @@ def _face_jump(lm: np.ndarray, fps: float) -> Optional[Tuple[int, np.ndarray, np
     return int(ids[j + 1]), centre[j], centre[j + 1], float(moved[j])
 
 
-def _other_sizes(root: Path, name: str, size: int) -> Dict[str, int]:
-    """The identity folders of ``root`` other than ``name`` that prepare finished at a frame size other than
-    ``size``, with theirs."""
+def _other_sizes(root: Path, name: str) -> Dict[str, int]:
+    """The identity folders of ``root`` other than ``name`` that prepare finished, with their frame sizes."""
     found = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != name):
         done = _read_json(d / DONE_FILE) if _ours(d) else None
         theirs = (done or {}).get("settings", {}).get("size") if isinstance(done, dict) else None
-        if isinstance(theirs, int) and theirs != size:
+        if isinstance(theirs, int):
             found[d.name] = theirs
     return found
 
