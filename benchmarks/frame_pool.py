@@ -6,7 +6,7 @@
 
 Three runs of the ``cpu`` preset side by side, one after another on the same data: ``pool`` (the default: the split
 has 4x the frames the cache holds, so batches draw from a turning pool of nine tenths of them), ``no pool``
-(``sampler.pool_frames=0``: a batch's 64 frames are mostly decoded from PNG again) and ``all cached`` (a cache
+(``sampler.pool_frames=0``: most of a batch's 32 frames are decoded from PNG again) and ``all cached`` (a cache
 without bounds). Each trains ``--steps`` steps; the time per step is taken from ``log.jsonl`` between the first
 logged step and the last (the carving before training, the same in all three, left out), with the frame cache's
 misses per step. Writes ``frame_pool[_quick].json`` into ``--out``.

@@ -426,7 +426,7 @@ _SAMPLER = SamplerConfig()
 
 POOL_TURNOVER = 1 / 16
 """Share of ``frames_per_batch`` (of ``batch_size`` without it; at least one frame) that a frame pool replaces each
-step (``SamplerConfig.pool_frames``): with 64 frames a batch, 4 new frames a step to decode."""
+step (``SamplerConfig.pool_frames``): with the ``cpu`` preset's 32 frames a batch, 2 new frames a step to decode."""
 
 POOL_CACHE_SHARE = 0.9
 """Share of the frames the frame cache holds that an automatic pool takes: the rest keeps the frames that just left
