@@ -849,40 +849,30 @@ def frame_files(dataset: MultiIdentityDataset, split: str = "train") -> torch.Te
                          for b in range(len(t))], dtype=torch.long).reshape(len(t), len(FRAME_FILES))
 
 
-def _files_changed(saved: Optional[torch.Tensor], keys: torch.Tensor, dataset: MultiIdentityDataset,
-                   split: str = "train") -> Optional[str]:
-    """None when the fingerprints ``saved`` (:func:`frame_files`, 0 where unknown; None: a checkpoint written before
-    they were kept) match ``keys``; else the first file that differs, named."""
-    if saved is None:
-        return None
-    s = saved.cpu().numpy()
-    diff = np.argwhere((s != keys.numpy()) & (s != 0))
-    if not len(diff):
-        return None
-    t, (b, k) = dataset.table(split), (int(v) for v in diff[0])
-    path = (t.image_paths[b], t.mask_paths[b], dataset.split_meta(split, int(t.identity[b])).background)[k]
-    state = ("is missing" if keys[b, k] == -1 else "is new" if s[b, k] == -1
-             else "has other contents (the data was prepared again or edited)")
-    frames = len({int(r) for r, _ in diff})
-    more = f"; {frames - 1} more frames too" if frames > 1 else ""
-    return (f"{path}: the {FRAME_FILES[k]} file of {split} frame {int(t.frame_in_identity[b])} of "
-            f"{dataset.identities[int(t.identity[b])]!r} {state} since it was trained on{more}")
-
-
-def _frame_changed(saved: Optional[torch.Tensor], keys: torch.Tensor, dataset: MultiIdentityDataset,
-                   split: str = "train") -> Optional[str]:
-    """None when the fingerprints ``saved`` (one per row of the table, 0 where unknown; None: a checkpoint written
-    before they were kept) match ``keys`` (:func:`frame_keys`); else the first frame that differs, named."""
-    if saved is None:
-        return None
-    s = saved.cpu().numpy()
-    diff = np.flatnonzero((s != keys.numpy()) & (s != 0))
-    if not len(diff):
-        return None
-    t, b = dataset.table(split), int(diff[0])
-    more = f"; {len(diff) - 1} more frames too" if len(diff) > 1 else ""
-    return (f"{t.image_paths[b]}: {split} frame {int(t.frame_in_identity[b])} of {dataset.identities[int(t.identity[b])]!r} "
-            f"is another frame (file, camera or expression) than the one trained on{more}")
+def _frames_changed(saved_keys: Optional[torch.Tensor], saved_files: Optional[torch.Tensor], keys: torch.Tensor,
+                    files: torch.Tensor, dataset: MultiIdentityDataset, split: str = "train") -> Optional[str]:
+    """None when the saved fingerprints (``frame_keys`` (B,) of :func:`frame_keys`, ``frame_files`` (B, 3) of
+    :func:`frame_files`; 0 where unknown, None: a checkpoint written before they were kept) match ``keys`` and
+    ``files``; else the first frame, then the first file, that differs, named."""
+    t = dataset.table(split)
+    for saved, now in ((saved_keys, keys), (saved_files, files)):
+        if saved is None:
+            continue
+        s, n = saved.cpu().numpy().reshape(len(t), -1), now.numpy().reshape(len(t), -1)
+        diff = np.argwhere((s != n) & (s != 0))
+        if not len(diff):
+            continue
+        b, k = (int(v) for v in diff[0])
+        frames = len({int(r) for r, _ in diff})
+        more = f"; {frames - 1} more frames too" if frames > 1 else ""
+        where = f"{split} frame {int(t.frame_in_identity[b])} of {dataset.identities[int(t.identity[b])]!r}"
+        if now.dim() == 1:
+            return f"{t.image_paths[b]}: {where} is another frame (file, camera or expression) than the one trained on{more}"
+        path = (t.image_paths[b], t.mask_paths[b], dataset.split_meta(split, int(t.identity[b])).background)[k]
+        state = ("is missing" if n[b, k] == -1 else "is new" if s[b, k] == -1
+                 else "has other contents (the data was prepared again or edited)")
+        return f"{path}: the {FRAME_FILES[k]} file of {where} {state} since it was trained on{more}"
+    return None
 
 
 def _check_kind(data: dict, kind: str, path: Path) -> None:
@@ -1059,8 +1049,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
             raise CheckpointError(f"{ckpt_path} was trained with expressions of length {model.expression_dim}; the data "
                                   f"has length {dataset.expression_dim}; resume with the same data")
         check_expression_space(model.expression_space, dataset, "the data", str(ckpt_path))
-        changed = (_frame_changed(data.get("frame_keys"), keys, dataset)
-                   or _files_changed(data.get("frame_files"), files, dataset))
+        changed = _frames_changed(data.get("frame_keys"), data.get("frame_files"), keys, files, dataset)
         if changed:
             raise CheckpointError(f"{ckpt_path} was trained on other frames: {changed}; resume with the same data")
     setup_seconds = 0.0  # carving counts as training time
@@ -1202,8 +1191,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         _check_resume_config(saved_cfg, cfg, ckpt_path, PERSONALIZE_RESUME_MAY_CHANGE)
     if known:  # fine-tune known identities on their own frames: their codes are trained, no code-only phase
         identity_map, frame_map = _known_maps(model, dataset, table, str(generic_run))
-        changed = (_frame_changed(generic_keys[frame_map], keys, dataset)
-                   or _files_changed(generic_files[frame_map], files, dataset))
+        changed = _frames_changed(generic_keys[frame_map], generic_files[frame_map], keys, files, dataset)
         if changed:
             raise DatasetError(f"{changed}: the model {generic_run} was trained on other frames; fine-tune a known "
                                f"identity with the data it was trained on ({_NEW_PERSON_HINT})")
@@ -1217,8 +1205,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                                       "folder")
             saved_keys = data.get("frame_keys")
             saved_files = data.get("frame_files")
-            changed = (_frame_changed(None if saved_keys is None else saved_keys[first_frame:], keys, dataset)
-                       or _files_changed(None if saved_files is None else saved_files[first_frame:], files, dataset))
+            changed = _frames_changed(None if saved_keys is None else saved_keys[first_frame:],
+                                      None if saved_files is None else saved_files[first_frame:], keys, files, dataset)
             if changed:
                 raise CheckpointError(f"{ckpt_path} added other frames: {changed}; resume with the same data, or use "
                                       "another --out folder")
