@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -813,6 +814,16 @@ class TrainConfig:
             raise ConfigError(f"train.max_seconds must be >= 0 or null (no time limit), got {self.max_seconds}")
         if self.threads is not None and int(self.threads) < 0:  # 0, like None, leaves torch's default
             raise ConfigError(f"train.threads must be >= 0 or None, got {self.threads}")
+        check_device(self.device)
+
+
+def check_device(name: str) -> None:
+    """Refuse a ``train.device`` fastminerf cannot run on: its kernels (native, torch reference, tiny-cuda-nn,
+    nerfacc) run on CPU and CUDA tensors only. torch knows ``meta``, ``mps``, ``xla`` and more, which failed deep
+    inside training; whether a CUDA device is there is checked when training starts (``train.resolve_device``)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", str(name)):
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N (N a GPU's index; fastminerf runs on CPU "
+                          f"and CUDA devices only), got {name!r}")
 
 
 @dataclass(frozen=True)

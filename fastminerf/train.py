@@ -53,7 +53,7 @@ import torch
 
 from . import _native
 from . import backend as _backend
-from .config import RunConfig, as_list, dump_config, parse_config_text
+from .config import RunConfig, as_list, check_device, dump_config, parse_config_text
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
@@ -493,10 +493,8 @@ def resolve_device(name: str) -> torch.device:
     """``train.device``: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or "cuda:K"."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"train.device must be auto, cpu or cuda[:K], got {name!r}") from None
+    check_device(name)  # a ConfigError (a ValueError) naming the key and the devices that work
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but this torch ({torch.__version__}) sees no CUDA device; "
                          "use train.device=cpu or auto")

@@ -363,3 +363,15 @@ def test_render_chunks_must_hold_a_ray():
     # not be zero".
     with pytest.raises(ConfigError, match="model.chunk_rays must be >= 1, got 0"):
         load_config("tiny", ["model.chunk_rays=0"])
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "xla", "cdua", "cuda:x", "gpu"])
+def test_a_device_fastminerf_cannot_run_on_is_refused_by_the_config(device):
+    """train.device=meta (or mps, xla) was accepted by the config and by train's device check (torch knows the
+    names), and training failed deep inside (the native kernels' or the marcher's errors, after the data was read);
+    a typo like cdua was refused only once train started. The config refuses it, naming the key and the devices
+    that work."""
+    with pytest.raises(ConfigError, match=rf"train.device.*auto, cpu, cuda or cuda:N.*{device!r}"):
+        load_config("tiny", [f"train.device={device}"])
+    for fine in ("auto", "cpu", "cuda", "cuda:0", "cuda:3"):
+        assert load_config("tiny", [f"train.device={fine}"]).train.device == fine
