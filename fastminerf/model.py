@@ -397,6 +397,8 @@ class MINeRF(nn.Module):
             ``cfg.chunk_rays`` (same pixels, bounded memory).
         """
         n = origins.shape[0]
+        if self.cfg.backbone == "fast":
+            self._check_precision(origins.device)
         # Rays in another floating dtype (camera_rays of a float64 camera) are taken in the model's own, as the
         # expressions are in condition(): the heads' weights would refuse them.
         dtype = self.identity_codes.weight.dtype
@@ -429,6 +431,25 @@ class MINeRF(nn.Module):
         if torso_alpha is not None:  # the whole person: the head field over the layer
             out["person_opacity"] = out["opacity"] + (1.0 - out["opacity"]) * torso_alpha
         return out
+
+    def _check_precision(self, device: torch.device) -> None:
+        """The fast backbone computes in float32 or float64 only (the compositing, the marcher's samples and the
+        native kernels): refuse a model cast to float16 / bfloat16 (``model.half()``) or run under ``torch.autocast``
+        here, naming what to do, rather than in an op that names neither. The nerface backbone runs either."""
+        for name, p in self.named_parameters():
+            if p.dtype not in (torch.float32, torch.float64):
+                raise ValueError(f"the fast backbone renders in float32 or float64 only, and the model's parameter "
+                                 f"{name!r} is {str(p.dtype).replace('torch.', '')}: keep the model float32 "
+                                 f"(model.float()); half precision is not supported, nor torch.autocast")
+        try:
+            autocast = torch.is_autocast_enabled(device.type)
+        except TypeError:  # torch < 2.4 (setup.py allows 2.1): no device argument, CPU autocast asked apart
+            autocast = torch.is_autocast_cpu_enabled() if device.type == "cpu" else torch.is_autocast_enabled()
+        if autocast:
+            raise ValueError(f"the fast backbone renders in float32 or float64 only, and torch.autocast is on for "
+                             f"{device.type}: its kernels do not take the autocast's lower precision; render the "
+                             f"float32 model outside torch.autocast (or inside torch.autocast({device.type!r}, "
+                             f"enabled=False))")
 
     def render_batch(self, batch, frame_code: Optional[torch.Tensor] = None, distortion: bool = False) -> Dict[str, torch.Tensor]:
         """:meth:`render_rays` on a :class:`fastminerf.data.RayBatch` (``frame_code`` and ``distortion`` as there)."""

@@ -131,3 +131,32 @@ def test_colour_identity_levels_beyond_the_grid_are_refused():
         cfg = load_config("tiny", ["model.field.identity_levels=6", f"model.field.identity_levels_for={where}"]).model
         with pytest.raises(ValueError, match=r"identity_levels must be in 0\.\.n_levels \(4\), got 6"):
             MINeRF(cfg, 5, ["a"], [0])
+
+
+@pytest.mark.parametrize("how", ["half", "bfloat16", "autocast"])
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_a_fast_model_in_half_precision_names_the_parameter_and_what_to_do(how, backend):
+    """model.half() on the fast backbone failed on the native backend with the hash grid's 'use backend=torch'
+    (which then failed in the compositing with 'sigmas must be float32 or float64, got torch.float16', naming
+    neither the model nor a way out); under torch.autocast the native head failed with "`pre` dtype BFloat16
+    differs from `x` dtype Float". The model refuses at once, naming the parameter and its dtype, and says to keep
+    it float32 (model.float()), autocast off; float32 renders as before, and the nerface backbone renders in half."""
+    torch.manual_seed(0)
+    cfg = load_config("tiny", [f"model.field.backend={backend}", f"model.grid_backend={backend}"]).model
+    model = MINeRF(cfg, 5, ["a", "b"], [0, 1]).eval()
+    o, d, near, far, bg, codes = _rays()
+    identity, expression = torch.arange(16) % 2, torch.zeros(16, 5)
+    if how == "autocast":
+        context = torch.autocast("cpu", dtype=torch.bfloat16)
+        match = r"torch.autocast.*float32.*enabled=False"
+    else:
+        model = getattr(model, how)()
+        context = torch.no_grad()
+        match = rf"parameter '[\w.]+' is {how if how == 'bfloat16' else 'float16'}.*model.float\(\)"
+    with context, pytest.raises(ValueError, match=match):
+        model.render_rays(o, d, near, far, identity, expression, None, bg)
+    with torch.no_grad():
+        assert model.float().render_rays(o, d, near, far, identity, expression, None, bg)["rgb"].dtype == torch.float32
+    nerface = MINeRF(load_config("tiny", ["model.backbone=nerface"]).model, 5, ["a", "b"], [0, 1]).eval().half()
+    with torch.no_grad():
+        assert nerface.render_rays(o, d, near, far, identity, expression, None, bg)["rgb"].dtype == torch.float16
