@@ -14,7 +14,7 @@ A run folder holds::
 
 A checkpoint holds only tensors and plain data (model and optimizer state dicts, step, training seconds, the ray
 sampler's, occupancy generator's and torch global generator's states, the weight average when ``train.ema_decay``
-keeps one, the config as YAML text, identity names, expression size, absolute data paths, a fingerprint of each training frame and of its files) and is read
+keeps one, the config as YAML text, identity names, expression size, absolute data paths, a fingerprint of each training frame and of its files, each frame's size) and is read
 with ``torch.load(..., weights_only=True)``: loading never runs pickled code. A corrupt, truncated or mismatched checkpoint raises :class:`CheckpointError`
 naming the file.
 
@@ -250,7 +250,8 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     personalisation fine-tuned, else empty), ``added`` (the new identities a personalisation added, else empty),
     ``frame_keys`` ((B,) fingerprints of the training frames, :func:`frame_keys`; None in older runs),
     ``frame_files`` ((B, 3) fingerprints of their image, mask and background files, :func:`frame_files`; None in
-    older runs),
+    older runs), ``frame_sizes`` ((B, 2) width and height of each training frame, :func:`frame_sizes`; None in older
+    runs),
     ``generic_run`` (the run a personalisation started from, else None), ``frame_identity`` (B,), ``phase`` (the
     phase a personalisation's checkpoint was written in: ``codes`` or ``all``; else None) and ``checkpoint`` (the
     file).
@@ -281,6 +282,7 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
         frame_identity=model.frame_identity.clone(),
         frame_keys=data.get("frame_keys"),
         frame_files=data.get("frame_files"),
+        frame_sizes=data.get("frame_sizes"),
         phase=data.get("phase"),
         checkpoint=path,
     )
@@ -847,11 +849,43 @@ def frame_files(dataset: MultiIdentityDataset, split: str = "train") -> torch.Te
                          for b in range(len(t))], dtype=torch.long).reshape(len(t), len(FRAME_FILES))
 
 
+def frame_sizes(dataset: MultiIdentityDataset, split: str = "train") -> torch.Tensor:
+    """(B, 2) int64 width and height in pixels of each frame of a split. Checkpoints keep them beside
+    :func:`frame_keys` so that data prepared again at another size is told as such (its intrinsics change the keys
+    of every frame)."""
+    t = dataset.table(split)
+    return torch.from_numpy(np.stack([t.widths, t.heights], axis=1).astype(np.int64))
+
+
+def _sizes_changed(saved: Optional[torch.Tensor], dataset: MultiIdentityDataset, split: str = "train") -> Optional[str]:
+    """None when the saved frame sizes (:func:`frame_sizes`; 0 where unknown, None: a checkpoint written before they
+    were kept) are the data's; else each identity whose size changed, with its old and new size."""
+    if saved is None:
+        return None
+    t = dataset.table(split)
+    s, n = saved.cpu().numpy().reshape(len(t), 2), frame_sizes(dataset, split).numpy()
+    changed = {}
+    for b in np.flatnonzero(((s != n) & (s != 0)).any(axis=1)):
+        changed.setdefault(int(t.identity[b]), (s[b], n[b]))
+    if not changed:
+        return None
+    people = ", ".join(f"{dataset.identities[i]!r} was trained at {a[0]}x{a[1]} px and is now {b[0]}x{b[1]} px"
+                       for i, (a, b) in changed.items())
+    sizes = sorted({int(a[0]) for a, _ in changed.values()})
+    return (f"the data was prepared again at another size: {people} (prepare {'it' if len(changed) == 1 else 'them'} "
+            f"again with --size {' / '.join(map(str, sizes))} to use {'it' if len(changed) == 1 else 'them'} here)")
+
+
 def _frames_changed(saved_keys: Optional[torch.Tensor], saved_files: Optional[torch.Tensor], keys: torch.Tensor,
-                    files: torch.Tensor, dataset: MultiIdentityDataset, split: str = "train") -> Optional[str]:
+                    files: torch.Tensor, dataset: MultiIdentityDataset, split: str = "train",
+                    saved_sizes: Optional[torch.Tensor] = None) -> Optional[str]:
     """None when the saved fingerprints (``frame_keys`` (B,) of :func:`frame_keys`, ``frame_files`` (B, 3) of
     :func:`frame_files`; 0 where unknown, None: a checkpoint written before they were kept) match ``keys`` and
-    ``files``; else the first frame, then the first file, that differs, named."""
+    ``files``; else the identities prepared again at another size (``saved_sizes``, :func:`frame_sizes`), or the
+    first frame, then the first file, that differs, named."""
+    resized = _sizes_changed(saved_sizes, dataset, split)
+    if resized:
+        return resized
     t = dataset.table(split)
     for saved, now in ((saved_keys, keys), (saved_files, files)):
         if saved is None:
@@ -1027,7 +1061,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
-    keys, files = frame_keys(dataset), frame_files(dataset)
+    keys, files, sizes = frame_keys(dataset), frame_files(dataset), frame_sizes(dataset)
     ckpt_path = out / CHECKPOINT_NAME
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if data is not None:
@@ -1047,7 +1081,8 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
             raise CheckpointError(f"{ckpt_path} was trained with expressions of length {model.expression_dim}; the data "
                                   f"has length {dataset.expression_dim}; resume with the same data")
         check_expression_space(model.expression_space, dataset, "the data", str(ckpt_path))
-        changed = _frames_changed(data.get("frame_keys"), data.get("frame_files"), keys, files, dataset)
+        changed = _frames_changed(data.get("frame_keys"), data.get("frame_files"), keys, files, dataset,
+                                  saved_sizes=data.get("frame_sizes"))
         if changed:
             raise CheckpointError(f"{ckpt_path} was trained on other frames: {changed}; resume with the same data")
     setup_seconds = 0.0  # carving counts as training time
@@ -1075,7 +1110,8 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     expression_space=model.expression_space,
-                    data_paths=_where(paths), frame_keys=keys, frame_files=files, model=model.state_dict(),
+                    data_paths=_where(paths), frame_keys=keys, frame_files=files, frame_sizes=sizes,
+                    model=model.state_dict(),
                     optimizer=optimizer.state_dict(),
                     step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
@@ -1162,7 +1198,9 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         raise ValueError(f"identities {known} are already in the generic model {generic_run} and {new_ones} are not; "
                          f"add new identities and fine-tune known ones in two runs ({_NEW_PERSON_HINT})")
     table = dataset.table("train")
-    keys, files = frame_keys(dataset), frame_files(dataset)
+    keys, files, sizes = frame_keys(dataset), frame_files(dataset), frame_sizes(dataset)
+    generic_sizes = meta["frame_sizes"] if meta["frame_sizes"] is not None else torch.zeros(
+        model.frame_identity.numel(), 2, dtype=torch.long)  # 0: unknown
     generic_keys = meta["frame_keys"] if meta["frame_keys"] is not None else torch.zeros(model.frame_identity.numel(),
                                                                                         dtype=torch.long)
     generic_files = meta["frame_files"] if meta["frame_files"] is not None else torch.zeros(
@@ -1189,7 +1227,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         _check_resume_config(saved_cfg, cfg, ckpt_path, PERSONALIZE_RESUME_MAY_CHANGE)
     if known:  # fine-tune known identities on their own frames: their codes are trained, no code-only phase
         identity_map, frame_map = _known_maps(model, dataset, table, str(generic_run))
-        changed = _frames_changed(generic_keys[frame_map], generic_files[frame_map], keys, files, dataset)
+        changed = _frames_changed(generic_keys[frame_map], generic_files[frame_map], keys, files, dataset,
+                                  saved_sizes=generic_sizes[frame_map])
         if changed:
             raise DatasetError(f"{changed}: the model {generic_run} was trained on other frames; fine-tune a known "
                                f"identity with the data it was trained on ({_NEW_PERSON_HINT})")
@@ -1202,9 +1241,10 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                 raise CheckpointError(f"{ckpt_path} added {moved}; resume with the same data, or use another --out "
                                       "folder")
             saved_keys = data.get("frame_keys")
-            saved_files = data.get("frame_files")
+            saved_files, saved_sizes = data.get("frame_files"), data.get("frame_sizes")
             changed = _frames_changed(None if saved_keys is None else saved_keys[first_frame:],
-                                      None if saved_files is None else saved_files[first_frame:], keys, files, dataset)
+                                      None if saved_files is None else saved_files[first_frame:], keys, files, dataset,
+                                      saved_sizes=None if saved_sizes is None else saved_sizes[first_frame:])
             if changed:
                 raise CheckpointError(f"{ckpt_path} added other frames: {changed}; resume with the same data, or use "
                                       "another --out folder")
@@ -1240,6 +1280,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                     generic_run=_where([generic_run])[0],
                     frame_keys=generic_keys if known else torch.cat([generic_keys, keys]),
                     frame_files=generic_files if known else torch.cat([generic_files, files]),
+                    frame_sizes=generic_sizes if known else torch.cat([generic_sizes, sizes]),
                     refined=list(dataset.identities) if known else [], added=[] if known else list(dataset.identities),
                     model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),

@@ -557,3 +557,26 @@ def test_a_resume_with_another_config_says_how_to_continue_and_counts_what_it_le
     with pytest.raises(CheckpointError, match=r"and \d+ more.*" + re.escape(str(run / "config.yaml"))):
         train(load_config("cpu", ["train.steps=3"]), heads[:2], run)
     assert train(load_config(str(run / "config.yaml"), ["train.steps=3"]), heads[:2], run).step == 3
+
+
+def test_resume_after_the_data_was_prepared_again_at_another_size_says_so(heads, generic, tmp_path):
+    """Data prepared again at another --size (or synth --size) was refused on resume as 'train frame 0 of 'x' is
+    another frame (file, camera or expression) than the one trained on', which does not say the size changed (the
+    intrinsics in the fingerprint did). Checkpoints keep each training frame's size: the message names the old and
+    new size of each identity, and the size to prepare again at; fine-tuning the generic run says it too."""
+    data = _copy(heads[:2], tmp_path / "data")
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=1"]), data, run)
+    generate(tmp_path / "small", n_identities=4, n_frames=8, size=16, seed=3, novel_frames=1)
+    for d in data[:1]:  # the first person prepared again at 16 px
+        shutil.rmtree(d)
+        shutil.copytree(tmp_path / "small" / d.name, d)
+    name = data[0].name
+    size_change = rf"prepared again at another size: {name!r} was trained at 20x20 px and is now 16x16 px"
+    with pytest.raises(CheckpointError, match=size_change):
+        train(load_config("tiny", ["train.steps=2"]), data, run)
+    fine = _copy(heads[:1], tmp_path / "fine")
+    shutil.rmtree(fine[0])
+    shutil.copytree(tmp_path / "small" / heads[0].name, fine[0])
+    with pytest.raises(DatasetError, match=size_change.replace(name, heads[0].name)):
+        personalize(generic, fine, tmp_path / "p", steps=1)
