@@ -263,3 +263,35 @@ def test_a_run_trained_through_tcnn_and_nerfacc_loads_and_renders_on_the_cpu(out
     with torch.no_grad():
         image = render_frame(model, dataset, "val", 0)
     np.testing.assert_allclose(image, expected, atol=1e-4)
+
+
+def test_the_outside_modules_are_built_again_after_a_move_or_a_new_state(outside):
+    """The tiny-cuda-nn encoding and the nerfacc estimator were built once, on the device of their first call, and
+    kept: after model.to(another device) (cuda:0 -> cuda:1, or back and forth) the next call ran the module built
+    for the old device (nerfacc's boxes stayed there: 'Expected all tensors to be on the same device'), and a
+    grid given another state (load_state_dict of another box) marched through the old box. A move (any _apply;
+    the stand-ins run on the CPU, so .cpu() stands for it) or a new state builds them again on first use, where the
+    parameters and rays now are."""
+    enc = HashGridEncoding(4, 2, 12, 8, 1.7, backend="tcnn")
+    points = torch.rand(50, 3, generator=torch.Generator().manual_seed(0))
+    enc(points)
+    enc.cpu()
+    enc(points)
+    assert len(FakeTcnnEncoding.calls) == 2
+    assert enc._tcnn[0].params is enc.params  # one parameter vector, the one the optimizer now holds
+
+    g = torch.Generator().manual_seed(1)
+    small = dict(roi_aabb=(-0.5, -0.5, -0.5, 0.5, 0.5, 0.5), resolution=16, levels=2)
+    ours = OccupancyGrid(roi_aabb=(-1.0, -1.0, -1.0, 1.0, 1.0, 1.0), resolution=16, levels=2, backend="native")
+    theirs = OccupancyGrid(**small, backend="nerfacc")
+    ours.apply_values(torch.arange(2 * 16**3), torch.rand(2 * 16**3, generator=g), ema_decay=1.0, occ_threshold=0.5)
+    o = torch.randn(64, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, -3.0])
+    d = torch.nn.functional.normalize(-o + 0.2 * torch.randn(64, 3, generator=g), dim=1)
+    theirs.sample(o, d, near=0.5, step_size=0.05)
+    theirs.load_state_dict(ours.state_dict())  # another box
+    a, b = ours.sample(o, d, near=0.5, step_size=0.05), theirs.sample(o, d, near=0.5, step_size=0.05)
+    assert torch.equal(a.offsets, b.offsets) and torch.equal(a.ray_indices, b.ray_indices)
+    built = theirs._nerfacc[0]
+    theirs.cpu()
+    theirs.sample(o, d, near=0.5, step_size=0.05)
+    assert theirs._nerfacc[0] is not built and theirs._nerfacc[0].aabbs.device == o.device

@@ -59,6 +59,13 @@ class HashGridEncoding(nn.Module):
         )
         self._tcnn = None  # tiny-cuda-nn module sharing `params`, created on first use (not a submodule)
 
+    def _apply(self, fn, *args, **kwargs):
+        """A device move or cast drops the tiny-cuda-nn module: it was built on its first call's device (and, under
+        torch's overwrite-on-conversion, shares a parameter that may have been replaced); the next call builds it
+        again where the parameters now are."""
+        self._tcnn = None
+        return super()._apply(fn, *args, **kwargs)
+
     @property
     def output_dim(self) -> int:
         return self.levels.n_levels * self.levels.n_features

@@ -77,7 +77,10 @@ class OccupancyGrid(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         """Device moves apply to the state; dtype casts (``model.double()``, ``.half()``) leave the occupancies and
-        boxes float32, what the update rule and the kernels compute in (the marcher's samples are float32 anyway)."""
+        boxes float32, what the update rule and the kernels compute in (the marcher's samples are float32 anyway).
+        The nerfacc estimator, built on its first call's device, is dropped: the next march builds it where the rays
+        now are."""
+        self._nerfacc = None
         kept = {name: getattr(self, name) for name in ("occs", "aabbs")}
         super()._apply(fn, *args, **kwargs)
         for name, value in kept.items():
@@ -88,6 +91,7 @@ class OccupancyGrid(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._aabbs_values = [float(v) for v in self.aabbs.reshape(-1).tolist()]
+        self._nerfacc = None  # built with the old box: built again on the next march
 
     # ------------------------------------------------------------------------------------------------------
     # Backends
