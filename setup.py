@@ -109,6 +109,23 @@ def _extensions():
     ]
 
 
+BUILD_RECORD = "_C_build.json"
+"""Beside the built extension: the torch (and CUDA) it is compiled against, which fastminerf._native names when the
+extension does not load under another torch (a newer one pip installed later)."""
+
+
+def write_build_record(folder):
+    """Write :data:`BUILD_RECORD` into ``folder`` (the built extension's) for the torch this build compiles against."""
+    import json
+
+    import torch
+
+    path = os.path.join(folder, BUILD_RECORD)
+    with open(path, "w") as f:
+        json.dump({"torch": torch.__version__, "cuda": torch.version.cuda}, f)
+    return path
+
+
 def _require_torch():
     """Stop with what to do when torch cannot be imported: the extension is compiled against the torch it will run
     with, so torch must be installed first and the build must see it. pip's default build isolation builds in a
@@ -141,6 +158,8 @@ def _cmdclass():
                     sys.exit(f"fastminerf: building the native extension needs a C++17 compiler, and `{compiler}` does "
                              f"not run ({reason}). Install one (e.g. apt-get install g++) or point CXX at it.")
             super().build_extensions()
+            for ext in self.extensions:
+                write_build_record(os.path.dirname(self.get_ext_fullpath(ext.name)))
 
     return {"build_ext": Build.with_options(use_ninja=True)}
 

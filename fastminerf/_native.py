@@ -6,6 +6,8 @@ native op. When it is missing (never built, or built against another torch), one
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -15,8 +17,15 @@ BUILD_HINT = (
     "has torch), or use backend='torch' for the pure-PyTorch reference"
 )
 
+BUILD_RECORD = Path(__file__).with_name("_C_build.json")
+"""Written by setup.py beside the extension it builds: the torch (and CUDA) it was compiled against."""
+
+REBUILD = ("rebuild it against this torch from fastminerf's source folder: `pip install --no-build-isolation --no-deps "
+           "--force-reinstall -e .` (`make install` does not rebuild after a torch upgrade)")
+
 _module: ModuleType | None = None
 _error: str | None = None
+_hint: str = BUILD_HINT
 
 
 class NativeExtensionError(ImportError):
@@ -25,7 +34,7 @@ class NativeExtensionError(ImportError):
 
 def load() -> ModuleType:
     """Import ``fastminerf._C`` (registering ``torch.ops.fastminerf.*``) or raise :class:`NativeExtensionError`."""
-    global _module, _error
+    global _module, _error, _hint
     if _module is not None:
         return _module
     if _error is None:
@@ -34,7 +43,26 @@ def load() -> ModuleType:
             return _module
         except ImportError as exc:  # missing file, or an ABI mismatch with the installed torch
             _error = f"{type(exc).__name__}: {exc}"
-    raise NativeExtensionError(f"fastminerf's native extension is not available ({_error}); {BUILD_HINT}.")
+            _hint = _torch_mismatch(str(exc)) or BUILD_HINT
+    raise NativeExtensionError(f"fastminerf's native extension is not available ({_error}); {_hint}.")
+
+
+def _torch_mismatch(error: str) -> str | None:
+    """What to do when the extension was built against another torch than this one (its build record says so, or,
+    without a record, the import failed on an undefined symbol, a C++ ABI mismatch); else None."""
+    try:
+        built = json.loads(BUILD_RECORD.read_text()).get("torch")
+    except (OSError, ValueError, AttributeError):
+        built = None
+    if built is not None and built != torch.__version__:
+        public = str(built).split("+")[0]
+        return (f"it was built against torch {built} and this is torch {torch.__version__}: {REBUILD}, or install the "
+                f"torch it was built against: `pip install 'torch=={public}'`, or use backend='torch' for the "
+                "pure-PyTorch reference")
+    if built is None and "undefined symbol" in error:
+        return (f"it was most likely built against another torch, and this is torch {torch.__version__}: {REBUILD}, "
+                "or use backend='torch' for the pure-PyTorch reference")
+    return None
 
 
 def available() -> bool:

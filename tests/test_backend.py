@@ -186,3 +186,42 @@ def test_auto_without_native_kernels_warns_once_that_it_runs_the_torch_reference
     first = warnings[0]
     assert device in first and "torch" in first, first
     assert ("built without CUDA" in first) if loads else ("ImportError: ABI" in first and "make install" in first), first
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_an_extension_built_against_another_torch_names_both_versions_and_the_rebuild(monkeypatch, tmp_path, record):
+    """pip installing a newer torch beside an extension built against an older one (the wheel asks only torch>=2.1)
+    gave "fastminerf's native extension is not available (ImportError: ...: undefined symbol: _ZN3c10...); build it
+    with `make install` ...": neither torch version, and `make install` does nothing after a torch upgrade (its
+    stamp depends on the sources only). The build records its torch beside the extension (setup.py); the error
+    names it and this torch, and the commands that rebuild it against this torch or install the one it was
+    built against."""
+    import importlib
+    import json
+
+    real_import = importlib.import_module
+
+    def import_module(name, *args):
+        if name == "fastminerf._C":
+            raise ImportError("/x/fastminerf/_C.so: undefined symbol: _ZN3c1017RegisterOperatorsD1Ev")
+        return real_import(name, *args)
+
+    built = tmp_path / "_C_build.json"
+    if record:
+        built.write_text(json.dumps({"torch": "2.11.0+cpu", "cuda": None}))
+    monkeypatch.setattr(_native, "BUILD_RECORD", built, raising=False)
+    monkeypatch.setattr(_native.importlib, "import_module", import_module)
+    monkeypatch.setattr(_native, "_module", None)
+    monkeypatch.setattr(_native, "_error", None)
+    monkeypatch.setattr(_native, "_hint", _native.BUILD_HINT)  # load() sets it: put back after the test
+    import torch
+
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
+    version = "built against torch 2.11.0\\+cpu" if record else "built against another torch"
+    with pytest.raises(_native.NativeExtensionError,
+                       match=rf"undefined symbol.*{version}.*this is torch 2.13.0\+cpu.*"
+                             rf"pip install --no-build-isolation --no-deps --force-reinstall -e \."):
+        _native.load()
+    if record:
+        with pytest.raises(_native.NativeExtensionError, match=r"pip install 'torch==2.11.0'"):
+            _native.load()

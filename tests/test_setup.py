@@ -135,3 +135,20 @@ def test_installed_requirements_carry_the_versions_the_code_needs(egg_info):
     declared = dict(map(parse, required))
     assert {name: declared[name] for name in declared if name in pinned} == {name: pinned[name] for name in declared
                                                                               if name in pinned}
+
+
+def test_the_build_records_its_torch_where_the_extension_looks(tmp_path):
+    """The build writes the torch it compiles against beside the extension, under the name fastminerf._native reads
+    when the extension does not load (its message then names both torch versions)."""
+    import json
+
+    import torch
+
+    from fastminerf import _native
+
+    spec = importlib.util.spec_from_file_location("fastminerf_setup", SETUP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = Path(module.write_build_record(str(tmp_path)))
+    assert path.name == _native.BUILD_RECORD.name
+    assert json.loads(path.read_text()) == {"torch": torch.__version__, "cuda": torch.version.cuda}
