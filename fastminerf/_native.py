@@ -65,6 +65,11 @@ def _torch_mismatch(error: str) -> str | None:
     return None
 
 
+def load_error() -> str | None:
+    """Why the extension does not load (the import's error, short), or None when it loads."""
+    return None if available() else _error
+
+
 def available() -> bool:
     """True when the native extension can be imported."""
     try:

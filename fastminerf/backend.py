@@ -133,3 +133,28 @@ def resolve(backend: str, component: str, device_type: str) -> str:
         choice = "native"
     log.info("fastminerf: %s backend on %s: %s (requested %r)", component, device.type, choice, backend)
     return choice
+
+
+def available() -> dict:
+    """What can run on this machine, for ``fastminerf --version``: each implementation -> "yes" or "no (why)"
+    (the native extension's CPU and CUDA kernels, tiny-cuda-nn, nerfacc, the torch reference), and whether torch
+    sees a CUDA device. Importing tiny-cuda-nn and nerfacc is part of the check (as ``auto`` does)."""
+    try:
+        _native.load()
+        native = "yes"
+    except _native.NativeExtensionError:
+        native = f"no (the extension does not load: {_native.load_error()})"
+    if native != "yes":
+        native_cuda = "no (the extension does not load)"
+    else:
+        native_cuda = "yes" if _native.has_cuda() else "no (the extension was built without CUDA kernels)"
+    cuda = torch.cuda.is_available()
+    out = {"native CPU kernels": native, "native CUDA kernels": native_cuda}
+    for name, module in (("tiny-cuda-nn", "tinycudann"), ("nerfacc", "nerfacc")):
+        reason = _unusable(module)
+        out[name] = ("yes" if cuda else "installed, but no CUDA device here") if reason is None else \
+            f"no ({reason.removeprefix('which ').removeprefix('whose ')})"
+    out["torch reference"] = "yes"
+    out["CUDA device"] = (f"yes ({torch.cuda.device_count()}: {torch.cuda.get_device_name(0)})" if cuda
+                          else f"no (torch {torch.__version__} sees none)")
+    return out

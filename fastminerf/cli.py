@@ -1040,6 +1040,13 @@ def _add_info(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=_run_info)
 
 
+def _asked_backends(cfg) -> dict:
+    """The backend settings a run's config asked for (what ``fastminerf info`` names beside what runs here)."""
+    if cfg.model.backbone != "fast":
+        return {"model.backbone": cfg.model.backbone}
+    return {"model.field.backend": cfg.model.field.backend, "model.grid_backend": cfg.model.grid_backend}
+
+
 def run_info(run: Path) -> dict:
     """The description ``fastminerf info`` prints (a plain dict, JSON-ready)."""
     import torch
@@ -1057,7 +1064,10 @@ def run_info(run: Path) -> dict:
                 total_steps=cfg.train.personalize_steps if meta["kind"] == "personalize" else cfg.train.steps,
                 max_seconds=cfg.train.max_seconds, phase=meta["phase"] if meta["kind"] == "personalize" else None,
                 limit_reached=cfg.train.max_seconds is not None and meta["seconds"] >= cfg.train.max_seconds,
-                data_missing=[p for p in meta["data_paths"] if not Path(p).exists()])
+                data_missing=[p for p in meta["data_paths"] if not Path(p).exists()],
+                backends=dict(asked=_asked_backends(cfg), trained=meta["backends"],
+                              here={d: model.backends(torch.device(d))
+                                    for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])}))
     speech = Path(meta["checkpoint"]).parent / "speech.pt"
     if speech.is_file():
         from .speech import load_speech_model
@@ -1100,6 +1110,10 @@ def _run_info(args: argparse.Namespace) -> int:
         ("trained on", ", ".join(p + (" (not there: moved?)" if p in missing else "") for p in info["data_paths"])
          or "?"),
     ]
+    rows.append(("backends (the run's config)", ", ".join(f"{k}={v}" for k, v in info["backends"]["asked"].items())))
+    for what, runs in (("trained with, on", info["backends"]["trained"] or {}), ("runs here on", info["backends"]["here"])):
+        for device, parts in runs.items():
+            rows.append((f"{what} {device}", ", ".join(f"{k} {v}" for k, v in parts.items())))
     if info["phase"] == "codes":
         rows.append(("phase", "code-only: the new people's codes are placed, no shared weight is tuned yet"))
     if info["refined"]:
@@ -1132,6 +1146,21 @@ SUBCOMMANDS: List[Callable[["argparse._SubParsersAction"], None]] = [
 """Functions that each add one subcommand to the parser (others append theirs here)."""
 
 
+class _Version(argparse._VersionAction):
+    """``--version``: the package's version, then torch's and what runs here (backend.available), computed only
+    when asked (it imports torch, the extension and any tiny-cuda-nn or nerfacc)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import torch
+
+        from .backend import available
+
+        lines = [parser.prog + self.version.removeprefix("%(prog)s"), f"torch {torch.__version__}"]
+        lines += [f"{name}: {state}" for name, state in available().items()]
+        parser._print_message("\n".join(lines) + "\n", sys.stdout)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastminerf`` command, with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -1140,7 +1169,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from . import __version__
 
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_Version, version=f"%(prog)s {__version__}",
+                        help="show the version, torch's, and which backends run on this machine, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub)

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .backend import resolve
+from .backend import BackendError, resolve
 from .config import ModelConfig
 from .data.layout import DEFAULT_AABB
 from .field import MINeRFField
@@ -289,6 +289,24 @@ class MINeRF(nn.Module):
         """Head-space points (M, 3) -> [0, 1]^3 over the box (clamped)."""
         lo, hi = self.aabb[:3], self.aabb[3:]
         return ((points - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+    def backends(self, device: torch.device) -> Dict[str, str]:
+        """What computes each part of the model on ``device`` (``fastminerf info``): component -> "native", "torch",
+        "tcnn" or "nerfacc", or "cannot run (why)". The nerface backbone is PyTorch MLPs: ``{"field": "torch"}``."""
+        if self.cfg.backbone != "fast":
+            return {"field": "torch"}
+        device = torch.device(device)
+        parts = (("encoding", lambda: self.field.encoding.resolved_backend(device)),
+                 ("grid", lambda: self.occupancy.resolved_backend(device)),
+                 ("heads", lambda: resolve(self.cfg.field.backend, "head", device.type)),
+                 ("compositing", lambda: self._composite_backend(device)))
+        out = {}
+        for name, which in parts:
+            try:
+                out[name] = which()
+            except (BackendError, ImportError) as exc:  # ImportError: the native extension's NativeExtensionError
+                out[name] = f"cannot run ({exc})"
+        return out
 
     def _composite_backend(self, device: torch.device) -> str:
         """The compositing backend: the marcher's key (``grid_backend``), resolved by the one switch (``torch`` gives

@@ -251,7 +251,8 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     ``frame_keys`` ((B,) fingerprints of the training frames, :func:`frame_keys`; None in older runs),
     ``frame_files`` ((B, 3) fingerprints of their image, mask and background files, :func:`frame_files`; None in
     older runs), ``frame_sizes`` ((B, 2) width and height of each training frame, :func:`frame_sizes`; None in older
-    runs),
+    runs), ``backends`` (what computed each part of the model where it last trained, ``{device: {part:
+    implementation}}`` of :meth:`MINeRF.backends`; None in older runs),
     ``generic_run`` (the run a personalisation started from, else None), ``frame_identity`` (B,), ``phase`` (the
     phase a personalisation's checkpoint was written in: ``codes`` or ``all``; else None) and ``checkpoint`` (the
     file).
@@ -283,6 +284,7 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
         frame_keys=data.get("frame_keys"),
         frame_files=data.get("frame_files"),
         frame_sizes=data.get("frame_sizes"),
+        backends=data.get("backends"),
         phase=data.get("phase"),
         checkpoint=path,
     )
@@ -1096,6 +1098,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
             start_torso(model, dataset)
         setup_seconds = time.perf_counter() - start
     model.to(device)
+    ran = {str(device): model.backends(device)}  # what computes each part here, kept in the checkpoint (info)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler = RaySampler(dataset, "train", **asdict(cfg.sampler))
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
@@ -1110,7 +1113,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     expression_space=model.expression_space,
-                    data_paths=_where(paths), frame_keys=keys, frame_files=files, frame_sizes=sizes,
+                    data_paths=_where(paths), frame_keys=keys, frame_files=files, frame_sizes=sizes, backends=ran,
                     model=model.state_dict(),
                     optimizer=optimizer.state_dict(),
                     step=loop.step,
@@ -1258,6 +1261,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         identity_map = torch.arange(len(dataset.identities)) + first_id
         frame_map = torch.arange(len(table)) + first_frame
     model.to(device)
+    ran = {str(device): model.backends(device)}  # what computes each part here, kept in the checkpoint (info)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler_cfg = replace(cfg.sampler, seed=cfg.sampler.seed + 1)
     sampler = RaySampler(dataset, "train", **asdict(sampler_cfg))
@@ -1280,7 +1284,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                     generic_run=_where([generic_run])[0],
                     frame_keys=generic_keys if known else torch.cat([generic_keys, keys]),
                     frame_files=generic_files if known else torch.cat([generic_files, files]),
-                    frame_sizes=generic_sizes if known else torch.cat([generic_sizes, sizes]),
+                    frame_sizes=generic_sizes if known else torch.cat([generic_sizes, sizes]), backends=ran,
                     refined=list(dataset.identities) if known else [], added=[] if known else list(dataset.identities),
                     model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),

@@ -69,7 +69,36 @@ def test_version_prints_the_package_version_on_stdout(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     out, err = capsys.readouterr()
-    assert out.strip() == f"fastminerf {fastminerf.__version__}" and not err
+    assert out.splitlines()[0] == f"fastminerf {fastminerf.__version__}" and not err
+
+
+def test_version_says_which_backends_run_on_this_machine(capsys, monkeypatch):
+    """`fastminerf --version` said only 'fastminerf 0.1.0': not which torch, nor whether the native kernels load
+    (CPU, CUDA), nor whether tiny-cuda-nn or nerfacc are usable, so a user could not tell what a run would use
+    without reading logs. It names torch and each implementation, with why one is not available."""
+    import torch
+
+    from fastminerf import _native
+    from fastminerf import backend as B
+    from fastminerf.cli import main
+
+    B._unusable.cache_clear()
+    monkeypatch.setattr(B, "_unusable", lambda module: None if module == "nerfacc" else "which is not installed")
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert f"torch {torch.__version__}" in out and "torch reference: yes" in out
+    assert f"native CPU kernels: {'yes' if _native.available() else 'no (the extension does not load'}" in out
+    assert "tiny-cuda-nn: no (is not installed)" in out
+    assert ("nerfacc: yes" if torch.cuda.is_available() else "nerfacc: installed, but no CUDA device here") in out
+    monkeypatch.setattr(_native, "load", lambda: (_ for _ in ()).throw(_native.NativeExtensionError("x")))
+    monkeypatch.setattr(_native, "available", lambda: False)
+    monkeypatch.setattr(_native, "_error", "ImportError: undefined symbol: _ZN3c10")
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert "native CPU kernels: no (the extension does not load: ImportError: undefined symbol" in out
+    assert "native CUDA kernels: no (the extension does not load)" in out
 
 
 @pytest.mark.parametrize("width", [60, 80])

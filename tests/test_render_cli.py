@@ -8,6 +8,7 @@ import json
 import imageio_ffmpeg
 import numpy as np
 import pytest
+import torch
 
 from fastminerf.cli import NEW_VIEW_DEG, main
 from fastminerf.config import load_config
@@ -328,6 +329,15 @@ def test_cli_info_describes_a_run(tiny, tmp_path, capsys):
     assert main(["info", str(root / "run")]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert EXPRESSION_SPACE in out and "id000" in out and "fine-tuned for" not in out
+    # which backends the run asked for, which computed it when it trained, and which run here (info said none)
+    assert main(["info", str(root / "run"), "--json"]) == 0
+    backends = json.loads(capsys.readouterr().out)["backends"]
+    here = {"encoding": "native", "grid": "native", "heads": "native", "compositing": "native"}
+    assert backends == {"asked": {"model.field.backend": "auto", "model.grid_backend": "auto"},
+                        "trained": {"cpu": here}, "here": {"cpu": here} | ({"cuda": backends["here"].get("cuda")}
+                                                                           if torch.cuda.is_available() else {})}
+    assert "backends (the run's config) │ model.field.backend=auto," in out
+    assert "trained with, on cpu │ encoding native," in out and "runs here on cpu │ encoding native," in out
     assert main(["info", str(tmp_path / "nope")]) == 2
     # a known identity fine-tuned on its own frames (MI-NeRF's per-identity fine-tuning), through the CLI
     assert main(["personalize", "--run", str(root / "run"), "--data", str(dirs[1]), "--out", str(tmp_path / "ft"),
