@@ -1185,7 +1185,9 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     max_seconds = max_seconds if max_seconds is not None else cfg.train.max_seconds
     cfg = replace(cfg, train=replace(cfg.train, personalize_steps=steps, max_seconds=max_seconds))
     device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
-    _check_backends(cfg, device)  # and, as in train(), a backend that cannot run on it
+    # and, as in train(), a backend that cannot run on it: the loaded model's (load_run puts auto in place of tcnn
+    # and nerfacc, which compute the same functions), so a run trained through them personalises on a CPU too
+    _check_backends(replace(cfg, model=_anywhere(cfg.model)), device)
     if cfg.train.threads:  # as train() does: the generic run's setting, or this personalisation's override
         torch.set_num_threads(cfg.train.threads)
     out = Path(out_dir)
@@ -1222,7 +1224,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
             raise CheckpointError(f"{ckpt_path} started from a model of identities {started}, not from {generic_run} "
                                   f"({model.identity_names}); resume with the generic run it started from, or use "
                                   "another --out folder")
-        saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
+        saved_cfg, model = _model_from_checkpoint(data, ckpt_path, anywhere=True)  # as the generic run was loaded
         refined, added = list(data.get("refined", [])), list(data["identity_names"])[first_id:]
         if (refined if known else added + refined) != dataset.identities:
             raise CheckpointError(f"{ckpt_path} fine-tuned {refined} and added {added}, not "

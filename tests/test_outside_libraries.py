@@ -295,3 +295,25 @@ def test_the_outside_modules_are_built_again_after_a_move_or_a_new_state(outside
     theirs.cpu()
     theirs.sample(o, d, near=0.5, step_size=0.05)
     assert theirs._nerfacc[0] is not built and theirs._nerfacc[0].aabbs.device == o.device
+
+
+def test_a_run_trained_through_tcnn_and_nerfacc_personalizes_on_the_cpu(outside, tmp_path, monkeypatch):
+    """README: a run trained with tcnn / nerfacc is loaded by personalize, eval and render with auto in their place,
+    so it runs on a CPU too. load_run did so, but personalize then checked the run's own config against the CPU
+    (_check_backends) and refused "model.field.backend='tcnn' ... runs only on CUDA devices" before any work,
+    while a personalisation may not change model.* settings: such a run could not be personalised off the GPU.
+    It personalises as the model it loaded (auto in their place), and the run's config keeps what it asked for."""
+    from fastminerf import load_config, load_run, personalize, train
+    from fastminerf.data.synth import generate
+
+    generate(tmp_path / "data", n_identities=3, n_frames=4, size=16, seed=3, novel_frames=1)
+    data = sorted(p for p in (tmp_path / "data").iterdir() if p.is_dir())
+    overrides = ["train.steps=2", "model.field.identity_levels=0", "model.field.backend=tcnn",
+                 "model.grid_backend=nerfacc", "train.threads=1"]
+    train(load_config("tiny", overrides), data[:2], tmp_path / "run")
+    monkeypatch.undo()  # the real backend switch, and no tiny-cuda-nn or nerfacc
+    personalize(tmp_path / "run", [data[2]], tmp_path / "p", steps=2)
+    personalize(tmp_path / "run", [data[2]], tmp_path / "p", steps=3)  # and resumes there
+    cfg, model, meta = load_run(tmp_path / "p")
+    assert meta["added"] == [data[2].name] and meta["step"] == 3
+    assert cfg.model.field.backend == "tcnn" and cfg.model.grid_backend == "nerfacc"
