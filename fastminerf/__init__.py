@@ -44,7 +44,7 @@ from .ops import (
 
 from .field import ConcatConditioning, MINeRFField, MultiplicativeConditioning, spherical_harmonics
 from .model import MINeRF
-from .train import CheckpointError, TrainResult, build_model, load_checkpoint, load_run, personalize, train
+from .train import CheckpointError, TrainingDiverged, TrainResult, build_model, load_checkpoint, load_run, personalize, train
 
 __version__ = "0.1.0"
 
@@ -88,6 +88,7 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "TrainResult",
+    "TrainingDiverged",
     "build_model",
     "dump_config",
     "load_checkpoint",

@@ -64,6 +64,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CheckpointError",
     "TrainResult",
+    "TrainingDiverged",
     "build_model",
     "load_checkpoint",
     "load_run",
@@ -102,6 +103,21 @@ PERSONALIZE_RESUME_MAY_CHANGE = tuple(k for k in RESUME_MAY_CHANGE if k not in (
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read, is not a fastminerf checkpoint, or does not match what it is loaded into."""
+
+
+class TrainingDiverged(ValueError):
+    """Training turned non-finite: a step's loss, or the weights a checkpoint was about to hold, are NaN or infinite.
+    Raised before any checkpoint holds them, so the run folder keeps its last finite checkpoint (a rerun resumes from
+    it). The message names the step, and the frame and key of the data when a ray of the step carries a non-finite
+    value, else the learning rates.
+
+    Attributes:
+        step: the step (counted from 1, as the log's ``step``) whose loss, or whose weights, were not finite.
+    """
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = int(step)
 
 
 @dataclass
@@ -637,8 +653,45 @@ class _Loop:
         self.saved_step: Optional[int] = None  # the step of the last checkpoint this loop wrote
 
     def checkpoint(self) -> None:
+        bad = next((name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        if bad is not None:  # a loss that stays finite on NaN weights: a NaN hash grid marches no sample at all
+            raise TrainingDiverged(f"training diverged by step {self.step}: the model's {bad} holds NaN or infinite "
+                                   f"values though every step's loss was finite ({self._lr_hint()}); not "
+                                   f"checkpointed: {self._kept()}", self.step)
         save_checkpoint(self.out / CHECKPOINT_NAME, self.payload())
         self.saved_step = self.step
+
+    def _lr_hint(self) -> str:
+        t = self.cfg.train
+        return (f"a learning rate too high for this data or model is the usual cause: train.lr {t.lr:g}, train.code_lr "
+                f"{t.code_lr:g}; train again with lower ones into another folder")
+
+    def _kept(self) -> str:
+        """What the run folder keeps when the loop stops on non-finite values (for :class:`TrainingDiverged`)."""
+        path = self.out / CHECKPOINT_NAME
+        if self.saved_step is not None:
+            return f"{path} keeps step {self.saved_step}, the last finite weights (a rerun resumes from it)"
+        if path.exists():
+            return f"{path} keeps the weights this session started from (a rerun resumes from it)"
+        return "no checkpoint was written"
+
+    def _check_rays(self, batch: RayBatch) -> None:
+        """:class:`TrainingDiverged` naming the frame, file and key of the first ray of the step (``batch``, as drawn,
+        on the CPU) whose data is not finite: a NaN expression, pixel or camera would reach the weights through the
+        gradients while the loss stayed finite (the native fused heads' ReLU gives 0 for a NaN, torch's gives NaN)."""
+        table = self.sampler.table
+        for key, values in (("expression", batch.expression), ("image", batch.rgb), ("background", batch.background),
+                            ("transform_matrix", torch.cat([batch.origins, batch.directions], -1))):
+            bad = ~torch.isfinite(values.reshape(len(batch), -1)).all(-1)
+            if bool(bad.any()):
+                b = int(batch.frame[torch.nonzero(bad)[0, 0]])
+                k = int(table.identity[b])
+                if key == "transform_matrix" and np.isfinite(table.c2w[b]).all():
+                    key = "intrinsics"  # the rays' directions come from both
+                raise TrainingDiverged(
+                    f"training stopped at step {self.step + 1}: the data holds a non-finite value: {table.files[k]}: "
+                    f"frame {int(table.frame_in_identity[b])} of {self.sampler.dataset.identities[k]!r}: key '{key}' "
+                    f"({table.image_paths[b]}); {self._kept()}", self.step + 1)
 
     def _landmark_rays(self, batch: RayBatch) -> Optional[Tuple[RayBatch, torch.Tensor]]:
         """``train.landmark_depth_weight``'s rays, from the cameras of the batch's frames through tracked landmarks,
@@ -672,7 +725,9 @@ class _Loop:
             factor = _lr_factor(self.step, lr_cfg)
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * factor
-            batch = self.sampler.sample().to(self.occ_generator.device)
+            batch = self.sampler.sample()
+            self._check_rays(batch)
+            batch = batch.to(self.occ_generator.device)
             batch.identity = self.identity_map[batch.identity]
             n = len(batch)
             # The landmark prior's rays ride in the same render as the colour rays (one pass over the field), after them.
@@ -715,6 +770,10 @@ class _Loop:
                 logged = logged.cpu()[torch.from_numpy(plain)]
             # Read on the clock: on a GPU the backward pass and the update are queued, and this host read waits for them.
             self.loss = float(loss.detach())
+            if not math.isfinite(self.loss):  # before the log, the monitor and any checkpoint see it
+                raise TrainingDiverged(f"training diverged at step {self.step + 1}: its loss is {self.loss} (every "
+                                       f"input of the step was finite; {self._lr_hint()}); {self._kept()}",
+                                       self.step + 1)
             elapsed = time.perf_counter() - start
             self.step += 1
             self.seconds += elapsed
@@ -1052,7 +1111,8 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     Raises:
         DatasetError: a bad dataset, or resuming with data in another expression space. CheckpointError: an
         unreadable checkpoint, or resuming with other data (identities, their training frames, expression length) or
-        another config.
+        another config. TrainingDiverged: a step's loss, data or the weights to be checkpointed turned NaN or
+        infinite; the run folder keeps its last finite checkpoint.
     """
     device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
     _check_backends(cfg, device)
