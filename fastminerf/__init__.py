@@ -44,7 +44,8 @@ from .ops import (
 
 from .field import ConcatConditioning, MINeRFField, MultiplicativeConditioning, spherical_harmonics
 from .model import MINeRF
-from .train import CheckpointError, TrainingDiverged, TrainResult, build_model, load_checkpoint, load_run, personalize, train
+from .train import (CheckpointError, TrainingDiverged, TrainResult, build_model, build_optimizer, load_checkpoint, load_run,
+                    lr_factor, personalize, train)
 
 __version__ = "0.1.0"
 
@@ -90,10 +91,12 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "build_model",
+    "build_optimizer",
     "dump_config",
     "load_checkpoint",
     "load_config",
     "load_run",
+    "lr_factor",
     "personalize",
     "spherical_harmonics",
     "train",

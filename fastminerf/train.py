@@ -66,8 +66,10 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "build_model",
+    "build_optimizer",
     "load_checkpoint",
     "load_run",
+    "lr_factor",
     "personalize",
     "save_checkpoint",
     "train",
@@ -477,8 +479,10 @@ def mask_loss(out: Dict[str, torch.Tensor], mask: torch.Tensor) -> Optional[torc
     return torch.mean((person[known] - mask[known]) ** 2)
 
 
-def _lr_factor(step: int, cfg) -> float:
-    """Linear warm-up, then exponential decay to ``lr_final_factor`` at ``steps``."""
+def lr_factor(step: int, cfg: RunConfig) -> float:
+    """The learning-rate schedule of :func:`train`: the factor on each group's rate (``cfg.train.lr``,
+    ``cfg.train.code_lr``) at ``step`` (from 0): a linear warm-up over ``cfg.train.warmup_lr_steps``, then an
+    exponential decay to ``cfg.train.lr_final_factor`` at ``cfg.train.steps``."""
     t = cfg.train
     warm = min(1.0, (step + 1) / max(1, t.warmup_lr_steps))
     return warm * t.lr_final_factor ** min(1.0, step / max(1, t.steps))
@@ -491,6 +495,19 @@ def _optimizer(groups: List[dict]) -> torch.optim.Adam:
     devices = {p.device.type for g in groups for p in g["params"]}
     fused = devices <= {"cpu", "cuda"}
     return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=fused or None)
+
+
+def build_optimizer(cfg: RunConfig, model: MINeRF) -> torch.optim.Adam:
+    """The optimiser of :func:`train` for ``model`` (build it after moving the model to its device, and again after
+    :meth:`MINeRF.add_identities`): Adam with instant-ngp's settings (betas (0.9, 0.99), eps 1e-15), two parameter
+    groups: ``param_groups[0]`` the shared weights (field, conditioning) at ``cfg.train.lr``, ``param_groups[1]``
+    the per-identity state (identity and frame codes, the torso layer's textures and frame shifts) at
+    ``cfg.train.code_lr``. Set each group's ``lr`` to its rate times :func:`lr_factor` at every step for the
+    schedule of :func:`train`."""
+    codes = _per_identity_params(model)
+    code_ids = {id(p) for p in codes}
+    field_params = [p for p in model.parameters() if id(p) not in code_ids]
+    return _optimizer([dict(params=field_params, lr=cfg.train.lr), dict(params=codes, lr=cfg.train.code_lr)])
 
 
 def _psnr(mse: float) -> float:
@@ -722,7 +739,7 @@ class _Loop:
             ident, expr, frames = _occupancy_pool(table, self.occ_generator, self.identity_map, self.frame_map)
             model.update_occupancy(self.step, ident, expr, frames, generator=self.occ_generator,
                                    warmup_steps=self.occ_warmup)
-            factor = _lr_factor(self.step, lr_cfg)
+            factor = lr_factor(self.step, lr_cfg)
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * factor
             batch = self.sampler.sample()
@@ -1162,11 +1179,8 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     sampler = RaySampler(dataset, "train", **asdict(cfg.sampler))
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
-    codes = _per_identity_params(model)
-    code_ids = {id(p) for p in codes}
-    field_params = [p for p in model.parameters() if id(p) not in code_ids]
     base_lrs = [cfg.train.lr, cfg.train.code_lr]
-    optimizer = _optimizer([dict(params=field_params, lr=base_lrs[0]), dict(params=codes, lr=base_lrs[1])])
+    optimizer = build_optimizer(cfg, model)
     average = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     def payload() -> dict:
