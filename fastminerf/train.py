@@ -72,6 +72,7 @@ __all__ = [
     "lr_factor",
     "personalize",
     "save_checkpoint",
+    "save_run",
     "train",
 ]
 
@@ -307,6 +308,49 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
         checkpoint=path,
     )
     return cfg, model, meta
+
+
+def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
+             dataset: Optional[MultiIdentityDataset] = None) -> Path:
+    """Save a model trained by a loop of your own as a run folder that :func:`load_run` reads (and so ``render``,
+    ``eval``, ``info`` and :func:`personalize`): ``out_dir/checkpoint.pt`` (written atomically by
+    :func:`save_checkpoint`) and ``out_dir/config.yaml``. Returns the checkpoint's path.
+
+    Args:
+        cfg: the config the model was built with (:func:`build_model`).
+        step: the steps it was trained for (``step`` of :func:`load_run`'s metadata).
+        dataset: the data it was trained on, whose ``train`` split has one frame per frame code: the run records its
+            identity folders and its frames' fingerprints (:func:`frame_keys`, :func:`frame_files`), as a run of
+            :func:`train` does, so that render finds the data and personalize fine-tunes its people only on those
+            frames. None: no data is recorded.
+
+    The checkpoint holds the model only (no optimizer, sampler or generator state): :func:`train` does not resume it.
+    :func:`load_run` builds the model from ``cfg``; one with a module the config does not describe (a conditioning of
+    your own in ``model.field.conditioning``) is refused there as not matching its config: load its weights with
+    ``model.load_state_dict(load_checkpoint(path)["model"])`` into a model built as yours was.
+
+    Raises:
+        ValueError: ``dataset`` has other identities than the model, or another number of training frames than it
+            has frame codes.
+        OSError: the file cannot be written (naming it).
+    """
+    out = Path(out_dir)
+    keys = files = None
+    if dataset is not None:
+        n = dataset.num_frames("train")
+        if dataset.identities != model.identity_names or n != model.frame_identity.numel():
+            raise ValueError(f"the dataset has identities {dataset.identities} and {n} training frames, the model "
+                             f"{model.identity_names} and {model.frame_identity.numel()} frame codes: give the data the "
+                             "model was built from (build_model)")
+        keys, files = frame_keys(dataset), frame_files(dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_NAME).write_text(dump_config(cfg))
+    return save_checkpoint(out / CHECKPOINT_NAME, dict(
+        format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
+        identity_names=list(model.identity_names), expression_dim=model.expression_dim,
+        expression_space=model.expression_space,
+        data_paths=_where(dataset.identity_dirs) if dataset is not None else [], frame_keys=keys, frame_files=files,
+        model=model.state_dict(), step=int(step), seconds=0.0))
 
 
 def run_data_paths(meta: dict, instead: str = "give the folders where it is now") -> List[str]:
