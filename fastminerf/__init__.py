@@ -45,7 +45,7 @@ from .ops import (
 from .field import ConcatConditioning, MINeRFField, MultiplicativeConditioning, spherical_harmonics
 from .model import MINeRF
 from .train import (CheckpointError, TrainingDiverged, TrainResult, build_model, build_optimizer, load_checkpoint, load_run,
-                    lr_factor, personalize, save_run, train)
+                    lr_factor, personalize, save_run, train, write_curve)
 
 __version__ = "0.1.0"
 
@@ -101,6 +101,7 @@ __all__ = [
     "save_run",
     "spherical_harmonics",
     "train",
+    "write_curve",
     "__version__",
 ]
 

@@ -72,3 +72,22 @@ def test_top_level_help_summaries_of_render_and_info_name_what_they_do():
     assert "orbit" in summary["render"] and "speech" in summary["render"], summary["render"]
     for word in ("ended", "data", "speech", "PSNR"):
         assert word in summary["info"], (word, summary["info"])
+
+
+def test_every_dotted_name_the_readme_gives_is_reachable_as_written():
+    """``fastminerf.train.write_curve`` (README, Curves) failed with "AttributeError: 'function' object has no
+    attribute 'write_curve'": the package's ``train`` is the function, which hides the module of that name from
+    attribute access (``import fastminerf.train as T`` gives the function too)."""
+    import fastminerf
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    names = sorted(set(re.findall(r"`(fastminerf(?:\.[A-Za-z_]\w*)+)`", readme)) - {"fastminerf._C"})  # loaded on first use
+    broken = []
+    for name in names:
+        obj = fastminerf
+        try:
+            for part in name.split(".")[1:]:
+                obj = getattr(obj, part)
+        except AttributeError:
+            broken.append(name)
+    assert not broken, f"README names {broken}, which `import fastminerf` does not reach"
