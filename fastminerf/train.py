@@ -258,6 +258,21 @@ def _model_from_checkpoint(data: dict, path: Path, anywhere: bool = False) -> Tu
     return cfg, model
 
 
+def _non_finite_parameter(model: MINeRF) -> Optional[str]:
+    """The name of the first parameter of ``model`` that holds NaN or infinity, or None."""
+    return next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+
+
+def _refuse_non_finite(model: MINeRF, path: Path) -> None:
+    """:class:`CheckpointError` naming the file and the parameter when a checkpoint to train on holds non-finite
+    weights (a run that diverged, saved before :class:`TrainingDiverged` stopped such runs): training on them goes
+    nowhere, and was refused only at its next checkpoint as if that had diverged."""
+    bad = _non_finite_parameter(model)
+    if bad is not None:
+        raise CheckpointError(f"{path} holds NaN or infinite weights ({bad}): the run diverged before it was saved; "
+                              "train again into another folder, with a lower train.lr")
+
+
 def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     """Load a trained run: ``(config, model in eval mode, metadata)``. The model is on the CPU and runs on any device:
     a run trained with the CUDA-only backends ``tcnn`` / ``nerfacc`` loads with ``auto`` in their place (the same
@@ -714,7 +729,7 @@ class _Loop:
         self.saved_step: Optional[int] = None  # the step of the last checkpoint this loop wrote
 
     def checkpoint(self) -> None:
-        bad = next((name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        bad = _non_finite_parameter(self.model)
         if bad is not None:  # a loss that stays finite on NaN weights: a NaN hash grid marches no sample at all
             raise TrainingDiverged(f"training diverged by step {self.step}: the model's {bad} holds NaN or infinite "
                                    f"values though every step's loss was finite ({self._lr_hint()}); not "
@@ -1190,6 +1205,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     if data is not None:
         _check_kind(data, "train", ckpt_path)
         saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
+        _refuse_non_finite(model, ckpt_path)
         _check_resume_config(saved_cfg, cfg, ckpt_path, resume=f"to continue it, give its own config (--config "
                              f"{out / CONFIG_NAME}; its steps, time limit, intervals and threads may still change), or ")
         if list(data["identity_names"]) != dataset.identities:
@@ -1298,6 +1314,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
             the generic run's.
     """
     cfg, model, meta = load_run(generic_run)
+    _refuse_non_finite(model, meta["checkpoint"])
     cfg = _personalize_config(replace(cfg, train=replace(cfg.train, max_seconds=None)), overrides)
     steps = int(steps if steps is not None else cfg.train.personalize_steps)
     max_seconds = max_seconds if max_seconds is not None else cfg.train.max_seconds
@@ -1343,6 +1360,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                                   f"({model.identity_names}); resume with the generic run it started from, or use "
                                   "another --out folder")
         saved_cfg, model = _model_from_checkpoint(data, ckpt_path, anywhere=True)  # as the generic run was loaded
+        _refuse_non_finite(model, ckpt_path)
         refined, added = list(data.get("refined", [])), list(data["identity_names"])[first_id:]
         if (refined if known else added + refined) != dataset.identities:
             raise CheckpointError(f"{ckpt_path} fine-tuned {refined} and added {added}, not "

@@ -90,3 +90,29 @@ def test_a_nan_camera_in_the_data_names_its_key(heads, tmp_path, monkeypatch, co
     monkeypatch.setattr(T, "load_dataset", load)
     with pytest.raises(TrainingDiverged, match=f"key '{key}'"):
         train(load_config("tiny", ["train.steps=2"]), [heads], tmp_path / "run")
+
+
+def _poisoned_copy(run, out):
+    """``out``: ``run`` with NaN in its hash table, as a run that diverged was saved before TrainingDiverged."""
+    import shutil
+
+    from fastminerf.train import save_checkpoint
+
+    shutil.copytree(run, out)
+    data = load_checkpoint(out / "checkpoint.pt")
+    data["model"]["field.encoding.params"].fill_(float("nan"))
+    save_checkpoint(out / "checkpoint.pt", data)
+    return out
+
+
+def test_resuming_or_personalizing_a_checkpoint_of_nan_weights_is_refused_naming_it(heads, tmp_path):
+    # Such a run trained on (its loss stays finite on a NaN hash table) to be refused at its next checkpoint as 'a rerun
+    # resumes from it', which diverged the same way again.
+    cfg = load_config("tiny", ["train.steps=4"])
+    train(cfg, [heads / "id000"], tmp_path / "good")
+    bad = _poisoned_copy(tmp_path / "good", tmp_path / "bad")
+    with pytest.raises(fm.CheckpointError, match=r"bad/checkpoint\.pt holds NaN or infinite weights \(field\.encoding\.params\)"):
+        train(load_config("tiny", ["train.steps=8"]), [heads / "id000"], bad)
+    with pytest.raises(fm.CheckpointError, match=r"bad/checkpoint\.pt holds NaN or infinite weights \(field\.encoding\.params\)"):
+        fm.personalize(bad, [heads / "id001"], tmp_path / "pers", steps=2)
+    assert not (tmp_path / "pers" / "checkpoint.pt").exists()
