@@ -175,3 +175,18 @@ def test_cuda_native_matches_cpu(dtype, sorted_rays, with_rays, generator):
         for name, a, b in zip(["y", "x", "pre", "w1", "w2", "b2"], gpu, cpu):
             scale = max(b.abs().max().item(), 1.0)
             torch.testing.assert_close(a / scale, b / scale, **tol, msg=lambda m: f"{(P, H, O)} {name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("P,H,O", [SHAPES[0], SHAPES[2]])  # the blocked loops and the per-sample loop
+def test_a_nan_input_gives_nan_where_the_reference_does(P, H, O, dtype, generator):
+    # torch's relu keeps a NaN (and its backward passes the gradient of a NaN on), so a NaN in a sample's input or in a
+    # ray's row shows as NaN in the output and the gradients; a relu that reads NaN as "not > 0" hid it as 0.
+    x, pre, ri, w1, w2, b2, gy = _case(generator, 300, 40, P, H, O, dtype)
+    x[7, 0] = float("nan")
+    pre[int(ri[200]), 1] = float("nan")
+    native, ref = _run("native", x, pre, ri, w1, w2, b2, gy), _run("torch", x, pre, ri, w1, w2, b2, gy)
+    assert bool(ref[0][7].isnan().any()) and bool(ref[0][200].isnan().any())
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=F32_RTOL, atol=F32_ATOL)
+    for name, a, b in zip(["y", "x", "pre", "w1", "w2", "b2"], native, ref):
+        torch.testing.assert_close(a, b, equal_nan=True, **tol, msg=lambda m: f"{name}: {m}")

@@ -19,12 +19,15 @@ namespace mlphead {
 
 constexpr int kMaxHidden = 128;  // H: the CUDA kernels keep one sample's hidden row in registers / local memory
 
+// Written as torch's threshold is (`v <= 0 ? 0 : v`), so that a NaN stays NaN as in torch.relu, where `v > 0 ? v : 0`
+// gave 0 and hid it from the output while its gradients still carried it.
 template <typename T>
-FMN_HD T relu(T v) { return v > T(0) ? v : T(0); }
+FMN_HD T relu(T v) { return v <= T(0) ? T(0) : v; }
 
-// dh = W2^T dy masked by h > 0 (relu'(a) taken as 0 at a = 0, as torch does).
+// dh = W2^T dy masked by h > 0 (relu'(a) taken as 0 at a = 0, as torch does; a NaN h passes the gradient on, as
+// torch's threshold_backward does).
 template <typename T>
-FMN_HD T masked(T grad, T h) { return h > T(0) ? grad : T(0); }
+FMN_HD T masked(T grad, T h) { return h <= T(0) ? T(0) : grad; }
 
 // h (H,) = relu(W1 x + pre) for one sample; w1 row-major (H, P).
 template <typename T>
