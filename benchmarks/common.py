@@ -342,14 +342,16 @@ def record_name(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str
     run cannot replace the committed record by accident. ``name`` is the record's (``--name``, ``args.name``, when
     given); a smoke run (``smoke``: a ``--quick`` flag) writes ``<name>_quick``, as does a run that departs from the
     record's settings (one of the ``subset`` options, those that shrink a run, e.g. fewer clips, seeds or frames or a
-    shorter budget, differs from its default, which is the record's setting) without ``--name`` into
-    ``benchmarks/results``: ``*_quick.json`` is ignored by git and read by no table. In another ``--out`` folder a
-    departing run keeps ``name``; ``--name`` writes where it says, the record included, deliberately."""
+    shorter budget, differs from its default, which is the record's setting; or a ``--set KEY=VALUE`` of
+    :func:`add_overrides` changes the config) without ``--name`` into ``benchmarks/results``: ``*_quick.json`` is
+    ignored by git and read by no table. In another ``--out`` folder a departing run keeps ``name``; ``--name`` writes
+    where it says, the record included, deliberately."""
     explicit = getattr(args, "name", None)
     name = explicit or name
     if smoke:
         return f"{name}_quick"
-    departs = any(getattr(args, option) != ap.get_default(option) for option in subset)
+    options = list(subset) + (["overrides"] if hasattr(args, "overrides") else [])  # --set: other settings
+    departs = any(getattr(args, option) != ap.get_default(option) for option in options)
     if departs and not explicit and Path(args.out).resolve() == RESULTS.resolve():
         return f"{name}_quick"
     return name
@@ -367,7 +369,8 @@ def bench_arguments(doc: str, modes) -> argparse.ArgumentParser:
 
 def add_overrides(ap: argparse.ArgumentParser, what: str, result_name: str | None = None) -> None:
     """``--set KEY=VALUE`` (repeatable, into ``args.overrides``) overriding ``what``; with ``result_name``, also
-    ``--name`` (``args.name``): the result file of a variant's run, so the default file (``result_name``) stays."""
+    ``--name`` (``args.name``): the result file of a variant's run, so the default file (``result_name``) stays (a
+    run with ``--set`` and no ``--name`` writes ``*_quick`` into ``benchmarks/results``, :func:`record_name`)."""
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help=f"override a field of {what} (repeatable)")
     if result_name is not None:

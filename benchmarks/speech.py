@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-split", default="test")
     ap.add_argument("--eval-frames", type=int, default=None, help="frames per clip for --eval-run (default all)")
     ap.add_argument("--name", default=None, help="result file name (default speech; speech_quick for a run with other "
-                                                "--seeds or --no-real into benchmarks/results) for a variant's run")
+                                                "--seeds, --no-real or --set into benchmarks/results) for a variant's run")
     add_overrides(ap, "SpeechConfig")
     add_out(ap)
     args = ap.parse_args(argv)
@@ -250,7 +250,8 @@ def main(argv=None) -> int:
     if result["synth"] or result["real"]:
         name = record_name(ap, args, "speech", ("seeds", "no_real"))
         print(f"wrote {write_result(name, result, args.out)}")
-    others = argparse.Namespace(**{**vars(args), "name": None})  # --name names speech.json only
+    # --name names speech.json only, and --set (SpeechConfig) changes only its training, not the runs' renders
+    others = argparse.Namespace(**{**vars(args), "name": None, "overrides": []})
     if args.render_run is not None:
         e2e = _end_to_end(args.render_run, args.target, args.speaker, args.work / "end_to_end", args.render_frames)
         name = record_name(ap, others, "speech_end_to_end", ("render_frames",))

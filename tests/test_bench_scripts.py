@@ -65,6 +65,27 @@ def test_record_name_keeps_smoke_and_subset_runs_off_the_record(tmp_path, monkey
     assert name("--name", "variant", smoke=True) == "variant_quick"
 
 
+def test_a_run_with_other_settings_does_not_replace_the_record(tmp_path, monkeypatch):
+    """A benchmark run with --set KEY=VALUE (another conditioning, another learning rate) wrote the record's JSON, the
+    file the README's tables are generated from (report.py), as if it were the record's settings: such a run departs
+    from the record like a subset run, and writes *_quick.json unless --name says where."""
+    import argparse
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=2000)
+    common.add_overrides(ap, "the preset", "bench")
+    common.add_out(ap)
+
+    def name(*argv):
+        return common.record_name(ap, ap.parse_args(list(argv)), "bench", ("steps",))
+
+    assert name() == "bench"
+    assert name("--set", "train.lr=0.02") == "bench_quick"
+    assert name("--set", "train.lr=0.02", "--name", "bench_lr") == "bench_lr"
+    assert name("--set", "train.lr=0.02", "--out", str(tmp_path / "scratch")) == "bench"  # not the record's folder
+
+
 def test_a_subset_run_does_not_replace_the_committed_record(tmp_path, monkeypatch):
     """conditioning_equal_steps.py --steps 2 (a smoke run) wrote conditioning_equal_steps_2ids.json, the record's
     file, into benchmarks/results."""
