@@ -699,7 +699,7 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "eval",
         help="render every frame of a split and report PSNR, SSIM and L1 per identity",
-        description="Render every frame of SPLIT for each identity of --data (names must be in the run), print a "
+        description="Render every frame of SPLIT for each identity of --data (names must be in a run; people of a root that no run knows are left out, named), print a "
         "table and, with --out, write DIR/metrics.json and DIR/side_by_side/<identity>/*.png (prediction | truth | "
         "error, under a header naming identity, split, frame and PSNR; panels enlarged to at least 128 px). LPIPS is added only when the lpips package and its weights are already installed. FACE is the PSNR "
         "inside each frame's face box (bbox); MOUTH inside a box around the real frame's lips (lips, teeth, mouth "
@@ -739,6 +739,20 @@ def _run_eval(args: argparse.Namespace) -> int:
     console = _console()
     runs = [(run, *_open_run(run, args.render_steps)[1:]) for run in args.run]
     dirs = find_identity_dirs(args.data)
+    # A root may also hold people no run knows (a new person prepared into it, to be added by personalize): eval
+    # scores those the runs know and names the others. A person's folder named on its own, or a root of no known
+    # person, is still refused by _model_per_identity, naming the identity.
+    known = {n for _, _, meta in runs for n in meta["identity_names"]}
+    named = {Path(p).resolve() for p in args.data}
+    unknown = [d for d in dirs if d.name not in known and d.resolve() not in named]
+    if unknown and len(unknown) < len(dirs):
+        dirs = [d for d in dirs if d not in unknown]
+        console.print(_styled("yellow", "note", f"left out {', '.join(d.name for d in unknown)} (in "
+                              f"{', '.join(sorted({str(d.parent) for d in unknown}))}): "
+                              f"{'none of the runs' if len(runs) > 1 else 'the run'} "
+                              f"{', '.join(str(r) for r, _, _ in runs)} {'knows' if len(runs) > 1 else 'does not know'} "
+                              f"{'it' if len(unknown) == 1 else 'them'} (add a new person with fastminerf personalize)"),
+                      markup=True)
     for d in dirs:
         if args.split not in identity_splits(d):
             raise DatasetError(f"identity '{d.name}' has no split '{args.split}'; it has {identity_splits(d)}", file=d)

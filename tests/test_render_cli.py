@@ -399,6 +399,25 @@ def test_cli_fine_tunes_each_identity_and_scores_each_with_its_own_run(tiny, tmp
     assert "unknown identity 'id002': none of the runs" in " ".join(capsys.readouterr().err.split())
 
 
+def test_eval_of_a_root_scores_the_people_the_run_knows_and_names_the_others(tiny, tmp_path, capsys):
+    """A root that also holds a person the run does not know (prepared into it to be added by personalize) was
+    refused as a whole ('unknown identity'): eval scores every person of the root a run knows and names the ones it
+    left out; a person's folder named on its own is still refused, as is a root of people no run knows."""
+    root, dirs = tiny
+    argv = ["eval", "--run", str(root / "run"), "--split", "val", "--out", str(tmp_path / "ev")]
+    assert main(argv + ["--data", str(root / "data")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert sorted(json.loads((tmp_path / "ev" / "metrics.json").read_text())["identities"]) == ["id000", "id001"]
+    assert f"left out id002 (in {root / 'data'}): the run {root / 'run'} does not know it" in out
+    assert main(argv + ["--data", str(root / "data"), str(dirs[2])]) == 2  # named: a mistake to say
+    assert "unknown identity 'id002'" in " ".join(capsys.readouterr().err.split())
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / dirs[2].name).symlink_to(dirs[2])
+    assert main(argv + ["--data", str(alone)]) == 2
+    assert "unknown identity 'id002'" in " ".join(capsys.readouterr().err.split())
+
+
 def test_cli_missing_run(tmp_path, capsys):
     assert main(["render", "--run", str(tmp_path / "nope"), "--identity", "a", "--orbit", "--out", str(tmp_path / "x.mp4")]) == 2
     err = " ".join(capsys.readouterr().err.split())
