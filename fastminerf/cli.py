@@ -570,7 +570,7 @@ def _run_render(args: argparse.Namespace) -> int:
     note = _not_personalised(args.run, meta, [args.identity])
     if note:
         console.print(_styled("yellow", "note", note), markup=True)
-    data_paths = args.target_data or run_data_paths(meta, _MOVED_DATA.format(option="--target-data"))
+    data_paths = args.target_data or run_data_paths(meta, _MOVED_DATA.format(option="--target-data"), args.identity)
     target = load_target(data_paths, args.identity)
     speech_dir = None
     if args.orbit:

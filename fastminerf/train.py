@@ -368,19 +368,26 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
         model=model.state_dict(), step=int(step), seconds=0.0))
 
 
-def run_data_paths(meta: dict, instead: str = "give the folders where it is now") -> List[str]:
+def run_data_paths(meta: dict, instead: str = "give the folders where it is now",
+                   identity: Optional[str] = None) -> List[str]:
     """The data folders a run recorded (``data_paths`` of :func:`load_run`'s metadata), for the commands that read
-    the run's own data (render's target, speech).
+    the run's own data (render's target, speech). With ``identity``, only the folders that hold that person must be
+    there (render reads one person's data: a personalised person's folder without the generic run's data); the
+    folders that are there are given.
 
     Raises:
         DatasetError: naming the first folder that is not there and the run (the paths are absolute: the data was
             moved or renamed, or the run copied from another machine), and what to do ``instead``.
     """
-    for p in meta["data_paths"]:
-        if not os.path.exists(p):
-            raise DatasetError(f"not there, the data the run {Path(meta['checkpoint']).parent} was trained on (moved, "
-                               f"renamed, or the run copied from another machine?): {instead}", file=p)
-    return list(meta["data_paths"])
+    from .data.layout import find_identity_dirs
+
+    there = [p for p in meta["data_paths"] if os.path.exists(p)]
+    gone = [p for p in meta["data_paths"] if not os.path.exists(p)]
+    holds = identity is not None and bool(there) and identity in {d.name for d in find_identity_dirs(there)}
+    if gone and not holds:
+        raise DatasetError(f"not there, the data the run {Path(meta['checkpoint']).parent} was trained on (moved, "
+                           f"renamed, or the run copied from another machine?): {instead}", file=gone[0])
+    return there
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -580,3 +580,26 @@ def test_resume_after_the_data_was_prepared_again_at_another_size_says_so(heads,
     shutil.copytree(tmp_path / "small" / heads[0].name, fine[0])
     with pytest.raises(DatasetError, match=size_change.replace(name, heads[0].name)):
         personalize(generic, fine, tmp_path / "p", steps=1)
+
+
+def _orbit(run, name, out):
+    from fastminerf.cli import main
+
+    return main(["render", "--run", str(run), "--identity", name, "--orbit", "--frames", "1", "--out", str(out)])
+
+
+def test_a_personalised_person_renders_without_the_generic_runs_data(heads, tmp_path, capsys):
+    """render of a person a personalisation added refused when the generic run's data folder was gone ('not there,
+    the data the run was trained on'), though it reads only that person's own folder, which is there: only the
+    folders that hold the person rendered must be there. A generic person whose data is gone is still refused."""
+    data, new = _copy(heads[:2], tmp_path / "data"), _copy(heads[2:3], tmp_path / "new")
+    train(load_config("tiny", ["train.steps=1"]), [tmp_path / "data"], tmp_path / "run")
+    personalize(tmp_path / "run", new, tmp_path / "pers", steps=1)
+    shutil.rmtree(tmp_path / "data")
+    assert _orbit(tmp_path / "pers", heads[2].name, tmp_path / "new.mp4") == 0
+    assert (tmp_path / "new.mp4").is_file()
+    capsys.readouterr()
+    assert _orbit(tmp_path / "pers", heads[0].name, tmp_path / "old.mp4") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert str(tmp_path / "data") in err and "--target-data" in err
+
