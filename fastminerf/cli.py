@@ -1065,20 +1065,21 @@ def run_info(run: Path) -> dict:
     """The description ``fastminerf info`` prints (a plain dict, JSON-ready)."""
     import torch
 
-    from .train import LOG_NAME, log_records
+    from .train import LOG_NAME, log_records, run_data_folders
 
     cfg, model, meta = _open_run(run)
+    folders = run_data_folders(meta, strict=False)  # where the data is now (moved with the run: beside it)
     counts = torch.bincount(meta["frame_identity"], minlength=len(meta["identity_names"])).tolist()
     info = dict(run=str(run), checkpoint=str(meta["checkpoint"]), kind=meta["kind"], step=meta["step"],
                 seconds=round(meta["seconds"], 1), identities=dict(zip(meta["identity_names"], counts)),
                 expression_dim=meta["expression_dim"], expression_space=meta["expression_space"],
                 conditioning=cfg.model.field.conditioning, parameters=sum(p.numel() for p in model.parameters()),
-                checkpoint_bytes=Path(meta["checkpoint"]).stat().st_size, data_paths=meta["data_paths"],
+                checkpoint_bytes=Path(meta["checkpoint"]).stat().st_size, data_paths=[p for p, _ in folders],
                 refined=meta["refined"], added=meta["added"], generic_run=meta["generic_run"],
                 total_steps=cfg.train.personalize_steps if meta["kind"] == "personalize" else cfg.train.steps,
                 max_seconds=cfg.train.max_seconds, phase=meta["phase"] if meta["kind"] == "personalize" else None,
                 limit_reached=cfg.train.max_seconds is not None and meta["seconds"] >= cfg.train.max_seconds,
-                data_missing=[p for p in meta["data_paths"] if not Path(p).exists()],
+                data_missing=[p for p, there in folders if not there],
                 backends=dict(asked=_asked_backends(cfg), trained=meta["backends"],
                               here={d: model.backends(torch.device(d))
                                     for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])}))

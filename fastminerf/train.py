@@ -14,7 +14,8 @@ A run folder holds::
 
 A checkpoint holds only tensors and plain data (model and optimizer state dicts, step, training seconds, the ray
 sampler's, occupancy generator's and torch global generator's states, the weight average when ``train.ema_decay``
-keeps one, the config as YAML text, identity names, expression size, absolute data paths, a fingerprint of each training frame and of its files, each frame's size) and is read
+keeps one, the config as YAML text, identity names, expression size, the data paths (absolute, and relative to the
+run folder), a fingerprint of each training frame and of its files, each frame's size) and is read
 with ``torch.load(..., weights_only=True)``: loading never runs pickled code. A corrupt, truncated or mismatched checkpoint raises :class:`CheckpointError`
 naming the file.
 
@@ -280,7 +281,8 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
 
     The metadata dict holds ``identity_names`` (I,), ``expression_dim`` E, ``expression_space`` (of the training
     data, None when unknown), ``data_paths`` (the folders it was
-    trained on), ``step``, ``seconds``, ``kind`` ("train" or "personalize"), ``refined`` (the identities a
+    trained on, absolute), ``data_relative`` (the same relative to the run folder, tried where the absolute ones are
+    gone, :func:`run_data_paths`; None in older runs), ``step``, ``seconds``, ``kind`` ("train" or "personalize"), ``refined`` (the identities a
     personalisation fine-tuned, else empty), ``added`` (the new identities a personalisation added, else empty),
     ``frame_keys`` ((B,) fingerprints of the training frames, :func:`frame_keys`; None in older runs),
     ``frame_files`` ((B, 3) fingerprints of their image, mask and background files, :func:`frame_files`; None in
@@ -308,6 +310,7 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
         expression_dim=model.expression_dim,
         expression_space=model.expression_space,
         data_paths=list(data.get("data_paths", [])),
+        data_relative=data.get("data_relative"),
         step=int(data["step"]),
         seconds=float(data.get("seconds", 0.0)),
         kind=str(data.get("kind", "train")),
@@ -368,21 +371,72 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
         model=model.state_dict(), step=int(step), seconds=0.0))
 
 
+def run_data_folders(meta: dict, strict: bool = True) -> List[Tuple[str, bool]]:
+    """Each data folder a run recorded (``data_paths`` of :func:`load_run`'s metadata) as ``(path, there)``: the
+    recorded absolute path when it is there; else, when the run recorded it relative to its folder too
+    (``data_relative``) and a folder is there, that one (the run and its data moved or copied together) if it holds
+    the training frames the run learned (:func:`_check_found_data`: never other data taken silently; ``strict``:
+    the DatasetError saying what differs, else the recorded path, not there); else the recorded path, not there."""
+    run = Path(meta["checkpoint"]).parent
+    relative = meta.get("data_relative") or [None] * len(meta["data_paths"])
+    found = []
+    for recorded, rel in zip(meta["data_paths"], relative):
+        if os.path.exists(recorded) or rel is None or not os.path.exists(os.path.join(run, rel)):
+            found.append((recorded, os.path.exists(recorded)))
+            continue
+        here = os.path.normpath(os.path.join(os.path.abspath(run), rel))
+        try:
+            _check_found_data(meta, here, recorded)
+        except DatasetError:
+            if strict:
+                raise
+            found.append((recorded, False))
+            continue
+        found.append((here, True))
+    return found
+
+
+def _check_found_data(meta: dict, folder: str, recorded: str) -> None:
+    """DatasetError unless the people of ``folder`` that the run knows have the training frames it learned (their
+    fingerprints, :func:`frame_keys` and :func:`frame_files`), naming the first frame or file that differs."""
+    from .data.layout import find_identity_dirs
+
+    run = Path(meta["checkpoint"]).parent
+    instead = (f"not the data the run {run} was trained on, found at {folder} where the run expects it (beside it) "
+               f"now that {recorded} is gone; give the folders where the data is now")
+    dirs = [d for d in find_identity_dirs([folder]) if d.name in meta["identity_names"]]
+    if not dirs:
+        raise DatasetError(f"holds none of the run's identities {meta['identity_names']}: {instead}", file=folder)
+    dataset = load_dataset(dirs, splits=("train",))
+    _, frame_map = _known_maps(meta["identity_names"], meta["frame_identity"], dataset, dataset.table("train"),
+                               str(run), advice=instead)
+    count = meta["frame_identity"].numel()
+    saved_keys = meta["frame_keys"] if meta["frame_keys"] is not None else torch.zeros(count, dtype=torch.long)
+    saved_files = meta["frame_files"]
+    changed = _frames_changed(saved_keys[frame_map], None if saved_files is None else saved_files[frame_map],
+                              frame_keys(dataset), frame_files(dataset), dataset)
+    if changed:
+        raise DatasetError(f"{changed}: {instead}")
+
+
 def run_data_paths(meta: dict, instead: str = "give the folders where it is now",
                    identity: Optional[str] = None) -> List[str]:
     """The data folders a run recorded (``data_paths`` of :func:`load_run`'s metadata), for the commands that read
-    the run's own data (render's target, speech). With ``identity``, only the folders that hold that person must be
-    there (render reads one person's data: a personalised person's folder without the generic run's data); the
-    folders that are there are given.
+    the run's own data (render's target, speech): where they are now (:func:`run_data_folders`: a folder gone from its
+    recorded place is looked for at the same place relative to the run). With ``identity``, only the folders that
+    hold that person must be there (render reads one person's data: a personalised person's folder without the
+    generic run's data); the folders that are there are given.
 
     Raises:
-        DatasetError: naming the first folder that is not there and the run (the paths are absolute: the data was
-            moved or renamed, or the run copied from another machine), and what to do ``instead``.
+        DatasetError: naming the first folder that is not there and the run (moved or renamed apart from the run,
+            or the run copied from another machine), and what to do ``instead``; or a folder found beside the run
+            that does not hold the frames it was trained on.
     """
     from .data.layout import find_identity_dirs
 
-    there = [p for p in meta["data_paths"] if os.path.exists(p)]
-    gone = [p for p in meta["data_paths"] if not os.path.exists(p)]
+    found = run_data_folders(meta)
+    there = [p for p, ok in found if ok]
+    gone = [p for p, ok in found if not ok]
     holds = identity is not None and bool(there) and identity in {d.name for d in find_identity_dirs(there)}
     if gone and not holds:
         raise DatasetError(f"not there, the data the run {Path(meta['checkpoint']).parent} was trained on (moved, "
@@ -1104,6 +1158,18 @@ def _where(paths: Sequence[PathLike]) -> List[str]:
     return [os.path.abspath(p) for p in paths]
 
 
+def _relative(paths: Sequence[PathLike], run: Path) -> List[Optional[str]]:
+    """``paths`` relative to the run folder ``run`` (None where there is no such path: another drive), recorded beside
+    the absolute ones so that a run moved or copied together with its data finds it (:func:`run_data_paths`)."""
+    found = []
+    for p in paths:
+        try:
+            found.append(os.path.relpath(os.path.abspath(p), os.path.abspath(run)))
+        except ValueError:
+            found.append(None)
+    return found
+
+
 def _leaves_torch_state(fn):
     """``fn`` runs on ``train.threads`` (it calls ``torch.set_num_threads``) and draws its initial weights after
     seeding torch's global generator with ``train.seed``; the caller gets its thread count and its global random
@@ -1254,8 +1320,8 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     expression_space=model.expression_space,
-                    data_paths=_where(paths), frame_keys=keys, frame_files=files, frame_sizes=sizes, backends=ran,
-                    model=model.state_dict(),
+                    data_paths=_where(paths), data_relative=_relative(paths, out), frame_keys=keys, frame_files=files,
+                    frame_sizes=sizes, backends=ran, model=model.state_dict(),
                     optimizer=optimizer.state_dict(),
                     step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
@@ -1374,7 +1440,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                                   f"{'fine-tuned' if known else 'added'} {dataset.identities}; use another --out folder")
         _check_resume_config(saved_cfg, cfg, ckpt_path, PERSONALIZE_RESUME_MAY_CHANGE)
     if known:  # fine-tune known identities on their own frames: their codes are trained, no code-only phase
-        identity_map, frame_map = _known_maps(model, dataset, table, str(generic_run))
+        identity_map, frame_map = _known_maps(model.identity_names, model.frame_identity, dataset, table,
+                                              str(generic_run))
         changed = _frames_changed(generic_keys[frame_map], generic_files[frame_map], keys, files, dataset,
                                   saved_sizes=generic_sizes[frame_map])
         if changed:
@@ -1420,12 +1487,15 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     tuned = _personalize_tuned(cfg, model, field_params)
 
     state = dict(optimizer=None, phase="codes")
+    # the generic run's data where it is now (it may have moved with the run; not there: recorded as it was), and
+    # the new people's
+    data_paths = [p for p, _ in run_data_folders(meta, strict=False)] + ([] if known else _where(paths))
 
     def payload() -> dict:
         return dict(format=FORMAT, version=FORMAT_VERSION, kind="personalize", config_yaml=dump_config(cfg),
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     expression_space=model.expression_space,
-                    data_paths=list(meta["data_paths"]) + ([] if known else _where(paths)),
+                    data_paths=data_paths, data_relative=_relative(data_paths, out),
                     generic_run=_where([generic_run])[0],
                     frame_keys=generic_keys if known else torch.cat([generic_keys, keys]),
                     frame_files=generic_files if known else torch.cat([generic_files, files]),
@@ -1488,19 +1558,23 @@ _NEW_PERSON_HINT = ("identities are named by their folders: a new person whose f
                     "knows is taken for that one; give a new person a folder name the model does not have")
 
 
-def _known_maps(model: MINeRF, dataset: MultiIdentityDataset, table, run: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """For identities the model already knows: the model's id of each dataset identity, and the model's frame code of
-    each row of the dataset's ``train`` table (a person's frames in the order the generic run saw them)."""
-    names = list(model.identity_names)
+def _known_maps(names: Sequence[str], frame_identity: torch.Tensor, dataset: MultiIdentityDataset, table, run: str,
+                advice: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For identities a model already knows (its ``names`` and ``frame_identity``, the identity of each frame code):
+    the model's id of each dataset identity, and the model's frame code of each row of the dataset's ``train`` table
+    (a person's frames in the order the generic run saw them). A person with another number of training frames is a
+    DatasetError ending in ``advice`` (default: fine-tune with the data trained on)."""
+    names = list(names)
     identity_map = torch.tensor([names.index(n) for n in dataset.identities], dtype=torch.long)
     frame_map = torch.empty(len(table), dtype=torch.long)
     for d, name in enumerate(dataset.identities):
         rows = torch.from_numpy(np.flatnonzero(table.identity == d))
-        codes = torch.nonzero(model.frame_identity.cpu() == identity_map[d]).flatten()
+        codes = torch.nonzero(frame_identity.cpu() == identity_map[d]).flatten()
         if len(codes) != len(rows):
             raise DatasetError(f"{dataset.identity_dirs[d]}: the model {run} was trained on "
-                               f"{len(codes)} training frames of {name!r}, this data has {len(rows)}; fine-tune a known "
-                               f"identity with the data it was trained on ({_NEW_PERSON_HINT})")
+                               f"{len(codes)} training frames of {name!r}, this data has {len(rows)}; "
+                               + (advice or f"fine-tune a known identity with the data it was trained on "
+                                            f"({_NEW_PERSON_HINT})"))
         frame_map[rows] = codes
     return identity_map, frame_map
 

@@ -603,3 +603,38 @@ def test_a_personalised_person_renders_without_the_generic_runs_data(heads, tmp_
     err = " ".join(capsys.readouterr().err.split())
     assert str(tmp_path / "data") in err and "--target-data" in err
 
+
+def test_a_run_moved_with_its_data_finds_the_data_beside_it(heads, tmp_path, capsys):
+    """A lab moved a project folder (its runs and their data) to another disk: the runs recorded only absolute data
+    paths, so render, speech and a personalisation's record pointed at the old place. Runs record the paths relative
+    to the run folder too, tried where the absolute ones are gone, as long as the frames there are the ones trained
+    on (their fingerprints); other frames are refused, naming the file."""
+    from PIL import Image
+
+    from fastminerf.train import run_data_paths
+
+    proj = tmp_path / "proj"
+    _copy(heads[:2], proj / "data")
+    new = _copy(heads[2:3], proj / "new")
+    train(load_config("tiny", ["train.steps=1"]), [proj / "data"], proj / "runs" / "run")
+    personalize(proj / "runs" / "run", new, proj / "pers", steps=1)
+    moved = tmp_path / "disk2" / "proj"
+    shutil.move(str(proj), str(moved))
+    assert run_data_paths(load_run(moved / "runs" / "run")[2]) == [str(moved / "data")]
+    assert run_data_paths(load_run(moved / "pers")[2]) == [str(moved / "data"), str(moved / "new" / heads[2].name)]
+    for run, name in ((moved / "runs" / "run", heads[0].name), (moved / "pers", heads[2].name)):
+        assert _orbit(run, name, tmp_path / "o.mp4") == 0, capsys.readouterr().err
+    from fastminerf.cli import run_info
+
+    info = run_info(moved / "pers")
+    assert info["data_paths"][0] == str(moved / "data") and info["data_missing"] == []
+    # a personalisation of the moved run records where the generic run's data is now
+    more = _copy(heads[3:4], moved / "more")
+    personalize(moved / "runs" / "run", more, moved / "pers2", steps=1)
+    assert load_run(moved / "pers2")[2]["data_paths"][0] == str(moved / "data")
+    # other pixels where the run expects its data: not taken for it
+    frame = json.loads((moved / "data" / heads[1].name / "transforms_train.json").read_text())["frames"][0]
+    path = moved / "data" / heads[1].name / frame["file_path"]
+    Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
+    with pytest.raises(DatasetError, match=re.escape(str(path)) + ".*" + re.escape(str(proj / "data"))):
+        run_data_paths(load_run(moved / "runs" / "run")[2])
