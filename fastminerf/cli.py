@@ -336,9 +336,15 @@ class _TrainProgress:
 
 
 def _add_run_options(p: argparse.ArgumentParser, steps_key: str = "train.steps") -> None:
-    """``--steps`` (which sets ``steps_key``: personalize reads ``train.personalize_steps``) and ``--max-seconds``."""
+    """``--steps`` (which sets ``steps_key``: personalize reads ``train.personalize_steps``), ``--max-seconds`` and
+    ``--same-pixels``."""
     p.add_argument("--steps", type=int, default=None, help=f"optimisation steps (overrides {steps_key})")
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this many training seconds")
+    p.add_argument("--same-pixels", action="store_true",
+                   help="the training files were only re-encoded since the run was trained on them (PNGs re-saved at "
+                        "another compression level, or optimised by oxipng): resume on them (a run keeps a fingerprint "
+                        "of each file's bytes, not of its pixels, and refuses other files otherwise); names, cameras "
+                        "and expressions are still checked")
 
 
 def _add_train(sub: "argparse._SubParsersAction") -> None:
@@ -370,7 +376,7 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     console = _console()
     with _TrainProgress(console, "train", cfg.train.steps, cfg.train.max_seconds) as progress:
-        result = train(cfg, args.data, args.out, progress=progress)
+        result = train(cfg, args.data, args.out, progress=progress, same_pixels=args.same_pixels)
     limit = cfg.train.max_seconds
     if result.step == 0 and limit is not None and result.seconds >= limit:  # no loss or PSNR to give: say why
         console.print(f"trained no step: the time limit (--max-seconds / train.max_seconds {limit:g} s) was spent "
@@ -423,7 +429,7 @@ def _run_personalize(args: argparse.Namespace) -> int:
     for title, data, out in jobs:
         with _TrainProgress(console, title, steps, args.max_seconds) as progress:
             result = personalize(args.run, data, out, steps=steps, max_seconds=args.max_seconds, progress=progress,
-                                 overrides=args.overrides)
+                                 overrides=args.overrides, same_pixels=args.same_pixels)
         resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
         console.print(f"personalised in {result.step} steps, {result.seconds:.1f} s{resumed}: train psnr "
                       f"{result.psnr:.2f} dB; run in {result.out_dir}{f', its curve {result.curve}' if result.curve else ''}")

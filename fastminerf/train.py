@@ -1074,13 +1074,18 @@ def _sizes_changed(saved: Optional[torch.Tensor], dataset: MultiIdentityDataset,
             f"again with --size {' / '.join(map(str, sizes))} to use {'it' if len(changed) == 1 else 'them'} here)")
 
 
+_SAME_PIXELS = ("; if it was only re-encoded (the same pixels: PNGs re-saved at another compression level or optimised, "
+                "e.g. by oxipng), say so with --same-pixels (same_pixels=True)")
+
+
 def _frames_changed(saved_keys: Optional[torch.Tensor], saved_files: Optional[torch.Tensor], keys: torch.Tensor,
                     files: torch.Tensor, dataset: MultiIdentityDataset, split: str = "train",
-                    saved_sizes: Optional[torch.Tensor] = None) -> Optional[str]:
+                    saved_sizes: Optional[torch.Tensor] = None, same_pixels_hint: bool = False) -> Optional[str]:
     """None when the saved fingerprints (``frame_keys`` (B,) of :func:`frame_keys`, ``frame_files`` (B, 3) of
-    :func:`frame_files`; 0 where unknown, None: a checkpoint written before they were kept) match ``keys`` and
-    ``files``; else the identities prepared again at another size (``saved_sizes``, :func:`frame_sizes`), or the
-    first frame, then the first file, that differs, named."""
+    :func:`frame_files`; 0 where unknown, None: a checkpoint written before they were kept, or not compared) match
+    ``keys`` and ``files``; else the identities prepared again at another size (``saved_sizes``, :func:`frame_sizes`),
+    or the first frame, then the first file, that differs, named (``same_pixels_hint``: a file of other contents is
+    said to be accepted with ``same_pixels``, where the caller takes it)."""
     resized = _sizes_changed(saved_sizes, dataset, split)
     if resized:
         return resized
@@ -1100,7 +1105,8 @@ def _frames_changed(saved_keys: Optional[torch.Tensor], saved_files: Optional[to
             return f"{t.image_paths[b]}: {where} is another frame (file, camera or expression) than the one trained on{more}"
         path = (t.image_paths[b], t.mask_paths[b], dataset.split_meta(split, int(t.identity[b])).background)[k]
         state = ("is missing" if n[b, k] == -1 else "is new" if s[b, k] == -1
-                 else "has other contents (the data was prepared again or edited)")
+                 else "has other contents (the data was prepared again or edited" + (_SAME_PIXELS if same_pixels_hint
+                                                                                      else "") + ")")
         return f"{path}: the {FRAME_FILES[k]} file of {where} {state} since it was trained on{more}"
     return None
 
@@ -1238,7 +1244,8 @@ def _lock_run_folder(out: Path) -> None:
 @_leaves_torch_state
 @_holds_run_folder
 def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
-          progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None) -> TrainResult:
+          progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None,
+          same_pixels: bool = False) -> TrainResult:
     """Train one model on every identity of ``data_paths`` (their ``train`` split), in ``out_dir``.
 
     Runs on ``cfg.train.threads`` torch threads when set and seeds torch's global generator with ``cfg.train.seed``;
@@ -1256,6 +1263,10 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         monitor: called at every logging step as ``monitor(model, record)`` with the model in eval mode and gradients
             off (e.g. to evaluate val PSNR); returning True stops training there (the checkpoint is written as at
             any end). Its time is not counted in the training seconds.
+        same_pixels: on resume, take training files whose bytes differ from those trained on as the same pixels
+            re-encoded (PNGs re-saved or optimised): checkpoints fingerprint files, not decoded pixels, so only the
+            caller can say so. Names, cameras and expressions are still compared, and the checkpoint then records
+            the new files.
 
     Raises:
         DatasetError: a bad dataset, or resuming with data in another expression space. CheckpointError: an
@@ -1293,8 +1304,8 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
             raise CheckpointError(f"{ckpt_path} was trained with expressions of length {model.expression_dim}; the data "
                                   f"has length {dataset.expression_dim}; resume with the same data")
         check_expression_space(model.expression_space, dataset, "the data", str(ckpt_path))
-        changed = _frames_changed(data.get("frame_keys"), data.get("frame_files"), keys, files, dataset,
-                                  saved_sizes=data.get("frame_sizes"))
+        changed = _frames_changed(data.get("frame_keys"), None if same_pixels else data.get("frame_files"), keys,
+                                  files, dataset, saved_sizes=data.get("frame_sizes"), same_pixels_hint=True)
         if changed:
             raise CheckpointError(f"{ckpt_path} was trained on other frames: {changed}; resume with the same data")
     setup_seconds = 0.0  # carving counts as training time
@@ -1352,7 +1363,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
 def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
                 steps: Optional[int] = None, max_seconds: Optional[float] = None,
                 progress: Optional[ProgressFn] = None, monitor: Optional[MonitorFn] = None,
-                overrides: Union[str, Sequence[str]] = ()) -> TrainResult:
+                overrides: Union[str, Sequence[str]] = (), same_pixels: bool = False) -> TrainResult:
     """Add the identities of ``data_paths`` (a short clip each: their ``train`` split) to a trained generic model,
     or fine-tune identities it already knows on their own frames.
 
@@ -1385,6 +1396,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         overrides: ``key=value`` changes (a list, or one string) of the generic run's ``train.``, ``sampler.`` or
             ``data.`` settings for this personalisation (e.g. ``train.personalize_tune=all``); the model's settings are
             the generic run's.
+        same_pixels: as for :func:`train`, for the files of known identities fine-tuned (against the generic run's)
+            and of a resumed personalisation.
     """
     cfg, model, meta = load_run(generic_run)
     _refuse_non_finite(model, meta["checkpoint"])
@@ -1442,11 +1455,15 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     if known:  # fine-tune known identities on their own frames: their codes are trained, no code-only phase
         identity_map, frame_map = _known_maps(model.identity_names, model.frame_identity, dataset, table,
                                               str(generic_run))
-        changed = _frames_changed(generic_keys[frame_map], generic_files[frame_map], keys, files, dataset,
-                                  saved_sizes=generic_sizes[frame_map])
+        if data is not None and data.get("frame_files") is not None:  # a resume: the files it fine-tuned on
+            generic_files = data["frame_files"].clone()
+        changed = _frames_changed(generic_keys[frame_map], None if same_pixels else generic_files[frame_map], keys,
+                                  files, dataset, saved_sizes=generic_sizes[frame_map], same_pixels_hint=True)
         if changed:
             raise DatasetError(f"{changed}: the model {generic_run} was trained on other frames; fine-tune a known "
                                f"identity with the data it was trained on ({_NEW_PERSON_HINT})")
+        generic_files = generic_files.clone()
+        generic_files[frame_map] = files  # the files fine-tuned on (the same, or re-encoded: same_pixels)
     else:
         if data is not None:
             first_frame = model.frame_identity.numel() - len(table)
@@ -1458,8 +1475,9 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
             saved_keys = data.get("frame_keys")
             saved_files, saved_sizes = data.get("frame_files"), data.get("frame_sizes")
             changed = _frames_changed(None if saved_keys is None else saved_keys[first_frame:],
-                                      None if saved_files is None else saved_files[first_frame:], keys, files, dataset,
-                                      saved_sizes=None if saved_sizes is None else saved_sizes[first_frame:])
+                                      None if saved_files is None or same_pixels else saved_files[first_frame:], keys,
+                                      files, dataset, saved_sizes=None if saved_sizes is None else saved_sizes[first_frame:],
+                                      same_pixels_hint=True)
             if changed:
                 raise CheckpointError(f"{ckpt_path} added other frames: {changed}; resume with the same data, or use "
                                       "another --out folder")

@@ -638,3 +638,39 @@ def test_a_run_moved_with_its_data_finds_the_data_beside_it(heads, tmp_path, cap
     Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
     with pytest.raises(DatasetError, match=re.escape(str(path)) + ".*" + re.escape(str(proj / "data"))):
         run_data_paths(load_run(moved / "runs" / "run")[2])
+
+
+def test_training_files_re_encoded_with_the_same_pixels_resume_when_the_user_says_so(heads, generic, tmp_path,
+                                                                                     capsys):
+    """PNGs re-saved at another compression level (or optimised by oxipng): other bytes, the same pixels. The
+    checkpoint's fingerprints are of the files' bytes (no pixels kept), so a resume was refused with no way to say
+    it is the same data. --same-pixels (same_pixels=True) resumes on them, still checking names, cameras and
+    expressions, and records the new files, so later resumes need it no more; the refusal says so."""
+    from PIL import Image
+
+    from fastminerf.cli import main
+
+    data = _copy(heads[:2], tmp_path / "data")
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=2"]), data, run)
+    rel = json.loads((data[1] / "transforms_train.json").read_text())["frames"][0]["file_path"]
+    path = data[1] / rel
+    pixels = np.asarray(Image.open(path))
+    Image.fromarray(pixels).save(path, compress_level=0)  # the same pixels, another file
+    assert np.array_equal(np.asarray(Image.open(path)), pixels)
+    with pytest.raises(CheckpointError, match="same.pixels"):
+        train(load_config("tiny", ["train.steps=3"]), data, run)
+    argv = ["train", "--data", *map(str, data), "--out", str(run), "--config", "tiny"]
+    assert main(argv + ["--steps", "3", "--same-pixels"]) == 0, capsys.readouterr().err
+    assert load_run(run)[2]["step"] == 3
+    train(load_config("tiny", ["train.steps=4"]), data, run)  # the new files are the ones recorded
+    assert load_run(run)[2]["step"] == 4
+    # fine-tuning a known person on re-encoded files likewise
+    known = _copy(heads[:1], tmp_path / "known")
+    path = known[0] / json.loads((known[0] / "transforms_train.json").read_text())["frames"][0]["file_path"]
+    Image.fromarray(np.asarray(Image.open(path))).save(path, compress_level=0)
+    with pytest.raises(DatasetError, match="same.pixels"):
+        personalize(generic, known, tmp_path / "tuned", steps=1)
+    personalize(generic, known, tmp_path / "tuned", steps=1, same_pixels=True)
+    assert load_run(tmp_path / "tuned")[2]["refined"] == [heads[0].name]
+    personalize(generic, known, tmp_path / "tuned", steps=2)  # its resume checks the files it tuned on
