@@ -282,16 +282,16 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     The metadata dict holds ``identity_names`` (I,), ``expression_dim`` E, ``expression_space`` (of the training
     data, None when unknown), ``data_paths`` (the folders it was
     trained on, absolute), ``data_relative`` (the same relative to the run folder, tried where the absolute ones are
-    gone, :func:`run_data_paths`; None in older runs), ``step``, ``seconds``, ``kind`` ("train" or "personalize"), ``refined`` (the identities a
-    personalisation fine-tuned, else empty), ``added`` (the new identities a personalisation added, else empty),
-    ``frame_keys`` ((B,) fingerprints of the training frames, :func:`frame_keys`; None in older runs),
-    ``frame_files`` ((B, 3) fingerprints of their image, mask and background files, :func:`frame_files`; None in
-    older runs), ``frame_sizes`` ((B, 2) width and height of each training frame, :func:`frame_sizes`; None in older
-    runs), ``backends`` (what computed each part of the model where it last trained, ``{device: {part:
-    implementation}}`` of :meth:`MINeRF.backends`; None in older runs),
-    ``generic_run`` (the run a personalisation started from, else None), ``frame_identity`` (B,), ``phase`` (the
-    phase a personalisation's checkpoint was written in: ``codes`` or ``all``; else None) and ``checkpoint`` (the
-    file).
+    gone, :func:`run_data_paths`; None in older runs), ``step``, ``seconds``, ``kind`` ("train" or "personalize"),
+    ``refined`` (the identities a personalisation fine-tuned, else empty), ``added`` (the new identities a
+    personalisation added, else empty), ``frame_keys`` ((B,) fingerprints of the training frames, :func:`frame_keys`;
+    None in older runs), ``frame_files`` ((B, 3) fingerprints of their image, mask and background files,
+    :func:`frame_files`; None in older runs), ``frame_sizes`` ((B, 2) width and height of each training frame,
+    :func:`frame_sizes`; None in older runs), ``backends`` (what computed each part of the model where it last
+    trained, ``{device: {part: implementation}}`` of :meth:`MINeRF.backends`; None in older runs), ``generic_run``
+    (the run a personalisation started from, where it is now when it moved together with this one; else None),
+    ``frame_identity`` (B,), ``phase`` (the phase a personalisation's checkpoint was written in: ``codes`` or
+    ``all``; else None) and ``checkpoint`` (the file).
     """
     run = Path(run_dir)
     path = run / CHECKPOINT_NAME if run.is_dir() or not run.suffix else run
@@ -316,7 +316,7 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
         kind=str(data.get("kind", "train")),
         refined=[str(n) for n in data.get("refined", [])],
         added=[str(n) for n in data.get("added", [])],
-        generic_run=data.get("generic_run"),
+        generic_run=_moved_with(data.get("generic_run"), data.get("generic_run_relative"), path.parent),
         frame_identity=model.frame_identity.clone(),
         frame_keys=data.get("frame_keys"),
         frame_files=data.get("frame_files"),
@@ -369,6 +369,15 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
         expression_space=model.expression_space,
         data_paths=_where(dataset.identity_dirs) if dataset is not None else [], frame_keys=keys, frame_files=files,
         model=model.state_dict(), step=int(step), seconds=0.0))
+
+
+def _moved_with(recorded: Optional[str], relative: Optional[str], run: Path) -> Optional[str]:
+    """A path a run recorded (absolute), or where it is now relative to the run folder when the recorded one is gone
+    and that one is there (a project moved as a whole); else the recorded one."""
+    if recorded is None or relative is None or os.path.exists(recorded):
+        return recorded
+    here = os.path.normpath(os.path.join(os.path.abspath(run), relative))
+    return here if os.path.exists(here) else recorded
 
 
 def run_data_folders(meta: dict, strict: bool = True) -> List[Tuple[str, bool]]:
@@ -1514,7 +1523,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                     identity_names=list(model.identity_names), expression_dim=model.expression_dim,
                     expression_space=model.expression_space,
                     data_paths=data_paths, data_relative=_relative(data_paths, out),
-                    generic_run=_where([generic_run])[0],
+                    generic_run=_where([generic_run])[0], generic_run_relative=_relative([generic_run], out)[0],
                     frame_keys=generic_keys if known else torch.cat([generic_keys, keys]),
                     frame_files=generic_files if known else torch.cat([generic_files, files]),
                     frame_sizes=generic_sizes if known else torch.cat([generic_sizes, sizes]), backends=ran,

@@ -674,3 +674,18 @@ def test_training_files_re_encoded_with_the_same_pixels_resume_when_the_user_say
     personalize(generic, known, tmp_path / "tuned", steps=1, same_pixels=True)
     assert load_run(tmp_path / "tuned")[2]["refined"] == [heads[0].name]
     personalize(generic, known, tmp_path / "tuned", steps=2)  # its resume checks the files it tuned on
+
+
+def test_a_personalisation_moved_with_its_generic_run_names_it_where_it_is(heads, tmp_path):
+    """A project moved as a whole: the personalisation still named its generic run at the old place (info's 'started
+    from', the note of people it did not personalise, a resume's hint), a path that no longer exists. It records the
+    generic run relative to itself too, and names it where it is now."""
+    from fastminerf.cli import run_info
+
+    proj = tmp_path / "proj"
+    train(load_config("tiny", ["train.steps=1"]), _copy(heads[:2], proj / "data"), proj / "run")
+    personalize(proj / "run", _copy(heads[2:3], proj / "new"), proj / "pers", steps=1)
+    moved = tmp_path / "disk2" / "proj"
+    shutil.move(str(proj), str(moved))
+    assert load_run(moved / "pers")[2]["generic_run"] == str(moved / "run")
+    assert run_info(moved / "pers")["generic_run"] == str(moved / "run")
