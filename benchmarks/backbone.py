@@ -107,6 +107,10 @@ MODES = {
 """``full``: the README's numbers (about 15 minutes on 2 cores); ``quick``: under two minutes of training; ``tiny``:
 tests."""
 
+RECORD = {"fast_config": "cpu"}
+"""The settings of the committed record (the README's table): a full run with others (``--gpu``) into
+``benchmarks/results`` writes ``backbone_quick`` (:func:`benchmarks.common.write_with_plot`)."""
+
 
 def _latest(curve: list, seconds: float) -> Optional[dict]:
     before = [p for p in curve if p["seconds"] <= seconds + 1e-9]
@@ -130,7 +134,7 @@ def _run(s, mode: str, out_dir: Path, work: Optional[Path], progress: Optional[P
     say = progress or (lambda event, info: None)
     with bench_data(work, "fm_backbone_", s.identities, s.frames, s.size, s.seed, say) as (work, ids):
         result = _measure(s, mode, work, ids, say, where)
-    write_with_plot("backbone", mode, result, out_dir, plot)
+    result["written"] = write_with_plot("backbone", mode, result, out_dir, plot, RECORD)
     return result
 
 

@@ -183,11 +183,20 @@ def bench_data(work: Path | None, prefix: str, n_identities: int, frames: int, s
             shutil.rmtree(work, ignore_errors=True)
 
 
-def write_with_plot(kind: str, mode: str, result: dict, out_dir: Path, plot: Callable[[dict, Path], Path]) -> None:
-    """``<out_dir>/<kind>.json`` and ``.png`` for the full version, ``<kind>_<mode>.*`` for the others."""
+def write_with_plot(kind: str, mode: str, result: dict, out_dir: Path, plot: Callable[[dict, Path], Path],
+                    record: dict | None = None) -> str:
+    """``<out_dir>/<kind>.json`` and ``.png`` for the full version, ``<kind>_<mode>.*`` for the others; the name
+    written. ``record``: the settings the committed record was made with (keys of ``result["settings"]``, e.g. its
+    seeds, identity counts and preset): a full run with others into ``benchmarks/results`` writes ``<kind>_quick.*``
+    (ignored by git, read by no table), as :func:`record_name` does for the other scripts' departing runs."""
     name = kind if mode == "full" else f"{kind}_{mode}"
+    if mode == "full" and record is not None and Path(out_dir).resolve() == RESULTS.resolve():
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in result["settings"].items()}
+        if any(settings.get(k) != v for k, v in record.items()):
+            name = f"{kind}_quick"
     write_result(name, result, out_dir)
     plot(result, Path(out_dir) / f"{name}.png")
+    return name
 
 
 def spread_frames(table, identity: int, count: int):

@@ -131,6 +131,10 @@ MODES = {
 }
 """``full``: the README's numbers (about half an hour on 2 cores); ``quick``: a few minutes; ``tiny``: tests."""
 
+RECORD = {"counts": [1, 2, 4, 8, 16], "config": "cpu", "seeds": [0, 1, 2]}
+"""The settings of the committed record (``--full --seeds 0 1 2``, the README's table): a full run with others into
+``benchmarks/results`` writes ``identities_quick`` (:func:`benchmarks.common.write_with_plot`)."""
+
 
 def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[Path] = None,
                    config: Optional[str] = None, progress: Optional[ProgressFn] = None,
@@ -151,7 +155,7 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
         results = [_run(replace(s, seed=k), mode, work / f"seed{k}" if work and len(seeds) > 1 else work, progress,
                         where) for k in seeds]
     result = results[0] if len(results) == 1 else combine_seeds(results)
-    write_with_plot("identities", mode, result, out_dir, plot)
+    result["written"] = write_with_plot("identities", mode, result, out_dir, plot, RECORD)
     return result
 
 

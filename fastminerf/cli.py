@@ -908,7 +908,8 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
         "backbone against the NeRFace backbone on the same data (time to NeRFace's final PSNR, PSNR at equal time). "
         "The short version takes a few minutes; --full gives the README's numbers (about 30 + 15 minutes on 2 cores). "
         "Writes OUT/<name>.json and .png with --full, OUT/<name>_quick.* for the short version, OUT/<name>_tiny.* with "
-        "--tiny.",
+        "--tiny; a --full run into benchmarks/results with other settings than the README's record (identities: "
+        "--seeds 0 1 2 and the default counts; either: without --gpu) writes <name>_quick.* there.",
     )
     p.add_argument("which", choices=["identities", "backbone", "all"], help="which benchmark")
     size = p.add_mutually_exclusive_group()
@@ -952,15 +953,15 @@ def _run_bench(args: argparse.Namespace) -> int:
                                   f"novel {info['novel_psnr']:.2f} dB")
 
             if which == "identities":
-                identities.run_identities(mode, out, args.work and args.work / which, config, progress, args.counts,
-                                          args.seeds)
+                r = identities.run_identities(mode, out, args.work and args.work / which, config, progress,
+                                              args.counts, args.seeds)
             else:
                 r = backbone.run_backbone(mode, out, args.work and args.work / which, config, progress)
                 reach = r["fast_seconds_to_nerface_final_psnr"]
                 console.print(f"nerface: {r['nerface_final_psnr']:.2f} dB after {r['nerface_seconds']:.0f} s; fast: "
                               + (f"{reach:.1f} s to reach it, speedup {r['speedup']:.0f}x" if reach else
                                  f"not reached in {r['fast_seconds']:.0f} s"))
-        name = which if mode == "full" else f"{which}_{mode}"
+        name = r["written"]  # a full run with other settings than the record's: <which>_quick (write_with_plot)
         console.print(f"wrote {Path(out) / (name + '.json')} and {name}.png")
     return 0
 

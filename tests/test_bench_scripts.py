@@ -144,3 +144,22 @@ def test_speech_says_which_identities_it_left_out(tmp_path, capsys):
     assert f"{dirs[0].name}: no audio.wav" in out, out
     (written,) = tmp_path.glob("speech*.json")
     assert json.loads(written.read_text())["synth"]["0"]["skipped"] == [f"{dirs[0].name}: no audio.wav"]
+
+
+@pytest.mark.parametrize("kind", ["identities", "backbone"])
+def test_a_full_run_with_other_settings_does_not_replace_the_record(kind, tmp_path, monkeypatch):
+    """fastminerf bench identities --full without the record's --seeds 0 1 2 (or with --counts, or --gpu) wrote
+    benchmarks/results/identities.json, the README table's record of three seeds, with one seed's numbers (backbone
+    --full --gpu likewise): a full run whose settings are not the record's writes <kind>_quick there, as the other
+    scripts' subset runs do; the record's own settings still write the record, and another --out keeps the name."""
+    mod = importlib.import_module(f"benchmarks.{kind}")
+    record = json.loads((common.RESULTS / f"{kind}.json").read_text())
+    assert {k: record["settings"][k] for k in mod.RECORD} == mod.RECORD  # the committed record's settings
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    plot = lambda result, path: Path(path).write_bytes(b"png")  # noqa: E731
+    key = next(iter(mod.RECORD))
+    other = {**record, "settings": {**record["settings"], key: "other"}}
+    for result, name in ((other, f"{kind}_quick"), (record, kind)):
+        assert common.write_with_plot(kind, "full", result, common.RESULTS, plot, mod.RECORD) == name
+        assert (common.RESULTS / f"{name}.json").is_file() and (common.RESULTS / f"{name}.png").is_file()
+    assert common.write_with_plot(kind, "full", other, tmp_path / "o", plot, mod.RECORD) == kind
