@@ -390,10 +390,10 @@ def run_data_folders(meta: dict, strict: bool = True) -> List[Tuple[str, bool]]:
     relative = meta.get("data_relative") or [None] * len(meta["data_paths"])
     found = []
     for recorded, rel in zip(meta["data_paths"], relative):
-        if os.path.exists(recorded) or rel is None or not os.path.exists(os.path.join(run, rel)):
+        here = _moved_with(recorded, rel, run)
+        if here == recorded:  # there, or nowhere beside the run either
             found.append((recorded, os.path.exists(recorded)))
             continue
-        here = os.path.normpath(os.path.join(os.path.abspath(run), rel))
         try:
             _check_found_data(meta, here, recorded)
         except DatasetError:
