@@ -113,6 +113,7 @@ from .render import (
     CameraPath,
     RenderError,
     VideoInfo,
+    background_image,
     drive_path,
     driver_from_video,
     evaluate,
@@ -126,6 +127,7 @@ from .render import (
     render_video,
     set_render_steps,
     side_by_side,
+    straight_alpha,
     training_basis,
     write_video,
 )
@@ -137,6 +139,7 @@ __all__ += [
     "MetricUnavailable",
     "RenderError",
     "VideoInfo",
+    "background_image",
     "drive_path",
     "driver_from_video",
     "evaluate",
@@ -160,6 +163,7 @@ __all__ += [
     "run_demo",
     "side_by_side",
     "ssim",
+    "straight_alpha",
     "write_video",
 ]
 

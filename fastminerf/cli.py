@@ -11,6 +11,7 @@ progress and summaries are shown here.
     fastminerf render --run RUN --identity NAME --drive PATH[:SPLIT]|VIDEO --out OUT.mp4 [--transfer delta|absolute]
     fastminerf render --run RUN --identity NAME --orbit --out OUT.mp4
     fastminerf render --run RUN --identity NAME --speech AUDIO --out OUT.mp4 [--speech-model MODEL.pt]
+    fastminerf render ... [--background own|COLOUR|IMAGE] [--alpha]
     fastminerf speech (--run RUN | --data DATA... --out MODEL.pt) [--steps N] [--set key=value ...]
     fastminerf eval --run RUN [RUN ...] --data PATH... --split SPLIT [--out DIR] [--speech [MODEL.pt]]
     fastminerf demo [OUT] [--minutes 3]
@@ -498,7 +499,9 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
         "of a driver's frames (cross-identity expression transfer, head poses per --pose; 'delta' moves NAME's neutral face by the "
         "driver's change from its own neutral face, neutral = the train frame with the smallest expression norm); "
         "with --orbit, a camera orbit at NAME's neutral expression; with --speech, NAME saying a recording (lip "
-        "sync through a speech model, see fastminerf speech).",
+        "sync through a speech model, see fastminerf speech). Any of them over NAME's own background or, with "
+        "--background, over a colour or an image, and with --alpha carrying the person's opacity (RGBA PNG frames, "
+        "a matte video) to composite later.",
     )
     p.add_argument("--run", required=True, type=Path, help="run folder (made by train or personalize)")
     p.add_argument("--identity", required=True, help="identity to render (its name in the run)")
@@ -536,6 +539,15 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--pitch", type=float, default=None, metavar="DEG",
                    help="an orbit's up-down swing each way (default: as far as NAME's training views reach)")
     p.add_argument("--png-dir", type=Path, default=None, help="also write every frame as PNG into this folder")
+    p.add_argument("--background", default="own", metavar="own|COLOUR|IMAGE",
+                   help="what the person (head and torso) is composited over: 'own' (default) NAME's own background "
+                        "(bg.png); a colour, a name (white, black, grey, lime, ...; CSS names: 'green' is #008000, "
+                        "a green screen's #00FF00 is 'lime') or #RRGGBB; or an image file, resized to the frame. "
+                        "E.g. --background lime --alpha --png-dir frames/")
+    p.add_argument("--alpha", action="store_true",
+                   help="with the person's opacity: --png-dir frames are RGBA PNGs with straight (unassociated) "
+                        "alpha, and beside OUT.mp4 a grey matte video OUT_alpha.mp4 (white = the person; mp4 has no "
+                        "alpha channel). Not with --beside-driver")
     p.add_argument("--no-audio", dest="audio", action="store_false",
                    help="a silent video (default: a driven video carries the driver's audio.wav, cut to its frames)")
     p.add_argument("--beside-driver", action="store_true",
@@ -548,7 +560,7 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
 def _run_render(args: argparse.Namespace) -> int:
     from .prepare.video import VIDEO_SUFFIXES
     from .render import drive_path, driver_from_video, load_driver, load_target, orbit_path, orbit_reach, parse_drive
-    from .render import render_video
+    from .render import background_image, render_video
     from .render import training_basis
 
     from .render import RenderError, identity_id
@@ -571,6 +583,10 @@ def _run_render(args: argparse.Namespace) -> int:
                                                     f"{applies} only, not to {source}: ignored"), markup=True)
     args.transfer, args.pose = args.transfer or "delta", args.pose or "relative"
     args.beside_driver = args.beside_driver and source == "--drive"
+    if args.alpha and args.beside_driver:  # before the model is read and a driver prepared
+        raise RenderError("--alpha with --beside-driver: the driver's frame beside the render has no alpha; render "
+                          "the person alone for compositing")
+    background_image(args.background, None, 1, 1)  # a bad colour or a missing image: said before any work
     _, model, meta = _open_run(args.run, args.render_steps)
     identity_id(model, args.identity)  # fail early, naming the identity
     note = _not_personalised(args.run, meta, [args.identity])
@@ -627,17 +643,20 @@ def _run_render(args: argparse.Namespace) -> int:
         if args.frames:
             path = path.head(args.frames)
         what = f"{args.identity} driven by {driver_name}:{split} ({args.transfer}, {args.pose} poses)"
+    background = background_image(args.background, target.background(0), path.width, path.height)
     try:
         with _frames_progress(console, "render") as bar:
             task = bar.add_task("render", total=len(path))
-            info = render_video(model, path, args.identity, args.out, background=target.background(0),
+            info = render_video(model, path, args.identity, args.out, background=background,
                                 aabb=model.aabb.tolist(), png_dir=args.png_dir, fps=args.fps,
                                 progress=lambda d, t: bar.update(task, completed=d, total=t), audio=args.audio,
-                                beside_driver=args.beside_driver, caption=what)
+                                beside_driver=args.beside_driver, caption=what, alpha=args.alpha)
     finally:
         if speech_dir is not None:
             speech_dir.cleanup()
-    extra = f", PNG frames in {info.png_dir}" if info.png_dir else ""
+    extra = f", PNG frames in {info.png_dir}{' (RGBA)' if args.alpha else ''}" if info.png_dir else ""
+    if info.alpha_path is not None:
+        extra += f", its matte in {info.alpha_path}"
     if info.audio_seconds:
         extra += f", with {info.audio_seconds:.1f} s of {'the recording' if args.speech else 'the driver' + chr(39) + 's audio'}"
     elif args.audio and not args.orbit and info.path is not None:

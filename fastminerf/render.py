@@ -10,7 +10,10 @@ The pieces, each usable alone:
   target's head as a driver's moves (the default head poses of a driven video).
 - :func:`render_rays`, :func:`render_frame`, :func:`render_sequence`: the model applied to rays, one frame or a
   path, without gradients (the model bounds its own memory: ``MINeRF`` renders in chunks of ``ModelConfig.chunk_rays`` rays).
-- :func:`write_video` (mp4 through imageio-ffmpeg, PNG frames on request; with a soundtrack when given),
+- :func:`background_image`, :func:`straight_alpha`: what the person is composited over (their own background, a
+  colour or an image; the model composites it as its own), and an RGBA frame's colour with straight alpha.
+- :func:`write_video` (mp4 through imageio-ffmpeg, PNG frames on request; with a soundtrack when given; RGBA frames
+  give RGBA PNGs and a matte video beside the mp4),
   :func:`render_video` (a driven video carries the driver's speech, cut to its frames by :mod:`fastminerf.audio`;
   at another fps it keeps the driver's clock, :meth:`CameraPath.at_fps`; ``beside_driver`` shows driver | render).
 - :func:`side_by_side` and :func:`evaluate`: per-identity PSNR, SSIM and L1 (LPIPS where available) and
@@ -49,10 +52,13 @@ __all__ = [
     "CameraPath",
     "ERROR_GAIN",
     "ORBIT_MIN_DEG",
+    "OWN_BACKGROUND",
     "POSE_MODES",
     "RenderError",
     "VIDEO_OUT_SUFFIXES",
     "VideoInfo",
+    "alpha_video_path",
+    "background_image",
     "drive_path",
     "driver_from_video",
     "evaluate",
@@ -77,6 +83,7 @@ __all__ = [
     "side_by_side",
     "speech_path",
     "split_fps",
+    "straight_alpha",
     "to_uint8",
     "training_basis",
     "view_angles",
@@ -935,6 +942,86 @@ def _model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
+BackgroundLike = Union[None, str, Path, np.ndarray]
+"""What a render is composited over (:func:`background_image`): None or ``"own"``, a colour, an image file or an image."""
+
+OWN_BACKGROUND = "own"
+"""The ``background`` of :func:`background_image` (and ``render --background``) that keeps the person's own."""
+
+
+def background_image(background: BackgroundLike, own: Optional[np.ndarray], width: int, height: int) -> np.ndarray:
+    """What a render of ``width`` x ``height`` is composited over, as one helper for the library and ``render
+    --background``: (H, W, 3) float32 in [0, 1].
+
+    Args:
+        background: None or :data:`OWN_BACKGROUND` (``"own"``): ``own``; a colour, a CSS name (white, black, grey,
+            green, ...; CSS's green is #008000, a green screen's #00FF00 is ``lime``) or ``#RRGGBB``; an image file
+            (read as :func:`fastminerf.data.read_rgb` reads frames, resized bilinearly to the frame, its aspect not
+            kept); or an (h, w, 3) uint8 or float image, resized likewise.
+        own: the person's own background (h, w, 3), resized to the frame; None for white.
+
+    Raises:
+        RenderError: a text that is neither a colour nor an existing image file, or an image that cannot be read
+            (each named).
+    """
+    if _is_own(background):
+        return _background_image(own, width, height).numpy()
+    if isinstance(background, (str, Path)):
+        text = str(background).strip()
+        if Path(text).is_file():
+            try:
+                image = read_rgb(text)
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise RenderError(f"cannot read the background image {text}: {exc}") from None
+            return _background_image(image, width, height).numpy()
+        from PIL import ImageColor
+
+        try:
+            rgb = ImageColor.getrgb(text)[:3]
+        except ValueError:
+            what = not_a_file(text) if Path(text).exists() else None
+            if what is not None:  # a folder, a link that loops: the user sees the name there
+                raise RenderError(f"background {text} {what}: give an image file, a colour or '{OWN_BACKGROUND}'") from None
+            if Path(text).suffix or "/" in text or "\\" in text:  # meant as a file
+                raise RenderError(f"background image {text}: no such file") from None
+            raise RenderError(f"background '{text}' is neither a colour (a name such as white, black, lime, or "
+                              f"#RRGGBB) nor an image file (no such file); '{OWN_BACKGROUND}' keeps the person's own") from None
+        colour = np.asarray(rgb, dtype=np.float32) / 255.0
+        return np.ascontiguousarray(np.broadcast_to(colour, (height, width, 3)))
+    image = np.asarray(background)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise RenderError(f"a background image must be (H, W, 3), got {image.shape}")
+    return _background_image(image, width, height).numpy()
+
+
+def _is_own(background: BackgroundLike) -> bool:
+    """Whether ``background`` keeps the person's own background (None or ``"own"``)."""
+    return background is None or (isinstance(background, str) and background.strip().lower() == OWN_BACKGROUND)
+
+
+def _person_alpha(out: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Each ray's opacity of the whole person from a model's outputs: the head field over the torso layer
+    (``person_opacity``) with a torso layer, the head field's ``opacity`` without one."""
+    alpha = out.get("person_opacity", out.get("opacity"))
+    if alpha is None:
+        raise RenderError("the model returned no per-ray 'opacity': no alpha to give")
+    return alpha
+
+
+def straight_alpha(frame: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The person of an RGBA frame rendered over ``background`` (``render_sequence(..., alpha=True)``: colour the
+    composite, alpha the person's opacity) with straight (unassociated) alpha, as PNG holds it: the background taken
+    out of the colour, ``(rgb - (1 - a) * background) / a``, so that a compositor's ``a * colour + (1 - a) * B`` puts
+    the person over any ``B`` without a fringe of the render's background. Colour 0 where ``a`` is under half an
+    8-bit step (nothing of the person there). (H, W, 4) float32 in [0, 1]."""
+    f = np.asarray(frame, dtype=np.float32)
+    a = f[..., 3:4]
+    person = f[..., :3] - (1.0 - a) * np.asarray(background, dtype=np.float32)
+    seen = a >= 0.5 / 255.0
+    colour = np.where(seen, person / np.where(seen, a, 1.0), 0.0)
+    return np.concatenate([np.clip(colour, 0.0, 1.0), a], axis=-1).astype(np.float32)
+
+
 def _background_image(background: Optional[np.ndarray], width: int, height: int) -> torch.Tensor:
     """(H, W, 3) float32 in [0, 1] from uint8/float (h, w, 3), resized (bilinear) when the size differs;
     white when None."""
@@ -957,6 +1044,7 @@ def render_frame(
     use_frame_codes: bool = False,
     outputs: bool = False,
     expression: Optional[np.ndarray] = None,
+    background: BackgroundLike = None,
 ):
     """Render one frame.
 
@@ -972,8 +1060,13 @@ def render_frame(
             that frame's learned code. Only right when ``dataset.table(split)`` is, row for row, the table the
             model was trained on; by default (false) every frame gets the model's default code, as frames
             outside training must.
-        outputs: also return the model's per-ray outputs reshaped to (H, W, ...).
+        outputs: also return the model's per-ray outputs reshaped to (H, W, ...), with ``alpha`` (H, W): the
+            person's opacity (the head field over the torso layer), what the image holds of the person.
         expression: ``(E,)``, rendered instead of the frame's own expression (e.g. one predicted from speech).
+        background: what the person is composited over (:func:`background_image`): None or ``"own"`` the frame's
+            own background (a dataset's) or the batch's; a colour, an image file or an image instead. The model
+            composites it as its own (the torso layer over it, the head over that), so the image is
+            ``person + (1 - alpha) * background``.
 
     Returns:
         ``(H, W, 3)`` float32 numpy image in [0, 1]; with ``outputs``, ``(image, dict)``.
@@ -998,6 +1091,9 @@ def render_frame(
             raise RenderError(f"expression of shape {tuple(e.shape)} given for rays with {rays.expression.shape[1]} "
                               "coefficients")
         rays = replace(rays, expression=e.expand_as(rays.expression).contiguous())
+    if not _is_own(background):
+        bg = torch.from_numpy(background_image(background, None, width, height)).reshape(-1, 3)
+        rays = replace(rays, background=bg.to(rays.background.dtype))
     out = render_rays(
         model,
         rays.origins,
@@ -1012,6 +1108,7 @@ def render_frame(
     )
     image = out["rgb"].reshape(height, width, 3).clamp(0, 1).numpy().astype(np.float32)
     if outputs:
+        out["alpha"] = _person_alpha(out)
         return image, {k: v.reshape(height, width, *v.shape[1:]) for k, v in out.items()}
     return image
 
@@ -1020,10 +1117,11 @@ def render_sequence(
     model,
     path: CameraPath,
     identity: Union[int, str],
-    background: Optional[np.ndarray] = None,
+    background: BackgroundLike = None,
     aabb: Optional[Sequence[float]] = None,
     near_far: Optional[Tuple[float, float]] = None,
     progress: Optional[ProgressFn] = None,
+    alpha: bool = False,
 ) -> Iterator[np.ndarray]:
     """Render every frame of a path for one identity, one frame at a time (a generator).
 
@@ -1033,14 +1131,17 @@ def render_sequence(
         model: the model.
         path: cameras and expressions.
         identity: model identity id, or its name.
-        background: (h, w, 3) uint8 or float image behind the head, resized to the path's size when it
-            differs; white when None.
+        background: what the person is composited over (:func:`background_image`): an (h, w, 3) uint8 or float
+            image, resized to the path's size when it differs, a colour or an image file; white when None (a path
+            has no background of its own).
         aabb: ``[xmin, ymin, zmin, xmax, ymax, zmax]`` head box in head space.
         near_far: a fixed sampling interval instead.
         progress: called as ``progress(frames_done, frames_total)``.
+        alpha: yield RGBA frames: the colour as without it (the person over ``background``), the alpha the person's
+            opacity (the head field over the torso layer); :func:`straight_alpha` takes the background out.
 
     Yields:
-        ``(H, W, 3)`` float32 frames in [0, 1].
+        ``(H, W, 3)`` float32 frames in [0, 1]; ``(H, W, 4)`` with ``alpha``.
     """
     if (aabb is None) == (near_far is None):
         raise RenderError("render_sequence needs exactly one of aabb and near_far")
@@ -1051,7 +1152,7 @@ def render_sequence(
     ident = identity_id(model, identity) if isinstance(identity, str) else int(identity)
     w, h = path.width, path.height
     n = w * h
-    bg = _background_image(background, w, h).reshape(n, 3)
+    bg = torch.from_numpy(background_image(background, None, w, h)).reshape(n, 3)
     ids = torch.full((n,), ident, dtype=torch.int64)
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     uv = pixel_uv(torch.stack([cols.reshape(-1), rows.reshape(-1)], 1), w, h)
@@ -1066,7 +1167,10 @@ def render_sequence(
             far = torch.full((n,), float(near_far[1]))  # type: ignore[index]
         ex = torch.from_numpy(np.ascontiguousarray(path.expression[b])).float().expand(n, -1)
         out = render_rays(model, o, d, near, far, ids, ex, bg, frame=None, uv=uv)
-        yield out["rgb"].reshape(h, w, 3).clamp(0, 1).numpy().astype(np.float32)
+        rgb = out["rgb"].reshape(h, w, 3)
+        if alpha:
+            rgb = torch.cat([rgb, _person_alpha(out).reshape(h, w, 1).to(rgb.dtype)], dim=2)
+        yield rgb.clamp(0, 1).numpy().astype(np.float32)
         if progress is not None:
             progress(b + 1, len(path))
 
@@ -1098,11 +1202,20 @@ class VideoInfo:
     """Folder of ``00000.png ...`` when PNG frames were requested."""
     audio_seconds: float = 0.0
     """Seconds of sound in the mp4 (0 when it is silent)."""
+    alpha_path: Optional[Path] = None
+    """The grey matte video of RGBA frames' alpha beside the mp4 (:func:`alpha_video_path`), or None."""
 
 
 VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
 """Suffixes of the files :func:`write_video` writes (containers that hold H.264 video and AAC sound; ffmpeg picks the
 container by the suffix)."""
+
+
+def alpha_video_path(path: PathLike) -> Path:
+    """The matte video :func:`write_video` writes beside ``path`` for RGBA frames: ``OUT_alpha.mp4`` for
+    ``OUT.mp4`` (the same container)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_alpha{path.suffix}")
 
 
 def write_video(
@@ -1112,14 +1225,21 @@ def write_video(
     png_dir: Optional[PathLike] = None,
     quality: float = 8.0,
     audio: Optional[Audio] = None,
+    rendered_over: Optional[np.ndarray] = None,
 ) -> VideoInfo:
     """Write frames to an H.264 mp4 (through the ffmpeg that imageio-ffmpeg ships) and/or PNG files.
 
     Frames stream through: the iterable is consumed once and never held in memory. The mp4 is yuv420p, which
     needs even sizes: an odd width or height is padded by one replicated column or row (never resized).
 
+    RGBA frames (``render_sequence(..., alpha=True)``): the mp4 shows their colour, and beside it a grey matte video
+    of their alpha, :func:`alpha_video_path` (``OUT_alpha.mp4``: H.264 in yuv420p has no alpha channel; an editor
+    uses it as a luma matte); the PNG frames are RGBA with straight (unassociated) alpha, what PNG holds and
+    compositors expect: with ``rendered_over``, the background their colour was composited over is taken out of it
+    (:func:`straight_alpha`); without it their colour is written as it is.
+
     Args:
-        frames: (H, W, 3) float in [0, 1] or uint8, all one size.
+        frames: (H, W, 3) or (H, W, 4) float in [0, 1] or uint8, all one size and shape.
         path: the mp4 to write (its folder is created; or .mov, .m4v, .mkv, .avi: :data:`VIDEO_OUT_SUFFIXES`), or None
             for PNG frames only.
         fps: frame rate.
@@ -1127,14 +1247,15 @@ def write_video(
             end, left there by an earlier render, are removed).
         quality: imageio-ffmpeg quality, 0 (worst) to 10 (best).
         audio: a soundtrack for the mp4 (AAC), as long as the video should be (:func:`fastminerf.audio.frame_soundtrack`).
+        rendered_over: (H, W, 3) float in [0, 1], the background the colour of RGBA frames was rendered over.
 
     Returns:
         A :class:`VideoInfo`.
 
     Raises:
-        RenderError: no frames, frames of different sizes, a ``path`` that is a folder, whose suffix is not a video
-            container or whose folder cannot be written (these before any frame is asked for), or ffmpeg failed (an
-            earlier file at ``path`` is then left as it was).
+        RenderError: no frames, frames of different sizes or channels, a ``path`` that is a folder, whose suffix is
+            not a video container or whose folder cannot be written (these before any frame is asked for), or ffmpeg
+            failed (an earlier file at ``path`` is then left as it was).
     """
     import imageio.v3 as iio
     import imageio_ffmpeg
@@ -1161,51 +1282,68 @@ def write_video(
             raise RenderError(f"{out}: cannot write the video there ({exc.strerror or exc})") from None
     if pngs is not None:
         pngs.mkdir(parents=True, exist_ok=True)
-    writer = encoder = None
+    # the video, and for RGBA frames its matte: [final name, temporary name, writer, ffmpeg process]
+    videos: List[list] = []
     size: Optional[Tuple[int, int]] = None
+    channels = 3
     count = 0
     wav = None
     if out is not None and audio is not None and len(audio.samples):
         wav = write_wav(out.with_name(f".{out.name}.audio.wav"), audio)
+
+    def start(final: Path, sound: Optional[Path]) -> None:
+        tmp = final.with_name(f".{final.stem}.part{final.suffix}")
+        even = (size[1] + size[1] % 2, size[0] + size[0] % 2)  # type: ignore[index]
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), even, fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error",
+            audio_path=None if sound is None else str(sound), audio_codec=None if sound is None else "aac",
+        )
+        writer.send(None)
+        videos.append([final, tmp, writer, _ffmpeg_process(writer)])
+
     try:
         for frame in frames:
             img = to_uint8(frame)
-            if img.ndim != 3 or img.shape[2] != 3:
-                raise RenderError(f"video frames must be (H, W, 3), frame {count} is {img.shape}")
+            if img.ndim != 3 or img.shape[2] not in (3, 4):
+                raise RenderError(f"video frames must be (H, W, 3) or (H, W, 4), frame {count} is {img.shape}")
             if size is None:
-                size = (img.shape[0], img.shape[1])
+                size, channels = (img.shape[0], img.shape[1]), img.shape[2]
                 if out is not None:
-                    even = (size[1] + size[1] % 2, size[0] + size[0] % 2)
-                    writer = imageio_ffmpeg.write_frames(
-                        str(part), even, fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error",
-                        audio_path=None if wav is None else str(wav), audio_codec=None if wav is None else "aac",
-                    )
-                    writer.send(None)
-                    encoder = _ffmpeg_process(writer)
+                    start(out, wav)
+                    if channels == 4:
+                        start(alpha_video_path(out), None)
             elif img.shape[:2] != size:
                 raise RenderError(f"frame {count} is {img.shape[1]}x{img.shape[0]}, the video is {size[1]}x{size[0]}")
+            elif img.shape[2] != channels:
+                raise RenderError(f"frame {count} has {img.shape[2]} channels, the frames before it {channels}")
             if pngs is not None:
-                iio.imwrite(pngs / f"{count:05d}.png", img)
-            if writer is not None:
-                padded = np.pad(img, ((0, img.shape[0] % 2), (0, img.shape[1] % 2), (0, 0)), mode="edge")
+                png = img
+                if channels == 4 and rendered_over is not None:
+                    colour = np.asarray(frame, dtype=np.float32) / (255.0 if np.asarray(frame).dtype == np.uint8 else 1.0)
+                    png = to_uint8(straight_alpha(colour, rendered_over))
+                iio.imwrite(pngs / f"{count:05d}.png", png)
+            pictures = [img[..., :3], np.repeat(img[..., 3:], 3, axis=2)] if channels == 4 else [img]
+            for video, picture in zip(videos, pictures):
+                padded = np.pad(picture, ((0, picture.shape[0] % 2), (0, picture.shape[1] % 2), (0, 0)), mode="edge")
                 try:
-                    writer.send(np.ascontiguousarray(padded))
+                    video[2].send(np.ascontiguousarray(padded))
                 except OSError:  # ffmpeg quit before taking every frame (imageio-ffmpeg: a broken pipe)
-                    writer = None  # the generator has ended, and waited for ffmpeg
-                    raise _encode_error(out, part, encoder, count) from None
+                    video[2] = None  # the generator has ended, and waited for ffmpeg
+                    raise _encode_error(video[0], video[1], video[3], count) from None
             count += 1
-        if writer is not None:
-            writer.close()  # waits for ffmpeg, whose exit status imageio-ffmpeg does not check
-            writer = None
-            failed = _encode_error(out, part, encoder, count, at_end=True)
+        for video in videos:
+            video[2].close()  # waits for ffmpeg, whose exit status imageio-ffmpeg does not check
+            video[2] = None
+            failed = _encode_error(video[0], video[1], video[3], count, at_end=True)
             if failed is not None:
                 raise failed
-            part.replace(out)
+        for video in videos:
+            video[1].replace(video[0])
     finally:
-        if writer is not None:
-            writer.close()
-        if out is not None:
-            part.unlink(missing_ok=True)
+        for video in videos:
+            if video[2] is not None:
+                video[2].close()
+            video[1].unlink(missing_ok=True)
         if wav is not None:
             wav.unlink(missing_ok=True)
     if size is None:
@@ -1215,7 +1353,9 @@ def write_video(
             if stale.stem.isdigit() and int(stale.stem) >= count:
                 stale.unlink()
     seconds = audio.seconds if wav is not None else 0.0
-    return VideoInfo(path=out, n_frames=count, width=size[1], height=size[0], png_dir=pngs, audio_seconds=seconds)
+    matte = alpha_video_path(out) if out is not None and channels == 4 else None
+    return VideoInfo(path=out, n_frames=count, width=size[1], height=size[0], png_dir=pngs, audio_seconds=seconds,
+                     alpha_path=matte)
 
 
 def _ffmpeg_process(writer) -> Optional["subprocess.Popen"]:
@@ -1246,7 +1386,7 @@ def render_video(
     path: CameraPath,
     identity: Union[int, str],
     out: Optional[PathLike],
-    background: Optional[np.ndarray] = None,
+    background: BackgroundLike = None,
     aabb: Optional[Sequence[float]] = None,
     near_far: Optional[Tuple[float, float]] = None,
     png_dir: Optional[PathLike] = None,
@@ -1255,6 +1395,7 @@ def render_video(
     audio: bool = True,
     beside_driver: bool = False,
     caption: Optional[str] = None,
+    alpha: bool = False,
 ) -> VideoInfo:
     """:func:`render_sequence` streamed into :func:`write_video` (``fps`` defaults to the path's; another rate shows
     the path in real time, :meth:`CameraPath.at_fps`).
@@ -1267,15 +1408,24 @@ def render_video(
     With ``audio`` (default) and a path that has a recording and frame times (a driven path whose driver has
     ``audio.wav``), the mp4 carries the sound of each frame at its own time (:meth:`CameraPath.soundtrack`), so
     the target speaks with the driver's voice in sync with the driver's mouth.
+
+    ``background`` is what the person is composited over (:func:`background_image`: an image, a colour or an image
+    file; white when None). With ``alpha`` the frames carry the person's opacity too (:func:`write_video`: PNG frames
+    RGBA with straight alpha, and a grey matte video ``OUT_alpha.mp4`` beside the mp4); not with ``beside_driver``,
+    whose driver half has no alpha.
     """
     path = path.at_fps(fps)
     if beside_driver and path.sources is None:
         raise RenderError("beside_driver: this path has no driver frames to show (an orbit's or a recording's)")
+    if beside_driver and alpha:
+        raise RenderError("alpha and beside_driver: the driver's frame beside the render has no alpha; render the "
+                          "person alone for compositing")
+    bg = background_image(background, None, path.width, path.height)
     sound = path.soundtrack() if audio and out is not None else None
-    frames = render_sequence(model, path, identity, background, aabb, near_far, progress)
+    frames = render_sequence(model, path, identity, bg, aabb, near_far, progress, alpha=alpha)
     if beside_driver:
         frames = (_beside_driver(source, frame, caption) for source, frame in zip(path.sources, frames))
-    return write_video(frames, out, path.fps, png_dir, audio=sound)
+    return write_video(frames, out, path.fps, png_dir, audio=sound, rendered_over=bg if alpha else None)
 
 
 def _beside_driver(source, frame: np.ndarray, caption: Optional[str]) -> np.ndarray:

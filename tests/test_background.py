@@ -1,0 +1,131 @@
+"""Compositing the person over another background (``render --background``, ``render_frame(..., background=)``) and
+frames with the person's alpha (``render --alpha``, ``render_sequence(..., alpha=True)``), on a tiny run with a torso
+layer trained for a few steps: the model's own compositing path, the maths of it, and the files written."""
+
+import imageio.v3 as iio
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from fastminerf.cli import main
+from fastminerf.config import load_config
+from fastminerf.data import load_dataset
+from fastminerf.data.synth import generate
+from fastminerf.render import (RenderError, background_image, orbit_path, render_frame, render_sequence, straight_alpha,
+                               to_uint8)
+from fastminerf.train import load_run, train
+
+SIZE = 24
+
+
+@pytest.fixture(scope="module")
+def torso_run(tmp_path_factory):
+    """A tiny run with a torso layer (the person = head field over the layer), 3 steps."""
+    root = tmp_path_factory.mktemp("bg")
+    dirs = generate(root / "data", n_identities=2, n_frames=6, size=SIZE, val_fraction=0.34)
+    cfg = load_config("tiny", ["train.steps=3", "model.torso.resolution=16"])
+    train(cfg, dirs, root / "run")
+    _, model, _ = load_run(root / "run")
+    assert model.torso is not None
+    return root, dirs, model
+
+
+def test_render_frame_composites_the_person_over_a_new_background_through_the_models_path(torso_run):
+    """rgb = person + (1 - person_opacity) * background for the frame's own background and a new one alike: the
+    same person where the person is opaque, the new background where there is none of them."""
+    root, dirs, model = torso_run
+    data = load_dataset(dirs, splits=("train",))
+    own, out = render_frame(model, data, "train", 1, outputs=True)
+    a = out["alpha"].numpy()[..., None]
+    assert np.allclose(out["alpha"], out["person_opacity"]) and (out["person_opacity"] >= out["opacity"]).all()
+    person, black = render_frame(model, data, "train", 1, background="black", outputs=True)
+    assert np.allclose(black["alpha"], out["alpha"])  # the person does not depend on what is behind them
+    own_bg = data.background(int(data.table("train").identity[1])).astype(np.float32) / 255.0
+    assert np.allclose(own, person + (1 - a) * own_bg, atol=1e-5)
+    rng = np.random.default_rng(0)
+    for new in ("lime", "#3366cc", rng.random((SIZE // 2, SIZE // 2, 3)).astype(np.float32)):
+        got = render_frame(model, data, "train", 1, background=new)
+        bg = background_image(new, None, SIZE, SIZE)
+        assert np.allclose(got, person + (1 - a) * bg, atol=1e-5), new
+        assert np.allclose(got - own, (1 - a) * (bg - own_bg), atol=1e-5)  # same person pixels, the background swapped
+    assert np.array_equal(render_frame(model, data, "train", 1, background="own"), own)
+    assert np.allclose(background_image("lime", None, 2, 3), [0, 1, 0]) and background_image("#3366cc", None, 2, 3).shape == (3, 2, 3)
+
+
+def test_render_sequence_alpha_is_the_persons_opacity_and_straight_alpha_takes_the_background_out(torso_run):
+    root, dirs, model = torso_run
+    data = load_dataset(dirs, splits=("train",))
+    path = orbit_path(data, "id000", n_frames=1)
+    kw = dict(aabb=model.aabb.tolist())
+    rgba = next(render_sequence(model, path, "id000", background="lime", alpha=True, **kw))
+    rgb = next(render_sequence(model, path, "id000", background="lime", **kw))
+    over_black = next(render_sequence(model, path, "id000", background="black", **kw))
+    assert rgba.shape == (SIZE, SIZE, 4) and np.array_equal(rgba[..., :3], rgb)
+    a = rgba[..., 3:]
+    assert np.allclose(rgb, over_black + (1 - a) * np.array([0, 1, 0]), atol=1e-5)
+    straight = straight_alpha(rgba, background_image("lime", None, SIZE, SIZE))
+    seen = a[..., 0] > 0.05
+    assert seen.any()
+    # straight colour times alpha is the person alone (premultiplied = over black)
+    assert np.allclose((straight[..., :3] * a)[seen], over_black[seen], atol=1e-4)
+
+
+def _video(path):
+    reader = imageio_ffmpeg.read_frames(str(path))
+    next(reader)
+    return list(reader)
+
+
+def test_cli_render_background_and_alpha_write_rgba_pngs_and_a_matte(torso_run, tmp_path, capsys):
+    root, dirs, model = torso_run
+    data = load_dataset(dirs, splits=("train",))
+    out, png = tmp_path / "o.mp4", tmp_path / "png"
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--orbit", "--frames", "3",
+                 "--background", "#00ff00", "--alpha", "--png-dir", str(png), "--out", str(out)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "o_alpha.mp4" in said and "RGBA" in said
+    want = list(render_sequence(model, orbit_path(data, "id000", n_frames=3), "id000", background="lime", alpha=True,
+                                aabb=model.aabb.tolist()))
+    got = [iio.imread(p) for p in sorted(png.glob("*.png"))]
+    assert len(got) == 3 and all(g.shape == (SIZE, SIZE, 4) for g in got)
+    for g, w in zip(got, want):
+        assert np.abs(g[..., 3].astype(int) - to_uint8(w[..., 3:])[..., 0]).max() <= 1  # alpha: the person's opacity
+        # straight alpha: a compositor's a * colour + (1 - a) * green is the render over green
+        a = g[..., 3:].astype(np.float32) / 255
+        again = a * g[..., :3] / 255 + (1 - a) * np.array([0, 1, 0])
+        assert np.abs(again - w[..., :3]).max() <= 2.5 / 255
+    matte = _video(tmp_path / "o_alpha.mp4")
+    assert len(matte) == 3 and len(_video(out)) == 3
+    grey = np.frombuffer(matte[0], np.uint8).reshape(SIZE, SIZE, 3)
+    assert np.abs(grey[..., 1].astype(int) - got[0][..., 3]).mean() < 3  # H.264's loss, no more
+
+
+def test_cli_render_own_background_is_todays_render(torso_run, tmp_path):
+    """--background own (the default) renders exactly what render did before the option: the person over bg.png."""
+    root, dirs, model = torso_run
+    data = load_dataset(dirs, splits=("train",))
+    want = to_uint8(next(render_sequence(model, orbit_path(data, "id001", n_frames=1), "id001",
+                                         background=data.background(1), aabb=model.aabb.tolist())))
+    for extra in ([], ["--background", "own"]):
+        png = tmp_path / f"png{len(extra)}"
+        assert main(["render", "--run", str(root / "run"), "--identity", "id001", "--orbit", "--frames", "1",
+                     "--png-dir", str(png), "--out", str(tmp_path / "o.mp4")] + extra) == 0
+        assert np.array_equal(iio.imread(png / "00000.png"), want)
+
+
+@pytest.mark.parametrize("background, message", [
+    ("nosuchcolour", "background 'nosuchcolour' is neither a colour"),
+    ("{tmp}/missing.png", "background image {tmp}/missing.png: no such file"),
+    ("{tmp}", "is a folder"),
+    ("{tmp}/bad.png", "cannot read the background image {tmp}/bad.png"),
+])
+def test_cli_render_a_bad_background_is_named_before_any_work(torso_run, tmp_path, capsys, background, message):
+    root, _, _ = torso_run
+    (tmp_path / "bad.png").write_text("not a picture")
+    out = tmp_path / "x.mp4"
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--orbit", "--frames", "1",
+                 "--background", background.replace("{tmp}", str(tmp_path)), "--out", str(out)]) == 2
+    assert message.replace("{tmp}", str(tmp_path)) in " ".join(capsys.readouterr().err.split())
+    assert not out.exists()
+    with pytest.raises(RenderError, match="neither a colour"):
+        background_image("nosuchcolour", None, 4, 4)
