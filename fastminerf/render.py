@@ -970,7 +970,7 @@ def background_image(background: BackgroundLike, own: Optional[np.ndarray], widt
         text = str(background).strip()
         if Path(text).is_file():
             try:
-                image = read_rgb(text)
+                image = read_rgb(text, upright=True)  # a picture, as every viewer shows it
             except (OSError, ValueError, SyntaxError) as exc:
                 raise RenderError(f"cannot read the background image {text}: {exc}") from None
             return _background_image(image, width, height).numpy()

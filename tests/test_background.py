@@ -129,3 +129,28 @@ def test_cli_render_a_bad_background_is_named_before_any_work(torso_run, tmp_pat
     assert not out.exists()
     with pytest.raises(RenderError, match="neither a colour"):
         background_image("nosuchcolour", None, 4, 4)
+
+
+def test_a_phone_photo_as_background_is_shown_upright(tmp_path):
+    """A phone's JPEG (EXIF orientation 6: turn 90 degrees clockwise to show) as --background was refused with the
+    training data's message ('it would train on another picture ... the cameras'): a background is a picture, used
+    as every viewer shows it. Each orientation gives what Pillow's exif_transpose shows."""
+    from PIL import Image, ImageOps
+
+    stored = np.zeros((6, 8, 3), np.uint8)
+    stored[:, :4] = (255, 0, 0)  # left half red, right half blue, as stored
+    stored[:, 4:] = (0, 0, 255)
+    stored[0, 0] = (0, 255, 0)  # a corner, to tell mirrors apart
+    for orientation in range(1, 9):
+        im = Image.fromarray(stored)
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"phone{orientation}.png"
+        im.save(path, exif=exif)
+        with Image.open(path) as opened:
+            shown = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+        got = background_image(str(path), None, shown.shape[1], shown.shape[0])
+        assert np.array_equal(to_uint8(got), shown), orientation
+    # orientation 6 shows the stored left (red) half on top, 6 wide and 8 tall, the stored top-left corner top right
+    six = background_image(str(tmp_path / "phone6.png"), None, 6, 8)
+    assert np.allclose(six[:4, :5], [1, 0, 0]) and np.allclose(six[4:], [0, 0, 1]) and np.allclose(six[0, 5], [0, 1, 0])

@@ -576,6 +576,13 @@ def _check_orientation(im) -> None:
             "shown, else as stored with the tag removed (e.g. exiftool -Orientation= FILE)")
 
 
+_UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+            5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+            8: lambda a: np.rot90(a, 1)}
+"""Each EXIF orientation of :data:`_ORIENTATIONS` done to stored pixels (H, W, C): the picture as viewers show it
+(Pillow's ``ImageOps.exif_transpose``)."""
+
+
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
@@ -586,8 +593,9 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported pixel type {arr.dtype}")
 
 
-def _decode(path: Path) -> np.ndarray:
-    """Decode an image to uint8 (H, W, C) with C in 1..4; raises OSError/ValueError from the decoder."""
+def _decode(path: Path, upright: bool = False) -> np.ndarray:
+    """Decode an image to uint8 (H, W, C) with C in 1..4; raises OSError/ValueError from the decoder. An EXIF
+    orientation is refused (:func:`_check_orientation`), or with ``upright`` done, as viewers show the picture."""
     import imageio.v3 as iio
     from PIL import Image
 
@@ -595,7 +603,9 @@ def _decode(path: Path) -> np.ndarray:
     # or a colour key's tRNS), and hands CMYK JPEGs over as four channels that would be read as RGBA: let Pillow
     # convert those (header only here) to RGBA / RGB.
     with Image.open(path) as im:
-        _check_orientation(im)
+        orientation = im.getexif().get(0x0112, 1) if upright else 1
+        if not upright:
+            _check_orientation(im)
         keyed = im.mode in ("P", "PA") or (im.mode in ("L", "RGB") and "transparency" in im.info)
         mode = "RGBA" if keyed else "RGB" if im.mode in ("CMYK", "YCbCr", "LAB", "HSV") else None
     arr = np.asarray(iio.imread(path, plugin="pillow", mode=mode))  # PNG or JPEG (DATASET.md)
@@ -604,19 +614,23 @@ def _decode(path: Path) -> np.ndarray:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
         raise ValueError(f"unsupported image shape {arr.shape}")
+    if orientation in _UPRIGHT:
+        arr = np.ascontiguousarray(_UPRIGHT[orientation](arr))
     return arr
 
 
 def read_rgb(
-    path: PathLike, background: Union[None, np.ndarray, Callable[[], np.ndarray]] = None
+    path: PathLike, background: Union[None, np.ndarray, Callable[[], np.ndarray]] = None, upright: bool = False
 ) -> np.ndarray:
     """Decode an image as uint8 (H, W, 3); an alpha channel composites over ``background`` (H, W, 3) uint8,
     or over what a callable ``background()`` returns (called only for images with alpha), white when None.
-    Grey images are repeated to three channels.
+    Grey images are repeated to three channels. An EXIF orientation that turns or mirrors the picture (a phone's
+    JPEG) is refused, frames being read as stored; with ``upright`` (a picture that is no frame, e.g. a render's
+    new background) it is done, as viewers show the picture.
 
     Raises OSError or ValueError from the decoder (the dataset turns them into :class:`DatasetError`).
     """
-    arr = _decode(Path(path))
+    arr = _decode(Path(path), upright)
     c = arr.shape[2]
     if c in (1, 2):
         arr = np.concatenate([np.repeat(arr[:, :, :1], 3, axis=2), arr[:, :, 1:]], axis=2)
