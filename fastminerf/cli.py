@@ -558,6 +558,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
 
 
 def _run_render(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .prepare.video import VIDEO_SUFFIXES
     from .render import drive_path, driver_from_video, load_driver, load_target, orbit_path, orbit_reach, parse_drive
     from .render import background_image, render_video
@@ -586,7 +588,8 @@ def _run_render(args: argparse.Namespace) -> int:
     if args.alpha and args.beside_driver:  # before the model is read and a driver prepared
         raise RenderError("--alpha with --beside-driver: the driver's frame beside the render has no alpha; render "
                           "the person alone for compositing")
-    background_image(args.background, None, 1, 1)  # a bad colour or a missing image: said before any work
+    # a bad colour or a missing image: said before any work ('own' is NAME's, read with its data below)
+    background_image(args.background, np.zeros((1, 1, 3), np.uint8), 1, 1)
     _, model, meta = _open_run(args.run, args.render_steps)
     identity_id(model, args.identity)  # fail early, naming the identity
     note = _not_personalised(args.run, meta, [args.identity])

@@ -954,7 +954,8 @@ def background_image(background: BackgroundLike, own: Optional[np.ndarray], widt
     --background``: (H, W, 3) float32 in [0, 1].
 
     Args:
-        background: None or :data:`OWN_BACKGROUND` (``"own"``): ``own``; a colour, a CSS name (white, black, grey,
+        background: None or :data:`OWN_BACKGROUND` (``"own"``): ``own`` (``"own"`` without it is refused; None
+            without it is white); a colour, a CSS name (white, black, grey,
             green, ...; CSS's green is #008000, a green screen's #00FF00 is ``lime``) or ``#RRGGBB``; an image file
             (read as :func:`fastminerf.data.read_rgb` reads frames, resized bilinearly to the frame, its aspect not
             kept); or an (h, w, 3) uint8 or float image, resized likewise.
@@ -962,9 +963,12 @@ def background_image(background: BackgroundLike, own: Optional[np.ndarray], widt
 
     Raises:
         RenderError: a text that is neither a colour nor an existing image file, or an image that cannot be read
-            (each named).
+            (each named); ``"own"`` without ``own``.
     """
     if _is_own(background):
+        if background is not None and own is None:  # 'own' said, none given: not white without a word
+            raise RenderError(f"background '{OWN_BACKGROUND}': no background of the person's own is given here (a "
+                              "path has none); pass the image, e.g. dataset.background(identity), or None for white")
         return _background_image(own, width, height).numpy()
     if isinstance(background, (str, Path)):
         text = str(background).strip()

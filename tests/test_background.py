@@ -154,3 +154,15 @@ def test_a_phone_photo_as_background_is_shown_upright(tmp_path):
     # orientation 6 shows the stored left (red) half on top, 6 wide and 8 tall, the stored top-left corner top right
     six = background_image(str(tmp_path / "phone6.png"), None, 6, 8)
     assert np.allclose(six[:4, :5], [1, 0, 0]) and np.allclose(six[4:], [0, 0, 1]) and np.allclose(six[0, 5], [0, 1, 0])
+
+
+def test_own_background_without_one_is_refused_not_white(torso_run):
+    """render_video(..., background="own") (the CLI's word) rendered over white without a word: a path has no
+    background of the person's own, and 'own' read as None. It is refused, naming what to pass; None stays white."""
+    root, dirs, model = torso_run
+    data = load_dataset(dirs, splits=("train",))
+    path = orbit_path(data, "id000", n_frames=1)
+    with pytest.raises(RenderError, match="'own'.*dataset.background"):
+        next(render_sequence(model, path, "id000", background="own", aabb=model.aabb.tolist()))
+    assert np.array_equal(background_image(None, None, 3, 2), np.ones((2, 3, 3), np.float32))
+    assert np.array_equal(background_image("own", data.background(0), SIZE, SIZE), data.background(0) / np.float32(255))
