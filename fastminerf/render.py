@@ -1222,6 +1222,31 @@ def alpha_video_path(path: PathLike) -> Path:
     return path.with_name(f"{path.stem}_alpha{path.suffix}")
 
 
+def _part_path(out: Path) -> Path:
+    """Where :func:`write_video` writes the video ``out``: beside it, renamed at the end, so that an interrupted
+    render leaves an earlier video of that name whole."""
+    return out.with_name(f".{out.stem}.part{out.suffix}")
+
+
+def _check_video_out(out: Path) -> None:
+    """Refuse a video file name ffmpeg would only fail on once it had every frame (a folder, a suffix that is no
+    video container, a folder that cannot be written), and make its folder."""
+    if out.is_dir():
+        raise RenderError(f"{out} is a folder: give the video's file name (e.g. {out / 'video.mp4'})")
+    if out.suffix.lower() not in VIDEO_OUT_SUFFIXES:
+        # ffmpeg picks the container by the suffix: none failed after the first frames; .webm, .gif or .png wrote an
+        # empty or broken file in place of an earlier one and reported nothing
+        raise RenderError(f"{out}: a video needs the suffix {', '.join(VIDEO_OUT_SUFFIXES)} (H.264 with AAC sound), "
+                          f"not '{out.suffix}'")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = _part_path(out)
+    try:  # before any frame is rendered: ffmpeg would only fail once it had them all
+        part.touch()
+        part.unlink()
+    except OSError as exc:
+        raise RenderError(f"{out}: cannot write the video there ({exc.strerror or exc})") from None
+
+
 def write_video(
     frames: Iterable[np.ndarray],
     path: Optional[PathLike],
@@ -1268,22 +1293,8 @@ def write_video(
         raise RenderError("write_video needs an mp4 path, a png_dir, or both")
     out = Path(path) if path is not None else None
     pngs = Path(png_dir) if png_dir is not None else None
-    if out is not None and out.is_dir():
-        raise RenderError(f"{out} is a folder: give the video's file name (e.g. {out / 'video.mp4'})")
-    if out is not None and out.suffix.lower() not in VIDEO_OUT_SUFFIXES:
-        # ffmpeg picks the container by the suffix: none failed after the first frames; .webm, .gif or .png wrote an
-        # empty or broken file in place of an earlier one and reported nothing
-        raise RenderError(f"{out}: a video needs the suffix {', '.join(VIDEO_OUT_SUFFIXES)} (H.264 with AAC sound), "
-                          f"not '{out.suffix}'")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # written beside it and renamed at the end: an interrupted render leaves an earlier video of that name whole
-        part = out.with_name(f".{out.stem}.part{out.suffix}")
-        try:  # before any frame is rendered: ffmpeg would only fail once it had them all
-            part.touch()
-            part.unlink()
-        except OSError as exc:
-            raise RenderError(f"{out}: cannot write the video there ({exc.strerror or exc})") from None
+        _check_video_out(out)
     if pngs is not None:
         pngs.mkdir(parents=True, exist_ok=True)
     # the video, and for RGBA frames its matte: [final name, temporary name, writer, ffmpeg process]
@@ -1296,7 +1307,7 @@ def write_video(
         wav = write_wav(out.with_name(f".{out.name}.audio.wav"), audio)
 
     def start(final: Path, sound: Optional[Path]) -> None:
-        tmp = final.with_name(f".{final.stem}.part{final.suffix}")
+        tmp = _part_path(final)
         even = (size[1] + size[1] % 2, size[0] + size[0] % 2)  # type: ignore[index]
         writer = imageio_ffmpeg.write_frames(
             str(tmp), even, fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error",
@@ -1313,6 +1324,8 @@ def write_video(
             if size is None:
                 size, channels = (img.shape[0], img.shape[1]), img.shape[2]
                 if out is not None:
+                    if channels == 4:  # its matte's name, checked as the video's before any frame is encoded
+                        _check_video_out(alpha_video_path(out))
                     start(out, wav)
                     if channels == 4:
                         start(alpha_video_path(out), None)

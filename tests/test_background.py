@@ -166,3 +166,24 @@ def test_own_background_without_one_is_refused_not_white(torso_run):
         next(render_sequence(model, path, "id000", background="own", aabb=model.aabb.tolist()))
     assert np.array_equal(background_image(None, None, 3, 2), np.ones((2, 3, 3), np.float32))
     assert np.array_equal(background_image("own", data.background(0), SIZE, SIZE), data.background(0) / np.float32(255))
+
+
+def test_write_video_refuses_a_matte_name_that_is_a_folder_before_writing_anything(tmp_path):
+    """RGBA frames into OUT.mp4 beside a folder OUT_alpha.mp4 rendered every frame, replaced OUT.mp4 and then ended in
+    '[Errno 21] Is a directory: .OUT_alpha.part.mp4 -> OUT_alpha.mp4'. The matte's name is checked as the video's is,
+    before a frame is encoded, and the earlier OUT.mp4 is kept."""
+    from fastminerf.render import write_video
+
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"earlier")
+    (tmp_path / "o_alpha.mp4").mkdir()
+    asked = []
+
+    def frames():
+        for k in range(3):
+            asked.append(k)
+            yield np.full((8, 8, 4), 0.5, np.float32)
+
+    with pytest.raises(RenderError, match="o_alpha.mp4 is a folder"):
+        write_video(frames(), out)
+    assert out.read_bytes() == b"earlier" and len(asked) == 1
