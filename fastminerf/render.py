@@ -869,6 +869,9 @@ def set_render_steps(model, steps: int) -> None:
     cfg = getattr(model, "cfg", None)
     if not hasattr(cfg, "eval_render_steps"):
         raise RenderError(f"{type(model).__name__} does not march rays: render steps do not apply to it")
+    if getattr(cfg, "backbone", "fast") != "fast":  # every ModelConfig has eval_render_steps; nerface ignores it
+        raise RenderError(f"the {cfg.backbone} backbone does not march rays (it samples a fixed number of points a "
+                          "ray): render steps do not apply to it")
     model.cfg = replace(cfg, eval_render_steps=int(steps))
 
 

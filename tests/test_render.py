@@ -936,3 +936,16 @@ def test_a_long_caption_wraps_inside_the_header_instead_of_running_off_the_frame
     assert short.shape == (SIDE_BY_SIDE_HEADER + panel, 3 * panel, 3)
     tall = side_by_side(frame, frame, caption=caption, min_panel=SIDE_BY_SIDE_MIN_PANEL)
     assert tall.shape[0] > SIDE_BY_SIDE_HEADER + panel
+
+
+def test_set_render_steps_refuses_the_nerface_backbone():
+    """render/eval --render-steps N on a run of the nerface backbone (configs/nerface.yaml) was taken and did nothing:
+    set_render_steps checked only that the config has eval_render_steps, which every ModelConfig has, while its
+    docstring (and --help's 'ray-marching steps') says a model that does not march rays is refused."""
+    from fastminerf.config import load_config
+    from fastminerf.model import MINeRF
+    from fastminerf.render import RenderError, set_render_steps
+
+    model = MINeRF(load_config("nerface").model, 4, ["a"], [0, 0])
+    with pytest.raises(RenderError, match="does not march rays"):
+        set_render_steps(model, 8)
