@@ -1006,13 +1006,11 @@ def _is_own(background: BackgroundLike) -> bool:
     return background is None or (isinstance(background, str) and background.strip().lower() == OWN_BACKGROUND)
 
 
-def _person_alpha(out: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def _person_alpha(out: Mapping[str, torch.Tensor]) -> Optional[torch.Tensor]:
     """Each ray's opacity of the whole person from a model's outputs: the head field over the torso layer
-    (``person_opacity``) with a torso layer, the head field's ``opacity`` without one."""
-    alpha = out.get("person_opacity", out.get("opacity"))
-    if alpha is None:
-        raise RenderError("the model returned no per-ray 'opacity': no alpha to give")
-    return alpha
+    (``person_opacity``) with a torso layer, the head field's ``opacity`` without one; None from a model that gives
+    neither (``rgb`` alone)."""
+    return out.get("person_opacity", out.get("opacity"))
 
 
 def straight_alpha(frame: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -1067,8 +1065,8 @@ def render_frame(
             that frame's learned code. Only right when ``dataset.table(split)`` is, row for row, the table the
             model was trained on; by default (false) every frame gets the model's default code, as frames
             outside training must.
-        outputs: also return the model's per-ray outputs reshaped to (H, W, ...), with ``alpha`` (H, W): the
-            person's opacity (the head field over the torso layer), what the image holds of the person.
+        outputs: also return the model's per-ray outputs reshaped to (H, W, ...), with ``alpha`` (H, W) where the
+            model gives an opacity: the person's (the head field over the torso layer), what the image holds of them.
         expression: ``(E,)``, rendered instead of the frame's own expression (e.g. one predicted from speech).
         background: what the person is composited over (:func:`background_image`): None or ``"own"`` the frame's
             own background (a dataset's) or the batch's; a colour, an image file or an image instead. The model
@@ -1115,7 +1113,9 @@ def render_frame(
     )
     image = out["rgb"].reshape(height, width, 3).clamp(0, 1).numpy().astype(np.float32)
     if outputs:
-        out["alpha"] = _person_alpha(out)
+        person = _person_alpha(out)
+        if person is not None:  # a model that gives rgb alone has no alpha to give
+            out["alpha"] = person
         return image, {k: v.reshape(height, width, *v.shape[1:]) for k, v in out.items()}
     return image
 
@@ -1176,7 +1176,10 @@ def render_sequence(
         out = render_rays(model, o, d, near, far, ids, ex, bg, frame=None, uv=uv)
         rgb = out["rgb"].reshape(h, w, 3)
         if alpha:
-            rgb = torch.cat([rgb, _person_alpha(out).reshape(h, w, 1).to(rgb.dtype)], dim=2)
+            person = _person_alpha(out)
+            if person is None:
+                raise RenderError("the model returned no per-ray 'opacity': no alpha to give")
+            rgb = torch.cat([rgb, person.reshape(h, w, 1).to(rgb.dtype)], dim=2)
         yield rgb.clamp(0, 1).numpy().astype(np.float32)
         if progress is not None:
             progress(b + 1, len(path))

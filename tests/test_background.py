@@ -6,6 +6,7 @@ import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 import pytest
+import torch
 
 from fastminerf.cli import main
 from fastminerf.config import load_config
@@ -187,3 +188,25 @@ def test_write_video_refuses_a_matte_name_that_is_a_folder_before_writing_anythi
     with pytest.raises(RenderError, match="o_alpha.mp4 is a folder"):
         write_video(frames(), out)
     assert out.read_bytes() == b"earlier" and len(asked) == 1
+
+
+class _RgbOnly(torch.nn.Module):
+    """A stand-in model that gives 'rgb' alone (render.py's interface asks no more): grey over the background."""
+
+    identity_names = ["id000", "id001"]
+
+    def render_rays(self, origins, directions, near, far, identity, expression, frame_code=None, background=None):
+        return {"rgb": 0.5 * background + 0.25}
+
+
+def test_render_frame_outputs_of_a_model_that_gives_rgb_alone(torso_run):
+    """render_frame(..., outputs=True) of a model that returns only 'rgb' (the interface render.py documents) failed
+    once outputs carried the person's alpha ('the model returned no per-ray opacity'), though no alpha was asked
+    for; the outputs hold 'alpha' where the model gives an opacity, and an RGBA render of such a model is refused."""
+    root, dirs, _ = torso_run
+    data = load_dataset(dirs, splits=("train",))
+    image, out = render_frame(_RgbOnly(), data, "train", 0, outputs=True)
+    assert image.shape == (SIZE, SIZE, 3) and set(out) == {"rgb"}
+    path = orbit_path(data, "id000", n_frames=1)
+    with pytest.raises(RenderError, match="no per-ray 'opacity'"):
+        next(render_sequence(_RgbOnly(), path, "id000", alpha=True, near_far=(0.1, 5.0)))
