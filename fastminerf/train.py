@@ -338,7 +338,8 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
         cfg: the config the model was built with (:func:`build_model`).
         step: the steps it was trained for (``step`` of :func:`load_run`'s metadata).
         dataset: the data it was trained on, whose ``train`` split has one frame per frame code: the run records its
-            identity folders and its frames' fingerprints (:func:`frame_keys`, :func:`frame_files`), as a run of
+            identity folders (absolute and relative to ``out_dir``) and its frames' fingerprints and sizes
+            (:func:`frame_keys`, :func:`frame_files`, :func:`frame_sizes`), as a run of
             :func:`train` does, so that render finds the data and personalize fine-tunes its people only on those
             frames. None: no data is recorded.
 
@@ -353,22 +354,22 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
         OSError: the file cannot be written (naming it).
     """
     out = Path(out_dir)
-    keys = files = None
+    keys = files = sizes = None
     if dataset is not None:
         n = dataset.num_frames("train")
         if dataset.identities != model.identity_names or n != model.frame_identity.numel():
             raise ValueError(f"the dataset has identities {dataset.identities} and {n} training frames, the model "
                              f"{model.identity_names} and {model.frame_identity.numel()} frame codes: give the data the "
                              "model was built from (build_model)")
-        keys, files = frame_keys(dataset), frame_files(dataset)
+        keys, files, sizes = frame_keys(dataset), frame_files(dataset), frame_sizes(dataset)
+    dirs = dataset.identity_dirs if dataset is not None else []
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_NAME).write_text(dump_config(cfg))
     return save_checkpoint(out / CHECKPOINT_NAME, dict(
         format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
         identity_names=list(model.identity_names), expression_dim=model.expression_dim,
-        expression_space=model.expression_space,
-        data_paths=_where(dataset.identity_dirs) if dataset is not None else [], frame_keys=keys, frame_files=files,
-        model=model.state_dict(), step=int(step), seconds=0.0))
+        expression_space=model.expression_space, data_paths=_where(dirs), data_relative=_relative(dirs, out),
+        frame_keys=keys, frame_files=files, frame_sizes=sizes, model=model.state_dict(), step=int(step), seconds=0.0))
 
 
 def _moved_with(recorded: Optional[str], relative: Optional[str], run: Path) -> Optional[str]:

@@ -4,6 +4,7 @@ seconds)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 import fastminerf as fm
 from fastminerf.data.synth import generate
+from fastminerf.train import frame_sizes
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,9 @@ def test_a_custom_loop_of_public_pieces_lowers_the_loss_deterministically(heads)
     image, outputs = fm.render_frame(model, dataset, "val", 0, outputs=True)
     h, w = image.shape[:2]
     assert {k: tuple(v.shape) for k, v in outputs.items() if k != "rgb"} == {
-        "opacity": (h, w), "depth": (h, w), "samples": (h, w)}
+        "opacity": (h, w), "depth": (h, w), "samples": (h, w), "alpha": (h, w)}
     assert outputs["samples"].dtype == torch.int64
+    assert torch.equal(outputs["alpha"], outputs["opacity"])  # the tiny preset has no torso layer: the head is all
     truth = np.asarray(dataset.image("val", 0))[..., :3] / 255.0
     assert np.isfinite(float(fm.psnr(image, truth)))
 
@@ -80,6 +83,9 @@ def test_a_custom_loops_model_is_saved_as_a_run_that_load_run_reads_back(heads, 
     cfg2, again, meta = fm.load_run(tmp_path / "mine")
     assert cfg2 == cfg and meta["step"] == 6 and meta["identity_names"] == dataset.identities
     assert meta["data_paths"] == [str(d) for d in dataset.identity_dirs]
+    # as train()'s runs: the data where the run finds it when both move together, and each frame's size
+    assert meta["data_relative"] == [os.path.relpath(d, tmp_path / "mine") for d in dataset.identity_dirs]
+    assert torch.equal(meta["frame_sizes"], frame_sizes(dataset))
     for name, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[name]), name
     assert float(fm.psnr(fm.render_frame(again, dataset, "val", 0), truth)) == score
