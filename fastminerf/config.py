@@ -30,6 +30,7 @@ Components:
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
@@ -987,6 +988,18 @@ def as_list(value, single=(str,)) -> list:
     if value is None:
         return []
     return [value] if isinstance(value, single) else list(value)
+
+
+def identity_list(names, shown: int = 8, near: Optional[str] = None) -> str:
+    """Identity names for a message: their list (``['a', 'b']``) when there are at most ``shown``; past that how many,
+    the first ``shown`` and, with ``near`` (a name asked for), the names closest to it, so that a message about a
+    model or data of 1,000 people stays a line instead of naming them all."""
+    names = [str(n) for n in names]
+    if len(names) <= shown:
+        return repr(names)
+    text = f"{len(names)} identities ({', '.join(names[:shown])}, and {len(names) - shown} more)"
+    close = difflib.get_close_matches(near, names, n=3) if near is not None else []
+    return text + (f"; closest to '{near}': {', '.join(close)}" if close else "")
 
 
 def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":

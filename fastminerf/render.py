@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_wav, write_wav
-from .config import as_list
+from .config import as_list, identity_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import not_a_file, read_rgb
@@ -145,14 +145,15 @@ def identity_id(model_or_names, name: str) -> int:
     try:
         return names.index(name)
     except ValueError:
-        raise RenderError(f"unknown identity '{name}': the model knows {names}") from None
+        raise RenderError(f"unknown identity '{name}': the model knows {identity_list(names, near=name)}") from None
 
 
 def _dataset_identity(dataset: MultiIdentityDataset, name: str) -> int:
     try:
         return dataset.identities.index(name)
     except ValueError:
-        raise RenderError(f"identity '{name}' is not in the dataset; it has {dataset.identities}") from None
+        raise RenderError(f"identity '{name}' is not in the dataset; it has "
+                          f"{identity_list(dataset.identities, near=name)}") from None
 
 
 # ------------------------------------------------------------------------------------ expressions and paths

@@ -71,3 +71,25 @@ def test_carving_holds_one_mask_at_a_time_not_every_frames(heads, tmp_path):
     assert np.array_equal(hulls[20].numpy(), hulls[200].numpy())  # the same four views, repeated
     # 180 more frames held would be 180 masks more; a bound of 20 leaves room for allocator noise
     assert peaks[200] - peaks[20] < 20 * mask_bytes, (peaks, mask_bytes)
+
+
+# ---------------------------------------------------------------------------------------------- many identities
+
+MANY = [f"id{k:04d}" for k in range(1000)]
+
+
+def test_unknown_identity_among_a_thousand_names_a_few_not_all():
+    """``render --identity`` with a name the 1,000-person model does not know (a typo, a person not trained) raised
+    'unknown identity ...: the model knows [...]' with all 1,000 names, 9 KB of one error line, the closest name
+    lost in it. Past a few names the message gives how many there are, the first few and the names closest to the
+    one asked for; a model of a few people names them all, as before."""
+    from fastminerf.render import RenderError, identity_id
+
+    with pytest.raises(RenderError) as many:
+        identity_id(MANY, "id1000")
+    msg = str(many.value)
+    assert len(msg) < 400, msg
+    assert "'id1000'" in msg and "1000 identities" in msg and "id0000" in msg and "id0999" not in msg.split("closest")[0]
+    assert "id0100" in msg.split("closest")[1]  # difflib's nearest names to the one asked for
+    with pytest.raises(RenderError, match=r"the model knows \['a', 'b', 'c'\]"):
+        identity_id(["a", "b", "c"], "d")
