@@ -54,7 +54,7 @@ import torch
 
 from . import _native
 from . import backend as _backend
-from .config import RunConfig, as_list, check_device, dump_config, parse_config_text
+from .config import RunConfig, as_list, check_device, dump_config, identity_list, parse_config_text
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
@@ -1001,7 +1001,12 @@ def _frames_moved(saved: torch.Tensor, table_identity: np.ndarray, names: Sequen
     if torch.equal(saved.cpu().long(), table):
         return None
     counts = [torch.bincount(ids, minlength=len(names)).tolist() for ids in (saved.cpu().long(), table)]
-    return f"{counts[0]} training frames of {list(names)}; the data has {counts[1]}"
+    differ = [k for k in range(len(names)) if counts[0][k] != counts[1][k]]
+    if not differ:  # the same counts: frames of several people in another order
+        return f"the training frames of {identity_list(names)} in another order"
+    more = f", and {len(differ) - 5} people more" if len(differ) > 5 else ""
+    return ", ".join(f"{names[k]}'s {counts[0][k]} training frames (the data has {counts[1][k]})"
+                     for k in differ[:5]) + more
 
 
 def frame_keys(dataset: MultiIdentityDataset, split: str = "train") -> torch.Tensor:
@@ -1305,8 +1310,9 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         if list(data["identity_names"]) != dataset.identities:
             gone = [n for n in data["identity_names"] if n not in dataset.identities]
             extra = [n for n in dataset.identities if n not in data["identity_names"]]
-            raise CheckpointError(f"{ckpt_path} was trained on identities {list(data['identity_names'])}; --data now has "
-                                  f"{dataset.identities} (missing: {gone}, new: {extra}); resume with the same data")
+            raise CheckpointError(f"{ckpt_path} was trained on {identity_list(data['identity_names'])}; --data now has "
+                                  f"{identity_list(dataset.identities)} (missing: {identity_list(gone)}, new: "
+                                  f"{identity_list(extra)}); resume with the same data")
         moved = _frames_moved(model.frame_identity, dataset.table("train").identity, dataset.identities)
         if moved:
             raise CheckpointError(f"{ckpt_path} was trained on {moved}; resume with the same data")

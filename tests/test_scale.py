@@ -93,3 +93,50 @@ def test_unknown_identity_among_a_thousand_names_a_few_not_all():
     assert "id0100" in msg.split("closest")[1]  # difflib's nearest names to the one asked for
     with pytest.raises(RenderError, match=r"the model knows \['a', 'b', 'c'\]"):
         identity_id(["a", "b", "c"], "d")
+
+
+@pytest.fixture(scope="module")
+def crowd(tmp_path_factory):
+    """24 people (copies of one procedural head at 16 px, 3 training frames each) and a tiny run trained on them."""
+    import shutil
+
+    from fastminerf.train import train
+
+    base = tmp_path_factory.mktemp("one")
+    generate(base, n_identities=1, n_frames=4, size=16, seed=0, novel_frames=1)
+    head = sorted(p for p in base.iterdir() if p.is_dir())[0]
+    root = tmp_path_factory.mktemp("crowd")
+    for k in range(24):
+        shutil.copytree(head, root / f"p{k:04d}")
+    run = tmp_path_factory.mktemp("run") / "run"
+    train(load_config("tiny", ["train.steps=2"]), [root], run)
+    return root, run
+
+
+def test_resume_with_other_people_names_the_difference_not_everyone(crowd, tmp_path):
+    """Resuming a run of many people with one person gone (or one frame more for one person) was refused naming every
+    identity twice ('trained on identities [...]; --data now has [...]'), or with the training-frame counts of every
+    identity twice and their names: 3,000 items for 1,000 people, the person that differs somewhere inside. The
+    refusal names the identities that differ, and the rest by count."""
+    import shutil
+
+    from fastminerf.train import CheckpointError, train
+
+    root, run = crowd
+    fewer = tmp_path / "fewer"
+    shutil.copytree(root, fewer, ignore=lambda d, names: ["p0010"] if Path(d) == root else [])
+    with pytest.raises(CheckpointError) as gone:
+        train(load_config("tiny", ["train.steps=4"]), [fewer], run)
+    msg = str(gone.value)
+    assert "p0010" in msg and "p0020" not in msg and len(msg) < 600, msg
+
+    longer = tmp_path / "longer"
+    shutil.copytree(root, longer)
+    path = longer / "p0010" / "transforms_train.json"
+    meta = json.loads(path.read_text())
+    meta["frames"].append(dict(meta["frames"][-1], frame_index=99, time=99 / 25.0))
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="training frames") as moved:
+        train(load_config("tiny", ["train.steps=4"]), [longer], run)
+    msg = str(moved.value)
+    assert "p0010" in msg and "p0020" not in msg and len(msg) < 600, msg
