@@ -31,6 +31,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from .config import some_of
+
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 
@@ -810,15 +812,15 @@ def _run_eval(args: argparse.Namespace) -> int:
     fewer = [f"{n} ({v['lmd_frames']} of {v['frames']})" for n, v in result["identities"].items()
              if v.get("lmd_frames", v["frames"]) < v["frames"]]
     if fewer:  # LMD and EAR skip frames without a face found in both images: a mean over the others only
-        console.print(f"LMD and EAR over fewer frames: {', '.join(fewer)}; mediapipe found no face in the render or "
+        console.print(f"LMD and EAR over fewer frames: {some_of(fewer)}; mediapipe found no face in the render or "
                       "the truth of the others")
     sizes = {n: f"{v['width']}x{v['height']}" for n, v in result["identities"].items() if "width" in v}
     if "lmd" in result["metrics"] and len(set(sizes.values())) > 1:  # the mean's pixels are of several sizes
-        console.print(f"LMD in pixels of each person's size ({', '.join(f'{n} {s}' for n, s in sizes.items())}): "
+        console.print(f"LMD in pixels of each person's size ({some_of(f'{n} {s}' for n, s in sizes.items())}): "
                       "compare it between people of one size; the mean mixes pixels of several")
     far = {n: v["pose_gap"] for n, v in result["identities"].items() if v.get("pose_gap", 0.0) > NEW_VIEW_DEG}
     if far:
-        console.print(f"new views: {', '.join(f'{n} ({g:.1f} deg)' for n, g in far.items())} are seen more than "
+        console.print(f"new views: {some_of(f'{n} ({g:.1f} deg)' for n, g in far.items())} are seen more than "
                       f"{NEW_VIEW_DEG:g} degrees from every training head pose, a side of the head their clip never "
                       "showed; expect lower PSNR there (docs: Training on real clips)")
     if args.out is not None:
@@ -1147,7 +1149,8 @@ def _run_info(args: argparse.Namespace) -> int:
     missing = set(info["data_missing"])
     rows = [
         ("steps, training time", steps),
-        ("identities (training frames)", ", ".join(f"{n} ({c})" for n, c in info["identities"].items())),
+        ("identities (training frames)", some_of(f"{n} ({c})" for n, c in info["identities"].items())
+         + (" (info --json lists them all)" if len(info["identities"]) > 8 else "")),
         ("expression", f"{info['expression_dim']} coefficients, space {info['expression_space'] or 'not recorded'}"),
         ("conditioning", info["conditioning"]),
         ("parameters, checkpoint", f"{info['parameters']:,}, {info['checkpoint_bytes'] / 2**20:.1f} MiB"),
@@ -1161,9 +1164,9 @@ def _run_info(args: argparse.Namespace) -> int:
     if info["phase"] == "codes":
         rows.append(("phase", "code-only: the new people's codes are placed, no shared weight is tuned yet"))
     if info["refined"]:
-        rows.append(("fine-tuned for", ", ".join(info["refined"])))
+        rows.append(("fine-tuned for", some_of(info["refined"])))
     if info["added"]:
-        rows.append(("added (personalised)", ", ".join(info["added"])))
+        rows.append(("added (personalised)", some_of(info["added"])))
     if info["generic_run"]:
         rows.append(("started from", info["generic_run"]))
     sp = info.get("speech")

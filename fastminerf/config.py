@@ -990,6 +990,13 @@ def as_list(value, single=(str,)) -> list:
     return [value] if isinstance(value, single) else list(value)
 
 
+def some_of(items, shown: int = 8) -> str:
+    """``items`` joined by commas, the first ``shown`` of them and how many more (for messages and notes about many
+    people: 1,000 of them would be a page)."""
+    items = [str(i) for i in items]
+    return ", ".join(items[:shown]) + (f", and {len(items) - shown} more" if len(items) > shown else "")
+
+
 def identity_list(names, shown: int = 8, near: Optional[str] = None) -> str:
     """Identity names for a message: their list (``['a', 'b']``) when there are at most ``shown``; past that how many,
     the first ``shown`` and, with ``near`` (a name asked for), the names closest to it, so that a message about a
@@ -997,7 +1004,7 @@ def identity_list(names, shown: int = 8, near: Optional[str] = None) -> str:
     names = [str(n) for n in names]
     if len(names) <= shown:
         return repr(names)
-    text = f"{len(names)} identities ({', '.join(names[:shown])}, and {len(names) - shown} more)"
+    text = f"{len(names)} identities ({some_of(names, shown)})"
     close = difflib.get_close_matches(near, names, n=3) if near is not None else []
     return text + (f"; closest to '{near}': {', '.join(close)}" if close else "")
 

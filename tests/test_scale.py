@@ -140,3 +140,24 @@ def test_resume_with_other_people_names_the_difference_not_everyone(crowd, tmp_p
         train(load_config("tiny", ["train.steps=4"]), [longer], run)
     msg = str(moved.value)
     assert "p0010" in msg and "p0020" not in msg and len(msg) < 600, msg
+
+
+def test_info_and_eval_notes_of_many_people_are_a_few_lines(crowd, tmp_path, capsys, monkeypatch):
+    """``fastminerf info`` on a run of 1,000 people listed every one with their frame count (250 lines of table), and
+    eval's note of the people whose LMD and EAR count fewer frames named each (one 20 KB line when mediapipe finds no
+    face in tiny renders). Both give the first few and how many more; ``info --json`` and metrics.json keep
+    every person."""
+    from fastminerf.cli import main
+
+    monkeypatch.setenv("COLUMNS", "100")
+    root, run = crowd
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "p0000 (3)" in out and "p0020" not in out and "and 16 more" in out, out
+    assert main(["info", str(run), "--json"]) == 0
+    assert "p0020" in capsys.readouterr().out
+    pytest.importorskip("mediapipe")  # LMD and its note need it; at 16 px it finds no face in any frame
+    assert main(["eval", "--run", str(run), "--data", str(root), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    note = [line for line in out.splitlines() if line.startswith("LMD and EAR over fewer frames")]
+    assert note and "p0020" not in note[0] and "and 16 more" in note[0], note
