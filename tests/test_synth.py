@@ -287,6 +287,25 @@ def test_contact_sheet(root, tmp_path):
     assert sheet.std() > 10
 
 
+def test_contact_sheet_of_short_videos_puts_the_novel_frame_under_its_header(tmp_path):
+    """``synth --frames 4`` (3 training frames, fewer than the sheet's 6 train columns) drew each identity's novel
+    frame in the 4th column, under 'train (varied expressions)', while the 'novel (withheld)' header stood over
+    two empty columns further right: the withheld expression read as a training frame. The novel frames stand under
+    their header."""
+    from fastminerf.data.layout import read_transforms
+
+    generate(tmp_path / "d", n_identities=1, n_frames=4, size=16, seed=0, novel_frames=1)
+    d = tmp_path / "d" / "id000"
+    sheet = iio.imread(contact_sheet(tmp_path / "d", tmp_path / "sheet.png"))[..., :3].astype(int)
+    novel = iio.imread(read_transforms(d / "transforms_novel.json", d).image_paths[0])[..., :3].astype(int)
+    tile = np.repeat(np.repeat(novel, 6, axis=0), 6, axis=1)  # 16 px enlarged to the 96 px tiles
+    found = [(y, x) for y in range(sheet.shape[0] - 95) for x in range(sheet.shape[1] - 95)
+             if sheet[y, x, 0] == tile[0, 0, 0] and np.array_equal(sheet[y:y + 96, x:x + 96], tile)]
+    assert len(found) == 1, found
+    header = np.flatnonzero(((sheet[:16, :, 0] > 200) & (sheet[:16, :, 2] < 160)).any(axis=0))  # the header's orange ink
+    assert found[0][1] <= header.min() < found[0][1] + 96, (found, header.min())
+
+
 def test_novel_poses_train_changes_only_the_novel_cameras(root, data, tmp_path):
     """``novel_poses="train"``: the novel frames are seen from training poses of their identity (pose gap 0), with
     the same expressions as the default's own head motion; train and val are untouched."""

@@ -566,8 +566,8 @@ def contact_sheet(
     min_tile: int = 96,
 ) -> Path:
     """Tile frames of several identities into one PNG: a row per identity, ``train_columns`` training frames
-    chosen for varied expressions, then (after a gap) the first ``novel_columns`` frames of the ``novel``
-    split when there is one. Works on any identity folders of the layout (the frames of a row must share
+    chosen for varied expressions (fewer when no identity has as many), then (after a gap) the first
+    ``novel_columns`` frames of the ``novel`` split when there is one, under their header. Works on any identity folders of the layout (the frames of a row must share
     one size). Small frames are enlarged to ``min_tile`` pixels (nearest neighbour).
 
     Returns:
@@ -585,6 +585,7 @@ def contact_sheet(
         if (d / "transforms_novel.json").is_file():
             novel = list(read_transforms(d / "transforms_novel.json", d).image_paths[:novel_columns])
         rows.append((d.name, picks, novel))
+    train_columns = max(len(r[1]) for r in rows)  # short videos have fewer frames than columns
     first = np.asarray(iio.imread(rows[0][1][0]))
     h, w = first.shape[:2]
     scale = max(1, int(math.ceil(min_tile / max(h, w))))
@@ -601,7 +602,7 @@ def contact_sheet(
     for r, (name, picks, novel) in enumerate(rows):
         y = header + r * (th + pad) + pad
         draw.text((4, y + th // 2 - 6), name, fill=(230, 230, 230))
-        for c, path in enumerate(list(picks) + list(novel)):
+        for c, path in list(enumerate(picks)) + [(train_columns + j, p) for j, p in enumerate(novel)]:
             x = label_w + c * (tw + pad) + (gap if c >= train_columns else 0) + pad
             img = np.asarray(iio.imread(path))
             if img.ndim == 2:
