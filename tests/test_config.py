@@ -375,3 +375,27 @@ def test_a_device_fastminerf_cannot_run_on_is_refused_by_the_config(device):
         load_config("tiny", [f"train.device={device}"])
     for fine in ("auto", "cpu", "cuda", "cuda:0", "cuda:3"):
         assert load_config("tiny", [f"train.device={fine}"]).train.device == fine
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu", "video", "gpu", "nerface"])
+def test_a_preset_holds_only_its_differences(name):
+    """README and each preset's header: a preset holds only its differences from the defaults in config.py, or from
+    the preset it extends, so that a default lives in one place. cpu.yaml restated model.field.base_resolution,
+    hidden_dim and train.checkpoint_seconds at their defaults, gpu.yaml log2_hashmap_size and finest_resolution: a
+    default changed in config.py would silently stay at its old value in those presets, unlike every other key."""
+    import yaml
+
+    from fastminerf.config import CONFIG_DIR, RunConfig, config_to_dict
+
+    data = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    parent = data.pop("extends", None)
+    base = config_to_dict(load_config(parent) if parent else RunConfig())
+
+    def restated(own, base, prefix=""):
+        for key, value in own.items():
+            if isinstance(value, dict):
+                yield from restated(value, base[key], f"{prefix}{key}.")
+            elif value == base[key]:
+                yield f"{prefix}{key}: {value!r}"
+
+    assert list(restated(data, base)) == [], f"{name}.yaml restates its base"
