@@ -45,8 +45,8 @@ from .data.dataset import MultiIdentityDataset, check_expression_space, expressi
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import not_a_file, read_rgb
 from .data.writer import write_json
-from .metrics import (SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips, lpips_status, psnr,
-                      rotation_gap_deg, ssim)
+from .metrics import (RANGE_SLACK, SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips,
+                      lpips_status, psnr, rotation_gap_deg, ssim)
 
 __all__ = [
     "CameraPath",
@@ -962,12 +962,12 @@ def background_image(background: BackgroundLike, own: Optional[np.ndarray], widt
             without it is white); a colour, a CSS name (white, black, grey,
             green, ...; CSS's green is #008000, a green screen's #00FF00 is ``lime``) or ``#RRGGBB``; an image file
             (read as :func:`fastminerf.data.read_rgb` reads frames, resized bilinearly to the frame, its aspect not
-            kept); or an (h, w, 3) uint8 or float image, resized likewise.
+            kept); or an (h, w, 3) image, uint8 or float in [0, 1], resized likewise.
         own: the person's own background (h, w, 3), resized to the frame; None for white.
 
     Raises:
         RenderError: a text that is neither a colour nor an existing image file, or an image that cannot be read
-            (each named); ``"own"`` without ``own``.
+            (each named); an image of another type or range (named); ``"own"`` without ``own``.
     """
     if _is_own(background):
         if background is not None and own is None:  # 'own' said, none given: not white without a word
@@ -999,6 +999,14 @@ def background_image(background: BackgroundLike, own: Optional[np.ndarray], widt
     image = np.asarray(background)
     if image.ndim != 3 or image.shape[2] != 3:
         raise RenderError(f"a background image must be (H, W, 3), got {image.shape}")
+    if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+        raise RenderError(f"a background image must be uint8 or float in [0, 1], got {image.dtype}")
+    if image.dtype != np.uint8 and image.size:  # 0..255 as float would render white wherever the person is not
+        low, high = float(image.min()), float(image.max())  # NaN when any value is
+        if not (low >= -RANGE_SLACK and high <= 1 + RANGE_SLACK):
+            raise RenderError(f"a background image must be uint8 or float in [0, 1], got {image.dtype} values from "
+                              f"{low:.4g} up to {high:.4g} (divide 8-bit values by 255)")
+        image = np.clip(image, 0.0, 1.0)
     return _background_image(image, width, height).numpy()
 
 

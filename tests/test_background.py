@@ -210,3 +210,22 @@ def test_render_frame_outputs_of_a_model_that_gives_rgb_alone(torso_run):
     path = orbit_path(data, "id000", n_frames=1)
     with pytest.raises(RenderError, match="no per-ray 'opacity'"):
         next(render_sequence(_RgbOnly(), path, "id000", alpha=True, near_far=(0.1, 5.0)))
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.full((4, 4, 3), 200.0), r"float.*\[0, 1\].*200.*divide 8-bit values by 255"),
+    (np.full((4, 4, 3), 200, dtype=np.int64), r"uint8 or float.*int64"),
+    (np.full((4, 4, 3), 40000, dtype=np.uint16), r"uint8 or float.*uint16"),
+    (np.full((4, 4, 3), np.nan, dtype=np.float32), r"float.*\[0, 1\].*nan"),
+])
+def test_a_background_array_of_another_range_is_refused_not_rendered_white(image, message):
+    """background_image gives (H, W, 3) float32 in [0, 1], but took any float array as it was and any integer array
+    as it was too (only uint8 was divided by 255): an image read as float 0..255, or as int64 or uint16, came back with
+    values up to 255 or 65535, and a render over it was white wherever the person is not (the model's rgb clamped),
+    without a word. Such an array is refused, naming its type and range; a float image in [0, 1] and a uint8 one
+    are taken as before."""
+    with pytest.raises(RenderError, match=message):
+        background_image(image, None, 4, 4)
+    grey = background_image(np.full((2, 2, 3), 0.5), None, 4, 4)
+    assert grey.dtype == np.float32 and np.allclose(grey, 0.5)
+    assert np.allclose(background_image(np.full((2, 2, 3), 51, dtype=np.uint8), None, 4, 4), 0.2)
