@@ -345,8 +345,9 @@ class SpeechConfig:
     smooth: float = 1.0
     """Standard deviation (video frames) of the Gaussian that smooths predicted expressions over time; 0: none."""
     calibrate: int = 3
-    """Folds of the calibration that measures how far each coefficient can be predicted (see :func:`train_speech`;
-    each fold costs one more network); 0: no calibration (one network, gains of 1)."""
+    """Folds of the calibration that measures how far each coefficient can be predicted (see
+    :func:`fastminerf.speech.train_speech`; each fold costs one more network); 0: no calibration (one network, gains
+    of 1)."""
     block: float = 1.0
     """Seconds of each stretch of a clip that goes whole into one calibration fold."""
     seed: int = 0

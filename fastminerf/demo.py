@@ -12,7 +12,8 @@ an expression-transfer video, evaluation tables and a contact sheet, in a few mi
 3. ``personal/``: :func:`fastminerf.train.personalize` adds the held-out head from its ``train`` split, limited to
    the rest of the budget.
 4. ``transfer.mp4``: the held-out head driven by the first identity's ``drive_split`` frames (head motion,
-   ``relative`` poses, and expressions, ``delta`` transfer), :func:`fastminerf.render.drive_path` and :func:`render_video`.
+   ``relative`` poses, and expressions, ``delta`` transfer), :func:`fastminerf.render.drive_path` and
+   :func:`fastminerf.render.render_video`.
 5. ``eval_val/`` and ``eval_novel/``: :func:`fastminerf.render.evaluate` on every identity's ``val`` split
    (unseen frames of seen expressions) and ``novel`` split (expressions each identity never showed: MI-NeRF's
    cross-identity transfer, with exact ground truth), with side-by-side images; the held-out head rendered by the

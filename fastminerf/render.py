@@ -961,7 +961,7 @@ def background_image(background: BackgroundLike, own: Optional[np.ndarray], widt
         background: None or :data:`OWN_BACKGROUND` (``"own"``): ``own`` (``"own"`` without it is refused; None
             without it is white); a colour, a CSS name (white, black, grey,
             green, ...; CSS's green is #008000, a green screen's #00FF00 is ``lime``) or ``#RRGGBB``; an image file
-            (read as :func:`fastminerf.data.read_rgb` reads frames, resized bilinearly to the frame, its aspect not
+            (read as :func:`fastminerf.data.layout.read_rgb` reads frames, resized bilinearly to the frame, its aspect not
             kept); or an (h, w, 3) image, uint8 or float in [0, 1], resized likewise.
         own: the person's own background (h, w, 3), resized to the frame; None for white.
 
