@@ -440,8 +440,8 @@ class FieldConfig:
     """C, width of the conditioning vector m fed to the heads."""
 
     identity_code_dim: int = 32
-    """Length of the learned identity code i (one row per identity: the only per-identity parameters besides
-    the frame codes)."""
+    """Length of the learned identity code i (one row per identity; besides it only the frame codes and, with a torso
+    layer, its image are per identity)."""
 
     frame_code_dim: int = 16
     """Length of the learned per-frame latent code (NeRFace uses 32), zero-initialised; 0 disables it."""

@@ -14,7 +14,9 @@ training frames), which is what the frame codes of that identity have in common.
 
 Memory per identity: ``4 * D`` bytes (its code) plus ``4 * Cf`` bytes per training frame; the hash grid, heads
 and occupancy grid are shared, so 1,000 identities with 100 frames each add ``1000 * (32 + 100 * 16) * 4`` bytes
-= 6.5 MB to the defaults.
+= 6.5 MB to the defaults. A torso layer (``ModelConfig.torso``) adds its image, ``16 * R^2`` bytes per identity
+(64 KB at the ``video`` preset's R = 64: 64 MB for 1,000 identities), and its ``frame_shift`` 8 bytes per training
+frame.
 
 Shapes: N rays, S samples, I identities, E expression size, D identity-code size, Cf frame-code size,
 B training frames.
