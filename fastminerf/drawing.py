@@ -43,9 +43,12 @@ def plot_curves(draw, box, series: np.ndarray, title: str, x: Optional[np.ndarra
         for c, name in enumerate(legend):
             draw.text((at, y0 + 2), name, fill=CURVE_COLOURS[c % len(CURVE_COLOURS)])
             at += draw.textlength(name) + 8
-    series = np.asarray(series, dtype=np.float64).reshape(len(series), -1)
+    series = np.asarray(series, dtype=np.float64)
+    if len(series) < 2:  # no curve (and numpy cannot reshape an empty series to (0, -1))
+        return
+    series = series.reshape(len(series), -1)
     finite = np.isfinite(series)
-    if len(series) < 2 or not finite.any():
+    if not finite.any():
         return
     lo, hi = float(series[finite].min()), float(series[finite].max())
     span = max(hi - lo, 1e-6)

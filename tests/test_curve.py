@@ -49,3 +49,19 @@ def test_train_and_personalize_draw_the_loss_and_psnr_curve(heads, tmp_path):
         write_curve(tmp_path / "nothing")
     person = personalize(run, heads[2], tmp_path / "person", steps=20)
     assert person.curve == tmp_path / "person" / CURVE_NAME and person.curve.is_file()
+
+
+def test_a_log_without_a_whole_record_draws_an_empty_curve_and_a_resume_ends(heads, tmp_path):
+    """A log whose only line was cut (a full disk or an interruption at the first log write: log_records skips such
+    lines) made write_curve fail with numpy's 'cannot reshape array of size 0 into shape (0,newaxis)', and so a
+    resume of that run, which truncates the log to its checkpoint and draws the curve at the end: `fastminerf train`
+    ended in that one line, after the session. training_curve titles an empty log 'nothing logged yet'; the plots
+    of it are now empty boxes, as for a log of one record."""
+    run = tmp_path / "run"
+    cfg = load_config("tiny", ["train.steps=5"])
+    train(cfg, heads[:2], run)
+    full = iio.imread(run / CURVE_NAME)
+    (run / "log.jsonl").write_text('{"step": 5, "seconds": 0.1, "lo')
+    assert write_curve(run) == run / CURVE_NAME and iio.imread(run / CURVE_NAME).shape == full.shape
+    res = train(cfg, heads[:2], run)  # nothing left to train: the log is truncated to its checkpoint, then drawn
+    assert res.step == 5 and res.curve == run / CURVE_NAME and res.curve.is_file()
