@@ -75,6 +75,7 @@ __all__ = [
     "save_checkpoint",
     "save_run",
     "train",
+    "write_curve",
 ]
 
 PathLike = Union[str, Path]
