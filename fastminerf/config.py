@@ -712,7 +712,8 @@ class TrainConfig:
     """Adam learning rate of the per-identity state: identity and frame codes, torso layer textures."""
 
     lr_final_factor: float = 0.1
-    """The learning rate decays exponentially to ``lr * lr_final_factor`` at ``steps``."""
+    """The learning rate decays exponentially from the first step to ``lr * lr_final_factor`` at ``steps`` (the
+    warm-up multiplies it: :func:`fastminerf.train.lr_factor`)."""
 
     warmup_lr_steps: int = 50
     """Linear learning-rate warm-up steps."""

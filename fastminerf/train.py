@@ -612,8 +612,9 @@ def mask_loss(out: Dict[str, torch.Tensor], mask: torch.Tensor) -> Optional[torc
 
 def lr_factor(step: int, cfg: RunConfig) -> float:
     """The learning-rate schedule of :func:`train`: the factor on each group's rate (``cfg.train.lr``,
-    ``cfg.train.code_lr``) at ``step`` (from 0): a linear warm-up over ``cfg.train.warmup_lr_steps``, then an
-    exponential decay to ``cfg.train.lr_final_factor`` at ``cfg.train.steps``."""
+    ``cfg.train.code_lr``) at ``step`` (from 0): a linear warm-up, ``(step + 1) / cfg.train.warmup_lr_steps`` up to 1,
+    times an exponential decay that runs from step 0 (not from the warm-up's end) to ``cfg.train.lr_final_factor``
+    at ``cfg.train.steps`` and stays there, ``lr_final_factor ** min(1, step / steps)``."""
     t = cfg.train
     warm = min(1.0, (step + 1) / max(1, t.warmup_lr_steps))
     return warm * t.lr_final_factor ** min(1.0, step / max(1, t.steps))
