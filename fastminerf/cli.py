@@ -445,15 +445,15 @@ def _run_personalize(args: argparse.Namespace) -> int:
 _MOVED_DATA = "give the folders where it is now with {option}"
 
 
-def _open_run(run: Path, render_steps: Optional[int] = None):
-    """``load_run`` with a clear error for a missing folder: ``(config, model, metadata)``; ``render_steps`` (the
-    ``--render-steps`` of render and eval) changes the model's marching steps outside training."""
+def _open_run(run: Path, render_steps: Optional[int] = None, device="cpu"):
+    """``load_run`` with a clear error for a missing folder: ``(config, model on device, metadata)``; ``render_steps``
+    (the ``--render-steps`` of render and eval) changes the model's marching steps outside training."""
     from .render import RenderError, set_render_steps
     from .train import load_run
 
     if not Path(run).exists():
         raise RenderError(f"run folder {run} does not exist")
-    cfg, model, meta = load_run(run)
+    cfg, model, meta = load_run(run, device=device)
     if render_steps is not None:
         set_render_steps(model, render_steps)
     return cfg, model, meta
@@ -476,6 +476,19 @@ def _not_personalised(run: Path, meta: dict, names: Sequence[str]) -> Optional[s
 _RENDER_STEPS_HELP = ("ray-marching steps across the head box (default: the run's model.eval_render_steps, 256 in the cpu "
                       "and video presets); 128 renders about twice as fast and a little softer (-0.06 dB on the real "
                       "clips)")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="where the model renders: auto (default, as train.device: a CUDA GPU where torch sees one, "
+                        "else the CPU), cpu, cuda or cuda:N")
+
+
+def _device(args: argparse.Namespace):
+    """``--device`` as a torch device, refused before any work when it cannot run here (naming the option)."""
+    from .train import resolve_device
+
+    return resolve_device(args.device, "--device")
 
 
 def _frames_progress(console, title: str):
@@ -556,6 +569,7 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
                    help="with --drive: each frame shows the driver's frame left of the render, labelled, to judge the "
                         "transfer by (both enlarged to at least 128 px)")
     p.add_argument("--render-steps", type=int, default=None, metavar="N", help=_RENDER_STEPS_HELP)
+    _add_device(p)
     p.set_defaults(func=_run_render)
 
 
@@ -574,6 +588,7 @@ def _run_render(args: argparse.Namespace) -> int:
         raise RenderError(f"--frames must be at least 1, got {args.frames}")
     if args.fps is not None and not args.fps > 0:  # ffmpeg wrote 0 as 16 fps, and failed on a negative rate at the end
         raise RenderError(f"--fps must be positive, got {args.fps:g}")
+    device = _device(args)
     console = _console()
     source = "--orbit" if args.orbit else "--speech" if args.speech is not None else "--drive"
     for applies, given in (("--drive", {"--transfer": args.transfer, "--pose": args.pose,
@@ -592,7 +607,7 @@ def _run_render(args: argparse.Namespace) -> int:
                           "the person alone for compositing")
     # a bad colour or a missing image: said before any work ('own' is NAME's, read with its data below)
     background_image(args.background, np.zeros((1, 1, 3), np.uint8), 1, 1)
-    _, model, meta = _open_run(args.run, args.render_steps)
+    _, model, meta = _open_run(args.run, args.render_steps, device)
     identity_id(model, args.identity)  # fail early, naming the identity
     note = _not_personalised(args.run, meta, [args.identity])
     if note:
@@ -756,6 +771,7 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
                         "the frame's time instead of the tracked one (lip sync against the real frames; MODEL defaults "
                         "to RUN/speech.pt, written by fastminerf speech)")
     p.add_argument("--render-steps", type=int, default=None, metavar="N", help=_RENDER_STEPS_HELP)
+    _add_device(p)
     p.set_defaults(func=_run_eval)
 
 
@@ -766,8 +782,9 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if args.max_frames is not None and args.max_frames < 1:  # [:0] evaluated nothing, [:-1] all but the last frame
         raise RenderError(f"--max-frames must be at least 1, got {args.max_frames}")
+    device = _device(args)
     console = _console()
-    runs = [(run, *_open_run(run, args.render_steps)[1:]) for run in args.run]
+    runs = [(run, *_open_run(run, args.render_steps, device)[1:]) for run in args.run]
     dirs = find_identity_dirs(args.data)
     # A root may also hold people no run knows (a new person prepared into it, to be added by personalize): eval
     # scores those the runs know and names the others. A person's folder named on its own, or a root of no known

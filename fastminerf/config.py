@@ -820,12 +820,13 @@ class TrainConfig:
         check_device(self.device)
 
 
-def check_device(name: str) -> None:
-    """Refuse a ``train.device`` fastminerf cannot run on: its kernels (native, torch reference, tiny-cuda-nn,
-    nerfacc) run on CPU and CUDA tensors only. torch knows ``meta``, ``mps``, ``xla`` and more, which failed deep
-    inside training; whether a CUDA device is there is checked when training starts (``train.resolve_device``)."""
+def check_device(name: str, option: str = "train.device") -> None:
+    """Refuse a ``train.device`` (or the device ``option`` names: render's and eval's ``--device``) fastminerf cannot
+    run on: its kernels (native, torch reference, tiny-cuda-nn, nerfacc) run on CPU and CUDA tensors only. torch knows
+    ``meta``, ``mps``, ``xla`` and more, which failed deep inside training; whether a CUDA device is there is checked
+    when training starts (``train.resolve_device``)."""
     if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", str(name)):
-        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N (N a GPU's index; fastminerf runs on CPU "
+        raise ConfigError(f"{option} must be auto, cpu, cuda or cuda:N (N a GPU's index; fastminerf runs on CPU "
                           f"and CUDA devices only), got {name!r}")
 
 

@@ -275,10 +275,15 @@ def _refuse_non_finite(model: MINeRF, path: Path) -> None:
                               "train again into another folder, with a lower train.lr")
 
 
-def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
-    """Load a trained run: ``(config, model in eval mode, metadata)``. The model is on the CPU and runs on any device:
-    a run trained with the CUDA-only backends ``tcnn`` / ``nerfacc`` loads with ``auto`` in their place (the same
-    functions; the config returned is still the one the run was trained with).
+def load_run(run_dir: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[RunConfig, MINeRF, dict]:
+    """Load a trained run: ``(config, model in eval mode, metadata)``. The model is on ``device`` ("cpu" by default;
+    "auto", "cuda", "cuda:K" or a ``torch.device``, as ``train.device`` takes them, :func:`resolve_device`: one that
+    cannot run here is refused before the checkpoint is read, a backend of the run that cannot run there before the
+    model is moved there) and runs on any device: a run trained with the CUDA-only backends ``tcnn`` / ``nerfacc``
+    loads with ``auto`` in their place (the same functions; the config returned is still the one the run was trained
+    with).
+    :func:`fastminerf.render.render_frame`, :func:`~fastminerf.render.evaluate` and the other renders render where the
+    model is and give their results on the CPU.
 
     The metadata dict holds ``identity_names`` (I,), ``expression_dim`` E, ``expression_space`` (of the training
     data, None when unknown), ``data_paths`` (the folders it was
@@ -294,10 +299,13 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
     ``frame_identity`` (B,), ``phase`` (the phase a personalisation's checkpoint was written in: ``codes`` or
     ``all``; else None) and ``checkpoint`` (the file).
     """
+    where = resolve_device(device, "device")  # before the checkpoint is read
     run = Path(run_dir)
     path = run / CHECKPOINT_NAME if run.is_dir() or not run.suffix else run
     data = load_checkpoint(path)
     cfg, model = _model_from_checkpoint(data, path, anywhere=True)  # loaded on the CPU: tcnn / nerfacc cannot run there
+    if where.type != "cpu":  # e.g. native asked for, on a GPU the extension has no kernels for (info reads any run)
+        _check_backends(replace(cfg, model=_anywhere(cfg.model)), where)
     if data.get("ema") is not None:  # the run kept a weight average (train.ema_decay): it is the trained model
         try:
             average = WeightAverage(model, cfg.train.ema_decay)
@@ -306,6 +314,7 @@ def load_run(run_dir: PathLike) -> Tuple[RunConfig, MINeRF, dict]:
             raise CheckpointError(f"checkpoint {path}: bad weight average: {exc}") from None
         average.copy_to(model)
     model.eval()
+    model.to(where)
     meta = dict(
         identity_names=list(model.identity_names),
         expression_dim=model.expression_dim,
@@ -658,18 +667,20 @@ def _occupancy_pool(table, generator: torch.Generator, identity_map: torch.Tenso
     return ident, expr, frame_map[pick]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``train.device``: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or "cuda:K"."""
+def resolve_device(name: Union[str, torch.device], option: str = "train.device") -> torch.device:
+    """``train.device`` (or the device ``option`` names, e.g. render's ``--device``): "auto" (CUDA when torch sees a
+    GPU, else the CPU), "cpu", "cuda" or "cuda:K"; a device that cannot run here is refused naming ``option``."""
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(name)  # a ConfigError (a ValueError) naming the key and the devices that work
+    check_device(name, option)  # a ConfigError (a ValueError) naming the key and the devices that work
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but this torch ({torch.__version__}) sees no CUDA device; "
-                         "use train.device=cpu or auto")
+        raise ValueError(f"{option}={name!r} but this torch ({torch.__version__}) sees no CUDA device; "
+                         f"use {option}=cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()  # else model.to(device) fails after the data is read: 'invalid device ordinal'
-        raise ValueError(f"train.device={name!r} but this machine has {count} CUDA device{'s' if count != 1 else ''} "
+        raise ValueError(f"{option}={name!r} but this machine has {count} CUDA device{'s' if count != 1 else ''} "
                          f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}); use one of them, cuda or auto")
     return device
 

@@ -71,3 +71,119 @@ def _decode_audio(path, rate: int = 16000):
 def decode_audio():
     """``decode_audio(path, rate=16000) -> (S,) int16``: the sound of an mp4 as it plays."""
     return _decode_audio
+
+
+# ------------------------------------------------------------------------------------------ a simulated GPU
+
+
+class FakeCudaTensor(torch.Tensor):
+    """A tensor on the simulated GPU of :func:`fake_cuda`: it computes on the CPU, says ``device`` cuda:0, and is
+    refused as a CUDA tensor is: mixed with a (non-scalar) CPU tensor in one operation ('Expected all tensors to be
+    on the same device') or turned into NumPy without coming back to the CPU first. ``.to("cpu")`` / ``.cpu()`` give a
+    plain CPU tensor."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+    @property
+    def is_cuda(self):
+        return True
+
+    def numpy(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to "
+                        "host memory first.")
+
+    def cpu(self, *args, **kwargs):
+        return self.as_subclass(torch.Tensor).clone()
+
+    def to(self, *args, **kwargs):
+        device = _to_device(args, kwargs)
+        plain = self.as_subclass(torch.Tensor)
+        if device is not None and device.type == "cpu":
+            return _REAL_TENSOR_TO(plain, *_on_cpu(args, kwargs)[0], **_on_cpu(args, kwargs)[1])
+        return _REAL_TENSOR_TO(plain, *_on_cpu(args, kwargs)[0], **_on_cpu(args, kwargs)[1]).as_subclass(FakeCudaTensor)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.__name__ == "__get__":  # attribute reads (shape, dtype, ...) other than the properties above
+            return super().__torch_function__(func, types, args, kwargs)
+        flat = []
+
+        def walk(x):
+            if isinstance(x, torch.Tensor):
+                flat.append(x)
+            elif isinstance(x, (list, tuple)):
+                for y in x:
+                    walk(y)
+            elif isinstance(x, dict):
+                for y in x.values():
+                    walk(y)
+
+        walk(args)
+        walk(kwargs)
+        on_cpu = [t for t in flat if not isinstance(t, FakeCudaTensor) and t.dim() > 0]
+        if on_cpu and any(isinstance(t, FakeCudaTensor) for t in flat):
+            raise RuntimeError(f"{getattr(func, '__name__', func)}: Expected all tensors to be on the same device, but "
+                               "found at least two devices, cuda:0 and cpu!")
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+_REAL_TENSOR_TO = torch.Tensor.to
+
+
+def _to_device(args, kwargs):
+    """The device a ``Tensor.to`` / ``Module.to`` call moves to, or None (a dtype alone)."""
+    target = kwargs.get("device", args[0] if args else None)
+    if isinstance(target, torch.Tensor):
+        return target.device
+    if isinstance(target, (str, torch.device)):
+        return torch.device(target)
+    return None
+
+
+def _on_cpu(args, kwargs):
+    """``args, kwargs`` of a ``to`` call with the CPU in place of its device."""
+    if "device" in kwargs:
+        return args, {**kwargs, "device": "cpu"}
+    if args and isinstance(args[0], (str, torch.device)):
+        return ("cpu",) + tuple(args[1:]), kwargs
+    if args and isinstance(args[0], torch.Tensor):
+        return (args[0].dtype,) + tuple(args[1:]), kwargs
+    return args, kwargs
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """One simulated CUDA device on this CPU machine (no test here has a GPU). torch says one is there
+    (``torch.cuda.is_available()``, ``device_count() == 1``); ``tensor.to("cuda")`` gives a :class:`FakeCudaTensor`
+    (computing on the CPU, refused where a CUDA tensor would be); ``module.to("cuda")`` leaves the module's tensors on
+    the CPU, so that fastminerf's own model computes, and is recorded: the fixture's ``moves`` lists
+    ``(class name, device)`` of each module moved to the GPU."""
+    import types
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    state = types.SimpleNamespace(moves=[])
+
+    def tensor_to(self, *args, **kwargs):
+        device = _to_device(args, kwargs)
+        if device is not None and device.type == "cuda" and not isinstance(self, FakeCudaTensor):
+            a, k = _on_cpu(args, kwargs)
+            return _REAL_TENSOR_TO(self, *a, **k).as_subclass(FakeCudaTensor)
+        return _REAL_TENSOR_TO(self, *args, **kwargs)
+
+    real_module_to = torch.nn.Module.to
+
+    def module_to(self, *args, **kwargs):
+        device = _to_device(args, kwargs)
+        if device is not None and device.type == "cuda":
+            state.moves.append((type(self).__name__, device))
+            a, k = _on_cpu(args, kwargs)
+            return real_module_to(self, *a, **k)
+        return real_module_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", tensor_to)
+    monkeypatch.setattr(torch.nn.Module, "to", module_to)
+    return state

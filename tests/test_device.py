@@ -1,0 +1,114 @@
+"""Where render and eval run: the device a GPU user trained on (``--device``, ``load_run(device=)``), the library's
+renders taking the model where the caller put it, and the CPU path unchanged. No GPU runs here: ``fake_cuda``
+(conftest.py) simulates one."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastminerf.cli import main
+from fastminerf.config import load_config
+from fastminerf.data import load_dataset
+from fastminerf.data.synth import generate
+from fastminerf.render import evaluate, render_frame, render_rays, render_sequence, orbit_path
+from fastminerf.train import load_run, train
+
+from conftest import FakeCudaTensor
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("device")
+    dirs = generate(root / "data", n_identities=2, n_frames=4, size=SIZE, novel_frames=1, val_fraction=0.25)
+    train(load_config("tiny", ["train.steps=2", "train.log_every=1"]), dirs, root / "run")
+    return root, dirs
+
+
+def _render(root, out, *extra):
+    return main(["render", "--run", str(root / "run"), "--identity", "id000", "--orbit", "--frames", "2",
+                 "--out", str(out / "o.mp4"), "--png-dir", str(out / "png"), *extra])
+
+
+def _frames(folder):
+    import imageio.v3 as iio
+
+    return [iio.imread(p) for p in sorted(folder.glob("*.png"))]
+
+
+def test_render_and_eval_run_on_the_gpu_where_there_is_one(tiny, tmp_path, fake_cuda):
+    """render and eval loaded the run on the CPU and nothing moved it: a user who trained on a GPU (train.device
+    auto, the gpu preset) rendered and evaluated on the CPU without a word. --device auto (default, as train's)
+    takes the GPU."""
+    root, dirs = tiny
+    assert _render(root, tmp_path / "a") == 0
+    assert fake_cuda.moves == [("MINeRF", torch.device("cuda"))]
+    assert main(["eval", "--run", str(root / "run"), "--data", *map(str, dirs), "--split", "val", "--device", "cuda:0"]) == 0
+    assert fake_cuda.moves[1:] == [("MINeRF", torch.device("cuda:0"))]
+    assert _render(root, tmp_path / "b", "--device", "cpu") == 0  # asked for the CPU: stays there
+    assert len(fake_cuda.moves) == 2
+
+
+@pytest.mark.parametrize("command", ["render", "eval"])
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "--device='cuda' but this torch"),
+    ("cuda:1", "--device='cuda:1' but this machine has 1 CUDA device (cuda:0)"),
+    ("mps", "--device must be auto, cpu, cuda or cuda:N"),
+])
+def test_a_device_that_cannot_run_is_refused_naming_the_option(tiny, tmp_path, capsys, monkeypatch, command, device,
+                                                               message):
+    root, dirs = tiny
+    if device == "cuda:1":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    argv = (["render", "--identity", "id000", "--orbit", "--out", str(tmp_path / "x.mp4")] if command == "render" else
+            ["eval", "--data", *map(str, dirs), "--split", "val", "--out", str(tmp_path / "e")])
+    assert main(argv + ["--run", str(tmp_path / "no run"), "--device", device]) == 2  # before the run is read
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "e").exists()
+
+
+def test_the_cpu_path_is_unchanged(tiny, tmp_path):
+    """--device cpu (and auto on this machine) renders and scores exactly what the library gives for the run."""
+    root, dirs = tiny
+    _, model, _ = load_run(root / "run")
+    assert next(model.parameters()).device.type == "cpu"
+    data = load_dataset(dirs, splits=("train", "val"))
+    for extra in ([], ["--device", "cpu"]):
+        out = tmp_path / str(len(extra))
+        assert _render(root, out, *extra) == 0
+        path = orbit_path(load_dataset(dirs[:1]), "id000", n_frames=2)
+        expected = [np.round(f * 255).astype(np.uint8) for f in
+                    render_sequence(model, path, "id000", background=data.background(0), aabb=model.aabb.tolist())]
+        assert all(np.array_equal(a, b) for a, b in zip(_frames(out / "png"), expected, strict=True))
+        assert main(["eval", "--run", str(root / "run"), "--data", *map(str, dirs), "--split", "val",
+                     "--out", str(out / "eval"), *extra]) == 0
+        got = json.loads((out / "eval" / "metrics.json").read_text())
+        want = evaluate(model, data, "val")
+        assert got["identities"]["id000"]["psnr"] == want["identities"]["id000"]["psnr"]
+        assert got["mean"] == {k: (None if v != v else v) for k, v in want["mean"].items()}
+
+
+def test_load_run_puts_the_model_on_the_device_asked(tiny, fake_cuda):
+    root, _ = tiny
+    _, model, _ = load_run(root / "run")
+    assert fake_cuda.moves == []  # the CPU by default, as before
+    _, model, _ = load_run(root / "run", device="auto")
+    assert fake_cuda.moves == [("MINeRF", torch.device("cuda"))]
+    # model.to moves what is registered: every tensor of every part (occupancy grid, torso layer, encodings, heads)
+    # is a parameter or a buffer, none a plain attribute a move would leave on the CPU
+    for name, module in model.named_modules():
+        loose = [k for k, v in vars(module).items() if isinstance(v, torch.Tensor)]
+        assert not loose, f"{name or 'model'} keeps {loose} outside its parameters and buffers"
+
+
+def test_load_run_refuses_a_device_that_cannot_run(tiny):
+    root, _ = tiny
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' but this torch"):
+            load_run(root / "run", device="cuda")
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
+        load_run(root / "run", device="tpu")
