@@ -1601,7 +1601,8 @@ def evaluate(
     both eyes: an eye rendered open where the person blinks, or half shut, counts about 0.2).
 
     Args:
-        model: the model; every evaluated identity name must be one of its ``identity_names``. Or a dict of models
+        model: the model, rendering where it is (LPIPS runs there too; the scores come back as floats); every
+            evaluated identity name must be one of its ``identity_names``. Or a dict of models
             by identity name, each identity rendered by its own (e.g. runs that :func:`fastminerf.train.personalize`
             fine-tuned for one identity each); ``mean`` is then over identities as always.
         dataset: ground truth with ``split`` loaded.
@@ -1681,8 +1682,10 @@ def evaluate(
                 small = min(truth.shape[:2]) < SSIM_WINDOW  # no window fits: SSIM undefined (NaN), the rest stands
                 values["ssim"].append(float("nan") if small else float(ssim(pred, truth)))
                 values["l1"].append(float(l1(pred, truth)))
-                if lp_ok:
-                    values["lpips"].append(float(lpips(pred, truth)))
+                if lp_ok:  # the network runs where its images are: where the model renders (a GPU), not the CPU
+                    device = _model_device(models[name])
+                    values["lpips"].append(float(lpips(torch.from_numpy(pred).to(device),
+                                                       torch.from_numpy(truth).to(device))))
                 box = table.bbox_or_none(index)
                 if box is not None:
                     values["face_psnr"].append(_box_psnr(pred, truth, box))

@@ -112,3 +112,65 @@ def test_load_run_refuses_a_device_that_cannot_run(tiny):
             load_run(root / "run", device="cuda")
     with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
         load_run(root / "run", device="tpu")
+
+
+class OnTheGpu:
+    """A model on the simulated GPU with the interface render.py documents: every tensor it is given must be on its
+    device (FakeCudaTensor refuses a CPU one in any operation), and it answers with tensors there; the colour is the
+    background darkened by the expression's first coefficient, the opacity a half."""
+
+    def __init__(self, names):
+        self.identity_names = list(names)
+        self.weight = torch.zeros(1).to("cuda")
+        self.seen = []
+
+    def parameters(self):
+        yield self.weight
+
+    def render_rays(self, origins, directions, near, far, identity, expression, frame_code=None, background=None):
+        given = dict(origins=origins, directions=directions, near=near, far=far, identity=identity,
+                     expression=expression, frame_code=frame_code, background=background)
+        self.seen.append({k: v.device.type for k, v in given.items() if v is not None})
+        shade = 1.0 - 0.1 * expression[:, :1].abs().clamp(max=1) + self.weight + 0 * (origins + directions).sum(1, True)
+        rgb = background * shade + 0 * (near + far + identity)[:, None]
+        return {"rgb": rgb, "opacity": torch.full_like(near, 0.5), "depth": near + 0}
+
+
+def test_the_library_renders_where_the_model_is_and_gives_the_cpu_back(tiny, fake_cuda):
+    root, dirs = tiny
+    data = load_dataset(dirs, splits=("train", "val"))
+    model = OnTheGpu(data.identities)
+    batch_out = render_rays(model, *(torch.zeros(3, 3) for _ in range(2)), torch.zeros(3), torch.ones(3),
+                            torch.zeros(3, dtype=torch.int64), torch.zeros(3, data.expression_dim), torch.ones(3, 3),
+                            frame=torch.zeros(3, dtype=torch.int64))
+    assert all(type(v) is torch.Tensor and v.device.type == "cpu" for v in batch_out.values())
+    image, outs = render_frame(model, data, "val", 0, outputs=True, background="lime")
+    assert image.shape == (SIZE, SIZE, 3) and outs["alpha"].device.type == "cpu"
+    path = orbit_path(data, "id000", n_frames=2)
+    frames = list(render_sequence(model, path, "id000", background="black", aabb=[-1, -1, -1, 1, 1, 1], alpha=True))
+    assert len(frames) == 2 and frames[0].shape == (SIZE, SIZE, 4)
+    assert model.seen and all(set(s.values()) == {"cuda"} for s in model.seen)
+
+
+def test_evaluate_scores_lpips_where_the_model_renders(tiny, fake_cuda, monkeypatch):
+    """evaluate gave LPIPS its NumPy frames: the network ran on the CPU for a model on a GPU (lpips runs where its
+    images are), a forward pass of AlexNet a frame on the CPU beside a render on the GPU."""
+    import fastminerf.render as R
+
+    root, dirs = tiny
+    data = load_dataset(dirs, splits=("val",))
+    devices = []
+
+    def lpips(pred, truth):
+        devices.append(tuple(torch.as_tensor(x).device.type for x in (pred, truth)))
+        return torch.tensor(0.25, dtype=torch.float64)
+
+    monkeypatch.setattr(R, "lpips_status", lambda build=False: (True, "lpips stand-in"))
+    monkeypatch.setattr(R, "lpips", lpips)
+    res = evaluate(OnTheGpu(data.identities), data, "val", with_lmd=False)
+    assert devices and set(devices) == {("cuda", "cuda")}
+    assert res["mean"]["lpips"] == 0.25
+    devices.clear()
+    _, model, _ = load_run(root / "run")  # on the CPU: scored there, as before
+    evaluate(model, data, "val", with_lmd=False)
+    assert set(devices) == {("cpu", "cpu")}
