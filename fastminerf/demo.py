@@ -182,7 +182,7 @@ def run_demo(
     seconds["personalize"] = time.perf_counter() - start
 
     # 4. the transfer video
-    _, model, _ = load_run(personal)
+    _, model, _ = load_run(personal, device=cfg.train.device)  # where it trained, beside the generic model
     data = load_dataset(dirs, splits=("train", "val", "novel"))
     held_out, driver = data.identities[-1], data.identities[0]
     start = time.perf_counter()

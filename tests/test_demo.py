@@ -49,3 +49,31 @@ def test_run_demo_bad_settings(tmp_path):
         run_demo(tmp_path, n_identities=1)
     with pytest.raises(ValueError, match="minutes must be positive"):
         run_demo(tmp_path, minutes=0)
+
+
+def test_the_demo_renders_and_scores_the_personalised_head_where_it_trained(tmp_path, fake_cuda, monkeypatch):
+    """On a machine with a GPU the demo trained and personalised there (train.device auto), scored the generic
+    heads with the trained model there, and loaded the personalised run on the CPU to render transfer.mp4 and score
+    the held-out head: the demo's last stages ran on the CPU. Training is simulated on the GPU here (it runs on the
+    CPU, then the generic model is moved as train moves it)."""
+    import sys
+
+    import torch
+
+    T = sys.modules["fastminerf.train"]  # the module (fastminerf.train is the function train)
+
+    def off_the_gpu(fn):
+        def run(*args, **kwargs):
+            with pytest.MonkeyPatch.context() as cpu_only:  # the real CPU training, then the move train makes
+                cpu_only.setattr(torch.cuda, "is_available", lambda: False)
+                cpu_only.setattr(torch.cuda, "device_count", lambda: 0)
+                result = fn(*args, **kwargs)
+            result.model.to(T.resolve_device(args[0].train.device) if fn is real_train else "cuda")
+            return result
+        return run
+
+    real_train, real_personalize = T.train, T.personalize
+    monkeypatch.setattr(T, "train", off_the_gpu(real_train))
+    monkeypatch.setattr(T, "personalize", off_the_gpu(real_personalize))
+    run_demo(tmp_path / "demo", minutes=0.05, n_identities=2, n_frames=6, size=16, config="tiny")
+    assert fake_cuda.moves.count(("MINeRF", torch.device("cuda"))) == 3  # trained, personalised, and loaded to render
