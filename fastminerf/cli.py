@@ -886,6 +886,9 @@ def _add_demo(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     p.add_argument("--config", default="cpu", help="training preset or YAML file (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in OUT")
+    p.add_argument("--device", default=None, metavar="auto|cpu|cuda|cuda:N",
+                   help="where it trains, renders and evaluates (default: the config's train.device, auto in the "
+                        "presets: a CUDA GPU where torch sees one, else the CPU)")
     p.set_defaults(func=_run_demo)
 
 
@@ -894,6 +897,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     from .demo import run_demo
 
+    if args.device is not None:
+        _device(args)  # refused before any work, naming --device
     console = _console()
     stages = {"synth": "generate heads", "train": "generic training", "personalize": "personalise held-out",
               "render": "transfer video", "eval_val": "eval val", "eval_novel": "eval novel"}
@@ -913,7 +918,8 @@ def _run_demo(args: argparse.Namespace) -> int:
                 bar.update(tasks[stage], completed=int(info["done"]), total=int(info["total"]))
 
         result = run_demo(args.out, minutes=args.minutes, n_identities=args.identities, n_frames=args.frames,
-                          size=args.size, seed=args.seed, config=args.config, overwrite=args.overwrite, progress=progress)
+                          size=args.size, seed=args.seed, config=args.config, overwrite=args.overwrite, progress=progress,
+                          device=args.device)
     for split, title in (("val", "val: unseen frames"), ("novel", "novel: expressions each identity never showed")):
         _print_whole(console, _metrics_table(result.metrics[split], f"{title} ({result.held_out} personalised)"))
     secs = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())

@@ -98,6 +98,7 @@ def run_demo(
     eval_frames: Optional[int] = 3,
     overwrite: bool = False,
     progress: Optional[DemoProgress] = None,
+    device: Optional[str] = None,
 ) -> DemoResult:
     """Run the whole demo in ``out_dir`` (see the module docstring) and return what it made.
 
@@ -117,6 +118,8 @@ def run_demo(
         eval_frames: frames evaluated per identity and split (the first ones); None for all.
         overwrite: replace a previous demo's generated data in ``out_dir``.
         progress: see :data:`DemoProgress`.
+        device: where it trains, renders and evaluates: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (its
+            ``train.device``); None: the config's (``auto`` in the presets: a CUDA GPU where torch sees one).
 
     Raises:
         ValueError: bad settings. FileExistsError: ``out_dir`` holds data from an earlier demo and
@@ -127,7 +130,7 @@ def run_demo(
     from .data.synth import contact_sheet, generate
     from .data.writer import write_json
     from .render import drive_path, evaluate, render_video
-    from .train import load_run, personalize, train
+    from .train import load_run, personalize, resolve_device, train
 
     if n_identities < 2:
         raise ValueError(f"the demo needs at least 2 identities (one held out), got {n_identities}")
@@ -137,6 +140,8 @@ def run_demo(
         raise ValueError(f"minutes must be positive, got {minutes}")
     if not 0.0 < train_share < 1.0:
         raise ValueError(f"train_share must be in (0, 1), got {train_share}")
+    if device is not None:
+        resolve_device(device, "device")  # one that cannot run here: refused before the data is made
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     generic, personal = out / "generic", out / "personal"
@@ -168,7 +173,7 @@ def run_demo(
     left = max(2 * MIN_TRAIN_S, minutes * 60.0 - seconds["synth"] - RENDER_RESERVE_S)
     train_s = max(MIN_TRAIN_S, train_share * left)
     personal_s = max(MIN_TRAIN_S, left - train_s)
-    cfg = load_config(config, [f"train.max_seconds={train_s}"])
+    cfg = load_config(config, [f"train.max_seconds={train_s}"] + ([f"train.device={device}"] if device is not None else []))
     start = time.perf_counter()
     gen = train(cfg, dirs[:-1], generic, progress=None if progress is None else (lambda rec: progress("train", rec)))
     seconds["train"] = time.perf_counter() - start

@@ -165,6 +165,9 @@ def fake_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    # the GPU's random state, which torch.random.fork_rng keeps (fastminerf.train's calls keep torch's state)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.zeros(16, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": None)
     state = types.SimpleNamespace(moves=[])
 
     def tensor_to(self, *args, **kwargs):

@@ -77,3 +77,18 @@ def test_the_demo_renders_and_scores_the_personalised_head_where_it_trained(tmp_
     monkeypatch.setattr(T, "personalize", off_the_gpu(real_personalize))
     run_demo(tmp_path / "demo", minutes=0.05, n_identities=2, n_frames=6, size=16, config="tiny")
     assert fake_cuda.moves.count(("MINeRF", torch.device("cuda"))) == 3  # trained, personalised, and loaded to render
+
+
+def test_the_demo_runs_on_the_cpu_when_asked_on_a_machine_with_a_gpu(tmp_path, fake_cuda, monkeypatch, capsys):
+    """demo had no device choice: on a machine with a GPU it trained, rendered and scored there (the preset's
+    train.device auto), with no way to keep to the CPU (the native CUDA kernels have not run on a GPU yet) short of a
+    YAML config of one's own. demo --device cpu (run_demo(device=)) runs it all on the CPU; a device that cannot run
+    is refused naming the option before any work."""
+    from fastminerf.cli import main
+
+    assert main(["demo", str(tmp_path / "demo"), "--minutes", "0.05", "--identities", "2", "--frames", "6",
+                 "--size", "16", "--config", "tiny", "--device", "cpu"]) == 0
+    assert fake_cuda.moves == []
+    assert main(["demo", str(tmp_path / "other"), "--config", "tiny", "--device", "cuda:3"]) == 2
+    assert "--device='cuda:3' but this machine has 1 CUDA device" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "other").exists()
