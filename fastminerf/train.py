@@ -305,7 +305,10 @@ def load_run(run_dir: PathLike, device: Union[str, torch.device] = "cpu") -> Tup
     data = load_checkpoint(path)
     cfg, model = _model_from_checkpoint(data, path, anywhere=True)  # loaded on the CPU: tcnn / nerfacc cannot run there
     if where.type != "cpu":  # e.g. native asked for, on a GPU the extension has no kernels for (info reads any run)
-        _check_backends(replace(cfg, model=_anywhere(cfg.model)), where)
+        try:
+            _check_backends(replace(cfg, model=_anywhere(cfg.model)), where)
+        except ValueError as exc:  # train's advice (rebuild, or another backend) is not a render's: the CPU runs it
+            raise ValueError(f"{exc}; or load the run on the CPU (device='cpu'; render, eval: --device cpu)") from None
     if data.get("ema") is not None:  # the run kept a weight average (train.ema_decay): it is the trained model
         try:
             average = WeightAverage(model, cfg.train.ema_decay)

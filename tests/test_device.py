@@ -174,3 +174,22 @@ def test_evaluate_scores_lpips_where_the_model_renders(tiny, fake_cuda, monkeypa
     _, model, _ = load_run(root / "run")  # on the CPU: scored there, as before
     evaluate(model, data, "val", with_lmd=False)
     assert set(devices) == {("cpu", "cpu")}
+
+
+def test_a_run_whose_backend_cannot_run_on_the_gpu_says_to_render_on_the_cpu(tmp_path, fake_cuda, capsys):
+    """A run trained with backend native, rendered on a GPU the extension has no kernels for (--device auto, the
+    default), was refused with train's advice, 'rebuild ... or choose backend='torch'', an option render does not
+    have: it said nothing of --device cpu, which renders it."""
+    dirs = generate(tmp_path / "data", n_identities=1, n_frames=3, size=SIZE)
+    with pytest.MonkeyPatch.context() as cpu_only:
+        cpu_only.setattr(torch.cuda, "is_available", lambda: False)
+        train(load_config("tiny", ["train.steps=1", "model.field.backend=native"]), dirs, tmp_path / "run")
+    argv = ["render", "--run", str(tmp_path / "run"), "--identity", dirs[0].name, "--orbit", "--frames", "1",
+            "--out", str(tmp_path / "o.mp4")]
+    from fastminerf import _native
+
+    if _native.available() and not _native.has_cuda():  # the build here: CPU kernels only
+        assert main(argv) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "model.field.backend='native' cannot run on cuda" in err and "--device cpu" in err
+    assert main(argv + ["--device", "cpu"]) == 0
