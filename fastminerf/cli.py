@@ -1299,7 +1299,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, _Terminated)
-        _console(stderr=True).print("terminated" if terminated else "interrupted")
+        said = str(exc)  # where a training stopped and what its run folder keeps
+        _console(stderr=True).print(("terminated" if terminated else "interrupted") + (f" {said}" if said else ""))
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
         if in_main:  # None: a handler not set from Python

@@ -814,6 +814,7 @@ class _Loop:
         self.loss = float("nan")
         self.psnr = float("nan")
         self.saved_step: Optional[int] = None  # the step of the last checkpoint this loop wrote
+        self.resumed_step: Optional[int] = None  # the step of the checkpoint this session resumed from
 
     def checkpoint(self) -> None:
         bad = _non_finite_parameter(self.model)
@@ -837,6 +838,18 @@ class _Loop:
         if path.exists():
             return f"{path} keeps the weights this session started from (a rerun resumes from it)"
         return "no checkpoint was written"
+
+    @contextmanager
+    def noting_interrupt(self):
+        """A KeyboardInterrupt (Ctrl-C; the command's SIGTERM) raised inside the block says where the loop stopped and
+        what the run folder's checkpoint keeps, for the command to print."""
+        try:
+            yield
+        except KeyboardInterrupt as exc:
+            kept = self.saved_step if self.saved_step is not None else self.resumed_step
+            exc.args = (f"after step {self.step}: " + ("no checkpoint was written yet; a rerun starts again" if kept is None
+                        else f"{self.out / CHECKPOINT_NAME} keeps step {kept}; rerun the same command to resume from it"),)
+            raise
 
     def _check_rays(self, batch: RayBatch) -> None:
         """:class:`TrainingDiverged` naming the frame, file and key of the first ray of the step (``batch``, as drawn,
@@ -872,6 +885,11 @@ class _Loop:
 
     def run(self, optimizer: torch.optim.Optimizer, base_lrs: List[float], until_step: int, total_steps: int,
             max_seconds: Optional[float], phase: str, lr_steps: int) -> None:
+        with self.noting_interrupt():
+            self._run(optimizer, base_lrs, until_step, total_steps, max_seconds, phase, lr_steps)
+
+    def _run(self, optimizer: torch.optim.Optimizer, base_lrs: List[float], until_step: int, total_steps: int,
+             max_seconds: Optional[float], phase: str, lr_steps: int) -> None:
         cfg, model, t = self.cfg, self.model, self.cfg.train
         table = self.sampler.table
         window_mse: List[float] = []
@@ -1376,7 +1394,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     if data is not None:
         _restore_loop(data, ckpt_path, sampler, occ_gen, average, optimizer)
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
-        resumed = loop.step
+        resumed = loop.resumed_step = loop.step
         _resume_log(loop)
     else:
         loop.seconds = setup_seconds
@@ -1568,6 +1586,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     elif loop.log.exists():
         loop.log.unlink()
     resumed = loop.step
+    if data is not None:
+        loop.resumed_step = loop.step
     restore_phase = str(data.get("phase", "codes")) if data is not None else None
     # A time limit that would end the run inside the code-only phase (the generic model plus codes, no shared weight
     # tuned) ends that phase at its fraction of the limit instead, leaving the rest to the tuning; a phase whose steps
@@ -1633,7 +1653,8 @@ def _finish(loop: _Loop, model: MINeRF, average: Optional[WeightAverage], resume
     """The last checkpoint (unless the loop's own trigger just wrote it), then the model as :func:`load_run` would
     give it (the weight average, if kept)."""
     if loop.saved_step != loop.step:
-        loop.checkpoint()
+        with loop.noting_interrupt():
+            loop.checkpoint()
     if average is not None:
         average.copy_to(model)
     model.eval()

@@ -995,3 +995,33 @@ def test_personalize_refuses_a_backend_that_cannot_run_before_any_work(tiny_data
     finally:
         backend.resolve.cache_clear()
     assert not (tmp_path / "p").exists()
+
+
+def test_an_interrupted_training_or_personalisation_says_what_its_run_folder_keeps(tiny_data, trained, tmp_path):
+    # Ctrl-C printed 'interrupted' and nothing else: not whether any step was kept, which one, nor that rerunning the
+    # same command resumes. The KeyboardInterrupt now says what the run folder's checkpoint keeps.
+    cfg = load_config("tiny", ["train.steps=10", "train.checkpoint_every=3", "train.log_every=1"])
+
+    def at(stop):
+        def interrupt(record):
+            if record["step"] == stop:
+                raise KeyboardInterrupt
+        return interrupt
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(cfg, _two(tiny_data), tmp_path / "run", progress=at(7))
+    assert (f"after step 7: {tmp_path / 'run' / 'checkpoint.pt'} keeps step 6; rerun the same command to resume from it"
+            in str(stopped.value)), str(stopped.value)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(cfg, _two(tiny_data), tmp_path / "early", progress=at(2))
+    assert "after step 2: no checkpoint was written yet; a rerun starts again" in str(stopped.value), str(stopped.value)
+    with pytest.raises(KeyboardInterrupt) as stopped:  # resumed at 6, stopped before its next checkpoint
+        train(cfg, _two(tiny_data), tmp_path / "run", progress=at(8))
+    assert f"{tmp_path / 'run' / 'checkpoint.pt'} keeps step 6;" in str(stopped.value), str(stopped.value)
+    run, _ = trained
+    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        personalize(run, [new], tmp_path / "p", steps=10, overrides=["train.checkpoint_every=2", "train.log_every=1"],
+                    progress=at(5))
+    kept = load_run(tmp_path / "p")[2]["step"]  # the phases count their checkpoints apart
+    assert f"{tmp_path / 'p' / 'checkpoint.pt'} keeps step {kept}; rerun the same command to resume" in str(stopped.value)
