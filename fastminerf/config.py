@@ -213,8 +213,8 @@ class SynthConfig:
     new. The expressions and everything else are the same either way."""
 
     overwrite: bool = False
-    """Replace identity folders a previous run of the generator wrote in the same output folder. Folders
-    the generator did not write are never touched."""
+    """Replace identity folders a previous run of the generator wrote in the same output folder (one stopped part
+    way, without its synth.json, is redone without it). Folders the generator did not write are never touched."""
 
     png_compress_level: int = 1
     """zlib level of the written PNG files (0-9); low is fast, the pixels are the same at every level."""

@@ -93,3 +93,45 @@ def test_known_head_points_project_onto_the_rendered_head(tmp_path):
             assert uv["nose_tip"][1] > max(uv["eye_left"][1], uv["eye_right"][1])
             checked += 1
     assert checked == 4
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_an_interrupted_generation_is_redone_by_the_same_call(tmp_path, monkeypatch):
+    """synth stopped part way (Ctrl-C, a kill) left its finished identities marked as a generated dataset, so the same
+    command run again was refused ('already holds a generated dataset ...; pass --overwrite'); and stopped between an
+    identity's transforms and its marker, the half-written identity read as a folder the generator did not write,
+    which even --overwrite refused to replace. synth.json, written last, marks a finished generation: without it the
+    same call redoes the folder, to the same bytes as an uninterrupted one."""
+    import fastminerf.data.synth as synth
+
+    args = dict(n_identities=3, n_frames=6, size=16, seed=0, novel_frames=1)
+    generate(tmp_path / "straight", **args)
+    straight = _tree(tmp_path / "straight")
+
+    def stop_in_second(done, total):  # in the second identity's frames
+        if done > 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "a", progress=stop_in_second, **args)
+    generate(tmp_path / "a", **args)
+    assert _tree(tmp_path / "a") == straight
+
+    real = synth.write_transforms
+
+    def stop_after_transforms(d, split, *a, **k):  # the second identity's train transforms written, then stopped
+        real(d, split, *a, **k)
+        if d.name == "id001":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "write_transforms", stop_after_transforms)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "b", **args)
+    monkeypatch.setattr(synth, "write_transforms", real)
+    generate(tmp_path / "b", **args)
+    assert _tree(tmp_path / "b") == straight
+    with pytest.raises(FileExistsError, match="already holds a generated dataset"):  # a finished one is kept
+        generate(tmp_path / "b", **args)

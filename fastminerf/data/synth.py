@@ -38,7 +38,7 @@ from ..audio import Audio, write_wav
 from ..config import SynthConfig
 from .heads import EXPRESSION_NAMES, EXPRESSION_RANGES, TRACE_BOX, HeadModel, HeadParams
 from .layout import AUDIO_FILE, DatasetError, find_identity_dirs, is_identity_dir, read_transforms
-from .writer import frame_record, write_png, write_transforms
+from .writer import frame_record, replaced_atomically, write_png, write_transforms
 
 __all__ = [
     "REGIONS",
@@ -320,7 +320,8 @@ def _plan_identity(k: int, seed: int, n_frames: int, n_val: int, n_novel: int, c
 
 
 def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
-    """Refuse to write over data; with ``overwrite`` remove only what an earlier run of the generator wrote."""
+    """Refuse to write over data; with ``overwrite`` remove only what an earlier run of the generator wrote, and so
+    without it when that run was stopped part way (no ``synth.json``, which it writes last)."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -330,7 +331,8 @@ def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
     clash = [c for c in foreign if c.name in names]
     if clash:
         raise FileExistsError(f"{clash[0]} holds a dataset the generator did not write; refusing to replace it")
-    if ours and not overwrite:
+    finished = (out / "synth.json").is_file()  # written last: without it, a generation that was stopped part way
+    if ours and finished and not overwrite:
         raise FileExistsError(f"{out} already holds a generated dataset ({ours[0].name}, ...); pass overwrite=True (--overwrite) to replace it")
     for c in ours:
         shutil.rmtree(c)
@@ -444,6 +446,14 @@ def generate(
         expr = np.concatenate([video, novel])  # what the layout records
         gain = 1.0 - expression_style * float(np.random.default_rng([seed, k, 1]).uniform())
         moved = (expr * gain).astype(expr.dtype)  # what the face does
+        # marked first: a folder this call began is the generator's (replaced by a rerun) however far it got
+        (d / IDENTITY_MARKER).write_text(
+            json.dumps(
+                {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k,
+                 "withheld_region": own.name, "expressiveness": gain, "params": params.to_json()},
+                indent=1,
+            )
+        )
         boxes = _face_boxes(params, c2w, focal, size, moved[:, _IDX["jaw_open"]])
         write_wav(d / AUDIO_FILE, _voice(moved[:n_frames], fps, np.random.default_rng([seed, k, 2])))
         splits = ["train"] * (n_frames - n_val) + ["val"] * n_val + ["novel"] * n_novel
@@ -482,24 +492,18 @@ def generate(
             write_transforms(d, split, frs, intrinsics=intrinsics, width=size, height=size, near=near, far=far,
                              aabb=TRACE_BOX, background="bg.png", expression_names=EXPRESSION_NAMES, fps=fps,
                              expression_space=EXPRESSION_SPACE)
-        (d / IDENTITY_MARKER).write_text(
-            json.dumps(
-                {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k,
-                 "withheld_region": own.name, "expressiveness": gain, "params": params.to_json()},
-                indent=1,
-            )
-        )
         summary.append({"name": name, "withheld_region": own.name, "hair_style": params.hair_style, "pattern": params.pattern,
                         "expressiveness": gain})
         dirs.append(d)
-    (out / "synth.json").write_text(
-        json.dumps(
-            {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "settings": settings,
-             "expression_names": list(EXPRESSION_NAMES), "regions": [r.to_json() for r in REGIONS],
-             "identities": summary},
-            indent=1,
+    with replaced_atomically(out / "synth.json") as tmp:  # the mark of a finished generation: whole or absent
+        tmp.write_text(
+            json.dumps(
+                {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "settings": settings,
+                 "expression_names": list(EXPRESSION_NAMES), "regions": [r.to_json() for r in REGIONS],
+                 "identities": summary},
+                indent=1,
+            )
         )
-    )
     return dirs
 
 
