@@ -377,7 +377,7 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
         keys, files, sizes = frame_keys(dataset), frame_files(dataset), frame_sizes(dataset)
     dirs = dataset.identity_dirs if dataset is not None else []
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_NAME).write_text(dump_config(cfg))
+    _write_config(out, cfg)
     return save_checkpoint(out / CHECKPOINT_NAME, dict(
         format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
         identity_names=list(model.identity_names), expression_dim=model.expression_dim,
@@ -778,6 +778,13 @@ def write_curve(run_dir: PathLike) -> Path:
     with replaced_atomically(out) as tmp:
         img.save(tmp, format="PNG")
     return out
+
+
+def _write_config(out: Path, cfg: RunConfig) -> None:
+    """``out/config.yaml``, atomically: a stopped write leaves the earlier file whole (the one a resume is told to
+    give as --config) and no temporary one."""
+    with replaced_atomically(out / CONFIG_NAME) as tmp:
+        tmp.write_text(dump_config(cfg))
 
 
 def _resume_log(loop: "_Loop") -> None:
@@ -1370,7 +1377,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         setup_seconds = time.perf_counter() - start
     model.to(device)
     ran = {str(device): model.backends(device)}  # what computes each part here, kept in the checkpoint (info)
-    (out / CONFIG_NAME).write_text(dump_config(cfg))
+    _write_config(out, cfg)
     sampler = RaySampler(dataset, "train", **asdict(cfg.sampler))
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
     base_lrs = [cfg.train.lr, cfg.train.code_lr]
@@ -1542,7 +1549,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         frame_map = torch.arange(len(table)) + first_frame
     model.to(device)
     ran = {str(device): model.backends(device)}  # what computes each part here, kept in the checkpoint (info)
-    (out / CONFIG_NAME).write_text(dump_config(cfg))
+    _write_config(out, cfg)
     sampler_cfg = replace(cfg.sampler, seed=cfg.sampler.seed + 1)
     sampler = RaySampler(dataset, "train", **asdict(sampler_cfg))
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)

@@ -320,6 +320,37 @@ def test_a_log_rewrite_that_fails_leaves_the_log_whole_and_no_temp_file(tmp_path
 
 
 
+def test_a_config_write_that_is_stopped_leaves_the_run_folder_s_config_whole(heads, generic, tmp_path, monkeypatch):
+    # train and personalize wrote RUN/config.yaml in place: stopped in that write (Ctrl-C, a kill, a full disk) a
+    # resumed run's config.yaml was cut short, the file train's refusal tells the user to resume with (--config
+    # RUN/config.yaml), and a new personalisation left a half one. It is written as the checkpoint is: whole or not at all.
+    from pathlib import Path
+
+    from fastminerf.config import load_config as load
+
+    run = tmp_path / "run"
+    shutil.copytree(generic, run)
+    before = (run / "config.yaml").read_text()
+    real = Path.write_text
+
+    def stopped(self, data, *args, **kwargs):
+        if self.name.startswith("config.yaml"):
+            real(self, data[: len(data) // 2], *args, **kwargs)
+            raise KeyboardInterrupt
+        return real(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config("tiny", ["train.steps=6"]), heads[:2], run)
+    with pytest.raises(KeyboardInterrupt):
+        personalize(generic, [heads[2]], tmp_path / "new", steps=2)
+    monkeypatch.setattr(Path, "write_text", real)
+    assert (run / "config.yaml").read_text() == before
+    load(run / "config.yaml")
+    assert sorted(p.name for p in run.iterdir() if "config" in p.name) == ["config.yaml"]
+    assert not [p.name for p in (tmp_path / "new").iterdir() if "config" in p.name]
+
+
 def test_runs_record_their_data_folders_absolute_so_they_are_found_from_any_folder(heads, tmp_path, monkeypatch):
     # `fastminerf train --data data/...` in one folder, `render`/`info`/`personalize` run from another: the run's
     # data_paths (render's targets, the expression basis) must not depend on where train was started.
