@@ -44,7 +44,7 @@ from .config import as_list, identity_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import not_a_file, read_rgb
-from .data.writer import write_json
+from .data.writer import write_json, write_png
 from .metrics import (RANGE_SLACK, SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips,
                       lpips_status, psnr, rotation_gap_deg, ssim)
 
@@ -1225,6 +1225,11 @@ class VideoInfo:
     """The grey matte video of RGBA frames' alpha beside the mp4 (:func:`alpha_video_path`), or None."""
 
 
+PNG_LEVEL = 6
+"""zlib level of the PNGs render and eval write (a frame folder, side-by-side images): imageio's own default, which
+they were written with before :func:`fastminerf.data.writer.write_png` wrote them whole or not at all."""
+
+
 VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
 """Suffixes of the files :func:`write_video` writes (containers that hold H.264 video and AAC sound; ffmpeg picks the
 container by the suffix)."""
@@ -1301,7 +1306,6 @@ def write_video(
             not a video container or whose folder cannot be written (these before any frame is asked for), or ffmpeg
             failed (an earlier file at ``path`` is then left as it was).
     """
-    import imageio.v3 as iio
     import imageio_ffmpeg
 
     if path is None and png_dir is None:
@@ -1353,7 +1357,7 @@ def write_video(
                 if channels == 4 and rendered_over is not None:
                     colour = np.asarray(frame, dtype=np.float32) / (255.0 if np.asarray(frame).dtype == np.uint8 else 1.0)
                     png = to_uint8(straight_alpha(colour, rendered_over))
-                iio.imwrite(pngs / f"{count:05d}.png", png)
+                write_png(pngs / f"{count:05d}.png", png, PNG_LEVEL)
             pictures = [img[..., :3], np.repeat(img[..., 3:], 3, axis=2)] if channels == 4 else [img]
             for video, picture in zip(videos, pictures):
                 padded = np.pad(picture, ((0, picture.shape[0] % 2), (0, picture.shape[1] % 2), (0, 0)), mode="edge")
@@ -1699,14 +1703,12 @@ def evaluate(
                             values["lmd"].append(marks.distance(found, real))
                             values["ear_error"].append(float(np.abs(eye_aspect_ratio(found) - eye_aspect_ratio(real)).mean()))
                 if out is not None:
-                    import imageio.v3 as iio
-
                     folder = out / "side_by_side" / name
                     folder.mkdir(parents=True, exist_ok=True)
                     k = int(table.frame_in_identity[index])
                     caption = f"{name}  {split} frame {k}  PSNR {values['psnr'][-1]:.2f} dB"
-                    iio.imwrite(folder / f"{k:04d}.png",
-                                side_by_side(pred, truth, caption=caption, min_panel=SIDE_BY_SIDE_MIN_PANEL))
+                    write_png(folder / f"{k:04d}.png",
+                              side_by_side(pred, truth, caption=caption, min_panel=SIDE_BY_SIDE_MIN_PANEL), PNG_LEVEL)
                 done += 1
                 if progress is not None:
                     progress(done, total)

@@ -562,6 +562,42 @@ def test_evaluate_again_removes_an_earlier_long_splits_images_past_frame_9999(sy
     assert sorted(p.name for p in folder.glob("*.png")) == ["0000.png", "1234a.png", "notes.png"]
 
 
+def _stopped_in_third_image(monkeypatch):
+    """imageio's imwrite stopped (Ctrl-C, a kill) half way through the third image it writes."""
+    real, calls = iio.imwrite, []
+
+    def cut(path, *args, **kwargs):
+        calls.append(path)
+        real(path, *args, **kwargs)
+        if len(calls) == 3:
+            data = Path(path).read_bytes()
+            Path(path).write_bytes(data[: len(data) // 2])
+            raise KeyboardInterrupt
+    monkeypatch.setattr(iio, "imwrite", cut)
+
+
+def _whole_pngs(folder):
+    """The folder holds only whole PNGs (every one decodes) and no temporary file."""
+    for p in folder.iterdir():
+        assert p.suffix == ".png", p
+        iio.imread(p)
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_stopped_render_or_evaluation_leaves_no_half_png(synth, data, tmp_path, monkeypatch):
+    """render --png-dir and eval --out wrote each PNG under its final name: stopped in a write, a frame cut short
+    stayed as 00002.png (or 0002.png beside metrics.json), a file any viewer or script takes for a whole frame.
+    Each is written beside its name and renamed when whole."""
+    _stopped_in_third_image(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        write_video(iter(_frames(5, 16, 16)), None, fps=10, png_dir=tmp_path / "png")
+    assert _whole_pngs(tmp_path / "png") == ["00000.png", "00001.png"]
+    _stopped_in_third_image(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(Oracle(synth[1]), data, "train", out_dir=tmp_path / "ev", with_lpips=False, with_lmd=False)
+    assert _whole_pngs(tmp_path / "ev" / "side_by_side" / "id000") == ["0000.png", "0001.png"]
+
+
 def test_evaluate_reports_how_far_each_head_pose_is_from_training(synth, data):
     """``pose_gap``: the mean angle from each evaluated frame's head pose to the identity's nearest training one."""
     from fastminerf.metrics import rotation_gap_deg

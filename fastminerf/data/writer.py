@@ -42,10 +42,12 @@ def replaced_atomically(path: PathLike, tmp_suffix: str = ".tmp") -> Iterator[Pa
 
 def write_png(path: PathLike, img: np.ndarray, level: int = 1) -> None:
     """Write a uint8 image ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` as PNG with zlib ``level`` (0-9: low is
-    fast; the pixels are the same at every level)."""
+    fast; the pixels are the same at every level), atomically: a stopped write leaves no image cut short under
+    ``path``."""
     import imageio.v3 as iio
 
-    iio.imwrite(path, np.ascontiguousarray(img), plugin="pillow", extension=".png", compress_level=level)
+    with replaced_atomically(path) as tmp:
+        iio.imwrite(tmp, np.ascontiguousarray(img), plugin="pillow", extension=".png", compress_level=level)
 
 
 def _finite(data: object) -> object:
