@@ -1615,7 +1615,8 @@ def evaluate(
             ``out_dir/side_by_side/<identity>/<k>.png`` (prediction | truth | error, captioned with the identity,
             split, frame and PSNR, panels of at least :data:`SIDE_BY_SIDE_MIN_PANEL` px; k the frame's position
             in the identity's split; numbered images of an evaluated identity's frames not rendered now, left by an
-            earlier evaluation into the folder, are removed).
+            earlier evaluation into the folder, are removed, and its metrics.json as soon as rendering starts, so an
+            evaluation stopped part way leaves no scores beside the images it replaced).
         identities: names to evaluate, or one name (default all of the dataset's).
         max_frames: evaluate only the first ``max_frames`` frames of each identity.
         with_lpips: compute LPIPS when available.
@@ -1673,6 +1674,8 @@ def evaluate(
     if progress is not None:
         progress(0, total)
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None:  # an earlier evaluation's scores: beside images this one replaces, they would read as theirs
+        (out / "metrics.json").unlink(missing_ok=True)
     per_identity: Dict[str, Dict[str, float]] = {}
     marks = LandmarkDistance() if lmd_ok else None
     try:

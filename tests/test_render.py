@@ -598,6 +598,23 @@ def test_a_stopped_render_or_evaluation_leaves_no_half_png(synth, data, tmp_path
     assert _whole_pngs(tmp_path / "ev" / "side_by_side" / "id000") == ["0000.png", "0001.png"]
 
 
+def test_a_stopped_evaluation_leaves_no_earlier_metrics_beside_its_images(synth, data, tmp_path):
+    """eval --out into a folder of an earlier evaluation, stopped part way: the earlier metrics.json stayed whole beside
+    side-by-side images this evaluation had already replaced (another split, model or frames), so the folder read as
+    one evaluation whose scores were not those of its images. The earlier metrics go when this one starts writing."""
+    evaluate(Oracle(synth[1]), data, "train", out_dir=tmp_path / "ev", with_lpips=False, with_lmd=False)
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+
+    def stop(done, total):
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(Oracle(synth[1], names=["id001", "id000"]), data, "train", out_dir=tmp_path / "ev",
+                 with_lpips=False, with_lmd=False, progress=stop)
+    assert not (tmp_path / "ev" / "metrics.json").exists()
+
+
 def test_evaluate_reports_how_far_each_head_pose_is_from_training(synth, data):
     """``pose_gap``: the mean angle from each evaluated frame's head pose to the identity's nearest training one."""
     from fastminerf.metrics import rotation_gap_deg
