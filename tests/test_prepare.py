@@ -265,8 +265,9 @@ def test_resume_skips_finished_work_and_redoes_interrupted_stages(tmp_path):
         if stage == "frames" and done >= 10:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stopped:
         prepare([clip], root, _cfg(max_frames=20), progress=interrupt)
+    assert f"kept in {root}: rerun the same command to continue" in str(stopped.value)  # what Ctrl-C prints
     ident = root / clip.stem
     assert (ident / ".prepare" / "track.npz").is_file() and not (ident / ".prepare" / "frames.json").exists()
     assert not list(ident.glob("transforms_*.json"))

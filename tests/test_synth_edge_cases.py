@@ -135,3 +135,15 @@ def test_an_interrupted_generation_is_redone_by_the_same_call(tmp_path, monkeypa
     assert _tree(tmp_path / "b") == straight
     with pytest.raises(FileExistsError, match="already holds a generated dataset"):  # a finished one is kept
         generate(tmp_path / "b", **args)
+
+
+def test_a_stopped_generation_says_how_to_finish_it(tmp_path):
+    """Ctrl-C in synth printed only 'interrupted', not that the folder is unfinished nor what to do about it."""
+    def stop(done, total):
+        if done > 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        generate(tmp_path / "out", n_identities=2, n_frames=6, size=16, seed=0, novel_frames=1, progress=stop)
+    assert str(stopped.value) == (f"before {tmp_path / 'out'}/synth.json was written: rerun the same command to "
+                                  "generate it again")

@@ -38,7 +38,7 @@ from ..audio import Audio, write_wav
 from ..config import SynthConfig
 from .heads import EXPRESSION_NAMES, EXPRESSION_RANGES, TRACE_BOX, HeadModel, HeadParams
 from .layout import AUDIO_FILE, DatasetError, find_identity_dirs, is_identity_dir, read_transforms
-from .writer import frame_record, replaced_atomically, write_png, write_transforms
+from .writer import frame_record, noted_on_interrupt, replaced_atomically, write_png, write_transforms
 
 __all__ = [
     "REGIONS",
@@ -341,6 +341,7 @@ def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
             (out / f).unlink()
 
 
+@noted_on_interrupt("before {out_dir}/synth.json was written: rerun the same command to generate it again")
 def generate(
     out_dir: PathLike,
     n_identities: int = _SYNTH.n_identities,

@@ -10,11 +10,13 @@ interrupted writer never leaves half a JSON file.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -38,6 +40,23 @@ def replaced_atomically(path: PathLike, tmp_suffix: str = ".tmp") -> Iterator[Pa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def noted_on_interrupt(note: str) -> Callable:
+    """Decorate a long writer so that a KeyboardInterrupt (Ctrl-C; the command's SIGTERM) leaving it says what a rerun
+    does (``note``, formatted with the call's arguments by name), for the command to print after 'interrupted'."""
+    def decorate(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                exc.args = (note.format(**signature.bind(*args, **kwargs).arguments),)
+                raise
+        return wrapper
+    return decorate
 
 
 def write_png(path: PathLike, img: np.ndarray, level: int = 1) -> None:

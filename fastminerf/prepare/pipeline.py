@@ -38,7 +38,7 @@ import numpy as np
 
 from ..config import PrepareConfig, as_list
 from ..data.layout import AUDIO_FILE, LANDMARKS_FILE, NPZ_ERRORS
-from ..data.writer import frame_record, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
+from ..data.writer import frame_record, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
 from ..metrics import rotation_gap_deg
 from . import background as _background
 from .contact_sheet import write_contact_sheet
@@ -568,6 +568,7 @@ def _names(videos: Sequence[Path]) -> List[str]:
     return names
 
 
+@noted_on_interrupt("with the stages each video finished kept in {out_dir}: rerun the same command to continue from them")
 def prepare(
     videos: Union[PathLike, Sequence[PathLike]],
     out_dir: PathLike,
