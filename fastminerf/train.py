@@ -854,7 +854,7 @@ class _Loop:
             yield
         except KeyboardInterrupt as exc:
             kept = self.saved_step if self.saved_step is not None else self.resumed_step
-            exc.args = (f"after step {self.step}: " + ("no checkpoint was written yet; a rerun starts again" if kept is None
+            exc.args = (f"after step {self.step}: " + (f"no checkpoint was written yet in {self.out}; a rerun starts again" if kept is None
                         else f"{self.out / CHECKPOINT_NAME} keeps step {kept}; rerun the same command to resume from it"),)
             raise
 

@@ -59,7 +59,7 @@ def test_a_stopped_training_says_so_in_one_line_and_exits_128_plus_the_signal(he
     assert proc.returncode == status, (out, err)
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(word), err
     # and says what the run folder keeps (checkpoints off here: nothing) and what a rerun does
-    assert "no checkpoint was written yet; a rerun starts again" in err.strip().splitlines()[-1], err
+    assert f"no checkpoint was written yet in {run}; a rerun starts again" in err.strip().splitlines()[-1], err
 
 
 def test_version_prints_the_package_version_on_stdout(capsys):

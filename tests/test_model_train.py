@@ -1014,7 +1014,8 @@ def test_an_interrupted_training_or_personalisation_says_what_its_run_folder_kee
             in str(stopped.value)), str(stopped.value)
     with pytest.raises(KeyboardInterrupt) as stopped:
         train(cfg, _two(tiny_data), tmp_path / "early", progress=at(2))
-    assert "after step 2: no checkpoint was written yet; a rerun starts again" in str(stopped.value), str(stopped.value)
+    assert (f"after step 2: no checkpoint was written yet in {tmp_path / 'early'}; a rerun starts again"
+            in str(stopped.value)), str(stopped.value)
     with pytest.raises(KeyboardInterrupt) as stopped:  # resumed at 6, stopped before its next checkpoint
         train(cfg, _two(tiny_data), tmp_path / "run", progress=at(8))
     assert f"{tmp_path / 'run' / 'checkpoint.pt'} keeps step 6;" in str(stopped.value), str(stopped.value)
