@@ -92,9 +92,8 @@ def _extensions():
                 extra_link_args=link_flags,
             )
         ]
-    arch_list, source = _cuda_arch_list()
-    os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
-    print(f"fastminerf: building CUDA kernels for {arch_list} (from {source})")
+    # the target architectures are asked for when the kernels are compiled (Build.build_extensions), not here:
+    # every command evaluates this list, egg_info and sdist too, which compile nothing
     cuda_sources = sorted(glob.glob(os.path.join("cuda", "src", "*.cu")))
     cuda_sources += sorted(glob.glob(os.path.join("cuda", "src", "*_cuda_ops.cpp")))
     return [
@@ -148,7 +147,8 @@ def _cmdclass():
 
     class Build(BuildExtension):
         def build_extensions(self):
-            """Check first that the C++ compiler runs: torch's own check ends in a subprocess traceback."""
+            """Check first that the C++ compiler runs (torch's own check ends in a subprocess traceback), then take
+            the CUDA target architectures."""
             cxx = getattr(self.compiler, "compiler_cxx", None)
             for compiler in dict.fromkeys([cxx[0] if cxx else get_cxx_compiler(), get_cxx_compiler()]):
                 try:
@@ -157,6 +157,10 @@ def _cmdclass():
                     reason = exc.strerror if isinstance(exc, OSError) else f"exit status {exc.returncode}"
                     sys.exit(f"fastminerf: building the native extension needs a C++17 compiler, and `{compiler}` does "
                              f"not run ({reason}). Install one (e.g. apt-get install g++) or point CXX at it.")
+            if any(("FASTMINERF_WITH_CUDA", None) in ext.define_macros for ext in self.extensions):
+                arch_list, source = _cuda_arch_list()  # read by torch's build when it compiles the .cu files
+                os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+                print(f"fastminerf: building CUDA kernels for {arch_list} (from {source})")
             super().build_extensions()
             for ext in self.extensions:
                 write_build_record(os.path.dirname(self.get_ext_fullpath(ext.name)))

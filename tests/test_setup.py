@@ -152,3 +152,25 @@ def test_the_build_records_its_torch_where_the_extension_looks(tmp_path):
     path = Path(module.write_build_record(str(tmp_path)))
     assert path.name == _native.BUILD_RECORD.name
     assert json.loads(path.read_text()) == {"torch": torch.__version__, "cuda": torch.version.cuda}
+
+
+def test_metadata_of_a_cuda_torch_without_a_gpu_needs_no_architectures(monkeypatch):
+    """With a CUDA build of torch and nvcc but no GPU (a build node, CI, check-cuda-extension) and no
+    FASTMINERF_CUDA_ARCHITECTURES, every setup.py command stopped with 'needs target architectures', egg_info and
+    sdist too, which compile nothing (pip's metadata step, python -m build --sdist). The architectures are asked
+    for where they are used: when the CUDA kernels are compiled."""
+    import torch
+    import torch.utils.cpp_extension as cpp
+
+    spec = importlib.util.spec_from_file_location("fastminerf_setup_cuda", SETUP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(cpp, "CUDA_HOME", "/usr/local/cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("FASTMINERF_CUDA_ARCHITECTURES", raising=False)
+    monkeypatch.delenv("FASTMINERF_CPU_ONLY", raising=False)
+    (ext,) = module._extensions()  # the metadata commands evaluate this
+    assert ("FASTMINERF_WITH_CUDA", None) in ext.define_macros
+    with pytest.raises(SystemExit, match="FASTMINERF_CUDA_ARCHITECTURES is not set"):
+        module._cuda_arch_list()  # what the build of the kernels still says
