@@ -1254,7 +1254,8 @@ _held = threading.local()  # the ExitStack of the train / personalize call runni
 
 def _holds_run_folder(fn):
     """``fn`` (train, personalize) locks its run folder with :func:`_lock_run_folder` once it has made it (after
-    the checks that refuse a call before any work); the lock is released when ``fn`` returns or raises."""
+    the checks that refuse a call before any work); the lock is released, and the frame cache of its training data
+    (:func:`_load_training_data`) emptied, when ``fn`` returns or raises."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         outer = getattr(_held, "stack", None)
@@ -1295,6 +1296,16 @@ def _lock_run_folder(out: Path) -> None:
     f.write(str(os.getpid()))
     f.flush()
     _held.stack.callback(f.close)
+
+
+def _load_training_data(paths: Sequence[str], cfg: RunConfig) -> MultiIdentityDataset:
+    """The ``train`` split of ``paths`` with ``cfg``'s frame cache, emptied when the :func:`_holds_run_folder` call
+    ends, however it ends: a notebook keeps an interrupted cell's traceback (for ``%debug``), and with it the call's
+    frames, whose cache of decoded frames (up to ``data.cache_bytes``) would stay in memory beside the one a rerun
+    decodes."""
+    dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
+    _held.stack.callback(dataset.cache.clear)
+    return dataset
 
 
 @_leaves_torch_state
@@ -1338,7 +1349,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     paths = [str(Path(p)) for p in as_list(data_paths, (str, Path))]
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
+    dataset = _load_training_data(paths, cfg)
     keys, files, sizes = frame_keys(dataset), frame_files(dataset), frame_sizes(dataset)
     ckpt_path = out / CHECKPOINT_NAME
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
@@ -1472,7 +1483,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     out.mkdir(parents=True, exist_ok=True)
     _lock_run_folder(out)
     paths = [str(Path(p)) for p in as_list(data_paths, (str, Path))]
-    dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
+    dataset = _load_training_data(paths, cfg)
     check_expression_space(model.expression_space, dataset, "the new identities", str(generic_run),
                            model.expression_dim)
     known = [n for n in dataset.identities if n in model.identity_names]

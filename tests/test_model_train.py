@@ -1026,3 +1026,37 @@ def test_an_interrupted_training_or_personalisation_says_what_its_run_folder_kee
                     progress=at(5))
     kept = load_run(tmp_path / "p")[2]["step"]  # the phases count their checkpoints apart
     assert f"{tmp_path / 'p' / 'checkpoint.pt'} keeps step {kept}; rerun the same command to resume" in str(stopped.value)
+
+
+def _frame_locals(tb, name):
+    """The locals of the innermost frame of traceback ``tb`` running the function ``name``."""
+    found = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == name:
+            found = tb.tb_frame.f_locals
+        tb = tb.tb_next
+    return found
+
+
+def test_an_interrupted_train_or_personalize_lets_its_frame_cache_go(tiny_data, trained, tmp_path):
+    """A notebook keeps the traceback of an interrupted cell (IPython's sys.last_traceback, for %debug), and with it
+    the frames of train() and personalize(): their dataset's frame cache (decoded training frames, up to
+    data.cache_bytes = 2 GiB) stayed in memory after Ctrl-C until the next error, and rerunning the cell to resume
+    decoded a second one beside it. The cache is emptied when the call ends, however it ends."""
+    run, _ = trained
+    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
+
+    def interrupt(record):
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    calls = [("train", lambda: train(load_config("tiny", ["train.steps=4", "train.log_every=1"]), _two(tiny_data),
+                                     tmp_path / "t", progress=interrupt)),
+             ("personalize", lambda: personalize(run, [new], tmp_path / "p", steps=4,
+                                                 overrides=["train.log_every=1"], progress=interrupt))]
+    for name, call in calls:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            call()
+        dataset = _frame_locals(caught.value.__traceback__, name)["dataset"]
+        assert dataset.cache.misses > 0  # it did decode frames
+        assert len(dataset.cache) == 0 and dataset.cache.nbytes == 0, name
