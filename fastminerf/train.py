@@ -45,7 +45,7 @@ import threading
 import time
 import zipfile
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -142,8 +142,8 @@ class TrainResult:
     ``sampler.error_fraction``)."""
     resumed_from: int
     """Step the session started from (0 for a fresh run)."""
-    model: MINeRF
-    """The trained model."""
+    model: MINeRF = field(repr=False)
+    """The trained model (left out of the repr, which a notebook shows: its module tree is a screenful)."""
     curve: Optional[Path] = None
     """``RUN/curve.png``, the log's loss and PSNR curves (:func:`write_curve`); None when nothing was logged."""
 

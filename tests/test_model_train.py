@@ -1060,3 +1060,16 @@ def test_an_interrupted_train_or_personalize_lets_its_frame_cache_go(tiny_data, 
         dataset = _frame_locals(caught.value.__traceback__, name)["dataset"]
         assert dataset.cache.misses > 0  # it did decode frames
         assert len(dataset.cache) == 0 and dataset.cache.nbytes == 0, name
+
+
+def test_a_train_result_shows_its_numbers_in_a_line(trained):
+    """A notebook shows a cell's last value by its repr: ``result = fm.train(...); result`` gave 30 lines, most of
+    them the model's module tree (every Linear of every head and the occupancy grid's box), with the run's curve
+    under it. The model stays an attribute; the repr is the run's numbers and files."""
+    run, result = trained
+    text = repr(result)
+    assert "\n" not in text and len(text) < 400, text
+    for shown in (f"step={result.step}", f"loss={result.loss!r}", f"psnr={result.psnr!r}", str(run), "curve.png"):
+        assert shown in text, (shown, text)
+    assert "Linear" not in text and "HashGridEncoding" not in text
+    assert isinstance(result.model, MINeRF)
