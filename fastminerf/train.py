@@ -163,6 +163,11 @@ def save_checkpoint(path: PathLike, payload: dict, what: str = "checkpoint") -> 
             f.flush()
             os.fsync(f.fileno())
     except BaseException as exc:
+        interrupt = exc.__context__
+        if isinstance(exc, Exception) and isinstance(interrupt, BaseException) and not isinstance(interrupt, Exception):
+            # Ctrl-C (or a SystemExit) inside torch.save leaves its zip writer half way, and closing it then fails
+            # ('unexpected pos ...'): the interrupt is what happened, not a disk error
+            raise interrupt from None
         if isinstance(exc, (OSError, RuntimeError)):  # torch reports a write that ran out of space as a RuntimeError
             kept = f"; {path} is kept as it was" if path.exists() else ""
             code = getattr(exc, "errno", None)

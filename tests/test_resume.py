@@ -295,6 +295,42 @@ def test_a_checkpoint_write_that_fails_leaves_no_half_file_and_says_why(tmp_path
         assert load_checkpoint(path)["step"] == 1
 
 
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_while_a_checkpoint_is_written_stays_an_interrupt(tmp_path, monkeypatch, interrupt):
+    """Ctrl-C (a notebook's Interrupt, or SIGTERM, which the command raises as one) landing while torch.save wrote the
+    file left torch's zip writer half way, and closing it raised RuntimeError('unexpected pos ...'), which
+    save_checkpoint reported as "OSError: cannot write the checkpoint ... (is the disk full?)": the user who stopped
+    the run was told of a disk problem, the command said 'error:' and exited 2 instead of 'interrupted', and a
+    notebook's `except KeyboardInterrupt` missed it. The interrupt is raised, and the earlier checkpoint is kept."""
+    from fastminerf.train import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    good = dict(format="fastminerf-checkpoint", version=1, config_yaml="", identity_names=["a"], expression_dim=1,
+                model={"w": torch.zeros(1000)}, step=1)
+    save_checkpoint(path, good)
+
+    class Interrupted:  # the file torch writes to, interrupted at its second write
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 2:
+                raise interrupt()
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *args, **kwargs: real_save(obj, Interrupted(f), *args, **kwargs))
+    with pytest.raises(interrupt):
+        save_checkpoint(path, dict(good, step=2, model={"w": torch.ones(1000)}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    assert load_checkpoint(path)["step"] == 1
+
+
 def test_a_log_rewrite_that_fails_leaves_the_log_whole_and_no_temp_file(tmp_path, monkeypatch):
     from pathlib import Path
 
