@@ -279,6 +279,17 @@ class CameraPath:
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
 
+    def __repr__(self) -> str:
+        """One line, what a notebook shows of a path: its arrays printed whole are a screenful (a 60-frame orbit's
+        cameras, intrinsics and expressions are each under numpy's 1,000 numbers, printed in full)."""
+        extra = [f"expression_space={self.expression_space!r}"] if self.expression_space is not None else []
+        if self.audio is not None:
+            extra.append(f"audio={str(self.audio)!r}")
+        if self.sources is not None:
+            extra.append("with driver frames")
+        return (f"CameraPath({len(self)} frames, {self.width}x{self.height}, {self.fps:g} fps, "
+                f"E={self.expression.shape[1]}{''.join(', ' + e for e in extra)})")
+
     def head(self, n: int) -> "CameraPath":
         """The first ``n`` frames of the path (cameras, expressions and times alike)."""
         return self.take(slice(0, n))
