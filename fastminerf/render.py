@@ -84,6 +84,7 @@ __all__ = [
     "speech_path",
     "split_fps",
     "straight_alpha",
+    "to_float",
     "to_uint8",
     "training_basis",
     "view_angles",
@@ -1216,6 +1217,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def to_float(image: np.ndarray) -> np.ndarray:
+    """(…, C) uint8 (divided by 255) or float -> float32, the other way round from :func:`to_uint8`."""
+    a = np.asarray(image)
+    return a.astype(np.float32) / np.float32(255.0) if a.dtype == np.uint8 else a.astype(np.float32, copy=False)
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What :func:`write_video` wrote."""
@@ -1366,8 +1373,7 @@ def write_video(
             if pngs is not None:
                 png = img
                 if channels == 4 and rendered_over is not None:
-                    colour = np.asarray(frame, dtype=np.float32) / (255.0 if np.asarray(frame).dtype == np.uint8 else 1.0)
-                    png = to_uint8(straight_alpha(colour, rendered_over))
+                    png = to_uint8(straight_alpha(to_float(frame), rendered_over))
                 write_png(pngs / f"{count:05d}.png", png, PNG_LEVEL)
             pictures = [img[..., :3], np.repeat(img[..., 3:], 3, axis=2)] if channels == 4 else [img]
             for video, picture in zip(videos, pictures):
@@ -1501,7 +1507,8 @@ def _beside_driver(source, frame: np.ndarray, caption: Optional[str]) -> np.ndar
 
 def side_by_side(pred: np.ndarray, target: np.ndarray, error_gain: float = ERROR_GAIN, caption: Optional[str] = None,
                  min_panel: int = 1) -> np.ndarray:
-    """``prediction | ground truth | error`` as one uint8 image (H, 3W, 3).
+    """``prediction | ground truth | error`` as one uint8 image (H, 3W, 3), of two (H, W, 3) images float in [0, 1]
+    or uint8 (a dataset's frame, ``dataset.image(split, index)``).
 
     The error panel is grey: ``min(1, error_gain * mean_c |pred - target|)``. The panels are enlarged (nearest
     neighbour, by the smallest whole factor) to at least ``min_panel`` pixels a side. With a ``caption`` the image
@@ -1509,8 +1516,7 @@ def side_by_side(pred: np.ndarray, target: np.ndarray, error_gain: float = ERROR
     (``render``, ``truth``, the error and its gain): (SIDE_BY_SIDE_HEADER + H', 3W', 3), a caption wider than the
     image wrapping onto more lines (the header :data:`fastminerf.drawing.LINE_HEIGHT` rows taller for each).
     """
-    p = np.asarray(pred, dtype=np.float32)
-    t = np.asarray(target, dtype=np.float32)
+    p, t = to_float(pred), to_float(target)
     if p.shape != t.shape or p.ndim != 3:
         raise RenderError(f"side_by_side needs two (H, W, 3) images of one size, got {p.shape} and {t.shape}")
     err = np.clip(error_gain * np.abs(p - t).mean(axis=2, keepdims=True), 0.0, 1.0)

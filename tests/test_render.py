@@ -1015,3 +1015,18 @@ def test_set_render_steps_refuses_the_nerface_backbone():
     model = MINeRF(load_config("nerface").model, 4, ["a"], [0, 0])
     with pytest.raises(RenderError, match="does not march rays"):
         set_render_steps(model, 8)
+
+
+def test_side_by_side_takes_the_datasets_8_bit_truth(data):
+    """``fm.side_by_side(fm.render_frame(model, data, split, i), data.image(split, i))``, a notebook's first look at a
+    render against its frame, gave a white truth panel and a white error panel: the dataset's frames are uint8, and
+    side_by_side clipped 0..255 to [0, 1] as if they were floats (only evaluate divided them by 255 first). An 8-bit
+    image is read as 8-bit, as to_uint8 and write_video read it."""
+    truth = data.image("val", 0)
+    assert truth.dtype == np.uint8
+    pred = np.clip(truth.astype(np.float32) / 255.0 + 0.05, 0, 1)
+    expected = side_by_side(pred, truth.astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(side_by_side(pred, truth), expected)
+    np.testing.assert_array_equal(side_by_side((pred * 255 + 0.5).astype(np.uint8), truth),
+                                  side_by_side((pred * 255 + 0.5).astype(np.uint8) / np.float32(255), truth / np.float32(255)))
+    assert side_by_side(pred, truth)[:, SIZE:2 * SIZE].mean() < 250  # the truth panel is the frame, not white
