@@ -168,6 +168,10 @@ def fake_cuda(monkeypatch):
     # the GPU's random state, which torch.random.fork_rng keeps (fastminerf.train's calls keep torch's state)
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.zeros(16, dtype=torch.uint8))
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": None)
+    if hasattr(torch, "accelerator"):  # a CUDA build of torch (make check-cuda-extension) asks the driver for a stream
+        # at every Adam step once CUDA is said to be there (its graph-capture check); no stream is capturing here
+        monkeypatch.setattr(torch.accelerator, "current_stream",
+                            lambda device=None: types.SimpleNamespace(is_capturing=lambda: False))
     state = types.SimpleNamespace(moves=[])
 
     def tensor_to(self, *args, **kwargs):
