@@ -842,14 +842,17 @@ class _Loop:
         return (f"a learning rate too high for this data or model is the usual cause: train.lr {t.lr:g}, train.code_lr "
                 f"{t.code_lr:g}; train again with lower ones into another folder")
 
+    def _kept_step(self) -> Optional[int]:
+        """The step the run folder's checkpoint keeps: the last one this loop wrote, else the one this session
+        resumed from; None when there is none."""
+        return self.saved_step if self.saved_step is not None else self.resumed_step
+
     def _kept(self) -> str:
         """What the run folder keeps when the loop stops on non-finite values (for :class:`TrainingDiverged`)."""
-        path = self.out / CHECKPOINT_NAME
-        if self.saved_step is not None:
-            return f"{path} keeps step {self.saved_step}, the last finite weights (a rerun resumes from it)"
-        if path.exists():
-            return f"{path} keeps the weights this session started from (a rerun resumes from it)"
-        return "no checkpoint was written"
+        kept = self._kept_step()
+        if kept is None:
+            return f"no checkpoint was written in {self.out}"
+        return f"{self.out / CHECKPOINT_NAME} keeps step {kept}, the last finite weights (a rerun resumes from it)"
 
     @contextmanager
     def noting_interrupt(self):
@@ -858,7 +861,7 @@ class _Loop:
         try:
             yield
         except KeyboardInterrupt as exc:
-            kept = self.saved_step if self.saved_step is not None else self.resumed_step
+            kept = self._kept_step()
             exc.args = (f"after step {self.step}: " + (f"no checkpoint was written yet in {self.out}; a rerun starts again" if kept is None
                         else f"{self.out / CHECKPOINT_NAME} keeps step {kept}; rerun the same command to resume from it"),)
             raise

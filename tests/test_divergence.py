@@ -116,3 +116,15 @@ def test_resuming_or_personalizing_a_checkpoint_of_nan_weights_is_refused_naming
     with pytest.raises(fm.CheckpointError, match=r"bad/checkpoint\.pt holds NaN or infinite weights \(field\.encoding\.params\)"):
         fm.personalize(bad, [heads / "id001"], tmp_path / "pers", steps=2)
     assert not (tmp_path / "pers" / "checkpoint.pt").exists()
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_names_its_folder(heads, tmp_path):
+    # With no checkpoint written yet the message said only 'no checkpoint was written': with personalize --each (a run
+    # per person under OUT) the user could not tell whose run it was; the interrupt's message names the folder.
+    cfg = load_config("tiny", ["train.steps=12", "train.checkpoint_every=1000", "train.log_every=1",
+                               "train.lr=1e8", "train.code_lr=1e8"])
+    run = tmp_path / "early"
+    with pytest.raises(TrainingDiverged, match=r"its loss is nan") as info:
+        train(cfg, [heads], run)
+    assert f"no checkpoint was written in {run}" in str(info.value), str(info.value)
+    assert not (run / "checkpoint.pt").exists()
