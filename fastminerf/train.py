@@ -350,7 +350,8 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
              dataset: Optional[MultiIdentityDataset] = None) -> Path:
     """Save a model trained by a loop of your own as a run folder that :func:`load_run` reads (and so ``render``,
     ``eval``, ``info`` and :func:`personalize`): ``out_dir/checkpoint.pt`` (written atomically by
-    :func:`save_checkpoint`) and ``out_dir/config.yaml``. Returns the checkpoint's path.
+    :func:`save_checkpoint`) and ``out_dir/config.yaml``, with what computed each part of the model on the device it
+    is on (``backends`` of :func:`load_run`'s metadata, as :func:`train` records). Returns the checkpoint's path.
 
     Args:
         cfg: the config the model was built with (:func:`build_model`).
@@ -381,13 +382,15 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
                              "model was built from (build_model)")
         keys, files, sizes = frame_keys(dataset), frame_files(dataset), frame_sizes(dataset)
     dirs = dataset.identity_dirs if dataset is not None else []
+    device = model.identity_codes.weight.device  # where it trained: what computed each part there (info), as train's
     out.mkdir(parents=True, exist_ok=True)
     _write_config(out, cfg)
     return save_checkpoint(out / CHECKPOINT_NAME, dict(
         format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
         identity_names=list(model.identity_names), expression_dim=model.expression_dim,
         expression_space=model.expression_space, data_paths=_where(dirs), data_relative=_relative(dirs, out),
-        frame_keys=keys, frame_files=files, frame_sizes=sizes, model=model.state_dict(), step=int(step), seconds=0.0))
+        frame_keys=keys, frame_files=files, frame_sizes=sizes, backends={str(device): model.backends(device)},
+        model=model.state_dict(), step=int(step), seconds=0.0))
 
 
 def _moved_with(recorded: Optional[str], relative: Optional[str], run: Path) -> Optional[str]:

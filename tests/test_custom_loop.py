@@ -86,6 +86,9 @@ def test_a_custom_loops_model_is_saved_as_a_run_that_load_run_reads_back(heads, 
     # as train()'s runs: the data where the run finds it when both move together, and each frame's size
     assert meta["data_relative"] == [os.path.relpath(d, tmp_path / "mine") for d in dataset.identity_dirs]
     assert torch.equal(meta["frame_sizes"], frame_sizes(dataset))
+    # and what computed each part where it trained (info's 'trained with'), which load_run gives None only for runs
+    # older than that record
+    assert meta["backends"] == {"cpu": model.backends(torch.device("cpu"))}
     for name, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[name]), name
     assert float(fm.psnr(fm.render_frame(again, dataset, "val", 0), truth)) == score
