@@ -54,7 +54,7 @@ import torch
 
 from . import _native
 from . import backend as _backend
-from .config import RunConfig, as_list, check_device, dump_config, identity_list, parse_config_text
+from .config import RunConfig, as_list, check_device, dump_config, identity_list, parse_config_text, some_of
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
@@ -1047,8 +1047,9 @@ def _set_global_rng(device: torch.device, saved: torch.Tensor, seed: int) -> Non
 
 def _frames_moved(saved: torch.Tensor, table_identity: np.ndarray, names: Sequence[str]) -> Optional[str]:
     """None when frame code ``b`` belongs to row ``b`` of the training table (``saved`` (B,) the identity of each
-    frame code, ``table_identity`` the table's); else the per-identity frame counts of both, for the message. The
-    same people with frames moved between them would train codes on another person's frames."""
+    frame code, ``table_identity`` the table's); else, for the message, the people whose training-frame counts differ
+    (both counts, the first five: :func:`fastminerf.config.some_of`), or that the same counts came in another order.
+    The same people with frames moved between them would train codes on another person's frames."""
     table = torch.from_numpy(np.asarray(table_identity)).long()
     if torch.equal(saved.cpu().long(), table):
         return None
@@ -1056,9 +1057,7 @@ def _frames_moved(saved: torch.Tensor, table_identity: np.ndarray, names: Sequen
     differ = [k for k in range(len(names)) if counts[0][k] != counts[1][k]]
     if not differ:  # the same counts: frames of several people in another order
         return f"the training frames of {identity_list(names)} in another order"
-    more = f", and {len(differ) - 5} people more" if len(differ) > 5 else ""
-    return ", ".join(f"{names[k]}'s {counts[0][k]} training frames (the data has {counts[1][k]})"
-                     for k in differ[:5]) + more
+    return some_of((f"{names[k]}'s {counts[0][k]} training frames (the data has {counts[1][k]})" for k in differ), 5)
 
 
 def frame_keys(dataset: MultiIdentityDataset, split: str = "train") -> torch.Tensor:
