@@ -293,7 +293,7 @@ def load_run(run_dir: PathLike, device: Union[str, torch.device] = "cpu") -> Tup
     The metadata dict holds ``identity_names`` (I,), ``expression_dim`` E, ``expression_space`` (of the training
     data, None when unknown), ``data_paths`` (the folders it was
     trained on, absolute), ``data_relative`` (the same relative to the run folder, tried where the absolute ones are
-    gone, :func:`run_data_paths`; None in older runs), ``step``, ``seconds``, ``kind`` ("train" or "personalize"),
+    gone, :func:`run_data_folders`; None in older runs), ``step``, ``seconds``, ``kind`` ("train" or "personalize"),
     ``refined`` (the identities a personalisation fine-tuned, else empty), ``added`` (the new identities a
     personalisation added, else empty), ``frame_keys`` ((B,) fingerprints of the training frames, :func:`frame_keys`;
     None in older runs), ``frame_files`` ((B, 3) fingerprints of their image, mask and background files,
@@ -1232,7 +1232,7 @@ def _where(paths: Sequence[PathLike]) -> List[str]:
 
 def _relative(paths: Sequence[PathLike], run: Path) -> List[Optional[str]]:
     """``paths`` relative to the run folder ``run`` (None where there is no such path: another drive), recorded beside
-    the absolute ones so that a run moved or copied together with its data finds it (:func:`run_data_paths`)."""
+    the absolute ones so that a run moved or copied together with its data finds it (:func:`run_data_folders`)."""
     found = []
     for p in paths:
         try:
