@@ -824,7 +824,8 @@ def check_device(name: str, option: str = "train.device") -> None:
     """Refuse a ``train.device`` (or the device ``option`` names: render's and eval's ``--device``) fastminerf cannot
     run on: its kernels (native, torch reference, tiny-cuda-nn, nerfacc) run on CPU and CUDA tensors only. torch knows
     ``meta``, ``mps``, ``xla`` and more, which failed deep inside training; whether a CUDA device is there is checked
-    when training starts (``train.resolve_device``)."""
+    where the device is resolved (``train.resolve_device``: when training starts, and before a run is loaded on it,
+    ``load_run(device=...)``, which render, eval and the demo use)."""
     if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", str(name)):
         raise ConfigError(f"{option} must be auto, cpu, cuda or cuda:N (N a GPU's index; fastminerf runs on CPU "
                           f"and CUDA devices only), got {name!r}")
