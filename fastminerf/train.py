@@ -402,12 +402,16 @@ def _moved_with(recorded: Optional[str], relative: Optional[str], run: Path) -> 
     return here if os.path.exists(here) else recorded
 
 
-def run_data_folders(meta: dict, strict: bool = True) -> List[Tuple[str, bool]]:
+_GIVE_DATA = "give the folders where it is now"
+
+
+def run_data_folders(meta: dict, strict: bool = True, instead: str = _GIVE_DATA) -> List[Tuple[str, bool]]:
     """Each data folder a run recorded (``data_paths`` of :func:`load_run`'s metadata) as ``(path, there)``: the
     recorded absolute path when it is there; else, when the run recorded it relative to its folder too
     (``data_relative``) and a folder is there, that one (the run and its data moved or copied together) if it holds
     the training frames the run learned (:func:`_check_found_data`: never other data taken silently; ``strict``:
-    the DatasetError saying what differs, else the recorded path, not there); else the recorded path, not there."""
+    the DatasetError saying what differs and what to do ``instead``, else the recorded path, not there); else the
+    recorded path, not there."""
     run = Path(meta["checkpoint"]).parent
     relative = meta.get("data_relative") or [None] * len(meta["data_paths"])
     found = []
@@ -417,7 +421,7 @@ def run_data_folders(meta: dict, strict: bool = True) -> List[Tuple[str, bool]]:
             found.append((recorded, os.path.exists(recorded)))
             continue
         try:
-            _check_found_data(meta, here, recorded)
+            _check_found_data(meta, here, recorded, instead)
         except DatasetError:
             if strict:
                 raise
@@ -427,14 +431,15 @@ def run_data_folders(meta: dict, strict: bool = True) -> List[Tuple[str, bool]]:
     return found
 
 
-def _check_found_data(meta: dict, folder: str, recorded: str) -> None:
+def _check_found_data(meta: dict, folder: str, recorded: str, instead: str = _GIVE_DATA) -> None:
     """DatasetError unless the people of ``folder`` that the run knows have the training frames it learned (their
-    fingerprints, :func:`frame_keys` and :func:`frame_files`), naming the first frame or file that differs."""
+    fingerprints, :func:`frame_keys` and :func:`frame_files`), naming the first frame or file that differs and what
+    to do ``instead`` (e.g. the command's option that gives the data's place)."""
     from .data.layout import find_identity_dirs
 
     run = Path(meta["checkpoint"]).parent
     instead = (f"not the data the run {run} was trained on, found at {folder} where the run expects it (beside it) "
-               f"now that {recorded} is gone; give the folders where the data is now")
+               f"now that {recorded} is gone; {instead}")
     dirs = [d for d in find_identity_dirs([folder]) if d.name in meta["identity_names"]]
     if not dirs:
         raise DatasetError(f"holds none of the run's identities {meta['identity_names']}: {instead}", file=folder)
@@ -450,7 +455,7 @@ def _check_found_data(meta: dict, folder: str, recorded: str) -> None:
         raise DatasetError(f"{changed}: {instead}")
 
 
-def run_data_paths(meta: dict, instead: str = "give the folders where it is now",
+def run_data_paths(meta: dict, instead: str = _GIVE_DATA,
                    identity: Optional[str] = None) -> List[str]:
     """The data folders a run recorded (``data_paths`` of :func:`load_run`'s metadata), for the commands that read
     the run's own data (render's target, speech): where they are now (:func:`run_data_folders`: a folder gone from its
@@ -461,11 +466,11 @@ def run_data_paths(meta: dict, instead: str = "give the folders where it is now"
     Raises:
         DatasetError: naming the first folder that is not there and the run (moved or renamed apart from the run,
             or the run copied from another machine), and what to do ``instead``; or a folder found beside the run
-            that does not hold the frames it was trained on.
+            that does not hold the frames it was trained on (saying ``instead`` too).
     """
     from .data.layout import find_identity_dirs
 
-    found = run_data_folders(meta)
+    found = run_data_folders(meta, instead=instead)
     there = [p for p, ok in found if ok]
     gone = [p for p, ok in found if not ok]
     holds = identity is not None and bool(there) and identity in {d.name for d in find_identity_dirs(there)}

@@ -705,6 +705,12 @@ def test_a_run_moved_with_its_data_finds_the_data_beside_it(heads, tmp_path, cap
     Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
     with pytest.raises(DatasetError, match=re.escape(str(path)) + ".*" + re.escape(str(proj / "data"))):
         run_data_paths(load_run(moved / "runs" / "run")[2])
+    # and render says how to give the data's place, as when the folder is gone (it said only 'give the folders
+    # where the data is now', not --target-data)
+    capsys.readouterr()
+    assert _orbit(moved / "runs" / "run", heads[1].name, tmp_path / "o.mp4") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert str(path) in err and "--target-data" in err, err
 
 
 def test_training_files_re_encoded_with_the_same_pixels_resume_when_the_user_says_so(heads, generic, tmp_path,
