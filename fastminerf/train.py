@@ -442,7 +442,7 @@ def _check_found_data(meta: dict, folder: str, recorded: str, instead: str = _GI
                f"now that {recorded} is gone; {instead}")
     dirs = [d for d in find_identity_dirs([folder]) if d.name in meta["identity_names"]]
     if not dirs:
-        raise DatasetError(f"holds none of the run's identities {meta['identity_names']}: {instead}", file=folder)
+        raise DatasetError(f"holds none of the run's people, {identity_list(meta['identity_names'])}: {instead}", file=folder)
     dataset = load_dataset(dirs, splits=("train",))
     _, frame_map = _known_maps(meta["identity_names"], meta["frame_identity"], dataset, dataset.table("train"),
                                str(run), advice=instead)

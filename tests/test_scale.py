@@ -189,3 +189,23 @@ def test_recording_errors_costs_the_batch_not_every_identitys_map(crowd):
         peak = _peak_bytes(lambda: sampler.record_errors(batch.frame, batch.pixel, err))
         assert peak < sampler.error_map.nbytes / 2, (peak, sampler.error_map.nbytes)
     np.testing.assert_allclose(sampler.error_map, expect, rtol=1e-12, equal_nan=True)
+
+
+def test_data_found_beside_a_moved_run_of_many_people_names_a_few_of_them(crowd, tmp_path):
+    """A run whose data is gone from its recorded place and whose relative place holds none of its people was refused
+    naming every identity of the run ('holds none of the run's identities [...]': 1,000 names for 1,000 people)."""
+    import os
+    import shutil
+
+    from fastminerf.data.layout import DatasetError
+    from fastminerf.train import load_run, run_data_paths
+
+    root, run = crowd
+    other = tmp_path / "other"
+    shutil.copytree(root / "p0000", other / "q0000")
+    meta = load_run(run)[2]
+    meta.update(data_paths=[str(tmp_path / "gone")], data_relative=[os.path.relpath(other, run)])
+    with pytest.raises(DatasetError, match="holds none of the run.s people") as none:
+        run_data_paths(meta)
+    msg = str(none.value)
+    assert "p0000" in msg and "p0020" not in msg and "24 identities" in msg, msg
