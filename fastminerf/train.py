@@ -433,8 +433,8 @@ def run_data_folders(meta: dict, strict: bool = True, instead: str = _GIVE_DATA)
 
 def _check_found_data(meta: dict, folder: str, recorded: str, instead: str = _GIVE_DATA) -> None:
     """DatasetError unless the people of ``folder`` that the run knows have the training frames it learned (their
-    fingerprints, :func:`frame_keys` and :func:`frame_files`), naming the first frame or file that differs and what
-    to do ``instead`` (e.g. the command's option that gives the data's place)."""
+    fingerprints, :func:`frame_keys` and :func:`frame_files`), naming the people prepared again at another size
+    (:func:`frame_sizes`) or the first frame or file that differs, and what to do ``instead`` (e.g. the command's option that gives the data's place)."""
     from .data.layout import find_identity_dirs
 
     run = Path(meta["checkpoint"]).parent
@@ -448,9 +448,10 @@ def _check_found_data(meta: dict, folder: str, recorded: str, instead: str = _GI
                                str(run), advice=instead)
     count = meta["frame_identity"].numel()
     saved_keys = meta["frame_keys"] if meta["frame_keys"] is not None else torch.zeros(count, dtype=torch.long)
-    saved_files = meta["frame_files"]
+    saved_files, saved_sizes = meta["frame_files"], meta["frame_sizes"]
     changed = _frames_changed(saved_keys[frame_map], None if saved_files is None else saved_files[frame_map],
-                              frame_keys(dataset), frame_files(dataset), dataset)
+                              frame_keys(dataset), frame_files(dataset), dataset,
+                              saved_sizes=None if saved_sizes is None else saved_sizes[frame_map])
     if changed:
         raise DatasetError(f"{changed}: {instead}")
 

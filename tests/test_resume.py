@@ -649,6 +649,25 @@ def test_resume_after_the_data_was_prepared_again_at_another_size_says_so(heads,
         personalize(generic, fine, tmp_path / "p", steps=1)
 
 
+def test_data_beside_a_moved_run_prepared_again_at_another_size_says_so(heads, tmp_path):
+    """The data found beside a run moved with it (its recorded place gone) was checked by fingerprint only: prepared
+    again at another --size it was refused as 'another frame (file, camera or expression)', the words c11c9bc
+    replaced on resume and fine-tuning, since the size is what changed. It names the old and new size there too."""
+    from fastminerf.train import run_data_paths
+
+    proj = tmp_path / "proj"
+    data = _copy(heads[:2], proj / "data")
+    train(load_config("tiny", ["train.steps=1"]), [proj / "data"], proj / "run")
+    generate(tmp_path / "small", n_identities=4, n_frames=8, size=16, seed=3, novel_frames=1)
+    shutil.rmtree(data[0])
+    shutil.copytree(tmp_path / "small" / heads[0].name, data[0])
+    moved = tmp_path / "disk2" / "proj"
+    shutil.move(str(proj), str(moved))
+    with pytest.raises(DatasetError, match=rf"prepared again at another size: {heads[0].name!r} was trained at 20x20 "
+                                           r"px and is now 16x16 px"):
+        run_data_paths(load_run(moved / "run")[2])
+
+
 def _orbit(run, name, out):
     from fastminerf.cli import main
 
