@@ -33,6 +33,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
+from .data.writer import noted_on_interrupt
+
 __all__ = ["DemoResult", "RENDER_RESERVE_S", "run_demo"]
 
 PathLike = Union[str, Path]
@@ -83,6 +85,8 @@ class DemoResult:
     """Wall-clock seconds per stage and ``total``."""
 
 
+@noted_on_interrupt("the demo in {out_dir} stopped part way (it does not resume, and once its data or a run is "
+                    "written refuses the same call): run it again with overwrite (--overwrite), or into another folder")
 def run_demo(
     out_dir: PathLike,
     minutes: float = 3.0,
@@ -123,7 +127,8 @@ def run_demo(
 
     Raises:
         ValueError: bad settings. FileExistsError: ``out_dir`` holds data from an earlier demo and
-            ``overwrite`` is false.
+            ``overwrite`` is false. KeyboardInterrupt (Ctrl-C) says so: a demo stopped part way, at any stage, is
+            run again with ``overwrite``.
     """
     from .config import load_config
     from .data import load_dataset

@@ -44,6 +44,23 @@ def test_run_demo_small(tmp_path, decode_audio):
         run_demo(tmp_path / "demo", minutes=0.05, n_identities=2, n_frames=6, size=24, config="tiny")
 
 
+def test_a_demo_stopped_part_way_says_how_to_run_it_again(tmp_path):
+    """Ctrl-C in the demo's training said train's 'rerun the same command to resume from it' (or 'a rerun starts
+    again'), but the same demo command is refused: its folder holds an earlier demo's data (and run). The demo says
+    what does run it again."""
+    def stop(stage, info):
+        if stage == "train":
+            raise KeyboardInterrupt
+
+    args = dict(minutes=0.05, n_identities=2, n_frames=6, size=16, config="tiny")
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_demo(tmp_path / "demo", progress=stop, **args)
+    with pytest.raises(FileExistsError):  # the same call again
+        run_demo(tmp_path / "demo", **args)
+    said = str(stopped.value)
+    assert "rerun" not in said and "--overwrite" in said and str(tmp_path / "demo") in said, said
+
+
 def test_run_demo_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="at least 2 identities"):
         run_demo(tmp_path, n_identities=1)
