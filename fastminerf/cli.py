@@ -1134,6 +1134,7 @@ def run_info(run: Path) -> dict:
                 max_seconds=cfg.train.max_seconds, phase=meta["phase"] if meta["kind"] == "personalize" else None,
                 limit_reached=cfg.train.max_seconds is not None and meta["seconds"] >= cfg.train.max_seconds,
                 data_missing=[p for p, there in folders if not there],
+                resumable=meta["resumable"],
                 backends=dict(asked=_asked_backends(cfg), trained=meta["backends"],
                               here={d: model.backends(torch.device(d))
                                     for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])}))
@@ -1166,7 +1167,9 @@ def _run_info(args: argparse.Namespace) -> int:
     table.add_column("value", overflow="fold")  # a long data path folds onto more lines: it was cut to '/data/lo…'
     last = info.get("last_log")
     steps = f"{info['step']} of {info['total_steps']}, {info['seconds']:.0f} s"
-    if info["step"] < info["total_steps"]:  # a finished run and one its time limit or an interruption ended differ
+    if not info["resumable"]:
+        steps += " (a model saved by save_run, without the training state train continues from)"
+    elif info["step"] < info["total_steps"]:  # a finished run and one its time limit or an interruption ended differ
         steps += (f" (its {info['max_seconds']:g} s limit reached)" if info["limit_reached"]
                   else " (not finished: the same command continues it)")
     missing = set(info["data_missing"])

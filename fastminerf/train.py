@@ -265,6 +265,12 @@ def _model_from_checkpoint(data: dict, path: Path, anywhere: bool = False) -> Tu
     return cfg, model
 
 
+def _resumable(data: dict) -> bool:
+    """Whether a checkpoint holds the training state :func:`train` continues from (a run of :func:`train` or
+    :func:`personalize`; not a model :func:`save_run` wrote)."""
+    return "optimizer" in data and "sampler" in data
+
+
 def _non_finite_parameter(model: MINeRF) -> Optional[str]:
     """The name of the first parameter of ``model`` that holds NaN or infinity, or None."""
     return next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
@@ -302,7 +308,8 @@ def load_run(run_dir: PathLike, device: Union[str, torch.device] = "cpu") -> Tup
     trained, ``{device: {part: implementation}}`` of :meth:`MINeRF.backends`; None in older runs), ``generic_run``
     (the run a personalisation started from, where it is now when it moved together with this one; else None),
     ``frame_identity`` (B,), ``phase`` (the phase a personalisation's checkpoint was written in: ``codes`` or
-    ``all``; else None) and ``checkpoint`` (the file).
+    ``all``; else None), ``resumable`` (False for a model :func:`save_run` wrote, which holds no training state for
+    :func:`train` to continue) and ``checkpoint`` (the file).
     """
     where = resolve_device(device, "device")  # before the checkpoint is read
     run = Path(run_dir)
@@ -341,6 +348,7 @@ def load_run(run_dir: PathLike, device: Union[str, torch.device] = "cpu") -> Tup
         frame_sizes=data.get("frame_sizes"),
         backends=data.get("backends"),
         phase=data.get("phase"),
+        resumable=_resumable(data),
         checkpoint=path,
     )
     return cfg, model, meta
@@ -1371,6 +1379,9 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if data is not None:
         _check_kind(data, "train", ckpt_path)
+        if not _resumable(data):
+            raise CheckpointError(f"{ckpt_path} holds a model saved by save_run (no optimizer or sampler state): train "
+                                  "does not continue it; train into another folder, or personalize from it")
         saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
         _refuse_non_finite(model, ckpt_path)
         _check_resume_config(saved_cfg, cfg, ckpt_path, resume=f"to continue it, give its own config (--config "

@@ -97,3 +97,18 @@ def test_a_custom_loops_model_is_saved_as_a_run_that_load_run_reads_back(heads, 
     assert fm.load_run(tmp_path / "tuned")[2]["refined"] == ["id001"]
     with pytest.raises(ValueError, match=r"identities \['id001'\] and \d+ training frames, the model \['id000', 'id001'\]"):
         fm.save_run(tmp_path / "other", cfg, model, dataset=fm.load_dataset([heads / "id001"], splits=("train",)))
+
+
+def test_a_saved_run_is_not_taken_for_an_unfinished_training(heads, tmp_path):
+    # save_run writes the model without training state, so train cannot continue it: info said 'not finished: the
+    # same command continues it', and train's resume failed on 'the checkpoint lacks 'sampler''. Both say what it is.
+    from fastminerf.cli import run_info
+
+    cfg = fm.load_config("tiny", ["train.steps=20"])
+    dataset = fm.load_dataset([heads], splits=("train",))
+    model, _ = _loop(cfg, dataset, steps=2)
+    fm.save_run(tmp_path / "mine", cfg, model, step=2, dataset=dataset)
+    assert fm.load_run(tmp_path / "mine")[2]["resumable"] is False
+    assert run_info(tmp_path / "mine")["resumable"] is False
+    with pytest.raises(fm.CheckpointError, match=r"saved by save_run .* train does not continue it"):
+        fm.train(cfg, [heads], tmp_path / "mine")
