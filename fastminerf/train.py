@@ -267,8 +267,9 @@ def _model_from_checkpoint(data: dict, path: Path, anywhere: bool = False) -> Tu
 
 def _resumable(data: dict) -> bool:
     """Whether a checkpoint holds the training state :func:`train` continues from (a run of :func:`train` or
-    :func:`personalize`; not a model :func:`save_run` wrote)."""
-    return "optimizer" in data and "sampler" in data
+    :func:`personalize`), not a model :func:`save_run` wrote (it says so: a checkpoint of an older version that lacks
+    a part of that state is refused as such where it is read)."""
+    return bool(data.get("training_state", True))  # save_run writes False; train's and personalize's have it
 
 
 def _non_finite_parameter(model: MINeRF) -> Optional[str]:
@@ -398,7 +399,7 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
         identity_names=list(model.identity_names), expression_dim=model.expression_dim,
         expression_space=model.expression_space, data_paths=_where(dirs), data_relative=_relative(dirs, out),
         frame_keys=keys, frame_files=files, frame_sizes=sizes, backends={str(device): model.backends(device)},
-        model=model.state_dict(), step=int(step), seconds=0.0))
+        model=model.state_dict(), step=int(step), seconds=0.0, training_state=False))
 
 
 def _moved_with(recorded: Optional[str], relative: Optional[str], run: Path) -> Optional[str]:
