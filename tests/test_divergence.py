@@ -22,11 +22,16 @@ def _finite(state: dict) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
 
 
+def _blowing_up(checkpoint_every: int):
+    """The tiny preset at a learning rate of 1e8: within a few steps the loss is NaN."""
+    return load_config("tiny", ["train.steps=12", f"train.checkpoint_every={checkpoint_every}", "train.log_every=1",
+                                "train.lr=1e8", "train.code_lr=1e8"])
+
+
 def test_a_learning_rate_that_blows_up_stops_at_the_step_and_keeps_the_finite_checkpoint(heads, tmp_path):
     # lr 1e8: within a few steps the loss is NaN. Before, the run went on to its last step on NaN weights, logged
     # 'nan', and wrote them over the checkpoint as a trained run.
-    cfg = load_config("tiny", ["train.steps=12", "train.checkpoint_every=1", "train.log_every=1",
-                               "train.lr=1e8", "train.code_lr=1e8"])
+    cfg = _blowing_up(checkpoint_every=1)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match=r"step \d+: its loss is nan .*train\.lr 1e\+08.*keeps step \d+, the last finite") as info:
         train(cfg, [heads], run)
@@ -121,8 +126,7 @@ def test_resuming_or_personalizing_a_checkpoint_of_nan_weights_is_refused_naming
 def test_a_run_that_diverges_before_its_first_checkpoint_names_its_folder(heads, tmp_path):
     # With no checkpoint written yet the message said only 'no checkpoint was written': with personalize --each (a run
     # per person under OUT) the user could not tell whose run it was; the interrupt's message names the folder.
-    cfg = load_config("tiny", ["train.steps=12", "train.checkpoint_every=1000", "train.log_every=1",
-                               "train.lr=1e8", "train.code_lr=1e8"])
+    cfg = _blowing_up(checkpoint_every=1000)
     run = tmp_path / "early"
     with pytest.raises(TrainingDiverged, match=r"its loss is nan") as info:
         train(cfg, [heads], run)
