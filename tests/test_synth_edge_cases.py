@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fastminerf.data.heads import HeadModel, HeadParams
+from fastminerf.data.layout import DatasetError
 from fastminerf.data.synth import generate
 
 
@@ -147,3 +148,20 @@ def test_a_stopped_generation_says_how_to_finish_it(tmp_path):
         generate(tmp_path / "out", n_identities=2, n_frames=6, size=16, seed=0, novel_frames=1, progress=stop)
     assert str(stopped.value) == (f"before {tmp_path / 'out'}/synth.json was written: rerun the same command to "
                                   "generate it again")
+
+
+def test_a_root_synth_left_unfinished_is_refused_as_data_not_read_in_part(tmp_path):
+    # synth stopped part way leaves its finished identities beside one it had begun (marked, without transforms):
+    # train --data ROOT then trained on the finished ones alone without a word. A root holding an identity the
+    # generator began and did not finish is refused, naming it and the way to finish it.
+    from fastminerf.data import load_dataset
+
+    def stop_in_second(done, total):  # in the second identity's frames
+        if done > 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "a", n_identities=3, n_frames=6, size=16, seed=0, novel_frames=1, progress=stop_in_second)
+    with pytest.raises(DatasetError, match=r"stopped before it finished id001 here: rerun the same synth command"):
+        load_dataset(tmp_path / "a", splits=("train",))
+    load_dataset(tmp_path / "a" / "id000", splits=("train",))  # a finished identity named on its own still loads

@@ -156,11 +156,17 @@ def not_a_file(path: PathLike) -> Optional[str]:
     return "is not a regular file"
 
 
+SYNTH_IDENTITY_MARKER = "synth_identity.json"
+"""Written by ``fastminerf synth`` into an identity folder before its frames (:mod:`fastminerf.data.synth`): such a
+folder without a ``transforms_<split>.json`` is one the generator began and did not finish."""
+
+
 def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
     """Identity folders named by ``paths``: each path is an identity folder, or a root whose sub-folders are.
 
     Returns the folders sorted by name (the identity name). Raises :class:`DatasetError` for a path that does
-    not exist, a root without identity folders, or two identities with the same name.
+    not exist, a root without identity folders, a root holding an identity ``synth`` began and did not finish (its
+    finished ones would be read alone), or two identities with the same name.
     """
     found: List[Path] = []
     for raw in as_list(paths, (str, Path)):
@@ -172,6 +178,11 @@ def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]
         if is_identity_dir(p):
             found.append(p)
             continue
+        begun = sorted(c for c in p.iterdir() if (c / SYNTH_IDENTITY_MARKER).is_file() and not is_identity_dir(c))
+        if begun:
+            raise DatasetError(f"synth was stopped before it finished {', '.join(c.name for c in begun)} here: rerun the "
+                               "same synth command to finish the dataset (or name the finished identity folders)",
+                               file=p)
         children = sorted(c for c in p.iterdir() if is_identity_dir(c))
         if not children:
             raise DatasetError(

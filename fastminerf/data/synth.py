@@ -37,7 +37,8 @@ import torch
 from ..audio import Audio, write_wav
 from ..config import SynthConfig
 from .heads import EXPRESSION_NAMES, EXPRESSION_RANGES, TRACE_BOX, HeadModel, HeadParams
-from .layout import AUDIO_FILE, DatasetError, find_identity_dirs, is_identity_dir, read_transforms
+from .layout import (AUDIO_FILE, SYNTH_IDENTITY_MARKER, DatasetError, find_identity_dirs, is_identity_dir,
+                     read_transforms)
 from .writer import frame_record, noted_on_interrupt, replaced_atomically, write_png, write_transforms
 
 __all__ = [
@@ -62,7 +63,7 @@ EXPRESSION_SPACE = f"procedural-heads-{len(EXPRESSION_NAMES)}"
 same for every head and seed, so that data in another space (a prepared video's) is refused by a model trained on
 these heads."""
 
-IDENTITY_MARKER = "synth_identity.json"
+IDENTITY_MARKER = SYNTH_IDENTITY_MARKER
 """File in every identity folder the generator writes (its parameters); ``overwrite`` only replaces
 folders that have it."""
 
