@@ -355,6 +355,20 @@ def load_run(run_dir: PathLike, device: Union[str, torch.device] = "cpu") -> Tup
     return cfg, model, meta
 
 
+def _model_record(kind: str, cfg: RunConfig, model: MINeRF, out: Path, data_paths: Sequence[PathLike],
+                  keys: Optional[torch.Tensor], files: Optional[torch.Tensor], sizes: Optional[torch.Tensor],
+                  backends: dict) -> dict:
+    """What every checkpoint of a run holds besides a training state (:func:`train`'s, :func:`personalize`'s and
+    :func:`save_run`'s, which :func:`load_run` reads): the format, the config, the model and its identities, the data
+    folders (absolute and relative to the run folder ``out``), the training frames' fingerprints and sizes, and what
+    computed each part of the model (:meth:`MINeRF.backends`)."""
+    return dict(format=FORMAT, version=FORMAT_VERSION, kind=kind, config_yaml=dump_config(cfg),
+                identity_names=list(model.identity_names), expression_dim=model.expression_dim,
+                expression_space=model.expression_space, data_paths=_where(data_paths),
+                data_relative=_relative(data_paths, out), frame_keys=keys, frame_files=files, frame_sizes=sizes,
+                backends=backends, model=model.state_dict())
+
+
 def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
              dataset: Optional[MultiIdentityDataset] = None) -> Path:
     """Save a model trained by a loop of your own as a run folder that :func:`load_run` reads (and so ``render``,
@@ -394,12 +408,8 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
     device = model.identity_codes.weight.device  # where it trained: what computed each part there (info), as train's
     out.mkdir(parents=True, exist_ok=True)
     _write_config(out, cfg)
-    return save_checkpoint(out / CHECKPOINT_NAME, dict(
-        format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
-        identity_names=list(model.identity_names), expression_dim=model.expression_dim,
-        expression_space=model.expression_space, data_paths=_where(dirs), data_relative=_relative(dirs, out),
-        frame_keys=keys, frame_files=files, frame_sizes=sizes, backends={str(device): model.backends(device)},
-        model=model.state_dict(), step=int(step), seconds=0.0, training_state=False))
+    record = _model_record("train", cfg, model, out, dirs, keys, files, sizes, {str(device): model.backends(device)})
+    return save_checkpoint(out / CHECKPOINT_NAME, dict(record, step=int(step), seconds=0.0, training_state=False))
 
 
 def _moved_with(recorded: Optional[str], relative: Optional[str], run: Path) -> Optional[str]:
@@ -1424,11 +1434,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     average = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     def payload() -> dict:
-        return dict(format=FORMAT, version=FORMAT_VERSION, kind="train", config_yaml=dump_config(cfg),
-                    identity_names=list(model.identity_names), expression_dim=model.expression_dim,
-                    expression_space=model.expression_space,
-                    data_paths=_where(paths), data_relative=_relative(paths, out), frame_keys=keys, frame_files=files,
-                    frame_sizes=sizes, backends=ran, model=model.state_dict(),
+        return dict(_model_record("train", cfg, model, out, paths, keys, files, sizes, ran),
                     optimizer=optimizer.state_dict(),
                     step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
@@ -1606,16 +1612,13 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     data_paths = [p for p, _ in run_data_folders(meta, strict=False)] + ([] if known else _where(paths))
 
     def payload() -> dict:
-        return dict(format=FORMAT, version=FORMAT_VERSION, kind="personalize", config_yaml=dump_config(cfg),
-                    identity_names=list(model.identity_names), expression_dim=model.expression_dim,
-                    expression_space=model.expression_space,
-                    data_paths=data_paths, data_relative=_relative(data_paths, out),
-                    generic_run=_where([generic_run])[0], generic_run_relative=_relative([generic_run], out)[0],
-                    frame_keys=generic_keys if known else torch.cat([generic_keys, keys]),
-                    frame_files=generic_files if known else torch.cat([generic_files, files]),
-                    frame_sizes=generic_sizes if known else torch.cat([generic_sizes, sizes]), backends=ran,
+        record = _model_record("personalize", cfg, model, out, data_paths,
+                               generic_keys if known else torch.cat([generic_keys, keys]),
+                               generic_files if known else torch.cat([generic_files, files]),
+                               generic_sizes if known else torch.cat([generic_sizes, sizes]), ran)
+        return dict(record, generic_run=_where([generic_run])[0], generic_run_relative=_relative([generic_run], out)[0],
                     refined=list(dataset.identities) if known else [], added=[] if known else list(dataset.identities),
-                    model=model.state_dict(), optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
+                    optimizer=state["optimizer"].state_dict(), phase=state["phase"], step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
                     torch_rng=_global_rng(device),
                     ema=average.state_dict() if average is not None else None)
