@@ -465,12 +465,9 @@ def _check_found_data(meta: dict, folder: str, recorded: str, instead: str = _GI
     dataset = load_dataset(dirs, splits=("train",))
     _, frame_map = _known_maps(meta["identity_names"], meta["frame_identity"], dataset, dataset.table("train"),
                                str(run), advice=instead)
-    count = meta["frame_identity"].numel()
-    saved_keys = meta["frame_keys"] if meta["frame_keys"] is not None else torch.zeros(count, dtype=torch.long)
-    saved_files, saved_sizes = meta["frame_files"], meta["frame_sizes"]
-    changed = _frames_changed(saved_keys[frame_map], None if saved_files is None else saved_files[frame_map],
-                              frame_keys(dataset), frame_files(dataset), dataset,
-                              saved_sizes=None if saved_sizes is None else saved_sizes[frame_map])
+    saved_keys, saved_files, saved_sizes = _saved_fingerprints(meta)
+    changed = _frames_changed(saved_keys[frame_map], saved_files[frame_map], frame_keys(dataset), frame_files(dataset),
+                              dataset, saved_sizes=saved_sizes[frame_map])
     if changed:
         raise DatasetError(f"{changed}: {instead}")
 
@@ -1146,6 +1143,16 @@ def frame_sizes(dataset: MultiIdentityDataset, split: str = "train") -> torch.Te
     return torch.from_numpy(np.stack([t.widths, t.heights], axis=1).astype(np.int64))
 
 
+def _saved_fingerprints(meta: dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A run's ``frame_keys`` (B,), ``frame_files`` (B, 3) and ``frame_sizes`` (B, 2) (:func:`load_run`'s metadata),
+    each zeros where the run is older than it: 0 is "unknown", which :func:`_frames_changed` does not compare, so a
+    caller can index them by frame alike."""
+    count = meta["frame_identity"].numel()
+    widths = {"frame_keys": (), "frame_files": (len(FRAME_FILES),), "frame_sizes": (2,)}
+    return tuple(meta[k] if meta[k] is not None else torch.zeros(count, *w, dtype=torch.long)  # type: ignore[return-value]
+                 for k, w in widths.items())
+
+
 def _sizes_changed(saved: Optional[torch.Tensor], dataset: MultiIdentityDataset, split: str = "train") -> Optional[str]:
     """None when the saved frame sizes (:func:`frame_sizes`; 0 where unknown, None: a checkpoint written before they
     were kept) are the data's; else each identity whose size changed, with its old and new size."""
@@ -1527,12 +1534,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                          f"add new identities and fine-tune known ones in two runs ({_NEW_PERSON_HINT})")
     table = dataset.table("train")
     keys, files, sizes = frame_keys(dataset), frame_files(dataset), frame_sizes(dataset)
-    generic_sizes = meta["frame_sizes"] if meta["frame_sizes"] is not None else torch.zeros(
-        model.frame_identity.numel(), 2, dtype=torch.long)  # 0: unknown
-    generic_keys = meta["frame_keys"] if meta["frame_keys"] is not None else torch.zeros(model.frame_identity.numel(),
-                                                                                        dtype=torch.long)
-    generic_files = meta["frame_files"] if meta["frame_files"] is not None else torch.zeros(
-        model.frame_identity.numel(), len(FRAME_FILES), dtype=torch.long)  # 0: unknown
+    generic_keys, generic_files, generic_sizes = _saved_fingerprints(meta)
     ckpt_path = out / CHECKPOINT_NAME
     if ckpt_path.exists() and os.path.samefile(ckpt_path, meta["checkpoint"]):  # not a resume: the run it starts from
         resume = f" (to continue it, give the run it started from: --run {meta['generic_run']})" if meta["generic_run"] else ""
