@@ -1301,7 +1301,7 @@ def write_video(
 
     RGBA frames (``render_sequence(..., alpha=True)``): the mp4 shows their colour, and beside it a grey matte video
     of their alpha, :func:`alpha_video_path` (``OUT_alpha.mp4``: H.264 in yuv420p has no alpha channel; an editor
-    uses it as a luma matte); the PNG frames are RGBA with straight (unassociated) alpha, what PNG holds and
+    uses it as a luma matte; RGB frames into the same mp4 remove an earlier render's matte, which no longer matches); the PNG frames are RGBA with straight (unassociated) alpha, what PNG holds and
     compositors expect: with ``rendered_over``, the background their colour was composited over is taken out of it
     (:func:`straight_alpha`); without it their colour is written as it is.
 
@@ -1392,6 +1392,8 @@ def write_video(
                 raise failed
         for video in videos:
             video[1].replace(video[0])
+        if videos and channels == 3:  # an earlier RGBA render's matte of OUT.mp4 matches this one no more
+            alpha_video_path(out).unlink(missing_ok=True)
     finally:
         for video in videos:
             if video[2] is not None:

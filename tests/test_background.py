@@ -229,3 +229,25 @@ def test_a_background_array_of_another_range_is_refused_not_rendered_white(image
     grey = background_image(np.full((2, 2, 3), 0.5), None, 4, 4)
     assert grey.dtype == np.float32 and np.allclose(grey, 0.5)
     assert np.allclose(background_image(np.full((2, 2, 3), 51, dtype=np.uint8), None, 4, 4), 0.2)
+
+
+def test_write_video_of_rgb_frames_removes_the_matte_an_earlier_rgba_render_left_beside_the_video(tmp_path):
+    """render --alpha into OUT.mp4 wrote OUT_alpha.mp4; a second render into OUT.mp4 without --alpha replaced the video
+    and left the first one's matte beside it, matching it no more: an editor keying with it took the old person's
+    shape. The matte is OUT.mp4's by its name, so a new OUT.mp4 without one removes it, as an earlier, longer render's
+    PNG frames past the new end are removed."""
+    from fastminerf.render import alpha_video_path, write_video
+
+    out = tmp_path / "o.mp4"
+    info = write_video((np.full((8, 8, 4), 0.5, np.float32) for _ in range(2)), out)
+    assert info.alpha_path == alpha_video_path(out) and alpha_video_path(out).is_file()
+    info = write_video((np.full((8, 8, 3), 0.25, np.float32) for _ in range(2)), out)
+    assert info.alpha_path is None and out.is_file()
+    assert not alpha_video_path(out).exists()
+    # PNG frames alone (no video) touch no matte; a failed render keeps both as they were
+    write_video((np.full((8, 8, 4), 0.5, np.float32) for _ in range(2)), out)
+    write_video((np.full((8, 8, 3), 0.5, np.float32) for _ in range(2)), None, png_dir=tmp_path / "png")
+    assert alpha_video_path(out).is_file()
+    with pytest.raises(RenderError, match="no frames"):
+        write_video(iter(()), out)
+    assert alpha_video_path(out).is_file()
