@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import time
 from contextlib import contextmanager
@@ -42,16 +41,6 @@ def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, sync: Ca
     return best
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _git_commit() -> str:
     try:
         root = Path(__file__).resolve().parent.parent
@@ -62,24 +51,11 @@ def _git_commit() -> str:
 
 
 def machine() -> dict:
-    """Where and with what a benchmark ran."""
-    info = {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "git_commit": _git_commit(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-    try:
-        import numpy
+    """Where and with what a benchmark ran (:func:`fastminerf.backend.machine`, as eval's metrics.json records it) and
+    the commit that runs."""
+    from fastminerf.backend import machine as where
 
-        info["numpy"] = numpy.__version__
-    except ImportError:
-        pass
-    return info
+    return {**where(), "git_commit": _git_commit()}
 
 
 def write_result(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:

@@ -25,6 +25,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
+import platform
+from pathlib import Path
+from typing import Optional, Union
 
 import torch
 
@@ -158,3 +162,49 @@ def available() -> dict:
     out["CUDA device"] = (f"yes ({torch.cuda.device_count()}: {torch.cuda.get_device_name(0)})" if cuda
                           else f"no (torch {torch.__version__} sees none)")
     return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _gpu_name(device: Optional[torch.device]) -> Optional[str]:
+    """The CUDA device's name (``device``'s, else the current one's where torch sees one), or None."""
+    if device is not None and device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    try:
+        return torch.cuda.get_device_name(device)
+    except (RuntimeError, AssertionError) as exc:  # a driver that cannot answer: the record says so
+        return f"unknown ({exc})"
+
+
+def machine(device: Optional[Union[str, torch.device]] = None) -> dict:
+    """Where and with what numbers were computed: the CPU, its cores, torch's threads, the versions of Python, torch,
+    numpy and fastminerf, the platform and the GPU (None without one). Benchmark records carry it (with the
+    commit) and so does ``evaluate``'s metrics.json; with ``device`` (where the model ran) it names that too, and
+    the GPU is that device's (None on the CPU)."""
+    import numpy
+
+    from . import __version__
+
+    where = None if device is None else torch.device(device)
+    info = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "fastminerf": __version__,
+        "platform": platform.platform(),
+        "gpu": _gpu_name(where),
+    }
+    if where is not None:
+        info["device"] = str(where)
+    return info

@@ -39,6 +39,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import numpy as np
 import torch
 
+from .backend import machine
 from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_wav, write_wav
 from .config import as_list, identity_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
@@ -1650,7 +1651,9 @@ def evaluate(
         ``{"split", "expressions", "frames", "metrics": [...], "lpips": status text, "lmd": status text, "identities": {name:
         {"frames", "psnr", "ssim", "l1"[, "lpips"][, "face_psnr"][, "mouth_psnr", "eye_psnr", "lmd", "ear_error", "lmd_frames"]
         [, "landmark_depth"][, "pose_gap"], "width", "height"}},
-        "mean": {...}[, "render_steps": {name: ray-marching steps it was rendered with}]}`` (a metric without any frame of an identity is NaN there, null in metrics.json; the mean skips it). ``width`` and ``height`` are the
+        "mean": {...}[, "render_steps": {name: ray-marching steps it was rendered with}], "machine": where it ran
+        (:func:`fastminerf.backend.machine` of the model's device: CPU, threads, versions, GPU, as benchmark records
+        have it)}`` (a metric without any frame of an identity is NaN there, null in metrics.json; the mean skips it). ``width`` and ``height`` are the
         identity's frame size in pixels, the unit of its ``lmd`` (people of several sizes evaluate together). ``landmark_depth`` (where the dataset has
         ``landmarks.npz``) is the median distance in head units between the rendered depth and the tracked
         landmarks along rays through them: whether the geometry sits where the face is (NaN for identities
@@ -1776,6 +1779,7 @@ def evaluate(
     }
     if all(v is not None for v in steps.values()):
         result["render_steps"] = steps
+    result["machine"] = machine(_model_device(models[names[0]]) if names else None)  # as benchmark records have it
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "metrics.json", result)

@@ -1030,3 +1030,19 @@ def test_side_by_side_takes_the_datasets_8_bit_truth(data):
     np.testing.assert_array_equal(side_by_side((pred * 255 + 0.5).astype(np.uint8), truth),
                                   side_by_side((pred * 255 + 0.5).astype(np.uint8) / np.float32(255), truth / np.float32(255)))
     assert side_by_side(pred, truth)[:, SIZE:2 * SIZE].mean() < 250  # the truth panel is the frame, not white
+
+
+def test_evaluate_records_the_machine_it_ran_on_as_benchmark_records_do(synth, data, tmp_path):
+    """eval's metrics.json said nothing of where its numbers came from, while every benchmark record carries its
+    machine (CPU, threads, torch, GPU): a researcher comparing scores across machines (or a GPU's render with a CPU's)
+    could not tell them apart. The result holds the benchmarks' machine record and the device the model rendered on."""
+    import platform
+
+    threads = torch.get_num_threads()
+    res = evaluate(Oracle(synth[1]), data, "train", out_dir=tmp_path / "ev", max_frames=1, with_lpips=False,
+                   with_lmd=False)
+    on_disk = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    for machine in (res["machine"], on_disk["machine"]):
+        assert machine["device"] == "cpu" and machine["gpu"] is None and machine["torch_threads"] == threads
+        assert machine["torch"] == torch.__version__ and machine["python"] == platform.python_version()
+        assert {"cpu", "cores", "platform", "numpy", "fastminerf"} <= set(machine)
