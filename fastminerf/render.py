@@ -1286,6 +1286,17 @@ def _check_video_out(out: Path) -> None:
         raise RenderError(f"{out}: cannot write the video there ({exc.strerror or exc})") from None
 
 
+def _check_out_folder(folder: Path, what: str) -> None:
+    """Refuse an output folder that is a file or cannot be made (naming it and ``what`` it is for), and make it:
+    before any work, where ``mkdir`` would fail with Python's words ('[Errno 17] File exists') once it had begun."""
+    if folder.exists() and not folder.is_dir():
+        raise RenderError(f"{folder} is a file: give a folder for {what}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RenderError(f"{folder}: cannot make the folder for {what} ({exc.strerror or exc})") from None
+
+
 def write_video(
     frames: Iterable[np.ndarray],
     path: Optional[PathLike],
@@ -1322,7 +1333,8 @@ def write_video(
 
     Raises:
         RenderError: no frames, frames of different sizes or channels, a ``path`` that is a folder, whose suffix is
-            not a video container or whose folder cannot be written (these before any frame is asked for), or ffmpeg
+            not a video container or whose folder cannot be written, a ``png_dir`` that is a file or cannot be made
+            (these before any frame is asked for), or ffmpeg
             failed (an earlier file at ``path`` is then left as it was).
     """
     import imageio_ffmpeg
@@ -1334,7 +1346,7 @@ def write_video(
     if out is not None:
         _check_video_out(out)
     if pngs is not None:
-        pngs.mkdir(parents=True, exist_ok=True)
+        _check_out_folder(pngs, "the PNG frames")
     # the video, and for RGBA frames its matte: [final name, temporary name, writer, ffmpeg process]
     videos: List[list] = []
     size: Optional[Tuple[int, int]] = None
@@ -1663,7 +1675,8 @@ def evaluate(
         from them shows the head from a side its clip never did, a view the field extrapolates.
 
     Raises:
-        RenderError: an identity unknown to the dataset or the model (named), or a split not loaded.
+        RenderError: an identity unknown to the dataset or the model (named), a split not loaded, or an ``out_dir``
+            that is a file or cannot be made (named, before any frame is rendered).
         DatasetError: the data is in another expression space than the model, or has another expression length
             (both named).
     """
@@ -1697,6 +1710,7 @@ def evaluate(
         progress(0, total)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:  # an earlier evaluation's scores: beside images this one replaces, they would read as theirs
+        _check_out_folder(out, "metrics.json and the side-by-side images")
         (out / "metrics.json").unlink(missing_ok=True)
     per_identity: Dict[str, Dict[str, float]] = {}
     marks = LandmarkDistance() if lmd_ok else None

@@ -1046,3 +1046,24 @@ def test_evaluate_records_the_machine_it_ran_on_as_benchmark_records_do(synth, d
         assert machine["device"] == "cpu" and machine["gpu"] is None and machine["torch_threads"] == threads
         assert machine["torch"] == torch.__version__ and machine["python"] == platform.python_version()
         assert {"cpu", "cores", "platform", "numpy", "fastminerf"} <= set(machine)
+
+
+def test_a_png_folder_or_evaluation_folder_that_is_a_file_is_refused_naming_it(synth, data, tmp_path):
+    """render --png-dir FILE ended in '[Errno 17] File exists: FILE' and eval --out FILE in '[Errno 20] Not a
+    directory: FILE/metrics.json', Python's words once the work had started. Both are refused by name before any
+    frame is rendered, as a video name that is a folder is."""
+    taken = tmp_path / "taken"
+    taken.write_bytes(b"a file")
+    asked = []
+
+    def frames():
+        asked.append(1)
+        yield np.zeros((8, 8, 3), np.float32)
+
+    with pytest.raises(RenderError, match="taken is a file: give a folder for the PNG frames"):
+        write_video(frames(), tmp_path / "v.mp4", png_dir=taken)
+    assert not asked and not (tmp_path / "v.mp4").exists()
+    oracle = Oracle(synth[1])
+    with pytest.raises(RenderError, match="taken is a file: give a folder for metrics.json"):
+        evaluate(oracle, data, "train", out_dir=taken, with_lpips=False, with_lmd=False)
+    assert not oracle.calls and taken.read_bytes() == b"a file"
