@@ -130,7 +130,7 @@ def run_demo(
             ``overwrite`` is false. KeyboardInterrupt (Ctrl-C) says so: a demo stopped part way, at any stage, is
             run again with ``overwrite``.
     """
-    from .config import load_config
+    from .config import apply_overrides, load_config
     from .data import load_dataset
     from .data.synth import contact_sheet, generate
     from .data.writer import write_json
@@ -147,6 +147,8 @@ def run_demo(
         raise ValueError(f"train_share must be in (0, 1), got {train_share}")
     if device is not None:
         resolve_device(device, "device")  # one that cannot run here: refused before the data is made
+    # read before the data is made: a typo found at training left OUT/data, and the corrected call was refused
+    cfg = load_config(config, [f"train.device={device}"] if device is not None else [])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     generic, personal = out / "generic", out / "personal"
@@ -178,7 +180,7 @@ def run_demo(
     left = max(2 * MIN_TRAIN_S, minutes * 60.0 - seconds["synth"] - RENDER_RESERVE_S)
     train_s = max(MIN_TRAIN_S, train_share * left)
     personal_s = max(MIN_TRAIN_S, left - train_s)
-    cfg = load_config(config, [f"train.max_seconds={train_s}"] + ([f"train.device={device}"] if device is not None else []))
+    cfg = apply_overrides(cfg, [f"train.max_seconds={train_s}"])
     start = time.perf_counter()
     gen = train(cfg, dirs[:-1], generic, progress=None if progress is None else (lambda rec: progress("train", rec)))
     seconds["train"] = time.perf_counter() - start

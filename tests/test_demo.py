@@ -68,6 +68,15 @@ def test_run_demo_bad_settings(tmp_path):
         run_demo(tmp_path, minutes=0)
 
 
+def test_a_demo_with_an_unknown_config_is_refused_before_it_makes_data(tmp_path):
+    """demo --config with a typo generated the heads first and failed only at training, leaving OUT/data behind:
+    the same command with the right preset was then refused ('OUT/data already holds a generated dataset') until
+    --overwrite. The config is read before anything is written."""
+    with pytest.raises(ValueError, match="unknown config preset 'cpuu'"):
+        run_demo(tmp_path / "demo", config="cpuu", n_identities=2, n_frames=5, size=16)
+    assert not (tmp_path / "demo" / "data").exists()
+
+
 def test_the_demo_renders_and_scores_the_personalised_head_where_it_trained(tmp_path, fake_cuda, monkeypatch):
     """On a machine with a GPU the demo trained and personalised there (train.device auto), scored the generic
     heads with the trained model there, and loaded the personalised run on the CPU to render transfer.mp4 and score
