@@ -46,6 +46,15 @@ def test_cameras_that_cannot_see_the_head_are_refused(tmp_path, key, value):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("seed", [-3, 1.5])
+def test_a_seed_numpy_cannot_take_is_refused_naming_it_before_anything_is_written(tmp_path, seed):
+    """synth --seed -3 (and demo --seed -3) made OUT and failed in numpy's words, 'expected non-negative integer',
+    once the progress bar had started; the demo then left OUT/data behind."""
+    with pytest.raises(ValueError, match=f"seed must be a whole number >= 0, got {seed}"):
+        generate(tmp_path / "out", n_identities=1, n_frames=2, size=8, seed=seed)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_low_frame_rate_still_finishes():
     """Below 25/90 fps the gap between blinks rounded to 0 frames and drawing them never ended."""
     out = _run("""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,6 +389,8 @@ def generate(
     """
     if n_identities < 1:
         raise ValueError(f"n_identities must be >= 1, got {n_identities}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:  # numpy's words, once begun
+        raise ValueError(f"seed must be a whole number >= 0, got {seed}")
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
     if size < 8:
