@@ -578,7 +578,7 @@ def _run_render(args: argparse.Namespace) -> int:
 
     from .prepare.video import VIDEO_SUFFIXES
     from .render import drive_path, driver_from_video, load_driver, load_target, orbit_path, orbit_reach, parse_drive
-    from .render import background_image, render_video
+    from .render import background_image, check_outputs, render_video
     from .render import training_basis
 
     from .render import RenderError, identity_id
@@ -607,6 +607,7 @@ def _run_render(args: argparse.Namespace) -> int:
                           "the person alone for compositing")
     # a bad colour or a missing image: said before any work ('own' is NAME's, read with its data below)
     background_image(args.background, np.zeros((1, 1, 3), np.uint8), 1, 1)
+    check_outputs(args.out, args.png_dir, args.alpha)  # what write_video would refuse only after the driver's preparation
     _, model, meta = _open_run(args.run, args.render_steps, device)
     identity_id(model, args.identity)  # fail early, naming the identity
     note = _not_personalised(args.run, meta, [args.identity])
@@ -778,11 +779,13 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .data.layout import DatasetError, find_identity_dirs, identity_splits
-    from .render import RenderError, evaluate
+    from .render import RenderError, check_eval_out, evaluate
 
     if args.max_frames is not None and args.max_frames < 1:  # [:0] evaluated nothing, [:-1] all but the last frame
         raise RenderError(f"--max-frames must be at least 1, got {args.max_frames}")
     device = _device(args)
+    if args.out is not None:  # evaluate's own check, before the runs and the data are read
+        check_eval_out(args.out)
     console = _console()
     runs = [(run, *_open_run(run, args.render_steps, device)[1:]) for run in args.run]
     dirs = find_identity_dirs(args.data)

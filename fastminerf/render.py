@@ -1297,6 +1297,25 @@ def _check_out_folder(folder: Path, what: str) -> None:
         raise RenderError(f"{folder}: cannot make the folder for {what} ({exc.strerror or exc})") from None
 
 
+def check_outputs(out: Optional[PathLike], png_dir: Optional[PathLike] = None, alpha: bool = False) -> None:
+    """Refuse what :func:`write_video` would refuse of its outputs, for a caller to call before any work (``render``
+    before it reads the model or prepares a driver): a video name that is a folder, whose suffix is no video container
+    or whose folder cannot be written; with ``alpha`` the matte's name beside it (:func:`alpha_video_path`) alike; a
+    ``png_dir`` that is a file or cannot be made. Their folders are made."""
+    if out is not None:
+        _check_video_out(Path(out))
+        if alpha:
+            _check_video_out(alpha_video_path(out))
+    if png_dir is not None:
+        _check_out_folder(Path(png_dir), "the PNG frames")
+
+
+def check_eval_out(out_dir: PathLike) -> None:
+    """Refuse an :func:`evaluate` ``out_dir`` that is a file or cannot be made, naming it (evaluate does, before any
+    frame; ``eval`` calls it before it reads the runs), and make it."""
+    _check_out_folder(Path(out_dir), "metrics.json and the side-by-side images")
+
+
 def write_video(
     frames: Iterable[np.ndarray],
     path: Optional[PathLike],
@@ -1343,10 +1362,7 @@ def write_video(
         raise RenderError("write_video needs an mp4 path, a png_dir, or both")
     out = Path(path) if path is not None else None
     pngs = Path(png_dir) if png_dir is not None else None
-    if out is not None:
-        _check_video_out(out)
-    if pngs is not None:
-        _check_out_folder(pngs, "the PNG frames")
+    check_outputs(out, pngs)
     # the video, and for RGBA frames its matte: [final name, temporary name, writer, ffmpeg process]
     videos: List[list] = []
     size: Optional[Tuple[int, int]] = None
@@ -1710,7 +1726,7 @@ def evaluate(
         progress(0, total)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:  # an earlier evaluation's scores: beside images this one replaces, they would read as theirs
-        _check_out_folder(out, "metrics.json and the side-by-side images")
+        check_eval_out(out)
         (out / "metrics.json").unlink(missing_ok=True)
     per_identity: Dict[str, Dict[str, float]] = {}
     marks = LandmarkDistance() if lmd_ok else None

@@ -781,3 +781,26 @@ def test_cli_info_says_how_far_a_run_went_where_it_stopped_and_whether_its_data_
     assert json.loads(capsys.readouterr().out)["data_missing"] == [str(d) for d in dirs]
     assert main(["info", str(tmp_path / "p")]) == 0
     assert "not there" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["render", "--identity", "id000", "--orbit", "--out", "{tmp}/x.webm"], "a video needs the suffix"),
+    (["render", "--identity", "id000", "--orbit", "--out", "{tmp}/x.mp4", "--png-dir", "{tmp}/taken"],
+     "taken is a file: give a folder for the PNG frames"),
+    (["render", "--identity", "id000", "--orbit", "--alpha", "--out", "{tmp}/m.mp4"], "m_alpha.mp4 is a folder"),
+    (["eval", "--data", "{data}", "--split", "val", "--out", "{tmp}/taken"], "taken is a file: give a folder"),
+])
+def test_render_and_eval_refuse_their_outputs_before_reading_the_model(tiny, tmp_path, capsys, monkeypatch, argv,
+                                                                      message):
+    """A bad --out (a suffix that is no video container, a matte name that is a folder) or --png-dir / eval --out
+    that is a file was refused only once the model was read, a driver video prepared and the progress bar begun:
+    the user with a typo waited first. The library's own checks of those outputs now run before the run is opened."""
+    import fastminerf.cli as cli
+
+    root, _ = tiny
+    (tmp_path / "taken").write_bytes(b"a file")
+    (tmp_path / "m_alpha.mp4").mkdir()
+    monkeypatch.setattr(cli, "_open_run", lambda *a, **k: pytest.fail("the run was read before the outputs were checked"))
+    argv = [a.replace("{data}", str(root / "data")).replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv[:1] + ["--run", str(root / "run")] + argv[1:]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
