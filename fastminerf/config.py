@@ -1013,6 +1013,17 @@ def identity_list(names, shown: int = 8, near: Optional[str] = None) -> str:
     return text + (f"; closest to '{near}': {', '.join(close)}" if close else "")
 
 
+def identity_index(names, name: str, error: type = KeyError) -> int:
+    """The position of identity ``name`` in a model's ``names`` (its identity id), or ``error`` naming it and the
+    identities the model knows (:func:`identity_list`: a few of 1,000). The one lookup of ``MINeRF.identity_index``
+    (KeyError) and ``fastminerf.render.identity_id`` (RenderError)."""
+    names = list(names)
+    try:
+        return names.index(name)
+    except ValueError:
+        raise error(f"unknown identity '{name}': the model knows {identity_list(names, near=name)}") from None
+
+
 def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
     """Apply ``key=value`` strings with dotted keys (``model.field.conditioning=concat``); values are parsed as
     YAML, then typed by the dataclass field. One string is one override; of a key given twice the last wins. They are

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .backend import BackendError, resolve
-from .config import ModelConfig
+from .config import ModelConfig, identity_index
 from .data.layout import DEFAULT_AABB
 from .field import MINeRFField
 from .nn import OccupancyGrid, TorsoLayer
@@ -204,11 +204,9 @@ class MINeRF(nn.Module):
         return self.step_size if self.training else self.diagonal / self.eval_steps
 
     def identity_index(self, name: str) -> int:
-        """Id of an identity by name; raises ``KeyError`` listing the known names."""
-        try:
-            return self.identity_names.index(name)
-        except ValueError:
-            raise KeyError(f"unknown identity '{name}'; this model knows {self.identity_names}") from None
+        """Id of an identity by name; raises ``KeyError`` naming the known names (:func:`fastminerf.config.identity_index`,
+        a few of a thousand)."""
+        return identity_index(self.identity_names, name)
 
     @torch.no_grad()
     def add_identities(self, names: Sequence[str], frame_identity: torch.Tensor | Sequence[int] = ()) -> int:

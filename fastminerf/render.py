@@ -41,7 +41,7 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_wav, write_wav
-from .config import as_list, identity_list
+from .config import as_list, identity_index, identity_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import not_a_file, read_rgb
@@ -144,10 +144,7 @@ def identity_id(model_or_names, name: str) -> int:
         RenderError: naming ``name`` and the identities the model knows.
     """
     names = list(model_or_names) if isinstance(model_or_names, (list, tuple)) else _model_identity_names(model_or_names)
-    try:
-        return names.index(name)
-    except ValueError:
-        raise RenderError(f"unknown identity '{name}': the model knows {identity_list(names, near=name)}") from None
+    return identity_index(names, name, RenderError)
 
 
 def _dataset_identity(dataset: MultiIdentityDataset, name: str) -> int:

@@ -95,6 +95,23 @@ def test_unknown_identity_among_a_thousand_names_a_few_not_all():
         identity_id(["a", "b", "c"], "d")
 
 
+def test_the_models_own_identity_lookup_names_a_few_of_a_thousand_as_render_does():
+    """MINeRF.identity_index, the same lookup as render.identity_id written a second time, kept the old message:
+    every one of the 1,000 names in one KeyError. Both are one lookup now; the model's still raises KeyError."""
+    import types
+
+    from fastminerf.model import MINeRF
+    from fastminerf.render import RenderError, identity_id
+
+    model = types.SimpleNamespace(identity_names=MANY)
+    assert MINeRF.identity_index(model, "id0007") == identity_id(model, "id0007") == 7
+    with pytest.raises(KeyError) as many:
+        MINeRF.identity_index(model, "id1000")
+    with pytest.raises(RenderError) as same:
+        identity_id(model, "id1000")
+    assert many.value.args[0] == str(same.value) and len(many.value.args[0]) < 400
+
+
 @pytest.fixture(scope="module")
 def crowd(tmp_path_factory):
     """24 people (copies of one procedural head at 16 px, 3 training frames each) and a tiny run trained on them."""
