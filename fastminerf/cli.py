@@ -881,13 +881,20 @@ def _add_demo(sub: "argparse._SubParsersAction") -> None:
         "render the held-out head driven by another identity (OUT/transfer.mp4) and evaluate every identity on its "
         "val and novel (never-shown expressions) splits. A few minutes on a 2-core CPU.",
     )
+    import inspect
+
+    from .demo import run_demo
+
+    # run_demo's own defaults (one definition: the library call and the command run the same demo)
+    d = {name: v.default for name, v in inspect.signature(run_demo).parameters.items()}
     p.add_argument("out", nargs="?", type=Path, default=Path("demo_out"), help="demo folder (default ./demo_out)")
-    p.add_argument("--minutes", type=float, default=3.0, help="wall-clock budget in minutes (default 3)")
-    p.add_argument("--identities", type=int, default=5, help="procedural heads, one held out (default 5)")
-    p.add_argument("--frames", type=int, default=30, help="frames per identity's video (default 30)")
-    p.add_argument("--size", type=int, default=64, help="frame size in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
-    p.add_argument("--config", default="cpu", help="training preset or YAML file (default cpu)")
+    p.add_argument("--minutes", type=float, default=d["minutes"], help=f"wall-clock budget in minutes (default {d['minutes']:g})")
+    p.add_argument("--identities", type=int, default=d["n_identities"],
+                   help=f"procedural heads, one held out (default {d['n_identities']})")
+    p.add_argument("--frames", type=int, default=d["n_frames"], help=f"frames per identity's video (default {d['n_frames']})")
+    p.add_argument("--size", type=int, default=d["size"], help=f"frame size in pixels (default {d['size']})")
+    p.add_argument("--seed", type=int, default=d["seed"], help=f"data seed (default {d['seed']})")
+    p.add_argument("--config", default=d["config"], help=f"training preset or YAML file (default {d['config']})")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in OUT")
     p.add_argument("--device", default=None, metavar="auto|cpu|cuda|cuda:N",
                    help="where it trains, renders and evaluates (default: the config's train.device, auto in the "
