@@ -235,6 +235,11 @@ def expression_transfer(
     return (tn[None, :] + (drv - dn[None, :])).astype(np.float32)
 
 
+DEFAULT_FPS = 25.0
+"""The frame rate of frames that say neither their ``fps`` nor their ``time``, and of a video whose caller names
+none (a :class:`CameraPath`'s, an orbit's, :func:`write_video`'s)."""
+
+
 @dataclass(frozen=True)
 class CameraPath:
     """What to render, frame by frame, for one identity: B cameras and expressions at one image size."""
@@ -249,7 +254,7 @@ class CameraPath:
     """W in pixels."""
     height: int
     """H in pixels."""
-    fps: float = 25.0
+    fps: float = DEFAULT_FPS
     """Frame rate of a video of this path."""
     audio: Optional[Path] = None
     """The recording whose sound goes with these frames (a driver's ``audio.wav``, a :func:`speech_path`'s recording),
@@ -491,10 +496,6 @@ def drive_path(
     return CameraPath(c2w=c2w, intrinsics=np.repeat(own_table.intrinsics[own[:1]], frames.size, axis=0).astype(np.float32),
                       expression=expr, width=width, height=height, fps=fps, audio=audio,
                       times=times, expression_space=driver.expression_space, sources=sources)
-
-
-DEFAULT_FPS = 25.0
-"""The frame rate of frames that say neither their ``fps`` nor their ``time``."""
 
 
 def split_fps(dataset: MultiIdentityDataset, split: str, identity: int) -> float:
@@ -827,7 +828,7 @@ def orbit_path(
     yaw_deg: Optional[float] = None,
     pitch_deg: Optional[float] = None,
     expression: Optional[np.ndarray] = None,
-    fps: float = 25.0,
+    fps: float = DEFAULT_FPS,
 ) -> CameraPath:
     """A camera orbit around an identity, framed like its own video.
 
@@ -1316,7 +1317,7 @@ def check_eval_out(out_dir: PathLike) -> None:
 def write_video(
     frames: Iterable[np.ndarray],
     path: Optional[PathLike],
-    fps: float = 25.0,
+    fps: float = DEFAULT_FPS,
     png_dir: Optional[PathLike] = None,
     quality: float = 8.0,
     audio: Optional[Audio] = None,
