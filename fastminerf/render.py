@@ -1584,6 +1584,14 @@ LANDMARK_EVAL_RAYS = 512
 """Rays through tracked landmarks per identity for :func:`evaluate`'s geometry check."""
 
 
+def _remove_frame_images(folder: Path, keep: Sequence[str] = ()) -> None:
+    """Remove the side-by-side images :func:`evaluate` numbers by frame (``0000.png``; four digits or more: a split of
+    over 10,000 frames numbers its images ``10000.png`` on) from ``folder``, but those named in ``keep``."""
+    for stale in folder.glob("[0-9][0-9][0-9][0-9]*.png"):
+        if stale.stem.isdigit() and stale.name not in keep:
+            stale.unlink()
+
+
 def _landmark_depth_error(model, dataset: MultiIdentityDataset, split: str, name: str, frames: np.ndarray) -> Optional[float]:
     """Median distance (head units) between the rendered depth and the tracked landmarks (``landmarks.npz``) along
     :data:`LANDMARK_EVAL_RAYS` rays through visible landmarks of ``frames`` (a fixed draw), or None without any."""
@@ -1661,8 +1669,9 @@ def evaluate(
             ``out_dir/side_by_side/<identity>/<k>.png`` (prediction | truth | error, captioned with the identity,
             split, frame and PSNR, panels of at least :data:`SIDE_BY_SIDE_MIN_PANEL` px; k the frame's position
             in the identity's split; numbered images of an evaluated identity's frames not rendered now, left by an
-            earlier evaluation into the folder, are removed, and its metrics.json as soon as rendering starts, so an
-            evaluation stopped part way leaves no scores beside the images it replaced).
+            earlier evaluation into the folder, are removed, and its metrics.json and numbered images of identities
+            not evaluated now as soon as rendering starts, so an evaluation stopped part way leaves no scores beside
+            the images it replaced, and the folder holds one evaluation's images).
         identities: names to evaluate, or one name (default all of the dataset's).
         max_frames: evaluate only the first ``max_frames`` frames of each identity.
         with_lpips: compute LPIPS when available.
@@ -1726,6 +1735,12 @@ def evaluate(
     if out is not None:  # an earlier evaluation's scores: beside images this one replaces, they would read as theirs
         check_eval_out(out)
         (out / "metrics.json").unlink(missing_ok=True)
+        # and its images of people this one does not score (their folders go when nothing else is in them)
+        others = [d for d in (out / "side_by_side").glob("*") if d.is_dir() and d.name not in names]
+        for folder in others:
+            _remove_frame_images(folder)
+            if not any(folder.iterdir()):
+                folder.rmdir()
     per_identity: Dict[str, Dict[str, float]] = {}
     marks = LandmarkDistance() if lmd_ok else None
     try:
@@ -1766,11 +1781,8 @@ def evaluate(
                 if progress is not None:
                     progress(done, total)
             if out is not None:  # images an earlier evaluation into this folder left of frames not rendered now
-                written = {f"{int(table.frame_in_identity[i]):04d}.png" for i in frames.tolist()}
-                for stale in (out / "side_by_side" / name).glob("[0-9][0-9][0-9][0-9]*.png"):
-                    # four digits or more: a split of over 10,000 frames numbers its images 10000.png on
-                    if stale.stem.isdigit() and stale.name not in written:
-                        stale.unlink()
+                _remove_frame_images(out / "side_by_side" / name,
+                                     {f"{int(table.frame_in_identity[i]):04d}.png" for i in frames.tolist()})
             per_identity[name] = {"frames": len(frames), **{m: float(np.mean(v)) if v else float("nan") for m, v in values.items()}}
             if frames.size:  # the size its pixels (LMD's unit) are of: people of several sizes evaluate together
                 per_identity[name]["width"], per_identity[name]["height"] = (int(v) for v in table.size_of(int(frames[0])))

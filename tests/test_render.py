@@ -1067,3 +1067,19 @@ def test_a_png_folder_or_evaluation_folder_that_is_a_file_is_refused_naming_it(s
     with pytest.raises(RenderError, match="taken is a file: give a folder for metrics.json"):
         evaluate(oracle, data, "train", out_dir=taken, with_lpips=False, with_lmd=False)
     assert not oracle.calls and taken.read_bytes() == b"a file"
+
+
+def test_evaluate_again_into_one_folder_removes_an_earlier_evaluations_images_of_other_people(synth, data, tmp_path):
+    """eval --out DIR of both people, then eval --out DIR of one: metrics.json held the one, and side_by_side/ still
+    held the other's images of the first evaluation (another split, another model), read as this evaluation's. The
+    numbered images of people this evaluation does not score are removed too (other files are left alone)."""
+    evaluate(Oracle(synth[1]), data, "val", out_dir=tmp_path / "ev", with_lpips=False, with_lmd=False)
+    other = tmp_path / "ev" / "side_by_side" / "id001"
+    assert any(other.glob("*.png"))
+    (tmp_path / "ev" / "side_by_side" / "notes").mkdir()
+    (tmp_path / "ev" / "side_by_side" / "notes" / "0000.txt").write_text("mine")
+    res = evaluate(Oracle(synth[1]), data, "train", out_dir=tmp_path / "ev", identities="id000", max_frames=1,
+                   with_lpips=False, with_lmd=False)
+    assert list(res["identities"]) == ["id000"]
+    assert not other.exists()
+    assert sorted(p.name for p in (tmp_path / "ev" / "side_by_side").iterdir()) == ["id000", "notes"]
