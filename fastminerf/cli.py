@@ -445,14 +445,21 @@ def _run_personalize(args: argparse.Namespace) -> int:
 _MOVED_DATA = "give the folders where it is now with {option}"
 
 
+def _run_exists(run: Path) -> None:
+    """Refuse a run folder that is not there, naming it (before anything else of the run is read)."""
+    from .render import RenderError
+
+    if not Path(run).exists():
+        raise RenderError(f"run folder {run} does not exist")
+
+
 def _open_run(run: Path, render_steps: Optional[int] = None, device="cpu"):
     """``load_run`` with a clear error for a missing folder: ``(config, model on device, metadata)``; ``render_steps``
     (the ``--render-steps`` of render and eval) changes the model's marching steps outside training."""
     from .render import RenderError, set_render_steps
     from .train import load_run
 
-    if not Path(run).exists():
-        raise RenderError(f"run folder {run} does not exist")
+    _run_exists(run)
     cfg, model, meta = load_run(run, device=device)
     if render_steps is not None:
         set_render_steps(model, render_steps)
@@ -608,6 +615,12 @@ def _run_render(args: argparse.Namespace) -> int:
     # a bad colour or a missing image: said before any work ('own' is NAME's, read with its data below)
     background_image(args.background, np.zeros((1, 1, 3), np.uint8), 1, 1)
     check_outputs(args.out, args.png_dir, args.alpha)  # what write_video would refuse only after the driver's preparation
+    voice = None
+    if args.speech is not None:  # the speech model and the recording, before the run's model and data are read
+        from .speech import load_speech, load_speech_model
+
+        _run_exists(args.run)
+        voice = load_speech_model(args.speech_model or Path(args.run) / "speech.pt"), load_speech(args.speech)
     _, model, meta = _open_run(args.run, args.render_steps, device)
     identity_id(model, args.identity)  # fail early, naming the identity
     note = _not_personalised(args.run, meta, [args.identity])
@@ -632,11 +645,10 @@ def _run_render(args: argparse.Namespace) -> int:
 
         from .audio import write_wav
         from .render import speech_path
-        from .speech import load_speech, load_speech_model
 
-        speech_model = load_speech_model(args.speech_model or Path(args.run) / "speech.pt")
+        speech_model, recording = voice
         speech_dir = tempfile.TemporaryDirectory(prefix="fastminerf-speech-")
-        wav = write_wav(Path(speech_dir.name) / "speech.wav", load_speech(args.speech))
+        wav = write_wav(Path(speech_dir.name) / "speech.wav", recording)
         path = speech_path(target, args.identity, speech_model, wav, fps=args.fps)
         if args.frames:
             path = path.head(args.frames)
@@ -786,6 +798,13 @@ def _run_eval(args: argparse.Namespace) -> int:
     device = _device(args)
     if args.out is not None:  # evaluate's own check, before the runs and the data are read
         check_eval_out(args.out)
+    speech_model = None
+    if args.speech is not None:  # likewise the speech model
+        from .speech import load_speech_model
+
+        _run_exists(args.run[0])
+        speech_file = Path(args.run[0]) / "speech.pt" if args.speech is True else args.speech
+        speech_model = load_speech_model(speech_file)
     console = _console()
     runs = [(run, *_open_run(run, args.render_steps, device)[1:]) for run in args.run]
     dirs = find_identity_dirs(args.data)
@@ -815,11 +834,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         if note:
             console.print(_styled("yellow", "note", note), markup=True)
     expressions, driven = None, None
-    if args.speech is not None:
-        from .speech import load_speech_model, split_expressions
+    if speech_model is not None:
+        from .speech import split_expressions
 
-        speech_file = Path(args.run[0]) / "speech.pt" if args.speech is True else args.speech
-        expressions = split_expressions(load_speech_model(speech_file), data, args.split)
+        expressions = split_expressions(speech_model, data, args.split)
         driven = f"speech ({speech_file})"
     with _frames_progress(console, f"eval {args.split}") as bar:
         task = bar.add_task("eval", total=None)

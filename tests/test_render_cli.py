@@ -804,3 +804,31 @@ def test_render_and_eval_refuse_their_outputs_before_reading_the_model(tiny, tmp
     argv = [a.replace("{data}", str(root / "data")).replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv[:1] + ["--run", str(root / "run")] + argv[1:]) == 2
     assert message in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["render", "--identity", "id000", "--speech", "{tmp}/voice.wav", "--out", "{tmp}/x.mp4"],
+     "speech model {run}/speech.pt does not exist"),
+    (["render", "--identity", "id000", "--speech", "{tmp}/nope.wav", "--speech-model", "{tmp}/m.pt", "--out", "{tmp}/x.mp4"],
+     "nope.wav: no such file"),
+    (["eval", "--data", "{data}", "--split", "val", "--speech", "{tmp}/m.pt"], "speech model {tmp}/m.pt does not exist"),
+])
+def test_render_and_eval_read_the_speech_model_and_recording_before_the_run(tiny, tmp_path, capsys, monkeypatch, argv,
+                                                                            message):
+    """render --speech and eval --speech read the speech model (and render the recording) only after the run's model
+    and data: a missing model or a mistyped recording was said after that wait. They are read first (after the run
+    folder is known to be there: a wrong --run is still named as such)."""
+    import fastminerf.cli as cli
+
+    root, _ = tiny
+    monkeypatch.setattr(cli, "_open_run", lambda *a, **k: pytest.fail("the run was read before the speech inputs"))
+    if "--speech-model" in argv:  # a speech model that loads: a file of the wrong kind would do for 'before'
+        (tmp_path / "m.pt").write_bytes(b"")
+        monkeypatch.setattr("fastminerf.speech.load_speech_model", lambda path: object())
+    swap = lambda a: a.replace("{data}", str(root / "data")).replace("{tmp}", str(tmp_path)).replace("{run}", str(root / "run"))  # noqa: E731
+    argv = [swap(a) for a in argv]
+    assert main(argv[:1] + ["--run", str(root / "run")] + argv[1:]) == 2
+    assert swap(message) in " ".join(capsys.readouterr().err.split())
+    monkeypatch.undo()
+    assert main(argv[:1] + ["--run", str(tmp_path / "no run")] + argv[1:]) == 2
+    assert "no run does not exist" in " ".join(capsys.readouterr().err.split())
