@@ -659,9 +659,10 @@ def _run_render(args: argparse.Namespace) -> int:
             if not Path(args.drive.strip()).exists():  # VIDEO:SPLIT rendered every frame as 'train', the split dropped
                 raise RenderError(f"--drive {args.drive.strip()}: a video driver has no splits (it is prepared whole, "
                                   f"every frame in 'train'); give {folder} alone, with --frames N for its first frames")
+            basis = training_basis(data_paths)  # a run without one is refused before the preparation's bar
             with _frames_progress(console, "prepare driver") as bar:
                 task = bar.add_task("prepare", total=None)
-                folder = driver_from_video(folder, training_basis(data_paths), Path(args.run) / "drivers",
+                folder = driver_from_video(folder, basis, Path(args.run) / "drivers",
                                            target.table("train").width, args.frames, fps=args.fps,
                                            progress=lambda stage, name, d, t: bar.update(task, completed=d, total=t or None))
             split = "train"

@@ -312,8 +312,10 @@ def test_a_raw_video_needs_the_training_datas_basis(tiny, tmp_path, capsys):
     w.close()
     assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--drive", str(video),
                  "--out", str(tmp_path / "x.mp4")]) == 2
-    err = " ".join(capsys.readouterr().err.split())
+    said = capsys.readouterr()
+    err = " ".join(said.err.split())
     assert "no expression_basis.npz next to the run's training data" in err and "--basis" in err
+    assert "prepare driver" not in said.out  # refused before the preparation's progress bar began (it did)
 
 
 def test_cli_info_describes_a_run(tiny, tmp_path, capsys):
