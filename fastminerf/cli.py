@@ -416,12 +416,10 @@ def _add_personalize(sub: "argparse._SubParsersAction") -> None:
 
 
 def _run_personalize(args: argparse.Namespace) -> int:
-    from .train import load_run, personalize
+    from .train import load_run, personalize, personalize_config
 
-    from .config import apply_overrides
-
-    cfg = apply_overrides(load_run(args.run)[0], args.overrides)
-    steps = args.steps if args.steps is not None else cfg.train.personalize_steps
+    # personalize's own settings, checked before any progress bar (--steps -3 drew one of 0/-3 first)
+    steps = personalize_config(load_run(args.run)[0], args.overrides, args.steps, args.max_seconds).train.personalize_steps
     console = _console()
     if args.each:
         from .data.layout import find_identity_dirs

@@ -72,6 +72,7 @@ __all__ = [
     "load_run",
     "lr_factor",
     "personalize",
+    "personalize_config",
     "save_checkpoint",
     "save_run",
     "train",
@@ -1510,10 +1511,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     """
     cfg, model, meta = load_run(generic_run)
     _refuse_non_finite(model, meta["checkpoint"])
-    cfg = _personalize_config(replace(cfg, train=replace(cfg.train, max_seconds=None)), overrides)
-    steps = int(steps if steps is not None else cfg.train.personalize_steps)
-    max_seconds = max_seconds if max_seconds is not None else cfg.train.max_seconds
-    cfg = replace(cfg, train=replace(cfg.train, personalize_steps=steps, max_seconds=max_seconds))
+    cfg = personalize_config(cfg, overrides, steps, max_seconds)
+    steps, max_seconds = cfg.train.personalize_steps, cfg.train.max_seconds
     device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
     # and, as in train(), a backend that cannot run on it: the loaded model's (load_run puts auto in place of tcnn
     # and nerfacc, which compute the same functions), so a run trained through them personalises on a CPU too
@@ -1724,6 +1723,22 @@ def _per_identity_params(model: MINeRF) -> List[torch.nn.Parameter]:
 
 PERSONALIZE_MAY_SET = ("train.", "sampler.", "data.")
 """Config sections a personalisation may change (the model is the generic run's)."""
+
+
+def personalize_config(generic: RunConfig, overrides: Union[str, Sequence[str]] = (), steps: Optional[int] = None,
+                       max_seconds: Optional[float] = None) -> RunConfig:
+    """The settings :func:`personalize` runs with, from the generic run's config ``generic``: its ``overrides``
+    (``train.*``, ``sampler.*``, ``data.*`` only), ``steps`` (default ``train.personalize_steps``) and ``max_seconds``
+    (default the overrides' ``train.max_seconds``, else none: not the generic run's limit). A caller checks them
+    with it before any work (``fastminerf personalize`` before its progress bar).
+
+    Raises:
+        ConfigError: an override of another section, or a value the config refuses (steps < 0, a negative limit).
+    """
+    cfg = _personalize_config(replace(generic, train=replace(generic.train, max_seconds=None)), overrides)
+    steps = int(steps if steps is not None else cfg.train.personalize_steps)
+    max_seconds = max_seconds if max_seconds is not None else cfg.train.max_seconds
+    return replace(cfg, train=replace(cfg.train, personalize_steps=steps, max_seconds=max_seconds))
 
 
 def _personalize_config(cfg: RunConfig, overrides: Union[str, Sequence[str]]) -> RunConfig:

@@ -541,6 +541,20 @@ def test_cli_personalize_says_when_it_resumed(tiny, tmp_path, capsys):
     assert "personalised in 3 steps" in (out := " ".join(capsys.readouterr().out.split())) and "resumed from step 2" in out
 
 
+@pytest.mark.parametrize("extra, message", [(["--steps", "-3"], "train.personalize_steps must be >= 0, got -3"),
+                                            (["--max-seconds", "-1"], "train.max_seconds must be >= 0"),
+                                            (["--set", "model.field.n_levels=4"], "personalisation cannot change")])
+def test_cli_personalize_refuses_bad_steps_or_time_before_its_progress_bar(tiny, tmp_path, capsys, extra, message):
+    """personalize --steps -3 drew a progress bar of '0/-3' (and --max-seconds -1 one of 0/20) before the library
+    refused them: the settings are checked, by the config's own check, before any work is shown."""
+    root, dirs = tiny
+    assert main(["personalize", "--run", str(root / "run"), "--data", str(dirs[2]), "--out", str(tmp_path / "p")]
+                + extra) == 2
+    said = capsys.readouterr()
+    assert message in " ".join(said.err.split()) and "personalize" not in said.out
+    assert not (tmp_path / "p").exists()
+
+
 def test_cli_eval_refuses_a_person_added_by_several_runs(tiny, tmp_path, capsys):
     # Two runs that fine-tuned one person are refused ("give one"); two that added one (a grid and an all
     # personalisation, or personalize --each and a run of three new people) scored the person with whichever came
