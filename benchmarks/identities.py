@@ -145,6 +145,12 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
     ``progress(event, info)`` is called with ``("run", {"name", "cap"})`` when a training starts, ``("eval", point)``
     after each evaluation and ``("row", row)`` when an N is done."""
     s = MODES[mode]
+    # before any work: a count of 0 crashed the dataset reader after the data was made (an IndexError), a negative
+    # seed was refused by the generator once the benchmark had begun
+    if counts and min(int(c) for c in counts) < 1:
+        raise ValueError(f"identity counts must be at least 1, got {list(counts)}")
+    if seeds and min(int(k) for k in seeds) < 0:
+        raise ValueError(f"seeds must be whole numbers >= 0, got {list(seeds)}")
     if config is not None:
         s = replace(s, config=config)
     if counts:

@@ -308,3 +308,14 @@ def test_benchmark_results_are_strict_json(tmp_path):
     row = next(line for line in report.real_clips_table(result).splitlines() if line.startswith(f"| {clip} |"))
     assert row.split(" | ")[3:7] == [f"{result['test'][clip]['mouth_psnr']:.2f}", "-",
                                      f"{result['test'][clip]['eye_psnr']:.2f}", "-"]
+
+
+@pytest.mark.parametrize("extra, message", [(["--counts", "0"], "identity counts must be at least 1, got [0]"),
+                                            (["--seeds", "1", "-1"], "seeds must be whole numbers >= 0, got [1, -1]")])
+def test_bench_refuses_counts_and_seeds_it_cannot_run_before_any_work(tmp_path, capsys, extra, message):
+    """bench identities --counts 0 crashed with an IndexError traceback from the dataset reader after generating
+    data, and --seeds -1 was refused by the generator once the benchmark had begun: both are named before any work."""
+    assert main(["bench", "identities", "--tiny", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+                + extra) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
