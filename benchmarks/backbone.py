@@ -35,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
     Monitor,
     bench_arguments,
     bench_data,
+    check_out_dir,
     eval_rays,
     machine,
     print_progress,
@@ -123,6 +124,7 @@ def run_backbone(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[Pa
     the result. ``config`` replaces the fast backbone's preset (e.g. ``gpu``). ``progress(event, info)`` as in
     :func:`benchmarks.identities.run_identities` (events ``run`` and ``eval``)."""
     s = MODES[mode]
+    check_out_dir(out_dir)  # before any work: the results are written at the end
     if config is not None:
         s = replace(s, fast_config=config)
     with torch_threads(s.threads):  # every run also sets train.threads; the caller's count comes back at the end

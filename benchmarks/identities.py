@@ -52,6 +52,7 @@ from benchmarks.common import (  # noqa: E402
     Monitor,
     bench_arguments,
     bench_data,
+    check_out_dir,
     eval_psnr,
     eval_rays,
     load_average,
@@ -151,6 +152,7 @@ def run_identities(mode: str = "quick", out_dir: Path = RESULTS, work: Optional[
         raise ValueError(f"identity counts must be at least 1, got {list(counts)}")
     if seeds and min(int(k) for k in seeds) < 0:
         raise ValueError(f"seeds must be whole numbers >= 0, got {list(seeds)}")
+    check_out_dir(out_dir)
     if config is not None:
         s = replace(s, config=config)
     if counts:

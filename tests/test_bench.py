@@ -319,3 +319,13 @@ def test_bench_refuses_counts_and_seeds_it_cannot_run_before_any_work(tmp_path, 
                 + extra) == 2
     assert message in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("which", ["identities", "backbone"])
+def test_bench_refuses_a_results_folder_that_is_a_file_before_any_work(tmp_path, capsys, which):
+    """bench --out FILE ran the whole benchmark (minutes with --full) and then failed on '[Errno 17] File exists'
+    when it wrote the results: the folder is checked, by name, before any work."""
+    (tmp_path / "taken").write_text("a file")
+    assert main(["bench", which, "--tiny", "--out", str(tmp_path / "taken"), "--work", str(tmp_path / "work")]) == 2
+    assert "taken is a file: give a folder for the results" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "work").exists()
