@@ -1068,7 +1068,7 @@ def _run_speech(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from .config import SpeechConfig, flat_config
-    from .speech import SpeechError, load_speech_clips, save_speech_model, speech_metrics, train_speech
+    from .speech import SpeechError, check_speech_out, load_speech_clips, save_speech_model, speech_metrics, train_speech
     from .train import run_data_paths
 
     console = _console()
@@ -1080,8 +1080,7 @@ def _run_speech(args: argparse.Namespace) -> int:
         paths, out = args.data, args.out
         if out is None:
             raise SpeechError("--out is required with --data (the file to write the speech model to)")
-    if Path(out).is_dir():  # refused before learning: the model is written only once it is learned
-        raise SpeechError(f"{out} is a folder: give the speech model's file name (e.g. {Path(out) / 'speech.pt'})")
+    check_speech_out(out)  # refused before learning: the model is written only once it is learned
     cfg = flat_config(SpeechConfig, list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else []))
     found = load_speech_clips(paths)
     clips, skipped = found.clips, found.skipped

@@ -53,6 +53,7 @@ __all__ = [
     "SpeechClips",
     "SpeechConfig",
     "SpeechError",
+    "check_speech_out",
     "SpeechModel",
     "SpeechToExpression",
     "frame_windows",
@@ -675,6 +676,18 @@ def _scores(p: np.ndarray, t: np.ndarray, base: np.ndarray, space: Optional[str]
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
+
+
+def check_speech_out(path: PathLike) -> None:
+    """Refuse, before a model is learned, a place :func:`save_speech_model` cannot write it to: a folder, or a file
+    whose folder is a file or cannot be made (made here otherwise); :class:`SpeechError` naming it."""
+    out = Path(path)
+    if out.is_dir():
+        raise SpeechError(f"{out} is a folder: give the speech model's file name (e.g. {out / 'speech.pt'})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpeechError(f"{out}: cannot make its folder {out.parent} ({exc.strerror or exc})") from None
 
 
 def save_speech_model(path: PathLike, model: SpeechModel) -> Path:

@@ -254,3 +254,16 @@ def test_eval_speech_refuses_frames_past_the_end_of_a_cut_recording(small, tmp_p
     assert split_expressions(model, data, "train").shape == data.table("train").expression.shape  # within: as ever
     with pytest.raises(SpeechError, match=r"frames of split 'val'.*past the end of .*audio\.wav"):
         split_expressions(model, data, "val")  # ... the held-out ones lie past its end
+
+
+def test_speech_refuses_a_model_file_in_a_folder_it_cannot_make_before_learning(small, tmp_path, capsys, monkeypatch):
+    """fastminerf speech --out FILE/speech.pt (its folder a file) learned the model, printed its scores and then
+    failed on '[Errno 17] File exists: FILE': the model's place is checked, by name, before it learns."""
+    from fastminerf.cli import main
+
+    _, dirs, _, _ = small
+    (tmp_path / "taken").write_text("a file")
+    monkeypatch.setattr("fastminerf.speech.train_speech", lambda *a, **k: pytest.fail("learned before the check"))
+    assert main(["speech", "--data", str(dirs[0]), "--out", str(tmp_path / "taken" / "speech.pt")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "taken/speech.pt: cannot make its folder" in err and "taken" in err
