@@ -552,3 +552,35 @@ def test_replaced_atomically_keeps_the_earlier_file_and_no_temporary_one_when_th
     with replaced_atomically(target, ".tmp.npz") as tmp:
         np.savez(tmp, x=np.arange(3))
     assert list(np.load(target)["x"]) == [0, 1, 2] and list(tmp_path.iterdir()) == [target]
+
+
+def test_intrinsics_per_frame_are_each_frames_camera(tmp_path: Path):
+    """A converter that writes a camera per frame (``intrinsics`` in each frame, as trackers with a zooming or cropping
+    camera do) gets each frame's camera, not the file's for all of them without a word; frames without one take the
+    file's, and a file whose every frame has one needs none of its own."""
+    d = make_identity(tmp_path, "a", n_frames=3)
+    _edit(d, lambda m: m["frames"][1].__setitem__("intrinsics", [30.0, 31.0, 9.0, 7.0]))
+    t = load_dataset(d).table("train")
+    assert t.intrinsics.tolist() == [[25.0, 25.0, W / 2, H / 2], [30.0, 31.0, 9.0, 7.0], [25.0, 25.0, W / 2, H / 2]]
+
+    def per_frame_only(m):
+        m.pop("intrinsics")
+        for i, fr in enumerate(m["frames"]):
+            fr["intrinsics"] = [20.0 + i, 20.0 + i, 0.5, 0.5]  # NeRFace's fractions, read per frame as per file
+    _edit(d, per_frame_only)
+    t = load_dataset(d).table("train")
+    assert t.intrinsics.tolist() == [[20.0 + i, 20.0 + i, W / 2, H / 2] for i in range(3)]
+
+    f = _edit(d, lambda m: m["frames"][2].__setitem__("intrinsics", [0.9, 0.9, 0.5, 0.5]))  # normalised: too wide
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, f, 2, "intrinsics")
+    f = _edit(d, lambda m: m["frames"][2].__setitem__("intrinsics", [20.0, 20.0]))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, f, 2, "intrinsics")
+    f = _edit(d, lambda m: m["frames"][2].pop("intrinsics"))  # one frame without a camera, the file without one
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, f, 2, "intrinsics")
+    assert "camera_angle_x" in str(info.value)

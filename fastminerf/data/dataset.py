@@ -289,9 +289,7 @@ class MultiIdentityDataset:
         far = np.concatenate([np.full(len(m), m.far if m.far is not None else np.nan, np.float32) for m in metas])
         near = np.where(explicit, near, box_near).astype(np.float32)
         far = np.where(explicit, far, box_far).astype(np.float32)
-        intr = np.concatenate(
-            [np.tile(np.asarray(m.resolve_intrinsics(m.width, m.height), np.float32), (len(m), 1)) for m in metas]
-        )
+        intr = np.concatenate([m.frame_cameras(m.width, m.height).astype(np.float32) for m in metas])
         return FrameTable(
             split=split,
             identity=ident,
@@ -551,17 +549,21 @@ pixels give a focal length of a pixel or two and a field of view near 180 degree
 
 
 def _check_field_of_view(meta: SplitMeta, width: int, height: int) -> None:
-    """Refuse a camera wider than :data:`MAX_FIELD_OF_VIEW_DEG` for images of this size, naming the file and key."""
-    fx, fy, _, _ = meta.resolve_intrinsics(width, height)
-    fov = math.degrees(max(2 * math.atan(0.5 * width / fx), 2 * math.atan(0.5 * height / fy)))
-    if fov <= MAX_FIELD_OF_VIEW_DEG:
+    """Refuse a camera wider than :data:`MAX_FIELD_OF_VIEW_DEG` for images of this size, naming the file and key (and
+    the frame, for a frame's own ``intrinsics``)."""
+    cams = meta.frame_cameras(width, height)
+    fov = np.degrees(np.maximum(2 * np.arctan(0.5 * width / cams[:, 0]), 2 * np.arctan(0.5 * height / cams[:, 1])))
+    i = int(np.argmax(fov))
+    if fov[i] <= MAX_FIELD_OF_VIEW_DEG:
         return
-    wide = (f"a field of view of {fov:.0f} degrees across the {width}x{height} images, wider than any face camera's "
+    fx, fy = float(cams[i, 0]), float(cams[i, 1])
+    own = meta.frame_intrinsics is not None and not np.isnan(meta.frame_intrinsics[i, 0])
+    wide = (f"a field of view of {fov[i]:.0f} degrees across the {width}x{height} images, wider than any face camera's "
             f"({MAX_FIELD_OF_VIEW_DEG:.0f} at most)")
-    if meta.intrinsics is not None:
+    if own or meta.intrinsics is not None:
         raise DatasetError(f"{wide}: focal lengths of {fx:.4g}, {fy:.4g} pixels. Normalised by the image size? fx, fy, "
                            f"cx, cy are in pixels of the stored images (multiply fx and cx by w, fy and cy by h)",
-                           file=meta.file, key="intrinsics")
+                           file=meta.file, frame=i if own else None, key="intrinsics")
     raise DatasetError(f"{wide}: camera_angle_x is in radians", file=meta.file, key="camera_angle_x")
 
 

@@ -257,6 +257,9 @@ class SplitMeta:
     fitted), or None when the file does not say."""
     fps: Optional[float]
     """``fps`` as written, or None."""
+    frame_intrinsics: Optional[np.ndarray] = None
+    """(F, 4) float64 ``intrinsics`` of each frame that gives its own, as written, NaN rows for the frames that take
+    the file's camera; None when no frame gives one."""
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -266,8 +269,25 @@ class SplitMeta:
         """E, the expression length of every frame of the file."""
         return int(self.expression.shape[1])
 
+    def frame_cameras(self, width: int, height: int) -> np.ndarray:
+        """(F, 4) float64 ``[fx, fy, cx, cy]`` in pixels of each frame for images of the given size: the frame's own
+        ``intrinsics`` where it gives them (a principal point in (0, 1] read as fractions, as the file's), else the
+        file's camera (:meth:`resolve_intrinsics`)."""
+        own = self.frame_intrinsics
+        if own is None:
+            return np.tile(np.asarray(self.resolve_intrinsics(width, height), np.float64), (len(self), 1))
+        out = own.copy()
+        given = ~np.isnan(own[:, 0])
+        if not given.all():
+            out[~given] = self.resolve_intrinsics(width, height)
+        frac = given & (own[:, 2] > 0) & (own[:, 2] <= 1) & (own[:, 3] > 0) & (own[:, 3] <= 1)
+        out[frac, 2] *= width
+        out[frac, 3] *= height
+        return out
+
     def resolve_intrinsics(self, width: int, height: int) -> Tuple[float, float, float, float]:
-        """``[fx, fy, cx, cy]`` in pixels for images of the given size.
+        """``[fx, fy, cx, cy]`` in pixels for images of the given size: the file's camera (each frame's, which may
+        give its own, is :meth:`frame_cameras`).
 
         From ``intrinsics`` when written, else from ``camera_angle_x`` (fx = fy = 0.5 w / tan(angle / 2),
         principal point at the centre). NeRFace writes ``cx`` and ``cy`` as fractions of the image size
@@ -406,10 +426,10 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
         camera_angle_x = _number(meta["camera_angle_x"], file=file, key="camera_angle_x", positive=True)
         if camera_angle_x >= math.pi:
             raise DatasetError(f"field of view must be below pi radians, got {camera_angle_x}", file=file, key="camera_angle_x")
-    if intrinsics is None and camera_angle_x is None:
-        raise DatasetError(
-            "missing camera: give 'intrinsics' [fx, fy, cx, cy] or 'camera_angle_x'", file=file, key="intrinsics"
-        )
+    no_camera = "missing camera: give 'intrinsics' [fx, fy, cx, cy] or 'camera_angle_x'"
+    file_camera = intrinsics is not None or camera_angle_x is not None
+    if not file_camera and not any(isinstance(fr, dict) and fr.get("intrinsics") is not None for fr in frames):
+        raise DatasetError(no_camera, file=file, key="intrinsics")
     width = _size(meta["w"], file=file, key="w") if meta.get("w") is not None else None
     height = _size(meta["h"], file=file, key="h") if meta.get("h") is not None else None
 
@@ -449,6 +469,7 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
     frame_index = np.arange(n, dtype=np.int64)
     times = np.full(n, np.nan, dtype=np.float64)
     expressions: List[np.ndarray] = []
+    frame_intrinsics: Optional[np.ndarray] = None
     for i, fr in enumerate(frames):
         if not isinstance(fr, dict):
             raise DatasetError(f"expected a JSON object, got {_describe(fr)}", file=file, frame=i)
@@ -478,6 +499,16 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
                 key="transform_matrix",
             )
         c2w[i] = m
+        if fr.get("intrinsics") is not None:  # this frame's own camera
+            k = _numbers(fr["intrinsics"], (4,), file=file, frame=i, key="intrinsics")
+            if k[0] <= 0 or k[1] <= 0:
+                raise DatasetError(f"focal lengths fx, fy must be positive, got {k[0]}, {k[1]}", file=file, frame=i,
+                                   key="intrinsics")
+            if frame_intrinsics is None:
+                frame_intrinsics = np.full((n, 4), np.nan)
+            frame_intrinsics[i] = k
+        elif not file_camera:
+            raise DatasetError(f"{no_camera} (at the top level, or in every frame)", file=file, frame=i, key="intrinsics")
         e = _numbers(fr["expression"], None, file=file, frame=i, key="expression", ndim=1)
         if expressions and e.shape[0] != expressions[0].shape[0]:
             raise DatasetError(
@@ -553,6 +584,7 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
         expression_names=names,
         expression_space=space,
         fps=fps,
+        frame_intrinsics=frame_intrinsics,
     )
 
 
