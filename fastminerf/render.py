@@ -1173,7 +1173,7 @@ def render_sequence(
     if (aabb is None) == (near_far is None):
         raise RenderError("render_sequence needs exactly one of aabb and near_far")
     why = expression_space_mismatch(getattr(model, "expression_space", None), path.expression_space,
-                                    "the driver's expressions", "the model")
+                                    "the driver", None)
     if why is not None:
         raise RenderError(why)
     ident = identity_id(model, identity) if isinstance(identity, str) else int(identity)

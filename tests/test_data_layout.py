@@ -584,3 +584,23 @@ def test_intrinsics_per_frame_are_each_frames_camera(tmp_path: Path):
         load_dataset(d)
     _assert_located(info.value, f, 2, "intrinsics")
     assert "camera_angle_x" in str(info.value)
+
+
+def test_spaces_of_other_trackers_are_not_sent_to_the_remedy_of_prepared_data(tmp_path: Path):
+    """A hand-made identity that names its tracker's space (as DATASET.md asks a converter to) beside the procedural
+    heads, or data of such a space given to a model of another: both spaces are named, and the remedy is not
+    ``prepare --basis`` (which neither space came from: there is no expression_basis.npz to pass)."""
+    from fastminerf.data.dataset import expression_space_mismatch
+
+    alice = make_identity(tmp_path, "alice", meta_extra={"expression_space": "procedural-heads-4"})
+    bob = make_identity(tmp_path, "bob", meta_extra={"expression_space": "flame-4"})
+    with pytest.raises(DatasetError) as info:
+        load_dataset([alice, bob])
+    _assert_located(info.value, bob / "transforms_train.json", None, "expression_space")
+    msg = str(info.value)
+    assert "'procedural-heads-4'" in msg and "'flame-4'" in msg and "--basis" not in msg, msg
+    why = expression_space_mismatch("procedural-heads-4", "flame-4", "the driver", "run/checkpoint.pt")
+    assert "'flame-4'" in why and "'procedural-heads-4'" in why and "run/checkpoint.pt" in why, why
+    assert "--basis" not in why and "(None)" not in why, why
+    why = expression_space_mismatch("pca4-aaaa", "flame-4", "the driver", "run/checkpoint.pt")  # a prepared model's
+    assert "--basis" in why, why  # space: the driver's video can be prepared into it

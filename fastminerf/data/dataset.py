@@ -11,6 +11,7 @@ Dimension letters: B frames of a split (all identities), I identities, E express
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -604,25 +605,39 @@ def check_one_space(datasets: Sequence[MultiIdentityDataset]) -> None:
                 ref = _check_one_space(data.split_meta(split, i), ref, said)
 
 
+def _prepared_space(space: Optional[str]) -> bool:
+    """Whether ``space`` is the id of a basis ``prepare`` fitted (``pca<E>-<hex>``,
+    :attr:`fastminerf.prepare.expression.ExpressionBasis.space_id`), one an ``expression_basis.npz`` holds, rather than
+    the procedural heads' or the name a converter of another tracker wrote."""
+    return space is not None and re.fullmatch(r"pca\d+-[0-9a-f]+", space) is not None
+
+
 def _space_clash(key: str, name: str, m: SplitMeta, first: SplitMeta) -> str:
     """The message of two identities whose ``expression_names`` or ``expression_space`` differ."""
     if key == "expression_names":
         return (f"expression_names differ from those of {first.file}; identities trained together must share one "
                 f"expression space")
-    return (f"identity '{name}' is in expression space '{m.expression_space}' but identity '{first.identity_dir.name}' "
-            f"({first.file}) is in '{first.expression_space}': their coefficients mean different face motions (each "
-            f"prepare into a new folder fits its own basis); prepare them into one folder, or pass the first folder's "
-            f"basis to the later prepare (--basis ROOT/expression_basis.npz)")
+    said = (f"identity '{name}' is in expression space '{m.expression_space}' but identity '{first.identity_dir.name}' "
+            f"({first.file}) is in '{first.expression_space}': their coefficients mean different face motions")
+    if not (_prepared_space(m.expression_space) or _prepared_space(first.expression_space)):  # no basis file to pass
+        return f"{said} (another tracker or basis); train together only people whose expressions one tracker wrote"
+    return (f"{said} (each prepare into a new folder fits its own basis); prepare them into one folder, or pass the "
+            f"first folder's basis to the later prepare (--basis ROOT/expression_basis.npz)")
 
 
-def expression_space_mismatch(expected: Optional[str], have: Optional[str], what: str, model: str) -> Optional[str]:
+def expression_space_mismatch(expected: Optional[str], have: Optional[str], what: str,
+                              model: Optional[str]) -> Optional[str]:
     """Why data whose expressions are in space ``have`` cannot be used with a model trained in ``expected`` (both
-    known and different), naming both and the remedy; None when it can (or either space is unknown)."""
+    known and different), naming both and the remedy (``prepare --basis`` where either is a basis ``prepare``
+    fitted); None when it can (or either space is unknown). ``model``: what the model is (its checkpoint), or None."""
     if expected is None or have is None or have == expected:
         return None
-    return (f"{what} is in expression space '{have}' but the model ({model}) was trained in '{expected}': the same "
-            f"coefficients would mean other face motions. Prepare it with the training data's basis (fastminerf "
-            f"prepare VIDEO --out NEW --basis TRAINING_ROOT/expression_basis.npz, or --out TRAINING_ROOT)")
+    said = (f"{what} is in expression space '{have}' but the model{f' ({model})' if model else ''} was trained in "
+            f"'{expected}': the same coefficients would mean other face motions")
+    if not (_prepared_space(expected) or _prepared_space(have)):  # no basis file to pass
+        return f"{said}. Use data whose expressions are in '{expected}' (written by the training data's tracker and basis)"
+    return (f"{said}. Prepare it with the training data's basis (fastminerf prepare VIDEO --out NEW --basis "
+            f"TRAINING_ROOT/expression_basis.npz, or --out TRAINING_ROOT)")
 
 
 def check_expression_space(expected: Optional[str], dataset: MultiIdentityDataset, what: str, model: str,
