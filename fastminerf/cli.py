@@ -386,6 +386,8 @@ def _run_train(args: argparse.Namespace) -> int:
                       f"before the first step, in {result.seconds:.3g} s of setup (carving the occupancy grid and "
                       f"starting the torso layer count as training time); give a longer limit. Run in {result.out_dir}")
         return 0
+    for note in result.notes:
+        console.print(_styled("yellow", "note", note), markup=True)
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     console.print(f"trained {result.step} steps in {result.seconds:.1f} s{resumed}: loss {result.loss:.5f}, "
                   f"train psnr {result.psnr:.2f} dB; run in {result.out_dir}{f', its curve {result.curve}' if result.curve else ''}")

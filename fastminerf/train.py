@@ -147,6 +147,9 @@ class TrainResult:
     """The trained model (left out of the repr, which a notebook shows: its module tree is a screenful)."""
     curve: Optional[Path] = None
     """``RUN/curve.png``, the log's loss and PSNR curves (:func:`write_curve`); None when nothing was logged."""
+    notes: Tuple[str, ...] = ()
+    """What the user should know about the data trained on (e.g. identities taken into the others' expression space
+    unchecked), one sentence each; the CLI prints them."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1461,7 +1464,21 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         if loop.log.exists():
             loop.log.unlink()  # a log without a checkpoint belongs to a run that never saved: start it again
     loop.run(optimizer, base_lrs, cfg.train.steps, cfg.train.steps, cfg.train.max_seconds, "train", cfg.train.steps)
-    return _finish(loop, model, average, resumed)
+    return replace(_finish(loop, model, average, resumed), notes=_data_notes(dataset))
+
+
+def _data_notes(dataset: MultiIdentityDataset) -> Tuple[str, ...]:
+    """:attr:`TrainResult.notes` of a training dataset: identities of no named expression space beside named ones."""
+    names = dataset.unnamed_space
+    if not names:
+        return ()
+    one = len(names) == 1
+    return (f"{identity_list(names)} name{'s' if one else ''} no expression_space in {'its' if one else 'their'} "
+            f"transforms files: taken to be in '{dataset.expression_space}' like the others, the expression length "
+            f"alone checked, and the run records that space for {'it' if one else 'them'}. If another tracker or "
+            f"basis wrote {'its' if one else 'their'} expressions, expression transfer between {'it' if one else 'them'} "
+            f"and the others moves the face at random: write that tracker's own expression_space into the files "
+            f"(docs/DATASET.md), which refuses the mix",)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1073,3 +1073,28 @@ def test_a_train_result_shows_its_numbers_in_a_line(trained):
         assert shown in text, (shown, text)
     assert "Linear" not in text and "HashGridEncoding" not in text
     assert isinstance(result.model, MINeRF)
+
+
+def test_an_identity_of_no_named_space_beside_named_ones_is_noted(tiny_data, tmp_path, capsys):
+    """A hand-made identity whose files name no expression_space (another tracker's coefficients, of the length of the
+    procedural heads') trained beside heads that name theirs: DATASET.md says it is taken into their space unchecked,
+    and the run records that space for it; train says so (a note naming it and the space), instead of nothing."""
+    import shutil
+
+    from fastminerf.cli import main
+    from fastminerf.data.synth import EXPRESSION_SPACE
+
+    named, other = _two(tiny_data)
+    hand = shutil.copytree(other, tmp_path / "data" / "hand")
+    for f in hand.glob("transforms_*.json"):
+        m = json.loads(f.read_text())
+        m.pop("expression_space")
+        f.write_text(json.dumps(m))
+    result = train(load_config("tiny", ["train.steps=1"]), [named, hand], tmp_path / "run")
+    assert len(result.notes) == 1 and "'hand'" in result.notes[0] and EXPRESSION_SPACE in result.notes[0], result.notes
+    assert "expression_space" in result.notes[0]
+    assert train(load_config("tiny", ["train.steps=1"]), [named], tmp_path / "run1").notes == ()
+    assert main(["train", "--data", str(named), str(hand), "--out", str(tmp_path / "run2"), "--config", "tiny",
+                 "--steps", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note" in out and "'hand'" in out and EXPRESSION_SPACE in out, out

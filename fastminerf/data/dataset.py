@@ -271,6 +271,10 @@ class MultiIdentityDataset:
         self.expression_space: Optional[str] = space
         """The expression space every identity's coefficients are in (``expression_space`` of the layout: the id
         of the basis ``prepare`` fitted, or the procedural heads' space), None when no file says."""
+        said = {i for ms in metas.values() for i, m in enumerate(ms) if m.expression_space}
+        self.unnamed_space: List[str] = [n for i, n in enumerate(self.identities) if space and i not in said]
+        """Identities whose transforms files name no ``expression_space`` while others' name one: taken to be in
+        :attr:`expression_space` with their length alone checked (DATASET.md), which a run records for them too."""
         self._tables: Dict[str, FrameTable] = {s: self._build_table(s, ms) for s, ms in metas.items()}
         self._backgrounds: Dict[Tuple[Optional[Path], int, int], np.ndarray] = {}
         self._bg_lock = threading.Lock()
