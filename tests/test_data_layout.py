@@ -604,3 +604,21 @@ def test_spaces_of_other_trackers_are_not_sent_to_the_remedy_of_prepared_data(tm
     assert "--basis" not in why and "(None)" not in why, why
     why = expression_space_mismatch("pca4-aaaa", "flame-4", "the driver", "run/checkpoint.pt")  # a prepared model's
     assert "--basis" in why, why  # space: the driver's video can be prepared into it
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_a_principal_point_outside_the_image_is_refused(tmp_path: Path, scale):
+    """Frames resized by a converter without their intrinsics (a 2x or 4x camera for the stored images: the principal
+    point on the image's far corner or beyond it, the head drawn off the picture) loaded and trained without a word;
+    the file and key are named, and the stored images' size. A camera whose centre is off-centre inside still loads."""
+    d = make_identity(tmp_path, "p", meta_extra={"intrinsics": [25.0 * scale, 25.0 * scale, W / 2 * scale, H / 2 * scale]})
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, d / "transforms_train.json", None, "intrinsics")
+    assert "principal point" in str(info.value) and f"{W}x{H}" in str(info.value)
+    f = _edit(d, lambda m: (m.__setitem__("intrinsics", [25.0, 25.0, W / 2, H / 2]),
+                            m["frames"][1].__setitem__("intrinsics", [50.0, 50.0, 2.0 * W, 2.0 * H])))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, f, 1, "intrinsics")
+    assert load_dataset(make_identity(tmp_path, "q", meta_extra={"intrinsics": [25.0, 25.0, W * 0.8, H * 0.3]}))

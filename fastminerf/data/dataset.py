@@ -540,7 +540,7 @@ def load_dataset(
                     raise DatasetError(
                         f"says {given} but image {first} is {w}x{h}", file=file, key=key
                     )
-            _check_field_of_view(m, w, h)
+            _check_camera(m, w, h)
             per_identity.append(_with_size(m, w, h))
         metas[split] = per_identity
     cache = FrameCache(max_items=cache_frames, max_bytes=cache_bytes)
@@ -553,10 +553,19 @@ while intrinsics normalised by the image size (``[fx/w, fy/h, cx/w, cy/h]``, a c
 pixels give a focal length of a pixel or two and a field of view near 180 degrees."""
 
 
-def _check_field_of_view(meta: SplitMeta, width: int, height: int) -> None:
-    """Refuse a camera wider than :data:`MAX_FIELD_OF_VIEW_DEG` for images of this size, naming the file and key (and
-    the frame, for a frame's own ``intrinsics``)."""
+def _check_camera(meta: SplitMeta, width: int, height: int) -> None:
+    """Refuse a camera wider than :data:`MAX_FIELD_OF_VIEW_DEG` for images of this size, or whose principal point is
+    not inside them (intrinsics of the frames before a converter resized them), naming the file and key (and the
+    frame, for a frame's own ``intrinsics``)."""
     cams = meta.frame_cameras(width, height)
+    outside = np.flatnonzero((cams[:, 2] <= 0) | (cams[:, 2] >= width) | (cams[:, 3] <= 0) | (cams[:, 3] >= height))
+    if outside.size:
+        i = int(outside[0])
+        own = meta.frame_intrinsics is not None and not np.isnan(meta.frame_intrinsics[i, 0])
+        raise DatasetError(f"the principal point ({cams[i, 2]:.4g}, {cams[i, 3]:.4g}) is not inside the {width}x{height} "
+                           f"images: intrinsics of the frames at another size (resized without their camera)? fx, fy, "
+                           f"cx, cy are in pixels of the stored images", file=meta.file, frame=i if own else None,
+                           key="intrinsics")
     fov = np.degrees(np.maximum(2 * np.arctan(0.5 * width / cams[:, 0]), 2 * np.arctan(0.5 * height / cams[:, 1])))
     i = int(np.argmax(fov))
     if fov[i] <= MAX_FIELD_OF_VIEW_DEG:
