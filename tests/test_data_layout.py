@@ -622,3 +622,13 @@ def test_a_principal_point_outside_the_image_is_refused(tmp_path: Path, scale):
         load_dataset(d)
     _assert_located(info.value, f, 1, "intrinsics")
     assert load_dataset(make_identity(tmp_path, "q", meta_extra={"intrinsics": [25.0, 25.0, W * 0.8, H * 0.3]}))
+
+
+def test_a_transforms_file_with_a_byte_order_mark_loads(tmp_path: Path):
+    """Windows tools (PowerShell's UTF-8, Notepad) begin a converter's JSON with a UTF-8 byte order mark, which JSON
+    readers may skip (RFC 8259) and Python's own json.loads of the bytes does; the file was refused as 'not valid
+    JSON: Unexpected UTF-8 BOM (decode using utf-8-sig)'."""
+    d = make_identity(tmp_path, "a")
+    f = d / "transforms_train.json"
+    f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    assert len(load_dataset(d).table("train")) == 3

@@ -396,7 +396,7 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
         raise DatasetError(f"expected a file named {_TRANSFORMS_PREFIX}<split>{_TRANSFORMS_SUFFIX}", file=file)
     split = name[len(_TRANSFORMS_PREFIX) : -len(_TRANSFORMS_SUFFIX)]
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a byte order mark (Windows tools) is skipped, as JSON allows
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read: {exc}", file=file) from None
     try:
