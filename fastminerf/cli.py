@@ -433,6 +433,8 @@ def _run_personalize(args: argparse.Namespace) -> int:
         with _TrainProgress(console, title, steps, args.max_seconds) as progress:
             result = personalize(args.run, data, out, steps=steps, max_seconds=args.max_seconds, progress=progress,
                                  overrides=args.overrides, same_pixels=args.same_pixels)
+        for note in result.notes:
+            console.print(_styled("yellow", "note", note), markup=True)
         resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
         console.print(f"personalised in {result.step} steps, {result.seconds:.1f} s{resumed}: train psnr "
                       f"{result.psnr:.2f} dB; run in {result.out_dir}{f', its curve {result.curve}' if result.curve else ''}")

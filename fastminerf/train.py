@@ -1467,17 +1467,19 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     return replace(_finish(loop, model, average, resumed), notes=_data_notes(dataset))
 
 
-def _data_notes(dataset: MultiIdentityDataset) -> Tuple[str, ...]:
-    """:attr:`TrainResult.notes` of a training dataset: identities of no named expression space beside named ones."""
-    names = dataset.unnamed_space
+def _data_notes(dataset: MultiIdentityDataset, model_space: Optional[str] = None) -> Tuple[str, ...]:
+    """:attr:`TrainResult.notes` of the data trained on: identities of no named expression space beside named ones, or
+    (personalize: ``model_space``, the generic model's) added to a model of a named space."""
+    names = dataset.unnamed_space if dataset.expression_space else list(dataset.identities) if model_space else []
     if not names:
         return ()
     one = len(names) == 1
+    space, whose = (dataset.expression_space, "the others'") if dataset.expression_space else (model_space, "the model's")
     return (f"{identity_list(names)} name{'s' if one else ''} no expression_space in {'its' if one else 'their'} "
-            f"transforms files: taken to be in '{dataset.expression_space}' like the others, the expression length "
-            f"alone checked, and the run records that space for {'it' if one else 'them'}. If another tracker or "
-            f"basis wrote {'its' if one else 'their'} expressions, expression transfer between {'it' if one else 'them'} "
-            f"and the others moves the face at random: write that tracker's own expression_space into the files "
+            f"transforms files: taken to be in {whose} expression space '{space}', the expression length alone "
+            f"checked, and the run records that space for {'it' if one else 'them'}. If another tracker or basis wrote "
+            f"{'its' if one else 'their'} expressions, expression transfer between {'it' if one else 'them'} and the "
+            f"others moves the face at random: write that tracker's own expression_space into the files "
             f"(docs/DATASET.md), which refuses the mix",)
 
 
@@ -1688,7 +1690,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         loop.run(opt, lrs, steps, steps, max_seconds, "all", steps)
         for p in field_params:
             p.requires_grad_(True)
-    return _finish(loop, model, average, resumed)
+    return replace(_finish(loop, model, average, resumed), notes=_data_notes(dataset, model.expression_space))
 
 
 _NEW_PERSON_HINT = ("identities are named by their folders: a new person whose folder has the name of one the model "

@@ -1098,3 +1098,27 @@ def test_an_identity_of_no_named_space_beside_named_ones_is_noted(tiny_data, tmp
                  "--steps", "1"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "note" in out and "'hand'" in out and EXPRESSION_SPACE in out, out
+
+
+def test_a_new_identity_of_no_named_space_added_to_a_model_of_one_is_noted(tiny_data, tmp_path, capsys):
+    """personalize: a hand-made new person whose files name no expression_space, added to a model trained in a named
+    space, is taken into it unchecked (DATASET.md) as in train; personalize says so too."""
+    import shutil
+
+    from fastminerf import personalize
+    from fastminerf.cli import main
+    from fastminerf.data.synth import EXPRESSION_SPACE
+
+    named, other = _two(tiny_data)
+    hand = shutil.copytree(other, tmp_path / "data" / "hand")
+    for f in hand.glob("transforms_*.json"):
+        m = json.loads(f.read_text())
+        m.pop("expression_space")
+        f.write_text(json.dumps(m))
+    train(load_config("tiny", ["train.steps=1"]), [named], tmp_path / "run")
+    result = personalize(tmp_path / "run", [hand], tmp_path / "p", steps=1)
+    assert len(result.notes) == 1 and "'hand'" in result.notes[0] and EXPRESSION_SPACE in result.notes[0], result.notes
+    assert main(["personalize", "--run", str(tmp_path / "run"), "--data", str(hand), "--out", str(tmp_path / "p2"),
+                 "--steps", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note" in out and "'hand'" in out and EXPRESSION_SPACE in out, out
