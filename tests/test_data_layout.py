@@ -632,3 +632,16 @@ def test_a_transforms_file_with_a_byte_order_mark_loads(tmp_path: Path):
     f = d / "transforms_train.json"
     f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
     assert len(load_dataset(d).table("train")) == 3
+
+
+def test_a_mirrored_camera_is_refused(tmp_path: Path):
+    """An OpenCV matrix converted by negating its third column alone (the head then in front, y still down): a
+    mirrored camera (its rotation's determinant -1), trained on as an upside-down world without a word, with head
+    motion mirrored when driving another person. Refused, naming the frame and both columns to negate."""
+    d = make_identity(tmp_path, "a")
+    half = (np.array(_c2w(3.1)) @ np.diag([1.0, -1.0, -1.0, 1.0]) @ np.diag([1.0, 1.0, -1.0, 1.0])).tolist()
+    f = _edit(d, lambda m: m["frames"][2].__setitem__("transform_matrix", half))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(d)
+    _assert_located(info.value, f, 2, "transform_matrix")
+    assert "mirror" in str(info.value) and "second and third columns" in str(info.value)

@@ -546,6 +546,18 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
         else:
             mask_paths.append(None)
     expression = np.stack(expressions).astype(np.float32) if expressions[0].size else np.zeros((n, 0), np.float32)
+    # A rotation part with determinant < 0 is a mirrored camera (most often one column of an OpenCV matrix negated,
+    # not two): rays still find the head, and an upside-down or mirrored world trains without a word.
+    mirrored = np.flatnonzero(np.linalg.det(c2w[:, :3, :3].astype(np.float64)) < 0)
+    if mirrored.size:
+        raise DatasetError(
+            "the camera is mirrored (the determinant of its 3x3 rotation part is negative): cameras look down -z with +y "
+            "up and +x right (OpenGL/Blender); a matrix in the OpenCV convention needs its second and third columns "
+            "negated, both",
+            file=file,
+            frame=int(mirrored[0]),
+            key="transform_matrix",
+        )
 
     names = None
     if meta.get("expression_names") is not None:
