@@ -216,3 +216,12 @@ def test_a_transforms_file_that_is_not_a_file_is_said_to_be_what_it_is(tmp_path,
     with pytest.raises(DatasetError, match="is a folder" if kind == "folder" else "is a symbolic link that loops") as err:
         load_dataset(d, splits=("train", "val"))
     assert "missing" not in str(err.value) and "transforms_val.json" in str(err.value)
+
+
+@pytest.mark.parametrize("splits", [(), []])
+def test_no_splits_to_load_is_a_dataset_error_naming_the_splits_there(tmp_path, splits):
+    # load_dataset promises DatasetError for bad input; splits=() raised a bare ValueError, which a caller catching
+    # DatasetError (as the commands do) did not catch.
+    _identity(tmp_path, "a", 2, seed=1)
+    with pytest.raises(DatasetError, match=r"no split to load.*\['train'\]"):
+        load_dataset(tmp_path, splits=splits)

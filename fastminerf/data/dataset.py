@@ -514,7 +514,8 @@ def load_dataset(
         splits = identity_splits(dirs[0])
     splits = tuple(as_list(splits))  # one split's name: that split
     if not splits:
-        raise ValueError("splits must name at least one split")
+        raise DatasetError(f"no split to load: splits must name at least one (those of {dirs[0]}: "
+                           f"{identity_splits(dirs[0])})")
     metas: Dict[str, List[SplitMeta]] = {}
     ref: Optional[SplitMeta] = None  # the first file read: the reference expression length
     said: Dict[str, SplitMeta] = {}  # per key, the first file that gives it
