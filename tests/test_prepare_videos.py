@@ -774,3 +774,70 @@ def test_a_crop_that_fits_the_frame_is_not_said_to_be_clamped():
         assert note is None, (scale, crop, note)
     crop, note = _choose_crop(face * 10 + np.float32(100), 640, 480, 2.4)  # wants more than 480 px
     assert crop[2] == 480 and note is not None and "480" in note
+
+
+def test_a_prepare_stopped_in_its_last_stage_is_refused_as_data_until_rerun(tmp_path, head_frames, monkeypatch):
+    """prepare killed in a video's last stage (its frames written; its transforms, landmarks, contact sheet and
+    prepare.json, the marker of a finished video, being written) left a folder read as data: a root gave its
+    finished people alone without a word (the stopped one had no transforms yet, or was read with its train split
+    alone), the stopped folder named on its own was read as finished or refused as 'no identity folders here'. Until
+    prepare.json is written such a folder is refused, named, with the advice to rerun prepare, which finishes it."""
+    from fastminerf.data.layout import DatasetError
+    from fastminerf.prepare import pipeline, prepare
+
+    cfg = PrepareConfig(size=64, expression_dim=4, min_frames=5)
+    videos = [_write_video(tmp_path / f"{n}.mp4", head_frames[a:a + 12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+              for n, a in (("first", 0), ("second", 12))]
+    root = tmp_path / "data"
+    writers = {"write_transforms": lambda folder, split, *a, **k: f"transforms_{split}",
+               "write_landmarks": lambda folder, *a, **k: "landmarks", "write_contact_sheet": lambda *a, **k: "sheet",
+               "write_json": lambda path, *a, **k: Path(path).name}
+    stops = ("transforms_train", "transforms_val", "transforms_test", "landmarks", "sheet", "prepare.json")
+    for k, stop in enumerate(stops + ("transforms_val",)):
+        if k == len(stops):  # a finished folder of an older version (no landmarks) has its last stage redone
+            assert [v.status for v in prepare(videos, root, cfg).videos] == ["skipped", "done"]
+            (root / "second" / "landmarks.npz").unlink()
+        with monkeypatch.context() as m:
+            for fn, what in writers.items():
+                def stopping(*args, _real=getattr(pipeline, fn), _what=what, **kwargs):
+                    if _what(*args, **kwargs) == stop and "second" in Path(args[0]).parts:
+                        raise KeyboardInterrupt
+                    return _real(*args, **kwargs)
+                m.setattr(pipeline, fn, stopping)
+            with pytest.raises(KeyboardInterrupt):
+                prepare(videos, root, cfg)
+        assert (root / "first" / "prepare.json").is_file()
+        for named in (root, root / "second"):
+            with pytest.raises(DatasetError, match=rf"{root / 'second'}: prepare was stopped before it finished this "
+                                                   r"folder.*rerun the same prepare command"):
+                load_dataset(named, splits=("train",))
+    assert [v.status for v in prepare(videos, root, cfg).videos] == ["skipped", "done"]
+    assert load_dataset(root, splits=("train", "val", "test")).identities == ["first", "second"]
+
+
+def test_a_video_prepare_failed_on_is_left_out_of_its_root_and_refused_named_on_its_own(tmp_path, head_frames):
+    """A video prepare failed on (too few frames, no face) leaves its folder unfinished, as a stopped prepare does,
+    but prepare said so and printed 'next: fastminerf train --data ROOT': the root reads as the people it finished
+    (not refused as stopped, with advice to rerun what fails again); the folder named on its own is refused with
+    prepare's error. A rerun of it that is stopped is a stopped prepare again."""
+    from fastminerf.data.layout import DatasetError
+    from fastminerf.prepare import pipeline, prepare
+
+    cfg = PrepareConfig(size=64, expression_dim=4, min_frames=8)
+    good = _write_video(tmp_path / "good.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    short = _write_video(tmp_path / "short.mp4", head_frames[12:17], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    root = tmp_path / "data"
+    assert [v.status for v in prepare([good, short], root, cfg).videos] == ["done", "failed"]
+    assert load_dataset(root, splits=("train",)).identities == ["good"]
+    with pytest.raises(DatasetError, match=rf"{root / 'short'}: prepare failed on this folder: .*only 5 frames"):
+        load_dataset(root / "short", splits=("train",))
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pipeline, "_frames", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            prepare([short], root, PrepareConfig(size=64, expression_dim=4, min_frames=5, overwrite=True))
+    with pytest.raises(DatasetError, match=rf"{root / 'short'}: prepare was stopped"):
+        load_dataset(root, splits=("train",))

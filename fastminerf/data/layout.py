@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..config import as_list
+from ..config import as_list, some_of
 
 __all__ = [
     "DEFAULT_AABB",
@@ -161,12 +161,50 @@ SYNTH_IDENTITY_MARKER = "synth_identity.json"
 folder without a ``transforms_<split>.json`` is one the generator began and did not finish."""
 
 
+PREPARE_WORK_DIR = ".prepare"
+"""Made by ``fastminerf prepare`` in an identity folder before anything else (its stages' caches,
+:mod:`fastminerf.prepare.pipeline`)."""
+
+PREPARE_DONE_FILE = "prepare.json"
+"""Written by ``fastminerf prepare`` into an identity folder last, once everything else is (and removed before its
+last stage is redone): a folder holding :data:`PREPARE_WORK_DIR` without it is one prepare began and did not finish,
+whatever transforms files it holds yet."""
+
+
+PREPARE_FAILED_FILE = "failed.json"
+"""Written by ``fastminerf prepare`` into :data:`PREPARE_WORK_DIR` when it fails on a video (``{"error": ...}``), and
+removed when a prepare of the video starts again: an unfinished folder holding it was not stopped part way."""
+
+
+def _prepare_unfinished(folder: Path, state: str = "stopped") -> bool:
+    """Whether ``folder`` is one prepare began and did not finish, ``state`` ``stopped`` (part way) or ``failed``."""
+    if not (folder / PREPARE_WORK_DIR).is_dir() or (folder / PREPARE_DONE_FILE).is_file():
+        return False
+    return (folder / PREPARE_WORK_DIR / PREPARE_FAILED_FILE).is_file() == (state == "failed")
+
+
+def _refuse_unfinished_prepare(folders: Sequence[Path]) -> None:
+    if folders and _prepare_unfinished(folders[0], "failed"):
+        try:
+            error = json.loads((folders[0] / PREPARE_WORK_DIR / PREPARE_FAILED_FILE).read_text())["error"]
+        except (OSError, ValueError, KeyError, TypeError):
+            error = "its error is not recorded"
+        raise DatasetError(f"prepare failed on this folder: {error}", file=folders[0])
+    if folders:
+        more = f" (and here too: {some_of([f.name for f in folders[1:]])})" if len(folders) > 1 else ""
+        raise DatasetError(f"prepare was stopped before it finished this folder{more}: its {PREPARE_DONE_FILE}, "
+                           "written last, is missing; rerun the same prepare command to finish it (it continues where "
+                           "it stopped)", file=folders[0])
+
+
 def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
     """Identity folders named by ``paths``: each path is an identity folder, or a root whose sub-folders are.
 
     Returns the folders sorted by name (the identity name). Raises :class:`DatasetError` for a path that does
-    not exist, a root without identity folders, a root holding an identity ``synth`` began and did not finish (its
-    finished ones would be read alone), or two identities with the same name.
+    not exist, a root without identity folders, a folder (named, or in a root) ``prepare`` began and did not finish
+    (no :data:`PREPARE_DONE_FILE` yet: its transforms may be missing or part written; one it failed on is refused
+    named on its own and left out of its root, prepare having reported it), a root holding an identity
+    ``synth`` began and did not finish (its finished ones would be read alone), or two identities with the same name.
     """
     found: List[Path] = []
     for raw in as_list(paths, (str, Path)):
@@ -175,6 +213,7 @@ def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]
             raise DatasetError("no such file or folder", file=p)
         if not p.is_dir():
             raise DatasetError("expected an identity folder or a folder of identity folders", file=p)
+        _refuse_unfinished_prepare([p] if _prepare_unfinished(p) or _prepare_unfinished(p, "failed") else [])
         if is_identity_dir(p):
             found.append(p)
             continue
@@ -183,7 +222,9 @@ def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]
             raise DatasetError(f"synth was stopped before it finished {', '.join(c.name for c in begun)} here: rerun the "
                                "same synth command to finish the dataset (or name the finished identity folders)",
                                file=p)
-        children = sorted(c for c in p.iterdir() if is_identity_dir(c))
+        _refuse_unfinished_prepare(sorted(c for c in p.iterdir() if c.is_dir() and _prepare_unfinished(c)))
+        # a video prepare failed on was reported so by it: its root reads as the people it finished
+        children = sorted(c for c in p.iterdir() if is_identity_dir(c) and not _prepare_unfinished(c, "failed"))
         if not children:
             raise DatasetError(
                 f"no identity folders here: neither this folder nor its sub-folders hold a "

@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..config import PrepareConfig, as_list
-from ..data.layout import AUDIO_FILE, LANDMARKS_FILE, NPZ_ERRORS
+from ..data.layout import AUDIO_FILE, LANDMARKS_FILE, NPZ_ERRORS, PREPARE_DONE_FILE, PREPARE_FAILED_FILE, PREPARE_WORK_DIR
 from ..data.writer import frame_record, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
 from ..metrics import rotation_gap_deg
 from . import background as _background
@@ -71,11 +71,12 @@ PREPARE_VERSION = 2
 that fill the frame are tracked as before the tracking region existed, and ``track_region_scale`` is in the
 fingerprint itself: still 2.)"""
 
-WORK_DIR = ".prepare"
+WORK_DIR = PREPARE_WORK_DIR
 """Hidden folder of per-stage caches inside each identity folder."""
 
-DONE_FILE = "prepare.json"
-"""Marker of a finished video: settings, counts, crop, timings."""
+DONE_FILE = PREPARE_DONE_FILE
+"""Marker of a finished video: settings, counts, crop, timings. Written last; while it is missing the dataset
+reader refuses the folder (:func:`fastminerf.data.layout.find_identity_dirs`)."""
 
 CROP_SHIFT_DOWN = 0.15
 """The crop centre sits this many face heights below the face centre: room for neck and shoulders."""
@@ -638,7 +639,7 @@ def prepare(
         try:
             state[res.name] = _prepare_frames(res, root, cfg, progress)
         except (PrepareError, VideoError, OSError) as exc:
-            res.status, res.error = "failed", str(exc)
+            _failed(res, str(exc))
 
     # The shared face model.
     basis_path = root / BASIS_FILE
@@ -680,6 +681,8 @@ def prepare(
                 res.status = "skipped"
                 info = done
             else:
+                # not finished until written again: stopped part way, the folder must not read as data
+                (st["out"] / DONE_FILE).unlink(missing_ok=True)
                 neutral, aligned = identity_neutral(st["lm"], basis.canonical, basis.stable)
                 info = _cameras(st["out"], res.name, st["lm"], st["ids"], st["fps"], cfg, basis, neutral, aligned,
                                 st["cuts"])
@@ -696,8 +699,20 @@ def prepare(
             if progress is not None:
                 progress("cameras", res.name, 1, 1)
         except (PrepareError, OSError, ValueError) as exc:
-            res.status, res.error = "failed", str(exc)
+            _failed(res, str(exc))
     return PrepareResult(root, results, basis_path, reused, basis.dim, basis.space_id)
+
+
+def _failed(res: VideoResult, error: str) -> None:
+    """Mark ``res`` failed with ``error``, and its folder, when prepare began it, as one it failed on (the dataset
+    reader then leaves it out of its root instead of refusing the root as a prepare stopped part way)."""
+    res.status, res.error = "failed", error
+    work = None if res.out_dir is None else res.out_dir / WORK_DIR
+    if work is not None and work.is_dir() and not (res.out_dir / DONE_FILE).is_file():
+        try:
+            write_json(work / PREPARE_FAILED_FILE, {"error": error})
+        except OSError:  # a full disk: the folder reads as stopped, which a rerun mends too
+            pass
 
 
 def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: Optional[ProgressFn]) -> dict:
@@ -712,6 +727,7 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     _check_folder(out, fp, cfg.overwrite)
     work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
+    (work / PREPARE_FAILED_FILE).unlink(missing_ok=True)  # begun again: stopped now, it is a stopped prepare
     res.out_dir = out
     fps = float(cfg.fps) if cfg.fps else info.fps
     res.fps = fps
