@@ -155,6 +155,15 @@ def _dataset_identity(dataset: MultiIdentityDataset, name: str) -> int:
                           f"{identity_list(dataset.identities, near=name)}") from None
 
 
+def _loaded_table(dataset: MultiIdentityDataset, split: str, asked: str):
+    """``dataset.table(split)``; RenderError saying what was ``asked`` for and which splits are loaded when ``split``
+    is not (the dataset's own KeyError says neither what was asked nor how to load it)."""
+    if split not in dataset.splits:
+        raise RenderError(f"{asked}: split '{split}' is not loaded; loaded: {list(dataset.splits)} (load_dataset(..., "
+                          f"splits=...) names the splits to load)")
+    return dataset.table(split)
+
+
 # ------------------------------------------------------------------------------------ expressions and paths
 
 
@@ -170,7 +179,7 @@ def neutral_frame(dataset: MultiIdentityDataset, identity: Union[int, str], spli
         RenderError: the identity has no frames in ``split``, or ``index`` is out of range.
     """
     ident = _dataset_identity(dataset, identity) if isinstance(identity, str) else int(identity)
-    table = dataset.table(split)
+    table = _loaded_table(dataset, split, f"no neutral frame of identity '{dataset.identities[ident]}'")
     frames = table.frames_of(ident)
     if frames.size == 0:
         raise RenderError(f"identity '{dataset.identities[ident]}' has no frames in split '{split}'")
@@ -576,8 +585,7 @@ def speech_path(
     from .speech import load_speech, predict_expressions
 
     ident = _dataset_identity(target, target_identity)
-    if pose_split not in target.splits:
-        raise RenderError(f"split '{pose_split}' of '{target_identity}' is not loaded; loaded: {list(target.splits)}")
+    _loaded_table(target, pose_split, f"no head poses of '{target_identity}'")
     if speech_model.expression_dim != target.expression_dim:
         raise RenderError(f"the speech model predicts {speech_model.expression_dim} expression coefficients, "
                           f"'{target_identity}' has {target.expression_dim}")
@@ -799,7 +807,7 @@ def _training_views(dataset: MultiIdentityDataset, identity: str, split: str):
     """``(identity id, table, its frames, look-at point, yaw, elevation)`` of an identity's cameras in ``split``
     (:func:`look_at_point`, :func:`view_angles` about it)."""
     ident = _dataset_identity(dataset, identity)
-    table = dataset.table(split)
+    table = _loaded_table(dataset, split, f"no views of identity '{identity}'")
     frames = table.frames_of(ident)
     if frames.size == 0:
         raise RenderError(f"identity '{identity}' has no frames in split '{split}'")
@@ -1099,8 +1107,8 @@ def render_frame(
     if isinstance(source, MultiIdentityDataset):
         if split is None or index is None:
             raise RenderError("render_frame from a dataset needs split and index")
+        table = _loaded_table(source, split, f"cannot render frame {index} of split '{split}'")
         rays = frame_rays(source, split, index)
-        table = source.table(split)
         width, height = table.size_of(index)
         name = source.identities[int(table.identity[index])]
         rays.identity = torch.full_like(rays.identity, identity_id(model, name))
@@ -1703,8 +1711,7 @@ def evaluate(
         DatasetError: the data is in another expression space than the model, or has another expression length
             (both named).
     """
-    if split not in dataset.splits:
-        raise RenderError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
+    _loaded_table(dataset, split, "cannot evaluate")
     table = dataset.table(split)
     names = list(dataset.identities) if identities is None else as_list(identities)  # one name: that identity
     models = dict(model) if isinstance(model, Mapping) else {name: model for name in names}

@@ -501,6 +501,20 @@ def test_render_frame_reproduces_ground_truth(synth, data):
     assert oracle.calls[-1]["frame"].tolist() == [1] * SIZE * SIZE
 
 
+def test_a_split_not_loaded_is_refused_naming_the_split_frame_identity_and_loaded_splits(synth, data):
+    # render_frame(model, data, "test", 0) (or neutral_frame, orbit_path) on a dataset loaded without that split
+    # raised a bare KeyError from the dataset's table, not the RenderError the other render functions give, and said
+    # neither which frame nor whose was asked for
+    oracle = Oracle(synth[1])
+    loaded = r"is not loaded; loaded: \['train', 'val', 'novel'\]"
+    with pytest.raises(RenderError, match=rf"frame 3 of split 'test'.*{loaded}"):
+        render_frame(oracle, data, "test", 3)
+    with pytest.raises(RenderError, match=rf"identity 'id001'.*split 'test'.*{loaded}"):
+        neutral_frame(data, "id001", "test")
+    with pytest.raises(RenderError, match=rf"identity 'id000'.*split 'test'.*{loaded}"):
+        orbit_path(data, "id000", 4, split="test")
+
+
 def test_identity_mapping_is_by_name(synth, data):
     swapped = Oracle(synth[1][::-1])  # the model's id 0 is 'id001'
     assert identity_id(swapped, "id001") == 0
