@@ -225,3 +225,10 @@ def test_no_splits_to_load_is_a_dataset_error_naming_the_splits_there(tmp_path, 
     _identity(tmp_path, "a", 2, seed=1)
     with pytest.raises(DatasetError, match=r"no split to load.*\['train'\]"):
         load_dataset(tmp_path, splits=splits)
+
+
+@pytest.mark.parametrize("paths", [[], (), None])
+def test_no_data_folders_given_is_a_dataset_error(paths):
+    # load_dataset(sorted(Path("data").glob("id*"))) matching nothing raised "IndexError: list index out of range"
+    with pytest.raises(DatasetError, match="no identity folder or dataset root given"):
+        load_dataset(paths)

@@ -200,14 +200,17 @@ def _refuse_unfinished_prepare(folders: Sequence[Path]) -> None:
 def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
     """Identity folders named by ``paths``: each path is an identity folder, or a root whose sub-folders are.
 
-    Returns the folders sorted by name (the identity name). Raises :class:`DatasetError` for a path that does
-    not exist, a root without identity folders, a folder (named, or in a root) ``prepare`` began and did not finish
+    Returns the folders sorted by name (the identity name). Raises :class:`DatasetError` for no paths, a path that
+    does not exist, a root without identity folders, a folder (named, or in a root) ``prepare`` began and did not finish
     (no :data:`PREPARE_DONE_FILE` yet: its transforms may be missing or part written; one it failed on is refused
     named on its own and left out of its root, prepare having reported it), a root holding an identity
     ``synth`` began and did not finish (its finished ones would be read alone), or two identities with the same name.
     """
     found: List[Path] = []
-    for raw in as_list(paths, (str, Path)):
+    given = as_list(paths, (str, Path))
+    if not given:  # a glob that matched nothing: later steps failed on an empty list with an IndexError
+        raise DatasetError("no identity folder or dataset root given (an empty list of paths)")
+    for raw in given:
         p = Path(raw)
         if not p.exists():
             raise DatasetError("no such file or folder", file=p)
