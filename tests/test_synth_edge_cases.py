@@ -171,6 +171,36 @@ def test_a_root_synth_left_unfinished_is_refused_as_data_not_read_in_part(tmp_pa
 
     with pytest.raises(KeyboardInterrupt):
         generate(tmp_path / "a", n_identities=3, n_frames=6, size=16, seed=0, novel_frames=1, progress=stop_in_second)
-    with pytest.raises(DatasetError, match=r"stopped before it finished id001 here: rerun the same synth command"):
+    with pytest.raises(DatasetError, match=r"stopped before it finished id001, id002 here: rerun the same synth command"):
         load_dataset(tmp_path / "a", splits=("train",))
     load_dataset(tmp_path / "a" / "id000", splits=("train",))  # a finished identity named on its own still loads
+
+
+@pytest.mark.parametrize("stop", ["between identities", "between transforms files"])
+def test_a_root_synth_stopped_between_writes_is_refused_as_data(tmp_path, monkeypatch, stop):
+    # Stopped after one identity's last file and before the next one was begun (marked), or between the transforms
+    # files of one identity, a root read as the identities written so far (the one begun with its train split alone)
+    # without a word: every identity synth will write is marked unfinished until its transforms are all written.
+    from fastminerf.data import load_dataset, synth
+
+    real_png, real_transforms = synth.write_png, synth.write_transforms
+
+    def png(path, *a, **k):
+        if stop == "between identities" and path.parent.name == "id001" and path.name == "bg.png":
+            raise KeyboardInterrupt
+        return real_png(path, *a, **k)
+
+    def transforms(d, split, *a, **k):
+        if stop == "between transforms files" and d.name == "id001" and split == "val":
+            raise KeyboardInterrupt
+        return real_transforms(d, split, *a, **k)
+
+    monkeypatch.setattr(synth, "write_png", png)
+    monkeypatch.setattr(synth, "write_transforms", transforms)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "a", n_identities=3, n_frames=6, size=16, seed=0, novel_frames=1)
+    with pytest.raises(DatasetError, match=r"stopped before it finished id001, id002 here: rerun the same synth command"):
+        load_dataset(tmp_path / "a", splits=("train",))
+    monkeypatch.undo()
+    generate(tmp_path / "a", n_identities=3, n_frames=6, size=16, seed=0, novel_frames=1)
+    assert load_dataset(tmp_path / "a", splits=("train", "val", "novel")).identities == ["id000", "id001", "id002"]

@@ -157,8 +157,22 @@ def not_a_file(path: PathLike) -> Optional[str]:
 
 
 SYNTH_IDENTITY_MARKER = "synth_identity.json"
-"""Written by ``fastminerf synth`` into an identity folder before its frames (:mod:`fastminerf.data.synth`): such a
-folder without a ``transforms_<split>.json`` is one the generator began and did not finish."""
+"""Written by ``fastminerf synth`` into every identity folder of a generation before any frame
+(:mod:`fastminerf.data.synth`), with ``"finished": false`` until the folder's transforms files are all written: such
+a folder is one the generator began and did not finish (one of an older version, without the key, when it holds no
+``transforms_<split>.json``)."""
+
+
+def _synth_unfinished(folder: Path) -> bool:
+    marker = folder / SYNTH_IDENTITY_MARKER
+    if not marker.is_file():
+        return False
+    if not is_identity_dir(folder):
+        return True
+    try:
+        return json.loads(marker.read_text()).get("finished", True) is not True
+    except (OSError, ValueError, AttributeError):  # not the generator's JSON object: cut short
+        return True
 
 
 PREPARE_WORK_DIR = ".prepare"
@@ -220,7 +234,7 @@ def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]
         if is_identity_dir(p):
             found.append(p)
             continue
-        begun = sorted(c for c in p.iterdir() if (c / SYNTH_IDENTITY_MARKER).is_file() and not is_identity_dir(c))
+        begun = sorted(c for c in p.iterdir() if c.is_dir() and _synth_unfinished(c))
         if begun:
             raise DatasetError(f"synth was stopped before it finished {', '.join(c.name for c in begun)} here: rerun the "
                                "same synth command to finish the dataset (or name the finished identity folders)",

@@ -321,6 +321,12 @@ def _plan_identity(k: int, seed: int, n_frames: int, n_val: int, n_novel: int, c
     return params, bg, own, video, video_c2w, novel, novel_c2w
 
 
+def _mark(folder: Path, marker: Dict[str, object], finished: bool = False) -> None:
+    """Write ``folder``'s :data:`IDENTITY_MARKER` (atomically) with ``finished``."""
+    with replaced_atomically(folder / IDENTITY_MARKER) as tmp:
+        tmp.write_text(json.dumps(dict(marker, finished=finished), indent=1))
+
+
 def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
     """Refuse to write over data; with ``overwrite`` remove only what an earlier run of the generator wrote, and so
     without it when that run was stopped part way (no ``synth.json``, which it writes last)."""
@@ -440,6 +446,11 @@ def generate(
         progress(0, total)
     dirs: List[Path] = []
     summary = []
+    # every identity marked first, unfinished until its transforms are all written: stopped anywhere, the root is
+    # refused as data (find_identity_dirs), not read as the identities written so far, and a rerun replaces it
+    for k, name in enumerate(names):
+        (out / name).mkdir(exist_ok=True)
+        _mark(out / name, {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k})
     for k, name in enumerate(names):
         params, bg, own, video, video_c2w, novel, novel_c2w = _plan_identity(k, seed, n_frames, n_val, n_novel, cfg)
         d = out / name
@@ -451,14 +462,9 @@ def generate(
         expr = np.concatenate([video, novel])  # what the layout records
         gain = 1.0 - expression_style * float(np.random.default_rng([seed, k, 1]).uniform())
         moved = (expr * gain).astype(expr.dtype)  # what the face does
-        # marked first: a folder this call began is the generator's (replaced by a rerun) however far it got
-        (d / IDENTITY_MARKER).write_text(
-            json.dumps(
-                {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k,
-                 "withheld_region": own.name, "expressiveness": gain, "params": params.to_json()},
-                indent=1,
-            )
-        )
+        marker = {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k,
+                  "withheld_region": own.name, "expressiveness": gain, "params": params.to_json()}
+        _mark(d, marker)
         boxes = _face_boxes(params, c2w, focal, size, moved[:, _IDX["jaw_open"]])
         write_wav(d / AUDIO_FILE, _voice(moved[:n_frames], fps, np.random.default_rng([seed, k, 2])))
         splits = ["train"] * (n_frames - n_val) + ["val"] * n_val + ["novel"] * n_novel
@@ -497,6 +503,7 @@ def generate(
             write_transforms(d, split, frs, intrinsics=intrinsics, width=size, height=size, near=near, far=far,
                              aabb=TRACE_BOX, background="bg.png", expression_names=EXPRESSION_NAMES, fps=fps,
                              expression_space=EXPRESSION_SPACE)
+        _mark(d, marker, finished=True)
         summary.append({"name": name, "withheld_region": own.name, "hair_style": params.hair_style, "pattern": params.pattern,
                         "expressiveness": gain})
         dirs.append(d)
