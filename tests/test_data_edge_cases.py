@@ -232,3 +232,35 @@ def test_no_data_folders_given_is_a_dataset_error(paths):
     # load_dataset(sorted(Path("data").glob("id*"))) matching nothing raised "IndexError: list index out of range"
     with pytest.raises(DatasetError, match="no identity folder or dataset root given"):
         load_dataset(paths)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A decompression bomb among shared frames: Pillow's DecompressionBombError is no OSError nor ValueError, and
+# went through every handler as a traceback
+
+
+def _png_header_of(path: Path, width: int, height: int) -> None:
+    """A grey PNG that says it is width x height (its pixels cut short): Pillow refuses it on opening, before
+    decoding anything, so the test allocates nothing."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("frame", [0, 1])
+def test_a_decompression_bomb_frame_is_refused_naming_the_file(tmp_path, frame):
+    """A 30000x30000 PNG among a downloaded dataset's frames: frame 0 (its header read for the size) and a later
+    frame (decoded when training reaches it) ended in PIL's DecompressionBombError traceback. Both are a
+    DatasetError naming the transforms file, the frame, the key and the image."""
+    d = _identity(tmp_path, "a", 3, seed=1)
+    _png_header_of(d / "train" / f"{frame}.png", 30000, 30000)
+    with pytest.raises(ValueError, match="900000000 pixels"):
+        read_rgb(d / "train" / f"{frame}.png")
+    with pytest.raises(DatasetError, match=rf"frame {frame}: key 'file_path': cannot read image .*{frame}\.png.*900000000 pixels"):
+        load_dataset(d, splits=("train",)).image("train", frame)

@@ -662,11 +662,21 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
 # Pixels
 
 
-def image_size(path: PathLike) -> Tuple[int, int]:
-    """``(width, height)`` of an image file from its header, without decoding the pixels."""
+def _open_image(path: PathLike):
+    """``PIL.Image.open(path)`` (header only), with Pillow's :class:`DecompressionBombError` (an image of more than
+    twice ``Image.MAX_IMAGE_PIXELS`` pixels, refused before decoding) raised as the ValueError every reader of
+    frames handles (it is neither an OSError nor a ValueError, and went through them as a traceback)."""
     from PIL import Image  # imageio's own PNG/JPEG backend
 
-    with Image.open(path) as im:
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"too large to decode: {exc}") from None
+
+
+def image_size(path: PathLike) -> Tuple[int, int]:
+    """``(width, height)`` of an image file from its header, without decoding the pixels."""
+    with _open_image(path) as im:
         _check_orientation(im)
         return int(im.size[0]), int(im.size[1])
 
@@ -710,12 +720,11 @@ def _decode(path: Path, upright: bool = False) -> np.ndarray:
     """Decode an image to uint8 (H, W, C) with C in 1..4; raises OSError/ValueError from the decoder. An EXIF
     orientation is refused (:func:`_check_orientation`), or with ``upright`` done, as viewers show the picture."""
     import imageio.v3 as iio
-    from PIL import Image
 
     # imageio turns a palette into its colours and drops PNG transparency that is not an alpha channel (a palette's
     # or a colour key's tRNS), and hands CMYK JPEGs over as four channels that would be read as RGBA: let Pillow
     # convert those (header only here) to RGBA / RGB.
-    with Image.open(path) as im:
+    with _open_image(path) as im:
         orientation = im.getexif().get(0x0112, 1) if upright else 1
         if not upright:
             _check_orientation(im)
