@@ -44,7 +44,7 @@ from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity
 from .config import as_list, identity_index, identity_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
-from .data.layout import not_a_file, read_rgb
+from .data.layout import identity_splits, is_identity_dir, not_a_file, read_rgb
 from .data.writer import write_json, write_png
 from .metrics import (RANGE_SLACK, SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips,
                       lpips_status, psnr, rotation_gap_deg, ssim)
@@ -1292,6 +1292,17 @@ def _check_video_out(out: Path) -> None:
         raise RenderError(f"{out}: cannot write the video there ({exc.strerror or exc})") from None
 
 
+def _check_png_dir(pngs: Path) -> None:
+    """Refuse a PNG folder in or under a dataset's identity folder (one holding a ``transforms_<split>.json``): the
+    numbered frames (``00000.png`` on, the names ``prepare`` gives an identity's ``frames/``) would overwrite its
+    frames, and the clean-up of frames past the video's end remove the rest."""
+    for folder in (pngs, *pngs.parents):
+        if is_identity_dir(folder):
+            raise RenderError(f"{pngs}: PNG frames would go into the dataset identity folder {folder} (it holds "
+                              f"transforms_{identity_splits(folder)[0]}.json), where numbered frames overwrite or "
+                              "remove its images; give a folder outside the dataset")
+
+
 def _check_out_folder(folder: Path, what: str) -> None:
     """Refuse an output folder that is a file or cannot be made (naming it and ``what`` it is for), and make it:
     before any work, where ``mkdir`` would fail with Python's words ('[Errno 17] File exists') once it had begun."""
@@ -1307,12 +1318,13 @@ def check_outputs(out: Optional[PathLike], png_dir: Optional[PathLike] = None, a
     """Refuse what :func:`write_video` would refuse of its outputs, for a caller to call before any work (``render``
     before it reads the model or prepares a driver): a video name that is a folder, whose suffix is no video container
     or whose folder cannot be written; with ``alpha`` the matte's name beside it (:func:`alpha_video_path`) alike; a
-    ``png_dir`` that is a file or cannot be made. Their folders are made."""
+    ``png_dir`` that is a file or cannot be made, or lies in or under a dataset's identity folder. Their folders are made."""
     if out is not None:
         _check_video_out(Path(out))
         if alpha:
             _check_video_out(alpha_video_path(out))
     if png_dir is not None:
+        _check_png_dir(Path(png_dir).resolve())
         _check_out_folder(Path(png_dir), "the PNG frames")
 
 
@@ -1358,8 +1370,8 @@ def write_video(
 
     Raises:
         RenderError: no frames, frames of different sizes or channels, a ``path`` that is a folder, whose suffix is
-            not a video container or whose folder cannot be written, a ``png_dir`` that is a file or cannot be made
-            (these before any frame is asked for), or ffmpeg
+            not a video container or whose folder cannot be written, a ``png_dir`` that is a file, cannot be made
+            or lies in or under a dataset's identity folder (these before any frame is asked for), or ffmpeg
             failed (an earlier file at ``path`` is then left as it was).
     """
     import imageio_ffmpeg

@@ -1097,3 +1097,22 @@ def test_evaluate_again_into_one_folder_removes_an_earlier_evaluations_images_of
     assert list(res["identities"]) == ["id000"]
     assert not other.exists()
     assert sorted(p.name for p in (tmp_path / "ev" / "side_by_side").iterdir()) == ["id000", "notes"]
+
+
+@pytest.mark.parametrize("where", ["frames", ".", "frames/sub"])
+def test_write_video_refuses_png_frames_into_a_datasets_identity_folder(tmp_path, where):
+    """render --png-dir onto a prepared identity's frames/ (named 00000.png on, as the PNG frames are) overwrote
+    the data's first frames with renders and removed the rest as 'an earlier render's frames past the video's end'.
+    A png_dir in (or under) a folder holding a transforms_<split>.json is refused before anything is written."""
+    ident = tmp_path / "data" / "anna"
+    (ident / "frames").mkdir(parents=True)
+    (ident / "transforms_train.json").write_text(json.dumps({"frames": []}))
+    originals = {}
+    for k in range(4):
+        originals[k] = np.full((16, 16, 3), 10 * k, np.uint8)
+        iio.imwrite(ident / "frames" / f"{k:05d}.png", originals[k])
+    with pytest.raises(RenderError, match=r"anna.*transforms_train\.json.*outside the dataset"):
+        write_video(iter(_frames(2, 16, 16)), tmp_path / "v.mp4", fps=10, png_dir=ident / where)
+    for k in range(4):
+        np.testing.assert_array_equal(iio.imread(ident / "frames" / f"{k:05d}.png"), originals[k])
+    assert not (tmp_path / "v.mp4").exists() and not (ident / "frames" / "sub").exists()
