@@ -1084,7 +1084,7 @@ def _run_speech(args: argparse.Namespace) -> int:
         paths, out = args.data, args.out
         if out is None:
             raise SpeechError("--out is required with --data (the file to write the speech model to)")
-    check_speech_out(out)  # refused before learning: the model is written only once it is learned
+    check_speech_out(out)  # a folder, a run's checkpoint, a frame: refused before learning
     cfg = flat_config(SpeechConfig, list(args.overrides) + ([f"steps={args.steps}"] if args.steps is not None else []))
     found = load_speech_clips(paths)
     clips, skipped = found.clips, found.skipped

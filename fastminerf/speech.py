@@ -53,9 +53,9 @@ __all__ = [
     "SpeechClips",
     "SpeechConfig",
     "SpeechError",
-    "check_speech_out",
     "SpeechModel",
     "SpeechToExpression",
+    "check_speech_out",
     "frame_windows",
     "load_speech",
     "load_speech_clips",
@@ -678,24 +678,39 @@ def _scores(p: np.ndarray, t: np.ndarray, base: np.ndarray, space: Optional[str]
 # ----------------------------------------------------------------------------------------- checkpoints
 
 
-def check_speech_out(path: PathLike) -> None:
-    """Refuse, before a model is learned, a place :func:`save_speech_model` cannot write it to: a folder, or a file
-    whose folder is a file or cannot be made (made here otherwise); :class:`SpeechError` naming it."""
+def check_speech_out(path: PathLike) -> Path:
+    """Refuse, before a model is learned, a place :func:`save_speech_model` cannot or must not write it to: a folder,
+    a file whose folder is a file or cannot be made (made here otherwise), or an existing file the model would
+    replace that is no speech model (a run's ``checkpoint.pt``, a frame: ``--out`` typed in a hurry). An earlier
+    speech model there (of any format version) may be replaced.
+
+    Raises:
+        SpeechError: naming the path.
+    """
     out = Path(path)
     if out.is_dir():
         raise SpeechError(f"{out} is a folder: give the speech model's file name (e.g. {out / 'speech.pt'})")
+    if out.is_file():
+        try:
+            data = torch.load(out, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - torch raises many types for files that are no torch file
+            data = None
+        if not (isinstance(data, dict) and data.get("format") == FORMAT):
+            raise SpeechError(f"{out} exists and is not a speech model: refusing to replace it; give another file "
+                              "name for the model (or remove the file)")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpeechError(f"{out}: cannot make its folder {out.parent} ({exc.strerror or exc})") from None
+    return out
 
 
 def save_speech_model(path: PathLike, model: SpeechModel) -> Path:
-    """Write the model as plain tensors and data (read back with ``weights_only=True``), atomically."""
+    """Write the model as plain tensors and data (read back with ``weights_only=True``), atomically. A path that is a
+    folder (named by the writer, an OSError) or an existing file of another kind (:func:`check_speech_out`) is refused."""
     from .train import save_checkpoint
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(path) if Path(path).is_dir() else check_speech_out(path)
     return save_checkpoint(out, what="speech model", payload={
         "format": FORMAT,
         "version": FORMAT_VERSION,

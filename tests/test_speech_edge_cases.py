@@ -267,3 +267,31 @@ def test_speech_refuses_a_model_file_in_a_folder_it_cannot_make_before_learning(
     assert main(["speech", "--data", str(dirs[0]), "--out", str(tmp_path / "taken" / "speech.pt")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "taken/speech.pt: cannot make its folder" in err and "taken" in err
+
+
+def test_speech_out_onto_a_file_that_is_no_speech_model_is_refused_before_learning(small, tmp_path, monkeypatch, capsys):
+    """speech --data DATA --out RUN/checkpoint.pt (or a frame, bg.png: --out typed in a hurry) learned the model
+    and wrote it over the file: the run's checkpoint or the data's background was gone. An existing file that is
+    no speech model is refused before learning, by the command and by save_speech_model alike; an earlier speech
+    model is replaced as before."""
+    from fastminerf import speech as speech_module
+    from fastminerf.cli import main
+    from fastminerf.train import save_checkpoint
+
+    root, dirs, _, model = small
+    (tmp_path / "run").mkdir()
+    ckpt = save_checkpoint(tmp_path / "run" / "checkpoint.pt", what="checkpoint", payload={"format": "fastminerf-run"})
+    frame = tmp_path / "bg.png"
+    frame.write_bytes((dirs[0] / "bg.png").read_bytes())
+    kept = {p: p.read_bytes() for p in (ckpt, frame)}
+    monkeypatch.setattr(speech_module, "train_speech", lambda *a, **k: pytest.fail("learned before refusing"))
+    for target in (ckpt, frame):
+        assert main(["speech", "--data", str(dirs[0]), "--out", str(target), "--steps", "5"]) == 2
+        assert f"{target.name} exists and is not a speech model" in " ".join(capsys.readouterr().err.split())
+        with pytest.raises(SpeechError, match=rf"{target.name} exists and is not a speech model"):
+            save_speech_model(target, model)
+        assert target.read_bytes() == kept[target]
+    monkeypatch.undo()
+    out = save_speech_model(tmp_path / "speech.pt", model)
+    save_speech_model(out, model)  # an earlier speech model: replaced
+    assert load_speech_model(out).identities == model.identities
