@@ -204,3 +204,27 @@ def test_a_root_synth_stopped_between_writes_is_refused_as_data(tmp_path, monkey
     monkeypatch.undo()
     generate(tmp_path / "a", n_identities=3, n_frames=6, size=16, seed=0, novel_frames=1)
     assert load_dataset(tmp_path / "a", splits=("train", "val", "novel")).identities == ["id000", "id001", "id002"]
+
+
+def test_generated_identities_gathered_in_a_folder_are_not_removed_as_a_stopped_generation(tmp_path):
+    """A folder without synth.json holding generated identity folders was taken for a generation stopped part way,
+    and synth into it removed them all: finished identities copied there (renamed, with the user's notes beside
+    them) were deleted without --overwrite, and ones linked there ended in 'Cannot call rmtree on a symbolic link',
+    naming nothing. Only the folders this call writes (the same names) are redone; the others are refused, named."""
+    args = dict(n_identities=1, n_frames=6, size=16, seed=0, novel_frames=1)
+    src = generate(tmp_path / "src", n_identities=2, n_frames=6, size=16, seed=3, novel_frames=1)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    import shutil
+
+    shutil.copytree(src[0], mine / "alice")
+    (mine / "alice" / "NOTES.txt").write_text("kept")
+    with pytest.raises(FileExistsError, match=r"alice.*not one this call writes.*--overwrite"):
+        generate(mine, **args)
+    assert (mine / "alice" / "NOTES.txt").read_text() == "kept" and not (mine / "id000").exists()
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "id000").symlink_to(src[1])
+    with pytest.raises(FileExistsError, match=r"id000 holds a dataset the generator did not write"):
+        generate(linked, **args)
+    assert (src[1] / "transforms_train.json").is_file() and (linked / "id000").is_symlink()

@@ -329,12 +329,14 @@ def _mark(folder: Path, marker: Dict[str, object], finished: bool = False) -> No
 
 def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
     """Refuse to write over data; with ``overwrite`` remove only what an earlier run of the generator wrote, and so
-    without it when that run was stopped part way (no ``synth.json``, which it writes last)."""
+    without it when that run was stopped part way (no ``synth.json``, which it writes last): then only the folders
+    of ``names``, the ones this call writes (generated identities gathered here under other names are refused)."""
     if not out.exists():
         return
     if not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
-    ours = [c for c in out.iterdir() if c.is_dir() and (c / IDENTITY_MARKER).is_file()]
+    # a link to a folder is not one the generator made here (and rmtree refuses links)
+    ours = [c for c in out.iterdir() if c.is_dir() and not c.is_symlink() and (c / IDENTITY_MARKER).is_file()]
     foreign = [c for c in out.iterdir() if c.is_dir() and is_identity_dir(c) and c not in ours]
     clash = [c for c in foreign if c.name in names]
     if clash:
@@ -342,6 +344,11 @@ def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
     finished = (out / "synth.json").is_file()  # written last: without it, a generation that was stopped part way
     if ours and finished and not overwrite:
         raise FileExistsError(f"{out} already holds a generated dataset ({ours[0].name}, ...); pass overwrite=True (--overwrite) to replace it")
+    others = [c for c in ours if c.name not in names]
+    if others and not overwrite:  # generated identities gathered here (copied, renamed), not a generation of this call
+        raise FileExistsError(f"{others[0]} is a generated identity folder but not one this call writes ({names[0]}, "
+                              f"...), and {out} has no synth.json: refusing to remove it; pass overwrite=True "
+                              "(--overwrite) to replace it, or choose another folder")
     for c in ours:
         shutil.rmtree(c)
     for f in ("synth.json", "contact_sheet.png"):
