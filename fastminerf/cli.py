@@ -597,6 +597,11 @@ def _run_render(args: argparse.Namespace) -> int:
         raise RenderError(f"--frames must be at least 1, got {args.frames}")
     if args.fps is not None and not args.fps > 0:  # ffmpeg wrote 0 as 16 fps, and failed on a negative rate at the end
         raise RenderError(f"--fps must be positive, got {args.fps:g}")
+    for option, given in (("--drive", None if args.drive is None else parse_drive(args.drive)[0]),
+                          ("--speech", args.speech)):
+        if given is not None and Path(given).resolve() == args.out.resolve():  # replaced once rendered
+            raise RenderError(f"--out {args.out} is {option} {given}, the recording the video is made from: writing "
+                              "the video would replace it; give another --out")
     device = _device(args)
     console = _console()
     source = "--orbit" if args.orbit else "--speech" if args.speech is not None else "--drive"

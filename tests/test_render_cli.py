@@ -848,3 +848,18 @@ def test_render_and_eval_read_the_speech_model_and_recording_before_the_run(tiny
     monkeypatch.undo()
     assert main(argv[:1] + ["--run", str(tmp_path / "no run")] + argv[1:]) == 2
     assert "no run does not exist" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("source", ["--drive", "--speech"])
+def test_cli_render_refuses_to_write_over_its_own_input_video(tiny, tmp_path, capsys, source):
+    """render --drive clip.mp4 --out clip.mp4 (or --speech voice.mp4 --out voice.mp4: one name typed twice) read the
+    recording, rendered, then replaced it with the render: the user's own video was gone. Refused before any work,
+    naming both options, and the file is kept."""
+    root, _ = tiny
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"the user's recording")
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", source, str(video),
+                 "--out", str(tmp_path / "." / "clip.mp4")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--out {tmp_path / '.' / 'clip.mp4'} is {source} {video}" in err, err
+    assert video.read_bytes() == b"the user's recording" and not (root / "run" / "drivers" / "clip").exists()
