@@ -645,3 +645,25 @@ def test_a_mirrored_camera_is_refused(tmp_path: Path):
         load_dataset(d)
     _assert_located(info.value, f, 2, "transform_matrix")
     assert "mirror" in str(info.value) and "second and third columns" in str(info.value)
+
+
+def test_image_paths_may_lead_out_of_the_identity_folder_or_be_absolute(tmp_path):
+    """DATASET.md: file_path, mask_path and background are relative to the identity folder, may lead out of it
+    ('../shared/...') and may be absolute; all three are read alike (one resolver)."""
+    import imageio.v3 as iio
+
+    from fastminerf.data.layout import read_transforms
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in ("f.png", "m.png", "bg.png"):
+        iio.imwrite(shared / name, np.zeros((8, 8, 3), np.uint8))
+    ident = tmp_path / "data" / "a"
+    ident.mkdir(parents=True)
+    frame = {"transform_matrix": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4], [0, 0, 0, 1]], "expression": [0.0]}
+    meta = {"intrinsics": [8.0, 8.0, 4.0, 4.0], "background": str(shared / "bg.png"),
+            "frames": [dict(frame, file_path="../../shared/f", mask_path=str(shared / "m.png"))]}
+    (ident / "transforms_train.json").write_text(json.dumps(meta))
+    m = read_transforms(ident / "transforms_train.json")
+    assert Path(m.image_paths[0]).resolve() == shared / "f.png"
+    assert Path(m.mask_paths[0]) == shared / "m.png" and Path(m.background) == shared / "bg.png"
