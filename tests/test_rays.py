@@ -447,6 +447,24 @@ def test_an_npz_file_that_is_another_file_is_refused_without_numpys_pickle_advic
             assert "pickle" not in str(err.value) and "trust" not in str(err.value), err.value
 
 
+
+def test_an_npz_holding_pickled_objects_is_refused_without_numpys_allow_pickle_advice(tmp_path):
+    """A shared landmarks.npz or expression_basis.npz whose arrays are pickled Python objects (object arrays, which
+    would run code when read) is not read, but was refused with numpy's 'Object arrays cannot be loaded when
+    allow_pickle=False', the same advice as above in other words. It says what the file holds, and nothing runs."""
+    from fastminerf.prepare.expression import BASIS_FILE, ExpressionBasis
+
+    root = _with_landmarks(tmp_path)
+    objects = np.array([{"points": [1, 2]}], dtype=object)
+    np.savez(root / "a" / "landmarks.npz", frame_index=objects, points=np.zeros((1, 3, 3)), visible=np.ones((1, 3), bool))
+    np.savez(tmp_path / BASIS_FILE, format=objects)
+    with pytest.raises(DatasetError, match=r"landmarks\.npz.*pickled Python objects") as lm:
+        load_dataset(root).landmarks("train")
+    with pytest.raises(ValueError, match="not a readable expression basis.*pickled Python objects") as basis:
+        ExpressionBasis.load(tmp_path)
+    for err in (lm, basis):
+        assert "allow_pickle" not in str(err.value), err.value
+
 # ------------------------------------------------------------------------------------------------ mouth rays
 
 

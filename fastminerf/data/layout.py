@@ -815,6 +815,8 @@ def npz_error_reason(exc: BaseException) -> str:
     load a file that is no archive of arrays as pickled objects (which would run its code)."""
     if isinstance(exc, ValueError) and "pickled" in str(exc):
         return "not an .npz archive of arrays"
+    if isinstance(exc, ValueError) and "allow_pickle" in str(exc):  # an archive member that is an object array
+        return "it holds pickled Python objects, which are not read (they could run code)"
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
