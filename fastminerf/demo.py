@@ -156,10 +156,6 @@ def run_demo(
         for run in (generic, personal):
             if (run / "checkpoint.pt").exists():
                 raise FileExistsError(f"{run} already holds a run from an earlier demo; pass overwrite (--overwrite) or another folder")
-    else:
-        for run in (generic, personal):
-            for name in ("checkpoint.pt", "log.jsonl", "config.yaml", "curve.png"):
-                (run / name).unlink(missing_ok=True)
     seconds: Dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -175,6 +171,10 @@ def run_demo(
                     val_fraction=0.2, novel_frames=novel, overwrite=overwrite, progress=report("synth"))
     sheet = contact_sheet(dirs, out / "contact_sheet.png")
     seconds["synth"] = time.perf_counter() - start
+    if overwrite:  # the earlier demo's runs, once generate has not refused OUT/data (a dataset it did not write)
+        for run in (generic, personal):
+            for name in ("checkpoint.pt", "log.jsonl", "config.yaml", "curve.png"):
+                (run / name).unlink(missing_ok=True)
 
     # 2-3. training, in the budget that is left
     left = max(2 * MIN_TRAIN_S, minutes * 60.0 - seconds["synth"] - RENDER_RESERVE_S)

@@ -118,3 +118,20 @@ def test_the_demo_runs_on_the_cpu_when_asked_on_a_machine_with_a_gpu(tmp_path, f
     assert main(["demo", str(tmp_path / "other"), "--config", "tiny", "--device", "cuda:3"]) == 2
     assert "--device='cuda:3' but this machine has 1 CUDA device" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "other").exists()
+
+
+def test_a_refused_demo_with_overwrite_deletes_no_run(tmp_path):
+    """demo OUT --overwrite in a work folder holding the user's own data/ (not generated) and a run named generic/:
+    the demo deleted generic's checkpoint, log and config first, and only then refused the data ('holds a dataset the
+    generator did not write'): refused, yet the user's run was gone. Nothing is deleted before the data is made."""
+    own = tmp_path / "work" / "data" / "id000"
+    own.mkdir(parents=True)
+    (own / "transforms_train.json").write_text(json.dumps({"frames": []}))
+    run = tmp_path / "work" / "generic"
+    run.mkdir()
+    for name in ("checkpoint.pt", "log.jsonl", "config.yaml"):
+        (run / name).write_text(f"the user's {name}")
+    with pytest.raises(FileExistsError, match="did not write"):
+        run_demo(tmp_path / "work", minutes=0.05, n_identities=2, n_frames=6, size=16, config="tiny", overwrite=True)
+    for name in ("checkpoint.pt", "log.jsonl", "config.yaml"):
+        assert (run / name).read_text() == f"the user's {name}"
