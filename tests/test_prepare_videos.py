@@ -272,6 +272,18 @@ def test_a_bad_expression_size_lens_or_crop_is_refused_before_any_video_is_track
     assert not (tmp_path / "data").exists()
 
 
+
+def test_an_out_that_is_a_file_is_refused_naming_it(tmp_path):
+    """prepare clip.mp4 --out clip.mp4 (the video's name typed for the folder's) failed with OSError's bare
+    '[Errno 17] File exists: 'clip.mp4'': it says --out is a file where the dataset folder goes, and keeps it."""
+    from fastminerf.prepare import PrepareError, prepare
+
+    video = _write_video(tmp_path / "grey.mp4", [np.full((32, 32, 3), 128, np.uint8)] * 3)
+    kept = video.read_bytes()
+    with pytest.raises(PrepareError, match=r"grey\.mp4 is a file, not a folder"):
+        prepare([video], video, PrepareConfig(size=64))
+    assert video.read_bytes() == kept
+
 # ------------------------------------------------------------------------------------------------ splits
 
 

@@ -590,7 +590,7 @@ def prepare(
 
     Raises:
         MediapipeMissing: mediapipe 0.10.21 is not installed (the message says how to install it).
-        PrepareError: two videos would get the same name, or settings are invalid.
+        PrepareError: two videos would get the same name, settings are invalid, or ``out_dir`` is a file.
     """
     if cfg.size < 16:
         raise PrepareError(f"size must be at least 16 pixels, got {cfg.size}")
@@ -618,6 +618,9 @@ def prepare(
         raise PrepareError("no videos given")
     names = _names(paths)
     root = Path(out_dir)
+    if root.exists() and not root.is_dir():  # e.g. the video's name typed for the folder's: mkdir's bare 'File exists'
+        raise PrepareError(f"{root} is a file, not a folder: give the folder the dataset goes in (--out), one identity "
+                           "folder per video")
     given = None
     if cfg.basis is not None:
         try:
