@@ -1299,8 +1299,8 @@ _held = threading.local()  # the ExitStack of the train / personalize call runni
 
 
 def _holds_run_folder(fn):
-    """``fn`` (train, personalize) locks its run folder with :func:`_lock_run_folder` once it has made it (after
-    the checks that refuse a call before any work); the lock is released, and the frame cache of its training data
+    """``fn`` (train, personalize) makes and locks its run folder with :func:`_lock_run_folder` (after the checks
+    that refuse a call before any work); the lock is released, and the frame cache of its training data
     (:func:`_load_training_data`) emptied, when ``fn`` returns or raises."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -1315,10 +1315,13 @@ def _holds_run_folder(fn):
 
 
 def _lock_run_folder(out: Path) -> None:
-    """Hold ``out/.lock`` (an exclusive ``flock``, released by the system even when the process is killed) until the
-    :func:`_holds_run_folder` call ends; :class:`CheckpointError` naming the folder and the holder's process id when
-    another training or personalisation holds it. No lock where ``fcntl`` is missing (Windows) or the filesystem
-    has none."""
+    """Make the run folder ``out`` and hold ``out/.lock`` (an exclusive ``flock``, released by the system even when
+    the process is killed) until the :func:`_holds_run_folder` call ends; :class:`CheckpointError` naming the folder
+    when it is a file, or naming it and the holder's process id when another training or personalisation holds it.
+    No lock where ``fcntl`` is missing (Windows) or the filesystem has none."""
+    if out.exists() and not out.is_dir():  # a file's name typed for the folder's: mkdir's bare 'File exists'
+        raise CheckpointError(f"run folder {out} is a file, not a folder: give the folder the run goes in (--out)")
+    out.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
@@ -1390,7 +1393,6 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
     _check_backends(cfg, device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _lock_run_folder(out)
     paths = [str(Path(p)) for p in as_list(data_paths, (str, Path))]
     if cfg.train.threads:
@@ -1539,7 +1541,6 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     if cfg.train.threads:  # as train() does: the generic run's setting, or this personalisation's override
         torch.set_num_threads(cfg.train.threads)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _lock_run_folder(out)
     paths = [str(Path(p)) for p in as_list(data_paths, (str, Path))]
     dataset = _load_training_data(paths, cfg)

@@ -781,3 +781,15 @@ def test_a_personalisation_moved_with_its_generic_run_names_it_where_it_is(heads
     shutil.move(str(proj), str(moved))
     assert load_run(moved / "pers")[2]["generic_run"] == str(moved / "run")
     assert run_info(moved / "pers")["generic_run"] == str(moved / "run")
+
+
+def test_a_run_folder_that_is_a_file_is_refused_naming_it(heads, generic, tmp_path):
+    """train / personalize --out DATA/id000/bg.png (a file's name typed for the run folder's) failed with OSError's
+    bare '[Errno 17] File exists', which does not say --out must be a folder. Both name it, and keep the file."""
+    frame = tmp_path / "bg.png"
+    frame.write_bytes(b"a picture")
+    with pytest.raises(CheckpointError, match=r"run folder .*bg\.png is a file, not a folder"):
+        train(load_config("tiny", ["train.steps=2"]), heads[:2], frame)
+    with pytest.raises(CheckpointError, match=r"run folder .*bg\.png is a file, not a folder"):
+        personalize(generic, [heads[2]], frame, steps=2)
+    assert frame.read_bytes() == b"a picture"
