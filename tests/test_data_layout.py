@@ -667,3 +667,20 @@ def test_image_paths_may_lead_out_of_the_identity_folder_or_be_absolute(tmp_path
     m = read_transforms(ident / "transforms_train.json")
     assert Path(m.image_paths[0]).resolve() == shared / "f.png"
     assert Path(m.mask_paths[0]) == shared / "m.png" and Path(m.background) == shared / "bg.png"
+
+
+def test_two_names_for_one_identity_folder_are_refused(tmp_path):
+    """A shared root of links (a lab's selection of people) where two links lead to one folder ('alice' and an older
+    'a_smith') trained the same frames as two people without a word. Refused, naming both and the folder."""
+    generate(tmp_path / "src", n_identities=2, n_frames=4, size=16, seed=0, novel_frames=1)
+    root = tmp_path / "links"
+    root.mkdir()
+    (root / "alice").symlink_to(tmp_path / "src" / "id000")
+    (root / "a_smith").symlink_to(tmp_path / "src" / "id000")
+    (root / "bob").symlink_to(tmp_path / "src" / "id001")
+    with pytest.raises(DatasetError, match=r"a_smith and alice are one folder.*id000"):
+        find_identity_dirs(root)
+    with pytest.raises(DatasetError, match=r"alice and id000 are one folder"):
+        find_identity_dirs([tmp_path / "src" / "id000", root / "alice"])
+    (root / "a_smith").unlink()
+    assert [p.name for p in find_identity_dirs(root)] == ["alice", "bob"]  # one link each: read as before

@@ -17,7 +17,7 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -218,7 +218,8 @@ def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]
     does not exist, a root without identity folders, a folder (named, or in a root) ``prepare`` began and did not finish
     (no :data:`PREPARE_DONE_FILE` yet: its transforms may be missing or part written; one it failed on is refused
     named on its own and left out of its root, prepare having reported it), a root holding an identity
-    ``synth`` began and did not finish (its finished ones would be read alone), or two identities with the same name.
+    ``synth`` began and did not finish (its finished ones would be read alone), two identities with the same name,
+    or two names (links) for one folder.
     """
     found: List[Path] = []
     given = as_list(paths, (str, Path))
@@ -255,6 +256,13 @@ def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]
         if other is not None and other.resolve() != d.resolve():
             raise DatasetError(f"identity name '{d.name}' is also the name of {other}; identity names must be unique", file=d)
         by_name[d.name] = d
+    by_folder: Dict[Path, str] = {}
+    for name in sorted(by_name):  # two links (or a link and the folder) to one identity: one person read as two
+        real = by_name[name].resolve()
+        if real in by_folder:
+            raise DatasetError(f"identities {by_folder[real]} and {name} are one folder ({real}): its frames would "
+                               "train as two people; give it once", file=by_name[name])
+        by_folder[real] = name
     return [by_name[name] for name in sorted(by_name)]
 
 
