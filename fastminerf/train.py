@@ -14,8 +14,8 @@ A run folder holds::
 
 A checkpoint holds only tensors and plain data (model and optimizer state dicts, step, training seconds, the ray
 sampler's, occupancy generator's and torch global generator's states, the weight average when ``train.ema_decay``
-keeps one, the config as YAML text, identity names, expression size, the data paths (absolute, and relative to the
-run folder), a fingerprint of each training frame and of its files, each frame's size) and is read
+keeps one, the steps taken since the last log line (their training MSEs, for the next line's PSNR), the config as
+YAML text, identity names, expression size, the data paths (absolute, and relative to the run folder), a fingerprint of each training frame and of its files, each frame's size) and is read
 with ``torch.load(..., weights_only=True)``: loading never runs pickled code. A corrupt, truncated or mismatched checkpoint raises :class:`CheckpointError`
 naming the file.
 
@@ -821,9 +821,15 @@ def _write_config(out: Path, cfg: RunConfig) -> None:
         tmp.write_text(dump_config(cfg))
 
 
-def _resume_log(loop: "_Loop") -> None:
+def _resume_log(loop: "_Loop", data: dict) -> None:
     """Truncate a resumed run's log to its checkpoint's step and start the loop's loss and PSNR from its last line,
-    so that a run resumed when already finished (no step left) reports them rather than NaN."""
+    so that a run resumed when already finished (no step left) reports them rather than NaN; the steps the
+    checkpoint took after its last log line (``log_window``, :meth:`_Loop.checkpoint`) count in the next line, as in
+    an uninterrupted run (a checkpoint without it, of an older fastminerf: the next line counts from the resume)."""
+    window = data.get("log_window")
+    if window is not None:
+        loop.window = dict(mse=[float(v) for v in window["mse"]], rays=int(window["rays"]),
+                           samples=int(window["samples"]), time=float(window["time"]))
     last = _truncate_log(loop.log, loop.step)
     if last is not None:
         loop.loss, loop.psnr = (float("nan") if last.get(k) is None else float(last[k]) for k in ("loss", "psnr"))
@@ -854,6 +860,8 @@ class _Loop:
         self.seconds = 0.0
         self.loss = float("nan")
         self.psnr = float("nan")
+        # the steps since the last log line: their training MSEs, rays, samples and seconds (checkpointed with them)
+        self.window = dict(mse=[], rays=0, samples=0, time=0.0)
         self.saved_step: Optional[int] = None  # the step of the last checkpoint this loop wrote
         self.resumed_step: Optional[int] = None  # the step of the checkpoint this session resumed from
 
@@ -863,7 +871,7 @@ class _Loop:
             raise TrainingDiverged(f"training diverged by step {self.step}: the model's {bad} holds NaN or infinite "
                                    f"values though every step's loss was finite ({self._lr_hint()}); not "
                                    f"checkpointed: {self._kept()}", self.step)
-        save_checkpoint(self.out / CHECKPOINT_NAME, self.payload())
+        save_checkpoint(self.out / CHECKPOINT_NAME, dict(self.payload(), log_window=dict(self.window)))
         self.saved_step = self.step
 
     def _lr_hint(self) -> str:
@@ -936,9 +944,7 @@ class _Loop:
              max_seconds: Optional[float], phase: str, lr_steps: int) -> None:
         cfg, model, t = self.cfg, self.model, self.cfg.train
         table = self.sampler.table
-        window_mse: List[float] = []
-        window_rays = window_samples = 0
-        window_time = 0.0
+        window = self.window
         last_ckpt_time, last_ckpt_step = time.perf_counter(), self.step
         lr_cfg = replace(cfg, train=replace(t, steps=lr_steps))
         model.train()
@@ -1002,16 +1008,16 @@ class _Loop:
             elapsed = time.perf_counter() - start
             self.step += 1
             self.seconds += elapsed
-            window_mse.append(float(logged.mean()))
-            window_rays += n
-            window_samples += int(out["samples"][:n].sum())
-            window_time += elapsed
+            window["mse"].append(float(logged.mean()))
+            window["rays"] += n
+            window["samples"] += int(out["samples"][:n].sum())
+            window["time"] += elapsed
             stopping = self.step == until_step or (max_seconds is not None and self.seconds >= max_seconds)
             if self.step % t.log_every == 0 or stopping:  # the last step is always logged
-                self.psnr = _psnr(float(np.mean(window_mse)))
+                self.psnr = _psnr(float(np.mean(window["mse"])))
                 record = dict(step=self.step, seconds=round(self.seconds, 4), loss=self.loss, psnr=self.psnr,
-                              rays_per_s=window_rays / max(window_time, 1e-9),
-                              samples_per_ray=window_samples / max(window_rays, 1), phase=phase,
+                              rays_per_s=window["rays"] / max(window["time"], 1e-9),
+                              samples_per_ray=window["samples"] / max(window["rays"], 1), phase=phase,
                               occupied=model.occupancy.occupied_fraction())
                 with open(self.log, "a") as f:
                     f.write(json_text(record) + "\n")  # a diverged loss: null
@@ -1022,7 +1028,7 @@ class _Loop:
                     with torch.no_grad(), (self.average.applied(model) if self.average is not None else nullcontext()):
                         self.stopped = bool(self.monitor(model, record))
                     model.train()
-                window_mse, window_rays, window_samples, window_time = [], 0, 0, 0.0
+                window = self.window = dict(mse=[], rays=0, samples=0, time=0.0)
             now = time.perf_counter()
             # 0 turns a trigger off: it wrote a checkpoint after every step (the whole model to disk each time)
             if ((t.checkpoint_every > 0 and self.step - last_ckpt_step >= t.checkpoint_every)
@@ -1460,7 +1466,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         _restore_loop(data, ckpt_path, sampler, occ_gen, average, optimizer)
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
         resumed = loop.resumed_step = loop.step
-        _resume_log(loop)
+        _resume_log(loop, data)
     else:
         loop.seconds = setup_seconds
         if loop.log.exists():
@@ -1652,7 +1658,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         loop.step, loop.seconds = int(data["step"]), float(data.get("seconds", 0.0))
         _restore_loop(data, ckpt_path, sampler, occ_gen, average)  # the optimizer: once its phase is known
         restore = data.get("optimizer")
-        _resume_log(loop)
+        _resume_log(loop, data)
     elif loop.log.exists():
         loop.log.unlink()
     resumed = loop.step

@@ -236,6 +236,27 @@ def test_resume_continues_from_the_same_step_and_matches_uninterrupted(tiny_data
     assert [r["loss"] for r in _log(tmp_path / "resumed")] == [r["loss"] for r in _log(tmp_path / "straight")]
 
 
+def test_a_resume_between_two_log_lines_logs_what_an_uninterrupted_run_logs(tiny_data, tmp_path):
+    # A checkpoint at step 6 with a line every 4 steps: the resumed run's line at step 8 gave the PSNR of steps 7-8
+    # only (the window of steps 5-6 was lost), the uninterrupted run's that of steps 5-8. The checkpoint keeps the
+    # window of steps not logged yet.
+    cfg = load_config("tiny", ["train.steps=12", "train.checkpoint_every=3", "train.log_every=4"])
+    train(cfg, _two(tiny_data), tmp_path / "straight")
+
+    def interrupt(record):
+        if record["step"] == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, _two(tiny_data), tmp_path / "resumed", progress=interrupt)
+    assert load_run(tmp_path / "resumed")[2]["step"] == 6
+    train(cfg, _two(tiny_data), tmp_path / "resumed")
+    keep = ("step", "loss", "psnr", "samples_per_ray", "occupied")
+    straight, resumed = ([{k: r[k] for k in keep} for r in _log(tmp_path / run)] for run in ("straight", "resumed"))
+    assert [r["step"] for r in resumed] == [4, 8, 12]
+    assert resumed == straight
+
+
 @pytest.mark.parametrize("every, seconds, written", [(0, 0, [6]), (4, 0, [4, 6]), (0, 1e9, [6]), (2, 1e9, [2, 4, 6])])
 def test_a_checkpoint_trigger_of_zero_is_off(tiny_data, tmp_path, monkeypatch, every, seconds, written):
     # `--set train.checkpoint_seconds=0` (or checkpoint_every=0) wrote the whole model to disk after every step:
