@@ -20,8 +20,8 @@ with ``torch.load(..., weights_only=True)``: loading never runs pickled code. A 
 naming the file.
 
 Resume: calling :func:`train` again with the same ``out_dir`` (and the same data and config, except the keys of
-:data:`RESUME_MAY_CHANGE`: ``train.steps``, ``train.max_seconds``, intervals, threads, device, frame cache) continues
-from the checkpoint's step. **Guaranteed**:
+:data:`RESUME_MAY_CHANGE`: ``train.steps``, ``train.max_seconds``, intervals, threads, device, backends, frame
+cache) continues from the checkpoint's step. **Guaranteed**:
 the model, optimizer, weight-average, ray-sampler, occupancy-generator and global-generator states are those of the
 checkpoint, so on the CPU (whose kernels are deterministic: no atomics) a run resumed from step k on as many threads
 takes exactly the same steps as an uninterrupted one, and ends with bit-identical parameters (tested); on another
@@ -54,7 +54,7 @@ import torch
 
 from . import _native
 from . import backend as _backend
-from .config import RunConfig, as_list, check_device, dump_config, identity_list, parse_config_text, some_of
+from .config import ModelConfig, RunConfig, as_list, check_device, dump_config, identity_list, parse_config_text, some_of
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
@@ -95,12 +95,14 @@ OCCUPANCY_POOL = 256
 """Training frames whose conditioning an occupancy update draws from (a fresh random subset each update)."""
 
 RESUME_MAY_CHANGE = ("train.steps", "train.max_seconds", "train.log_every", "train.checkpoint_every",
-                     "train.checkpoint_seconds", "train.threads", "train.device", "data.cache_frames", "data.cache_bytes",
-                     "train.personalize_steps", "train.personalize_code_fraction", "train.personalize_tune",
-                     "train.personalize_lr_factor")
+                     "train.checkpoint_seconds", "train.threads", "train.device", "model.field.backend",
+                     "model.grid_backend", "data.cache_frames", "data.cache_bytes", "train.personalize_steps",
+                     "train.personalize_code_fraction", "train.personalize_tune", "train.personalize_lr_factor")
 """Config keys that may differ between a generic run and its resumption (they do not change its computation, except
 ``train.steps`` the learning-rate schedule and ``train.threads`` the rounding of the hash grid's summed gradients: the
-``personalize_*`` ones act only in :func:`personalize`)."""
+``personalize_*`` ones act only in :func:`personalize`). The backends compute the same functions on the same weights
+(:func:`_anywhere`): a run trained with ``tcnn`` / ``nerfacc`` on a GPU continues with ``auto`` or ``native`` where
+they cannot run."""
 
 PERSONALIZE_RESUME_MAY_CHANGE = tuple(k for k in RESUME_MAY_CHANGE if k not in (
     "train.personalize_code_fraction", "train.personalize_tune", "train.personalize_lr_factor"))
@@ -245,9 +247,11 @@ def _anywhere(model_cfg):
                    field=replace(field, backend="auto" if field.backend == "tcnn" else field.backend))
 
 
-def _model_from_checkpoint(data: dict, path: Path, anywhere: bool = False) -> Tuple[RunConfig, MINeRF]:
-    """The run's config and its model (on the CPU); ``anywhere``: the model runs on any device (:func:`_anywhere`),
-    the config stays the one the run was trained with."""
+def _model_from_checkpoint(data: dict, path: Path, anywhere: bool = False,
+                           backends: Optional[ModelConfig] = None) -> Tuple[RunConfig, MINeRF]:
+    """The run's config and its model (on the CPU); ``anywhere``: the model runs on any device (:func:`_anywhere`);
+    ``backends``: a model config whose backends the model computes with instead (a resume's, which may change them:
+    the same functions on the same weights). The config returned stays the one the run was trained with."""
     try:
         cfg = parse_config_text(data["config_yaml"])
     except ValueError as exc:
@@ -257,7 +261,11 @@ def _model_from_checkpoint(data: dict, path: Path, anywhere: bool = False) -> Tu
         raise CheckpointError(f"checkpoint {path}: the model state lacks frame_identity / aabb")
     space = data.get("expression_space")
     try:
-        model = MINeRF(_anywhere(cfg.model) if anywhere else cfg.model, int(data["expression_dim"]),
+        model_cfg = _anywhere(cfg.model) if anywhere else cfg.model
+        if backends is not None:
+            model_cfg = replace(model_cfg, grid_backend=backends.grid_backend,
+                                field=replace(model_cfg.field, backend=backends.field.backend))
+        model = MINeRF(model_cfg, int(data["expression_dim"]),
                        list(data["identity_names"]), state["frame_identity"],
                        aabb=state["aabb"].tolist(), expression_space=str(space) if space is not None else None)
     except (TypeError, ValueError, AttributeError) as exc:  # values of another type or shape than save_checkpoint's
@@ -1412,7 +1420,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         if not _resumable(data):
             raise CheckpointError(f"{ckpt_path} holds a model saved by save_run (no optimizer or sampler state): train "
                                   "does not continue it; train into another folder, or personalize from it")
-        saved_cfg, model = _model_from_checkpoint(data, ckpt_path)
+        saved_cfg, model = _model_from_checkpoint(data, ckpt_path, backends=cfg.model)  # backends may change
         _refuse_non_finite(model, ckpt_path)
         _check_resume_config(saved_cfg, cfg, ckpt_path, resume=f"to continue it, give its own config (--config "
                              f"{out / CONFIG_NAME}; its steps, time limit, intervals and threads may still change), or ")

@@ -222,6 +222,25 @@ def test_resume_on_another_kind_of_device_restarts_the_occupancy_stream(heads, t
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_trained_with_tcnn_and_nerfacc_resumes_on_a_machine_without_them(heads, tmp_path):
+    # A GPU job (model.field.backend=tcnn, grid_backend=nerfacc) preempted and resumed on a CPU node: tcnn cannot
+    # run there, and the same command with backend native was refused as 'trained with a different config'. The
+    # backends compute the same functions on the same weights (load_run renders such a run anywhere): they may
+    # change on resume, as train.device may.
+    overrides = ["train.steps=4", "model.field.identity_levels=0"]  # tiny-cuda-nn's HashGrid hashes no identity
+    run = tmp_path / "run"
+    train(load_config("tiny", overrides), heads[:2], run)
+    path = run / "checkpoint.pt"
+    data = torch.load(path, weights_only=True)
+    data["config_yaml"] = (data["config_yaml"].replace("grid_backend: auto", "grid_backend: nerfacc")
+                           .replace("    backend: auto", "    backend: tcnn"))
+    assert "backend: tcnn" in data["config_yaml"] and "grid_backend: nerfacc" in data["config_yaml"]
+    torch.save(data, path)
+    on_cpu = ["train.steps=6", "model.field.identity_levels=0", "model.field.backend=native", "model.grid_backend=auto"]
+    result = train(load_config("tiny", on_cpu), heads[:2], run)
+    assert result.resumed_from == 4 and result.step == 6
+
+
 def test_checkpoints_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     # A save that fails half way (a full disk, an interrupt) leaves the previous checkpoint readable, and a finished
     # one is flushed to the disk before it takes the name.
