@@ -333,6 +333,22 @@ def add_out(ap: argparse.ArgumentParser) -> None:
                          "generated from; give another folder for a scratch run)")
 
 
+def add_device(ap: argparse.ArgumentParser) -> None:
+    """``--device`` (``args.device``) of the scripts that load a trained run: where it renders, as render's and eval's
+    option (default auto: a CUDA GPU where torch sees one, else the CPU); :func:`device` resolves it."""
+    from fastminerf.cli import _add_device
+
+    _add_device(ap)
+
+
+def device(args: argparse.Namespace) -> torch.device:
+    """:func:`add_device`'s ``--device`` as a torch device (``load_run(run, device=...)``), refused before any work
+    when it cannot run here, naming the option, as render and eval refuse it."""
+    from fastminerf.cli import _device
+
+    return _device(args)
+
+
 def record_name(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str, subset=(),
                 smoke: bool = False) -> str:
     """The name (``<args.out>/<name>.json``) a benchmark script writes its result under, such that a smoke or subset

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
                 run = work / f"{data.name.replace('synth', 'run', 1)}_{cond}"
                 train(cfg, ids, run)
                 seconds = time.perf_counter() - t0
-                _, model, _ = load_run(run)
+                _, model, _ = load_run(run, device=cfg.train.device)  # evaluated where it trained
                 nov = evaluate(model, ids, "novel", args.eval_frames)
                 val = evaluate(model, ids, "val", args.eval_frames)
                 row[cond] = dict(novel=nov["mean_psnr"], val=val["mean_psnr"], seconds=seconds,

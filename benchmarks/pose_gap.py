@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, machine, record_name, write_result  # noqa: E402
+from benchmarks.common import add_device, add_out, device, machine, record_name, write_result  # noqa: E402
 from benchmarks.real_clips import prepared_root  # noqa: E402
 
 BINS = (0.0, 1.0, 2.0, 3.0, 5.0, 180.0)
@@ -110,8 +110,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default=None, help="result file name (default pose_gap; pose_gap_quick for a run with "
                                                 "other --splits or --max-frames into benchmarks/results)")
+    add_device(ap)
     add_out(ap)
     args = ap.parse_args(argv)
+    on = device(args)  # refused before any work
 
     import torch
 
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
     if root is None:
         return 1
     where = machine()
-    _, model, _ = load_run(args.run)
+    _, model, _ = load_run(args.run, device=on)
     dirs = sorted(p for p in root.iterdir() if p.is_dir())
     data = load_dataset(dirs, splits=("train", *args.splits))
     t0 = time.perf_counter()
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
             print(f"  {b['from_deg']:>4g}-{b['to_deg']:<4g} deg  {b['frames']:4d} frames  PSNR {b['psnr']:.2f} dB  "
                   f"against its clip's mean {b['psnr_within_clip']:+.2f} dB")
     name = record_name(ap, args, "pose_gap", ("splits", "max_frames"))
-    path = write_result(name, {"machine": where, "settings": {"run": str(args.run), "data": str(root),
+    path = write_result(name, {"machine": where, "settings": {"run": str(args.run), "device": str(on), "data": str(root),
                                                                    "splits": args.splits, "max_frames": args.max_frames,
                                                                    "threads": args.threads},
                                     "summary": summary, "frames": records}, args.out)

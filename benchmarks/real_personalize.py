@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     test = load_dataset(new, splits=("test",))  # every model is scored on these frames
 
     def score(run: Path) -> dict:
-        _, model, _ = load_run(run)
+        _, model, _ = load_run(run, device=load_config(args.config, base).train.device)  # scored where it trained
         m = evaluate(model.eval(), test, "test")
         rec = m["identities"][args.new]
         return {"psnr": rec["psnr"], "ssim": rec["ssim"], "frames": rec["frames"]}

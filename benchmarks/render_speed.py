@@ -1,10 +1,10 @@
 """How fast a trained model renders frames on this machine, and what each faster setting costs in PSNR.
 
-    python benchmarks/render_speed.py [--work /tmp/fastminerf_real] [--frames 2] [--threads 1 2] [--repeats 2]
+    python benchmarks/render_speed.py [--work /tmp/fastminerf_real] [--frames 2] [--threads 1 2] [--repeats 2] [--device auto]
 
 Loads ``WORK/run`` (a model trained by ``benchmarks/real_clips.py``) and renders the first ``--frames`` frames of every
 clip's ``test`` split (``--split``) (``WORK/data``) at the data's size, with the run's own settings and with each variant below, for
-each thread count. Every variant renders the same frames side by side in one run (a shared machine is noisy: the
+each thread count, on ``--device`` (as render's: default auto, the GPU where torch sees one). Every variant renders the same frames side by side in one run (a shared machine is noisy: the
 ratios are the result, the seconds depend on the load); each frame's time is the best of ``--repeats`` renders.
 
 Variants (``model.*`` settings changed on the loaded model, nothing retrained):
@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, machine, record_name, write_result  # noqa: E402
+from benchmarks.common import add_device, add_out, device, machine, record_name, write_result  # noqa: E402
 
 VARIANTS = {
     "preset": {},
@@ -50,8 +50,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=2, help="renders of each frame; the best time counts")
     ap.add_argument("--split", default="test", help="split rendered (default test: frames never trained on)")
+    add_device(ap)
     add_out(ap)
     args = ap.parse_args(argv)
+    where = device(args)  # refused before any work
 
     from fastminerf.data import load_dataset
     from fastminerf.metrics import psnr
@@ -62,7 +64,7 @@ def main(argv=None) -> int:
     if not (run / "checkpoint.pt").is_file():
         print(f"no trained model in {run}: run benchmarks/real_clips.py --work {args.work} first", file=sys.stderr)
         return 1
-    _, model, meta = load_run(run)
+    _, model, meta = load_run(run, device=where)
     model = model.eval()
     base_cfg = model.cfg
     split = args.split
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     truth = {f: data.image(split, f).astype(np.float32) / 255.0 for f in frames}
     rays_per_frame = table.height * table.width
 
-    where = machine()  # at the start: the caller's threads (each row records its own) and the commit that runs
+    host = machine()  # at the start: the caller's threads (each row records its own) and the commit that runs
     threads_before = torch.get_num_threads()
     rows = []
     for threads in args.threads:
@@ -107,8 +109,8 @@ def main(argv=None) -> int:
         row["speedup"] = base["seconds_per_frame"] / row["seconds_per_frame"]
         row["psnr_delta"] = row["psnr"] - base["psnr"]
     payload = {
-        "machine": where,
-        "settings": {"run": str(run), "split": split, "identities": list(data.identities), "frames_per_identity": args.frames, "frames": len(frames),
+        "machine": host,
+        "settings": {"run": str(run), "device": str(where), "split": split, "identities": list(data.identities), "frames_per_identity": args.frames, "frames": len(frames),
                      "size": [table.width, table.height], "repeats": args.repeats,
                      "eval_render_steps": base_cfg.eval_render_steps, "render_steps": base_cfg.render_steps,
                      "prune_stages": list(base_cfg.prune_stages), "trained_steps": meta["step"]},

@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import REAL, add_out, add_overrides, machine, no_real_clips, record_name, write_result  # noqa: E402
+from benchmarks.common import REAL, add_device, add_out, add_overrides, device, machine, no_real_clips, record_name, write_result  # noqa: E402
 
 
 def _score(clips, fit, held, cfg, space, basis) -> dict:
@@ -71,7 +71,7 @@ def _line(tag: str, res: dict) -> str:
             f"{a['mouth_corr']:.3f} ({b['mouth_corr']:.3f}), expression R2 {a['r2']:.3f} ({b['r2']:.3f})")
 
 
-def _end_to_end(run: Path, target: str, speaker: str, work: Path, n_frames: int) -> dict:
+def _end_to_end(run: Path, target: str, speaker: str, work: Path, n_frames: int, on) -> dict:
     """Render ``target`` saying ``speaker``'s held-out speech (from the speaker's first ``val`` frame on, which the
     speech model never heard), track the rendered video with ``prepare`` in the run's expression space, and
     correlate the mouth's opening of the render with the one commanded by the speech model and with the one the
@@ -89,7 +89,7 @@ def _end_to_end(run: Path, target: str, speaker: str, work: Path, n_frames: int)
     from fastminerf.speech import _corr, load_speech_model, mouth_opening
     from fastminerf.train import load_run
 
-    _, model, meta = load_run(run)
+    _, model, meta = load_run(run, device=on)
     speech = load_speech_model(Path(run) / "speech.pt")
     basis_file = training_basis(meta["data_paths"])
     basis = ExpressionBasis.load(basis_file.parent)
@@ -117,7 +117,7 @@ def _end_to_end(run: Path, target: str, speaker: str, work: Path, n_frames: int)
     k = np.clip(np.rint(t_r * 25).astype(int), 0, len(path) - 1)
     commanded = mouth_opening(path.expression[k], None, basis)
     truth = np.interp(start + t_r, times, truth_mouth)
-    out = {"run": str(run), "target": target, "speaker": speaker, "start_seconds": round(start, 3),
+    out = {"run": str(run), "device": str(on), "target": target, "speaker": speaker, "start_seconds": round(start, 3),
            "frames_rendered": len(path), "frames_tracked": len(frames), "render_seconds": round(render_s, 1),
            "corr_rendered_commanded": _corr(rendered, commanded), "corr_rendered_speaker": _corr(rendered, truth),
            "corr_commanded_speaker": _corr(commanded, truth),
@@ -128,7 +128,7 @@ def _end_to_end(run: Path, target: str, speaker: str, work: Path, n_frames: int)
     return out
 
 
-def _eval_three_ways(run: Path, split: str, max_frames) -> dict:
+def _eval_three_ways(run: Path, split: str, max_frames, on) -> dict:
     """Render every ``split`` frame of the run's data with tracked, speech-predicted and still (mean training)
     expressions; the metrics of each (step 4)."""
     from fastminerf.data import load_dataset
@@ -136,7 +136,7 @@ def _eval_three_ways(run: Path, split: str, max_frames) -> dict:
     from fastminerf.speech import load_speech_model, split_expressions
     from fastminerf.train import load_run
 
-    _, model, meta = load_run(run)
+    _, model, meta = load_run(run, device=on)
     data = load_dataset([Path(p) for p in meta["data_paths"]], splits=("train", split))
     speech_file = run / "speech.pt"
     table, train = data.table(split), data.table("train")
@@ -144,7 +144,7 @@ def _eval_three_ways(run: Path, split: str, max_frames) -> dict:
     for i in range(len(data.identities)):
         still[table.frames_of(i)] = train.expression[train.frames_of(i)].mean(axis=0)
     ways = {"tracked": None, "speech": split_expressions(load_speech_model(speech_file), data, split), "still": still}
-    out = {"run": str(run), "split": split, "speech_model": str(speech_file)}
+    out = {"run": str(run), "device": str(on), "split": split, "speech_model": str(speech_file)}
     for name, expressions in ways.items():
         t0 = time.perf_counter()
         res = evaluate(model, data, split, max_frames=max_frames, expressions=expressions, expressions_from=name,
@@ -177,8 +177,10 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default=None, help="result file name (default speech; speech_quick for a run with other "
                                                 "--seeds, --no-real or --set into benchmarks/results) for a variant's run")
     add_overrides(ap, "SpeechConfig")
+    add_device(ap)
     add_out(ap)
     args = ap.parse_args(argv)
+    on = device(args)  # refused before any work
     if not args.seeds and args.no_real and args.render_run is None and args.eval_run is None:
         ap.error("nothing to measure: --seeds is empty and --no-real skips the real clips (give seeds, the clips, "
                  "--render-run or --eval-run)")
@@ -253,11 +255,11 @@ def main(argv=None) -> int:
     # --name names speech.json only, and --set (SpeechConfig) changes only its training, not the runs' renders
     others = argparse.Namespace(**{**vars(args), "name": None, "overrides": []})
     if args.render_run is not None:
-        e2e = _end_to_end(args.render_run, args.target, args.speaker, args.work / "end_to_end", args.render_frames)
+        e2e = _end_to_end(args.render_run, args.target, args.speaker, args.work / "end_to_end", args.render_frames, on)
         name = record_name(ap, others, "speech_end_to_end", ("render_frames",))
         print(f"wrote {write_result(name, {'machine': machine(), **e2e}, args.out)}")
     if args.eval_run is not None:
-        ev = _eval_three_ways(args.eval_run, args.eval_split, args.eval_frames)
+        ev = _eval_three_ways(args.eval_run, args.eval_split, args.eval_frames, on)
         name = record_name(ap, others, "speech_eval", ("eval_frames", "eval_split"))
         print(f"wrote {write_result(name, {'machine': machine(), **ev}, args.out)}")
     return 0

@@ -68,7 +68,7 @@ def staged_train(cfg, dirs, out: Path, marks, eval_dirs, eval_frames: int, log) 
     for mark in marks:
         c = load_config_from(cfg, [f"train.max_seconds={mark}"])
         result = train(c, dirs, out)
-        _, model, _ = load_run(out)
+        _, model, _ = load_run(out, device=c.train.device)  # evaluated where it trained
         ev = evaluate(model, eval_dirs, "val", eval_frames)
         curve.append(dict(seconds=result.seconds, step=result.step, val_psnr=ev["mean_psnr"], train_psnr=result.psnr))
         log(f"  {out.name}: {result.seconds:6.1f} s, step {result.step:5d}, train {result.psnr:5.2f} dB, "
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     log(f"[1] generic multiplicative, {budget:.0f} s")
     run_mul = work / "generic_multiplicative"
     results["generic_multiplicative"] = dict(curve=staged_train(cfg, generic_ids, run_mul, marks, generic_ids, 1, log))
-    _, model_mul, _ = load_run(run_mul)
+    _, model_mul, _ = load_run(run_mul, device=cfg.train.device)
     results["generic_multiplicative"]["val"] = evaluate(model_mul, generic_ids, "val", args.eval_frames)
     results["generic_multiplicative"]["novel"] = evaluate(model_mul, generic_ids, "novel", args.eval_frames)
     log(f"  final val {results['generic_multiplicative']['val']['mean_psnr']:.2f} dB, "
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     run_cat = work / "generic_concat"
     cfg_cat = load_config_from(cfg, ["model.field.conditioning=concat", f"train.max_seconds={budget}"])
     r = train(cfg_cat, generic_ids, run_cat)
-    _, model_cat, _ = load_run(run_cat)
+    _, model_cat, _ = load_run(run_cat, device=cfg_cat.train.device)
     results["generic_concat"] = dict(seconds=r.seconds, step=r.step,
                                      val=evaluate(model_cat, generic_ids, "val", args.eval_frames),
                                      novel=evaluate(model_cat, generic_ids, "novel", args.eval_frames))
@@ -199,7 +199,7 @@ def personalize_phase(cfg, run_mul: Path, held_clip: Path, work: Path, alone_cur
     settings = [f"train.personalize_{k}={getattr(t, 'personalize_' + k)}" for k in ("code_fraction", "tune", "lr_factor")]
     for f in (1 / 12, 1 / 6, 0.25, 0.5, 0.75, 1.0):
         res = personalize(run_mul, [held_clip], run_pers, steps=steps, max_seconds=pers_seconds * f, overrides=settings)
-        _, model_p, _ = load_run(run_pers)
+        _, model_p, _ = load_run(run_pers, device=cfg.train.device)
         ev = evaluate(model_p, [held_clip], "val", eval_frames)
         pers_curve.append(dict(seconds=res.seconds, step=res.step, val_psnr=ev["mean_psnr"]))
         log(f"  personalized: {res.seconds:5.1f} s, step {res.step}, val {ev['mean_psnr']:.2f} dB")

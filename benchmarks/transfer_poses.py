@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, machine, record_name, write_result  # noqa: E402
+from benchmarks.common import add_device, add_out, device, machine, record_name, write_result  # noqa: E402
 from benchmarks.real_clips import prepared_root  # noqa: E402
 from fastminerf.metrics import rotation_gap_deg  # noqa: E402
 
@@ -62,12 +62,12 @@ def placement(path, own_c2w: np.ndarray, own_intrinsics: np.ndarray) -> dict:
                                                    own_c2w[:, :3, :3].astype(np.float64)).mean())}
 
 
-def _strip(run: Path, data, target: str, driver: str, n: int) -> np.ndarray:
+def _strip(run: Path, data, target: str, driver: str, n: int, on) -> np.ndarray:
     """Driver frames above the target rendered in each mode, ``n`` columns."""
     from fastminerf.render import drive_path, render_sequence, to_uint8
     from fastminerf.train import load_run
 
-    _, model, _ = load_run(run)
+    _, model, _ = load_run(run, device=on)
     test = data.table("test")
     drv = test.frames_of(data.identities.index(driver))
     cols = np.linspace(0, drv.size - 1, n).round().astype(int)
@@ -89,8 +89,10 @@ def main(argv=None) -> int:
     ap.add_argument("--run", type=Path, default=None, help="a model trained on these clips: render a comparison strip")
     ap.add_argument("--target", default="02_hdtf_WDA_AlexandriaOcasioCortez_000", help="the strip's target")
     ap.add_argument("--driver", default="04_hdtf_WDA_BobMenendez_000", help="the strip's driver")
+    add_device(ap)
     add_out(ap)
     args = ap.parse_args(argv)
+    on = device(args)  # refused before any work
 
     from fastminerf.data import load_dataset
     from fastminerf.data.layout import find_identity_dirs
@@ -136,10 +138,10 @@ def main(argv=None) -> int:
 
         args.work.mkdir(parents=True, exist_ok=True)
         strip = args.work / "transfer_poses.png"
-        iio.imwrite(strip, _strip(args.run, data, args.target, args.driver, 6))
+        iio.imwrite(strip, _strip(args.run, data, args.target, args.driver, 6, on))
         print(f"strip (driver | {' | '.join(MODES)}, top to bottom): {strip}")
     payload = {"machine": machine(),
-               "settings": {"data": str(root), "clips": names, "frames": "each driver's test split",
+               "settings": {"data": str(root), "device": str(on) if args.run else None, "clips": names, "frames": "each driver's test split",
                             "modes": list(MODES), "transfer": "delta"},
                "summary": summary, "pairs": pairs, "own_test": own_test,
                "strip": None if strip is None else str(strip)}

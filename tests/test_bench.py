@@ -235,6 +235,36 @@ def test_conditioning_equal_steps_records_the_data_and_threads_it_ran(tmp_path, 
     assert r["machine"]["torch_threads"] == r["settings"]["threads"] == threads
 
 
+def test_conditioning_equal_steps_evaluates_its_runs_where_they_trained(tmp_path, monkeypatch, fake_cuda):
+    """Its runs train on train.device (auto: the GPU where torch sees one) and were reloaded for evaluation with
+    load_run's default, the CPU: on a GPU machine each novel and val score rendered on the CPU. They load where
+    they trained."""
+    import torch
+
+    import benchmarks.conditioning_equal_steps as cond
+    from fastminerf.data.synth import generate
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "simulated GPU")  # the results' machine record
+    monkeypatch.setattr(cond, "write_result", lambda name, payload, *out_dir: None)
+    real_train = cond.train
+
+    def on_the_cpu(*args, **kwargs):  # the real training (train.device auto would train on the GPU)
+        with pytest.MonkeyPatch.context() as cpu_only:
+            cpu_only.setattr(torch.cuda, "is_available", lambda: False)
+            cpu_only.setattr(torch.cuda, "device_count", lambda: 0)
+            return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(cond, "train", on_the_cpu)
+    generate(tmp_path / "synth_n2_s0_seed0", n_identities=2, n_frames=8, size=16, seed=0, overwrite=True)
+    before = torch.get_num_threads()
+    try:
+        assert cond.main(["--seeds", "0", "--styles", "0", "--steps", "2", "--size", "16", "--frames", "8",
+                          "--eval-frames", "1", "--identities", "2", "--threads", "1", "--work", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert fake_cuda.moves == [("MINeRF", torch.device("cuda"))] * len(cond.CONDITIONINGS)  # each run loaded there
+
+
 def test_report_train_targets_row_names_the_budget_and_frames_of_the_json():
     """The personalisation row of the train_targets table said "30 frames" and "5 min alone" whatever the result's
     ``personalize_frames`` and ``budget_seconds`` (``--minutes``, ``--quick``)."""
@@ -329,3 +359,32 @@ def test_bench_refuses_a_results_folder_that_is_a_file_before_any_work(tmp_path,
     assert main(["bench", which, "--tiny", "--out", str(tmp_path / "taken"), "--work", str(tmp_path / "work")]) == 2
     assert "taken is a file: give a folder for the results" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "work").exists()
+
+
+def test_the_benchmarks_of_a_trained_run_measure_where_the_cli_renders(tmp_path, fake_cuda, monkeypatch):
+    """render_speed.py and pose_gap.py loaded the run with load_run's default, the CPU: on a GPU machine they timed
+    and scored the CPU without a word. They take --device as render and eval do (default auto: the GPU where torch
+    sees one), and the result says where it rendered."""
+    import torch
+
+    from benchmarks.pose_gap import main as gap_main
+    from benchmarks.render_speed import main as speed_main
+    from fastminerf.config import load_config
+    from fastminerf.data.synth import generate
+    from fastminerf.train import train
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "simulated GPU")  # the results' machine record
+    work = tmp_path / "w"
+    dirs = generate(work / "data", n_identities=2, n_frames=6, size=16, seed=0, novel_frames=1, val_fraction=0.25)
+    train(load_config("tiny", ["train.steps=2", "train.device=cpu"]), dirs, work / "run")
+    speed = ["--work", str(work), "--split", "val", "--frames", "1", "--threads", "1", "--repeats", "1"]
+    assert speed_main(speed + ["--out", str(tmp_path / "a")]) == 0
+    assert fake_cuda.moves == [("MINeRF", torch.device("cuda"))]
+    assert json.loads((tmp_path / "a" / "render_speed.json").read_text())["settings"]["device"] == "cuda"
+    assert speed_main(speed + ["--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
+    assert len(fake_cuda.moves) == 1
+    assert json.loads((tmp_path / "b" / "render_speed.json").read_text())["settings"]["device"] == "cpu"
+    assert gap_main(["--run", str(work / "run"), "--data", str(work / "data"), "--splits", "val", "--threads", "1",
+                     "--out", str(tmp_path / "c")]) == 0
+    assert fake_cuda.moves[1:] == [("MINeRF", torch.device("cuda"))]
+    assert json.loads((tmp_path / "c" / "pose_gap.json").read_text())["settings"]["device"] == "cuda"

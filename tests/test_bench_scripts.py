@@ -32,6 +32,16 @@ def test_every_script_takes_out_dir(script, capsys):
     assert "--out DIR" in text and "benchmarks/results" in text, text
 
 
+@pytest.mark.parametrize("script", ["render_speed", "pose_gap", "speech", "transfer_poses"])
+def test_every_script_of_a_trained_run_takes_the_device(script, capsys):
+    """The scripts that load a run the user gives render it where render and eval would (--device, default auto),
+    not on the CPU whatever the machine has."""
+    mod = importlib.import_module(f"benchmarks.{script}")
+    with pytest.raises(SystemExit):
+        mod.main(["--help"])
+    assert "--device auto|cpu|cuda|cuda:N" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("script, section", [("composite", "composite"), ("mlp_head", "mlp_head"),
                                              ("marcher", "marcher")])
 def test_kernel_scripts_quick_write_into_out(script, section, tmp_path):
