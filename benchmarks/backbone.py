@@ -41,6 +41,7 @@ from benchmarks.common import (  # noqa: E402
     print_progress,
     save_figure,
     torch_threads,
+    trained_on,
     train_until,
     write_with_plot,
 )
@@ -108,8 +109,9 @@ MODES = {
 """``full``: the README's numbers (about 15 minutes on 2 cores); ``quick``: under two minutes of training; ``tiny``:
 tests."""
 
-RECORD = {"fast_config": "cpu"}
-"""The settings of the committed record (the README's table): a full run with others (``--gpu``) into
+RECORD = {"fast_config": "cpu", "device": "cpu"}
+"""The settings of the committed record (the README's table, trained on the CPU): a full run with others (``--gpu``, or
+on a GPU machine, where train.device auto trains there) into
 ``benchmarks/results`` writes ``backbone_quick`` (:func:`benchmarks.common.write_with_plot`)."""
 
 
@@ -169,7 +171,7 @@ def _measure(s, mode: str, work: Path, ids: list, say: ProgressFn, where: dict) 
     for run, cfg in ((nerface, cfg_nerface), (fast, cfg_fast)):
         run["rays_per_step"] = cfg.sampler.batch_size
     result = dict(
-        machine=where, mode=mode, settings=asdict(s),
+        machine=where, mode=mode, settings=dict(asdict(s), device=trained_on(cfg_fast)),
         data=dict(identities=[p.name for p in ids], size=s.size, frames_per_identity=s.frames, seed=s.seed,
                   val_rays_per_identity=len(next(iter(val.values())))),
         nerface_final_psnr=reference,

@@ -175,7 +175,7 @@ def write_with_plot(kind: str, mode: str, result: dict, out_dir: Path, plot: Cal
                     record: dict | None = None) -> str:
     """``<out_dir>/<kind>.json`` and ``.png`` for the full version, ``<kind>_<mode>.*`` for the others; the name
     written. ``record``: the settings the committed record was made with (keys of ``result["settings"]``, e.g. its
-    seeds, identity counts and preset): a full run with others into ``benchmarks/results`` writes ``<kind>_quick.*``
+    seeds, identity counts, preset and the device its runs trained on): a full run with others into ``benchmarks/results`` writes ``<kind>_quick.*``
     (ignored by git, read by no table), as :func:`record_name` does for the other scripts' departing runs."""
     name = kind if mode == "full" else f"{kind}_{mode}"
     if mode == "full" and record is not None and Path(out_dir).resolve() == RESULTS.resolve():
@@ -291,6 +291,14 @@ class Monitor:
             model.eval()
             self.evaluate(model, seconds, step)
             model.train(was)
+
+
+def trained_on(cfg) -> str:
+    """The device a training benchmark's runs of ``cfg`` train on (its ``train.device``, auto in the presets: a CUDA
+    GPU where torch sees one), recorded in the result's settings: a record's times are its device's."""
+    from fastminerf.train import resolve_device
+
+    return str(resolve_device(cfg.train.device))
 
 
 def train_until(cfg, dirs, out: Path, monitor: Monitor, personalize_from: Path | None = None) -> dict:

@@ -61,6 +61,7 @@ from benchmarks.common import (  # noqa: E402
     print_progress,
     save_figure,
     torch_threads,
+    trained_on,
     train_until,
     write_with_plot,
 )
@@ -132,8 +133,9 @@ MODES = {
 }
 """``full``: the README's numbers (about half an hour on 2 cores); ``quick``: a few minutes; ``tiny``: tests."""
 
-RECORD = {"counts": [1, 2, 4, 8, 16], "config": "cpu", "seeds": [0, 1, 2]}
-"""The settings of the committed record (``--full --seeds 0 1 2``, the README's table): a full run with others into
+RECORD = {"counts": [1, 2, 4, 8, 16], "config": "cpu", "seeds": [0, 1, 2], "device": "cpu"}
+"""The settings of the committed record (``--full --seeds 0 1 2``, trained on the CPU, the README's table): a full run
+with others (on a GPU machine too, where train.device auto trains there) into
 ``benchmarks/results`` writes ``identities_quick`` (:func:`benchmarks.common.write_with_plot`)."""
 
 
@@ -276,7 +278,7 @@ def _measure(s, mode: str, work: Path, ids: list, say: ProgressFn, where: dict) 
         if s.personalize and row["n"] < len(singles):
             row["personalize_vs_single_seconds"] = singles[row["n"]]["seconds"]
     result = dict(
-        machine=where, mode=mode, settings=asdict(s),
+        machine=where, mode=mode, settings=dict(asdict(s), device=trained_on(base)),
         data=dict(identities=[p.name for p in ids], size=s.size, frames_per_identity=s.frames, seed=s.seed,
                   val_rays_per_identity=len(next(iter(val.values()))),
                   novel_rays_per_identity=len(next(iter(novel.values())))),

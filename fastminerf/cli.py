@@ -992,7 +992,7 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
         "The short version takes a few minutes; --full gives the README's numbers (about 30 + 15 minutes on 2 cores). "
         "Writes OUT/<name>.json and .png with --full, OUT/<name>_quick.* for the short version, OUT/<name>_tiny.* with "
         "--tiny; a --full run into benchmarks/results with other settings than the README's record (identities: "
-        "--seeds 0 1 2 and the default counts; either: without --gpu) writes <name>_quick.* there.",
+        "--seeds 0 1 2 and the default counts; either: without --gpu, trained on the CPU: train.device auto trains on a GPU where torch sees one) writes <name>_quick.* there.",
     )
     p.add_argument("which", choices=["identities", "backbone", "all"], help="which benchmark")
     size = p.add_mutually_exclusive_group()

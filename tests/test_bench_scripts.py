@@ -173,3 +173,39 @@ def test_a_full_run_with_other_settings_does_not_replace_the_record(kind, tmp_pa
         assert common.write_with_plot(kind, "full", result, common.RESULTS, plot, mod.RECORD) == name
         assert (common.RESULTS / f"{name}.json").is_file() and (common.RESULTS / f"{name}.png").is_file()
     assert common.write_with_plot(kind, "full", other, tmp_path / "o", plot, mod.RECORD) == kind
+
+
+@pytest.mark.parametrize("kind", ["identities", "backbone"])
+def test_a_full_run_on_a_gpu_does_not_replace_the_cpu_record(kind, tmp_path, monkeypatch):
+    """fastminerf bench identities --full on a GPU machine trained the record's cpu preset there (train.device auto)
+    and wrote benchmarks/results/identities.json, the README's CPU numbers, with the GPU's: the record says the
+    device its runs trained on, and a full run on another one writes <kind>_quick."""
+    mod = importlib.import_module(f"benchmarks.{kind}")
+    record = json.loads((common.RESULTS / f"{kind}.json").read_text())
+    assert mod.RECORD["device"] == "cpu" == record["settings"]["device"] and record["machine"]["gpu"] is None
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    plot = lambda result, path: Path(path).write_bytes(b"png")  # noqa: E731
+    on_gpu = {**record, "settings": {**record["settings"], "device": "cuda"}}
+    assert common.write_with_plot(kind, "full", on_gpu, common.RESULTS, plot, mod.RECORD) == f"{kind}_quick"
+
+
+def test_the_training_benchmarks_record_the_device_their_runs_trained_on(tmp_path, monkeypatch, fake_cuda):
+    import torch
+
+    import fastminerf
+    from fastminerf.cli import main
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "simulated GPU")  # the results' machine record
+    for name in ("train", "personalize"):  # the real runs, on the CPU (train.device auto would take the GPU)
+        real = getattr(fastminerf, name)
+
+        def on_the_cpu(*args, real=real, **kwargs):
+            with pytest.MonkeyPatch.context() as cpu_only:
+                cpu_only.setattr(torch.cuda, "is_available", lambda: False)
+                cpu_only.setattr(torch.cuda, "device_count", lambda: 0)
+                return real(*args, **kwargs)
+
+        monkeypatch.setattr(fastminerf, name, on_the_cpu)
+    assert main(["bench", "identities", "--tiny", "--counts", "1", "--out", str(tmp_path), "--work",
+                 str(tmp_path / "w")]) == 0
+    assert json.loads((tmp_path / "identities_tiny.json").read_text())["settings"]["device"] == "cuda"
