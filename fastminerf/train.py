@@ -742,7 +742,9 @@ def _check_backends(cfg: RunConfig, device: torch.device) -> None:
             _backend.resolve(value, component, device.type)
         except (_backend.BackendError, _native.NativeExtensionError) as exc:  # the latter: an extension that does
             # not load (an ImportError), which says why and how to build
-            raise ValueError(f"{key}={value!r} cannot run on {device}: {exc}") from None
+            hint = (f"; {key}=auto runs what can (the same functions on the same weights: a run trained with "
+                    f"{value} continues with auto)" if value in ("tcnn", "nerfacc") else "")
+            raise ValueError(f"{key}={value!r} cannot run on {device}: {exc}{hint}") from None
 
 
 def _check_resume_config(saved: RunConfig, new: RunConfig, path: Path,

@@ -812,3 +812,18 @@ def test_a_run_folder_that_is_a_file_is_refused_naming_it(heads, generic, tmp_pa
     with pytest.raises(CheckpointError, match=r"run folder .*bg\.png is a file, not a folder"):
         personalize(generic, [heads[2]], frame, steps=2)
     assert frame.read_bytes() == b"a picture"
+
+
+def test_a_tcnn_run_resumed_where_tcnn_cannot_run_is_told_the_backend_to_set(heads, tmp_path, capsys):
+    # Its own config (the same command) on a CPU node said only "backend 'tcnn' runs only on CUDA devices": the user
+    # could not tell that the run continues with backend auto (the same weights).
+    from fastminerf.cli import main
+
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=2", "model.field.identity_levels=0"]), heads[:2], run)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("    backend: auto", "    backend: tcnn"))
+    assert main(["train", "--data", *map(str, heads[:2]), "--out", str(run), "--config", str(config)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "model.field.backend='tcnn' cannot run on cpu" in err, err
+    assert "model.field.backend=auto" in err and "the same weights" in err, err
