@@ -358,21 +358,23 @@ def device(args: argparse.Namespace) -> torch.device:
 
 
 def record_name(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str, subset=(),
-                smoke: bool = False) -> str:
+                smoke: bool = False, device=None) -> str:
     """The name (``<args.out>/<name>.json``) a benchmark script writes its result under, such that a smoke or subset
     run cannot replace the committed record by accident. ``name`` is the record's (``--name``, ``args.name``, when
     given); a smoke run (``smoke``: a ``--quick`` flag) writes ``<name>_quick``, as does a run that departs from the
     record's settings (one of the ``subset`` options, those that shrink a run, e.g. fewer clips, seeds or frames or a
     shorter budget, differs from its default, which is the record's setting; or a ``--set KEY=VALUE`` of
-    :func:`add_overrides` changes the config) without ``--name`` into ``benchmarks/results``: ``*_quick.json`` is
-    ignored by git and read by no table. In another ``--out`` folder a departing run keeps ``name``; ``--name`` writes
-    where it says, the record included, deliberately."""
+    :func:`add_overrides` changes the config, or ``device``, where the run computed, is not the CPU: the records are
+    the CPU's) without ``--name`` into ``benchmarks/results``: ``*_quick.json`` is ignored by git and read by no
+    table. In another ``--out`` folder a departing run keeps ``name``; ``--name`` writes where it says, the record
+    included, deliberately."""
     explicit = getattr(args, "name", None)
     name = explicit or name
     if smoke:
         return f"{name}_quick"
     options = list(subset) + (["overrides"] if hasattr(args, "overrides") else [])  # --set: other settings
     departs = any(getattr(args, option) != ap.get_default(option) for option in options)
+    departs = departs or (device is not None and torch.device(device).type != "cpu")
     if departs and not explicit and Path(args.out).resolve() == RESULTS.resolve():
         return f"{name}_quick"
     return name

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_out, add_overrides, machine, record_name, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, record_name, trained_on, write_result  # noqa: E402
 from benchmarks.train_targets import evaluate  # noqa: E402
 from fastminerf import load_config, load_run, train  # noqa: E402
 from fastminerf.data.synth import generate  # noqa: E402
@@ -112,11 +112,12 @@ def main(argv=None) -> int:
               f"(standard error over {n['seeds']} seeds; product term wins {n['wins']} of {n['seeds']}); val "
               f"{s['val']['diff_mean']:+.2f} +- {s['val']['diff_se']:.2f} dB", flush=True)
     name = record_name(ap, args, "conditioning_equal_steps" + ("" if args.identities == 4 else f"_{args.identities}ids"),
-                       ("seeds", "styles", "steps", "size", "frames", "eval_frames"))
+                       ("seeds", "styles", "steps", "size", "frames", "eval_frames"), device=trained_on(cfg))
     write_result(name, dict(
         machine=where,
         settings=dict(seeds=args.seeds, styles=args.styles, steps=args.steps, size=args.size, frames=args.frames,
                       identities=args.identities, eval_frames=args.eval_frames, threads=args.threads, config="cpu",
+                      device=trained_on(cfg),
                       novel_poses=args.novel_poses,
                       overrides=args.overrides),
         rows=rows, summary=summary, target=dict(novel_diff_db=1.0,

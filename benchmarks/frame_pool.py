@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_out, load_average, machine, record_name, synth_identities, write_result  # noqa: E402
+from benchmarks.common import add_out, load_average, machine, record_name, synth_identities, trained_on, write_result  # noqa: E402
 
 
 def _run(ids, out: Path, steps: int, threads: int, overrides: list) -> dict:
@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="keep the data and runs here (default: a temporary folder)")
     add_out(ap)
     args = ap.parse_args(argv)
+    from fastminerf.config import load_config
+
     if args.quick:
         args.identities, args.frames, args.size, args.cache, args.steps = 2, 30, 64, 20, 30
     work = Path(args.work or tempfile.mkdtemp(prefix="frame_pool_"))
@@ -70,10 +72,11 @@ def main(argv=None) -> int:
                for name, r in runs.items()}
     result = dict(machine=machine(), quick=args.quick, load_average=load_average(),
                   settings=dict(identities=args.identities, frames=args.frames, size=args.size, cache_frames=args.cache,
-                                steps=args.steps, threads=args.threads, preset="cpu"),
+                                steps=args.steps, threads=args.threads, preset="cpu",
+                                device=trained_on(load_config("cpu"))),
                   frame_pool=dict(runs=runs, summary=summary))
     path = write_result(record_name(ap, args, "frame_pool", ("identities", "frames", "size", "cache", "steps"),
-                                    smoke=args.quick), result, args.out)
+                                    smoke=args.quick, device=result["settings"]["device"]), result, args.out)
     for k, v in summary.items():
         print(f"{k}: {v}")
     print(f"wrote {path}")

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
     add_out,
+    trained_on,
     record_name,
     eval_psnr,
     eval_rays,
@@ -125,9 +126,14 @@ def main(argv=None) -> int:
     upto8 = [m for m in means if m["n"] <= 8]
     targets = {key: dict(value=[m[key] for m in upto8], met=all(b[key] > a[key] for a, b in zip(upto8, upto8[1:])))
                for key in ("novel_psnr_panel", "novel_psnr_first", "novel_psnr")}
-    name = record_name(ap, args, "novel_vs_identities", ("steps", "counts", "size", "frames", "panel", "config"))
+    from fastminerf import load_config
+
+    device = trained_on(load_config(args.config))
+    name = record_name(ap, args, "novel_vs_identities", ("steps", "counts", "size", "frames", "panel", "config"),
+                       device=device)
     write_result(name, dict(
         machine=where, settings=dict(steps=args.steps, counts=counts, seeds=args.seeds, config=args.config,
+                                     device=device,
                                      size=args.size, frames=args.frames, panel=args.panel),
         rows=rows, mean=means, targets=targets), args.out)
     return 0

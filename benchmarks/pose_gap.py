@@ -137,7 +137,7 @@ def main(argv=None) -> int:
         if b["frames"]:
             print(f"  {b['from_deg']:>4g}-{b['to_deg']:<4g} deg  {b['frames']:4d} frames  PSNR {b['psnr']:.2f} dB  "
                   f"against its clip's mean {b['psnr_within_clip']:+.2f} dB")
-    name = record_name(ap, args, "pose_gap", ("splits", "max_frames"))
+    name = record_name(ap, args, "pose_gap", ("splits", "max_frames"), device=on)
     path = write_result(name, {"machine": where, "settings": {"run": str(args.run), "device": str(on), "data": str(root),
                                                                    "splits": args.splits, "max_frames": args.max_frames,
                                                                    "threads": args.threads},

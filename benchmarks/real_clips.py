@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import REAL, add_out, add_overrides, machine, no_real_clips, record_name, write_result  # noqa: E402
+from benchmarks.common import REAL, add_out, add_overrides, machine, no_real_clips, record_name, trained_on, write_result  # noqa: E402
 
 
 MAX_FRAMES = 250
@@ -249,7 +249,8 @@ def main(argv=None) -> int:
     payload = {
         "machine": {**machine(), "git_commit": commit},  # threads: train.threads where set
         "settings": {"clips": [c.name for c in clips], "size": args.size, "max_frames": args.max_frames,
-                     "config": args.config, "minutes": args.minutes, "steps": steps, "eval_frames": args.eval_frames,
+                     "config": args.config, "device": trained_on(cfg), "minutes": args.minutes, "steps": steps,
+                     "eval_frames": args.eval_frames,
                      "eval_split": "test (each clip's last 10 %, never trained on)", "val_fraction": args.val_fraction,
                      "target": args.target,
                      "driver": args.driver, "transfer": "delta", "pose": "relative", "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -275,7 +276,8 @@ def main(argv=None) -> int:
     protocol = args.val_fraction == ap.get_default("val_fraction")  # the split: the README's table
     name = "real_clips" if protocol else f"real_clips_val{args.val_fraction:g}"
     name = record_name(ap, args, name + ("_finetune" if args.finetune_seconds > 0 else ""),
-                       ("minutes", "clips", "size", "max_frames", "eval_frames", "video_frames"), args.quick)
+                       ("minutes", "clips", "size", "max_frames", "eval_frames", "video_frames"), args.quick,
+                       device=trained_on(cfg))
     path = write_result(name, payload, args.out)
     print(f"wrote {path}")
     write_result("real_clips", payload, work)  # a copy beside the run

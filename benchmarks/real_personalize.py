@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_out, add_overrides, machine, record_name, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, record_name, trained_on, write_result  # noqa: E402
 from benchmarks.real_clips import prepared_root  # noqa: E402
 
 
@@ -111,12 +111,14 @@ def main(argv=None) -> int:
                                            for k, v in row.items() if isinstance(v, dict)), flush=True)
     payload = {"machine": where,
                "settings": {"data": str(root), "new": args.new, "generic_clips": [d.name for d in others],
-                            "config": args.config, "generic_minutes": args.generic_minutes, "budgets_s": args.budgets,
+                            "config": args.config, "device": trained_on(load_config(args.config, base)),
+                            "generic_minutes": args.generic_minutes, "budgets_s": args.budgets,
                             "threads": args.threads, "overrides": list(args.overrides), "tunes": args.tunes,
                             "eval_split": "test (all frames)"},
                "generic": {"steps": gen.step, "seconds": gen.seconds, "train_psnr": gen_psnr if gen_psnr == gen_psnr else None},
                "rows": rows, "seconds_total": time.perf_counter() - t0}
-    name = record_name(ap, args, "real_personalize", ("generic_minutes", "budgets", "tunes"))
+    name = record_name(ap, args, "real_personalize", ("generic_minutes", "budgets", "tunes"),
+                       device=payload["settings"]["device"])
     print(f"wrote {write_result(name, payload, args.out)}")
     return 0
 

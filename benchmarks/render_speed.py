@@ -116,7 +116,8 @@ def main(argv=None) -> int:
                      "prune_stages": list(base_cfg.prune_stages), "trained_steps": meta["step"]},
         "rows": rows,
     }
-    path = write_result(record_name(ap, args, "render_speed", ("threads", "repeats", "split")), payload, args.out)
+    name = record_name(ap, args, "render_speed", ("threads", "repeats", "split"), device=where)
+    path = write_result(name, payload, args.out)
     print(f"wrote {path}")
     return 0
 

@@ -256,11 +256,11 @@ def main(argv=None) -> int:
     others = argparse.Namespace(**{**vars(args), "name": None, "overrides": []})
     if args.render_run is not None:
         e2e = _end_to_end(args.render_run, args.target, args.speaker, args.work / "end_to_end", args.render_frames, on)
-        name = record_name(ap, others, "speech_end_to_end", ("render_frames",))
+        name = record_name(ap, others, "speech_end_to_end", ("render_frames",), device=on)
         print(f"wrote {write_result(name, {'machine': machine(), **e2e}, args.out)}")
     if args.eval_run is not None:
         ev = _eval_three_ways(args.eval_run, args.eval_split, args.eval_frames, on)
-        name = record_name(ap, others, "speech_eval", ("eval_frames", "eval_split"))
+        name = record_name(ap, others, "speech_eval", ("eval_frames", "eval_split"), device=on)
         print(f"wrote {write_result(name, {'machine': machine(), **ev}, args.out)}")
     return 0
 

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_out, add_overrides, machine, psnr, record_name, spread_frames, write_result  # noqa: E402
+from benchmarks.common import add_out, add_overrides, machine, psnr, record_name, spread_frames, trained_on, write_result  # noqa: E402
 from fastminerf import frame_rays, load_config, load_dataset, load_run, personalize, train  # noqa: E402
 from fastminerf.config import config_to_dict  # noqa: E402
 from fastminerf.data.synth import generate  # noqa: E402
@@ -114,7 +114,6 @@ def main(argv=None) -> int:
                          "the results JSON (e.g. after changing train.personalize_steps)")
     add_out(ap)
     args = ap.parse_args(argv)
-    name = record_name(ap, args, "train_targets", ("minutes", "personalize_seconds", "eval_frames"), args.quick)
     log = lambda msg: print(msg, flush=True)  # noqa: E731  (benchmarks print; the library does not)
     work = args.work or Path(tempfile.mkdtemp(prefix="fm_targets_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -132,11 +131,13 @@ def main(argv=None) -> int:
     pers_seconds = 10.0 if args.quick else args.personalize_seconds
     overrides = list(args.overrides)
     cfg = load_config(args.config, overrides)
+    name = record_name(ap, args, "train_targets", ("minutes", "personalize_seconds", "eval_frames"), args.quick,
+                       device=trained_on(cfg))
     if cfg.train.threads:  # the evaluations between the runs on the runs' threads too (train() gives the caller's back)
         torch.set_num_threads(cfg.train.threads)
     budget = minutes * 60
     marks = [budget * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
-    results = dict(machine=machine(), config=args.config, overrides=overrides, quick=args.quick,
+    results = dict(machine=machine(), config=args.config, device=trained_on(cfg), overrides=overrides, quick=args.quick,
                    data=dict(root=str(args.data), identities=[p.name for p in ids], size=size,
                              frames_per_identity=n_frames, seed=seed, held_out=held_out.name,
                              personalize_frames=PERSONALIZE_FRAMES),

@@ -145,7 +145,8 @@ def main(argv=None) -> int:
                             "modes": list(MODES), "transfer": "delta"},
                "summary": summary, "pairs": pairs, "own_test": own_test,
                "strip": None if strip is None else str(strip)}
-    print(f"wrote {write_result(record_name(ap, args, 'transfer_poses', ('size',)), payload, args.out)}")
+    name = record_name(ap, args, "transfer_poses", ("size",), device=on if args.run else None)
+    print(f"wrote {write_result(name, payload, args.out)}")
     return 0
 
 

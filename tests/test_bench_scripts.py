@@ -209,3 +209,38 @@ def test_the_training_benchmarks_record_the_device_their_runs_trained_on(tmp_pat
     assert main(["bench", "identities", "--tiny", "--counts", "1", "--out", str(tmp_path), "--work",
                  str(tmp_path / "w")]) == 0
     assert json.loads((tmp_path / "identities_tiny.json").read_text())["settings"]["device"] == "cuda"
+
+
+def test_a_script_run_on_a_gpu_does_not_replace_the_cpu_record(tmp_path, monkeypatch, fake_cuda):
+    """The committed records are the CPU's (the README's tables): render_speed.py (and the other scripts) run on a
+    GPU machine with the record's settings wrote render_speed.json with the GPU's times. A run on another device
+    than the CPU writes <name>_quick into benchmarks/results, as a subset run does; --device cpu writes the record."""
+    import argparse
+
+    import torch
+
+    from benchmarks.render_speed import main as speed_main
+    from fastminerf.config import load_config
+    from fastminerf.data.synth import generate
+    from fastminerf.train import train
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--name", default=None)
+    common.add_out(ap)
+    args = ap.parse_args([])
+    assert common.record_name(ap, args, "x", device="cuda:0") == "x_quick"
+    assert common.record_name(ap, args, "x", device=torch.device("cpu")) == "x"
+    assert common.record_name(ap, ap.parse_args(["--out", str(tmp_path / "o")]), "x", device="cuda") == "x"
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "simulated GPU")  # the results' machine record
+    work = tmp_path / "w"
+    dirs = generate(work / "data", n_identities=2, n_frames=6, size=16, seed=0, novel_frames=1, val_fraction=0.25)
+    train(load_config("tiny", ["train.steps=2", "train.device=cpu"]), dirs, work / "run")
+    for d in dirs:  # the record's split (test): synth makes none
+        (d / "transforms_test.json").write_text((d / "transforms_val.json").read_text())
+    speed = ["--work", str(work)]  # the record's settings
+    assert speed_main(speed) == 0 and speed_main(speed + ["--device", "cpu"]) == 0
+    written = json.loads((tmp_path / "results" / "render_speed_quick.json").read_text())
+    assert written["settings"]["device"] == "cuda"
+    assert json.loads((tmp_path / "results" / "render_speed.json").read_text())["settings"]["device"] == "cpu"
