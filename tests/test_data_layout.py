@@ -546,7 +546,9 @@ def test_replaced_atomically_keeps_the_earlier_file_and_no_temporary_one_when_th
     with pytest.raises(KeyboardInterrupt):
         with replaced_atomically(target, ".tmp.npz") as tmp:
             np.savez(tmp, x=np.zeros(3))
-            assert tmp.exists() and tmp.name == "landmarks.npz.tmp.npz"  # np.savez keeps a name ending in .npz
+            # np.savez keeps a name ending in .npz; the name is this write's own (process id, a counter)
+            assert tmp.exists() and tmp.name.startswith("landmarks.npz.") and tmp.name.endswith(".tmp.npz")
+            assert set(tmp_path.iterdir()) == {target, tmp}
             raise KeyboardInterrupt
     assert target.read_bytes() == b"earlier" and list(tmp_path.iterdir()) == [target]
     with replaced_atomically(target, ".tmp.npz") as tmp:
@@ -684,3 +686,40 @@ def test_two_names_for_one_identity_folder_are_refused(tmp_path):
         find_identity_dirs([tmp_path / "src" / "id000", root / "alice"])
     (root / "a_smith").unlink()
     assert [p.name for p in find_identity_dirs(root)] == ["alice", "bob"]  # one link each: read as before
+
+
+def test_two_writers_of_one_file_do_not_share_a_temporary_file(tmp_path: Path):
+    """Two writers of the same file at once (two ``synth`` into one folder, two ``eval --out`` into one DIR, a job of
+    an array started twice) wrote the same temporary name ``<name>.tmp``: the second truncated the first's half-written
+    file, renamed it, and the first then failed on '[Errno 2] No such file or directory: ...bg.png.tmp'. Each write
+    has a temporary file of its own: both end, and the file is one of them, whole."""
+    import threading
+
+    from fastminerf.data.writer import replaced_atomically
+
+    target = tmp_path / "metrics.json"
+    started, second_done = threading.Event(), threading.Event()
+    errors = []
+
+    def first():
+        try:
+            with replaced_atomically(target) as tmp:
+                tmp.write_text('{"who": "first", ')
+                started.set()
+                second_done.wait(10)
+                with open(tmp, "a") as f:
+                    f.write('"whole": true}')
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert started.wait(10)
+    with replaced_atomically(target) as tmp:
+        tmp.write_text('{"who": "second", "whole": true}')
+    assert json.loads(target.read_text()) == {"who": "second", "whole": True}
+    second_done.set()
+    t.join(10)
+    assert not errors, errors
+    assert json.loads(target.read_text()) == {"who": "first", "whole": True}
+    assert list(tmp_path.iterdir()) == [target]

@@ -255,7 +255,7 @@ def test_checkpoints_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     synced = []
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.path.exists(path.with_name("checkpoint.pt.tmp"))),
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(len(list(tmp_path.glob("checkpoint.pt.*.tmp"))) == 1),
                                                  real_fsync(fd)))
     save_checkpoint(path, payload(1))
     assert synced == [True]  # flushed while still under its temporary name

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import json
 import os
 from contextlib import contextmanager
@@ -26,14 +27,19 @@ __all__ = ["frame_record", "json_text", "write_json", "write_landmarks", "write_
 
 PathLike = Union[str, Path]
 
+_WRITES = itertools.count()
+"""Numbers the temporary files of :func:`replaced_atomically` in this process (``next`` on it is atomic)."""
+
 
 @contextmanager
 def replaced_atomically(path: PathLike, tmp_suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary name beside ``path`` (``<name><tmp_suffix>``: end it in ``.npz`` for ``np.savez``, which
-    appends that suffix otherwise) for the caller to write; renamed over ``path`` when the block ends, removed when
-    it raises (an interruption or a full disk leaves the earlier file whole and no temporary one)."""
+    """Yield a temporary name beside ``path`` (``<name>.<process>-<n><tmp_suffix>``: end it in ``.npz`` for
+    ``np.savez``, which appends that suffix otherwise) for the caller to write; renamed over ``path`` when the block
+    ends, removed when it raises (an interruption or a full disk leaves the earlier file whole and no temporary one).
+    The name is this write's own (process id and a counter): two writers of ``path`` at once (two commands into one
+    folder, two threads) each rename a whole file of their own, the last one staying."""
     path = Path(path)
-    tmp = path.with_name(path.name + tmp_suffix)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{next(_WRITES)}{tmp_suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -90,7 +96,7 @@ def json_text(data: object, indent: Optional[int] = None) -> str:
 
 
 def write_json(path: PathLike, data: object, indent: Optional[int] = 1) -> Path:
-    """Write ``data`` as JSON atomically: to ``<path>.tmp``, then renamed over ``path``; floats that are not finite
+    """Write ``data`` as JSON atomically: to a temporary file beside it, then renamed over ``path``; floats that are not finite
     as ``null`` (:func:`json_text`)."""
     path = Path(path)
     with replaced_atomically(path) as tmp:
