@@ -45,7 +45,7 @@ from .config import as_list, identity_index, identity_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import identity_splits, is_identity_dir, not_a_file, read_rgb
-from .data.writer import write_json, write_png
+from .data.writer import write_id, write_json, write_png
 from .metrics import (RANGE_SLACK, SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips,
                       lpips_status, psnr, rotation_gap_deg, ssim)
 
@@ -1269,8 +1269,9 @@ def alpha_video_path(path: PathLike) -> Path:
 
 def _part_path(out: Path) -> Path:
     """Where :func:`write_video` writes the video ``out``: beside it, renamed at the end, so that an interrupted
-    render leaves an earlier video of that name whole."""
-    return out.with_name(f".{out.stem}.part{out.suffix}")
+    render leaves an earlier video of that name whole; a name of this write's own (:func:`write_id`), so that two
+    renders to ``out`` at once do not encode into one file (the last one to end stays)."""
+    return out.with_name(f".{out.stem}.{write_id()}.part{out.suffix}")
 
 
 def _check_video_out(out: Path) -> None:
@@ -1388,7 +1389,7 @@ def write_video(
     count = 0
     wav = None
     if out is not None and audio is not None and len(audio.samples):
-        wav = write_wav(out.with_name(f".{out.name}.audio.wav"), audio)
+        wav = write_wav(out.with_name(f".{out.name}.{write_id()}.audio.wav"), audio)
 
     def start(final: Path, sound: Optional[Path]) -> None:
         tmp = _part_path(final)

@@ -1116,3 +1116,35 @@ def test_write_video_refuses_png_frames_into_a_datasets_identity_folder(tmp_path
     for k in range(4):
         np.testing.assert_array_equal(iio.imread(ident / "frames" / f"{k:05d}.png"), originals[k])
     assert not (tmp_path / "v.mp4").exists() and not (ident / "frames" / "sub").exists()
+
+
+def test_two_renders_into_one_video_each_write_their_own_part_file(tmp_path):
+    """Two renders to the same OUT.mp4 at once (a job started twice) encoded into the same '.OUT.part.mp4': the
+    second's check that it can write there removed the first's file under its ffmpeg, and the second ended with
+    'ffmpeg failed to encode the video after 8 frames (no file ...)' though ffmpeg had done nothing wrong. Each
+    render has a part file of its own: both end, OUT.mp4 is the last one's, whole, and no part file is left."""
+    import time
+
+    import imageio_ffmpeg
+
+    from fastminerf.render import write_video
+
+    out = tmp_path / "o.mp4"
+
+    def first():
+        for k in range(4):
+            if k == 2:  # the other render starts and ends while this one encodes into its part file
+                for _ in range(200):
+                    if list(tmp_path.glob(".o*.part.mp4")):  # ffmpeg has opened it
+                        break
+                    time.sleep(0.05)
+                write_video((np.full((96, 96, 3), 0.9, np.float32) for _ in range(6)), out, fps=10)
+            yield np.full((96, 96, 3), 0.1, np.float32)
+
+    info = write_video(first(), out, fps=10)
+    assert info.n_frames == 4
+    reader = imageio_ffmpeg.read_frames(str(out))
+    next(reader)  # its metadata
+    frames = [np.frombuffer(f, np.uint8) for f in reader]
+    assert len(frames) == 4 and max(f.mean() for f in frames) < 80  # the first's 4 dark frames, a whole video
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4"]

@@ -31,6 +31,12 @@ _WRITES = itertools.count()
 """Numbers the temporary files of :func:`replaced_atomically` in this process (``next`` on it is atomic)."""
 
 
+def write_id() -> str:
+    """``<process id>-<n>``, a name part of one write's temporary file (:func:`replaced_atomically`, a render's
+    part file) that no other write at the same time has, in this process or another."""
+    return f"{os.getpid()}-{next(_WRITES)}"
+
+
 @contextmanager
 def replaced_atomically(path: PathLike, tmp_suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary name beside ``path`` (``<name>.<process>-<n><tmp_suffix>``: end it in ``.npz`` for
@@ -39,7 +45,7 @@ def replaced_atomically(path: PathLike, tmp_suffix: str = ".tmp") -> Iterator[Pa
     The name is this write's own (process id and a counter): two writers of ``path`` at once (two commands into one
     folder, two threads) each rename a whole file of their own, the last one staying."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{next(_WRITES)}{tmp_suffix}")
+    tmp = path.with_name(f"{path.name}.{write_id()}{tmp_suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
