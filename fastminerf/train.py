@@ -58,7 +58,7 @@ from .config import ModelConfig, RunConfig, as_list, check_device, dump_config, 
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
-from .data.writer import json_text, replaced_atomically
+from .data.writer import folder_locked, json_text, replaced_atomically
 from .model import MINeRF
 
 __all__ = [
@@ -87,7 +87,6 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"
 LOG_NAME = "log.jsonl"
 CURVE_NAME = "curve.png"
-LOCK_NAME = ".lock"
 FORMAT = "fastminerf-checkpoint"
 FORMAT_VERSION = 1
 
@@ -1331,36 +1330,15 @@ def _holds_run_folder(fn):
 
 
 def _lock_run_folder(out: Path) -> None:
-    """Make the run folder ``out`` and hold ``out/.lock`` (an exclusive ``flock``, released by the system even when
-    the process is killed) until the :func:`_holds_run_folder` call ends; :class:`CheckpointError` naming the folder
-    when it is a file, or naming it and the holder's process id when another training or personalisation holds it.
-    No lock where ``fcntl`` is missing (Windows) or the filesystem has none."""
+    """Make the run folder ``out`` and hold ``out/.lock`` (:func:`~fastminerf.data.writer.folder_locked`) until the
+    :func:`_holds_run_folder` call ends; :class:`CheckpointError` naming the folder when it is a file, or naming it
+    and the holder's process id when another training or personalisation holds it."""
     if out.exists() and not out.is_dir():  # a file's name typed for the folder's: mkdir's bare 'File exists'
         raise CheckpointError(f"run folder {out} is a file, not a folder: give the folder the run goes in (--out)")
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        return
-    path = out / LOCK_NAME
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip()
-        f.close()
-        raise CheckpointError(f"run folder {out} is in use by another training or personalisation"
-                              f"{f' (process {pid})' if pid else ''}: wait for it to end, or use another --out "
-                              "folder") from None
-    except OSError:  # a filesystem without locks (some network ones: ENOLCK, EOPNOTSUPP): train unguarded
-        f.close()
-        return
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    _held.stack.callback(f.close)
+    _held.stack.enter_context(folder_locked(out, lambda holder: CheckpointError(
+        f"run folder {out} is in use by another training or personalisation{holder}: wait for it to end, or use "
+        "another --out folder")))
 
 
 def _load_training_data(paths: Sequence[str], cfg: RunConfig) -> MultiIdentityDataset:

@@ -228,3 +228,29 @@ def test_generated_identities_gathered_in_a_folder_are_not_removed_as_a_stopped_
     with pytest.raises(FileExistsError, match=r"id000 holds a dataset the generator did not write"):
         generate(linked, **args)
     assert (src[1] / "transforms_train.json").is_file() and (linked / "id000").is_symlink()
+
+
+def test_a_second_generation_into_a_folder_being_generated_is_refused(tmp_path):
+    """Two ``synth`` into one folder at once (a job started twice): the second, finding no ``synth.json`` (the first
+    writes it last), took the first's identity folders for a generation stopped part way and removed them under it,
+    and both failed ('Directory not empty', 'The directory does not exist'), or with another --seed the folder mixed
+    two datasets. The folder is held (OUT/.lock) while a generation writes it: the second is refused, naming the
+    folder and the process, and the first's files stay; a .lock left behind by one that ended does not block."""
+    import fcntl
+    import os
+
+    from fastminerf.data.synth import generate
+
+    out = tmp_path / "heads"
+    out.mkdir()
+    (out / "id000").mkdir()
+    (out / "id000" / "synth_identity.json").write_text("{}")  # the first's, part way
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(str(os.getpid()))
+        held.flush()
+        with pytest.raises(OSError, match=f"{out} is in use by another.*process {os.getpid()}"):
+            generate(out, n_identities=1, n_frames=2, size=8)
+        assert (out / "id000" / "synth_identity.json").read_text() == "{}"
+    generate(out, n_identities=1, n_frames=2, size=8)  # released: a leftover .lock file is no obstacle
+    assert (out / "synth.json").is_file()

@@ -40,7 +40,7 @@ from ..config import SynthConfig
 from .heads import EXPRESSION_NAMES, EXPRESSION_RANGES, TRACE_BOX, HeadModel, HeadParams
 from .layout import (AUDIO_FILE, SYNTH_IDENTITY_MARKER, DatasetError, find_identity_dirs, is_identity_dir,
                      read_transforms)
-from .writer import frame_record, noted_on_interrupt, replaced_atomically, write_png, write_transforms
+from .writer import folder_locked, frame_record, noted_on_interrupt, replaced_atomically, write_png, write_transforms
 
 __all__ = [
     "REGIONS",
@@ -399,6 +399,7 @@ def generate(
     Raises:
         FileExistsError: ``out_dir`` already holds a generated dataset and ``overwrite`` is false, or holds
             an identity folder the generator did not write.
+        BlockingIOError: another generation writes ``out_dir`` now (it holds ``out_dir/.lock`` while it writes).
     """
     if n_identities < 1:
         raise ValueError(f"n_identities must be >= 1, got {n_identities}")
@@ -429,101 +430,106 @@ def generate(
         raise ValueError(f"novel_frames must be >= 1, got {novel_frames}")
     out = Path(out_dir)
     names = [f"id{k:03d}" for k in range(n_identities)]
-    _check_out_dir(out, names, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # held before the folder is looked at: a generation into it that has not ended looks stopped part way
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise FileExistsError(f"{out} exists and is not a folder") from None
+    with folder_locked(out, lambda holder: BlockingIOError(
+            f"{out} is in use by another synth{holder}: wait for it to end, or generate into another folder")):
+        _check_out_dir(out, names, overwrite)
 
-    focal = focal_factor * size
-    intrinsics = [focal, focal, 0.5 * size, 0.5 * size]
-    # Every head point lies within `reach` of the origin, so camera distance -/+ reach bounds every ray.
-    reach = math.sqrt(sum(max(abs(TRACE_BOX[i]), abs(TRACE_BOX[i + 3])) ** 2 for i in range(3)))
-    cfg = dict(
-        size=size, fps=fps, camera_distance=camera_distance, max_yaw_deg=max_yaw_deg, max_pitch_deg=max_pitch_deg,
-        max_roll_deg=max_roll_deg, novel_poses=novel_poses,
-    )
-    settings = dict(
-        n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, val_fraction=val_fraction,
-        novel_frames=n_novel, camera_distance=camera_distance, focal_factor=focal_factor, max_yaw_deg=max_yaw_deg,
-        max_pitch_deg=max_pitch_deg, max_roll_deg=max_roll_deg, fps=fps, expression_style=expression_style,
-        novel_poses=novel_poses,
-    )
-    per_identity = n_frames + n_novel
-    total = n_identities * per_identity
-    done = 0
-    if progress is not None:
-        progress(0, total)
-    dirs: List[Path] = []
-    summary = []
-    # every identity marked first, unfinished until its transforms are all written: stopped anywhere, the root is
-    # refused as data (find_identity_dirs), not read as the identities written so far, and a rerun replaces it
-    for k, name in enumerate(names):
-        (out / name).mkdir(exist_ok=True)
-        _mark(out / name, {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k})
-    for k, name in enumerate(names):
-        params, bg, own, video, video_c2w, novel, novel_c2w = _plan_identity(k, seed, n_frames, n_val, n_novel, cfg)
-        d = out / name
-        for split in ("train", "val", "novel"):
-            (d / split).mkdir(parents=True, exist_ok=True)
-        write_png(d / "bg.png", bg, png_compress_level)
-        head = HeadModel(params)
-        c2w = np.concatenate([video_c2w, novel_c2w])
-        expr = np.concatenate([video, novel])  # what the layout records
-        gain = 1.0 - expression_style * float(np.random.default_rng([seed, k, 1]).uniform())
-        moved = (expr * gain).astype(expr.dtype)  # what the face does
-        marker = {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k,
-                  "withheld_region": own.name, "expressiveness": gain, "params": params.to_json()}
-        _mark(d, marker)
-        boxes = _face_boxes(params, c2w, focal, size, moved[:, _IDX["jaw_open"]])
-        write_wav(d / AUDIO_FILE, _voice(moved[:n_frames], fps, np.random.default_rng([seed, k, 2])))
-        splits = ["train"] * (n_frames - n_val) + ["val"] * n_val + ["novel"] * n_novel
-        local = list(range(n_frames - n_val)) + list(range(n_val)) + list(range(n_novel))
-        source_index = list(range(n_frames)) + list(range(n_novel))
-        frames: Dict[str, List[Dict[str, object]]] = {"train": [], "val": [], "novel": []}
-        per_chunk = max(1, chunk_rays // (size * size))
-        for a in range(0, per_identity, per_chunk):
-            b = min(per_identity, a + per_chunk)
-            rgb, hit = head.render_frames(
-                torch.from_numpy(c2w[a:b]), torch.tensor(intrinsics), size, size, torch.from_numpy(moved[a:b]), chunk_rays
-            )
-            rgb8 = np.rint(rgb.numpy() * 255.0).astype(np.uint8)
-            hit_np = hit.numpy()
-            for j in range(b - a):
-                f = a + j
-                img = np.where(hit_np[j][..., None], rgb8[j], bg)
-                rel = f"{splits[f]}/{local[f]:04d}.png"
-                mask_rel = f"{splits[f]}/{local[f]:04d}_mask.png"
-                write_png(d / rel, img, png_compress_level)
-                write_png(d / mask_rel, hit_np[j].astype(np.uint8) * 255, png_compress_level)
-                frames[splits[f]].append(
-                    frame_record(rel, c2w[f], expr[f], mask_path=mask_rel, bbox=boxes[f], frame_index=source_index[f],
-                                 time=source_index[f] / fps if splits[f] != "novel" else None)
-                )
-            done += b - a
-            if progress is not None:
-                progress(done, total)
-        centre_dist = np.linalg.norm(c2w[:, :3, 3].astype(np.float64), axis=1)
-        for split, frs in frames.items():
-            if not frs:
-                continue
-            in_split = np.array([sp == split for sp in splits])
-            near = max(0.05, float(centre_dist[in_split].min()) - reach)
-            far = float(centre_dist[in_split].max()) + reach
-            write_transforms(d, split, frs, intrinsics=intrinsics, width=size, height=size, near=near, far=far,
-                             aabb=TRACE_BOX, background="bg.png", expression_names=EXPRESSION_NAMES, fps=fps,
-                             expression_space=EXPRESSION_SPACE)
-        _mark(d, marker, finished=True)
-        summary.append({"name": name, "withheld_region": own.name, "hair_style": params.hair_style, "pattern": params.pattern,
-                        "expressiveness": gain})
-        dirs.append(d)
-    with replaced_atomically(out / "synth.json") as tmp:  # the mark of a finished generation: whole or absent
-        tmp.write_text(
-            json.dumps(
-                {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "settings": settings,
-                 "expression_names": list(EXPRESSION_NAMES), "regions": [r.to_json() for r in REGIONS],
-                 "identities": summary},
-                indent=1,
-            )
+        focal = focal_factor * size
+        intrinsics = [focal, focal, 0.5 * size, 0.5 * size]
+        # Every head point lies within `reach` of the origin, so camera distance -/+ reach bounds every ray.
+        reach = math.sqrt(sum(max(abs(TRACE_BOX[i]), abs(TRACE_BOX[i + 3])) ** 2 for i in range(3)))
+        cfg = dict(
+            size=size, fps=fps, camera_distance=camera_distance, max_yaw_deg=max_yaw_deg, max_pitch_deg=max_pitch_deg,
+            max_roll_deg=max_roll_deg, novel_poses=novel_poses,
         )
-    return dirs
+        settings = dict(
+            n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, val_fraction=val_fraction,
+            novel_frames=n_novel, camera_distance=camera_distance, focal_factor=focal_factor, max_yaw_deg=max_yaw_deg,
+            max_pitch_deg=max_pitch_deg, max_roll_deg=max_roll_deg, fps=fps, expression_style=expression_style,
+            novel_poses=novel_poses,
+        )
+        per_identity = n_frames + n_novel
+        total = n_identities * per_identity
+        done = 0
+        if progress is not None:
+            progress(0, total)
+        dirs: List[Path] = []
+        summary = []
+        # every identity marked first, unfinished until its transforms are all written: stopped anywhere, the root is
+        # refused as data (find_identity_dirs), not read as the identities written so far, and a rerun replaces it
+        for k, name in enumerate(names):
+            (out / name).mkdir(exist_ok=True)
+            _mark(out / name, {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k})
+        for k, name in enumerate(names):
+            params, bg, own, video, video_c2w, novel, novel_c2w = _plan_identity(k, seed, n_frames, n_val, n_novel, cfg)
+            d = out / name
+            for split in ("train", "val", "novel"):
+                (d / split).mkdir(parents=True, exist_ok=True)
+            write_png(d / "bg.png", bg, png_compress_level)
+            head = HeadModel(params)
+            c2w = np.concatenate([video_c2w, novel_c2w])
+            expr = np.concatenate([video, novel])  # what the layout records
+            gain = 1.0 - expression_style * float(np.random.default_rng([seed, k, 1]).uniform())
+            moved = (expr * gain).astype(expr.dtype)  # what the face does
+            marker = {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k,
+                      "withheld_region": own.name, "expressiveness": gain, "params": params.to_json()}
+            _mark(d, marker)
+            boxes = _face_boxes(params, c2w, focal, size, moved[:, _IDX["jaw_open"]])
+            write_wav(d / AUDIO_FILE, _voice(moved[:n_frames], fps, np.random.default_rng([seed, k, 2])))
+            splits = ["train"] * (n_frames - n_val) + ["val"] * n_val + ["novel"] * n_novel
+            local = list(range(n_frames - n_val)) + list(range(n_val)) + list(range(n_novel))
+            source_index = list(range(n_frames)) + list(range(n_novel))
+            frames: Dict[str, List[Dict[str, object]]] = {"train": [], "val": [], "novel": []}
+            per_chunk = max(1, chunk_rays // (size * size))
+            for a in range(0, per_identity, per_chunk):
+                b = min(per_identity, a + per_chunk)
+                rgb, hit = head.render_frames(
+                    torch.from_numpy(c2w[a:b]), torch.tensor(intrinsics), size, size, torch.from_numpy(moved[a:b]), chunk_rays
+                )
+                rgb8 = np.rint(rgb.numpy() * 255.0).astype(np.uint8)
+                hit_np = hit.numpy()
+                for j in range(b - a):
+                    f = a + j
+                    img = np.where(hit_np[j][..., None], rgb8[j], bg)
+                    rel = f"{splits[f]}/{local[f]:04d}.png"
+                    mask_rel = f"{splits[f]}/{local[f]:04d}_mask.png"
+                    write_png(d / rel, img, png_compress_level)
+                    write_png(d / mask_rel, hit_np[j].astype(np.uint8) * 255, png_compress_level)
+                    frames[splits[f]].append(
+                        frame_record(rel, c2w[f], expr[f], mask_path=mask_rel, bbox=boxes[f], frame_index=source_index[f],
+                                     time=source_index[f] / fps if splits[f] != "novel" else None)
+                    )
+                done += b - a
+                if progress is not None:
+                    progress(done, total)
+            centre_dist = np.linalg.norm(c2w[:, :3, 3].astype(np.float64), axis=1)
+            for split, frs in frames.items():
+                if not frs:
+                    continue
+                in_split = np.array([sp == split for sp in splits])
+                near = max(0.05, float(centre_dist[in_split].min()) - reach)
+                far = float(centre_dist[in_split].max()) + reach
+                write_transforms(d, split, frs, intrinsics=intrinsics, width=size, height=size, near=near, far=far,
+                                 aabb=TRACE_BOX, background="bg.png", expression_names=EXPRESSION_NAMES, fps=fps,
+                                 expression_space=EXPRESSION_SPACE)
+            _mark(d, marker, finished=True)
+            summary.append({"name": name, "withheld_region": own.name, "hair_style": params.hair_style, "pattern": params.pattern,
+                            "expressiveness": gain})
+            dirs.append(d)
+        with replaced_atomically(out / "synth.json") as tmp:  # the mark of a finished generation: whole or absent
+            tmp.write_text(
+                json.dumps(
+                    {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "settings": settings,
+                     "expression_names": list(EXPRESSION_NAMES), "regions": [r.to_json() for r in REGIONS],
+                     "identities": summary},
+                    indent=1,
+                )
+            )
+        return dirs
 
 
 VOICE_RATE = 16000

@@ -54,6 +54,46 @@ def replaced_atomically(path: PathLike, tmp_suffix: str = ".tmp") -> Iterator[Pa
         raise
 
 
+LOCK_NAME = ".lock"
+"""The file in a folder that a writer holds while it writes the folder (:func:`folder_locked`)."""
+
+
+@contextmanager
+def folder_locked(folder: PathLike, busy: Callable[[str], BaseException]) -> Iterator[None]:
+    """Hold ``folder/.lock`` (an exclusive ``flock``, released by the system when the process ends however it ends:
+    a file left behind by a killed writer blocks nothing) while the block runs, with this process's id in it.
+    When another writer holds it, raises ``busy(holder)``, ``holder`` being ' (process <id>)' or '' when the file
+    names none. No lock where ``fcntl`` is missing (Windows) or the filesystem has none (some network ones: ENOLCK,
+    EOPNOTSUPP): the block runs unguarded."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        fcntl = None
+    f = None
+    if fcntl is not None:
+        f = open(Path(folder) / LOCK_NAME, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip()
+            f.close()
+            raise busy(f" (process {pid})" if pid else "") from None
+        except OSError:  # a filesystem without locks: unguarded
+            f.close()
+            f = None
+    if f is not None:
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+    try:
+        yield
+    finally:
+        if f is not None:
+            f.close()
+
+
 def noted_on_interrupt(note: str) -> Callable:
     """Decorate a long writer so that a KeyboardInterrupt (Ctrl-C; the command's SIGTERM) leaving it says what a rerun
     does (``note``, formatted with the call's arguments by name), for the command to print after 'interrupted'."""
