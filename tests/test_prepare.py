@@ -275,11 +275,12 @@ def test_resume_skips_finished_work_and_redoes_interrupted_stages(tmp_path):
     first = prepare([clip], root, _cfg(max_frames=20))
     v = first.videos[0]
     assert v.status == "done" and "track" not in v.seconds and "frames" in v.seconds  # tracking came from the cache
-    stamp = {p: p.stat().st_mtime_ns for p in ident.rglob("*") if p.is_file()}
+    # what prepare wrote (not its lock, .lock, which every prepare into the folder holds and signs with its process)
+    stamp = {p: p.stat().st_mtime_ns for p in ident.rglob("*") if p.is_file() and p.name != ".lock"}
 
     again = prepare([clip], root, _cfg(max_frames=20))
     assert again.videos[0].status == "skipped"
-    assert {p: p.stat().st_mtime_ns for p in ident.rglob("*") if p.is_file()} == stamp
+    assert {p: p.stat().st_mtime_ns for p in ident.rglob("*") if p.is_file() and p.name != ".lock"} == stamp
     # The same bytes with another modification time (a copy, a fresh checkout): still the same source.
     copy = tmp_path / "copy" / clip.name
     copy.parent.mkdir()
@@ -340,6 +341,33 @@ def test_video_without_a_face_fails_naming_it(tmp_path):
     assert v.status == "failed" and v.frames_total == 15 and v.frames_used == 0
     assert str(video) in v.error and "crop the video around the face" in v.error
     assert result.basis is None
+
+
+def test_a_video_another_prepare_is_writing_fails_naming_that_prepare(tmp_path):
+    """Two prepare of one video into one root at once (a job of an array started twice, or rerun with another --size
+    while the first still ran) both wrote the identity folder: each said it had prepared the video, and the folder
+    held one's frames under the other's files (found: --size 64 and --size 48 side by side, both 'done', the folder
+    64 px). A prepare holds the identity folder (ROOT/<name>/.lock) from its check to its last file: a video whose
+    folder another one holds fails, naming the folder and the process, and its folder is left as it is; a .lock
+    left behind blocks nothing."""
+    import fcntl
+
+    from fastminerf.prepare import prepare
+
+    video = tmp_path / "nobody.mp4"
+    _write_noise_video(video)
+    folder = tmp_path / "data" / "nobody"
+    folder.mkdir(parents=True)
+    with open(folder / ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(str(os.getpid()))
+        held.flush()
+        result = prepare([video], tmp_path / "data", _cfg(min_frames=5))
+        v = result.videos[0]
+        assert v.status == "failed" and str(folder) in v.error and f"process {os.getpid()}" in v.error, v.error
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+    v = prepare([video], tmp_path / "data", _cfg(min_frames=5)).videos[0]  # released: the video's own failure
+    assert v.status == "failed" and "crop the video around the face" in v.error
 
 
 WIDE_FACE_PX = 160

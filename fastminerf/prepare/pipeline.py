@@ -30,6 +30,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -38,7 +39,7 @@ import numpy as np
 
 from ..config import PrepareConfig, as_list
 from ..data.layout import AUDIO_FILE, LANDMARKS_FILE, NPZ_ERRORS, PREPARE_DONE_FILE, PREPARE_FAILED_FILE, PREPARE_WORK_DIR
-from ..data.writer import frame_record, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
+from ..data.writer import LOCK_NAME, folder_locked, frame_record, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
 from ..metrics import rotation_gap_deg
 from . import background as _background
 from .contact_sheet import write_contact_sheet
@@ -263,7 +264,7 @@ def _check_folder(folder: Path, fp: Dict[str, dict], overwrite: bool) -> None:
         return
     if not folder.is_dir():
         raise PrepareError(f"{folder} exists and is not a folder")
-    if not any(folder.iterdir()):
+    if not any(f.name != LOCK_NAME for f in folder.iterdir()):  # empty, or the lock of this prepare alone
         return
     if not _ours(folder):
         raise PrepareError(f"{folder} holds files that fastminerf prepare did not write; refusing to write into it "
@@ -636,74 +637,74 @@ def prepare(
         given.save(root)
     results = [VideoResult(n, p, "pending") for n, p in zip(names, paths)]
     state: Dict[str, dict] = {}
+    with ExitStack() as held:  # the identity folders this call writes, locked until it ends
+        # Stages 1 and 2, each video on its own.
+        for res in results:
+            try:
+                state[res.name] = _prepare_frames(res, root, cfg, progress, held)
+            except (PrepareError, VideoError, OSError) as exc:
+                _failed(res, str(exc))
 
-    # Stages 1 and 2, each video on its own.
-    for res in results:
-        try:
-            state[res.name] = _prepare_frames(res, root, cfg, progress)
-        except (PrepareError, VideoError, OSError) as exc:
-            _failed(res, str(exc))
-
-    # The shared face model.
-    basis_path = root / BASIS_FILE
-    stored = basis_path.is_file()
-    ready = [r for r in results if r.status == "pending"]
-    if not ready:
-        return PrepareResult(root, results, basis_path if stored else None, stored)
-    t0 = time.perf_counter()
-    basis = None
-    if not stored:
-        if progress is not None:
-            progress("basis", "", 0, 1)
-        fitted = _fit_basis(ready, state, cfg)
-        try:
-            fitted.save(root, exclusive=True)
-            basis, reused = fitted, False
-        except FileExistsError:  # another prepare into this root (a thread, a job) saved its own meanwhile: use it
-            pass
-        if progress is not None:
-            progress("basis", "", 1, 1)
-    if basis is None:
-        basis = ExpressionBasis.load(root)
-        reused = not basis.fitted_on or not {r.name for r in ready} <= set(basis.fitted_on)
-    basis_seconds = time.perf_counter() - t0
-    basis_id = {"file": BASIS_FILE, "canonical_sum": float(np.abs(basis.canonical).sum()), "dim": basis.dim,
-                "space": basis.space_id}
-
-    # Stage 3 per video.
-    for res in ready:
-        st = state[res.name]
-        try:
+        # The shared face model.
+        basis_path = root / BASIS_FILE
+        stored = basis_path.is_file()
+        ready = [r for r in results if r.status == "pending"]
+        if not ready:
+            return PrepareResult(root, results, basis_path if stored else None, stored)
+        t0 = time.perf_counter()
+        basis = None
+        if not stored:
             if progress is not None:
-                progress("cameras", res.name, 0, 1)
-            t0 = time.perf_counter()
-            fp = st["fingerprints"]["cameras"]
-            done = _read_json(st["out"] / DONE_FILE)
-            if (done is not None and done.get("fingerprint") == fp and done.get("basis") == basis_id
-                    and (st["out"] / LANDMARKS_FILE).is_file()):  # folders of older versions gain their landmarks
-                res.status = "skipped"
-                info = done
-            else:
-                # not finished until written again: stopped part way, the folder must not read as data
-                (st["out"] / DONE_FILE).unlink(missing_ok=True)
-                neutral, aligned = identity_neutral(st["lm"], basis.canonical, basis.stable)
-                info = _cameras(st["out"], res.name, st["lm"], st["ids"], st["fps"], cfg, basis, neutral, aligned,
-                                st["cuts"])
-                res.status = "done"
-                res.seconds["cameras"] = time.perf_counter() - t0 + basis_seconds / len(ready)
-                info = dict(info, fingerprint=fp, basis=basis_id, name=res.name, video=str(res.video), fps=st["fps"],
-                            frames_total=st["frames_total"], frames_used=len(st["ids"]),
-                            frames_dropped=st["frames_total"] - len(st["ids"]), crop=st["crop"], notes=st["notes"],
-                            settings=asdict(cfg), expression_dim=basis.dim)
-                write_json(st["out"] / DONE_FILE, info)
-            res.splits = dict(info["splits"])
-            res.pose_gaps = dict(info.get("pose_gaps", {}))  # folders of older versions have none
-            res.contact_sheet = st["out"] / info["contact_sheet"]
+                progress("basis", "", 0, 1)
+            fitted = _fit_basis(ready, state, cfg)
+            try:
+                fitted.save(root, exclusive=True)
+                basis, reused = fitted, False
+            except FileExistsError:  # another prepare into this root (a thread, a job) saved its own meanwhile: use it
+                pass
             if progress is not None:
-                progress("cameras", res.name, 1, 1)
-        except (PrepareError, OSError, ValueError) as exc:
-            _failed(res, str(exc))
-    return PrepareResult(root, results, basis_path, reused, basis.dim, basis.space_id)
+                progress("basis", "", 1, 1)
+        if basis is None:
+            basis = ExpressionBasis.load(root)
+            reused = not basis.fitted_on or not {r.name for r in ready} <= set(basis.fitted_on)
+        basis_seconds = time.perf_counter() - t0
+        basis_id = {"file": BASIS_FILE, "canonical_sum": float(np.abs(basis.canonical).sum()), "dim": basis.dim,
+                    "space": basis.space_id}
+
+        # Stage 3 per video.
+        for res in ready:
+            st = state[res.name]
+            try:
+                if progress is not None:
+                    progress("cameras", res.name, 0, 1)
+                t0 = time.perf_counter()
+                fp = st["fingerprints"]["cameras"]
+                done = _read_json(st["out"] / DONE_FILE)
+                if (done is not None and done.get("fingerprint") == fp and done.get("basis") == basis_id
+                        and (st["out"] / LANDMARKS_FILE).is_file()):  # folders of older versions gain their landmarks
+                    res.status = "skipped"
+                    info = done
+                else:
+                    # not finished until written again: stopped part way, the folder must not read as data
+                    (st["out"] / DONE_FILE).unlink(missing_ok=True)
+                    neutral, aligned = identity_neutral(st["lm"], basis.canonical, basis.stable)
+                    info = _cameras(st["out"], res.name, st["lm"], st["ids"], st["fps"], cfg, basis, neutral, aligned,
+                                    st["cuts"])
+                    res.status = "done"
+                    res.seconds["cameras"] = time.perf_counter() - t0 + basis_seconds / len(ready)
+                    info = dict(info, fingerprint=fp, basis=basis_id, name=res.name, video=str(res.video), fps=st["fps"],
+                                frames_total=st["frames_total"], frames_used=len(st["ids"]),
+                                frames_dropped=st["frames_total"] - len(st["ids"]), crop=st["crop"], notes=st["notes"],
+                                settings=asdict(cfg), expression_dim=basis.dim)
+                    write_json(st["out"] / DONE_FILE, info)
+                res.splits = dict(info["splits"])
+                res.pose_gaps = dict(info.get("pose_gaps", {}))  # folders of older versions have none
+                res.contact_sheet = st["out"] / info["contact_sheet"]
+                if progress is not None:
+                    progress("cameras", res.name, 1, 1)
+            except (PrepareError, OSError, ValueError) as exc:
+                _failed(res, str(exc))
+        return PrepareResult(root, results, basis_path, reused, basis.dim, basis.space_id)
 
 
 def _failed(res: VideoResult, error: str) -> None:
@@ -718,8 +719,11 @@ def _failed(res: VideoResult, error: str) -> None:
             pass
 
 
-def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: Optional[ProgressFn]) -> dict:
-    """Stages 1 and 2 of one video (each skipped when its marker matches); returns what stage 3 needs."""
+def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: Optional[ProgressFn],
+                    held: ExitStack) -> dict:
+    """Stages 1 and 2 of one video (each skipped when its marker matches); returns what stage 3 needs. Its identity
+    folder is locked (:func:`folder_locked`) until ``held`` closes, before it is looked at: another prepare writing it
+    now fails this video (by name and process) instead of writing the folder with it."""
     if not res.video.is_file():
         raise PrepareError(f"{res.video}: no such video file")
     if res.video.suffix.lower() not in VIDEO_SUFFIXES:
@@ -727,6 +731,11 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     info = probe(res.video, cfg.fps)
     out = root / res.name
     fp = _fingerprints(cfg, res.video)
+    if not out.exists() or out.is_dir():  # a file of that name is refused by _check_folder
+        out.mkdir(parents=True, exist_ok=True)
+        held.enter_context(folder_locked(out, lambda holder: PrepareError(
+            f"{out} is being written by another prepare{holder}: wait for it to end, then rerun this one (it "
+            "continues from what is there), or prepare into another --out")))
     _check_folder(out, fp, cfg.overwrite)
     work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
