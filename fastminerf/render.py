@@ -32,6 +32,7 @@ Dimension letters: N rays, B frames, E expression size, H x W image size.
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -45,7 +46,7 @@ from .config import as_list, identity_index, identity_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import identity_splits, is_identity_dir, not_a_file, read_rgb
-from .data.writer import write_id, write_json, write_png
+from .data.writer import folder_locked, write_id, write_json, write_png
 from .metrics import (RANGE_SLACK, SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips,
                       lpips_status, psnr, rotation_gap_deg, ssim)
 
@@ -1720,7 +1721,8 @@ def evaluate(
 
     Raises:
         RenderError: an identity unknown to the dataset or the model (named), a split not loaded, or an ``out_dir``
-            that is a file or cannot be made (named, before any frame is rendered).
+            that is a file or cannot be made (named, before any frame is rendered), or that another evaluation
+            writes now (it holds ``out_dir/.lock`` while it writes; named with its process).
         DatasetError: the data is in another expression space than the model, or has another expression length
             (both named).
     """
@@ -1752,95 +1754,100 @@ def evaluate(
     if progress is not None:
         progress(0, total)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:  # an earlier evaluation's scores: beside images this one replaces, they would read as theirs
+    held = ExitStack()
+    if out is not None:  # held from the clean-up to metrics.json: another evaluation into it would mix with this one
         check_eval_out(out)
-        (out / "metrics.json").unlink(missing_ok=True)
-        # and its images of people this one does not score (their folders go when nothing else is in them)
-        others = [d for d in (out / "side_by_side").glob("*") if d.is_dir() and d.name not in names]
-        for folder in others:
-            _remove_frame_images(folder)
-            if not any(folder.iterdir()):
-                folder.rmdir()
-    per_identity: Dict[str, Dict[str, float]] = {}
-    marks = LandmarkDistance() if lmd_ok else None
-    try:
-        for name, frames in plan:
-            values: Dict[str, List[float]] = {m: [] for m in metric_names}
-            for index in frames.tolist():
-                pred = render_frame(models[name], dataset, split, index,
-                                    expression=None if expressions is None else expressions[index])
-                truth = dataset.image(split, index).astype(np.float32) / 255.0
-                values["psnr"].append(float(psnr(pred, truth)))
-                small = min(truth.shape[:2]) < SSIM_WINDOW  # no window fits: SSIM undefined (NaN), the rest stands
-                values["ssim"].append(float("nan") if small else float(ssim(pred, truth)))
-                values["l1"].append(float(l1(pred, truth)))
-                if lp_ok:  # the network runs where its images are: where the model renders (a GPU), not the CPU
-                    device = _model_device(models[name])
-                    values["lpips"].append(float(lpips(torch.from_numpy(pred).to(device),
-                                                       torch.from_numpy(truth).to(device))))
-                box = table.bbox_or_none(index)
-                if box is not None:
-                    values["face_psnr"].append(_box_psnr(pred, truth, box))
+        held.enter_context(folder_locked(out, lambda holder: RenderError(
+            f"{out} is in use by another evaluation{holder}: wait for it to end, or give another --out folder")))
+    with held:
+        if out is not None:  # an earlier evaluation's scores: beside images this one replaces, they would read as theirs
+            (out / "metrics.json").unlink(missing_ok=True)
+            # and its images of people this one does not score (their folders go when nothing else is in them)
+            others = [d for d in (out / "side_by_side").glob("*") if d.is_dir() and d.name not in names]
+            for folder in others:
+                _remove_frame_images(folder)
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+        per_identity: Dict[str, Dict[str, float]] = {}
+        marks = LandmarkDistance() if lmd_ok else None
+        try:
+            for name, frames in plan:
+                values: Dict[str, List[float]] = {m: [] for m in metric_names}
+                for index in frames.tolist():
+                    pred = render_frame(models[name], dataset, split, index,
+                                        expression=None if expressions is None else expressions[index])
+                    truth = dataset.image(split, index).astype(np.float32) / 255.0
+                    values["psnr"].append(float(psnr(pred, truth)))
+                    small = min(truth.shape[:2]) < SSIM_WINDOW  # no window fits: SSIM undefined (NaN), the rest stands
+                    values["ssim"].append(float("nan") if small else float(ssim(pred, truth)))
+                    values["l1"].append(float(l1(pred, truth)))
+                    if lp_ok:  # the network runs where its images are: where the model renders (a GPU), not the CPU
+                        device = _model_device(models[name])
+                        values["lpips"].append(float(lpips(torch.from_numpy(pred).to(device),
+                                                           torch.from_numpy(truth).to(device))))
+                    box = table.bbox_or_none(index)
+                    if box is not None:
+                        values["face_psnr"].append(_box_psnr(pred, truth, box))
+                    if marks is not None:
+                        real = marks.landmarks(truth)
+                        if real is not None:  # the mouth and the eyes as the real frame has them
+                            values["mouth_psnr"].append(_box_psnr(pred, truth, marks.mouth_box(real, *truth.shape[:2])))
+                            values["eye_psnr"].append(_box_psnr(pred, truth, *marks.eye_boxes(real, *truth.shape[:2])))
+                            found = marks.landmarks(pred)
+                            if found is not None:
+                                values["lmd"].append(marks.distance(found, real))
+                                values["ear_error"].append(float(np.abs(eye_aspect_ratio(found) - eye_aspect_ratio(real)).mean()))
+                    if out is not None:
+                        folder = out / "side_by_side" / name
+                        folder.mkdir(parents=True, exist_ok=True)
+                        k = int(table.frame_in_identity[index])
+                        caption = f"{name}  {split} frame {k}  PSNR {values['psnr'][-1]:.2f} dB"
+                        write_png(folder / f"{k:04d}.png",
+                                  side_by_side(pred, truth, caption=caption, min_panel=SIDE_BY_SIDE_MIN_PANEL), PNG_LEVEL)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                if out is not None:  # images an earlier evaluation into this folder left of frames not rendered now
+                    _remove_frame_images(out / "side_by_side" / name,
+                                         {f"{int(table.frame_in_identity[i]):04d}.png" for i in frames.tolist()})
+                per_identity[name] = {"frames": len(frames), **{m: float(np.mean(v)) if v else float("nan") for m, v in values.items()}}
+                if frames.size:  # the size its pixels (LMD's unit) are of: people of several sizes evaluate together
+                    per_identity[name]["width"], per_identity[name]["height"] = (int(v) for v in table.size_of(int(frames[0])))
                 if marks is not None:
-                    real = marks.landmarks(truth)
-                    if real is not None:  # the mouth and the eyes as the real frame has them
-                        values["mouth_psnr"].append(_box_psnr(pred, truth, marks.mouth_box(real, *truth.shape[:2])))
-                        values["eye_psnr"].append(_box_psnr(pred, truth, *marks.eye_boxes(real, *truth.shape[:2])))
-                        found = marks.landmarks(pred)
-                        if found is not None:
-                            values["lmd"].append(marks.distance(found, real))
-                            values["ear_error"].append(float(np.abs(eye_aspect_ratio(found) - eye_aspect_ratio(real)).mean()))
-                if out is not None:
-                    folder = out / "side_by_side" / name
-                    folder.mkdir(parents=True, exist_ok=True)
-                    k = int(table.frame_in_identity[index])
-                    caption = f"{name}  {split} frame {k}  PSNR {values['psnr'][-1]:.2f} dB"
-                    write_png(folder / f"{k:04d}.png",
-                              side_by_side(pred, truth, caption=caption, min_panel=SIDE_BY_SIDE_MIN_PANEL), PNG_LEVEL)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-            if out is not None:  # images an earlier evaluation into this folder left of frames not rendered now
-                _remove_frame_images(out / "side_by_side" / name,
-                                     {f"{int(table.frame_in_identity[i]):04d}.png" for i in frames.tolist()})
-            per_identity[name] = {"frames": len(frames), **{m: float(np.mean(v)) if v else float("nan") for m, v in values.items()}}
-            if frames.size:  # the size its pixels (LMD's unit) are of: people of several sizes evaluate together
-                per_identity[name]["width"], per_identity[name]["height"] = (int(v) for v in table.size_of(int(frames[0])))
+                    per_identity[name]["lmd_frames"] = len(values["lmd"])
+                depth = _landmark_depth_error(models[name], dataset, split, name, frames)
+                if depth is not None:
+                    per_identity[name]["landmark_depth"] = depth
+            if any("landmark_depth" in v for v in per_identity.values()):
+                metric_names.append("landmark_depth")
+                for v in per_identity.values():
+                    v.setdefault("landmark_depth", float("nan"))
+        finally:
             if marks is not None:
-                per_identity[name]["lmd_frames"] = len(values["lmd"])
-            depth = _landmark_depth_error(models[name], dataset, split, name, frames)
-            if depth is not None:
-                per_identity[name]["landmark_depth"] = depth
-        if any("landmark_depth" in v for v in per_identity.values()):
-            metric_names.append("landmark_depth")
-            for v in per_identity.values():
-                v.setdefault("landmark_depth", float("nan"))
-    finally:
-        if marks is not None:
-            marks.close()
-    if "train" in dataset.splits:  # how far each evaluated head pose is from the poses the model was trained on
-        train = dataset.table("train")
-        for name, frames in plan:
-            reference = train.c2w[train.frames_of(dataset.identities.index(name))][:, :3, :3]
-            gaps = rotation_gap_deg(table.c2w[frames][:, :3, :3], reference)
-            per_identity[name]["pose_gap"] = float(np.mean(gaps)) if gaps.size else float("nan")
-        metric_names.append("pose_gap")
-    mean = {m: _nanmean([per_identity[n][m] for n in names]) for m in metric_names}
-    steps = {n: _eval_render_steps(models[n]) for n in names}  # what two evaluations at other steps differ by
-    result: Dict[str, object] = {
-        "split": split,
-        "expressions": "tracked" if expressions is None else (expressions_from or "given"),
-        "frames": total,
-        "metrics": metric_names,
-        "lpips": lp_why if lp_ok else f"unavailable: {lp_why}",
-        "lmd": lmd_why if lmd_ok else f"unavailable: {lmd_why}",
-        "identities": per_identity,
-        "mean": mean,
-    }
-    if all(v is not None for v in steps.values()):
-        result["render_steps"] = steps
-    result["machine"] = machine(_model_device(models[names[0]]) if names else None)  # as benchmark records have it
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", result)
-    return result
+                marks.close()
+        if "train" in dataset.splits:  # how far each evaluated head pose is from the poses the model was trained on
+            train = dataset.table("train")
+            for name, frames in plan:
+                reference = train.c2w[train.frames_of(dataset.identities.index(name))][:, :3, :3]
+                gaps = rotation_gap_deg(table.c2w[frames][:, :3, :3], reference)
+                per_identity[name]["pose_gap"] = float(np.mean(gaps)) if gaps.size else float("nan")
+            metric_names.append("pose_gap")
+        mean = {m: _nanmean([per_identity[n][m] for n in names]) for m in metric_names}
+        steps = {n: _eval_render_steps(models[n]) for n in names}  # what two evaluations at other steps differ by
+        result: Dict[str, object] = {
+            "split": split,
+            "expressions": "tracked" if expressions is None else (expressions_from or "given"),
+            "frames": total,
+            "metrics": metric_names,
+            "lpips": lp_why if lp_ok else f"unavailable: {lp_why}",
+            "lmd": lmd_why if lmd_ok else f"unavailable: {lmd_why}",
+            "identities": per_identity,
+            "mean": mean,
+        }
+        if all(v is not None for v in steps.values()):
+            result["render_steps"] = steps
+        result["machine"] = machine(_model_device(models[names[0]]) if names else None)  # as benchmark records have it
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "metrics.json", result)
+        return result

@@ -1148,3 +1148,26 @@ def test_two_renders_into_one_video_each_write_their_own_part_file(tmp_path):
     frames = [np.frombuffer(f, np.uint8) for f in reader]
     assert len(frames) == 4 and max(f.mean() for f in frames) < 80  # the first's 4 dark frames, a whole video
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4"]
+
+
+def test_an_evaluation_into_a_folder_another_one_writes_is_refused(synth, data, tmp_path):
+    """Two eval --out DIR at once (another split, model or frames): the second removed the first's metrics.json and
+    its side-by-side images while the first wrote them, and DIR ended with one evaluation's scores beside images of
+    both. An evaluation holds DIR (DIR/.lock) while it writes it: the second is refused before it removes anything,
+    naming the folder and the process; a .lock left behind blocks nothing."""
+    import fcntl
+    import os
+
+    out = tmp_path / "ev"
+    evaluate(Oracle(synth[1]), data, "train", out_dir=out, with_lpips=False, with_lmd=False)
+    before = sorted(p.relative_to(out) for p in out.rglob("*.png")) + ["metrics.json"]
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(str(os.getpid()))
+        held.flush()
+        with pytest.raises(RenderError, match=f"{out} is in use by another evaluation.*process {os.getpid()}"):
+            evaluate(Oracle(synth[1]), data, "val", out_dir=out, with_lpips=False, with_lmd=False)
+        assert sorted(p.relative_to(out) for p in out.rglob("*.png")) + ["metrics.json"] == before
+        assert json.loads((out / "metrics.json").read_text())["split"] == "train"
+    res = evaluate(Oracle(synth[1]), data, "val", out_dir=out, with_lpips=False, with_lmd=False)  # released
+    assert json.loads((out / "metrics.json").read_text())["split"] == "val" == res["split"]
