@@ -370,6 +370,29 @@ def test_a_video_another_prepare_is_writing_fails_naming_that_prepare(tmp_path):
     assert v.status == "failed" and "crop the video around the face" in v.error
 
 
+def test_a_prepare_whose_every_video_failed_names_the_roots_basis_as_it_is(tmp_path, capsys):
+    """A prepare whose videos all failed (the one video another prepare was writing, a video without a face) into a
+    root that holds an expression basis printed 'expression basis (0 coefficients, reused; space None)': the result
+    gave the basis' file without its size and space. It gives the basis' own."""
+    from fastminerf.cli import main
+    from fastminerf.prepare import prepare
+    from fastminerf.prepare.expression import ExpressionBasis
+
+    rng = np.random.default_rng(0)
+    comps = np.linalg.qr(rng.normal(size=(30, 4)))[0].T
+    basis = ExpressionBasis(rng.normal(size=(10, 3)), np.arange(5), comps, 1.5, np.full(4, 0.25), 2.0, ("a",))
+    (tmp_path / "data").mkdir()
+    basis.save(tmp_path / "data")
+    video = tmp_path / "nobody.mp4"
+    _write_noise_video(video)
+    result = prepare([video], tmp_path / "data", _cfg(min_frames=5))
+    assert result.videos[0].status == "failed"
+    assert (result.expression_dim, result.expression_space) == (4, basis.space_id)
+    capsys.readouterr()
+    assert main(["prepare", str(video), "--out", str(tmp_path / "data"), "--min-frames", "5", "--size", "64"]) == 2
+    assert f"expression basis (4 coefficients, reused; space {basis.space_id})" in capsys.readouterr().out
+
+
 WIDE_FACE_PX = 160
 """Width the 512 px clip is shrunk to inside a 1280x720 wide shot: its face is then about 100 px, a seventh of the
 frame's height, which mediapipe's short-range detector does not find in the whole frame."""

@@ -649,8 +649,10 @@ def prepare(
         basis_path = root / BASIS_FILE
         stored = basis_path.is_file()
         ready = [r for r in results if r.status == "pending"]
-        if not ready:
-            return PrepareResult(root, results, basis_path if stored else None, stored)
+        if not ready:  # a basis already there is named as it is (its size, its space)
+            kept = ExpressionBasis.load(root) if stored else None
+            return PrepareResult(root, results, basis_path if stored else None, stored,
+                                 kept.dim if kept is not None else 0, kept.space_id if kept is not None else None)
         t0 = time.perf_counter()
         basis = None
         if not stored:
