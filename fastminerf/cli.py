@@ -227,8 +227,8 @@ class _NativeStderrTo:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Column, Table
 
     from .config import PrepareConfig
     from .prepare import MediapipeMissing, prepare, require_mediapipe
@@ -242,15 +242,19 @@ def _run_prepare(args: argparse.Namespace) -> int:
     console = _console()
     start = time.perf_counter()
     titles = {"track": "track", "frames": "crop, segment, write", "cameras": "pose, expression", "basis": "shared face model"}
-    with Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bar, _NativeStderrTo(args.out / "prepare.log"):
+    # The time left, as train, synth and render show it (a long video tracks for many minutes); the stage and video
+    # name in the one column that gives way (cut with an ellipsis) when the line is too long: a log file or pipe is
+    # 80 columns to rich, where a long video's frame count was cut to '500/10…' instead.
+    with Progress(TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+                  BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console, expand=True) as bar, _NativeStderrTo(args.out / "prepare.log"):
         tasks = {}
 
         def progress(stage: str, name: str, done: int, total: int) -> None:
             key = (stage, name)
             if key not in tasks:
                 label = f"{titles.get(stage, stage)} {name}".strip()
-                tasks[key] = bar.add_task(label[:48], total=total or None)
+                tasks[key] = bar.add_task(label, total=total or None)
             bar.update(tasks[key], completed=done, total=total or None)
 
         result = prepare(args.videos, args.out, cfg, progress=progress)

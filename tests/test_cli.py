@@ -168,3 +168,28 @@ def test_summary_lines_keep_their_paths_on_one_line_in_a_log(tmp_path, capsys, m
     lines = capsys.readouterr().out.splitlines()
     assert f"contact sheet: {out / 'contact_sheet.png'}" in lines, lines
     assert any(line.startswith(f"wrote 1 identities to {out} in ") for line in lines), lines
+
+
+def test_prepare_shows_the_time_left_of_a_long_video(tmp_path, capsys, monkeypatch):
+    # A 10-minute 1080p recording tracks for many minutes: prepare's bars showed frames done and the time elapsed,
+    # never the time left (train, synth and render show it), so a user could not tell a 2-minute wait from an hour.
+    import re
+
+    from fastminerf.cli import main
+    from fastminerf.prepare import PrepareResult
+
+    def slow_prepare(videos, out_dir, cfg, progress=None):
+        progress("track", "lecture", 0, 1_000_000)
+        for k in range(1, 6):
+            time.sleep(0.05)
+            progress("track", "lecture", 100 * k, 1_000_000)  # at most 2,000 frames/s: over 8 minutes left
+        return PrepareResult(Path(out_dir), [], None, False)
+
+    monkeypatch.setattr("fastminerf.prepare.prepare", slow_prepare)
+    monkeypatch.setattr("fastminerf.prepare.require_mediapipe", lambda: None)
+    monkeypatch.setenv("COLUMNS", "80")
+    main(["prepare", str(tmp_path / "lecture.mp4"), "--out", str(tmp_path / "data")])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("track lecture")]
+    assert len(line) == 1 and len(line[0]) <= 80 and "500/1000000" in line[0], line
+    times = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in re.findall(r"(\d+):(\d\d):(\d\d)", line[0])]
+    assert len(times) == 2 and times[1] >= 60, line  # the time elapsed, then the time left
