@@ -5,6 +5,7 @@ dropped frames, the expression basis of motionless frames."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -156,3 +157,44 @@ def test_an_expression_basis_fitted_on_motionless_frames_reads_later_faces_finit
         later = rng.normal(scale=0.01, size=(4, K_LANDMARKS * 3))  # a real face's deformations, head units
         coeff = later @ components.T / scale
         assert np.all(np.isfinite(coeff)) and np.abs(coeff).max() < 10.0
+
+
+def test_a_long_videos_per_frame_geometry_holds_its_results_not_copies_of_every_frame():
+    """A 2.4-minute 1080p video at 30 fps (4,351 frames) took prepare to 0.74 GB, against 0.48 GB at 10 fps: about
+    90 KB more a frame, so a 10-minute 60 fps recording (36,000 frames) needed over 3 GB. The per-frame geometry
+    (the alignment to the canonical and neutral faces with its median, the PnP starts, the expression coefficients)
+    each made several float64 copies of every frame's 478 landmarks at once (the shared basis' fit kept one of
+    every frame of every video). They work through a fixed number of frames at a time: what each holds beyond its
+    inputs is its result and a fixed amount (measured with tracemalloc, in copies of the frames' landmarks)."""
+    import tracemalloc
+
+    from fastminerf.config import PrepareConfig
+    from fastminerf.prepare.pipeline import VideoResult, _fit_basis
+    from fastminerf.prepare.pose import identity_neutral, solve_poses
+
+    rng = np.random.default_rng(0)
+    face = _synthetic_face(rng)
+    b = 2000
+    rots = np.stack([_rot_xyz(*rng.normal(0.0, 0.1, 3)) for _ in range(b)])
+    # image coordinates (u right, v down, w away), 100 px a head unit, with tracking noise
+    shapes = (np.einsum("bij,kj->bki", rots, face) * np.array([100.0, -100.0, -100.0]) + np.array([128.0, 128.0, 0.0])
+              + rng.normal(0.0, 0.3, (b, K_LANDMARKS, 3)))
+    copy = shapes.nbytes
+
+    def copies(run):
+        tracemalloc.start()
+        try:
+            out = run()
+            return out, tracemalloc.get_traced_memory()[1] / copy
+        finally:
+            tracemalloc.stop()
+
+    basis, held = copies(lambda: _fit_basis([VideoResult("a", Path("a.mp4"), "pending")], {"a": {"lm": shapes}},
+                                             PrepareConfig(expression_dim=8)))
+    assert held < 3.0, held  # was 4.0
+    (neutral, aligned), held = copies(lambda: identity_neutral(shapes, basis.canonical, basis.stable))
+    assert held < 2.0, held  # the aligned frames (1) and a fixed amount; was 4.0
+    _, held = copies(lambda: solve_poses(shapes, neutral, basis.stable, [211.2, 211.2, 128.0, 128.0]))
+    assert held < 1.0, held  # was 3.1
+    _, held = copies(lambda: basis.coefficients(aligned, neutral))
+    assert held < 0.5, held  # was 1.0

@@ -27,7 +27,7 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 
 from ..data.layout import NPZ_ERRORS, npz_error_reason
-from .pose import evenly_spaced
+from .pose import FRAME_CHUNK, evenly_spaced
 
 __all__ = ["BASIS_FILE", "ExpressionBasis", "fit_basis"]
 
@@ -93,8 +93,11 @@ class ExpressionBasis:
 
     def coefficients(self, aligned: np.ndarray, neutral: np.ndarray) -> np.ndarray:
         """Expression ``(B, E)`` float64 of aligned frames ``(B, K, 3)`` relative to a neutral face ``(K, 3)``."""
-        d = (np.asarray(aligned, dtype=np.float64) - neutral).reshape(len(aligned), -1)
-        return d @ self.components.T / self.scale
+        out = np.empty((len(aligned), self.dim), dtype=np.float64)
+        for s in range(0, len(out), FRAME_CHUNK):  # a chunk at a time: the difference is a copy of the frames
+            d = np.asarray(aligned[s:s + FRAME_CHUNK], dtype=np.float64) - neutral
+            out[s:s + FRAME_CHUNK] = d.reshape(len(d), -1) @ self.components.T / self.scale
+        return out
 
     def deformation(self, coefficients: np.ndarray) -> np.ndarray:
         """Landmark offsets ``(B, K, 3)`` of coefficients ``(B, E)`` (the inverse of :meth:`coefficients` on the

@@ -43,10 +43,11 @@ from ..data.writer import LOCK_NAME, folder_locked, frame_record, noted_on_inter
 from ..metrics import rotation_gap_deg
 from . import background as _background
 from .contact_sheet import write_contact_sheet
-from .expression import BASIS_FILE, ExpressionBasis, fit_basis
+from .expression import BASIS_FILE, FIT_FRAMES_PER_VIDEO, ExpressionBasis, fit_basis
 from .pose import (
     CHIN,
     FOREHEAD,
+    FRAME_CHUNK,
     camera_to_head,
     evenly_spaced,
     fit_canonical,
@@ -363,8 +364,10 @@ def _track(info: VideoInfo, fps: float, cfg: PrepareConfig, work: Path, name: st
     for i, f in enumerate(found):
         if f is not None:
             lm[i] = f
-    # Normalised coordinates of the tracked view -> source pixels (z scales like x).
-    lm = lm * np.array([sw, sh, sw], dtype=np.float32) + np.array([x0, y0, 0], dtype=np.float32)
+    del found
+    # Normalised coordinates of the tracked view -> source pixels (z scales like x); in place, no copy of every frame
+    lm *= np.array([sw, sh, sw], dtype=np.float32)
+    lm += np.array([x0, y0, 0], dtype=np.float32)
     with replaced_atomically(work / "track.npz", ".tmp.npz") as tmp:
         np.savez(tmp, landmarks=lm)
     if progress is not None:
@@ -488,11 +491,25 @@ def _frames(info: VideoInfo, fps: float, cfg: PrepareConfig, out: Path, lm: np.n
     return {"crop": list(crop), "notes": notes, "background_seen": float(seen.mean())}
 
 
+def _reprojection_px(points: np.ndarray, c2w: np.ndarray, intrinsics: Sequence[float], tracked: np.ndarray) -> np.ndarray:
+    """``(B, K)`` pixel distances between head-space ``points`` (``(K, 3)`` for every frame, or ``(B, K, 3)`` each
+    frame's own) seen through the frames' cameras ``c2w (B, 4, 4)`` and the ``tracked (B, K, 2)`` ones, computed
+    :data:`~.pose.FRAME_CHUNK` frames at a time (a long video's projection is several copies of its landmarks)."""
+    err = np.empty(tracked.shape[:2], dtype=np.float64)
+    for s in range(0, len(err), FRAME_CHUNK):
+        pts = points if points.ndim == 2 else points[s:s + FRAME_CHUNK]
+        uv = project(pts, c2w[s:s + FRAME_CHUNK].astype(np.float64), intrinsics)
+        err[s:s + FRAME_CHUNK] = np.linalg.norm(uv - tracked[s:s + FRAME_CHUNK], axis=2)
+    return err
+
+
 def _landmarks_in_crop(lm: np.ndarray, crop: Sequence[int], size: int) -> np.ndarray:
     """Source-pixel landmarks ``(B, K, 3)`` to pixels of the written frames (u, v, and w scaled like u)."""
     x0, y0, side = crop
-    s = size / side
-    return ((lm.astype(np.float64) - np.array([x0, y0, 0.0])) * s)
+    out = lm.astype(np.float64)  # the one copy, then in place
+    out -= np.array([x0, y0, 0.0])
+    out *= size / side
+    return out
 
 
 def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: float, cfg: PrepareConfig,
@@ -535,11 +552,11 @@ def _cameras(out: Path, name: str, lm: np.ndarray, frame_ids: np.ndarray, fps: f
             pose_gaps[split] = float(rotation_gap_deg(c2w32[start:start + n, :3, :3], c2w32[:sizes["train"], :3, :3]).mean())
         start += n
     # Re-projection of the neutral face's rigid landmarks through the written cameras: the tracking check.
-    err = np.linalg.norm(project(neutral[basis.stable], c2w32.astype(np.float64), intrinsics) - lm[:, basis.stable, :2], axis=2)
+    err = _reprojection_px(neutral[basis.stable], c2w32, intrinsics, lm[:, basis.stable, :2])
     # Every frame's own landmarks (pose removed, expression kept) in head space: training's depth prior.
     visible = landmark_visibility(aligned, c2w32, intrinsics, LANDMARK_DEPTH_GAP * basis.face_height)
     write_landmarks(out, frame_ids, aligned, visible)
-    lm_err = np.linalg.norm(project(aligned, c2w32.astype(np.float64), intrinsics) - lm[:, :, :2], axis=2)
+    lm_err = _reprojection_px(aligned, c2w32, intrinsics, lm[:, :, :2])
     show = evenly_spaced(len(frame_ids), SHEET_COLUMNS)
     sheet = write_contact_sheet(
         out / "contact_sheet.png", name,
@@ -863,7 +880,8 @@ def _fit_basis(ready: Sequence[VideoResult], state: Dict[str, dict], cfg: Prepar
     deformations = []
     for s in shapes:
         neutral, aligned = identity_neutral(s, canonical, stable)
-        deformations.append(aligned - neutral)
+        # the frames fit_basis reads (it picks the same ones of these), not a copy of every frame of every video
+        deformations.append(aligned[evenly_spaced(len(aligned), FIT_FRAMES_PER_VIDEO)] - neutral)
     dim = min(cfg.expression_dim, sum(len(d) for d in deformations))
     components, scale, explained = fit_basis(deformations, dim)
     return ExpressionBasis(canonical, stable.astype(np.int64), components, scale, explained, cfg.face_height,

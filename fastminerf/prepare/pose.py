@@ -205,15 +205,29 @@ def identity_neutral(shapes: np.ndarray, canonical: np.ndarray, stable: np.ndarr
     Returns:
         ``neutral (K, 3)`` and ``aligned (B, K, 3)``, head space.
     """
-    x = image_to_head_axes(shapes)
     w = np.zeros(canonical.shape[0])
     w[stable] = 1.0
-    aligned = apply_similarity(x, *similarity_align(x, canonical, w))
-    neutral = np.median(aligned, axis=0)
+    aligned = _align_frames(shapes, canonical, w, np.empty(np.shape(shapes), dtype=np.float64))
+    # per block of landmarks: np.median copies what it is given
+    neutral = np.concatenate([np.median(aligned[:, k:k + FRAME_CHUNK // 16], axis=0)
+                              for k in range(0, aligned.shape[1], FRAME_CHUNK // 16)])
     # The median face, put back on the canonical face's position, orientation and scale.
     neutral = apply_similarity(neutral[None], *similarity_align(neutral, canonical, w))[0]
-    aligned = apply_similarity(x, *similarity_align(x, neutral, w))
-    return neutral, aligned
+    return neutral, _align_frames(shapes, neutral, w, aligned)
+
+
+FRAME_CHUNK = 256
+"""Frames aligned (or projected) at a time: the temporaries of a long video's per-frame computations (several
+copies of the frames' landmarks each) stay a fixed size, however many frames it has."""
+
+
+def _align_frames(shapes: np.ndarray, target: np.ndarray, weights: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Image-coordinate ``shapes (B, K, 3)`` aligned to ``target`` (head space, :func:`similarity_align` on
+    ``weights``), written into ``out (B, K, 3)`` :data:`FRAME_CHUNK` frames at a time."""
+    for s in range(0, len(out), FRAME_CHUNK):
+        x = image_to_head_axes(shapes[s:s + FRAME_CHUNK])
+        out[s:s + FRAME_CHUNK] = apply_similarity(x, *similarity_align(x, target, weights))
+    return out
 
 
 def intrinsics_matrix(intrinsics: Sequence[float]) -> np.ndarray:
@@ -257,11 +271,11 @@ def solve_poses(shapes: np.ndarray, neutral: np.ndarray, stable: np.ndarray, int
     kmat = intrinsics_matrix(intrinsics)
     w = np.zeros(neutral.shape[0])
     w[stable] = 1.0
-    x = image_to_head_axes(shapes)
     b = shapes.shape[0]
     # Weak perspective: x_i ~ s R neutral + t in pixels (head-like axes); s pixels per head unit at depth fx / s.
-    # (the inverse of each frame's fit onto the neutral face: close to the direct fit, and one batched SVD)
-    s_inv, r_inv, t_inv = similarity_align(x, neutral, w)
+    # (the inverse of each frame's fit onto the neutral face: close to the direct fit, and batched SVDs)
+    fits = [similarity_align(image_to_head_axes(shapes[s:s + FRAME_CHUNK]), neutral, w) for s in range(0, b, FRAME_CHUNK)]
+    s_inv, r_inv, t_inv = (np.concatenate(part) for part in zip(*fits))
     s_all = 1.0 / s_inv
     r_all = np.transpose(r_inv, (0, 2, 1))
     t_all = -np.einsum("bij,bj->bi", r_all, t_inv) * s_all[:, None]
@@ -388,14 +402,16 @@ def landmark_visibility(points: np.ndarray, c2w: np.ndarray, intrinsics: Sequenc
     Returns:
         ``(B, K)`` bool.
     """
-    pts = np.asarray(points, dtype=np.float64)
-    uv, depth = _project(pts, c2w, intrinsics)  # (B, K, 2), (B, K): each frame's points through its own camera
+    pts, cams = np.asarray(points), np.asarray(c2w)
     out = np.ones(pts.shape[:2], dtype=bool)
     for b in range(pts.shape[0]):
-        d2 = ((uv[b, :, None] - uv[b, None]) ** 2).sum(-1)
+        j = b % FRAME_CHUNK
+        if j == 0:  # (B', K, 2), (B', K): each frame's points through its own camera, a chunk of frames at a time
+            uv, depth = _project(pts[b:b + FRAME_CHUNK], cams[b:b + FRAME_CHUNK], intrinsics)
+        d2 = ((uv[j, :, None] - uv[j, None]) ** 2).sum(-1)
         np.fill_diagonal(d2, np.inf)
         radius = radius_factor * float(np.median(np.sqrt(d2.min(axis=1))))
-        nearer = depth[b, None, :] < depth[b, :, None] - depth_gap  # [k, l]: l is nearer than k
+        nearer = depth[j, None, :] < depth[j, :, None] - depth_gap  # [k, l]: l is nearer than k
         out[b] = ~((d2 < radius * radius) & nearer).any(axis=1)
     return out
 
