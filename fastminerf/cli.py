@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import os
 import re
 import sys
@@ -1306,6 +1307,18 @@ def _stdout_gone() -> bool:
     return True
 
 
+def _escape_unencodable_output() -> None:
+    """Let stdout write what its encoding cannot (an identity or path named 'Zoë' or '张伟' on an ASCII or latin-1
+    terminal or log: PYTHONIOENCODING, a Windows console's code page) as escapes, as Python's stderr does, instead of
+    failing the command with UnicodeEncodeError at its first such line."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (AttributeError, ValueError, io.UnsupportedOperation):  # a stream that cannot change: as it is
+                pass
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the command stands: it unwinds as Ctrl-C does (the progress display gives the terminal
     its cursor back, a half-written checkpoint or video is removed, a run folder's lock is released)."""
@@ -1328,6 +1341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .data.layout import DatasetError
 
+    _escape_unencodable_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler

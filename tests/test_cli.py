@@ -193,3 +193,22 @@ def test_prepare_shows_the_time_left_of_a_long_video(tmp_path, capsys, monkeypat
     assert len(line) == 1 and len(line[0]) <= 80 and "500/1000000" in line[0], line
     times = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in re.findall(r"(\d+):(\d\d):(\d\d)", line[0])]
     assert len(times) == 2 and times[1] >= 60, line  # the time elapsed, then the time left
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_name_the_terminal_cannot_show_does_not_fail_the_command(tmp_path, encoding):
+    # A terminal or log in another encoding than UTF-8 (PYTHONIOENCODING=ascii, a latin-1 terminal, a Windows
+    # console's code page): synth into '~/Zoë's talk/张伟' wrote the heads, then ended in "'ascii' codec can't encode
+    # character '\xeb'" at its summary line, status 2 and no contact sheet; prepare likewise at its progress display.
+    # Such characters are written escaped (as Python's stderr does), and the command goes on.
+    out = tmp_path / "Zoë's talk" / "张伟"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", PYTHONIOENCODING=encoding, LANG="C", LC_ALL="C")
+    proc = subprocess.run([sys.executable, "-m", "fastminerf", "synth", str(out), "--identities", "1", "--frames", "2",
+                           "--size", "8"], capture_output=True, env=env, cwd=tmp_path, timeout=120)
+    err = proc.stderr.decode(encoding)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert (out / "contact_sheet.png").is_file()
+    stdout = proc.stdout.decode(encoding)
+    shown = str(out).encode(encoding, "backslashreplace").decode(encoding)
+    assert f"contact sheet: {shown}{os.sep}contact_sheet.png" in stdout.splitlines(), stdout
