@@ -1088,8 +1088,9 @@ def flat_config(cls, overrides=()):
 
 
 def preset_path(name_or_path) -> Path:
-    """The YAML file of a preset name (``tiny``, ``cpu``, ``video``, ``gpu``, ``nerface``) or a path."""
-    p = Path(str(name_or_path))
+    """The YAML file of a preset name (``tiny``, ``cpu``, ``video``, ``gpu``, ``nerface``) or a path (``~`` is the
+    home folder: a path in a config file's ``extends`` is expanded by no shell)."""
+    p = Path(str(name_or_path)).expanduser()
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if p.is_dir() and p.suffix not in (".yaml", ".yml") and candidate.is_file():
         return candidate  # a folder named like a preset (data made by `synth tiny`) is not a config file
@@ -1161,7 +1162,7 @@ def _load_preset(name_or_path, chain: Tuple[str, ...]) -> "RunConfig":
     base = None
     if isinstance(data, dict) and "extends" in data:
         parent = data.pop("extends")
-        if isinstance(parent, str) and not Path(parent).is_absolute() and Path(parent).suffix in (".yaml", ".yml"):
+        if isinstance(parent, str) and not Path(parent).expanduser().is_absolute() and Path(parent).suffix in (".yaml", ".yml"):
             parent = str(path.parent / parent)  # a file next to this one
         try:  # a parent that is not there: say which file names it (errors inside the parent name the parent)
             parent = preset_path(parent)

@@ -27,6 +27,23 @@ def test_a_missing_parent_preset_names_the_file_that_extends_it(tmp_path, parent
     _refused_in_file(tmp_path, f"extends: {parent}\ntrain:\n  steps: 5\n", "extends")
 
 
+def test_a_home_folder_path_in_a_config_file_is_the_users_home(tmp_path, monkeypatch):
+    """`extends: ~/configs/base.yaml` (a lab's shared base in the user's home) is a path in a file: no shell expands
+    its '~', and it was taken for a folder named '~' next to the config ('config file ~/configs/base.yaml does not
+    exist'). A config path with '~' (in `extends`, or given quoted to --config) is the home folder's, as a shell
+    would read it on a command line."""
+    home = tmp_path / "home of Zoë"
+    (home / "configs").mkdir(parents=True)
+    (home / "configs" / "base.yaml").write_text("extends: tiny\ntrain:\n  steps: 7\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("USERPROFILE", str(home))  # Windows' home
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: ~/configs/base.yaml\nmodel:\n  render_steps: 32\n")
+    cfg = load_config(mine)
+    assert cfg.train.steps == 7 and cfg.model.render_steps == 32
+    assert load_config("~/configs/base.yaml").train.steps == 7
+
+
 def test_a_preset_name_is_not_shadowed_by_a_folder_of_that_name(tmp_path, monkeypatch):
     """`synth tiny` then `train --data tiny --config tiny` in one folder: the data folder 'tiny' was taken for the
     config and refused with 'config file tiny does not exist'. A folder is never a config file; a name that is
