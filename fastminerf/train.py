@@ -43,6 +43,7 @@ import os
 import pickle
 import threading
 import time
+import unicodedata
 import zipfile
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -1541,6 +1542,14 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     check_expression_space(model.expression_space, dataset, "the new identities", str(generic_run),
                            model.expression_dim)
     known = [n for n in dataset.identities if n in model.identity_names]
+    spelt = {unicodedata.normalize("NFC", n): n for n in model.identity_names}
+    for name, folder in zip(dataset.identities, dataset.identity_dirs):  # 'Zoë' from a Mac's folder (NFD)
+        same = spelt.get(unicodedata.normalize("NFC", name))
+        if name not in known and same is not None:
+            raise ValueError(f"{folder}: identity '{name}' is the generic model's '{same}' written with other Unicode "
+                             f"code points ({ascii(name)} against {ascii(same)}: accents decomposed, as in a folder "
+                             "copied from a Mac, or composed); it would be added as a second person of the same name. "
+                             "Rename the folder to the model's spelling to fine-tune that person, or to another name")
     if known and len(known) != len(dataset.identities):
         new_ones = [n for n in dataset.identities if n not in known]
         raise ValueError(f"identities {known} are already in the generic model {generic_run} and {new_ones} are not; "

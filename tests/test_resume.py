@@ -827,3 +827,21 @@ def test_a_tcnn_run_resumed_where_tcnn_cannot_run_is_told_the_backend_to_set(hea
     err = " ".join(capsys.readouterr().err.split())
     assert "model.field.backend='tcnn' cannot run on cpu" in err, err
     assert "model.field.backend=auto" in err and "the same weights" in err, err
+
+
+def test_personalize_refuses_a_known_name_spelt_with_other_unicode_code_points(heads, tmp_path):
+    # A model trained on Linux with 'Zoë' (é one code point, NFC) personalised from a folder copied from a Mac,
+    # 'Zoë' with e + combining accent (NFD): the same name to the eye and in every table, other bytes to Python.
+    # It was added as a new person: the run held two identities shown 'Zoë (8), Zoë (8)', and render --identity Zoë
+    # picked whichever one the typed bytes matched. It is refused, naming the folder and the model's spelling.
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "Zoë"), unicodedata.normalize("NFD", "Zoë")
+    shutil.copytree(heads[0], tmp_path / "linux" / nfc)
+    shutil.copytree(heads[1], tmp_path / "linux" / "id001")
+    shutil.copytree(heads[2], tmp_path / "mac" / nfd)
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=2"]), [tmp_path / "linux"], run)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "mac" / nfd)) + ".*Unicode"):
+        personalize(run, [tmp_path / "mac" / nfd], tmp_path / "pers", steps=2)
+    assert not (tmp_path / "pers" / "checkpoint.pt").exists()
