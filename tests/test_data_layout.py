@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -723,3 +724,17 @@ def test_two_writers_of_one_file_do_not_share_a_temporary_file(tmp_path: Path):
     assert not errors, errors
     assert json.loads(target.read_text()) == {"who": "first", "whole": True}
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_one_name_in_two_unicode_spellings_is_refused(tmp_path):
+    """'Zoë' typed on Linux (é one code point, NFC) beside 'Zoë' copied from a Mac (e + combining accent, NFD): two
+    folders to the filesystem, one name to the eye. They were read as two people shown 'Zoë' twice in every table
+    and checkpoint, --identity picking one by its bytes. Refused as one name given twice, naming the spellings."""
+    import unicodedata
+
+    generate(tmp_path / "src", n_identities=2, n_frames=4, size=16, seed=0, novel_frames=1)
+    nfc, nfd = unicodedata.normalize("NFC", "Zoë"), unicodedata.normalize("NFD", "Zoë")
+    (tmp_path / "src" / "id000").rename(tmp_path / "src" / nfc)
+    (tmp_path / "src" / "id001").rename(tmp_path / "src" / nfd)
+    with pytest.raises(DatasetError, match=r"Unicode.*" + re.escape(ascii(nfd))):
+        find_identity_dirs(tmp_path / "src")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,7 +219,8 @@ def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]
     does not exist, a root without identity folders, a folder (named, or in a root) ``prepare`` began and did not finish
     (no :data:`PREPARE_DONE_FILE` yet: its transforms may be missing or part written; one it failed on is refused
     named on its own and left out of its root, prepare having reported it), a root holding an identity
-    ``synth`` began and did not finish (its finished ones would be read alone), two identities with the same name,
+    ``synth`` began and did not finish (its finished ones would be read alone), two identities with the same name
+    (also one name in two Unicode spellings, NFC and NFD),
     or two names (links) for one folder.
     """
     found: List[Path] = []
@@ -256,6 +258,14 @@ def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]
         if other is not None and other.resolve() != d.resolve():
             raise DatasetError(f"identity name '{d.name}' is also the name of {other}; identity names must be unique", file=d)
         by_name[d.name] = d
+    spelt: Dict[str, str] = {}
+    for name in sorted(by_name):  # 'Zoë' typed here (NFC) beside 'Zoë' copied from a Mac (NFD): one name to the eye
+        other = spelt.setdefault(unicodedata.normalize("NFC", name), name)
+        if other != name:
+            raise DatasetError(f"identity names '{other}' ({by_name[other]}) and '{name}' are one name written with "
+                               f"other Unicode code points ({ascii(other)}, {ascii(name)}: accents composed or "
+                               "decomposed, as in a folder copied from a Mac); they would be two people shown alike: "
+                               "rename one", file=by_name[name])
     by_folder: Dict[Path, str] = {}
     for name in sorted(by_name):  # two links (or a link and the folder) to one identity: one person read as two
         real = by_name[name].resolve()
