@@ -650,6 +650,23 @@ def test_a_relative_video_name_with_a_colon_is_read_as_that_file(tmp_path, head_
     assert v.out_dir == Path("data") / "file:take 2" and (tmp_path / v.out_dir / "transforms_train.json").is_file()
 
 
+def test_a_video_whose_name_is_not_utf8_is_read(tmp_path):
+    """A file name in another encoding than the system's (latin-1 'café talk.mp4' out of an old zip or a Samba share
+    on a UTF-8 Linux: the byte 0xe9, which Python holds as a surrogate): prepare failed with a bare "'utf-8' codec
+    can't decode byte 0xe9 in position 67", naming no file: ffmpeg repeats the name in what it writes on stderr, which
+    was decoded strictly. Its messages are decoded with the bad bytes replaced, and the video is read."""
+    import os
+
+    from fastminerf.prepare.video import extract_audio, read_frames
+
+    video = tmp_path / os.fsdecode(b"caf\xe9 talk.mp4")
+    _run("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=0.4", "-f", "lavfi",
+         "-i", "sine=frequency=440:duration=0.4", "-map", "0:v", "-map", "1:a", str(video))
+    assert video.is_file()
+    assert len(list(read_frames(video, 25.0))) == 10
+    assert len(_read_wav(extract_audio(video, tmp_path / "audio.wav", 16000, duration=0.4))) == 6400
+
+
 # ------------------------------------------------------------------------------------------------ cuts
 
 

@@ -94,6 +94,11 @@ def _ffmpeg() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+_FFMPEG_TEXT = dict(capture_output=True, encoding="utf-8", errors="replace")
+"""How ffmpeg's messages are read: it writes UTF-8 and repeats the input's name, which may hold bytes of another
+encoding (a latin-1 'café.mp4' from an old zip on a UTF-8 system): strict decoding failed on them naming no file."""
+
+
 def _input(path: PathLike) -> str:
     """``path`` as ffmpeg's input: absolute, so that a name that starts with one of ffmpeg's protocols and a colon
     (``file:take 2.mp4``, ``pipe:1.mp4``, ``concat:...``) is read as the file it names, not through that protocol."""
@@ -152,7 +157,7 @@ def _origin(path: PathLike) -> float:
     for stream, show in (("v", "-vf"), ("a", "-af")):
         res = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-copyts", "-i", _input(path), "-map",
                               f"0:{stream}:0?", show, "showinfo" if stream == "v" else "ashowinfo",
-                              f"-frames:{stream}", "1", "-f", "null", "-"], capture_output=True, text=True)
+                              f"-frames:{stream}", "1", "-f", "null", "-"], **_FFMPEG_TEXT)
         starts += [float(m.group(1)) for m in _FIRST_PTS.finditer(res.stderr)]
     return min(starts) if starts else 0.0
 
@@ -222,7 +227,7 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration
     if duration is not None:
         cmd += ["-t", f"{duration:.6f}"]
     with replaced_atomically(out, ".tmp.wav") as tmp:  # ffmpeg takes the format from the suffix
-        res = subprocess.run(cmd + [str(tmp)], capture_output=True, text=True)
+        res = subprocess.run(cmd + [str(tmp)], **_FFMPEG_TEXT)
         if res.returncode != 0:
             if "does not contain any stream" in res.stderr:  # ffmpeg's last line ('Error opening output files') hides it
                 raise VideoError(f"{path}: has no audio track: no sound to extract")
