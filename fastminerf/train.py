@@ -47,7 +47,7 @@ import unicodedata
 import zipfile
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -429,8 +429,11 @@ def _moved_with(recorded: Optional[str], relative: Optional[str], run: Path) -> 
     and that one is there (a project moved as a whole); else the recorded one."""
     if recorded is None or relative is None or os.path.exists(recorded):
         return recorded
-    here = os.path.normpath(os.path.join(os.path.abspath(run), relative))
-    return here if os.path.exists(here) else recorded
+    for rel in dict.fromkeys([relative, PureWindowsPath(relative).as_posix()]):  # '..\\data': a run made on Windows
+        here = os.path.normpath(os.path.join(os.path.abspath(run), rel))
+        if os.path.exists(here):
+            return here
+    return recorded
 
 
 _GIVE_DATA = "give the folders where it is now"
@@ -1288,7 +1291,7 @@ def _relative(paths: Sequence[PathLike], run: Path) -> List[Optional[str]]:
     found = []
     for p in paths:
         try:
-            found.append(os.path.relpath(os.path.abspath(p), os.path.abspath(run)))
+            found.append(Path(os.path.relpath(os.path.abspath(p), os.path.abspath(run))).as_posix())  # '/': read anywhere
         except ValueError:
             found.append(None)
     return found

@@ -845,3 +845,21 @@ def test_personalize_refuses_a_known_name_spelt_with_other_unicode_code_points(h
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / "mac" / nfd)) + ".*Unicode"):
         personalize(run, [tmp_path / "mac" / nfd], tmp_path / "pers", steps=2)
     assert not (tmp_path / "pers" / "checkpoint.pt").exists()
+
+
+def test_a_run_made_on_windows_finds_its_moved_data_on_linux(heads, tmp_path):
+    # A project trained on a Windows laptop and copied to a Linux cluster (run and data together): the run recorded
+    # its data as 'C:\Users\zoe\proj\data' and, relative to the run, '..\data': joined on Linux that is a file name
+    # with a backslash, so the run's data was 'not there' (render, speech, info, a personalisation's record). The
+    # relative path is read with either separator, and recorded with '/', which Windows reads too.
+    from pathlib import PureWindowsPath
+
+    from fastminerf.train import run_data_paths
+
+    proj = tmp_path / "Zoë's proj"
+    _copy(heads[:1], proj / "my data")
+    train(load_config("tiny", ["train.steps=1"]), [proj / "my data"], proj / "runs" / "run")
+    meta = load_run(proj / "runs" / "run")[2]
+    assert meta["data_relative"] == ["../../my data"]
+    meta.update(data_paths=[r"C:\Users\zoe\proj\my data"], data_relative=[str(PureWindowsPath("..", "..", "my data"))])
+    assert run_data_paths(meta) == [str(proj / "my data")]
