@@ -227,6 +227,15 @@ class _NativeStderrTo:
         return False
 
 
+def _shell_arg(path) -> str:
+    """``path`` as one argument of a command line to copy: shell-quoted (names may hold spaces, quotes, brackets), and
+    './-clips' for a relative '-clips', which the shell would pass as an option."""
+    import shlex
+
+    text = str(path)
+    return shlex.quote(os.path.join(".", text) if text.startswith("-") else text)
+
+
 def _run_prepare(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Column, Table
@@ -286,15 +295,13 @@ def _run_prepare(args: argparse.Namespace) -> int:
     for v in result.failed:
         _console(stderr=True).print(_styled("bold red", "failed", f"{v.name}: {v.error}"), markup=True)
     if any(v.splits for v in result.videos):
-        import shlex
-
         if result.basis_reused:  # in a generic model's expression space: new people to add to it. Their folders, not
             # the root: it may hold the model's own people too, and personalize refuses known and new ones together
-            new = " ".join(shlex.quote(str(v.out_dir)) for v in result.videos if v.splits and v.out_dir is not None)
+            new = " ".join(_shell_arg(v.out_dir) for v in result.videos if v.splits and v.out_dir is not None)
             console.print(f"next: fastminerf personalize --run GENERIC_RUN --data {new} --out RUN (or train)",
                           highlight=False)
         else:
-            console.print(f"next: fastminerf train --data {shlex.quote(str(result.root))} --out RUN --config video",
+            console.print(f"next: fastminerf train --data {_shell_arg(result.root)} --out RUN --config video",
                           highlight=False)
     return 2 if result.failed else 0
 

@@ -212,3 +212,25 @@ def test_a_name_the_terminal_cannot_show_does_not_fail_the_command(tmp_path, enc
     stdout = proc.stdout.decode(encoding)
     shown = str(out).encode(encoding, "backslashreplace").decode(encoding)
     assert f"contact sheet: {shown}{os.sep}contact_sheet.png" in stdout.splitlines(), stdout
+
+
+def test_the_next_step_after_prepare_runs_for_a_root_whose_name_starts_with_a_dash(tmp_path, capsys, monkeypatch):
+    # prepare --out=-clips (a folder named '-clips', or '--old' by a script's date format) said 'next: fastminerf
+    # train --data -clips --out RUN ...', which the shell passes as an option: 'argument --data: expected at least
+    # one argument'. A relative path that starts with '-' is written './-clips', the same folder.
+    from fastminerf.cli import build_parser, main
+    from fastminerf.prepare import PrepareResult, VideoResult
+
+    monkeypatch.chdir(tmp_path)
+    root = Path("-clips")
+    videos = [VideoResult("carol", tmp_path / "carol.mp4", "done", out_dir=root / "carol",
+                          splits={"train": 8, "val": 1, "test": 1})]
+    result = PrepareResult(root, videos, root / "expression_basis.npz", False, 32, "pca32-0123456789ab")
+    monkeypatch.setattr("fastminerf.prepare.prepare", lambda *args, **kwargs: result)
+    monkeypatch.setattr("fastminerf.prepare.require_mediapipe", lambda: None)
+    assert main(["prepare", "carol.mp4", "--out=-clips"]) == 0
+    import shlex
+
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("next: ")]
+    args = build_parser().parse_args(shlex.split(line.removeprefix("next: fastminerf ")))
+    assert [Path(p).resolve() for p in args.data] == [(tmp_path / "-clips").resolve()]
