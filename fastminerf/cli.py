@@ -1025,6 +1025,9 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    if args.which == "backbone" and (args.counts or args.seeds):  # options of the identities benchmark alone
+        raise ValueError(f"{'--counts' if args.counts else '--seeds'} is an option of the identities benchmark: "
+                         "bench backbone takes neither (run bench identities, or bench all)")
     identities, backbone = _benchmarks()
     mode = "full" if args.full else ("tiny" if args.tiny else "quick")
     out = args.out or identities.RESULTS

@@ -388,3 +388,15 @@ def test_the_benchmarks_of_a_trained_run_measure_where_the_cli_renders(tmp_path,
                      "--out", str(tmp_path / "c")]) == 0
     assert fake_cuda.moves[1:] == [("MINeRF", torch.device("cuda"))]
     assert json.loads((tmp_path / "c" / "pose_gap.json").read_text())["settings"]["device"] == "cuda"
+
+
+def test_bench_backbone_refuses_the_identities_options_it_does_not_use(tmp_path, capsys):
+    """bench backbone --counts 4 (or --seeds 1) ran the backbone benchmark as without them, without a word: both are
+    options of the identities benchmark alone, refused before any work."""
+    for extra in (["--counts", "4"], ["--seeds", "1"]):
+        assert main(["bench", "backbone", "--tiny", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w")]
+                    + extra) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert extra[0] in err and "identities" in err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
+
