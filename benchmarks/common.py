@@ -152,6 +152,10 @@ def synth_identities(root: Path, n_identities: int, n_frames: int, size: int, se
     return generate(root, n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, overwrite=True)
 
 
+WORK_MARKER = ".fastminerf_bench"
+"""The file a training benchmark leaves in its ``--work`` folder: the mark of a folder it may reuse (and clear)."""
+
+
 @contextmanager
 def bench_data(work: Path | None, prefix: str, n_identities: int, frames: int, size: int, seed: int,
                say: Callable[[str, dict], None]):
@@ -162,7 +166,15 @@ def bench_data(work: Path | None, prefix: str, n_identities: int, frames: int, s
 
     own = work is None
     work = Path(tempfile.mkdtemp(prefix=prefix)) if own else Path(work)
+    mark = work / WORK_MARKER
+    # the benchmark removes its runs there (train_until): a folder of the user's is not one to work in
+    if not own and work.is_dir() and any(work.iterdir()) and not mark.is_file():
+        raise ValueError(f"{work} is not empty and is no benchmark work folder (it has no {WORK_MARKER}): the benchmark "
+                         "replaces its data and runs there; give a new or empty folder for --work")
+    if not own and work.exists() and not work.is_dir():
+        raise ValueError(f"{work} is a file: give a folder for --work")
     work.mkdir(parents=True, exist_ok=True)
+    mark.touch()
     say("run", dict(name=f"generating {n_identities} identities ({frames} frames, {size} px)", cap=None))
     try:
         yield work, synth_identities(work / "data", n_identities, frames, size, seed)
@@ -385,7 +397,7 @@ def bench_arguments(doc: str, modes) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--mode", choices=sorted(modes), default="quick")
     add_out(ap)
-    ap.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temp folder)")
+    ap.add_argument("--work", type=Path, default=None, help="folder for data and runs: a new or empty one, or an earlier run's (default: a temp folder)")
     ap.add_argument("--config", default=None, help="preset replacing the (fast) model's (e.g. gpu)")
     return ap
 

@@ -400,3 +400,15 @@ def test_bench_backbone_refuses_the_identities_options_it_does_not_use(tmp_path,
         assert extra[0] in err and "identities" in err
     assert not (tmp_path / "w").exists() and not (tmp_path / "out").exists()
 
+
+@pytest.mark.parametrize("which, mine", [("identities", "runs/generic_1/notes.txt"), ("backbone", "fast/notes.txt")])
+def test_bench_work_refuses_a_folder_that_is_not_its_own(tmp_path, capsys, which, mine):
+    """bench --work DIR removed DIR/<which>/fast, nerface or runs/<name> (shutil.rmtree) whatever they held: a user's
+    own folder there was lost. A work folder that is not empty and holds no mark of the benchmark is refused, naming
+    it, before any work; the benchmark's own folder (marked on its first run) is reused by a rerun."""
+    own = tmp_path / "w" / which / mine
+    own.parent.mkdir(parents=True)
+    own.write_text("my notes")
+    assert main(["bench", which, "--tiny", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w")]) == 2
+    assert str(tmp_path / "w" / which) in " ".join(capsys.readouterr().err.split())
+    assert own.read_text() == "my notes"
