@@ -392,18 +392,28 @@ def _run_train(args: argparse.Namespace) -> int:
     console = _console()
     with _TrainProgress(console, "train", cfg.train.steps, cfg.train.max_seconds) as progress:
         result = train(cfg, args.data, args.out, progress=progress, same_pixels=args.same_pixels)
-    limit = cfg.train.max_seconds
-    if result.step == 0 and limit is not None and result.seconds >= limit:  # no loss or PSNR to give: say why
-        console.print(f"trained no step: the time limit (--max-seconds / train.max_seconds {limit:g} s) was spent "
-                      f"before the first step, in {result.seconds:.3g} s of setup (carving the occupancy grid and "
-                      f"starting the torso layer count as training time); give a longer limit. Run in {result.out_dir}")
-        return 0
     for note in result.notes:
         console.print(_styled("yellow", "note", note), markup=True)
+    if result.step == 0:  # no loss or PSNR to give: say why
+        console.print(_no_step("trained", result, cfg.train.steps, "train.steps", cfg.train.max_seconds))
+        return 0
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     console.print(f"trained {result.step} steps in {result.seconds:.1f} s{resumed}: loss {result.loss:.5f}, "
                   f"train psnr {result.psnr:.2f} dB; run in {result.out_dir}{f', its curve {result.curve}' if result.curve else ''}")
     return 0
+
+
+def _no_step(done: str, result, steps: int, key: str, limit) -> str:
+    """The closing line of a train or personalize that took no step (its loss and PSNR are NaN): why none was."""
+    if steps == 0:
+        why = f"--steps 0 ({key}) asks for none"
+    elif limit is not None and result.seconds >= limit:
+        why = (f"the time limit (--max-seconds / train.max_seconds {limit:g} s) was spent before the first step, in "
+               f"{result.seconds:.3g} s of setup (carving the occupancy grid and starting the torso layer count as "
+               "training time); give a longer limit")
+    else:
+        why = "it stopped before the first step"
+    return f"{done} no step: {why}. Run in {result.out_dir}"
 
 
 def _add_personalize(sub: "argparse._SubParsersAction") -> None:
@@ -433,7 +443,8 @@ def _run_personalize(args: argparse.Namespace) -> int:
     from .train import load_run, personalize, personalize_config
 
     # personalize's own settings, checked before any progress bar (--steps -3 drew one of 0/-3 first)
-    steps = personalize_config(load_run(args.run)[0], args.overrides, args.steps, args.max_seconds).train.personalize_steps
+    pcfg = personalize_config(load_run(args.run)[0], args.overrides, args.steps, args.max_seconds)
+    steps, limit = pcfg.train.personalize_steps, pcfg.train.max_seconds
     console = _console()
     if args.each:
         from .data.layout import find_identity_dirs
@@ -447,6 +458,9 @@ def _run_personalize(args: argparse.Namespace) -> int:
                                  overrides=args.overrides, same_pixels=args.same_pixels)
         for note in result.notes:
             console.print(_styled("yellow", "note", note), markup=True)
+        if result.step == 0:
+            console.print(_no_step("personalised with", result, steps, "train.personalize_steps", limit))
+            continue
         resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
         console.print(f"personalised in {result.step} steps, {result.seconds:.1f} s{resumed}: train psnr "
                       f"{result.psnr:.2f} dB; run in {result.out_dir}{f', its curve {result.curve}' if result.curve else ''}")

@@ -1143,3 +1143,19 @@ def test_a_new_identity_of_no_named_space_added_to_a_model_of_one_is_noted(tiny_
                  "--steps", "1"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "note" in out and "'hand'" in out and EXPRESSION_SPACE in out, out
+
+
+def test_steps_0_says_no_step_was_taken_in_train_and_personalize(tiny_data, tmp_path, capsys):
+    """train --steps 0 and personalize --steps 0 ended in 'loss nan, train psnr nan dB', as if the run had diverged:
+    no step was asked for. Both say that no step was taken and why (--steps 0)."""
+    from fastminerf.cli import main
+
+    ids = sorted(p for p in tiny_data.iterdir() if p.is_dir())
+    run = tmp_path / "t"
+    assert main(["train", "--data", *map(str, ids[:2]), "--out", str(run), "--config", "tiny", "--steps", "0"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "nan" not in text and "no step" in text and "--steps 0" in text, text
+    assert main(["personalize", "--run", str(run), "--data", str(ids[2]), "--out", str(tmp_path / "p"),
+                 "--steps", "0"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "nan" not in text and "no step" in text and "--steps 0" in text, text
