@@ -332,14 +332,17 @@ class _TrainProgress:
         )
         self.task = self.bar.add_task(title, total=total_steps, stats="", left="?")
 
-    def __enter__(self):
-        self.bar.__enter__()
+    def __enter__(self):  # the bar is drawn from the first logged step on: a refusal of the data comes without it
+        self.started = False
         return self
 
     def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
+        return self.bar.__exit__(*exc) if self.started else None
 
     def __call__(self, rec: dict) -> None:
+        if not self.started:
+            self.bar.__enter__()
+            self.started = True
         step, secs = int(rec["step"]), float(rec["seconds"])
         rate = step / max(secs, 1e-9)
         left = (self.total - step) / max(rate, 1e-9)

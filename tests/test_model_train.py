@@ -1159,3 +1159,22 @@ def test_steps_0_says_no_step_was_taken_in_train_and_personalize(tiny_data, tmp_
                  "--steps", "0"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "nan" not in text and "no step" in text and "--steps 0" in text, text
+
+
+def test_a_data_refusal_comes_before_any_progress_line(tiny_data, tmp_path, capsys):
+    """train and personalize with a missing --data folder drew an empty 'train 0/5' ('personalize 0/20') progress
+    line and then the refusal: the bar starts with the first logged step, once the data was found and read."""
+    from fastminerf.cli import main
+
+    ids = sorted(p for p in tiny_data.iterdir() if p.is_dir())
+    run = tmp_path / "t"
+    assert main(["train", "--data", str(tmp_path / "nothere"), "--out", str(run), "--config", "tiny",
+                 "--steps", "5"]) == 2
+    out = capsys.readouterr()
+    assert "nothere" in out.err and "0/5" not in out.out + out.err, out
+    assert main(["train", "--data", *map(str, ids[:2]), "--out", str(run), "--config", "tiny", "--steps", "5"]) == 0
+    assert "5/5" in capsys.readouterr().out
+    assert main(["personalize", "--run", str(run), "--data", str(tmp_path / "nothere"), "--out",
+                 str(tmp_path / "p"), "--steps", "7"]) == 2
+    out = capsys.readouterr()
+    assert "nothere" in out.err and "0/7" not in out.out + out.err, out
