@@ -22,6 +22,7 @@ progress and summaries are shown here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import io
 import os
@@ -119,6 +120,26 @@ def _add_synth(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=_run_synth)
 
 
+SYNTH_OPTIONS = dict(n_identities="--identities", n_frames="--frames", size="--size", seed="--seed",
+                     val_fraction="--val-fraction", novel_frames="--novel-frames",
+                     expression_style="--expression-style", novel_poses="--novel-poses")
+"""The options of synth (and demo) for the arguments of ``fastminerf.data.synth.generate`` they set."""
+
+
+@contextlib.contextmanager
+def _named_options(options: dict):
+    """A library's refusal of an argument's value (:class:`fastminerf.config.ArgumentValueError`) given with the
+    option the user typed for it (``options``: argument name -> option)."""
+    from .config import ArgumentValueError
+
+    try:
+        yield
+    except ArgumentValueError as exc:
+        if exc.name not in options:
+            raise
+        raise ValueError(f"{options[exc.name]} {exc.reason}") from None
+
+
 def _run_synth(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -154,7 +175,8 @@ def _run_synth(args: argparse.Namespace) -> int:
             bar.update(task, completed=done, total=total)
 
         kwargs = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-        dirs = generate(args.out, progress=progress, **kwargs)
+        with _named_options(SYNTH_OPTIONS):
+            dirs = generate(args.out, progress=progress, **kwargs)
     elapsed = time.perf_counter() - start
     console.print(f"wrote {len(dirs)} identities to {args.out} in {elapsed:.1f} s")
     if not args.no_contact_sheet:
@@ -982,9 +1004,10 @@ def _run_demo(args: argparse.Namespace) -> int:
             else:
                 bar.update(tasks[stage], completed=int(info["done"]), total=int(info["total"]))
 
-        result = run_demo(args.out, minutes=args.minutes, n_identities=args.identities, n_frames=args.frames,
-                          size=args.size, seed=args.seed, config=args.config, overwrite=args.overwrite, progress=progress,
-                          device=args.device)
+        with _named_options(dict(SYNTH_OPTIONS, minutes="--minutes")):
+            result = run_demo(args.out, minutes=args.minutes, n_identities=args.identities, n_frames=args.frames,
+                              size=args.size, seed=args.seed, config=args.config, overwrite=args.overwrite,
+                              progress=progress, device=args.device)
     for split, title in (("val", "val: unseen frames"), ("novel", "novel: expressions each identity never showed")):
         _print_whole(console, _metrics_table(result.metrics[split], f"{title} ({result.held_out} personalised)"))
     secs = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())

@@ -852,6 +852,15 @@ class ConfigError(ValueError):
     """A config file or override names an unknown key or a value of the wrong type."""
 
 
+class ArgumentValueError(ValueError):
+    """A bad value of the function argument ``name``: the message is ``'<name> <reason>'``, and a command-line tool
+    names its own option for the argument with ``reason`` (the CLI's ``--frames`` for ``n_frames``)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name} {reason}")
+        self.name, self.reason = name, reason
+
+
 def _config_dir() -> Path:
     """The presets live in the repository's ``configs/``; a non-editable install carries them inside the package,
     as ``fastminerf/configs`` (setup.py maps the package ``fastminerf.configs`` to ``configs/``)."""

@@ -130,7 +130,7 @@ def run_demo(
             ``overwrite`` is false. KeyboardInterrupt (Ctrl-C) says so: a demo stopped part way, at any stage, is
             run again with ``overwrite``.
     """
-    from .config import apply_overrides, load_config
+    from .config import ArgumentValueError, apply_overrides, load_config
     from .data import load_dataset
     from .data.synth import contact_sheet, generate
     from .data.writer import write_json
@@ -138,19 +138,18 @@ def run_demo(
     from .train import load_run, personalize, resolve_device, train
 
     if n_identities < 2:
-        raise ValueError(f"the demo needs at least 2 identities (one held out), got {n_identities}")
+        raise ArgumentValueError("n_identities", f"must be at least 2 identities (the demo holds one out), got {n_identities}")
     if size < 11:
-        raise ValueError(f"the demo needs frames of at least 11 pixels (SSIM's window), got {size}")
+        raise ArgumentValueError("size", f"must be at least 11 pixels (SSIM's window), got {size}")
     if not minutes > 0:
-        raise ValueError(f"minutes must be positive, got {minutes}")
+        raise ArgumentValueError("minutes", f"must be positive, got {minutes}")
     if not 0.0 < train_share < 1.0:
-        raise ValueError(f"train_share must be in (0, 1), got {train_share}")
+        raise ArgumentValueError("train_share", f"must be in (0, 1), got {train_share}")
     if device is not None:
         resolve_device(device, "device")  # one that cannot run here: refused before the data is made
     # read before the data is made: a typo found at training left OUT/data, and the corrected call was refused
     cfg = load_config(config, [f"train.device={device}"] if device is not None else [])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # made by generate, once it has taken its settings (a bad one leaves no folder)
     generic, personal = out / "generic", out / "personal"
     if not overwrite:
         for run in (generic, personal):

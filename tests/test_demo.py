@@ -135,3 +135,19 @@ def test_a_refused_demo_with_overwrite_deletes_no_run(tmp_path):
         run_demo(tmp_path / "work", minutes=0.05, n_identities=2, n_frames=6, size=16, config="tiny", overwrite=True)
     for name in ("checkpoint.pt", "log.jsonl", "config.yaml"):
         assert (run / name).read_text() == f"the user's {name}"
+
+
+@pytest.mark.parametrize("command, option, value", [
+    ("demo", "--frames", "0"), ("demo", "--identities", "1"), ("demo", "--size", "3"), ("demo", "--seed", "-1"),
+    ("demo", "--minutes", "0"), ("synth", "--frames", "0"), ("synth", "--identities", "0"), ("synth", "--size", "3"),
+    ("synth", "--seed", "-1"), ("synth", "--val-fraction", "2"), ("synth", "--novel-frames", "-1"),
+    ("synth", "--expression-style", "1.5")])
+def test_demo_and_synth_name_the_option_typed_for_a_bad_value(tmp_path, capsys, command, option, value):
+    """demo --frames 0 was refused as 'n_frames must be >= 1' (the library's argument, which the user never typed),
+    synth --val-fraction 2 as 'val_fraction must be in [0, 1)'. Each refusal names the option, before any work."""
+    from fastminerf.cli import main
+
+    assert main([command, str(tmp_path / "out"), option, value]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {option} " in err, err
+    assert not (tmp_path / "out").exists()

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..audio import Audio, write_wav
-from ..config import SynthConfig
+from ..config import ArgumentValueError, SynthConfig
 from .heads import EXPRESSION_NAMES, EXPRESSION_RANGES, TRACE_BOX, HeadModel, HeadParams
 from .layout import (AUDIO_FILE, SYNTH_IDENTITY_MARKER, DatasetError, find_identity_dirs, is_identity_dir,
                      read_transforms)
@@ -402,32 +402,32 @@ def generate(
         BlockingIOError: another generation writes ``out_dir`` now (it holds ``out_dir/.lock`` while it writes).
     """
     if n_identities < 1:
-        raise ValueError(f"n_identities must be >= 1, got {n_identities}")
+        raise ArgumentValueError("n_identities", f"must be >= 1, got {n_identities}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:  # numpy's words, once begun
-        raise ValueError(f"seed must be a whole number >= 0, got {seed}")
+        raise ArgumentValueError("seed", f"must be a whole number >= 0, got {seed}")
     if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        raise ArgumentValueError("n_frames", f"must be >= 1, got {n_frames}")
     if size < 8:
-        raise ValueError(f"size must be >= 8 pixels, got {size}")
+        raise ArgumentValueError("size", f"must be >= 8 pixels, got {size}")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ArgumentValueError("val_fraction", f"must be in [0, 1), got {val_fraction}")
     if not 0.0 <= expression_style < 1.0:
-        raise ValueError(f"expression_style must be in [0, 1), got {expression_style}")
+        raise ArgumentValueError("expression_style", f"must be in [0, 1), got {expression_style}")
     if novel_poses not in ("own", "train"):
-        raise ValueError(f"novel_poses must be 'own' or 'train', got {novel_poses!r}")
+        raise ArgumentValueError("novel_poses", f"must be 'own' or 'train', got {novel_poses!r}")
     # Checked here, not left to the renderer: fps <= 0 never ends drawing blinks (a gap of 0 frames), a focal
     # length <= 0 writes transforms the loader refuses, a camera distance <= 0 sees no head.
     if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number of frames per second, got {fps}")
+        raise ArgumentValueError("fps", f"must be a positive number of frames per second, got {fps}")
     if not (math.isfinite(focal_factor) and focal_factor > 0):
-        raise ValueError(f"focal_factor must be positive, got {focal_factor}")
+        raise ArgumentValueError("focal_factor", f"must be positive, got {focal_factor}")
     if not (math.isfinite(camera_distance) and camera_distance > 0):
-        raise ValueError(f"camera_distance must be positive, got {camera_distance}")
+        raise ArgumentValueError("camera_distance", f"must be positive, got {camera_distance}")
     n_val = 0 if n_frames < 2 else max(1, int(round(val_fraction * n_frames)))
     n_val = min(n_val, n_frames - 1)
     n_novel = max(1, n_frames // 10) if novel_frames is None else int(novel_frames)
     if n_novel < 1:
-        raise ValueError(f"novel_frames must be >= 1, got {novel_frames}")
+        raise ArgumentValueError("novel_frames", f"must be >= 1, got {novel_frames}")
     out = Path(out_dir)
     names = [f"id{k:03d}" for k in range(n_identities)]
     try:  # held before the folder is looked at: a generation into it that has not ended looks stopped part way
