@@ -264,3 +264,12 @@ def test_a_decompression_bomb_frame_is_refused_naming_the_file(tmp_path, frame):
         read_rgb(d / "train" / f"{frame}.png")
     with pytest.raises(DatasetError, match=rf"frame {frame}: key 'file_path': cannot read image .*{frame}\.png.*900000000 pixels"):
         load_dataset(d, splits=("train",)).image("train", frame)
+
+
+@pytest.mark.parametrize("key", ["cache_frames", "cache_bytes"])
+def test_load_dataset_names_its_own_cache_keyword_for_a_negative_bound(tmp_path, key):
+    """load_dataset(..., cache_frames=-1) was refused as 'max_items must be >= 0 or None' (cache_bytes=-1 as
+    'max_bytes ...'), the frame cache's internal arguments, which the caller never typed."""
+    d = _identity(tmp_path, "a", 2, 0)
+    with pytest.raises(ValueError, match=rf"^{key} must be >= 0 or None, got -1$"):
+        load_dataset([d], **{key: -1})

@@ -43,6 +43,12 @@ PathLike = Union[str, Path]
 _DATA = DataConfig()
 
 
+def _check_bound(name: str, value: Optional[int]) -> None:
+    """Refuse a negative bound of the frame cache, naming the argument ``name`` it was given as."""
+    if value is not None and value < 0:
+        raise ValueError(f"{name} must be >= 0 or None, got {value}")
+
+
 class FrameCache:
     """A thread-safe LRU cache of decoded arrays, bounded in item count and in bytes.
 
@@ -55,10 +61,8 @@ class FrameCache:
     """
 
     def __init__(self, max_items: Optional[int] = _DATA.cache_frames, max_bytes: Optional[int] = _DATA.cache_bytes) -> None:
-        if max_items is not None and max_items < 0:
-            raise ValueError(f"max_items must be >= 0 or None, got {max_items}")
-        if max_bytes is not None and max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0 or None, got {max_bytes}")
+        _check_bound("max_items", max_items)
+        _check_bound("max_bytes", max_bytes)
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._items: "OrderedDict[Hashable, np.ndarray]" = OrderedDict()
@@ -509,6 +513,8 @@ def load_dataset(
         >>> data = load_dataset(["runs/synth"], splits=("train", "val"))
         >>> data.identities, data.expression_dim, data.num_frames("train")
     """
+    _check_bound("cache_frames", cache_frames)  # before any file is read, by the names the caller typed
+    _check_bound("cache_bytes", cache_bytes)
     dirs = find_identity_dirs(paths)
     if splits is None:
         splits = identity_splits(dirs[0])
