@@ -1109,6 +1109,10 @@ def render_frame(
         if split is None or index is None:
             raise RenderError("render_frame from a dataset needs split and index")
         table = _loaded_table(source, split, f"cannot render frame {index} of split '{split}'")
+        if not 0 <= index < len(table):  # the flat index over every identity's frames of the split
+            counts = ", ".join(f"{n}: {len(table.frames_of(i))}" for i, n in enumerate(source.identities))
+            raise RenderError(f"cannot render frame {index} of split '{split}': it has {len(table)} frames, indexed "
+                              f"0 to {len(table) - 1} over its identities in order ({counts})")
         rays = frame_rays(source, split, index)
         width, height = table.size_of(index)
         name = source.identities[int(table.identity[index])]

@@ -1171,3 +1171,15 @@ def test_an_evaluation_into_a_folder_another_one_writes_is_refused(synth, data, 
         assert json.loads((out / "metrics.json").read_text())["split"] == "train"
     res = evaluate(Oracle(synth[1]), data, "val", out_dir=out, with_lpips=False, with_lmd=False)  # released
     assert json.loads((out / "metrics.json").read_text())["split"] == "val" == res["split"]
+
+
+def test_a_frame_index_out_of_range_is_refused_naming_the_split_and_its_frames(synth, data):
+    """render_frame(model, data, 'val', 99) raised a plain IndexError from the ray table (and -1 rendered the split's
+    last frame as if it were asked): a RenderError names the frame, the split and the frames it has (per identity)."""
+    oracle = Oracle(synth[1])
+    n = data.num_frames("val")
+    each = ", ".join(f"{name}: {len(data.table('val').frames_of(i))}" for i, name in enumerate(data.identities))
+    for index in (n, 99, -1):
+        with pytest.raises(RenderError, match=rf"frame {index} of split 'val'.*{n} frames.*\({each}\)"):
+            render_frame(oracle, data, "val", index)
+    render_frame(oracle, data, "val", n - 1)  # the last one renders
