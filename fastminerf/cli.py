@@ -750,7 +750,8 @@ def _run_render(args: argparse.Namespace) -> int:
     if info.alpha_path is not None:
         extra += f", its matte in {info.alpha_path}"
     if info.audio_seconds:
-        extra += f", with {info.audio_seconds:.1f} s of {'the recording' if args.speech else 'the driver' + chr(39) + 's audio'}"
+        # to the hundredth: a frame of sound is 0.04 s at 25 fps, which .1f gave as 0.0 s (read as none)
+        extra += f", with {info.audio_seconds:.2f} s of {'the recording' if args.speech else 'the driver' + chr(39) + 's audio'}"
     elif args.audio and not args.orbit and info.path is not None:
         extra += f", silent (the driver: {path.silent_reason()})"
     console.print(f"{what}: {info.n_frames} frames {info.width}x{info.height} -> {info.path}{extra}")

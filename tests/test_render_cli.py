@@ -863,3 +863,14 @@ def test_cli_render_refuses_to_write_over_its_own_input_video(tiny, tmp_path, ca
     err = " ".join(capsys.readouterr().err.split())
     assert f"--out {tmp_path / '.' / 'clip.mp4'} is {source} {video}" in err, err
     assert video.read_bytes() == b"the user's recording" and not (root / "run" / "drivers" / "clip").exists()
+
+
+def test_a_one_frame_driven_render_gives_the_length_of_its_sound(tiny, tmp_path, capsys):
+    """render --drive D --frames 1 carries one frame's sound (1 / fps s, 0.04 s at 25 fps) and said 'with 0.0 s of
+    the driver's audio', which reads as none: the length is given to the hundredth of a second."""
+    root, dirs = tiny
+    fps = json.loads((dirs[1] / "transforms_val.json").read_text())["fps"]
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--drive", f"{dirs[1]}:val",
+                 "--frames", "1", "--out", str(tmp_path / "one.mp4")]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"with {1 / fps:.2f} s of the driver's audio" in text, text
