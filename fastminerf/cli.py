@@ -566,6 +566,8 @@ def _frames_progress(console, title: str):
 
 
 def _add_render(sub: "argparse._SubParsersAction") -> None:
+    from . import render  # loaded with the package already: its constants cost --help nothing
+
     p = sub.add_parser(
         "render",
         help="render an identity driven by another dataset's expressions and head motion (--drive), a camera orbit "
@@ -606,7 +608,7 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--frames", type=int, default=None,
                    help="frames of an orbit (default 60), or the first frames of a driven or --speech video, counted "
                         "at its --fps (default all)")
-    p.add_argument("--fps", type=float, default=None, help="frame rate (default: the driver's; with --speech, the target's; 25 for an orbit); a driven or "
+    p.add_argument("--fps", type=float, default=None, help=f"frame rate (default: the driver's; with --speech, the target's; {render.DEFAULT_FPS:g} for an orbit); a driven or "
                         "--speech video keeps its clock at any rate (frames repeated or dropped, the sound in time)")
     p.add_argument("--yaw", type=float, default=None, metavar="DEG",
                    help="an orbit's left-right swing each way (default: as far as NAME's training views reach, a few "

@@ -874,3 +874,15 @@ def test_a_one_frame_driven_render_gives_the_length_of_its_sound(tiny, tmp_path,
                  "--frames", "1", "--out", str(tmp_path / "one.mp4")]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert f"with {1 / fps:.2f} s of the driver's audio" in text, text
+
+
+def test_render_help_gives_the_orbit_frame_rate_of_the_library(monkeypatch, capsys):
+    """render --help said '25 for an orbit', a literal beside render.DEFAULT_FPS (the rate orbit_path gives an orbit):
+    the help takes the library's constant, so that it says the rate an orbit is rendered at."""
+    from fastminerf import render
+
+    monkeypatch.setattr(render, "DEFAULT_FPS", 30.0)
+    with pytest.raises(SystemExit):
+        main(["render", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "30 for an orbit" in text and "25 for an orbit" not in text, text
