@@ -32,6 +32,7 @@ Dimension letters: N rays, B frames, E expression size, H x W image size.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -1289,7 +1290,9 @@ def _check_video_out(out: Path) -> None:
         # empty or broken file in place of an earlier one and reported nothing
         raise RenderError(f"{out}: a video needs the suffix {', '.join(VIDEO_OUT_SUFFIXES)} (H.264 with AAC sound), "
                           f"not '{out.suffix}'")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.parent.is_dir():  # made when the video is written (write_video)
+        _check_out_folder(out.parent, f"the video {out.name}")
+        return
     part = _part_path(out)
     try:  # before any frame is rendered: ffmpeg would only fail once it had them all
         part.touch()
@@ -1310,21 +1313,25 @@ def _check_png_dir(pngs: Path) -> None:
 
 
 def _check_out_folder(folder: Path, what: str) -> None:
-    """Refuse an output folder that is a file or cannot be made (naming it and ``what`` it is for), and make it:
-    before any work, where ``mkdir`` would fail with Python's words ('[Errno 17] File exists') once it had begun."""
-    if folder.exists() and not folder.is_dir():
-        raise RenderError(f"{folder} is a file: give a folder for {what}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RenderError(f"{folder}: cannot make the folder for {what} ({exc.strerror or exc})") from None
+    """Refuse an output folder that is a file or cannot be made (naming it and ``what`` it is for): before any work,
+    where ``mkdir`` would fail with Python's words ('[Errno 17] File exists') once it had begun. Checked without
+    making it (a call refused later, e.g. for an unknown identity, leaves no empty folder behind): it, or the
+    nearest folder above it that exists, must be a folder that can be written."""
+    for there in (folder, *folder.parents):
+        if there.exists():
+            if not there.is_dir():
+                raise RenderError(f"{there} is a file: give a folder for {what}")
+            if there != folder and not os.access(there, os.W_OK | os.X_OK):
+                raise RenderError(f"{folder}: cannot make the folder for {what} ({there} cannot be written)")
+            return
 
 
 def check_outputs(out: Optional[PathLike], png_dir: Optional[PathLike] = None, alpha: bool = False) -> None:
     """Refuse what :func:`write_video` would refuse of its outputs, for a caller to call before any work (``render``
     before it reads the model or prepares a driver): a video name that is a folder, whose suffix is no video container
     or whose folder cannot be written; with ``alpha`` the matte's name beside it (:func:`alpha_video_path`) alike; a
-    ``png_dir`` that is a file or cannot be made, or lies in or under a dataset's identity folder. Their folders are made."""
+    ``png_dir`` that is a file or cannot be made, or lies in or under a dataset's identity folder. Nothing is made
+    (:func:`write_video` makes the folders)."""
     if out is not None:
         _check_video_out(Path(out))
         if alpha:
@@ -1336,7 +1343,7 @@ def check_outputs(out: Optional[PathLike], png_dir: Optional[PathLike] = None, a
 
 def check_eval_out(out_dir: PathLike) -> None:
     """Refuse an :func:`evaluate` ``out_dir`` that is a file or cannot be made, naming it (evaluate does, before any
-    frame; ``eval`` calls it before it reads the runs), and make it."""
+    frame; ``eval`` calls it before it reads the runs); evaluate makes it when it writes there."""
     _check_out_folder(Path(out_dir), "metrics.json and the side-by-side images")
 
 
@@ -1387,6 +1394,8 @@ def write_video(
     out = Path(path) if path is not None else None
     pngs = Path(png_dir) if png_dir is not None else None
     check_outputs(out, pngs)
+    for folder in [f for f in (out and out.parent, pngs) if f is not None]:
+        folder.mkdir(parents=True, exist_ok=True)
     # the video, and for RGBA frames its matte: [final name, temporary name, writer, ffmpeg process]
     videos: List[list] = []
     size: Optional[Tuple[int, int]] = None
@@ -1761,6 +1770,7 @@ def evaluate(
     held = ExitStack()
     if out is not None:  # held from the clean-up to metrics.json: another evaluation into it would mix with this one
         check_eval_out(out)
+        out.mkdir(parents=True, exist_ok=True)  # checked, and the call's refusals are behind it: made to be locked
         held.enter_context(folder_locked(out, lambda holder: RenderError(
             f"{out} is in use by another evaluation{holder}: wait for it to end, or give another --out folder")))
     with held:

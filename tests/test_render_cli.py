@@ -886,3 +886,21 @@ def test_render_help_gives_the_orbit_frame_rate_of_the_library(monkeypatch, caps
         main(["render", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "30 for an orbit" in text and "25 for an orbit" not in text, text
+
+
+def test_a_refused_render_or_eval_leaves_no_output_folder_behind(tiny, tmp_path, capsys):
+    """render --out NEW/v.mp4 --png-dir NEW2/pngs of an unknown identity, or eval --out NEW of a split the data does
+    not have, was refused after the early output checks had made NEW, NEW2/pngs (and eval's NEW): empty folders left
+    behind by a call that wrote nothing. The checks look without making; a folder is made when it is written to."""
+    root, dirs = tiny
+    assert main(["render", "--run", str(root / "run"), "--identity", "nobody", "--orbit", "--out",
+                 str(tmp_path / "a" / "v.mp4"), "--png-dir", str(tmp_path / "b" / "pngs")]) == 2
+    assert "nobody" in capsys.readouterr().err
+    assert main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), "--split", "nosuch", "--out",
+                 str(tmp_path / "c" / "ev")]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # a good call still makes them
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--orbit", "--frames", "2", "--out",
+                 str(tmp_path / "a" / "v.mp4"), "--png-dir", str(tmp_path / "b" / "pngs")]) == 0
+    assert (tmp_path / "a" / "v.mp4").is_file() and len(list((tmp_path / "b" / "pngs").glob("*.png"))) == 2
