@@ -273,3 +273,17 @@ def test_load_dataset_names_its_own_cache_keyword_for_a_negative_bound(tmp_path,
     d = _identity(tmp_path, "a", 2, 0)
     with pytest.raises(ValueError, match=rf"^{key} must be >= 0 or None, got -1$"):
         load_dataset([d], **{key: -1})
+
+
+def test_expression_refusals_agree_with_whom_they_name(tmp_path):
+    """'the new identities (a, b) has expressions of length 2 but ...' and '... (a, b) is in expression space' : the
+    verb followed the list of people in the singular. The sentences speak of their expressions, which are."""
+    from fastminerf.data.dataset import check_expression_space, expression_space_mismatch
+
+    data = load_dataset([_identity(tmp_path, "a", 2, 0), _identity(tmp_path, "b", 2, 1)])
+    with pytest.raises(DatasetError) as err:
+        check_expression_space(None, data, "the new identities", "RUN", data.expression_dim + 1)
+    assert f"the expressions of the new identities (a, b) are of length {data.expression_dim} but RUN" in str(err.value)
+    why = expression_space_mismatch("s1", "s2", "the new identities (a, b)", "RUN")
+    assert why.startswith("the expressions of the new identities (a, b) are in expression space 's2' but the model "
+                          "(RUN) was trained in 's1'"), why

@@ -652,8 +652,10 @@ def expression_space_mismatch(expected: Optional[str], have: Optional[str], what
     fitted); None when it can (or either space is unknown). ``model``: what the model is (its checkpoint), or None."""
     if expected is None or have is None or have == expected:
         return None
-    said = (f"{what} is in expression space '{have}' but the model{f' ({model})' if model else ''} was trained in "
-            f"'{expected}': the same coefficients would mean other face motions")
+    # the expressions are the subject: 'what' may be one person or several ('the new identities (p, q)')
+    said = (f"the expressions of {what} are in expression space '{have}' but the model"
+            f"{f' ({model})' if model else ''} was trained in '{expected}': the same coefficients would mean other "
+            "face motions")
     if not (_prepared_space(expected) or _prepared_space(have)):  # no basis file to pass
         return f"{said}. Use data whose expressions are in '{expected}' (written by the training data's tracker and basis)"
     return (f"{said}. Prepare it with the training data's basis (fastminerf prepare VIDEO --out NEW --basis "
@@ -676,7 +678,7 @@ def check_expression_space(expected: Optional[str], dataset: MultiIdentityDatase
     """
     if expected_dim is not None and int(expected_dim) != dataset.expression_dim:
         first = dataset.split_meta(dataset.splits[0], 0)
-        raise DatasetError(f"{what} ({', '.join(dataset.identities)}) has expressions of length {dataset.expression_dim} "
+        raise DatasetError(f"the expressions of {what} ({', '.join(dataset.identities)}) are of length {dataset.expression_dim} "
                            f"but {model} was trained with length {expected_dim}; they must share one "
                            f"expression space", file=first.file, frame=0, key="expression")
     have = dataset.expression_space
