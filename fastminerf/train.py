@@ -1483,6 +1483,17 @@ def _data_notes(dataset: MultiIdentityDataset, model_space: Optional[str] = None
             f"(docs/DATASET.md), which refuses the mix",)
 
 
+def _adopted_space_note(names: List[str], space: str) -> str:
+    """personalize's note when new people of a named expression space join a model that recorded none: the
+    model's people (``names``) are taken into ``space``, as :func:`_data_notes` says of train's mix."""
+    one = len(names) == 1
+    return (f"the model's {identity_list(names)} named no expression_space in {'its' if one else 'their'} transforms "
+            f"files: taken to be in the new identities' expression space '{space}', the expression length alone "
+            f"checked, and the run records that space (data of another space is now refused). If another tracker or "
+            f"basis wrote {'its' if one else 'their'} expressions, expression transfer between "
+            f"{'it' if one else 'them'} and the new identities moves the face at random")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Personalisation
 
@@ -1544,6 +1555,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     dataset = _load_training_data(paths, cfg)
     check_expression_space(model.expression_space, dataset, "the new identities", str(generic_run),
                            model.expression_dim)
+    generic_space, generic_names = model.expression_space, list(model.identity_names)
     known = [n for n in dataset.identities if n in model.identity_names]
     spelt = {unicodedata.normalize("NFC", n): n for n in model.identity_names}
     for name, folder in zip(dataset.identities, dataset.identity_dirs):  # 'Zoë' from a Mac's folder (NFD)
@@ -1612,6 +1624,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
                                       "another --out folder")
         else:
             first_frame = model.add_identities(dataset.identities, torch.from_numpy(table.identity) + first_id)
+            if model.expression_space is None:  # as train takes people of no named space into the others' space
+                model.expression_space = dataset.expression_space
             hull = view_hull(model, dataset, keep_unseen=False)
             if hull is not None:  # space the generic identities' carving removed but the new ones show
                 model.occupancy.restore(hull)
@@ -1697,7 +1711,10 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         loop.run(opt, lrs, steps, steps, max_seconds, "all", steps)
         for p in field_params:
             p.requires_grad_(True)
-    return replace(_finish(loop, model, average, resumed), notes=_data_notes(dataset, model.expression_space))
+    notes = _data_notes(dataset, model.expression_space)
+    if known == [] and generic_space is None and model.expression_space is not None:
+        notes += (_adopted_space_note(list(generic_names), model.expression_space),)
+    return replace(_finish(loop, model, average, resumed), notes=notes)
 
 
 _NEW_PERSON_HINT = ("identities are named by their folders: a new person whose folder has the name of one the model "

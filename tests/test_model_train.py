@@ -1178,3 +1178,35 @@ def test_a_data_refusal_comes_before_any_progress_line(tiny_data, tmp_path, caps
                  str(tmp_path / "p"), "--steps", "7"]) == 2
     out = capsys.readouterr()
     assert "nothere" in out.err and "0/7" not in out.out + out.err, out
+
+
+def test_new_identities_of_a_named_space_added_to_a_model_of_none_record_it_and_say_so(tiny_data, tmp_path):
+    """personalize of new people whose files name an expression_space into a model trained on hand-made people that
+    named none said nothing and recorded none: a driver later prepared with another basis was then never checked.
+    As train does for such a mix, the model's people are taken to be in the new people's space (a note names them
+    and it) and the new run records that space, so data of another space is refused."""
+    import shutil
+
+    from fastminerf import personalize
+    from fastminerf.data.dataset import check_expression_space
+    from fastminerf.data.synth import EXPRESSION_SPACE
+
+    named, other = _two(tiny_data)
+    hand = shutil.copytree(other, tmp_path / "data" / "hand")
+    for f in hand.glob("transforms_*.json"):
+        m = json.loads(f.read_text())
+        m.pop("expression_space")
+        f.write_text(json.dumps(m))
+    train(load_config("tiny", ["train.steps=1"]), [hand], tmp_path / "run")
+    assert load_run(tmp_path / "run")[2]["expression_space"] is None
+    result = personalize(tmp_path / "run", [named], tmp_path / "p", steps=1)
+    assert len(result.notes) == 1 and "'hand'" in result.notes[0] and EXPRESSION_SPACE in result.notes[0], result.notes
+    _, model, meta = load_run(tmp_path / "p")
+    assert meta["expression_space"] == EXPRESSION_SPACE == model.expression_space
+    elsewhere = shutil.copytree(named, tmp_path / "data" / "elsewhere")
+    for f in elsewhere.glob("transforms_*.json"):
+        m = json.loads(f.read_text())
+        m["expression_space"] = "pca12-0123456789ab"
+        f.write_text(json.dumps(m))
+    with pytest.raises(DatasetError, match="pca12-0123456789ab"):
+        check_expression_space(model.expression_space, load_dataset([elsewhere]), "the driver", "the model")
