@@ -26,6 +26,7 @@ L*F grid features, G geometry-feature size.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -95,7 +96,9 @@ class MultiplicativeConditioning(nn.Module):
         super().__init__()
         if degree < 2:
             raise ValueError(f"the multiplicative module needs degree >= 2, got {degree}")
-        self.A = nn.Linear(expression_dim, out_dim, bias=False)
+        with warnings.catch_warnings():  # E = 0 (identity codes alone, DATASET.md): A has no weight to initialise
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+            self.A = nn.Linear(expression_dim, out_dim, bias=False)
         self.B = nn.Linear(identity_dim, out_dim, bias=False)
         self.linear = nn.Linear(expression_dim + identity_dim, out_dim)  # C e + D i + b in one matrix
         self.higher = nn.ModuleList(nn.Linear(expression_dim + identity_dim, out_dim, bias=False) for _ in range(degree - 2))
