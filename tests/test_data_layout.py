@@ -738,3 +738,34 @@ def test_one_name_in_two_unicode_spellings_is_refused(tmp_path):
     (tmp_path / "src" / "id001").rename(tmp_path / "src" / nfd)
     with pytest.raises(DatasetError, match=r"Unicode.*" + re.escape(ascii(nfd))):
         find_identity_dirs(tmp_path / "src")
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: Path):
+    """Temporary names are each write's own (process id and a counter), so a writer killed mid-write (``kill -9`` of a
+    training while it saved a 100 MB checkpoint) left ``checkpoint.pt.<pid>-<n>.tmp`` that no later write replaced:
+    one more per kill. The next write of the file removes the temporary files of dead processes (this machine's, a
+    minute old); a live writer's, or a fresh one, is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    from fastminerf.data.writer import replaced_atomically
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    target = tmp_path / "checkpoint.pt"
+    time_ago = 3600.0
+    killed = tmp_path / f"checkpoint.pt.{dead}-0.tmp"
+    live = tmp_path / f"checkpoint.pt.{os.getppid()}-3.tmp"  # a writer that still runs
+    fresh = tmp_path / f"checkpoint.pt.{dead}-1.tmp"  # maybe another machine's, on a shared disk: too young to judge
+    other = tmp_path / f"bg.png.{dead}-0.tmp"  # another file's: its own next write cleans it
+    for f in (killed, live, fresh, other):
+        f.write_bytes(b"half")
+    for f in (killed, live, other):
+        t = f.stat().st_mtime - time_ago
+        os.utime(f, (t, t))
+    with replaced_atomically(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert not killed.exists()
+    assert live.exists() and fresh.exists() and other.exists()

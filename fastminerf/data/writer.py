@@ -11,10 +11,12 @@ interrupted writer never leaves half a JSON file.
 from __future__ import annotations
 
 import functools
+import glob
 import inspect
 import itertools
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Sequence, Union
@@ -52,6 +54,40 @@ def replaced_atomically(path: PathLike, tmp_suffix: str = ".tmp") -> Iterator[Pa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _remove_killed_writes(path, tmp_suffix)
+
+
+STALE_WRITE_SECONDS = 60.0
+"""A temporary file of :func:`replaced_atomically` this old, of a process this machine does not run, is a killed
+writer's (a process of another machine on a shared disk, with a process id unknown here, is still writing a younger
+one)."""
+
+
+def _remove_killed_writes(path: Path, tmp_suffix: str) -> None:
+    """Remove the temporary files of ``path`` that writers killed mid-write left (``kill -9``, a power cut: no
+    ``except`` ran), one per kill under names of their own (a 100 MB checkpoint each): those of processes that no
+    longer run, :data:`STALE_WRITE_SECONDS` old."""
+    now = time.time()
+    for left in path.parent.glob(f"{glob.escape(path.name)}.*-*{glob.escape(tmp_suffix)}"):
+        pid = left.name[len(path.name) + 1:-len(tmp_suffix)].split("-")[0]
+        try:
+            if not pid.isdigit() or _process_runs(int(pid)) or now - left.stat().st_mtime < STALE_WRITE_SECONDS:
+                continue
+            left.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove: left as it is
+            pass
+
+
+def _process_runs(pid: int) -> bool:
+    if os.name == "nt":  # os.kill there ends the process: nothing is known, nothing removed
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process (or a platform that cannot tell): taken as running
+        return True
+    return True
 
 
 LOCK_NAME = ".lock"
