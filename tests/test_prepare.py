@@ -892,3 +892,20 @@ def test_imageio_ffmpeg_warnings_stay_quiet_in_overlapping_reads_and_come_back_a
     assert log.level == level
     log.warning("a warning of the user's own decode")
     assert [r.getMessage() for r in caplog.records if r.name == "imageio_ffmpeg"] == ["a warning of the user's own decode"]
+
+
+def test_a_folder_prepare_did_not_write_is_refused_untouched(tmp_path):
+    """README: 'folders prepare did not write are never touched'. Since prepare locks each identity folder
+    (ROOT/<name>/.lock) before it looks at it, a video whose name is that of a folder of the user's (their notes, a
+    hand-made identity) was refused as holding foreign files, but left a .lock of prepare's in it. It is refused before
+    the lock, the folder as it was."""
+    from fastminerf.prepare import prepare
+
+    video = tmp_path / "nobody.mp4"
+    _write_noise_video(video)
+    folder = tmp_path / "data" / "nobody"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    v = prepare([video], tmp_path / "data", _cfg(min_frames=5)).videos[0]
+    assert v.status == "failed" and str(folder) in v.error and "did not write" in v.error, v.error
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]

@@ -259,17 +259,25 @@ def _clear(folder: Path) -> None:
             f.unlink()
 
 
-def _check_folder(folder: Path, fp: Dict[str, dict], overwrite: bool) -> None:
-    """Refuse folders prepare did not write; clear ours when it was made with other settings and ``overwrite``."""
+def _refuse_foreign(folder: Path) -> bool:
+    """Refuse a ``folder`` that is a file or holds files prepare did not write (before anything is written there, its
+    lock included); whether it holds anything of prepare's (False: missing, empty, or the lock of a prepare alone)."""
     if not folder.exists():
-        return
+        return False
     if not folder.is_dir():
         raise PrepareError(f"{folder} exists and is not a folder")
-    if not any(f.name != LOCK_NAME for f in folder.iterdir()):  # empty, or the lock of this prepare alone
-        return
+    if not any(f.name != LOCK_NAME for f in folder.iterdir()):  # empty, or the lock of a prepare alone
+        return False
     if not _ours(folder):
         raise PrepareError(f"{folder} holds files that fastminerf prepare did not write; refusing to write into it "
                            f"(choose another --out)")
+    return True
+
+
+def _check_folder(folder: Path, fp: Dict[str, dict], overwrite: bool) -> None:
+    """Refuse folders prepare did not write; clear ours when it was made with other settings and ``overwrite``."""
+    if not _refuse_foreign(folder):
+        return
     stored = [(_read_json(folder / WORK_DIR / "track.json"), "track"), (_read_json(folder / WORK_DIR / "frames.json"), "frames"),
               (_read_json(folder / DONE_FILE), "cameras")]
     clash = [stage for data, stage in stored if data is not None and data.get("fingerprint") != fp[stage]]
@@ -750,11 +758,11 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     info = probe(res.video, cfg.fps)
     out = root / res.name
     fp = _fingerprints(cfg, res.video)
-    if not out.exists() or out.is_dir():  # a file of that name is refused by _check_folder
-        out.mkdir(parents=True, exist_ok=True)
-        held.enter_context(folder_locked(out, lambda holder: PrepareError(
-            f"{out} is being written by another prepare{holder}: wait for it to end, then rerun this one (it "
-            "continues from what is there), or prepare into another --out")))
+    _refuse_foreign(out)  # before the lock: a folder prepare did not write (or a file) is never touched
+    out.mkdir(parents=True, exist_ok=True)
+    held.enter_context(folder_locked(out, lambda holder: PrepareError(
+        f"{out} is being written by another prepare{holder}: wait for it to end, then rerun this one (it "
+        "continues from what is there), or prepare into another --out")))
     _check_folder(out, fp, cfg.overwrite)
     work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
