@@ -61,13 +61,9 @@ def machine() -> dict:
 def check_out_dir(out_dir: Path) -> None:
     """Refuse a results folder that is a file or cannot be made, naming it, and make it: a benchmark calls it before
     any work (:func:`write_result` would fail only at the end, in Python's words)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir} is a file: give a folder for the results")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"{out_dir}: cannot make the results folder ({exc.strerror or exc})") from None
+    from fastminerf.data.writer import check_folder
+
+    check_folder(out_dir, "the results").mkdir(parents=True, exist_ok=True)
 
 
 def write_result(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:

@@ -47,7 +47,7 @@ from .config import as_list, identity_index, identity_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import identity_splits, is_identity_dir, not_a_file, read_rgb
-from .data.writer import folder_locked, write_id, write_json, write_png
+from .data.writer import check_folder, folder_locked, write_id, write_json, write_png
 from .metrics import (RANGE_SLACK, SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips,
                       lpips_status, psnr, rotation_gap_deg, ssim)
 
@@ -1291,7 +1291,7 @@ def _check_video_out(out: Path) -> None:
         raise RenderError(f"{out}: a video needs the suffix {', '.join(VIDEO_OUT_SUFFIXES)} (H.264 with AAC sound), "
                           f"not '{out.suffix}'")
     if not out.parent.is_dir():  # made when the video is written (write_video)
-        _check_out_folder(out.parent, f"the video {out.name}")
+        check_folder(out.parent, f"the video {out.name}", RenderError)
         return
     part = _part_path(out)
     try:  # before any frame is rendered: ffmpeg would only fail once it had them all
@@ -1312,20 +1312,6 @@ def _check_png_dir(pngs: Path) -> None:
                               "remove its images; give a folder outside the dataset")
 
 
-def _check_out_folder(folder: Path, what: str) -> None:
-    """Refuse an output folder that is a file or cannot be made (naming it and ``what`` it is for): before any work,
-    where ``mkdir`` would fail with Python's words ('[Errno 17] File exists') once it had begun. Checked without
-    making it (a call refused later, e.g. for an unknown identity, leaves no empty folder behind): it, or the
-    nearest folder above it that exists, must be a folder that can be written."""
-    for there in (folder, *folder.parents):
-        if there.exists():
-            if not there.is_dir():
-                raise RenderError(f"{there} is a file: give a folder for {what}")
-            if there != folder and not os.access(there, os.W_OK | os.X_OK):
-                raise RenderError(f"{folder}: cannot make the folder for {what} ({there} cannot be written)")
-            return
-
-
 def check_outputs(out: Optional[PathLike], png_dir: Optional[PathLike] = None, alpha: bool = False) -> None:
     """Refuse what :func:`write_video` would refuse of its outputs, for a caller to call before any work (``render``
     before it reads the model or prepares a driver): a video name that is a folder, whose suffix is no video container
@@ -1338,13 +1324,13 @@ def check_outputs(out: Optional[PathLike], png_dir: Optional[PathLike] = None, a
             _check_video_out(alpha_video_path(out))
     if png_dir is not None:
         _check_png_dir(Path(png_dir).resolve())
-        _check_out_folder(Path(png_dir), "the PNG frames")
+        check_folder(png_dir, "the PNG frames", RenderError)
 
 
 def check_eval_out(out_dir: PathLike) -> None:
     """Refuse an :func:`evaluate` ``out_dir`` that is a file or cannot be made, naming it (evaluate does, before any
     frame; ``eval`` calls it before it reads the runs); evaluate makes it when it writes there."""
-    _check_out_folder(Path(out_dir), "metrics.json and the side-by-side images")
+    check_folder(out_dir, "metrics.json and the side-by-side images", RenderError)
 
 
 def write_video(
