@@ -1725,8 +1725,7 @@ def evaluate(
         DatasetError: the data is in another expression space than the model, or has another expression length
             (both named).
     """
-    _loaded_table(dataset, split, "cannot evaluate")
-    table = dataset.table(split)
+    table = _loaded_table(dataset, split, "cannot evaluate")
     names = list(dataset.identities) if identities is None else as_list(identities)  # one name: that identity
     models = dict(model) if isinstance(model, Mapping) else {name: model for name in names}
     for m in {id(m): m for m in models.values()}.values():
@@ -1848,6 +1847,5 @@ def evaluate(
             result["render_steps"] = steps
         result["machine"] = machine(_model_device(models[names[0]]) if names else None)  # as benchmark records have it
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
             write_json(out / "metrics.json", result)
         return result
