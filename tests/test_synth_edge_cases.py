@@ -254,3 +254,19 @@ def test_a_second_generation_into_a_folder_being_generated_is_refused(tmp_path):
         assert (out / "id000" / "synth_identity.json").read_text() == "{}"
     generate(out, n_identities=1, n_frames=2, size=8)  # released: a leftover .lock file is no obstacle
     assert (out / "synth.json").is_file()
+
+
+def test_a_folder_holding_a_dataset_the_generator_did_not_write_is_refused_untouched(tmp_path):
+    """synth into a folder of the user's whose identity folder has a generated one's name (a hand-made or converted
+    id000) is refused, as it was; since synth locks its folder (OUT/.lock, 68bddd3) before it looks at it, the refusal
+    left that .lock among the user's files. The user's data is refused before the lock: the folder is as it was."""
+    import shutil
+
+    src = generate(tmp_path / "src", n_identities=1, n_frames=2, size=8)
+    mine = tmp_path / "mine"
+    shutil.copytree(src[0], mine / "id000")
+    (mine / "id000" / "synth_identity.json").unlink()  # not the generator's: the user's own
+    before = sorted(p.relative_to(mine) for p in mine.rglob("*"))
+    with pytest.raises(FileExistsError, match=r"id000 holds a dataset the generator did not write"):
+        generate(mine, n_identities=1, n_frames=2, size=8)
+    assert sorted(p.relative_to(mine) for p in mine.rglob("*")) == before

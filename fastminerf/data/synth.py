@@ -327,20 +327,33 @@ def _mark(folder: Path, marker: Dict[str, object], finished: bool = False) -> No
         tmp.write_text(json.dumps(dict(marker, finished=finished), indent=1))
 
 
-def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
-    """Refuse to write over data; with ``overwrite`` remove only what an earlier run of the generator wrote, and so
-    without it when that run was stopped part way (no ``synth.json``, which it writes last): then only the folders
-    of ``names``, the ones this call writes (generated identities gathered here under other names are refused)."""
+def _generated(out: Path) -> List[Path]:
+    """The identity folders in ``out`` the generator made (a link to a folder is not one made here, and rmtree
+    refuses links)."""
+    return [c for c in out.iterdir() if c.is_dir() and not c.is_symlink() and (c / IDENTITY_MARKER).is_file()]
+
+
+def _refuse_foreign(out: Path, names: Sequence[str]) -> None:
+    """Refuse an ``out`` that is a file, or holds an identity folder the generator did not write under one of
+    ``names``: before anything is written there (its lock included), the user's data is left as it is."""
     if not out.exists():
         return
     if not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
-    # a link to a folder is not one the generator made here (and rmtree refuses links)
-    ours = [c for c in out.iterdir() if c.is_dir() and not c.is_symlink() and (c / IDENTITY_MARKER).is_file()]
-    foreign = [c for c in out.iterdir() if c.is_dir() and is_identity_dir(c) and c not in ours]
-    clash = [c for c in foreign if c.name in names]
+    ours = _generated(out)
+    clash = [c for c in out.iterdir() if c.is_dir() and is_identity_dir(c) and c not in ours and c.name in names]
     if clash:
         raise FileExistsError(f"{clash[0]} holds a dataset the generator did not write; refusing to replace it")
+
+
+def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
+    """Refuse to write over data; with ``overwrite`` remove only what an earlier run of the generator wrote, and so
+    without it when that run was stopped part way (no ``synth.json``, which it writes last): then only the folders
+    of ``names``, the ones this call writes (generated identities gathered here under other names are refused)."""
+    _refuse_foreign(out, names)
+    if not out.exists():
+        return
+    ours = _generated(out)
     finished = (out / "synth.json").is_file()  # written last: without it, a generation that was stopped part way
     if ours and finished and not overwrite:
         raise FileExistsError(f"{out} already holds a generated dataset ({ours[0].name}, ...); pass overwrite=True (--overwrite) to replace it")
@@ -430,7 +443,8 @@ def generate(
         raise ArgumentValueError("novel_frames", f"must be >= 1, got {novel_frames}")
     out = Path(out_dir)
     names = [f"id{k:03d}" for k in range(n_identities)]
-    try:  # held before the folder is looked at: a generation into it that has not ended looks stopped part way
+    _refuse_foreign(out, names)  # the user's data: refused before the lock is written among it
+    try:  # held before its own folders are looked at: a generation into it that has not ended looks stopped part way
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise FileExistsError(f"{out} exists and is not a folder") from None
