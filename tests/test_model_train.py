@@ -1096,21 +1096,27 @@ def test_a_train_result_shows_its_numbers_in_a_line(trained):
     assert isinstance(result.model, MINeRF)
 
 
-def test_an_identity_of_no_named_space_beside_named_ones_is_noted(tiny_data, tmp_path, capsys):
-    """A hand-made identity whose files name no expression_space (another tracker's coefficients, of the length of the
-    procedural heads') trained beside heads that name theirs: DATASET.md says it is taken into their space unchecked,
-    and the run records that space for it; train says so (a note naming it and the space), instead of nothing."""
+def _of_no_space(identity, dest):
+    """A copy of ``identity`` at ``dest`` whose transforms files name no expression_space (a hand-made identity)."""
     import shutil
 
-    from fastminerf.cli import main
-    from fastminerf.data.synth import EXPRESSION_SPACE
-
-    named, other = _two(tiny_data)
-    hand = shutil.copytree(other, tmp_path / "data" / "hand")
+    hand = shutil.copytree(identity, dest)
     for f in hand.glob("transforms_*.json"):
         m = json.loads(f.read_text())
         m.pop("expression_space")
         f.write_text(json.dumps(m))
+    return hand
+
+
+def test_an_identity_of_no_named_space_beside_named_ones_is_noted(tiny_data, tmp_path, capsys):
+    """A hand-made identity whose files name no expression_space (another tracker's coefficients, of the length of the
+    procedural heads') trained beside heads that name theirs: DATASET.md says it is taken into their space unchecked,
+    and the run records that space for it; train says so (a note naming it and the space), instead of nothing."""
+    from fastminerf.cli import main
+    from fastminerf.data.synth import EXPRESSION_SPACE
+
+    named, other = _two(tiny_data)
+    hand = _of_no_space(other, tmp_path / "data" / "hand")
     result = train(load_config("tiny", ["train.steps=1"]), [named, hand], tmp_path / "run")
     assert len(result.notes) == 1 and "'hand'" in result.notes[0] and EXPRESSION_SPACE in result.notes[0], result.notes
     assert "expression_space" in result.notes[0]
@@ -1124,18 +1130,12 @@ def test_an_identity_of_no_named_space_beside_named_ones_is_noted(tiny_data, tmp
 def test_a_new_identity_of_no_named_space_added_to_a_model_of_one_is_noted(tiny_data, tmp_path, capsys):
     """personalize: a hand-made new person whose files name no expression_space, added to a model trained in a named
     space, is taken into it unchecked (DATASET.md) as in train; personalize says so too."""
-    import shutil
-
     from fastminerf import personalize
     from fastminerf.cli import main
     from fastminerf.data.synth import EXPRESSION_SPACE
 
     named, other = _two(tiny_data)
-    hand = shutil.copytree(other, tmp_path / "data" / "hand")
-    for f in hand.glob("transforms_*.json"):
-        m = json.loads(f.read_text())
-        m.pop("expression_space")
-        f.write_text(json.dumps(m))
+    hand = _of_no_space(other, tmp_path / "data" / "hand")
     train(load_config("tiny", ["train.steps=1"]), [named], tmp_path / "run")
     result = personalize(tmp_path / "run", [hand], tmp_path / "p", steps=1)
     assert len(result.notes) == 1 and "'hand'" in result.notes[0] and EXPRESSION_SPACE in result.notes[0], result.notes
