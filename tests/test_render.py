@@ -1064,8 +1064,9 @@ def test_evaluate_records_the_machine_it_ran_on_as_benchmark_records_do(synth, d
 
 def test_a_png_folder_or_evaluation_folder_that_is_a_file_is_refused_naming_it(synth, data, tmp_path):
     """render --png-dir FILE ended in '[Errno 17] File exists: FILE' and eval --out FILE in '[Errno 20] Not a
-    directory: FILE/metrics.json', Python's words once the work had started. Both are refused by name before any
-    frame is rendered, as a video name that is a folder is."""
+    directory: FILE/metrics.json', Python's words once the work had started, and render --out FILE/v.mp4 (a file
+    typed for the video's folder) in '[Errno 17] File exists: FILE'. All are refused by name before any frame is
+    rendered, as a video name that is a folder is."""
     taken = tmp_path / "taken"
     taken.write_bytes(b"a file")
     asked = []
@@ -1077,6 +1078,9 @@ def test_a_png_folder_or_evaluation_folder_that_is_a_file_is_refused_naming_it(s
     with pytest.raises(RenderError, match="taken is a file: give a folder for the PNG frames"):
         write_video(frames(), tmp_path / "v.mp4", png_dir=taken)
     assert not asked and not (tmp_path / "v.mp4").exists()
+    with pytest.raises(RenderError, match="taken is a file: give a folder for the video"):
+        write_video(frames(), taken / "v.mp4")
+    assert not asked and taken.read_bytes() == b"a file"
     oracle = Oracle(synth[1])
     with pytest.raises(RenderError, match="taken is a file: give a folder for metrics.json"):
         evaluate(oracle, data, "train", out_dir=taken, with_lpips=False, with_lmd=False)
