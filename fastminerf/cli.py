@@ -263,7 +263,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from rich.table import Column, Table
 
     from .config import PrepareConfig
-    from .prepare import MediapipeMissing, prepare, require_mediapipe
+    from .prepare import MediapipeMissing, check_prepare, prepare, require_mediapipe
 
     try:
         require_mediapipe()
@@ -271,6 +271,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         _console(stderr=True).print(_styled("bold red", "error:", exc), markup=True)
         return 2
     cfg = PrepareConfig(overwrite=args.overwrite, **{name: getattr(args, name) for name, _ in _PREPARE_OPTIONS})
+    check_prepare(args.videos, args.out, cfg)  # before the log is opened in OUT and the bar drawn
     console = _console()
     start = time.perf_counter()
     titles = {"track": "track", "frames": "crop, segment, write", "cameras": "pose, expression", "basis": "shared face model"}

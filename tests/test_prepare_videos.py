@@ -284,6 +284,27 @@ def test_an_out_that_is_a_file_is_refused_naming_it(tmp_path):
         prepare([video], video, PrepareConfig(size=64))
     assert video.read_bytes() == kept
 
+
+@pytest.mark.parametrize("extra, message", [([], r"grey\.mp4 is a file, not a folder"),
+                                            (["--size", "8"], "size must be at least 16")])
+def test_the_command_refuses_an_out_file_or_bad_settings_before_it_writes_or_draws(tmp_path, capsys, monkeypatch,
+                                                                                     extra, message):
+    """The library's refusals above, through the command: `fastminerf prepare clip.mp4 --out clip.mp4` still ended in
+    '[Errno 17] File exists' (the command made OUT for its prepare.log before prepare looked at it), and with
+    --size 8 made OUT/prepare.log and drew the progress bar before prepare refused the setting. The command runs
+    prepare's checks (check_prepare) first: refused in prepare's words, with no folder made and no bar."""
+    from fastminerf.cli import main
+
+    monkeypatch.setattr("fastminerf.prepare.require_mediapipe", lambda: None)
+    video = _write_video(tmp_path / "grey.mp4", [np.full((32, 32, 3), 128, np.uint8)] * 3)
+    kept = video.read_bytes()
+    out = video if not extra else tmp_path / "data"
+    assert main(["prepare", str(video), "--out", str(out), *extra]) == 2
+    captured = capsys.readouterr()
+    assert re.search(message, " ".join(captured.err.split())), captured.err
+    assert "Errno" not in captured.err and captured.out.strip() == "", captured.out
+    assert video.read_bytes() == kept and sorted(p.name for p in tmp_path.iterdir()) == ["grey.mp4"]
+
 # ------------------------------------------------------------------------------------------------ splits
 
 

@@ -18,7 +18,7 @@ Example:
 """
 
 from .expression import BASIS_FILE, ExpressionBasis
-from .pipeline import PrepareError, PrepareResult, VideoResult, prepare
+from .pipeline import PrepareError, PrepareResult, VideoResult, check_prepare, prepare
 from .tracking import MediapipeMissing, require_mediapipe
 from .video import VideoError
 
@@ -30,6 +30,7 @@ __all__ = [
     "PrepareResult",
     "VideoError",
     "VideoResult",
+    "check_prepare",
     "prepare",
     "require_mediapipe",
 ]

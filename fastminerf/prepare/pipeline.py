@@ -61,7 +61,7 @@ from .pose import (
 from .tracking import N_LANDMARKS, FaceTracker, Segmenter, find_face, require_mediapipe
 from .video import VIDEO_SUFFIXES, VideoError, VideoInfo, extract_audio, probe, read_frames
 
-__all__ = ["PrepareError", "PrepareResult", "VideoResult", "prepare"]
+__all__ = ["PrepareError", "PrepareResult", "VideoResult", "check_prepare", "prepare"]
 
 PathLike = Union[str, Path]
 ProgressFn = Callable[[str, str, int, int], None]
@@ -595,28 +595,17 @@ def _names(videos: Sequence[Path]) -> List[str]:
     return names
 
 
-@noted_on_interrupt("with the stages each video finished kept in {out_dir}: rerun the same command to continue from them")
-def prepare(
-    videos: Union[PathLike, Sequence[PathLike]],
-    out_dir: PathLike,
-    cfg: PrepareConfig = PrepareConfig(),
-    progress: Optional[ProgressFn] = None,
-) -> PrepareResult:
-    """Turn talking-face videos into identity folders of the shared layout, with one shared expression space.
-
-    Args:
-        videos: video files (mp4, mov, webm, ...), or one (a str or Path); each becomes
-            ``out_dir/<file name without suffix>/``.
-        out_dir: the dataset root (created when missing). An ``expression_basis.npz`` already there is reused.
-        cfg: settings (:class:`fastminerf.config.PrepareConfig`).
-        progress: ``progress(stage, video_name, done, total)``.
+def check_prepare(videos: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
+                  cfg: PrepareConfig = PrepareConfig()) -> Tuple[List[Path], List[str], Optional[ExpressionBasis]]:
+    """What :func:`prepare` refuses before any work, for a caller to check first (``fastminerf prepare`` before it
+    opens its log in ``out_dir`` and draws its progress): the settings, mediapipe, the videos' names, an ``out_dir``
+    that is a file, and ``cfg.basis`` (read, and of the space a basis in ``out_dir`` is in). Writes nothing.
 
     Returns:
-        A :class:`PrepareResult`: per video ``done``, ``skipped`` (finished earlier) or ``failed`` with the error.
+        The videos' paths, their identity names and the basis ``cfg.basis`` names (None without one).
 
     Raises:
-        MediapipeMissing: mediapipe 0.10.21 is not installed (the message says how to install it).
-        PrepareError: two videos would get the same name, settings are invalid, or ``out_dir`` is a file.
+        MediapipeMissing, PrepareError: as :func:`prepare`.
     """
     if cfg.size < 16:
         raise PrepareError(f"size must be at least 16 pixels, got {cfg.size}")
@@ -657,6 +646,34 @@ def prepare(
         if held != given.space_id:
             raise PrepareError(f"{root / BASIS_FILE} (space {held}) is not the basis given ({cfg.basis}, space "
                                f"{given.space_id}): one folder holds one expression space")
+    return paths, names, given
+
+
+@noted_on_interrupt("with the stages each video finished kept in {out_dir}: rerun the same command to continue from them")
+def prepare(
+    videos: Union[PathLike, Sequence[PathLike]],
+    out_dir: PathLike,
+    cfg: PrepareConfig = PrepareConfig(),
+    progress: Optional[ProgressFn] = None,
+) -> PrepareResult:
+    """Turn talking-face videos into identity folders of the shared layout, with one shared expression space.
+
+    Args:
+        videos: video files (mp4, mov, webm, ...), or one (a str or Path); each becomes
+            ``out_dir/<file name without suffix>/``.
+        out_dir: the dataset root (created when missing). An ``expression_basis.npz`` already there is reused.
+        cfg: settings (:class:`fastminerf.config.PrepareConfig`).
+        progress: ``progress(stage, video_name, done, total)``.
+
+    Returns:
+        A :class:`PrepareResult`: per video ``done``, ``skipped`` (finished earlier) or ``failed`` with the error.
+
+    Raises:
+        MediapipeMissing: mediapipe 0.10.21 is not installed (the message says how to install it).
+        PrepareError: two videos would get the same name, settings are invalid, or ``out_dir`` is a file.
+    """
+    paths, names, given = check_prepare(videos, out_dir, cfg)
+    root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     if given is not None and not (root / BASIS_FILE).is_file():
         given.save(root)
