@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
@@ -27,6 +26,7 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 
 from ..data.layout import NPZ_ERRORS, npz_error_reason
+from ..data.writer import write_id
 from .pose import FRAME_CHUNK, evenly_spaced
 
 __all__ = ["BASIS_FILE", "ExpressionBasis", "fit_basis"]
@@ -106,13 +106,14 @@ class ExpressionBasis:
         return (c * self.scale @ self.components).reshape(len(c), -1, 3)
 
     def save(self, root: PathLike, exclusive: bool = False) -> Path:
-        """Write ``root/expression_basis.npz`` atomically (through a temporary file of this process and thread).
+        """Write ``root/expression_basis.npz`` atomically (through a temporary file of this write's own,
+        :func:`~fastminerf.data.writer.write_id`).
 
         ``exclusive``: only where none is: :class:`FileExistsError` when the root holds one already, also one that
         another prepare into the same root (a thread, a job of an array) saved since this one looked, which is then
         left as it is (one root holds one expression space)."""
         path = Path(root) / BASIS_FILE
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
+        tmp = path.with_name(f"{path.stem}.{write_id()}.tmp.npz")
         try:
             np.savez(tmp, format=BASIS_FORMAT, canonical=self.canonical, stable=self.stable,
                      components=self.components, scale=self.scale, explained=self.explained,
