@@ -47,7 +47,7 @@ from .config import as_list, identity_index, identity_list
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import identity_splits, is_identity_dir, not_a_file, read_rgb
-from .data.writer import check_folder, folder_locked, write_id, write_json, write_png
+from .data.writer import check_folder, folder_locked, remove_killed_writes, write_id, write_json, write_png
 from .metrics import (RANGE_SLACK, SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips,
                       lpips_status, psnr, rotation_gap_deg, ssim)
 
@@ -1442,6 +1442,10 @@ def write_video(
             video[1].replace(video[0])
         if videos and channels == 3:  # an earlier RGBA render's matte of OUT.mp4 matches this one no more
             alpha_video_path(out).unlink(missing_ok=True)
+        for video in videos:  # part files and soundtracks that renders killed mid-write left beside it
+            final = video[0]
+            remove_killed_writes(final.parent, f".{final.stem}.", f".part{final.suffix}")
+            remove_killed_writes(final.parent, f".{final.name}.", ".audio.wav")
     finally:
         for video in videos:
             if video[2] is not None:

@@ -1187,3 +1187,26 @@ def test_a_frame_index_out_of_range_is_refused_naming_the_split_and_its_frames(s
         with pytest.raises(RenderError, match=rf"frame {index} of split 'val'.*{n} frames.*\({each}\)"):
             render_frame(oracle, data, "val", index)
     render_frame(oracle, data, "val", n - 1)  # the last one renders
+
+
+def test_a_killed_renders_part_file_and_soundtrack_are_removed_by_the_next_render(tmp_path):
+    """A render killed mid-encoding (kill -9, the out-of-memory killer) leaves '.OUT.<pid>-<n>.part.mp4' (and its
+    soundtrack '.OUT.mp4.<pid>-<n>.audio.wav'), names of its own that no later render replaced: one hidden video per
+    kill. The next render into OUT removes those of processes that no longer run (a minute untouched); a live
+    render's is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    from fastminerf.render import write_video
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    killed = [tmp_path / f".o.{dead}-0.part.mp4", tmp_path / f".o.mp4.{dead}-1.audio.wav"]
+    live = tmp_path / f".o.{os.getppid()}-0.part.mp4"
+    for f in (*killed, live):
+        f.write_bytes(b"half")
+        t = f.stat().st_mtime - 3600
+        os.utime(f, (t, t))
+    write_video((np.full((32, 32, 3), 0.5, np.float32) for _ in range(2)), tmp_path / "o.mp4", fps=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["o.mp4", live.name])

@@ -54,22 +54,23 @@ def replaced_atomically(path: PathLike, tmp_suffix: str = ".tmp") -> Iterator[Pa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _remove_killed_writes(path, tmp_suffix)
+    remove_killed_writes(path.parent, f"{path.name}.", tmp_suffix)
 
 
 STALE_WRITE_SECONDS = 60.0
-"""A temporary file of :func:`replaced_atomically` this old, of a process this machine does not run, is a killed
-writer's (a process of another machine on a shared disk, with a process id unknown here, is still writing a younger
-one)."""
+"""A temporary file of a write (:func:`write_id`) untouched this long, of a process this machine does not run, is a
+killed writer's (a process of another machine on a shared disk has a process id unknown here, and a live writer
+keeps touching its file)."""
 
 
-def _remove_killed_writes(path: Path, tmp_suffix: str) -> None:
-    """Remove the temporary files of ``path`` that writers killed mid-write left (``kill -9``, a power cut: no
-    ``except`` ran), one per kill under names of their own (a 100 MB checkpoint each): those of processes that no
-    longer run, :data:`STALE_WRITE_SECONDS` old."""
+def remove_killed_writes(folder: Path, prefix: str, suffix: str) -> None:
+    """Remove the temporary files ``folder/<prefix><process>-<n><suffix>`` (named by :func:`write_id`) that writers
+    killed mid-write left (``kill -9``, a power cut: no ``except`` ran), one per kill under names of their own (a
+    100 MB checkpoint, a render's part video): those of processes that no longer run, untouched for
+    :data:`STALE_WRITE_SECONDS`. The write that has just replaced the same file calls it."""
     now = time.time()
-    for left in path.parent.glob(f"{glob.escape(path.name)}.*-*{glob.escape(tmp_suffix)}"):
-        pid = left.name[len(path.name) + 1:-len(tmp_suffix)].split("-")[0]
+    for left in Path(folder).glob(f"{glob.escape(prefix)}*-*{glob.escape(suffix)}"):
+        pid = left.name[len(prefix):len(left.name) - len(suffix)].split("-")[0]
         try:
             if not pid.isdigit() or _process_runs(int(pid)) or now - left.stat().st_mtime < STALE_WRITE_SECONDS:
                 continue

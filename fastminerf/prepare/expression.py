@@ -26,7 +26,7 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 
 from ..data.layout import NPZ_ERRORS, npz_error_reason
-from ..data.writer import write_id
+from ..data.writer import remove_killed_writes, write_id
 from .pose import FRAME_CHUNK, evenly_spaced
 
 __all__ = ["BASIS_FILE", "ExpressionBasis", "fit_basis"]
@@ -132,6 +132,7 @@ class ExpressionBasis:
             return path
         finally:
             tmp.unlink(missing_ok=True)  # linked, or left by an error or an interruption
+            remove_killed_writes(path.parent, f"{path.stem}.", ".tmp.npz")  # and what killed saves left
 
     @classmethod
     def load(cls, root: PathLike) -> "ExpressionBasis":
