@@ -769,3 +769,18 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: 
     assert target.read_bytes() == b"whole"
     assert not killed.exists()
     assert live.exists() and fresh.exists() and other.exists()
+
+
+def test_a_folder_whose_lock_cannot_be_made_is_written_unguarded(tmp_path: Path):
+    """A read-only data folder (a prepared root on a shared, read-only mount: prepare reruns there skip every finished
+    video) cannot hold the lock file: folder_locked opened it before it asked for the lock, so the PermissionError of
+    the open ended each video of such a rerun as failed, where no write was needed. A lock file that cannot be made
+    (simulated here by a folder in its place, which open refuses as the mount would) is no lock: the block runs
+    unguarded, as where the filesystem has no locks."""
+    from fastminerf.data.writer import LOCK_NAME, folder_locked
+
+    (tmp_path / LOCK_NAME).mkdir()
+    ran = []
+    with folder_locked(tmp_path, lambda holder: RuntimeError(f"busy{holder}")):
+        ran.append(True)
+    assert ran == [True]

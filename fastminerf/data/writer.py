@@ -117,15 +117,19 @@ def folder_locked(folder: PathLike, busy: Callable[[str], BaseException]) -> Ite
     """Hold ``folder/.lock`` (an exclusive ``flock``, released by the system when the process ends however it ends:
     a file left behind by a killed writer blocks nothing) while the block runs, with this process's id in it.
     When another writer holds it, raises ``busy(holder)``, ``holder`` being ' (process <id>)' or '' when the file
-    names none. No lock where ``fcntl`` is missing (Windows) or the filesystem has none (some network ones: ENOLCK,
-    EOPNOTSUPP): the block runs unguarded."""
+    names none. No lock where ``fcntl`` is missing (Windows), the filesystem has none (some network ones: ENOLCK,
+    EOPNOTSUPP) or the lock file cannot be made (a read-only folder): the block runs unguarded."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         fcntl = None
     f = None
     if fcntl is not None:
-        f = open(Path(folder) / LOCK_NAME, "a+")
+        try:
+            f = open(Path(folder) / LOCK_NAME, "a+")
+        except OSError:  # no lock file can be made (a read-only folder, whose rerun may have nothing to write)
+            f = None
+    if f is not None:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
