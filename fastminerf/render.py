@@ -1531,7 +1531,8 @@ def render_video(
     sound = path.soundtrack() if audio and out is not None else None
     frames = render_sequence(model, path, identity, bg, aabb, near_far, progress, alpha=alpha)
     if beside_driver:
-        frames = (_beside_driver(source, frame, caption) for source, frame in zip(path.sources, frames))
+        # the frames first: zip then resumes the render past its last frame, which reports it done
+        frames = (_beside_driver(source, frame, caption) for frame, source in zip(frames, path.sources))
     return write_video(frames, out, path.fps, png_dir, audio=sound, rendered_over=bg if alpha else None)
 
 

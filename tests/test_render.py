@@ -977,6 +977,18 @@ def test_a_driven_video_can_show_the_driver_beside_the_target(synth, data, tmp_p
                      png_dir=tmp_path / "o", beside_driver=True)
 
 
+def test_a_render_beside_its_driver_reports_its_last_frame_done(synth, data, tmp_path):
+    """render --drive --beside-driver ended its progress bar at 'render 0/1 frames' (59/60 for 60 frames): the
+    driver | render frames zipped the driver's frames first, so after the last one the render's generator was never
+    resumed past its last frame and its final progress(n, n) was never called (a notebook's callback likewise)."""
+    oracle = Oracle(synth[1])
+    path = drive_path(data, "id000", data, "novel", driver_identity="id001", mode="delta")
+    calls = []
+    render_video(oracle, path, "id000", None, background=data.background(0), aabb=data.table("train").aabb[0],
+                 png_dir=tmp_path / "beside", beside_driver=True, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (len(path), len(path))
+
+
 def _caption_ink(header: np.ndarray) -> float:
     """Light text on the dark (30, 30, 30) header: the sum of its brightness above the background."""
     return float(np.clip(header.max(axis=2).astype(np.float64) - 30, 0, None).sum())
