@@ -530,8 +530,8 @@ def _not_personalised(run: Path, meta: dict, names: Sequence[str]) -> Optional[s
     if meta.get("kind") != "personalize" or not own or not others:
         return None
     source = f" ({meta['generic_run']})" if meta.get("generic_run") else ""
-    return (f"{run} was personalised for {', '.join(own)}: {', '.join(others)} render worse from it than from the "
-            f"generic run it started from{source}, whose shared weights were not fine-tuned for {', '.join(own)}")
+    return (f"{run} was personalised for {some_of(own)}: {some_of(others)} render worse from it than from the "
+            f"generic run it started from{source}, whose shared weights were not fine-tuned for {some_of(own)}")
 
 
 _RENDER_STEPS_HELP = ("ray-marching steps across the head box (default: the run's model.eval_render_steps, 256 in the cpu "

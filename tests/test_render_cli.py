@@ -904,3 +904,16 @@ def test_a_refused_render_or_eval_leaves_no_output_folder_behind(tiny, tmp_path,
     assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--orbit", "--frames", "2", "--out",
                  str(tmp_path / "a" / "v.mp4"), "--png-dir", str(tmp_path / "b" / "pngs")]) == 0
     assert (tmp_path / "a" / "v.mp4").is_file() and len(list((tmp_path / "b" / "pngs").glob("*.png"))) == 2
+
+
+def test_the_not_personalised_note_of_many_people_names_the_first_few_and_how_many_more():
+    """eval --run RUN2 --data ROOT of a personalisation that added one person to a model of 1,000 listed the 999
+    others in one note, a page of names, where README says eval's notes name the first few people and how many more."""
+    from pathlib import Path
+
+    from fastminerf.cli import _not_personalised
+
+    names = [f"p{k:04d}" for k in range(1000)]
+    note = _not_personalised(Path("run2"), {"kind": "personalize", "added": ["new"], "refined": []}, names)
+    assert "p0000" in note and "and 992 more" in note and "p0999" not in note
+    assert "personalised for new: p0000" in note
