@@ -287,3 +287,20 @@ def test_expression_refusals_agree_with_whom_they_name(tmp_path):
     why = expression_space_mismatch("s1", "s2", "the new identities (a, b)", "RUN")
     assert why.startswith("the expressions of the new identities (a, b) are in expression space 's2' but the model "
                           "(RUN) was trained in 's1'"), why
+
+
+def test_expression_refusals_of_many_people_name_the_first_few_and_how_many_more(tmp_path):
+    """eval or personalize of a root of many people in another expression length or space listed every one of them
+    in the refusal (1,000 people: a page), where README says errors name the first few people and how many more."""
+    from fastminerf.data.dataset import check_expression_space
+
+    for k in range(12):
+        _identity(tmp_path / "root", f"p{k:02d}", 1, k)
+        (tmp_path / "root" / f"p{k:02d}" / "transforms_train.json").write_text(json.dumps(
+            {**json.loads((tmp_path / "root" / f"p{k:02d}" / "transforms_train.json").read_text()),
+             "expression_space": "flame-2"}))
+    data = load_dataset([tmp_path / "root"])
+    for args in ((None, data.expression_dim + 1), ("pca32-abc", None)):
+        with pytest.raises(DatasetError) as err:
+            check_expression_space(args[0], data, "the new identities", "RUN", args[1])
+        assert "(p00, p01" in str(err.value) and "and 4 more)" in str(err.value) and "p11" not in str(err.value)

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from ..config import DataConfig, as_list
+from ..config import DataConfig, as_list, some_of
 from .layout import (
     DatasetError,
     Landmarks,
@@ -678,11 +678,11 @@ def check_expression_space(expected: Optional[str], dataset: MultiIdentityDatase
     """
     if expected_dim is not None and int(expected_dim) != dataset.expression_dim:
         first = dataset.split_meta(dataset.splits[0], 0)
-        raise DatasetError(f"the expressions of {what} ({', '.join(dataset.identities)}) are of length {dataset.expression_dim} "
+        raise DatasetError(f"the expressions of {what} ({some_of(dataset.identities)}) are of length {dataset.expression_dim} "
                            f"but {model} was trained with length {expected_dim}; they must share one "
                            f"expression space", file=first.file, frame=0, key="expression")
     have = dataset.expression_space
-    why = expression_space_mismatch(expected, have, f"{what} ({', '.join(dataset.identities)})", model)
+    why = expression_space_mismatch(expected, have, f"{what} ({some_of(dataset.identities)})", model)
     if why is not None:
         file = next((m.file for ms in dataset._metas.values() for m in ms if m.expression_space == have), None)
         raise DatasetError(why, file=file, key="expression_space")
