@@ -879,7 +879,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     unknown = [d for d in dirs if d.name not in known and d.resolve() not in named]
     if unknown and len(unknown) < len(dirs):
         dirs = [d for d in dirs if d not in unknown]
-        console.print(_styled("yellow", "note", f"left out {', '.join(d.name for d in unknown)} (in "
+        console.print(_styled("yellow", "note", f"left out {some_of(d.name for d in unknown)} (in "
                               f"{', '.join(sorted({str(d.parent) for d in unknown}))}): "
                               f"{'none of the runs' if len(runs) > 1 else 'the run'} "
                               f"{', '.join(str(r) for r, _, _ in runs)} {'knows' if len(runs) > 1 else 'does not know'} "

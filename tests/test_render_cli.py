@@ -420,6 +420,21 @@ def test_eval_of_a_root_scores_the_people_the_run_knows_and_names_the_others(tin
     assert "unknown identity 'id002'" in " ".join(capsys.readouterr().err.split())
 
 
+def test_eval_of_a_root_of_many_new_people_names_the_first_few_it_left_out(tiny, tmp_path, capsys):
+    """eval of a root of one known person beside many new ones (prepared into it, to be added by personalize) named
+    every one it left out in its note (1,000 new people: a page), where README says eval's notes name the first few
+    people and how many more."""
+    root, dirs = tiny
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for k, d in enumerate(generate(tmp_path / "new", n_identities=10, n_frames=2, size=SIZE, val_fraction=0.5)):
+        d.rename(mixed / f"new{k:02d}")
+    (mixed / dirs[0].name).symlink_to(dirs[0])
+    assert main(["eval", "--run", str(root / "run"), "--split", "val", "--data", str(mixed)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "left out new00, new01" in out and "and 2 more (in" in out and "new09" not in out, out
+
+
 def test_cli_missing_run(tmp_path, capsys):
     assert main(["render", "--run", str(tmp_path / "nope"), "--identity", "a", "--orbit", "--out", str(tmp_path / "x.mp4")]) == 2
     err = " ".join(capsys.readouterr().err.split())
