@@ -1190,12 +1190,14 @@ def _add_info(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "info",
         help="what a trained run holds: identities, frames, expression space, steps and what ended them, size, its "
-             "data folders, speech model and last training PSNR",
+             "data folders, backends, speech model and last training PSNR",
         description="Describe a run folder (or checkpoint): its kind (train or personalize), steps of its total and "
         "training time (and whether its time limit or an interruption ended it; a personalisation still in its "
         "code-only phase), its identities and their training frames, the expression length and space (data in another space is "
         "refused by personalize, render --drive and eval), the conditioning, the parameter count, the data it was "
-        "trained on (marked when no longer there), its speech model (RUN/speech.pt) when it has one, and the last logged training PSNR.",
+        "trained on (marked when no longer there), the backends its config asked for, those it was trained with and "
+        "those that run it here (a tcnn or nerfacc run loads with auto where they are not installed), its speech model "
+        "(RUN/speech.pt) when it has one, and the last logged training PSNR.",
     )
     p.add_argument("run", type=Path, help="run folder (made by train or personalize) or checkpoint file")
     p.add_argument("--json", action="store_true", help="print the description as JSON instead of a table")

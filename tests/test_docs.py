@@ -74,6 +74,19 @@ def test_top_level_help_summaries_of_render_and_info_name_what_they_do():
         assert word in summary["info"], (word, summary["info"])
 
 
+def test_info_help_names_the_backends_info_shows():
+    """Since 8fbea66 info shows the backends the run's config asked for, those that trained it and those that run it
+    here (a tcnn run resumed on a CPU), but info --help, which lists everything else info shows, said nothing of them."""
+    from fastminerf.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    summary = {a.dest: a.help for a in sub._choices_actions}["info"]
+    description = sub.choices["info"].description
+    assert "backends" in summary, summary
+    assert "backends" in description and "trained with" in description and "run it here" in description, description
+
+
 def test_every_dotted_name_the_readme_gives_is_reachable_as_written():
     """``fastminerf.train.write_curve`` (README, Curves) failed with "AttributeError: 'function' object has no
     attribute 'write_curve'": the package's ``train`` is the function, which hides the module of that name from
