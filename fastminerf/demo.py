@@ -110,7 +110,7 @@ def run_demo(
         out_dir: demo folder (created).
         minutes: wall-clock budget of the whole demo, in minutes.
         n_identities: procedural heads (>= 2): all but the last train the generic model.
-        n_frames: frames per identity's video (``train`` + ``val``); ``novel`` gets a fifth as many.
+        n_frames: frames per identity's video (``train`` + ``val``, >= 2); ``novel`` gets a fifth as many.
         size: frame width and height in pixels (>= 11, for SSIM).
         seed: seed of the data (training seeds come from the preset).
         config: training preset name or YAML file (:func:`fastminerf.config.load_config`).
@@ -139,6 +139,8 @@ def run_demo(
 
     if n_identities < 2:
         raise ArgumentValueError("n_identities", f"must be at least 2 identities (the demo holds one out), got {n_identities}")
+    if n_frames < 2:  # one frame makes no val split: the evaluation failed after the whole budget was trained
+        raise ArgumentValueError("n_frames", f"must be at least 2 frames (one train and one val frame a head), got {n_frames}")
     if size < 11:
         raise ArgumentValueError("size", f"must be at least 11 pixels (SSIM's window), got {size}")
     if not minutes > 0:

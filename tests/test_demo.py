@@ -138,7 +138,7 @@ def test_a_refused_demo_with_overwrite_deletes_no_run(tmp_path):
 
 
 @pytest.mark.parametrize("command, option, value", [
-    ("demo", "--frames", "0"), ("demo", "--identities", "1"), ("demo", "--size", "3"), ("demo", "--seed", "-1"),
+    ("demo", "--frames", "0"), ("demo", "--frames", "1"), ("demo", "--identities", "1"), ("demo", "--size", "3"), ("demo", "--seed", "-1"),
     ("demo", "--minutes", "0"), ("synth", "--frames", "0"), ("synth", "--identities", "0"), ("synth", "--size", "3"),
     ("synth", "--seed", "-1"), ("synth", "--val-fraction", "2"), ("synth", "--novel-frames", "-1"),
     ("synth", "--expression-style", "1.5")])
@@ -151,3 +151,12 @@ def test_demo_and_synth_name_the_option_typed_for_a_bad_value(tmp_path, capsys, 
     err = " ".join(capsys.readouterr().err.split())
     assert f"error: {option} " in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_demo_of_one_frame_a_head_is_refused_before_any_work(tmp_path):
+    """demo --frames 1 generated heads with no val frame, trained and personalised for its whole budget (minutes),
+    rendered the video, and only then failed at the evaluation: 'identity 'id000' has no split 'val''. One frame a
+    head cannot give both a train and a val frame: refused first, naming the minimum."""
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        run_demo(tmp_path / "demo", n_identities=2, n_frames=1, size=16, config="tiny", minutes=0.05)
+    assert not (tmp_path / "demo").exists()
