@@ -126,6 +126,26 @@ SYNTH_OPTIONS = dict(n_identities="--identities", n_frames="--frames", size="--s
 """The options of synth (and demo) for the arguments of ``fastminerf.data.synth.generate`` they set."""
 
 
+class _DrawnOnUse:
+    """A rich ``Progress`` shown from its first update on, as :class:`_TrainProgress`: a refusal of the settings, which
+    comes before any work reports progress, is printed with nothing drawn above it (an empty bar, a blank line).
+    ``with _DrawnOnUse(bar) as show:``; each progress callback calls ``show()`` before updating ``bar``."""
+
+    def __init__(self, bar) -> None:
+        self.bar, self.started = bar, False
+
+    def __enter__(self):
+        return self.show
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc) if self.started else None
+
+    def show(self) -> None:
+        if not self.started:
+            self.bar.__enter__()
+            self.started = True
+
+
 @contextlib.contextmanager
 def _named_options(options: dict):
     """A library's refusal of an argument's value (:class:`fastminerf.config.ArgumentValueError`) given with the
@@ -159,7 +179,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     )
     console = _console()
     start = time.perf_counter()
-    with Progress(
+    bar = Progress(
         TextColumn("[bold]synth[/bold]"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -168,10 +188,12 @@ def _run_synth(args: argparse.Namespace) -> int:
         TimeRemainingColumn(),
         console=console,
         transient=False,
-    ) as bar:
-        task = bar.add_task("render", total=None)
+    )
+    task = bar.add_task("render", total=None)
+    with _DrawnOnUse(bar) as show:
 
         def progress(done: int, total: int) -> None:
+            show()
             bar.update(task, completed=done, total=total)
 
         kwargs = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
@@ -993,11 +1015,13 @@ def _run_demo(args: argparse.Namespace) -> int:
     console = _console()
     stages = {"synth": "generate heads", "train": "generic training", "personalize": "personalise held-out",
               "render": "transfer video", "eval_val": "eval val", "eval_novel": "eval novel"}
-    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console) as bar:
+    bar = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console)
+    with _DrawnOnUse(bar) as show:
         tasks = {}
 
         def progress(stage: str, info: dict) -> None:
+            show()
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stages.get(stage, stage), total=None, stats="")
             if "step" in info:

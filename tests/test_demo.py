@@ -144,11 +144,14 @@ def test_a_refused_demo_with_overwrite_deletes_no_run(tmp_path):
     ("synth", "--expression-style", "1.5")])
 def test_demo_and_synth_name_the_option_typed_for_a_bad_value(tmp_path, capsys, command, option, value):
     """demo --frames 0 was refused as 'n_frames must be >= 1' (the library's argument, which the user never typed),
-    synth --val-fraction 2 as 'val_fraction must be in [0, 1)'. Each refusal names the option, before any work."""
+    synth --val-fraction 2 as 'val_fraction must be in [0, 1)'. Each refusal names the option, before any work,
+    and before anything is drawn (the progress display printed a blank line, or synth's empty bar, above it)."""
     from fastminerf.cli import main
 
     assert main([command, str(tmp_path / "out"), option, value]) == 2
-    err = " ".join(capsys.readouterr().err.split())
+    out, err = capsys.readouterr()
+    assert out == "", out
+    err = " ".join(err.split())
     assert f"error: {option} " in err, err
     assert not (tmp_path / "out").exists()
 
