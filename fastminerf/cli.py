@@ -1239,6 +1239,7 @@ def run_info(run: Path) -> dict:
     """The description ``fastminerf info`` prints (a plain dict, JSON-ready)."""
     import torch
 
+    from .data.writer import folder_writer
     from .train import LOG_NAME, log_records, run_data_folders
 
     cfg, model, meta = _open_run(run)
@@ -1254,7 +1255,7 @@ def run_info(run: Path) -> dict:
                 max_seconds=cfg.train.max_seconds, phase=meta["phase"] if meta["kind"] == "personalize" else None,
                 limit_reached=cfg.train.max_seconds is not None and meta["seconds"] >= cfg.train.max_seconds,
                 data_missing=[p for p, there in folders if not there],
-                resumable=meta["resumable"],
+                resumable=meta["resumable"], training_now=folder_writer(Path(meta["checkpoint"]).parent),
                 backends=dict(asked=_asked_backends(cfg), trained=meta["backends"],
                               here={d: model.backends(torch.device(d))
                                     for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])}))
@@ -1289,6 +1290,8 @@ def _run_info(args: argparse.Namespace) -> int:
     steps = f"{info['step']} of {info['total_steps']}, {info['seconds']:.0f} s"
     if not info["resumable"]:
         steps += " (a model saved by save_run, without the training state train continues from)"
+    elif info["training_now"]:  # not 'the same command continues it': a second train would be refused
+        steps += f" (being trained now, by process {info['training_now']}: its last checkpoint)"
     elif info["step"] < info["total_steps"]:  # a finished run and one its time limit or an interruption ended differ
         steps += (f" (its {info['max_seconds']:g} s limit reached)" if info["limit_reached"]
                   else " (not finished: the same command continues it)")

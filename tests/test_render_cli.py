@@ -4,6 +4,7 @@ pieces connect (names, cameras, files, sizes), not image quality (``test_render`
 oracle model)."""
 
 import json
+import os
 
 import imageio_ffmpeg
 import numpy as np
@@ -932,3 +933,30 @@ def test_the_not_personalised_note_of_many_people_names_the_first_few_and_how_ma
     note = _not_personalised(Path("run2"), {"kind": "personalize", "added": ["new"], "refined": []}, names)
     assert "p0000" in note and "and 992 more" in note and "p0999" not in note
     assert "personalised for new: p0000" in note
+
+
+def test_cli_info_says_a_run_is_being_trained_now(tmp_path, capsys, monkeypatch):
+    """info on a run a train was writing said '(not finished: the same command continues it)', which invited a second
+    train into it (refused: the folder is locked). A run whose RUN/.lock a live process holds is 'being trained now';
+    the look (a shared lock, released at once) is taken only when the lock file names a live process, so that a train
+    starting at that moment is not refused for it; and once the writer lets go, the run reads as before."""
+    from fastminerf.data.writer import folder_locked
+
+    monkeypatch.setenv("COLUMNS", "250")  # the table's line whole
+    dirs = generate(tmp_path / "data", n_identities=1, n_frames=3, size=SIZE, novel_frames=1)
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=50", "train.log_every=1"]), dirs, run,
+          monitor=lambda model, record: True)  # stopped after its first step: not finished
+    capsys.readouterr()
+    with folder_locked(run, lambda holder: AssertionError(holder)):  # a train writing the run, in this process
+        assert main(["info", str(run), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["training_now"] == os.getpid()
+        assert main(["info", str(run)]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"being trained now, by process {os.getpid()}" in out and "continues it" not in out, out
+    assert main(["info", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["training_now"] is None
+    assert main(["info", str(run)]) == 0
+    assert "not finished: the same command continues it" in " ".join(capsys.readouterr().out.split())
+    with folder_locked(run, lambda holder: AssertionError(holder)):  # the look leaves the lock to its writer
+        pass

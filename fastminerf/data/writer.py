@@ -152,6 +152,32 @@ def folder_locked(folder: PathLike, busy: Callable[[str], BaseException]) -> Ite
             f.close()
 
 
+def folder_writer(folder: PathLike) -> Optional[int]:
+    """The process id of the writer that holds ``folder/.lock`` (:func:`folder_locked`) now, None when none does (or
+    it cannot be told: no ``fcntl``, no lock file). Looked at without standing in a writer's way: only when the file
+    names a process that runs (each writer writes its id there; a writer starting now finds the last, ended one's) is
+    the lock tried, shared and non-blocking, and let go at once; a writer starting in that instant would be refused
+    by the live process named anyway."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    path = Path(folder) / LOCK_NAME
+    try:
+        with open(path) as f:
+            pid = f.read().strip()
+            if not pid.isdigit() or not _process_runs(int(pid)):
+                return None
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return int(pid)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except OSError:  # no lock file, or a filesystem without locks
+        return None
+    return None
+
+
 def noted_on_interrupt(note: str) -> Callable:
     """Decorate a long writer so that a KeyboardInterrupt (Ctrl-C; the command's SIGTERM) leaving it says what a rerun
     does (``note``, formatted with the call's arguments by name), for the command to print after 'interrupted'."""
