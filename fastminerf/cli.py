@@ -445,6 +445,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.step == 0:  # no loss or PSNR to give: say why
         console.print(_no_step("trained", result, cfg.train.steps, "train.steps", cfg.train.max_seconds))
         return 0
+    if result.resumed_from and result.step == result.resumed_from:  # resumed, and no step taken: say why
+        console.print(_nothing_to_do(result, cfg.train.steps, "train.steps", cfg.train.max_seconds))
+        return 0
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
     console.print(f"trained {result.step} steps in {result.seconds:.1f} s{resumed}: loss {result.loss:.5f}, "
                   f"train psnr {result.psnr:.2f} dB; run in {result.out_dir}{f', its curve {result.curve}' if result.curve else ''}")
@@ -462,6 +465,20 @@ def _no_step(done: str, result, steps: int, key: str, limit) -> str:
     else:
         why = "it stopped before the first step"
     return f"{done} no step: {why}. Run in {result.out_dir}"
+
+
+def _nothing_to_do(result, steps: int, key: str, limit) -> str:
+    """The closing line of a train or personalize that resumed a run and took no step: why there was nothing to do
+    ('trained 1220 steps (resumed from step 1220)' read as if it had trained)."""
+    if result.step >= steps:
+        why = (f"{result.out_dir} is at step {result.step}, {'past' if result.step > steps else 'already at'} --steps "
+               f"{steps} ({key}); give more steps to train it further")
+    elif limit is not None and result.seconds >= limit:
+        why = (f"{result.out_dir} has trained {result.seconds:.1f} s, its time limit (--max-seconds / train.max_seconds "
+               f"{limit:g} s) spent; give a longer one to train it further")
+    else:
+        why = f"{result.out_dir} stopped before its first step after step {result.step}"
+    return f"nothing to train: {why}"
 
 
 def _add_personalize(sub: "argparse._SubParsersAction") -> None:
@@ -508,6 +525,9 @@ def _run_personalize(args: argparse.Namespace) -> int:
             console.print(_styled("yellow", "note", note), markup=True)
         if result.step == 0:
             console.print(_no_step("personalised with", result, steps, "train.personalize_steps", limit))
+            continue
+        if result.resumed_from and result.step == result.resumed_from:
+            console.print(_nothing_to_do(result, steps, "train.personalize_steps", limit))
             continue
         resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
         console.print(f"personalised in {result.step} steps, {result.seconds:.1f} s{resumed}: train psnr "

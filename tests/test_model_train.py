@@ -1210,3 +1210,27 @@ def test_new_identities_of_a_named_space_added_to_a_model_of_none_record_it_and_
         f.write_text(json.dumps(m))
     with pytest.raises(DatasetError, match="pca12-0123456789ab"):
         check_expression_space(model.expression_space, load_dataset([elsewhere]), "the driver", "the model")
+
+
+def test_train_and_personalize_on_a_run_past_its_steps_say_there_was_nothing_to_do(tiny_data, tmp_path, capsys):
+    """train --steps 60 on a run already at step 1220 printed 'trained 1220 steps ... (resumed from step 1220)', as if it
+    had trained; nothing was done (the run is past --steps). The closing line says so, and how to train further; so
+    does the rerun of a finished command, and personalize's."""
+    from fastminerf.cli import main
+
+    out, pers = tmp_path / "t", tmp_path / "p"
+    dirs = sorted(p for p in tiny_data.iterdir() if p.is_dir())
+    base = ["train", "--data", *map(str, dirs[:2]), "--out", str(out), "--config", "tiny"]
+    assert main(base + ["--steps", "3"]) == 0
+    capsys.readouterr()
+    for steps, where in (("1", "past --steps 1"), ("3", "already at --steps 3")):
+        assert main(base + ["--steps", steps]) == 0
+        said = " ".join(capsys.readouterr().out.split())
+        assert "trained 3 steps" not in said and "resumed" not in said, said
+        assert f"nothing to train: {out} is at step 3, {where} (train.steps)" in said, said
+    p = ["personalize", "--run", str(out), "--data", str(dirs[2]), "--out", str(pers), "--steps", "2"]
+    assert main(p) == 0
+    capsys.readouterr()
+    assert main(p[:-1] + ["1"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "personalised in 2 steps" not in said and f"nothing to train: {pers} is at step 2, past --steps 1" in said, said
