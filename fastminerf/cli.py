@@ -725,7 +725,8 @@ def _run_render(args: argparse.Namespace) -> int:
         _run_exists(args.run)
         voice = load_speech_model(args.speech_model or Path(args.run) / "speech.pt"), load_speech(args.speech)
     _, model, meta = _open_run(args.run, args.render_steps, device)
-    identity_id(model, args.identity)  # fail early, naming the identity
+    # fail early, naming the identity; then its spelling in the run (a name typed in the other Unicode form finds it)
+    args.identity = model.identity_names[identity_id(model, args.identity)]
     note = _not_personalised(args.run, meta, [args.identity])
     if note:
         console.print(_styled("yellow", "note", note), markup=True)

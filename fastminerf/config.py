@@ -34,6 +34,7 @@ import difflib
 import functools
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -1022,15 +1023,27 @@ def identity_list(names, shown: int = 8, near: Optional[str] = None) -> str:
     return text + (f"; closest to '{near}': {', '.join(close)}" if close else "")
 
 
-def identity_index(names, name: str, error: type = KeyError) -> int:
-    """The position of identity ``name`` in a model's ``names`` (its identity id), or ``error`` naming it and the
-    identities the model knows (:func:`identity_list`: a few of 1,000). The one lookup of ``MINeRF.identity_index``
-    (KeyError) and ``fastminerf.render.identity_id`` (RenderError)."""
+def name_position(names, name: str) -> Optional[int]:
+    """The position of identity ``name`` in ``names``, or None: the name as spelt, else one equal to it in Unicode's
+    composed form (NFC), so that 'Zoë' copied from macOS Finder (decomposed, NFD) finds the 'Zoë' typed composed, one
+    name to the eye (a dataset refuses two names that differ only so: :func:`fastminerf.data.layout.find_identity_dirs`).
+    The stored names are left as they are. Every lookup of an identity by a name the user gives uses it."""
     names = list(names)
-    try:
+    if name in names:
         return names.index(name)
-    except ValueError:
-        raise error(f"unknown identity '{name}': the model knows {identity_list(names, near=name)}") from None
+    wanted = unicodedata.normalize("NFC", str(name))
+    return next((i for i, n in enumerate(names) if unicodedata.normalize("NFC", str(n)) == wanted), None)
+
+
+def identity_index(names, name: str, error: type = KeyError) -> int:
+    """The position of identity ``name`` in a model's ``names`` (its identity id; :func:`name_position`), or ``error``
+    naming it and the identities the model knows (:func:`identity_list`: a few of 1,000). The one lookup of
+    ``MINeRF.identity_index`` (KeyError) and ``fastminerf.render.identity_id`` (RenderError)."""
+    names = list(names)
+    at = name_position(names, name)
+    if at is None:
+        raise error(f"unknown identity '{name}': the model knows {identity_list(names, near=name)}")
+    return at
 
 
 def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":

@@ -43,7 +43,7 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_wav, write_wav
-from .config import as_list, identity_index, identity_list
+from .config import as_list, identity_index, identity_list, name_position
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import identity_splits, is_identity_dir, not_a_file, read_rgb
@@ -150,11 +150,11 @@ def identity_id(model_or_names, name: str) -> int:
 
 
 def _dataset_identity(dataset: MultiIdentityDataset, name: str) -> int:
-    try:
-        return dataset.identities.index(name)
-    except ValueError:
+    at = name_position(dataset.identities, name)
+    if at is None:
         raise RenderError(f"identity '{name}' is not in the dataset; it has "
-                          f"{identity_list(dataset.identities, near=name)}") from None
+                          f"{identity_list(dataset.identities, near=name)}")
+    return at
 
 
 def _loaded_table(dataset: MultiIdentityDataset, split: str, asked: str):
@@ -644,9 +644,10 @@ def load_driver(path: PathLike, split: str, identity: Optional[str] = None) -> T
             raise RenderError(f"the driver {path} holds {len(dirs)} identities {names}; name one (--driver-identity)")
         chosen = dirs[0]
     else:
-        if identity not in names:
+        at = name_position(names, identity)
+        if at is None:
             raise RenderError(f"driver identity '{identity}' is not in {path}; it has {names}")
-        chosen = dirs[names.index(identity)]
+        chosen = dirs[at]
     have = identity_splits(chosen)
     for need in dict.fromkeys(("train", split)):
         if need not in have:
@@ -715,7 +716,8 @@ def load_target(data_paths: Sequence[PathLike], identity: str, splits: Sequence[
     from .data.layout import find_identity_dirs
 
     dirs = find_identity_dirs(list(data_paths)) if data_paths else []
-    match = [d for d in dirs if d.name == identity]
+    at = name_position([d.name for d in dirs], identity)
+    match = [] if at is None else [dirs[at]]
     if not match:
         raise RenderError(
             f"no data for identity '{identity}' in {[str(p) for p in data_paths]} (identities there: "

@@ -55,7 +55,7 @@ import torch
 
 from . import _native
 from . import backend as _backend
-from .config import ModelConfig, RunConfig, as_list, check_device, dump_config, identity_list, parse_config_text, some_of
+from .config import ModelConfig, RunConfig, as_list, check_device, dump_config, identity_list, name_position, parse_config_text, some_of
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
@@ -505,7 +505,8 @@ def run_data_paths(meta: dict, instead: str = _GIVE_DATA,
     found = run_data_folders(meta, instead=instead)
     there = [p for p, ok in found if ok]
     gone = [p for p, ok in found if not ok]
-    holds = identity is not None and bool(there) and identity in {d.name for d in find_identity_dirs(there)}
+    holds = (identity is not None and bool(there)
+             and name_position([d.name for d in find_identity_dirs(there)], identity) is not None)
     if gone and not holds:
         raise DatasetError(f"not there, the data the run {Path(meta['checkpoint']).parent} was trained on (moved, "
                            f"renamed, or the run copied from another machine?): {instead}", file=gone[0])

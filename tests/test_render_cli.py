@@ -960,3 +960,26 @@ def test_cli_info_says_a_run_is_being_trained_now(tmp_path, capsys, monkeypatch)
     assert "not finished: the same command continues it" in " ".join(capsys.readouterr().out.split())
     with folder_locked(run, lambda holder: AssertionError(holder)):  # the look leaves the lock to its writer
         pass
+
+
+def test_an_identity_typed_in_the_other_unicode_form_is_found(tmp_path, capsys):
+    """render --identity 'Zoë' copied from macOS Finder (decomposed: NFD) of a run trained on a folder named 'Zoë'
+    typed composed (NFC) was refused as "unknown identity 'Zoë' ... closest to 'Zoë'": one name to the eye, other code
+    points. Names are compared in NFC (a dataset refuses two names that differ only so), stored names unchanged:
+    the model's identity, the target data's folder and --driver-identity are found."""
+    import unicodedata
+
+    from fastminerf.render import load_driver, load_target
+
+    nfc, nfd = unicodedata.normalize("NFC", "Zoë"), unicodedata.normalize("NFD", "Zoë")
+    dirs = generate(tmp_path / "data", n_identities=2, n_frames=3, size=SIZE, novel_frames=1)
+    dirs[1].rename(tmp_path / "data" / nfc)
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=1"]), [tmp_path / "data"], run)
+    model = load_run(run)[1]
+    assert model.identity_index(nfd) == model.identity_names.index(nfc)
+    assert load_target([tmp_path / "data"], nfd).identities == [nfc]
+    assert load_driver(tmp_path / "data", "val", nfd)[1] == nfc
+    for extra in (["--orbit", "--frames", "1"], ["--drive", str(tmp_path / "data") + ":val", "--driver-identity", nfd]):
+        assert main(["render", "--run", str(run), "--identity", nfd, "--out", str(tmp_path / "o.mp4"), *extra]) == 0, \
+            capsys.readouterr().err
