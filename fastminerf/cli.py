@@ -33,7 +33,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from .config import some_of
+from .config import counted, some_of
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -200,7 +200,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         with _named_options(SYNTH_OPTIONS):
             dirs = generate(args.out, progress=progress, **kwargs)
     elapsed = time.perf_counter() - start
-    console.print(f"wrote {len(dirs)} identities to {args.out} in {elapsed:.1f} s")
+    console.print(f"wrote {counted(len(dirs), 'identity', 'identities')} to {args.out} in {elapsed:.1f} s")
     if not args.no_contact_sheet:
         sheet = contact_sheet(dirs, Path(args.out) / "contact_sheet.png")
         console.print(f"contact sheet: {sheet}")
@@ -449,7 +449,7 @@ def _run_train(args: argparse.Namespace) -> int:
         console.print(_nothing_to_do(result, cfg.train.steps, "train.steps", cfg.train.max_seconds))
         return 0
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
-    console.print(f"trained {result.step} steps in {result.seconds:.1f} s{resumed}: loss {result.loss:.5f}, "
+    console.print(f"trained {counted(result.step, 'step')} in {result.seconds:.1f} s{resumed}: loss {result.loss:.5f}, "
                   f"train psnr {result.psnr:.2f} dB; run in {result.out_dir}{f', its curve {result.curve}' if result.curve else ''}")
     return 0
 
@@ -530,7 +530,7 @@ def _run_personalize(args: argparse.Namespace) -> int:
             console.print(_nothing_to_do(result, steps, "train.personalize_steps", limit))
             continue
         resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
-        console.print(f"personalised in {result.step} steps, {result.seconds:.1f} s{resumed}: train psnr "
+        console.print(f"personalised in {counted(result.step, 'step')}, {result.seconds:.1f} s{resumed}: train psnr "
                       f"{result.psnr:.2f} dB; run in {result.out_dir}{f', its curve {result.curve}' if result.curve else ''}")
     return 0
 
@@ -800,7 +800,7 @@ def _run_render(args: argparse.Namespace) -> int:
         extra += f", with {info.audio_seconds:.2f} s of {'the recording' if args.speech else 'the driver' + chr(39) + 's audio'}"
     elif args.audio and not args.orbit and info.path is not None:
         extra += f", silent (the driver: {path.silent_reason()})"
-    console.print(f"{what}: {info.n_frames} frames {info.width}x{info.height} -> {info.path}{extra}")
+    console.print(f"{what}: {counted(info.n_frames, 'frame')} {info.width}x{info.height} -> {info.path}{extra}")
     return 0
 
 
@@ -1226,7 +1226,8 @@ def _run_speech(args: argparse.Namespace) -> int:
             table.add_row(name, str(m["frames"]), fmt(m["r2"]), fmt(m["mouth_r2"]), fmt(m["mouth_corr"]))
         _print_whole(console, table)
     save_speech_model(out, model)
-    console.print(f"learned from {len(clips)} identities ({sum(len(c.times.get('train', ())) for c in clips)} frames) "
+    console.print(f"learned from {counted(len(clips), 'identity', 'identities')} "
+                  f"({counted(sum(len(c.times.get('train', ())) for c in clips), 'frame')}) "
                   f"({cfg.steps} steps a network, {cfg.calibrate + 1 if cfg.calibrate else 1} networks) -> {out}")
     return 0
 

@@ -1011,6 +1011,12 @@ def some_of(items, shown: int = 8) -> str:
     return ", ".join(items[:shown]) + (f", and {len(items) - shown} more" if len(items) > shown else "")
 
 
+def counted(n: int, word: str, plural: Optional[str] = None) -> str:
+    """``n`` and ``word``, in the plural (``plural``, default ``word + 's'``) unless ``n`` is one: '1 frame',
+    '3 frames', '1 identity' (for summary lines and notes, which said '1 frames')."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
 def identity_list(names, shown: int = 8, near: Optional[str] = None) -> str:
     """Identity names for a message: their list (``['a', 'b']``) when there are at most ``shown``; past that how many,
     the first ``shown`` and, with ``near`` (a name asked for), the names closest to it, so that a message about a

@@ -167,7 +167,7 @@ def test_summary_lines_keep_their_paths_on_one_line_in_a_log(tmp_path, capsys, m
     assert main(["synth", str(out), "--identities", "1", "--frames", "2", "--size", "8"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert f"contact sheet: {out / 'contact_sheet.png'}" in lines, lines
-    assert any(line.startswith(f"wrote 1 identities to {out} in ") for line in lines), lines
+    assert any(line.startswith(f"wrote 1 identity to {out} in ") for line in lines), lines
 
 
 def test_prepare_shows_the_time_left_of_a_long_video(tmp_path, capsys, monkeypatch):
@@ -234,3 +234,22 @@ def test_the_next_step_after_prepare_runs_for_a_root_whose_name_starts_with_a_da
     (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("next: ")]
     args = build_parser().parse_args(shlex.split(line.removeprefix("next: fastminerf ")))
     assert [Path(p).resolve() for p in args.data] == [(tmp_path / "-clips").resolve()]
+
+
+def test_summary_lines_count_one_thing_in_the_singular(tmp_path, capsys):
+    """render's summary said 'orbit of id000: 1 frames 16x16', synth's 'wrote 1 identities', train's 'trained 1 steps':
+    a count of one takes the singular in every summary line."""
+    from fastminerf.cli import main
+
+    assert main(["synth", str(tmp_path / "d"), "--identities", "1", "--frames", "3", "--size", "16",
+                 "--no-contact-sheet"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "wrote 1 identity to" in said, said
+    assert main(["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--config", "tiny",
+                 "--steps", "1"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "trained 1 step in" in said, said
+    assert main(["render", "--run", str(tmp_path / "r"), "--identity", "id000", "--orbit", "--frames", "1",
+                 "--out", str(tmp_path / "o.mp4")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "id000: 1 frame 16x16" in said, said

@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..config import PrepareConfig, as_list
+from ..config import PrepareConfig, as_list, counted
 from ..data.layout import AUDIO_FILE, LANDMARKS_FILE, NPZ_ERRORS, PREPARE_DONE_FILE, PREPARE_FAILED_FILE, PREPARE_WORK_DIR
 from ..data.writer import LOCK_NAME, folder_locked, frame_record, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
 from ..metrics import rotation_gap_deg
@@ -486,7 +486,8 @@ def _frames(info: VideoInfo, fps: float, cfg: PrepareConfig, out: Path, lm: np.n
     write_png(out / "bg.png", bg, cfg.png_compress_level)
     notes = [note] if note else []
     if outside:
-        notes.append(f"{outside} frames where the face lies outside the crop (mostly out of the picture) were dropped")
+        notes.append(f"{counted(outside, 'frame')} where the face lies outside the crop (mostly out of the picture) "
+                     f"{'was' if outside == 1 else 'were'} dropped")
     if info.has_audio:
         try:
             extract_audio(info.path, out / AUDIO_FILE, cfg.audio_rate, duration=len(lm) / fps)
