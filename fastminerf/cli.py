@@ -649,8 +649,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
                    help="folders holding NAME's training data, and beside them the expression basis a --drive video "
                         "is prepared with (default: the run's own data paths; give them when the data moved)")
     p.add_argument("--frames", type=int, default=None,
-                   help="frames of an orbit (default 60), or the first frames of a driven or --speech video, counted "
-                        "at its --fps (default all)")
+                   help=f"frames of an orbit (default {render.ORBIT_FRAMES}), or the first frames of a driven or "
+                        "--speech video, counted at its --fps (default all)")
     p.add_argument("--fps", type=float, default=None, help=f"frame rate (default: the driver's; with --speech, the target's; {render.DEFAULT_FPS:g} for an orbit); a driven or "
                         "--speech video keeps its clock at any rate (frames repeated or dropped, the sound in time)")
     p.add_argument("--yaw", type=float, default=None, metavar="DEG",
@@ -686,10 +686,11 @@ def _run_render(args: argparse.Namespace) -> int:
     from .render import background_image, check_outputs, render_video
     from .render import training_basis
 
+    from . import render
     from .render import RenderError, identity_id
     from .train import run_data_paths
 
-    if args.frames is not None and args.frames < 1:  # an orbit would otherwise take 0 for its default of 60
+    if args.frames is not None and args.frames < 1:  # an orbit would otherwise take 0 for its default
         raise RenderError(f"--frames must be at least 1, got {args.frames}")
     if args.fps is not None and not args.fps > 0:  # ffmpeg wrote 0 as 16 fps, and failed on a negative rate at the end
         raise RenderError(f"--fps must be positive, got {args.fps:g}")
@@ -734,7 +735,7 @@ def _run_render(args: argparse.Namespace) -> int:
     target = load_target(data_paths, args.identity)
     speech_dir = None
     if args.orbit:
-        path = orbit_path(target, args.identity, n_frames=args.frames or 60, yaw_deg=args.yaw, pitch_deg=args.pitch)
+        path = orbit_path(target, args.identity, n_frames=args.frames or render.ORBIT_FRAMES, yaw_deg=args.yaw, pitch_deg=args.pitch)
         reach = orbit_reach(target, args.identity)
         beyond = [f"--{name} {value:g}" for name, value, far in (("yaw", args.yaw, reach[0]), ("pitch", args.pitch, reach[1]))
                   if value is not None and abs(value) > far]

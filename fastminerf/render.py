@@ -54,6 +54,7 @@ from .metrics import (RANGE_SLACK, SSIM_WINDOW, LandmarkDistance, eye_aspect_rat
 __all__ = [
     "CameraPath",
     "ERROR_GAIN",
+    "ORBIT_FRAMES",
     "ORBIT_MIN_DEG",
     "OWN_BACKGROUND",
     "POSE_MODES",
@@ -799,6 +800,9 @@ def orbit_cameras(
     return out.astype(np.float32)
 
 
+ORBIT_FRAMES = 60
+"""Frames of an orbit (:func:`orbit_path`, ``render --orbit`` without ``--frames``): 2.4 s at 25 fps."""
+
 ORBIT_MIN_DEG = 2.0
 """The smallest swing of a data-framed orbit (:func:`orbit_path` without angles), for a video whose head hardly moves."""
 
@@ -835,7 +839,7 @@ def orbit_reach(dataset: MultiIdentityDataset, identity: str, split: str = "trai
 def orbit_path(
     dataset: MultiIdentityDataset,
     identity: str,
-    n_frames: int = 60,
+    n_frames: int = ORBIT_FRAMES,
     split: str = "train",
     yaw_deg: Optional[float] = None,
     pitch_deg: Optional[float] = None,

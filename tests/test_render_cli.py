@@ -983,3 +983,23 @@ def test_an_identity_typed_in_the_other_unicode_form_is_found(tmp_path, capsys):
     for extra in (["--orbit", "--frames", "1"], ["--drive", str(tmp_path / "data") + ":val", "--driver-identity", nfd]):
         assert main(["render", "--run", str(run), "--identity", nfd, "--out", str(tmp_path / "o.mp4"), *extra]) == 0, \
             capsys.readouterr().err
+
+
+def test_the_orbit_default_frame_count_has_one_definition(tiny, tmp_path, capsys, monkeypatch):
+    """The orbit's 60 frames were typed into render --help, into the command's call ('args.frames or 60') and into
+    orbit_path's default, apart: one changed, the others went on saying or rendering 60. They are
+    render.ORBIT_FRAMES."""
+    import inspect
+
+    from fastminerf import render
+
+    assert inspect.signature(render.orbit_path).parameters["n_frames"].default == render.ORBIT_FRAMES
+    monkeypatch.setenv("COLUMNS", "250")
+    with pytest.raises(SystemExit):
+        main(["render", "--help"])
+    assert f"frames of an orbit (default {render.ORBIT_FRAMES})" in " ".join(capsys.readouterr().out.split())
+    monkeypatch.setattr(render, "ORBIT_FRAMES", 2)
+    root, dirs = tiny
+    assert main(["render", "--run", str(root / "run"), "--identity", dirs[0].name, "--orbit",
+                 "--out", str(tmp_path / "o.mp4")]) == 0
+    assert ": 2 frames" in " ".join(capsys.readouterr().out.split())
