@@ -771,6 +771,37 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: 
     assert live.exists() and fresh.exists() and other.exists()
 
 
+
+def test_the_fixed_temporary_name_of_older_versions_is_removed_by_the_next_write(tmp_path: Path):
+    """Versions before today's wrote every atomic write through one fixed name (``checkpoint.pt.tmp``, a render's
+    ``.OUT.part.mp4`` and ``.OUT.mp4.audio.wav``), which the next write overwrote and renamed away. A run (or render
+    folder) where such a write was killed, resumed with today's names of each write's own, kept that file for good (a
+    100 MB checkpoint's): nothing wrote or removed that name any more. The next write removes it as it removes a
+    killed writer's of today, once a minute old (a writer of an older version still running keeps touching it)."""
+    import os
+
+    from fastminerf.data.writer import remove_killed_writes, replaced_atomically
+
+    old = tmp_path / "checkpoint.pt.tmp"
+    part = tmp_path / ".clip.part.mp4"
+    sound = tmp_path / ".clip.mp4.audio.wav"
+    fresh = tmp_path / "log.jsonl.tmp"  # young: maybe an older version's writer at work
+    for f in (old, part, sound, fresh):
+        f.write_bytes(b"half")
+    for f in (old, part, sound):
+        t = f.stat().st_mtime - 3600.0
+        os.utime(f, (t, t))
+    with replaced_atomically(tmp_path / "checkpoint.pt") as tmp:
+        tmp.write_bytes(b"whole")
+    with replaced_atomically(tmp_path / "log.jsonl") as tmp:
+        tmp.write_bytes(b"whole")
+    remove_killed_writes(tmp_path, ".clip.", ".part.mp4")  # what write_video calls after replacing clip.mp4
+    remove_killed_writes(tmp_path, ".clip.mp4.", ".audio.wav")
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"whole"
+    assert not old.exists() and not part.exists() and not sound.exists()
+    assert fresh.exists()
+
+
 def test_a_folder_whose_lock_cannot_be_made_is_written_unguarded(tmp_path: Path):
     """A read-only data folder (a prepared root on a shared, read-only mount: prepare reruns there skip every finished
     video) cannot hold the lock file: folder_locked opened it before it asked for the lock, so the PermissionError of

@@ -67,9 +67,14 @@ def remove_killed_writes(folder: Path, prefix: str, suffix: str) -> None:
     """Remove the temporary files ``folder/<prefix><process>-<n><suffix>`` (named by :func:`write_id`) that writers
     killed mid-write left (``kill -9``, a power cut: no ``except`` ran), one per kill under names of their own (a
     100 MB checkpoint, a render's part video): those of processes that no longer run, untouched for
-    :data:`STALE_WRITE_SECONDS`. The write that has just replaced the same file calls it."""
+    :data:`STALE_WRITE_SECONDS`. The write that has just replaced the same file calls it. So does the one fixed name
+    versions before write_id used for every write (``<prefix without its last dot><suffix>``, e.g.
+    ``checkpoint.pt.tmp``), which the next write overwrote then and nothing writes now: untouched as long, it is a
+    killed writer's (one of such a version still at work keeps touching it)."""
     now = time.time()
-    for left in Path(folder).glob(f"{glob.escape(prefix)}*-*{glob.escape(suffix)}"):
+    folder = Path(folder)
+    older = folder / f"{prefix[:-1]}{suffix}" if prefix.endswith(".") else None
+    for left in folder.glob(f"{glob.escape(prefix)}*-*{glob.escape(suffix)}"):
         pid = left.name[len(prefix):len(left.name) - len(suffix)].split("-")[0]
         try:
             if not pid.isdigit() or _process_runs(int(pid)) or now - left.stat().st_mtime < STALE_WRITE_SECONDS:
@@ -77,6 +82,11 @@ def remove_killed_writes(folder: Path, prefix: str, suffix: str) -> None:
             left.unlink()
         except OSError:  # gone meanwhile, or not ours to remove: left as it is
             pass
+    try:
+        if older is not None and now - older.stat().st_mtime >= STALE_WRITE_SECONDS:
+            older.unlink()
+    except OSError:  # none (the rule), gone meanwhile, or not ours to remove
+        pass
 
 
 def _process_runs(pid: int) -> bool:
