@@ -815,3 +815,19 @@ def test_a_folder_whose_lock_cannot_be_made_is_written_unguarded(tmp_path: Path)
     with folder_locked(tmp_path, lambda holder: RuntimeError(f"busy{holder}")):
         ran.append(True)
     assert ran == [True]
+
+
+def test_a_video_an_earlier_version_failed_on_is_not_said_to_be_stopped(tmp_path: Path):
+    """A root prepared by a version before failures were recorded (``.prepare/failed.json``) keeps, for a video that
+    version failed on (no face, too few frames), what it had written: ``.prepare/`` with the tracking cache and no
+    ``prepare.json``. That version read the root as the people it finished; today's refuses it as unfinished, as it
+    must (a stopped video's folder looks the same), but said only 'prepare was stopped before it finished this folder
+    ... it continues where it stopped' to a user who stopped nothing. The message names the other cause and what the
+    rerun does with it (reports the video failed, and the root reads without it)."""
+    generate(tmp_path / "root", n_identities=1, n_frames=4, size=16, seed=0, novel_frames=1)
+    left = tmp_path / "root" / "noface" / ".prepare"  # what an earlier prepare left of a video without a face
+    left.mkdir(parents=True)
+    (left / "track.json").write_text("{}")
+    with pytest.raises(DatasetError, match=r"noface: prepare was stopped before it finished this folder.*failed on it"
+                                           r".*rerun the same prepare command.*left out of its root"):
+        load_dataset(tmp_path / "root")

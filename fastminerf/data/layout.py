@@ -207,9 +207,11 @@ def _refuse_unfinished_prepare(folders: Sequence[Path]) -> None:
         raise DatasetError(f"prepare failed on this folder: {error}", file=folders[0])
     if folders:
         more = f" (and here too: {some_of([f.name for f in folders[1:]])})" if len(folders) > 1 else ""
-        raise DatasetError(f"prepare was stopped before it finished this folder{more}: its {PREPARE_DONE_FILE}, "
-                           "written last, is missing; rerun the same prepare command to finish it (it continues where "
-                           "it stopped)", file=folders[0])
+        # a version before PREPARE_FAILED_FILE left a video it failed on so too (and read its root without it)
+        raise DatasetError(f"prepare was stopped before it finished this folder{more}, or an earlier version, which "
+                           f"recorded no failures, failed on it: its {PREPARE_DONE_FILE}, written last, is missing; "
+                           "rerun the same prepare command to finish it (it continues where it stopped; a video it "
+                           "fails on is reported and then left out of its root)", file=folders[0])
 
 
 def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
