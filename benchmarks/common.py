@@ -166,7 +166,8 @@ def bench_data(work: Path | None, prefix: str, n_identities: int, frames: int, s
     # the benchmark removes its runs there (train_until): a folder of the user's is not one to work in
     if not own and work.is_dir() and any(work.iterdir()) and not mark.is_file():
         raise ValueError(f"{work} is not empty and is no benchmark work folder (it has no {WORK_MARKER}): the benchmark "
-                         "replaces its data and runs there; give a new or empty folder for --work")
+                         "replaces its data and runs there; give a new or empty folder for --work (an earlier version's "
+                         f"work folder has no mark either: to reuse one, mark it with touch {mark})")
     if not own and work.exists() and not work.is_dir():
         raise ValueError(f"{work} is a file: give a folder for --work")
     work.mkdir(parents=True, exist_ok=True)
@@ -393,7 +394,8 @@ def bench_arguments(doc: str, modes) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--mode", choices=sorted(modes), default="quick")
     add_out(ap)
-    ap.add_argument("--work", type=Path, default=None, help="folder for data and runs: a new or empty one, or an earlier run's (default: a temp folder)")
+    ap.add_argument("--work", type=Path, default=None, help="folder for data and runs: a new or empty one, or an earlier run's (marked by its "
+                    f"{WORK_MARKER}; one of a version before the mark is reused once given it) (default: a temp folder)")
     ap.add_argument("--config", default=None, help="preset replacing the (fast) model's (e.g. gpu)")
     return ap
 

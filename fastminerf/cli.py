@@ -1101,7 +1101,8 @@ def _add_bench(sub: "argparse._SubParsersAction") -> None:
     size.add_argument("--full", action="store_true", help="the full version (README numbers)")
     size.add_argument("--tiny", action="store_true", help="seconds-long smoke version (tests; numbers mean nothing)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
-    p.add_argument("--work", type=Path, default=None, help="folder for generated data and runs: a new or empty one, or an earlier bench run's (default: temporary)")
+    p.add_argument("--work", type=Path, default=None, help="folder for generated data and runs: a new or empty one, or an earlier bench run's (marked by its "
+                   ".fastminerf_bench; one of a version before the mark is reused once given it) (default: temporary)")
     p.add_argument("--counts", type=int, nargs="+", default=None, metavar="N",
                    help="identity counts of the identities benchmark (default: 1 2 4 8 16 with --full, 1 2 with --tiny, "
                    "1 2 4 otherwise)")

@@ -412,3 +412,21 @@ def test_bench_work_refuses_a_folder_that_is_not_its_own(tmp_path, capsys, which
     assert main(["bench", which, "--tiny", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w")]) == 2
     assert str(tmp_path / "w" / which) in " ".join(capsys.readouterr().err.split())
     assert own.read_text() == "my notes"
+
+
+def test_bench_work_says_how_to_reuse_a_work_folder_of_an_earlier_version(tmp_path, capsys):
+    """--work's help promises 'a new or empty one, or an earlier bench run's', but a work folder of a version before
+    today's mark (.fastminerf_bench) holds the benchmark's data and runs without it, and was refused as 'no benchmark
+    work folder ... give a new or empty folder': the user's earlier work could not be reused, nor was it said how.
+    Unmarked, it cannot be told from a user's folder (the benchmark removes runs there), so it is still refused, with
+    the way to reuse it (the mark, made by the user, who knows the folder) named in the refusal and in the help."""
+    old = tmp_path / "w" / "identities"
+    (old / "data").mkdir(parents=True)
+    (old / "data" / "synth.json").write_text("{}")  # what an earlier bench left there (its runs beside)
+    assert main(["bench", "identities", "--tiny", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"touch {old / '.fastminerf_bench'}" in err and "earlier version" in err
+    assert not (old / ".fastminerf_bench").exists()
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert ".fastminerf_bench" in " ".join(capsys.readouterr().out.split())
