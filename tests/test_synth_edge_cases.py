@@ -270,3 +270,16 @@ def test_a_folder_holding_a_dataset_the_generator_did_not_write_is_refused_untou
     with pytest.raises(FileExistsError, match=r"id000 holds a dataset the generator did not write"):
         generate(mine, n_identities=1, n_frames=2, size=8)
     assert sorted(p.relative_to(mine) for p in mine.rglob("*")) == before
+
+
+def test_a_rerun_into_a_generated_dataset_names_its_first_identity(tmp_path):
+    """synth run again into its dataset (the same command, or into a root an earlier version generated) is refused
+    naming one identity folder there, 'already holds a generated dataset (id001, ...)': the first the filesystem
+    listed, not the first by name, so the user read it as a dataset that lacks id000. The folders are taken in name
+    order, as the readers (find_identity_dirs) take them."""
+    generate(tmp_path / "d", n_identities=3, n_frames=4, size=16, seed=0, novel_frames=1)
+    for _ in range(4):  # the listing order of a folder follows its history on some filesystems
+        (tmp_path / "d" / "id000").rename(tmp_path / "d" / "tmp")
+        (tmp_path / "d" / "tmp").rename(tmp_path / "d" / "id000")
+        with pytest.raises(FileExistsError, match=r"already holds a generated dataset \(id000, \.\.\.\)"):
+            generate(tmp_path / "d", n_identities=3, n_frames=4, size=16, seed=0, novel_frames=1)

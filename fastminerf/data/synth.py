@@ -329,8 +329,8 @@ def _mark(folder: Path, marker: Dict[str, object], finished: bool = False) -> No
 
 def _generated(out: Path) -> List[Path]:
     """The identity folders in ``out`` the generator made (a link to a folder is not one made here, and rmtree
-    refuses links)."""
-    return [c for c in out.iterdir() if c.is_dir() and not c.is_symlink() and (c / IDENTITY_MARKER).is_file()]
+    refuses links), in name order (as the readers take them: a refusal names the first)."""
+    return sorted(c for c in out.iterdir() if c.is_dir() and not c.is_symlink() and (c / IDENTITY_MARKER).is_file())
 
 
 def _refuse_foreign(out: Path, names: Sequence[str]) -> None:
