@@ -283,3 +283,18 @@ def test_a_rerun_into_a_generated_dataset_names_its_first_identity(tmp_path):
         (tmp_path / "d" / "tmp").rename(tmp_path / "d" / "id000")
         with pytest.raises(FileExistsError, match=r"already holds a generated dataset \(id000, \.\.\.\)"):
             generate(tmp_path / "d", n_identities=3, n_frames=4, size=16, seed=0, novel_frames=1)
+
+
+def test_a_refused_synth_draws_no_progress_line(tmp_path, capsys):
+    """synth run again into a dataset it generated (or into one an earlier version generated) drew an empty
+    'synth 0/? frames' progress line before its refusal ('already holds a generated dataset'), which read as a
+    generation that began and broke; the bar is drawn from the first frame on, as train's from its first step."""
+    from fastminerf.cli import main
+
+    args = ["synth", str(tmp_path / "d"), "--identities", "2", "--frames", "4", "--size", "16", "--novel-frames", "1",
+            "--no-contact-sheet"]
+    assert main(args) == 0
+    assert "frames" in capsys.readouterr().out  # the bar of a generation that runs
+    assert main(args) == 2
+    out = capsys.readouterr()
+    assert "already holds a generated dataset" in out.err and not out.out.strip(), out
