@@ -19,7 +19,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -70,23 +70,41 @@ def remove_killed_writes(folder: Path, prefix: str, suffix: str) -> None:
     :data:`STALE_WRITE_SECONDS`. The write that has just replaced the same file calls it. So does the one fixed name
     versions before write_id used for every write (``<prefix without its last dot><suffix>``, e.g.
     ``checkpoint.pt.tmp``), which the next write overwrote then and nothing writes now: untouched as long, it is a
-    killed writer's (one of such a version still at work keeps touching it)."""
-    now = time.time()
+    killed writer's (one of such a version still at work keeps touching it).
+
+    The folder is listed once a process (:func:`_left_in`): a listing a write would cost a folder of 15,000 frames
+    minutes. What killed writers of other processes leave meanwhile is the next process's to remove."""
     folder = Path(folder)
-    older = folder / f"{prefix[:-1]}{suffix}" if prefix.endswith(".") else None
-    for left in folder.glob(f"{glob.escape(prefix)}*-*{glob.escape(suffix)}"):
-        pid = left.name[len(prefix):len(left.name) - len(suffix)].split("-")[0]
+    left = _left_in(folder, suffix)
+    older = f"{prefix[:-1]}{suffix}" if prefix.endswith(".") else None
+    mine = [n for n in left if n == older or (n.startswith(prefix) and "-" in n[len(prefix):len(n) - len(suffix)])]
+    now = time.time()
+    for name in mine:
+        pid = name[len(prefix):len(name) - len(suffix)].split("-")[0] if name != older else None
         try:
-            if not pid.isdigit() or _process_runs(int(pid)) or now - left.stat().st_mtime < STALE_WRITE_SECONDS:
+            if pid is not None and (not pid.isdigit() or _process_runs(int(pid))):
                 continue
-            left.unlink()
+            if now - (folder / name).stat().st_mtime < STALE_WRITE_SECONDS:
+                continue
+            (folder / name).unlink()
         except OSError:  # gone meanwhile, or not ours to remove: left as it is
             pass
-    try:
-        if older is not None and now - older.stat().st_mtime >= STALE_WRITE_SECONDS:
-            older.unlink()
-    except OSError:  # none (the rule), gone meanwhile, or not ours to remove
-        pass
+        left.discard(name)
+
+
+_LEFT: Dict[Tuple[Path, str], set] = {}
+"""(folder, temporary suffix) -> the names ending in that suffix in the folder when this process first wrote there."""
+
+
+def _left_in(folder: Path, suffix: str) -> set:
+    """The names in ``folder`` ending in ``suffix`` when this process first wrote there (listed then, once)."""
+    key = (folder, suffix)
+    if key not in _LEFT:
+        try:
+            _LEFT[key] = {p.name for p in folder.glob(f"*{glob.escape(suffix)}")}
+        except OSError:
+            _LEFT[key] = set()
+    return _LEFT[key]
 
 
 def _process_runs(pid: int) -> bool:
