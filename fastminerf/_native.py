@@ -88,3 +88,37 @@ def ops():
     """The registered op namespace ``torch.ops.fastminerf`` (loading the extension first)."""
     load()
     return torch.ops.fastminerf
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """The gradients a native backward kernel computed, as a node of the graph that raises if differentiated: the
+    kernels are not differentiable themselves, and torch's fallback for an op without an autograd kernel only warns
+    and gives wrong second derivatives. The graph reaches the op's inputs through ``anchors`` (its saved inputs),
+    so the error is raised, not 'appears to not have been used in the graph'."""
+
+    @staticmethod
+    def forward(ctx, op: str, n_grads: int, *tensors):
+        ctx.op = op
+        return tuple(t.clone() for t in tensors[:n_grads])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"fastminerf: {ctx.op}'s native backward is not differentiable, so a second derivative "
+                           f"through it (create_graph=True) is not available: use backend='torch' (the reference, "
+                           f"differentiated by autograd) for second derivatives")
+
+
+def first_order_only(op: str, grads: tuple, anchors: tuple) -> tuple:
+    """``grads`` (tensors or None) of a native backward: as they are, or, when the backward runs with
+    create_graph=True, joined to the graph so that differentiating them again raises an error naming ``op``."""
+    if not torch.is_grad_enabled():
+        return grads
+    present = [i for i, g in enumerate(grads) if g is not None]
+    anchors = [a for a in anchors if isinstance(a, torch.Tensor) and a.requires_grad]
+    if not present or not anchors:
+        return grads
+    wrapped = _FirstOrderOnly.apply(op, len(present), *[grads[i] for i in present], *anchors)
+    out = list(grads)
+    for i, g in zip(present, wrapped):
+        out[i] = g
+    return tuple(out)

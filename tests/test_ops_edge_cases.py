@@ -165,3 +165,49 @@ def test_the_hash_grid_references_without_a_salt_on_identity_levels_say_so():
     salt = torch.zeros(5, dtype=torch.int64)
     assert hash_encode_reference(points, table, levels, salt).shape == (5, 8)
     assert hash_grid_rows(points, levels, salt).shape == (4, 5, 8)
+
+
+def _native_op_cases():
+    """Each native op with autograd, as (function of its differentiable float64 inputs, those inputs)."""
+    from fastminerf.ops import composite, mlp_head
+
+    g = torch.Generator().manual_seed(0)
+    levels = hash_grid_levels(n_levels=2, n_features_per_level=2, log2_hashmap_size=6, base_resolution=2,
+                              per_level_scale=2.0)
+    points = torch.rand(4, 3, generator=g, dtype=torch.float64)
+    table = torch.randn(levels.n_rows, 2, generator=g, dtype=torch.float64)
+    t_starts = torch.tensor([0.0, 0.5, 1.0, 0.2], dtype=torch.float64)
+    offsets = torch.tensor([0, 3, 4])
+    ray = torch.tensor([0, 0, 1])
+    return {
+        "hash_encode": (lambda b, p, t: hash_encode(p, t, levels, backend=b), (points, table)),
+        "composite": (lambda b, s, c: composite(s, c, t_starts, t_starts + 0.4, offsets, 0.0, backend=b).color,
+                      (torch.rand(4, generator=g, dtype=torch.float64) * 2, torch.rand(4, 3, generator=g, dtype=torch.float64))),
+        "mlp_head": (lambda b, x, w1: mlp_head(x, torch.randn(2, 5, generator=torch.Generator().manual_seed(1),
+                                                             dtype=torch.float64), ray, w1,
+                                              torch.ones(2, 5, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+                                              backend=b),
+                     (torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64))),
+    }
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("op", ["hash_encode", "composite", "mlp_head"])
+def test_a_second_derivative_through_a_native_op_is_refused_not_wrong(op):
+    """The native backward kernels are not differentiable themselves. A gradient taken with create_graph=True (a
+    penalty on the density's gradient, gradgradcheck) went through the backward op's autograd fallback, which torch
+    only warns about, and gave silently wrong second derivatives (gradgradcheck: 'Jacobian mismatch'). A second
+    derivative through a native op is now an error naming the op and the reference (backend='torch'), which gives
+    it. (torch's once_differentiable is not enough: its error node is cut from the inputs, so autograd.grad said
+    the inputs 'appear to not have been used in the graph', and allow_unused=True gave None.)"""
+    f, inputs = _native_op_cases()[op]
+    inputs = [t.clone().requires_grad_() for t in inputs]
+    out = f("native", *inputs)
+    grads = torch.autograd.grad((out * out).sum(), inputs, create_graph=True)
+    with pytest.raises(RuntimeError, match=rf"{op}.s native backward is not differentiable.*backend='torch'"):
+        torch.autograd.grad(sum((gr * gr).sum() for gr in grads), inputs)
+    # First derivatives are unchanged, and the reference differentiates twice.
+    reference = f("torch", *inputs)
+    for a, b in zip(grads, torch.autograd.grad((reference * reference).sum(), inputs, create_graph=True)):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradgradcheck(lambda *xs: f("torch", *xs), inputs)

@@ -142,10 +142,14 @@ class _CompositeNative(torch.autograd.Function):
         rgbs, sigmas, t_starts, t_ends, offsets, weights, trans_end, n_active = ctx.saved_tensors
         need_sigmas, need_rgbs = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grads = [None if g is None else g.contiguous() for g in (grad_color, grad_opacity, grad_depth, grad_weights)]
-        grad_sigmas, grad_rgbs = _native.ops().composite_backward(
-            *grads, sigmas, rgbs, t_starts, t_ends, offsets, weights, trans_end, n_active, need_sigmas, need_rgbs
-        )
-        return (grad_sigmas if need_sigmas else None), (grad_rgbs if need_rgbs else None), None, None, None, None
+        with torch.no_grad():
+            grad_sigmas, grad_rgbs = _native.ops().composite_backward(
+                *grads, sigmas, rgbs, t_starts, t_ends, offsets, weights, trans_end, n_active, need_sigmas, need_rgbs
+            )
+        grad_sigmas, grad_rgbs = _native.first_order_only(
+            "composite", ((grad_sigmas if need_sigmas else None), (grad_rgbs if need_rgbs else None)),
+            (*grads, sigmas, rgbs))
+        return grad_sigmas, grad_rgbs, None, None, None, None
 
 
 def composite(

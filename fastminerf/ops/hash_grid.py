@@ -217,11 +217,13 @@ class _HashEncodeNative(torch.autograd.Function):
         points, table, salt = ctx.saved_tensors
         levels = ctx.levels
         need_points, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_table, grad_points = _native.ops().hash_encode_backward(
-            grad_out.contiguous(), points, table, levels.offsets, levels.resolutions, levels.scales, salt,
-            levels.salted_from, need_table, need_points,
-        )
-        return (grad_points if need_points else None), (grad_table if need_table else None), None, None
+        with torch.no_grad():
+            grad_table, grad_points = _native.ops().hash_encode_backward(
+                grad_out.contiguous(), points, table, levels.offsets, levels.resolutions, levels.scales, salt,
+                levels.salted_from, need_table, need_points,
+            )
+        grads = (grad_points if need_points else None), (grad_table if need_table else None)
+        return (*_native.first_order_only("hash_encode", grads, (grad_out, points, table)), None, None)
 
 
 def hash_encode(points: torch.Tensor, table: torch.Tensor, levels: HashGridLevels, backend: str = "native",

@@ -44,11 +44,14 @@ class _MLPHeadNative(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, pre, ray_indices, w1, w2, b2 = ctx.saved_tensors
-        grad_x, grad_pre, grad_w1, grad_w2, grad_b2 = _native.ops().mlp_head_backward(
-            grad_y.contiguous(), x, pre, ray_indices, w1, w2, b2, ctx.needs_input_grad[0])
+        with torch.no_grad():
+            grad_x, grad_pre, grad_w1, grad_w2, grad_b2 = _native.ops().mlp_head_backward(
+                grad_y.contiguous(), x, pre, ray_indices, w1, w2, b2, ctx.needs_input_grad[0])
         need = ctx.needs_input_grad
-        return (grad_x if need[0] else None, grad_pre if need[1] else None, None, grad_w1 if need[3] else None,
-                grad_w2 if need[4] else None, grad_b2 if need[5] else None)
+        grad_x, grad_pre, grad_w1, grad_w2, grad_b2 = _native.first_order_only(
+            "mlp_head", (grad_x if need[0] else None, grad_pre if need[1] else None, grad_w1 if need[3] else None,
+                         grad_w2 if need[4] else None, grad_b2 if need[5] else None), (grad_y, x, pre, w1, w2, b2))
+        return grad_x, grad_pre, None, grad_w1, grad_w2, grad_b2
 
 
 def mlp_head(x: torch.Tensor, pre: torch.Tensor, ray_indices: Optional[torch.Tensor], w1: torch.Tensor,
