@@ -211,3 +211,17 @@ def test_a_second_derivative_through_a_native_op_is_refused_not_wrong(op):
     for a, b in zip(grads, torch.autograd.grad((reference * reference).sum(), inputs, create_graph=True)):
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradgradcheck(lambda *xs: f("torch", *xs), inputs)
+
+
+@pytest.mark.parametrize("resolution", [4, (8, 8, 4), 16])
+def test_unpack_bitfield_refuses_a_bitfield_of_another_resolution(resolution):
+    """A bitfield of 8^3 cells read as another resolution: with fewer cells (4^3, 8x8x4) unpack_bitfield returned the
+    first cells' bits in the other layout, a grid of the right shape and the wrong cells; with more (16^3) torch's
+    "shape '[2, 16, 16, 16]' is invalid for input of size 1024", naming neither argument."""
+    from fastminerf.ops import unpack_bitfield
+
+    bits = pack_bitfield(torch.rand(2 * 8**3), 0.5, levels=2, backend="torch")
+    with pytest.raises(ValueError, match=r"bitfield must be uint8 of shape \(L, \d+\) for resolution \(\d+, \d+, \d+\), got torch.uint8 \(2, 64\)"):
+        unpack_bitfield(bits, resolution)
+    assert unpack_bitfield(bits, 8).shape == (2, 8, 8, 8)
+

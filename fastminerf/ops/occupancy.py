@@ -292,6 +292,9 @@ def pack_bitfield(occs: torch.Tensor, threshold: float, levels: int, backend: st
 def unpack_bitfield(bitfield: torch.Tensor, resolution: Resolution) -> torch.Tensor:
     """(L, ceil(C/8)) uint8 -> (L, R0, R1, R2) bool (nerfacc's ``binaries`` layout)."""
     r = grid_resolution(resolution)
+    if bitfield.dtype != torch.uint8 or bitfield.dim() != 2 or bitfield.shape[1] != bitfield_bytes(r):
+        raise ValueError(f"bitfield must be uint8 of shape (L, {bitfield_bytes(r)}) for resolution {r}, got "
+                         f"{bitfield.dtype} {tuple(bitfield.shape)}")
     shifts = torch.arange(8, device=bitfield.device, dtype=torch.uint8)
     bits = ((bitfield[..., None] >> shifts) & 1).bool().reshape(bitfield.shape[0], -1)
     return bits[:, : r[0] * r[1] * r[2]].reshape(bitfield.shape[0], *r)
