@@ -225,3 +225,11 @@ def test_unpack_bitfield_refuses_a_bitfield_of_another_resolution(resolution):
         unpack_bitfield(bits, resolution)
     assert unpack_bitfield(bits, 8).shape == (2, 8, 8, 8)
 
+
+@pytest.mark.parametrize("backend", [pytest.param("native", marks=pytest.mark.native), "torch"])
+@pytest.mark.parametrize("levels", [0, -1, -2])
+def test_pack_bitfield_names_a_level_count_below_one(backend, levels):
+    """levels=0 raised ZeroDivisionError ('integer modulo by zero'); levels=-2 passed the Python check (26 % -2 == 0)
+    and the native op said '`occs` length 26 is not a multiple of the -2 levels'."""
+    with pytest.raises(ValueError, match=f"levels must be >= 1, got {levels}"):
+        pack_bitfield(torch.rand(26), 0.5, levels, backend=backend)

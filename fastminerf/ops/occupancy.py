@@ -279,6 +279,8 @@ def pack_bitfield_reference(occs: torch.Tensor, threshold: float, levels: int) -
 
 def pack_bitfield(occs: torch.Tensor, threshold: float, levels: int, backend: str = "native") -> torch.Tensor:
     """Bitfield (L, ceil(C/8)) uint8 of ``occs > threshold`` for occs (L*C,) float32 (level-major)."""
+    if not levels >= 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
     if occs.dim() != 1 or occs.dtype != torch.float32 or occs.numel() % levels:
         raise ValueError(f"occs must be a float32 vector of L*C values, got {occs.dtype} {tuple(occs.shape)}")
     threshold = _f32(threshold)
