@@ -233,3 +233,27 @@ def test_pack_bitfield_names_a_level_count_below_one(backend, levels):
     and the native op said '`occs` length 26 is not a multiple of the -2 levels'."""
     with pytest.raises(ValueError, match=f"levels must be >= 1, got {levels}"):
         pack_bitfield(torch.rand(26), 0.5, levels, backend=backend)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("native", marks=pytest.mark.native), "torch"])
+@pytest.mark.parametrize("params, name", [
+    (dict(step_size=1e-50), "step_size"),  # 0 in float32, the marcher's type
+    (dict(step_size=float("inf"), max_step_size=float("inf")), "step_size"),
+    (dict(step_size=float("nan")), "step_size"),
+    (dict(cone_angle=float("nan")), "cone_angle"),
+    (dict(cone_angle=float("inf")), "cone_angle"),
+    (dict(cone_angle=-0.1), "cone_angle"),
+    (dict(cone_angle=0.01, max_step_size=float("nan")), "max_step_size"),
+    (dict(step_size=0.1, max_step_size=0.05), "max_step_size"),
+])
+def test_march_names_a_step_parameter_that_cannot_march(backend, params, name):
+    """The marcher runs in float32. A step of 1e-50 (0 in float32), an infinite step, a NaN or infinite cone angle
+    and a NaN max_step_size passed march_rays' own check ('need step_size > 0, cone_angle >= 0 ...'): the reference
+    returned no sample for every ray without a word, the native op refused with a RuntimeError. Both backends now
+    refuse them with a ValueError naming the parameter."""
+    bits = pack_bitfield(torch.ones(8**3), 0.5, levels=1, backend="torch")
+    kw = dict(step_size=0.1)
+    kw.update(params)
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        march_rays(torch.tensor([[0.0, 0.0, -3.0]]), torch.tensor([[0.0, 0.0, 1.0]]), bits, cascade_aabbs(ROI, 1), 8,
+                   backend=backend, **kw)

@@ -136,8 +136,9 @@ def _check_resolution_for_levels(res: tuple[int, int, int], levels: int) -> None
 
 
 def _f32(x: float) -> float:
-    """The float32 value nearest to x (what the kernels see)."""
-    return float(np.float32(x))
+    """The float32 value nearest to x (what the kernels see; inf beyond float32's range)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(x))
 
 
 def cell_points(
@@ -502,8 +503,13 @@ def march_rays(
     if bitfield.dtype != torch.uint8 or tuple(bitfield.shape) != (levels, bitfield_bytes(res)):
         raise ValueError(f"bitfield must be uint8 of shape ({levels}, {bitfield_bytes(res)}), got {bitfield.dtype} "
                          f"{tuple(bitfield.shape)}")
-    if not step_size > 0 or cone_angle < 0 or max_step_size < step_size:
-        raise ValueError("need step_size > 0, cone_angle >= 0 and max_step_size >= step_size")
+    step = _f32(step_size)  # the marcher's float32 values, as both backends walk with them
+    if not (step > 0 and math.isfinite(step)):
+        raise ValueError(f"step_size must be a positive finite float32 number, got {step_size}")
+    if not (_f32(cone_angle) >= 0 and math.isfinite(_f32(cone_angle))):
+        raise ValueError(f"cone_angle must be a finite number >= 0, got {cone_angle}")
+    if not _f32(max_step_size) >= step:
+        raise ValueError(f"max_step_size must be >= step_size ({step_size}), got {max_step_size}")
     if backend == "torch":
         return march_rays_reference(origins, directions, bitfield, boxes, res, near, far, step_size, cone_angle,
                                     max_step_size, max_samples_per_ray)
