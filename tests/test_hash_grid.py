@@ -287,3 +287,11 @@ def test_a_float16_encoding_on_the_native_kernels_names_the_dtype_and_what_to_do
         enc(torch.rand(8, 3))
     torch_enc = HashGridEncoding(n_levels=4, log2_hashmap_size=12, backend="torch").half()
     assert torch_enc(torch.rand(8, 3)).dtype == torch.float16  # the way out the message names
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 0.5])
+def test_hash_grid_levels_names_a_per_level_scale_that_is_not_a_growth(scale):
+    """per_level_scale NaN or inf passed the check (NaN < 1 is False) and failed computing the resolutions with
+    numpy's 'cannot convert float NaN to integer', which names no argument."""
+    with pytest.raises(ValueError, match=f"per_level_scale must be a finite number >= 1, got {scale}"):
+        hash_grid_levels(n_levels=4, per_level_scale=scale)

@@ -101,8 +101,10 @@ def hash_grid_levels(
         raise ValueError(f"n_features_per_level must be 1, 2, 4 or 8, got {n_features_per_level}")
     if not 1 <= log2_hashmap_size <= 30:
         raise ValueError(f"log2_hashmap_size must be in 1..30, got {log2_hashmap_size}")
-    if base_resolution < 1 or per_level_scale < 1.0:
-        raise ValueError("base_resolution must be >= 1 and per_level_scale >= 1")
+    if base_resolution < 1:
+        raise ValueError(f"base_resolution must be >= 1, got {base_resolution}")
+    if not (per_level_scale >= 1.0 and np.isfinite(per_level_scale)):
+        raise ValueError(f"per_level_scale must be a finite number >= 1, got {per_level_scale}")
     if not 0 <= identity_levels <= n_levels:
         raise ValueError(f"identity_levels must be in 0..n_levels ({n_levels}), got {identity_levels}")
     log2_scale = np.log2(np.float32(per_level_scale), dtype=np.float32)
