@@ -295,3 +295,24 @@ def test_hash_grid_levels_names_a_per_level_scale_that_is_not_a_growth(scale):
     numpy's 'cannot convert float NaN to integer', which names no argument."""
     with pytest.raises(ValueError, match=f"per_level_scale must be a finite number >= 1, got {scale}"):
         hash_grid_levels(n_levels=4, per_level_scale=scale)
+
+
+def test_hash_grid_levels_refuses_a_resolution_the_kernels_cannot_hold():
+    """n_levels=29 from 16 with the default factor 2 makes the finest level's resolution 2^32 + 1, which the native
+    kernels hold as uint32 (cuda/src/op_utils.h make_grid_meta): it became 1, the level was read as a dense 1^3 grid,
+    and the native encoding of that level differed from the reference (which hashes it) without a word. The
+    levels refuse a resolution above 2^32 - 1, naming the level and the arguments that make it; 28 levels
+    (finest 2^31 + 1) still encode the same on both backends."""
+    with pytest.raises(ValueError, match=r"level 28.s resolution 4294967297 .*n_levels=29.*per_level_scale"):
+        hash_grid_levels(n_levels=29, n_features_per_level=2, log2_hashmap_size=10, base_resolution=16,
+                         per_level_scale=2.0)
+    with pytest.raises(ValueError, match=r"level 0's resolution"):
+        hash_grid_levels(n_levels=1, base_resolution=2**32)
+    levels = hash_grid_levels(n_levels=28, n_features_per_level=2, log2_hashmap_size=10, base_resolution=16,
+                              per_level_scale=2.0)
+    assert levels.resolutions[-1] == 2**31 + 1
+    if _native.available():
+        g = torch.Generator().manual_seed(0)
+        points = torch.rand(50, 3, generator=g, dtype=torch.float64)
+        table = torch.randn(levels.n_rows, 2, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(hash_encode(points, table, levels), hash_encode(points, table, levels, backend="torch"))

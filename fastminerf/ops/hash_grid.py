@@ -27,6 +27,7 @@ Shapes: ``N`` points, ``L`` levels, ``F`` features per level.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,7 @@ PRIME_3 = 3674653429  # the salt's
 UINT32_MASK = 0xFFFFFFFF
 MAX_DENSE_RESOLUTION = 0x659  # largest R with R^3 < 2^32 (tiny-cuda-nn's MAX_BASES for 3-D)
 MAX_LEVEL_PARAMS = 0xFFFFFFFF // 2  # tiny-cuda-nn's cap on a dense level's rows
+MAX_RESOLUTION = UINT32_MASK  # R_l is a uint32 in the kernels
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,13 @@ def hash_grid_levels(
     log2_scale = np.log2(np.float32(per_level_scale), dtype=np.float32)
     offsets, resolutions, scales = [0], [], []
     for level in range(n_levels):
-        scale = np.exp2(np.float32(level) * log2_scale, dtype=np.float32) * np.float32(base_resolution) - np.float32(1)
-        res = int(np.ceil(scale)) + 1
+        with np.errstate(over="ignore"):
+            scale = np.exp2(np.float32(level) * log2_scale, dtype=np.float32) * np.float32(base_resolution) - np.float32(1)
+        res = int(np.ceil(scale)) + 1 if np.isfinite(scale) else math.inf
+        if res > MAX_RESOLUTION:  # the kernels hold resolutions as uint32 (GridMeta)
+            raise ValueError(f"level {level}'s resolution {res} does not fit the kernels' 32-bit grid (at most "
+                             f"{MAX_RESOLUTION}): give fewer levels (n_levels={n_levels}), a smaller per_level_scale "
+                             f"({per_level_scale}) or a smaller base_resolution ({base_resolution})")
         rows = min(res**3, MAX_LEVEL_PARAMS)
         rows = (rows + 7) // 8 * 8
         rows = min(rows, 1 << log2_hashmap_size)
