@@ -257,3 +257,30 @@ def test_march_names_a_step_parameter_that_cannot_march(backend, params, name):
     with pytest.raises(ValueError, match=f"^{name} must be"):
         march_rays(torch.tensor([[0.0, 0.0, -3.0]]), torch.tensor([[0.0, 0.0, 1.0]]), bits, cascade_aabbs(ROI, 1), 8,
                    backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("native", marks=pytest.mark.native), "torch"])
+@pytest.mark.parametrize("op", ["hash_encode salt", "mlp_head ray_indices", "ema_update indices"])
+def test_an_integer_argument_given_as_floats_is_refused_not_truncated(op, backend):
+    """Integer arguments were converted with .to(int) / .long(), so floats were truncated without a word: salts
+    [0.5, 1.7] read identities 0 and 1, ray indices rows 0 and 1 (native; the reference failed in
+    index_select), occupancy cells [3.7] cell 3. They are refused, naming the argument; integer tensors of another
+    width are still converted."""
+    from fastminerf.ops import ema_update, mlp_head
+
+    name = op.split()[1]
+    if op.startswith("hash_encode"):
+        levels = hash_grid_levels(n_levels=2, n_features_per_level=2, log2_hashmap_size=6, base_resolution=2,
+                                  per_level_scale=2.0, identity_levels=1)
+        table = torch.randn(levels.n_rows, 2)
+        call = lambda idx: hash_encode(torch.rand(2, 3), table, levels, backend=backend, salt=idx)  # noqa: E731
+    elif op.startswith("mlp_head"):
+        w1, w2 = torch.randn(4, 3), torch.randn(2, 4)
+        call = lambda idx: mlp_head(torch.randn(2, 3), torch.randn(2, 4), idx, w1, w2, torch.zeros(2),  # noqa: E731
+                                    backend=backend)
+    else:
+        call = lambda idx: ema_update(torch.zeros(8), idx, torch.ones(2), backend=backend)  # noqa: E731
+    with pytest.raises(ValueError, match=f"{name} must be integers, got torch.float32"):
+        call(torch.tensor([0.5, 1.7]))
+    for dtype in (torch.int32, torch.int64):
+        call(torch.tensor([0, 1], dtype=dtype))

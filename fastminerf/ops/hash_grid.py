@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .. import _native
+from ._checks import check_integers
 
 PRIME_1 = 2654435761
 PRIME_2 = 805459861
@@ -260,6 +261,7 @@ def hash_encode(points: torch.Tensor, table: torch.Tensor, levels: HashGridLevel
         if salt is None or salt.shape != (points.shape[0],):
             raise ValueError(f"this grid has identity levels (from level {levels.salted_from}): salt must have shape "
                              f"({points.shape[0]},), got {None if salt is None else tuple(salt.shape)}")
+        check_integers("salt", salt)
         salt = salt.to(device=points.device, dtype=torch.int32).contiguous()
     else:
         salt = torch.empty(0, dtype=torch.int32, device=points.device)

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from .. import _native
+from ._checks import check_integers
 
 MAX_HIDDEN = 128
 
@@ -74,6 +75,8 @@ def mlp_head(x: torch.Tensor, pre: torch.Tensor, ray_indices: Optional[torch.Ten
         raise ValueError(f"w2 (O, H) and b2 (O,) disagree with H={w1.shape[0]}: {tuple(w2.shape)}, {tuple(b2.shape)}")
     if ray_indices is not None and ray_indices.shape != (x.shape[0],):
         raise ValueError(f"ray_indices must have shape ({x.shape[0]},), got {tuple(ray_indices.shape)}")
+    if ray_indices is not None:
+        check_integers("ray_indices", ray_indices)
     if ray_indices is None and pre.shape[0] != x.shape[0]:
         raise ValueError(f"without ray_indices, pre needs one row per sample ({x.shape[0]}), got {pre.shape[0]}")
     if backend == "torch":

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from .. import _native
+from ._checks import check_integers
 
 NO_FAR = 1e10  # "no far plane" (nerfacc's default)
 DEFAULT_ROI = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
@@ -247,6 +248,7 @@ def ema_update(
     """
     if occs.dim() != 1 or occs.dtype != torch.float32:
         raise ValueError(f"occs must be a float32 vector, got {occs.dtype} {tuple(occs.shape)}")
+    check_integers("indices", indices)
     indices = indices.reshape(-1).to(device=occs.device, dtype=torch.int64)
     values = values.reshape(-1).to(device=occs.device, dtype=torch.float32)
     if indices.numel() != values.numel():
