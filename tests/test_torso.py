@@ -54,6 +54,27 @@ def test_texture_lookup_equals_grid_sample_with_its_gradient():
         texture_lookup(texture, layer, uv[:, :1])
 
 
+
+def test_texture_lookup_of_a_nan_coordinate_reads_as_grid_sample():
+    """A NaN in uv (a NaN torso shift of a diverging run, a degenerate camera) failed with IndexError 'index out of
+    range in self': NaN survives the clamp, and its floor cast to int64 indexed far outside the texture. grid_sample,
+    which the lookup equals, reads a NaN coordinate as the first texel of that axis (with border padding); so does the
+    lookup now, with its gradient."""
+    g = torch.Generator().manual_seed(1)
+    texture = torch.randn(2, 5, 7, 3, generator=g, requires_grad=True)
+    nan, inf = float("nan"), float("inf")
+    uv = torch.tensor([[nan, 0.5], [0.3, nan], [nan, nan], [inf, -inf], [0.4, 0.6]])
+    layer = torch.tensor([0, 1, 1, 0, 1])
+    ours = texture_lookup(texture, layer, uv)
+    torch.testing.assert_close(ours, _grid_sample(texture.detach(), layer, uv), atol=LOOKUP_TOL, rtol=0)
+    # grid_sample's own backward crashes the process on a NaN coordinate (torch's, not ours): its gradient is taken at
+    # coordinate 0, which reads the same first texel with the same weight
+    ref = _grid_sample(texture, layer, uv.nan_to_num(0.0))
+    torch.testing.assert_close(ours, ref, atol=LOOKUP_TOL, rtol=0)
+    (g_ours,) = torch.autograd.grad(ours.sum(), texture)
+    (g_ref,) = torch.autograd.grad(ref.sum(), texture)
+    torch.testing.assert_close(g_ours, g_ref, atol=LOOKUP_TOL, rtol=0)
+
 def test_the_head_box_ends_at_the_floor_and_rendering_needs_uv():
     cfg = load_config("tiny", ["model.torso.resolution=8", "model.torso.floor=-0.5"]).model
     model = MINeRF(cfg, 12, ["a", "b"], [0, 1], aabb=[-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])

@@ -23,8 +23,9 @@ def texture_lookup(texture: torch.Tensor, layer: torch.Tensor, uv: torch.Tensor)
     if uv.dim() != 2 or uv.shape[1] != 2 or layer.shape != uv.shape[:1]:
         raise ValueError(f"uv must be (N, 2) and layer (N,), got {tuple(uv.shape)} and {tuple(layer.shape)}")
     t, ry, rx, c = texture.shape
-    x = (uv[:, 0].to(texture.dtype) * rx - 0.5).clamp(0.0, rx - 1.0)
-    y = (uv[:, 1].to(texture.dtype) * ry - 0.5).clamp(0.0, ry - 1.0)
+    # a NaN coordinate reads the first texel of its axis, as grid_sample's border padding does (the clamp keeps NaN)
+    x = (uv[:, 0].to(texture.dtype) * rx - 0.5).clamp(0.0, rx - 1.0).nan_to_num(0.0)
+    y = (uv[:, 1].to(texture.dtype) * ry - 0.5).clamp(0.0, ry - 1.0).nan_to_num(0.0)
     x0, y0 = x.floor(), y.floor()
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
     x0, y0 = x0.long(), y0.long()
