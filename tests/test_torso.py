@@ -75,6 +75,16 @@ def test_texture_lookup_of_a_nan_coordinate_reads_as_grid_sample():
     (g_ref,) = torch.autograd.grad(ref.sum(), texture)
     torch.testing.assert_close(g_ours, g_ref, atol=LOOKUP_TOL, rtol=0)
 
+
+def test_texture_lookup_refuses_a_layer_given_as_floats():
+    """layer [0.5, 1.7] was truncated by .long() to layers 0 and 1 without a word; it is refused, naming it, as the
+    other ops refuse float indices (ops/_checks.check_integers); int32 layers are still read."""
+    texture, uv = torch.rand(2, 3, 3, 4), torch.rand(2, 2)
+    with pytest.raises(ValueError, match="layer must be integers, got torch.float32"):
+        texture_lookup(texture, torch.tensor([0.5, 1.7]), uv)
+    torch.testing.assert_close(texture_lookup(texture, torch.tensor([0, 1], dtype=torch.int32), uv),
+                               texture_lookup(texture, torch.tensor([0, 1]), uv))
+
 def test_the_head_box_ends_at_the_floor_and_rendering_needs_uv():
     cfg = load_config("tiny", ["model.torso.resolution=8", "model.torso.floor=-0.5"]).model
     model = MINeRF(cfg, 12, ["a", "b"], [0, 1], aabb=[-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])

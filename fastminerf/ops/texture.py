@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_integers
+
 __all__ = ["texture_lookup"]
 
 
@@ -22,6 +24,7 @@ def texture_lookup(texture: torch.Tensor, layer: torch.Tensor, uv: torch.Tensor)
         raise ValueError(f"texture must be (T, R_y, R_x, C), got {tuple(texture.shape)}")
     if uv.dim() != 2 or uv.shape[1] != 2 or layer.shape != uv.shape[:1]:
         raise ValueError(f"uv must be (N, 2) and layer (N,), got {tuple(uv.shape)} and {tuple(layer.shape)}")
+    check_integers("layer", layer)
     t, ry, rx, c = texture.shape
     # a NaN coordinate reads the first texel of its axis, as grid_sample's border padding does (the clamp keeps NaN)
     x = (uv[:, 0].to(texture.dtype) * rx - 0.5).clamp(0.0, rx - 1.0).nan_to_num(0.0)
