@@ -799,6 +799,9 @@ def _run_render(args: argparse.Namespace) -> int:
     if info.audio_seconds:
         # to the hundredth: a frame of sound is 0.04 s at 25 fps, which .1f gave as 0.0 s (read as none)
         extra += f", with {info.audio_seconds:.2f} s of {'the recording' if args.speech else 'the driver' + chr(39) + 's audio'}"
+        late = path.past_recording()  # a driver whose recording ends before its frames: silent there
+        if late:
+            extra += f" ({late})"
     elif args.audio and not args.orbit and info.path is not None:
         extra += f", silent (the driver: {path.silent_reason()})"
     console.print(f"{what}: {counted(info.n_frames, 'frame')} {info.width}x{info.height} -> {info.path}{extra}")

@@ -43,7 +43,7 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_wav, write_wav
-from .config import as_list, identity_index, identity_list, name_position
+from .config import as_list, counted, identity_index, identity_list, name_position
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import identity_splits, is_identity_dir, not_a_file, read_rgb
@@ -344,7 +344,34 @@ class CameraPath:
             return f"{self.audio} {what}"
         if self.times is None or not np.all(np.isfinite(self.times)):
             return "its frames carry no 'time'"
+        late, seconds = self._past_end()
+        if late.size and late.size == len(self):
+            return f"its frames, from {self.times.min():.2f} s on, lie past the end of {self.audio} ({seconds:.2f} s)"
         return ""
+
+    def _past_end(self) -> Tuple[np.ndarray, float]:
+        """The frames whose time lies at or past the end of the recording (heard as silence), and its seconds; none
+        when the recording is not a PCM WAV file (another format is decoded only when played)."""
+        try:
+            seconds = read_wav(self.audio).seconds  # type: ignore[arg-type]
+        except AudioError:
+            return np.zeros(0, np.int64), 0.0
+        return np.flatnonzero(np.asarray(self.times) >= seconds), seconds
+
+    def past_recording(self) -> str:
+        """Which frames lie past the end of the recording, silent in the video ("" when none or when it has no
+        sound at all for another reason, :meth:`silent_reason`): the recording is shorter than the frames it goes
+        with (a video whose sound track ends before its picture)."""
+        if self.audio is None or not_a_file(self.audio) is not None or self.times is None \
+                or not np.all(np.isfinite(self.times)):
+            return ""
+        late, seconds = self._past_end()
+        if not late.size:
+            return ""
+        if late.size == len(self):
+            return self.silent_reason()
+        return (f"{late.size} of {counted(len(self), 'frame')}, from {self.times[late].min():.2f} s on, lie past the "
+                f"end of {self.audio} ({seconds:.2f} s): silent there")
 
     def soundtrack(self, fps: Optional[float] = None) -> Optional[Audio]:
         """The sound of a video of this path played at ``fps`` (default the path's), or None when

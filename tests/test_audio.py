@@ -134,6 +134,37 @@ def test_driven_path_takes_the_drivers_speech(tmp_path, decode_audio):
         path.soundtrack()
 
 
+def test_a_recording_that_ends_before_the_frames_is_said_to(tmp_path):
+    """A driver whose audio.wav ends before its frames (a video whose sound track is shorter than its picture) gave
+    render an mp4 whose sound was silence there, reported as 'with 0.24 s of the driver's audio' even when every
+    frame lay past the recording's end. A path all of whose frames lie past it is silent and says why; one only
+    partly past says which frames are."""
+    dirs = generate(tmp_path / "data", n_identities=2, n_frames=8, size=16, novel_frames=2, val_fraction=0.25)
+    driver = dirs[1]
+    write_wav(driver / "audio.wav", Audio(_tone(400, 0.5), RATE))
+    file = driver / "transforms_val.json"
+    meta = json.loads(file.read_text())
+
+    def path_at(times):
+        for fr, t in zip(meta["frames"], times):
+            fr["time"] = t
+        file.write_text(json.dumps(meta))
+        fresh = load_dataset([tmp_path / "data"], splits=("train", "val"))
+        return drive_path(fresh, "id000", fresh, "val", driver_identity="id001")
+
+    n = len(meta["frames"])
+    assert n >= 2
+    path = path_at([1.0 + k / 4.0 for k in range(n)])  # every frame past the 0.5 s recording
+    reason = path.silent_reason()
+    assert "past the end of" in reason and "audio.wav (0.50 s)" in reason and "1.00 s" in reason, reason
+    assert path.soundtrack() is None and path.past_recording() == reason
+    path = path_at([0.25] + [1.0 + k / 4.0 for k in range(1, n)])  # the first frame heard, the others past the end
+    assert path.silent_reason() == "" and path.soundtrack() is not None
+    late = path.past_recording()
+    assert f"{n - 1} of {n} frames" in late and "from 1.25 s on" in late and "audio.wav (0.50 s)" in late, late
+    assert path_at([k / 8.0 for k in range(n)]).past_recording() == ""  # all within: nothing to say
+
+
 def test_an_audio_wav_that_is_not_a_file_is_said_to_be_what_it_is(tmp_path):
     """An identity whose audio.wav is a folder (an unpacked archive, a copy gone wrong) or a symbolic link that loops
     was reported as having 'no audio.wav' (render's silent driver, speech's skipped identities): the user looked,

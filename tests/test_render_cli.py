@@ -207,6 +207,25 @@ def test_cli_render_carries_the_drivers_audio(tiny, tmp_path, capsys, decode_aud
     assert len(decode_audio(tmp_path / "quiet.mp4")) == 0
 
 
+def test_cli_render_says_where_the_drivers_audio_ends(tiny, tmp_path, capsys, decode_audio):
+    """A driver whose audio.wav ends before its frames' times (a video whose sound track is shorter than its
+    picture) was reported 'with 0.08 s of the driver's audio' over a silent soundtrack: the video is silent and the
+    command says why."""
+    import shutil
+
+    from fastminerf.audio import Audio, write_wav
+
+    root, dirs = tiny
+    driver = shutil.copytree(dirs[1], tmp_path / "driver")
+    times = [fr["time"] for fr in json.loads((driver / "transforms_val.json").read_text())["frames"]]
+    write_wav(driver / "audio.wav", Audio(np.full(int(min(times) * 16000), 3000, np.int16), 16000))
+    argv = ["render", "--run", str(root / "run"), "--identity", "id000", "--drive", f"{driver}:val"]
+    assert main(argv + ["--out", str(tmp_path / "d.mp4")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "silent (the driver: its frames, from" in out and "lie past the end of" in out, out
+    assert len(decode_audio(tmp_path / "d.mp4")) == 0
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
