@@ -376,6 +376,29 @@ def test_a_sound_track_that_cannot_be_decoded_leaves_the_frames_prepared(tmp_pat
     assert any("audio track could not be decoded" in n and "Invalid data" in n for n in v.notes)
 
 
+def test_a_sound_track_that_ends_before_the_picture_is_noted(tmp_path, head_frames):
+    """A video whose sound track stops before its picture (an edit that cut the sound short) was prepared without a
+    word: audio.wav ends early, and the frames after it are silent in a driven video and left out by speech, which the
+    user learnt only there. prepare notes it, naming the frames without sound."""
+    from fastminerf.prepare import prepare
+
+    video = tmp_path / "talk.mp4"
+    silent = _write_video(tmp_path / "picture.mp4", head_frames[:20], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    _run("-i", str(silent), "-f", "lavfi", "-i", "sine=frequency=440:duration=0.4", "-map", "0:v", "-map", "1:a",
+         "-c:v", "copy", str(video))
+    v = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert v.status == "done", v.error
+    assert (v.out_dir / "audio.wav").is_file()
+    late = [n for n in v.notes if "sound track ends" in n]
+    assert len(late) == 1 and "no sound" in late[0] and "from 0.4" in late[0], v.notes
+    # a sound track as long as the picture: no such note
+    full = tmp_path / "full.mp4"
+    _run("-i", str(silent), "-f", "lavfi", "-i", "sine=frequency=440:duration=0.8", "-map", "0:v", "-map", "1:a",
+         "-c:v", "copy", str(full))
+    v = prepare([full], tmp_path / "data2", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert v.status == "done" and not [n for n in v.notes if "sound track ends" in n], v.notes
+
+
 def test_a_video_of_non_square_pixels_is_read_at_its_display_aspect(tmp_path):
     """A video stored 64x128 with a sample aspect ratio of 2:1 shows a 128x128 picture (DV and broadcast files store
     such sizes): probed and decoded at 128x128, a disc round, not squashed into an ellipse twice as tall as wide; a
