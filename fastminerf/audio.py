@@ -172,8 +172,17 @@ def frames_at_rate(n: int, source_fps: float, fps: float,
 def identity_audio(identity_dir: PathLike, any_kind: bool = False) -> Optional[Path]:
     """An identity folder's ``audio.wav``, or None when it has none. ``any_kind``: also when the name is there but
     is not a file to read (a folder, a symbolic link that loops), for a message that says what it is
-    (:func:`audio_absence`, :func:`fastminerf.data.layout.not_a_file`)."""
+    (:func:`audio_absence`, :func:`fastminerf.data.layout.not_a_file`).
+
+    Without that exact name, the name in another case (``AUDIO.WAV``, ``Audio.wav``): a folder made on a case-blind
+    system (Windows, macOS), where that name is ``audio.wav``, reads the same here."""
     p = Path(identity_dir) / AUDIO_FILE
+    if not os.path.lexists(p):
+        try:
+            with os.scandir(p.parent) as entries:
+                p = p.parent / min((e.name for e in entries if e.name.lower() == AUDIO_FILE), default=AUDIO_FILE)
+        except OSError:  # no such folder: none
+            pass
     return p if p.is_file() or (any_kind and os.path.lexists(p)) else None
 
 

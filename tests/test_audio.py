@@ -165,6 +165,26 @@ def test_a_recording_that_ends_before_the_frames_is_said_to(tmp_path):
     assert path_at([k / 8.0 for k in range(n)]).past_recording() == ""  # all within: nothing to say
 
 
+def test_an_audio_wav_named_in_upper_case_is_read(tmp_path):
+    """An identity folder made on a case-blind system (Windows, macOS) whose recording is named AUDIO.WAV or
+    Audio.wav is read there as audio.wav; copied to Linux it was 'no audio.wav': a driven video silent and speech
+    leaving the person out, with the file in plain sight. It is found in any case (the exact name first)."""
+    from fastminerf.audio import audio_absence, identity_audio
+    from fastminerf.speech import speech_clips
+
+    dirs = generate(tmp_path / "data", n_identities=2, n_frames=8, size=16, novel_frames=2, val_fraction=0.25)
+    (dirs[1] / "audio.wav").rename(dirs[1] / "AUDIO.WAV")
+    (dirs[0] / "audio.wav").rename(dirs[0] / "Audio.wav")
+    assert identity_audio(dirs[1]) == dirs[1] / "AUDIO.WAV" and audio_absence(dirs[1]) is None
+    data = load_dataset([tmp_path / "data"], splits=("train", "val"))
+    path = drive_path(data, "id000", data, "val", driver_identity="id001")
+    assert path.audio == dirs[1] / "AUDIO.WAV" and path.silent_reason() == "" and path.soundtrack() is not None
+    clips, skipped = speech_clips(data, ("train",))
+    assert [c.name for c in clips] == ["id000", "id001"] and not skipped, skipped
+    write_wav(dirs[1] / "audio.wav", Audio(_tone(400, 1.0), RATE))  # where both are there, the exact name
+    assert identity_audio(dirs[1]) == dirs[1] / "audio.wav"
+
+
 def test_an_audio_wav_that_is_not_a_file_is_said_to_be_what_it_is(tmp_path):
     """An identity whose audio.wav is a folder (an unpacked archive, a copy gone wrong) or a symbolic link that loops
     was reported as having 'no audio.wav' (render's silent driver, speech's skipped identities): the user looked,
