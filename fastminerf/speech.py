@@ -128,7 +128,10 @@ def load_speech(path: PathLike) -> Audio:
             extract_audio(p, out, rate=SPEECH_RATE)
             audio = read_wav(out)
         except (VideoError, AudioError) as exc:
-            raise SpeechError(f"{p}: cannot read its sound ({exc})") from None
+            why = str(exc)
+            for named in (f"{p}: ", f"{out}: "):  # ffmpeg's account names the recording already, the WAV reader's the copy
+                why = why[len(named):] if why.startswith(named) else why
+            raise SpeechError(f"{p}: cannot read its sound ({why})") from None
     return _heard(p, audio)
 
 

@@ -77,6 +77,21 @@ def test_load_speech_says_when_a_video_has_no_sound_track(tmp_path):
         load_speech(tmp_path / "still.png")
 
 
+def test_load_speech_names_an_undecodable_recording_once(tmp_path):
+    """render --speech of a video without sound said 'clip.mp4: cannot read its sound (clip.mp4: has no audio track:
+    no sound to extract)': ffmpeg's account already names the file, and load_speech named it again around it."""
+    from fastminerf.render import write_video
+
+    write_video([np.zeros((16, 16, 3), np.uint8)] * 5, tmp_path / "clip.mp4", fps=25)
+    with pytest.raises(SpeechError) as err:
+        load_speech(tmp_path / "clip.mp4")
+    assert str(err.value).count("clip.mp4") == 1 and "no audio track" in str(err.value), str(err.value)
+    (tmp_path / "noise.mp3").write_bytes(b"not audio at all")
+    with pytest.raises(SpeechError) as err:
+        load_speech(tmp_path / "noise.mp3")
+    assert str(err.value).count("noise.mp3") == 1 and "cannot read its sound" in str(err.value), str(err.value)
+
+
 def test_load_speech_says_a_folder_is_not_a_recording(tmp_path):
     """render --speech DIR said 'DIR: no such file' of a folder that exists."""
     (tmp_path / "voices").mkdir()
