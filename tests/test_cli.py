@@ -253,3 +253,24 @@ def test_summary_lines_count_one_thing_in_the_singular(tmp_path, capsys):
                  "--out", str(tmp_path / "o.mp4")]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "id000: 1 frame 16x16" in said, said
+
+
+def test_building_the_parser_reads_each_config_class_source_once(monkeypatch):
+    """Every command builds the whole parser, whose synth and prepare options take their help from the config
+    fields' docstrings: inspect.getsource of the class was called once per option (21 times, each parsing all of
+    config.py: 0.25-0.75 s of every command's start on a busy 2-core machine, before any work). Once per class."""
+    import inspect
+
+    from fastminerf import cli
+
+    calls = []
+    real = inspect.getsource
+    monkeypatch.setattr(inspect, "getsource", lambda obj: calls.append(obj) or real(obj))
+    cache = getattr(cli, "_field_docs", None)
+    if cache is not None:
+        cache.cache_clear()
+    parser = cli.build_parser()
+    cli.build_parser()
+    assert len(calls) == len(set(calls)) <= 2, [getattr(c, "__name__", c) for c in calls]
+    synth = parser._subparsers._group_actions[0].choices["synth"].format_help()
+    assert "Number of identities" in synth  # the docstring still gives the help
