@@ -292,9 +292,34 @@ def _shell_arg(path) -> str:
     return shlex.quote(os.path.join(".", text) if text.startswith("-") else text)
 
 
-def _run_prepare(args: argparse.Namespace) -> int:
+def _prepare_progress(console, prefix: str = ""):
+    """prepare's display and the ``progress(stage, name, done, total)`` that draws it: a line of its own for each
+    stage of each video, named (``prefix`` before the name), with that stage's count (frames tracked, frames
+    written; the one-step fits 0/1 to 1/1). Returns ``(bar, progress)``; the caller enters the bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from rich.table import Column, Table
+    from rich.table import Column
+
+    titles = {"track": "track", "frames": "crop, segment, write", "cameras": "pose, expression", "basis": "shared face model"}
+    # The time left, as train, synth and render show it (a long video tracks for many minutes); the stage and video
+    # name in the one column that gives way (cut with an ellipsis) when the line is too long: a log file or pipe is
+    # 80 columns to rich, where a long video's frame count was cut to '500/10…' instead.
+    bar = Progress(TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+                   BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=console, expand=True)
+    tasks = {}
+
+    def progress(stage: str, name: str, done: int, total: int) -> None:
+        key = (stage, name)
+        if key not in tasks:
+            label = f"{prefix}{titles.get(stage, stage)} {name}".strip()
+            tasks[key] = bar.add_task(label, total=total or None)
+        bar.update(tasks[key], completed=done, total=total or None)
+
+    return bar, progress
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from rich.table import Table
 
     from .config import PrepareConfig
     from .prepare import MediapipeMissing, check_prepare, prepare, require_mediapipe
@@ -308,22 +333,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
     check_prepare(args.videos, args.out, cfg)  # before the log is opened in OUT and the bar drawn
     console = _console()
     start = time.perf_counter()
-    titles = {"track": "track", "frames": "crop, segment, write", "cameras": "pose, expression", "basis": "shared face model"}
-    # The time left, as train, synth and render show it (a long video tracks for many minutes); the stage and video
-    # name in the one column that gives way (cut with an ellipsis) when the line is too long: a log file or pipe is
-    # 80 columns to rich, where a long video's frame count was cut to '500/10…' instead.
-    with Progress(TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
-                  BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console, expand=True) as bar, _NativeStderrTo(args.out / "prepare.log"):
-        tasks = {}
-
-        def progress(stage: str, name: str, done: int, total: int) -> None:
-            key = (stage, name)
-            if key not in tasks:
-                label = f"{titles.get(stage, stage)} {name}".strip()
-                tasks[key] = bar.add_task(label, total=total or None)
-            bar.update(tasks[key], completed=done, total=total or None)
-
+    bar, progress = _prepare_progress(console)
+    with bar, _NativeStderrTo(args.out / "prepare.log"):
         result = prepare(args.videos, args.out, cfg, progress=progress)
     table = Table(title=f"prepared into {result.root} ({time.perf_counter() - start:.1f} s)")
     table.add_column("video", no_wrap=True)  # whole, the table as wide as it needs (_print_whole): in a log (80
@@ -777,11 +788,12 @@ def _run_render(args: argparse.Namespace) -> int:
                 raise RenderError(f"--drive {args.drive.strip()}: a video driver has no splits (it is prepared whole, "
                                   f"every frame in 'train'); give {folder} alone, with --frames N for its first frames")
             basis = training_basis(data_paths)  # a run without one is refused before the preparation's bar
-            with _frames_progress(console, "prepare driver") as bar:
-                task = bar.add_task("prepare", total=None)
+            # prepare's stages, each named with its own count: in one bar of 'frames' the tracking's count was
+            # followed by the writing's from 0 and then the pose fit's, which ended it at '1/1 frames'
+            bar, progress = _prepare_progress(console, "driver: ")
+            with bar:
                 folder = driver_from_video(folder, basis, Path(args.run) / "drivers",
-                                           target.table("train").width, args.frames, fps=args.fps,
-                                           progress=lambda stage, name, d, t: bar.update(task, completed=d, total=t or None))
+                                           target.table("train").width, args.frames, fps=args.fps, progress=progress)
             split = "train"
         elif folder.is_file():  # load_driver would say 'expected an identity folder', nothing of videos
             raise RenderError(f"--drive {folder} is a file, not a video ({', '.join(VIDEO_SUFFIXES)}) nor an identity "

@@ -335,7 +335,7 @@ def test_a_raw_video_needs_the_training_datas_basis(tiny, tmp_path, capsys):
     said = capsys.readouterr()
     err = " ".join(said.err.split())
     assert "no expression_basis.npz next to the run's training data" in err and "--basis" in err
-    assert "prepare driver" not in said.out  # refused before the preparation's progress bar began (it did)
+    assert "driver: " not in said.out  # refused before the preparation's progress bar began (it did)
 
 
 def test_cli_info_describes_a_run(tiny, tmp_path, capsys):
@@ -1022,3 +1022,27 @@ def test_the_orbit_default_frame_count_has_one_definition(tiny, tmp_path, capsys
     assert main(["render", "--run", str(root / "run"), "--identity", dirs[0].name, "--orbit",
                  "--out", str(tmp_path / "o.mp4")]) == 0
     assert ": 2 frames" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_progress_of_a_driver_videos_preparation_names_its_stages(tiny, tmp_path, capsys, monkeypatch):
+    """``render --drive VIDEO`` drew prepare's stages into one bar counted in 'frames': tracking went to 8/8 frames,
+    the writing of the frames again from 0, and the one-step pose and expression fit ended the bar at '1/1 frames'
+    for a driver of 8 frames (and a second render, whose driver is cached, showed only that). Each stage is shown
+    as prepare shows it: named, with its own count."""
+    root, dirs = tiny
+    video = tmp_path / "someone.mp4"
+    video.write_bytes(b"")  # never read: the preparation is the stand-in below
+
+    def prepared(video, basis, out_root, size, max_frames=None, progress=None, fps=None):
+        for stage, total in (("track", 8), ("frames", 8), ("cameras", 1)):
+            for done in range(total + 1):
+                progress(stage, "someone", done, total)
+        return dirs[2]
+
+    monkeypatch.setattr("fastminerf.render.training_basis", lambda paths: tmp_path / "expression_basis.npz")
+    monkeypatch.setattr("fastminerf.render.driver_from_video", prepared)
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--drive", str(video), "--frames", "2",
+                 "--out", str(tmp_path / "x.mp4")]) == 0
+    out = capsys.readouterr().out
+    assert "1/1 frames" not in out, out
+    assert "track someone" in out and "pose, expression someone" in out, out
