@@ -1841,6 +1841,7 @@ def evaluate(
                         caption = f"{name}  {split} frame {k}  PSNR {values['psnr'][-1]:.2f} dB"
                         write_png(folder / f"{k:04d}.png",
                                   side_by_side(pred, truth, caption=caption, min_panel=SIDE_BY_SIDE_MIN_PANEL), PNG_LEVEL)
+                    dataset.release(split, index)  # read once (rays and truth): kept, every frame would stay
                     done += 1
                     if progress is not None:
                         progress(done, total)

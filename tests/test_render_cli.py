@@ -1046,3 +1046,24 @@ def test_the_progress_of_a_driver_videos_preparation_names_its_stages(tiny, tmp_
     out = capsys.readouterr().out
     assert "1/1 frames" not in out, out
     assert "track someone" in out and "pose, expression someone" in out, out
+
+
+def test_evaluate_keeps_no_frame_in_the_cache_and_reads_each_once(tiny, monkeypatch):
+    """README (Memory and disk at scale) says eval holds one frame at a time, flat in the frames; but every truth
+    frame and mask evaluate read stayed in the dataset's frame cache, up to its 2 GiB (0.26 MB a frame at 256 px:
+    +26 MB for 100 frames, 1 GB for a long split). Each frame is still decoded once (the render's rays and the
+    truth share it), and none is kept after its scores."""
+    from collections import Counter
+
+    import fastminerf.data.dataset as dataset_module
+
+    root, dirs = tiny
+    _, model, _ = load_run(root / "run")
+    data = load_dataset(dirs[:2], splits=("train", "val"))
+    reads = Counter()
+    real = dataset_module.read_rgb
+    monkeypatch.setattr(dataset_module, "read_rgb", lambda path, *a, **k: reads.update([str(path)]) or real(path, *a, **k))
+    result = evaluate(model, data, "val", with_lmd=False)
+    frames = {str(p) for p in data.table("val").image_paths}
+    assert result["frames"] == len(frames) and {p: reads[p] for p in frames} == {p: 1 for p in frames}
+    assert len(data.cache) == 0 and data.cache.nbytes == 0

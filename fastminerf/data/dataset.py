@@ -94,6 +94,14 @@ class FrameCache:
             self._bytes = 0
             self._count = 0
 
+    def discard(self, key: Hashable) -> None:
+        """Drop the array cached under ``key``, if any."""
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= int(old.nbytes)
+                self._count -= self._counts.pop(key)
+
     def get(self, key: Hashable, load: Callable[[], np.ndarray], keep: bool = True, count: int = 1) -> np.ndarray:
         """The array cached under ``key``, calling ``load()`` (outside the lock) on a miss; with ``keep=False`` what
         ``load()`` returns is not cached. ``count``: what the array counts against ``max_items`` (0 for a frame's
@@ -476,6 +484,13 @@ class MultiIdentityDataset:
             return m
 
         return self.cache.get(("mask", split, index), load, keep=cached, count=0)  # counted with its image
+
+    def release(self, split: str, index: int) -> None:
+        """Drop frame ``index`` of ``split`` (its image and mask) from the frame cache: for a pass that uses each
+        frame once (:func:`fastminerf.render.evaluate`), which would otherwise fill the cache, up to its bounds, with
+        frames it never reads again."""
+        for kind in ("image", "mask"):
+            self.cache.discard((kind, split, index))
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}: {len(t)} frames " + "/".join(sorted({f"{w}x{h}" for w, h in zip(t.widths.tolist(), t.heights.tolist())}))
