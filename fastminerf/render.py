@@ -1197,7 +1197,9 @@ def render_sequence(
     progress: Optional[ProgressFn] = None,
     alpha: bool = False,
 ) -> Iterator[np.ndarray]:
-    """Render every frame of a path for one identity, one frame at a time (a generator).
+    """Render every frame of a path for one identity, one frame at a time (a generator). A frame with the camera and
+    expression of the one before it (a path at a higher rate than its driver's repeats frames, :meth:`CameraPath.at_fps`)
+    is given that one's picture again, not rendered twice.
 
     Each ray is sampled inside ``aabb`` (``ray_aabb``), or over ``near_far`` when given; exactly one of the two.
 
@@ -1232,7 +1234,13 @@ def render_sequence(
     uv = pixel_uv(torch.stack([cols.reshape(-1), rows.reshape(-1)], 1), w, h)
     if progress is not None:
         progress(0, len(path))
+    last: Optional[np.ndarray] = None  # the frame before, given again for a repeat of it (at_fps at a higher rate)
     for b in range(len(path)):
+        if last is not None and all(np.array_equal(x[b], x[b - 1]) for x in (path.c2w, path.intrinsics, path.expression)):
+            yield last.copy()
+            if progress is not None:
+                progress(b + 1, len(path))
+            continue
         o, d = camera_rays(torch.from_numpy(path.c2w[b]), torch.from_numpy(path.intrinsics[b]), w, h)
         if aabb is not None:
             near, far = ray_aabb(o, d, torch.as_tensor(aabb, dtype=torch.float32))
@@ -1247,7 +1255,8 @@ def render_sequence(
             if person is None:
                 raise RenderError("the model returned no per-ray 'opacity': no alpha to give")
             rgb = torch.cat([rgb, person.reshape(h, w, 1).to(rgb.dtype)], dim=2)
-        yield rgb.clamp(0, 1).numpy().astype(np.float32)
+        last = rgb.clamp(0, 1).numpy().astype(np.float32)
+        yield last.copy()
         if progress is not None:
             progress(b + 1, len(path))
 

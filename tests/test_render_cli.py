@@ -1067,3 +1067,28 @@ def test_evaluate_keeps_no_frame_in_the_cache_and_reads_each_once(tiny, monkeypa
     frames = {str(p) for p in data.table("val").image_paths}
     assert result["frames"] == len(frames) and {p: reads[p] for p in frames} == {p: 1 for p in frames}
     assert len(data.cache) == 0 and data.cache.nbytes == 0
+
+
+def test_a_frame_repeated_in_a_path_is_rendered_once(tiny, monkeypatch):
+    """A driven video at a higher --fps than its driver's repeats frames (CameraPath.at_fps: a 25 fps driver at
+    50 fps shows each of its frames twice, at 30 fps one frame in six is a repeat), and render_sequence rendered every repeat again,
+    the same camera and expression, the same pixels. A frame equal to the one before it is that one's picture."""
+    import fastminerf.render as render_module
+    from fastminerf.render import orbit_path, render_sequence
+
+    root, dirs = tiny
+    _, model, _ = load_run(root / "run")
+    data = load_dataset(dirs[:1], splits=("train",))
+    once = orbit_path(data, "id000", n_frames=3)
+    twice = once.take(np.repeat(np.arange(3), 2))  # what at_fps gives at twice the rate
+    calls = []
+    real = render_module.render_rays
+    monkeypatch.setattr(render_module, "render_rays", lambda *a, **k: calls.append(1) or real(*a, **k))
+    box = model.aabb.tolist()
+    for alpha in (False, True):
+        calls.clear()
+        frames = list(render_sequence(model, twice, "id000", aabb=box, alpha=alpha))
+        assert len(frames) == 6 and len(calls) == 3
+        alone = list(render_sequence(model, once, "id000", aabb=box, alpha=alpha))
+        for k in range(6):
+            assert np.array_equal(frames[k], alone[k // 2])
