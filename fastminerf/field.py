@@ -346,7 +346,8 @@ class MINeRFField(nn.Module):
         if self.colour_encoding is not None:  # per-person texture for the colour head only
             if self.flow_dim:
                 geo, flow = geo.split([self.cfg.geo_feature_dim, self.flow_dim], dim=-1)
-                points = (points + self.cfg.texture_flow * torch.tanh(flow)).clamp(0.0, 1.0)
+                # contiguous first: tanh over the split's strided columns runs 2-3x slower (the same numbers)
+                points = (points + self.cfg.texture_flow * torch.tanh(flow.contiguous())).clamp(0.0, 1.0)
             geo = torch.cat([geo, self.colour_encoding(points, self._salt(identity, ray_indices))], -1)
         view = torch.cat([cond, spherical_harmonics(directions, self.cfg.sh_degree)], dim=-1)  # (N, C+Cf+SH)
         return torch.sigmoid(self.color_head(geo, view, ray_indices))
