@@ -9,6 +9,7 @@ import torch
 
 from fastminerf import HashGridEncoding, _native
 from fastminerf.ops.hash_grid import (
+    HashGridLevels,
     hash_encode,
     hash_encode_reference,
     hash_grid_levels,
@@ -316,3 +317,15 @@ def test_hash_grid_levels_refuses_a_resolution_the_kernels_cannot_hold():
         points = torch.rand(50, 3, generator=g, dtype=torch.float64)
         table = torch.randn(levels.n_rows, 2, generator=g, dtype=torch.float64)
         torch.testing.assert_close(hash_encode(points, table, levels), hash_encode(points, table, levels, backend="torch"))
+
+
+def test_native_encoding_refuses_hand_made_levels_whose_resolution_does_not_fit_uint32():
+    """hash_grid_levels refuses a level of resolution 2^32 and beyond, but HashGridLevels can be made by hand, and
+    the native kernels' own check (cuda/src/op_utils.h make_grid_meta, shared by the CPU and CUDA ops) cast such a
+    resolution to uint32 without a word: 2^32 + 1 became 1, a dense 1^3 level, and the encoding differed from the
+    reference's. The native op refuses it, naming the level."""
+    levels = HashGridLevels(n_features=2, offsets=(0, 64), resolutions=(2**32 + 1,), scales=(float(2**32),))
+    points = torch.rand(4, 3, dtype=torch.float32)
+    table = torch.zeros(64, 2, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match=r"level 0 resolution must be in 1\.\.4294967295.*got 4294967297"):
+        hash_encode(points, table, levels)

@@ -52,7 +52,8 @@ inline hashgrid::GridMeta make_grid_meta(at::IntArrayRef offsets, at::IntArrayRe
     if (l > 0) TORCH_CHECK(offsets[l] > offsets[l - 1], "fastminerf: level ", l - 1, " has an empty table");
   }
   for (int64_t l = 0; l < n_levels; ++l) {
-    TORCH_CHECK(resolutions[l] >= 1, "fastminerf: level ", l, " resolution must be >= 1, got ", resolutions[l]);
+    TORCH_CHECK(resolutions[l] >= 1 && resolutions[l] <= int64_t(UINT32_MAX), "fastminerf: level ", l,
+                " resolution must be in 1..", UINT32_MAX, " (the kernels hold it as uint32), got ", resolutions[l]);
     meta.resolutions[l] = static_cast<uint32_t>(resolutions[l]);
     meta.scales[l] = scales[l];
   }
