@@ -525,8 +525,18 @@ def load_dataset(
         DatasetError: naming the file, the frame and the key.
 
     Example:
-        >>> data = load_dataset(["runs/synth"], splits=("train", "val"))
+        A tiny procedural dataset (2 identities, 6 frames each, 16 px) in a temporary folder, read back:
+
+        >>> import tempfile
+        >>> from fastminerf.data.synth import generate
+        >>> root = tempfile.TemporaryDirectory()
+        >>> _ = generate(root.name, n_identities=2, n_frames=6, size=16, seed=0)
+        >>> data = load_dataset([root.name], splits=("train", "val"))
         >>> data.identities, data.expression_dim, data.num_frames("train")
+        (['id000', 'id001'], 12, 10)
+        >>> data
+        MultiIdentityDataset(2 identities, E=12, train: 10 frames 16x16, val: 2 frames 16x16)
+        >>> root.cleanup()
     """
     _check_bound("cache_frames", cache_frames)  # before any file is read, by the names the caller typed
     _check_bound("cache_bytes", cache_bytes)

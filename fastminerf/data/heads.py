@@ -423,8 +423,15 @@ class HeadModel:
     Expressions are (N, E) float32 tensors in the order of :data:`EXPRESSION_NAMES` (E = 12).
 
     Example:
+        One 32 px frame, neutral expression, from a camera 3 units in front of the face (looking down -z):
+
         >>> head = HeadModel(HeadParams.random(np.random.default_rng(0)))
-        >>> rgb, hit = head.render_frames(c2w, intrinsics, 128, 128, expression)  # (B,128,128,3), (B,128,128)
+        >>> c2w = torch.eye(4)[None].clone()
+        >>> c2w[0, 2, 3] = 3.0
+        >>> expression = torch.zeros(1, len(EXPRESSION_NAMES))
+        >>> rgb, hit = head.render_frames(c2w, [40.0, 40.0, 16.0, 16.0], 32, 32, expression)
+        >>> tuple(rgb.shape), tuple(hit.shape), bool(hit[0, 16, 16]), bool(hit[0, 0, 0])
+        ((1, 32, 32, 3), (1, 32, 32), True, False)
     """
 
     def __init__(self, params: HeadParams) -> None:

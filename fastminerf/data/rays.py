@@ -474,8 +474,18 @@ class RaySampler:
     ``split`` are the fields of :class:`fastminerf.config.SamplerConfig` (same meaning, same defaults).
 
     Example:
-        >>> sampler = RaySampler(dataset, "train", batch_size=4096, seed=0)
-        >>> batch = sampler.sample()          # RayBatch of 4096 rays
+        Batches of 64 rays from a tiny procedural dataset (2 identities, 16 px) in a temporary folder:
+
+        >>> import tempfile
+        >>> from fastminerf.data.dataset import load_dataset
+        >>> from fastminerf.data.synth import generate
+        >>> root = tempfile.TemporaryDirectory()
+        >>> _ = generate(root.name, n_identities=2, n_frames=6, size=16, seed=0)
+        >>> sampler = RaySampler(load_dataset(root.name, splits="train"), "train", batch_size=64, seed=0)
+        >>> batch = sampler.sample()
+        >>> type(batch).__name__, tuple(batch.origins.shape), tuple(batch.rgb.shape), batch.identity.unique().tolist()
+        ('RayBatch', (64, 3), (64, 3), [0, 1])
+        >>> root.cleanup()
     """
 
     def __init__(

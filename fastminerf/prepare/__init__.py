@@ -11,6 +11,9 @@ One module per concept:
 - :mod:`.pipeline`: the stages, failures kept per video, resume.
 
 Example:
+    Two videos of faces in the working folder (not run by the package's doctests, which have no such videos;
+    ``prepare`` also needs mediapipe, see the README's Data):
+
     >>> from fastminerf.prepare import prepare
     >>> from fastminerf.config import PrepareConfig
     >>> result = prepare(["alice.mp4", "bob.mov"], "data", PrepareConfig(size=256))  # doctest: +SKIP
