@@ -1,5 +1,6 @@
 """Claims of the README and the command-line help that a test can check cheaply: the Layout names every module of
 the package, the help of each command names the files it writes."""
+import dataclasses
 import re
 from pathlib import Path
 
@@ -146,3 +147,124 @@ def test_the_readmes_notebook_example_shows_progress_and_runs(tmp_path, monkeypa
     assert scope["result"].step == 4 and set(scope["scores"]["identities"]) == {"id000", "id001"}
     image = scope["image"]
     assert image.dtype == np.float32 and image.ndim == 3 and 0 <= image.min() and image.max() <= 1
+
+
+def _readme_command_lines() -> list:
+    """The `fastminerf ...` / `python -m fastminerf ...` command lines of the README, as (line, from a bash block):
+    its bash blocks' lines (continuations joined, comments dropped) and its inline ones."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        block = re.sub(r"\\\n\s*", " ", block)  # a backslash continuation
+        block = re.sub(r"\n\s+(?=\[)", " ", block)  # an indented continuation of options
+        lines += [(re.split(r"\s#", line)[0].strip(), True) for line in block.splitlines()]
+    lines += [(line, False) for line in re.findall(r"`((?:python -m )?fastminerf [^`]*)`", readme)]
+    lines = [(re.sub(r"^python -m ", "", " ".join(line.split())), b) for line, b in lines]
+    return [(line, b) for line, b in lines if re.match(r"fastminerf( |$)", line)]
+
+
+def test_every_option_the_readme_gives_a_command_exists():
+    """Each `--option` of a README command line is an option of that command (of its subcommand for bench), so a
+    renamed or dropped option cannot leave the README teaching it; and a bash block's line without placeholders
+    ([...], ..., upper-case names) parses as it is written."""
+    import shlex
+
+    from fastminerf.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+
+    def options(parser):
+        names = set()
+        for action in parser._actions:
+            names.update(action.option_strings)
+            if isinstance(action.choices, dict):  # bench's subcommands
+                for sub in action.choices.values():
+                    names |= options(sub)
+        return names
+
+    lines = _readme_command_lines()
+    assert len(lines) > 20, lines
+    wrong, unparsed = [], []
+    for line, in_block in lines:
+        words = line.split()
+        if len(words) < 2 or words[1].startswith("-"):  # fastminerf --version
+            given, known = set(words[1:]), options(build_parser())
+        elif words[1] not in commands:
+            wrong.append((line, words[1]))
+            continue
+        else:
+            given, known = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", line)), options(commands[words[1]])
+        wrong += [(line, name) for name in sorted(given - known) if name.startswith("--")]
+        if in_block and not re.search(r"[\[\]]|\.\.\.|\b[A-Z]{2,}\b", line) and "--version" not in line:
+            try:
+                build_parser().parse_args(shlex.split(line)[1:])
+            except SystemExit:
+                unparsed.append(line)
+    assert not wrong, f"README command lines name options their command lacks: {wrong}"
+    assert not unparsed, f"README command lines the command line parser refuses: {unparsed}"
+
+
+def test_every_make_target_the_docs_name_exists():
+    """`make X` in the README, and the Makefile's header comment, names a target of the Makefile."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([\w-]+):", makefile, re.M))
+    named = re.findall(r"`make ([\w-]+)", (ROOT / "README.md").read_text(encoding="utf-8"))
+    named += re.findall(r"^#\s+make ([\w-]+)", makefile, re.M)
+    assert len(named) >= 5 and not set(named) - targets, (sorted(set(named) - targets), sorted(targets))
+
+
+def test_the_readmes_data_and_library_examples_run(tmp_path, monkeypatch):
+    """The README's other python blocks (Data: load_dataset + RaySampler; Model and training: load_config, train,
+    load_run, render_batch) run as written on a tiny procedural dataset, their presets made tiny, and give what
+    their comments say."""
+    import torch
+
+    from fastminerf.data.synth import generate
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "# in a notebook" not in b]
+    assert len(blocks) == 2, blocks
+    data, library = blocks
+    generate(tmp_path / "data", n_identities=2, n_frames=6, size=16, seed=1)
+    monkeypatch.chdir(tmp_path)
+    assert '"path/to/root"' in data and "90 % of rays inside the face box" in data
+    scope: dict = {}
+    exec(compile(data.replace('"path/to/root"', '"data"'), "README data example", "exec"), scope)
+    batch, sampler = scope["batch"], scope["sampler"]
+    assert batch.origins.shape == (4096, 3) and sampler.face_fraction == 0.9
+    named = re.search(r"# RayBatch: (.*)", data).group(1).split(", ")
+    assert named == [f.name for f in dataclasses.fields(batch)], named
+    assert 'fm.load_config("cpu", ["model.field.conditioning=concat"])' in library
+    code = library.replace('fm.load_config("cpu", [', 'fm.load_config("tiny", ["train.steps=4", ')
+    scope = {}
+    exec(compile(code, "README library example", "exec"), scope)
+    assert type(scope["model"]).__name__ == "MINeRF" and not scope["model"].training
+    assert scope["cfg"].model.field.conditioning == "concat" and scope["result"].step == 4
+    rgb = scope["out"]["rgb"]
+    assert rgb.shape == (16 * 16, 3) and torch.isfinite(rgb).all()
+
+
+def test_dataset_md_names_every_key_synth_writes_and_the_reader_reads_each_it_lists(tmp_path):
+    """docs/DATASET.md, the layout's contract: each key of a transforms file (and of its frames) that synth writes is
+    in its tables, each key its tables list is one the reader (fastminerf/data/layout.py) reads, and the files it
+    names for an identity folder are those synth writes."""
+    import json
+
+    from fastminerf.data.synth import generate
+
+    doc = (ROOT / "docs" / "DATASET.md").read_text(encoding="utf-8")
+    tables = re.findall(r"^## transforms_<split>\.json\n(.*?)^## ", doc, re.M | re.S)[0]
+    listed = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)? \|", tables, re.M))
+    listed = {k for pair in listed for k in pair if k}
+    generate(tmp_path / "data", n_identities=2, n_frames=6, size=16, seed=1)
+    folder = tmp_path / "data" / "id000"
+    written = set()
+    for path in folder.glob("transforms_*.json"):
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        written |= set(meta) | {k for frame in meta["frames"] for k in frame}
+    assert not written - listed, f"synth writes keys docs/DATASET.md does not list: {sorted(written - listed)}"
+    reader = (ROOT / "fastminerf" / "data" / "layout.py").read_text(encoding="utf-8")
+    unread = sorted(k for k in listed if f'"{k}"' not in reader)
+    assert not unread, f"docs/DATASET.md lists keys the reader never reads: {unread}"
+    for name in ("transforms_train.json", "transforms_val.json", "bg.png", "audio.wav"):
+        assert name in doc and (folder / name).is_file(), name
