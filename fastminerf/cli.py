@@ -841,10 +841,13 @@ def _metrics_table(result: dict, title: str):
 
     names = result["metrics"]
     # Short headings and numbers that never shrink, so the table fits an 80-column terminal without cutting a value;
-    # the caption explains the short headings when there are any. Long identity names fold instead.
-    caption = ("PSNR in dB: whole frame, FACE / MOUTH / EYE boxes; LMD in pixels; EAR: eye aspect ratio error; "
-               "DEPTH: landmark depth error, head units; POSE: degrees from the nearest training head pose"
-               ) if set(names) - {"psnr", "ssim", "l1", "lpips"} else None
+    # the caption explains the short headings the table shows, when there are any. Long identity names fold instead.
+    boxes = " / ".join(h for m, h in (("face_psnr", "FACE"), ("mouth_psnr", "MOUTH"), ("eye_psnr", "EYE")) if m in names)
+    explained = [text for m, text in (("lmd", "LMD in pixels"), ("ear_error", "EAR: eye aspect ratio error"),
+                                      ("landmark_depth", "DEPTH: landmark depth error, head units"),
+                                      ("pose_gap", "POSE: degrees from the nearest training head pose")) if m in names]
+    caption = "; ".join([f"PSNR in dB: whole frame{f', {boxes} boxes' if boxes else ''}"] + explained
+                        ) if boxes or explained else None
     # No padding: the box's blank divider alone separates columns, so that all eleven metrics eval can report (POSE
     # and LPIPS included) fit 80 columns, the width rich gives a log file or a pipe.
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,

@@ -1092,3 +1092,24 @@ def test_a_frame_repeated_in_a_path_is_rendered_once(tiny, monkeypatch):
         alone = list(render_sequence(model, once, "id000", aabb=box, alpha=alpha))
         for k in range(6):
             assert np.array_equal(frames[k], alone[k // 2])
+
+
+def test_metrics_table_caption_explains_only_the_columns_it_shows():
+    """The caption explained DEPTH (and LMD, EAR) under every table with a box metric, also where no such column is
+    shown: `fastminerf demo` and eval on procedural heads (no landmarks.npz, no mediapipe face) printed 'DEPTH:
+    landmark depth error, head units' under a table without a DEPTH column."""
+    import io
+
+    from rich.console import Console
+
+    from fastminerf.cli import _metrics_table
+
+    names = ["psnr", "ssim", "l1", "face_psnr", "pose_gap"]
+    vals = dict(zip(names, [25.3, 0.79, 0.031, 25.2, 1.3]))
+    result = {"metrics": names, "frames": 1, "mean": vals, "identities": {"id000": {"frames": 1, **vals}}}
+    console = Console(width=80, record=True, color_system=None, file=io.StringIO())
+    console.print(_metrics_table(result, "test"))
+    text = " ".join(console.export_text().split())
+    assert "FACE" in text and "POSE: degrees from the nearest training head pose" in text, text
+    for absent in ("DEPTH", "EAR", "LMD", "MOUTH", "EYE"):
+        assert absent not in text, (absent, text)
