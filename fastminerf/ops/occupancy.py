@@ -491,12 +491,20 @@ def march_rays(
 
     Example:
         >>> aabbs = cascade_aabbs([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], levels=2)
-        >>> bits = pack_bitfield(torch.rand(2 * 16**3), 0.9, levels=2, backend="torch")
+
+        A random tenth of the cells occupied (seeded), two rays:
+
+        >>> occs = torch.rand(2 * 16**3, generator=torch.Generator().manual_seed(2))
+        >>> bits = pack_bitfield(occs, 0.9, levels=2, backend="torch")
         >>> rays_o = torch.tensor([[0.0, 0.0, -3.0], [3.0, 3.0, 3.0]])
         >>> rays_d = torch.nn.functional.normalize(-rays_o, dim=1)
         >>> s = march_rays(rays_o, rays_d, bits, aabbs, 16, near=0.0, step_size=0.01, backend="torch")
+        >>> s.offsets.tolist()  # ray r's samples are offsets[r]:offsets[r + 1]
+        [0, 49, 71]
         >>> t_mid = (s.t_starts + s.t_ends) / 2
         >>> points = rays_o[s.ray_indices] + t_mid[:, None] * rays_d[s.ray_indices]  # (S, 3) to evaluate
+        >>> tuple(points.shape)
+        (71, 3)
     """
     res = grid_resolution(resolution)
     boxes = _aabbs_list(aabbs)
