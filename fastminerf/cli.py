@@ -244,8 +244,9 @@ def _add_prepare(sub: "argparse._SubParsersAction") -> None:
         help="turn talking-face videos into a training dataset (mediapipe tracking, head pose, shared expressions)",
         description="Track the face in every frame of each video (mediapipe face mesh, 478 landmarks), estimate head "
         "pose and expression (one expression basis shared by all videos in OUT), segment the person, and write "
-        "OUT/<video name>/ in the shared layout (transforms_{train,val,test}.json, frames, masks, bg.png, audio.wav) "
-        "with a contact_sheet.png to check the tracking. Rerunning the same command resumes; a video that fails is "
+        "OUT/<video name>/ in the shared layout (transforms_{train,val,test}.json, frames, masks, bg.png, audio.wav, "
+        "landmarks.npz) with a contact_sheet.png to check the tracking and prepare.json (counts, crop, settings, pose "
+        "gaps), and the basis in OUT/expression_basis.npz (for --basis). Rerunning the same command resumes; a video that fails is "
         "reported and the others still finish.",
     )
     p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO", help="video files (mp4, mov, webm, ...)")

@@ -268,3 +268,17 @@ def test_dataset_md_names_every_key_synth_writes_and_the_reader_reads_each_it_li
     assert not unread, f"docs/DATASET.md lists keys the reader never reads: {unread}"
     for name in ("transforms_train.json", "transforms_val.json", "bg.png", "audio.wav"):
         assert name in doc and (folder / name).is_file(), name
+
+
+def test_prepare_help_names_every_file_prepare_writes():
+    """prepare --help listed the transforms files, frames, masks, bg.png, audio.wav and contact_sheet.png, but not
+    landmarks.npz (the depth prior's and mouth rays' landmarks), prepare.json (counts, crop, settings, pose gaps; the
+    folder's finished mark) nor OUT/expression_basis.npz, the file a later prepare's --basis takes (README, Real
+    videos, lists them all)."""
+    from fastminerf.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["prepare"]
+    text = " ".join(sub.format_help().split())
+    for name in ("transforms_{train,val,test}.json", "frames", "masks", "bg.png", "audio.wav", "landmarks.npz",
+                 "contact_sheet.png", "prepare.json", "OUT/expression_basis.npz"):
+        assert name in text, name
