@@ -276,14 +276,6 @@ def test_building_the_parser_reads_each_config_class_source_once(monkeypatch):
     assert "Number of identities" in synth  # the docstring still gives the help
 
 
-    cli.build_parser()
-    assert read and len(read) == len(set(read)), f"sources read: {[c.__name__ for c in read]}"
-    from fastminerf.config import SynthConfig
-
-    assert "Number of identities" in cli._field_help(SynthConfig, "n_identities")
-    assert cli._field_help(SynthConfig, "no_such_field") == ""
-
-
 def test_the_training_progress_bar_is_redrawn_once_a_second_at_most():
     """Between logged steps (every 25) the training bar changes only in its elapsed time, which counts seconds; rich's
     default redraw of 10 a second took 11 ms of CPU a second in a terminal (4 ms in a log), beside a one-thread
