@@ -914,3 +914,32 @@ def test_a_video_prepare_failed_on_is_left_out_of_its_root_and_refused_named_on_
             prepare([short], root, PrepareConfig(size=64, expression_dim=4, min_frames=5, overwrite=True))
     with pytest.raises(DatasetError, match=rf"{root / 'short'}: prepare was stopped"):
         load_dataset(root, splits=("train",))
+
+
+@pytest.mark.parametrize("suffix,codec,rate", [(".mp3", "libmp3lame", 44100), (".m4a", "aac", 48000),
+                                              (".ts", "aac", 48000)])
+def test_sound_at_another_rate_than_audio_wav_keeps_its_time(tmp_path, suffix, codec, rate):
+    """A recording at 44.1 or 48 kHz whose first sound is not at 0 on its own clock (an mp3's first sample after its
+    encoder's priming samples is at 25 ms; an MPEG-TS file starts at 1.4 s) is read from its start: a beep 1 s in is
+    1 s into audio.wav, and 3 s of sound give 3 s. The start was handed to ffmpeg in audio.wav's samples where it
+    counts the recording's own, so a 3 s mp3 gave 3.016 s (255 samples of silence before it) and an MPEG-TS file at
+    48 kHz almost a second of it (its picture 1 s out of sync)."""
+    from fastminerf.prepare.video import extract_audio
+    from fastminerf.speech import load_speech
+
+    beep = f"aevalsrc='if(between(t,1,1.05),0.8*sin(2*PI*1000*t),0)':d=3:s={rate}"
+    src = tmp_path / f"beep{suffix}"
+    if suffix == ".ts":  # with a picture, as recorded
+        _run("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=3", "-f", "lavfi", "-i", beep, "-map", "0:v",
+             "-map", "1:a", "-c:a", codec, str(src))
+    else:
+        _run("-f", "lavfi", "-i", beep, "-c:a", codec, str(src))
+    a = _read_wav(extract_audio(src, tmp_path / "audio.wav", 16000))
+    # MPEG-TS keeps the AAC encoder's 1024 priming samples (21 ms at 48 kHz) before the picture's start: within a frame
+    near = 1 / 25.0 if suffix == ".ts" else 0.003
+    assert _onset_s(a) == pytest.approx(1.0, abs=near)
+    assert len(a) / 16000 == pytest.approx(3.0, abs=max(near, 0.005))
+    if suffix != ".ts":
+        heard = load_speech(src)
+        assert len(heard.samples) == 48000
+        assert _onset_s(heard.samples.astype(np.float64)) == pytest.approx(1.0, abs=0.003)

@@ -149,20 +149,27 @@ def _origin(path: PathLike) -> float:
     """Where a file's time 0 is on its own clock (ffmpeg's ``-copyts``): the earlier of its first picture's and its
     first sound's times, so that frames (:func:`read_frames`) and audio.wav (:func:`extract_audio`) count from the
     same moment. ffmpeg's own shift does not: an MPEG-TS file whose picture starts after its sound (tens of ms are
-    common) had its frames counted from the picture and its sound from the sound. 0 when neither is found.
+    common) had its frames counted from the picture and its sound from the sound. 0 when neither is found."""
+    return _starts(path)[0]
+
+
+def _starts(path: PathLike) -> Tuple[float, Optional[int]]:
+    """:func:`_origin`, and the sample rate of the file's first audio stream as decoded (None without one).
 
     One ffmpeg run a stream: with both in one run, ffmpeg could stop once the picture's first frame was out and
     before the sound's was shown (about 1 run in 200 on a loaded machine), which took the picture's start alone."""
-    starts = []
+    starts, rate = [], None
     for stream, show in (("v", "-vf"), ("a", "-af")):
         res = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-copyts", "-i", _input(path), "-map",
                               f"0:{stream}:0?", show, "showinfo" if stream == "v" else "ashowinfo",
                               f"-frames:{stream}", "1", "-f", "null", "-"], **_FFMPEG_TEXT)
-        starts += [float(m.group(1)) for m in _FIRST_PTS.finditer(res.stderr)]
-    return min(starts) if starts else 0.0
+        for m in _FIRST_PTS.finditer(res.stderr):
+            starts.append(float(m.group(1)))
+            rate = int(m.group(2)) if m.group(2) else rate
+    return (min(starts) if starts else 0.0), rate
 
 
-_FIRST_PTS = re.compile(r"Parsed_a?showinfo_\d+ @ [^\]]*\] n: *0 pts: *-?\d+ pts_time:(-?[0-9.e+-]+)")
+_FIRST_PTS = re.compile(r"Parsed_a?showinfo_\d+ @ [^\]]*\] n: *0 pts: *-?\d+ pts_time:(-?[0-9.e+-]+)(?:.*? rate:(\d+))?")
 
 
 def read_frames(
@@ -221,7 +228,11 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration
     # starts after the picture (a delay the container records, as screen and phone recorders write) is padded with
     # that much silence (aresample's first_pts; ffmpeg would otherwise pull the sound forward), and one that starts
     # before it (MPEG-TS) is kept from there, as the frames are.
-    start = int(round(_origin(path) * int(rate)))
+    # first_pts counts the samples of the stream as decoded, not of the output: at another rate than ``rate`` (an
+    # mp3 at 44.1 kHz, whose first sample after the encoder's priming is at 25 ms; an MPEG-TS file at 48 kHz, which
+    # starts at 1.4 s) a start counted in output samples padded the sound with silence (255 samples; almost 1 s).
+    origin, source_rate = _starts(path)
+    start = int(round(origin * (source_rate or int(rate))))
     cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-copyts", "-i", _input(path), "-vn", "-ac", "1",
            "-ar", str(int(rate)), "-af", f"aresample=first_pts={start},asetpts=PTS-STARTPTS", "-acodec", "pcm_s16le"]
     if duration is not None:
