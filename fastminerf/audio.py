@@ -9,7 +9,11 @@ own ``time`` on, as many as its share of ``n / fps`` seconds. The result lasts e
 frame's mouth is heard at its own time, and a gap between frames becomes a cut in the sound rather than a drift.
 :func:`frames_at_rate` puts such a sequence on another frame rate (``render --fps``) on the same clock.
 
-Pure functions on numpy arrays plus two small WAV helpers (the standard library's ``wave``); no printing.
+A video's soundtrack is the recording as it is (:func:`read_recording`: its own rate and channels), so a 48 kHz
+stereo recording is heard so in the video; the speech model reads its own copy at 16 kHz mono
+(:func:`fastminerf.speech.load_speech`).
+
+Pure functions on numpy arrays plus small WAV helpers (the standard library's ``wave``); no printing.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 from .data.layout import AUDIO_FILE, not_a_file
 from .data.writer import replaced_atomically
 
-__all__ = ["Audio", "AudioError", "frame_soundtrack", "audio_absence", "frames_at_rate", "identity_audio", "read_wav", "write_wav"]
+__all__ = ["Audio", "AudioError", "frame_soundtrack", "audio_absence", "decode_sound", "frames_at_rate", "identity_audio",
+           "read_recording", "read_wav", "write_wav"]
 
 PathLike = Union[str, Path]
 
@@ -38,10 +43,10 @@ class AudioError(ValueError):
 
 @dataclass(frozen=True)
 class Audio:
-    """Mono 16-bit PCM samples and their rate."""
+    """16-bit PCM samples and their rate: mono, or several channels (:func:`read_recording`)."""
 
     samples: np.ndarray
-    """(S,) int16 samples."""
+    """(S,) int16 samples, or (S, C) for C channels."""
     rate: int
     """Samples per second."""
 
@@ -50,10 +55,15 @@ class Audio:
         """Duration in seconds."""
         return len(self.samples) / float(self.rate)
 
+    @property
+    def channels(self) -> int:
+        """Channels: 1 for (S,) samples."""
+        return 1 if self.samples.ndim == 1 else int(self.samples.shape[1])
 
-def read_wav(path: PathLike) -> Audio:
-    """Read a PCM WAV file (8-, 16- or 32-bit integer, any channel count) as mono 16-bit :class:`Audio`; several
-    channels are averaged.
+
+def read_wav(path: PathLike, mono: bool = True) -> Audio:
+    """Read a PCM WAV file (8-, 16- or 32-bit integer, any channel count) as 16-bit :class:`Audio`: mono, several
+    channels averaged, or with ``mono=False`` its channels as they are ((S, C) samples for more than one).
 
     Raises:
         AudioError: naming the file when it is missing, not a PCM WAV file, or of an unsupported sample width.
@@ -81,15 +91,61 @@ def read_wav(path: PathLike) -> Audio:
     if rate <= 0:
         raise AudioError(f"{p}: sample rate {rate}")
     x = x[: (len(x) // channels) * channels].reshape(-1, channels)
-    mono = np.rint(x.mean(axis=1)) if channels > 1 else x[:, 0]
-    return Audio(np.clip(mono, -32768, 32767).astype(np.int16), int(rate))
+    if channels == 1 or mono:
+        x = np.rint(x.mean(axis=1)) if channels > 1 else x[:, 0]
+    return Audio(np.clip(x, -32768, 32767).astype(np.int16), int(rate))
+
+
+def read_recording(path: PathLike) -> Audio:
+    """A recording as it is, for a video's soundtrack: a PCM WAV file read with its rate and channels, any other file
+    ffmpeg decodes (mp3, m4a, 24-bit or float WAV, a video's sound track) decoded at its own rate (at most 48 kHz), its
+    channels kept (more than two mixed down to stereo), on the file's own clock (:func:`fastminerf.prepare.video.extract_audio`).
+
+    Raises:
+        AudioError: naming the file when it is missing, or neither a PCM WAV file nor sound ffmpeg can decode (the
+            WAV reader's account).
+    """
+    p = Path(path)
+    try:
+        return read_wav(p, mono=False)
+    except AudioError as not_wav:
+        if not p.is_file():
+            raise
+        try:
+            return decode_sound(p, rate=None, mono=False)
+        except AudioError:
+            raise not_wav from None  # undecodable either way: the WAV reader's account of it
+
+
+def decode_sound(path: PathLike, rate: Optional[int] = None, mono: bool = True) -> Audio:
+    """A file's sound decoded by ffmpeg (:func:`fastminerf.prepare.video.extract_audio`, on the file's own clock), at
+    ``rate`` (None: its own, at most 48 kHz) and mono or with its channels (more than two mixed down to stereo).
+
+    Raises:
+        AudioError: ``"{path}: cannot read its sound (why)"``, e.g. a video without a sound track.
+    """
+    import tempfile
+
+    from .prepare.video import VideoError, extract_audio
+
+    p = Path(path)
+    with tempfile.TemporaryDirectory(prefix="fastminerf-sound-") as tmp:
+        out = Path(tmp) / "sound.wav"
+        try:
+            extract_audio(p, out, rate=rate, mono=mono)
+            return read_wav(out, mono=mono)
+        except (VideoError, AudioError) as exc:
+            why = str(exc)
+            for named in (f"{p}: ", f"{out}: "):  # ffmpeg's account names the recording already, the WAV reader's the copy
+                why = why[len(named):] if why.startswith(named) else why
+            raise AudioError(f"{p}: cannot read its sound ({why})") from None
 
 
 def write_wav(path: PathLike, audio: Audio) -> Path:
-    """Write :class:`Audio` as a mono 16-bit PCM WAV file, atomically (a temporary name, then a rename)."""
+    """Write :class:`Audio` as a 16-bit PCM WAV file of its channels, atomically (a temporary name, then a rename)."""
     out = Path(path)
     with replaced_atomically(out) as tmp, wave.open(str(tmp), "wb") as w:
-        w.setnchannels(1)
+        w.setnchannels(audio.channels)
         w.setsampwidth(2)
         w.setframerate(int(audio.rate))
         w.writeframes(np.ascontiguousarray(audio.samples, dtype="<i2").tobytes())
@@ -102,7 +158,7 @@ def frame_soundtrack(audio: Audio, times: Sequence[float], fps: float) -> Audio:
     Frame ``k`` contributes ``round((k + 1) r / fps) - round(k r / fps)`` samples (``r`` the sample rate) starting
     at sample ``round(times[k] r)``: the total is ``round(n r / fps)``, the video's duration, and each frame's
     sound starts at its own time whatever the gaps between frames. Samples past the end of the recording are
-    silence.
+    silence. The soundtrack has the recording's rate and channels.
 
     Args:
         audio: the recording the times refer to.
@@ -122,7 +178,7 @@ def frame_soundtrack(audio: Audio, times: Sequence[float], fps: float) -> Audio:
     edges = np.rint(np.arange(len(t) + 1) * r / fps).astype(np.int64)
     lengths = np.diff(edges)
     starts = np.rint(t * r).astype(np.int64)
-    out = np.zeros(int(edges[-1]), np.int16)
+    out = np.zeros((int(edges[-1]),) + audio.samples.shape[1:], np.int16)
     src = audio.samples
     for k in range(len(t)):
         a = int(starts[k])

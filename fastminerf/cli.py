@@ -760,7 +760,6 @@ def _run_render(args: argparse.Namespace) -> int:
         console.print(_styled("yellow", "note", note), markup=True)
     data_paths = args.target_data or run_data_paths(meta, _MOVED_DATA.format(option="--target-data"), args.identity)
     target = load_target(data_paths, args.identity)
-    speech_dir = None
     if args.orbit:
         path = orbit_path(target, args.identity, n_frames=args.frames or render.ORBIT_FRAMES, yaw_deg=args.yaw, pitch_deg=args.pitch)
         reach = orbit_reach(target, args.identity)
@@ -773,15 +772,10 @@ def _run_render(args: argparse.Namespace) -> int:
                                                     "each way): the model guesses the head there"), markup=True)
         what = f"orbit of {args.identity}"
     elif args.speech is not None:
-        import tempfile
-
-        from .audio import write_wav
         from .render import speech_path
 
-        speech_model, recording = voice
-        speech_dir = tempfile.TemporaryDirectory(prefix="fastminerf-speech-")
-        wav = write_wav(Path(speech_dir.name) / "speech.wav", recording)
-        path = speech_path(target, args.identity, speech_model, wav, fps=args.fps)
+        # the recording itself: the video's soundtrack as it is (its rate and channels), the model hearing 16 kHz mono
+        path = speech_path(target, args.identity, voice[0], args.speech, fps=args.fps)
         if args.frames:
             path = path.head(args.frames)
         what = f"{args.identity} saying {args.speech.name}"
@@ -811,16 +805,12 @@ def _run_render(args: argparse.Namespace) -> int:
             path = path.head(args.frames)
         what = f"{args.identity} driven by {driver_name}:{split} ({args.transfer}, {args.pose} poses)"
     background = background_image(args.background, target.background(0), path.width, path.height)
-    try:
-        with _frames_progress(console, "render") as bar:
-            task = bar.add_task("render", total=len(path))
-            info = render_video(model, path, args.identity, args.out, background=background,
-                                aabb=model.aabb.tolist(), png_dir=args.png_dir, fps=args.fps,
-                                progress=lambda d, t: bar.update(task, completed=d, total=t), audio=args.audio,
-                                beside_driver=args.beside_driver, caption=what, alpha=args.alpha)
-    finally:
-        if speech_dir is not None:
-            speech_dir.cleanup()
+    with _frames_progress(console, "render") as bar:
+        task = bar.add_task("render", total=len(path))
+        info = render_video(model, path, args.identity, args.out, background=background,
+                            aabb=model.aabb.tolist(), png_dir=args.png_dir, fps=args.fps,
+                            progress=lambda d, t: bar.update(task, completed=d, total=t), audio=args.audio,
+                            beside_driver=args.beside_driver, caption=what, alpha=args.alpha)
     extra = f", PNG frames in {info.png_dir}{' (RGBA)' if args.alpha else ''}" if info.png_dir else ""
     if info.alpha_path is not None:
         extra += f", its matte in {info.alpha_path}"

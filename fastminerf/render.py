@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .backend import machine
-from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_wav, write_wav
+from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_recording, read_wav, write_wav
 from .config import as_list, counted, identity_index, identity_list, name_position
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
@@ -377,23 +377,16 @@ class CameraPath:
         """The sound of a video of this path played at ``fps`` (default the path's), or None when
         :meth:`silent_reason` says why there is none.
 
-        The recording is read as a PCM WAV file, or else decoded as :func:`fastminerf.speech.load_speech` decodes it
-        (any file ffmpeg reads, e.g. the mp3 of a :func:`speech_path`).
+        The recording is played as it is, at its own rate and with its channels (:func:`fastminerf.audio.read_recording`:
+        a PCM WAV file, or any file ffmpeg reads, e.g. the mp3 of a :func:`speech_path`), not as the speech model
+        hears it (16 kHz mono).
 
         Raises:
             AudioError: the recording cannot be read (the file named).
         """
         if self.silent_reason():
             return None
-        try:
-            sound = read_wav(self.audio)  # type: ignore[arg-type]
-        except AudioError as not_wav:
-            from .speech import SpeechError, load_speech
-
-            try:
-                sound = load_speech(self.audio)  # type: ignore[arg-type]
-            except SpeechError:
-                raise not_wav from None  # undecodable either way: the WAV reader's account of it
+        sound = read_recording(self.audio)  # type: ignore[arg-type]
         return frame_soundtrack(sound, self.times, self.fps if fps is None else fps)  # type: ignore[arg-type]
 
 
@@ -1403,7 +1396,8 @@ def write_video(
         png_dir: also write each frame as ``png_dir/00000.png, 00001.png, ...`` (numbered frames past this video's
             end, left there by an earlier render, are removed).
         quality: imageio-ffmpeg quality, 0 (worst) to 10 (best).
-        audio: a soundtrack for the mp4 (AAC), as long as the video should be (:func:`fastminerf.audio.frame_soundtrack`).
+        audio: a soundtrack for the mp4 (AAC, at its rate and channels), as long as the video should be
+            (:func:`fastminerf.audio.frame_soundtrack`).
         rendered_over: (H, W, 3) float in [0, 1], the background the colour of RGBA frames was rendered over.
 
     Returns:

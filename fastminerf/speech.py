@@ -34,7 +34,6 @@ Dimension letters: B frames, T mel columns, M mel bands, E expression size.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -43,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import Audio, AudioError, audio_absence, identity_audio, read_wav
+from .audio import Audio, AudioError, audio_absence, decode_sound, identity_audio, read_wav
 from .config import SpeechConfig, as_list
 
 __all__ = [
@@ -120,18 +119,10 @@ def load_speech(path: PathLike) -> Audio:
             return _heard(p, audio)
     except AudioError:
         pass
-    from .prepare.video import VideoError, extract_audio
-
-    with tempfile.TemporaryDirectory(prefix="fastminerf-speech-") as tmp:
-        out = Path(tmp) / "speech.wav"
-        try:
-            extract_audio(p, out, rate=SPEECH_RATE)
-            audio = read_wav(out)
-        except (VideoError, AudioError) as exc:
-            why = str(exc)
-            for named in (f"{p}: ", f"{out}: "):  # ffmpeg's account names the recording already, the WAV reader's the copy
-                why = why[len(named):] if why.startswith(named) else why
-            raise SpeechError(f"{p}: cannot read its sound ({why})") from None
+    try:
+        audio = decode_sound(p, SPEECH_RATE, mono=True)
+    except AudioError as exc:  # "{p}: cannot read its sound (why)"
+        raise SpeechError(str(exc)) from None
     return _heard(p, audio)
 
 

@@ -4,6 +4,7 @@ audio.wav is a voice that follows each head's mouth (loud and open-vowelled whil
 from __future__ import annotations
 
 import json
+import wave
 
 import numpy as np
 import pytest
@@ -264,6 +265,12 @@ def test_cli_speech_then_render_speech(heads, tmp_path, decode_audio, capsys):
                  str(dirs[2] / "audio.wav"), "--frames", "20", "--out", str(out)]) == 0
     sound = decode_audio(out)
     assert abs(len(sound) - 20 / 25 * 16000) < 1600  # 0.8 s of the recording (AAC frames round it)
+    # a 48 kHz stereo recording is the video's soundtrack as it is, not the 16 kHz mono copy the model hears
+    studio = _studio_recording(tmp_path / "studio.wav", 1.0)
+    assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--speech", str(studio),
+                 "--frames", "20", "--out", str(out)]) == 0
+    rate, channels, played = _audio_stream(out)
+    assert (rate, channels) == (48000, 2) and abs(len(played) - 20 / 25 * 48000) < 0.03 * 48000
     other = load_speech_model(tmp_path / "run" / "speech.pt")
     other.expression_space = "pca12-0123456789"  # as if learned from data prepared elsewhere
     save_speech_model(tmp_path / "other.pt", other)
@@ -332,3 +339,68 @@ def test_cli_speech_table_names_each_identity_whole_in_a_log(heads, tmp_path, ca
     lines = capsys.readouterr().out.splitlines()
     for name in names:
         assert sum(f" {name} " in line for line in lines) == 1, (name, lines)
+
+
+def _studio_recording(path, seconds: float, rate: int = 48000):
+    """A stereo recording at ``rate``: a 440 Hz tone on the left, 10 kHz (above a 16 kHz recording's band) on the
+    right; PCM WAV, or through ffmpeg for another suffix."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    t = np.arange(int(seconds * rate)) / rate
+    both = np.stack([4000 * np.sin(2 * np.pi * 440 * t), 4000 * np.sin(2 * np.pi * 10000 * t)], axis=1)
+    wav = path.with_suffix(".wav")
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.rint(both).astype("<i2").tobytes())
+    if path.suffix != ".wav":
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(wav), str(path)],
+                       check=True)
+    return path
+
+
+def _audio_stream(path):
+    """(rate, channels, (S, C) int16 samples) of a media file's sound as ffmpeg decodes it, at its own rate."""
+    import re
+    import subprocess
+
+    import imageio_ffmpeg
+
+    ff = imageio_ffmpeg.get_ffmpeg_exe()
+    head = subprocess.run([ff, "-nostdin", "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+    m = re.search(r"Audio: .*?, (\d+) Hz, (mono|stereo)", head)
+    assert m, head
+    rate, channels = int(m.group(1)), 1 if m.group(2) == "mono" else 2
+    raw = subprocess.run([ff, "-nostdin", "-v", "error", "-i", str(path), "-vn", "-f", "s16le", "-"],
+                         capture_output=True).stdout
+    return rate, channels, np.frombuffer(raw, "<i2").reshape(-1, channels)
+
+
+@pytest.mark.parametrize("suffix,given,rate", [(".wav", 48000, 48000), (".mp3", 44100, 44100), (".flac", 96000, 48000)])
+def test_speech_path_soundtrack_is_the_recording_as_it_is(heads, tmp_path, suffix, given, rate):
+    """render --speech of a 48 kHz stereo recording gave the video the recording as the speech model hears it, 16
+    kHz mono (nothing above 8 kHz: a telephone's band). The model still hears 16 kHz; the soundtrack is the
+    recording at its own rate and channels, as long as the frames (frame k at k / fps); above 48 kHz (a 96 kHz
+    FLAC), at 48 kHz."""
+    from fastminerf.render import write_video
+
+    _, _, data, _, _, model = heads
+    voice = _studio_recording(tmp_path / f"studio{suffix}", 1.0, given)
+    path = speech_path(data, data.identities[0], model, voice)
+    assert len(path) == 25
+    sound = path.soundtrack()
+    assert sound.rate == rate and sound.samples.shape == (rate, 2)
+    if suffix == ".wav":
+        _, _, whole = _audio_stream(voice)
+        assert np.array_equal(sound.samples, whole)
+    info = write_video((np.zeros((16, 16, 3), np.uint8) for _ in range(len(path))), tmp_path / "say.mp4", path.fps,
+                       audio=sound)
+    assert info.audio_seconds == pytest.approx(1.0)
+    got_rate, channels, played = _audio_stream(tmp_path / "say.mp4")
+    assert (got_rate, channels) == (rate, 2)
+    assert abs(len(played) - rate) < 0.03 * rate  # as long as the 25 frames (AAC frames round it)
+    spectrum = np.abs(np.fft.rfft(played[rate // 4: rate // 4 + 4096, 1].astype(np.float64)))
+    assert np.argmax(spectrum) * rate / 4096 == pytest.approx(10000, abs=50)  # the right channel's 10 kHz is there

@@ -153,23 +153,24 @@ def _origin(path: PathLike) -> float:
     return _starts(path)[0]
 
 
-def _starts(path: PathLike) -> Tuple[float, Optional[int]]:
-    """:func:`_origin`, and the sample rate of the file's first audio stream as decoded (None without one).
+def _starts(path: PathLike) -> Tuple[float, Optional[int], Optional[int]]:
+    """:func:`_origin`, and the sample rate and channels of the file's first audio stream as decoded (None without
+    one).
 
     One ffmpeg run a stream: with both in one run, ffmpeg could stop once the picture's first frame was out and
     before the sound's was shown (about 1 run in 200 on a loaded machine), which took the picture's start alone."""
-    starts, rate = [], None
+    starts, rate, channels = [], None, None
     for stream, show in (("v", "-vf"), ("a", "-af")):
         res = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-copyts", "-i", _input(path), "-map",
                               f"0:{stream}:0?", show, "showinfo" if stream == "v" else "ashowinfo",
                               f"-frames:{stream}", "1", "-f", "null", "-"], **_FFMPEG_TEXT)
         for m in _FIRST_PTS.finditer(res.stderr):
             starts.append(float(m.group(1)))
-            rate = int(m.group(2)) if m.group(2) else rate
-    return (min(starts) if starts else 0.0), rate
+            rate, channels = (int(m.group(3)), int(m.group(2))) if m.group(3) else (rate, channels)
+    return (min(starts) if starts else 0.0), rate, channels
 
 
-_FIRST_PTS = re.compile(r"Parsed_a?showinfo_\d+ @ [^\]]*\] n: *0 pts: *-?\d+ pts_time:(-?[0-9.e+-]+)(?:.*? rate:(\d+))?")
+_FIRST_PTS = re.compile(r"Parsed_a?showinfo_\d+ @ [^\]]*\] n: *0 pts: *-?\d+ pts_time:(-?[0-9.e+-]+)(?:.*? channels:(\d+).*? rate:(\d+))?")
 
 
 def read_frames(
@@ -216,9 +217,12 @@ def read_frames(
         gen.close()
 
 
-def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration: Optional[float] = None) -> Path:
+def extract_audio(path: PathLike, out_wav: PathLike, rate: Optional[int] = 16000, duration: Optional[float] = None,
+                  mono: bool = True) -> Path:
     """Write the video's first audio stream as mono 16-bit PCM WAV at ``rate`` Hz, optionally only the first
     ``duration`` seconds. Written to a temporary name and renamed, so an interrupted run leaves no partial file.
+    ``rate`` None: the stream's own, at most 48 kHz; ``mono`` False: its channels, more than two mixed down to stereo
+    (above either, ffmpeg writes a WAV header the standard library's reader cannot read back).
 
     Raises:
         VideoError: the file has no audio track, or ffmpeg failed (its last message included).
@@ -231,10 +235,12 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: int = 16000, duration
     # first_pts counts the samples of the stream as decoded, not of the output: at another rate than ``rate`` (an
     # mp3 at 44.1 kHz, whose first sample after the encoder's priming is at 25 ms; an MPEG-TS file at 48 kHz, which
     # starts at 1.4 s) a start counted in output samples padded the sound with silence (255 samples; almost 1 s).
-    origin, source_rate = _starts(path)
-    start = int(round(origin * (source_rate or int(rate))))
-    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-copyts", "-i", _input(path), "-vn", "-ac", "1",
-           "-ar", str(int(rate)), "-af", f"aresample=first_pts={start},asetpts=PTS-STARTPTS", "-acodec", "pcm_s16le"]
+    origin, source_rate, channels = _starts(path)
+    rate = int(rate or min(source_rate or 48000, 48000))
+    start = int(round(origin * (source_rate or rate)))
+    layout = ["-ac", "1"] if mono else ["-ac", "2"] if (channels or 0) > 2 else []
+    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-copyts", "-i", _input(path), "-vn", *layout,
+           "-ar", str(rate), "-af", f"aresample=first_pts={start},asetpts=PTS-STARTPTS", "-acodec", "pcm_s16le"]
     if duration is not None:
         cmd += ["-t", f"{duration:.6f}"]
     with replaced_atomically(out, ".tmp.wav") as tmp:  # ffmpeg takes the format from the suffix
