@@ -29,7 +29,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -696,7 +696,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
                         "alpha, and beside OUT.mp4 a grey matte video OUT_alpha.mp4 (white = the person; mp4 has no "
                         "alpha channel). Not with --beside-driver")
     p.add_argument("--no-audio", dest="audio", action="store_false",
-                   help="a silent video (default: a driven video carries the driver's audio.wav, cut to its frames)")
+                   help="a silent video (default: a driven video carries the driver's audio.wav, or a driver video's own "
+                        "sound, cut to its frames)")
     p.add_argument("--beside-driver", action="store_true",
                    help="with --drive: each frame shows the driver's frame left of the render, labelled, to judge the "
                         "transfer by (both enlarged to at least 128 px)")
@@ -760,6 +761,7 @@ def _run_render(args: argparse.Namespace) -> int:
         console.print(_styled("yellow", "note", note), markup=True)
     data_paths = args.target_data or run_data_paths(meta, _MOVED_DATA.format(option="--target-data"), args.identity)
     target = load_target(data_paths, args.identity)
+    late = silent = None  # what the summary says of the sound: the drive branch's, of the driver's audio.wav
     if args.orbit:
         path = orbit_path(target, args.identity, n_frames=args.frames or render.ORBIT_FRAMES, yaw_deg=args.yaw, pitch_deg=args.pitch)
         reach = orbit_reach(target, args.identity)
@@ -781,7 +783,8 @@ def _run_render(args: argparse.Namespace) -> int:
         what = f"{args.identity} saying {args.speech.name}"
     else:
         folder, split = parse_drive(args.drive)
-        if folder.is_file() and folder.suffix.lower() in VIDEO_SUFFIXES:  # a raw video: prepare it first
+        video = folder if folder.is_file() and folder.suffix.lower() in VIDEO_SUFFIXES else None
+        if video is not None:  # a raw video: prepare it first
             if not Path(args.drive.strip()).exists():  # VIDEO:SPLIT rendered every frame as 'train', the split dropped
                 raise RenderError(f"--drive {args.drive.strip()}: a video driver has no splits (it is prepared whole, "
                                   f"every frame in 'train'); give {folder} alone, with --frames N for its first frames")
@@ -803,7 +806,13 @@ def _run_render(args: argparse.Namespace) -> int:
         path = path.at_fps(args.fps)
         if args.frames:
             path = path.head(args.frames)
+        late, silent = path.past_recording(), path.silent_reason()  # said of audio.wav, the video's sound to 16 kHz mono
+        if video is not None and not silent:
+            # the video's own sound, at its rate and channels: on the clock of its frames' times, as its copy is
+            path = replace(path, audio=video)
         what = f"{args.identity} driven by {driver_name}:{split} ({args.transfer}, {args.pose} poses)"
+    if late is None:
+        late, silent = path.past_recording(), path.silent_reason()
     background = background_image(args.background, target.background(0), path.width, path.height)
     with _frames_progress(console, "render") as bar:
         task = bar.add_task("render", total=len(path))
@@ -817,11 +826,10 @@ def _run_render(args: argparse.Namespace) -> int:
     if info.audio_seconds:
         # to the hundredth: a frame of sound is 0.04 s at 25 fps, which .1f gave as 0.0 s (read as none)
         extra += f", with {info.audio_seconds:.2f} s of {'the recording' if args.speech else 'the driver' + chr(39) + 's audio'}"
-        late = path.past_recording()  # a driver whose recording ends before its frames: silent there
-        if late:
+        if late:  # a driver whose recording ends before its frames: silent there
             extra += f" ({late})"
     elif args.audio and not args.orbit and info.path is not None:
-        extra += f", silent (the driver: {path.silent_reason()})"
+        extra += f", silent (the driver: {silent})"
     console.print(f"{what}: {counted(info.n_frames, 'frame')} {info.width}x{info.height} -> {info.path}{extra}")
     return 0
 

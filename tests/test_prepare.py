@@ -604,6 +604,51 @@ def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_pa
     assert driver["expression_space"] == ExpressionBasis.load(root).space_id and len(driver["frames"]) == 8
 
 
+def test_a_raw_video_drives_with_its_own_sound(tmp_path, capsys):
+    """``render --drive VIDEO`` played the 16 kHz mono audio.wav prepared from the video (the dataset's contract, what
+    speech reads), so a 48 kHz stereo recording came out with nothing above 8 kHz and one channel; it plays the video's
+    own sound, at its rate and channels, in sync (frame k at k / fps)."""
+    import subprocess
+
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    from fastminerf.cli import main
+    from fastminerf.config import load_config
+    from fastminerf.data.synth import generate
+    from fastminerf.prepare import prepare
+    from fastminerf.train import train
+
+    ff = imageio_ffmpeg.get_ffmpeg_exe()
+    d = generate(tmp_path / "synth", n_identities=1, n_frames=16, size=128, seed=0, novel_frames=1)[0]
+    _write_video(tmp_path / "head.mp4", [iio.imread(p)[..., :3] for split in ("train", "val")
+                                         for p in sorted((d / split).glob("[0-9][0-9][0-9][0-9].png"))])
+    root = tmp_path / "data"
+    assert prepare([tmp_path / "head.mp4"], root, PrepareConfig(size=64, expression_dim=4, min_frames=5)
+                   ).videos[0].status == "done"
+    train(load_config("tiny", ["train.steps=2"]), [root], tmp_path / "run")
+    # left: a 440 Hz tone from 0.2 s on; right: 10 kHz throughout (above a 16 kHz recording's band)
+    sound = "aevalsrc='0.5*gte(t,0.2)*sin(2*PI*440*t)|0.3*sin(2*PI*10000*t)':s=48000:d=0.64:c=stereo"
+    talking = tmp_path / "talking.mp4"
+    subprocess.run([ff, "-nostdin", "-v", "error", "-y", "-i", str(tmp_path / "head.mp4"), "-f", "lavfi", "-i", sound,
+                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", str(talking)], check=True)
+    out = tmp_path / "drive.mp4"
+    assert main(["render", "--run", str(tmp_path / "run"), "--identity", "head", "--drive", str(talking),
+                 "--frames", "12", "--out", str(out)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "12 frames" in said and "with 0.48 s of the driver's audio" in said, said
+    head = subprocess.run([ff, "-nostdin", "-hide_banner", "-i", str(out)], capture_output=True, text=True).stderr
+    assert "48000 Hz, stereo" in head, head
+    raw = subprocess.run([ff, "-nostdin", "-v", "error", "-i", str(out), "-vn", "-f", "s16le", "-"],
+                         capture_output=True).stdout
+    played = np.frombuffer(raw, "<i2").reshape(-1, 2).astype(np.float64)
+    assert abs(len(played) - 0.48 * 48000) < 0.03 * 48000
+    onset = np.flatnonzero(np.abs(played[:, 0]) > 3000)[0] / 48000
+    assert onset == pytest.approx(0.2, abs=0.005)
+    right = np.abs(np.fft.rfft(played[4800:4800 + 4096, 1]))
+    assert np.argmax(right) * 48000 / 4096 == pytest.approx(10000, abs=50)
+
+
 def test_cli_help_and_missing_mediapipe(monkeypatch, capsys):
     import sys
 
