@@ -709,7 +709,7 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
 def _run_render(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .prepare.video import VIDEO_SUFFIXES
+    from .prepare.video import VIDEO_SUFFIXES, probe
     from .render import drive_path, driver_from_video, load_driver, load_target, orbit_path, orbit_reach, parse_drive
     from .render import background_image, check_outputs, render_video
     from .render import training_basis
@@ -810,6 +810,8 @@ def _run_render(args: argparse.Namespace) -> int:
         if video is not None and not silent:
             # the video's own sound, at its rate and channels: on the clock of its frames' times, as its copy is
             path = replace(path, audio=video)
+        elif video is not None and path.audio is None and not probe(video).has_audio:
+            silent = f"{video} has no audio track"  # not 'no audio.wav', a file the user never made
         what = f"{args.identity} driven by {driver_name}:{split} ({args.transfer}, {args.pose} poses)"
     if late is None:
         late, silent = path.past_recording(), path.silent_reason()

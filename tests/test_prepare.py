@@ -599,15 +599,16 @@ def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_pa
     assert main(["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--drive", str(videos[2]),
                  "--frames", "8", "--out", str(tmp_path / "drive.mp4")]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "driven by id002:train" in out and "8 frames 64x64" in out and "silent (the driver: no audio.wav)" in out
+    assert "driven by id002:train" in out and "8 frames 64x64" in out and f"silent (the driver: {videos[2]} has no audio track)" in out
     driver = json.loads((tmp_path / "run" / "drivers" / "id002" / "transforms_train.json").read_text())
     assert driver["expression_space"] == ExpressionBasis.load(root).space_id and len(driver["frames"]) == 8
 
 
-def test_a_raw_video_drives_with_its_own_sound(tmp_path, capsys):
+def test_a_raw_video_drives_with_its_own_sound_or_says_it_has_none(tmp_path, capsys):
     """``render --drive VIDEO`` played the 16 kHz mono audio.wav prepared from the video (the dataset's contract, what
     speech reads), so a 48 kHz stereo recording came out with nothing above 8 kHz and one channel; it plays the video's
-    own sound, at its rate and channels, in sync (frame k at k / fps)."""
+    own sound, at its rate and channels, in sync (frame k at k / fps). A video without sound said 'silent (the
+    driver: no audio.wav)', a file the user never made; it says the video has no audio track."""
     import subprocess
 
     import imageio.v3 as iio
@@ -647,6 +648,11 @@ def test_a_raw_video_drives_with_its_own_sound(tmp_path, capsys):
     assert onset == pytest.approx(0.2, abs=0.005)
     right = np.abs(np.fft.rfft(played[4800:4800 + 4096, 1]))
     assert np.argmax(right) * 48000 / 4096 == pytest.approx(10000, abs=50)
+    # a video without sound: named as such
+    assert main(["render", "--run", str(tmp_path / "run"), "--identity", "head", "--drive", str(tmp_path / "head.mp4"),
+                 "--frames", "4", "--out", str(tmp_path / "mute.mp4")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"silent (the driver: {tmp_path / 'head.mp4'} has no audio track)" in said, said
 
 
 def test_cli_help_and_missing_mediapipe(monkeypatch, capsys):
