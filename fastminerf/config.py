@@ -1071,6 +1071,10 @@ def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
         except yaml.YAMLError:
             value = raw
         if key not in _all_keys(RunConfig):
+            if key in _all_keys(RunConfig, sections=True):  # a section: it exists, but takes no value of its own
+                inside = [k for k in _all_keys(RunConfig) if k.startswith(key + ".")]
+                raise ConfigError(f"'{key}' is a section of the config, not a setting: set its keys one at a time "
+                                  f"(e.g. {inside[0]}=...; its keys: {some_of(inside)})")
             raise _unknown(key, _all_keys(RunConfig))
         node = nested
         parts = key.split(".")

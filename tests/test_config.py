@@ -120,6 +120,19 @@ def test_a_lone_override_string_is_one_override():
         load_config("tiny", "train.stepz=5")
 
 
+@pytest.mark.parametrize("override", ["model.field=3", "model.field={n_levels: 8}", "train=5", "model.torso=null"])
+def test_an_override_of_a_section_says_it_is_one(override):
+    """--set model.field=... said "unknown config key 'model.field'; did you mean model.field.backend, ...": the key
+    exists, as a section (a file's 'train: 5' is answered 'train: expected a mapping'). The override is refused as a
+    section, with keys of it to set one at a time."""
+    section = override.split("=")[0]
+    with pytest.raises(ConfigError) as info:
+        load_config("tiny", [override])
+    message = str(info.value)
+    assert "unknown" not in message
+    assert f"'{section}' is a section" in message and f"{section}." in message
+
+
 def test_bools_take_1_and_0():
     # YAML reads 1 and 0 as integers: the strings "1" / "0" the parser accepts never reach it from --set or a file
     assert load_config("tiny", ["train.ray_jitter=1"]).train.ray_jitter is True
