@@ -358,6 +358,9 @@ class SpeechConfig:
         for key in ("context", "width", "hidden", "steps", "batch"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"speech config '{key}' must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "block", "noise", "smooth", "weight_decay"):  # NaN and inf pass the comparisons below
+            if not abs(float(getattr(self, key))) < float("inf"):
+                raise ConfigError(f"speech config '{key}' must be a finite number, got {getattr(self, key)}")
         for key in ("dropout", "noise", "smooth", "weight_decay"):
             if not float(getattr(self, key)) >= 0:
                 raise ConfigError(f"speech config '{key}' must be >= 0, got {getattr(self, key)}")

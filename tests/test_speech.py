@@ -219,6 +219,18 @@ def test_speech_config_overrides_name_the_bad_key():
         flat_config(SpeechConfig, ["steps=many"])
 
 
+@pytest.mark.parametrize("key", ["lr", "block", "noise", "smooth", "weight_decay"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_speech_config_refuses_a_non_finite_number(key, value):
+    """speech --set lr=nan (or inf; block=nan, noise=inf, ...) passed SpeechConfig's checks ('lr <= 0' and 'noise >= 0'
+    hold for neither NaN nor inf as written) where lr=-1 is refused, and trained a network of NaN weights: the
+    fields are refused as not finite, naming the key, as the run config's train.lr is."""
+    with pytest.raises(ConfigError, match=f"'{key}' must be a finite number"):
+        flat_config(SpeechConfig, [f"{key}={value}"])
+    with pytest.raises(ConfigError, match=f"'{key}' must be a finite number"):
+        SpeechConfig(**{key: float(value)})
+
+
 def test_load_speech_converts_other_formats_and_rates(tmp_path, heads):
     _, dirs, _, _, _, _ = heads
     src = read_wav(dirs[0] / "audio.wav")
