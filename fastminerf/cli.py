@@ -103,6 +103,36 @@ def _field_docs(cls) -> Dict[str, str]:
     return docs
 
 
+class _Once(argparse.Action):
+    """A value that a command takes as a positional or as an option (synth's OUT or --out, info's RUN or --run, as
+    the other commands take --out and --run): either stores it, and the two together are a usage error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is None:  # the positional left out
+            return
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{self.metavar} given twice: as {self.metavar} and as --{self.dest}; give it once")
+        setattr(namespace, self.dest, values)
+
+
+def _positional_or_option(p: argparse.ArgumentParser, dest: str, help: str) -> None:
+    """``DEST`` as a positional (optional) and as ``--DEST`` (:class:`_Once`), default None: the command's run says
+    what leaving both out does (:func:`_given`)."""
+    metavar = dest.upper()
+    p.add_argument(dest, nargs="?", type=Path, action=_Once, default=None, metavar=metavar,
+                   help=f"{help} (or --{dest} {metavar})")
+    p.add_argument(f"--{dest}", type=Path, action=_Once, default=None, metavar=metavar, help=argparse.SUPPRESS)
+
+
+def _given(args: argparse.Namespace, dest: str) -> Path:
+    """The value of a :func:`_positional_or_option` that the command needs, or a usage error naming both ways."""
+    value = getattr(args, dest)
+    if value is None:
+        metavar = dest.upper()
+        raise ValueError(f"{args.command} needs {metavar}: fastminerf {args.command} {metavar} (or --{dest} {metavar})")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------- synth
 
 
@@ -116,7 +146,7 @@ def _add_synth(sub: "argparse._SubParsersAction") -> None:
         description="Write procedural talking heads in the shared layout (train, val and novel splits per "
         "identity) and OUT/contact_sheet.png.",
     )
-    p.add_argument("out", type=Path, help="output folder")
+    _positional_or_option(p, "out", "output folder")
     p.add_argument("--identities", type=int, default=d.n_identities, help=_field_help(SynthConfig, "n_identities"))
     p.add_argument("--frames", type=int, default=d.n_frames, help=_field_help(SynthConfig, "n_frames"))
     p.add_argument("--size", type=int, default=d.size, help=_field_help(SynthConfig, "size"))
@@ -178,6 +208,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     from .config import SynthConfig
     from .data.synth import contact_sheet, generate
 
+    args.out = _given(args, "out")
     cfg = SynthConfig(
         n_identities=args.identities,
         n_frames=args.frames,
@@ -1046,7 +1077,7 @@ def _add_demo(sub: "argparse._SubParsersAction") -> None:
 
     # run_demo's own defaults (one definition: the library call and the command run the same demo)
     d = {name: v.default for name, v in inspect.signature(run_demo).parameters.items()}
-    p.add_argument("out", nargs="?", type=Path, default=Path("demo_out"), help="demo folder (default ./demo_out)")
+    _positional_or_option(p, "out", "demo folder (default ./demo_out)")
     p.add_argument("--minutes", type=float, default=d["minutes"], help=f"wall-clock budget in minutes (default {d['minutes']:g})")
     p.add_argument("--identities", type=int, default=d["n_identities"],
                    help=f"procedural heads, one held out (default {d['n_identities']})")
@@ -1066,6 +1097,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     from .demo import run_demo
 
+    if args.out is None:
+        args.out = Path("demo_out")
     if args.device is not None:
         _device(args)  # refused before any work, naming --device
     console = _console()
@@ -1281,7 +1314,7 @@ def _add_info(sub: "argparse._SubParsersAction") -> None:
         "those that run it here (a tcnn or nerfacc run loads with auto where they are not installed), its speech model "
         "(RUN/speech.pt) when it has one, and the last logged training PSNR.",
     )
-    p.add_argument("run", type=Path, help="run folder (made by train or personalize) or checkpoint file")
+    _positional_or_option(p, "run", "run folder (made by train or personalize) or checkpoint file")
     p.add_argument("--json", action="store_true", help="print the description as JSON instead of a table")
     p.set_defaults(func=_run_info)
 
@@ -1337,6 +1370,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
     from .data.writer import json_text
 
+    args.run = _given(args, "run")
     info = run_info(args.run)
     if args.json:
         print(json_text(info, indent=1))

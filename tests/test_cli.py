@@ -290,3 +290,34 @@ def test_the_training_progress_bar_is_redrawn_once_a_second_at_most():
     with _TrainProgress(console, "train", 1000, None) as progress:
         progress(dict(step=25, seconds=2.0, loss=0.01, psnr=20.0, rays_per_s=10000.0, samples_per_ray=30.0))
         assert progress.bar.live.auto_refresh and progress.bar.live.refresh_per_second <= 1
+
+
+def test_out_and_run_are_options_in_every_command(tmp_path, capsys):
+    """train, prepare, render, eval and speech take --out (and --run); synth and demo took their folder and info its
+    run as a positional only, and `fastminerf synth --out DATA` (as every other command is typed) was refused as
+    'fastminerf: error: unrecognized arguments: --out', under the top-level usage. They take either; one given twice
+    (positional and option) is a usage error, none (synth, info) one line naming both ways."""
+    from fastminerf.cli import build_parser, main
+    from fastminerf.config import load_config
+    from fastminerf.train import train
+
+    assert main(["synth", "--out", str(tmp_path / "d"), "--identities", "1", "--frames", "2", "--size", "16",
+                 "--no-contact-sheet"]) == 0
+    assert (tmp_path / "d" / "synth.json").is_file()
+    assert build_parser().parse_args(["demo", "--out", "there"]).out == Path("there")
+    assert build_parser().parse_args(["demo", "there"]).out == Path("there")
+    train(load_config("tiny", ["train.steps=2"]), tmp_path / "d", tmp_path / "run")
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "run"), "--json"]) == 0
+    positional = capsys.readouterr().out
+    assert main(["info", "--run", str(tmp_path / "run"), "--json"]) == 0
+    assert capsys.readouterr().out == positional
+    for args in (["synth", "a", "--out", "b"], ["info", "--run", "a", "b"], ["demo", "a", "--out", "b"]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(args)
+        assert exit_.value.code == 2
+        assert "given twice" in capsys.readouterr().err
+    assert main(["synth", "--identities", "1"]) == 2
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert "synth OUT (or --out OUT)" in err and "info RUN (or --run RUN)" in err
