@@ -1055,6 +1055,18 @@ def identity_index(names, name: str, error: type = KeyError) -> int:
     return at
 
 
+def _is_string_field(key: str) -> bool:
+    """Whether the dotted ``key`` of :class:`RunConfig` holds a string (or an optional one)."""
+    import typing
+
+    cls = RunConfig
+    *sections, leaf = key.split(".")
+    for name in sections:
+        cls = _hints(cls)[name]
+    typ = _hints(cls)[leaf]
+    return typ is str or (typing.get_origin(typ) is typing.Union and str in typing.get_args(typ))
+
+
 def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
     """Apply ``key=value`` strings with dotted keys (``model.field.conditioning=concat``); values are parsed as
     YAML, then typed by the dataclass field. One string is one override; of a key given twice the last wins. They are
@@ -1079,6 +1091,8 @@ def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
                 raise ConfigError(f"'{key}' is a section of the config, not a setting: set its keys one at a time "
                                   f"(e.g. {inside[0]}=...; its keys: {some_of(inside)})")
             raise _unknown(key, _all_keys(RunConfig))
+        if isinstance(value, (bool, int, float)) and _is_string_field(key):
+            value = raw.strip()  # YAML's reading of on / yes / 0x10 / 1.10 as a boolean or a number: the text typed
         node = nested
         parts = key.split(".")
         for p in parts[:-1]:

@@ -159,6 +159,15 @@ def test_integers_take_exponent_notation(tmp_path):
             load_config("tiny", [f"train.steps={bad}"])
 
 
+@pytest.mark.parametrize("key, value", [("train.device", "on"), ("model.field.conditioning", "yes"),
+                                        ("model.field.backend", "0x10"), ("train.device", "1.10")])
+def test_a_string_field_is_refused_with_the_value_as_typed(key, value):
+    """--set train.device=on was refused as "got 'True'" (YAML reads on / yes as a boolean, 0x10 as 16, 1.10 as 1.1,
+    and the string field took str() of that): the user never typed True. A string field takes the text as given."""
+    with pytest.raises(ConfigError, match=f"got '{value}'"):
+        load_config("tiny", [f"{key}={value}"])
+
+
 @pytest.mark.parametrize("value", ["null", "~", "[cpu]", "{a: 1}"])
 def test_a_string_field_refuses_null_and_collections(value):
     with pytest.raises(ConfigError, match="train.device: expected a string"):
