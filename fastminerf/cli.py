@@ -808,7 +808,7 @@ def _run_render(args: argparse.Namespace) -> int:
         from .render import speech_path
 
         # the recording itself: the video's soundtrack as it is (its rate and channels), the model hearing 16 kHz mono
-        path = speech_path(target, args.identity, voice[0], args.speech, fps=args.fps)
+        path = speech_path(target, args.identity, voice[0], args.speech, fps=args.fps, heard=voice[1])
         if args.frames:
             path = path.head(args.frames)
         what = f"{args.identity} saying {args.speech.name}"

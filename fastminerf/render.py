@@ -585,6 +585,7 @@ def speech_path(
     speech: PathLike,
     pose_split: str = "train",
     fps: Optional[float] = None,
+    heard: Optional[Audio] = None,
 ) -> CameraPath:
     """The path that renders ``target_identity`` saying a recording (lip sync): expressions from
     :func:`fastminerf.speech.predict_expressions`, head poses and intrinsics from the target's own ``pose_split``
@@ -600,6 +601,7 @@ def speech_path(
             video's sound track); it is the path's soundtrack too.
         pose_split: the target's split whose head poses are played.
         fps: the video's frame rate (default: the target's).
+        heard: ``load_speech(speech)``, when the caller has read it already (not read again).
 
     Raises:
         RenderError: naming the missing identity or split, or a model of another expression size.
@@ -616,7 +618,7 @@ def speech_path(
     frames = table.frames_of(ident)
     own_fps = split_fps(target, pose_split, ident)
     fps = own_fps if fps is None else float(fps)
-    expr, times = predict_expressions(speech_model, load_speech(speech), fps)
+    expr, times = predict_expressions(speech_model, load_speech(speech) if heard is None else heard, fps)
     order = _time_ordered(table, frames)  # the head at its own speed: its frame at each video frame's time
     return _rows_path(table, order[pose_loop(len(order), len(expr), own_fps / fps)], expr, fps, Path(speech), times,
                       speech_model.expression_space)

@@ -310,3 +310,27 @@ def test_speech_out_onto_a_file_that_is_no_speech_model_is_refused_before_learni
     out = save_speech_model(tmp_path / "speech.pt", model)
     save_speech_model(out, model)  # an earlier speech model: replaced
     assert load_speech_model(out).identities == model.identities
+
+
+def test_render_speech_decodes_the_recording_for_the_model_once(small, tmp_path, monkeypatch):
+    """render --speech REC.mp3 read the recording for the speech model twice (ffmpeg's probes and decode each time):
+    the command reads it before the run's model (to refuse a bad one early), and speech_path, handed the file since
+    the soundtrack became the recording itself, read it again. The command's reading is handed on."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from fastminerf import load_config, speech, train
+    from fastminerf.cli import main
+
+    _, dirs, _, model = small
+    train(load_config("tiny", ["train.steps=2"]), dirs, tmp_path / "run")
+    save_speech_model(tmp_path / "run" / "speech.pt", model)
+    voice = tmp_path / "voice.mp3"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(dirs[0] / "audio.wav"),
+                    str(voice)], check=True)
+    read = []
+    monkeypatch.setattr(speech, "load_speech", lambda p: read.append(p) or load_speech(p))
+    assert main(["render", "--run", str(tmp_path / "run"), "--identity", dirs[0].name, "--speech", str(voice),
+                 "--frames", "3", "--out", str(tmp_path / "say.mp4")]) == 0
+    assert read == [voice]
