@@ -31,7 +31,7 @@ from .data.layout import AUDIO_FILE, not_a_file
 from .data.writer import replaced_atomically
 
 __all__ = ["Audio", "AudioError", "frame_soundtrack", "audio_absence", "decode_sound", "frames_at_rate", "identity_audio",
-           "read_recording", "read_wav", "write_wav"]
+           "read_recording", "read_wav", "wav_seconds", "write_wav"]
 
 PathLike = Union[str, Path]
 
@@ -94,6 +94,27 @@ def read_wav(path: PathLike, mono: bool = True) -> Audio:
     if channels == 1 or mono:
         x = np.rint(x.mean(axis=1)) if channels > 1 else x[:, 0]
     return Audio(np.clip(x, -32768, 32767).astype(np.int16), int(rate))
+
+
+def wav_seconds(path: PathLike) -> float:
+    """The length in seconds of a PCM WAV file, from its header, without reading its samples: the whole samples the
+    file holds, as :func:`read_wav` reads them (a file cut off mid-way holds fewer than its header says).
+
+    Raises:
+        AudioError: naming the file when it is missing or not a WAV file.
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f, wave.open(f, "rb") as w:
+            frame, rate, n = w.getnchannels() * w.getsampwidth(), w.getframerate(), w.getnframes()
+            held = (os.fstat(f.fileno()).st_size - f.tell()) // max(frame, 1)  # wave stops at the data's start
+    except FileNotFoundError:
+        raise AudioError(f"{p}: no such file") from None
+    except (wave.Error, EOFError) as exc:
+        raise AudioError(f"{p}: not a PCM WAV file ({exc})") from None
+    if rate <= 0:
+        raise AudioError(f"{p}: sample rate {rate}")
+    return min(n, held) / float(rate)
 
 
 def read_recording(path: PathLike) -> Audio:

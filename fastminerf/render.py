@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .backend import machine
-from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_recording, read_wav, write_wav
+from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
 from .config import as_list, counted, identity_index, identity_list, name_position
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
@@ -351,9 +351,10 @@ class CameraPath:
 
     def _past_end(self) -> Tuple[np.ndarray, float]:
         """The frames whose time lies at or past the end of the recording (heard as silence), and its seconds; none
-        when the recording is not a PCM WAV file (another format is decoded only when played)."""
+        when the recording is not a PCM WAV file (another format is decoded only when played). The length is the
+        header's: the recording is read whole only to be played."""
         try:
-            seconds = read_wav(self.audio).seconds  # type: ignore[arg-type]
+            seconds = wav_seconds(self.audio)  # type: ignore[arg-type]
         except AudioError:
             return np.zeros(0, np.int64), 0.0
         return np.flatnonzero(np.asarray(self.times) >= seconds), seconds

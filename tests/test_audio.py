@@ -202,3 +202,31 @@ def test_an_audio_wav_that_is_not_a_file_is_said_to_be_what_it_is(tmp_path):
     _, skipped = speech_clips(data, ("train",))
     assert len(skipped) == 2 and "audio.wav is a symbolic link that loops" in skipped[0], skipped
     assert "audio.wav is a folder" in skipped[1], skipped
+
+
+def test_a_paths_sound_is_checked_without_reading_the_recording_again_and_again(tmp_path, monkeypatch):
+    """render asks a path what it will say of the sound (past_recording, silent_reason) and then plays it
+    (soundtrack, which asks silent_reason again): each question read the whole recording and mixed it to mono for its
+    length, so a 10-minute 48 kHz stereo WAV given to render --speech was read four times (1.2 s and ~0.5 GB each) where
+    one reading plays it. The length is the WAV's header's (the whole samples the file holds, a truncated file's too)."""
+    from fastminerf import audio as audio_module
+    from fastminerf import render as render_module
+    from fastminerf.render import CameraPath
+
+    rec = tmp_path / "studio.wav"
+    write_wav(rec, Audio(np.stack([_tone(400, 1.0, 48000), _tone(800, 1.0, 48000)], 1), 48000))
+    n = 8
+    eye = np.repeat(np.eye(4, dtype=np.float32)[None], n, 0)
+    path = CameraPath(eye, np.tile(np.float32([20, 20, 8, 8]), (n, 1)), np.zeros((n, 4), np.float32), 16, 16, 4.0,
+                      rec, np.arange(n) / 4.0)  # frames at 0 .. 1.75 s of a 1 s recording
+    reads = []
+    for module in (audio_module, render_module):  # however render reaches it
+        monkeypatch.setattr(module, "read_wav", lambda p, *a, **k: reads.append(p) or read_wav(p, *a, **k), raising=False)
+    late = path.past_recording()
+    assert "4 of 8 frames, from 1.00 s on" in late and "(1.00 s)" in late, late
+    assert path.silent_reason() == ""
+    sound = path.soundtrack()
+    assert (sound.rate, sound.channels) == (48000, 2) and reads == [rec]  # the one reading that plays it
+    # a file cut off mid-way (an interrupted copy) holds fewer samples than its header says: counted as it is
+    rec.write_bytes(rec.read_bytes()[: 44 + 4 * 24000])
+    assert "6 of 8 frames, from 0.50 s on" in path.past_recording()
