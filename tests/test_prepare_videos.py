@@ -257,12 +257,15 @@ def test_a_bad_rate_or_frame_limit_is_refused_up_front_naming_the_setting(tmp_pa
 
 
 @pytest.mark.parametrize("bad", [dict(expression_dim=0), dict(focal_factor=0.0), dict(focal_factor=-1.65),
-                                 dict(focal_factor=float("nan")), dict(crop_scale=float("nan")), dict(crop_scale=0.0)])
+                                 dict(focal_factor=float("nan")), dict(crop_scale=float("nan")), dict(crop_scale=0.0),
+                                 dict(audio_rate=0), dict(audio_rate=-16000)])
 def test_a_bad_expression_size_lens_or_crop_is_refused_before_any_video_is_tracked(tmp_path, head_frames, bad):
     """``expression_dim=0`` (``--expression-dim 0``) was refused only once every video had been tracked and written,
     ``focal_factor=0`` crashed there with a bare ZeroDivisionError (numpy's RuntimeWarnings printed before it), a
     negative or NaN ``focal_factor`` wrote mirrored or NaN cameras as 'done', a NaN ``crop_scale`` crashed with
-    'cannot convert float NaN to integer'. They are refused up front, naming the setting, as fps is."""
+    'cannot convert float NaN to integer'. They are refused up front, naming the setting, as fps is. So is an
+    ``audio_rate`` below 1 (settable from Python only): 0 was read by extract_audio as 'the sound's own rate', and
+    audio.wav, 16 kHz by the layout, was written at 44.1 or 48 kHz without a word."""
     from fastminerf.prepare import PrepareError, prepare
 
     video = _write_video(tmp_path / "head.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))

@@ -633,6 +633,8 @@ def check_prepare(videos: Union[PathLike, Sequence[PathLike]], out_dir: PathLike
     # failed there, after the work, or wrote broken cameras.
     if cfg.expression_dim < 1:
         raise PrepareError(f"expression_dim must be at least 1, got {cfg.expression_dim}")
+    if cfg.audio_rate < 1:  # extract_audio would read no rate as the sound's own
+        raise PrepareError(f"audio_rate must be at least 1 Hz, got {cfg.audio_rate}")
     for name in ("focal_factor", "crop_scale"):
         if not (getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name))):
             raise PrepareError(f"{name} must be a positive number, got {getattr(cfg, name)}")

@@ -236,7 +236,7 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: Optional[int] = 16000
     # mp3 at 44.1 kHz, whose first sample after the encoder's priming is at 25 ms; an MPEG-TS file at 48 kHz, which
     # starts at 1.4 s) a start counted in output samples padded the sound with silence (255 samples; almost 1 s).
     origin, source_rate, channels = _starts(path)
-    rate = int(rate or min(source_rate or 48000, 48000))
+    rate = int(min(source_rate or 48000, 48000) if rate is None else rate)
     start = int(round(origin * (source_rate or rate)))
     layout = ["-ac", "1"] if mono else ["-ac", "2"] if (channels or 0) > 2 else []
     cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-copyts", "-i", _input(path), "-vn", *layout,
