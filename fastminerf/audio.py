@@ -124,7 +124,7 @@ def read_recording(path: PathLike) -> Audio:
 
     Raises:
         AudioError: naming the file when it is missing, or neither a PCM WAV file nor sound ffmpeg can decode (the
-            WAV reader's account).
+            WAV reader's account for a ``.wav`` file, ffmpeg's for any other).
     """
     p = Path(path)
     try:
@@ -135,7 +135,9 @@ def read_recording(path: PathLike) -> Audio:
         try:
             return decode_sound(p, rate=None, mono=False)
         except AudioError:
-            raise not_wav from None  # undecodable either way: the WAV reader's account of it
+            if p.suffix.lower() == ".wav":
+                raise not_wav from None  # a damaged WAV file: the WAV reader's account of it
+            raise  # anything else (an empty or damaged video): ffmpeg's
 
 
 def decode_sound(path: PathLike, rate: Optional[int] = None, mono: bool = True) -> Audio:

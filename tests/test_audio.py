@@ -230,3 +230,21 @@ def test_a_paths_sound_is_checked_without_reading_the_recording_again_and_again(
     # a file cut off mid-way (an interrupted copy) holds fewer samples than its header says: counted as it is
     rec.write_bytes(rec.read_bytes()[: 44 + 4 * 24000])
     assert "6 of 8 frames, from 0.50 s on" in path.past_recording()
+
+
+def test_a_recording_that_is_no_wav_and_no_sound_is_named_for_what_it_is(tmp_path):
+    """read_recording (a video's soundtrack: a driver video's own sound, a --speech recording) of a file that is
+    neither a PCM WAV file nor sound ffmpeg decodes gave the WAV reader's account whatever the file was: an empty or
+    damaged 'someone.mp4' was 'not a PCM WAV file ()'. A file named .wav keeps the WAV reader's account (a broken
+    WAV); any other gets ffmpeg's, naming the file."""
+    from fastminerf.audio import AudioError, read_recording
+
+    video = tmp_path / "someone.mp4"
+    video.write_bytes(b"")
+    with pytest.raises(AudioError) as err:
+        read_recording(video)
+    assert "not a PCM WAV" not in str(err.value) and "someone.mp4: cannot read its sound" in str(err.value)
+    wav = tmp_path / "broken.wav"
+    wav.write_bytes(b"RIFF")
+    with pytest.raises(AudioError, match=r"broken\.wav: not a PCM WAV file"):
+        read_recording(wav)
