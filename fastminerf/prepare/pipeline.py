@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..audio import read_wav
+from ..audio import wav_seconds
 from ..config import PrepareConfig, as_list, counted
 from ..data.layout import AUDIO_FILE, LANDMARKS_FILE, NPZ_ERRORS, PREPARE_DONE_FILE, PREPARE_FAILED_FILE, PREPARE_WORK_DIR
 from ..data.writer import LOCK_NAME, folder_locked, frame_record, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
@@ -495,7 +495,7 @@ def _frames(info: VideoInfo, fps: float, cfg: PrepareConfig, out: Path, lm: np.n
         except VideoError as exc:  # the pictures are a dataset without their sound; speech needs it, training not
             notes.append(f"its audio track could not be decoded, no audio.wav ({exc})")
         else:  # a sound track that stops before the picture: the frames after it have no sound (frame i at i / fps)
-            heard = read_wav(out / AUDIO_FILE).seconds
+            heard = wav_seconds(out / AUDIO_FILE)  # from its header: the samples are not needed
             mute = used[used / fps >= heard]
             if mute.size:
                 notes.append(f"its sound track ends at {heard:.2f} s, before the picture: {counted(mute.size, 'frame')} "
