@@ -366,7 +366,10 @@ def _run_prepare(args: argparse.Namespace) -> int:
     console = _console()
     start = time.perf_counter()
     bar, progress = _prepare_progress(console)
-    with bar, _NativeStderrTo(args.out / "prepare.log"):
+    from .data.writer import made_folder
+
+    # OUT made for the log is removed with it when nothing else was written there (every video missing)
+    with made_folder(args.out, leftovers=("prepare.log",)), bar, _NativeStderrTo(args.out / "prepare.log"):
         result = prepare(args.videos, args.out, cfg, progress=progress)
     table = Table(title=f"prepared into {result.root} ({time.perf_counter() - start:.1f} s)")
     table.add_column("video", no_wrap=True)  # whole, the table as wide as it needs (_print_whole): in a log (80

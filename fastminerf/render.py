@@ -1799,9 +1799,9 @@ def evaluate(
     held = ExitStack()
     if out is not None:  # held from the clean-up to metrics.json: another evaluation into it would mix with this one
         check_eval_out(out)
-        out.mkdir(parents=True, exist_ok=True)  # checked, and the call's refusals are behind it: made to be locked
+        # checked, and the call's refusals are behind it: made to be locked (and removed if it is left with only that)
         held.enter_context(folder_locked(out, lambda holder: RenderError(
-            f"{out} is in use by another evaluation{holder}: wait for it to end, or give another --out folder")))
+            f"{out} is in use by another evaluation{holder}: wait for it to end, or give another --out folder"), make=True))
     with held:
         if out is not None:  # an earlier evaluation's scores: beside images this one replaces, they would read as theirs
             (out / "metrics.json").unlink(missing_ok=True)

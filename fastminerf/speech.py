@@ -44,6 +44,7 @@ from torch import nn
 
 from .audio import Audio, AudioError, audio_absence, decode_sound, identity_audio, read_wav
 from .config import SpeechConfig, as_list
+from .data.writer import check_folder
 
 __all__ = [
     "MEL_BANDS",
@@ -674,7 +675,7 @@ def _scores(p: np.ndarray, t: np.ndarray, base: np.ndarray, space: Optional[str]
 
 def check_speech_out(path: PathLike) -> Path:
     """Refuse, before a model is learned, a place :func:`save_speech_model` cannot or must not write it to: a folder,
-    a file whose folder is a file or cannot be made (made here otherwise), or an existing file the model would
+    a file whose folder is a file or cannot be made (checked, not made: :func:`save_speech_model` makes it), or an existing file the model would
     replace that is no speech model (a run's ``checkpoint.pt``, a frame: ``--out`` typed in a hurry). An earlier
     speech model there (of any format version) may be replaced.
 
@@ -692,10 +693,10 @@ def check_speech_out(path: PathLike) -> Path:
         if not (isinstance(data, dict) and data.get("format") == FORMAT):
             raise SpeechError(f"{out} exists and is not a speech model: refusing to replace it; give another file "
                               "name for the model (or remove the file)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SpeechError(f"{out}: cannot make its folder {out.parent} ({exc.strerror or exc})") from None
+    # checked, not made: made when the model is written, so that a call refused later (--data TYPO) leaves no empty
+    # folder behind
+    check_folder(out.parent, "the speech model",
+                 lambda why: SpeechError(f"{out}: cannot make its folder {out.parent} ({why})"))
     return out
 
 
@@ -705,6 +706,10 @@ def save_speech_model(path: PathLike, model: SpeechModel) -> Path:
     from .train import save_checkpoint
 
     out = Path(path) if Path(path).is_dir() else check_speech_out(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpeechError(f"{out}: cannot make its folder {out.parent} ({exc.strerror or exc})") from None
     return save_checkpoint(out, what="speech model", payload={
         "format": FORMAT,
         "version": FORMAT_VERSION,

@@ -1336,14 +1336,14 @@ def _holds_run_folder(fn):
 
 def _lock_run_folder(out: Path) -> None:
     """Make the run folder ``out`` and hold ``out/.lock`` (:func:`~fastminerf.data.writer.folder_locked`) until the
-    :func:`_holds_run_folder` call ends; :class:`CheckpointError` naming the folder when it is a file, or naming it
+    :func:`_holds_run_folder` call ends (the folder, made by it, is removed then when the call left only the lock); :class:`CheckpointError` naming the folder when it is a file, or naming it
     and the holder's process id when another training or personalisation holds it."""
     if out.exists() and not out.is_dir():  # a file's name typed for the folder's: mkdir's bare 'File exists'
         raise CheckpointError(f"run folder {out} is a file, not a folder: give the folder the run goes in (--out)")
-    out.mkdir(parents=True, exist_ok=True)
+    # made here, and removed again with the lock when the call is refused before it writes there (--data TYPO)
     _held.stack.enter_context(folder_locked(out, lambda holder: CheckpointError(
         f"run folder {out} is in use by another training or personalisation{holder}: wait for it to end, or use "
-        "another --out folder")))
+        "another --out folder"), make=True))
 
 
 def _load_training_data(paths: Sequence[str], cfg: RunConfig) -> MultiIdentityDataset:

@@ -321,3 +321,32 @@ def test_out_and_run_are_options_in_every_command(tmp_path, capsys):
     assert main(["info"]) == 2
     err = capsys.readouterr().err
     assert "synth OUT (or --out OUT)" in err and "info RUN (or --run RUN)" in err
+
+
+def test_a_call_refused_for_a_missing_input_leaves_no_folder_behind(tmp_path, capsys):
+    """`train --data TYPO --out R` made R/ and left it holding only .lock when the data check failed (personalize
+    and eval --out likewise, through the same lock); `speech --data TYPO --out M/speech.pt` left M/ empty, and
+    `prepare TYPO.mp4 --out P` left P/ with an empty prepare.log. What a refused call made and left empty is gone;
+    a folder that was there is kept, and a second try finds nothing in the way."""
+    from fastminerf.cli import main
+    from fastminerf.config import load_config
+    from fastminerf.render import evaluate
+    from fastminerf.train import load_run, train
+
+    missing = str(tmp_path / "TYPO")
+    assert main(["train", "--data", missing, "--out", str(tmp_path / "R" / "run"), "--config", "tiny"]) == 2
+    assert main(["speech", "--data", missing, "--out", str(tmp_path / "M" / "speech.pt")]) == 2
+    assert main(["prepare", str(tmp_path / "TYPO.mp4"), "--out", str(tmp_path / "P")]) == 2
+    assert "TYPO" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    assert main(["train", "--data", missing, "--out", str(tmp_path / "kept"), "--config", "tiny"]) == 2
+    assert (tmp_path / "kept").is_dir()
+    generate(tmp_path / "d", n_identities=1, n_frames=4, size=16, seed=0, novel_frames=1)
+    train(load_config("tiny", ["train.steps=1"]), tmp_path / "d", tmp_path / "run")
+    assert main(["personalize", "--run", str(tmp_path / "run"), "--data", missing, "--out", str(tmp_path / "p2")]) == 2
+    assert not (tmp_path / "p2").exists()
+    _, model, _ = load_run(tmp_path / "run")
+    with pytest.raises(Exception):
+        evaluate(model, str(tmp_path / "d"), "nosuchsplit", out_dir=tmp_path / "E")
+    assert not (tmp_path / "E").exists()

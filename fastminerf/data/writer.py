@@ -19,7 +19,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -140,13 +140,55 @@ LOCK_NAME = ".lock"
 """The file in a folder that a writer holds while it writes the folder (:func:`folder_locked`)."""
 
 
+def make_folder(folder: PathLike) -> List[Path]:
+    """Make ``folder`` and the folders above it that are missing; returns those this made, deepest first (for
+    :func:`remove_if_unused`)."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_if_unused(made: Sequence[Path], leftovers: Sequence[str] = (LOCK_NAME,)) -> None:
+    """Remove the folders ``made`` (:func:`make_folder`, deepest first) that hold nothing but files named in
+    ``leftovers`` (the lock, a log nothing was written to), stopping at the first that holds more: a call refused
+    after it made its output folder (a --data path that does not exist) leaves no empty folder behind."""
+    for folder in made:
+        try:
+            names = os.listdir(folder)
+            if any(n not in leftovers or not (folder / n).is_file() for n in names):
+                return
+            for n in names:
+                (folder / n).unlink()
+            folder.rmdir()
+        except OSError:  # another writer's file appeared in it, or it cannot be removed: kept
+            return
+
+
 @contextmanager
-def folder_locked(folder: PathLike, busy: Callable[[str], BaseException]) -> Iterator[None]:
+def made_folder(folder: PathLike, leftovers: Sequence[str] = (LOCK_NAME,)) -> Iterator[Path]:
+    """Make ``folder`` (and the folders above it) for the block; when the block ends, those it made that hold nothing
+    but ``leftovers`` are removed (:func:`remove_if_unused`)."""
+    made = make_folder(folder)
+    try:
+        yield Path(folder)
+    finally:
+        remove_if_unused(made, leftovers)
+
+
+@contextmanager
+def folder_locked(folder: PathLike, busy: Callable[[str], BaseException], make: bool = False) -> Iterator[None]:
     """Hold ``folder/.lock`` (an exclusive ``flock``, released by the system when the process ends however it ends:
     a file left behind by a killed writer blocks nothing) while the block runs, with this process's id in it.
     When another writer holds it, raises ``busy(holder)``, ``holder`` being ' (process <id>)' or '' when the file
     names none. No lock where ``fcntl`` is missing (Windows), the filesystem has none (some network ones: ENOLCK,
-    EOPNOTSUPP) or the lock file cannot be made (a read-only folder): the block runs unguarded."""
+    EOPNOTSUPP) or the lock file cannot be made (a read-only folder): the block runs unguarded.
+
+    With ``make``, the folder (and those above it) is made first, and when the block ends with nothing in it but the
+    lock (the call was refused before it wrote: a --data path that does not exist), the lock file and the folders
+    made are removed, the lock still held (another writer that opened the file is refused as ever; one that comes
+    after makes its own)."""
+    made = make_folder(folder) if make else []
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
@@ -176,6 +218,7 @@ def folder_locked(folder: PathLike, busy: Callable[[str], BaseException]) -> Ite
     try:
         yield
     finally:
+        remove_if_unused(made)
         if f is not None:
             f.close()
 

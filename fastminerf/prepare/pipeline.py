@@ -40,7 +40,7 @@ import numpy as np
 from ..audio import wav_seconds
 from ..config import PrepareConfig, as_list, counted
 from ..data.layout import AUDIO_FILE, LANDMARKS_FILE, NPZ_ERRORS, PREPARE_DONE_FILE, PREPARE_FAILED_FILE, PREPARE_WORK_DIR
-from ..data.writer import LOCK_NAME, folder_locked, frame_record, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
+from ..data.writer import LOCK_NAME, folder_locked, frame_record, make_folder, remove_if_unused, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
 from ..metrics import rotation_gap_deg
 from . import background as _background
 from .contact_sheet import write_contact_sheet
@@ -685,12 +685,13 @@ def prepare(
     """
     paths, names, given = check_prepare(videos, out_dir, cfg)
     root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    made = make_folder(root)
     if given is not None and not (root / BASIS_FILE).is_file():
         given.save(root)
     results = [VideoResult(n, p, "pending") for n, p in zip(names, paths)]
     state: Dict[str, dict] = {}
     with ExitStack() as held:  # the identity folders this call writes, locked until it ends
+        held.callback(remove_if_unused, made)  # a root made for videos that all failed at once (no such file): gone
         # Stages 1 and 2, each video on its own.
         for res in results:
             try:
