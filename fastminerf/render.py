@@ -1487,6 +1487,9 @@ def write_video(
             remove_killed_writes(final.parent, f".{final.name}.", ".audio.wav")
     finally:
         for video in videos:
+    except KeyboardInterrupt as exc:  # what the command prints after 'interrupted': the video is not there
+        exc.args = (_interrupted_note(out, pngs, count),)
+        raise
             if video[2] is not None:
                 video[2].close()
             video[1].unlink(missing_ok=True)
@@ -1506,6 +1509,24 @@ def write_video(
 
 def _ffmpeg_process(writer) -> Optional["subprocess.Popen"]:
     """The ffmpeg process behind a started ``imageio_ffmpeg.write_frames`` generator (its local ``p``), whose exit
+def _interrupted_note(out: Optional[Path], pngs: Optional[Path], count: int) -> str:
+    """What a :func:`write_video` stopped after ``count`` frames leaves: no video (its part file is removed; an
+    earlier file of that name is kept as it was), the PNG frames written so far, and any an earlier render left
+    after them."""
+    said = []
+    if out is not None:
+        said.append(f"before the video {out} was written" + (" (the file there is an earlier one, left as it was)"
+                                                             if out.exists() else ""))
+    if pngs is not None:
+        if count:
+            said.append(f"{counted(count, 'PNG frame')} of this render written to {pngs} (00000.png to {count - 1:05d}.png)")
+        else:
+            said.append(f"no PNG frame written to {pngs}")
+        if any(p.stem.isdigit() and int(p.stem) >= count for p in pngs.glob("[0-9][0-9][0-9][0-9][0-9]*.png")):
+            said.append("the frames after them there are an earlier render's")
+    return "; ".join(said)
+
+
     status imageio-ffmpeg never checks; None if this imageio-ffmpeg keeps it under another name."""
     import subprocess
 

@@ -1222,3 +1222,31 @@ def test_a_killed_renders_part_file_and_soundtrack_are_removed_by_the_next_rende
         os.utime(f, (t, t))
     write_video((np.full((32, 32, 3), 0.5, np.float32) for _ in range(2)), tmp_path / "o.mp4", fps=10)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["o.mp4", live.name])
+
+
+def test_an_interrupted_video_says_it_was_not_written_and_which_png_frames_were(tmp_path):
+    """render stopped by Ctrl-C printed just 'interrupted': nothing said that OUT.mp4 was not written (its part file
+    is removed; an earlier OUT.mp4 stays as it was) nor that --png-dir holds the frames rendered so far, followed by
+    an earlier, longer render's. The interrupt carries what is on disk, for the command to print after it."""
+    from fastminerf.render import write_video
+
+    out, pngs = tmp_path / "out.mp4", tmp_path / "pngs"
+    write_video([np.zeros((8, 8, 3), np.uint8)] * 5, out, png_dir=pngs)  # an earlier, longer render
+
+    def stopped():
+        for _ in range(2):
+            yield np.full((8, 8, 3), 200, np.uint8)
+        raise KeyboardInterrupt
+
+    before = out.read_bytes()
+    with pytest.raises(KeyboardInterrupt) as stop:
+        write_video(stopped(), out, png_dir=pngs)
+    note = str(stop.value)
+    assert f"before the video {out} was written (the file there is an earlier one, left as it was)" in note
+    assert f"2 PNG frames of this render written to {pngs} (00000.png to 00001.png)" in note
+    assert "the frames after them there are an earlier render's" in note
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "pngs"]
+    assert iio.imread(pngs / "00001.png")[0, 0, 0] == 200 and iio.imread(pngs / "00002.png")[0, 0, 0] == 0
+    with pytest.raises(KeyboardInterrupt) as stop:
+        write_video(stopped(), tmp_path / "new.mp4")
+    assert str(stop.value) == f"before the video {tmp_path / 'new.mp4'} was written"
