@@ -1055,16 +1055,22 @@ def identity_index(names, name: str, error: type = KeyError) -> int:
     return at
 
 
-def _is_string_field(key: str) -> bool:
-    """Whether the dotted ``key`` of :class:`RunConfig` holds a string (or an optional one)."""
+def _kept_as_typed(value, raw: str, cls, key: str):
+    """The override ``key=raw`` of a config class ``cls`` as YAML read it (``value``), or the text as typed where YAML
+    read a boolean (on, yes) for a field that is no boolean, or a number (0x10, 1.10) for a string field: the field
+    then takes the text, or refuses it in the words the user typed ('got 'yes'', not 'got True')."""
     import typing
 
-    cls = RunConfig
+    if not isinstance(value, (bool, int, float)):
+        return value
     *sections, leaf = key.split(".")
     for name in sections:
         cls = _hints(cls)[name]
-    typ = _hints(cls)[leaf]
-    return typ is str or (typing.get_origin(typ) is typing.Union and str in typing.get_args(typ))
+    typ = _hints(cls).get(leaf)
+    kinds = typing.get_args(typ) if typing.get_origin(typ) is typing.Union else (typ,)
+    if (isinstance(value, bool) and bool not in kinds) or str in kinds:
+        return raw.strip()
+    return value
 
 
 def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
@@ -1091,8 +1097,8 @@ def apply_overrides(cfg: "RunConfig", overrides) -> "RunConfig":
                 raise ConfigError(f"'{key}' is a section of the config, not a setting: set its keys one at a time "
                                   f"(e.g. {inside[0]}=...; its keys: {some_of(inside)})")
             raise _unknown(key, _all_keys(RunConfig))
-        if isinstance(value, (bool, int, float)) and _is_string_field(key):
-            value = raw.strip()  # YAML's reading of on / yes / 0x10 / 1.10 as a boolean or a number: the text typed
+        value = _kept_as_typed(value, raw, RunConfig, key)  # YAML's reading of on / yes / 0x10 / 1.10 as a boolean
+        # or a number, where the field takes no such value: the text typed
         node = nested
         parts = key.split(".")
         for p in parts[:-1]:
@@ -1122,6 +1128,8 @@ def flat_config(cls, overrides=()):
     """A config of a flat dataclass ``cls`` (no nested configs, e.g. :class:`SpeechConfig`) from ``key=value``
     strings; values are parsed as YAML, then typed by the field. Raises :class:`ConfigError` naming an unknown key,
     a malformed override or a bad value."""
+    from dataclasses import fields as _fields
+
     import yaml
 
     data = {}
@@ -1129,10 +1137,12 @@ def flat_config(cls, overrides=()):
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. steps=1000)")
         key, raw = item.split("=", 1)
+        key = key.strip()
         try:
-            data[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            data[key.strip()] = raw
+            value = raw
+        data[key] = _kept_as_typed(value, raw, cls, key) if key in {f.name for f in _fields(cls)} else value
     return config_from_dict(data, cls=cls)
 
 

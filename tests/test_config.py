@@ -168,6 +168,23 @@ def test_a_string_field_is_refused_with_the_value_as_typed(key, value):
         load_config("tiny", [f"{key}={value}"])
 
 
+@pytest.mark.parametrize("key, value, expected", [("train.lr", "yes", "a number"), ("train.steps", "on", "an integer"),
+                                                  ("train.max_seconds", "no", "a number")])
+def test_a_number_field_is_refused_with_the_value_as_typed(key, value, expected):
+    """--set train.lr=yes (and speech --set smooth=yes) was refused as 'expected a number, got True': YAML reads yes /
+    on / no as a boolean, a value the user never typed. A field that is no boolean refuses the text as given, as a
+    string field does; a boolean field still takes yes and on, and a number as YAML reads it."""
+    from fastminerf.config import SpeechConfig, flat_config
+
+    with pytest.raises(ConfigError, match=f"{key}: expected {expected}, got '{value}'"):
+        load_config("tiny", [f"{key}={value}"])
+    for key, value in (("smooth", "yes"), ("steps", "on")):
+        with pytest.raises(ConfigError, match=f"{key}: expected .*, got '{value}'"):
+            flat_config(SpeechConfig, [f"{key}={value}"])
+    assert flat_config(SpeechConfig, ["smooth=0x10"]).smooth == 16
+    assert load_config("tiny", ["train.lr=1e-3", "sampler.balance_identities=yes"]).sampler.balance_identities
+
+
 @pytest.mark.parametrize("value", ["null", "~", "[cpu]", "{a: 1}"])
 def test_a_string_field_refuses_null_and_collections(value):
     with pytest.raises(ConfigError, match="train.device: expected a string"):
