@@ -115,12 +115,24 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _positional_or_option(p: argparse.ArgumentParser, dest: str, help: str) -> None:
+class _NeededInUsage(argparse.HelpFormatter):
+    """Help whose usage line shows a :func:`_positional_or_option` that the command needs as ``OUT``, not ``[OUT]``:
+    optional to argparse only because ``--out`` may give it instead."""
+
+    def _format_args(self, action, default_metavar):
+        if getattr(action, "needed", False) and not action.option_strings:
+            return self._metavar_formatter(action, default_metavar)(1)[0]
+        return super()._format_args(action, default_metavar)
+
+
+def _positional_or_option(p: argparse.ArgumentParser, dest: str, help: str, needed: bool = True) -> None:
     """``DEST`` as a positional (optional) and as ``--DEST`` (:class:`_Once`), default None: the command's run says
-    what leaving both out does (:func:`_given`)."""
+    what leaving both out does (:func:`_given`). One the command ``needed`` reads as required in the usage line."""
     metavar = dest.upper()
     p.add_argument(dest, nargs="?", type=Path, action=_Once, default=None, metavar=metavar,
-                   help=f"{help} (or --{dest} {metavar})")
+                   help=f"{help} (or --{dest} {metavar})").needed = needed
+    if needed:
+        p.formatter_class = _NeededInUsage
     p.add_argument(f"--{dest}", type=Path, action=_Once, default=None, metavar=metavar, help=argparse.SUPPRESS)
 
 
@@ -1080,7 +1092,7 @@ def _add_demo(sub: "argparse._SubParsersAction") -> None:
 
     # run_demo's own defaults (one definition: the library call and the command run the same demo)
     d = {name: v.default for name, v in inspect.signature(run_demo).parameters.items()}
-    _positional_or_option(p, "out", "demo folder (default ./demo_out)")
+    _positional_or_option(p, "out", "demo folder (default ./demo_out)", needed=False)
     p.add_argument("--minutes", type=float, default=d["minutes"], help=f"wall-clock budget in minutes (default {d['minutes']:g})")
     p.add_argument("--identities", type=int, default=d["n_identities"],
                    help=f"procedural heads, one held out (default {d['n_identities']})")

@@ -350,3 +350,19 @@ def test_a_call_refused_for_a_missing_input_leaves_no_folder_behind(tmp_path, ca
     with pytest.raises(Exception):
         evaluate(model, str(tmp_path / "d"), "nosuchsplit", out_dir=tmp_path / "E")
     assert not (tmp_path / "E").exists()
+
+
+def test_the_usage_line_shows_the_folder_synth_and_info_need_as_required(capsys):
+    """synth and info take OUT / RUN as a positional or as --out / --run (cb8aac7), so argparse showed the positional
+    as optional: 'usage: fastminerf synth [-h] ... [OUT]', though synth and info need one of the two. The usage reads
+    OUT and RUN as required; demo's OUT, which defaults to ./demo_out, stays optional."""
+    from fastminerf.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name, metavar in (("synth", "OUT"), ("info", "RUN")):
+        usage = commands[name].format_usage()
+        assert usage.split()[-1] == metavar and f"[{metavar}]" not in usage, usage
+    assert commands["demo"].format_usage().split()[-1] == "[OUT]"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["synth", "--size", "x"])
+    assert "[OUT]" not in capsys.readouterr().err
