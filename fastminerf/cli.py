@@ -155,8 +155,10 @@ def _add_synth(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "synth",
         help="write a procedural multi-identity talking-head dataset (ground truth) and its contact sheet",
-        description="Write procedural talking heads in the shared layout (train, val and novel splits per "
-        "identity) and OUT/contact_sheet.png.",
+        description="Write procedural talking heads in the shared layout: OUT/id000 ... one folder per identity "
+        "(transforms_{train,val,novel}.json, frames and masks under train/, val/ and novel/, bg.png, audio.wav (a "
+        "voice that follows the mouth) and synth_identity.json), OUT/synth.json (the settings, written last) and "
+        "OUT/contact_sheet.png.",
     )
     _positional_or_option(p, "out", "output folder")
     p.add_argument("--identities", type=int, default=d.n_identities, help=_field_help(SynthConfig, "n_identities"))

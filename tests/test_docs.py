@@ -282,3 +282,23 @@ def test_prepare_help_names_every_file_prepare_writes():
     for name in ("transforms_{train,val,test}.json", "frames", "masks", "bg.png", "audio.wav", "landmarks.npz",
                  "contact_sheet.png", "prepare.json", "OUT/expression_basis.npz"):
         assert name in text, name
+
+
+def test_synth_help_names_every_file_synth_writes(tmp_path):
+    """synth --help said it writes 'procedural talking heads in the shared layout ... and OUT/contact_sheet.png': not
+    the audio.wav (what speech learns from) nor the bg.png each identity gets, nor synth.json; generate()'s docstring
+    left out audio.wav. Both name every file a generation writes (checked against one)."""
+    from fastminerf.cli import build_parser
+    from fastminerf.data.synth import generate
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["synth"]
+    text = " ".join(sub.format_help().split())
+    doc = " ".join(generate.__doc__.split())
+    generate(tmp_path, n_identities=1, n_frames=4, size=16, seed=0, novel_frames=1)
+    written = [p.name for folder in (tmp_path / "id000", tmp_path) for p in sorted(folder.iterdir())
+               if not p.name.startswith(".")]  # the .lock a writer holds (README, Running it twice)
+    for name in written:
+        if name.startswith("transforms_") or name == "id000":
+            name = "transforms_{train,val,novel}.json" if name.startswith("transforms_") else "id000"
+        assert name in text, name
+        assert name in doc or name == "contact_sheet.png", name

@@ -393,8 +393,9 @@ def generate(
 ) -> List[Path]:
     """Write a procedural multi-identity talking-head dataset in the shared layout.
 
-    Writes ``out_dir/id000 ... id<I-1>`` (each with ``transforms_{train,val,novel}.json``, ``bg.png``, frames
-    and masks under ``train/``, ``val/``, ``novel/`` and ``synth_identity.json``) and ``out_dir/synth.json``
+    Writes ``out_dir/id000 ... id<I-1>`` (each with ``transforms_{train,val,novel}.json``, ``bg.png``,
+    ``audio.wav``, frames and masks under ``train/``, ``val/``, ``novel/`` and ``synth_identity.json``) and
+    ``out_dir/synth.json``
     (the settings, the expression names, the regions and each identity's withheld region). Settings are
     those of :class:`fastminerf.config.SynthConfig` (same names, same meaning).
 
