@@ -244,3 +244,18 @@ def test_a_script_run_on_a_gpu_does_not_replace_the_cpu_record(tmp_path, monkeyp
     written = json.loads((tmp_path / "results" / "render_speed_quick.json").read_text())
     assert written["settings"]["device"] == "cuda"
     assert json.loads((tmp_path / "results" / "render_speed.json").read_text())["settings"]["device"] == "cpu"
+
+
+def test_the_readme_names_the_scripts_that_take_no_out_dir(capsys):
+    """README (Benchmarks) said 'Every script in benchmarks/ takes --out DIR', but report.py takes --readme (it reads
+    benchmarks/results and rewrites the README's tables). The sentence names each script without --out DIR as one."""
+    import re
+
+    readme = " ".join((BENCH.parent / "README.md").read_text(encoding="utf-8").split())
+    claim = re.search(r"Every script in `benchmarks/`.*?takes `--out DIR`", readme)
+    assert claim, "README's Benchmarks no longer says which scripts take --out DIR"
+    for script in sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in ("__init__", "common")):
+        with pytest.raises(SystemExit):
+            importlib.import_module(f"benchmarks.{script}").main(["--help"])
+        if "--out DIR" not in capsys.readouterr().out:
+            assert f"`{script}.py`" in claim.group(0), script
