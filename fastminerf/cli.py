@@ -854,7 +854,9 @@ def _run_render(args: argparse.Namespace) -> int:
         path = path.at_fps(args.fps)
         if args.frames:
             path = path.head(args.frames)
-        late, silent = path.past_recording(), path.silent_reason()  # said of audio.wav, the video's sound to 16 kHz mono
+        # said of audio.wav, the video's sound to 16 kHz mono, which the user knows as the video's sound
+        named = None if video is None else f"the sound of {video}"
+        late, silent = path.past_recording(named), path.silent_reason(named)
         if video is not None and not silent:
             # the video's own sound, at its rate and channels: on the clock of its frames' times, as its copy is
             path = replace(path, audio=video)

@@ -335,8 +335,9 @@ class CameraPath:
                           float(fps), self.audio, times, self.expression_space,
                           None if self.sources is None else self.sources[rows])
 
-    def silent_reason(self) -> str:
-        """Why a video of this path has no sound ("" when it can have some)."""
+    def silent_reason(self, recording: Optional[str] = None) -> str:
+        """Why a video of this path has no sound ("" when it can have some); ``recording``: what to call the
+        recording in it (default its file; e.g. the driver video an audio.wav was extracted from)."""
         if self.audio is None:
             return "no audio.wav"
         what = not_a_file(self.audio)
@@ -346,7 +347,8 @@ class CameraPath:
             return "its frames carry no 'time'"
         late, seconds = self._past_end()
         if late.size and late.size == len(self):
-            return f"its frames, from {self.times.min():.2f} s on, lie past the end of {self.audio} ({seconds:.2f} s)"
+            return (f"its frames, from {self.times.min():.2f} s on, lie past the end of {recording or self.audio} "
+                    f"({seconds:.2f} s)")
         return ""
 
     def _past_end(self) -> Tuple[np.ndarray, float]:
@@ -359,10 +361,10 @@ class CameraPath:
             return np.zeros(0, np.int64), 0.0
         return np.flatnonzero(np.asarray(self.times) >= seconds), seconds
 
-    def past_recording(self) -> str:
+    def past_recording(self, recording: Optional[str] = None) -> str:
         """Which frames lie past the end of the recording, silent in the video ("" when none or when it has no
         sound at all for another reason, :meth:`silent_reason`): the recording is shorter than the frames it goes
-        with (a video whose sound track ends before its picture)."""
+        with (a video whose sound track ends before its picture). ``recording`` as for :meth:`silent_reason`."""
         if self.audio is None or not_a_file(self.audio) is not None or self.times is None \
                 or not np.all(np.isfinite(self.times)):
             return ""
@@ -370,9 +372,9 @@ class CameraPath:
         if not late.size:
             return ""
         if late.size == len(self):
-            return self.silent_reason()
+            return self.silent_reason(recording)
         return (f"{late.size} of {counted(len(self), 'frame')}, from {self.times[late].min():.2f} s on, lie past the "
-                f"end of {self.audio} ({seconds:.2f} s): silent there")
+                f"end of {recording or self.audio} ({seconds:.2f} s): silent there")
 
     def soundtrack(self, fps: Optional[float] = None) -> Optional[Audio]:
         """The sound of a video of this path played at ``fps`` (default the path's), or None when
@@ -1485,11 +1487,11 @@ def write_video(
             final = video[0]
             remove_killed_writes(final.parent, f".{final.stem}.", f".part{final.suffix}")
             remove_killed_writes(final.parent, f".{final.name}.", ".audio.wav")
-    finally:
-        for video in videos:
     except KeyboardInterrupt as exc:  # what the command prints after 'interrupted': the video is not there
         exc.args = (_interrupted_note(out, pngs, count),)
         raise
+    finally:
+        for video in videos:
             if video[2] is not None:
                 video[2].close()
             video[1].unlink(missing_ok=True)
@@ -1507,8 +1509,6 @@ def write_video(
                      alpha_path=matte)
 
 
-def _ffmpeg_process(writer) -> Optional["subprocess.Popen"]:
-    """The ffmpeg process behind a started ``imageio_ffmpeg.write_frames`` generator (its local ``p``), whose exit
 def _interrupted_note(out: Optional[Path], pngs: Optional[Path], count: int) -> str:
     """What a :func:`write_video` stopped after ``count`` frames leaves: no video (its part file is removed; an
     earlier file of that name is kept as it was), the PNG frames written so far, and any an earlier render left
@@ -1527,6 +1527,8 @@ def _interrupted_note(out: Optional[Path], pngs: Optional[Path], count: int) -> 
     return "; ".join(said)
 
 
+def _ffmpeg_process(writer) -> Optional["subprocess.Popen"]:
+    """The ffmpeg process behind a started ``imageio_ffmpeg.write_frames`` generator (its local ``p``), whose exit
     status imageio-ffmpeg never checks; None if this imageio-ffmpeg keeps it under another name."""
     import subprocess
 

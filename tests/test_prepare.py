@@ -648,6 +648,16 @@ def test_a_raw_video_drives_with_its_own_sound_or_says_it_has_none(tmp_path, cap
     assert onset == pytest.approx(0.2, abs=0.005)
     right = np.abs(np.fft.rfft(played[4800:4800 + 4096, 1]))
     assert np.argmax(right) * 48000 / 4096 == pytest.approx(10000, abs=50)
+    # a video whose sound ends before its picture: the frames past it are said to lie past the end of the video's
+    # sound, not of RUN/drivers/.../audio.wav (the cached copy, a file the user never made)
+    short = tmp_path / "short.mp4"
+    subprocess.run([ff, "-nostdin", "-v", "error", "-y", "-i", str(tmp_path / "head.mp4"), "-f", "lavfi", "-i",
+                    "sine=f=440:r=48000:d=0.2", "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac",
+                    str(short)], check=True)
+    assert main(["render", "--run", str(tmp_path / "run"), "--identity", "head", "--drive", str(short),
+                 "--frames", "12", "--out", str(tmp_path / "short_out.mp4")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"lie past the end of the sound of {short} (" in said and "audio.wav" not in said, said
     # a video without sound: named as such
     assert main(["render", "--run", str(tmp_path / "run"), "--identity", "head", "--drive", str(tmp_path / "head.mp4"),
                  "--frames", "4", "--out", str(tmp_path / "mute.mp4")]) == 0
