@@ -284,3 +284,17 @@ def test_an_integer_argument_given_as_floats_is_refused_not_truncated(op, backen
         call(torch.tensor([0.5, 1.7]))
     for dtype in (torch.int32, torch.int64):
         call(torch.tensor([0, 1], dtype=dtype))
+
+
+def test_a_texture_layer_out_of_range_is_named():
+    """texture_lookup with a layer outside the texture's raised torch's bare 'IndexError: index out of range in self',
+    naming neither layer nor the texture's layers. It is named when the lookup fails, not checked ahead: a range check
+    on a CUDA tensor's values would wait for the GPU on the training path."""
+    from fastminerf.ops.texture import texture_lookup
+
+    texture, uv = torch.rand(3, 4, 4, 2), torch.rand(2, 2)
+    for bad in ([0, 3], [-4, 1]):
+        with pytest.raises(IndexError, match=r"layer must be in 0\.\.2 \(the texture's 3 layers\)"):
+            texture_lookup(texture, torch.tensor(bad), uv)
+    assert texture_lookup(texture, torch.tensor([0, 2]), uv).shape == (2, 2)
+

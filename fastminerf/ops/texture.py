@@ -37,7 +37,13 @@ def texture_lookup(texture: torch.Tensor, layer: torch.Tensor, uv: torch.Tensor)
     flat = texture.reshape(t * ry * rx, c)
 
     def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-        return flat.index_select(0, base + yy * rx + xx)
+        # the rows and columns are clamped: only a layer outside 0..T-1 reads outside the texture. Named when torch
+        # raises (on the CPU), not checked ahead: a range check on a CUDA tensor's values would wait for the GPU
+        try:
+            return flat.index_select(0, base + yy * rx + xx)
+        except IndexError:
+            raise IndexError(f"layer must be in 0..{t - 1} (the texture's {t} layers), got values from "
+                             f"{int(layer.min())} to {int(layer.max())}") from None
 
     top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx
     bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx
