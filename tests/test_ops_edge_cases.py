@@ -298,3 +298,13 @@ def test_a_texture_layer_out_of_range_is_named():
             texture_lookup(texture, torch.tensor(bad), uv)
     assert texture_lookup(texture, torch.tensor([0, 2]), uv).shape == (2, 2)
 
+
+def test_the_bitfield_reference_checks_its_levels_as_pack_bitfield_does():
+    """pack_bitfield_reference called directly with levels=0 raised ZeroDivisionError (pack_bitfield checked it, its
+    reference did not). Both check the same (shapes only, no tensor's values)."""
+    from fastminerf.ops.occupancy import pack_bitfield_reference
+
+    with pytest.raises(ValueError, match="levels must be >= 1, got 0"):
+        pack_bitfield_reference(torch.rand(16), 0.5, 0)
+    with pytest.raises(ValueError, match="occs must be a float32 vector"):
+        pack_bitfield_reference(torch.rand(15), 0.5, 2)

@@ -269,8 +269,18 @@ def occupancy_threshold(occs: torch.Tensor, occ_threshold: float = 0.01) -> floa
     return float(torch.clamp(visible.mean(), max=_f32(occ_threshold)).item())
 
 
+def _check_bitfield_input(occs: torch.Tensor, levels: int) -> None:
+    """What :func:`pack_bitfield` and its reference take: ``levels`` >= 1 and a float32 vector of L*C values (shapes
+    only: no value of a CUDA tensor is read)."""
+    if not levels >= 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    if occs.dim() != 1 or occs.dtype != torch.float32 or occs.numel() % levels:
+        raise ValueError(f"occs must be a float32 vector of L*C values, got {occs.dtype} {tuple(occs.shape)}")
+
+
 def pack_bitfield_reference(occs: torch.Tensor, threshold: float, levels: int) -> torch.Tensor:
     """Pure-PyTorch bitfield: occs (L*C,) -> (L, ceil(C/8)) uint8, bit set where ``occs > threshold``."""
+    _check_bitfield_input(occs, levels)
     cells = occs.numel() // levels
     bits = (occs > torch.tensor(threshold, dtype=torch.float32, device=occs.device)).view(levels, cells)
     pad = (-cells) % 8
@@ -282,10 +292,7 @@ def pack_bitfield_reference(occs: torch.Tensor, threshold: float, levels: int) -
 
 def pack_bitfield(occs: torch.Tensor, threshold: float, levels: int, backend: str = "native") -> torch.Tensor:
     """Bitfield (L, ceil(C/8)) uint8 of ``occs > threshold`` for occs (L*C,) float32 (level-major)."""
-    if not levels >= 1:
-        raise ValueError(f"levels must be >= 1, got {levels}")
-    if occs.dim() != 1 or occs.dtype != torch.float32 or occs.numel() % levels:
-        raise ValueError(f"occs must be a float32 vector of L*C values, got {occs.dtype} {tuple(occs.shape)}")
+    _check_bitfield_input(occs, levels)
     threshold = _f32(threshold)
     if backend == "torch":
         return pack_bitfield_reference(occs, threshold, levels)
