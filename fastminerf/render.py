@@ -706,7 +706,8 @@ def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size
                       max_frames: Optional[int] = None, progress=None, fps: Optional[float] = None) -> Path:
     """Prepare a raw video as a driver in a trained model's expression space: :func:`fastminerf.prepare.prepare`
     with the training data's ``basis`` and every frame in ``train`` (the first ``max_frames``, at least 3: prepare's
-    minimum; at ``fps``, default the video's own rate), into ``out_root`` (a cache: a second call with the same video and settings finds it done). Returns the
+    minimum; at ``fps``, default the video's own rate; a video of fewer than prepare's 10 frames at that rate with
+    all of them), into ``out_root`` (a cache: a second call with the same video and settings finds it done). Returns the
     driver's identity folder.
 
     Raises:
@@ -717,9 +718,19 @@ def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size
 
     from .prepare import MediapipeMissing
 
+    from .prepare.video import VideoError, probe
+
     # prepare refuses a video of fewer than 3 frames: a driver of 1 or 2 is prepared with 3 and cut by the caller
     take = None if max_frames is None else max(3, int(max_frames))
-    min_frames = PrepareConfig.min_frames if take is None else min(PrepareConfig.min_frames, take)
+    # prepare's 10-frame minimum is for training data (val and test frames), which a driver has none of: a video with
+    # fewer frames at the rate it is read (a short clip, or a low fps) drives with all of them, as --frames N of a
+    # longer one does; a longer one whose face is found in fewer frames is still refused with the detector's account
+    try:
+        info = probe(video, fps)
+        held = int(info.duration * float(fps or info.fps) + 1e-6) if info.duration > 0 else None
+    except VideoError:  # prepare says what is wrong with the file
+        held = None
+    min_frames = max(3, min([PrepareConfig.min_frames] + [n for n in (take, held) if n is not None]))
     cfg = PrepareConfig(size=int(size), fps=None if fps is None else float(fps), max_frames=take, val_fraction=0.0, test_fraction=0.0, basis=str(basis),
                         min_frames=min_frames, overwrite=True)  # the cache is ours: other settings replace it
     try:

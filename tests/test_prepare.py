@@ -540,6 +540,33 @@ def test_a_raw_video_drives_one_or_two_frames(tmp_path):
         assert len(read_transforms(out / "transforms_train.json").c2w) >= n
 
 
+def test_a_short_raw_video_drives_at_its_rate_and_below_it(tmp_path):
+    """A driver video of fewer than prepare's 10 frames at the rate it is read (a 0.36 s clip at 25 fps; the same
+    clip at ``render --fps 10``, 4 frames) was refused, 'only 4 frames (at least 10 needed; a face was found in
+    every one)', where ``--frames 4`` of it drove: render has no --min-frames to give, and a driver needs no val or
+    test frames. Every frame of such a clip drives; a face missing from most frames is still refused."""
+    import imageio.v3 as iio
+
+    from fastminerf.data.synth import generate
+    from fastminerf.prepare import prepare
+    from fastminerf.render import RenderError, driver_from_video
+
+    d = generate(tmp_path / "synth", n_identities=1, n_frames=24, size=128, seed=0, novel_frames=1)[0]
+    frames = [iio.imread(p)[..., :3] for split in ("train", "val") for p in sorted((d / split).glob("[0-9][0-9][0-9][0-9].png"))]
+    _write_video(tmp_path / "head.mp4", frames)
+    assert prepare([tmp_path / "head.mp4"], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)
+                   ).videos[0].status == "done"  # the training data's basis
+    basis = tmp_path / "data" / "expression_basis.npz"
+    _write_video(tmp_path / "short.mp4", frames[:9])  # 0.36 s at 25 fps
+    for fps, n in ((None, 9), (10.0, 4)):
+        out = driver_from_video(tmp_path / "short.mp4", basis, tmp_path / f"drivers{fps}", 64, fps=fps)
+        assert len(read_transforms(out / "transforms_train.json").c2w) == n
+    # a face in 4 of 30 frames: the detector's account, as before, not a 4-frame driver
+    _write_video(tmp_path / "faceless.mp4", frames[:4] + [np.zeros_like(frames[0])] * 26)
+    with pytest.raises(RenderError, match="a face was found in only 4 of 30 frames"):
+        driver_from_video(tmp_path / "faceless.mp4", basis, tmp_path / "drivers_faceless", 64)
+
+
 def test_a_raw_procedural_video_drives_a_model_trained_on_prepared_videos(tmp_path, capsys, monkeypatch):
     """``render --drive VIDEO`` without the real clips: videos of procedural heads, prepared, trained on for two
     steps, then a third head's video as the driver (CI runs this; the real-clip test adds sound)."""
