@@ -946,3 +946,17 @@ def test_sound_at_another_rate_than_audio_wav_keeps_its_time(tmp_path, suffix, c
         heard = load_speech(src)
         assert len(heard.samples) == 48000
         assert _onset_s(heard.samples.astype(np.float64)) == pytest.approx(1.0, abs=0.003)
+
+
+def test_too_few_frames_at_the_rate_asked_names_that_rate(tmp_path, head_frames):
+    """``prepare VIDEO --fps 5`` of a 0.48 s video (12 frames at 25 fps) failed with 'VIDEO: only 3 frames (at
+    least 8 needed; ...)', which left the user to work out that the rate they gave made them so few. The error says
+    the rate the frames were read at, and the video's own where that differs."""
+    from fastminerf.prepare import prepare
+
+    video = _write_video(tmp_path / "short.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    got = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=8, fps=5.0)).videos[0]
+    assert got.status == "failed"
+    assert f"{video}: only 3 frames at 5 fps (the video's own rate: 25 fps; at least 8 needed" in got.error
+    got = prepare([video], tmp_path / "own", PrepareConfig(size=64, expression_dim=4, min_frames=13)).videos[0]
+    assert f"{video}: only 12 frames at 25 fps (at least 13 needed" in got.error

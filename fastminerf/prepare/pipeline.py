@@ -813,8 +813,9 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     res.frames_total, res.frames_used = int(len(lm)), int(ok.sum())
     res.frames_dropped = res.frames_total - res.frames_used
     if res.frames_used < cfg.min_frames and res.frames_used == res.frames_total:
-        raise PrepareError(f"{res.video}: only {res.frames_total} frames (at least {cfg.min_frames} needed; a face was "
-                           f"found in every one)")
+        own = f"the video's own rate: {info.fps:g} fps; " if fps != info.fps else ""  # the rate --fps made them at
+        raise PrepareError(f"{res.video}: only {res.frames_total} frames at {fps:g} fps ({own}at least {cfg.min_frames} "
+                           f"needed; a face was found in every one)")
     if res.frames_used < cfg.min_frames:
         raise PrepareError(
             f"{res.video}: a face was found in only {res.frames_used} of {res.frames_total} frames (at least "
