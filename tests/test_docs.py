@@ -302,3 +302,29 @@ def test_synth_help_names_every_file_synth_writes(tmp_path):
             name = "transforms_{train,val,novel}.json" if name.startswith("transforms_") else "id000"
         assert name in text, name
         assert name in doc or name == "contact_sheet.png", name
+
+
+def test_readme_says_what_exit_statuses_mean_and_what_an_interrupted_render_leaves(tmp_path):
+    """The README gave exit statuses only for synth's and prepare's Ctrl-C (130 / 143): not the 2 of every refused
+    call (what a script tests), that a refused call leaves no folder it made, nor what a render stopped by Ctrl-C
+    leaves (9930190: no OUT.mp4, the --png-dir frames written so far), which the command says on its last line."""
+    import numpy as np
+    import pytest
+
+    from fastminerf.cli import main
+    from fastminerf.render import write_video
+
+    out = tmp_path / "new" / "data"
+    assert main(["synth", "--out", str(out), "--identities", "0"]) == 2 and not out.parent.exists()
+
+    def stopped():
+        yield np.zeros((8, 8, 3), np.uint8)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as stop:
+        write_video(stopped(), tmp_path / "OUT.mp4", png_dir=tmp_path / "DIR")
+    said = " ".join(f"interrupted {stop.value}".replace(str(tmp_path) + "/", "").split()[:6])  # 'interrupted before the video OUT.mp4 was written;'
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "status 2" in readme
+    assert "leaves no folder it made" in readme
+    assert f"`{said}" in readme, said
