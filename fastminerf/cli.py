@@ -744,8 +744,9 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
                         "alpha, and beside OUT.mp4 a grey matte video OUT_alpha.mp4 (white = the person; mp4 has no "
                         "alpha channel). Not with --beside-driver")
     p.add_argument("--no-audio", dest="audio", action="store_false",
-                   help="a silent video (default: a driven video carries the driver's audio.wav, or a driver video's own "
-                        "sound, cut to its frames)")
+                   help="a silent video (default: a --drive video carries the driver's audio.wav, or a driver video's own "
+                        "sound, cut to its frames; a --speech video the recording, at its own rate and channels; an "
+                        "orbit has no sound)")
     p.add_argument("--beside-driver", action="store_true",
                    help="with --drive: each frame shows the driver's frame left of the render, labelled, to judge the "
                         "transfer by (both enlarged to at least 128 px)")

@@ -328,3 +328,15 @@ def test_readme_says_what_exit_statuses_mean_and_what_an_interrupted_render_leav
     assert "status 2" in readme
     assert "leaves no folder it made" in readme
     assert f"`{said}" in readme, said
+
+
+def test_render_help_of_no_audio_says_what_each_kind_of_video_carries_without_it():
+    """render --help's --no-audio said 'default: a driven video carries the driver's audio.wav, or a driver video's own
+    sound': nothing of --speech, whose video carries the recording (at its own rate and channels since 4545bc1) and
+    which --no-audio silences too, nor that an orbit has no sound to silence."""
+    from fastminerf.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["render"]
+    action = next(a for a in sub._actions if "--no-audio" in a.option_strings)
+    assert "--speech" in action.help and "recording" in action.help, action.help
+    assert "orbit" in action.help, action.help
