@@ -340,3 +340,18 @@ def test_render_help_of_no_audio_says_what_each_kind_of_video_carries_without_it
     action = next(a for a in sub._actions if "--no-audio" in a.option_strings)
     assert "--speech" in action.help and "recording" in action.help, action.help
     assert "orbit" in action.help, action.help
+
+
+def test_the_native_ops_docs_say_a_second_derivative_needs_the_reference():
+    """Since 380bd2e a second derivative through a native op (create_graph=True: a penalty on the density's gradient)
+    raises, where it was silently wrong; hash_encode, composite and mlp_head still said 'differentiable with respect to
+    ...' without a word of it, nor did the README's engine section or the ops package: a user learnt it from the
+    error, after writing the loss."""
+    from fastminerf import ops
+
+    for fn in (ops.hash_encode, ops.composite, ops.mlp_head):
+        doc = " ".join(fn.__doc__.split())
+        assert "second derivative" in doc and "backend=\"torch\"" in doc, fn.__name__
+    assert "second derivative" in " ".join(ops.__doc__.split())
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "second derivative" in readme

@@ -1,5 +1,6 @@
 """Functional core. Each kernel (the hash encoding, the occupancy update, bitfield and marcher, compositing, the
-fused MLP head) has a native implementation (C++ CPU / CUDA) and a pure-PyTorch reference of the same function;
+fused MLP head) has a native implementation (C++ CPU / CUDA) and a pure-PyTorch reference of the same function
+(the native backward gives first derivatives only: a second derivative, ``create_graph=True``, needs the reference);
 the small helpers beside them (:func:`distortion_loss`, :func:`unpack_bitfield`, :func:`occupancy_threshold`,
 :func:`cascade_aabbs`, :func:`ray_indices_from_offsets`, and :func:`fastminerf.ops.texture.texture_lookup`, the
 torso layer's lookup) are plain PyTorch only."""

@@ -21,7 +21,8 @@ in the reference and in float64, a short series (within 2 ulp) in the float32 ke
 Backends: ``native`` (the C++ CPU and CUDA kernels of ``cuda/include/fastminerf/composite.h``, chosen by the
 tensors' device) and ``torch`` (:func:`composite_reference`, the same function in plain PyTorch, differentiated by
 autograd). Both are differentiable with respect to ``sigmas`` and ``rgbs`` through all four outputs (weights
-included); neither is differentiable with respect to ``t_starts`` / ``t_ends``.
+included); neither is differentiable with respect to ``t_starts`` / ``t_ends``. The native backward is not
+differentiable itself: a second derivative needs ``torch`` (the native one raises, naming the op).
 
 Shapes: ``N`` rays, ``S`` packed samples.
 """
@@ -176,7 +177,9 @@ def composite(
 
     Returns:
         :class:`CompositeResult` ``(color (N, 3), opacity (N,), depth (N,), weights (S,))``, differentiable with
-        respect to ``sigmas`` and ``rgbs`` (through all four), not ``t_starts`` / ``t_ends``.
+        respect to ``sigmas`` and ``rgbs`` (through all four), not ``t_starts`` / ``t_ends``; a second derivative
+        (a gradient taken with ``create_graph=True`` differentiated again) only with ``backend="torch"``: the native
+        backward raises, naming the op.
         float32 and float64 inputs are supported; all float inputs share one dtype.
 
     Example:

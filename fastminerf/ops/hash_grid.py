@@ -239,7 +239,9 @@ class _HashEncodeNative(torch.autograd.Function):
 def hash_encode(points: torch.Tensor, table: torch.Tensor, levels: HashGridLevels, backend: str = "native",
                 salt: torch.Tensor | None = None) -> torch.Tensor:
     """Hash-encode points (N, 3) in [0, 1]^3 with ``table`` (rows, F) -> features (N, L*F), feature
-    ``l*F + f`` being feature f of level l. Differentiable with respect to ``table`` and ``points``.
+    ``l*F + f`` being feature f of level l. Differentiable with respect to ``table`` and ``points``; a second
+    derivative (a gradient taken with ``create_graph=True`` differentiated again) only with ``backend="torch"``: the
+    native backward raises, naming the op.
     ``salt`` (N,) non-negative integers (identity ids) is required when ``levels`` has identity levels.
 
     ``backend``: "native" (compiled kernels for the tensors' device) or "torch" (reference). Points outside

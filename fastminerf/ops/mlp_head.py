@@ -58,8 +58,9 @@ class _MLPHeadNative(torch.autograd.Function):
 def mlp_head(x: torch.Tensor, pre: torch.Tensor, ray_indices: Optional[torch.Tensor], w1: torch.Tensor,
              w2: torch.Tensor, b2: torch.Tensor, backend: str = "native") -> torch.Tensor:
     """The fused head ``relu(x W1^T + pre[ray_indices]) W2^T + b2`` -> (S, O); differentiable with respect to
-    ``x``, ``pre``, ``w1``, ``w2`` and ``b2``. ``backend``: "native" (compiled kernels for the tensors' device) or
-    "torch" (reference).
+    ``x``, ``pre``, ``w1``, ``w2`` and ``b2``; a second derivative (a gradient taken with ``create_graph=True``
+    differentiated again) only with ``backend="torch"``: the native backward raises, naming the op. ``backend``:
+    "native" (compiled kernels for the tensors' device) or "torch" (reference).
 
     Example:
         >>> x, pre = torch.randn(5, 8), torch.randn(2, 16)
