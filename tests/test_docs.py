@@ -355,3 +355,25 @@ def test_the_native_ops_docs_say_a_second_derivative_needs_the_reference():
     assert "second derivative" in " ".join(ops.__doc__.split())
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     assert "second derivative" in readme
+
+
+def test_dataset_md_says_what_audio_wav_may_hold_and_a_driven_video_plays_it_as_it_is(tmp_path):
+    """docs/DATASET.md called audio.wav an 'optional speech track aligned with the frames' without its format: a
+    converter's author could not tell whether a 48 kHz stereo recording must be made 16 kHz mono (prepare's), which
+    speech and, since e42c4f9, a driven video's soundtrack take as it is (the video at its rate and channels)."""
+    import numpy as np
+
+    from fastminerf.audio import Audio, write_wav
+    from fastminerf.data import load_dataset
+    from fastminerf.data.synth import generate
+    from fastminerf.render import drive_path
+
+    generate(tmp_path / "d", n_identities=1, n_frames=4, size=16, seed=0, novel_frames=1)
+    wav = tmp_path / "d" / "id000" / "audio.wav"
+    write_wav(wav, Audio(np.zeros((48000, 2), np.int16), 48000))
+    data = load_dataset([tmp_path / "d"], splits=("train",))
+    sound = drive_path(data, "id000", data, "train").soundtrack()
+    assert (sound.rate, sound.channels) == (48000, 2)
+    row = next(line for line in (ROOT / "docs" / "DATASET.md").read_text(encoding="utf-8").splitlines()
+               if line.strip().startswith("audio.wav"))
+    assert "PCM WAV" in row and "any rate" in row and "16 kHz mono" in row, row
