@@ -13,7 +13,9 @@ A video's soundtrack is the recording as it is (:func:`read_recording`: its own 
 stereo recording is heard so in the video; the speech model reads its own copy at 16 kHz mono
 (:func:`fastminerf.speech.load_speech`).
 
-Pure functions on numpy arrays plus small WAV helpers (the standard library's ``wave``); no printing.
+Pure functions on numpy arrays plus small WAV helpers (the standard library's ``wave``); a recording in any other
+format (mp3, m4a, float WAV, a video's sound track) is decoded by the ffmpeg imageio-ffmpeg bundles
+(:func:`decode_sound`, :func:`read_recording`). No printing.
 """
 
 from __future__ import annotations

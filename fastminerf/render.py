@@ -1586,8 +1586,9 @@ def render_video(
     driver frames (an orbit, a recording's) is refused.
 
     With ``audio`` (default) and a path that has a recording and frame times (a driven path whose driver has
-    ``audio.wav``), the mp4 carries the sound of each frame at its own time (:meth:`CameraPath.soundtrack`), so
-    the target speaks with the driver's voice in sync with the driver's mouth.
+    ``audio.wav``, a :func:`speech_path`'s recording), the mp4 carries the sound of each frame at its own time
+    (:meth:`CameraPath.soundtrack`), the recording at its own rate and channels, so the target speaks with the
+    driver's voice in sync with the driver's mouth (or says the recording).
 
     ``background`` is what the person is composited over (:func:`background_image`: an image, a colour or an image
     file; white when None). With ``alpha`` the frames carry the person's opacity too (:func:`write_video`: PNG frames

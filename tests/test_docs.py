@@ -377,3 +377,22 @@ def test_dataset_md_says_what_audio_wav_may_hold_and_a_driven_video_plays_it_as_
     row = next(line for line in (ROOT / "docs" / "DATASET.md").read_text(encoding="utf-8").splitlines()
                if line.strip().startswith("audio.wav"))
     assert "PCM WAV" in row and "any rate" in row and "16 kHz mono" in row, row
+
+
+def test_the_soundtrack_docstrings_say_where_it_comes_from_and_how_it_is_read(tmp_path):
+    """render_video's docstring gave the mp4 sound only for 'a driven path whose driver has audio.wav': not a
+    speech_path's recording (render --speech), nor that the recording is played at its own rate and channels
+    (4545bc1, e42c4f9); fastminerf.audio called itself 'pure functions on numpy arrays plus small WAV helpers (the
+    standard library's wave)', though read_recording and decode_sound run ffmpeg for any other file (an mp3)."""
+    import numpy as np
+
+    from fastminerf import audio
+    from fastminerf.audio import Audio, decode_sound, write_wav
+    from fastminerf.render import render_video
+
+    write_wav(tmp_path / "a.wav", Audio(np.zeros((4410, 2), np.int16), 44100))
+    assert decode_sound(tmp_path / "a.wav", rate=16000).rate == 16000  # through ffmpeg
+    module = " ".join(audio.__doc__.split())
+    assert "ffmpeg" in module, module
+    doc = " ".join(render_video.__doc__.split())
+    assert "speech_path" in doc and "own rate and channels" in doc, doc
