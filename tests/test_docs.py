@@ -396,3 +396,25 @@ def test_the_soundtrack_docstrings_say_where_it_comes_from_and_how_it_is_read(tm
     assert "ffmpeg" in module, module
     doc = " ".join(render_video.__doc__.split())
     assert "speech_path" in doc and "own rate and channels" in doc, doc
+
+
+def test_readme_says_what_a_stopped_eval_or_speech_leaves(tmp_path, monkeypatch):
+    """A stopped eval --out or speech printed only 'interrupted', and the README said what a stopped train,
+    personalize, synth, prepare or render leaves, not these: eval --out keeps the side-by-side images of the frames
+    scored so far and has no metrics.json (an earlier one was removed at the start); speech writes no model (a
+    folder made for it is removed)."""
+    import fastminerf.speech
+    from fastminerf.cli import main
+    from fastminerf.data.synth import generate
+
+    generate(tmp_path / "d", n_identities=1, n_frames=6, size=16, seed=0, novel_frames=1)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fastminerf.speech, "train_speech", stopped)
+    assert main(["speech", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m" / "speech.pt")]) == 130
+    assert not (tmp_path / "m").exists()
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "A stopped `speech` writes no model" in readme
+    assert "A stopped `eval --out` writes no `metrics.json`" in readme
