@@ -445,3 +445,11 @@ def test_readmes_speech_section_names_the_library_calls_that_make_a_lip_sync_vid
     path = fm.speech_path(data, "id000", fm.load_speech_model(tmp_path / "speech.pt"), tmp_path / "d" / "id000" / "audio.wav")
     info = fm.render_video(result.model, path, "id000", tmp_path / "out.mp4", aabb=result.model.aabb.tolist())
     assert info.audio_seconds > 0 and (tmp_path / "out.mp4").is_file()
+
+
+def test_readme_layout_says_what_audio_py_does_now():
+    """The Layout called audio.py 'a driver's speech cut to its frames'; since 4545bc1 it also reads the recording of
+    render --speech (read_recording: any file ffmpeg decodes, at its own rate and channels), the soundtrack of every
+    video with sound."""
+    entry = re.search(r"audio\.py \((.*?)\)", " ".join(_layout().split())).group(1)
+    assert "recording" in entry, entry
