@@ -472,7 +472,19 @@ def test_texture_flow_starts_at_zero_then_moves_the_texture_with_the_conditionin
 
 def test_distortion_loss_and_modulation_train(tiny_data, tmp_path):
     # The distortion loss and FiLM modulation are optional parts of the objective and the heads: both must train.
-    _trains(tiny_data, tmp_path / "dist", ["train.distortion_weight=0.01", "model.field.modulate=true"])
+    # A run that learns was all this checked: it passed with the distortion term left out of the loss, and with the
+    # modulation's scales never made or never used (the plain additive head learns as well).
+    from fastminerf.field import _SplitInputHead
+
+    model = _trains(tiny_data, tmp_path / "dist", ["train.distortion_weight=0.01", "model.field.modulate=true"])
+    scales = [m.scale.weight.detach() for m in model.modules() if isinstance(m, _SplitInputHead) and m.scale is not None]
+    assert scales and all(float(s.abs().max()) > 0 for s in scales)  # zero-initialised: learned, so in the forward pass
+    first = {}
+    for weight in (0.0, 1.0):  # the same first batch through the same initial weights: only the objective differs
+        train(load_config("tiny", ["train.steps=1", "train.log_every=1", f"train.distortion_weight={weight}"]),
+              _two(tiny_data), tmp_path / f"d{weight}")
+        first[weight] = _log(tmp_path / f"d{weight}")[0]
+    assert first[1.0]["psnr"] == first[0.0]["psnr"] and first[1.0]["loss"] > first[0.0]["loss"], first
 
 
 def test_personalize_adds_an_identity_without_touching_shared_size(tiny_data, trained, tmp_path):
