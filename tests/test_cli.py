@@ -330,6 +330,7 @@ def test_a_call_refused_for_a_missing_input_leaves_no_folder_behind(tmp_path, ca
     a folder that was there is kept, and a second try finds nothing in the way."""
     from fastminerf.cli import main
     from fastminerf.config import load_config
+    from fastminerf.data import load_dataset
     from fastminerf.render import evaluate
     from fastminerf.train import load_run, train
 
@@ -347,8 +348,8 @@ def test_a_call_refused_for_a_missing_input_leaves_no_folder_behind(tmp_path, ca
     assert main(["personalize", "--run", str(tmp_path / "run"), "--data", missing, "--out", str(tmp_path / "p2")]) == 2
     assert not (tmp_path / "p2").exists()
     _, model, _ = load_run(tmp_path / "run")
-    with pytest.raises(Exception):
-        evaluate(model, str(tmp_path / "d"), "nosuchsplit", out_dir=tmp_path / "E")
+    with pytest.raises(ValueError, match="split 'nosuchsplit' is not loaded"):
+        evaluate(model, load_dataset(tmp_path / "d"), "nosuchsplit", out_dir=tmp_path / "E")
     assert not (tmp_path / "E").exists()
 
 
