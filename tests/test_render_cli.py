@@ -372,9 +372,13 @@ def test_cli_info_describes_a_run(tiny, tmp_path, capsys):
     assert "fine-tuned for │ id001" in " ".join(capsys.readouterr().out.split())
 
 
-def test_cli_says_when_a_personalised_run_renders_someone_it_was_not_personalised_for(tiny, tmp_path, capsys):
+def test_cli_says_when_a_personalised_run_renders_someone_it_was_not_personalised_for(tiny, tmp_path, capsys,
+                                                                                     monkeypatch):
     # A run that added id002 to the generic model fine-tuned the shared weights for id002: id000 renders from it
     # worse than from the generic run (6-7 dB on the procedural heads' val frames), which render and eval say.
+    # info's table is laid out to the console's width (80 columns in a pipe): a run path longer than its value column
+    # (a TMPDIR longer than /tmp) was folded over two rows and the test failed; wide enough for any temporary folder.
+    monkeypatch.setenv("COLUMNS", "400")
     root, dirs = tiny
     pers = tmp_path / "pers"
     assert main(["personalize", "--run", str(root / "run"), "--data", str(dirs[2]), "--out", str(pers), "--steps", "2"]) == 0
