@@ -27,11 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_out, add_overrides, machine, record_name, trained_on, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_out,
+    add_overrides,
+    machine,
+    record_name,
+    torch_threads,
+    trained_on,
+    write_result,
+)
 from benchmarks.train_targets import evaluate  # noqa: E402
 from fastminerf import load_config, load_run, train  # noqa: E402
 from fastminerf.data.synth import generate  # noqa: E402
@@ -71,9 +77,14 @@ def main(argv=None) -> int:
     add_overrides(ap, "the cpu preset in both runs", "conditioning_equal_steps[_<N>ids]")
     add_out(ap)
     args = ap.parse_args(argv)
+    # the runs' thread count (train.threads) for their evaluations too (train() gives its caller's count back); the
+    # caller's count comes back at the end
+    with torch_threads(args.threads):
+        return _compare(ap, args)
+
+
+def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="fm_cond_"))
-    # the runs' thread count (train.threads) for their evaluations too: train() gives its caller's count back
-    torch.set_num_threads(args.threads)
     where = machine()  # at the start: the commit that runs, not the one checked out when it ends
     rows = []
     for style in args.styles:

@@ -24,7 +24,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_device, add_out, device, machine, record_name, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_device,
+    add_out,
+    device,
+    machine,
+    record_name,
+    torch_threads,
+    write_result,
+)
 from benchmarks.real_clips import prepared_root  # noqa: E402
 
 BINS = (0.0, 1.0, 2.0, 3.0, 5.0, 180.0)
@@ -114,13 +122,14 @@ def main(argv=None) -> int:
     add_out(ap)
     args = ap.parse_args(argv)
     on = device(args)  # refused before any work
+    with torch_threads(args.threads):  # the caller's count comes back at the end
+        return _measure(ap, args, on)
 
-    import torch
 
+def _measure(ap: argparse.ArgumentParser, args: argparse.Namespace, on) -> int:
     from fastminerf.data import load_dataset
     from fastminerf.train import load_run
 
-    torch.set_num_threads(args.threads)
     root = prepared_root(args.data, args.work)
     if root is None:
         return 1

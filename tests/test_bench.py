@@ -435,3 +435,35 @@ def test_bench_work_says_how_to_reuse_a_work_folder_of_an_earlier_version(tmp_pa
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     assert ".fastminerf_bench" in " ".join(capsys.readouterr().out.split())
+
+
+def test_benchmark_mains_give_the_callers_torch_thread_count_back(tmp_path, monkeypatch):
+    """conditioning_equal_steps.py and pose_gap.py set torch's thread count to their --threads and left it so: called
+    in-process (as the tests here call them) every later test of the session ran on that count. Their main gives the
+    caller's count back, as backbone.py, identities.py and render_speed.py do, also when it stops on an error."""
+    import sys
+
+    import torch
+
+    import benchmarks.conditioning_equal_steps as cond
+    import benchmarks.pose_gap as gap
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped here")
+
+    before = torch.get_num_threads()
+    mine = 3 if before != 3 else 2
+    torch.set_num_threads(mine)
+    try:
+        monkeypatch.setattr(cond, "generate", stop)
+        with pytest.raises(RuntimeError, match="stopped here"):
+            cond.main(["--seeds", "0", "--styles", "0", "--steps", "1", "--size", "16", "--frames", "8",
+                       "--threads", "1", "--work", str(tmp_path)])
+        assert torch.get_num_threads() == mine
+        monkeypatch.setattr(sys.modules["fastminerf.train"], "load_run", stop)  # the module, not the function
+        with pytest.raises(RuntimeError, match="stopped here"):
+            gap.main(["--run", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--threads", "1",
+                      "--device", "cpu", "--out", str(tmp_path / "res")])
+        assert torch.get_num_threads() == mine
+    finally:
+        torch.set_num_threads(before)
