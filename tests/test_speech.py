@@ -72,11 +72,12 @@ def test_mel_filterbank_and_a_tone_lands_in_its_band():
 def test_frame_windows_are_centred_on_each_frame_time():
     mel = np.zeros((300, 4), np.float32)
     mel[250] = 1.0  # the sound at 2.5 s
+    mel[0], mel[-1] = 3.0, 2.0  # the first and last columns, told apart from their neighbours
     w = frame_windows(mel, np.array([2.5, 0.0, 2.98]), context=3)
     assert w.shape == (3, 7, 4)
     assert np.argmax(w[0, :, 0]) == 3  # the centre column
-    assert np.all(w[1, :3] == w[1, 3])  # before the start: the first column repeated
-    assert np.all(w[2, 5:] == mel[-1])  # past the end: the last column repeated
+    assert np.all(w[1, :4] == mel[0]) and np.all(w[1, 4:] == 0)  # before the start: the first column repeated
+    assert np.all(w[2, :4] == 0) and np.all(w[2, 4:] == mel[-1])  # past the end: the last column repeated
     with pytest.raises(SpeechError, match="frame 1 has no usable time"):
         frame_windows(mel, np.array([0.1, np.nan]), 3)
     assert COLUMNS_PER_SECOND == 100
