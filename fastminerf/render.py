@@ -150,8 +150,17 @@ def identity_id(model_or_names, name: str) -> int:
     return identity_index(names, name, RenderError)
 
 
+def _a_dataset(dataset: MultiIdentityDataset, asked: str) -> MultiIdentityDataset:
+    """``dataset``, or TypeError saying what was ``asked`` for when it is not a loaded dataset (a folder's path given
+    where :func:`fastminerf.load_dataset`'s result goes: 'str' object has no attribute 'splits')."""
+    if not isinstance(dataset, MultiIdentityDataset):
+        raise TypeError(f"{asked}: needs a loaded dataset (fastminerf.load_dataset(path)), got {type(dataset).__name__} "
+                        f"{str(dataset)[:200]!r}")
+    return dataset
+
+
 def _dataset_identity(dataset: MultiIdentityDataset, name: str) -> int:
-    at = name_position(dataset.identities, name)
+    at = name_position(_a_dataset(dataset, f"identity '{name}'").identities, name)
     if at is None:
         raise RenderError(f"identity '{name}' is not in the dataset; it has "
                           f"{identity_list(dataset.identities, near=name)}")
@@ -160,8 +169,9 @@ def _dataset_identity(dataset: MultiIdentityDataset, name: str) -> int:
 
 def _loaded_table(dataset: MultiIdentityDataset, split: str, asked: str):
     """``dataset.table(split)``; RenderError saying what was ``asked`` for and which splits are loaded when ``split``
-    is not (the dataset's own KeyError says neither what was asked nor how to load it)."""
-    if split not in dataset.splits:
+    is not (the dataset's own KeyError says neither what was asked nor how to load it); TypeError for what is not a
+    loaded dataset (:func:`_a_dataset`)."""
+    if split not in _a_dataset(dataset, asked).splits:
         raise RenderError(f"{asked}: split '{split}' is not loaded; loaded: {list(dataset.splits)} (load_dataset(..., "
                           f"splits=...) names the splits to load)")
     return dataset.table(split)

@@ -1250,3 +1250,13 @@ def test_an_interrupted_video_says_it_was_not_written_and_which_png_frames_were(
     with pytest.raises(KeyboardInterrupt) as stop:
         write_video(stopped(), tmp_path / "new.mp4")
     assert str(stop.value) == f"before the video {tmp_path / 'new.mp4'} was written"
+
+
+def test_evaluate_and_neutral_frame_given_a_path_say_they_need_a_loaded_dataset(tmp_path):
+    """evaluate(model, "data/", "val") (a folder's path where load_dataset's result goes, as the CLI takes paths)
+    failed with a bare AttributeError: "'str' object has no attribute 'splits'". It says what it needs."""
+    from fastminerf.render import evaluate, neutral_frame
+
+    for call in (lambda: evaluate(None, str(tmp_path), "val"), lambda: neutral_frame(tmp_path, "id000")):
+        with pytest.raises(TypeError, match=r"needs a loaded dataset \(fastminerf\.load_dataset\(path\)\), got (str|PosixPath)"):
+            call()
