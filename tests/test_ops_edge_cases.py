@@ -308,3 +308,33 @@ def test_the_bitfield_reference_checks_its_levels_as_pack_bitfield_does():
         pack_bitfield_reference(torch.rand(16), 0.5, 0)
     with pytest.raises(ValueError, match="occs must be a float32 vector"):
         pack_bitfield_reference(torch.rand(15), 0.5, 2)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("native", marks=pytest.mark.native), "torch"])
+@pytest.mark.parametrize("op", ["hash_encode salt", "mlp_head ray_indices", "ema_update indices", "texture_lookup layer"])
+def test_a_boolean_mask_given_as_integers_is_refused_not_read_as_zeros_and_ones(op, backend):
+    """A boolean mask where integers are expected (``ray_indices=counts > 0``, ``indices=occs > t``) passed the
+    integer check and was read as indices 0 and 1: ema_update raised cells 0 and 1 on both backends, the native head
+    read rows 0 and 1 of pre (its reference failed in index_select), salts and texture layers read identity 0 and 1.
+    A mask is not a list of indices: it is refused, naming the argument and what to call."""
+    from fastminerf.ops import ema_update, mlp_head
+    from fastminerf.ops.texture import texture_lookup
+
+    name = op.split()[1]
+    mask = torch.tensor([True, False])
+    if op.startswith("hash_encode"):
+        levels = hash_grid_levels(n_levels=2, n_features_per_level=2, log2_hashmap_size=6, base_resolution=2,
+                                  per_level_scale=2.0, identity_levels=1)
+        call = lambda: hash_encode(torch.rand(2, 3), torch.randn(levels.n_rows, 2), levels, backend=backend,  # noqa: E731
+                                   salt=mask)
+    elif op.startswith("mlp_head"):
+        call = lambda: mlp_head(torch.randn(2, 3), torch.randn(2, 4), mask, torch.randn(4, 3), torch.randn(2, 4),  # noqa: E731
+                                torch.zeros(2), backend=backend)
+    elif op.startswith("ema_update"):
+        call = lambda: ema_update(torch.zeros(8), mask, torch.ones(2), backend=backend)  # noqa: E731
+    else:
+        if backend == "native":
+            pytest.skip("texture_lookup is plain PyTorch")
+        call = lambda: texture_lookup(torch.rand(2, 4, 4, 3), mask, torch.rand(2, 2))  # noqa: E731
+    with pytest.raises(ValueError, match=f"{name} must be integers, got torch.bool: .*nonzero"):
+        call()
