@@ -85,6 +85,26 @@ def test_texture_lookup_refuses_a_layer_given_as_floats():
     torch.testing.assert_close(texture_lookup(texture, torch.tensor([0, 1], dtype=torch.int32), uv),
                                texture_lookup(texture, torch.tensor([0, 1]), uv))
 
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_a_half_precision_texture_is_read_where_uv_points(dtype, tol):
+    """The lookup computed the texel position in the texture's dtype (uv.to(texture.dtype)): in bfloat16 a 512 px
+    row's last texel position 511 rounds to 512, and the lookup failed with 'layer must be in 0..0 ..., got values
+    from 0 to 0' (a layer it had); in float16 positions were off by up to a quarter texel, so a texture of sharp
+    columns read the wrong mix. Positions are computed in float32 (at least), the weights and result in the
+    texture's dtype. An integer texture (an 8-bit image) had uv truncated to 0 and read texel (0, 0): it is refused."""
+    g = torch.Generator().manual_seed(3)
+    columns = (torch.arange(512) % 2).float()  # sharp columns: a position error shows as a wrong value
+    texture = columns.view(1, 1, 512, 1).expand(1, 4, 512, 1).to(dtype)
+    uv = torch.rand(2000, 2, generator=g)
+    layer = torch.zeros(2000, dtype=torch.long)
+    ours = texture_lookup(texture, layer, uv)
+    assert ours.dtype == dtype
+    torch.testing.assert_close(ours.float(), texture_lookup(texture.float(), layer, uv), atol=tol, rtol=0)
+    with pytest.raises(ValueError, match="texture must be floating point, got torch.uint8"):
+        texture_lookup(torch.zeros(1, 4, 4, 3, dtype=torch.uint8), layer[:2], uv[:2])
+
+
 def test_the_head_box_ends_at_the_floor_and_rendering_needs_uv():
     cfg = load_config("tiny", ["model.torso.resolution=8", "model.torso.floor=-0.5"]).model
     model = MINeRF(cfg, 12, ["a", "b"], [0, 1], aabb=[-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])

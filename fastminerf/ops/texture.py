@@ -25,12 +25,16 @@ def texture_lookup(texture: torch.Tensor, layer: torch.Tensor, uv: torch.Tensor)
     if uv.dim() != 2 or uv.shape[1] != 2 or layer.shape != uv.shape[:1]:
         raise ValueError(f"uv must be (N, 2) and layer (N,), got {tuple(uv.shape)} and {tuple(layer.shape)}")
     check_integers("layer", layer)
+    if not texture.is_floating_point():
+        raise ValueError(f"texture must be floating point, got {texture.dtype}: convert it with .float() first")
     t, ry, rx, c = texture.shape
+    # texel positions in float32 at least: in a half-precision type a 512 px row's last position (511) rounds to 512
+    pos = uv.to(torch.promote_types(texture.dtype, torch.float32))
     # a NaN coordinate reads the first texel of its axis, as grid_sample's border padding does (the clamp keeps NaN)
-    x = (uv[:, 0].to(texture.dtype) * rx - 0.5).clamp(0.0, rx - 1.0).nan_to_num(0.0)
-    y = (uv[:, 1].to(texture.dtype) * ry - 0.5).clamp(0.0, ry - 1.0).nan_to_num(0.0)
+    x = (pos[:, 0] * rx - 0.5).clamp(0.0, rx - 1.0).nan_to_num(0.0)
+    y = (pos[:, 1] * ry - 0.5).clamp(0.0, ry - 1.0).nan_to_num(0.0)
     x0, y0 = x.floor(), y.floor()
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    fx, fy = (x - x0)[:, None].to(texture.dtype), (y - y0)[:, None].to(texture.dtype)
     x0, y0 = x0.long(), y0.long()
     x1, y1 = (x0 + 1).clamp(max=rx - 1), (y0 + 1).clamp(max=ry - 1)
     base = layer.long() * (ry * rx)
