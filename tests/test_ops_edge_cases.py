@@ -338,3 +338,92 @@ def test_a_boolean_mask_given_as_integers_is_refused_not_read_as_zeros_and_ones(
         call = lambda: texture_lookup(torch.rand(2, 4, 4, 3), mask, torch.rand(2, 2))  # noqa: E731
     with pytest.raises(ValueError, match=f"{name} must be integers, got torch.bool: .*nonzero"):
         call()
+
+
+def _views(t: torch.Tensor) -> dict:
+    """The same values as ``t`` (2-D) in layouts the training loop never makes: transposed storage, every other
+    column of a wider buffer, a view at a storage offset, and (for one repeated row) a zero-stride expand."""
+    wide = torch.zeros(t.shape[0], 2 * t.shape[1], dtype=t.dtype)
+    wide[:, ::2] = t
+    flat = torch.zeros(t.numel() + 5, dtype=t.dtype)
+    flat[5:] = t.reshape(-1)
+    return {"transposed": t.t().contiguous().t(), "stepped": wide[:, ::2], "offset": flat[5:].view(t.shape)}
+
+
+@pytest.mark.native
+def test_native_ops_read_views_as_their_contiguous_copies_with_the_same_gradients():
+    """Researchers call the ops on views (a transposed or sliced tensor, a view into a bigger buffer, an expanded
+    row): the wrappers hand the kernels contiguous copies, so every layout gives the contiguous input's outputs and
+    gradients bit for bit (composite has its own test, test_composite.py)."""
+    from fastminerf.ops import mlp_head
+
+    g = torch.Generator().manual_seed(0)
+    levels = hash_grid_levels(n_levels=3, n_features_per_level=2, log2_hashmap_size=8, base_resolution=4,
+                              per_level_scale=1.5, identity_levels=1)
+    points, table = torch.rand(40, 3, generator=g), torch.randn(levels.n_rows, 2, generator=g)
+    salt = torch.randint(0, 3, (40,), generator=g)
+    x, pre, w1 = torch.randn(40, 5, generator=g), torch.randn(6, 8, generator=g), torch.randn(8, 5, generator=g)
+    w2, b2 = torch.randn(3, 8, generator=g), torch.randn(3, generator=g)
+    rays = torch.sort(torch.randint(0, 6, (40,), generator=g)).values
+
+    def grads(fn, *inputs):
+        leaves = [t.detach().requires_grad_() for t in inputs]  # detach keeps the view's strides and offset
+        out = fn(*leaves)
+        out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+        return out.detach(), [t.grad for t in leaves]
+
+    cases = {
+        "hash_encode points": (lambda p: hash_encode(p, table, levels, salt=salt), points),
+        "hash_encode table": (lambda t: hash_encode(points, t, levels, salt=salt), table),
+        "mlp_head x": (lambda a: mlp_head(a, pre, rays, w1, w2, b2), x),
+        "mlp_head pre": (lambda a: mlp_head(x, a, rays, w1, w2, b2), pre),
+        "mlp_head w1": (lambda a: mlp_head(x, pre, rays, a, w2, b2), w1),
+    }
+    for name, (fn, t) in cases.items():
+        out, (grad,) = grads(fn, t)
+        for layout, view in _views(t).items():
+            assert layout != "offset" or view.storage_offset() == 5
+            out_v, (grad_v,) = grads(fn, view)
+            assert torch.equal(out_v, out) and torch.equal(grad_v, grad), f"{name}, {layout}"
+    # one row expanded to every sample: its gradient is the sum over the rows, as for the contiguous copy
+    row = x[:1].detach().requires_grad_()
+    mlp_head(row.expand(40, 5), pre, rays, w1, w2, b2).sum().backward()
+    ref = x[:1].detach().requires_grad_()
+    mlp_head(ref.expand(40, 5).contiguous(), pre, rays, w1, w2, b2).sum().backward()
+    assert torch.equal(row.grad, ref.grad)
+    origins = torch.randn(30, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, -3.0])
+    bits = pack_bitfield(torch.rand(2 * 8**3, generator=g), 0.6, 2)
+    march = lambda o: march_rays(o, torch.tensor([[0.0, 0.0, 1.0]]).expand(30, 3), bits,  # noqa: E731
+                                 cascade_aabbs(ROI, 2), 8, step_size=0.05)
+    expected = march(origins)
+    for layout, view in _views(origins).items():
+        assert all(torch.equal(a, b) for a, b in zip(march(view), expected)), layout
+
+
+@pytest.mark.native
+def test_composite_and_march_give_the_same_bits_on_one_and_two_threads():
+    """The CPU kernels split rays over torch's threads, each ray walked by one thread: outputs (and the compositing
+    gradients) are the same bits for any thread count, on more rays than one parallel chunk (512 rays)."""
+    from fastminerf.ops import composite
+
+    g = torch.Generator().manual_seed(1)
+    n = 1500
+    origins = torch.randn(n, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, -3.0])
+    directions = torch.nn.functional.normalize(torch.randn(n, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 1.0]),
+                                               dim=1)
+    bits = pack_bitfield(torch.rand(2 * 8**3, generator=g), 0.5, 2)
+    runs = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            s = march_rays(origins, directions, bits, cascade_aabbs(ROI, 2), 8, step_size=0.05)
+            sigmas = (torch.arange(s.t_starts.numel()) % 7).float().requires_grad_()
+            rgbs = torch.rand(s.t_starts.numel(), 3, generator=torch.Generator().manual_seed(2)).requires_grad_()
+            out = composite(sigmas, rgbs, s.t_starts, s.t_ends, s.offsets)
+            (out.color.sum() + out.depth.sum() + out.opacity.sum()).backward()
+            runs.append([*s, *out, sigmas.grad, rgbs.grad])
+    finally:
+        torch.set_num_threads(before)
+    assert runs[0][3][-1] > 0
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
