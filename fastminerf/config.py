@@ -387,6 +387,13 @@ def _check_choice(key: str, value, choices: tuple) -> None:
         raise ConfigError(f"{key} must be {'one of ' if len(names) > 2 else ''}{either}, got {value!r}")
 
 
+def _check_number(key: str, value, least: Optional[float] = None) -> None:
+    """A :class:`ConfigError` naming ``key`` unless ``value`` is a finite number (NaN and infinity pass comparisons
+    such as ``value < 0``) at least ``least``."""
+    if not abs(float(value)) < float("inf") or (least is not None and float(value) < least):
+        raise ConfigError(f"{key} must be a finite number{f' >= {least:g}' if least is not None else ''}, got {value}")
+
+
 def _check_backend(key: str, value) -> None:
     from .backend import BACKENDS  # torch's module; fastminerf's __init__ has imported it before this one
 
@@ -509,6 +516,10 @@ class FieldConfig:
                                ("sh_degree", 0, 4)):
             if not low <= int(getattr(self, key)) <= high:
                 raise ConfigError(f"model.field.{key} must be in {low}..{high}, got {getattr(self, key)}")
+        # NaN or infinity trained a model of NaN colours and wrote it as trained; a negative flow was refused only
+        # once the data had loaded
+        for key, least in (("expression_scale", None), ("density_bias", None), ("texture_flow", 0)):
+            _check_number(f"model.field.{key}", getattr(self, key), least)
         _check_choice("model.field.n_features_per_level", self.n_features_per_level, (1, 2, 4, 8))
         _check_choice("model.field.conditioning", self.conditioning, ("multiplicative", "concat"))
         _check_choice("model.field.identity_levels_for", self.identity_levels_for, ("all", "colour"))
@@ -554,6 +565,14 @@ class TorsoConfig:
     gave +0.43 dB at 3,000 steps to test frames that follow training, and cost 0.46 dB at 15 minutes where 20 `val`
     frames lay between, during which one speaker's body moved; all frames' mean cost 0.19 there (docs/experiments.md,
     stop 37)."""
+
+    def __post_init__(self) -> None:
+        # NaN or infinite bounds trained without a word (a NaN compares false with every point); the layer refused
+        # alpha_init only once the data had loaded, without its section
+        for key in ("floor", "neck_top", "neck_width"):
+            _check_number(f"model.torso.{key}", getattr(self, key))
+        if not 0 < float(self.alpha_init) < 1:
+            raise ConfigError(f"model.torso.alpha_init must be in (0, 1), got {self.alpha_init}")
 
 
 @dataclass(frozen=True)
@@ -682,8 +701,13 @@ class ModelConfig:
         # 1..16', "unknown backend 'cuda'")
         if not 1 <= int(self.grid_levels) <= 16:
             raise ConfigError(f"model.grid_levels must be in 1..16, got {self.grid_levels}")
-        if not float(self.cone_angle) >= 0:
-            raise ConfigError(f"model.cone_angle must be >= 0, got {self.cone_angle}")
+        # a NaN occupancy threshold trained to NaN; a negative one marked every cell occupied, a decay above 1 grew a
+        # cell's value for ever (max(decay * occ, new)); the compositing refused a bad transmittance threshold only
+        # once the data had loaded, without its section
+        for key in ("cone_angle", "occ_threshold", "transmittance_threshold"):
+            _check_number(f"model.{key}", getattr(self, key), 0)
+        if not 0 <= float(self.occ_ema_decay) <= 1:
+            raise ConfigError(f"model.occ_ema_decay must be in [0, 1], got {self.occ_ema_decay}")
         _check_choice("model.backbone", self.backbone, ("fast", "nerface"))
         _check_backend("model.grid_backend", self.grid_backend)
         if self.backbone == "fast" and self.field.backend == "tcnn" and int(self.field.identity_levels) > 0:

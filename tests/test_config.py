@@ -455,3 +455,42 @@ def test_a_preset_holds_only_its_differences(name):
                 yield f"{prefix}{key}: {value!r}"
 
     assert list(restated(data, base)) == [], f"{name}.yaml restates its base"
+
+
+@pytest.mark.parametrize("override", [
+    "model.field.expression_scale=nan",  # a run of 40 tiny steps trained to nan colours and was written as trained
+    "model.field.expression_scale=inf",
+    "model.field.density_bias=nan",  # likewise
+    "model.field.density_bias=-inf",  # no density anywhere, ever
+    "model.field.texture_flow=nan",
+    "model.field.texture_flow=-0.05",  # refused only once the data had loaded
+    "model.occ_threshold=nan",  # trained to nan as well
+    "model.occ_threshold=-1",  # every cell occupied: the occupancy grid skipped nothing
+    "model.occ_ema_decay=1.5",  # occ = max(1.5 occ, new): a cell once occupied grows and never empties
+    "model.occ_ema_decay=-0.5",
+    "model.occ_ema_decay=nan",
+    "model.transmittance_threshold=nan",  # 'transmittance_threshold must be >= 0, got nan' after loading, no section
+    "model.transmittance_threshold=-1",
+    "model.cone_angle=inf",
+    "model.torso.floor=nan",
+    "model.torso.neck_top=inf",
+    "model.torso.neck_width=nan",  # trained with a torso layer as if no neck column were asked for
+    "model.torso.alpha_init=0",  # 'alpha_init must lie in (0, 1)' after loading, without its section
+    "model.torso.alpha_init=1.5",
+])
+def test_model_numbers_that_are_not_finite_or_out_of_range_are_refused_naming_the_key(override, tmp_path):
+    _refused_naming_its_key("video", override)
+    key, value = override.split("=")
+    *sections, leaf = key.split(".")
+    text = ("extends: video\n" + "".join("  " * k + f"{s}:\n" for k, s in enumerate(sections))
+            + "  " * len(sections) + f"{leaf}: {'.' + value if value.lstrip('-') in ('nan', 'inf') else value}\n")
+    _refused_in_file(tmp_path, text, key.replace(".", r"\."))
+
+
+def test_the_edges_of_the_model_numbers_still_load():
+    cfg = load_config("video", ["model.field.expression_scale=-2", "model.field.density_bias=3",
+                                "model.field.texture_flow=0", "model.occ_threshold=0", "model.occ_ema_decay=0",
+                                "model.transmittance_threshold=0", "model.cone_angle=0.1", "model.torso.floor=-2",
+                                "model.torso.neck_top=0", "model.torso.neck_width=0", "model.torso.alpha_init=0.5"])
+    assert cfg.model.field.expression_scale == -2 and cfg.model.occ_ema_decay == 0
+    assert load_config("video", ["model.occ_ema_decay=1"]).model.occ_ema_decay == 1
