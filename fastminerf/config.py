@@ -505,21 +505,28 @@ class FieldConfig:
 
     def __post_init__(self) -> None:
         # values the field's own checks miss: they crash deep in the grid or the heads without naming the key
-        # (ZeroDivisionError, RuntimeError), which the command line shows as a traceback
-        for key, least in (("base_resolution", 1), ("hidden_dim", 1), ("frame_code_dim", 0)):
+        # (ZeroDivisionError, RuntimeError), which the command line shows as a traceback; negative sizes the field
+        # took as none, silently; and values it refuses only once a run has loaded its data, naming no key ('a head
+        # needs at least one hidden layer', 'the multiplicative module needs degree >= 2')
+        for key, least in (("base_resolution", 1), ("hidden_dim", 1), ("frame_code_dim", 0), ("conditioning_dim", 0),
+                           ("identity_code_dim", 0), ("geo_feature_dim", 0), ("deform_layers", 0),
+                           ("deform_frequencies", 0), ("density_layers", 1), ("color_layers", 1),
+                           ("conditioning_degree", 2)):
             if int(getattr(self, key)) < least:
                 raise ConfigError(f"model.field.{key} must be >= {least}, got {getattr(self, key)}")
         # values the field refuses, but only once a run has loaded its data, some without the section's name
-        # (identity_levels beyond n_levels is left to the model, which names it)
         levels = int(self.n_levels)
         for key, low, high in (("n_levels", 1, 32), ("log2_hashmap_size", 1, 30), ("density_levels", 0, levels),
-                               ("sh_degree", 0, 4)):
+                               ("identity_levels", 0, levels), ("sh_degree", 0, 4)):
             if not low <= int(getattr(self, key)) <= high:
                 raise ConfigError(f"model.field.{key} must be in {low}..{high}, got {getattr(self, key)}")
         # NaN or infinity trained a model of NaN colours and wrote it as trained; a negative flow was refused only
         # once the data had loaded
         for key, least in (("expression_scale", None), ("density_bias", None), ("texture_flow", 0)):
             _check_number(f"model.field.{key}", getattr(self, key), least)
+        if int(self.finest_resolution) < int(self.base_resolution):
+            raise ConfigError(f"model.field.finest_resolution must be >= model.field.base_resolution "
+                              f"({self.base_resolution}), got {self.finest_resolution}")
         _check_choice("model.field.n_features_per_level", self.n_features_per_level, (1, 2, 4, 8))
         _check_choice("model.field.conditioning", self.conditioning, ("multiplicative", "concat"))
         _check_choice("model.field.identity_levels_for", self.identity_levels_for, ("all", "colour"))
@@ -571,6 +578,10 @@ class TorsoConfig:
         # alpha_init only once the data had loaded, without its section
         for key in ("floor", "neck_top", "neck_width"):
             _check_number(f"model.torso.{key}", getattr(self, key))
+        # a negative resolution was no layer, silently; a negative shift_from_last was refused once the data had loaded
+        for key in ("resolution", "shift_from_last"):
+            if int(getattr(self, key)) < 0:
+                raise ConfigError(f"model.torso.{key} must be >= 0, got {getattr(self, key)}")
         if not 0 < float(self.alpha_init) < 1:
             raise ConfigError(f"model.torso.alpha_init must be in (0, 1), got {self.alpha_init}")
 
@@ -608,6 +619,16 @@ class NeRFaceConfig:
 
     perturb: bool = True
     """Jitter the stratified samples while training (evaluation uses bin centres and deterministic fine samples)."""
+
+    def __post_init__(self) -> None:
+        # refused by the backbone only once a run had loaded its data (depth 0 as a bad skip_layer), or not at all
+        for key, least in (("width", 1), ("depth", 2), ("color_width", 1), ("coarse_samples", 1), ("fine_samples", 0),
+                           ("position_frequencies", 0), ("direction_frequencies", 0)):
+            if int(getattr(self, key)) < least:
+                raise ConfigError(f"model.nerface.{key} must be >= {least}, got {getattr(self, key)}")
+        if not 1 <= int(self.skip_layer) <= int(self.depth) - 1:
+            raise ConfigError(f"model.nerface.skip_layer must be in 1..model.nerface.depth - 1 ({int(self.depth) - 1}), "
+                              f"got {self.skip_layer}")
 
 
 @dataclass(frozen=True)
@@ -694,9 +715,12 @@ class ModelConfig:
     """Rays rendered at once without gradients (inference); bounds memory, does not change pixels."""
 
     def __post_init__(self) -> None:
-        for key in ("render_steps", "occ_update_every", "chunk_rays"):  # ZeroDivisionError / range() step 0
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        # ZeroDivisionError / range() step 0; the occupancy grid's 'resolution must be a positive int' once the data
+        # had loaded; negative counts taken silently as none ('training's steps', 'no cap')
+        for key, least in (("render_steps", 1), ("occ_update_every", 1), ("chunk_rays", 1), ("grid_resolution", 1),
+                           ("eval_render_steps", 0), ("max_samples_per_ray", 0), ("occ_warmup_steps", 0)):
+            if int(getattr(self, key)) < least:
+                raise ConfigError(f"model.{key} must be >= {least}, got {getattr(self, key)}")
         # values the model refuses, but only once a run has loaded its data, some naming no key ('levels must be in
         # 1..16', "unknown backend 'cuda'")
         if not 1 <= int(self.grid_levels) <= 16:

@@ -326,7 +326,8 @@ def test_a_negative_time_limit_is_refused_naming_the_key(override):
 
 @pytest.mark.parametrize("overrides", [
     ["sampler.eye_fraction=0.9", "sampler.mouth_fraction=0.1"],  # video: mouth 0.2, so 0.9 + 0.2 on the way
-    ["model.field.n_levels=2", "model.field.density_levels=2"],  # video: density_levels 4 > 2 on the way
+    # video: density_levels 4 and identity_levels 6 > 2 on the way (n_levels 2 with identity_levels 6 trains no model)
+    ["model.field.n_levels=2", "model.field.identity_levels=2", "model.field.density_levels=2"],
 ])
 def test_overrides_are_checked_together_whatever_their_order(overrides):
     # each --set was applied and checked alone: a valid combination was refused in one order and loaded in the other
@@ -494,3 +495,53 @@ def test_the_edges_of_the_model_numbers_still_load():
                                 "model.torso.neck_top=0", "model.torso.neck_width=0", "model.torso.alpha_init=0.5"])
     assert cfg.model.field.expression_scale == -2 and cfg.model.occ_ema_decay == 0
     assert load_config("video", ["model.occ_ema_decay=1"]).model.occ_ema_decay == 1
+
+
+@pytest.mark.parametrize("overrides, key", [
+    # a traceback ('upper bound and lower bound inconsistent with step sign') once the data had loaded
+    (["model.field.deform_layers=1", "model.field.deform_frequencies=-1"], "model.field.deform_frequencies"),
+    # refused only once the data had loaded, naming no key or no section
+    (["model.field.conditioning_degree=1"], "model.field.conditioning_degree"),  # 'the multiplicative module needs ...'
+    (["model.field.density_layers=0"], "model.field.density_layers"),  # 'a head needs at least one hidden layer'
+    (["model.field.color_layers=0"], "model.field.color_layers"),
+    (["model.field.finest_resolution=4"], "model.field.finest_resolution"),  # tiny's base_resolution is 8
+    (["model.field.identity_levels=-1"], "model.field.identity_levels"),
+    (["model.field.identity_levels=5"], "model.field.identity_levels"),  # tiny's n_levels is 4
+    (["model.grid_resolution=0"], "model.grid_resolution"),  # 'resolution must be a positive int ...'
+    (["model.torso.resolution=8", "model.torso.frame_shift=true", "model.torso.shift_from_last=-1"],
+     "model.torso.shift_from_last"),
+    (["model.backbone=nerface", "model.nerface.depth=0"], "model.nerface.depth"),  # '... skip_layer must be in ...'
+    (["model.backbone=nerface", "model.nerface.skip_layer=8"], "model.nerface.skip_layer"),
+    # negative counts taken silently as none (or as 'no cap', 'training's steps'), trained as if that were asked
+    (["model.field.deform_layers=-1"], "model.field.deform_layers"),
+    (["model.field.conditioning_dim=-1"], "model.field.conditioning_dim"),
+    (["model.field.identity_code_dim=-2"], "model.field.identity_code_dim"),
+    (["model.field.geo_feature_dim=-1"], "model.field.geo_feature_dim"),
+    (["model.eval_render_steps=-1"], "model.eval_render_steps"),
+    (["model.max_samples_per_ray=-1"], "model.max_samples_per_ray"),
+    (["model.occ_warmup_steps=-1"], "model.occ_warmup_steps"),
+    (["model.torso.resolution=-1"], "model.torso.resolution"),
+    (["model.nerface.width=0"], "model.nerface.width"),
+    (["model.nerface.color_width=0"], "model.nerface.color_width"),
+    (["model.nerface.coarse_samples=0"], "model.nerface.coarse_samples"),
+    (["model.nerface.fine_samples=-1"], "model.nerface.fine_samples"),
+    (["model.nerface.position_frequencies=-1"], "model.nerface.position_frequencies"),
+    (["model.nerface.direction_frequencies=-1"], "model.nerface.direction_frequencies"),
+])
+def test_model_sizes_and_counts_are_refused_naming_the_key_before_training(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("tiny", overrides)
+
+
+def test_the_edges_of_the_model_sizes_and_counts_still_load():
+    cfg = load_config("tiny", ["model.field.deform_layers=0", "model.field.deform_frequencies=0",
+                               "model.field.conditioning_degree=2", "model.field.density_layers=1",
+                               "model.field.finest_resolution=8", "model.field.identity_levels=4",
+                               "model.field.conditioning_dim=0", "model.field.identity_code_dim=0",
+                               "model.field.geo_feature_dim=0", "model.grid_resolution=1", "model.eval_render_steps=0",
+                               "model.max_samples_per_ray=0", "model.occ_warmup_steps=0", "model.torso.resolution=0",
+                               "model.torso.shift_from_last=0", "model.nerface.depth=2", "model.nerface.skip_layer=1",
+                               "model.nerface.fine_samples=0", "model.nerface.position_frequencies=0"])
+    assert cfg.model.field.identity_levels == 4 and cfg.model.nerface.fine_samples == 0
+    # a concat run ignores the degree; a degree of the Pi-net recursion above 2 stays
+    assert load_config("tiny", ["model.field.conditioning_degree=3"]).model.field.conditioning_degree == 3

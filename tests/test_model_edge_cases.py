@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastminerf import MINeRF, load_config
+from fastminerf.config import ConfigError
 from fastminerf.nn import OccupancyGrid
 
 DTYPE_TOL = 1e-5
@@ -127,8 +128,12 @@ def test_colour_identity_levels_beyond_the_grid_are_refused():
     # identity_levels_for: colour reads the finest identity_levels levels of the n_levels pyramid again; more levels
     # than the pyramid has would start below its base resolution (levels of 2 and 4 cells for the tiny grid),
     # where identity_levels_for: all refuses the same setting.
+    # The config refuses it where it loads, naming the key; the model still refuses a config that skipped that check.
     for where in ("all", "colour"):
-        cfg = load_config("tiny", ["model.field.identity_levels=6", f"model.field.identity_levels_for={where}"]).model
+        with pytest.raises(ConfigError, match=r"model\.field\.identity_levels must be in 0\.\.4, got 6"):
+            load_config("tiny", ["model.field.identity_levels=6", f"model.field.identity_levels_for={where}"])
+        cfg = load_config("tiny", [f"model.field.identity_levels_for={where}"]).model
+        object.__setattr__(cfg.field, "identity_levels", 6)
         with pytest.raises(ValueError, match=r"identity_levels must be in 0\.\.n_levels \(4\), got 6"):
             MINeRF(cfg, 5, ["a"], [0])
 

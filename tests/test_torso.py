@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fastminerf import MINeRF, load_config, load_dataset, load_run, personalize, render_frame, train
+from fastminerf.config import ConfigError
 from fastminerf.data import frame_rays
 from fastminerf.data.synth import generate
 from fastminerf.nn.torso import SHIFT_SCALE, in_head_region, last_frames_mean, outside_head
@@ -324,7 +325,10 @@ def test_frame_shifts_move_the_layer_and_frames_outside_training_take_the_last_o
     before = model.torso_shift.detach().clone()
     model.add_identities(["c"], [2, 2])
     assert torch.equal(model.torso_shift[:4], before) and float(model.torso_shift[4:].detach().abs().max()) == 0.0
-    bad = load_config("tiny", ["model.torso.resolution=8", "model.torso.floor=0.0", "model.torso.shift_from_last=-1"]).model
+    with pytest.raises(ConfigError, match=r"model\.torso\.shift_from_last must be >= 0"):  # where the config loads
+        load_config("tiny", ["model.torso.resolution=8", "model.torso.floor=0.0", "model.torso.shift_from_last=-1"])
+    bad = load_config("tiny", ["model.torso.resolution=8", "model.torso.floor=0.0"]).model
+    object.__setattr__(bad.torso, "shift_from_last", -1)  # a config that skipped that check: the model refuses it too
     with pytest.raises(ValueError, match="shift_from_last must be >= 0"):
         MINeRF(bad, 12, ["a"], [0], aabb=[-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])
 
