@@ -851,9 +851,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if int(self.log_every) < 1:  # the loop logs every log_every-th step (step % log_every)
             raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
-        for key in ("steps", "personalize_steps"):  # fewer than 0 trained none and wrote the run as trained
+        # fewer than 0 steps trained none and wrote the run as trained; a negative warm-up was none, silently
+        for key in ("steps", "personalize_steps", "warmup_lr_steps"):
             if int(getattr(self, key)) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        # above 1 every personalisation step trained the codes only; below 0 or NaN, none did, as 0 asks, silently
+        if not 0 <= float(self.personalize_code_fraction) <= 1:
+            raise ConfigError(f"train.personalize_code_fraction must be in [0, 1], got {self.personalize_code_fraction}")
         # lr_final_factor: a negative base to a fractional power, a complex learning rate; a negative landmark weight
         # pushed the depth away from the landmarks, negative landmark rays drew none; a negative (or NaN, infinite)
         # learning rate or loss weight trained to a worse model or to NaN and wrote it as trained

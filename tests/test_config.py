@@ -545,3 +545,16 @@ def test_the_edges_of_the_model_sizes_and_counts_still_load():
     assert cfg.model.field.identity_levels == 4 and cfg.model.nerface.fine_samples == 0
     # a concat run ignores the degree; a degree of the Pi-net recursion above 2 stays
     assert load_config("tiny", ["model.field.conditioning_degree=3"]).model.field.conditioning_degree == 3
+
+
+@pytest.mark.parametrize("override", [
+    "train.personalize_code_fraction=1.5",  # every personalisation step trained the codes only, the grid never
+    "train.personalize_code_fraction=-0.1",  # no code phase, as 0 asks, without a word
+    "train.personalize_code_fraction=nan",  # likewise (nan > 0 is false)
+    "train.warmup_lr_steps=-5",  # no warm-up, as 0 asks, without a word
+])
+def test_training_shares_and_counts_taken_as_another_value_are_refused_naming_the_key(override):
+    _refused_naming_its_key("tiny", override)
+    cfg = load_config("tiny", ["train.personalize_code_fraction=0", "train.warmup_lr_steps=0"])
+    assert (cfg.train.personalize_code_fraction, cfg.train.warmup_lr_steps) == (0, 0)
+    assert load_config("tiny", ["train.personalize_code_fraction=1"]).train.personalize_code_fraction == 1
