@@ -871,6 +871,10 @@ class TrainConfig:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (0 disables the average), got {self.ema_decay}")
         if self.max_seconds is not None and not float(self.max_seconds) >= 0:  # trained none, written as trained
             raise ConfigError(f"train.max_seconds must be >= 0 or null (no time limit), got {self.max_seconds}")
+        # torch's generators take 64-bit seeds (personalisation's seed + 2 too): beyond them train wrote RUN/config.yaml,
+        # then stopped on 'Overflow when unpacking long long', naming no key
+        if not -(2**63) <= int(self.seed) <= 2**63 - 1:
+            raise ConfigError(f"train.seed must be a 64-bit integer (-2**63 .. 2**63 - 1), got {self.seed}")
         if self.threads is not None and int(self.threads) < 0:  # 0, like None, leaves torch's default
             raise ConfigError(f"train.threads must be >= 0 or None, got {self.threads}")
         check_device(self.device)

@@ -558,3 +558,12 @@ def test_training_shares_and_counts_taken_as_another_value_are_refused_naming_th
     cfg = load_config("tiny", ["train.personalize_code_fraction=0", "train.warmup_lr_steps=0"])
     assert (cfg.train.personalize_code_fraction, cfg.train.warmup_lr_steps) == (0, 0)
     assert load_config("tiny", ["train.personalize_code_fraction=1"]).train.personalize_code_fraction == 1
+
+
+def test_a_seed_torch_cannot_take_is_refused_naming_the_key(tmp_path):
+    # train.seed=18446744073709551615 loaded; train then wrote RUN/config.yaml and stopped on torch's 'Overflow when
+    # unpacking long long', naming no key, and left the folder as a run to resume
+    for seed in (2**64 - 1, 10**20, -(2**63) - 1):
+        _refused_naming_its_key("tiny", f"train.seed={seed}")
+    assert load_config("tiny", [f"train.seed={2**63 - 1}"]).train.seed == 2**63 - 1
+    assert load_config("tiny", ["train.seed=-1"]).train.seed == -1  # torch takes it (a run may have been trained so)
