@@ -308,6 +308,25 @@ def test_the_command_refuses_an_out_file_or_bad_settings_before_it_writes_or_dra
     assert "Errno" not in captured.err and captured.out.strip() == "", captured.out
     assert video.read_bytes() == kept and sorted(p.name for p in tmp_path.iterdir()) == ["grey.mp4"]
 
+@pytest.mark.parametrize("setting, value", [("val_fraction", float("nan")), ("test_fraction", float("nan")),
+                                            ("track_region_scale", float("nan")), ("track_region_scale", float("inf")),
+                                            ("track_region_scale", -1.0)])
+def test_settings_that_fail_after_tracking_or_mean_another_are_refused_first(tmp_path, monkeypatch, setting, value):
+    """`prepare clip.mp4 --val-fraction nan` passed the check of the split shares (NaN compares false) and failed the
+    clip after it was tracked and its frames written ('cannot convert float NaN to integer'), leaving them in OUT;
+    --track-region-scale nan (or inf) failed the clip once its face was found, and -1 tracked the whole frame as 0
+    asks, silently.
+    check_prepare refuses each before any work, naming the setting."""
+    from fastminerf.prepare import PrepareError, check_prepare
+
+    monkeypatch.setattr("fastminerf.prepare.require_mediapipe", lambda: None)
+    video = _write_video(tmp_path / "grey.mp4", [np.full((32, 32, 3), 128, np.uint8)] * 3)
+    with pytest.raises(PrepareError, match=setting):
+        check_prepare([video], tmp_path / "data", PrepareConfig(**{setting: value}))
+    assert not (tmp_path / "data").exists()
+    check_prepare([video], tmp_path / "data", PrepareConfig(val_fraction=0.0, test_fraction=0.0, track_region_scale=0.0))
+
+
 # ------------------------------------------------------------------------------------------------ splits
 
 

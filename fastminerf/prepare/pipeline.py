@@ -618,7 +618,7 @@ def check_prepare(videos: Union[PathLike, Sequence[PathLike]], out_dir: PathLike
     """
     if cfg.size < 16:
         raise PrepareError(f"size must be at least 16 pixels, got {cfg.size}")
-    if cfg.val_fraction < 0 or cfg.test_fraction < 0 or cfg.val_fraction + cfg.test_fraction >= 0.9:
+    if not (cfg.val_fraction >= 0 and cfg.test_fraction >= 0 and cfg.val_fraction + cfg.test_fraction < 0.9):  # NaN
         raise PrepareError(f"need val_fraction, test_fraction >= 0 with a sum below 0.9, got {cfg.val_fraction}, "
                            f"{cfg.test_fraction}")
     if cfg.min_frames < 3:
@@ -638,6 +638,11 @@ def check_prepare(videos: Union[PathLike, Sequence[PathLike]], out_dir: PathLike
     for name in ("focal_factor", "crop_scale"):
         if not (getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name))):
             raise PrepareError(f"{name} must be a positive number, got {getattr(cfg, name)}")
+    # NaN or infinity failed a video once its face was found (the region's side, int(round(scale x face size))); a
+    # negative scale tracked the whole frame, as 0 asks, silently
+    if not (cfg.track_region_scale >= 0 and math.isfinite(cfg.track_region_scale)):
+        raise PrepareError(f"track_region_scale must be a number >= 0 (0 tracks the whole frame), got "
+                           f"{cfg.track_region_scale}")
     require_mediapipe()  # fail once, before any video, when it is missing
     paths = [Path(v) for v in as_list(videos, (str, Path))]  # one path (str or Path) is one video
     if not paths:
