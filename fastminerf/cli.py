@@ -495,7 +495,9 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument("--data", nargs="+", required=True, type=Path, help="identity folders or dataset roots")
     p.add_argument("--out", required=True, type=Path, help="run folder")
-    p.add_argument("--config", default=None, help="preset name (tiny, cpu, video, gpu, nerface) or YAML file; default cpu")
+    p.add_argument("--config", default=None, help="preset name (tiny, cpu, video, gpu, nerface) or YAML file; default cpu. "
+                   "A file holds what differs from the defaults of fastminerf/config.py, or from the preset its "
+                   "'extends: NAME' names; a run's OUT/config.yaml trains the same run again")
     _add_run_options(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.field.conditioning=concat (repeatable)")

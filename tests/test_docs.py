@@ -453,3 +453,32 @@ def test_readme_layout_says_what_audio_py_does_now():
     video with sound."""
     entry = re.search(r"audio\.py \((.*?)\)", " ".join(_layout().split())).group(1)
     assert "recording" in entry, entry
+
+
+def test_readme_and_train_help_say_what_a_config_file_holds_and_how_set_reads_values(tmp_path):
+    """`train --config FILE` was documented as 'preset name ... or YAML file; default cpu', and the README said nothing
+    more of a config file than the Layout's 'a preset holds only its differences': nothing said that a file starts
+    from the library's defaults (fastminerf/config.py), not from the default cpu preset, unless it says `extends:`,
+    where each key is documented, how --set reads lists, null and booleans, or that RUN/config.yaml trains the same
+    run again. A user's `train: {steps: 100}` file trained the defaults' 4,096-ray batches without error-map rays."""
+    from fastminerf import load_config
+    from fastminerf.cli import build_parser
+    from fastminerf.config import RunConfig
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Model and training\n", 1)[1].split("\n## ", 1)[0]
+    text = " ".join(section.split())
+    for claim in ("`extends: cpu`", "`fastminerf/config.py`", "not from the `cpu` preset", "`[8,32]` or `8,32`",
+                  "`null`", "the last wins", "`--config RUN/config.yaml`"):
+        assert claim in text, claim
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    assert "extends" in " ".join(sub.format_help().split())
+    # the claims hold
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("train:\n  steps: 100\n")
+    assert load_config(mine).sampler == RunConfig().sampler != load_config(None).sampler  # None: the cpu preset
+    mine.write_text("extends: cpu\ntrain:\n  steps: 100\n")
+    assert load_config(mine) == load_config("cpu", ["train.steps=100"])
+    assert load_config("tiny", ["model.prune_stages=[8,32]"]) == load_config("tiny", ["model.prune_stages=8,32"])
+    assert load_config("tiny", ["train.steps=3", "train.steps=5"]).train.steps == 5
+    assert load_config("tiny", ["train.max_seconds=null"]).train.max_seconds is None
