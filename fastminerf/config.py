@@ -374,6 +374,7 @@ class SpeechConfig:
             raise ConfigError(f"speech config 'block' must be > 0, got {self.block}")
         if self.jitter < 0:
             raise ConfigError(f"speech config 'jitter' must be >= 0, got {self.jitter}")
+        _check_seed("speech config 'seed'", self.seed)  # beyond it, the training's torch.manual_seed failed, naming none
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -392,6 +393,13 @@ def _check_number(key: str, value, least: Optional[float] = None) -> None:
     such as ``value < 0``) at least ``least``."""
     if not abs(float(value)) < float("inf") or (least is not None and float(value) < least):
         raise ConfigError(f"{key} must be a finite number{f' >= {least:g}' if least is not None else ''}, got {value}")
+
+
+def _check_seed(key: str, value) -> None:
+    """A :class:`ConfigError` naming ``key`` unless ``value`` is a 64-bit integer, a seed torch's generators take
+    (also plus the 2 that personalisation adds): beyond it torch's 'Overflow when unpacking long long' names nothing."""
+    if not -(2**63) <= int(value) <= 2**63 - 1:
+        raise ConfigError(f"{key} must be a 64-bit integer (-2**63 .. 2**63 - 1), got {value}")
 
 
 def _check_backend(key: str, value) -> None:
@@ -871,10 +879,8 @@ class TrainConfig:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (0 disables the average), got {self.ema_decay}")
         if self.max_seconds is not None and not float(self.max_seconds) >= 0:  # trained none, written as trained
             raise ConfigError(f"train.max_seconds must be >= 0 or null (no time limit), got {self.max_seconds}")
-        # torch's generators take 64-bit seeds (personalisation's seed + 2 too): beyond them train wrote RUN/config.yaml,
-        # then stopped on 'Overflow when unpacking long long', naming no key
-        if not -(2**63) <= int(self.seed) <= 2**63 - 1:
-            raise ConfigError(f"train.seed must be a 64-bit integer (-2**63 .. 2**63 - 1), got {self.seed}")
+        # beyond torch's seeds train wrote RUN/config.yaml, then stopped on 'Overflow when unpacking long long'
+        _check_seed("train.seed", self.seed)
         if self.threads is not None and int(self.threads) < 0:  # 0, like None, leaves torch's default
             raise ConfigError(f"train.threads must be >= 0 or None, got {self.threads}")
         check_device(self.device)

@@ -7,7 +7,7 @@ from dataclasses import fields, replace
 import pytest
 
 from fastminerf.cli import build_parser, main
-from fastminerf.config import ConfigError, SpeechConfig, dump_config, load_config, parse_config_text
+from fastminerf.config import ConfigError, SpeechConfig, dump_config, flat_config, load_config, parse_config_text
 
 
 # ------------------------------------------------------------------------------------------- presets, files
@@ -567,3 +567,12 @@ def test_a_seed_torch_cannot_take_is_refused_naming_the_key(tmp_path):
         _refused_naming_its_key("tiny", f"train.seed={seed}")
     assert load_config("tiny", [f"train.seed={2**63 - 1}"]).train.seed == 2**63 - 1
     assert load_config("tiny", ["train.seed=-1"]).train.seed == -1  # torch takes it (a run may have been trained so)
+
+
+def test_a_speech_seed_torch_cannot_take_is_refused_naming_the_key():
+    # speech --set seed=18446744073709551615 loaded, and its training stopped on torch's 'Overflow when unpacking long
+    # long' (torch.manual_seed), naming no key
+    for seed in (2**64 - 1, -(2**63) - 1):
+        with pytest.raises(ConfigError, match="seed"):
+            flat_config(SpeechConfig, [f"seed={seed}"])
+    assert flat_config(SpeechConfig, [f"seed={2**63 - 1}"]).seed == 2**63 - 1
