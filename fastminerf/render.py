@@ -617,16 +617,15 @@ def speech_path(
         heard: ``load_speech(speech)``, when the caller has read it already (not read again).
 
     Raises:
-        RenderError: naming the missing identity or split, or a model of another expression size.
-        SpeechError: the recording cannot be read.
+        RenderError: naming the missing identity or split.
+        SpeechError: a speech model of another expression space or size than the target's
+            (:func:`fastminerf.speech.check_speech_space`), or a recording that cannot be read.
     """
-    from .speech import load_speech, predict_expressions
+    from .speech import check_speech_space, load_speech, predict_expressions
 
     ident = _dataset_identity(target, target_identity)
     _loaded_table(target, pose_split, f"no head poses of '{target_identity}'")
-    if speech_model.expression_dim != target.expression_dim:
-        raise RenderError(f"the speech model predicts {speech_model.expression_dim} expression coefficients, "
-                          f"'{target_identity}' has {target.expression_dim}")
+    check_speech_space(speech_model, target, f"the target '{target_identity}'")
     table = target.table(pose_split)
     frames = table.frames_of(ident)
     own_fps = split_fps(target, pose_split, ident)

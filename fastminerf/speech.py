@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .audio import Audio, AudioError, audio_absence, decode_sound, identity_audio, read_wav
-from .config import SpeechConfig, as_list
+from .config import SpeechConfig, as_list, some_of
 from .data.writer import check_folder
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "SpeechModel",
     "SpeechToExpression",
     "check_speech_out",
+    "check_speech_space",
     "frame_windows",
     "load_speech",
     "load_speech_clips",
@@ -247,10 +248,32 @@ class SpeechModel:
     """The identities whose speech it learned from."""
     metrics: Dict[str, object] = field(default_factory=dict)
     """Held-out scores measured after training (:func:`speech_metrics`), as plain data."""
+    source: Optional[Path] = None
+    """The file it was read from (:func:`load_speech_model`), for messages; None for a model just learned."""
 
     @property
     def expression_dim(self) -> int:
         return self.net.expression_dim
+
+
+def check_speech_space(model: SpeechModel, dataset, what: str) -> None:
+    """Refuse a speech model whose expressions ``dataset``'s identities cannot make: of another space (both known)
+    or of another size. ``what``: whose expressions the data holds, for the message ("the target 'NAME'").
+
+    Raises:
+        SpeechError: naming the speech model (its file when it was read from one), both spaces or sizes, and the
+            remedy: a speech model learned from data of the identities' space.
+    """
+    named = f"the speech model{f' {model.source}' if model.source is not None else ''}"
+    have, space = model.expression_space, dataset.expression_space
+    if have is not None and space is not None and have != space:
+        raise SpeechError(f"{named} predicts expressions in expression space '{have}' (learned from "
+                          f"{some_of(model.identities)}) but the expressions of {what} are in '{space}': the "
+                          f"same coefficients would mean other face motions. Learn a speech model from data in '{space}' "
+                          "(fastminerf speech --run RUN, or --data of the run's data)")
+    if model.expression_dim != dataset.expression_dim:  # spaces unknown (None) on one side: sizes still must agree
+        raise SpeechError(f"{named} predicts {model.expression_dim} expression coefficients, the frames of "
+                          f"{some_of(dataset.identities)} have {dataset.expression_dim}")
 
 
 # -------------------------------------------------------------------------------------------------- data
@@ -563,18 +586,13 @@ def split_expressions(model: SpeechModel, dataset, split: str) -> np.ndarray:
         ``(N, E)`` float32, N the rows of ``dataset.table(split)``.
 
     Raises:
-        SpeechError: a split not loaded, a model of another expression size, or an identity without ``audio.wav``,
-            with frames that carry no ``time`` or with frames past the end of its recording (named);
-            :class:`fastminerf.data.DatasetError` for data in another expression space.
+        SpeechError: a split not loaded, a model of another expression space or size (:func:`check_speech_space`),
+            or an identity without ``audio.wav``, with frames that carry no ``time`` or with frames past the end of its
+            recording (named).
     """
-    from .data.dataset import check_expression_space
-
     if split not in dataset.splits:
         raise SpeechError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
-    check_expression_space(model.expression_space, dataset, "the evaluated data", "the speech model")
-    if model.expression_dim != dataset.expression_dim:  # spaces unknown (None) on one side: sizes still must agree
-        raise SpeechError(f"the speech model predicts {model.expression_dim} expression coefficients, the frames of "
-                          f"{', '.join(dataset.identities)} have {dataset.expression_dim}")
+    check_speech_space(model, dataset, f"the evaluated data ({some_of(dataset.identities)})")
     table = dataset.table(split)
     out = np.array(table.expression, dtype=np.float32, copy=True)
     for i, name in enumerate(dataset.identities):
@@ -744,4 +762,5 @@ def load_speech_model(path: PathLike) -> SpeechModel:
     except (TypeError, RuntimeError, ValueError) as exc:  # ValueError: SpeechConfig's ConfigError, SpeechError
         raise SpeechError(f"speech model {p} does not match this fastminerf's network: {exc}") from None
     net.eval()
-    return SpeechModel(net, cfg, data.get("expression_space"), list(data.get("identities", [])), dict(data.get("metrics") or {}))
+    return SpeechModel(net, cfg, data.get("expression_space"), list(data.get("identities", [])),
+                       dict(data.get("metrics") or {}), p)

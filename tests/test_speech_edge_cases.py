@@ -334,3 +334,23 @@ def test_render_speech_decodes_the_recording_for_the_model_once(small, tmp_path,
     assert main(["render", "--run", str(tmp_path / "run"), "--identity", dirs[0].name, "--speech", str(voice),
                  "--frames", "3", "--out", str(tmp_path / "say.mp4")]) == 0
     assert read == [voice]
+
+
+def test_a_speech_model_of_another_expression_space_is_refused_as_such(small, tmp_path):
+    """render --speech (speech_path) with a speech model learned from data prepared elsewhere was refused only once
+    the render began (render_sequence's check of a driven path), as 'the expressions of the driver are in ...:
+    Prepare it with the training data's basis (fastminerf prepare VIDEO ...)': there is no driver and no video to
+    prepare, the speech model is what must be learned again; eval --speech (split_expressions) gave the same remedy.
+    Both refuse before any prediction, naming the speech model's file and space, the identity's space and the remedy."""
+    from fastminerf.render import speech_path
+
+    _, dirs, data, model = small
+    other = load_speech_model(save_speech_model(tmp_path / "other.pt", model))
+    other.expression_space = "pca12-0123456789"  # as if learned from data prepared elsewhere
+    for call in (lambda: speech_path(data, data.identities[0], other, dirs[0] / "audio.wav"),
+                 lambda: split_expressions(other, data, "val")):
+        with pytest.raises(SpeechError) as err:
+            call()
+        msg = str(err.value)
+        assert "other.pt" in msg and "pca12-0123456789" in msg and data.expression_space in msg, msg
+        assert "fastminerf speech" in msg and "driver" not in msg and "prepare" not in msg, msg
