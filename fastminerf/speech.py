@@ -453,12 +453,17 @@ def _fit_seeded(x: torch.Tensor, y: torch.Tensor, cfg: SpeechConfig, progress: O
         if cfg.noise > 0:
             xb = xb + cfg.noise * torch.randn(xb.shape, generator=gen)
         loss = (net(xb) - y[idx]).square().mean() / net.scale.square()
+        value = float(loss.detach())
+        if not math.isfinite(value):  # NaN from here on: every prediction of the model it would give NaN
+            raise SpeechError(f"speech training diverged at step {done + step} of {total}: its loss is {value} "
+                              f"(lr {cfg.lr:g} blew the network up); try a smaller lr (--set lr=..., default "
+                              f"{SpeechConfig.lr:g})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if progress is not None and (step % 50 == 0 or step == cfg.steps):
-            progress(done + step, total, float(loss.detach()))
+            progress(done + step, total, value)
     return net.eval()
 
 
@@ -492,7 +497,8 @@ def train_speech(
             every network's steps when calibrating).
 
     Raises:
-        SpeechError: no frame to learn from, or clips of different expression sizes.
+        SpeechError: no frame to learn from, clips of different expression sizes, or a training that diverged (a
+            non-finite loss, e.g. too high an ``lr``: the step named).
     """
     fit_splits = as_list(fit_splits)
     dims = {c.expressions[s].shape[1] for c in clips for s in fit_splits if s in c.expressions and len(c.expressions[s])}

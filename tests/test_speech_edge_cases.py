@@ -354,3 +354,16 @@ def test_a_speech_model_of_another_expression_space_is_refused_as_such(small, tm
         msg = str(err.value)
         assert "other.pt" in msg and "pca12-0123456789" in msg and data.expression_space in msg, msg
         assert "fastminerf speech" in msg and "driver" not in msg and "prepare" not in msg, msg
+
+
+def test_speech_training_that_diverges_stops_instead_of_keeping_nan_weights():
+    """speech --set lr=... too high (here 1e6) blew the network up to NaN within a few steps, yet trained on, printed
+    'nan' scores and wrote the model; render --speech then drove the face with NaN expressions without a word. Like
+    train (TrainingDiverged), speech training stops at the first non-finite loss, naming the step and the rate."""
+    audio = _noise(2.0)
+    rng = np.random.default_rng(0)
+    times = np.linspace(0.1, 1.9, 40)
+    clip = SpeechClip("a", log_mel(audio), {"train": times}, {"train": rng.normal(size=(40, 3)).astype(np.float32)})
+    for calibrate in (0, 3):  # the single network, and a calibration fold's
+        with pytest.raises(SpeechError, match=r"diverged at step \d+ .*lr.*1e\+06"):
+            train_speech([clip], SpeechConfig(steps=40, batch=8, lr=1e6, calibrate=calibrate))
