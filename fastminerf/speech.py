@@ -768,5 +768,10 @@ def load_speech_model(path: PathLike) -> SpeechModel:
     except (TypeError, RuntimeError, ValueError) as exc:  # ValueError: SpeechConfig's ConfigError, SpeechError
         raise SpeechError(f"speech model {p} does not match this fastminerf's network: {exc}") from None
     net.eval()
-    return SpeechModel(net, cfg, data.get("expression_space"), list(data.get("identities", [])),
-                       dict(data.get("metrics") or {}), p)
+    space, identities, metrics = data.get("expression_space"), data.get("identities", []), data.get("metrics") or {}
+    for key, ok, kind in (("expression_space", space is None or isinstance(space, str), "a name or None"),
+                          ("identities", isinstance(identities, (list, tuple)), "a list of names"),
+                          ("metrics", isinstance(metrics, dict), "a dict")):
+        if not ok:
+            raise SpeechError(f"speech model {p}: key '{key}' holds {type(data[key]).__name__} {data[key]!r}, not {kind}")
+    return SpeechModel(net, cfg, space, [str(n) for n in identities], dict(metrics), p)

@@ -367,3 +367,16 @@ def test_speech_training_that_diverges_stops_instead_of_keeping_nan_weights():
     for calibrate in (0, 3):  # the single network, and a calibration fold's
         with pytest.raises(SpeechError, match=r"diverged at step \d+ .*lr.*1e\+06"):
             train_speech([clip], SpeechConfig(steps=40, batch=8, lr=1e6, calibrate=calibrate))
+
+
+@pytest.mark.parametrize("key,value", [("identities", 5), ("metrics", [1]), ("expression_space", 3)])
+def test_load_speech_model_names_the_file_of_a_bad_entry(small, tmp_path, key, value):
+    """A speech.pt whose network loads but whose identities, metrics or expression space are of the wrong kind (a
+    file edited or written by another tool) crashed render --speech, eval --speech and info RUN with a bare TypeError
+    traceback from load_speech_model; it is a SpeechError naming the file and the key, as a bad config is."""
+    _, _, _, model = small
+    data = torch.load(save_speech_model(tmp_path / "speech.pt", model), weights_only=True)
+    data[key] = value
+    torch.save(data, tmp_path / "bad.pt")
+    with pytest.raises(SpeechError, match=f"bad.pt.*'{key}'"):
+        load_speech_model(tmp_path / "bad.pt")
