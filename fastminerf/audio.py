@@ -65,20 +65,23 @@ class Audio:
 
 def read_wav(path: PathLike, mono: bool = True) -> Audio:
     """Read a PCM WAV file (8-, 16- or 32-bit integer, any channel count) as 16-bit :class:`Audio`: mono, several
-    channels averaged, or with ``mono=False`` its channels as they are ((S, C) samples for more than one).
+    channels averaged, or with ``mono=False`` its channels as they are ((S, C) samples for more than one). A header
+    whose data size is 0 (never finalised) is read to the end of the file, as ffmpeg reads it.
 
     Raises:
         AudioError: naming the file when it is missing, not a PCM WAV file, or of an unsupported sample width.
     """
     p = Path(path)
     try:
-        with wave.open(str(p), "rb") as w:
+        with open(p, "rb") as f, wave.open(f, "rb") as w:
             channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
-            raw = w.readframes(n)
+            # a data size of 0: a header never finalised (a recorder stopped before it wrote the sizes), the samples
+            # running to the end of the file, as ffmpeg reads them (wave stops at the data's start)
+            raw = w.readframes(n) if n else f.read()
     except FileNotFoundError:
         raise AudioError(f"{p}: no such file") from None
-    except (wave.Error, EOFError) as exc:
-        raise AudioError(f"{p}: not a PCM WAV file ({exc})") from None
+    except (wave.Error, EOFError, RuntimeError) as exc:  # RuntimeError: a chunk past the RIFF size the header gives
+        raise AudioError(f"{p}: not a PCM WAV file ({exc or 'its chunk sizes do not fit the header'})") from None
     # A file cut off mid-sample (an interrupted recording or copy) holds fewer bytes than its header says, and
     # ``wave`` returns them as they are: keep the whole samples (the partial frame is dropped below).
     raw = raw[: len(raw) - len(raw) % width]
@@ -112,11 +115,11 @@ def wav_seconds(path: PathLike) -> float:
             held = (os.fstat(f.fileno()).st_size - f.tell()) // max(frame, 1)  # wave stops at the data's start
     except FileNotFoundError:
         raise AudioError(f"{p}: no such file") from None
-    except (wave.Error, EOFError) as exc:
-        raise AudioError(f"{p}: not a PCM WAV file ({exc})") from None
+    except (wave.Error, EOFError, RuntimeError) as exc:
+        raise AudioError(f"{p}: not a PCM WAV file ({exc or 'its chunk sizes do not fit the header'})") from None
     if rate <= 0:
         raise AudioError(f"{p}: sample rate {rate}")
-    return min(n, held) / float(rate)
+    return (min(n, held) if n else held) / float(rate)  # a data size of 0: to the end of the file, as read_wav reads
 
 
 def read_recording(path: PathLike) -> Audio:

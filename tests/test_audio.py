@@ -248,3 +248,38 @@ def test_a_recording_that_is_no_wav_and_no_sound_is_named_for_what_it_is(tmp_pat
     wav.write_bytes(b"RIFF")
     with pytest.raises(AudioError, match=r"broken\.wav: not a PCM WAV file"):
         read_recording(wav)
+
+
+@pytest.mark.parametrize("header", ["data", "riff_and_data", "riff_before_a_list_chunk"])
+def test_a_wav_whose_header_was_never_finalised_is_read_to_its_end(tmp_path, header):
+    """A recorder stopped before it wrote the sizes into the header (killed, a crash; the standard library's writer
+    leaves a RIFF size of 36 and a data size of 0 until it is closed) leaves a WAV whose data chunk says 0 bytes over
+    seconds of sound. read_wav read no samples (render --speech: 'holds no sound to hear'; a driven video: silence),
+    and where the RIFF size is too small for the chunks before the data (a LIST chunk, as ffmpeg writes) the standard
+    library's reader raised a bare RuntimeError, a traceback out of every command. ffmpeg reads such a file to its end;
+    so do read_wav and wav_seconds where the reader finds the data chunk, and read_recording and load_speech always."""
+    import struct
+
+    from fastminerf.audio import read_recording, wav_seconds
+    from fastminerf.speech import load_speech
+
+    tone = _tone(440.0, 1.5)
+    write_wav(tmp_path / "ok.wav", Audio(tone, RATE))
+    data = bytearray((tmp_path / "ok.wav").read_bytes())
+    at = data.find(b"data")
+    data[at + 4: at + 8] = struct.pack("<I", 0)
+    if header != "data":
+        data[4:8] = struct.pack("<I", 36)
+    if header == "riff_before_a_list_chunk":
+        data[at:at] = b"LIST" + struct.pack("<I", 4) + b"INFO"
+    (tmp_path / "open.wav").write_bytes(bytes(data))
+    assert np.array_equal(read_recording(tmp_path / "open.wav").samples, tone)
+    assert abs(load_speech(tmp_path / "open.wav").seconds - 1.5) < 1e-3
+    if header != "riff_before_a_list_chunk":  # the standard library's reader finds the data chunk: it runs to the end
+        assert np.array_equal(read_wav(tmp_path / "open.wav").samples, tone)
+        assert wav_seconds(tmp_path / "open.wav") == 1.5
+    else:  # one it cannot parse is a WAV it cannot read, named (and ffmpeg's to decode, above)
+        with pytest.raises(AudioError, match="open.wav"):
+            read_wav(tmp_path / "open.wav")
+        with pytest.raises(AudioError, match="open.wav"):
+            wav_seconds(tmp_path / "open.wav")
