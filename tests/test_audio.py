@@ -283,3 +283,30 @@ def test_a_wav_whose_header_was_never_finalised_is_read_to_its_end(tmp_path, hea
             read_wav(tmp_path / "open.wav")
         with pytest.raises(AudioError, match="open.wav"):
             wav_seconds(tmp_path / "open.wav")
+
+
+@pytest.mark.parametrize("width,mono", [(2, False), (2, True), (4, False), (1, False)])
+def test_reading_a_long_recording_holds_it_about_twice(tmp_path, width, mono):
+    """render --speech of a 10-minute 48 kHz stereo recording (115 MB of samples) peaked at 1 GB: read_wav, which
+    reads every soundtrack (read_recording, and ffmpeg's decodes through it), widened the samples to 32 or 64 bits
+    and clipped them into a second wide copy before the 16-bit result: about 6 times the recording in memory, so an
+    hour-long one took gigabytes. The samples stay 16-bit: the file's bytes and the result (and a mono mix's float32
+    sum) at most. The values are those of the wide arithmetic (8-bit re-centred, 32-bit floored to 16, channels
+    averaged and rounded half to even)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    s, c = 200_000, 2
+    ints = {1: rng.integers(0, 256, (s, c)).astype(np.uint8), 2: rng.integers(-32768, 32768, (s, c)).astype("<i2"),
+            4: rng.integers(-2 ** 31, 2 ** 31, (s, c)).astype("<i4")}[width]
+    with wave.open(str(tmp_path / "long.wav"), "wb") as w:
+        w.setnchannels(c), w.setsampwidth(width), w.setframerate(48000)
+        w.writeframes(ints.tobytes())
+    tracemalloc.start()
+    got = read_wav(tmp_path / "long.wav", mono=mono)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    wide = {1: (ints.astype(np.int64) - 128) * 256, 2: ints.astype(np.int64), 4: ints.astype(np.int64) // 65536}[width]
+    want = np.rint(wide.mean(axis=1)) if mono else wide
+    assert got.samples.dtype == np.int16 and np.array_equal(got.samples, want)
+    assert peak < ints.nbytes + 2.2 * s * c * 2, peak / (s * c * 2)  # the file's bytes + 16-bit samples (+ a little)
