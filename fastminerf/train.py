@@ -59,7 +59,7 @@ from .config import ModelConfig, RunConfig, as_list, check_device, dump_config, 
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
-from .data.writer import folder_locked, json_text, replaced_atomically
+from .data.writer import folder_locked, folder_writer, json_text, replaced_atomically
 from .model import MINeRF
 
 __all__ = [
@@ -1542,6 +1542,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     """
     cfg, model, meta = load_run(generic_run)
     _refuse_non_finite(model, meta["checkpoint"])
+    unfinished = _unfinished_generic(generic_run, cfg, meta)  # before any work: one being trained now is refused
     cfg = personalize_config(cfg, overrides, steps, max_seconds)
     steps, max_seconds = cfg.train.personalize_steps, cfg.train.max_seconds
     device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
@@ -1712,10 +1713,31 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         loop.run(opt, lrs, steps, steps, max_seconds, "all", steps)
         for p in field_params:
             p.requires_grad_(True)
-    notes = _data_notes(dataset, model.expression_space)
+    notes = _data_notes(dataset, model.expression_space) + unfinished
     if known == [] and generic_space is None and model.expression_space is not None:
         notes += (_adopted_space_note(list(generic_names), model.expression_space),)
     return replace(_finish(loop, model, average, resumed), notes=notes)
+
+
+def _unfinished_generic(run: PathLike, cfg: RunConfig, meta: dict) -> Tuple[str, ...]:
+    """personalize's look at the run it starts from (``cfg``, ``meta``: :func:`load_run`'s): :class:`CheckpointError`
+    naming it and the process when a ``train`` or ``personalize`` writes it now (the personalisation would start from
+    whichever checkpoint it read, and record as its start a folder that goes on to hold another model); the note of
+    :attr:`TrainResult.notes` when it stopped before its steps and its time limit (interrupted: the same command
+    continues it); else none."""
+    total = cfg.train.personalize_steps if meta["kind"] == "personalize" else cfg.train.steps
+    at = f"its checkpoint is at step {meta['step']} of {total}"
+    writer = folder_writer(Path(meta["checkpoint"]).parent)
+    if writer is not None:
+        raise CheckpointError(f"{run} is being trained now (by process {writer}; {at}): a personalisation would start "
+                              f"from whichever checkpoint it read, and {run} would then hold another model; wait for "
+                              "its training to end, or personalise from a copy of the folder")
+    limit = cfg.train.max_seconds
+    if meta["resumable"] and meta["step"] < total and (limit is None or meta["seconds"] < limit):
+        return (f"the generic run {run} is not finished ({at}, stopped before its steps or time limit): this "
+                "personalisation started from that model; to start from the finished one, continue its training "
+                "(the same command), then personalise into another --out folder",)
+    return ()
 
 
 _NEW_PERSON_HINT = ("identities are named by their folders: a new person whose folder has the name of one the model "

@@ -864,3 +864,29 @@ def test_a_run_made_on_windows_finds_its_moved_data_on_linux(heads, tmp_path):
     assert meta["data_relative"] == ["../../my data"]
     meta.update(data_paths=[r"C:\Users\zoe\proj\my data"], data_relative=[str(PureWindowsPath("..", "..", "my data"))])
     assert run_data_paths(meta) == [str(proj / "my data")]
+
+
+def test_personalize_refuses_a_generic_run_being_trained_now_and_notes_an_unfinished_one(heads, tmp_path):
+    # personalize --run GEN while `train --out GEN` was still writing GEN took whichever checkpoint it read (step 596
+    # of 4000 on the real clips) without a word and recorded GEN as the run it started from, which then went on to
+    # hold another model; one from an interrupted GEN (not at its steps, no time limit) said nothing either.
+    from fastminerf.data.writer import folder_locked
+
+    gen = tmp_path / "gen"
+    cfg = load_config("tiny", ["train.steps=8", "train.checkpoint_every=2", "train.log_every=1"])
+
+    def interrupt(record):
+        if record["step"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, heads[:2], gen, progress=interrupt)
+    assert load_run(gen)[2]["step"] == 4
+    with folder_locked(gen, lambda holder: CheckpointError(holder)):  # a training writing it now
+        with pytest.raises(CheckpointError, match=re.escape(str(gen)) + r".*being trained now.*step 4 of 8"):
+            personalize(gen, [heads[2]], tmp_path / "now", steps=2)
+    assert not (tmp_path / "now").exists()
+    result = personalize(gen, [heads[2]], tmp_path / "p", steps=2)
+    assert any(str(gen) in n and "not finished" in n and "step 4 of 8" in n for n in result.notes), result.notes
+    train(cfg, heads[:2], gen)  # finished: no note
+    assert not any("not finished" in n for n in personalize(gen, [heads[2]], tmp_path / "q", steps=2).notes)
