@@ -1381,6 +1381,8 @@ def run_info(run: Path) -> dict:
         info["speech"] = dict(file=str(speech), identities=len(sm.identities), expression_space=sm.expression_space,
                               held_out={k: held.get(k) for k in ("frames", "r2", "mouth_r2", "mouth_corr")} if held else None)
     records = log_records(Path(meta["checkpoint"]).parent / LOG_NAME)
+    if not info["training_now"]:  # lines of steps after the checkpoint, which a rerun redoes (and drops), are not its
+        records = [(line, r) for line, r in records if r["step"] <= meta["step"]]
     if records:
         last = records[-1][1]
         info["last_log"] = {k: last[k] for k in ("step", "loss", "psnr") if k in last}

@@ -890,3 +890,22 @@ def test_personalize_refuses_a_generic_run_being_trained_now_and_notes_an_unfini
     assert any(str(gen) in n and "not finished" in n and "step 4 of 8" in n for n in result.notes), result.notes
     train(cfg, heads[:2], gen)  # finished: no note
     assert not any("not finished" in n for n in personalize(gen, [heads[2]], tmp_path / "q", steps=2).notes)
+
+
+def test_info_of_an_interrupted_personalisation_gives_the_log_of_the_step_it_keeps(heads, generic, tmp_path):
+    # Stopped after step 4 with its checkpoint at step 3 (one code-only step, then one every 2 of the tuning's),
+    # info said 'steps 3 of 8' and 'last log: step 4, loss ..., train psnr ...': the loss and PSNR of a step the run
+    # does not hold (the rerun redoes it and drops that line).
+    from fastminerf.cli import run_info
+
+    run = tmp_path / "pers"
+
+    def interrupt(record):
+        if record["step"] == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        personalize(generic, [heads[2]], run, steps=8, progress=interrupt,
+                    overrides=["train.checkpoint_every=2", "train.log_every=1"])
+    info = run_info(run)
+    assert info["step"] == 3 and info["last_log"]["step"] == 3, info["last_log"]
