@@ -1321,7 +1321,9 @@ _held = threading.local()  # the ExitStack of the train / personalize call runni
 def _holds_run_folder(fn):
     """``fn`` (train, personalize) makes and locks its run folder with :func:`_lock_run_folder` (after the checks
     that refuse a call before any work); the lock is released, and the frame cache of its training data
-    (:func:`_load_training_data`) emptied, when ``fn`` returns or raises."""
+    (:func:`_load_training_data`) emptied, when ``fn`` returns or raises. A KeyboardInterrupt outside the steps (while
+    the data is read and the model set up), which :meth:`_Loop.noting_interrupt` did not describe, says what the run
+    folder keeps, as one inside them does."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         outer = getattr(_held, "stack", None)
@@ -1329,6 +1331,14 @@ def _holds_run_folder(fn):
             _held.stack = stack
             try:
                 return fn(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                out = getattr(stack, "run_folder", None)
+                if not exc.args and out is not None:
+                    ckpt = out / CHECKPOINT_NAME
+                    exc.args = (f"before its first step: {ckpt} is as it was; rerun the same command to resume from it"
+                                if ckpt.exists() else
+                                f"before its first step: no checkpoint was written yet in {out}; a rerun starts again",)
+                raise
             finally:
                 _held.stack = outer
     return wrapper
@@ -1341,6 +1351,7 @@ def _lock_run_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():  # a file's name typed for the folder's: mkdir's bare 'File exists'
         raise CheckpointError(f"run folder {out} is a file, not a folder: give the folder the run goes in (--out)")
     # made here, and removed again with the lock when the call is refused before it writes there (--data TYPO)
+    _held.stack.run_folder = out  # what an interrupt before the first step names
     _held.stack.enter_context(folder_locked(out, lambda holder: CheckpointError(
         f"run folder {out} is in use by another training or personalisation{holder}: wait for it to end, or use "
         "another --out folder"), make=True))

@@ -909,3 +909,24 @@ def test_info_of_an_interrupted_personalisation_gives_the_log_of_the_step_it_kee
                     overrides=["train.checkpoint_every=2", "train.log_every=1"])
     info = run_info(run)
     assert info["step"] == 3 and info["last_log"]["step"] == 3, info["last_log"]
+
+
+def test_an_interrupt_before_the_first_step_says_what_the_run_folder_keeps(heads, generic, tmp_path, monkeypatch):
+    # Ctrl-C while personalize (or train) read its data and set up, a few seconds on the real clips, printed a bare
+    # 'interrupted': not whether the run folder (left with its config.yaml) kept a checkpoint a rerun resumes from,
+    # as an interrupt during the steps says.
+    import sys
+
+    tr = sys.modules["fastminerf.train"]  # the module (fastminerf.train is the function)
+    run = tmp_path / "pers"
+    personalize(generic, [heads[2]], run, steps=2)
+
+    class Stop:
+        def __init__(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "RaySampler", Stop)
+    with pytest.raises(KeyboardInterrupt, match=re.escape(str(run / "checkpoint.pt")) + ".*resume"):
+        personalize(generic, [heads[2]], run, steps=4)
+    with pytest.raises(KeyboardInterrupt, match="no checkpoint was written yet in " + re.escape(str(tmp_path / "new"))):
+        train(load_config("tiny", ["train.steps=2"]), heads[:2], tmp_path / "new")
