@@ -1425,7 +1425,12 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
             extra = [n for n in dataset.identities if n not in data["identity_names"]]
             raise CheckpointError(f"{ckpt_path} was trained on {identity_list(data['identity_names'])}; --data now has "
                                   f"{identity_list(dataset.identities)} (missing: {identity_list(gone)}, new: "
-                                  f"{identity_list(extra)}); resume with the same data")
+                                  f"{identity_list(extra)}); " + (
+                                      "resume with the same data" if gone else  # new people prepared into its root
+                                      "to continue it, give the folders of the identities it was trained on (--data "
+                                      + " ".join(str(d) for n, d in zip(dataset.identities, dataset.identity_dirs)
+                                                 if n not in extra)
+                                      + "); to add the new ones, personalize from it"))
         moved = _frames_moved(model.frame_identity, dataset.table("train").identity, dataset.identities)
         if moved:
             raise CheckpointError(f"{ckpt_path} was trained on {moved}; resume with the same data")

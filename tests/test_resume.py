@@ -930,3 +930,18 @@ def test_an_interrupt_before_the_first_step_says_what_the_run_folder_keeps(heads
         personalize(generic, [heads[2]], run, steps=4)
     with pytest.raises(KeyboardInterrupt, match="no checkpoint was written yet in " + re.escape(str(tmp_path / "new"))):
         train(load_config("tiny", ["train.steps=2"]), heads[:2], tmp_path / "new")
+
+
+def test_a_resume_on_a_root_a_new_person_was_prepared_into_names_the_folders_to_give(heads, tmp_path):
+    # prepare NEW.mp4 --out ROOT (the README's way to put a new person in the training data's expression space) then
+    # train --data ROOT --out GEN again, to continue GEN: refused with 'resume with the same data', though --data was
+    # the same folder; what continues it is its own identities' folders (and personalize adds the new one).
+    root = tmp_path / "root"
+    first = _copy(heads[:2], root)
+    cfg = load_config("tiny", ["train.steps=2"])
+    train(cfg, root, tmp_path / "gen")
+    _copy(heads[2:3], root)
+    with pytest.raises(CheckpointError, match="new: .*" + re.escape(heads[2].name) + ".*--data "
+                       + re.escape(" ".join(str(p) for p in first)) + ".*personalize"):
+        train(load_config("tiny", ["train.steps=4"]), root, tmp_path / "gen")
+    assert train(load_config("tiny", ["train.steps=4"]), first, tmp_path / "gen").resumed_from == 2
