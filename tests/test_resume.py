@@ -931,6 +931,16 @@ def test_an_interrupt_before_the_first_step_says_what_the_run_folder_keeps(heads
     with pytest.raises(KeyboardInterrupt, match="no checkpoint was written yet in " + re.escape(str(tmp_path / "new"))):
         train(load_config("tiny", ["train.steps=2"]), heads[:2], tmp_path / "new")
 
+    # after the last step, while the loss curve is drawn, it is no longer 'before its first step'
+    def late(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.undo()
+    monkeypatch.setattr(tr, "write_curve", late)
+    with pytest.raises(KeyboardInterrupt, match="after step 2: " + re.escape(str(tmp_path / "late" / "checkpoint.pt"))
+                       + " keeps step 2"):
+        train(load_config("tiny", ["train.steps=2"]), heads[:2], tmp_path / "late")
+
 
 def test_a_resume_on_a_root_a_new_person_was_prepared_into_names_the_folders_to_give(heads, tmp_path):
     # prepare NEW.mp4 --out ROOT (the README's way to put a new person in the training data's expression space) then
