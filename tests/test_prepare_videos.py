@@ -979,3 +979,21 @@ def test_too_few_frames_at_the_rate_asked_names_that_rate(tmp_path, head_frames)
     assert f"{video}: only 3 frames at 5 fps (the video's own rate: 25 fps; at least 8 needed" in got.error
     got = prepare([video], tmp_path / "own", PrepareConfig(size=64, expression_dim=4, min_frames=13)).videos[0]
     assert f"{video}: only 12 frames at 25 fps (at least 13 needed" in got.error
+
+
+@pytest.mark.parametrize("name,codec", [("voice.mp4", "aac"), ("voice.mov", "pcm_s16le")])
+def test_a_file_of_sound_alone_is_refused_as_holding_no_picture(tmp_path, name, codec):
+    """A recording of the voice alone saved as .mp4 / .mov (a phone's voice memo, the sound exported from an editor)
+    was refused with 'ffmpeg cannot decode it as a video (Error opening output files: Invalid argument)': ffmpeg's
+    last line, which says nothing of what is wrong with the file and reads as a broken ffmpeg or a damaged video. It
+    has no video stream, and the error says so, naming what the file does hold."""
+    from fastminerf.prepare import VideoError, prepare
+    from fastminerf.prepare.video import probe
+
+    video = tmp_path / name
+    _run("-f", "lavfi", "-i", "sine=frequency=440:duration=0.5", "-c:a", codec, str(video))
+    with pytest.raises(VideoError, match="no video stream") as err:
+        probe(video)
+    assert str(video) in str(err.value) and "audio" in str(err.value) and "Invalid argument" not in str(err.value)
+    got = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert got.status == "failed" and got.error.startswith(f"{video}: ") and "no video stream" in got.error

@@ -121,6 +121,12 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
             meta = next(gen)
         gen.close()
     except (OSError, RuntimeError, StopIteration) as exc:
+        # ffmpeg opened the file and found streams, none a picture (a voice memo saved as .mp4): its last line,
+        # 'Error opening output files: Invalid argument', would say nothing of that
+        kinds = sorted({k.lower() for k in _STREAM_KINDS.findall(str(exc))})
+        if "does not contain any stream" in str(exc) and kinds and "video" not in kinds:
+            raise VideoError(f"{p}: has no video stream (ffmpeg finds only {' and '.join(kinds)} in it): "
+                             "not a video") from None
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise VideoError(f"{p}: ffmpeg cannot decode it as a video ({first})") from None
     w, h = meta["size"]
@@ -130,6 +136,10 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
             raise VideoError(f"{p}: ffmpeg reports no frame rate; pass fps (--fps) explicitly")
         rate = float(fps)
     return VideoInfo(p, int(w), int(h), rate, float(meta.get("duration") or 0.0), bool(meta.get("audio_codec")))
+
+
+_STREAM_KINDS = re.compile(r"^\s*Stream #\d+:\d+\S*: (\w+):", re.MULTILINE)
+"""The kind (Video, Audio, Subtitle, Data, ...) of each stream ffmpeg lists for an input."""
 
 
 def _on_screen_at(fps: float, origin: float = 0.0) -> Tuple[str, str]:
