@@ -997,3 +997,21 @@ def test_a_file_of_sound_alone_is_refused_as_holding_no_picture(tmp_path, name, 
     assert str(video) in str(err.value) and "audio" in str(err.value) and "Invalid argument" not in str(err.value)
     got = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
     assert got.status == "failed" and got.error.startswith(f"{video}: ") and "no video stream" in got.error
+
+
+def test_a_folder_given_for_a_video_is_called_a_folder_not_a_missing_file(tmp_path, head_frames):
+    """``prepare clips --out data`` (the folder of one's videos, where the command takes the videos) failed that
+    'video' with 'clips: no such video file', though the folder is right there: the user looked for a typo. The error
+    says it is a folder and how to give the videos in it; a path that does not exist is still 'no such video file'."""
+    from fastminerf.prepare import VideoError, prepare
+    from fastminerf.prepare.video import probe
+
+    clips = tmp_path / "clips"
+    _write_video(clips.mkdir() or clips / "talk.mp4", head_frames[:6])
+    with pytest.raises(VideoError, match="is a folder, not a video file") as err:
+        probe(clips)
+    assert str(err.value).startswith(f"{clips}: ") and "no such" not in str(err.value)
+    got = prepare([clips, tmp_path / "gone.mp4"], tmp_path / "data", PrepareConfig(size=64, min_frames=5)).videos
+    assert got[0].status == "failed" and got[0].error.startswith(f"{clips}: is a folder, not a video file")
+    assert str(clips / "*") in got[0].error
+    assert got[1].status == "failed" and got[1].error == f"{tmp_path / 'gone.mp4'}: no such video file"

@@ -60,7 +60,7 @@ from .pose import (
     solve_poses,
 )
 from .tracking import N_LANDMARKS, FaceTracker, Segmenter, find_face, require_mediapipe
-from .video import VIDEO_SUFFIXES, VideoError, VideoInfo, extract_audio, probe, read_frames
+from .video import VIDEO_SUFFIXES, VideoError, VideoInfo, extract_audio, probe, read_frames, require_file
 
 __all__ = ["PrepareError", "PrepareResult", "VideoResult", "check_prepare", "prepare"]
 
@@ -785,8 +785,7 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     """Stages 1 and 2 of one video (each skipped when its marker matches); returns what stage 3 needs. Its identity
     folder is locked (:func:`folder_locked`) until ``held`` closes, before it is looked at: another prepare writing it
     now fails this video (by name and process) instead of writing the folder with it."""
-    if not res.video.is_file():
-        raise PrepareError(f"{res.video}: no such video file")
+    require_file(res.video)  # before the name's suffix: a missing 'clip.txt' is missing
     if res.video.suffix.lower() not in VIDEO_SUFFIXES:
         raise PrepareError(f"{res.video}: not a video file name (expected one of {', '.join(VIDEO_SUFFIXES)})")
     info = probe(res.video, cfg.fps)

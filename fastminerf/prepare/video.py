@@ -105,6 +105,17 @@ def _input(path: PathLike) -> str:
     return str(Path(path).absolute())
 
 
+def require_file(path: PathLike) -> Path:
+    """``path`` as a Path, or :class:`VideoError`: no such file, or a folder (the folder of one's videos, given where
+    the videos go), said as such with how to give the videos in it."""
+    p = Path(path)
+    if p.is_dir():
+        raise VideoError(f"{p}: is a folder, not a video file; give the videos in it ({p / '*'})")
+    if not p.is_file():
+        raise VideoError(f"{p}: no such video file")
+    return p
+
+
 def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
     """Size, frame rate, duration and whether there is audio, or :class:`VideoError` naming the file.
 
@@ -112,9 +123,7 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
     (a browser's WebM recording) is then accepted with this rate instead of refused."""
     import imageio_ffmpeg
 
-    p = Path(path)
-    if not p.is_file():
-        raise VideoError(f"{p}: no such video file")
+    p = require_file(path)
     try:
         with _quiet_imageio_ffmpeg():
             gen = imageio_ffmpeg.read_frames(_input(p), output_params=["-vf", SQUARE_PIXELS])
