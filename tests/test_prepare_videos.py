@@ -1015,3 +1015,30 @@ def test_a_folder_given_for_a_video_is_called_a_folder_not_a_missing_file(tmp_pa
     assert got[0].status == "failed" and got[0].error.startswith(f"{clips}: is a folder, not a video file")
     assert str(clips / "*") in got[0].error
     assert got[1].status == "failed" and got[1].error == f"{tmp_path / 'gone.mp4'}: no such video file"
+
+
+def test_a_video_with_two_sound_tracks_gives_its_first_to_audio_wav(tmp_path):
+    """A recording with two sound tracks, both flagged default (a screen recorder's microphone as track 1, mono, and
+    the desktop's sound as track 2, stereo): audio.wav (prepare), a --speech video's sound and speech's recording held
+    the second, since ffmpeg picks the track with the most channels where none is told; the start and rate used to
+    line it up with the frames were the first's. extract_audio takes the first, as it says and as they are measured."""
+    from fastminerf.audio import read_recording
+    from fastminerf.prepare.video import extract_audio
+
+    video = tmp_path / "screen.mp4"
+    _run("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=1", "-f", "lavfi", "-i",
+         "sine=frequency=440:sample_rate=16000:duration=1", "-f", "lavfi", "-i",
+         "sine=frequency=1000:sample_rate=48000:duration=1", "-filter_complex", "[2:a]pan=stereo|c0=c0|c1=c0[desk]",
+         "-map", "0:v", "-map", "1:a", "-map", "[desk]", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+         "-disposition:a:0", "default", "-disposition:a:1", "default", str(video))
+
+    def pitch(samples: np.ndarray, rate: int) -> float:
+        spectrum = np.abs(np.fft.rfft(samples[:rate // 2].astype(np.float64)))
+        return float(np.argmax(spectrum) * rate / (rate // 2))
+
+    heard = _read_wav(extract_audio(video, tmp_path / "audio.wav"))
+    assert len(heard) == pytest.approx(16000, abs=400)
+    assert pitch(heard, 16000) == pytest.approx(440, abs=5)
+    played = read_recording(video)
+    assert played.rate == 16000 and pitch(played.samples.reshape(len(played.samples), -1)[:, 0], 16000) == \
+        pytest.approx(440, abs=5)

@@ -258,14 +258,16 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: Optional[int] = 16000
     rate = int(min(source_rate or 48000, 48000) if rate is None else rate)
     start = int(round(origin * (source_rate or rate)))
     layout = ["-ac", "1"] if mono else ["-ac", "2"] if (channels or 0) > 2 else []
-    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-copyts", "-i", _input(path), "-vn", *layout,
+    # -map: the first audio stream, whose start and rate _starts measured; left to itself ffmpeg takes the one with the
+    # most channels (a screen recording's desktop sound, stereo, over its microphone, mono, on track 1)
+    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-copyts", "-i", _input(path), "-map", "0:a:0", "-vn", *layout,
            "-ar", str(rate), "-af", f"aresample=first_pts={start},asetpts=PTS-STARTPTS", "-acodec", "pcm_s16le"]
     if duration is not None:
         cmd += ["-t", f"{duration:.6f}"]
     with replaced_atomically(out, ".tmp.wav") as tmp:  # ffmpeg takes the format from the suffix
         res = subprocess.run(cmd + [str(tmp)], **_FFMPEG_TEXT)
         if res.returncode != 0:
-            if "does not contain any stream" in res.stderr:  # ffmpeg's last line ('Error opening output files') hides it
+            if "matches no streams" in res.stderr:  # ffmpeg's last line ('Error opening output files') hides it
                 raise VideoError(f"{path}: has no audio track: no sound to extract")
             msg = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit status {res.returncode}"
             raise VideoError(f"{path}: cannot extract the audio ({msg})")
