@@ -1042,3 +1042,25 @@ def test_a_video_with_two_sound_tracks_gives_its_first_to_audio_wav(tmp_path):
     played = read_recording(video)
     assert played.rate == 16000 and pitch(played.samples.reshape(len(played.samples), -1)[:, 0], 16000) == \
         pytest.approx(440, abs=5)
+
+
+def test_camcorder_broadcast_and_phone_containers_are_prepared(tmp_path, head_frames):
+    """The README has prepare hold an MPEG-TS picture that starts after its sound from the file's start and read DV's
+    non-square, interlaced frames, but prepare refused every such file by its name before reading it: a camcorder's
+    00001.MTS, a broadcast .ts / .m2ts, a DV tape's .dv, a DVD's .mpg, an old phone's .3gp failed with 'not a video
+    file name (expected one of .mp4, .mov, .webm, .mkv, .avi, .m4v)'. They are prepared, as any file ffmpeg decodes
+    with a video's name; a file of another name is still refused by it."""
+    from fastminerf.prepare import prepare
+
+    src = _write_video(tmp_path / "head.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    codecs = {".MTS": ["-c:v", "libx264"], ".mpg": ["-c:v", "mpeg2video", "-q:v", "2"], ".3gp": ["-c:v", "libx264"]}
+    videos = []
+    for suffix, codec in codecs.items():
+        videos.append(tmp_path / f"clip_{suffix[1:]}{suffix}")
+        _run("-i", str(src), *codec, "-an", str(videos[-1]))
+    (tmp_path / "notes.txt").write_text("not a video")
+    got = prepare(videos + [tmp_path / "notes.txt"], tmp_path / "data",
+                  PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos
+    for v in got[:-1]:
+        assert v.status == "done" and v.frames_total == 12, (v.video, v.error)
+    assert got[-1].status == "failed" and "not a video file name" in got[-1].error

@@ -28,8 +28,10 @@ __all__ = ["VideoError", "VideoInfo", "extract_audio", "probe", "read_frames"]
 
 PathLike = Union[str, Path]
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
-"""File suffixes accepted as videos (anything ffmpeg decodes works; these are the ones checked up front)."""
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".dv", ".mpg", ".mpeg",
+                  ".3gp", ".wmv", ".flv", ".ogv", ".mxf")
+"""File suffixes accepted as videos, in any case (anything ffmpeg decodes works under these names): phones' and the
+web's containers, camcorders' and broadcast's MPEG-TS (``00001.MTS``), DV, DVD's MPEG-2 and broadcast MXF."""
 
 
 class VideoError(ValueError):
