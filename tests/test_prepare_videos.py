@@ -1064,3 +1064,25 @@ def test_camcorder_broadcast_and_phone_containers_are_prepared(tmp_path, head_fr
     for v in got[:-1]:
         assert v.status == "done" and v.frames_total == 12, (v.video, v.error)
     assert got[-1].status == "failed" and "not a video file name" in got[-1].error
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".dv"])
+def test_dv_is_read_at_its_frame_rate_not_the_average_ffmpeg_misreports(tmp_path, suffix):
+    """ffmpeg reports a DV stream's average rate as 600 fps in an AVI (a camcorder's capture) and 60k fps in a raw
+    .dv, beside its true 25 tbr: prepare read a 1 s PAL DV capture as 600 frames, each picture 24 times (a minute of
+    tape: 36,000 frames), and refused the raw file for want of a rate. An average above the stream's base rate (tbr,
+    the rate all its timestamps fit) cannot be one of its frames: the base rate is taken there."""
+    from fastminerf.prepare.video import probe, read_frames
+
+    video = tmp_path / "tape.dv"
+    _run("-f", "lavfi", "-i", "testsrc=size=720x576:rate=25:duration=1", "-f", "lavfi", "-i", "sine=r=48000:d=1",
+         "-target", "pal-dv", str(video))
+    if suffix == ".avi":  # the tape's stream as captured, into an AVI
+        _run("-i", str(video), "-c", "copy", str(video.with_suffix(suffix)))
+        video = video.with_suffix(suffix)
+    info = probe(video)
+    assert info.fps == 25.0 and (info.width, info.height) == (768, 576)
+    assert sum(1 for _ in read_frames(video, info.fps)) == 25
+    # an ordinary file's rate is the average, as before (23.976 is written 23.98 by ffmpeg)
+    assert probe(_write_video(tmp_path / "film.mp4", [np.zeros((16, 16, 3), np.uint8)] * 5, fps=24000 / 1001)).fps \
+        == pytest.approx(23.98)

@@ -142,12 +142,32 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
         raise VideoError(f"{p}: ffmpeg cannot decode it as a video ({first})") from None
     w, h = meta["size"]
     rate = float(meta.get("fps") or 0.0)
+    average, base = _video_rates(p)
+    if average is not None and base is not None and average > base:
+        # not an average of its frames (ffmpeg says 600 fps for DV in an AVI, 60k for a raw .dv, beside 25 tbr): the
+        # rate every timestamp of the stream fits, which no average of its frames exceeds
+        rate = base
     if not (rate > 0 and math.isfinite(rate)):
         if not fps:
             raise VideoError(f"{p}: ffmpeg reports no frame rate; pass fps (--fps) explicitly")
         rate = float(fps)
     return VideoInfo(p, int(w), int(h), rate, float(meta.get("duration") or 0.0), bool(meta.get("audio_codec")))
 
+
+def _video_rates(path: PathLike) -> Tuple[Optional[float], Optional[float]]:
+    """The average and base frame rates (``fps``, ``tbr``) ffmpeg lists for the file's first video stream, each None
+    where it lists none. imageio-ffmpeg reads the first alone, and not where it is written in thousands ('60k')."""
+    res = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-i", _input(path)], **_FFMPEG_TEXT)
+    line = next((m.group(0) for m in _VIDEO_STREAM.finditer(res.stderr)), "")
+
+    def rate(unit: str) -> Optional[float]:
+        m = re.search(rf" ([0-9.]+)(k?) {unit}\b", line)
+        return None if m is None else float(m.group(1)) * (1000.0 if m.group(2) else 1.0)
+
+    return rate("fps"), rate("tbr")
+
+
+_VIDEO_STREAM = re.compile(r"^\s*Stream #\d+:\d+\S*: Video: .*$", re.MULTILINE)
 
 _STREAM_KINDS = re.compile(r"^\s*Stream #\d+:\d+\S*: (\w+):", re.MULTILINE)
 """The kind (Video, Audio, Subtitle, Data, ...) of each stream ffmpeg lists for an input."""
