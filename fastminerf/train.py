@@ -178,7 +178,8 @@ def save_checkpoint(path: PathLike, payload: dict, what: str = "checkpoint") -> 
             kept = f"; {path} is kept as it was" if path.exists() else ""
             code = getattr(exc, "errno", None)
             full = " (is the disk full?)" if code in (None, errno.ENOSPC) else ""  # not for a folder or a read-only one
-            raise OSError(code or errno.EIO, f"cannot write the {what} {path}{full}: {exc}{kept}") from exc
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc  # the file is named here
+            raise OSError(code or errno.EIO, f"cannot write the {what} {path}{full}: {why}{kept}") from exc
         raise
     return path
 

@@ -73,6 +73,35 @@ def decode_audio():
     return _decode_audio
 
 
+def _file_size_limit(limit: int):
+    """A context manager: the process's files may not grow past ``limit`` bytes while it is entered (RLIMIT_FSIZE, the
+    writes past it failing with EFBIG, as a full disk fails them with ENOSPC; SIGXFSZ ignored, which would end the
+    process). Skips the test where there is no such limit (not POSIX)."""
+    import contextlib
+    import signal
+
+    resource = pytest.importorskip("resource")
+
+    @contextlib.contextmanager
+    def limited():
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, previous)
+
+    return limited()
+
+
+@pytest.fixture
+def file_size_limit():
+    """``with file_size_limit(bytes):`` a disk that is full past ``bytes`` a file, for the process (:func:`_file_size_limit`)."""
+    return _file_size_limit
+
+
 # ------------------------------------------------------------------------------------------ a simulated GPU
 
 

@@ -557,6 +557,23 @@ def test_replaced_atomically_keeps_the_earlier_file_and_no_temporary_one_when_th
     assert list(np.load(target)["x"]) == [0, 1, 2] and list(tmp_path.iterdir()) == [target]
 
 
+def test_a_write_that_fails_on_a_full_disk_names_the_file(tmp_path, file_size_limit):
+    """A write that fails part way (a full disk: ENOSPC; here the process's file size limit: EFBIG, which fails the
+    same writes without filling a disk) raised the bare OSError of the write, naming no file ("error: [Errno 28] No
+    space left on device" was all synth, prepare, eval or render printed), or naming the temporary file of the write.
+    The writers of the layout (JSON, PNG, WAV, landmarks) go through replaced_atomically, whose error names the file
+    the user asked for, and leave no temporary file."""
+    import errno
+
+    # a 24 px frame's PNG is under 3,000 bytes; the identity's audio.wav (a second of 16-bit sound) is not
+    with file_size_limit(3000), pytest.raises(OSError) as info:
+        generate(tmp_path / "d", n_identities=1, n_frames=4, size=24, seed=0)
+    wav = tmp_path / "d" / "id000" / "audio.wav"
+    assert info.value.errno == errno.EFBIG
+    assert info.value.filename == str(wav) and str(wav) in str(info.value), str(info.value)
+    assert not [p for p in (tmp_path / "d").rglob("*") if ".tmp" in p.name]
+
+
 def test_intrinsics_per_frame_are_each_frames_camera(tmp_path: Path):
     """A converter that writes a camera per frame (``intrinsics`` in each frame, as trackers with a zooming or cropping
     camera do) gets each frame's camera, not the file's for all of them without a word; frames without one take the

@@ -51,8 +51,11 @@ def replaced_atomically(path: PathLike, tmp_suffix: str = ".tmp") -> Iterator[Pa
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, str(tmp), tmp):
+            # a write that fails (a full disk) names no file, an open the temporary one: the user's file instead
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     remove_killed_writes(path.parent, f"{path.name}.", tmp_suffix)
 
