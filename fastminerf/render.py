@@ -1450,7 +1450,10 @@ def write_video(
     count = 0
     wav = None
     if out is not None and audio is not None and len(audio.samples):
-        wav = write_wav(out.with_name(f".{out.name}.{write_id()}.audio.wav"), audio)
+        try:  # a temporary file of ours for ffmpeg to read: a failure is the video's (a full disk)
+            wav = write_wav(out.with_name(f".{out.name}.{write_id()}.audio.wav"), audio)
+        except OSError as exc:
+            raise RenderError(f"{out}: cannot write the video there ({exc.strerror or exc})") from None
 
     def start(final: Path, sound: Optional[Path]) -> None:
         tmp = _part_path(final)

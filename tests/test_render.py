@@ -431,6 +431,21 @@ def test_write_video_a_failed_encode_is_an_error_naming_the_file_and_keeps_the_e
     assert sorted(p.name for p in out.parent.iterdir()) == ["v.mp4"]
 
 
+def test_write_video_whose_soundtrack_cannot_be_written_names_the_video(tmp_path, file_size_limit):
+    """The soundtrack goes to a temporary WAV file beside the video for ffmpeg to read: on a full disk (here a file
+    size limit) render stopped with "error: [Errno 27] File too large: 'out/.v.mp4.<process>-0.audio.wav'", a file
+    the user never asked for, or (before the writer named its file) with no file at all. The error names the video,
+    as when its folder cannot be written, and leaves nothing beside it."""
+    from fastminerf.audio import Audio
+
+    out = tmp_path / "out" / "v.mp4"
+    sound = Audio(np.zeros(16000, np.int16), 16000)  # 32,000 bytes; the frames are not encoded yet
+    with file_size_limit(3000), pytest.raises(RenderError) as info:
+        write_video(iter(_frames(4, 16, 16)), out, fps=10, audio=sound)
+    assert str(info.value).startswith(f"{out}: cannot write the video there (") and "audio.wav" not in str(info.value)
+    assert list(out.parent.iterdir()) == []
+
+
 @contextlib.contextmanager
 def _read_only(folder):
     """``folder`` made unwritable: by its mode, or (for root, whom modes do not stop) as an immutable folder; the test
