@@ -59,7 +59,7 @@ from .config import ModelConfig, RunConfig, as_list, check_device, dump_config, 
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
-from .data.writer import folder_locked, folder_writer, json_text, replaced_atomically
+from .data.writer import errors_naming, folder_locked, folder_writer, json_text, replaced_atomically
 from .model import MINeRF
 
 __all__ = [
@@ -1034,7 +1034,7 @@ class _Loop:
                               rays_per_s=window["rays"] / max(window["time"], 1e-9),
                               samples_per_ray=window["samples"] / max(window["rays"], 1), phase=phase,
                               occupied=model.occupancy.occupied_fraction())
-                with open(self.log, "a") as f:
+                with errors_naming(self.log), open(self.log, "a") as f:  # a full disk: the log named
                     f.write(json_text(record) + "\n")  # a diverged loss: null
                 if self.progress is not None:
                     self.progress(dict(record, total_steps=total_steps, max_seconds=max_seconds or float("nan")))

@@ -378,6 +378,22 @@ def test_a_log_rewrite_that_fails_leaves_the_log_whole_and_no_temp_file(tmp_path
 
 
 
+def test_a_log_write_that_fails_on_a_full_disk_names_the_log(heads, tmp_path, file_size_limit):
+    """Training appends a line to RUN/log.jsonl at every logging step: on a full disk (here a file size limit, which
+    fails the same write) it stopped with "error: [Errno 28] No space left on device", naming no file. The error
+    names the log."""
+    import errno
+
+    run = tmp_path / "run"
+    cfg = load_config("tiny", ["train.steps=40", "train.log_every=1", "train.checkpoint_every=0",
+                               "train.checkpoint_seconds=0"])
+    # config.yaml (about 2,100 bytes) is written whole; the log (about 250 bytes a step) reaches 3,000 bytes first
+    with file_size_limit(3000), pytest.raises(OSError) as info:
+        train(cfg, heads[:2], run)
+    assert info.value.errno == errno.EFBIG
+    assert info.value.filename == str(run / "log.jsonl") and str(run / "log.jsonl") in str(info.value), str(info.value)
+
+
 def test_a_config_write_that_is_stopped_leaves_the_run_folder_s_config_whole(heads, generic, tmp_path, monkeypatch):
     # train and personalize wrote RUN/config.yaml in place: stopped in that write (Ctrl-C, a kill, a full disk) a
     # resumed run's config.yaml was cut short, the file train's refusal tells the user to resume with (--config

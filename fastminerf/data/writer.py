@@ -49,15 +49,27 @@ def replaced_atomically(path: PathLike, tmp_suffix: str = ".tmp") -> Iterator[Pa
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{write_id()}{tmp_suffix}")
     try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException as exc:
+        with errors_naming(path, tmp):  # an open names the temporary file, a write that fails none: the user's file
+            yield tmp
+            os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, str(tmp), tmp):
-            # a write that fails (a full disk) names no file, an open the temporary one: the user's file instead
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     remove_killed_writes(path.parent, f"{path.name}.", tmp_suffix)
+
+
+@contextmanager
+def errors_naming(path: PathLike, *instead_of: PathLike) -> Iterator[None]:
+    """An :class:`OSError` raised in the block that names no file (a write or a flush that fails: a full disk, whose
+    ``ENOSPC`` Python reports without the file) or one of ``instead_of`` (a temporary file of the write) is raised
+    naming ``path``, with its errno (so as the same subclass), e.g. "[Errno 28] No space left on device: 'RUN/log.jsonl'";
+    one naming another file is left as it is."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is not None and (exc.filename is None or str(exc.filename) in {str(p) for p in instead_of}):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 STALE_WRITE_SECONDS = 60.0
