@@ -31,6 +31,17 @@ def _sheet(path, size, labels=None, n=4):
     return np.asarray(iio.imread(out))
 
 
+def test_a_contact_sheet_that_cannot_be_written_whole_keeps_the_earlier_one(tmp_path, file_size_limit):
+    """prepare's sheet was saved in place: a save that failed part way (a full disk; here a file size limit) left the
+    sheet of the earlier prepare cut short under its name, the error naming no file. Whole or not at all, named."""
+    out = tmp_path / "contact_sheet.png"
+    out.write_bytes(b"earlier sheet")
+    with file_size_limit(2000), pytest.raises(OSError) as info:
+        _sheet(out, 64)
+    assert str(out) in str(info.value), str(info.value)
+    assert out.read_bytes() == b"earlier sheet" and [p.name for p in tmp_path.iterdir()] == ["contact_sheet.png"]
+
+
 def _first_tile_row(img):
     return int(np.flatnonzero((img[:, 4:8] == TILE).all(axis=(1, 2)))[0])
 

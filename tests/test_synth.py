@@ -287,6 +287,19 @@ def test_contact_sheet(root, tmp_path):
     assert sheet.std() > 10
 
 
+def test_a_contact_sheet_that_cannot_be_written_whole_keeps_the_earlier_one(root, tmp_path, file_size_limit):
+    """The sheet was saved in place (PIL opens the name and writes it): a save that failed part way (a full disk; here a
+    file size limit) left the earlier sheet (synth --overwrite, the demo again) cut short under its name, and the
+    error, the write's, named no file. It is written as the layout's other files are: whole or not at all, the error
+    naming it."""
+    out = tmp_path / "sheet.png"
+    out.write_bytes(b"earlier sheet")
+    with file_size_limit(2000), pytest.raises(OSError) as info:
+        contact_sheet(root, out, train_columns=4, novel_columns=2)
+    assert str(out) in str(info.value), str(info.value)
+    assert out.read_bytes() == b"earlier sheet" and [p.name for p in tmp_path.iterdir()] == ["sheet.png"]
+
+
 def test_contact_sheet_of_short_videos_puts_the_novel_frame_under_its_header(tmp_path):
     """``synth --frames 4`` (3 training frames, fewer than the sheet's 6 train columns) drew each identity's novel
     frame in the 4th column, under 'train (varied expressions)', while the 'novel (withheld)' header stood over

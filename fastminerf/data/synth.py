@@ -659,5 +659,6 @@ def contact_sheet(
             sheet.paste(Image.fromarray(np.ascontiguousarray(img)), (x, y))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    with replaced_atomically(out) as tmp:  # whole or not at all: a failed save left an earlier sheet cut short
+        sheet.save(tmp, format="PNG")
     return out

@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ..data.writer import replaced_atomically
 from ..drawing import LINE_HEIGHT, plot_curves, wrap_text
 from .pose import project
 
@@ -128,5 +129,6 @@ def write_contact_sheet(
                     "expression", legend=("0", "1", "2"))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    with replaced_atomically(out) as tmp:  # whole or not at all: a failed save left an earlier sheet cut short
+        sheet.save(tmp, format="PNG")
     return out
