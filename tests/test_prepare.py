@@ -393,6 +393,22 @@ def test_a_prepare_whose_every_video_failed_names_the_roots_basis_as_it_is(tmp_p
     assert f"expression basis (4 coefficients, reused; space {basis.space_id})" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_an_expression_basis_that_cannot_be_written_names_its_file(tmp_path, file_size_limit, exclusive):
+    """prepare saves the root's expression_basis.npz through a temporary file of its own: on a full disk (here a file
+    size limit) the whole prepare stopped with "error: [Errno 28] No space left on device", naming no file. The error
+    names the basis, and no temporary file is left."""
+    from fastminerf.prepare.expression import BASIS_FILE, ExpressionBasis
+
+    rng = np.random.default_rng(0)
+    comps = np.linalg.qr(rng.normal(size=(30, 4)))[0].T
+    basis = ExpressionBasis(rng.normal(size=(10, 3)), np.arange(5), comps, 1.5, np.full(4, 0.25), 2.0, ("a",))
+    with file_size_limit(1000), pytest.raises(OSError) as info:
+        basis.save(tmp_path, exclusive=exclusive)
+    assert info.value.filename == str(tmp_path / BASIS_FILE), str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 WIDE_FACE_PX = 160
 """Width the 512 px clip is shrunk to inside a 1280x720 wide shot: its face is then about 100 px, a seventh of the
 frame's height, which mediapipe's short-range detector does not find in the whole frame."""

@@ -26,7 +26,7 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 
 from ..data.layout import NPZ_ERRORS, npz_error_reason
-from ..data.writer import remove_killed_writes, write_id
+from ..data.writer import errors_naming, remove_killed_writes, write_id
 from .pose import FRAME_CHUNK, evenly_spaced
 
 __all__ = ["BASIS_FILE", "ExpressionBasis", "fit_basis"]
@@ -115,9 +115,10 @@ class ExpressionBasis:
         path = Path(root) / BASIS_FILE
         tmp = path.with_name(f"{path.stem}.{write_id()}.tmp.npz")
         try:
-            np.savez(tmp, format=BASIS_FORMAT, canonical=self.canonical, stable=self.stable,
-                     components=self.components, scale=self.scale, explained=self.explained,
-                     face_height=self.face_height, fitted_on=np.array(self.fitted_on, dtype=str))
+            with errors_naming(path, tmp):  # a full disk: the basis named, not its temporary file or none
+                np.savez(tmp, format=BASIS_FORMAT, canonical=self.canonical, stable=self.stable,
+                         components=self.components, scale=self.scale, explained=self.explained,
+                         face_height=self.face_height, fitted_on=np.array(self.fitted_on, dtype=str))
             if not exclusive:
                 os.replace(tmp, path)
                 return path
