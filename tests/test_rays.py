@@ -412,6 +412,23 @@ def test_malformed_landmarks_name_the_file_and_key(tmp_path):
         load_dataset(root).landmarks("train")
 
 
+def test_landmarks_with_a_repeated_or_non_finite_frame_name_the_frame(tmp_path):
+    """A converter's landmarks.npz with one frame_index twice, or a NaN point (a frame its tracker lost), was refused
+    with 'repeats a frame' / 'holds NaN or infinite values', naming neither the frame nor the row among thousands.
+    Both name the frame (its frame_index) and its row in the file."""
+    root = _with_landmarks(tmp_path)
+    path = root / "a" / "landmarks.npz"
+    points = np.zeros((3, 6, 3))
+    np.savez(path, frame_index=np.array([5, 7, 7]), points=points, visible=np.ones((3, 6), bool))
+    with pytest.raises(DatasetError, match=r"landmarks\.npz: key 'frame_index': repeats frame 7 \(rows 1 and 2\)"):
+        load_dataset(root).landmarks("train")
+    points[1, 4, 2] = np.nan
+    np.savez(path, frame_index=np.array([5, 6, 7]), points=points, visible=np.ones((3, 6), bool))
+    with pytest.raises(DatasetError, match=r"landmarks\.npz: key 'points': holds NaN or infinite values \(row 1, "
+                                           r"frame 6\)"):
+        load_dataset(root).landmarks("train")
+
+
 def test_landmarks_cut_short_or_damaged_name_the_file(tmp_path):
     """A landmarks.npz cut short (a copy killed midway, a full disk) or with damaged bytes stopped train
     (landmark_depth_weight > 0) and eval with a zipfile.BadZipFile traceback naming no file ('File is not a zip file',

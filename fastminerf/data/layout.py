@@ -865,8 +865,13 @@ def read_landmarks(identity_dir: PathLike) -> Optional[Landmarks]:
         raise DatasetError(f"expected shape ({f}, K, 3), got {pts.shape}", file=path, key="points")
     if vis.shape != pts.shape[:2]:
         raise DatasetError(f"expected shape {pts.shape[:2]}, got {vis.shape}", file=path, key="visible")
-    if not np.all(np.isfinite(pts)):
-        raise DatasetError("holds NaN or infinite values", file=path, key="points")
-    if len(np.unique(idx)) != f:
-        raise DatasetError("repeats a frame", file=path, key="frame_index")
+    bad = np.flatnonzero(~np.isfinite(pts).all(axis=(1, 2)))
+    if bad.size:  # the row and its frame: a file of thousands
+        raise DatasetError(f"holds NaN or infinite values (row {int(bad[0])}, frame {int(idx[bad[0]])})", file=path,
+                           key="points")
+    order = np.argsort(idx, kind="stable")
+    twice = np.flatnonzero(np.diff(idx[order]) == 0)
+    if twice.size:
+        a, b = sorted(int(r) for r in order[twice[0]:twice[0] + 2])
+        raise DatasetError(f"repeats frame {int(idx[a])} (rows {a} and {b})", file=path, key="frame_index")
     return Landmarks(path, idx.astype(np.int64), pts.astype(np.float32), vis.astype(bool))
