@@ -1277,6 +1277,9 @@ def _load_preset(name_or_path, chain: Tuple[str, ...]) -> "RunConfig":
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader()) or {}
     except yaml.YAMLError as exc:
+        for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
+            if mark is not None:  # parsed from the file's text: YAML names it "<unicode string>"
+                mark.name = str(path)
         raise ConfigError(f"cannot parse config file {path}: {exc}") from None
     except UnicodeDecodeError as exc:  # another file given as the config, or YAML saved as UTF-16
         raise ConfigError(f"cannot parse config file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None

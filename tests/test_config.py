@@ -68,6 +68,19 @@ def test_a_config_file_that_is_not_utf8_text_is_refused_naming_the_file(tmp_path
     assert str(mine) in str(err.value)
 
 
+@pytest.mark.parametrize("text", ["extends: tiny\ntrain:\n  steps: [7\n", "extends: tiny\ntrain:\n  steps: 7\n  steps: 9\n"],
+                         ids=["not-yaml", "duplicate-key"])
+def test_a_config_file_that_cannot_be_parsed_points_into_the_file(tmp_path, text):
+    """YAML's account of where a config file goes wrong (line and column, under 'cannot parse config file mine.yaml')
+    said 'in "<unicode string>", line 3, column 10': the file was read into a string and parsed as that. It says
+    'in "<the file>", line 3'."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(mine)
+    assert "<unicode string>" not in str(err.value) and f'in "{mine}", line 3' in str(err.value), str(err.value)
+
+
 @pytest.mark.parametrize("text, key", [
     ("extends: tiny\ntrain:\n  steps: 7\nmodel:\n  render_steps: 32\ntrain:\n  lr: 0.005\n", "train"),
     ("extends: tiny\nmodel:\n  field:\n    n_levels: 4\n  render_steps: 32\n  field:\n    hidden_dim: 8\n", "field"),
