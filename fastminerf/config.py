@@ -518,10 +518,11 @@ class FieldConfig:
         # needs at least one hidden layer', 'the multiplicative module needs degree >= 2')
         for key, least in (("base_resolution", 1), ("hidden_dim", 1), ("frame_code_dim", 0), ("conditioning_dim", 0),
                            ("identity_code_dim", 0), ("geo_feature_dim", 0), ("deform_layers", 0),
-                           ("deform_frequencies", 0), ("density_layers", 1), ("color_layers", 1),
-                           ("conditioning_degree", 2)):
+                           ("deform_frequencies", 0), ("density_layers", 1), ("color_layers", 1)):
             if int(getattr(self, key)) < least:
                 raise ConfigError(f"model.field.{key} must be >= {least}, got {getattr(self, key)}")
+        if self.conditioning == "multiplicative" and int(self.conditioning_degree) < 2:  # concat ignores the degree
+            raise ConfigError(f"model.field.conditioning_degree must be >= 2, got {self.conditioning_degree}")
         # values the field refuses, but only once a run has loaded its data, some without the section's name
         levels = int(self.n_levels)
         for key, low, high in (("n_levels", 1, 32), ("log2_hashmap_size", 1, 30), ("density_levels", 0, levels),

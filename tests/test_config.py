@@ -558,6 +558,8 @@ def test_the_edges_of_the_model_sizes_and_counts_still_load():
     assert cfg.model.field.identity_levels == 4 and cfg.model.nerface.fine_samples == 0
     # a concat run ignores the degree; a degree of the Pi-net recursion above 2 stays
     assert load_config("tiny", ["model.field.conditioning_degree=3"]).model.field.conditioning_degree == 3
+    concat = ["model.field.conditioning=concat", "model.field.conditioning_degree=1"]
+    assert load_config("tiny", concat).model.field.conditioning == "concat"
 
 
 @pytest.mark.parametrize("override", [
