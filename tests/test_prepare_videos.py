@@ -1086,3 +1086,50 @@ def test_dv_is_read_at_its_frame_rate_not_the_average_ffmpeg_misreports(tmp_path
     # an ordinary file's rate is the average, as before (23.976 is written 23.98 by ffmpeg)
     assert probe(_write_video(tmp_path / "film.mp4", [np.zeros((16, 16, 3), np.uint8)] * 5, fps=24000 / 1001)).fps \
         == pytest.approx(23.98)
+
+
+def _cut_short(src: Path, out: Path, keep: float) -> Path:
+    """``src`` remuxed into ``out`` (an .mkv, or an .mp4 with its index first) and its last bytes cut off, leaving
+    ``keep`` of the file: an interrupted download or copy, whose header still gives the whole length."""
+    _run("-i", str(src), "-c", "copy", *(["-movflags", "+faststart"] if out.suffix == ".mp4" else []), str(out))
+    data = out.read_bytes()
+    out.write_bytes(data[:int(len(data) * keep)])
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_a_video_cut_short_is_said_to_be_cut_short(tmp_path, head_frames, suffix):
+    """A video whose file was cut short (an interrupted download or copy: its header gives 1.2 s, 0.5 s of it
+    decodes) was prepared silently with the frames that decode, and one of which almost nothing decodes failed with
+    'only 2 frames at 25 fps (at least 8 needed ...)', as if the video were that short. A note, and the error, say
+    the file stops before the length its video stream gives."""
+    from fastminerf.prepare import prepare
+    from fastminerf.prepare.video import video_stream_seconds
+
+    src = _write_video(tmp_path / "head.mp4", head_frames, params=("-g", "1", "-pix_fmt", "yuv420p"))
+    assert video_stream_seconds(src) == pytest.approx(HEAD_FRAMES / 25.0, abs=0.01)
+    cut = _cut_short(src, tmp_path / f"cut{suffix}", 0.45)
+    got = prepare([cut], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert got.status == "done" and 5 <= got.frames_total < 20, got.error
+    said = [n for n in got.notes if "cut short" in n]
+    assert len(said) == 1 and f"of its {HEAD_FRAMES / 25.0:.2f} s" in said[0], got.notes
+    gone = _cut_short(src, tmp_path / f"gone{suffix}", 0.12)
+    got = prepare([gone], tmp_path / "data2", PrepareConfig(size=64, expression_dim=4, min_frames=8)).videos[0]
+    assert got.status == "failed" and f"{gone}: only " in got.error and "cut short" in got.error, got.error
+    # the whole file has no such note
+    whole = prepare([src], tmp_path / "data3", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    assert whole.status == "done" and not [n for n in whole.notes if "cut short" in n]
+
+
+def test_the_length_a_video_is_checked_against_is_its_picture_s_not_its_sound_s(tmp_path):
+    """The container's duration is its longest stream's: a 1 fps video of 4 s of picture and 6 s of sound lasts 6 s,
+    which would call its whole picture cut short. The picture's own length is the one compared."""
+    from fastminerf.prepare.video import video_stream_seconds
+
+    for suffix in (".mp4", ".mkv", ".mov"):
+        video = tmp_path / f"slides{suffix}"
+        _run("-f", "lavfi", "-i", "testsrc=size=64x64:rate=1:duration=4", "-f", "lavfi", "-i",
+             "sine=frequency=440:sample_rate=16000:duration=6", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a",
+             "aac", str(video))
+        assert video_stream_seconds(video) == pytest.approx(4.0, abs=0.05), suffix
+

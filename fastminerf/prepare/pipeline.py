@@ -60,7 +60,7 @@ from .pose import (
     solve_poses,
 )
 from .tracking import N_LANDMARKS, FaceTracker, Segmenter, find_face, require_mediapipe
-from .video import VIDEO_SUFFIXES, VideoError, VideoInfo, extract_audio, probe, read_frames, require_file
+from .video import VIDEO_SUFFIXES, VideoError, VideoInfo, extract_audio, probe, read_frames, require_file, video_stream_seconds
 
 __all__ = ["PrepareError", "PrepareResult", "VideoResult", "check_prepare", "prepare"]
 
@@ -128,6 +128,10 @@ between repeats, which the window looks past. Measured (32 px thumbnails of the 
 reach 2.1, variants of clip 05 made dark, noisy, at 60 fps, interlaced or with a box over the mouth for a second
 2.8; a cut from clip 05 to clip 03 14, from a black second to clip 05 47. A jump cut inside one shot (clip 05 from
 2 s to 5 s: 2.5) is not found, and need not be: its head moves no more than in fast motion."""
+
+CUT_SHORT_SECONDS = 0.5
+"""A video whose picture decodes to this many seconds (and two frames) less than its video stream's header gives is
+said to be cut short (:func:`_cut_short`)."""
 
 CUT_WINDOW = 5
 """Frames on each side over which a cut's change is compared (:data:`CUT_RATIO`)."""
@@ -384,10 +388,29 @@ def _track(info: VideoInfo, fps: float, cfg: PrepareConfig, work: Path, name: st
     face = np.isfinite(lm[:, 0, 0])  # a cut from or to frames without a face (a black start) parts no poses
     cuts = [k for k in _cuts(np.stack(signatures)) if face[:k].any() and face[k:].any()]
     notes = [note] if note else []
+    short = _cut_short(info, n, fps, cfg.max_frames)
+    if short:
+        notes.append(short)
     if cuts:
         notes.append(f"the video cuts (a new shot starts) at frame{'s' if len(cuts) > 1 else ''} "
                      f"{', '.join(map(str, cuts))}: head poses are smoothed within each shot, not across")
-    return {"frames": n, "region": None if region is None else list(region), "notes": notes, "cuts": cuts}
+    return {"frames": n, "region": None if region is None else list(region), "notes": notes, "cuts": cuts,
+            "cut_short": short}
+
+
+def _cut_short(info: VideoInfo, n: int, fps: float, max_frames: Optional[int]) -> Optional[str]:
+    """A note when the ``n`` frames decoded at ``fps`` stop short of the length the video stream's header gives
+    (:func:`.video.video_stream_seconds`) by more than :data:`CUT_SHORT_SECONDS` and two frames: the file was cut off
+    (an interrupted download or copy), and ffmpeg decodes what is there without an error; None otherwise."""
+    if max_frames is not None and n >= max_frames:
+        return None
+    whole = video_stream_seconds(info.path)
+    decoded = n / fps
+    if whole is None or whole - decoded <= max(CUT_SHORT_SECONDS, 2.0 / fps):
+        return None
+    return (f"the file is cut short (an interrupted download or copy?): its picture decodes to {decoded:.2f} s of its "
+            f"{whole:.2f} s (the length its video stream's header gives); the {counted(n, 'frame')} that decode are "
+            f"prepared")
 
 
 def _signature(rgb: np.ndarray) -> np.ndarray:
@@ -816,15 +839,16 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     ok = np.isfinite(lm[:, 0, 0])
     res.frames_total, res.frames_used = int(len(lm)), int(ok.sum())
     res.frames_dropped = res.frames_total - res.frames_used
+    short = f"; {track['cut_short']}" if track.get("cut_short") else ""  # not a short video: a file cut off
     if res.frames_used < cfg.min_frames and res.frames_used == res.frames_total:
         own = f"the video's own rate: {info.fps:g} fps; " if fps != info.fps else ""  # the rate --fps made them at
         raise PrepareError(f"{res.video}: only {res.frames_total} frames at {fps:g} fps ({own}at least {cfg.min_frames} "
-                           f"needed; a face was found in every one)")
+                           f"needed; a face was found in every one){short}")
     if res.frames_used < cfg.min_frames:
         raise PrepareError(
             f"{res.video}: a face was found in only {res.frames_used} of {res.frames_total} frames (at least "
             f"{cfg.min_frames} needed). mediapipe's bundled detector is short-range: the face must fill a good part of "
-            f"the frame (about a fifth of its height or more); crop the video around the face and try again")
+            f"the frame (about a fifth of its height or more); crop the video around the face and try again{short}")
 
     frames = _read_json(work / "frames.json")
     if frames is None or frames.get("fingerprint") != fp["frames"]:

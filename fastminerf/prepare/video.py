@@ -24,7 +24,7 @@ import numpy as np
 
 from ..data.writer import replaced_atomically
 
-__all__ = ["VideoError", "VideoInfo", "extract_audio", "probe", "read_frames"]
+__all__ = ["VideoError", "VideoInfo", "extract_audio", "probe", "read_frames", "video_stream_seconds"]
 
 PathLike = Union[str, Path]
 
@@ -165,6 +165,35 @@ def _video_rates(path: PathLike) -> Tuple[Optional[float], Optional[float]]:
         return None if m is None else float(m.group(1)) * (1000.0 if m.group(2) else 1.0)
 
     return rate("fps"), rate("tbr")
+
+
+def video_stream_seconds(path: PathLike) -> Optional[float]:
+    """How long the file's first video stream lasts by what its header says (not by what decodes: a file cut short, an
+    interrupted download or copy, keeps the header of the whole), or None where ffmpeg lists no such length.
+
+    The picture's own length, not the container's ``Duration`` (its longest stream's: a slide video's sound may run
+    on after its last picture): Matroska / WebM's ``DURATION`` tag of the stream, MP4 / MOV's edit list of the stream
+    (ffmpeg lists both at its debug level, the edit list in the stream's time base), or the container's where the
+    file holds the picture alone."""
+    res = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-v", "debug", "-i", _input(path)], **_FFMPEG_TEXT)
+    text = res.stderr
+    video = re.search(r"^\s*Stream #\d+:(\d+)[^:\n]*?, \d+, (\d+)/(\d+): Video:.*$", text, re.MULTILINE)
+    if video is None:
+        return None
+    index, base = int(video.group(1)), int(video.group(2)) / int(video.group(3))
+    block = text[video.end():]
+    block = block[:re.search(r"^\s*Stream #|\Z", block, re.MULTILINE).start()]  # the stream's own metadata lines
+    tag = re.search(r"^\s*DURATION\s*: (\d+):(\d+):([0-9.]+)\s*$", block, re.MULTILINE)
+    if tag is not None:
+        return int(tag.group(1)) * 3600 + int(tag.group(2)) * 60 + float(tag.group(3))
+    edits = [int(m.group(1)) for m in re.finditer(rf"Processing st: {index}, edit list \d+ - media time: -?\d+, "
+                                                  r"duration: (\d+)", text)]
+    if sum(edits) > 0:
+        return sum(edits) * base
+    whole = re.search(r"^\s*Duration: (\d+):(\d+):([0-9.]+)", text, re.MULTILINE)
+    if whole is not None and len(re.findall(r"^\s*Stream #", text, re.MULTILINE)) == 1:
+        return int(whole.group(1)) * 3600 + int(whole.group(2)) * 60 + float(whole.group(3))
+    return None
 
 
 _VIDEO_STREAM = re.compile(r"^\s*Stream #\d+:\d+\S*: Video: .*$", re.MULTILINE)
