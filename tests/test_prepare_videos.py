@@ -1133,3 +1133,23 @@ def test_the_length_a_video_is_checked_against_is_its_picture_s_not_its_sound_s(
              "aac", str(video))
         assert video_stream_seconds(video) == pytest.approx(4.0, abs=0.05), suffix
 
+
+def test_a_crop_enlarged_to_the_size_asked_is_noted_with_its_size_and_factor(tmp_path, head_frames, monkeypatch, capsys):
+    """A small video (a 128 px one here; a 160x120 webcam clip's 120 px crop) was enlarged to ``--size 256`` (2x)
+    without a word: frames that look 256 px but hold a 128 px picture, softer than the user's other people at that
+    size. prepare notes it (prepare.json's notes and the command's), with the crop's size and the factor; a crop
+    enlarged a little (1.25x) is not noted."""
+    from fastminerf.cli import main
+    from fastminerf.prepare import prepare
+
+    video = _write_video(tmp_path / "webcam.mp4", head_frames[:8], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    monkeypatch.setenv("COLUMNS", "200")
+    main(["prepare", str(video), "--out", str(tmp_path / "data"), "--size", "256", "--min-frames", "5",
+          "--expression-dim", "4"])
+    printed = " ".join(capsys.readouterr().out.split())
+    done = json.loads((tmp_path / "data" / "webcam" / "prepare.json").read_text())
+    said = [n for n in done["notes"] if "enlarged" in n]
+    assert len(said) == 1 and "128 px crop" in said[0] and "2.0x" in said[0] and "256" in said[0], done["notes"]
+    assert "webcam: " + " ".join(said[0].split()) in printed
+    got = prepare([video], tmp_path / "mild", PrepareConfig(size=160, expression_dim=4, min_frames=5)).videos[0]
+    assert got.status == "done" and not [n for n in got.notes if "enlarged" in n], got.notes

@@ -129,6 +129,10 @@ reach 2.1, variants of clip 05 made dark, noisy, at 60 fps, interlaced or with a
 2.8; a cut from clip 05 to clip 03 14, from a black second to clip 05 47. A jump cut inside one shot (clip 05 from
 2 s to 5 s: 2.5) is not found, and need not be: its head moves no more than in fast motion."""
 
+ENLARGED_NOTE = 1.5
+"""A video whose crop is enlarged more than this many times to the frames' size (a small webcam video's 120 px crop
+to 256 px: 2.1x) gets a note: its frames are softer than their size says."""
+
 CUT_SHORT_SECONDS = 0.5
 """A video whose picture decodes to this many seconds (and two frames) less than its video stream's header gives is
 said to be cut short (:func:`_cut_short`)."""
@@ -509,6 +513,11 @@ def _frames(info: VideoInfo, fps: float, cfg: PrepareConfig, out: Path, lm: np.n
     bg, seen = _background.median_background(np.stack(bg_frames), np.stack(bg_masks))
     write_png(out / "bg.png", bg, cfg.png_compress_level)
     notes = [note] if note else []
+    if size > ENLARGED_NOTE * crop[2]:  # softer frames than the size says: detail a smaller video never held
+        notes.append(f"its {crop[2]} px crop (of a {info.width}x{info.height} video) is enlarged "
+                     f"{size / crop[2]:.1f}x to {size} px frames (--size): they hold no more detail than the crop, "
+                     f"softer than frames of a larger video at that size; prepare a larger video of the person, or this "
+                     f"one at --size {crop[2]} or below, for frames as sharp as their size")
     if outside:
         notes.append(f"{counted(outside, 'frame')} where the face lies outside the crop (mostly out of the picture) "
                      f"{'was' if outside == 1 else 'were'} dropped")
