@@ -1153,3 +1153,21 @@ def test_a_crop_enlarged_to_the_size_asked_is_noted_with_its_size_and_factor(tmp
     assert "webcam: " + " ".join(said[0].split()) in printed
     got = prepare([video], tmp_path / "mild", PrepareConfig(size=160, expression_dim=4, min_frames=5)).videos[0]
     assert got.status == "done" and not [n for n in got.notes if "enlarged" in n], got.notes
+
+
+def test_a_rate_above_the_video_s_own_is_noted_as_repeating_its_pictures(tmp_path, head_frames):
+    """``prepare VIDEO --fps 50`` of a 25 fps video wrote every picture twice, without a word: half the frames (and
+    their poses and expressions) are copies, with nothing new to learn from them, and a copy at the split's edge sits
+    in val beside its twin in train. A note says the rate is above the video's own and what share of the frames
+    repeat the one before; at the video's own rate, or below it, there is none."""
+    from fastminerf.prepare import prepare
+
+    video = _write_video(tmp_path / "talk.mp4", head_frames[:10], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    got = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5, fps=50.0)).videos[0]
+    assert got.status == "done" and got.frames_total == 20, got.error
+    said = [n for n in got.notes if "above the video's own" in n]
+    assert len(said) == 1 and "50 fps" in said[0] and "25 fps" in said[0] and "50%" in said[0], got.notes
+    for fps in (25.0, 10.0):
+        got = prepare([video], tmp_path / f"at{fps:g}", PrepareConfig(size=64, expression_dim=4, min_frames=3,
+                                                                       fps=fps)).videos[0]
+        assert got.status == "done" and not [n for n in got.notes if "above the video's own" in n], got.notes

@@ -867,6 +867,10 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
         res.seconds["frames"] = time.perf_counter() - t0
     res.crop = tuple(frames["crop"])
     res.notes = list(track.get("notes", [])) + list(frames["notes"])
+    if fps > info.fps * (1 + 1e-3):  # ffmpeg's fps filter fills the rate with repeats: nothing new in them
+        res.notes.append(f"{fps:g} fps (--fps) is above the video's own rate ({info.fps:g} fps): ffmpeg repeats its pictures "
+                         f"to fill it, {1 - info.fps / fps:.0%} of the frames a copy of the one before (no motion, "
+                         f"nothing new to learn); --fps {info.fps:g} or below reads each picture at most once")
     faceless = _no_face_note(np.flatnonzero(~np.isfinite(lm[:, 0, 0])), fps)
     if faceless:
         res.notes.append(faceless)
