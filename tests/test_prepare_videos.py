@@ -1171,3 +1171,23 @@ def test_a_rate_above_the_video_s_own_is_noted_as_repeating_its_pictures(tmp_pat
         got = prepare([video], tmp_path / f"at{fps:g}", PrepareConfig(size=64, expression_dim=4, min_frames=3,
                                                                        fps=fps)).videos[0]
         assert got.status == "done" and not [n for n in got.notes if "above the video's own" in n], got.notes
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_an_mp4_cut_before_its_index_is_said_to_be_cut_short(tmp_path, suffix):
+    """An MP4 / MOV writes its index (the moov atom) at its end, as phones and ffmpeg do: one cut short (an
+    interrupted download or copy, a recording stopped by a crash) has none, and was refused with 'ffmpeg cannot
+    decode it as a video (Error opening input files: Invalid data found when processing input)', which reads as a
+    file of another kind or a broken ffmpeg. The error says the file has no index and why that happens."""
+    from fastminerf.prepare import VideoError, prepare
+    from fastminerf.prepare.video import probe
+
+    video = tmp_path / f"take{suffix}"
+    _run("-f", "lavfi", "-i", "testsrc=size=64x64:rate=25:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+         str(video))
+    video.write_bytes(video.read_bytes()[:video.stat().st_size // 2])
+    with pytest.raises(VideoError, match="cut short") as err:
+        probe(video)
+    assert str(err.value).startswith(f"{video}: ") and "moov" in str(err.value) and "Invalid data" not in str(err.value)
+    got = prepare([video], tmp_path / "data", PrepareConfig(size=64, min_frames=5)).videos[0]
+    assert got.status == "failed" and got.error == str(err.value)

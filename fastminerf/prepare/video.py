@@ -138,6 +138,10 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
         if "does not contain any stream" in str(exc) and kinds and "video" not in kinds:
             raise VideoError(f"{p}: has no video stream (ffmpeg finds only {' and '.join(kinds)} in it): "
                              "not a video") from None
+        if "moov atom not found" in str(exc):  # ffmpeg's last line says 'Invalid data', as of a file of another kind
+            raise VideoError(f"{p}: holds no index (ffmpeg: 'moov atom not found'), which an MP4 / MOV writes at its "
+                             "end: the file is cut short (an interrupted download or copy, or a recording that was "
+                             "never finished); copy or download it again") from None
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise VideoError(f"{p}: ffmpeg cannot decode it as a video ({first})") from None
     w, h = meta["size"]
