@@ -1353,7 +1353,7 @@ def run_info(run: Path) -> dict:
     import torch
 
     from .data.writer import folder_writer
-    from .train import LOG_NAME, log_records, run_data_folders
+    from .train import LOG_NAME, last_log_record, run_data_folders
 
     cfg, model, meta = _open_run(run)
     folders = run_data_folders(meta, strict=False)  # where the data is now (moved with the run: beside it)
@@ -1380,11 +1380,10 @@ def run_info(run: Path) -> dict:
         held = (sm.metrics or {}).get("all") or {}
         info["speech"] = dict(file=str(speech), identities=len(sm.identities), expression_space=sm.expression_space,
                               held_out={k: held.get(k) for k in ("frames", "r2", "mouth_r2", "mouth_corr")} if held else None)
-    records = log_records(Path(meta["checkpoint"]).parent / LOG_NAME)
-    if not info["training_now"]:  # lines of steps after the checkpoint, which a rerun redoes (and drops), are not its
-        records = [(line, r) for line, r in records if r["step"] <= meta["step"]]
-    if records:
-        last = records[-1][1]
+    # lines of steps after the checkpoint, which a rerun redoes (and drops), are not its
+    last = last_log_record(Path(meta["checkpoint"]).parent / LOG_NAME,
+                           at_most=None if info["training_now"] else meta["step"])
+    if last is not None:
         info["last_log"] = {k: last[k] for k in ("step", "loss", "psnr") if k in last}
     return info
 

@@ -778,6 +778,18 @@ def _flat(cfg, prefix: str = "") -> dict:
     return out
 
 
+def _log_record(raw: bytes) -> Optional[dict]:
+    """One line of ``log.jsonl`` as its record, or None for a line :func:`log_records` skips."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
+        return None
+    if (isinstance(record, dict) and type(record.get("step")) is int
+            and all(record.get(k) is None or type(record[k]) in (int, float) for k in ("loss", "psnr"))):
+        return record
+    return None
+
+
 def log_records(log: PathLike) -> List[Tuple[str, dict]]:
     """The records of a run's ``log.jsonl`` with their lines, in file order: each line that is a JSON object with a
     whole-number ``step`` and numbers or null for ``loss`` and ``psnr``. Lines cut by an interruption or a full disk,
@@ -787,15 +799,39 @@ def log_records(log: PathLike) -> List[Tuple[str, dict]]:
         return []
     out = []
     for raw in log.read_bytes().splitlines():
-        try:
-            line = raw.decode("utf-8")
-            record = json.loads(line)
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError both
-            continue
-        if (isinstance(record, dict) and type(record.get("step")) is int
-                and all(record.get(k) is None or type(record[k]) in (int, float) for k in ("loss", "psnr"))):
-            out.append((line, record))
+        record = _log_record(raw)
+        if record is not None:
+            out.append((raw.decode("utf-8"), record))
     return out
+
+
+def last_log_record(log: PathLike, at_most: Optional[int] = None, block: int = 1 << 16) -> Optional[dict]:
+    """The last of :func:`log_records` (the last whose ``step`` is at most ``at_most``, when given), read from the
+    file's end a block at a time: a long run's log (a line a step for a million steps, 200 MB) is not read whole for
+    its last line. None when there is no such record or file."""
+    log = Path(log)
+    if not log.is_file():
+        return None
+    with open(log, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        head = b""  # the start of the file's last block read, which may be the end of a line before it
+        while True:
+            start = max(0, end - block)
+            f.seek(start)
+            buf = f.read(end - start) + head
+            end = start
+            if start > 0:
+                cut = buf.find(b"\n")
+                if cut < 0:
+                    head = buf
+                    continue
+                head, buf = buf[:cut], buf[cut + 1:]
+            for raw in reversed(buf.splitlines()):
+                record = _log_record(raw)
+                if record is not None and (at_most is None or record["step"] <= at_most):
+                    return record
+            if start == 0:
+                return None
 
 
 def _truncate_log(log: Path, step: int) -> Optional[dict]:

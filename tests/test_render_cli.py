@@ -707,6 +707,36 @@ def test_cli_info_reads_a_log_whose_last_line_was_cut_or_damaged(tiny, tmp_path,
         assert f"step {whole['step']}, loss {whole['loss']:.5f}" in out, (tail, out)
 
 
+def test_cli_info_reads_only_the_end_of_a_long_log(tiny, tmp_path, monkeypatch):
+    """A week-long run logs a line every step or few: a 1M-line log.jsonl (200 MB) made info parse every line to show
+    the last one (13.8 s and 1.9 GB against 1.8 s and 0.24 GB for a 20-step run). info reads the log from its end:
+    the last record at or before the checkpoint's step (a line of a later step, which a rerun redoes, passed over)."""
+    import shutil
+
+    from fastminerf.cli import run_info
+
+    root, _ = tiny
+    run = tmp_path / "long"
+    shutil.copytree(root / "run", run, ignore=shutil.ignore_patterns(".lock"))
+    lines = (run / "log.jsonl").read_text().splitlines()
+    first, whole = json.loads(lines[0]), json.loads(lines[-1])
+    early = "".join(json.dumps(dict(first, step=1, loss=0.5 + i * 1e-6)) + "\n" for i in range(20000))
+    later = json.dumps(dict(whole, step=whole["step"] + 1, loss=9.0))  # after the checkpoint: an interrupted run
+    (run / "log.jsonl").write_text(early + "\n".join(lines) + "\n" + later + "\n")
+    parsed = []
+    real = json.loads
+
+    def counting(text, *args, **kwargs):
+        if '"step"' in (text.decode("utf-8", "replace") if isinstance(text, bytes) else text):
+            parsed.append(text)
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    info = run_info(run)
+    assert info["last_log"] == {k: whole[k] for k in ("step", "loss", "psnr")}, info["last_log"]
+    assert len(parsed) < 100, f"parsed {len(parsed)} log lines to find the last"
+
+
 def test_cli_render_orbit_beyond_the_training_views_says_so(tiny, tmp_path, capsys):
     """An orbit swung farther than the identity's training views reach (--yaw 60 on a clip that turns a few degrees)
     rendered views the model never saw, without a word, though --help says the model guesses beyond them: the command
