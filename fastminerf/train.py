@@ -836,13 +836,27 @@ def last_log_record(log: PathLike, at_most: Optional[int] = None, block: int = 1
 
 def _truncate_log(log: Path, step: int) -> Optional[dict]:
     """Drop the log lines of steps after ``step`` (redone on resume), and those :func:`log_records` skips; the last
-    record kept, or None."""
+    record kept, or None. The log is read a line at a time (a long run's is hundreds of MB): only the kept lines are
+    held, for the rewrite, and a log with nothing to drop is left as it is."""
     if not log.exists():
         return None
-    kept = [(line, record) for line, record in log_records(log) if record["step"] <= step]
-    with replaced_atomically(log) as tmp:  # an interruption now leaves the whole log, not half
-        tmp.write_text("".join(line + "\n" for line, _ in kept))
-    return kept[-1][1] if kept else None
+    kept: List[str] = []
+    last, same = None, True  # same: the kept lines, each ended by a newline, are the file
+    with open(log, "rb") as f:
+        for chunk in f:  # \n-ended; splitlines breaks it where log_records' reading of the whole file would
+            pieces = chunk.splitlines()
+            for raw in pieces:
+                record = _log_record(raw)
+                if record is not None and record["step"] <= step:
+                    kept.append(raw.decode("utf-8") + "\n")
+                    last = record
+                else:
+                    same = False
+            same = same and len(pieces) == 1 and chunk == pieces[0] + b"\n"
+    if not same:
+        with replaced_atomically(log) as tmp:  # an interruption now leaves the whole log, not half
+            tmp.write_text("".join(kept))
+    return last
 
 
 def write_curve(run_dir: PathLike) -> Path:

@@ -378,6 +378,33 @@ def test_a_log_rewrite_that_fails_leaves_the_log_whole_and_no_temp_file(tmp_path
 
 
 
+def test_a_resume_of_a_long_log_holds_no_copy_of_its_records_and_leaves_a_clean_log_as_it_is(tmp_path):
+    """A week-long run logs a line a step or few: the resume of a 1M-line log.jsonl (200 MB) held every line and its
+    parsed record at once (2.2 GB, 8.5 times the file), and rewrote the whole file even when it ended at the
+    checkpoint's step (a finished run continued with more steps). The log is read a line at a time (the kept lines
+    alone are held, for the rewrite: 3.4 times the file), and a log with nothing to drop is not rewritten."""
+    import tracemalloc
+
+    from fastminerf.train import _truncate_log
+
+    log = tmp_path / "log.jsonl"
+    record = dict(step=0, seconds=0.5, loss=0.01, psnr=20.0, rays_per_s=51000.5, samples_per_ray=35.8, phase="train",
+                  occupied=0.93)
+    log.write_text("".join(json.dumps(dict(record, step=s, loss=1 / s)) + "\n" for s in range(1, 20001)))
+    size, inode = log.stat().st_size, log.stat().st_ino
+    assert _truncate_log(log, 20000)["step"] == 20000
+    assert log.stat().st_ino == inode and log.stat().st_size == size  # nothing to drop: the file as it was
+    tracemalloc.start()
+    try:
+        last = _truncate_log(log, 19990)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert last == dict(record, step=19990, loss=1 / 19990)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(1, 19991))
+    assert peak < 4 * size, f"peak {peak / size:.1f} times the log"  # the kept lines, their text and its bytes
+
+
 def test_a_log_write_that_fails_on_a_full_disk_names_the_log(heads, tmp_path, file_size_limit):
     """Training appends a line to RUN/log.jsonl at every logging step: on a full disk (here a file size limit, which
     fails the same write) it stopped with "error: [Errno 28] No space left on device", naming no file. The error
