@@ -3,7 +3,8 @@ prepare's contact sheets and a run's training curve."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from array import array
+from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -80,11 +81,11 @@ def plot_curves(draw, box, series: np.ndarray, title: str, x: Optional[np.ndarra
             draw.line(pts, fill=CURVE_COLOURS[c % len(CURVE_COLOURS)], width=1)
 
 
-def training_curve(records: Sequence[dict], name: str):
+def training_curve(records: Iterable[dict], name: str):
     """A run's training log as a picture (a Pillow image, 640 px wide): the loss (log10) and the training PSNR against
     the step, one plot each, a grey line where a personalisation's code-only phase ends, and a title with ``name``,
     the last step, training seconds, loss and PSNR. ``records``: the log's records (step, loss, psnr, seconds,
-    phase), in order."""
+    phase), in order, read once (an iterator of a long log's records is not held: only the numbers drawn are)."""
     from PIL import Image, ImageDraw
 
     width, plot_h, pad, header = 640, 200, 6, 22
@@ -94,11 +95,17 @@ def training_curve(records: Sequence[dict], name: str):
     def number(r, key):
         return float("nan") if r.get(key) is None else float(r[key])
 
-    x = np.array([float(r["step"]) for r in records])
-    loss, psnr = (np.array([number(r, key) for r in records]) for key in ("loss", "psnr"))
-    phase = [str(r.get("phase", "train")) for r in records]
-    if records:
-        title = (f"{name}: step {x[-1]:g}, {number(records[-1], 'seconds'):.0f} s of training; last loss "
+    steps, losses, psnrs, phase, last = array("d"), array("d"), array("d"), [], None
+    names: dict = {}  # one string a phase, not one a record
+    for last in records:
+        steps.append(float(last["step"]))
+        losses.append(number(last, "loss"))
+        psnrs.append(number(last, "psnr"))
+        ph = str(last.get("phase", "train"))
+        phase.append(names.setdefault(ph, ph))
+    x, loss, psnr = (np.frombuffer(a, dtype=np.float64) if len(a) else np.zeros(0) for a in (steps, losses, psnrs))
+    if last is not None:
+        title = (f"{name}: step {x[-1]:g}, {number(last, 'seconds'):.0f} s of training; last loss "
                  f"{loss[-1]:.4g}, train PSNR {psnr[-1]:.2f} dB")
     else:
         title = f"{name}: nothing logged yet"

@@ -48,7 +48,7 @@ import zipfile
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PureWindowsPath
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -795,14 +795,17 @@ def log_records(log: PathLike) -> List[Tuple[str, dict]]:
     whole-number ``step`` and numbers or null for ``loss`` and ``psnr``. Lines cut by an interruption or a full disk,
     damaged bytes (not UTF-8) and lines of another shape are skipped; [] when there is no such file."""
     log = Path(log)
-    if not log.is_file():
-        return []
-    out = []
-    for raw in log.read_bytes().splitlines():
-        record = _log_record(raw)
-        if record is not None:
-            out.append((raw.decode("utf-8"), record))
-    return out
+    return list(_iter_log_records(log)) if log.is_file() else []
+
+
+def _iter_log_records(log: Path) -> Iterator[Tuple[str, dict]]:
+    """:func:`log_records` one at a time, reading the file a line at a time (a long run's log is hundreds of MB)."""
+    with open(log, "rb") as f:
+        for chunk in f:  # \n-ended; splitlines breaks it where a reading of the whole file would
+            for raw in chunk.splitlines():
+                record = _log_record(raw)
+                if record is not None:
+                    yield raw.decode("utf-8"), record
 
 
 def last_log_record(log: PathLike, at_most: Optional[int] = None, block: int = 1 << 16) -> Optional[dict]:
@@ -860,8 +863,9 @@ def _truncate_log(log: Path, step: int) -> Optional[dict]:
 
 
 def write_curve(run_dir: PathLike) -> Path:
-    """Draw ``RUN/curve.png`` from ``RUN/log.jsonl`` (its whole records, :func:`log_records`): the loss and the
-    training PSNR against the step (:func:`fastminerf.drawing.training_curve`). Returns the PNG's path.
+    """Draw ``RUN/curve.png`` from ``RUN/log.jsonl`` (its whole records, :func:`log_records`, read one at a time: a
+    long run's log is not held): the loss and the training PSNR against the step
+    (:func:`fastminerf.drawing.training_curve`). Returns the PNG's path.
 
     Raises:
         FileNotFoundError: the folder has no log.
@@ -872,7 +876,7 @@ def write_curve(run_dir: PathLike) -> Path:
     log = run / LOG_NAME
     if not log.is_file():
         raise FileNotFoundError(f"{log}: no such file (a run folder's log.jsonl)")
-    img = training_curve([record for _, record in log_records(log)], run.name)
+    img = training_curve((record for _, record in _iter_log_records(log)), run.name)  # not all held at once
     out = run / CURVE_NAME
     with replaced_atomically(out) as tmp:
         img.save(tmp, format="PNG")

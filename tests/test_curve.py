@@ -65,3 +65,31 @@ def test_a_log_without_a_whole_record_draws_an_empty_curve_and_a_resume_ends(hea
     assert write_curve(run) == run / CURVE_NAME and iio.imread(run / CURVE_NAME).shape == full.shape
     res = train(cfg, heads[:2], run)  # nothing left to train: the log is truncated to its checkpoint, then drawn
     assert res.step == 5 and res.curve == run / CURVE_NAME and res.curve.is_file()
+
+
+def test_the_curve_of_a_long_log_holds_no_copy_of_its_lines_or_records(tmp_path):
+    """A week-long run logs a line a step or few; the curve is drawn from the whole log at the end of each session.
+    write_curve held every line of a 1M-line log.jsonl (200 MB) and its parsed record at once (8 times the file,
+    1.7 GB, at the end of a training beside its model). The records are read a line at a time and only the numbers
+    drawn are kept; the picture is the same."""
+    import json
+    import tracemalloc
+
+    from fastminerf.drawing import training_curve
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record = dict(step=0, seconds=0.5, loss=0.01, psnr=20.0, rays_per_s=51000.5, samples_per_ray=35.8, phase="codes",
+                  occupied=0.93)
+    records = [dict(record, step=s, seconds=s * 0.9876, loss=0.02 + 0.01 / s, psnr=20 + s / 1000,
+                    phase="codes" if s < 5000 else "all") for s in range(1, 20001)]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    size = (run / "log.jsonl").stat().st_size
+    tracemalloc.start()
+    try:
+        png = write_curve(run)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(iio.imread(png), np.asarray(training_curve(records, "run")))
+    assert peak < size, f"peak {peak / size:.1f} times the log"
