@@ -29,6 +29,13 @@ def wrap_text(draw, text: str, width: float) -> List[str]:
     return lines
 
 
+def _axis_number(v: float) -> str:
+    """A value of a plot's x axis as text: a whole number (a step) in full ('%g' wrote step 1234567 as
+    '1.23457e+06'), any other as '%g'."""
+    v = float(v)
+    return f"{v:.0f}" if v.is_integer() else f"{v:g}"
+
+
 def plot_curves(draw, box, series: np.ndarray, title: str, x: Optional[np.ndarray] = None,
                 legend: Optional[Sequence[str]] = None) -> None:
     """Curves of ``series (B, C)`` in ``box = (x0, y0, x1, y1)`` of a Pillow ``ImageDraw``, each column a colour of
@@ -72,8 +79,8 @@ def plot_curves(draw, box, series: np.ndarray, title: str, x: Optional[np.ndarra
     else:
         x = np.asarray(x, dtype=np.float64)
         xs = x0 + 2 + (x - x[0]) / max(float(x[-1] - x[0]), 1e-12) * (x1 - x0 - 4)
-        draw.text((x0 + 4, y1 - 14), f"{x[0]:g}", fill=(180, 180, 180))
-        last = f"{x[-1]:g}"
+        draw.text((x0 + 4, y1 - 14), _axis_number(x[0]), fill=(180, 180, 180))
+        last = _axis_number(x[-1])
         draw.text((x1 - 4 - draw.textlength(last), y1 - 14), last, fill=(180, 180, 180))
     for c in range(series.shape[1]):
         pts = [(float(u), float(ypos(v))) for u, v, ok in zip(xs, series[:, c], finite[:, c]) if ok]
@@ -105,7 +112,7 @@ def training_curve(records: Iterable[dict], name: str):
         phase.append(names.setdefault(ph, ph))
     x, loss, psnr = (np.frombuffer(a, dtype=np.float64) if len(a) else np.zeros(0) for a in (steps, losses, psnrs))
     if last is not None:
-        title = (f"{name}: step {x[-1]:g}, {number(last, 'seconds'):.0f} s of training; last loss "
+        title = (f"{name}: step {_axis_number(x[-1])}, {number(last, 'seconds'):.0f} s of training; last loss "
                  f"{loss[-1]:.4g}, train PSNR {psnr[-1]:.2f} dB")
     else:
         title = f"{name}: nothing logged yet"

@@ -93,3 +93,25 @@ def test_the_curve_of_a_long_log_holds_no_copy_of_its_lines_or_records(tmp_path)
         tracemalloc.stop()
     assert np.array_equal(iio.imread(png), np.asarray(training_curve(records, "run")))
     assert peak < size, f"peak {peak / size:.1f} times the log"
+
+
+def test_the_curve_of_a_run_past_a_million_steps_gives_its_steps_whole(monkeypatch):
+    """The curve's title and the step axis's ends were written with '%g', six significant digits: past a million steps
+    a run's curve read 'step 1.23457e+06' for step 1234567 (and its axis '1.23456e+06 ... 1.23457e+06'). They give
+    the step as the log has it."""
+    from PIL import ImageDraw
+
+    from fastminerf.drawing import training_curve
+
+    written = []
+    real = ImageDraw.ImageDraw.text
+
+    def text(self, xy, words, *args, **kwargs):
+        written.append(words)
+        return real(self, xy, words, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    training_curve([dict(step=1234560, seconds=1e6, loss=0.01, psnr=20.0),
+                    dict(step=1234567, seconds=1000006.25, loss=0.01, psnr=20.1)], "run")
+    assert written[0].startswith("run: step 1234567, 1000006 s of training"), written[0]
+    assert written.count("1234560") == 2 and written.count("1234567") == 2, written
