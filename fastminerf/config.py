@@ -979,8 +979,9 @@ def _coerce(value, typ, key: str):
         args = typing.get_args(typ)
         if isinstance(value, str):
             value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
+        if isinstance(value, bool) or not isinstance(value, (list, tuple, int, float)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
+        value = as_list(value, single=(int, float))  # one number (YAML's 8 of --set ...=8) is a list of one
         inner = args[0] if args else str
         return tuple(_coerce(v.strip() if isinstance(v, str) and inner is not str else v, inner, key) for v in value)
     if typ is bool:

@@ -591,3 +591,19 @@ def test_a_speech_seed_torch_cannot_take_is_refused_naming_the_key():
         with pytest.raises(ConfigError, match="seed"):
             flat_config(SpeechConfig, [f"seed={seed}"])
     assert flat_config(SpeechConfig, [f"seed={2**63 - 1}"]).seed == 2**63 - 1
+
+
+def test_a_single_number_is_a_list_of_one_where_a_list_of_numbers_is_expected(tmp_path):
+    """--set model.prune_stages=8 was refused 'expected a list, got 8' while '[8]' and '8,' were taken: YAML reads a lone
+    8 as a number. One number is a list of one (config.as_list's 'one or many'), from --set and from a file alike;
+    what is neither a number nor a list is still refused, naming the key."""
+    assert load_config("tiny", ["model.prune_stages=8"]).model.prune_stages == (8,)
+    assert load_config("tiny", ["model.prune_stages=8"]) == load_config("tiny", ["model.prune_stages=[8]"])
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: tiny\nmodel:\n  prune_stages: 8\n")
+    assert load_config(path).model.prune_stages == (8,)
+    with pytest.raises(ConfigError, match="model.prune_stages: expected a list"):
+        load_config("tiny", ["model.prune_stages={a: 1}"])
+    path.write_text("extends: tiny\nmodel:\n  prune_stages: true\n")
+    with pytest.raises(ConfigError, match="model.prune_stages: expected a list, got True"):
+        load_config(path)
