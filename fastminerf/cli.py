@@ -1374,12 +1374,16 @@ def run_info(run: Path) -> dict:
                                     for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])}))
     speech = Path(meta["checkpoint"]).parent / "speech.pt"
     if speech.is_file():
-        from .speech import load_speech_model
+        from .speech import SpeechError, load_speech_model
 
-        sm = load_speech_model(speech)
-        held = (sm.metrics or {}).get("all") or {}
-        info["speech"] = dict(file=str(speech), identities=len(sm.identities), expression_space=sm.expression_space,
-                              held_out={k: held.get(k) for k in ("frames", "r2", "mouth_r2", "mouth_corr")} if held else None)
+        try:
+            sm = load_speech_model(speech)
+        except SpeechError as exc:  # a damaged speech.pt is one row of the run's description, not the end of it
+            info["speech"] = dict(file=str(speech), error=str(exc))
+        else:
+            held = (sm.metrics or {}).get("all") or {}
+            info["speech"] = dict(file=str(speech), identities=len(sm.identities), expression_space=sm.expression_space,
+                                  held_out={k: held.get(k) for k in ("frames", "r2", "mouth_r2", "mouth_corr")} if held else None)
     # lines of steps after the checkpoint, which a rerun redoes (and drops), are not its
     last = last_log_record(Path(meta["checkpoint"]).parent / LOG_NAME,
                            at_most=None if info["training_now"] else meta["step"])
@@ -1434,7 +1438,9 @@ def _run_info(args: argparse.Namespace) -> int:
     if info["generic_run"]:
         rows.append(("started from", info["generic_run"]))
     sp = info.get("speech")
-    if sp:
+    if sp and "error" in sp:
+        rows.append(("speech model (render --speech)", f"unreadable: {sp['error']}"))
+    elif sp:
         h = sp["held_out"]
         score = (f"held-out mouth R2 {h['mouth_r2']:.2f}, corr {h['mouth_corr']:.2f} ({h['frames']} frames)"
                  if h and h.get("mouth_r2") is not None else "no held-out score")

@@ -372,6 +372,27 @@ def test_cli_info_describes_a_run(tiny, tmp_path, capsys):
     assert "fine-tuned for │ id001" in " ".join(capsys.readouterr().out.split())
 
 
+def test_cli_info_of_a_run_with_a_damaged_speech_model_describes_the_run(tiny, tmp_path, capsys, monkeypatch):
+    """info RUN failed whole (exit 2, 'speech model RUN/speech.pt ...') when RUN/speech.pt could not be read (a copy
+    cut short): the user debugging the run lost the rest of info. The run is described, its speech model marked
+    unreadable, naming the file and why."""
+    import shutil
+
+    monkeypatch.setenv("COLUMNS", "400")
+    root, _ = tiny
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    (run / "speech.pt").write_bytes(b"PK\x03\x04 cut short")
+    assert main(["info", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["step"] == TINY_STEPS and info["speech"]["file"] == str(run / "speech.pt")
+    assert str(run / "speech.pt") in info["speech"]["error"]
+    assert main(["info", str(run)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"speech model (render --speech) │ unreadable: cannot read speech model {run / 'speech.pt'} (corrupt" in out, out
+    assert "id000" in out and "last log" in out
+
+
 def test_cli_says_when_a_personalised_run_renders_someone_it_was_not_personalised_for(tiny, tmp_path, capsys,
                                                                                      monkeypatch):
     # A run that added id002 to the generic model fine-tuned the shared weights for id002: id000 renders from it
