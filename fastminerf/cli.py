@@ -639,18 +639,56 @@ def _open_run(run: Path, render_steps: Optional[int] = None, device="cpu"):
     return cfg, model, meta
 
 
+def _untuned_sources(meta: dict, names: Sequence[str]) -> dict:
+    """For each of ``names`` (identities a personalisation's run neither added nor fine-tuned), the run that last
+    trained it without its shared weights being tuned for someone else: ``generic_run`` followed back past the
+    personalisations tuned for others to the one that added or fine-tuned it, or to the ``train`` run; None where
+    the chain cannot be followed (a run not recorded, gone or unreadable)."""
+    from .train import CHECKPOINT_NAME, CheckpointError, _moved_with, load_checkpoint
+
+    sources, left, run, seen = {}, list(names), meta.get("generic_run"), set()
+    while left and run is not None and run not in seen:
+        seen.add(run)
+        path = Path(run) / CHECKPOINT_NAME
+        try:
+            data = load_checkpoint(path)
+        except CheckpointError:
+            break
+        own = set(map(str, data.get("added", []))) | set(map(str, data.get("refined", [])))
+        generic = data.get("kind", "train") != "personalize"
+        for n in [n for n in left if generic or n in own]:
+            sources[n] = (run, generic)
+            left.remove(n)
+        run = _moved_with(data.get("generic_run"), data.get("generic_run_relative"), path.parent)
+    return {n: sources.get(n) for n in names}
+
+
 def _not_personalised(run: Path, meta: dict, names: Sequence[str]) -> Optional[str]:
     """A note when identities ``names`` are rendered from a personalisation's run that neither added nor fine-tuned
     them: the shared weights were fine-tuned for other people (the procedural heads' `val` frames lose 6-7 dB), so
-    they render as their generic run had them only from that run. None otherwise (or for checkpoints that do not
-    record whom they personalised)."""
+    they render as they were trained only from the run that last trained them (the generic run, or the
+    personalisation that added or fine-tuned them, :func:`_untuned_sources`). None otherwise (or for checkpoints
+    that do not record whom they personalised)."""
     own = meta.get("added", []) + meta.get("refined", [])
     others = [n for n in names if n not in own]
     if meta.get("kind") != "personalize" or not own or not others:
         return None
-    source = f" ({meta['generic_run']})" if meta.get("generic_run") else ""
-    return (f"{run} was personalised for {some_of(own)}: {some_of(others)} render worse from it than from the "
-            f"generic run it started from{source}, whose shared weights were not fine-tuned for {some_of(own)}")
+    groups = {}
+    for n, source in _untuned_sources(meta, others).items():
+        groups.setdefault(source, []).append(n)
+
+    def where(source, who) -> str:
+        if source is None:
+            return "a run whose shared weights were not fine-tuned for someone else"
+        path, generic = source
+        return f"the generic run {path}" if generic else f"{path}, the run personalised for {some_of(who)}"
+
+    verb = "renders" if len(others) == 1 else "render"
+    said = f"{run} was personalised for {some_of(own)}: {some_of(others)} {verb} worse from it than from "
+    if len(groups) == 1:
+        (source, who), = groups.items()
+        return said + f"{where(source, who)}, whose shared weights were not fine-tuned for {some_of(own)}"
+    return said + "; ".join(f"{where(source, who)} ({some_of(who)})" for source, who in groups.items())
 
 
 _RENDER_STEPS_HELP = ("ray-marching steps across the head box (default: the run's model.eval_render_steps, 256 in the cpu "

@@ -413,14 +413,14 @@ def test_cli_says_when_a_personalised_run_renders_someone_it_was_not_personalise
         assert main(["render", "--run", str(pers), "--identity", who, "--orbit", "--frames", "1",
                      "--out", str(tmp_path / f"{who}.mp4")]) == 0
         out = " ".join(capsys.readouterr().out.split())
-        assert ("personalised for id002: id000 render worse" in out) == noted, out
+        assert ("personalised for id002: id000 renders worse" in out) == noted, out
     assert main(["eval", "--run", str(pers), "--data", str(dirs[0]), str(dirs[2]), "--split", "val"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "personalised for id002: id000 render worse" in out and str(root / "run") in out
+    assert "personalised for id002: id000 renders worse" in out and str(root / "run") in out
     # with the generic run beside it (after it or before), eval takes id000 from the generic run: nothing to say
     for order in ((root / "run", pers), (pers, root / "run")):
         assert main(["eval", "--run", *map(str, order), "--data", str(dirs[0]), str(dirs[2]), "--split", "val"]) == 0
-        assert "render worse" not in capsys.readouterr().out
+        assert "worse from it" not in capsys.readouterr().out
 
 
 def test_cli_fine_tunes_each_identity_and_scores_each_with_its_own_run(tiny, tmp_path, capsys):
@@ -994,6 +994,30 @@ def test_a_refused_render_or_eval_leaves_no_output_folder_behind(tiny, tmp_path,
     assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--orbit", "--frames", "2", "--out",
                  str(tmp_path / "a" / "v.mp4"), "--png-dir", str(tmp_path / "b" / "pngs")]) == 0
     assert (tmp_path / "a" / "v.mp4").is_file() and len(list((tmp_path / "b" / "pngs").glob("*.png"))) == 2
+
+
+def test_the_not_personalised_note_of_a_chain_names_the_run_that_last_trained_the_identity(tiny, tmp_path, capsys,
+                                                                                          monkeypatch):
+    """In a chain GEN -> RUN2 (adds id002) -> RUN3 (fine-tunes id000), rendering id001 from RUN3 said it renders worse
+    'than from the generic run it started from (RUN2)': RUN2 is not generic, its shared weights were tuned for id002,
+    and id001 renders as GEN had it only from GEN. The note follows generic_run back to the run that last trained each
+    identity without being tuned for someone else (GEN for id001, RUN2 for id002), and one identity 'renders'."""
+    monkeypatch.setenv("COLUMNS", "400")
+    root, dirs = tiny
+    gen, run2, run3 = root / "run", tmp_path / "run2", tmp_path / "run3"
+    assert main(["personalize", "--run", str(gen), "--data", str(dirs[2]), "--out", str(run2), "--steps", "1"]) == 0
+    assert main(["personalize", "--run", str(run2), "--data", str(dirs[0]), "--out", str(run3), "--steps", "1"]) == 0
+    capsys.readouterr()
+    for who, source in (("id001", f"the generic run {gen}"), ("id002", f"{run2}, the run personalised for id002")):
+        assert main(["render", "--run", str(run3), "--identity", who, "--orbit", "--frames", "1",
+                     "--out", str(tmp_path / f"{who}.mp4")]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"{run3} was personalised for id000: {who} renders worse from it than from {source}" in out, out
+        assert "render worse" not in out and "generic run it started from" not in out
+    assert main(["eval", "--run", str(run3), "--data", str(dirs[1]), str(dirs[2]), "--split", "val"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f"id001, id002 render worse from it than from the generic run {gen} (id001); {run2}, the run personalised "
+            f"for id002 (id002)") in out, out
 
 
 def test_the_not_personalised_note_of_many_people_names_the_first_few_and_how_many_more():
