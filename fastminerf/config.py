@@ -115,7 +115,8 @@ class SamplerConfig:
     are meant to be seen more often. 0 turns it off."""
 
     error_resolution: int = 32
-    """Cells per side of each identity's error map (over the whole image, whatever its size)."""
+    """Cells per side of each identity's error map (over the whole image, whatever its size): at most a cell per pixel
+    of the frames' largest side (or this default, on smaller frames), checked once the data is read."""
 
     mouth_fraction: float = 0.0
     """Share of each frame's face rays drawn inside a box around its lips instead (lips, teeth, mouth interior: where

@@ -59,6 +59,7 @@ from .config import ModelConfig, RunConfig, as_list, check_device, dump_config, 
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import DatasetError
+from .data.rays import check_error_resolution
 from .data.writer import errors_naming, folder_locked, folder_writer, json_text, replaced_atomically
 from .model import MINeRF
 
@@ -1413,12 +1414,15 @@ def _lock_run_folder(out: Path) -> None:
 
 
 def _load_training_data(paths: Sequence[str], cfg: RunConfig) -> MultiIdentityDataset:
-    """The ``train`` split of ``paths`` with ``cfg``'s frame cache, emptied when the :func:`_holds_run_folder` call
+    """The ``train`` split of ``paths`` with ``cfg``'s frame cache (an error map finer than its frames refused,
+    :func:`~fastminerf.data.rays.check_error_resolution`), emptied when the :func:`_holds_run_folder` call
     ends, however it ends: a notebook keeps an interrupted cell's traceback (for ``%debug``), and with it the call's
     frames, whose cache of decoded frames (up to ``data.cache_bytes``) would stay in memory beside the one a rerun
     decodes."""
     dataset = load_dataset(paths, splits=("train",), cache_frames=cfg.data.cache_frames, cache_bytes=cfg.data.cache_bytes)
     _held.stack.callback(dataset.cache.clear)
+    # the sampler's check, before the model is built and the run folder written: the frames' size is known now
+    check_error_resolution(dataset.table("train"), cfg.sampler.error_resolution, "sampler.error_resolution")
     return dataset
 
 

@@ -340,6 +340,16 @@ def test_error_rays_go_where_the_recorded_error_is(data, frames_per_batch):
     assert sampler.error_map[0, 1, 2] == pytest.approx(0.9)
 
 
+def test_an_error_map_finer_than_a_cell_per_pixel_is_refused_before_it_is_allocated(data):
+    """error_resolution=100000 allocated (identities x 100000 x 100000) float64 maps: a MemoryError of 149 GiB after
+    the data loaded. Cells past a pixel each of the frames' largest side hold no pixel: such a map is refused, naming
+    the key and the bound (the default, 32, is taken on smaller frames: its extra cells are empty, never drawn)."""
+    assert RaySampler(data, "train", error_resolution=W).error_map.shape == (2, W, W)
+    for r in (W + 1, 100_000):
+        with pytest.raises(ValueError, match=rf"error_resolution={r}: at most {W} cells per side .*largest side, {W} px"):
+            RaySampler(data, "train", error_resolution=r)
+
+
 def test_error_maps_are_part_of_the_sampler_state(data):
     a = RaySampler(data, "train", batch_size=256, seed=1, error_fraction=0.7, error_resolution=2)
     a.record_errors([0, 0], [[0, 0], [31, 23]], [1.0, 0.0])

@@ -183,6 +183,15 @@ def test_a_resume_skips_log_lines_that_are_damaged_or_not_records(heads, tmp_pat
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
 
 
+def test_an_absurd_error_map_is_refused_naming_the_key_before_the_model_is_built(heads, tmp_path):
+    """--set sampler.error_resolution=100000 ended in a MemoryError (149 GiB) once the data had loaded and the model
+    was built, its config.yaml written. Refused when the frames' size is known, before any of that, naming the key."""
+    cfg = load_config("tiny", ["train.steps=1", "sampler.error_resolution=1000000"])
+    with pytest.raises(ValueError, match=r"sampler.error_resolution=1000000: at most 32 cells per side"):
+        train(cfg, heads[:1], tmp_path / "run")
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
 def test_a_log_interval_below_one_is_refused_naming_the_key(heads, tmp_path):
     # It used to reach the loop and fail there with "integer modulo by zero".
     with pytest.raises(ConfigError, match="train.log_every must be >= 1, got 0"):

@@ -21,6 +21,7 @@ from .dataset import MultiIdentityDataset
 from .layout import EYE_LANDMARKS, LIP_LANDMARKS
 
 __all__ = ["EYE_MARGIN", "MOUTH_MARGIN", "RayBatch", "RaySampler", "box_pixels", "camera_project", "camera_rays",
+           "check_error_resolution",
            "eye_box", "eye_boxes", "frame_rays", "landmark_rays", "lip_box", "mouth_boxes", "pixel_uv", "ray_aabb"]
 
 TensorLike = Union[torch.Tensor, np.ndarray, list, tuple]
@@ -439,6 +440,19 @@ ERROR_FLOOR = 0.02
 """Every error-map cell keeps this times the map's mean as probability mass, so no cell is starved."""
 
 
+def check_error_resolution(table, resolution: int, key: str = "error_resolution") -> None:
+    """Refuse an error map (:class:`RaySampler`'s ``error_resolution``) finer than a cell per pixel of the largest
+    side of ``table``'s frames (or than the default, :class:`~fastminerf.config.SamplerConfig`'s, on smaller
+    frames): its further cells hold no pixel, and its maps (identities x R x R, 9 bytes a cell) would take the memory
+    of an R x R image each (100000: a MemoryError of hundreds of GiB). ``key`` names the setting in the message."""
+    side = int(max(np.max(table.heights), np.max(table.widths))) if len(table) else 0
+    most = max(side, _SAMPLER.error_resolution)
+    if int(resolution) > most:
+        raise ValueError(f"{key}={resolution}: at most {most} cells per side for these frames (a cell per pixel of "
+                         f"their largest side, {side} px" + (f", or the default {most}" if most > side else "")
+                         + "; a finer map's further cells hold no pixel)")
+
+
 class RaySampler:
     """Draws batches of training rays across identities and frames, with NeRFace's face-box importance.
 
@@ -523,6 +537,7 @@ class RaySampler:
         self.dataset = dataset
         self.split = split
         self.table = dataset.table(split)
+        check_error_resolution(self.table, error_resolution)  # before its maps are allocated
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.face_fraction = float(face_fraction)
