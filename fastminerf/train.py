@@ -887,8 +887,13 @@ def write_curve(run_dir: PathLike) -> Path:
 def _write_config(out: Path, cfg: RunConfig) -> None:
     """``out/config.yaml``, atomically: a stopped write leaves the earlier file whole (the one a resume is told to
     give as --config) and no temporary one."""
-    with replaced_atomically(out / CONFIG_NAME) as tmp:
+    path = out / CONFIG_NAME
+    fresh = not path.exists()
+    with replaced_atomically(path) as tmp:
         tmp.write_text(dump_config(cfg))
+    stack = getattr(_held, "stack", None)
+    if fresh and stack is not None:  # made by this call: taken back if it is refused before its first step
+        stack.fresh_config = path
 
 
 def _resume_log(loop: "_Loop", data: dict) -> None:
@@ -1377,9 +1382,10 @@ _held = threading.local()  # the ExitStack of the train / personalize call runni
 def _holds_run_folder(fn):
     """``fn`` (train, personalize) makes and locks its run folder with :func:`_lock_run_folder` (after the checks
     that refuse a call before any work); the lock is released, and the frame cache of its training data
-    (:func:`_load_training_data`) emptied, when ``fn`` returns or raises. A KeyboardInterrupt outside the steps (while
-    the data is read and the model set up), which :meth:`_Loop.noting_interrupt` did not describe, says what the run
-    folder keeps, as one inside them does."""
+    (:func:`_load_training_data`) emptied, when ``fn`` returns or raises. An error before the first step (no
+    checkpoint, no log line) removes the ``config.yaml`` the call wrote there, and so a folder it made. A
+    KeyboardInterrupt outside the steps (while the data is read and the model set up), which
+    :meth:`_Loop.noting_interrupt` did not describe, says what the run folder keeps, as one inside them does."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         outer = getattr(_held, "stack", None)
@@ -1387,6 +1393,13 @@ def _holds_run_folder(fn):
             _held.stack = stack
             try:
                 return fn(*args, **kwargs)
+            except Exception:
+                # refused before its first step (a frame that cannot be read, a device error): the config this call
+                # wrote goes, so that a folder it made is removed with its lock, not left looking like a run to resume
+                config = getattr(stack, "fresh_config", None)
+                if config is not None and not any((config.parent / n).exists() for n in (CHECKPOINT_NAME, LOG_NAME)):
+                    config.unlink(missing_ok=True)
+                raise
             except KeyboardInterrupt as exc:
                 out = getattr(stack, "run_folder", None)
                 if not exc.args and out is not None:

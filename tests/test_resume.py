@@ -183,6 +183,34 @@ def test_a_resume_skips_log_lines_that_are_damaged_or_not_records(heads, tmp_pat
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
 
 
+def test_a_call_refused_at_its_first_step_leaves_no_run_folder_it_made(heads, generic, tmp_path):
+    """A training frame that cannot be read (not the first, whose header load_dataset reads) stopped train and
+    personalize at their first step's batch, after RUN/config.yaml was written: the refused call left RUN with a
+    config and no checkpoint, a folder that looks like a run to resume, where README says a refused call leaves no
+    folder it made ('info RUN': 'checkpoint RUN/checkpoint.pt does not exist'). An --out folder that was there stays
+    (with its lock, as a refused --data typo leaves it); a run with a checkpoint keeps its config.yaml."""
+    data = _copy(heads[2:3], tmp_path / "data")[0]
+    frame = data / json.loads((data / "transforms_train.json").read_text())["frames"][2]["file_path"]
+    frame = frame if frame.suffix else frame.with_suffix(".png")
+    frame.write_bytes(frame.read_bytes()[:100])
+    cfg = load_config("tiny", ["train.steps=2"])
+    for call, out in ((lambda out: train(cfg, [data], out), tmp_path / "new" / "run"),
+                      (lambda out: personalize(generic, [data], out, steps=2), tmp_path / "pers")):
+        with pytest.raises(DatasetError, match="frame 2: key 'file_path': cannot read image"):
+            call(out)
+        assert not out.exists() and not (tmp_path / "new").exists(), sorted(p.name for p in out.iterdir())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="cannot read image"):
+        train(cfg, [data], tmp_path / "empty")
+    assert [p.name for p in (tmp_path / "empty").iterdir()] == [".lock"]  # as a refused --data typo leaves it
+    run = tmp_path / "run"
+    shutil.copytree(generic, run)
+    config = (run / "config.yaml").read_text()
+    with pytest.raises(CheckpointError):  # refused on resume (other data): its config stays
+        train(load_config("tiny", ["train.steps=4"]), [data], run)
+    assert (run / "config.yaml").read_text() == config and (run / "checkpoint.pt").is_file()
+
+
 def test_an_absurd_error_map_is_refused_naming_the_key_before_the_model_is_built(heads, tmp_path):
     """--set sampler.error_resolution=100000 ended in a MemoryError (149 GiB) once the data had loaded and the model
     was built, its config.yaml written. Refused when the frames' size is known, before any of that, naming the key."""
