@@ -329,6 +329,12 @@ def load_run(run_dir: PathLike, device: Union[str, torch.device] = "cpu") -> Tup
     where = resolve_device(device, "device")  # before the checkpoint is read
     run = Path(run_dir)
     path = run / CHECKPOINT_NAME if run.is_dir() or not run.suffix else run
+    if run.is_dir() and not path.exists() and (run / CONFIG_NAME).is_file():  # a run folder, not a typo's
+        writer = folder_writer(run)
+        raise CheckpointError(f"run folder {run} holds no checkpoint yet: a training (process {writer}) writes it now, "
+                              "before its first checkpoint" if writer else
+                              f"run folder {run} holds no checkpoint: its training stopped before it wrote one (rerun "
+                              "the train or personalize command that made it: it starts again)")
     data = load_checkpoint(path)
     cfg, model = _model_from_checkpoint(data, path, anywhere=True)  # loaded on the CPU: tcnn / nerfacc cannot run there
     if where.type != "cpu":  # e.g. native asked for, on a GPU the extension has no kernels for (info reads any run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -209,6 +210,28 @@ def test_a_call_refused_at_its_first_step_leaves_no_run_folder_it_made(heads, ge
     with pytest.raises(CheckpointError):  # refused on resume (other data): its config stays
         train(load_config("tiny", ["train.steps=4"]), [data], run)
     assert (run / "config.yaml").read_text() == config and (run / "checkpoint.pt").is_file()
+
+
+def test_a_run_folder_without_a_checkpoint_says_why(heads, generic, tmp_path, capsys):
+    """A run stopped before its first checkpoint (interrupted while setting up, which says 'no checkpoint was written
+    yet in RUN; a rerun starts again') holds config.yaml alone: info, render and personalize --run said 'checkpoint
+    RUN/checkpoint.pt does not exist', as of a typo. They say the run holds no checkpoint yet and what to do."""
+    from fastminerf.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(generic / "config.yaml", run / "config.yaml")
+    with pytest.raises(CheckpointError, match=r"holds no checkpoint: its training stopped before it wrote one"):
+        load_run(run)
+    assert main(["info", str(run)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"run folder {run} holds no checkpoint" in err and "rerun the train or personalize command" in err, err
+    from fastminerf.data.writer import folder_locked
+
+    with folder_locked(run, lambda holder: AssertionError(holder)):  # a training set up there, before its checkpoint
+        with pytest.raises(CheckpointError, match=rf"holds no checkpoint yet: a training \(process {os.getpid()}\) "
+                                                  "writes it now"):
+            load_run(run)
 
 
 def test_an_absurd_error_map_is_refused_naming_the_key_before_the_model_is_built(heads, tmp_path):
