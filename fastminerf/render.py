@@ -1325,6 +1325,10 @@ VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
 """Suffixes of the files :func:`write_video` writes (containers that hold H.264 video and AAC sound; ffmpeg picks the
 container by the suffix)."""
 
+FASTSTART_SUFFIXES = (".mp4", ".m4v", ".mov")
+"""The QuickTime-family containers, whose index (``moov``) :func:`write_video` puts before the pictures (ffmpeg's
+``+faststart``; its default is after them), so that a browser or phone plays the video while it downloads."""
+
 
 def alpha_video_path(path: PathLike) -> Path:
     """The matte video :func:`write_video` writes beside ``path`` for RGBA frames: ``OUT_alpha.mp4`` for
@@ -1405,7 +1409,8 @@ def write_video(
     """Write frames to an H.264 mp4 (through the ffmpeg that imageio-ffmpeg ships) and/or PNG files.
 
     Frames stream through: the iterable is consumed once and never held in memory. The mp4 is yuv420p, which
-    needs even sizes: an odd width or height is padded by one replicated column or row (never resized).
+    needs even sizes: an odd width or height is padded by one replicated column or row (never resized). An mp4, .mov
+    or .m4v has its index before the pictures (:data:`FASTSTART_SUFFIXES`): a browser plays it as it downloads.
 
     RGBA frames (``render_sequence(..., alpha=True)``): the mp4 shows their colour, and beside it a grey matte video
     of their alpha, :func:`alpha_video_path` (``OUT_alpha.mp4``: H.264 in yuv420p has no alpha channel; an editor
@@ -1461,6 +1466,7 @@ def write_video(
         writer = imageio_ffmpeg.write_frames(
             str(tmp), even, fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error",
             audio_path=None if sound is None else str(sound), audio_codec=None if sound is None else "aac",
+            output_params=["-movflags", "+faststart"] if final.suffix.lower() in FASTSTART_SUFFIXES else None,
         )
         writer.send(None)
         videos.append([final, tmp, writer, _ffmpeg_process(writer)])

@@ -341,6 +341,35 @@ def test_write_video_reads_back(tmp_path, h, w):
     np.testing.assert_array_equal(iio.imread(pngs[3]), np.rint(frames[3] * 255).astype(np.uint8))
 
 
+def _top_boxes(path):
+    """The types of an ISO media file's top-level boxes (ftyp, moov, mdat, ...), in file order."""
+    import struct
+
+    types = []
+    with open(path, "rb") as f:
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return types
+            size, kind = struct.unpack(">I4s", head)
+            if size == 1:
+                size = struct.unpack(">Q", f.read(8))[0] - 8
+            types.append(kind.decode("latin-1"))
+            if size == 0:
+                return types
+            f.seek(size - 8, 1)
+
+
+@pytest.mark.parametrize("name", ["v.mp4", "v.mov", "v.m4v"])
+def test_write_video_puts_the_index_before_the_pictures_so_a_browser_plays_it_while_it_downloads(tmp_path, name):
+    """ffmpeg writes the mp4 index (moov) after the pictures (mdat) unless told +faststart: a browser or phone
+    given the file over the web must then fetch all of it (or seek to its end) before the first frame shows."""
+    info = write_video(iter(_frames(5, 16, 16)), tmp_path / name, fps=10)
+    boxes = _top_boxes(info.path)
+    assert "moov" in boxes and "mdat" in boxes
+    assert boxes.index("moov") < boxes.index("mdat"), boxes
+
+
 def test_write_video_again_removes_an_earlier_renders_frames_past_99999(tmp_path):
     """PNG frames are numbered with at least five digits, so a render of over 100,000 frames (67 minutes at 25 fps:
     a lecture driven through) writes 100000.png on; the clean-up of an earlier, longer render's frames looked only for
