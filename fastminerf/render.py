@@ -1325,6 +1325,13 @@ VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
 """Suffixes of the files :func:`write_video` writes (containers that hold H.264 video and AAC sound; ffmpeg picks the
 container by the suffix)."""
 
+SRGB_VIDEO_PARAMS = ["-vf", "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd,setparams=range=tv:"
+                     "colorspace=bt709:color_primaries=bt709:color_trc=iec61966-2-1"]
+"""ffmpeg's output options of :func:`write_video`: the frames are sRGB, converted to yuv420p with the BT.709 matrix
+(tv range) and tagged so (BT.709 primaries, which sRGB's are, sRGB's transfer): a player turns them back into RGB
+with the matrix the video names; untagged, players guess (browsers BT.709 for HD, others BT.601), and ffmpeg's
+default conversion is BT.601, which a BT.709 guess shows with skin a few levels off and saturated colours 15-40."""
+
 FASTSTART_SUFFIXES = (".mp4", ".m4v", ".mov")
 """The QuickTime-family containers, whose index (``moov``) :func:`write_video` puts before the pictures (ffmpeg's
 ``+faststart``; its default is after them), so that a browser or phone plays the video while it downloads."""
@@ -1466,7 +1473,8 @@ def write_video(
         writer = imageio_ffmpeg.write_frames(
             str(tmp), even, fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error",
             audio_path=None if sound is None else str(sound), audio_codec=None if sound is None else "aac",
-            output_params=["-movflags", "+faststart"] if final.suffix.lower() in FASTSTART_SUFFIXES else None,
+            output_params=SRGB_VIDEO_PARAMS + (["-movflags", "+faststart"] if final.suffix.lower() in FASTSTART_SUFFIXES
+                                               else []),
         )
         writer.send(None)
         videos.append([final, tmp, writer, _ffmpeg_process(writer)])

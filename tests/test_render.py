@@ -370,6 +370,68 @@ def test_write_video_puts_the_index_before_the_pictures_so_a_browser_plays_it_wh
     assert boxes.index("moov") < boxes.index("mdat"), boxes
 
 
+VIDEO_COLOURS = np.array([[224, 172, 140], [141, 85, 54], [255, 255, 255], [20, 20, 20], [200, 30, 40],
+                          [40, 190, 60], [30, 60, 210], [0, 255, 0]], np.uint8)
+"""Flat colours of a video colour check: skin tones, white, near black, saturated red, green, blue, a green screen's."""
+
+
+def _colour_tags(path):
+    """The (range, matrix, primaries, transfer) ffmpeg reads from the video stream of ``path``, None where untagged."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    said = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+                          capture_output=True, text=True).stderr
+    fmt = re.search(r"Video: h264.*?, yuv420p(?:\(([^)]*)\))?", said)
+    assert fmt is not None, said
+    parts = [p.strip() for p in (fmt.group(1) or "").split(",") if p.strip() not in ("progressive", "top first",
+                                                                                      "bottom first")]
+    rng = next((p for p in parts if p in ("tv", "pc")), None)
+    spaces = [p for p in parts if p not in ("tv", "pc")]
+    matrix, primaries, transfer = spaces[0].split("/") if spaces and "/" in spaces[0] else (spaces or [None]) * 3
+    return rng, matrix, primaries, transfer
+
+
+def _decoded_as_tagged(path, matrix, h, w):
+    """The video's frames as a standard player shows them: its 8-bit yuv420p planes (tv range) turned into RGB with
+    the luma weights of the ``matrix`` its stream is tagged with, in floating point (each chroma sample for its
+    2x2 block)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    kr, kb = {"bt709": (0.2126, 0.0722), "bt470bg": (0.299, 0.114), "smpte170m": (0.299, 0.114)}[matrix]
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo",
+                          "-pix_fmt", "yuv420p", "-"], capture_output=True, check=True).stdout
+    planes = np.frombuffer(raw, np.uint8).astype(np.float64).reshape(-1, h * w * 3 // 2)
+    frames = []
+    for p in planes:
+        y = p[:h * w].reshape(h, w)
+        cb, cr = (np.repeat(np.repeat(c.reshape(h // 2, w // 2), 2, 0), 2, 1)
+                  for c in (p[h * w:h * w * 5 // 4], p[h * w * 5 // 4:]))
+        luma, cb, cr = (y - 16) / 219, (cb - 128) / 224, (cr - 128) / 224
+        r, b = luma + 2 * (1 - kr) * cr, luma + 2 * (1 - kb) * cb
+        g = (luma - kr * r - kb * b) / (1 - kr - kb)
+        frames.append(np.clip(np.rint(np.stack([r, g, b], -1) * 255), 0, 255))
+    return np.stack(frames)
+
+
+def test_write_video_tags_its_colours_so_players_show_the_rendered_ones(tmp_path):
+    """The frames are sRGB: the video says so (BT.709 primaries and matrix, sRGB transfer, tv range), and its
+    pictures are converted with the matrix it names, so that a player, which turns them back into RGB by the
+    tags (or, untagged, by a guess: BT.709 for HD in browsers, BT.601 for SD elsewhere), shows each flat colour
+    within a level or two of the rendered one. Untagged and converted with BT.601, a player that takes BT.709 showed
+    skin 3-5 levels off, a saturated red 17 and a green screen's green 39."""
+    frames = [np.full((32, 48, 3), c, np.uint8) for c in VIDEO_COLOURS]
+    info = write_video(iter(frames), tmp_path / "v.mp4", fps=10)
+    rng, matrix, primaries, transfer = _colour_tags(info.path)
+    assert (rng, matrix, primaries, transfer) == ("tv", "bt709", "bt709", "iec61966-2-1")
+    shown = _decoded_as_tagged(info.path, matrix, 32, 48)
+    error = np.abs(shown - VIDEO_COLOURS[:, None, None, :].astype(np.float64))
+    assert error.max() <= 2, error.max(axis=(1, 2))
+
+
 def test_write_video_again_removes_an_earlier_renders_frames_past_99999(tmp_path):
     """PNG frames are numbered with at least five digits, so a render of over 100,000 frames (67 minutes at 25 fps:
     a lecture driven through) writes 100000.png on; the clean-up of an earlier, longer render's frames looked only for
