@@ -35,6 +35,7 @@ import math
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -1332,6 +1333,23 @@ SRGB_VIDEO_PARAMS = ["-vf", "scale=out_color_matrix=bt709:out_range=tv:flags=acc
 with the matrix the video names; untagged, players guess (browsers BT.709 for HD, others BT.601), and ffmpeg's
 default conversion is BT.601, which a BT.709 guess shows with skin a few levels off and saturated colours 15-40."""
 
+NTSC_RATE_SLACK = 0.005
+"""How far (frames/s) a rate may be from an NTSC rate ``N * 1000 / 1001`` to be read as it: ffmpeg lists those rates
+to two decimals (29.97, 23.98, 59.94), and people write 23.976."""
+
+
+def video_rate(fps: float) -> Fraction:
+    """The exact frame rate :func:`write_video` writes for ``fps``: an NTSC rate given in decimals (29.97, 23.976,
+    23.98, 59.94: within :data:`NTSC_RATE_SLACK` of ``N * 1000 / 1001``, as ffmpeg lists a phone's or a
+    camcorder's 30000/1001 video, and as prepare reads a driver's rate) is that fraction, the rate editors' timelines
+    and players run such video at; any other rate is its nearest fraction (25, 25/2, 30)."""
+    rate = Fraction(float(fps)).limit_denominator(1_000_000)
+    ntsc = round(float(fps) * 1.001)
+    if rate.denominator != 1 and ntsc > 0 and abs(float(fps) - ntsc * 1000 / 1001) <= NTSC_RATE_SLACK:
+        return Fraction(ntsc * 1000, 1001)
+    return rate
+
+
 FASTSTART_SUFFIXES = (".mp4", ".m4v", ".mov")
 """The QuickTime-family containers, whose index (``moov``) :func:`write_video` puts before the pictures (ffmpeg's
 ``+faststart``; its default is after them), so that a browser or phone plays the video while it downloads."""
@@ -1429,7 +1447,7 @@ def write_video(
         frames: (H, W, 3) or (H, W, 4) float in [0, 1] or uint8, all one size and shape.
         path: the mp4 to write (its folder is created; or .mov, .m4v, .mkv, .avi: :data:`VIDEO_OUT_SUFFIXES`), or None
             for PNG frames only.
-        fps: frame rate.
+        fps: frame rate (an NTSC rate given in decimals, 29.97, is written as its exact fraction: :func:`video_rate`).
         png_dir: also write each frame as ``png_dir/00000.png, 00001.png, ...`` (numbered frames past this video's
             end, left there by an earlier render, are removed).
         quality: imageio-ffmpeg quality, 0 (worst) to 10 (best).
@@ -1467,11 +1485,14 @@ def write_video(
         except OSError as exc:
             raise RenderError(f"{out}: cannot write the video there ({exc.strerror or exc})") from None
 
+    rate = video_rate(fps)
+
     def start(final: Path, sound: Optional[Path]) -> None:
         tmp = _part_path(final)
         even = (size[1] + size[1] % 2, size[0] + size[0] % 2)  # type: ignore[index]
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp), even, fps=fps, quality=quality, macro_block_size=2, ffmpeg_log_level="error",
+        writer = imageio_ffmpeg.write_frames(  # -r (the last one ffmpeg is given wins): the exact rate
+            str(tmp), even, fps=float(rate), input_params=["-r", str(rate)], quality=quality, macro_block_size=2,
+            ffmpeg_log_level="error",
             audio_path=None if sound is None else str(sound), audio_codec=None if sound is None else "aac",
             output_params=SRGB_VIDEO_PARAMS + (["-movflags", "+faststart"] if final.suffix.lower() in FASTSTART_SUFFIXES
                                                else []),

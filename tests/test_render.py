@@ -432,6 +432,36 @@ def test_write_video_tags_its_colours_so_players_show_the_rendered_ones(tmp_path
     assert error.max() <= 2, error.max(axis=(1, 2))
 
 
+def _frame_rate(path):
+    """The exact frame rate of the video stream of ``path``: one over the step between its frames' timestamps, in
+    the stream's time base (ffmpeg's framecrc of the packets as stored)."""
+    import subprocess
+    from fractions import Fraction
+
+    import imageio_ffmpeg
+
+    said = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:v:0", "-c",
+                           "copy", "-f", "framecrc", "-"], capture_output=True, text=True, check=True).stdout
+    base = Fraction(re.search(r"^#tb 0: (\d+/\d+)", said, re.M).group(1))
+    steps = {int(line.split(",")[3]) for line in said.splitlines() if line.startswith("0,")}
+    assert len(steps) == 1, steps
+    return 1 / (base * steps.pop())
+
+
+@pytest.mark.parametrize("fps,exact", [(29.97, "30000/1001"), (23.976, "24000/1001"), (23.98, "24000/1001"),
+                                       (59.94, "60000/1001"), (30000 / 1001, "30000/1001"), (25, "25"),
+                                       (12.5, "25/2"), (30, "30")])
+def test_write_video_writes_an_ntsc_rate_given_in_decimals_exactly(tmp_path, fps, exact):
+    """29.97 is how ffmpeg lists a 30000/1001 video (a phone's, a camcorder's; prepare reads a driver's rate so) and
+    what a user gives --fps for one: the video is written at 30000/1001, the NTSC rate that editors' timelines and
+    players run at, not at 2997/100, which differs from it by 0.001 % (a separate rate to an editor, which
+    conforms it); other rates stay as they are."""
+    from fractions import Fraction
+
+    info = write_video(iter(_frames(4, 16, 16)), tmp_path / "v.mp4", fps=fps)
+    assert _frame_rate(info.path) == Fraction(exact)
+
+
 def test_write_video_again_removes_an_earlier_renders_frames_past_99999(tmp_path):
     """PNG frames are numbered with at least five digits, so a render of over 100,000 frames (67 minutes at 25 fps:
     a lecture driven through) writes 100000.png on; the clean-up of an earlier, longer render's frames looked only for
