@@ -1450,7 +1450,10 @@ def write_video(
         fps: frame rate (an NTSC rate given in decimals, 29.97, is written as its exact fraction: :func:`video_rate`).
         png_dir: also write each frame as ``png_dir/00000.png, 00001.png, ...`` (numbered frames past this video's
             end, left there by an earlier render, are removed).
-        quality: imageio-ffmpeg quality, 0 (worst) to 10 (best).
+        quality: imageio-ffmpeg quality, 1 (worst) to 10 (best): x264's crf ``int((1 - quality / 10) * 51)``, the
+            default 8 crf 10 (42 dB against the frames of a real-clip render); above 9.8 crf 0, lossless coding
+            of the yuv420p pictures (whose chroma is still halved) in x264's High 4:4:4 Predictive profile, which
+            browsers, QuickTime and phones do not play. The exact frames are ``png_dir``'s.
         audio: a soundtrack for the mp4 (AAC, at its rate and channels), as long as the video should be
             (:func:`fastminerf.audio.frame_soundtrack`).
         rendered_over: (H, W, 3) float in [0, 1], the background the colour of RGBA frames was rendered over.
@@ -1459,15 +1462,17 @@ def write_video(
         A :class:`VideoInfo`.
 
     Raises:
-        RenderError: no frames, frames of different sizes or channels, a ``path`` that is a folder, whose suffix is
-            not a video container or whose folder cannot be written, a ``png_dir`` that is a file, cannot be made
-            or lies in or under a dataset's identity folder (these before any frame is asked for), or ffmpeg
-            failed (an earlier file at ``path`` is then left as it was).
+        RenderError: no frames, frames of different sizes or channels, a ``quality`` out of its range, a ``path``
+            that is a folder, whose suffix is not a video container or whose folder cannot be written, a ``png_dir``
+            that is a file, cannot be made or lies in or under a dataset's identity folder (these before any frame
+            is asked for), or ffmpeg failed (an earlier file at ``path`` is then left as it was).
     """
     import imageio_ffmpeg
 
     if path is None and png_dir is None:
         raise RenderError("write_video needs an mp4 path, a png_dir, or both")
+    if not 1 <= quality <= 10:  # imageio-ffmpeg's range; it asserts it at the first frame
+        raise RenderError(f"write_video: quality {quality} is out of its range, 1 (worst) to 10 (best)")
     out = Path(path) if path is not None else None
     pngs = Path(png_dir) if png_dir is not None else None
     check_outputs(out, pngs)

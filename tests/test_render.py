@@ -462,6 +462,20 @@ def test_write_video_writes_an_ntsc_rate_given_in_decimals_exactly(tmp_path, fps
     assert _frame_rate(info.path) == Fraction(exact)
 
 
+@pytest.mark.parametrize("quality", [0, 0.5, 11, float("nan")])
+def test_write_video_refuses_a_quality_out_of_its_range_before_any_frame(tmp_path, quality):
+    """write_video's quality was documented as 0 (worst) to 10 (best), but imageio-ffmpeg takes 1 to 10 and stopped
+    the render at its first frame with a bare AssertionError ('quality must be between 1 and 10 inclusive'; under
+    python -O no check at all, and x264's worst setting)."""
+    def frames():
+        raise AssertionError("a frame was asked for")
+        yield
+
+    with pytest.raises(RenderError, match=r"quality .* 1 \(worst\) to 10 \(best\)"):
+        write_video(frames(), tmp_path / "v.mp4", fps=10, quality=quality)
+    assert not (tmp_path / "v.mp4").exists()
+
+
 def test_write_video_again_removes_an_earlier_renders_frames_past_99999(tmp_path):
     """PNG frames are numbered with at least five digits, so a render of over 100,000 frames (67 minutes at 25 fps:
     a lecture driven through) writes 100000.png on; the clean-up of an earlier, longer render's frames looked only for
