@@ -773,7 +773,9 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
                         "degrees for a talking-head video: beyond them the model guesses)")
     p.add_argument("--pitch", type=float, default=None, metavar="DEG",
                    help="an orbit's up-down swing each way (default: as far as NAME's training views reach)")
-    p.add_argument("--png-dir", type=Path, default=None, help="also write every frame as PNG into this folder")
+    p.add_argument("--png-dir", type=Path, default=None,
+                   help="also write every frame as PNG into this folder: the render's exact 8-bit values, for "
+                        "comparisons (the mp4 is lossy: H.264 at crf 10, its chroma at half resolution)")
     p.add_argument("--background", default="own", metavar="own|COLOUR|IMAGE",
                    help="what the person (head and torso) is composited over: 'own' (default) NAME's own background "
                         "(bg.png); a colour, a name (white, black, grey, lime, ...; CSS names: 'green' is #008000, "

@@ -342,6 +342,23 @@ def test_render_help_of_no_audio_says_what_each_kind_of_video_carries_without_it
     assert "orbit" in action.help, action.help
 
 
+def test_render_docs_say_what_the_video_file_is_and_where_the_exact_frames_are():
+    """Neither the README nor render --help said what OUT.mp4 holds for a viewer or a comparison: H.264 in yuv420p
+    at x264's crf 10 (chroma halved: 42 dB against the rendered frames), BT.709-tagged, its index first for the web;
+    and that the --png-dir frames, not the mp4, are the render's exact 8-bit values (what a research comparison
+    needs)."""
+    from fastminerf.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    bullet = re.search(r"\n- Video files[^\n]*(?:\n  [^\n]*)*", readme)
+    assert bullet is not None, "no 'Video files' bullet in the README"
+    for said in ("yuv420p", "crf 10", "BT.709", "faststart", "--png-dir", "exact", "30000/1001"):
+        assert said in bullet.group(0), said
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["render"]
+    action = next(a for a in sub._actions if "--png-dir" in a.option_strings)
+    assert "exact" in action.help and "lossy" in action.help, action.help
+
+
 def test_the_native_ops_docs_say_a_second_derivative_needs_the_reference():
     """Since 380bd2e a second derivative through a native op (create_graph=True: a penalty on the density's gradient)
     raises, where it was silently wrong; hash_encode, composite and mlp_head still said 'differentiable with respect to
