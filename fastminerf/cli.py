@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import functools
 import io
+import math
 import os
 import re
 import sys
@@ -813,6 +814,8 @@ def _run_render(args: argparse.Namespace) -> int:
         raise RenderError(f"--frames must be at least 1, got {args.frames}")
     if args.fps is not None and not args.fps > 0:  # ffmpeg wrote 0 as 16 fps, and failed on a negative rate at the end
         raise RenderError(f"--fps must be positive, got {args.fps:g}")
+    if args.fps is not None and args.fps == math.inf:  # a traceback once the frames were asked for
+        raise RenderError(f"--fps must be finite, got {args.fps:g}")
     for option, given in (("--drive", None if args.drive is None else parse_drive(args.drive)[0]),
                           ("--speech", args.speech)):
         if given is not None and Path(given).resolve() == args.out.resolve():  # replaced once rendered

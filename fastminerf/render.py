@@ -1462,15 +1462,18 @@ def write_video(
         A :class:`VideoInfo`.
 
     Raises:
-        RenderError: no frames, frames of different sizes or channels, a ``quality`` out of its range, a ``path``
-            that is a folder, whose suffix is not a video container or whose folder cannot be written, a ``png_dir``
-            that is a file, cannot be made or lies in or under a dataset's identity folder (these before any frame
-            is asked for), or ffmpeg failed (an earlier file at ``path`` is then left as it was).
+        RenderError: no frames, frames of different sizes or channels, an ``fps`` that is not a positive number, a
+            ``quality`` out of its range, a ``path`` that is a folder, whose suffix is not a video container or whose
+            folder cannot be written, a ``png_dir`` that is a file, cannot be made or lies in or under a dataset's
+            identity folder (these before any frame is asked for), or ffmpeg failed (an earlier file at ``path`` is
+            then left as it was).
     """
     import imageio_ffmpeg
 
     if path is None and png_dir is None:
         raise RenderError("write_video needs an mp4 path, a png_dir, or both")
+    if not 0 < fps < math.inf:  # ffmpeg wrote 0 as 16 fps and failed on a negative rate at the end
+        raise RenderError(f"write_video: fps must be a positive number, got {fps}")
     if not 1 <= quality <= 10:  # imageio-ffmpeg's range; it asserts it at the first frame
         raise RenderError(f"write_video: quality {quality} is out of its range, 1 (worst) to 10 (best)")
     out = Path(path) if path is not None else None

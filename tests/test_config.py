@@ -403,6 +403,7 @@ def test_speech_set_help_lists_every_field():
 @pytest.mark.parametrize("argv, message", [
     (["render", "--identity", "a", "--orbit", "--fps", "0", "--out", "{tmp}/x.mp4"], "--fps must be positive, got 0"),
     (["render", "--identity", "a", "--orbit", "--fps", "-5", "--out", "{tmp}/x.mp4"], "--fps must be positive, got -5"),
+    (["render", "--identity", "a", "--orbit", "--fps", "inf", "--out", "{tmp}/x.mp4"], "--fps must be finite, got inf"),
     (["eval", "--data", "{tmp}", "--split", "val", "--max-frames", "0"], "--max-frames must be at least 1, got 0"),
     (["eval", "--data", "{tmp}", "--split", "val", "--max-frames", "-1"], "--max-frames must be at least 1, got -1"),
 ])

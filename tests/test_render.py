@@ -476,6 +476,20 @@ def test_write_video_refuses_a_quality_out_of_its_range_before_any_frame(tmp_pat
     assert not (tmp_path / "v.mp4").exists()
 
 
+@pytest.mark.parametrize("fps", [0, -5, float("inf"), float("nan")])
+def test_write_video_refuses_a_rate_that_is_not_a_positive_number_before_any_frame(tmp_path, fps):
+    """fps=inf stopped with a traceback (OverflowError: cannot convert Infinity to integer ratio, from render --fps
+    inf too), NaN alike (ValueError), 0 wrote a 16 fps video and a negative rate failed in ffmpeg once every frame
+    was rendered."""
+    def frames():
+        raise AssertionError("a frame was asked for")
+        yield
+
+    with pytest.raises(RenderError, match=r"fps must be a positive number"):
+        write_video(frames(), tmp_path / "v.mp4", fps=fps)
+    assert not (tmp_path / "v.mp4").exists()
+
+
 def test_write_video_again_removes_an_earlier_renders_frames_past_99999(tmp_path):
     """PNG frames are numbered with at least five digits, so a render of over 100,000 frames (67 minutes at 25 fps:
     a lecture driven through) writes 100000.png on; the clean-up of an earlier, longer render's frames looked only for
