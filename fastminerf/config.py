@@ -1072,6 +1072,29 @@ def as_list(value, single=(str,)) -> list:
     return [value] if isinstance(value, single) else list(value)
 
 
+def needs(value, types, asked: str, what: str):
+    """``value``, or TypeError '``asked``: needs ``what``, got <type> <value>' when it is not of ``types`` (a library
+    call's entry check of an argument, where the value given would fail deep inside, naming neither the argument nor
+    what it takes: 'str' object has no attribute 'splits', 'MultiIdentityDataset' object is not iterable)."""
+    if not isinstance(value, types):
+        raise TypeError(f"{asked}: needs {what}, got {type(value).__name__} {str(value)[:200]!r}")
+    return value
+
+
+PATHS_TAKEN = "(str or pathlib.Path, one or a list)"
+
+
+def as_paths(value, asked: str, what: str) -> list:
+    """:func:`as_list` of paths, each a :class:`Path`: one path (``str`` or ``os.PathLike``), an iterable of them (a
+    generator too) or None (empty); TypeError naming ``asked`` (:func:`needs`, ``what`` and :data:`PATHS_TAKEN`) for
+    anything else, such as a loaded dataset given where its folders go."""
+    from collections.abc import Iterable
+
+    single = (str, os.PathLike)
+    items = as_list(value, single) if value is None or isinstance(value, (Iterable,) + single) else [value]
+    return [Path(needs(item, single, asked, f"{what} {PATHS_TAKEN}")) for item in items]
+
+
 def some_of(items, shown: int = 8) -> str:
     """``items`` joined by commas, the first ``shown`` of them and how many more (for messages and notes about many
     people: 1,000 of them would be a page)."""

@@ -44,7 +44,7 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
-from .config import as_list, counted, identity_index, identity_list, name_position
+from .config import as_list, counted, identity_index, identity_list, name_position, needs
 from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import identity_splits, is_identity_dir, not_a_file, read_rgb
@@ -154,10 +154,7 @@ def identity_id(model_or_names, name: str) -> int:
 def _a_dataset(dataset: MultiIdentityDataset, asked: str) -> MultiIdentityDataset:
     """``dataset``, or TypeError saying what was ``asked`` for when it is not a loaded dataset (a folder's path given
     where :func:`fastminerf.load_dataset`'s result goes: 'str' object has no attribute 'splits')."""
-    if not isinstance(dataset, MultiIdentityDataset):
-        raise TypeError(f"{asked}: needs a loaded dataset (fastminerf.load_dataset(path)), got {type(dataset).__name__} "
-                        f"{str(dataset)[:200]!r}")
-    return dataset
+    return needs(dataset, MultiIdentityDataset, asked, "a loaded dataset (fastminerf.load_dataset(path))")
 
 
 def _dataset_identity(dataset: MultiIdentityDataset, name: str) -> int:

@@ -55,10 +55,10 @@ import torch
 
 from . import _native
 from . import backend as _backend
-from .config import ModelConfig, RunConfig, as_list, check_device, dump_config, identity_list, name_position, parse_config_text, some_of
+from .config import ModelConfig, RunConfig, as_list, as_paths, check_device, dump_config, identity_list, name_position, parse_config_text, some_of
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
-from .data.layout import DatasetError
+from .data.layout import IDENTITY_PATHS, DatasetError
 from .data.rays import check_error_resolution
 from .data.writer import errors_naming, folder_locked, folder_writer, json_text, replaced_atomically
 from .model import MINeRF
@@ -1480,9 +1480,9 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     """
     device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
     _check_backends(cfg, device)
+    paths = [str(p) for p in as_paths(data_paths, "data_paths", IDENTITY_PATHS)]
     out = Path(out_dir)
     _lock_run_folder(out)
-    paths = [str(Path(p)) for p in as_list(data_paths, (str, Path))]
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     dataset = _load_training_data(paths, cfg)
@@ -1634,6 +1634,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         same_pixels: as for :func:`train`, for the files of known identities fine-tuned (against the generic run's)
             and of a resumed personalisation.
     """
+    paths = [str(p) for p in as_paths(data_paths, "data_paths", IDENTITY_PATHS)]
     cfg, model, meta = load_run(generic_run)
     _refuse_non_finite(model, meta["checkpoint"])
     unfinished = _unfinished_generic(generic_run, cfg, meta)  # before any work: one being trained now is refused
@@ -1647,7 +1648,6 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         torch.set_num_threads(cfg.train.threads)
     out = Path(out_dir)
     _lock_run_folder(out)
-    paths = [str(Path(p)) for p in as_list(data_paths, (str, Path))]
     dataset = _load_training_data(paths, cfg)
     check_expression_space(model.expression_space, dataset, "the new identities", str(generic_run),
                            model.expression_dim)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..config import as_list, some_of
+from ..config import as_paths, some_of
 
 __all__ = [
     "DEFAULT_AABB",
@@ -214,6 +214,10 @@ def _refuse_unfinished_prepare(folders: Sequence[Path]) -> None:
                            "fails on is reported and then left out of its root)", file=folders[0])
 
 
+IDENTITY_PATHS = "identity folders or dataset roots"
+"""What a call's data paths are (:func:`find_identity_dirs`), for its TypeError (:func:`fastminerf.config.as_paths`)."""
+
+
 def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
     """Identity folders named by ``paths``: each path is an identity folder, or a root whose sub-folders are.
 
@@ -226,7 +230,7 @@ def find_identity_dirs(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]
     or two names (links) for one folder.
     """
     found: List[Path] = []
-    given = as_list(paths, (str, Path))
+    given = as_paths(paths, "paths", IDENTITY_PATHS)
     if not given:  # a glob that matched nothing: later steps failed on an empty list with an IndexError
         raise DatasetError("no identity folder or dataset root given (an empty list of paths)")
     for raw in given:
