@@ -1081,6 +1081,12 @@ def needs(value, types, asked: str, what: str):
     return value
 
 
+def a_run_config(cfg, asked: str = "cfg") -> "RunConfig":
+    """``cfg``, or TypeError (:func:`needs`) when it is not a :class:`RunConfig`: a preset name or YAML path given where
+    :func:`load_config`'s result goes (the commands take names: "'str' object has no attribute 'train'")."""
+    return needs(cfg, RunConfig, asked, "a RunConfig (fastminerf.load_config(preset name or YAML path))")
+
+
 PATHS_TAKEN = "(str or pathlib.Path, one or a list)"
 
 

@@ -55,7 +55,7 @@ import torch
 
 from . import _native
 from . import backend as _backend
-from .config import ModelConfig, RunConfig, as_list, as_paths, check_device, dump_config, identity_list, name_position, parse_config_text, some_of
+from .config import ModelConfig, RunConfig, a_run_config, as_list, as_paths, check_device, dump_config, identity_list, name_position, parse_config_text, some_of
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import check_expression_space
 from .data.layout import IDENTITY_PATHS, DatasetError
@@ -415,6 +415,7 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
             has frame codes.
         OSError: the file cannot be written (naming it).
     """
+    a_run_config(cfg)
     out = Path(out_dir)
     keys = files = sizes = None
     if dataset is not None:
@@ -581,6 +582,7 @@ class WeightAverage:
 def build_model(cfg: RunConfig, dataset: MultiIdentityDataset, split: str = "train") -> MINeRF:
     """A fresh model for the identities of ``dataset`` (one frame code per frame of ``split``), seeded with
     ``cfg.train.seed``; the box is ``cfg.model.aabb`` or the data's (the union of the identities' boxes)."""
+    a_run_config(cfg)
     table = dataset.table(split)
     box = np.concatenate([table.aabb[:, :3].min(0), table.aabb[:, 3:].max(0)]).tolist()
     torch.manual_seed(cfg.train.seed)
@@ -681,7 +683,7 @@ def lr_factor(step: int, cfg: RunConfig) -> float:
     ``cfg.train.code_lr``) at ``step`` (from 0): a linear warm-up, ``(step + 1) / cfg.train.warmup_lr_steps`` up to 1,
     times an exponential decay that runs from step 0 (not from the warm-up's end) to ``cfg.train.lr_final_factor``
     at ``cfg.train.steps`` and stays there, ``lr_final_factor ** min(1, step / steps)``."""
-    t = cfg.train
+    t = a_run_config(cfg).train
     warm = min(1.0, (step + 1) / max(1, t.warmup_lr_steps))
     return warm * t.lr_final_factor ** min(1.0, step / max(1, t.steps))
 
@@ -702,6 +704,7 @@ def build_optimizer(cfg: RunConfig, model: MINeRF) -> torch.optim.Adam:
     the per-identity state (identity and frame codes, the torso layer's textures and frame shifts) at
     ``cfg.train.code_lr``. Set each group's ``lr`` to its rate times :func:`lr_factor` at every step for the
     schedule of :func:`train`."""
+    a_run_config(cfg)
     codes = _per_identity_params(model)
     code_ids = {id(p) for p in codes}
     field_params = [p for p in model.parameters() if id(p) not in code_ids]
@@ -1478,7 +1481,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         another config. TrainingDiverged: a step's loss, data or the weights to be checkpointed turned NaN or
         infinite; the run folder keeps its last finite checkpoint.
     """
-    device = resolve_device(cfg.train.device)  # before any work: a device that cannot run is refused at once
+    device = resolve_device(a_run_config(cfg).train.device)  # before any work: a device that cannot run is refused
     _check_backends(cfg, device)
     paths = [str(p) for p in as_paths(data_paths, "data_paths", IDENTITY_PATHS)]
     out = Path(out_dir)

@@ -30,3 +30,21 @@ def test_a_loaded_dataset_where_data_paths_go_says_the_argument_takes_paths(head
             call()
     assert not (tmp_path / "run").exists() and not (tmp_path / "p").exists()
     assert fm.load_dataset(p for p in [str(heads / "id000"), heads / "id001"]).identities == ["id000", "id001"]
+
+
+def test_a_preset_name_or_yaml_path_where_a_run_config_goes_says_cfg_needs_a_loaded_config(heads, tmp_path):
+    """train("tiny", data, out) (the CLI's --config tiny), build_model, build_optimizer, lr_factor and save_run given a
+    preset name, a YAML path or None failed with "'str' object has no attribute 'train'" from deep inside."""
+    data = fm.load_dataset(heads)
+    cfg = fm.load_config("tiny", "train.steps=1")
+    model = fm.build_model(cfg, data)
+    calls = (lambda c: fm.train(c, heads, tmp_path / "run"), lambda c: fm.build_model(c, data),
+             lambda c: fm.build_optimizer(c, model), lambda c: fm.lr_factor(0, c),
+             lambda c: fm.save_run(tmp_path / "saved", c, model))
+    for call in calls:
+        for given, kind in (("tiny", "str"), (tmp_path / "c.yaml", "PosixPath"), (None, "NoneType")):
+            with pytest.raises(TypeError, match=rf"^cfg: needs a RunConfig \(fastminerf\.load_config\(preset name or "
+                                                rf"YAML path\)\), got {kind} "):
+                call(given)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "saved").exists()
+    assert fm.lr_factor(0, cfg) > 0
