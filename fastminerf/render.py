@@ -44,8 +44,8 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
-from .config import as_list, counted, identity_index, identity_list, name_position, needs
-from .data.dataset import MultiIdentityDataset, check_expression_space, expression_space_mismatch
+from .config import as_list, counted, identity_index, identity_list, name_position
+from .data.dataset import MultiIdentityDataset, a_dataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import identity_splits, is_identity_dir, not_a_file, read_rgb
 from .data.writer import check_folder, folder_locked, remove_killed_writes, write_id, write_json, write_png
@@ -151,14 +151,8 @@ def identity_id(model_or_names, name: str) -> int:
     return identity_index(names, name, RenderError)
 
 
-def _a_dataset(dataset: MultiIdentityDataset, asked: str) -> MultiIdentityDataset:
-    """``dataset``, or TypeError saying what was ``asked`` for when it is not a loaded dataset (a folder's path given
-    where :func:`fastminerf.load_dataset`'s result goes: 'str' object has no attribute 'splits')."""
-    return needs(dataset, MultiIdentityDataset, asked, "a loaded dataset (fastminerf.load_dataset(path))")
-
-
 def _dataset_identity(dataset: MultiIdentityDataset, name: str) -> int:
-    at = name_position(_a_dataset(dataset, f"identity '{name}'").identities, name)
+    at = name_position(a_dataset(dataset, f"identity '{name}'").identities, name)
     if at is None:
         raise RenderError(f"identity '{name}' is not in the dataset; it has "
                           f"{identity_list(dataset.identities, near=name)}")
@@ -168,8 +162,8 @@ def _dataset_identity(dataset: MultiIdentityDataset, name: str) -> int:
 def _loaded_table(dataset: MultiIdentityDataset, split: str, asked: str):
     """``dataset.table(split)``; RenderError saying what was ``asked`` for and which splits are loaded when ``split``
     is not (the dataset's own KeyError says neither what was asked nor how to load it); TypeError for what is not a
-    loaded dataset (:func:`_a_dataset`)."""
-    if split not in _a_dataset(dataset, asked).splits:
+    loaded dataset (:func:`~fastminerf.data.dataset.a_dataset`)."""
+    if split not in a_dataset(dataset, asked).splits:
         raise RenderError(f"{asked}: split '{split}' is not loaded; loaded: {list(dataset.splits)} (load_dataset(..., "
                           f"splits=...) names the splits to load)")
     return dataset.table(split)

@@ -57,7 +57,7 @@ from . import _native
 from . import backend as _backend
 from .config import ModelConfig, RunConfig, a_run_config, as_list, as_paths, check_device, dump_config, identity_list, name_position, parse_config_text, some_of
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
-from .data.dataset import check_expression_space
+from .data.dataset import a_dataset, check_expression_space
 from .data.layout import IDENTITY_PATHS, DatasetError
 from .data.rays import check_error_resolution
 from .data.writer import errors_naming, folder_locked, folder_writer, json_text, replaced_atomically
@@ -419,7 +419,7 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
     out = Path(out_dir)
     keys = files = sizes = None
     if dataset is not None:
-        n = dataset.num_frames("train")
+        n = a_dataset(dataset, "dataset").num_frames("train")
         if dataset.identities != model.identity_names or n != model.frame_identity.numel():
             raise ValueError(f"the dataset has identities {dataset.identities} and {n} training frames, the model "
                              f"{model.identity_names} and {model.frame_identity.numel()} frame codes: give the data the "
@@ -583,7 +583,7 @@ def build_model(cfg: RunConfig, dataset: MultiIdentityDataset, split: str = "tra
     """A fresh model for the identities of ``dataset`` (one frame code per frame of ``split``), seeded with
     ``cfg.train.seed``; the box is ``cfg.model.aabb`` or the data's (the union of the identities' boxes)."""
     a_run_config(cfg)
-    table = dataset.table(split)
+    table = a_dataset(dataset, "dataset").table(split)
     box = np.concatenate([table.aabb[:, :3].min(0), table.aabb[:, 3:].max(0)]).tolist()
     torch.manual_seed(cfg.train.seed)
     return MINeRF(cfg.model, dataset.expression_dim, dataset.identities, torch.from_numpy(table.identity), aabb=box,

@@ -48,3 +48,18 @@ def test_a_preset_name_or_yaml_path_where_a_run_config_goes_says_cfg_needs_a_loa
                 call(given)
     assert not (tmp_path / "run").exists() and not (tmp_path / "saved").exists()
     assert fm.lr_factor(0, cfg) > 0
+
+
+def test_a_folder_where_a_loaded_dataset_goes_says_dataset_needs_load_dataset(heads, tmp_path):
+    """build_model(cfg, "data/") and save_run(out, cfg, model, step, "data/") (a folder's path, or a list of them, where
+    load_dataset's result goes, as train takes paths) failed with "'PosixPath' object has no attribute 'table'" /
+    "'list' object has no attribute 'num_frames'", as evaluate and neutral_frame did before 2a36b47."""
+    cfg = fm.load_config("tiny")
+    model = fm.build_model(cfg, fm.load_dataset(heads))
+    for call, kind in ((lambda: fm.build_model(cfg, heads), "PosixPath"),
+                       (lambda: fm.save_run(tmp_path / "saved", cfg, model, 0, str(heads)), "str"),
+                       (lambda: fm.save_run(tmp_path / "saved", cfg, model, 0, [heads]), "list")):
+        with pytest.raises(TypeError, match=rf"^dataset: needs a loaded dataset \(fastminerf\.load_dataset\(path\)\), "
+                                            rf"got {kind} "):
+            call()
+    assert not (tmp_path / "saved").exists()

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from ..config import DataConfig, as_list, some_of
+from ..config import DataConfig, as_list, needs, some_of
 from .layout import (
     DatasetError,
     Landmarks,
@@ -496,6 +496,12 @@ class MultiIdentityDataset:
         sizes = ", ".join(f"{s}: {len(t)} frames " + "/".join(sorted({f"{w}x{h}" for w, h in zip(t.widths.tolist(), t.heights.tolist())}))
                           for s, t in self._tables.items())
         return f"MultiIdentityDataset({len(self.identities)} identities, E={self.expression_dim}, {sizes})"
+
+
+def a_dataset(dataset: MultiIdentityDataset, asked: str) -> MultiIdentityDataset:
+    """``dataset``, or TypeError saying what was ``asked`` for when it is not a loaded dataset (a folder's path given
+    where :func:`load_dataset`'s result goes: 'str' object has no attribute 'splits')."""
+    return needs(dataset, MultiIdentityDataset, asked, "a loaded dataset (fastminerf.load_dataset(path))")
 
 
 def load_dataset(
