@@ -44,7 +44,7 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
-from .config import as_list, counted, identity_index, identity_list, name_position
+from .config import as_list, counted, identity_index, identity_list, name_position, needs
 from .data.dataset import MultiIdentityDataset, a_dataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import identity_splits, is_identity_dir, not_a_file, read_rgb
@@ -130,8 +130,17 @@ class RenderError(ValueError):
 # ------------------------------------------------------------------------------------------------ identities
 
 
+def _a_model(model):
+    """``model``, or TypeError (:func:`~fastminerf.config.needs`) when it is a run folder's or checkpoint's path (the
+    commands take ``--run``), where :func:`fastminerf.load_run`'s model goes: without it a path read as a model without
+    identity names, or one that does not march rays."""
+    if isinstance(model, (str, os.PathLike)):
+        needs(model, torch.nn.Module, "model", "a loaded model (fastminerf.load_run(RUN)[1])")
+    return model
+
+
 def _model_identity_names(model) -> List[str]:
-    names = getattr(model, "identity_names", None)
+    names = getattr(_a_model(model), "identity_names", None)
     if names is None:
         raise RenderError("the model has no 'identity_names': cannot map identity names to model identities")
     return list(names)
@@ -931,7 +940,7 @@ def set_render_steps(model, steps: int) -> None:
     """
     if int(steps) < 1:
         raise RenderError(f"render steps must be >= 1, got {steps}")
-    cfg = getattr(model, "cfg", None)
+    cfg = getattr(_a_model(model), "cfg", None)
     if not hasattr(cfg, "eval_render_steps"):
         raise RenderError(f"{type(model).__name__} does not march rays: render steps do not apply to it")
     if getattr(cfg, "backbone", "fast") != "fast":  # every ModelConfig has eval_render_steps; nerface ignores it

@@ -63,3 +63,19 @@ def test_a_folder_where_a_loaded_dataset_goes_says_dataset_needs_load_dataset(he
                                             rf"got {kind} "):
             call()
     assert not (tmp_path / "saved").exists()
+
+
+def test_a_run_folder_where_a_loaded_model_goes_says_model_needs_load_run(heads, tmp_path):
+    """render_frame("run", data, "val", 0) and evaluate("run", data, "val") (a run folder, as the commands take --run,
+    where load_run's model goes) said "the model has no 'identity_names': cannot map identity names to model
+    identities", as if the model were broken; set_render_steps("run", 64) that a PosixPath "does not march rays"."""
+    cfg = fm.load_config("tiny")
+    data = fm.load_dataset(heads, splits=("train", "val"))
+    fm.save_run(tmp_path / "run", cfg, fm.build_model(cfg, data))
+    for run in (tmp_path / "run", str(tmp_path / "run"), tmp_path / "run" / "checkpoint.pt"):
+        for call in (lambda: fm.render_frame(run, data, "val", 0), lambda: fm.evaluate(run, data, "val"),
+                     lambda: fm.set_render_steps(run, 64)):
+            with pytest.raises(TypeError, match=r"^model: needs a loaded model \(fastminerf\.load_run\(RUN\)\[1\]\), "
+                                                r"got (str|PosixPath) "):
+                call()
+    assert fm.render_frame(fm.load_run(tmp_path / "run")[1], data, "val", 0).shape == (16, 16, 3)
