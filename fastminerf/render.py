@@ -44,10 +44,10 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
-from .config import as_list, counted, identity_index, identity_list, name_position, needs
+from .config import as_list, as_paths, counted, identity_index, identity_list, name_position, needs
 from .data.dataset import MultiIdentityDataset, a_dataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
-from .data.layout import identity_splits, is_identity_dir, not_a_file, read_rgb
+from .data.layout import IDENTITY_PATHS, identity_splits, is_identity_dir, not_a_file, read_rgb
 from .data.writer import check_folder, folder_locked, remove_killed_writes, write_id, write_json, write_png
 from .metrics import (RANGE_SLACK, SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips,
                       lpips_status, psnr, rotation_gap_deg, ssim)
@@ -694,20 +694,22 @@ def load_driver(path: PathLike, split: str, identity: Optional[str] = None) -> T
     return data, chosen.name
 
 
-def training_basis(data_paths: Sequence[PathLike]) -> Path:
-    """The ``expression_basis.npz`` that ``prepare`` wrote for a run's training data: in a data path given as a
-    root, or in the folder above one given as an identity folder.
+def training_basis(data_paths: Union[PathLike, Sequence[PathLike]]) -> Path:
+    """The ``expression_basis.npz`` that ``prepare`` wrote for a run's training data (one path or several, as
+    :func:`fastminerf.load_dataset` takes them): in a data path given as a root, or in the folder above one given as
+    an identity folder.
 
     Raises:
         RenderError: none of the paths has one (data not made by ``prepare``, or moved), naming the paths.
     """
     from .prepare.expression import BASIS_FILE
 
-    for p in map(Path, data_paths):
+    paths = as_paths(data_paths, "data_paths", IDENTITY_PATHS)
+    for p in paths:
         for candidate in (p / BASIS_FILE, p.parent / BASIS_FILE):
             if candidate.is_file():
                 return candidate
-    raise RenderError(f"no {BASIS_FILE} next to the run's training data ({', '.join(map(str, data_paths))}): a video "
+    raise RenderError(f"no {BASIS_FILE} next to the run's training data ({', '.join(map(str, paths))}): a video "
                       f"can drive a model only in the expression space it was trained in; prepare the driver yourself "
                       f"with that basis (fastminerf prepare VIDEO --out DIR --basis ...) and drive with DIR")
 

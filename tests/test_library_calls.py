@@ -79,3 +79,17 @@ def test_a_run_folder_where_a_loaded_model_goes_says_model_needs_load_run(heads,
                                                 r"got (str|PosixPath) "):
                 call()
     assert fm.render_frame(fm.load_run(tmp_path / "run")[1], data, "val", 0).shape == (16, 16, 3)
+
+
+def test_training_basis_of_one_path_reads_it_as_one_path(tmp_path):
+    """training_basis("data/id000") (one path, as load_dataset and train take one) looked for the basis next to each
+    of its characters: '/', 't', 'm', 'p', ... and said 'no expression_basis.npz next to the run's training data (/, t,
+    m, p, ...)'."""
+    (tmp_path / "id000").mkdir()
+    (tmp_path / "expression_basis.npz").write_bytes(b"")
+    for given in (str(tmp_path / "id000"), tmp_path / "id000", [tmp_path / "id000"], (p for p in [tmp_path])):
+        assert fm.training_basis(given) == tmp_path / "expression_basis.npz"
+    with pytest.raises(fm.RenderError, match=rf"training data \({tmp_path / 'else' / 'id000'}\)"):
+        fm.training_basis(str(tmp_path / "else" / "id000"))
+    with pytest.raises(TypeError, match=r"^data_paths: needs "):
+        fm.training_basis(fm.VideoInfo)
