@@ -235,7 +235,13 @@ def read_plain_file(path: PathLike, fmt: str, version: int, required: Sequence[s
 
 def load_checkpoint(path: PathLike) -> dict:
     """Read a checkpoint with ``weights_only=True``; raises :class:`CheckpointError` naming the file when it
-    is missing, unreadable, corrupt or not a fastminerf checkpoint."""
+    is missing, unreadable, corrupt or not a fastminerf checkpoint, or a folder (a run folder: :func:`load_run` takes
+    those)."""
+    if Path(path).is_dir():  # the run folder, as load_run takes it, instead of RUN/checkpoint.pt
+        inner = Path(path) / CHECKPOINT_NAME
+        raise CheckpointError(f"checkpoint {path} is a folder" + (
+            f": give the checkpoint file in it ({inner}), or load_run({str(path)!r}) for the run" if inner.is_file()
+            else ", not a checkpoint file"))
     return read_plain_file(path, FORMAT, FORMAT_VERSION, ("config_yaml", "identity_names", "expression_dim", "model", "step"),
                            "checkpoint", CheckpointError)
 

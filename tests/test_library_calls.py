@@ -93,3 +93,16 @@ def test_training_basis_of_one_path_reads_it_as_one_path(tmp_path):
         fm.training_basis(str(tmp_path / "else" / "id000"))
     with pytest.raises(TypeError, match=r"^data_paths: needs "):
         fm.training_basis(fm.VideoInfo)
+
+
+def test_load_checkpoint_of_a_run_folder_says_it_is_a_folder_and_names_its_checkpoint(heads, tmp_path):
+    """load_checkpoint("run") (the run folder, as load_run takes it) said 'checkpoint run does not exist', though the
+    folder is there and holds the checkpoint; load_speech_model says so of a folder already."""
+    cfg = fm.load_config("tiny")
+    fm.save_run(tmp_path / "run", cfg, fm.build_model(cfg, fm.load_dataset(heads)))
+    with pytest.raises(fm.CheckpointError, match=rf"^checkpoint {tmp_path / 'run'} is a folder: give the checkpoint "
+                                                 rf"file in it \({tmp_path / 'run' / 'checkpoint.pt'}\), or load_run"):
+        fm.load_checkpoint(str(tmp_path / "run"))
+    assert fm.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 0
+    with pytest.raises(fm.CheckpointError, match=rf"^checkpoint {tmp_path / 'nothing.pt'} does not exist"):
+        fm.load_checkpoint(tmp_path / "nothing.pt")
