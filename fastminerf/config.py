@@ -1269,7 +1269,10 @@ def load_config(name_or_path=None, overrides=()) -> "RunConfig":
         >>> cfg.model.field.conditioning
         'concat'
     """
-    return apply_overrides(_load_preset(DEFAULT_PRESET if name_or_path is None else name_or_path, ()), overrides)
+    if name_or_path is None:
+        name_or_path = DEFAULT_PRESET
+    needs(name_or_path, (str, os.PathLike), "name_or_path", "a preset name or a YAML file's path (str or pathlib.Path)")
+    return apply_overrides(_load_preset(name_or_path, ()), overrides)
 
 
 @functools.lru_cache(maxsize=None)

@@ -106,3 +106,14 @@ def test_load_checkpoint_of_a_run_folder_says_it_is_a_folder_and_names_its_check
     assert fm.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 0
     with pytest.raises(fm.CheckpointError, match=rf"^checkpoint {tmp_path / 'nothing.pt'} does not exist"):
         fm.load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_load_config_of_a_loaded_config_says_it_takes_a_name_or_path():
+    """load_config(cfg, ["train.steps=5"]) (a loaded RunConfig, to change a key) failed with "OSError: [Errno 36] File
+    name too long: 'RunConfig(data=DataConfig(...'": its text was taken for a file name."""
+    cfg = fm.load_config("tiny")
+    for given, kind in ((cfg, "RunConfig"), (cfg.train, "TrainConfig"), (3, "int")):
+        with pytest.raises(TypeError, match=rf"^name_or_path: needs a preset name or a YAML file's path \(str or "
+                                            rf"pathlib\.Path\), got {kind} "):
+            fm.load_config(given, ["train.steps=5"])
+    assert fm.load_config(None).train.steps > 0
