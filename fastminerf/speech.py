@@ -44,6 +44,7 @@ from torch import nn
 
 from .audio import Audio, AudioError, audio_absence, decode_sound, identity_audio, read_wav
 from .config import SpeechConfig, as_list, some_of
+from .data.dataset import a_dataset
 from .data.writer import check_folder
 
 __all__ = [
@@ -327,7 +328,7 @@ def speech_clips(dataset, splits: Sequence[str]) -> Tuple[List[SpeechClip], List
     Raises:
         SpeechError: naming a split that is not loaded.
     """
-    splits = as_list(splits)
+    dataset, splits = a_dataset(dataset, "dataset"), as_list(splits)
     clips, skipped = [], []
     for s in splits:
         if s not in dataset.splits:
@@ -596,7 +597,7 @@ def split_expressions(model: SpeechModel, dataset, split: str) -> np.ndarray:
             or an identity without ``audio.wav``, with frames that carry no ``time`` or with frames past the end of its
             recording (named).
     """
-    if split not in dataset.splits:
+    if split not in a_dataset(dataset, "dataset").splits:
         raise SpeechError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
     check_speech_space(model, dataset, f"the evaluated data ({some_of(dataset.identities)})")
     table = dataset.table(split)

@@ -117,3 +117,14 @@ def test_load_config_of_a_loaded_config_says_it_takes_a_name_or_path():
                                             rf"pathlib\.Path\), got {kind} "):
             fm.load_config(given, ["train.steps=5"])
     assert fm.load_config(None).train.steps > 0
+
+
+def test_speech_given_a_folder_where_a_loaded_dataset_goes_says_dataset_needs_load_dataset(heads):
+    """speech_clips("data/", ["train"]) and split_expressions(speech_model, "data/", "val") failed with "'PosixPath'
+    object has no attribute 'splits'" (load_speech_clips is the one that takes paths)."""
+    from fastminerf.speech import speech_clips, split_expressions
+
+    for call in (lambda: speech_clips(heads, ["train"]), lambda: split_expressions(None, str(heads), "val")):
+        with pytest.raises(TypeError, match=r"^dataset: needs a loaded dataset \(fastminerf\.load_dataset\(path\)\), "
+                                            r"got (PosixPath|str) "):
+            call()
