@@ -622,8 +622,9 @@ def speech_path(
         SpeechError: a speech model of another expression space or size than the target's
             (:func:`fastminerf.speech.check_speech_space`), or a recording that cannot be read.
     """
-    from .speech import check_speech_space, load_speech, predict_expressions
+    from .speech import a_speech_model, check_speech_space, load_speech, predict_expressions
 
+    a_speech_model(speech_model, "speech_model")
     ident = _dataset_identity(target, target_identity)
     _loaded_table(target, pose_split, f"no head poses of '{target_identity}'")
     check_speech_space(speech_model, target, f"the target '{target_identity}'")

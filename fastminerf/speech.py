@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .audio import Audio, AudioError, audio_absence, decode_sound, identity_audio, read_wav
-from .config import SpeechConfig, as_list, some_of
+from .config import SpeechConfig, as_list, needs, some_of
 from .data.dataset import a_dataset
 from .data.writer import check_folder
 
@@ -255,6 +255,12 @@ class SpeechModel:
     @property
     def expression_dim(self) -> int:
         return self.net.expression_dim
+
+
+def a_speech_model(model: SpeechModel, asked: str = "model") -> SpeechModel:
+    """``model``, or TypeError (:func:`~fastminerf.config.needs`) when it is not a loaded :class:`SpeechModel` (its
+    file's path, as ``render --speech`` takes it: "'PosixPath' object has no attribute 'source'")."""
+    return needs(model, SpeechModel, asked, "a loaded speech model (fastminerf.load_speech_model(path))")
 
 
 def check_speech_space(model: SpeechModel, dataset, what: str) -> None:
@@ -572,6 +578,8 @@ def predict_expressions(model: SpeechModel, audio: Audio, fps: float) -> Tuple[n
     Raises:
         SpeechError: a bad ``fps`` or a recording shorter than one analysis window.
     """
+    a_speech_model(model)
+    needs(audio, Audio, "audio", "a loaded recording (fastminerf.speech.load_speech(path))")
     if not np.isfinite(fps) or fps <= 0:
         raise SpeechError(f"frame rate must be > 0, got {fps}")
     mel = log_mel(audio)
@@ -599,6 +607,7 @@ def split_expressions(model: SpeechModel, dataset, split: str) -> np.ndarray:
     """
     if split not in a_dataset(dataset, "dataset").splits:
         raise SpeechError(f"split '{split}' is not loaded; loaded: {list(dataset.splits)}")
+    a_speech_model(model)
     check_speech_space(model, dataset, f"the evaluated data ({some_of(dataset.identities)})")
     table = dataset.table(split)
     out = np.array(table.expression, dtype=np.float32, copy=True)

@@ -128,3 +128,26 @@ def test_speech_given_a_folder_where_a_loaded_dataset_goes_says_dataset_needs_lo
         with pytest.raises(TypeError, match=r"^dataset: needs a loaded dataset \(fastminerf\.load_dataset\(path\)\), "
                                             r"got (PosixPath|str) "):
             call()
+
+
+def test_a_speech_model_or_recording_file_where_the_loaded_one_goes_says_what_loads_it(heads, tmp_path):
+    """speech_path(data, NAME, "speech.pt", WAV) and split_expressions("speech.pt", data, "val") (the model's file, as
+    render --speech takes it) failed with "'PosixPath' object has no attribute 'source'"; predict_expressions(model,
+    "talk.wav", 25) with "'PosixPath' object has no attribute 'rate'"."""
+    from fastminerf.speech import load_speech
+
+    data = fm.load_dataset(heads, splits=("train", "val"))
+    wav = heads / "id001" / "audio.wav"
+    model_file = tmp_path / "speech.pt"
+    for call, asked in ((lambda: fm.speech_path(data, "id000", model_file, wav), "speech_model"),
+                        (lambda: fm.split_expressions(str(model_file), data, "val"), "model"),
+                        (lambda: fm.predict_expressions(model_file, load_speech(wav), 25.0), "model")):
+        with pytest.raises(TypeError, match=rf"^{asked}: needs a loaded speech model "
+                                            r"\(fastminerf\.load_speech_model\(path\)\), got (PosixPath|str) "):
+            call()
+    found = fm.load_speech_clips(heads)
+    model = fm.train_speech(found.clips, fm.SpeechConfig(steps=2), expression_space=found.expression_space)
+    with pytest.raises(TypeError, match=r"^audio: needs a loaded recording \(fastminerf\.speech\.load_speech\(path\)\), "
+                                        r"got PosixPath "):
+        fm.predict_expressions(model, wav, 25.0)
+    assert fm.predict_expressions(model, load_speech(wav), 25.0)[0].shape[1] == data.expression_dim
