@@ -507,6 +507,8 @@ def train_speech(
         SpeechError: no frame to learn from, clips of different expression sizes, or a training that diverged (a
             non-finite loss, e.g. too high an ``lr``: the step named).
     """
+    what = "the clips of a dataset (a list of SpeechClip: fastminerf.load_speech_clips(paths).clips)"
+    clips = [needs(c, SpeechClip, "clips", what) for c in needs(clips, (list, tuple), "clips", what)]
     fit_splits = as_list(fit_splits)
     dims = {c.expressions[s].shape[1] for c in clips for s in fit_splits if s in c.expressions and len(c.expressions[s])}
     if len(dims) > 1:

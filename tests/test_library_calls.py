@@ -151,3 +151,13 @@ def test_a_speech_model_or_recording_file_where_the_loaded_one_goes_says_what_lo
                                         r"got PosixPath "):
         fm.predict_expressions(model, wav, 25.0)
     assert fm.predict_expressions(model, load_speech(wav), 25.0)[0].shape[1] == data.expression_dim
+
+
+def test_train_speech_given_what_load_speech_clips_returned_says_clips_takes_its_clips(heads):
+    """train_speech(load_speech_clips(PATHS)) (the README passes its .clips) failed with "'SpeechClips' object is not
+    iterable", train_speech("data/") with "'PosixPath' object is not iterable"."""
+    found = fm.load_speech_clips(heads)
+    for given, kind in ((found, "SpeechClips"), (heads, "PosixPath"), ([heads], "PosixPath")):
+        with pytest.raises(TypeError, match=rf"^clips: needs the clips of a dataset \(a list of SpeechClip: "
+                                            rf"fastminerf\.load_speech_clips\(paths\)\.clips\), got {kind} "):
+            fm.train_speech(given, fm.SpeechConfig(steps=1))
