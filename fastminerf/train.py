@@ -55,7 +55,7 @@ import torch
 
 from . import _native
 from . import backend as _backend
-from .config import ModelConfig, RunConfig, a_run_config, as_list, as_paths, check_device, dump_config, identity_list, name_position, parse_config_text, some_of
+from .config import ModelConfig, RunConfig, a_run_config, as_list, as_paths, check_device, dump_config, identity_list, name_position, needs, parse_config_text, some_of
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import a_dataset, check_expression_space
 from .data.layout import IDENTITY_PATHS, DatasetError
@@ -86,6 +86,10 @@ ProgressFn = Callable[[Dict[str, float]], None]
 MonitorFn = Callable[[MINeRF, Dict[str, float]], bool]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+RUN_PATH = "a run folder or its checkpoint.pt (str or pathlib.Path)"
+"""What :func:`load_run` and :func:`personalize` take as a run, for their TypeError (:func:`~fastminerf.config.needs`)."""
+
 CONFIG_NAME = "config.yaml"
 LOG_NAME = "log.jsonl"
 CURVE_NAME = "curve.png"
@@ -333,7 +337,7 @@ def load_run(run_dir: PathLike, device: Union[str, torch.device] = "cpu") -> Tup
     :func:`train` to continue) and ``checkpoint`` (the file).
     """
     where = resolve_device(device, "device")  # before the checkpoint is read
-    run = Path(run_dir)
+    run = Path(needs(run_dir, (str, os.PathLike), "run_dir", RUN_PATH))
     path = run / CHECKPOINT_NAME if run.is_dir() or not run.suffix else run
     if run.is_dir() and not path.exists() and (run / CONFIG_NAME).is_file():  # a run folder, not a typo's
         writer = folder_writer(run)
@@ -1644,6 +1648,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
             and of a resumed personalisation.
     """
     paths = [str(p) for p in as_paths(data_paths, "data_paths", IDENTITY_PATHS)]
+    needs(generic_run, (str, os.PathLike), "generic_run", RUN_PATH)  # not its loaded model: the run is continued
     cfg, model, meta = load_run(generic_run)
     _refuse_non_finite(model, meta["checkpoint"])
     unfinished = _unfinished_generic(generic_run, cfg, meta)  # before any work: one being trained now is refused

@@ -161,3 +161,17 @@ def test_train_speech_given_what_load_speech_clips_returned_says_clips_takes_its
         with pytest.raises(TypeError, match=rf"^clips: needs the clips of a dataset \(a list of SpeechClip: "
                                             rf"fastminerf\.load_speech_clips\(paths\)\.clips\), got {kind} "):
             fm.train_speech(given, fm.SpeechConfig(steps=1))
+
+
+def test_a_loaded_model_where_a_run_path_goes_says_the_argument_takes_a_run_folder(heads, tmp_path):
+    """personalize(model, data, out) (the model load_run gave, where the generic run's folder goes) and load_run(None)
+    failed with pathlib's "expected str, bytes or os.PathLike object, not MINeRF", naming no argument."""
+    cfg = fm.load_config("tiny")
+    model = fm.build_model(cfg, fm.load_dataset(heads))
+    for call, asked, kind in ((lambda: fm.personalize(model, heads / "id000", tmp_path / "p"), "generic_run", "MINeRF"),
+                              (lambda: fm.load_run(model), "run_dir", "MINeRF"),
+                              (lambda: fm.load_run(None), "run_dir", "NoneType")):
+        with pytest.raises(TypeError, match=rf"^{asked}: needs a run folder or its checkpoint\.pt \(str or "
+                                            rf"pathlib\.Path\), got {kind} "):
+            call()
+    assert not (tmp_path / "p").exists()
