@@ -1165,6 +1165,8 @@ def render_frame(
         if split is None or index is None:
             raise RenderError("render_frame from a dataset needs split and index")
         table = _loaded_table(source, split, f"cannot render frame {index} of split '{split}'")
+        needs(index, (int, np.integer), "index", f"a frame's flat index in split '{split}' (int: "
+              f"dataset.table('{split}').frames_of(identity) gives an identity's)")
         if not 0 <= index < len(table):  # the flat index over every identity's frames of the split
             counts = ", ".join(f"{n}: {len(table.frames_of(i))}" for i, n in enumerate(source.identities))
             raise RenderError(f"cannot render frame {index} of split '{split}': it has {len(table)} frames, indexed "

@@ -175,3 +175,19 @@ def test_a_loaded_model_where_a_run_path_goes_says_the_argument_takes_a_run_fold
                                             rf"pathlib\.Path\), got {kind} "):
             call()
     assert not (tmp_path / "p").exists()
+
+
+def test_render_frame_given_an_identity_name_for_its_index_says_index_takes_a_frame_number(heads):
+    """render_frame(model, data, "val", "id001") (the identity's name, as render --identity takes it, where the frame's
+    flat index goes) failed with "'<=' not supported between instances of 'int' and 'str'"."""
+    import numpy as np
+
+    cfg = fm.load_config("tiny")
+    data = fm.load_dataset(heads, splits=("train", "val"))
+    model = fm.build_model(cfg, data)
+    for index, kind in (("id001", "str"), (1.0, "float")):
+        with pytest.raises(TypeError, match=rf"^index: needs a frame's flat index in split 'val' \(int: "
+                                            rf"dataset\.table\('val'\)\.frames_of\(identity\) gives an identity's\), "
+                                            rf"got {kind} "):
+            fm.render_frame(model, data, "val", index)
+    assert fm.render_frame(model, data, "val", np.int64(1)).shape == (16, 16, 3)
