@@ -191,3 +191,14 @@ def test_render_frame_given_an_identity_name_for_its_index_says_index_takes_a_fr
                                             rf"got {kind} "):
             fm.render_frame(model, data, "val", index)
     assert fm.render_frame(model, data, "val", np.int64(1)).shape == (16, 16, 3)
+
+
+def test_prepare_given_a_loaded_dataset_for_its_videos_says_videos_takes_video_files(heads, tmp_path):
+    """prepare(load_dataset(ROOT), out) (a loaded dataset where the video files go) failed with
+    "'MultiIdentityDataset' object is not iterable", as train did."""
+    from fastminerf.prepare import prepare
+
+    with pytest.raises(TypeError, match=r"^videos: needs video files \(str or pathlib\.Path, one or a list\), got "
+                                        r"MultiIdentityDataset "):
+        prepare(fm.load_dataset(heads), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

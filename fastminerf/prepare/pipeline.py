@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..audio import wav_seconds
-from ..config import PrepareConfig, as_list, counted
+from ..config import PrepareConfig, as_paths, counted
 from ..data.layout import AUDIO_FILE, LANDMARKS_FILE, NPZ_ERRORS, PREPARE_DONE_FILE, PREPARE_FAILED_FILE, PREPARE_WORK_DIR
 from ..data.writer import LOCK_NAME, folder_locked, frame_record, make_folder, remove_if_unused, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
 from ..metrics import rotation_gap_deg
@@ -675,8 +675,8 @@ def check_prepare(videos: Union[PathLike, Sequence[PathLike]], out_dir: PathLike
     if not (cfg.track_region_scale >= 0 and math.isfinite(cfg.track_region_scale)):
         raise PrepareError(f"track_region_scale must be a number >= 0 (0 tracks the whole frame), got "
                            f"{cfg.track_region_scale}")
+    paths = as_paths(videos, "videos", "video files")  # one path (str or Path) is one video
     require_mediapipe()  # fail once, before any video, when it is missing
-    paths = [Path(v) for v in as_list(videos, (str, Path))]  # one path (str or Path) is one video
     if not paths:
         raise PrepareError("no videos given")
     names = _names(paths)
