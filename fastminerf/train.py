@@ -992,10 +992,14 @@ class _Loop:
         try:
             yield
         except KeyboardInterrupt as exc:
-            kept = self._kept_step()
-            exc.args = (f"after step {self.step}: " + (f"no checkpoint was written yet in {self.out}; a rerun starts again" if kept is None
-                        else f"{self.out / CHECKPOINT_NAME} keeps step {kept}; rerun the same command to resume from it"),)
+            exc.args = (self.interrupted(),)
             raise
+
+    def interrupted(self) -> str:
+        """Where the loop stopped and what the run folder's checkpoint keeps (:meth:`noting_interrupt`'s account)."""
+        kept = self._kept_step()
+        return f"after step {self.step}: " + (f"no checkpoint was written yet in {self.out}; a rerun starts again" if kept is None
+                                              else f"{self.out / CHECKPOINT_NAME} keeps step {kept}; rerun the same command to resume from it")
 
     def _check_rays(self, batch: RayBatch) -> None:
         """:class:`TrainingDiverged` naming the frame, file and key of the first ray of the step (``batch``, as drawn,
@@ -1031,6 +1035,9 @@ class _Loop:
 
     def run(self, optimizer: torch.optim.Optimizer, base_lrs: List[float], until_step: int, total_steps: int,
             max_seconds: Optional[float], phase: str, lr_steps: int) -> None:
+        stack = getattr(_held, "stack", None)
+        if stack is not None:  # an interrupt after this, outside a phase's steps, is told by this loop's account
+            stack.loop = self
         with self.noting_interrupt():
             self._run(optimizer, base_lrs, until_step, total_steps, max_seconds, phase, lr_steps)
 
@@ -1404,7 +1411,8 @@ def _holds_run_folder(fn):
     (:func:`_load_training_data`) emptied, when ``fn`` returns or raises. An error before the first step (no
     checkpoint, no log line) removes the ``config.yaml`` the call wrote there, and so a folder it made. A
     KeyboardInterrupt outside the steps (while the data is read and the model set up), which
-    :meth:`_Loop.noting_interrupt` did not describe, says what the run folder keeps, as one inside them does."""
+    :meth:`_Loop.noting_interrupt` did not describe, says what the run folder keeps, as one inside them does; after a
+    phase's steps began (between phases, after the last checkpoint), in the loop's words (:meth:`_Loop.interrupted`)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         outer = getattr(_held, "stack", None)
@@ -1420,8 +1428,10 @@ def _holds_run_folder(fn):
                     config.unlink(missing_ok=True)
                 raise
             except KeyboardInterrupt as exc:
-                out = getattr(stack, "run_folder", None)
-                if not exc.args and out is not None:
+                out, loop = getattr(stack, "run_folder", None), getattr(stack, "loop", None)
+                if not exc.args and loop is not None:  # after a phase's steps began: not 'before its first step'
+                    exc.args = (loop.interrupted(),)
+                elif not exc.args and out is not None:
                     ckpt = out / CHECKPOINT_NAME
                     exc.args = (f"before its first step: {ckpt} is as it was; rerun the same command to resume from it"
                                 if ckpt.exists() else

@@ -1054,6 +1054,38 @@ def test_an_interrupt_before_the_first_step_says_what_the_run_folder_keeps(heads
         train(load_config("tiny", ["train.steps=2"]), heads[:2], tmp_path / "late")
 
 
+def test_an_interrupt_after_steps_outside_the_loop_is_not_said_to_be_before_the_first_step(heads, generic, tmp_path,
+                                                                                          monkeypatch):
+    # ef6b8c9 moved the curve's drawing into the loop's account, but the other moments after steps outside a loop's
+    # run (the weight average copied into the model after the last checkpoint; personalisation's set-up of its tuning
+    # phase once its code phase has run) were still told 'before its first step: ... is as it was'.
+    import sys
+
+    tr = sys.modules["fastminerf.train"]  # the module (fastminerf.train is the function)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr.WeightAverage, "copy_to", stop)
+    with pytest.raises(KeyboardInterrupt, match="after step 2: " + re.escape(str(tmp_path / "avg" / "checkpoint.pt"))
+                       + " keeps step 2"):
+        train(load_config("tiny", ["train.steps=2", "train.ema_decay=0.9"]), heads[:2], tmp_path / "avg")
+    monkeypatch.undo()
+
+    made = []
+
+    def second_phase(groups):
+        made.append(groups)
+        if len(made) == 2:  # the tuning phase's optimizer, after the code phase's steps
+            raise KeyboardInterrupt
+        return torch.optim.Adam(groups)
+
+    monkeypatch.setattr(tr, "_optimizer", second_phase)
+    with pytest.raises(KeyboardInterrupt, match="after step 2: no checkpoint was written yet in "):
+        personalize(generic, [heads[2]], tmp_path / "phases", steps=4,
+                    overrides=["train.personalize_code_fraction=0.5"])
+
+
 def test_a_resume_on_a_root_a_new_person_was_prepared_into_names_the_folders_to_give(heads, tmp_path):
     # prepare NEW.mp4 --out ROOT (the README's way to put a new person in the training data's expression space) then
     # train --data ROOT --out GEN again, to continue GEN: refused with 'resume with the same data', though --data was
