@@ -1017,6 +1017,20 @@ def test_a_folder_given_for_a_video_is_called_a_folder_not_a_missing_file(tmp_pa
     assert got[1].status == "failed" and got[1].error == f"{tmp_path / 'gone.mp4'}: no such video file"
 
 
+def test_a_video_linked_from_a_disk_that_is_gone_is_named_a_broken_link_not_a_missing_file(tmp_path):
+    """A data folder of links to the videos (on a drive that is not mounted now): ``ls`` lists clip.mp4, and prepare
+    said 'clip.mp4: no such video file', as of a typo; require_file re-did data.layout.not_a_file's look at a path,
+    which says where the link points."""
+    from fastminerf.prepare import VideoError
+    from fastminerf.prepare.video import probe
+
+    link = tmp_path / "clip.mp4"
+    link.symlink_to(tmp_path / "usb" / "clip.mp4")
+    with pytest.raises(VideoError, match="is a symbolic link to .*usb.*clip.mp4, which does not exist") as err:
+        probe(link)
+    assert str(err.value).startswith(f"{link}: ") and "no such" not in str(err.value)
+
+
 def test_a_video_with_two_sound_tracks_gives_its_first_to_audio_wav(tmp_path):
     """A recording with two sound tracks, both flagged default (a screen recorder's microphone as track 1, mono, and
     the desktop's sound as track 2, stereo): audio.wav (prepare), a --speech video's sound and speech's recording held

@@ -22,6 +22,7 @@ from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
+from ..data.layout import not_a_file
 from ..data.writer import replaced_atomically
 
 __all__ = ["VideoError", "VideoInfo", "extract_audio", "probe", "read_frames", "video_stream_seconds"]
@@ -108,13 +109,15 @@ def _input(path: PathLike) -> str:
 
 
 def require_file(path: PathLike) -> Path:
-    """``path`` as a Path, or :class:`VideoError`: no such file, or a folder (the folder of one's videos, given where
-    the videos go), said as such with how to give the videos in it."""
+    """``path`` as a Path, or :class:`VideoError` saying what it is instead (:func:`~fastminerf.data.layout.not_a_file`):
+    no such file, a folder (the folder of one's videos, given where the videos go, with how to give the videos in it),
+    a link to a file that is gone."""
     p = Path(path)
-    if p.is_dir():
+    what = not_a_file(p)
+    if what == "is a folder":
         raise VideoError(f"{p}: is a folder, not a video file; give the videos in it ({p / '*'})")
-    if not p.is_file():
-        raise VideoError(f"{p}: no such video file")
+    if what is not None:
+        raise VideoError(f"{p}: " + ("no such video file" if what == "does not exist" else what))
     return p
 
 
