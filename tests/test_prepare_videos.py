@@ -1187,6 +1187,19 @@ def test_a_rate_above_the_video_s_own_is_noted_as_repeating_its_pictures(tmp_pat
         assert got.status == "done" and not [n for n in got.notes if "above the video's own" in n], got.notes
 
 
+def test_a_round_rate_for_an_ntsc_video_is_not_noted_as_repeating_its_pictures(tmp_path, head_frames):
+    """--fps 30 for a phone's 29.97 fps video (30000/1001, which people call 30; 24 for a 23.976 film) was noted as
+    repeating its pictures, '0% of the frames a copy of the one before (no motion, nothing new to learn)': one picture
+    in a thousand, a share the note itself rounds to nothing, past the 0.1 % it meant to leave alone by a hair."""
+    from fastminerf.prepare import prepare
+
+    video = _write_video(tmp_path / "phone.mp4", head_frames[:10], fps=30000 / 1001,
+                         params=("-g", "1", "-pix_fmt", "yuv420p"))
+    got = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5, fps=30.0)).videos[0]
+    assert got.status == "done", got.error
+    assert not [n for n in got.notes if "above the video's own" in n], got.notes
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".mov"])
 def test_an_mp4_cut_before_its_index_is_said_to_be_cut_short(tmp_path, suffix):
     """An MP4 / MOV writes its index (the moov atom) at its end, as phones and ffmpeg do: one cut short (an

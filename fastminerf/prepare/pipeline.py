@@ -867,9 +867,10 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
         res.seconds["frames"] = time.perf_counter() - t0
     res.crop = tuple(frames["crop"])
     res.notes = list(track.get("notes", [])) + list(frames["notes"])
-    if fps > info.fps * (1 + 1e-3):  # ffmpeg's fps filter fills the rate with repeats: nothing new in them
+    repeated = 1 - info.fps / fps  # ffmpeg's fps filter fills a higher rate with repeats: nothing new in them
+    if repeated >= 0.01:  # not one in a thousand (--fps 30 of a 29.97 fps phone video), which the note says as 0%
         res.notes.append(f"{fps:g} fps (--fps) is above the video's own rate ({info.fps:g} fps): ffmpeg repeats its pictures "
-                         f"to fill it, {1 - info.fps / fps:.0%} of the frames a copy of the one before (no motion, "
+                         f"to fill it, {repeated:.0%} of the frames a copy of the one before (no motion, "
                          f"nothing new to learn); --fps {info.fps:g} or below reads each picture at most once")
     faceless = _no_face_note(np.flatnonzero(~np.isfinite(lm[:, 0, 0])), fps)
     if faceless:
