@@ -864,19 +864,12 @@ def _truncate_log(log: Path, step: int) -> Optional[dict]:
     if not log.exists():
         return None
     kept: List[str] = []
-    last, same = None, True  # same: the kept lines, each ended by a newline, are the file
-    with open(log, "rb") as f:
-        for chunk in f:  # \n-ended; splitlines breaks it where log_records' reading of the whole file would
-            pieces = chunk.splitlines()
-            for raw in pieces:
-                record = _log_record(raw)
-                if record is not None and record["step"] <= step:
-                    kept.append(raw.decode("utf-8") + "\n")
-                    last = record
-                else:
-                    same = False
-            same = same and len(pieces) == 1 and chunk == pieces[0] + b"\n"
-    if not same:
+    last, size = None, 0
+    for line, record in _iter_log_records(log):
+        if record["step"] <= step:
+            kept.append(line + "\n")
+            last, size = record, size + len(line) + 1
+    if size != log.stat().st_size:  # lines to drop (a kept line's bytes and newline are never more than the file's)
         with replaced_atomically(log) as tmp:  # an interruption now leaves the whole log, not half
             tmp.write_text("".join(kept))
     return last
