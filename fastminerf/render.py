@@ -32,6 +32,7 @@ Dimension letters: N rays, B frames, E expression size, H x W image size.
 from __future__ import annotations
 
 import math
+import operator
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -1165,8 +1166,11 @@ def render_frame(
         if split is None or index is None:
             raise RenderError("render_frame from a dataset needs split and index")
         table = _loaded_table(source, split, f"cannot render frame {index} of split '{split}'")
-        needs(index, (int, np.integer), "index", f"a frame's flat index in split '{split}' (int: "
-              f"dataset.table('{split}').frames_of(identity) gives an identity's)")
+        try:
+            index = operator.index(index)  # int, numpy's, a 0-d torch integer: what indexes a table
+        except TypeError:
+            needs(index, int, "index", f"a frame's flat index in split '{split}' (int: "
+                  f"dataset.table('{split}').frames_of(identity) gives an identity's)")
         if not 0 <= index < len(table):  # the flat index over every identity's frames of the split
             counts = ", ".join(f"{n}: {len(table.frames_of(i))}" for i, n in enumerate(source.identities))
             raise RenderError(f"cannot render frame {index} of split '{split}': it has {len(table)} frames, indexed "

@@ -202,3 +202,20 @@ def test_prepare_given_a_loaded_dataset_for_its_videos_says_videos_takes_video_f
                                         r"MultiIdentityDataset "):
         prepare(fm.load_dataset(heads), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_render_frame_takes_a_torch_integer_for_its_index_as_it_did(heads):
+    """172aa2a's check of the index (int or numpy's integer) refused a 0-d torch integer (torch.randint(n, ()), an
+    element of a torch tensor of frame indices), which rendered the frame before it: 'index: needs a frame's flat
+    index ..., got Tensor 'tensor(1)''. An index is what Python takes as one (operator.index); floats and names are
+    still refused."""
+    import numpy as np
+    import torch
+
+    cfg = fm.load_config("tiny")
+    data = fm.load_dataset(heads, splits=("train", "val"))
+    model = fm.build_model(cfg, data)
+    image = fm.render_frame(model, data, "val", torch.tensor(1))
+    assert np.array_equal(image, fm.render_frame(model, data, "val", 1))
+    with pytest.raises(TypeError, match=r"^index: needs a frame's flat index .* got Tensor "):
+        fm.render_frame(model, data, "val", torch.tensor(1.0))
