@@ -1879,15 +1879,15 @@ def _known_maps(names: Sequence[str], frame_identity: torch.Tensor, dataset: Mul
 def _finish(loop: _Loop, model: MINeRF, average: Optional[WeightAverage], resumed: int) -> TrainResult:
     """The last checkpoint (unless the loop's own trigger just wrote it), then the model as :func:`load_run` would
     give it (the weight average, if kept)."""
-    with loop.noting_interrupt():  # also while the curve is drawn: an interrupt then is after the last step
-        if loop.saved_step != loop.step:
+    if loop.saved_step != loop.step:
+        with loop.noting_interrupt():
             loop.checkpoint()
-        curve = write_curve(loop.out) if (loop.out / LOG_NAME).is_file() else None  # no step, no log
     if average is not None:
         average.copy_to(model)
     model.eval()
     return TrainResult(out_dir=loop.out, step=loop.step, seconds=loop.seconds, loss=loop.loss, psnr=loop.psnr,
-                       resumed_from=resumed, model=model, curve=curve)
+                       resumed_from=resumed, model=model,
+                       curve=write_curve(loop.out) if (loop.out / LOG_NAME).is_file() else None)  # no step, no log
 
 
 def _per_identity_params(model: MINeRF) -> List[torch.nn.Parameter]:
