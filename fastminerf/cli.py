@@ -34,7 +34,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .config import counted, some_of
+from .config import counted, plain_number, some_of
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -537,8 +537,8 @@ def _no_step(done: str, result, steps: int, key: str, limit) -> str:
     if steps == 0:
         why = f"--steps 0 ({key}) asks for none"
     elif limit is not None and result.seconds >= limit:
-        why = (f"the time limit (--max-seconds / train.max_seconds {limit:g} s) was spent before the first step, in "
-               f"{result.seconds:.3g} s of setup (carving the occupancy grid and starting the torso layer count as "
+        why = (f"the time limit (--max-seconds / train.max_seconds {plain_number(limit)} s) was spent before the first "
+               f"step, in {result.seconds:.3g} s of setup (carving the occupancy grid and starting the torso layer count as "
                "training time); give a longer limit")
     else:
         why = "it stopped before the first step"
@@ -553,7 +553,7 @@ def _nothing_to_do(result, steps: int, key: str, limit) -> str:
                f"{steps} ({key}); give more steps to train it further")
     elif limit is not None and result.seconds >= limit:
         why = (f"{result.out_dir} has trained {result.seconds:.1f} s, its time limit (--max-seconds / train.max_seconds "
-               f"{limit:g} s) spent; give a longer one to train it further")
+               f"{plain_number(limit)} s) spent; give a longer one to train it further")
     else:
         why = f"{result.out_dir} stopped before its first step after step {result.step}"
     return f"nothing to train: {why}"
@@ -1455,7 +1455,7 @@ def _run_info(args: argparse.Namespace) -> int:
     elif info["training_now"]:  # not 'the same command continues it': a second train would be refused
         steps += f" (being trained now, by process {info['training_now']}: its last checkpoint)"
     elif info["step"] < info["total_steps"]:  # a finished run and one its time limit or an interruption ended differ
-        steps += (f" (its {info['max_seconds']:g} s limit reached)" if info["limit_reached"]
+        steps += (f" (its {plain_number(info['max_seconds'])} s limit reached)" if info["limit_reached"]
                   else " (not finished: the same command continues it)")
     missing = set(info["data_missing"])
     rows = [

@@ -1108,6 +1108,13 @@ def some_of(items, shown: int = 8) -> str:
     return ", ".join(items[:shown]) + (f", and {len(items) - shown} more" if len(items) > shown else "")
 
 
+def plain_number(v: float) -> str:
+    """A number as text for a person: a whole one in full (a step, a limit in seconds: '%g' wrote 1234567 as
+    '1.23457e+06'), any other as '%g'."""
+    v = float(v)
+    return f"{v:.0f}" if v.is_integer() else f"{v:g}"
+
+
 def counted(n: int, word: str, plural: Optional[str] = None) -> str:
     """``n`` and ``word``, in the plural (``plural``, default ``word + 's'``) unless ``n`` is one: '1 frame',
     '3 frames', '1 identity' (for summary lines and notes, which said '1 frames')."""

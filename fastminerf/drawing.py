@@ -8,6 +8,8 @@ from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from .config import plain_number
+
 __all__ = ["CURVE_COLOURS", "LINE_HEIGHT", "plot_curves", "training_curve", "wrap_text"]
 
 CURVE_COLOURS = ((230, 60, 60), (60, 200, 60), (80, 140, 255))
@@ -27,13 +29,6 @@ def wrap_text(draw, text: str, width: float) -> List[str]:
         else:
             lines.append(word)
     return lines
-
-
-def _axis_number(v: float) -> str:
-    """A value of a plot's x axis as text: a whole number (a step) in full ('%g' wrote step 1234567 as
-    '1.23457e+06'), any other as '%g'."""
-    v = float(v)
-    return f"{v:.0f}" if v.is_integer() else f"{v:g}"
 
 
 def plot_curves(draw, box, series: np.ndarray, title: str, x: Optional[np.ndarray] = None,
@@ -79,8 +74,8 @@ def plot_curves(draw, box, series: np.ndarray, title: str, x: Optional[np.ndarra
     else:
         x = np.asarray(x, dtype=np.float64)
         xs = x0 + 2 + (x - x[0]) / max(float(x[-1] - x[0]), 1e-12) * (x1 - x0 - 4)
-        draw.text((x0 + 4, y1 - 14), _axis_number(x[0]), fill=(180, 180, 180))
-        last = _axis_number(x[-1])
+        draw.text((x0 + 4, y1 - 14), plain_number(x[0]), fill=(180, 180, 180))
+        last = plain_number(x[-1])
         draw.text((x1 - 4 - draw.textlength(last), y1 - 14), last, fill=(180, 180, 180))
     for c in range(series.shape[1]):
         pts = [(float(u), float(ypos(v))) for u, v, ok in zip(xs, series[:, c], finite[:, c]) if ok]
@@ -112,7 +107,7 @@ def training_curve(records: Iterable[dict], name: str):
         phase.append(names.setdefault(ph, ph))
     x, loss, psnr = (np.frombuffer(a, dtype=np.float64) if len(a) else np.zeros(0) for a in (steps, losses, psnrs))
     if last is not None:
-        title = (f"{name}: step {_axis_number(x[-1])}, {number(last, 'seconds'):.0f} s of training; last loss "
+        title = (f"{name}: step {plain_number(x[-1])}, {number(last, 'seconds'):.0f} s of training; last loss "
                  f"{loss[-1]:.4g}, train PSNR {psnr[-1]:.2f} dB")
     else:
         title = f"{name}: nothing logged yet"

@@ -1195,3 +1195,28 @@ def test_metrics_table_caption_explains_only_the_columns_it_shows():
     assert "FACE" in text and "POSE: degrees from the nearest training head pose" in text, text
     for absent in ("DEPTH", "EAR", "LMD", "MOUTH", "EYE"):
         assert absent not in text, (absent, text)
+
+
+def test_time_limits_are_written_in_full_where_whole(tiny, capsys, monkeypatch):
+    """--max-seconds 1234567 was written with '%g': info's 'its 1.23457e+06 s limit reached', and train's 'nothing to
+    train' and 'no step' lines '(--max-seconds / train.max_seconds 1.23457e+06 s)', a limit the user never gave. A
+    whole number of seconds is written in full, as the curve writes a step (ad691b3); any other as before."""
+    import types
+
+    import fastminerf.cli as cli
+
+    root, _ = tiny
+    real = cli.run_info
+
+    def at_its_limit(run):  # the tiny run, as if its time limit had ended it after its first step
+        return dict(real(run), step=1, max_seconds=1234567.0, seconds=1234567.0, limit_reached=True)
+
+    monkeypatch.setattr(cli, "run_info", at_its_limit)
+    monkeypatch.setenv("COLUMNS", "200")  # the row on one line
+    assert main(["info", str(root / "run")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"1 of {TINY_STEPS}, 1234567 s (its 1234567 s limit reached)" in out, out
+    result = types.SimpleNamespace(step=5, seconds=1234567.5, out_dir=root / "run")
+    assert "train.max_seconds 1234567 s) spent" in cli._nothing_to_do(result, 10, "train.steps", 1234567.0)
+    assert "train.max_seconds 1234567 s) was spent" in cli._no_step("trained", result, 10, "train.steps", 1234567.0)
+    assert "train.max_seconds 0.5 s) was spent" in cli._no_step("trained", result, 10, "train.steps", 0.5)
