@@ -848,3 +848,39 @@ def test_a_video_an_earlier_version_failed_on_is_not_said_to_be_stopped(tmp_path
     with pytest.raises(DatasetError, match=r"noface: prepare was stopped before it finished this folder.*failed on it"
                                            r".*rerun the same prepare command.*left out of its root"):
         load_dataset(tmp_path / "root")
+
+
+def test_a_refused_call_leaves_no_lock_in_a_folder_that_was_there(tmp_path: Path):
+    """train (render, synth, prepare) refused into an --out folder that existed before (a --data typo, a damaged frame)
+    left the .lock file it made there: the README says a refused call leaves nothing it made. The lock a call made is
+    removed when it wrote nothing there, while still held (a writer that opened it is refused as ever; one that comes
+    after makes its own); a lock that was there before, or one beside what the call wrote, stays."""
+    import fcntl
+
+    from fastminerf.data.writer import LOCK_NAME, folder_locked
+
+    def busy(holder):
+        return RuntimeError(f"busy{holder}")
+
+    empty, kept, wrote = (tmp_path / n for n in ("empty", "kept", "wrote"))
+    for folder in (empty, kept, wrote):
+        folder.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for folder in (empty, kept):
+        with pytest.raises(ValueError):
+            with folder_locked(folder, busy):
+                assert (folder / LOCK_NAME).is_file()
+                raise ValueError("refused: --data TYPO")
+    assert sorted(p.name for p in empty.iterdir()) == [] and sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+    with folder_locked(wrote, busy):
+        (wrote / "checkpoint.pt").write_bytes(b"x")
+    assert sorted(p.name for p in wrote.iterdir()) == [LOCK_NAME, "checkpoint.pt"]
+    with folder_locked(wrote, busy):  # a lock an earlier call left: not this one's to remove
+        pass
+    assert (wrote / LOCK_NAME).is_file()
+    with open(wrote / LOCK_NAME) as held:  # another writer holds it: refused, and its lock stays
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match="busy"):
+            with folder_locked(wrote, busy):
+                pass
+    assert (wrote / LOCK_NAME).is_file()

@@ -189,7 +189,7 @@ def test_a_call_refused_at_its_first_step_leaves_no_run_folder_it_made(heads, ge
     personalize at their first step's batch, after RUN/config.yaml was written: the refused call left RUN with a
     config and no checkpoint, a folder that looks like a run to resume, where README says a refused call leaves no
     folder it made ('info RUN': 'checkpoint RUN/checkpoint.pt does not exist'). An --out folder that was there stays
-    (with its lock, as a refused --data typo leaves it); a run with a checkpoint keeps its config.yaml."""
+    (without the lock the call made there); a run with a checkpoint keeps its config.yaml."""
     data = _copy(heads[2:3], tmp_path / "data")[0]
     frame = data / json.loads((data / "transforms_train.json").read_text())["frames"][2]["file_path"]
     frame = frame if frame.suffix else frame.with_suffix(".png")
@@ -203,7 +203,7 @@ def test_a_call_refused_at_its_first_step_leaves_no_run_folder_it_made(heads, ge
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="cannot read image"):
         train(cfg, [data], tmp_path / "empty")
-    assert [p.name for p in (tmp_path / "empty").iterdir()] == [".lock"]  # as a refused --data typo leaves it
+    assert [p.name for p in (tmp_path / "empty").iterdir()] == []  # nor the lock it made there
     run = tmp_path / "run"
     shutil.copytree(generic, run)
     config = (run / "config.yaml").read_text()

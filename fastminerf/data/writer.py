@@ -17,7 +17,7 @@ import itertools
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -202,19 +202,22 @@ def folder_locked(folder: PathLike, busy: Callable[[str], BaseException], make: 
     With ``make``, the folder (and those above it) is made first, and when the block ends with nothing in it but the
     lock (the call was refused before it wrote: a --data path that does not exist), the lock file and the folders
     made are removed, the lock still held (another writer that opened the file is refused as ever; one that comes
-    after makes its own)."""
+    after makes its own). So is a lock file this call made in a folder that was there, when the block ends with
+    nothing in the folder it did not hold before (a refused call into an existing --out folder). A writer that won
+    the lock on a file removed so (opened just before) lets it go and takes the file now at its place."""
     made = make_folder(folder) if make else []
+    lock = Path(folder) / LOCK_NAME
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         fcntl = None
-    f = None
-    if fcntl is not None:
+    f, created, before = None, False, None
+    for attempt in range(3) if fcntl is not None else ():
         try:
-            f = open(Path(folder) / LOCK_NAME, "a+")
+            f, created = _open_lock(lock)
         except OSError:  # no lock file can be made (a read-only folder, whose rerun may have nothing to write)
             f = None
-    if f is not None:
+            break
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -225,6 +228,13 @@ def folder_locked(folder: PathLike, busy: Callable[[str], BaseException], make: 
         except OSError:  # a filesystem without locks: unguarded
             f.close()
             f = None
+            break
+        if _same_file(f, lock) or attempt == 2:  # (a filesystem whose file numbers do not hold: the last one kept)
+            break
+        f.close()  # a refused writer removed the file after this one opened it: lock the one there now
+        f = None
+    if f is not None and created:
+        before = _names_besides_lock(folder)
     if f is not None:
         f.seek(0)
         f.truncate()
@@ -233,9 +243,37 @@ def folder_locked(folder: PathLike, busy: Callable[[str], BaseException], make: 
     try:
         yield
     finally:
+        if before is not None and _names_besides_lock(folder) == before and _same_file(f, lock):
+            with suppress(OSError):  # still held: removed as the made folders' lock is
+                lock.unlink()
         remove_if_unused(made)
         if f is not None:
             f.close()
+
+
+def _open_lock(lock: Path):
+    """The lock file ``lock`` opened to read and append, and whether this call made it."""
+    try:
+        return os.fdopen(os.open(lock, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o666), "a+"), True
+    except FileExistsError:
+        return open(lock, "a+"), False
+
+
+def _same_file(f, path: Path) -> bool:
+    """Whether the open file ``f`` is the one at ``path`` now (not one removed, or replaced, since it was opened)."""
+    try:
+        there, held = os.stat(path), os.fstat(f.fileno())
+    except OSError:
+        return False
+    return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _names_besides_lock(folder: PathLike) -> Optional[set]:
+    """The names in ``folder`` but its lock file (None when it cannot be listed)."""
+    try:
+        return set(os.listdir(folder)) - {LOCK_NAME}
+    except OSError:
+        return None
 
 
 def folder_writer(folder: PathLike) -> Optional[int]:
