@@ -10,7 +10,7 @@ frame's mouth is heard at its own time, and a gap between frames becomes a cut i
 :func:`frames_at_rate` puts such a sequence on another frame rate (``render --fps``) on the same clock.
 
 A video's soundtrack is the recording as it is (:func:`read_recording`: its own rate and channels), so a 48 kHz
-stereo recording is heard so in the video; the speech model reads its own copy at 16 kHz mono
+stereo recording is heard so in the video (at the next AAC rate above its own where AAC lacks it: :func:`aac_rate`); the speech model reads its own copy at 16 kHz mono
 (:func:`fastminerf.speech.load_speech`).
 
 Pure functions on numpy arrays plus small WAV helpers (the standard library's ``wave``); a recording in any other
@@ -32,8 +32,8 @@ import numpy as np
 from .data.layout import AUDIO_FILE, not_a_file
 from .data.writer import replaced_atomically
 
-__all__ = ["Audio", "AudioError", "frame_soundtrack", "audio_absence", "decode_sound", "frames_at_rate", "identity_audio",
-           "read_recording", "read_wav", "wav_seconds", "write_wav"]
+__all__ = ["AAC_RATES", "Audio", "AudioError", "aac_rate", "frame_soundtrack", "audio_absence", "decode_sound",
+           "frames_at_rate", "identity_audio", "read_recording", "read_wav", "wav_seconds", "write_wav"]
 
 PathLike = Union[str, Path]
 
@@ -174,6 +174,17 @@ def decode_sound(path: PathLike, rate: Optional[int] = None, mono: bool = True) 
             for named in (f"{p}: ", f"{out}: "):  # ffmpeg's account names the recording already, the WAV reader's the copy
                 why = why[len(named):] if why.startswith(named) else why
             raise AudioError(f"{p}: cannot read its sound ({why})") from None
+
+
+AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+"""The sample rates an AAC soundtrack (ffmpeg's encoder) can be at."""
+
+
+def aac_rate(rate: int) -> int:
+    """The rate a recording at ``rate`` is at in a video's AAC soundtrack: its own where AAC has it, else the next
+    AAC rate above it, which keeps all of its sound (ffmpeg put it on the nearest: 9 kHz on 8 kHz, cutting its top
+    500 Hz), 96 kHz for any above that."""
+    return next((r for r in AAC_RATES if r >= rate), AAC_RATES[-1])
 
 
 def write_wav(path: PathLike, audio: Audio) -> Path:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .backend import machine
-from .audio import Audio, AudioError, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
+from .audio import Audio, AudioError, aac_rate, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
 from .config import as_list, as_paths, counted, identity_index, identity_list, name_position, needs
 from .data.dataset import MultiIdentityDataset, a_dataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
@@ -1463,7 +1463,8 @@ def write_video(
             default 8 crf 10 (42 dB against the frames of a real-clip render); above 9.8 crf 0, lossless coding
             of the yuv420p pictures (whose chroma is still halved) in x264's High 4:4:4 Predictive profile, which
             browsers, QuickTime and phones do not play. The exact frames are ``png_dir``'s.
-        audio: a soundtrack for the mp4 (AAC, at its rate and channels), as long as the video should be
+        audio: a soundtrack for the mp4 (AAC, at its rate and channels; a rate AAC lacks at the next AAC rate above
+            it, 96 kHz at most: :func:`fastminerf.audio.aac_rate`), as long as the video should be
             (:func:`fastminerf.audio.frame_soundtrack`).
         rendered_over: (H, W, 3) float in [0, 1], the background the colour of RGBA frames was rendered over.
 
@@ -1512,7 +1513,7 @@ def write_video(
             ffmpeg_log_level="error",
             audio_path=None if sound is None else str(sound), audio_codec=None if sound is None else "aac",
             output_params=SRGB_VIDEO_PARAMS + (["-movflags", "+faststart"] if final.suffix.lower() in FASTSTART_SUFFIXES
-                                               else []),
+                                               else []) + ([] if sound is None else ["-ar", str(aac_rate(audio.rate))]),
         )
         writer.send(None)
         videos.append([final, tmp, writer, _ffmpeg_process(writer)])

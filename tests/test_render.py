@@ -1424,3 +1424,25 @@ def test_evaluate_and_neutral_frame_given_a_path_say_they_need_a_loaded_dataset(
     for call in (lambda: evaluate(None, str(tmp_path), "val"), lambda: neutral_frame(tmp_path, "id000")):
         with pytest.raises(TypeError, match=r"needs a loaded dataset \(fastminerf\.load_dataset\(path\)\), got (str|PosixPath)"):
             call()
+
+
+def test_a_soundtrack_is_at_its_recordings_rate_or_the_next_aac_rate_above(tmp_path):
+    """The README said a video's sound is AAC 'at the recording's rate', but ffmpeg's AAC encoder takes 13 rates and
+    put any other on the nearest one: a 7 kHz recording came out at 7350 Hz, a 9 kHz one at 8 kHz (its top 500 Hz
+    cut), 50 kHz at 48 kHz, 192 kHz at 96 kHz, with nothing said. A rate AAC carries is kept; another is resampled
+    to the next AAC rate above it (nothing of the recording cut; 96 kHz at most), as write_video documents."""
+    import imageio_ffmpeg
+    import subprocess
+
+    from fastminerf.audio import Audio
+
+    frames = _frames(5, 16, 16)
+    for rate, expected in ((44100, 44100), (16000, 16000), (7000, 7350), (9000, 11025), (50000, 64000),
+                           (192000, 96000)):
+        t = np.arange(rate // 2) / rate
+        sound = Audio((np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16), rate)
+        out = tmp_path / f"{rate}.mp4"
+        write_video(iter(frames), out, fps=10, audio=sound)
+        listing = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(out)],
+                                 capture_output=True, text=True).stderr
+        assert re.search(rf"Audio: aac.*, {expected} Hz", listing), (rate, listing)
