@@ -1013,3 +1013,33 @@ def test_a_folder_prepare_did_not_write_is_refused_untouched(tmp_path):
     v = prepare([video], tmp_path / "data", _cfg(min_frames=5)).videos[0]
     assert v.status == "failed" and str(folder) in v.error and "did not write" in v.error, v.error
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_render_of_a_raw_driver_video_says_what_prepare_noted_of_it(tmp_path, capsys):
+    """``render --drive VIDEO`` prepares the video into RUN/drivers/ and kept quiet about what prepare noted of it
+    (RUN/drivers/NAME/prepare.json's notes): a driver with frames without a face rendered a shorter video than the
+    driver, nothing said (a cut-short file alike). render prints the notes as prepare does ('note NAME: ...'), when
+    it prepares the driver and when it finds it prepared."""
+    import imageio.v3 as iio
+
+    from fastminerf.cli import main
+    from fastminerf.config import load_config
+    from fastminerf.data.synth import generate
+    from fastminerf.prepare import prepare
+    from fastminerf.train import train
+
+    d = generate(tmp_path / "synth", n_identities=1, n_frames=16, size=128, seed=0, novel_frames=1)[0]
+    frames = [iio.imread(p)[..., :3] for split in ("train", "val") for p in sorted((d / split).glob("[0-9][0-9][0-9][0-9].png"))]
+    _write_video(tmp_path / "head.mp4", frames)
+    assert prepare([tmp_path / "head.mp4"], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)
+                   ).videos[0].status == "done"
+    train(load_config("tiny", ["train.steps=1"]), [tmp_path / "data"], tmp_path / "run")
+    _write_video(tmp_path / "driver.mp4", frames[:6] + [np.zeros_like(frames[0])] * 3 + frames[6:12])
+    capsys.readouterr()
+    cmd = ["render", "--run", str(tmp_path / "run"), "--identity", "head", "--drive", str(tmp_path / "driver.mp4"),
+           "--out", str(tmp_path / "drive.mp4")]
+    for _ in range(2):  # prepared, then found prepared
+        assert main(cmd) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "12 frames" in out, out
+        assert "note driver: 3 frames with no face found were dropped" in out and "frames 6-8" in out, out

@@ -191,6 +191,26 @@ PREPARE_FAILED_FILE = "failed.json"
 removed when a prepare of the video starts again: an unfinished folder holding it was not stopped part way."""
 
 
+def prepare_notes(identity_dir: PathLike) -> List[str]:
+    """What ``prepare`` noted of the video it prepared into ``identity_dir`` (its :data:`PREPARE_DONE_FILE`'s notes,
+    which the command printed: a file cut short, frames without a face dropped, no sound, ...), for a caller that
+    prepared it unseen (``render --drive VIDEO``); [] for a folder prepare did not write or that has no notes.
+
+    Raises:
+        DatasetError: a :data:`PREPARE_DONE_FILE` that cannot be read or holds no list of notes, naming it.
+    """
+    path = Path(identity_dir) / PREPARE_DONE_FILE
+    if not path.is_file():
+        return []
+    try:
+        notes = json.loads(path.read_text(encoding="utf-8")).get("notes", [])
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DatasetError(f"cannot read it ({exc})", file=path) from None
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise DatasetError(f"needs a list of texts, got {_describe(notes)}", file=path, key="notes")
+    return notes
+
+
 def _prepare_unfinished(folder: Path, state: str = "stopped") -> bool:
     """Whether ``folder`` is one prepare began and did not finish, ``state`` ``stopped`` (part way) or ``failed``."""
     if not (folder / PREPARE_WORK_DIR).is_dir() or (folder / PREPARE_DONE_FILE).is_file():
