@@ -829,11 +829,17 @@ def orbit_cameras(
 
     Returns:
         (B, 4, 4) float32 camera-to-head transforms.
+
+    Raises:
+        RenderError: no frames, a distance that is not positive, or a swing that is not a finite number of degrees.
     """
     if n_frames < 1:
         raise RenderError(f"an orbit needs at least one frame, got {n_frames}")
     if not distance > 0:
         raise RenderError(f"orbit distance must be positive, got {distance}")
+    for name, swing in (("yaw_deg", yaw_deg), ("pitch_deg", pitch_deg)):  # NaN cameras rendered the background alone
+        if not math.isfinite(swing):
+            raise RenderError(f"an orbit's swing {name} (--{name[:-4]}) must be a finite number of degrees, got {swing}")
     centre = np.asarray(look_at, dtype=np.float64)
     out = np.zeros((n_frames, 4, 4))
     for b in range(n_frames):

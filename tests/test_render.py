@@ -272,6 +272,15 @@ def test_orbit_cameras_look_at_the_centre():
 
 
 
+@pytest.mark.parametrize("swing", [{"yaw_deg": float("nan")}, {"pitch_deg": float("inf")}, {"yaw_deg": -float("inf")}])
+def test_orbit_cameras_refuse_a_swing_that_is_not_a_number_of_degrees(swing):
+    """render --orbit --yaw nan rendered an orbit of NaN cameras (every frame the background, without a word), and
+    --pitch inf stopped with 'error: math domain error', naming nothing: the swing is refused, named."""
+    name = next(iter(swing))
+    with pytest.raises(RenderError, match=rf"{name} \(--{name[:-4]}\) must be a finite number of degrees, got "):
+        orbit_cameras(4, 3.0, **swing)
+
+
 def test_a_camera_path_shows_what_it_is_in_a_line(data):
     """A notebook shows a cell's last value by its repr: ``path = fm.orbit_path(data, "id001"); path`` printed every
     camera matrix, intrinsic and expression of the default 60-frame orbit (777 lines, 34 KB; numpy shortens only

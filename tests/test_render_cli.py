@@ -777,6 +777,18 @@ def test_cli_render_orbit_beyond_the_training_views_says_so(tiny, tmp_path, caps
         assert "training views" not in capsys.readouterr().out  # (the test's folder name holds 'beyond')
 
 
+@pytest.mark.parametrize("option, value", [("--yaw", "nan"), ("--pitch", "inf")])
+def test_cli_render_refuses_an_orbit_swing_that_is_not_a_number(tiny, tmp_path, capsys, option, value):
+    """--yaw nan rendered the orbit from NaN cameras (every frame the background) and said it had written it; --pitch
+    inf stopped with 'error: math domain error'. Refused with status 2, naming the option, leaving no --png-dir."""
+    root, _ = tiny
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--orbit", "--frames", "2", option,
+                 value, "--out", str(tmp_path / "o.mp4"), "--png-dir", str(tmp_path / "png")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"({option}) must be a finite number of degrees, got {value}" in err, err
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "png").exists()
+
+
 def test_cli_render_refuses_a_split_of_a_driver_video(tiny, tmp_path, capsys):
     """--drive clip.mp4:test rendered every frame of the video as its 'train' split (a driver video is prepared whole,
     without splits) and said 'driven by clip:train', the ':test' dropped without a word: refused, before the video is
