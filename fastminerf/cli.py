@@ -1365,7 +1365,8 @@ def _run_speech(args: argparse.Namespace) -> int:
     save_speech_model(out, model)
     console.print(f"learned from {counted(len(clips), 'identity', 'identities')} "
                   f"({counted(sum(len(c.times.get('train', ())) for c in clips), 'frame')}) "
-                  f"({cfg.steps} steps a network, {cfg.calibrate + 1 if cfg.calibrate else 1} networks) -> {out}")
+                  f"({counted(cfg.steps, 'step')} a network, {counted(cfg.calibrate + 1 if cfg.calibrate else 1, 'network')}) "
+                  f"-> {out}")
     return 0
 
 

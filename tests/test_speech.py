@@ -417,3 +417,13 @@ def test_speech_path_soundtrack_is_the_recording_as_it_is(heads, tmp_path, suffi
     assert abs(len(played) - rate) < 0.03 * rate  # as long as the 25 frames (AAC frames round it)
     spectrum = np.abs(np.fft.rfft(played[rate // 4: rate // 4 + 4096, 1].astype(np.float64)))
     assert np.argmax(spectrum) * rate / 4096 == pytest.approx(10000, abs=50)  # the right channel's 10 kHz is there
+
+
+def test_cli_speech_summary_counts_one_network_and_one_step_in_the_singular(heads, tmp_path, capsys):
+    """speech --set calibrate=0 (one network, no calibration) ended with '(1500 steps a network, 1 networks)', and
+    --steps 1 with '1 steps a network': the summary counts with config.counted, as its identities and frames."""
+    root, _, _, _, _, _ = heads
+    assert main(["speech", "--data", str(root / "data"), "--out", str(tmp_path / "m.pt"), "--steps", "1",
+                 "--set", "calibrate=0"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(1 step a network, 1 network) ->" in out, out
