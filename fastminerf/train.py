@@ -277,9 +277,10 @@ def _model_from_checkpoint(data: dict, path: Path, anywhere: bool = False,
         if backends is not None:
             model_cfg = replace(model_cfg, grid_backend=backends.grid_backend,
                                 field=replace(model_cfg.field, backend=backends.field.backend))
-        model = MINeRF(model_cfg, int(data["expression_dim"]),
-                       list(data["identity_names"]), state["frame_identity"],
-                       aabb=state["aabb"].tolist(), expression_space=str(space) if space is not None else None)
+        with torch.random.fork_rng(devices=[]):  # initial weights, replaced by the state's: the caller's stream stays
+            model = MINeRF(model_cfg, int(data["expression_dim"]),
+                           list(data["identity_names"]), state["frame_identity"],
+                           aabb=state["aabb"].tolist(), expression_space=str(space) if space is not None else None)
     except (TypeError, ValueError, AttributeError) as exc:  # values of another type or shape than save_checkpoint's
         raise CheckpointError(f"checkpoint {path}: bad model description: {exc}") from None
     try:

@@ -609,6 +609,18 @@ def test_train_leaves_torchs_global_random_state_alone(tiny_data, tmp_path):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_load_run_leaves_torchs_global_random_state_alone(trained):
+    """load_run built the model (its initial weights drawn from torch's global generator) and then loaded the
+    checkpoint's weights over them: each load moved the caller's stream, so a server or notebook that seeded torch
+    drew other numbers after loading a run, and other ones again after each reload."""
+    run, _ = trained
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    load_run(run)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_personalize_takes_a_lone_override_string(tiny_data, trained, tmp_path):
     run, _ = trained
     new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
