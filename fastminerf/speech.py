@@ -775,7 +775,8 @@ def load_speech_model(path: PathLike) -> SpeechModel:
     data = read_plain_file(p, FORMAT, FORMAT_VERSION, ("expression_dim", "config", "state"), "speech model", SpeechError)
     try:
         cfg = SpeechConfig(**data["config"])
-        net = SpeechToExpression(int(data["expression_dim"]), cfg)
+        with torch.random.fork_rng(devices=[]):  # initial weights, replaced by the file's: the caller's stream stays
+            net = SpeechToExpression(int(data["expression_dim"]), cfg)
         net.load_state_dict(data["state"])
     except (TypeError, RuntimeError, ValueError) as exc:  # ValueError: SpeechConfig's ConfigError, SpeechError
         raise SpeechError(f"speech model {p} does not match this fastminerf's network: {exc}") from None

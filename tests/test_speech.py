@@ -210,6 +210,18 @@ def test_speech_model_round_trip_and_bad_files(heads, tmp_path):
         load_speech_model(tmp_path / "other.pt")
 
 
+def test_load_speech_model_leaves_torchs_global_random_state_alone(heads, tmp_path):
+    """load_speech_model built the network (initial weights from torch's global generator) before loading the
+    file's weights over them: every load moved the caller's random stream."""
+    model = heads[-1]
+    out = save_speech_model(tmp_path / "speech.pt", model)
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    load_speech_model(out)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_speech_config_overrides_name_the_bad_key():
     assert flat_config(SpeechConfig, ["steps=10", "noise=0.1"]) == SpeechConfig(steps=10, noise=0.1)
     with pytest.raises(ConfigError, match="unknown config key 'stepz'; did you mean steps"):
