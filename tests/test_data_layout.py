@@ -789,6 +789,27 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: 
 
 
 
+def test_writes_into_ever_new_folders_keep_a_bounded_record_of_them(tmp_path: Path):
+    """Each atomic write recorded its folder's listing of temporary files (writer._LEFT, one entry per folder and
+    suffix) for the rest of the process: a service rendering, evaluating or training each request into a folder of
+    its own kept one more entry per request, without bound. The record keeps the folders written most recently; a
+    folder left out is listed again at its next write, whose killed writers are still removed."""
+    import os
+
+    from fastminerf.data import writer
+
+    for i in range(writer.LEFT_FOLDERS + 40):
+        (tmp_path / f"request{i}").mkdir()
+        writer.write_json(tmp_path / f"request{i}" / "out.json", {"i": i})
+    assert len(writer._LEFT) <= writer.LEFT_FOLDERS
+    first = tmp_path / "request0"  # long left out of the record
+    killed = first / "out.json.999999999-0.tmp"
+    killed.write_bytes(b"half")
+    os.utime(killed, (0, 0))
+    writer.write_json(first / "out.json", {"i": 0})
+    assert not killed.exists() and len(writer._LEFT) <= writer.LEFT_FOLDERS
+
+
 def test_the_fixed_temporary_name_of_older_versions_is_removed_by_the_next_write(tmp_path: Path):
     """Versions before today's wrote every atomic write through one fixed name (``checkpoint.pt.tmp``, a render's
     ``.OUT.part.mp4`` and ``.OUT.mp4.audio.wav``), which the next write overwrote and renamed away. A run (or render

@@ -16,7 +16,9 @@ import inspect
 import itertools
 import json
 import os
+import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -87,8 +89,9 @@ def remove_killed_writes(folder: Path, prefix: str, suffix: str) -> None:
     ``checkpoint.pt.tmp``), which the next write overwrote then and nothing writes now: untouched as long, it is a
     killed writer's (one of such a version still at work keeps touching it).
 
-    The folder is listed once a process (:func:`_left_in`): a listing a write would cost a folder of 15,000 frames
-    minutes. What killed writers of other processes leave meanwhile is the next process's to remove."""
+    The folder is listed once a process (:func:`_left_in`; again after :data:`LEFT_FOLDERS` other folders were written
+    to): a listing a write would cost a folder of 15,000 frames minutes. What killed writers of other processes leave
+    meanwhile is the next process's to remove."""
     folder = Path(folder)
     left = _left_in(folder, suffix)
     older = f"{prefix[:-1]}{suffix}" if prefix.endswith(".") else None
@@ -107,19 +110,35 @@ def remove_killed_writes(folder: Path, prefix: str, suffix: str) -> None:
         left.discard(name)
 
 
-_LEFT: Dict[Tuple[Path, str], set] = {}
-"""(folder, temporary suffix) -> the names ending in that suffix in the folder when this process first wrote there."""
+LEFT_FOLDERS = 256
+"""How many (folder, suffix) listings :func:`_left_in` keeps, those written to most recently: a long-lived process
+(a service writing each request into a folder of its own) keeps no record of every folder it ever wrote to; one left
+out is listed again at its next write."""
+
+_LEFT: "OrderedDict[Tuple[Path, str], set]" = OrderedDict()
+"""(folder, temporary suffix) -> the names ending in that suffix in the folder when this process first wrote there
+(of the :data:`LEFT_FOLDERS` written to most recently)."""
+_LEFT_LOCK = threading.Lock()
 
 
 def _left_in(folder: Path, suffix: str) -> set:
-    """The names in ``folder`` ending in ``suffix`` when this process first wrote there (listed then, once)."""
+    """The names in ``folder`` ending in ``suffix`` when this process first wrote there (listed then, once, while the
+    folder is among the :data:`LEFT_FOLDERS` written to most recently)."""
     key = (folder, suffix)
-    if key not in _LEFT:
-        try:
-            _LEFT[key] = {p.name for p in folder.glob(f"*{glob.escape(suffix)}")}
-        except OSError:
-            _LEFT[key] = set()
-    return _LEFT[key]
+    with _LEFT_LOCK:
+        if key in _LEFT:
+            _LEFT.move_to_end(key)
+            return _LEFT[key]
+    try:
+        listed = {p.name for p in folder.glob(f"*{glob.escape(suffix)}")}
+    except OSError:
+        listed = set()
+    with _LEFT_LOCK:
+        left = _LEFT.setdefault(key, listed)  # another thread's listing, if it listed the folder meanwhile
+        _LEFT.move_to_end(key)
+        while len(_LEFT) > LEFT_FOLDERS:
+            _LEFT.popitem(last=False)
+    return left
 
 
 def _process_runs(pid: int) -> bool:
