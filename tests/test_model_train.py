@@ -609,6 +609,25 @@ def test_train_leaves_torchs_global_random_state_alone(tiny_data, tmp_path):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_train_and_personalize_learn_when_the_caller_turned_gradients_off(tiny_data, trained, tmp_path):
+    """A serving process or notebook that turned autograd off (torch.set_grad_enabled(False), a torch.no_grad()
+    block) and then trained got a run that learned nothing: every step's loss had no gradient, the step skipped its
+    update, and train reported the steps done. They train as with gradients on, and give the caller's mode back."""
+    run, _ = trained
+    new = sorted(p for p in tiny_data.iterdir() if p.is_dir())[2]
+    cfg = load_config("tiny", ["train.steps=4", "train.log_every=2"])
+    expected = train(cfg, _two(tiny_data), tmp_path / "on")
+    expected_p = personalize(run, [new], tmp_path / "p_on", steps=3)
+    with torch.no_grad():
+        got = train(cfg, _two(tiny_data), tmp_path / "off")
+        got_p = personalize(run, [new], tmp_path / "p_off", steps=3)
+        assert not torch.is_grad_enabled()
+    assert (got.loss, got_p.loss) == (expected.loss, expected_p.loss)
+    for a, b in (("on", "off"), ("p_on", "p_off")):
+        trained_state, other = (load_run(tmp_path / d)[1].state_dict() for d in (a, b))
+        assert all(torch.equal(trained_state[k], other[k]) for k in trained_state)
+
+
 def test_load_run_leaves_torchs_global_random_state_alone(trained):
     """load_run built the model (its initial weights drawn from torch's global generator) and then loaded the
     checkpoint's weights over them: each load moved the caller's stream, so a server or notebook that seeded torch
