@@ -210,6 +210,20 @@ def test_speech_model_round_trip_and_bad_files(heads, tmp_path):
         load_speech_model(tmp_path / "other.pt")
 
 
+def test_train_speech_learns_when_the_caller_turned_gradients_off(heads):
+    """train_speech called with autograd off (a serving process's torch.set_grad_enabled(False), a notebook cell in
+    torch.no_grad()) stopped at its first step with torch's 'element 0 of tensors does not require grad'. It learns
+    as with gradients on, and gives the caller's mode back."""
+    _, _, data, clips, _, _ = heads
+    cfg = SpeechConfig(steps=3, calibrate=0)
+    expected = train_speech(clips, cfg, ("train",), data.expression_space)
+    with torch.no_grad():
+        got = train_speech(clips, cfg, ("train",), data.expression_space)
+        assert not torch.is_grad_enabled()
+    want = expected.net.state_dict()
+    assert all(torch.equal(want[k], v) for k, v in got.net.state_dict().items())
+
+
 def test_load_speech_model_leaves_torchs_global_random_state_alone(heads, tmp_path):
     """load_speech_model built the network (initial weights from torch's global generator) before loading the
     file's weights over them: every load moved the caller's random stream."""
