@@ -433,8 +433,9 @@ def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int, f
 def _fit(x: torch.Tensor, y: torch.Tensor, cfg: SpeechConfig, progress: Optional[ProgressFn], done: int, total: int) -> SpeechToExpression:
     """Adam over random batches of (x: wide windows, y: expressions); progress counts from ``done`` of ``total``."""
     # The initial weights and dropout draw from torch's global generator: seeded here, the caller's state given back;
-    # gradients on whatever the caller's mode (a server's torch.set_grad_enabled(False)), which is given back too.
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+    # gradients on whatever the caller's mode (a server's torch.set_grad_enabled(False) or inference_mode()), which
+    # is given back too.
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
         torch.manual_seed(int(cfg.seed))
         return _fit_seeded(x, y, cfg, progress, done, total)
 

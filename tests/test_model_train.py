@@ -628,6 +628,18 @@ def test_train_and_personalize_learn_when_the_caller_turned_gradients_off(tiny_d
         assert all(torch.equal(trained_state[k], other[k]) for k in trained_state)
 
 
+def test_train_runs_inside_the_callers_inference_mode(tiny_data, tmp_path):
+    """A server that handles every request inside torch.inference_mode() (torch's advice for serving) and trains
+    there stopped at the first step with torch's 'Inference tensors cannot be saved for backward'. train (and
+    personalize, through the same wrapper) trains as outside it, and leaves the caller in inference mode."""
+    cfg = load_config("tiny", ["train.steps=2", "train.log_every=1"])
+    expected = train(cfg, _two(tiny_data), tmp_path / "outside")
+    with torch.inference_mode():
+        got = train(cfg, _two(tiny_data), tmp_path / "inside")
+        assert torch.is_inference_mode_enabled() and not torch.is_grad_enabled()
+    assert got.loss == expected.loss
+
+
 def test_load_run_leaves_torchs_global_random_state_alone(trained):
     """load_run built the model (its initial weights drawn from torch's global generator) and then loaded the
     checkpoint's weights over them: each load moved the caller's stream, so a server or notebook that seeded torch

@@ -224,6 +224,19 @@ def test_train_speech_learns_when_the_caller_turned_gradients_off(heads):
     assert all(torch.equal(want[k], v) for k, v in got.net.state_dict().items())
 
 
+def test_train_speech_runs_inside_the_callers_inference_mode(heads):
+    """train_speech inside torch.inference_mode() (a server's request handler) stopped at its first step with torch's
+    'Inference tensors cannot be saved for backward'; it learns as outside it."""
+    _, _, data, clips, _, _ = heads
+    cfg = SpeechConfig(steps=2, calibrate=0)
+    expected = train_speech(clips, cfg, ("train",), data.expression_space)
+    with torch.inference_mode():
+        got = train_speech(clips, cfg, ("train",), data.expression_space)
+        assert torch.is_inference_mode_enabled()
+    want = expected.net.state_dict()
+    assert all(torch.equal(want[k], v) for k, v in got.net.state_dict().items())
+
+
 def test_load_speech_model_leaves_torchs_global_random_state_alone(heads, tmp_path):
     """load_speech_model built the network (initial weights from torch's global generator) before loading the
     file's weights over them: every load moved the caller's random stream."""
