@@ -23,6 +23,7 @@ B training frames.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -94,6 +95,23 @@ def _keep_before_termination(density_fn, samples: RaySamples, threshold: float, 
     return _before_termination(sigma, samples.t_starts, samples.t_ends, samples.offsets, threshold)
 
 
+def built_in_float32(init):
+    """An ``nn.Module.__init__`` that makes its parameters and buffers float32 (what the kernels compute in) whatever
+    torch's default dtype: a caller's ``torch.set_default_dtype(torch.float64)`` is set aside while it runs and then
+    put back (only then: a float32 default is left alone)."""
+    @functools.wraps(init)
+    def wrapper(*args, **kwargs):
+        before = torch.get_default_dtype()
+        if before == torch.float32:
+            return init(*args, **kwargs)
+        torch.set_default_dtype(torch.float32)
+        try:
+            return init(*args, **kwargs)
+        finally:
+            torch.set_default_dtype(before)
+    return wrapper
+
+
 class MINeRF(nn.Module):
     """The MI-NeRF model: shared field + identity codes + frame codes + occupancy grid.
 
@@ -112,6 +130,7 @@ class MINeRF(nn.Module):
     :data:`fastminerf.nn.torso.SHIFT_SCALE` of the image (None otherwise).
     """
 
+    @built_in_float32
     def __init__(
         self,
         cfg: ModelConfig,

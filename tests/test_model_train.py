@@ -640,6 +640,26 @@ def test_train_runs_inside_the_callers_inference_mode(tiny_data, tmp_path):
     assert got.loss == expected.loss
 
 
+def test_runs_load_and_train_under_the_callers_float64_default_dtype(tiny_data, trained, tmp_path):
+    """A notebook that set torch.set_default_dtype(torch.float64) for its own numerics could not load any run:
+    load_run said 'checkpoint ...: bad model description: occs must be a float32 vector', as if the file were
+    damaged, and build_model and train failed so too. The model is float32 (its kernels are), built so whatever the
+    default, which the caller keeps."""
+    run, _ = trained
+    cfg = load_config("tiny", ["train.steps=2"])
+    expected = train(cfg, _two(tiny_data), tmp_path / "f32")
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        model = load_run(run)[1]
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        got = train(cfg, _two(tiny_data), tmp_path / "f64")
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(before)
+    assert got.loss == expected.loss
+
+
 def test_load_run_leaves_torchs_global_random_state_alone(trained):
     """load_run built the model (its initial weights drawn from torch's global generator) and then loaded the
     checkpoint's weights over them: each load moved the caller's stream, so a server or notebook that seeded torch
