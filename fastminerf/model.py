@@ -96,9 +96,9 @@ def _keep_before_termination(density_fn, samples: RaySamples, threshold: float, 
 
 
 def built_in_float32(init):
-    """An ``nn.Module.__init__`` that makes its parameters and buffers float32 (what the kernels compute in) whatever
-    torch's default dtype: a caller's ``torch.set_default_dtype(torch.float64)`` is set aside while it runs and then
-    put back (only then: a float32 default is left alone)."""
+    """An ``nn.Module.__init__`` (or a training loop) that makes its parameters, buffers and tensors float32 (what the
+    kernels compute in) whatever torch's default dtype: a caller's ``torch.set_default_dtype(torch.float64)`` is set
+    aside while it runs and then put back (only then: a float32 default is left alone)."""
     @functools.wraps(init)
     def wrapper(*args, **kwargs):
         before = torch.get_default_dtype()

@@ -46,6 +46,7 @@ from .audio import Audio, AudioError, audio_absence, decode_sound, identity_audi
 from .config import SpeechConfig, as_list, needs, some_of
 from .data.dataset import a_dataset
 from .data.writer import check_folder
+from .model import built_in_float32
 
 __all__ = [
     "MEL_BANDS",
@@ -169,7 +170,7 @@ def log_mel(audio: Audio, normalise: bool = True) -> np.ndarray:
     if len(audio.samples) < WINDOW:
         raise SpeechError(f"the recording lasts {audio.seconds:.3f} s, shorter than one {WINDOW / SPEECH_RATE * 1000:.0f} ms window")
     x = torch.from_numpy(audio.samples.astype(np.float32) / 32768.0)
-    spec = torch.stft(x, N_FFT, HOP, WINDOW, window=torch.hann_window(WINDOW), center=True, return_complex=True)
+    spec = torch.stft(x, N_FFT, HOP, WINDOW, window=torch.hann_window(WINDOW, dtype=x.dtype), center=True, return_complex=True)
     power = spec.abs().square()  # (F, T)
     mel = torch.from_numpy(mel_filterbank()) @ power
     out = torch.log(mel.clamp_min(float(mel.max()) * DYNAMIC_RANGE + 1e-12)).T.contiguous()  # (T, M)
@@ -206,6 +207,7 @@ class SpeechToExpression(nn.Module):
     coefficient's prediction is trusted (:func:`train_speech`'s calibration; ones while training).
     """
 
+    @built_in_float32
     def __init__(self, expression_dim: int, cfg: SpeechConfig = SpeechConfig(), bands: int = MEL_BANDS) -> None:
         super().__init__()
         self.expression_dim = int(expression_dim)
@@ -430,6 +432,7 @@ def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int, f
 # --------------------------------------------------------------------------------------------- training
 
 
+@built_in_float32
 def _fit(x: torch.Tensor, y: torch.Tensor, cfg: SpeechConfig, progress: Optional[ProgressFn], done: int, total: int) -> SpeechToExpression:
     """Adam over random batches of (x: wide windows, y: expressions); progress counts from ``done`` of ``total``."""
     # The initial weights and dropout draw from torch's global generator: seeded here, the caller's state given back;

@@ -237,6 +237,30 @@ def test_train_speech_runs_inside_the_callers_inference_mode(heads):
     assert all(torch.equal(want[k], v) for k, v in got.net.state_dict().items())
 
 
+def test_speech_works_under_the_callers_float64_default_dtype(heads, tmp_path):
+    """Under torch.set_default_dtype(torch.float64) (a notebook's own numerics) speech_path, predict_expressions
+    and train_speech stopped with torch's 'expected m1 and m2 to have the same dtype, but got: float != double'
+    (the STFT's window took the default dtype), and load_speech_model gave a float64 network. They give what they
+    give under float32, and the caller keeps its default."""
+    _, dirs, data, clips, _, model = heads
+    out = save_speech_model(tmp_path / "speech.pt", model)
+    audio = load_speech(dirs[2] / "audio.wav")
+    expected, _ = predict_expressions(model, audio, 25.0)
+    cfg = SpeechConfig(steps=2, calibrate=0)
+    trained = train_speech(clips, cfg, ("train",), data.expression_space).net.state_dict()
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        back = load_speech_model(out)
+        assert {p.dtype for p in back.net.parameters()} == {torch.float32}
+        np.testing.assert_array_equal(predict_expressions(back, audio, 25.0)[0], expected)
+        again = train_speech(clips, cfg, ("train",), data.expression_space).net.state_dict()
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(before)
+    assert all(torch.equal(trained[k], v) for k, v in again.items())
+
+
 def test_load_speech_model_leaves_torchs_global_random_state_alone(heads, tmp_path):
     """load_speech_model built the network (initial weights from torch's global generator) before loading the
     file's weights over them: every load moved the caller's random stream."""
