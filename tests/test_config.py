@@ -300,11 +300,17 @@ def test_model_choices_and_ranges_are_refused_naming_the_key_before_training(ove
     # the model refused each only once the run had loaded its data and started its progress bar, most without the
     # key's section, some naming no key; and none named the YAML file a user had written it in
     _refused_naming_its_key("tiny", override)
+    _refused_in_file(tmp_path, _override_in_file("tiny", override), override.split("=")[0].replace(".", r"\."))
+
+
+def _override_in_file(preset: str, override: str) -> str:
+    """A config file extending ``preset`` that sets what ``override`` (``key=value``) sets (NaN and infinity in YAML's
+    spelling, ``.nan`` / ``.inf``)."""
     key, value = override.split("=")
     *sections, leaf = key.split(".")
-    text = ("extends: tiny\n" + "".join("  " * k + f"{s}:\n" for k, s in enumerate(sections))
+    value = "." + value if value.lstrip("-") in ("nan", "inf") else value
+    return (f"extends: {preset}\n" + "".join("  " * k + f"{s}:\n" for k, s in enumerate(sections))
             + "  " * len(sections) + f"{leaf}: {value}\n")
-    _refused_in_file(tmp_path, text, key.replace(".", r"\."))
 
 
 @pytest.mark.parametrize("preset,extra", [("cpu", []), ("tiny", ["model.field.identity_levels_for=colour"])])
@@ -495,11 +501,7 @@ def test_a_preset_holds_only_its_differences(name):
 ])
 def test_model_numbers_that_are_not_finite_or_out_of_range_are_refused_naming_the_key(override, tmp_path):
     _refused_naming_its_key("video", override)
-    key, value = override.split("=")
-    *sections, leaf = key.split(".")
-    text = ("extends: video\n" + "".join("  " * k + f"{s}:\n" for k, s in enumerate(sections))
-            + "  " * len(sections) + f"{leaf}: {'.' + value if value.lstrip('-') in ('nan', 'inf') else value}\n")
-    _refused_in_file(tmp_path, text, key.replace(".", r"\."))
+    _refused_in_file(tmp_path, _override_in_file("video", override), override.split("=")[0].replace(".", r"\."))
 
 
 def test_the_edges_of_the_model_numbers_still_load():
