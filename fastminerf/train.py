@@ -1382,9 +1382,10 @@ def _relative(paths: Sequence[PathLike], run: Path) -> List[Optional[str]]:
 def _leaves_torch_state(fn):
     """``fn`` runs on ``train.threads`` (it calls ``torch.set_num_threads``), with gradients on whatever the caller's
     mode (a serving process's ``torch.set_grad_enabled(False)``, a ``torch.no_grad()`` block: its steps would update
-    nothing; a ``torch.inference_mode()`` block, whose tensors autograd cannot save), and draws its initial weights after seeding torch's global generator with ``train.seed``; the caller
-    gets its thread count, grad mode and global random state back when ``fn`` returns or raises: a library call does
-    not leave the process's torch changed."""
+    nothing; a ``torch.inference_mode()`` block, whose tensors autograd cannot save), and draws its initial weights
+    after seeding torch's global generator with ``train.seed``; the caller gets its thread count, grad mode and
+    global random state back when ``fn`` returns or raises: a library call does not leave the process's torch
+    changed."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         before = torch.get_num_threads()
