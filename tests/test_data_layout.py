@@ -905,3 +905,29 @@ def test_a_refused_call_leaves_no_lock_in_a_folder_that_was_there(tmp_path: Path
             with folder_locked(wrote, busy):
                 pass
     assert (wrote / LOCK_NAME).is_file()
+
+
+def test_a_refused_call_on_a_filesystem_without_locks_leaves_no_lock_in_a_folder_that_was_there(tmp_path: Path,
+                                                                                                 monkeypatch):
+    """On a filesystem that answers flock with ENOLCK / EOPNOTSUPP (some network ones) the call runs unguarded, and
+    the .lock file it had just made to lock stayed in an --out folder that was there, refused call or not, though
+    the README says a refused call leaves nothing it made (it guards nothing there: nobody can lock it)."""
+    import errno
+    import fcntl
+
+    from fastminerf.data.writer import LOCK_NAME, folder_locked
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(ValueError):
+        with folder_locked(folder, lambda holder: RuntimeError(f"busy{holder}")):
+            raise ValueError("refused: --data TYPO")
+    assert sorted(p.name for p in folder.iterdir()) == []
+    (folder / LOCK_NAME).write_text("")  # a lock file that was there (an earlier version's): not this call's
+    with folder_locked(folder, lambda holder: RuntimeError(f"busy{holder}")):
+        pass
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]

@@ -244,9 +244,12 @@ def folder_locked(folder: PathLike, busy: Callable[[str], BaseException], make: 
             pid = f.read().strip()
             f.close()
             raise busy(f" (process {pid})" if pid else "") from None
-        except OSError:  # a filesystem without locks: unguarded
+        except OSError:  # a filesystem without locks: unguarded (a lock file made for it guards nothing: removed)
             f.close()
             f = None
+            if created:
+                with suppress(OSError):
+                    lock.unlink()
             break
         if _same_file(f, lock) or attempt == 2:  # (a filesystem whose file numbers do not hold: the last one kept)
             break
