@@ -1110,9 +1110,10 @@ def some_of(items, shown: int = 8) -> str:
 
 def plain_number(v: float) -> str:
     """A number as text for a person: a whole one in full (a step, a limit in seconds: '%g' wrote 1234567 as
-    '1.23457e+06'), any other as '%g'."""
+    '1.23457e+06'), any other as the shortest text that reads back as it (a limit as given: '%g' wrote 86400.25 as
+    '86400.2'; 1e-09 stays)."""
     v = float(v)
-    return f"{v:.0f}" if v.is_integer() else f"{v:g}"
+    return f"{v:.0f}" if v.is_integer() else repr(v)
 
 
 def counted(n: int, word: str, plural: Optional[str] = None) -> str:

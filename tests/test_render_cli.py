@@ -1232,3 +1232,17 @@ def test_time_limits_are_written_in_full_where_whole(tiny, capsys, monkeypatch):
     assert "train.max_seconds 1234567 s) spent" in cli._nothing_to_do(result, 10, "train.steps", 1234567.0)
     assert "train.max_seconds 1234567 s) was spent" in cli._no_step("trained", result, 10, "train.steps", 1234567.0)
     assert "train.max_seconds 0.5 s) was spent" in cli._no_step("trained", result, 10, "train.steps", 0.5)
+
+
+def test_time_limits_that_are_not_whole_are_written_as_given():
+    """A limit with a fraction and more than six digits (--max-seconds 86400.25, a day and a quarter second) was
+    still written with '%g': '(--max-seconds / train.max_seconds 86400.2 s)', a limit the user never gave. Any limit
+    is written as the user's number (the shortest text that reads back as it)."""
+    import types
+
+    import fastminerf.cli as cli
+
+    result = types.SimpleNamespace(step=5, seconds=2e6, out_dir="run")  # past each limit below
+    assert "train.max_seconds 86400.25 s) spent" in cli._nothing_to_do(result, 10, "train.steps", 86400.25)
+    assert "train.max_seconds 1234567.5 s) was spent" in cli._no_step("trained", result, 10, "train.steps", 1234567.5)
+    assert "train.max_seconds 1e-09 s) was spent" in cli._no_step("trained", result, 10, "train.steps", 1e-9)
