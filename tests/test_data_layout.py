@@ -931,3 +931,31 @@ def test_a_refused_call_on_a_filesystem_without_locks_leaves_no_lock_in_a_folder
     with folder_locked(folder, lambda holder: RuntimeError(f"busy{holder}")):
         pass
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]
+
+
+def test_a_writer_whose_made_folder_a_refused_writer_removed_makes_it_again_and_locks_it(tmp_path: Path, monkeypatch):
+    """Two trainings (evaluations) into one new --out at once, a third refused: the refused one removes the folder
+    it made with its lock, still held; a writer that had made (found) the folder just before then could not open its
+    lock file there (FileNotFoundError), ran unguarded, and a writer coming after made the folder again and locked
+    it: two writers in one folder (three processes refused in a loop: a few overlaps a minute). With ``make`` the
+    folder is made again and locked."""
+    import fcntl
+
+    import fastminerf.data.writer as writer
+
+    folder = tmp_path / "runs" / "new"
+    real_open = writer._open_lock
+    calls = []
+
+    def removed_first(lock):  # the refused writer's clean-up, between this one's make_folder and its open
+        calls.append(lock)
+        if len(calls) == 1:
+            writer.remove_if_unused([folder, folder.parent])
+        return real_open(lock)
+
+    monkeypatch.setattr(writer, "_open_lock", removed_first)
+    with writer.folder_locked(folder, lambda holder: RuntimeError(f"busy{holder}"), make=True):
+        assert folder.is_dir() and (folder / writer.LOCK_NAME).is_file()
+        with open(folder / writer.LOCK_NAME) as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not (tmp_path / "runs").exists()  # made by this call, left with nothing: removed as ever

@@ -223,7 +223,8 @@ def folder_locked(folder: PathLike, busy: Callable[[str], BaseException], make: 
     made are removed, the lock still held (another writer that opened the file is refused as ever; one that comes
     after makes its own). So is a lock file this call made in a folder that was there, when the block ends with
     nothing in the folder it did not hold before (a refused call into an existing --out folder). A writer that won
-    the lock on a file removed so (opened just before) lets it go and takes the file now at its place."""
+    the lock on a file removed so (opened just before) lets it go and takes the file now at its place; with
+    ``make``, one whose folder was removed so makes it again."""
     made = make_folder(folder) if make else []
     lock = Path(folder) / LOCK_NAME
     try:
@@ -234,6 +235,12 @@ def folder_locked(folder: PathLike, busy: Callable[[str], BaseException], make: 
     for attempt in range(3) if fcntl is not None else ():
         try:
             f, created = _open_lock(lock)
+        except FileNotFoundError:  # a refused writer that made the folder removed it (after this one found it)
+            f = None
+            if not make or attempt == 2:
+                break
+            made = max(made, make_folder(folder), key=len)  # both the folders missing from it up, deepest first
+            continue
         except OSError:  # no lock file can be made (a read-only folder, whose rerun may have nothing to write)
             f = None
             break
