@@ -959,3 +959,33 @@ def test_a_writer_whose_made_folder_a_refused_writer_removed_makes_it_again_and_
         with open(folder / writer.LOCK_NAME) as other, pytest.raises(BlockingIOError):
             fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert not (tmp_path / "runs").exists()  # made by this call, left with nothing: removed as ever
+
+
+def test_a_refused_writer_does_not_remove_the_lock_a_writer_made_after_it_in_the_folder_it_made(tmp_path: Path,
+                                                                                                monkeypatch):
+    """A call with make refused into a new --out removes its own lock, then the folders it made that hold nothing but
+    a lock: a writer that had made its lock there in between (it found the folder, its lock file gone) lost it, and the
+    folder, while it held it, and a third made both again: two writers in one folder. Only what holds nothing at all
+    is removed now (the call's own lock is gone by then): the other writer's folder and lock stay."""
+    import fcntl
+
+    import fastminerf.data.writer as writer
+
+    folder = tmp_path / "new"
+    real_remove = writer.remove_if_unused
+    other = []
+
+    def another_writer_first(made, *args, **kwargs):  # between this call's unlink of its lock and its clean-up
+        f = open(folder / writer.LOCK_NAME, "a+")
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.append(f)
+        return real_remove(made, *args, **kwargs)
+
+    monkeypatch.setattr(writer, "remove_if_unused", another_writer_first)
+    with pytest.raises(ValueError):
+        with writer.folder_locked(folder, lambda holder: RuntimeError(f"busy{holder}"), make=True):
+            raise ValueError("refused: --data TYPO")
+    try:
+        assert (folder / writer.LOCK_NAME).is_file() and writer._same_file(other[0], folder / writer.LOCK_NAME)
+    finally:
+        other[0].close()

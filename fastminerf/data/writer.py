@@ -262,7 +262,7 @@ def folder_locked(folder: PathLike, busy: Callable[[str], BaseException], make: 
             break
         f.close()  # a refused writer removed the file after this one opened it: lock the one there now
         f = None
-    if f is not None and created:
+    if f is not None and (created or made):  # (a lock file in a folder this call made is its own to remove)
         before = _names_besides_lock(folder)
     if f is not None:
         f.seek(0)
@@ -275,7 +275,7 @@ def folder_locked(folder: PathLike, busy: Callable[[str], BaseException], make: 
         if before is not None and _names_besides_lock(folder) == before and _same_file(f, lock):
             with suppress(OSError):  # still held: removed as the made folders' lock is
                 lock.unlink()
-        remove_if_unused(made)
+        remove_if_unused(made, leftovers=())  # its own lock is gone: one there now is a writer's that came after
         if f is not None:
             f.close()
 
