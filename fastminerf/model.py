@@ -23,9 +23,10 @@ B training frames.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -110,6 +111,15 @@ def built_in_float32(init):
         finally:
             torch.set_default_dtype(before)
     return wrapper
+
+
+@contextlib.contextmanager
+def training_torch_state(devices: Sequence[int] = ()) -> Iterator[None]:
+    """The torch state a training call runs in and gives back: the caller's global random stream (of the CPU and the
+    CUDA ``devices``) forked, so the call may seed it, and gradients on whatever the caller's mode (a serving
+    process's ``torch.set_grad_enabled(False)``, a ``torch.no_grad()`` or ``torch.inference_mode()`` block)."""
+    with torch.random.fork_rng(devices=list(devices)), torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 class MINeRF(nn.Module):

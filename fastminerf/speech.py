@@ -46,7 +46,7 @@ from .audio import Audio, AudioError, audio_absence, decode_sound, identity_audi
 from .config import SpeechConfig, as_list, needs, some_of
 from .data.dataset import a_dataset
 from .data.writer import check_folder
-from .model import built_in_float32
+from .model import built_in_float32, training_torch_state
 
 __all__ = [
     "MEL_BANDS",
@@ -435,10 +435,8 @@ def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int, f
 @built_in_float32
 def _fit(x: torch.Tensor, y: torch.Tensor, cfg: SpeechConfig, progress: Optional[ProgressFn], done: int, total: int) -> SpeechToExpression:
     """Adam over random batches of (x: wide windows, y: expressions); progress counts from ``done`` of ``total``."""
-    # The initial weights and dropout draw from torch's global generator: seeded here, the caller's state given back;
-    # gradients on whatever the caller's mode (a server's torch.set_grad_enabled(False) or inference_mode()), which
-    # is given back too.
-    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+    # the initial weights and dropout draw from torch's global generator, seeded here (the caller's is given back)
+    with training_torch_state():
         torch.manual_seed(int(cfg.seed))
         return _fit_seeded(x, y, cfg, progress, done, total)
 

@@ -61,7 +61,7 @@ from .data.dataset import a_dataset, check_expression_space
 from .data.layout import IDENTITY_PATHS, DatasetError
 from .data.rays import check_error_resolution
 from .data.writer import errors_naming, folder_locked, folder_writer, json_text, replaced_atomically
-from .model import MINeRF
+from .model import MINeRF, training_torch_state
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -1391,7 +1391,7 @@ def _leaves_torch_state(fn):
         before = torch.get_num_threads()
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         try:
-            with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
+            with training_torch_state(devices):
                 return fn(*args, **kwargs)
         finally:
             if torch.get_num_threads() != before:
