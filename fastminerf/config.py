@@ -1359,10 +1359,11 @@ def config_to_dict(cfg) -> dict:
 
 
 def dump_config(cfg) -> str:
-    """The full config as YAML text (every field); ``config_from_dict(yaml.safe_load(text))`` gives it back."""
+    """The full config as YAML text (every field); ``config_from_dict(yaml.safe_load(text))`` gives it back.
+    TypeError (:func:`a_run_config`) for anything but a :class:`RunConfig` (a preset name: load it first)."""
     import yaml
 
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(config_to_dict(a_run_config(cfg)), sort_keys=False)
 
 
 def parse_config_text(text: str) -> "RunConfig":

@@ -219,3 +219,14 @@ def test_render_frame_takes_a_torch_integer_for_its_index_as_it_did(heads):
     assert np.array_equal(image, fm.render_frame(model, data, "val", 1))
     with pytest.raises(TypeError, match=r"^index: needs a frame's flat index .* got Tensor "):
         fm.render_frame(model, data, "val", torch.tensor(1.0))
+
+
+def test_dump_config_given_a_preset_name_says_it_takes_a_loaded_config():
+    """dump_config("tiny") (a preset name, as load_config takes it) and dump_config(None) failed with dataclasses'
+    "must be called with a dataclass type or instance", naming neither the argument nor what it takes."""
+    for given, kind in (("tiny", "str"), (None, "NoneType")):
+        with pytest.raises(TypeError, match=rf"^cfg: needs a RunConfig \(fastminerf\.load_config\(preset name or "
+                                            rf"YAML path\)\), got {kind} "):
+            fm.dump_config(given)
+    cfg = fm.load_config("tiny")
+    assert fm.dump_config(cfg).startswith("data:")
