@@ -1088,6 +1088,9 @@ def a_run_config(cfg, asked: str = "cfg") -> "RunConfig":
 
 
 PATHS_TAKEN = "(str or pathlib.Path, one or a list)"
+PATH_TAKEN = "(str or pathlib.Path)"
+"""What a call taking one file or folder takes, for its TypeError (:func:`needs`)."""
+PATH_TYPES = (str, os.PathLike)
 
 
 def as_paths(value, asked: str, what: str) -> list:

@@ -130,13 +130,14 @@ def run_demo(
             ``overwrite`` is false. KeyboardInterrupt (Ctrl-C) says so: a demo stopped part way, at any stage, is
             run again with ``overwrite``.
     """
-    from .config import ArgumentValueError, apply_overrides, load_config
+    from .config import PATH_TAKEN, PATH_TYPES, ArgumentValueError, apply_overrides, load_config, needs
     from .data import load_dataset
     from .data.synth import contact_sheet, generate
     from .data.writer import write_json
     from .render import drive_path, evaluate, render_video
     from .train import load_run, personalize, resolve_device, train
 
+    needs(out_dir, PATH_TYPES, "out_dir", f"the demo's folder {PATH_TAKEN}")
     if n_identities < 2:
         raise ArgumentValueError("n_identities", f"must be at least 2 identities (the demo holds one out), got {n_identities}")
     if n_frames < 2:  # one frame makes no val split: the evaluation failed after the whole budget was trained

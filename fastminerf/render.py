@@ -45,7 +45,7 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, aac_rate, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
-from .config import as_list, as_paths, counted, identity_index, identity_list, name_position, needs
+from .config import PATH_TAKEN, PATH_TYPES, as_list, as_paths, counted, identity_index, identity_list, name_position, needs
 from .data.dataset import MultiIdentityDataset, a_dataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import IDENTITY_PATHS, identity_splits, is_identity_dir, not_a_file, read_rgb
@@ -734,6 +734,9 @@ def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size
 
     from .prepare.video import VideoError, probe
 
+    for value, asked, what in ((video, "video", "the driver's video file"), (basis, "basis", "the training data's "
+                               "expression_basis.npz"), (out_root, "out_root", "the folder to prepare the driver in")):
+        needs(value, PATH_TYPES, asked, f"{what} {PATH_TAKEN}")
     # prepare refuses a video of fewer than 3 frames: a driver of 1 or 2 is prepared with 3 and cut by the caller
     take = None if max_frames is None else max(3, int(max_frames))
     # prepare's 10-frame minimum is for training data (val and test frames), which a driver has none of: a video with

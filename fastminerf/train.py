@@ -55,7 +55,7 @@ import torch
 
 from . import _native
 from . import backend as _backend
-from .config import ModelConfig, RunConfig, a_run_config, as_list, as_paths, check_device, dump_config, identity_list, name_position, needs, parse_config_text, some_of
+from .config import PATH_TAKEN, PATH_TYPES, ModelConfig, RunConfig, a_run_config, as_list, as_paths, check_device, dump_config, identity_list, name_position, needs, parse_config_text, some_of
 from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, load_dataset
 from .data.dataset import a_dataset, check_expression_space
 from .data.layout import IDENTITY_PATHS, DatasetError
@@ -89,6 +89,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 RUN_PATH = "a run folder or its checkpoint.pt (str or pathlib.Path)"
 """What :func:`load_run` and :func:`personalize` take as a run, for their TypeError (:func:`~fastminerf.config.needs`)."""
+RUN_OUT = f"the run folder to write {PATH_TAKEN}"
+"""What :func:`train`, :func:`personalize` and :func:`save_run` take as ``out_dir``, for their TypeError."""
 
 CONFIG_NAME = "config.yaml"
 LOG_NAME = "log.jsonl"
@@ -241,6 +243,7 @@ def load_checkpoint(path: PathLike) -> dict:
     """Read a checkpoint with ``weights_only=True``; raises :class:`CheckpointError` naming the file when it
     is missing, unreadable, corrupt or not a fastminerf checkpoint, or a folder (a run folder: :func:`load_run` takes
     those)."""
+    needs(path, PATH_TYPES, "path", f"a checkpoint file {PATH_TAKEN}")
     if Path(path).is_dir():  # the run folder, as load_run takes it, instead of RUN/checkpoint.pt
         inner = Path(path) / CHECKPOINT_NAME
         raise CheckpointError(f"checkpoint {path} is a folder" + (
@@ -427,7 +430,7 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
         OSError: the file cannot be written (naming it).
     """
     a_run_config(cfg)
-    out = Path(out_dir)
+    out = Path(needs(out_dir, PATH_TYPES, "out_dir", RUN_OUT))
     keys = files = sizes = None
     if dataset is not None:
         n = a_dataset(dataset, "dataset").num_frames("train")
@@ -886,7 +889,7 @@ def write_curve(run_dir: PathLike) -> Path:
     """
     from .drawing import training_curve
 
-    run = Path(run_dir)
+    run = Path(needs(run_dir, PATH_TYPES, "run_dir", f"a run folder {PATH_TAKEN}"))
     log = run / LOG_NAME
     if not log.is_file():
         raise FileNotFoundError(f"{log}: no such file (a run folder's log.jsonl)")
@@ -1501,7 +1504,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     device = resolve_device(a_run_config(cfg).train.device)  # before any work: a device that cannot run is refused
     _check_backends(cfg, device)
     paths = [str(p) for p in as_paths(data_paths, "data_paths", IDENTITY_PATHS)]
-    out = Path(out_dir)
+    out = Path(needs(out_dir, PATH_TYPES, "out_dir", RUN_OUT))
     _lock_run_folder(out)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -1655,7 +1658,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
             and of a resumed personalisation.
     """
     paths = [str(p) for p in as_paths(data_paths, "data_paths", IDENTITY_PATHS)]
-    needs(generic_run, (str, os.PathLike), "generic_run", RUN_PATH)  # not its loaded model: the run is continued
+    needs(generic_run, PATH_TYPES, "generic_run", RUN_PATH)  # not its loaded model: the run is continued
+    needs(out_dir, PATH_TYPES, "out_dir", RUN_OUT)  # before the generic run is loaded
     cfg, model, meta = load_run(generic_run)
     _refuse_non_finite(model, meta["checkpoint"])
     unfinished = _unfinished_generic(generic_run, cfg, meta)  # before any work: one being trained now is refused

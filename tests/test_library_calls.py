@@ -230,3 +230,27 @@ def test_dump_config_given_a_preset_name_says_it_takes_a_loaded_config():
             fm.dump_config(given)
     cfg = fm.load_config("tiny")
     assert fm.dump_config(cfg).startswith("data:")
+
+
+def test_a_missing_or_swapped_folder_or_file_argument_says_which_argument_takes_a_path(heads, tmp_path):
+    """train(cfg, data, None), personalize(run, data, None), save_run(None, cfg, model), load_checkpoint(None),
+    write_curve(None), run_demo(None) and driver_from_video(None, ...) failed with pathlib's "expected str, bytes or
+    os.PathLike object, not NoneType" (personalize only after loading the generic run), naming no argument."""
+    cfg = fm.load_config("tiny", "train.steps=1")
+    model = fm.build_model(cfg, fm.load_dataset(heads))
+    fm.save_run(tmp_path / "run", cfg, model)
+    calls = ((lambda: fm.train(cfg, heads, None), "out_dir"),
+             (lambda: fm.personalize(tmp_path / "run", heads / "id000", None), "out_dir"),
+             (lambda: fm.save_run(None, cfg, model), "out_dir"),
+             (lambda: fm.load_checkpoint(None), "path"),
+             (lambda: fm.write_curve(None), "run_dir"),
+             (lambda: fm.run_demo(None), "out_dir"),
+             (lambda: fm.driver_from_video(None, heads / "expression_basis.npz", tmp_path / "d", 16), "video"),
+             (lambda: fm.driver_from_video(heads / "v.mp4", None, tmp_path / "d", 16), "basis"),
+             (lambda: fm.driver_from_video(heads / "v.mp4", heads / "b.npz", None, 16), "out_root"))
+    for call, asked in calls:
+        with pytest.raises(TypeError, match=rf"^{asked}: needs .*\(str or pathlib\.Path\), got NoneType 'None'"):
+            call()
+    with pytest.raises(TypeError, match=r"^out_dir: needs .*\(str or pathlib\.Path\), got MINeRF "):
+        fm.save_run(model, cfg, tmp_path / "s")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
