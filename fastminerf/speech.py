@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .audio import Audio, AudioError, audio_absence, decode_sound, identity_audio, read_wav
-from .config import SpeechConfig, as_list, needs, some_of
+from .config import PATH_TAKEN, PATH_TYPES, SpeechConfig, as_list, needs, some_of
 from .data.dataset import a_dataset
 from .data.writer import check_folder
 from .model import built_in_float32, training_torch_state
@@ -744,6 +744,8 @@ def save_speech_model(path: PathLike, model: SpeechModel) -> Path:
     folder (named by the writer, an OSError) or an existing file of another kind (:func:`check_speech_out`) is refused."""
     from .train import save_checkpoint
 
+    needs(path, PATH_TYPES, "path", f"the speech model's file to write {PATH_TAKEN}")
+    a_speech_model(model)
     out = Path(path) if Path(path).is_dir() else check_speech_out(path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -770,7 +772,7 @@ def load_speech_model(path: PathLike) -> SpeechModel:
     """
     from .train import read_plain_file
 
-    p = Path(path)
+    p = Path(needs(path, PATH_TYPES, "path", f"a speech model's file {PATH_TAKEN}"))
     if p.is_dir():  # e.g. the run folder instead of RUN/speech.pt
         raise SpeechError(f"speech model {p} is a folder: give the model file in it (e.g. {p / 'speech.pt'})")
     if not p.is_file():

@@ -254,3 +254,22 @@ def test_a_missing_or_swapped_folder_or_file_argument_says_which_argument_takes_
     with pytest.raises(TypeError, match=r"^out_dir: needs .*\(str or pathlib\.Path\), got MINeRF "):
         fm.save_run(model, cfg, tmp_path / "s")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_save_speech_model_with_swapped_or_missing_arguments_names_them(heads, tmp_path):
+    """save_speech_model(model, path) (the arguments swapped) and save_speech_model(None, model) failed with
+    pathlib's "expected str, bytes or os.PathLike object", save_speech_model(path, None) with "'NoneType' object has
+    no attribute 'expression_dim'" after making the file's folder; load_speech_model(None) with pathlib's message."""
+    found = fm.load_speech_clips(heads)
+    model = fm.train_speech(found.clips, fm.SpeechConfig(steps=2), expression_space=found.expression_space)
+    out = tmp_path / "new" / "speech.pt"
+    for call, asked, kind in ((lambda: fm.save_speech_model(model, out), "path", "SpeechModel"),
+                              (lambda: fm.save_speech_model(None, model), "path", "NoneType"),
+                              (lambda: fm.load_speech_model(None), "path", "NoneType")):
+        with pytest.raises(TypeError, match=rf"^{asked}: needs .*\(str or pathlib\.Path\), got {kind} "):
+            call()
+    with pytest.raises(TypeError, match=r"^model: needs a loaded speech model \(fastminerf\.load_speech_model\(path\)\), "
+                                        r"got NoneType "):
+        fm.save_speech_model(out, None)
+    assert not (tmp_path / "new").exists()
+    assert fm.load_speech_model(fm.save_speech_model(out, model)).expression_dim == model.expression_dim
