@@ -285,3 +285,19 @@ def test_lpips_scores_cuda_images(monkeypatch):
     d = lpips(pred, target)
     assert d.shape == (2,) and d.device.type == "cuda"
     assert torch.allclose(d.cpu(), lpips(pred.cpu(), target.cpu()).cpu())
+
+
+@needs_mediapipe
+def test_lmd_and_trackers_closed_twice_are_closed_as_a_file_is():
+    """LandmarkDistance closed twice (close() then leaving its with block, or a close in a finally after one) raised
+    mediapipe's "Closing SolutionBase._graph which is already None"; so did FaceTracker and Segmenter. A second close
+    does nothing, as a Python file's does."""
+    from fastminerf.prepare.tracking import FaceTracker, Segmenter
+
+    with LandmarkDistance() as lmd:
+        lmd.close()
+    lmd.close()
+    for make in (lambda: FaceTracker(static=True), Segmenter):
+        with make() as solution:
+            solution.close()
+        solution.close()

@@ -116,6 +116,7 @@ class _Solution:
     has no face and no person, so it leaves no tracking state behind."""
 
     _solution: Any
+    _closed = False
 
     def _start(self, build: Callable[[], Any]) -> None:
         with _native_stderr_quiet():
@@ -123,7 +124,10 @@ class _Solution:
             self._solution.process(np.zeros((64, 64, 3), np.uint8))
 
     def close(self) -> None:
-        self._solution.close()
+        """Close the solution; closing it again does nothing, as with a file (mediapipe's own close raises then)."""
+        if not self._closed:
+            self._closed = True
+            self._solution.close()
 
     def __enter__(self):
         return self
