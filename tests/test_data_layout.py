@@ -989,3 +989,31 @@ def test_a_refused_writer_does_not_remove_the_lock_a_writer_made_after_it_in_the
         assert (folder / writer.LOCK_NAME).is_file() and writer._same_file(other[0], folder / writer.LOCK_NAME)
     finally:
         other[0].close()
+
+
+def test_make_folder_makes_a_folder_again_when_a_refused_call_removes_its_parent_in_between(tmp_path: Path,
+                                                                                              monkeypatch):
+    """make_folder("runs/new/run") makes runs/new, then runs/new/run; a refused call (remove_if_unused) removing
+    runs/new in between failed the call with "[Errno 2] No such file or directory" though nothing was wrong with
+    the path. It makes the folders again (they are then this call's: returned for remove_if_unused); a parent that
+    keeps going away ends in an error naming the folder."""
+    import fastminerf.data.writer as writer
+
+    folder = tmp_path / "runs" / "new" / "run"
+    real_mkdir, removals = Path.mkdir, []
+
+    def raced(self, mode=0o777, parents=False, exist_ok=False):
+        if self == folder and not parents and len(removals) < times:  # the parent made, this folder not yet
+            removals.append(self.parent)
+            self.parent.rmdir()
+        return real_mkdir(self, mode, parents, exist_ok)
+
+    monkeypatch.setattr(Path, "mkdir", raced)
+    times = 1
+    assert writer.make_folder(folder) == [folder, folder.parent, folder.parent.parent]
+    assert folder.is_dir() and len(removals) == 1
+    writer.remove_if_unused([folder, folder.parent, folder.parent.parent])
+    assert not (tmp_path / "runs").exists()
+    times = 100
+    with pytest.raises(FileNotFoundError, match=rf"cannot make {re.escape(str(folder))}: .*removed"):
+        writer.make_folder(folder)

@@ -176,11 +176,22 @@ LOCK_NAME = ".lock"
 
 def make_folder(folder: PathLike) -> List[Path]:
     """Make ``folder`` and the folders above it that are missing; returns those this made, deepest first (for
-    :func:`remove_if_unused`)."""
+    :func:`remove_if_unused`).
+
+    A folder above it removed while they are made (a refused call's :func:`remove_if_unused` of the folders it made)
+    is made again, at most three tries; then FileNotFoundError naming ``folder``."""
     folder = Path(folder)
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
-    return missing
+    made: List[Path] = []
+    for _ in range(3):
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        made = max(made, missing, key=len)  # made by an earlier try and still there: this call's too
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return made
+        except FileNotFoundError as exc:
+            why = exc.strerror or str(exc)
+    raise FileNotFoundError(f"cannot make {folder}: a folder above it was removed while it was made, three times "
+                            f"(another call removing the folders it made?): {why}")
 
 
 def remove_if_unused(made: Sequence[Path], leftovers: Sequence[str] = (LOCK_NAME,)) -> None:
