@@ -128,6 +128,12 @@ class RenderError(ValueError):
     message names the thing."""
 
 
+def _a_camera_path(path: "CameraPath") -> "CameraPath":
+    """``path``, or TypeError (:func:`~fastminerf.config.needs`) when it is not a :class:`CameraPath`: the output
+    file given where the cameras go (both are 'paths'), which failed with "'str' object has no attribute 'at_fps'"."""
+    return needs(path, CameraPath, "path", "a camera path (fastminerf.orbit_path, drive_path or speech_path)")
+
+
 # ------------------------------------------------------------------------------------------------ identities
 
 
@@ -1256,6 +1262,7 @@ def render_sequence(
     Yields:
         ``(H, W, 3)`` float32 frames in [0, 1]; ``(H, W, 4)`` with ``alpha``.
     """
+    _a_camera_path(path)
     if (aabb is None) == (near_far is None):
         raise RenderError("render_sequence needs exactly one of aabb and near_far")
     why = expression_space_mismatch(getattr(model, "expression_space", None), path.expression_space,
@@ -1669,7 +1676,7 @@ def render_video(
     RGBA with straight alpha, and a grey matte video ``OUT_alpha.mp4`` beside the mp4); not with ``beside_driver``,
     whose driver half has no alpha.
     """
-    path = path.at_fps(fps)
+    path = _a_camera_path(path).at_fps(fps)
     if beside_driver and path.sources is None:
         raise RenderError("beside_driver: this path has no driver frames to show (an orbit's or a recording's)")
     if beside_driver and alpha:

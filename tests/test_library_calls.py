@@ -273,3 +273,21 @@ def test_save_speech_model_with_swapped_or_missing_arguments_names_them(heads, t
         fm.save_speech_model(out, None)
     assert not (tmp_path / "new").exists()
     assert fm.load_speech_model(fm.save_speech_model(out, model)).expression_dim == model.expression_dim
+
+
+def test_render_video_given_a_file_path_for_its_camera_path_says_path_takes_a_camera_path(heads, tmp_path):
+    """render_video(model, "out.mp4", NAME, ...) (the output file given where the CameraPath goes: both are 'paths')
+    failed with "'str' object has no attribute 'at_fps'", render_sequence(model, None, NAME) with "'NoneType' object
+    has no attribute 'expression_space'", naming neither the argument nor what it takes."""
+    cfg = fm.load_config("tiny")
+    data = fm.load_dataset(heads)
+    model = fm.build_model(cfg, data)
+    for call, kind in ((lambda: fm.render_video(model, str(tmp_path / "out.mp4"), "id000", None,
+                                                png_dir=tmp_path / "png"), "str"),
+                       (lambda: list(fm.render_sequence(model, None, "id000")), "NoneType")):
+        with pytest.raises(TypeError, match=rf"^path: needs a camera path \(fastminerf\.orbit_path, drive_path or "
+                                            rf"speech_path\), got {kind} "):
+            call()
+    assert list(tmp_path.iterdir()) == []
+    cam = fm.orbit_path(data, "id000", n_frames=1)
+    assert len(list(fm.render_sequence(model, cam, "id000", aabb=[-1.5] * 3 + [1.5] * 3))) == 1
