@@ -91,6 +91,8 @@ RUN_PATH = "a run folder or its checkpoint.pt (str or pathlib.Path)"
 """What :func:`load_run` and :func:`personalize` take as a run, for their TypeError (:func:`~fastminerf.config.needs`)."""
 RUN_OUT = f"the run folder to write {PATH_TAKEN}"
 """What :func:`train`, :func:`personalize` and :func:`save_run` take as ``out_dir``, for their TypeError."""
+A_MODEL = "a model (fastminerf.build_model(cfg, dataset) or fastminerf.load_run(RUN)[1])"
+"""What :func:`build_optimizer` and :func:`save_run` take as ``model``, for their TypeError."""
 
 CONFIG_NAME = "config.yaml"
 LOG_NAME = "log.jsonl"
@@ -431,6 +433,7 @@ def save_run(out_dir: PathLike, cfg: RunConfig, model: MINeRF, step: int = 0,
     """
     a_run_config(cfg)
     out = Path(needs(out_dir, PATH_TYPES, "out_dir", RUN_OUT))
+    needs(model, MINeRF, "model", A_MODEL)
     keys = files = sizes = None
     if dataset is not None:
         n = a_dataset(dataset, "dataset").num_frames("train")
@@ -719,7 +722,7 @@ def build_optimizer(cfg: RunConfig, model: MINeRF) -> torch.optim.Adam:
     ``cfg.train.code_lr``. Set each group's ``lr`` to its rate times :func:`lr_factor` at every step for the
     schedule of :func:`train`."""
     a_run_config(cfg)
-    codes = _per_identity_params(model)
+    codes = _per_identity_params(needs(model, MINeRF, "model", A_MODEL))
     code_ids = {id(p) for p in codes}
     field_params = [p for p in model.parameters() if id(p) not in code_ids]
     return _optimizer([dict(params=field_params, lr=cfg.train.lr), dict(params=codes, lr=cfg.train.code_lr)])

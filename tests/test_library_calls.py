@@ -291,3 +291,16 @@ def test_render_video_given_a_file_path_for_its_camera_path_says_path_takes_a_ca
     assert list(tmp_path.iterdir()) == []
     cam = fm.orbit_path(data, "id000", n_frames=1)
     assert len(list(fm.render_sequence(model, cam, "id000", aabb=[-1.5] * 3 + [1.5] * 3))) == 1
+
+
+def test_build_optimizer_and_save_run_given_a_run_folder_or_none_for_the_model_say_model_takes_a_model(heads, tmp_path):
+    """build_optimizer(cfg, "run") or build_optimizer(cfg, None) failed with "'str' object has no attribute
+    'identity_codes'", save_run(out, cfg, None) with "'NoneType' object has no attribute ..." from deep inside."""
+    cfg = fm.load_config("tiny")
+    for call, kind in ((lambda: fm.build_optimizer(cfg, str(tmp_path / "run")), "str"),
+                       (lambda: fm.build_optimizer(cfg, None), "NoneType"),
+                       (lambda: fm.save_run(tmp_path / "saved", cfg, None), "NoneType")):
+        with pytest.raises(TypeError, match=rf"^model: needs a model \(fastminerf\.build_model\(cfg, dataset\) or "
+                                            rf"fastminerf\.load_run\(RUN\)\[1\]\), got {kind} "):
+            call()
+    assert list(tmp_path.iterdir()) == []
