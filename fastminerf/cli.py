@@ -583,10 +583,11 @@ def _add_personalize(sub: "argparse._SubParsersAction") -> None:
 
 
 def _run_personalize(args: argparse.Namespace) -> int:
-    from .train import load_run, personalize, personalize_config
+    from .train import personalize, personalize_config, run_config
 
-    # personalize's own settings, checked before any progress bar (--steps -3 drew one of 0/-3 first)
-    pcfg = personalize_config(load_run(args.run)[0], args.overrides, args.steps, args.max_seconds)
+    # personalize's own settings, checked before any progress bar (--steps -3 drew one of 0/-3 first); the generic
+    # run's config only: personalize() loads the run itself
+    pcfg = personalize_config(run_config(args.run), args.overrides, args.steps, args.max_seconds)
     steps, limit = pcfg.train.personalize_steps, pcfg.train.max_seconds
     console = _console()
     if args.each:
