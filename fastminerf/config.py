@@ -344,8 +344,9 @@ class SpeechConfig:
     """Standard deviation of Gaussian noise added to the normalised bands while training."""
     jitter: int = 2
     """Largest random shift (mel columns) of a training window."""
-    smooth: float = 1.0
-    """Standard deviation (video frames) of the Gaussian that smooths predicted expressions over time; 0: none."""
+    smooth: float = 0.04
+    """Standard deviation (seconds) of the Gaussian that smooths predicted expressions over time, the same at any
+    frame rate (one frame at 25 fps); 0: none."""
     calibrate: int = 3
     """Folds of the calibration that measures how far each coefficient can be predicted (see
     :func:`fastminerf.speech.train_speech`; each fold costs one more network); 0: no calibration (one network, gains

@@ -19,7 +19,9 @@ The pieces, functional first:
   with noise and time jitter on the bands; :func:`speech_metrics` scores held-out frames: R^2 of the
   coefficients against always predicting the training mean, and the correlation of the mouth's opening
   (:func:`mouth_opening`) between prediction and tracking.
-- :func:`predict_expressions`: a recording to one expression per video frame at ``fps``, smoothed over time.
+- :func:`predict_expressions`: a recording to one expression per video frame at ``fps``: the network's
+  prediction at every mel column, smoothed over time (``smooth`` seconds) and read at each frame's time, so the
+  mouth makes the same motion at the same instants whatever the frame rate.
 - :func:`split_expressions`: the expressions a split's frames would have if only their soundtrack were known,
   for rendering them and comparing with the real frames (``fastminerf eval --speech``).
 - :func:`save_speech_model` / :func:`load_speech_model`: plain tensors and data (``weights_only``), written
@@ -90,7 +92,12 @@ DYNAMIC_RANGE = 1e-5
 silence and a quiet room give the network the same input."""
 COLUMNS_PER_SECOND = SPEECH_RATE / HOP
 FORMAT = "fastminerf-speech"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the config's ``smooth`` is in seconds. Version 1 counted it in video frames and recorded no frame rate; its
+files are read as frames at :data:`VERSION_1_FPS`."""
+VERSION_1_FPS = 25.0
+"""The frame rate a version-1 file's ``smooth`` is read at: that of prepare's and synth's layouts by default, at
+which those models were learned and rendered (``smooth`` 1.0 frame: 0.04 s)."""
 
 # Inner-lip landmark pairs of mediapipe's face mesh (upper, lower): the middle and a point either side of it.
 _INNER_LIPS = ((13, 14), (82, 87), (312, 317))
@@ -186,11 +193,21 @@ def frame_windows(mel: np.ndarray, times: np.ndarray, context: int) -> np.ndarra
     Raises:
         SpeechError: naming the first frame whose time is missing (NaN) or negative.
     """
+    return _column_windows(mel, _columns_of(times), context)
+
+
+def _columns_of(times: np.ndarray) -> np.ndarray:
+    """(B,) the mel column of each time (seconds), refusing by number the first frame whose time is missing (NaN) or
+    negative."""
     t = np.asarray(times, np.float64).reshape(-1)
     bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
     if bad.size:
         raise SpeechError(f"frame {int(bad[0])} has no usable time ({t[bad[0]]}): cannot find its sound")
-    centre = np.rint(t * COLUMNS_PER_SECOND).astype(np.int64)
+    return np.rint(t * COLUMNS_PER_SECOND).astype(np.int64)
+
+
+def _column_windows(mel: np.ndarray, centre: np.ndarray, context: int) -> np.ndarray:
+    """(B, 2 context + 1, M) windows of ``mel`` centred on columns ``centre`` (B,), ends repeated."""
     idx = np.clip(centre[:, None] + np.arange(-context, context + 1)[None, :], 0, len(mel) - 1)
     return mel[idx]
 
@@ -407,11 +424,11 @@ def load_speech_clips(paths: Union[str, Path, Sequence[Union[str, Path]]]) -> Sp
 
 
 def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int, folds: int = 0,
-             block: float = 1.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+             block: float = 1.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The frames of ``splits`` of every clip in time order: windows (N, 2 context + 1, M), expressions (N, E),
-    the clip of each frame (N,), and its calibration fold (N,): stretches of ``block`` seconds go to the folds in
-    turn (all 0 when ``folds`` < 2)."""
-    ws, es, owner, fold = [], [], [], []
+    the clip of each frame (N,), its calibration fold (N,): stretches of ``block`` seconds go to the folds in
+    turn (all 0 when ``folds`` < 2), and its time (N,)."""
+    ws, es, owner, fold, ts = [], [], [], [], []
     for k, c in enumerate(clips):
         have = [s for s in splits if s in c.times]  # none: splits the clips were not cut from (refused below)
         t = np.concatenate([c.times[s] for s in have]) if have else np.zeros(0)
@@ -424,9 +441,10 @@ def _windows(clips: Sequence[SpeechClip], splits: Sequence[str], context: int, f
         es.append(e)
         owner.append(np.full(len(t), k))
         fold.append((np.floor(t / block).astype(np.int64) % folds) if folds >= 2 else np.zeros(len(t), np.int64))
+        ts.append(t)
     if not ws:
         raise SpeechError(f"no frame with a time and a recording in splits {list(splits)}")
-    return np.concatenate(ws), np.concatenate(es), np.concatenate(owner), np.concatenate(fold)
+    return np.concatenate(ws), np.concatenate(es), np.concatenate(owner), np.concatenate(fold), np.concatenate(ts)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -516,26 +534,21 @@ def train_speech(
     dims = {c.expressions[s].shape[1] for c in clips for s in fit_splits if s in c.expressions and len(c.expressions[s])}
     if len(dims) > 1:
         raise SpeechError(f"the clips' expressions have different sizes {sorted(dims)}; one expression space is needed")
-    wide, target, owner, fold = _windows(clips, fit_splits, cfg.context + cfg.jitter, cfg.calibrate, cfg.block)
+    wide, target, owner, fold, times = _windows(clips, fit_splits, cfg.context + cfg.jitter, cfg.calibrate, cfg.block)
     x, y = torch.from_numpy(wide), torch.from_numpy(target)
     folds = [k for k in range(cfg.calibrate) if (fold == k).any() and (fold != k).any()] if cfg.calibrate else []
     total = cfg.steps * (len(folds) + 1)
     gain = torch.ones(y.shape[1])
     if folds:
         pred = np.zeros(target.shape, np.float32)
-        seen = np.zeros(len(target), bool)
-        centre = slice(cfg.jitter, cfg.jitter + 2 * cfg.context + 1)
-        for n, k in enumerate(folds):
-            out = fold == k
-            net_k = _fit(x[~out], y[~out], cfg, progress, n * cfg.steps, total)
-            with torch.no_grad():
-                p = net_k(x[out][:, centre]).numpy()
-            pred[out] = p
-            seen |= out
-        for k in np.unique(owner):  # smoothed per clip as at inference (stretches of one fold are contiguous)
+        seen = np.isin(fold, folds)
+        nets = {k: _fit(x[fold != k], y[fold != k], cfg, progress, n * cfg.steps, total) for n, k in enumerate(folds)}
+        for k in np.unique(owner):  # predicted per clip as at inference (stretches of one fold are contiguous)
             rows = np.flatnonzero((owner == k) & seen)
             for part in np.split(rows, np.flatnonzero(np.diff(fold[rows]) != 0) + 1):
-                pred[part] = _smooth(pred[part], cfg.smooth)
+                if part.size:
+                    # within the stretch: the sound next to it taught this network
+                    pred[part] = _heard_at(nets[int(fold[part[0]])], clips[k].mel, times[part], cfg.smooth, False)
         mean = y.mean(0).double()
         p = torch.from_numpy(pred[seen]).double() - mean
         t = y[torch.from_numpy(seen)].double() - mean
@@ -557,21 +570,30 @@ def _smooth(expr: np.ndarray, sigma: float) -> np.ndarray:
 
 
 @torch.no_grad()
-def _predict_windows(model: SpeechModel, windows: np.ndarray) -> np.ndarray:
-    net = model.net.eval()
-    out = [net(torch.from_numpy(windows[a:a + 1024])) for a in range(0, len(windows), 1024)]
-    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.expression_dim), np.float32)
+def _heard_at(net: SpeechToExpression, mel: np.ndarray, times: np.ndarray, smooth: float,
+              beyond: bool = True) -> np.ndarray:
+    """Expressions (B, E) at ``times`` (seconds, in any order): ``net``'s prediction at every mel column (10 ms) from
+    the first time's column to the last one's (with ``beyond``, and the sound's columns within the Gaussian's reach
+    either side of them, up to the recording's ends), smoothed along them with a Gaussian of ``smooth`` seconds (ends
+    repeated), read at each time's column. The trajectory is one function of time, so frames at 25 and at 50 fps
+    get the same expression at the same instant; the frames' spacing (or gaps) changes nothing."""
+    centre = _columns_of(times)
+    if not len(centre):
+        return np.zeros((0, net.expression_dim), np.float32)
+    reach = int(math.ceil(3 * smooth * COLUMNS_PER_SECOND)) if beyond else 0
+    first = min(int(centre.min()), max(0, int(centre.min()) - reach))
+    last = max(int(centre.max()), min(len(mel), int(centre.max()) + reach))  # len(mel): a last frame's rounding
+    columns = np.arange(first, last + 1)
+    net = net.eval()
+    out = [net(torch.from_numpy(_column_windows(mel, columns[a:a + 1024], net.context)))
+           for a in range(0, len(columns), 1024)]  # windows built a chunk at a time: 6.5 KB a column
+    pred = _smooth(torch.cat(out).numpy().astype(np.float32), smooth * COLUMNS_PER_SECOND)
+    return pred[centre - first]
 
 
 def _predict_times(model: SpeechModel, mel: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Expressions (B, E) at frame ``times`` (evenly spaced or nearly), smoothed over the frames in time order; rows
-    follow ``times`` (a split's frames need not be stored in time order, and smoothing over rows would blend frames
-    seconds apart)."""
-    order = np.argsort(np.asarray(times, np.float64), kind="stable")
-    pred = _predict_windows(model, frame_windows(mel, times, model.net.context)[order])
-    out = np.empty_like(pred)
-    out[order] = _smooth(pred, model.config.smooth)
-    return out
+    """Expressions (B, E) at frame ``times`` (:func:`_heard_at`, the model's ``smooth``); rows follow ``times``."""
+    return _heard_at(model.net, mel, times, model.config.smooth)
 
 
 def predict_expressions(model: SpeechModel, audio: Audio, fps: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -777,9 +799,13 @@ def load_speech_model(path: PathLike) -> SpeechModel:
         raise SpeechError(f"speech model {p} is a folder: give the model file in it (e.g. {p / 'speech.pt'})")
     if not p.is_file():
         raise SpeechError(f"speech model {p} does not exist (train one with: fastminerf speech --run RUN, or --data ... --out {p})")
-    data = read_plain_file(p, FORMAT, FORMAT_VERSION, ("expression_dim", "config", "state"), "speech model", SpeechError)
+    data = read_plain_file(p, FORMAT, FORMAT_VERSION, ("expression_dim", "config", "state"), "speech model", SpeechError,
+                           older=(1,))
     try:
-        cfg = SpeechConfig(**data["config"])
+        config = dict(data["config"])
+        if data["version"] == 1 and isinstance(config.get("smooth"), (int, float)):  # video frames then, at 25 fps
+            config["smooth"] = config["smooth"] / VERSION_1_FPS
+        cfg = SpeechConfig(**config)
         with torch.random.fork_rng(devices=[]):  # initial weights, replaced by the file's: the caller's stream stays
             net = SpeechToExpression(int(data["expression_dim"]), cfg)
         net.load_state_dict(data["state"])

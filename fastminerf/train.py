@@ -204,9 +204,11 @@ def _damaged_member(path: Path) -> Optional[str]:
         return None
 
 
-def read_plain_file(path: PathLike, fmt: str, version: int, required: Sequence[str], what: str, error: type) -> dict:
+def read_plain_file(path: PathLike, fmt: str, version: int, required: Sequence[str], what: str, error: type,
+                    older: Sequence[int] = ()) -> dict:
     """Read a dict of tensors and plain data written by :func:`save_checkpoint` with ``weights_only=True`` (no
-    pickled code runs) and check its ``format``, ``version`` and ``required`` keys.
+    pickled code runs) and check its ``format``, ``version`` (or one of the ``older`` versions the caller converts)
+    and ``required`` keys.
 
     Raises:
         error: (called with one message) naming ``what`` and the file when it is missing, unreadable, corrupt, of
@@ -233,7 +235,7 @@ def read_plain_file(path: PathLike, fmt: str, version: int, required: Sequence[s
     if isinstance(found, int) and found > version:  # a later fastminerf's: only updating this one reads it
         raise error(f"{what} {path} was written by a newer fastminerf (format version {found}; this one reads "
                     f"{version}): update fastminerf to read it")
-    if found != version:
+    if found != version and found not in older:
         raise error(f"{what} {path} has format version {found}, this fastminerf reads {version}")
     missing = [k for k in required if k not in data]
     if missing:

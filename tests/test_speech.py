@@ -3,6 +3,7 @@ audio.wav is a voice that follows each head's mouth (loud and open-vowelled whil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import wave
 
@@ -490,3 +491,36 @@ def test_cli_speech_summary_counts_one_network_and_one_step_in_the_singular(head
                  "--set", "calibrate=0"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "(1 step a network, 1 network) ->" in out, out
+
+
+def test_the_mouth_moves_the_same_at_any_frame_rate(heads):
+    """The speech model's smoothing was counted in video frames (smooth 1.0: 40 ms at 25 fps, 20 ms at 50 fps), so the
+    same recording rendered at --fps 50 moved the mouth otherwise than at 25 at the very same instants. The smoothing
+    is in seconds: every second frame at 50 fps is the frame at 25 fps at that instant."""
+    _, dirs, _, _, _, model = heads
+    audio = load_speech(dirs[1] / "audio.wav")
+    e25, t25 = predict_expressions(model, audio, 25.0)
+    e50, t50 = predict_expressions(model, audio, 50.0)
+    np.testing.assert_array_equal(t50[::2][:len(t25)], t25)
+    spread = float(e25[:, JAW].std())
+    assert spread > 0
+    np.testing.assert_allclose(e50[::2][:len(e25)], e25, rtol=0, atol=1e-5 * spread)
+    e30, t30 = predict_expressions(model, audio, 30.0)  # 0.2 s is frame 5 at 25 fps and frame 6 at 30
+    np.testing.assert_allclose(e30[::6][:len(e25[::5])], e25[::5][:len(e30[::6])], rtol=0, atol=1e-5 * spread)
+
+
+def test_a_speech_model_written_with_smoothing_in_frames_keeps_its_meaning(heads, tmp_path):
+    """A file of format version 1 counted 'smooth' in video frames and did not record a frame rate: it is read as
+    frames at 25 fps (the rate of prepare's and synth's layouts), so smooth 1.0 is 0.04 s, what it gave at 25 fps."""
+    _, dirs, _, _, _, model = heads
+    out = save_speech_model(tmp_path / "speech.pt", model)
+    data = torch.load(out, weights_only=True)
+    data["version"] = 1
+    data["config"]["smooth"] = 2.0  # frames at 25 fps: 0.08 s
+    torch.save(data, tmp_path / "old.pt")
+    old = load_speech_model(tmp_path / "old.pt")
+    assert old.config.smooth == pytest.approx(0.08)
+    audio = load_speech(dirs[2] / "audio.wav")
+    now = load_speech_model(out)
+    now.config = dataclasses.replace(now.config, smooth=0.08)
+    np.testing.assert_array_equal(predict_expressions(old, audio, 25.0)[0], predict_expressions(now, audio, 25.0)[0])
