@@ -1526,9 +1526,23 @@ class _Version(argparse._VersionAction):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too: add_parser makes them of the parent's class), except that an option
+    given the text '--' (``--fps=--``) takes that text: Python 3.11's argparse drops every '--' from an option's
+    values, so --fps=-- stored [] (a TypeError traceback later) and bench --counts=-- ran with the default counts; now
+    the option's type or choices refuse it as any other text (a usage error naming the option, exit status 2)."""
+
+    def _get_values(self, action, arg_strings):
+        if action.option_strings and arg_strings == ["--"] and action.nargs in (None, "?", "+", "*"):
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value if action.nargs in (None, "?") else [value]
+        return super()._get_values(action, arg_strings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastminerf`` command, with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastminerf",
         description="Train one fast dynamic face NeRF (MI-NeRF) on talking-face videos of many people.",
     )

@@ -408,3 +408,26 @@ def test_personalize_reads_the_generic_run_once_and_personalises_as_it_did(heads
     assert main(["personalize", *args, "--out", str(tmp_path / "p2")]) == 0
     one, two = (torch.load(tmp_path / p / "checkpoint.pt", weights_only=True)["model"] for p in ("p1", "p2"))
     assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["render", "--run", "r", "--identity", "a", "--orbit", "--out", "o.mp4", "--fps=--"], "--fps"),
+    (["prepare", "v.mp4", "--out", "o", "--fps=--"], "--fps"),
+    (["synth", "o", "--size=--"], "--size"),
+    (["train", "--data", "d", "--out", "o", "--steps=--"], "--steps"),
+    (["eval", "--run", "r", "--data", "d", "--split", "val", "--max-frames=--"], "--max-frames"),
+    (["render", "--run", "r", "--identity", "a", "--orbit", "--out", "o.mp4", "--transfer=--"], "--transfer"),
+    (["bench", "identities", "--tiny", "--counts=--"], "--counts"),  # it ran the benchmark with the default counts
+])
+def test_an_option_given_the_text_double_dash_is_a_usage_error_naming_it(argv, option, tmp_path, capsys, monkeypatch):
+    # Python 3.11's argparse dropped '--' from an option's value: --fps=-- stored [] and the command ended in a
+    # TypeError traceback ('>' not supported between instances of 'list' and 'int')
+    from fastminerf.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: invalid" in err and "'--'" in err, err
+    assert list(tmp_path.iterdir()) == []
