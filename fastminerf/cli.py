@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import functools
 import io
-import math
 import os
 import re
 import sys
@@ -809,15 +808,15 @@ def _run_render(args: argparse.Namespace) -> int:
     from .render import training_basis
 
     from . import render
+    from .config import check_fps
     from .render import RenderError, identity_id
     from .train import run_data_paths
 
     if args.frames is not None and args.frames < 1:  # an orbit would otherwise take 0 for its default
         raise RenderError(f"--frames must be at least 1, got {args.frames}")
-    if args.fps is not None and not args.fps > 0:  # ffmpeg wrote 0 as 16 fps, and failed on a negative rate at the end
-        raise RenderError(f"--fps must be positive, got {args.fps:g}")
-    if args.fps is not None and args.fps == math.inf:  # a traceback once the frames were asked for
-        raise RenderError(f"--fps must be finite, got {args.fps:g}")
+    if args.fps is not None:  # ffmpeg wrote 0 as 16 fps; a negative or infinite rate failed at the end, 1e9 ran out
+        with _named_options({"fps": "--fps"}):  # of memory repeating a driver's frames
+            check_fps(args.fps)
     for option, given in (("--drive", None if args.drive is None else parse_drive(args.drive)[0]),
                           ("--speech", args.speech)):
         if given is not None and Path(given).resolve() == args.out.resolve():  # replaced once rendered

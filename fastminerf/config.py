@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import os
 import re
 import unicodedata
@@ -928,6 +929,28 @@ class ArgumentValueError(ValueError):
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"{name} {reason}")
         self.name, self.reason = name, reason
+
+
+MAX_FPS = 1000.0
+"""The highest frame rate fastminerf renders or prepares at (:func:`check_fps`): a high-speed camera's. render --fps
+1e9 repeated a driven video's frames a billion times a second until it ran out of memory."""
+
+
+def check_fps(fps, name: str = "fps") -> float:
+    """``fps`` as a float, or :class:`ArgumentValueError` naming ``name`` (a command line names its option for it)
+    unless it is a frame rate: positive, finite and at most :data:`MAX_FPS` (NaN and infinity pass comparisons such
+    as ``fps > 0``)."""
+    try:
+        rate = float(fps)
+    except (TypeError, ValueError):
+        raise ArgumentValueError(name, f"must be a number of frames a second, got {fps!r}") from None
+    if not rate > 0:
+        raise ArgumentValueError(name, f"must be positive, got {rate:g}")
+    if rate == math.inf:
+        raise ArgumentValueError(name, f"must be finite, got {rate:g}")
+    if rate > MAX_FPS:
+        raise ArgumentValueError(name, f"must be at most {MAX_FPS:g} frames a second, got {rate:g}")
+    return rate
 
 
 def _config_dir() -> Path:

@@ -45,7 +45,7 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, aac_rate, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
-from .config import PATH_TAKEN, PATH_TYPES, as_list, as_paths, counted, identity_index, identity_list, name_position, needs
+from .config import PATH_TAKEN, PATH_TYPES, as_list, as_paths, check_fps, counted, identity_index, identity_list, name_position, needs
 from .data.dataset import MultiIdentityDataset, a_dataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import IDENTITY_PATHS, identity_splits, is_identity_dir, not_a_file, read_rgb
@@ -309,6 +309,7 @@ class CameraPath:
             raise RenderError(f"CameraPath times must be ({b},), got {np.shape(self.times)}")
         if self.sources is not None and np.shape(self.sources) != (b,):
             raise RenderError(f"CameraPath sources must be ({b},), got {np.shape(self.sources)}")
+        object.__setattr__(self, "fps", check_fps(self.fps))  # orbit_path(fps=nan) failed only in write_video
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
@@ -340,7 +341,10 @@ class CameraPath:
         have a clock (``times``, a driven video or a recording's) keeps its speed and its length in seconds, frames
         repeated or dropped (:func:`fastminerf.audio.frames_at_rate`), so that its sound plays on unbroken; a path
         without one (an orbit) is the same frames played at ``fps``."""
-        if fps is None or float(fps) == float(self.fps):
+        if fps is None:
+            return self
+        fps = check_fps(fps)  # before frames_at_rate: at 1e9 fps it repeated frames until memory ran out
+        if fps == float(self.fps):
             return self
         if self.times is None:
             return CameraPath(self.c2w, self.intrinsics, self.expression, self.width, self.height, float(fps),
@@ -638,7 +642,7 @@ def speech_path(
     table = target.table(pose_split)
     frames = table.frames_of(ident)
     own_fps = split_fps(target, pose_split, ident)
-    fps = own_fps if fps is None else float(fps)
+    fps = own_fps if fps is None else check_fps(fps)
     expr, times = predict_expressions(speech_model, load_speech(speech) if heard is None else heard, fps)
     order = _time_ordered(table, frames)  # the head at its own speed: its frame at each video frame's time
     return _rows_path(table, order[pose_loop(len(order), len(expr), own_fps / fps)], expr, fps, Path(speech), times,

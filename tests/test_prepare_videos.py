@@ -1218,3 +1218,13 @@ def test_an_mp4_cut_before_its_index_is_said_to_be_cut_short(tmp_path, suffix):
     assert str(err.value).startswith(f"{video}: ") and "moov" in str(err.value) and "Invalid data" not in str(err.value)
     got = prepare([video], tmp_path / "data", PrepareConfig(size=64, min_frames=5)).videos[0]
     assert got.status == "failed" and got.error == str(err.value)
+
+
+def test_an_absurd_frame_rate_is_refused_up_front(tmp_path):
+    """prepare --fps 1e9 tracked on (ffmpeg asked for a billion frames a second) into a folder it had made, until
+    killed: refused before anything is written, as render refuses it."""
+    from fastminerf.prepare import PrepareError, check_prepare
+
+    with pytest.raises(PrepareError, match="fps must be at most 1000 frames a second, got 1e\\+09"):
+        check_prepare([tmp_path / "v.mp4"], tmp_path / "data", PrepareConfig(fps=1e9))
+    assert not (tmp_path / "data").exists()

@@ -1455,3 +1455,31 @@ def test_a_soundtrack_is_at_its_recordings_rate_or_the_next_aac_rate_above(tmp_p
         listing = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(out)],
                                  capture_output=True, text=True).stderr
         assert re.search(rf"Audio: aac.*, {expected} Hz", listing), (rate, listing)
+
+
+@pytest.mark.parametrize("fps", [float("nan"), 0.0, -25.0, float("inf"), 1e9])
+def test_an_orbit_refuses_a_frame_rate_that_is_not_one(data, fps):
+    """orbit_path(fps=nan) (or 0, inf, a billion) made a path, and the call that used it failed far from the cause
+    (write_video at the end of the render) or, driven at 1e9 fps, ran out of memory."""
+    from fastminerf.config import ArgumentValueError
+
+    with pytest.raises(ArgumentValueError, match="^fps must be") as refused:
+        orbit_path(data, "id000", n_frames=2, fps=fps)
+    assert refused.value.name == "fps"
+    with pytest.raises(ArgumentValueError, match="^fps must be"):
+        orbit_path(data, "id000", n_frames=2).at_fps(fps)
+    assert orbit_path(data, "id000", n_frames=2, fps=30).fps == 30.0
+
+
+@pytest.mark.parametrize("fps", ["1e9", "1001"])
+def test_render_refuses_an_absurd_frame_rate_before_any_work(tmp_path, capsys, fps):
+    """render --fps 1e9 rendered an orbit at a billion frames a second, and a driven video's frames repeated at it ran
+    out of memory (killed): refused naming --fps, before the run is opened (it does not exist here)."""
+    from fastminerf.cli import main
+
+    argv = ["render", "--run", str(tmp_path / "run"), "--identity", "a", "--orbit", "--fps", fps,
+            "--out", str(tmp_path / "x.mp4")]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--fps must be at most 1000 frames a second" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..audio import wav_seconds
-from ..config import PrepareConfig, as_paths, counted
+from ..config import ArgumentValueError, PrepareConfig, as_paths, check_fps, counted
 from ..data.layout import AUDIO_FILE, LANDMARKS_FILE, NPZ_ERRORS, PREPARE_DONE_FILE, PREPARE_FAILED_FILE, PREPARE_WORK_DIR
 from ..data.writer import LOCK_NAME, folder_locked, frame_record, make_folder, remove_if_unused, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
 from ..metrics import rotation_gap_deg
@@ -657,8 +657,11 @@ def check_prepare(videos: Union[PathLike, Sequence[PathLike]], out_dir: PathLike
         raise PrepareError(f"min_frames must be at least 3 (train, val and test frames), got {cfg.min_frames}")
     # Checked here, once: ffmpeg would refuse a bad rate in every video with a screenful of its log, and take a
     # negative frame limit for none.
-    if cfg.fps is not None and not (cfg.fps > 0 and math.isfinite(cfg.fps)):
-        raise PrepareError(f"fps must be a positive frame rate (or None for each video's own), got {cfg.fps}")
+    if cfg.fps is not None:  # 1e9 tracked on, ffmpeg asked for a billion frames a second
+        try:
+            check_fps(cfg.fps)
+        except ArgumentValueError as exc:
+            raise PrepareError(f"{exc} (or None for each video's own)") from None
     if cfg.max_frames is not None and cfg.max_frames < 1:
         raise PrepareError(f"max_frames must be at least 1 (or None for all frames), got {cfg.max_frames}")
     # Used only after tracking (the crop) or once every video is written (the basis, the cameras): a bad value
