@@ -376,7 +376,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         _console(stderr=True).print(_styled("bold red", "error:", exc), markup=True)
         return 2
     cfg = PrepareConfig(overwrite=args.overwrite, **{name: getattr(args, name) for name, _ in _PREPARE_OPTIONS})
-    check_prepare(args.videos, args.out, cfg)  # before the log is opened in OUT and the bar drawn
+    with _named_options({name: "--" + name.replace("_", "-") for name, _ in _PREPARE_OPTIONS}):
+        check_prepare(args.videos, args.out, cfg)  # before the log is opened in OUT and the bar drawn
     console = _console()
     start = time.perf_counter()
     bar, progress = _prepare_progress(console)

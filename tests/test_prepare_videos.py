@@ -1228,3 +1228,27 @@ def test_an_absurd_frame_rate_is_refused_up_front(tmp_path):
     with pytest.raises(PrepareError, match="fps must be at most 1000 frames a second, got 1e\\+09"):
         check_prepare([tmp_path / "v.mp4"], tmp_path / "data", PrepareConfig(fps=1e9))
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--fps", "-1"], "--fps must be positive, got -1 (or None for each video's own)"),
+    (["--fps", "1e9"], "--fps must be at most 1000 frames a second"),
+    (["--max-frames", "0"], "--max-frames must be at least 1"),
+    (["--size", "8"], "--size must be at least 16 pixels, got 8"),
+    (["--min-frames", "2"], "--min-frames must be at least 3"),
+    (["--expression-dim", "0"], "--expression-dim must be at least 1"),
+    (["--focal-factor", "nan"], "--focal-factor must be a positive number"),
+    (["--crop-scale", "0"], "--crop-scale must be a positive number"),
+    (["--track-region-scale", "-1"], "--track-region-scale must be a number >= 0"),
+])
+def test_the_command_names_the_option_the_user_typed_for_a_bad_setting(tmp_path, capsys, monkeypatch, extra, message):
+    """`fastminerf prepare v.mp4 --out d --fps -1` said 'error: fps must be a positive frame rate', naming
+    PrepareConfig's field where the user typed --fps (and 'max_frames' for --max-frames): the command names its
+    options, the library (prepare, check_prepare) its fields as before."""
+    from fastminerf.cli import main
+
+    monkeypatch.setattr("fastminerf.prepare.require_mediapipe", lambda: None)
+    assert main(["prepare", str(tmp_path / "v.mp4"), "--out", str(tmp_path / "data"), *extra]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {message}" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -149,6 +149,11 @@ class PrepareError(ValueError):
     The message names the video."""
 
 
+class PrepareSettingError(PrepareError, ArgumentValueError):
+    """A bad :class:`PrepareConfig` setting: the message is '<field> <reason>' (``fps must be positive, got -1``), and
+    ``fastminerf prepare`` names its option for the field instead (``--fps``)."""
+
+
 @dataclass
 class VideoResult:
     """What happened to one video."""
@@ -649,35 +654,35 @@ def check_prepare(videos: Union[PathLike, Sequence[PathLike]], out_dir: PathLike
         MediapipeMissing, PrepareError: as :func:`prepare`.
     """
     if cfg.size < 16:
-        raise PrepareError(f"size must be at least 16 pixels, got {cfg.size}")
+        raise PrepareSettingError("size", f"must be at least 16 pixels, got {cfg.size}")
     if not (cfg.val_fraction >= 0 and cfg.test_fraction >= 0 and cfg.val_fraction + cfg.test_fraction < 0.9):  # NaN
         raise PrepareError(f"need val_fraction, test_fraction >= 0 with a sum below 0.9, got {cfg.val_fraction}, "
                            f"{cfg.test_fraction}")
     if cfg.min_frames < 3:
-        raise PrepareError(f"min_frames must be at least 3 (train, val and test frames), got {cfg.min_frames}")
+        raise PrepareSettingError("min_frames", f"must be at least 3 (train, val and test frames), got {cfg.min_frames}")
     # Checked here, once: ffmpeg would refuse a bad rate in every video with a screenful of its log, and take a
     # negative frame limit for none.
     if cfg.fps is not None:  # 1e9 tracked on, ffmpeg asked for a billion frames a second
         try:
             check_fps(cfg.fps)
         except ArgumentValueError as exc:
-            raise PrepareError(f"{exc} (or None for each video's own)") from None
+            raise PrepareSettingError(exc.name, f"{exc.reason} (or None for each video's own)") from None
     if cfg.max_frames is not None and cfg.max_frames < 1:
-        raise PrepareError(f"max_frames must be at least 1 (or None for all frames), got {cfg.max_frames}")
+        raise PrepareSettingError("max_frames", f"must be at least 1 (or None for all frames), got {cfg.max_frames}")
     # Used only after tracking (the crop) or once every video is written (the basis, the cameras): a bad value
     # failed there, after the work, or wrote broken cameras.
     if cfg.expression_dim < 1:
-        raise PrepareError(f"expression_dim must be at least 1, got {cfg.expression_dim}")
+        raise PrepareSettingError("expression_dim", f"must be at least 1, got {cfg.expression_dim}")
     if cfg.audio_rate < 1:  # extract_audio would read no rate as the sound's own
-        raise PrepareError(f"audio_rate must be at least 1 Hz, got {cfg.audio_rate}")
+        raise PrepareSettingError("audio_rate", f"must be at least 1 Hz, got {cfg.audio_rate}")
     for name in ("focal_factor", "crop_scale"):
         if not (getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name))):
-            raise PrepareError(f"{name} must be a positive number, got {getattr(cfg, name)}")
+            raise PrepareSettingError(name, f"must be a positive number, got {getattr(cfg, name)}")
     # NaN or infinity failed a video once its face was found (the region's side, int(round(scale x face size))); a
     # negative scale tracked the whole frame, as 0 asks, silently
     if not (cfg.track_region_scale >= 0 and math.isfinite(cfg.track_region_scale)):
-        raise PrepareError(f"track_region_scale must be a number >= 0 (0 tracks the whole frame), got "
-                           f"{cfg.track_region_scale}")
+        raise PrepareSettingError("track_region_scale", f"must be a number >= 0 (0 tracks the whole frame), got "
+                                  f"{cfg.track_region_scale}")
     paths = as_paths(videos, "videos", "video files")  # one path (str or Path) is one video
     require_mediapipe()  # fail once, before any video, when it is missing
     if not paths:
