@@ -123,7 +123,8 @@ def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
               f"(standard error over {n['seeds']} seeds; product term wins {n['wins']} of {n['seeds']}); val "
               f"{s['val']['diff_mean']:+.2f} +- {s['val']['diff_se']:.2f} dB", flush=True)
     name = record_name(ap, args, "conditioning_equal_steps" + ("" if args.identities == 4 else f"_{args.identities}ids"),
-                       ("seeds", "styles", "steps", "size", "frames", "eval_frames"), device=trained_on(cfg))
+                       ("seeds", "styles", "steps", "size", "frames", "eval_frames", "novel_poses"),
+                       device=trained_on(cfg))
     write_result(name, dict(
         machine=where,
         settings=dict(seeds=args.seeds, styles=args.styles, steps=args.steps, size=args.size, frames=args.frames,

@@ -259,3 +259,28 @@ def test_the_readme_names_the_scripts_that_take_no_out_dir(capsys):
             importlib.import_module(f"benchmarks.{script}").main(["--help"])
         if "--out DIR" not in capsys.readouterr().out:
             assert f"`{script}.py`" in claim.group(0), script
+
+
+def test_a_run_of_other_novel_poses_does_not_replace_the_committed_record(tmp_path, monkeypatch):
+    """conditioning_equal_steps.py --novel-poses train (the README's command for the trainposes table), run with the
+    record's other settings and no --name, wrote conditioning_equal_steps.json, the record of novel frames with their
+    own head motion, with numbers of another experiment. The training and scoring are stand-ins: only the file the
+    result goes to is tested."""
+    import benchmarks.conditioning_equal_steps as cond
+
+    record = tmp_path / "results"
+    monkeypatch.setattr(common, "RESULTS", record)
+
+    def generate(data, **settings):
+        (data / "id000").mkdir(parents=True, exist_ok=True)
+        (data / "synth.json").write_text(json.dumps({"settings": settings}))
+
+    monkeypatch.setattr(cond, "generate", generate)
+    monkeypatch.setattr(cond, "train", lambda cfg, ids, run: None)
+    monkeypatch.setattr(cond, "load_run", lambda run, device=None: (None, None, None))
+    monkeypatch.setattr(cond, "evaluate", lambda model, ids, split, frames: dict(mean_psnr=20.0, per_identity={}))
+    assert cond.main(["--novel-poses", "train", "--work", str(tmp_path / "w")]) == 0
+    assert sorted(p.name for p in record.iterdir()) == ["conditioning_equal_steps_quick.json"]
+    assert cond.main(["--novel-poses", "train", "--name", "conditioning_equal_steps_trainposes",
+                      "--work", str(tmp_path / "w")]) == 0
+    assert (record / "conditioning_equal_steps_trainposes.json").is_file()
