@@ -1074,6 +1074,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         note = _not_personalised(run, meta, [n for n in data.identities if model[n] is m])
         if note:
             console.print(_styled("yellow", "note", note), markup=True)
+    note = _passed_over(runs, model)
+    if note:
+        console.print(_styled("yellow", "note", note), markup=True)
     expressions, driven = None, None
     if speech_model is not None:
         from .speech import split_expressions
@@ -1130,6 +1133,26 @@ def _model_per_identity(runs, names: Sequence[str]) -> dict:
         own = [(run, model) for run, model, meta in knows if meta["kind"] == "train" or name in meta["added"]]
         chosen[name] = (tuned or own or [(run, model) for run, model, _ in knows])[0][1]
     return chosen
+
+
+def _passed_over(runs, chosen: dict) -> Optional[str]:
+    """A note naming each of eval's runs ``(folder, model, meta)`` that renders none of the people in ``chosen``
+    (:func:`_model_per_identity`'s ``{identity: model}``) though it knows some that no run fine-tuned: another run
+    renders them (the first of two generic runs of the same people, e.g. two seeds given to compare them). A run
+    that renders nobody because runs that fine-tuned its people render them is what was asked: no note."""
+    refined = {n for _, _, meta in runs for n in meta["refined"]}
+    lines = []
+    for run, m, meta in runs:
+        if any(chosen[n] is m for n in chosen):
+            continue
+        passed = [n for n in chosen if n in meta["identity_names"] and n not in refined]
+        by = {str(r) for r, other, _ in runs for n in passed if chosen[n] is other}
+        if passed:
+            lines.append(f"{run} renders none of the people evaluated: {some_of(passed)} "
+                         f"{'is' if len(passed) == 1 else 'are'} rendered by {', '.join(sorted(by))}")
+    if not lines:
+        return None
+    return "; ".join(lines) + " (eval scores each person by one run: to compare runs, evaluate each run on its own)"
 
 
 def _add_demo(sub: "argparse._SubParsersAction") -> None:

@@ -446,6 +446,28 @@ def test_cli_fine_tunes_each_identity_and_scores_each_with_its_own_run(tiny, tmp
     assert "unknown identity 'id002': none of the runs" in " ".join(capsys.readouterr().err.split())
 
 
+def test_eval_of_two_generic_runs_of_the_same_people_says_the_second_renders_none_of_them(tiny, tmp_path, capsys):
+    """eval --run A B of two generic runs of the same people (a researcher's two seeds, to compare them) scored every
+    person by A, the first run that knows them, under a table titled '2 runs on val', and said nothing of B: its
+    numbers looked like a comparison or a mix of both. eval names the run that renders nobody and says why."""
+    root, dirs = tiny
+    other = tmp_path / "seed1"
+    train(load_config("tiny", [f"train.steps={TINY_STEPS}", "train.seed=1"]), dirs[:2], other)
+    capsys.readouterr()
+    argv = ["eval", "--data", str(dirs[0]), str(dirs[1]), "--split", "val", "--max-frames", "1"]
+    assert main(argv + ["--run", str(root / "run"), str(other)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{other} renders none of the people evaluated: id000, id001 are rendered by {root / 'run'}" in out, out
+    assert "evaluate each run on its own" in out
+    # a generic run beside runs that fine-tuned each of its people renders none of them, as asked: nothing to say
+    each = tmp_path / "each"
+    assert main(["personalize", "--run", str(root / "run"), "--data", str(dirs[0]), str(dirs[1]), "--out", str(each),
+                 "--each", "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(argv + ["--run", str(root / "run"), str(each / "id000"), str(each / "id001")]) == 0
+    assert "renders none" not in capsys.readouterr().out
+
+
 def test_eval_of_a_root_scores_the_people_the_run_knows_and_names_the_others(tiny, tmp_path, capsys):
     """A root that also holds a person the run does not know (prepared into it to be added by personalize) was
     refused as a whole ('unknown identity'): eval scores every person of the root a run knows and names the ones it
