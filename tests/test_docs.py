@@ -499,3 +499,23 @@ def test_readme_and_train_help_say_what_a_config_file_holds_and_how_set_reads_va
     assert load_config("tiny", ["model.prune_stages=[8,32]"]) == load_config("tiny", ["model.prune_stages=8,32"])
     assert load_config("tiny", ["train.steps=3", "train.steps=5"]).train.steps == 5
     assert load_config("tiny", ["train.max_seconds=null"]).train.max_seconds is None
+
+
+def test_readme_names_every_key_of_a_log_line_and_what_loss_and_psnr_cover(tmp_path):
+    """A researcher plots RUN/log.jsonl with their own script from README's Curves bullet, which listed "step, seconds,
+    loss, training PSNR, rays/s, samples/ray, phase": each line also has ``occupied``, the keys' spellings were not
+    given, and nothing said that ``loss`` is the logged step's alone while ``psnr`` is over the steps since the
+    previous line (so the two curves do not agree point by point) nor what ``seconds`` counts."""
+    import json
+
+    from fastminerf import load_config, train
+    from fastminerf.data.synth import generate
+
+    dirs = generate(tmp_path / "d", n_identities=1, n_frames=4, size=16, seed=0)
+    train(load_config("tiny", ["train.steps=2", "train.log_every=1"]), dirs, tmp_path / "run")
+    keys = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    curves = " ".join(re.search(r"- \*\*Curves\*\*: (.*?)\n- \*\*", readme, re.S).group(1).split())
+    missing = [k for k in keys if f"`{k}`" not in curves]
+    assert not missing, f"README's Curves bullet does not name {missing}"
+    assert "the logged step's own" in curves and "since the previous line" in curves
