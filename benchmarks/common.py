@@ -148,6 +148,26 @@ def synth_identities(root: Path, n_identities: int, n_frames: int, size: int, se
     return generate(root, n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, overwrite=True)
 
 
+def fresh_run(run: Path, cfg) -> Path:
+    """``run``, a benchmark's run folder in its ``--work``, removed unless it holds a run of ``cfg`` itself (its
+    ``config.yaml``): an interrupted run of the same settings resumes; any other is trained anew. train() would
+    resume a run of other steps or time limit (whose schedule was laid over other steps: not the numbers of a run of
+    these; one already past them is not trained at all) and refuse one of another config."""
+    import shutil
+
+    from fastminerf import load_config
+    from fastminerf.config import ConfigError
+
+    saved = Path(run) / "config.yaml"
+    try:
+        same = saved.is_file() and load_config(saved) == cfg
+    except (ConfigError, OSError):
+        same = False
+    if not same:
+        shutil.rmtree(run, ignore_errors=True)
+    return Path(run)
+
+
 WORK_MARKER = ".fastminerf_bench"
 """The file a training benchmark leaves in its ``--work`` folder: the mark of a folder it may reuse (and clear)."""
 

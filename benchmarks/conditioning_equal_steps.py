@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
     add_out,
     add_overrides,
+    fresh_run,
     machine,
     record_name,
     torch_threads,
@@ -105,7 +106,7 @@ def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 cfg = load_config("cpu", [f"model.field.conditioning={cond}", f"train.steps={args.steps}",
                                           "train.max_seconds=none", f"train.threads={args.threads}"] + args.overrides)
                 t0 = time.perf_counter()
-                run = work / f"{data.name.replace('synth', 'run', 1)}_{cond}"
+                run = fresh_run(work / f"{data.name.replace('synth', 'run', 1)}_{cond}", cfg)  # other steps: anew
                 train(cfg, ids, run)
                 seconds = time.perf_counter() - t0
                 _, model, _ = load_run(run, device=cfg.train.device)  # evaluated where it trained

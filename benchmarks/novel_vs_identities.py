@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
     add_out,
+    fresh_run,
     trained_on,
     record_name,
     eval_psnr,
@@ -74,7 +75,8 @@ def measure(seed: int, counts, steps: int, work: Path, config: str, size: int, f
         groups = panel_groups(n, panel)
         for group in groups:
             names = [ids[k].name for k in group]
-            result = train(cfg, [ids[k] for k in group], work / f"seed{seed}" / f"generic_{n}_{group[0]}")
+            run = fresh_run(work / f"seed{seed}" / f"generic_{n}_{group[0]}", cfg)  # a run of other steps: anew
+            result = train(cfg, [ids[k] for k in group], run)
             v.update(eval_psnr(result.model, {k: val[k] for k in names}))
             nv.update(eval_psnr(result.model, {k: novel[k] for k in names}))
             step = result.step

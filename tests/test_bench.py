@@ -467,3 +467,42 @@ def test_benchmark_mains_give_the_callers_torch_thread_count_back(tmp_path, monk
         assert torch.get_num_threads() == mine
     finally:
         torch.set_num_threads(before)
+
+
+def test_conditioning_equal_steps_trains_its_work_runs_anew_for_other_steps(tmp_path, monkeypatch):
+    """Rerun on the same --work with other --steps (or --set), conditioning_equal_steps.py resumed the earlier runs:
+    from a 2-step run to 4 steps (a schedule laid over 2 steps, then over 4: not a 4-step run's numbers), and with
+    fewer steps than a run had it trained nothing and scored the longer run, recording both under the new --steps.
+    A --work run is resumed only when it is of the very config asked for (an interrupted one); others are trained
+    anew."""
+    import benchmarks.conditioning_equal_steps as cond
+
+    written = []
+    monkeypatch.setattr(cond, "write_result", lambda name, payload, *out_dir: written.append(payload))
+    argv = ["--seeds", "0", "--styles", "0", "--size", "16", "--frames", "8", "--eval-frames", "1", "--identities", "2",
+            "--threads", "1", *SMALL_CPU_RUNS]
+
+    def scores(steps, work):
+        assert cond.main(argv + ["--steps", str(steps), "--work", str(tmp_path / work)]) == 0
+        row = written[-1]["rows"][0]
+        return {c: (row[c]["novel"], row[c]["val"]) for c in cond.CONDITIONINGS}
+
+    short, fresh = scores(2, "w"), scores(4, "fresh")
+    assert scores(4, "w") == fresh  # not the 2-step runs resumed
+    assert scores(2, "w") == short  # not the 4-step runs scored as 2-step ones
+    assert scores(2, "w") == short  # the same settings again: the same numbers
+
+
+def test_novel_vs_identities_trains_its_work_runs_anew_for_other_steps(tmp_path):
+    """novel_vs_identities.py keeps its runs in a --work folder that outlives it (/tmp/fastminerf_novel_vs_identities
+    by default): rerun with other --steps it resumed the earlier runs (or, past them, trained nothing) and recorded
+    their numbers under the new steps."""
+    from benchmarks.novel_vs_identities import measure
+
+    def scores(steps, work):
+        rows = measure(0, [1], steps, tmp_path / work, "tiny", 16, 8, panel=1, say=lambda line: None)
+        return rows[0]["steps"], rows[0]["novel_psnr"], rows[0]["val_psnr"]
+
+    short, fresh = scores(2, "w"), scores(4, "fresh")
+    assert scores(4, "w") == fresh
+    assert scores(2, "w") == short
