@@ -139,9 +139,9 @@ def _a_camera_path(path: "CameraPath") -> "CameraPath":
 
 def _a_model(model):
     """``model``, or TypeError (:func:`~fastminerf.config.needs`) when it is a run folder's or checkpoint's path (the
-    commands take ``--run``), where :func:`fastminerf.load_run`'s model goes: without it a path read as a model without
-    identity names, or one that does not march rays."""
-    if isinstance(model, (str, os.PathLike)):
+    commands take ``--run``) or :func:`fastminerf.load_run`'s whole result (a tuple), where its model goes: without it
+    a path read as a model without identity names, or one that does not march rays, and the tuple as a list of names."""
+    if isinstance(model, (str, os.PathLike, tuple)):
         needs(model, torch.nn.Module, "model", "a loaded model (fastminerf.load_run(RUN)[1])")
     return model
 
@@ -163,7 +163,8 @@ def identity_id(model_or_names, name: str) -> int:
     Raises:
         RenderError: naming ``name`` and the identities the model knows.
     """
-    names = list(model_or_names) if isinstance(model_or_names, (list, tuple)) else _model_identity_names(model_or_names)
+    as_names = isinstance(model_or_names, (list, tuple)) and all(isinstance(n, str) for n in model_or_names)
+    names = list(model_or_names) if as_names else _model_identity_names(model_or_names)
     return identity_index(names, name, RenderError)
 
 

@@ -81,6 +81,24 @@ def test_a_run_folder_where_a_loaded_model_goes_says_model_needs_load_run(heads,
     assert fm.render_frame(fm.load_run(tmp_path / "run")[1], data, "val", 0).shape == (16, 16, 3)
 
 
+def test_load_runs_whole_result_where_a_loaded_model_goes_says_model_needs_its_model(heads, tmp_path):
+    """model = load_run(RUN) (its whole result, (config, model, metadata), as a notebook first writes it) given to
+    render_frame or evaluate said "unknown identity '...': the model knows [...]" followed by the repr of the config,
+    of the model and of the metadata's tensors (thousands of lines at a few hundred frames): the tuple was read as a
+    list of identity names. It is refused as a run path is, naming the argument and where the model is."""
+    cfg = fm.load_config("tiny")
+    data = fm.load_dataset(heads, splits=("train", "val"))
+    fm.save_run(tmp_path / "run", cfg, fm.build_model(cfg, data))
+    loaded = fm.load_run(tmp_path / "run")
+    name, box = data.identities[0], [-1.0] * 3 + [1.0] * 3
+    for call in (lambda: fm.render_frame(loaded, data, "val", 0), lambda: fm.evaluate(loaded, data, "val"),
+                 lambda: fm.set_render_steps(loaded, 64),
+                 lambda: next(fm.render_sequence(loaded, fm.orbit_path(data, name, n_frames=2), name, aabb=box))):
+        with pytest.raises(TypeError, match=r"^model: needs a loaded model \(fastminerf\.load_run\(RUN\)\[1\]\), "
+                                            r"got tuple "):
+            call()
+
+
 def test_training_basis_of_one_path_reads_it_as_one_path(tmp_path):
     """training_basis("data/id000") (one path, as load_dataset and train take one) looked for the basis next to each
     of its characters: '/', 't', 'm', 'p', ... and said 'no expression_basis.npz next to the run's training data (/, t,
