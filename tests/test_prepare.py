@@ -1043,3 +1043,30 @@ def test_render_of_a_raw_driver_video_says_what_prepare_noted_of_it(tmp_path, ca
         out = " ".join(capsys.readouterr().out.split())
         assert "12 frames" in out, out
         assert "note driver: 3 frames with no face found were dropped" in out and "frames 6-8" in out, out
+
+
+def _dataset_md_row(key: str) -> str:
+    """The row of docs/DATASET.md's tables that describes ``key`` (the contract an outside reader follows)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "DATASET.md").read_text(encoding="utf-8")
+    return next(line for line in doc.splitlines() if line.startswith(f"| `{key}` |"))
+
+
+@needs_real
+def test_prepared_masks_are_soft_and_dataset_md_says_how_a_grey_value_is_read(prepared):
+    """DATASET.md said of mask_path only 'white = head and torso kept', but prepare writes selfie segmentation's
+    soft mask (every grey from 0 to 255, a quarter of the values at the edge of the person): a reader following the
+    contract could not tell whether grey is a weight, an alpha or a yes / no, nor where the loader draws the line.
+    The written rule (foreground where the grey value is above 127) is what load_dataset reads from these files."""
+    import imageio.v3 as iio
+
+    root, result = prepared
+    row = _dataset_md_row("mask_path")
+    assert "soft" in row and "above 127" in row, row
+    data = load_dataset(root, splits=("train",))
+    t = data.table("train")
+    greys = set()
+    for k in range(0, len(t.mask_paths), 7):
+        grey = np.asarray(iio.imread(t.mask_paths[k]))
+        greys |= set(np.unique(grey).tolist())
+        assert np.array_equal(data.mask("train", k), grey > 127), t.mask_paths[k]
+    assert len(greys - {0, 255}) > 10  # soft: values between black and white
