@@ -1070,3 +1070,30 @@ def test_prepared_masks_are_soft_and_dataset_md_says_how_a_grey_value_is_read(pr
         greys |= set(np.unique(grey).tolist())
         assert np.array_equal(data.mask("train", k), grey > 127), t.mask_paths[k]
     assert len(greys - {0, 255}) > 10  # soft: values between black and white
+
+
+@needs_real
+def test_dataset_md_says_what_the_expression_basis_holds_and_its_rule_holds_on_prepared_data(prepared):
+    """The expression vectors of prepared data are coefficients of ROOT/expression_basis.npz, which no doc described
+    (the README: 'holds the shared face model'): a reader could not tell its arrays nor how a frame's expression
+    relates to its landmarks. docs/DATASET.md names every array the file holds, and the rule it gives (a difference
+    of two frames' landmarks.npz points, flattened, times components^T over scale, is the difference of their
+    expressions) holds on the written files."""
+    root, result = prepared
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "DATASET.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Optional extension: `expression_basis.npz`"):]
+    with np.load(root / "expression_basis.npz", allow_pickle=False) as z:
+        basis = {k: z[k] for k in z.files}
+    unnamed = [k for k in basis if f"| `{k}` |" not in section]
+    assert not unnamed, f"docs/DATASET.md does not describe arrays of expression_basis.npz: {unnamed}"
+    components, scale = basis["components"], float(basis["scale"])
+    for v in result.videos:
+        lm = np.load(v.out_dir / "landmarks.npz", allow_pickle=False)
+        row = {int(f): j for j, f in enumerate(lm["frame_index"])}
+        frames = [f for s in ("train", "val", "test")
+                  for f in json.loads((v.out_dir / f"transforms_{s}.json").read_text(encoding="utf-8"))["frames"]]
+        assert len(frames[0]["expression"]) == components.shape[0] == len(basis["explained"])
+        points = np.stack([lm["points"][row[f["frame_index"]]] for f in frames]).astype(np.float64)
+        expr = np.array([f["expression"] for f in frames])
+        predicted = (points - points[0]).reshape(len(points), -1) @ components.T / scale
+        assert np.abs(predicted - (expr - expr[0])).max() < 1e-4 * max(1.0, np.abs(expr).max())
