@@ -519,3 +519,23 @@ def test_readme_names_every_key_of_a_log_line_and_what_loss_and_psnr_cover(tmp_p
     missing = [k for k in keys if f"`{k}`" not in curves]
     assert not missing, f"README's Curves bullet does not name {missing}"
     assert "the logged step's own" in curves and "since the previous line" in curves
+
+
+def test_dataset_md_says_where_the_principal_point_is_measured_from():
+    """docs/DATASET.md gave intrinsics 'in pixels of the stored images' and, apart, 'a ray passes through the pixel
+    centre (i + 0.5, j + 0.5)', without saying from where cx and cy count: a converter of OpenCV calibrations (pixel
+    centres at whole numbers, the image centre at (w - 1) / 2) wrote cx, cy half a pixel off. The row says that they
+    count from the image's top-left corner, and the loader's rays agree: cx = w / 2 is the middle of the image
+    (the rays of pixels w/2 - 1 and w/2 mirror each other), and so is OpenCV's (w - 1) / 2 plus 0.5."""
+    import torch
+
+    from fastminerf.data import camera_rays
+
+    doc = (ROOT / "docs" / "DATASET.md").read_text(encoding="utf-8")
+    row = next(line for line in doc.splitlines() if line.startswith("| `intrinsics` | one of these two"))
+    assert "top-left corner" in row and "OpenCV" in row and "0.5" in row, row
+    w = h = 8
+    opencv_cx = (w - 1) / 2
+    _, d = camera_rays(torch.eye(4), [10.0, 10.0, opencv_cx + 0.5, opencv_cx + 0.5], w, h,
+                       pixels=[[w // 2 - 1, h // 2 - 1], [w // 2, h // 2]])
+    torch.testing.assert_close(d[0, :2], -d[1, :2])
