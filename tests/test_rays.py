@@ -648,3 +648,27 @@ def test_a_mouth_box_outside_the_picture_is_no_mouth_box(tmp_path):
     assert np.isfinite(boxes[0]).all() and np.isnan(boxes[1]).all()
     sampler = RaySampler(data, "train", batch_size=64, seed=0, frames_per_batch=None, mouth_fraction=0.5)
     assert sampler.mouth_box_pixels(0) is not None and sampler.mouth_box_pixels(1) is None
+
+
+@pytest.mark.parametrize("points, mediapipes", [(468, True), (478, True), (5023, False), (500, False)])
+def test_mouth_and_eye_boxes_come_only_from_mediapipes_face_mesh(tmp_path, points, mediapipes):
+    """landmarks.npz may hold any K points (docs/DATASET.md); the mouth and eye rays read the lips and lids at
+    mediapipe's face-mesh indices. They took any file of more points than the largest of those indices as
+    mediapipe's, so another tracker's mesh (FLAME's 5,023 vertices, a 500-point model) had boxes built round
+    whichever of its points sat at those indices, and mouth rays aimed there without a word. Only mediapipe's mesh
+    (468 points, 478 with the irises, one order) gives boxes; other files keep those rays in the face box."""
+    from fastminerf.data import load_dataset
+    from fastminerf.data.rays import eye_boxes, mouth_boxes
+    from fastminerf.data.synth import generate
+    from fastminerf.data.writer import write_landmarks
+
+    generate(tmp_path / "d", n_identities=1, n_frames=3, size=16, seed=0)
+    folder = tmp_path / "d" / "id000"
+    data = load_dataset([folder], splits=("train",))
+    index = data.table("train").frame_index
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-0.2, 0.2, (len(index), points, 3)).astype(np.float32)
+    write_landmarks(folder, index, pts, np.ones(pts.shape[:2], bool))
+    data = load_dataset([folder], splits=("train",))
+    for boxes in (mouth_boxes(data, "train"), eye_boxes(data, "train")):
+        assert (boxes is not None) == mediapipes, (points, boxes)

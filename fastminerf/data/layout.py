@@ -29,6 +29,7 @@ __all__ = [
     "LANDMARKS_FILE",
     "EYE_LANDMARKS",
     "EYE_OPENING_LANDMARKS",
+    "FACE_MESH_SIZES",
     "LIP_LANDMARKS",
     "DatasetError",
     "Landmarks",
@@ -62,6 +63,11 @@ LIP_LANDMARKS: Tuple[int, ...] = (
     308, 310, 311, 312, 314, 317, 318, 321, 324, 375, 402, 405, 409, 415)
 """Indices of the 40 lip points (outer and inner outline) among the 478 landmarks of mediapipe's face mesh, the
 points ``prepare`` writes to :data:`LANDMARKS_FILE` (the vertices of mediapipe's ``FACEMESH_LIPS``)."""
+
+FACE_MESH_SIZES: Tuple[int, ...] = (468, 478)
+"""K of mediapipe's face mesh (478 with ``refine_landmarks``' irises, as ``prepare`` writes, 468 without): the
+only ``landmarks.npz`` whose points :data:`LIP_LANDMARKS` and :data:`EYE_LANDMARKS` index (another tracker's
+points, however many, hold other points there)."""
 
 EYE_LANDMARKS: Tuple[Tuple[int, ...], Tuple[int, ...]] = (
     (7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246),

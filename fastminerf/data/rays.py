@@ -18,7 +18,7 @@ import torch
 
 from ..config import SamplerConfig
 from .dataset import MultiIdentityDataset
-from .layout import EYE_LANDMARKS, LIP_LANDMARKS
+from .layout import EYE_LANDMARKS, FACE_MESH_SIZES, LIP_LANDMARKS
 
 __all__ = ["EYE_MARGIN", "MOUTH_MARGIN", "RayBatch", "RaySampler", "box_pixels", "camera_project", "camera_rays",
            "check_error_resolution",
@@ -297,9 +297,9 @@ def _landmark_boxes(dataset: MultiIdentityDataset, split: str, groups: Sequence[
                     box: Callable[[np.ndarray, int, int], np.ndarray]) -> Optional[np.ndarray]:
     """``(F, G, 4)`` boxes ``box(uv, height, width)`` of each landmark group of every frame (``landmarks.npz``
     through the frame's camera), NaN where a group's points are not all visible or its box lies outside the image;
-    None without mediapipe's 478."""
+    None without mediapipe's face mesh (:data:`~fastminerf.data.layout.FACE_MESH_SIZES` points)."""
     lms = dataset.landmarks(split)
-    if lms is None or lms.points.shape[1] <= max(max(g) for g in groups):
+    if lms is None or lms.points.shape[1] not in FACE_MESH_SIZES:
         return None
     table = dataset.table(split)
     out = []
@@ -319,7 +319,7 @@ def _landmark_boxes(dataset: MultiIdentityDataset, split: str, groups: Sequence[
 def mouth_boxes(dataset: MultiIdentityDataset, split: str, margin: float = MOUTH_MARGIN) -> Optional[np.ndarray]:
     """Each frame's mouth box from its lip landmarks (``landmarks.npz``, projected through the frame's camera) as
     ``(F, 4)`` ``[y0, y1, x0, x1]`` fractions of the image (:func:`lip_box`), NaN rows for frames whose lips are not
-    all visible; None when the split has no landmarks or they are not mediapipe's 478."""
+    all visible; None when the split has no landmarks or they are not mediapipe's face mesh."""
     boxes = _landmark_boxes(dataset, split, [LIP_LANDMARKS], lambda uv, h, w: lip_box(uv, h, w, margin))
     return None if boxes is None else boxes[:, 0]
 
@@ -327,7 +327,7 @@ def mouth_boxes(dataset: MultiIdentityDataset, split: str, margin: float = MOUTH
 def eye_boxes(dataset: MultiIdentityDataset, split: str, margin: float = EYE_MARGIN) -> Optional[np.ndarray]:
     """Each frame's two eye boxes (the person's right eye, then the left; :data:`fastminerf.data.layout.EYE_LANDMARKS`
     through the frame's camera) as ``(F, 2, 4)`` ``[y0, y1, x0, x1]`` fractions of the image (:func:`eye_box`), NaN
-    where an eye's lids are not all visible (a head turned away); None without mediapipe's 478 landmarks."""
+    where an eye's lids are not all visible (a head turned away); None without mediapipe's face mesh."""
     return _landmark_boxes(dataset, split, EYE_LANDMARKS, lambda uv, h, w: eye_box(uv, h, w, margin))
 
 
