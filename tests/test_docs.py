@@ -539,3 +539,28 @@ def test_dataset_md_says_where_the_principal_point_is_measured_from():
     _, d = camera_rays(torch.eye(4), [10.0, 10.0, opencv_cx + 0.5, opencv_cx + 0.5], w, h,
                        pixels=[[w // 2 - 1, h // 2 - 1], [w // 2, h // 2]])
     torch.testing.assert_close(d[0, :2], -d[1, :2])
+
+
+def test_dataset_md_says_every_use_training_makes_of_landmarks_npz(tmp_path):
+    """docs/DATASET.md said training uses landmarks.npz 'only when train.landmark_depth_weight > 0', but the mouth
+    rays (sampler.mouth_fraction, on in the video preset) and eye rays (sampler.eye_fraction) are drawn in boxes
+    round its lips and lids with the depth prior off, when its points are mediapipe's face mesh: a converter's author
+    could not tell that the points' order matters, nor that a file changes where rays go without the prior."""
+    import numpy as np
+
+    from fastminerf.data import RaySampler, load_dataset
+    from fastminerf.data.synth import generate
+    from fastminerf.data.writer import write_landmarks
+
+    doc = (ROOT / "docs" / "DATASET.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Optional extension: `landmarks.npz`"):]
+    section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
+    for words in ("landmark_depth_weight", "mouth_fraction", "eye_fraction", "468", "478"):
+        assert words in section, words
+    generate(tmp_path / "d", n_identities=1, n_frames=3, size=16, seed=0)
+    folder = tmp_path / "d" / "id000"
+    index = load_dataset([folder], splits=("train",)).table("train").frame_index
+    pts = np.random.default_rng(0).uniform(-0.2, 0.2, (len(index), 478, 3)).astype(np.float32)
+    write_landmarks(folder, index, pts, np.ones(pts.shape[:2], bool))
+    sampler = RaySampler(load_dataset([folder], splits=("train",)), "train", batch_size=64, mouth_fraction=0.5)
+    assert sampler.mouth_box_pixels(0) is not None  # the file steers rays with no depth prior in sight
