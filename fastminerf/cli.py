@@ -778,6 +778,15 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--png-dir", type=Path, default=None,
                    help="also write every frame as PNG into this folder: the render's exact 8-bit values, for "
                         "comparisons (the mp4 is lossy: H.264 at crf 10, its chroma at half resolution)")
+    p.add_argument("--size", type=int, default=None, metavar="N",
+                   help=f"the video's longer side in pixels, {render.MIN_RENDER_SIZE} to {render.MAX_RENDER_SIZE} "
+                        "(default: NAME's frame size; with --pose driver, the driver's): the NeRF renders at any "
+                        "resolution, e.g. 512 for a model trained on 256 px frames, or 128 for a quick preview. The "
+                        "other side keeps the frames' aspect; the focal lengths and principal point scale with the "
+                        "image, the background (own bg.png or an image) is resized to it (bilinear), "
+                        "a --beside-driver driver half scaled to its height. An odd side is exact in "
+                        "--png-dir frames and padded by one replicated row or column in the mp4 (H.264's yuv420p "
+                        "needs even sizes)")
     p.add_argument("--background", default="own", metavar="own|COLOUR|IMAGE",
                    help="what the person (head and torso) is composited over: 'own' (default) NAME's own background "
                         "(bg.png); a colour, a name (white, black, grey, lime, ...; CSS names: 'green' is #008000, "
@@ -818,6 +827,9 @@ def _run_render(args: argparse.Namespace) -> int:
     if args.fps is not None:  # ffmpeg wrote 0 as 16 fps; a negative or infinite rate failed at the end, 1e9 ran out
         with _named_options({"fps": "--fps"}):  # of memory repeating a driver's frames
             check_fps(args.fps)
+    if args.size is not None:  # before the model is read and a driver prepared
+        with _named_options({"size": "--size"}):
+            render.check_render_size(args.size)
     for option, given in (("--drive", None if args.drive is None else parse_drive(args.drive)[0]),
                           ("--speech", args.speech)):
         if given is not None and Path(given).resolve() == args.out.resolve():  # replaced once rendered
@@ -915,6 +927,7 @@ def _run_render(args: argparse.Namespace) -> int:
         what = f"{args.identity} driven by {driver_name}:{split} ({args.transfer}, {args.pose} poses)"
     if late is None:
         late, silent = path.past_recording(), path.silent_reason()
+    path = path.at_size(args.size)  # before the background, resized to the video's size
     background = background_image(args.background, target.background(0), path.width, path.height)
     with _frames_progress(console, "render") as bar:
         task = bar.add_task("render", total=len(path))

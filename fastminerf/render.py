@@ -45,7 +45,7 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, aac_rate, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
-from .config import PATH_TAKEN, PATH_TYPES, as_list, as_paths, check_fps, counted, identity_index, identity_list, name_position, needs
+from .config import PATH_TAKEN, PATH_TYPES, ArgumentValueError, as_list, as_paths, check_fps, counted, identity_index, identity_list, name_position, needs
 from .data.dataset import MultiIdentityDataset, a_dataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import IDENTITY_PATHS, identity_splits, is_identity_dir, not_a_file, read_rgb
@@ -64,6 +64,7 @@ __all__ = [
     "VIDEO_OUT_SUFFIXES",
     "VideoInfo",
     "alpha_video_path",
+    "check_render_size",
     "background_image",
     "drive_path",
     "driver_from_video",
@@ -270,6 +271,30 @@ DEFAULT_FPS = 25.0
 """The frame rate of frames that say neither their ``fps`` nor their ``time``, and of a video whose caller names
 none (a :class:`CameraPath`'s, an orbit's, :func:`write_video`'s)."""
 
+MIN_RENDER_SIZE = 8
+"""The smallest longer side :meth:`CameraPath.at_size` (``render --size``) renders at, as ``synth --size``'s least."""
+
+MAX_RENDER_SIZE = 8192
+"""The largest longer side :meth:`CameraPath.at_size` (``render --size``) renders at: 8K, what H.264 levels go to
+(a typo's 100000 px would allocate rays for 10^10 pixels before the first frame)."""
+
+
+def check_render_size(size, name: str = "size") -> int:
+    """``size`` (an output's longer side in pixels) as an int, or :class:`fastminerf.config.ArgumentValueError`
+    naming ``name`` (a command line names its option for it) unless it is a whole number from
+    :data:`MIN_RENDER_SIZE` to :data:`MAX_RENDER_SIZE`."""
+    if isinstance(size, bool):
+        raise ArgumentValueError(name, f"must be a whole number of pixels, got {size!r}")
+    try:
+        side = operator.index(size)
+    except TypeError:
+        raise ArgumentValueError(name, f"must be a whole number of pixels, got {size!r}") from None
+    if side < MIN_RENDER_SIZE:
+        raise ArgumentValueError(name, f"must be at least {MIN_RENDER_SIZE} pixels, got {side}")
+    if side > MAX_RENDER_SIZE:
+        raise ArgumentValueError(name, f"must be at most {MAX_RENDER_SIZE} pixels, got {side}")
+    return int(side)
+
 
 @dataclass(frozen=True)
 class CameraPath:
@@ -357,6 +382,29 @@ class CameraPath:
         return CameraPath(self.c2w[rows], self.intrinsics[rows], self.expression[rows], self.width, self.height,
                           float(fps), self.audio, times, self.expression_space,
                           None if self.sources is None else self.sources[rows])
+
+    def at_size(self, size: Optional[int]) -> "CameraPath":
+        """The path rendered with ``size`` pixels on its longer side (itself when ``size`` is None or its own), the
+        other side in proportion (rounded to whole pixels): a NeRF renders at any resolution, e.g. a 512 px video of
+        a model trained on 256 px frames. The cameras, expressions, rate and sound are the path's; each axis's focal
+        length and principal point scale by that axis's factor (pixel ``(i, j)``'s ray passes through
+        ``(i + 0.5, j + 0.5)``, so the image plane scales as a whole: a 2x render averaged over 2x2 blocks is the
+        1x render supersampled).
+
+        Raises:
+            fastminerf.config.ArgumentValueError: ``size`` is not a whole number from :data:`MIN_RENDER_SIZE` to
+                :data:`MAX_RENDER_SIZE` (:func:`check_render_size`).
+        """
+        if size is None:
+            return self
+        side = check_render_size(size)
+        longer = max(self.width, self.height)
+        width, height = (max(1, round(n * side / longer)) for n in (self.width, self.height))
+        if (width, height) == (self.width, self.height):
+            return self
+        scale = np.asarray([width / self.width, height / self.height] * 2, dtype=np.float64)
+        return replace(self, intrinsics=(self.intrinsics.astype(np.float64) * scale).astype(np.float32),
+                       width=width, height=height)
 
     def silent_reason(self, recording: Optional[str] = None) -> str:
         """Why a video of this path has no sound ("" when it can have some); ``recording``: what to call the
@@ -1662,6 +1710,7 @@ def render_video(
     beside_driver: bool = False,
     caption: Optional[str] = None,
     alpha: bool = False,
+    size: Optional[int] = None,
 ) -> VideoInfo:
     """:func:`render_sequence` streamed into :func:`write_video` (``fps`` defaults to the path's; another rate shows
     the path in real time, :meth:`CameraPath.at_fps`).
@@ -1680,8 +1729,11 @@ def render_video(
     file; white when None). With ``alpha`` the frames carry the person's opacity too (:func:`write_video`: PNG frames
     RGBA with straight alpha, and a grey matte video ``OUT_alpha.mp4`` beside the mp4); not with ``beside_driver``,
     whose driver half has no alpha.
+
+    ``size``: the video's longer side in pixels (:meth:`CameraPath.at_size`; default the path's size); an image
+    ``background`` is resized to it, the driver half of ``beside_driver`` scaled to its height.
     """
-    path = _a_camera_path(path).at_fps(fps)
+    path = _a_camera_path(path).at_size(size).at_fps(fps)
     if beside_driver and path.sources is None:
         raise RenderError("beside_driver: this path has no driver frames to show (an orbit's or a recording's)")
     if beside_driver and alpha:
