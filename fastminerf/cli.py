@@ -783,7 +783,7 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
                         "(default: NAME's frame size; with --pose driver, the driver's): the NeRF renders at any "
                         "resolution, e.g. 512 for a model trained on 256 px frames, or 128 for a quick preview. The "
                         "other side keeps the frames' aspect; the focal lengths and principal point scale with the "
-                        "image, the background (own bg.png or an image) is resized to it (bilinear), "
+                        "image, the background (own bg.png or an image) is resized to it (bilinear, antialiased when shrinking), "
                         "a --beside-driver driver half scaled to its height. An odd side is exact in "
                         "--png-dir frames and padded by one replicated row or column in the mp4 (H.264's yuv420p "
                         "needs even sizes)")

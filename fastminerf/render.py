@@ -1106,7 +1106,7 @@ def background_image(background: BackgroundLike, own: Optional[np.ndarray], widt
         background: None or :data:`OWN_BACKGROUND` (``"own"``): ``own`` (``"own"`` without it is refused; None
             without it is white); a colour, a CSS name (white, black, grey,
             green, ...; CSS's green is #008000, a green screen's #00FF00 is ``lime``) or ``#RRGGBB``; an image file
-            (read as :func:`fastminerf.data.layout.read_rgb` reads frames, resized bilinearly to the frame, its aspect not
+            (read as :func:`fastminerf.data.layout.read_rgb` reads frames, resized bilinearly to the frame, antialiased when it shrinks, its aspect not
             kept); or an (h, w, 3) image, uint8 or float in [0, 1], resized likewise.
         own: the person's own background (h, w, 3), resized to the frame; None for white.
 
@@ -1182,14 +1182,16 @@ def straight_alpha(frame: np.ndarray, background: np.ndarray) -> np.ndarray:
 
 
 def _background_image(background: Optional[np.ndarray], width: int, height: int) -> torch.Tensor:
-    """(H, W, 3) float32 in [0, 1] from uint8/float (h, w, 3), resized (bilinear) when the size differs;
-    white when None."""
+    """(H, W, 3) float32 in [0, 1] from uint8/float (h, w, 3), resized when the size differs: bilinear, antialiased
+    when it shrinks (each pixel the mean of those it covers: a 1080 px picture or a 384 px bg.png behind a 128 px
+    preview, not point-sampled); white when None."""
     if background is None:
         return torch.ones(height, width, 3)
     bg = torch.from_numpy(np.array(background))  # a copy: dataset images are read-only
     bg = bg.float() / 255.0 if bg.dtype == torch.uint8 else bg.float()
     if bg.shape[:2] != (height, width):
-        bg = torch.nn.functional.interpolate(bg.permute(2, 0, 1)[None], size=(height, width), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+        bg = torch.nn.functional.interpolate(bg.permute(2, 0, 1)[None], size=(height, width), mode="bilinear", align_corners=False,
+                                             antialias=True)[0].permute(1, 2, 0)
     return bg.contiguous()
 
 

@@ -181,3 +181,23 @@ def test_readme_and_render_help_say_how_to_render_at_another_size():
     help_text = " ".join(sub.format_help().split())
     for said in ("--size N", "longer side", "bilinear", "padded by one replicated row or column"):
         assert said in help_text, said
+
+
+def test_a_background_shrunk_to_a_smaller_render_is_averaged_not_point_sampled(tmp_path):
+    """A 128 px preview of a run trained on 384 px frames (or a 1080 px picture behind a 360 px video): the bg.png or
+    image shrunk by 3 was point-sampled (bilinear without antialiasing reads the two source pixels nearest each
+    output pixel's centre), so 1 px stripes, a fabric's weave, came out as solid black or white; averaged, each
+    output pixel is the mean of the source pixels it covers (1/3 or 2/3 here)."""
+    from fastminerf.render import background_image
+
+    stripes = np.zeros((96, 96, 3), np.uint8)
+    stripes[:, 1::2] = 255
+    iio.imwrite(tmp_path / "stripes.png", stripes)
+    for background, own in (("own", stripes), (str(tmp_path / "stripes.png"), None), (stripes, None)):
+        small = background_image(background, own, 32, 32)
+        assert small.shape == (32, 32, 3)
+        assert 0.2 < small.min() and small.max() < 0.8, (small.min(), small.max())
+    # enlarging is bilinear as before: a 2x2 picture to 4x4 keeps its corners' colours near the corners
+    tiny = np.array([[[0, 0, 0], [255, 255, 255]], [[255, 255, 255], [0, 0, 0]]], np.uint8)
+    big = background_image(tiny, None, 4, 4)
+    assert big[0, 0, 0] < 0.1 and big[0, 3, 0] > 0.9
