@@ -1567,6 +1567,7 @@ def write_video(
     size: Optional[Tuple[int, int]] = None
     channels = 3
     count = 0
+    png_count = 0  # PNG frames written: one ahead of count while that frame goes to ffmpeg
     wav = None
     if out is not None and audio is not None and len(audio.samples):
         try:  # a temporary file of ours for ffmpeg to read: a failure is the video's (a full disk)
@@ -1611,6 +1612,7 @@ def write_video(
                 if channels == 4 and rendered_over is not None:
                     png = to_uint8(straight_alpha(to_float(frame), rendered_over))
                 write_png(pngs / f"{count:05d}.png", png, PNG_LEVEL)
+                png_count = count + 1
             pictures = [img[..., :3], np.repeat(img[..., 3:], 3, axis=2)] if channels == 4 else [img]
             for video, picture in zip(videos, pictures):
                 padded = np.pad(picture, ((0, picture.shape[0] % 2), (0, picture.shape[1] % 2), (0, 0)), mode="edge")
@@ -1635,7 +1637,7 @@ def write_video(
             remove_killed_writes(final.parent, f".{final.stem}.", f".part{final.suffix}")
             remove_killed_writes(final.parent, f".{final.name}.", ".audio.wav")
     except KeyboardInterrupt as exc:  # what the command prints after 'interrupted': the video is not there
-        exc.args = (_interrupted_note(out, pngs, count),)
+        exc.args = (_interrupted_note(out, pngs, png_count),)
         raise
     finally:
         for video in videos:
@@ -1657,9 +1659,9 @@ def write_video(
 
 
 def _interrupted_note(out: Optional[Path], pngs: Optional[Path], count: int) -> str:
-    """What a :func:`write_video` stopped after ``count`` frames leaves: no video (its part file is removed; an
-    earlier file of that name is kept as it was), the PNG frames written so far, and any an earlier render left
-    after them."""
+    """What a :func:`write_video` stopped after writing ``count`` PNG frames leaves: no video (its part file is
+    removed; an earlier file of that name is kept as it was), the PNG frames written so far, and any an earlier
+    render left after them."""
     said = []
     if out is not None:
         said.append(f"before the video {out} was written" + (" (the file there is an earlier one, left as it was)"

@@ -1425,6 +1425,38 @@ def test_an_interrupted_video_says_it_was_not_written_and_which_png_frames_were(
     assert str(stop.value) == f"before the video {tmp_path / 'new.mp4'} was written"
 
 
+def test_a_video_interrupted_while_ffmpeg_takes_a_frame_counts_that_frames_png_as_this_renders(tmp_path, monkeypatch):
+    """render --png-dir stopped by SIGTERM or Ctrl-C while ffmpeg took a frame (where a render spends its time between
+    frames) said '190 PNG frames of this render written (00000.png to 00189.png); the frames after them there are an
+    earlier render's' into a new folder: 00190.png, written just before, is this render's and no earlier one was
+    there. The note counts the PNG frames written, not the frames the video took."""
+    import imageio_ffmpeg
+
+    from fastminerf.render import write_video
+
+    real = imageio_ffmpeg.write_frames
+
+    def interrupted_at_frame_2(*args, **kwargs):  # the real encoder, the signal arriving as frame 2 goes to it
+        inner = real(*args, **kwargs)
+        inner.send(None)
+        try:
+            for sent in range(3):
+                frame = yield
+                if sent == 2:
+                    raise KeyboardInterrupt
+                inner.send(frame)
+        finally:
+            inner.close()
+
+    monkeypatch.setattr(imageio_ffmpeg, "write_frames", interrupted_at_frame_2)
+    out, pngs = tmp_path / "out.mp4", tmp_path / "pngs"
+    with pytest.raises(KeyboardInterrupt) as stop:
+        write_video([np.full((8, 8, 3), 100, np.uint8)] * 5, out, png_dir=pngs)
+    assert sorted(p.name for p in pngs.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert str(stop.value) == (f"before the video {out} was written; 3 PNG frames of this render written to {pngs} "
+                               "(00000.png to 00002.png)")
+
+
 def test_evaluate_and_neutral_frame_given_a_path_say_they_need_a_loaded_dataset(tmp_path):
     """evaluate(model, "data/", "val") (a folder's path where load_dataset's result goes, as the CLI takes paths)
     failed with a bare AttributeError: "'str' object has no attribute 'splits'". It says what it needs."""
