@@ -7,6 +7,7 @@ bad input) runs on data made here.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -722,6 +723,27 @@ def test_cli_help_and_missing_mediapipe(monkeypatch, capsys):
         require_mediapipe()
     assert main(["prepare", "x.mp4", "--out", "y"]) == 2
     assert "mediapipe" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="mediapipe is not installed")
+def test_mediapipe_imported_where_home_cannot_be_written_says_nothing_of_matplotlib(tmp_path):
+    """prepare and eval on a cluster node whose HOME is read-only printed matplotlib's 'mkdir -p failed for path
+    ~/.config/matplotlib' and 'Matplotlib created a temporary cache directory ... it is highly recommended to set the
+    MPLCONFIGDIR environment variable' on every run: mediapipe imports matplotlib (its drawing helpers, which
+    fastminerf never uses), whose warnings asked the user to set up a library the command does not use.
+    require_mediapipe imports it without them."""
+    import subprocess
+    import sys
+
+    unwritable = tmp_path / "a file"  # no folder can be made under it, whoever runs the test (root too)
+    unwritable.write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "MPLCONFIGDIR"}
+    env.update(HOME=str(unwritable), XDG_CONFIG_HOME=str(unwritable), XDG_CACHE_HOME=str(unwritable))
+    code = ("import sys; from fastminerf.prepare import require_mediapipe; require_mediapipe(); "
+            "assert 'matplotlib' in sys.modules, 'mediapipe no longer imports matplotlib'")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "matplotlib" not in run.stderr.lower(), run.stderr
 
 
 # ------------------------------------------------------------------------------------------------ geometry

@@ -49,12 +49,38 @@ class MediapipeMissing(ImportError):
     """mediapipe (with its legacy face-mesh solution) is not installed; the message says how to install it."""
 
 
+_MATPLOTLIB_SETUP_LOGGERS = ("matplotlib", "matplotlib.font_manager")
+"""matplotlib's loggers of its own setup: the config and cache folder (a temporary one where HOME cannot be written)
+and the font cache it builds there."""
+
+
+@contextlib.contextmanager
+def _matplotlib_setup_quiet() -> Iterator[None]:
+    """Drop matplotlib's warnings about its own setup for the block: mediapipe imports matplotlib (its drawing
+    helpers, which fastminerf does not use), and where HOME cannot be written (a cluster node) matplotlib warns on
+    every import that it made a temporary folder and asks for MPLCONFIGDIR, a setting of nothing fastminerf uses."""
+    import logging
+
+    def setup_notice(record: logging.LogRecord) -> bool:
+        return record.levelno > logging.WARNING
+
+    loggers = [logging.getLogger(name) for name in _MATPLOTLIB_SETUP_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(setup_notice)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(setup_notice)
+
+
 def require_mediapipe() -> Any:
     """The ``mediapipe`` module with its legacy solutions, or :class:`MediapipeMissing` saying how to install it."""
     os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: errors only
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import mediapipe as mp
+        with _matplotlib_setup_quiet():
+            import mediapipe as mp
     except ImportError as exc:
         raise MediapipeMissing(f"fastminerf prepare (and eval's mouth, eye and LMD metrics) needs mediapipe "
                                f"{MEDIAPIPE_VERSION} ({exc}); install it with: {INSTALL_HINT}") from None
