@@ -45,7 +45,7 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, aac_rate, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
-from .config import PATH_TAKEN, PATH_TYPES, ArgumentValueError, as_list, as_paths, check_fps, counted, identity_index, identity_list, name_position, needs
+from .config import ArgumentValueError, PATHS_TAKEN, PATH_TAKEN, PATH_TYPES, as_list, as_paths, check_fps, counted, identity_index, identity_list, name_position, needs
 from .data.dataset import MultiIdentityDataset, a_dataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import IDENTITY_PATHS, identity_splits, is_identity_dir, not_a_file, read_rgb
@@ -761,11 +761,16 @@ def training_basis(data_paths: Union[PathLike, Sequence[PathLike]]) -> Path:
     an identity folder.
 
     Raises:
-        RenderError: none of the paths has one (data not made by ``prepare``, or moved), naming the paths.
+        RenderError: none of the paths has one (data not made by ``prepare``, or moved), naming the paths; no paths.
+        TypeError: ``data_paths`` is not paths (None included).
     """
     from .prepare.expression import BASIS_FILE
 
-    paths = as_paths(data_paths, "data_paths", IDENTITY_PATHS)
+    # None is 'no paths' to as_paths (an optional list), but a basis needs data to sit beside: the error said '()'
+    paths = as_paths(needs(data_paths, (str, os.PathLike, Iterable), "data_paths", f"{IDENTITY_PATHS} {PATHS_TAKEN}"),
+                     "data_paths", IDENTITY_PATHS)
+    if not paths:
+        raise RenderError("no data paths given: the expression basis is looked for beside the run's training data")
     for p in paths:
         for candidate in (p / BASIS_FILE, p.parent / BASIS_FILE):
             if candidate.is_file():

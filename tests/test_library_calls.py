@@ -322,3 +322,13 @@ def test_build_optimizer_and_save_run_given_a_run_folder_or_none_for_the_model_s
                                             rf"fastminerf\.load_run\(RUN\)\[1\]\), got {kind} "):
             call()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_basis_of_no_paths_names_the_argument():
+    """training_basis(None) (a run's metadata without data paths, passed on) raised RenderError "no
+    expression_basis.npz next to the run's training data ()": an empty pair of brackets, as if the data had been
+    looked in and found lacking; an empty list said the same."""
+    with pytest.raises(TypeError, match=r"^data_paths: needs identity folders or dataset roots"):
+        fm.training_basis(None)
+    with pytest.raises(fm.RenderError, match=r"no data paths given"):
+        fm.training_basis([])
