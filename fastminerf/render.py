@@ -57,6 +57,7 @@ __all__ = [
     "CameraPath",
     "ERROR_GAIN",
     "ORBIT_FRAMES",
+    "ORBIT_MAX_FRAMES",
     "ORBIT_MIN_DEG",
     "OWN_BACKGROUND",
     "POSE_MODES",
@@ -898,10 +899,13 @@ def orbit_cameras(
         (B, 4, 4) float32 camera-to-head transforms.
 
     Raises:
-        RenderError: no frames, a distance that is not positive, or a swing that is not a finite number of degrees.
+        RenderError: no frames or more than :data:`ORBIT_MAX_FRAMES`, a distance that is not positive, or a swing that is not a finite number of degrees.
     """
     if n_frames < 1:
         raise RenderError(f"an orbit needs at least one frame, got {n_frames}")
+    if n_frames > ORBIT_MAX_FRAMES:  # 1e9 ended in numpy's MemoryError (a (B, 4, 4) array of 128 GB)
+        raise RenderError(f"an orbit's n_frames (--frames) must be at most {ORBIT_MAX_FRAMES}, got {n_frames}: "
+                          f"{ORBIT_MAX_FRAMES} is an hour at {DEFAULT_FPS:g} fps for one swing of the head")
     if not distance > 0:
         raise RenderError(f"orbit distance must be positive, got {distance}")
     for name, swing in (("yaw_deg", yaw_deg), ("pitch_deg", pitch_deg)):  # NaN cameras rendered the background alone
@@ -925,6 +929,10 @@ def orbit_cameras(
 
 ORBIT_FRAMES = 60
 """Frames of an orbit (:func:`orbit_path`, ``render --orbit`` without ``--frames``): 2.4 s at 25 fps."""
+
+ORBIT_MAX_FRAMES = 90_000
+"""The most frames of an orbit (:func:`orbit_cameras`): an hour at 25 fps for one swing of the head, slower than any
+orbit anyone renders (and hours of rendering); more are refused, not run out of memory on."""
 
 ORBIT_MIN_DEG = 2.0
 """The smallest swing of a data-framed orbit (:func:`orbit_path` without angles), for a video whose head hardly moves."""

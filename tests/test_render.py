@@ -1515,3 +1515,13 @@ def test_render_refuses_an_absurd_frame_rate_before_any_work(tmp_path, capsys, f
     err = " ".join(capsys.readouterr().err.split())
     assert "--fps must be at most 1000 frames a second" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_orbit_cameras_refuse_more_frames_than_anyone_renders():
+    """render --orbit --frames 1000000000 ended in numpy's MemoryError traceback (a (1e9, 4, 4) array): refused,
+    naming --frames and the bound, before any array is made."""
+    from fastminerf.render import ORBIT_MAX_FRAMES
+
+    with pytest.raises(RenderError, match=rf"n_frames \(--frames\) must be at most {ORBIT_MAX_FRAMES}, got 1000000000"):
+        orbit_cameras(1_000_000_000, 3.0)
+    assert orbit_cameras(ORBIT_MAX_FRAMES, 3.0).shape == (ORBIT_MAX_FRAMES, 4, 4)
