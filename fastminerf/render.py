@@ -899,7 +899,8 @@ def orbit_cameras(
         (B, 4, 4) float32 camera-to-head transforms.
 
     Raises:
-        RenderError: no frames or more than :data:`ORBIT_MAX_FRAMES`, a distance that is not positive, or a swing that is not a finite number of degrees.
+        RenderError: no frames or more than :data:`ORBIT_MAX_FRAMES`, a distance that is not positive, or a swing
+            that is not a finite number of degrees or swings farther than 180 (yaw) or 90 (pitch) degrees each way.
     """
     if n_frames < 1:
         raise RenderError(f"an orbit needs at least one frame, got {n_frames}")
@@ -911,6 +912,12 @@ def orbit_cameras(
     for name, swing in (("yaw_deg", yaw_deg), ("pitch_deg", pitch_deg)):  # NaN cameras rendered the background alone
         if not math.isfinite(swing):
             raise RenderError(f"an orbit's swing {name} (--{name[:-4]}) must be a finite number of degrees, got {swing}")
+        # 1e300 was taken: cameras wherever sin(1e300 radians) put them. 180 each way goes all round the head, 90
+        # up-down looks straight down on it; more turns the same circle over again
+        most = 180 if name == "yaw_deg" else 90
+        if abs(swing) > most:
+            raise RenderError(f"an orbit's swing {name} (--{name[:-4]}) must be at most {most} degrees each way, got "
+                              f"{swing:g}")
     centre = np.asarray(look_at, dtype=np.float64)
     out = np.zeros((n_frames, 4, 4))
     for b in range(n_frames):

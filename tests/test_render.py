@@ -1517,6 +1517,16 @@ def test_render_refuses_an_absurd_frame_rate_before_any_work(tmp_path, capsys, f
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("swing, most", [({"yaw_deg": 1e300}, 180), ({"yaw_deg": -181.0}, 180), ({"pitch_deg": 91.0}, 90)])
+def test_orbit_cameras_refuse_a_swing_beyond_a_turn(swing, most):
+    """render --orbit --yaw 1e300 was accepted: the cameras sat wherever sin(1e300 radians) put them, an orbit of no
+    meaning (a swing of 180 degrees each way already goes all round the head; 90 up-down looks straight down)."""
+    name = next(iter(swing))
+    with pytest.raises(RenderError, match=rf"{name} \(--{name[:-4]}\) must be at most {most} degrees each way"):
+        orbit_cameras(4, 3.0, **swing)
+    orbit_cameras(4, 3.0, **{name: float(most)})  # the bound itself is an orbit
+
+
 def test_orbit_cameras_refuse_more_frames_than_anyone_renders():
     """render --orbit --frames 1000000000 ended in numpy's MemoryError traceback (a (1e9, 4, 4) array): refused,
     naming --frames and the bound, before any array is made."""
