@@ -695,7 +695,7 @@ def _not_personalised(run: Path, meta: dict, names: Sequence[str]) -> Optional[s
 
 _RENDER_STEPS_HELP = ("ray-marching steps across the head box (default: the run's model.eval_render_steps, 256 in the cpu "
                       "and video presets); 128 renders about twice as fast and a little softer (-0.06 dB on the real "
-                      "clips)")
+                      "clips); at most 4 a cell of the field's finest grid along the box diagonal (finer samples nothing more)")
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:

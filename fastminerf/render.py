@@ -1021,13 +1021,26 @@ def orbit_path(
 # ----------------------------------------------------------------------------------------------- rendering
 
 
+RENDER_STEPS_PER_CELL = 4
+""":func:`max_render_steps`: the finest ray-marching step is a quarter of a cell of the field's finest grid."""
+
+
+def max_render_steps(model) -> int:
+    """The most ray-marching steps across the box :func:`set_render_steps` takes for ``model``:
+    :data:`RENDER_STEPS_PER_CELL` steps a cell of its field's finest grid (``model.field.finest_resolution`` cells
+    an axis, ``sqrt(3)`` times that along the box diagonal). A finer step samples no detail the field holds (it
+    interpolates its grids' cells), and only costs time."""
+    cfg = _a_model(model).cfg
+    return math.ceil(RENDER_STEPS_PER_CELL * math.sqrt(3) * int(cfg.field.finest_resolution))
+
+
 def set_render_steps(model, steps: int) -> None:
     """Render ``model`` (outside training) with ray-marching steps of the box diagonal / ``steps``: its
     ``model.eval_render_steps``. Fewer steps render faster and a little softer: on the nine real clips the `video`
     preset's 256 against training's 128 is 2x the time for +0.06 dB (README, *Rendering speed*).
 
     Raises:
-        RenderError: ``steps`` is not positive, or the model does not march rays (the ``nerface`` backbone samples
+        RenderError: ``steps`` is not positive or above :func:`max_render_steps`, or the model does not march rays (the ``nerface`` backbone samples
             a fixed number of points a ray).
     """
     if int(steps) < 1:
@@ -1038,6 +1051,11 @@ def set_render_steps(model, steps: int) -> None:
     if getattr(cfg, "backbone", "fast") != "fast":  # every ModelConfig has eval_render_steps; nerface ignores it
         raise RenderError(f"the {cfg.backbone} backbone does not march rays (it samples a fixed number of points a "
                           "ray): render steps do not apply to it")
+    most = max_render_steps(model)  # 1e9 was taken and marched for minutes
+    if int(steps) > most:
+        raise RenderError(f"render steps must be at most {most} for this model ({RENDER_STEPS_PER_CELL} steps a cell "
+                          f"of its field's finest grid, model.field.finest_resolution {cfg.field.finest_resolution}, "
+                          f"along the box diagonal: a finer step samples no more of the field), got {steps}")
     model.cfg = replace(cfg, eval_render_steps=int(steps))
 
 

@@ -1535,3 +1535,23 @@ def test_orbit_cameras_refuse_more_frames_than_anyone_renders():
     with pytest.raises(RenderError, match=rf"n_frames \(--frames\) must be at most {ORBIT_MAX_FRAMES}, got 1000000000"):
         orbit_cameras(1_000_000_000, 3.0)
     assert orbit_cameras(ORBIT_MAX_FRAMES, 3.0).shape == (ORBIT_MAX_FRAMES, 4, 4)
+
+
+def test_set_render_steps_refuses_steps_finer_than_the_fields_finest_grid():
+    """render --render-steps 1000000000 was taken and ran for minutes (a billion steps across the box, every one
+    marched through the occupancy grid): refused, with the bound, which a step as fine as a quarter of the field's
+    finest grid cell along the box diagonal sets (finer steps sample no detail the field holds)."""
+    from fastminerf.config import load_config
+    from fastminerf.model import MINeRF
+    import math
+
+    from fastminerf.render import RenderError, max_render_steps, set_render_steps
+
+    model = MINeRF(load_config("tiny").model, 4, ["a"], [0, 0])
+    most = max_render_steps(model)
+    assert most == math.ceil(4 * math.sqrt(3) * model.cfg.field.finest_resolution)
+    with pytest.raises(RenderError, match=rf"render steps must be at most {most} for this model .*got 1000000000"):
+        set_render_steps(model, 1_000_000_000)
+    set_render_steps(model, most)
+    assert model.eval_steps == most
+    assert max_render_steps(MINeRF(load_config("cpu").model, 4, ["a"], [0, 0])) > 256  # the cpu / video presets' own
