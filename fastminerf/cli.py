@@ -502,6 +502,8 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
     _add_run_options(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.field.conditioning=concat (repeatable)")
+    _add_device(p, "where it trains (sets train.device; default the config's, auto in the presets: a CUDA GPU where "
+                   "torch sees one, else the CPU): auto, cpu, cuda or cuda:N", default=None)
     p.set_defaults(func=_run_train)
 
 
@@ -509,7 +511,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import train
 
-    overrides = list(args.overrides)
+    overrides = _device_override(args, list(args.overrides))
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     if args.max_seconds is not None:
@@ -579,6 +581,8 @@ def _add_personalize(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change a train/sampler/data setting of the generic run for this personalisation, e.g. "
                    "--set train.personalize_tune=all (repeatable)")
+    _add_device(p, "where it trains (sets train.device; default the generic run's, auto in the presets: a CUDA GPU "
+                   "where torch sees one, else the CPU): auto, cpu, cuda or cuda:N", default=None)
     p.set_defaults(func=_run_personalize)
 
 
@@ -587,6 +591,7 @@ def _run_personalize(args: argparse.Namespace) -> int:
 
     # personalize's own settings, checked before any progress bar (--steps -3 drew one of 0/-3 first); the generic
     # run's config only: personalize() loads the run itself
+    args.overrides = _device_override(args, list(args.overrides))
     pcfg = personalize_config(run_config(args.run), args.overrides, args.steps, args.max_seconds)
     steps, limit = pcfg.train.personalize_steps, pcfg.train.max_seconds
     console = _console()
@@ -698,10 +703,20 @@ _RENDER_STEPS_HELP = ("ray-marching steps across the head box (default: the run'
                       "clips); at most 4 a cell of the field's finest grid along the box diagonal (finer samples nothing more)")
 
 
-def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
-                   help="where the model renders: auto (default, as train.device: a CUDA GPU where torch sees one, "
-                        "else the CPU), cpu, cuda or cuda:N")
+def _add_device(p: argparse.ArgumentParser, help: Optional[str] = None, default: Optional[str] = "auto") -> None:
+    """``--device`` (refused by :func:`_device` before any work), with its ``help`` for the command."""
+    p.add_argument("--device", default=default, metavar="auto|cpu|cuda|cuda:N",
+                   help=help or "where the model renders: auto (default, as train.device: a CUDA GPU where torch sees "
+                                "one, else the CPU), cpu, cuda or cuda:N")
+
+
+def _device_override(args: argparse.Namespace, overrides: List[str]) -> List[str]:
+    """``overrides`` with train's and personalize's ``--device`` as ``train.device`` (after the --set ones: the
+    option wins, as --steps does), the device refused first, naming --device."""
+    if args.device is None:
+        return overrides
+    _device(args)
+    return overrides + [f"train.device={args.device}"]
 
 
 def _device(args: argparse.Namespace):
@@ -1337,7 +1352,8 @@ def _add_speech(sub: "argparse._SubParsersAction") -> None:
         "has an audio.wav: each frame's expression against the sound around its time. It learns from the 'train' "
         "frames and is scored on the other splits whose frames carry a time (val, test): R2 of the expression "
         "coefficients and of the mouth's opening against always predicting the training mean (0 = the mean, "
-        "1 = exact), and the correlation of the mouth's opening with the tracked one. Then render --speech AUDIO.",
+        "1 = exact), and the correlation of the mouth's opening with the tracked one. Then render --speech AUDIO. "
+        "It trains on the CPU (a small network), whatever train.device says: it takes no --device.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, help="a trained run: learn from its training data, write RUN/speech.pt")

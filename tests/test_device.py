@@ -193,3 +193,21 @@ def test_a_run_whose_backend_cannot_run_on_the_gpu_says_to_render_on_the_cpu(tmp
         err = " ".join(capsys.readouterr().err.split())
         assert "model.field.backend='native' cannot run on cuda" in err and "--device cpu" in err
     assert main(argv + ["--device", "cpu"]) == 0
+
+
+@pytest.mark.parametrize("command", ["train", "personalize"])
+def test_train_and_personalize_take_device_as_render_and_eval_do(tiny, tmp_path, capsys, command):
+    """render, eval and demo take --device; train and personalize did not ('unrecognized arguments: --device'), a GPU
+    user had to know --set train.device=... . --device sets train.device, is refused before any work naming
+    --device, and its help says where the command trains."""
+    root, dirs = tiny
+    argv = (["train", "--data", str(dirs[0]), "--config", "tiny", "--steps", "1"] if command == "train" else
+            ["personalize", "--run", str(root / "run"), "--data", str(dirs[1]), "--steps", "1"])
+    assert main(argv + ["--out", str(tmp_path / "bad"), "--device", "mps"]) == 2
+    assert "--device must be auto, cpu, cuda or cuda:N" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "bad").exists()
+    assert main(argv + ["--out", str(tmp_path / "ok"), "--device", "cpu"]) == 0
+    assert load_config(tmp_path / "ok" / "config.yaml").train.device == "cpu"
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "where it trains" in " ".join(capsys.readouterr().out.split())
