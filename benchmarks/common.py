@@ -148,11 +148,13 @@ def synth_identities(root: Path, n_identities: int, n_frames: int, size: int, se
     return generate(root, n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, overwrite=True)
 
 
-def fresh_run(run: Path, cfg) -> Path:
+def fresh_run(run: Path, cfg, data=()) -> Path:
     """``run``, a benchmark's run folder in its ``--work``, removed unless it holds a run of ``cfg`` itself (its
-    ``config.yaml``): an interrupted run of the same settings resumes; any other is trained anew. train() would
-    resume a run of other steps or time limit (whose schedule was laid over other steps: not the numbers of a run of
-    these; one already past them is not trained at all) and refuse one of another config."""
+    ``config.yaml``) on the training frames of ``data`` (the identity folders it trains on; its checkpoint's frame
+    fingerprints): an interrupted run of the same settings resumes; any other is trained anew. train() would resume
+    a run of other steps or time limit (whose schedule was laid over other steps: not the numbers of a run of these;
+    one already past them is not trained at all) and refuse one of another config, or of data made again with other
+    frames or sizes ('trained on other frames')."""
     import shutil
 
     from fastminerf import load_config
@@ -163,9 +165,32 @@ def fresh_run(run: Path, cfg) -> Path:
         same = saved.is_file() and load_config(saved) == cfg
     except (ConfigError, OSError):
         same = False
+    if same and data:
+        same = _same_frames(Path(run), data)
     if not same:
         shutil.rmtree(run, ignore_errors=True)
     return Path(run)
+
+
+def _same_frames(run: Path, data) -> bool:
+    """Whether the checkpoint in ``run`` (if any: a run stopped before its first one trains anew anyway) was trained on
+    the training frames of ``data``: train()'s fingerprints of them (:func:`fastminerf.train.frame_keys`,
+    :func:`~fastminerf.train.frame_files`) against the checkpoint's."""
+    import torch
+
+    from fastminerf import load_dataset
+    from fastminerf.train import CHECKPOINT_NAME, CheckpointError, frame_files, frame_keys, load_checkpoint
+
+    path = run / CHECKPOINT_NAME
+    if not path.is_file():
+        return True
+    try:
+        saved = load_checkpoint(path)
+    except CheckpointError:
+        return False
+    dataset = load_dataset(list(data), splits=("train",))
+    return all(isinstance(saved.get(key), torch.Tensor) and saved[key].shape == now.shape and torch.equal(saved[key], now)
+               for key, now in (("frame_keys", frame_keys(dataset)), ("frame_files", frame_files(dataset))))
 
 
 WORK_MARKER = ".fastminerf_bench"

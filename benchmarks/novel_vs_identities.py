@@ -75,7 +75,8 @@ def measure(seed: int, counts, steps: int, work: Path, config: str, size: int, f
         groups = panel_groups(n, panel)
         for group in groups:
             names = [ids[k].name for k in group]
-            run = fresh_run(work / f"seed{seed}" / f"generic_{n}_{group[0]}", cfg)  # a run of other steps: anew
+            # a run of other steps, or on data made again with other frames or sizes: anew
+            run = fresh_run(work / f"seed{seed}" / f"generic_{n}_{group[0]}", cfg, [ids[k] for k in group])
             result = train(cfg, [ids[k] for k in group], run)
             v.update(eval_psnr(result.model, {k: val[k] for k in names}))
             nv.update(eval_psnr(result.model, {k: novel[k] for k in names}))

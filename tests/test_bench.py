@@ -506,3 +506,17 @@ def test_novel_vs_identities_trains_its_work_runs_anew_for_other_steps(tmp_path)
     short, fresh = scores(2, "w"), scores(4, "fresh")
     assert scores(4, "w") == fresh
     assert scores(2, "w") == short
+
+
+def test_novel_vs_identities_trains_its_work_runs_anew_on_other_frames(tmp_path):
+    """Rerun on the same --work folder with other --frames (or --size), novel_vs_identities.py made the data again but
+    kept the runs of the same config (benchmarks.common.fresh_run looked at the config alone), which train() then
+    refused with a traceback: 'checkpoint.pt was trained on other frames'."""
+    from benchmarks.novel_vs_identities import measure
+
+    def scores(frames, work):
+        rows = measure(0, [1], 2, tmp_path / work, "tiny", 16, frames, panel=1, say=lambda line: None)
+        return rows[0]["steps"], rows[0]["novel_psnr"], rows[0]["val_psnr"]
+
+    scores(8, "w")
+    assert scores(10, "w") == scores(10, "fresh")
