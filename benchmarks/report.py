@@ -283,7 +283,7 @@ def novel_vs_identities_table(result: dict) -> str:
     lines = [
         f"Generic models per N on procedural identities, {st['size']} px, {st['frames']} frames each, `{st['config']}` "
         f"preset, every model trained for the same {st['steps']} steps; mean over seeds {', '.join(map(str, seeds))} "
-        f"(`{_command('novel_vs_identities.py', ('--seeds', seeds, [0, 1]))}`). The panel is the same {panel} people "
+        f"(`{_command('novel_vs_identities.py', ('--seeds', seeds, [0, 1, 2, 3]))}`). The panel is the same {panel} people "
         f"at every N, each evaluated in the model of N that holds it (N < {panel}: {panel} / N models):",
         "",
         "| N | models | val PSNR (panel) | novel PSNR (panel) | novel PSNR (each model's people) "

@@ -284,3 +284,45 @@ def test_a_run_of_other_novel_poses_does_not_replace_the_committed_record(tmp_pa
     assert cond.main(["--novel-poses", "train", "--name", "conditioning_equal_steps_trainposes",
                       "--work", str(tmp_path / "w")]) == 0
     assert (record / "conditioning_equal_steps_trainposes.json").is_file()
+
+
+def test_a_run_of_other_seeds_does_not_replace_the_novel_vs_identities_record(tmp_path, monkeypatch):
+    """novel_vs_identities.py with no options (its default seeds 0 1) wrote novel_vs_identities.json over the record
+    of seeds 0 1 2 3 (the command report.py cites): the seeds were not among the options record_name checks. A run of
+    other seeds (0 1 here) writes *_quick.json; the cited command writes the record. The training is a stand-in: only the file
+    the result goes to is tested."""
+    import benchmarks.novel_vs_identities as novel
+    from benchmarks import report
+
+    record = tmp_path / "results"
+    monkeypatch.setattr(common, "RESULTS", record)
+
+    class Now:  # the seeds' processes, run here (the stand-in is not seen by a worker process)
+        def __init__(self, max_workers=None):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def submit(self, fn, *args):
+            import concurrent.futures
+
+            done = concurrent.futures.Future()
+            done.set_result(fn(*args))
+            return done
+
+    def measure(seed, counts, *args, say=print):
+        return [dict(seed=seed, n=n, val_psnr=30.0, novel_psnr=20.0 + n, novel_psnr_panel=20.0 + n,
+                     novel_psnr_first=20.0 + n) for n in counts]
+
+    monkeypatch.setattr(novel, "ProcessPoolExecutor", Now)
+    monkeypatch.setattr(novel, "measure", measure)
+    assert novel.main(["--seeds", "0", "1", "--work", str(tmp_path / "w")]) == 0  # the old default
+    assert sorted(p.name for p in record.iterdir()) == ["novel_vs_identities_quick.json"]
+    cited = report.novel_vs_identities_table(report._load("novel_vs_identities"))
+    command = cited.split("(`python benchmarks/novel_vs_identities.py")[1].split("`)")[0].split()
+    assert novel.main(command + ["--work", str(tmp_path / "w")]) == 0
+    assert json.loads((record / "novel_vs_identities.json").read_text())["settings"]["seeds"] == [0, 1, 2, 3]
