@@ -61,6 +61,12 @@ def summarise(rows: list, style: float) -> dict:
     return out
 
 
+def _difference(d: dict) -> str:
+    """A :func:`summarise` difference as text: its mean and standard error, or the mean alone of one seed (which has
+    no standard error: 'nan' said nothing)."""
+    return f"{d['diff_mean']:+.2f} +- {d['diff_se']:.2f} dB" if d["seeds"] > 1 else f"{d['diff_mean']:+.2f} dB"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
@@ -120,9 +126,9 @@ def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     summary = [summarise(rows, s) for s in args.styles]
     for s in summary:
         n = s["novel"]
-        print(f"style {s['style']:g}: novel multiplicative - concat {n['diff_mean']:+.2f} +- {n['diff_se']:.2f} dB "
-              f"(standard error over {n['seeds']} seeds; product term wins {n['wins']} of {n['seeds']}); val "
-              f"{s['val']['diff_mean']:+.2f} +- {s['val']['diff_se']:.2f} dB", flush=True)
+        over = (f"standard error over {n['seeds']} seeds" if n["seeds"] > 1 else "one seed: no standard error")
+        print(f"style {s['style']:g}: novel multiplicative - concat {_difference(n)} ({over}; product term wins "
+              f"{n['wins']} of {n['seeds']}); val {_difference(s['val'])}", flush=True)
     name = record_name(ap, args, "conditioning_equal_steps" + ("" if args.identities == 4 else f"_{args.identities}ids"),
                        ("seeds", "styles", "steps", "size", "frames", "eval_frames", "novel_poses"),
                        device=trained_on(cfg))

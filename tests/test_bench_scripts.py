@@ -326,3 +326,26 @@ def test_a_run_of_other_seeds_does_not_replace_the_novel_vs_identities_record(tm
     command = cited.split("(`python benchmarks/novel_vs_identities.py")[1].split("`)")[0].split()
     assert novel.main(command + ["--work", str(tmp_path / "w")]) == 0
     assert json.loads((record / "novel_vs_identities.json").read_text())["settings"]["seeds"] == [0, 1, 2, 3]
+
+
+def test_conditioning_equal_steps_of_one_seed_gives_no_nan_standard_error(tmp_path, monkeypatch, capsys):
+    """conditioning_equal_steps.py --seeds 0 printed 'multiplicative - concat +0.00 +- nan dB (standard error over 1
+    seeds; ...)': one seed has no standard error, which the line now says in words. The training and scoring are
+    stand-ins: only the summary line is tested."""
+    import benchmarks.conditioning_equal_steps as cond
+
+    def generate(data, **settings):
+        (data / "id000").mkdir(parents=True, exist_ok=True)
+        (data / "synth.json").write_text(json.dumps({"settings": settings}))
+
+    monkeypatch.setattr(cond, "generate", generate)
+    monkeypatch.setattr(cond, "train", lambda cfg, ids, run: None)
+    monkeypatch.setattr(cond, "load_run", lambda run, device=None: (None, None, None))
+    monkeypatch.setattr(cond, "evaluate", lambda model, ids, split, frames: dict(mean_psnr=20.0, per_identity={}))
+    assert cond.main(["--seeds", "0", "--styles", "0", "--work", str(tmp_path / "w"), "--out", str(tmp_path)]) == 0
+    line = " ".join(capsys.readouterr().out.split()).split("style 0: ")[1]
+    assert "nan" not in line and "1 seeds" not in line, line
+    assert "novel multiplicative - concat +0.00 dB (one seed: no standard error; product term wins 0 of 1); val +0.00 dB" in line
+    assert cond.main(["--seeds", "0", "1", "--styles", "0", "--work", str(tmp_path / "w"), "--out", str(tmp_path)]) == 0
+    assert "+0.00 +- 0.00 dB (standard error over 2 seeds; product term wins 0 of 2); val +0.00 +- 0.00 dB" in " ".join(
+        capsys.readouterr().out.split())
