@@ -901,6 +901,10 @@ def _run_render(args: argparse.Namespace) -> int:
 
         # the recording itself: the video's soundtrack as it is (its rate and channels), the model hearing 16 kHz mono
         path = speech_path(target, args.identity, voice[0], args.speech, fps=args.fps, heard=voice[1])
+        if args.frames and args.frames > len(path):  # fewer frames than asked, without a word
+            console.print(_styled("yellow", "note", f"--frames {args.frames}: the recording ({voice[1].seconds:.2f} s) "
+                                                    f"gives {counted(len(path), 'frame')} at {path.fps:g} fps, all "
+                                                    "rendered"), markup=True)
         if args.frames:
             path = path.head(args.frames)
         what = f"{args.identity} saying {args.speech.name}"
@@ -954,8 +958,10 @@ def _run_render(args: argparse.Namespace) -> int:
     if info.alpha_path is not None:
         extra += f", its matte in {info.alpha_path}"
     if info.audio_seconds:
-        # to the hundredth: a frame of sound is 0.04 s at 25 fps, which .1f gave as 0.0 s (read as none)
-        extra += f", with {info.audio_seconds:.2f} s of {'the recording' if args.speech else 'the driver' + chr(39) + 's audio'}"
+        # to the hundredth: a frame of sound is 0.04 s at 25 fps, which .1f gave as 0.0 s (read as none). The
+        # soundtrack lasts the video's whole frames: a recording of 37.5 frames' length is 1.50 s of it, not 1.52
+        heard = min(info.audio_seconds, voice[1].seconds) if voice is not None else info.audio_seconds
+        extra += f", with {heard:.2f} s of {'the recording' if args.speech else 'the driver' + chr(39) + 's audio'}"
         if late:  # a driver whose recording ends before its frames: silent there
             extra += f" ({late})"
     elif args.audio and not args.orbit and info.path is not None:

@@ -524,3 +524,25 @@ def test_a_speech_model_written_with_smoothing_in_frames_keeps_its_meaning(heads
     now = load_speech_model(out)
     now.config = dataclasses.replace(now.config, smooth=0.08)
     np.testing.assert_array_equal(predict_expressions(old, audio, 25.0)[0], predict_expressions(now, audio, 25.0)[0])
+
+
+def test_cli_render_speech_says_the_recordings_own_length_and_when_frames_outrun_it(heads, tmp_path, capsys):
+    """render --speech of a 1.50 s recording (37.5 frames at 25 fps: 38 frames, their soundtrack 1.52 s, the last
+    0.02 s silence) said 'with 1.52 s of the recording'; --frames 100 of it rendered 38 frames without a word."""
+    root, dirs, _, _, _, model = heads
+    train(load_config("tiny", ["train.steps=2"]), dirs[:1], tmp_path / "run")
+    speech = save_speech_model(tmp_path / "speech.pt", model)
+    voice = _studio_recording(tmp_path / "voice.wav", 1.5)
+    argv = ["render", "--run", str(tmp_path / "run"), "--identity", "id000", "--speech", str(voice),
+            "--speech-model", str(speech), "--out", str(tmp_path / "say.mp4")]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "38 frames" in out and "with 1.50 s of the recording" in out, out
+    assert "--frames" not in out
+    assert main(argv + ["--frames", "100"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "38 frames" in out and "--frames 100: the recording " in out and "gives 38 frames" in out, out
+    assert main(argv + ["--frames", "10"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "10 frames" in out and "with 0.40 s of the recording" in out and "--frames" not in out, out
