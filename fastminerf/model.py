@@ -38,7 +38,7 @@ from .field import MINeRFField
 from .nn import OccupancyGrid, TorsoLayer
 from .nn.torso import in_head_region, last_frames_mean
 from .ops import RaySamples, composite, distortion_loss
-from .ops.occupancy import visual_hull
+from .ops.occupancy import visual_hulls
 
 __all__ = ["MINeRF", "IDENTITY_CODE_INIT_STD"]
 
@@ -544,9 +544,9 @@ class MINeRF(nn.Module):
         grid = self.occupancy
         centers = grid.cell_centers()
         c = grid.cells_per_level
-        hull = torch.cat([visual_hull(centers[level * c:(level + 1) * c], c2w, intrinsics, masks, grid.cell_radius(level),
-                                      keep_unseen)
-                          for level in range(grid.levels)])
+        # every cascade in one pass over the frames: one per level decoded each mask (a file read) once a level
+        hull = torch.cat(visual_hulls([(centers[level * c:(level + 1) * c], grid.cell_radius(level))
+                                       for level in range(grid.levels)], c2w, intrinsics, masks, keep_unseen))
         return hull & self.head_region(centers)
 
     def head_region(self, points: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence, Union
+from typing import List, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -185,41 +185,61 @@ def visual_hull(
             ball's largest projected radius in that view (plus one pixel), so a partly covered cell is kept.
         keep_unseen: whether points no view sees count as kept (False: only points seen on a foreground).
     """
-    fg = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
-    seen = torch.zeros_like(fg)
-    todo = torch.arange(points.shape[0], device=points.device)  # points no view has shown on its foreground yet
+    return visual_hulls([(points, radius)], c2w, intrinsics, masks, keep_unseen)[0]
+
+
+def visual_hulls(
+    groups: Sequence[Tuple[torch.Tensor, float]],
+    c2w: torch.Tensor,
+    intrinsics: torch.Tensor,
+    masks: Sequence[torch.Tensor],
+    keep_unseen: bool = True,
+) -> List[torch.Tensor]:
+    """:func:`visual_hull` of each ``(points (M_g, 3), radius)`` of ``groups`` (e.g. the cells of each cascade, each
+    with its own cell size), the same result as one call per group, in one pass over the views: each mask is read
+    once (a lazy sequence decodes a mask file each time it is indexed) and its summed-area table built once."""
+    device = groups[0][0].device if groups else None
+    fg = [torch.zeros(points.shape[0], dtype=torch.bool, device=points.device) for points, _ in groups]
+    seen = [torch.zeros_like(f) for f in fg]
+    todo = [torch.arange(points.shape[0], device=points.device) for points, _ in groups]  # no foreground shown yet
     for f in range(c2w.shape[0]):
-        if todo.numel() == 0:
+        if all(t.numel() == 0 for t in todo):
             break
-        rot, origin = c2w[f, :3, :3].to(points), c2w[f, :3, 3].to(points)
-        q = (points.index_select(0, todo) - origin) @ rot  # camera coordinates R^T (p - o)
-        depth = -q[:, 2]
-        fx, fy, cx, cy = [float(v) for v in intrinsics[f]]
-        mask = masks[f].to(device=points.device, dtype=torch.bool)
+        mask = masks[f].to(device=device, dtype=torch.bool)
         h, w = mask.shape
-        inv = 1.0 / depth.clamp(min=1e-6)
-        u = torch.floor(cx + fx * q[:, 0] * inv)
-        v = torch.floor(cy - fy * q[:, 1] * inv)
-        inside = (depth > 1e-6) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-        if not bool(inside.any()):
-            continue
-        uc, vc = u.clamp(0, w - 1).long(), v.clamp(0, h - 1).long()
-        if radius > 0:
-            # the mask dilated by r pixels, read only where points land: a summed-area table counts the foreground
-            # pixels of each point's (2r+1)^2 square (a max-pool dilation of every mask cost 34 s for 1,359 frames)
-            r = int(math.ceil(radius * max(fx, fy) / float(depth[inside].min()))) + 1
-            table = torch.zeros(h + 1, w + 1, dtype=torch.int64, device=points.device)
-            table[1:, 1:] = mask.long().cumsum(0).cumsum(1)
-            y0, y1 = (vc - r).clamp(0, h), (vc + r + 1).clamp(0, h)
-            x0, x1 = (uc - r).clamp(0, w), (uc + r + 1).clamp(0, w)
-            count = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-            hit = inside & (count > 0)
-        else:
-            hit = inside & mask.reshape(-1)[vc * w + uc]
-        seen[todo[inside]] = True
-        fg[todo[hit]] = True
-        todo = todo[~hit]
-    return fg | ~seen if keep_unseen else fg
+        table = None
+        for g, (points, radius) in enumerate(groups):
+            if todo[g].numel() == 0:
+                continue
+            rot, origin = c2w[f, :3, :3].to(points), c2w[f, :3, 3].to(points)
+            q = (points.index_select(0, todo[g]) - origin) @ rot  # camera coordinates R^T (p - o)
+            depth = -q[:, 2]
+            fx, fy, cx, cy = [float(v) for v in intrinsics[f]]
+            inv = 1.0 / depth.clamp(min=1e-6)
+            u = torch.floor(cx + fx * q[:, 0] * inv)
+            v = torch.floor(cy - fy * q[:, 1] * inv)
+            inside = (depth > 1e-6) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+            if not bool(inside.any()):
+                continue
+            uc, vc = u.clamp(0, w - 1).long(), v.clamp(0, h - 1).long()
+            if radius > 0:
+                # the mask dilated by r pixels, read only where points land: a summed-area table counts the
+                # foreground pixels of each point's (2r+1)^2 square (a max-pool dilation of every mask cost 34 s for
+                # 1,359 frames)
+                r = int(math.ceil(radius * max(fx, fy) / float(depth[inside].min()))) + 1
+                if table is None:
+                    table = torch.zeros(h + 1, w + 1, dtype=torch.int64, device=mask.device)
+                    table[1:, 1:] = mask.long().cumsum(0).cumsum(1)
+                y0, y1 = (vc - r).clamp(0, h), (vc + r + 1).clamp(0, h)
+                x0, x1 = (uc - r).clamp(0, w), (uc + r + 1).clamp(0, w)
+                count = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+                hit = inside & (count > 0)
+            else:
+                hit = inside & mask.reshape(-1)[vc * w + uc]
+            seen[g][todo[g][inside]] = True
+            fg[g][todo[g][hit]] = True
+            todo[g] = todo[g][~hit]
+    return [a | ~b if keep_unseen else a for a, b in zip(fg, seen)]
 
 
 # ----------------------------------------------------------------------------------------------------------
