@@ -206,6 +206,27 @@ def test_a_crop_at_odd_pixel_offsets_is_exact(tmp_path):
         assert np.abs(crop - full[y0:y0 + 40, x0:x0 + 40]).mean() < 2.0, (x0, y0)
 
 
+@pytest.mark.parametrize("pix_fmt", ["yuv420p10le", "yuv422p12le"])
+def test_a_crop_at_odd_pixel_offsets_of_a_video_of_more_than_8_bits_keeps_its_colours(tmp_path, pix_fmt):
+    """Phones record 10-bit video (an iPhone's HDR by default, Android's 10-bit HEVC), as do cameras. ffmpeg's crop at
+    an odd x (exact=1, above) of such 4:2:0 or 4:2:2 frames, resized as prepare writes them, gave frames of pure green
+    (0, 255, 0): the frames stage of every such video whose crop started at an odd pixel (half of them). The frames
+    are made 4:4:4 before the crop, so they are cropped exactly, with their colours."""
+    from fastminerf.prepare.video import read_frames
+
+    yy, xx = np.mgrid[0:64, 0:80] / 40.0  # 64x80, smooth colours (no chroma edge that resamplers blur apart)
+    img = np.stack([128 + 100 * np.sin(3 * xx + yy), 128 + 100 * np.cos(2 * yy), 128 + 100 * np.sin(2 * (xx - yy))],
+                   -1).astype(np.uint8)
+    video = _write_video(tmp_path / "deep.mkv", [img] * 2, params=("-c:v", "ffv1", "-pix_fmt", pix_fmt))
+    full = next(iter(read_frames(video, 25.0))).astype(np.float64)
+    for x0, y0 in ((31, 11), (30, 10)):
+        crop = next(iter(read_frames(video, 25.0, crop=(x0, y0, 24)))).astype(np.float64)
+        small = next(iter(read_frames(video, 25.0, crop=(x0, y0, 24), size=(12, 12)))).astype(np.float64)
+        want = full[y0:y0 + 24, x0:x0 + 24]
+        assert np.abs(crop - want).mean() < 3.0, (x0, y0)
+        assert np.abs(small - want.reshape(12, 2, 12, 2, 3).mean((1, 3))).mean() < 3.0, (x0, y0)
+
+
 # ------------------------------------------------------------------------------------------------ frame rate
 
 

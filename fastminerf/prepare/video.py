@@ -149,7 +149,7 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
         raise VideoError(f"{p}: ffmpeg cannot decode it as a video ({first})") from None
     w, h = meta["size"]
     rate = float(meta.get("fps") or 0.0)
-    average, base = _video_rates(p)
+    average, base = _video_rates(_video_stream_line(p))
     if average is not None and base is not None and average > base:
         # not an average of its frames (ffmpeg says 600 fps for DV in an AVI, 60k for a raw .dv, beside 25 tbr): the
         # rate every timestamp of the stream fits, which no average of its frames exceeds
@@ -161,11 +161,22 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
     return VideoInfo(p, int(w), int(h), rate, float(meta.get("duration") or 0.0), bool(meta.get("audio_codec")))
 
 
-def _video_rates(path: PathLike) -> Tuple[Optional[float], Optional[float]]:
-    """The average and base frame rates (``fps``, ``tbr``) ffmpeg lists for the file's first video stream, each None
-    where it lists none. imageio-ffmpeg reads the first alone, and not where it is written in thousands ('60k')."""
+def _video_stream_line(path: PathLike) -> str:
+    """The line ffmpeg lists for the file's first video stream ('' without one)."""
     res = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-i", _input(path)], **_FFMPEG_TEXT)
-    line = next((m.group(0) for m in _VIDEO_STREAM.finditer(res.stderr)), "")
+    return next((m.group(0) for m in _VIDEO_STREAM.finditer(res.stderr)), "")
+
+
+def _more_than_8_bits(line: str) -> bool:
+    """Whether a video stream's line (:func:`_video_stream_line`) gives a pixel format of more than 8 bits a sample
+    (``yuv420p10le``, ``yuv422p12be``: phones' HDR and 10-bit video, cameras', ProRes)."""
+    return re.search(r", [a-z0-9]+p(9|1[0-6])(le|be)\b", line) is not None
+
+
+def _video_rates(line: str) -> Tuple[Optional[float], Optional[float]]:
+    """The average and base frame rates (``fps``, ``tbr``) in the line ffmpeg lists for a video stream
+    (:func:`_video_stream_line`), each None where it lists none. imageio-ffmpeg reads the first alone, and not where it
+    is written in thousands ('60k')."""
 
     def rate(unit: str) -> Optional[float]:
         m = re.search(rf" ([0-9.]+)(k?) {unit}\b", line)
@@ -275,6 +286,10 @@ def read_frames(
     filters = [DEINTERLACE, SQUARE_PIXELS, *_on_screen_at(fps, _origin(path))]
     if crop is not None:
         x0, y0, side = crop
+        if _more_than_8_bits(_video_stream_line(path)):
+            # ffmpeg's exact crop of 4:2:0 / 4:2:2 frames of more than 8 bits at an odd x misplaces their chroma (the
+            # frames came out pure green once resized): cropped in 4:4:4 of 16 bits, nothing is lost or misplaced
+            filters.append("format=yuv444p16le")
         # exact=1: otherwise ffmpeg rounds x0 and y0 down to the chroma grid (even pixels in 4:2:0 video), and the
         # frames would sit a source pixel away from the landmarks mapped with the crop asked for.
         filters.append(f"crop={side}:{side}:{x0}:{y0}:exact=1")
