@@ -1273,3 +1273,62 @@ def test_the_command_names_the_option_the_user_typed_for_a_bad_setting(tmp_path,
     err = " ".join(capsys.readouterr().err.split())
     assert f"error: {message}" in err, err
     assert list(tmp_path.iterdir()) == []
+def _has_ffmpeg(kind: str, name: str) -> bool:
+    """Whether imageio-ffmpeg's ffmpeg lists ``name`` among its ``-encoders`` or ``-filters``."""
+    listed = subprocess.run([_ffmpeg(), "-hide_banner", f"-{kind}"], capture_output=True, text=True).stdout
+    return re.search(rf"^\s*\S+\s+{re.escape(name)}\s", listed, re.MULTILINE) is not None
+
+
+_HDR_TOOLS = pytest.mark.skipif(not (_has_ffmpeg("encoders", "libx265") and _has_ffmpeg("filters", "zscale")),
+                                reason="this ffmpeg lacks libx265 or zscale, which make the HDR test video")
+
+
+def _as_phone_hdr(src: Path, out: Path, transfer: str) -> Path:
+    """``src`` (SDR, BT.709) as a phone records HDR by default: HEVC, 10 bits, BT.2020 primaries and matrix, PQ
+    (``smpte2084``) or HLG (``arib-std-b67``) transfer, SDR white at HDR's reference white (203 nits, ITU-R BT.2408)."""
+    _run("-i", str(src), "-vf", f"zscale=tin=bt709:pin=bt709:min=bt709:rin=limited:t={transfer}:p=bt2020:m=bt2020nc:"
+         "r=limited:npl=203,format=yuv420p10le", "-c:v", "libx265", "-x265-params", "log-level=error:lossless=1",
+         "-color_primaries", "bt2020", "-color_trc", transfer, "-colorspace", "bt2020nc", "-an", str(out))
+    return out
+
+
+@_HDR_TOOLS
+@pytest.mark.parametrize("transfer", ["smpte2084", "arib-std-b67"])
+def test_a_phone_s_hdr_video_is_read_in_the_colours_it_shows(tmp_path, transfer):
+    """An iPhone records 10-bit HEVC in HDR (BT.2020, HLG or PQ) by default. Its frames were read as if they were
+    BT.709 SDR: a skin-coloured card of (180, 90, 60) came out (116, 90, 73) from PQ and (136, 88, 60) from HLG,
+    grey and washed out (the side-by-side of a real clip: a grey face), and a NeRF learns those colours. They are
+    tone-mapped to BT.709 SDR (reference white to white), so the card keeps its colour within a few levels."""
+    from fastminerf.prepare.video import probe, read_frames
+
+    sdr = tmp_path / "card.mp4"
+    _run("-f", "lavfi", "-i", "color=c=0xB45A3C:s=64x64:r=25:d=0.4", "-vf",
+         "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p", "-c:v", "libx264", "-qp", "0",
+         "-colorspace", "bt709", "-color_range", "tv", str(sdr))
+    hdr = _as_phone_hdr(sdr, tmp_path / f"card_{transfer}.mov", transfer)
+    assert probe(hdr).transfer == transfer and probe(sdr).transfer is None
+    seen = np.stack(list(read_frames(sdr, 25.0))).reshape(-1, 3).mean(0)
+    got = np.stack(list(read_frames(hdr, 25.0, crop=(3, 5, 41), size=(32, 32)))).reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(got, seen, atol=3)
+    np.testing.assert_allclose(seen, [180, 90, 60], atol=6)  # the SDR file's own: its encoder's rounding
+
+
+@_HDR_TOOLS
+def test_preparing_a_phone_s_hdr_video_says_its_colours_were_tone_mapped(tmp_path, head_frames, monkeypatch):
+    """Nothing said the video was HDR: a user must be told that it is and how its colours were turned into the
+    frames' SDR ones, or, with an ffmpeg that cannot, that they were not and the command that makes an SDR copy."""
+    from fastminerf.prepare import prepare
+
+    sdr = _write_video(tmp_path / "head.mp4", head_frames[:10], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    hdr = _as_phone_hdr(sdr, tmp_path / "phone.mov", "arib-std-b67")
+    got = prepare([hdr, sdr], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos
+    assert [v.status for v in got] == ["done", "done"], [v.error for v in got]
+    said = [n for n in got[0].notes if "HDR" in n]
+    assert len(said) == 1 and "arib-std-b67" in said[0] and "BT.709" in said[0], got[0].notes
+    assert not [n for n in got[1].notes if "HDR" in n], got[1].notes
+    import fastminerf.prepare.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "tone_maps", lambda: False)  # an ffmpeg without zscale (IMAGEIO_FFMPEG_EXE's)
+    got = prepare([hdr], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
+    said = [n for n in got.notes if "HDR" in n]
+    assert len(said) == 1 and "NOT converted" in said[0] and "zscale" in said[0], got.notes

@@ -60,7 +60,8 @@ from .pose import (
     solve_poses,
 )
 from .tracking import N_LANDMARKS, FaceTracker, Segmenter, find_face, require_mediapipe
-from .video import VIDEO_SUFFIXES, VideoError, VideoInfo, extract_audio, probe, read_frames, require_file, video_stream_seconds
+from .video import (TONE_MAP_COMMAND, VIDEO_SUFFIXES, VideoError, VideoInfo, extract_audio, probe, read_frames,
+                    require_file, tone_maps, video_stream_seconds)
 
 __all__ = ["PrepareError", "PrepareResult", "VideoResult", "check_prepare", "prepare"]
 
@@ -880,6 +881,16 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
         res.notes.append(f"{fps:g} fps (--fps) is above the video's own rate ({info.fps:g} fps): ffmpeg repeats its pictures "
                          f"to fill it, {repeated:.0%} of the frames a copy of the one before (no motion, "
                          f"nothing new to learn); --fps {info.fps:g} or below reads each picture at most once")
+    if info.transfer is not None:  # the frames' colours are not the file's code values: say what was done to them
+        hdr = f"the video is HDR ({'PQ' if info.transfer == 'smpte2084' else 'HLG'}, {info.transfer}, as phones record " \
+              "by default)"
+        if tone_maps():
+            res.notes.append(f"{hdr}: its frames were tone-mapped to BT.709 SDR by ffmpeg (zscale, tonemap=mobius), "
+                             "HDR's reference white (203 nits) as white, brighter highlights rolled off")
+        else:
+            res.notes.append(f"{hdr}: its frames are NOT converted to BT.709 SDR (the ffmpeg imageio-ffmpeg runs, "
+                             "IMAGEIO_FFMPEG_EXE's, has no zscale / tonemap filter) and look grey and washed out; make "
+                             f"an SDR copy with imageio-ffmpeg's ffmpeg and prepare it with --overwrite: {TONE_MAP_COMMAND}")
     faceless = _no_face_note(np.flatnonzero(~np.isfinite(lm[:, 0, 0])), fps)
     if faceless:
         res.notes.append(faceless)

@@ -12,6 +12,7 @@ Dimension letters: B frames, H and W pixels.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import re
@@ -55,6 +56,9 @@ class VideoInfo:
     """Duration in seconds (0 when unknown)."""
     has_audio: bool
     """Whether the file holds an audio stream."""
+    transfer: Optional[str] = None
+    """The HDR transfer ffmpeg lists for the video stream (``smpte2084``: PQ; ``arib-std-b67``: HLG), whose frames
+    :func:`read_frames` tone-maps to SDR (:data:`TONE_MAP`); None for SDR video."""
 
 
 @contextlib.contextmanager
@@ -89,6 +93,35 @@ DEINTERLACE = "bwdif=mode=send_frame:parity=auto:deint=interlaced"
 """ffmpeg filter that deinterlaces the frames flagged interlaced (broadcast and DV recordings: each frame's two
 fields, its even and odd rows, are a field apart in time, and every moving edge would be combed), one frame out per
 frame in (the first field's moment), before anything scales rows; progressive frames pass through untouched."""
+
+
+HDR_TRANSFERS = ("smpte2084", "arib-std-b67")
+"""ffmpeg's names of the HDR transfers: PQ and HLG, which phones record in by default (an iPhone's 10-bit HEVC, BT.2020
+primaries). Their code values mean other colours than SDR's: read as BT.709 they are grey and washed out."""
+
+TONE_MAP = ("zscale=t=linear:npl=203,format=gbrpf32le,zscale=p=bt709,tonemap=mobius:param=0.5,"
+            "zscale=t=bt709:m=bt709:r=pc,format=gbrp")
+"""ffmpeg filters that turn an HDR video's frames (:data:`HDR_TRANSFERS`) into BT.709 SDR: to linear light with HDR's
+reference white (203 nits, ITU-R BT.2408: where a phone puts paper white and a face's brightest skin) as SDR's white,
+BT.2020 primaries to BT.709, and the light above half of that white rolled off (``mobius``: speculars and a sunlit
+window keep their shading), not clipped; below it, colours are kept as they are."""
+
+
+def tone_maps() -> bool:
+    """Whether this ffmpeg has the filters of :data:`TONE_MAP` (imageio-ffmpeg's does; an ffmpeg built without zimg,
+    given by ``IMAGEIO_FFMPEG_EXE``, has not: HDR frames are then read as they are stored, grey and washed out)."""
+    return _has_filters(_ffmpeg(), ("zscale", "tonemap"))
+
+
+@functools.lru_cache(maxsize=None)
+def _has_filters(ffmpeg: str, names: Tuple[str, ...]) -> bool:
+    listed = subprocess.run([ffmpeg, "-nostdin", "-hide_banner", "-filters"], **_FFMPEG_TEXT).stdout
+    return all(re.search(rf"^\s*\S+\s+{n}\s", listed, re.MULTILINE) for n in names)
+
+
+TONE_MAP_COMMAND = ("ffmpeg -i IN -vf zscale=t=linear:npl=203,format=gbrpf32le,zscale=p=bt709,tonemap=mobius:param=0.5,"
+                    "zscale=t=bt709:m=bt709:r=tv,format=yuv420p -c:v libx264 -crf 12 -c:a copy OUT.mp4")
+"""The command that makes an SDR copy of an HDR video, with an ffmpeg that has zscale (imageio-ffmpeg's)."""
 
 
 def _ffmpeg() -> str:
@@ -149,7 +182,8 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
         raise VideoError(f"{p}: ffmpeg cannot decode it as a video ({first})") from None
     w, h = meta["size"]
     rate = float(meta.get("fps") or 0.0)
-    average, base = _video_rates(_video_stream_line(p))
+    line = _video_stream_line(p)
+    average, base = _video_rates(line)
     if average is not None and base is not None and average > base:
         # not an average of its frames (ffmpeg says 600 fps for DV in an AVI, 60k for a raw .dv, beside 25 tbr): the
         # rate every timestamp of the stream fits, which no average of its frames exceeds
@@ -158,13 +192,21 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
         if not fps:
             raise VideoError(f"{p}: ffmpeg reports no frame rate; pass fps (--fps) explicitly")
         rate = float(fps)
-    return VideoInfo(p, int(w), int(h), rate, float(meta.get("duration") or 0.0), bool(meta.get("audio_codec")))
+    return VideoInfo(p, int(w), int(h), rate, float(meta.get("duration") or 0.0), bool(meta.get("audio_codec")),
+                     _transfer(line))
 
 
 def _video_stream_line(path: PathLike) -> str:
     """The line ffmpeg lists for the file's first video stream ('' without one)."""
     res = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-i", _input(path)], **_FFMPEG_TEXT)
     return next((m.group(0) for m in _VIDEO_STREAM.finditer(res.stderr)), "")
+
+
+def _transfer(line: str) -> Optional[str]:
+    """The HDR transfer (:data:`HDR_TRANSFERS`) in a video stream's line (:func:`_video_stream_line`, in its pixel
+    format's parenthesis: ``yuv420p10le(tv, bt2020nc/bt2020/smpte2084, progressive)``), or None."""
+    m = re.search(r"\([^()]*\b(" + "|".join(HDR_TRANSFERS) + r")\b[^()]*\)", line)
+    return None if m is None else m.group(1)
 
 
 def _more_than_8_bits(line: str) -> bool:
@@ -279,14 +321,16 @@ def read_frames(
         max_frames: stop after this many frames.
 
     Yields:
-        uint8 ``(H, W, 3)`` arrays (read-only views of ffmpeg's output).
+        uint8 ``(H, W, 3)`` arrays (read-only views of ffmpeg's output), SDR: an HDR video's tone-mapped
+        (:data:`TONE_MAP`).
     """
     import imageio_ffmpeg
 
+    line = _video_stream_line(path)
     filters = [DEINTERLACE, SQUARE_PIXELS, *_on_screen_at(fps, _origin(path))]
     if crop is not None:
         x0, y0, side = crop
-        if _more_than_8_bits(_video_stream_line(path)):
+        if _more_than_8_bits(line):
             # ffmpeg's exact crop of 4:2:0 / 4:2:2 frames of more than 8 bits at an odd x misplaces their chroma (the
             # frames came out pure green once resized): cropped in 4:4:4 of 16 bits, nothing is lost or misplaced
             filters.append("format=yuv444p16le")
@@ -295,6 +339,8 @@ def read_frames(
         filters.append(f"crop={side}:{side}:{x0}:{y0}:exact=1")
     if size is not None:
         filters.append(f"scale={size[0]}:{size[1]}:flags=area")
+    if _transfer(line) is not None and tone_maps():
+        filters.append(TONE_MAP)  # last: on the fewest pixels (it works in floats)
     out = ["-vf", ",".join(filters)]
     if max_frames is not None:
         out += ["-frames:v", str(int(max_frames))]
