@@ -227,6 +227,30 @@ def test_a_crop_at_odd_pixel_offsets_of_a_video_of_more_than_8_bits_keeps_its_co
         assert np.abs(small - want.reshape(12, 2, 12, 2, 3).mean((1, 3))).mean() < 3.0, (x0, y0)
 
 
+@pytest.mark.parametrize("color_range", ["tv", "pc"])
+def test_a_grey_card_keeps_its_level_in_the_frames_prepare_writes(tmp_path, color_range):
+    """A grey card of known level must come out of prepare's crop and resize at that level, in a limited-range
+    video (tv: Y 16-235, nearly every camera's and phone's) as in a full-range one (pc, yuvj420p: webcams, some
+    phones). ffmpeg converted to RGB inside the area resize at swscale's fast precision, which left out part of the
+    limited range's expansion: every written frame of such a video was 2 levels darker (128 read 126, 235 read 233)
+    than the same frame decoded whole."""
+    from fastminerf.prepare.video import read_frames
+
+    levels = np.array([30, 128, 200, 235])
+    y = np.round(16 + 219 * levels / 255) if color_range == "tv" else levels  # the Y a camera stores for them
+    luma = np.repeat(np.repeat(y.reshape(2, 2), 32, 0), 32, 1).astype(np.uint8)  # four 32 px squares of grey
+    raw = np.concatenate([luma.ravel(), np.full(2 * 32 * 32, 128, np.uint8)]).tobytes()
+    video = tmp_path / f"card_{color_range}.mkv"
+    subprocess.run([_ffmpeg(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", "64x64",
+                    "-r", "25", "-color_range", color_range, "-i", "-", "-c:v", "ffv1", "-color_range", color_range,
+                    str(video)], input=raw * 3, check=True)
+    whole = next(iter(read_frames(video, 25.0))).astype(np.float64)
+    small = next(iter(read_frames(video, 25.0, crop=(2, 2, 60), size=(30, 30)))).astype(np.float64)
+    for frame, at in ((whole, (16, 48)), (small, (7, 23))):
+        got = np.array([frame[i, j] for i in at for j in at])  # the middle of each square: (4, 3)
+        np.testing.assert_allclose(got, np.repeat(levels[:, None], 3, 1), atol=1)
+
+
 # ------------------------------------------------------------------------------------------------ frame rate
 
 

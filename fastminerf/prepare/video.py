@@ -338,7 +338,9 @@ def read_frames(
         # frames would sit a source pixel away from the landmarks mapped with the crop asked for.
         filters.append(f"crop={side}:{side}:{x0}:{y0}:exact=1")
     if size is not None:
-        filters.append(f"scale={size[0]}:{size[1]}:flags=area")
+        # accurate_rnd+full_chroma_int: at swscale's fast precision, the conversion to RGB it does inside the resize
+        # left out part of a limited-range video's expansion (every frame 2 levels darker than decoded whole)
+        filters.append(f"scale={size[0]}:{size[1]}:flags=area+accurate_rnd+full_chroma_int")
     if _transfer(line) is not None and tone_maps():
         filters.append(TONE_MAP)  # last: on the fewest pixels (it works in floats)
     out = ["-vf", ",".join(filters)]
