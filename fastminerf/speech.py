@@ -576,19 +576,28 @@ def _heard_at(net: SpeechToExpression, mel: np.ndarray, times: np.ndarray, smoot
     the first time's column to the last one's (with ``beyond``, and the sound's columns within the Gaussian's reach
     either side of them, up to the recording's ends), smoothed along them with a Gaussian of ``smooth`` seconds (ends
     repeated), read at each time's column. The trajectory is one function of time, so frames at 25 and at 50 fps
-    get the same expression at the same instant; the frames' spacing (or gaps) changes nothing."""
+    get the same expression at the same instant; the frames' spacing (or gaps) changes nothing. With ``beyond``,
+    columns out of every frame's reach are not predicted: stretches of frames further apart than two reaches (a
+    split's frames scattered over a long recording) are predicted and smoothed apart, each frame reading what the
+    whole span would give it."""
     centre = _columns_of(times)
     if not len(centre):
         return np.zeros((0, net.expression_dim), np.float32)
-    reach = int(math.ceil(3 * smooth * COLUMNS_PER_SECOND)) if beyond else 0
-    first = min(int(centre.min()), max(0, int(centre.min()) - reach))
-    last = max(int(centre.max()), min(len(mel), int(centre.max()) + reach))  # len(mel): a last frame's rounding
-    columns = np.arange(first, last + 1)
+    sigma = smooth * COLUMNS_PER_SECOND
+    reach = int(math.ceil(3 * sigma)) if beyond and sigma > 0 else 0  # _smooth's kernel radius
+    at = np.unique(centre)
+    out = np.empty((len(centre), net.expression_dim), np.float32)
     net = net.eval()
-    out = [net(torch.from_numpy(_column_windows(mel, columns[a:a + 1024], net.context)))
-           for a in range(0, len(columns), 1024)]  # windows built a chunk at a time: 6.5 KB a column
-    pred = _smooth(torch.cat(out).numpy().astype(np.float32), smooth * COLUMNS_PER_SECOND)
-    return pred[centre - first]
+    for run in np.split(at, np.flatnonzero(np.diff(at) > 2 * reach + 1) + 1) if beyond else [at]:
+        first = max(0, int(run[0]) - reach)
+        last = max(int(run[-1]), min(len(mel), int(run[-1]) + reach))  # len(mel): a last frame's rounding
+        columns = np.arange(first, last + 1)
+        pred = [net(torch.from_numpy(_column_windows(mel, columns[a:a + 1024], net.context)))
+                for a in range(0, len(columns), 1024)]  # windows built a chunk at a time: 6.5 KB a column
+        pred = _smooth(torch.cat(pred).numpy().astype(np.float32), sigma)
+        rows = (centre >= run[0]) & (centre <= run[-1])
+        out[rows] = pred[centre[rows] - first]
+    return out
 
 
 def _predict_times(model: SpeechModel, mel: np.ndarray, times: np.ndarray) -> np.ndarray:

@@ -546,3 +546,30 @@ def test_cli_render_speech_says_the_recordings_own_length_and_when_frames_outrun
     assert main(argv + ["--frames", "10"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "10 frames" in out and "with 0.40 s of the recording" in out and "--frames" not in out, out
+def test_frames_scattered_over_a_long_recording_are_predicted_from_their_own_sound_only():
+    """Per-column prediction (1173382) predicted every 10 ms column from the first frame's time to the last one's:
+    300 frames spread over a 10-minute recording (a split's frames, eval --speech, speech_metrics) ran the network on
+    60,000 columns, about 200 times what they need (each frame reads its own columns within the Gaussian's reach).
+    Only those columns are predicted now, in stretches smoothed apart, and each frame gets what it got from the
+    whole span."""
+    import math
+
+    from fastminerf import speech
+    from fastminerf.config import SpeechConfig
+
+    torch.manual_seed(0)
+    net = speech.SpeechToExpression(4, SpeechConfig())
+    mel = np.random.default_rng(0).random((30000, net.bands), dtype=np.float32)  # 5 minutes
+    times = np.sort(np.random.default_rng(1).choice(7500, 150, replace=False)) / 25.0
+    times = np.concatenate([times, [0.0, 0.04, times[-1] + 0.04, 299.99]])  # neighbours and both ends too
+    seen = []
+    forward = net.forward
+    net.forward = lambda w: (seen.append(len(w)), forward(w))[1]
+    got = speech._heard_at(net, mel, times, 0.04)
+    reach = int(math.ceil(3 * 0.04 * speech.COLUMNS_PER_SECOND))
+    assert sum(seen) <= len(times) * (2 * reach + 1), sum(seen)
+    with torch.no_grad():  # the whole span, smoothed in one piece: what each frame should read
+        full = speech._smooth(forward(torch.from_numpy(speech._column_windows(mel, np.arange(len(mel) + 1),
+                                                                               net.context))).numpy(),
+                              0.04 * speech.COLUMNS_PER_SECOND)
+    np.testing.assert_allclose(got, full[speech._columns_of(times)], rtol=0, atol=1e-6)
