@@ -1285,6 +1285,9 @@ def test_an_absurd_frame_rate_is_refused_up_front(tmp_path):
     (["--focal-factor", "nan"], "--focal-factor must be a positive number"),
     (["--crop-scale", "0"], "--crop-scale must be a positive number"),
     (["--track-region-scale", "-1"], "--track-region-scale must be a number >= 0"),
+    (["--val-fraction", "-1"], "--val-fraction must be a number >= 0, got -1"),
+    (["--test-fraction", "nan"], "--test-fraction must be a number >= 0, got nan"),
+    (["--val-fraction", "0.5", "--test-fraction", "0.5"], "--test-fraction must be below 0.9 minus the val fraction"),
 ])
 def test_the_command_names_the_option_the_user_typed_for_a_bad_setting(tmp_path, capsys, monkeypatch, extra, message):
     """`fastminerf prepare v.mp4 --out d --fps -1` said 'error: fps must be a positive frame rate', naming

@@ -656,9 +656,12 @@ def check_prepare(videos: Union[PathLike, Sequence[PathLike]], out_dir: PathLike
     """
     if cfg.size < 16:
         raise PrepareSettingError("size", f"must be at least 16 pixels, got {cfg.size}")
-    if not (cfg.val_fraction >= 0 and cfg.test_fraction >= 0 and cfg.val_fraction + cfg.test_fraction < 0.9):  # NaN
-        raise PrepareError(f"need val_fraction, test_fraction >= 0 with a sum below 0.9, got {cfg.val_fraction}, "
-                           f"{cfg.test_fraction}")
+    for name in ("val_fraction", "test_fraction"):
+        if not getattr(cfg, name) >= 0:  # NaN too
+            raise PrepareSettingError(name, f"must be a number >= 0, got {getattr(cfg, name)}")
+    if not cfg.val_fraction + cfg.test_fraction < 0.9:  # frames left to train on
+        raise PrepareSettingError("test_fraction", f"must be below 0.9 minus the val fraction ({cfg.val_fraction}), "
+                                  f"got {cfg.test_fraction}")
     if cfg.min_frames < 3:
         raise PrepareSettingError("min_frames", f"must be at least 3 (train, val and test frames), got {cfg.min_frames}")
     # Checked here, once: ffmpeg would refuse a bad rate in every video with a screenful of its log, and take a
