@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .audio import Audio, AudioError, audio_absence, decode_sound, identity_audio, read_wav
-from .config import PATH_TAKEN, PATH_TYPES, SpeechConfig, as_list, needs, some_of
+from .config import PATH_TAKEN, PATH_TYPES, SpeechConfig, as_list, check_fps, needs, some_of
 from .data.dataset import a_dataset
 from .data.writer import check_folder
 from .model import built_in_float32, training_torch_state
@@ -612,12 +612,12 @@ def predict_expressions(model: SpeechModel, audio: Audio, fps: float) -> Tuple[n
         ``(expressions (B, E) float32, times (B,) float64)``, B = ``ceil(seconds * fps)``, frame ``k`` at ``k / fps``.
 
     Raises:
-        SpeechError: a bad ``fps`` or a recording shorter than one analysis window.
+        fastminerf.config.ArgumentValueError: ``fps`` is not a frame rate (:func:`fastminerf.config.check_fps`).
+        SpeechError: a recording shorter than one analysis window.
     """
     a_speech_model(model)
     needs(audio, Audio, "audio", "a loaded recording (fastminerf.speech.load_speech(path))")
-    if not np.isfinite(fps) or fps <= 0:
-        raise SpeechError(f"frame rate must be > 0, got {fps}")
+    fps = check_fps(fps)
     mel = log_mel(audio)
     b = max(1, int(math.ceil(audio.seconds * fps - 1e-9)))
     times = np.arange(b, dtype=np.float64) / fps

@@ -573,3 +573,20 @@ def test_frames_scattered_over_a_long_recording_are_predicted_from_their_own_sou
                                                                                net.context))).numpy(),
                               0.04 * speech.COLUMNS_PER_SECOND)
     np.testing.assert_allclose(got, full[speech._columns_of(times)], rtol=0, atol=1e-6)
+
+
+def test_predict_expressions_refuses_a_rate_no_video_has():
+    """predict_expressions (a library call: the expressions of a recording at ``fps``) checked its rate by hand,
+    positive and finite, beside config.check_fps (2c3eebf: 'the one check'): fps=1e6 made a million frames a second
+    of sound (100,000 for 0.1 s; a 10 s recording at 1e9 fps asked for 80 GB of frame times). It refuses what
+    CameraPath, speech_path and render --fps refuse, with their words."""
+    from fastminerf.config import SpeechConfig
+    from fastminerf.speech import SpeechModel, SpeechToExpression
+
+    model = SpeechModel(SpeechToExpression(4, SpeechConfig()), SpeechConfig(), None, [])
+    audio = Audio(np.zeros(4000, np.int16), 16000)  # 0.25 s
+    assert len(predict_expressions(model, audio, 25.0)[0]) == 7
+    for fps, words in ((1e6, "fps must be at most 1000 frames a second"), (0.0, "fps must be positive"),
+                       (float("nan"), "fps must be positive"), (float("inf"), "fps must be finite")):
+        with pytest.raises(ValueError, match=words):
+            predict_expressions(model, audio, fps)
