@@ -36,6 +36,15 @@ def test_frame_rate_must_be_positive(tmp_path, fps):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_frame_rate_render_refuses_is_refused_before_data_is_written(tmp_path):
+    """generate(fps=5000) checked its rate by hand (positive, finite) beside config.check_fps, the one check of a
+    frame rate (at most 1000, a high-speed camera's; 2c3eebf): it wrote procedural heads at 5,000 frames a second
+    whose every driven render (CameraPath at the data's rate) is refused once a run is trained on them."""
+    with pytest.raises(ValueError, match="fps must be at most 1000 frames a second, got 5000"):
+        generate(tmp_path / "out", n_identities=1, n_frames=2, size=8, fps=5000.0)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("key, value", [("focal_factor", 0.0), ("focal_factor", -1.65), ("camera_distance", 0.0),
                                         ("camera_distance", -3.8)])
 def test_cameras_that_cannot_see_the_head_are_refused(tmp_path, key, value):

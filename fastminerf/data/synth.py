@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..audio import Audio, write_wav
-from ..config import ArgumentValueError, SynthConfig
+from ..config import ArgumentValueError, SynthConfig, check_fps
 from .heads import EXPRESSION_NAMES, EXPRESSION_RANGES, TRACE_BOX, HeadModel, HeadParams
 from .layout import (AUDIO_FILE, SYNTH_IDENTITY_MARKER, DatasetError, find_identity_dirs, is_identity_dir,
                      read_transforms)
@@ -431,8 +431,7 @@ def generate(
         raise ArgumentValueError("novel_poses", f"must be 'own' or 'train', got {novel_poses!r}")
     # Checked here, not left to the renderer: fps <= 0 never ends drawing blinks (a gap of 0 frames), a focal
     # length <= 0 writes transforms the loader refuses, a camera distance <= 0 sees no head.
-    if not (math.isfinite(fps) and fps > 0):
-        raise ArgumentValueError("fps", f"must be a positive number of frames per second, got {fps}")
+    check_fps(fps)  # positive, finite, and at most what a render of the data takes
     if not (math.isfinite(focal_factor) and focal_factor > 0):
         raise ArgumentValueError("focal_factor", f"must be positive, got {focal_factor}")
     if not (math.isfinite(camera_distance) and camera_distance > 0):
