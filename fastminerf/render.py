@@ -49,7 +49,8 @@ from .config import ArgumentValueError, PATHS_TAKEN, PATH_TAKEN, PATH_TYPES, as_
 from .data.dataset import MultiIdentityDataset, a_dataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import IDENTITY_PATHS, identity_splits, is_identity_dir, not_a_file, read_rgb
-from .data.writer import check_folder, folder_locked, remove_killed_writes, write_id, write_json, write_png
+from .data.writer import (check_folder, folder_locked, noting_interrupt, remove_killed_writes, write_id, write_json,
+                          write_png)
 from .metrics import (RANGE_SLACK, SSIM_WINDOW, LandmarkDistance, eye_aspect_ratio, l1, landmark_status, lpips,
                       lpips_status, psnr, rotation_gap_deg, ssim)
 
@@ -2012,8 +2013,12 @@ def evaluate(
         progress(0, total)
     out = Path(out_dir) if out_dir is not None else None
     held = ExitStack()
+    written = 0  # side-by-side images of this evaluation, for what a stopped one says it leaves
     if out is not None:  # held from the clean-up to metrics.json: another evaluation into it would mix with this one
         check_eval_out(out)
+        held.enter_context(noting_interrupt(lambda: f"before {out / 'metrics.json'} was written; "
+                                            f"{counted(written, 'side-by-side image')} of this evaluation written to "
+                                            f"{out / 'side_by_side'}"))
         # checked, and the call's refusals are behind it: made to be locked (and removed if it is left with only that)
         held.enter_context(folder_locked(out, lambda holder: RenderError(
             f"{out} is in use by another evaluation{holder}: wait for it to end, or give another --out folder"), make=True))
@@ -2062,6 +2067,7 @@ def evaluate(
                         caption = f"{name}  {split} frame {k}  PSNR {values['psnr'][-1]:.2f} dB"
                         write_png(folder / f"{k:04d}.png",
                                   side_by_side(pred, truth, caption=caption, min_panel=SIDE_BY_SIDE_MIN_PANEL), PNG_LEVEL)
+                        written += 1
                     dataset.release(split, index)  # read once (rays and truth): kept, every frame would stay
                     done += 1
                     if progress is not None:

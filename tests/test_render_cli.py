@@ -1268,3 +1268,32 @@ def test_time_limits_that_are_not_whole_are_written_as_given():
     assert "train.max_seconds 86400.25 s) spent" in cli._nothing_to_do(result, 10, "train.steps", 86400.25)
     assert "train.max_seconds 1234567.5 s) was spent" in cli._no_step("trained", result, 10, "train.steps", 1234567.5)
     assert "train.max_seconds 1e-09 s) was spent" in cli._no_step("trained", result, 10, "train.steps", 1e-9)
+
+
+def test_a_stopped_eval_out_says_it_wrote_no_metrics_and_where_the_images_of_the_frames_it_scored_are(
+        tiny, tmp_path, capsys, monkeypatch):
+    """eval --out stopped by Ctrl-C or SIGTERM printed only 'interrupted' / 'terminated': not that --out holds the
+    side-by-side images of the frames scored so far and no metrics.json (train and render say what they leave)."""
+    import fastminerf.render
+
+    root, dirs = tiny
+    real, calls = fastminerf.render.render_frame, []
+
+    def stopped_at_the_third_frame(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastminerf.render, "render_frame", stopped_at_the_third_frame)
+    out = tmp_path / "ev"
+    assert main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), str(dirs[1]), "--split", "val",
+                 "--out", str(out)]) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert not (out / "metrics.json").exists() and len(list((out / "side_by_side").rglob("*.png"))) == 2
+    assert err.startswith(f"interrupted before {out / 'metrics.json'} was written"), err
+    assert f"2 side-by-side images of this evaluation written to {out / 'side_by_side'}" in err, err
+    # without --out nothing is written and nothing more is said
+    calls.clear()
+    assert main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), str(dirs[1]), "--split", "val"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"

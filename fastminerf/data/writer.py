@@ -342,6 +342,17 @@ def folder_writer(folder: PathLike) -> Optional[int]:
     return None
 
 
+@contextmanager
+def noting_interrupt(note: Callable[[], str]) -> Iterator[None]:
+    """A KeyboardInterrupt (Ctrl-C; the command's SIGTERM) leaving the block says ``note()`` (what the stopped writer
+    leaves, worked out when it stops), for the command to print after 'interrupted'."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        exc.args = (note(),)
+        raise
+
+
 def noted_on_interrupt(note: str) -> Callable:
     """Decorate a long writer so that a KeyboardInterrupt (Ctrl-C; the command's SIGTERM) leaving it says what a rerun
     does (``note``, formatted with the call's arguments by name), for the command to print after 'interrupted'."""
@@ -350,11 +361,8 @@ def noted_on_interrupt(note: str) -> Callable:
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            try:
+            with noting_interrupt(lambda: note.format(**signature.bind(*args, **kwargs).arguments)):
                 return fn(*args, **kwargs)
-            except KeyboardInterrupt as exc:
-                exc.args = (note.format(**signature.bind(*args, **kwargs).arguments),)
-                raise
         return wrapper
     return decorate
 
