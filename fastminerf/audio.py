@@ -153,27 +153,22 @@ def read_recording(path: PathLike) -> Audio:
 
 
 def decode_sound(path: PathLike, rate: Optional[int] = None, mono: bool = True) -> Audio:
-    """A file's sound decoded by ffmpeg (:func:`fastminerf.prepare.video.extract_audio`, on the file's own clock), at
+    """A file's sound decoded by ffmpeg (:func:`fastminerf.prepare.video.decode_audio`, on the file's own clock), at
     ``rate`` (None: its own, at most 48 kHz) and mono or with its channels (more than two mixed down to stereo).
 
     Raises:
         AudioError: ``"{path}: cannot read its sound (why)"``, e.g. a video without a sound track.
     """
-    import tempfile
-
-    from .prepare.video import VideoError, extract_audio
+    from .prepare.video import VideoError, decode_audio
 
     p = Path(path)
-    with tempfile.TemporaryDirectory(prefix="fastminerf-sound-") as tmp:
-        out = Path(tmp) / "sound.wav"
-        try:
-            extract_audio(p, out, rate=rate, mono=mono)
-            return read_wav(out, mono=mono)
-        except (VideoError, AudioError) as exc:
-            why = str(exc)
-            for named in (f"{p}: ", f"{out}: "):  # ffmpeg's account names the recording already, the WAV reader's the copy
-                why = why[len(named):] if why.startswith(named) else why
-            raise AudioError(f"{p}: cannot read its sound ({why})") from None
+    try:  # through a pipe: no temporary file (a full or read-only TMPDIR stopped a copy in it, naming the recording)
+        samples, got = decode_audio(p, rate=rate, mono=mono)
+    except VideoError as exc:
+        why = str(exc)
+        why = why[len(f"{p}: "):] if why.startswith(f"{p}: ") else why  # ffmpeg's account names the recording already
+        raise AudioError(f"{p}: cannot read its sound ({why})") from None
+    return Audio(samples, int(got))
 
 
 AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)

@@ -310,3 +310,33 @@ def test_reading_a_long_recording_holds_it_about_twice(tmp_path, width, mono):
     want = np.rint(wide.mean(axis=1)) if mono else wide
     assert got.samples.dtype == np.int16 and np.array_equal(got.samples, want)
     assert peak < ints.nbytes + 2.2 * s * c * 2, peak / (s * c * 2)  # the file's bytes + 16-bit samples (+ a little)
+
+
+@pytest.mark.parametrize("mono, rate", [(True, 16000), (False, None)])
+def test_a_recording_is_decoded_whatever_room_the_temporary_folder_has(tmp_path, monkeypatch, file_size_limit,
+                                                                       mono, rate):
+    """A recording that is no PCM WAV (render --speech voice.m4a, a --drive video's sound) was decoded by ffmpeg into
+    a WAV file in TMPDIR, read back and removed: with TMPDIR full, the command failed with 'voice.m4a: cannot read its
+    sound (... No space left on device)', naming the recording, which was fine, and not the folder that was full.
+    ffmpeg's samples now come through a pipe: nothing is written, and they are the very samples the WAV held."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from fastminerf.audio import decode_sound
+    from fastminerf.prepare.video import extract_audio
+
+    stereo = np.stack([_tone(440, 1.0), _tone(660, 1.0)], axis=1)
+    write_wav(tmp_path / "src.wav", Audio(stereo, RATE))
+    voice = tmp_path / "voice.m4a"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(tmp_path / "src.wav"),
+                    "-c:a", "aac", str(voice)], check=True)
+    expected = read_wav(extract_audio(voice, tmp_path / "ref.wav", rate=rate, mono=mono), mono=mono)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read again
+    with file_size_limit(4000):  # a temporary folder with room for 4 kB a file: 1 s of sound needs 32 kB or more
+        heard = decode_sound(voice, rate=rate, mono=mono)
+    assert heard.rate == expected.rate and np.array_equal(heard.samples, expected.samples)
+    assert not list((tmp_path / "tmp").iterdir())

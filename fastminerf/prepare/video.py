@@ -19,14 +19,14 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
 from ..data.layout import not_a_file
 from ..data.writer import replaced_atomically
 
-__all__ = ["VideoError", "VideoInfo", "extract_audio", "probe", "read_frames", "video_stream_seconds"]
+__all__ = ["VideoError", "VideoInfo", "decode_audio", "extract_audio", "probe", "read_frames", "video_stream_seconds"]
 
 PathLike = Union[str, Path]
 
@@ -368,6 +368,32 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: Optional[int] = 16000
         VideoError: the file has no audio track, or ffmpeg failed (its last message included).
     """
     out = Path(out_wav)
+    cmd, _, _ = _audio_command(path, rate, duration, mono)
+    with replaced_atomically(out, ".tmp.wav") as tmp:  # ffmpeg takes the format from the suffix
+        res = subprocess.run(cmd + ["-acodec", "pcm_s16le", str(tmp)], **_FFMPEG_TEXT)
+        _check_audio_run(path, res.returncode, res.stderr)
+    return out
+
+
+def decode_audio(path: PathLike, rate: Optional[int] = 16000, mono: bool = True) -> Tuple[np.ndarray, int]:
+    """The samples :func:`extract_audio` writes, without a file: ``(S,)`` int16 mono or ``(S, C)`` with ``mono``
+    False, and their rate (ffmpeg's raw 16-bit output read through a pipe: nothing is written to disk, so a full or
+    read-only temporary folder does not stop it).
+
+    Raises:
+        VideoError: as :func:`extract_audio`.
+    """
+    cmd, rate, channels = _audio_command(path, rate, None, mono)
+    res = subprocess.run(cmd + ["-f", "s16le", "-acodec", "pcm_s16le", "pipe:1"], capture_output=True)
+    _check_audio_run(path, res.returncode, res.stderr.decode("utf-8", errors="replace"))
+    x = np.frombuffer(res.stdout, "<i2")
+    x = x[: len(x) - len(x) % channels].reshape(-1, channels).astype(np.int16)
+    return np.ascontiguousarray(x[:, 0] if channels == 1 else x), rate
+
+
+def _audio_command(path: PathLike, rate: Optional[int], duration: Optional[float], mono: bool) -> Tuple[List[str], int, int]:
+    """The ffmpeg command (without its output) that decodes the file's first audio stream as :func:`extract_audio`
+    says, the rate it decodes at and the channels it gives."""
     # On the file's own clock (-copyts), from its origin (_origin), where read_frames puts frame 0: an audio stream that
     # starts after the picture (a delay the container records, as screen and phone recorders write) is padded with
     # that much silence (aresample's first_pts; ffmpeg would otherwise pull the sound forward), and one that starts
@@ -382,14 +408,16 @@ def extract_audio(path: PathLike, out_wav: PathLike, rate: Optional[int] = 16000
     # -map: the first audio stream, whose start and rate _starts measured; left to itself ffmpeg takes the one with the
     # most channels (a screen recording's desktop sound, stereo, over its microphone, mono, on track 1)
     cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-copyts", "-i", _input(path), "-map", "0:a:0", "-vn", *layout,
-           "-ar", str(rate), "-af", f"aresample=first_pts={start},asetpts=PTS-STARTPTS", "-acodec", "pcm_s16le"]
+           "-ar", str(rate), "-af", f"aresample=first_pts={start},asetpts=PTS-STARTPTS"]
     if duration is not None:
         cmd += ["-t", f"{duration:.6f}"]
-    with replaced_atomically(out, ".tmp.wav") as tmp:  # ffmpeg takes the format from the suffix
-        res = subprocess.run(cmd + [str(tmp)], **_FFMPEG_TEXT)
-        if res.returncode != 0:
-            if "matches no streams" in res.stderr:  # ffmpeg's last line ('Error opening output files') hides it
-                raise VideoError(f"{path}: has no audio track: no sound to extract")
-            msg = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit status {res.returncode}"
-            raise VideoError(f"{path}: cannot extract the audio ({msg})")
-    return out
+    return cmd, rate, 1 if mono else min(channels or 1, 2)
+
+
+def _check_audio_run(path: PathLike, status: int, stderr: str) -> None:
+    """:class:`VideoError` naming ``path`` for an ffmpeg run of :func:`_audio_command` that failed."""
+    if status != 0:
+        if "matches no streams" in stderr:  # ffmpeg's last line ('Error opening output files') hides it
+            raise VideoError(f"{path}: has no audio track: no sound to extract")
+        msg = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {status}"
+        raise VideoError(f"{path}: cannot extract the audio ({msg})")
