@@ -60,7 +60,7 @@ from .data import MultiIdentityDataset, RayBatch, RaySampler, landmark_rays, loa
 from .data.dataset import a_dataset, check_expression_space
 from .data.layout import IDENTITY_PATHS, DatasetError
 from .data.rays import check_error_resolution
-from .data.writer import errors_naming, folder_locked, folder_writer, json_text, replaced_atomically
+from .data.writer import check_folder, errors_naming, folder_locked, folder_writer, json_text, replaced_atomically
 from .model import MINeRF, training_torch_state
 
 __all__ = [
@@ -1473,6 +1473,7 @@ def _lock_run_folder(out: Path) -> None:
     and the holder's process id when another training or personalisation holds it."""
     if out.exists() and not out.is_dir():  # a file's name typed for the folder's: mkdir's bare 'File exists'
         raise CheckpointError(f"run folder {out} is a file, not a folder: give the folder the run goes in (--out)")
+    check_folder(out, "the run", CheckpointError)  # a shared, read-only run: refused here, not at its config.yaml
     # made here, and removed again with the lock when the call is refused before it writes there (--data TYPO)
     _held.stack.run_folder = out  # what an interrupt before the first step names
     _held.stack.enter_context(folder_locked(out, lambda holder: CheckpointError(

@@ -431,3 +431,58 @@ def test_an_option_given_the_text_double_dash_is_a_usage_error_naming_it(argv, o
     err = capsys.readouterr().err
     assert f"argument {option}: invalid" in err and "'--'" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+_UNPRIVILEGED = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
+"""Runs a command as root without its capabilities: permissions then stop its writes, as they stop a user's."""
+
+
+def _as_a_user(argvs, cwd):
+    """Run ``fastminerf.cli.main`` on each of ``argvs`` in one process without root's capabilities; each one's exit
+    status and last stderr line."""
+    import json
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop its capabilities")
+    script = ("import contextlib, io, json, sys\nfrom fastminerf.cli import main\nsaid = []\n"
+              "for argv in json.loads(sys.argv[1]):\n    err = io.StringIO()\n"
+              "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):\n"
+              "        status = main(argv)\n    said.append([status, (err.getvalue().strip().splitlines() or [''])[-1]])\n"
+              "print(json.dumps(said))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", COLUMNS="1000")
+    res = subprocess.run(_UNPRIVILEGED + [sys.executable, "-c", script, json.dumps(argvs)], capture_output=True,
+                         text=True, env=env, cwd=cwd, timeout=HANG_S)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_writes_into_a_place_that_cannot_be_written_are_refused_up_front_naming_the_folder(heads, tmp_path):
+    """prepare --out, train --out and synth into a read-only place ended with Python's bare "[Errno 13] Permission
+    denied: 'X'" (synth after its progress bar began; train into an existing read-only run only at its config.yaml;
+    prepare at its log), where eval and render say what cannot be written and what for (check_folder). Each is
+    refused before any work, in check_folder's words, nothing written."""
+    shared = tmp_path / "shared"
+    (shared / "run").mkdir(parents=True)
+    (shared / "data").mkdir()
+    for folder in (shared / "run", shared / "data", shared):
+        folder.chmod(0o555)
+    try:
+        said = _as_a_user([
+            ["synth", "--out", "shared/new", "--identities", "1", "--frames", "6", "--size", "16"],
+            ["synth", "--out", "shared/data", "--identities", "1", "--frames", "6", "--size", "16"],
+            ["train", "--data", str(heads), "--out", "shared/new", "--config", "tiny", "--steps", "1"],
+            ["train", "--data", str(heads), "--out", "shared/run", "--config", "tiny", "--steps", "1"],
+            ["prepare", "clip.mp4", "--out", "shared/new"],
+            ["prepare", "clip.mp4", "--out", "shared/data"],
+        ], tmp_path)
+    finally:
+        for folder in (shared, shared / "run", shared / "data"):
+            folder.chmod(0o755)
+    made = {"shared/new": "cannot make the folder for", "shared/data": "cannot write", "shared/run": "cannot write"}
+    for (status, line), folder in zip(said, ["shared/new", "shared/data", "shared/new", "shared/run", "shared/new",
+                                             "shared/data"]):
+        assert status == 2 and "Errno" not in line and line.startswith(f"error: {folder}: {made[folder]}"), line
+        assert ("(shared cannot be written)" if folder == "shared/new" else f"({folder} cannot be written)") in line, line
+    assert sorted(p.name for p in shared.rglob("*")) == ["data", "run"]

@@ -40,7 +40,7 @@ from ..config import ArgumentValueError, SynthConfig, check_fps
 from .heads import EXPRESSION_NAMES, EXPRESSION_RANGES, TRACE_BOX, HeadModel, HeadParams
 from .layout import (AUDIO_FILE, SYNTH_IDENTITY_MARKER, DatasetError, find_identity_dirs, is_identity_dir,
                      read_transforms)
-from .writer import folder_locked, frame_record, noted_on_interrupt, replaced_atomically, write_png, write_transforms
+from .writer import check_folder, folder_locked, frame_record, noted_on_interrupt, replaced_atomically, write_png, write_transforms
 
 __all__ = [
     "REGIONS",
@@ -444,6 +444,7 @@ def generate(
     out = Path(out_dir)
     names = [f"id{k:03d}" for k in range(n_identities)]
     _refuse_foreign(out, names)  # the user's data: refused before the lock is written among it
+    check_folder(out, "the dataset", PermissionError)  # a read-only place: before the progress bar, in words
     try:  # held before its own folders are looked at: a generation into it that has not ended looks stopped part way
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:

@@ -154,18 +154,20 @@ def _process_runs(pid: int) -> bool:
 
 
 def check_folder(folder: PathLike, what: str, error: Callable[[str], BaseException] = ValueError) -> Path:
-    """Refuse an output ``folder`` that is a file or cannot be made, raising ``error`` naming it and ``what`` it is
-    for: for a caller to call before any work, where ``mkdir`` would fail in Python's words ('[Errno 17] File exists')
-    once the work was done or begun. Checked without making it (a call refused later, e.g. for an unknown identity,
-    leaves no empty folder behind): it, or the nearest folder above it that exists, must be a folder that can be
-    written. Returns it as a path."""
+    """Refuse an output ``folder`` that is a file, cannot be made or cannot be written, raising ``error`` naming it and
+    ``what`` it is for: for a caller to call before any work, where ``mkdir`` or the first write would fail in Python's
+    words ('[Errno 17] File exists', '[Errno 13] Permission denied: X') once the work was done or begun. Checked
+    without making it (a call refused later, e.g. for an unknown identity, leaves no empty folder behind): it, or the
+    nearest folder above it that exists, must be a folder that can be written (a shared, read-only one is refused,
+    and so is one on a read-only disk). Returns it as a path."""
     folder = Path(folder)
     for there in (folder, *folder.parents):
         if there.exists():
             if not there.is_dir():
                 raise error(f"{there} is a file: give a folder for {what}")
-            if there != folder and not os.access(there, os.W_OK | os.X_OK):
-                raise error(f"{folder}: cannot make the folder for {what} ({there} cannot be written)")
+            if not os.access(there, os.W_OK | os.X_OK):
+                raise error(f"{folder}: cannot write {what} there ({there} cannot be written)" if there == folder
+                            else f"{folder}: cannot make the folder for {what} ({there} cannot be written)")
             break
     return folder
 

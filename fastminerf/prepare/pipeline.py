@@ -40,7 +40,7 @@ import numpy as np
 from ..audio import wav_seconds
 from ..config import ArgumentValueError, PrepareConfig, as_paths, check_fps, counted
 from ..data.layout import AUDIO_FILE, LANDMARKS_FILE, NPZ_ERRORS, PREPARE_DONE_FILE, PREPARE_FAILED_FILE, PREPARE_WORK_DIR
-from ..data.writer import LOCK_NAME, folder_locked, frame_record, make_folder, remove_if_unused, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
+from ..data.writer import LOCK_NAME, check_folder, folder_locked, frame_record, make_folder, remove_if_unused, noted_on_interrupt, replaced_atomically, write_json, write_landmarks, write_png, write_transforms
 from ..metrics import rotation_gap_deg
 from . import background as _background
 from .contact_sheet import write_contact_sheet
@@ -696,6 +696,7 @@ def check_prepare(videos: Union[PathLike, Sequence[PathLike]], out_dir: PathLike
     if root.exists() and not root.is_dir():  # e.g. the video's name typed for the folder's: mkdir's bare 'File exists'
         raise PrepareError(f"{root} is a file, not a folder: give the folder the dataset goes in (--out), one identity "
                            "folder per video")
+    check_folder(root, "the dataset", PrepareError)  # a read-only place: before its log is opened, in words
     given = None
     if cfg.basis is not None:
         try:
