@@ -760,7 +760,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--drive", metavar="PATH[:SPLIT]",
                      help="driver identity folder (or root) and split (default train), or a video file: prepared "
-                          "first (cached in RUN/drivers/) with the run's expression basis")
+                          "first (cached in RUN/drivers/; in a temporary folder for this render where the run cannot be "
+                          "written) with the run's expression basis")
     src.add_argument("--orbit", action="store_true",
                      help="render a camera orbit instead: about NAME's mean view, as far each way as its training "
                           "views reach unless --yaw / --pitch say")
@@ -831,6 +832,7 @@ def _run_render(args: argparse.Namespace) -> int:
     from .render import drive_path, driver_from_video, load_driver, load_target, orbit_path, orbit_reach, parse_drive
     from .render import background_image, check_outputs, render_video
     from .render import training_basis
+    from .data.writer import check_folder
 
     from . import render
     from .config import check_fps
@@ -916,12 +918,24 @@ def _run_render(args: argparse.Namespace) -> int:
                 raise RenderError(f"--drive {args.drive.strip()}: a video driver has no splits (it is prepared whole, "
                                   f"every frame in 'train'); give {folder} alone, with --frames N for its first frames")
             basis = training_basis(data_paths)  # a run without one is refused before the preparation's bar
+            drivers = Path(args.run) / "drivers"
+            try:  # a shared, read-only run: prepared all the same, where it can be, for this render
+                check_folder(drivers, "the prepared driver", RenderError)
+            except RenderError as exc:
+                import tempfile
+
+                scratch = tempfile.TemporaryDirectory(prefix="fastminerf-driver-")  # removed when the render ends
+                drivers = Path(scratch.name)
+                console.print(_styled("yellow", "note", f"{exc}: the driver is prepared in {drivers} for this render "
+                                      f"and removed after it; to keep it for other renders, prepare it once with "
+                                      f"fastminerf prepare {video} --out DIR --basis {basis} and drive with DIR/"
+                                      f"{video.stem}"), markup=True)
             # prepare's stages, each named with its own count: in one bar of 'frames' the tracking's count was
             # followed by the writing's from 0 and then the pose fit's, which ended it at '1/1 frames'
             bar, progress = _prepare_progress(console, "driver: ")
             with bar:
-                folder = driver_from_video(folder, basis, Path(args.run) / "drivers",
-                                           target.table("train").width, args.frames, fps=args.fps, progress=progress)
+                folder = driver_from_video(folder, basis, drivers, target.table("train").width, args.frames,
+                                           fps=args.fps, progress=progress)
             for note in prepare_notes(folder):  # what prepare says of a video (a cut-short file, frames dropped)
                 console.print(_styled("yellow", "note", f"{folder.name}: {note}"), markup=True)
             split = "train"

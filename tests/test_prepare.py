@@ -1119,3 +1119,51 @@ def test_dataset_md_says_what_the_expression_basis_holds_and_its_rule_holds_on_p
         expr = np.array([f["expression"] for f in frames])
         predicted = (points - points[0]).reshape(len(points), -1) @ components.T / scale
         assert np.abs(predicted - (expr - expr[0])).max() < 1e-4 * max(1.0, np.abs(expr).max())
+
+
+def test_a_raw_video_drives_a_run_that_cannot_be_written(tmp_path):
+    """render --drive VIDEO against a run folder the user cannot write (a shared, read-only run) ended with
+    "error: [Errno 13] Permission denied: 'run/drivers'": the video is prepared into RUN/drivers/. It is now prepared
+    in a temporary folder for this render (removed after it), and a note says so and how to keep a driver (prepare
+    VIDEO --out DIR --basis ..., then --drive DIR/NAME). Run without root's capabilities, so the folder's
+    permissions stop the writes as they stop a user's."""
+    import subprocess
+    import sys
+
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    from fastminerf.config import load_config
+    from fastminerf.data.synth import generate
+    from fastminerf.prepare import prepare
+    from fastminerf.train import train
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop its capabilities")
+    d = generate(tmp_path / "synth", n_identities=1, n_frames=16, size=128, seed=0, novel_frames=1)[0]
+    _write_video(tmp_path / "head.mp4", [iio.imread(p)[..., :3] for split in ("train", "val")
+                                         for p in sorted((d / split).glob("[0-9][0-9][0-9][0-9].png"))])
+    root = tmp_path / "data"
+    assert prepare([tmp_path / "head.mp4"], root, PrepareConfig(size=64, expression_dim=4, min_frames=5)
+                   ).videos[0].status == "done"
+    run = tmp_path / "run"
+    train(load_config("tiny", ["train.steps=2"]), [root], run)
+    (tmp_path / "tmp").mkdir()
+    run.chmod(0o555)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                       os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", COLUMNS="1000", TMPDIR=str(tmp_path / "tmp"))
+    try:
+        res = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-m", "fastminerf",
+                              "render", "--run", str(run), "--identity", "head", "--drive", str(tmp_path / "head.mp4"),
+                              "--frames", "4", "--out", str(tmp_path / "drive.mp4")],
+                             capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        run.chmod(0o755)
+    said = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode == 0, said
+    assert f"note {run / 'drivers'}: cannot make the folder for the prepared driver ({run} cannot be written)" in said
+    assert f"prepare {tmp_path / 'head.mp4'} --out DIR --basis {root / 'expression_basis.npz'}" in said
+    assert "drive with DIR/head" in said and "4 frames" in said, said
+    assert len(list(imageio_ffmpeg.read_frames(str(tmp_path / "drive.mp4")))) - 1 == 4
+    assert not (run / "drivers").exists() and not list((tmp_path / "tmp").iterdir())  # the temporary driver removed
