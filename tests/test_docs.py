@@ -564,3 +564,44 @@ def test_dataset_md_says_every_use_training_makes_of_landmarks_npz(tmp_path):
     write_landmarks(folder, index, pts, np.ones(pts.shape[:2], bool))
     sampler = RaySampler(load_dataset([folder], splits=("train",)), "train", batch_size=64, mouth_fraction=0.5)
     assert sampler.mouth_box_pixels(0) is not None  # the file steers rays with no depth prior in sight
+
+
+def _dataset_tree() -> str:
+    """The folder tree at the top of docs/DATASET.md (its first code block)."""
+    doc = (ROOT / "docs" / "DATASET.md").read_text(encoding="utf-8")
+    return re.search(r"```\n(.*?)```", doc, re.S).group(1)
+
+
+def dataset_tree_misses(folders, placeholders) -> list:
+    """The entries of ``folders`` (files and folders, hidden ones included) that docs/DATASET.md's tree does not
+    name: a folder as ``name/``, or as its placeholder (``placeholders``: an identity folder's name to
+    ``<identity>``, a split's folder of frames to ``<split>``), a transforms file as itself or as
+    ``transforms_<split>.json``."""
+    tree = _dataset_tree()
+    missing = []
+    for folder in folders:
+        for entry in sorted(Path(folder).iterdir()):
+            token = placeholders.get(entry.name, entry.name) + ("/" if entry.is_dir() else "")
+            if re.fullmatch(r"transforms_\w+\.json", token) and "transforms_<split>.json" in tree:
+                continue
+            if token not in tree:
+                missing.append(f"{Path(folder).name}/{token}")
+    return missing
+
+
+def test_dataset_md_tree_names_every_file_and_folder_synth_writes(tmp_path):
+    """docs/DATASET.md's tree listed transforms files, bg.png, audio.wav and frames: not the masks (mask_path's
+    files), landmarks.npz, the root's expression_basis.npz, nor the files of synth and prepare beside them
+    (synth.json, synth_identity.json, contact_sheet.png, .lock), each described elsewhere: a reader of a dataset
+    folder could not tell which of its files the layout reads and which its writers keep for themselves."""
+    from fastminerf.data.synth import generate
+
+    generate(tmp_path, n_identities=1, n_frames=4, size=16, seed=0, novel_frames=1)
+    (tmp_path / ".lock").touch()  # held while a writer writes the folder (README, Two jobs on one folder)
+    places = {"id000": "<identity>", **{split: "<split>" for split in ("train", "val", "novel")}}
+    missing = dataset_tree_misses([tmp_path, tmp_path / "id000"], places)
+    assert not missing, f"docs/DATASET.md's tree does not name what synth writes: {missing}"
+    tree = _dataset_tree()
+    for name in ("masks/", "landmarks.npz", "expression_basis.npz", "prepare.log", "prepare.json", ".prepare/",
+                 "frames/", "contact_sheet.png"):  # prepare's (tests/test_prepare.py lists a prepared root)
+        assert name in tree, f"docs/DATASET.md's tree does not name prepare's {name}"

@@ -106,6 +106,21 @@ def test_every_frame_tracked_and_layout_loads(prepared):
 
 
 @needs_real
+def test_dataset_md_tree_names_every_file_and_folder_prepare_writes(prepared):
+    """docs/DATASET.md's tree (the layout's contract) left out masks/, landmarks.npz, the root's
+    expression_basis.npz and prepare.log, and prepare's own contact_sheet.png, prepare.json and .prepare/: each
+    described elsewhere, none where a reader of a prepared folder looks first. Every entry of a prepared root and of
+    an identity folder in it (hidden ones included) is named there, and prepare.log, which the command writes."""
+    from tests.test_docs import _dataset_tree, dataset_tree_misses
+
+    root, result = prepared
+    folder = result.videos[0].out_dir
+    missing = dataset_tree_misses([root, folder], {v.out_dir.name: "<identity>" for v in result.videos})
+    assert not missing, f"docs/DATASET.md's tree does not name what prepare writes: {missing}"
+    assert "prepare.log" in _dataset_tree()  # the command's (cli: mediapipe's start-up notices)
+
+
+@needs_real
 def test_canonical_landmarks_reproject_onto_tracked_ones(prepared):
     """Track the written frames again (independently of prepare's own tracking) and compare with the canonical
     face projected through the written intrinsics and camera-to-head matrices."""
