@@ -622,3 +622,20 @@ def test_readmes_notebook_paragraph_names_every_key_a_progress_callback_gets(tmp
     said = re.search(r"call `progress\(record\)` (.*?)`evaluate`", readme).group(1)
     missing = [k for k in records[0] if f"`{k}`" not in said]
     assert not missing, f"README's notebook paragraph does not name the progress record's {missing}"
+
+
+def test_prepare_and_synth_help_give_each_options_default():
+    """prepare --help and synth --help (whose options' help is their config fields' docstrings) gave no default:
+    'prepare --help' never said that frames are written at 256 px, nor the 32 coefficients, the 0.1 splits, the 2.4
+    crop, the 1.65 focal factor or the 10 frames a video needs, which the README's synopsis quotes and demo's,
+    render's and bench's help give. Each option of a value says its default (the config's, what the command runs)."""
+    from fastminerf.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name in ("prepare", "synth"):
+        sub = commands[name]
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS==") and action.nargs != 0:
+                text = " ".join(sub._get_formatter()._expand_help(action).split())
+                shown = f"{action.default:g}" if isinstance(action.default, float) else str(action.default)
+                assert f"(default {shown})" in text, (name, action.option_strings, text)
