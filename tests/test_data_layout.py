@@ -1017,3 +1017,21 @@ def test_make_folder_makes_a_folder_again_when_a_refused_call_removes_its_parent
     times = 100
     with pytest.raises(FileNotFoundError, match=rf"cannot make {re.escape(str(folder))}: .*removed"):
         writer.make_folder(folder)
+
+
+def test_a_frame_rate_no_video_has_is_refused_naming_the_file_and_key(tmp_path):
+    """A transforms file's fps of 2000 (a converter that wrote a sample rate, or milliseconds per frame inverted
+    wrongly) was read as it was, and render --drive of it said 'error: fps must be at most 1000 frames a second, got
+    2000' after the model had loaded, naming neither the file nor its key, though the user had typed --fps 25: the
+    driver's clock comes first. The reader refuses it as any other value out of range (config.check_fps, the one
+    frame-rate check), naming the file and fps; 1000 itself is read."""
+    folder = generate(tmp_path / "d", n_identities=1, n_frames=4, size=16, seed=0)[0]
+    path = folder / "transforms_train.json"
+    meta = json.loads(path.read_text())
+    for fps in (2000, 1e9):
+        path.write_text(json.dumps(dict(meta, fps=fps)))
+        with pytest.raises(DatasetError, match=r"transforms_train\.json.*fps.*at most 1000") as info:
+            read_transforms(path)
+        assert "2000" in str(info.value) or "1e+09" in str(info.value), info.value
+    path.write_text(json.dumps(dict(meta, fps=1000)))
+    assert read_transforms(path).fps == 1000

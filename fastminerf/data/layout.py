@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..config import as_paths, some_of
+from ..config import ArgumentValueError, as_paths, check_fps, some_of
 
 __all__ = [
     "DEFAULT_AABB",
@@ -453,6 +453,15 @@ def _number(value: Any, *, file: Path, key: str, positive: bool = False) -> floa
     return v
 
 
+def _fps(value: Any, *, file: Path) -> float:
+    """A transforms file's ``fps``: a frame rate by :func:`fastminerf.config.check_fps` (at most ``MAX_FPS``), refused
+    here naming the file, not later where a path of its frames is made."""
+    try:
+        return check_fps(_number(value, file=file, key="fps", positive=True))
+    except ArgumentValueError as exc:
+        raise DatasetError(exc.reason, file=file, key="fps") from None
+
+
 def _size(value: Any, *, file: Path, key: str) -> int:
     v = _number(value, file=file, key=key, positive=True)
     if v != int(v):
@@ -564,7 +573,7 @@ def read_transforms(path: PathLike, identity_dir: Optional[PathLike] = None) -> 
     else:
         background = root / "bg.png" if (root / "bg.png").is_file() else None
 
-    fps = _number(meta["fps"], file=file, key="fps", positive=True) if meta.get("fps") is not None else None
+    fps = _fps(meta["fps"], file=file) if meta.get("fps") is not None else None
 
     # --- frames
     n = len(frames)
