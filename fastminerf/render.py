@@ -45,7 +45,7 @@ import torch
 
 from .backend import machine
 from .audio import Audio, AudioError, aac_rate, frame_soundtrack, frames_at_rate, identity_audio, read_recording, wav_seconds, write_wav
-from .config import ArgumentValueError, PATHS_TAKEN, PATH_TAKEN, PATH_TYPES, as_list, as_paths, check_fps, counted, identity_index, identity_list, name_position, needs
+from .config import MAX_FPS, ArgumentValueError, PATHS_TAKEN, PATH_TAKEN, PATH_TYPES, as_list, as_paths, check_fps, counted, identity_index, identity_list, name_position, needs
 from .data.dataset import MultiIdentityDataset, a_dataset, check_expression_space, expression_space_mismatch
 from .data.rays import RayBatch, box_pixels, camera_rays, frame_rays, landmark_rays, pixel_uv, ray_aabb
 from .data.layout import IDENTITY_PATHS, identity_splits, is_identity_dir, not_a_file, read_rgb
@@ -610,7 +610,12 @@ def split_fps(dataset: MultiIdentityDataset, split: str, identity: int) -> float
     """The frame rate of an identity's frames in a split: its transforms file's ``fps``; where it has none, the
     frames' ``time`` steps (their median, so that dropped frames do not count), else :data:`DEFAULT_FPS`. Frames
     that carry their times but not their rate (another tool's layout) are played at their own speed, and their
-    sound with them, not at 25 fps."""
+    sound with them, not at 25 fps.
+
+    Raises:
+        RenderError: the times give a rate above :data:`fastminerf.config.MAX_FPS` (steps under 1 ms), naming the
+            identity, the split and ``time``.
+    """
     fps = dataset.split_meta(split, identity).fps
     if fps:
         return float(fps)
@@ -618,7 +623,14 @@ def split_fps(dataset: MultiIdentityDataset, split: str, identity: int) -> float
     t = np.sort(table.time[table.frames_of(identity)].astype(np.float64))
     steps = np.diff(t[np.isfinite(t)])
     steps = steps[steps > 1e-6]
-    return round(float(1.0 / np.median(steps)), 3) if steps.size else DEFAULT_FPS  # 1/(1/30) is not quite 30
+    if not steps.size:
+        return DEFAULT_FPS
+    rate = round(float(1.0 / np.median(steps)), 3)  # 1/(1/30) is not quite 30
+    if rate > MAX_FPS:  # 10000 was refused later as 'fps must be at most 1000', naming neither the data nor 'time'
+        raise RenderError(f"{dataset.identities[identity]}'s '{split}' frames have no fps and their 'time' values are "
+                          f"{float(np.median(steps)):g} s apart: {rate:g} frames a second, above {MAX_FPS:g}; "
+                          "times are in seconds (or give the transforms file's fps)")
+    return rate
 
 
 def _time_ordered(table, rows: np.ndarray) -> np.ndarray:

@@ -1555,3 +1555,30 @@ def test_set_render_steps_refuses_steps_finer_than_the_fields_finest_grid():
     set_render_steps(model, most)
     assert model.eval_steps == most
     assert max_render_steps(MINeRF(load_config("cpu").model, 4, ["a"], [0, 0])) > 256  # the cpu / video presets' own
+
+
+def test_frames_whose_times_give_no_frame_rate_are_refused_naming_the_identity_and_time(tmp_path):
+    """Frames without an fps whose ``time`` steps are 0.1 ms apart (a converter that wrote milliseconds as
+    seconds / 10, or sample counts) gave a rate of 10000 a second, and render --drive of them said 'error: fps must be
+    at most 1000 frames a second, got 10000' though the user had typed --fps 25: nothing named the driver, its
+    split or the key the rate came from. split_fps refuses such times itself, naming them."""
+    import json
+
+    from fastminerf.data import load_dataset
+    from fastminerf.data.synth import generate
+    from fastminerf.render import RenderError, split_fps
+
+    folder = generate(tmp_path / "d", n_identities=1, n_frames=6, size=16, seed=0)[0]
+    path = folder / "transforms_train.json"
+    meta = json.loads(path.read_text())
+    meta.pop("fps", None)
+    for i, frame in enumerate(meta["frames"]):
+        frame["time"] = i * 1e-4
+    path.write_text(json.dumps(meta))
+    data = load_dataset([folder], splits=("train",))
+    with pytest.raises(RenderError, match=r"id000.*'train'.*time.*10000.*1000"):
+        split_fps(data, "train", 0)
+    for i, frame in enumerate(meta["frames"]):
+        frame["time"] = i * 0.04
+    path.write_text(json.dumps(meta))
+    assert split_fps(load_dataset([folder], splits=("train",)), "train", 0) == 25.0
