@@ -1359,3 +1359,66 @@ def test_preparing_a_phone_s_hdr_video_says_its_colours_were_tone_mapped(tmp_pat
     got = prepare([hdr], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5)).videos[0]
     said = [n for n in got.notes if "HDR" in n]
     assert len(said) == 1 and "NOT converted" in said[0] and "zscale" in said[0], got.notes
+
+
+def _as_an_older_prepare_wrote_it(folder: Path, version: int = 2) -> None:
+    """Rewrite ``folder``'s stage markers as prepare version ``version`` wrote them: the same fingerprint fields with
+    that ``version`` (frames read before limited-range video came out at its level and HDR was tone-mapped)."""
+    for marker in (folder / ".prepare" / "track.json", folder / ".prepare" / "frames.json", folder / "prepare.json"):
+        data = json.loads(marker.read_text())
+        data["fingerprint"]["version"] = version
+        marker.write_text(json.dumps(data))
+
+
+def test_a_folder_an_older_prepare_wrote_is_not_taken_for_one_of_todays_reading(tmp_path, head_frames):
+    """Today's prepare reads limited-range video 2 levels brighter than the release before it and tone-maps HDR, yet
+    its stages' fingerprints kept version 2: rerunning prepare on an old root skipped every video, its frames believed
+    current, and a new person prepared into that root mixed two readings of colour without a word. A folder of an
+    older version is refused until --overwrite (its files untouched, still data), a person added beside it is told
+    which folders hold the older reading, and --overwrite prepares it again as today's."""
+    from fastminerf.prepare import prepare
+    from fastminerf.prepare.pipeline import PREPARE_VERSION
+
+    cfg = PrepareConfig(size=64, expression_dim=4, min_frames=5)
+    old = _write_video(tmp_path / "old.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    new = _write_video(tmp_path / "new.mp4", head_frames[12:24], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    root = tmp_path / "data"
+    assert prepare([old], root, cfg).videos[0].status == "done"
+    _as_an_older_prepare_wrote_it(root / "old")
+    frame = (root / "old" / "frames" / "00000.png").read_bytes()
+
+    again = prepare([old], root, cfg).videos[0]
+    assert again.status == "failed", again.status
+    assert "older fastminerf" in again.error and "version 2" in again.error and "--overwrite" in again.error, again.error
+    assert (root / "old" / "frames" / "00000.png").read_bytes() == frame
+    assert load_dataset(root / "old").table("train").c2w.shape[0] > 0  # still data, as it was
+
+    added = prepare([new], root, cfg).videos[0]
+    assert added.status == "done", added.error
+    note = [n for n in added.notes if "older fastminerf" in n]
+    assert len(note) == 1 and "old (version 2)" in note[0] and "--overwrite" in note[0], added.notes
+
+    redone = prepare([old], root, PrepareConfig(size=64, expression_dim=4, min_frames=5, overwrite=True)).videos[0]
+    assert redone.status == "done", redone.error
+    assert json.loads((root / "old" / "prepare.json").read_text())["fingerprint"]["version"] == PREPARE_VERSION
+    assert prepare([old], root, cfg).videos[0].status == "skipped"  # today's folder: nothing redone
+    assert not [n for n in prepare([new], root, cfg).videos[0].notes if "older fastminerf" in n]
+
+
+def test_a_folder_an_older_prepare_stopped_in_is_prepared_again_when_continued(tmp_path, head_frames):
+    """A prepare of an older version stopped part way (its tracking cached, no prepare.json: not data yet) and
+    continued by today's: its stages are of the older reading, so it is prepared again from its start, as today's,
+    rather than refused as a finished folder of that version would be (nothing there trains)."""
+    from fastminerf.prepare import prepare
+    from fastminerf.prepare.pipeline import PREPARE_VERSION
+
+    cfg = PrepareConfig(size=64, expression_dim=4, min_frames=5)
+    video = _write_video(tmp_path / "clip.mp4", head_frames[:12], params=("-g", "1", "-pix_fmt", "yuv420p"))
+    root = tmp_path / "data"
+    assert prepare([video], root, cfg).videos[0].status == "done"
+    _as_an_older_prepare_wrote_it(root / "clip")
+    (root / "clip" / "prepare.json").unlink()  # stopped before its last stage
+    again = prepare([video], root, cfg).videos[0]
+    assert again.status == "done" and "track" in again.seconds and "frames" in again.seconds, again.error
+    for marker in (".prepare/track.json", ".prepare/frames.json", "prepare.json"):
+        assert json.loads((root / "clip" / marker).read_text())["fingerprint"]["version"] == PREPARE_VERSION

@@ -70,10 +70,15 @@ ProgressFn = Callable[[str, str, int, int], None]
 """``progress(stage, video_name, done, total)``; stage is ``track``, ``frames``, ``cameras`` or ``basis``;
 ``total`` is 0 while unknown."""
 
-PREPARE_VERSION = 2
+PREPARE_VERSION = 3
 """Version of what prepare writes; part of every stage's fingerprint, bumped when the output would change. (Faces
 that fill the frame are tracked as before the tracking region existed, and ``track_region_scale`` is in the
-fingerprint itself: still 2.)"""
+fingerprint itself: still 2.) 3: the frames are read as :data:`VERSION_CHANGES` says; a folder of an older version
+is refused until ``overwrite`` (:func:`_check_folder`), and a video prepared beside one is told (:func:`_older_folders`)."""
+
+VERSION_CHANGES = ("limited-range video (nearly every camera's and phone's) is read 2 levels brighter, at the picture's "
+                   "own level, HDR video is tone-mapped to SDR and video of more than 8 bits keeps its colours at any crop")
+"""What frames of :data:`PREPARE_VERSION` show otherwise than those of version 2 (said to the user of an older folder)."""
 
 WORK_DIR = PREPARE_WORK_DIR
 """Hidden folder of per-stage caches inside each identity folder."""
@@ -297,9 +302,16 @@ def _check_folder(folder: Path, fp: Dict[str, dict], overwrite: bool) -> None:
               (_read_json(folder / DONE_FILE), "cameras")]
     clash = [stage for data, stage in stored if data is not None and data.get("fingerprint") != fp[stage]]
     if clash:
+        old = next(d for d, s in stored if s == clash[0])["fingerprint"]
+        diff = sorted(k for k in set(old) | set(fp[clash[0]]) if old.get(k) != fp[clash[0]].get(k))
+        if diff == ["version"] and stored[2][0] is None:  # an older prepare stopped in it: nothing trains, redo it
+            overwrite = True
         if not overwrite:
-            old = next(d for d, s in stored if s == clash[0])["fingerprint"]
-            diff = sorted(k for k in set(old) | set(fp[clash[0]]) if old.get(k) != fp[clash[0]].get(k))
+            if diff == ["version"]:  # the same settings and file, an older reading of it: kept as it is (still data)
+                raise PrepareError(f"{folder} was prepared by an older fastminerf (prepare version {old.get('version')}; "
+                                   f"this one writes version {PREPARE_VERSION}: {VERSION_CHANGES}); it is kept as it is "
+                                   f"and still trains as before; pass overwrite (--overwrite) to prepare it again as "
+                                   f"today's (runs trained on its old frames will not resume on the new ones)")
             if "video_sha256" in diff:  # --overwrite would replace another video's (another person's) dataset
                 raise PrepareError(f"{folder} was prepared from another video file of the same name; rename this "
                                    f"video or choose another --out (--overwrite would replace what is there)")
@@ -908,6 +920,11 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
             f"or turned away, and found them) or a cut to another framing. This identity is the face inside the crop "
             f"({side} px at ({x0}, {y0})); if that is the wrong person, crop the video to the right one "
             f"(ffmpeg -vf crop=W:H:X:Y) and prepare it again with --overwrite")
+    older = _older_folders(root, res.name)
+    if older:  # one root, two readings of colour: the people would differ by how they were read, not how they look
+        res.notes.append(f"{root} holds identities prepared by an older fastminerf ({', '.join(f'{n} (version {v})' for n, v in older.items())}), "
+                         f"whose frames were read otherwise than this one's (version {PREPARE_VERSION}: {VERSION_CHANGES}); "
+                         f"for one reading, prepare {', '.join(older)} again with --overwrite")
     sizes = _other_sizes(root, res.name)
     other = {n: s for n, s in sizes.items() if s != cfg.size}
     if other:  # a forgotten --size: they train together, each person at its own size, which may not be meant
@@ -973,6 +990,18 @@ def _other_sizes(root: Path, name: str) -> Dict[str, int]:
         theirs = (done or {}).get("settings", {}).get("size") if isinstance(done, dict) else None
         if isinstance(theirs, int):
             found[d.name] = theirs
+    return found
+
+
+def _older_folders(root: Path, name: str) -> Dict[str, int]:
+    """The identity folders of ``root`` other than ``name`` that a prepare of an older version finished, with that
+    version (from their ``prepare.json``'s fingerprint)."""
+    found = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != name):
+        done = _read_json(d / DONE_FILE) if _ours(d) else None
+        version = (done or {}).get("fingerprint", {}).get("version")
+        if isinstance(version, int) and version < PREPARE_VERSION:
+            found[d.name] = version
     return found
 
 
