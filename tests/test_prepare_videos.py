@@ -1422,3 +1422,19 @@ def test_a_folder_an_older_prepare_stopped_in_is_prepared_again_when_continued(t
     assert again.status == "done" and "track" in again.seconds and "frames" in again.seconds, again.error
     for marker in (".prepare/track.json", ".prepare/frames.json", "prepare.json"):
         assert json.loads((root / "clip" / marker).read_text())["fingerprint"]["version"] == PREPARE_VERSION
+def test_a_video_faster_than_any_rate_read_asks_for_fps_up_front(tmp_path, head_frames):
+    """A high-speed camera's 1200 fps clip prepared without ``--fps`` was tracked and written at 1200 fps, and its
+    transforms files' ``fps: 1200`` then refused by the reader (at most MAX_FPS, 781c8bc): the dataset prepare wrote
+    could not be trained on. prepare refuses the video's own rate up front, naming the video and ``--fps``; given
+    ``--fps``, it prepares it."""
+    from fastminerf.prepare import prepare
+
+    video = _write_video(tmp_path / "fast.mp4", head_frames[:20], fps=1200.0)
+    cfg = dict(size=64, expression_dim=6, min_frames=5)
+    v = prepare([video], tmp_path / "a", PrepareConfig(**cfg)).videos[0]
+    assert v.status == "failed" and str(video) in v.error and "--fps" in v.error and "1200" in v.error, v.error
+    assert not (tmp_path / "a" / "fast" / "transforms_train.json").exists()
+    v = prepare([video], tmp_path / "b", PrepareConfig(fps=1000.0, **cfg)).videos[0]
+    assert v.status == "done", v.error
+    assert read_transforms(v.out_dir / "transforms_train.json").fps == 1000.0
+

@@ -859,6 +859,12 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     (work / PREPARE_FAILED_FILE).unlink(missing_ok=True)  # begun again: stopped now, it is a stopped prepare
     res.out_dir = out
     fps = float(cfg.fps) if cfg.fps else info.fps
+    if not cfg.fps:  # a high-speed camera's 1200 fps was written as the data's fps, which its reader then refused
+        try:
+            check_fps(fps)
+        except ArgumentValueError as exc:
+            raise PrepareError(f"{res.video}: the video's frame rate {exc.reason}: give fps (--fps), e.g. 25, to read "
+                               "it at that rate") from None
     res.fps = fps
 
     track = _read_json(work / "track.json")
