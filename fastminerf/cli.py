@@ -69,15 +69,22 @@ def _styled(style: str, word: str, rest: object) -> str:
     return f"[{style}]{word}[/{style}] {escape(str(rest))}"
 
 
-def _field_help(cls, name: str, default=None) -> str:
-    """The docstring of a config field, so that CLI help and config docs agree, with the option's ``default`` (the
-    config's) when it has one to type: None (the docstring says what leaving it out does) and a switch's False
+def _field_help(cls, name: str) -> str:
+    """The docstring of a config field, so that CLI help and config docs agree, with the field's default (the
+    option's) when it has one to type: None (the docstring says what leaving it out does) and a switch's False
     give none."""
     text = _field_docs(cls).get(name, "")
+    default = getattr(_config_defaults(cls), name, None)
     if default is None or isinstance(default, bool):
         return text
     shown = plain_number(default) if isinstance(default, (int, float)) else str(default)
     return f"{text.rstrip('.')} (default {shown})." if text else f"default {shown}"
+
+
+@functools.lru_cache(maxsize=None)
+def _config_defaults(cls):
+    """A config class's defaults (``cls()``), made once."""
+    return cls()
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,22 +174,16 @@ def _add_synth(sub: "argparse._SubParsersAction") -> None:
         "OUT/contact_sheet.png.",
     )
     _positional_or_option(p, "out", "output folder")
-    p.add_argument("--identities", type=int, default=d.n_identities,
-                   help=_field_help(SynthConfig, "n_identities", d.n_identities))
-    p.add_argument("--frames", type=int, default=d.n_frames,
-                   help=_field_help(SynthConfig, "n_frames", d.n_frames))
-    p.add_argument("--size", type=int, default=d.size,
-                   help=_field_help(SynthConfig, "size", d.size))
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help=_field_help(SynthConfig, "seed", d.seed))
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help=_field_help(SynthConfig, "val_fraction", d.val_fraction))
-    p.add_argument("--novel-frames", type=int, default=d.novel_frames,
-                   help=_field_help(SynthConfig, "novel_frames", d.novel_frames))
+    p.add_argument("--identities", type=int, default=d.n_identities, help=_field_help(SynthConfig, "n_identities"))
+    p.add_argument("--frames", type=int, default=d.n_frames, help=_field_help(SynthConfig, "n_frames"))
+    p.add_argument("--size", type=int, default=d.size, help=_field_help(SynthConfig, "size"))
+    p.add_argument("--seed", type=int, default=d.seed, help=_field_help(SynthConfig, "seed"))
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=_field_help(SynthConfig, "val_fraction"))
+    p.add_argument("--novel-frames", type=int, default=d.novel_frames, help=_field_help(SynthConfig, "novel_frames"))
     p.add_argument("--expression-style", type=float, default=d.expression_style,
-                   help=_field_help(SynthConfig, "expression_style", d.expression_style))
+                   help=_field_help(SynthConfig, "expression_style"))
     p.add_argument("--novel-poses", choices=("own", "train"), default=d.novel_poses,
-                   help=_field_help(SynthConfig, "novel_poses", d.novel_poses))
+                   help=_field_help(SynthConfig, "novel_poses"))
     p.add_argument("--overwrite", action="store_true", help=_field_help(SynthConfig, "overwrite"))
     p.add_argument("--no-contact-sheet", action="store_true", help="do not write OUT/contact_sheet.png")
     p.set_defaults(func=_run_synth)
@@ -295,7 +296,7 @@ def _add_prepare(sub: "argparse._SubParsersAction") -> None:
     from .config import PrepareConfig
 
     d = PrepareConfig()
-    h = lambda name: _field_help(PrepareConfig, name, getattr(d, name))  # noqa: E731
+    h = lambda name: _field_help(PrepareConfig, name)  # noqa: E731
     p = sub.add_parser(
         "prepare",
         help="turn talking-face videos into a training dataset (mediapipe tracking, head pose, shared expressions)",
