@@ -939,10 +939,14 @@ def _run_render(args: argparse.Namespace) -> int:
 
                 scratch = tempfile.TemporaryDirectory(prefix="fastminerf-driver-")  # removed when the render ends
                 drivers = Path(scratch.name)
+                # as driver_from_video prepares it: every frame in train (prepare's own 0.1 / 0.1 left the video's
+                # last fifth out of the train split DIR/NAME drives with), at the target's size and --fps
+                at_fps = f" --fps {args.fps:g}" if args.fps else ""
                 console.print(_styled("yellow", "note", f"{exc}: the driver is prepared in {drivers} for this render "
                                       f"and removed after it; to keep it for other renders, prepare it once with "
-                                      f"fastminerf prepare {video} --out DIR --basis {basis} and drive with DIR/"
-                                      f"{video.stem}"), markup=True)
+                                      f"fastminerf prepare {video} --out DIR --basis {basis} --val-fraction 0 "
+                                      f"--test-fraction 0 --size {target.table('train').width}{at_fps} and drive with "
+                                      f"DIR/{video.stem}"), markup=True)
             # prepare's stages, each named with its own count: in one bar of 'frames' the tracking's count was
             # followed by the writing's from 0 and then the pose fit's, which ended it at '1/1 frames'
             bar, progress = _prepare_progress(console, "driver: ")

@@ -1140,7 +1140,7 @@ def test_a_raw_video_drives_a_run_that_cannot_be_written(tmp_path):
     """render --drive VIDEO against a run folder the user cannot write (a shared, read-only run) ended with
     "error: [Errno 13] Permission denied: 'run/drivers'": the video is prepared into RUN/drivers/. It is now prepared
     in a temporary folder for this render (removed after it), and a note says so and how to keep a driver (prepare
-    VIDEO --out DIR --basis ..., then --drive DIR/NAME). Run without root's capabilities, so the folder's
+    VIDEO --out DIR --basis ... --val-fraction 0 --test-fraction 0 --size W, then --drive DIR/NAME). Run without root's capabilities, so the folder's
     permissions stop the writes as they stop a user's."""
     import subprocess
     import sys
@@ -1178,7 +1178,10 @@ def test_a_raw_video_drives_a_run_that_cannot_be_written(tmp_path):
     said = " ".join((res.stdout + res.stderr).split())
     assert res.returncode == 0, said
     assert f"note {run / 'drivers'}: cannot make the folder for the prepared driver ({run} cannot be written)" in said
-    assert f"prepare {tmp_path / 'head.mp4'} --out DIR --basis {root / 'expression_basis.npz'}" in said
+    # as render prepares it: every frame in train (prepare's default 0.1 / 0.1 left the last fifth of the video out
+    # of the train split --drive DIR/NAME plays), at the target's size
+    assert (f"prepare {tmp_path / 'head.mp4'} --out DIR --basis {root / 'expression_basis.npz'} --val-fraction 0 "
+            "--test-fraction 0 --size 64" in said), said
     assert "drive with DIR/head" in said and "4 frames" in said, said
     assert len(list(imageio_ffmpeg.read_frames(str(tmp_path / "drive.mp4")))) - 1 == 4
     assert not (run / "drivers").exists() and not list((tmp_path / "tmp").iterdir())  # the temporary driver removed
