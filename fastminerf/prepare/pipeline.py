@@ -988,27 +988,27 @@ def _face_jump(lm: np.ndarray, fps: float) -> Optional[Tuple[int, np.ndarray, np
     return int(ids[j + 1]), centre[j], centre[j + 1], float(moved[j])
 
 
-def _other_sizes(root: Path, name: str) -> Dict[str, int]:
-    """The identity folders of ``root`` other than ``name`` that prepare finished, with their frame sizes."""
+def _others_done(root: Path, name: str) -> Dict[str, dict]:
+    """The identity folders of ``root`` other than ``name`` that prepare finished, with their ``prepare.json``."""
     found = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != name):
         done = _read_json(d / DONE_FILE) if _ours(d) else None
-        theirs = (done or {}).get("settings", {}).get("size") if isinstance(done, dict) else None
-        if isinstance(theirs, int):
-            found[d.name] = theirs
+        if isinstance(done, dict):
+            found[d.name] = done
     return found
+
+
+def _other_sizes(root: Path, name: str) -> Dict[str, int]:
+    """The identity folders of ``root`` other than ``name`` that prepare finished, with their frame sizes."""
+    sizes = {n: done.get("settings", {}).get("size") for n, done in _others_done(root, name).items()}
+    return {n: s for n, s in sizes.items() if isinstance(s, int)}
 
 
 def _older_folders(root: Path, name: str) -> Dict[str, int]:
     """The identity folders of ``root`` other than ``name`` that a prepare of an older version finished, with that
     version (from their ``prepare.json``'s fingerprint)."""
-    found = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name != name):
-        done = _read_json(d / DONE_FILE) if _ours(d) else None
-        version = (done or {}).get("fingerprint", {}).get("version")
-        if isinstance(version, int) and version < PREPARE_VERSION:
-            found[d.name] = version
-    return found
+    versions = {n: done.get("fingerprint", {}).get("version") for n, done in _others_done(root, name).items()}
+    return {n: v for n, v in versions.items() if isinstance(v, int) and v < PREPARE_VERSION}
 
 
 def _fit_basis(ready: Sequence[VideoResult], state: Dict[str, dict], cfg: PrepareConfig) -> ExpressionBasis:
