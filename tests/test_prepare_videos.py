@@ -1288,6 +1288,10 @@ def test_an_absurd_frame_rate_is_refused_up_front(tmp_path):
     (["--val-fraction", "-1"], "--val-fraction must be a number >= 0, got -1"),
     (["--test-fraction", "nan"], "--test-fraction must be a number >= 0, got nan"),
     (["--val-fraction", "0.5", "--test-fraction", "0.5"], "--test-fraction must be below 0.9 minus the val fraction"),
+    # a share too large alone is that option's, not the other's ('--test-fraction must be below 0.9 minus the val
+    # fraction (2.0), got 0.1' for --val-fraction 2, the test fraction being the default)
+    (["--val-fraction", "2"], "--val-fraction must be below 0.9, got 2.0"),
+    (["--test-fraction", "0.95", "--val-fraction", "0"], "--test-fraction must be below 0.9, got 0.95"),
 ])
 def test_the_command_names_the_option_the_user_typed_for_a_bad_setting(tmp_path, capsys, monkeypatch, extra, message):
     """`fastminerf prepare v.mp4 --out d --fps -1` said 'error: fps must be a positive frame rate', naming

@@ -671,6 +671,8 @@ def check_prepare(videos: Union[PathLike, Sequence[PathLike]], out_dir: PathLike
     for name in ("val_fraction", "test_fraction"):
         if not getattr(cfg, name) >= 0:  # NaN too
             raise PrepareSettingError(name, f"must be a number >= 0, got {getattr(cfg, name)}")
+        if not getattr(cfg, name) < 0.9:  # too large alone: this share's, not the other's (the sum's check below)
+            raise PrepareSettingError(name, f"must be below 0.9, got {getattr(cfg, name)}")
     if not cfg.val_fraction + cfg.test_fraction < 0.9:  # frames left to train on
         raise PrepareSettingError("test_fraction", f"must be below 0.9 minus the val fraction ({cfg.val_fraction}), "
                                   f"got {cfg.test_fraction}")
