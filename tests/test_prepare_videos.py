@@ -564,6 +564,20 @@ def test_an_expression_basis_cut_short_or_damaged_is_refused_naming_the_file(tmp
             ExpressionBasis.load(tmp_path)
 
 
+def test_a_basis_file_that_is_not_there_is_named_as_typed(tmp_path, capsys, monkeypatch):
+    """prepare --basis old/expression_basis.npz with a typo in the path said 'error: --basis:
+    nope.npz/expression_basis.npz: not a readable expression basis (... No such file or directory ...)': a path that
+    is no folder was read as one, and the file named was one the user never typed. The path is named as given."""
+    from fastminerf.cli import main
+
+    monkeypatch.setattr("fastminerf.prepare.require_mediapipe", lambda: None)
+    typed = tmp_path / "old" / "expresion_basis.npz"
+    assert main(["prepare", str(tmp_path / "v.mp4"), "--out", str(tmp_path / "data"), "--basis", str(typed)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: --basis: {typed}: not a readable expression basis" in err, err
+    assert "expresion_basis.npz/expression_basis.npz" not in err, err
+
+
 @pytest.mark.parametrize("damage", ["cut", "flipped", "another file", "no landmarks"])
 def test_a_resume_whose_track_file_was_damaged_tracks_again(tmp_path, head_frames, damage):
     """A work folder whose .prepare/track.npz was cut short, damaged or replaced (a copy of the root killed midway, a

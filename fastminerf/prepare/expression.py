@@ -137,9 +137,9 @@ class ExpressionBasis:
 
     @classmethod
     def load(cls, root: PathLike) -> "ExpressionBasis":
-        """Read ``root/expression_basis.npz`` (or ``root`` itself when it is a file); ``ValueError`` naming the file
-        when it is not one of ours."""
-        path = Path(root) if Path(root).is_file() else Path(root) / BASIS_FILE
+        """Read ``root/expression_basis.npz`` when ``root`` is a folder, else ``root`` itself (a missing path is named
+        as given); ``ValueError`` naming the file when it is not one of ours."""
+        path = Path(root) / BASIS_FILE if Path(root).is_dir() else Path(root)
         try:
             with np.load(path) as z:
                 if int(z["format"]) != BASIS_FORMAT:
