@@ -347,7 +347,7 @@ class SpeechConfig:
     """Largest random shift (mel columns) of a training window."""
     smooth: float = 0.04
     """Standard deviation (seconds) of the Gaussian that smooths predicted expressions over time, the same at any
-    frame rate (one frame at 25 fps); 0: none."""
+    frame rate (one frame at 25 fps); 0: none; at most 1 s (one of a second already flattens every syllable)."""
     calibrate: int = 3
     """Folds of the calibration that measures how far each coefficient can be predicted (see
     :func:`fastminerf.speech.train_speech`; each fold costs one more network); 0: no calibration (one network, gains
@@ -367,6 +367,9 @@ class SpeechConfig:
         for key in ("dropout", "noise", "smooth", "weight_decay"):
             if not float(getattr(self, key)) >= 0:
                 raise ConfigError(f"speech config '{key}' must be >= 0, got {getattr(self, key)}")
+        if self.smooth > 1:  # milliseconds typed for seconds (40 for 0.04) held the lips still; 1e9 ran out of memory
+            raise ConfigError(f"speech config 'smooth' must be at most 1 second (it is seconds: 0.04 is 40 ms), got "
+                              f"{self.smooth}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"speech config 'dropout' must be in [0, 1), got {self.dropout}")
         if self.lr <= 0:

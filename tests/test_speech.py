@@ -296,6 +296,17 @@ def test_speech_config_refuses_a_non_finite_number(key, value):
         SpeechConfig(**{key: float(value)})
 
 
+@pytest.mark.parametrize("value", ["40", "1e9"])
+def test_speech_config_refuses_a_smoothing_longer_than_a_second(value):
+    """speech --set smooth=1e9 ended in numpy's traceback (4.37 TiB for the Gaussian's kernel) after loading the data,
+    and smooth=40 (40 ms typed as milliseconds, smooth being seconds since 1173382) trained and rendered lips held
+    still without a word: a Gaussian of 40 s flattens every syllable. 'smooth' is refused above 1 s, naming the key
+    and its unit."""
+    with pytest.raises(ConfigError, match="'smooth' must be at most 1 second"):
+        flat_config(SpeechConfig, [f"smooth={value}"])
+    assert SpeechConfig(smooth=1.0).smooth == 1.0
+
+
 def test_load_speech_converts_other_formats_and_rates(tmp_path, heads):
     _, dirs, _, _, _, _ = heads
     src = read_wav(dirs[0] / "audio.wav")
