@@ -1112,6 +1112,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         speech_file = Path(args.run[0]) / "speech.pt" if args.speech is True else args.speech
         speech_model = load_speech_model(speech_file)
     console = _console()
+    # one folder named twice (a glob that holds a run also named on its own) is one run, not two of the same people
+    args.run = [run for k, run in enumerate(args.run)
+                if Path(run).resolve() not in {Path(r).resolve() for r in args.run[:k]}]
     runs = [(run, *_open_run(run, args.render_steps, device)[1:]) for run in args.run]
     dirs = find_identity_dirs(args.data)
     # A root may also hold people no run knows (a new person prepared into it, to be added by personalize): eval

@@ -446,6 +446,20 @@ def test_cli_fine_tunes_each_identity_and_scores_each_with_its_own_run(tiny, tmp
     assert "unknown identity 'id002': none of the runs" in " ".join(capsys.readouterr().err.split())
 
 
+def test_eval_of_one_run_named_twice_scores_it_as_one_run(tiny, capsys):
+    """eval --run runs/* runs/generic (a glob that holds the generic run, named again) loaded the run twice and said
+    'note RUN renders none of the people evaluated: id000, id001 are rendered by RUN ... to compare runs, evaluate
+    each run on its own' under a table titled '2 runs on val': one run, named twice, read as two. A run folder
+    given again (as another spelling of the same path) is the one run."""
+    root, dirs = tiny
+    argv = ["eval", "--data", str(dirs[0]), str(dirs[1]), "--split", "val", "--max-frames", "1"]
+    capsys.readouterr()
+    assert main(argv + ["--run", str(root / "run"), str(root / "run") + "/"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "renders none" not in out and "2 runs" not in out, out
+    assert f"{root / 'run'} on val" in out, out
+
+
 def test_eval_of_two_generic_runs_of_the_same_people_says_the_second_renders_none_of_them(tiny, tmp_path, capsys):
     """eval --run A B of two generic runs of the same people (a researcher's two seeds, to compare them) scored every
     person by A, the first run that knows them, under a table titled '2 runs on val', and said nothing of B: its
