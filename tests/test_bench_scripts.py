@@ -261,6 +261,20 @@ def test_the_readme_names_the_scripts_that_take_no_out_dir(capsys):
             assert f"`{script}.py`" in claim.group(0), script
 
 
+def _stand_ins(cond, monkeypatch) -> None:
+    """conditioning_equal_steps.py with stand-ins for its data, training and scoring (every score 20 dB): for tests
+    of where its result goes and what it prints."""
+
+    def generate(data, **settings):
+        (data / "id000").mkdir(parents=True, exist_ok=True)
+        (data / "synth.json").write_text(json.dumps({"settings": settings}))
+
+    monkeypatch.setattr(cond, "generate", generate)
+    monkeypatch.setattr(cond, "train", lambda cfg, ids, run: None)
+    monkeypatch.setattr(cond, "load_run", lambda run, device=None: (None, None, None))
+    monkeypatch.setattr(cond, "evaluate", lambda model, ids, split, frames: dict(mean_psnr=20.0, per_identity={}))
+
+
 def test_a_run_of_other_novel_poses_does_not_replace_the_committed_record(tmp_path, monkeypatch):
     """conditioning_equal_steps.py --novel-poses train (the README's command for the trainposes table), run with the
     record's other settings and no --name, wrote conditioning_equal_steps.json, the record of novel frames with their
@@ -271,14 +285,7 @@ def test_a_run_of_other_novel_poses_does_not_replace_the_committed_record(tmp_pa
     record = tmp_path / "results"
     monkeypatch.setattr(common, "RESULTS", record)
 
-    def generate(data, **settings):
-        (data / "id000").mkdir(parents=True, exist_ok=True)
-        (data / "synth.json").write_text(json.dumps({"settings": settings}))
-
-    monkeypatch.setattr(cond, "generate", generate)
-    monkeypatch.setattr(cond, "train", lambda cfg, ids, run: None)
-    monkeypatch.setattr(cond, "load_run", lambda run, device=None: (None, None, None))
-    monkeypatch.setattr(cond, "evaluate", lambda model, ids, split, frames: dict(mean_psnr=20.0, per_identity={}))
+    _stand_ins(cond, monkeypatch)
     assert cond.main(["--novel-poses", "train", "--work", str(tmp_path / "w")]) == 0
     assert sorted(p.name for p in record.iterdir()) == ["conditioning_equal_steps_quick.json"]
     assert cond.main(["--novel-poses", "train", "--name", "conditioning_equal_steps_trainposes",
@@ -334,14 +341,7 @@ def test_conditioning_equal_steps_of_one_seed_gives_no_nan_standard_error(tmp_pa
     stand-ins: only the summary line is tested."""
     import benchmarks.conditioning_equal_steps as cond
 
-    def generate(data, **settings):
-        (data / "id000").mkdir(parents=True, exist_ok=True)
-        (data / "synth.json").write_text(json.dumps({"settings": settings}))
-
-    monkeypatch.setattr(cond, "generate", generate)
-    monkeypatch.setattr(cond, "train", lambda cfg, ids, run: None)
-    monkeypatch.setattr(cond, "load_run", lambda run, device=None: (None, None, None))
-    monkeypatch.setattr(cond, "evaluate", lambda model, ids, split, frames: dict(mean_psnr=20.0, per_identity={}))
+    _stand_ins(cond, monkeypatch)
     assert cond.main(["--seeds", "0", "--styles", "0", "--work", str(tmp_path / "w"), "--out", str(tmp_path)]) == 0
     line = " ".join(capsys.readouterr().out.split()).split("style 0: ")[1]
     assert "nan" not in line and "1 seeds" not in line, line

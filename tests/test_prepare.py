@@ -342,6 +342,26 @@ def _write_video(path: Path, frames) -> None:
     w.close()
 
 
+def _head_video_run(tmp_path: Path) -> Path:
+    """A procedural head's 16 frames as TMP/head.mp4 (no sound), prepared into TMP/data at 64 px, and a tiny run of
+    2 steps on it in TMP/run; returns the data root."""
+    import imageio.v3 as iio
+
+    from fastminerf.config import load_config
+    from fastminerf.data.synth import generate
+    from fastminerf.prepare import prepare
+    from fastminerf.train import train
+
+    d = generate(tmp_path / "synth", n_identities=1, n_frames=16, size=128, seed=0, novel_frames=1)[0]
+    _write_video(tmp_path / "head.mp4", [iio.imread(p)[..., :3] for split in ("train", "val")
+                                         for p in sorted((d / split).glob("[0-9][0-9][0-9][0-9].png"))])
+    root = tmp_path / "data"
+    assert prepare([tmp_path / "head.mp4"], root, PrepareConfig(size=64, expression_dim=4, min_frames=5)
+                   ).videos[0].status == "done"
+    train(load_config("tiny", ["train.steps=2"]), [root], tmp_path / "run")
+    return root
+
+
 def _write_noise_video(path: Path, frames: int = 15, size: int = 64) -> None:
     rng = np.random.default_rng(0)
     _write_video(path, [rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(frames)])
@@ -670,23 +690,12 @@ def test_a_raw_video_drives_with_its_own_sound_or_says_it_has_none(tmp_path, cap
     driver: no audio.wav)', a file the user never made; it says the video has no audio track."""
     import subprocess
 
-    import imageio.v3 as iio
     import imageio_ffmpeg
 
     from fastminerf.cli import main
-    from fastminerf.config import load_config
-    from fastminerf.data.synth import generate
-    from fastminerf.prepare import prepare
-    from fastminerf.train import train
 
     ff = imageio_ffmpeg.get_ffmpeg_exe()
-    d = generate(tmp_path / "synth", n_identities=1, n_frames=16, size=128, seed=0, novel_frames=1)[0]
-    _write_video(tmp_path / "head.mp4", [iio.imread(p)[..., :3] for split in ("train", "val")
-                                         for p in sorted((d / split).glob("[0-9][0-9][0-9][0-9].png"))])
-    root = tmp_path / "data"
-    assert prepare([tmp_path / "head.mp4"], root, PrepareConfig(size=64, expression_dim=4, min_frames=5)
-                   ).videos[0].status == "done"
-    train(load_config("tiny", ["train.steps=2"]), [root], tmp_path / "run")
+    _head_video_run(tmp_path)
     # left: a 440 Hz tone from 0.2 s on; right: 10 kHz throughout (above a 16 kHz recording's band)
     sound = "aevalsrc='0.5*gte(t,0.2)*sin(2*PI*440*t)|0.3*sin(2*PI*10000*t)':s=48000:d=0.64:c=stereo"
     talking = tmp_path / "talking.mp4"
@@ -1145,24 +1154,12 @@ def test_a_raw_video_drives_a_run_that_cannot_be_written(tmp_path):
     import subprocess
     import sys
 
-    import imageio.v3 as iio
     import imageio_ffmpeg
-
-    from fastminerf.config import load_config
-    from fastminerf.data.synth import generate
-    from fastminerf.prepare import prepare
-    from fastminerf.train import train
 
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to drop its capabilities")
-    d = generate(tmp_path / "synth", n_identities=1, n_frames=16, size=128, seed=0, novel_frames=1)[0]
-    _write_video(tmp_path / "head.mp4", [iio.imread(p)[..., :3] for split in ("train", "val")
-                                         for p in sorted((d / split).glob("[0-9][0-9][0-9][0-9].png"))])
-    root = tmp_path / "data"
-    assert prepare([tmp_path / "head.mp4"], root, PrepareConfig(size=64, expression_dim=4, min_frames=5)
-                   ).videos[0].status == "done"
+    root = _head_video_run(tmp_path)
     run = tmp_path / "run"
-    train(load_config("tiny", ["train.steps=2"]), [root], run)
     (tmp_path / "tmp").mkdir()
     run.chmod(0o555)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
