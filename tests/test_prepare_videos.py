@@ -1456,3 +1456,22 @@ def test_a_video_faster_than_any_rate_read_asks_for_fps_up_front(tmp_path, head_
     assert v.status == "done", v.error
     assert read_transforms(v.out_dir / "transforms_train.json").fps == 1000.0
 
+
+
+def test_a_videos_stream_is_described_once_for_its_probe_and_reads(tmp_path, monkeypatch):
+    """probe and each of prepare's reads of a video (background, tracking, frames) ran 'ffmpeg -i' for the stream's
+    description (its rates, pixel format, HDR transfer): one run per version of the file now serves them all."""
+    import subprocess
+
+    from fastminerf.prepare import video
+
+    path = tmp_path / "v.mp4"
+    _write_video(path, [np.full((32, 32, 3), 90, np.uint8)] * 4)
+    runs = []
+    real = subprocess.run
+    monkeypatch.setattr(video.subprocess, "run", lambda cmd, **kw: runs.append(cmd) or real(cmd, **kw))
+    lines = {video._video_stream_line(path) for _ in range(3)}
+    assert len(lines) == 1 and "Video:" in lines.pop() and len(runs) == 1
+    __import__("os").utime(path, ns=(1, 1))  # another version of the file: described again
+    video._video_stream_line(path)
+    assert len(runs) == 2

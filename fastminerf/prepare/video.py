@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -197,8 +198,19 @@ def probe(path: PathLike, fps: Optional[float] = None) -> VideoInfo:
 
 
 def _video_stream_line(path: PathLike) -> str:
-    """The line ffmpeg lists for the file's first video stream ('' without one)."""
-    res = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-i", _input(path)], **_FFMPEG_TEXT)
+    """The line ffmpeg lists for the file's first video stream ('' without one): asked once per version of the file
+    (its size and modification time), though probe and each of prepare's three reads of a video want it."""
+    try:
+        st = os.stat(path)
+        version = (st.st_size, st.st_mtime_ns)
+    except OSError:  # ffmpeg says what is wrong with it
+        version = None
+    return _stream_line(_ffmpeg(), _input(path), version)
+
+
+@functools.lru_cache(maxsize=64)
+def _stream_line(ffmpeg: str, path: str, version: Optional[Tuple[int, int]]) -> str:
+    res = subprocess.run([ffmpeg, "-nostdin", "-hide_banner", "-i", path], **_FFMPEG_TEXT)
     return next((m.group(0) for m in _VIDEO_STREAM.finditer(res.stderr)), "")
 
 
