@@ -471,6 +471,13 @@ class FieldConfig:
     frame_code_dim: int = 16
     """Length of the learned per-frame latent code (NeRFace uses 32), zero-initialised; 0 disables it."""
 
+    frame_code_from_last: int = 0
+    """Frames outside training (held-out frames, driven videos, orbits) take the mean code of their identity's last
+    this-many training frames; 0: of all its training frames (every preset). As the torso layer's
+    ``shift_from_last``, the last frames' state holds for frames right after them (a clip continued): on the real
+    clips trained up to their test frames, the last 5 / 10 gave +0.15 / +0.12 dB (most of it on one clip, 07: +1.2 /
+    +0.8), where stop 22 had measured no gain with 20 `val` frames in between (docs/experiments.md, stop 47)."""
+
     expression_scale: float = 1.0
     """Expressions are multiplied by this before the module (NeRFace scales its 76 coefficients by 1/3)."""
 
@@ -522,7 +529,8 @@ class FieldConfig:
         # (ZeroDivisionError, RuntimeError), which the command line shows as a traceback; negative sizes the field
         # took as none, silently; and values it refuses only once a run has loaded its data, naming no key ('a head
         # needs at least one hidden layer', 'the multiplicative module needs degree >= 2')
-        for key, least in (("base_resolution", 1), ("hidden_dim", 1), ("frame_code_dim", 0), ("conditioning_dim", 0),
+        for key, least in (("base_resolution", 1), ("hidden_dim", 1), ("frame_code_dim", 0), ("frame_code_from_last", 0),
+                           ("conditioning_dim", 0),
                            ("identity_code_dim", 0), ("geo_feature_dim", 0), ("deform_layers", 0),
                            ("deform_frequencies", 0), ("density_layers", 1), ("color_layers", 1)):
             if int(getattr(self, key)) < least:

@@ -276,8 +276,11 @@ class MINeRF(nn.Module):
         return first
 
     def mean_frame_codes(self) -> torch.Tensor:
-        """(I, Cf) mean training frame code of each identity (zeros where an identity has no frames)."""
-        return last_frames_mean(self.frame_codes.weight, self.frame_identity, self.num_identities, 0)
+        """(I, Cf) the code of each identity's frames outside training: the mean code of its last
+        ``cfg.field.frame_code_from_last`` training frames, 0 (the default) all of them; zeros where an identity has
+        no frames."""
+        return last_frames_mean(self.frame_codes.weight, self.frame_identity, self.num_identities,
+                                self.cfg.field.frame_code_from_last)
 
     def _frame_code(self, identity: torch.Tensor, frame_code: Optional[torch.Tensor]) -> torch.Tensor:
         if frame_code is None:

@@ -120,6 +120,22 @@ def test_add_identities_keeps_old_codes_and_grows_memory_by_codes_only():
         model.identity_index("zed")
 
 
+@pytest.mark.parametrize("last, rows", [(0, ([0, 1, 2, 4], [3])), (2, ([2, 4], [3])), (9, ([0, 1, 2, 4], [3]))])
+def test_frames_outside_training_take_the_mean_code_of_the_last_training_frames_asked(last, rows):
+    cfg = load_config("tiny", [f"model.field.frame_code_from_last={last}"]).model
+    model = MINeRF(cfg, 12, ["a", "b", "c"], [0, 0, 0, 1, 0])  # identity a's frames 0, 1, 2, 4 in time; c has none
+    with torch.no_grad():
+        model.frame_codes.weight.copy_(torch.randn(model.frame_codes.weight.shape, generator=torch.Generator().manual_seed(1)))
+    codes = model.frame_codes.weight.detach()
+    held = torch.stack([codes[rows[0]].mean(0), codes[rows[1]].mean(0), torch.zeros(codes.shape[1])])
+    torch.testing.assert_close(model.mean_frame_codes(), held)
+    identity, expression = torch.tensor([0, 1, 2]), torch.randn(3, 12, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # what a held-out ray is conditioned on: those codes
+        torch.testing.assert_close(model.condition(identity, expression), model.condition(identity, expression, held))
+    with pytest.raises(ConfigError, match=r"model\.field\.frame_code_from_last must be >= 0"):
+        load_config("tiny", ["model.field.frame_code_from_last=-1"])
+
+
 def test_chunked_inference_matches_one_pass(tiny_data):
     cfg = load_config("tiny", ["model.chunk_rays=64"])
     data = load_dataset(_two(tiny_data))
