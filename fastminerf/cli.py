@@ -615,7 +615,7 @@ def _run_personalize(args: argparse.Namespace) -> int:
     else:
         jobs = [("personalize", args.data, args.out)]
     for title, data, out in jobs:
-        with _TrainProgress(console, title, steps, args.max_seconds) as progress:
+        with _TrainProgress(console, title, steps, limit) as progress:  # --max-seconds, else --set train.max_seconds
             result = personalize(args.run, data, out, steps=steps, max_seconds=args.max_seconds, progress=progress,
                                  overrides=args.overrides, same_pixels=args.same_pixels)
         for note in result.notes:

@@ -486,3 +486,29 @@ def test_writes_into_a_place_that_cannot_be_written_are_refused_up_front_naming_
         assert status == 2 and "Errno" not in line and line.startswith(f"error: {folder}: {made[folder]}"), line
         assert ("(shared cannot be written)" if folder == "shared/new" else f"({folder} cannot be written)") in line, line
     assert sorted(p.name for p in shared.rglob("*")) == ["data", "run"]
+
+
+def test_personalize_progress_counts_down_a_time_limit_set_with_set(heads, tmp_path, monkeypatch):
+    """`personalize --set train.max_seconds=S` (the limit as train takes it, the key personalize's --set reads) stopped
+    at S seconds, but the progress bar was given only --max-seconds (None here): its time left came from the steps
+    alone, 'left 8s' on the last line of a run its 3 s limit had ended. The bar counts down the limit the run keeps."""
+    import fastminerf as fm
+    import fastminerf.cli as cli
+
+    cfg = fm.load_config("tiny")
+    fm.save_run(tmp_path / "run", cfg, fm.build_model(cfg, fm.load_dataset(heads / "id000")))
+    made = []
+
+    class Spy(cli._TrainProgress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(cli, "_TrainProgress", Spy)
+    args = ["personalize", "--run", str(tmp_path / "run"), "--data", str(heads / "id001"), "--steps", "2"]
+    assert cli.main([*args, "--set", "train.max_seconds=1000", "--out", str(tmp_path / "p1")]) == 0
+    assert made[-1].max_seconds == 1000.0
+    made[-1](dict(step=1, seconds=999.5, loss=0.01, psnr=20.0, rays_per_s=1.0, samples_per_ray=1.0))
+    assert made[-1].bar.tasks[0].fields["left"] == "0s"  # 0.5 s of the limit left, not the 1 step's 999.5 s
+    assert cli.main([*args, "--max-seconds", "900", "--out", str(tmp_path / "p2")]) == 0
+    assert made[-1].max_seconds == 900.0  # --max-seconds as before
