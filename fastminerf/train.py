@@ -150,8 +150,10 @@ class TrainResult:
     loss: float
     """Loss of the last step."""
     psnr: float
-    """PSNR (dB) of the last logging window's mean MSE on the training rays (those not drawn from the error map:
-    ``sampler.error_fraction``)."""
+    """PSNR (dB) of the last logging window's mean MSE on the training rays (those not drawn from the error map,
+    ``sampler.error_fraction``, nor the mouth and eye boxes, ``sampler.mouth_fraction`` / ``eye_fraction``): rays as the
+    sampler draws them, ``sampler.face_fraction`` of them inside the face box, so not the whole-frame PSNR that
+    :func:`fastminerf.render.evaluate` gives the same frames (a mean of per-frame dB)."""
     resumed_from: int
     """Step the session started from (0 for a fresh run)."""
     model: MINeRF = field(repr=False)
