@@ -1012,8 +1012,10 @@ def _metrics_table(result: dict, title: str):
     explained = [text for m, text in (("lmd", "LMD in pixels"), ("ear_error", "EAR: eye aspect ratio error"),
                                       ("landmark_depth", "DEPTH: landmark depth error, head units"),
                                       ("pose_gap", "POSE: degrees from the nearest training head pose")) if m in names]
-    caption = "; ".join([f"PSNR in dB: whole frame{f', {boxes} boxes' if boxes else ''}"] + explained
-                        ) if boxes or explained else None
+    # the mean row's frames are all the identities', its values the unweighted mean of theirs (metrics.json's mean)
+    over = ["mean: of the identities' means, each identity alike"] if len(result["identities"]) > 1 else []
+    caption = "; ".join(([f"PSNR in dB: whole frame{f', {boxes} boxes' if boxes else ''}"] if boxes or explained else [])
+                        + explained + over) or None
     # No padding: the box's blank divider alone separates columns, so that all eleven metrics eval can report (POSE
     # and LPIPS included) fit 80 columns, the width rich gives a log file or a pipe.
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
@@ -1074,7 +1076,9 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
         "has landmarks.npz (fastminerf prepare), DEPTH is the median distance in head units between the "
         "rendered depth and the tracked face landmarks along rays through them (the geometry check). Where the "
         "identities have a train split, POSE is the mean angle in degrees from each frame's head pose to the nearest "
-        "training one: frames far from every training pose show the head from a side the clip never did.",
+        "training one: frames far from every training pose show the head from a side the clip never did. Each "
+        "identity's value is the mean over its frames (PSNR a mean of per-frame dB); the mean row is the unweighted "
+        "mean over identities, each counted alike however many frames it has.",
     )
     p.add_argument("--run", nargs="+", required=True, type=Path,
                    help="run folder; or several (e.g. a generic run and runs that fine-tuned one identity each, "

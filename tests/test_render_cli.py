@@ -1311,3 +1311,30 @@ def test_a_stopped_eval_out_says_it_wrote_no_metrics_and_where_the_images_of_the
     calls.clear()
     assert main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), str(dirs[1]), "--split", "val"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_metrics_table_says_its_mean_is_over_identities_not_frames():
+    """eval's mean row showed the frames of all identities (here 4) beside the unweighted mean of the identities'
+    means (metrics.json's 'mean'): 'mean 4 ... 20.00' read as the mean of 4 frames, whose PSNR here is 17.50 dB. The
+    caption says what the mean is, where there are identities to average; one identity's table is as it was."""
+    import io
+
+    from rich.console import Console
+
+    from fastminerf.cli import _metrics_table
+
+    names = ["psnr", "ssim", "l1"]
+    one, three = dict(zip(names, [25.0, 0.9, 0.02])), dict(zip(names, [15.0, 0.5, 0.1]))
+    mean = {m: (one[m] + three[m]) / 2 for m in names}
+    result = {"metrics": names, "frames": 4, "mean": mean,
+              "identities": {"id000": {"frames": 1, **one}, "id001": {"frames": 3, **three}}}
+
+    def shown(result):
+        console = Console(width=80, record=True, color_system=None, file=io.StringIO())
+        console.print(_metrics_table(result, "test"))
+        return " ".join(console.export_text().split())
+
+    text = shown(result)
+    assert "20.00" in text and "mean: of the identities' means, each identity alike" in text, text
+    alone = dict(result, frames=1, mean=one, identities={"id000": result["identities"]["id000"]})
+    assert "mean:" not in shown(alone)
