@@ -419,8 +419,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         far = {s: g for s, g in v.pose_gaps.items() if g > NEW_VIEW_DEG}
         if far:
             console.print(_styled("yellow", "note", f"{v.name}: its {' and '.join(far)} frames show the head "
-                          f"{' / '.join(f'{g:.1f}' for g in far.values())} degrees from every training pose, a side the "
-                          "training frames never show: held-out PSNR there measures a new view"), markup=True)
+                          f"{' / '.join(f'{g:.1f}' for g in far.values())} degrees on average from the nearest training "
+                          "pose, sides the training frames never show: held-out PSNR there measures new views"), markup=True)
         if v.contact_sheet is not None:
             console.print(f"contact sheet: {v.contact_sheet}")
     for v in result.failed:
@@ -1174,9 +1174,9 @@ def _run_eval(args: argparse.Namespace) -> int:
                       "compare it between people of one size; the mean mixes pixels of several")
     far = {n: v["pose_gap"] for n, v in result["identities"].items() if v.get("pose_gap", 0.0) > NEW_VIEW_DEG}
     if far:
-        console.print(f"new views: {some_of(f'{n} ({g:.1f} deg)' for n, g in far.items())} are seen more than "
-                      f"{NEW_VIEW_DEG:g} degrees from every training head pose, a side of the head their clip never "
-                      "showed; expect lower PSNR there (docs: Training on real clips)")
+        console.print(f"new views: {some_of(f'{n} ({g:.1f} deg)' for n, g in far.items())} are seen on average more "
+                      f"than {NEW_VIEW_DEG:g} degrees from the nearest training head pose (POSE, the frames' mean), "
+                      "sides of the head their clip never showed; expect lower PSNR there (docs: Training on real clips)")
     if args.out is not None:
         console.print(f"wrote {args.out / 'metrics.json'} and side-by-side images in {args.out / 'side_by_side'}")
     return 0

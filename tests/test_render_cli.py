@@ -1338,3 +1338,29 @@ def test_metrics_table_says_its_mean_is_over_identities_not_frames():
     assert "20.00" in text and "mean: of the identities' means, each identity alike" in text, text
     alone = dict(result, frames=1, mean=one, identities={"id000": result["identities"]["id000"]})
     assert "mean:" not in shown(alone)
+
+
+def test_the_new_view_notes_say_their_pose_gap_is_a_mean_over_frames(tiny, tmp_path, capsys, monkeypatch):
+    """eval's and prepare's pose gap is the mean over a split's frames of each frame's angle to its nearest training
+    pose, but their notes said the frames were 'seen more than 3 degrees from every training head pose' and 'show
+    the head 3.4 degrees from every training pose': every frame that far from every pose, where some frames of such a
+    split sit within a degree of one. Both notes now say it is the frames' mean angle to the nearest pose."""
+    import types
+
+    import fastminerf.prepare as prep
+
+    root, dirs = tiny
+    monkeypatch.setattr("fastminerf.cli.NEW_VIEW_DEG", 0.0)
+    assert main(["eval", "--run", str(root / "run"), "--data", str(dirs[0]), "--split", "val"]) == 0
+    note = " ".join(capsys.readouterr().out.split()).split("new views:")[1]
+    assert "on average" in note and "from the nearest training head pose" in note and "every" not in note, note
+    video = types.SimpleNamespace(name="clip", status="done", frames_used=60, frames_dropped=0, crop=(0, 0, 512),
+                                  splits={"train": 48, "val": 6, "test": 6}, pose_gaps={"val": 1.7, "test": 3.4},
+                                  notes=[], contact_sheet=None, out_dir=tmp_path / "p" / "clip")
+    done = types.SimpleNamespace(root=tmp_path / "p", videos=[video], failed=[], basis=None, basis_reused=False)
+    monkeypatch.setattr(prep, "check_prepare", lambda *a, **k: None)
+    monkeypatch.setattr(prep, "prepare", lambda *a, **k: done)
+    assert main(["prepare", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "p")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "clip: its val and test frames show the head 1.7 / 3.4 degrees on average from the nearest training pose" \
+        in out and "every" not in out, out
