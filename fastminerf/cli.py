@@ -1438,8 +1438,14 @@ def _run_speech(args: argparse.Namespace) -> int:
     with Progress(TextColumn("[bold]speech[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("speech", total=None, loss="-")
-        model = train_speech(clips, cfg, ("train",), found.expression_space,
-                             progress=lambda d, t, loss: bar.update(task, completed=d, total=t, loss=f"{loss:.4f}"))
+        steps_in_all = []  # every network's steps (train_speech's total): calibration folds with no frame train none
+
+        def progress(done: int, total: int, loss: float) -> None:
+            steps_in_all[:] = [total]
+            bar.update(task, completed=done, total=total, loss=f"{loss:.4f}")
+
+        model = train_speech(clips, cfg, ("train",), found.expression_space, progress=progress)
+    networks = steps_in_all[0] // cfg.steps if steps_in_all and cfg.steps else 1
     held = [s for s in found.splits if s != "train" and any(len(c.times.get(s, ())) for c in clips)]
     from .prepare.expression import ExpressionBasis
     from .render import RenderError, training_basis
@@ -1462,7 +1468,7 @@ def _run_speech(args: argparse.Namespace) -> int:
     save_speech_model(out, model)
     console.print(f"learned from {counted(len(clips), 'identity', 'identities')} "
                   f"({counted(sum(len(c.times.get('train', ())) for c in clips), 'frame')}) "
-                  f"({counted(cfg.steps, 'step')} a network, {counted(cfg.calibrate + 1 if cfg.calibrate else 1, 'network')}) "
+                  f"({counted(cfg.steps, 'step')} a network, {counted(networks, 'network')}) "
                   f"-> {out}")
     return 0
 

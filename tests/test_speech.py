@@ -601,3 +601,13 @@ def test_predict_expressions_refuses_a_rate_no_video_has():
                        (float("nan"), "fps must be positive"), (float("inf"), "fps must be finite")):
         with pytest.raises(ValueError, match=words):
             predict_expressions(model, audio, fps)
+
+
+def test_cli_speech_summary_counts_the_networks_it_trained(tmp_path, capsys):
+    """A clip shorter than a calibration block (calibrate 3, block 1 s: here 0.4 s a person) goes whole into one fold,
+    which leaves no fold to hold out: one network is trained (the bar counted 2/2 steps), but the summary said
+    '(2 steps a network, 4 networks)', counted from calibrate. It counts the networks trained."""
+    generate(tmp_path / "data", n_identities=2, n_frames=12, size=16, seed=3)
+    assert main(["speech", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "m.pt"), "--steps", "2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2/2" in out and "(2 steps a network, 1 network) ->" in out, out
