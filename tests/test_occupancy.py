@@ -562,3 +562,27 @@ def test_hull_cells_of_cascades_reads_each_mask_once():
     expected = torch.cat([visual_hull(centers[k * c:(k + 1) * c], c2w, intrinsics, masks, grid.cell_radius(k))
                           for k in range(grid.levels)])
     assert torch.equal(hull, expected) and 0 < int(hull.sum()) < hull.numel()
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("native", marks=pytest.mark.native)])
+def test_a_cell_exactly_at_the_threshold_is_not_occupied(backend):
+    # bit(c) = occs[c] > threshold, strictly: a grid whose cells all hold the same value marks none (its mean is the
+    # threshold), and only the cells above it count.
+    occs = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.5, 0.5000001, -1.0, 0.4999999])  # one level of 2 x 2 x 2 cells
+    assert pack_bitfield(occs, 0.5, 1, backend=backend).tolist() == [[(1 << 3) | (1 << 5)]]
+    flat = torch.full((2 * 64,), 0.003)
+    assert not pack_bitfield(flat, occupancy_threshold(flat, 0.01), 2, backend=backend).any()
+
+
+def test_cell_points_are_the_cell_centres_in_x_major_order():
+    from fastminerf.ops.occupancy import cell_points
+
+    aabb = torch.tensor([-1.0, 0.0, 2.0, 3.0, 6.0, 4.0])  # sides 4, 6, 2: cells of 2 x 2 x 0.5 at resolution 2, 3, 4
+    res = (2, 3, 4)
+    idx = torch.tensor([0, 1, 4, 23])  # cells (0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 2, 3): (i0 * R1 + i1) * R2 + i2
+    centres = torch.tensor([[0.0, 1.0, 2.25], [0.0, 1.0, 2.75], [0.0, 3.0, 2.25], [2.0, 5.0, 3.75]])
+    torch.testing.assert_close(cell_points(aabb, idx, res), centres, rtol=0, atol=1e-6)
+    corners = torch.tensor([[-1.0, 0.0, 2.0], [-1.0, 0.0, 2.5], [-1.0, 2.0, 2.0], [1.0, 4.0, 3.5]])
+    torch.testing.assert_close(cell_points(aabb, idx, res, torch.zeros(4, 3)), corners, rtol=0, atol=1e-6)
+    level, index = locate_reference(cell_points(aabb, torch.arange(24), res), aabb, res)  # each centre in its cell
+    assert level.tolist() == [0] * 24 and index.tolist() == list(range(24))
