@@ -1325,3 +1325,29 @@ def test_train_and_personalize_on_a_run_past_its_steps_say_there_was_nothing_to_
     assert main(p[:-1] + ["1"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "personalised in 2 steps" not in said and f"nothing to train: {pers} is at step 2, past --steps 1" in said, said
+
+
+def test_multiplicative_module_of_degree_3_continues_the_pi_net_recursion():
+    torch.manual_seed(0)
+    mod = MultiplicativeConditioning(expression_dim=3, identity_dim=2, out_dim=4, degree=3)
+    e, i = torch.randn(5, 3), torch.randn(5, 2)
+    z = torch.cat([e, i], 1)
+    x2 = (e @ mod.A.weight.T) * (i @ mod.B.weight.T) + z @ mod.linear.weight.T + mod.linear.bias
+    x3 = (z @ mod.higher[0].weight.T) * x2 + x2  # x_k = (U_k z) * x_(k-1) + x_(k-1)
+    torch.testing.assert_close(mod(e, i), x3)
+
+
+def test_expression_scale_multiplies_the_expressions_the_conditioning_reads():
+    cfg = load_config("tiny", ["model.field.expression_scale=2.5"]).model
+    torch.manual_seed(0)
+    model = MINeRF(cfg, 4, ["a", "b"], [0, 1])
+    ident, e = torch.tensor([0, 1, 1]), torch.randn(3, 4)
+    want = model.field.conditioning(2.5 * e, model.identity_codes(ident))
+    torch.testing.assert_close(model.condition(ident, e)[:, : want.shape[1]], want)
+
+
+def test_normalize_points_maps_the_box_onto_the_unit_cube():
+    model = MINeRF(load_config("tiny").model, 4, ["a"], [0], aabb=[-1.0, -2.0, 0.0, 3.0, 2.0, 1.0])
+    points = torch.tensor([[-1.0, -2.0, 0.0], [3.0, 2.0, 1.0], [1.0, 0.0, 0.5], [0.0, 1.0, 0.25], [-5.0, 9.0, 0.5]])
+    unit = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [0.25, 0.75, 0.25], [0.0, 1.0, 0.5]])
+    torch.testing.assert_close(model.normalize_points(points), unit, rtol=0, atol=1e-7)  # outside: clamped
