@@ -672,3 +672,10 @@ def test_mouth_and_eye_boxes_come_only_from_mediapipes_face_mesh(tmp_path, point
     data = load_dataset([folder], splits=("train",))
     for boxes in (mouth_boxes(data, "train"), eye_boxes(data, "train")):
         assert (boxes is not None) == mediapipes, (points, boxes)
+
+
+def test_pixel_uv_is_the_pixel_centre_over_width_and_height():
+    from fastminerf.data.rays import pixel_uv
+
+    uv = pixel_uv(torch.tensor([[0, 0], [3, 1], [1, 0]]), 4, 2)  # (column, row) in a 4 wide, 2 high image
+    assert torch.equal(uv, torch.tensor([[0.125, 0.25], [0.875, 0.75], [0.375, 0.25]]))
