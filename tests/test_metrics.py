@@ -301,3 +301,17 @@ def test_lmd_and_trackers_closed_twice_are_closed_as_a_file_is():
         with make() as solution:
             solution.close()
         solution.close()
+
+
+@needs_mediapipe
+def test_lmd_distance_averages_the_lip_landmarks_alone():
+    from fastminerf.data.layout import LIP_LANDMARKS
+
+    a = np.zeros((478, 2), dtype=np.float32)
+    lips = a.copy()
+    lips[np.asarray(LIP_LANDMARKS)] += (3.0, 4.0)  # every lip point moved 5 px
+    rest = a + (30.0, 40.0)
+    rest[np.asarray(LIP_LANDMARKS)] = 0.0  # everything moved but the lips
+    with LandmarkDistance() as lmd:
+        assert lmd.distance(lips, a) == pytest.approx(5.0)
+        assert lmd.distance(rest, a) == 0.0
