@@ -375,3 +375,26 @@ def test_prepare_truth_quick_measures_prepare_against_the_heads_truth(tmp_path, 
     assert max(lag, key=lambda k: lag[k]) == "0" and lag["0"] > 0.5
     assert head["reprojection"]["through_the_files"]["median_px"] < 1.5
     assert "wrote" in capsys.readouterr().out
+
+
+def test_transfer_truth_scores_both_modes_against_the_heads_truth(tmp_path):
+    """benchmarks/transfer_truth.py at a tiny size: a target head driven by another's expressions in both transfer
+    modes, scored against the true head making what each mode claims (its truth renderer gives the target's stored
+    training frames back), with the no-transfer baseline; the JSON goes into --out and nowhere else."""
+    import benchmarks.transfer_truth as truth
+
+    before = _record()
+    argv = ["--identities", "2", "--frames", "8", "--size", "16", "--steps", "4", "--target", "id001", "--driver",
+            "id000", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--device", "cpu"]
+    assert truth.main(argv) == 0
+    result = json.loads((tmp_path / "o" / "transfer_truth.json").read_text())
+    assert {"cpu", "torch", "python", "git_commit"} <= set(result["machine"])
+    assert result["settings"]["size"] == 16 and result["settings"]["steps"] == 4
+    r = result["result"]
+    assert r["target"] == "id001" and r["driver"] == "id000" and r["frames"] == 7
+    assert r["truth_error"] <= 1.5 / 255
+    for mode in ("absolute", "delta"):
+        s = r["scores"][mode]["all"]
+        assert {"transfer", "none", "truth_change_db"} <= set(s) and set(s["transfer"]) == {"face", "frame"}
+        assert -1.0 <= s["change_correlation"] <= 1.0
+    assert _record() == before  # the committed record is untouched
