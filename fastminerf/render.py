@@ -198,7 +198,7 @@ def neutral_frame(dataset: MultiIdentityDataset, identity: Union[int, str], spli
     "Neutral" is the frame whose expression has the smallest Euclidean norm among the identity's frames of
     ``split``: in a tracker's blendshape or 3DMM basis (and in the procedural heads), the zero vector is the
     rest face. ``index`` overrides the choice: the position of the frame among the identity's own frames of
-    ``split`` (0 = its first frame).
+    ``split`` in time order, as a driven video plays them (0 = its first frame; as stored where frames carry no time).
 
     Raises:
         RenderError: the identity has no frames in ``split``, or ``index`` is out of range.
@@ -214,7 +214,7 @@ def neutral_frame(dataset: MultiIdentityDataset, identity: Union[int, str], spli
                 f"neutral frame index {index} out of range: identity '{dataset.identities[ident]}' has "
                 f"{frames.size} frames in split '{split}'"
             )
-        return int(frames[index])
+        return int(_time_ordered(table, frames)[index])  # a split need not be stored in time order (DATASET.md)
     norms = np.linalg.norm(table.expression[frames].astype(np.float64), axis=1)
     return int(frames[int(np.argmin(norms))])
 

@@ -242,6 +242,27 @@ def test_a_driver_split_stored_out_of_time_order_plays_in_time_order(tmp_path):
         data.table("train").frames_of(0)]))
 
 
+def test_a_neutral_frame_index_counts_the_identitys_frames_in_time_order(tmp_path):
+    """neutral_frame(index=k) says 'the position of the frame among the identity's own frames (0 = its first frame)',
+    and a driven video plays a split in time order, but the index counted the frames as stored: in a split stored out
+    of time order (DATASET.md allows it) index 0 took whichever frame the file listed first, not the video's first."""
+    dirs = generate(tmp_path, n_identities=2, n_frames=12, size=16, novel_frames=1, val_fraction=0.5)
+    file = dirs[1] / "transforms_train.json"
+    meta = json.loads(file.read_text())
+    meta["frames"] = [meta["frames"][k] for k in (3, 0, 5, 1, 4, 2)]
+    file.write_text(json.dumps(meta))
+    data = load_dataset([tmp_path], splits=("train",))
+    table = data.table("train")
+    rows = table.frames_of(1)
+    order = rows[np.argsort(table.time[rows])]
+    assert not np.array_equal(order, rows)  # stored shuffled
+    for k in range(order.size):
+        assert neutral_frame(data, "id001", index=k) == order[k]
+    path = drive_path(data, "id000", data, "train", driver_identity="id001", mode="delta", driver_neutral_index=0)
+    n_t = table.expression[neutral_frame(data, "id000")]
+    np.testing.assert_allclose(path.expression[0], n_t, atol=1e-6)  # the video's first frame, its own neutral
+
+
 def test_orbit_cameras_look_at_the_centre():
     centre = np.array([0.05, 0.1, -0.02])
     cams = orbit_cameras(12, 3.5, yaw_deg=30, pitch_deg=10, look_at=centre).astype(np.float64)
