@@ -384,8 +384,8 @@ def test_transfer_truth_scores_both_modes_against_the_heads_truth(tmp_path):
     import benchmarks.transfer_truth as truth
 
     before = _record()
-    argv = ["--identities", "2", "--frames", "8", "--size", "16", "--steps", "4", "--target", "id001", "--driver",
-            "id000", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--device", "cpu"]
+    argv = ["--identities", "2", "--frames", "8", "--size", "16", "--steps", "4", "--config", "tiny", "--target",
+            "id001", "--driver", "id000", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--device", "cpu"]
     assert truth.main(argv) == 0
     result = json.loads((tmp_path / "o" / "transfer_truth.json").read_text())
     assert {"cpu", "torch", "python", "git_commit"} <= set(result["machine"])
