@@ -482,7 +482,8 @@ class FieldConfig:
     """Expressions are multiplied by this before the module (NeRFace scales its 76 coefficients by 1/3)."""
 
     hidden_dim: int = 64
-    """Width of the hidden layers of both heads."""
+    """Width of the hidden layers of both heads (a head of one hidden layer runs the native fused kernel up to 128
+    units; wider, the same function unfused)."""
 
     density_layers: int = 1
     """Hidden layers of the density head (grid features + m + frame code -> density and a geometry feature)."""

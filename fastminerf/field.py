@@ -36,6 +36,7 @@ from . import backend as _backend
 from .config import FieldConfig
 from .nn import HashGridEncoding
 from .ops import mlp_head, per_level_scale_for
+from .ops.mlp_head import MAX_HIDDEN
 
 __all__ = [
     "ConcatConditioning",
@@ -166,8 +167,9 @@ class _SplitInputHead(nn.Module):
     """An MLP on ``[per-sample input (S, P), per-ray conditioning (N, K)[ray]]`` whose first layer reads the
     conditioning once per ray. ``layers >= 1`` hidden layers of width ``hidden``.
 
-    With one hidden layer and no modulation it is the fused head of ``fastminerf.ops.mlp_head`` (native kernels
-    where the ``head`` component of ``backend`` resolves to them): the same function and parameters."""
+    With one hidden layer of at most :data:`fastminerf.ops.mlp_head.MAX_HIDDEN` units and no modulation it is the fused
+    head of ``fastminerf.ops.mlp_head`` (native kernels where the ``head`` component of ``backend`` resolves to them):
+    the same function and parameters."""
 
     def __init__(self, sample_dim: int, cond_dim: int, hidden: int, layers: int, out_dim: int,
                  modulate: bool = False, backend: str = "torch") -> None:
@@ -182,7 +184,8 @@ class _SplitInputHead(nn.Module):
             nn.init.zeros_(self.scale.weight)  # starts as the plain additive head
         self.rest = _mlp(hidden, hidden, layers - 1, out_dim)
         self.backend = backend
-        self.fusable = layers == 1 and self.cond is not None and self.scale is None
+        # wider than the native kernel takes (MAX_HIDDEN units), the same function runs unfused, as torch's
+        self.fusable = layers == 1 and self.cond is not None and self.scale is None and hidden <= MAX_HIDDEN
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor]) -> torch.Tensor:
         if self.fusable and _backend.resolve(self.backend, "head", x.device.type) == "native":

@@ -182,3 +182,26 @@ def test_a_model_of_no_expression_coefficients_is_built_without_a_torch_warning(
     with torch.no_grad():
         out = model.render_rays(o, d, near, far, torch.arange(16) % 2, torch.zeros(16, 0), None, bg)
     assert torch.isfinite(out["rgb"]).all()
+
+
+def test_heads_wider_than_the_fused_kernel_train_and_render_on_every_backend():
+    """model.field.hidden_dim is accepted at any width, but a head of one hidden layer wider than the native fused
+    kernel's 128 units stopped training at its first step ('the native fused head supports at most 128 hidden
+    units', naming no key) with backend auto or native. Such a head runs unfused, the same function as the torch
+    backend's, and its gradients reach the weights."""
+    torch.manual_seed(0)
+    ref = MINeRF(load_config("tiny", ["model.field.hidden_dim=160", "model.field.backend=torch"]).model, 5, ["a", "b"],
+                 [0, 1])
+    identity = torch.arange(16) % 2
+    expression = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
+    o, d, near, far, bg, codes = _rays()
+    want = ref.render_rays(o, d, near, far, identity, expression, codes, bg)["rgb"]
+    for backend in ("auto", "native"):
+        cfg = load_config("tiny", ["model.field.hidden_dim=160", f"model.field.backend={backend}"]).model
+        model = MINeRF(cfg, 5, ["a", "b"], [0, 1])
+        model.load_state_dict(ref.state_dict())
+        got = model.render_rays(o, d, near, far, identity, expression, codes, bg)["rgb"]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        got.sum().backward()
+        grads = [p.grad for p in model.field.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
