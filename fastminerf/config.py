@@ -563,7 +563,7 @@ class TorsoConfig:
     between the head field and the background, for the shoulders and body that stay still while the head turns."""
 
     resolution: int = 0
-    """Texels a side of each identity's layer; 0 for no layer (the head field holds the whole person)."""
+    """Texels a side of each identity's layer (at least 2); 0 for no layer (the head field holds the whole person)."""
 
     floor: float = -0.8
     """With a layer, the head field's box ends at this head-space ``y`` (head units): below it the person is the
@@ -606,6 +606,8 @@ class TorsoConfig:
         for key in ("resolution", "shift_from_last"):
             if int(getattr(self, key)) < 0:
                 raise ConfigError(f"model.torso.{key} must be >= 0, got {getattr(self, key)}")
+        if int(self.resolution) == 1:  # the layer refused it only once the data had loaded, naming no key
+            raise ConfigError(f"model.torso.resolution must be 0 (no layer) or >= 2, got {self.resolution}")
         if not 0 < float(self.alpha_init) < 1:
             raise ConfigError(f"model.torso.alpha_init must be in (0, 1), got {self.alpha_init}")
 

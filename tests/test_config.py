@@ -610,3 +610,11 @@ def test_a_single_number_is_a_list_of_one_where_a_list_of_numbers_is_expected(tm
     path.write_text("extends: tiny\nmodel:\n  prune_stages: true\n")
     with pytest.raises(ConfigError, match="model.prune_stages: expected a list, got True"):
         load_config(path)
+
+
+def test_a_torso_layer_of_one_texel_is_refused_naming_the_key_and_the_values_allowed():
+    """model.torso.resolution=1 loaded, then train stopped once the data had loaded with 'torso resolution must be >= 2,
+    got 1' (the layer's bilinear texture needs two texels a side), naming no key; 0 (no layer) and 2 still load."""
+    with pytest.raises(ConfigError, match=r"model\.torso\.resolution must be 0 \(no layer\) or >= 2, got 1"):
+        load_config("tiny", ["model.torso.resolution=1"])
+    assert [load_config("tiny", [f"model.torso.resolution={r}"]).model.torso.resolution for r in (0, 2)] == [0, 2]
