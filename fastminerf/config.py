@@ -387,6 +387,10 @@ class SpeechConfig:
 # Model and training
 
 
+MAX_FINEST_RESOLUTION = 2**31
+"""Largest ``model.field.finest_resolution``: the kernels hold each level's resolution as a 32-bit unsigned integer."""
+
+
 def _check_choice(key: str, value, choices: tuple) -> None:
     if value not in choices:
         names = [repr(c) for c in choices]
@@ -433,7 +437,8 @@ class FieldConfig:
     """Coarsest grid resolution N_min (cells per axis over the head box)."""
 
     finest_resolution: int = 2048
-    """Finest grid resolution; the per-level scale is derived from it, ``base_resolution`` and ``n_levels``."""
+    """Finest grid resolution, at most 2**31; the per-level scale is derived from it, ``base_resolution`` and
+    ``n_levels``."""
 
     identity_levels: int = 0
     """The finest this many levels are identity levels: their hash includes the identity id, so each person's fine
@@ -551,6 +556,12 @@ class FieldConfig:
         if int(self.finest_resolution) < int(self.base_resolution):
             raise ConfigError(f"model.field.finest_resolution must be >= model.field.base_resolution "
                               f"({self.base_resolution}), got {self.finest_resolution}")
+        # the kernels hold a level's resolution as a uint32 (computed in float32, so rounded up to 256 above the value):
+        # beyond, the grid refused it only once the data had loaded, naming 'per_level_scale', which no config holds
+        if int(self.finest_resolution) > MAX_FINEST_RESOLUTION:
+            raise ConfigError(f"model.field.finest_resolution must be in {self.base_resolution}..{MAX_FINEST_RESOLUTION} "
+                              f"(model.field.base_resolution..2**31: the kernels hold a level's resolution in 32 bits), "
+                              f"got {self.finest_resolution}")
         _check_choice("model.field.n_features_per_level", self.n_features_per_level, (1, 2, 4, 8))
         _check_choice("model.field.conditioning", self.conditioning, ("multiplicative", "concat"))
         _check_choice("model.field.identity_levels_for", self.identity_levels_for, ("all", "colour"))

@@ -618,3 +618,22 @@ def test_a_torso_layer_of_one_texel_is_refused_naming_the_key_and_the_values_all
     with pytest.raises(ConfigError, match=r"model\.torso\.resolution must be 0 \(no layer\) or >= 2, got 1"):
         load_config("tiny", ["model.torso.resolution=1"])
     assert [load_config("tiny", [f"model.torso.resolution={r}"]).model.torso.resolution for r in (0, 2)] == [0, 2]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.field.finest_resolution=10000000000"],
+    ["model.field.base_resolution=8589934592", "model.field.finest_resolution=8589934592"],
+    ["model.field.finest_resolution=2147483649"],
+])
+def test_a_finest_resolution_beyond_the_kernels_32_bit_grid_is_refused_naming_the_key_and_its_range(overrides):
+    """finest_resolution (and so base_resolution) had no upper bound: 1e10 loaded, then train stopped once the data had
+    loaded with the grid's "level 3's resolution 9999994881 does not fit the kernels' 32-bit grid ... a smaller
+    per_level_scale (1077.2...)", naming no key of the config (per_level_scale is none). The config refuses a finest
+    level beyond 2**31, saying so; 2**31 itself still builds a grid."""
+    with pytest.raises(ConfigError, match=r"model\.field\.finest_resolution must be in \d+\.\.2147483648 "):
+        load_config("tiny", overrides)
+    from fastminerf.field import MINeRFField
+
+    cfg = load_config("tiny", ["model.field.finest_resolution=2147483648", "model.field.n_levels=2",
+                               "model.field.identity_levels=0"]).model.field
+    assert MINeRFField(cfg, 3).encoding.levels.resolutions[-1] <= 2**32 - 1
