@@ -405,6 +405,19 @@ def _check_number(key: str, value, least: Optional[float] = None) -> None:
         raise ConfigError(f"{key} must be a finite number{f' >= {least:g}' if least is not None else ''}, got {value}")
 
 
+MAX_OCTAVES = 24
+"""Most octaves of a frequency encoding (``model.field.deform_frequencies``, ``model.nerface.position_frequencies``
+and ``direction_frequencies``): ``sin(2^k x)`` of float32 coordinates of order 1 is rounding noise beyond it (their
+spacing is 2^-24), and from k = 128 on 2^k overflows float32, turning the encoding into NaN."""
+
+
+def _check_octaves(key: str, value) -> None:
+    """A :class:`ConfigError` naming ``key`` unless ``value`` is in 0..MAX_OCTAVES (negative ones are refused too)."""
+    if int(value) > MAX_OCTAVES:
+        raise ConfigError(f"{key} must be in 0..{MAX_OCTAVES}, got {value} (finer octaves than float32 coordinates hold "
+                          "are rounding noise, and from 128 on they overflow to NaN)")
+
+
 def _check_seed(key: str, value) -> None:
     """A :class:`ConfigError` naming ``key`` unless ``value`` is a 64-bit integer, a seed torch's generators take
     (also plus the 2 that personalisation adds): beyond it torch's 'Overflow when unpacking long long' names nothing."""
@@ -510,7 +523,7 @@ class FieldConfig:
     repainting it. 0: no deformation."""
 
     deform_frequencies: int = 4
-    """Octaves of the deformation's point encoding (``sin``/``cos`` of ``2^k pi x``, k < this)."""
+    """Octaves of the deformation's point encoding (``sin``/``cos`` of ``2^k pi x``, k < this), at most 24."""
 
     modulate: bool = False
     """Also scale the first hidden layer of each head per ray, ``h = (W_x x) * (1 + W_s c) + W_c c`` (FiLM): the
@@ -541,6 +554,7 @@ class FieldConfig:
                            ("deform_frequencies", 0), ("density_layers", 1), ("color_layers", 1)):
             if int(getattr(self, key)) < least:
                 raise ConfigError(f"model.field.{key} must be >= {least}, got {getattr(self, key)}")
+        _check_octaves("model.field.deform_frequencies", self.deform_frequencies)
         if self.conditioning == "multiplicative" and int(self.conditioning_degree) < 2:  # concat ignores the degree
             raise ConfigError(f"model.field.conditioning_degree must be >= 2, got {self.conditioning_degree}")
         # values the field refuses, but only once a run has loaded its data, some without the section's name
@@ -642,10 +656,10 @@ class NeRFaceConfig:
     """Width of the view-dependent colour layer (feature + direction encoding -> rgb)."""
 
     position_frequencies: int = 10
-    """Frequencies of the positional encoding of the sample point."""
+    """Frequencies of the positional encoding of the sample point (0..24)."""
 
     direction_frequencies: int = 4
-    """Frequencies of the positional encoding of the view direction."""
+    """Frequencies of the positional encoding of the view direction (0..24)."""
 
     coarse_samples: int = 64
     """N_c: stratified samples per ray between near and far, evaluated by the coarse network."""
@@ -663,6 +677,8 @@ class NeRFaceConfig:
                            ("position_frequencies", 0), ("direction_frequencies", 0)):
             if int(getattr(self, key)) < least:
                 raise ConfigError(f"model.nerface.{key} must be >= {least}, got {getattr(self, key)}")
+        for key in ("position_frequencies", "direction_frequencies"):
+            _check_octaves(f"model.nerface.{key}", getattr(self, key))
         if not 1 <= int(self.skip_layer) <= int(self.depth) - 1:
             raise ConfigError(f"model.nerface.skip_layer must be in 1..model.nerface.depth - 1 ({int(self.depth) - 1}), "
                               f"got {self.skip_layer}")

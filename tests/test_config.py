@@ -637,3 +637,21 @@ def test_a_finest_resolution_beyond_the_kernels_32_bit_grid_is_refused_naming_th
     cfg = load_config("tiny", ["model.field.finest_resolution=2147483648", "model.field.n_levels=2",
                                "model.field.identity_levels=0"]).model.field
     assert MINeRFField(cfg, 3).encoding.levels.resolutions[-1] <= 2**32 - 1
+
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.field.deform_layers=1", "model.field.deform_frequencies=200"], "model.field.deform_frequencies"),
+    (["model.backbone=nerface", "model.nerface.position_frequencies=200"], "model.nerface.position_frequencies"),
+    (["model.backbone=nerface", "model.nerface.direction_frequencies=25"], "model.nerface.direction_frequencies"),
+])
+def test_encoding_octaves_beyond_float32_points_are_refused_naming_the_key_and_its_range(overrides, key):
+    """Octaves of the point and direction encodings had no upper bound: with 200, 2**k overflowed float32 for k >= 128,
+    so the deformation's encoding was NaN and moved every sample to NaN, a run that trained and rendered garbage without
+    a word (the grids read NaN points as some cell), and NeRFace's stopped at step 1 with 'its loss is nan ... a
+    learning rate too high'. Beyond 24 octaves the sines of float32 points in the box are rounding noise already; the
+    config refuses more, naming the key and the range, and 24 still loads."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + r" must be in 0\.\.24, got"):
+        load_config("tiny", overrides)
+    edge = [o.rsplit("=", 1)[0] + "=24" if "frequencies" in o else o for o in overrides]
+    load_config("tiny", edge)
