@@ -525,8 +525,8 @@ def train_speech(
             every network's steps when calibrating).
 
     Raises:
-        SpeechError: no frame to learn from, clips of different expression sizes, or a training that diverged (a
-            non-finite loss, e.g. too high an ``lr``: the step named).
+        SpeechError: no frame to learn from, clips of different expression sizes or of none (E = 0), or a training
+            that diverged (a non-finite loss, e.g. too high an ``lr``: the step named).
     """
     what = "the clips of a dataset (a list of SpeechClip: fastminerf.load_speech_clips(paths).clips)"
     clips = [needs(c, SpeechClip, "clips", what) for c in needs(clips, (list, tuple), "clips", what)]
@@ -534,6 +534,9 @@ def train_speech(
     dims = {c.expressions[s].shape[1] for c in clips for s in fit_splits if s in c.expressions and len(c.expressions[s])}
     if len(dims) > 1:
         raise SpeechError(f"the clips' expressions have different sizes {sorted(dims)}; one expression space is needed")
+    if dims == {0}:  # an empty loss: its mean is NaN, which read as a diverged training ('try a smaller lr')
+        raise SpeechError("the clips' frames have no expression coefficients (expression: [], E = 0): speech has "
+                          "nothing to predict; it needs data with expressions (prepare writes them)")
     wide, target, owner, fold, times = _windows(clips, fit_splits, cfg.context + cfg.jitter, cfg.calibrate, cfg.block)
     x, y = torch.from_numpy(wide), torch.from_numpy(target)
     folds = [k for k in range(cfg.calibrate) if (fold == k).any() and (fold != k).any()] if cfg.calibrate else []

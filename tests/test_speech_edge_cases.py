@@ -129,6 +129,17 @@ def test_train_speech_leaves_torchs_global_random_state_alone():
     assert all(torch.equal(a, b) for a, b in zip(first.net.state_dict().values(), second.net.state_dict().values()))
 
 
+def test_train_speech_refuses_clips_of_no_expression_coefficients_as_such():
+    """Data of no expression coefficients (E = 0: identity codes alone, which train, render and evaluate) has nothing
+    for speech to predict, but `speech` trained on it and stopped with 'its loss is nan (lr 0.002 blew the network
+    up); try a smaller lr', after torch's warnings: the mean of an empty loss, and a false lead. It is refused
+    before training, saying why."""
+    audio = _noise(1.0)
+    clip = SpeechClip("a", log_mel(audio), {"train": np.array([0.1, 0.5])}, {"train": np.zeros((2, 0), np.float32)})
+    with pytest.raises(SpeechError, match="no expression coefficients"):
+        train_speech([clip], FAST)
+
+
 def test_train_speech_names_a_split_the_clips_do_not_have():
     audio = _noise(1.0)
     clip = SpeechClip("a", log_mel(audio), {"train": np.array([0.1, 0.5])}, {"train": np.zeros((2, 3), np.float32)})
