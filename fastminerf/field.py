@@ -184,8 +184,13 @@ class _SplitInputHead(nn.Module):
             nn.init.zeros_(self.scale.weight)  # starts as the plain additive head
         self.rest = _mlp(hidden, hidden, layers - 1, out_dim)
         self.backend = backend
+        why = ([f"{layers} hidden layers"] if layers != 1 else []) + (["no per-ray input"] if self.cond is None else [])
+        why += ["modulated"] if self.scale is not None else []
         # wider than the native kernel takes (MAX_HIDDEN units), the same function runs unfused, as torch's
-        self.fusable = layers == 1 and self.cond is not None and self.scale is None and hidden <= MAX_HIDDEN
+        why += [f"{hidden} hidden units, beyond the fused kernel's {MAX_HIDDEN}"] if hidden > MAX_HIDDEN else []
+        self.unfused: Optional[str] = ", ".join(why) or None
+        """Why the head runs as torch ops whatever the backend (None: it is the fused head)."""
+        self.fusable = not why
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, ray_indices: Optional[torch.Tensor]) -> torch.Tensor:
         if self.fusable and _backend.resolve(self.backend, "head", x.device.type) == "native":
@@ -223,6 +228,27 @@ class _Deformation(nn.Module):
         angles = (points[:, :, None] * self.freqs.to(points.dtype)).flatten(1)  # (S, 3 * K)
         enc = torch.cat([points, torch.sin(angles), torch.cos(angles)], -1)
         return (points + self.mlp(enc, cond, ray_indices)).clamp(0.0, 1.0)
+
+
+def heads_backend(backend: str, heads, device_type: str) -> str:
+    """What computes the heads ``(name, _SplitInputHead)`` on ``device_type``: the ``head`` component of ``backend``,
+    or, where that is native, which heads run fused and which as torch ops, and why (``fastminerf info``)."""
+    which = _backend.resolve(backend, "head", device_type)
+    if which != "native":
+        return which
+    fused = [name for name, head in heads if head.fusable]
+    unfused: dict = {}
+    for name, head in heads:
+        if not head.fusable:
+            unfused.setdefault(head.unfused, []).append(name)
+    if not unfused:
+        return "native"
+
+    def named(names):
+        return f"{' and '.join(names)} head{'s' if len(names) > 1 else ''}"
+
+    return ", ".join(([f"native ({named(fused)})"] if fused else [])
+                     + [f"torch ({named(names)}: {why})" for why, names in unfused.items()])
 
 
 class MINeRFField(nn.Module):

@@ -34,7 +34,7 @@ from torch import nn
 from .backend import BackendError, resolve
 from .config import ModelConfig, identity_index
 from .data.layout import DEFAULT_AABB
-from .field import MINeRFField
+from .field import MINeRFField, heads_backend
 from .nn import OccupancyGrid, TorsoLayer
 from .nn.torso import in_head_region, last_frames_mean
 from .ops import RaySamples, composite, distortion_loss
@@ -330,7 +330,8 @@ class MINeRF(nn.Module):
         device = torch.device(device)
         parts = (("encoding", lambda: self.field.encoding.resolved_backend(device)),
                  ("grid", lambda: self.occupancy.resolved_backend(device)),
-                 ("heads", lambda: resolve(self.cfg.field.backend, "head", device.type)),
+                 ("heads", lambda: heads_backend(self.cfg.field.backend, (("density", self.field.density_head),
+                                                                         ("colour", self.field.color_head)), device.type)),
                  ("compositing", lambda: self._composite_backend(device)))
         out = {}
         for name, which in parts:

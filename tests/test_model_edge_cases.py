@@ -205,3 +205,21 @@ def test_heads_wider_than_the_fused_kernel_train_and_render_on_every_backend():
         got.sum().backward()
         grads = [p.grad for p in model.field.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.native
+def test_the_heads_backend_says_which_heads_run_unfused():
+    """info's 'heads native' (the checkpoint's record of what trained the run, and what runs here) was the backend
+    asked for, whatever the heads were: a colour head of two hidden layers (the default) or heads wider than the fused
+    kernel run as torch ops, yet were reported native. The record names the heads torch computes and why."""
+    cpu = torch.device("cpu")
+
+    def heads(*overrides):
+        return MINeRF(load_config("tiny", list(overrides)).model, 5, ["a"], [0]).backends(cpu)["heads"]
+
+    assert heads() == "native"
+    assert heads("model.field.color_layers=2") == "native (density head), torch (colour head: 2 hidden layers)"
+    assert heads("model.field.hidden_dim=160") == "torch (density and colour heads: 160 hidden units, beyond the " \
+                                                  "fused kernel's 128)"
+    assert heads("model.field.modulate=true") == "torch (density and colour heads: modulated)"
+    assert heads("model.field.backend=torch") == "torch"
