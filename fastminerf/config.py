@@ -710,7 +710,7 @@ class ModelConfig:
     """Cells per axis of the occupancy grid (one grid per model, for every identity and expression)."""
 
     grid_levels: int = 1
-    """Cascades of the occupancy grid."""
+    """Cascades of the occupancy grid (with more than one, ``grid_resolution`` must be a multiple of 4)."""
 
     grid_backend: str = "auto"
     """Occupancy-grid / marcher backend: auto, native, torch, nerfacc (CUDA only; a run trained with it is evaluated
@@ -778,6 +778,9 @@ class ModelConfig:
         # 1..16', "unknown backend 'cuda'")
         if not 1 <= int(self.grid_levels) <= 16:
             raise ConfigError(f"model.grid_levels must be in 1..16, got {self.grid_levels}")
+        if int(self.grid_levels) > 1 and int(self.grid_resolution) % 4:  # the grid refused it after the data, no key
+            raise ConfigError(f"model.grid_resolution must be a multiple of 4 with model.grid_levels={self.grid_levels} "
+                              f"cascades, got {self.grid_resolution}")
         # a NaN occupancy threshold trained to NaN; a negative one marked every cell occupied, a decay above 1 grew a
         # cell's value for ever (max(decay * occ, new)); the compositing refused a bad transmittance threshold only
         # once the data had loaded, without its section

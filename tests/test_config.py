@@ -655,3 +655,14 @@ def test_encoding_octaves_beyond_float32_points_are_refused_naming_the_key_and_i
         load_config("tiny", overrides)
     edge = [o.rsplit("=", 1)[0] + "=24" if "frequencies" in o else o for o in overrides]
     load_config("tiny", edge)
+
+
+def test_cascades_of_an_occupancy_grid_not_a_multiple_of_4_are_refused_naming_the_keys():
+    """model.grid_levels=2 with model.grid_resolution=6 loaded, then train stopped once the data had loaded with the
+    grid's 'with 2 cascades every resolution must be a multiple of 4, got (6, 6, 6)', naming no key. The config refuses
+    it, naming both keys and what is allowed; one cascade takes any resolution, several a multiple of 4."""
+    with pytest.raises(ConfigError, match=r"model\.grid_resolution must be a multiple of 4 with model\.grid_levels=2 "
+                                          r"cascades, got 6"):
+        load_config("tiny", ["model.grid_levels=2", "model.grid_resolution=6"])
+    assert load_config("tiny", ["model.grid_levels=2", "model.grid_resolution=8"]).model.grid_resolution == 8
+    assert load_config("tiny", ["model.grid_levels=1", "model.grid_resolution=6"]).model.grid_resolution == 6
