@@ -791,9 +791,12 @@ class ModelConfig:
         _check_choice("model.backbone", self.backbone, ("fast", "nerface"))
         _check_backend("model.grid_backend", self.grid_backend)
         if self.backbone == "fast" and self.field.backend == "tcnn" and int(self.field.identity_levels) > 0:
+            # density levels and the texture flow need the colour head's own identity levels: the field is not built
+            also = "".join(f" and model.field.{key}=0" for key in ("density_levels", "texture_flow")
+                           if float(getattr(self.field, key)))
             raise ConfigError(f"model.field.backend=tcnn cannot run the {self.field.identity_levels} identity levels "
-                              "(tiny-cuda-nn's HashGrid hashes no identity): set model.field.identity_levels=0, or "
-                              "backend auto (tiny-cuda-nn where it can run the grid, else native) or native")
+                              f"(tiny-cuda-nn's HashGrid hashes no identity): set model.field.identity_levels=0{also}, "
+                              "or backend auto (tiny-cuda-nn where it can run the grid, else native) or native")
         box = self.aabb
         if box is not None and (len(box) != 6 or any(float(lo) >= float(hi) for lo, hi in zip(box[:3], box[3:]))):
             raise ConfigError(f"model.aabb must be [xmin, ymin, zmin, xmax, ymax, zmax] with min < max (or null for the "

@@ -666,3 +666,24 @@ def test_cascades_of_an_occupancy_grid_not_a_multiple_of_4_are_refused_naming_th
         load_config("tiny", ["model.grid_levels=2", "model.grid_resolution=6"])
     assert load_config("tiny", ["model.grid_levels=2", "model.grid_resolution=8"]).model.grid_resolution == 8
     assert load_config("tiny", ["model.grid_levels=1", "model.grid_resolution=6"]).model.grid_resolution == 6
+
+
+def test_the_tcnn_refusal_on_the_cpu_preset_gives_advice_that_trains():
+    """On the cpu preset, model.field.backend=tcnn was refused with 'set model.field.identity_levels=0, or backend
+    auto ...'; following that advice loaded a config whose field cannot be built (the preset's density_levels 4 and
+    texture_flow 0.05 need the colour head's own identity levels: 'model.field.density_levels needs the colour head's
+    own fine levels' once the data had loaded). The refusal names density_levels=0 and texture_flow=0 too where the
+    config has them, and the config it advises builds a field."""
+    from dataclasses import replace
+
+    from fastminerf.field import MINeRFField
+
+    with pytest.raises(ConfigError, match=r"model\.field\.identity_levels=0 and model\.field\.density_levels=0 and "
+                                          r"model\.field\.texture_flow=0, or"):
+        load_config("cpu", ["model.field.backend=tcnn"])
+    advised = load_config("cpu", ["model.field.backend=tcnn", "model.field.identity_levels=0",
+                                  "model.field.density_levels=0", "model.field.texture_flow=0"]).model.field
+    MINeRFField(replace(advised, backend="torch", n_levels=2, log2_hashmap_size=8), 3)  # tcnn needs CUDA
+    with pytest.raises(ConfigError) as refused:
+        load_config("tiny", ["model.field.backend=tcnn"])
+    assert "density_levels" not in str(refused.value) and "texture_flow" not in str(refused.value)  # tiny has none
