@@ -1158,7 +1158,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     with _frames_progress(console, f"eval {args.split}") as bar:
         task = bar.add_task("eval", total=None)
         result = evaluate(model, data, args.split, out_dir=args.out, max_frames=args.max_frames, expressions=expressions,
-                          expressions_from=driven,
+                          expressions_from=driven, models_from=_run_of(runs, model),
                           progress=lambda d, t: bar.update(task, completed=d, total=t))
     where = str(args.run[0]) if len(args.run) == 1 else f"{len(args.run)} runs"
     _print_whole(console, _metrics_table(result, f"{where} on {args.split}, {result['expressions']} expressions"))
@@ -1205,6 +1205,12 @@ def _model_per_identity(runs, names: Sequence[str]) -> dict:
         own = [(run, model) for run, model, meta in knows if meta["kind"] == "train" or name in meta["added"]]
         chosen[name] = (tuned or own or [(run, model) for run, model, _ in knows])[0][1]
     return chosen
+
+
+def _run_of(runs, chosen: dict) -> dict:
+    """``{identity: run folder}`` of eval's runs ``(folder, model, meta)`` for :func:`_model_per_identity`'s
+    ``{identity: model}``: which run scored whom, for metrics.json."""
+    return {n: str(next(r for r, m, _ in runs if m is chosen[n])) for n in chosen}
 
 
 def _passed_over(runs, chosen: dict) -> Optional[str]:

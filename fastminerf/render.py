@@ -1935,6 +1935,7 @@ def evaluate(
     expressions: Optional[np.ndarray] = None,
     expressions_from: Optional[str] = None,
     progress: Optional[ProgressFn] = None,
+    models_from: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, object]:
     """Render every frame of a split and compare it with the ground truth.
 
@@ -1974,6 +1975,8 @@ def evaluate(
         expressions_from: what ``expressions`` are, recorded as the result's ``expressions`` ("tracked" without
             them, "given" by default with them).
         progress: called as ``progress(frames_done, frames_total)``.
+        models_from: where each identity's model came from (e.g. ``{name: run folder}``, what ``fastminerf eval``
+            gives), recorded as the result's ``runs`` for the evaluated identities: which run scored whom, read later.
 
     Returns:
         ``{"split", "expressions", "frames", "metrics": [...], "lpips": status text, "lmd": status text, "identities": {name:
@@ -1981,7 +1984,7 @@ def evaluate(
         [, "landmark_depth"][, "pose_gap"], "width", "height"}},
         "mean": {...}[, "render_steps": {name: ray-marching steps it was rendered with}], "machine": where it ran
         (:func:`fastminerf.backend.machine` of the model's device: CPU, threads, versions, GPU, as benchmark records
-        have it)}`` (a metric without any frame of an identity is NaN there, null in metrics.json; the mean skips it). ``width`` and ``height`` are the
+        have it)[, "runs": ``models_from`` of the evaluated identities]}`` (a metric without any frame of an identity is NaN there, null in metrics.json; the mean skips it). ``width`` and ``height`` are the
         identity's frame size in pixels, the unit of its ``lmd`` (people of several sizes evaluate together). ``landmark_depth`` (where the dataset has
         ``landmarks.npz``) is the median distance in head units between the rendered depth and the tracked
         landmarks along rays through them: whether the geometry sits where the face is (NaN for identities
@@ -2123,6 +2126,8 @@ def evaluate(
         }
         if all(v is not None for v in steps.values()):
             result["render_steps"] = steps
+        if models_from is not None:
+            result["runs"] = {n: str(models_from[n]) for n in names if n in models_from}
         result["machine"] = machine(_model_device(models[names[0]]) if names else None)  # as benchmark records have it
         if out is not None:
             write_json(out / "metrics.json", result)

@@ -1364,3 +1364,16 @@ def test_the_new_view_notes_say_their_pose_gap_is_a_mean_over_frames(tiny, tmp_p
     out = " ".join(capsys.readouterr().out.split())
     assert "clip: its val and test frames show the head 1.7 / 3.4 degrees on average from the nearest training pose" \
         in out and "every" not in out, out
+
+def test_eval_metrics_json_records_the_run_that_scored_each_identity(tiny, tmp_path):
+    """eval --run A B --out DIR said only on the terminal which run rendered each person: metrics.json, read later,
+    could not tell a generic run's score from a fine-tuned one's. It records each identity's run."""
+    root, dirs = tiny
+    each = tmp_path / "each"
+    assert main(["personalize", "--run", str(root / "run"), "--data", str(dirs[0]), "--out", str(each),
+                 "--each", "--steps", "1"]) == 0
+    out = tmp_path / "ev"
+    assert main(["eval", "--run", str(root / "run"), str(each / "id000"), "--data", str(dirs[0]), str(dirs[1]),
+                 "--split", "val", "--max-frames", "1", "--out", str(out)]) == 0
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["runs"] == {"id000": str(each / "id000"), "id001": str(root / "run")}
