@@ -20,7 +20,7 @@ same function as concatenating them to every sample, and cheaper, so the baselin
 
 Plain PyTorch: no occupancy grid (the model keeps its grid buffers, unused), no native kernels. The training loss adds
 the MSE of ``rgb_coarse`` (:func:`fastminerf.train.train` does when the model returns it), as NeRF and NeRFace do.
-Training jitters the stratified samples with torch's global generator (seeded with ``train.seed`` by ``build_model``,
+Training jitters the stratified samples with torch's global generator (seeded with ``train.seed`` by ``train``,
 with ``train.seed + 2`` by ``personalize``), whose state checkpoints hold, so a resumed ``nerface`` run is
 bit-identical to an uninterrupted one on the CPU, as a fast one is.
 

@@ -621,8 +621,18 @@ class WeightAverage:
 
 
 def build_model(cfg: RunConfig, dataset: MultiIdentityDataset, split: str = "train") -> MINeRF:
-    """A fresh model for the identities of ``dataset`` (one frame code per frame of ``split``), seeded with
-    ``cfg.train.seed``; the box is ``cfg.model.aabb`` or the data's (the union of the identities' boxes)."""
+    """A fresh model for the identities of ``dataset`` (one frame code per frame of ``split``), its initial weights
+    drawn from ``cfg.train.seed`` (the ones :func:`train` starts from); the box is ``cfg.model.aabb`` or the data's
+    (the union of the identities' boxes). The caller's global random stream is left as it was (seed it yourself for
+    draws of your own, e.g. the ``nerface`` backbone's sample jitter in a loop of your own)."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        return _seeded_model(cfg, dataset, split)
+
+
+def _seeded_model(cfg: RunConfig, dataset: MultiIdentityDataset, split: str = "train") -> MINeRF:
+    """:func:`build_model` leaving torch's global generator seeded with ``cfg.train.seed`` and past the initial
+    weights: where :func:`train`'s own draws (the ``nerface`` backbone's jitter) continue from."""
     a_run_config(cfg)
     table = a_dataset(dataset, "dataset").table(split)
     box = np.concatenate([table.aabb[:, :3].min(0), table.aabb[:, 3:].max(0)]).tolist()
@@ -1573,7 +1583,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
             raise CheckpointError(f"{ckpt_path} was trained on other frames: {changed}; resume with the same data")
     setup_seconds = 0.0  # carving counts as training time
     if data is None:
-        model = build_model(cfg, dataset)
+        model = _seeded_model(cfg, dataset)  # train's own draws continue from the seeded stream (the caller's is given back)
         start = time.perf_counter()
         hull = view_hull(model, dataset) if cfg.model.occ_carve and cfg.model.backbone == "fast" else None
         if hull is not None:  # space no training frame shows the person in is never sampled

@@ -24,7 +24,7 @@ def heads(tmp_path_factory):
 
 def _loop(cfg, dataset, steps=30):
     """The minimal custom loop: the library's pieces, an extra opacity term of the researcher's own."""
-    model = fm.build_model(cfg, dataset)  # seeds torch's global generator with cfg.train.seed
+    model = fm.build_model(cfg, dataset)  # initial weights from cfg.train.seed; the global stream is left alone
     sampler = fm.RaySampler(dataset, "train", **dataclasses.asdict(cfg.sampler))
     optimizer = fm.build_optimizer(cfg, model)
     base = [cfg.train.lr, cfg.train.code_lr]
