@@ -469,6 +469,22 @@ def test_cache_frames_counts_frames_not_images_and_masks(tmp_path: Path):
     assert {("mask", "train", 2), ("mask", "train", 3)} <= held and data.frames_held("train") == 2
 
 
+def test_a_frames_mask_leaves_the_cache_with_its_image(tmp_path: Path):
+    """A mask counts 0 toward cache_frames (it goes with its image), but it stayed when its image was dropped: with
+    cache_frames set and cache_bytes null, every mask ever read stayed in memory, uncounted (a long masked split
+    grew the process by H x W bytes a frame, without bound). The frame's mask is dropped with its image."""
+    from tests.test_rays import _identity
+
+    _identity(tmp_path, "m", 6, seed=3, mask=True)
+    data = load_dataset(tmp_path, cache_frames=2, cache_bytes=None)
+    for i in range(6):
+        data.image("train", i), data.mask("train", i)
+    assert set(data.cache._items) == {(k, "train", i) for k in ("image", "mask") for i in (4, 5)}
+    data.mask("train", 0)  # a mask read without its image is a frame of its own, counted
+    data.mask("train", 1)
+    assert len(data.cache) <= 4 and data.cache._count <= 2
+
+
 def test_cache_bounded_in_bytes(tmp_path: Path):
     d = make_identity(tmp_path, "a", n_frames=5)
     frame_bytes = W * H * 3

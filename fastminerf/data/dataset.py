@@ -67,6 +67,8 @@ class FrameCache:
         self.max_bytes = max_bytes
         self._items: "OrderedDict[Hashable, np.ndarray]" = OrderedDict()
         self._counts: Dict[Hashable, int] = {}  # what each array counts against max_items
+        self._followers: Dict[Hashable, set] = {}  # arrays dropped with the one they follow (get's follows)
+        self._follows: Dict[Hashable, Hashable] = {}  # and the other way round
         self._bytes = 0
         self._count = 0
         self._lock = threading.Lock()
@@ -91,21 +93,36 @@ class FrameCache:
         with self._lock:
             self._items.clear()
             self._counts.clear()
+            self._followers.clear()
+            self._follows.clear()
             self._bytes = 0
             self._count = 0
 
     def discard(self, key: Hashable) -> None:
         """Drop the array cached under ``key``, if any."""
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= int(old.nbytes)
-                self._count -= self._counts.pop(key)
+            self._drop(key)
 
-    def get(self, key: Hashable, load: Callable[[], np.ndarray], keep: bool = True, count: int = 1) -> np.ndarray:
+    def _drop(self, key: Hashable) -> None:
+        """Drop ``key`` and the arrays that follow it (under the lock)."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= int(old.nbytes)
+            self._count -= self._counts.pop(key)
+        leader = self._follows.pop(key, None)
+        if leader in self._followers:
+            self._followers[leader].discard(key)
+            if not self._followers[leader]:
+                del self._followers[leader]
+        for follower in list(self._followers.pop(key, ())):
+            self._drop(follower)
+
+    def get(self, key: Hashable, load: Callable[[], np.ndarray], keep: bool = True, count: int = 1,
+            follows: Optional[Hashable] = None) -> np.ndarray:
         """The array cached under ``key``, calling ``load()`` (outside the lock) on a miss; with ``keep=False`` what
-        ``load()`` returns is not cached. ``count``: what the array counts against ``max_items`` (0 for a frame's
-        mask, which goes with its image)."""
+        ``load()`` returns is not cached. ``count``: what the array counts against ``max_items``. ``follows``: the
+        key of the array this one goes with (a frame's mask follows its image): it counts 0 while that one is cached
+        (1 on its own) and is dropped with it, never left behind uncounted."""
         with self._lock:
             arr = self._items.get(key)
             if arr is not None:
@@ -123,15 +140,17 @@ class FrameCache:
             if key in self._items:  # loaded meanwhile by another thread
                 self._items.move_to_end(key)
                 return self._items[key]
+            if follows is not None:
+                count = 0 if follows in self._items else 1
+                self._followers.setdefault(follows, set()).add(key)
+                self._follows[key] = follows
             self._items[key], self._counts[key] = arr, int(count)
             self._bytes += size
             self._count += int(count)
             while (self.max_items is not None and self._count > self.max_items) or (
                 self.max_bytes is not None and self._bytes > self.max_bytes
             ):
-                old_key, old = self._items.popitem(last=False)
-                self._bytes -= int(old.nbytes)
-                self._count -= self._counts.pop(old_key)
+                self._drop(next(iter(self._items)))
         return arr
 
 
@@ -483,7 +502,7 @@ class MultiIdentityDataset:
                 )
             return m
 
-        return self.cache.get(("mask", split, index), load, keep=cached, count=0)  # counted with its image
+        return self.cache.get(("mask", split, index), load, keep=cached, follows=("image", split, index))
 
     def release(self, split: str, index: int) -> None:
         """Drop frame ``index`` of ``split`` (its image and mask) from the frame cache: for a pass that uses each
