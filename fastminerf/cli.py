@@ -840,7 +840,7 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
 def _run_render(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .data.layout import prepare_notes
+    from .render import driver_notes
     from .prepare.video import VIDEO_SUFFIXES, probe
     from .render import drive_path, driver_from_video, load_driver, load_target, orbit_path, orbit_reach, parse_drive
     from .render import background_image, check_outputs, render_video
@@ -953,7 +953,7 @@ def _run_render(args: argparse.Namespace) -> int:
             with bar:
                 folder = driver_from_video(folder, basis, drivers, target.table("train").width, args.frames,
                                            fps=args.fps, progress=progress)
-            for note in prepare_notes(folder):  # what prepare says of a video (a cut-short file, frames dropped)
+            for note in driver_notes(folder):  # what prepare says of a video (a cut-short file, frames dropped)
                 console.print(_styled("yellow", "note", f"{folder.name}: {note}"), markup=True)
             split = "train"
         elif folder.is_file():  # load_driver would say 'expected an identity folder', nothing of videos

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import re
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -792,6 +793,29 @@ def training_basis(data_paths: Union[PathLike, Sequence[PathLike]]) -> Path:
     raise RenderError(f"no {BASIS_FILE} next to the run's training data ({', '.join(map(str, paths))}): a video "
                       f"can drive a model only in the expression space it was trained in; prepare the driver yourself "
                       f"with that basis (fastminerf prepare VIDEO --out DIR --basis ...) and drive with DIR")
+
+
+_REPEATS_NOTE = re.compile(r"^(?P<fps>\S+) fps \(--fps\) is above the video's own rate \((?P<own>\S+) fps\): ffmpeg "
+                           r"repeats its pictures to fill it, (?P<share>\d+%) of the frames a copy of the one before")
+"""The start of prepare's note of a rate above the video's own (:func:`fastminerf.prepare.prepare`), worded for data."""
+
+
+def driver_notes(identity_dir: PathLike) -> List[str]:
+    """What prepare noted of a driver video it prepared into ``identity_dir`` (:func:`fastminerf.data.layout.prepare_notes`),
+    for a render: its note of a rate above the video's own, which speaks of training data (nothing new to learn), is
+    said of the render (poses and expressions held over repeated frames, the motion no smoother)."""
+    from .data.layout import prepare_notes
+
+    notes = []
+    for note in prepare_notes(identity_dir):
+        m = _REPEATS_NOTE.match(note)
+        if m is not None:
+            note = (f"--fps {m['fps']} is above the driver video's own rate ({m['own']} fps): {m['share']} of the "
+                    f"rendered frames repeat the pose and expression of the one before (the motion is no smoother "
+                    f"than at {m['own']} fps, and takes longer to render); --fps {m['own']} or below renders each of "
+                    f"its pictures at most once")
+        notes.append(note)
+    return notes
 
 
 def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size: int,

@@ -1377,3 +1377,27 @@ def test_eval_metrics_json_records_the_run_that_scored_each_identity(tiny, tmp_p
                  "--split", "val", "--max-frames", "1", "--out", str(out)]) == 0
     got = json.loads((out / "metrics.json").read_text())
     assert got["runs"] == {"id000": str(each / "id000"), "id001": str(root / "run")}
+
+
+def test_a_driver_video_at_a_higher_fps_is_told_in_renderings_words(tiny, tmp_path, capsys, monkeypatch):
+    """render --drive VIDEO --fps 50 of a 25 fps video repeated prepare's note for training data, 'no motion, nothing
+    new to learn; --fps 25 or below reads each picture at most once': a render learns nothing. It says what repeating
+    the video's pictures does to the render (held poses and expressions, no smoother motion) in render's words."""
+    import shutil
+
+    root, dirs = tiny
+    video = tmp_path / "someone.mp4"
+    video.write_bytes(b"")  # never read: the preparation is the stand-in below
+    folder = tmp_path / "drivers" / "someone"
+    shutil.copytree(dirs[2], folder)
+    note = ("50 fps (--fps) is above the video's own rate (25 fps): ffmpeg repeats its pictures to fill it, 50% of the "
+            "frames a copy of the one before (no motion, nothing new to learn); --fps 25 or below reads each picture at "
+            "most once")
+    (folder / "prepare.json").write_text(json.dumps({"notes": [note]}))
+    monkeypatch.setattr("fastminerf.render.training_basis", lambda paths: tmp_path / "expression_basis.npz")
+    monkeypatch.setattr("fastminerf.render.driver_from_video", lambda *a, **k: folder)
+    assert main(["render", "--run", str(root / "run"), "--identity", "id000", "--drive", str(video), "--frames", "2",
+                 "--fps", "50", "--no-audio", "--out", str(tmp_path / "x.mp4")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "nothing new to learn" not in out and "reads each picture" not in out, out
+    assert "--fps 50 is above the driver video's own rate (25 fps)" in out and "50% of the rendered frames" in out, out
