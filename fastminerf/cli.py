@@ -932,9 +932,15 @@ def _run_render(args: argparse.Namespace) -> int:
                                   f"every frame in 'train'); give {folder} alone, with --frames N for its first frames")
             basis = training_basis(data_paths)  # a run without one is refused before the preparation's bar
             drivers = Path(args.run) / "drivers"
+            unwritable = None
             try:  # a shared, read-only run: prepared all the same, where it can be, for this render
                 check_folder(drivers, "the prepared driver", RenderError)
             except RenderError as exc:
+                # unless its owner's render prepared it there with these settings: then read where it is
+                if render.finished_driver(folder, basis, drivers, target.table("train").width, args.frames,
+                                          fps=args.fps) is None:
+                    unwritable = exc
+            if unwritable is not None:
                 import tempfile
 
                 scratch = tempfile.TemporaryDirectory(prefix="fastminerf-driver-")  # removed when the render ends
@@ -942,7 +948,7 @@ def _run_render(args: argparse.Namespace) -> int:
                 # as driver_from_video prepares it: every frame in train (prepare's own 0.1 / 0.1 left the video's
                 # last fifth out of the train split DIR/NAME drives with), at the target's size and --fps
                 at_fps = f" --fps {args.fps:g}" if args.fps else ""
-                console.print(_styled("yellow", "note", f"{exc}: the driver is prepared in {drivers} for this render "
+                console.print(_styled("yellow", "note", f"{unwritable}: the driver is prepared in {drivers} for this render "
                                       f"and removed after it; to keep it for other renders, prepare it once with "
                                       f"fastminerf prepare {video} --out DIR --basis {basis} --val-fraction 0 "
                                       f"--test-fraction 0 --size {target.table('train').width}{at_fps} and drive with "

@@ -818,26 +818,14 @@ def driver_notes(identity_dir: PathLike) -> List[str]:
     return notes
 
 
-def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size: int,
-                      max_frames: Optional[int] = None, progress=None, fps: Optional[float] = None) -> Path:
-    """Prepare a raw video as a driver in a trained model's expression space: :func:`fastminerf.prepare.prepare`
-    with the training data's ``basis`` and every frame in ``train`` (the first ``max_frames``, at least 3: prepare's
-    minimum; at ``fps``, default the video's own rate; a video of fewer than prepare's 10 frames at that rate with
-    all of them), into ``out_root`` (a cache: a second call with the same video and settings finds it done). Returns the
-    driver's identity folder.
-
-    Raises:
-        RenderError: the video could not be prepared (prepare's error, naming it).
-    """
+def _driver_config(video: PathLike, basis: PathLike, size: int, max_frames: Optional[int] = None,
+                   fps: Optional[float] = None):
+    """The :class:`fastminerf.config.PrepareConfig` :func:`driver_from_video` prepares ``video`` with."""
     from .config import PrepareConfig
-    from .prepare import prepare
-
-    from .prepare import MediapipeMissing
-
     from .prepare.video import VideoError, probe
 
     for value, asked, what in ((video, "video", "the driver's video file"), (basis, "basis", "the training data's "
-                               "expression_basis.npz"), (out_root, "out_root", "the folder to prepare the driver in")):
+                               "expression_basis.npz")):
         needs(value, PATH_TYPES, asked, f"{what} {PATH_TAKEN}")
     # prepare refuses a video of fewer than 3 frames: a driver of 1 or 2 is prepared with 3 and cut by the caller
     take = None if max_frames is None else max(3, int(max_frames))
@@ -850,8 +838,41 @@ def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size
     except VideoError:  # prepare says what is wrong with the file
         held = None
     min_frames = max(3, min([PrepareConfig.min_frames] + [n for n in (take, held) if n is not None]))
-    cfg = PrepareConfig(size=int(size), fps=None if fps is None else float(fps), max_frames=take, val_fraction=0.0, test_fraction=0.0, basis=str(basis),
-                        min_frames=min_frames, overwrite=True)  # the cache is ours: other settings replace it
+    return PrepareConfig(size=int(size), fps=None if fps is None else float(fps), max_frames=take, val_fraction=0.0,
+                         test_fraction=0.0, basis=str(basis), min_frames=min_frames,
+                         overwrite=True)  # the cache is ours: other settings replace it
+
+
+def finished_driver(video: PathLike, basis: PathLike, out_root: PathLike, size: int,
+                    max_frames: Optional[int] = None, fps: Optional[float] = None) -> Optional[Path]:
+    """The driver :func:`driver_from_video` with these arguments finds done in ``out_root`` (prepared earlier with
+    the same video and settings), read without writing anything (a shared run's ``RUN/drivers`` that this user cannot
+    write); None when it would prepare it."""
+    from .prepare.pipeline import finished_folder
+
+    cfg = _driver_config(video, basis, size, max_frames, fps)
+    return finished_folder(video, needs(out_root, PATH_TYPES, "out_root", f"the driver's folder {PATH_TAKEN}"), cfg)
+
+
+def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size: int,
+                      max_frames: Optional[int] = None, progress=None, fps: Optional[float] = None) -> Path:
+    """Prepare a raw video as a driver in a trained model's expression space: :func:`fastminerf.prepare.prepare`
+    with the training data's ``basis`` and every frame in ``train`` (the first ``max_frames``, at least 3: prepare's
+    minimum; at ``fps``, default the video's own rate; a video of fewer than prepare's 10 frames at that rate with
+    all of them), into ``out_root`` (a cache: a second call with the same video and settings finds it done, and
+    reads it without writing, :func:`finished_driver`). Returns the driver's identity folder.
+
+    Raises:
+        RenderError: the video could not be prepared (prepare's error, naming it).
+    """
+    from .prepare import MediapipeMissing, prepare
+    from .prepare.pipeline import finished_folder
+
+    cfg = _driver_config(video, basis, size, max_frames, fps)
+    needs(out_root, PATH_TYPES, "out_root", f"the folder to prepare the driver in {PATH_TAKEN}")
+    done = finished_folder(video, out_root, cfg)  # read where it is: a shared run's cache this user cannot write
+    if done is not None:
+        return done
     try:
         result = prepare([video], out_root, cfg, progress=progress)
     except MediapipeMissing as exc:

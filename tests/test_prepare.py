@@ -1182,3 +1182,32 @@ def test_a_raw_video_drives_a_run_that_cannot_be_written(tmp_path):
     assert "drive with DIR/head" in said and "4 frames" in said, said
     assert len(list(imageio_ffmpeg.read_frames(str(tmp_path / "drive.mp4")))) - 1 == 4
     assert not (run / "drivers").exists() and not list((tmp_path / "tmp").iterdir())  # the temporary driver removed
+
+
+def test_a_driver_cached_in_a_read_only_run_is_used_not_prepared_again(tmp_path, capsys, monkeypatch):
+    """render --drive VIDEO against a shared run whose owner had rendered with the video (RUN/drivers/NAME prepared,
+    finished, with the same settings) prepared it again in a temporary folder for every other user, who cannot write
+    RUN/drivers: tracking and fitting the whole video each time, for the driver already there. A finished driver of
+    the same video and settings is read where it is; only a missing or different one is prepared elsewhere."""
+    from fastminerf.cli import main
+    from fastminerf.data import writer
+
+    root = _head_video_run(tmp_path)
+    run = tmp_path / "run"
+    argv = ["render", "--run", str(run), "--identity", "head", "--drive", str(tmp_path / "head.mp4"), "--frames", "4",
+            "--no-audio"]
+    assert main(argv + ["--out", str(tmp_path / "owner.mp4")]) == 0  # the owner's render caches the driver
+    assert (run / "drivers" / "head" / "prepare.json").is_file()
+    capsys.readouterr()
+    real = writer.check_folder
+
+    def read_only(folder, what, error=ValueError):  # RUN/drivers as another user sees it (root writes anywhere)
+        if Path(folder) == run / "drivers":
+            raise error(f"{folder}: cannot make the folder for {what} ({run} cannot be written)")
+        return real(folder, what, error)
+
+    monkeypatch.setattr(writer, "check_folder", read_only)
+    monkeypatch.setattr("fastminerf.prepare.prepare", lambda *a, **k: pytest.fail("the cached driver prepared again"))
+    assert main(argv + ["--out", str(tmp_path / "reader.mp4")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "prepared in" not in said, said

@@ -654,6 +654,31 @@ def _names(videos: Sequence[Path]) -> List[str]:
     return names
 
 
+def _basis_id(basis: ExpressionBasis) -> dict:
+    """What a finished video's marker records of the root's basis its cameras were fitted with."""
+    return {"file": BASIS_FILE, "canonical_sum": float(np.abs(basis.canonical).sum()), "dim": basis.dim,
+            "space": basis.space_id}
+
+
+def finished_folder(video: PathLike, out_dir: PathLike, cfg: PrepareConfig = PrepareConfig()) -> Optional[Path]:
+    """The identity folder of ``video`` in ``out_dir`` when an earlier :func:`prepare` finished it with ``cfg``'s
+    settings, from the same file and with ``out_dir``'s basis (what prepare would skip as ``skipped``), else None.
+    Reads only: a folder the caller cannot write (a shared, read-only run's cached driver) is found all the same."""
+    try:
+        path = Path(video)
+        out = Path(out_dir) / _names([path])[0]
+        done = _read_json(out / DONE_FILE)
+        if done is None or not (Path(out_dir) / BASIS_FILE).is_file() or not (out / LANDMARKS_FILE).is_file():
+            return None
+        if cfg.basis is not None and ExpressionBasis.load(cfg.basis).space_id != ExpressionBasis.load(out_dir).space_id:
+            return None
+        basis = ExpressionBasis.load(out_dir)
+        same = done.get("fingerprint") == _fingerprints(cfg, path)["cameras"] and done.get("basis") == _basis_id(basis)
+    except (PrepareError, OSError, ValueError):
+        return None
+    return out if same else None
+
+
 def check_prepare(videos: Union[PathLike, Sequence[PathLike]], out_dir: PathLike,
                   cfg: PrepareConfig = PrepareConfig()) -> Tuple[List[Path], List[str], Optional[ExpressionBasis]]:
     """What :func:`prepare` refuses before any work, for a caller to check first (``fastminerf prepare`` before it
@@ -788,8 +813,7 @@ def prepare(
             basis = ExpressionBasis.load(root)
             reused = not basis.fitted_on or not {r.name for r in ready} <= set(basis.fitted_on)
         basis_seconds = time.perf_counter() - t0
-        basis_id = {"file": BASIS_FILE, "canonical_sum": float(np.abs(basis.canonical).sum()), "dim": basis.dim,
-                    "space": basis.space_id}
+        basis_id = _basis_id(basis)
 
         # Stage 3 per video.
         for res in ready:
