@@ -773,8 +773,8 @@ def _add_render(sub: "argparse._SubParsersAction") -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--drive", metavar="PATH[:SPLIT]",
                      help="driver identity folder (or root) and split (default train), or a video file: prepared "
-                          "first (cached in RUN/drivers/; in a temporary folder for this render where the run cannot be "
-                          "written) with the run's expression basis")
+                          "first (cached in RUN/drivers/; where the run cannot be written, a finished cache there is used "
+                          "as it is, else a temporary folder for this render) with the run's expression basis")
     src.add_argument("--orbit", action="store_true",
                      help="render a camera orbit instead: about NAME's mean view, as far each way as its training "
                           "views reach unless --yaw / --pitch say")
