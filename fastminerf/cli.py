@@ -1472,7 +1472,7 @@ def _run_speech(args: argparse.Namespace) -> int:
         table.add_column(col, justify="right")
     if held:
         model.metrics = speech_metrics(model, clips, held, basis=basis)
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        fmt = lambda v: _score(v, "{:.3f}")  # noqa: E731
         rows = list(model.metrics["identities"].items()) + [(Text("all", style="bold"), model.metrics["all"])]
         for name, m in rows:
             table.add_row(name, str(m["frames"]), fmt(m["r2"]), fmt(m["mouth_r2"]), fmt(m["mouth_corr"]))
@@ -1501,6 +1501,12 @@ def _add_info(sub: "argparse._SubParsersAction") -> None:
     _positional_or_option(p, "run", "run folder (made by train or personalize) or checkpoint file")
     p.add_argument("--json", action="store_true", help="print the description as JSON instead of a table")
     p.set_defaults(func=_run_info)
+
+
+def _score(value: Optional[float], spec: str = "{:.2f}") -> str:
+    """A score as a table shows it: ``spec`` of it, or "-" where it is not there (None) or not defined (NaN: the
+    correlation over a held-out split of one frame, where nothing varies), as eval's table shows a missing metric."""
+    return "-" if value is None or value != value else spec.format(value)
 
 
 def _asked_backends(cfg) -> dict:
@@ -1604,7 +1610,7 @@ def _run_info(args: argparse.Namespace) -> int:
         rows.append(("speech model (render --speech)", f"unreadable: {sp['error']}"))
     elif sp:
         h = sp["held_out"]
-        score = (f"held-out mouth R2 {h['mouth_r2']:.2f}, corr {h['mouth_corr']:.2f} ({h['frames']} frames)"
+        score = (f"held-out mouth R2 {_score(h['mouth_r2'])}, corr {_score(h['mouth_corr'])} ({h['frames']} frames)"
                  if h and h.get("mouth_r2") is not None else "no held-out score")
         rows.append(("speech model (render --speech)", f"{Path(sp['file']).name}: {sp['identities']} voices, {score}"))
     if last:  # a diverged run logs its NaN loss and PSNR as null

@@ -1401,3 +1401,24 @@ def test_a_driver_video_at_a_higher_fps_is_told_in_renderings_words(tiny, tmp_pa
     out = " ".join(capsys.readouterr().out.split())
     assert "nothing new to learn" not in out and "reads each picture" not in out, out
     assert "--fps 50 is above the driver video's own rate (25 fps)" in out and "50% of the rendered frames" in out, out
+
+
+def test_speech_and_info_show_an_undefined_held_out_score_as_a_dash_not_nan(tiny, tmp_path, capsys, monkeypatch):
+    """A held-out split of one frame has no correlation (nothing varies): speech's table printed 'nan' in its mouth
+    corr column, and info of the run 'corr nan', where every other table of the CLI shows a score that is not
+    there as '-'."""
+    import shutil
+
+    monkeypatch.setenv("COLUMNS", "400")
+    root, _ = tiny
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    data = generate(tmp_path / "one_val", n_identities=1, n_frames=4, size=16, novel_frames=1, val_fraction=0.25)
+    assert main(["speech", "--data", str(data[0]), "--out", str(run / "speech.pt"), "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "id000" in line).replace("│", " ").split()
+    assert row[:2] == ["id000", "1"] and row[-1] == "-", out
+    assert "nan" not in out.lower(), out
+    assert main(["info", str(run)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "corr - (1 frames)" in out and "nan" not in out.lower(), out
