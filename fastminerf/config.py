@@ -797,6 +797,15 @@ class ModelConfig:
             raise ConfigError(f"model.field.backend=tcnn cannot run the {self.field.identity_levels} identity levels "
                               f"(tiny-cuda-nn's HashGrid hashes no identity): set model.field.identity_levels=0{also}, "
                               "or backend auto (tiny-cuda-nn where it can run the grid, else native) or native")
+        own = int(self.field.identity_levels) > 0 and self.field.identity_levels_for == "colour"
+        needing = [key for key in ("density_levels", "texture_flow") if float(getattr(self.field, key))]
+        if self.backbone == "fast" and needing and not own:  # the field refused it only once the data had loaded
+            why = {"density_levels": "model.field.density_levels needs the colour head's own fine levels",
+                   "texture_flow": "model.field.texture_flow moves the colour head's own grid lookup"}
+            raise ConfigError(f"{' and '.join(why[key] for key in needing)} (model.field.identity_levels "
+                              f"{self.field.identity_levels}, identity_levels_for {self.field.identity_levels_for}): "
+                              f"set model.field.identity_levels > 0 and model.field.identity_levels_for=colour, or "
+                              f"{' and '.join(f'model.field.{key}=0' for key in needing)}")
         box = self.aabb
         if box is not None and (len(box) != 6 or any(float(lo) >= float(hi) for lo, hi in zip(box[:3], box[3:]))):
             raise ConfigError(f"model.aabb must be [xmin, ymin, zmin, xmax, ymax, zmax] with min < max (or null for the "

@@ -2,6 +2,7 @@
 command-line options around them. No training: every test takes well under a second."""
 from __future__ import annotations
 
+import re
 from dataclasses import fields, replace
 
 import pytest
@@ -318,9 +319,12 @@ def test_tcnn_with_identity_levels_is_refused_when_the_config_loads(preset, extr
     """--config cpu --set model.field.backend=tcnn (the cpu and tiny presets have identity levels, which
     tiny-cuda-nn's HashGrid cannot hash) loaded, and the run failed at its first step, after the data was read and
     the model built and carved, with "BackendError: tiny-cuda-nn's HashGrid has no identity levels" (a traceback)."""
-    with pytest.raises(ConfigError, match=r"model\.field\.backend=tcnn.*model\.field\.identity_levels=0"):
+    with pytest.raises(ConfigError, match=r"model\.field\.backend=tcnn.*model\.field\.identity_levels=0") as refused:
         load_config(preset, ["model.field.backend=tcnn"] + extra)
-    assert load_config(preset, ["model.field.backend=tcnn", "model.field.identity_levels=0"]).model.field.backend == "tcnn"
+    # the whole of the advice (on the cpu preset also density_levels=0 and texture_flow=0, which need identity levels)
+    advice = re.findall(r"model\.field\.\w+=0\b", str(refused.value))
+    assert advice[0] == "model.field.identity_levels=0", advice
+    assert load_config(preset, ["model.field.backend=tcnn"] + advice).model.field.backend == "tcnn"
 
 
 def test_the_edges_of_the_model_choices_still_load():
@@ -687,3 +691,31 @@ def test_the_tcnn_refusal_on_the_cpu_preset_gives_advice_that_trains():
     with pytest.raises(ConfigError) as refused:
         load_config("tiny", ["model.field.backend=tcnn"])
     assert "density_levels" not in str(refused.value) and "texture_flow" not in str(refused.value)  # tiny has none
+
+
+@pytest.mark.parametrize("overrides,keys", [
+    (["model.field.density_levels=1"], ["density_levels"]),  # tiny's identity levels are read by both heads
+    (["model.field.texture_flow=0.05"], ["texture_flow"]),
+    (["model.field.identity_levels_for=colour", "model.field.identity_levels=0", "model.field.density_levels=1",
+      "model.field.texture_flow=0.05"], ["density_levels", "texture_flow"]),
+])
+def test_density_levels_or_a_texture_flow_without_the_colour_heads_own_levels_are_refused_when_the_config_loads(
+        overrides, keys):
+    """model.field.density_levels > 0 (or texture_flow > 0) without identity levels read by the colour head alone
+    (identity_levels > 0, identity_levels_for: colour) loaded, and train stopped only once the data had loaded with
+    the field's 'density_levels needs the colour head's own fine levels'. The config refuses it, naming the keys
+    and both ways out; each way out loads and builds a field."""
+    from dataclasses import replace
+
+    from fastminerf.field import MINeRFField
+
+    with pytest.raises(ConfigError) as refused:
+        load_config("tiny", overrides)
+    said = str(refused.value)
+    assert "model.field.identity_levels > 0 and model.field.identity_levels_for=colour" in said, said
+    assert " and ".join(f"model.field.{k}=0" for k in keys) in said, said
+    for way_out in (["model.field.identity_levels=2", "model.field.identity_levels_for=colour"],
+                    [f"model.field.{k}=0" for k in keys]):
+        field = load_config("tiny", overrides + way_out).model.field
+        MINeRFField(replace(field, backend="torch"), 3)
+    load_config("tiny", ["model.backbone=nerface"] + overrides)  # the nerface backbone builds no such field
