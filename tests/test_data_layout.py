@@ -485,6 +485,22 @@ def test_a_frames_mask_leaves_the_cache_with_its_image(tmp_path: Path):
     assert len(data.cache) <= 4 and data.cache._count <= 2
 
 
+def test_a_mask_read_before_its_image_stops_counting_once_the_image_is_cached(tmp_path: Path):
+    """A frame's mask counts 0 toward cache_frames while its image is cached, but one read before its image (the
+    sampler's face rays in a frame with a mask and no face box, the torso layer's start) kept counting 1 after the
+    image came: such a frame counted 2, and cache_frames=2 held one and a half frames (frame 0's mask pushed out)."""
+    from tests.test_rays import _identity
+
+    _identity(tmp_path, "m", 4, seed=3, mask=True)
+    data = load_dataset(tmp_path, cache_frames=2, cache_bytes=None)
+    for i in (0, 1):
+        data.mask("train", i), data.image("train", i)
+    assert set(data.cache._items) == {(k, "train", i) for k in ("image", "mask") for i in (0, 1)}
+    assert data.cache._count == 2
+    data.image("train", 2)  # a third frame pushes out the oldest frame, its mask with it
+    assert ("image", "train", 0) not in data.cache and ("mask", "train", 0) not in data.cache
+
+
 def test_cache_bounded_in_bytes(tmp_path: Path):
     d = make_identity(tmp_path, "a", n_frames=5)
     frame_bytes = W * H * 3

@@ -147,6 +147,9 @@ class FrameCache:
             self._items[key], self._counts[key] = arr, int(count)
             self._bytes += size
             self._count += int(count)
+            for follower in self._followers.get(key, ()):  # cached before this one, on their own: now they go with it
+                self._count -= self._counts[follower]
+                self._counts[follower] = 0
             while (self.max_items is not None and self._count > self.max_items) or (
                 self.max_bytes is not None and self._bytes > self.max_bytes
             ):
