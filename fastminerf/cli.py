@@ -1083,7 +1083,7 @@ def _add_eval(sub: "argparse._SubParsersAction") -> None:
         "rendered depth and the tracked face landmarks along rays through them (the geometry check). Where the "
         "identities have a train split, POSE is the mean angle in degrees from each frame's head pose to the nearest "
         "training one: frames far from every training pose show the head from a side the clip never did. Each "
-        "identity's value is the mean over its frames (PSNR a mean of per-frame dB); the mean row is the unweighted "
+        "identity's value is the mean over its frames (PSNR a mean of per-frame dB; DEPTH the median above); the mean row is the unweighted "
         "mean over identities, each counted alike however many frames it has.",
     )
     p.add_argument("--run", nargs="+", required=True, type=Path,

@@ -412,7 +412,7 @@ spacing is 2^-24), and from k = 128 on 2^k overflows float32, turning the encodi
 
 
 def _check_octaves(key: str, value) -> None:
-    """A :class:`ConfigError` naming ``key`` unless ``value`` is in 0..MAX_OCTAVES (negative ones are refused too)."""
+    """A :class:`ConfigError` naming ``key`` when ``value`` is above MAX_OCTAVES (the callers refuse negative ones)."""
     if int(value) > MAX_OCTAVES:
         raise ConfigError(f"{key} must be in 0..{MAX_OCTAVES}, got {value} (finer octaves than float32 coordinates hold "
                           "are rounding noise, and from 128 on they overflow to NaN)")

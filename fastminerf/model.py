@@ -324,7 +324,8 @@ class MINeRF(nn.Module):
 
     def backends(self, device: torch.device) -> Dict[str, str]:
         """What computes each part of the model on ``device`` (``fastminerf info``): component -> "native", "torch",
-        "tcnn" or "nerfacc", or "cannot run (why)". The nerface backbone is PyTorch MLPs: ``{"field": "torch"}``."""
+        "tcnn" or "nerfacc", or "cannot run (why)"; ``heads`` where the backend is native but a head runs as torch ops
+        names each kind, e.g. "native (density head), torch (colour head: 2 hidden layers)". The nerface backbone is PyTorch MLPs: ``{"field": "torch"}``."""
         if self.cfg.backbone != "fast":
             return {"field": "torch"}
         device = torch.device(device)
