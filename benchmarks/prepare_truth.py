@@ -66,18 +66,6 @@ def _rotvec(r: np.ndarray) -> np.ndarray:
     return axis * np.where(s > 1e-12, theta / np.where(s > 1e-12, 2 * s, 1.0), 0.5)[:, None]
 
 
-def _similarity(x: np.ndarray, y: np.ndarray):
-    """``s, R, t`` minimising ``|s R x + t - y|^2`` over points ``(N, 3)``."""
-    mx, my = x.mean(0), y.mean(0)
-    xc, yc = x - mx, y - my
-    u, sig, vt = np.linalg.svd(yc.T @ xc / len(x))
-    d = np.ones(3)
-    d[2] = np.sign(np.linalg.det(u @ vt)) or 1.0
-    rot = u @ np.diag(d) @ vt
-    s = float((sig * d).sum() / (xc ** 2).sum(1).mean())
-    return s, rot, my - s * rot @ mx
-
-
 def _r2(x: np.ndarray, y: np.ndarray, coef: np.ndarray) -> float:
     return float(1.0 - ((x @ coef - y) ** 2).mean() / y.var())
 
@@ -149,6 +137,7 @@ def measure(synth_dirs, prepared: Path, unsmoothed: Path) -> dict:
     """The comparison of the prepared folders (``prepared``: prepare's defaults; ``unsmoothed``: pose_smoothing 0)
     with the procedural heads ``synth_dirs`` they were made from."""
     from fastminerf.data.heads import EXPRESSION_NAMES
+    from fastminerf.prepare.pose import similarity_align
 
     out, prep_e, true_e = {}, [], []
     for d in synth_dirs:
@@ -158,7 +147,7 @@ def measure(synth_dirs, prepared: Path, unsmoothed: Path) -> dict:
         p_c2w, p_expr, fid = _frames(prepared / d.name, ("train", "val", "test"))
         u_c2w, _, ufid = _frames(unsmoothed / d.name, ("train", "val", "test"))
         rt, tt = t_c2w[fid, :3, :3], t_c2w[fid, :3, 3]
-        s, rot, tr = _similarity(tt, p_c2w[:, :3, 3])
+        s, rot, tr = (v[0] for v in similarity_align(tt, p_c2w[:, :3, 3], np.ones(len(tt))))  # Umeyama, unweighted
         terr = np.linalg.norm(s * tt @ rot.T + tr - p_c2w[:, :3, 3], axis=1) / s
         x = np.c_[p_expr, np.ones(len(p_expr))]
         r2 = {}
