@@ -1,6 +1,7 @@
 """`fastminerf prepare`'s geometry and statistics against independent computations on exact synthetic data: a face
 seen by known cameras built here (not with the code under test), pose smoothing at the ends of a clip and beside
-dropped frames, the expression basis of motionless frames."""
+dropped frames and across shots, the similarity alignment, the expression basis of motionless frames, its sign
+convention and the coefficients it reads."""
 
 from __future__ import annotations
 
@@ -198,3 +199,81 @@ def test_a_long_videos_per_frame_geometry_holds_its_results_not_copies_of_every_
     assert held < 1.0, held  # was 3.1
     _, held = copies(lambda: basis.coefficients(aligned, neutral))
     assert held < 0.5, held  # was 1.0
+
+
+def test_similarity_align_recovers_a_known_similarity_and_never_returns_a_reflection():
+    """Umeyama's method by construction: points moved by s = 1.7, a known rotation and t come back as exactly those
+    (landmarks of weight 0 moved anywhere change nothing); a mirror image, which no rotation reaches, gives the best
+    rotation (det +1), not the reflection u vt that fits it better."""
+    from fastminerf.prepare.pose import similarity_align
+
+    rng = np.random.default_rng(5)
+    src = rng.normal(size=(40, 3)) * np.array([0.3, 0.4, 0.1]) + np.array([0.2, -0.1, 0.3])  # off the origin
+    rot, s, t = _rot_xyz(0.3, -0.5, 0.2), 1.7, np.array([0.3, -0.2, 1.5])
+    dst = s * src @ rot.T + t
+    weights = rng.uniform(0.5, 2.0, size=40)
+    weights[:5] = 0.0
+    dst[:5] += rng.normal(size=(5, 3))  # ignored landmarks, moved anywhere
+    got_s, got_r, got_t = similarity_align(src, dst, weights)
+    assert got_s.shape == (1,) and got_r.shape == (1, 3, 3) and got_t.shape == (1, 3)
+    np.testing.assert_allclose(got_s[0], s, rtol=1e-12)
+    np.testing.assert_allclose(got_r[0], rot, atol=1e-12)
+    np.testing.assert_allclose(got_t[0], t, atol=1e-12)
+    mirror = src * np.array([-1.0, 1.0, 1.0])  # x negated: a left-handed copy
+    _, r, _ = similarity_align(src, mirror, np.ones(40))
+    np.testing.assert_allclose(np.linalg.det(r), 1.0, atol=1e-12)
+    np.testing.assert_allclose(r[0] @ r[0].T, np.eye(3), atol=1e-12)
+
+
+def test_smoothing_does_not_reach_across_a_cut_between_shots():
+    """Two shots, each of a head that holds still, with no frame dropped between them: smoothed per shot, every pose
+    stays as it is (a line through equal poses is that pose); smoothed across the cut, the frames beside it would be
+    pulled towards the other shot's pose."""
+    from fastminerf.prepare.pose import Poses, smooth_poses
+
+    a, b = _rot_xyz(0.1, 0.2, 0.0), _rot_xyz(-0.3, 0.4, 0.1)
+    rotation = np.stack([a] * 6 + [b] * 6)
+    translation = np.array([[0.0, 0.0, 4.0]] * 6 + [[0.5, -0.2, 3.0]] * 6)
+    frames = np.arange(12)
+    shot = np.array([0] * 6 + [1] * 6)
+    out = smooth_poses(Poses(rotation, translation), frames, 2.0, shot=shot)
+    np.testing.assert_allclose(out.rotation, rotation, atol=1e-9)
+    np.testing.assert_allclose(out.translation, translation, atol=1e-9)
+
+
+def test_expression_coefficients_are_the_deformation_from_neutral_along_each_component_over_scale():
+    """ExpressionBasis.coefficients by hand: with orthonormal components c0, c1 and scale 0.5, the face
+    neutral + 0.5 (2 c0 - c1) reads (2, -1), the neutral face itself (0, 0), and deformation() maps (2, -1) back."""
+    from fastminerf.prepare.expression import ExpressionBasis
+
+    k = 6
+    rng = np.random.default_rng(2)
+    c0, c1 = np.zeros(k * 3), np.zeros(k * 3)
+    c0[[0, 4]] = [0.6, 0.8]  # unit length, orthogonal to c1
+    c1[[7, 10, 16]] = [2 / 3, -2 / 3, 1 / 3]
+    basis = ExpressionBasis(canonical=np.zeros((k, 3)), stable=np.arange(k), components=np.stack([c0, c1]), scale=0.5,
+                            explained=np.array([0.6, 0.4]), face_height=1.2)
+    neutral = rng.normal(size=(k, 3))
+    face = neutral + 0.5 * (2 * c0 - c1).reshape(k, 3)
+    got = basis.coefficients(np.stack([face, neutral]), neutral)
+    np.testing.assert_allclose(got, [[2.0, -1.0], [0.0, 0.0]], atol=1e-12)
+    np.testing.assert_allclose(basis.deformation(got[:1])[0], face - neutral, atol=1e-12)
+
+
+def test_an_expression_basis_has_each_components_largest_entry_positive():
+    """fit_basis's sign convention: a component and its negation explain the same, so each is turned to have its
+    largest entry (in magnitude) positive, whatever sign the SVD returned; a basis refitted gives the same signs."""
+    from fastminerf.prepare.expression import fit_basis
+
+    rng = np.random.default_rng(4)
+    k = 10
+    dirs = np.zeros((3, k * 3))
+    dirs[0, [2, 5]] = [-0.9, 0.3]  # largest entry negative
+    dirs[1, [8, 11]] = [0.2, -0.7]
+    dirs[2, [20, 25]] = [0.8, -0.1]
+    amounts = rng.normal(size=(60, 3)) * np.array([3.0, 2.0, 1.0])
+    deformations = (amounts @ dirs).reshape(60, k, 3)
+    components, _, _ = fit_basis([deformations], 3)
+    big = np.argmax(np.abs(components), axis=1)
+    assert np.all(components[np.arange(3), big] > 0)
+    assert big.tolist() == [2, 11, 20]  # the directions put in, largest variance first
