@@ -201,3 +201,14 @@ def test_a_background_shrunk_to_a_smaller_render_is_averaged_not_point_sampled(t
     tiny = np.array([[[0, 0, 0], [255, 255, 255]], [[255, 255, 255], [0, 0, 0]]], np.uint8)
     big = background_image(tiny, None, 4, 4)
     assert big[0, 0, 0] < 0.1 and big[0, 3, 0] > 0.9
+
+
+def test_at_size_scales_each_axis_by_its_own_rounded_factor():
+    """A 30x17 path at 45: 45x26 (17 * 1.5 = 25.5, rounded to 26), so x scales by 45 / 30 and y by 26 / 17: fx and cx
+    by 1.5, fy and cy by 26 / 17, which keeps the principal point at the centre of the new image (13.0, not the 12.75
+    of one factor for both axes, a quarter of a pixel off)."""
+    c2w = np.eye(4, dtype=np.float32)[None]
+    path = CameraPath(c2w, np.array([[34.0, 34.0, 15.0, 8.5]], np.float32), np.zeros((1, 4), np.float32), 30, 17)
+    p = path.at_size(45)
+    assert (p.width, p.height) == (45, 26)
+    np.testing.assert_allclose(p.intrinsics[0], [51.0, 34.0 * 26 / 17, 22.5, 13.0], rtol=1e-6)
