@@ -112,3 +112,13 @@ def test_a_saved_run_is_not_taken_for_an_unfinished_training(heads, tmp_path):
     assert run_info(tmp_path / "mine")["resumable"] is False
     with pytest.raises(fm.CheckpointError, match=r"saved by save_run .* train does not continue it"):
         fm.train(cfg, [heads], tmp_path / "mine")
+
+
+def test_lr_factor_is_the_warm_up_times_a_decay_that_stops_at_the_last_step():
+    """lr_factor's schedule by hand (4 warm-up steps, 10 steps, decay to 0.01): (step + 1) / 4 up to 1, times
+    0.01 ** (step / 10) from step 0, held at 0.01 from step 10 on (a run resumed or continued past its steps, or a
+    custom loop that runs longer, keeps the final rate instead of decaying towards 0)."""
+    cfg = fm.load_config("tiny", ["train.warmup_lr_steps=4", "train.steps=10", "train.lr_final_factor=0.01"])
+    want = {0: 0.25, 1: 0.5 * 0.01 ** 0.1, 3: 0.01 ** 0.3, 5: 0.1, 10: 0.01, 15: 0.01, 40: 0.01}
+    assert {s: fm.lr_factor(s, cfg) for s in want} == pytest.approx(want, rel=1e-12)
+
