@@ -122,3 +122,27 @@ def test_lr_factor_is_the_warm_up_times_a_decay_that_stops_at_the_last_step():
     want = {0: 0.25, 1: 0.5 * 0.01 ** 0.1, 3: 0.01 ** 0.3, 5: 0.1, 10: 0.01, 15: 0.01, 40: 0.01}
     assert {s: fm.lr_factor(s, cfg) for s in want} == pytest.approx(want, rel=1e-12)
 
+
+def test_the_logged_psnr_leaves_out_the_rays_drawn_where_the_error_map_is_high(heads, tmp_path, monkeypatch):
+    """train's log follows the whole image: its PSNR is that of the batch's plain rays, the error-map rays
+    (deliberately the worst) left out. Spied on the sampler: the step's per-ray squared errors (what it records in
+    its error maps) and which rays it drew from the maps; the logged PSNR is -10 log10 of the mean over the others."""
+    import math
+
+    from fastminerf.data.rays import RaySampler
+
+    seen = []
+    record = RaySampler.record_errors
+
+    def spy(self, frame, pixel, error):
+        seen.append((np.asarray(error, np.float64), self.last_targeted_rays().copy()))
+        return record(self, frame, pixel, error)
+
+    monkeypatch.setattr(RaySampler, "record_errors", spy)
+    cfg = fm.load_config("tiny", ["train.steps=1", "train.log_every=1", "sampler.error_fraction=0.5"])
+    records = []
+    fm.train(cfg, heads, tmp_path / "run", progress=records.append)
+    (error, targeted), = seen
+    assert 0 < targeted.sum() < len(targeted)
+    assert records[-1]["psnr"] == pytest.approx(-10 * math.log10(error[~targeted].mean()), rel=1e-5)
+    assert records[-1]["psnr"] != pytest.approx(-10 * math.log10(error.mean()), rel=1e-5)
