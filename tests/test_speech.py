@@ -84,6 +84,18 @@ def test_frame_windows_are_centred_on_each_frame_time():
     assert COLUMNS_PER_SECOND == 100
 
 
+def test_a_frame_reads_the_mel_column_nearest_its_time():
+    """log_mel's column j is centred on j / 100 s, so a frame hears the column nearest its time: 0.006 s is 0.6 of a
+    column after column 0 (column 1), 0.014 s is 0.4 after column 1 (column 1), and frame 29 of a 25 fps video
+    (prepare writes its time as 29 / 25) is column 116 although 29 / 25 * 100 is 115.99999999999999 in floating point
+    (a floor read column 115, 10 ms early)."""
+    mel = np.eye(200, dtype=np.float32)  # column j holds a 1 in band j: a window's band names its column
+    times = np.array([0.006, 0.014, 29 / 25, 0.004])
+    assert 29 / 25 * COLUMNS_PER_SECOND < 116  # the floating-point case itself
+    w = frame_windows(mel, times, context=0)
+    assert np.argmax(w[:, 0], axis=1).tolist() == [1, 1, 116, 0]
+
+
 def test_clips_leave_out_frames_without_time_and_identities_without_audio(heads, tmp_path):
     _, dirs, data, clips, skipped, _ = heads
     assert [c.name for c in clips] == data.identities and skipped == []
