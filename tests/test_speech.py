@@ -623,3 +623,16 @@ def test_cli_speech_summary_counts_the_networks_it_trained(tmp_path, capsys):
     assert main(["speech", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "m.pt"), "--steps", "2"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "2/2" in out and "(2 steps a network, 1 network) ->" in out, out
+
+
+def test_smoothing_predictions_repeats_the_end_values_instead_of_fading_to_zero():
+    """speech's Gaussian smoothing of predicted expressions (edges repeated): a constant stays that constant at
+    both ends, and a step keeps its end values exactly where the kernel reaches no farther (sigma 1: reach 3)."""
+    from fastminerf.speech import _smooth
+
+    flat = np.full((8, 2), 0.7, np.float32)
+    np.testing.assert_allclose(_smooth(flat, 1.0), flat, rtol=1e-6)
+    step = np.repeat(np.array([[0.0], [1.0]], np.float32), 10, axis=0)  # 10 frames at 0, then 10 at 1
+    out = _smooth(step, 1.0)[:, 0]
+    assert out.shape == (20,) and out[0] == 0.0 and out[-1] == pytest.approx(1.0, rel=1e-6)
+    np.testing.assert_allclose(out[9] + out[10], 1.0, rtol=1e-6)  # symmetric about the step
