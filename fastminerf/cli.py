@@ -932,14 +932,14 @@ def _run_render(args: argparse.Namespace) -> int:
                                   f"every frame in 'train'); give {folder} alone, with --frames N for its first frames")
             basis = training_basis(data_paths)  # a run without one is refused before the preparation's bar
             drivers = Path(args.run) / "drivers"
-            unwritable = None
+            unwritable = found = None
             try:  # a shared, read-only run: prepared all the same, where it can be, for this render
                 check_folder(drivers, "the prepared driver", RenderError)
             except RenderError as exc:
                 # unless its owner's render prepared it there with these settings: then read where it is
-                if render.finished_driver(folder, basis, drivers, target.table("train").width, args.frames,
-                                          fps=args.fps) is None:
-                    unwritable = exc
+                found = render.finished_driver(folder, basis, drivers, target.table("train").width, args.frames,
+                                               fps=args.fps)
+                unwritable = exc if found is None else None
             if unwritable is not None:
                 import tempfile
 
@@ -955,10 +955,13 @@ def _run_render(args: argparse.Namespace) -> int:
                                       f"DIR/{video.stem}"), markup=True)
             # prepare's stages, each named with its own count: in one bar of 'frames' the tracking's count was
             # followed by the writing's from 0 and then the pose fit's, which ended it at '1/1 frames'
-            bar, progress = _prepare_progress(console, "driver: ")
-            with bar:
-                folder = driver_from_video(folder, basis, drivers, target.table("train").width, args.frames,
-                                           fps=args.fps, progress=progress)
+            if found is not None:  # found above: driver_from_video would read (and hash) the video again to find it
+                folder = found
+            else:
+                bar, progress = _prepare_progress(console, "driver: ")
+                with bar:
+                    folder = driver_from_video(folder, basis, drivers, target.table("train").width, args.frames,
+                                               fps=args.fps, progress=progress)
             for note in driver_notes(folder):  # what prepare says of a video (a cut-short file, frames dropped)
                 console.print(_styled("yellow", "note", f"{folder.name}: {note}"), markup=True)
             split = "train"
