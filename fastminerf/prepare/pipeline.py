@@ -670,9 +670,9 @@ def finished_folder(video: PathLike, out_dir: PathLike, cfg: PrepareConfig = Pre
         done = _read_json(out / DONE_FILE)
         if done is None or not (Path(out_dir) / BASIS_FILE).is_file() or not (out / LANDMARKS_FILE).is_file():
             return None
-        if cfg.basis is not None and ExpressionBasis.load(cfg.basis).space_id != ExpressionBasis.load(out_dir).space_id:
-            return None
         basis = ExpressionBasis.load(out_dir)
+        if cfg.basis is not None and ExpressionBasis.load(cfg.basis).space_id != basis.space_id:
+            return None
         same = done.get("fingerprint") == _fingerprints(cfg, path)["cameras"] and done.get("basis") == _basis_id(basis)
     except (PrepareError, OSError, ValueError):
         return None
