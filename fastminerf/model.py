@@ -64,7 +64,7 @@ def _before_termination(sigmas: torch.Tensor, t_starts: torch.Tensor, t_ends: to
     counts = offsets[1:] - offsets[:-1]
     starts = offsets[:-1].clamp(max=max(sd.numel() - 1, 0))
     base = torch.repeat_interleave(excl[starts], counts, output_size=sd.numel())
-    return (excl - base) <= -math.log(threshold)
+    return ~((excl - base) > -math.log(threshold))  # NaN kept: a NaN density reaches the compositing and the loss
 
 
 def _keep_before_termination(density_fn, samples: RaySamples, threshold: float, stages: Sequence[int]) -> torch.Tensor:
@@ -83,7 +83,7 @@ def _keep_before_termination(density_fn, samples: RaySamples, threshold: float, 
     lo = 0
     for hi in list(stages) + [None]:
         sel = position >= lo if hi is None else (position >= lo) & (position < hi)
-        sel &= depth.index_select(0, ray) <= optical  # the ray is still transparent
+        sel &= ~(depth.index_select(0, ray) > optical)  # the ray is still transparent (or NaN: kept, as above)
         idx = torch.nonzero(sel)[:, 0]
         if idx.numel():
             s = density_fn(idx)

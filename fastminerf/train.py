@@ -995,7 +995,8 @@ class _Loop:
 
     def checkpoint(self) -> None:
         bad = _non_finite_parameter(self.model)
-        if bad is not None:  # a loss that stays finite on NaN weights: a NaN hash grid marches no sample at all
+        if bad is not None:  # a loss that stays finite on NaN weights: weights no step has used since they turned
+            # NaN, or a NaN hash grid whose occupancy update emptied the grid before a step marched a sample through it
             raise TrainingDiverged(f"training diverged by step {self.step}: the model's {bad} holds NaN or infinite "
                                    f"values though every step's loss was finite ({self._lr_hint()}); not "
                                    f"checkpointed: {self._kept()}", self.step)

@@ -41,22 +41,29 @@ def test_a_learning_rate_that_blows_up_stops_at_the_step_and_keeps_the_finite_ch
     assert isinstance(info.value, ValueError)  # the command prints it as one line
 
 
-def test_a_nan_weight_is_not_checkpointed_and_the_run_resumes_from_the_last_good_checkpoint(heads, tmp_path):
-    # A NaN in the hash table empties the occupancy grid, so every ray shows the background and the loss stays finite:
-    # only the weights tell. Poisoned at step 6, the checkpoint of step 8 is refused; step 4's stays, and a new call
-    # resumes from it.
+@pytest.mark.parametrize("poisoned,stop,message", [
+    (6, 7, r"training diverged at step 7: its loss is nan .*train\.lr"),
+    (8, 8, r"training diverged by step 8: the model's field\.encoding\.params holds NaN.*train\.lr"),
+])
+def test_a_nan_weight_is_not_checkpointed_and_the_run_resumes_from_the_last_good_checkpoint(heads, tmp_path, poisoned,
+                                                                                            stop, message):
+    # A NaN in the hash table poisoned at step 6 (by the monitor, after step 6's log) gives NaN densities: the step
+    # after it sees a NaN loss and stops there. (The sample pruning used to drop NaN samples, so every ray showed the
+    # background, the loss stayed finite and only the weights of step 8's checkpoint told.) Poisoned at step 8, after
+    # its loss and before its checkpoint, only the weights can tell: the checkpoint is refused. Either way step 4's
+    # checkpoint stays, and a new call resumes from it.
     cfg = load_config("tiny", ["train.steps=12", "train.checkpoint_every=4", "train.log_every=2"])
     run = tmp_path / "run"
 
     def poison(model, record):
-        if record["step"] == 6:
+        if record["step"] == poisoned:
             with torch.no_grad():
                 model.field.encoding.params.fill_(float("nan"))
         return False
 
-    with pytest.raises(TrainingDiverged, match=r"field\.encoding\.params.*train\.lr") as info:
+    with pytest.raises(TrainingDiverged, match=message) as info:
         train(cfg, [heads], run, monitor=poison)
-    assert info.value.step == 8
+    assert info.value.step == stop
     saved = load_checkpoint(run / "checkpoint.pt")
     assert saved["step"] == 4 and _finite(saved["model"])
     result = train(cfg, [heads], run)

@@ -2,6 +2,8 @@
 settings the field cannot honour (no training: a fraction of a second each)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -223,3 +225,55 @@ def test_the_heads_backend_says_which_heads_run_unfused():
                                                   "fused kernel's 128)"
     assert heads("model.field.modulate=true") == "torch (density and colour heads: modulated)"
     assert heads("model.field.backend=torch") == "torch"
+
+
+def _two_rays_of_three():
+    """Two rays of three samples each, every sample 1 long: the optical depth before sample i is the sum of the
+    densities before it in its ray."""
+    t_starts = torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 2.0])
+    return t_starts, t_starts + 1.0, torch.tensor([0, 3, 6])
+
+
+def test_the_pruning_keeps_a_sample_exactly_at_the_threshold_and_drops_the_next():
+    # Finite densities: T_i >= threshold is kept (as the compositor gives it a weight), the first T_i below it is not.
+    # Densities of powers of two and a threshold of exp(-2): the optical depth 2 sits on it exactly.
+    from fastminerf.model import _before_termination, _keep_before_termination
+    from fastminerf.ops import RaySamples
+
+    t_starts, t_ends, offsets = _two_rays_of_three()
+    sigmas = torch.tensor([2.0, 0.5, 1.0, 1.0, 1.0, 0.5])
+    threshold = math.exp(-2.0)
+    assert -math.log(threshold) == 2.0
+    expected = torch.tensor([True, True, False, True, True, True])  # ray 0: depths 0, 2, 2.5; ray 1: 0, 1, 2
+    assert torch.equal(_before_termination(sigmas, t_starts, t_ends, offsets, threshold), expected)
+    samples = RaySamples(torch.tensor([0, 0, 0, 1, 1, 1]), t_starts, t_ends, offsets)
+    for stages in ((), (1,), (1, 2)):
+        keep = _keep_before_termination(lambda idx: sigmas if idx is None else sigmas[idx], samples, threshold, stages)
+        assert torch.equal(keep, expected), stages
+
+
+@pytest.mark.parametrize("stages", [(), (1,), (1, 2)])
+def test_the_pruning_keeps_a_nan_density_for_the_loss_to_see(stages):
+    # A NaN density failed every comparison with the threshold, so the sample and every one after it (the prefix
+    # sums run over the whole batch) were dropped: the rays rendered as background with a finite loss, and training
+    # stopped only at the next checkpoint on the weights. Kept, the NaN reaches the compositing and the loss.
+    from fastminerf.model import _keep_before_termination
+    from fastminerf.ops import RaySamples
+
+    t_starts, t_ends, offsets = _two_rays_of_three()
+    sigmas = torch.tensor([0.1, float("nan"), 0.1, 0.1, 0.1, 0.1])
+    samples = RaySamples(torch.tensor([0, 0, 0, 1, 1, 1]), t_starts, t_ends, offsets)
+    keep = _keep_before_termination(lambda idx: sigmas if idx is None else sigmas[idx], samples, 0.5, stages)
+    assert bool(keep.all()), keep
+
+
+def test_a_nan_hash_table_renders_nan_not_the_background():
+    torch.manual_seed(0)
+    model = MINeRF(load_config("tiny").model, 5, ["a", "b"], [0, 1]).train()
+    model.occupancy.mark_all()
+    with torch.no_grad():
+        model.field.encoding.params.fill_(float("nan"))
+    o, d, near, far, bg, codes = _rays()
+    out = model.render_rays(o, d, near, far, torch.arange(16) % 2, torch.zeros(16, 5), codes, bg)
+    assert int(out["samples"].sum()) > 0
+    assert bool(torch.isnan(out["rgb"]).any()), "a NaN field rendered as the background"
