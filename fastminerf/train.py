@@ -1124,6 +1124,16 @@ class _Loop:
             optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
+            # Read before the update: a non-finite loss stops the step before its NaN gradients reach every weight, so
+            # the weights it names as non-finite were so when the step began.
+            self.loss = float(loss.detach())
+            if not math.isfinite(self.loss):  # before the log, the monitor and any checkpoint see it
+                bad = _non_finite_parameter(model)
+                held = (f"the model's {bad} held NaN or infinite values before the step" if bad is not None
+                        else "every input of the step was finite")
+                raise TrainingDiverged(f"training diverged at step {self.step + 1}: its loss is {self.loss} ({held}; "
+                                       f"{self._lr_hint()}); {self._kept()}", self.step + 1)
+            if loss.requires_grad:
                 optimizer.step()
                 if self.average is not None:
                     self.average.update(model)
@@ -1135,18 +1145,14 @@ class _Loop:
             if plain.any() and not plain.all():
                 # the logged PSNR leaves out the deliberately hard error, mouth and eye rays
                 logged = logged.cpu()[torch.from_numpy(plain)]
-            # Read on the clock: on a GPU the backward pass and the update are queued, and this host read waits for them.
-            self.loss = float(loss.detach())
-            if not math.isfinite(self.loss):  # before the log, the monitor and any checkpoint see it
-                raise TrainingDiverged(f"training diverged at step {self.step + 1}: its loss is {self.loss} (every "
-                                       f"input of the step was finite; {self._lr_hint()}); {self._kept()}",
-                                       self.step + 1)
+            # Read on the clock: on a GPU the update is queued, and this host read waits for it.
+            samples = int(out["samples"][:n].sum())
             elapsed = time.perf_counter() - start
             self.step += 1
             self.seconds += elapsed
             window["mse"].append(float(logged.mean()))
             window["rays"] += n
-            window["samples"] += int(out["samples"][:n].sum())
+            window["samples"] += samples
             window["time"] += elapsed
             stopping = self.step == until_step or (max_seconds is not None and self.seconds >= max_seconds)
             if self.step % t.log_every == 0 or stopping:  # the last step is always logged

@@ -36,13 +36,16 @@ def test_a_learning_rate_that_blows_up_stops_at_the_step_and_keeps_the_finite_ch
     with pytest.raises(TrainingDiverged, match=r"step \d+: its loss is nan .*train\.lr 1e\+08.*keeps step \d+, the last finite") as info:
         train(cfg, [heads], run)
     assert 1 < info.value.step < 12 and f"step {info.value.step}:" in str(info.value)
+    # the weights were finite when the step began (its update is what would have made every one NaN): none is named
+    assert "held NaN" not in str(info.value), str(info.value)
     saved = load_checkpoint(run / "checkpoint.pt")
     assert saved["step"] == info.value.step - 1 and _finite(saved["model"])
     assert isinstance(info.value, ValueError)  # the command prints it as one line
 
 
 @pytest.mark.parametrize("poisoned,stop,message", [
-    (6, 7, r"training diverged at step 7: its loss is nan .*train\.lr"),
+    (6, 7, r"training diverged at step 7: its loss is nan .*the model's field\.encoding\.params held NaN or infinite "
+           r"values before the step.*train\.lr"),
     (8, 8, r"training diverged by step 8: the model's field\.encoding\.params holds NaN.*train\.lr"),
 ])
 def test_a_nan_weight_is_not_checkpointed_and_the_run_resumes_from_the_last_good_checkpoint(heads, tmp_path, poisoned,
