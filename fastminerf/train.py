@@ -6,7 +6,8 @@ A run folder holds::
     RUN/checkpoint.pt   the latest state, written atomically (temp file + os.replace) every
                         ``train.checkpoint_every`` steps / ``train.checkpoint_seconds`` seconds and at the end
     RUN/log.jsonl       one JSON object per logging step: step, seconds, loss, psnr, rays_per_s, samples_per_ray,
-                        phase (train; a personalisation's codes then all) and occupied (the occupancy grid's fraction)
+                        phase (train; a personalisation's codes then all) and occupied (the occupancy grid's fraction);
+                        empty for a run that took no step (a time limit spent in the setup)
     RUN/curve.png       the loss and training PSNR against the step, drawn from the log at the end of a session
                         (:func:`write_curve`)
     RUN/.lock           locked while a training or personalisation writes the folder: a second one into the same
@@ -159,7 +160,8 @@ class TrainResult:
     model: MINeRF = field(repr=False)
     """The trained model (left out of the repr, which a notebook shows: its module tree is a screenful)."""
     curve: Optional[Path] = None
-    """``RUN/curve.png``, the log's loss and PSNR curves (:func:`write_curve`); None when nothing was logged."""
+    """``RUN/curve.png``, the log's loss and PSNR curves (:func:`write_curve`; a run that took no step has an empty
+    log, and a picture that says nothing was logged)."""
     notes: Tuple[str, ...] = ()
     """What the user should know about the data trained on (e.g. identities taken into the others' expression space
     unchecked), one sentence each; the CLI prints them."""
@@ -1935,12 +1937,14 @@ def _finish(loop: _Loop, model: MINeRF, average: Optional[WeightAverage], resume
     if loop.saved_step != loop.step:
         with loop.noting_interrupt():
             loop.checkpoint()
+    if not loop.log.is_file():  # no step logged (a time limit spent in the setup): the folder still holds its log
+        with errors_naming(loop.log), open(loop.log, "a"):
+            pass
     if average is not None:
         average.copy_to(model)
     model.eval()
     return TrainResult(out_dir=loop.out, step=loop.step, seconds=loop.seconds, loss=loop.loss, psnr=loop.psnr,
-                       resumed_from=resumed, model=model,
-                       curve=write_curve(loop.out) if (loop.out / LOG_NAME).is_file() else None)  # no step, no log
+                       resumed_from=resumed, model=model, curve=write_curve(loop.out))
 
 
 def _per_identity_params(model: MINeRF) -> List[torch.nn.Parameter]:

@@ -1064,6 +1064,28 @@ def test_a_time_limit_spent_before_the_first_step_is_said_plainly(tiny_data, tmp
     assert "no step" in text and "1e-09 s" in text and "--max-seconds" in text, text
 
 
+def test_a_run_that_took_no_step_still_holds_its_log(tiny_data, trained, tmp_path, capsys):
+    """A time limit spent in the setup (carving counts as training time) saved a run of 0 steps with config.yaml and
+    checkpoint.pt but no log.jsonl, which the run folder's description promises beside them (and write_curve refused
+    the folder). The folder now holds an empty log (no step, no line) and its curve says so; info reads it, and the
+    same command with more time goes on from it, appending whole lines."""
+    from fastminerf.cli import main
+    from fastminerf.train import log_records, write_curve
+
+    out = tmp_path / "t"
+    result = train(load_config("tiny", ["train.max_seconds=1e-9"]), _two(tiny_data), out)
+    assert result.step == 0
+    assert (out / "log.jsonl").is_file() and (out / "log.jsonl").read_text() == ""
+    assert result.curve == out / "curve.png" and result.curve.is_file() and write_curve(out) == result.curve
+    assert main(["info", str(out)]) == 0
+    more = train(load_config("tiny", ["train.steps=2", "train.log_every=1"]), _two(tiny_data), out)
+    assert more.resumed_from == 0 and more.step == 2 and [r["step"] for r in _log(out)] == [1, 2]
+    assert [r["step"] for _, r in log_records(out / "log.jsonl")] == [1, 2]
+    run, _ = trained
+    pers = personalize(run, _two(tiny_data), tmp_path / "p", steps=4, max_seconds=0)  # no setup time counted: 0
+    assert pers.step == 0 and (tmp_path / "p" / "log.jsonl").read_text() == ""
+
+
 @pytest.fixture
 def no_native(monkeypatch):
     """The native extension as on a machine where it does not load (built against another torch, or not built)."""
