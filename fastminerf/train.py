@@ -965,6 +965,21 @@ def _resume_log(loop: "_Loop", data: dict) -> None:
         loop.loss, loop.psnr = (float("nan") if last.get(k) is None else float(last[k]) for k in ("loss", "psnr"))
 
 
+def _recorded_config(cfg: RunConfig, saved_cfg: Optional[RunConfig], data: Optional[dict],
+                     steps_key: str = "steps") -> RunConfig:
+    """The config a session records in the run folder (config.yaml, its checkpoints): ``cfg``, except that a resume
+    with nothing left to train (``data``'s step at ``cfg.train.<steps_key>`` or past it, or its training seconds at
+    ``train.max_seconds``) keeps the run's own steps and time limit (``saved_cfg``'s): such a session takes no step,
+    and recording its limits made a run stopped at step 4 of 8 read '4 of 2' after ``train --steps 2``, finished to
+    info and personalize, and a rerun with its own config.yaml trained nothing."""
+    t = cfg.train
+    if data is None or saved_cfg is None or (int(data["step"]) < getattr(t, steps_key) and (
+            t.max_seconds is None or float(data.get("seconds", 0.0)) < t.max_seconds)):
+        return cfg
+    s = saved_cfg.train
+    return replace(cfg, train=replace(t, **{steps_key: getattr(s, steps_key)}, max_seconds=s.max_seconds))
+
+
 class _Loop:
     """The optimisation loop shared by training and personalisation (one phase per call of :meth:`run`)."""
 
@@ -1559,6 +1574,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     keys, files, sizes = frame_keys(dataset), frame_files(dataset), frame_sizes(dataset)
     ckpt_path = out / CHECKPOINT_NAME
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    saved_cfg: Optional[RunConfig] = None  # the config a resumed run was trained with
     if data is not None:
         _check_kind(data, "train", ckpt_path)
         if not _resumable(data):
@@ -1590,6 +1606,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
                                   files, dataset, saved_sizes=data.get("frame_sizes"), same_pixels_hint=True)
         if changed:
             raise CheckpointError(f"{ckpt_path} was trained on other frames: {changed}; resume with the same data")
+    recorded = _recorded_config(cfg, saved_cfg, data)
     setup_seconds = 0.0  # carving counts as training time
     if data is None:
         model = _seeded_model(cfg, dataset)  # train's own draws continue from the seeded stream (the caller's is given back)
@@ -1602,7 +1619,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
         setup_seconds = time.perf_counter() - start
     model.to(device)
     ran = {str(device): model.backends(device)}  # what computes each part here, kept in the checkpoint (info)
-    _write_config(out, cfg)
+    _write_config(out, recorded)
     sampler = RaySampler(dataset, "train", **asdict(cfg.sampler))
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
     base_lrs = [cfg.train.lr, cfg.train.code_lr]
@@ -1610,7 +1627,7 @@ def train(cfg: RunConfig, data_paths: Union[PathLike, Sequence[PathLike]], out_d
     average = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     def payload() -> dict:
-        return dict(_model_record("train", cfg, model, out, paths, keys, files, sizes, ran),
+        return dict(_model_record("train", recorded, model, out, paths, keys, files, sizes, ran),
                     optimizer=optimizer.state_dict(),
                     step=loop.step,
                     seconds=loop.seconds, sampler=_state(sampler), occ_generator=occ_gen.get_state(),
@@ -1746,6 +1763,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         raise CheckpointError(f"{ckpt_path} is the checkpoint of {generic_run}, the run this personalisation starts "
                               f"from; a personalisation writes a new run: choose another --out folder{resume}")
     data = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    saved_cfg: Optional[RunConfig] = None  # the config a resumed personalisation was trained with
     first_id = model.num_identities
     if data is not None:  # resumed: the same identities, and the settings it started with (or only harmless changes)
         _check_kind(data, "personalize", ckpt_path)
@@ -1803,7 +1821,8 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
         frame_map = torch.arange(len(table)) + first_frame
     model.to(device)
     ran = {str(device): model.backends(device)}  # what computes each part here, kept in the checkpoint (info)
-    _write_config(out, cfg)
+    recorded = _recorded_config(cfg, saved_cfg, data, "personalize_steps")
+    _write_config(out, recorded)
     sampler_cfg = replace(cfg.sampler, seed=cfg.sampler.seed + 1)
     sampler = RaySampler(dataset, "train", **asdict(sampler_cfg))
     occ_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
@@ -1821,7 +1840,7 @@ def personalize(generic_run: PathLike, data_paths: Union[PathLike, Sequence[Path
     data_paths = [p for p, _ in run_data_folders(meta, strict=False)] + ([] if known else _where(paths))
 
     def payload() -> dict:
-        record = _model_record("personalize", cfg, model, out, data_paths,
+        record = _model_record("personalize", recorded, model, out, data_paths,
                                generic_keys if known else torch.cat([generic_keys, keys]),
                                generic_files if known else torch.cat([generic_files, files]),
                                generic_sizes if known else torch.cat([generic_sizes, sizes]), ran)

@@ -1099,3 +1099,38 @@ def test_a_resume_on_a_root_a_new_person_was_prepared_into_names_the_folders_to_
                        + re.escape(" ".join(str(p) for p in first)) + ".*personalize"):
         train(load_config("tiny", ["train.steps=4"]), root, tmp_path / "gen")
     assert train(load_config("tiny", ["train.steps=4"]), first, tmp_path / "gen").resumed_from == 2
+
+
+def test_a_session_with_nothing_to_train_keeps_the_run_s_steps_and_time_limit(heads, generic, tmp_path):
+    # `train --steps 2` on a run stopped at step 4 of 8 said 'nothing to train' and yet wrote train.steps 2 into its
+    # config.yaml and checkpoint: info said '4 of 2', personalize no longer noted the run unfinished, and a rerun with
+    # its own config.yaml (as a refused resume is told to give) trained nothing. A session that takes no step keeps
+    # the run's own steps and time limit; one that trains records its new ones, as before.
+    from fastminerf.cli import run_info
+
+    gen = tmp_path / "gen"
+    cfg = load_config("tiny", ["train.steps=8", "train.checkpoint_every=2", "train.log_every=1"])
+
+    def interrupt(record):
+        if record["step"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, heads[:2], gen, progress=interrupt)
+    for change in (["train.steps=2"], ["train.max_seconds=1e-9"]):
+        again = train(load_config("tiny", [*change, "train.checkpoint_every=2", "train.log_every=1"]), heads[:2], gen)
+        assert again.resumed_from == again.step == 4
+        saved = load_run(gen)[0]
+        assert (saved.train.steps, saved.train.max_seconds) == (8, None), change
+        assert load_config(gen / "config.yaml").train.steps == 8
+        info = run_info(gen)
+        assert (info["step"], info["total_steps"], info["max_seconds"]) == (4, 8, None), change
+    assert any("not finished" in n for n in personalize(gen, [heads[2]], tmp_path / "p", steps=2).notes)
+    assert train(load_config(gen / "config.yaml"), heads[:2], gen).step == 8
+    fewer = train(load_config("tiny", ["train.steps=10", "train.checkpoint_every=2"]), heads[:2], gen)
+    assert fewer.step == 10 and load_run(gen)[0].train.steps == 10  # a session that trains records its steps
+    p = tmp_path / "p"
+    pers = personalize(generic, [heads[2]], p, steps=4)
+    assert pers.step == 4
+    assert personalize(generic, [heads[2]], p, steps=2).step == 4
+    assert load_run(p)[0].train.personalize_steps == 4 and load_config(p / "config.yaml").train.personalize_steps == 4
