@@ -143,7 +143,8 @@ def synth_identities(root: Path, n_identities: int, n_frames: int, size: int, se
     stamp = root / "synth.json"
     if stamp.exists():
         s = json.loads(stamp.read_text()).get("settings", {})
-        if all(s.get(k) == v for k, v in dict(n_identities=n_identities, n_frames=n_frames, size=size, seed=seed).items()):
+        if s.get("first_identity", 0) == 0 and all(
+                s.get(k) == v for k, v in dict(n_identities=n_identities, n_frames=n_frames, size=size, seed=seed).items()):
             return sorted(p for p in root.iterdir() if p.is_dir())
     return generate(root, n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, overwrite=True)
 

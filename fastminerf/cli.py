@@ -178,6 +178,8 @@ def _add_synth(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--frames", type=int, default=d.n_frames, help=_field_help(SynthConfig, "n_frames"))
     p.add_argument("--size", type=int, default=d.size, help=_field_help(SynthConfig, "size"))
     p.add_argument("--seed", type=int, default=d.seed, help=_field_help(SynthConfig, "seed"))
+    p.add_argument("--first-identity", type=int, default=d.first_identity, metavar="K",
+                   help=_field_help(SynthConfig, "first_identity"))
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=_field_help(SynthConfig, "val_fraction"))
     p.add_argument("--novel-frames", type=int, default=d.novel_frames, help=_field_help(SynthConfig, "novel_frames"))
     p.add_argument("--expression-style", type=float, default=d.expression_style,
@@ -190,6 +192,7 @@ def _add_synth(sub: "argparse._SubParsersAction") -> None:
 
 
 SYNTH_OPTIONS = dict(n_identities="--identities", n_frames="--frames", size="--size", seed="--seed",
+                     first_identity="--first-identity",
                      val_fraction="--val-fraction", novel_frames="--novel-frames",
                      expression_style="--expression-style", novel_poses="--novel-poses")
 """The options of synth (and demo) for the arguments of ``fastminerf.data.synth.generate`` they set."""
@@ -241,6 +244,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         n_frames=args.frames,
         size=args.size,
         seed=args.seed,
+        first_identity=args.first_identity,
         val_fraction=args.val_fraction,
         novel_frames=args.novel_frames,
         expression_style=args.expression_style,

@@ -175,6 +175,13 @@ class SynthConfig:
     seed: int = 0
     """Seed of everything random: identities, expressions, head motion and backgrounds."""
 
+    first_identity: int = 0
+    """Number of the first identity written: ``first_identity = K`` writes ``idK ...`` (``id004`` for 4), the heads
+    that a generation of more identities with the same seed and settings would write under those names. A second
+    dataset of new people (a person to personalise a model of ``id000 ... id003`` for) is ``n_identities=1,
+    first_identity=4``: another head, of a name the first dataset does not have (a second generation from 0 writes
+    ``id000`` again, which ``personalize`` takes for the model's own ``id000``)."""
+
     val_fraction: float = 0.1
     """Share of each video (its last frames) held out as the ``val`` split; at least one frame when
     ``n_frames >= 2``."""

@@ -1,6 +1,7 @@
 """Claims of the README and the command-line help that a test can check cheaply: the Layout names every module of
 the package, the help of each command names the files it writes."""
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -639,3 +640,37 @@ def test_prepare_and_synth_help_give_each_options_default():
                 text = " ".join(sub._get_formatter()._expand_help(action).split())
                 shown = f"{action.default:g}" if isinstance(action.default, float) else str(action.default)
                 assert f"(default {shown})" in text, (name, action.option_strings, text)
+
+
+def test_readmes_second_synth_gives_personalize_a_new_person(tmp_path, monkeypatch, capsys):
+    """Model and training's commands made the generic data with `fastminerf synth data ...` and personalised with
+    `--data new_person`, but said nowhere how to make new_person: a second `synth` wrote id000 again, taken for the
+    model's own id000 ('the model run was trained on other frames'). The README's second synth line writes a head of
+    a new name and person, and its personalize line adds it (the lines run as written, made small)."""
+    import torch
+
+    from fastminerf.cli import main
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Model and training\n\n```bash\n(.*?)```", readme, re.S).group(1)
+    lines = [re.split(r"\s#", line)[0].split() for line in block.splitlines()]
+    synths = [words for words in lines if words[:2] == ["fastminerf", "synth"]]
+    personalize = next(words for words in lines if words[:2] == ["fastminerf", "personalize"])
+    assert len(synths) == 2 and synths[0][2] == "data" and "new_person" in personalize, block
+    small = {"--frames": "6", "--size": "16"}
+    monkeypatch.chdir(tmp_path)
+    for words in synths:
+        words = [small.get(words[i - 1], w) if i else w for i, w in enumerate(words)]
+        assert main(words[1:] + ["--no-contact-sheet"]) == 0
+    assert synths[1][2] == "new_person"
+    generic = sorted(p.name for p in (tmp_path / "data").iterdir() if p.is_dir())
+    new = sorted(p.name for p in (tmp_path / "new_person").iterdir() if p.is_dir())
+    assert new and not set(new) & set(generic), (generic, new)
+    assert main(["train", "--data", "data", "--out", "run", "--config", "tiny", "--steps", "2"]) == 0
+    assert main(["personalize", "--run", "run", "--data", "new_person", "--out", "run2", "--steps", "2"]) == 0
+    capsys.readouterr()
+    names = torch.load(tmp_path / "run2" / "checkpoint.pt", map_location="cpu", weights_only=False)["identity_names"]
+    assert list(names) == generic + new
+    first = json.loads((tmp_path / "data" / "id000" / "synth_identity.json").read_text())
+    added = json.loads((tmp_path / "new_person" / new[0] / "synth_identity.json").read_text())
+    assert added["params"] != first["params"]  # another person, not the first head again under a new name

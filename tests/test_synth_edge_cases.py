@@ -307,3 +307,22 @@ def test_a_refused_synth_draws_no_progress_line(tmp_path, capsys):
     assert main(args) == 2
     out = capsys.readouterr()
     assert "already holds a generated dataset" in out.err and not out.out.strip(), out
+
+
+def test_first_identity_writes_the_heads_a_larger_generation_writes_under_their_names(tmp_path):
+    """--first-identity K (a new person for personalize) writes idK ..., byte for byte the heads a generation of more
+    identities with the same seed writes under those names; a negative or fractional K is refused by name."""
+    from fastminerf.cli import main
+
+    full = generate(tmp_path / "all", n_identities=3, n_frames=4, size=16, seed=2)
+    later = generate(tmp_path / "later", n_identities=1, n_frames=4, size=16, seed=2, first_identity=2)
+    assert [d.name for d in later] == ["id002"]
+    files = sorted(p.relative_to(full[2]) for p in full[2].rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(later[0]) for p in later[0].rglob("*") if p.is_file())
+    assert all((full[2] / f).read_bytes() == (later[0] / f).read_bytes() for f in files)
+    assert json.loads((tmp_path / "later" / "synth.json").read_text())["settings"]["first_identity"] == 2
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="first_identity"):
+            generate(tmp_path / "bad", n_identities=1, n_frames=2, size=8, first_identity=bad)
+    assert main(["synth", str(tmp_path / "bad"), "--first-identity", "-1", "--frames", "2", "--size", "8"]) == 2
+    assert not (tmp_path / "bad").exists()

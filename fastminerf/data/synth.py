@@ -376,6 +376,7 @@ def generate(
     n_frames: int = _SYNTH.n_frames,
     size: int = _SYNTH.size,
     seed: int = _SYNTH.seed,
+    first_identity: int = _SYNTH.first_identity,
     val_fraction: float = _SYNTH.val_fraction,
     novel_frames: Optional[int] = _SYNTH.novel_frames,
     camera_distance: float = _SYNTH.camera_distance,
@@ -393,7 +394,7 @@ def generate(
 ) -> List[Path]:
     """Write a procedural multi-identity talking-head dataset in the shared layout.
 
-    Writes ``out_dir/id000 ... id<I-1>`` (each with ``transforms_{train,val,novel}.json``, ``bg.png``,
+    Writes ``out_dir/id000 ... id<I-1>`` (from ``id<first_identity>`` on when it is given; each with ``transforms_{train,val,novel}.json``, ``bg.png``,
     ``audio.wav``, frames and masks under ``train/``, ``val/``, ``novel/`` and ``synth_identity.json``) and
     ``out_dir/synth.json``
     (the settings, the expression names, the regions and each identity's withheld region). Settings are
@@ -419,6 +420,8 @@ def generate(
         raise ArgumentValueError("n_identities", f"must be >= 1, got {n_identities}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:  # numpy's words, once begun
         raise ArgumentValueError("seed", f"must be a whole number >= 0, got {seed}")
+    if isinstance(first_identity, bool) or not isinstance(first_identity, numbers.Integral) or first_identity < 0:
+        raise ArgumentValueError("first_identity", f"must be a whole number >= 0, got {first_identity}")
     if n_frames < 1:
         raise ArgumentValueError("n_frames", f"must be >= 1, got {n_frames}")
     if size < 8:
@@ -442,7 +445,8 @@ def generate(
     if n_novel < 1:
         raise ArgumentValueError("novel_frames", f"must be >= 1, got {novel_frames}")
     out = Path(out_dir)
-    names = [f"id{k:03d}" for k in range(n_identities)]
+    indices = range(first_identity, first_identity + n_identities)  # identity k is the same head in any generation
+    names = [f"id{k:03d}" for k in indices]
     _refuse_foreign(out, names)  # the user's data: refused before the lock is written among it
     check_folder(out, "the dataset", PermissionError)  # a read-only place: before the progress bar, in words
     try:  # held before its own folders are looked at: a generation into it that has not ended looks stopped part way
@@ -462,7 +466,8 @@ def generate(
             max_roll_deg=max_roll_deg, novel_poses=novel_poses,
         )
         settings = dict(
-            n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, val_fraction=val_fraction,
+            n_identities=n_identities, n_frames=n_frames, size=size, seed=seed, first_identity=first_identity,
+            val_fraction=val_fraction,
             novel_frames=n_novel, camera_distance=camera_distance, focal_factor=focal_factor, max_yaw_deg=max_yaw_deg,
             max_pitch_deg=max_pitch_deg, max_roll_deg=max_roll_deg, fps=fps, expression_style=expression_style,
             novel_poses=novel_poses,
@@ -476,10 +481,10 @@ def generate(
         summary = []
         # every identity marked first, unfinished until its transforms are all written: stopped anywhere, the root is
         # refused as data (find_identity_dirs), not read as the identities written so far, and a rerun replaces it
-        for k, name in enumerate(names):
+        for k, name in zip(indices, names):
             (out / name).mkdir(exist_ok=True)
             _mark(out / name, {"generator": GENERATOR_NAME, "format": FORMAT_VERSION, "identity": name, "index": k})
-        for k, name in enumerate(names):
+        for k, name in zip(indices, names):
             params, bg, own, video, video_c2w, novel, novel_c2w = _plan_identity(k, seed, n_frames, n_val, n_novel, cfg)
             d = out / name
             for split in ("train", "val", "novel"):
