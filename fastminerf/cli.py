@@ -1457,14 +1457,11 @@ def _run_speech(args: argparse.Namespace) -> int:
     with Progress(TextColumn("[bold]speech[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("speech", total=None, loss="-")
-        steps_in_all = []  # every network's steps (train_speech's total): calibration folds with no frame train none
 
         def progress(done: int, total: int, loss: float) -> None:
-            steps_in_all[:] = [total]
             bar.update(task, completed=done, total=total, loss=f"{loss:.4f}")
 
         model = train_speech(clips, cfg, ("train",), found.expression_space, progress=progress)
-    networks = steps_in_all[0] // cfg.steps if steps_in_all and cfg.steps else 1
     held = [s for s in found.splits if s != "train" and any(len(c.times.get(s, ())) for c in clips)]
     from .prepare.expression import ExpressionBasis
     from .render import RenderError, training_basis
@@ -1487,7 +1484,7 @@ def _run_speech(args: argparse.Namespace) -> int:
     save_speech_model(out, model)
     console.print(f"learned from {counted(len(clips), 'identity', 'identities')} "
                   f"({counted(sum(len(c.times.get('train', ())) for c in clips), 'frame')}) "
-                  f"({counted(cfg.steps, 'step')} a network, {counted(networks, 'network')}) "
+                  f"({counted(cfg.steps, 'step')} a network, {counted(model.networks, 'network')}) "
                   f"-> {out}")
     return 0
 

@@ -270,6 +270,9 @@ class SpeechModel:
     """Held-out scores measured after training (:func:`speech_metrics`), as plain data."""
     source: Optional[Path] = None
     """The file it was read from (:func:`load_speech_model`), for messages; None for a model just learned."""
+    networks: Optional[int] = None
+    """Networks :func:`train_speech` trained for it: one per calibration fold held out, and the final one (1 without
+    calibration, or where no fold could be held out: clips shorter than a block); None for a model read from a file."""
 
     @property
     def expression_dim(self) -> int:
@@ -522,7 +525,7 @@ def train_speech(
         fit_splits: the splits whose frames are learned from.
         expression_space: recorded in the model (the data's ``expression_space``).
         progress: called as ``progress(step, total, loss)`` every 50 steps and at the end (``total`` counts
-            every network's steps when calibrating).
+            every network's steps when calibrating: ``steps`` times the model's ``networks``).
 
     Raises:
         SpeechError: no frame to learn from, clips of different expression sizes or of none (E = 0), or a training
@@ -558,7 +561,7 @@ def train_speech(
         gain = ((p * t).sum(0) / p.square().sum(0).clamp_min(1e-12)).clamp(0.0, 1.0).float()
     net = _fit(x, y, cfg, progress, total - cfg.steps, total)
     net.gain.copy_(gain)
-    return SpeechModel(net, cfg, expression_space, [c.name for c in clips])
+    return SpeechModel(net, cfg, expression_space, [c.name for c in clips], networks=len(folds) + 1)
 
 
 def _smooth(expr: np.ndarray, sigma: float) -> np.ndarray:

@@ -636,3 +636,17 @@ def test_smoothing_predictions_repeats_the_end_values_instead_of_fading_to_zero(
     out = _smooth(step, 1.0)[:, 0]
     assert out.shape == (20,) and out[0] == 0.0 and out[-1] == pytest.approx(1.0, rel=1e-6)
     np.testing.assert_allclose(out[9] + out[10], 1.0, rtol=1e-6)  # symmetric about the step
+
+
+def test_a_library_caller_reads_how_many_networks_train_speech_trained(tmp_path):
+    """The count of networks (calibration folds' and the final one) reached only the CLI, through the progress
+    callback's total; train_speech's caller could not read it. The model says it: as many as the progress counted."""
+    for frames, overrides, networks in ((60, {}, 4),  # 2.2 s of train frames a head: each of the 3 folds held out
+                                        (12, {}, 1),  # 0.4 s a head, shorter than a block: no fold to hold out
+                                        (60, {"calibrate": 0}, 1)):
+        generate(tmp_path / f"data{frames}", n_identities=2, n_frames=frames, size=16, seed=3, overwrite=True)
+        clips = speech_clips(load_dataset(tmp_path / f"data{frames}"), ("train",))[0]
+        totals = []
+        got = train_speech(clips, SpeechConfig(steps=2, **overrides),
+                           progress=lambda done, total, loss: totals.append(total))
+        assert got.networks == networks and set(totals) == {networks * 2}, (frames, overrides)
