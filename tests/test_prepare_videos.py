@@ -1234,12 +1234,14 @@ def test_a_rate_above_the_video_s_own_is_noted_as_repeating_its_pictures(tmp_pat
     in val beside its twin in train. A note says the rate is above the video's own and what share of the frames
     repeat the one before; at the video's own rate, or below it, there is none."""
     from fastminerf.prepare import prepare
+    from fastminerf.prepare.pipeline import repeats_note
 
     video = _write_video(tmp_path / "talk.mp4", head_frames[:10], params=("-g", "1", "-pix_fmt", "yuv420p"))
     got = prepare([video], tmp_path / "data", PrepareConfig(size=64, expression_dim=4, min_frames=5, fps=50.0)).videos[0]
     assert got.status == "done" and got.frames_total == 20, got.error
     said = [n for n in got.notes if "above the video's own" in n]
     assert len(said) == 1 and "50 fps" in said[0] and "25 fps" in said[0] and "50%" in said[0], got.notes
+    assert said == [repeats_note(50.0, 25.0)]  # the words render's driver_notes is tested on (test_render_cli.py)
     for fps in (25.0, 10.0):
         got = prepare([video], tmp_path / f"at{fps:g}", PrepareConfig(size=64, expression_dim=4, min_frames=3,
                                                                        fps=fps)).videos[0]

@@ -1382,17 +1382,20 @@ def test_eval_metrics_json_records_the_run_that_scored_each_identity(tiny, tmp_p
 def test_a_driver_video_at_a_higher_fps_is_told_in_renderings_words(tiny, tmp_path, capsys, monkeypatch):
     """render --drive VIDEO --fps 50 of a 25 fps video repeated prepare's note for training data, 'no motion, nothing
     new to learn; --fps 25 or below reads each picture at most once': a render learns nothing. It says what repeating
-    the video's pictures does to the render (held poses and expressions, no smoother motion) in render's words."""
+    the video's pictures does to the render (held poses and expressions, no smoother motion) in render's words. The
+    note is prepare's own (repeats_note, which prepare writes), not a copy of its words: a rewording there that
+    render no longer recognises fails here."""
     import shutil
+
+    from fastminerf.prepare.pipeline import repeats_note
 
     root, dirs = tiny
     video = tmp_path / "someone.mp4"
     video.write_bytes(b"")  # never read: the preparation is the stand-in below
     folder = tmp_path / "drivers" / "someone"
     shutil.copytree(dirs[2], folder)
-    note = ("50 fps (--fps) is above the video's own rate (25 fps): ffmpeg repeats its pictures to fill it, 50% of the "
-            "frames a copy of the one before (no motion, nothing new to learn); --fps 25 or below reads each picture at "
-            "most once")
+    note = repeats_note(50.0, 25.0)
+    assert note is not None and repeats_note(25.0, 25.0) is None
     (folder / "prepare.json").write_text(json.dumps({"notes": [note]}))
     monkeypatch.setattr("fastminerf.render.training_basis", lambda paths: tmp_path / "expression_basis.npz")
     monkeypatch.setattr("fastminerf.render.driver_from_video", lambda *a, **k: folder)

@@ -863,6 +863,19 @@ def _failed(res: VideoResult, error: str) -> None:
             pass
 
 
+def repeats_note(fps: float, own_fps: float) -> Optional[str]:
+    """prepare's note of a video read at ``fps`` above its own rate ``own_fps`` (ffmpeg's fps filter fills the higher
+    rate with repeats of its pictures: nothing new in them), or None when under 1 % of the frames are copies (not one
+    in a thousand: --fps 30 of a 29.97 fps phone video, which the note would say as 0%). Render words it for a driver
+    (:func:`fastminerf.render.driver_notes` recognises it)."""
+    repeated = 1 - own_fps / fps
+    if repeated < 0.01:
+        return None
+    return (f"{fps:g} fps (--fps) is above the video's own rate ({own_fps:g} fps): ffmpeg repeats its pictures to fill "
+            f"it, {repeated:.0%} of the frames a copy of the one before (no motion, nothing new to learn); --fps "
+            f"{own_fps:g} or below reads each picture at most once")
+
+
 def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: Optional[ProgressFn],
                     held: ExitStack) -> dict:
     """Stages 1 and 2 of one video (each skipped when its marker matches); returns what stage 3 needs. Its identity
@@ -924,11 +937,9 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
         res.seconds["frames"] = time.perf_counter() - t0
     res.crop = tuple(frames["crop"])
     res.notes = list(track.get("notes", [])) + list(frames["notes"])
-    repeated = 1 - info.fps / fps  # ffmpeg's fps filter fills a higher rate with repeats: nothing new in them
-    if repeated >= 0.01:  # not one in a thousand (--fps 30 of a 29.97 fps phone video), which the note says as 0%
-        res.notes.append(f"{fps:g} fps (--fps) is above the video's own rate ({info.fps:g} fps): ffmpeg repeats its pictures "
-                         f"to fill it, {repeated:.0%} of the frames a copy of the one before (no motion, "
-                         f"nothing new to learn); --fps {info.fps:g} or below reads each picture at most once")
+    repeats = repeats_note(fps, info.fps)
+    if repeats is not None:
+        res.notes.append(repeats)
     if info.transfer is not None:  # the frames' colours are not the file's code values: say what was done to them
         hdr = f"the video is HDR ({'PQ' if info.transfer == 'smpte2084' else 'HLG'}, {info.transfer}, as phones record " \
               "by default)"
