@@ -937,12 +937,13 @@ def _run_render(args: argparse.Namespace) -> int:
             basis = training_basis(data_paths)  # a run without one is refused before the preparation's bar
             drivers = Path(args.run) / "drivers"
             unwritable = found = None
+            digests: dict = {}  # the video's content hash: read once, by the cache's check or prepare's
             try:  # a shared, read-only run: prepared all the same, where it can be, for this render
                 check_folder(drivers, "the prepared driver", RenderError)
             except RenderError as exc:
                 # unless its owner's render prepared it there with these settings: then read where it is
                 found = render.finished_driver(folder, basis, drivers, target.table("train").width, args.frames,
-                                               fps=args.fps)
+                                               fps=args.fps, digests=digests)
                 unwritable = exc if found is None else None
             if unwritable is not None:
                 import tempfile
@@ -965,7 +966,7 @@ def _run_render(args: argparse.Namespace) -> int:
                 bar, progress = _prepare_progress(console, "driver: ")
                 with bar:
                     folder = driver_from_video(folder, basis, drivers, target.table("train").width, args.frames,
-                                               fps=args.fps, progress=progress)
+                                               fps=args.fps, progress=progress, digests=digests)
             for note in driver_notes(folder):  # what prepare says of a video (a cut-short file, frames dropped)
                 console.print(_styled("yellow", "note", f"{folder.name}: {note}"), markup=True)
             split = "train"

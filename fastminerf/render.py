@@ -844,23 +844,28 @@ def _driver_config(video: PathLike, basis: PathLike, size: int, max_frames: Opti
 
 
 def finished_driver(video: PathLike, basis: PathLike, out_root: PathLike, size: int,
-                    max_frames: Optional[int] = None, fps: Optional[float] = None) -> Optional[Path]:
+                    max_frames: Optional[int] = None, fps: Optional[float] = None,
+                    digests: Optional[Dict[str, str]] = None) -> Optional[Path]:
     """The driver :func:`driver_from_video` with these arguments finds done in ``out_root`` (prepared earlier with
     the same video and settings), read without writing anything (a shared run's ``RUN/drivers`` that this user cannot
-    write); None when it would prepare it."""
+    write); None when it would prepare it. ``digests``: the video's content hash, read from and added to (the same
+    dict given to a :func:`driver_from_video` after it reads the video once: :func:`fastminerf.prepare.prepare`)."""
     from .prepare.pipeline import finished_folder
 
     cfg = _driver_config(video, basis, size, max_frames, fps)
-    return finished_folder(video, needs(out_root, PATH_TYPES, "out_root", f"the driver's folder {PATH_TAKEN}"), cfg)
+    return finished_folder(video, needs(out_root, PATH_TYPES, "out_root", f"the driver's folder {PATH_TAKEN}"), cfg,
+                           digests)
 
 
 def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size: int,
-                      max_frames: Optional[int] = None, progress=None, fps: Optional[float] = None) -> Path:
+                      max_frames: Optional[int] = None, progress=None, fps: Optional[float] = None,
+                      digests: Optional[Dict[str, str]] = None) -> Path:
     """Prepare a raw video as a driver in a trained model's expression space: :func:`fastminerf.prepare.prepare`
     with the training data's ``basis`` and every frame in ``train`` (the first ``max_frames``, at least 3: prepare's
     minimum; at ``fps``, default the video's own rate; a video of fewer than prepare's 10 frames at that rate with
     all of them), into ``out_root`` (a cache: a second call with the same video and settings finds it done, and
-    reads it without writing, :func:`finished_driver`). Returns the driver's identity folder.
+    reads it without writing, :func:`finished_driver`). The video's bytes are hashed once (the cache's check and
+    prepare's share the digest; ``digests`` as :func:`finished_driver`'s). Returns the driver's identity folder.
 
     Raises:
         RenderError: the video could not be prepared (prepare's error, naming it).
@@ -870,11 +875,12 @@ def driver_from_video(video: PathLike, basis: PathLike, out_root: PathLike, size
 
     cfg = _driver_config(video, basis, size, max_frames, fps)
     needs(out_root, PATH_TYPES, "out_root", f"the folder to prepare the driver in {PATH_TAKEN}")
-    done = finished_folder(video, out_root, cfg)  # read where it is: a shared run's cache this user cannot write
+    digests = {} if digests is None else digests  # the cache's check and prepare's own: one read of the video
+    done = finished_folder(video, out_root, cfg, digests)  # read where it is: a shared run's cache this user cannot write
     if done is not None:
         return done
     try:
-        result = prepare([video], out_root, cfg, progress=progress)
+        result = prepare([video], out_root, cfg, progress=progress, digests=digests)
     except MediapipeMissing as exc:
         raise RenderError(f"preparing the driver video {video} needs mediapipe: {exc}") from None
     v = result.videos[0]

@@ -1211,3 +1211,46 @@ def test_a_driver_cached_in_a_read_only_run_is_used_not_prepared_again(tmp_path,
     assert main(argv + ["--out", str(tmp_path / "reader.mp4")]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "prepared in" not in said, said
+
+
+def test_render_of_a_raw_driver_video_reads_its_bytes_once(tmp_path, capsys, monkeypatch):
+    """render --drive VIDEO hashed the video twice when it prepared it anew over a cache of other settings:
+    driver_from_video's look for a finished cache (finished_folder), then prepare's own skip check (about a second a
+    GB each); in a read-only run, finished_driver's look, then prepare's in a temporary folder. The digest is passed
+    through: one read of the video's bytes a render, whether it prepares the driver or finds it."""
+    import hashlib
+
+    from fastminerf.cli import main
+    from fastminerf.data import writer
+
+    _head_video_run(tmp_path)
+    run, video = tmp_path / "run", tmp_path / "head.mp4"
+    real_digest, hashed = hashlib.file_digest, []
+
+    def counted(f, digest):
+        hashed.append(Path(f.name).name)
+        return real_digest(f, digest)
+
+    def render(frames: int, out: str) -> list:
+        hashed.clear()
+        assert main(["render", "--run", str(run), "--identity", "head", "--drive", str(video), "--no-audio",
+                     "--frames", str(frames), "--out", str(tmp_path / out)]) == 0
+        return list(hashed)
+
+    monkeypatch.setattr(hashlib, "file_digest", counted)
+    assert render(4, "a.mp4") == ["head.mp4"]  # prepared into RUN/drivers
+    assert (run / "drivers" / "head" / "prepare.json").is_file()
+    assert render(4, "b.mp4") == ["head.mp4"]  # found there
+    assert render(3, "c.mp4") == ["head.mp4"]  # other frames: prepared again over it
+    real = writer.check_folder
+
+    def read_only(folder, what, error=ValueError):  # RUN/drivers as another user sees it (root writes anywhere)
+        if Path(folder) == run / "drivers":
+            raise error(f"{folder}: cannot make the folder for {what} ({run} cannot be written)")
+        return real(folder, what, error)
+
+    monkeypatch.setattr(writer, "check_folder", read_only)
+    capsys.readouterr()
+    assert render(5, "d.mp4") == ["head.mp4"]  # not the cache's frames: prepared in a temporary folder
+    assert "prepared in" in " ".join(capsys.readouterr().out.split())
+    assert render(3, "e.mp4") == ["head.mp4"]  # the cache's: read where it is

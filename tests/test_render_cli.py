@@ -1162,7 +1162,7 @@ def test_the_progress_of_a_driver_videos_preparation_names_its_stages(tiny, tmp_
     video = tmp_path / "someone.mp4"
     video.write_bytes(b"")  # never read: the preparation is the stand-in below
 
-    def prepared(video, basis, out_root, size, max_frames=None, progress=None, fps=None):
+    def prepared(video, basis, out_root, size, max_frames=None, progress=None, fps=None, digests=None):
         for stage, total in (("track", 8), ("frames", 8), ("cameras", 1)):
             for done in range(total + 1):
                 progress(stage, "someone", done, total)

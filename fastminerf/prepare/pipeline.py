@@ -225,12 +225,25 @@ class PrepareResult:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _fingerprints(cfg: PrepareConfig, video: Path) -> Dict[str, dict]:
-    """The settings each stage depends on (cumulative), with the source file's size and content hash (not its
-    modification time: a copied or re-downloaded file with the same bytes keeps what was prepared from it; hashing
-    reads the file once, about a second per GB)."""
+def _video_digest(video: Path, digests: Optional[Dict[str, str]] = None) -> str:
+    """The SHA-256 (hex) of the video file's bytes (reading it all, about a second per GB), from ``digests`` (by the
+    path as given) when it is there, and added to it: a caller that looks for a finished folder and then prepares
+    passes one dict to both (:func:`finished_folder`, :func:`prepare`), and the video is read once."""
+    key = str(video)
+    if digests is not None and key in digests:
+        return digests[key]
     with open(video, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digests is not None:
+        digests[key] = digest
+    return digest
+
+
+def _fingerprints(cfg: PrepareConfig, video: Path, digests: Optional[Dict[str, str]] = None) -> Dict[str, dict]:
+    """The settings each stage depends on (cumulative), with the source file's size and content hash (not its
+    modification time: a copied or re-downloaded file with the same bytes keeps what was prepared from it; hashing
+    reads the file once, about a second per GB; :func:`_video_digest` with ``digests``)."""
+    digest = _video_digest(video, digests)
     track = {"version": PREPARE_VERSION, "video_bytes": video.stat().st_size, "video_sha256": digest,
              "fps": cfg.fps, "max_frames": cfg.max_frames, "track_max_side": cfg.track_max_side,
              "track_region_scale": cfg.track_region_scale,
@@ -660,10 +673,12 @@ def _basis_id(basis: ExpressionBasis) -> dict:
             "space": basis.space_id}
 
 
-def finished_folder(video: PathLike, out_dir: PathLike, cfg: PrepareConfig = PrepareConfig()) -> Optional[Path]:
+def finished_folder(video: PathLike, out_dir: PathLike, cfg: PrepareConfig = PrepareConfig(),
+                    digests: Optional[Dict[str, str]] = None) -> Optional[Path]:
     """The identity folder of ``video`` in ``out_dir`` when an earlier :func:`prepare` finished it with ``cfg``'s
     settings, from the same file and with ``out_dir``'s basis (what prepare would skip as ``skipped``), else None.
-    Reads only: a folder the caller cannot write (a shared, read-only run's cached driver) is found all the same."""
+    Reads only: a folder the caller cannot write (a shared, read-only run's cached driver) is found all the same.
+    ``digests``: as :func:`prepare`'s (the video's content hash, read from it and added to it)."""
     try:
         path = Path(video)
         out = Path(out_dir) / _names([path])[0]
@@ -673,7 +688,7 @@ def finished_folder(video: PathLike, out_dir: PathLike, cfg: PrepareConfig = Pre
         basis = ExpressionBasis.load(out_dir)
         if cfg.basis is not None and ExpressionBasis.load(cfg.basis).space_id != basis.space_id:
             return None
-        same = done.get("fingerprint") == _fingerprints(cfg, path)["cameras"] and done.get("basis") == _basis_id(basis)
+        same = done.get("fingerprint") == _fingerprints(cfg, path, digests)["cameras"] and done.get("basis") == _basis_id(basis)
     except (PrepareError, OSError, ValueError):
         return None
     return out if same else None
@@ -755,6 +770,7 @@ def prepare(
     out_dir: PathLike,
     cfg: PrepareConfig = PrepareConfig(),
     progress: Optional[ProgressFn] = None,
+    digests: Optional[Dict[str, str]] = None,
 ) -> PrepareResult:
     """Turn talking-face videos into identity folders of the shared layout, with one shared expression space.
 
@@ -764,6 +780,9 @@ def prepare(
         out_dir: the dataset root (created when missing). An ``expression_basis.npz`` already there is reused.
         cfg: settings (:class:`fastminerf.config.PrepareConfig`).
         progress: ``progress(stage, video_name, done, total)``.
+        digests: the videos' SHA-256 (hex), by path as given, that a caller has already read (the skip check hashes
+            each video, about a second per GB): each found there is not read again, each read is added. One dict
+            passed to :func:`finished_folder` and then here reads a video once.
 
     Returns:
         A :class:`PrepareResult`: per video ``done``, ``skipped`` (finished earlier) or ``failed`` with the error.
@@ -784,7 +803,7 @@ def prepare(
         # Stages 1 and 2, each video on its own.
         for res in results:
             try:
-                state[res.name] = _prepare_frames(res, root, cfg, progress, held)
+                state[res.name] = _prepare_frames(res, root, cfg, progress, held, digests)
             except (PrepareError, VideoError, OSError) as exc:
                 _failed(res, str(exc))
 
@@ -877,7 +896,7 @@ def repeats_note(fps: float, own_fps: float) -> Optional[str]:
 
 
 def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: Optional[ProgressFn],
-                    held: ExitStack) -> dict:
+                    held: ExitStack, digests: Optional[Dict[str, str]] = None) -> dict:
     """Stages 1 and 2 of one video (each skipped when its marker matches); returns what stage 3 needs. Its identity
     folder is locked (:func:`folder_locked`) until ``held`` closes, before it is looked at: another prepare writing it
     now fails this video (by name and process) instead of writing the folder with it."""
@@ -886,7 +905,7 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
         raise PrepareError(f"{res.video}: not a video file name (expected one of {', '.join(VIDEO_SUFFIXES)})")
     info = probe(res.video, cfg.fps)
     out = root / res.name
-    fp = _fingerprints(cfg, res.video)
+    fp = _fingerprints(cfg, res.video, digests)
     _refuse_foreign(out)  # before the lock: a folder prepare did not write (or a file) is never touched
     out.mkdir(parents=True, exist_ok=True)
     held.enter_context(folder_locked(out, lambda holder: PrepareError(
