@@ -498,7 +498,9 @@ class FieldConfig:
 
     frame_code_from_last: int = 0
     """Frames outside training (held-out frames, driven videos, orbits) take the mean code of their identity's last
-    this-many training frames; 0: of all its training frames (every preset). As the torso layer's
+    this-many training frames; 0: of all its training frames (every preset). Last in the order its
+    ``transforms_train.json`` lists them (the frame codes' order), not by frame_index or time: ``prepare`` and ``synth``
+    list a clip's frames in time order, so there they are its latest (docs/DATASET.md). As the torso layer's
     ``shift_from_last``, the last frames' state holds for frames right after them (a clip continued): on the real
     clips trained up to their test frames, the last 5 / 10 gave +0.15 / +0.12 dB (most of it on one clip, 07: +1.2 /
     +0.8), where stop 22 had measured no gain with 20 `val` frames in between (docs/experiments.md, stop 47)."""
@@ -624,6 +626,8 @@ class TorsoConfig:
     shift_from_last: int = 10
     """With :attr:`frame_shift`, frames outside training take the mean shift of their identity's last this-many
     training frames, the body where the clip left it; 0: of all its training frames, the body where it usually is.
+    Last in the order its ``transforms_train.json`` lists them (the frame shifts' order), not by frame_index or time:
+    ``prepare`` and ``synth`` list a clip's frames in time order, so there they are its latest (docs/DATASET.md).
     The last frames' place holds only for frames right after them (a clip continued): on the real clips the last 10
     gave +0.43 dB at 3,000 steps to test frames that follow training, and cost 0.46 dB at 15 minutes where 20 `val`
     frames lay between, during which one speaker's body moved; all frames' mean cost 0.19 there (docs/experiments.md,

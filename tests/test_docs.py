@@ -674,3 +674,39 @@ def test_readmes_second_synth_gives_personalize_a_new_person(tmp_path, monkeypat
     first = json.loads((tmp_path / "data" / "id000" / "synth_identity.json").read_text())
     added = json.loads((tmp_path / "new_person" / new[0] / "synth_identity.json").read_text())
     assert added["params"] != first["params"]  # another person, not the first head again under a new name
+
+
+def test_the_last_frames_options_say_last_is_the_order_transforms_train_lists_them(tmp_path):
+    """model.field.frame_code_from_last and model.torso.shift_from_last take an identity's last K training frames in
+    the order transforms_train.json lists them (the frame codes' order), not by frame_index or time, which a frame
+    may carry: their docs said 'last' (and last_frames_mean 'in time') without saying which order. They say it, as
+    docs/DATASET.md does; and the frames read are kept in the file's order, as said: reversed in the file, the last
+    two rows are the file's last two (frame_index 1 and 0), which the mean of the model's last two codes follows."""
+    import numpy as np
+    import torch
+
+    from fastminerf import load_config, load_dataset
+    from fastminerf.cli import _field_docs
+    from fastminerf.config import FieldConfig, TorsoConfig
+    from fastminerf.data.synth import generate
+    from fastminerf.model import MINeRF
+
+    for cls, name in ((FieldConfig, "frame_code_from_last"), (TorsoConfig, "shift_from_last")):
+        doc = " ".join(_field_docs(cls)[name].split())
+        assert "transforms_train.json" in doc and "not by frame_index or time" in doc, (name, doc)
+    dataset_md = " ".join((ROOT / "docs" / "DATASET.md").read_text(encoding="utf-8").split())
+    assert "in the order the file lists them" in dataset_md and "frame_code_from_last" in dataset_md
+    assert "shift_from_last" in dataset_md
+    d = generate(tmp_path / "data", n_identities=1, n_frames=6, size=16, seed=0)[0]
+    path = d / "transforms_train.json"
+    meta = json.loads(path.read_text())
+    assert [f["frame_index"] for f in meta["frames"]] == [0, 1, 2, 3, 4]  # synth lists its frames in time order
+    meta["frames"] = meta["frames"][::-1]
+    path.write_text(json.dumps(meta))
+    table = load_dataset(d).table("train")
+    assert table.frame_index.tolist() == [4, 3, 2, 1, 0]  # as listed: not sorted by frame_index
+    cfg = load_config("tiny", ["model.field.frame_code_from_last=2"])
+    model = MINeRF(cfg.model, table.expression.shape[1], ["id000"], torch.zeros(len(table), dtype=torch.long))
+    with torch.no_grad():
+        model.frame_codes.weight.copy_(torch.from_numpy(table.frame_index.astype(np.float32))[:, None])
+    assert torch.allclose(model.mean_frame_codes(), torch.full_like(model.mean_frame_codes(), 0.5))

@@ -98,6 +98,11 @@ def test_every_frame_tracked_and_layout_loads(prepared):
         idx = {s: read_transforms(v.out_dir / f"transforms_{s}.json").frame_index for s in ("train", "val", "test")}
         assert idx["train"].max() < idx["val"].min() and idx["val"].max() < idx["test"].min()
         assert idx["test"].max() == FRAMES - 1
+        # listed in time order within each file: the last-listed training frames, which frame_code_from_last and
+        # shift_from_last take (docs/DATASET.md), are the clip's latest
+        for s in ("train", "val", "test"):
+            times = read_transforms(v.out_dir / f"transforms_{s}.json").time
+            assert (np.diff(idx[s]) > 0).all() and (np.diff(times) > 0).all(), (s, idx[s], times)
     import wave
 
     with wave.open(str(result.videos[0].out_dir / "audio.wav")) as w:

@@ -96,7 +96,9 @@ class TorsoLayer(nn.Module):
 
 def last_frames_mean(values: torch.Tensor, frame_identity: torch.Tensor, n_identities: int, last: int) -> torch.Tensor:
     """(I, C) mean of each identity's last ``last`` rows of ``values`` (B, C), its frames taken in the order of their
-    indices (a clip's frames in time); ``last`` 0: all its rows. Zeros for an identity without frames.
+    rows (the training table's: as each identity's ``transforms_train.json`` lists them, a clip's frames in time where
+    ``prepare`` or ``synth`` wrote it; no ``frame_index`` or ``time`` reorders them); ``last`` 0: all its rows. Zeros
+    for an identity without frames.
     ``frame_identity`` (B,) int64 holds each row's identity."""
     b = frame_identity.numel()
     if last < 0:
