@@ -59,7 +59,7 @@ from .pose import (
     smooth_poses,
     solve_poses,
 )
-from .tracking import N_LANDMARKS, FaceTracker, Segmenter, find_face, require_mediapipe
+from .tracking import N_LANDMARKS, FaceTracker, Segmenter, find_face, require_mediapipe, track_frames
 from .video import (TONE_MAP_COMMAND, VIDEO_SUFFIXES, VideoError, VideoInfo, extract_audio, probe, read_frames,
                     require_file, tone_maps, video_stream_seconds)
 
@@ -70,15 +70,27 @@ ProgressFn = Callable[[str, str, int, int], None]
 """``progress(stage, video_name, done, total)``; stage is ``track``, ``frames``, ``cameras`` or ``basis``;
 ``total`` is 0 while unknown."""
 
-PREPARE_VERSION = 3
+PREPARE_VERSION = 4
 """Version of what prepare writes; part of every stage's fingerprint, bumped when the output would change. (Faces
 that fill the frame are tracked as before the tracking region existed, and ``track_region_scale`` is in the
-fingerprint itself: still 2.) 3: the frames are read as :data:`VERSION_CHANGES` says; a folder of an older version
-is refused until ``overwrite`` (:func:`_check_folder`), and a video prepared beside one is told (:func:`_older_folders`)."""
+fingerprint itself: still 2.) 3 and 4: as :data:`VERSION_CHANGES` says; a folder of an older version is refused until
+``overwrite`` (:func:`_check_folder`), and a video prepared beside one is told (:func:`_older_folders`)."""
 
-VERSION_CHANGES = ("limited-range video (nearly every camera's and phone's) is read 2 levels brighter, at the picture's "
-                   "own level, HDR video is tone-mapped to SDR and video of more than 8 bits keeps its colours at any crop")
-"""What frames of :data:`PREPARE_VERSION` show otherwise than those of version 2 (said to the user of an older folder)."""
+VERSION_CHANGES = {
+    3: "limited-range video (nearly every camera's and phone's) is read 2 levels brighter, at the picture's own level, "
+       "HDR video is tone-mapped to SDR and video of more than 8 bits keeps its colours at any crop",
+    4: "the first frames of the video, and of each stretch after frames without a face, are tracked again once the "
+       "tracker is warm (their landmarks and head poses came from the face detector's rougher start)",
+}
+"""What the output of each :data:`PREPARE_VERSION` shows otherwise than that of the version before it (said to the
+user of an older folder, :func:`changes_since`)."""
+
+
+def changes_since(version: object) -> str:
+    """What today's prepare writes otherwise than prepare ``version`` did: the :data:`VERSION_CHANGES` after it."""
+    older = version if isinstance(version, int) else 0
+    return "; ".join(text for v, text in sorted(VERSION_CHANGES.items()) if v > older)
+
 
 WORK_DIR = PREPARE_WORK_DIR
 """Hidden folder of per-stage caches inside each identity folder."""
@@ -322,7 +334,7 @@ def _check_folder(folder: Path, fp: Dict[str, dict], overwrite: bool) -> None:
         if not overwrite:
             if diff == ["version"]:  # the same settings and file, an older reading of it: kept as it is (still data)
                 raise PrepareError(f"{folder} was prepared by an older fastminerf (prepare version {old.get('version')}; "
-                                   f"this one writes version {PREPARE_VERSION}: {VERSION_CHANGES}); it is kept as it is "
+                                   f"this one writes version {PREPARE_VERSION}: {changes_since(old.get('version'))}); it is kept as it is "
                                    f"and still trains as before; pass overwrite (--overwrite) to prepare it again as "
                                    f"today's (runs trained on its old frames will not resume on the new ones)")
             if "video_sha256" in diff:  # --overwrite would replace another video's (another person's) dataset
@@ -396,15 +408,15 @@ def _track(info: VideoInfo, fps: float, cfg: PrepareConfig, work: Path, name: st
     expected = int(math.ceil(info.duration * fps)) if info.duration > 0 else 0
     if cfg.max_frames is not None:
         expected = min(expected, cfg.max_frames) if expected else cfg.max_frames
-    found: List[Optional[np.ndarray]] = []
     signatures = []
+    def each(i: int, rgb: np.ndarray) -> None:
+        signatures.append(_signature(rgb))
+        if progress is not None and (i % 10 == 0):
+            progress("track", name, i + 1, max(expected, i + 1))
+
     with FaceTracker(cfg.min_detection_confidence, cfg.min_tracking_confidence) as tracker:
-        for i, rgb in enumerate(read_frames(info.path, fps, crop=region, size=None if scale == 1.0 else (tw, th),
-                                            max_frames=cfg.max_frames)):
-            found.append(tracker(rgb))
-            signatures.append(_signature(rgb))
-            if progress is not None and (i % 10 == 0):
-                progress("track", name, i + 1, max(expected, i + 1))
+        found = track_frames(read_frames(info.path, fps, crop=region, size=None if scale == 1.0 else (tw, th),
+                                         max_frames=cfg.max_frames), tracker, each=each)
     n = len(found)
     if n == 0:
         raise PrepareError(f"{info.path}: ffmpeg decoded no frames")
@@ -985,7 +997,8 @@ def _prepare_frames(res: VideoResult, root: Path, cfg: PrepareConfig, progress: 
     older = _older_folders(root, res.name)
     if older:  # one root, two readings of colour: the people would differ by how they were read, not how they look
         res.notes.append(f"{root} holds identities prepared by an older fastminerf ({', '.join(f'{n} (version {v})' for n, v in older.items())}), "
-                         f"whose frames were read otherwise than this one's (version {PREPARE_VERSION}: {VERSION_CHANGES}); "
+                         f"whose frames were read or tracked otherwise than this one's (version {PREPARE_VERSION}: "
+                         f"{changes_since(min(older.values()))}); "
                          f"for one reading, prepare {', '.join(older)} again with --overwrite")
     sizes = _other_sizes(root, res.name)
     other = {n: s for n, s in sizes.items() if s != cfg.size}
