@@ -409,6 +409,7 @@ def _track(info: VideoInfo, fps: float, cfg: PrepareConfig, work: Path, name: st
     if cfg.max_frames is not None:
         expected = min(expected, cfg.max_frames) if expected else cfg.max_frames
     signatures = []
+
     def each(i: int, rgb: np.ndarray) -> None:
         signatures.append(_signature(rgb))
         if progress is not None and (i % 10 == 0):
