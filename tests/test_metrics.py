@@ -315,3 +315,107 @@ def test_lmd_distance_averages_the_lip_landmarks_alone():
     with LandmarkDistance() as lmd:
         assert lmd.distance(lips, a) == pytest.approx(5.0)
         assert lmd.distance(rest, a) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hand values that mutation testing of metrics.py found unchecked (each kills at least one mutant that the tests
+# above let through).
+
+
+def test_psnr_of_nearly_identical_images_is_capped_like_that_of_identical_ones():
+    """PSNR_MAX_DB caps every value, not only MSE 0: MSE 1e-12 would be 120 dB (a mean over frames dominated by
+    the best one); MSE 1e-8 is 80 dB, under the cap, as it is."""
+    a = np.zeros((4, 4, 3))
+    assert psnr(a, np.full((4, 4, 3), 1e-6)).item() == PSNR_MAX_DB
+    assert psnr(a, np.full((4, 4, 3), 1e-4)).item() == pytest.approx(80.0, abs=1e-9)
+
+
+def test_l1_counts_errors_of_either_sign():
+    """+0.3 at one pixel and -0.3 at another (three channels each): 1.8 over 12 values, 0.15, not the signed mean 0."""
+    p = np.full((2, 2, 3), 0.5)
+    t = p.copy()
+    t[0, 0], t[1, 1] = 0.8, 0.2
+    assert l1(p, t).item() == pytest.approx(0.15, abs=EXACT)
+    assert l1(t, p).item() == pytest.approx(0.15, abs=EXACT)
+
+
+def test_ssim_takes_images_of_exactly_one_window_and_refuses_one_side_too_short():
+    """11x11 is one window position (the constant-image formula holds); 8 pixels on either side alone is refused,
+    not averaged over no window at all (NaN)."""
+    a, b = 0.3, 0.7
+    c1 = SSIM_K1**2
+    got = ssim(np.full((SSIM_WINDOW, SSIM_WINDOW, 3), a), np.full((SSIM_WINDOW, SSIM_WINDOW, 3), b)).item()
+    assert got == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), abs=EXACT)
+    for shape in ((8, 20, 3), (20, 8, 3)):
+        with pytest.raises(ValueError, match="at least 11x11"):
+            ssim(np.zeros(shape), np.zeros(shape))
+
+
+@pytest.mark.parametrize("metric", [psnr, ssim, l1])
+def test_metrics_take_round_off_on_either_side_of_0_1_and_refuse_a_percent_beyond(metric):
+    """A render's values 1e-7 past 0 or 1 (float arithmetic) are scored; 0.01 past them is another range, refused."""
+    p, t = _rng_images(6, (12, 12, 3))
+    p[0, 0, 0], p[1, 1, 1] = 1.0 + 1e-7, -1e-7
+    assert np.isfinite(float(metric(p, t)))
+    for bad in (1.01, -0.01):
+        q = t.copy()
+        q[2, 2, 2] = bad
+        with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+            metric(p.clip(0, 1), q)
+
+
+def test_eye_aspect_ratio_ignores_depth_and_reads_a_collapsed_eye_as_shut():
+    """The ratio is of the image outline (x, y): the same eyes with any depth give 0.25 and 0.5; an eye whose six
+    points coincide (a face seen edge-on) is 0, not NaN."""
+    marks = np.zeros((478, 3))
+    for e, (p1, p2, p3, p4, p5, p6) in enumerate(EYE_OPENING_LANDMARKS):
+        x = 10.0 * e
+        marks[p1, :2], marks[p4, :2] = (x, 0.0), (x + 4.0, 0.0)
+        for up, down, at in ((p2, p6, x + 1.0), (p3, p5, x + 3.0)):
+            marks[up, :2], marks[down, :2] = (at, 0.5 * (1 + e)), (at, -0.5 * (1 + e))
+    marks[:, 2] = np.random.default_rng(0).normal(scale=3.0, size=478)
+    np.testing.assert_allclose(eye_aspect_ratio(marks), [0.25, 0.5])
+    collapsed = marks.copy()
+    collapsed[np.asarray(EYE_OPENING_LANDMARKS[0]), :2] = (5.0, 5.0)
+    with np.errstate(all="raise"):
+        np.testing.assert_allclose(eye_aspect_ratio(collapsed), [0.0, 0.5])
+
+
+def test_lmd_landmarks_are_x_then_y_in_pixels_of_a_wide_image_fed_as_rounded_8_bit():
+    """LandmarkDistance.landmarks with a stand-in tracker (mediapipe not needed): the tracker's normalised (x, y)
+    come back as (x * W, y * H) of an 80x40 image, and it is given the image as uint8, rounded (0.5 -> 128) and
+    clipped (an unclamped render's 1.01 is 255 and -0.01 is 0, not wrapped round to 2 and 254)."""
+    seen = []
+
+    def tracker(rgb):
+        seen.append(rgb)
+        out = np.zeros((478, 3), np.float32)
+        out[:, :2] = (0.25, 0.75)
+        out[:, 2] = 0.1
+        return out
+
+    lmd = LandmarkDistance.__new__(LandmarkDistance)
+    lmd._tracker = tracker
+    img = np.full((40, 80, 3), 0.5, np.float32)
+    img[0, 0] = 1.01
+    img[0, 1] = -0.01
+    marks = lmd.landmarks(img)
+    assert marks.shape == (478, 2)
+    np.testing.assert_allclose(marks[0], [20.0, 30.0])
+    rgb = seen[0]
+    assert rgb.dtype == np.uint8 and rgb.shape == (40, 80, 3)
+    assert rgb[5, 5].tolist() == [128] * 3 and rgb[0, 0].tolist() == [255] * 3 and rgb[0, 1].tolist() == [0] * 3
+
+
+def test_rotation_gap_of_one_rotation_and_of_one_past_a_chunk():
+    from fastminerf.metrics import rotation_gap_deg
+
+    def yaw(deg):
+        a = math.radians(deg)
+        return np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+
+    reference = np.stack([yaw(0.0), yaw(30.0)])
+    np.testing.assert_allclose(rotation_gap_deg(yaw(5.0)[None], reference), [5.0], atol=1e-9)
+    angles = [1.0, 2.0, 3.0, 28.0, 40.0]
+    np.testing.assert_allclose(rotation_gap_deg(np.stack([yaw(a) for a in angles]), reference, chunk=4),
+                               [1.0, 2.0, 3.0, 2.0, 10.0], atol=1e-9)
