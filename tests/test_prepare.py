@@ -347,6 +347,20 @@ def _write_video(path: Path, frames) -> None:
     w.close()
 
 
+def _drivers_read_only(monkeypatch, run: Path) -> None:
+    """RUN/drivers as another user sees it (root writes anywhere): writer.check_folder refuses it."""
+    from fastminerf.data import writer
+
+    real = writer.check_folder
+
+    def read_only(folder, what, error=ValueError):
+        if Path(folder) == run / "drivers":
+            raise error(f"{folder}: cannot make the folder for {what} ({run} cannot be written)")
+        return real(folder, what, error)
+
+    monkeypatch.setattr(writer, "check_folder", read_only)
+
+
 def _head_video_run(tmp_path: Path) -> Path:
     """A procedural head's 16 frames as TMP/head.mp4 (no sound), prepared into TMP/data at 64 px, and a tiny run of
     2 steps on it in TMP/run; returns the data root."""
@@ -1195,7 +1209,6 @@ def test_a_driver_cached_in_a_read_only_run_is_used_not_prepared_again(tmp_path,
     RUN/drivers: tracking and fitting the whole video each time, for the driver already there. A finished driver of
     the same video and settings is read where it is; only a missing or different one is prepared elsewhere."""
     from fastminerf.cli import main
-    from fastminerf.data import writer
 
     root = _head_video_run(tmp_path)
     run = tmp_path / "run"
@@ -1204,14 +1217,7 @@ def test_a_driver_cached_in_a_read_only_run_is_used_not_prepared_again(tmp_path,
     assert main(argv + ["--out", str(tmp_path / "owner.mp4")]) == 0  # the owner's render caches the driver
     assert (run / "drivers" / "head" / "prepare.json").is_file()
     capsys.readouterr()
-    real = writer.check_folder
-
-    def read_only(folder, what, error=ValueError):  # RUN/drivers as another user sees it (root writes anywhere)
-        if Path(folder) == run / "drivers":
-            raise error(f"{folder}: cannot make the folder for {what} ({run} cannot be written)")
-        return real(folder, what, error)
-
-    monkeypatch.setattr(writer, "check_folder", read_only)
+    _drivers_read_only(monkeypatch, run)
     monkeypatch.setattr("fastminerf.prepare.prepare", lambda *a, **k: pytest.fail("the cached driver prepared again"))
     assert main(argv + ["--out", str(tmp_path / "reader.mp4")]) == 0
     said = " ".join(capsys.readouterr().out.split())
@@ -1226,7 +1232,6 @@ def test_render_of_a_raw_driver_video_reads_its_bytes_once(tmp_path, capsys, mon
     import hashlib
 
     from fastminerf.cli import main
-    from fastminerf.data import writer
 
     _head_video_run(tmp_path)
     run, video = tmp_path / "run", tmp_path / "head.mp4"
@@ -1247,14 +1252,7 @@ def test_render_of_a_raw_driver_video_reads_its_bytes_once(tmp_path, capsys, mon
     assert (run / "drivers" / "head" / "prepare.json").is_file()
     assert render(4, "b.mp4") == ["head.mp4"]  # found there
     assert render(3, "c.mp4") == ["head.mp4"]  # other frames: prepared again over it
-    real = writer.check_folder
-
-    def read_only(folder, what, error=ValueError):  # RUN/drivers as another user sees it (root writes anywhere)
-        if Path(folder) == run / "drivers":
-            raise error(f"{folder}: cannot make the folder for {what} ({run} cannot be written)")
-        return real(folder, what, error)
-
-    monkeypatch.setattr(writer, "check_folder", read_only)
+    _drivers_read_only(monkeypatch, run)
     capsys.readouterr()
     assert render(5, "d.mp4") == ["head.mp4"]  # not the cache's frames: prepared in a temporary folder
     assert "prepared in" in " ".join(capsys.readouterr().out.split())

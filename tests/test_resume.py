@@ -978,6 +978,17 @@ def test_a_run_made_on_windows_finds_its_moved_data_on_linux(heads, tmp_path):
     assert run_data_paths(meta) == [str(proj / "my data")]
 
 
+
+def _stopped_at_step_4(cfg, data, gen):
+    """Train ``cfg`` (8 steps, checkpoints every 2) on ``data`` into ``gen`` and stop it by Ctrl-C at step 5: the
+    run holds step 4's checkpoint."""
+    def interrupt(record):
+        if record["step"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data, gen, progress=interrupt)
+
 def test_personalize_refuses_a_generic_run_being_trained_now_and_notes_an_unfinished_one(heads, tmp_path):
     # personalize --run GEN while `train --out GEN` was still writing GEN took whichever checkpoint it read (step 596
     # of 4000 on the real clips) without a word and recorded GEN as the run it started from, which then went on to
@@ -987,12 +998,7 @@ def test_personalize_refuses_a_generic_run_being_trained_now_and_notes_an_unfini
     gen = tmp_path / "gen"
     cfg = load_config("tiny", ["train.steps=8", "train.checkpoint_every=2", "train.log_every=1"])
 
-    def interrupt(record):
-        if record["step"] == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, heads[:2], gen, progress=interrupt)
+    _stopped_at_step_4(cfg, heads[:2], gen)
     assert load_run(gen)[2]["step"] == 4
     with folder_locked(gen, lambda holder: CheckpointError(holder)):  # a training writing it now
         with pytest.raises(CheckpointError, match=re.escape(str(gen)) + r".*being trained now.*step 4 of 8"):
@@ -1111,12 +1117,7 @@ def test_a_session_with_nothing_to_train_keeps_the_run_s_steps_and_time_limit(he
     gen = tmp_path / "gen"
     cfg = load_config("tiny", ["train.steps=8", "train.checkpoint_every=2", "train.log_every=1"])
 
-    def interrupt(record):
-        if record["step"] == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, heads[:2], gen, progress=interrupt)
+    _stopped_at_step_4(cfg, heads[:2], gen)
     for change in (["train.steps=2"], ["train.max_seconds=1e-9"]):
         again = train(load_config("tiny", [*change, "train.checkpoint_every=2", "train.log_every=1"]), heads[:2], gen)
         assert again.resumed_from == again.step == 4
